@@ -1,0 +1,1 @@
+//! CUDA runtime: context, module cache, allocator, launches.

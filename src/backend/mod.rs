@@ -1,0 +1,3 @@
+//! See the crate docs for where this stage sits in the data flow.
+pub mod cpu;
+pub mod cuda;

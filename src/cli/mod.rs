@@ -1,0 +1,24 @@
+//! The `coseg` command line: one file per subcommand, each with its clap arguments and a `run`.
+
+use clap::{Parser, Subcommand};
+
+mod info;
+
+#[derive(Parser)]
+#[command(name = "coseg", version, about = "Weakly supervised lesion co-segmentation on CT from RECIST marks")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// What this build can do: version, devices, kernels.
+    Info(info::Args),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Info(a) => info::run(a),
+    }
+}

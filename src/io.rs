@@ -1,0 +1,173 @@
+//! PNG reading and writing shared by every stage (DeepLesion slices, masks, CRF inputs, overlays).
+//! Errors name the file and say what was found instead of what was expected.
+
+use crate::error::{Error, Result};
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::Path;
+
+/// A decoded image: row-major, channels interleaved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Image<T> {
+    pub width: usize,
+    pub height: usize,
+    pub channels: usize,
+    pub data: Vec<T>,
+}
+
+impl<T: Copy> Image<T> {
+    pub fn new(width: usize, height: usize, channels: usize, data: Vec<T>) -> Self {
+        assert_eq!(data.len(), width * height * channels, "Image::new: data length");
+        Image { width, height, channels, data }
+    }
+    pub fn get(&self, x: usize, y: usize, c: usize) -> T {
+        self.data[(y * self.width + x) * self.channels + c]
+    }
+}
+
+fn decode(path: &Path) -> Result<(png::OutputInfo, Vec<u8>)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut decoder = png::Decoder::new(BufReader::new(file));
+    // Keep 16-bit samples as they are; expand palettes and sub-byte depths to 8 bits.
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| Error::format(path, None, format!("not a readable PNG: {e}")))?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| Error::format(path, None, "PNG too large to decode"))?;
+    let mut buf = vec![0u8; size];
+    let info = reader
+        .next_frame(&mut buf)
+        .map_err(|e| Error::format(path, None, format!("truncated or corrupt PNG: {e}")))?;
+    buf.truncate(info.buffer_size());
+    Ok((info, buf))
+}
+
+fn channels_of(ct: png::ColorType) -> usize {
+    match ct {
+        png::ColorType::Grayscale => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        png::ColorType::Indexed => 3, // expanded
+    }
+}
+
+/// A 16-bit single-channel PNG, as DeepLesion stores its slices (pixel = HU + 32768).
+/// Any other depth or colour type is an error naming what was found.
+pub fn read_gray16(path: impl AsRef<Path>) -> Result<Image<u16>> {
+    let path = path.as_ref();
+    let (info, buf) = decode(path)?;
+    if info.bit_depth != png::BitDepth::Sixteen || info.color_type != png::ColorType::Grayscale {
+        return Err(Error::format(
+            path,
+            None,
+            format!(
+                "expected a 16-bit greyscale PNG, found {:?} {}-bit",
+                info.color_type, info.bit_depth as u8
+            ),
+        ));
+    }
+    let data = buf.chunks_exact(2).map(|b| u16::from_be_bytes([b[0], b[1]])).collect();
+    Ok(Image::new(info.width as usize, info.height as usize, 1, data))
+}
+
+/// An 8-bit PNG with 1 (grey) or 3 (RGB) channels; alpha is dropped, 16-bit samples are scaled
+/// to 8 bits. Use for masks, probability maps and CRF guide images.
+pub fn read_u8(path: impl AsRef<Path>) -> Result<Image<u8>> {
+    let path = path.as_ref();
+    let (info, buf) = decode(path)?;
+    let ch = channels_of(info.color_type);
+    let samples: Vec<u8> = if info.bit_depth == png::BitDepth::Sixteen {
+        buf.chunks_exact(2).map(|b| b[0]).collect()
+    } else {
+        buf
+    };
+    let (w, h) = (info.width as usize, info.height as usize);
+    let keep = if ch >= 3 { 3 } else { 1 };
+    let data = if keep == ch {
+        samples
+    } else {
+        samples.chunks_exact(ch).flat_map(|px| px[..keep].to_vec()).collect()
+    };
+    Ok(Image::new(w, h, keep, data))
+}
+
+/// Reads an 8-bit grey PNG (RGB is converted by averaging the channels).
+pub fn read_gray8(path: impl AsRef<Path>) -> Result<Image<u8>> {
+    let img = read_u8(path)?;
+    if img.channels == 1 {
+        return Ok(img);
+    }
+    let data = img
+        .data
+        .chunks_exact(3)
+        .map(|p| ((p[0] as u32 + p[1] as u32 + p[2] as u32 + 1) / 3) as u8)
+        .collect();
+    Ok(Image::new(img.width, img.height, 1, data))
+}
+
+fn encode(path: &Path, w: usize, h: usize, ct: png::ColorType, depth: png::BitDepth, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let file = File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut enc = png::Encoder::new(BufWriter::new(file), w as u32, h as u32);
+    enc.set_color(ct);
+    enc.set_depth(depth);
+    let mut writer = enc
+        .write_header()
+        .map_err(|e| Error::format(path, None, format!("PNG header: {e}")))?;
+    writer
+        .write_image_data(bytes)
+        .map_err(|e| Error::format(path, None, format!("PNG write: {e}")))?;
+    writer.finish().map_err(|e| Error::format(path, None, format!("PNG finish: {e}")))
+}
+
+/// Writes an 8-bit grey (channels = 1) or RGB (channels = 3) PNG, creating parent folders.
+pub fn write_u8(path: impl AsRef<Path>, img: &Image<u8>) -> Result<()> {
+    let ct = match img.channels {
+        1 => png::ColorType::Grayscale,
+        3 => png::ColorType::Rgb,
+        4 => png::ColorType::Rgba,
+        c => return Err(Error::invalid("write_u8", format!("{c} channels; expected 1, 3 or 4"))),
+    };
+    encode(path.as_ref(), img.width, img.height, ct, png::BitDepth::Eight, &img.data)
+}
+
+/// Writes a 16-bit grey PNG (DeepLesion's slice format), creating parent folders.
+pub fn write_gray16(path: impl AsRef<Path>, img: &Image<u16>) -> Result<()> {
+    if img.channels != 1 {
+        return Err(Error::invalid("write_gray16", format!("{} channels; expected 1", img.channels)));
+    }
+    let bytes: Vec<u8> = img.data.iter().flat_map(|v| v.to_be_bytes()).collect();
+    encode(path.as_ref(), img.width, img.height, png::ColorType::Grayscale, png::BitDepth::Sixteen, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn gray16_round_trip_keeps_every_value() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let data: Vec<u16> = (0..37 * 23).map(|_| rng.random()).collect();
+        let img = Image::new(37, 23, 1, data);
+        let dir = std::env::temp_dir().join(format!("coseg-io-{}", std::process::id()));
+        let p = dir.join("a/b.png");
+        write_gray16(&p, &img).unwrap();
+        assert_eq!(read_gray16(&p).unwrap(), img);
+        // A 16-bit file is not an 8-bit mask and vice versa: errors, not garbage.
+        let m = Image::new(5, 4, 1, (0..20u8).collect());
+        let q = dir.join("m.png");
+        write_u8(&q, &m).unwrap();
+        assert_eq!(read_gray8(&q).unwrap(), m);
+        let err = read_gray16(&q).unwrap_err().to_string();
+        assert!(err.contains("m.png") && err.contains("16-bit"), "{err}");
+        std::fs::write(dir.join("t.png"), &std::fs::read(&p).unwrap()[..60]).unwrap();
+        assert!(read_gray16(dir.join("t.png")).is_err());
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
