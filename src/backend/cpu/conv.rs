@@ -158,61 +158,85 @@ fn valid_range(
     (lo.min(hi), hi)
 }
 
-/// Unfolds one image `x[C, H, W]` into `col[(c,r,s), (oh,ow)]`; padding becomes zeros.
-fn im2col(g: &ConvGeometry, x: &[f32], col: &mut [f32]) {
-    let (oh_n, ow_n) = (g.out_h(), g.out_w());
-    let ohw = oh_n * ow_n;
-    for (row_idx, row) in col.chunks_exact_mut(ohw).enumerate() {
-        let (c, rs) = (row_idx / (g.r * g.s), row_idx % (g.r * g.s));
-        let (r, s) = (rs / g.s, rs % g.s);
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        let (oh_lo, oh_hi) = valid_range(oh_n, g.h, r * g.dilation, g.pad, g.stride);
-        let (ow_lo, ow_hi) = valid_range(ow_n, g.w, s * g.dilation, g.pad, g.stride);
-        row[..oh_lo * ow_n].fill(0.0);
-        row[oh_hi * ow_n..].fill(0.0);
-        for oh in oh_lo..oh_hi {
-            let ih = oh * g.stride + r * g.dilation - g.pad;
-            let out = &mut row[oh * ow_n..(oh + 1) * ow_n];
-            out[..ow_lo].fill(0.0);
-            out[ow_hi..].fill(0.0);
-            if ow_lo == ow_hi {
-                continue;
-            }
-            let iw0 = ow_lo * g.stride + s * g.dilation - g.pad;
-            let line = &plane[ih * g.w..(ih + 1) * g.w];
-            if g.stride == 1 {
-                out[ow_lo..ow_hi].copy_from_slice(&line[iw0..iw0 + (ow_hi - ow_lo)]);
-            } else {
-                for (o, v) in out[ow_lo..ow_hi]
-                    .iter_mut()
-                    .zip(line[iw0..].iter().step_by(g.stride))
-                {
-                    *o = *v;
-                }
-            }
-        }
+/// Runs `f(channel, chunk)` over the per-channel chunks of `buf`, on the rayon pool when `threads`
+/// is `Pool` and there is enough work to pay for the fork (else on this thread).
+fn for_each_channel(
+    threads: Threads,
+    buf: &mut [f32],
+    chunk: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    if threads == Threads::Pool && buf.len() >= 1 << 16 {
+        // Chunks of >= 16K floats per task keep the fork overhead negligible.
+        let min_len = (1 << 14) / chunk.max(1);
+        buf.par_chunks_exact_mut(chunk)
+            .with_min_len(min_len.max(1))
+            .enumerate()
+            .for_each(|(c, b)| f(c, b));
+    } else {
+        buf.chunks_exact_mut(chunk)
+            .enumerate()
+            .for_each(|(c, b)| f(c, b));
     }
 }
 
+/// Unfolds one image `x[C, H, W]` into `col[(c,r,s), (oh,ow)]`; padding becomes zeros.
+fn im2col(g: &ConvGeometry, threads: Threads, x: &[f32], col: &mut [f32]) {
+    let (oh_n, ow_n) = (g.out_h(), g.out_w());
+    let ohw = oh_n * ow_n;
+    let plane_len = g.h * g.w;
+    for_each_channel(threads, col, g.r * g.s * ohw, |c, rows| {
+        let plane = &x[c * plane_len..(c + 1) * plane_len];
+        for (rs, row) in rows.chunks_exact_mut(ohw).enumerate() {
+            let (r, s) = (rs / g.s, rs % g.s);
+            let (oh_lo, oh_hi) = valid_range(oh_n, g.h, r * g.dilation, g.pad, g.stride);
+            let (ow_lo, ow_hi) = valid_range(ow_n, g.w, s * g.dilation, g.pad, g.stride);
+            row[..oh_lo * ow_n].fill(0.0);
+            row[oh_hi * ow_n..].fill(0.0);
+            for oh in oh_lo..oh_hi {
+                let ih = oh * g.stride + r * g.dilation - g.pad;
+                let out = &mut row[oh * ow_n..(oh + 1) * ow_n];
+                out[..ow_lo].fill(0.0);
+                out[ow_hi..].fill(0.0);
+                if ow_lo == ow_hi {
+                    continue;
+                }
+                let iw0 = ow_lo * g.stride + s * g.dilation - g.pad;
+                let line = &plane[ih * g.w..(ih + 1) * g.w];
+                if g.stride == 1 {
+                    out[ow_lo..ow_hi].copy_from_slice(&line[iw0..iw0 + (ow_hi - ow_lo)]);
+                } else {
+                    for (o, v) in out[ow_lo..ow_hi]
+                        .iter_mut()
+                        .zip(line[iw0..].iter().step_by(g.stride))
+                    {
+                        *o = *v;
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// Folds `col[(c,r,s), (oh,ow)]` back onto one image, summing overlaps: `dx` is overwritten.
-fn col2im(g: &ConvGeometry, col: &[f32], dx: &mut [f32]) {
+fn col2im(g: &ConvGeometry, threads: Threads, col: &[f32], dx: &mut [f32]) {
     let (oh_n, ow_n) = (g.out_h(), g.out_w());
     let ohw = oh_n * ow_n;
     let rs_n = g.r * g.s;
-    // Parallel over channels: each channel's plane only receives its own R*S rows.
-    let work = |(c, plane): (usize, &mut [f32])| {
+    // Each channel's plane only receives its own R*S rows, so channels are independent.
+    for_each_channel(threads, dx, g.h * g.w, |c, plane| {
         plane.fill(0.0);
-        for rs in 0..rs_n {
+        let rows = &col[c * rs_n * ohw..(c + 1) * rs_n * ohw];
+        for (rs, row) in rows.chunks_exact(ohw).enumerate() {
             let (r, s) = (rs / g.s, rs % g.s);
-            let row = &col[(c * rs_n + rs) * ohw..(c * rs_n + rs + 1) * ohw];
             let (oh_lo, oh_hi) = valid_range(oh_n, g.h, r * g.dilation, g.pad, g.stride);
             let (ow_lo, ow_hi) = valid_range(ow_n, g.w, s * g.dilation, g.pad, g.stride);
             if ow_lo == ow_hi {
                 continue;
             }
+            let iw0 = ow_lo * g.stride + s * g.dilation - g.pad;
             for oh in oh_lo..oh_hi {
                 let ih = oh * g.stride + r * g.dilation - g.pad;
-                let iw0 = ow_lo * g.stride + s * g.dilation - g.pad;
                 let src = &row[oh * ow_n + ow_lo..oh * ow_n + ow_hi];
                 let line = &mut plane[ih * g.w..(ih + 1) * g.w];
                 if g.stride == 1 {
@@ -226,15 +250,7 @@ fn col2im(g: &ConvGeometry, col: &[f32], dx: &mut [f32]) {
                 }
             }
         }
-    };
-    let plane_len = g.h * g.w;
-    if g.c * plane_len * rs_n >= 1 << 16 {
-        dx.par_chunks_exact_mut(plane_len)
-            .enumerate()
-            .for_each(work);
-    } else {
-        dx.chunks_exact_mut(plane_len).enumerate().for_each(work);
-    }
+    });
 }
 
 thread_local! {
@@ -312,7 +328,7 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32
             sgemm_threads(threads, false, false, g.k, ohw, crs, 1.0, w, x_i, beta, y_i);
         } else {
             with_col(crs * ohw, |col| {
-                im2col(g, x_i, col);
+                im2col(g, threads, x_i, col);
                 sgemm_threads(threads, false, false, g.k, ohw, crs, 1.0, w, col, beta, y_i);
             });
         }
@@ -332,7 +348,7 @@ pub fn conv2d_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [
         } else {
             with_col(crs * ohw, |col| {
                 sgemm_threads(threads, true, false, crs, ohw, g.k, 1.0, w, dy_i, 0.0, col);
-                col2im(g, col, dx_i);
+                col2im(g, threads, col, dx_i);
             });
         }
     });
@@ -355,7 +371,7 @@ pub fn conv2d_backward_weight(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut 
                 );
             } else {
                 with_col(crs * ohw, |col| {
-                    im2col(g, x_i, col);
+                    im2col(g, threads, x_i, col);
                     sgemm_threads(
                         threads, false, true, g.k, crs, ohw, 1.0, dy_i, col, beta, acc,
                     );
