@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod info;
+mod synth;
 
 #[derive(Parser)]
 #[command(name = "coseg", version, about = "Weakly supervised lesion co-segmentation on CT from RECIST marks")]
@@ -15,10 +16,13 @@ pub struct Cli {
 pub enum Command {
     /// What this build can do: version, devices, kernels.
     Info(info::Args),
+    /// Write a synthetic DeepLesion: slices, DL_info.csv and true masks.
+    Synth(synth::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(a) => info::run(a),
+        Command::Synth(a) => synth::run(a),
     }
 }
