@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod eval_masks;
 mod info;
 
 #[derive(Parser)]
@@ -15,10 +16,13 @@ pub struct Cli {
 pub enum Command {
     /// What this build can do: version, devices, kernels.
     Info(info::Args),
+    /// Recall, precision, Dice, AVD and VS of a folder of masks against the true masks.
+    EvalMasks(eval_masks::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(a) => info::run(a),
+        Command::EvalMasks(a) => eval_masks::run(a),
     }
 }
