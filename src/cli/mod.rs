@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod eval_masks;
 mod info;
 mod synth;
 
@@ -18,11 +19,14 @@ pub enum Command {
     Info(info::Args),
     /// Write a synthetic DeepLesion: slices, DL_info.csv and true masks.
     Synth(synth::Args),
+    /// Recall, precision, Dice, AVD and VS of a folder of masks against the true masks.
+    EvalMasks(eval_masks::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(a) => info::run(a),
         Command::Synth(a) => synth::run(a),
+        Command::EvalMasks(a) => eval_masks::run(a),
     }
 }
