@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod crf;
 mod info;
 
 #[derive(Parser)]
@@ -15,10 +16,13 @@ pub struct Cli {
 pub enum Command {
     /// What this build can do: version, devices, kernels.
     Info(info::Args),
+    /// Refine a lesion probability map with the dense CRF (pydensecrf's parameters and defaults).
+    Crf(crf::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(a) => info::run(a),
+        Command::Crf(a) => crf::run(a),
     }
 }
