@@ -3,8 +3,8 @@
 //!
 //! We follow densecrf's lattice step for step (same embedding, rounding, blur, alpha,
 //! normalisation, Potts sign, unary clipping), so the lesion marginals should agree to float
-//! rounding (measured max |dq| is printed; bound 1e-3), and the masks exactly except where
-//! pydensecrf's marginal is within that distance of 0.5.
+//! rounding: measured max |dq| 1.4e-6 (rgb), 9.5e-7 (grey), 3.9e-7 (ct); bound 1e-4. The masks
+//! agree exactly except where pydensecrf's marginal is within that distance of 0.5.
 
 use coseg::crf::{self, CrfParams};
 use coseg::io::{self, Image};
@@ -35,13 +35,13 @@ fn check_case(name: &str, want_channels: usize) {
     for (i, (&m, &g)) in mask.data.iter().zip(&golden).enumerate() {
         if (m == 255) != (g > 0.5) {
             disagree += 1;
-            assert!((g - 0.5).abs() < 1e-3, "{name}: pixel {i} flips although pydensecrf's marginal is {g}");
+            assert!((g - 0.5).abs() < 1e-4, "{name}: pixel {i} flips although pydensecrf's marginal is {g}");
         }
     }
     let lesion = mask.data.iter().filter(|&&v| v == 255).count();
     let before = prob8.data.iter().filter(|&&v| v > 127).count();
     eprintln!("{name}: max |q - pydensecrf| = {max_diff:.2e}, mask disagreements {disagree}, lesion {before} -> {lesion}");
-    assert!(max_diff < 1e-3, "{name}: max |q - pydensecrf| = {max_diff}");
+    assert!(max_diff < 1e-4, "{name}: max |q - pydensecrf| = {max_diff}");
     // The case is not trivial: the CRF changed the mask and kept a lesion.
     assert!(lesion > 0 && lesion != before, "{name}: {before} -> {lesion}");
 }
