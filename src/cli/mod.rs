@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod eval_masks;
+mod crf;
 mod info;
 mod synth;
 
@@ -21,6 +22,8 @@ pub enum Command {
     Synth(synth::Args),
     /// Recall, precision, Dice, AVD and VS of a folder of masks against the true masks.
     EvalMasks(eval_masks::Args),
+    /// Refine a lesion probability map with the dense CRF (pydensecrf's parameters and defaults).
+    Crf(crf::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -28,5 +31,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(a),
         Command::Synth(a) => synth::run(a),
         Command::EvalMasks(a) => eval_masks::run(a),
+        Command::Crf(a) => crf::run(a),
     }
 }
