@@ -206,7 +206,6 @@ pub(crate) fn sgemm_threads(
         use rayon::prelude::*;
         (0..len.div_ceil(block)).into_par_iter().for_each(|t| {
             let (lo, hi) = (t * block, ((t + 1) * block).min(len));
-            let c_ptr = c_ptr;
             // SAFETY: blocks are disjoint column (row) ranges of C; A and B are only read.
             unsafe {
                 if split_cols {
@@ -223,7 +222,7 @@ pub(crate) fn sgemm_threads(
                         a,
                         b_t,
                         beta,
-                        c_ptr.0.add(lo),
+                        c_ptr.get().add(lo),
                         n,
                     );
                 } else {
@@ -240,7 +239,7 @@ pub(crate) fn sgemm_threads(
                         a_t,
                         b,
                         beta,
-                        c_ptr.0.add(lo * n),
+                        c_ptr.get().add(lo * n),
                         n,
                     );
                 }
@@ -288,6 +287,13 @@ struct SendPtr(*mut f32);
 // SAFETY: each task writes a disjoint block.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    // A method (not field access) so closures capture the Send wrapper, not the raw pointer.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// C (row-major, row stride `ldc`) = alpha * A * B + beta * C via the gemm crate, whose naming is
 /// dst = alpha_g * dst + beta_g * lhs * rhs. `beta == 0` does not read C.
