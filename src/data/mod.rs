@@ -17,6 +17,7 @@
 pub mod crop;
 pub mod csv;
 pub mod dl_info;
+pub mod hu_stats;
 pub mod recist;
 pub mod slice;
 pub mod synth;
