@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod info;
+mod split;
 mod synth;
 
 #[derive(Parser)]
@@ -18,11 +19,14 @@ pub enum Command {
     Info(info::Args),
     /// Write a synthetic DeepLesion: slices, DL_info.csv and true masks.
     Synth(synth::Args),
+    /// Cluster lesions, split 80/10/10 by cluster, pair lesions, write the manifest JSON.
+    Split(split::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(a) => info::run(a),
         Command::Synth(a) => synth::run(a),
+        Command::Split(a) => split::run(a),
     }
 }
