@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod eval_masks;
 mod info;
+mod synth;
 
 #[derive(Parser)]
 #[command(name = "coseg", version, about = "Weakly supervised lesion co-segmentation on CT from RECIST marks")]
@@ -18,11 +19,14 @@ pub enum Command {
     Info(info::Args),
     /// Recall, precision, Dice, AVD and VS of a folder of masks against the true masks.
     EvalMasks(eval_masks::Args),
+    /// Write a synthetic DeepLesion: slices, DL_info.csv and true masks.
+    Synth(synth::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(a) => info::run(a),
         Command::EvalMasks(a) => eval_masks::run(a),
+        Command::Synth(a) => synth::run(a),
     }
 }
