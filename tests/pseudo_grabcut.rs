@@ -45,6 +45,9 @@ fn grabcut_rejects_bad_input_with_clear_messages() {
     let outside = Recist { long: [(-3.0, 10.0), (30.0, 10.0)], ..recist };
     let err = grabcut(&img, 48, 48, &outside, &p).unwrap_err().to_string();
     assert!(err.contains("outside") && err.contains("-3"), "{err}");
+    let outside = Recist { long: [(3.0, 10.0), (47.6, 10.0)], ..recist };
+    let err = grabcut(&img, 48, 48, &outside, &p).unwrap_err().to_string();
+    assert!(err.contains("outside") && err.contains("47.6"), "{err}");
     let dot = Recist { long: [(10.2, 10.2), (10.4, 10.3)], short: [(10.3, 10.2), (10.3, 10.3)] };
     let err = grabcut(&img, 48, 48, &dot, &p).unwrap_err().to_string();
     assert!(err.contains("degenerate"), "{err}");
@@ -56,7 +59,7 @@ fn ellipse_passes_through_the_four_end_points() {
     let r = Recist { long: [(10.0, 30.0), (50.0, 30.0)], short: [(30.0, 20.0), (30.0, 40.0)] };
     let m = ellipse_mask(&r, 64, 64).unwrap();
     let expect = Mask::from_fn(64, 64, |x, y| {
-        let (dx, dy) = ((x as f32 + 0.5 - 30.0) / 20.0, (y as f32 + 0.5 - 30.0) / 10.0);
+        let (dx, dy) = ((x as f32 - 30.0) / 20.0, (y as f32 - 30.0) / 10.0);
         dx * dx + dy * dy <= 1.0
     });
     assert_eq!(m, expect);

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod eval_masks;
 mod info;
+mod pseudo_masks;
 mod synth;
 
 #[derive(Parser)]
@@ -19,6 +20,8 @@ pub enum Command {
     Info(info::Args),
     /// Recall, precision, Dice, AVD and VS of a folder of masks against the true masks.
     EvalMasks(eval_masks::Args),
+    /// GrabCut pseudo-masks from the RECIST marks of every lesion (quality report if masks/ exists).
+    PseudoMasks(pseudo_masks::Args),
     /// Write a synthetic DeepLesion: slices, DL_info.csv and true masks.
     Synth(synth::Args),
 }
@@ -27,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(a) => info::run(a),
         Command::EvalMasks(a) => eval_masks::run(a),
+        Command::PseudoMasks(a) => pseudo_masks::run(a),
         Command::Synth(a) => synth::run(a),
     }
 }
