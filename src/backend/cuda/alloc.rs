@@ -210,7 +210,7 @@ mod tests {
             let cap = size_class(len);
             assert!(cap >= len && cap >= 256, "len {len} -> {cap}");
             // 1/8 of the next power of two, in steps of at least MIN_CLASS.
-            assert!(cap - len < (len.next_power_of_two() / 8).max(256), "len {len} -> {cap}");
+            assert!(cap - len <= (len.next_power_of_two() / 8).max(256), "len {len} -> {cap}");
         }
         // Requests in one class share blocks: the classes are few.
         let classes: std::collections::BTreeSet<_> = (1..100_000).map(size_class).collect();
