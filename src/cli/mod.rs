@@ -2,7 +2,10 @@
 
 use clap::{Parser, Subcommand};
 
+mod eval_masks;
+mod crf;
 mod info;
+mod synth;
 
 #[derive(Parser)]
 #[command(name = "coseg", version, about = "Weakly supervised lesion co-segmentation on CT from RECIST marks")]
@@ -15,10 +18,19 @@ pub struct Cli {
 pub enum Command {
     /// What this build can do: version, devices, kernels.
     Info(info::Args),
+    /// Write a synthetic DeepLesion: slices, DL_info.csv and true masks.
+    Synth(synth::Args),
+    /// Recall, precision, Dice, AVD and VS of a folder of masks against the true masks.
+    EvalMasks(eval_masks::Args),
+    /// Refine a lesion probability map with the dense CRF (pydensecrf's parameters and defaults).
+    Crf(crf::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(a) => info::run(a),
+        Command::Synth(a) => synth::run(a),
+        Command::EvalMasks(a) => eval_masks::run(a),
+        Command::Crf(a) => crf::run(a),
     }
 }
