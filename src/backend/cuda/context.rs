@@ -136,7 +136,8 @@ impl CudaDevice {
     pub fn sm_count(&self) -> u32 {
         self.sm_count
     }
-    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+    /// The stream all of this device's work runs on (for interop: cuDNN/cuBLAS handles in benches).
+    pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
 
