@@ -25,6 +25,7 @@
 //!   `decoder` D1|D2, `siamese` (false = FCN-32), `in_channels` 3, `classes` 2.
 //! - Checkpoints are the [`ParamStore`](crate::autograd::ParamStore) saved as safetensors;
 //!   loading one of another architecture names the first tensor that doesn't fit.
+//! - Input: [`input`]: crops normalised with ImageNet's mean/std (`input::normalise`).
 //! - Inference: wrap `forward_*` with `train = false` in [`no_grad`](crate::autograd::no_grad).
 //!
 //! Details and the exact choices (dilation rates, how the pair's channel vectors are fused,
@@ -33,6 +34,7 @@
 
 pub mod attention;
 pub mod decoder;
+pub mod input;
 pub mod layers;
 pub mod model;
 pub mod pretrained;
@@ -41,5 +43,5 @@ pub mod resnet;
 pub use attention::{ChannelAttention, CoAttention, SpatialAttention};
 pub use decoder::Decoder;
 pub use model::{CosegNet, ModelConfig};
-pub use pretrained::load_torchvision_resnet;
+pub use pretrained::{load_encoder_weights, load_torchvision_resnet};
 pub use resnet::{MULTI_GRID, ResNet, ResNetSpec};

@@ -24,13 +24,30 @@ use std::path::Path;
 /// otherwise the error names the first (in sorted order) that is missing or has another shape,
 /// and nothing is changed. The report lists what loaded and the file's tensors left unused.
 pub fn load_torchvision_resnet(path: &Path, params: &mut ParamStore, prefix: &str) -> Result<LoadReport> {
+    load_renamed(path, params, prefix, "")
+}
+
+/// The encoder's weights from either a torchvision ResNet state dict or a coseg checkpoint
+/// (whose encoder tensors are named `prefix.conv1.weight`, ...): what `coseg embed` takes.
+pub fn load_encoder_weights(path: &Path, params: &mut ParamStore, prefix: &str) -> Result<LoadReport> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, None, e.to_string()))?;
+    let checkpoint_prefix = format!("{prefix}.");
+    let is_checkpoint = !prefix.is_empty() && file.names().iter().any(|n| n.starts_with(&checkpoint_prefix));
+    load_renamed(path, params, prefix, if is_checkpoint { &checkpoint_prefix } else { "" })
+}
+
+/// Entry `prefix.X` of `params` takes the file's tensor `file_prefix` + `X`.
+fn load_renamed(path: &Path, params: &mut ParamStore, prefix: &str, file_prefix: &str) -> Result<LoadReport> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, None, e.to_string()))?;
     let dotted = if prefix.is_empty() { String::new() } else { format!("{prefix}.") };
     let mut report = LoadReport::default();
     let mut values = Vec::new();
     for (name, tensor) in params.iter() {
-        let Some(key) = name.strip_prefix(dotted.as_str()) else { continue };
+        let Some(rest) = name.strip_prefix(dotted.as_str()) else { continue };
+        let key = format!("{file_prefix}{rest}");
+        let key = key.as_str();
         let view = file.tensor(key).map_err(|_| {
             Error::format(path, None, format!("tensor '{key}' (for parameter '{name}') is missing from the file: is it a torchvision ResNet of this depth?"))
         })?;
@@ -41,7 +58,7 @@ pub fn load_torchvision_resnet(path: &Path, params: &mut ParamStore, prefix: &st
     if values.is_empty() {
         return Err(Error::invalid("load_torchvision_resnet", format!("the model has no parameter under prefix '{prefix}'")));
     }
-    let wanted: std::collections::HashSet<&str> = report.loaded.iter().map(|n| &n[dotted.len()..]).collect();
+    let wanted: std::collections::HashSet<String> = report.loaded.iter().map(|n| format!("{file_prefix}{}", &n[dotted.len()..])).collect();
     let mut unexpected: Vec<String> = file.names().into_iter().filter(|k| !wanted.contains(*k)).map(String::from).collect();
     unexpected.sort();
     report.unexpected = unexpected;
