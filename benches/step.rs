@@ -4,6 +4,9 @@
 //! PyTorch on this machine's 2 cores: ~4.3 s per image for the DRN-101 forward (DESIGN.md).
 //! The paper's step is 10 pairs (1.50 TFLOP); the CPU bench times 1 pair (2 images) per step,
 //! the figure to report per pair (a 10-pair step costs about 10x, batch norm aside).
+//! Measured (2 shared cores, load average 12-20 from other builds, so pessimistic): forward
+//! 1.03 s per image (868 ms - 1.17 s), 4.2x under PyTorch's 4.3 s; SGD step 7.6 s per pair
+//! (0.13 pairs/s; about 150 GFLOP per pair, ~20 GFLOP/s).
 //! Run: `cargo bench --bench step` (filters: `forward`, `sgd_step`). Slow: minutes.
 
 use coseg::Device;
