@@ -99,28 +99,23 @@ impl<const D: usize> Embedder<D> {
             self.rem0[i] = v * up;
             sum += v as i32;
         }
-        // Rank of each coordinate's remainder in decreasing order.
+        // Rank of each coordinate's remainder in decreasing order. Branch-free: the comparisons
+        // are data-dependent coin flips that a branch predictor would mostly miss.
         self.rank = [0; D1_MAX];
         for i in 0..d {
             let di = self.elevated[i] - self.rem0[i];
             for j in i + 1..=d {
-                if di < self.elevated[j] - self.rem0[j] {
-                    self.rank[i] += 1;
-                } else {
-                    self.rank[j] += 1;
-                }
+                let below = (di < self.elevated[j] - self.rem0[j]) as i32;
+                self.rank[i] += below;
+                self.rank[j] += 1 - below;
             }
         }
         // If the rounded point is off the hyperplane (sum != 0), walk it back.
         for i in 0..=d {
-            self.rank[i] += sum;
-            if self.rank[i] < 0 {
-                self.rank[i] += d as i32 + 1;
-                self.rem0[i] += up;
-            } else if self.rank[i] > d as i32 {
-                self.rank[i] -= d as i32 + 1;
-                self.rem0[i] -= up;
-            }
+            let r = self.rank[i] + sum;
+            let wrap = (r < 0) as i32 - (r > d as i32) as i32;
+            self.rank[i] = r + wrap * (d as i32 + 1);
+            self.rem0[i] += wrap as f32 * up;
         }
         // Barycentric coordinates (p. 10).
         self.bary = [0.0; D1_MAX + 1];
@@ -293,23 +288,22 @@ impl Lattice {
     }
 
     /// Accumulates `input` (points x channels) into `values` ((vertices+1) x channels, cleared
-    /// here) with the per-corner `weights` (points x (d+1): the barycentric weights, possibly
-    /// pre-multiplied by a per-point factor).
-    pub fn splat(&self, weights: &[f32], input: &[f32], channels: usize, values: &mut [f32]) {
+    /// here), each point into its simplex's corners with its barycentric weights.
+    pub fn splat(&self, input: &[f32], channels: usize, values: &mut [f32]) {
         debug_assert_eq!(input.len(), self.points * channels);
         debug_assert_eq!(values.len(), self.value_len(channels));
         values.fill(0.0);
-        specialise!(self.dim + 1, channels, |D1, C| self.splat_impl::<D1, C>(weights, input, channels, values));
+        specialise!(self.dim + 1, channels, |D1, C| self.splat_impl::<D1, C>(input, channels, values));
     }
 
     // The `*_impl` functions take the simplex size and channel count as constants where the
     // dispatch knows them (0: use the run-time value), so the CRF's cases (d = 2 and 5, one or
     // two channels) get fully unrolled inner loops from one body.
     #[inline(always)]
-    fn splat_impl<const D1: usize, const C: usize>(&self, weights: &[f32], input: &[f32], ch: usize, values: &mut [f32]) {
+    fn splat_impl<const D1: usize, const C: usize>(&self, input: &[f32], ch: usize, values: &mut [f32]) {
         let d1 = if D1 == 0 { self.dim + 1 } else { D1 };
         let ch = if C == 0 { ch } else { C };
-        let corners = self.offsets.chunks_exact(d1).zip(weights.chunks_exact(d1));
+        let corners = self.offsets.chunks_exact(d1).zip(self.barycentric.chunks_exact(d1));
         for ((offsets, weights), x) in corners.zip(input.chunks_exact(ch)) {
             for r in 0..d1 {
                 let (o, w) = (offsets[r] as usize, weights[r]);
@@ -347,20 +341,21 @@ impl Lattice {
         }
     }
 
-    /// Interpolates `values` back to the points and ADDS the result to `out` (points x channels):
-    /// out += sum over corners of weights * value, so messages of several kernels accumulate in
-    /// place. `weights` as in `splat`; barycentric * alpha gives the plain filter.
-    pub fn slice_add(&self, weights: &[f32], values: &[f32], channels: usize, out: &mut [f32]) {
+    /// Interpolates `values` back to the points (points x channels): out = alpha * sum over
+    /// the corners of barycentric weight * value.
+    pub fn slice(&self, values: &[f32], channels: usize, out: &mut [f32]) {
         debug_assert_eq!(out.len(), self.points * channels);
-        specialise!(self.dim + 1, channels, |D1, C| self.slice_impl::<D1, C>(weights, values, channels, out));
+        specialise!(self.dim + 1, channels, |D1, C| self.slice_impl::<D1, C>(values, channels, out));
     }
 
     #[inline(always)]
-    fn slice_impl<const D1: usize, const C: usize>(&self, weights: &[f32], values: &[f32], ch: usize, out: &mut [f32]) {
+    fn slice_impl<const D1: usize, const C: usize>(&self, values: &[f32], ch: usize, out: &mut [f32]) {
         let d1 = if D1 == 0 { self.dim + 1 } else { D1 };
         let ch = if C == 0 { ch } else { C };
-        let corners = self.offsets.chunks_exact(d1).zip(weights.chunks_exact(d1));
+        let alpha = self.alpha();
+        let corners = self.offsets.chunks_exact(d1).zip(self.barycentric.chunks_exact(d1));
         for ((offsets, weights), y) in corners.zip(out.chunks_exact_mut(ch)) {
+            y.fill(0.0);
             for r in 0..d1 {
                 let (o, w) = (offsets[r] as usize, weights[r]);
                 let v = &values[o * ch..o * ch + ch];
@@ -368,10 +363,13 @@ impl Lattice {
                     y[k] += w * v[k];
                 }
             }
+            for v in y.iter_mut() {
+                *v *= alpha;
+            }
         }
     }
 
-    /// The plain lattice filter (densecrf's `Permutohedral::compute`): splat, blur, slice.
+    /// The lattice filter (densecrf's `Permutohedral::compute`): splat, blur, slice.
     /// `input` and `out` are points x channels.
     pub fn filter(&self, input: &[f32], channels: usize, out: &mut [f32]) -> Result<()> {
         if input.len() != self.points * channels || out.len() != input.len() {
@@ -386,28 +384,16 @@ impl Lattice {
                 ),
             ));
         }
-        let mut ws = FilterWorkspace::default();
-        let alpha = self.alpha();
-        let slice_w: Vec<f32> = self.barycentric.iter().map(|w| w * alpha).collect();
-        out.fill(0.0);
-        self.filter_add(&self.barycentric, &slice_w, input, channels, out, &mut ws);
+        self.filter_with(input, channels, out, &mut FilterWorkspace::default());
         Ok(())
     }
 
-    /// splat with `splat_w`, blur, slice with `slice_w` added to `out`, reusing `ws` between calls.
-    pub fn filter_add(
-        &self,
-        splat_w: &[f32],
-        slice_w: &[f32],
-        input: &[f32],
-        channels: usize,
-        out: &mut [f32],
-        ws: &mut FilterWorkspace,
-    ) {
+    /// `filter` for callers that sized the buffers, reusing `ws` between calls.
+    pub(crate) fn filter_with(&self, input: &[f32], channels: usize, out: &mut [f32], ws: &mut FilterWorkspace) {
         ws.values.resize(self.value_len(channels), 0.0);
-        self.splat(splat_w, input, channels, &mut ws.values);
+        self.splat(input, channels, &mut ws.values);
         self.blur(&mut ws.values, &mut ws.scratch, channels);
-        self.slice_add(slice_w, &ws.values, channels, out);
+        self.slice(&ws.values, channels, out);
     }
 }
 
