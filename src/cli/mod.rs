@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 mod eval_masks;
 mod crf;
 mod info;
+mod split;
+mod pseudo_masks;
 mod synth;
 
 #[derive(Parser)]
@@ -24,6 +26,14 @@ pub enum Command {
     EvalMasks(eval_masks::Args),
     /// Refine a lesion probability map with the dense CRF (pydensecrf's parameters and defaults).
     Crf(crf::Args),
+    /// Cluster lesions, split 80/10/10 by cluster, pair lesions, write the manifest JSON.
+    Split(split::Args),
+    /// Recall, precision, Dice, AVD and VS of a folder of masks against the true masks.
+    EvalMasks(eval_masks::Args),
+    /// GrabCut pseudo-masks from the RECIST marks of every lesion (quality report if masks/ exists).
+    PseudoMasks(pseudo_masks::Args),
+    /// Write a synthetic DeepLesion: slices, DL_info.csv and true masks.
+    Synth(synth::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -32,5 +42,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(a) => synth::run(a),
         Command::EvalMasks(a) => eval_masks::run(a),
         Command::Crf(a) => crf::run(a),
+        Command::Split(a) => split::run(a),
+        Command::EvalMasks(a) => eval_masks::run(a),
+        Command::PseudoMasks(a) => pseudo_masks::run(a),
+        Command::Synth(a) => synth::run(a),
     }
 }
