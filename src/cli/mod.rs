@@ -3,7 +3,9 @@
 use clap::{Parser, Subcommand};
 
 mod eval_masks;
+mod crf;
 mod info;
+mod split;
 mod pseudo_masks;
 mod synth;
 
@@ -18,19 +20,25 @@ pub struct Cli {
 pub enum Command {
     /// What this build can do: version, devices, kernels.
     Info(info::Args),
-    /// Recall, precision, Dice, AVD and VS of a folder of masks against the true masks.
-    EvalMasks(eval_masks::Args),
-    /// GrabCut pseudo-masks from the RECIST marks of every lesion (quality report if masks/ exists).
-    PseudoMasks(pseudo_masks::Args),
     /// Write a synthetic DeepLesion: slices, DL_info.csv and true masks.
     Synth(synth::Args),
+    /// Recall, precision, Dice, AVD and VS of a folder of masks against the true masks.
+    EvalMasks(eval_masks::Args),
+    /// Refine a lesion probability map with the dense CRF (pydensecrf's parameters and defaults).
+    Crf(crf::Args),
+    /// Cluster lesions, split 80/10/10 by cluster, pair lesions, write the manifest JSON.
+    Split(split::Args),
+    /// GrabCut pseudo-masks from the RECIST marks of every lesion (quality report if masks/ exists).
+    PseudoMasks(pseudo_masks::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(a) => info::run(a),
-        Command::EvalMasks(a) => eval_masks::run(a),
-        Command::PseudoMasks(a) => pseudo_masks::run(a),
         Command::Synth(a) => synth::run(a),
+        Command::EvalMasks(a) => eval_masks::run(a),
+        Command::Crf(a) => crf::run(a),
+        Command::Split(a) => split::run(a),
+        Command::PseudoMasks(a) => pseudo_masks::run(a),
     }
 }
