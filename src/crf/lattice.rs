@@ -54,14 +54,21 @@ macro_rules! specialise {
     };
 }
 
-/// Per-point scratch of the embedding for dimension D (a constant, so the small loops over
-/// coordinates unroll; fixed-size arrays, so nothing is allocated or length-checked per point).
+/// Points embedded together: the per-point arithmetic runs lane-wise over this many points, in
+/// loops the compiler turns into SIMD (as densecrf's SSE path does four at a time).
+const LANES: usize = 8;
+
+/// Scratch of the embedding for dimension D (a constant, so the small loops over coordinates
+/// unroll), for a block of LANES points stored coordinate-major ([coordinate][lane]).
 struct Embedder<const D: usize> {
     scale: [f32; MAX_DIM],
-    elevated: [f32; D1_MAX],
-    rem0: [f32; D1_MAX],
-    rank: [i32; D1_MAX],
-    bary: [f32; D1_MAX + 1],
+    /// Key step from one simplex corner to the next when coordinate i has the rank that
+    /// moves down: +1 everywhere, -(d+1) at i (coordinate d is implied, not in the key).
+    corner_step: [hash::Key; D1_MAX],
+    elevated: [[f32; LANES]; D1_MAX],
+    rem0: [[f32; LANES]; D1_MAX],
+    rank: [[i32; LANES]; D1_MAX],
+    bary: [[f32; LANES]; D1_MAX + 1],
 }
 
 impl<const D: usize> Embedder<D> {
@@ -74,86 +81,105 @@ impl<const D: usize> Embedder<D> {
         for (i, s) in scale[..dim].iter_mut().enumerate() {
             *s = (1.0 / (((i + 2) * (i + 1)) as f64).sqrt() * inv_std_dev as f64) as f32;
         }
-        Embedder { scale, elevated: [0.0; D1_MAX], rem0: [0.0; D1_MAX], rank: [0; D1_MAX], bary: [0.0; D1_MAX + 1] }
+        let mut corner_step = [hash::ones(dim); D1_MAX];
+        for (i, step) in corner_step[..dim].iter_mut().enumerate() {
+            *step -= hash::lane(i, d1 as u32);
+        }
+        Embedder {
+            scale,
+            corner_step,
+            elevated: [[0.0; LANES]; D1_MAX],
+            rem0: [[0.0; LANES]; D1_MAX],
+            rank: [[0; LANES]; D1_MAX],
+            bary: [[0.0; LANES]; D1_MAX + 1],
+        }
     }
 
-    /// Elevates one feature vector, finds its simplex and barycentric weights; on return
-    /// `rem0`, `rank` and `bary[..=d]` describe it.
-    fn embed(&mut self, f: &[f32]) {
+    /// Elevates a block of feature vectors (`f[coordinate][lane]`), finds each one's simplex
+    /// and barycentric weights; on return `rem0`, `rank` and `bary[..=d]` describe them.
+    fn embed(&mut self, f: &[[f32; LANES]; MAX_DIM]) {
         let d = D;
         let down = 1.0f32 / (d + 1) as f32;
         let up = (d + 1) as f32;
         // Elevate: y = E f (p. 5), accumulating from the last coordinate.
-        let mut sm = 0.0f32;
+        let mut sm = [0.0f32; LANES];
         for j in (1..=d).rev() {
-            let cf = f[j - 1] * self.scale[j - 1];
-            self.elevated[j] = sm - j as f32 * cf;
-            sm += cf;
+            for l in 0..LANES {
+                let cf = f[j - 1][l] * self.scale[j - 1];
+                self.elevated[j][l] = sm[l] - j as f32 * cf;
+                sm[l] += cf;
+            }
         }
         self.elevated[0] = sm;
         // Nearest remainder-0 point by rounding each coordinate to a multiple of d+1
         // (ties to even, as densecrf's SSE path does).
-        let mut sum = 0i32;
+        let mut sum = [0.0f32; LANES]; // small integers: exact in f32
         for i in 0..=d {
-            let v = round_ties_even(down * self.elevated[i]);
-            self.rem0[i] = v * up;
-            sum += v as i32;
+            for l in 0..LANES {
+                let v = round_ties_even(down * self.elevated[i][l]);
+                self.rem0[i][l] = v * up;
+                sum[l] += v;
+            }
         }
-        // Rank of each coordinate's remainder in decreasing order. Branch-free: the comparisons
-        // are data-dependent coin flips that a branch predictor would mostly miss.
-        self.rank = [0; D1_MAX];
+        // Rank of each coordinate's remainder in decreasing order (branch-free: the
+        // comparisons are data-dependent coin flips).
+        self.rank = [[0; LANES]; D1_MAX];
         for i in 0..d {
-            let di = self.elevated[i] - self.rem0[i];
             for j in i + 1..=d {
-                let below = (di < self.elevated[j] - self.rem0[j]) as i32;
-                self.rank[i] += below;
-                self.rank[j] += 1 - below;
+                for l in 0..LANES {
+                    let below = (self.elevated[i][l] - self.rem0[i][l] < self.elevated[j][l] - self.rem0[j][l]) as i32;
+                    self.rank[i][l] += below;
+                    self.rank[j][l] += 1 - below;
+                }
             }
         }
         // If the rounded point is off the hyperplane (sum != 0), walk it back.
         for i in 0..=d {
-            let r = self.rank[i] + sum;
-            let wrap = (r < 0) as i32 - (r > d as i32) as i32;
-            self.rank[i] = r + wrap * (d as i32 + 1);
-            self.rem0[i] += wrap as f32 * up;
+            for l in 0..LANES {
+                let r = self.rank[i][l] + sum[l] as i32;
+                let wrap = (r < 0) as i32 - (r > d as i32) as i32;
+                self.rank[i][l] = r + wrap * (d as i32 + 1);
+                self.rem0[i][l] += wrap as f32 * up;
+            }
         }
-        // Barycentric coordinates (p. 10).
-        self.bary = [0.0; D1_MAX + 1];
+        // Barycentric coordinates (p. 10): coordinate i adds its remainder at position d - rank
+        // and takes it from the next (a per-lane scatter).
+        self.bary = [[0.0; LANES]; D1_MAX + 1];
         for i in 0..=d {
-            let v = (self.elevated[i] - self.rem0[i]) * down;
-            let p = d - self.rank[i] as usize;
-            self.bary[p] += v;
-            self.bary[p + 1] -= v;
+            for l in 0..LANES {
+                let v = (self.elevated[i][l] - self.rem0[i][l]) * down;
+                let p = d - self.rank[i][l] as usize;
+                self.bary[p][l] += v;
+                self.bary[p + 1][l] -= v;
+            }
         }
-        self.bary[0] += 1.0 + self.bary[d + 1];
+        for l in 0..LANES {
+            self.bary[0][l] += 1.0 + self.bary[d + 1][l];
+        }
     }
 
-    /// Keys of the d+1 corners of the last embedded point's simplex. Corner r has coordinates
+    /// Keys of the d+1 corners of the simplex of block point `l`. Corner r has coordinates
     /// rem0 + r, less d+1 where rank > d-r (densecrf's canonical simplex); so corner 0 is the
     /// remainder-0 point and each next corner adds 1 everywhere and takes d+1 from the
     /// coordinate of rank d-r. Err gives the elevated coordinate that does not fit the keys
     /// (features far too large: a kernel width far too small).
-    fn corner_keys(&self, keys: &mut [hash::Key; D1_MAX]) -> std::result::Result<(), f32> {
+    fn corner_keys(&self, l: usize, keys: &mut [hash::Key; D1_MAX]) -> std::result::Result<(), f32> {
         let d = D;
         let mut coords = [0i32; MAX_DIM];
         for i in 0..d {
-            let c = self.rem0[i] as i32;
+            let c = self.rem0[i][l] as i32;
             if !hash::in_range(c) {
-                return Err(self.elevated[i]);
+                return Err(self.elevated[i][l]);
             }
             coords[i] = c;
         }
         let mut of_rank = [0usize; D1_MAX];
         for i in 0..=d {
-            of_rank[self.rank[i] as usize] = i;
+            of_rank[self.rank[i][l] as usize] = i;
         }
-        let ones = hash::ones(d);
         keys[0] = hash::pack(&coords[..d]);
         for r in 0..d {
-            let i = of_rank[d - r];
-            // Coordinate d is implied by the others, not in the key.
-            let down = if i < d { hash::lane(i, d as u32 + 1) } else { 0 };
-            keys[r + 1] = keys[r] + ones - down;
+            keys[r + 1] = keys[r] + self.corner_step[of_rank[d - r]];
         }
         Ok(())
     }
@@ -208,30 +234,41 @@ impl Lattice {
         let mut offsets = vec![0u32; points * d1];
         let mut barycentric = vec![0f32; points * d1];
         let mut emb = Embedder::<D>::new();
+        let mut block = [[0f32; LANES]; MAX_DIM];
         let mut keys = [0 as hash::Key; D1_MAX];
         // Neighbouring pixels usually fall in the same simplex: check the previous point's
         // corners before hashing.
-        let mut previous: Option<([hash::Key; D1_MAX], [u32; D1_MAX])> = None;
-        let corners = offsets.chunks_exact_mut(d1).zip(barycentric.chunks_exact_mut(d1));
-        for (k, (f, (offsets, weights))) in features.chunks_exact(dim).zip(corners).enumerate() {
-            emb.embed(f);
-            emb.corner_keys(&mut keys).map_err(|elevated| {
-                Error::invalid(
-                    "lattice",
-                    format!(
-                        "point {k}: lattice coordinate {elevated} overflows the 16-bit keys \
-                         (features {f:?} too large: is a kernel width far too small?)"
-                    ),
-                )
-            })?;
-            let (prev_keys, prev_ids) = previous.get_or_insert(([0; D1_MAX], [u32::MAX; D1_MAX]));
-            for r in 0..d1 {
-                if prev_ids[r] == u32::MAX || prev_keys[r] != keys[r] {
-                    prev_keys[r] = keys[r];
-                    prev_ids[r] = table.find_or_insert(keys[r]);
+        let mut prev_keys = [0 as hash::Key; D1_MAX];
+        let mut prev_ids = [u32::MAX; D1_MAX];
+        for (b, chunk) in features.chunks(dim * LANES).enumerate() {
+            let n = chunk.len() / dim;
+            // A short last block repeats its last point in the spare lanes.
+            for (l, column) in (0..LANES).map(|l| &chunk[l.min(n - 1) * dim..][..dim]).enumerate() {
+                for j in 0..dim {
+                    block[j][l] = column[j];
                 }
-                offsets[r] = prev_ids[r] + 1;
-                weights[r] = emb.bary[r];
+            }
+            emb.embed(&block);
+            for l in 0..n {
+                let k = b * LANES + l;
+                emb.corner_keys(l, &mut keys).map_err(|elevated| {
+                    Error::invalid(
+                        "lattice",
+                        format!(
+                            "point {k}: lattice coordinate {elevated} overflows the 16-bit keys \
+                             (features {:?} too large: is a kernel width far too small?)",
+                            &features[k * dim..(k + 1) * dim]
+                        ),
+                    )
+                })?;
+                for r in 0..d1 {
+                    if prev_ids[r] == u32::MAX || prev_keys[r] != keys[r] {
+                        prev_keys[r] = keys[r];
+                        prev_ids[r] = table.find_or_insert(keys[r]);
+                    }
+                    offsets[k * d1 + r] = prev_ids[r] + 1;
+                    barycentric[k * d1 + r] = emb.bary[r][l];
+                }
             }
         }
         let neighbors = Self::find_neighbors(&table, dim);
@@ -418,10 +455,14 @@ mod tests {
     fn embed_dyn(dim: usize, f: &[f32]) -> ([f32; D1_MAX], [hash::Key; D1_MAX]) {
         fn go<const D: usize>(f: &[f32]) -> ([f32; D1_MAX], [hash::Key; D1_MAX]) {
             let mut emb = Embedder::<D>::new();
-            emb.embed(f);
+            let mut block = [[0f32; LANES]; MAX_DIM];
+            for (j, &v) in f.iter().enumerate() {
+                block[j] = [v; LANES];
+            }
+            emb.embed(&block);
             let mut keys = [0; D1_MAX];
-            emb.corner_keys(&mut keys).unwrap();
-            (emb.elevated, keys)
+            emb.corner_keys(0, &mut keys).unwrap();
+            (emb.elevated.map(|c| c[0]), keys)
         }
         match dim {
             1 => go::<1>(f),
