@@ -42,14 +42,46 @@ const D1_MAX: usize = MAX_DIM + 1;
 macro_rules! specialise {
     ($d1:expr, $ch:expr, |$D1:ident, $C:ident| $call:expr) => {
         match ($d1, $ch) {
-            (3, 1) => { const $D1: usize = 3; const $C: usize = 1; $call }
-            (3, 2) => { const $D1: usize = 3; const $C: usize = 2; $call }
-            (6, 1) => { const $D1: usize = 6; const $C: usize = 1; $call }
-            (6, 2) => { const $D1: usize = 6; const $C: usize = 2; $call }
-            (_, 1) => { const $D1: usize = 0; const $C: usize = 1; $call }
-            (_, 2) => { const $D1: usize = 0; const $C: usize = 2; $call }
-            (_, 3) => { const $D1: usize = 0; const $C: usize = 3; $call }
-            _ => { const $D1: usize = 0; const $C: usize = 0; $call }
+            (3, 1) => {
+                const $D1: usize = 3;
+                const $C: usize = 1;
+                $call
+            }
+            (3, 2) => {
+                const $D1: usize = 3;
+                const $C: usize = 2;
+                $call
+            }
+            (6, 1) => {
+                const $D1: usize = 6;
+                const $C: usize = 1;
+                $call
+            }
+            (6, 2) => {
+                const $D1: usize = 6;
+                const $C: usize = 2;
+                $call
+            }
+            (_, 1) => {
+                const $D1: usize = 0;
+                const $C: usize = 1;
+                $call
+            }
+            (_, 2) => {
+                const $D1: usize = 0;
+                const $C: usize = 2;
+                $call
+            }
+            (_, 3) => {
+                const $D1: usize = 0;
+                const $C: usize = 3;
+                $call
+            }
+            _ => {
+                const $D1: usize = 0;
+                const $C: usize = 0;
+                $call
+            }
         }
     };
 }
@@ -97,6 +129,8 @@ impl<const D: usize> Embedder<D> {
 
     /// Elevates a block of feature vectors (`f[coordinate][lane]`), finds each one's simplex
     /// and barycentric weights; on return `rem0`, `rank` and `bary[..=d]` describe them.
+    // Indexed lane loops on purpose: they are what the compiler vectorises.
+    #[allow(clippy::needless_range_loop)]
     fn embed(&mut self, f: &[[f32; LANES]; MAX_DIM]) {
         let d = D;
         let down = 1.0f32 / (d + 1) as f32;
@@ -127,7 +161,9 @@ impl<const D: usize> Embedder<D> {
         for i in 0..d {
             for j in i + 1..=d {
                 for l in 0..LANES {
-                    let below = (self.elevated[i][l] - self.rem0[i][l] < self.elevated[j][l] - self.rem0[j][l]) as i32;
+                    let below = (self.elevated[i][l] - self.rem0[i][l]
+                        < self.elevated[j][l] - self.rem0[j][l])
+                        as i32;
                     self.rank[i][l] += below;
                     self.rank[j][l] += 1 - below;
                 }
@@ -163,15 +199,19 @@ impl<const D: usize> Embedder<D> {
     /// remainder-0 point and each next corner adds 1 everywhere and takes d+1 from the
     /// coordinate of rank d-r. Err gives the elevated coordinate that does not fit the keys
     /// (features far too large: a kernel width far too small).
-    fn corner_keys(&self, l: usize, keys: &mut [hash::Key; D1_MAX]) -> std::result::Result<(), f32> {
+    fn corner_keys(
+        &self,
+        l: usize,
+        keys: &mut [hash::Key; D1_MAX],
+    ) -> std::result::Result<(), f32> {
         let d = D;
         let mut coords = [0i32; MAX_DIM];
-        for i in 0..d {
+        for (i, coord) in coords[..d].iter_mut().enumerate() {
             let c = self.rem0[i][l] as i32;
             if !hash::in_range(c) {
                 return Err(self.elevated[i][l]);
             }
-            coords[i] = c;
+            *coord = c;
         }
         let mut of_rank = [0usize; D1_MAX];
         for i in 0..=d {
@@ -199,18 +239,29 @@ impl Lattice {
     /// point (`features.len() == points * dim`), already scaled by 1/width.
     pub fn new(features: &[f32], dim: usize) -> Result<Lattice> {
         if dim == 0 || dim > MAX_DIM {
-            return Err(Error::invalid("lattice", format!("feature dimension {dim}; expected 1..={MAX_DIM}")));
+            return Err(Error::invalid(
+                "lattice",
+                format!("feature dimension {dim}; expected 1..={MAX_DIM}"),
+            ));
         }
-        if features.len() % dim != 0 {
+        if !features.len().is_multiple_of(dim) {
             return Err(Error::shape(
                 "lattice",
-                format!("{} feature values are not a whole number of {dim}-dimensional points", features.len()),
+                format!(
+                    "{} feature values are not a whole number of {dim}-dimensional points",
+                    features.len()
+                ),
             ));
         }
         if let Some(i) = features.iter().position(|v| !v.is_finite()) {
             return Err(Error::invalid(
                 "lattice",
-                format!("feature {} of point {} is {}", i % dim, i / dim, features[i]),
+                format!(
+                    "feature {} of point {} is {}",
+                    i % dim,
+                    i / dim,
+                    features[i]
+                ),
             ));
         }
         match dim {
@@ -243,7 +294,10 @@ impl Lattice {
         for (b, chunk) in features.chunks(dim * LANES).enumerate() {
             let n = chunk.len() / dim;
             // A short last block repeats its last point in the spare lanes.
-            for (l, column) in (0..LANES).map(|l| &chunk[l.min(n - 1) * dim..][..dim]).enumerate() {
+            for (l, column) in (0..LANES)
+                .map(|l| &chunk[l.min(n - 1) * dim..][..dim])
+                .enumerate()
+            {
                 for j in 0..dim {
                     block[j][l] = column[j];
                 }
@@ -272,7 +326,14 @@ impl Lattice {
             }
         }
         let neighbors = Self::find_neighbors(&table, dim);
-        Ok(Lattice { dim, points, vertices: table.len(), offsets, barycentric, neighbors })
+        Ok(Lattice {
+            dim,
+            points,
+            vertices: table.len(),
+            offsets,
+            barycentric,
+            neighbors,
+        })
     }
 
     /// For each direction j and vertex, the vertices at -/+ (1,...,1,-d,1,...,1) (the -d at j;
@@ -283,7 +344,11 @@ impl Lattice {
         let ones = hash::ones(dim);
         let id1 = |k: hash::Key| table.find(k).map_or(0, |id| id + 1);
         for j in 0..=dim {
-            let step = if j < dim { hash::lane(j, dim as u32 + 1) } else { 0 };
+            let step = if j < dim {
+                hash::lane(j, dim as u32 + 1)
+            } else {
+                0
+            };
             for (&key, n) in table.keys().iter().zip(&mut neighbors[j * m..(j + 1) * m]) {
                 *n = [id1(key - ones + step), id1(key + ones - step)];
             }
@@ -330,17 +395,26 @@ impl Lattice {
         debug_assert_eq!(input.len(), self.points * channels);
         debug_assert_eq!(values.len(), self.value_len(channels));
         values.fill(0.0);
-        specialise!(self.dim + 1, channels, |D1, C| self.splat_impl::<D1, C>(input, channels, values));
+        specialise!(self.dim + 1, channels, |D1, C| self
+            .splat_impl::<D1, C>(input, channels, values));
     }
 
     // The `*_impl` functions take the simplex size and channel count as constants where the
     // dispatch knows them (0: use the run-time value), so the CRF's cases (d = 2 and 5, one or
     // two channels) get fully unrolled inner loops from one body.
     #[inline(always)]
-    fn splat_impl<const D1: usize, const C: usize>(&self, input: &[f32], ch: usize, values: &mut [f32]) {
+    fn splat_impl<const D1: usize, const C: usize>(
+        &self,
+        input: &[f32],
+        ch: usize,
+        values: &mut [f32],
+    ) {
         let d1 = if D1 == 0 { self.dim + 1 } else { D1 };
         let ch = if C == 0 { ch } else { C };
-        let corners = self.offsets.chunks_exact(d1).zip(self.barycentric.chunks_exact(d1));
+        let corners = self
+            .offsets
+            .chunks_exact(d1)
+            .zip(self.barycentric.chunks_exact(d1));
         for ((offsets, weights), x) in corners.zip(input.chunks_exact(ch)) {
             for r in 0..d1 {
                 let (o, w) = (offsets[r] as usize, weights[r]);
@@ -359,7 +433,8 @@ impl Lattice {
         scratch.resize(values.len(), 0.0);
         scratch[..channels].fill(0.0);
         for j in 0..=self.dim {
-            specialise!(0, channels, |_D1, C| self.blur_direction::<C>(j, values, scratch, channels));
+            specialise!(0, channels, |_D1, C| self
+                .blur_direction::<C>(j, values, scratch, channels));
             std::mem::swap(values, scratch);
         }
     }
@@ -382,15 +457,24 @@ impl Lattice {
     /// the corners of barycentric weight * value.
     pub fn slice(&self, values: &[f32], channels: usize, out: &mut [f32]) {
         debug_assert_eq!(out.len(), self.points * channels);
-        specialise!(self.dim + 1, channels, |D1, C| self.slice_impl::<D1, C>(values, channels, out));
+        specialise!(self.dim + 1, channels, |D1, C| self
+            .slice_impl::<D1, C>(values, channels, out));
     }
 
     #[inline(always)]
-    fn slice_impl<const D1: usize, const C: usize>(&self, values: &[f32], ch: usize, out: &mut [f32]) {
+    fn slice_impl<const D1: usize, const C: usize>(
+        &self,
+        values: &[f32],
+        ch: usize,
+        out: &mut [f32],
+    ) {
         let d1 = if D1 == 0 { self.dim + 1 } else { D1 };
         let ch = if C == 0 { ch } else { C };
         let alpha = self.alpha();
-        let corners = self.offsets.chunks_exact(d1).zip(self.barycentric.chunks_exact(d1));
+        let corners = self
+            .offsets
+            .chunks_exact(d1)
+            .zip(self.barycentric.chunks_exact(d1));
         for ((offsets, weights), y) in corners.zip(out.chunks_exact_mut(ch)) {
             y.fill(0.0);
             for r in 0..d1 {
@@ -426,7 +510,13 @@ impl Lattice {
     }
 
     /// `filter` for callers that sized the buffers, reusing `ws` between calls.
-    pub(crate) fn filter_with(&self, input: &[f32], channels: usize, out: &mut [f32], ws: &mut FilterWorkspace) {
+    pub(crate) fn filter_with(
+        &self,
+        input: &[f32],
+        channels: usize,
+        out: &mut [f32],
+        ws: &mut FilterWorkspace,
+    ) {
         ws.values.resize(self.value_len(channels), 0.0);
         self.splat(input, channels, &mut ws.values);
         self.blur(&mut ws.values, &mut ws.scratch, channels);
@@ -448,7 +538,9 @@ mod tests {
 
     fn random_features(n: usize, dim: usize, spread: f32, seed: u64) -> Vec<f32> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        (0..n * dim).map(|_| rng.random_range(0.0..spread)).collect()
+        (0..n * dim)
+            .map(|_| rng.random_range(0.0..spread))
+            .collect()
     }
 
     /// The elevated point and its corner keys, for a dimension chosen at run time.
@@ -486,8 +578,14 @@ mod tests {
             let d1 = dim + 1;
             for k in 0..200 {
                 let w = &lat.barycentric()[k * d1..(k + 1) * d1];
-                assert!(w.iter().all(|&w| (-1e-5..=1.0 + 1e-5).contains(&w)), "dim {dim} point {k}: {w:?}");
-                assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-4, "dim {dim} point {k}: {w:?}");
+                assert!(
+                    w.iter().all(|&w| (-1e-5..=1.0 + 1e-5).contains(&w)),
+                    "dim {dim} point {k}: {w:?}"
+                );
+                assert!(
+                    (w.iter().sum::<f32>() - 1.0).abs() < 1e-4,
+                    "dim {dim} point {k}: {w:?}"
+                );
                 let (elevated, keys) = embed_dyn(dim, &f[k * dim..(k + 1) * dim]);
                 let mut rebuilt = vec![0f64; d1];
                 let mut coords = vec![0i32; dim];
@@ -500,7 +598,10 @@ mod tests {
                     }
                 }
                 for (a, b) in rebuilt.iter().zip(&elevated[..d1]) {
-                    assert!((a - *b as f64).abs() < 1e-3 * (1.0 + b.abs() as f64), "dim {dim}: {rebuilt:?} vs {elevated:?}");
+                    assert!(
+                        (a - *b as f64).abs() < 1e-3 * (1.0 + b.abs() as f64),
+                        "dim {dim}: {rebuilt:?} vs {elevated:?}"
+                    );
                 }
             }
         }
