@@ -30,7 +30,10 @@ fn check_width(op: &'static str, name: &str, v: f32) -> Result<()> {
     if v.is_finite() && v > 0.0 {
         Ok(())
     } else {
-        Err(Error::invalid(op, format!("{name} must be a positive width, got {v}")))
+        Err(Error::invalid(
+            op,
+            format!("{name} must be a positive width, got {v}"),
+        ))
     }
 }
 
@@ -55,7 +58,10 @@ pub fn bilateral_features(image: &Image<u8>, sxy: f32, srgb: f32) -> Result<Vec<
     if image.channels != 1 && image.channels != 3 {
         return Err(Error::invalid(
             "bilateral features",
-            format!("guide image has {} channels; expected 1 (grey) or 3 (RGB)", image.channels),
+            format!(
+                "guide image has {} channels; expected 1 (grey) or 3 (RGB)",
+                image.channels
+            ),
         ));
     }
     if image.data.len() != image.width * image.height * image.channels {
@@ -74,7 +80,11 @@ pub fn bilateral_features(image: &Image<u8>, sxy: f32, srgb: f32) -> Result<Vec<
     for y in 0..image.height {
         for x in 0..image.width {
             let px = &image.data[(y * image.width + x) * image.channels..][..image.channels];
-            let rgb = if image.channels == 1 { [px[0]; 3] } else { [px[0], px[1], px[2]] };
+            let rgb = if image.channels == 1 {
+                [px[0]; 3]
+            } else {
+                [px[0], px[1], px[2]]
+            };
             f.extend_from_slice(&[x as f32 / sxy, y as f32 / sxy]);
             f.extend(rgb.iter().map(|&c| c as f32 / srgb));
         }
@@ -89,7 +99,13 @@ enum Filter {
 
 impl Filter {
     /// K(input), input and out points x channels (sized by the caller).
-    fn apply(&self, input: &[f32], channels: usize, out: &mut [f32], ws: &mut FilterWorkspace) -> Result<()> {
+    fn apply(
+        &self,
+        input: &[f32],
+        channels: usize,
+        out: &mut [f32],
+        ws: &mut FilterWorkspace,
+    ) -> Result<()> {
         match self {
             Filter::Lattice(lattice) => {
                 lattice.filter_with(input, channels, out, ws);
@@ -124,7 +140,10 @@ impl PairwiseKernel {
     /// `features`: points x dim (scaled by 1/width); `compat`: the Potts weight.
     pub fn new(features: &[f32], dim: usize, compat: f32, method: FilterMethod) -> Result<Self> {
         if !compat.is_finite() {
-            return Err(Error::invalid("pairwise kernel", format!("compat must be finite, got {compat}")));
+            return Err(Error::invalid(
+                "pairwise kernel",
+                format!("compat must be finite, got {compat}"),
+            ));
         }
         let filter = match method {
             FilterMethod::Lattice => Filter::Lattice(Lattice::new(features, dim)?),
@@ -140,7 +159,13 @@ impl PairwiseKernel {
         for (t, n) in total.iter_mut().zip(&norm) {
             *t *= compat * n;
         }
-        Ok(PairwiseKernel { points, compat, norm, total, filter })
+        Ok(PairwiseKernel {
+            points,
+            compat,
+            norm,
+            total,
+            filter,
+        })
     }
 
     pub fn points(&self) -> usize {
@@ -163,7 +188,13 @@ impl PairwiseKernel {
     /// Adds this kernel's messages compat * norm * K(norm * q) to `acc` (both points x labels),
     /// as densecrf's NORMALIZE_SYMMETRIC DenseKernel then PottsCompatibility do (with the
     /// inference's sign flip): filter labels - 1 channels, derive the last from `total`.
-    pub(crate) fn add_messages(&self, q: &[f32], labels: usize, acc: &mut [f32], ws: &mut KernelWorkspace) {
+    pub(crate) fn add_messages(
+        &self,
+        q: &[f32],
+        labels: usize,
+        acc: &mut [f32],
+        ws: &mut KernelWorkspace,
+    ) {
         debug_assert_eq!(q.len(), self.points * labels);
         debug_assert_eq!(acc.len(), q.len());
         let free = labels - 1;
@@ -188,7 +219,11 @@ impl PairwiseKernel {
 #[inline(always)]
 fn scale_free_labels<const L: usize>(q: &[f32], norm: &[f32], labels: usize, out: &mut [f32]) {
     let labels = if L == 0 { labels } else { L };
-    for ((o, q), &n) in out.chunks_exact_mut(labels - 1).zip(q.chunks_exact(labels)).zip(norm) {
+    for ((o, q), &n) in out
+        .chunks_exact_mut(labels - 1)
+        .zip(q.chunks_exact(labels))
+        .zip(norm)
+    {
         for l in 0..labels - 1 {
             o[l] = n * q[l];
         }
@@ -198,10 +233,19 @@ fn scale_free_labels<const L: usize>(q: &[f32], norm: &[f32], labels: usize, out
 /// acc += compat * norm * filtered for the first labels - 1 labels and, for the last label,
 /// `total` less their sum.
 #[inline(always)]
-fn add_with_last<const L: usize>(filtered: &[f32], norm: &[f32], compat: f32, total: &[f32], labels: usize, acc: &mut [f32]) {
+fn add_with_last<const L: usize>(
+    filtered: &[f32],
+    norm: &[f32],
+    compat: f32,
+    total: &[f32],
+    labels: usize,
+    acc: &mut [f32],
+) {
     let labels = if L == 0 { labels } else { L };
     let free = labels - 1;
-    let rows = acc.chunks_exact_mut(labels).zip(filtered.chunks_exact(free));
+    let rows = acc
+        .chunks_exact_mut(labels)
+        .zip(filtered.chunks_exact(free));
     for ((a, m), (&n, &t)) in rows.zip(norm.iter().zip(total)) {
         let c = compat * n;
         let mut others = 0.0;
@@ -227,7 +271,10 @@ mod tests {
         let b = bilateral_features(&img, 4.0, 10.0).unwrap();
         assert_eq!(&b[5..], &[0.25, 0.0, 4.0, 5.0, 6.0]);
         let grey = Image::new(2, 1, 1, vec![10, 40]);
-        assert_eq!(&bilateral_features(&grey, 4.0, 10.0).unwrap()[5..], &[0.25, 0.0, 4.0, 4.0, 4.0]);
+        assert_eq!(
+            &bilateral_features(&grey, 4.0, 10.0).unwrap()[5..],
+            &[0.25, 0.0, 4.0, 4.0, 4.0]
+        );
     }
 
     #[test]
@@ -240,7 +287,12 @@ mod tests {
             assert!(e.contains("srgb"), "{e}");
         }
         let two = Image::new(1, 1, 2, vec![5, 6]);
-        assert!(bilateral_features(&two, 3.0, 3.0).unwrap_err().to_string().contains("2 channels"));
+        assert!(
+            bilateral_features(&two, 3.0, 3.0)
+                .unwrap_err()
+                .to_string()
+                .contains("2 channels")
+        );
         let f = gaussian_features(4, 4, 3.0).unwrap();
         assert!(PairwiseKernel::new(&f, 2, f32::NAN, FilterMethod::Lattice).is_err());
     }
