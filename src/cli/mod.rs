@@ -28,12 +28,8 @@ pub enum Command {
     Crf(crf::Args),
     /// Cluster lesions, split 80/10/10 by cluster, pair lesions, write the manifest JSON.
     Split(split::Args),
-    /// Recall, precision, Dice, AVD and VS of a folder of masks against the true masks.
-    EvalMasks(eval_masks::Args),
     /// GrabCut pseudo-masks from the RECIST marks of every lesion (quality report if masks/ exists).
     PseudoMasks(pseudo_masks::Args),
-    /// Write a synthetic DeepLesion: slices, DL_info.csv and true masks.
-    Synth(synth::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -43,8 +39,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::EvalMasks(a) => eval_masks::run(a),
         Command::Crf(a) => crf::run(a),
         Command::Split(a) => split::run(a),
-        Command::EvalMasks(a) => eval_masks::run(a),
         Command::PseudoMasks(a) => pseudo_masks::run(a),
-        Command::Synth(a) => synth::run(a),
     }
 }
