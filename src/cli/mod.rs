@@ -4,6 +4,8 @@ use clap::{Parser, Subcommand};
 
 mod eval_masks;
 mod crf;
+mod crops;
+mod embed;
 mod info;
 mod split;
 mod pseudo_masks;
@@ -18,6 +20,10 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// The network's input tensors of every lesion (float32 [N, 3, 128, 128] .npy + File_name sidecar).
+    Crops(crops::Args),
+    /// Lesion embeddings: pooled layer4 features of the dilated ResNet encoder (float32 [N, 2048] .npy).
+    Embed(embed::Args),
     /// What this build can do: version, devices, kernels.
     Info(info::Args),
     /// Write a synthetic DeepLesion: slices, DL_info.csv and true masks.
@@ -34,6 +40,8 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Crops(a) => crops::run(a),
+        Command::Embed(a) => embed::run(a),
         Command::Info(a) => info::run(a),
         Command::Synth(a) => synth::run(a),
         Command::EvalMasks(a) => eval_masks::run(a),
