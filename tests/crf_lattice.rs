@@ -7,6 +7,7 @@
 //! operators the CRF uses, both scale-free:
 //! - the symmetric-normalised filter  S(x) = K(1)^-1/2 * K(K(1)^-1/2 * x);
 //! - the weighted mean                M(x) = K(x) / K(1).
+//!
 //! Expected relative L2 error of the lattice against the exact filter:
 //! - zero-mean white-noise inputs (the hardest case, all frequencies): 0.10-0.13 for d <= 3,
 //!   about 0.16 for d = 4 and 0.25 for d = 5 (measured, seeds below); bounds sit about 40% above,
@@ -32,26 +33,44 @@ struct Compared {
     mean: (Vec<f32>, Vec<f32>),
 }
 
+/// A filter: input (points x channels), channels, output.
+type FilterFn<'a> = &'a dyn Fn(&[f32], usize, &mut [f32]);
+
 fn compare(features: &[f32], dim: usize, x: &[f32], channels: usize) -> Compared {
     let n = features.len() / dim;
     let lat = Lattice::new(features, dim).unwrap();
     let ex = ExactGaussian::new(features, dim).unwrap();
-    let filt = |f: &dyn Fn(&[f32], usize, &mut [f32]), v: &[f32], c: usize| {
+    let filt = |f: FilterFn, v: &[f32], c: usize| {
         let mut o = vec![0f32; v.len()];
         f(v, c, &mut o);
         o
     };
-    let run = |f: &dyn Fn(&[f32], usize, &mut [f32])| {
+    let run = |f: FilterFn| {
         let density = filt(f, &vec![1.0; n], 1);
         let norm: Vec<f32> = density.iter().map(|k| 1.0 / (k + 1e-20).sqrt()).collect();
-        let scaled: Vec<f32> = x.iter().enumerate().map(|(i, v)| v * norm[i / channels]).collect();
-        let sym: Vec<f32> = filt(f, &scaled, channels).iter().enumerate().map(|(i, v)| v * norm[i / channels]).collect();
-        let mean: Vec<f32> = filt(f, x, channels).iter().enumerate().map(|(i, v)| v / density[i / channels]).collect();
+        let scaled: Vec<f32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * norm[i / channels])
+            .collect();
+        let sym: Vec<f32> = filt(f, &scaled, channels)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * norm[i / channels])
+            .collect();
+        let mean: Vec<f32> = filt(f, x, channels)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v / density[i / channels])
+            .collect();
         (sym, mean)
     };
     let (ls, lm) = run(&|v, c, o| lat.filter(v, c, o).unwrap());
     let (es, em) = run(&|v, c, o| ex.filter(v, c, o).unwrap());
-    Compared { symmetric: (ls, es), mean: (lm, em) }
+    Compared {
+        symmetric: (ls, es),
+        mean: (lm, em),
+    }
 }
 
 fn zero_mean_noise(n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
@@ -75,7 +94,8 @@ fn smooth_image(w: usize, h: usize, rng: &mut ChaCha8Rng) -> Image<u8> {
         for x in 0..w {
             let mut v = 90.0 + 40.0 * x as f32 / w as f32;
             for &(cx, cy, s, a) in &blobs {
-                v += a * (-((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)) / (2.0 * s * s)).exp();
+                v += a
+                    * (-((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)) / (2.0 * s * s)).exp();
             }
             v += rng.random_range(-6.0..6.0);
             data.push(v.clamp(0.0, 255.0) as u8);
@@ -94,18 +114,37 @@ fn random_point_clouds_in_every_dimension_up_to_five() {
     let smooth_bounds = [0.025, 0.025, 0.04, 0.09, 0.1];
     for ((dim, bound), smooth_bound) in (1..=5).zip(bounds).zip(smooth_bounds) {
         let n = 600;
-        let f: Vec<f32> = (0..n * dim).map(|_| rng.random_range(0.0f32..4.0)).collect();
+        let f: Vec<f32> = (0..n * dim)
+            .map(|_| rng.random_range(0.0f32..4.0))
+            .collect();
         let x = zero_mean_noise(n * 2, &mut rng);
         let c = compare(&f, dim, &x, 2);
-        let (es, em) = (rel_l2(&c.symmetric.0, &c.symmetric.1), rel_l2(&c.mean.0, &c.mean.1));
+        let (es, em) = (
+            rel_l2(&c.symmetric.0, &c.symmetric.1),
+            rel_l2(&c.mean.0, &c.mean.1),
+        );
         eprintln!("random cloud d={dim}: symmetric rel L2 {es:.4}, weighted-mean rel L2 {em:.4}");
-        assert!(es < bound && em < bound, "d={dim}: {es} {em} (bound {bound})");
+        assert!(
+            es < bound && em < bound,
+            "d={dim}: {es} {em} (bound {bound})"
+        );
         // A smooth input (one slow wave across the cloud) is filtered much more accurately.
-        let smooth: Vec<f32> = f.chunks_exact(dim).map(|p| (0.4 * p.iter().sum::<f32>()).sin()).collect();
+        let smooth: Vec<f32> = f
+            .chunks_exact(dim)
+            .map(|p| (0.4 * p.iter().sum::<f32>()).sin())
+            .collect();
         let c = compare(&f, dim, &smooth, 1);
-        let (ss, sm) = (rel_l2(&c.symmetric.0, &c.symmetric.1), rel_l2(&c.mean.0, &c.mean.1));
-        eprintln!("random cloud d={dim}, smooth input: symmetric rel L2 {ss:.4}, weighted-mean rel L2 {sm:.4}");
-        assert!(ss < smooth_bound && sm < smooth_bound, "d={dim}, smooth input: {ss} {sm}");
+        let (ss, sm) = (
+            rel_l2(&c.symmetric.0, &c.symmetric.1),
+            rel_l2(&c.mean.0, &c.mean.1),
+        );
+        eprintln!(
+            "random cloud d={dim}, smooth input: symmetric rel L2 {ss:.4}, weighted-mean rel L2 {sm:.4}"
+        );
+        assert!(
+            ss < smooth_bound && sm < smooth_bound,
+            "d={dim}, smooth input: {ss} {sm}"
+        );
     }
 }
 
@@ -116,7 +155,10 @@ fn smoothness_kernel_on_an_image_grid() {
     let f = gaussian_features(40, 40, 3.0).unwrap();
     let x = zero_mean_noise(1600 * 2, &mut rng);
     let c = compare(&f, 2, &x, 2);
-    let (es, em) = (rel_l2(&c.symmetric.0, &c.symmetric.1), rel_l2(&c.mean.0, &c.mean.1));
+    let (es, em) = (
+        rel_l2(&c.symmetric.0, &c.symmetric.1),
+        rel_l2(&c.mean.0, &c.mean.1),
+    );
     eprintln!("grid sxy=3: symmetric rel L2 {es:.4}, weighted-mean rel L2 {em:.4}");
     // Measured 0.103 / 0.104.
     assert!(es < 0.15 && em < 0.15, "{es} {em}");
@@ -138,8 +180,13 @@ fn appearance_kernel_on_a_smooth_image() {
         let f = bilateral_features(&img, sxy, srgb).unwrap();
         let x = zero_mean_noise(1600 * 2, &mut rng);
         let c = compare(&f, 5, &x, 2);
-        let (es, em) = (rel_l2(&c.symmetric.0, &c.symmetric.1), rel_l2(&c.mean.0, &c.mean.1));
-        eprintln!("bilateral sxy={sxy} srgb={srgb}: symmetric rel L2 {es:.4}, weighted-mean rel L2 {em:.4}");
+        let (es, em) = (
+            rel_l2(&c.symmetric.0, &c.symmetric.1),
+            rel_l2(&c.mean.0, &c.mean.1),
+        );
+        eprintln!(
+            "bilateral sxy={sxy} srgb={srgb}: symmetric rel L2 {es:.4}, weighted-mean rel L2 {em:.4}"
+        );
         assert!(es < 0.23 && em < 0.23, "sxy {sxy} srgb {srgb}: {es} {em}");
     }
 }

@@ -72,3 +72,23 @@ fn gpu_out_of_memory_names_the_size_and_what_is_free() {
     let e = dev.alloc(total).unwrap_err().to_string(); // 4x the card: cannot fit
     assert!(e.contains("out of memory") && e.contains("free") && e.contains(&format!("{} bytes", 4 * coseg::backend::cuda::alloc::size_class(total))), "{e}");
 }
+
+#[test]
+fn gpu_tensors_move_between_devices_and_ops_without_a_gpu_path_say_so() {
+    use coseg::tensor::Tensor;
+    let mut r = rng(3);
+    let data = randn(&mut r, 2 * 3 * 4 * 5);
+    let cpu = Tensor::from_vec(data.clone(), vec![2, 3, 4, 5], Device::Cpu).unwrap();
+    let Some(_dev) = gpu("gpu_tensors_move_between_devices_and_ops_without_a_gpu_path_say_so") else {
+        // No GPU: asking for one is a Device error, never a panic.
+        match cpu.to_device(Device::Cuda(0)) {
+            Err(Error::Device(msg)) => assert!(!msg.is_empty()),
+            other => panic!("to_device(cuda:0) without a GPU gave {other:?}"),
+        }
+        return;
+    };
+    let on_gpu = cpu.to_device(Device::Cuda(0)).unwrap();
+    assert_eq!(on_gpu.device(), Device::Cuda(0));
+    assert_eq!(on_gpu.to_vec().unwrap(), data);
+    assert_eq!(on_gpu.to_device(Device::Cpu).unwrap().to_vec().unwrap(), data);
+}

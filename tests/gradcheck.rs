@@ -233,3 +233,16 @@ fn shared_weights_network() {
         joined.conv2d(&t[3], None, 1, 0, 1)?.resize_bilinear(8, 8)
     });
 }
+
+#[test]
+fn clamp_and_dropout() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    // Inputs kept 0.05 away from the clamp bounds +-0.5.
+    let x = away_from_zero(&mut rng, &[4, 6], 0.05).affine(1.0, 0.0).unwrap();
+    let shifted = Tensor::from_vec(x.to_vec().unwrap().iter().map(|&v| if v.abs() > 0.45 && v.abs() < 0.55 { v * 2.0 } else { v }).collect(), [4, 6], CPU).unwrap();
+    check("clamp", &[shifted], &[0], 1e-2, |t| t[0].clamp(-0.5, 0.5));
+    check("dropout (fixed mask)", &[randn(&mut rng, &[4, 6])], &[0], 1e-2, |t| {
+        let mut r = ChaCha8Rng::seed_from_u64(3); // the same mask on every call
+        t[0].dropout(0.3, true, &mut r)
+    });
+}

@@ -71,3 +71,21 @@ fn ellipse_passes_through_the_four_end_points() {
     }
     assert!(e.radius2(30.0, 30.0) < 0.2);
 }
+
+#[test]
+fn trimap_follows_the_documented_seeds() {
+    use coseg::pseudo::{Seed, SeedParams, trimap};
+    // Cross with semi-axes 20 (x) and 10 (y) centred at (30, 30). The ellipse's box in pixel
+    // edges is x in [9.5, 50.5], y in [19.5, 40.5]; margin 0.3 adds 12.3 and 6.3 on each side.
+    let r = Recist { long: [(10.0, 30.0), (50.0, 30.0)], short: [(30.0, 20.0), (30.0, 40.0)] };
+    let (seeds, _) = trimap(&r, 64, 64, &SeedParams::default()).unwrap();
+    let at = |x: usize, y: usize| seeds[y * 64 + x];
+    assert_eq!(at(30, 30), Seed::CertainForeground);
+    assert_eq!(at(45, 30), Seed::CertainForeground, "on the long diameter, inside its central 80%");
+    assert_eq!(at(12, 30), Seed::ProbableForeground, "on the long diameter but in its outer 10%");
+    assert_eq!(at(38, 35), Seed::ProbableForeground);
+    assert_eq!(at(46, 38), Seed::ProbableBackground, "outside the ellipse, inside the box");
+    assert_eq!(at(30, 44), Seed::ProbableBackground);
+    assert_eq!(at(30, 48), Seed::CertainBackground, "below the enlarged box");
+    assert_eq!(at(2, 2), Seed::CertainBackground);
+}

@@ -48,9 +48,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let image = io::read_u8(&a.image)?;
     let prob8 = io::read_u8(&a.prob)?;
     if prob8.channels != 1 {
-        anyhow::bail!("{}: the probability map must be a grey PNG, found {} channels", a.prob.display(), prob8.channels);
+        anyhow::bail!(
+            "{}: the probability map must be a grey PNG, found {} channels",
+            a.prob.display(),
+            prob8.channels
+        );
     }
-    let prob = Image::new(prob8.width, prob8.height, 1, prob8.data.iter().map(|&v| v as f32 / 255.0).collect());
+    let prob = Image::new(
+        prob8.width,
+        prob8.height,
+        1,
+        prob8.data.iter().map(|&v| v as f32 / 255.0).collect(),
+    );
     let q = crf::refine(&image, &prob, &params)
         .with_context(|| format!("crf on {} with {}", a.image.display(), a.prob.display()))?;
     let mask = crf::mask_from_marginal(&q);

@@ -13,19 +13,30 @@ pub struct ExactGaussian {
 impl ExactGaussian {
     /// `features`: points x dim, already scaled by 1/width (the same input as `Lattice::new`).
     pub fn new(features: &[f32], dim: usize) -> Result<Self> {
-        if dim == 0 || features.len() % dim != 0 {
+        if dim == 0 || !features.len().is_multiple_of(dim) {
             return Err(Error::shape(
                 "exact gaussian",
-                format!("{} feature values are not a whole number of {dim}-dimensional points", features.len()),
+                format!(
+                    "{} feature values are not a whole number of {dim}-dimensional points",
+                    features.len()
+                ),
             ));
         }
         if let Some(i) = features.iter().position(|v| !v.is_finite()) {
             return Err(Error::invalid(
                 "exact gaussian",
-                format!("feature {} of point {} is {}", i % dim, i / dim, features[i]),
+                format!(
+                    "feature {} of point {} is {}",
+                    i % dim,
+                    i / dim,
+                    features[i]
+                ),
             ));
         }
-        Ok(ExactGaussian { dim, features: features.to_vec() })
+        Ok(ExactGaussian {
+            dim,
+            features: features.to_vec(),
+        })
     }
 
     pub fn points(&self) -> usize {
@@ -38,14 +49,22 @@ impl ExactGaussian {
         if input.len() != n * channels || out.len() != input.len() {
             return Err(Error::shape(
                 "exact gaussian filter",
-                format!("{n} points x {channels} channels; got input {} and output {}", input.len(), out.len()),
+                format!(
+                    "{n} points x {channels} channels; got input {} and output {}",
+                    input.len(),
+                    out.len()
+                ),
             ));
         }
         let d = self.dim;
         let mut acc = vec![0f64; channels];
         for (i, fi) in self.features.chunks_exact(d).enumerate() {
             acc.fill(0.0);
-            for (fj, x) in self.features.chunks_exact(d).zip(input.chunks_exact(channels)) {
+            for (fj, x) in self
+                .features
+                .chunks_exact(d)
+                .zip(input.chunks_exact(channels))
+            {
                 let dist2: f32 = fi.iter().zip(fj).map(|(a, b)| (a - b) * (a - b)).sum();
                 let w = (-0.5 * dist2 as f64).exp();
                 for (a, &x) in acc.iter_mut().zip(x) {
@@ -71,7 +90,11 @@ mod tests {
         let mut out = [0.0; 3];
         g.filter(&[1.0, 2.0, 4.0], 1, &mut out).unwrap();
         let k = |d: f64| (-d * d / 2.0).exp();
-        let want = [1.0 + 2.0 * k(1.0) + 4.0 * k(3.0), k(1.0) + 2.0 + 4.0 * k(2.0), k(3.0) + 2.0 * k(2.0) + 4.0];
+        let want = [
+            1.0 + 2.0 * k(1.0) + 4.0 * k(3.0),
+            k(1.0) + 2.0 + 4.0 * k(2.0),
+            k(3.0) + 2.0 * k(2.0) + 4.0,
+        ];
         for (o, w) in out.iter().zip(want) {
             assert!((*o as f64 - w).abs() < 1e-5, "{out:?} vs {want:?}");
         }

@@ -38,7 +38,11 @@ pub fn ones(len: usize) -> Key {
 
 /// Packs lattice coordinates (each `in_range`) into one key.
 pub fn pack(coords: &[i32]) -> Key {
-    coords.iter().enumerate().map(|(i, &c)| lane(i, (c + BIAS) as u32)).sum()
+    coords
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| lane(i, (c + BIAS) as u32))
+        .sum()
 }
 
 /// Inverse of `pack` for `len` coordinates.
@@ -65,7 +69,11 @@ impl HashTable {
     /// A table that grows as needed; `expected` only sizes the first allocation.
     pub fn with_capacity(expected: usize) -> Self {
         let cap = (2 * expected.max(8)).next_power_of_two();
-        HashTable { table: vec![EMPTY; cap], keys: Vec::with_capacity(expected), shift: 64 - cap.trailing_zeros() }
+        HashTable {
+            table: vec![EMPTY; cap],
+            keys: Vec::with_capacity(expected),
+            shift: 64 - cap.trailing_zeros(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -150,14 +158,20 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         for len in 1..=MAX_KEY_LEN {
             let m = LANE_MARGIN;
-            let c: Vec<i32> = (0..len).map(|_| rng.random_range(-32768 + m..=32767 - m)).collect();
+            let c: Vec<i32> = (0..len)
+                .map(|_| rng.random_range(-32768 + m..=32767 - m))
+                .collect();
             let mut back = vec![0; len];
             unpack(pack(&c), len, &mut back);
             assert_eq!(back, c);
             // Stepping a whole key moves each coordinate and leaves the others alone.
             let stepped = pack(&c) + ones(len) - lane(len - 1, 5);
             unpack(stepped, len, &mut back);
-            let want: Vec<i32> = c.iter().enumerate().map(|(i, v)| v + 1 - if i == len - 1 { 5 } else { 0 }).collect();
+            let want: Vec<i32> = c
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + 1 - if i == len - 1 { 5 } else { 0 })
+                .collect();
             assert_eq!(back, want);
         }
     }
@@ -166,7 +180,9 @@ mod tests {
     fn ids_are_dense_stable_and_survive_growth() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
         let mut t = HashTable::with_capacity(4);
-        let keys: Vec<Key> = (0..5000).map(|_| pack(&[rng.random_range(-300..300), rng.random_range(-300..300)])).collect();
+        let keys: Vec<Key> = (0..5000)
+            .map(|_| pack(&[rng.random_range(-300..300), rng.random_range(-300..300)]))
+            .collect();
         let ids: Vec<u32> = keys.iter().map(|&k| t.find_or_insert(k)).collect();
         let mut distinct = keys.clone();
         distinct.sort();

@@ -30,7 +30,10 @@ fn check_width(op: &'static str, name: &str, v: f32) -> Result<()> {
     if v.is_finite() && v > 0.0 {
         Ok(())
     } else {
-        Err(Error::invalid(op, format!("{name} must be a positive width, got {v}")))
+        Err(Error::invalid(
+            op,
+            format!("{name} must be a positive width, got {v}"),
+        ))
     }
 }
 
@@ -55,7 +58,10 @@ pub fn bilateral_features(image: &Image<u8>, sxy: f32, srgb: f32) -> Result<Vec<
     if image.channels != 1 && image.channels != 3 {
         return Err(Error::invalid(
             "bilateral features",
-            format!("guide image has {} channels; expected 1 (grey) or 3 (RGB)", image.channels),
+            format!(
+                "guide image has {} channels; expected 1 (grey) or 3 (RGB)",
+                image.channels
+            ),
         ));
     }
     if image.data.len() != image.width * image.height * image.channels {
@@ -74,7 +80,11 @@ pub fn bilateral_features(image: &Image<u8>, sxy: f32, srgb: f32) -> Result<Vec<
     for y in 0..image.height {
         for x in 0..image.width {
             let px = &image.data[(y * image.width + x) * image.channels..][..image.channels];
-            let rgb = if image.channels == 1 { [px[0]; 3] } else { [px[0], px[1], px[2]] };
+            let rgb = if image.channels == 1 {
+                [px[0]; 3]
+            } else {
+                [px[0], px[1], px[2]]
+            };
             f.extend_from_slice(&[x as f32 / sxy, y as f32 / sxy]);
             f.extend(rgb.iter().map(|&c| c as f32 / srgb));
         }
@@ -83,13 +93,27 @@ pub fn bilateral_features(image: &Image<u8>, sxy: f32, srgb: f32) -> Result<Vec<
 }
 
 enum Filter {
-    /// The lattice with the normalisation and compat folded into its splat and slice weights:
-    /// splat_w = barycentric * norm_i, slice_w = barycentric * alpha * norm_i * compat.
-    /// `total` is the message of a label held by every pixel, compat * norm * K(norm): as the
-    /// labels' Q sum to 1 and the filter is linear, the last label's message is `total` less
-    /// the others', so only labels - 1 channels go through the lattice (one for a lesion mask).
-    Lattice { lattice: Lattice, splat_w: Vec<f32>, slice_w: Vec<f32>, total: Vec<f32> },
+    Lattice(Lattice),
     Exact(ExactGaussian),
+}
+
+impl Filter {
+    /// K(input), input and out points x channels (sized by the caller).
+    fn apply(
+        &self,
+        input: &[f32],
+        channels: usize,
+        out: &mut [f32],
+        ws: &mut FilterWorkspace,
+    ) -> Result<()> {
+        match self {
+            Filter::Lattice(lattice) => {
+                lattice.filter_with(input, channels, out, ws);
+                Ok(())
+            }
+            Filter::Exact(exact) => exact.filter(input, channels, out),
+        }
+    }
 }
 
 /// One Gaussian edge kernel with its Potts weight, ready to pass messages.
@@ -97,13 +121,17 @@ pub struct PairwiseKernel {
     points: usize,
     compat: f32,
     norm: Vec<f32>,
+    /// The message of a label that every pixel holds, compat * norm * K(norm). As the labels'
+    /// Q sum to 1 and K is linear, the last label's message is `total` less the others', so
+    /// only labels - 1 channels are filtered (one for a lesion mask).
+    total: Vec<f32>,
     filter: Filter,
 }
 
 /// Buffers one kernel needs per message pass; allocate once per inference.
 #[derive(Default)]
 pub struct KernelWorkspace {
-    lattice: FilterWorkspace,
+    filter: FilterWorkspace,
     scaled: Vec<f32>,
     filtered: Vec<f32>,
 }
@@ -112,39 +140,32 @@ impl PairwiseKernel {
     /// `features`: points x dim (scaled by 1/width); `compat`: the Potts weight.
     pub fn new(features: &[f32], dim: usize, compat: f32, method: FilterMethod) -> Result<Self> {
         if !compat.is_finite() {
-            return Err(Error::invalid("pairwise kernel", format!("compat must be finite, got {compat}")));
+            return Err(Error::invalid(
+                "pairwise kernel",
+                format!("compat must be finite, got {compat}"),
+            ));
         }
-        let ones_count = features.len() / dim.max(1);
-        let ones = vec![1.0f32; ones_count];
-        let mut density = vec![0.0f32; ones_count];
         let filter = match method {
-            FilterMethod::Lattice => {
-                let lattice = Lattice::new(features, dim)?;
-                lattice.filter(&ones, 1, &mut density)?;
-                Filter::Lattice { lattice, splat_w: Vec::new(), slice_w: Vec::new(), total: Vec::new() }
-            }
-            FilterMethod::Exact => {
-                let exact = ExactGaussian::new(features, dim)?;
-                exact.filter(&ones, 1, &mut density)?;
-                Filter::Exact(exact)
-            }
+            FilterMethod::Lattice => Filter::Lattice(Lattice::new(features, dim)?),
+            FilterMethod::Exact => Filter::Exact(ExactGaussian::new(features, dim)?),
         };
+        let points = features.len() / dim;
+        let mut ws = FilterWorkspace::default();
+        let mut density = vec![0.0f32; points];
+        filter.apply(&vec![1.0; points], 1, &mut density, &mut ws)?;
         let norm: Vec<f32> = density.iter().map(|&k| 1.0 / (k + 1e-20).sqrt()).collect();
-        let mut kernel = PairwiseKernel { points: ones_count, compat, norm, filter };
-        if let Filter::Lattice { lattice, splat_w, slice_w, total } = &mut kernel.filter {
-            let d1 = lattice.dim() + 1;
-            let alpha = lattice.alpha();
-            *splat_w = lattice
-                .barycentric()
-                .chunks_exact(d1)
-                .zip(&kernel.norm)
-                .flat_map(|(w, &n)| w.iter().map(move |w| w * n))
-                .collect();
-            *slice_w = splat_w.iter().map(|w| w * alpha * compat).collect();
-            *total = vec![0.0; ones_count];
-            lattice.filter_add(splat_w, slice_w, &ones, 1, total, &mut FilterWorkspace::default());
+        let mut total = vec![0.0f32; points];
+        filter.apply(&norm, 1, &mut total, &mut ws)?;
+        for (t, n) in total.iter_mut().zip(&norm) {
+            *t *= compat * n;
         }
-        Ok(kernel)
+        Ok(PairwiseKernel {
+            points,
+            compat,
+            norm,
+            total,
+            filter,
+        })
     }
 
     pub fn points(&self) -> usize {
@@ -159,71 +180,79 @@ impl PairwiseKernel {
     /// The lattice, when this kernel uses one (for inspection and benchmarks).
     pub fn lattice(&self) -> Option<&Lattice> {
         match &self.filter {
-            Filter::Lattice { lattice, .. } => Some(lattice),
+            Filter::Lattice(lattice) => Some(lattice),
             Filter::Exact(_) => None,
         }
     }
 
-    /// Adds this kernel's messages compat * norm * K(norm * q) to `acc` (both points x labels).
-    pub(crate) fn add_messages(&self, q: &[f32], labels: usize, acc: &mut [f32], ws: &mut KernelWorkspace) {
+    /// Adds this kernel's messages compat * norm * K(norm * q) to `acc` (both points x labels),
+    /// as densecrf's NORMALIZE_SYMMETRIC DenseKernel then PottsCompatibility do (with the
+    /// inference's sign flip): filter labels - 1 channels, derive the last from `total`.
+    pub(crate) fn add_messages(
+        &self,
+        q: &[f32],
+        labels: usize,
+        acc: &mut [f32],
+        ws: &mut KernelWorkspace,
+    ) {
         debug_assert_eq!(q.len(), self.points * labels);
         debug_assert_eq!(acc.len(), q.len());
-        match &self.filter {
-            Filter::Lattice { lattice, splat_w, slice_w, total } => {
-                let free = labels - 1;
-                ws.scaled.resize(self.points * free, 0.0);
-                ws.filtered.clear();
-                ws.filtered.resize(self.points * free, 0.0);
-                match labels {
-                    2 => gather_free::<2>(q, 2, &mut ws.scaled),
-                    l => gather_free::<0>(q, l, &mut ws.scaled),
-                }
-                lattice.filter_add(splat_w, slice_w, &ws.scaled, free, &mut ws.filtered, &mut ws.lattice);
-                match labels {
-                    2 => add_with_last::<2>(&ws.filtered, total, 2, acc),
-                    l => add_with_last::<0>(&ws.filtered, total, l, acc),
-                }
-            }
-            Filter::Exact(exact) => {
-                ws.scaled.clear();
-                ws.scaled.extend(q.chunks_exact(labels).zip(&self.norm).flat_map(|(q, &n)| q.iter().map(move |v| v * n)));
-                ws.filtered.resize(q.len(), 0.0);
-                exact
-                    .filter(&ws.scaled, labels, &mut ws.filtered)
-                    .expect("buffers sized from the kernel's own point count");
-                for ((a, f), &n) in acc.chunks_exact_mut(labels).zip(ws.filtered.chunks_exact(labels)).zip(&self.norm) {
-                    for (a, f) in a.iter_mut().zip(f) {
-                        *a += self.compat * n * f;
-                    }
-                }
-            }
+        let free = labels - 1;
+        ws.scaled.resize(self.points * free, 0.0);
+        ws.filtered.resize(self.points * free, 0.0);
+        match labels {
+            2 => scale_free_labels::<2>(q, &self.norm, 2, &mut ws.scaled),
+            l => scale_free_labels::<0>(q, &self.norm, l, &mut ws.scaled),
+        }
+        self.filter
+            .apply(&ws.scaled, free, &mut ws.filtered, &mut ws.filter)
+            .expect("buffers sized from the kernel's own point count");
+        match labels {
+            2 => add_with_last::<2>(&ws.filtered, &self.norm, self.compat, &self.total, 2, acc),
+            l => add_with_last::<0>(&ws.filtered, &self.norm, self.compat, &self.total, l, acc),
         }
     }
 }
 
-/// Copies the first labels - 1 channels of `q` (pixels x labels) into `out`. `L`: the label
-/// count as a constant where known (0: read `labels`).
+/// out = norm * q over the first labels - 1 channels of `q` (pixels x labels). `L`: the label
+/// count as a constant where known (0: read `labels`), so two labels unroll.
 #[inline(always)]
-fn gather_free<const L: usize>(q: &[f32], labels: usize, out: &mut [f32]) {
+fn scale_free_labels<const L: usize>(q: &[f32], norm: &[f32], labels: usize, out: &mut [f32]) {
     let labels = if L == 0 { labels } else { L };
-    for (o, q) in out.chunks_exact_mut(labels - 1).zip(q.chunks_exact(labels)) {
+    for ((o, q), &n) in out
+        .chunks_exact_mut(labels - 1)
+        .zip(q.chunks_exact(labels))
+        .zip(norm)
+    {
         for l in 0..labels - 1 {
-            o[l] = q[l];
+            o[l] = n * q[l];
         }
     }
 }
 
-/// acc += the messages of the first labels - 1 labels (`filtered`) and, for the last label,
+/// acc += compat * norm * filtered for the first labels - 1 labels and, for the last label,
 /// `total` less their sum.
 #[inline(always)]
-fn add_with_last<const L: usize>(filtered: &[f32], total: &[f32], labels: usize, acc: &mut [f32]) {
+fn add_with_last<const L: usize>(
+    filtered: &[f32],
+    norm: &[f32],
+    compat: f32,
+    total: &[f32],
+    labels: usize,
+    acc: &mut [f32],
+) {
     let labels = if L == 0 { labels } else { L };
     let free = labels - 1;
-    for ((a, m), &t) in acc.chunks_exact_mut(labels).zip(filtered.chunks_exact(free)).zip(total) {
+    let rows = acc
+        .chunks_exact_mut(labels)
+        .zip(filtered.chunks_exact(free));
+    for ((a, m), (&n, &t)) in rows.zip(norm.iter().zip(total)) {
+        let c = compat * n;
         let mut others = 0.0;
         for l in 0..free {
-            a[l] += m[l];
-            others += m[l];
+            let message = c * m[l];
+            a[l] += message;
+            others += message;
         }
         a[free] += t - others;
     }
@@ -242,7 +271,10 @@ mod tests {
         let b = bilateral_features(&img, 4.0, 10.0).unwrap();
         assert_eq!(&b[5..], &[0.25, 0.0, 4.0, 5.0, 6.0]);
         let grey = Image::new(2, 1, 1, vec![10, 40]);
-        assert_eq!(&bilateral_features(&grey, 4.0, 10.0).unwrap()[5..], &[0.25, 0.0, 4.0, 4.0, 4.0]);
+        assert_eq!(
+            &bilateral_features(&grey, 4.0, 10.0).unwrap()[5..],
+            &[0.25, 0.0, 4.0, 4.0, 4.0]
+        );
     }
 
     #[test]
@@ -255,7 +287,12 @@ mod tests {
             assert!(e.contains("srgb"), "{e}");
         }
         let two = Image::new(1, 1, 2, vec![5, 6]);
-        assert!(bilateral_features(&two, 3.0, 3.0).unwrap_err().to_string().contains("2 channels"));
+        assert!(
+            bilateral_features(&two, 3.0, 3.0)
+                .unwrap_err()
+                .to_string()
+                .contains("2 channels")
+        );
         let f = gaussian_features(4, 4, 3.0).unwrap();
         assert!(PairwiseKernel::new(&f, 2, f32::NAN, FilterMethod::Lattice).is_err());
     }

@@ -42,26 +42,65 @@ const D1_MAX: usize = MAX_DIM + 1;
 macro_rules! specialise {
     ($d1:expr, $ch:expr, |$D1:ident, $C:ident| $call:expr) => {
         match ($d1, $ch) {
-            (3, 1) => { const $D1: usize = 3; const $C: usize = 1; $call }
-            (3, 2) => { const $D1: usize = 3; const $C: usize = 2; $call }
-            (6, 1) => { const $D1: usize = 6; const $C: usize = 1; $call }
-            (6, 2) => { const $D1: usize = 6; const $C: usize = 2; $call }
-            (_, 1) => { const $D1: usize = 0; const $C: usize = 1; $call }
-            (_, 2) => { const $D1: usize = 0; const $C: usize = 2; $call }
-            (_, 3) => { const $D1: usize = 0; const $C: usize = 3; $call }
-            _ => { const $D1: usize = 0; const $C: usize = 0; $call }
+            (3, 1) => {
+                const $D1: usize = 3;
+                const $C: usize = 1;
+                $call
+            }
+            (3, 2) => {
+                const $D1: usize = 3;
+                const $C: usize = 2;
+                $call
+            }
+            (6, 1) => {
+                const $D1: usize = 6;
+                const $C: usize = 1;
+                $call
+            }
+            (6, 2) => {
+                const $D1: usize = 6;
+                const $C: usize = 2;
+                $call
+            }
+            (_, 1) => {
+                const $D1: usize = 0;
+                const $C: usize = 1;
+                $call
+            }
+            (_, 2) => {
+                const $D1: usize = 0;
+                const $C: usize = 2;
+                $call
+            }
+            (_, 3) => {
+                const $D1: usize = 0;
+                const $C: usize = 3;
+                $call
+            }
+            _ => {
+                const $D1: usize = 0;
+                const $C: usize = 0;
+                $call
+            }
         }
     };
 }
 
-/// Per-point scratch of the embedding for dimension D (a constant, so the small loops over
-/// coordinates unroll; fixed-size arrays, so nothing is allocated or length-checked per point).
+/// Points embedded together: the per-point arithmetic runs lane-wise over this many points, in
+/// loops the compiler turns into SIMD (as densecrf's SSE path does four at a time).
+const LANES: usize = 8;
+
+/// Scratch of the embedding for dimension D (a constant, so the small loops over coordinates
+/// unroll), for a block of LANES points stored coordinate-major ([coordinate][lane]).
 struct Embedder<const D: usize> {
     scale: [f32; MAX_DIM],
-    elevated: [f32; D1_MAX],
-    rem0: [f32; D1_MAX],
-    rank: [i32; D1_MAX],
-    bary: [f32; D1_MAX + 1],
+    /// Key step from one simplex corner to the next when coordinate i has the rank that
+    /// moves down: +1 everywhere, -(d+1) at i (coordinate d is implied, not in the key).
+    corner_step: [hash::Key; D1_MAX],
+    elevated: [[f32; LANES]; D1_MAX],
+    rem0: [[f32; LANES]; D1_MAX],
+    rank: [[i32; LANES]; D1_MAX],
+    bary: [[f32; LANES]; D1_MAX + 1],
 }
 
 impl<const D: usize> Embedder<D> {
@@ -74,91 +113,113 @@ impl<const D: usize> Embedder<D> {
         for (i, s) in scale[..dim].iter_mut().enumerate() {
             *s = (1.0 / (((i + 2) * (i + 1)) as f64).sqrt() * inv_std_dev as f64) as f32;
         }
-        Embedder { scale, elevated: [0.0; D1_MAX], rem0: [0.0; D1_MAX], rank: [0; D1_MAX], bary: [0.0; D1_MAX + 1] }
+        let mut corner_step = [hash::ones(dim); D1_MAX];
+        for (i, step) in corner_step[..dim].iter_mut().enumerate() {
+            *step -= hash::lane(i, d1 as u32);
+        }
+        Embedder {
+            scale,
+            corner_step,
+            elevated: [[0.0; LANES]; D1_MAX],
+            rem0: [[0.0; LANES]; D1_MAX],
+            rank: [[0; LANES]; D1_MAX],
+            bary: [[0.0; LANES]; D1_MAX + 1],
+        }
     }
 
-    /// Elevates one feature vector, finds its simplex and barycentric weights; on return
-    /// `rem0`, `rank` and `bary[..=d]` describe it.
-    fn embed(&mut self, f: &[f32]) {
+    /// Elevates a block of feature vectors (`f[coordinate][lane]`), finds each one's simplex
+    /// and barycentric weights; on return `rem0`, `rank` and `bary[..=d]` describe them.
+    // Indexed lane loops on purpose: they are what the compiler vectorises.
+    #[allow(clippy::needless_range_loop)]
+    fn embed(&mut self, f: &[[f32; LANES]; MAX_DIM]) {
         let d = D;
         let down = 1.0f32 / (d + 1) as f32;
         let up = (d + 1) as f32;
         // Elevate: y = E f (p. 5), accumulating from the last coordinate.
-        let mut sm = 0.0f32;
+        let mut sm = [0.0f32; LANES];
         for j in (1..=d).rev() {
-            let cf = f[j - 1] * self.scale[j - 1];
-            self.elevated[j] = sm - j as f32 * cf;
-            sm += cf;
+            for l in 0..LANES {
+                let cf = f[j - 1][l] * self.scale[j - 1];
+                self.elevated[j][l] = sm[l] - j as f32 * cf;
+                sm[l] += cf;
+            }
         }
         self.elevated[0] = sm;
         // Nearest remainder-0 point by rounding each coordinate to a multiple of d+1
         // (ties to even, as densecrf's SSE path does).
-        let mut sum = 0i32;
+        let mut sum = [0.0f32; LANES]; // small integers: exact in f32
         for i in 0..=d {
-            let v = round_ties_even(down * self.elevated[i]);
-            self.rem0[i] = v * up;
-            sum += v as i32;
+            for l in 0..LANES {
+                let v = round_ties_even(down * self.elevated[i][l]);
+                self.rem0[i][l] = v * up;
+                sum[l] += v;
+            }
         }
-        // Rank of each coordinate's remainder in decreasing order.
-        self.rank = [0; D1_MAX];
+        // Rank of each coordinate's remainder in decreasing order (branch-free: the
+        // comparisons are data-dependent coin flips).
+        self.rank = [[0; LANES]; D1_MAX];
         for i in 0..d {
-            let di = self.elevated[i] - self.rem0[i];
             for j in i + 1..=d {
-                if di < self.elevated[j] - self.rem0[j] {
-                    self.rank[i] += 1;
-                } else {
-                    self.rank[j] += 1;
+                for l in 0..LANES {
+                    let below = (self.elevated[i][l] - self.rem0[i][l]
+                        < self.elevated[j][l] - self.rem0[j][l])
+                        as i32;
+                    self.rank[i][l] += below;
+                    self.rank[j][l] += 1 - below;
                 }
             }
         }
         // If the rounded point is off the hyperplane (sum != 0), walk it back.
         for i in 0..=d {
-            self.rank[i] += sum;
-            if self.rank[i] < 0 {
-                self.rank[i] += d as i32 + 1;
-                self.rem0[i] += up;
-            } else if self.rank[i] > d as i32 {
-                self.rank[i] -= d as i32 + 1;
-                self.rem0[i] -= up;
+            for l in 0..LANES {
+                let r = self.rank[i][l] + sum[l] as i32;
+                let wrap = (r < 0) as i32 - (r > d as i32) as i32;
+                self.rank[i][l] = r + wrap * (d as i32 + 1);
+                self.rem0[i][l] += wrap as f32 * up;
             }
         }
-        // Barycentric coordinates (p. 10).
-        self.bary = [0.0; D1_MAX + 1];
+        // Barycentric coordinates (p. 10): coordinate i adds its remainder at position d - rank
+        // and takes it from the next (a per-lane scatter).
+        self.bary = [[0.0; LANES]; D1_MAX + 1];
         for i in 0..=d {
-            let v = (self.elevated[i] - self.rem0[i]) * down;
-            let p = d - self.rank[i] as usize;
-            self.bary[p] += v;
-            self.bary[p + 1] -= v;
+            for l in 0..LANES {
+                let v = (self.elevated[i][l] - self.rem0[i][l]) * down;
+                let p = d - self.rank[i][l] as usize;
+                self.bary[p][l] += v;
+                self.bary[p + 1][l] -= v;
+            }
         }
-        self.bary[0] += 1.0 + self.bary[d + 1];
+        for l in 0..LANES {
+            self.bary[0][l] += 1.0 + self.bary[d + 1][l];
+        }
     }
 
-    /// Keys of the d+1 corners of the last embedded point's simplex. Corner r has coordinates
+    /// Keys of the d+1 corners of the simplex of block point `l`. Corner r has coordinates
     /// rem0 + r, less d+1 where rank > d-r (densecrf's canonical simplex); so corner 0 is the
     /// remainder-0 point and each next corner adds 1 everywhere and takes d+1 from the
     /// coordinate of rank d-r. Err gives the elevated coordinate that does not fit the keys
     /// (features far too large: a kernel width far too small).
-    fn corner_keys(&self, keys: &mut [hash::Key; D1_MAX]) -> std::result::Result<(), f32> {
+    fn corner_keys(
+        &self,
+        l: usize,
+        keys: &mut [hash::Key; D1_MAX],
+    ) -> std::result::Result<(), f32> {
         let d = D;
         let mut coords = [0i32; MAX_DIM];
-        for i in 0..d {
-            let c = self.rem0[i] as i32;
+        for (i, coord) in coords[..d].iter_mut().enumerate() {
+            let c = self.rem0[i][l] as i32;
             if !hash::in_range(c) {
-                return Err(self.elevated[i]);
+                return Err(self.elevated[i][l]);
             }
-            coords[i] = c;
+            *coord = c;
         }
         let mut of_rank = [0usize; D1_MAX];
         for i in 0..=d {
-            of_rank[self.rank[i] as usize] = i;
+            of_rank[self.rank[i][l] as usize] = i;
         }
-        let ones = hash::ones(d);
         keys[0] = hash::pack(&coords[..d]);
         for r in 0..d {
-            let i = of_rank[d - r];
-            // Coordinate d is implied by the others, not in the key.
-            let down = if i < d { hash::lane(i, d as u32 + 1) } else { 0 };
-            keys[r + 1] = keys[r] + ones - down;
+            keys[r + 1] = keys[r] + self.corner_step[of_rank[d - r]];
         }
         Ok(())
     }
@@ -178,18 +239,29 @@ impl Lattice {
     /// point (`features.len() == points * dim`), already scaled by 1/width.
     pub fn new(features: &[f32], dim: usize) -> Result<Lattice> {
         if dim == 0 || dim > MAX_DIM {
-            return Err(Error::invalid("lattice", format!("feature dimension {dim}; expected 1..={MAX_DIM}")));
+            return Err(Error::invalid(
+                "lattice",
+                format!("feature dimension {dim}; expected 1..={MAX_DIM}"),
+            ));
         }
-        if features.len() % dim != 0 {
+        if !features.len().is_multiple_of(dim) {
             return Err(Error::shape(
                 "lattice",
-                format!("{} feature values are not a whole number of {dim}-dimensional points", features.len()),
+                format!(
+                    "{} feature values are not a whole number of {dim}-dimensional points",
+                    features.len()
+                ),
             ));
         }
         if let Some(i) = features.iter().position(|v| !v.is_finite()) {
             return Err(Error::invalid(
                 "lattice",
-                format!("feature {} of point {} is {}", i % dim, i / dim, features[i]),
+                format!(
+                    "feature {} of point {} is {}",
+                    i % dim,
+                    i / dim,
+                    features[i]
+                ),
             ));
         }
         match dim {
@@ -213,34 +285,55 @@ impl Lattice {
         let mut offsets = vec![0u32; points * d1];
         let mut barycentric = vec![0f32; points * d1];
         let mut emb = Embedder::<D>::new();
+        let mut block = [[0f32; LANES]; MAX_DIM];
         let mut keys = [0 as hash::Key; D1_MAX];
         // Neighbouring pixels usually fall in the same simplex: check the previous point's
         // corners before hashing.
-        let mut previous: Option<([hash::Key; D1_MAX], [u32; D1_MAX])> = None;
-        let corners = offsets.chunks_exact_mut(d1).zip(barycentric.chunks_exact_mut(d1));
-        for (k, (f, (offsets, weights))) in features.chunks_exact(dim).zip(corners).enumerate() {
-            emb.embed(f);
-            emb.corner_keys(&mut keys).map_err(|elevated| {
-                Error::invalid(
-                    "lattice",
-                    format!(
-                        "point {k}: lattice coordinate {elevated} overflows the 16-bit keys \
-                         (features {f:?} too large: is a kernel width far too small?)"
-                    ),
-                )
-            })?;
-            let (prev_keys, prev_ids) = previous.get_or_insert(([0; D1_MAX], [u32::MAX; D1_MAX]));
-            for r in 0..d1 {
-                if prev_ids[r] == u32::MAX || prev_keys[r] != keys[r] {
-                    prev_keys[r] = keys[r];
-                    prev_ids[r] = table.find_or_insert(keys[r]);
+        let mut prev_keys = [0 as hash::Key; D1_MAX];
+        let mut prev_ids = [u32::MAX; D1_MAX];
+        for (b, chunk) in features.chunks(dim * LANES).enumerate() {
+            let n = chunk.len() / dim;
+            // A short last block repeats its last point in the spare lanes.
+            for (l, column) in (0..LANES)
+                .map(|l| &chunk[l.min(n - 1) * dim..][..dim])
+                .enumerate()
+            {
+                for j in 0..dim {
+                    block[j][l] = column[j];
                 }
-                offsets[r] = prev_ids[r] + 1;
-                weights[r] = emb.bary[r];
+            }
+            emb.embed(&block);
+            for l in 0..n {
+                let k = b * LANES + l;
+                emb.corner_keys(l, &mut keys).map_err(|elevated| {
+                    Error::invalid(
+                        "lattice",
+                        format!(
+                            "point {k}: lattice coordinate {elevated} overflows the 16-bit keys \
+                             (features {:?} too large: is a kernel width far too small?)",
+                            &features[k * dim..(k + 1) * dim]
+                        ),
+                    )
+                })?;
+                for r in 0..d1 {
+                    if prev_ids[r] == u32::MAX || prev_keys[r] != keys[r] {
+                        prev_keys[r] = keys[r];
+                        prev_ids[r] = table.find_or_insert(keys[r]);
+                    }
+                    offsets[k * d1 + r] = prev_ids[r] + 1;
+                    barycentric[k * d1 + r] = emb.bary[r][l];
+                }
             }
         }
         let neighbors = Self::find_neighbors(&table, dim);
-        Ok(Lattice { dim, points, vertices: table.len(), offsets, barycentric, neighbors })
+        Ok(Lattice {
+            dim,
+            points,
+            vertices: table.len(),
+            offsets,
+            barycentric,
+            neighbors,
+        })
     }
 
     /// For each direction j and vertex, the vertices at -/+ (1,...,1,-d,1,...,1) (the -d at j;
@@ -251,7 +344,11 @@ impl Lattice {
         let ones = hash::ones(dim);
         let id1 = |k: hash::Key| table.find(k).map_or(0, |id| id + 1);
         for j in 0..=dim {
-            let step = if j < dim { hash::lane(j, dim as u32 + 1) } else { 0 };
+            let step = if j < dim {
+                hash::lane(j, dim as u32 + 1)
+            } else {
+                0
+            };
             for (&key, n) in table.keys().iter().zip(&mut neighbors[j * m..(j + 1) * m]) {
                 *n = [id1(key - ones + step), id1(key + ones - step)];
             }
@@ -293,23 +390,31 @@ impl Lattice {
     }
 
     /// Accumulates `input` (points x channels) into `values` ((vertices+1) x channels, cleared
-    /// here) with the per-corner `weights` (points x (d+1): the barycentric weights, possibly
-    /// pre-multiplied by a per-point factor).
-    pub fn splat(&self, weights: &[f32], input: &[f32], channels: usize, values: &mut [f32]) {
+    /// here), each point into its simplex's corners with its barycentric weights.
+    pub fn splat(&self, input: &[f32], channels: usize, values: &mut [f32]) {
         debug_assert_eq!(input.len(), self.points * channels);
         debug_assert_eq!(values.len(), self.value_len(channels));
         values.fill(0.0);
-        specialise!(self.dim + 1, channels, |D1, C| self.splat_impl::<D1, C>(weights, input, channels, values));
+        specialise!(self.dim + 1, channels, |D1, C| self
+            .splat_impl::<D1, C>(input, channels, values));
     }
 
     // The `*_impl` functions take the simplex size and channel count as constants where the
     // dispatch knows them (0: use the run-time value), so the CRF's cases (d = 2 and 5, one or
     // two channels) get fully unrolled inner loops from one body.
     #[inline(always)]
-    fn splat_impl<const D1: usize, const C: usize>(&self, weights: &[f32], input: &[f32], ch: usize, values: &mut [f32]) {
+    fn splat_impl<const D1: usize, const C: usize>(
+        &self,
+        input: &[f32],
+        ch: usize,
+        values: &mut [f32],
+    ) {
         let d1 = if D1 == 0 { self.dim + 1 } else { D1 };
         let ch = if C == 0 { ch } else { C };
-        let corners = self.offsets.chunks_exact(d1).zip(weights.chunks_exact(d1));
+        let corners = self
+            .offsets
+            .chunks_exact(d1)
+            .zip(self.barycentric.chunks_exact(d1));
         for ((offsets, weights), x) in corners.zip(input.chunks_exact(ch)) {
             for r in 0..d1 {
                 let (o, w) = (offsets[r] as usize, weights[r]);
@@ -328,7 +433,8 @@ impl Lattice {
         scratch.resize(values.len(), 0.0);
         scratch[..channels].fill(0.0);
         for j in 0..=self.dim {
-            specialise!(0, channels, |_D1, C| self.blur_direction::<C>(j, values, scratch, channels));
+            specialise!(0, channels, |_D1, C| self
+                .blur_direction::<C>(j, values, scratch, channels));
             std::mem::swap(values, scratch);
         }
     }
@@ -347,20 +453,30 @@ impl Lattice {
         }
     }
 
-    /// Interpolates `values` back to the points and ADDS the result to `out` (points x channels):
-    /// out += sum over corners of weights * value, so messages of several kernels accumulate in
-    /// place. `weights` as in `splat`; barycentric * alpha gives the plain filter.
-    pub fn slice_add(&self, weights: &[f32], values: &[f32], channels: usize, out: &mut [f32]) {
+    /// Interpolates `values` back to the points (points x channels): out = alpha * sum over
+    /// the corners of barycentric weight * value.
+    pub fn slice(&self, values: &[f32], channels: usize, out: &mut [f32]) {
         debug_assert_eq!(out.len(), self.points * channels);
-        specialise!(self.dim + 1, channels, |D1, C| self.slice_impl::<D1, C>(weights, values, channels, out));
+        specialise!(self.dim + 1, channels, |D1, C| self
+            .slice_impl::<D1, C>(values, channels, out));
     }
 
     #[inline(always)]
-    fn slice_impl<const D1: usize, const C: usize>(&self, weights: &[f32], values: &[f32], ch: usize, out: &mut [f32]) {
+    fn slice_impl<const D1: usize, const C: usize>(
+        &self,
+        values: &[f32],
+        ch: usize,
+        out: &mut [f32],
+    ) {
         let d1 = if D1 == 0 { self.dim + 1 } else { D1 };
         let ch = if C == 0 { ch } else { C };
-        let corners = self.offsets.chunks_exact(d1).zip(weights.chunks_exact(d1));
+        let alpha = self.alpha();
+        let corners = self
+            .offsets
+            .chunks_exact(d1)
+            .zip(self.barycentric.chunks_exact(d1));
         for ((offsets, weights), y) in corners.zip(out.chunks_exact_mut(ch)) {
+            y.fill(0.0);
             for r in 0..d1 {
                 let (o, w) = (offsets[r] as usize, weights[r]);
                 let v = &values[o * ch..o * ch + ch];
@@ -368,10 +484,13 @@ impl Lattice {
                     y[k] += w * v[k];
                 }
             }
+            for v in y.iter_mut() {
+                *v *= alpha;
+            }
         }
     }
 
-    /// The plain lattice filter (densecrf's `Permutohedral::compute`): splat, blur, slice.
+    /// The lattice filter (densecrf's `Permutohedral::compute`): splat, blur, slice.
     /// `input` and `out` are points x channels.
     pub fn filter(&self, input: &[f32], channels: usize, out: &mut [f32]) -> Result<()> {
         if input.len() != self.points * channels || out.len() != input.len() {
@@ -386,28 +505,22 @@ impl Lattice {
                 ),
             ));
         }
-        let mut ws = FilterWorkspace::default();
-        let alpha = self.alpha();
-        let slice_w: Vec<f32> = self.barycentric.iter().map(|w| w * alpha).collect();
-        out.fill(0.0);
-        self.filter_add(&self.barycentric, &slice_w, input, channels, out, &mut ws);
+        self.filter_with(input, channels, out, &mut FilterWorkspace::default());
         Ok(())
     }
 
-    /// splat with `splat_w`, blur, slice with `slice_w` added to `out`, reusing `ws` between calls.
-    pub fn filter_add(
+    /// `filter` for callers that sized the buffers, reusing `ws` between calls.
+    pub(crate) fn filter_with(
         &self,
-        splat_w: &[f32],
-        slice_w: &[f32],
         input: &[f32],
         channels: usize,
         out: &mut [f32],
         ws: &mut FilterWorkspace,
     ) {
         ws.values.resize(self.value_len(channels), 0.0);
-        self.splat(splat_w, input, channels, &mut ws.values);
+        self.splat(input, channels, &mut ws.values);
         self.blur(&mut ws.values, &mut ws.scratch, channels);
-        self.slice_add(slice_w, &ws.values, channels, out);
+        self.slice(&ws.values, channels, out);
     }
 }
 
@@ -425,17 +538,23 @@ mod tests {
 
     fn random_features(n: usize, dim: usize, spread: f32, seed: u64) -> Vec<f32> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        (0..n * dim).map(|_| rng.random_range(0.0..spread)).collect()
+        (0..n * dim)
+            .map(|_| rng.random_range(0.0..spread))
+            .collect()
     }
 
     /// The elevated point and its corner keys, for a dimension chosen at run time.
     fn embed_dyn(dim: usize, f: &[f32]) -> ([f32; D1_MAX], [hash::Key; D1_MAX]) {
         fn go<const D: usize>(f: &[f32]) -> ([f32; D1_MAX], [hash::Key; D1_MAX]) {
             let mut emb = Embedder::<D>::new();
-            emb.embed(f);
+            let mut block = [[0f32; LANES]; MAX_DIM];
+            for (j, &v) in f.iter().enumerate() {
+                block[j] = [v; LANES];
+            }
+            emb.embed(&block);
             let mut keys = [0; D1_MAX];
-            emb.corner_keys(&mut keys).unwrap();
-            (emb.elevated, keys)
+            emb.corner_keys(0, &mut keys).unwrap();
+            (emb.elevated.map(|c| c[0]), keys)
         }
         match dim {
             1 => go::<1>(f),
@@ -459,8 +578,14 @@ mod tests {
             let d1 = dim + 1;
             for k in 0..200 {
                 let w = &lat.barycentric()[k * d1..(k + 1) * d1];
-                assert!(w.iter().all(|&w| (-1e-5..=1.0 + 1e-5).contains(&w)), "dim {dim} point {k}: {w:?}");
-                assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-4, "dim {dim} point {k}: {w:?}");
+                assert!(
+                    w.iter().all(|&w| (-1e-5..=1.0 + 1e-5).contains(&w)),
+                    "dim {dim} point {k}: {w:?}"
+                );
+                assert!(
+                    (w.iter().sum::<f32>() - 1.0).abs() < 1e-4,
+                    "dim {dim} point {k}: {w:?}"
+                );
                 let (elevated, keys) = embed_dyn(dim, &f[k * dim..(k + 1) * dim]);
                 let mut rebuilt = vec![0f64; d1];
                 let mut coords = vec![0i32; dim];
@@ -473,7 +598,10 @@ mod tests {
                     }
                 }
                 for (a, b) in rebuilt.iter().zip(&elevated[..d1]) {
-                    assert!((a - *b as f64).abs() < 1e-3 * (1.0 + b.abs() as f64), "dim {dim}: {rebuilt:?} vs {elevated:?}");
+                    assert!(
+                        (a - *b as f64).abs() < 1e-3 * (1.0 + b.abs() as f64),
+                        "dim {dim}: {rebuilt:?} vs {elevated:?}"
+                    );
                 }
             }
         }

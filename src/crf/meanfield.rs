@@ -10,7 +10,9 @@
 //! output); inside, values are pixel-major (pixels x labels) so the lattice moves all labels of a
 //! vertex together.
 
-use super::kernel::{bilateral_features, gaussian_features, FilterMethod, KernelWorkspace, PairwiseKernel};
+use super::kernel::{
+    FilterMethod, KernelWorkspace, PairwiseKernel, bilateral_features, gaussian_features,
+};
 use crate::error::{Error, Result};
 use crate::io::Image;
 
@@ -34,12 +36,25 @@ pub struct DenseCrf {
 impl DenseCrf {
     pub fn new(width: usize, height: usize, labels: usize) -> Result<Self> {
         if width == 0 || height == 0 {
-            return Err(Error::shape("dense crf", format!("empty image {width}x{height}")));
+            return Err(Error::shape(
+                "dense crf",
+                format!("empty image {width}x{height}"),
+            ));
         }
         if labels < 2 {
-            return Err(Error::invalid("dense crf", format!("{labels} labels; a CRF needs at least 2")));
+            return Err(Error::invalid(
+                "dense crf",
+                format!("{labels} labels; a CRF needs at least 2"),
+            ));
         }
-        Ok(DenseCrf { width, height, labels, method: FilterMethod::Lattice, unary: None, kernels: Vec::new() })
+        Ok(DenseCrf {
+            width,
+            height,
+            labels,
+            method: FilterMethod::Lattice,
+            unary: None,
+            kernels: Vec::new(),
+        })
     }
 
     /// Chooses how kernels added from now on filter (default: the lattice).
@@ -63,7 +78,12 @@ impl DenseCrf {
     /// Unary energies -log(max(p, 1e-5)) from label-major probabilities (labels planes of
     /// height x width). Each pixel's probabilities must lie in [0, 1] and sum to 1.
     pub fn set_unary_from_probs(&mut self, probs: &[f32]) -> Result<()> {
-        self.unary = Some(unary_from_probs(probs, self.width, self.height, self.labels)?);
+        self.unary = Some(unary_from_probs(
+            probs,
+            self.width,
+            self.height,
+            self.labels,
+        )?);
         Ok(())
     }
 
@@ -75,7 +95,12 @@ impl DenseCrf {
             let (l, p) = (i / n, i % n);
             return Err(Error::invalid(
                 "unary energy",
-                format!("label {l} at (x {}, y {}) is {}", p % self.width, p / self.width, energy[i]),
+                format!(
+                    "label {l} at (x {}, y {}) is {}",
+                    p % self.width,
+                    p / self.width,
+                    energy[i]
+                ),
             ));
         }
         self.unary = Some(to_pixel_major(energy, n, self.labels));
@@ -101,21 +126,32 @@ impl DenseCrf {
     /// densecrf's addPairwiseGaussian: smoothness kernel on position, width sxy, Potts weight compat.
     pub fn add_pairwise_gaussian(&mut self, sxy: f32, compat: f32) -> Result<()> {
         let f = gaussian_features(self.width, self.height, sxy)?;
-        self.kernels.push(PairwiseKernel::new(&f, 2, compat, self.method)?);
+        self.kernels
+            .push(PairwiseKernel::new(&f, 2, compat, self.method)?);
         Ok(())
     }
 
     /// densecrf's addPairwiseBilateral: appearance kernel on position (sxy) and colour (srgb) of
     /// `image` (1 or 3 channels, same size as the CRF).
-    pub fn add_pairwise_bilateral(&mut self, sxy: f32, srgb: f32, image: &Image<u8>, compat: f32) -> Result<()> {
+    pub fn add_pairwise_bilateral(
+        &mut self,
+        sxy: f32,
+        srgb: f32,
+        image: &Image<u8>,
+        compat: f32,
+    ) -> Result<()> {
         if image.width != self.width || image.height != self.height {
             return Err(Error::shape(
                 "bilateral kernel",
-                format!("guide image is {}x{}, the CRF is {}x{}", image.width, image.height, self.width, self.height),
+                format!(
+                    "guide image is {}x{}, the CRF is {}x{}",
+                    image.width, image.height, self.width, self.height
+                ),
             ));
         }
         let f = bilateral_features(image, sxy, srgb)?;
-        self.kernels.push(PairwiseKernel::new(&f, 5, compat, self.method)?);
+        self.kernels
+            .push(PairwiseKernel::new(&f, 5, compat, self.method)?);
         Ok(())
     }
 
@@ -124,39 +160,67 @@ impl DenseCrf {
         if dim == 0 || features.len() != self.pixels() * dim {
             return Err(Error::shape(
                 "pairwise energy",
-                format!("{} feature values for {} pixels x {dim} dimensions", features.len(), self.pixels()),
+                format!(
+                    "{} feature values for {} pixels x {dim} dimensions",
+                    features.len(),
+                    self.pixels()
+                ),
             ));
         }
-        self.kernels.push(PairwiseKernel::new(features, dim, compat, self.method)?);
+        self.kernels
+            .push(PairwiseKernel::new(features, dim, compat, self.method)?);
         Ok(())
     }
 
     /// Marginals after `iters` mean-field iterations, label-major (labels x height x width).
     pub fn inference(&self, iters: usize) -> Result<Vec<f32>> {
-        Ok(to_label_major(&self.inference_pixel_major(iters)?, self.pixels(), self.labels))
+        Ok(to_label_major(
+            &self.inference_pixel_major(iters)?,
+            self.pixels(),
+            self.labels,
+        ))
     }
 
     /// The most likely label of each pixel after `iters` iterations (ties go to the lower label).
     pub fn map(&self, iters: usize) -> Result<Vec<u8>> {
         if self.labels > 256 {
-            return Err(Error::invalid("dense crf map", format!("{} labels do not fit a u8 label map", self.labels)));
+            return Err(Error::invalid(
+                "dense crf map",
+                format!("{} labels do not fit a u8 label map", self.labels),
+            ));
         }
         let q = self.inference_pixel_major(iters)?;
-        Ok(q.chunks_exact(self.labels).map(argmax).map(|l| l as u8).collect())
+        Ok(q.chunks_exact(self.labels)
+            .map(argmax)
+            .map(|l| l as u8)
+            .collect())
     }
 
     fn inference_pixel_major(&self, iters: usize) -> Result<Vec<f32>> {
-        let unary = self
-            .unary
-            .as_ref()
-            .ok_or_else(|| Error::invalid("dense crf inference", "no unary set: call set_unary_from_probs first"))?;
+        let unary = self.unary.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "dense crf inference",
+                "no unary set: call set_unary_from_probs first",
+            )
+        })?;
         let labels = self.labels;
         let mut q = vec![0f32; unary.len()];
         let mut logits: Vec<f32> = unary.iter().map(|u| -u).collect();
         exp_normalize(&logits, labels, &mut q);
-        let mut workspaces: Vec<KernelWorkspace> = self.kernels.iter().map(|_| KernelWorkspace::default()).collect();
+        let mut workspaces: Vec<KernelWorkspace> = self
+            .kernels
+            .iter()
+            .map(|_| KernelWorkspace::default())
+            .collect();
         for _ in 0..iters {
-            mean_field_step(unary, &self.kernels, &q, labels, &mut logits, &mut workspaces);
+            mean_field_step(
+                unary,
+                &self.kernels,
+                &q,
+                labels,
+                &mut logits,
+                &mut workspaces,
+            );
             exp_normalize(&logits, labels, &mut q);
         }
         Ok(q)
@@ -199,7 +263,11 @@ fn exp_normalize_impl<const L: usize>(logits: &[f32], labels: usize, q: &mut [f3
             let e = (-(x[0] - x[1]).abs()).exp();
             let (big, small) = (1.0 / (1.0 + e), e / (1.0 + e));
             // A tie gives 0.5 each either way.
-            (out[0], out[1]) = if x[0] >= x[1] { (big, small) } else { (small, big) };
+            (out[0], out[1]) = if x[0] >= x[1] {
+                (big, small)
+            } else {
+                (small, big)
+            };
         }
         return;
     }
@@ -218,25 +286,41 @@ fn exp_normalize_impl<const L: usize>(logits: &[f32], labels: usize, q: &mut [f3
 }
 
 fn argmax(q: &[f32]) -> usize {
-    q.iter().enumerate().fold(0, |best, (i, &v)| if v > q[best] { i } else { best })
+    q.iter()
+        .enumerate()
+        .fold(0, |best, (i, &v)| if v > q[best] { i } else { best })
 }
 
 /// pydensecrf's `unary_from_softmax` (clip 1e-5): -log(max(p, 1e-5)), pixel-major out of
 /// label-major `probs`. Rejects NaN, values outside [0, 1] and pixels whose sum is not 1,
 /// naming the pixel.
-pub fn unary_from_probs(probs: &[f32], width: usize, height: usize, labels: usize) -> Result<Vec<f32>> {
+pub fn unary_from_probs(
+    probs: &[f32],
+    width: usize,
+    height: usize,
+    labels: usize,
+) -> Result<Vec<f32>> {
     let n = width * height;
     if probs.len() != n * labels {
         return Err(Error::shape(
             "unary from probabilities",
-            format!("{} values for {labels} labels x {width}x{height} pixels (expected {})", probs.len(), n * labels),
+            format!(
+                "{} values for {labels} labels x {width}x{height} pixels (expected {})",
+                probs.len(),
+                n * labels
+            ),
         ));
     }
     let at = |p: usize| format!("(x {}, y {})", p % width, p / width);
     if let Some(i) = probs.iter().position(|v| !(0.0..=1.0).contains(v)) {
         return Err(Error::invalid(
             "unary from probabilities",
-            format!("label {} at {} has probability {}; expected [0, 1]", i / n, at(i % n), probs[i]),
+            format!(
+                "label {} at {} has probability {}; expected [0, 1]",
+                i / n,
+                at(i % n),
+                probs[i]
+            ),
         ));
     }
     let pm = to_pixel_major(probs, n, labels);
@@ -288,11 +372,17 @@ mod tests {
 
     #[test]
     fn bad_probabilities_are_named() {
-        let e = unary_from_probs(&[0.5, 0.5, 0.6, 0.5], 2, 1, 2).unwrap_err().to_string();
+        let e = unary_from_probs(&[0.5, 0.5, 0.6, 0.5], 2, 1, 2)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("(x 0, y 0)") && e.contains("sum to 1.1"), "{e}");
-        let e = unary_from_probs(&[0.5, f32::NAN, 0.5, 0.5], 2, 1, 2).unwrap_err().to_string();
+        let e = unary_from_probs(&[0.5, f32::NAN, 0.5, 0.5], 2, 1, 2)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("(x 1, y 0)") && e.contains("NaN"), "{e}");
-        let e = unary_from_probs(&[0.5, 0.5, 0.5], 2, 1, 2).unwrap_err().to_string();
+        let e = unary_from_probs(&[0.5, 0.5, 0.5], 2, 1, 2)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("3 values"), "{e}");
         assert!(unary_from_probs(&[1.5, -0.5, 0.5, 0.5], 2, 1, 2).is_err());
     }
@@ -313,9 +403,17 @@ mod tests {
     #[test]
     fn inference_needs_unary_and_matching_shapes() {
         let mut crf = DenseCrf::new(4, 3, 2).unwrap();
-        assert!(crf.inference(1).unwrap_err().to_string().contains("no unary"));
+        assert!(
+            crf.inference(1)
+                .unwrap_err()
+                .to_string()
+                .contains("no unary")
+        );
         let img = Image::new(3, 4, 1, vec![7u8; 12]);
-        let e = crf.add_pairwise_bilateral(80.0, 13.0, &img, 10.0).unwrap_err().to_string();
+        let e = crf
+            .add_pairwise_bilateral(80.0, 13.0, &img, 10.0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("3x4") && e.contains("4x3"), "{e}");
         assert!(crf.set_unary_energy(&[0.0; 23]).is_err());
         assert!(DenseCrf::new(4, 3, 1).is_err());

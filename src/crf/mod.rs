@@ -55,9 +55,20 @@ impl Default for CrfParams {
 
 /// Builds the two-label CRF (background, lesion) for one image: unaries from the lesion
 /// probability `prob` (1 channel, values in [0, 1]), both kernels on `image` (1 or 3 channels).
-pub fn binary_crf(image: &Image<u8>, prob: &Image<f32>, params: &CrfParams, method: FilterMethod) -> Result<DenseCrf> {
+pub fn binary_crf(
+    image: &Image<u8>,
+    prob: &Image<f32>,
+    params: &CrfParams,
+    method: FilterMethod,
+) -> Result<DenseCrf> {
     if prob.channels != 1 {
-        return Err(Error::invalid("crf", format!("lesion probability has {} channels; expected 1", prob.channels)));
+        return Err(Error::invalid(
+            "crf",
+            format!(
+                "lesion probability has {} channels; expected 1",
+                prob.channels
+            ),
+        ));
     }
     if (image.width, image.height) != (prob.width, prob.height) {
         return Err(Error::shape(
@@ -69,10 +80,20 @@ pub fn binary_crf(image: &Image<u8>, prob: &Image<f32>, params: &CrfParams, meth
         ));
     }
     let mut crf = DenseCrf::new(image.width, image.height, 2)?.with_method(method);
-    let planes: Vec<f32> = prob.data.iter().map(|p| 1.0 - p).chain(prob.data.iter().copied()).collect();
+    let planes: Vec<f32> = prob
+        .data
+        .iter()
+        .map(|p| 1.0 - p)
+        .chain(prob.data.iter().copied())
+        .collect();
     crf.set_unary_from_probs(&planes)?;
     crf.add_pairwise_gaussian(params.gauss_sxy, params.gauss_compat)?;
-    crf.add_pairwise_bilateral(params.bilateral_sxy, params.bilateral_srgb, image, params.bilateral_compat)?;
+    crf.add_pairwise_bilateral(
+        params.bilateral_sxy,
+        params.bilateral_srgb,
+        image,
+        params.bilateral_compat,
+    )?;
     Ok(crf)
 }
 
@@ -85,9 +106,20 @@ pub fn refine(image: &Image<u8>, prob: &Image<f32>, params: &CrfParams) -> Resul
 }
 
 /// `refine` over a batch, images in parallel; an error names the item at fault.
-pub fn refine_batch(images: &[Image<u8>], probs: &[Image<f32>], params: &CrfParams) -> Result<Vec<Image<f32>>> {
+pub fn refine_batch(
+    images: &[Image<u8>],
+    probs: &[Image<f32>],
+    params: &CrfParams,
+) -> Result<Vec<Image<f32>>> {
     if images.len() != probs.len() {
-        return Err(Error::shape("crf batch", format!("{} images but {} probability maps", images.len(), probs.len())));
+        return Err(Error::shape(
+            "crf batch",
+            format!(
+                "{} images but {} probability maps",
+                images.len(),
+                probs.len()
+            ),
+        ));
     }
     let bar = crate::progress::bar(images.len() as u64, "crf");
     let out = images
@@ -95,7 +127,8 @@ pub fn refine_batch(images: &[Image<u8>], probs: &[Image<f32>], params: &CrfPara
         .zip(probs)
         .enumerate()
         .map(|(i, (img, p))| {
-            let r = refine(img, p, params).map_err(|e| Error::invalid("crf batch", format!("item {i}: {e}")));
+            let r = refine(img, p, params)
+                .map_err(|e| Error::invalid("crf batch", format!("item {i}: {e}")));
             bar.inc(1);
             r
         })
@@ -107,7 +140,15 @@ pub fn refine_batch(images: &[Image<u8>], probs: &[Image<f32>], params: &CrfPara
 /// The lesion mask of a lesion marginal: 255 where the lesion is the more likely label, else 0
 /// (a tie goes to background, as densecrf's argmax does).
 pub fn mask_from_marginal(q: &Image<f32>) -> Image<u8> {
-    Image::new(q.width, q.height, 1, q.data.iter().map(|&p| if p > 1.0 - p { 255 } else { 0 }).collect())
+    Image::new(
+        q.width,
+        q.height,
+        1,
+        q.data
+            .iter()
+            .map(|&p| if p > 1.0 - p { 255 } else { 0 })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -121,9 +162,13 @@ mod tests {
         let nan = Image::new(4, 4, 1, vec![f32::NAN; 16]);
         let small = Image::new(3, 4, 1, vec![0.3f32; 12]);
         let p = CrfParams::default();
-        let e = refine_batch(&[img.clone(), img.clone()], &[ok.clone(), nan], &p).unwrap_err().to_string();
+        let e = refine_batch(&[img.clone(), img.clone()], &[ok.clone(), nan], &p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("item 1") && e.contains("NaN"), "{e}");
-        let e = refine_batch(&[img.clone()], &[small], &p).unwrap_err().to_string();
+        let e = refine_batch(std::slice::from_ref(&img), &[small], &p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("item 0") && e.contains("3x4"), "{e}");
         assert!(refine_batch(&[img], &[], &p).is_err());
     }

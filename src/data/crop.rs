@@ -96,6 +96,12 @@ impl CropBox {
     /// with `fill` outside the plane. When the crop shrinks the slice by more than 1.5x, each
     /// crop pixel averages a 2x2 grid of bilinear samples so small structures do not alias.
     pub fn sample(&self, plane: &[f32], w: usize, h: usize, fill: f32) -> Vec<f32> {
+        self.sample_by(|i| plane[i], w, h, fill)
+    }
+
+    /// As [`CropBox::sample`], reading pixel `i` (row-major index) through `get`, so integer
+    /// slices and masks are sampled without converting the whole plane first.
+    pub fn sample_by(&self, get: impl Fn(usize) -> f32, w: usize, h: usize, fill: f32) -> Vec<f32> {
         let s = self.scale();
         let sub: &[f32] = if s > 1.5 { &[-0.25, 0.25] } else { &[0.0] };
         let n = (sub.len() * sub.len()) as f32;
@@ -106,7 +112,7 @@ impl CropBox {
                 for dy in sub {
                     for dx in sub {
                         let [x, y] = self.to_slice([i as f32 + dx, j as f32 + dy]);
-                        acc += bilinear(plane, w, h, x, y, fill);
+                        acc += bilinear_by(&get, w, h, x, y, fill);
                     }
                 }
                 out.push(acc / n);
@@ -117,14 +123,12 @@ impl CropBox {
 
     /// A crop of a slice in HU (values as f32, PAD_HU outside).
     pub fn crop_hu(&self, hu: &HuSlice) -> Vec<f32> {
-        let plane: Vec<f32> = hu.data.iter().map(|&v| v as f32).collect();
-        self.sample(&plane, hu.width, hu.height, PAD_HU)
+        self.sample_by(|i| hu.data[i] as f32, hu.width, hu.height, PAD_HU)
     }
 
     /// A crop of a 0/255 slice mask, thresholded back to 0/255.
     pub fn crop_mask(&self, mask: &Image<u8>) -> Vec<u8> {
-        let plane: Vec<f32> = mask.data.iter().map(|&v| v as f32).collect();
-        self.sample(&plane, mask.width, mask.height, 0.0)
+        self.sample_by(|i| mask.data[i] as f32, mask.width, mask.height, 0.0)
             .into_iter()
             .map(|v| if v >= 127.5 { 255 } else { 0 })
             .collect()
@@ -139,7 +143,6 @@ impl CropBox {
                 format!("crop mask has {} values, expected {}x{}", crop_mask.len(), self.size, self.size),
             ));
         }
-        let plane: Vec<f32> = crop_mask.iter().map(|&v| v as f32).collect();
         let mut out = vec![0u8; w * h];
         let lo_x = (self.x0 - 0.5).floor().max(0.0) as usize;
         let lo_y = (self.y0 - 0.5).floor().max(0.0) as usize;
@@ -148,7 +151,7 @@ impl CropBox {
         for y in lo_y..hi_y {
             for x in lo_x..hi_x {
                 let [cx, cy] = self.to_crop([x as f32, y as f32]);
-                if bilinear(&plane, self.size, self.size, cx, cy, 0.0) >= 127.5 {
+                if bilinear_by(|i| crop_mask[i] as f32, self.size, self.size, cx, cy, 0.0) >= 127.5 {
                     out[y * w + x] = 255;
                 }
             }
@@ -161,6 +164,12 @@ impl CropBox {
 /// half-pixel (edge pixels extend half a pixel outward).
 #[inline]
 pub fn bilinear(plane: &[f32], w: usize, h: usize, x: f32, y: f32, fill: f32) -> f32 {
+    bilinear_by(|i| plane[i], w, h, x, y, fill)
+}
+
+/// As [`bilinear`], reading pixel `i` (row-major index) through `get`.
+#[inline]
+pub fn bilinear_by(get: impl Fn(usize) -> f32, w: usize, h: usize, x: f32, y: f32, fill: f32) -> f32 {
     if !(x >= -0.5 && y >= -0.5 && x <= w as f32 - 0.5 && y <= h as f32 - 0.5) {
         return fill;
     }
@@ -172,8 +181,8 @@ pub fn bilinear(plane: &[f32], w: usize, h: usize, x: f32, y: f32, fill: f32) ->
     let y1 = (y0 + 1).min(h - 1);
     let fx = xc - x0 as f32;
     let fy = yc - y0 as f32;
-    let a = plane[y0 * w + x0] * (1.0 - fx) + plane[y0 * w + x1] * fx;
-    let b = plane[y1 * w + x0] * (1.0 - fx) + plane[y1 * w + x1] * fx;
+    let a = get(y0 * w + x0) * (1.0 - fx) + get(y0 * w + x1) * fx;
+    let b = get(y1 * w + x0) * (1.0 - fx) + get(y1 * w + x1) * fx;
     a * (1.0 - fy) + b * fy
 }
 

@@ -229,6 +229,28 @@ impl Tensor {
         })
     }
 
+    /// Limits every element to [lo, hi]; the gradient passes only where the input is inside.
+    pub fn clamp(&self, lo: f32, hi: f32) -> Result<Tensor> {
+        if !(lo <= hi) {
+            return Err(Error::invalid("clamp", format!("lo {lo} > hi {hi}")));
+        }
+        unary(self, "clamp", move |x| if x < lo { lo } else if x > hi { hi } else { x }, move |x, _, g| {
+            if x >= lo && x <= hi { g } else { 0.0 }
+        })
+    }
+    /// Inverted dropout: when `training`, zeroes each element with probability `p` (drawn from
+    /// `rng`) and scales the others by 1/(1-p); the identity otherwise.
+    pub fn dropout(&self, p: f32, training: bool, rng: &mut impl rand::Rng) -> Result<Tensor> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::invalid("dropout", format!("probability {p} outside [0, 1)")));
+        }
+        if !training || p == 0.0 {
+            return Ok(self.clone());
+        }
+        let keep = 1.0 / (1.0 - p);
+        let mask: Vec<f32> = (0..self.numel()).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
+        self.mul(&Tensor::from_vec(mask, self.shape().clone(), self.device())?)
+    }
     pub fn relu(&self) -> Result<Tensor> {
         // `x <= 0` is false for NaN, so NaN passes through.
         unary(self, "relu", |x| if x <= 0.0 { 0.0 } else { x }, |x, _, g| if x > 0.0 { g } else { 0.0 })
@@ -306,6 +328,19 @@ mod tests {
         let a = Tensor::zeros([2, 3], Device::Cpu).unwrap();
         let e = a.add(&Tensor::zeros([4], Device::Cpu).unwrap()).unwrap_err().to_string();
         assert!(e.starts_with("add:") && e.contains("[2, 3]") && e.contains("[4]"), "{e}");
+    }
+
+    #[test]
+    fn dropout_zeroes_about_p_and_rescales() {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        let x = Tensor::uniform([100, 100], 1.0, 2.0, Device::Cpu, &mut rng).unwrap();
+        let y = x.dropout(0.25, true, &mut rng).unwrap().to_vec().unwrap();
+        let xv = x.to_vec().unwrap();
+        let zeros = y.iter().filter(|&&v| v == 0.0).count();
+        assert!((2300..2700).contains(&zeros), "{zeros} of 10000 dropped at p = 0.25");
+        assert!(y.iter().zip(&xv).all(|(&a, &b)| a == 0.0 || (a - b / 0.75).abs() < 1e-6));
+        assert_eq!(x.dropout(0.25, false, &mut rng).unwrap().to_vec().unwrap(), xv);
+        assert!(x.dropout(1.0, true, &mut rng).is_err());
     }
 
     #[test]

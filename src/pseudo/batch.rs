@@ -57,15 +57,16 @@ pub struct PseudoMaskSummary {
     pub seconds: f64,
 }
 
-/// One lesion's pseudo-mask and RECIST ellipse at full slice size, and what its overlay needs.
+/// One lesion's pseudo-mask and (when it will be scored) RECIST ellipse at full slice size, and
+/// what its overlay needs.
 struct LesionResult {
     pseudo: Mask,
-    ellipse: Mask,
+    ellipse: Option<Mask>,
     overlay: Option<(Vec<f32>, Mask, Recist, CropBox)>,
 }
 
 /// GrabCut on the crop around `rec` (window: the crop params' or the row's DICOM window).
-fn segment_lesion(root: &Path, rec: &LesionRecord, p: &PseudoMaskParams, want_overlay: bool) -> Result<LesionResult> {
+fn segment_lesion(root: &Path, rec: &LesionRecord, p: &PseudoMaskParams, want_overlay: bool, want_ellipse: bool) -> Result<LesionResult> {
     let path = rec.slice_path(root, 0);
     let hu = load_hu(&path)?;
     let [w, h] = rec.image_size.map(|v| v as usize);
@@ -83,8 +84,8 @@ fn segment_lesion(root: &Path, rec: &LesionRecord, p: &PseudoMaskParams, want_ov
     if pseudo.is_empty() {
         return Err(Error::invalid("pseudo-masks", "the pseudo-mask vanished when pasted back to the slice (lesion below one pixel?)"));
     }
-    let ellipse = ellipse_mask(&Recist::from_points(rec.recist), w, h)?;
-    let overlay = want_overlay.then(|| (crop, cut.mask, recist, crop_box));
+    let ellipse = if want_ellipse { Some(ellipse_mask(&Recist::from_points(rec.recist), w, h)?) } else { None };
+    let overlay = want_overlay.then_some((crop, cut.mask, recist, crop_box));
     Ok(LesionResult { pseudo, ellipse, overlay })
 }
 
@@ -155,15 +156,16 @@ pub fn pseudo_masks(root: &Path, out: &Path, p: &PseudoMaskParams) -> Result<Pse
 }
 
 type Scored = (crate::metrics::ImageMetrics, crate::metrics::EdgeCase);
+/// (name, pseudo score, ellipse score), or (name, why it could not be scored).
+type SliceQuality = std::result::Result<(String, Scored, Scored), (String, String)>;
 
 struct SliceOutcome {
     segmented: usize,
     failed: Vec<FailedLesion>,
     written: bool,
     overlays: usize,
-    /// (name, pseudo score, ellipse score), or (name, why not scored); None without true masks
-    /// or when no lesion of the slice could be segmented.
-    quality: Option<std::result::Result<(String, Scored, Scored), (String, String)>>,
+    /// None without true masks or when no lesion of the slice could be segmented.
+    quality: Option<SliceQuality>,
 }
 
 /// All lesions of one key slice: their union is the slice's pseudo-mask.
@@ -177,19 +179,19 @@ fn process_slice(
     truth_dir: Option<&Path>,
 ) -> SliceOutcome {
     let mut o = SliceOutcome { segmented: 0, failed: Vec::new(), written: false, overlays: 0, quality: None };
-    let mut union: Option<(Mask, Mask)> = None;
+    let mut union: Option<(Mask, Option<Mask>)> = None;
     let truth = truth_dir.map(|d| crate::io::read_gray8(d.join(name)));
     for &(index, rec) in lesions {
         let want_overlay = p.overlays.is_some() && index < overlay_limit;
-        let result = segment_lesion(root, rec, p, want_overlay).and_then(|r| {
+        let result = segment_lesion(root, rec, p, want_overlay, truth.is_some()).and_then(|r| {
             if let (Some(dir), Some((crop, mask, recist, crop_box))) = (&p.overlays, &r.overlay) {
                 let s = p.crop.size;
                 let mut ov = Overlay::new(crop, s, s, 3)?;
-                if let Some(Ok(t)) = &truth {
-                    if (t.width, t.height) == (r.pseudo.width, r.pseudo.height) {
-                        let t_crop = crop_box.crop_mask(t);
-                        ov.outline(&Mask::new(s, s, t_crop.iter().map(|&v| v != 0).collect())?, CYAN)?;
-                    }
+                if let Some(Ok(t)) = &truth
+                    && (t.width, t.height) == (r.pseudo.width, r.pseudo.height)
+                {
+                    let t_crop = crop_box.crop_mask(t);
+                    ov.outline(&Mask::new(s, s, t_crop.iter().map(|&v| v != 0).collect())?, CYAN)?;
                 }
                 let ell = super::seeds::RecistEllipse::new(recist, s, s)?.mask(s, s, 1.0);
                 ov.outline(&ell, YELLOW)?;
@@ -208,7 +210,9 @@ fn process_slice(
                     None => (r.pseudo, r.ellipse),
                     Some((mut a, mut b)) => {
                         a.data.iter_mut().zip(&r.pseudo.data).for_each(|(x, y)| *x |= y);
-                        b.data.iter_mut().zip(&r.ellipse.data).for_each(|(x, y)| *x |= y);
+                        if let (Some(b), Some(e)) = (&mut b, &r.ellipse) {
+                            b.data.iter_mut().zip(&e.data).for_each(|(x, y)| *x |= y);
+                        }
                         (a, b)
                     }
                 });
@@ -228,6 +232,7 @@ fn process_slice(
     o.quality = truth.map(|t| {
         let scored = t.and_then(|t| {
             let t = Mask::from_image(&t)?;
+            let ellipse = ellipse.expect("ellipses are drawn when true masks exist");
             let ps = evaluate(&pseudo, &t)?;
             let es = evaluate(&ellipse, &t)?;
             Ok(((ps, edge_case(&pseudo, &t)), (es, edge_case(&ellipse, &t))))

@@ -22,10 +22,15 @@ pub struct GrabCutParams {
     pub max_iterations: usize,
     /// Stop when at most this fraction of the relabelable pixels changed in a round.
     pub min_changed_fraction: f32,
-    /// Weight of the smoothness term (50 in the original).
+    /// Weight of the smoothness term (50 in the original; 10 with the shape prior scored best
+    /// on synthetic sets: Dice 0.935 vs 0.895 at 50 without prior).
     pub gamma: f32,
     /// The local-mean feature averages a (2r+1)² window.
     pub local_mean_radius: usize,
+    /// Weight of the RECIST shape prior: a pixel at ellipse radius rho (1 on the RECIST ellipse)
+    /// pays weight * (rho - 1) to be lesion outside it and weight * (1 - rho) to be background
+    /// inside it. Where the image says little (low contrast) the mask stays near the ellipse.
+    pub shape_prior: f32,
     /// Keep only the foreground connected to the certain-foreground seeds, so a look-alike organ
     /// inside the box is not taken for the lesion.
     pub keep_seeded_component: bool,
@@ -40,8 +45,9 @@ impl Default for GrabCutParams {
             components: 5,
             max_iterations: 10,
             min_changed_fraction: 0.001,
-            gamma: 50.0,
+            gamma: 10.0,
             local_mean_radius: 1,
+            shape_prior: 16.0,
             keep_seeded_component: true,
             fill_holes: true,
         }
@@ -75,7 +81,14 @@ pub fn grabcut(image: &[f32], width: usize, height: usize, recist: &Recist, p: &
     if p.components == 0 || p.gamma < 0.0 {
         return Err(Error::invalid("pseudo::grabcut", format!("components {} and gamma {} (need >= 1 and >= 0)", p.components, p.gamma)));
     }
-    let (seeds, _) = trimap(recist, width, height, &p.seeds)?;
+    let (seeds, ellipse) = trimap(recist, width, height, &p.seeds)?;
+    // (cost as lesion, cost as background) from the shape prior.
+    let prior: Vec<(f32, f32)> = (0..width * height)
+        .map(|i| {
+            let rho = ellipse.radius2((i % width) as f32, (i / width) as f32).sqrt();
+            (p.shape_prior * (rho - 1.0).max(0.0), p.shape_prior * (1.0 - rho).max(0.0))
+        })
+        .collect();
     let features = features(image, width, height, p.local_mean_radius);
     let links = NeighbourLinks::new(&features, width, height, p.gamma);
 
@@ -87,7 +100,7 @@ pub fn grabcut(image: &[f32], width: usize, height: usize, recist: &Recist, p: &
     while iterations < p.max_iterations && !converged {
         iterations += 1;
         let (fg_gmm, bg_gmm) = state.fit(&fg)?;
-        let changed = state.cut(&fg_gmm, &bg_gmm, &links, &seeds, &mut fg);
+        let changed = state.cut(&fg_gmm, &bg_gmm, &prior, &links, &seeds, &mut fg);
         converged = changed as f32 <= p.min_changed_fraction * relabelable as f32;
     }
     let mut mask = Mask { width, height, data: fg };
@@ -242,7 +255,15 @@ impl<'a> Rounds<'a> {
 
     /// One min-cut over the relabelable pixels; returns how many changed label. Certain pixels are
     /// not graph nodes: their links to relabelable neighbours become t-links.
-    fn cut(&mut self, fg_gmm: &Gmm<FEATURES>, bg_gmm: &Gmm<FEATURES>, links: &NeighbourLinks, seeds: &[Seed], fg: &mut [bool]) -> usize {
+    fn cut(
+        &mut self,
+        fg_gmm: &Gmm<FEATURES>,
+        bg_gmm: &Gmm<FEATURES>,
+        prior: &[(f32, f32)],
+        links: &NeighbourLinks,
+        seeds: &[Seed],
+        fg: &mut [bool],
+    ) -> usize {
         let g = &mut self.graph;
         g.reset(self.pixel_of.len());
         for (node, &px) in self.pixel_of.iter().enumerate() {
@@ -250,7 +271,8 @@ impl<'a> Rounds<'a> {
             // Source side = foreground: cutting the source link (cost -log p_bg) labels the pixel
             // background. -log p may be negative; only the difference of the two terms matters,
             // so each pixel keeps just the non-negative difference on one side.
-            let diff = bg_gmm.neg_log_density(f) - fg_gmm.neg_log_density(f);
+            let (prior_fg, prior_bg) = prior[px as usize];
+            let diff = (bg_gmm.neg_log_density(f) + prior_bg) - (fg_gmm.neg_log_density(f) + prior_fg);
             g.add_tweights(node, diff.max(0.0), (-diff).max(0.0));
         }
         for &(p, q, wgt) in &links.links {

@@ -308,22 +308,24 @@ impl MaxFlow {
             let cap = if sink { arc.r_cap } else { self.arcs[arc.sister as usize].r_cap };
             let j = arc.head;
             let nj = self.nodes[j as usize];
-            if cap > 0.0 && nj.in_sink_tree == sink && nj.parent != NONE {
-                if let Some(d) = self.origin_distance(j) {
-                    if d < best_dist {
-                        best_arc = a0;
-                        best_dist = d;
-                    }
-                    // Stamp the path so later searches stop early.
-                    let mut j = j;
-                    let mut d = d;
-                    while self.nodes[j as usize].ts != self.time {
-                        let n = &mut self.nodes[j as usize];
-                        n.ts = self.time;
-                        n.dist = d;
-                        d -= 1;
-                        j = self.arcs[n.parent as usize].head;
-                    }
+            if cap > 0.0
+                && nj.in_sink_tree == sink
+                && nj.parent != NONE
+                && let Some(d) = self.origin_distance(j)
+            {
+                if d < best_dist {
+                    best_arc = a0;
+                    best_dist = d;
+                }
+                // Stamp the path so later searches stop early.
+                let mut j = j;
+                let mut d = d;
+                while self.nodes[j as usize].ts != self.time {
+                    let n = &mut self.nodes[j as usize];
+                    n.ts = self.time;
+                    n.dist = d;
+                    d -= 1;
+                    j = self.arcs[n.parent as usize].head;
                 }
             }
             a0 = arc.next;

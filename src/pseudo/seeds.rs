@@ -133,15 +133,18 @@ impl RecistEllipse {
     /// (a² + b²) for the point: <= s² means inside the ellipse scaled by s about its centre.
     pub fn radius2(&self, x: f32, y: f32) -> f32 {
         let (dx, dy) = (x - self.centre.0, y - self.centre.1);
-        let mut best = f32::INFINITY;
+        let (mut in_cone, mut any) = (f32::INFINITY, f32::INFINITY);
         for q in &self.quarters {
             let a = q[0] * dx + q[1] * dy;
             let b = q[2] * dx + q[3] * dy;
+            any = any.min(a * a + b * b);
             if a >= -1e-6 && b >= -1e-6 {
-                best = best.min(a * a + b * b);
+                in_cone = in_cone.min(a * a + b * b);
             }
         }
-        best
+        // Marks whose diameters cross outside one of them leave gaps between the cones; there
+        // the nearest quarter's value keeps the result finite.
+        if in_cone.is_finite() { in_cone } else { any }
     }
 
     /// The pixels whose centres lie inside the ellipse scaled by `scale`.

@@ -254,7 +254,8 @@ fn col2im(g: &ConvGeometry, threads: Threads, col: &[f32], dx: &mut [f32]) {
 }
 
 thread_local! {
-    /// One reusable im2col buffer per thread, so repeated convolutions do not re-allocate it.
+    /// One reusable im2col buffer per thread, so repeated convolutions do not re-allocate it;
+    /// it keeps the largest size seen (a few MB for the network's layers).
     static COL_BUFFER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 

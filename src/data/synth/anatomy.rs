@@ -189,6 +189,16 @@ impl Phantom {
         b.add(Blob::circle(sx, canal_y, b.mm(8.0)), Tissue::Fluid, 10.0, rng);
         b.bone(Blob::ellipse(sx, sy, vb_r * 1.05, vb_r, 0.0), 1.5, marrow_hu, cortical_hu, rng);
 
+        // Small vessels and septa in the fat of the cavity (mesentery, mediastinum).
+        for _ in 0..rng.random_range(15..40) {
+            let t: f32 = rng.random_range(0.0..std::f32::consts::TAU);
+            let rr: f32 = rng.random_range(0.0..0.95);
+            let (x, y) = (ccx + rr * crx * t.cos(), ccy + rr * cry * t.sin());
+            let r = b.mm(rng.random_range(0.8..2.5));
+            let hu = rng.random_range(-40.0..vessel_hu.max(0.0));
+            b.add(Blob::ellipse(x, y, r, r * rng.random_range(0.4..1.0), t), Tissue::VisceralFat, hu, rng);
+        }
+
         match region {
             Region::Chest => {
                 let lung_hu = rng.random_range(-880.0..-820.0);
@@ -240,12 +250,12 @@ impl Phantom {
                 let mut left_lobe = Blob::ellipse(at(-0.05, -0.55).0, at(0.0, -0.55).1, crx * jitter(rng, 0.33, 0.2), cry * jitter(rng, 0.25, 0.2), 0.15);
                 left_lobe.harmonics = random_harmonics(rng, 2..=3, 0.08);
                 b.add(left_lobe, Tissue::Liver, liver_hu, rng);
-                for _ in 0..rng.random_range(4..10) {
+                for _ in 0..rng.random_range(10..25) {
                     let t: f32 = rng.random_range(0.0..std::f32::consts::TAU);
                     let rr: f32 = rng.random_range(0.0..0.7);
                     let (x, y) = (liver.cx + rr * liver.rx * t.cos(), liver.cy + rr * liver.ry * t.sin());
                     let r = b.mm(rng.random_range(2.0..6.0));
-                    b.add(Blob::ellipse(x, y, r, r * rng.random_range(0.6..1.0), t), Tissue::Vessel, liver_hu + contrast * 50.0, rng);
+                    b.add(Blob::ellipse(x, y, r, r * rng.random_range(0.6..1.0), t), Tissue::Vessel, liver_hu + contrast * rng.random_range(40.0..90.0), rng);
                 }
                 let spleen_hu = enhanced(contrast, 48.0, rng.random_range(105.0..130.0));
                 let mut spleen = Blob::ellipse(at(0.62, 0.2).0, at(0.0, 0.2).1, crx * jitter(rng, 0.2, 0.2), cry * jitter(rng, 0.35, 0.2), -0.6);
