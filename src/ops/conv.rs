@@ -1,12 +1,13 @@
 //! Convolutions: conv2d over NCHW on the CPU convolution kernels (`backend::cpu::conv`, which
 //! include the 1x1 fast path), and the 1-D convolution across channels of ECA attention.
 
-use super::{PAR_MIN, same_device};
+use super::{PAR_MIN, gpu, same_device};
 use crate::backend::cpu::conv::{ConvGeometry, conv2d_backward_input, conv2d_backward_weight, conv2d_forward};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::tensor::{Shape, Tensor, cuda_unavailable};
+use crate::tensor::{Shape, Storage, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Sum of each channel of `dy` (N,K,P) over N and P: the bias gradient.
 fn bias_grad_cpu(dy: &[f32], n: usize, k: usize, plane: usize) -> Vec<f32> {
@@ -36,20 +37,31 @@ impl Tensor {
         inputs.extend(bias);
         let device = same_device(OP, &inputs)?;
         let out_shape = Shape::from([g.n, g.k, g.out_h(), g.out_w()]);
-        let data = match device {
+        let sh = gpu::conv2d_shape(&g);
+        let storage = match device {
             Device::Cpu => {
                 let mut y = vec![0f32; out_shape.numel()];
                 let (sx, sw) = (self.storage(), weight.storage());
                 let sb = bias.map(|b| b.storage());
                 let bv = sb.as_ref().map(|s| s.as_cpu(OP)).transpose()?;
                 conv2d_forward(&g, sx.as_cpu(OP)?, sw.as_cpu(OP)?, bv, &mut y);
-                y
+                Storage::Cpu(y)
             }
-            Device::Cuda(_) => return Err(cuda_unavailable(OP)),
+            Device::Cuda(_) => gpu::conv2d_fwd(OP, self, weight, bias, &sh)?,
         };
         let (xt, wt, has_bias) = (self.clone(), weight.clone(), bias.is_some());
         let bias_tracks = bias.is_some_and(|b| b.tracks_grad());
-        Tensor::from_op(OP, data, out_shape, device, &inputs, move |dy, _| {
+        Ok(Tensor::from_storage_op(OP, Arc::new(storage), out_shape, &inputs, move |dy, _| {
+            if let Device::Cuda(_) = dy.device() {
+                let dx = xt.tracks_grad().then(|| gpu::conv2d_bwd_input(OP, dy, &wt, &sh)).transpose()?;
+                let dw = wt.tracks_grad().then(|| gpu::conv2d_bwd_weight(OP, &xt, dy, &sh)).transpose()?;
+                let mut grads = vec![dx, dw];
+                if has_bias {
+                    // The bias gradient: dy summed over batch and pixels, by the reduction kernels.
+                    grads.push(bias_tracks.then(|| dy.sum_to(&Shape::from([1, sh.k, 1, 1]))?.reshape([sh.k])).transpose()?);
+                }
+                return Ok(grads);
+            }
             let (sx, sw, sg) = (xt.storage(), wt.storage(), dy.storage());
             let (xv, wv, gv) = (sx.as_cpu(OP)?, sw.as_cpu(OP)?, sg.as_cpu(OP)?);
             let dx = if xt.tracks_grad() {
@@ -74,7 +86,7 @@ impl Tensor {
                 grads.push(db);
             }
             Ok(grads)
-        })
+        }))
     }
 
     /// ECA's 1-D convolution across channels: each image's channel vector (from (N,C), (N,1,C)
@@ -105,15 +117,19 @@ impl Tensor {
             }
             y
         };
-        let data = match device {
+        let storage = match device {
             Device::Cpu => {
                 let (sx, sw) = (self.storage(), weight.storage());
-                correlate(sx.as_cpu(OP)?, sw.as_cpu(OP)?)
+                Storage::Cpu(correlate(sx.as_cpu(OP)?, sw.as_cpu(OP)?))
             }
-            Device::Cuda(_) => return Err(cuda_unavailable(OP)),
+            Device::Cuda(_) => gpu::conv1d_fwd(OP, self, weight, n, c)?,
         };
         let (xt, wt) = (self.clone(), weight.clone());
-        Tensor::from_op(OP, data, self.shape().clone(), device, &[self, weight], move |g, _| {
+        Ok(Tensor::from_storage_op(OP, Arc::new(storage), self.shape().clone(), &[self, weight], move |g, _| {
+            if let Device::Cuda(_) = g.device() {
+                let (dx, dw) = gpu::conv1d_bwd(OP, &xt, &wt, g, n, c)?;
+                return Ok(vec![Some(dx), Some(dw)]);
+            }
             let (sx, sw, sg) = (xt.storage(), wt.storage(), g.storage());
             let (xv, wv, gv) = (sx.as_cpu(OP)?, sw.as_cpu(OP)?, sg.as_cpu(OP)?);
             // The adjoint of a zero-padded correlation is the correlation with the flipped kernel.
@@ -131,7 +147,7 @@ impl Tensor {
                 }
             }
             Ok(vec![Some(dx), Some(Tensor::from_vec(dw, wt.shape().clone(), wt.device())?)])
-        })
+        }))
     }
 }
 

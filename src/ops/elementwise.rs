@@ -1,11 +1,14 @@
 //! Element-wise ops: binary arithmetic with numpy broadcasting, scalar affine maps and unary
 //! activations.
 
-use super::{PAR_MIN, Walk, same_device};
+use super::{PAR_MIN, Walk, gpu, same_device};
+use crate::backend::cuda::elementwise::Binary;
+use crate::backend::cuda::nd::MapOp;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::tensor::{Shape, Tensor, cuda_unavailable};
+use crate::tensor::{Shape, Storage, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// `f(a, b)` over the broadcast of `a` (shape `ash`) and `b` (shape `bsh`) to `out`.
 pub(crate) fn broadcast_binary_cpu(
@@ -95,28 +98,36 @@ impl BinaryOp {
             BinaryOp::Div => "div",
         }
     }
+    fn gpu(self) -> Binary {
+        match self {
+            BinaryOp::Add => Binary::Add,
+            BinaryOp::Sub => Binary::Sub,
+            BinaryOp::Mul => Binary::Mul,
+            BinaryOp::Div => Binary::Div,
+        }
+    }
 }
 
 fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     let name = op.name();
     let device = same_device(name, &[a, b])?;
     let out_shape = a.shape().broadcast(b.shape(), name)?;
-    let data = match device {
+    let storage = match device {
         Device::Cpu => {
             let (sa, sb) = (a.storage(), b.storage());
             let (x, z) = (sa.as_cpu(name)?, sb.as_cpu(name)?);
             let (ash, bsh) = (a.shape(), b.shape());
-            match op {
+            Storage::Cpu(match op {
                 BinaryOp::Add => broadcast_binary_cpu(x, ash, z, bsh, &out_shape, |p, q| p + q),
                 BinaryOp::Sub => broadcast_binary_cpu(x, ash, z, bsh, &out_shape, |p, q| p - q),
                 BinaryOp::Mul => broadcast_binary_cpu(x, ash, z, bsh, &out_shape, |p, q| p * q),
                 BinaryOp::Div => broadcast_binary_cpu(x, ash, z, bsh, &out_shape, |p, q| p / q),
-            }
+            })
         }
-        Device::Cuda(_) => return Err(cuda_unavailable(name)),
+        Device::Cuda(_) => gpu::binary(name, op.gpu(), a, b, &out_shape)?,
     };
     let (ac, bc) = (a.clone(), b.clone());
-    Tensor::from_op(name, data, out_shape, device, &[a, b], move |g, y| {
+    Ok(Tensor::from_storage_op(name, Arc::new(storage), out_shape, &[a, b], move |g, y| {
         let (ash, bsh) = (ac.shape(), bc.shape());
         let need_a = ac.tracks_grad();
         let need_b = bc.tracks_grad();
@@ -139,7 +150,7 @@ fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
                 need_b.then(|| g.mul(y)?.div(&bc)?.neg()?.sum_to(bsh)).transpose()?,
             ],
         })
-    })
+    }))
 }
 
 fn sigmoid_f(x: f32) -> f32 {
@@ -152,24 +163,29 @@ fn sigmoid_f(x: f32) -> f32 {
     }
 }
 
-/// A unary op from its forward map and its backward as a function of (x, y, dy). Generic (not fn
-/// pointers) so each map is inlined and vectorised.
-fn unary<F, B>(x: &Tensor, name: &'static str, forward: F, backward: B) -> Result<Tensor>
+/// A unary op from its forward map and its backward as a function of (x, y, dy), with `kernel`
+/// the same map on the GPU. Generic (not fn pointers) so each CPU map is inlined and vectorised.
+fn unary<F, B>(x: &Tensor, name: &'static str, kernel: MapOp, forward: F, backward: B) -> Result<Tensor>
 where
     F: Fn(f32) -> f32 + Sync + Send,
     B: Fn(f32, f32, f32) -> f32 + Sync + Send + Copy + 'static,
 {
-    let device = x.device();
-    let data = match device {
-        Device::Cpu => map_cpu(x.storage().as_cpu(name)?, forward),
-        Device::Cuda(_) => return Err(cuda_unavailable(name)),
+    let storage = match x.device() {
+        Device::Cpu => Storage::Cpu(map_cpu(x.storage().as_cpu(name)?, forward)),
+        Device::Cuda(_) => gpu::map(name, x, kernel)?,
     };
     let xc = x.clone();
-    Tensor::from_op(name, data, x.shape().clone(), device, &[x], move |g, y| {
-        let (xs, ys, gs) = (xc.storage(), y.storage(), g.storage());
-        let dx = map3_cpu(xs.as_cpu(name)?, ys.as_cpu(name)?, gs.as_cpu(name)?, backward);
-        Ok(vec![Some(Tensor::from_vec(dx, xc.shape().clone(), xc.device())?)])
-    })
+    Ok(Tensor::from_storage_op(name, Arc::new(storage), x.shape().clone(), &[x], move |g, y| {
+        let dx = match xc.device() {
+            Device::Cpu => {
+                let (xs, ys, gs) = (xc.storage(), y.storage(), g.storage());
+                let dx = map3_cpu(xs.as_cpu(name)?, ys.as_cpu(name)?, gs.as_cpu(name)?, backward);
+                Tensor::from_vec(dx, xc.shape().clone(), Device::Cpu)?
+            }
+            Device::Cuda(_) => gpu::map_grad(name, &xc, y, g, kernel)?,
+        };
+        Ok(vec![Some(dx)])
+    }))
 }
 
 impl Tensor {
@@ -195,14 +211,13 @@ impl Tensor {
         if !mul.is_finite() || !add.is_finite() {
             return Err(Error::invalid(OP, format!("non-finite constants mul={mul}, add={add}")));
         }
-        let device = self.device();
-        let data = match device {
-            Device::Cpu => map_cpu(self.storage().as_cpu(OP)?, |v| v * mul + add),
-            Device::Cuda(_) => return Err(cuda_unavailable(OP)),
+        let storage = match self.device() {
+            Device::Cpu => Storage::Cpu(map_cpu(self.storage().as_cpu(OP)?, |v| v * mul + add)),
+            Device::Cuda(_) => gpu::affine(OP, self, mul, add)?,
         };
-        Tensor::from_op(OP, data, self.shape().clone(), device, &[self], move |g, _| {
+        Ok(Tensor::from_storage_op(OP, Arc::new(storage), self.shape().clone(), &[self], move |g, _| {
             Ok(vec![Some(g.affine(mul, 0.0)?)])
-        })
+        }))
     }
     pub fn add_scalar(&self, v: f32) -> Result<Tensor> {
         self.affine(1.0, v)
@@ -215,18 +230,7 @@ impl Tensor {
     }
     /// `self ^ p` element-wise (negative bases give NaN for non-integer `p`).
     pub fn powf(&self, p: f32) -> Result<Tensor> {
-        const OP: &str = "powf";
-        let device = self.device();
-        let data = match device {
-            Device::Cpu => map_cpu(self.storage().as_cpu(OP)?, |v| v.powf(p)),
-            Device::Cuda(_) => return Err(cuda_unavailable(OP)),
-        };
-        let xc = self.clone();
-        Tensor::from_op(OP, data, self.shape().clone(), device, &[self], move |g, y| {
-            let (xs, ys, gs) = (xc.storage(), y.storage(), g.storage());
-            let dx = map3_cpu(xs.as_cpu(OP)?, ys.as_cpu(OP)?, gs.as_cpu(OP)?, |x, _, g| g * p * x.powf(p - 1.0));
-            Ok(vec![Some(Tensor::from_vec(dx, xc.shape().clone(), xc.device())?)])
-        })
+        unary(self, "powf", MapOp::Pow(p), move |v| v.powf(p), move |x, _, g| g * p * x.powf(p - 1.0))
     }
 
     /// Limits every element to [lo, hi]; the gradient passes only where the input is inside.
@@ -234,7 +238,7 @@ impl Tensor {
         if !(lo <= hi) {
             return Err(Error::invalid("clamp", format!("lo {lo} > hi {hi}")));
         }
-        unary(self, "clamp", move |x| if x < lo { lo } else if x > hi { hi } else { x }, move |x, _, g| {
+        unary(self, "clamp", MapOp::Clamp { lo, hi }, move |x| if x < lo { lo } else if x > hi { hi } else { x }, move |x, _, g| {
             if x >= lo && x <= hi { g } else { 0.0 }
         })
     }
@@ -253,29 +257,29 @@ impl Tensor {
     }
     pub fn relu(&self) -> Result<Tensor> {
         // `x <= 0` is false for NaN, so NaN passes through.
-        unary(self, "relu", |x| if x <= 0.0 { 0.0 } else { x }, |x, _, g| if x > 0.0 { g } else { 0.0 })
+        unary(self, "relu", MapOp::Relu, |x| if x <= 0.0 { 0.0 } else { x }, |x, _, g| if x > 0.0 { g } else { 0.0 })
     }
     pub fn sigmoid(&self) -> Result<Tensor> {
-        unary(self, "sigmoid", sigmoid_f, |_, y, g| g * y * (1.0 - y))
+        unary(self, "sigmoid", MapOp::Sigmoid, sigmoid_f, |_, y, g| g * y * (1.0 - y))
     }
     pub fn tanh(&self) -> Result<Tensor> {
-        unary(self, "tanh", f32::tanh, |_, y, g| g * (1.0 - y * y))
+        unary(self, "tanh", MapOp::Tanh, f32::tanh, |_, y, g| g * (1.0 - y * y))
     }
     pub fn exp(&self) -> Result<Tensor> {
-        unary(self, "exp", f32::exp, |_, y, g| g * y)
+        unary(self, "exp", MapOp::Exp, f32::exp, |_, y, g| g * y)
     }
     /// Natural log; 0 gives -inf and negatives NaN (propagated, not an error).
     pub fn log(&self) -> Result<Tensor> {
-        unary(self, "log", f32::ln, |x, _, g| g / x)
+        unary(self, "log", MapOp::Log, f32::ln, |x, _, g| g / x)
     }
     pub fn sqrt(&self) -> Result<Tensor> {
-        unary(self, "sqrt", f32::sqrt, |_, y, g| g * 0.5 / y)
+        unary(self, "sqrt", MapOp::Sqrt, f32::sqrt, |_, y, g| g * 0.5 / y)
     }
     pub fn sqr(&self) -> Result<Tensor> {
-        unary(self, "sqr", |x| x * x, |x, _, g| 2.0 * x * g)
+        unary(self, "sqr", MapOp::Sqr, |x| x * x, |x, _, g| 2.0 * x * g)
     }
     pub fn abs(&self) -> Result<Tensor> {
-        unary(self, "abs", f32::abs, |x, _, g| if x > 0.0 { g } else if x < 0.0 { -g } else { 0.0 })
+        unary(self, "abs", MapOp::Abs, f32::abs, |x, _, g| if x > 0.0 { g } else if x < 0.0 { -g } else { 0.0 })
     }
 }
 

@@ -1,11 +1,12 @@
 //! Layout ops: reshape (shares data), permute/transpose, concat, narrow/split (copy: every tensor
 //! stays contiguous).
 
-use super::{PAR_MIN, Walk, same_device};
+use super::{PAR_MIN, Walk, gpu, same_device};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::tensor::{Shape, Tensor, cuda_unavailable};
+use crate::tensor::{Shape, Storage, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Copies `src` read with `src_strides` over `dims` into a new contiguous buffer.
 fn strided_copy_cpu(src: &[f32], dims: &[usize], src_strides: Vec<usize>) -> Vec<f32> {
@@ -96,16 +97,16 @@ impl Tensor {
         }
         let dims: Vec<usize> = perm.iter().map(|&p| self.dims()[p]).collect();
         let in_strides = self.shape().strides();
-        let device = self.device();
-        let data = match device {
-            Device::Cpu => strided_copy_cpu(self.storage().as_cpu(OP)?, &dims, perm.iter().map(|&p| in_strides[p]).collect()),
-            Device::Cuda(_) => return Err(cuda_unavailable(OP)),
+        let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
+        let storage = match self.device() {
+            Device::Cpu => Storage::Cpu(strided_copy_cpu(self.storage().as_cpu(OP)?, &dims, src_strides)),
+            Device::Cuda(_) => gpu::gather(OP, self, &dims, &src_strides, 0)?,
         };
         let mut inverse = vec![0; rank];
         for (i, &p) in perm.iter().enumerate() {
             inverse[p] = i;
         }
-        Tensor::from_op(OP, data, Shape::from(dims), device, &[self], move |g, _| Ok(vec![Some(g.permute(&inverse)?)]))
+        Ok(Tensor::from_storage_op(OP, Arc::new(storage), Shape::from(dims), &[self], move |g, _| Ok(vec![Some(g.permute(&inverse)?)])))
     }
     /// Swaps two dimensions (copies); e.g. (N, C, HW) -> (N, HW, C) for attention.
     pub fn transpose(&self, a: usize, b: usize) -> Result<Tensor> {
@@ -142,7 +143,8 @@ impl Tensor {
         let mut dims = first.dims().to_vec();
         dims[axis] = total_axis;
         let row_w = total_axis * inner;
-        let data = match device {
+        let out_shape = Shape::from(dims);
+        let storage = match device {
             Device::Cpu => {
                 let mut y = vec![0f32; outer * row_w];
                 let mut at = 0;
@@ -151,14 +153,25 @@ impl Tensor {
                     copy_blocks(t.storage().as_cpu(OP)?, w, 0, &mut y, row_w, at, w, outer);
                     at += w;
                 }
-                y
+                Storage::Cpu(y)
             }
-            Device::Cuda(_) => return Err(cuda_unavailable(OP)),
+            Device::Cuda(_) => {
+                // Each input lands in the output's strides, shifted along `axis`.
+                let dev = gpu::device(OP, first)?;
+                let mut y = gpu::alloc(&dev, out_shape.numel())?;
+                let out_strides = out_shape.strides();
+                let mut at = 0;
+                for t in tensors {
+                    gpu::scatter(OP, t, &mut y, &out_strides, at * inner)?;
+                    at += t.dims()[axis];
+                }
+                Storage::Cuda(y)
+            }
         };
         let sizes: Vec<usize> = tensors.iter().map(|t| t.dims()[axis]).collect();
-        Tensor::from_op(OP, data, Shape::from(dims), device, tensors, move |g, _| {
+        Ok(Tensor::from_storage_op(OP, Arc::new(storage), out_shape, tensors, move |g, _| {
             Ok(g.split(axis, &sizes)?.into_iter().map(Some).collect())
-        })
+        }))
     }
 
     /// Elements `start..start+len` along `axis` (copies); `narrow(0, i, 1)` takes one image.
@@ -172,23 +185,34 @@ impl Tensor {
         let inner: usize = self.dims()[axis + 1..].iter().product();
         let mut dims = self.dims().to_vec();
         dims[axis] = len;
-        let device = self.device();
-        let data = match device {
+        let in_strides = self.shape().strides();
+        let storage = match self.device() {
             Device::Cpu => {
                 let mut y = vec![0f32; outer * len * inner];
                 copy_blocks(self.storage().as_cpu(OP)?, size * inner, start * inner, &mut y, len * inner, 0, len * inner, outer);
-                y
+                Storage::Cpu(y)
             }
-            Device::Cuda(_) => return Err(cuda_unavailable(OP)),
+            Device::Cuda(_) => gpu::gather(OP, self, &dims, &in_strides, start * inner)?,
         };
         let src_shape = self.shape().clone();
-        Tensor::from_op(OP, data, Shape::from(dims), device, &[self], move |g, _| {
+        Ok(Tensor::from_storage_op(OP, Arc::new(storage), Shape::from(dims), &[self], move |g, _| {
             // The adjoint: the gradient placed back into zeros of the input's shape.
-            let mut dx = vec![0f32; src_shape.numel()];
-            let gs = g.storage();
-            copy_blocks(gs.as_cpu(OP)?, len * inner, 0, &mut dx, size * inner, start * inner, len * inner, outer);
-            Ok(vec![Some(Tensor::from_vec(dx, src_shape.clone(), g.device())?)])
-        })
+            let dx = match g.device() {
+                Device::Cpu => {
+                    let mut dx = vec![0f32; src_shape.numel()];
+                    let gs = g.storage();
+                    copy_blocks(gs.as_cpu(OP)?, len * inner, 0, &mut dx, size * inner, start * inner, len * inner, outer);
+                    Tensor::from_vec(dx, src_shape.clone(), Device::Cpu)?
+                }
+                Device::Cuda(_) => {
+                    let dev = gpu::device(OP, g)?;
+                    let mut dx = gpu::full(&dev, src_shape.numel(), 0.0)?;
+                    gpu::scatter(OP, g, &mut dx, &src_shape.strides(), start * inner)?;
+                    gpu::tensor(dx, src_shape.clone())?
+                }
+            };
+            Ok(vec![Some(dx)])
+        }))
     }
     /// Splits along `axis` into pieces of the given sizes (which must add up to the axis size).
     pub fn split(&self, axis: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {

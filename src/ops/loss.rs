@@ -1,11 +1,12 @@
 //! Losses: pixel-wise 2-class cross-entropy with an ignore mask, and binary cross-entropy with
 //! logits. Both return a rank-0 mean and refuse NaN logits and targets outside their range.
 
-use super::{PAR_MIN, same_device};
+use super::{PAR_MIN, gpu, same_device};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::tensor::{Shape, Tensor, cuda_unavailable};
+use crate::tensor::{Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// log(1 + exp(d)) without overflow.
 fn softplus(d: f32) -> f32 {
@@ -26,6 +27,44 @@ fn first_bad(v: &[f32], shape: &Shape, bad: impl Fn(f32) -> bool + Sync) -> Opti
     }
     Some((format!("{idx:?}"), v[i]))
 }
+
+/// Refuses NaN logits (a diverged run), naming the first position.
+fn refuse_nan(op: &'static str, z: &[f32], shape: &Shape) -> Result<()> {
+    match first_bad(z, shape, f32::is_nan) {
+        Some((at, v)) => Err(Error::invalid(op, format!("NaN logit at {at} (value {v}): training diverged?"))),
+        None => Ok(()),
+    }
+}
+
+/// The same check for logits on the GPU: their sum is NaN when any logit is (one value comes
+/// back); only then are the logits copied to locate it.
+fn refuse_nan_gpu(op: &'static str, z: &Tensor) -> Result<()> {
+    let total = crate::autograd::no_grad(|| z.sum_all()?.to_scalar())?;
+    if total.is_nan() { refuse_nan(op, &z.to_vec()?, z.shape()) } else { Ok(()) }
+}
+
+/// Refuses targets other than 0 and 1 and a mask other than 0 and 1.
+fn refuse_bad_labels(op: &'static str, t: &[f32], shape: &Shape, m: Option<&[f32]>) -> Result<()> {
+    if let Some((at, v)) = first_bad(t, shape, |v| v != 0.0 && v != 1.0) {
+        return Err(Error::invalid(op, format!("target at {at} is {v}, not 0 or 1")));
+    }
+    if let Some(m) = m
+        && let Some((at, v)) = first_bad(m, shape, |v| v != 0.0 && v != 1.0)
+    {
+        return Err(Error::invalid(op, format!("mask at {at} is {v}, not 0 or 1")));
+    }
+    Ok(())
+}
+
+/// Refuses BCE targets outside [0, 1].
+fn refuse_bad_probabilities(op: &'static str, y: &[f32], shape: &Shape) -> Result<()> {
+    match first_bad(y, shape, |v| !(0.0..=1.0).contains(&v)) {
+        Some((at, v)) => Err(Error::invalid(op, format!("target at {at} is {v}, outside [0, 1]"))),
+        None => Ok(()),
+    }
+}
+
+const NOTHING_COUNTED: &str = "every pixel is masked out: nothing to average";
 
 impl Tensor {
     /// Mean cross-entropy of 2-class logits (N,2,H,W) against `target` (N,H,W) in {0, 1}, over
@@ -50,27 +89,31 @@ impl Tensor {
         all.extend(mask);
         let device = same_device(OP, &all)?;
         if let Device::Cuda(_) = device {
-            return Err(cuda_unavailable(OP));
+            // Labels are checked on the host (small); the loss and its count stay on the device
+            // but for the one count value that says whether anything was counted.
+            refuse_nan_gpu(OP, self)?;
+            let mv = mask.map(|m| m.to_vec()).transpose()?;
+            refuse_bad_labels(OP, &target.to_vec()?, &want, mv.as_deref())?;
+            let (storage, count) = gpu::ce2_fwd(OP, self, target, mask, [n, h, w])?;
+            if count == 0.0 {
+                return Err(Error::invalid(OP, NOTHING_COUNTED));
+            }
+            let (zt, tt, mt) = (self.clone(), target.clone(), mask.cloned());
+            return Ok(Tensor::from_storage_op(OP, Arc::new(storage), Shape::from(()), &all, move |g, _| {
+                let dz = gpu::ce2_bwd(OP, &zt, &tt, mt.as_ref(), [n, h, w], count, g)?;
+                Ok(if mt.is_some() { vec![Some(dz), None, None] } else { vec![Some(dz), None] })
+            }));
         }
         let (sz, st) = (self.storage(), target.storage());
         let (z, t) = (sz.as_cpu(OP)?, st.as_cpu(OP)?);
         let sm = mask.map(|m| m.storage());
         let m = sm.as_ref().map(|s| s.as_cpu(OP)).transpose()?;
-        if let Some((at, v)) = first_bad(z, self.shape(), f32::is_nan) {
-            return Err(Error::invalid(OP, format!("NaN logit at {at} (value {v}): training diverged?")));
-        }
-        if let Some((at, v)) = first_bad(t, target.shape(), |v| v != 0.0 && v != 1.0) {
-            return Err(Error::invalid(OP, format!("target at {at} is {v}, not 0 or 1")));
-        }
-        if let Some(m) = m
-            && let Some((at, v)) = first_bad(m, &want, |v| v != 0.0 && v != 1.0)
-        {
-            return Err(Error::invalid(OP, format!("mask at {at} is {v}, not 0 or 1")));
-        }
+        refuse_nan(OP, z, self.shape())?;
+        refuse_bad_labels(OP, t, &want, m)?;
         let p = h * w;
         let counted = m.map_or(n * p, |m| m.iter().filter(|&&v| v == 1.0).count());
         if counted == 0 {
-            return Err(Error::invalid(OP, "every pixel is masked out: nothing to average"));
+            return Err(Error::invalid(OP, NOTHING_COUNTED));
         }
         // Per pixel: d = z_other - z_target, loss = softplus(d).
         let pixel = |i: usize| -> f64 {
@@ -134,16 +177,18 @@ impl Tensor {
         super::non_empty(OP, self)?;
         let device = same_device(OP, &[self, target])?;
         if let Device::Cuda(_) = device {
-            return Err(cuda_unavailable(OP));
+            refuse_nan_gpu(OP, self)?;
+            refuse_bad_probabilities(OP, &target.to_vec()?, target.shape())?;
+            let storage = gpu::bce_fwd(OP, self, target)?;
+            let (xt, yt) = (self.clone(), target.clone());
+            return Ok(Tensor::from_storage_op(OP, Arc::new(storage), Shape::from(()), &[self, target], move |g, _| {
+                Ok(vec![Some(gpu::bce_bwd(OP, &xt, &yt, g)?), None])
+            }));
         }
         let (sx, st) = (self.storage(), target.storage());
         let (x, y) = (sx.as_cpu(OP)?, st.as_cpu(OP)?);
-        if let Some((at, v)) = first_bad(x, self.shape(), f32::is_nan) {
-            return Err(Error::invalid(OP, format!("NaN logit at {at} (value {v}): training diverged?")));
-        }
-        if let Some((at, v)) = first_bad(y, target.shape(), |v| !(0.0..=1.0).contains(&v)) {
-            return Err(Error::invalid(OP, format!("target at {at} is {v}, outside [0, 1]")));
-        }
+        refuse_nan(OP, x, self.shape())?;
+        refuse_bad_probabilities(OP, y, target.shape())?;
         let term = |(&x, &y): (&f32, &f32)| (x.max(0.0) - x * y + (-x.abs()).exp().ln_1p()) as f64;
         let total: f64 = if x.len() >= PAR_MIN { x.par_iter().zip(y).map(term).sum() } else { x.iter().zip(y).map(term).sum() };
         let count = x.len();

@@ -1,10 +1,11 @@
 //! Matrix products on the CPU GEMM (`backend::cpu::gemm::sgemm`): matmul, batched matmul, linear.
 
-use super::same_device;
+use super::{gpu, same_device};
 use crate::backend::cpu::gemm::sgemm;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::tensor::{Shape, Tensor, cuda_unavailable};
+use crate::tensor::{Shape, Storage, Tensor};
+use std::sync::Arc;
 
 /// `batch` independent products C_i = op(A_i) op(B_i); a batch stride of 0 reuses one matrix.
 #[allow(clippy::too_many_arguments)]
@@ -26,6 +27,23 @@ fn gemm_batches(
     c
 }
 
+/// `batch` products op(A_i) op(B_i) (m x n) of tensors on one device: the CPU GEMM or cuBLAS.
+/// Each operand is (transposed?, tensor, elements between batch entries).
+fn gemm(op: &'static str, batch: usize, a: (bool, &Tensor, usize), b: (bool, &Tensor, usize), m: usize, n: usize, k: usize) -> Result<Storage> {
+    match a.1.device() {
+        Device::Cpu => {
+            let (sa, sb) = (a.1.storage(), b.1.storage());
+            Ok(Storage::Cpu(gemm_batches(batch, (a.0, sa.as_cpu(op)?, a.2), (b.0, sb.as_cpu(op)?, b.2), m, n, k)))
+        }
+        Device::Cuda(_) => gpu::gemm(op, batch, a, b, m, n, k),
+    }
+}
+
+/// A tensor of `shape` over `storage`, outside the graph (a gradient).
+fn grad(storage: Storage, shape: &Shape) -> Tensor {
+    Tensor::from_storage(storage, shape.clone())
+}
+
 /// (B?, M, K) x (B?, K, N): sizes, or an error naming the op and both shapes.
 fn product_dims(op: &'static str, a: &Shape, b: &Shape) -> Result<(usize, usize, usize, usize)> {
     let bad = || Error::shape(op, format!("cannot multiply {a} by {b}"));
@@ -45,31 +63,17 @@ impl Tensor {
     pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
         const OP: &str = "matmul";
         let (batch, m, k, n) = product_dims(OP, self.shape(), other.shape())?;
-        let device = same_device(OP, &[self, other])?;
-        let data = match device {
-            Device::Cpu => {
-                let (sa, sb) = (self.storage(), other.storage());
-                gemm_batches(batch, (false, sa.as_cpu(OP)?, m * k), (false, sb.as_cpu(OP)?, k * n), m, n, k)
-            }
-            Device::Cuda(_) => return Err(cuda_unavailable(OP)),
-        };
+        same_device(OP, &[self, other])?;
+        let storage = gemm(OP, batch, (false, self, m * k), (false, other, k * n), m, n, k)?;
         let mut dims = self.dims()[..self.rank() - 2].to_vec();
         dims.extend([m, n]);
         let (a, b) = (self.clone(), other.clone());
-        Tensor::from_op(OP, data, Shape::from(dims), device, &[self, other], move |g, _| {
-            let (sa, sb, sg) = (a.storage(), b.storage(), g.storage());
-            let (av, bv, gv) = (sa.as_cpu(OP)?, sb.as_cpu(OP)?, sg.as_cpu(OP)?);
+        Ok(Tensor::from_storage_op(OP, Arc::new(storage), Shape::from(dims), &[self, other], move |g, _| {
             // dA = dC B^T (M,N)(N,K); dB = A^T dC (K,M)(M,N)
-            let da = a
-                .tracks_grad()
-                .then(|| Tensor::from_vec(gemm_batches(batch, (false, gv, m * n), (true, bv, k * n), m, k, n), a.shape().clone(), a.device()))
-                .transpose()?;
-            let db = b
-                .tracks_grad()
-                .then(|| Tensor::from_vec(gemm_batches(batch, (true, av, m * k), (false, gv, m * n), k, n, m), b.shape().clone(), b.device()))
-                .transpose()?;
-            Ok(vec![da, db])
-        })
+            let da = a.tracks_grad().then(|| gemm(OP, batch, (false, g, m * n), (true, &b, k * n), m, k, n)).transpose()?;
+            let db = b.tracks_grad().then(|| gemm(OP, batch, (true, &a, m * k), (false, g, m * n), k, n, m)).transpose()?;
+            Ok(vec![da.map(|s| grad(s, a.shape())), db.map(|s| grad(s, b.shape()))])
+        }))
     }
     /// Batched matrix product (B,M,K) x (B,K,N) -> (B,M,N) (attention: (N,HW,C) x (N,C,HW)).
     pub fn bmm(&self, other: &Tensor) -> Result<Tensor> {
@@ -94,32 +98,18 @@ impl Tensor {
         {
             return Err(Error::shape(OP, format!("bias {} does not fit weight {}", b.shape(), weight.shape())));
         }
-        let device = same_device(OP, &[self, weight])?;
+        same_device(OP, &[self, weight])?;
         let rows = self.numel() / in_f;
-        let data = match device {
-            Device::Cpu => {
-                let (sx, sw) = (self.storage(), weight.storage());
-                gemm_batches(1, (false, sx.as_cpu(OP)?, 0), (true, sw.as_cpu(OP)?, 0), rows, out_f, in_f)
-            }
-            Device::Cuda(_) => return Err(cuda_unavailable(OP)),
-        };
+        let storage = gemm(OP, 1, (false, self, 0), (true, weight, 0), rows, out_f, in_f)?;
         let mut dims = self.dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = out_f;
         let (x, w) = (self.clone(), weight.clone());
-        let y = Tensor::from_op(OP, data, Shape::from(dims), device, &[self, weight], move |g, _| {
-            let (sx, sw, sg) = (x.storage(), w.storage(), g.storage());
-            let (xv, wv, gv) = (sx.as_cpu(OP)?, sw.as_cpu(OP)?, sg.as_cpu(OP)?);
+        let y = Tensor::from_storage_op(OP, Arc::new(storage), Shape::from(dims), &[self, weight], move |g, _| {
             // dx = dy W (rows,OUT)(OUT,IN); dW = dy^T x (OUT,rows)(rows,IN)
-            let dx = x
-                .tracks_grad()
-                .then(|| Tensor::from_vec(gemm_batches(1, (false, gv, 0), (false, wv, 0), rows, in_f, out_f), x.shape().clone(), x.device()))
-                .transpose()?;
-            let dw = w
-                .tracks_grad()
-                .then(|| Tensor::from_vec(gemm_batches(1, (true, gv, 0), (false, xv, 0), out_f, in_f, rows), w.shape().clone(), w.device()))
-                .transpose()?;
-            Ok(vec![dx, dw])
-        })?;
+            let dx = x.tracks_grad().then(|| gemm(OP, 1, (false, g, 0), (false, &w, 0), rows, in_f, out_f)).transpose()?;
+            let dw = w.tracks_grad().then(|| gemm(OP, 1, (true, g, 0), (false, &x, 0), out_f, in_f, rows)).transpose()?;
+            Ok(vec![dx.map(|s| grad(s, x.shape())), dw.map(|s| grad(s, w.shape()))])
+        });
         match bias {
             Some(b) => y.add(b),
             None => Ok(y),

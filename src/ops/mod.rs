@@ -14,6 +14,7 @@
 
 mod conv;
 mod elementwise;
+mod gpu;
 mod layout;
 mod loss;
 mod matmul;

@@ -1,10 +1,11 @@
 //! Batch normalisation over the channel axis (axis 1) of (N,C,...) tensors.
 
-use super::{PAR_MIN, same_device};
+use super::{PAR_MIN, gpu, same_device};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::tensor::{Tensor, cuda_unavailable};
+use crate::tensor::Tensor;
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// How `batch_norm` runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -96,7 +97,13 @@ impl Tensor {
         }
         let device = same_device(OP, &[self, gamma, beta, running_mean, running_var])?;
         if let Device::Cuda(_) = device {
-            return Err(cuda_unavailable(OP));
+            let shape = [n, c, p, 1];
+            let (storage, saved) = gpu::batch_norm_fwd(OP, self, [gamma, beta, running_mean, running_var], shape, opts)?;
+            let (xt, gamma_t) = (self.clone(), gamma.clone());
+            return Ok(Tensor::from_storage_op(OP, Arc::new(storage), self.shape().clone(), &[self, gamma, beta], move |dy, _| {
+                let [dx, dgamma, dbeta] = gpu::batch_norm_bwd(OP, &xt, &gamma_t, dy, shape, &saved, opts)?;
+                Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])
+            }));
         }
         let sx = self.storage();
         let x = sx.as_cpu(OP)?;

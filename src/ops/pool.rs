@@ -1,10 +1,11 @@
 //! Max pooling over (N,C,H,W) planes (ResNet's stem uses kernel 3, stride 2, padding 1).
 
-use super::PAR_MIN;
+use super::{PAR_MIN, gpu};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::tensor::{Shape, Tensor, cuda_unavailable};
+use crate::tensor::{Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 impl Tensor {
     /// Max pool with a square `kernel`, `stride` and implicit -inf `padding` (at most kernel/2,
@@ -23,7 +24,11 @@ impl Tensor {
         let (oh, ow) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
         let device = self.device();
         if let Device::Cuda(_) = device {
-            return Err(cuda_unavailable(OP));
+            let (storage, winners) = gpu::max_pool_fwd(OP, self, kernel, stride, padding)?;
+            let in_shape = self.shape().clone();
+            return Ok(Tensor::from_storage_op(OP, Arc::new(storage), Shape::from([n, c, oh, ow]), &[self], move |g, _| {
+                Ok(vec![Some(gpu::max_pool_bwd(OP, g, &winners, &in_shape, kernel, stride, padding)?)])
+            }));
         }
         let sx = self.storage();
         let x = sx.as_cpu(OP)?;

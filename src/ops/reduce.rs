@@ -1,11 +1,12 @@
 //! Reductions (sum, mean over chosen axes; global average pooling) and their adjoint, broadcasting.
 
 use super::elementwise::broadcast_binary_cpu;
-use super::{PAR_MIN, Walk, non_empty, reduced_shape};
+use super::{PAR_MIN, Walk, gpu, non_empty, reduced_shape};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::tensor::{Shape, Tensor, cuda_unavailable};
+use crate::tensor::{Shape, Storage, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Sums `src` (shape `src_shape`) down to `dst_shape`, which must broadcast to `src_shape`.
 /// Accumulates in f64 so long sums (means over a batch of images) stay accurate.
@@ -53,13 +54,14 @@ impl Tensor {
         if shape.rank() > self.rank() || &shape.broadcast(self.shape(), OP)? != self.shape() {
             return Err(Error::shape(OP, format!("{} cannot be summed to {shape}", self.shape())));
         }
-        let device = self.device();
-        let data = match device {
-            Device::Cpu => sum_to_cpu(self.storage().as_cpu(OP)?, self.shape(), shape),
-            Device::Cuda(_) => return Err(cuda_unavailable(OP)),
+        let storage = match self.device() {
+            Device::Cpu => Storage::Cpu(sum_to_cpu(self.storage().as_cpu(OP)?, self.shape(), shape)),
+            Device::Cuda(_) => gpu::sum_to(OP, self, shape)?,
         };
         let src_shape = self.shape().clone();
-        Tensor::from_op(OP, data, shape.clone(), device, &[self], move |g, _| Ok(vec![Some(g.broadcast_to(&src_shape)?)]))
+        Ok(Tensor::from_storage_op(OP, Arc::new(storage), shape.clone(), &[self], move |g, _| {
+            Ok(vec![Some(g.broadcast_to(&src_shape)?)])
+        }))
     }
 
     /// Repeats this tensor along its size-1 (or missing leading) dimensions to `shape`.
@@ -71,16 +73,15 @@ impl Tensor {
         if &self.shape().broadcast(shape, OP)? != shape {
             return Err(Error::shape(OP, format!("{} cannot be broadcast to {shape}", self.shape())));
         }
-        let device = self.device();
-        let data = match device {
+        let storage = match self.device() {
             Device::Cpu => {
                 let s = self.storage();
-                broadcast_binary_cpu(s.as_cpu(OP)?, self.shape(), &[0.0], &Shape::from(()), shape, |a, _| a)
+                Storage::Cpu(broadcast_binary_cpu(s.as_cpu(OP)?, self.shape(), &[0.0], &Shape::from(()), shape, |a, _| a))
             }
-            Device::Cuda(_) => return Err(cuda_unavailable(OP)),
+            Device::Cuda(_) => gpu::gather(OP, self, shape.dims(), &self.shape().broadcast_strides(shape), 0)?,
         };
         let own = self.shape().clone();
-        Tensor::from_op(OP, data, shape.clone(), device, &[self], move |g, _| Ok(vec![Some(g.sum_to(&own)?)]))
+        Ok(Tensor::from_storage_op(OP, Arc::new(storage), shape.clone(), &[self], move |g, _| Ok(vec![Some(g.sum_to(&own)?)])))
     }
 
     /// Sum over `axes` (negative counts from the end); `keepdim` keeps them as size 1.

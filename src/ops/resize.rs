@@ -4,7 +4,8 @@
 use super::PAR_MIN;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::tensor::{Shape, Tensor, cuda_unavailable};
+use crate::tensor::{Shape, Tensor};
+use std::sync::Arc;
 use rayon::prelude::*;
 
 /// For each output index along one axis: the two source indices and their weights.
@@ -33,7 +34,11 @@ impl Tensor {
         }
         let device = self.device();
         if let Device::Cuda(_) = device {
-            return Err(cuda_unavailable(OP));
+            let storage = super::gpu::resize_fwd(OP, self, out_h, out_w)?;
+            let in_shape = self.shape().clone();
+            return Ok(Tensor::from_storage_op(OP, Arc::new(storage), Shape::from([n, c, out_h, out_w]), &[self], move |g, _| {
+                Ok(vec![Some(super::gpu::resize_bwd(OP, g, &in_shape)?)])
+            }));
         }
         let (rows, cols) = (bilinear_taps(h, out_h), bilinear_taps(w, out_w));
         let (ip, op) = (h * w, out_h * out_w);

@@ -3,7 +3,8 @@
 use super::PAR_MIN;
 use crate::device::Device;
 use crate::error::Result;
-use crate::tensor::{Tensor, cuda_unavailable};
+use crate::tensor::{Storage, Tensor};
+use std::sync::Arc;
 use rayon::prelude::*;
 
 /// Softmax over the middle axis of an (outer, d, inner) view; each block of d*inner is one task.
@@ -52,12 +53,15 @@ impl Tensor {
         let a = self.shape().axis(OP, axis)?;
         let d = self.dims()[a];
         let inner: usize = self.dims()[a + 1..].iter().product();
-        let device = self.device();
-        let data = match device {
-            Device::Cpu => softmax_cpu(self.storage().as_cpu(OP)?, d, inner),
-            Device::Cuda(_) => return Err(cuda_unavailable(OP)),
+        let outer: usize = self.dims()[..a].iter().product();
+        let storage = match self.device() {
+            Device::Cpu => Storage::Cpu(softmax_cpu(self.storage().as_cpu(OP)?, d, inner)),
+            Device::Cuda(_) => super::gpu::softmax_fwd(OP, self, outer, d, inner)?,
         };
-        Tensor::from_op(OP, data, self.shape().clone(), device, &[self], move |g, y| {
+        Ok(Tensor::from_storage_op(OP, Arc::new(storage), self.shape().clone(), &[self], move |g, y| {
+            if let Device::Cuda(_) = g.device() {
+                return Ok(vec![Some(super::gpu::softmax_bwd(OP, y, g, outer, d, inner)?)]);
+            }
             // dx = y * (g - sum_axis(g * y))
             let (sg, sy) = (g.storage(), y.storage());
             let (gv, yv) = (sg.as_cpu(OP)?, sy.as_cpu(OP)?);
@@ -84,7 +88,7 @@ impl Tensor {
                 }
             }
             Ok(vec![Some(Tensor::from_vec(dx, y.shape().clone(), y.device())?)])
-        })
+        }))
     }
 }
 

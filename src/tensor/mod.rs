@@ -125,6 +125,11 @@ impl Tensor {
         Ok(Tensor::from_storage_op(op, storage, shape, inputs, backward))
     }
 
+    /// A tensor over storage an op produced, outside the graph.
+    pub(crate) fn from_storage(storage: Storage, shape: Shape) -> Tensor {
+        Tensor::build(Arc::new(storage), shape, false, None)
+    }
+
     pub(crate) fn from_storage_op(
         op: &'static str,
         storage: Arc<Storage>,
@@ -235,6 +240,19 @@ impl Tensor {
         let storage = Arc::get_mut(&mut guard).expect("storage was made unique above");
         f(storage.as_cpu_mut(op)?);
         Ok(())
+    }
+    /// Writes the numbers in place on the device they live on (`f` gets the storage itself: the
+    /// CUDA path of running statistics and optimiser steps); copies first when shared, as `update`.
+    pub fn update_storage(&self, f: impl FnOnce(&mut Storage) -> Result<()>) -> Result<()> {
+        let mut guard = self.0.storage.write().unwrap_or_else(|p| p.into_inner());
+        if Arc::get_mut(&mut guard).is_none() {
+            let copy = match &**guard {
+                Storage::Cpu(v) => Storage::Cpu(v.clone()),
+                Storage::Cuda(b) => Storage::Cuda(crate::backend::cuda::CudaDevice::get(b.ordinal())?.dtod(b)?),
+            };
+            *guard = Arc::new(copy);
+        }
+        f(Arc::get_mut(&mut guard).expect("storage was made unique above"))
     }
 }
 

@@ -49,6 +49,13 @@ impl Storage {
             Storage::Cpu(_) => Err(Error::Device(format!("{op}: expected a tensor on a CUDA device, found one on the cpu"))),
         }
     }
+    /// The device buffer for writing, or an error naming `op` when the data is on the host.
+    pub fn as_cuda_mut(&mut self, op: &'static str) -> Result<&mut GpuBuffer> {
+        match self {
+            Storage::Cuda(b) => Ok(b),
+            Storage::Cpu(_) => Err(Error::Device(format!("{op}: expected a tensor on a CUDA device, found one on the cpu"))),
+        }
+    }
     /// Copies the data to the host.
     pub fn to_host(&self) -> Result<Vec<f32>> {
         match self {

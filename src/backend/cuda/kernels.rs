@@ -59,6 +59,9 @@ kernels! {
         CONV2D_BWD_WEIGHT = "conv2d_bwd_weight_f32";
     "optim":
         SGD_FWD = "sgd_fwd_f32", ADAM_FWD = "adam_fwd_f32";
+    "nd":
+        BINARY_ND_FWD = "binary_nd_fwd_f32", COPY_ND_FWD = "copy_nd_fwd_f32", MAP_FWD = "map_fwd_f32",
+        MAP_BWD = "map_bwd_f32";
 }
 
 /// The kernel entry points a module defines: `.entry NAME(` in PTX, or
@@ -108,7 +111,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(MODULES.len(), 9, "one module per kernels/*.cu");
+        assert_eq!(MODULES.len(), 10, "one module per kernels/*.cu");
     }
 
     #[test]

@@ -45,6 +45,22 @@ pub struct ConvGeom {
     pub dil: i32,
 }
 
+/// The largest rank of nd.cu's strided kernels (after the host merges contiguous dims).
+pub const MAX_DIMS: usize = 6;
+
+/// Strided geometry of nd.cu (`struct StridedN`): the iteration dims (row-major over the output
+/// index), the strides and base offsets of the two operands.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StridedN {
+    pub rank: i32,
+    pub dims: [i32; MAX_DIMS],
+    pub sx: [i32; MAX_DIMS],
+    pub sy: [i32; MAX_DIMS],
+    pub ox: i32,
+    pub oy: i32,
+}
+
 /// One entry of optim.cu's chunk table (`struct Chunk`: int, 4 bytes padding, long long).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -59,6 +75,7 @@ unsafe impl DeviceRepr for Bcast4 {}
 unsafe impl DeviceRepr for Red4 {}
 unsafe impl DeviceRepr for ConvGeom {}
 unsafe impl DeviceRepr for Chunk {}
+unsafe impl DeviceRepr for StridedN {}
 
 /// A kernel argument. `Ptr(0)` is a null pointer (optional inputs such as a bias or a mask).
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +86,7 @@ pub(crate) enum Arg<'a> {
     Bcast(&'a Bcast4),
     Red(&'a Red4),
     Conv(&'a ConvGeom),
+    Nd(&'a StridedN),
 }
 
 /// Threads per block of the elementwise and per-row kernels.
@@ -126,6 +144,7 @@ pub(crate) fn launch(dev: &CudaDevice, k: Kernel, cfg: LaunchConfig, args: &[Arg
             Arg::Bcast(g) => builder.arg(*g),
             Arg::Red(g) => builder.arg(*g),
             Arg::Conv(g) => builder.arg(*g),
+            Arg::Nd(g) => builder.arg(*g),
         };
     }
     // SAFETY: the argument list matches the kernel's parameters (each wrapper mirrors the .cu

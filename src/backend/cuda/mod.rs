@@ -13,6 +13,7 @@
 
 pub mod alloc;
 pub mod batchnorm;
+pub mod blas;
 pub mod context;
 pub mod conv;
 pub mod copy;
@@ -20,10 +21,11 @@ pub mod elementwise;
 pub mod kernels;
 mod launch;
 pub mod loss;
+pub mod nd;
 pub mod optim;
 pub mod pool;
 pub mod reduce;
 
 pub use alloc::{GpuBuffer, MemoryStats};
 pub use context::{CudaDevice, device_count, driver_present};
-pub use launch::{Bcast4, ConvGeom, Red4};
+pub use launch::{Bcast4, ConvGeom, MAX_DIMS, Red4, StridedN};
