@@ -1,1 +1,134 @@
-//! See the crate docs for where this stage sits in the data flow.
+//! Differentiable ops on [`Tensor`], one file per family, each with forward and backward.
+//!
+//! Every op is a `Tensor` method returning `coseg::Result<Tensor>`: shapes that do not fit are
+//! an `Error::Shape` naming the op and both shapes, bad arguments an `Error::Invalid`. Each op
+//! checks its inputs share a device and dispatches on it; the CPU kernels here are plain loops
+//! over contiguous row-major slices, parallel with rayon over batch, channels or rows when the
+//! work is large enough to pay for it, and allocate only their outputs.
+//!
+//! NaN: arithmetic ops propagate NaN (ReLU and max-pool included: a NaN input gives NaN out);
+//! the losses refuse a NaN logit with `Error::Invalid` so a diverging run stops with a message
+//! instead of training on garbage.
+//!
+//! Gradient checks for every op live in `tests/gradcheck.rs`.
+
+mod conv;
+mod elementwise;
+mod layout;
+mod loss;
+mod matmul;
+mod norm;
+mod pool;
+mod reduce;
+mod resize;
+mod softmax;
+
+pub use norm::BatchNormOptions;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::tensor::{Shape, Tensor};
+
+/// Below this many elements a kernel runs on the calling thread: rayon's fork-join costs more.
+pub(crate) const PAR_MIN: usize = 1 << 15;
+
+/// The common device of an op's inputs, or an error naming the op and the devices.
+pub(crate) fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<Device> {
+    let first = tensors[0].device();
+    if let Some(other) = tensors.iter().find(|t| t.device() != first) {
+        return Err(Error::Device(format!(
+            "{op}: inputs on different devices ({first} and {}); move them with to_device",
+            other.device()
+        )));
+    }
+    Ok(first)
+}
+
+/// Refuses an empty tensor where an op needs at least one element.
+pub(crate) fn non_empty(op: &'static str, t: &Tensor) -> Result<()> {
+    if t.numel() == 0 {
+        return Err(Error::invalid(op, format!("empty tensor of shape {}", t.shape())));
+    }
+    Ok(())
+}
+
+/// A strided walk over `dims` with one stride list per operand, with adjacent dimensions merged
+/// wherever every operand is contiguous across them (and size-1 dimensions dropped), so
+/// broadcasting kernels run long inner loops. `strides[k][i]` is operand k's stride for dim i.
+#[derive(Debug, Clone)]
+pub(crate) struct Walk {
+    pub dims: Vec<usize>,
+    pub strides: Vec<Vec<usize>>,
+}
+
+impl Walk {
+    pub fn new(dims: &[usize], strides: Vec<Vec<usize>>) -> Walk {
+        let mut out_dims: Vec<usize> = Vec::new();
+        let mut out_strides: Vec<Vec<usize>> = vec![Vec::new(); strides.len()];
+        for (i, &d) in dims.iter().enumerate() {
+            if d == 1 {
+                continue;
+            }
+            let merge = !out_dims.is_empty()
+                && strides
+                    .iter()
+                    .zip(&out_strides)
+                    .all(|(s, o)| *o.last().expect("non-empty") == s[i] * d);
+            if merge {
+                *out_dims.last_mut().expect("non-empty") *= d;
+                for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
+                    *o.last_mut().expect("non-empty") = s[i];
+                }
+            } else {
+                out_dims.push(d);
+                for (s, o) in strides.iter().zip(out_strides.iter_mut()) {
+                    o.push(s[i]);
+                }
+            }
+        }
+        if out_dims.is_empty() {
+            out_dims.push(1);
+            for o in out_strides.iter_mut() {
+                o.push(0);
+            }
+        }
+        Walk { dims: out_dims, strides: out_strides }
+    }
+    /// Length of the innermost (merged) dimension.
+    pub fn inner(&self) -> usize {
+        *self.dims.last().expect("walk has a dimension")
+    }
+    /// Stride of operand `k` along the innermost dimension.
+    pub fn inner_stride(&self, k: usize) -> usize {
+        *self.strides[k].last().expect("walk has a dimension")
+    }
+    /// Number of inner rows.
+    pub fn rows(&self) -> usize {
+        self.dims[..self.dims.len() - 1].iter().product()
+    }
+    /// Offset of operand `k` at the start of inner row `row`.
+    pub fn row_offset(&self, k: usize, mut row: usize) -> usize {
+        let mut off = 0;
+        for i in (0..self.dims.len() - 1).rev() {
+            let d = self.dims[i];
+            off += (row % d) * self.strides[k][i];
+            row /= d;
+        }
+        off
+    }
+}
+
+/// `shape` with the `axes` given set to 1 (the keep-dims shape of a reduction).
+pub(crate) fn reduced_shape(op: &'static str, shape: &Shape, axes: &[isize]) -> Result<(Shape, Vec<usize>)> {
+    let mut dims = shape.dims().to_vec();
+    let mut resolved = Vec::with_capacity(axes.len());
+    for &a in axes {
+        let a = shape.axis(op, a)?;
+        if resolved.contains(&a) {
+            return Err(Error::invalid(op, format!("axis {a} given twice for shape {shape}")));
+        }
+        resolved.push(a);
+        dims[a] = 1;
+    }
+    Ok((Shape::from(dims), resolved))
+}

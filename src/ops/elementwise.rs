@@ -1,0 +1,356 @@
+//! Element-wise ops: binary arithmetic with numpy broadcasting, scalar affine maps and unary
+//! activations.
+
+use super::{PAR_MIN, Walk, same_device};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::tensor::{Shape, Tensor, cuda_unavailable};
+use rayon::prelude::*;
+
+/// `f(a, b)` over the broadcast of `a` (shape `ash`) and `b` (shape `bsh`) to `out`.
+pub(crate) fn broadcast_binary_cpu(
+    a: &[f32],
+    ash: &Shape,
+    b: &[f32],
+    bsh: &Shape,
+    out: &Shape,
+    f: impl Fn(f32, f32) -> f32 + Sync + Send,
+) -> Vec<f32> {
+    let walk = Walk::new(out.dims(), vec![out.strides(), ash.broadcast_strides(out), bsh.broadcast_strides(out)]);
+    let n = out.numel();
+    let mut y = vec![0f32; n];
+    if n == 0 {
+        return y;
+    }
+    let inner = walk.inner();
+    let (sa, sb) = (walk.inner_stride(1), walk.inner_stride(2));
+    let row = |(r, yr): (usize, &mut [f32])| {
+        let (oa, ob) = (walk.row_offset(1, r), walk.row_offset(2, r));
+        match (sa, sb) {
+            (1, 1) => {
+                for ((y, &x), &z) in yr.iter_mut().zip(&a[oa..oa + inner]).zip(&b[ob..ob + inner]) {
+                    *y = f(x, z);
+                }
+            }
+            (1, 0) => {
+                let z = b[ob];
+                for (y, &x) in yr.iter_mut().zip(&a[oa..oa + inner]) {
+                    *y = f(x, z);
+                }
+            }
+            (0, 1) => {
+                let x = a[oa];
+                for (y, &z) in yr.iter_mut().zip(&b[ob..ob + inner]) {
+                    *y = f(x, z);
+                }
+            }
+            _ => {
+                for (i, y) in yr.iter_mut().enumerate() {
+                    *y = f(a[oa + i * sa], b[ob + i * sb]);
+                }
+            }
+        }
+    };
+    if n >= PAR_MIN {
+        let min_rows = (PAR_MIN / 4 / inner).max(1);
+        y.par_chunks_mut(inner).enumerate().with_min_len(min_rows).for_each(row);
+    } else {
+        y.chunks_mut(inner).enumerate().for_each(row);
+    }
+    y
+}
+
+/// `f` applied to every element, in parallel when large.
+pub(crate) fn map_cpu(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
+    if x.len() >= PAR_MIN {
+        x.par_iter().with_min_len(PAR_MIN / 4).map(|&v| f(v)).collect()
+    } else {
+        x.iter().map(|&v| f(v)).collect()
+    }
+}
+
+/// `f(x, y, g)` over three equally long slices (the backward of a unary op).
+pub(crate) fn map3_cpu(x: &[f32], y: &[f32], g: &[f32], f: impl Fn(f32, f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+    if x.len() >= PAR_MIN {
+        (x, y, g).into_par_iter().with_min_len(PAR_MIN / 4).map(|(&x, &y, &g)| f(x, y, g)).collect()
+    } else {
+        x.iter().zip(y).zip(g).map(|((&x, &y), &g)| f(x, y, g)).collect()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl BinaryOp {
+    fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+        }
+    }
+}
+
+fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
+    let name = op.name();
+    let device = same_device(name, &[a, b])?;
+    let out_shape = a.shape().broadcast(b.shape(), name)?;
+    let data = match device {
+        Device::Cpu => {
+            let (sa, sb) = (a.storage(), b.storage());
+            let (x, z) = (sa.as_cpu(name)?, sb.as_cpu(name)?);
+            let (ash, bsh) = (a.shape(), b.shape());
+            match op {
+                BinaryOp::Add => broadcast_binary_cpu(x, ash, z, bsh, &out_shape, |p, q| p + q),
+                BinaryOp::Sub => broadcast_binary_cpu(x, ash, z, bsh, &out_shape, |p, q| p - q),
+                BinaryOp::Mul => broadcast_binary_cpu(x, ash, z, bsh, &out_shape, |p, q| p * q),
+                BinaryOp::Div => broadcast_binary_cpu(x, ash, z, bsh, &out_shape, |p, q| p / q),
+            }
+        }
+        Device::Cuda(_) => return Err(cuda_unavailable(name)),
+    };
+    let (ac, bc) = (a.clone(), b.clone());
+    Tensor::from_op(name, data, out_shape, device, &[a, b], move |g, y| {
+        let (ash, bsh) = (ac.shape(), bc.shape());
+        let need_a = ac.tracks_grad();
+        let need_b = bc.tracks_grad();
+        Ok(match op {
+            BinaryOp::Add => vec![
+                need_a.then(|| g.sum_to(ash)).transpose()?,
+                need_b.then(|| g.sum_to(bsh)).transpose()?,
+            ],
+            BinaryOp::Sub => vec![
+                need_a.then(|| g.sum_to(ash)).transpose()?,
+                need_b.then(|| g.neg()?.sum_to(bsh)).transpose()?,
+            ],
+            BinaryOp::Mul => vec![
+                need_a.then(|| g.mul(&bc)?.sum_to(ash)).transpose()?,
+                need_b.then(|| g.mul(&ac)?.sum_to(bsh)).transpose()?,
+            ],
+            // d(a/b)/db = -a/b^2 = -y/b
+            BinaryOp::Div => vec![
+                need_a.then(|| g.div(&bc)?.sum_to(ash)).transpose()?,
+                need_b.then(|| g.mul(y)?.div(&bc)?.neg()?.sum_to(bsh)).transpose()?,
+            ],
+        })
+    })
+}
+
+fn sigmoid_f(x: f32) -> f32 {
+    // Stable on both sides: exp never overflows.
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// A unary op from its forward map and its backward as a function of (x, y, dy). Generic (not fn
+/// pointers) so each map is inlined and vectorised.
+fn unary<F, B>(x: &Tensor, name: &'static str, forward: F, backward: B) -> Result<Tensor>
+where
+    F: Fn(f32) -> f32 + Sync + Send,
+    B: Fn(f32, f32, f32) -> f32 + Sync + Send + Copy + 'static,
+{
+    let device = x.device();
+    let data = match device {
+        Device::Cpu => map_cpu(x.storage().as_cpu(name)?, forward),
+        Device::Cuda(_) => return Err(cuda_unavailable(name)),
+    };
+    let xc = x.clone();
+    Tensor::from_op(name, data, x.shape().clone(), device, &[x], move |g, y| {
+        let (xs, ys, gs) = (xc.storage(), y.storage(), g.storage());
+        let dx = map3_cpu(xs.as_cpu(name)?, ys.as_cpu(name)?, gs.as_cpu(name)?, backward);
+        Ok(vec![Some(Tensor::from_vec(dx, xc.shape().clone(), xc.device())?)])
+    })
+}
+
+impl Tensor {
+    /// `self + other` with numpy broadcasting (e.g. (N,C,H,W) + (N,C,1,1) or (1,C,1,1)).
+    pub fn add(&self, other: &Tensor) -> Result<Tensor> {
+        binary(self, other, BinaryOp::Add)
+    }
+    pub fn sub(&self, other: &Tensor) -> Result<Tensor> {
+        binary(self, other, BinaryOp::Sub)
+    }
+    /// `self * other` with numpy broadcasting (channel attention (N,C,1,1), spatial (N,1,H,W)).
+    pub fn mul(&self, other: &Tensor) -> Result<Tensor> {
+        binary(self, other, BinaryOp::Mul)
+    }
+    /// `self / other` with broadcasting; division by zero gives inf/NaN as IEEE says.
+    pub fn div(&self, other: &Tensor) -> Result<Tensor> {
+        binary(self, other, BinaryOp::Div)
+    }
+
+    /// `self * mul + add` element-wise.
+    pub fn affine(&self, mul: f32, add: f32) -> Result<Tensor> {
+        const OP: &str = "affine";
+        if !mul.is_finite() || !add.is_finite() {
+            return Err(Error::invalid(OP, format!("non-finite constants mul={mul}, add={add}")));
+        }
+        let device = self.device();
+        let data = match device {
+            Device::Cpu => map_cpu(self.storage().as_cpu(OP)?, |v| v * mul + add),
+            Device::Cuda(_) => return Err(cuda_unavailable(OP)),
+        };
+        Tensor::from_op(OP, data, self.shape().clone(), device, &[self], move |g, _| {
+            Ok(vec![Some(g.affine(mul, 0.0)?)])
+        })
+    }
+    pub fn add_scalar(&self, v: f32) -> Result<Tensor> {
+        self.affine(1.0, v)
+    }
+    pub fn mul_scalar(&self, v: f32) -> Result<Tensor> {
+        self.affine(v, 0.0)
+    }
+    pub fn neg(&self) -> Result<Tensor> {
+        self.affine(-1.0, 0.0)
+    }
+    /// `self ^ p` element-wise (negative bases give NaN for non-integer `p`).
+    pub fn powf(&self, p: f32) -> Result<Tensor> {
+        const OP: &str = "powf";
+        let device = self.device();
+        let data = match device {
+            Device::Cpu => map_cpu(self.storage().as_cpu(OP)?, |v| v.powf(p)),
+            Device::Cuda(_) => return Err(cuda_unavailable(OP)),
+        };
+        let xc = self.clone();
+        Tensor::from_op(OP, data, self.shape().clone(), device, &[self], move |g, y| {
+            let (xs, ys, gs) = (xc.storage(), y.storage(), g.storage());
+            let dx = map3_cpu(xs.as_cpu(OP)?, ys.as_cpu(OP)?, gs.as_cpu(OP)?, |x, _, g| g * p * x.powf(p - 1.0));
+            Ok(vec![Some(Tensor::from_vec(dx, xc.shape().clone(), xc.device())?)])
+        })
+    }
+
+    /// Limits every element to [lo, hi]; the gradient passes only where the input is inside.
+    pub fn clamp(&self, lo: f32, hi: f32) -> Result<Tensor> {
+        if !(lo <= hi) {
+            return Err(Error::invalid("clamp", format!("lo {lo} > hi {hi}")));
+        }
+        unary(self, "clamp", move |x| if x < lo { lo } else if x > hi { hi } else { x }, move |x, _, g| {
+            if x >= lo && x <= hi { g } else { 0.0 }
+        })
+    }
+    /// Inverted dropout: when `training`, zeroes each element with probability `p` (drawn from
+    /// `rng`) and scales the others by 1/(1-p); the identity otherwise.
+    pub fn dropout(&self, p: f32, training: bool, rng: &mut impl rand::Rng) -> Result<Tensor> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::invalid("dropout", format!("probability {p} outside [0, 1)")));
+        }
+        if !training || p == 0.0 {
+            return Ok(self.clone());
+        }
+        let keep = 1.0 / (1.0 - p);
+        let mask: Vec<f32> = (0..self.numel()).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
+        self.mul(&Tensor::from_vec(mask, self.shape().clone(), self.device())?)
+    }
+    pub fn relu(&self) -> Result<Tensor> {
+        // `x <= 0` is false for NaN, so NaN passes through.
+        unary(self, "relu", |x| if x <= 0.0 { 0.0 } else { x }, |x, _, g| if x > 0.0 { g } else { 0.0 })
+    }
+    pub fn sigmoid(&self) -> Result<Tensor> {
+        unary(self, "sigmoid", sigmoid_f, |_, y, g| g * y * (1.0 - y))
+    }
+    pub fn tanh(&self) -> Result<Tensor> {
+        unary(self, "tanh", f32::tanh, |_, y, g| g * (1.0 - y * y))
+    }
+    pub fn exp(&self) -> Result<Tensor> {
+        unary(self, "exp", f32::exp, |_, y, g| g * y)
+    }
+    /// Natural log; 0 gives -inf and negatives NaN (propagated, not an error).
+    pub fn log(&self) -> Result<Tensor> {
+        unary(self, "log", f32::ln, |x, _, g| g / x)
+    }
+    pub fn sqrt(&self) -> Result<Tensor> {
+        unary(self, "sqrt", f32::sqrt, |_, y, g| g * 0.5 / y)
+    }
+    pub fn sqr(&self) -> Result<Tensor> {
+        unary(self, "sqr", |x| x * x, |x, _, g| 2.0 * x * g)
+    }
+    pub fn abs(&self) -> Result<Tensor> {
+        unary(self, "abs", f32::abs, |x, _, g| if x > 0.0 { g } else if x < 0.0 { -g } else { 0.0 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// Naive broadcasting by full index arithmetic, the reference for the merged-walk kernel.
+    fn naive(a: &[f32], ash: &Shape, b: &[f32], bsh: &Shape, out: &Shape) -> Vec<f32> {
+        let (sa, sb) = (ash.broadcast_strides(out), bsh.broadcast_strides(out));
+        (0..out.numel())
+            .map(|mut i| {
+                let (mut oa, mut ob) = (0, 0);
+                for d in (0..out.rank()).rev() {
+                    let k = i % out.dims()[d];
+                    i /= out.dims()[d];
+                    oa += k * sa[d];
+                    ob += k * sb[d];
+                }
+                a[oa] - 2.0 * b[ob]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn broadcast_matches_naive() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[2, 3, 4, 5], &[2, 3, 1, 1]),
+            (&[2, 3, 4, 5], &[2, 1, 4, 5]),
+            (&[2, 1, 4, 1], &[1, 3, 1, 5]),
+            (&[3, 1], &[4]),
+            (&[2, 3, 64, 64], &[1, 3, 1, 1]),
+            (&[5], &[]),
+        ];
+        for (ad, bd) in cases {
+            let a = Tensor::randn(*ad, 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+            let b = Tensor::randn(*bd, 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+            let y = a.sub(&b.mul_scalar(2.0).unwrap()).unwrap();
+            let out = a.shape().broadcast(b.shape(), "t").unwrap();
+            let want = naive(&a.to_vec().unwrap(), a.shape(), &b.to_vec().unwrap(), b.shape(), &out);
+            assert_eq!(y.shape(), &out);
+            let got = y.to_vec().unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "{ad:?} vs {bd:?}: {g} != {w}");
+            }
+        }
+        let a = Tensor::zeros([2, 3], Device::Cpu).unwrap();
+        let e = a.add(&Tensor::zeros([4], Device::Cpu).unwrap()).unwrap_err().to_string();
+        assert!(e.starts_with("add:") && e.contains("[2, 3]") && e.contains("[4]"), "{e}");
+    }
+
+    #[test]
+    fn dropout_zeroes_about_p_and_rescales() {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        let x = Tensor::uniform([100, 100], 1.0, 2.0, Device::Cpu, &mut rng).unwrap();
+        let y = x.dropout(0.25, true, &mut rng).unwrap().to_vec().unwrap();
+        let xv = x.to_vec().unwrap();
+        let zeros = y.iter().filter(|&&v| v == 0.0).count();
+        assert!((2300..2700).contains(&zeros), "{zeros} of 10000 dropped at p = 0.25");
+        assert!(y.iter().zip(&xv).all(|(&a, &b)| a == 0.0 || (a - b / 0.75).abs() < 1e-6));
+        assert_eq!(x.dropout(0.25, false, &mut rng).unwrap().to_vec().unwrap(), xv);
+        assert!(x.dropout(1.0, true, &mut rng).is_err());
+    }
+
+    #[test]
+    fn nan_propagates_through_activations() {
+        let x = Tensor::from_vec(vec![f32::NAN, -1.0, 2.0], [3], Device::Cpu).unwrap();
+        let y = x.relu().unwrap().to_vec().unwrap();
+        assert!(y[0].is_nan() && y[1] == 0.0 && y[2] == 2.0);
+        let s = x.sigmoid().unwrap().to_vec().unwrap();
+        assert!(s[0].is_nan());
+        let big = Tensor::from_vec(vec![-200.0, 200.0], [2], Device::Cpu).unwrap().sigmoid().unwrap().to_vec().unwrap();
+        assert_eq!(big, vec![0.0, 1.0]);
+    }
+}
