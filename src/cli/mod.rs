@@ -2,7 +2,14 @@
 
 use clap::{Parser, Subcommand};
 
+mod eval_masks;
+mod crf;
+mod crops;
+mod embed;
 mod info;
+mod split;
+mod pseudo_masks;
+mod synth;
 
 #[derive(Parser)]
 #[command(name = "coseg", version, about = "Weakly supervised lesion co-segmentation on CT from RECIST marks")]
@@ -13,12 +20,33 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// The network's input tensors of every lesion (float32 [N, 3, 128, 128] .npy + File_name sidecar).
+    Crops(crops::Args),
+    /// Lesion embeddings: pooled layer4 features of the dilated ResNet encoder (float32 [N, 2048] .npy).
+    Embed(embed::Args),
     /// What this build can do: version, devices, kernels.
     Info(info::Args),
+    /// Write a synthetic DeepLesion: slices, DL_info.csv and true masks.
+    Synth(synth::Args),
+    /// Recall, precision, Dice, AVD and VS of a folder of masks against the true masks.
+    EvalMasks(eval_masks::Args),
+    /// Refine a lesion probability map with the dense CRF (pydensecrf's parameters and defaults).
+    Crf(crf::Args),
+    /// Cluster lesions, split 80/10/10 by cluster, pair lesions, write the manifest JSON.
+    Split(split::Args),
+    /// GrabCut pseudo-masks from the RECIST marks of every lesion (quality report if masks/ exists).
+    PseudoMasks(pseudo_masks::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Crops(a) => crops::run(a),
+        Command::Embed(a) => embed::run(a),
         Command::Info(a) => info::run(a),
+        Command::Synth(a) => synth::run(a),
+        Command::EvalMasks(a) => eval_masks::run(a),
+        Command::Crf(a) => crf::run(a),
+        Command::Split(a) => split::run(a),
+        Command::PseudoMasks(a) => pseudo_masks::run(a),
     }
 }

@@ -1,1 +1,175 @@
-//! See the crate docs for where this stage sits in the data flow.
+//! Dense CRF refinement of the network's lesion masks (Krähenbühl and Koltun, NeurIPS 2011), as
+//! pydensecrf computes it: mean-field inference with Potts compatibility and two Gaussian edge
+//! kernels (smoothness on position, appearance on position and intensity), message passing by
+//! filtering on the permutohedral lattice.
+//!
+//! Layers, bottom up (each step a separate function so the CUDA version can mirror it):
+//! - `hash`: lattice keys -> vertex ids, used only while building a lattice;
+//! - `lattice`: embed features, then splat / blur / slice over flat arrays;
+//! - `exact`: the O(N^2) Gaussian filter the lattice approximates (the tests' reference);
+//! - `kernel`: features, symmetric normalisation and Potts weight of one pairwise term;
+//! - `meanfield`: `DenseCrf`, unaries from probabilities, the iteration;
+//! - here: the binary lesion case with pydensecrf's parameters, one image or a batch.
+
+mod hash;
+
+pub mod exact;
+pub mod kernel;
+pub mod lattice;
+pub mod meanfield;
+
+pub use exact::ExactGaussian;
+pub use kernel::{FilterMethod, PairwiseKernel};
+pub use lattice::Lattice;
+pub use meanfield::DenseCrf;
+
+use crate::error::{Error, Result};
+use crate::io::Image;
+use rayon::prelude::*;
+
+/// The parameters as pydensecrf users know them, with the values of its usual call
+/// (`addPairwiseGaussian(sxy=3, compat=3)`, `addPairwiseBilateral(sxy=80, srgb=13, compat=10)`,
+/// 5 iterations).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CrfParams {
+    pub gauss_sxy: f32,
+    pub gauss_compat: f32,
+    pub bilateral_sxy: f32,
+    pub bilateral_srgb: f32,
+    pub bilateral_compat: f32,
+    pub iters: usize,
+}
+
+impl Default for CrfParams {
+    fn default() -> Self {
+        CrfParams {
+            gauss_sxy: 3.0,
+            gauss_compat: 3.0,
+            bilateral_sxy: 80.0,
+            bilateral_srgb: 13.0,
+            bilateral_compat: 10.0,
+            iters: 5,
+        }
+    }
+}
+
+/// Builds the two-label CRF (background, lesion) for one image: unaries from the lesion
+/// probability `prob` (1 channel, values in [0, 1]), both kernels on `image` (1 or 3 channels).
+pub fn binary_crf(
+    image: &Image<u8>,
+    prob: &Image<f32>,
+    params: &CrfParams,
+    method: FilterMethod,
+) -> Result<DenseCrf> {
+    if prob.channels != 1 {
+        return Err(Error::invalid(
+            "crf",
+            format!(
+                "lesion probability has {} channels; expected 1",
+                prob.channels
+            ),
+        ));
+    }
+    if (image.width, image.height) != (prob.width, prob.height) {
+        return Err(Error::shape(
+            "crf",
+            format!(
+                "image is {}x{} but the probability map is {}x{}",
+                image.width, image.height, prob.width, prob.height
+            ),
+        ));
+    }
+    let mut crf = DenseCrf::new(image.width, image.height, 2)?.with_method(method);
+    let planes: Vec<f32> = prob
+        .data
+        .iter()
+        .map(|p| 1.0 - p)
+        .chain(prob.data.iter().copied())
+        .collect();
+    crf.set_unary_from_probs(&planes)?;
+    crf.add_pairwise_gaussian(params.gauss_sxy, params.gauss_compat)?;
+    crf.add_pairwise_bilateral(
+        params.bilateral_sxy,
+        params.bilateral_srgb,
+        image,
+        params.bilateral_compat,
+    )?;
+    Ok(crf)
+}
+
+/// Refines one lesion probability map: returns the lesion marginal after mean field (1 channel).
+pub fn refine(image: &Image<u8>, prob: &Image<f32>, params: &CrfParams) -> Result<Image<f32>> {
+    let crf = binary_crf(image, prob, params, FilterMethod::Lattice)?;
+    let q = crf.inference(params.iters)?;
+    let n = crf.pixels();
+    Ok(Image::new(image.width, image.height, 1, q[n..].to_vec()))
+}
+
+/// `refine` over a batch, images in parallel; an error names the item at fault.
+pub fn refine_batch(
+    images: &[Image<u8>],
+    probs: &[Image<f32>],
+    params: &CrfParams,
+) -> Result<Vec<Image<f32>>> {
+    if images.len() != probs.len() {
+        return Err(Error::shape(
+            "crf batch",
+            format!(
+                "{} images but {} probability maps",
+                images.len(),
+                probs.len()
+            ),
+        ));
+    }
+    let bar = crate::progress::bar(images.len() as u64, "crf");
+    let out = images
+        .par_iter()
+        .zip(probs)
+        .enumerate()
+        .map(|(i, (img, p))| {
+            let r = refine(img, p, params)
+                .map_err(|e| Error::invalid("crf batch", format!("item {i}: {e}")));
+            bar.inc(1);
+            r
+        })
+        .collect();
+    bar.finish_and_clear();
+    out
+}
+
+/// The lesion mask of a lesion marginal: 255 where the lesion is the more likely label, else 0
+/// (a tie goes to background, as densecrf's argmax does).
+pub fn mask_from_marginal(q: &Image<f32>) -> Image<u8> {
+    Image::new(
+        q.width,
+        q.height,
+        1,
+        q.data
+            .iter()
+            .map(|&p| if p > 1.0 - p { 255 } else { 0 })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_names_the_item_at_fault() {
+        let img = Image::new(4, 4, 1, (0..16u8).collect());
+        let ok = Image::new(4, 4, 1, vec![0.3f32; 16]);
+        let nan = Image::new(4, 4, 1, vec![f32::NAN; 16]);
+        let small = Image::new(3, 4, 1, vec![0.3f32; 12]);
+        let p = CrfParams::default();
+        let e = refine_batch(&[img.clone(), img.clone()], &[ok.clone(), nan], &p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("item 1") && e.contains("NaN"), "{e}");
+        let e = refine_batch(std::slice::from_ref(&img), &[small], &p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("item 0") && e.contains("3x4"), "{e}");
+        assert!(refine_batch(&[img], &[], &p).is_err());
+    }
+}

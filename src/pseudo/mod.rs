@@ -1,1 +1,21 @@
-//! See the crate docs for where this stage sits in the data flow.
+//! Pseudo-masks from RECIST marks (the paper's section 2.1): GrabCut seeded from the diameters.
+//!
+//! - [`seeds`]: the RECIST marks, the ellipse through their end points (also the baseline mask),
+//!   and the trimap: diameters = certain lesion, ellipse = probable lesion, enlarged box = probable
+//!   background, beyond = certain background.
+//! - [`gmm`]: Gaussian mixtures over pixel features; [`maxflow`]: Boykov-Kolmogorov min-cut.
+//! - [`grabcut`]: the iterated GMM refit + min-cut on one crop.
+//! - [`batch`]: every lesion of a data set -> full-slice masks, quality against true masks.
+//! - [`overlay`]: crop + outlines + RECIST as an RGB PNG.
+
+pub mod batch;
+pub mod gmm;
+pub mod grabcut;
+pub mod maxflow;
+pub mod overlay;
+pub mod seeds;
+
+pub use batch::{FailedLesion, PseudoMaskParams, PseudoMaskSummary, Quality, pseudo_masks};
+pub use grabcut::{GrabCutOutput, GrabCutParams, grabcut};
+pub use maxflow::MaxFlow;
+pub use seeds::{Recist, RecistEllipse, Seed, SeedParams, ellipse_mask, trimap};

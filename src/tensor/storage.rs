@@ -1,6 +1,7 @@
 //! Where a tensor's numbers live. One variant per backend: the CUDA backend adds its own variant
 //! (device buffer + stream) here, and every op dispatches on the device before touching the data.
 
+use crate::backend::cuda::{CudaDevice, GpuBuffer};
 use crate::device::Device;
 use crate::error::{Error, Result};
 
@@ -8,51 +9,67 @@ use crate::error::{Error, Result};
 pub enum Storage {
     /// Host memory, row-major, exactly `shape.numel()` elements.
     Cpu(Vec<f32>),
+    /// Device memory from the CUDA backend's caching allocator, row-major, `shape.numel()` elements.
+    Cuda(GpuBuffer),
 }
 
 impl Storage {
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(b) => Device::Cuda(b.ordinal()),
         }
     }
     pub fn len(&self) -> usize {
         match self {
             Storage::Cpu(v) => v.len(),
+            Storage::Cuda(b) => b.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
     /// The host slice, or an error naming `op` when the data is on another device.
-    pub fn as_cpu(&self, _op: &'static str) -> Result<&[f32]> {
+    pub fn as_cpu(&self, op: &'static str) -> Result<&[f32]> {
         match self {
             Storage::Cpu(v) => Ok(v),
+            Storage::Cuda(_) => Err(cuda_unavailable(op)),
         }
     }
-    pub fn as_cpu_mut(&mut self, _op: &'static str) -> Result<&mut [f32]> {
+    pub fn as_cpu_mut(&mut self, op: &'static str) -> Result<&mut [f32]> {
         match self {
             Storage::Cpu(v) => Ok(v),
+            Storage::Cuda(_) => Err(cuda_unavailable(op)),
+        }
+    }
+    /// The device buffer, or an error naming `op` when the data is on the host.
+    pub fn as_cuda(&self, op: &'static str) -> Result<&GpuBuffer> {
+        match self {
+            Storage::Cuda(b) => Ok(b),
+            Storage::Cpu(_) => Err(Error::Device(format!("{op}: expected a tensor on a CUDA device, found one on the cpu"))),
         }
     }
     /// Copies the data to the host.
     pub fn to_host(&self) -> Result<Vec<f32>> {
         match self {
             Storage::Cpu(v) => Ok(v.clone()),
+            Storage::Cuda(b) => CudaDevice::get(b.ordinal())?.dtoh(b),
         }
     }
-    /// Allocates `data` on `device`.
+    /// Allocates `data` on `device` (for CUDA: opens the device on first use, then copies).
     pub fn from_host(data: Vec<f32>, device: Device) -> Result<Storage> {
         match device {
             Device::Cpu => Ok(Storage::Cpu(data)),
-            Device::Cuda(_) => Err(cuda_unavailable("allocate")),
+            Device::Cuda(n) => Ok(Storage::Cuda(CudaDevice::get(n)?.htod(&data)?)),
         }
     }
 }
 
-/// The error every op returns when asked to run on CUDA in a build without the CUDA backend.
+/// The error of an op that has no GPU path yet when its input is on a CUDA device. The kernels
+/// and their checked wrappers exist (crate::backend::cuda); routing each op to them is pending.
 pub fn cuda_unavailable(op: &str) -> Error {
     Error::Device(format!(
-        "{op}: CUDA backend not available in this build (only the CPU backend exists); use --device cpu"
+        "{op}: this op has no GPU path yet and its input is on a CUDA device; move the tensor with \
+         to_device(Device::Cpu) or run with --device cpu"
     ))
 }

@@ -1,0 +1,83 @@
+//! CT slices in Hounsfield units: DeepLesion stores HU + 32768 in 16-bit PNG.
+
+use super::dl_info::LesionRecord;
+use crate::error::{Error, Result};
+use crate::io::{read_gray16, write_gray16_with, Image};
+use std::path::Path;
+
+/// DeepLesion's PNG offset: stored value = HU + 32768.
+pub const HU_OFFSET: i32 = 32768;
+
+/// A single-channel slice in HU.
+pub type HuSlice = Image<i16>;
+
+/// Reads a DeepLesion slice PNG as HU. 8-bit or truncated files are errors naming the file.
+pub fn load_hu(path: impl AsRef<Path>) -> Result<HuSlice> {
+    let img = read_gray16(path)?;
+    let data = img.data.iter().map(|&v| (v as i32 - HU_OFFSET) as i16).collect();
+    Ok(Image::new(img.width, img.height, 1, data))
+}
+
+/// Writes a slice in HU as a DeepLesion PNG (fast deflate: writers produce many slices).
+pub fn save_hu(path: impl AsRef<Path>, hu: &HuSlice) -> Result<()> {
+    let data = hu.data.iter().map(|&v| (v as i32 + HU_OFFSET) as u16).collect();
+    write_gray16_with(path, &Image::new(hu.width, hu.height, 1, data), png::Compression::Fast)
+}
+
+/// The three channels of a lesion: slices key-1, key, key+1. A missing neighbour file is
+/// replaced by the key slice and flagged, so callers can count how often that happened.
+#[derive(Clone, Debug)]
+pub struct LesionSlices {
+    /// [key-1, key, key+1]
+    pub channels: [HuSlice; 3],
+    /// Whether key-1 and key+1 were read from their own files.
+    pub has_neighbour: [bool; 2],
+}
+
+/// Loads the key slice of `rec` (an error if missing or unreadable) and its neighbours when
+/// their files exist; checks the image size against the row's Image_size.
+pub fn load_lesion_slices(root: &Path, rec: &LesionRecord) -> Result<LesionSlices> {
+    let key_path = rec.slice_path(root, 0);
+    let key = load_hu(&key_path)?;
+    let [w, h] = rec.image_size;
+    if key.width != w as usize || key.height != h as usize {
+        return Err(Error::format(
+            &key_path,
+            Some(rec.row),
+            format!("image is {}x{}, DL_info row says Image_size {w}x{h}", key.width, key.height),
+        ));
+    }
+    let mut has_neighbour = [false; 2];
+    let mut load_neighbour = |slot: usize, offset: i32| -> Result<HuSlice> {
+        let p = rec.slice_path(root, offset);
+        if rec.key_slice as i64 + offset as i64 >= 0 && p.exists() {
+            let n = load_hu(&p)?;
+            if n.width != key.width || n.height != key.height {
+                return Err(Error::format(
+                    &p,
+                    Some(rec.row),
+                    format!("neighbour is {}x{}, key slice is {}x{}", n.width, n.height, key.width, key.height),
+                ));
+            }
+            has_neighbour[slot] = true;
+            Ok(n)
+        } else {
+            Ok(key.clone())
+        }
+    };
+    let below = load_neighbour(0, -1)?;
+    let above = load_neighbour(1, 1)?;
+    Ok(LesionSlices { channels: [below, key, above], has_neighbour })
+}
+
+/// Maps HU to [0, 1] through the window [lo, hi] (clamped outside).
+#[inline]
+pub fn window_unit(hu: f32, window: [f32; 2]) -> f32 {
+    ((hu - window[0]) / (window[1] - window[0])).clamp(0.0, 1.0)
+}
+
+/// A slice windowed to 8-bit grey, for viewing and for GrabCut colour models.
+pub fn window_u8(hu: &HuSlice, window: [f32; 2]) -> Image<u8> {
+    let data = hu.data.iter().map(|&v| (window_unit(v as f32, window) * 255.0).round() as u8).collect();
+    Image::new(hu.width, hu.height, 1, data)
+}

@@ -1,0 +1,110 @@
+//! `pseudo_masks` end to end: on a small synthetic set the pseudo-masks beat the RECIST ellipse;
+//! bad rows and broken files are named in the summary; the real DeepLesion sample gets masks and
+//! overlays for every lesion.
+
+use coseg::data::synth::{SynthParams, synth_dataset};
+use coseg::metrics::Mask;
+use coseg::pseudo::{PseudoMaskParams, pseudo_masks};
+use std::path::PathBuf;
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("coseg-pseudo-{name}-{}", std::process::id()))
+}
+
+fn shared_dir() -> PathBuf {
+    std::env::var("COSEG_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")))
+}
+
+#[test]
+fn pseudo_masks_beat_the_recist_ellipse_on_a_synthetic_set() {
+    let dir = temp("synth");
+    let data = dir.join("data");
+    synth_dataset(&data, &SynthParams { lesions: 16, seed: 3, size: 512, neighbours: false }).unwrap();
+    let s = pseudo_masks(&data, &dir.join("out"), &PseudoMaskParams::default()).unwrap();
+    eprint!("{}", s.report());
+    let q = s.quality.as_ref().expect("synthetic set has masks/");
+    assert_eq!(s.lesions_segmented + s.failed.len() + s.skipped_rows.len(), 16, "every row accounted for");
+    assert!(s.lesions_segmented >= 14, "{}", s.report());
+    assert_eq!(q.pseudo.count, s.masks_written);
+    let (pseudo, ellipse) = (q.pseudo.metrics.dice.mean, q.ellipse.metrics.dice.mean);
+    assert!(pseudo > ellipse && pseudo >= 0.85, "pseudo Dice {pseudo} vs ellipse {ellipse}");
+    // Masks are full-slice 0/255 PNGs named as the rows' File_name.
+    let name = q.pseudo.per_image.keys().next().unwrap();
+    let img = coseg::io::read_gray8(dir.join("out").join(name)).unwrap();
+    assert_eq!((img.width, img.height), (512, 512));
+    assert!(img.data.iter().all(|&v| v == 0 || v == 255) && img.data.contains(&255));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn bad_rows_and_missing_slices_are_named_not_dropped() {
+    let dir = temp("bad");
+    let data = dir.join("data");
+    synth_dataset(&data, &SynthParams { lesions: 3, seed: 5, size: 256, neighbours: false }).unwrap();
+    let info = coseg::data::read_dl_info(data.join("DL_info.csv")).unwrap();
+    assert_eq!(info.records.len(), 3, "the synthetic rows are valid");
+    // Row 3 (second record): its slice goes missing. Row 4: its RECIST marks leave the image.
+    std::fs::remove_file(info.records[1].slice_path(&data, 0)).unwrap();
+    let csv = std::fs::read_to_string(data.join("DL_info.csv")).unwrap();
+    let mut lines: Vec<String> = csv.lines().map(String::from).collect();
+    let name = info.records[2].file_name.clone();
+    let first_coord = format!("\"{}", info.records[2].recist[0][0]);
+    let pos = lines[3].find(&first_coord).expect("coordinates column");
+    lines[3].replace_range(pos..pos + first_coord.len(), "\"-40");
+    std::fs::write(data.join("DL_info.csv"), lines.join("\n") + "\n").unwrap();
+    // And a true mask of the wrong size for the first.
+    let first = info.records[0].file_name.clone();
+    Mask::empty(10, 10).write(data.join("masks").join(&first)).unwrap();
+
+    let s = pseudo_masks(&data, &dir.join("out"), &PseudoMaskParams::default()).unwrap();
+    let report = s.report();
+    assert_eq!(s.rows, 3, "{report}");
+    assert_eq!(s.skipped_rows.len(), 1, "{report}");
+    assert_eq!(s.skipped_rows[0].file_name, name);
+    assert!(s.skipped_rows[0].reason.contains("outside"), "{report}");
+    assert_eq!(s.failed.len(), 1, "{report}");
+    assert_eq!(s.failed[0].file_name, info.records[1].file_name);
+    assert!(s.failed[0].reason.contains(".png"), "{report}");
+    assert_eq!((s.lesions_segmented, s.masks_written), (1, 1));
+    let q = s.quality.unwrap();
+    assert_eq!(q.pseudo.count, 0);
+    assert_eq!(q.pseudo.skipped.len(), 1);
+    assert!(q.pseudo.skipped[0].reason.contains("10x10"), "{:?}", q.pseudo.skipped);
+    assert!(report.contains(&name) && report.contains(&info.records[1].file_name), "{report}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn real_sample_gets_a_mask_and_an_overlay_per_lesion() {
+    let data = shared_dir().join("data/deeplesion-sample");
+    if !data.join("DL_info.csv").exists() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI: sample data missing at {}", data.display());
+        eprintln!("skipping: no DeepLesion sample at {}", data.display());
+        return;
+    }
+    let dir = temp("real");
+    let p = PseudoMaskParams { overlays: Some(dir.join("overlays")), ..Default::default() };
+    let s = pseudo_masks(&data, &dir.join("masks"), &p).unwrap();
+    eprint!("{}", s.report());
+    let info = coseg::data::read_dl_info(data.join("DL_info.csv")).unwrap();
+    assert!(s.failed.is_empty(), "{}", s.report());
+    assert_eq!(s.lesions_segmented, info.records.len());
+    assert_eq!(s.overlays_written, info.records.len());
+    for rec in &info.records {
+        let m = Mask::read(dir.join("masks").join(&rec.file_name)).unwrap();
+        assert_eq!([m.width as u32, m.height as u32], rec.image_size);
+        // The mask covers the RECIST centre and stays near the marks: its area lies between a
+        // quarter of the ellipse's and four times it.
+        let [cx, cy] = rec.centre();
+        assert!(m.get(cx.round() as usize, cy.round() as usize), "{}", rec.file_name);
+        let ellipse = std::f32::consts::PI / 4.0 * rec.long_axis_px() * rec.short_axis_px();
+        let area = m.area() as f32;
+        assert!(area > 0.25 * ellipse && area < 4.0 * ellipse, "{}: area {area} vs ellipse {ellipse}", rec.file_name);
+        let stem = rec.file_name.trim_end_matches(".png");
+        let ov = coseg::io::read_u8(dir.join("overlays").join(format!("{stem}_row{}.png", rec.row))).unwrap();
+        assert_eq!((ov.channels, ov.width), (3, 3 * p.crop.size));
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
