@@ -16,7 +16,14 @@ pub(crate) fn broadcast_binary_cpu(
     out: &Shape,
     f: impl Fn(f32, f32) -> f32 + Sync + Send,
 ) -> Vec<f32> {
-    let walk = Walk::new(out.dims(), vec![out.strides(), ash.broadcast_strides(out), bsh.broadcast_strides(out)]);
+    let walk = Walk::new(
+        out.dims(),
+        vec![
+            out.strides(),
+            ash.broadcast_strides(out),
+            bsh.broadcast_strides(out),
+        ],
+    );
     let n = out.numel();
     let mut y = vec![0f32; n];
     if n == 0 {
@@ -28,7 +35,11 @@ pub(crate) fn broadcast_binary_cpu(
         let (oa, ob) = (walk.row_offset(1, r), walk.row_offset(2, r));
         match (sa, sb) {
             (1, 1) => {
-                for ((y, &x), &z) in yr.iter_mut().zip(&a[oa..oa + inner]).zip(&b[ob..ob + inner]) {
+                for ((y, &x), &z) in yr
+                    .iter_mut()
+                    .zip(&a[oa..oa + inner])
+                    .zip(&b[ob..ob + inner])
+                {
                     *y = f(x, z);
                 }
             }
@@ -53,7 +64,10 @@ pub(crate) fn broadcast_binary_cpu(
     };
     if n >= PAR_MIN {
         let min_rows = (PAR_MIN / 4 / inner).max(1);
-        y.par_chunks_mut(inner).enumerate().with_min_len(min_rows).for_each(row);
+        y.par_chunks_mut(inner)
+            .enumerate()
+            .with_min_len(min_rows)
+            .for_each(row);
     } else {
         y.chunks_mut(inner).enumerate().for_each(row);
     }
@@ -63,18 +77,34 @@ pub(crate) fn broadcast_binary_cpu(
 /// `f` applied to every element, in parallel when large.
 pub(crate) fn map_cpu(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
     if x.len() >= PAR_MIN {
-        x.par_iter().with_min_len(PAR_MIN / 4).map(|&v| f(v)).collect()
+        x.par_iter()
+            .with_min_len(PAR_MIN / 4)
+            .map(|&v| f(v))
+            .collect()
     } else {
         x.iter().map(|&v| f(v)).collect()
     }
 }
 
 /// `f(x, y, g)` over three equally long slices (the backward of a unary op).
-pub(crate) fn map3_cpu(x: &[f32], y: &[f32], g: &[f32], f: impl Fn(f32, f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+pub(crate) fn map3_cpu(
+    x: &[f32],
+    y: &[f32],
+    g: &[f32],
+    f: impl Fn(f32, f32, f32) -> f32 + Sync + Send,
+) -> Vec<f32> {
     if x.len() >= PAR_MIN {
-        (x, y, g).into_par_iter().with_min_len(PAR_MIN / 4).map(|(&x, &y, &g)| f(x, y, g)).collect()
+        (x, y, g)
+            .into_par_iter()
+            .with_min_len(PAR_MIN / 4)
+            .map(|(&x, &y, &g)| f(x, y, g))
+            .collect()
     } else {
-        x.iter().zip(y).zip(g).map(|((&x, &y), &g)| f(x, y, g)).collect()
+        x.iter()
+            .zip(y)
+            .zip(g)
+            .map(|((&x, &y), &g)| f(x, y, g))
+            .collect()
     }
 }
 
@@ -136,7 +166,9 @@ fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
             // d(a/b)/db = -a/b^2 = -y/b
             BinaryOp::Div => vec![
                 need_a.then(|| g.div(&bc)?.sum_to(ash)).transpose()?,
-                need_b.then(|| g.mul(y)?.div(&bc)?.neg()?.sum_to(bsh)).transpose()?,
+                need_b
+                    .then(|| g.mul(y)?.div(&bc)?.neg()?.sum_to(bsh))
+                    .transpose()?,
             ],
         })
     })
@@ -167,8 +199,17 @@ where
     let xc = x.clone();
     Tensor::from_op(name, data, x.shape().clone(), device, &[x], move |g, y| {
         let (xs, ys, gs) = (xc.storage(), y.storage(), g.storage());
-        let dx = map3_cpu(xs.as_cpu(name)?, ys.as_cpu(name)?, gs.as_cpu(name)?, backward);
-        Ok(vec![Some(Tensor::from_vec(dx, xc.shape().clone(), xc.device())?)])
+        let dx = map3_cpu(
+            xs.as_cpu(name)?,
+            ys.as_cpu(name)?,
+            gs.as_cpu(name)?,
+            backward,
+        );
+        Ok(vec![Some(Tensor::from_vec(
+            dx,
+            xc.shape().clone(),
+            xc.device(),
+        )?)])
     })
 }
 
@@ -193,16 +234,24 @@ impl Tensor {
     pub fn affine(&self, mul: f32, add: f32) -> Result<Tensor> {
         const OP: &str = "affine";
         if !mul.is_finite() || !add.is_finite() {
-            return Err(Error::invalid(OP, format!("non-finite constants mul={mul}, add={add}")));
+            return Err(Error::invalid(
+                OP,
+                format!("non-finite constants mul={mul}, add={add}"),
+            ));
         }
         let device = self.device();
         let data = match device {
             Device::Cpu => map_cpu(self.storage().as_cpu(OP)?, |v| v * mul + add),
             Device::Cuda(_) => return Err(cuda_unavailable(OP)),
         };
-        Tensor::from_op(OP, data, self.shape().clone(), device, &[self], move |g, _| {
-            Ok(vec![Some(g.affine(mul, 0.0)?)])
-        })
+        Tensor::from_op(
+            OP,
+            data,
+            self.shape().clone(),
+            device,
+            &[self],
+            move |g, _| Ok(vec![Some(g.affine(mul, 0.0)?)]),
+        )
     }
     pub fn add_scalar(&self, v: f32) -> Result<Tensor> {
         self.affine(1.0, v)
@@ -222,38 +271,78 @@ impl Tensor {
             Device::Cuda(_) => return Err(cuda_unavailable(OP)),
         };
         let xc = self.clone();
-        Tensor::from_op(OP, data, self.shape().clone(), device, &[self], move |g, y| {
-            let (xs, ys, gs) = (xc.storage(), y.storage(), g.storage());
-            let dx = map3_cpu(xs.as_cpu(OP)?, ys.as_cpu(OP)?, gs.as_cpu(OP)?, |x, _, g| g * p * x.powf(p - 1.0));
-            Ok(vec![Some(Tensor::from_vec(dx, xc.shape().clone(), xc.device())?)])
-        })
+        Tensor::from_op(
+            OP,
+            data,
+            self.shape().clone(),
+            device,
+            &[self],
+            move |g, y| {
+                let (xs, ys, gs) = (xc.storage(), y.storage(), g.storage());
+                let dx = map3_cpu(xs.as_cpu(OP)?, ys.as_cpu(OP)?, gs.as_cpu(OP)?, |x, _, g| {
+                    g * p * x.powf(p - 1.0)
+                });
+                Ok(vec![Some(Tensor::from_vec(
+                    dx,
+                    xc.shape().clone(),
+                    xc.device(),
+                )?)])
+            },
+        )
     }
 
     /// Limits every element to [lo, hi]; the gradient passes only where the input is inside.
     pub fn clamp(&self, lo: f32, hi: f32) -> Result<Tensor> {
-        if !(lo <= hi) {
+        if lo.is_nan() || hi.is_nan() || lo > hi {
             return Err(Error::invalid("clamp", format!("lo {lo} > hi {hi}")));
         }
-        unary(self, "clamp", move |x| if x < lo { lo } else if x > hi { hi } else { x }, move |x, _, g| {
-            if x >= lo && x <= hi { g } else { 0.0 }
-        })
+        unary(
+            self,
+            "clamp",
+            move |x| {
+                if x < lo {
+                    lo
+                } else if x > hi {
+                    hi
+                } else {
+                    x
+                }
+            },
+            move |x, _, g| {
+                if x >= lo && x <= hi { g } else { 0.0 }
+            },
+        )
     }
     /// Inverted dropout: when `training`, zeroes each element with probability `p` (drawn from
     /// `rng`) and scales the others by 1/(1-p); the identity otherwise.
     pub fn dropout(&self, p: f32, training: bool, rng: &mut impl rand::Rng) -> Result<Tensor> {
         if !(0.0..1.0).contains(&p) {
-            return Err(Error::invalid("dropout", format!("probability {p} outside [0, 1)")));
+            return Err(Error::invalid(
+                "dropout",
+                format!("probability {p} outside [0, 1)"),
+            ));
         }
         if !training || p == 0.0 {
             return Ok(self.clone());
         }
         let keep = 1.0 / (1.0 - p);
-        let mask: Vec<f32> = (0..self.numel()).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
-        self.mul(&Tensor::from_vec(mask, self.shape().clone(), self.device())?)
+        let mask: Vec<f32> = (0..self.numel())
+            .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+            .collect();
+        self.mul(&Tensor::from_vec(
+            mask,
+            self.shape().clone(),
+            self.device(),
+        )?)
     }
     pub fn relu(&self) -> Result<Tensor> {
         // `x <= 0` is false for NaN, so NaN passes through.
-        unary(self, "relu", |x| if x <= 0.0 { 0.0 } else { x }, |x, _, g| if x > 0.0 { g } else { 0.0 })
+        unary(
+            self,
+            "relu",
+            |x| if x <= 0.0 { 0.0 } else { x },
+            |x, _, g| if x > 0.0 { g } else { 0.0 },
+        )
     }
     pub fn sigmoid(&self) -> Result<Tensor> {
         unary(self, "sigmoid", sigmoid_f, |_, y, g| g * y * (1.0 - y))
@@ -275,7 +364,15 @@ impl Tensor {
         unary(self, "sqr", |x| x * x, |x, _, g| 2.0 * x * g)
     }
     pub fn abs(&self) -> Result<Tensor> {
-        unary(self, "abs", f32::abs, |x, _, g| if x > 0.0 { g } else if x < 0.0 { -g } else { 0.0 })
+        unary(self, "abs", f32::abs, |x, _, g| {
+            if x > 0.0 {
+                g
+            } else if x < 0.0 {
+                -g
+            } else {
+                0.0
+            }
+        })
     }
 }
 
@@ -318,16 +415,31 @@ mod tests {
             let b = Tensor::randn(*bd, 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
             let y = a.sub(&b.mul_scalar(2.0).unwrap()).unwrap();
             let out = a.shape().broadcast(b.shape(), "t").unwrap();
-            let want = naive(&a.to_vec().unwrap(), a.shape(), &b.to_vec().unwrap(), b.shape(), &out);
+            let want = naive(
+                &a.to_vec().unwrap(),
+                a.shape(),
+                &b.to_vec().unwrap(),
+                b.shape(),
+                &out,
+            );
             assert_eq!(y.shape(), &out);
             let got = y.to_vec().unwrap();
             for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "{ad:?} vs {bd:?}: {g} != {w}");
+                assert!(
+                    (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                    "{ad:?} vs {bd:?}: {g} != {w}"
+                );
             }
         }
         let a = Tensor::zeros([2, 3], Device::Cpu).unwrap();
-        let e = a.add(&Tensor::zeros([4], Device::Cpu).unwrap()).unwrap_err().to_string();
-        assert!(e.starts_with("add:") && e.contains("[2, 3]") && e.contains("[4]"), "{e}");
+        let e = a
+            .add(&Tensor::zeros([4], Device::Cpu).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("add:") && e.contains("[2, 3]") && e.contains("[4]"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -337,9 +449,19 @@ mod tests {
         let y = x.dropout(0.25, true, &mut rng).unwrap().to_vec().unwrap();
         let xv = x.to_vec().unwrap();
         let zeros = y.iter().filter(|&&v| v == 0.0).count();
-        assert!((2300..2700).contains(&zeros), "{zeros} of 10000 dropped at p = 0.25");
-        assert!(y.iter().zip(&xv).all(|(&a, &b)| a == 0.0 || (a - b / 0.75).abs() < 1e-6));
-        assert_eq!(x.dropout(0.25, false, &mut rng).unwrap().to_vec().unwrap(), xv);
+        assert!(
+            (2300..2700).contains(&zeros),
+            "{zeros} of 10000 dropped at p = 0.25"
+        );
+        assert!(
+            y.iter()
+                .zip(&xv)
+                .all(|(&a, &b)| a == 0.0 || (a - b / 0.75).abs() < 1e-6)
+        );
+        assert_eq!(
+            x.dropout(0.25, false, &mut rng).unwrap().to_vec().unwrap(),
+            xv
+        );
         assert!(x.dropout(1.0, true, &mut rng).is_err());
     }
 
@@ -350,7 +472,12 @@ mod tests {
         assert!(y[0].is_nan() && y[1] == 0.0 && y[2] == 2.0);
         let s = x.sigmoid().unwrap().to_vec().unwrap();
         assert!(s[0].is_nan());
-        let big = Tensor::from_vec(vec![-200.0, 200.0], [2], Device::Cpu).unwrap().sigmoid().unwrap().to_vec().unwrap();
+        let big = Tensor::from_vec(vec![-200.0, 200.0], [2], Device::Cpu)
+            .unwrap()
+            .sigmoid()
+            .unwrap()
+            .to_vec()
+            .unwrap();
         assert_eq!(big, vec![0.0, 1.0]);
     }
 }

@@ -29,7 +29,10 @@ fn strided_copy_cpu(src: &[f32], dims: &[usize], src_strides: Vec<usize>) -> Vec
         }
     };
     if n >= PAR_MIN {
-        y.par_chunks_mut(inner).enumerate().with_min_len((PAR_MIN / 4 / inner).max(1)).for_each(row);
+        y.par_chunks_mut(inner)
+            .enumerate()
+            .with_min_len((PAR_MIN / 4 / inner).max(1))
+            .for_each(row);
     } else {
         y.chunks_mut(inner).enumerate().for_each(row);
     }
@@ -39,11 +42,22 @@ fn strided_copy_cpu(src: &[f32], dims: &[usize], src_strides: Vec<usize>) -> Vec
 /// Rows of `rows` blocks: copies block `[from, from+len)` of each source row of width `src_w`
 /// into destination rows of width `dst_w` at `to`.
 #[allow(clippy::too_many_arguments)]
-fn copy_blocks(src: &[f32], src_w: usize, from: usize, dst: &mut [f32], dst_w: usize, to: usize, len: usize, rows: usize) {
+fn copy_blocks(
+    src: &[f32],
+    src_w: usize,
+    from: usize,
+    dst: &mut [f32],
+    dst_w: usize,
+    to: usize,
+    len: usize,
+    rows: usize,
+) {
     if len == 0 || rows == 0 {
         return;
     }
-    let body = |(r, d): (usize, &mut [f32])| d[to..to + len].copy_from_slice(&src[r * src_w + from..r * src_w + from + len]);
+    let body = |(r, d): (usize, &mut [f32])| {
+        d[to..to + len].copy_from_slice(&src[r * src_w + from..r * src_w + from + len])
+    };
     if rows * len >= PAR_MIN {
         dst.par_chunks_mut(dst_w).enumerate().for_each(body);
     } else {
@@ -58,19 +72,33 @@ impl Tensor {
         if shape.numel() != self.numel() {
             return Err(Error::shape(
                 "reshape",
-                format!("cannot reshape {} ({} elements) to {shape} ({} elements)", self.shape(), self.numel(), shape.numel()),
+                format!(
+                    "cannot reshape {} ({} elements) to {shape} ({} elements)",
+                    self.shape(),
+                    self.numel(),
+                    shape.numel()
+                ),
             ));
         }
         if &shape == self.shape() {
             return Ok(self.clone());
         }
         let own = self.shape().clone();
-        Ok(Tensor::from_storage_op("reshape", self.storage(), shape, &[self], move |g, _| Ok(vec![Some(g.reshape(own.clone())?)])))
+        Ok(Tensor::from_storage_op(
+            "reshape",
+            self.storage(),
+            shape,
+            &[self],
+            move |g, _| Ok(vec![Some(g.reshape(own.clone())?)]),
+        ))
     }
     /// Merges dimensions `start..` into one: (N,C,H,W).flatten_from(2) = (N,C,H*W).
     pub fn flatten_from(&self, start: usize) -> Result<Tensor> {
         if start >= self.rank() {
-            return Err(Error::invalid("flatten_from", format!("start {start} out of range for shape {}", self.shape())));
+            return Err(Error::invalid(
+                "flatten_from",
+                format!("start {start} out of range for shape {}", self.shape()),
+            ));
         }
         let mut dims = self.dims()[..start].to_vec();
         dims.push(self.dims()[start..].iter().product());
@@ -79,7 +107,10 @@ impl Tensor {
     /// Inserts a size-1 dimension at `axis` (0..=rank).
     pub fn unsqueeze(&self, axis: usize) -> Result<Tensor> {
         if axis > self.rank() {
-            return Err(Error::invalid("unsqueeze", format!("axis {axis} out of range for shape {}", self.shape())));
+            return Err(Error::invalid(
+                "unsqueeze",
+                format!("axis {axis} out of range for shape {}", self.shape()),
+            ));
         }
         let mut dims = self.dims().to_vec();
         dims.insert(axis, 1);
@@ -91,27 +122,46 @@ impl Tensor {
         const OP: &str = "permute";
         let rank = self.rank();
         let mut seen = vec![false; rank];
-        if perm.len() != rank || perm.iter().any(|&p| p >= rank || std::mem::replace(&mut seen[p], true)) {
-            return Err(Error::invalid(OP, format!("{perm:?} is not a permutation of the {rank} axes of {}", self.shape())));
+        if perm.len() != rank
+            || perm
+                .iter()
+                .any(|&p| p >= rank || std::mem::replace(&mut seen[p], true))
+        {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{perm:?} is not a permutation of the {rank} axes of {}",
+                    self.shape()
+                ),
+            ));
         }
         let dims: Vec<usize> = perm.iter().map(|&p| self.dims()[p]).collect();
         let in_strides = self.shape().strides();
         let device = self.device();
         let data = match device {
-            Device::Cpu => strided_copy_cpu(self.storage().as_cpu(OP)?, &dims, perm.iter().map(|&p| in_strides[p]).collect()),
+            Device::Cpu => strided_copy_cpu(
+                self.storage().as_cpu(OP)?,
+                &dims,
+                perm.iter().map(|&p| in_strides[p]).collect(),
+            ),
             Device::Cuda(_) => return Err(cuda_unavailable(OP)),
         };
         let mut inverse = vec![0; rank];
         for (i, &p) in perm.iter().enumerate() {
             inverse[p] = i;
         }
-        Tensor::from_op(OP, data, Shape::from(dims), device, &[self], move |g, _| Ok(vec![Some(g.permute(&inverse)?)]))
+        Tensor::from_op(OP, data, Shape::from(dims), device, &[self], move |g, _| {
+            Ok(vec![Some(g.permute(&inverse)?)])
+        })
     }
     /// Swaps two dimensions (copies); e.g. (N, C, HW) -> (N, HW, C) for attention.
     pub fn transpose(&self, a: usize, b: usize) -> Result<Tensor> {
         let rank = self.rank();
         if a >= rank || b >= rank {
-            return Err(Error::invalid("transpose", format!("axes {a}, {b} out of range for shape {}", self.shape())));
+            return Err(Error::invalid(
+                "transpose",
+                format!("axes {a}, {b} out of range for shape {}", self.shape()),
+            ));
         }
         let mut perm: Vec<usize> = (0..rank).collect();
         perm.swap(a, b);
@@ -121,18 +171,28 @@ impl Tensor {
     /// Joins tensors along `axis` (all other dimensions equal): channel concat is `axis = 1`.
     pub fn concat(tensors: &[&Tensor], axis: usize) -> Result<Tensor> {
         const OP: &str = "concat";
-        let first = tensors.first().ok_or_else(|| Error::invalid(OP, "no tensors given"))?;
+        let first = tensors
+            .first()
+            .ok_or_else(|| Error::invalid(OP, "no tensors given"))?;
         let device = same_device(OP, tensors)?;
         let rank = first.rank();
         if axis >= rank {
-            return Err(Error::invalid(OP, format!("axis {axis} out of range for shape {}", first.shape())));
+            return Err(Error::invalid(
+                OP,
+                format!("axis {axis} out of range for shape {}", first.shape()),
+            ));
         }
         for (i, t) in tensors.iter().enumerate() {
-            let fits = t.rank() == rank && (0..rank).all(|d| d == axis || t.dims()[d] == first.dims()[d]);
+            let fits =
+                t.rank() == rank && (0..rank).all(|d| d == axis || t.dims()[d] == first.dims()[d]);
             if !fits {
                 return Err(Error::shape(
                     OP,
-                    format!("tensor {i} has shape {}, tensor 0 has {}: only axis {axis} may differ", t.shape(), first.shape()),
+                    format!(
+                        "tensor {i} has shape {}, tensor 0 has {}: only axis {axis} may differ",
+                        t.shape(),
+                        first.shape()
+                    ),
                 ));
             }
         }
@@ -166,7 +226,14 @@ impl Tensor {
         const OP: &str = "narrow";
         let size = self.shape().dim(OP, axis)?;
         if start + len > size {
-            return Err(Error::invalid(OP, format!("range {start}..{} exceeds size {size} of axis {axis} in {}", start + len, self.shape())));
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "range {start}..{} exceeds size {size} of axis {axis} in {}",
+                    start + len,
+                    self.shape()
+                ),
+            ));
         }
         let outer: usize = self.dims()[..axis].iter().product();
         let inner: usize = self.dims()[axis + 1..].iter().product();
@@ -176,7 +243,16 @@ impl Tensor {
         let data = match device {
             Device::Cpu => {
                 let mut y = vec![0f32; outer * len * inner];
-                copy_blocks(self.storage().as_cpu(OP)?, size * inner, start * inner, &mut y, len * inner, 0, len * inner, outer);
+                copy_blocks(
+                    self.storage().as_cpu(OP)?,
+                    size * inner,
+                    start * inner,
+                    &mut y,
+                    len * inner,
+                    0,
+                    len * inner,
+                    outer,
+                );
                 y
             }
             Device::Cuda(_) => return Err(cuda_unavailable(OP)),
@@ -186,15 +262,34 @@ impl Tensor {
             // The adjoint: the gradient placed back into zeros of the input's shape.
             let mut dx = vec![0f32; src_shape.numel()];
             let gs = g.storage();
-            copy_blocks(gs.as_cpu(OP)?, len * inner, 0, &mut dx, size * inner, start * inner, len * inner, outer);
-            Ok(vec![Some(Tensor::from_vec(dx, src_shape.clone(), g.device())?)])
+            copy_blocks(
+                gs.as_cpu(OP)?,
+                len * inner,
+                0,
+                &mut dx,
+                size * inner,
+                start * inner,
+                len * inner,
+                outer,
+            );
+            Ok(vec![Some(Tensor::from_vec(
+                dx,
+                src_shape.clone(),
+                g.device(),
+            )?)])
         })
     }
     /// Splits along `axis` into pieces of the given sizes (which must add up to the axis size).
     pub fn split(&self, axis: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {
         let size = self.shape().dim("split", axis)?;
         if sizes.iter().sum::<usize>() != size {
-            return Err(Error::invalid("split", format!("sizes {sizes:?} do not add up to {size} (axis {axis} of {})", self.shape())));
+            return Err(Error::invalid(
+                "split",
+                format!(
+                    "sizes {sizes:?} do not add up to {size} (axis {axis} of {})",
+                    self.shape()
+                ),
+            ));
         }
         let mut at = 0;
         sizes
@@ -237,7 +332,9 @@ mod tests {
         let parts = c.split(1, &[3, 1]).unwrap();
         assert_eq!(parts[0].to_vec().unwrap(), x.to_vec().unwrap());
         assert_eq!(parts[1].to_vec().unwrap(), y.to_vec().unwrap());
-        let e = Tensor::concat(&[&x, &iota(&[3, 1, 4])], 1).unwrap_err().to_string();
+        let e = Tensor::concat(&[&x, &iota(&[3, 1, 4])], 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[3, 1, 4]") && e.contains("[2, 3, 4]"), "{e}");
         assert!(x.narrow(1, 2, 2).is_err());
         assert!(x.permute(&[0, 0, 1]).is_err());

@@ -21,7 +21,18 @@ fn gemm_batches(
         return c;
     }
     for (i, ci) in c.chunks_mut(m * n).enumerate() {
-        sgemm(trans_a, trans_b, m, n, k, 1.0, &a[i * a_stride..], &b[i * b_stride..], 0.0, ci);
+        sgemm(
+            trans_a,
+            trans_b,
+            m,
+            n,
+            k,
+            1.0,
+            &a[i * a_stride..],
+            &b[i * b_stride..],
+            0.0,
+            ci,
+        );
     }
     c
 }
@@ -49,32 +60,65 @@ impl Tensor {
         let data = match device {
             Device::Cpu => {
                 let (sa, sb) = (self.storage(), other.storage());
-                gemm_batches(batch, (false, sa.as_cpu(OP)?, m * k), (false, sb.as_cpu(OP)?, k * n), m, n, k)
+                gemm_batches(
+                    batch,
+                    (false, sa.as_cpu(OP)?, m * k),
+                    (false, sb.as_cpu(OP)?, k * n),
+                    m,
+                    n,
+                    k,
+                )
             }
             Device::Cuda(_) => return Err(cuda_unavailable(OP)),
         };
         let mut dims = self.dims()[..self.rank() - 2].to_vec();
         dims.extend([m, n]);
         let (a, b) = (self.clone(), other.clone());
-        Tensor::from_op(OP, data, Shape::from(dims), device, &[self, other], move |g, _| {
-            let (sa, sb, sg) = (a.storage(), b.storage(), g.storage());
-            let (av, bv, gv) = (sa.as_cpu(OP)?, sb.as_cpu(OP)?, sg.as_cpu(OP)?);
-            // dA = dC B^T (M,N)(N,K); dB = A^T dC (K,M)(M,N)
-            let da = a
-                .tracks_grad()
-                .then(|| Tensor::from_vec(gemm_batches(batch, (false, gv, m * n), (true, bv, k * n), m, k, n), a.shape().clone(), a.device()))
-                .transpose()?;
-            let db = b
-                .tracks_grad()
-                .then(|| Tensor::from_vec(gemm_batches(batch, (true, av, m * k), (false, gv, m * n), k, n, m), b.shape().clone(), b.device()))
-                .transpose()?;
-            Ok(vec![da, db])
-        })
+        Tensor::from_op(
+            OP,
+            data,
+            Shape::from(dims),
+            device,
+            &[self, other],
+            move |g, _| {
+                let (sa, sb, sg) = (a.storage(), b.storage(), g.storage());
+                let (av, bv, gv) = (sa.as_cpu(OP)?, sb.as_cpu(OP)?, sg.as_cpu(OP)?);
+                // dA = dC B^T (M,N)(N,K); dB = A^T dC (K,M)(M,N)
+                let da = a
+                    .tracks_grad()
+                    .then(|| {
+                        Tensor::from_vec(
+                            gemm_batches(batch, (false, gv, m * n), (true, bv, k * n), m, k, n),
+                            a.shape().clone(),
+                            a.device(),
+                        )
+                    })
+                    .transpose()?;
+                let db = b
+                    .tracks_grad()
+                    .then(|| {
+                        Tensor::from_vec(
+                            gemm_batches(batch, (true, av, m * k), (false, gv, m * n), k, n, m),
+                            b.shape().clone(),
+                            b.device(),
+                        )
+                    })
+                    .transpose()?;
+                Ok(vec![da, db])
+            },
+        )
     }
     /// Batched matrix product (B,M,K) x (B,K,N) -> (B,M,N) (attention: (N,HW,C) x (N,C,HW)).
     pub fn bmm(&self, other: &Tensor) -> Result<Tensor> {
         if self.rank() != 3 || other.rank() != 3 {
-            return Err(Error::shape("bmm", format!("expected two rank-3 tensors, got {} and {}", self.shape(), other.shape())));
+            return Err(Error::shape(
+                "bmm",
+                format!(
+                    "expected two rank-3 tensors, got {} and {}",
+                    self.shape(),
+                    other.shape()
+                ),
+            ));
         }
         self.matmul(other)
     }
@@ -84,42 +128,83 @@ impl Tensor {
         const OP: &str = "linear";
         let (out_f, in_f) = match weight.dims() {
             &[o, i] => (o, i),
-            _ => return Err(Error::shape(OP, format!("weight must be (OUT, IN), got {}", weight.shape()))),
+            _ => {
+                return Err(Error::shape(
+                    OP,
+                    format!("weight must be (OUT, IN), got {}", weight.shape()),
+                ));
+            }
         };
         if self.rank() == 0 || self.dims()[self.rank() - 1] != in_f {
-            return Err(Error::shape(OP, format!("input {} does not end in IN = {in_f} of weight {}", self.shape(), weight.shape())));
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "input {} does not end in IN = {in_f} of weight {}",
+                    self.shape(),
+                    weight.shape()
+                ),
+            ));
         }
         if let Some(b) = bias
             && b.dims() != [out_f]
         {
-            return Err(Error::shape(OP, format!("bias {} does not fit weight {}", b.shape(), weight.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("bias {} does not fit weight {}", b.shape(), weight.shape()),
+            ));
         }
         let device = same_device(OP, &[self, weight])?;
         let rows = self.numel() / in_f;
         let data = match device {
             Device::Cpu => {
                 let (sx, sw) = (self.storage(), weight.storage());
-                gemm_batches(1, (false, sx.as_cpu(OP)?, 0), (true, sw.as_cpu(OP)?, 0), rows, out_f, in_f)
+                gemm_batches(
+                    1,
+                    (false, sx.as_cpu(OP)?, 0),
+                    (true, sw.as_cpu(OP)?, 0),
+                    rows,
+                    out_f,
+                    in_f,
+                )
             }
             Device::Cuda(_) => return Err(cuda_unavailable(OP)),
         };
         let mut dims = self.dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = out_f;
         let (x, w) = (self.clone(), weight.clone());
-        let y = Tensor::from_op(OP, data, Shape::from(dims), device, &[self, weight], move |g, _| {
-            let (sx, sw, sg) = (x.storage(), w.storage(), g.storage());
-            let (xv, wv, gv) = (sx.as_cpu(OP)?, sw.as_cpu(OP)?, sg.as_cpu(OP)?);
-            // dx = dy W (rows,OUT)(OUT,IN); dW = dy^T x (OUT,rows)(rows,IN)
-            let dx = x
-                .tracks_grad()
-                .then(|| Tensor::from_vec(gemm_batches(1, (false, gv, 0), (false, wv, 0), rows, in_f, out_f), x.shape().clone(), x.device()))
-                .transpose()?;
-            let dw = w
-                .tracks_grad()
-                .then(|| Tensor::from_vec(gemm_batches(1, (true, gv, 0), (false, xv, 0), out_f, in_f, rows), w.shape().clone(), w.device()))
-                .transpose()?;
-            Ok(vec![dx, dw])
-        })?;
+        let y = Tensor::from_op(
+            OP,
+            data,
+            Shape::from(dims),
+            device,
+            &[self, weight],
+            move |g, _| {
+                let (sx, sw, sg) = (x.storage(), w.storage(), g.storage());
+                let (xv, wv, gv) = (sx.as_cpu(OP)?, sw.as_cpu(OP)?, sg.as_cpu(OP)?);
+                // dx = dy W (rows,OUT)(OUT,IN); dW = dy^T x (OUT,rows)(rows,IN)
+                let dx = x
+                    .tracks_grad()
+                    .then(|| {
+                        Tensor::from_vec(
+                            gemm_batches(1, (false, gv, 0), (false, wv, 0), rows, in_f, out_f),
+                            x.shape().clone(),
+                            x.device(),
+                        )
+                    })
+                    .transpose()?;
+                let dw = w
+                    .tracks_grad()
+                    .then(|| {
+                        Tensor::from_vec(
+                            gemm_batches(1, (true, gv, 0), (false, xv, 0), out_f, in_f, rows),
+                            w.shape().clone(),
+                            w.device(),
+                        )
+                    })
+                    .transpose()?;
+                Ok(vec![dx, dw])
+            },
+        )?;
         match bias {
             Some(b) => y.add(b),
             None => Ok(y),
@@ -140,11 +225,17 @@ mod tests {
         let b = Tensor::randn([3, 7, 4], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
         let c = a.bmm(&b).unwrap();
         assert_eq!(c.dims(), &[3, 5, 4]);
-        let (av, bv, cv) = (a.to_vec().unwrap(), b.to_vec().unwrap(), c.to_vec().unwrap());
+        let (av, bv, cv) = (
+            a.to_vec().unwrap(),
+            b.to_vec().unwrap(),
+            c.to_vec().unwrap(),
+        );
         for bi in 0..3 {
             for i in 0..5 {
                 for j in 0..4 {
-                    let want: f32 = (0..7).map(|p| av[bi * 35 + i * 7 + p] * bv[bi * 28 + p * 4 + j]).sum();
+                    let want: f32 = (0..7)
+                        .map(|p| av[bi * 35 + i * 7 + p] * bv[bi * 28 + p * 4 + j])
+                        .sum();
                     assert!((cv[bi * 20 + i * 4 + j] - want).abs() < 1e-4);
                 }
             }

@@ -37,7 +37,9 @@ fn softmax_cpu(x: &[f32], d: usize, inner: usize) -> Vec<f32> {
         }
     };
     if x.len() >= PAR_MIN {
-        x.par_chunks(block).zip(y.par_chunks_mut(block)).for_each(body);
+        x.par_chunks(block)
+            .zip(y.par_chunks_mut(block))
+            .for_each(body);
     } else {
         x.chunks(block).zip(y.chunks_mut(block)).for_each(body);
     }
@@ -57,34 +59,55 @@ impl Tensor {
             Device::Cpu => softmax_cpu(self.storage().as_cpu(OP)?, d, inner),
             Device::Cuda(_) => return Err(cuda_unavailable(OP)),
         };
-        Tensor::from_op(OP, data, self.shape().clone(), device, &[self], move |g, y| {
-            // dx = y * (g - sum_axis(g * y))
-            let (sg, sy) = (g.storage(), y.storage());
-            let (gv, yv) = (sg.as_cpu(OP)?, sy.as_cpu(OP)?);
-            let mut dx = vec![0f32; gv.len()];
-            let block = d * inner;
-            let body = |((db, gb), yb): ((&mut [f32], &[f32]), &[f32])| {
-                let mut dot = vec![0f32; inner];
-                for (gr, yr) in gb.chunks(inner).zip(yb.chunks(inner)) {
-                    for ((s, &gv), &yv) in dot.iter_mut().zip(gr).zip(yr) {
-                        *s += gv * yv;
+        Tensor::from_op(
+            OP,
+            data,
+            self.shape().clone(),
+            device,
+            &[self],
+            move |g, y| {
+                // dx = y * (g - sum_axis(g * y))
+                let (sg, sy) = (g.storage(), y.storage());
+                let (gv, yv) = (sg.as_cpu(OP)?, sy.as_cpu(OP)?);
+                let mut dx = vec![0f32; gv.len()];
+                let block = d * inner;
+                let body = |((db, gb), yb): ((&mut [f32], &[f32]), &[f32])| {
+                    let mut dot = vec![0f32; inner];
+                    for (gr, yr) in gb.chunks(inner).zip(yb.chunks(inner)) {
+                        for ((s, &gv), &yv) in dot.iter_mut().zip(gr).zip(yr) {
+                            *s += gv * yv;
+                        }
+                    }
+                    for ((dr, gr), yr) in db
+                        .chunks_mut(inner)
+                        .zip(gb.chunks(inner))
+                        .zip(yb.chunks(inner))
+                    {
+                        for (((dv, &gv), &yv), &s) in dr.iter_mut().zip(gr).zip(yr).zip(&dot) {
+                            *dv = yv * (gv - s);
+                        }
+                    }
+                };
+                if block > 0 {
+                    if dx.len() >= PAR_MIN {
+                        dx.par_chunks_mut(block)
+                            .zip(gv.par_chunks(block))
+                            .zip(yv.par_chunks(block))
+                            .for_each(body);
+                    } else {
+                        dx.chunks_mut(block)
+                            .zip(gv.chunks(block))
+                            .zip(yv.chunks(block))
+                            .for_each(body);
                     }
                 }
-                for ((dr, gr), yr) in db.chunks_mut(inner).zip(gb.chunks(inner)).zip(yb.chunks(inner)) {
-                    for (((dv, &gv), &yv), &s) in dr.iter_mut().zip(gr).zip(yr).zip(&dot) {
-                        *dv = yv * (gv - s);
-                    }
-                }
-            };
-            if block > 0 {
-                if dx.len() >= PAR_MIN {
-                    dx.par_chunks_mut(block).zip(gv.par_chunks(block)).zip(yv.par_chunks(block)).for_each(body);
-                } else {
-                    dx.chunks_mut(block).zip(gv.chunks(block)).zip(yv.chunks(block)).for_each(body);
-                }
-            }
-            Ok(vec![Some(Tensor::from_vec(dx, y.shape().clone(), y.device())?)])
-        })
+                Ok(vec![Some(Tensor::from_vec(
+                    dx,
+                    y.shape().clone(),
+                    y.device(),
+                )?)])
+            },
+        )
     }
 }
 
@@ -109,7 +132,12 @@ mod tests {
                 }
             }
         }
-        let big = Tensor::from_vec(vec![1000.0, 0.0], [2], Device::Cpu).unwrap().softmax(-1).unwrap().to_vec().unwrap();
+        let big = Tensor::from_vec(vec![1000.0, 0.0], [2], Device::Cpu)
+            .unwrap()
+            .softmax(-1)
+            .unwrap()
+            .to_vec()
+            .unwrap();
         assert_eq!(big, vec![1.0, 0.0]);
         assert!(x.softmax(3).is_err());
     }
