@@ -212,10 +212,12 @@ impl Tensor {
                         let ch = i % c;
                         let k = gam[ch] * inv_std[ch] / count as f32;
                         let (sb, sgm) = (dbeta[ch] as f32, dgamma[ch] as f32);
-                        let base = i * p;
-                        for (j, dv) in d.iter_mut().enumerate() {
-                            *dv =
-                                k * (count as f32 * g[base + j] - sb - xhat(x[base + j], ch) * sgm);
+                        let (gp, xp) = (&g[i * p..(i + 1) * p], &x[i * p..(i + 1) * p]);
+                        // Folded into dx = a g + b x + c per channel, one fused pass.
+                        let (a, bx) = (k * count as f32, -k * sgm * inv_std[ch]);
+                        let c0 = -k * sb + k * sgm * inv_std[ch] * mean[ch];
+                        for ((dv, &gv), &xv) in d.iter_mut().zip(gp).zip(xp) {
+                            *dv = a * gv + bx * xv + c0;
                         }
                     };
                     if p > 0 {
