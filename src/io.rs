@@ -108,7 +108,15 @@ pub fn read_gray8(path: impl AsRef<Path>) -> Result<Image<u8>> {
     Ok(Image::new(img.width, img.height, 1, data))
 }
 
-fn encode(path: &Path, w: usize, h: usize, ct: png::ColorType, depth: png::BitDepth, bytes: &[u8]) -> Result<()> {
+fn encode(
+    path: &Path,
+    w: usize,
+    h: usize,
+    ct: png::ColorType,
+    depth: png::BitDepth,
+    bytes: &[u8],
+    compression: png::Compression,
+) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
@@ -116,6 +124,7 @@ fn encode(path: &Path, w: usize, h: usize, ct: png::ColorType, depth: png::BitDe
     let mut enc = png::Encoder::new(BufWriter::new(file), w as u32, h as u32);
     enc.set_color(ct);
     enc.set_depth(depth);
+    enc.set_compression(compression);
     let mut writer = enc
         .write_header()
         .map_err(|e| Error::format(path, None, format!("PNG header: {e}")))?;
@@ -133,16 +142,22 @@ pub fn write_u8(path: impl AsRef<Path>, img: &Image<u8>) -> Result<()> {
         4 => png::ColorType::Rgba,
         c => return Err(Error::invalid("write_u8", format!("{c} channels; expected 1, 3 or 4"))),
     };
-    encode(path.as_ref(), img.width, img.height, ct, png::BitDepth::Eight, &img.data)
+    encode(path.as_ref(), img.width, img.height, ct, png::BitDepth::Eight, &img.data, png::Compression::default())
 }
 
 /// Writes a 16-bit grey PNG (DeepLesion's slice format), creating parent folders.
 pub fn write_gray16(path: impl AsRef<Path>, img: &Image<u16>) -> Result<()> {
+    write_gray16_with(path, img, png::Compression::default())
+}
+
+/// As [`write_gray16`] with a chosen deflate effort (bulk writers such as `coseg synth` use
+/// `Fast`: deflate dominates their run time otherwise).
+pub fn write_gray16_with(path: impl AsRef<Path>, img: &Image<u16>, compression: png::Compression) -> Result<()> {
     if img.channels != 1 {
         return Err(Error::invalid("write_gray16", format!("{} channels; expected 1", img.channels)));
     }
     let bytes: Vec<u8> = img.data.iter().flat_map(|v| v.to_be_bytes()).collect();
-    encode(path.as_ref(), img.width, img.height, png::ColorType::Grayscale, png::BitDepth::Sixteen, &bytes)
+    encode(path.as_ref(), img.width, img.height, png::ColorType::Grayscale, png::BitDepth::Sixteen, &bytes, compression)
 }
 
 #[cfg(test)]

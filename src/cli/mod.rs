@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod eval_masks;
 mod crf;
 mod info;
+mod split;
 mod synth;
 
 #[derive(Parser)]
@@ -24,6 +25,8 @@ pub enum Command {
     EvalMasks(eval_masks::Args),
     /// Refine a lesion probability map with the dense CRF (pydensecrf's parameters and defaults).
     Crf(crf::Args),
+    /// Cluster lesions, split 80/10/10 by cluster, pair lesions, write the manifest JSON.
+    Split(split::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -32,5 +35,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Synth(a) => synth::run(a),
         Command::EvalMasks(a) => eval_masks::run(a),
         Command::Crf(a) => crf::run(a),
+        Command::Split(a) => split::run(a),
     }
 }

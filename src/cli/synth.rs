@@ -1,5 +1,8 @@
 //! `coseg synth`: write a synthetic DeepLesion (slices, DL_info.csv, true masks).
 
+use coseg::data::hu_stats::{compare_report, dataset_stats};
+use coseg::data::{read_dl_info, CoarseType};
+use std::collections::HashSet;
 use coseg::data::synth::{synth_dataset, SynthParams};
 use std::path::PathBuf;
 
@@ -19,6 +22,13 @@ pub struct Args {
     /// Do not write the neighbour slices key-1 and key+1.
     #[arg(long)]
     pub no_neighbours: bool,
+    /// After writing, compare HU statistics of the key slices with those of this DeepLesion
+    /// folder (e.g. the real sample) and print the table.
+    #[arg(long)]
+    pub compare_with: Option<PathBuf>,
+    /// Key slices per set used by --compare-with.
+    #[arg(long, default_value_t = 200)]
+    pub compare_slices: usize,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -32,5 +42,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.out.display(),
         t.elapsed().as_secs_f64()
     );
+    if let Some(real) = &a.compare_with {
+        // Like with like: synthetic key slices of the coarse types the real set holds.
+        let real_info = read_dl_info(real.join("DL_info.csv"))?;
+        let types: HashSet<CoarseType> = real_info.records.iter().map(|r| r.coarse_type).collect();
+        let (r, r_failed) = dataset_stats(real, a.compare_slices, None)?;
+        let (y, y_failed) = dataset_stats(&a.out, a.compare_slices, Some(&types))?;
+        let mut names: Vec<String> = types.iter().map(|t| format!("{t:?}")).collect();
+        names.sort();
+        println!("synthetic key slices of coarse types {} (those of {}):", names.join(", "), real.display());
+        for f in r_failed.iter().chain(&y_failed) {
+            eprintln!("not compared: {f}");
+        }
+        print!("{}", compare_report("real", &r, "synthetic", &y));
+    }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The data stage: DeepLesion's format, a synthetic DeepLesion, lesion crops.
+//! The data stage: DeepLesion's format, a synthetic DeepLesion, lesion crops, embeddings,
+//! clustering, the stratified split and the co-segmentation pairs.
 //!
 //! Public API:
 //! - [`dl_info`]: `read_dl_info(path) -> DlInfo { records: Vec<LesionRecord>, skipped, .. }`,
@@ -12,15 +13,29 @@
 //!   into a full slice mask), and `lesion_crop(root, rec, p) -> LesionCrop` (3 windowed channels).
 //! - [`recist`]: `recist_from_mask(mask, w, h)`: longest chord, then longest perpendicular chord.
 //! - [`synth`]: `synth_dataset(out, &SynthParams)` writes DL_info.csv, Images_png/ and
-//!   masks/<File_name>.png; `synth_lesion(seed, i, size)` makes one lesion in memory.
+//!   masks/<File_name>.png; `Synthesizer::new(seed, size)?.lesion(i)` makes one in memory.
+//! - [`hu_stats`]: HU band fractions, tissue mean/std, noise; `compare_report` (real vs synthetic).
+//! - [`embed`]: `embed_dataset(root, records) -> Embeddings` (26 standardised features, listed
+//!   in the module docs), `lesion_features`, `standardize`.
+//! - [`kmeans`]: `kmeans(data, dim, k, seed, max_iter) -> KMeans` (k-means++ seeding).
+//! - [`split`]: `stratified_split`, `make_pairs(.., PairRule::All | PerLesion(k), ..)`,
+//!   `Manifest { lesions: [{file_name, row, cluster, split}], pairs: {train, val, test}, .. }`
+//!   with `save` / `load`.
+//! - [`npy`]: `read_npy_f32` / `write_npy_f32` (float32 C-order .npy, any rank).
 
 pub mod crop;
 pub mod csv;
 pub mod dl_info;
+pub mod embed;
+pub mod hu_stats;
+pub mod kmeans;
+pub mod npy;
 pub mod recist;
 pub mod slice;
+pub mod split;
 pub mod synth;
 
 pub use crop::{lesion_crop, CropBox, CropParams, LesionCrop};
 pub use dl_info::{read_dl_info, write_dl_info, CoarseType, DlInfo, LesionRecord, OfficialSplit, SkippedRow};
 pub use slice::{load_hu, load_lesion_slices, save_hu, HuSlice, LesionSlices};
+pub use split::{Manifest, PairRule, Split};

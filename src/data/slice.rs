@@ -2,7 +2,7 @@
 
 use super::dl_info::LesionRecord;
 use crate::error::{Error, Result};
-use crate::io::{read_gray16, write_gray16, Image};
+use crate::io::{read_gray16, write_gray16_with, Image};
 use std::path::Path;
 
 /// DeepLesion's PNG offset: stored value = HU + 32768.
@@ -18,10 +18,10 @@ pub fn load_hu(path: impl AsRef<Path>) -> Result<HuSlice> {
     Ok(Image::new(img.width, img.height, 1, data))
 }
 
-/// Writes a slice in HU as a DeepLesion PNG.
+/// Writes a slice in HU as a DeepLesion PNG (fast deflate: writers produce many slices).
 pub fn save_hu(path: impl AsRef<Path>, hu: &HuSlice) -> Result<()> {
     let data = hu.data.iter().map(|&v| (v as i32 + HU_OFFSET) as u16).collect();
-    write_gray16(path, &Image::new(hu.width, hu.height, 1, data))
+    write_gray16_with(path, &Image::new(hu.width, hu.height, 1, data), png::Compression::Fast)
 }
 
 /// The three channels of a lesion: slices key-1, key, key+1. A missing neighbour file is

@@ -3,7 +3,7 @@
 //! item also drifts and scales slowly with z so slices key-1 and key+1 show the same anatomy
 //! slightly moved, as neighbouring CT slices do.
 
-use super::shape::{random_harmonics, Blob};
+use super::shape::{random_harmonics, Blob, PreparedBlob};
 use rand::Rng;
 
 /// Body region of a slice.
@@ -49,8 +49,8 @@ pub struct Item {
     pub scale_per_mm: f32,
     /// Centre drift in pixels per mm of z.
     pub drift_per_mm: [f32; 2],
-    /// Only pixels with y <= this (gas above an air-fluid level).
-    pub max_y: Option<f32>,
+    /// Only rows y0 <= y <= y1 (gas above an air-fluid level, the table's visible arc).
+    pub rows: Option<(f32, f32)>,
 }
 
 impl Item {
@@ -79,6 +79,8 @@ pub struct Phantom {
     pub noise_hu: f32,
     /// Partial-volume blur: weight of each neighbour in the 3-tap kernel [w, 1-2w, w].
     pub blur_w: f32,
+    /// HU stored outside the circular field of view, when the scanner pads it.
+    pub fov_pad: Option<i16>,
 }
 
 /// Per-patient HU values of enhancing tissues: plain value, fully enhanced value.
@@ -109,7 +111,7 @@ impl Builder {
             hu,
             scale_per_mm: rng.random_range(-0.012..0.012),
             drift_per_mm: [rng.random_range(-0.15..0.15) / s, rng.random_range(-0.15..0.15) / s],
-            max_y: None,
+            rows: None,
         };
         self.items.push(item);
     }
@@ -136,24 +138,34 @@ impl Phantom {
 
         // Body outline, table, skin, subcutaneous fat, muscle wall, cavity.
         let (body_rx, body_ry) = match region {
-            Region::Chest => (rng.random_range(140.0..185.0), rng.random_range(100.0..130.0)),
-            Region::Abdomen => (rng.random_range(135.0..190.0), rng.random_range(100.0..145.0)),
-            Region::Pelvis => (rng.random_range(150.0..200.0), rng.random_range(100.0..135.0)),
+            Region::Chest => (rng.random_range(125.0..175.0), rng.random_range(90.0..125.0)),
+            Region::Abdomen => (rng.random_range(120.0..175.0), rng.random_range(90.0..135.0)),
+            Region::Pelvis => (rng.random_range(135.0..185.0), rng.random_range(90.0..125.0)),
         };
         let (bcx, bcy) = b.px(rng.random_range(-8.0..8.0), rng.random_range(-25.0..-5.0));
         let mut body = Blob::ellipse(bcx, bcy, b.mm(body_rx), b.mm(body_ry), rng.random_range(-0.03..0.03));
         body.harmonics = random_harmonics(rng, 2..=4, 0.05);
-        let table_y = bcy + body.reach() * 0.98 + b.mm(6.0);
+        // The patient lies on the table: find the lowest body point below the centre.
+        let prepared = body.prepare();
+        let mut body_bottom = bcy;
+        while prepared.level(bcx, body_bottom) < 1.0 && body_bottom < bcy + 2.0 * body.reach() {
+            body_bottom += 0.5;
+        }
+        let table_y = body_bottom + b.mm(rng.random_range(1.0..4.0));
         // The table: the lower arc of a large circle centred above the patient (a shallow
         // trough), a thin shell over air; the body is painted over it.
         let table_r = b.mm(rng.random_range(500.0..900.0));
         let table = Blob::circle(bcx, table_y - table_r, table_r + b.mm(3.0));
-        let fixed = |blob: Blob, hu: f32| Item { blob, tissue: Tissue::Table, hu, scale_per_mm: 0.0, drift_per_mm: [0.0; 2], max_y: None };
+        // Rows the arc can reach inside the image: it rises by R - sqrt(R^2 - x^2) at the sides.
+        let half_w = width as f32 / 2.0 + bcx.abs().max(width as f32 / 2.0);
+        let rise = table_r - (table_r * table_r - half_w.min(table_r).powi(2)).sqrt();
+        let rows = Some((table_y - rise - 2.0, table_y + b.mm(3.0) + 2.0));
+        let fixed = |blob: Blob, hu: f32| Item { blob, tissue: Tissue::Table, hu, scale_per_mm: 0.0, drift_per_mm: [0.0; 2], rows };
         b.items.push(fixed(table.clone(), 150.0));
         b.items.push(fixed(table.grown(-b.mm(3.0)), -1000.0));
         b.add(body.clone(), Tissue::Skin, rng.random_range(20.0..50.0), rng);
         b.add(body.grown(-b.mm(2.0)), Tissue::SubcutFat, fat_hu, rng);
-        let fat_mm = rng.random_range(8.0..if region == Region::Chest { 30.0 } else { 45.0 });
+        let fat_mm = rng.random_range(5.0..if region == Region::Chest { 25.0 } else { 32.0 });
         let wall_mm = rng.random_range(9.0..16.0);
         let muscle = body.grown(-b.mm(2.0 + fat_mm));
         b.add(muscle.clone(), Tissue::Muscle, muscle_hu, rng);
@@ -165,7 +177,8 @@ impl Phantom {
 
         // Spine: vertebral body, canal, posterior arch, paraspinal muscles.
         let vb_r = b.mm(rng.random_range(15.0..21.0));
-        let (sx, sy) = (ccx + b.mm(rng.random_range(-3.0..3.0)), ccy + cry - vb_r * 0.6);
+        // Its spinous process ends a few mm under the skin of the back.
+        let (sx, sy) = (bcx + b.mm(rng.random_range(-3.0..3.0)), body_bottom - vb_r - b.mm(rng.random_range(56.0..64.0)));
         for side in [-1.0f32, 1.0] {
             let m = Blob::ellipse(sx + side * b.mm(30.0), sy + vb_r + b.mm(22.0), b.mm(22.0), b.mm(20.0), side * 0.3);
             b.add(m, Tissue::Muscle, muscle_hu + 3.0, rng);
@@ -210,6 +223,16 @@ impl Phantom {
                 ribs(rng, &mut b, &cavity, b_mm(spacing, wall_mm), 10, marrow_hu, cortical_hu);
             }
             Region::Abdomen => {
+                // Near the diaphragm the posterior lung bases are still in the slice.
+                if rng.random_bool(0.5) {
+                    let lung_hu = rng.random_range(-880.0..-820.0);
+                    for side in [-1.0f32, 1.0] {
+                        let (lx, ly) = at(side * 0.55, 0.55);
+                        let mut base = Blob::ellipse(lx, ly, crx * jitter(rng, 0.3, 0.2), cry * jitter(rng, 0.3, 0.2), side * 0.7);
+                        base.harmonics = random_harmonics(rng, 2..=3, 0.08);
+                        b.add(base, Tissue::Lung, lung_hu, rng);
+                    }
+                }
                 let liver_hu = enhanced(contrast, 58.0, rng.random_range(95.0..125.0));
                 let mut liver = Blob::ellipse(at(-0.42, -0.05).0, at(0.0, -0.05).1, crx * jitter(rng, 0.55, 0.1), cry * jitter(rng, 0.8, 0.1), 0.35);
                 liver.harmonics = random_harmonics(rng, 2..=4, 0.1);
@@ -254,7 +277,7 @@ impl Phantom {
                 let content = stomach.grown(-b.mm(4.0));
                 b.add(content.clone(), Tissue::Fluid, rng.random_range(5.0..30.0), rng);
                 let level = content.cy - content.ry * rng.random_range(-0.2..0.7);
-                b.items.push(Item { blob: content, tissue: Tissue::Gas, hu: -960.0, scale_per_mm: 0.0, drift_per_mm: [0.0; 2], max_y: Some(level) });
+                b.items.push(Item { blob: content, tissue: Tissue::Gas, hu: -960.0, scale_per_mm: 0.0, drift_per_mm: [0.0; 2], rows: Some((0.0, level)) });
                 let n = rng.random_range(4..10);
                 bowel(rng, &mut b, &cavity, n, muscle_hu, 0.0..0.9, -0.9..0.1);
                 ribs(rng, &mut b, &cavity, b_mm(spacing, wall_mm), 6, marrow_hu, cortical_hu);
@@ -287,15 +310,28 @@ impl Phantom {
                 bowel(rng, &mut b, &cavity, n, muscle_hu, -0.7..0.7, -0.8..0.2);
             }
         }
-        let noise_hu = rng.random_range(8.0..22.0);
+        let noise_hu = rng.random_range(6.0..18.0);
         let blur_w = rng.random_range(0.12..0.24);
-        Phantom { region, width, height, spacing, items: b.items, body, cavity, noise_hu, blur_w }
+        let fov_pad = match rng.random_range(0..100) {
+            0..=54 => Some(-1024),
+            55..=59 => Some(-2048),
+            _ => None,
+        };
+        Phantom { region, width, height, spacing, items: b.items, body, cavity, noise_hu, blur_w, fov_pad }
     }
 
     /// The tissue at pixel (x, y) of the slice `dz_mm` from the key slice (last painter wins).
     pub fn tissue_at(&self, x: f32, y: f32, dz_mm: f32) -> Tissue {
         for it in self.items.iter().rev() {
-            if it.max_y.is_some_and(|m| y > m) {
+            if it.rows.is_some_and(|(y0, y1)| y < y0 || y > y1) {
+                continue;
+            }
+            // Cheap rejection by the blob's reach before the exact test.
+            let scale = (1.0 + it.scale_per_mm * dz_mm).max(0.0);
+            let dx = x - (it.blob.cx + it.drift_per_mm[0] * dz_mm);
+            let dy = y - (it.blob.cy + it.drift_per_mm[1] * dz_mm);
+            let reach = it.blob.reach() * scale;
+            if dx * dx + dy * dy > reach * reach {
                 continue;
             }
             if it.at_z(dz_mm).level(x, y) < 1.0 {
@@ -311,21 +347,63 @@ impl Phantom {
         hu.fill(-1000.0);
         for it in &self.items {
             let blob = it.at_z(dz_mm);
-            let (x0, x1, y0, y1) = blob.bounds(self.width, self.height);
-            let y1 = it.max_y.map_or(y1, |m| y1.min((m.max(0.0) as usize + 1).min(self.height)));
-            let px_per_level = blob.rx.min(blob.ry).max(0.5);
-            for y in y0..y1 {
-                let row = &mut hu[y * self.width..(y + 1) * self.width];
-                for x in x0..x1 {
-                    let l = blob.level(x as f32, y as f32);
-                    // Coverage of the pixel: 1 well inside, 0 well outside, linear over ~1 px.
-                    let a = ((1.0 - l) * px_per_level + 0.5).clamp(0.0, 1.0);
-                    if a > 0.0 {
-                        row[x] += a * (it.hu - row[x]);
-                    }
-                }
+            let (x0, x1, mut y0, mut y1) = blob.bounds(self.width, self.height);
+            if let Some((r0, r1)) = it.rows {
+                y0 = y0.max(r0.max(0.0).ceil() as usize);
+                y1 = y1.min((r1.max(-1.0).floor() + 1.0) as usize).max(y0);
             }
+            let px_per_level = blob.rx.min(blob.ry).max(0.5);
+            paint_tiled(hu, self.width, &blob.prepare(), (x0, x1, y0, y1), px_per_level, it.hu);
         }
+    }
+}
+
+/// Paints `value` over the pixels the blob covers (anti-aliased over ~1 pixel at the edge).
+/// Quadtree over 16x16 tiles: one evaluation at a tile's centre plus the blob's slope bound
+/// decides whether the tile is wholly inside (filled), wholly outside (skipped) or straddles
+/// the edge (split in four, down to single pixels), so an organ costs about its perimeter.
+fn paint_tiled(hu: &mut [f32], w: usize, blob: &PreparedBlob, bounds: (usize, usize, usize, usize), px_per_level: f32, value: f32) {
+    const T: usize = 16;
+    let (x0, x1, y0, y1) = bounds;
+    let mut ty = y0;
+    while ty < y1 {
+        let mut tx = x0;
+        while tx < x1 {
+            paint_tile(hu, w, blob, (tx, (tx + T).min(x1), ty, (ty + T).min(y1)), px_per_level, value);
+            tx += T;
+        }
+        ty += T;
+    }
+}
+
+fn paint_tile(hu: &mut [f32], w: usize, blob: &PreparedBlob, t: (usize, usize, usize, usize), ppl: f32, value: f32) {
+    let (x0, x1, y0, y1) = t;
+    if x0 >= x1 || y0 >= y1 {
+        return;
+    }
+    let aa = 0.5 / ppl; // level band of the anti-aliased edge
+    let (cx, cy) = ((x0 + x1 - 1) as f32 / 2.0, (y0 + y1 - 1) as f32 / 2.0);
+    let l = blob.level(cx, cy);
+    let a = ((1.0 - l) * ppl + 0.5).clamp(0.0, 1.0);
+    if x1 - x0 == 1 && y1 - y0 == 1 {
+        let p = &mut hu[y0 * w + x0];
+        *p += a * (value - *p);
+        return;
+    }
+    let half_diag = 0.5 * (((x1 - x0 - 1).pow(2) + (y1 - y0 - 1).pow(2)) as f32).sqrt();
+    let spread = half_diag * blob.slope;
+    if l - spread > 1.0 + aa {
+        return; // wholly outside
+    }
+    if l + spread < 1.0 - aa {
+        for y in y0..y1 {
+            hu[y * w + x0..y * w + x1].fill(value);
+        }
+        return;
+    }
+    let (mx, my) = ((x0 + x1).div_ceil(2), (y0 + y1).div_ceil(2));
+    for q in [(x0, mx, y0, my), (mx, x1, y0, my), (x0, mx, my, y1), (mx, x1, my, y1)] {
+        paint_tile(hu, w, blob, q, ppl, value);
     }
 }
 
@@ -367,5 +445,42 @@ fn bowel(rng: &mut impl Rng, b: &mut Builder, cavity: &Blob, n: usize, wall_hu: 
         };
         let tissue = if content_hu < -500.0 { Tissue::Gas } else { Tissue::Fluid };
         b.add(loop_.grown(-b.mm(2.5)), tissue, content_hu, rng);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn tiled_painting_matches_per_pixel_painting() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (w, h) = (160usize, 120usize);
+        for _ in 0..30 {
+            let mut blob = Blob::ellipse(
+                rng.random_range(20.0..140.0),
+                rng.random_range(20.0..100.0),
+                rng.random_range(2.0..70.0),
+                rng.random_range(2.0..50.0),
+                rng.random_range(0.0..3.0),
+            );
+            let (kmax, amp) = (rng.random_range(2..9), rng.random_range(0.0..0.2));
+            blob.harmonics = random_harmonics(&mut rng, 2..=kmax, amp);
+            let base: Vec<f32> = (0..w * h).map(|_| rng.random_range(-1000.0..1000.0)).collect();
+            let (mut tiled, mut naive) = (base.clone(), base);
+            let ppl = blob.rx.min(blob.ry).max(0.5);
+            let p = blob.prepare();
+            let bounds = blob.bounds(w, h);
+            paint_tiled(&mut tiled, w, &p, bounds, ppl, 77.0);
+            for y in bounds.2..bounds.3 {
+                for x in bounds.0..bounds.1 {
+                    let a = ((1.0 - p.level(x as f32, y as f32)) * ppl + 0.5).clamp(0.0, 1.0);
+                    naive[y * w + x] += a * (77.0 - naive[y * w + x]);
+                }
+            }
+            let worst = tiled.iter().zip(&naive).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(worst < 1e-3, "max difference {worst}");
+        }
     }
 }

@@ -166,6 +166,7 @@ impl Lesion {
         let Some(blob) = self.section(dz_mm) else { return };
         let (x0, x1, y0, y1) = blob.bounds(w, h);
         let r = blob.rx.min(blob.ry).max(0.5);
+        let blob = blob.prepare();
         for y in y0..y1 {
             for x in x0..x1 {
                 let (xf, yf) = (x as f32, y as f32);

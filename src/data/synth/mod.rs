@@ -83,60 +83,113 @@ pub fn lesion_rng(seed: u64, index: usize) -> ChaCha8Rng {
     rng
 }
 
-/// Generates lesion `index` of the set with `seed`.
-pub fn synth_lesion(seed: u64, index: usize, size: usize) -> Result<SynthLesion> {
-    if size < 64 {
-        return Err(Error::invalid("synth", format!("slice size {size} is below 64 pixels")));
-    }
-    let mut rng = lesion_rng(seed, index);
-    let coarse_type = draw_type(&mut rng);
-    for _attempt in 0..20 {
-        let region = region_for(coarse_type, &mut rng);
-        // Reconstruction field of view 320-500 mm over the slice, as in clinical CT.
-        let fov_mm = [320.0f32, 340.0, 350.0, 360.0, 380.0, 400.0, 420.0, 460.0, 500.0][rng.random_range(0..9)];
-        let spacing = fov_mm / 512.0 * (512.0 / size as f32);
-        let z_spacing = match rng.random_range(0..100) {
-            0..=46 => 1.0,
-            47..=48 => 2.0,
-            49 => 2.5,
-            _ => 5.0,
-        };
-        let phantom = Phantom::new(&mut rng, region, spacing, size, size);
-        let Some(lesion) = Lesion::place(&mut rng, &phantom, coarse_type) else { continue };
-        let mut mask = vec![0u8; size * size];
-        let mut planes = [vec![0f32; size * size], vec![0f32; size * size], vec![0f32; size * size]];
-        for (k, plane) in planes.iter_mut().enumerate() {
-            let dz = (k as f32 - 1.0) * z_spacing;
-            phantom.render(dz, plane);
-            let m = if k == 1 { Some(mask.as_mut_slice()) } else { None };
-            lesion.render(dz, plane, size, size, m);
-        }
-        let Some(recist) = recist_from_mask(&mask, size, size) else { continue };
-        let slices = planes.map(|p| finish_slice(&mut rng, p, &phantom));
-        let record = make_record(&mut rng, index, coarse_type, region, recist, &lesion, spacing, z_spacing, size);
-        return Ok(SynthLesion { record, slices, mask: Image::new(size, size, 1, mask), lesion });
-    }
-    Err(Error::invalid("synth", format!("lesion {index} (seed {seed}): no placement found in 20 patients")))
+/// Side of the shared noise texture (a power of two: wrapping is a mask).
+const NOISE_SIDE: usize = 1024;
+
+/// A generator for one synthetic set: the seed, the slice size, and a texture of correlated
+/// unit-variance CT noise shared by all slices (each slice reads it at its own random offset
+/// and sign, which is far cheaper than drawing 3 x 512 x 512 normals per lesion).
+pub struct Synthesizer {
+    seed: u64,
+    size: usize,
+    noise: Vec<f32>,
 }
 
-/// Partial-volume blur, correlated noise, rounding to integer HU in the scanner range.
-fn finish_slice(rng: &mut impl Rng, mut hu: Vec<f32>, ph: &Phantom) -> HuSlice {
-    let (w, h) = (ph.width, ph.height);
-    blur3(&mut hu, w, h, ph.blur_w);
-    // White noise through a [1,2,1]/4 kernel per axis has std 0.375 x the input's: rescale.
-    let mut noise: Vec<f32> = (0..w * h).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
-    blur3(&mut noise, w, h, 0.25);
-    let gain = ph.noise_hu / 0.375;
-    let data = hu
-        .iter()
-        .zip(&noise)
-        .map(|(v, n)| {
-            // Quantum noise grows in dense material; air outside the body is nearly flat.
-            let g = if *v < -900.0 { 0.5 } else { 1.0 };
-            (v + g * gain * n).round().clamp(-1024.0, 3071.0) as i16
-        })
-        .collect();
-    Image::new(w, h, 1, data)
+impl Synthesizer {
+    pub fn new(seed: u64, size: usize) -> Result<Synthesizer> {
+        if !(64..=4096).contains(&size) {
+            return Err(Error::invalid("synth", format!("slice size {size} is outside 64..=4096 pixels")));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6e6f_6973_65); // own stream: "noise"
+        let n = NOISE_SIDE;
+        let white: Vec<f32> = (0..n * n).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
+        // CT noise is spatially correlated: [1,2,1]/4 in x and y (with wrap-around), then
+        // rescaled to unit variance (the kernel leaves sqrt(6/16)^2 = 0.375 of the std).
+        let idx = |x: usize, y: usize| (y % n) * n + (x % n);
+        let mut tmp = vec![0f32; n * n];
+        for y in 0..n {
+            for x in 0..n {
+                tmp[idx(x, y)] = 0.25 * (white[idx(x + n - 1, y)] + white[idx(x + 1, y)]) + 0.5 * white[idx(x, y)];
+            }
+        }
+        let mut noise = vec![0f32; n * n];
+        for y in 0..n {
+            for x in 0..n {
+                noise[idx(x, y)] = (0.25 * (tmp[idx(x, y + n - 1)] + tmp[idx(x, y + 1)]) + 0.5 * tmp[idx(x, y)]) / 0.375;
+            }
+        }
+        Ok(Synthesizer { seed, size, noise })
+    }
+
+    /// Generates lesion `index`: deterministic for (seed, index, size).
+    pub fn lesion(&self, index: usize) -> Result<SynthLesion> {
+        let (seed, size) = (self.seed, self.size);
+        let mut rng = lesion_rng(seed, index);
+        let coarse_type = draw_type(&mut rng);
+        for _attempt in 0..20 {
+            let region = region_for(coarse_type, &mut rng);
+            // Reconstruction field of view 320-500 mm over the slice, as in clinical CT.
+            let fov_mm = [320.0f32, 340.0, 350.0, 360.0, 380.0, 400.0, 420.0, 460.0, 500.0][rng.random_range(0..9)];
+            let spacing = fov_mm / size as f32;
+            let z_spacing = match rng.random_range(0..100) {
+                0..=46 => 1.0,
+                47..=48 => 2.0,
+                49 => 2.5,
+                _ => 5.0,
+            };
+            let phantom = Phantom::new(&mut rng, region, spacing, size, size);
+            let Some(lesion) = Lesion::place(&mut rng, &phantom, coarse_type) else { continue };
+            let mut mask = vec![0u8; size * size];
+            let mut planes = [vec![0f32; size * size], vec![0f32; size * size], vec![0f32; size * size]];
+            for (k, plane) in planes.iter_mut().enumerate() {
+                let dz = (k as f32 - 1.0) * z_spacing;
+                phantom.render(dz, plane);
+                let m = if k == 1 { Some(mask.as_mut_slice()) } else { None };
+                lesion.render(dz, plane, size, size, m);
+            }
+            let Some(recist) = recist_from_mask(&mask, size, size) else { continue };
+            let slices = planes.map(|p| self.finish_slice(&mut rng, p, &phantom));
+            let record = make_record(&mut rng, index, coarse_type, region, recist, &lesion, spacing, z_spacing, size);
+            return Ok(SynthLesion { record, slices, mask: Image::new(size, size, 1, mask), lesion });
+        }
+        Err(Error::invalid("synth", format!("lesion {index} (seed {seed}): no placement found in 20 patients")))
+    }
+
+    /// Partial-volume blur, correlated noise, rounding to integer HU in the scanner range.
+    fn finish_slice(&self, rng: &mut impl Rng, mut hu: Vec<f32>, ph: &Phantom) -> HuSlice {
+        let (w, h) = (ph.width, ph.height);
+        blur3(&mut hu, w, h, ph.blur_w);
+        let n = NOISE_SIDE;
+        let (ox, oy) = (rng.random_range(0..n), rng.random_range(0..n));
+        let gain = if rng.random_bool(0.5) { ph.noise_hu } else { -ph.noise_hu };
+        let mut data = Vec::with_capacity(w * h);
+        for y in 0..h {
+            let noise_row = &self.noise[((y + oy) % n) * n..][..n];
+            for (x, v) in hu[y * w..(y + 1) * w].iter().enumerate() {
+                // Quantum noise is lower in the air around the patient.
+                let g = if *v < -900.0 { 0.4 * gain } else { gain };
+                let noisy = v + g * noise_row[(x + ox) % n];
+                data.push(noisy.round().clamp(-1024.0, 3071.0) as i16);
+            }
+        }
+        if let Some(pad) = ph.fov_pad {
+            // Outside the reconstruction circle scanners store a constant.
+            let (c, r2) = ((w as f32 - 1.0) / 2.0, (w.min(h) as f32 / 2.0).powi(2));
+            for (i, v) in data.iter_mut().enumerate() {
+                let (x, y) = ((i % w) as f32 - c, (i / w) as f32 - c);
+                if x * x + y * y > r2 {
+                    *v = pad;
+                }
+            }
+        }
+        Image::new(w, h, 1, data)
+    }
+}
+
+/// Generates lesion `index` of the set with `seed` (builds a [`Synthesizer`]; prefer one
+/// `Synthesizer` for many lesions).
+pub fn synth_lesion(seed: u64, index: usize, size: usize) -> Result<SynthLesion> {
+    Synthesizer::new(seed, size)?.lesion(index)
 }
 
 /// Separable 3-tap blur [wt, 1 - 2 wt, wt] along x then y, edges clamped.
@@ -246,11 +299,12 @@ pub fn synth_dataset(out: &Path, params: &SynthParams) -> Result<SynthSummary> {
     if params.lesions == 0 {
         return Err(Error::invalid("synth", "--lesions must be at least 1"));
     }
+    let synth = Synthesizer::new(params.seed, params.size)?;
     let bar = crate::progress::bar(params.lesions as u64, "synth");
     let records = (0..params.lesions)
         .into_par_iter()
         .map(|i| {
-            let s = synth_lesion(params.seed, i, params.size)?;
+            let s = synth.lesion(i)?;
             let rec = &s.record;
             let offsets: &[i32] = if params.neighbours { &[-1, 0, 1] } else { &[0] };
             for &o in offsets {
