@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod eval_masks;
 mod crf;
 mod info;
+mod pseudo_masks;
 mod split;
 mod synth;
 
@@ -27,6 +28,8 @@ pub enum Command {
     Crf(crf::Args),
     /// Cluster lesions, split 80/10/10 by cluster, pair lesions, write the manifest JSON.
     Split(split::Args),
+    /// GrabCut pseudo-masks from the RECIST marks of every lesion (quality report if masks/ exists).
+    PseudoMasks(pseudo_masks::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -36,5 +39,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::EvalMasks(a) => eval_masks::run(a),
         Command::Crf(a) => crf::run(a),
         Command::Split(a) => split::run(a),
+        Command::PseudoMasks(a) => pseudo_masks::run(a),
     }
 }

@@ -5,6 +5,10 @@
 /// component on a flat region stays a proper density.
 const COVARIANCE_FLOOR: f32 = 1e-3;
 
+/// k-means runs on an even subsample of at most this many samples: the centres it finds are as
+/// good, and the class of a 128x128 crop's background has ~10^4 pixels.
+const KMEANS_SAMPLES: usize = 2048;
+
 #[derive(Clone, Debug)]
 struct Component<const D: usize> {
     weight: f32,
@@ -22,52 +26,44 @@ pub struct Gmm<const D: usize> {
 
 impl<const D: usize> Gmm<D> {
     /// Fits `k` components to the samples: k-means (centres started at quantiles of the first
-    /// feature, so the result is deterministic) then one maximum-likelihood fit of the clusters.
+    /// feature, so the result is deterministic) on an even subsample of at most `KMEANS_SAMPLES`,
+    /// then every sample joins its nearest centre and the clusters get a maximum-likelihood fit.
     /// Returns None when there are no samples.
     pub fn fit_kmeans(samples: &[[f32; D]], k: usize, kmeans_iters: usize, labels: &mut Vec<u8>) -> Option<Self> {
         if samples.is_empty() {
             return None;
         }
         let k = k.clamp(1, samples.len()).min(255);
-        let mut order: Vec<f32> = samples.iter().map(|s| s[0]).collect();
-        order.sort_by(f32::total_cmp);
-        let mut centres: Vec<[f32; D]> = (0..k)
-            .map(|c| {
-                let q = order[((2 * c + 1) * order.len()) / (2 * k)];
-                // The first sample with that first feature gives the other coordinates.
-                *samples.iter().find(|s| s[0] == q).expect("quantile comes from the samples")
-            })
-            .collect();
-        labels.clear();
-        labels.resize(samples.len(), 0);
+        let stride = samples.len().div_ceil(KMEANS_SAMPLES);
+        let sub: Vec<[f32; D]> = samples.iter().step_by(stride).copied().collect();
+        let mut order: Vec<usize> = (0..sub.len()).collect();
+        order.sort_by(|&a, &b| sub[a][0].total_cmp(&sub[b][0]));
+        let mut centres: Vec<[f32; D]> = (0..k).map(|c| sub[order[((2 * c + 1) * sub.len()) / (2 * k)]]).collect();
+        let mut sub_labels = vec![u8::MAX; sub.len()];
         for _ in 0..kmeans_iters {
             let mut changed = false;
-            for (s, l) in samples.iter().zip(labels.iter_mut()) {
-                let best = (0..k)
-                    .min_by(|&a, &b| dist2(s, &centres[a]).total_cmp(&dist2(s, &centres[b])))
-                    .unwrap_or(0) as u8;
+            let mut sums = vec![([0.0f64; D], 0usize); k];
+            for (s, l) in sub.iter().zip(sub_labels.iter_mut()) {
+                let best = nearest(s, &centres);
                 changed |= best != *l;
                 *l = best;
-            }
-            let mut sums = vec![([0.0f64; D], 0usize); k];
-            for (s, &l) in samples.iter().zip(labels.iter()) {
-                let e = &mut sums[l as usize];
+                let e = &mut sums[best as usize];
                 for d in 0..D {
                     e.0[d] += s[d] as f64;
                 }
                 e.1 += 1;
             }
-            for (c, (sum, n)) in centres.iter_mut().zip(&sums) {
-                if *n > 0 {
-                    for d in 0..D {
-                        c[d] = (sum[d] / *n as f64) as f32;
-                    }
-                }
-            }
             if !changed {
                 break;
             }
+            for (c, (sum, n)) in centres.iter_mut().zip(&sums) {
+                if *n > 0 {
+                    *c = std::array::from_fn(|d| (sum[d] / *n as f64) as f32);
+                }
+            }
         }
+        labels.clear();
+        labels.extend(samples.iter().map(|s| nearest(s, &centres)));
         Some(Self::fit_labelled(samples, labels, k))
     }
 
@@ -166,8 +162,16 @@ impl<const D: usize> Gmm<D> {
     }
 }
 
-fn dist2<const D: usize>(a: &[f32; D], b: &[f32; D]) -> f32 {
-    (0..D).map(|d| (a[d] - b[d]) * (a[d] - b[d])).sum()
+/// Index of the centre nearest to s.
+fn nearest<const D: usize>(s: &[f32; D], centres: &[[f32; D]]) -> u8 {
+    let mut best = (0, f32::INFINITY);
+    for (k, c) in centres.iter().enumerate() {
+        let d: f32 = (0..D).map(|d| (s[d] - c[d]) * (s[d] - c[d])).sum();
+        if d < best.1 {
+            best = (k, d);
+        }
+    }
+    best.0 as u8
 }
 
 /// Cholesky factor of a symmetric positive definite matrix (the floor on the diagonal keeps it so).

@@ -407,7 +407,7 @@ mod tests {
         for trial in 0..300 {
             let n = rng.random_range(2..=10);
             let integer = trial % 2 == 0;
-            let mut draw = |rng: &mut rand_chacha::ChaCha8Rng, p: f64| -> f32 {
+            let draw = |rng: &mut rand_chacha::ChaCha8Rng, p: f64| -> f32 {
                 if !rng.random_bool(p) {
                     0.0
                 } else if integer {

@@ -5,12 +5,17 @@
 //!   background, beyond = certain background.
 //! - [`gmm`]: Gaussian mixtures over pixel features; [`maxflow`]: Boykov-Kolmogorov min-cut.
 //! - [`grabcut`]: the iterated GMM refit + min-cut on one crop.
+//! - [`batch`]: every lesion of a data set -> full-slice masks, quality against true masks.
+//! - [`overlay`]: crop + outlines + RECIST as an RGB PNG.
 
+pub mod batch;
 pub mod gmm;
 pub mod grabcut;
 pub mod maxflow;
+pub mod overlay;
 pub mod seeds;
 
+pub use batch::{FailedLesion, PseudoMaskParams, PseudoMaskSummary, Quality, pseudo_masks};
 pub use grabcut::{GrabCutOutput, GrabCutParams, grabcut};
 pub use maxflow::MaxFlow;
 pub use seeds::{Recist, RecistEllipse, Seed, SeedParams, ellipse_mask, trimap};

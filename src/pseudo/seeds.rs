@@ -5,11 +5,18 @@ use crate::error::{Error, Result};
 use crate::metrics::Mask;
 
 /// The two RECIST diameters, end points as (x, y) in pixel coordinates of the image they are drawn
-/// on (pixel (x, y) covers [x, x+1) x [y, y+1), so its centre is (x + 0.5, y + 0.5)).
+/// on, pixel centres at integers (as in `data::crop`): pixel (x, y) covers [x - 0.5, x + 0.5).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Recist {
     pub long: [(f32, f32); 2],
     pub short: [(f32, f32); 2],
+}
+
+impl Recist {
+    /// From DeepLesion's order: long axis p1, p2, then short axis p3, p4.
+    pub fn from_points(p: [[f32; 2]; 4]) -> Self {
+        Recist { long: [(p[0][0], p[0][1]), (p[1][0], p[1][1])], short: [(p[2][0], p[2][1]), (p[3][0], p[3][1])] }
+    }
 }
 
 /// A pixel's seed class. GrabCut relabels only the probable ones.
@@ -79,7 +86,8 @@ impl RecistEllipse {
     pub fn new(r: &Recist, width: usize, height: usize) -> Result<Self> {
         let pts = [r.long[0], r.short[0], r.long[1], r.short[1]];
         for &(x, y) in &pts {
-            if !(x.is_finite() && y.is_finite()) || x < 0.0 || y < 0.0 || x > width as f32 || y > height as f32 {
+            let (xmax, ymax) = (width as f32 - 0.5, height as f32 - 0.5);
+            if !(x.is_finite() && y.is_finite()) || x < -0.5 || y < -0.5 || x > xmax || y > ymax {
                 return Err(Error::invalid(
                     "pseudo::RecistEllipse",
                     format!("RECIST point ({x}, {y}) lies outside the {width}x{height} image"),
@@ -138,7 +146,7 @@ impl RecistEllipse {
 
     /// The pixels whose centres lie inside the ellipse scaled by `scale`.
     pub fn mask(&self, width: usize, height: usize, scale: f32) -> Mask {
-        Mask::from_fn(width, height, |x, y| self.radius2(x as f32 + 0.5, y as f32 + 0.5) <= scale * scale)
+        Mask::from_fn(width, height, |x, y| self.radius2(x as f32, y as f32) <= scale * scale)
     }
 
     pub fn bbox(&self) -> (f32, f32, f32, f32) {
@@ -183,6 +191,8 @@ fn central_part(s: [(f32, f32); 2], keep: f32) -> [(f32, f32); 2] {
 pub fn trimap(r: &Recist, width: usize, height: usize, p: &SeedParams) -> Result<(Vec<Seed>, RecistEllipse)> {
     let ellipse = RecistEllipse::new(r, width, height)?;
     let (bx0, by0, bx1, by1) = ellipse.bbox();
+    // Pixel edges, not centres, bound the box: half a pixel more on each side.
+    let (bx0, by0, bx1, by1) = (bx0 - 0.5, by0 - 0.5, bx1 + 0.5, by1 + 0.5);
     let (mx, my) = ((bx1 - bx0) * p.box_margin, (by1 - by0) * p.box_margin);
     let (bx0, by0, bx1, by1) = (bx0 - mx, by0 - my, bx1 + mx, by1 + my);
     let long = central_part(r.long, p.diameter_keep);
@@ -192,7 +202,7 @@ pub fn trimap(r: &Recist, width: usize, height: usize, p: &SeedParams) -> Result
     let mut seeds = Vec::with_capacity(width * height);
     for y in 0..height {
         for x in 0..width {
-            let c = (x as f32 + 0.5, y as f32 + 0.5);
+            let c = (x as f32, y as f32);
             let r2 = ellipse.radius2(c.0, c.1);
             let on_diameter = segment_distance(c, long[0], long[1]) <= radius
                 || segment_distance(c, short[0], short[1]) <= radius;
