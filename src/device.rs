@@ -46,3 +46,18 @@ impl fmt::Display for Device {
         }
     }
 }
+
+/// The device a request means on this machine: `auto` is cuda:0 when a CUDA device can be
+/// opened, else the CPU; `cuda:N` is checked now, so a missing driver or GPU is a clear error
+/// before any work starts.
+pub fn resolve(req: DeviceRequest) -> Result<Device> {
+    use crate::backend::cuda::CudaDevice;
+    match req {
+        DeviceRequest::Cpu => Ok(Device::Cpu),
+        DeviceRequest::Auto => Ok(if CudaDevice::get(0).is_ok() { Device::Cuda(0) } else { Device::Cpu }),
+        DeviceRequest::Cuda(n) => CudaDevice::get(n).map(|_| Device::Cuda(n)).map_err(|e| match e {
+            Error::Device(msg) => Error::Device(format!("--device cuda:{n}: {msg}")),
+            other => other,
+        }),
+    }
+}

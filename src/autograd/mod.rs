@@ -14,6 +14,7 @@
 mod params;
 
 pub use params::{Init, LoadReport, ParamStore};
+pub(crate) use params::read_view;
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;

@@ -196,7 +196,7 @@ fn kind(trainable: bool) -> &'static str {
     if trainable { "parameter" } else { "buffer" }
 }
 
-fn read_view(path: &Path, name: &str, view: &TensorView<'_>, want: &Shape) -> Result<Vec<f32>> {
+pub(crate) fn read_view(path: &Path, name: &str, view: &TensorView<'_>, want: &Shape) -> Result<Vec<f32>> {
     if view.shape() != want.dims() {
         return Err(Error::format(
             path,

@@ -3,54 +3,69 @@
 //! happens inside mean-field iterations.
 //!
 //! A key is the first d coordinates of a lattice point (the last one is implied: they sum to 0),
-//! each an i16 as in the reference implementation, packed into the 16-bit lanes of a u128.
-//! That caps the feature dimension at 8, which covers position (2) + RGB (3).
+//! each an i16 as in the reference implementation, stored with a bias of 2^15 in the 16-bit
+//! lanes of a u128. Callers keep coordinates at least `LANE_MARGIN` away from the i16 limits,
+//! so whole keys can be stepped to a neighbour or the next simplex corner with one u128
+//! add/subtract without a lane carrying into the next. That caps the feature dimension at 8,
+//! which covers position (2) + RGB (3).
 
 /// Most feature dimensions a key can hold (8 lanes of 16 bits).
 pub const MAX_KEY_LEN: usize = 8;
 
 pub type Key = u128;
 
-/// Packs lattice coordinates (each already checked to fit an i16) into one key.
+const BIAS: i32 = 1 << 15;
+
+/// Distance to keep from the i16 limits: a corner is within d of its remainder-0 point and a
+/// neighbour within d+1 of the corner.
+pub const LANE_MARGIN: i32 = 2 * (MAX_KEY_LEN as i32 + 1);
+
+/// Whether a coordinate keeps the margin.
+pub fn in_range(c: i32) -> bool {
+    (i16::MIN as i32 + LANE_MARGIN..=i16::MAX as i32 - LANE_MARGIN).contains(&c)
+}
+
+/// The key step that adds `v` to coordinate `lane` (`v` >= 0; subtract the result to go down).
+#[inline]
+pub fn lane(lane: usize, v: u32) -> Key {
+    (v as Key) << (16 * lane)
+}
+
+/// The key step that adds 1 to each of the first `len` coordinates.
+pub fn ones(len: usize) -> Key {
+    (0..len).map(|i| lane(i, 1)).sum()
+}
+
+/// Packs lattice coordinates (each `in_range`) into one key.
 pub fn pack(coords: &[i32]) -> Key {
-    coords
-        .iter()
-        .enumerate()
-        .fold(0u128, |k, (i, &c)| k | (((c as i16) as u16 as u128) << (16 * i)))
+    coords.iter().enumerate().map(|(i, &c)| lane(i, (c + BIAS) as u32)).sum()
 }
 
 /// Inverse of `pack` for `len` coordinates.
+#[cfg(test)]
 pub fn unpack(key: Key, len: usize, out: &mut [i32]) {
     for (i, o) in out[..len].iter_mut().enumerate() {
-        *o = ((key >> (16 * i)) as u16 as i16) as i32;
+        *o = ((key >> (16 * i)) as u16) as i32 - BIAS;
     }
-}
-
-#[derive(Clone, Copy)]
-struct Slot {
-    key: Key,
-    id: u32,
 }
 
 const EMPTY: u32 = u32::MAX;
 
-/// Linear probing with a power-of-two capacity kept at most half full; ids are handed out in
-/// insertion order, so vertex ids follow the order in which pixels first touch them (raster order),
-/// which keeps splat/slice memory access local.
+/// Linear probing over a power-of-two table of ids, kept at most half full; the keys sit densely
+/// in id order beside it (a 4-byte table stays in cache where 32-byte key slots would not).
+/// Ids are handed out in insertion order, so vertex ids follow the order in which pixels first
+/// touch them (raster order), which keeps splat/slice memory access local.
 pub struct HashTable {
-    slots: Vec<Slot>,
+    table: Vec<u32>,
     keys: Vec<Key>,
     shift: u32,
 }
 
 impl HashTable {
+    /// A table that grows as needed; `expected` only sizes the first allocation.
     pub fn with_capacity(expected: usize) -> Self {
         let cap = (2 * expected.max(8)).next_power_of_two();
-        HashTable {
-            slots: vec![Slot { key: 0, id: EMPTY }; cap],
-            keys: Vec::with_capacity(expected),
-            shift: 64 - cap.trailing_zeros(),
-        }
+        HashTable { table: vec![EMPTY; cap], keys: Vec::with_capacity(expected), shift: 64 - cap.trailing_zeros() }
     }
 
     pub fn len(&self) -> usize {
@@ -73,21 +88,21 @@ impl HashTable {
     /// The id of `key`, inserting it with the next free id if absent.
     #[inline]
     pub fn find_or_insert(&mut self, key: Key) -> u32 {
-        if 2 * (self.keys.len() + 1) > self.slots.len() {
+        if 2 * (self.keys.len() + 1) > self.table.len() {
             self.grow();
         }
-        let mask = self.slots.len() - 1;
+        let mask = self.table.len() - 1;
         let mut h = self.home(key);
         loop {
-            let slot = self.slots[h];
-            if slot.id == EMPTY {
+            let id = self.table[h];
+            if id == EMPTY {
                 let id = self.keys.len() as u32;
-                self.slots[h] = Slot { key, id };
+                self.table[h] = id;
                 self.keys.push(key);
                 return id;
             }
-            if slot.key == key {
-                return slot.id;
+            if self.keys[id as usize] == key {
+                return id;
             }
             h = (h + 1) & mask;
         }
@@ -96,31 +111,31 @@ impl HashTable {
     /// The id of `key`, or None.
     #[inline]
     pub fn find(&self, key: Key) -> Option<u32> {
-        let mask = self.slots.len() - 1;
+        let mask = self.table.len() - 1;
         let mut h = self.home(key);
         loop {
-            let slot = self.slots[h];
-            if slot.id == EMPTY {
+            let id = self.table[h];
+            if id == EMPTY {
                 return None;
             }
-            if slot.key == key {
-                return Some(slot.id);
+            if self.keys[id as usize] == key {
+                return Some(id);
             }
             h = (h + 1) & mask;
         }
     }
 
     fn grow(&mut self) {
-        let cap = self.slots.len() * 2;
-        self.slots = vec![Slot { key: 0, id: EMPTY }; cap];
+        let cap = self.table.len() * 2;
+        self.table = vec![EMPTY; cap];
         self.shift = 64 - cap.trailing_zeros();
         let mask = cap - 1;
         for (id, &key) in self.keys.iter().enumerate() {
             let mut h = self.home(key);
-            while self.slots[h].id != EMPTY {
+            while self.table[h] != EMPTY {
                 h = (h + 1) & mask;
             }
-            self.slots[h] = Slot { key, id: id as u32 };
+            self.table[h] = id as u32;
         }
     }
 }
@@ -131,13 +146,19 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     #[test]
-    fn pack_round_trips_negative_and_extreme_coordinates() {
+    fn pack_round_trips_and_steps_lanes_independently() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         for len in 1..=MAX_KEY_LEN {
-            let c: Vec<i32> = (0..len).map(|_| rng.random_range(-32768..=32767)).collect();
+            let m = LANE_MARGIN;
+            let c: Vec<i32> = (0..len).map(|_| rng.random_range(-32768 + m..=32767 - m)).collect();
             let mut back = vec![0; len];
             unpack(pack(&c), len, &mut back);
             assert_eq!(back, c);
+            // Stepping a whole key moves each coordinate and leaves the others alone.
+            let stepped = pack(&c) + ones(len) - lane(len - 1, 5);
+            unpack(stepped, len, &mut back);
+            let want: Vec<i32> = c.iter().enumerate().map(|(i, v)| v + 1 - if i == len - 1 { 5 } else { 0 }).collect();
+            assert_eq!(back, want);
         }
     }
 

@@ -85,7 +85,10 @@ pub fn bilateral_features(image: &Image<u8>, sxy: f32, srgb: f32) -> Result<Vec<
 enum Filter {
     /// The lattice with the normalisation and compat folded into its splat and slice weights:
     /// splat_w = barycentric * norm_i, slice_w = barycentric * alpha * norm_i * compat.
-    Lattice { lattice: Lattice, splat_w: Vec<f32>, slice_w: Vec<f32> },
+    /// `total` is the message of a label held by every pixel, compat * norm * K(norm): as the
+    /// labels' Q sum to 1 and the filter is linear, the last label's message is `total` less
+    /// the others', so only labels - 1 channels go through the lattice (one for a lesion mask).
+    Lattice { lattice: Lattice, splat_w: Vec<f32>, slice_w: Vec<f32>, total: Vec<f32> },
     Exact(ExactGaussian),
 }
 
@@ -118,7 +121,7 @@ impl PairwiseKernel {
             FilterMethod::Lattice => {
                 let lattice = Lattice::new(features, dim)?;
                 lattice.filter(&ones, 1, &mut density)?;
-                Filter::Lattice { lattice, splat_w: Vec::new(), slice_w: Vec::new() }
+                Filter::Lattice { lattice, splat_w: Vec::new(), slice_w: Vec::new(), total: Vec::new() }
             }
             FilterMethod::Exact => {
                 let exact = ExactGaussian::new(features, dim)?;
@@ -128,11 +131,18 @@ impl PairwiseKernel {
         };
         let norm: Vec<f32> = density.iter().map(|&k| 1.0 / (k + 1e-20).sqrt()).collect();
         let mut kernel = PairwiseKernel { points: ones_count, compat, norm, filter };
-        if let Filter::Lattice { lattice, splat_w, slice_w } = &mut kernel.filter {
+        if let Filter::Lattice { lattice, splat_w, slice_w, total } = &mut kernel.filter {
             let d1 = lattice.dim() + 1;
             let alpha = lattice.alpha();
-            *splat_w = lattice.barycentric().iter().enumerate().map(|(i, w)| w * kernel.norm[i / d1]).collect();
+            *splat_w = lattice
+                .barycentric()
+                .chunks_exact(d1)
+                .zip(&kernel.norm)
+                .flat_map(|(w, &n)| w.iter().map(move |w| w * n))
+                .collect();
             *slice_w = splat_w.iter().map(|w| w * alpha * compat).collect();
+            *total = vec![0.0; ones_count];
+            lattice.filter_add(splat_w, slice_w, &ones, 1, total, &mut FilterWorkspace::default());
         }
         Ok(kernel)
     }
@@ -159,8 +169,20 @@ impl PairwiseKernel {
         debug_assert_eq!(q.len(), self.points * labels);
         debug_assert_eq!(acc.len(), q.len());
         match &self.filter {
-            Filter::Lattice { lattice, splat_w, slice_w } => {
-                lattice.filter_add(splat_w, slice_w, q, labels, acc, &mut ws.lattice);
+            Filter::Lattice { lattice, splat_w, slice_w, total } => {
+                let free = labels - 1;
+                ws.scaled.resize(self.points * free, 0.0);
+                ws.filtered.clear();
+                ws.filtered.resize(self.points * free, 0.0);
+                match labels {
+                    2 => gather_free::<2>(q, 2, &mut ws.scaled),
+                    l => gather_free::<0>(q, l, &mut ws.scaled),
+                }
+                lattice.filter_add(splat_w, slice_w, &ws.scaled, free, &mut ws.filtered, &mut ws.lattice);
+                match labels {
+                    2 => add_with_last::<2>(&ws.filtered, total, 2, acc),
+                    l => add_with_last::<0>(&ws.filtered, total, l, acc),
+                }
             }
             Filter::Exact(exact) => {
                 ws.scaled.clear();
@@ -176,6 +198,34 @@ impl PairwiseKernel {
                 }
             }
         }
+    }
+}
+
+/// Copies the first labels - 1 channels of `q` (pixels x labels) into `out`. `L`: the label
+/// count as a constant where known (0: read `labels`).
+#[inline(always)]
+fn gather_free<const L: usize>(q: &[f32], labels: usize, out: &mut [f32]) {
+    let labels = if L == 0 { labels } else { L };
+    for (o, q) in out.chunks_exact_mut(labels - 1).zip(q.chunks_exact(labels)) {
+        for l in 0..labels - 1 {
+            o[l] = q[l];
+        }
+    }
+}
+
+/// acc += the messages of the first labels - 1 labels (`filtered`) and, for the last label,
+/// `total` less their sum.
+#[inline(always)]
+fn add_with_last<const L: usize>(filtered: &[f32], total: &[f32], labels: usize, acc: &mut [f32]) {
+    let labels = if L == 0 { labels } else { L };
+    let free = labels - 1;
+    for ((a, m), &t) in acc.chunks_exact_mut(labels).zip(filtered.chunks_exact(free)).zip(total) {
+        let mut others = 0.0;
+        for l in 0..free {
+            a[l] += m[l];
+            others += m[l];
+        }
+        a[free] += t - others;
     }
 }
 

@@ -34,50 +34,53 @@ pub struct Lattice {
     neighbors: Vec<[u32; 2]>,
 }
 
-/// Per-point scratch of the embedding, sized for `dim`.
-struct Embedder {
-    dim: usize,
-    scale: Vec<f32>,
-    canonical: Vec<i32>,
-    elevated: Vec<f32>,
-    rem0: Vec<f32>,
-    rank: Vec<i32>,
-    bary: Vec<f32>,
-    key: Vec<i32>,
+const D1_MAX: usize = MAX_DIM + 1;
+
+/// Calls `$call` with the constants `D1` (simplex size) and `C` (channels) bound to the
+/// values of `$d1` and `$ch` for the cases the CRF meets (smoothness d = 2, appearance d = 5;
+/// 1 to 3 channels), and to 0 ("read it at run time") otherwise.
+macro_rules! specialise {
+    ($d1:expr, $ch:expr, |$D1:ident, $C:ident| $call:expr) => {
+        match ($d1, $ch) {
+            (3, 1) => { const $D1: usize = 3; const $C: usize = 1; $call }
+            (3, 2) => { const $D1: usize = 3; const $C: usize = 2; $call }
+            (6, 1) => { const $D1: usize = 6; const $C: usize = 1; $call }
+            (6, 2) => { const $D1: usize = 6; const $C: usize = 2; $call }
+            (_, 1) => { const $D1: usize = 0; const $C: usize = 1; $call }
+            (_, 2) => { const $D1: usize = 0; const $C: usize = 2; $call }
+            (_, 3) => { const $D1: usize = 0; const $C: usize = 3; $call }
+            _ => { const $D1: usize = 0; const $C: usize = 0; $call }
+        }
+    };
 }
 
-impl Embedder {
-    fn new(dim: usize) -> Self {
-        let d1 = dim + 1;
+/// Per-point scratch of the embedding for dimension D (a constant, so the small loops over
+/// coordinates unroll; fixed-size arrays, so nothing is allocated or length-checked per point).
+struct Embedder<const D: usize> {
+    scale: [f32; MAX_DIM],
+    elevated: [f32; D1_MAX],
+    rem0: [f32; D1_MAX],
+    rank: [i32; D1_MAX],
+    bary: [f32; D1_MAX + 1],
+}
+
+impl<const D: usize> Embedder<D> {
+    fn new() -> Self {
+        let (dim, d1) = (D, D + 1);
         // Expected standard deviation of the lattice filter (Adams et al. 2010, p. 6), and the
         // diagonal of the elevation matrix E, computed in f64 then rounded as densecrf does.
         let inv_std_dev = ((2.0f64 / 3.0).sqrt() * d1 as f64) as f32;
-        let scale = (0..dim)
-            .map(|i| (1.0 / (((i + 2) * (i + 1)) as f64).sqrt() * inv_std_dev as f64) as f32)
-            .collect();
-        // The canonical simplex: vertex r has coordinate r where rank <= d-r, else r-(d+1).
-        let mut canonical = vec![0i32; d1 * d1];
-        for r in 0..=dim {
-            for j in 0..=dim {
-                canonical[r * d1 + j] = if j <= dim - r { r as i32 } else { r as i32 - d1 as i32 };
-            }
+        let mut scale = [0f32; MAX_DIM];
+        for (i, s) in scale[..dim].iter_mut().enumerate() {
+            *s = (1.0 / (((i + 2) * (i + 1)) as f64).sqrt() * inv_std_dev as f64) as f32;
         }
-        Embedder {
-            dim,
-            scale,
-            canonical,
-            elevated: vec![0.0; d1],
-            rem0: vec![0.0; d1],
-            rank: vec![0; d1],
-            bary: vec![0.0; d1 + 1],
-            key: vec![0; dim],
-        }
+        Embedder { scale, elevated: [0.0; D1_MAX], rem0: [0.0; D1_MAX], rank: [0; D1_MAX], bary: [0.0; D1_MAX + 1] }
     }
 
     /// Elevates one feature vector, finds its simplex and barycentric weights; on return
     /// `rem0`, `rank` and `bary[..=d]` describe it.
     fn embed(&mut self, f: &[f32]) {
-        let d = self.dim;
+        let d = D;
         let down = 1.0f32 / (d + 1) as f32;
         let up = (d + 1) as f32;
         // Elevate: y = E f (p. 5), accumulating from the last coordinate.
@@ -92,12 +95,12 @@ impl Embedder {
         // (ties to even, as densecrf's SSE path does).
         let mut sum = 0i32;
         for i in 0..=d {
-            let v = (down * self.elevated[i]).round_ties_even();
+            let v = round_ties_even(down * self.elevated[i]);
             self.rem0[i] = v * up;
             sum += v as i32;
         }
         // Rank of each coordinate's remainder in decreasing order.
-        self.rank.fill(0);
+        self.rank = [0; D1_MAX];
         for i in 0..d {
             let di = self.elevated[i] - self.rem0[i];
             for j in i + 1..=d {
@@ -120,7 +123,7 @@ impl Embedder {
             }
         }
         // Barycentric coordinates (p. 10).
-        self.bary.fill(0.0);
+        self.bary = [0.0; D1_MAX + 1];
         for i in 0..=d {
             let v = (self.elevated[i] - self.rem0[i]) * down;
             let p = d - self.rank[i] as usize;
@@ -130,19 +133,44 @@ impl Embedder {
         self.bary[0] += 1.0 + self.bary[d + 1];
     }
 
-    /// Key of simplex corner `r` of the last embedded point; Err names the coordinate that does
-    /// not fit the i16 keys (features far too large: a kernel width far too small).
-    fn corner_key(&mut self, r: usize) -> std::result::Result<hash::Key, f32> {
-        let d1 = self.dim + 1;
-        for i in 0..self.dim {
-            let c = self.rem0[i] as i32 + self.canonical[r * d1 + self.rank[i] as usize];
-            if c < i16::MIN as i32 || c > i16::MAX as i32 {
+    /// Keys of the d+1 corners of the last embedded point's simplex. Corner r has coordinates
+    /// rem0 + r, less d+1 where rank > d-r (densecrf's canonical simplex); so corner 0 is the
+    /// remainder-0 point and each next corner adds 1 everywhere and takes d+1 from the
+    /// coordinate of rank d-r. Err gives the elevated coordinate that does not fit the keys
+    /// (features far too large: a kernel width far too small).
+    fn corner_keys(&self, keys: &mut [hash::Key; D1_MAX]) -> std::result::Result<(), f32> {
+        let d = D;
+        let mut coords = [0i32; MAX_DIM];
+        for i in 0..d {
+            let c = self.rem0[i] as i32;
+            if !hash::in_range(c) {
                 return Err(self.elevated[i]);
             }
-            self.key[i] = c;
+            coords[i] = c;
         }
-        Ok(hash::pack(&self.key))
+        let mut of_rank = [0usize; D1_MAX];
+        for i in 0..=d {
+            of_rank[self.rank[i] as usize] = i;
+        }
+        let ones = hash::ones(d);
+        keys[0] = hash::pack(&coords[..d]);
+        for r in 0..d {
+            let i = of_rank[d - r];
+            // Coordinate d is implied by the others, not in the key.
+            let down = if i < d { hash::lane(i, d as u32 + 1) } else { 0 };
+            keys[r + 1] = keys[r] + ones - down;
+        }
+        Ok(())
     }
+}
+
+/// Round to nearest, ties to even, for |x| < 2^22 (lattice coordinates are far smaller): adding
+/// and removing 1.5 * 2^23 leaves no fraction bits. `f32::round_ties_even` is a libm call
+/// on baseline x86-64, and this runs (d+1) times per point.
+#[inline]
+fn round_ties_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
 }
 
 impl Lattice {
@@ -164,51 +192,68 @@ impl Lattice {
                 format!("feature {} of point {} is {}", i % dim, i / dim, features[i]),
             ));
         }
+        match dim {
+            1 => Self::build::<1>(features),
+            2 => Self::build::<2>(features),
+            3 => Self::build::<3>(features),
+            4 => Self::build::<4>(features),
+            5 => Self::build::<5>(features),
+            6 => Self::build::<6>(features),
+            7 => Self::build::<7>(features),
+            _ => Self::build::<8>(features),
+        }
+    }
+
+    /// Embeds every point (finite, checked by `new`) and links the vertices.
+    fn build<const D: usize>(features: &[f32]) -> Result<Lattice> {
+        let (dim, d1) = (D, D + 1);
         let points = features.len() / dim;
-        let d1 = dim + 1;
-        let mut table = HashTable::with_capacity(points);
+        // Vertices are far fewer than points on images (each simplex is shared by many pixels).
+        let mut table = HashTable::with_capacity(points / 4);
         let mut offsets = vec![0u32; points * d1];
         let mut barycentric = vec![0f32; points * d1];
-        let mut emb = Embedder::new(dim);
-        for (k, f) in features.chunks_exact(dim).enumerate() {
+        let mut emb = Embedder::<D>::new();
+        let mut keys = [0 as hash::Key; D1_MAX];
+        // Neighbouring pixels usually fall in the same simplex: check the previous point's
+        // corners before hashing.
+        let mut previous: Option<([hash::Key; D1_MAX], [u32; D1_MAX])> = None;
+        let corners = offsets.chunks_exact_mut(d1).zip(barycentric.chunks_exact_mut(d1));
+        for (k, (f, (offsets, weights))) in features.chunks_exact(dim).zip(corners).enumerate() {
             emb.embed(f);
-            for r in 0..=dim {
-                let key = emb.corner_key(r).map_err(|elevated| {
-                    Error::invalid(
-                        "lattice",
-                        format!(
-                            "point {k}: lattice coordinate {elevated} overflows the 16-bit keys \
-                             (features {f:?} too large: is a kernel width far too small?)"
-                        ),
-                    )
-                })?;
-                offsets[k * d1 + r] = table.find_or_insert(key) + 1;
-                barycentric[k * d1 + r] = emb.bary[r];
+            emb.corner_keys(&mut keys).map_err(|elevated| {
+                Error::invalid(
+                    "lattice",
+                    format!(
+                        "point {k}: lattice coordinate {elevated} overflows the 16-bit keys \
+                         (features {f:?} too large: is a kernel width far too small?)"
+                    ),
+                )
+            })?;
+            let (prev_keys, prev_ids) = previous.get_or_insert(([0; D1_MAX], [u32::MAX; D1_MAX]));
+            for r in 0..d1 {
+                if prev_ids[r] == u32::MAX || prev_keys[r] != keys[r] {
+                    prev_keys[r] = keys[r];
+                    prev_ids[r] = table.find_or_insert(keys[r]);
+                }
+                offsets[r] = prev_ids[r] + 1;
+                weights[r] = emb.bary[r];
             }
         }
         let neighbors = Self::find_neighbors(&table, dim);
         Ok(Lattice { dim, points, vertices: table.len(), offsets, barycentric, neighbors })
     }
 
-    /// For each direction j and vertex, the vertices at -/+ (1,...,1,-d,1,...,1) (the -d at j).
+    /// For each direction j and vertex, the vertices at -/+ (1,...,1,-d,1,...,1) (the -d at j;
+    /// direction d moves only the implied last coordinate).
     fn find_neighbors(table: &HashTable, dim: usize) -> Vec<[u32; 2]> {
         let m = table.len();
         let mut neighbors = vec![[0u32; 2]; (dim + 1) * m];
-        let (mut key, mut n1, mut n2) = (vec![0i32; dim], vec![0i32; dim], vec![0i32; dim]);
-        let id1 = |k: &[i32]| table.find(hash::pack(k)).map_or(0, |id| id + 1);
-        for (i, &packed) in table.keys().iter().enumerate() {
-            hash::unpack(packed, dim, &mut key);
-            for j in 0..=dim {
-                for k in 0..dim {
-                    n1[k] = key[k] - 1;
-                    n2[k] = key[k] + 1;
-                }
-                // Direction d moves only the implied last coordinate.
-                if j < dim {
-                    n1[j] = key[j] + dim as i32;
-                    n2[j] = key[j] - dim as i32;
-                }
-                neighbors[j * m + i] = [id1(&n1), id1(&n2)];
+        let ones = hash::ones(dim);
+        let id1 = |k: hash::Key| table.find(k).map_or(0, |id| id + 1);
+        for j in 0..=dim {
+            let step = if j < dim { hash::lane(j, dim as u32 + 1) } else { 0 };
+            for (&key, n) in table.keys().iter().zip(&mut neighbors[j * m..(j + 1) * m]) {
+                *n = [id1(key - ones + step), id1(key + ones - step)];
             }
         }
         neighbors
@@ -251,17 +296,26 @@ impl Lattice {
     /// here) with the per-corner `weights` (points x (d+1): the barycentric weights, possibly
     /// pre-multiplied by a per-point factor).
     pub fn splat(&self, weights: &[f32], input: &[f32], channels: usize, values: &mut [f32]) {
-        let d1 = self.dim + 1;
         debug_assert_eq!(input.len(), self.points * channels);
         debug_assert_eq!(values.len(), self.value_len(channels));
         values.fill(0.0);
-        for (k, x) in input.chunks_exact(channels).enumerate() {
-            let corners = &self.offsets[k * d1..k * d1 + d1];
-            let w = &weights[k * d1..k * d1 + d1];
-            for (&o, &w) in corners.iter().zip(w) {
-                let v = &mut values[o as usize * channels..o as usize * channels + channels];
-                for (v, &x) in v.iter_mut().zip(x) {
-                    *v += w * x;
+        specialise!(self.dim + 1, channels, |D1, C| self.splat_impl::<D1, C>(weights, input, channels, values));
+    }
+
+    // The `*_impl` functions take the simplex size and channel count as constants where the
+    // dispatch knows them (0: use the run-time value), so the CRF's cases (d = 2 and 5, one or
+    // two channels) get fully unrolled inner loops from one body.
+    #[inline(always)]
+    fn splat_impl<const D1: usize, const C: usize>(&self, weights: &[f32], input: &[f32], ch: usize, values: &mut [f32]) {
+        let d1 = if D1 == 0 { self.dim + 1 } else { D1 };
+        let ch = if C == 0 { ch } else { C };
+        let corners = self.offsets.chunks_exact(d1).zip(weights.chunks_exact(d1));
+        for ((offsets, weights), x) in corners.zip(input.chunks_exact(ch)) {
+            for r in 0..d1 {
+                let (o, w) = (offsets[r] as usize, weights[r]);
+                let v = &mut values[o * ch..o * ch + ch];
+                for k in 0..ch {
+                    v[k] += w * x[k];
                 }
             }
         }
@@ -270,21 +324,26 @@ impl Lattice {
     /// Blurs `values` along each of the d+1 lattice directions in turn with [1/2, 1, 1/2];
     /// `scratch` is a second buffer of the same length. The result is left in `values`.
     pub fn blur(&self, values: &mut Vec<f32>, scratch: &mut Vec<f32>, channels: usize) {
-        let m = self.vertices;
         debug_assert_eq!(values.len(), self.value_len(channels));
         scratch.resize(values.len(), 0.0);
         scratch[..channels].fill(0.0);
         for j in 0..=self.dim {
-            let old = values.as_slice();
-            let nb = &self.neighbors[j * m..(j + 1) * m];
-            for (i, new) in scratch[channels..].chunks_exact_mut(channels).enumerate() {
-                let [a, b] = nb[i];
-                let (a, b, c) = (a as usize * channels, b as usize * channels, (i + 1) * channels);
-                for k in 0..channels {
-                    new[k] = old[c + k] + 0.5 * (old[a + k] + old[b + k]);
-                }
-            }
+            specialise!(0, channels, |_D1, C| self.blur_direction::<C>(j, values, scratch, channels));
             std::mem::swap(values, scratch);
+        }
+    }
+
+    #[inline(always)]
+    fn blur_direction<const C: usize>(&self, j: usize, old: &[f32], new: &mut [f32], ch: usize) {
+        let ch = if C == 0 { ch } else { C };
+        let m = self.vertices;
+        let neighbors = &self.neighbors[j * m..(j + 1) * m];
+        for (i, (out, &[a, b])) in new[ch..].chunks_exact_mut(ch).zip(neighbors).enumerate() {
+            let (a, b, c) = (a as usize * ch, b as usize * ch, (i + 1) * ch);
+            let (lo, hi, centre) = (&old[a..a + ch], &old[b..b + ch], &old[c..c + ch]);
+            for k in 0..ch {
+                out[k] = centre[k] + 0.5 * (lo[k] + hi[k]);
+            }
         }
     }
 
@@ -292,15 +351,21 @@ impl Lattice {
     /// out += sum over corners of weights * value, so messages of several kernels accumulate in
     /// place. `weights` as in `splat`; barycentric * alpha gives the plain filter.
     pub fn slice_add(&self, weights: &[f32], values: &[f32], channels: usize, out: &mut [f32]) {
-        let d1 = self.dim + 1;
         debug_assert_eq!(out.len(), self.points * channels);
-        for (k, y) in out.chunks_exact_mut(channels).enumerate() {
-            let corners = &self.offsets[k * d1..k * d1 + d1];
-            let w = &weights[k * d1..k * d1 + d1];
-            for (&o, &w) in corners.iter().zip(w) {
-                let v = &values[o as usize * channels..o as usize * channels + channels];
-                for (y, &v) in y.iter_mut().zip(v) {
-                    *y += w * v;
+        specialise!(self.dim + 1, channels, |D1, C| self.slice_impl::<D1, C>(weights, values, channels, out));
+    }
+
+    #[inline(always)]
+    fn slice_impl<const D1: usize, const C: usize>(&self, weights: &[f32], values: &[f32], ch: usize, out: &mut [f32]) {
+        let d1 = if D1 == 0 { self.dim + 1 } else { D1 };
+        let ch = if C == 0 { ch } else { C };
+        let corners = self.offsets.chunks_exact(d1).zip(weights.chunks_exact(d1));
+        for ((offsets, weights), y) in corners.zip(out.chunks_exact_mut(ch)) {
+            for r in 0..d1 {
+                let (o, w) = (offsets[r] as usize, weights[r]);
+                let v = &values[o * ch..o * ch + ch];
+                for k in 0..ch {
+                    y[k] += w * v[k];
                 }
             }
         }
@@ -363,6 +428,27 @@ mod tests {
         (0..n * dim).map(|_| rng.random_range(0.0..spread)).collect()
     }
 
+    /// The elevated point and its corner keys, for a dimension chosen at run time.
+    fn embed_dyn(dim: usize, f: &[f32]) -> ([f32; D1_MAX], [hash::Key; D1_MAX]) {
+        fn go<const D: usize>(f: &[f32]) -> ([f32; D1_MAX], [hash::Key; D1_MAX]) {
+            let mut emb = Embedder::<D>::new();
+            emb.embed(f);
+            let mut keys = [0; D1_MAX];
+            emb.corner_keys(&mut keys).unwrap();
+            (emb.elevated, keys)
+        }
+        match dim {
+            1 => go::<1>(f),
+            2 => go::<2>(f),
+            3 => go::<3>(f),
+            4 => go::<4>(f),
+            5 => go::<5>(f),
+            6 => go::<6>(f),
+            7 => go::<7>(f),
+            _ => go::<8>(f),
+        }
+    }
+
     #[test]
     fn barycentric_weights_are_a_partition_of_unity_and_reconstruct_the_point() {
         // Each point must be the weighted mean of its simplex's corners in elevated space:
@@ -371,23 +457,22 @@ mod tests {
             let f = random_features(200, dim, 6.0, dim as u64);
             let lat = Lattice::new(&f, dim).unwrap();
             let d1 = dim + 1;
-            let mut emb = Embedder::new(dim);
             for k in 0..200 {
                 let w = &lat.barycentric()[k * d1..(k + 1) * d1];
                 assert!(w.iter().all(|&w| (-1e-5..=1.0 + 1e-5).contains(&w)), "dim {dim} point {k}: {w:?}");
                 assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-4, "dim {dim} point {k}: {w:?}");
-                emb.embed(&f[k * dim..(k + 1) * dim]);
-                let elevated = emb.elevated.clone();
+                let (elevated, keys) = embed_dyn(dim, &f[k * dim..(k + 1) * dim]);
                 let mut rebuilt = vec![0f64; d1];
+                let mut coords = vec![0i32; dim];
                 for r in 0..=dim {
-                    emb.corner_key(r).unwrap();
-                    let mut corner: Vec<f64> = emb.key.iter().map(|&c| c as f64).collect();
+                    hash::unpack(keys[r], dim, &mut coords);
+                    let mut corner: Vec<f64> = coords.iter().map(|&c| c as f64).collect();
                     corner.push(-corner.iter().sum::<f64>()); // points of the lattice sum to 0
                     for (x, c) in rebuilt.iter_mut().zip(&corner) {
                         *x += w[r] as f64 * c;
                     }
                 }
-                for (a, b) in rebuilt.iter().zip(&elevated) {
+                for (a, b) in rebuilt.iter().zip(&elevated[..d1]) {
                     assert!((a - *b as f64).abs() < 1e-3 * (1.0 + b.abs() as f64), "dim {dim}: {rebuilt:?} vs {elevated:?}");
                 }
             }

@@ -182,12 +182,32 @@ pub fn mean_field_step(
 
 /// Per-pixel softmax of `logits` (pixels x labels) into `q`, shifted by the max for stability.
 pub fn exp_normalize(logits: &[f32], labels: usize, q: &mut [f32]) {
+    match labels {
+        2 => exp_normalize_impl::<2>(logits, 2, q),
+        3 => exp_normalize_impl::<3>(logits, 3, q),
+        l => exp_normalize_impl::<0>(logits, l, q),
+    }
+}
+
+/// `L`: the label count as a constant (0: read `labels`), so the two-label case unrolls.
+#[inline(always)]
+fn exp_normalize_impl<const L: usize>(logits: &[f32], labels: usize, q: &mut [f32]) {
+    let labels = if L == 0 { labels } else { L };
+    if L == 2 {
+        // The logistic of the difference: one exp per pixel.
+        for (x, out) in logits.chunks_exact(2).zip(q.chunks_exact_mut(2)) {
+            let e = (-(x[0] - x[1]).abs()).exp();
+            let (big, small) = (1.0 / (1.0 + e), e / (1.0 + e));
+            // A tie gives 0.5 each either way.
+            (out[0], out[1]) = if x[0] >= x[1] { (big, small) } else { (small, big) };
+        }
+        return;
+    }
     for (x, out) in logits.chunks_exact(labels).zip(q.chunks_exact_mut(labels)) {
         let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut s = 0.0;
         for (o, &v) in out.iter_mut().zip(x) {
-            // exp(0) = 1 exactly: saves one exp per pixel (half of them with two labels).
-            *o = if v == m { 1.0 } else { (v - m).exp() };
+            *o = (v - m).exp();
             s += *o;
         }
         let inv = 1.0 / s;

@@ -142,13 +142,6 @@ fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     })
 }
 
-/// One unary op: its forward map and its backward as a function of (x, y, dy).
-struct Unary {
-    name: &'static str,
-    forward: fn(f32) -> f32,
-    backward: fn(f32, f32, f32) -> f32,
-}
-
 fn sigmoid_f(x: f32) -> f32 {
     // Stable on both sides: exp never overflows.
     if x >= 0.0 {
@@ -159,30 +152,22 @@ fn sigmoid_f(x: f32) -> f32 {
     }
 }
 
-const RELU: Unary = Unary {
-    name: "relu",
-    // `x <= 0` is false for NaN, so NaN passes through.
-    forward: |x| if x <= 0.0 { 0.0 } else { x },
-    backward: |x, _, g| if x > 0.0 { g } else { 0.0 },
-};
-const SIGMOID: Unary = Unary { name: "sigmoid", forward: sigmoid_f, backward: |_, y, g| g * y * (1.0 - y) };
-const TANH: Unary = Unary { name: "tanh", forward: f32::tanh, backward: |_, y, g| g * (1.0 - y * y) };
-const EXP: Unary = Unary { name: "exp", forward: f32::exp, backward: |_, y, g| g * y };
-const LOG: Unary = Unary { name: "log", forward: f32::ln, backward: |x, _, g| g / x };
-const SQRT: Unary = Unary { name: "sqrt", forward: f32::sqrt, backward: |_, y, g| g * 0.5 / y };
-const SQR: Unary = Unary { name: "sqr", forward: |x| x * x, backward: |x, _, g| 2.0 * x * g };
-const ABS: Unary = Unary { name: "abs", forward: f32::abs, backward: |x, _, g| if x > 0.0 { g } else if x < 0.0 { -g } else { 0.0 } };
-
-fn unary(x: &Tensor, u: &'static Unary) -> Result<Tensor> {
+/// A unary op from its forward map and its backward as a function of (x, y, dy). Generic (not fn
+/// pointers) so each map is inlined and vectorised.
+fn unary<F, B>(x: &Tensor, name: &'static str, forward: F, backward: B) -> Result<Tensor>
+where
+    F: Fn(f32) -> f32 + Sync + Send,
+    B: Fn(f32, f32, f32) -> f32 + Sync + Send + Copy + 'static,
+{
     let device = x.device();
     let data = match device {
-        Device::Cpu => map_cpu(x.storage().as_cpu(u.name)?, u.forward),
-        Device::Cuda(_) => return Err(cuda_unavailable(u.name)),
+        Device::Cpu => map_cpu(x.storage().as_cpu(name)?, forward),
+        Device::Cuda(_) => return Err(cuda_unavailable(name)),
     };
     let xc = x.clone();
-    Tensor::from_op(u.name, data, x.shape().clone(), device, &[x], move |g, y| {
+    Tensor::from_op(name, data, x.shape().clone(), device, &[x], move |g, y| {
         let (xs, ys, gs) = (xc.storage(), y.storage(), g.storage());
-        let dx = map3_cpu(xs.as_cpu(u.name)?, ys.as_cpu(u.name)?, gs.as_cpu(u.name)?, u.backward);
+        let dx = map3_cpu(xs.as_cpu(name)?, ys.as_cpu(name)?, gs.as_cpu(name)?, backward);
         Ok(vec![Some(Tensor::from_vec(dx, xc.shape().clone(), xc.device())?)])
     })
 }
@@ -245,29 +230,30 @@ impl Tensor {
     }
 
     pub fn relu(&self) -> Result<Tensor> {
-        unary(self, &RELU)
+        // `x <= 0` is false for NaN, so NaN passes through.
+        unary(self, "relu", |x| if x <= 0.0 { 0.0 } else { x }, |x, _, g| if x > 0.0 { g } else { 0.0 })
     }
     pub fn sigmoid(&self) -> Result<Tensor> {
-        unary(self, &SIGMOID)
+        unary(self, "sigmoid", sigmoid_f, |_, y, g| g * y * (1.0 - y))
     }
     pub fn tanh(&self) -> Result<Tensor> {
-        unary(self, &TANH)
+        unary(self, "tanh", f32::tanh, |_, y, g| g * (1.0 - y * y))
     }
     pub fn exp(&self) -> Result<Tensor> {
-        unary(self, &EXP)
+        unary(self, "exp", f32::exp, |_, y, g| g * y)
     }
     /// Natural log; 0 gives -inf and negatives NaN (propagated, not an error).
     pub fn log(&self) -> Result<Tensor> {
-        unary(self, &LOG)
+        unary(self, "log", f32::ln, |x, _, g| g / x)
     }
     pub fn sqrt(&self) -> Result<Tensor> {
-        unary(self, &SQRT)
+        unary(self, "sqrt", f32::sqrt, |_, y, g| g * 0.5 / y)
     }
     pub fn sqr(&self) -> Result<Tensor> {
-        unary(self, &SQR)
+        unary(self, "sqr", |x| x * x, |x, _, g| 2.0 * x * g)
     }
     pub fn abs(&self) -> Result<Tensor> {
-        unary(self, &ABS)
+        unary(self, "abs", f32::abs, |x, _, g| if x > 0.0 { g } else if x < 0.0 { -g } else { 0.0 })
     }
 }
 

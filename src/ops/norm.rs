@@ -22,10 +22,26 @@ impl Default for BatchNormOptions {
     }
 }
 
-/// Per-channel sums of `f(value, channel)` over an (N, C, P) buffer, in f64.
-fn channel_sums(x: &[f32], n: usize, c: usize, p: usize, f: impl Fn(f32, usize) -> f64 + Sync) -> Vec<f64> {
-    let sum = |ch: usize| (0..n).map(|i| x[(i * c + ch) * p..(i * c + ch + 1) * p].iter().map(|&v| f(v, ch)).sum::<f64>()).sum();
-    if x.len() >= PAR_MIN { (0..c).into_par_iter().map(sum).collect() } else { (0..c).map(sum).collect() }
+/// Per-channel sums of `f(a, b, channel)` over the (n, c) planes of size `p` of two equally
+/// shaped (N, C, P) buffers: each plane is summed in f32 (a short, vectorised loop; planes are at
+/// most a few 10^4 elements), the planes of a channel in f64.
+fn channel_sums(a: &[f32], b: &[f32], c: usize, p: usize, f: impl Fn(f32, f32, usize) -> f32 + Sync) -> Vec<f64> {
+    let plane = |(i, (ap, bp)): (usize, (&[f32], &[f32]))| -> f64 {
+        let ch = i % c;
+        ap.iter().zip(bp).map(|(&x, &y)| f(x, y, ch)).sum::<f32>() as f64
+    };
+    let planes: Vec<f64> = if p == 0 {
+        Vec::new()
+    } else if a.len() >= PAR_MIN {
+        a.par_chunks(p).zip(b.par_chunks(p)).enumerate().map(plane).collect()
+    } else {
+        a.chunks(p).zip(b.chunks(p)).enumerate().map(plane).collect()
+    };
+    let mut sums = vec![0f64; c];
+    for (i, s) in planes.into_iter().enumerate() {
+        sums[i % c] += s;
+    }
+    sums
 }
 
 /// `out[plane] = f(x[plane], channel)` element-wise for each (n, c) plane of size `p`.
@@ -85,9 +101,11 @@ impl Tensor {
         let sx = self.storage();
         let x = sx.as_cpu(OP)?;
         let (mean, var): (Vec<f32>, Vec<f32>) = if opts.training {
-            let sums = channel_sums(x, n, c, p, |v, _| v as f64);
+            let sums = channel_sums(x, x, c, p, |v, _, _| v);
             let mean: Vec<f64> = sums.iter().map(|s| s / count as f64).collect();
-            let sq = channel_sums(x, n, c, p, |v, ch| (v as f64 - mean[ch]).powi(2));
+            let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+            // Two passes (not E[x^2] - E[x]^2): no cancellation when |mean| >> std.
+            let sq = channel_sums(x, x, c, p, |v, _, ch| (v - mean32[ch]) * (v - mean32[ch]));
             let var: Vec<f64> = sq.iter().map(|s| s / count as f64).collect();
             let m = opts.momentum;
             let unbias = count as f32 / (count - 1) as f32;
@@ -109,21 +127,9 @@ impl Tensor {
             let (sx, sg) = (xt.storage(), dy.storage());
             let (x, g) = (sx.as_cpu(OP)?, sg.as_cpu(OP)?);
             let xhat = |v: f32, ch: usize| (v - mean[ch]) * inv_std[ch];
-            // Products of the incoming gradient with x-hat and with 1, per channel.
-            let dbeta = channel_sums(g, n, c, p, |v, _| v as f64);
-            let mut dgamma = vec![0f64; c];
-            {
-                let prod = |ch: usize| -> f64 {
-                    (0..n)
-                        .map(|i| {
-                            let r = (i * c + ch) * p..(i * c + ch + 1) * p;
-                            x[r.clone()].iter().zip(&g[r]).map(|(&xv, &gv)| (gv * xhat(xv, ch)) as f64).sum::<f64>()
-                        })
-                        .sum()
-                };
-                let sums: Vec<f64> = if x.len() >= PAR_MIN { (0..c).into_par_iter().map(prod).collect() } else { (0..c).map(prod).collect() };
-                dgamma.copy_from_slice(&sums);
-            }
+            // Per channel: sum(g) and sum(g * xhat).
+            let dbeta = channel_sums(g, g, c, p, |v, _, _| v);
+            let dgamma = channel_sums(g, x, c, p, |gv, xv, ch| gv * xhat(xv, ch));
             let gam = gamma_t.to_vec()?;
             let dx = if training {
                 // dx = gamma * inv_std / M * (M g - sum(g) - xhat * sum(g xhat))

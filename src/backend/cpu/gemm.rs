@@ -181,31 +181,159 @@ pub(crate) fn sgemm_threads(
         cols: n,
     }
     .strides();
-    // SAFETY: the strides above address exactly op(A) (m x k), op(B) (k x n) and C (m x n) inside
+    let a = Strided {
+        ptr: a.as_ptr(),
+        rs: a_rs,
+        cs: a_cs,
+    };
+    let b = Strided {
+        ptr: b.as_ptr(),
+        rs: b_rs,
+        cs: b_cs,
+    };
+    let c_ptr = SendPtr(c.as_mut_ptr());
+    let threads_n = rayon::current_num_threads();
+    if threads == Threads::Pool
+        && threads_n > 1
+        && m.min(n) <= SPLIT_MAX_SHORT_SIDE
+        && 2 * m * n * k >= 1 << 22
+    {
+        // Split C along its long side into one block per thread, each a single-threaded product.
+        let split_cols = n >= m;
+        let (len, align) = (if split_cols { n } else { m }, 16);
+        let tasks = threads_n.min(len.div_ceil(align));
+        let block = len.div_ceil(tasks).next_multiple_of(align);
+        use rayon::prelude::*;
+        (0..len.div_ceil(block)).into_par_iter().for_each(|t| {
+            let (lo, hi) = (t * block, ((t + 1) * block).min(len));
+            // SAFETY: blocks are disjoint column (row) ranges of C; A and B are only read.
+            unsafe {
+                if split_cols {
+                    let b_t = Strided {
+                        ptr: b.ptr.offset(lo as isize * b.cs),
+                        ..b
+                    };
+                    raw_sgemm(
+                        Parallelism::None,
+                        m,
+                        hi - lo,
+                        k,
+                        alpha,
+                        a,
+                        b_t,
+                        beta,
+                        c_ptr.get().add(lo),
+                        n,
+                    );
+                } else {
+                    let a_t = Strided {
+                        ptr: a.ptr.offset(lo as isize * a.rs),
+                        ..a
+                    };
+                    raw_sgemm(
+                        Parallelism::None,
+                        hi - lo,
+                        n,
+                        k,
+                        alpha,
+                        a_t,
+                        b,
+                        beta,
+                        c_ptr.get().add(lo * n),
+                        n,
+                    );
+                }
+            }
+        });
+        return;
+    }
+    // SAFETY: the strides address exactly op(A) (m x k), op(B) (k x n) and C (m x n) inside
     // slices at least that long (asserted above / guaranteed by the callers' shape checks), and C
     // does not alias A or B (it is a unique borrow).
-    // Note the gemm crate's naming: dst = alpha_g * dst + beta_g * lhs * rhs.
+    unsafe {
+        raw_sgemm(
+            threads.parallelism(),
+            m,
+            n,
+            k,
+            alpha,
+            a,
+            b,
+            beta,
+            c_ptr.0,
+            n,
+        )
+    };
+}
+
+/// For products with a side this short (e.g. 64 output channels) the gemm crate's own threading
+/// wastes about a third of the CPU time (measured on C = K = 64 convolutions: 40 vs 60 GFLOP/s per
+/// core), so we split the long side ourselves; each block re-packs the short operand, which is cheap.
+const SPLIT_MAX_SHORT_SIDE: usize = 128;
+
+/// A read-only matrix view: element (i, j) at `ptr + i * rs + j * cs`.
+#[derive(Clone, Copy)]
+struct Strided {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+// SAFETY: only ever read, from slices borrowed for the whole parallel call.
+unsafe impl Send for Strided {}
+unsafe impl Sync for Strided {}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: each task writes a disjoint block.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    // A method (not field access) so closures capture the Send wrapper, not the raw pointer.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// C (row-major, row stride `ldc`) = alpha * A * B + beta * C via the gemm crate, whose naming is
+/// dst = alpha_g * dst + beta_g * lhs * rhs. `beta == 0` does not read C.
+///
+/// # Safety
+/// `a`, `b` must address m x k and k x n readable elements, `c` m x n writable ones not aliasing them.
+#[allow(clippy::too_many_arguments)]
+unsafe fn raw_sgemm(
+    par: Parallelism,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: Strided,
+    b: Strided,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+) {
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
-            n as isize,
+            ldc as isize,
             beta != 0.0,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
+            a.ptr,
+            a.cs,
+            a.rs,
+            b.ptr,
+            b.cs,
+            b.rs,
             beta,
             alpha,
             false,
             false,
             false,
-            threads.parallelism(),
+            par,
         );
     }
 }
@@ -265,12 +393,16 @@ mod tests {
     #[test]
     fn sgemm_matches_naive_for_all_transposes_and_scalars() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
+        // The last two are big enough for the block split of short-sided products (by columns,
+        // then by rows) when the pool has several threads.
         for &(m, n, k) in &[
             (1, 1, 1),
             (3, 5, 7),
             (17, 9, 33),
             (64, 48, 70),
             (130, 67, 129),
+            (64, 1100, 40),
+            (1000, 60, 40),
         ] {
             for ta in [false, true] {
                 for tb in [false, true] {

@@ -1,0 +1,108 @@
+// Batch normalisation over (N,H,W) per channel of an NCHW tensor, as PyTorch's BatchNorm2d:
+// normalise with the biased batch variance; update running_var with the unbiased one.
+//
+//   bn_stats_f32     (training) one block per channel: mean and biased var, running-stat update
+//   bn_fwd_f32       y = (x - mean) * rsqrt(var + eps) * gamma + beta, from batch or running stats
+//   bn_bwd_reduce_f32 one block per channel: dbeta = sum dy, dgamma = sum dy * xhat
+//   bn_bwd_dx_f32    dx, training (through the batch statistics) or eval (stats are constants)
+
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float warp_sums[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) warp_sums[warp] = v;
+    __syncthreads();
+    int nwarps = blockDim.x >> 5;
+    v = lane < nwarps ? warp_sums[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return __shfl_sync(0xffffffffu, v, 0);
+}
+
+// Element j of channel c, j in [0, N*HW).
+__device__ __forceinline__ int chan_index(int j, int c, int C, int HW) {
+    int n = j / HW;
+    return (n * C + c) * HW + (j - n * HW);
+}
+
+// Two passes (mean, then centred squares) for accuracy. running_* may be null (no update).
+extern "C" __global__ void bn_stats_f32(const float* __restrict__ x, float* __restrict__ mean,
+                                        float* __restrict__ var, float* __restrict__ running_mean,
+                                        float* __restrict__ running_var, int N, int C, int HW,
+                                        float momentum) {
+    int M = N * HW;
+    for (int c = blockIdx.x; c < C; c += gridDim.x) {
+        float s = 0.0f;
+        for (int j = threadIdx.x; j < M; j += blockDim.x) s += x[chan_index(j, c, C, HW)];
+        float mu = block_sum(s) / (float)M;
+        float q = 0.0f;
+        for (int j = threadIdx.x; j < M; j += blockDim.x) {
+            float d = x[chan_index(j, c, C, HW)] - mu;
+            q += d * d;
+        }
+        float v = block_sum(q) / (float)M;
+        if (threadIdx.x == 0) {
+            mean[c] = mu;
+            var[c] = v;
+            if (running_mean != nullptr && running_var != nullptr) {
+                float unbiased = M > 1 ? v * (float)M / (float)(M - 1) : v;
+                running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mu;
+                running_var[c] = (1.0f - momentum) * running_var[c] + momentum * unbiased;
+            }
+        }
+    }
+}
+
+extern "C" __global__ void bn_fwd_f32(const float* __restrict__ x, const float* __restrict__ mean,
+                                      const float* __restrict__ var, const float* __restrict__ gamma,
+                                      const float* __restrict__ beta, float* __restrict__ y, int n, int C,
+                                      int HW, float eps) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        int c = (i / HW) % C;
+        float scale = gamma[c] * rsqrtf(var[c] + eps);
+        y[i] = (x[i] - mean[c]) * scale + beta[c];
+    }
+}
+
+// dsum[c] = sum dy (= dbeta), dxhat[c] = sum dy * xhat (= dgamma).
+extern "C" __global__ void bn_bwd_reduce_f32(const float* __restrict__ x, const float* __restrict__ dy,
+                                             const float* __restrict__ mean, const float* __restrict__ var,
+                                             float* __restrict__ dsum, float* __restrict__ dxhat, int N,
+                                             int C, int HW, float eps) {
+    int M = N * HW;
+    for (int c = blockIdx.x; c < C; c += gridDim.x) {
+        float mu = mean[c], inv = rsqrtf(var[c] + eps);
+        float s = 0.0f, sx = 0.0f;
+        for (int j = threadIdx.x; j < M; j += blockDim.x) {
+            int i = chan_index(j, c, C, HW);
+            float g = dy[i];
+            s += g;
+            sx += g * (x[i] - mu) * inv;
+        }
+        s = block_sum(s);
+        sx = block_sum(sx);
+        if (threadIdx.x == 0) {
+            dsum[c] = s;
+            dxhat[c] = sx;
+        }
+    }
+}
+
+// training != 0: dx = gamma * inv / M * (M * dy - dsum - xhat * dxhat)
+// training == 0: dx = gamma * inv * dy (running statistics are constants)
+extern "C" __global__ void bn_bwd_dx_f32(const float* __restrict__ x, const float* __restrict__ dy,
+                                         const float* __restrict__ mean, const float* __restrict__ var,
+                                         const float* __restrict__ gamma, const float* __restrict__ dsum,
+                                         const float* __restrict__ dxhat, float* __restrict__ dx, int n,
+                                         int C, int HW, int M, float eps, int training) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        int c = (i / HW) % C;
+        float inv = rsqrtf(var[c] + eps);
+        if (training) {
+            float xhat = (x[i] - mean[c]) * inv;
+            dx[i] = gamma[c] * inv / (float)M * ((float)M * dy[i] - dsum[c] - xhat * dxhat[c]);
+        } else {
+            dx[i] = gamma[c] * inv * dy[i];
+        }
+    }
+}

@@ -1,0 +1,151 @@
+// Reductions: sums and means over any set of axes of a 4-D (N,C,H,W) view, and softmax over an axis.
+//
+// Sum/mean: the output keeps the dims flagged in `keep` and has size 1 on the others. Two
+// schedules, picked by the host:
+//  - reduce_sum_block_f32: one block per output element, threads stride over the reduced
+//    elements (coalesced when W is reduced: (N,C,1,1) outputs, global average pool, bias grads);
+//  - reduce_sum_thread_f32: one thread per output element, a sequential loop over the reduced
+//    elements (coalesced when W is kept: (N,1,H,W) or (1,C,H,W) outputs).
+// Both write y[o] = scale * sum, so mean is scale = 1/count.
+
+// -inf without <math.h>, so the file also compiles under NVRTC.
+#define NEG_INF __int_as_float(0xff800000)
+
+struct Red4 {
+    int dims[4];  // input dims
+    int keep[4];  // 1 = axis kept in the output, 0 = summed over
+};
+
+// Offset into the dense input of the element at output index `o` and reduced index `j`.
+__device__ __forceinline__ int red_offset(const Red4& g, int o, int j) {
+    int off = 0, stride = 1;
+    for (int a = 3; a >= 0; --a) {
+        int d = g.dims[a];
+        int coord;
+        if (g.keep[a]) { coord = o % d; o /= d; }
+        else           { coord = j % d; j /= d; }
+        off += coord * stride;
+        stride *= d;
+    }
+    return off;
+}
+
+// Sum over the block; every thread gets the result. blockDim.x must be a multiple of 32, <= 1024.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float warp_sums[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();  // warp_sums may still be read by a previous call
+    if (lane == 0) warp_sums[warp] = v;
+    __syncthreads();
+    int nwarps = blockDim.x >> 5;
+    v = lane < nwarps ? warp_sums[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return __shfl_sync(0xffffffffu, v, 0);
+}
+
+__device__ __forceinline__ float block_max(float v) {
+    __shared__ float warp_max[32];
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) warp_max[warp] = v;
+    __syncthreads();
+    int nwarps = blockDim.x >> 5;
+    v = lane < nwarps ? warp_max[lane] : NEG_INF;
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+    return __shfl_sync(0xffffffffu, v, 0);
+}
+
+extern "C" __global__ void reduce_sum_block_f32(const float* __restrict__ x, float* __restrict__ y,
+                                                int n_out, int n_red, Red4 g, float scale) {
+    for (int o = blockIdx.x; o < n_out; o += gridDim.x) {
+        float acc = 0.0f;
+        for (int j = threadIdx.x; j < n_red; j += blockDim.x) acc += x[red_offset(g, o, j)];
+        acc = block_sum(acc);
+        if (threadIdx.x == 0) y[o] = acc * scale;
+    }
+}
+
+extern "C" __global__ void reduce_sum_thread_f32(const float* __restrict__ x, float* __restrict__ y,
+                                                 int n_out, int n_red, Red4 g, float scale) {
+    for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < n_out; o += blockDim.x * gridDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < n_red; ++j) acc += x[red_offset(g, o, j)];
+        y[o] = acc * scale;
+    }
+}
+
+// Broadcast a reduced tensor back to full size: y[i] = scale * x[reduced index of i]
+// (the backward of sum/mean).
+extern "C" __global__ void broadcast_fwd_f32(const float* __restrict__ x, float* __restrict__ y, int n,
+                                             Red4 g, float scale) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        int t = i, o = 0, ostride = 1;
+        for (int a = 3; a >= 0; --a) {
+            int d = g.dims[a];
+            int coord = t % d;
+            t /= d;
+            if (g.keep[a]) { o += coord * ostride; ostride *= d; }
+        }
+        y[i] = scale * x[o];
+    }
+}
+
+// ---- softmax over the middle axis of an (outer, dim, inner) view ----
+// One thread per (outer, inner) pair: coalesced along inner (softmax over channels of NCHW).
+extern "C" __global__ void softmax_fwd_f32(const float* __restrict__ x, float* __restrict__ y,
+                                           int outer, int dim, int inner) {
+    int total = outer * inner;
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < total; t += blockDim.x * gridDim.x) {
+        int base = (t / inner) * dim * inner + t % inner;
+        float m = NEG_INF;
+        for (int k = 0; k < dim; ++k) m = fmaxf(m, x[base + k * inner]);
+        float s = 0.0f;
+        for (int k = 0; k < dim; ++k) s += expf(x[base + k * inner] - m);
+        float inv = 1.0f / s;
+        for (int k = 0; k < dim; ++k) y[base + k * inner] = expf(x[base + k * inner] - m) * inv;
+    }
+}
+
+// dx = y * (dy - sum_k dy_k y_k), from the forward's output y.
+extern "C" __global__ void softmax_bwd_f32(const float* __restrict__ y, const float* __restrict__ dy,
+                                           float* __restrict__ dx, int outer, int dim, int inner) {
+    int total = outer * inner;
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < total; t += blockDim.x * gridDim.x) {
+        int base = (t / inner) * dim * inner + t % inner;
+        float dot = 0.0f;
+        for (int k = 0; k < dim; ++k) dot += dy[base + k * inner] * y[base + k * inner];
+        for (int k = 0; k < dim; ++k) {
+            int i = base + k * inner;
+            dx[i] = y[i] * (dy[i] - dot);
+        }
+    }
+}
+
+// Softmax over contiguous rows (inner == 1, e.g. attention maps): one block per row.
+extern "C" __global__ void softmax_rows_fwd_f32(const float* __restrict__ x, float* __restrict__ y,
+                                                int rows, int dim) {
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* xr = x + (long long)r * dim;
+        float* yr = y + (long long)r * dim;
+        float m = NEG_INF;
+        for (int k = threadIdx.x; k < dim; k += blockDim.x) m = fmaxf(m, xr[k]);
+        m = block_max(m);
+        float s = 0.0f;
+        for (int k = threadIdx.x; k < dim; k += blockDim.x) s += expf(xr[k] - m);
+        float inv = 1.0f / block_sum(s);
+        for (int k = threadIdx.x; k < dim; k += blockDim.x) yr[k] = expf(xr[k] - m) * inv;
+    }
+}
+
+extern "C" __global__ void softmax_rows_bwd_f32(const float* __restrict__ y, const float* __restrict__ dy,
+                                                float* __restrict__ dx, int rows, int dim) {
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        long long base = (long long)r * dim;
+        float dot = 0.0f;
+        for (int k = threadIdx.x; k < dim; k += blockDim.x) dot += dy[base + k] * y[base + k];
+        dot = block_sum(dot);
+        for (int k = threadIdx.x; k < dim; k += blockDim.x) dx[base + k] = y[base + k] * (dy[base + k] - dot);
+    }
+}

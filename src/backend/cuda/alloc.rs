@@ -1,0 +1,221 @@
+//! The caching allocator: device memory is taken from the driver once per size class and reused.
+//!
+//! A freed [`GpuBuffer`] goes back to its size class's free list instead of to the driver, so once
+//! a training step has run, the next ones allocate nothing from the driver. Reuse is safe without
+//! events because every kernel and copy of a device runs on that device's one stream, in order.
+//! Size classes round up to a multiple of 1/8 of the next power of two (under 12.5% waste above
+//! 2048 elements), in steps of at least 1 KiB.
+
+use super::context::describe;
+use crate::error::{Error, Result};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DriverError, sys::CUresult};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+const MIN_CLASS: usize = 256; // elements (1 KiB)
+
+/// The capacity, in f32 elements, of the block that serves a request of `len` elements.
+pub fn size_class(len: usize) -> usize {
+    if len <= MIN_CLASS {
+        return MIN_CLASS;
+    }
+    let step = (len.next_power_of_two() / 8).max(MIN_CLASS);
+    len.div_ceil(step) * step
+}
+
+/// What the allocator holds, in bytes (block capacities), and how often it went to the driver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes in live buffers.
+    pub in_use_bytes: usize,
+    /// Bytes in the free lists, ready for reuse.
+    pub cached_bytes: usize,
+    /// Highest `in_use_bytes` seen.
+    pub peak_in_use_bytes: usize,
+    /// Highest `in_use_bytes + cached_bytes` seen: the device memory this process took.
+    pub peak_reserved_bytes: usize,
+    /// Allocations served by the driver (cuMemAlloc).
+    pub device_allocations: u64,
+    /// Allocations served from a free list.
+    pub reuses: u64,
+}
+
+struct PoolState {
+    free: HashMap<usize, Vec<CudaSlice<f32>>>,
+    stats: MemoryStats,
+}
+
+pub(crate) struct Pool {
+    ordinal: usize,
+    stream: Arc<CudaStream>,
+    state: Mutex<PoolState>,
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+impl Pool {
+    pub(crate) fn new(ordinal: usize, stream: Arc<CudaStream>) -> Arc<Self> {
+        Arc::new(Pool {
+            ordinal,
+            stream,
+            state: Mutex::new(PoolState { free: HashMap::new(), stats: MemoryStats::default() }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // A panic elsewhere cannot leave the free lists inconsistent (each update is one push or pop).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn stats(&self) -> MemoryStats {
+        self.lock().stats
+    }
+
+    /// Hands every cached block back to the driver; returns the bytes released.
+    pub(crate) fn release_cached(&self) -> usize {
+        let mut st = self.lock();
+        let bytes = st.stats.cached_bytes;
+        st.free.clear();
+        st.stats.cached_bytes = 0;
+        bytes
+    }
+
+    pub(crate) fn alloc(self: &Arc<Self>, len: usize) -> Result<GpuBuffer> {
+        let cap = size_class(len);
+        let bytes = cap * 4;
+        {
+            let mut st = self.lock();
+            if let Some(slice) = st.free.get_mut(&cap).and_then(Vec::pop) {
+                st.stats.cached_bytes -= bytes;
+                st.stats.reuses += 1;
+                Self::count_in_use(&mut st.stats, bytes);
+                return Ok(GpuBuffer { slice: Some(slice), len, pool: self.clone() });
+            }
+        }
+        let slice = match self.driver_alloc(cap) {
+            Ok(s) => s,
+            Err(e) if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                // Give the cache back and try once more before reporting.
+                self.release_cached();
+                self.stream.synchronize().map_err(|e| {
+                    Error::Device(format!("cuda:{}: synchronizing before retrying an allocation: {}", self.ordinal, describe(e)))
+                })?;
+                self.driver_alloc(cap).map_err(|e| self.alloc_error(bytes, e))?
+            }
+            Err(e) => return Err(self.alloc_error(bytes, e)),
+        };
+        let mut st = self.lock();
+        st.stats.device_allocations += 1;
+        Self::count_in_use(&mut st.stats, bytes);
+        Ok(GpuBuffer { slice: Some(slice), len, pool: self.clone() })
+    }
+
+    fn driver_alloc(&self, cap: usize) -> std::result::Result<CudaSlice<f32>, DriverError> {
+        // SAFETY: the memory is uninitialised; every op writes its output before reading it, and
+        // tests poison outputs (fill with NaN) to show any element a kernel fails to write.
+        unsafe { self.stream.alloc::<f32>(cap) }
+    }
+
+    fn count_in_use(stats: &mut MemoryStats, bytes: usize) {
+        stats.in_use_bytes += bytes;
+        stats.peak_in_use_bytes = stats.peak_in_use_bytes.max(stats.in_use_bytes);
+        stats.peak_reserved_bytes = stats.peak_reserved_bytes.max(stats.in_use_bytes + stats.cached_bytes);
+    }
+
+    fn alloc_error(&self, bytes: usize, e: DriverError) -> Error {
+        let st = self.stats();
+        let free_total = self.stream.context().mem_get_info();
+        let card = match free_total {
+            Ok((free, total)) => format!("free {:.1} MiB of {:.1} MiB", mib(free), mib(total)),
+            Err(e) => format!("cuMemGetInfo failed: {}", describe(e)),
+        };
+        let what = if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY { "out of memory" } else { "allocation failed" };
+        Error::Device(format!(
+            "cuda:{}: {what} asking for {bytes} bytes ({:.1} MiB): {card}; coseg holds {:.1} MiB in live tensors \
+             (peak {:.1} MiB): {}",
+            self.ordinal,
+            mib(bytes),
+            mib(st.in_use_bytes),
+            mib(st.peak_in_use_bytes),
+            describe(e)
+        ))
+    }
+}
+
+/// `len` f32 values in device memory (the block behind it may be larger). Dropping it returns the
+/// block to the allocator's free list.
+pub struct GpuBuffer {
+    slice: Option<CudaSlice<f32>>,
+    len: usize,
+    pool: Arc<Pool>,
+}
+
+impl GpuBuffer {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The device this buffer lives on.
+    pub fn ordinal(&self) -> usize {
+        self.pool.ordinal
+    }
+    pub(crate) fn slice(&self) -> &CudaSlice<f32> {
+        self.slice.as_ref().expect("a GpuBuffer holds its slice until dropped")
+    }
+    pub(crate) fn slice_mut(&mut self) -> &mut CudaSlice<f32> {
+        self.slice.as_mut().expect("a GpuBuffer holds its slice until dropped")
+    }
+    /// The raw device address of a buffer a kernel writes: taking `&mut` keeps the borrow rules honest.
+    pub(crate) fn ptr_mut(&mut self) -> u64 {
+        self.ptr()
+    }
+    /// The raw device address, for kernel arguments (16-byte aligned: blocks come from cuMemAlloc).
+    pub(crate) fn ptr(&self) -> u64 {
+        let slice = self.slice();
+        // Event tracking is off (one stream per device), so the guard does nothing on drop.
+        let (ptr, _guard) = slice.device_ptr(slice.stream());
+        ptr
+    }
+}
+
+impl std::fmt::Debug for GpuBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuBuffer(cuda:{}, {} f32)", self.pool.ordinal, self.len)
+    }
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        if let Some(slice) = self.slice.take() {
+            let cap = slice.len();
+            let mut st = self.pool.lock();
+            st.stats.in_use_bytes -= cap * 4;
+            st.stats.cached_bytes += cap * 4;
+            st.free.entry(cap).or_default().push(slice);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_class;
+
+    #[test]
+    fn size_classes_cover_the_request_with_little_waste() {
+        for len in (0..5000).chain([1 << 20, (1 << 20) + 1, 123_456_789]) {
+            let cap = size_class(len);
+            assert!(cap >= len && cap >= 256, "len {len} -> {cap}");
+            // 1/8 of the next power of two, in steps of at least MIN_CLASS.
+            assert!(cap - len <= (len.next_power_of_two() / 8).max(256), "len {len} -> {cap}");
+        }
+        // Requests in one class share blocks: the classes are few.
+        let classes: std::collections::BTreeSet<_> = (1..100_000).map(size_class).collect();
+        assert!(classes.len() < 80, "{} classes", classes.len());
+        assert_eq!(size_class(1000), 1024);
+        assert_eq!(size_class(1025), 1280);
+    }
+}

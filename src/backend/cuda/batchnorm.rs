@@ -1,0 +1,140 @@
+//! Batch normalisation on the GPU (PyTorch BatchNorm2d semantics), NCHW.
+
+use super::alloc::GpuBuffer;
+use super::context::CudaDevice;
+use super::elementwise::numel;
+use super::kernels as k;
+use super::launch::{Arg, check_len, grid_1d, grid_per_item, launch, to_i32};
+use crate::error::{Error, Result};
+
+fn check(op: &'static str, x: &GpuBuffer, shape: [usize; 4], per_channel: &[(&str, &GpuBuffer)]) -> Result<(i32, i32, i32)> {
+    let [n, c, h, w] = shape;
+    if n * h * w == 0 || c == 0 {
+        return Err(Error::invalid(op, format!("empty input {shape:?}")));
+    }
+    check_len(op, "x", x.len(), numel(shape), &shape)?;
+    for (name, b) in per_channel {
+        check_len(op, name, b.len(), c, &[c])?;
+    }
+    to_i32(op, "elements", numel(shape))?;
+    Ok((n as i32, c as i32, (h * w) as i32))
+}
+
+/// Training statistics: per-channel mean and biased variance of x, written to `mean` and `var`;
+/// `running` (mean, var) is updated with `momentum` (unbiased variance), when given.
+pub fn bn_stats(
+    dev: &CudaDevice,
+    x: &GpuBuffer,
+    shape: [usize; 4],
+    mean: &mut GpuBuffer,
+    var: &mut GpuBuffer,
+    running: Option<(&mut GpuBuffer, &mut GpuBuffer)>,
+    momentum: f32,
+) -> Result<()> {
+    let op = k::BN_STATS.name;
+    let (n, c, hw) = check(op, x, shape, &[("mean", mean), ("var", var)])?;
+    let (rm, rv) = match running {
+        Some((rm, rv)) => {
+            check_len(op, "running_mean", rm.len(), shape[1], &[shape[1]])?;
+            check_len(op, "running_var", rv.len(), shape[1], &[shape[1]])?;
+            (rm.ptr_mut(), rv.ptr_mut())
+        }
+        None => (0, 0),
+    };
+    let args = [
+        Arg::Ptr(x.ptr()),
+        Arg::Ptr(mean.ptr_mut()),
+        Arg::Ptr(var.ptr_mut()),
+        Arg::Ptr(rm),
+        Arg::Ptr(rv),
+        Arg::I32(n),
+        Arg::I32(c),
+        Arg::I32(hw),
+        Arg::F32(momentum),
+    ];
+    launch(dev, k::BN_STATS, grid_per_item(dev, shape[1]), &args)
+}
+
+/// y = (x - mean) / sqrt(var + eps) * gamma + beta, with batch or running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_fwd(
+    dev: &CudaDevice,
+    x: &GpuBuffer,
+    shape: [usize; 4],
+    mean: &GpuBuffer,
+    var: &GpuBuffer,
+    gamma: &GpuBuffer,
+    beta: &GpuBuffer,
+    y: &mut GpuBuffer,
+    eps: f32,
+) -> Result<()> {
+    let op = k::BN_FWD.name;
+    let (_, c, hw) = check(op, x, shape, &[("mean", mean), ("var", var), ("gamma", gamma), ("beta", beta)])?;
+    check_len(op, "y", y.len(), x.len(), &shape)?;
+    let args = [
+        Arg::Ptr(x.ptr()),
+        Arg::Ptr(mean.ptr()),
+        Arg::Ptr(var.ptr()),
+        Arg::Ptr(gamma.ptr()),
+        Arg::Ptr(beta.ptr()),
+        Arg::Ptr(y.ptr_mut()),
+        Arg::I32(x.len() as i32),
+        Arg::I32(c),
+        Arg::I32(hw),
+        Arg::F32(eps),
+    ];
+    launch(dev, k::BN_FWD, grid_1d(dev, x.len()), &args)
+}
+
+/// Gradients of batch norm: dx, dgamma, dbeta. `training` = the forward used batch statistics
+/// (then `mean`/`var` are those, and dx flows through them); otherwise running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_bwd(
+    dev: &CudaDevice,
+    x: &GpuBuffer,
+    dy: &GpuBuffer,
+    shape: [usize; 4],
+    mean: &GpuBuffer,
+    var: &GpuBuffer,
+    gamma: &GpuBuffer,
+    eps: f32,
+    training: bool,
+    dx: &mut GpuBuffer,
+    dgamma: &mut GpuBuffer,
+    dbeta: &mut GpuBuffer,
+) -> Result<()> {
+    let op = "bn_bwd_f32";
+    let (n, c, hw) = check(op, x, shape, &[("mean", mean), ("var", var), ("gamma", gamma), ("dgamma", dgamma), ("dbeta", dbeta)])?;
+    check_len(op, "dy", dy.len(), x.len(), &shape)?;
+    check_len(op, "dx", dx.len(), x.len(), &shape)?;
+    let reduce = [
+        Arg::Ptr(x.ptr()),
+        Arg::Ptr(dy.ptr()),
+        Arg::Ptr(mean.ptr()),
+        Arg::Ptr(var.ptr()),
+        Arg::Ptr(dbeta.ptr_mut()),
+        Arg::Ptr(dgamma.ptr_mut()),
+        Arg::I32(n),
+        Arg::I32(c),
+        Arg::I32(hw),
+        Arg::F32(eps),
+    ];
+    launch(dev, k::BN_BWD_REDUCE, grid_per_item(dev, shape[1]), &reduce)?;
+    let dxa = [
+        Arg::Ptr(x.ptr()),
+        Arg::Ptr(dy.ptr()),
+        Arg::Ptr(mean.ptr()),
+        Arg::Ptr(var.ptr()),
+        Arg::Ptr(gamma.ptr()),
+        Arg::Ptr(dbeta.ptr()),
+        Arg::Ptr(dgamma.ptr()),
+        Arg::Ptr(dx.ptr_mut()),
+        Arg::I32(x.len() as i32),
+        Arg::I32(c),
+        Arg::I32(hw),
+        Arg::I32(n * hw),
+        Arg::F32(eps),
+        Arg::I32(i32::from(training)),
+    ];
+    launch(dev, k::BN_BWD_DX, grid_1d(dev, x.len()), &dxa)
+}

@@ -1,0 +1,283 @@
+//! One CUDA context and stream per device, the module cache, copies and synchronisation.
+//!
+//! `CudaDevice::get(n)` opens device `n` once per process and hands out the same `Arc` after.
+//! Nothing here touches the driver before checking that libcuda can be loaded: cudarc's
+//! dynamic loading panics on first use otherwise, and a machine without a GPU must get
+//! `Error::Device`, never a panic.
+
+use super::alloc::{GpuBuffer, MemoryStats, Pool};
+use super::kernels::{self, Kernel, KernelFormat};
+use crate::error::{Error, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError, sys};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+/// "CUDA_ERROR_X (text)" for a driver error.
+pub(crate) fn describe(e: DriverError) -> String {
+    match e.error_string() {
+        Ok(s) => format!("{:?} ({})", e.0, s.to_string_lossy()),
+        Err(_) => format!("{:?}", e.0),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether libcuda (the driver) can be loaded on this machine. Checked once.
+pub fn driver_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    // SAFETY: only tries to dlopen the library and drops it.
+    *PRESENT.get_or_init(|| unsafe { sys::is_culib_present() })
+}
+
+/// The number of CUDA devices, or why there are none to be had.
+pub fn device_count() -> Result<usize> {
+    if !driver_present() {
+        return Err(Error::Device(
+            "no CUDA driver: libcuda.so could not be loaded (no NVIDIA driver on this machine?)".into(),
+        ));
+    }
+    CudaContext::device_count()
+        .map(|n| n.max(0) as usize)
+        .map_err(|e| Error::Device(format!("cuInit/cuDeviceGetCount failed: {}", describe(e))))
+}
+
+/// An open CUDA device: context, the one stream all its work runs on, loaded modules, allocator.
+pub struct CudaDevice {
+    ordinal: usize,
+    name: String,
+    compute_capability: (i32, i32),
+    sm_count: u32,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    pool: Arc<Pool>,
+    last_kernel: Mutex<&'static str>,
+    /// COSEG_CUDA_SYNC=1: synchronise after every launch, so a fault names its kernel.
+    sync_each_launch: bool,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaDevice(cuda:{}, {})", self.ordinal, self.name)
+    }
+}
+
+impl CudaDevice {
+    /// Device `ordinal`, opened on first use and shared after.
+    pub fn get(ordinal: usize) -> Result<Arc<CudaDevice>> {
+        static OPEN: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
+        let mut open = lock(OPEN.get_or_init(Default::default));
+        if let Some(dev) = open.get(&ordinal) {
+            return Ok(dev.clone());
+        }
+        let dev = Arc::new(Self::open(ordinal)?);
+        open.insert(ordinal, dev.clone());
+        Ok(dev)
+    }
+
+    fn open(ordinal: usize) -> Result<CudaDevice> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(Error::Device(format!(
+                "cuda:{ordinal} asked for, but this machine has {count} CUDA device(s)"
+            )));
+        }
+        let err = |what: &'static str| move |e: DriverError| Error::Device(format!("cuda:{ordinal}: {what}: {}", describe(e)));
+        let ctx = CudaContext::new(ordinal).map_err(err("creating the context"))?;
+        // SAFETY: all work of this device runs on the one stream below, so cudarc's per-buffer
+        // events (for cross-stream ordering) are not needed; stream order makes reuse safe.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(err("creating a stream"))?;
+        let name = ctx.name().map_err(err("reading the device name"))?;
+        let cc = ctx.compute_capability().map_err(err("reading the compute capability"))?;
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(err("reading the multiprocessor count"))?;
+        let built_for: i32 = kernels::KERNEL_ARCH.trim_start_matches("compute_").parse().unwrap_or(0);
+        if kernels::KERNEL_FORMAT == KernelFormat::Ptx && cc.0 * 10 + cc.1 < built_for {
+            return Err(Error::Device(format!(
+                "cuda:{ordinal} ({name}) is sm_{}{} but the kernels were compiled for {}; rebuild with \
+                 COSEG_CUDA_ARCH=compute_{}{}",
+                cc.0,
+                cc.1,
+                kernels::KERNEL_ARCH,
+                cc.0,
+                cc.1
+            )));
+        }
+        Ok(CudaDevice {
+            ordinal,
+            name,
+            compute_capability: cc,
+            sm_count: sm_count.max(1) as u32,
+            pool: Pool::new(ordinal, stream.clone()),
+            ctx,
+            stream,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            last_kernel: Mutex::new("(none)"),
+            sync_each_launch: std::env::var("COSEG_CUDA_SYNC").is_ok_and(|v| v == "1"),
+        })
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
+    }
+    pub fn sm_count(&self) -> u32 {
+        self.sm_count
+    }
+    /// The stream all of this device's work runs on (for interop: cuDNN/cuBLAS handles in benches).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Free and total device memory in bytes (cuMemGetInfo).
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.ctx
+            .mem_get_info()
+            .map_err(|e| Error::Device(format!("cuda:{}: cuMemGetInfo: {}", self.ordinal, describe(e))))
+    }
+
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.pool.stats()
+    }
+
+    /// Returns the allocator's cached blocks to the driver; the bytes released.
+    pub fn release_cached(&self) -> usize {
+        self.pool.release_cached()
+    }
+
+    /// An uninitialised buffer of `len` f32 from the caching allocator.
+    pub fn alloc(&self, len: usize) -> Result<GpuBuffer> {
+        self.pool.alloc(len)
+    }
+
+    /// Host to device.
+    pub fn htod(&self, data: &[f32]) -> Result<GpuBuffer> {
+        let mut buf = self.alloc(data.len())?;
+        let mut dst = buf.slice_mut().slice_mut(0..data.len());
+        self.stream.memcpy_htod(data, &mut dst).map_err(|e| {
+            Error::Device(format!("cuda:{}: copying {} f32 to the device: {}", self.ordinal, data.len(), describe(e)))
+        })?;
+        Ok(buf)
+    }
+
+    /// Device to host; waits for the stream, so an earlier kernel's fault shows here, named.
+    pub fn dtoh(&self, buf: &GpuBuffer) -> Result<Vec<f32>> {
+        self.check_buffer("dtoh", buf)?;
+        let mut out = vec![0.0f32; buf.len()];
+        let src = buf.slice().slice(0..buf.len());
+        self.stream.memcpy_dtoh(&src, &mut out).map_err(|e| self.fault("copying to the host", e))?;
+        self.synchronize()?;
+        Ok(out)
+    }
+
+    /// A device copy of `src` (same device).
+    pub fn dtod(&self, src: &GpuBuffer) -> Result<GpuBuffer> {
+        self.check_buffer("dtod", src)?;
+        let mut dst = self.alloc(src.len())?;
+        let from = src.slice().slice(0..src.len());
+        let mut to = dst.slice_mut().slice_mut(0..src.len());
+        self.stream.memcpy_dtod(&from, &mut to).map_err(|e| self.fault("copying on the device", e))?;
+        Ok(dst)
+    }
+
+    /// Waits for all work queued on this device.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| self.fault("synchronizing", e))
+    }
+
+    /// A driver error from something asynchronous: names the last kernel launched, the usual culprit.
+    fn fault(&self, what: &str, e: DriverError) -> Error {
+        Error::Device(format!(
+            "cuda:{}: {what} (last kernel launched: {}): {}",
+            self.ordinal,
+            lock(&self.last_kernel),
+            describe(e)
+        ))
+    }
+
+    /// Refuses a buffer from another device.
+    pub(crate) fn check_buffer(&self, op: &'static str, buf: &GpuBuffer) -> Result<()> {
+        if buf.ordinal() != self.ordinal {
+            return Err(Error::invalid(op, format!("buffer on cuda:{} used on cuda:{}", buf.ordinal(), self.ordinal)));
+        }
+        Ok(())
+    }
+
+    /// Records a launch; with COSEG_CUDA_SYNC=1 waits for it so a fault is reported against it.
+    pub(crate) fn after_launch(&self, kernel: &'static str) -> Result<()> {
+        *lock(&self.last_kernel) = kernel;
+        if self.sync_each_launch {
+            self.synchronize()?;
+        }
+        Ok(())
+    }
+
+    /// The loaded function for `k`, loading its module on first use.
+    pub(crate) fn function(&self, k: Kernel) -> Result<CudaFunction> {
+        if let Some(f) = lock(&self.functions).get(k.name) {
+            return Ok(f.clone());
+        }
+        let module = self.module(k.module)?;
+        let f = module.load_function(k.name).map_err(|e| {
+            Error::Device(format!("cuda:{}: kernel {} not found in module {}: {}", self.ordinal, k.name, k.module, describe(e)))
+        })?;
+        lock(&self.functions).insert(k.name, f.clone());
+        Ok(f)
+    }
+
+    fn module(&self, name: &'static str) -> Result<Arc<CudaModule>> {
+        let mut modules = lock(&self.modules);
+        if let Some(m) = modules.get(name) {
+            return Ok(m.clone());
+        }
+        let text = kernels::module_text(name)
+            .ok_or_else(|| Error::Device(format!("no kernel module '{name}' was embedded (kernels/{name}.cu)")))?;
+        let ptx = match kernels::KERNEL_FORMAT {
+            KernelFormat::Ptx => Ptx::from_src(text),
+            KernelFormat::Source => self.nvrtc(name, text)?,
+        };
+        let module = self.ctx.load_module(ptx).map_err(|e| {
+            Error::Device(format!(
+                "cuda:{} ({}): loading module {name} ({:?} for {}): {}",
+                self.ordinal,
+                self.name,
+                kernels::KERNEL_FORMAT,
+                kernels::KERNEL_ARCH,
+                describe(e)
+            ))
+        })?;
+        modules.insert(name, module.clone());
+        Ok(module)
+    }
+
+    /// Compiles an embedded .cu source for this device (only when build.rs had no nvcc).
+    fn nvrtc(&self, name: &str, src: &str) -> Result<Ptx> {
+        // SAFETY: only tries to dlopen the library and drops it.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(Error::Device(format!(
+                "kernels/{name}.cu was embedded as source (no nvcc when this was built) and libnvrtc cannot be \
+                 loaded: run scripts/install-nvcc.sh and rebuild, or put libnvrtc on the loader path"
+            )));
+        }
+        let (major, minor) = self.compute_capability;
+        let opts = CompileOptions {
+            options: vec![format!("--gpu-architecture=compute_{major}{minor}"), "--std=c++17".into()],
+            name: Some(format!("{name}.cu")),
+            ..Default::default()
+        };
+        cudarc::nvrtc::compile_ptx_with_opts(src, opts)
+            .map_err(|e| Error::Device(format!("NVRTC compiling kernels/{name}.cu for sm_{major}{minor}: {e}")))
+    }
+}

@@ -1,0 +1,124 @@
+//! The kernels of `kernels/*.cu` as embedded by build.rs, and the table of every kernel the
+//! launch wrappers use (module = file stem, name = `<op>_<fwd|bwd>_f32`).
+
+/// How build.rs embedded the kernels: PTX from nvcc, or CUDA source for NVRTC at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelFormat {
+    Ptx,
+    Source,
+}
+
+include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+
+/// The embedded text (PTX or source) of one module.
+pub fn module_text(module: &str) -> Option<&'static str> {
+    MODULES.iter().find(|(name, _)| *name == module).map(|(_, text)| *text)
+}
+
+/// One kernel: the module (`kernels/<module>.cu`) and its `extern "C"` name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Kernel {
+    pub module: &'static str,
+    pub name: &'static str,
+}
+
+macro_rules! kernels {
+    ($($module:literal: $($konst:ident = $name:literal),+;)+) => {
+        $($(pub const $konst: Kernel = Kernel { module: $module, name: $name };)+)+
+        /// Every kernel the launch wrappers use.
+        pub const ALL: &[Kernel] = &[$($($konst),+),+];
+    };
+}
+
+kernels! {
+    "elementwise":
+        ADD_FWD = "add_fwd_f32", SUB_FWD = "sub_fwd_f32", MUL_FWD = "mul_fwd_f32", DIV_FWD = "div_fwd_f32",
+        MUL_BWD = "mul_bwd_f32", DIV_BWD_A = "div_bwd_a_f32", DIV_BWD_B = "div_bwd_b_f32",
+        RELU_FWD = "relu_fwd_f32", RELU_BWD = "relu_bwd_f32", SIGMOID_FWD = "sigmoid_fwd_f32",
+        SIGMOID_BWD = "sigmoid_bwd_f32", TANH_FWD = "tanh_fwd_f32", TANH_BWD = "tanh_bwd_f32",
+        AFFINE_FWD = "affine_fwd_f32", AXPY_FWD = "axpy_fwd_f32", FILL_FWD = "fill_fwd_f32";
+    "reduce":
+        REDUCE_SUM_BLOCK = "reduce_sum_block_f32", REDUCE_SUM_THREAD = "reduce_sum_thread_f32",
+        BROADCAST_FWD = "broadcast_fwd_f32", SOFTMAX_FWD = "softmax_fwd_f32", SOFTMAX_BWD = "softmax_bwd_f32",
+        SOFTMAX_ROWS_FWD = "softmax_rows_fwd_f32", SOFTMAX_ROWS_BWD = "softmax_rows_bwd_f32";
+    "batchnorm":
+        BN_STATS = "bn_stats_f32", BN_FWD = "bn_fwd_f32", BN_BWD_REDUCE = "bn_bwd_reduce_f32",
+        BN_BWD_DX = "bn_bwd_dx_f32";
+    "pool":
+        MAXPOOL_FWD = "maxpool_fwd_f32", MAXPOOL_BWD = "maxpool_bwd_f32",
+        RESIZE_FWD = "resize_bilinear_fwd_f32", RESIZE_BWD = "resize_bilinear_bwd_f32";
+    "copy":
+        COPY_SLICE = "copy_slice_f32", TRANSPOSE_FWD = "transpose_fwd_f32";
+    "loss":
+        CE2_FWD = "ce2_fwd_f32", CE2_BWD = "ce2_bwd_f32", BCE_FWD = "bce_fwd_f32", BCE_BWD = "bce_bwd_f32";
+    "conv1d":
+        CONV1D_FWD = "conv1d_fwd_f32", CONV1D_BWD_INPUT = "conv1d_bwd_input_f32",
+        CONV1D_BWD_WEIGHT = "conv1d_bwd_weight_f32";
+    "conv2d":
+        CONV2D_FWD = "conv2d_fwd_f32", CONV2D_BWD_INPUT = "conv2d_bwd_input_f32",
+        CONV2D_BWD_WEIGHT = "conv2d_bwd_weight_f32";
+    "optim":
+        SGD_FWD = "sgd_fwd_f32", ADAM_FWD = "adam_fwd_f32";
+}
+
+/// The kernel entry points a module defines: `.entry NAME(` in PTX, or
+/// `extern "C" __global__ void NAME(` (possibly through a macro such as `BINARY_FWD(NAME, ..)`) in source.
+pub fn entry_points(module: &str) -> Vec<String> {
+    let Some(text) = module_text(module) else { return Vec::new() };
+    match KERNEL_FORMAT {
+        KernelFormat::Ptx => text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(".visible .entry "))
+            .map(|l| l.split('(').next().unwrap_or_default().trim().to_string())
+            .collect(),
+        KernelFormat::Source => {
+            let mut names = Vec::new();
+            for line in text.lines().map(str::trim) {
+                if line.starts_with("#define") {
+                    continue;
+                }
+                for part in line.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+                    if part.ends_with("_f32") && !names.iter().any(|n: &String| n == part) {
+                        names.push(part.to_string());
+                    }
+                }
+            }
+            names
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Runs without a GPU: what the wrappers launch must exist in what build.rs embedded, and every
+    // kernel in kernels/ must be reachable from a wrapper (no dead kernels).
+    #[test]
+    fn every_wrapper_kernel_is_embedded_and_every_kernel_is_used() {
+        for k in ALL {
+            assert!(module_text(k.module).is_some(), "module {} not embedded", k.module);
+            let entries = entry_points(k.module);
+            assert!(entries.iter().any(|e| e == k.name), "{} missing from module {}: {entries:?}", k.name, k.module);
+        }
+        if KERNEL_FORMAT == KernelFormat::Ptx {
+            for (module, _) in MODULES {
+                for entry in entry_points(module) {
+                    assert!(ALL.iter().any(|k| k.name == entry), "kernel {entry} in {module}.cu has no wrapper");
+                }
+            }
+        }
+        assert_eq!(MODULES.len(), 9, "one module per kernels/*.cu");
+    }
+
+    #[test]
+    fn kernel_names_follow_the_convention() {
+        for k in ALL {
+            assert!(k.name.ends_with("_f32"), "{}", k.name);
+        }
+        let mut names: Vec<_> = ALL.iter().map(|k| k.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len(), "duplicate kernel names");
+    }
+}

@@ -1,0 +1,145 @@
+//! The one place that launches kernels: every `unsafe` call into a kernel is in [`launch`].
+//!
+//! Wrappers (elementwise.rs, conv.rs, ...) check shapes and lengths, then call `launch` with the
+//! kernel, a launch configuration and the arguments in the kernel's parameter order. `launch`
+//! checks the configuration and that every pointer is a 16-byte aligned device address, and turns
+//! a failed launch into an error naming the kernel, its grid and block.
+
+use super::context::{CudaDevice, describe};
+use super::kernels::Kernel;
+use crate::error::{Error, Result};
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+
+/// Broadcast geometry of elementwise.cu (`struct Bcast4`): output dims, strides of a and b.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bcast4 {
+    pub dims: [i32; 4],
+    pub sa: [i32; 4],
+    pub sb: [i32; 4],
+}
+
+/// Reduction geometry of reduce.cu (`struct Red4`): input dims, 1 where the axis is kept.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Red4 {
+    pub dims: [i32; 4],
+    pub keep: [i32; 4],
+}
+
+/// Convolution geometry of conv2d.cu (`struct ConvGeom`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub n: i32,
+    pub c: i32,
+    pub h: i32,
+    pub w: i32,
+    pub k: i32,
+    pub r: i32,
+    pub s: i32,
+    pub oh: i32,
+    pub ow: i32,
+    pub stride: i32,
+    pub pad: i32,
+    pub dil: i32,
+}
+
+/// One entry of optim.cu's chunk table (`struct Chunk`: int, 4 bytes padding, long long).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Chunk {
+    pub tensor: i32,
+    pub _pad: i32,
+    pub start: i64,
+}
+
+// SAFETY: plain #[repr(C)] structs of i32/i64 whose layout matches the kernels' structs.
+unsafe impl DeviceRepr for Bcast4 {}
+unsafe impl DeviceRepr for Red4 {}
+unsafe impl DeviceRepr for ConvGeom {}
+unsafe impl DeviceRepr for Chunk {}
+
+/// A kernel argument. `Ptr(0)` is a null pointer (optional inputs such as a bias or a mask).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Arg<'a> {
+    Ptr(u64),
+    I32(i32),
+    F32(f32),
+    Bcast(&'a Bcast4),
+    Red(&'a Red4),
+    Conv(&'a ConvGeom),
+}
+
+/// Threads per block of the elementwise and per-row kernels.
+pub(crate) const THREADS: u32 = 256;
+
+/// A grid-stride launch over `n` items: enough blocks to fill the card, never more than needed.
+pub(crate) fn grid_1d(dev: &CudaDevice, n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(THREADS as usize).clamp(1, dev.sm_count() as usize * 16);
+    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// One block per item (kernels that stride over items by gridDim.x).
+pub(crate) fn grid_per_item(dev: &CudaDevice, items: usize) -> LaunchConfig {
+    let blocks = items.clamp(1, dev.sm_count() as usize * 32);
+    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// `v` as a kernel int, or an error naming the op and the quantity.
+pub(crate) fn to_i32(op: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::invalid(op, format!("{what} = {v} exceeds the kernels' 32-bit index range")))
+}
+
+/// Checks a buffer's length against what a shape needs.
+pub(crate) fn check_len(op: &'static str, what: &str, len: usize, expected: usize, shape: &[usize]) -> Result<()> {
+    if len != expected {
+        return Err(Error::shape(op, format!("{what} has {len} elements, shape {shape:?} needs {expected}")));
+    }
+    Ok(())
+}
+
+/// Launches `k` on `dev`'s stream with `args` in the kernel's parameter order.
+pub(crate) fn launch(dev: &CudaDevice, k: Kernel, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    let (gx, gy, gz) = cfg.grid_dim;
+    let (bx, by, bz) = cfg.block_dim;
+    if gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535 || bx * by * bz == 0 || bx * by * bz > 1024 {
+        return Err(Error::invalid(
+            k.name,
+            format!("launch configuration out of range: grid {:?}, block {:?}", cfg.grid_dim, cfg.block_dim),
+        ));
+    }
+    for (i, a) in args.iter().enumerate() {
+        if let Arg::Ptr(p) = a {
+            if p % 16 != 0 {
+                return Err(Error::invalid(k.name, format!("argument {i}: device pointer {p:#x} is not 16-byte aligned")));
+            }
+        }
+    }
+    let func = dev.function(k)?;
+    let mut builder = dev.stream().launch_builder(&func);
+    for a in args {
+        match a {
+            Arg::Ptr(p) => builder.arg(p),
+            Arg::I32(v) => builder.arg(v),
+            Arg::F32(v) => builder.arg(v),
+            Arg::Bcast(g) => builder.arg(*g),
+            Arg::Red(g) => builder.arg(*g),
+            Arg::Conv(g) => builder.arg(*g),
+        };
+    }
+    // SAFETY: the argument list matches the kernel's parameters (each wrapper mirrors the .cu
+    // signature, and tests/gpu_parity.rs runs every wrapper); pointers are live device buffers of
+    // the lengths the wrappers checked; all work runs in order on this device's one stream.
+    unsafe { builder.launch(cfg) }.map_err(|e| {
+        Error::Device(format!(
+            "launch {} (grid {:?}, block {:?}) on cuda:{}: {}",
+            k.name,
+            cfg.grid_dim,
+            cfg.block_dim,
+            dev.ordinal(),
+            describe(e)
+        ))
+    })?;
+    dev.after_launch(k.name)
+}

@@ -1,0 +1,129 @@
+//! Losses on the GPU. Results stay on the device (one-element buffers), so a training step needs
+//! no host round trip; the backward reads the upstream gradient from device memory too.
+
+use super::alloc::GpuBuffer;
+use super::context::CudaDevice;
+use super::elementwise::{Binary, binary_fwd};
+use super::kernels as k;
+use super::launch::{Arg, check_len, grid_1d, launch, to_i32};
+use super::reduce::sum_axes;
+use crate::error::{Error, Result};
+
+const SCALAR: [usize; 4] = [1, 1, 1, 1];
+
+/// Sum of all of `x` times `scale`, into a new one-element buffer.
+fn total(dev: &CudaDevice, x: &GpuBuffer, scale: f32) -> Result<GpuBuffer> {
+    let mut out = dev.alloc(1)?;
+    sum_axes(dev, x, [1, 1, 1, x.len()], [false; 4], &mut out, scale)?;
+    Ok(out)
+}
+
+/// What the two-class cross-entropy's backward needs from its forward.
+pub struct Ce2Output {
+    /// The mean loss over counted pixels (one element; 0 when no pixel counts).
+    pub loss: GpuBuffer,
+    /// The number of counted pixels (one element).
+    pub count: GpuBuffer,
+}
+
+fn ce2_check(op: &'static str, logits: &GpuBuffer, target: &GpuBuffer, mask: Option<&GpuBuffer>, nhw: [usize; 3]) -> Result<(i32, i32)> {
+    let [n, h, w] = nhw;
+    if n * h * w == 0 {
+        return Err(Error::invalid(op, format!("empty target {nhw:?}")));
+    }
+    check_len(op, "logits", logits.len(), n * 2 * h * w, &[n, 2, h, w])?;
+    check_len(op, "target", target.len(), n * h * w, &nhw)?;
+    if let Some(m) = mask {
+        check_len(op, "mask", m.len(), n * h * w, &nhw)?;
+    }
+    to_i32(op, "elements", logits.len())?;
+    Ok((n as i32, (h * w) as i32))
+}
+
+/// Pixel-wise cross-entropy over 2 classes: logits (N,2,H,W), target (N,H,W) in {0,1}, optional
+/// mask (N,H,W), 1 = counted. Mean over counted pixels.
+pub fn ce2_fwd(dev: &CudaDevice, logits: &GpuBuffer, target: &GpuBuffer, mask: Option<&GpuBuffer>, nhw: [usize; 3]) -> Result<Ce2Output> {
+    let op = k::CE2_FWD.name;
+    let (n, hw) = ce2_check(op, logits, target, mask, nhw)?;
+    let mut loss_px = dev.alloc(target.len())?;
+    let mut w_px = dev.alloc(target.len())?;
+    let args = [
+        Arg::Ptr(logits.ptr()),
+        Arg::Ptr(target.ptr()),
+        Arg::Ptr(mask.map_or(0, GpuBuffer::ptr)),
+        Arg::Ptr(loss_px.ptr_mut()),
+        Arg::Ptr(w_px.ptr_mut()),
+        Arg::I32(n),
+        Arg::I32(hw),
+    ];
+    launch(dev, k::CE2_FWD, grid_1d(dev, target.len()), &args)?;
+    let sum = total(dev, &loss_px, 1.0)?;
+    let count = total(dev, &w_px, 1.0)?;
+    // With no counted pixel both are 0; 0/max(count, tiny) keeps the loss 0 instead of NaN.
+    let mut safe_count = dev.alloc(1)?;
+    super::elementwise::affine(dev, &count, &mut safe_count, 1.0, f32::MIN_POSITIVE)?;
+    let mut loss = dev.alloc(1)?;
+    binary_fwd(dev, Binary::Div, &sum, SCALAR, &safe_count, SCALAR, &mut loss)?;
+    Ok(Ce2Output { loss, count })
+}
+
+/// dlogits (N,2,H,W) given the upstream gradient `dout` (one element).
+#[allow(clippy::too_many_arguments)]
+pub fn ce2_bwd(
+    dev: &CudaDevice,
+    logits: &GpuBuffer,
+    target: &GpuBuffer,
+    mask: Option<&GpuBuffer>,
+    nhw: [usize; 3],
+    count: &GpuBuffer,
+    dout: &GpuBuffer,
+    dlogits: &mut GpuBuffer,
+) -> Result<()> {
+    let op = k::CE2_BWD.name;
+    let (n, hw) = ce2_check(op, logits, target, mask, nhw)?;
+    check_len(op, "count", count.len(), 1, &[1])?;
+    check_len(op, "dout", dout.len(), 1, &[1])?;
+    check_len(op, "dlogits", dlogits.len(), logits.len(), &[nhw[0], 2, nhw[1], nhw[2]])?;
+    let args = [
+        Arg::Ptr(logits.ptr()),
+        Arg::Ptr(target.ptr()),
+        Arg::Ptr(mask.map_or(0, GpuBuffer::ptr)),
+        Arg::Ptr(count.ptr()),
+        Arg::Ptr(dout.ptr()),
+        Arg::Ptr(dlogits.ptr_mut()),
+        Arg::I32(n),
+        Arg::I32(hw),
+    ];
+    launch(dev, k::CE2_BWD, grid_1d(dev, target.len()), &args)
+}
+
+/// Mean binary cross-entropy with logits, into a one-element buffer.
+pub fn bce_fwd(dev: &CudaDevice, x: &GpuBuffer, t: &GpuBuffer) -> Result<GpuBuffer> {
+    let op = k::BCE_FWD.name;
+    if x.is_empty() {
+        return Err(Error::invalid(op, "empty input"));
+    }
+    check_len(op, "target", t.len(), x.len(), &[x.len()])?;
+    let n = to_i32(op, "elements", x.len())?;
+    let mut terms = dev.alloc(x.len())?;
+    launch(dev, k::BCE_FWD, grid_1d(dev, x.len()), &[Arg::Ptr(x.ptr()), Arg::Ptr(t.ptr()), Arg::Ptr(terms.ptr_mut()), Arg::I32(n)])?;
+    total(dev, &terms, 1.0 / x.len() as f32)
+}
+
+/// dx of the mean BCE given the upstream gradient `dout` (one element).
+pub fn bce_bwd(dev: &CudaDevice, x: &GpuBuffer, t: &GpuBuffer, dout: &GpuBuffer, dx: &mut GpuBuffer) -> Result<()> {
+    let op = k::BCE_BWD.name;
+    check_len(op, "target", t.len(), x.len(), &[x.len()])?;
+    check_len(op, "dx", dx.len(), x.len(), &[x.len()])?;
+    check_len(op, "dout", dout.len(), 1, &[1])?;
+    let n = to_i32(op, "elements", x.len())?;
+    let args = [
+        Arg::Ptr(x.ptr()),
+        Arg::Ptr(t.ptr()),
+        Arg::Ptr(dout.ptr()),
+        Arg::Ptr(dx.ptr_mut()),
+        Arg::I32(n),
+        Arg::F32(1.0 / x.len().max(1) as f32),
+    ];
+    launch(dev, k::BCE_BWD, grid_1d(dev, x.len()), &args)
+}

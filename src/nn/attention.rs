@@ -1,0 +1,330 @@
+//! Attention in the bottleneck of the Siamese network, on the layer4 features `fa`, `fb` of the
+//! two images of a pair (paper section 2.3; Chen et al., ACCV 2018, for the co-attention).
+//!
+//! # Channel-spatial co-attention (CSA)
+//! ```text
+//! c    = ca(fa) ⊙ ca(fb)           (N, C, 1, 1): one channel vector for BOTH images
+//! fa'  = fa ⊙ c ⊙ sa(fa)           sa: (N, 1, H, W), each image its own
+//! fb'  = fb ⊙ c ⊙ sb(fb)
+//! ```
+//! The two channel vectors are fused by their element-wise **product**: a channel passes only as
+//! far as both images want it, so what the pair shares is kept and what only one has is
+//! suppressed ("preserving channels that contribute the most to both feature maps"). The fusion
+//! is symmetric, so swapping a and b swaps the outputs. Channel and spatial maps are both
+//! computed from the raw features, independently, and applied as element-wise products (the
+//! paper's Fig. 1).
+//!
+//! - Channel attention SE (Hu et al.): GAP -> FC C->C/16 -> ReLU -> FC C/16->C -> sigmoid.
+//! - Channel attention ECA (Wang et al.): GAP -> 1-D conv across channels, kernel
+//!   k = t if t odd else t+1, t = |(log2 C + 1) / 2| (7 for C = 2048) -> sigmoid.
+//! - Spatial attention MSA: sigmoid of the mean over channels.
+//! - Spatial attention ASPP (DeepLabv3's pyramid): 1x1 branch, three 3x3 branches at rates
+//!   6, 12, 18 (x2 at output stride 8), and an image-pooling branch (GAP -> 1x1 conv with bias ->
+//!   ReLU, no batch norm so a batch of one image still trains), each 256 x width channels; concat ->
+//!   1x1 projection + BN + ReLU -> 1x1 conv to one channel -> sigmoid.
+//!
+//! # DANet (Fu et al., CVPR 2019) in place of CSA
+//! Per image, 3x3 conv C -> C/4 (+BN+ReLU) feeds each branch:
+//! - position attention: q, k = 1x1 convs to C/32, v = 1x1 conv to C/4; A = softmax over positions of
+//!   qᵀk (N, HW, HW); out = γ_p · v Aᵀ + x, γ_p initialised to 0;
+//! - channel attention: energy E = x xᵀ (N, C/4, C/4); DANet's `max(E) - E` before the softmax
+//!   equals `-E` (softmax ignores a per-row shift); out = γ_c · softmax(-E) x + x, γ_c = 0 at first.
+//!
+//! For the pair, the channel branch's energy is the mean of both images' energies, so both
+//! are re-weighted by the channel affinities they share (symmetric, as CSA). Each branch then
+//! has a 3x3 conv (+BN+ReLU) and the two are summed: C/4 channels go to the decoder.
+
+use super::layers::{Conv2d, ConvBnRelu, ConvSpec, Linear, join, scaled};
+use crate::autograd::{Init, ParamStore};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// Which channel attention CSA uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelAttention {
+    None,
+    #[default]
+    Se,
+    Eca,
+}
+
+/// Which spatial attention CSA uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SpatialAttention {
+    None,
+    #[default]
+    Msa,
+    Aspp,
+}
+
+/// ECA's adaptive kernel size for `c` channels (gamma 2, b 1).
+pub fn eca_kernel(c: usize) -> usize {
+    let t = (((c as f32).log2() + 1.0) / 2.0).abs() as usize;
+    if t % 2 == 1 { t } else { t + 1 }
+}
+
+enum ChannelGate {
+    Se { fc1: Linear, fc2: Linear },
+    Eca { weight: Tensor },
+}
+
+impl ChannelGate {
+    /// (N, C, H, W) -> (N, C, 1, 1) in (0, 1).
+    fn forward(&self, f: &Tensor) -> Result<Tensor> {
+        let (n, c) = (f.dims()[0], f.dims()[1]);
+        let pooled = f.global_avg_pool()?;
+        let logits = match self {
+            ChannelGate::Se { fc1, fc2 } => fc2.forward(&fc1.forward(&pooled.reshape([n, c])?)?.relu()?)?,
+            ChannelGate::Eca { weight } => pooled.conv1d_channels(weight)?,
+        };
+        logits.reshape([n, c, 1, 1])?.sigmoid()
+    }
+}
+
+struct Aspp {
+    branches: Vec<ConvBnRelu>,
+    pool: Conv2d,
+    project: ConvBnRelu,
+    to_map: Conv2d,
+}
+
+impl Aspp {
+    fn new(params: &mut ParamStore, prefix: &str, cin: usize, width: f32, output_stride: usize) -> Result<Aspp> {
+        let mid = scaled(256, width);
+        let scale = 16 / output_stride;
+        let mut branches = vec![ConvBnRelu::new(params, &join(prefix, "b0"), ConvSpec::new(cin, mid, 1))?];
+        for (i, rate) in [6, 12, 18].into_iter().enumerate() {
+            branches.push(ConvBnRelu::new(params, &join(prefix, &format!("b{}", i + 1)), ConvSpec::new(cin, mid, 3).dilation(rate * scale))?);
+        }
+        Ok(Aspp {
+            branches,
+            pool: Conv2d::new(params, &join(prefix, "pool"), ConvSpec::new(cin, mid, 1).with_bias())?,
+            project: ConvBnRelu::new(params, &join(prefix, "project"), ConvSpec::new(5 * mid, mid, 1))?,
+            to_map: Conv2d::new(params, &join(prefix, "to_map"), ConvSpec::new(mid, 1, 1).with_bias())?,
+        })
+    }
+    /// (N, C, H, W) -> (N, 1, H, W) in (0, 1).
+    fn forward(&self, f: &Tensor, train: bool) -> Result<Tensor> {
+        let (h, w) = (f.dims()[2], f.dims()[3]);
+        let mut outs = self.branches.iter().map(|b| b.forward(f, train)).collect::<Result<Vec<_>>>()?;
+        let pooled = self.pool.forward(&f.global_avg_pool()?)?.relu()?;
+        let mut full = pooled.shape().dims().to_vec();
+        (full[2], full[3]) = (h, w);
+        outs.push(pooled.broadcast_to(&full.into())?);
+        let refs: Vec<&Tensor> = outs.iter().collect();
+        self.to_map.forward(&self.project.forward(&Tensor::concat(&refs, 1)?, train)?)?.sigmoid()
+    }
+}
+
+enum SpatialGate {
+    Msa,
+    Aspp(Box<Aspp>),
+}
+
+impl SpatialGate {
+    fn forward(&self, f: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            SpatialGate::Msa => f.mean(&[1], true)?.sigmoid(),
+            SpatialGate::Aspp(a) => a.forward(f, train),
+        }
+    }
+}
+
+/// CSA: fused channel gate and per-image spatial gate.
+struct Csa {
+    channel: Option<ChannelGate>,
+    spatial: Option<SpatialGate>,
+}
+
+struct DaNet {
+    reduce_p: ConvBnRelu,
+    reduce_c: ConvBnRelu,
+    query: Conv2d,
+    key: Conv2d,
+    value: Conv2d,
+    gamma_p: Tensor,
+    gamma_c: Tensor,
+    out_p: ConvBnRelu,
+    out_c: ConvBnRelu,
+}
+
+impl DaNet {
+    fn new(params: &mut ParamStore, prefix: &str, cin: usize) -> Result<DaNet> {
+        let inter = (cin / 4).max(1);
+        let qk = (inter / 8).max(1);
+        Ok(DaNet {
+            reduce_p: ConvBnRelu::new(params, &join(prefix, "reduce_p"), ConvSpec::new(cin, inter, 3))?,
+            reduce_c: ConvBnRelu::new(params, &join(prefix, "reduce_c"), ConvSpec::new(cin, inter, 3))?,
+            query: Conv2d::new(params, &join(prefix, "pam.query"), ConvSpec::new(inter, qk, 1).with_bias())?,
+            key: Conv2d::new(params, &join(prefix, "pam.key"), ConvSpec::new(inter, qk, 1).with_bias())?,
+            value: Conv2d::new(params, &join(prefix, "pam.value"), ConvSpec::new(inter, inter, 1).with_bias())?,
+            gamma_p: params.var(&join(prefix, "pam.gamma"), [1], Init::Const(0.0))?,
+            gamma_c: params.var(&join(prefix, "cam.gamma"), [1], Init::Const(0.0))?,
+            out_p: ConvBnRelu::new(params, &join(prefix, "out_p"), ConvSpec::new(inter, inter, 3))?,
+            out_c: ConvBnRelu::new(params, &join(prefix, "out_c"), ConvSpec::new(inter, inter, 3))?,
+        })
+    }
+
+    fn position(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = dims4(x);
+        let q = self.query.forward(x)?.flatten_from(2)?.transpose(1, 2)?; // (N, HW, c')
+        let k = self.key.forward(x)?.flatten_from(2)?; // (N, c', HW)
+        let attn = q.bmm(&k)?.softmax(-1)?; // (N, HW, HW): row i = weights over positions j
+        let v = self.value.forward(x)?.flatten_from(2)?; // (N, C, HW)
+        let out = v.bmm(&attn.transpose(1, 2)?)?.reshape([n, c, h, w])?;
+        out.mul(&self.gamma_p)?.add(x)
+    }
+
+    /// Channel energy x xᵀ: (N, C, C).
+    fn energy(x: &Tensor) -> Result<Tensor> {
+        let flat = x.flatten_from(2)?;
+        flat.bmm(&flat.transpose(1, 2)?)
+    }
+
+    fn channel(&self, x: &Tensor, energy: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = dims4(x);
+        let attn = energy.neg()?.softmax(-1)?;
+        let out = attn.bmm(&x.flatten_from(2)?)?.reshape([n, c, h, w])?;
+        out.mul(&self.gamma_c)?.add(x)
+    }
+
+    fn forward_pair(&self, fa: &Tensor, fb: Option<&Tensor>, train: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let xa = self.reduce_c.forward(fa, train)?;
+        let xb = fb.map(|f| self.reduce_c.forward(f, train)).transpose()?;
+        let energy = match &xb {
+            Some(xb) => Self::energy(&xa)?.add(&Self::energy(xb)?)?.mul_scalar(0.5)?,
+            None => Self::energy(&xa)?,
+        };
+        let one = |f: &Tensor, x: &Tensor| -> Result<Tensor> {
+            let p = self.out_p.forward(&self.position(&self.reduce_p.forward(f, train)?)?, train)?;
+            let c = self.out_c.forward(&self.channel(x, &energy)?, train)?;
+            p.add(&c)
+        };
+        let ya = one(fa, &xa)?;
+        let yb = match (fb, &xb) {
+            (Some(f), Some(x)) => Some(one(f, x)?),
+            _ => None,
+        };
+        Ok((ya, yb))
+    }
+}
+
+fn dims4(x: &Tensor) -> (usize, usize, usize, usize) {
+    let d = x.dims();
+    (d[0], d[1], d[2], d[3])
+}
+
+enum Kind {
+    Csa(Csa),
+    DaNet(Box<DaNet>),
+}
+
+/// The bottleneck attention of the Siamese network (CSA or DANet), see the module docs.
+pub struct CoAttention {
+    kind: Kind,
+    out_channels: usize,
+}
+
+/// What builds a [`CoAttention`].
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionSpec {
+    pub channels: usize,
+    pub width: f32,
+    pub output_stride: usize,
+    pub channel: ChannelAttention,
+    pub spatial: SpatialAttention,
+    pub danet: bool,
+}
+
+impl CoAttention {
+    /// Parameters under `prefix` (`se.fc1`, `se.fc2`, `eca.weight`, `aspp.*`, `danet.*`).
+    pub fn new(params: &mut ParamStore, prefix: &str, spec: AttentionSpec) -> Result<CoAttention> {
+        let c = spec.channels;
+        if c == 0 {
+            return Err(Error::invalid("CoAttention::new", "zero input channels"));
+        }
+        if spec.danet {
+            let d = DaNet::new(params, &join(prefix, "danet"), c)?;
+            let out_channels = d.out_p.out_channels();
+            return Ok(CoAttention { kind: Kind::DaNet(Box::new(d)), out_channels });
+        }
+        let channel = match spec.channel {
+            ChannelAttention::None => None,
+            ChannelAttention::Se => {
+                let hidden = (c / 16).max(1);
+                Some(ChannelGate::Se {
+                    fc1: Linear::new(params, &join(prefix, "se.fc1"), c, hidden)?,
+                    fc2: Linear::new(params, &join(prefix, "se.fc2"), hidden, c)?,
+                })
+            }
+            ChannelAttention::Eca => {
+                let k = eca_kernel(c);
+                let bound = 1.0 / (k as f32).sqrt();
+                Some(ChannelGate::Eca { weight: params.var(&join(prefix, "eca.weight"), [1, 1, k], Init::Uniform { lo: -bound, hi: bound })? })
+            }
+        };
+        let spatial = match spec.spatial {
+            SpatialAttention::None => None,
+            SpatialAttention::Msa => Some(SpatialGate::Msa),
+            SpatialAttention::Aspp => Some(SpatialGate::Aspp(Box::new(Aspp::new(params, &join(prefix, "aspp"), c, spec.width, spec.output_stride)?))),
+        };
+        Ok(CoAttention { kind: Kind::Csa(Csa { channel, spatial }), out_channels: c })
+    }
+
+    /// Channels of the attended features.
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
+    /// Attends the pair (fa, fb) jointly; shapes (N, C, H, W) each, the same for both.
+    pub fn forward_pair(&self, fa: &Tensor, fb: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        if fa.shape() != fb.shape() {
+            return Err(Error::shape("CoAttention::forward_pair", format!("features of a pair differ: {} and {}", fa.shape(), fb.shape())));
+        }
+        match &self.kind {
+            Kind::Csa(csa) => {
+                let shared = match &csa.channel {
+                    Some(g) => Some(g.forward(fa)?.mul(&g.forward(fb)?)?),
+                    None => None,
+                };
+                let apply = |f: &Tensor| -> Result<Tensor> {
+                    let mut y = f.clone();
+                    if let Some(c) = &shared {
+                        y = y.mul(c)?;
+                    }
+                    if let Some(s) = &csa.spatial {
+                        y = y.mul(&s.forward(f, train)?)?;
+                    }
+                    Ok(y)
+                };
+                Ok((apply(fa)?, apply(fb)?))
+            }
+            Kind::DaNet(d) => {
+                let (a, b) = d.forward_pair(fa, Some(fb), train)?;
+                Ok((a, b.expect("a partner was given")))
+            }
+        }
+    }
+
+    /// One image attended with itself as its partner (CSA: its channel vector squared), at the
+    /// cost of one image.
+    pub fn forward_single(&self, f: &Tensor, train: bool) -> Result<Tensor> {
+        match &self.kind {
+            Kind::Csa(csa) => {
+                let mut y = f.clone();
+                if let Some(g) = &csa.channel {
+                    let c = g.forward(f)?;
+                    y = y.mul(&c.mul(&c)?)?;
+                }
+                if let Some(s) = &csa.spatial {
+                    y = y.mul(&s.forward(f, train)?)?;
+                }
+                Ok(y)
+            }
+            Kind::DaNet(d) => Ok(d.forward_pair(f, None, train)?.0),
+        }
+    }
+}

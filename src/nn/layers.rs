@@ -1,0 +1,155 @@
+//! The building blocks every network here is made of: convolution, batch norm, fully connected.
+//!
+//! Each layer takes its tensors from a [`ParamStore`] under a dotted prefix when it is built, so
+//! the store holds the whole model under PyTorch-style names (`layer1.0.conv1.weight`,
+//! `bn1.running_mean`), and saving or loading the store is saving or loading the model.
+
+use crate::autograd::{Init, ParamStore};
+use crate::error::{Error, Result};
+use crate::ops::BatchNormOptions;
+use crate::tensor::Tensor;
+
+/// `prefix.name`, or `name` alone for an empty prefix.
+pub fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
+}
+
+/// Channels after a width multiplier: at least 1, so tiny test models stay well formed.
+pub fn scaled(base: usize, width: f32) -> usize {
+    ((base as f32 * width).round() as usize).max(1)
+}
+
+/// A 2-D convolution (PyTorch's `nn.Conv2d`, groups = 1, square kernel).
+#[derive(Clone)]
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+}
+
+/// Geometry of a [`Conv2d`]: channels, kernel, stride, dilation; padding keeps "same" size at
+/// stride 1 (`dilation * (kernel - 1) / 2`).
+#[derive(Clone, Copy, Debug)]
+pub struct ConvSpec {
+    pub cin: usize,
+    pub cout: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    pub fn new(cin: usize, cout: usize, kernel: usize) -> ConvSpec {
+        ConvSpec { cin, cout, kernel, stride: 1, dilation: 1, bias: false }
+    }
+    pub fn stride(self, stride: usize) -> ConvSpec {
+        ConvSpec { stride, ..self }
+    }
+    pub fn dilation(self, dilation: usize) -> ConvSpec {
+        ConvSpec { dilation, ..self }
+    }
+    pub fn with_bias(self) -> ConvSpec {
+        ConvSpec { bias: true, ..self }
+    }
+}
+
+impl Conv2d {
+    /// `prefix.weight` (K,C,R,S), initialised as torchvision's ResNet does (Kaiming normal,
+    /// fan-out, ReLU gain), and `prefix.bias` (K) when asked for, uniform in ±1/sqrt(fan-in) as
+    /// PyTorch's default.
+    pub fn new(params: &mut ParamStore, prefix: &str, spec: ConvSpec) -> Result<Conv2d> {
+        let ConvSpec { cin, cout, kernel, stride, dilation, bias } = spec;
+        if cin == 0 || cout == 0 || kernel == 0 || stride == 0 || dilation == 0 {
+            return Err(Error::invalid("Conv2d::new", format!("'{prefix}': zero in {spec:?}")));
+        }
+        let weight = params.var(&join(prefix, "weight"), [cout, cin, kernel, kernel], Init::KaimingNormal { fan_in: cout * kernel * kernel })?;
+        let bias = if bias {
+            let bound = 1.0 / ((cin * kernel * kernel) as f32).sqrt();
+            Some(params.var(&join(prefix, "bias"), [cout], Init::Uniform { lo: -bound, hi: bound })?)
+        } else {
+            None
+        };
+        Ok(Conv2d { weight, bias, stride, padding: dilation * (kernel - 1) / 2, dilation })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.conv2d(&self.weight, self.bias.as_ref(), self.stride, self.padding, self.dilation)
+    }
+    pub fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+}
+
+/// Batch norm over channels (PyTorch's `nn.BatchNorm2d`: weight, bias, running_mean,
+/// running_var; momentum 0.1, eps 1e-5).
+#[derive(Clone)]
+pub struct BatchNorm2d {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+}
+
+impl BatchNorm2d {
+    pub fn new(params: &mut ParamStore, prefix: &str, channels: usize) -> Result<BatchNorm2d> {
+        Ok(BatchNorm2d {
+            weight: params.var(&join(prefix, "weight"), [channels], Init::Const(1.0))?,
+            bias: params.var(&join(prefix, "bias"), [channels], Init::Const(0.0))?,
+            running_mean: params.buffer(&join(prefix, "running_mean"), [channels], Init::Const(0.0))?,
+            running_var: params.buffer(&join(prefix, "running_var"), [channels], Init::Const(1.0))?,
+        })
+    }
+    /// Batch statistics (and a running-statistics update) when `train`, running statistics else.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let opts = BatchNormOptions { training: train, ..BatchNormOptions::default() };
+        x.batch_norm(&self.weight, &self.bias, &self.running_mean, &self.running_var, opts)
+    }
+}
+
+/// Convolution, batch norm, ReLU: the unit of every head and decoder here.
+#[derive(Clone)]
+pub struct ConvBnRelu {
+    pub conv: Conv2d,
+    pub bn: BatchNorm2d,
+}
+
+impl ConvBnRelu {
+    /// Parameters `prefix.conv.*` and `prefix.bn.*`.
+    pub fn new(params: &mut ParamStore, prefix: &str, spec: ConvSpec) -> Result<ConvBnRelu> {
+        Ok(ConvBnRelu {
+            conv: Conv2d::new(params, &join(prefix, "conv"), spec)?,
+            bn: BatchNorm2d::new(params, &join(prefix, "bn"), spec.cout)?,
+        })
+    }
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.bn.forward(&self.conv.forward(x)?, train)?.relu()
+    }
+    pub fn out_channels(&self) -> usize {
+        self.conv.out_channels()
+    }
+}
+
+/// A fully connected layer (PyTorch's `nn.Linear`, with bias).
+#[derive(Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Linear {
+    pub fn new(params: &mut ParamStore, prefix: &str, fin: usize, fout: usize) -> Result<Linear> {
+        if fin == 0 || fout == 0 {
+            return Err(Error::invalid("Linear::new", format!("'{prefix}': {fin} -> {fout} features")));
+        }
+        let bound = 1.0 / (fin as f32).sqrt();
+        Ok(Linear {
+            weight: params.var(&join(prefix, "weight"), [fout, fin], Init::Uniform { lo: -bound, hi: bound })?,
+            bias: params.var(&join(prefix, "bias"), [fout], Init::Uniform { lo: -bound, hi: bound })?,
+        })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.linear(&self.weight, Some(&self.bias))
+    }
+}

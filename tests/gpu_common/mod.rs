@@ -1,0 +1,56 @@
+// Shared by the GPU test files (included with `mod gpu_common;`): the device or a skip.
+#![allow(dead_code)]
+
+use coseg::backend::cuda::{CudaDevice, GpuBuffer, elementwise::fill};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
+
+/// cuda:0, or None after printing why the test skips. With REQUIRE_CUDA=1 a missing GPU fails.
+pub fn gpu(test: &str) -> Option<Arc<CudaDevice>> {
+    match CudaDevice::get(0) {
+        Ok(dev) => Some(dev),
+        Err(e) if std::env::var("REQUIRE_CUDA").is_ok_and(|v| v == "1") => panic!("{test}: REQUIRE_CUDA=1 but {e}"),
+        Err(e) => {
+            eprintln!("skipping {test}: no GPU ({e})");
+            None
+        }
+    }
+}
+
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+pub fn randn(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// An output buffer filled with NaN, so an element a kernel fails to write shows.
+pub fn poisoned(dev: &CudaDevice, n: usize) -> GpuBuffer {
+    let mut b = dev.alloc(n).unwrap();
+    fill(dev, &mut b, f32::NAN).unwrap();
+    b
+}
+
+/// ||gpu - cpu|| / ||cpu||, NaN anywhere -> infinity.
+pub fn rel_err(gpu: &[f32], cpu: &[f32]) -> f64 {
+    assert_eq!(gpu.len(), cpu.len());
+    let (mut d, mut n) = (0.0f64, 0.0f64);
+    for (g, c) in gpu.iter().zip(cpu) {
+        if !g.is_finite() {
+            return f64::INFINITY;
+        }
+        d += (*g as f64 - *c as f64).powi(2);
+        n += (*c as f64).powi(2);
+    }
+    (d / n.max(1e-30)).sqrt()
+}
+
+/// f32 tolerance of the parity tests.
+pub const F32_TOL: f64 = 1e-5;
+
+pub fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
+    let e = rel_err(gpu, cpu);
+    assert!(e < tol, "{what}: relative error {e:.3e} >= {tol:.0e}");
+}

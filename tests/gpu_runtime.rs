@@ -1,0 +1,74 @@
+//! The CUDA runtime: device selection, copies, the caching allocator and error reporting.
+//! GPU parts skip without a GPU (and fail with REQUIRE_CUDA=1).
+
+mod gpu_common;
+use coseg::backend::cuda::{CudaDevice, device_count, elementwise, reduce};
+use coseg::device::{Device, DeviceRequest, resolve};
+use coseg::Error;
+use gpu_common::*;
+
+#[test]
+fn gpu_device_resolution_matches_what_the_machine_has() {
+    assert_eq!(resolve(DeviceRequest::Cpu).unwrap(), Device::Cpu);
+    let have_gpu = CudaDevice::get(0).is_ok();
+    let auto = resolve(DeviceRequest::Auto).unwrap();
+    assert_eq!(auto, if have_gpu { Device::Cuda(0) } else { Device::Cpu });
+    // An ordinal no machine has: a Device error that names it, never a panic.
+    match resolve(DeviceRequest::Cuda(4096)) {
+        Err(Error::Device(msg)) => assert!(msg.contains("cuda:4096"), "{msg}"),
+        other => panic!("cuda:4096 resolved to {other:?}"),
+    }
+    if !have_gpu {
+        let e = resolve(DeviceRequest::Cuda(0)).unwrap_err().to_string();
+        assert!(e.starts_with("device: --device cuda:0:"), "{e}");
+        if std::env::var("REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+            panic!("REQUIRE_CUDA=1 but no GPU: {e}");
+        }
+    } else {
+        assert!(device_count().unwrap() >= 1);
+    }
+}
+
+#[test]
+fn gpu_copies_round_trip_and_the_allocator_reuses_blocks() {
+    let Some(dev) = gpu("gpu_copies_round_trip_and_the_allocator_reuses_blocks") else { return };
+    let mut r = rng(1);
+    let host = randn(&mut r, 10_007);
+    let buf = dev.htod(&host).unwrap();
+    assert_eq!(dev.dtoh(&buf).unwrap(), host);
+    let copy = dev.dtod(&buf).unwrap();
+    assert_eq!(dev.dtoh(&copy).unwrap(), host);
+    drop((buf, copy));
+    // Warm: the same sizes again come from the free lists, not the driver.
+    let before = dev.memory_stats();
+    for _ in 0..5 {
+        let a = dev.htod(&host).unwrap();
+        let b = dev.dtod(&a).unwrap();
+        assert_eq!(dev.dtoh(&b).unwrap()[17], host[17]);
+    }
+    let after = dev.memory_stats();
+    assert_eq!(after.device_allocations, before.device_allocations, "{before:?} -> {after:?}");
+    assert!(after.reuses >= before.reuses + 10);
+    assert!(after.peak_in_use_bytes >= 2 * 10_007 * 4);
+}
+
+#[test]
+fn gpu_bad_launch_arguments_are_refused_with_the_op_and_shapes() {
+    let Some(dev) = gpu("gpu_bad_launch_arguments_are_refused_with_the_op_and_shapes") else { return };
+    let a = dev.htod(&[1.0; 24]).unwrap();
+    let b = dev.htod(&[1.0; 6]).unwrap();
+    let mut y = dev.alloc(24).unwrap();
+    let e = elementwise::binary_fwd(&dev, elementwise::Binary::Add, &a, [1, 2, 3, 4], &b, [1, 3, 2, 1], &mut y).unwrap_err();
+    assert!(e.to_string().contains("add_fwd_f32") && e.to_string().contains("[1, 3, 2, 1]"), "{e}");
+    let mut small = dev.alloc(5).unwrap();
+    let e = reduce::sum_axes(&dev, &a, [1, 2, 3, 4], [true, true, false, false], &mut small, 1.0).unwrap_err();
+    assert!(e.to_string().contains("y has 5 elements"), "{e}");
+}
+
+#[test]
+fn gpu_out_of_memory_names_the_size_and_what_is_free() {
+    let Some(dev) = gpu("gpu_out_of_memory_names_the_size_and_what_is_free") else { return };
+    let (_, total) = dev.mem_info().unwrap();
+    let e = dev.alloc(total).unwrap_err().to_string(); // 4x the card: cannot fit
+    assert!(e.contains("out of memory") && e.contains("free") && e.contains(&format!("{} bytes", 4 * coseg::backend::cuda::alloc::size_class(total))), "{e}");
+}
