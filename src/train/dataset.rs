@@ -191,8 +191,11 @@ pub fn prepare(sample: &Sample, s: usize, aug: Option<&Augment>, rng: &mut impl 
         *v = a * *v + b;
     }
     normalise(&mut image);
-    let mut target = Vec::with_capacity(s * s);
-    transform_plane(&sample.pseudo, k, s, &mut target);
+    // Inference samples carry no pseudo-mask: their target stays empty.
+    let mut target = Vec::with_capacity(sample.pseudo.len());
+    if !sample.pseudo.is_empty() {
+        transform_plane(&sample.pseudo, k, s, &mut target);
+    }
     (image, target)
 }
 
