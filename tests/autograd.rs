@@ -10,22 +10,41 @@ const CPU: Device = Device::Cpu;
 #[test]
 fn no_grad_records_nothing_and_restores() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let w = Tensor::randn([3, 3], 0.0, 1.0, CPU, &mut rng).unwrap().into_var();
+    let w = Tensor::randn([3, 3], 0.0, 1.0, CPU, &mut rng)
+        .unwrap()
+        .into_var();
     let y = no_grad(|| w.sqr().unwrap().sum_all().unwrap());
     assert!(!y.tracks_grad());
-    assert!(y.backward().unwrap_err().to_string().contains("no variable"));
+    assert!(
+        y.backward()
+            .unwrap_err()
+            .to_string()
+            .contains("no variable")
+    );
     {
         let _g = NoGradGuard::new();
         assert!(!w.relu().unwrap().tracks_grad());
     }
-    assert!(w.relu().unwrap().tracks_grad(), "recording is back on after the guard");
+    assert!(
+        w.relu().unwrap().tracks_grad(),
+        "recording is back on after the guard"
+    );
 }
 
 #[test]
 fn gradients_accumulate_until_zeroed() {
-    let w = Tensor::from_vec(vec![1.0, -2.0, 3.0], [3], CPU).unwrap().into_var();
+    let w = Tensor::from_vec(vec![1.0, -2.0, 3.0], [3], CPU)
+        .unwrap()
+        .into_var();
     // d/dw sum(w^2) = 2w; the tensor used twice in one graph also sums: d/dw sum(w*w + w) = 2w + 1
-    w.mul(&w).unwrap().add(&w).unwrap().sum_all().unwrap().backward().unwrap();
+    w.mul(&w)
+        .unwrap()
+        .add(&w)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     assert_eq!(w.grad().unwrap().to_vec().unwrap(), vec![3.0, -3.0, 7.0]);
     w.sqr().unwrap().sum_all().unwrap().backward().unwrap();
     assert_eq!(w.grad().unwrap().to_vec().unwrap(), vec![5.0, -7.0, 13.0]);
@@ -36,8 +55,12 @@ fn gradients_accumulate_until_zeroed() {
 #[test]
 fn detach_stops_gradient_and_backward_needs_a_scalar() {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
-    let a = Tensor::randn([4], 0.0, 1.0, CPU, &mut rng).unwrap().into_var();
-    let b = Tensor::randn([4], 0.0, 1.0, CPU, &mut rng).unwrap().into_var();
+    let a = Tensor::randn([4], 0.0, 1.0, CPU, &mut rng)
+        .unwrap()
+        .into_var();
+    let b = Tensor::randn([4], 0.0, 1.0, CPU, &mut rng)
+        .unwrap()
+        .into_var();
     let loss = a.mul(&b.detach()).unwrap().sum_all().unwrap();
     loss.backward().unwrap();
     assert_eq!(a.grad().unwrap().to_vec().unwrap(), b.to_vec().unwrap());

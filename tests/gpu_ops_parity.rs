@@ -29,20 +29,37 @@ struct Input {
 
 fn normal(rng: &mut ChaCha8Rng, dims: &[usize]) -> Input {
     let n = dims.iter().product();
-    Input { dims: dims.to_vec(), data: randn(rng, n).into_iter().map(|v| 2.0 * v).collect(), var: true }
+    Input {
+        dims: dims.to_vec(),
+        data: randn(rng, n).into_iter().map(|v| 2.0 * v).collect(),
+        var: true,
+    }
 }
 /// Values in [0.5, 2): for log, sqrt, powf and divisors.
 fn positive(rng: &mut ChaCha8Rng, dims: &[usize]) -> Input {
     let n = dims.iter().product();
-    Input { dims: dims.to_vec(), data: (0..n).map(|_| rng.random_range(0.5f32..2.0)).collect(), var: true }
+    Input {
+        dims: dims.to_vec(),
+        data: (0..n).map(|_| rng.random_range(0.5f32..2.0)).collect(),
+        var: true,
+    }
 }
 /// 0/1 labels (targets, masks; constants).
 fn labels(rng: &mut ChaCha8Rng, dims: &[usize], p_one: f64) -> Input {
     let n = dims.iter().product();
-    Input { dims: dims.to_vec(), data: (0..n).map(|_| rng.random_bool(p_one) as u8 as f32).collect(), var: false }
+    Input {
+        dims: dims.to_vec(),
+        data: (0..n)
+            .map(|_| rng.random_bool(p_one) as u8 as f32)
+            .collect(),
+        var: false,
+    }
 }
 fn constant(input: Input) -> Input {
-    Input { var: false, ..input }
+    Input {
+        var: false,
+        ..input
+    }
 }
 
 /// What one device computed: the output, each input's gradient, each input's final values
@@ -75,7 +92,10 @@ fn run(inputs: &[Input], device: Device, f: OpFn) -> Run {
     }
     Run {
         y: y.to_vec().unwrap(),
-        grads: ts.iter().map(|t| t.grad().map(|g| g.to_vec().unwrap())).collect(),
+        grads: ts
+            .iter()
+            .map(|t| t.grad().map(|g| g.to_vec().unwrap()))
+            .collect(),
         after: ts.iter().map(|t| t.to_vec().unwrap()).collect(),
     }
 }
@@ -91,7 +111,12 @@ fn check(name: &str, tol: f64, inputs: &[Input], f: OpFn) {
             (None, None) => {}
             _ => panic!("{name}: input {i} has a gradient on one device only"),
         }
-        assert_close(&format!("{name} input {i} after the step"), &gpu.after[i], &cpu.after[i], tol);
+        assert_close(
+            &format!("{name} input {i} after the step"),
+            &gpu.after[i],
+            &cpu.after[i],
+            tol,
+        );
     }
 }
 
@@ -111,10 +136,18 @@ fn gpu_elementwise_ops_match_cpu() {
     ];
     for (ad, bd) in pairs {
         let ins = [normal(&mut r, ad), positive(&mut r, bd)];
-        check(&format!("add {ad:?} {bd:?}"), F32_TOL, &ins, &|t| t[0].add(&t[1]));
-        check(&format!("sub {ad:?} {bd:?}"), F32_TOL, &ins, &|t| t[0].sub(&t[1]));
-        check(&format!("mul {ad:?} {bd:?}"), F32_TOL, &ins, &|t| t[0].mul(&t[1]));
-        check(&format!("div {ad:?} {bd:?}"), F32_TOL, &ins, &|t| t[0].div(&t[1]));
+        check(&format!("add {ad:?} {bd:?}"), F32_TOL, &ins, &|t| {
+            t[0].add(&t[1])
+        });
+        check(&format!("sub {ad:?} {bd:?}"), F32_TOL, &ins, &|t| {
+            t[0].sub(&t[1])
+        });
+        check(&format!("mul {ad:?} {bd:?}"), F32_TOL, &ins, &|t| {
+            t[0].mul(&t[1])
+        });
+        check(&format!("div {ad:?} {bd:?}"), F32_TOL, &ins, &|t| {
+            t[0].div(&t[1])
+        });
     }
     let x = [normal(&mut r, &[3, 4, 5, 6])];
     check("affine", F32_TOL, &x, &|t| t[0].affine(-1.5, 0.25));
@@ -130,9 +163,16 @@ fn gpu_elementwise_ops_match_cpu() {
     check("sqrt", F32_TOL, &p, &|t| t[0].sqrt());
     check("powf", F32_TOL, &p, &|t| t[0].powf(1.7));
     // Dropout draws its mask on the host from the caller's generator: the same on both devices.
-    check("dropout", F32_TOL, &x, &|t| t[0].dropout(0.3, true, &mut ChaCha8Rng::seed_from_u64(5)));
+    check("dropout", F32_TOL, &x, &|t| {
+        t[0].dropout(0.3, true, &mut ChaCha8Rng::seed_from_u64(5))
+    });
     // NaN passes through ReLU on both devices.
-    let nan = Tensor::from_vec(vec![f32::NAN, -1.0, 2.0], [3], GPU).unwrap().relu().unwrap().to_vec().unwrap();
+    let nan = Tensor::from_vec(vec![f32::NAN, -1.0, 2.0], [3], GPU)
+        .unwrap()
+        .relu()
+        .unwrap()
+        .to_vec()
+        .unwrap();
     assert!(nan[0].is_nan() && nan[1] == 0.0 && nan[2] == 2.0, "{nan:?}");
 }
 
@@ -144,27 +184,45 @@ fn gpu_reductions_and_layout_ops_match_cpu() {
     let mut r = rng(2);
     let x = [normal(&mut r, &[4, 6, 17, 19])];
     check("sum axes 0,2", SUM_TOL, &x, &|t| t[0].sum(&[0, 2], false));
-    check("mean axes 1,3 keepdim", SUM_TOL, &x, &|t| t[0].mean(&[1, 3], true));
+    check("mean axes 1,3 keepdim", SUM_TOL, &x, &|t| {
+        t[0].mean(&[1, 3], true)
+    });
     check("mean_all", SUM_TOL, &x, &|t| t[0].mean_all());
     check("global_avg_pool", SUM_TOL, &x, &|t| t[0].global_avg_pool());
     // Six alternating runs of kept and summed axes: the GPU reduces in stages.
     let alt = [normal(&mut r, &[2, 3, 4, 3, 2, 5])];
-    check("sum alternating axes", SUM_TOL, &alt, &|t| t[0].sum(&[1, 3, 5], true));
+    check("sum alternating axes", SUM_TOL, &alt, &|t| {
+        t[0].sum(&[1, 3, 5], true)
+    });
     let small = [normal(&mut r, &[3, 1, 5])];
-    check("broadcast_to", F32_TOL, &small, &|t| t[0].broadcast_to(&[2, 3, 4, 5].into()));
+    check("broadcast_to", F32_TOL, &small, &|t| {
+        t[0].broadcast_to(&[2, 3, 4, 5].into())
+    });
     check("permute", F32_TOL, &x, &|t| t[0].permute(&[2, 0, 3, 1]));
-    check("transpose+reshape", F32_TOL, &x, &|t| t[0].transpose(1, 3)?.reshape([4, 19 * 17, 6]));
+    check("transpose+reshape", F32_TOL, &x, &|t| {
+        t[0].transpose(1, 3)?.reshape([4, 19 * 17, 6])
+    });
     check("narrow", F32_TOL, &x, &|t| t[0].narrow(1, 2, 3));
     check("split", F32_TOL, &x, &|t| {
         let parts = t[0].split(2, &[5, 12])?;
         parts[0].sum(&[2], true)?.add(&parts[1].mean(&[2], true)?)
     });
-    let cat = [normal(&mut r, &[2, 3, 4, 5]), normal(&mut r, &[2, 1, 4, 5]), normal(&mut r, &[2, 4, 4, 5])];
-    check("concat axis 1", F32_TOL, &cat, &|t| Tensor::concat(&[&t[0], &t[1], &t[2]], 1));
+    let cat = [
+        normal(&mut r, &[2, 3, 4, 5]),
+        normal(&mut r, &[2, 1, 4, 5]),
+        normal(&mut r, &[2, 4, 4, 5]),
+    ];
+    check("concat axis 1", F32_TOL, &cat, &|t| {
+        Tensor::concat(&[&t[0], &t[1], &t[2]], 1)
+    });
     let rows = [normal(&mut r, &[3, 4]), normal(&mut r, &[2, 4])];
-    check("concat axis 0", F32_TOL, &rows, &|t| Tensor::concat(&[&t[0], &t[1]], 0));
+    check("concat axis 0", F32_TOL, &rows, &|t| {
+        Tensor::concat(&[&t[0], &t[1]], 0)
+    });
     // Gradient accumulation: one tensor used three times.
-    check("accumulated gradient", F32_TOL, &small, &|t| t[0].mul(&t[0])?.add(&t[0].sigmoid()?));
+    check("accumulated gradient", F32_TOL, &small, &|t| {
+        t[0].mul(&t[0])?.add(&t[0].sigmoid()?)
+    });
 }
 
 #[test]
@@ -177,14 +235,32 @@ fn gpu_products_and_convolutions_match_cpu() {
     check("matmul", SUM_TOL, &mm, &|t| t[0].matmul(&t[1]));
     let bmm = [normal(&mut r, &[3, 16, 8]), normal(&mut r, &[3, 8, 16])];
     check("bmm", SUM_TOL, &bmm, &|t| t[0].bmm(&t[1]));
-    let lin = [normal(&mut r, &[2, 5, 12]), normal(&mut r, &[7, 12]), normal(&mut r, &[7])];
-    check("linear", SUM_TOL, &lin, &|t| t[0].linear(&t[1], Some(&t[2])));
-    let conv = [normal(&mut r, &[2, 5, 13, 11]), normal(&mut r, &[6, 5, 3, 3]), normal(&mut r, &[6])];
-    check("conv2d", SUM_TOL, &conv, &|t| t[0].conv2d(&t[1], Some(&t[2]), 1, 1, 1));
-    check("conv2d strided", SUM_TOL, &conv, &|t| t[0].conv2d(&t[1], Some(&t[2]), 2, 1, 1));
-    check("conv2d dilated", SUM_TOL, &conv, &|t| t[0].conv2d(&t[1], None, 1, 2, 2));
+    let lin = [
+        normal(&mut r, &[2, 5, 12]),
+        normal(&mut r, &[7, 12]),
+        normal(&mut r, &[7]),
+    ];
+    check("linear", SUM_TOL, &lin, &|t| {
+        t[0].linear(&t[1], Some(&t[2]))
+    });
+    let conv = [
+        normal(&mut r, &[2, 5, 13, 11]),
+        normal(&mut r, &[6, 5, 3, 3]),
+        normal(&mut r, &[6]),
+    ];
+    check("conv2d", SUM_TOL, &conv, &|t| {
+        t[0].conv2d(&t[1], Some(&t[2]), 1, 1, 1)
+    });
+    check("conv2d strided", SUM_TOL, &conv, &|t| {
+        t[0].conv2d(&t[1], Some(&t[2]), 2, 1, 1)
+    });
+    check("conv2d dilated", SUM_TOL, &conv, &|t| {
+        t[0].conv2d(&t[1], None, 1, 2, 2)
+    });
     let c1 = [normal(&mut r, &[3, 16, 1, 1]), normal(&mut r, &[1, 1, 5])];
-    check("conv1d_channels", F32_TOL, &c1, &|t| t[0].conv1d_channels(&t[1]));
+    check("conv1d_channels", F32_TOL, &c1, &|t| {
+        t[0].conv1d_channels(&t[1])
+    });
 }
 
 #[test]
@@ -203,9 +279,17 @@ fn gpu_norm_pool_resize_softmax_and_losses_match_cpu() {
         ]
     };
     for training in [true, false] {
-        let opts = BatchNormOptions { training, ..Default::default() };
+        let opts = BatchNormOptions {
+            training,
+            ..Default::default()
+        };
         // "after the step" compares the running statistics updated in place.
-        check(&format!("batch_norm training={training}"), SUM_TOL, &bn(&mut r), &|t| t[0].batch_norm(&t[1], &t[2], &t[3], &t[4], opts));
+        check(
+            &format!("batch_norm training={training}"),
+            SUM_TOL,
+            &bn(&mut r),
+            &|t| t[0].batch_norm(&t[1], &t[2], &t[3], &t[4], opts),
+        );
     }
     let x = [normal(&mut r, &[2, 3, 15, 14])];
     check("max_pool2d", F32_TOL, &x, &|t| t[0].max_pool2d(3, 2, 1));
@@ -213,17 +297,33 @@ fn gpu_norm_pool_resize_softmax_and_losses_match_cpu() {
     check("resize down", F32_TOL, &x, &|t| t[0].resize_bilinear(7, 5));
     check("softmax channels", F32_TOL, &x, &|t| t[0].softmax(1));
     check("softmax rows", F32_TOL, &x, &|t| t[0].softmax(-1));
-    let ce = [normal(&mut r, &[2, 2, 9, 8]), labels(&mut r, &[2, 9, 8], 0.3), labels(&mut r, &[2, 9, 8], 0.8)];
-    check("cross_entropy masked", SUM_TOL, &ce, &|t| t[0].cross_entropy_2class(&t[1], Some(&t[2])));
-    check("cross_entropy", SUM_TOL, &ce, &|t| t[0].cross_entropy_2class(&t[1], None));
-    let bce = [normal(&mut r, &[4, 1, 6, 5]), constant(positive(&mut r, &[4, 1, 6, 5]))];
-    check("bce_with_logits", SUM_TOL, &bce, &|t| t[0].bce_with_logits(&t[1].mul_scalar(0.5)?));
+    let ce = [
+        normal(&mut r, &[2, 2, 9, 8]),
+        labels(&mut r, &[2, 9, 8], 0.3),
+        labels(&mut r, &[2, 9, 8], 0.8),
+    ];
+    check("cross_entropy masked", SUM_TOL, &ce, &|t| {
+        t[0].cross_entropy_2class(&t[1], Some(&t[2]))
+    });
+    check("cross_entropy", SUM_TOL, &ce, &|t| {
+        t[0].cross_entropy_2class(&t[1], None)
+    });
+    let bce = [
+        normal(&mut r, &[4, 1, 6, 5]),
+        constant(positive(&mut r, &[4, 1, 6, 5])),
+    ];
+    check("bce_with_logits", SUM_TOL, &bce, &|t| {
+        t[0].bce_with_logits(&t[1].mul_scalar(0.5)?)
+    });
 
     // The CPU op's refusals hold on the GPU too.
     let z = Tensor::from_vec(ce[0].data.clone(), ce[0].dims.clone(), GPU).unwrap();
     let t = Tensor::from_vec(ce[1].data.clone(), ce[1].dims.clone(), GPU).unwrap();
     let none = Tensor::zeros([2, 9, 8], GPU).unwrap();
-    let e = z.cross_entropy_2class(&t, Some(&none)).unwrap_err().to_string();
+    let e = z
+        .cross_entropy_2class(&t, Some(&none))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("masked out"), "{e}");
     let mut zv = ce[0].data.clone();
     zv[37] = f32::NAN;
@@ -231,7 +331,12 @@ fn gpu_norm_pool_resize_softmax_and_losses_match_cpu() {
     let e = zn.cross_entropy_2class(&t, None).unwrap_err().to_string();
     assert!(e.contains("NaN logit at [0, 0, 4, 5]"), "{e}");
     let bad = t.affine(2.0, 0.0).unwrap();
-    assert!(z.cross_entropy_2class(&bad, None).unwrap_err().to_string().contains("not 0 or 1"));
+    assert!(
+        z.cross_entropy_2class(&bad, None)
+            .unwrap_err()
+            .to_string()
+            .contains("not 0 or 1")
+    );
 }
 
 #[test]
@@ -252,7 +357,10 @@ fn gpu_ops_refuse_inputs_on_different_devices() {
     ];
     for (op, res) in cases {
         match res {
-            Err(Error::Device(msg)) => assert!(msg.starts_with(op) && msg.contains("cpu") && msg.contains("cuda:0"), "{msg}"),
+            Err(Error::Device(msg)) => assert!(
+                msg.starts_with(op) && msg.contains("cpu") && msg.contains("cuda:0"),
+                "{msg}"
+            ),
             other => panic!("{op} mixing cpu and cuda:0 gave {other:?}"),
         }
     }
@@ -263,7 +371,13 @@ fn gpu_tiny_resnet18_forward_and_backward_match_cpu() {
     if gpu("gpu_tiny_resnet18_forward_and_backward_match_cpu").is_none() {
         return;
     }
-    let spec = ResNetSpec { depth: 18, width: 0.125, output_stride: 8, multi_grid: false, in_channels: 3 };
+    let spec = ResNetSpec {
+        depth: 18,
+        width: 0.125,
+        output_stride: 8,
+        multi_grid: false,
+        in_channels: 3,
+    };
     let mut r = rng(6);
     let x = randn(&mut r, 2 * 3 * 32 * 32);
     let step = |device: Device| {
@@ -272,15 +386,42 @@ fn gpu_tiny_resnet18_forward_and_backward_match_cpu() {
         let input = Tensor::from_vec(x.clone(), [2, 3, 32, 32], device).unwrap();
         let f = net.forward(&input, true).unwrap();
         let mut wr = ChaCha8Rng::seed_from_u64(8);
-        let w1 = Tensor::from_vec(randn(&mut wr, f.layer1.numel()), f.layer1.shape().clone(), device).unwrap();
-        let w4 = Tensor::from_vec(randn(&mut wr, f.layer4.numel()), f.layer4.shape().clone(), device).unwrap();
-        let loss = f.layer1.mul(&w1).unwrap().mean_all().unwrap().add(&f.layer4.mul(&w4).unwrap().mean_all().unwrap()).unwrap();
+        let w1 = Tensor::from_vec(
+            randn(&mut wr, f.layer1.numel()),
+            f.layer1.shape().clone(),
+            device,
+        )
+        .unwrap();
+        let w4 = Tensor::from_vec(
+            randn(&mut wr, f.layer4.numel()),
+            f.layer4.shape().clone(),
+            device,
+        )
+        .unwrap();
+        let loss = f
+            .layer1
+            .mul(&w1)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .add(&f.layer4.mul(&w4).unwrap().mean_all().unwrap())
+            .unwrap();
         loss.backward().unwrap();
         let named: Vec<(String, Vec<f32>, Option<Vec<f32>>)> = params
             .iter()
-            .map(|(name, t)| (name.to_string(), t.to_vec().unwrap(), t.grad().map(|g| g.to_vec().unwrap())))
+            .map(|(name, t)| {
+                (
+                    name.to_string(),
+                    t.to_vec().unwrap(),
+                    t.grad().map(|g| g.to_vec().unwrap()),
+                )
+            })
             .collect();
-        (f.layer1.to_vec().unwrap(), f.layer4.to_vec().unwrap(), named)
+        (
+            f.layer1.to_vec().unwrap(),
+            f.layer4.to_vec().unwrap(),
+            named,
+        )
     };
     let (c1, c4, cp) = step(Device::Cpu);
     let (g1, g4, gp) = step(GPU);

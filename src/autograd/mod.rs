@@ -32,7 +32,11 @@ pub struct Node {
 
 impl Node {
     pub(crate) fn new(op: &'static str, inputs: Vec<Tensor>, backward: BackwardFn) -> Node {
-        Node { op, inputs, backward }
+        Node {
+            op,
+            inputs,
+            backward,
+        }
     }
     pub fn op(&self) -> &'static str {
         self.op
@@ -95,15 +99,24 @@ impl Tensor {
         let _guard = NoGradGuard::new();
         let order = topological_order(self);
         let mut grads: HashMap<usize, Tensor> = HashMap::new();
-        grads.insert(self.id(), Tensor::ones(self.shape().clone(), self.device())?);
+        grads.insert(
+            self.id(),
+            Tensor::ones(self.shape().clone(), self.device())?,
+        );
         for t in order.iter().rev() {
-            let Some(grad) = grads.remove(&t.id()) else { continue };
+            let Some(grad) = grads.remove(&t.id()) else {
+                continue;
+            };
             if let Some(node) = t.node() {
                 let input_grads = (node.backward)(&grad, t)?;
                 if input_grads.len() != node.inputs.len() {
                     return Err(Error::invalid(
                         node.op,
-                        format!("backward gave {} gradients for {} inputs", input_grads.len(), node.inputs.len()),
+                        format!(
+                            "backward gave {} gradients for {} inputs",
+                            input_grads.len(),
+                            node.inputs.len()
+                        ),
                     ));
                 }
                 for (input, g) in node.inputs.iter().zip(input_grads) {
@@ -114,7 +127,11 @@ impl Tensor {
                     if g.shape() != input.shape() {
                         return Err(Error::shape(
                             node.op,
-                            format!("backward gave a gradient of shape {} for an input of shape {}", g.shape(), input.shape()),
+                            format!(
+                                "backward gave a gradient of shape {} for an input of shape {}",
+                                g.shape(),
+                                input.shape()
+                            ),
                         ));
                     }
                     let total = match grads.remove(&input.id()) {

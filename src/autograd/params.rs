@@ -18,10 +18,18 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
     Const(f32),
-    Uniform { lo: f32, hi: f32 },
-    Normal { mean: f32, std: f32 },
+    Uniform {
+        lo: f32,
+        hi: f32,
+    },
+    Normal {
+        mean: f32,
+        std: f32,
+    },
     /// He et al.: Normal(0, sqrt(2 / fan_in)), for layers followed by ReLU.
-    KaimingNormal { fan_in: usize },
+    KaimingNormal {
+        fan_in: usize,
+    },
 }
 
 struct Entry {
@@ -48,7 +56,11 @@ pub struct LoadReport {
 
 impl ParamStore {
     pub fn new(device: Device, seed: u64) -> ParamStore {
-        ParamStore { device, rng: ChaCha8Rng::seed_from_u64(seed), entries: BTreeMap::new() }
+        ParamStore {
+            device,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            entries: BTreeMap::new(),
+        }
     }
     pub fn device(&self) -> Device {
         self.device
@@ -64,7 +76,13 @@ impl ParamStore {
         self.get_or_create(name, shape.into(), init, false)
     }
 
-    fn get_or_create(&mut self, name: &str, shape: Shape, init: Init, trainable: bool) -> Result<Tensor> {
+    fn get_or_create(
+        &mut self,
+        name: &str,
+        shape: Shape,
+        init: Init,
+        trainable: bool,
+    ) -> Result<Tensor> {
         if let Some(e) = self.entries.get(name) {
             if e.tensor.shape() != &shape || e.trainable != trainable {
                 return Err(Error::shape(
@@ -82,16 +100,33 @@ impl ParamStore {
         let t = match init {
             Init::Const(v) => Tensor::full(shape, v, self.device)?,
             Init::Uniform { lo, hi } => Tensor::uniform(shape, lo, hi, self.device, &mut self.rng)?,
-            Init::Normal { mean, std } => Tensor::randn(shape, mean, std, self.device, &mut self.rng)?,
+            Init::Normal { mean, std } => {
+                Tensor::randn(shape, mean, std, self.device, &mut self.rng)?
+            }
             Init::KaimingNormal { fan_in } => {
                 if fan_in == 0 {
-                    return Err(Error::invalid("ParamStore::var", format!("'{name}': KaimingNormal with fan_in 0")));
+                    return Err(Error::invalid(
+                        "ParamStore::var",
+                        format!("'{name}': KaimingNormal with fan_in 0"),
+                    ));
                 }
-                Tensor::randn(shape, 0.0, (2.0 / fan_in as f32).sqrt(), self.device, &mut self.rng)?
+                Tensor::randn(
+                    shape,
+                    0.0,
+                    (2.0 / fan_in as f32).sqrt(),
+                    self.device,
+                    &mut self.rng,
+                )?
             }
         };
         let t = if trainable { t.into_var() } else { t };
-        self.entries.insert(name.to_string(), Entry { tensor: t.clone(), trainable });
+        self.entries.insert(
+            name.to_string(),
+            Entry {
+                tensor: t.clone(),
+                trainable,
+            },
+        );
         Ok(t)
     }
 
@@ -110,7 +145,10 @@ impl ParamStore {
     }
     /// The trainable parameters, sorted by name: what an optimiser updates.
     pub fn trainable(&self) -> impl Iterator<Item = (&str, &Tensor)> {
-        self.entries.iter().filter(|(_, e)| e.trainable).map(|(n, e)| (n.as_str(), &e.tensor))
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.trainable)
+            .map(|(n, e)| (n.as_str(), &e.tensor))
     }
     /// Number of trainable scalars.
     pub fn num_trainable(&self) -> usize {
@@ -127,7 +165,13 @@ impl ParamStore {
         let path = path.as_ref();
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
             .iter()
-            .map(|(n, t)| Ok((n.to_string(), bytemuck::cast_slice(&t.to_vec()?).to_vec(), t.dims().to_vec())))
+            .map(|(n, t)| {
+                Ok((
+                    n.to_string(),
+                    bytemuck::cast_slice(&t.to_vec()?).to_vec(),
+                    t.dims().to_vec(),
+                ))
+            })
             .collect::<Result<_>>()?;
         let views = bytes
             .iter()
@@ -137,7 +181,8 @@ impl ParamStore {
                     .map_err(|e| Error::format(path, None, format!("tensor '{n}': {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let out = safetensors::serialize(views, None).map_err(|e| Error::format(path, None, e.to_string()))?;
+        let out = safetensors::serialize(views, None)
+            .map_err(|e| Error::format(path, None, e.to_string()))?;
         std::fs::write(path, out).map_err(|e| Error::io(path, e))
     }
 
@@ -147,16 +192,33 @@ impl ParamStore {
     pub fn load(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, None, e.to_string()))?;
+        let file = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::format(path, None, e.to_string()))?;
         let mut values = Vec::with_capacity(self.entries.len());
         for (name, entry) in &self.entries {
-            let view = file
-                .tensor(name)
-                .map_err(|_| Error::format(path, None, format!("tensor '{name}' is missing from the file")))?;
-            values.push((entry.tensor.clone(), read_view(path, name, &view, entry.tensor.shape())?));
+            let view = file.tensor(name).map_err(|_| {
+                Error::format(
+                    path,
+                    None,
+                    format!("tensor '{name}' is missing from the file"),
+                )
+            })?;
+            values.push((
+                entry.tensor.clone(),
+                read_view(path, name, &view, entry.tensor.shape())?,
+            ));
         }
-        if let Some(extra) = file.names().into_iter().filter(|n| !self.entries.contains_key(*n)).min() {
-            return Err(Error::format(path, None, format!("tensor '{extra}' in the file is not a parameter of this model")));
+        if let Some(extra) = file
+            .names()
+            .into_iter()
+            .filter(|n| !self.entries.contains_key(*n))
+            .min()
+        {
+            return Err(Error::format(
+                path,
+                None,
+                format!("tensor '{extra}' in the file is not a parameter of this model"),
+            ));
         }
         for (t, data) in values {
             t.assign(&Tensor::from_vec(data, t.shape().clone(), t.device())?)?;
@@ -169,20 +231,28 @@ impl ParamStore {
     pub fn load_matching(&mut self, path: impl AsRef<Path>) -> Result<LoadReport> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, None, e.to_string()))?;
+        let file = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::format(path, None, e.to_string()))?;
         let mut report = LoadReport::default();
         let mut values = Vec::new();
         for (name, entry) in &self.entries {
             match file.tensor(name) {
                 Ok(view) => {
-                    values.push((entry.tensor.clone(), read_view(path, name, &view, entry.tensor.shape())?));
+                    values.push((
+                        entry.tensor.clone(),
+                        read_view(path, name, &view, entry.tensor.shape())?,
+                    ));
                     report.loaded.push(name.clone());
                 }
                 Err(_) => report.missing.push(name.clone()),
             }
         }
-        let mut unexpected: Vec<String> =
-            file.names().into_iter().filter(|n| !self.entries.contains_key(*n)).map(String::from).collect();
+        let mut unexpected: Vec<String> = file
+            .names()
+            .into_iter()
+            .filter(|n| !self.entries.contains_key(*n))
+            .map(String::from)
+            .collect();
         unexpected.sort();
         report.unexpected = unexpected;
         for (t, data) in values {
@@ -201,14 +271,33 @@ pub(crate) fn read_view(path: &Path, name: &str, view: &TensorView<'_>, want: &S
         return Err(Error::format(
             path,
             None,
-            format!("tensor '{name}' has shape {} in the file, the model needs {want}", Shape::from(view.shape())),
+            format!(
+                "tensor '{name}' has shape {} in the file, the model needs {want}",
+                Shape::from(view.shape())
+            ),
         ));
     }
     match view.dtype() {
-        Dtype::F32 => Ok(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
-        Dtype::F16 => Ok(view.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
-        Dtype::BF16 => Ok(view.data().chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()),
-        other => Err(Error::format(path, None, format!("tensor '{name}' has dtype {other:?}; f32, f16 or bf16 expected"))),
+        Dtype::F32 => Ok(view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()),
+        Dtype::F16 => Ok(view
+            .data()
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect()),
+        Dtype::BF16 => Ok(view
+            .data()
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect()),
+        other => Err(Error::format(
+            path,
+            None,
+            format!("tensor '{name}' has dtype {other:?}; f32, f16 or bf16 expected"),
+        )),
     }
 }
 
@@ -223,30 +312,50 @@ mod tests {
     #[test]
     fn save_load_roundtrip_and_misfits() {
         let mut a = ParamStore::new(Device::Cpu, 1);
-        a.var("conv.weight", [4, 3, 3, 3], Init::KaimingNormal { fan_in: 27 }).unwrap();
-        a.buffer("bn.running_mean", [4], Init::Uniform { lo: -1.0, hi: 1.0 }).unwrap();
+        a.var(
+            "conv.weight",
+            [4, 3, 3, 3],
+            Init::KaimingNormal { fan_in: 27 },
+        )
+        .unwrap();
+        a.buffer("bn.running_mean", [4], Init::Uniform { lo: -1.0, hi: 1.0 })
+            .unwrap();
         let path = tmp("ok.safetensors");
         a.save(&path).unwrap();
 
         let mut b = ParamStore::new(Device::Cpu, 2);
-        b.var("conv.weight", [4, 3, 3, 3], Init::Const(0.0)).unwrap();
+        b.var("conv.weight", [4, 3, 3, 3], Init::Const(0.0))
+            .unwrap();
         b.buffer("bn.running_mean", [4], Init::Const(0.0)).unwrap();
         b.load(&path).unwrap();
         for (name, t) in a.iter() {
-            assert_eq!(t.to_vec().unwrap(), b.get(name).unwrap().to_vec().unwrap(), "{name}");
+            assert_eq!(
+                t.to_vec().unwrap(),
+                b.get(name).unwrap().to_vec().unwrap(),
+                "{name}"
+            );
         }
         assert_eq!(b.trainable().count(), 1);
         assert!(b.get("conv.weight").unwrap().requires_grad());
 
         let mut c = ParamStore::new(Device::Cpu, 3);
-        c.var("conv.weight", [4, 3, 1, 1], Init::Const(0.0)).unwrap();
+        c.var("conv.weight", [4, 3, 1, 1], Init::Const(0.0))
+            .unwrap();
         let e = c.load(&path).unwrap_err().to_string();
-        assert!(e.contains("conv.weight") && e.contains("[4, 3, 3, 3]") && e.contains("[4, 3, 1, 1]"), "{e}");
+        assert!(
+            e.contains("conv.weight") && e.contains("[4, 3, 3, 3]") && e.contains("[4, 3, 1, 1]"),
+            "{e}"
+        );
         let mut d = ParamStore::new(Device::Cpu, 3);
-        d.var("conv.weight", [4, 3, 3, 3], Init::Const(0.0)).unwrap();
+        d.var("conv.weight", [4, 3, 3, 3], Init::Const(0.0))
+            .unwrap();
         let e = d.load(&path).unwrap_err().to_string();
         assert!(e.contains("bn.running_mean"), "{e}");
-        assert_eq!(d.get("conv.weight").unwrap().to_vec().unwrap(), vec![0.0; 108], "nothing changed on error");
+        assert_eq!(
+            d.get("conv.weight").unwrap().to_vec().unwrap(),
+            vec![0.0; 108],
+            "nothing changed on error"
+        );
         let r = d.load_matching(&path).unwrap();
         assert_eq!(r.unexpected, vec!["bn.running_mean".to_string()]);
         assert_eq!(r.loaded, vec!["conv.weight".to_string()]);

@@ -6,10 +6,15 @@ mod eval_masks;
 mod crf;
 mod crops;
 mod embed;
+mod demo;
+mod eval;
+mod experiment;
 mod info;
-mod split;
 mod pseudo_masks;
+mod segment;
+mod split;
 mod synth;
+mod train;
 
 #[derive(Parser)]
 #[command(name = "coseg", version, about = "Weakly supervised lesion co-segmentation on CT from RECIST marks")]
@@ -36,6 +41,16 @@ pub enum Command {
     Split(split::Args),
     /// GrabCut pseudo-masks from the RECIST marks of every lesion (quality report if masks/ exists).
     PseudoMasks(pseudo_masks::Args),
+    /// Train the co-segmentation network on pseudo-masks (TOML config; resumes automatically).
+    Train(train::Args),
+    /// Score a checkpoint's masks on a split with the paper's metrics (table or eval-masks JSON).
+    Eval(eval::Args),
+    /// The main job: synthetic data -> pseudo-masks -> split -> train -> eval, with a report.
+    Demo(demo::Args),
+    /// Run experiment configs (the paper's Tables 1-3 are in experiments/) and print the tables.
+    Experiment(experiment::Args),
+    /// Segment one lesion from its slice and RECIST marks with a trained checkpoint.
+    Segment(segment::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -48,5 +63,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Crf(a) => crf::run(a),
         Command::Split(a) => split::run(a),
         Command::PseudoMasks(a) => pseudo_masks::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Demo(a) => demo::run(a),
+        Command::Experiment(a) => experiment::run(a),
+        Command::Segment(a) => segment::run(a),
     }
 }

@@ -391,7 +391,7 @@ impl Lattice {
 
     /// Accumulates `input` (points x channels) into `values` ((vertices+1) x channels, cleared
     /// here), each point into its simplex's corners with its barycentric weights.
-    pub fn splat(&self, input: &[f32], channels: usize, values: &mut [f32]) {
+    pub(crate) fn splat(&self, input: &[f32], channels: usize, values: &mut [f32]) {
         debug_assert_eq!(input.len(), self.points * channels);
         debug_assert_eq!(values.len(), self.value_len(channels));
         values.fill(0.0);
@@ -428,7 +428,7 @@ impl Lattice {
 
     /// Blurs `values` along each of the d+1 lattice directions in turn with [1/2, 1, 1/2];
     /// `scratch` is a second buffer of the same length. The result is left in `values`.
-    pub fn blur(&self, values: &mut Vec<f32>, scratch: &mut Vec<f32>, channels: usize) {
+    pub(crate) fn blur(&self, values: &mut Vec<f32>, scratch: &mut Vec<f32>, channels: usize) {
         debug_assert_eq!(values.len(), self.value_len(channels));
         scratch.resize(values.len(), 0.0);
         scratch[..channels].fill(0.0);
@@ -455,7 +455,7 @@ impl Lattice {
 
     /// Interpolates `values` back to the points (points x channels): out = alpha * sum over
     /// the corners of barycentric weight * value.
-    pub fn slice(&self, values: &[f32], channels: usize, out: &mut [f32]) {
+    pub(crate) fn slice(&self, values: &[f32], channels: usize, out: &mut [f32]) {
         debug_assert_eq!(out.len(), self.points * channels);
         specialise!(self.dim + 1, channels, |D1, C| self
             .slice_impl::<D1, C>(values, channels, out));

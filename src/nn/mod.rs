@@ -10,7 +10,7 @@
 //! ```
 //!
 //! # API (what training, evaluation and the CLI use)
-//! ```ignore
+//! ```text
 //! let cfg = ModelConfig::default();                 // DRN-MG-101 CSA(SE+MSA) + D2
 //! let mut params = ParamStore::new(Device::Cpu, seed); // the seed sets the initial weights
 //! let net = CosegNet::new(&cfg, &mut params)?;      // parameters now live in `params`

@@ -19,7 +19,14 @@ pub(crate) fn broadcast_binary_cpu(
     out: &Shape,
     f: impl Fn(f32, f32) -> f32 + Sync + Send,
 ) -> Vec<f32> {
-    let walk = Walk::new(out.dims(), vec![out.strides(), ash.broadcast_strides(out), bsh.broadcast_strides(out)]);
+    let walk = Walk::new(
+        out.dims(),
+        vec![
+            out.strides(),
+            ash.broadcast_strides(out),
+            bsh.broadcast_strides(out),
+        ],
+    );
     let n = out.numel();
     let mut y = vec![0f32; n];
     if n == 0 {
@@ -31,7 +38,11 @@ pub(crate) fn broadcast_binary_cpu(
         let (oa, ob) = (walk.row_offset(1, r), walk.row_offset(2, r));
         match (sa, sb) {
             (1, 1) => {
-                for ((y, &x), &z) in yr.iter_mut().zip(&a[oa..oa + inner]).zip(&b[ob..ob + inner]) {
+                for ((y, &x), &z) in yr
+                    .iter_mut()
+                    .zip(&a[oa..oa + inner])
+                    .zip(&b[ob..ob + inner])
+                {
                     *y = f(x, z);
                 }
             }
@@ -56,7 +67,10 @@ pub(crate) fn broadcast_binary_cpu(
     };
     if n >= PAR_MIN {
         let min_rows = (PAR_MIN / 4 / inner).max(1);
-        y.par_chunks_mut(inner).enumerate().with_min_len(min_rows).for_each(row);
+        y.par_chunks_mut(inner)
+            .enumerate()
+            .with_min_len(min_rows)
+            .for_each(row);
     } else {
         y.chunks_mut(inner).enumerate().for_each(row);
     }
@@ -66,18 +80,34 @@ pub(crate) fn broadcast_binary_cpu(
 /// `f` applied to every element, in parallel when large.
 pub(crate) fn map_cpu(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
     if x.len() >= PAR_MIN {
-        x.par_iter().with_min_len(PAR_MIN / 4).map(|&v| f(v)).collect()
+        x.par_iter()
+            .with_min_len(PAR_MIN / 4)
+            .map(|&v| f(v))
+            .collect()
     } else {
         x.iter().map(|&v| f(v)).collect()
     }
 }
 
 /// `f(x, y, g)` over three equally long slices (the backward of a unary op).
-pub(crate) fn map3_cpu(x: &[f32], y: &[f32], g: &[f32], f: impl Fn(f32, f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+pub(crate) fn map3_cpu(
+    x: &[f32],
+    y: &[f32],
+    g: &[f32],
+    f: impl Fn(f32, f32, f32) -> f32 + Sync + Send,
+) -> Vec<f32> {
     if x.len() >= PAR_MIN {
-        (x, y, g).into_par_iter().with_min_len(PAR_MIN / 4).map(|(&x, &y, &g)| f(x, y, g)).collect()
+        (x, y, g)
+            .into_par_iter()
+            .with_min_len(PAR_MIN / 4)
+            .map(|(&x, &y, &g)| f(x, y, g))
+            .collect()
     } else {
-        x.iter().zip(y).zip(g).map(|((&x, &y), &g)| f(x, y, g)).collect()
+        x.iter()
+            .zip(y)
+            .zip(g)
+            .map(|((&x, &y), &g)| f(x, y, g))
+            .collect()
     }
 }
 
@@ -127,30 +157,38 @@ fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
         Device::Cuda(_) => gpu::binary(name, op.gpu(), a, b, &out_shape)?,
     };
     let (ac, bc) = (a.clone(), b.clone());
-    Ok(Tensor::from_storage_op(name, Arc::new(storage), out_shape, &[a, b], move |g, y| {
-        let (ash, bsh) = (ac.shape(), bc.shape());
-        let need_a = ac.tracks_grad();
-        let need_b = bc.tracks_grad();
-        Ok(match op {
-            BinaryOp::Add => vec![
-                need_a.then(|| g.sum_to(ash)).transpose()?,
-                need_b.then(|| g.sum_to(bsh)).transpose()?,
-            ],
-            BinaryOp::Sub => vec![
-                need_a.then(|| g.sum_to(ash)).transpose()?,
-                need_b.then(|| g.neg()?.sum_to(bsh)).transpose()?,
-            ],
-            BinaryOp::Mul => vec![
-                need_a.then(|| g.mul(&bc)?.sum_to(ash)).transpose()?,
-                need_b.then(|| g.mul(&ac)?.sum_to(bsh)).transpose()?,
-            ],
-            // d(a/b)/db = -a/b^2 = -y/b
-            BinaryOp::Div => vec![
-                need_a.then(|| g.div(&bc)?.sum_to(ash)).transpose()?,
-                need_b.then(|| g.mul(y)?.div(&bc)?.neg()?.sum_to(bsh)).transpose()?,
-            ],
-        })
-    }))
+    Ok(Tensor::from_storage_op(
+        name,
+        Arc::new(storage),
+        out_shape,
+        &[a, b],
+        move |g, y| {
+            let (ash, bsh) = (ac.shape(), bc.shape());
+            let need_a = ac.tracks_grad();
+            let need_b = bc.tracks_grad();
+            Ok(match op {
+                BinaryOp::Add => vec![
+                    need_a.then(|| g.sum_to(ash)).transpose()?,
+                    need_b.then(|| g.sum_to(bsh)).transpose()?,
+                ],
+                BinaryOp::Sub => vec![
+                    need_a.then(|| g.sum_to(ash)).transpose()?,
+                    need_b.then(|| g.neg()?.sum_to(bsh)).transpose()?,
+                ],
+                BinaryOp::Mul => vec![
+                    need_a.then(|| g.mul(&bc)?.sum_to(ash)).transpose()?,
+                    need_b.then(|| g.mul(&ac)?.sum_to(bsh)).transpose()?,
+                ],
+                // d(a/b)/db = -a/b^2 = -y/b
+                BinaryOp::Div => vec![
+                    need_a.then(|| g.div(&bc)?.sum_to(ash)).transpose()?,
+                    need_b
+                        .then(|| g.mul(y)?.div(&bc)?.neg()?.sum_to(bsh))
+                        .transpose()?,
+                ],
+            })
+        },
+    ))
 }
 
 fn sigmoid_f(x: f32) -> f32 {
@@ -165,7 +203,13 @@ fn sigmoid_f(x: f32) -> f32 {
 
 /// A unary op from its forward map and its backward as a function of (x, y, dy), with `kernel`
 /// the same map on the GPU. Generic (not fn pointers) so each CPU map is inlined and vectorised.
-fn unary<F, B>(x: &Tensor, name: &'static str, kernel: MapOp, forward: F, backward: B) -> Result<Tensor>
+fn unary<F, B>(
+    x: &Tensor,
+    name: &'static str,
+    kernel: MapOp,
+    forward: F,
+    backward: B,
+) -> Result<Tensor>
 where
     F: Fn(f32) -> f32 + Sync + Send,
     B: Fn(f32, f32, f32) -> f32 + Sync + Send + Copy + 'static,
@@ -175,17 +219,28 @@ where
         Device::Cuda(_) => gpu::map(name, x, kernel)?,
     };
     let xc = x.clone();
-    Ok(Tensor::from_storage_op(name, Arc::new(storage), x.shape().clone(), &[x], move |g, y| {
-        let dx = match xc.device() {
-            Device::Cpu => {
-                let (xs, ys, gs) = (xc.storage(), y.storage(), g.storage());
-                let dx = map3_cpu(xs.as_cpu(name)?, ys.as_cpu(name)?, gs.as_cpu(name)?, backward);
-                Tensor::from_vec(dx, xc.shape().clone(), Device::Cpu)?
-            }
-            Device::Cuda(_) => gpu::map_grad(name, &xc, y, g, kernel)?,
-        };
-        Ok(vec![Some(dx)])
-    }))
+    Ok(Tensor::from_storage_op(
+        name,
+        Arc::new(storage),
+        x.shape().clone(),
+        &[x],
+        move |g, y| {
+            let dx = match xc.device() {
+                Device::Cpu => {
+                    let (xs, ys, gs) = (xc.storage(), y.storage(), g.storage());
+                    let dx = map3_cpu(
+                        xs.as_cpu(name)?,
+                        ys.as_cpu(name)?,
+                        gs.as_cpu(name)?,
+                        backward,
+                    );
+                    Tensor::from_vec(dx, xc.shape().clone(), Device::Cpu)?
+                }
+                Device::Cuda(_) => gpu::map_grad(name, &xc, y, g, kernel)?,
+            };
+            Ok(vec![Some(dx)])
+        },
+    ))
 }
 
 impl Tensor {
@@ -209,15 +264,22 @@ impl Tensor {
     pub fn affine(&self, mul: f32, add: f32) -> Result<Tensor> {
         const OP: &str = "affine";
         if !mul.is_finite() || !add.is_finite() {
-            return Err(Error::invalid(OP, format!("non-finite constants mul={mul}, add={add}")));
+            return Err(Error::invalid(
+                OP,
+                format!("non-finite constants mul={mul}, add={add}"),
+            ));
         }
         let storage = match self.device() {
             Device::Cpu => Storage::Cpu(map_cpu(self.storage().as_cpu(OP)?, |v| v * mul + add)),
             Device::Cuda(_) => gpu::affine(OP, self, mul, add)?,
         };
-        Ok(Tensor::from_storage_op(OP, Arc::new(storage), self.shape().clone(), &[self], move |g, _| {
-            Ok(vec![Some(g.affine(mul, 0.0)?)])
-        }))
+        Ok(Tensor::from_storage_op(
+            OP,
+            Arc::new(storage),
+            self.shape().clone(),
+            &[self],
+            move |g, _| Ok(vec![Some(g.affine(mul, 0.0)?)]),
+        ))
     }
     pub fn add_scalar(&self, v: f32) -> Result<Tensor> {
         self.affine(1.0, v)
@@ -230,40 +292,79 @@ impl Tensor {
     }
     /// `self ^ p` element-wise (negative bases give NaN for non-integer `p`).
     pub fn powf(&self, p: f32) -> Result<Tensor> {
-        unary(self, "powf", MapOp::Pow(p), move |v| v.powf(p), move |x, _, g| g * p * x.powf(p - 1.0))
+        unary(
+            self,
+            "powf",
+            MapOp::Pow(p),
+            move |v| v.powf(p),
+            move |x, _, g| g * p * x.powf(p - 1.0),
+        )
     }
 
     /// Limits every element to [lo, hi]; the gradient passes only where the input is inside.
     pub fn clamp(&self, lo: f32, hi: f32) -> Result<Tensor> {
-        if !(lo <= hi) {
+        if lo.is_nan() || hi.is_nan() || lo > hi {
             return Err(Error::invalid("clamp", format!("lo {lo} > hi {hi}")));
         }
-        unary(self, "clamp", MapOp::Clamp { lo, hi }, move |x| if x < lo { lo } else if x > hi { hi } else { x }, move |x, _, g| {
-            if x >= lo && x <= hi { g } else { 0.0 }
-        })
+        unary(
+            self,
+            "clamp",
+            MapOp::Clamp { lo, hi },
+            move |x| {
+                if x < lo {
+                    lo
+                } else if x > hi {
+                    hi
+                } else {
+                    x
+                }
+            },
+            move |x, _, g| {
+                if x >= lo && x <= hi { g } else { 0.0 }
+            },
+        )
     }
     /// Inverted dropout: when `training`, zeroes each element with probability `p` (drawn from
     /// `rng`) and scales the others by 1/(1-p); the identity otherwise.
     pub fn dropout(&self, p: f32, training: bool, rng: &mut impl rand::Rng) -> Result<Tensor> {
         if !(0.0..1.0).contains(&p) {
-            return Err(Error::invalid("dropout", format!("probability {p} outside [0, 1)")));
+            return Err(Error::invalid(
+                "dropout",
+                format!("probability {p} outside [0, 1)"),
+            ));
         }
         if !training || p == 0.0 {
             return Ok(self.clone());
         }
         let keep = 1.0 / (1.0 - p);
-        let mask: Vec<f32> = (0..self.numel()).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
-        self.mul(&Tensor::from_vec(mask, self.shape().clone(), self.device())?)
+        let mask: Vec<f32> = (0..self.numel())
+            .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+            .collect();
+        self.mul(&Tensor::from_vec(
+            mask,
+            self.shape().clone(),
+            self.device(),
+        )?)
     }
     pub fn relu(&self) -> Result<Tensor> {
         // `x <= 0` is false for NaN, so NaN passes through.
-        unary(self, "relu", MapOp::Relu, |x| if x <= 0.0 { 0.0 } else { x }, |x, _, g| if x > 0.0 { g } else { 0.0 })
+        unary(
+            self,
+            "relu",
+            MapOp::Relu,
+            |x| if x <= 0.0 { 0.0 } else { x },
+            |x, _, g| if x > 0.0 { g } else { 0.0 },
+        )
     }
     pub fn sigmoid(&self) -> Result<Tensor> {
-        unary(self, "sigmoid", MapOp::Sigmoid, sigmoid_f, |_, y, g| g * y * (1.0 - y))
+        unary(self, "sigmoid", MapOp::Sigmoid, sigmoid_f, |_, y, g| {
+            g * y * (1.0 - y)
+        })
     }
     pub fn tanh(&self) -> Result<Tensor> {
-        unary(self, "tanh", MapOp::Tanh, f32::tanh, |_, y, g| g * (1.0 - y * y))
+        unary(self, "tanh", MapOp::Tanh, f32::tanh, |_, y, g| {
+            g * (1.0 - y * y)
+        })
     }
     pub fn exp(&self) -> Result<Tensor> {
         unary(self, "exp", MapOp::Exp, f32::exp, |_, y, g| g * y)
@@ -279,7 +380,15 @@ impl Tensor {
         unary(self, "sqr", MapOp::Sqr, |x| x * x, |x, _, g| 2.0 * x * g)
     }
     pub fn abs(&self) -> Result<Tensor> {
-        unary(self, "abs", MapOp::Abs, f32::abs, |x, _, g| if x > 0.0 { g } else if x < 0.0 { -g } else { 0.0 })
+        unary(self, "abs", MapOp::Abs, f32::abs, |x, _, g| {
+            if x > 0.0 {
+                g
+            } else if x < 0.0 {
+                -g
+            } else {
+                0.0
+            }
+        })
     }
 }
 
@@ -322,16 +431,31 @@ mod tests {
             let b = Tensor::randn(*bd, 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
             let y = a.sub(&b.mul_scalar(2.0).unwrap()).unwrap();
             let out = a.shape().broadcast(b.shape(), "t").unwrap();
-            let want = naive(&a.to_vec().unwrap(), a.shape(), &b.to_vec().unwrap(), b.shape(), &out);
+            let want = naive(
+                &a.to_vec().unwrap(),
+                a.shape(),
+                &b.to_vec().unwrap(),
+                b.shape(),
+                &out,
+            );
             assert_eq!(y.shape(), &out);
             let got = y.to_vec().unwrap();
             for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "{ad:?} vs {bd:?}: {g} != {w}");
+                assert!(
+                    (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                    "{ad:?} vs {bd:?}: {g} != {w}"
+                );
             }
         }
         let a = Tensor::zeros([2, 3], Device::Cpu).unwrap();
-        let e = a.add(&Tensor::zeros([4], Device::Cpu).unwrap()).unwrap_err().to_string();
-        assert!(e.starts_with("add:") && e.contains("[2, 3]") && e.contains("[4]"), "{e}");
+        let e = a
+            .add(&Tensor::zeros([4], Device::Cpu).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("add:") && e.contains("[2, 3]") && e.contains("[4]"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -341,9 +465,19 @@ mod tests {
         let y = x.dropout(0.25, true, &mut rng).unwrap().to_vec().unwrap();
         let xv = x.to_vec().unwrap();
         let zeros = y.iter().filter(|&&v| v == 0.0).count();
-        assert!((2300..2700).contains(&zeros), "{zeros} of 10000 dropped at p = 0.25");
-        assert!(y.iter().zip(&xv).all(|(&a, &b)| a == 0.0 || (a - b / 0.75).abs() < 1e-6));
-        assert_eq!(x.dropout(0.25, false, &mut rng).unwrap().to_vec().unwrap(), xv);
+        assert!(
+            (2300..2700).contains(&zeros),
+            "{zeros} of 10000 dropped at p = 0.25"
+        );
+        assert!(
+            y.iter()
+                .zip(&xv)
+                .all(|(&a, &b)| a == 0.0 || (a - b / 0.75).abs() < 1e-6)
+        );
+        assert_eq!(
+            x.dropout(0.25, false, &mut rng).unwrap().to_vec().unwrap(),
+            xv
+        );
         assert!(x.dropout(1.0, true, &mut rng).is_err());
     }
 
@@ -354,7 +488,12 @@ mod tests {
         assert!(y[0].is_nan() && y[1] == 0.0 && y[2] == 2.0);
         let s = x.sigmoid().unwrap().to_vec().unwrap();
         assert!(s[0].is_nan());
-        let big = Tensor::from_vec(vec![-200.0, 200.0], [2], Device::Cpu).unwrap().sigmoid().unwrap().to_vec().unwrap();
+        let big = Tensor::from_vec(vec![-200.0, 200.0], [2], Device::Cpu)
+            .unwrap()
+            .sigmoid()
+            .unwrap()
+            .to_vec()
+            .unwrap();
         assert_eq!(big, vec![0.0, 1.0]);
     }
 }

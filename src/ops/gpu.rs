@@ -3,11 +3,11 @@
 //! one `match device` per op that picks this or the CPU loop; everything here runs in order on
 //! the device's one stream, so nothing waits for the host.
 
-use crate::backend::cuda::elementwise::{self as ew, Binary};
-use crate::backend::cuda::nd::{self, MapOp};
 use super::BatchNormOptions;
 use crate::backend::cpu::conv::ConvGeometry;
 use crate::backend::cuda::conv::{self, Conv2dShape};
+use crate::backend::cuda::elementwise::{self as ew, Binary};
+use crate::backend::cuda::nd::{self, MapOp};
 use crate::backend::cuda::{CudaDevice, GpuBuffer, batchnorm, blas, loss, pool, reduce};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -18,7 +18,9 @@ use std::sync::Arc;
 pub(crate) fn device(op: &'static str, t: &Tensor) -> Result<Arc<CudaDevice>> {
     match t.device() {
         Device::Cuda(n) => CudaDevice::get(n),
-        Device::Cpu => Err(Error::Device(format!("{op}: expected a tensor on a CUDA device, found one on the cpu"))),
+        Device::Cpu => Err(Error::Device(format!(
+            "{op}: expected a tensor on a CUDA device, found one on the cpu"
+        ))),
     }
 }
 
@@ -31,7 +33,10 @@ pub(crate) fn alloc(dev: &CudaDevice, len: usize) -> Result<GpuBuffer> {
 pub(crate) fn tensor(buf: GpuBuffer, shape: impl Into<Shape>) -> Result<Tensor> {
     let shape = shape.into();
     if buf.len() != shape.numel() {
-        return Err(Error::shape("gpu tensor", format!("buffer of {} elements for shape {shape}", buf.len())));
+        return Err(Error::shape(
+            "gpu tensor",
+            format!("buffer of {} elements for shape {shape}", buf.len()),
+        ));
     }
     Ok(Tensor::from_storage(Storage::Cuda(buf), shape))
 }
@@ -46,11 +51,24 @@ pub(crate) fn map(op: &'static str, x: &Tensor, f: MapOp) -> Result<Storage> {
 }
 
 /// dx = f'(x, y) * g element-wise (the backward of [`map`]).
-pub(crate) fn map_grad(op: &'static str, x: &Tensor, y: &Tensor, g: &Tensor, f: MapOp) -> Result<Tensor> {
+pub(crate) fn map_grad(
+    op: &'static str,
+    x: &Tensor,
+    y: &Tensor,
+    g: &Tensor,
+    f: MapOp,
+) -> Result<Tensor> {
     let dev = device(op, x)?;
     let (sx, sy, sg) = (x.storage(), y.storage(), g.storage());
     let mut dx = alloc(&dev, x.numel())?;
-    nd::map_bwd(&dev, f, sx.as_cuda(op)?, sy.as_cuda(op)?, sg.as_cuda(op)?, &mut dx)?;
+    nd::map_bwd(
+        &dev,
+        f,
+        sx.as_cuda(op)?,
+        sy.as_cuda(op)?,
+        sg.as_cuda(op)?,
+        &mut dx,
+    )?;
     tensor(dx, x.shape().clone())
 }
 
@@ -64,9 +82,22 @@ pub(crate) fn affine(op: &'static str, x: &Tensor, mul: f32, add: f32) -> Result
 }
 
 /// a op b broadcast to `out` (numpy alignment from the right, any rank).
-pub(crate) fn binary(op: &'static str, f: Binary, a: &Tensor, b: &Tensor, out: &Shape) -> Result<Storage> {
+pub(crate) fn binary(
+    op: &'static str,
+    f: Binary,
+    a: &Tensor,
+    b: &Tensor,
+    out: &Shape,
+) -> Result<Storage> {
     let dev = device(op, a)?;
-    let g = nd::geometry(op, out.dims(), &a.shape().broadcast_strides(out), &b.shape().broadcast_strides(out), 0, 0)?;
+    let g = nd::geometry(
+        op,
+        out.dims(),
+        &a.shape().broadcast_strides(out),
+        &b.shape().broadcast_strides(out),
+        0,
+        0,
+    )?;
     let (sa, sb) = (a.storage(), b.storage());
     let mut y = alloc(&dev, out.numel())?;
     nd::binary(&dev, f, sa.as_cuda(op)?, sb.as_cuda(op)?, &mut y, &g)?;
@@ -75,7 +106,13 @@ pub(crate) fn binary(op: &'static str, f: Binary, a: &Tensor, b: &Tensor, out: &
 
 /// A dense copy of `x` read over `dims` with strides `sx` from offset `ox` (broadcast_to,
 /// permute, narrow).
-pub(crate) fn gather(op: &'static str, x: &Tensor, dims: &[usize], sx: &[usize], ox: usize) -> Result<Storage> {
+pub(crate) fn gather(
+    op: &'static str,
+    x: &Tensor,
+    dims: &[usize],
+    sx: &[usize],
+    ox: usize,
+) -> Result<Storage> {
     let dev = device(op, x)?;
     let out = Shape::from(dims);
     let g = nd::geometry(op, dims, sx, &out.strides(), ox, 0)?;
@@ -87,7 +124,13 @@ pub(crate) fn gather(op: &'static str, x: &Tensor, dims: &[usize], sx: &[usize],
 
 /// Writes dense `x` into `y` over `x`'s dims at strides `sy` from offset `oy` (concat, the
 /// backward of narrow).
-pub(crate) fn scatter(op: &'static str, x: &Tensor, y: &mut GpuBuffer, sy: &[usize], oy: usize) -> Result<()> {
+pub(crate) fn scatter(
+    op: &'static str,
+    x: &Tensor,
+    y: &mut GpuBuffer,
+    sy: &[usize],
+    oy: usize,
+) -> Result<()> {
     let dev = device(op, x)?;
     let g = nd::geometry(op, x.dims(), &x.shape().strides(), sy, 0, oy)?;
     let s = x.storage();
@@ -128,7 +171,12 @@ pub(crate) fn sum_to(op: &'static str, x: &Tensor, dst: &Shape) -> Result<Storag
         let tail = &runs[split..];
         let dims = [prefix, tail[0].0, tail[1].0, tail[2].0];
         let keep = [true, tail[0].1, tail[1].1, tail[2].1];
-        let out_len: usize = dims.iter().zip(keep).filter(|(_, k)| *k).map(|(d, _)| d).product();
+        let out_len: usize = dims
+            .iter()
+            .zip(keep)
+            .filter(|(_, k)| *k)
+            .map(|(d, _)| d)
+            .product();
         let mut y = alloc(&dev, out_len)?;
         reduce::sum_axes(&dev, owned.as_ref().unwrap_or(src), dims, keep, &mut y, 1.0)?;
         let mut next: Vec<(usize, bool)> = Vec::new();
@@ -168,21 +216,55 @@ fn push_run(runs: &mut Vec<(usize, bool)>, d: usize, keep: bool) {
 pub(crate) type GemmOperand<'a> = (bool, &'a Tensor, usize);
 
 /// `batch` row-major products op(A_i) op(B_i) (m x n) on cuBLAS.
-pub(crate) fn gemm(op: &'static str, batch: usize, a: GemmOperand, b: GemmOperand, m: usize, n: usize, k: usize) -> Result<Storage> {
+pub(crate) fn gemm(
+    op: &'static str,
+    batch: usize,
+    a: GemmOperand,
+    b: GemmOperand,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<Storage> {
     let dev = device(op, a.1)?;
     let (sa, sb) = (a.1.storage(), b.1.storage());
     let mut c = alloc(&dev, batch * m * n)?;
-    blas::sgemm(&dev, batch, (a.0, sa.as_cuda(op)?, a.2), (b.0, sb.as_cuda(op)?, b.2), m, n, k, &mut c)?;
+    blas::sgemm(
+        &dev,
+        batch,
+        (a.0, sa.as_cuda(op)?, a.2),
+        (b.0, sb.as_cuda(op)?, b.2),
+        m,
+        n,
+        k,
+        &mut c,
+    )?;
     Ok(Storage::Cuda(c))
 }
 
 // ---- convolutions ----
 
 pub(crate) fn conv2d_shape(g: &ConvGeometry) -> Conv2dShape {
-    Conv2dShape { n: g.n, c: g.c, h: g.h, w: g.w, k: g.k, r: g.r, s: g.s, stride: g.stride, pad: g.pad, dilation: g.dilation }
+    Conv2dShape {
+        n: g.n,
+        c: g.c,
+        h: g.h,
+        w: g.w,
+        k: g.k,
+        r: g.r,
+        s: g.s,
+        stride: g.stride,
+        pad: g.pad,
+        dilation: g.dilation,
+    }
 }
 
-pub(crate) fn conv2d_fwd(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, sh: &Conv2dShape) -> Result<Storage> {
+pub(crate) fn conv2d_fwd(
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    sh: &Conv2dShape,
+) -> Result<Storage> {
     let dev = device(op, x)?;
     let (sx, sw) = (x.storage(), w.storage());
     let sb = bias.map(|b| b.storage());
@@ -192,7 +274,12 @@ pub(crate) fn conv2d_fwd(op: &'static str, x: &Tensor, w: &Tensor, bias: Option<
     Ok(Storage::Cuda(y))
 }
 
-pub(crate) fn conv2d_bwd_input(op: &'static str, dy: &Tensor, w: &Tensor, sh: &Conv2dShape) -> Result<Tensor> {
+pub(crate) fn conv2d_bwd_input(
+    op: &'static str,
+    dy: &Tensor,
+    w: &Tensor,
+    sh: &Conv2dShape,
+) -> Result<Tensor> {
     let dev = device(op, dy)?;
     let (sg, sw) = (dy.storage(), w.storage());
     let mut dx = alloc(&dev, sh.input_len())?;
@@ -200,7 +287,12 @@ pub(crate) fn conv2d_bwd_input(op: &'static str, dy: &Tensor, w: &Tensor, sh: &C
     tensor(dx, [sh.n, sh.c, sh.h, sh.w])
 }
 
-pub(crate) fn conv2d_bwd_weight(op: &'static str, x: &Tensor, dy: &Tensor, sh: &Conv2dShape) -> Result<Tensor> {
+pub(crate) fn conv2d_bwd_weight(
+    op: &'static str,
+    x: &Tensor,
+    dy: &Tensor,
+    sh: &Conv2dShape,
+) -> Result<Tensor> {
     let dev = device(op, x)?;
     let (sx, sg) = (x.storage(), dy.storage());
     let mut dw = alloc(&dev, sh.weight_len())?;
@@ -209,7 +301,13 @@ pub(crate) fn conv2d_bwd_weight(op: &'static str, x: &Tensor, dy: &Tensor, sh: &
 }
 
 /// ECA's channel convolution of x viewed as (n, c).
-pub(crate) fn conv1d_fwd(op: &'static str, x: &Tensor, w: &Tensor, n: usize, c: usize) -> Result<Storage> {
+pub(crate) fn conv1d_fwd(
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    n: usize,
+    c: usize,
+) -> Result<Storage> {
     let dev = device(op, x)?;
     let (sx, sw) = (x.storage(), w.storage());
     let mut y = alloc(&dev, n * c)?;
@@ -218,13 +316,32 @@ pub(crate) fn conv1d_fwd(op: &'static str, x: &Tensor, w: &Tensor, n: usize, c: 
 }
 
 /// (dx, dw) of the channel convolution, shaped as x and w.
-pub(crate) fn conv1d_bwd(op: &'static str, x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, c: usize) -> Result<(Tensor, Tensor)> {
+pub(crate) fn conv1d_bwd(
+    op: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    n: usize,
+    c: usize,
+) -> Result<(Tensor, Tensor)> {
     let dev = device(op, x)?;
     let (sx, sw, sg) = (x.storage(), w.storage(), dy.storage());
     let mut dx = alloc(&dev, n * c)?;
     let mut dw = alloc(&dev, w.numel())?;
-    conv::conv1d_bwd(&dev, sx.as_cuda(op)?, sg.as_cuda(op)?, n, c, sw.as_cuda(op)?, &mut dx, &mut dw)?;
-    Ok((tensor(dx, x.shape().clone())?, tensor(dw, w.shape().clone())?))
+    conv::conv1d_bwd(
+        &dev,
+        sx.as_cuda(op)?,
+        sg.as_cuda(op)?,
+        n,
+        c,
+        sw.as_cuda(op)?,
+        &mut dx,
+        &mut dw,
+    )?;
+    Ok((
+        tensor(dx, x.shape().clone())?,
+        tensor(dw, w.shape().clone())?,
+    ))
 }
 
 // ---- batch norm ----
@@ -251,7 +368,10 @@ pub(crate) fn batch_norm_fwd(
     let xb = sx.as_cuda(op)?;
     let saved = if opts.training {
         if running_mean.id() == running_var.id() {
-            return Err(Error::invalid(op, "running_mean and running_var are the same tensor"));
+            return Err(Error::invalid(
+                op,
+                "running_mean and running_var are the same tensor",
+            ));
         }
         let (mut mean, mut var) = (alloc(&dev, c)?, alloc(&dev, c)?);
         running_mean.update_storage(|rm| {
@@ -263,11 +383,24 @@ pub(crate) fn batch_norm_fwd(
         BnSaved { mean, var }
     } else {
         let (rm, rv) = (running_mean.storage(), running_var.storage());
-        BnSaved { mean: dev.dtod(rm.as_cuda(op)?)?, var: dev.dtod(rv.as_cuda(op)?)? }
+        BnSaved {
+            mean: dev.dtod(rm.as_cuda(op)?)?,
+            var: dev.dtod(rv.as_cuda(op)?)?,
+        }
     };
     let (sg, sb) = (gamma.storage(), beta.storage());
     let mut y = alloc(&dev, x.numel())?;
-    batchnorm::bn_fwd(&dev, xb, shape, &saved.mean, &saved.var, sg.as_cuda(op)?, sb.as_cuda(op)?, &mut y, opts.eps)?;
+    batchnorm::bn_fwd(
+        &dev,
+        xb,
+        shape,
+        &saved.mean,
+        &saved.var,
+        sg.as_cuda(op)?,
+        sb.as_cuda(op)?,
+        &mut y,
+        opts.eps,
+    )?;
     Ok((Storage::Cuda(y), saved))
 }
 
@@ -300,29 +433,65 @@ pub(crate) fn batch_norm_bwd(
         &mut dgamma,
         &mut dbeta,
     )?;
-    Ok([tensor(dx, x.shape().clone())?, tensor(dgamma, [c])?, tensor(dbeta, [c])?])
+    Ok([
+        tensor(dx, x.shape().clone())?,
+        tensor(dgamma, [c])?,
+        tensor(dbeta, [c])?,
+    ])
 }
 
 // ---- pooling, resize, softmax ----
 
 /// Max pool of (N,C,H,W): the output and the winners' offsets (i32 bits, kept as a tensor for
 /// the backward).
-pub(crate) fn max_pool_fwd(op: &'static str, x: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<(Storage, Tensor)> {
+pub(crate) fn max_pool_fwd(
+    op: &'static str,
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+) -> Result<(Storage, Tensor)> {
     let dev = device(op, x)?;
     let d = dims4(x);
     let (oh, ow) = pool::pool_out(op, d[2], d[3], kernel, stride, pad)?;
     let len = d[0] * d[1] * oh * ow;
     let (mut y, mut idx) = (alloc(&dev, len)?, alloc(&dev, len)?);
     let sx = x.storage();
-    pool::maxpool_fwd(&dev, sx.as_cuda(op)?, d, kernel, stride, pad, &mut y, &mut idx)?;
+    pool::maxpool_fwd(
+        &dev,
+        sx.as_cuda(op)?,
+        d,
+        kernel,
+        stride,
+        pad,
+        &mut y,
+        &mut idx,
+    )?;
     Ok((Storage::Cuda(y), tensor(idx, [len])?))
 }
 
-pub(crate) fn max_pool_bwd(op: &'static str, dy: &Tensor, idx: &Tensor, in_shape: &Shape, kernel: usize, stride: usize, pad: usize) -> Result<Tensor> {
+pub(crate) fn max_pool_bwd(
+    op: &'static str,
+    dy: &Tensor,
+    idx: &Tensor,
+    in_shape: &Shape,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
     let dev = device(op, dy)?;
     let (sg, si) = (dy.storage(), idx.storage());
     let mut dx = alloc(&dev, in_shape.numel())?;
-    pool::maxpool_bwd(&dev, sg.as_cuda(op)?, si.as_cuda(op)?, shape4(in_shape), kernel, stride, pad, &mut dx)?;
+    pool::maxpool_bwd(
+        &dev,
+        sg.as_cuda(op)?,
+        si.as_cuda(op)?,
+        shape4(in_shape),
+        kernel,
+        stride,
+        pad,
+        &mut dx,
+    )?;
     tensor(dx, in_shape.clone())
 }
 
@@ -345,7 +514,13 @@ pub(crate) fn resize_bwd(op: &'static str, dy: &Tensor, in_shape: &Shape) -> Res
 }
 
 /// Softmax over the middle axis of x viewed as (outer, dim, inner).
-pub(crate) fn softmax_fwd(op: &'static str, x: &Tensor, outer: usize, dim: usize, inner: usize) -> Result<Storage> {
+pub(crate) fn softmax_fwd(
+    op: &'static str,
+    x: &Tensor,
+    outer: usize,
+    dim: usize,
+    inner: usize,
+) -> Result<Storage> {
     let dev = device(op, x)?;
     let mut y = alloc(&dev, x.numel())?;
     let sx = x.storage();
@@ -353,11 +528,26 @@ pub(crate) fn softmax_fwd(op: &'static str, x: &Tensor, outer: usize, dim: usize
     Ok(Storage::Cuda(y))
 }
 
-pub(crate) fn softmax_bwd(op: &'static str, y: &Tensor, dy: &Tensor, outer: usize, dim: usize, inner: usize) -> Result<Tensor> {
+pub(crate) fn softmax_bwd(
+    op: &'static str,
+    y: &Tensor,
+    dy: &Tensor,
+    outer: usize,
+    dim: usize,
+    inner: usize,
+) -> Result<Tensor> {
     let dev = device(op, y)?;
     let mut dx = alloc(&dev, y.numel())?;
     let (sy, sg) = (y.storage(), dy.storage());
-    reduce::softmax_bwd(&dev, sy.as_cuda(op)?, sg.as_cuda(op)?, &mut dx, outer, dim, inner)?;
+    reduce::softmax_bwd(
+        &dev,
+        sy.as_cuda(op)?,
+        sg.as_cuda(op)?,
+        &mut dx,
+        outer,
+        dim,
+        inner,
+    )?;
     tensor(dx, y.shape().clone())
 }
 
@@ -374,7 +564,13 @@ fn shape4(s: &Shape) -> [usize; 4] {
 
 /// Two-class cross-entropy: the mean loss (one element, on the device) and the counted-pixel
 /// total, read back because an empty count is an error, as on the CPU.
-pub(crate) fn ce2_fwd(op: &'static str, z: &Tensor, t: &Tensor, m: Option<&Tensor>, nhw: [usize; 3]) -> Result<(Storage, f32)> {
+pub(crate) fn ce2_fwd(
+    op: &'static str,
+    z: &Tensor,
+    t: &Tensor,
+    m: Option<&Tensor>,
+    nhw: [usize; 3],
+) -> Result<(Storage, f32)> {
     let dev = device(op, z)?;
     let (sz, st) = (z.storage(), t.storage());
     let sm = m.map(|m| m.storage());
@@ -385,27 +581,54 @@ pub(crate) fn ce2_fwd(op: &'static str, z: &Tensor, t: &Tensor, m: Option<&Tenso
 }
 
 /// dlogits of the cross-entropy given the upstream gradient `g` (one element, on the device).
-pub(crate) fn ce2_bwd(op: &'static str, z: &Tensor, t: &Tensor, m: Option<&Tensor>, nhw: [usize; 3], count: f32, g: &Tensor) -> Result<Tensor> {
+pub(crate) fn ce2_bwd(
+    op: &'static str,
+    z: &Tensor,
+    t: &Tensor,
+    m: Option<&Tensor>,
+    nhw: [usize; 3],
+    count: f32,
+    g: &Tensor,
+) -> Result<Tensor> {
     let dev = device(op, z)?;
     let (sz, st, sg) = (z.storage(), t.storage(), g.storage());
     let sm = m.map(|m| m.storage());
     let mb = sm.as_ref().map(|s| s.as_cuda(op)).transpose()?;
     let count_buf = dev.htod(&[count])?;
     let mut dz = alloc(&dev, z.numel())?;
-    loss::ce2_bwd(&dev, sz.as_cuda(op)?, st.as_cuda(op)?, mb, nhw, &count_buf, sg.as_cuda(op)?, &mut dz)?;
+    loss::ce2_bwd(
+        &dev,
+        sz.as_cuda(op)?,
+        st.as_cuda(op)?,
+        mb,
+        nhw,
+        &count_buf,
+        sg.as_cuda(op)?,
+        &mut dz,
+    )?;
     tensor(dz, z.shape().clone())
 }
 
 pub(crate) fn bce_fwd(op: &'static str, x: &Tensor, t: &Tensor) -> Result<Storage> {
     let dev = device(op, x)?;
     let (sx, st) = (x.storage(), t.storage());
-    Ok(Storage::Cuda(loss::bce_fwd(&dev, sx.as_cuda(op)?, st.as_cuda(op)?)?))
+    Ok(Storage::Cuda(loss::bce_fwd(
+        &dev,
+        sx.as_cuda(op)?,
+        st.as_cuda(op)?,
+    )?))
 }
 
 pub(crate) fn bce_bwd(op: &'static str, x: &Tensor, t: &Tensor, g: &Tensor) -> Result<Tensor> {
     let dev = device(op, x)?;
     let (sx, st, sg) = (x.storage(), t.storage(), g.storage());
     let mut dx = alloc(&dev, x.numel())?;
-    loss::bce_bwd(&dev, sx.as_cuda(op)?, st.as_cuda(op)?, sg.as_cuda(op)?, &mut dx)?;
+    loss::bce_bwd(
+        &dev,
+        sx.as_cuda(op)?,
+        st.as_cuda(op)?,
+        sg.as_cuda(op)?,
+        &mut dx,
+    )?;
     tensor(dx, x.shape().clone())
 }

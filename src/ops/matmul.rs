@@ -22,18 +22,44 @@ fn gemm_batches(
         return c;
     }
     for (i, ci) in c.chunks_mut(m * n).enumerate() {
-        sgemm(trans_a, trans_b, m, n, k, 1.0, &a[i * a_stride..], &b[i * b_stride..], 0.0, ci);
+        sgemm(
+            trans_a,
+            trans_b,
+            m,
+            n,
+            k,
+            1.0,
+            &a[i * a_stride..],
+            &b[i * b_stride..],
+            0.0,
+            ci,
+        );
     }
     c
 }
 
 /// `batch` products op(A_i) op(B_i) (m x n) of tensors on one device: the CPU GEMM or cuBLAS.
 /// Each operand is (transposed?, tensor, elements between batch entries).
-fn gemm(op: &'static str, batch: usize, a: (bool, &Tensor, usize), b: (bool, &Tensor, usize), m: usize, n: usize, k: usize) -> Result<Storage> {
+fn gemm(
+    op: &'static str,
+    batch: usize,
+    a: (bool, &Tensor, usize),
+    b: (bool, &Tensor, usize),
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<Storage> {
     match a.1.device() {
         Device::Cpu => {
             let (sa, sb) = (a.1.storage(), b.1.storage());
-            Ok(Storage::Cpu(gemm_batches(batch, (a.0, sa.as_cpu(op)?, a.2), (b.0, sb.as_cpu(op)?, b.2), m, n, k)))
+            Ok(Storage::Cpu(gemm_batches(
+                batch,
+                (a.0, sa.as_cpu(op)?, a.2),
+                (b.0, sb.as_cpu(op)?, b.2),
+                m,
+                n,
+                k,
+            )))
         }
         Device::Cuda(_) => gpu::gemm(op, batch, a, b, m, n, k),
     }
@@ -64,21 +90,51 @@ impl Tensor {
         const OP: &str = "matmul";
         let (batch, m, k, n) = product_dims(OP, self.shape(), other.shape())?;
         same_device(OP, &[self, other])?;
-        let storage = gemm(OP, batch, (false, self, m * k), (false, other, k * n), m, n, k)?;
+        let storage = gemm(
+            OP,
+            batch,
+            (false, self, m * k),
+            (false, other, k * n),
+            m,
+            n,
+            k,
+        )?;
         let mut dims = self.dims()[..self.rank() - 2].to_vec();
         dims.extend([m, n]);
         let (a, b) = (self.clone(), other.clone());
-        Ok(Tensor::from_storage_op(OP, Arc::new(storage), Shape::from(dims), &[self, other], move |g, _| {
-            // dA = dC B^T (M,N)(N,K); dB = A^T dC (K,M)(M,N)
-            let da = a.tracks_grad().then(|| gemm(OP, batch, (false, g, m * n), (true, &b, k * n), m, k, n)).transpose()?;
-            let db = b.tracks_grad().then(|| gemm(OP, batch, (true, &a, m * k), (false, g, m * n), k, n, m)).transpose()?;
-            Ok(vec![da.map(|s| grad(s, a.shape())), db.map(|s| grad(s, b.shape()))])
-        }))
+        Ok(Tensor::from_storage_op(
+            OP,
+            Arc::new(storage),
+            Shape::from(dims),
+            &[self, other],
+            move |g, _| {
+                // dA = dC B^T (M,N)(N,K); dB = A^T dC (K,M)(M,N)
+                let da = a
+                    .tracks_grad()
+                    .then(|| gemm(OP, batch, (false, g, m * n), (true, &b, k * n), m, k, n))
+                    .transpose()?;
+                let db = b
+                    .tracks_grad()
+                    .then(|| gemm(OP, batch, (true, &a, m * k), (false, g, m * n), k, n, m))
+                    .transpose()?;
+                Ok(vec![
+                    da.map(|s| grad(s, a.shape())),
+                    db.map(|s| grad(s, b.shape())),
+                ])
+            },
+        ))
     }
     /// Batched matrix product (B,M,K) x (B,K,N) -> (B,M,N) (attention: (N,HW,C) x (N,C,HW)).
     pub fn bmm(&self, other: &Tensor) -> Result<Tensor> {
         if self.rank() != 3 || other.rank() != 3 {
-            return Err(Error::shape("bmm", format!("expected two rank-3 tensors, got {} and {}", self.shape(), other.shape())));
+            return Err(Error::shape(
+                "bmm",
+                format!(
+                    "expected two rank-3 tensors, got {} and {}",
+                    self.shape(),
+                    other.shape()
+                ),
+            ));
         }
         self.matmul(other)
     }
@@ -88,28 +144,66 @@ impl Tensor {
         const OP: &str = "linear";
         let (out_f, in_f) = match weight.dims() {
             &[o, i] => (o, i),
-            _ => return Err(Error::shape(OP, format!("weight must be (OUT, IN), got {}", weight.shape()))),
+            _ => {
+                return Err(Error::shape(
+                    OP,
+                    format!("weight must be (OUT, IN), got {}", weight.shape()),
+                ));
+            }
         };
         if self.rank() == 0 || self.dims()[self.rank() - 1] != in_f {
-            return Err(Error::shape(OP, format!("input {} does not end in IN = {in_f} of weight {}", self.shape(), weight.shape())));
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "input {} does not end in IN = {in_f} of weight {}",
+                    self.shape(),
+                    weight.shape()
+                ),
+            ));
         }
         if let Some(b) = bias
             && b.dims() != [out_f]
         {
-            return Err(Error::shape(OP, format!("bias {} does not fit weight {}", b.shape(), weight.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("bias {} does not fit weight {}", b.shape(), weight.shape()),
+            ));
         }
         same_device(OP, &[self, weight])?;
         let rows = self.numel() / in_f;
-        let storage = gemm(OP, 1, (false, self, 0), (true, weight, 0), rows, out_f, in_f)?;
+        let storage = gemm(
+            OP,
+            1,
+            (false, self, 0),
+            (true, weight, 0),
+            rows,
+            out_f,
+            in_f,
+        )?;
         let mut dims = self.dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = out_f;
         let (x, w) = (self.clone(), weight.clone());
-        let y = Tensor::from_storage_op(OP, Arc::new(storage), Shape::from(dims), &[self, weight], move |g, _| {
-            // dx = dy W (rows,OUT)(OUT,IN); dW = dy^T x (OUT,rows)(rows,IN)
-            let dx = x.tracks_grad().then(|| gemm(OP, 1, (false, g, 0), (false, &w, 0), rows, in_f, out_f)).transpose()?;
-            let dw = w.tracks_grad().then(|| gemm(OP, 1, (true, g, 0), (false, &x, 0), out_f, in_f, rows)).transpose()?;
-            Ok(vec![dx.map(|s| grad(s, x.shape())), dw.map(|s| grad(s, w.shape()))])
-        });
+        let y = Tensor::from_storage_op(
+            OP,
+            Arc::new(storage),
+            Shape::from(dims),
+            &[self, weight],
+            move |g, _| {
+                // dx = dy W (rows,OUT)(OUT,IN); dW = dy^T x (OUT,rows)(rows,IN)
+                let dx = x
+                    .tracks_grad()
+                    .then(|| gemm(OP, 1, (false, g, 0), (false, &w, 0), rows, in_f, out_f))
+                    .transpose()?;
+                let dw = w
+                    .tracks_grad()
+                    .then(|| gemm(OP, 1, (true, g, 0), (false, &x, 0), out_f, in_f, rows))
+                    .transpose()?;
+                Ok(vec![
+                    dx.map(|s| grad(s, x.shape())),
+                    dw.map(|s| grad(s, w.shape())),
+                ])
+            },
+        );
         match bias {
             Some(b) => y.add(b),
             None => Ok(y),
@@ -130,11 +224,17 @@ mod tests {
         let b = Tensor::randn([3, 7, 4], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
         let c = a.bmm(&b).unwrap();
         assert_eq!(c.dims(), &[3, 5, 4]);
-        let (av, bv, cv) = (a.to_vec().unwrap(), b.to_vec().unwrap(), c.to_vec().unwrap());
+        let (av, bv, cv) = (
+            a.to_vec().unwrap(),
+            b.to_vec().unwrap(),
+            c.to_vec().unwrap(),
+        );
         for bi in 0..3 {
             for i in 0..5 {
                 for j in 0..4 {
-                    let want: f32 = (0..7).map(|p| av[bi * 35 + i * 7 + p] * bv[bi * 28 + p * 4 + j]).sum();
+                    let want: f32 = (0..7)
+                        .map(|p| av[bi * 35 + i * 7 + p] * bv[bi * 28 + p * 4 + j])
+                        .sum();
                     assert!((cv[bi * 20 + i * 4 + j] - want).abs() < 1e-4);
                 }
             }

@@ -48,7 +48,10 @@ pub(crate) fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<Devic
 /// Refuses an empty tensor where an op needs at least one element.
 pub(crate) fn non_empty(op: &'static str, t: &Tensor) -> Result<()> {
     if t.numel() == 0 {
-        return Err(Error::invalid(op, format!("empty tensor of shape {}", t.shape())));
+        return Err(Error::invalid(
+            op,
+            format!("empty tensor of shape {}", t.shape()),
+        ));
     }
     Ok(())
 }
@@ -93,7 +96,10 @@ impl Walk {
                 o.push(0);
             }
         }
-        Walk { dims: out_dims, strides: out_strides }
+        Walk {
+            dims: out_dims,
+            strides: out_strides,
+        }
     }
     /// Length of the innermost (merged) dimension.
     pub fn inner(&self) -> usize {
@@ -120,13 +126,20 @@ impl Walk {
 }
 
 /// `shape` with the `axes` given set to 1 (the keep-dims shape of a reduction).
-pub(crate) fn reduced_shape(op: &'static str, shape: &Shape, axes: &[isize]) -> Result<(Shape, Vec<usize>)> {
+pub(crate) fn reduced_shape(
+    op: &'static str,
+    shape: &Shape,
+    axes: &[isize],
+) -> Result<(Shape, Vec<usize>)> {
     let mut dims = shape.dims().to_vec();
     let mut resolved = Vec::with_capacity(axes.len());
     for &a in axes {
         let a = shape.axis(op, a)?;
         if resolved.contains(&a) {
-            return Err(Error::invalid(op, format!("axis {a} given twice for shape {shape}")));
+            return Err(Error::invalid(
+                op,
+                format!("axis {a} given twice for shape {shape}"),
+            ));
         }
         resolved.push(a);
         dims[a] = 1;

@@ -14,21 +14,42 @@ impl Tensor {
     pub fn max_pool2d(&self, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
         const OP: &str = "max_pool2d";
         self.shape().expect_rank(OP, 4, "(N,C,H,W)")?;
-        let &[n, c, h, w] = self.dims() else { unreachable!("rank checked") };
+        let &[n, c, h, w] = self.dims() else {
+            unreachable!("rank checked")
+        };
         if kernel == 0 || stride == 0 || padding > kernel / 2 {
-            return Err(Error::invalid(OP, format!("kernel {kernel}, stride {stride}, padding {padding}: need kernel, stride > 0 and padding <= kernel/2")));
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "kernel {kernel}, stride {stride}, padding {padding}: need kernel, stride > 0 and padding <= kernel/2"
+                ),
+            ));
         }
         if h + 2 * padding < kernel || w + 2 * padding < kernel {
-            return Err(Error::shape(OP, format!("kernel {kernel} larger than padded input {}", self.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("kernel {kernel} larger than padded input {}", self.shape()),
+            ));
         }
-        let (oh, ow) = ((h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
+        let (oh, ow) = (
+            (h + 2 * padding - kernel) / stride + 1,
+            (w + 2 * padding - kernel) / stride + 1,
+        );
         let device = self.device();
         if let Device::Cuda(_) = device {
             let (storage, winners) = gpu::max_pool_fwd(OP, self, kernel, stride, padding)?;
             let in_shape = self.shape().clone();
-            return Ok(Tensor::from_storage_op(OP, Arc::new(storage), Shape::from([n, c, oh, ow]), &[self], move |g, _| {
-                Ok(vec![Some(gpu::max_pool_bwd(OP, g, &winners, &in_shape, kernel, stride, padding)?)])
-            }));
+            return Ok(Tensor::from_storage_op(
+                OP,
+                Arc::new(storage),
+                Shape::from([n, c, oh, ow]),
+                &[self],
+                move |g, _| {
+                    Ok(vec![Some(gpu::max_pool_bwd(
+                        OP, g, &winners, &in_shape, kernel, stride, padding,
+                    )?)])
+                },
+            ));
         }
         let sx = self.storage();
         let x = sx.as_cpu(OP)?;
@@ -63,30 +84,53 @@ impl Tensor {
         };
         if op > 0 {
             if x.len() >= PAR_MIN {
-                x.par_chunks(ip).zip(y.par_chunks_mut(op)).zip(arg.par_chunks_mut(op)).for_each(plane);
+                x.par_chunks(ip)
+                    .zip(y.par_chunks_mut(op))
+                    .zip(arg.par_chunks_mut(op))
+                    .for_each(plane);
             } else {
-                x.chunks(ip).zip(y.chunks_mut(op)).zip(arg.chunks_mut(op)).for_each(plane);
+                x.chunks(ip)
+                    .zip(y.chunks_mut(op))
+                    .zip(arg.chunks_mut(op))
+                    .for_each(plane);
             }
         }
         let in_shape = self.shape().clone();
-        Tensor::from_op(OP, y, Shape::from([n, c, oh, ow]), device, &[self], move |g, _| {
-            let sg = g.storage();
-            let gv = sg.as_cpu(OP)?;
-            let mut dx = vec![0f32; in_shape.numel()];
-            let scatter = |((dp, gp), ap): ((&mut [f32], &[f32]), &[u32])| {
-                for (&gval, &a) in gp.iter().zip(ap) {
-                    dp[a as usize] += gval;
+        Tensor::from_op(
+            OP,
+            y,
+            Shape::from([n, c, oh, ow]),
+            device,
+            &[self],
+            move |g, _| {
+                let sg = g.storage();
+                let gv = sg.as_cpu(OP)?;
+                let mut dx = vec![0f32; in_shape.numel()];
+                let scatter = |((dp, gp), ap): ((&mut [f32], &[f32]), &[u32])| {
+                    for (&gval, &a) in gp.iter().zip(ap) {
+                        dp[a as usize] += gval;
+                    }
+                };
+                if op > 0 {
+                    if dx.len() >= PAR_MIN {
+                        dx.par_chunks_mut(ip)
+                            .zip(gv.par_chunks(op))
+                            .zip(arg.par_chunks(op))
+                            .for_each(scatter);
+                    } else {
+                        dx.chunks_mut(ip)
+                            .zip(gv.chunks(op))
+                            .zip(arg.chunks(op))
+                            .for_each(scatter);
+                    }
                 }
-            };
-            if op > 0 {
-                if dx.len() >= PAR_MIN {
-                    dx.par_chunks_mut(ip).zip(gv.par_chunks(op)).zip(arg.par_chunks(op)).for_each(scatter);
-                } else {
-                    dx.chunks_mut(ip).zip(gv.chunks(op)).zip(arg.chunks(op)).for_each(scatter);
-                }
-            }
-            Ok(vec![Some(Tensor::from_vec(dx, in_shape.clone(), g.device())?)])
-        })
+                Ok(vec![Some(Tensor::from_vec(
+                    dx,
+                    in_shape.clone(),
+                    g.device(),
+                )?)])
+            },
+        )
     }
 }
 

@@ -11,21 +11,32 @@ use std::sync::Arc;
 /// Sums `src` (shape `src_shape`) down to `dst_shape`, which must broadcast to `src_shape`.
 /// Accumulates in f64 so long sums (means over a batch of images) stay accurate.
 pub(crate) fn sum_to_cpu(src: &[f32], src_shape: &Shape, dst_shape: &Shape) -> Vec<f32> {
-    let walk = Walk::new(src_shape.dims(), vec![src_shape.strides(), dst_shape.broadcast_strides(src_shape)]);
+    let walk = Walk::new(
+        src_shape.dims(),
+        vec![src_shape.strides(), dst_shape.broadcast_strides(src_shape)],
+    );
     let inner = walk.inner();
     let rows = walk.rows();
-    let outer_kept = walk.strides[1][..walk.dims.len() - 1].iter().all(|&s| s != 0);
+    let outer_kept = walk.strides[1][..walk.dims.len() - 1]
+        .iter()
+        .all(|&s| s != 0);
     if walk.inner_stride(1) == 0 && outer_kept {
         // Trailing reduction: row r is the contiguous block summed into dst[r].
         let sum_row = |r: usize| -> f32 {
             let row = &src[r * inner..(r + 1) * inner];
             if rows < rayon::current_num_threads() && inner >= PAR_MIN {
-                row.par_chunks(PAR_MIN / 4).map(|c| c.iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() as f32
+                row.par_chunks(PAR_MIN / 4)
+                    .map(|c| c.iter().map(|&v| v as f64).sum::<f64>())
+                    .sum::<f64>() as f32
             } else {
                 row.iter().map(|&v| v as f64).sum::<f64>() as f32
             }
         };
-        return if src.len() >= PAR_MIN { (0..rows).into_par_iter().map(sum_row).collect() } else { (0..rows).map(sum_row).collect() };
+        return if src.len() >= PAR_MIN {
+            (0..rows).into_par_iter().map(sum_row).collect()
+        } else {
+            (0..rows).map(sum_row).collect()
+        };
     }
     let mut acc = vec![0f64; dst_shape.numel()];
     let sd = walk.inner_stride(1);
@@ -52,16 +63,25 @@ impl Tensor {
             return Ok(self.clone());
         }
         if shape.rank() > self.rank() || &shape.broadcast(self.shape(), OP)? != self.shape() {
-            return Err(Error::shape(OP, format!("{} cannot be summed to {shape}", self.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("{} cannot be summed to {shape}", self.shape()),
+            ));
         }
         let storage = match self.device() {
-            Device::Cpu => Storage::Cpu(sum_to_cpu(self.storage().as_cpu(OP)?, self.shape(), shape)),
+            Device::Cpu => {
+                Storage::Cpu(sum_to_cpu(self.storage().as_cpu(OP)?, self.shape(), shape))
+            }
             Device::Cuda(_) => gpu::sum_to(OP, self, shape)?,
         };
         let src_shape = self.shape().clone();
-        Ok(Tensor::from_storage_op(OP, Arc::new(storage), shape.clone(), &[self], move |g, _| {
-            Ok(vec![Some(g.broadcast_to(&src_shape)?)])
-        }))
+        Ok(Tensor::from_storage_op(
+            OP,
+            Arc::new(storage),
+            shape.clone(),
+            &[self],
+            move |g, _| Ok(vec![Some(g.broadcast_to(&src_shape)?)]),
+        ))
     }
 
     /// Repeats this tensor along its size-1 (or missing leading) dimensions to `shape`.
@@ -71,24 +91,50 @@ impl Tensor {
             return Ok(self.clone());
         }
         if &self.shape().broadcast(shape, OP)? != shape {
-            return Err(Error::shape(OP, format!("{} cannot be broadcast to {shape}", self.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("{} cannot be broadcast to {shape}", self.shape()),
+            ));
         }
         let storage = match self.device() {
             Device::Cpu => {
                 let s = self.storage();
-                Storage::Cpu(broadcast_binary_cpu(s.as_cpu(OP)?, self.shape(), &[0.0], &Shape::from(()), shape, |a, _| a))
+                Storage::Cpu(broadcast_binary_cpu(
+                    s.as_cpu(OP)?,
+                    self.shape(),
+                    &[0.0],
+                    &Shape::from(()),
+                    shape,
+                    |a, _| a,
+                ))
             }
-            Device::Cuda(_) => gpu::gather(OP, self, shape.dims(), &self.shape().broadcast_strides(shape), 0)?,
+            Device::Cuda(_) => gpu::gather(
+                OP,
+                self,
+                shape.dims(),
+                &self.shape().broadcast_strides(shape),
+                0,
+            )?,
         };
         let own = self.shape().clone();
-        Ok(Tensor::from_storage_op(OP, Arc::new(storage), shape.clone(), &[self], move |g, _| Ok(vec![Some(g.sum_to(&own)?)])))
+        Ok(Tensor::from_storage_op(
+            OP,
+            Arc::new(storage),
+            shape.clone(),
+            &[self],
+            move |g, _| Ok(vec![Some(g.sum_to(&own)?)]),
+        ))
     }
 
     /// Sum over `axes` (negative counts from the end); `keepdim` keeps them as size 1.
     pub fn sum(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
         let (kept, resolved) = reduced_shape("sum", self.shape(), axes)?;
         let s = self.sum_to(&kept)?;
-        if keepdim { Ok(s) } else { s.reshape(drop_axes(self.shape(), &resolved)) }
+        if keepdim {
+            Ok(s)
+        } else {
+            s.reshape(drop_axes(self.shape(), &resolved))
+        }
     }
     /// Mean over `axes`; an error for an empty tensor (the mean of nothing is undefined).
     pub fn mean(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
@@ -108,13 +154,22 @@ impl Tensor {
     }
     /// (N,C,H,W) -> (N,C,1,1): the mean of each channel plane.
     pub fn global_avg_pool(&self) -> Result<Tensor> {
-        self.shape().expect_rank("global_avg_pool", 4, "(N,C,H,W)")?;
+        self.shape()
+            .expect_rank("global_avg_pool", 4, "(N,C,H,W)")?;
         self.mean(&[2, 3], true)
     }
 }
 
 fn drop_axes(shape: &Shape, axes: &[usize]) -> Shape {
-    Shape::from(shape.dims().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect::<Vec<_>>())
+    Shape::from(
+        shape
+            .dims()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !axes.contains(i))
+            .map(|(_, &d)| d)
+            .collect::<Vec<_>>(),
+    )
 }
 
 #[cfg(test)]
@@ -135,17 +190,39 @@ mod tests {
         let got = s.to_vec().unwrap();
         for c in 0..3 {
             for w in 0..5 {
-                let want: f64 = (0..2).flat_map(|n| (0..4).map(move |h| (n, h))).map(|(n, h)| idx(n, c, h, w)).sum();
+                let want: f64 = (0..2)
+                    .flat_map(|n| (0..4).map(move |h| (n, h)))
+                    .map(|(n, h)| idx(n, c, h, w))
+                    .sum();
                 assert!((got[c * 5 + w] as f64 - want).abs() < 1e-5, "c{c} w{w}");
             }
         }
         let g = x.global_avg_pool().unwrap();
         assert_eq!(g.dims(), &[2, 3, 1, 1]);
         let gv = g.to_vec().unwrap();
-        let want: f64 = (0..4).flat_map(|h| (0..5).map(move |w| (h, w))).map(|(h, w)| idx(1, 2, h, w)).sum::<f64>() / 20.0;
+        let want: f64 = (0..4)
+            .flat_map(|h| (0..5).map(move |w| (h, w)))
+            .map(|(h, w)| idx(1, 2, h, w))
+            .sum::<f64>()
+            / 20.0;
         assert!((gv[5] as f64 - want).abs() < 1e-6);
-        assert!((x.mean_all().unwrap().to_scalar().unwrap() as f64 - v.iter().map(|&a| a as f64).sum::<f64>() / 120.0).abs() < 1e-6);
-        assert!(x.mean(&[4], true).unwrap_err().to_string().contains("axis 4"));
-        assert!(Tensor::zeros([0, 3], Device::Cpu).unwrap().mean_all().is_err());
+        assert!(
+            (x.mean_all().unwrap().to_scalar().unwrap() as f64
+                - v.iter().map(|&a| a as f64).sum::<f64>() / 120.0)
+                .abs()
+                < 1e-6
+        );
+        assert!(
+            x.mean(&[4], true)
+                .unwrap_err()
+                .to_string()
+                .contains("axis 4")
+        );
+        assert!(
+            Tensor::zeros([0, 3], Device::Cpu)
+                .unwrap()
+                .mean_all()
+                .is_err()
+        );
     }
 }

@@ -5,8 +5,8 @@ use super::PAR_MIN;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor};
-use std::sync::Arc;
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// For each output index along one axis: the two source indices and their weights.
 /// PyTorch: src = (dst + 0.5) * in/out - 0.5, clamped at 0 below; i1 = min(i0 + 1, in - 1).
@@ -28,17 +28,29 @@ impl Tensor {
     pub fn resize_bilinear(&self, out_h: usize, out_w: usize) -> Result<Tensor> {
         const OP: &str = "resize_bilinear";
         self.shape().expect_rank(OP, 4, "(N,C,H,W)")?;
-        let &[n, c, h, w] = self.dims() else { unreachable!("rank checked") };
+        let &[n, c, h, w] = self.dims() else {
+            unreachable!("rank checked")
+        };
         if h == 0 || w == 0 || out_h == 0 || out_w == 0 {
-            return Err(Error::invalid(OP, format!("cannot resize {} to {out_h}x{out_w}: empty plane", self.shape())));
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "cannot resize {} to {out_h}x{out_w}: empty plane",
+                    self.shape()
+                ),
+            ));
         }
         let device = self.device();
         if let Device::Cuda(_) = device {
             let storage = super::gpu::resize_fwd(OP, self, out_h, out_w)?;
             let in_shape = self.shape().clone();
-            return Ok(Tensor::from_storage_op(OP, Arc::new(storage), Shape::from([n, c, out_h, out_w]), &[self], move |g, _| {
-                Ok(vec![Some(super::gpu::resize_bwd(OP, g, &in_shape)?)])
-            }));
+            return Ok(Tensor::from_storage_op(
+                OP,
+                Arc::new(storage),
+                Shape::from([n, c, out_h, out_w]),
+                &[self],
+                move |g, _| Ok(vec![Some(super::gpu::resize_bwd(OP, g, &in_shape)?)]),
+            ));
         }
         let (rows, cols) = (bilinear_taps(h, out_h), bilinear_taps(w, out_w));
         let (ip, op) = (h * w, out_h * out_w);
@@ -49,7 +61,8 @@ impl Tensor {
             for (i, &(r0, r1, a0, a1)) in rows.iter().enumerate() {
                 let (x0, x1) = (&xp[r0 * w..(r0 + 1) * w], &xp[r1 * w..(r1 + 1) * w]);
                 for (j, &(c0, c1, b0, b1)) in cols.iter().enumerate() {
-                    yp[i * out_w + j] = a0 * (b0 * x0[c0] + b1 * x0[c1]) + a1 * (b0 * x1[c0] + b1 * x1[c1]);
+                    yp[i * out_w + j] =
+                        a0 * (b0 * x0[c0] + b1 * x0[c1]) + a1 * (b0 * x1[c0] + b1 * x1[c1]);
                 }
             }
         };
@@ -59,28 +72,41 @@ impl Tensor {
             x.chunks(ip).zip(y.chunks_mut(op)).for_each(forward);
         }
         let in_shape = self.shape().clone();
-        Tensor::from_op(OP, y, Shape::from([n, c, out_h, out_w]), device, &[self], move |g, _| {
-            let sg = g.storage();
-            let gv = sg.as_cpu(OP)?;
-            let mut dx = vec![0f32; in_shape.numel()];
-            let scatter = |(dp, gp): (&mut [f32], &[f32])| {
-                for (i, &(r0, r1, a0, a1)) in rows.iter().enumerate() {
-                    for (j, &(c0, c1, b0, b1)) in cols.iter().enumerate() {
-                        let gval = gp[i * out_w + j];
-                        dp[r0 * w + c0] += a0 * b0 * gval;
-                        dp[r0 * w + c1] += a0 * b1 * gval;
-                        dp[r1 * w + c0] += a1 * b0 * gval;
-                        dp[r1 * w + c1] += a1 * b1 * gval;
+        Tensor::from_op(
+            OP,
+            y,
+            Shape::from([n, c, out_h, out_w]),
+            device,
+            &[self],
+            move |g, _| {
+                let sg = g.storage();
+                let gv = sg.as_cpu(OP)?;
+                let mut dx = vec![0f32; in_shape.numel()];
+                let scatter = |(dp, gp): (&mut [f32], &[f32])| {
+                    for (i, &(r0, r1, a0, a1)) in rows.iter().enumerate() {
+                        for (j, &(c0, c1, b0, b1)) in cols.iter().enumerate() {
+                            let gval = gp[i * out_w + j];
+                            dp[r0 * w + c0] += a0 * b0 * gval;
+                            dp[r0 * w + c1] += a0 * b1 * gval;
+                            dp[r1 * w + c0] += a1 * b0 * gval;
+                            dp[r1 * w + c1] += a1 * b1 * gval;
+                        }
                     }
+                };
+                if dx.len() + gv.len() >= PAR_MIN {
+                    dx.par_chunks_mut(ip)
+                        .zip(gv.par_chunks(op))
+                        .for_each(scatter);
+                } else {
+                    dx.chunks_mut(ip).zip(gv.chunks(op)).for_each(scatter);
                 }
-            };
-            if dx.len() + gv.len() >= PAR_MIN {
-                dx.par_chunks_mut(ip).zip(gv.par_chunks(op)).for_each(scatter);
-            } else {
-                dx.chunks_mut(ip).zip(gv.chunks(op)).for_each(scatter);
-            }
-            Ok(vec![Some(Tensor::from_vec(dx, in_shape.clone(), g.device())?)])
-        })
+                Ok(vec![Some(Tensor::from_vec(
+                    dx,
+                    in_shape.clone(),
+                    g.device(),
+                )?)])
+            },
+        )
     }
 }
 
@@ -104,7 +130,10 @@ mod tests {
             for c in 0..ow {
                 let (w0, w1, lw) = src(c, w, ow);
                 let v = |a: usize, b: usize| x[a * w + b] as f64;
-                y.push((1.0 - lh) * ((1.0 - lw) * v(h0, w0) + lw * v(h0, w1)) + lh * ((1.0 - lw) * v(h1, w0) + lw * v(h1, w1)));
+                y.push(
+                    (1.0 - lh) * ((1.0 - lw) * v(h0, w0) + lw * v(h0, w1))
+                        + lh * ((1.0 - lw) * v(h1, w0) + lw * v(h1, w1)),
+                );
             }
         }
         y
@@ -113,19 +142,30 @@ mod tests {
     #[test]
     fn matches_pytorch_formula_up_and_down() {
         let mut rng = ChaCha8Rng::seed_from_u64(12);
-        for &(h, w, oh, ow) in &[(5, 7, 16, 11), (16, 16, 128, 128), (13, 9, 4, 5), (6, 6, 6, 6)] {
+        for &(h, w, oh, ow) in &[
+            (5, 7, 16, 11),
+            (16, 16, 128, 128),
+            (13, 9, 4, 5),
+            (6, 6, 6, 6),
+        ] {
             let x = Tensor::randn([1, 2, h, w], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
             let y = x.resize_bilinear(oh, ow).unwrap().to_vec().unwrap();
             let xv = x.to_vec().unwrap();
             for p in 0..2 {
                 let want = naive(&xv[p * h * w..(p + 1) * h * w], h, w, oh, ow);
                 for (a, e) in y[p * oh * ow..(p + 1) * oh * ow].iter().zip(&want) {
-                    assert!((*a as f64 - e).abs() < 1e-5, "{h}x{w} -> {oh}x{ow}: {a} vs {e}");
+                    assert!(
+                        (*a as f64 - e).abs() < 1e-5,
+                        "{h}x{w} -> {oh}x{ow}: {a} vs {e}"
+                    );
                 }
             }
         }
         // Hand value: 2 -> 4 upsampling of [0, 1]: src = -0.25 (clamped to 0), 0.25, 0.75, 1.25
         let x = Tensor::from_vec(vec![0.0, 1.0], [1, 1, 1, 2], Device::Cpu).unwrap();
-        assert_eq!(x.resize_bilinear(1, 4).unwrap().to_vec().unwrap(), vec![0.0, 0.25, 0.75, 1.0]);
+        assert_eq!(
+            x.resize_bilinear(1, 4).unwrap().to_vec().unwrap(),
+            vec![0.0, 0.25, 0.75, 1.0]
+        );
     }
 }

@@ -4,8 +4,8 @@ use super::PAR_MIN;
 use crate::device::Device;
 use crate::error::Result;
 use crate::tensor::{Storage, Tensor};
-use std::sync::Arc;
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Softmax over the middle axis of an (outer, d, inner) view; each block of d*inner is one task.
 fn softmax_cpu(x: &[f32], d: usize, inner: usize) -> Vec<f32> {
@@ -38,7 +38,9 @@ fn softmax_cpu(x: &[f32], d: usize, inner: usize) -> Vec<f32> {
         }
     };
     if x.len() >= PAR_MIN {
-        x.par_chunks(block).zip(y.par_chunks_mut(block)).for_each(body);
+        x.par_chunks(block)
+            .zip(y.par_chunks_mut(block))
+            .for_each(body);
     } else {
         x.chunks(block).zip(y.chunks_mut(block)).for_each(body);
     }
@@ -58,37 +60,59 @@ impl Tensor {
             Device::Cpu => Storage::Cpu(softmax_cpu(self.storage().as_cpu(OP)?, d, inner)),
             Device::Cuda(_) => super::gpu::softmax_fwd(OP, self, outer, d, inner)?,
         };
-        Ok(Tensor::from_storage_op(OP, Arc::new(storage), self.shape().clone(), &[self], move |g, y| {
-            if let Device::Cuda(_) = g.device() {
-                return Ok(vec![Some(super::gpu::softmax_bwd(OP, y, g, outer, d, inner)?)]);
-            }
-            // dx = y * (g - sum_axis(g * y))
-            let (sg, sy) = (g.storage(), y.storage());
-            let (gv, yv) = (sg.as_cpu(OP)?, sy.as_cpu(OP)?);
-            let mut dx = vec![0f32; gv.len()];
-            let block = d * inner;
-            let body = |((db, gb), yb): ((&mut [f32], &[f32]), &[f32])| {
-                let mut dot = vec![0f32; inner];
-                for (gr, yr) in gb.chunks(inner).zip(yb.chunks(inner)) {
-                    for ((s, &gv), &yv) in dot.iter_mut().zip(gr).zip(yr) {
-                        *s += gv * yv;
+        Ok(Tensor::from_storage_op(
+            OP,
+            Arc::new(storage),
+            self.shape().clone(),
+            &[self],
+            move |g, y| {
+                if let Device::Cuda(_) = g.device() {
+                    return Ok(vec![Some(super::gpu::softmax_bwd(
+                        OP, y, g, outer, d, inner,
+                    )?)]);
+                }
+                // dx = y * (g - sum_axis(g * y))
+                let (sg, sy) = (g.storage(), y.storage());
+                let (gv, yv) = (sg.as_cpu(OP)?, sy.as_cpu(OP)?);
+                let mut dx = vec![0f32; gv.len()];
+                let block = d * inner;
+                let body = |((db, gb), yb): ((&mut [f32], &[f32]), &[f32])| {
+                    let mut dot = vec![0f32; inner];
+                    for (gr, yr) in gb.chunks(inner).zip(yb.chunks(inner)) {
+                        for ((s, &gv), &yv) in dot.iter_mut().zip(gr).zip(yr) {
+                            *s += gv * yv;
+                        }
+                    }
+                    for ((dr, gr), yr) in db
+                        .chunks_mut(inner)
+                        .zip(gb.chunks(inner))
+                        .zip(yb.chunks(inner))
+                    {
+                        for (((dv, &gv), &yv), &s) in dr.iter_mut().zip(gr).zip(yr).zip(&dot) {
+                            *dv = yv * (gv - s);
+                        }
+                    }
+                };
+                if block > 0 {
+                    if dx.len() >= PAR_MIN {
+                        dx.par_chunks_mut(block)
+                            .zip(gv.par_chunks(block))
+                            .zip(yv.par_chunks(block))
+                            .for_each(body);
+                    } else {
+                        dx.chunks_mut(block)
+                            .zip(gv.chunks(block))
+                            .zip(yv.chunks(block))
+                            .for_each(body);
                     }
                 }
-                for ((dr, gr), yr) in db.chunks_mut(inner).zip(gb.chunks(inner)).zip(yb.chunks(inner)) {
-                    for (((dv, &gv), &yv), &s) in dr.iter_mut().zip(gr).zip(yr).zip(&dot) {
-                        *dv = yv * (gv - s);
-                    }
-                }
-            };
-            if block > 0 {
-                if dx.len() >= PAR_MIN {
-                    dx.par_chunks_mut(block).zip(gv.par_chunks(block)).zip(yv.par_chunks(block)).for_each(body);
-                } else {
-                    dx.chunks_mut(block).zip(gv.chunks(block)).zip(yv.chunks(block)).for_each(body);
-                }
-            }
-            Ok(vec![Some(Tensor::from_vec(dx, y.shape().clone(), y.device())?)])
-        }))
+                Ok(vec![Some(Tensor::from_vec(
+                    dx,
+                    y.shape().clone(),
+                    y.device(),
+                )?)])
+            },
+        ))
     }
 }
 
@@ -113,7 +137,12 @@ mod tests {
                 }
             }
         }
-        let big = Tensor::from_vec(vec![1000.0, 0.0], [2], Device::Cpu).unwrap().softmax(-1).unwrap().to_vec().unwrap();
+        let big = Tensor::from_vec(vec![1000.0, 0.0], [2], Device::Cpu)
+            .unwrap()
+            .softmax(-1)
+            .unwrap()
+            .to_vec()
+            .unwrap();
         assert_eq!(big, vec![1.0, 0.0]);
         assert!(x.softmax(3).is_err());
     }

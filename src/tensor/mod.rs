@@ -56,7 +56,12 @@ fn next_id() -> usize {
 }
 
 impl Tensor {
-    fn build(storage: Arc<Storage>, shape: Shape, requires_grad: bool, node: Option<Node>) -> Tensor {
+    fn build(
+        storage: Arc<Storage>,
+        shape: Shape,
+        requires_grad: bool,
+        node: Option<Node>,
+    ) -> Tensor {
         Tensor(Arc::new(Inner {
             id: next_id(),
             device: storage.device(),
@@ -74,10 +79,19 @@ impl Tensor {
         if data.len() != shape.numel() {
             return Err(Error::shape(
                 "from_vec",
-                format!("{} values given for shape {shape} ({} elements)", data.len(), shape.numel()),
+                format!(
+                    "{} values given for shape {shape} ({} elements)",
+                    data.len(),
+                    shape.numel()
+                ),
             ));
         }
-        Ok(Tensor::build(Arc::new(Storage::from_host(data, device)?), shape, false, None))
+        Ok(Tensor::build(
+            Arc::new(Storage::from_host(data, device)?),
+            shape,
+            false,
+            None,
+        ))
     }
     /// A rank-0 tensor.
     pub fn scalar(value: f32, device: Device) -> Result<Tensor> {
@@ -94,7 +108,13 @@ impl Tensor {
         Tensor::full(shape, 1.0, device)
     }
     /// Normal(mean, std) samples drawn from `rng` (seed it for reproducible runs).
-    pub fn randn(shape: impl Into<Shape>, mean: f32, std: f32, device: Device, rng: &mut impl Rng) -> Result<Tensor> {
+    pub fn randn(
+        shape: impl Into<Shape>,
+        mean: f32,
+        std: f32,
+        device: Device,
+        rng: &mut impl Rng,
+    ) -> Result<Tensor> {
         let shape = shape.into();
         let dist = Normal::new(mean, std)
             .map_err(|e| Error::invalid("randn", format!("mean {mean}, std {std}: {e}")))?;
@@ -102,9 +122,16 @@ impl Tensor {
         Tensor::from_vec(data, shape, device)
     }
     /// Uniform samples in [lo, hi) drawn from `rng`.
-    pub fn uniform(shape: impl Into<Shape>, lo: f32, hi: f32, device: Device, rng: &mut impl Rng) -> Result<Tensor> {
+    pub fn uniform(
+        shape: impl Into<Shape>,
+        lo: f32,
+        hi: f32,
+        device: Device,
+        rng: &mut impl Rng,
+    ) -> Result<Tensor> {
         let shape = shape.into();
-        let dist = Uniform::new(lo, hi).map_err(|e| Error::invalid("uniform", format!("[{lo}, {hi}): {e}")))?;
+        let dist = Uniform::new(lo, hi)
+            .map_err(|e| Error::invalid("uniform", format!("[{lo}, {hi}): {e}")))?;
         let data = (0..shape.numel()).map(|_| dist.sample(rng)).collect();
         Tensor::from_vec(data, shape, device)
     }
@@ -120,9 +147,15 @@ impl Tensor {
         inputs: &[&Tensor],
         backward: impl Fn(&Tensor, &Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
     ) -> Result<Tensor> {
-        debug_assert_eq!(data.len(), shape.numel(), "{op}: kernel wrote a wrong length");
+        debug_assert_eq!(
+            data.len(),
+            shape.numel(),
+            "{op}: kernel wrote a wrong length"
+        );
         let storage = Arc::new(Storage::from_host(data, device)?);
-        Ok(Tensor::from_storage_op(op, storage, shape, inputs, backward))
+        Ok(Tensor::from_storage_op(
+            op, storage, shape, inputs, backward,
+        ))
     }
 
     /// A tensor over storage an op produced, outside the graph.
@@ -138,7 +171,11 @@ impl Tensor {
         backward: impl Fn(&Tensor, &Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
     ) -> Tensor {
         let node = if autograd::is_grad_enabled() && inputs.iter().any(|t| t.tracks_grad()) {
-            Some(Node::new(op, inputs.iter().map(|t| (*t).clone()).collect(), Box::new(backward)))
+            Some(Node::new(
+                op,
+                inputs.iter().map(|t| (*t).clone()).collect(),
+                Box::new(backward),
+            ))
         } else {
             None
         };
@@ -166,7 +203,11 @@ impl Tensor {
     }
     /// The current storage (shared, cheap).
     pub fn storage(&self) -> Arc<Storage> {
-        self.0.storage.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .storage
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     /// The data copied to the host, row-major.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
@@ -175,7 +216,10 @@ impl Tensor {
     /// The single value of a one-element tensor.
     pub fn to_scalar(&self) -> Result<f32> {
         if self.numel() != 1 {
-            return Err(Error::shape("to_scalar", format!("tensor of shape {} is not a single value", self.shape())));
+            return Err(Error::shape(
+                "to_scalar",
+                format!("tensor of shape {} is not a single value", self.shape()),
+            ));
         }
         Ok(self.to_vec()?[0])
     }
@@ -209,7 +253,11 @@ impl Tensor {
     }
     /// The gradient accumulated by `backward` calls since the last `zero_grad` (variables only).
     pub fn grad(&self) -> Option<Tensor> {
-        self.0.grad.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .grad
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     pub fn zero_grad(&self) {
         *self.0.grad.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -223,7 +271,13 @@ impl Tensor {
         if src.shape() != self.shape() || src.device() != self.device() {
             return Err(Error::shape(
                 "assign",
-                format!("cannot assign {} on {} to {} on {}", src.shape(), src.device(), self.shape(), self.device()),
+                format!(
+                    "cannot assign {} on {} to {} on {}",
+                    src.shape(),
+                    src.device(),
+                    self.shape(),
+                    self.device()
+                ),
             ));
         }
         *self.0.storage.write().unwrap_or_else(|p| p.into_inner()) = src.storage();
@@ -258,8 +312,16 @@ impl Tensor {
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let head: Vec<f32> = self.to_vec().map(|v| v.into_iter().take(8).collect()).unwrap_or_default();
-        write!(f, "Tensor(shape={}, device={}, head={head:?}", self.shape(), self.device())?;
+        let head: Vec<f32> = self
+            .to_vec()
+            .map(|v| v.into_iter().take(8).collect())
+            .unwrap_or_default();
+        write!(
+            f,
+            "Tensor(shape={}, device={}, head={head:?}",
+            self.shape(),
+            self.device()
+        )?;
         if let Some(node) = self.node() {
             write!(f, ", op={}", node.op())?;
         }
@@ -279,7 +341,9 @@ mod tests {
         let t = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [2, 3], Device::Cpu).unwrap();
         assert_eq!(t.dims(), &[2, 3]);
         assert_eq!(t.to_vec().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        let e = Tensor::from_vec(vec![1.0; 5], [2, 3], Device::Cpu).unwrap_err().to_string();
+        let e = Tensor::from_vec(vec![1.0; 5], [2, 3], Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("5 values") && e.contains("[2, 3]"), "{e}");
         // CUDA: works where a GPU is, and is a Device error (never a panic) where none is.
         match Tensor::zeros([2], Device::Cuda(0)) {

@@ -23,7 +23,13 @@ impl Shape {
     /// Size of dimension `axis`, with an error naming `op` when the axis does not exist.
     pub fn dim(&self, op: &'static str, axis: usize) -> Result<usize> {
         self.0.get(axis).copied().ok_or_else(|| {
-            Error::invalid(op, format!("axis {axis} out of range for shape {self} (rank {})", self.rank()))
+            Error::invalid(
+                op,
+                format!(
+                    "axis {axis} out of range for shape {self} (rank {})",
+                    self.rank()
+                ),
+            )
         })
     }
     /// Row-major strides in elements.
@@ -39,14 +45,20 @@ impl Shape {
         let rank = self.rank() as isize;
         let a = if axis < 0 { axis + rank } else { axis };
         if a < 0 || a >= rank {
-            return Err(Error::invalid(op, format!("axis {axis} out of range for shape {self} (rank {rank})")));
+            return Err(Error::invalid(
+                op,
+                format!("axis {axis} out of range for shape {self} (rank {rank})"),
+            ));
         }
         Ok(a as usize)
     }
     /// Checks the rank, naming `op`, the expected layout (e.g. "(N,C,H,W)") and the shape given.
     pub fn expect_rank(&self, op: &'static str, rank: usize, layout: &str) -> Result<()> {
         if self.rank() != rank {
-            return Err(Error::shape(op, format!("expected a rank-{rank} tensor {layout}, got shape {self}")));
+            return Err(Error::shape(
+                op,
+                format!("expected a rank-{rank} tensor {layout}, got shape {self}"),
+            ));
         }
         Ok(())
     }
@@ -62,7 +74,12 @@ impl Shape {
             } else if a == 1 {
                 b
             } else {
-                return Err(Error::shape(op, format!("shapes {self} and {other} do not broadcast (dimension {i}: {a} vs {b})")));
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "shapes {self} and {other} do not broadcast (dimension {i}: {a} vs {b})"
+                    ),
+                ));
             };
         }
         Ok(Shape(dims))
@@ -78,7 +95,13 @@ impl Shape {
         let own = self.strides();
         let offset = rank - self.rank();
         (0..rank)
-            .map(|i| if i < offset || self.0[i - offset] == 1 { 0 } else { own[i - offset] })
+            .map(|i| {
+                if i < offset || self.0[i - offset] == 1 {
+                    0
+                } else {
+                    own[i - offset]
+                }
+            })
             .collect()
     }
 }
@@ -140,8 +163,14 @@ mod tests {
         let b = Shape::from([3, 1]);
         assert_eq!(s.broadcast(&b, "t").unwrap(), Shape::from([2, 3, 4]));
         assert_eq!(b.broadcast_strides(&s), vec![0, 1, 0]);
-        let e = Shape::from([2, 5]).broadcast(&s, "add").unwrap_err().to_string();
-        assert!(e.contains("add") && e.contains("[2, 5]") && e.contains("[2, 3, 4]"), "{e}");
+        let e = Shape::from([2, 5])
+            .broadcast(&s, "add")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("add") && e.contains("[2, 5]") && e.contains("[2, 3, 4]"),
+            "{e}"
+        );
         assert_eq!(s.axis("t", -1).unwrap(), 2);
         assert!(s.axis("t", 3).is_err());
     }

@@ -1,1 +1,27 @@
-//! See the crate docs for where this stage sits in the data flow.
+//! Training and evaluation of the co-segmentation network (the paper's section 2.4), and the
+//! main job.
+//!
+//! - [`config`]: the TOML run configuration (`[experiment] [data] [model] [train] [eval]`).
+//! - [`dataset`]: crops + pseudo-masks of a split, input normalisation, augmentation, batches.
+//! - [`optim`]: SGD with momentum + weight decay, Adam with weight decay, the poly schedule.
+//! - [`run`]: the training loop (validation, checkpoints, resume, NaN stop, log, curves).
+//! - [`checkpoint`]: atomic safetensors checkpoints with a JSON sidecar and optimiser state.
+//! - [`log`]: the JSONL log; [`plot`]: PNG line plots (built-in bitmap font).
+//! - [`eval`]: a checkpoint's masks on a split, pasted into slices, scored with the paper's metrics.
+//! - [`experiment`]: runs experiment configs and prints the paper's tables.
+//! - [`demo`]: synth -> pseudo-masks -> split -> train -> eval, the README's first command.
+
+pub mod checkpoint;
+pub mod config;
+pub mod dataset;
+pub mod demo;
+pub mod eval;
+pub mod experiment;
+pub mod log;
+pub mod optim;
+pub mod plot;
+pub mod run;
+
+pub use config::TrainConfig;
+pub use optim::{Optimizer, OptimizerKind, OptimizerParams, poly_lr};
+pub use run::{Resume, TrainOutcome, train};

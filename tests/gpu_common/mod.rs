@@ -10,7 +10,9 @@ use std::sync::Arc;
 pub fn gpu(test: &str) -> Option<Arc<CudaDevice>> {
     match CudaDevice::get(0) {
         Ok(dev) => Some(dev),
-        Err(e) if std::env::var("REQUIRE_CUDA").is_ok_and(|v| v == "1") => panic!("{test}: REQUIRE_CUDA=1 but {e}"),
+        Err(e) if std::env::var("REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
+            panic!("{test}: REQUIRE_CUDA=1 but {e}")
+        }
         Err(e) => {
             eprintln!("skipping {test}: no GPU ({e})");
             None

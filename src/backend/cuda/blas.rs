@@ -14,14 +14,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// The device's cuBLAS handle, created on first use.
 fn handle(dev: &CudaDevice) -> Result<Arc<CudaBlas>> {
     static HANDLES: OnceLock<Mutex<HashMap<usize, Arc<CudaBlas>>>> = OnceLock::new();
-    let mut map = HANDLES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    let mut map = HANDLES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     if let Some(h) = map.get(&dev.ordinal()) {
         return Ok(h.clone());
     }
-    let h = Arc::new(
-        CudaBlas::new(dev.stream().clone())
-            .map_err(|e| Error::Device(format!("cuda:{}: creating the cuBLAS handle: {e:?}", dev.ordinal())))?,
-    );
+    let h = Arc::new(CudaBlas::new(dev.stream().clone()).map_err(|e| {
+        Error::Device(format!(
+            "cuda:{}: creating the cuBLAS handle: {e:?}",
+            dev.ordinal()
+        ))
+    })?);
     map.insert(dev.ordinal(), h.clone());
     Ok(h)
 }
@@ -31,18 +36,48 @@ fn handle(dev: &CudaDevice) -> Result<Arc<CudaBlas>> {
 pub type Operand<'a> = (bool, &'a GpuBuffer, usize);
 
 /// C_i (m x n) = op(A_i) (m x k) op(B_i) (k x n) for i < batch, all row-major; C is overwritten.
-pub fn sgemm(dev: &CudaDevice, batch: usize, a: Operand, b: Operand, m: usize, n: usize, k: usize, c: &mut GpuBuffer) -> Result<()> {
+pub fn sgemm(
+    dev: &CudaDevice,
+    batch: usize,
+    a: Operand,
+    b: Operand,
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut GpuBuffer,
+) -> Result<()> {
     const OP: &str = "sgemm";
     let (ta, abuf, sa) = a;
     let (tb, bbuf, sb) = b;
-    let need = |stride: usize, one: usize| if batch == 0 { 0 } else { (batch - 1) * stride + one };
-    for (what, len, want) in [("A", abuf.len(), need(sa, m * k)), ("B", bbuf.len(), need(sb, k * n))] {
+    let need = |stride: usize, one: usize| {
+        if batch == 0 {
+            0
+        } else {
+            (batch - 1) * stride + one
+        }
+    };
+    for (what, len, want) in [
+        ("A", abuf.len(), need(sa, m * k)),
+        ("B", bbuf.len(), need(sb, k * n)),
+    ] {
         if len < want {
-            return Err(Error::shape(OP, format!("{what} has {len} elements, {batch} products of ({m}x{k})x({k}x{n}) read {want}")));
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "{what} has {len} elements, {batch} products of ({m}x{k})x({k}x{n}) read {want}"
+                ),
+            ));
         }
     }
     if c.len() != batch * m * n {
-        return Err(Error::shape(OP, format!("C has {} elements, {batch} products of {m}x{n} need {}", c.len(), batch * m * n)));
+        return Err(Error::shape(
+            OP,
+            format!(
+                "C has {} elements, {batch} products of {m}x{n} need {}",
+                c.len(),
+                batch * m * n
+            ),
+        ));
     }
     if batch == 0 || m * n == 0 {
         return Ok(());
@@ -50,7 +85,13 @@ pub fn sgemm(dev: &CudaDevice, batch: usize, a: Operand, b: Operand, m: usize, n
     if k == 0 {
         return super::elementwise::fill(dev, c, 0.0);
     }
-    let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+    let op = |t: bool| {
+        if t {
+            cublasOperation_t::CUBLAS_OP_T
+        } else {
+            cublasOperation_t::CUBLAS_OP_N
+        }
+    };
     let gemm = GemmConfig {
         transa: op(tb),
         transb: op(ta),
@@ -73,7 +114,13 @@ pub fn sgemm(dev: &CudaDevice, batch: usize, a: Operand, b: Operand, m: usize, n
     let blas = handle(dev)?;
     // SAFETY: the buffers hold at least what the strides and dims above read and write (checked),
     // and cuBLAS runs on the device's one stream, in order with the kernels.
-    unsafe { blas.gemm_strided_batched(cfg, bbuf.slice(), abuf.slice(), c.slice_mut()) }
-        .map_err(|e| Error::Device(format!("{OP} ({batch} x {m}x{k} by {k}x{n}) on cuda:{}: {e:?}", dev.ordinal())))?;
+    unsafe { blas.gemm_strided_batched(cfg, bbuf.slice(), abuf.slice(), c.slice_mut()) }.map_err(
+        |e| {
+            Error::Device(format!(
+                "{OP} ({batch} x {m}x{k} by {k}x{n}) on cuda:{}: {e:?}",
+                dev.ordinal()
+            ))
+        },
+    )?;
     dev.after_launch("cublas sgemm")
 }

@@ -55,19 +55,37 @@ fn binary_code(op: Binary) -> i32 {
 
 /// The kernels' geometry for a walk over `dims` reading the first operand at `ox + sx . i` and
 /// the second at `oy + sy . i` (strides in elements, 0 = broadcast), with dims merged.
-pub fn geometry(op: &'static str, dims: &[usize], sx: &[usize], sy: &[usize], ox: usize, oy: usize) -> Result<StridedN> {
+pub fn geometry(
+    op: &'static str,
+    dims: &[usize],
+    sx: &[usize],
+    sy: &[usize],
+    ox: usize,
+    oy: usize,
+) -> Result<StridedN> {
     if sx.len() != dims.len() || sy.len() != dims.len() {
-        return Err(Error::shape(op, format!("strides {sx:?} and {sy:?} do not fit dims {dims:?}")));
+        return Err(Error::shape(
+            op,
+            format!("strides {sx:?} and {sy:?} do not fit dims {dims:?}"),
+        ));
     }
     let walk = Walk::new(dims, vec![sx.to_vec(), sy.to_vec()]);
     if walk.dims.len() > MAX_DIMS {
         return Err(Error::invalid(
             op,
-            format!("dims {dims:?} leave {} non-mergeable dims; the GPU kernels take at most {MAX_DIMS}", walk.dims.len()),
+            format!(
+                "dims {dims:?} leave {} non-mergeable dims; the GPU kernels take at most {MAX_DIMS}",
+                walk.dims.len()
+            ),
         ));
     }
     to_i32(op, "elements", dims.iter().product())?;
-    let mut g = StridedN { rank: walk.dims.len() as i32, ox: to_i32(op, "offset", ox)?, oy: to_i32(op, "offset", oy)?, ..Default::default() };
+    let mut g = StridedN {
+        rank: walk.dims.len() as i32,
+        ox: to_i32(op, "offset", ox)?,
+        oy: to_i32(op, "offset", oy)?,
+        ..Default::default()
+    };
     for (i, &d) in walk.dims.iter().enumerate() {
         g.dims[i] = to_i32(op, "dim", d)?;
         g.sx[i] = to_i32(op, "stride", walk.strides[0][i])?;
@@ -77,31 +95,64 @@ pub fn geometry(op: &'static str, dims: &[usize], sx: &[usize], sy: &[usize], ox
 }
 
 fn numel(g: &StridedN) -> usize {
-    g.dims[..g.rank as usize].iter().map(|&d| d as usize).product()
+    g.dims[..g.rank as usize]
+        .iter()
+        .map(|&d| d as usize)
+        .product()
 }
 
 /// Checks that every offset the walk reaches through `strides` from `base` lies in a buffer of `len`.
-fn check_reach(op: &'static str, what: &str, len: usize, g: &StridedN, strides: &[i32; MAX_DIMS], base: i32) -> Result<()> {
+fn check_reach(
+    op: &'static str,
+    what: &str,
+    len: usize,
+    g: &StridedN,
+    strides: &[i32; MAX_DIMS],
+    base: i32,
+) -> Result<()> {
     if numel(g) == 0 {
         return Ok(());
     }
-    let last: usize = base as usize + (0..g.rank as usize).map(|i| (g.dims[i] as usize - 1) * strides[i] as usize).sum::<usize>();
+    let last: usize = base as usize
+        + (0..g.rank as usize)
+            .map(|i| (g.dims[i] as usize - 1) * strides[i] as usize)
+            .sum::<usize>();
     if last >= len {
-        return Err(Error::shape(op, format!("{what} has {len} elements, the walk {g:?} reaches element {last}")));
+        return Err(Error::shape(
+            op,
+            format!("{what} has {len} elements, the walk {g:?} reaches element {last}"),
+        ));
     }
     Ok(())
 }
 
 /// y (dense, the walk's element count) = a op b, a read through (ox, sx) and b through (oy, sy).
-pub fn binary(dev: &CudaDevice, op: Binary, a: &GpuBuffer, b: &GpuBuffer, y: &mut GpuBuffer, g: &StridedN) -> Result<()> {
+pub fn binary(
+    dev: &CudaDevice,
+    op: Binary,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    y: &mut GpuBuffer,
+    g: &StridedN,
+) -> Result<()> {
     let name = k::BINARY_ND_FWD.name;
     check_reach(name, "a", a.len(), g, &g.sx, g.ox)?;
     check_reach(name, "b", b.len(), g, &g.sy, g.oy)?;
     let n = numel(g);
     if y.len() != n {
-        return Err(Error::shape(name, format!("y has {} elements, the walk {g:?} writes {n}", y.len())));
+        return Err(Error::shape(
+            name,
+            format!("y has {} elements, the walk {g:?} writes {n}", y.len()),
+        ));
     }
-    let args = [Arg::Ptr(a.ptr()), Arg::Ptr(b.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(n as i32), Arg::I32(binary_code(op)), Arg::Nd(g)];
+    let args = [
+        Arg::Ptr(a.ptr()),
+        Arg::Ptr(b.ptr()),
+        Arg::Ptr(y.ptr_mut()),
+        Arg::I32(n as i32),
+        Arg::I32(binary_code(op)),
+        Arg::Nd(g),
+    ];
     launch(dev, k::BINARY_ND_FWD, grid_1d(dev, n), &args)
 }
 
@@ -111,13 +162,26 @@ pub fn copy(dev: &CudaDevice, x: &GpuBuffer, y: &mut GpuBuffer, g: &StridedN) ->
     check_reach(name, "x", x.len(), g, &g.sx, g.ox)?;
     check_reach(name, "y", y.len(), g, &g.sy, g.oy)?;
     let n = numel(g);
-    launch(dev, k::COPY_ND_FWD, grid_1d(dev, n), &[Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(n as i32), Arg::Nd(g)])
+    launch(
+        dev,
+        k::COPY_ND_FWD,
+        grid_1d(dev, n),
+        &[
+            Arg::Ptr(x.ptr()),
+            Arg::Ptr(y.ptr_mut()),
+            Arg::I32(n as i32),
+            Arg::Nd(g),
+        ],
+    )
 }
 
 fn same_len(op: &'static str, bufs: &[(&str, &GpuBuffer)]) -> Result<i32> {
     let n = bufs[0].1.len();
     if let Some((name, b)) = bufs.iter().find(|(_, b)| b.len() != n) {
-        return Err(Error::shape(op, format!("{name} has {} elements, {} has {n}", b.len(), bufs[0].0)));
+        return Err(Error::shape(
+            op,
+            format!("{name} has {} elements, {} has {n}", b.len(), bufs[0].0),
+        ));
     }
     to_i32(op, "elements", n)
 }
@@ -126,13 +190,30 @@ fn same_len(op: &'static str, bufs: &[(&str, &GpuBuffer)]) -> Result<i32> {
 pub fn map_fwd(dev: &CudaDevice, op: MapOp, x: &GpuBuffer, y: &mut GpuBuffer) -> Result<()> {
     let n = same_len(k::MAP_FWD.name, &[("x", x), ("y", y)])?;
     let (code, p, q) = op.code();
-    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(n), Arg::I32(code), Arg::F32(p), Arg::F32(q)];
+    let args = [
+        Arg::Ptr(x.ptr()),
+        Arg::Ptr(y.ptr_mut()),
+        Arg::I32(n),
+        Arg::I32(code),
+        Arg::F32(p),
+        Arg::F32(q),
+    ];
     launch(dev, k::MAP_FWD, grid_1d(dev, x.len()), &args)
 }
 
 /// dx = f'(x, y) dy element-wise, from the forward's input x and output y.
-pub fn map_bwd(dev: &CudaDevice, op: MapOp, x: &GpuBuffer, y: &GpuBuffer, dy: &GpuBuffer, dx: &mut GpuBuffer) -> Result<()> {
-    let n = same_len(k::MAP_BWD.name, &[("x", x), ("y", y), ("dy", dy), ("dx", dx)])?;
+pub fn map_bwd(
+    dev: &CudaDevice,
+    op: MapOp,
+    x: &GpuBuffer,
+    y: &GpuBuffer,
+    dy: &GpuBuffer,
+    dx: &mut GpuBuffer,
+) -> Result<()> {
+    let n = same_len(
+        k::MAP_BWD.name,
+        &[("x", x), ("y", y), ("dy", dy), ("dx", dx)],
+    )?;
     let (code, p, q) = op.code();
     let args = [
         Arg::Ptr(x.ptr()),
@@ -156,17 +237,32 @@ mod tests {
         // (2,3,4,5) + (1,3,1,1): nothing merges across the broadcast channel axis.
         let g = geometry("t", &[2, 3, 4, 5], &[60, 20, 5, 1], &[0, 1, 0, 0], 0, 0).unwrap();
         assert_eq!(g.rank, 3);
-        assert_eq!((&g.dims[..3], &g.sx[..3], &g.sy[..3]), (&[2, 3, 20][..], &[60, 20, 1][..], &[0, 1, 0][..]));
+        assert_eq!(
+            (&g.dims[..3], &g.sx[..3], &g.sy[..3]),
+            (&[2, 3, 20][..], &[60, 20, 1][..], &[0, 1, 0][..])
+        );
         // A narrow of axis 1 (start 2) of a (4,6,5) tensor: input strides with an offset, dense out.
         let g = geometry("t", &[4, 3, 5], &[30, 5, 1], &[15, 5, 1], 10, 0).unwrap();
-        assert_eq!((g.rank, g.ox, &g.dims[..2], &g.sx[..2], &g.sy[..2]), (2, 10, &[4, 15][..], &[30, 1][..], &[15, 1][..]));
+        assert_eq!(
+            (g.rank, g.ox, &g.dims[..2], &g.sx[..2], &g.sy[..2]),
+            (2, 10, &[4, 15][..], &[30, 1][..], &[15, 1][..])
+        );
         check_reach("t", "x", 120, &g, &g.sx, g.ox).unwrap();
-        let e = check_reach("t", "x", 100, &g, &g.sx, g.ox).unwrap_err().to_string();
+        let e = check_reach("t", "x", 100, &g, &g.sx, g.ox)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("reaches element 114"), "{e}");
         // Seven alternating broadcast axes cannot merge below 7 dims.
         let dims = [2usize; 7];
-        let sx: Vec<usize> = (0..7).map(|i| if i % 2 == 0 { 1 << (6 - i) } else { 0 }).collect();
+        let sx: Vec<usize> = (0..7)
+            .map(|i| if i % 2 == 0 { 1 << (6 - i) } else { 0 })
+            .collect();
         let sy: Vec<usize> = (0..7).map(|i| 1 << (6 - i)).collect();
-        assert!(geometry("add", &dims, &sx, &sy, 0, 0).unwrap_err().to_string().contains("at most 6"));
+        assert!(
+            geometry("add", &dims, &sx, &sy, 0, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("at most 6")
+        );
     }
 }

@@ -1,0 +1,75 @@
+//! `coseg eval --checkpoint FILE --split test [--crf] [--json]`: the network's masks of a split,
+//! scored with the paper's metrics; `--json` prints the object `coseg eval-masks --json` prints.
+
+use coseg::data::split::Split;
+use coseg::train::eval::{Against, EvalData, evaluate, restore};
+use coseg::train::run::resolve_device;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Checkpoint parameters (.safetensors; its .json sidecar sits beside it).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// train, val or test.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Refine with the dense CRF (the config's [eval.crf_params]).
+    #[arg(long)]
+    crf: bool,
+    /// Print the JSON summary instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Score against the pseudo-masks even when true masks exist.
+    #[arg(long)]
+    vs_pseudo: bool,
+    /// Data root other than the one the model was trained on.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Manifest other than the one the model was trained on.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Write the predicted slice masks (0/255 PNG by File_name) here.
+    #[arg(long)]
+    masks_out: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+pub fn parse_split(s: &str) -> anyhow::Result<Split> {
+    match s {
+        "train" => Ok(Split::Train),
+        "val" => Ok(Split::Val),
+        "test" => Ok(Split::Test),
+        _ => anyhow::bail!("--split '{s}' is not one of train, val, test"),
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let split = parse_split(&a.split)?;
+    let r = restore(&a.checkpoint, resolve_device(&a.device)?)?;
+    let data = EvalData { root: a.data.clone(), manifest: a.manifest.clone() };
+    let truth = match &a.data {
+        Some(root) => Some(root.join("masks")).filter(|p| p.is_dir()),
+        None => r.config.true_masks_dir(),
+    };
+    let (against, label) = match truth.filter(|_| !a.vs_pseudo) {
+        Some(d) => (Against::True(d), "true masks"),
+        None => (Against::Pseudo(r.config.data.pseudo_masks.clone()), "pseudo-masks"),
+    };
+    let crf = a.crf.then(|| r.config.eval.crf_params.into());
+    let ev = evaluate(&r, &data, split, &against, crf.as_ref(), a.masks_out.as_deref())?;
+    if a.json {
+        println!("{}", ev.summary.to_json()?);
+    } else {
+        print!("{}", ev.summary.table(&format!("{} {} vs {label}", a.split, if a.crf { "+CRF" } else { "" })));
+        if !ev.self_paired.is_empty() {
+            println!("{} lesion(s) had no partner in the split and were paired with themselves", ev.self_paired.len());
+        }
+    }
+    if ev.summary.count == 0 {
+        anyhow::bail!("no lesion could be evaluated ({} skipped)", ev.summary.skipped.len());
+    }
+    Ok(())
+}

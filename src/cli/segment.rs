@@ -1,0 +1,71 @@
+//! `coseg segment --checkpoint FILE --image PNG --recist "x1,y1,...,y4" [--pair PNG
+//! --pair-recist ...] --out mask.png`: one lesion's mask. Without a partner the lesion is paired
+//! with a training lesion of its cluster (from the manifest the checkpoint was trained with).
+
+use coseg::train::eval::{LesionInput, restore, sample_from_slice, segment_pair, training_partner};
+use coseg::train::run::resolve_device;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Key slice: DeepLesion 16-bit PNG (HU + 32768).
+    #[arg(long)]
+    image: PathBuf,
+    /// RECIST marks: long axis x1,y1,x2,y2 then short axis x3,y3,x4,y4 (slice pixels).
+    #[arg(long)]
+    recist: String,
+    /// The partner lesion's key slice.
+    #[arg(long, requires = "pair_recist")]
+    pair: Option<PathBuf>,
+    #[arg(long, requires = "pair")]
+    pair_recist: Option<String>,
+    /// HU window lo,hi for the crops (default: the config's, else -160,240 soft tissue).
+    #[arg(long)]
+    window: Option<String>,
+    /// Output mask PNG (0/255, slice size).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+fn numbers(flag: &str, s: &str, n: usize) -> anyhow::Result<Vec<f32>> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|t| t.trim().parse::<f32>().map_err(|e| anyhow::anyhow!("{flag}: '{}' is not a number ({e})", t.trim())))
+        .collect::<anyhow::Result<_>>()?;
+    if v.len() != n || v.iter().any(|x| !x.is_finite()) {
+        anyhow::bail!("{flag}: expected {n} finite comma-separated numbers, got {} in '{s}'", v.len());
+    }
+    Ok(v)
+}
+
+fn recist(flag: &str, s: &str) -> anyhow::Result<[[f32; 2]; 4]> {
+    let v = numbers(flag, s, 8)?;
+    Ok([[v[0], v[1]], [v[2], v[3]], [v[4], v[5]], [v[6], v[7]]])
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let r = restore(&a.checkpoint, resolve_device(&a.device)?)?;
+    let window = match &a.window {
+        Some(w) => {
+            let v = numbers("--window", w, 2)?;
+            [v[0], v[1]]
+        }
+        None => r.config.data.window.unwrap_or([-160.0, 240.0]),
+    };
+    let crop = r.config.crop_params();
+    let input = LesionInput { slice: a.image.clone(), recist: recist("--recist", &a.recist)? };
+    let lesion = sample_from_slice(&input, &crop, window)?;
+    let partner = match (&a.pair, &a.pair_recist) {
+        (Some(p), Some(pr)) => sample_from_slice(&LesionInput { slice: p.clone(), recist: recist("--pair-recist", pr)? }, &crop, window)?,
+        _ => training_partner(&r, &input)?,
+    };
+    let mask = segment_pair(&r, &lesion, &partner)?;
+    coseg::io::write_u8(&a.out, &mask)?;
+    let area = mask.data.iter().filter(|&&v| v > 0).count();
+    println!("{}: {}x{}, {area} lesion pixels (paired with {})", a.out.display(), mask.width, mask.height, partner.name);
+    Ok(())
+}

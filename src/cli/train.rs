@@ -1,0 +1,44 @@
+//! `coseg train --config FILE [--fresh | --resume CKPT]`: trains the co-segmentation network as
+//! the config says; resumes automatically from the newest checkpoint of its out folder.
+
+use coseg::train::{Resume, TrainConfig, train};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The run's TOML config ([experiment] [data] [model] [train] [eval]).
+    #[arg(long)]
+    config: PathBuf,
+    /// Start over, removing the out folder's checkpoints.
+    #[arg(long, conflicts_with = "resume")]
+    fresh: bool,
+    /// Resume from this checkpoint (.safetensors) instead of the newest in the out folder.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.config).map_err(|e| coseg::Error::io(&a.config, e))?;
+    let cfg = TrainConfig::parse(&text, &a.config.display().to_string())?;
+    let resume = match (a.fresh, a.resume) {
+        (true, _) => Resume::Fresh,
+        (false, Some(p)) => Resume::From(p),
+        (false, None) => Resume::Auto,
+    };
+    let o = train(&cfg, &text, &resume)?;
+    println!(
+        "trained iterations {}..{} ({:.0} ms per step); checkpoint {}; log {}",
+        o.started_at,
+        o.iterations,
+        o.mean_step_ms,
+        o.checkpoint.params.display(),
+        o.out.join("log.jsonl").display()
+    );
+    if let Some(v) = &o.val_pseudo {
+        print!("{}", v.table("val vs pseudo-masks (crop space)"));
+    }
+    if let Some(v) = &o.val_true {
+        print!("{}", v.table("val vs true masks (crop space)"));
+    }
+    Ok(())
+}

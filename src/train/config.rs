@@ -1,0 +1,362 @@
+//! The TOML configuration of a training run (`coseg train --config FILE`, one file per experiment).
+//!
+//! ```toml
+//! [experiment]            # optional: how the row is labelled in tables
+//! name = "DRN-MG-101 + CSA + D2"
+//! table = 2
+//!
+//! [data]
+//! root = "data/deeplesion"         # DL_info.csv + Images_png/ (+ masks/ when true masks exist)
+//! manifest = "data/manifest.json"  # `coseg split` output: clusters, splits, pairs
+//! pseudo_masks = "data/pseudo"     # `coseg pseudo-masks` output: one PNG per File_name
+//! crop_size = 128
+//!
+//! [model]                 # the network (crate::nn::ModelConfig)
+//! depth = 101
+//!
+//! [train]
+//! optimizer = "sgd"       # or "adam"
+//! lr = 0.01
+//! iterations = 24000
+//! batch_pairs = 10
+//! out = "runs/drn-mg-101-csa-d2"
+//!
+//! [eval]
+//! crf = false
+//! ```
+//!
+//! Every table refuses unknown keys, and any error (unknown key, wrong type, bad value) names
+//! the section and key at fault. Relative paths are relative to the working directory.
+
+use crate::crf::CrfParams;
+use crate::error::{Error, Result};
+use crate::nn::ModelConfig;
+use crate::train::optim::{OptimizerKind, OptimizerParams};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    #[serde(default)]
+    pub experiment: ExperimentInfo,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub train: TrainParams,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentInfo {
+    /// Row label in the experiment tables (default: the config file's stem).
+    pub name: Option<String>,
+    /// Which of the paper's tables (1, 2, 3) the row belongs to.
+    pub table: Option<u32>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub root: PathBuf,
+    pub manifest: PathBuf,
+    pub pseudo_masks: PathBuf,
+    /// True masks (0/255 PNG per File_name); default `<root>/masks` when it exists.
+    #[serde(default)]
+    pub true_masks: Option<PathBuf>,
+    #[serde(default = "default_crop_size")]
+    pub crop_size: usize,
+    /// Context on each side of the RECIST box, as a fraction of its longer side.
+    #[serde(default = "default_context")]
+    pub context: f32,
+    /// HU window [lo, hi] for every lesion; default: each row's DICOM window.
+    #[serde(default)]
+    pub window: Option<[f32; 2]>,
+}
+
+fn default_crop_size() -> usize {
+    128
+}
+fn default_context() -> f32 {
+    crate::data::CropParams::default().context
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// `lr * (1 - iter/iterations)^poly_power`, every iteration.
+    Poly,
+    Constant,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainParams {
+    pub optimizer: OptimizerKind,
+    pub lr: f32,
+    pub lr_schedule: LrSchedule,
+    pub poly_power: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub iterations: usize,
+    pub batch_pairs: usize,
+    /// Validate every this many iterations (and after the last).
+    pub val_every: usize,
+    /// At most this many validation lesions (0 = all), for quick curves on big sets.
+    pub val_max: usize,
+    /// Write a checkpoint every this many iterations (and after the last).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept on disk (the newest ones).
+    pub keep_checkpoints: usize,
+    pub seed: u64,
+    pub augment: Augment,
+    /// "auto", "cpu", "cuda" or "cuda:N".
+    pub device: String,
+    /// Output folder: checkpoints/, log.jsonl, plots.
+    pub out: PathBuf,
+}
+
+impl Default for TrainParams {
+    fn default() -> Self {
+        TrainParams {
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.01,
+            lr_schedule: LrSchedule::Poly,
+            poly_power: 0.9,
+            momentum: 0.99,
+            weight_decay: 5e-4,
+            iterations: 24_000,
+            batch_pairs: 10,
+            val_every: 1000,
+            val_max: 0,
+            checkpoint_every: 1000,
+            keep_checkpoints: 2,
+            seed: 0,
+            augment: Augment::default(),
+            device: "auto".into(),
+            out: PathBuf::from("runs/train"),
+        }
+    }
+}
+
+/// Training-time augmentation, applied identically to a crop and its pseudo-mask.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Augment {
+    /// Random horizontal and vertical flips and transposition (the 8 symmetries of the square).
+    pub flips: bool,
+    /// Intensity jitter: each crop's windowed values become `a * x + b` with
+    /// a in [1 - contrast, 1 + contrast] and b in [-brightness, brightness] (image only).
+    pub contrast: f32,
+    pub brightness: f32,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Augment { flips: true, contrast: 0.1, brightness: 0.05 }
+    }
+}
+
+impl Augment {
+    pub fn none() -> Self {
+        Augment { flips: false, contrast: 0.0, brightness: 0.0 }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Refine the network's lesion probability with the dense CRF before thresholding.
+    pub crf: bool,
+    pub crf_params: CrfConfig,
+}
+
+/// `crate::crf::CrfParams` as a config table (pydensecrf's names and defaults).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrfConfig {
+    pub gauss_sxy: f32,
+    pub gauss_compat: f32,
+    pub bilateral_sxy: f32,
+    pub bilateral_srgb: f32,
+    pub bilateral_compat: f32,
+    pub iters: usize,
+}
+
+impl Default for CrfConfig {
+    fn default() -> Self {
+        let p = CrfParams::default();
+        CrfConfig {
+            gauss_sxy: p.gauss_sxy,
+            gauss_compat: p.gauss_compat,
+            bilateral_sxy: p.bilateral_sxy,
+            bilateral_srgb: p.bilateral_srgb,
+            bilateral_compat: p.bilateral_compat,
+            iters: p.iters,
+        }
+    }
+}
+
+impl From<CrfConfig> for CrfParams {
+    fn from(c: CrfConfig) -> Self {
+        CrfParams {
+            gauss_sxy: c.gauss_sxy,
+            gauss_compat: c.gauss_compat,
+            bilateral_sxy: c.bilateral_sxy,
+            bilateral_srgb: c.bilateral_srgb,
+            bilateral_compat: c.bilateral_compat,
+            iters: c.iters,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads and checks a config file; errors name the file, section and key.
+    pub fn load(path: &Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<TrainConfig> {
+        let cfg: TrainConfig = toml::from_str(text).map_err(|e| Error::Config(describe_toml_error(text, origin, &e)))?;
+        cfg.validate().map_err(|m| Error::Config(format!("{origin}: {m}")))?;
+        Ok(cfg)
+    }
+
+    /// The optimiser hyper-parameters of `[train]`.
+    pub fn optimizer_params(&self) -> OptimizerParams {
+        let base = match self.train.optimizer {
+            OptimizerKind::Sgd => OptimizerParams::paper_sgd(),
+            OptimizerKind::Adam => OptimizerParams::paper_adam(),
+        };
+        OptimizerParams { momentum: self.train.momentum, weight_decay: self.train.weight_decay, ..base }
+    }
+
+    /// The learning rate for iteration `iter` (0-based).
+    pub fn lr_at(&self, iter: usize) -> f32 {
+        let t = &self.train;
+        match t.lr_schedule {
+            LrSchedule::Poly => crate::train::optim::poly_lr(t.lr, iter, t.iterations, t.poly_power),
+            LrSchedule::Constant => t.lr,
+        }
+    }
+
+    pub fn crop_params(&self) -> crate::data::CropParams {
+        crate::data::CropParams {
+            size: self.data.crop_size,
+            context: self.data.context,
+            window: self.data.window,
+            ..Default::default()
+        }
+    }
+
+    /// The true-mask folder: the configured one, else `<root>/masks` if it exists.
+    pub fn true_masks_dir(&self) -> Option<PathBuf> {
+        match &self.data.true_masks {
+            Some(p) => Some(p.clone()),
+            None => Some(self.data.root.join("masks")).filter(|p| p.is_dir()),
+        }
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let t = &self.train;
+        let positive = [
+            ("[data] crop_size", self.data.crop_size),
+            ("[train] iterations", t.iterations),
+            ("[train] batch_pairs", t.batch_pairs),
+            ("[train] val_every", t.val_every),
+            ("[train] checkpoint_every", t.checkpoint_every),
+            ("[train] keep_checkpoints", t.keep_checkpoints),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{key} must be at least 1"));
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return Err(format!("[train] lr = {} must be a positive number", t.lr));
+        }
+        if !(t.momentum >= 0.0 && t.momentum < 1.0) {
+            return Err(format!("[train] momentum = {} must be in [0, 1)", t.momentum));
+        }
+        if !(t.weight_decay >= 0.0) {
+            return Err(format!("[train] weight_decay = {} must be >= 0", t.weight_decay));
+        }
+        if !(t.poly_power > 0.0) {
+            return Err(format!("[train] poly_power = {} must be > 0", t.poly_power));
+        }
+        let a = &t.augment;
+        if !(0.0..1.0).contains(&a.contrast) || !(0.0..1.0).contains(&a.brightness) {
+            return Err(format!("[train.augment] contrast {} and brightness {} must be in [0, 1)", a.contrast, a.brightness));
+        }
+        t.device.parse::<crate::device::DeviceRequest>().map_err(|e| format!("[train] device: {e}"))?;
+        if !(self.data.context >= 0.0) {
+            return Err(format!("[data] context = {} must be >= 0", self.data.context));
+        }
+        Ok(())
+    }
+}
+
+/// toml's message plus the `[section] key` its span points at, so the key is named even when
+/// the message is only "invalid type: ...".
+fn describe_toml_error(text: &str, origin: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    let Some(span) = e.span() else { return format!("{origin}: {msg}") };
+    let before = &text[..span.start.min(text.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let section = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.to_string());
+    let key = line.split_once('=').map(|(k, _)| k.trim().to_string()).filter(|k| !k.is_empty() && !k.starts_with('['));
+    let at = match (section, key) {
+        (Some(s), Some(k)) => format!("{s} {k}"),
+        (None, Some(k)) => k,
+        (Some(s), None) => s,
+        (None, None) => String::new(),
+    };
+    format!("{origin}, line {line_no}: {at}: {msg}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[data]\nroot = \"d\"\nmanifest = \"m.json\"\npseudo_masks = \"p\"\n";
+
+    #[test]
+    fn defaults_are_the_papers() {
+        let c = TrainConfig::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(c.train.optimizer, OptimizerKind::Sgd);
+        assert_eq!((c.train.lr, c.train.momentum, c.train.weight_decay, c.train.poly_power), (0.01, 0.99, 5e-4, 0.9));
+        assert_eq!((c.train.iterations, c.train.batch_pairs, c.data.crop_size), (24_000, 10, 128));
+        assert!((c.lr_at(12_000) - 0.01 * 0.5f32.powf(0.9)).abs() < 1e-8);
+        let adam = TrainConfig::parse(&format!("{MINIMAL}[train]\noptimizer = \"adam\"\nlr = 1e-5\nlr_schedule = \"constant\"\n"), "t").unwrap();
+        assert_eq!(adam.optimizer_params().kind, OptimizerKind::Adam);
+        assert_eq!(adam.lr_at(20_000), 1e-5);
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_named() {
+        let e = TrainConfig::parse(&format!("{MINIMAL}[train]\nlearning_rate = 0.1\n"), "a.toml").unwrap_err().to_string();
+        assert!(e.contains("a.toml") && e.contains("learning_rate") && e.contains("[train]"), "{e}");
+        let e = TrainConfig::parse(&format!("{MINIMAL}[train]\niterations = \"many\"\n"), "b.toml").unwrap_err().to_string();
+        assert!(e.contains("[train] iterations") && e.contains("line 6"), "{e}");
+        let e = TrainConfig::parse(&format!("{MINIMAL}[train.augment]\nflips = 1\n"), "c.toml").unwrap_err().to_string();
+        assert!(e.contains("[train.augment] flips"), "{e}");
+        let e = TrainConfig::parse("[data]\nroot = \"d\"\n", "d.toml").unwrap_err().to_string();
+        assert!(e.contains("manifest"), "{e}");
+        let e = TrainConfig::parse(&format!("{MINIMAL}[train]\nbatch_pairs = 0\n"), "e.toml").unwrap_err().to_string();
+        assert!(e.contains("batch_pairs"), "{e}");
+        let e = TrainConfig::parse(&format!("{MINIMAL}[train]\ndevice = \"tpu\"\n"), "f.toml").unwrap_err().to_string();
+        assert!(e.contains("device") && e.contains("tpu"), "{e}");
+        let e = TrainConfig::parse(&format!("{MINIMAL}[eval.crf_params]\nsxy = 3\n"), "g.toml").unwrap_err().to_string();
+        assert!(e.contains("sxy"), "{e}");
+    }
+}

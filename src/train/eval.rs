@@ -1,0 +1,243 @@
+//! Evaluation of a trained network on a split, as `coseg eval` and the demo run it: every
+//! lesion segmented with a partner from its split (itself when it has none), optionally refined
+//! with the dense CRF in crop space, thresholded at 0.5, pasted back into its key slice (the
+//! lesions of one slice united, as the pseudo-masks are), and scored against the slice's mask
+//! with the paper's metrics. The summary is `metrics::MetricsSummary`, the JSON of
+//! `coseg eval-masks --json`.
+
+use crate::autograd::ParamStore;
+use crate::crf::{self, CrfParams};
+use crate::data::split::{Manifest, Split};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::io::Image;
+use crate::metrics::{Mask, MetricsSummary};
+use crate::nn::CosegNet;
+use crate::train::checkpoint::{self, CheckpointMeta, CheckpointPaths};
+use crate::train::config::TrainConfig;
+use crate::train::dataset::{self, DataSource, SplitSet};
+use crate::train::run::predict;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A network restored from a checkpoint, with the config it was trained with.
+pub struct Restored {
+    pub config: TrainConfig,
+    pub meta: CheckpointMeta,
+    pub model: CosegNet,
+    pub params: ParamStore,
+    pub device: Device,
+}
+
+/// Rebuilds the model from the checkpoint's stored config and loads its parameters (a
+/// checkpoint of another architecture fails naming the first tensor that does not fit).
+pub fn restore(checkpoint: &Path, device: Device) -> Result<Restored> {
+    let paths = CheckpointPaths::of(checkpoint);
+    let meta = checkpoint::read_meta(&paths)?;
+    let config = TrainConfig::parse(&meta.config_toml, &format!("{} (stored config)", paths.meta.display()))?;
+    let mut params = ParamStore::new(device, config.train.seed);
+    let model = CosegNet::new(&config.model, &mut params)?;
+    checkpoint::load(&paths, &mut params, None)?;
+    Ok(Restored { config, meta, model, params, device })
+}
+
+/// What to score the predictions against.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Against {
+    /// The data set's true masks (synthetic data).
+    True(PathBuf),
+    /// The pseudo-masks (real DeepLesion has no true masks).
+    Pseudo(PathBuf),
+}
+
+/// The outcome of evaluating one split.
+#[derive(Clone, Debug)]
+pub struct SplitEval {
+    pub summary: MetricsSummary,
+    /// Lesions segmented paired with themselves (no partner in the split), by name.
+    pub self_paired: Vec<String>,
+    pub lesions: usize,
+}
+
+/// Data-location overrides for evaluating elsewhere than where the model was trained.
+#[derive(Clone, Debug, Default)]
+pub struct EvalData {
+    pub root: Option<PathBuf>,
+    pub manifest: Option<PathBuf>,
+}
+
+/// Segments every lesion of `split` and scores the slice masks against `against`. With
+/// `masks_out`, the predicted slice masks are written there as 0/255 PNGs by File_name.
+pub fn evaluate(r: &Restored, data: &EvalData, split: Split, against: &Against, crf_params: Option<&CrfParams>, masks_out: Option<&Path>) -> Result<SplitEval> {
+    let root = data.root.clone().unwrap_or_else(|| r.config.data.root.clone());
+    let manifest_path = data.manifest.clone().unwrap_or_else(|| r.config.data.manifest.clone());
+    let manifest = Manifest::load(&manifest_path)?;
+    let records = dataset::records_by_row(&root)?;
+    let src = DataSource { root: &root, manifest: &manifest, pseudo_masks: None, true_masks: None, crop: r.config.crop_params() };
+    let set = dataset::load_split(&src, &records, split, 0)?;
+    if set.samples.is_empty() {
+        return Err(Error::Config(format!("{}: the {split:?} split has no loadable lesion ({} skipped)", manifest_path.display(), set.skipped.len())));
+    }
+    let partners = dataset::partners(&set);
+    let mut probs = predict(&r.model, &set, &partners, r.config.train.batch_pairs, r.device)?;
+    if let Some(p) = crf_params {
+        probs = refine_with_crf(&set, &probs, p)?;
+    }
+    let slices = paste_to_slices(&set, &probs)?;
+    if let Some(dir) = masks_out {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        for (name, m) in &slices {
+            m.write(dir.join(name))?;
+        }
+    }
+    let mut summary = score_slices(&slices, against)?;
+    for s in &set.skipped {
+        summary.skip(format!("{} (row {})", s.name, s.row), s.reason.clone());
+    }
+    summary.finish();
+    Ok(SplitEval { summary, self_paired: partners.self_paired, lesions: set.samples.len() })
+}
+
+/// Refines each crop's lesion probability with the dense CRF on its key slice channel.
+pub fn refine_with_crf(set: &SplitSet, probs: &[Vec<f32>], p: &CrfParams) -> Result<Vec<Vec<f32>>> {
+    let s = set.size;
+    let images: Vec<Image<u8>> = set
+        .samples
+        .iter()
+        .map(|smp| Image::new(s, s, 1, smp.image[s * s..2 * s * s].iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()))
+        .collect();
+    let maps: Vec<Image<f32>> = probs.iter().map(|p| Image::new(s, s, 1, p.clone())).collect();
+    Ok(crf::refine_batch(&images, &maps, p)?.into_iter().map(|q| q.data).collect())
+}
+
+/// Pastes each lesion's thresholded crop mask into its key slice; lesions of one slice united.
+pub fn paste_to_slices(set: &SplitSet, probs: &[Vec<f32>]) -> Result<BTreeMap<String, Mask>> {
+    let mut out: BTreeMap<String, Mask> = BTreeMap::new();
+    for (smp, p) in set.samples.iter().zip(probs) {
+        let crop: Vec<u8> = p.iter().map(|&v| if v > 0.5 { 255 } else { 0 }).collect();
+        let (w, h) = smp.slice_size;
+        let pasted = Mask::from_image(&smp.crop_box.paste_mask(&crop, w, h)?)?;
+        let merged = match out.remove(&smp.name) {
+            Some(m) => Mask::from_fn(w, h, |x, y| m.get(x, y) || pasted.get(x, y)),
+            None => pasted,
+        };
+        out.insert(smp.name.clone(), merged);
+    }
+    Ok(out)
+}
+
+/// Scores slice masks against the reference folder's files of the same names; a missing or
+/// unreadable reference is skipped and named.
+pub fn score_slices(slices: &BTreeMap<String, Mask>, against: &Against) -> Result<MetricsSummary> {
+    let dir = match against {
+        Against::True(d) | Against::Pseudo(d) => d,
+    };
+    let mut pairs = Vec::new();
+    let mut skipped = Vec::new();
+    for (name, pred) in slices {
+        match Mask::read(dir.join(name)) {
+            Ok(t) if (t.width, t.height) == (pred.width, pred.height) => pairs.push((name.clone(), pred.clone(), t)),
+            Ok(t) => skipped.push((name.clone(), format!("reference is {}x{}, prediction {}x{}", t.width, t.height, pred.width, pred.height))),
+            Err(e) => skipped.push((name.clone(), e.to_string())),
+        }
+    }
+    let mut summary = MetricsSummary::from_pairs(&pairs);
+    for (n, r) in skipped {
+        summary.skip(n, r);
+    }
+    summary.finish();
+    Ok(summary)
+}
+
+/// The pseudo-masks of the lesions of `split` scored against the true masks: the baseline the
+/// network must beat (same slices, same metrics).
+pub fn score_pseudo_masks(manifest: &Manifest, split: Split, pseudo_dir: &Path, truth_dir: &Path) -> Result<MetricsSummary> {
+    let mut names: Vec<&str> = manifest.lesions.iter().filter(|l| l.split == split).map(|l| l.file_name.as_str()).collect();
+    names.sort();
+    names.dedup();
+    let mut slices = BTreeMap::new();
+    let mut unreadable = Vec::new();
+    for n in names {
+        match Mask::read(pseudo_dir.join(n)) {
+            Ok(m) => {
+                slices.insert(n.to_string(), m);
+            }
+            Err(e) => unreadable.push((n.to_string(), e.to_string())),
+        }
+    }
+    let mut summary = score_slices(&slices, &Against::True(truth_dir.to_path_buf()))?;
+    for (n, r) in unreadable {
+        summary.skip(n, r);
+    }
+    summary.finish();
+    Ok(summary)
+}
+
+/// One lesion given by a slice file and RECIST marks (`coseg segment`).
+#[derive(Clone, Debug)]
+pub struct LesionInput {
+    /// A DeepLesion 16-bit PNG (HU + 32768).
+    pub slice: PathBuf,
+    /// Long axis p1, p2 then short axis p3, p4, slice pixel coordinates.
+    pub recist: [[f32; 2]; 4],
+}
+
+/// A lesion's network input: the key slice cropped around its RECIST box, windowed (the key
+/// slice stands in for both neighbours), as a [`dataset::Sample`] without targets.
+pub fn sample_from_slice(input: &LesionInput, crop: &crate::data::CropParams, window: [f32; 2]) -> Result<dataset::Sample> {
+    let hu = crate::data::load_hu(&input.slice)?;
+    let xs = input.recist.map(|p| p[0]);
+    let ys = input.recist.map(|p| p[1]);
+    let bbox = [xs.iter().copied().fold(f32::INFINITY, f32::min), ys.iter().copied().fold(f32::INFINITY, f32::min), xs.iter().copied().fold(f32::NEG_INFINITY, f32::max), ys.iter().copied().fold(f32::NEG_INFINITY, f32::max)];
+    let crop_box = crate::data::CropBox::around_box(bbox, crop)?;
+    let key: Vec<f32> = crop_box.crop_hu(&hu).into_iter().map(|v| crate::data::slice::window_unit(v, window)).collect();
+    let image = [key.clone(), key.clone(), key].concat();
+    let name = input.slice.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    Ok(dataset::Sample { name, row: 0, cluster: 0, image, pseudo: Vec::new(), truth: None, crop_box, slice_size: (hu.width, hu.height) })
+}
+
+/// The partner for a lesion that came without one: a training lesion of the same cluster. The
+/// lesion's cluster is its manifest entry's when the slice is a manifest lesion (File_name =
+/// `<series folder>_<slice file>`); otherwise that of the training lesion whose RECIST long axis
+/// is closest in length.
+pub fn training_partner(r: &Restored, input: &LesionInput) -> Result<dataset::Sample> {
+    let manifest = Manifest::load(&r.config.data.manifest)?;
+    let records = dataset::records_by_row(&r.config.data.root)?;
+    let file_name = match (input.slice.parent().and_then(|p| p.file_name()), input.slice.file_name()) {
+        (Some(series), Some(file)) => format!("{}_{}", series.to_string_lossy(), file.to_string_lossy()),
+        _ => String::new(),
+    };
+    let long = |p: &[[f32; 2]; 4]| ((p[0][0] - p[1][0]).powi(2) + (p[0][1] - p[1][1]).powi(2)).sqrt();
+    let own = long(&input.recist);
+    let training: Vec<usize> = (0..manifest.lesions.len()).filter(|&i| manifest.lesions[i].split == Split::Train).collect();
+    let cluster = match manifest.lesions.iter().find(|l| l.file_name == file_name) {
+        Some(l) => l.cluster,
+        None => training
+            .iter()
+            .filter_map(|&i| records.get(&manifest.lesions[i].row).map(|rec| ((long(&rec.recist) - own).abs(), manifest.lesions[i].cluster)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, c)| c)
+            .ok_or_else(|| Error::Config(format!("{}: no training lesion to pair with", r.config.data.manifest.display())))?,
+    };
+    let src = DataSource { root: &r.config.data.root, manifest: &manifest, pseudo_masks: None, true_masks: None, crop: r.config.crop_params() };
+    let mut last_err = None;
+    for &i in training.iter().filter(|&&i| manifest.lesions[i].cluster == cluster && manifest.lesions[i].file_name != file_name) {
+        match dataset::load_sample(&src, &records, i) {
+            Ok(s) => return Ok(s),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(Error::Config(format!(
+        "no loadable training lesion in cluster {cluster} to pair with{}",
+        last_err.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+    )))
+}
+
+/// Segments `lesion` paired with `partner`: the slice mask (0/255 where P(lesion) > 0.5).
+pub fn segment_pair(r: &Restored, lesion: &dataset::Sample, partner: &dataset::Sample) -> Result<Image<u8>> {
+    let s = r.config.data.crop_size;
+    let set = SplitSet { split: Split::Test, size: s, samples: vec![lesion.clone(), partner.clone()], pairs: vec![[0, 1]], skipped: Vec::new() };
+    let probs = predict(&r.model, &set, &dataset::Partners { partner: vec![1, 0], self_paired: Vec::new() }, 1, r.device)?;
+    let crop: Vec<u8> = probs[0].iter().map(|&v| if v > 0.5 { 255 } else { 0 }).collect();
+    lesion.crop_box.paste_mask(&crop, lesion.slice_size.0, lesion.slice_size.1)
+}

@@ -1,0 +1,386 @@
+//! The training loop: batches of pairs from the training split, pixel-wise 2-class
+//! cross-entropy against the pseudo-masks for both images of each pair (the mean of the two),
+//! an optimiser step at the scheduled learning rate, validation every `val_every` iterations,
+//! checkpoints every `checkpoint_every`, a JSONL log, PNG curves and a progress bar.
+//!
+//! Determinism and resume: iteration `i` draws its pairs and augmentation from a generator
+//! seeded by (seed, i), so a run resumed from a checkpoint after iteration `i` (parameters,
+//! batch-norm statistics and optimiser state restored) continues exactly as if never stopped.
+//! A non-finite loss stops training, naming the iteration and the last good checkpoint.
+
+use crate::autograd::{ParamStore, no_grad};
+use crate::data::split::{Manifest, Split};
+use crate::device::{Device, DeviceRequest};
+use crate::error::{Error, Result};
+use crate::metrics::{Mask, MetricsSummary};
+use crate::nn::CosegNet;
+use crate::tensor::Tensor;
+use crate::train::checkpoint::{self, CheckpointMeta, CheckpointPaths};
+use crate::train::config::TrainConfig;
+use crate::train::dataset::{self, DataSource, Partners, SplitSet};
+use crate::train::log::{LogEntry, RunLog};
+use crate::train::optim::Optimizer;
+use crate::train::plot::{PALETTE, Series, write_line_plot};
+use rand::SeedableRng;
+use rand::seq::index::sample;
+use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where training starts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resume {
+    /// From the newest checkpoint in `<out>/checkpoints` when there is one (its config must be
+    /// the same), else from scratch.
+    Auto,
+    /// From scratch; existing checkpoints in the output folder are removed.
+    Fresh,
+    /// From this checkpoint (.safetensors).
+    From(PathBuf),
+}
+
+/// What a finished run leaves.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    pub out: PathBuf,
+    pub checkpoint: CheckpointPaths,
+    pub iterations: usize,
+    /// The iteration training (re)started at.
+    pub started_at: usize,
+    /// Mean wall time of a training step (forward, backward, optimiser) in this session.
+    pub mean_step_ms: f64,
+    /// The last validation, against pseudo-masks and (when available) true masks, crop space.
+    pub val_pseudo: Option<MetricsSummary>,
+    pub val_true: Option<MetricsSummary>,
+}
+
+/// `auto` and `cpu` run on the CPU; `cuda[:N]` asks for that GPU (an error naming the device
+/// when this build or machine has none).
+pub fn resolve_device(s: &str) -> Result<Device> {
+    Ok(match s.parse::<DeviceRequest>()? {
+        DeviceRequest::Auto | DeviceRequest::Cpu => Device::Cpu,
+        DeviceRequest::Cuda(n) => Device::Cuda(n),
+    })
+}
+
+/// The data a run reads, loaded once.
+pub struct RunData {
+    pub manifest: Manifest,
+    pub train: SplitSet,
+    pub val: SplitSet,
+}
+
+fn describe_skips(set: &SplitSet) {
+    if set.skipped.is_empty() {
+        return;
+    }
+    eprintln!("{:?} split: {} lesion(s) skipped:", set.split, set.skipped.len());
+    for s in &set.skipped {
+        eprintln!("  {} (row {}): {}", s.name, s.row, s.reason);
+    }
+}
+
+/// Loads the manifest, the training split and (up to `val_max`) the validation split.
+pub fn load_run_data(cfg: &TrainConfig) -> Result<RunData> {
+    let manifest = Manifest::load(&cfg.data.manifest)?;
+    let records = dataset::records_by_row(&cfg.data.root)?;
+    let truth = cfg.true_masks_dir();
+    let src = DataSource {
+        root: &cfg.data.root,
+        manifest: &manifest,
+        pseudo_masks: Some(&cfg.data.pseudo_masks),
+        true_masks: truth.as_deref(),
+        crop: cfg.crop_params(),
+    };
+    let train = dataset::load_split(&src, &records, Split::Train, 0)?;
+    describe_skips(&train);
+    if train.pairs.is_empty() {
+        return Err(Error::Config(format!(
+            "{}: the training split has no pair of loadable lesions ({} lesions, {} skipped)",
+            cfg.data.manifest.display(),
+            train.samples.len(),
+            train.skipped.len()
+        )));
+    }
+    let val = dataset::load_split(&src, &records, Split::Val, cfg.train.val_max)?;
+    describe_skips(&val);
+    Ok(RunData { manifest, train, val })
+}
+
+/// Lesion probabilities (S x S each, crop space) for every sample of `set`, each segmented with
+/// its partner, `batch` pairs at a time, in evaluation mode.
+pub fn predict(model: &CosegNet, set: &SplitSet, partners: &Partners, batch: usize, device: Device) -> Result<Vec<Vec<f32>>> {
+    let s = set.size;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut out = Vec::with_capacity(set.samples.len());
+    let order: Vec<usize> = (0..set.samples.len()).collect();
+    for chunk in order.chunks(batch.max(1)) {
+        let (mut xa, mut xb) = (Vec::new(), Vec::new());
+        for &i in chunk {
+            xa.extend(dataset::prepare(&set.samples[i], s, None, &mut rng).0);
+            xb.extend(dataset::prepare(&set.samples[partners.partner[i]], s, None, &mut rng).0);
+        }
+        let n = chunk.len();
+        let a = Tensor::from_vec(xa, [n, 3, s, s], device)?;
+        let b = Tensor::from_vec(xb, [n, 3, s, s], device)?;
+        let (la, _) = no_grad(|| model.forward_pair(&a, &b, false))?;
+        out.extend(lesion_probability(&la)?);
+    }
+    Ok(out)
+}
+
+/// P(lesion) per pixel from (N,2,H,W) logits: sigmoid(z1 - z0), one Vec per image.
+pub fn lesion_probability(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let d = logits.dims();
+    if d.len() != 4 || d[1] != 2 {
+        return Err(Error::shape("lesion_probability", format!("logits {} must be (N,2,H,W)", logits.shape())));
+    }
+    let plane = d[2] * d[3];
+    let v = logits.to_vec()?;
+    Ok(v.chunks(2 * plane)
+        .map(|img| img[..plane].iter().zip(&img[plane..]).map(|(z0, z1)| 1.0 / (1.0 + (z0 - z1).exp())).collect())
+        .collect())
+}
+
+fn crop_mask(bits: impl Iterator<Item = bool>, s: usize) -> Result<Mask> {
+    Mask::new(s, s, bits.collect())
+}
+
+/// The paper's metrics in crop space: predictions (p > 0.5) against the pseudo-masks and, when
+/// every sample has one, against the true masks.
+pub fn crop_metrics(set: &SplitSet, probs: &[Vec<f32>]) -> Result<(MetricsSummary, Option<MetricsSummary>)> {
+    let s = set.size;
+    let mut vs_pseudo = Vec::new();
+    let mut vs_true = Vec::new();
+    for (smp, p) in set.samples.iter().zip(probs) {
+        let pred = crop_mask(p.iter().map(|&v| v > 0.5), s)?;
+        let key = format!("{}#{}", smp.name, smp.row);
+        vs_pseudo.push((key.clone(), pred.clone(), crop_mask(smp.pseudo.iter().map(|&v| v > 0), s)?));
+        if let Some(t) = &smp.truth {
+            vs_true.push((key, pred, crop_mask(t.iter().map(|&v| v > 0), s)?));
+        }
+    }
+    let truth = (!vs_true.is_empty() && vs_true.len() == vs_pseudo.len()).then(|| MetricsSummary::from_pairs(&vs_true));
+    Ok((MetricsSummary::from_pairs(&vs_pseudo), truth))
+}
+
+/// Trains as `cfg` says, writing into `cfg.train.out`. `config_toml` is the config's text,
+/// stored in every checkpoint (it rebuilds the model for `coseg eval` and guards resumes).
+pub fn train(cfg: &TrainConfig, config_toml: &str, resume: &Resume) -> Result<TrainOutcome> {
+    let data = load_run_data(cfg)?;
+    train_with(cfg, config_toml, resume, &data)
+}
+
+/// `train` on data already loaded (the experiment runner and tests reuse one load).
+pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &RunData) -> Result<TrainOutcome> {
+    let t = &cfg.train;
+    let device = resolve_device(&t.device)?;
+    let out = t.out.clone();
+    let ckpt_dir = out.join("checkpoints");
+    std::fs::create_dir_all(&ckpt_dir).map_err(|e| Error::io(&ckpt_dir, e))?;
+
+    let mut store = ParamStore::new(device, t.seed);
+    let model = CosegNet::new(&cfg.model, &mut store)?;
+    let mut opt = Optimizer::new(cfg.optimizer_params())?;
+
+    let mut prior_seconds = 0.0;
+    let resumed: Option<CheckpointMeta> = match resume {
+        Resume::Fresh => {
+            remove_checkpoints(&ckpt_dir)?;
+            None
+        }
+        Resume::Auto => match checkpoint::latest(&ckpt_dir)? {
+            Some(p) => {
+                let meta = checkpoint::read_meta(&p)?;
+                if meta.config_toml != config_toml {
+                    return Err(Error::Config(format!(
+                        "{} holds a run with another config; resume it with that config, or start over (--fresh) or in another out folder",
+                        out.display()
+                    )));
+                }
+                Some(checkpoint::load(&p, &mut store, Some(&mut opt))?)
+            }
+            None => None,
+        },
+        Resume::From(path) => Some(checkpoint::load(&CheckpointPaths::of(path), &mut store, Some(&mut opt))?),
+    };
+    let start = resumed.as_ref().map_or(0, |m| m.iteration);
+    if let Some(m) = &resumed {
+        prior_seconds = m.train_seconds;
+        eprintln!("resuming at iteration {} of {}", m.iteration, t.iterations);
+    }
+    let mut log = RunLog::open(&out.join("log.jsonl"), start)?;
+    let partners = dataset::partners(&data.val);
+    let mut last_ckpt = checkpoint::latest(&ckpt_dir)?;
+    let mut outcome = TrainOutcome {
+        out: out.clone(),
+        checkpoint: last_ckpt.clone().unwrap_or_else(|| CheckpointPaths::of(&ckpt_dir.join("none.safetensors"))),
+        iterations: start,
+        started_at: start,
+        mean_step_ms: f64::NAN,
+        val_pseudo: None,
+        val_true: None,
+    };
+
+    let session = Instant::now();
+    let bar = crate::progress::bar((t.iterations - start.min(t.iterations)) as u64, "train");
+    let (mut loss_sum, mut loss_n, mut step_ms_total, mut steps) = (0.0f64, 0usize, 0.0f64, 0usize);
+    for iter in start..t.iterations {
+        let step_start = Instant::now();
+        let lr = cfg.lr_at(iter);
+        let mut rng = ChaCha8Rng::seed_from_u64(t.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ iter as u64);
+        let pairs: Vec<[usize; 2]> = if data.train.pairs.len() >= t.batch_pairs {
+            sample(&mut rng, data.train.pairs.len(), t.batch_pairs).into_iter().map(|k| data.train.pairs[k]).collect()
+        } else {
+            (0..t.batch_pairs).map(|k| data.train.pairs[k % data.train.pairs.len()]).collect()
+        };
+        let aug = (t.augment != crate::train::config::Augment::none()).then_some(&t.augment);
+        let batch = dataset::make_batch(&data.train, &pairs, aug, &mut rng, device)?;
+
+        store.zero_grads();
+        let (la, lb) = model.forward_pair(&batch.a, &batch.b, true)?;
+        let finite = all_finite(&la)? && all_finite(&lb)?;
+        let loss = if finite {
+            let l = la.cross_entropy_2class(&batch.target_a, None)?.add(&lb.cross_entropy_2class(&batch.target_b, None)?)?.mul_scalar(0.5)?;
+            Some((l.to_scalar()?, l))
+        } else {
+            None
+        };
+        let Some((loss_value, loss)) = loss.filter(|(v, _)| v.is_finite()) else {
+            bar.abandon();
+            let reason = format!("the loss is not finite at iteration {} (lr {lr:.3e})", iter + 1);
+            log.write(&LogEntry::Stop { iter: iter + 1, reason: reason.clone() })?;
+            write_plots(&out, log.path()).ok();
+            let good = match &last_ckpt {
+                Some(p) => format!("the last good checkpoint is {} (iteration {})", p.params.display(), checkpoint::read_meta(p)?.iteration),
+                None => "no checkpoint was written before it".to_string(),
+            };
+            return Err(Error::invalid("train", format!("{reason}: training stopped; {good}")));
+        };
+        loss.backward()?;
+        opt.step(&store, lr)?;
+        let ms = step_start.elapsed().as_secs_f64() * 1e3;
+        step_ms_total += ms;
+        steps += 1;
+        loss_sum += loss_value as f64;
+        loss_n += 1;
+        let done = iter + 1;
+        log.write(&LogEntry::Train {
+            iter: done,
+            loss: loss_value as f64,
+            lr: lr as f64,
+            ms,
+            time_s: prior_seconds + session.elapsed().as_secs_f64(),
+        })?;
+        bar.set_message(format!("loss {loss_value:.4}"));
+        bar.inc(1);
+
+        let last = done == t.iterations;
+        if (done % t.val_every == 0 || last) && !data.val.samples.is_empty() {
+            let probs = predict(&model, &data.val, &partners, t.batch_pairs, device)?;
+            let (vp, vt) = crop_metrics(&data.val, &probs)?;
+            log.write(&LogEntry::val(done, "pseudo", &vp))?;
+            if let Some(vt) = &vt {
+                log.write(&LogEntry::val(done, "true", vt))?;
+            }
+            bar.println(format!(
+                "iter {done}: val Dice vs pseudo {:.4}{}",
+                vp.metrics.dice.mean,
+                vt.as_ref().map(|v| format!(", vs true {:.4}", v.metrics.dice.mean)).unwrap_or_default()
+            ));
+            outcome.val_pseudo = Some(vp);
+            outcome.val_true = vt;
+            write_plots(&out, log.path())?;
+        }
+        if done % t.checkpoint_every == 0 || last {
+            let meta = CheckpointMeta {
+                iteration: done,
+                total_iterations: t.iterations,
+                config_toml: config_toml.to_string(),
+                loss: loss_sum / loss_n.max(1) as f64,
+                parameters: store.num_trainable(),
+                optimizer_state: String::new(),
+                train_seconds: prior_seconds + session.elapsed().as_secs_f64(),
+            };
+            match checkpoint::save(&ckpt_dir, &store, &opt, &meta, t.keep_checkpoints) {
+                Ok(p) => last_ckpt = Some(p),
+                Err(e) => {
+                    bar.abandon();
+                    let good = last_ckpt.as_ref().map(|p| p.params.display().to_string()).unwrap_or_else(|| "none".into());
+                    log.write(&LogEntry::Stop { iter: done, reason: e.to_string() })?;
+                    return Err(Error::invalid("train", format!("iteration {done}: {e}; training stopped, the last good checkpoint is {good}")));
+                }
+            }
+            loss_sum = 0.0;
+            loss_n = 0;
+        }
+        outcome.iterations = done;
+    }
+    bar.finish_and_clear();
+    if let Some(p) = last_ckpt {
+        outcome.checkpoint = p;
+    }
+    outcome.mean_step_ms = if steps > 0 { step_ms_total / steps as f64 } else { f64::NAN };
+    Ok(outcome)
+}
+
+fn all_finite(t: &Tensor) -> Result<bool> {
+    Ok(t.to_vec()?.iter().all(|v| v.is_finite()))
+}
+
+fn remove_checkpoints(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("iter-") || name == "latest.json" {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// `loss.png` (per-iteration loss and its running mean over 50), `lr.png` and `val.png`
+/// (validation Dice, recall and precision against pseudo and true masks) from the log.
+pub fn write_plots(out: &Path, log_path: &Path) -> Result<()> {
+    let entries = crate::train::log::read(log_path)?;
+    let mut loss = Vec::new();
+    let mut lr = Vec::new();
+    let mut val: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+    for e in &entries {
+        match e {
+            LogEntry::Train { iter, loss: l, lr: r, .. } => {
+                loss.push((*iter as f64, *l));
+                lr.push((*iter as f64, *r));
+            }
+            LogEntry::Val { iter, against, recall, precision, dice, .. } => {
+                for (m, v) in [("dice", dice), ("recall", recall), ("precision", precision)] {
+                    val.entry(format!("{m} vs {against}")).or_default().push((*iter as f64, *v));
+                }
+            }
+            LogEntry::Stop { .. } => {}
+        }
+    }
+    if loss.is_empty() {
+        return Ok(());
+    }
+    let window = 50usize;
+    let smooth: Vec<(f64, f64)> = (0..loss.len())
+        .map(|i| {
+            let lo = i.saturating_sub(window - 1);
+            (loss[i].0, loss[lo..=i].iter().map(|p| p.1).sum::<f64>() / (i - lo + 1) as f64)
+        })
+        .collect();
+    write_line_plot(
+        &out.join("loss.png"),
+        "Training loss",
+        "iteration",
+        "cross-entropy",
+        &[Series { name: "loss".into(), color: [180, 200, 230], points: loss }, Series { name: "mean of 50".into(), color: PALETTE[0], points: smooth }],
+    )?;
+    write_line_plot(&out.join("lr.png"), "Learning rate", "iteration", "lr", &[Series { name: "lr".into(), color: PALETTE[1], points: lr }])?;
+    if !val.is_empty() {
+        let series: Vec<Series> =
+            val.into_iter().enumerate().map(|(k, (name, points))| Series { name, color: PALETTE[k % PALETTE.len()], points }).collect();
+        write_line_plot(&out.join("val.png"), "Validation (crop space)", "iteration", "metric", &series)?;
+    }
+    Ok(())
+}
