@@ -1,16 +1,17 @@
 //! Tensor-level parity of every op on cuda:0 against the CPU: the same random inputs, forward
 //! and backward through autograd on both devices, compared by ||gpu - cpu|| / ||cpu|| (f32: 1e-5
 //! for element-wise work, looser where the GPU sums many terms in f32 where the CPU uses f64).
-//! Ends with a whole tiny ResNet-18 forward + backward. Skips without a GPU; fails with
+//! Ends with a whole tiny ResNet-18 forward + backward and the optimisers' one-launch steps. Skips without a GPU; fails with
 //! REQUIRE_CUDA=1.
 
 mod gpu_common;
 use coseg::Error;
-use coseg::autograd::ParamStore;
+use coseg::autograd::{Init, ParamStore};
 use coseg::device::Device;
 use coseg::nn::resnet::{ResNet, ResNetSpec};
 use coseg::ops::BatchNormOptions;
 use coseg::tensor::Tensor;
+use coseg::train::{Optimizer, OptimizerParams, poly_lr};
 use gpu_common::*;
 use rand::Rng;
 use rand::SeedableRng;
@@ -443,4 +444,71 @@ fn gpu_tiny_resnet18_forward_and_backward_match_cpu() {
         }
     }
     assert!(with_grad > 20, "only {with_grad} parameters got gradients");
+}
+
+#[test]
+fn gpu_optimiser_steps_match_cpu_and_resume() {
+    if gpu("gpu_optimiser_steps_match_cpu_and_resume").is_none() {
+        return;
+    }
+    for params in [OptimizerParams::paper_sgd(), OptimizerParams::paper_adam()] {
+        let train = |device: Device| {
+            let mut store = ParamStore::new(device, 3);
+            let a = store
+                .var(
+                    "a",
+                    [5, 7],
+                    Init::Normal {
+                        mean: 0.0,
+                        std: 1.0,
+                    },
+                )
+                .unwrap();
+            // Longer than one chunk of the one-launch kernel.
+            let b = store
+                .var("b", [40000], Init::Uniform { lo: -1.0, hi: 1.0 })
+                .unwrap();
+            // No gradient: left alone.
+            store.var("c", [3], Init::Const(0.5)).unwrap();
+            let mut gr = rng(4);
+            let mut step = |opt: &mut Optimizer, i: usize| {
+                store.zero_grads();
+                let ga = Tensor::from_vec(randn(&mut gr, 35), [5, 7], device).unwrap();
+                let gb = Tensor::from_vec(randn(&mut gr, 40000), [40000], device).unwrap();
+                let loss = a
+                    .mul(&ga)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .add(&b.mul(&gb).unwrap().sum_all().unwrap())
+                    .unwrap();
+                loss.backward().unwrap();
+                opt.step(&store, poly_lr(0.01, i, 10, 0.9)).unwrap();
+            };
+            let mut opt = Optimizer::new(params).unwrap();
+            for i in 0..3 {
+                step(&mut opt, i);
+            }
+            // Save (device state copied back), load into a fresh optimiser, go on.
+            let path = std::env::temp_dir().join(format!(
+                "coseg-gpu-optim-{:?}-{}.safetensors",
+                params.kind, device
+            ));
+            opt.save(&path).unwrap();
+            let mut resumed = Optimizer::new(params).unwrap();
+            resumed.load(&path).unwrap();
+            std::fs::remove_file(&path).ok();
+            step(&mut resumed, 3);
+            assert_eq!(resumed.steps_taken(), 4);
+            store
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.to_vec().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        let (cpu, gpu) = (train(Device::Cpu), train(GPU));
+        for ((name, c), (_, g)) in cpu.iter().zip(&gpu) {
+            assert_close(&format!("{:?} {name}", params.kind), g, c, F32_TOL);
+        }
+        assert_eq!(gpu.iter().find(|(n, _)| n == "c").unwrap().1, vec![0.5; 3]);
+    }
 }

@@ -295,6 +295,41 @@ impl Tensor {
         f(storage.as_cpu_mut(op)?);
         Ok(())
     }
+    /// Writes the numbers of several distinct tensors in place at once (`f` gets their storages,
+    /// in order): a one-launch optimiser step over every parameter on the GPU. Each is copied
+    /// first when shared, as in `update`.
+    pub fn update_storages<R>(
+        tensors: &[&Tensor],
+        f: impl FnOnce(Vec<&mut Storage>) -> Result<R>,
+    ) -> Result<R> {
+        let mut ids: Vec<usize> = tensors.iter().map(|t| t.id()).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Error::invalid(
+                "update_storages",
+                "the same tensor is given twice",
+            ));
+        }
+        let mut guards: Vec<_> = tensors
+            .iter()
+            .map(|t| t.0.storage.write().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        for guard in guards.iter_mut() {
+            if Arc::get_mut(guard).is_none() {
+                let copy = match &***guard {
+                    Storage::Cpu(v) => Storage::Cpu(v.clone()),
+                    Storage::Cuda(b) => {
+                        Storage::Cuda(crate::backend::cuda::CudaDevice::get(b.ordinal())?.dtod(b)?)
+                    }
+                };
+                **guard = Arc::new(copy);
+            }
+        }
+        f(guards
+            .iter_mut()
+            .map(|g| Arc::get_mut(g).expect("storage was made unique above"))
+            .collect())
+    }
     /// Writes the numbers in place on the device they live on (`f` gets the storage itself: the
     /// CUDA path of running statistics and optimiser steps); copies first when shared, as `update`.
     pub fn update_storage(&self, f: impl FnOnce(&mut Storage) -> Result<()>) -> Result<()> {
@@ -302,7 +337,9 @@ impl Tensor {
         if Arc::get_mut(&mut guard).is_none() {
             let copy = match &**guard {
                 Storage::Cpu(v) => Storage::Cpu(v.clone()),
-                Storage::Cuda(b) => Storage::Cuda(crate::backend::cuda::CudaDevice::get(b.ordinal())?.dtod(b)?),
+                Storage::Cuda(b) => {
+                    Storage::Cuda(crate::backend::cuda::CudaDevice::get(b.ordinal())?.dtod(b)?)
+                }
             };
             *guard = Arc::new(copy);
         }

@@ -46,14 +46,18 @@ impl Storage {
     pub fn as_cuda(&self, op: &'static str) -> Result<&GpuBuffer> {
         match self {
             Storage::Cuda(b) => Ok(b),
-            Storage::Cpu(_) => Err(Error::Device(format!("{op}: expected a tensor on a CUDA device, found one on the cpu"))),
+            Storage::Cpu(_) => Err(Error::Device(format!(
+                "{op}: expected a tensor on a CUDA device, found one on the cpu"
+            ))),
         }
     }
     /// The device buffer for writing, or an error naming `op` when the data is on the host.
     pub fn as_cuda_mut(&mut self, op: &'static str) -> Result<&mut GpuBuffer> {
         match self {
             Storage::Cuda(b) => Ok(b),
-            Storage::Cpu(_) => Err(Error::Device(format!("{op}: expected a tensor on a CUDA device, found one on the cpu"))),
+            Storage::Cpu(_) => Err(Error::Device(format!(
+                "{op}: expected a tensor on a CUDA device, found one on the cpu"
+            ))),
         }
     }
     /// Copies the data to the host.
@@ -72,11 +76,11 @@ impl Storage {
     }
 }
 
-/// The error of an op that has no GPU path yet when its input is on a CUDA device. The kernels
-/// and their checked wrappers exist (crate::backend::cuda); routing each op to them is pending.
+/// The error of host-only code (a CPU kernel, `Tensor::update`) given data on a CUDA device.
+/// Every op routes CUDA tensors to the GPU kernels, so this names a caller that needs the host.
 pub fn cuda_unavailable(op: &str) -> Error {
     Error::Device(format!(
-        "{op}: this op has no GPU path yet and its input is on a CUDA device; move the tensor with \
-         to_device(Device::Cpu) or run with --device cpu"
+        "{op}: needs the data on the host but the tensor is on a CUDA device; move it with \
+         to_device(Device::Cpu)"
     ))
 }

@@ -8,12 +8,20 @@
 //!   p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)`.
 //! - Poly: `lr(i) = base * (1 - i / total)^power`, set before every iteration `i` (0-based).
 //!
+//! On a CUDA device the whole step is one launch (`backend::cuda::optim`, the same formulas) and
+//! the state stays in device memory; `save` copies it back to the host.
+//!
 //! A parameter that received no gradient this step is left alone (its state too), as PyTorch
 //! does for `grad is None`. The state (momenta, moments, step count) saves to and loads from a
 //! safetensors file keyed by parameter name, so a resumed run continues exactly.
 
 use crate::autograd::ParamStore;
+use crate::backend::cuda::optim::{GpuOptimizer, ParamSlot};
+use crate::backend::cuda::{CudaDevice, GpuBuffer};
+use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -61,8 +69,12 @@ pub struct Optimizer {
     params: OptimizerParams,
     /// Steps taken (Adam's bias correction uses it).
     step: u64,
-    /// SGD: one buffer (velocity) per parameter; Adam: two (m, v).
+    /// SGD: one buffer (velocity) per parameter; Adam: two (m, v). A parameter's state is in
+    /// `state` (host) or in `device_state` (its parameter is on a GPU), never in both.
     state: BTreeMap<String, Vec<Vec<f32>>>,
+    device_state: BTreeMap<String, Vec<GpuBuffer>>,
+    /// The GPU step's parameter table (rebuilt when the buffers change).
+    gpu: GpuOptimizer,
 }
 
 impl Optimizer {
@@ -75,7 +87,7 @@ impl Optimizer {
                 p.momentum, p.weight_decay, p.beta1, p.beta2, p.eps
             )));
         }
-        Ok(Optimizer { params, step: 0, state: BTreeMap::new() })
+        Ok(Optimizer { params, step: 0, state: BTreeMap::new(), device_state: BTreeMap::new(), gpu: GpuOptimizer::default() })
     }
     pub fn params(&self) -> &OptimizerParams {
         &self.params
@@ -90,6 +102,9 @@ impl Optimizer {
             return Err(Error::invalid("optimizer step", format!("learning rate {lr} must be finite and >= 0")));
         }
         self.step += 1;
+        if let Device::Cuda(ordinal) = store.device() {
+            return self.step_gpu(store, ordinal, lr);
+        }
         let p = self.params;
         let t = self.step as i32;
         let (bc1, bc2) = (1.0 - p.beta1.powi(t), 1.0 - p.beta2.powi(t));
@@ -133,12 +148,70 @@ impl Optimizer {
         Ok(())
     }
 
+    /// The step on a GPU: every parameter with a gradient updated by one launch, the state
+    /// moved to the device on first use (zeros, or what `load` read).
+    fn step_gpu(&mut self, store: &ParamStore, ordinal: usize, lr: f32) -> Result<()> {
+        let op = match self.params.kind {
+            OptimizerKind::Sgd => "sgd step",
+            OptimizerKind::Adam => "adam step",
+        };
+        let dev = CudaDevice::get(ordinal)?;
+        let buffers = self.buffer_names().len();
+        let stepped: Vec<(&str, Tensor, Tensor)> = store.trainable().filter_map(|(name, p)| p.grad().map(|g| (name, p.clone(), g))).collect();
+        for (name, param, _) in &stepped {
+            let n = param.numel();
+            if !self.device_state.contains_key(*name) {
+                let host = self.state.remove(*name).unwrap_or_else(|| vec![vec![0.0; n]; buffers]);
+                let uploaded = host.iter().map(|b| dev.htod(b)).collect::<Result<Vec<_>>>()?;
+                self.device_state.insert(name.to_string(), uploaded);
+            }
+            let state = &self.device_state[*name];
+            if state.len() != buffers || state.iter().any(|b| b.len() != n) {
+                return Err(Error::shape(op, format!("state of '{name}' does not fit its {n} values")));
+            }
+        }
+        let grads: Vec<_> = stepped.iter().map(|(_, _, g)| g.storage()).collect();
+        let index: HashMap<&str, usize> = stepped.iter().enumerate().map(|(i, (name, _, _))| (*name, i)).collect();
+        let params: Vec<&Tensor> = stepped.iter().map(|(_, p, _)| p).collect();
+        let (gpu, device_state, p, step) = (&mut self.gpu, &mut self.device_state, self.params, self.step);
+        Tensor::update_storages(&params, |storages| {
+            let mut states: Vec<Option<&mut Vec<GpuBuffer>>> = (0..stepped.len()).map(|_| None).collect();
+            for (name, bufs) in device_state.iter_mut() {
+                if let Some(&i) = index.get(name.as_str()) {
+                    states[i] = Some(bufs);
+                }
+            }
+            let mut slots = Vec::with_capacity(stepped.len());
+            for ((storage, grad), state) in storages.into_iter().zip(&grads).zip(states) {
+                let (state1, rest) = state.expect("state uploaded above").split_first_mut().expect("one buffer or more");
+                slots.push(ParamSlot { param: storage.as_cuda_mut(op)?, grad: grad.as_cuda(op)?, state1, state2: rest.first_mut() });
+            }
+            match p.kind {
+                OptimizerKind::Sgd => gpu.sgd_step(&dev, &mut slots, lr, p.momentum, p.weight_decay),
+                OptimizerKind::Adam => {
+                    let t = u32::try_from(step).map_err(|_| Error::invalid(op, format!("step {step} beyond u32")))?;
+                    gpu.adam_step(&dev, &mut slots, t, lr, p.beta1, p.beta2, p.eps, p.weight_decay)
+                }
+            }
+        })
+    }
+
+    /// Every parameter's state on the host (device state copied back).
+    fn host_state(&self) -> Result<BTreeMap<String, Vec<Vec<f32>>>> {
+        let mut all = self.state.clone();
+        for (name, bufs) in &self.device_state {
+            let host = bufs.iter().map(|b| CudaDevice::get(b.ordinal())?.dtoh(b)).collect::<Result<Vec<_>>>()?;
+            all.insert(name.clone(), host);
+        }
+        Ok(all)
+    }
+
     /// Writes the state: tensors `<buffer>.<param>` (buffer = velocity, or m and v) and the
     /// step count and kind in the safetensors metadata.
     pub fn save(&self, path: &Path) -> Result<()> {
         let names = self.buffer_names();
         let mut blobs: Vec<(String, Vec<u8>, usize)> = Vec::new();
-        for (param, bufs) in &self.state {
+        for (param, bufs) in &self.host_state()? {
             for (b, data) in names.iter().zip(bufs) {
                 blobs.push((format!("{b}.{param}"), bytemuck::cast_slice(data).to_vec(), data.len()));
             }
@@ -194,6 +267,7 @@ impl Optimizer {
             return Err(Error::format(path, None, format!("optimizer state of '{param}' lacks a buffer")));
         }
         self.state = state;
+        self.device_state.clear();
         self.step = step;
         Ok(())
     }
@@ -202,7 +276,7 @@ impl Optimizer {
     /// the same size (the first misfit is named).
     pub fn check_fits(&self, store: &ParamStore) -> Result<()> {
         let sizes: BTreeMap<&str, usize> = store.trainable().map(|(n, t)| (n, t.numel())).collect();
-        for (name, bufs) in &self.state {
+        for (name, bufs) in &self.host_state()? {
             match sizes.get(name.as_str()) {
                 None => return Err(Error::Config(format!("optimizer state names '{name}', which is not a parameter of this model"))),
                 Some(&n) if bufs[0].len() != n => {
