@@ -4,13 +4,17 @@
 //! an `Error::Shape` naming the op and both shapes, bad arguments an `Error::Invalid`. Each op
 //! checks its inputs share a device and dispatches on it; the CPU kernels here are plain loops
 //! over contiguous row-major slices, parallel with rayon over batch, channels or rows when the
-//! work is large enough to pay for it, and allocate only their outputs.
+//! work is large enough to pay for it, and allocate only their outputs. On `Device::Cuda(n)`
+//! the same `match` sends the op (and its backward) to [`gpu`], which calls the checked kernel
+//! wrappers of `backend::cuda`; results stay on the device. Ops whose backward is written with
+//! other ops (add, mul, sum_to, mean, ...) need no GPU code of their own.
 //!
 //! NaN: arithmetic ops propagate NaN (ReLU and max-pool included: a NaN input gives NaN out);
 //! the losses refuse a NaN logit with `Error::Invalid` so a diverging run stops with a message
 //! instead of training on garbage.
 //!
-//! Gradient checks for every op live in `tests/gradcheck.rs`.
+//! Gradient checks for every op live in `tests/gradcheck.rs`; CPU/GPU parity of every op in
+//! `tests/gpu_ops_parity.rs`.
 
 mod conv;
 mod elementwise;

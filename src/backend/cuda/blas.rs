@@ -112,6 +112,11 @@ pub fn sgemm(
         stride_c: (m * n) as i64,
     };
     let blas = handle(dev)?;
+    // cuBLAS runs in the calling thread's current context: make it this device's.
+    dev.stream()
+        .context()
+        .bind_to_thread()
+        .map_err(|e| Error::Device(format!("{OP}: binding cuda:{} to this thread: {}", dev.ordinal(), super::context::describe(e))))?;
     // SAFETY: the buffers hold at least what the strides and dims above read and write (checked),
     // and cuBLAS runs on the device's one stream, in order with the kernels.
     unsafe { blas.gemm_strided_batched(cfg, bbuf.slice(), abuf.slice(), c.slice_mut()) }.map_err(

@@ -6,8 +6,12 @@
 //! - [`context`]: one context + stream per device, the module cache, copies, error reporting;
 //! - [`alloc`]: the caching allocator ([`GpuBuffer`]), peak memory;
 //! - `launch`: the only `unsafe` kernel launches, with launch-configuration and pointer checks;
-//! - one file per op family (elementwise, reduce, batchnorm, pool, loss, copy, conv, optim) with
-//!   the host-side wrappers that check shapes and lengths and return clear errors.
+//! - one file per op family (elementwise, reduce, batchnorm, pool, loss, copy, conv, optim, and
+//!   `nd`: any-rank maps, broadcasts and strided copies) with the host-side wrappers that check
+//!   shapes and lengths and return clear errors; `blas`: matrix products on cuBLAS.
+//!
+//! The tensor ops (`crate::ops`) reach these wrappers through `ops::gpu` whenever their inputs
+//! live on `Device::Cuda(n)`; the optimisers (`crate::train::optim`) through [`optim`].
 //!
 //! A machine without a driver or GPU gets `Error::Device` from [`CudaDevice::get`], never a panic.
 
