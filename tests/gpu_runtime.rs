@@ -74,12 +74,12 @@ fn gpu_out_of_memory_names_the_size_and_what_is_free() {
 }
 
 #[test]
-fn gpu_tensors_move_between_devices_and_ops_without_a_gpu_path_say_so() {
+fn gpu_tensors_move_between_devices_and_back() {
     use coseg::tensor::Tensor;
     let mut r = rng(3);
     let data = randn(&mut r, 2 * 3 * 4 * 5);
     let cpu = Tensor::from_vec(data.clone(), vec![2, 3, 4, 5], Device::Cpu).unwrap();
-    let Some(_dev) = gpu("gpu_tensors_move_between_devices_and_ops_without_a_gpu_path_say_so") else {
+    let Some(_dev) = gpu("gpu_tensors_move_between_devices_and_back") else {
         // No GPU: asking for one is a Device error, never a panic.
         match cpu.to_device(Device::Cuda(0)) {
             Err(Error::Device(msg)) => assert!(!msg.is_empty()),
