@@ -1,0 +1,70 @@
+//! The paper's training step on cuda:0 through the tensor ops' GPU paths: DRN-MG-101 CSA + D2
+//! forward on a batch of 10 pairs of 128x128 crops, both cross-entropies, backward, and the
+//! one-launch SGD step (momentum 0.99, weight decay 5e-4); plus the DRN-101 forward per image.
+//! Each iteration ends by reading the loss back, so the time covers the queued GPU work.
+//! Skips without a GPU. Run: `cargo bench --bench step_gpu`.
+
+use coseg::Device;
+use coseg::autograd::{ParamStore, no_grad};
+use coseg::backend::cuda::CudaDevice;
+use coseg::nn::{CosegNet, ModelConfig, ResNet, ResNetSpec};
+use coseg::tensor::Tensor;
+use coseg::train::{Optimizer, OptimizerParams};
+use criterion::{Criterion, criterion_group, criterion_main};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::hint::black_box;
+use std::time::Duration;
+
+const GPU: Device = Device::Cuda(0);
+
+fn crops(n: usize, seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    Tensor::randn([n, 3, 128, 128], 0.0, 1.0, GPU, &mut rng).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let dev = match CudaDevice::get(0) {
+        Ok(dev) => dev,
+        Err(e) => {
+            eprintln!("step_gpu: skipped, no GPU ({e})");
+            return;
+        }
+    };
+    eprintln!("step_gpu on {}", dev.name());
+
+    let mut params = ParamStore::new(GPU, 1);
+    let spec = ResNetSpec { depth: 101, width: 1.0, output_stride: 8, multi_grid: false, in_channels: 3 };
+    let net = ResNet::new(spec, &mut params, "").unwrap();
+    let x = crops(1, 2);
+    let mut g = c.benchmark_group("gpu_forward");
+    g.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(5));
+    g.bench_function("drn101_os8_128x128_per_image", |b| {
+        b.iter(|| no_grad(|| black_box(net.forward(&x, false).unwrap().layer4.sum_all().unwrap().to_scalar().unwrap())))
+    });
+    g.finish();
+
+    let pairs = 10;
+    let mut params = ParamStore::new(GPU, 3);
+    let net = CosegNet::new(&ModelConfig::default(), &mut params).unwrap();
+    let (a, b) = (crops(pairs, 4), crops(pairs, 5));
+    let checker: Vec<f32> = (0..pairs * 128 * 128).map(|i| ((i / 128 / 32 + i % 128 / 32) % 2) as f32).collect();
+    let target = Tensor::from_vec(checker, [pairs, 128, 128], GPU).unwrap();
+    let mut opt = Optimizer::new(OptimizerParams::paper_sgd()).unwrap();
+    let mut g = c.benchmark_group("gpu_sgd_step");
+    g.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(10));
+    g.bench_function("drn_mg101_csa_d2_10pairs_128x128", |bench| {
+        bench.iter(|| {
+            params.zero_grads();
+            let (la, lb) = net.forward_pair(&a, &b, true).unwrap();
+            let loss = la.cross_entropy_2class(&target, None).unwrap().add(&lb.cross_entropy_2class(&target, None).unwrap()).unwrap();
+            loss.backward().unwrap();
+            opt.step(&params, 1e-4).unwrap();
+            black_box(loss.to_scalar().unwrap())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
