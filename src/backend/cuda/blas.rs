@@ -36,6 +36,7 @@ fn handle(dev: &CudaDevice) -> Result<Arc<CudaBlas>> {
 pub type Operand<'a> = (bool, &'a GpuBuffer, usize);
 
 /// C_i (m x n) = op(A_i) (m x k) op(B_i) (k x n) for i < batch, all row-major; C is overwritten.
+#[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     dev: &CudaDevice,
     batch: usize,
