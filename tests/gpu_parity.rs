@@ -26,7 +26,7 @@ fn gpu_conv2d_forward_and_gradients_match_cpu() {
     let Some(dev) = gpu("gpu_conv2d_forward_and_gradients_match_cpu") else { return };
     let mut r = rng(7);
     for g in conv_shapes() {
-        let sh = conv::Conv2dShape { n: g.n, c: g.c, h: g.h, w: g.w, k: g.k, r: g.r, s: g.s, stride: g.stride, pad: g.pad, dilation: g.dilation };
+        let sh = g;
         let (x, w, b) = (randn(&mut r, sh.input_len()), randn(&mut r, sh.weight_len()), randn(&mut r, g.k));
         let dy = randn(&mut r, sh.output_len());
         let mut y = vec![0.0; sh.output_len()];

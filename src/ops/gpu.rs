@@ -4,7 +4,6 @@
 //! the device's one stream, so nothing waits for the host.
 
 use super::BatchNormOptions;
-use crate::backend::cpu::conv::ConvGeometry;
 use crate::backend::cuda::conv::{self, Conv2dShape};
 use crate::backend::cuda::elementwise::{self as ew, Binary};
 use crate::backend::cuda::nd::{self, MapOp};
@@ -242,21 +241,6 @@ pub(crate) fn gemm(
 }
 
 // ---- convolutions ----
-
-pub(crate) fn conv2d_shape(g: &ConvGeometry) -> Conv2dShape {
-    Conv2dShape {
-        n: g.n,
-        c: g.c,
-        h: g.h,
-        w: g.w,
-        k: g.k,
-        r: g.r,
-        s: g.s,
-        stride: g.stride,
-        pad: g.pad,
-        dilation: g.dilation,
-    }
-}
 
 pub(crate) fn conv2d_fwd(
     op: &'static str,

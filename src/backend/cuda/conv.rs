@@ -14,32 +14,11 @@ const TILE: usize = 64;
 const TILE_K: usize = 16;
 const TILE_THREADS: u32 = 256;
 
-/// A 2-D convolution: input (n, c, h, w), weight (k, c, r, s), square stride/padding/dilation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Conv2dShape {
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub k: usize,
-    pub r: usize,
-    pub s: usize,
-    pub stride: usize,
-    pub pad: usize,
-    pub dilation: usize,
-}
+/// The CPU backend's convolution geometry serves the GPU too: one description of a convolution.
+pub use crate::backend::cpu::conv::ConvGeometry as Conv2dShape;
 
+/// Buffer lengths and the kernel's i32 geometry, which only the GPU wrappers need.
 impl Conv2dShape {
-    pub fn out_h(&self) -> usize {
-        (self.h + 2 * self.pad).saturating_sub(self.dilation * (self.r.max(1) - 1) + 1) / self.stride.max(1) + 1
-    }
-    pub fn out_w(&self) -> usize {
-        (self.w + 2 * self.pad).saturating_sub(self.dilation * (self.s.max(1) - 1) + 1) / self.stride.max(1) + 1
-    }
-    /// 2 N K OH OW C R S: the multiply-adds of the forward (each gradient costs the same).
-    pub fn flops(&self) -> f64 {
-        2.0 * (self.n * self.k * self.out_h() * self.out_w() * self.c * self.r * self.s) as f64
-    }
     pub fn input_len(&self) -> usize {
         self.n * self.c * self.h * self.w
     }
