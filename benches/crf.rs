@@ -1,7 +1,7 @@
 //! Dense CRF speed on one core: the whole refinement (both lattices built + 5 mean-field
 //! iterations, 2 labels, pydensecrf's default parameters) at 128x128 and 512x512, its parts at
 //! 128x128, and a batch of 128x128 images over all cores.
-//! Reference point: pydensecrf takes about 11 ms for the 128x128 refinement; with
+//! Reference point: pydensecrf on the same inputs (benches/pydensecrf_time.py); with
 //! COSEG_CRF_BENCH_INPUTS=DIR the refine cases are written to DIR for benches/pydensecrf_time.py.
 
 use coseg::crf::{self, CrfParams, FilterMethod};
