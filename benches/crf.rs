@@ -1,7 +1,8 @@
 //! Dense CRF speed on one core: the whole refinement (both lattices built + 5 mean-field
 //! iterations, 2 labels, pydensecrf's default parameters) at 128x128 and 512x512, its parts at
 //! 128x128, and a batch of 128x128 images over all cores.
-//! Reference point: pydensecrf takes about 11 ms for the 128x128 refinement.
+//! Reference point: pydensecrf on the same inputs (benches/pydensecrf_time.py); with
+//! COSEG_CRF_BENCH_INPUTS=DIR the refine cases are written to DIR for benches/pydensecrf_time.py.
 
 use coseg::crf::{self, CrfParams, FilterMethod};
 use coseg::io::{self, Image};
@@ -60,6 +61,19 @@ fn ct_fixture() -> (Image<u8>, Image<f32>) {
     (image, prob)
 }
 
+/// Writes each case as NAME_image.png and NAME_prob.f32 (little-endian, row-major) for
+/// benches/pydensecrf_time.py, so pydensecrf is timed on exactly these inputs.
+fn dump_inputs(dir: &Path, cases: &[(&str, usize, (Image<u8>, Image<f32>))]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, w, (image, prob)) in cases {
+        let stem = format!("{name}_{w}x{w}");
+        io::write_u8(dir.join(format!("{stem}_image.png")), image).unwrap();
+        let bytes: Vec<u8> = prob.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(dir.join(format!("{stem}_prob.f32")), bytes).unwrap();
+    }
+    eprintln!("bench inputs written to {}", dir.display());
+}
+
 fn refine(c: &mut Criterion) {
     let params = CrfParams::default();
     let mut g = c.benchmark_group("crf_refine");
@@ -68,12 +82,27 @@ fn refine(c: &mut Criterion) {
         ("synthetic", 128, synthetic(128, 1)),
         ("synthetic", 512, synthetic(512, 2)),
     ];
+    if let Some(dir) = std::env::var_os("COSEG_CRF_BENCH_INPUTS") {
+        dump_inputs(Path::new(&dir), &cases);
+    }
     for (name, w, (image, prob)) in &cases {
         g.throughput(Throughput::Elements((w * w) as u64));
         g.bench_with_input(
             BenchmarkId::new(*name, format!("{w}x{w}")),
             &(image, prob),
             |b, (i, p)| b.iter(|| crf::refine(black_box(i), black_box(p), &params).unwrap()),
+        );
+        // Without the smoothness-kernel cache: a first call at this size (what pydensecrf
+        // always pays).
+        g.bench_with_input(
+            BenchmarkId::new(format!("{name}_cold"), format!("{w}x{w}")),
+            &(image, prob),
+            |b, (i, p)| {
+                b.iter(|| {
+                    crf::clear_smoothness_cache();
+                    crf::refine(black_box(i), black_box(p), &params).unwrap()
+                })
+            },
         );
     }
     g.finish();
@@ -85,6 +114,7 @@ fn parts(c: &mut Criterion) {
     let mut g = c.benchmark_group("crf_parts_128");
     g.bench_function("build_crf_both_lattices", |b| {
         b.iter(|| {
+            crf::clear_smoothness_cache();
             crf::binary_crf(
                 black_box(&image),
                 black_box(&prob),
@@ -104,6 +134,17 @@ fn parts(c: &mut Criterion) {
             l.vertices()
         );
     }
+    g.bench_function("build_crf_smoothness_cached", |b| {
+        b.iter(|| {
+            crf::binary_crf(
+                black_box(&image),
+                black_box(&prob),
+                &params,
+                FilterMethod::Lattice,
+            )
+            .unwrap()
+        })
+    });
     g.bench_function("inference_5_iters", |b| {
         b.iter(|| built.inference(black_box(5)).unwrap())
     });

@@ -93,8 +93,9 @@ impl HashTable {
         (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
     }
 
-    /// The id of `key`, inserting it with the next free id if absent.
-    #[inline]
+    /// The id of `key`, inserting it with the next free id if absent. Always inlined: it runs
+    /// up to d+1 times per point in `Lattice::build`, where a call cost ~8% of a refinement.
+    #[inline(always)]
     pub fn find_or_insert(&mut self, key: Key) -> u32 {
         if 2 * (self.keys.len() + 1) > self.table.len() {
             self.grow();

@@ -16,6 +16,7 @@ use super::exact::ExactGaussian;
 use super::lattice::{FilterWorkspace, Lattice};
 use crate::error::{Error, Result};
 use crate::io::Image;
+use std::sync::{Arc, Mutex};
 
 /// How a kernel filters: the permutohedral lattice (fast, approximate; what pydensecrf does) or
 /// the exact O(N^2) sum (for tests and small images).
@@ -116,16 +117,39 @@ impl Filter {
     }
 }
 
-/// One Gaussian edge kernel with its Potts weight, ready to pass messages.
+/// One Gaussian edge kernel with its Potts weight, ready to pass messages. Cloning shares the
+/// built lattice and normalisation (they are read-only once built).
+#[derive(Clone)]
 pub struct PairwiseKernel {
     points: usize,
     compat: f32,
-    norm: Vec<f32>,
+    norm: Arc<[f32]>,
     /// The message of a label that every pixel holds, compat * norm * K(norm). As the labels'
     /// Q sum to 1 and K is linear, the last label's message is `total` less the others', so
     /// only labels - 1 channels are filtered (one for a lesion mask).
-    total: Vec<f32>,
-    filter: Filter,
+    total: Arc<[f32]>,
+    filter: Arc<Filter>,
+}
+
+/// What a smoothness kernel depends on: image size, sxy and compat (bit patterns), its method.
+type SmoothnessKey = (usize, usize, u32, u32, FilterMethod);
+
+/// Smoothness kernels built lately. They depend only on the image size and widths, so a batch of
+/// same-size crops (and every later call) builds the lattice once; a few sizes are kept, the
+/// oldest dropped first, to bound memory (about 9 MB for a 512x512 kernel).
+static SMOOTHNESS_CACHE: Mutex<Vec<(SmoothnessKey, PairwiseKernel)>> = Mutex::new(Vec::new());
+const SMOOTHNESS_CACHE_LEN: usize = 4;
+
+fn smoothness_cache() -> std::sync::MutexGuard<'static, Vec<(SmoothnessKey, PairwiseKernel)>> {
+    // The cache holds only finished kernels, so a panic elsewhere cannot leave it half-written.
+    SMOOTHNESS_CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Drops the cached smoothness kernels (frees their memory; the next CRF rebuilds them).
+pub fn clear_smoothness_cache() {
+    smoothness_cache().clear();
 }
 
 /// Buffers one kernel needs per message pass; allocate once per inference.
@@ -137,6 +161,32 @@ pub struct KernelWorkspace {
 }
 
 impl PairwiseKernel {
+    /// The smoothness kernel (features x/sxy, y/sxy) of a width x height image, from the cache
+    /// when one with the same size, widths and method was built lately.
+    pub fn smoothness(
+        width: usize,
+        height: usize,
+        sxy: f32,
+        compat: f32,
+        method: FilterMethod,
+    ) -> Result<Self> {
+        let key = (width, height, sxy.to_bits(), compat.to_bits(), method);
+        if let Some((_, k)) = smoothness_cache().iter().find(|(k, _)| *k == key) {
+            return Ok(k.clone());
+        }
+        // Built outside the lock: threads of a batch may build the same kernel once each at
+        // first, but never wait on each other.
+        let kernel = Self::new(&gaussian_features(width, height, sxy)?, 2, compat, method)?;
+        let mut cache = smoothness_cache();
+        if !cache.iter().any(|(k, _)| *k == key) {
+            if cache.len() == SMOOTHNESS_CACHE_LEN {
+                cache.remove(0);
+            }
+            cache.push((key, kernel.clone()));
+        }
+        Ok(kernel)
+    }
+
     /// `features`: points x dim (scaled by 1/width); `compat`: the Potts weight.
     pub fn new(features: &[f32], dim: usize, compat: f32, method: FilterMethod) -> Result<Self> {
         if !compat.is_finite() {
@@ -153,18 +203,18 @@ impl PairwiseKernel {
         let mut ws = FilterWorkspace::default();
         let mut density = vec![0.0f32; points];
         filter.apply(&vec![1.0; points], 1, &mut density, &mut ws)?;
-        let norm: Vec<f32> = density.iter().map(|&k| 1.0 / (k + 1e-20).sqrt()).collect();
+        let norm: Arc<[f32]> = density.iter().map(|&k| 1.0 / (k + 1e-20).sqrt()).collect();
         let mut total = vec![0.0f32; points];
         filter.apply(&norm, 1, &mut total, &mut ws)?;
-        for (t, n) in total.iter_mut().zip(&norm) {
+        for (t, n) in total.iter_mut().zip(norm.iter()) {
             *t *= compat * n;
         }
         Ok(PairwiseKernel {
             points,
             compat,
             norm,
-            total,
-            filter,
+            total: total.into(),
+            filter: Arc::new(filter),
         })
     }
 
@@ -179,7 +229,7 @@ impl PairwiseKernel {
 
     /// The lattice, when this kernel uses one (for inspection and benchmarks).
     pub fn lattice(&self) -> Option<&Lattice> {
-        match &self.filter {
+        match &*self.filter {
             Filter::Lattice(lattice) => Some(lattice),
             Filter::Exact(_) => None,
         }
@@ -275,6 +325,36 @@ mod tests {
             &bilateral_features(&grey, 4.0, 10.0).unwrap()[5..],
             &[0.25, 0.0, 4.0, 4.0, 4.0]
         );
+    }
+
+    #[test]
+    fn cached_smoothness_kernel_is_the_one_built_for_that_size_and_width() {
+        // Sizes no other test uses, so the shared cache holds only what this test put there.
+        let (w, h) = (23, 17);
+        let fresh = |sxy| {
+            PairwiseKernel::new(
+                &gaussian_features(w, h, sxy).unwrap(),
+                2,
+                3.0,
+                FilterMethod::Lattice,
+            )
+            .unwrap()
+        };
+        let a = PairwiseKernel::smoothness(w, h, 3.0, 3.0, FilterMethod::Lattice).unwrap();
+        let b = PairwiseKernel::smoothness(w, h, 3.0, 3.0, FilterMethod::Lattice).unwrap();
+        assert!(
+            Arc::ptr_eq(&a.norm, &b.norm),
+            "second call must reuse the first kernel"
+        );
+        assert_eq!(&a.norm[..], &fresh(3.0).norm[..]);
+        assert_eq!(&a.total[..], &fresh(3.0).total[..]);
+        // Another width or size is another kernel.
+        let c = PairwiseKernel::smoothness(w, h, 1.5, 3.0, FilterMethod::Lattice).unwrap();
+        assert_eq!(&c.norm[..], &fresh(1.5).norm[..]);
+        assert_ne!(&c.norm[..], &a.norm[..]);
+        let d = PairwiseKernel::smoothness(h, w, 3.0, 3.0, FilterMethod::Lattice).unwrap();
+        assert_eq!(d.points(), w * h);
+        assert!(!Arc::ptr_eq(&a.norm, &d.norm));
     }
 
     #[test]

@@ -287,10 +287,6 @@ impl Lattice {
         let mut emb = Embedder::<D>::new();
         let mut block = [[0f32; LANES]; MAX_DIM];
         let mut keys = [0 as hash::Key; D1_MAX];
-        // Neighbouring pixels usually fall in the same simplex: check the previous point's
-        // corners before hashing.
-        let mut prev_keys = [0 as hash::Key; D1_MAX];
-        let mut prev_ids = [u32::MAX; D1_MAX];
         for (b, chunk) in features.chunks(dim * LANES).enumerate() {
             let n = chunk.len() / dim;
             // A short last block repeats its last point in the spare lanes.
@@ -315,12 +311,11 @@ impl Lattice {
                         ),
                     )
                 })?;
+                // No "same simplex as the previous pixel" shortcut: on noisy images that test is
+                // a coin flip the branch predictor loses, and the sparse table's first probe
+                // usually hits anyway.
                 for r in 0..d1 {
-                    if prev_ids[r] == u32::MAX || prev_keys[r] != keys[r] {
-                        prev_keys[r] = keys[r];
-                        prev_ids[r] = table.find_or_insert(keys[r]);
-                    }
-                    offsets[k * d1 + r] = prev_ids[r] + 1;
+                    offsets[k * d1 + r] = table.find_or_insert(keys[r]) + 1;
                     barycentric[k * d1 + r] = emb.bary[r][l];
                 }
             }

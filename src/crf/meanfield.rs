@@ -10,9 +10,7 @@
 //! output); inside, values are pixel-major (pixels x labels) so the lattice moves all labels of a
 //! vertex together.
 
-use super::kernel::{
-    FilterMethod, KernelWorkspace, PairwiseKernel, bilateral_features, gaussian_features,
-};
+use super::kernel::{FilterMethod, KernelWorkspace, PairwiseKernel, bilateral_features};
 use crate::error::{Error, Result};
 use crate::io::Image;
 
@@ -125,9 +123,13 @@ impl DenseCrf {
 
     /// densecrf's addPairwiseGaussian: smoothness kernel on position, width sxy, Potts weight compat.
     pub fn add_pairwise_gaussian(&mut self, sxy: f32, compat: f32) -> Result<()> {
-        let f = gaussian_features(self.width, self.height, sxy)?;
-        self.kernels
-            .push(PairwiseKernel::new(&f, 2, compat, self.method)?);
+        self.kernels.push(PairwiseKernel::smoothness(
+            self.width,
+            self.height,
+            sxy,
+            compat,
+            self.method,
+        )?);
         Ok(())
     }
 

@@ -19,7 +19,7 @@ pub mod lattice;
 pub mod meanfield;
 
 pub use exact::ExactGaussian;
-pub use kernel::{FilterMethod, PairwiseKernel};
+pub use kernel::{FilterMethod, PairwiseKernel, clear_smoothness_cache};
 pub use lattice::Lattice;
 pub use meanfield::DenseCrf;
 
