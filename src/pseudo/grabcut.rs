@@ -104,13 +104,31 @@ pub fn grabcut(image: &[f32], width: usize, height: usize, recist: &Recist, p: &
         converged = changed as f32 <= p.min_changed_fraction * relabelable as f32;
     }
     let mut mask = Mask { width, height, data: fg };
+    keep_lesion_at_seeds(&mut mask, &seeds, p);
+    Ok(GrabCutOutput { mask, iterations, converged })
+}
+
+/// The lesion the RECIST marks point at in a crop mask: nothing beyond the trimap's box (certain
+/// background), only the foreground connected to the marks' certain-foreground seeds (`keep_seeded_component`), holes filled (`fill_holes`). GrabCut
+/// ends with this; the network's masks get the same treatment (`train::eval`), so both are
+/// "the marked lesion" in the same sense. A mask that misses every seed comes out empty.
+pub fn keep_marked_lesion(mask: &mut Mask, recist: &Recist, p: &GrabCutParams) -> Result<()> {
+    let (seeds, _) = trimap(recist, mask.width, mask.height, &p.seeds)?;
+    keep_lesion_at_seeds(mask, &seeds, p);
+    Ok(())
+}
+
+fn keep_lesion_at_seeds(mask: &mut Mask, seeds: &[Seed], p: &GrabCutParams) {
+    // GrabCut never relabels certain background; a mask from elsewhere is held to the same.
+    for (m, s) in mask.data.iter_mut().zip(seeds) {
+        *m &= *s != Seed::CertainBackground;
+    }
     if p.keep_seeded_component {
-        keep_components_with(&mut mask, &seeds);
+        keep_components_with(mask, seeds);
     }
     if p.fill_holes {
-        fill_holes(&mut mask);
+        fill_holes(mask);
     }
-    Ok(GrabCutOutput { mask, iterations, converged })
 }
 
 /// Intensity normalised to zero mean and unit variance over the crop, and its local mean.

@@ -166,12 +166,24 @@ impl Augment {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
     /// Refine the network's lesion probability with the dense CRF before thresholding.
     pub crf: bool,
     pub crf_params: CrfConfig,
+    /// Test-time augmentation: average P(lesion) over the 8 symmetries of the square (the flips
+    /// training draws from), each mapped back before averaging.
+    pub tta: bool,
+    /// Keep only the lesion the RECIST marks point at: the foreground connected to the marks,
+    /// holes filled, exactly as GrabCut's pseudo-masks are finished (`pseudo::keep_marked_lesion`).
+    pub marked_lesion: bool,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig { crf: false, crf_params: CrfConfig::default(), tta: true, marked_lesion: true }
+    }
 }
 
 /// `crate::crf::CrfParams` as a config table (pydensecrf's names and defaults).

@@ -1,8 +1,10 @@
 //! Evaluation of a trained network on a split, as `coseg eval` and the demo run it: every
-//! lesion segmented with a partner from its split (itself when it has none), optionally refined
-//! with the dense CRF in crop space, thresholded at 0.5, pasted back into its key slice (the
-//! lesions of one slice united, as the pseudo-masks are), and scored against the slice's mask
-//! with the paper's metrics. The summary is `metrics::MetricsSummary`, the JSON of
+//! lesion segmented with a partner from its split (itself when it has none), its probability
+//! averaged over the 8 flips training draws from (`[eval] tta`), optionally refined with the
+//! dense CRF in crop space, reduced to the lesion the RECIST marks point at as GrabCut's masks
+//! are (`[eval] marked_lesion`), pasted back into its key slice with the probability
+//! interpolated and thresholded at 0.5 there (the lesions of one slice united, as the
+//! pseudo-masks are), and scored against the slice's mask with the paper's metrics. The summary is `metrics::MetricsSummary`, the JSON of
 //! `coseg eval-masks --json`.
 
 use crate::autograd::ParamStore;
@@ -15,8 +17,10 @@ use crate::metrics::{Mask, MetricsSummary};
 use crate::nn::CosegNet;
 use crate::train::checkpoint::{self, CheckpointMeta, CheckpointPaths};
 use crate::train::config::TrainConfig;
-use crate::train::dataset::{self, DataSource, SplitSet};
-use crate::train::run::predict;
+use crate::train::dataset::{self, DataSource, Sample, SplitSet};
+use crate::pseudo::{GrabCutParams, Recist, keep_marked_lesion};
+use crate::train::config::EvalConfig;
+use crate::train::run::predict_averaged;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -79,11 +83,11 @@ pub fn evaluate(r: &Restored, data: &EvalData, split: Split, against: &Against, 
         return Err(Error::Config(format!("{}: the {split:?} split has no loadable lesion ({} skipped)", manifest_path.display(), set.skipped.len())));
     }
     let partners = dataset::partners(&set);
-    let mut probs = predict(&r.model, &set, &partners, r.config.train.batch_pairs, r.device)?;
+    let mut probs = predict_averaged(&r.model, &set, &partners, r.config.train.batch_pairs, r.device, symmetries(&r.config.eval))?;
     if let Some(p) = crf_params {
         probs = refine_with_crf(&set, &probs, p)?;
     }
-    let slices = paste_to_slices(&set, &probs)?;
+    let slices = paste_to_slices(&set, &probs, r.config.eval.marked_lesion)?;
     if let Some(dir) = masks_out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         for (name, m) in &slices {
@@ -110,11 +114,42 @@ pub fn refine_with_crf(set: &SplitSet, probs: &[Vec<f32>], p: &CrfParams) -> Res
     Ok(crf::refine_batch(&images, &maps, p)?.into_iter().map(|q| q.data).collect())
 }
 
-/// Pastes each lesion's thresholded crop mask into its key slice; lesions of one slice united.
-pub fn paste_to_slices(set: &SplitSet, probs: &[Vec<f32>]) -> Result<BTreeMap<String, Mask>> {
+/// The symmetries test-time augmentation averages over: all 8 with `tta`, else the identity.
+fn symmetries(e: &EvalConfig) -> &'static [u8] {
+    if e.tta { &[0, 1, 2, 3, 4, 5, 6, 7] } else { &[0] }
+}
+
+/// One lesion's crop as it is pasted into its slice: P(lesion) scaled to 0..=255, so that the
+/// paste interpolates probabilities and thresholds them at 0.5 in slice space (finer than a
+/// crop-pixel staircase). With `marked_only`, the crop mask P > 0.5 is first reduced to the
+/// lesion the RECIST marks point at (`pseudo::keep_marked_lesion`, GrabCut's own finish): other
+/// blobs are zeroed and enclosed holes set to lesion.
+pub fn crop_for_paste(smp: &Sample, prob: &[f32], s: usize, marked_only: bool) -> Result<Vec<u8>> {
+    if prob.len() != s * s {
+        return Err(Error::shape("crop_for_paste", format!("{}: {} probabilities for a {s}x{s} crop", smp.name, prob.len())));
+    }
+    let scaled = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+    if !marked_only {
+        return Ok(prob.iter().map(|&v| scaled(v)).collect());
+    }
+    let mut mask = Mask::new(s, s, prob.iter().map(|&v| v > 0.5).collect())?;
+    keep_marked_lesion(&mut mask, &Recist::from_points(smp.recist), &GrabCutParams::default())?;
+    Ok(prob
+        .iter()
+        .zip(&mask.data)
+        .map(|(&v, &keep)| match (keep, v > 0.5) {
+            (true, _) => scaled(v).max(128),
+            (false, true) => 0,
+            (false, false) => scaled(v),
+        })
+        .collect())
+}
+
+/// Pastes each lesion's crop (`crop_for_paste`) into its key slice; lesions of one slice united.
+pub fn paste_to_slices(set: &SplitSet, probs: &[Vec<f32>], marked_only: bool) -> Result<BTreeMap<String, Mask>> {
     let mut out: BTreeMap<String, Mask> = BTreeMap::new();
     for (smp, p) in set.samples.iter().zip(probs) {
-        let crop: Vec<u8> = p.iter().map(|&v| if v > 0.5 { 255 } else { 0 }).collect();
+        let crop = crop_for_paste(smp, p, set.size, marked_only)?;
         let (w, h) = smp.slice_size;
         let pasted = Mask::from_image(&smp.crop_box.paste_mask(&crop, w, h)?)?;
         let merged = match out.remove(&smp.name) {
@@ -192,8 +227,9 @@ pub fn sample_from_slice(input: &LesionInput, crop: &crate::data::CropParams, wi
     let crop_box = crate::data::CropBox::around_box(bbox, crop)?;
     let key: Vec<f32> = crop_box.crop_hu(&hu).into_iter().map(|v| crate::data::slice::window_unit(v, window)).collect();
     let image = [key.clone(), key.clone(), key].concat();
+    let recist = input.recist.map(|p| crop_box.to_crop(p));
     let name = input.slice.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    Ok(dataset::Sample { name, row: 0, cluster: 0, image, pseudo: Vec::new(), truth: None, crop_box, slice_size: (hu.width, hu.height) })
+    Ok(dataset::Sample { name, row: 0, cluster: 0, image, pseudo: Vec::new(), truth: None, crop_box, recist, slice_size: (hu.width, hu.height) })
 }
 
 /// The partner for a lesion that came without one: a training lesion of the same cluster. The
@@ -237,7 +273,8 @@ pub fn training_partner(r: &Restored, input: &LesionInput) -> Result<dataset::Sa
 pub fn segment_pair(r: &Restored, lesion: &dataset::Sample, partner: &dataset::Sample) -> Result<Image<u8>> {
     let s = r.config.data.crop_size;
     let set = SplitSet { split: Split::Test, size: s, samples: vec![lesion.clone(), partner.clone()], pairs: vec![[0, 1]], skipped: Vec::new() };
-    let probs = predict(&r.model, &set, &dataset::Partners { partner: vec![1, 0], self_paired: Vec::new() }, 1, r.device)?;
-    let crop: Vec<u8> = probs[0].iter().map(|&v| if v > 0.5 { 255 } else { 0 }).collect();
+    let partners = dataset::Partners { partner: vec![1, 0], self_paired: Vec::new() };
+    let probs = predict_averaged(&r.model, &set, &partners, 1, r.device, symmetries(&r.config.eval))?;
+    let crop = crop_for_paste(lesion, &probs[0], s, r.config.eval.marked_lesion)?;
     lesion.crop_box.paste_mask(&crop, lesion.slice_size.0, lesion.slice_size.1)
 }
