@@ -42,6 +42,9 @@ pub struct Args {
     /// (overrides the config's [eval] marked_lesion).
     #[arg(long)]
     all_blobs: bool,
+    /// P(lesion) threshold (overrides the config's [eval] threshold).
+    #[arg(long)]
+    threshold: Option<f32>,
 }
 
 pub fn parse_split(s: &str) -> anyhow::Result<Split> {
@@ -58,6 +61,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut r = restore(&a.checkpoint, resolve_device(&a.device)?)?;
     r.config.eval.tta &= !a.no_tta;
     r.config.eval.marked_lesion &= !a.all_blobs;
+    if let Some(t) = a.threshold {
+        r.config.eval.threshold = t;
+    }
     let data = EvalData { root: a.data.clone(), manifest: a.manifest.clone() };
     let truth = match &a.data {
         Some(root) => Some(root.join("masks")).filter(|p| p.is_dir()),

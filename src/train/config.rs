@@ -178,11 +178,14 @@ pub struct EvalConfig {
     /// Keep only the lesion the RECIST marks point at: the foreground connected to the marks,
     /// holes filled, exactly as GrabCut's pseudo-masks are finished (`pseudo::keep_marked_lesion`).
     pub marked_lesion: bool,
+    /// P(lesion) above which a pixel is lesion (choose it on the validation split against the
+    /// pseudo-masks, never on test).
+    pub threshold: f32,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { crf: false, crf_params: CrfConfig::default(), tta: true, marked_lesion: true }
+        EvalConfig { crf: false, crf_params: CrfConfig::default(), tta: true, marked_lesion: true, threshold: 0.5 }
     }
 }
 
@@ -286,6 +289,9 @@ impl TrainConfig {
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{key} must be at least 1"));
+        }
+        if !(self.eval.threshold > 0.0 && self.eval.threshold < 1.0) {
+            return Err(format!("[eval] threshold = {} must lie strictly between 0 and 1", self.eval.threshold));
         }
         if !(t.lr.is_finite() && t.lr > 0.0) {
             return Err(format!("[train] lr = {} must be a positive number", t.lr));

@@ -31,13 +31,15 @@ pub struct DemoParams {
     pub crop_size: usize,
     /// Training iterations.
     pub iterations: usize,
-    /// The `[model]` and `[train]` tables (TOML) of the run, `[train]` last; the data paths,
+    /// The `[model]`, `[eval]` and `[train]` tables (TOML) of the run, `[train]` last; the data paths,
     /// seed, iterations and out folder are filled in.
     pub model_train_toml: String,
 }
 
 /// The small CPU configuration: a dilated ResNet-18 at quarter width, SE + MSA co-attention,
-/// decoder D2, on 64 x 64 crops.
+/// decoder D2, on 64 x 64 crops; evaluated with test-time flips and the RECIST-marked-lesion
+/// finish GrabCut's masks get (threshold 0.5: on the validation split against the pseudo-masks
+/// 0.4 to 0.6 scored within 0.004 Dice of each other).
 pub const CPU_MODEL_TRAIN: &str = r#"[model]
 depth = 18
 width = 0.25
@@ -46,6 +48,11 @@ multi_grid = true
 channel_attention = "se"
 spatial_attention = "msa"
 decoder = "D2"
+
+[eval]
+tta = true
+marked_lesion = true
+threshold = 0.5
 
 [train]
 optimizer = "adam"

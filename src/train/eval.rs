@@ -87,7 +87,7 @@ pub fn evaluate(r: &Restored, data: &EvalData, split: Split, against: &Against, 
     if let Some(p) = crf_params {
         probs = refine_with_crf(&set, &probs, p)?;
     }
-    let slices = paste_to_slices(&set, &probs, r.config.eval.marked_lesion)?;
+    let slices = paste_to_slices(&set, &probs, &r.config.eval)?;
     if let Some(dir) = masks_out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         for (name, m) in &slices {
@@ -120,24 +120,32 @@ fn symmetries(e: &EvalConfig) -> &'static [u8] {
 }
 
 /// One lesion's crop as it is pasted into its slice: P(lesion) scaled to 0..=255, so that the
-/// paste interpolates probabilities and thresholds them at 0.5 in slice space (finer than a
-/// crop-pixel staircase). With `marked_only`, the crop mask P > 0.5 is first reduced to the
+/// paste interpolates probabilities and thresholds them at `[eval] threshold` in slice space
+/// (finer than a crop-pixel staircase). With `[eval] marked_lesion`, the crop mask P > threshold is first reduced to the
 /// lesion the RECIST marks point at (`pseudo::keep_marked_lesion`, GrabCut's own finish): other
 /// blobs are zeroed and enclosed holes set to lesion.
-pub fn crop_for_paste(smp: &Sample, prob: &[f32], s: usize, marked_only: bool) -> Result<Vec<u8>> {
+pub fn crop_for_paste(smp: &Sample, prob: &[f32], s: usize, e: &EvalConfig) -> Result<Vec<u8>> {
     if prob.len() != s * s {
         return Err(Error::shape("crop_for_paste", format!("{}: {} probabilities for a {s}x{s} crop", smp.name, prob.len())));
     }
-    let scaled = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
-    if !marked_only {
+    let t = e.threshold;
+    if !(t > 0.0 && t < 1.0) {
+        return Err(Error::invalid("crop_for_paste", format!("[eval] threshold {t} must lie in (0, 1)")));
+    }
+    // Rescaled so that the threshold lands on the paste's 0.5.
+    let scaled = |v: f32| {
+        let u = if v <= t { 0.5 * v / t } else { 0.5 + 0.5 * (v - t) / (1.0 - t) };
+        (u.clamp(0.0, 1.0) * 255.0).round() as u8
+    };
+    if !e.marked_lesion {
         return Ok(prob.iter().map(|&v| scaled(v)).collect());
     }
-    let mut mask = Mask::new(s, s, prob.iter().map(|&v| v > 0.5).collect())?;
+    let mut mask = Mask::new(s, s, prob.iter().map(|&v| v > t).collect())?;
     keep_marked_lesion(&mut mask, &Recist::from_points(smp.recist), &GrabCutParams::default())?;
     Ok(prob
         .iter()
         .zip(&mask.data)
-        .map(|(&v, &keep)| match (keep, v > 0.5) {
+        .map(|(&v, &keep)| match (keep, v > t) {
             (true, _) => scaled(v).max(128),
             (false, true) => 0,
             (false, false) => scaled(v),
@@ -146,10 +154,10 @@ pub fn crop_for_paste(smp: &Sample, prob: &[f32], s: usize, marked_only: bool) -
 }
 
 /// Pastes each lesion's crop (`crop_for_paste`) into its key slice; lesions of one slice united.
-pub fn paste_to_slices(set: &SplitSet, probs: &[Vec<f32>], marked_only: bool) -> Result<BTreeMap<String, Mask>> {
+pub fn paste_to_slices(set: &SplitSet, probs: &[Vec<f32>], e: &EvalConfig) -> Result<BTreeMap<String, Mask>> {
     let mut out: BTreeMap<String, Mask> = BTreeMap::new();
     for (smp, p) in set.samples.iter().zip(probs) {
-        let crop = crop_for_paste(smp, p, set.size, marked_only)?;
+        let crop = crop_for_paste(smp, p, set.size, e)?;
         let (w, h) = smp.slice_size;
         let pasted = Mask::from_image(&smp.crop_box.paste_mask(&crop, w, h)?)?;
         let merged = match out.remove(&smp.name) {
@@ -275,6 +283,6 @@ pub fn segment_pair(r: &Restored, lesion: &dataset::Sample, partner: &dataset::S
     let set = SplitSet { split: Split::Test, size: s, samples: vec![lesion.clone(), partner.clone()], pairs: vec![[0, 1]], skipped: Vec::new() };
     let partners = dataset::Partners { partner: vec![1, 0], self_paired: Vec::new() };
     let probs = predict_averaged(&r.model, &set, &partners, 1, r.device, symmetries(&r.config.eval))?;
-    let crop = crop_for_paste(lesion, &probs[0], s, r.config.eval.marked_lesion)?;
+    let crop = crop_for_paste(lesion, &probs[0], s, &r.config.eval)?;
     lesion.crop_box.paste_mask(&crop, lesion.slice_size.0, lesion.slice_size.1)
 }
