@@ -286,3 +286,55 @@ pub fn segment_pair(r: &Restored, lesion: &dataset::Sample, partner: &dataset::S
     let crop = crop_for_paste(lesion, &probs[0], s, &r.config.eval)?;
     lesion.crop_box.paste_mask(&crop, lesion.slice_size.0, lesion.slice_size.1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::CropBox;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// A 32 x 32 crop, RECIST cross about (16, 16): a random-probability disc on the cross, a
+    /// confident blob apart from it, and low-probability noise elsewhere.
+    #[test]
+    fn crop_for_paste_keeps_the_marked_lesion_and_moves_the_threshold_to_the_middle() {
+        let s = 32;
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let disc = |x: usize, y: usize| (x as f32 - 16.0).powi(2) + (y as f32 - 16.0).powi(2) <= 25.0;
+        let apart = |x: usize, y: usize| (24..27).contains(&x) && (6..9).contains(&y);
+        let prob: Vec<f32> = (0..s * s)
+            .map(|i| {
+                let (x, y) = (i % s, i / s);
+                if disc(x, y) || apart(x, y) { rng.random_range(0.75..1.0) } else { rng.random_range(0.0..0.25) }
+            })
+            .collect();
+        let smp = Sample {
+            name: "a.png".into(),
+            row: 2,
+            cluster: 0,
+            image: vec![0.5; 3 * s * s],
+            pseudo: Vec::new(),
+            truth: None,
+            crop_box: CropBox { x0: 0.0, y0: 0.0, side: s as f32, size: s },
+            recist: [[11.0, 16.0], [21.0, 16.0], [16.0, 11.0], [16.0, 21.0]],
+            slice_size: (s, s),
+        };
+        let e = EvalConfig { threshold: 0.7, ..EvalConfig::default() };
+        let out = crop_for_paste(&smp, &prob, s, &e).unwrap();
+        for (i, (&o, &p)) in out.iter().zip(&prob).enumerate() {
+            let (x, y) = (i % s, i / s);
+            if disc(x, y) {
+                assert!(o >= 128, "({x}, {y}): P {p} kept as lesion, got {o}");
+            } else if apart(x, y) {
+                assert_eq!(o, 0, "({x}, {y}): the unmarked blob is dropped");
+            } else {
+                assert!(o < 128 && (o as f32 - 127.5 * p / 0.7).abs() <= 1.0, "({x}, {y}): P {p} -> {o}");
+            }
+        }
+        // Without the finish the blob stays, and a threshold outside (0, 1) is refused.
+        let all = crop_for_paste(&smp, &prob, s, &EvalConfig { marked_lesion: false, ..e.clone() }).unwrap();
+        assert!(all[7 * s + 25] >= 128);
+        assert!(crop_for_paste(&smp, &prob, s, &EvalConfig { threshold: 1.0, ..e }).is_err());
+        assert!(crop_for_paste(&smp, &prob[1..], s, &EvalConfig::default()).is_err());
+    }
+}
