@@ -79,6 +79,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("{}", ev.summary.to_json()?);
     } else {
         print!("{}", ev.summary.table(&format!("{} {} vs {label}", a.split, if a.crf { "+CRF" } else { "" })));
+        for u in &ev.unfinished {
+            println!("kept without the marked-lesion finish: {u}");
+        }
         if !ev.self_paired.is_empty() {
             println!("{} lesion(s) had no partner in the split and were paired with themselves", ev.self_paired.len());
         }

@@ -178,6 +178,12 @@ pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
     let truth = data.join("masks");
     let restored = restore(&outcome.checkpoint.params, resolve_device(&cfg.train.device)?)?;
     let net = evaluate(&restored, &EvalData::default(), Split::Test, &Against::True(truth.clone()), None, Some(&out.join("test_masks")))?;
+    if !net.unfinished.is_empty() {
+        eprintln!("  {} test lesion(s) kept without the marked-lesion finish:", net.unfinished.len());
+        for u in &net.unfinished {
+            eprintln!("    {u}");
+        }
+    }
     let pseudo_summary = score_pseudo_masks(&manifest, Split::Test, &pseudo, &truth)?;
     secs.eval = t.elapsed().as_secs_f64();
 

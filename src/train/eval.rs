@@ -60,6 +60,9 @@ pub struct SplitEval {
     pub summary: MetricsSummary,
     /// Lesions segmented paired with themselves (no partner in the split), by name.
     pub self_paired: Vec<String>,
+    /// Lesions kept without the marked-lesion finish (their RECIST marks do not cross), named
+    /// with the reason.
+    pub unfinished: Vec<String>,
     pub lesions: usize,
 }
 
@@ -87,7 +90,7 @@ pub fn evaluate(r: &Restored, data: &EvalData, split: Split, against: &Against, 
     if let Some(p) = crf_params {
         probs = refine_with_crf(&set, &probs, p)?;
     }
-    let slices = paste_to_slices(&set, &probs, &r.config.eval)?;
+    let (slices, unfinished) = paste_to_slices(&set, &probs, &r.config.eval)?;
     if let Some(dir) = masks_out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         for (name, m) in &slices {
@@ -99,7 +102,7 @@ pub fn evaluate(r: &Restored, data: &EvalData, split: Split, against: &Against, 
         summary.skip(format!("{} (row {})", s.name, s.row), s.reason.clone());
     }
     summary.finish();
-    Ok(SplitEval { summary, self_paired: partners.self_paired, lesions: set.samples.len() })
+    Ok(SplitEval { summary, self_paired: partners.self_paired, unfinished, lesions: set.samples.len() })
 }
 
 /// Refines each crop's lesion probability with the dense CRF on its key slice channel.
@@ -154,10 +157,20 @@ pub fn crop_for_paste(smp: &Sample, prob: &[f32], s: usize, e: &EvalConfig) -> R
 }
 
 /// Pastes each lesion's crop (`crop_for_paste`) into its key slice; lesions of one slice united.
-pub fn paste_to_slices(set: &SplitSet, probs: &[Vec<f32>], e: &EvalConfig) -> Result<BTreeMap<String, Mask>> {
+/// A lesion whose RECIST marks cannot be finished on (diameters that do not cross) is pasted
+/// without the marked-lesion finish and named, with the reason, in the second value.
+pub fn paste_to_slices(set: &SplitSet, probs: &[Vec<f32>], e: &EvalConfig) -> Result<(BTreeMap<String, Mask>, Vec<String>)> {
     let mut out: BTreeMap<String, Mask> = BTreeMap::new();
+    let mut unfinished = Vec::new();
     for (smp, p) in set.samples.iter().zip(probs) {
-        let crop = crop_for_paste(smp, p, set.size, e)?;
+        let crop = match crop_for_paste(smp, p, set.size, e) {
+            Ok(c) => c,
+            Err(err @ Error::Invalid { .. }) if e.marked_lesion => {
+                unfinished.push(format!("{} (row {}): {err}", smp.name, smp.row));
+                crop_for_paste(smp, p, set.size, &EvalConfig { marked_lesion: false, ..e.clone() })?
+            }
+            Err(err) => return Err(err),
+        };
         let (w, h) = smp.slice_size;
         let pasted = Mask::from_image(&smp.crop_box.paste_mask(&crop, w, h)?)?;
         let merged = match out.remove(&smp.name) {
@@ -166,7 +179,7 @@ pub fn paste_to_slices(set: &SplitSet, probs: &[Vec<f32>], e: &EvalConfig) -> Re
         };
         out.insert(smp.name.clone(), merged);
     }
-    Ok(out)
+    Ok((out, unfinished))
 }
 
 /// Scores slice masks against the reference folder's files of the same names; a missing or
