@@ -18,6 +18,9 @@ pub struct Args {
     /// Training iterations (default: the configuration's).
     #[arg(long)]
     iterations: Option<usize>,
+    /// Crop side the network sees (default: the configuration's).
+    #[arg(long)]
+    crop_size: Option<usize>,
     /// Use the paper's configuration (DRN-MG-101 CSA + D2 at 128x128, SGD) on a GPU.
     #[arg(long)]
     paper: bool,
@@ -28,6 +31,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     p.seed = a.seed;
     if let Some(n) = a.lesions {
         p.lesions = n;
+    }
+    if let Some(c) = a.crop_size {
+        p.crop_size = c;
     }
     if let Some(it) = a.iterations {
         p.iterations = it;

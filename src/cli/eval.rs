@@ -35,6 +35,16 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// No test-time augmentation (overrides the config's [eval] tta).
+    #[arg(long)]
+    no_tta: bool,
+    /// Keep every blob of the network's mask, not only the lesion the RECIST marks point at
+    /// (overrides the config's [eval] marked_lesion).
+    #[arg(long)]
+    all_blobs: bool,
+    /// P(lesion) threshold (overrides the config's [eval] threshold).
+    #[arg(long)]
+    threshold: Option<f32>,
 }
 
 pub fn parse_split(s: &str) -> anyhow::Result<Split> {
@@ -48,7 +58,12 @@ pub fn parse_split(s: &str) -> anyhow::Result<Split> {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let split = parse_split(&a.split)?;
-    let r = restore(&a.checkpoint, resolve_device(&a.device)?)?;
+    let mut r = restore(&a.checkpoint, resolve_device(&a.device)?)?;
+    r.config.eval.tta &= !a.no_tta;
+    r.config.eval.marked_lesion &= !a.all_blobs;
+    if let Some(t) = a.threshold {
+        r.config.eval.threshold = t;
+    }
     let data = EvalData { root: a.data.clone(), manifest: a.manifest.clone() };
     let truth = match &a.data {
         Some(root) => Some(root.join("masks")).filter(|p| p.is_dir()),
@@ -64,6 +79,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("{}", ev.summary.to_json()?);
     } else {
         print!("{}", ev.summary.table(&format!("{} {} vs {label}", a.split, if a.crf { "+CRF" } else { "" })));
+        for u in &ev.unfinished {
+            println!("kept without the marked-lesion finish: {u}");
+        }
         if !ev.self_paired.is_empty() {
             println!("{} lesion(s) had no partner in the split and were paired with themselves", ev.self_paired.len());
         }

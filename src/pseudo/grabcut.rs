@@ -104,13 +104,31 @@ pub fn grabcut(image: &[f32], width: usize, height: usize, recist: &Recist, p: &
         converged = changed as f32 <= p.min_changed_fraction * relabelable as f32;
     }
     let mut mask = Mask { width, height, data: fg };
+    keep_lesion_at_seeds(&mut mask, &seeds, p);
+    Ok(GrabCutOutput { mask, iterations, converged })
+}
+
+/// The lesion the RECIST marks point at in a crop mask: nothing beyond the trimap's box (certain
+/// background), only the foreground connected to the marks' certain-foreground seeds (`keep_seeded_component`), holes filled (`fill_holes`). GrabCut
+/// ends with this; the network's masks get the same treatment (`train::eval`), so both are
+/// "the marked lesion" in the same sense. A mask that misses every seed comes out empty.
+pub fn keep_marked_lesion(mask: &mut Mask, recist: &Recist, p: &GrabCutParams) -> Result<()> {
+    let (seeds, _) = trimap(recist, mask.width, mask.height, &p.seeds)?;
+    keep_lesion_at_seeds(mask, &seeds, p);
+    Ok(())
+}
+
+fn keep_lesion_at_seeds(mask: &mut Mask, seeds: &[Seed], p: &GrabCutParams) {
+    // GrabCut never relabels certain background; a mask from elsewhere is held to the same.
+    for (m, s) in mask.data.iter_mut().zip(seeds) {
+        *m &= *s != Seed::CertainBackground;
+    }
     if p.keep_seeded_component {
-        keep_components_with(&mut mask, &seeds);
+        keep_components_with(mask, seeds);
     }
     if p.fill_holes {
-        fill_holes(&mut mask);
+        fill_holes(mask);
     }
-    Ok(GrabCutOutput { mask, iterations, converged })
 }
 
 /// Intensity normalised to zero mean and unit variance over the crop, and its local mean.
@@ -345,5 +363,37 @@ fn fill_holes(mask: &mut Mask) {
     let outside = flood(w, h, border, |i| !data[i]);
     for (m, o) in mask.data.iter_mut().zip(outside) {
         *m = !o;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// A 40 x 40 crop whose RECIST cross spans x, y in [14, 26]: a disc on the cross with a hole,
+    /// a blob inside the trimap's box but apart from the cross, and speckle beyond the box.
+    #[test]
+    fn keep_marked_lesion_keeps_the_marked_blob_whole() {
+        let s = 40;
+        let recist = Recist::from_points([[14.0, 20.0], [26.0, 20.0], [20.0, 14.0], [20.0, 26.0]]);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let disc = |x: usize, y: usize| (x as f32 - 20.0).powi(2) + (y as f32 - 20.0).powi(2) <= 36.0;
+        let hole = |x: usize, y: usize| (x, y) == (22, 22);
+        let apart = |x: usize, y: usize| (28..31).contains(&x) && (9..12).contains(&y);
+        let far = |x: usize, y: usize| !(8..33).contains(&x) || !(8..33).contains(&y);
+        let mut mask = Mask::from_fn(s, s, |x, y| (disc(x, y) && !hole(x, y)) || apart(x, y) || (far(x, y) && rng.random_bool(0.3)));
+        assert!(mask.data.iter().enumerate().any(|(i, &m)| m && far(i % s, i / s)), "the speckle is drawn");
+        keep_marked_lesion(&mut mask, &recist, &GrabCutParams::default()).unwrap();
+        for y in 0..s {
+            for x in 0..s {
+                assert_eq!(mask.get(x, y), disc(x, y), "pixel ({x}, {y})");
+            }
+        }
+        // A mask that misses the cross keeps nothing.
+        let mut off = Mask::from_fn(s, s, apart);
+        keep_marked_lesion(&mut off, &recist, &GrabCutParams::default()).unwrap();
+        assert!(off.data.iter().all(|&m| !m));
     }
 }

@@ -16,6 +16,6 @@ pub mod overlay;
 pub mod seeds;
 
 pub use batch::{FailedLesion, PseudoMaskParams, PseudoMaskSummary, Quality, pseudo_masks};
-pub use grabcut::{GrabCutOutput, GrabCutParams, grabcut};
+pub use grabcut::{GrabCutOutput, GrabCutParams, grabcut, keep_marked_lesion};
 pub use maxflow::MaxFlow;
 pub use seeds::{Recist, RecistEllipse, Seed, SeedParams, ellipse_mask, trimap};

@@ -166,12 +166,27 @@ impl Augment {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
     /// Refine the network's lesion probability with the dense CRF before thresholding.
     pub crf: bool,
     pub crf_params: CrfConfig,
+    /// Test-time augmentation: average P(lesion) over the 8 symmetries of the square (the flips
+    /// training draws from), each mapped back before averaging.
+    pub tta: bool,
+    /// Keep only the lesion the RECIST marks point at: the foreground connected to the marks,
+    /// holes filled, exactly as GrabCut's pseudo-masks are finished (`pseudo::keep_marked_lesion`).
+    pub marked_lesion: bool,
+    /// P(lesion) above which a pixel is lesion (choose it on the validation split against the
+    /// pseudo-masks, never on test).
+    pub threshold: f32,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig { crf: false, crf_params: CrfConfig::default(), tta: true, marked_lesion: true, threshold: 0.5 }
+    }
 }
 
 /// `crate::crf::CrfParams` as a config table (pydensecrf's names and defaults).
@@ -274,6 +289,9 @@ impl TrainConfig {
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{key} must be at least 1"));
+        }
+        if !(self.eval.threshold > 0.0 && self.eval.threshold < 1.0) {
+            return Err(format!("[eval] threshold = {} must lie strictly between 0 and 1", self.eval.threshold));
         }
         if !(t.lr.is_finite() && t.lr > 0.0) {
             return Err(format!("[train] lr = {} must be a positive number", t.lr));

@@ -2,8 +2,8 @@
 //! the data set has them) in crop space, pairs, augmented batches, and the input normalisation.
 //!
 //! Input: the data stage's 3-channel crop (key-1, key, key+1 windowed to [0, 1], S x S), then
-//! per channel `(x - mean) / std` with ImageNet's statistics (`INPUT_MEAN`, `INPUT_STD`), as
-//! torchvision's pretrained ResNets expect.
+//! per channel `(x - mean) / std` with ImageNet's statistics (`crate::nn::input::normalise`, the
+//! one normalisation every network input goes through).
 //!
 //! Targets: the slice's pseudo-mask PNG cut with the same crop box (`CropBox::crop_mask`), 1 =
 //! lesion. True masks the same way (validation against them is reported separately).
@@ -16,15 +16,13 @@ use crate::data::split::{Manifest, Split};
 use crate::data::{CropBox, CropParams, LesionRecord, lesion_crop, read_dl_info};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::nn::input::normalise;
 use crate::tensor::Tensor;
 use crate::train::config::Augment;
 use rand::Rng;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
-
-pub const INPUT_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const INPUT_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// One lesion ready for the network.
 #[derive(Clone, Debug)]
@@ -41,6 +39,9 @@ pub struct Sample {
     /// True mask in crop space, 0/1, when the data set has one.
     pub truth: Option<Vec<u8>>,
     pub crop_box: CropBox,
+    /// RECIST end points in crop coordinates (long axis p1, p2, short axis p3, p4): they say
+    /// which lesion of the crop is meant.
+    pub recist: [[f32; 2]; 4],
     /// Width and height of the key slice.
     pub slice_size: (usize, usize),
 }
@@ -138,17 +139,7 @@ pub fn load_sample(src: &DataSource, records: &HashMap<usize, LesionRecord>, i: 
     };
     let truth = src.true_masks.map(|d| d.join(&l.file_name)).filter(|p| p.exists()).and_then(|_| src.true_masks.map(cut)).transpose()?;
     let [w, h] = rec.image_size.map(|v| v as usize);
-    Ok(Sample { name: l.file_name.clone(), row: l.row, cluster: l.cluster, image, pseudo, truth, crop_box: crop.crop_box, slice_size: (w, h) })
-}
-
-/// `(x - mean) / std` per channel of a 3 x S x S windowed crop.
-pub fn normalise(image: &mut [f32]) {
-    let plane = image.len() / 3;
-    for (c, chunk) in image.chunks_mut(plane.max(1)).enumerate().take(3) {
-        for v in chunk {
-            *v = (*v - INPUT_MEAN[c]) / INPUT_STD[c];
-        }
-    }
+    Ok(Sample { name: l.file_name.clone(), row: l.row, cluster: l.cluster, image, pseudo, truth, crop_box: crop.crop_box, recist: crop.recist, slice_size: (w, h) })
 }
 
 /// Index of pixel (x, y) after symmetry `k` (bit 0: flip x, bit 1: flip y, bit 2: transpose)
@@ -172,6 +163,24 @@ fn transform_plane<T: Copy>(src: &[T], k: u8, s: usize, out: &mut Vec<T>) {
     }
 }
 
+/// The inverse of symmetry `k` on an S x S plane: maps a prediction made on the transformed
+/// image back onto the original one (test-time augmentation).
+pub fn undo_symmetry(plane: &[f32], k: u8, s: usize) -> Vec<f32> {
+    let mut out = vec![0.0; s * s];
+    for y in 0..s {
+        for x in 0..s {
+            out[source(k, x, y, s)] = plane[y * s + x];
+        }
+    }
+    out
+}
+
+/// The normalised network input of `sample` under symmetry `k` (0..8) of the square, without
+/// intensity jitter: what test-time augmentation feeds.
+pub fn symmetric_input(sample: &Sample, s: usize, k: u8) -> Vec<f32> {
+    transformed(sample, s, k, 1.0, 0.0).0
+}
+
 /// A sample as the network sees it: normalised image (3 x S x S) and target (S x S), with the
 /// augmentation drawn from `rng` when `aug` is given.
 pub fn prepare(sample: &Sample, s: usize, aug: Option<&Augment>, rng: &mut impl Rng) -> (Vec<f32>, Vec<u8>) {
@@ -183,6 +192,11 @@ pub fn prepare(sample: &Sample, s: usize, aug: Option<&Augment>, rng: &mut impl 
         ),
         None => (0, 1.0, 0.0),
     };
+    transformed(sample, s, k, a, b)
+}
+
+/// Symmetry `k`, then `a * x + b`, then normalisation; the target under the same symmetry.
+fn transformed(sample: &Sample, s: usize, k: u8, a: f32, b: f32) -> (Vec<f32>, Vec<u8>) {
     let mut image = Vec::with_capacity(3 * s * s);
     for c in 0..3 {
         transform_plane(&sample.image[c * s * s..(c + 1) * s * s], k, s, &mut image);
@@ -255,6 +269,7 @@ pub fn partners(set: &SplitSet) -> Partners {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::input::{INPUT_MEAN, INPUT_STD};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
@@ -273,6 +288,7 @@ mod tests {
             pseudo,
             truth: None,
             crop_box: CropBox { x0: 0.0, y0: 0.0, side: 5.0, size: s },
+            recist: [[1.0, 2.0], [3.0, 2.0], [2.0, 1.0], [2.0, 3.0]],
             slice_size: (5, 5),
         };
         let aug = Augment { flips: true, contrast: 0.0, brightness: 0.0 };
@@ -301,5 +317,20 @@ mod tests {
         }
         assert_eq!(source(1, 0, 0, 4), 3);
         assert_eq!(source(4, 1, 0, 4), 4);
+    }
+
+    #[test]
+    fn undoing_a_symmetry_restores_the_plane() {
+        let s = 6;
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let plane: Vec<f32> = (0..s * s).map(|_| rng.random_range(0.0..1.0)).collect();
+        for k in 0..8u8 {
+            let mut moved = Vec::new();
+            transform_plane(&plane, k, s, &mut moved);
+            if k != 0 {
+                assert_ne!(moved, plane, "symmetry {k} moves a random plane");
+            }
+            assert_eq!(undo_symmetry(&moved, k, s), plane, "symmetry {k}");
+        }
     }
 }

@@ -1,8 +1,10 @@
 //! Evaluation of a trained network on a split, as `coseg eval` and the demo run it: every
-//! lesion segmented with a partner from its split (itself when it has none), optionally refined
-//! with the dense CRF in crop space, thresholded at 0.5, pasted back into its key slice (the
-//! lesions of one slice united, as the pseudo-masks are), and scored against the slice's mask
-//! with the paper's metrics. The summary is `metrics::MetricsSummary`, the JSON of
+//! lesion segmented with a partner from its split (itself when it has none), its probability
+//! averaged over the 8 flips training draws from (`[eval] tta`), optionally refined with the
+//! dense CRF in crop space, reduced to the lesion the RECIST marks point at as GrabCut's masks
+//! are (`[eval] marked_lesion`), pasted back into its key slice with the probability
+//! interpolated and thresholded at 0.5 there (the lesions of one slice united, as the
+//! pseudo-masks are), and scored against the slice's mask with the paper's metrics. The summary is `metrics::MetricsSummary`, the JSON of
 //! `coseg eval-masks --json`.
 
 use crate::autograd::ParamStore;
@@ -15,8 +17,10 @@ use crate::metrics::{Mask, MetricsSummary};
 use crate::nn::CosegNet;
 use crate::train::checkpoint::{self, CheckpointMeta, CheckpointPaths};
 use crate::train::config::TrainConfig;
-use crate::train::dataset::{self, DataSource, SplitSet};
-use crate::train::run::predict;
+use crate::train::dataset::{self, DataSource, Sample, SplitSet};
+use crate::pseudo::{GrabCutParams, Recist, keep_marked_lesion};
+use crate::train::config::EvalConfig;
+use crate::train::run::predict_averaged;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -56,6 +60,9 @@ pub struct SplitEval {
     pub summary: MetricsSummary,
     /// Lesions segmented paired with themselves (no partner in the split), by name.
     pub self_paired: Vec<String>,
+    /// Lesions kept without the marked-lesion finish (their RECIST marks do not cross), named
+    /// with the reason.
+    pub unfinished: Vec<String>,
     pub lesions: usize,
 }
 
@@ -79,11 +86,11 @@ pub fn evaluate(r: &Restored, data: &EvalData, split: Split, against: &Against, 
         return Err(Error::Config(format!("{}: the {split:?} split has no loadable lesion ({} skipped)", manifest_path.display(), set.skipped.len())));
     }
     let partners = dataset::partners(&set);
-    let mut probs = predict(&r.model, &set, &partners, r.config.train.batch_pairs, r.device)?;
+    let mut probs = predict_averaged(&r.model, &set, &partners, r.config.train.batch_pairs, r.device, symmetries(&r.config.eval))?;
     if let Some(p) = crf_params {
         probs = refine_with_crf(&set, &probs, p)?;
     }
-    let slices = paste_to_slices(&set, &probs)?;
+    let (slices, unfinished) = paste_to_slices(&set, &probs, &r.config.eval)?;
     if let Some(dir) = masks_out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         for (name, m) in &slices {
@@ -95,7 +102,7 @@ pub fn evaluate(r: &Restored, data: &EvalData, split: Split, against: &Against, 
         summary.skip(format!("{} (row {})", s.name, s.row), s.reason.clone());
     }
     summary.finish();
-    Ok(SplitEval { summary, self_paired: partners.self_paired, lesions: set.samples.len() })
+    Ok(SplitEval { summary, self_paired: partners.self_paired, unfinished, lesions: set.samples.len() })
 }
 
 /// Refines each crop's lesion probability with the dense CRF on its key slice channel.
@@ -110,11 +117,60 @@ pub fn refine_with_crf(set: &SplitSet, probs: &[Vec<f32>], p: &CrfParams) -> Res
     Ok(crf::refine_batch(&images, &maps, p)?.into_iter().map(|q| q.data).collect())
 }
 
-/// Pastes each lesion's thresholded crop mask into its key slice; lesions of one slice united.
-pub fn paste_to_slices(set: &SplitSet, probs: &[Vec<f32>]) -> Result<BTreeMap<String, Mask>> {
+/// The symmetries test-time augmentation averages over: all 8 with `tta`, else the identity.
+fn symmetries(e: &EvalConfig) -> &'static [u8] {
+    if e.tta { &[0, 1, 2, 3, 4, 5, 6, 7] } else { &[0] }
+}
+
+/// One lesion's crop as it is pasted into its slice: P(lesion) scaled to 0..=255, so that the
+/// paste interpolates probabilities and thresholds them at `[eval] threshold` in slice space
+/// (finer than a crop-pixel staircase). With `[eval] marked_lesion`, the crop mask P > threshold is first reduced to the
+/// lesion the RECIST marks point at (`pseudo::keep_marked_lesion`, GrabCut's own finish): other
+/// blobs are zeroed and enclosed holes set to lesion.
+pub fn crop_for_paste(smp: &Sample, prob: &[f32], s: usize, e: &EvalConfig) -> Result<Vec<u8>> {
+    if prob.len() != s * s {
+        return Err(Error::shape("crop_for_paste", format!("{}: {} probabilities for a {s}x{s} crop", smp.name, prob.len())));
+    }
+    let t = e.threshold;
+    if !(t > 0.0 && t < 1.0) {
+        return Err(Error::invalid("crop_for_paste", format!("[eval] threshold {t} must lie in (0, 1)")));
+    }
+    // Rescaled so that the threshold lands on the paste's 0.5.
+    let scaled = |v: f32| {
+        let u = if v <= t { 0.5 * v / t } else { 0.5 + 0.5 * (v - t) / (1.0 - t) };
+        (u.clamp(0.0, 1.0) * 255.0).round() as u8
+    };
+    if !e.marked_lesion {
+        return Ok(prob.iter().map(|&v| scaled(v)).collect());
+    }
+    let mut mask = Mask::new(s, s, prob.iter().map(|&v| v > t).collect())?;
+    keep_marked_lesion(&mut mask, &Recist::from_points(smp.recist), &GrabCutParams::default())?;
+    Ok(prob
+        .iter()
+        .zip(&mask.data)
+        .map(|(&v, &keep)| match (keep, v > t) {
+            (true, _) => scaled(v).max(128),
+            (false, true) => 0,
+            (false, false) => scaled(v),
+        })
+        .collect())
+}
+
+/// Pastes each lesion's crop (`crop_for_paste`) into its key slice; lesions of one slice united.
+/// A lesion whose RECIST marks cannot be finished on (diameters that do not cross) is pasted
+/// without the marked-lesion finish and named, with the reason, in the second value.
+pub fn paste_to_slices(set: &SplitSet, probs: &[Vec<f32>], e: &EvalConfig) -> Result<(BTreeMap<String, Mask>, Vec<String>)> {
     let mut out: BTreeMap<String, Mask> = BTreeMap::new();
+    let mut unfinished = Vec::new();
     for (smp, p) in set.samples.iter().zip(probs) {
-        let crop: Vec<u8> = p.iter().map(|&v| if v > 0.5 { 255 } else { 0 }).collect();
+        let crop = match crop_for_paste(smp, p, set.size, e) {
+            Ok(c) => c,
+            Err(err @ Error::Invalid { .. }) if e.marked_lesion => {
+                unfinished.push(format!("{} (row {}): {err}", smp.name, smp.row));
+                crop_for_paste(smp, p, set.size, &EvalConfig { marked_lesion: false, ..e.clone() })?
+            }
+            Err(err) => return Err(err),
+        };
         let (w, h) = smp.slice_size;
         let pasted = Mask::from_image(&smp.crop_box.paste_mask(&crop, w, h)?)?;
         let merged = match out.remove(&smp.name) {
@@ -123,7 +179,7 @@ pub fn paste_to_slices(set: &SplitSet, probs: &[Vec<f32>]) -> Result<BTreeMap<St
         };
         out.insert(smp.name.clone(), merged);
     }
-    Ok(out)
+    Ok((out, unfinished))
 }
 
 /// Scores slice masks against the reference folder's files of the same names; a missing or
@@ -192,8 +248,9 @@ pub fn sample_from_slice(input: &LesionInput, crop: &crate::data::CropParams, wi
     let crop_box = crate::data::CropBox::around_box(bbox, crop)?;
     let key: Vec<f32> = crop_box.crop_hu(&hu).into_iter().map(|v| crate::data::slice::window_unit(v, window)).collect();
     let image = [key.clone(), key.clone(), key].concat();
+    let recist = input.recist.map(|p| crop_box.to_crop(p));
     let name = input.slice.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    Ok(dataset::Sample { name, row: 0, cluster: 0, image, pseudo: Vec::new(), truth: None, crop_box, slice_size: (hu.width, hu.height) })
+    Ok(dataset::Sample { name, row: 0, cluster: 0, image, pseudo: Vec::new(), truth: None, crop_box, recist, slice_size: (hu.width, hu.height) })
 }
 
 /// The partner for a lesion that came without one: a training lesion of the same cluster. The
@@ -237,7 +294,60 @@ pub fn training_partner(r: &Restored, input: &LesionInput) -> Result<dataset::Sa
 pub fn segment_pair(r: &Restored, lesion: &dataset::Sample, partner: &dataset::Sample) -> Result<Image<u8>> {
     let s = r.config.data.crop_size;
     let set = SplitSet { split: Split::Test, size: s, samples: vec![lesion.clone(), partner.clone()], pairs: vec![[0, 1]], skipped: Vec::new() };
-    let probs = predict(&r.model, &set, &dataset::Partners { partner: vec![1, 0], self_paired: Vec::new() }, 1, r.device)?;
-    let crop: Vec<u8> = probs[0].iter().map(|&v| if v > 0.5 { 255 } else { 0 }).collect();
+    let partners = dataset::Partners { partner: vec![1, 0], self_paired: Vec::new() };
+    let probs = predict_averaged(&r.model, &set, &partners, 1, r.device, symmetries(&r.config.eval))?;
+    let crop = crop_for_paste(lesion, &probs[0], s, &r.config.eval)?;
     lesion.crop_box.paste_mask(&crop, lesion.slice_size.0, lesion.slice_size.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::CropBox;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// A 32 x 32 crop, RECIST cross about (16, 16): a random-probability disc on the cross, a
+    /// confident blob apart from it, and low-probability noise elsewhere.
+    #[test]
+    fn crop_for_paste_keeps_the_marked_lesion_and_moves_the_threshold_to_the_middle() {
+        let s = 32;
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let disc = |x: usize, y: usize| (x as f32 - 16.0).powi(2) + (y as f32 - 16.0).powi(2) <= 25.0;
+        let apart = |x: usize, y: usize| (24..27).contains(&x) && (6..9).contains(&y);
+        let prob: Vec<f32> = (0..s * s)
+            .map(|i| {
+                let (x, y) = (i % s, i / s);
+                if disc(x, y) || apart(x, y) { rng.random_range(0.75..1.0) } else { rng.random_range(0.0..0.25) }
+            })
+            .collect();
+        let smp = Sample {
+            name: "a.png".into(),
+            row: 2,
+            cluster: 0,
+            image: vec![0.5; 3 * s * s],
+            pseudo: Vec::new(),
+            truth: None,
+            crop_box: CropBox { x0: 0.0, y0: 0.0, side: s as f32, size: s },
+            recist: [[11.0, 16.0], [21.0, 16.0], [16.0, 11.0], [16.0, 21.0]],
+            slice_size: (s, s),
+        };
+        let e = EvalConfig { threshold: 0.7, ..EvalConfig::default() };
+        let out = crop_for_paste(&smp, &prob, s, &e).unwrap();
+        for (i, (&o, &p)) in out.iter().zip(&prob).enumerate() {
+            let (x, y) = (i % s, i / s);
+            if disc(x, y) {
+                assert!(o >= 128, "({x}, {y}): P {p} kept as lesion, got {o}");
+            } else if apart(x, y) {
+                assert_eq!(o, 0, "({x}, {y}): the unmarked blob is dropped");
+            } else {
+                assert!(o < 128 && (o as f32 - 127.5 * p / 0.7).abs() <= 1.0, "({x}, {y}): P {p} -> {o}");
+            }
+        }
+        // Without the finish the blob stays, and a threshold outside (0, 1) is refused.
+        let all = crop_for_paste(&smp, &prob, s, &EvalConfig { marked_lesion: false, ..e.clone() }).unwrap();
+        assert!(all[7 * s + 25] >= 128);
+        assert!(crop_for_paste(&smp, &prob, s, &EvalConfig { threshold: 1.0, ..e }).is_err());
+        assert!(crop_for_paste(&smp, &prob[1..], s, &EvalConfig::default()).is_err());
+    }
 }

@@ -110,21 +110,36 @@ pub fn load_run_data(cfg: &TrainConfig) -> Result<RunData> {
 /// Lesion probabilities (S x S each, crop space) for every sample of `set`, each segmented with
 /// its partner, `batch` pairs at a time, in evaluation mode.
 pub fn predict(model: &CosegNet, set: &SplitSet, partners: &Partners, batch: usize, device: Device) -> Result<Vec<Vec<f32>>> {
+    predict_averaged(model, set, partners, batch, device, &[0])
+}
+
+/// As [`predict`], averaged over the given symmetries of the square (0..8, as
+/// `dataset::symmetric_input` numbers them): both images of a pair are transformed alike and
+/// each prediction is mapped back before averaging (test-time augmentation).
+pub fn predict_averaged(model: &CosegNet, set: &SplitSet, partners: &Partners, batch: usize, device: Device, symmetries: &[u8]) -> Result<Vec<Vec<f32>>> {
     let s = set.size;
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let mut out = Vec::with_capacity(set.samples.len());
+    if symmetries.is_empty() || symmetries.iter().any(|&k| k >= 8) {
+        return Err(Error::invalid("predict", format!("symmetries {symmetries:?} (need at least one, each in 0..8)")));
+    }
+    let mut out = vec![vec![0.0f32; s * s]; set.samples.len()];
     let order: Vec<usize> = (0..set.samples.len()).collect();
-    for chunk in order.chunks(batch.max(1)) {
-        let (mut xa, mut xb) = (Vec::new(), Vec::new());
-        for &i in chunk {
-            xa.extend(dataset::prepare(&set.samples[i], s, None, &mut rng).0);
-            xb.extend(dataset::prepare(&set.samples[partners.partner[i]], s, None, &mut rng).0);
+    for &k in symmetries {
+        for chunk in order.chunks(batch.max(1)) {
+            let (mut xa, mut xb) = (Vec::new(), Vec::new());
+            for &i in chunk {
+                xa.extend(dataset::symmetric_input(&set.samples[i], s, k));
+                xb.extend(dataset::symmetric_input(&set.samples[partners.partner[i]], s, k));
+            }
+            let n = chunk.len();
+            let a = Tensor::from_vec(xa, [n, 3, s, s], device)?;
+            let b = Tensor::from_vec(xb, [n, 3, s, s], device)?;
+            let (la, _) = no_grad(|| model.forward_pair(&a, &b, false))?;
+            for (&i, p) in chunk.iter().zip(lesion_probability(&la)?) {
+                for (acc, v) in out[i].iter_mut().zip(dataset::undo_symmetry(&p, k, s)) {
+                    *acc += v / symmetries.len() as f32;
+                }
+            }
         }
-        let n = chunk.len();
-        let a = Tensor::from_vec(xa, [n, 3, s, s], device)?;
-        let b = Tensor::from_vec(xb, [n, 3, s, s], device)?;
-        let (la, _) = no_grad(|| model.forward_pair(&a, &b, false))?;
-        out.extend(lesion_probability(&la)?);
     }
     Ok(out)
 }
