@@ -54,13 +54,11 @@ pub struct TrainOutcome {
     pub val_true: Option<MetricsSummary>,
 }
 
-/// `auto` and `cpu` run on the CPU; `cuda[:N]` asks for that GPU (an error naming the device
-/// when this build or machine has none).
+/// Parses `auto`, `cpu`, `cuda` or `cuda:N` and resolves it (see `device::resolve`): an error naming
+/// the device when `cuda` is asked for and this machine has none.
 pub fn resolve_device(s: &str) -> Result<Device> {
-    Ok(match s.parse::<DeviceRequest>()? {
-        DeviceRequest::Auto | DeviceRequest::Cpu => Device::Cpu,
-        DeviceRequest::Cuda(n) => Device::Cuda(n),
-    })
+    // auto: the GPU when a driver and a card answer, else the CPU; cuda:N without one is an error.
+    crate::device::resolve(s.parse::<DeviceRequest>()?)
 }
 
 /// The data a run reads, loaded once.
