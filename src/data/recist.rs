@@ -66,7 +66,14 @@ pub fn recist_from_mask(mask: &[u8], w: usize, h: usize) -> Option<[[f32; 2]; 4]
     if best_w < 1.0 {
         return None;
     }
-    let at = |u: f32, v: f32| [p1[0] + u * d[0] + v * n[0], p1[1] + u * d[1] + v * n[1]];
+    // The short axis's end points are projections, so a lesion touching the image border can put
+    // one a fraction of a pixel outside it; keep them on the image, as the reader requires.
+    let at = |u: f32, v: f32| {
+        [
+            (p1[0] + u * d[0] + v * n[0]).clamp(0.0, (w - 1) as f32),
+            (p1[1] + u * d[1] + v * n[1]).clamp(0.0, (h - 1) as f32),
+        ]
+    };
     let u = best_bin as f32;
     Some([p1, p2, at(u, lo[best_bin]), at(u, hi[best_bin])])
 }
@@ -139,5 +146,31 @@ mod tests {
         let mut line = vec![0u8; 100];
         line[40..50].fill(255);
         assert!(recist_from_mask(&line, 10, 10).is_none(), "a one-pixel line has no short axis");
+    }
+
+    #[test]
+    fn marks_of_a_lesion_cut_by_the_image_border_stay_on_the_image() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let (w, h) = (40usize, 32usize);
+        for _ in 0..200 {
+            // A tilted ellipse centred near a corner or an edge, so the border cuts it.
+            let (cx, cy) = (rng.random_range(-3.0..4.0f32), rng.random_range(-3.0..(h as f32 + 3.0)));
+            let (a, b, t) = (rng.random_range(5.0..12.0f32), rng.random_range(3.0..5.0f32), rng.random_range(0.0..3.14f32));
+            let mut mask = vec![0u8; w * h];
+            for y in 0..h {
+                for x in 0..w {
+                    let (dx, dy) = (x as f32 - cx, y as f32 - cy);
+                    let (u, v) = (dx * t.cos() + dy * t.sin(), -dx * t.sin() + dy * t.cos());
+                    if (u / a).powi(2) + (v / b).powi(2) <= 1.0 {
+                        mask[y * w + x] = 255;
+                    }
+                }
+            }
+            if let Some(r) = recist_from_mask(&mask, w, h) {
+                for p in r {
+                    assert!((0.0..=(w - 1) as f32).contains(&p[0]) && (0.0..=(h - 1) as f32).contains(&p[1]), "{p:?} off the {w}x{h} image");
+                }
+            }
+        }
     }
 }
