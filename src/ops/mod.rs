@@ -37,6 +37,20 @@ use crate::tensor::{Shape, Tensor};
 /// Below this many elements a kernel runs on the calling thread: rayon's fork-join costs more.
 pub(crate) const PAR_MIN: usize = 1 << 15;
 
+/// Runs `f` on each pair of matching planes (`out` in chunks of `out_plane`, `inp` in chunks of
+/// `in_plane`), across rayon's threads when the planes together hold at least `PAR_MIN` values.
+pub(crate) fn for_each_plane<F>(out: &mut [f32], out_plane: usize, inp: &[f32], in_plane: usize, f: F)
+where
+    F: Fn((&mut [f32], &[f32])) + Send + Sync,
+{
+    use rayon::prelude::*;
+    if out.len() + inp.len() >= PAR_MIN {
+        out.par_chunks_mut(out_plane).zip(inp.par_chunks(in_plane)).for_each(f);
+    } else {
+        out.chunks_mut(out_plane).zip(inp.chunks(in_plane)).for_each(f);
+    }
+}
+
 /// The common device of an op's inputs, or an error naming the op and the devices.
 pub(crate) fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<Device> {
     let first = tensors[0].device();

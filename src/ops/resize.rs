@@ -1,11 +1,10 @@
 //! Bilinear resizing of (N,C,H,W) planes, `align_corners = false`, exactly as PyTorch's
 //! `F.interpolate(mode="bilinear", size=...)`.
 
-use super::PAR_MIN;
+use super::for_each_plane;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor};
-use rayon::prelude::*;
 use std::sync::Arc;
 
 /// For each output index along one axis: the two source indices and their weights.
@@ -57,7 +56,7 @@ impl Tensor {
         let sx = self.storage();
         let x = sx.as_cpu(OP)?;
         let mut y = vec![0f32; n * c * op];
-        let forward = |(xp, yp): (&[f32], &mut [f32])| {
+        let forward = |(yp, xp): (&mut [f32], &[f32])| {
             for (i, &(r0, r1, a0, a1)) in rows.iter().enumerate() {
                 let (x0, x1) = (&xp[r0 * w..(r0 + 1) * w], &xp[r1 * w..(r1 + 1) * w]);
                 for (j, &(c0, c1, b0, b1)) in cols.iter().enumerate() {
@@ -66,11 +65,7 @@ impl Tensor {
                 }
             }
         };
-        if y.len() + x.len() >= PAR_MIN {
-            x.par_chunks(ip).zip(y.par_chunks_mut(op)).for_each(forward);
-        } else {
-            x.chunks(ip).zip(y.chunks_mut(op)).for_each(forward);
-        }
+        for_each_plane(&mut y, op, x, ip, forward);
         let in_shape = self.shape().clone();
         Tensor::from_op(
             OP,
@@ -93,13 +88,7 @@ impl Tensor {
                         }
                     }
                 };
-                if dx.len() + gv.len() >= PAR_MIN {
-                    dx.par_chunks_mut(ip)
-                        .zip(gv.par_chunks(op))
-                        .for_each(scatter);
-                } else {
-                    dx.chunks_mut(ip).zip(gv.chunks(op)).for_each(scatter);
-                }
+                for_each_plane(&mut dx, ip, gv, op, scatter);
                 Ok(vec![Some(Tensor::from_vec(
                     dx,
                     in_shape.clone(),
