@@ -81,3 +81,72 @@ fn lesions_cover_every_type_size_and_density_class() {
     let max = long_mm.iter().cloned().fold(0.0, f32::max);
     assert!(min < 10.0 && max > 30.0 && max < 75.0, "long axes {min}..{max} mm");
 }
+
+/// Alpha of a lesion's paint per pixel (rendered over two flat hosts), and its true mask.
+fn lesion_alpha(lesion: &coseg::data::synth::lesion::Lesion, side: usize) -> (Vec<f32>, Vec<u8>) {
+    let mut lesion = lesion.clone();
+    lesion.abutting = None;
+    let (mut a, mut b, mut mask) = (vec![0f32; side * side], vec![1000f32; side * side], vec![0u8; side * side]);
+    lesion.render(0.0, &mut a, side, side, Some(&mut mask));
+    lesion.render(0.0, &mut b, side, side, None);
+    (a.iter().zip(&b).map(|(a, b)| 1.0 - (b - a) / 1000.0).collect(), mask)
+}
+
+#[test]
+fn ill_defined_margins_fade_over_their_width_and_the_mask_is_their_middle() {
+    let side = 256;
+    let (mut sharp, mut soft) = (0, 0);
+    for i in 0..120 {
+        let s = synth_lesion(8, i, side).unwrap();
+        let (alpha, mask) = lesion_alpha(&s.lesion, side);
+        let partial = alpha.iter().filter(|a| **a > 0.02 && **a < 0.98).count() as f32;
+        // Mask pixels with a 4-neighbour outside: the outline's length in pixels.
+        let edge = (1..side - 1)
+            .flat_map(|y| (1..side - 1).map(move |x| (x, y)))
+            .filter(|&(x, y)| mask[y * side + x] > 0 && [(x - 1, y), (x + 1, y), (x, y - 1), (x, y + 1)].iter().any(|&(u, v)| mask[v * side + u] == 0))
+            .count() as f32;
+        let m = s.lesion.margin_px;
+        // The mask is where the fade passes one half.
+        for (a, k) in alpha.iter().zip(&mask) {
+            if *k > 0 {
+                assert!(*a >= 0.45, "lesion {i}: a mask pixel painted at alpha {a}");
+            } else {
+                assert!(*a <= 0.55, "lesion {i}: a pixel outside the mask painted at alpha {a}");
+            }
+        }
+        if m >= 2.0 && edge > 20.0 {
+            soft += 1;
+            assert!(partial / edge > 0.5 * m, "lesion {i}: margin {m} px but {partial} partial pixels along {edge}");
+        } else if m == 1.0 && edge > 20.0 {
+            sharp += 1;
+            assert!(partial / edge < 2.0, "lesion {i}: a sharp margin with {partial} partial pixels along {edge}");
+        }
+    }
+    assert!(sharp > 20 && soft > 5, "sharp {sharp}, ill-defined {soft}");
+}
+
+#[test]
+fn abutting_structures_are_painted_at_lesion_density_but_not_masked() {
+    let side = 256;
+    let mut checked = 0;
+    for i in 0..120 {
+        let s = synth_lesion(9, i, side).unwrap();
+        let Some((neighbour, value)) = s.lesion.abutting.clone() else { continue };
+        assert!((value - s.lesion.core_hu).abs() <= 15.0, "lesion {i}: neighbour {value} HU, lesion core {} HU", s.lesion.core_hu);
+        let (x, y) = (neighbour.cx.round() as usize, neighbour.cy.round() as usize);
+        if x >= side || y >= side || neighbour.rx < 1.5 {
+            continue;
+        }
+        let mut plane = vec![-500f32; side * side];
+        let mut mask = vec![0u8; side * side];
+        s.lesion.render(0.0, &mut plane, side, side, Some(&mut mask));
+        let (alpha, _) = lesion_alpha(&s.lesion, side);
+        if alpha[y * side + x] > 0.0 {
+            continue; // the lesion's own fade reaches the neighbour's centre
+        }
+        assert_eq!(mask[y * side + x], 0, "lesion {i}: the neighbour's centre is in the mask");
+        assert!((plane[y * side + x] - value).abs() < 0.5, "lesion {i}: {} HU at the neighbour's centre, want {value}", plane[y * side + x]);
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} lesions with an abutting structure checked");
+}

@@ -320,7 +320,7 @@ impl Phantom {
                 bowel(rng, &mut b, &cavity, n, muscle_hu, -0.7..0.7, -0.8..0.2);
             }
         }
-        let noise_hu = rng.random_range(6.0..18.0);
+        let noise_hu = rng.random_range(8.0..22.0);
         let blur_w = rng.random_range(0.12..0.24);
         let fov_pad = match rng.random_range(0..100) {
             0..=54 => Some(-1024),

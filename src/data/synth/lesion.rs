@@ -34,6 +34,14 @@ pub struct Lesion {
     pub centre: Option<(f32, f32)>,
     /// Low-frequency texture: (amplitude HU, wave vector x, y in 1/px, phase).
     pub texture: Vec<(f32, f32, f32, f32)>,
+    /// Width in pixels of the margin over which the lesion fades into its host: 1 for a
+    /// well-defined lesion (one pixel of anti-aliasing), several for an ill-defined,
+    /// infiltrative one. The true mask is the middle of the fade.
+    pub margin_px: f32,
+    /// A structure of about the lesion's density that touches it (a vessel, a bowel loop, a
+    /// neighbouring node): (outline in pixels, HU). Painted, never part of the mask: this is
+    /// where GrabCut's colour model cannot tell lesion from neighbour.
+    pub abutting: Option<(Blob, f32)>,
 }
 
 /// The body region a lesion of this type is drawn in.
@@ -145,7 +153,22 @@ impl Lesion {
             })
             .collect();
         let rz_mm = d_mm / 2.0 * rng.random_range(0.6..1.2);
-        Some(Lesion { coarse_type: t, host, outline, blob, rz_mm, core_hu, host_hu: base, rim, centre, texture })
+        // About a third of lesions have ill-defined margins (1.5-4 mm of fade, never more than
+        // half the radius), where GrabCut's cut wanders from lesion to lesion.
+        let margin_px = if rng.random_bool(0.35) { (rng.random_range(1.5..4.0) / ph.spacing).min(r_px * 0.5).max(1.0) } else { 1.0 };
+        let abutting = rng.random_bool(0.3).then(|| {
+            let r = blob.rx.min(blob.ry) * rng.random_range(0.3..0.7);
+            let a: f32 = rng.random_range(0.0..std::f32::consts::TAU);
+            // Centre just outside the lesion's outline along a random direction, so the two touch.
+            let reach = blob.rx.max(blob.ry) + 0.4 * r;
+            let mut dist = 0.0f32;
+            while dist < reach && blob.level(cx + dist * a.cos(), cy + dist * a.sin()) < 1.0 {
+                dist += 0.25;
+            }
+            let d = dist + 0.4 * r;
+            (Blob::circle(cx + d * a.cos(), cy + d * a.sin(), r), core_hu + rng.random_range(-15.0..15.0))
+        });
+        Some(Lesion { coarse_type: t, host, outline, blob, rz_mm, core_hu, host_hu: base, rim, centre, texture, margin_px, abutting })
     }
 
     /// The cross-section `dz_mm` from the key slice, or None once past the lesion's end.
@@ -163,15 +186,21 @@ impl Lesion {
     /// Paints the section at `dz_mm` over `hu` and, when given, sets `mask` (0/255) where the
     /// pixel centre lies inside the lesion.
     pub fn render(&self, dz_mm: f32, hu: &mut [f32], w: usize, h: usize, mut mask: Option<&mut [u8]>) {
+        if let Some((neighbour, value)) = &self.abutting {
+            // Runs through the neighbouring slices unchanged, like a vessel.
+            paint_soft(hu, w, h, neighbour, *value);
+        }
         let Some(blob) = self.section(dz_mm) else { return };
-        let (x0, x1, y0, y1) = blob.bounds(w, h);
+        let grow = 1.0 + 0.5 * self.margin_px / blob.rx.min(blob.ry).max(0.5);
+        let (x0, x1, y0, y1) = blob.scaled(grow).bounds(w, h);
         let r = blob.rx.min(blob.ry).max(0.5);
         let blob = blob.prepare();
         for y in y0..y1 {
             for x in x0..x1 {
                 let (xf, yf) = (x as f32, y as f32);
                 let l = blob.level(xf, yf);
-                let a = ((1.0 - l) * r + 0.5).clamp(0.0, 1.0);
+                // (1 - l) r: roughly the distance inside the outline, in pixels.
+                let a = smooth_step(-0.5, 0.5, (1.0 - l) * r / self.margin_px);
                 if a <= 0.0 {
                     continue;
                 }
@@ -193,6 +222,19 @@ impl Lesion {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Paints `blob` at `value` HU with one pixel of anti-aliasing.
+fn paint_soft(hu: &mut [f32], w: usize, h: usize, blob: &Blob, value: f32) {
+    let (x0, x1, y0, y1) = blob.bounds(w, h);
+    let r = blob.rx.min(blob.ry).max(0.5);
+    let b = blob.prepare();
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let a = smooth_step(-0.5, 0.5, (1.0 - b.level(x as f32, y as f32)) * r);
+            hu[y * w + x] += a * (value - hu[y * w + x]);
         }
     }
 }
