@@ -35,8 +35,17 @@ pub struct Restored {
 
 /// Rebuilds the model from the checkpoint's stored config and loads its parameters (a
 /// checkpoint of another architecture fails naming the first tensor that does not fit).
+/// `checkpoint` is a checkpoint's .safetensors, or a training run's folder (or its
+/// `checkpoints/`), which stands for the newest checkpoint there.
 pub fn restore(checkpoint: &Path, device: Device) -> Result<Restored> {
-    let paths = CheckpointPaths::of(checkpoint);
+    let paths = if checkpoint.is_dir() {
+        let dir = if checkpoint.join("checkpoints").is_dir() { checkpoint.join("checkpoints") } else { checkpoint.to_path_buf() };
+        checkpoint::latest(&dir)?.ok_or_else(|| {
+            Error::invalid("restore", format!("{} is a folder without a checkpoint (no latest.json): name a checkpoint's .safetensors", dir.display()))
+        })?
+    } else {
+        CheckpointPaths::of(checkpoint)
+    };
     let meta = checkpoint::read_meta(&paths)?;
     let config = TrainConfig::parse(&meta.config_toml, &format!("{} (stored config)", paths.meta.display()))?;
     let mut params = ParamStore::new(device, config.train.seed);
