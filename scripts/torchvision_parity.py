@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Checks `coseg embed` against torchvision's dilated ResNet-101 on the same crops.
 
-torch is not installed on the machine coseg is developed on, so this is run by a user who has
-it (pip install torch torchvision safetensors numpy):
+For ImageNet weights, which the machines coseg is built on cannot download, a user with torch
+runs it (pip install torch torchvision safetensors numpy). The same comparison under weights
+computed from a formula runs in CI (tests/torchvision_parity.rs, golden output from
+scripts/torchvision_golden.py):
 
     python3 -c 'import torch, torchvision, safetensors.torch as s; \
         s.save_file(torchvision.models.resnet101(weights="IMAGENET1K_V1").state_dict(), "resnet101.safetensors")'

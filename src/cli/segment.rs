@@ -2,7 +2,7 @@
 //! --pair-recist ...] --out mask.png`: one lesion's mask. Without a partner the lesion is paired
 //! with a training lesion of its cluster (from the manifest the checkpoint was trained with).
 
-use coseg::train::eval::{LesionInput, restore, sample_from_slice, segment_pair, training_partner};
+use coseg::train::eval::{LesionInput, restore, sample_from_slice, segment_pair, training_partner, window_for_slice};
 use coseg::train::run::resolve_device;
 use std::path::PathBuf;
 
@@ -21,7 +21,7 @@ pub struct Args {
     pair: Option<PathBuf>,
     #[arg(long, requires = "pair")]
     pair_recist: Option<String>,
-    /// HU window lo,hi for the crops (default: the config's, else -160,240 soft tissue).
+    /// HU window lo,hi for the crops (default: the config's [data] window; else the DICOM window of the slice's DL_info row in the training data, as in training; else -160,240 soft tissue).
     #[arg(long)]
     window: Option<String>,
     /// Output mask PNG (0/255, slice size).
@@ -54,18 +54,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let v = numbers("--window", w, 2)?;
             [v[0], v[1]]
         }
-        None => r.config.data.window.unwrap_or([-160.0, 240.0]),
+        None => {
+            let (w, why) = window_for_slice(&r, &a.image)?;
+            eprintln!("window {w:?} HU: {why}");
+            w
+        }
     };
     let crop = r.config.crop_params();
     let input = LesionInput { slice: a.image.clone(), recist: recist("--recist", &a.recist)? };
     let lesion = sample_from_slice(&input, &crop, window)?;
-    let partner = match (&a.pair, &a.pair_recist) {
-        (Some(p), Some(pr)) => sample_from_slice(&LesionInput { slice: p.clone(), recist: recist("--pair-recist", pr)? }, &crop, window)?,
-        _ => training_partner(&r, &input)?,
+    let (partner, partner_name) = match (&a.pair, &a.pair_recist) {
+        (Some(p), Some(pr)) => (sample_from_slice(&LesionInput { slice: p.clone(), recist: recist("--pair-recist", pr)? }, &crop, window)?, p.display().to_string()),
+        (None, None) => {
+            let t = training_partner(&r, &input)?;
+            let name = format!("training lesion {}", t.name);
+            (t, name)
+        }
+        (Some(_), None) => anyhow::bail!("--pair needs --pair-recist (the partner's RECIST marks)"),
+        (None, Some(_)) => anyhow::bail!("--pair-recist needs --pair (the partner's key slice)"),
     };
     let mask = segment_pair(&r, &lesion, &partner)?;
     coseg::io::write_u8(&a.out, &mask)?;
     let area = mask.data.iter().filter(|&&v| v > 0).count();
-    println!("{}: {}x{}, {area} lesion pixels (paired with {})", a.out.display(), mask.width, mask.height, partner.name);
+    println!("{}: {}x{}, {area} lesion pixels (paired with {partner_name})", a.out.display(), mask.width, mask.height);
     Ok(())
 }

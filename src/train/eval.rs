@@ -247,19 +247,64 @@ pub struct LesionInput {
     pub recist: [[f32; 2]; 4],
 }
 
-/// A lesion's network input: the key slice cropped around its RECIST box, windowed (the key
-/// slice stands in for both neighbours), as a [`dataset::Sample`] without targets.
+/// The slices key-1 and key+1 beside a DeepLesion key slice (`Images_png/<series>/NNN.png`
+/// next to NNN-1 and NNN+1, as the network was trained), each None when absent.
+fn neighbour_slices(key: &Path, hu: &crate::data::HuSlice) -> Result<[Option<crate::data::HuSlice>; 2]> {
+    let stem = key.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    let Ok(index) = stem.parse::<i64>() else { return Ok([None, None]) };
+    let load = |offset: i64| -> Result<Option<crate::data::HuSlice>> {
+        let p = key.with_file_name(format!("{:0w$}.png", index + offset, w = stem.len()));
+        if index + offset < 0 || !p.exists() {
+            return Ok(None);
+        }
+        let n = crate::data::load_hu(&p)?;
+        if (n.width, n.height) != (hu.width, hu.height) {
+            return Err(Error::format(&p, None, format!("neighbour is {}x{}, key slice {} is {}x{}", n.width, n.height, key.display(), hu.width, hu.height)));
+        }
+        Ok(Some(n))
+    };
+    Ok([load(-1)?, load(1)?])
+}
+
+/// A lesion's network input: slices key-1, key, key+1 cropped around its RECIST box and
+/// windowed, as a [`dataset::Sample`] without targets. Neighbours are read from beside the key
+/// slice (DeepLesion's numbering); a missing one is replaced by the key slice, as in training.
 pub fn sample_from_slice(input: &LesionInput, crop: &crate::data::CropParams, window: [f32; 2]) -> Result<dataset::Sample> {
     let hu = crate::data::load_hu(&input.slice)?;
+    let [below, above] = neighbour_slices(&input.slice, &hu)?;
     let xs = input.recist.map(|p| p[0]);
     let ys = input.recist.map(|p| p[1]);
     let bbox = [xs.iter().copied().fold(f32::INFINITY, f32::min), ys.iter().copied().fold(f32::INFINITY, f32::min), xs.iter().copied().fold(f32::NEG_INFINITY, f32::max), ys.iter().copied().fold(f32::NEG_INFINITY, f32::max)];
     let crop_box = crate::data::CropBox::around_box(bbox, crop)?;
-    let key: Vec<f32> = crop_box.crop_hu(&hu).into_iter().map(|v| crate::data::slice::window_unit(v, window)).collect();
-    let image = [key.clone(), key.clone(), key].concat();
+    let channel = |slice: &crate::data::HuSlice| -> Vec<f32> { crop_box.crop_hu(slice).into_iter().map(|v| crate::data::slice::window_unit(v, window)).collect() };
+    let image = [channel(below.as_ref().unwrap_or(&hu)), channel(&hu), channel(above.as_ref().unwrap_or(&hu))].concat();
     let recist = input.recist.map(|p| crop_box.to_crop(p));
     let name = input.slice.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     Ok(dataset::Sample { name, row: 0, cluster: 0, image, pseudo: Vec::new(), truth: None, crop_box, recist, slice_size: (hu.width, hu.height) })
+}
+
+/// DeepLesion's File_name of a key slice `Images_png/<series>/<file>`: `<series>_<file>`.
+fn deeplesion_file_name(slice: &Path) -> String {
+    match (slice.parent().and_then(|p| p.file_name()), slice.file_name()) {
+        (Some(series), Some(file)) => format!("{}_{}", series.to_string_lossy(), file.to_string_lossy()),
+        _ => String::new(),
+    }
+}
+
+/// The HU window a lone slice is cropped with, as the network was trained: the config's
+/// `[data] window` when it set one; else, training having used each row's DICOM window, that of
+/// the slice's DL_info row in the training data when it is there; else soft tissue, -160..240.
+/// The second value says which.
+pub fn window_for_slice(r: &Restored, slice: &Path) -> Result<([f32; 2], String)> {
+    if let Some(w) = r.config.data.window {
+        return Ok((w, "the config's [data] window".into()));
+    }
+    let name = deeplesion_file_name(slice);
+    let info = crate::data::read_dl_info(r.config.data.root.join("DL_info.csv"))?;
+    Ok(match info.records.iter().find(|rec| rec.file_name == name) {
+        Some(rec) => (rec.window, format!("the DICOM window of DL_info row {} ({name})", rec.row)),
+        None => ([-160.0, 240.0], "soft tissue (the slice is not in the training data's DL_info)".into()),
+    })
 }
 
 /// The partner for a lesion that came without one: a training lesion of the same cluster. The
@@ -269,10 +314,7 @@ pub fn sample_from_slice(input: &LesionInput, crop: &crate::data::CropParams, wi
 pub fn training_partner(r: &Restored, input: &LesionInput) -> Result<dataset::Sample> {
     let manifest = Manifest::load(&r.config.data.manifest)?;
     let records = dataset::records_by_row(&r.config.data.root)?;
-    let file_name = match (input.slice.parent().and_then(|p| p.file_name()), input.slice.file_name()) {
-        (Some(series), Some(file)) => format!("{}_{}", series.to_string_lossy(), file.to_string_lossy()),
-        _ => String::new(),
-    };
+    let file_name = deeplesion_file_name(&input.slice);
     let long = |p: &[[f32; 2]; 4]| ((p[0][0] - p[1][0]).powi(2) + (p[0][1] - p[1][1]).powi(2)).sqrt();
     let own = long(&input.recist);
     let training: Vec<usize> = (0..manifest.lesions.len()).filter(|&i| manifest.lesions[i].split == Split::Train).collect();
