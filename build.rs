@@ -52,7 +52,7 @@ fn main() {
                 "cargo:warning=nvcc not found (NVCC, CUDA_HOME, CUDA_PATH, .cache/nvcc, PATH): embedding \
                  kernels/*.cu for NVRTC at run time; run scripts/install-nvcc.sh to compile them now"
             );
-            ("Source", sources.iter().map(|p| (stem(p), p.clone())).collect())
+            ("Source", sources.iter().map(|p| (stem(p), inline_includes(p, &out_dir))).collect())
         }
     };
 
@@ -65,6 +65,23 @@ fn main() {
     }
     rs += "];\n";
     std::fs::write(out_dir.join("kernels.rs"), rs).unwrap_or_else(|e| fail(&format!("writing kernels.rs: {e}")));
+}
+
+/// NVRTC is handed one string per module, so `#include "x.cuh"` lines (headers beside the
+/// source, as nvcc finds them) are replaced by the header's text; writes OUT_DIR/<stem>.cu.
+fn inline_includes(src: &Path, out_dir: &Path) -> PathBuf {
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display())));
+    let dir = src.parent().unwrap_or(Path::new("."));
+    let mut text = String::new();
+    for line in read(src).lines() {
+        match line.trim().strip_prefix("#include \"").and_then(|r| r.strip_suffix('"')) {
+            Some(header) => text.extend(read(&dir.join(header)).lines().filter(|l| l.trim() != "#pragma once").map(|l| format!("{l}\n"))),
+            None => text += &format!("{line}\n"),
+        }
+    }
+    let out = out_dir.join(format!("{}.cu", stem(src)));
+    std::fs::write(&out, text).unwrap_or_else(|e| fail(&format!("{}: {e}", out.display())));
+    out
 }
 
 fn fail(msg: &str) -> ! {

@@ -6,18 +6,7 @@
 //   bn_bwd_reduce_f32 one block per channel: dbeta = sum dy, dgamma = sum dy * xhat
 //   bn_bwd_dx_f32    dx, training (through the batch statistics) or eval (stats are constants)
 
-__device__ __forceinline__ float block_sum(float v) {
-    __shared__ float warp_sums[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) warp_sums[warp] = v;
-    __syncthreads();
-    int nwarps = blockDim.x >> 5;
-    v = lane < nwarps ? warp_sums[lane] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    return __shfl_sync(0xffffffffu, v, 0);
-}
+#include "block_reduce.cuh"
 
 // Element j of channel c, j in [0, N*HW).
 __device__ __forceinline__ int chan_index(int j, int c, int C, int HW) {

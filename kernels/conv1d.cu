@@ -2,18 +2,7 @@
 // one odd-sized kernel w (k) shared by all, zero padding p = (k-1)/2, no bias.
 //   y[n,c] = sum_j w[j] x[n, c + j - p]
 
-__device__ __forceinline__ float block_sum(float v) {
-    __shared__ float warp_sums[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) warp_sums[warp] = v;
-    __syncthreads();
-    int nwarps = blockDim.x >> 5;
-    v = lane < nwarps ? warp_sums[lane] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    return __shfl_sync(0xffffffffu, v, 0);
-}
+#include "block_reduce.cuh"
 
 extern "C" __global__ void conv1d_fwd_f32(const float* __restrict__ x, const float* __restrict__ w,
                                           float* __restrict__ y, int N, int C, int k) {

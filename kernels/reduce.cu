@@ -8,8 +8,7 @@
 //    elements (coalesced when W is kept: (N,1,H,W) or (1,C,H,W) outputs).
 // Both write y[o] = scale * sum, so mean is scale = 1/count.
 
-// -inf without <math.h>, so the file also compiles under NVRTC.
-#define NEG_INF __int_as_float(0xff800000)
+#include "block_reduce.cuh"
 
 struct Red4 {
     int dims[4];  // input dims
@@ -28,33 +27,6 @@ __device__ __forceinline__ int red_offset(const Red4& g, int o, int j) {
         stride *= d;
     }
     return off;
-}
-
-// Sum over the block; every thread gets the result. blockDim.x must be a multiple of 32, <= 1024.
-__device__ __forceinline__ float block_sum(float v) {
-    __shared__ float warp_sums[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();  // warp_sums may still be read by a previous call
-    if (lane == 0) warp_sums[warp] = v;
-    __syncthreads();
-    int nwarps = blockDim.x >> 5;
-    v = lane < nwarps ? warp_sums[lane] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    return __shfl_sync(0xffffffffu, v, 0);
-}
-
-__device__ __forceinline__ float block_max(float v) {
-    __shared__ float warp_max[32];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) warp_max[warp] = v;
-    __syncthreads();
-    int nwarps = blockDim.x >> 5;
-    v = lane < nwarps ? warp_max[lane] : NEG_INF;
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
-    return __shfl_sync(0xffffffffu, v, 0);
 }
 
 extern "C" __global__ void reduce_sum_block_f32(const float* __restrict__ x, float* __restrict__ y,
