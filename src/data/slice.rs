@@ -47,27 +47,27 @@ pub fn load_lesion_slices(root: &Path, rec: &LesionRecord) -> Result<LesionSlice
             format!("image is {}x{}, DL_info row says Image_size {w}x{h}", key.width, key.height),
         ));
     }
-    let mut has_neighbour = [false; 2];
-    let mut load_neighbour = |slot: usize, offset: i32| -> Result<HuSlice> {
-        let p = rec.slice_path(root, offset);
-        if rec.key_slice as i64 + offset as i64 >= 0 && p.exists() {
-            let n = load_hu(&p)?;
-            if n.width != key.width || n.height != key.height {
-                return Err(Error::format(
-                    &p,
-                    Some(rec.row),
-                    format!("neighbour is {}x{}, key slice is {}x{}", n.width, n.height, key.width, key.height),
-                ));
-            }
-            has_neighbour[slot] = true;
-            Ok(n)
-        } else {
-            Ok(key.clone())
-        }
-    };
-    let below = load_neighbour(0, -1)?;
-    let above = load_neighbour(1, 1)?;
+    let [below, above] = [-1, 1].map(|offset| {
+        if rec.key_slice as i64 + offset as i64 >= 0 { load_neighbour(&rec.slice_path(root, offset), &key, Some(rec.row)) } else { Ok(None) }
+    });
+    let (below, above) = (below?, above?);
+    let has_neighbour = [below.is_some(), above.is_some()];
+    let (below, above) = (below.unwrap_or_else(|| key.clone()), above.unwrap_or_else(|| key.clone()));
     Ok(LesionSlices { channels: [below, key, above], has_neighbour })
+}
+
+/// A neighbour of `key` (slice key-1 or key+1) from `path`: None when the file does not exist,
+/// an error naming it (and the DL_info row, when given) when it cannot be read or its size
+/// differs from the key slice's.
+pub fn load_neighbour(path: &Path, key: &HuSlice, row: Option<usize>) -> Result<Option<HuSlice>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let n = load_hu(path)?;
+    if n.width != key.width || n.height != key.height {
+        return Err(Error::format(path, row, format!("neighbour is {}x{}, key slice is {}x{}", n.width, n.height, key.width, key.height)));
+    }
+    Ok(Some(n))
 }
 
 /// Maps HU to [0, 1] through the window [lo, hi] (clamped outside).

@@ -252,18 +252,13 @@ pub struct LesionInput {
 fn neighbour_slices(key: &Path, hu: &crate::data::HuSlice) -> Result<[Option<crate::data::HuSlice>; 2]> {
     let stem = key.file_stem().and_then(|s| s.to_str()).unwrap_or("");
     let Ok(index) = stem.parse::<i64>() else { return Ok([None, None]) };
-    let load = |offset: i64| -> Result<Option<crate::data::HuSlice>> {
-        let p = key.with_file_name(format!("{:0w$}.png", index + offset, w = stem.len()));
-        if index + offset < 0 || !p.exists() {
+    let [below, above] = [-1, 1].map(|offset| {
+        if index + offset < 0 {
             return Ok(None);
         }
-        let n = crate::data::load_hu(&p)?;
-        if (n.width, n.height) != (hu.width, hu.height) {
-            return Err(Error::format(&p, None, format!("neighbour is {}x{}, key slice {} is {}x{}", n.width, n.height, key.display(), hu.width, hu.height)));
-        }
-        Ok(Some(n))
-    };
-    Ok([load(-1)?, load(1)?])
+        crate::data::slice::load_neighbour(&key.with_file_name(format!("{:0w$}.png", index + offset, w = stem.len())), hu, None)
+    });
+    Ok([below?, above?])
 }
 
 /// A lesion's network input: slices key-1, key, key+1 cropped around its RECIST box and
