@@ -73,7 +73,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Some(d) => (Against::True(d), "true masks"),
         None => (Against::Pseudo(r.config.data.pseudo_masks.clone()), "pseudo-masks"),
     };
-    let crf = a.crf.then(|| r.config.eval.crf_params.into());
+    let crf = a.crf.then(|| r.config.eval.crf_params);
     let ev = evaluate(&r, &data, split, &against, crf.as_ref(), a.masks_out.as_deref())?;
     if a.json {
         println!("{}", ev.summary.to_json()?);

@@ -30,7 +30,9 @@ use rayon::prelude::*;
 /// The parameters as pydensecrf users know them, with the values of its usual call
 /// (`addPairwiseGaussian(sxy=3, compat=3)`, `addPairwiseBilateral(sxy=80, srgb=13, compat=10)`,
 /// 5 iterations).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Also the `[eval.crf_params]` table of a training config (same names, unknown keys refused).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct CrfParams {
     pub gauss_sxy: f32,
     pub gauss_compat: f32,

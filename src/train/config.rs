@@ -171,7 +171,7 @@ impl Augment {
 pub struct EvalConfig {
     /// Refine the network's lesion probability with the dense CRF before thresholding.
     pub crf: bool,
-    pub crf_params: CrfConfig,
+    pub crf_params: CrfParams,
     /// Test-time augmentation: average P(lesion) over the 8 symmetries of the square (the flips
     /// training draws from), each mapped back before averaging.
     pub tta: bool,
@@ -185,46 +185,7 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { crf: false, crf_params: CrfConfig::default(), tta: true, marked_lesion: true, threshold: 0.5 }
-    }
-}
-
-/// `crate::crf::CrfParams` as a config table (pydensecrf's names and defaults).
-#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CrfConfig {
-    pub gauss_sxy: f32,
-    pub gauss_compat: f32,
-    pub bilateral_sxy: f32,
-    pub bilateral_srgb: f32,
-    pub bilateral_compat: f32,
-    pub iters: usize,
-}
-
-impl Default for CrfConfig {
-    fn default() -> Self {
-        let p = CrfParams::default();
-        CrfConfig {
-            gauss_sxy: p.gauss_sxy,
-            gauss_compat: p.gauss_compat,
-            bilateral_sxy: p.bilateral_sxy,
-            bilateral_srgb: p.bilateral_srgb,
-            bilateral_compat: p.bilateral_compat,
-            iters: p.iters,
-        }
-    }
-}
-
-impl From<CrfConfig> for CrfParams {
-    fn from(c: CrfConfig) -> Self {
-        CrfParams {
-            gauss_sxy: c.gauss_sxy,
-            gauss_compat: c.gauss_compat,
-            bilateral_sxy: c.bilateral_sxy,
-            bilateral_srgb: c.bilateral_srgb,
-            bilateral_compat: c.bilateral_compat,
-            iters: c.iters,
-        }
+        EvalConfig { crf: false, crf_params: CrfParams::default(), tta: true, marked_lesion: true, threshold: 0.5 }
     }
 }
 

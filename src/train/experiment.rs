@@ -41,7 +41,7 @@ pub fn run_experiments(files: &[PathBuf]) -> Result<Vec<ExperimentRow>> {
             Some(d) => (Against::True(d), "true"),
             None => (Against::Pseudo(cfg.data.pseudo_masks.clone()), "pseudo"),
         };
-        let crf = cfg.eval.crf.then(|| cfg.eval.crf_params.into());
+        let crf = cfg.eval.crf.then(|| cfg.eval.crf_params);
         let ev = evaluate(&restored, &EvalData::default(), Split::Test, &against, crf.as_ref(), None)?;
         rows.push(ExperimentRow { name, table: cfg.experiment.table, config: file.clone(), against: label.into(), summary: ev.summary });
     }
