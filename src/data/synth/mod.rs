@@ -2,7 +2,8 @@
 //! [`anatomy::Phantom`] of the chest, upper abdomen or pelvis), a lesion of its coarse type in a
 //! plausible host tissue ([`lesion::Lesion`]), partial-volume blur and correlated noise, the
 //! key slice and its neighbours key-1, key+1 as 16-bit PNG, the true mask, and a DL_info.csv
-//! row whose RECIST marks are measured on the true mask ([`crate::data::recist`]).
+//! row whose RECIST marks are measured on the true mask ([`crate::data::recist`]) and then moved
+//! the way a reader's hand moves them ([`as_drawn`]): real marks are not the exact extremes.
 //!
 //! Deterministic for a seed: lesion `i` draws from ChaCha8 stream `i` of the seed, whatever the
 //! thread count.
@@ -147,7 +148,8 @@ impl Synthesizer {
                 let m = if k == 1 { Some(mask.as_mut_slice()) } else { None };
                 lesion.render(dz, plane, size, size, m);
             }
-            let Some(recist) = recist_from_mask(&mask, size, size) else { continue };
+            let Some(exact) = recist_from_mask(&mask, size, size) else { continue };
+            let recist = as_drawn(&mut rng, exact, lesion.margin_px, size);
             let slices = planes.map(|p| self.finish_slice(&mut rng, p, &phantom));
             let record = make_record(&mut rng, index, coarse_type, region, recist, &lesion, spacing, z_spacing, size);
             return Ok(SynthLesion { record, slices, mask: Image::new(size, size, 1, mask), lesion });
@@ -211,6 +213,54 @@ fn blur3(v: &mut [f32], w: usize, h: usize, wt: f32) {
             v[y * w + x] = wt * (tmp[up * w + x] + tmp[dn * w + x]) + c * tmp[y * w + x];
         }
     }
+}
+
+/// Spread of a reader's end point along its diameter: this fraction of the diameter...
+const READER_SD_FRACTION: f32 = 0.04;
+/// ...plus this many pixels, plus a quarter of the lesion's margin width (a fading edge has no
+/// one place to put the end point).
+const READER_SD_PX: f32 = 0.2;
+
+/// The marks a radiologist draws for the exact RECIST `exact` (long p1, p2, short p3, p4, the
+/// short axis perpendicular): each end point lands N(0, sd) pixels beyond (or, negative, short
+/// of) the exact one along its own diameter, sd = READER_SD_FRACTION * length + READER_SD_PX +
+/// margin_px / 4, and the short axis is drawn N(0, 0.06 * long) pixels off along the long axis,
+/// staying perpendicular. About 7-11 % of a diameter in all (one standard deviation): a modelling
+/// choice of the order of inter-reader RECIST variability. These errors are what make GrabCut's
+/// masks wander around the true outline from lesion to lesion while the image stays the same,
+/// which a network trained on many of them can average out (the paper's premise).
+pub fn as_drawn(rng: &mut impl Rng, exact: [[f32; 2]; 4], margin_px: f32, size: usize) -> [[f32; 2]; 4] {
+    let sub = |a: [f32; 2], b: [f32; 2]| [a[0] - b[0], a[1] - b[1]];
+    let len = |v: [f32; 2]| (v[0] * v[0] + v[1] * v[1]).sqrt();
+    let (long_v, short_v) = (sub(exact[1], exact[0]), sub(exact[3], exact[2]));
+    let (long_len, short_len) = (len(long_v), len(short_v));
+    if long_len < 1.0 || short_len < 1.0 {
+        return exact;
+    }
+    let d = [long_v[0] / long_len, long_v[1] / long_len];
+    let n = [short_v[0] / short_len, short_v[1] / short_len];
+    let mut nudge = |axis_len: f32| -> f32 {
+        let sd = READER_SD_FRACTION * axis_len + READER_SD_PX + 0.25 * margin_px;
+        rng.sample::<f32, _>(StandardNormal) * sd
+    };
+    let (e1, e2) = (nudge(long_len), nudge(long_len));
+    let (e3, e4) = (nudge(short_len), nudge(short_len));
+    let shift = rng.sample::<f32, _>(StandardNormal) * 0.06 * long_len;
+    let at = |p: [f32; 2], dir: [f32; 2], t: f32| [p[0] + dir[0] * t, p[1] + dir[1] * t];
+    let p1 = at(exact[0], d, -e1);
+    let p2 = at(exact[1], d, e2);
+    let mut p3 = at(at(exact[2], d, shift), n, -e3);
+    let mut p4 = at(at(exact[3], d, shift), n, e4);
+    // A reader's short axis is never drawn longer than the long one, and neither collapses.
+    let (new_long, new_short) = (len(sub(p2, p1)), len(sub(p4, p3)));
+    let keep = (0.98 * new_long).min(new_short.max(1.0));
+    if (keep - new_short).abs() > 1e-6 && new_short > 0.0 {
+        let mid = [(p3[0] + p4[0]) / 2.0, (p3[1] + p4[1]) / 2.0];
+        let half = keep / 2.0;
+        (p3, p4) = (at(mid, n, -half), at(mid, n, half));
+    }
+    let lim = (size - 1) as f32;
+    [p1, p2, p3, p4].map(|p| p.map(|v| v.clamp(0.0, lim)))
 }
 
 #[allow(clippy::too_many_arguments)]
