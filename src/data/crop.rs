@@ -29,7 +29,7 @@ pub struct CropParams {
 
 impl Default for CropParams {
     fn default() -> Self {
-        CropParams { size: 128, context: 0.5, min_side_px: 32.0, window: None }
+        CropParams { size: 128, context: 0.5, min_side_px: 8.0, window: None }
     }
 }
 

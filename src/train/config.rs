@@ -72,6 +72,9 @@ pub struct DataConfig {
     /// Context on each side of the RECIST box, as a fraction of its longer side.
     #[serde(default = "default_context")]
     pub context: f32,
+    /// Smallest crop side in slice pixels (smaller lesions get more context than `context`).
+    #[serde(default = "default_min_side_px")]
+    pub min_side_px: f32,
     /// HU window [lo, hi] for every lesion; default: each row's DICOM window.
     #[serde(default)]
     pub window: Option<[f32; 2]>,
@@ -82,6 +85,9 @@ fn default_crop_size() -> usize {
 }
 fn default_context() -> f32 {
     crate::data::CropParams::default().context
+}
+fn default_min_side_px() -> f32 {
+    crate::data::CropParams::default().min_side_px
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -225,8 +231,8 @@ impl TrainConfig {
         crate::data::CropParams {
             size: self.data.crop_size,
             context: self.data.context,
+            min_side_px: self.data.min_side_px,
             window: self.data.window,
-            ..Default::default()
         }
     }
 
