@@ -46,5 +46,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if nd > pd { "the network beats its training masks" } else { "the network does not beat its training masks" },
         a.out.join("report.md").display()
     );
+    println!("{}", r.paired_dice.sentence());
     Ok(())
 }
