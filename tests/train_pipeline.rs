@@ -62,6 +62,7 @@ fn pipeline_resume_nan_and_misfit() {
         seed: 3,
         clusters: 2,
         crop_size: 32,
+        context: 0.5,
         iterations: 4,
         model_train_toml: TINY_MODEL_TRAIN.into(),
     };
@@ -75,7 +76,13 @@ fn pipeline_resume_nan_and_misfit() {
         assert!(d.as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)), "{key}: {d}");
         assert!(json[key]["per_image"].as_object().is_some_and(|m| !m.is_empty()), "{key} per_image");
     }
-    assert!(std::fs::read_to_string(dir.join("report.md")).unwrap().contains("| co-segmentation network |"));
+    // The lesion-by-lesion comparison covers every lesion both were scored on.
+    let both = report.network.per_image.keys().filter(|k| report.pseudo_masks.per_image.contains_key(*k)).count();
+    assert!(both > 0);
+    assert_eq!(json["paired_dice"]["lesions"].as_u64(), Some(both as u64));
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("| co-segmentation network |"));
+    assert!(md.contains(&format!("of {both} lesions")), "{md}");
     for f in ["train/loss.png", "train/lr.png", "train/val.png", "train/log.jsonl", "train/checkpoints/latest.json"] {
         assert!(dir.join(f).exists(), "{f}");
     }

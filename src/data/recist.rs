@@ -1,5 +1,5 @@
-//! RECIST marks from a binary mask, drawn the way a radiologist draws them: the longest chord of
-//! the lesion, then the longest chord perpendicular to it.
+//! The exact RECIST marks of a binary mask, what a radiologist aims for: the longest chord of
+//! the lesion, then the longest chord perpendicular to it (`synth::as_drawn` adds the hand's slip).
 
 /// RECIST points (long axis p1, p2, short axis p3, p4) at pixel centres of the mask's outermost
 /// pixels, or None when the mask has fewer than two pixels across in either direction.
