@@ -191,4 +191,15 @@ fn reader_marks_scatter_around_the_exact_ones_without_bias() {
     // A fading margin spreads the marks wider.
     let (_, wide) = spread(&mut rng, 5.0);
     assert!((wide / (want + 1.0) - 1.0).abs() < 0.06, "sd {wide} want {}", want + 1.0);
+    // A tiny lesion (3 x 1.5 px), whose slips are as large as itself, keeps usable marks: no
+    // diameter under half its true length, the short one at least 1 px and under the long one.
+    let tiny = [at(-1.5, 0.0), at(1.5, 0.0), at(0.0, -0.75), at(0.0, 0.75)];
+    let mut shrunk = 0;
+    for _ in 0..2000 {
+        let m = as_drawn(&mut rng, tiny, 3.0, 512);
+        let (l, s) = (dist(m[0], m[1]), dist(m[2], m[3]));
+        assert!(l >= 1.5 - 1e-3 && s >= 1.0 - 1e-3 && s <= 0.98 * l + 1e-3, "long {l} short {s}");
+        shrunk += (l < 3.0) as usize;
+    }
+    assert!(shrunk > 200, "the floor, not the slips, decided every length ({shrunk} of 2000 shorter)");
 }

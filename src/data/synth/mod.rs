@@ -225,7 +225,8 @@ const READER_SD_PX: f32 = 0.2;
 /// short axis perpendicular): each end point lands N(0, sd) pixels beyond (or, negative, short
 /// of) the exact one along its own diameter, sd = READER_SD_FRACTION * length + READER_SD_PX +
 /// margin_px / 4, and the short axis is drawn N(0, 0.06 * long) pixels off along the long axis,
-/// staying perpendicular. About 7-11 % of a diameter in all (one standard deviation): a modelling
+/// staying perpendicular; no diameter is drawn under half its true length, nor the short one longer
+/// than 0.98 of the long one. About 7-11 % of a diameter in all (one standard deviation): a modelling
 /// choice of the order of inter-reader RECIST variability. These errors are what make GrabCut's
 /// masks wander around the true outline from lesion to lesion while the image stays the same,
 /// which a network trained on many of them can average out (the paper's premise).
@@ -247,17 +248,24 @@ pub fn as_drawn(rng: &mut impl Rng, exact: [[f32; 2]; 4], margin_px: f32, size: 
     let (e3, e4) = (nudge(short_len), nudge(short_len));
     let shift = rng.sample::<f32, _>(StandardNormal) * 0.06 * long_len;
     let at = |p: [f32; 2], dir: [f32; 2], t: f32| [p[0] + dir[0] * t, p[1] + dir[1] * t];
-    let p1 = at(exact[0], d, -e1);
-    let p2 = at(exact[1], d, e2);
-    let mut p3 = at(at(exact[2], d, shift), n, -e3);
-    let mut p4 = at(at(exact[3], d, shift), n, e4);
-    // A reader's short axis is never drawn longer than the long one, and neither collapses.
-    let (new_long, new_short) = (len(sub(p2, p1)), len(sub(p4, p3)));
-    let keep = (0.98 * new_long).min(new_short.max(1.0));
-    if (keep - new_short).abs() > 1e-6 && new_short > 0.0 {
-        let mid = [(p3[0] + p4[0]) / 2.0, (p3[1] + p4[1]) / 2.0];
-        let half = keep / 2.0;
-        (p3, p4) = (at(mid, n, -half), at(mid, n, half));
+    let (mut p1, mut p2) = (at(exact[0], d, -e1), at(exact[1], d, e2));
+    let (mut p3, mut p4) = (at(at(exact[2], d, shift), n, -e3), at(at(exact[3], d, shift), n, e4));
+    // Set a drawn diameter to `length` about its middle (it stays on its line).
+    let resize = |a: [f32; 2], b: [f32; 2], dir: [f32; 2], length: f32| {
+        let mid = [(a[0] + b[0]) / 2.0, (a[1] + b[1]) / 2.0];
+        (at(mid, dir, -length / 2.0), at(mid, dir, length / 2.0))
+    };
+    // No reader draws a diameter under half its true length (tiny lesions would lose their
+    // marks), nor the short axis longer than the long one.
+    let drawn_long = len(sub(p2, p1));
+    if drawn_long < 0.5 * long_len {
+        (p1, p2) = resize(p1, p2, d, 0.5 * long_len);
+    }
+    let drawn_long = drawn_long.max(0.5 * long_len);
+    let drawn_short = len(sub(p4, p3));
+    let want_short = drawn_short.max(0.5 * short_len).max(1.0).min(0.98 * drawn_long);
+    if (want_short - drawn_short).abs() > 1e-6 {
+        (p3, p4) = resize(p3, p4, n, want_short);
     }
     let lim = (size - 1) as f32;
     [p1, p2, p3, p4].map(|p| p.map(|v| v.clamp(0.0, lim)))
