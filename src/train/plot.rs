@@ -23,7 +23,7 @@ const HEIGHT: usize = 560;
 const SCALE: usize = 2;
 const LEFT: usize = 110;
 const RIGHT: usize = 230;
-const TOP: usize = 50;
+const TOP: usize = 64;
 const BOTTOM: usize = 70;
 
 /// An RGB canvas, white to start with.
@@ -158,7 +158,9 @@ pub fn line_plot(title: &str, x_label: &str, y_label: &str, series: &[Series]) -
     };
     let pad = (yr.1 - yr.0) * 0.05;
     let frame = Frame { x: xr, y: (yr.0 - pad, yr.1 + pad) };
-    let mut c = Canvas::new(WIDTH, HEIGHT);
+    // The plot area is fixed; the canvas widens when a legend name is longer than RIGHT allows.
+    let legend_w = series.iter().map(|s| text_width(&s.name)).max().unwrap_or(0);
+    let mut c = Canvas::new((WIDTH - RIGHT + 52 + legend_w + 12).max(WIDTH), HEIGHT);
     let (black, grey) = ([0, 0, 0], [225, 225, 225]);
 
     let xt = nice_ticks(frame.x.0, frame.x.1, 8);
@@ -183,7 +185,8 @@ pub fn line_plot(title: &str, x_label: &str, y_label: &str, series: &[Series]) -
     c.line((left, bottom), (right, bottom), 2, black);
     c.text(left, 12, title, black);
     c.text((left + right) / 2 - text_width(x_label) as i64 / 2, bottom + 36, x_label, black);
-    c.text(8, top - 30, y_label, black);
+    // Below the title (y 12..26 at SCALE 2), above the plot area.
+    c.text(8, top - 24, y_label, black);
 
     for (k, s) in series.iter().enumerate() {
         let mut prev: Option<(i64, i64)> = None;
@@ -322,5 +325,18 @@ mod tests {
         }
         let e = line_plot("empty", "x", "y", &[Series { name: "n".into(), color: PALETTE[0], points: vec![(0.0, f64::NAN)] }]);
         assert!(e.unwrap_err().to_string().contains("'empty'"));
+    }
+
+    #[test]
+    fn a_long_legend_name_widens_the_canvas_instead_of_being_cut() {
+        let name = "precision vs pseudo-masks (crop space)";
+        let points: Vec<(f64, f64)> = (0..5).map(|i| (i as f64, (i * i) as f64)).collect();
+        let img = line_plot("t", "x", "y", &[Series { name: name.into(), color: PALETTE[2], points }]).unwrap();
+        let text_end = WIDTH - RIGHT + 52 + text_width(name);
+        assert!(img.width > text_end && img.width > WIDTH, "{} px for text ending at {text_end}", img.width);
+        // The last glyph (")") has ink in its own 6*SCALE-wide cell.
+        let c = Canvas { img };
+        let ink = (text_end - 6 * SCALE..text_end).flat_map(|x| (0..HEIGHT).map(move |y| (x, y))).filter(|&(x, y)| c.get(x, y) == [0, 0, 0]).count();
+        assert!(ink > 0);
     }
 }
