@@ -40,12 +40,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let r = run_demo(&p)?;
     print!("{}", report_table(&r));
-    let (pd, nd) = (r.pseudo_masks.metrics.dice.mean, r.network.metrics.dice.mean);
-    println!(
-        "test Dice vs true masks: pseudo-masks {pd:.4}, network {nd:.4} ({}); report: {}",
-        if nd > pd { "the network beats its training masks" } else { "the network does not beat its training masks" },
-        a.out.join("report.md").display()
-    );
-    println!("{}", r.paired_dice.sentence());
+    println!("{}", r.verdict());
+    println!("{}; report: {}", r.paired_dice.sentence(), a.out.join("report.md").display());
     Ok(())
 }

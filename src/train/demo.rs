@@ -265,6 +265,25 @@ pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
     Ok(report)
 }
 
+impl DemoReport {
+    /// The premise's outcome in one sentence: the two mean Dice and, when the network is ahead,
+    /// whether by more than two standard errors of the lesion-by-lesion difference.
+    pub fn verdict(&self) -> String {
+        let (pd, nd) = (self.pseudo_masks.metrics.dice.mean, self.network.metrics.dice.mean);
+        let se = self.paired_dice.standard_error;
+        if nd <= pd {
+            format!("The network does NOT beat the pseudo-masks here: test Dice {nd:.4} against {pd:.4}.")
+        } else if nd - pd > 2.0 * se {
+            format!("The network trained on the pseudo-masks beats them: test Dice {nd:.4} against {pd:.4} (+{:.4}, over two standard errors).", nd - pd)
+        } else {
+            format!(
+                "The network trained on the pseudo-masks scores above them, test Dice {nd:.4} against {pd:.4} (+{:.4}), but by less than two standard errors of the lesion-by-lesion difference ({se:.4}): this test split cannot tell a margin this small from chance.",
+                nd - pd
+            )
+        }
+    }
+}
+
 /// The two rows of the demo's table, as the paper prints them.
 pub fn report_table(r: &DemoReport) -> String {
     let mut s = String::new();
@@ -277,12 +296,7 @@ fn write_report(out: &Path, r: &DemoReport) -> Result<()> {
     let json = serde_json::to_string_pretty(r).map_err(|e| Error::invalid("demo report", e.to_string()))?;
     let path = out.join("report.json");
     std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
-    let (pd, nd) = (r.pseudo_masks.metrics.dice.mean, r.network.metrics.dice.mean);
-    let verdict = if nd > pd {
-        format!("The network trained on the pseudo-masks beats them: test Dice {nd:.4} against {pd:.4} (+{:.4}).", nd - pd)
-    } else {
-        format!("The network does NOT beat the pseudo-masks here: test Dice {nd:.4} against {pd:.4}.")
-    };
+    let verdict = r.verdict();
     let row = |label: &str, m: &MetricsSummary| {
         let s = &m.metrics;
         format!("| {label} | {} | {} | {} | {} | {} | {} |\n", m.count, s.recall, s.precision, s.dice, s.avd, s.vs)
@@ -324,7 +338,41 @@ mod tests {
         for (name, d) in dice {
             s.per_image.insert(name.clone(), ImageMetrics { recall: *d, precision: *d, dice: *d, avd: 1.0, vs: *d });
         }
+        s.finish();
         s
+    }
+
+    fn report(pseudo: &[(String, f64)], network: &[(String, f64)]) -> DemoReport {
+        let (pseudo, network) = (summary(pseudo), summary(network));
+        DemoReport {
+            paired_dice: PairedDice::between(&pseudo, &network),
+            pseudo_masks: pseudo,
+            network,
+            lesions: [0, 0, 0],
+            train_pairs: 0,
+            iterations: 0,
+            mean_step_ms: 0.0,
+            seconds: StageSeconds::default(),
+            config: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_verdict_weighs_the_margin_against_its_standard_error() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let pseudo: Vec<(String, f64)> = (0..50).map(|i| (format!("l{i:02}"), rng.random_range(0.7..0.95))).collect();
+        let shifted = |by: f64, noise: f64, rng: &mut rand_chacha::ChaCha8Rng| -> Vec<(String, f64)> {
+            pseudo.iter().map(|(n, d)| (n.clone(), d + by + rng.random_range(-noise..noise))).collect()
+        };
+        let clear = report(&pseudo, &shifted(0.05, 0.01, &mut rng));
+        assert!(clear.verdict().contains("beats them") && clear.verdict().contains("over two standard errors"), "{}", clear.verdict());
+        // Ahead by 0.002 on average, but lesion by lesion +0.05 or -0.046: a standard error of ~0.007.
+        let zigzag: Vec<(String, f64)> = pseudo.iter().enumerate().map(|(i, (n, d))| (n.clone(), d + if i % 2 == 0 { 0.05 } else { -0.046 })).collect();
+        let marginal = report(&pseudo, &zigzag);
+        assert!(marginal.network.metrics.dice.mean > marginal.pseudo_masks.metrics.dice.mean);
+        assert!(marginal.verdict().contains("cannot tell"), "{}", marginal.verdict());
+        let worse = report(&pseudo, &shifted(-0.03, 0.01, &mut rng));
+        assert!(worse.verdict().contains("does NOT beat"), "{}", worse.verdict());
     }
 
     #[test]
