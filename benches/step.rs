@@ -4,9 +4,10 @@
 //! PyTorch on this machine's 2 cores: ~4.3 s per image for the DRN-101 forward (DESIGN.md).
 //! The paper's step is 10 pairs (1.50 TFLOP); the CPU bench times 1 pair (2 images) per step,
 //! the figure to report per pair (a 10-pair step costs about 10x, batch norm aside).
-//! Measured (2 shared cores, load average 12-20 from other builds, so pessimistic): forward
-//! 1.03 s per image (868 ms - 1.17 s), 4.2x under PyTorch's 4.3 s; SGD step 7.6 s per pair
-//! (0.13 pairs/s; about 150 GFLOP per pair, ~20 GFLOP/s).
+//! Measured 2026-11-27 on the 2 cores with nothing else running: forward 191 ms per image
+//! (187-197 ms); SGD step 1.67 s per pair (1.55-1.81 s), 0.60 pairs/s, about 150 GFLOP per pair,
+//! ~90 GFLOP/s. (Earlier, under a load average of 12-20: 1.03 s and 7.6 s.) The PyTorch figure
+//! above is DESIGN.md's, not measured side by side.
 //! Run: `cargo bench --bench step` (filters: `forward`, `sgd_step`). Slow: minutes.
 
 use coseg::Device;

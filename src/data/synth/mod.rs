@@ -220,11 +220,13 @@ const READER_SD_FRACTION: f32 = 0.04;
 /// ...plus this many pixels, plus a quarter of the lesion's margin width (a fading edge has no
 /// one place to put the end point).
 const READER_SD_PX: f32 = 0.2;
+/// Spread of where along the long axis the short one is drawn, as a fraction of the long axis.
+const READER_SHIFT_FRACTION: f32 = 0.06;
 
 /// The marks a radiologist draws for the exact RECIST `exact` (long p1, p2, short p3, p4, the
 /// short axis perpendicular): each end point lands N(0, sd) pixels beyond (or, negative, short
 /// of) the exact one along its own diameter, sd = READER_SD_FRACTION * length + READER_SD_PX +
-/// margin_px / 4, and the short axis is drawn N(0, 0.06 * long) pixels off along the long axis,
+/// margin_px / 4, and the short axis is drawn N(0, READER_SHIFT_FRACTION * long) pixels off along the long axis,
 /// staying perpendicular; no diameter is drawn under half its true length, nor the short one longer
 /// than 0.98 of the long one. About 7-11 % of a diameter in all (one standard deviation): a modelling
 /// choice of the order of inter-reader RECIST variability. These errors are what make GrabCut's
@@ -246,7 +248,7 @@ pub fn as_drawn(rng: &mut impl Rng, exact: [[f32; 2]; 4], margin_px: f32, size: 
     };
     let (e1, e2) = (nudge(long_len), nudge(long_len));
     let (e3, e4) = (nudge(short_len), nudge(short_len));
-    let shift = rng.sample::<f32, _>(StandardNormal) * 0.06 * long_len;
+    let shift = rng.sample::<f32, _>(StandardNormal) * READER_SHIFT_FRACTION * long_len;
     let at = |p: [f32; 2], dir: [f32; 2], t: f32| [p[0] + dir[0] * t, p[1] + dir[1] * t];
     let (mut p1, mut p2) = (at(exact[0], d, -e1), at(exact[1], d, e2));
     let (mut p3, mut p4) = (at(at(exact[2], d, shift), n, -e3), at(at(exact[3], d, shift), n, e4));
