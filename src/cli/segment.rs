@@ -63,15 +63,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let crop = r.config.crop_params();
     let input = LesionInput { slice: a.image.clone(), recist: recist("--recist", &a.recist)? };
     let lesion = sample_from_slice(&input, &crop, window)?;
-    let (partner, partner_name) = match (&a.pair, &a.pair_recist) {
-        (Some(p), Some(pr)) => (sample_from_slice(&LesionInput { slice: p.clone(), recist: recist("--pair-recist", pr)? }, &crop, window)?, p.display().to_string()),
-        (None, None) => {
+    // clap's `requires` makes --pair and --pair-recist come together or not at all.
+    let (partner, partner_name) = match a.pair.as_ref().zip(a.pair_recist.as_ref()) {
+        Some((p, pr)) => (sample_from_slice(&LesionInput { slice: p.clone(), recist: recist("--pair-recist", pr)? }, &crop, window)?, p.display().to_string()),
+        None => {
             let t = training_partner(&r, &input)?;
             let name = format!("training lesion {}", t.name);
             (t, name)
         }
-        (Some(_), None) => anyhow::bail!("--pair needs --pair-recist (the partner's RECIST marks)"),
-        (None, Some(_)) => anyhow::bail!("--pair-recist needs --pair (the partner's key slice)"),
     };
     let mask = segment_pair(&r, &lesion, &partner)?;
     coseg::io::write_u8(&a.out, &mask)?;

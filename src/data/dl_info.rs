@@ -164,11 +164,7 @@ impl LesionRecord {
     }
     /// Tight box x0, y0, x1, y1 around the four RECIST points.
     pub fn recist_box(&self) -> [f32; 4] {
-        let xs = self.recist.map(|p| p[0]);
-        let ys = self.recist.map(|p| p[1]);
-        let min = |v: [f32; 4]| v.into_iter().fold(f32::INFINITY, f32::min);
-        let max = |v: [f32; 4]| v.into_iter().fold(f32::NEG_INFINITY, f32::max);
-        [min(xs), min(ys), max(xs), max(ys)]
+        recist_box_of(&self.recist)
     }
     /// RECIST centre: midpoint of the long axis.
     pub fn centre(&self) -> [f32; 2] {
@@ -398,4 +394,13 @@ pub fn write_dl_info(path: impl AsRef<Path>, records: &[LesionRecord]) -> Result
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     std::fs::write(path, out).map_err(|e| Error::io(path, e))
+}
+
+/// Tight box x0, y0, x1, y1 around four RECIST points (long p1, p2, short p3, p4).
+pub fn recist_box_of(points: &[[f32; 2]; 4]) -> [f32; 4] {
+    let xs = points.map(|p| p[0]);
+    let ys = points.map(|p| p[1]);
+    let min = |v: [f32; 4]| v.into_iter().fold(f32::INFINITY, f32::min);
+    let max = |v: [f32; 4]| v.into_iter().fold(f32::NEG_INFINITY, f32::max);
+    [min(xs), min(ys), max(xs), max(ys)]
 }

@@ -36,6 +36,6 @@ pub mod split;
 pub mod synth;
 
 pub use crop::{lesion_crop, CropBox, CropParams, LesionCrop};
-pub use dl_info::{read_dl_info, write_dl_info, CoarseType, DlInfo, LesionRecord, OfficialSplit, SkippedRow};
+pub use dl_info::{read_dl_info, recist_box_of, write_dl_info, CoarseType, DlInfo, LesionRecord, OfficialSplit, SkippedRow};
 pub use slice::{load_hu, load_lesion_slices, save_hu, HuSlice, LesionSlices};
 pub use split::{Manifest, PairRule, Split};

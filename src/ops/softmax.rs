@@ -1,6 +1,6 @@
 //! Softmax over one axis.
 
-use super::PAR_MIN;
+use super::{PAR_MIN, for_each_plane};
 use crate::device::Device;
 use crate::error::Result;
 use crate::tensor::{Storage, Tensor};
@@ -14,7 +14,7 @@ fn softmax_cpu(x: &[f32], d: usize, inner: usize) -> Vec<f32> {
     if block == 0 {
         return y;
     }
-    let body = |(xb, yb): (&[f32], &mut [f32])| {
+    let body = |(yb, xb): (&mut [f32], &[f32])| {
         let mut max = vec![f32::NEG_INFINITY; inner];
         for row in xb.chunks(inner) {
             for (m, &v) in max.iter_mut().zip(row) {
@@ -37,13 +37,7 @@ fn softmax_cpu(x: &[f32], d: usize, inner: usize) -> Vec<f32> {
             }
         }
     };
-    if x.len() >= PAR_MIN {
-        x.par_chunks(block)
-            .zip(y.par_chunks_mut(block))
-            .for_each(body);
-    } else {
-        x.chunks(block).zip(y.chunks_mut(block)).for_each(body);
-    }
+    for_each_plane(&mut y, block, x, block, body);
     y
 }
 

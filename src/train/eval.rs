@@ -267,10 +267,7 @@ fn neighbour_slices(key: &Path, hu: &crate::data::HuSlice) -> Result<[Option<cra
 pub fn sample_from_slice(input: &LesionInput, crop: &crate::data::CropParams, window: [f32; 2]) -> Result<dataset::Sample> {
     let hu = crate::data::load_hu(&input.slice)?;
     let [below, above] = neighbour_slices(&input.slice, &hu)?;
-    let xs = input.recist.map(|p| p[0]);
-    let ys = input.recist.map(|p| p[1]);
-    let bbox = [xs.iter().copied().fold(f32::INFINITY, f32::min), ys.iter().copied().fold(f32::INFINITY, f32::min), xs.iter().copied().fold(f32::NEG_INFINITY, f32::max), ys.iter().copied().fold(f32::NEG_INFINITY, f32::max)];
-    let crop_box = crate::data::CropBox::around_box(bbox, crop)?;
+    let crop_box = crate::data::CropBox::around_box(crate::data::recist_box_of(&input.recist), crop)?;
     let channel = |slice: &crate::data::HuSlice| -> Vec<f32> { crop_box.crop_hu(slice).into_iter().map(|v| crate::data::slice::window_unit(v, window)).collect() };
     let image = [channel(below.as_ref().unwrap_or(&hu)), channel(&hu), channel(above.as_ref().unwrap_or(&hu))].concat();
     let recist = input.recist.map(|p| crop_box.to_crop(p));

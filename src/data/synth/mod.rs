@@ -12,7 +12,7 @@ pub mod anatomy;
 pub mod lesion;
 pub mod shape;
 
-use crate::data::dl_info::{write_dl_info, CoarseType, LesionRecord, OfficialSplit};
+use crate::data::dl_info::{recist_box_of, write_dl_info, CoarseType, LesionRecord, OfficialSplit};
 use crate::data::recist::recist_from_mask;
 use crate::data::slice::{save_hu, HuSlice};
 use crate::error::{Error, Result};
@@ -288,14 +288,9 @@ fn make_record(
     let round3 = |v: f32| (v * 1000.0).round() / 1000.0;
     let recist = recist.map(|p| p.map(round3));
     let lim = (size - 1) as f32;
-    let xs = recist.map(|p| p[0]);
-    let ys = recist.map(|p| p[1]);
-    let bbox = [
-        (xs.iter().cloned().fold(f32::INFINITY, f32::min) - 5.0).max(0.0),
-        (ys.iter().cloned().fold(f32::INFINITY, f32::min) - 5.0).max(0.0),
-        (xs.iter().cloned().fold(f32::NEG_INFINITY, f32::max) + 5.0).min(lim),
-        (ys.iter().cloned().fold(f32::NEG_INFINITY, f32::max) + 5.0).min(lim),
-    ];
+    // DeepLesion's Bounding_boxes: the RECIST box grown by 5 px, kept on the image.
+    let [x0, y0, x1, y1] = recist_box_of(&recist);
+    let bbox = [(x0 - 5.0).max(0.0), (y0 - 5.0).max(0.0), (x1 + 5.0).min(lim), (y1 + 5.0).min(lim)];
     let d = |a: [f32; 2], b: [f32; 2]| round3(((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt());
     // Patients get 1-3 studies; one lesion per series and key slice.
     let patient = (index / 3 + 1) as u32;
