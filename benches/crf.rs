@@ -163,5 +163,42 @@ fn batch(c: &mut Criterion) {
     g.finish();
 }
 
+/// The GPU against the CPU on the same inputs, in one run: 20 images of 128x128 (the paper's
+/// evaluation batch; the CPU refines them in parallel over every core) and one 512x512 image.
+/// Host to host: uploads, both lattices built, 5 iterations, the marginals copied back.
+/// Skips without a GPU.
+fn gpu(c: &mut Criterion) {
+    let dev = match coseg::backend::cuda::CudaDevice::get(0) {
+        Ok(dev) => dev,
+        Err(e) => {
+            eprintln!("crf_gpu: skipped, no GPU ({e})");
+            return;
+        }
+    };
+    let params = CrfParams::default();
+    let (images, probs): (Vec<_>, Vec<_>) = (0..20).map(|s| synthetic(128, 200 + s)).unzip();
+    let (big_image, big_prob) = synthetic(512, 2);
+    for (what, imgs, ps) in [
+        ("20x128x128", images.clone(), probs.clone()),
+        ("1x512x512", vec![big_image.clone()], vec![big_prob.clone()]),
+    ] {
+        // What the batch builds, for the bandwidth figures (bytes per kernel over ncu's times).
+        let cpu0 = crf::binary_crf(&imgs[0], &ps[0], &params, FilterMethod::Lattice).unwrap();
+        let verts: Vec<usize> = cpu0.kernels().iter().filter_map(|k| k.lattice().map(|l| l.vertices())).collect();
+        eprintln!("crf_gpu {what}: first image's lattices have {verts:?} vertices (smoothness, appearance)");
+        let mut g = c.benchmark_group(format!("crf_gpu/{what}"));
+        g.sample_size(30);
+        g.throughput(Throughput::Elements(imgs.len() as u64));
+        g.bench_function("gpu", |b| {
+            b.iter(|| crf::cuda::refine_batch(&dev, black_box(&imgs), black_box(&ps), &params).unwrap())
+        });
+        g.bench_function(format!("cpu_{}_threads", rayon::current_num_threads()), |b| {
+            b.iter(|| crf::refine_batch(black_box(&imgs), black_box(&ps), &params).unwrap())
+        });
+        g.finish();
+    }
+}
+
 criterion_group!(benches, refine, parts, batch);
-criterion_main!(benches);
+criterion_group!(gpu_benches, gpu);
+criterion_main!(benches, gpu_benches);

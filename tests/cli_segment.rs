@@ -44,7 +44,7 @@ fn segment_crops_like_training_and_experiments_run() {
     let crop = run.config.crop_params();
     let lesion = sample_from_slice(&LesionInput { slice: a.slice_path(&data, 0), recist: a.recist }, &crop, a.window).unwrap();
     let partner = sample_from_slice(&LesionInput { slice: b.slice_path(&data, 0), recist: b.recist }, &crop, a.window).unwrap();
-    let want = segment_pair(&run, &lesion, &partner).unwrap();
+    let want = segment_pair(&run, &lesion, &partner, None).unwrap();
     assert_eq!(coseg::io::read_u8(&out).unwrap().data, want.data);
     // A folder without checkpoints is named.
     let o = coseg(&["segment", "--checkpoint", &s(&data), "--image", &s(&a.slice_path(&data, 0)), "--recist", &recist(a), "--out", &s(&out)]);

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use coseg::crf::{self, CrfParams};
 use coseg::io::{self, Image};
+use coseg::train::run::resolve_device;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -34,6 +35,9 @@ pub struct Args {
     /// Mean-field iterations.
     #[arg(long, default_value_t = 5)]
     iters: usize,
+    /// auto | cpu | cuda | cuda:N: where the CRF runs (auto: the GPU when there is one).
+    #[arg(long, default_value = "auto")]
+    device: String,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -60,14 +64,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         1,
         prob8.data.iter().map(|&v| v as f32 / 255.0).collect(),
     );
-    let q = crf::refine(&image, &prob, &params)
-        .with_context(|| format!("crf on {} with {}", a.image.display(), a.prob.display()))?;
+    let device = resolve_device(&a.device)?;
+    let q = crf::refine_batch_on(device, std::slice::from_ref(&image), std::slice::from_ref(&prob), &params)
+        .with_context(|| format!("crf on {} with {}", a.image.display(), a.prob.display()))?
+        .remove(0);
     let mask = crf::mask_from_marginal(&q);
     io::write_u8(&a.out, &mask)?;
     let lesion = mask.data.iter().filter(|&&v| v > 0).count();
     let before = prob8.data.iter().filter(|&&v| v > 127).count();
     println!(
-        "{}: {}x{}, lesion pixels {before} before the CRF, {lesion} after",
+        "{}: {}x{}, lesion pixels {before} before the CRF, {lesion} after ({device})",
         a.out.display(),
         mask.width,
         mask.height

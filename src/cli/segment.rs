@@ -27,8 +27,12 @@ pub struct Args {
     /// Output mask PNG (0/255, slice size).
     #[arg(long)]
     out: PathBuf,
+    /// auto | cpu | cuda | cuda:N (the network, and the CRF with --crf).
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Refine the lesion's probability with the dense CRF (the run config's [eval.crf_params]) before thresholding.
+    #[arg(long)]
+    crf: bool,
 }
 
 fn numbers(flag: &str, s: &str, n: usize) -> anyhow::Result<Vec<f32>> {
@@ -72,9 +76,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             (t, name)
         }
     };
-    let mask = segment_pair(&r, &lesion, &partner)?;
+    let crf = a.crf.then_some(r.config.eval.crf_params);
+    let mask = segment_pair(&r, &lesion, &partner, crf.as_ref())?;
     coseg::io::write_u8(&a.out, &mask)?;
     let area = mask.data.iter().filter(|&&v| v > 0).count();
-    println!("{}: {}x{}, {area} lesion pixels (paired with {partner_name})", a.out.display(), mask.width, mask.height);
+    let refined = if a.crf { format!(", dense CRF on {}", r.device) } else { String::new() };
+    println!("{}: {}x{}, {area} lesion pixels (paired with {partner_name}{refined})", a.out.display(), mask.width, mask.height);
     Ok(())
 }

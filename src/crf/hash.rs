@@ -46,7 +46,6 @@ pub fn pack(coords: &[i32]) -> Key {
 }
 
 /// Inverse of `pack` for `len` coordinates.
-#[cfg(test)]
 pub fn unpack(key: Key, len: usize, out: &mut [i32]) {
     for (i, o) in out[..len].iter_mut().enumerate() {
         *o = ((key >> (16 * i)) as u16) as i32 - BIAS;
@@ -81,6 +80,11 @@ impl HashTable {
     }
 
     /// Keys in id order.
+    /// The keys, in id order, without the table.
+    pub fn into_keys(self) -> Vec<Key> {
+        self.keys
+    }
+
     pub fn keys(&self) -> &[Key] {
         &self.keys
     }

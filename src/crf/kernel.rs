@@ -27,7 +27,7 @@ pub enum FilterMethod {
     Exact,
 }
 
-fn check_width(op: &'static str, name: &str, v: f32) -> Result<()> {
+pub(crate) fn check_width(op: &'static str, name: &str, v: f32) -> Result<()> {
     if v.is_finite() && v > 0.0 {
         Ok(())
     } else {

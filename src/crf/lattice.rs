@@ -32,6 +32,8 @@ pub struct Lattice {
     /// (d+1) x vertices: [id+1 of the neighbour at -1, id+1 at +1] along each lattice direction;
     /// 0 where the neighbour has no point nearby (it holds zero).
     neighbors: Vec<[u32; 2]>,
+    /// The key of each vertex, in id order (for `vertex_coords`).
+    keys: Vec<hash::Key>,
 }
 
 const D1_MAX: usize = MAX_DIM + 1;
@@ -321,13 +323,15 @@ impl Lattice {
             }
         }
         let neighbors = Self::find_neighbors(&table, dim);
+        let keys = table.into_keys();
         Ok(Lattice {
             dim,
             points,
-            vertices: table.len(),
+            vertices: keys.len(),
             offsets,
             barycentric,
             neighbors,
+            keys,
         })
     }
 
@@ -372,6 +376,19 @@ impl Lattice {
     /// Neighbour ids + 1, (d+1) x vertices.
     pub fn neighbors(&self) -> &[[u32; 2]] {
         &self.neighbors
+    }
+
+    /// The lattice point of each vertex (its first d coordinates; the last is minus their sum),
+    /// in id order. The device lattice of the same features has the same set.
+    pub fn vertex_coords(&self) -> Vec<Vec<i32>> {
+        let mut c = vec![0i32; self.dim];
+        self.keys
+            .iter()
+            .map(|&k| {
+                hash::unpack(k, self.dim, &mut c);
+                c.clone()
+            })
+            .collect()
     }
 
     /// densecrf's slice scale, 1 / (1 + 2^-d).

@@ -13,6 +13,7 @@
 
 mod hash;
 
+pub mod cuda;
 pub mod exact;
 pub mod kernel;
 pub mod lattice;
@@ -23,6 +24,8 @@ pub use kernel::{FilterMethod, PairwiseKernel, clear_smoothness_cache};
 pub use lattice::Lattice;
 pub use meanfield::DenseCrf;
 
+use crate::backend::cuda::CudaDevice;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::io::Image;
 use rayon::prelude::*;
@@ -137,6 +140,48 @@ pub fn refine_batch(
         .collect();
     bar.finish_and_clear();
     out
+}
+
+/// Most pixels one device batch holds (64 images of 128x128): bounds the lattices' memory
+/// (about 0.4 GB for the appearance lattice's hash table, sized for the worst case).
+pub const GPU_BATCH_PIXELS: usize = 1 << 20;
+
+/// `refine_batch` on `device`. On a CUDA device, images of one size and channel count run as one
+/// batch (one set of launches, up to `GPU_BATCH_PIXELS` pixels); mixed sizes run as one batch per
+/// size, the results in input order. On the CPU, `refine_batch`.
+pub fn refine_batch_on(
+    device: Device,
+    images: &[Image<u8>],
+    probs: &[Image<f32>],
+    params: &CrfParams,
+) -> Result<Vec<Image<f32>>> {
+    let Device::Cuda(ordinal) = device else {
+        return refine_batch(images, probs, params);
+    };
+    if images.len() != probs.len() {
+        return refine_batch(images, probs, params); // the CPU path names the mismatch
+    }
+    let dev = CudaDevice::get(ordinal)?;
+    let mut groups: Vec<((usize, usize, usize), Vec<usize>)> = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        let key = (img.width, img.height, img.channels);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, items)) => items.push(i),
+            None => groups.push((key, vec![i])),
+        }
+    }
+    let mut out: Vec<Option<Image<f32>>> = vec![None; images.len()];
+    for ((w, h, _), items) in groups {
+        let per_batch = (GPU_BATCH_PIXELS / (w * h).max(1)).max(1);
+        for chunk in items.chunks(per_batch) {
+            let imgs: Vec<&Image<u8>> = chunk.iter().map(|&i| &images[i]).collect();
+            let ps: Vec<&Image<f32>> = chunk.iter().map(|&i| &probs[i]).collect();
+            for (&i, q) in chunk.iter().zip(cuda::refine_group(&dev, &imgs, &ps, chunk, params)?) {
+                out[i] = Some(q);
+            }
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
 }
 
 /// The lesion mask of a lesion marginal: 255 where the lesion is the more likely label, else 0

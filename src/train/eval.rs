@@ -97,7 +97,7 @@ pub fn evaluate(r: &Restored, data: &EvalData, split: Split, against: &Against, 
     let partners = dataset::partners(&set);
     let mut probs = predict_averaged(&r.model, &set, &partners, r.config.train.batch_pairs, r.device, symmetries(&r.config.eval))?;
     if let Some(p) = crf_params {
-        probs = refine_with_crf(&set, &probs, p)?;
+        probs = refine_with_crf(&set, &probs, p, r.device)?;
     }
     let (slices, unfinished) = paste_to_slices(&set, &probs, &r.config.eval)?;
     if let Some(dir) = masks_out {
@@ -114,16 +114,18 @@ pub fn evaluate(r: &Restored, data: &EvalData, split: Split, against: &Against, 
     Ok(SplitEval { summary, self_paired: partners.self_paired, unfinished, lesions: set.samples.len() })
 }
 
-/// Refines each crop's lesion probability with the dense CRF on its key slice channel.
-pub fn refine_with_crf(set: &SplitSet, probs: &[Vec<f32>], p: &CrfParams) -> Result<Vec<Vec<f32>>> {
+/// Refines each crop's lesion probability with the dense CRF on its key slice channel, on
+/// `device` (a CUDA device refines the crops as one batch).
+pub fn refine_with_crf(set: &SplitSet, probs: &[Vec<f32>], p: &CrfParams, device: Device) -> Result<Vec<Vec<f32>>> {
     let s = set.size;
-    let images: Vec<Image<u8>> = set
-        .samples
-        .iter()
-        .map(|smp| Image::new(s, s, 1, smp.image[s * s..2 * s * s].iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()))
-        .collect();
+    let images: Vec<Image<u8>> = set.samples.iter().map(|smp| key_slice_image(smp, s)).collect();
     let maps: Vec<Image<f32>> = probs.iter().map(|p| Image::new(s, s, 1, p.clone())).collect();
-    Ok(crf::refine_batch(&images, &maps, p)?.into_iter().map(|q| q.data).collect())
+    Ok(crf::refine_batch_on(device, &images, &maps, p)?.into_iter().map(|q| q.data).collect())
+}
+
+/// The crop's key slice channel as the CRF's 8-bit guide image.
+fn key_slice_image(smp: &dataset::Sample, s: usize) -> Image<u8> {
+    Image::new(s, s, 1, smp.image[s * s..2 * s * s].iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect())
 }
 
 /// The symmetries test-time augmentation averages over: all 8 with `tta`, else the identity.
@@ -334,11 +336,15 @@ pub fn training_partner(r: &Restored, input: &LesionInput) -> Result<dataset::Sa
 }
 
 /// Segments `lesion` paired with `partner`: the slice mask (0/255 where P(lesion) > 0.5).
-pub fn segment_pair(r: &Restored, lesion: &dataset::Sample, partner: &dataset::Sample) -> Result<Image<u8>> {
+/// With `crf`, the lesion's probability is refined by the dense CRF (on the run's device) first.
+pub fn segment_pair(r: &Restored, lesion: &dataset::Sample, partner: &dataset::Sample, crf: Option<&CrfParams>) -> Result<Image<u8>> {
     let s = r.config.data.crop_size;
     let set = SplitSet { split: Split::Test, size: s, samples: vec![lesion.clone(), partner.clone()], pairs: vec![[0, 1]], skipped: Vec::new() };
     let partners = dataset::Partners { partner: vec![1, 0], self_paired: Vec::new() };
-    let probs = predict_averaged(&r.model, &set, &partners, 1, r.device, symmetries(&r.config.eval))?;
+    let mut probs = predict_averaged(&r.model, &set, &partners, 1, r.device, symmetries(&r.config.eval))?;
+    if let Some(p) = crf {
+        probs = refine_with_crf(&set, &probs, p, r.device)?;
+    }
     let crop = crop_for_paste(lesion, &probs[0], s, &r.config.eval)?;
     lesion.crop_box.paste_mask(&crop, lesion.slice_size.0, lesion.slice_size.1)
 }

@@ -13,6 +13,13 @@ use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+/// `data` as f32 words (bit patterns, not values), for copies of integer data.
+fn words_of<T: bytemuck::Pod>(data: &[T]) -> Result<&[f32]> {
+    bytemuck::try_cast_slice(data).map_err(|e| {
+        Error::invalid("htod_words", format!("{}-byte values are not whole 4-byte words: {e}", std::mem::size_of::<T>()))
+    })
+}
+
 /// "CUDA_ERROR_X (text)" for a driver error.
 pub(crate) fn describe(e: DriverError) -> String {
     match e.error_string() {
@@ -180,6 +187,34 @@ impl CudaDevice {
         self.stream.memcpy_dtoh(&src, &mut out).map_err(|e| self.fault("copying to the host", e))?;
         self.synchronize()?;
         Ok(out)
+    }
+
+    /// Host to device for plain data of whole 4-byte words (u32, i32, [u32; 4], ...): the
+    /// buffer's `len()` counts words. Integer data (indices, hash keys) travels in the same
+    /// pooled buffers as f32.
+    pub fn htod_words<T: bytemuck::Pod>(&self, data: &[T]) -> Result<GpuBuffer> {
+        self.htod(words_of(data)?)
+    }
+
+    /// Device to host of `buf` as plain data of whole 4-byte words (see [`Self::htod_words`]).
+    pub fn dtoh_words<T: bytemuck::Pod>(&self, buf: &GpuBuffer) -> Result<Vec<T>> {
+        let words = self.dtoh(buf)?;
+        let per = std::mem::size_of::<T>() / 4;
+        if per == 0 || std::mem::size_of::<T>() % 4 != 0 || words.len() % per != 0 {
+            return Err(Error::invalid(
+                "dtoh_words",
+                format!("{} words are not a whole number of {}-byte values", words.len(), std::mem::size_of::<T>()),
+            ));
+        }
+        let mut out = vec![T::zeroed(); words.len() / per];
+        bytemuck::cast_slice_mut::<T, f32>(&mut out).copy_from_slice(&words);
+        Ok(out)
+    }
+
+    /// Sets every byte of `buf` to zero (asynchronously, in stream order).
+    pub fn zero(&self, buf: &mut GpuBuffer) -> Result<()> {
+        self.check_buffer("zero", buf)?;
+        self.stream.memset_zeros(buf.slice_mut()).map_err(|e| self.fault("clearing a buffer", e))
     }
 
     /// A device copy of `src` (same device).

@@ -59,6 +59,13 @@ kernels! {
         CONV2D_BWD_WEIGHT = "conv2d_bwd_weight_f32";
     "optim":
         SGD_FWD = "sgd_fwd_f32", ADAM_FWD = "adam_fwd_f32";
+    "crf":
+        CRF_FEATURES_SPATIAL = "crf_features_spatial_f32", CRF_FEATURES_BILATERAL = "crf_features_bilateral_f32",
+        LATTICE_EMBED_D2 = "lattice_embed_d2_f32", LATTICE_EMBED_D5 = "lattice_embed_d5_f32",
+        LATTICE_COMPACT = "lattice_compact_f32", LATTICE_FINISH = "lattice_finish_f32",
+        LATTICE_SPLAT = "lattice_splat_f32", LATTICE_SLICE = "lattice_slice_f32", LATTICE_BLUR = "lattice_blur_f32",
+        CRF_DENSITY_SPLAT = "crf_density_splat_f32", CRF_NORM = "crf_norm_f32", CRF_START = "crf_start_f32",
+        CRF_STEP = "crf_step_f32";
     "nd":
         BINARY_ND_FWD = "binary_nd_fwd_f32", COPY_ND_FWD = "copy_nd_fwd_f32", MAP_FWD = "map_fwd_f32",
         MAP_BWD = "map_bwd_f32";
@@ -111,7 +118,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(MODULES.len(), 10, "one module per kernels/*.cu");
+        assert_eq!(MODULES.len(), 11, "one module per kernels/*.cu");
     }
 
     #[test]

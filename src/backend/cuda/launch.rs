@@ -8,7 +8,7 @@
 use super::context::{CudaDevice, describe};
 use super::kernels::Kernel;
 use crate::error::{Error, Result};
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
 
 /// Broadcast geometry of elementwise.cu (`struct Bcast4`): output dims, strides of a and b.
 #[repr(C)]
@@ -77,9 +77,22 @@ unsafe impl DeviceRepr for ConvGeom {}
 unsafe impl DeviceRepr for Chunk {}
 unsafe impl DeviceRepr for StridedN {}
 
+/// A `#[repr(C)]` struct a kernel takes by value, whose layout mirrors the kernel's struct: an op
+/// family defines it beside its wrappers and passes it as [`Arg::Struct`].
+pub(crate) trait KernelStruct: Sync + std::fmt::Debug {
+    fn push<'a>(&'a self, args: &mut LaunchArgs<'a>);
+}
+
+impl<T: DeviceRepr + Sync + std::fmt::Debug> KernelStruct for T {
+    fn push<'a>(&'a self, args: &mut LaunchArgs<'a>) {
+        args.arg(self);
+    }
+}
+
 /// A kernel argument. `Ptr(0)` is a null pointer (optional inputs such as a bias or a mask).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Arg<'a> {
+    Struct(&'a dyn KernelStruct),
     Ptr(u64),
     I32(i32),
     F32(f32),
@@ -138,6 +151,10 @@ pub(crate) fn launch(dev: &CudaDevice, k: Kernel, cfg: LaunchConfig, args: &[Arg
     let mut builder = dev.stream().launch_builder(&func);
     for a in args {
         match a {
+            Arg::Struct(s) => {
+                s.push(&mut builder);
+                &mut builder
+            }
             Arg::Ptr(p) => builder.arg(p),
             Arg::I32(v) => builder.arg(v),
             Arg::F32(v) => builder.arg(v),

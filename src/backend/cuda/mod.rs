@@ -23,7 +23,7 @@ pub mod conv;
 pub mod copy;
 pub mod elementwise;
 pub mod kernels;
-mod launch;
+pub(crate) mod launch;
 pub mod loss;
 pub mod nd;
 pub mod optim;
