@@ -192,6 +192,27 @@ fn gpu(c: &mut Criterion) {
         g.bench_function("gpu", |b| {
             b.iter(|| crf::cuda::refine_batch(&dev, black_box(&imgs), black_box(&ps), &params).unwrap())
         });
+        // Its parts: the inputs already on the device (lattices, normalisation, iterations);
+        // the upload alone; the download alone.
+        let items: Vec<usize> = (0..imgs.len()).collect();
+        let (ir, pr): (Vec<&Image<u8>>, Vec<&Image<f32>>) = (imgs.iter().collect(), ps.iter().collect());
+        let batch = crf::cuda::DeviceBatch::upload(&dev, &ir, &pr, &items).unwrap();
+        g.bench_function("gpu_device_resident", |b| {
+            b.iter(|| {
+                let r = batch.refine(&dev, &params).unwrap();
+                dev.synchronize().unwrap();
+                r
+            })
+        });
+        g.bench_function("gpu_upload", |b| {
+            b.iter(|| {
+                let up = crf::cuda::DeviceBatch::upload(&dev, black_box(&ir), black_box(&pr), &items).unwrap();
+                dev.synchronize().unwrap();
+                up
+            })
+        });
+        let refined = batch.refine(&dev, &params).unwrap();
+        g.bench_function("gpu_download", |b| b.iter(|| refined.download(&dev).unwrap()));
         g.bench_function(format!("cpu_{}_threads", rayon::current_num_threads()), |b| {
             b.iter(|| crf::refine_batch(black_box(&imgs), black_box(&ps), &params).unwrap())
         });

@@ -36,6 +36,37 @@ struct LatticeScale {
 
 __device__ __forceinline__ int grid_start() { return blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ int grid_step() { return blockDim.x * gridDim.x; }
+__device__ __forceinline__ int lane_id() { return threadIdx.x & 31; }
+// First item of this thread's warp in a grid-stride loop whose trips are the same for every lane
+// of a warp (lanes past the end run with valid = false), so warp shuffles inside are safe.
+// blockDim.x must be a multiple of 32.
+__device__ __forceinline__ int warp_start() { return grid_start() - lane_id(); }
+
+#define FULL_MASK 0xffffffffu
+
+// values[idx] += x for every valid lane. Neighbouring pixels mostly fall in the same simplices,
+// so a warp's lanes hit few distinct vertices, and atomics on one address serialise: lanes with
+// the same idx are summed in registers and their leader adds once. When the warp's addresses are
+// mostly distinct, each lane adds its own.
+__device__ __forceinline__ void warp_atomic_add(float* values, long long idx, float x, bool valid) {
+    unsigned peers = __match_any_sync(FULL_MASK, valid ? idx : -1ll);
+    int lane = lane_id();
+    bool leader = valid && __ffs(peers) - 1 == lane;
+    unsigned leaders = __ballot_sync(FULL_MASK, leader);
+    if (__popc(leaders) > 8) {
+        if (valid) atomicAdd(&values[idx], x);
+        return;
+    }
+    while (leaders) {
+        int l = __ffs(leaders) - 1;
+        unsigned group = __shfl_sync(FULL_MASK, peers, l);
+        float sum = (group >> lane) & 1u ? x : 0.0f;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(FULL_MASK, sum, o);
+        if (lane == l) atomicAdd(&values[idx], sum);
+        leaders &= leaders - 1u;
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Features (densecrf's DenseCRF2D): smoothness (x/sxy, y/sxy); appearance (x/sxy, y/sxy,
@@ -147,13 +178,16 @@ __device__ void lattice_embed(const float* __restrict__ features, int points, in
                               uint4* keys, unsigned cap_log2, unsigned* overflow) {
     const float down = 1.0f / (float)(D + 1);  // folded at compile time, correctly rounded
     const float up = (float)(D + 1);
-    for (int i = grid_start(); i < points; i += grid_step()) {
+    for (int w0 = warp_start(); w0 < points; w0 += grid_step()) {
+        int i = w0 + lane_id();
+        bool valid = i < points;
+        int at = valid ? i : points - 1;  // a spare lane repeats the last point, inserting nothing
         // Elevate: y = E f, accumulating from the last coordinate.
         float el[D + 1];
         float sm = 0.0f;
 #pragma unroll
         for (int j = D; j >= 1; --j) {
-            float cf = __fmul_rn(features[(long long)i * D + j - 1], sc.s[j - 1]);
+            float cf = __fmul_rn(features[(long long)at * D + j - 1], sc.s[j - 1]);
             el[j] = __fsub_rn(sm, __fmul_rn((float)j, cf));
             sm = __fadd_rn(sm, cf);
         }
@@ -216,24 +250,28 @@ __device__ void lattice_embed(const float* __restrict__ features, int points, in
             fits = fits && base[k] >= -32768 + LANE_MARGIN && base[k] <= 32767 - LANE_MARGIN;
         }
         long long o = (long long)i * (D + 1);
-        if (!fits) {
-            atomicMax(overflow, 0xffffffffu - (unsigned)i);
-#pragma unroll
-            for (int r = 0; r <= D; ++r) {
-                slot[o + r] = NO_SLOT;
-                bary_out[o + r] = 0.0f;
-            }
-            continue;
-        }
-        unsigned image = (unsigned)(i / per_image);
-        // Corner r: rem0 + r, less d+1 where rank > d - r (densecrf's canonical simplex).
+        if (valid && !fits) atomicMax(overflow, 0xffffffffu - (unsigned)i);
+        bool live = valid && fits;
+        unsigned image = (unsigned)(at / per_image);
+        // Corner r: rem0 + r, less d+1 where rank > d - r (densecrf's canonical simplex). Lanes
+        // with the same key (neighbouring pixels share simplices) probe the table once.
 #pragma unroll
         for (int r = 0; r <= D; ++r) {
             int c[D];
 #pragma unroll
             for (int k = 0; k < D; ++k) c[k] = base[k] + r - (rank[k] > D - r ? D + 1 : 0);
-            slot[o + r] = table_insert(state, keys, cap_log2, pack_key(c, D, image));
-            bary_out[o + r] = bary[r];
+            uint4 key = pack_key(c, D, image);
+            unsigned long long lo = live ? ((unsigned long long)key.y << 32 | key.x) : ~0ull;
+            unsigned long long hi = live ? ((unsigned long long)key.w << 32 | key.z) : ~0ull;
+            unsigned peers = __match_any_sync(FULL_MASK, lo) & __match_any_sync(FULL_MASK, hi);
+            int leader = __ffs(peers) - 1;
+            unsigned h = NO_SLOT;
+            if (live && leader == lane_id()) h = table_insert(state, keys, cap_log2, key);
+            h = __shfl_sync(FULL_MASK, h, leader);
+            if (valid) {
+                slot[o + r] = live ? h : NO_SLOT;
+                bary_out[o + r] = live ? bary[r] : 0.0f;
+            }
         }
     }
 }
@@ -402,46 +440,57 @@ __device__ __forceinline__ float slice_at(const CrfLattice& l, int point, const 
     return __fmul_rn(y, l.alpha);
 }
 
+// Called by every lane of a warp (warp-uniform loops); lanes with valid = false add nothing.
 template <int D1>
 __device__ __forceinline__ void splat_at(const CrfLattice& l, int point, float x, float* values, int channels,
-                                         int c) {
+                                         int c, bool valid) {
 #pragma unroll
     for (int r = 0; r < D1; ++r) {
         long long o = (long long)point * D1 + r;
-        atomicAdd(&values[(long long)l.offsets[o] * channels + c], __fmul_rn(l.bary[o], x));
+        float w = valid ? l.bary[o] : 0.0f;
+        long long idx = valid ? (long long)l.offsets[o] * channels + c : 0;
+        warp_atomic_add(values, idx, __fmul_rn(w, x), valid);
+    }
+}
+
+// Points of both lattices in one loop: body0(point, valid) over lattice 0's, then body1 over
+// lattice 1's. A warp that straddles the boundary runs both, each with the other's lanes invalid.
+template <class Body0, class Body1>
+__device__ __forceinline__ void for_both_lattices(const CrfArgs& a, Body0 body0, Body1 body1) {
+    int p0 = a.pixels, n = p0 + a.images * a.pixels;
+    for (int w0 = warp_start(); w0 < n; w0 += grid_step()) {
+        int i = w0 + lane_id();
+        if (w0 < p0) body0(i < p0 ? i : p0 - 1, i < p0);
+        if (w0 + 32 > p0) body1(i >= p0 && i < n ? i - p0 : 0, i >= p0 && i < n);
     }
 }
 
 // K(1): splat ones into both lattices (one channel each; s0, s1 zeroed).
 extern "C" __global__ void crf_density_splat_f32(CrfArgs a, float* s0, float* s1) {
-    int p0 = a.pixels, n = p0 + a.images * a.pixels;
-    for (int i = grid_start(); i < n; i += grid_step()) {
-        if (i < p0) splat_at<D1_SMOOTH>(a.lat[0], i, 1.0f, s0, 1, 0);
-        else splat_at<D1_APPEAR>(a.lat[1], i - p0, 1.0f, s1, 1, 0);
-    }
+    for_both_lattices(
+        a, [&](int pt, bool valid) { splat_at<D1_SMOOTH>(a.lat[0], pt, 1.0f, s0, 1, 0, valid); },
+        [&](int pt, bool valid) { splat_at<D1_APPEAR>(a.lat[1], pt, 1.0f, s1, 1, 0, valid); });
 }
 
 // norm = 1 / sqrt(K(1) + 1e-20) from the blurred r0, r1; then splat norm (one channel) for K(norm).
+template <int D1>
+__device__ __forceinline__ void norm_at(const CrfLattice& l, int pt, bool valid, const float* r, float* s) {
+    float v = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(slice_at<D1>(l, pt, r, 1, 0), 1e-20f)));
+    if (valid) l.norm[pt] = v;
+    splat_at<D1>(l, pt, v, s, 1, 0, valid);
+}
+
 extern "C" __global__ void crf_norm_f32(CrfArgs a, const float* r0, const float* r1, float* s0, float* s1) {
-    int p0 = a.pixels, n = p0 + a.images * a.pixels;
-    for (int i = grid_start(); i < n; i += grid_step()) {
-        if (i < p0) {
-            float v = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(slice_at<D1_SMOOTH>(a.lat[0], i, r0, 1, 0), 1e-20f)));
-            a.lat[0].norm[i] = v;
-            splat_at<D1_SMOOTH>(a.lat[0], i, v, s0, 1, 0);
-        } else {
-            int pt = i - p0;
-            float v = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(slice_at<D1_APPEAR>(a.lat[1], pt, r1, 1, 0), 1e-20f)));
-            a.lat[1].norm[pt] = v;
-            splat_at<D1_APPEAR>(a.lat[1], pt, v, s1, 1, 0);
-        }
-    }
+    for_both_lattices(
+        a, [&](int pt, bool valid) { norm_at<D1_SMOOTH>(a.lat[0], pt, valid, r0, s0); },
+        [&](int pt, bool valid) { norm_at<D1_APPEAR>(a.lat[1], pt, valid, r1, s1); });
 }
 
 // The unary of one pixel from its lesion probability: (u0, u1) = -log(max((1 - p, p), 1e-5)).
-// A probability outside [0, 1] (NaN included) is recorded in bad[0] (0xffffffff - the first index).
+// With `bad`, a probability outside [0, 1] (NaN included) is recorded in bad[0] (0xffffffff - the
+// first index).
 __device__ __forceinline__ void unary(float p, int i, unsigned* bad, float& u0, float& u1) {
-    if (!(p >= 0.0f && p <= 1.0f)) atomicMax(bad, 0xffffffffu - (unsigned)i);
+    if (bad && !(p >= 0.0f && p <= 1.0f)) atomicMax(bad, 0xffffffffu - (unsigned)i);
     u0 = -logf(fmaxf(__fsub_rn(1.0f, p), 1e-5f));
     u1 = -logf(fmaxf(p, 1e-5f));
 }
@@ -456,12 +505,12 @@ __device__ __forceinline__ void softmax2(float x0, float x1, float& q0, float& q
 // Either the next iteration's splat (norm * q0 into both lattices; s0 has one channel per image)
 // or, after the last iteration, the lesion marginal q1.
 __device__ __forceinline__ void emit(const CrfArgs& a, int b, int p, int i, float q0, float q1, float* s0,
-                                     float* s1, float* out, int last) {
+                                     float* s1, float* out, int last, bool valid) {
     if (last) {
-        out[i] = q1;
+        if (valid) out[i] = q1;
     } else {
-        splat_at<D1_SMOOTH>(a.lat[0], p, __fmul_rn(a.lat[0].norm[p], q0), s0, a.images, b);
-        splat_at<D1_APPEAR>(a.lat[1], i, __fmul_rn(a.lat[1].norm[i], q0), s1, 1, 0);
+        splat_at<D1_SMOOTH>(a.lat[0], p, __fmul_rn(a.lat[0].norm[p], q0), s0, a.images, b, valid);
+        splat_at<D1_APPEAR>(a.lat[1], i, __fmul_rn(a.lat[1].norm[i], q0), s1, 1, 0, valid);
     }
 }
 
@@ -470,18 +519,21 @@ __device__ __forceinline__ void emit(const CrfArgs& a, int b, int p, int i, floa
 extern "C" __global__ void crf_start_f32(CrfArgs a, const float* r0, const float* r1, const float* __restrict__ prob,
                                          float* s0, float* s1, float* __restrict__ out, unsigned* bad, int last) {
     int n = a.images * a.pixels;
-    for (int i = grid_start(); i < n; i += grid_step()) {
+    for (int w0 = warp_start(); w0 < n; w0 += grid_step()) {
+        int i = w0 + lane_id();
+        bool valid = i < n;
+        if (!valid) i = n - 1;  // a spare lane recomputes the last pixel and writes nothing
         int b = i / a.pixels, p = i % a.pixels;
-        if (b == 0) {
+        if (valid && b == 0) {
             float k = slice_at<D1_SMOOTH>(a.lat[0], p, r0, 1, 0);
             a.lat[0].total[p] = __fmul_rn(k, __fmul_rn(a.lat[0].compat, a.lat[0].norm[p]));
         }
         float k = slice_at<D1_APPEAR>(a.lat[1], i, r1, 1, 0);
-        a.lat[1].total[i] = __fmul_rn(k, __fmul_rn(a.lat[1].compat, a.lat[1].norm[i]));
+        if (valid) a.lat[1].total[i] = __fmul_rn(k, __fmul_rn(a.lat[1].compat, a.lat[1].norm[i]));
         float u0, u1, q0, q1;
-        unary(prob[i], i, bad, u0, u1);
+        unary(prob[i], i, valid ? bad : nullptr, u0, u1);
         softmax2(-u0, -u1, q0, q1);
-        emit(a, b, p, i, q0, q1, s0, s1, out, last);
+        emit(a, b, p, i, q0, q1, s0, s1, out, last, valid);
     }
 }
 
@@ -489,10 +541,13 @@ extern "C" __global__ void crf_start_f32(CrfArgs a, const float* r0, const float
 extern "C" __global__ void crf_step_f32(CrfArgs a, const float* r0, const float* r1, const float* __restrict__ prob,
                                         float* s0, float* s1, float* __restrict__ out, unsigned* bad, int last) {
     int n = a.images * a.pixels;
-    for (int i = grid_start(); i < n; i += grid_step()) {
+    for (int w0 = warp_start(); w0 < n; w0 += grid_step()) {
+        int i = w0 + lane_id();
+        bool valid = i < n;
+        if (!valid) i = n - 1;
         int b = i / a.pixels, p = i % a.pixels;
         float u0, u1;
-        unary(prob[i], i, bad, u0, u1);
+        unary(prob[i], i, nullptr, u0, u1);  // crf_start recorded any bad probability
         float l0 = -u0, l1 = -u1;
         float m = __fmul_rn(__fmul_rn(a.lat[0].compat, a.lat[0].norm[p]),
                             slice_at<D1_SMOOTH>(a.lat[0], p, r0, a.images, b));
@@ -503,6 +558,21 @@ extern "C" __global__ void crf_step_f32(CrfArgs a, const float* r0, const float*
         l1 = __fadd_rn(l1, __fsub_rn(a.lat[1].total[i], m));
         float q0, q1;
         softmax2(l0, l1, q0, q1);
-        emit(a, b, p, i, q0, q1, s0, s1, out, last);
+        emit(a, b, p, i, q0, q1, s0, s1, out, last, valid);
+    }
+}
+
+// After the last launch of a refinement: the errors the kernels recorded, behind the marginals,
+// so one copy brings both back: [first bad probability's index, its bits, smoothness lattice
+// overflow, appearance lattice overflow] (the index and overflows as 0xffffffff - first index,
+// 0 when none).
+extern "C" __global__ void crf_flags_f32(const unsigned* bad, const float* __restrict__ prob,
+                                         const unsigned* overflow0, const unsigned* overflow1, unsigned* tail) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        unsigned b = bad[0];
+        tail[0] = b;
+        tail[1] = b ? __float_as_uint(prob[0xffffffffu - b]) : 0u;
+        tail[2] = overflow0[0];
+        tail[3] = overflow1[0];
     }
 }

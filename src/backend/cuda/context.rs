@@ -8,7 +8,7 @@
 use super::alloc::{GpuBuffer, MemoryStats, Pool};
 use super::kernels::{self, Kernel, KernelFormat};
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DriverError, sys};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DriverError, PinnedHostSlice, sys};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -18,6 +18,34 @@ fn words_of<T: bytemuck::Pod>(data: &[T]) -> Result<&[f32]> {
     bytemuck::try_cast_slice(data).map_err(|e| {
         Error::invalid("htod_words", format!("{}-byte values are not whole 4-byte words: {e}", std::mem::size_of::<T>()))
     })
+}
+
+/// A page-locked host buffer and the event after which it may be written again.
+#[derive(Default)]
+struct Staging {
+    buf: Option<PinnedHostSlice<f32>>,
+    done: Option<CudaEvent>,
+}
+
+impl Staging {
+    /// At least `words` values of page-locked memory, once the last copy through it is done.
+    /// Grows to the next power of two (page-locking costs milliseconds: buffers are kept).
+    fn take(&mut self, dev: &CudaDevice, words: usize) -> Result<&mut [f32]> {
+        if let Some(ev) = self.done.take() {
+            ev.synchronize().map_err(|e| dev.fault("waiting for a staged copy", e))?;
+        }
+        if self.buf.as_ref().is_none_or(|b| b.len() < words) {
+            self.buf = None;
+            let len = words.max(1024).next_power_of_two();
+            // SAFETY: page-locked memory, uninitialised until the caller fills or copies into it;
+            // flags 0 (cached): the download side reads it back on the host.
+            let b = unsafe { dev.ctx.alloc_pinned_with_flags::<f32>(len, 0) }
+                .map_err(|e| Error::Device(format!("cuda:{}: page-locking {} MiB of host memory: {}", dev.ordinal, len * 4 >> 20, describe(e))))?;
+            self.buf = Some(b);
+        }
+        let b = self.buf.as_mut().expect("allocated above");
+        b.as_mut_slice().map_err(|e| dev.fault("waiting for a page-locked buffer", e))
+    }
 }
 
 /// "CUDA_ERROR_X (text)" for a driver error.
@@ -63,6 +91,9 @@ pub struct CudaDevice {
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
     pool: Arc<Pool>,
     last_kernel: Mutex<&'static str>,
+    /// Page-locked host buffers for staged copies, one per direction, kept for reuse.
+    upload: Mutex<Staging>,
+    download: Mutex<Staging>,
     /// COSEG_CUDA_SYNC=1: synchronise after every launch, so a fault names its kernel.
     sync_each_launch: bool,
 }
@@ -127,6 +158,8 @@ impl CudaDevice {
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             last_kernel: Mutex::new("(none)"),
+            upload: Mutex::new(Staging::default()),
+            download: Mutex::new(Staging::default()),
             sync_each_launch: std::env::var("COSEG_CUDA_SYNC").is_ok_and(|v| v == "1"),
         })
     }
@@ -215,6 +248,37 @@ impl CudaDevice {
     pub fn zero(&self, buf: &mut GpuBuffer) -> Result<()> {
         self.check_buffer("zero", buf)?;
         self.stream.memset_zeros(buf.slice_mut()).map_err(|e| self.fault("clearing a buffer", e))
+    }
+
+    /// Host to device through page-locked memory: `fill` writes the `words` values straight
+    /// into a reused page-locked buffer, which the DMA engine copies asynchronously (a pageable
+    /// copy would stage through the driver's own buffer: one host copy more, and a wait).
+    pub fn htod_staged(&self, words: usize, fill: impl FnOnce(&mut [f32])) -> Result<GpuBuffer> {
+        let mut dst = self.alloc(words)?;
+        let mut st = lock(&self.upload);
+        let host = st.take(self, words)?;
+        fill(&mut host[..words]);
+        let ptr = dst.ptr_mut();
+        // SAFETY: `dst` holds at least `words` f32; the source is page-locked memory that is not
+        // written again before `st.done` (recorded below) has completed.
+        unsafe { cudarc::driver::result::memcpy_htod_async(ptr, &host[..words], self.stream.cu_stream()) }
+            .map_err(|e| self.fault("copying to the device", e))?;
+        st.done = Some(self.stream.record_event(None).map_err(|e| self.fault("recording an event", e))?);
+        Ok(dst)
+    }
+
+    /// Device to host through page-locked memory: waits for the stream, then hands `read` the
+    /// buffer's values (an earlier kernel's fault shows here, named).
+    pub fn dtoh_staged<R>(&self, buf: &GpuBuffer, read: impl FnOnce(&[f32]) -> R) -> Result<R> {
+        self.check_buffer("dtoh", buf)?;
+        let mut st = lock(&self.download);
+        let host = st.take(self, buf.len())?;
+        let n = buf.len();
+        // SAFETY: `host` has at least n f32 and is read only after the stream synchronises.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut host[..n], buf.ptr(), self.stream.cu_stream()) }
+            .map_err(|e| self.fault("copying to the host", e))?;
+        self.synchronize()?;
+        Ok(read(&host[..n]))
     }
 
     /// A device copy of `src` (same device).

@@ -65,7 +65,7 @@ kernels! {
         LATTICE_COMPACT = "lattice_compact_f32", LATTICE_FINISH = "lattice_finish_f32",
         LATTICE_SPLAT = "lattice_splat_f32", LATTICE_SLICE = "lattice_slice_f32", LATTICE_BLUR = "lattice_blur_f32",
         CRF_DENSITY_SPLAT = "crf_density_splat_f32", CRF_NORM = "crf_norm_f32", CRF_START = "crf_start_f32",
-        CRF_STEP = "crf_step_f32";
+        CRF_STEP = "crf_step_f32", CRF_FLAGS = "crf_flags_f32";
     "nd":
         BINARY_ND_FWD = "binary_nd_fwd_f32", COPY_ND_FWD = "copy_nd_fwd_f32", MAP_FWD = "map_fwd_f32",
         MAP_BWD = "map_bwd_f32";

@@ -1,0 +1,326 @@
+//! The permutohedral lattice of `crf::lattice` on the device (`kernels/crf.cu`): built from
+//! features already on the device, a batch of images at once (each image on its own lattice:
+//! the image index is part of every key), then filtered by splat / blur / slice. Nothing is read
+//! back to build it: vertex counts stay on the device, where the kernels read them.
+
+use crate::backend::cuda::kernels as k;
+use crate::backend::cuda::launch::{Arg, grid_1d, launch, to_i32};
+use crate::backend::cuda::{CudaDevice, GpuBuffer};
+use crate::error::{Error, Result};
+use cudarc::driver::{DeviceRepr, LaunchConfig};
+
+/// Feature dimensions the device lattice is compiled for: smoothness (x, y) and appearance
+/// (x, y, r, g, b), the two kernels of pydensecrf's usual call.
+pub const GPU_DIMS: [usize; 2] = [2, 5];
+
+/// Most images one batched lattice holds (the image index is a 16-bit lane of every key).
+pub const MAX_IMAGES: usize = 1 << 16;
+
+/// Per-dimension scale of the elevation, as `lattice::Embedder::new` computes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct LatticeScale {
+    s: [f32; 8],
+}
+
+impl LatticeScale {
+    fn new(dim: usize) -> Self {
+        let d1 = dim + 1;
+        let inv_std_dev = ((2.0f64 / 3.0).sqrt() * d1 as f64) as f32;
+        let mut s = [0f32; 8];
+        for (i, v) in s[..dim].iter_mut().enumerate() {
+            *v = (1.0 / (((i + 2) * (i + 1)) as f64).sqrt() * inv_std_dev as f64) as f32;
+        }
+        LatticeScale { s }
+    }
+}
+
+/// One blur pass of one lattice (`struct BlurJob` of crf.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct BlurJob {
+    meta: u64,
+    neighbors: u64,
+    input: u64,
+    output: u64,
+    zero: u64,
+    d1: i32,
+    j: i32,
+    channels: i32,
+    zero_channels: i32,
+}
+
+// SAFETY: plain #[repr(C)] structs of u64/i32/f32 whose layouts match crf.cu's structs.
+unsafe impl DeviceRepr for LatticeScale {}
+unsafe impl DeviceRepr for BlurJob {}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// A permutohedral lattice on the device over `points` feature vectors of `dim` values
+/// (`per_image` consecutive points per image; each image gets its own vertices).
+pub struct GpuLattice {
+    pub(super) dim: usize,
+    points: usize,
+    /// Hash table: slot state (0 empty, 1 being written, 2 full), keys (4 words), dense ids.
+    state: GpuBuffer,
+    keys: GpuBuffer,
+    ids: GpuBuffer,
+    /// Word 0: the vertex count; word 4 (16-byte aligned, as launches require): 0xffffffff less
+    /// the first point that overflowed the keys, 0 if none.
+    meta: GpuBuffer,
+    /// points x (d+1): vertex id + 1 of each simplex corner (0 is the zero sentinel row).
+    pub(super) corners: GpuBuffer,
+    /// points x (d+1): barycentric weights.
+    pub(super) bary: GpuBuffer,
+    /// vertices x (d+1) x 2: id + 1 of the neighbours below and above along each direction.
+    neighbors: GpuBuffer,
+}
+
+/// Hash table slots for a lattice of `points` points: at least twice the most vertices it can
+/// have (each corner of each point distinct), so the table is at most half full.
+fn table_log2(points: usize, dim: usize) -> u32 {
+    (2 * points * (dim + 1)).max(2).next_power_of_two().trailing_zeros()
+}
+
+impl GpuLattice {
+    /// Device bytes a lattice over `points` points of `dim` features takes (the table sized for
+    /// the worst case, every corner a distinct vertex).
+    pub fn bytes_needed(points: usize, dim: usize) -> usize {
+        let d1 = dim + 1;
+        let cap = 1usize << table_log2(points, dim);
+        4 * (cap * (1 + 4 + 1) + 8 + points * d1 * 2 + points * d1 * d1 * 2)
+    }
+
+    /// The most vertices the lattice can have (the value buffers' row count less the sentinel).
+    pub fn max_vertices(&self) -> usize {
+        self.points * (self.dim + 1)
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn points(&self) -> usize {
+        self.points
+    }
+
+    /// densecrf's slice scale, 1 / (1 + 2^-d), as `Lattice::alpha`.
+    pub fn alpha(&self) -> f32 {
+        1.0 / (1.0 + 2f32.powi(-(self.dim as i32)))
+    }
+
+    /// Builds the lattice of `features` (points x dim f32 on the device, already divided by the
+    /// kernel widths). Asynchronous: a point whose coordinates overflow the 16-bit keys is
+    /// reported by [`Self::check`] (or [`Self::vertices`]).
+    pub fn build(dev: &CudaDevice, features: &GpuBuffer, dim: usize, points: usize, per_image: usize) -> Result<Self> {
+        let op = "gpu lattice";
+        let embed = match dim {
+            2 => k::LATTICE_EMBED_D2,
+            5 => k::LATTICE_EMBED_D5,
+            _ => {
+                return Err(Error::invalid(op, format!("feature dimension {dim}; the device lattice is built for {GPU_DIMS:?}")));
+            }
+        };
+        if points == 0 || per_image == 0 || points % per_image != 0 {
+            return Err(Error::shape(op, format!("{points} points are not whole images of {per_image} points")));
+        }
+        if points / per_image > MAX_IMAGES {
+            return Err(Error::invalid(op, format!("{} images in one lattice; at most {MAX_IMAGES}", points / per_image)));
+        }
+        if features.len() != points * dim {
+            return Err(Error::shape(op, format!("{} feature values for {points} points x {dim}", features.len())));
+        }
+        let d1 = dim + 1;
+        let cap_log2 = table_log2(points, dim);
+        let cap = 1usize << cap_log2;
+        to_i32(op, "hash table slots", cap)?;
+        to_i32(op, "neighbour entries", points * d1 * d1 * 2)?;
+        check_free_memory(dev, op, Self::bytes_needed(points, dim), &format!("a lattice over {points} points of {dim} features"))?;
+        let mut lat = GpuLattice {
+            dim,
+            points,
+            state: dev.alloc(cap)?,
+            keys: dev.alloc(cap * 4)?,
+            ids: dev.alloc(cap)?,
+            meta: dev.alloc(8)?,
+            corners: dev.alloc(points * d1)?,
+            bary: dev.alloc(points * d1)?,
+            neighbors: dev.alloc(points * d1 * d1 * 2)?,
+        };
+        dev.zero(&mut lat.state)?;
+        dev.zero(&mut lat.meta)?;
+        let scale = LatticeScale::new(dim);
+        launch(
+            dev,
+            embed,
+            grid_1d(dev, points),
+            &[
+                Arg::Ptr(features.ptr()),
+                Arg::I32(points as i32),
+                Arg::I32(per_image as i32),
+                Arg::Struct(&scale),
+                Arg::Ptr(lat.corners.ptr_mut()),
+                Arg::Ptr(lat.bary.ptr_mut()),
+                Arg::Ptr(lat.state.ptr_mut()),
+                Arg::Ptr(lat.keys.ptr_mut()),
+                Arg::I32(cap_log2 as i32),
+                Arg::Ptr(lat.meta.ptr_mut() + 16),
+            ],
+        )?;
+        launch(
+            dev,
+            k::LATTICE_COMPACT,
+            grid_1d(dev, cap),
+            &[Arg::Ptr(lat.state.ptr()), Arg::Ptr(lat.ids.ptr_mut()), Arg::I32(cap as i32), Arg::Ptr(lat.meta.ptr_mut())],
+        )?;
+        launch(
+            dev,
+            k::LATTICE_FINISH,
+            grid_1d(dev, cap.max(points * d1)),
+            &[
+                Arg::Ptr(lat.corners.ptr_mut()),
+                Arg::I32((points * d1) as i32),
+                Arg::Ptr(lat.state.ptr()),
+                Arg::Ptr(lat.keys.ptr()),
+                Arg::Ptr(lat.ids.ptr()),
+                Arg::I32(cap_log2 as i32),
+                Arg::I32(dim as i32),
+                Arg::Ptr(lat.neighbors.ptr_mut()),
+            ],
+        )?;
+        Ok(lat)
+    }
+
+    /// The vertex count and the first point whose coordinates overflowed the keys (waits for
+    /// the device).
+    pub(super) fn read_meta(&self, dev: &CudaDevice) -> Result<(usize, Option<usize>)> {
+        let m: Vec<u32> = dev.dtoh_words(&self.meta)?;
+        let overflow = (m[4] != 0).then(|| (u32::MAX - m[4]) as usize);
+        Ok((m[0] as usize, overflow))
+    }
+
+    /// An error naming the first point whose features are too large for the 16-bit lattice
+    /// keys (as the CPU lattice reports it), if any.
+    pub fn check(&self, dev: &CudaDevice) -> Result<()> {
+        match self.read_meta(dev)?.1 {
+            None => Ok(()),
+            Some(point) => Err(overflow_error("gpu lattice", &format!("point {point}"))),
+        }
+    }
+
+    /// Number of lattice vertices (waits for the device).
+    pub fn vertices(&self, dev: &CudaDevice) -> Result<usize> {
+        self.check(dev)?;
+        Ok(self.read_meta(dev)?.0)
+    }
+
+    /// Every vertex as (image, its first d coordinates), in no particular order (waits for the
+    /// device). For tests and inspection: the CPU lattice of the same features has the same set.
+    pub fn vertex_keys(&self, dev: &CudaDevice) -> Result<Vec<(u32, Vec<i32>)>> {
+        self.check(dev)?;
+        let state: Vec<u32> = dev.dtoh_words(&self.state)?;
+        let keys: Vec<[u32; 4]> = dev.dtoh_words(&self.keys)?;
+        let lane = |k: &[u32; 4], i: usize| (k[i / 2] >> (16 * (i % 2))) & 0xffff;
+        Ok(state
+            .iter()
+            .zip(&keys)
+            .filter(|(s, _)| **s == 2)
+            .map(|(_, k)| (lane(k, 7), (0..self.dim).map(|i| lane(k, i) as i32 - 32768).collect()))
+            .collect())
+    }
+
+    /// A vertex value buffer for `channels` values per vertex, every row zero (row 0 is the
+    /// sentinel a missing neighbour reads).
+    pub fn values(&self, dev: &CudaDevice, channels: usize) -> Result<GpuBuffer> {
+        let mut b = dev.alloc((self.max_vertices() + 1) * channels)?;
+        dev.zero(&mut b)?;
+        Ok(b)
+    }
+
+    /// The device address of the overflow word (for kernels that report it).
+    pub(super) fn overflow_ptr(&self) -> u64 {
+        self.meta.ptr() + 16
+    }
+
+    /// The blur pass along direction `j` from `input` to `output` (`channels` values per
+    /// vertex; device addresses), optionally clearing `zero` (address, its channels).
+    pub(super) fn blur_job(&self, j: usize, input: u64, output: u64, channels: usize, zero: Option<(u64, usize)>) -> BlurJob {
+        let (zero, zero_channels) = zero.map_or((0, 0), |(z, c)| (z, c as i32));
+        BlurJob {
+            meta: self.meta.ptr(),
+            neighbors: self.neighbors.ptr(),
+            input,
+            output,
+            zero,
+            d1: (self.dim + 1) as i32,
+            j: j as i32,
+            channels: channels as i32,
+            zero_channels,
+        }
+    }
+
+    /// The lattice filter (splat, blur, slice; `Lattice::filter` on the CPU): `input` and `out`
+    /// are points x channels on the device.
+    pub fn filter(&self, dev: &CudaDevice, input: &GpuBuffer, channels: usize, out: &mut GpuBuffer) -> Result<()> {
+        let op = "gpu lattice filter";
+        let n = self.points * channels;
+        if channels == 0 || input.len() != n || out.len() != n {
+            return Err(Error::shape(
+                op,
+                format!("{} points x {channels} channels; got input {} and output {}", self.points, input.len(), out.len()),
+            ));
+        }
+        to_i32(op, "values", (self.max_vertices() + 1) * channels)?;
+        let d1 = self.dim + 1;
+        let mut a = self.values(dev, channels)?;
+        let mut b = self.values(dev, channels)?;
+        let corners = [Arg::Ptr(self.corners.ptr()), Arg::Ptr(self.bary.ptr()), Arg::I32(self.points as i32), Arg::I32(d1 as i32)];
+        let mut args = corners.to_vec();
+        args.extend([Arg::Ptr(input.ptr()), Arg::I32(channels as i32), Arg::Ptr(a.ptr_mut())]);
+        launch(dev, k::LATTICE_SPLAT, grid_1d(dev, n), &args)?;
+        let (pa, pb) = (a.ptr_mut(), b.ptr_mut());
+        for j in 0..d1 {
+            let (from, to) = if j % 2 == 0 { (pa, pb) } else { (pb, pa) };
+            let job = self.blur_job(j, from, to, channels, None);
+            blur(dev, &[job], (self.max_vertices() + 1) * channels)?;
+        }
+        let result = if d1 % 2 == 0 { &a } else { &b };
+        let mut args = corners.to_vec();
+        args.extend([Arg::Ptr(result.ptr()), Arg::I32(channels as i32), Arg::F32(self.alpha()), Arg::Ptr(out.ptr_mut())]);
+        launch(dev, k::LATTICE_SLICE, grid_1d(dev, n), &args)
+    }
+}
+
+pub(super) fn overflow_error(op: &'static str, at: &str) -> Error {
+    Error::invalid(
+        op,
+        format!("{at}: a lattice coordinate overflows the 16-bit keys (features too large: is a kernel width far too small?)"),
+    )
+}
+
+/// One blur launch over up to two lattices' passes; `elements` bounds the rows x channels any
+/// of them has (the kernel reads the true vertex counts on the device).
+pub(super) fn blur(dev: &CudaDevice, jobs: &[BlurJob], elements: usize) -> Result<()> {
+    let mut cfg: LaunchConfig = grid_1d(dev, elements);
+    cfg.grid_dim.1 = jobs.len() as u32;
+    let second = jobs.get(1).copied().unwrap_or_default();
+    launch(dev, k::LATTICE_BLUR, cfg, &[Arg::Struct(&jobs[0]), Arg::Struct(&second)])
+}
+
+/// Refuses a request that would not fit in the device's free memory, naming the size.
+pub(super) fn check_free_memory(dev: &CudaDevice, op: &'static str, bytes: usize, what: &str) -> Result<()> {
+    let (free, total) = dev.mem_info()?;
+    // Cached blocks of coseg's own allocator are free for it too.
+    let free = free + dev.memory_stats().cached_bytes;
+    if bytes > free {
+        return Err(Error::Device(format!(
+            "{op}: {what} needs {:.1} MiB of device memory; cuda:{} has {:.1} MiB free of {:.1} MiB",
+            bytes as f64 / MIB,
+            dev.ordinal(),
+            free as f64 / MIB,
+            total as f64 / MIB
+        )));
+    }
+    Ok(())
+}
+
