@@ -183,9 +183,16 @@ fn gpu(c: &mut Criterion) {
         ("1x512x512", vec![big_image.clone()], vec![big_prob.clone()]),
     ] {
         // What the batch builds, for the bandwidth figures (bytes per kernel over ncu's times).
-        let cpu0 = crf::binary_crf(&imgs[0], &ps[0], &params, FilterMethod::Lattice).unwrap();
-        let verts: Vec<usize> = cpu0.kernels().iter().filter_map(|k| k.lattice().map(|l| l.vertices())).collect();
-        eprintln!("crf_gpu {what}: first image's lattices have {verts:?} vertices (smoothness, appearance)");
+        let mut verts = [0usize; 2];
+        for (i, p) in imgs.iter().zip(&ps) {
+            let built = crf::binary_crf(i, p, &params, FilterMethod::Lattice).unwrap();
+            for (v, k) in verts.iter_mut().zip(built.kernels()) {
+                *v += k.lattice().map_or(0, |l| l.vertices());
+            }
+        }
+        // The device shares one smoothness lattice across the batch (one channel per image).
+        verts[0] /= imgs.len();
+        eprintln!("crf_gpu {what}: lattice vertices: smoothness {} (shared), appearance {} (all images)", verts[0], verts[1]);
         let mut g = c.benchmark_group(format!("crf_gpu/{what}"));
         g.sample_size(30);
         g.throughput(Throughput::Elements(imgs.len() as u64));

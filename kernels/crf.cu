@@ -132,11 +132,12 @@ __device__ __forceinline__ unsigned key_home(uint4 k, unsigned cap_log2) {
 // The slot of `key`, claimed if absent. A slot goes EMPTY -> BUSY (the claiming thread writes
 // the key) -> FULL; a reader that meets BUSY waits for FULL, then compares keys read from L2
 // (__ldcg: another SM wrote them, and this SM's L1 may hold the line from an earlier probe).
-// The table is at most half full, so probing ends.
-__device__ unsigned table_insert(unsigned* state, uint4* keys, unsigned cap_log2, uint4 key) {
+// Gives up (NO_SLOT) after `max_probes` slots: a table sized for the expected vertex count may
+// fill up, and the host then builds again with one sized for the worst case.
+__device__ unsigned table_insert(unsigned* state, uint4* keys, unsigned cap_log2, unsigned max_probes, uint4 key) {
     unsigned mask = (1u << cap_log2) - 1u;
     unsigned h = key_home(key, cap_log2);
-    while (true) {
+    for (unsigned probe = 0; probe < max_probes; ++probe) {
         unsigned s = *(volatile unsigned*)&state[h];
         if (s == SLOT_EMPTY) {
             s = atomicCAS(&state[h], SLOT_EMPTY, SLOT_BUSY);
@@ -152,30 +153,33 @@ __device__ unsigned table_insert(unsigned* state, uint4* keys, unsigned cap_log2
         if (key_eq(__ldcg(&keys[h]), key)) return h;
         h = (h + 1u) & mask;
     }
+    return NO_SLOT;
 }
 
-// The slot of `key`, or NO_SLOT (read-only: the table is complete).
+// The slot of `key`, or NO_SLOT (read-only: the table is complete). A key is never further than
+// `max_probes` from its home slot.
 __device__ __forceinline__ unsigned table_find(const unsigned* state, const uint4* keys, unsigned cap_log2,
-                                               uint4 key) {
+                                               unsigned max_probes, uint4 key) {
     unsigned mask = (1u << cap_log2) - 1u;
     unsigned h = key_home(key, cap_log2);
-    while (true) {
+    for (unsigned probe = 0; probe < max_probes; ++probe) {
         if (state[h] != SLOT_FULL) return NO_SLOT;
         if (key_eq(keys[h], key)) return h;
         h = (h + 1u) & mask;
     }
+    return NO_SLOT;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Embedding (Adams et al. 2010; densecrf's Permutohedral::init), one point per thread, D fixed.
-// Writes the d+1 corner slots and barycentric weights of every point; a point whose remainder-0
-// coordinates leave the 16-bit keys is recorded in `overflow` (0xffffffff - its index, so
-// atomicMax keeps the first) and gets no corners.
+// Writes the d+1 corner slots and barycentric weights of every point. meta[4]: a point whose
+// remainder-0 coordinates leave the 16-bit keys (0xffffffff - its index, so atomicMax keeps the
+// first; it gets no corners); meta[8]: 1 if the table filled up (a corner found no slot).
 
 template <int D>
 __device__ void lattice_embed(const float* __restrict__ features, int points, int per_image, LatticeScale sc,
                               unsigned* __restrict__ slot, float* __restrict__ bary_out, unsigned* state,
-                              uint4* keys, unsigned cap_log2, unsigned* overflow) {
+                              uint4* keys, unsigned cap_log2, unsigned max_probes, unsigned* meta) {
     const float down = 1.0f / (float)(D + 1);  // folded at compile time, correctly rounded
     const float up = (float)(D + 1);
     for (int w0 = warp_start(); w0 < points; w0 += grid_step()) {
@@ -250,7 +254,7 @@ __device__ void lattice_embed(const float* __restrict__ features, int points, in
             fits = fits && base[k] >= -32768 + LANE_MARGIN && base[k] <= 32767 - LANE_MARGIN;
         }
         long long o = (long long)i * (D + 1);
-        if (valid && !fits) atomicMax(overflow, 0xffffffffu - (unsigned)i);
+        if (valid && !fits) atomicMax(&meta[4], 0xffffffffu - (unsigned)i);
         bool live = valid && fits;
         unsigned image = (unsigned)(at / per_image);
         // Corner r: rem0 + r, less d+1 where rank > d - r (densecrf's canonical simplex). Lanes
@@ -266,7 +270,10 @@ __device__ void lattice_embed(const float* __restrict__ features, int points, in
             unsigned peers = __match_any_sync(FULL_MASK, lo) & __match_any_sync(FULL_MASK, hi);
             int leader = __ffs(peers) - 1;
             unsigned h = NO_SLOT;
-            if (live && leader == lane_id()) h = table_insert(state, keys, cap_log2, key);
+            if (live && leader == lane_id()) {
+                h = table_insert(state, keys, cap_log2, max_probes, key);
+                if (h == NO_SLOT) meta[8] = 1u;
+            }
             h = __shfl_sync(FULL_MASK, h, leader);
             if (valid) {
                 slot[o + r] = live ? h : NO_SLOT;
@@ -279,15 +286,15 @@ __device__ void lattice_embed(const float* __restrict__ features, int points, in
 extern "C" __global__ void lattice_embed_d2_f32(const float* __restrict__ features, int points, int per_image,
                                                 LatticeScale sc, unsigned* __restrict__ slot,
                                                 float* __restrict__ bary, unsigned* state, uint4* keys,
-                                                unsigned cap_log2, unsigned* overflow) {
-    lattice_embed<2>(features, points, per_image, sc, slot, bary, state, keys, cap_log2, overflow);
+                                                unsigned cap_log2, unsigned max_probes, unsigned* meta) {
+    lattice_embed<2>(features, points, per_image, sc, slot, bary, state, keys, cap_log2, max_probes, meta);
 }
 
 extern "C" __global__ void lattice_embed_d5_f32(const float* __restrict__ features, int points, int per_image,
                                                 LatticeScale sc, unsigned* __restrict__ slot,
                                                 float* __restrict__ bary, unsigned* state, uint4* keys,
-                                                unsigned cap_log2, unsigned* overflow) {
-    lattice_embed<5>(features, points, per_image, sc, slot, bary, state, keys, cap_log2, overflow);
+                                                unsigned cap_log2, unsigned max_probes, unsigned* meta) {
+    lattice_embed<5>(features, points, per_image, sc, slot, bary, state, keys, cap_log2, max_probes, meta);
 }
 
 // A dense id for every full slot; meta[0] counts the vertices.
@@ -302,8 +309,8 @@ extern "C" __global__ void lattice_compact_f32(const unsigned* __restrict__ stat
 // moves only the implied last coordinate): neighbors[vertex * (d+1) + j] = (id+1 below, id+1 above).
 extern "C" __global__ void lattice_finish_f32(unsigned* __restrict__ corners, int n_corners,
                                               const unsigned* __restrict__ state, const uint4* __restrict__ keys,
-                                              const unsigned* __restrict__ ids, unsigned cap_log2, int d,
-                                              uint2* __restrict__ neighbors) {
+                                              const unsigned* __restrict__ ids, unsigned cap_log2,
+                                              unsigned max_probes, int d, uint2* __restrict__ neighbors) {
     for (int i = grid_start(); i < n_corners; i += grid_step()) {
         unsigned s = corners[i];
         corners[i] = s == NO_SLOT ? 0u : ids[s] + 1u;
@@ -325,8 +332,8 @@ extern "C" __global__ void lattice_finish_f32(unsigned* __restrict__ corners, in
                 lo[k] = c[k] - 1 + step;
                 hi[k] = c[k] + 1 - step;
             }
-            unsigned a = table_find(state, keys, cap_log2, pack_key(lo, d, image));
-            unsigned b = table_find(state, keys, cap_log2, pack_key(hi, d, image));
+            unsigned a = table_find(state, keys, cap_log2, max_probes, pack_key(lo, d, image));
+            unsigned b = table_find(state, keys, cap_log2, max_probes, pack_key(hi, d, image));
             neighbors[(long long)id * (d + 1) + j] =
                 make_uint2(a == NO_SLOT ? 0u : ids[a] + 1u, b == NO_SLOT ? 0u : ids[b] + 1u);
         }
@@ -367,13 +374,13 @@ extern "C" __global__ void lattice_slice_f32(const unsigned* __restrict__ offset
     }
 }
 
-// One blur pass of up to two lattices in one launch (blockIdx.y picks the job; job1 is ignored
-// when gridDim.y is 1):
-// out[v] = in[v] + (in[below] + in[above]) / 2 along direction j, for rows 0..vertices (row 0, the
-// sentinel, stays zero). `zero`, when given, has rows 0..vertices x zero_channels cleared: the
-// buffer the next splat accumulates into.
+// The blur: out[v] = in[v] + (in[below] + in[above]) / 2 along direction j, for rows 0..vertices
+// (row 0, the sentinel, stays zero), every direction in turn. All passes of up to two lattices
+// run in one cooperative launch, a grid barrier between passes (the lattices of a CRF batch are
+// small: launches, not bytes, set the time). `zero`, when given with a lattice's first pass, has
+// rows 0..vertices x zero_channels cleared: the buffer the next splat accumulates into.
 struct BlurJob {
-    const unsigned* meta;     // meta[0]: vertex count
+    const unsigned* meta;     // meta[0]: vertex count; null: no pass
     const uint2* neighbors;   // vertices x d1
     const float* in;
     float* out;
@@ -381,8 +388,35 @@ struct BlurJob {
     int d1, j, channels, zero_channels;
 };
 
-extern "C" __global__ void lattice_blur_f32(BlurJob job0, BlurJob job1) {
-    const BlurJob b = blockIdx.y == 0 ? job0 : job1;
+#define MAX_PASSES 6
+struct BlurPasses {
+    BlurJob job[MAX_PASSES][2];
+    int passes;
+};
+
+// Every block of the (cooperative, so co-resident) grid waits here for all others; count
+// returns to 0 after each barrier and phase counts barriers, so the two words need clearing
+// only once. The fences publish this block's writes before arriving and, after leaving,
+// invalidate stale L1 lines (as cooperative_groups' grid.sync does).
+__device__ __forceinline__ void grid_barrier(unsigned* count, volatile unsigned* phase) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned seen = *phase;
+        __threadfence();
+        if (atomicAdd(count, 1u) == gridDim.x - 1u) {
+            *count = 0u;
+            __threadfence();
+            atomicAdd((unsigned*)phase, 1u);
+        } else {
+            while (*phase == seen) {
+            }
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+__device__ __forceinline__ void blur_pass(const BlurJob& b) {
     int rows = (int)b.meta[0] + 1;
     int n = rows * b.channels;
     for (int e = grid_start(); e < n; e += grid_step()) {
@@ -390,14 +424,26 @@ extern "C" __global__ void lattice_blur_f32(BlurJob job0, BlurJob job1) {
         float y = 0.0f;
         if (v > 0) {
             uint2 nb = b.neighbors[(long long)(v - 1) * b.d1 + b.j];
-            float lo = b.in[(long long)nb.x * b.channels + c], hi = b.in[(long long)nb.y * b.channels + c];
-            y = __fadd_rn(b.in[e], __fmul_rn(0.5f, __fadd_rn(lo, hi)));
+            // __ldcg: the previous pass wrote these from other multiprocessors.
+            float lo = __ldcg(&b.in[(long long)nb.x * b.channels + c]), hi = __ldcg(&b.in[(long long)nb.y * b.channels + c]);
+            y = __fadd_rn(__ldcg(&b.in[e]), __fmul_rn(0.5f, __fadd_rn(lo, hi)));
         }
         b.out[e] = y;
     }
     if (b.zero) {
         int z = rows * b.zero_channels;
         for (int e = grid_start(); e < z; e += grid_step()) b.zero[e] = 0.0f;
+    }
+}
+
+extern "C" __global__ void lattice_blur_f32(BlurPasses p, unsigned* barrier) {
+#pragma unroll
+    for (int j = 0; j < MAX_PASSES; ++j) {
+        if (j >= p.passes) break;
+        if (j > 0) grid_barrier(barrier, barrier + 1);
+#pragma unroll
+        for (int l = 0; l < 2; ++l)
+            if (p.job[j][l].meta) blur_pass(p.job[j][l]);
     }
 }
 
@@ -564,15 +610,19 @@ extern "C" __global__ void crf_step_f32(CrfArgs a, const float* r0, const float*
 
 // After the last launch of a refinement: the errors the kernels recorded, behind the marginals,
 // so one copy brings both back: [first bad probability's index, its bits, smoothness lattice
-// overflow, appearance lattice overflow] (the index and overflows as 0xffffffff - first index,
-// 0 when none).
+// overflow, appearance lattice overflow, smoothness table full, appearance table full] (index
+// and overflows as 0xffffffff - first index, 0 when none).
 extern "C" __global__ void crf_flags_f32(const unsigned* bad, const float* __restrict__ prob,
-                                         const unsigned* overflow0, const unsigned* overflow1, unsigned* tail) {
+                                         const unsigned* meta0, const unsigned* meta1, unsigned* tail) {
     if (blockIdx.x == 0 && threadIdx.x == 0) {
         unsigned b = bad[0];
         tail[0] = b;
         tail[1] = b ? __float_as_uint(prob[0xffffffffu - b]) : 0u;
-        tail[2] = overflow0[0];
-        tail[3] = overflow1[0];
+        tail[2] = meta0[4];
+        tail[3] = meta1[4];
+        tail[4] = meta0[8];
+        tail[5] = meta1[8];
+        tail[6] = 0u;
+        tail[7] = 0u;
     }
 }

@@ -4,7 +4,7 @@
 
 mod gpu_common;
 
-use coseg::crf::cuda::{self as gcrf, GpuLattice};
+use coseg::crf::cuda::{self as gcrf, GpuLattice, TableSize};
 use coseg::crf::{self, CrfParams, Lattice};
 use coseg::device::Device;
 use coseg::io::{self, Image};
@@ -86,21 +86,26 @@ fn gpu_lattice_has_the_cpu_vertices_and_filters_alike() {
     // (each its own lattice in one batch).
     let (w, h) = (37, 29);
     let n = w * h;
-    let mut cases: Vec<(usize, Vec<f32>, usize)> = vec![(2, grid_features(w, h, 3.0), n)];
+    // (dim, features, points per image, whether a table sized for images fills up)
+    let mut cases: Vec<(usize, Vec<f32>, usize, bool)> = vec![(2, grid_features(w, h, 3.0), n, false)];
     let mut bilateral = Vec::new();
     for s in 0..3 {
         let (img, _) = case(w, h, 3, 40 + s);
         bilateral.extend(crf::kernel::bilateral_features(&img, 80.0, 13.0).unwrap());
     }
-    cases.push((5, bilateral, n));
-    // Random features spread over several lattice cells, one image.
+    cases.push((5, bilateral, n, false));
+    // Random features spread over many lattice cells, one image: about six vertices a point,
+    // more than an `Expected` table holds.
     let mut r = rng(7);
-    cases.push((5, (0..500 * 5).map(|_| r.random_range(-4.0f32..4.0)).collect(), 500));
-    for (dim, f, per_image) in cases {
+    cases.push((5, (0..500 * 5).map(|_| r.random_range(-4.0f32..4.0)).collect(), 500, true));
+    for (dim, f, per_image, fills) in cases {
         let points = f.len() / dim;
         let images = points / per_image;
         let feats = dev.htod(&f).unwrap();
-        let lat = GpuLattice::build(&dev, &feats, dim, points, per_image).unwrap();
+        let expected = GpuLattice::build(&dev, &feats, dim, points, per_image, TableSize::Expected).unwrap();
+        assert_eq!(expected.table_full(&dev).unwrap(), fills, "d={dim}: table sized for images full?");
+        let lat = if fills { GpuLattice::build(&dev, &feats, dim, points, per_image, TableSize::WorstCase).unwrap() } else { expected };
+        assert!(!lat.table_full(&dev).unwrap());
         let got: Vec<(u32, Vec<i32>)> = lat.vertex_keys(&dev).unwrap();
         let mut want = Vec::new();
         let mut cpu_lattices = Vec::new();
@@ -140,6 +145,21 @@ fn gpu_crf_matches_the_cpu_on_random_images() {
         let (images, probs): (Vec<_>, Vec<_>) = (0..count).map(|s| case(w, h, channels, 100 * w as u64 + s as u64)).unzip();
         compare_refine(&dev, &format!("{count} x {w}x{h}x{channels}"), &images, &probs, &params);
     }
+    // Colour noise with a narrow colour kernel: far more simplices than pixels, so the tables
+    // sized for images fill up and the batch is refined again with worst-case tables.
+    let noise: Vec<(Image<u8>, Image<f32>)> = (0..3)
+        .map(|s| {
+            let mut r = rng(500 + s);
+            let img = Image::new(32, 32, 3, (0..32 * 32 * 3).map(|_| r.random_range(0..=255u8)).collect());
+            (img, Image::new(32, 32, 1, (0..32 * 32).map(|_| r.random_range(0.0f32..=1.0)).collect()))
+        })
+        .collect();
+    let (images, probs): (Vec<_>, Vec<_>) = noise.into_iter().unzip();
+    let narrow = CrfParams { bilateral_srgb: 2.0, ..params };
+    let f: Vec<f32> = images.iter().flat_map(|i| crf::kernel::bilateral_features(i, narrow.bilateral_sxy, 2.0).unwrap()).collect();
+    let lat = GpuLattice::build(&dev, &dev.htod(&f).unwrap(), 5, f.len() / 5, 32 * 32, TableSize::Expected).unwrap();
+    assert!(lat.table_full(&dev).unwrap(), "colour noise should overflow a table sized for images");
+    compare_refine(&dev, "3 x 32x32x3 colour noise, srgb 2 (worst-case tables)", &images, &probs, &narrow);
     // Other parameters, and no iteration at all (the unary softmax).
     let (images, probs): (Vec<_>, Vec<_>) = (0..3).map(|s| case(40, 40, 3, 900 + s)).unzip();
     let other = CrfParams { gauss_sxy: 1.5, gauss_compat: 5.0, bilateral_sxy: 20.0, bilateral_srgb: 5.0, bilateral_compat: 4.0, iters: 8 };

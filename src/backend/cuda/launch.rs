@@ -132,6 +132,16 @@ pub(crate) fn check_len(op: &'static str, what: &str, len: usize, expected: usiz
 
 /// Launches `k` on `dev`'s stream with `args` in the kernel's parameter order.
 pub(crate) fn launch(dev: &CudaDevice, k: Kernel, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    launch_with(dev, k, cfg, args, false)
+}
+
+/// `launch` as a cooperative kernel: the driver guarantees that every block of the grid is
+/// resident at once (or refuses the launch), so blocks may wait for each other (a grid barrier).
+pub(crate) fn launch_cooperative(dev: &CudaDevice, k: Kernel, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    launch_with(dev, k, cfg, args, true)
+}
+
+fn launch_with(dev: &CudaDevice, k: Kernel, cfg: LaunchConfig, args: &[Arg], cooperative: bool) -> Result<()> {
     let (gx, gy, gz) = cfg.grid_dim;
     let (bx, by, bz) = cfg.block_dim;
     if gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535 || bx * by * bz == 0 || bx * by * bz > 1024 {
@@ -167,7 +177,8 @@ pub(crate) fn launch(dev: &CudaDevice, k: Kernel, cfg: LaunchConfig, args: &[Arg
     // SAFETY: the argument list matches the kernel's parameters (each wrapper mirrors the .cu
     // signature, and tests/gpu_parity.rs runs every wrapper); pointers are live device buffers of
     // the lengths the wrappers checked; all work runs in order on this device's one stream.
-    unsafe { builder.launch(cfg) }.map_err(|e| {
+    let launched = unsafe { if cooperative { builder.launch_cooperative(cfg) } else { builder.launch(cfg) } };
+    launched.map_err(|e| {
         Error::Device(format!(
             "launch {} (grid {:?}, block {:?}) on cuda:{}: {}",
             k.name,

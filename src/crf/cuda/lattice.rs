@@ -4,10 +4,10 @@
 //! back to build it: vertex counts stay on the device, where the kernels read them.
 
 use crate::backend::cuda::kernels as k;
-use crate::backend::cuda::launch::{Arg, grid_1d, launch, to_i32};
+use crate::backend::cuda::launch::{Arg, grid_1d, launch, launch_cooperative, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
 use crate::error::{Error, Result};
-use cudarc::driver::{DeviceRepr, LaunchConfig};
+use cudarc::driver::DeviceRepr;
 
 /// Feature dimensions the device lattice is compiled for: smoothness (x, y) and appearance
 /// (x, y, r, g, b), the two kernels of pydensecrf's usual call.
@@ -50,9 +50,35 @@ pub(super) struct BlurJob {
     zero_channels: i32,
 }
 
+/// Most blur passes (d + 1 for the largest device dimension).
+pub(super) const MAX_PASSES: usize = 6;
+
+/// Every blur pass of up to two lattices, one cooperative launch (`struct BlurPasses` of crf.cu);
+/// a job whose `meta` is 0 is skipped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct BlurPasses {
+    pub(super) job: [[BlurJob; 2]; MAX_PASSES],
+    pub(super) passes: i32,
+}
+
 // SAFETY: plain #[repr(C)] structs of u64/i32/f32 whose layouts match crf.cu's structs.
 unsafe impl DeviceRepr for LatticeScale {}
-unsafe impl DeviceRepr for BlurJob {}
+unsafe impl DeviceRepr for BlurPasses {}
+
+/// How large a lattice's hash table is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableSize {
+    /// One slot per point: ample for images (neighbouring pixels share simplices, so vertices
+    /// are a small fraction of points). Probing is bounded; if the table fills up, the build
+    /// says so ([`GpuLattice::table_full`]) and is redone with `WorstCase`.
+    Expected,
+    /// Twice the most vertices the points can make (every simplex corner distinct): never full.
+    WorstCase,
+}
+
+/// Slots probed before an `Expected` table counts as full.
+const MAX_PROBES: u32 = 64;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -65,9 +91,12 @@ pub struct GpuLattice {
     state: GpuBuffer,
     keys: GpuBuffer,
     ids: GpuBuffer,
-    /// Word 0: the vertex count; word 4 (16-byte aligned, as launches require): 0xffffffff less
-    /// the first point that overflowed the keys, 0 if none.
+    /// Word 0: the vertex count; word 4: 0xffffffff less the first point that overflowed the
+    /// keys, 0 if none; word 8: 1 if the table filled up.
     meta: GpuBuffer,
+    /// Table slots and the most vertices the lattice can have.
+    cap: usize,
+    max_vertices: usize,
     /// points x (d+1): vertex id + 1 of each simplex corner (0 is the zero sentinel row).
     pub(super) corners: GpuBuffer,
     /// points x (d+1): barycentric weights.
@@ -78,22 +107,29 @@ pub struct GpuLattice {
 
 /// Hash table slots for a lattice of `points` points: at least twice the most vertices it can
 /// have (each corner of each point distinct), so the table is at most half full.
-fn table_log2(points: usize, dim: usize) -> u32 {
-    (2 * points * (dim + 1)).max(2).next_power_of_two().trailing_zeros()
+/// log2 of the table slots and the probe limit for `points` points of `dim` features.
+fn table_shape(points: usize, dim: usize, size: TableSize) -> (u32, u32) {
+    match size {
+        TableSize::Expected => (points.max(64).next_power_of_two().trailing_zeros(), MAX_PROBES),
+        TableSize::WorstCase => {
+            let log2 = (2 * points * (dim + 1)).max(2).next_power_of_two().trailing_zeros();
+            (log2, 1u32 << log2.min(31))
+        }
+    }
 }
 
 impl GpuLattice {
-    /// Device bytes a lattice over `points` points of `dim` features takes (the table sized for
-    /// the worst case, every corner a distinct vertex).
-    pub fn bytes_needed(points: usize, dim: usize) -> usize {
+    /// Device bytes a lattice over `points` points of `dim` features takes.
+    pub fn bytes_needed(points: usize, dim: usize, size: TableSize) -> usize {
         let d1 = dim + 1;
-        let cap = 1usize << table_log2(points, dim);
-        4 * (cap * (1 + 4 + 1) + 8 + points * d1 * 2 + points * d1 * d1 * 2)
+        let cap = 1usize << table_shape(points, dim, size).0;
+        let vertices = cap.min(points * d1);
+        4 * (cap * (1 + 4 + 1) + 12 + points * d1 * 2 + vertices * d1 * 2)
     }
 
     /// The most vertices the lattice can have (the value buffers' row count less the sentinel).
     pub fn max_vertices(&self) -> usize {
-        self.points * (self.dim + 1)
+        self.max_vertices
     }
 
     pub fn dim(&self) -> usize {
@@ -111,8 +147,8 @@ impl GpuLattice {
 
     /// Builds the lattice of `features` (points x dim f32 on the device, already divided by the
     /// kernel widths). Asynchronous: a point whose coordinates overflow the 16-bit keys is
-    /// reported by [`Self::check`] (or [`Self::vertices`]).
-    pub fn build(dev: &CudaDevice, features: &GpuBuffer, dim: usize, points: usize, per_image: usize) -> Result<Self> {
+    /// reported by [`Self::check`], a table that filled up by [`Self::table_full`].
+    pub fn build(dev: &CudaDevice, features: &GpuBuffer, dim: usize, points: usize, per_image: usize, size: TableSize) -> Result<Self> {
         let op = "gpu lattice";
         let embed = match dim {
             2 => k::LATTICE_EMBED_D2,
@@ -131,64 +167,67 @@ impl GpuLattice {
             return Err(Error::shape(op, format!("{} feature values for {points} points x {dim}", features.len())));
         }
         let d1 = dim + 1;
-        let cap_log2 = table_log2(points, dim);
+        let (cap_log2, max_probes) = table_shape(points, dim, size);
         let cap = 1usize << cap_log2;
+        let max_vertices = cap.min(points * d1);
         to_i32(op, "hash table slots", cap)?;
-        to_i32(op, "neighbour entries", points * d1 * d1 * 2)?;
-        check_free_memory(dev, op, Self::bytes_needed(points, dim), &format!("a lattice over {points} points of {dim} features"))?;
+        to_i32(op, "neighbour entries", max_vertices * d1 * 2)?;
+        to_i32(op, "simplex corners", points * d1)?;
+        check_free_memory(dev, op, Self::bytes_needed(points, dim, size), &format!("a lattice over {points} points of {dim} features"))?;
         let mut lat = GpuLattice {
             dim,
             points,
             state: dev.alloc(cap)?,
             keys: dev.alloc(cap * 4)?,
             ids: dev.alloc(cap)?,
-            meta: dev.alloc(8)?,
+            meta: dev.alloc(12)?,
+            cap,
+            max_vertices,
             corners: dev.alloc(points * d1)?,
             bary: dev.alloc(points * d1)?,
-            neighbors: dev.alloc(points * d1 * d1 * 2)?,
+            neighbors: dev.alloc(max_vertices * d1 * 2)?,
         };
         dev.zero(&mut lat.state)?;
         dev.zero(&mut lat.meta)?;
         let scale = LatticeScale::new(dim);
-        launch(
-            dev,
-            embed,
-            grid_1d(dev, points),
-            &[
-                Arg::Ptr(features.ptr()),
-                Arg::I32(points as i32),
-                Arg::I32(per_image as i32),
-                Arg::Struct(&scale),
-                Arg::Ptr(lat.corners.ptr_mut()),
-                Arg::Ptr(lat.bary.ptr_mut()),
-                Arg::Ptr(lat.state.ptr_mut()),
-                Arg::Ptr(lat.keys.ptr_mut()),
-                Arg::I32(cap_log2 as i32),
-                Arg::Ptr(lat.meta.ptr_mut() + 16),
-            ],
-        )?;
-        launch(
-            dev,
-            k::LATTICE_COMPACT,
-            grid_1d(dev, cap),
-            &[Arg::Ptr(lat.state.ptr()), Arg::Ptr(lat.ids.ptr_mut()), Arg::I32(cap as i32), Arg::Ptr(lat.meta.ptr_mut())],
-        )?;
-        launch(
-            dev,
-            k::LATTICE_FINISH,
-            grid_1d(dev, cap.max(points * d1)),
-            &[
-                Arg::Ptr(lat.corners.ptr_mut()),
-                Arg::I32((points * d1) as i32),
-                Arg::Ptr(lat.state.ptr()),
-                Arg::Ptr(lat.keys.ptr()),
-                Arg::Ptr(lat.ids.ptr()),
-                Arg::I32(cap_log2 as i32),
-                Arg::I32(dim as i32),
-                Arg::Ptr(lat.neighbors.ptr_mut()),
-            ],
-        )?;
+        let table = [Arg::Ptr(lat.state.ptr_mut()), Arg::Ptr(lat.keys.ptr_mut()), Arg::I32(cap_log2 as i32), Arg::I32(max_probes as i32)];
+        let mut args = vec![
+            Arg::Ptr(features.ptr()),
+            Arg::I32(points as i32),
+            Arg::I32(per_image as i32),
+            Arg::Struct(&scale),
+            Arg::Ptr(lat.corners.ptr_mut()),
+            Arg::Ptr(lat.bary.ptr_mut()),
+        ];
+        args.extend(table);
+        args.push(Arg::Ptr(lat.meta.ptr_mut()));
+        launch(dev, embed, grid_1d(dev, points), &args)?;
+        let compact = [Arg::Ptr(lat.state.ptr()), Arg::Ptr(lat.ids.ptr_mut()), Arg::I32(cap as i32), Arg::Ptr(lat.meta.ptr_mut())];
+        launch(dev, k::LATTICE_COMPACT, grid_1d(dev, cap), &compact)?;
+        let finish = [
+            Arg::Ptr(lat.corners.ptr_mut()),
+            Arg::I32((points * d1) as i32),
+            Arg::Ptr(lat.state.ptr()),
+            Arg::Ptr(lat.keys.ptr()),
+            Arg::Ptr(lat.ids.ptr()),
+            Arg::I32(cap_log2 as i32),
+            Arg::I32(max_probes as i32),
+            Arg::I32(dim as i32),
+            Arg::Ptr(lat.neighbors.ptr_mut()),
+        ];
+        launch(dev, k::LATTICE_FINISH, grid_1d(dev, cap.max(points * d1)), &finish)?;
         Ok(lat)
+    }
+
+    /// Whether the hash table filled up (waits for the device); the lattice is then incomplete
+    /// and must be built again with [`TableSize::WorstCase`].
+    pub fn table_full(&self, dev: &CudaDevice) -> Result<bool> {
+        Ok(dev.dtoh_words::<u32>(&self.meta)?[8] != 0)
+    }
+
+    /// The device address of the meta words (the crf_flags kernel reads words 4 and 8).
+    pub(super) fn meta_ptr(&self) -> u64 {
+        self.meta.ptr()
     }
 
     /// The vertex count and the first point whose coordinates overflowed the keys (waits for
@@ -202,6 +241,12 @@ impl GpuLattice {
     /// An error naming the first point whose features are too large for the 16-bit lattice
     /// keys (as the CPU lattice reports it), if any.
     pub fn check(&self, dev: &CudaDevice) -> Result<()> {
+        if self.table_full(dev)? {
+            return Err(Error::Device(format!(
+                "gpu lattice: the hash table ({} slots) filled up; build with TableSize::WorstCase",
+                self.cap
+            )));
+        }
         match self.read_meta(dev)?.1 {
             None => Ok(()),
             Some(point) => Err(overflow_error("gpu lattice", &format!("point {point}"))),
@@ -235,11 +280,6 @@ impl GpuLattice {
         let mut b = dev.alloc((self.max_vertices() + 1) * channels)?;
         dev.zero(&mut b)?;
         Ok(b)
-    }
-
-    /// The device address of the overflow word (for kernels that report it).
-    pub(super) fn overflow_ptr(&self) -> u64 {
-        self.meta.ptr() + 16
     }
 
     /// The blur pass along direction `j` from `input` to `output` (`channels` values per
@@ -279,11 +319,13 @@ impl GpuLattice {
         args.extend([Arg::Ptr(input.ptr()), Arg::I32(channels as i32), Arg::Ptr(a.ptr_mut())]);
         launch(dev, k::LATTICE_SPLAT, grid_1d(dev, n), &args)?;
         let (pa, pb) = (a.ptr_mut(), b.ptr_mut());
+        let mut passes = BlurPasses { passes: d1 as i32, ..Default::default() };
         for j in 0..d1 {
             let (from, to) = if j % 2 == 0 { (pa, pb) } else { (pb, pa) };
-            let job = self.blur_job(j, from, to, channels, None);
-            blur(dev, &[job], (self.max_vertices() + 1) * channels)?;
+            passes.job[j][0] = self.blur_job(j, from, to, channels, None);
         }
+        let mut barrier = dev.alloc(4)?;
+        blur(dev, &passes, &mut barrier, (self.max_vertices() + 1) * channels)?;
         let result = if d1 % 2 == 0 { &a } else { &b };
         let mut args = corners.to_vec();
         args.extend([Arg::Ptr(result.ptr()), Arg::I32(channels as i32), Arg::F32(self.alpha()), Arg::Ptr(out.ptr_mut())]);
@@ -298,13 +340,18 @@ pub(super) fn overflow_error(op: &'static str, at: &str) -> Error {
     )
 }
 
-/// One blur launch over up to two lattices' passes; `elements` bounds the rows x channels any
-/// of them has (the kernel reads the true vertex counts on the device).
-pub(super) fn blur(dev: &CudaDevice, jobs: &[BlurJob], elements: usize) -> Result<()> {
-    let mut cfg: LaunchConfig = grid_1d(dev, elements);
-    cfg.grid_dim.1 = jobs.len() as u32;
-    let second = jobs.get(1).copied().unwrap_or_default();
-    launch(dev, k::LATTICE_BLUR, cfg, &[Arg::Struct(&jobs[0]), Arg::Struct(&second)])
+/// Blocks per multiprocessor of the cooperative blur (all must be resident at once: its
+/// 256-thread blocks use 32 registers a thread, so two fit on any multiprocessor).
+const BLUR_BLOCKS_PER_SM: usize = 2;
+
+/// Every pass of `passes` in one cooperative launch; `elements` bounds the rows x channels any
+/// job has (the kernel reads the true vertex counts on the device); `barrier` (4 words) holds
+/// the grid barrier's counters, cleared here.
+pub(super) fn blur(dev: &CudaDevice, passes: &BlurPasses, barrier: &mut GpuBuffer, elements: usize) -> Result<()> {
+    let mut cfg = grid_1d(dev, elements);
+    cfg.grid_dim.0 = cfg.grid_dim.0.min(dev.sm_count() * BLUR_BLOCKS_PER_SM as u32);
+    dev.zero(barrier)?;
+    launch_cooperative(dev, k::LATTICE_BLUR, cfg, &[Arg::Struct(passes), Arg::Ptr(barrier.ptr_mut())])
 }
 
 /// Refuses a request that would not fit in the device's free memory, naming the size.

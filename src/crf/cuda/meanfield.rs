@@ -7,7 +7,7 @@
 //! [`DeviceBatch::refine`] queues every launch without waiting, and [`Refined::download`] brings
 //! the marginals back with the errors the kernels recorded in one transfer.
 
-use super::lattice::{BlurJob, GpuLattice, blur, check_free_memory, overflow_error};
+use super::lattice::{BlurPasses, GpuLattice, TableSize, blur, check_free_memory, overflow_error};
 use crate::backend::cuda::kernels as k;
 use crate::backend::cuda::launch::{Arg, grid_1d, launch, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
@@ -47,24 +47,26 @@ unsafe impl DeviceRepr for CrfArgs {}
 const D1: [usize; 2] = [3, 6];
 
 /// Words behind the marginals in the output buffer: the errors the kernels recorded.
-const TAIL: usize = 4;
+const TAIL: usize = 8;
 
 /// Whether a batch of `images` images of `width` x `height` fits the device's free memory and
 /// the kernels' 32-bit indices; the error names the size.
 pub fn batch_fits(dev: &CudaDevice, images: usize, width: usize, height: usize) -> Result<()> {
     let what = format!("a batch of {images} images of {width}x{height}");
-    check_free_memory(dev, OP, refine_bytes_needed(images, width * height), &what)?;
+    check_free_memory(dev, OP, refine_bytes_needed(images, width * height, TableSize::Expected), &what)?;
     to_i32(OP, &format!("{what}: hash table slots"), 4 * images * width * height * D1[1])?;
     Ok(())
 }
 
-/// Device bytes a batch of `images` images of `pixels` pixels needs (the lattices sized for the
-/// worst case, every simplex corner a distinct vertex).
-pub fn refine_bytes_needed(images: usize, pixels: usize) -> usize {
+/// Device bytes a batch of `images` images of `pixels` pixels needs with lattice tables of `size`.
+pub fn refine_bytes_needed(images: usize, pixels: usize, size: TableSize) -> usize {
     let points = images * pixels;
-    let values = |lattice_points: usize, d1: usize, channels: usize| 3 * (lattice_points * d1 + 1) * channels;
-    let smooth = GpuLattice::bytes_needed(pixels, 2) + 4 * (values(pixels, D1[0], images) + 2 * pixels + 2 * pixels);
-    let appear = GpuLattice::bytes_needed(points, 5) + 4 * (values(points, D1[1], 1) + 2 * points + 5 * points);
+    let values = |lattice_points: usize, d1: usize, channels: usize| {
+        let cap = if size == TableSize::Expected { lattice_points.max(64).next_power_of_two() } else { usize::MAX };
+        3 * (cap.min(lattice_points * d1) + 1) * channels
+    };
+    let smooth = GpuLattice::bytes_needed(pixels, 2, size) + 4 * (values(pixels, D1[0], images) + 2 * pixels + 2 * pixels);
+    let appear = GpuLattice::bytes_needed(points, 5, size) + 4 * (values(points, D1[1], 1) + 2 * points + 5 * points);
     // Inputs (probabilities, image bytes), marginals, flags.
     smooth + appear + 4 * (2 * points + TAIL + 4) + 3 * points
 }
@@ -112,8 +114,13 @@ impl DeviceBatch {
     }
 
     /// Queues the whole refinement (both lattices built, normalisation, `params.iters`
-    /// iterations) without waiting for the device.
+    /// iterations) without waiting for the device, with hash tables sized for images.
     pub fn refine(&self, dev: &CudaDevice, params: &CrfParams) -> Result<Refined> {
+        self.refine_with(dev, params, TableSize::Expected)
+    }
+
+    /// `refine` with lattice hash tables of `size`.
+    pub fn refine_with(&self, dev: &CudaDevice, params: &CrfParams, size: TableSize) -> Result<Refined> {
         check_params(params)?;
         let (w, b, n) = (self.width, self.images(), self.width * self.height);
         let points = b * n;
@@ -137,7 +144,7 @@ impl DeviceBatch {
             Arg::F32(params.bilateral_srgb),
         ];
         launch(dev, k::CRF_FEATURES_BILATERAL, grid_1d(dev, points), &bilateral)?;
-        let lats = [GpuLattice::build(dev, &fs, 2, n, n)?, GpuLattice::build(dev, &fb, 5, points, n)?];
+        let lats = [GpuLattice::build(dev, &fs, 2, n, n, size)?, GpuLattice::build(dev, &fb, 5, points, n, size)?];
         drop((fs, fb));
 
         // Per-point normalisation and total message of each lattice, written by the kernels.
@@ -166,6 +173,7 @@ impl DeviceBatch {
         let mut out = dev.alloc(points.next_multiple_of(4) + TAIL)?;
         let mut bad = dev.alloc(4)?;
         dev.zero(&mut bad)?;
+        let mut barrier = dev.alloc(4)?;
         let (out_ptr, bad_ptr) = (out.ptr_mut(), bad.ptr_mut());
 
         // The smoothness lattice's values hold one channel per image in the iterations, one in
@@ -176,16 +184,16 @@ impl DeviceBatch {
 
         // norm = 1 / sqrt(K(1) + 1e-20); total = compat * norm * K(norm); the initial Q.
         launch(dev, k::CRF_DENSITY_SPLAT, per_lattice_point, &[Arg::Struct(&args), rots[0].target(), rots[1].target()])?;
-        let [r0, r1] = blur_both(dev, &lats, &mut rots, [1, 1], [1, 1])?;
+        let [r0, r1] = blur_both(dev, &lats, &mut rots, &mut barrier, [1, 1], [1, 1])?;
         launch(dev, k::CRF_NORM, per_lattice_point, &[Arg::Struct(&args), r0, r1, rots[0].target(), rots[1].target()])?;
-        let [r0, r1] = blur_both(dev, &lats, &mut rots, [1, 1], [b, 1])?;
+        let [r0, r1] = blur_both(dev, &lats, &mut rots, &mut barrier, [1, 1], [b, 1])?;
         let iters = params.iters;
         let tail = |last: bool| [Arg::Ptr(out_ptr), Arg::Ptr(bad_ptr), Arg::I32(last as i32)];
         let mut start = vec![Arg::Struct(&args), r0, r1, Arg::Ptr(prob), rots[0].target(), rots[1].target()];
         start.extend(tail(iters == 0));
         launch(dev, k::CRF_START, per_pixel, &start)?;
         for it in 0..iters {
-            let [r0, r1] = blur_both(dev, &lats, &mut rots, [b, 1], [b, 1])?;
+            let [r0, r1] = blur_both(dev, &lats, &mut rots, &mut barrier, [b, 1], [b, 1])?;
             let mut step = vec![Arg::Struct(&args), r0, r1, Arg::Ptr(prob), rots[0].target(), rots[1].target()];
             step.extend(tail(it + 1 == iters));
             launch(dev, k::CRF_STEP, per_pixel, &step)?;
@@ -193,8 +201,8 @@ impl DeviceBatch {
         let flags = [
             Arg::Ptr(bad_ptr),
             Arg::Ptr(prob),
-            Arg::Ptr(lats[0].overflow_ptr()),
-            Arg::Ptr(lats[1].overflow_ptr()),
+            Arg::Ptr(lats[0].meta_ptr()),
+            Arg::Ptr(lats[1].meta_ptr()),
             Arg::Ptr(out_ptr + 4 * points.next_multiple_of(4) as u64),
         ];
         launch(dev, k::CRF_FLAGS, grid_1d(dev, 1), &flags)?;
@@ -215,6 +223,13 @@ impl Refined {
     /// Waits for the device and returns each image's lesion marginal, or the first error the
     /// kernels recorded, named as the CPU names it.
     pub fn download(&self, dev: &CudaDevice) -> Result<Vec<Image<f32>>> {
+        self.fetch(dev)?.ok_or_else(|| {
+            Error::Device(format!("{OP}: a lattice's hash table filled up; refine again with TableSize::WorstCase"))
+        })
+    }
+
+    /// `download`, or None when a lattice's hash table filled up (the result is then incomplete).
+    fn fetch(&self, dev: &CudaDevice) -> Result<Option<Vec<Image<f32>>>> {
         let (w, h, n) = (self.width, self.height, self.width * self.height);
         let points = self.items.len() * n;
         let (images, flags) = dev.dtoh_staged(&self.out, |host| {
@@ -241,7 +256,10 @@ impl Refined {
         if let Some(i) = first(flags[3]) {
             return Err(overflow_error(OP, &format!("item {}: appearance kernel, pixel {}", self.items[i / n], at(i))));
         }
-        Ok(images)
+        if flags[4] != 0 || flags[5] != 0 {
+            return Ok(None);
+        }
+        Ok(Some(images))
     }
 }
 
@@ -263,7 +281,13 @@ pub fn refine_group(dev: &CudaDevice, images: &[&Image<u8>], probs: &[&Image<f32
         return Ok(Vec::new());
     }
     check_params(params)?;
-    DeviceBatch::upload(dev, images, probs, items)?.refine(dev, params)?.download(dev)
+    let batch = DeviceBatch::upload(dev, images, probs, items)?;
+    match batch.refine(dev, params)?.fetch(dev)? {
+        Some(q) => Ok(q),
+        // Far more distinct simplices than pixels (noise-like images, tiny kernel widths): the
+        // tables sized for images filled up; build them for the worst case.
+        None => batch.refine_with(dev, params, TableSize::WorstCase)?.download(dev),
+    }
 }
 
 fn check_params(params: &CrfParams) -> Result<()> {
@@ -305,7 +329,7 @@ impl Rotation {
 
     /// The blur pass along direction j of `lat`; pass 0 also clears the spare for a splat of
     /// `next_channels` values per vertex.
-    fn pass(&self, lat: &GpuLattice, j: usize, channels: usize, next_channels: usize) -> BlurJob {
+    fn pass(&self, lat: &GpuLattice, j: usize, channels: usize, next_channels: usize) -> super::lattice::BlurJob {
         let (from, to) = if j % 2 == 0 { (self.target, self.partner) } else { (self.partner, self.target) };
         let spare = (j == 0).then(|| (self.bufs[self.spare].ptr(), next_channels));
         lat.blur_job(j, self.bufs[from].ptr(), self.bufs[to].ptr(), channels, spare)
@@ -322,14 +346,24 @@ impl Rotation {
     }
 }
 
-/// The d+1 blur passes of both lattices (values of `channels[i]` per vertex, the spares cleared
-/// for a next splat of `next_channels[i]`); returns where each result is.
-fn blur_both(dev: &CudaDevice, lats: &[GpuLattice; 2], rots: &mut [Rotation; 2], channels: [usize; 2], next_channels: [usize; 2]) -> Result<[Arg<'static>; 2]> {
+/// The d+1 blur passes of both lattices in one launch (values of `channels[i]` per vertex, the
+/// spares cleared for a next splat of `next_channels[i]`); returns where each result is.
+fn blur_both(
+    dev: &CudaDevice,
+    lats: &[GpuLattice; 2],
+    rots: &mut [Rotation; 2],
+    barrier: &mut GpuBuffer,
+    channels: [usize; 2],
+    next_channels: [usize; 2],
+) -> Result<[Arg<'static>; 2]> {
     let bound = (0..2).map(|i| (lats[i].max_vertices() + 1) * channels[i].max(next_channels[i])).max().unwrap_or(0);
-    for j in 0..D1[1] {
-        let jobs: Vec<BlurJob> = (0..2).filter(|&i| j < D1[i]).map(|i| rots[i].pass(&lats[i], j, channels[i], next_channels[i])).collect();
-        blur(dev, &jobs, bound)?;
+    let mut passes = BlurPasses { passes: D1[1] as i32, ..Default::default() };
+    for (j, jobs) in passes.job.iter_mut().enumerate().take(D1[1]) {
+        for i in (0..2).filter(|&i| j < D1[i]) {
+            jobs[i] = rots[i].pass(&lats[i], j, channels[i], next_channels[i]);
+        }
     }
+    blur(dev, &passes, barrier, bound)?;
     Ok([rots[0].advance(D1[0]), rots[1].advance(D1[1])])
 }
 

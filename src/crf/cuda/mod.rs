@@ -11,5 +11,5 @@
 pub mod lattice;
 pub mod meanfield;
 
-pub use lattice::{GPU_DIMS, GpuLattice, MAX_IMAGES};
+pub use lattice::{GPU_DIMS, GpuLattice, MAX_IMAGES, TableSize};
 pub use meanfield::{DeviceBatch, Refined, batch_fits, refine_batch, refine_bytes_needed, refine_group};
