@@ -9,6 +9,7 @@ use coseg::crf::{self, CrfParams, Lattice};
 use coseg::device::Device;
 use coseg::io::{self, Image};
 use gpu_common::{gpu, poisoned, rel_err, rng};
+use coseg::crf::cuda::refine_bytes_needed;
 use rand::Rng;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -81,6 +82,7 @@ fn compare_refine(dev: &coseg::backend::cuda::CudaDevice, what: &str, images: &[
 
 #[test]
 fn gpu_lattice_has_the_cpu_vertices_and_filters_alike() {
+    let _serial = gpu_common::serial();
     let Some(dev) = gpu("gpu_lattice_has_the_cpu_vertices_and_filters_alike") else { return };
     // Smoothness features of an odd-size grid, and appearance features of three random images
     // (each its own lattice in one batch).
@@ -138,6 +140,7 @@ fn gpu_lattice_has_the_cpu_vertices_and_filters_alike() {
 
 #[test]
 fn gpu_crf_matches_the_cpu_on_random_images() {
+    let _serial = gpu_common::serial();
     let Some(dev) = gpu("gpu_crf_matches_the_cpu_on_random_images") else { return };
     let params = CrfParams::default();
     // Grey and RGB, sizes no block divides, a single pixel, and the paper's crop size in a batch.
@@ -169,6 +172,7 @@ fn gpu_crf_matches_the_cpu_on_random_images() {
 
 #[test]
 fn gpu_crf_matches_the_cpu_on_a_512_image() {
+    let _serial = gpu_common::serial();
     let Some(dev) = gpu("gpu_crf_matches_the_cpu_on_a_512_image") else { return };
     let (image, prob) = case(512, 512, 1, 5);
     compare_refine(&dev, "1 x 512x512x1", &[image], &[prob], &CrfParams::default());
@@ -183,6 +187,7 @@ fn golden_dir() -> PathBuf {
 
 #[test]
 fn gpu_crf_matches_pydensecrf() {
+    let _serial = gpu_common::serial();
     let Some(dev) = gpu("gpu_crf_matches_pydensecrf") else { return };
     let dir = golden_dir();
     for name in ["rgb", "grey", "ct"] {
@@ -203,6 +208,7 @@ fn gpu_crf_matches_pydensecrf() {
 
 #[test]
 fn gpu_crf_through_the_device_dispatch_keeps_input_order() {
+    let _serial = gpu_common::serial();
     let Some(_dev) = gpu("gpu_crf_through_the_device_dispatch_keeps_input_order") else { return };
     // Mixed sizes and channel counts: one device batch per kind, results in input order.
     let items = [(20, 20, 1, 1u64), (31, 17, 3, 2), (20, 20, 1, 3), (31, 17, 3, 4), (9, 40, 1, 5)];
@@ -219,6 +225,7 @@ fn gpu_crf_through_the_device_dispatch_keeps_input_order() {
 
 #[test]
 fn gpu_crf_names_bad_input() {
+    let _serial = gpu_common::serial();
     let Some(dev) = gpu("gpu_crf_names_bad_input") else { return };
     let (image, prob) = case(16, 12, 1, 3);
     let mut bad = prob.clone();
@@ -236,10 +243,24 @@ fn gpu_crf_names_bad_input() {
     let e = gcrf::refine_batch(&dev, &[image.clone()], &[prob.clone()], &tiny).unwrap_err().to_string();
     assert!(e.contains("overflows"), "{e}");
     assert!(crf::refine(&image, &prob, &tiny).unwrap_err().to_string().contains("overflows"));
-    // A batch beyond the card's memory is refused with its size, before anything is allocated.
-    let e = gcrf::batch_fits(&dev, 1000, 512, 512).unwrap_err().to_string();
-    assert!(e.contains("1000 images of 512x512") && e.contains("MiB"), "{e}");
-    assert!(gcrf::batch_fits(&dev, 20, 128, 128).is_ok());
+    // A batch beyond the card's free memory is refused with its size, before anything is
+    // allocated: take all but half of what 64 images of 512x512 need, then ask for them.
+    let needed = refine_bytes_needed(64, 512 * 512, TableSize::Expected);
+    assert!(gcrf::batch_fits(&dev, 64, 512, 512).is_ok());
+    dev.release_cached();
+    let mut hog = Vec::new();
+    for chunk in [1usize << 28, 1 << 24] {
+        while dev.mem_info().unwrap().0 > needed / 2 + chunk * 4 {
+            hog.push(dev.alloc(chunk).unwrap());
+        }
+    }
+    let e = gcrf::batch_fits(&dev, 64, 512, 512).unwrap_err().to_string();
+    drop(hog);
+    dev.release_cached();
+    assert!(e.contains("64 images of 512x512") && e.contains("MiB"), "{e}");
+    // Beyond the kernels' 32-bit indices, also refused with the size.
+    let e = gcrf::batch_fits(&dev, 10_000, 512, 512).unwrap_err().to_string();
+    assert!(e.contains("10000 images of 512x512"), "{e}");
     // Mismatched sizes are named.
     let (small, sp) = case(8, 8, 1, 1);
     let e = gcrf::refine_batch(&dev, &[image, small], &[prob, sp], &CrfParams::default()).unwrap_err().to_string();

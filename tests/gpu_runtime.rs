@@ -31,6 +31,7 @@ fn gpu_device_resolution_matches_what_the_machine_has() {
 
 #[test]
 fn gpu_copies_round_trip_and_the_allocator_reuses_blocks() {
+    let _serial = gpu_common::serial();
     let Some(dev) = gpu("gpu_copies_round_trip_and_the_allocator_reuses_blocks") else { return };
     let mut r = rng(1);
     let host = randn(&mut r, 10_007);
@@ -67,6 +68,7 @@ fn gpu_bad_launch_arguments_are_refused_with_the_op_and_shapes() {
 
 #[test]
 fn gpu_out_of_memory_names_the_size_and_what_is_free() {
+    let _serial = gpu_common::serial();
     let Some(dev) = gpu("gpu_out_of_memory_names_the_size_and_what_is_free") else { return };
     let (_, total) = dev.mem_info().unwrap();
     let e = dev.alloc(total).unwrap_err().to_string(); // 4x the card: cannot fit

@@ -20,6 +20,13 @@ pub fn gpu(test: &str) -> Option<Arc<CudaDevice>> {
     }
 }
 
+/// Held by tests that inspect the caching allocator or take most of the card's memory: the
+/// tests of one binary run on parallel threads and share the device and its allocator.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }

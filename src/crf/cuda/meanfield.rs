@@ -3,9 +3,10 @@
 //! the batch (its values hold one channel per image), the appearance lattice (x, y, r, g, b) one
 //! per image, pydensecrf's symmetric normalisation and Potts messages, the softmax update.
 //!
-//! [`DeviceBatch::upload`] copies the inputs through page-locked memory in one transfer,
-//! [`DeviceBatch::refine`] queues every launch without waiting, and [`Refined::download`] brings
-//! the marginals back with the errors the kernels recorded in one transfer.
+//! [`DeviceBatch::upload`] copies the inputs through page-locked memory, [`DeviceBatch::refine`]
+//! queues every launch without waiting, and [`Refined::download`] brings the marginals back with
+//! the errors the kernels recorded in one transfer. [`refine_group`] uploads the probabilities
+//! while the device builds the lattices from the guide images.
 
 use super::lattice::{BlurPasses, GpuLattice, TableSize, blur, check_free_memory, overflow_error};
 use crate::backend::cuda::kernels as k;
@@ -78,35 +79,18 @@ pub struct DeviceBatch {
     channels: usize,
     /// The input position of each image, for error messages.
     items: Vec<usize>,
-    /// images x pixels probabilities, then (from word `pixel_words`) the guide images' bytes.
-    input: GpuBuffer,
-    pixel_words: usize,
+    /// The guide images' bytes, image after image (packed into words).
+    pixels: GpuBuffer,
+    /// images x pixels lesion probabilities.
+    probs: GpuBuffer,
 }
 
 impl DeviceBatch {
     /// Checks and uploads a batch (one size and channel count; errors name `items[k]`).
     pub fn upload(dev: &CudaDevice, images: &[&Image<u8>], probs: &[&Image<f32>], items: &[usize]) -> Result<Self> {
-        let Some(first) = images.first() else {
-            return Err(Error::shape(OP, "an empty batch"));
-        };
-        let (w, h, channels) = (first.width, first.height, first.channels);
-        check_batch(images, probs, items, w, h, channels)?;
-        batch_fits(dev, images.len(), w, h)?;
-        let n = w * h;
-        let points = images.len() * n;
-        // Word offsets stay multiples of 4: kernel pointers must be 16-byte aligned.
-        let pixel_words = points.next_multiple_of(4);
-        let words = pixel_words + (points * channels).div_ceil(4);
-        let input = dev.htod_staged(words, |host| {
-            for (p, dst) in probs.iter().zip(host[..points].chunks_exact_mut(n)) {
-                dst.copy_from_slice(&p.data);
-            }
-            let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut host[pixel_words..]);
-            for (img, dst) in images.iter().zip(bytes.chunks_mut(n * channels)) {
-                dst.copy_from_slice(&img.data);
-            }
-        })?;
-        Ok(DeviceBatch { width: w, height: h, channels, items: items.to_vec(), input, pixel_words })
+        let (pixels, (w, h, channels)) = upload_images(dev, images, probs, items)?;
+        let probs = upload_probs(dev, probs, w * h)?;
+        Ok(DeviceBatch { width: w, height: h, channels, items: items.to_vec(), pixels, probs })
     }
 
     pub fn images(&self) -> usize {
@@ -121,12 +105,66 @@ impl DeviceBatch {
 
     /// `refine` with lattice hash tables of `size`.
     pub fn refine_with(&self, dev: &CudaDevice, params: &CrfParams, size: TableSize) -> Result<Refined> {
-        check_params(params)?;
-        let (w, b, n) = (self.width, self.images(), self.width * self.height);
-        let points = b * n;
-        let prob = self.input.ptr();
-        let pixels = prob + 4 * self.pixel_words as u64;
+        let shape = BatchShape { width: self.width, height: self.height, channels: self.channels, images: self.images() };
+        Setup::queue(dev, &shape, &self.pixels, params, size)?.iterate(dev, &self.probs, params, &self.items)
+    }
+}
 
+/// Checks a batch and uploads its guide images; returns them with (width, height, channels).
+fn upload_images(dev: &CudaDevice, images: &[&Image<u8>], probs: &[&Image<f32>], items: &[usize]) -> Result<(GpuBuffer, (usize, usize, usize))> {
+    let Some(first) = images.first() else {
+        return Err(Error::shape(OP, "an empty batch"));
+    };
+    let (w, h, channels) = (first.width, first.height, first.channels);
+    check_batch(images, probs, items, w, h, channels)?;
+    batch_fits(dev, images.len(), w, h)?;
+    let bytes_per_image = w * h * channels;
+    let pixels = dev.htod_staged((images.len() * bytes_per_image).div_ceil(4), |host| {
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(host);
+        for (img, dst) in images.iter().zip(bytes.chunks_mut(bytes_per_image)) {
+            dst.copy_from_slice(&img.data);
+        }
+    })?;
+    Ok((pixels, (w, h, channels)))
+}
+
+/// Uploads the lesion probabilities (checked by `upload_images`), image after image.
+fn upload_probs(dev: &CudaDevice, probs: &[&Image<f32>], pixels: usize) -> Result<GpuBuffer> {
+    dev.htod_staged(probs.len() * pixels, |host| {
+        for (p, dst) in probs.iter().zip(host.chunks_exact_mut(pixels)) {
+            dst.copy_from_slice(&p.data);
+        }
+    })
+}
+
+#[derive(Clone, Copy)]
+struct BatchShape {
+    width: usize,
+    height: usize,
+    channels: usize,
+    images: usize,
+}
+
+/// What the guide images alone decide, queued on the device: both lattices, the normalisation
+/// and the total messages (K(norm) blurred, sliced by the first iteration's kernel). The
+/// probabilities are needed only after it, so their upload overlaps this work.
+struct Setup {
+    shape: BatchShape,
+    lats: [GpuLattice; 2],
+    rots: [Rotation; 2],
+    /// Per lattice point: norm, then (from a 4-word boundary) the total message.
+    _norm_total: [GpuBuffer; 2],
+    args: CrfArgs,
+    /// The blurred K(norm) of each lattice, for crf_start.
+    k_norm: [Arg<'static>; 2],
+    barrier: GpuBuffer,
+}
+
+impl Setup {
+    fn queue(dev: &CudaDevice, shape: &BatchShape, pixels: &GpuBuffer, params: &CrfParams, size: TableSize) -> Result<Self> {
+        check_params(params)?;
+        let (w, b, n) = (shape.width, shape.images, shape.width * shape.height);
+        let points = b * n;
         // Features and lattices: smoothness once for the batch (every image has the same),
         // appearance per image.
         let mut fs = dev.alloc(n * 2)?;
@@ -134,12 +172,12 @@ impl DeviceBatch {
         launch(dev, k::CRF_FEATURES_SPATIAL, grid_1d(dev, n), &spatial)?;
         let mut fb = dev.alloc(points * 5)?;
         let bilateral = [
-            Arg::Ptr(pixels),
+            Arg::Ptr(pixels.ptr()),
             Arg::Ptr(fb.ptr_mut()),
             Arg::I32(points as i32),
             Arg::I32(n as i32),
             Arg::I32(w as i32),
-            Arg::I32(self.channels as i32),
+            Arg::I32(shape.channels as i32),
             Arg::F32(params.bilateral_sxy),
             Arg::F32(params.bilateral_srgb),
         ];
@@ -148,9 +186,7 @@ impl DeviceBatch {
         drop((fs, fb));
 
         // Per-point normalisation and total message of each lattice, written by the kernels.
-        let per_point = [n, points].map(|p| dev.alloc(p.next_multiple_of(4) + p));
-        let [norm_total0, norm_total1] = per_point;
-        let (mut nt0, mut nt1) = (norm_total0?, norm_total1?);
+        let mut norm_total = [dev.alloc(n.next_multiple_of(4) + n)?, dev.alloc(points.next_multiple_of(4) + points)?];
         let lattice = |l: &GpuLattice, nt: &mut GpuBuffer, points: usize, compat: f32| {
             let base = nt.ptr_mut();
             CrfLattice {
@@ -162,51 +198,55 @@ impl DeviceBatch {
                 compat,
             }
         };
+        let [nt0, nt1] = &mut norm_total;
         let args = CrfArgs {
-            lat: [
-                lattice(&lats[0], &mut nt0, n, params.gauss_compat),
-                lattice(&lats[1], &mut nt1, points, params.bilateral_compat),
-            ],
+            lat: [lattice(&lats[0], nt0, n, params.gauss_compat), lattice(&lats[1], nt1, points, params.bilateral_compat)],
             images: b as i32,
             pixels: n as i32,
         };
-        let mut out = dev.alloc(points.next_multiple_of(4) + TAIL)?;
-        let mut bad = dev.alloc(4)?;
-        dev.zero(&mut bad)?;
         let mut barrier = dev.alloc(4)?;
-        let (out_ptr, bad_ptr) = (out.ptr_mut(), bad.ptr_mut());
-
         // The smoothness lattice's values hold one channel per image in the iterations, one in
         // the normalisation; the appearance lattice's one channel throughout.
         let mut rots = [Rotation::new(dev, &lats[0], b)?, Rotation::new(dev, &lats[1], 1)?];
         let per_lattice_point = grid_1d(dev, n + points);
-        let per_pixel = grid_1d(dev, points);
-
-        // norm = 1 / sqrt(K(1) + 1e-20); total = compat * norm * K(norm); the initial Q.
+        // norm = 1 / sqrt(K(1) + 1e-20), then K(norm) for total = compat * norm * K(norm).
         launch(dev, k::CRF_DENSITY_SPLAT, per_lattice_point, &[Arg::Struct(&args), rots[0].target(), rots[1].target()])?;
         let [r0, r1] = blur_both(dev, &lats, &mut rots, &mut barrier, [1, 1], [1, 1])?;
         launch(dev, k::CRF_NORM, per_lattice_point, &[Arg::Struct(&args), r0, r1, rots[0].target(), rots[1].target()])?;
-        let [r0, r1] = blur_both(dev, &lats, &mut rots, &mut barrier, [1, 1], [b, 1])?;
+        let k_norm = blur_both(dev, &lats, &mut rots, &mut barrier, [1, 1], [b, 1])?;
+        Ok(Setup { shape: *shape, lats, rots, _norm_total: norm_total, args, k_norm, barrier })
+    }
+
+    /// Queues the totals, the initial Q from `probs` and the iterations, then the error flags.
+    fn iterate(mut self, dev: &CudaDevice, probs: &GpuBuffer, params: &CrfParams, items: &[usize]) -> Result<Refined> {
+        let (b, n) = (self.shape.images, self.shape.width * self.shape.height);
+        let points = b * n;
+        let mut out = dev.alloc(points.next_multiple_of(4) + TAIL)?;
+        let mut bad = dev.alloc(4)?;
+        dev.zero(&mut bad)?;
+        let (out_ptr, bad_ptr, prob) = (out.ptr_mut(), bad.ptr_mut(), probs.ptr());
+        let per_pixel = grid_1d(dev, points);
         let iters = params.iters;
         let tail = |last: bool| [Arg::Ptr(out_ptr), Arg::Ptr(bad_ptr), Arg::I32(last as i32)];
-        let mut start = vec![Arg::Struct(&args), r0, r1, Arg::Ptr(prob), rots[0].target(), rots[1].target()];
+        let [r0, r1] = self.k_norm;
+        let mut start = vec![Arg::Struct(&self.args), r0, r1, Arg::Ptr(prob), self.rots[0].target(), self.rots[1].target()];
         start.extend(tail(iters == 0));
         launch(dev, k::CRF_START, per_pixel, &start)?;
         for it in 0..iters {
-            let [r0, r1] = blur_both(dev, &lats, &mut rots, &mut barrier, [b, 1], [b, 1])?;
-            let mut step = vec![Arg::Struct(&args), r0, r1, Arg::Ptr(prob), rots[0].target(), rots[1].target()];
+            let [r0, r1] = blur_both(dev, &self.lats, &mut self.rots, &mut self.barrier, [b, 1], [b, 1])?;
+            let mut step = vec![Arg::Struct(&self.args), r0, r1, Arg::Ptr(prob), self.rots[0].target(), self.rots[1].target()];
             step.extend(tail(it + 1 == iters));
             launch(dev, k::CRF_STEP, per_pixel, &step)?;
         }
         let flags = [
             Arg::Ptr(bad_ptr),
             Arg::Ptr(prob),
-            Arg::Ptr(lats[0].meta_ptr()),
-            Arg::Ptr(lats[1].meta_ptr()),
+            Arg::Ptr(self.lats[0].meta_ptr()),
+            Arg::Ptr(self.lats[1].meta_ptr()),
             Arg::Ptr(out_ptr + 4 * points.next_multiple_of(4) as u64),
         ];
         launch(dev, k::CRF_FLAGS, grid_1d(dev, 1), &flags)?;
-        Ok(Refined { out, width: w, height: self.height, items: self.items.clone() })
+        Ok(Refined { out, width: self.shape.width, height: self.shape.height, items: items.to_vec() })
     }
 }
 
@@ -281,12 +321,17 @@ pub fn refine_group(dev: &CudaDevice, images: &[&Image<u8>], probs: &[&Image<f32
         return Ok(Vec::new());
     }
     check_params(params)?;
-    let batch = DeviceBatch::upload(dev, images, probs, items)?;
-    match batch.refine(dev, params)?.fetch(dev)? {
+    // The lattices need only the guide images: they are built while the host copies the
+    // probabilities into page-locked memory.
+    let (pixels, (width, height, channels)) = upload_images(dev, images, probs, items)?;
+    let shape = BatchShape { width, height, channels, images: images.len() };
+    let setup = Setup::queue(dev, &shape, &pixels, params, TableSize::Expected)?;
+    let probs = upload_probs(dev, probs, width * height)?;
+    match setup.iterate(dev, &probs, params, items)?.fetch(dev)? {
         Some(q) => Ok(q),
         // Far more distinct simplices than pixels (noise-like images, tiny kernel widths): the
         // tables sized for images filled up; build them for the worst case.
-        None => batch.refine_with(dev, params, TableSize::WorstCase)?.download(dev),
+        None => Setup::queue(dev, &shape, &pixels, params, TableSize::WorstCase)?.iterate(dev, &probs, params, items)?.download(dev),
     }
 }
 
