@@ -136,5 +136,27 @@ fn cli_writes_pydensecrf_mask() {
         !run.status.success() && err.contains("48x40") && err.contains("128x128"),
         "{err}"
     );
+    // --device: the CPU always; CUDA where there is one (the same mask), a clear error where not.
+    let mut masks = Vec::new();
+    for device in ["cpu", "cuda"] {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_coseg"))
+            .args(["crf", "--device", device, "--image"])
+            .arg(dir.join("ct_image.png"))
+            .arg("--prob")
+            .arg(dir.join("ct_prob.png"))
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        if device == "cuda" && coseg::backend::cuda::CudaDevice::get(0).is_err() {
+            assert!(!run.status.success() && err.contains("cuda"), "{err}");
+            continue;
+        }
+        assert!(run.status.success(), "--device {device}: {err}");
+        assert!(String::from_utf8_lossy(&run.stdout).contains(if device == "cpu" { "(cpu)" } else { "(cuda:0)" }));
+        masks.push(io::read_u8(&out).unwrap().data);
+    }
+    assert!(masks.windows(2).all(|m| m[0] == m[1]), "CPU and GPU masks differ");
     std::fs::remove_dir_all(out.parent().unwrap()).ok();
 }

@@ -8,7 +8,8 @@
 //! its two neighbours. Filtering is then three hash-free passes over flat arrays:
 //! `splat` (pixels -> vertices), `blur` ([1/2, 1, 1/2] along each direction in turn, which is
 //! densecrf's [1/4, 1/2, 1/4] up to a constant) and `slice` (vertices -> pixels, times densecrf's
-//! `alpha`). The CUDA version mirrors these steps one kernel each.
+//! `alpha`). The CUDA version (`crf::cuda::lattice`, kernels/crf.cu) mirrors these steps, building
+//! the same vertices with a GPU hash table.
 //!
 //! The result approximates out_i = sum_j exp(-|f_i - f_j|^2 / 2) in_j up to a global constant,
 //! which the CRF's normalisation cancels; see `exact` for the O(N^2) reference.

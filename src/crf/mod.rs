@@ -3,13 +3,15 @@
 //! kernels (smoothness on position, appearance on position and intensity), message passing by
 //! filtering on the permutohedral lattice.
 //!
-//! Layers, bottom up (each step a separate function so the CUDA version can mirror it):
+//! Layers, bottom up (each step a separate function, mirrored on the GPU by `cuda`):
 //! - `hash`: lattice keys -> vertex ids, used only while building a lattice;
 //! - `lattice`: embed features, then splat / blur / slice over flat arrays;
 //! - `exact`: the O(N^2) Gaussian filter the lattice approximates (the tests' reference);
 //! - `kernel`: features, symmetric normalisation and Potts weight of one pairwise term;
 //! - `meanfield`: `DenseCrf`, unaries from probabilities, the iteration;
-//! - here: the binary lesion case with pydensecrf's parameters, one image or a batch.
+//! - here: the binary lesion case with pydensecrf's parameters, one image or a batch;
+//! - `cuda`: the same on a CUDA device (kernels/crf.cu), a batch of same-size images per set of
+//!   launches; `refine_batch_on` picks the device.
 
 mod hash;
 
