@@ -25,9 +25,9 @@ pub struct Args {
     /// Upper bound on GrabCut rounds.
     #[arg(long, default_value_t = 10)]
     iterations: usize,
-    /// recist-fit: the GrabCut candidate or ellipse whose diameters agree best with the marks;
-    /// grabcut: one GrabCut; ellipse: the RECIST ellipse.
-    #[arg(long, default_value = "recist-fit")]
+    /// grabcut: one GrabCut; recist-fit: of two GrabCuts (shape prior 16 and 48) and the ellipse,
+    /// the mask whose diameters agree best with the marks; ellipse: the RECIST ellipse.
+    #[arg(long, default_value = "grabcut")]
     method: PseudoMethod,
     /// Also write the summary as JSON here (per-lesion RECIST consistency, failures, quality).
     #[arg(long)]
