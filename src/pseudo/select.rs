@@ -69,7 +69,7 @@ pub struct GrabCutCandidate {
 pub struct RecistFitParams {
     pub candidates: Vec<GrabCutCandidate>,
     /// Also offer the pixel-wise majority vote of the GrabCut candidates and the ellipse (measured:
-    /// never better than without it).
+    /// within a standard error of the same set without it, so off by default).
     pub vote: bool,
     /// Added to the ellipse's score (mean absolute relative diameter error) so that a GrabCut mask
     /// about as consistent as the ellipse is preferred: it at least follows the image.
