@@ -3,7 +3,7 @@
 //! set, to extrapolate to DeepLesion's 32,735 lesions (target: < 6 min on 2 cores).
 
 use coseg::data::synth::{SynthParams, synth_dataset};
-use coseg::pseudo::{GrabCutParams, PseudoMaskParams, grabcut, pseudo_masks};
+use coseg::pseudo::{GrabCutParams, PseudoMaskParams, RecistFitParams, grabcut, pseudo_masks, recist_fit};
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -21,6 +21,22 @@ fn one_crop(c: &mut Criterion) {
             let (img, _, recist) = &crops[i % crops.len()];
             i += 1;
             grabcut(img, 128, 128, recist, &params).unwrap()
+        })
+    });
+}
+
+/// RECIST-fit on the same crops (two GrabCuts, the ellipse, diameters of each); the crops are in
+/// [0, 1], so the window is [0, 1].
+fn one_crop_recist_fit(c: &mut Criterion) {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let crops: Vec<_> = (0..8).map(|_| support::blob_crop(&mut rng, 128)).collect();
+    let params = RecistFitParams::default();
+    let mut i = 0;
+    c.bench_function("recist-fit 128x128 crop", |b| {
+        b.iter(|| {
+            let (img, _, recist) = &crops[i % crops.len()];
+            i += 1;
+            recist_fit(img, 128, 128, [0.0, 1.0], recist, &params).unwrap()
         })
     });
 }
@@ -43,5 +59,5 @@ fn whole_run(c: &mut Criterion) {
     std::fs::remove_dir_all(dir).ok();
 }
 
-criterion_group!(benches, one_crop, whole_run);
+criterion_group!(benches, one_crop, one_crop_recist_fit, whole_run);
 criterion_main!(benches);

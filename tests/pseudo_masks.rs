@@ -4,7 +4,7 @@
 
 use coseg::data::synth::{SynthParams, synth_dataset};
 use coseg::metrics::Mask;
-use coseg::pseudo::{PseudoMaskParams, pseudo_masks};
+use coseg::pseudo::{PseudoMaskParams, PseudoMethod, Recist, pseudo_masks, recist_consistency};
 use std::path::PathBuf;
 
 fn temp(name: &str) -> PathBuf {
@@ -35,6 +35,47 @@ fn pseudo_masks_beat_the_recist_ellipse_on_a_synthetic_set() {
     let img = coseg::io::read_gray8(dir.join("out").join(name)).unwrap();
     assert_eq!((img.width, img.height), (512, 512));
     assert!(img.data.iter().all(|&v| v == 0 || v == 255) && img.data.contains(&255));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Every method on one synthetic set: RECIST-fit beats the ellipse; every lesion's consistency in
+/// the summary and its JSON is what the written mask measures against the row's marks.
+#[test]
+fn recist_fit_beats_the_ellipse_and_reports_each_masks_consistency() {
+    let dir = temp("fit");
+    let data = dir.join("data");
+    synth_dataset(&data, &SynthParams { lesions: 12, seed: 8, size: 256, neighbours: false }).unwrap();
+    let info = coseg::data::read_dl_info(data.join("DL_info.csv")).unwrap();
+    let run = |method| {
+        let p = PseudoMaskParams { method, ..Default::default() };
+        let s = pseudo_masks(&data, &dir.join(format!("{method}")), &p).unwrap();
+        eprint!("{}", s.report());
+        s
+    };
+    let (fit, ellipse) = (run(PseudoMethod::RecistFit), run(PseudoMethod::Ellipse));
+    let dice = |s: &coseg::pseudo::PseudoMaskSummary| s.quality.as_ref().unwrap().pseudo.metrics.dice.mean;
+    assert!(dice(&fit) > dice(&ellipse), "recist-fit {} vs ellipse {}", dice(&fit), dice(&ellipse));
+    // The ellipse method draws it on the crop and pastes it back; the reference draws it on the slice.
+    assert!((dice(&ellipse) - ellipse.quality.as_ref().unwrap().ellipse.metrics.dice.mean).abs() < 0.02);
+    assert_eq!(fit.lesions.len(), fit.lesions_segmented);
+    assert!(fit.lesions.iter().all(|l| l.chosen.starts_with("grabcut#") || l.chosen == "ellipse"));
+    let json: serde_json::Value = serde_json::from_str(&fit.to_json().unwrap()).unwrap();
+    assert_eq!(json["method"], "recist-fit");
+    assert_eq!(json["lesions"].as_array().unwrap().len(), fit.lesions_segmented);
+    for (l, j) in fit.lesions.iter().zip(json["lesions"].as_array().unwrap()) {
+        let rec = info.records.iter().find(|r| r.row == l.row).unwrap();
+        let m = Mask::read(dir.join("recist-fit").join(&rec.file_name)).unwrap();
+        let c = recist_consistency(&m, &Recist::from_points(rec.recist));
+        assert_eq!(l.consistency, c, "row {}", l.row);
+        if let Some(c) = c {
+            assert!((j["consistency"]["long_error"].as_f64().unwrap() - c.long_error as f64).abs() < 1e-6);
+            assert!(l.consistency.is_some_and(|x| (x.long_error, x.short_error) != (0.0, 0.0)), "row {}", l.row);
+        }
+    }
+    let stats = fit.consistency_stats();
+    assert_eq!(stats.measured + stats.unmeasured, fit.lesions_segmented);
+    assert!(stats.mean_abs.0 > 0.0 && stats.mean_abs.0 < 0.3, "{stats:?}");
+    assert_eq!(json["recist_consistency"]["measured"], stats.measured);
     std::fs::remove_dir_all(dir).ok();
 }
 

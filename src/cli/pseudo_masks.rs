@@ -1,7 +1,8 @@
-//! `coseg pseudo-masks --data DIR --out DIR [--overlays DIR]`: GrabCut pseudo-masks from the
-//! RECIST marks of every lesion, and their quality when DIR/masks/ holds true masks.
+//! `coseg pseudo-masks --data DIR --out DIR [--overlays DIR] [--method M] [--json FILE]`:
+//! pseudo-masks from the RECIST marks of every lesion, their RECIST consistency (mask diameters
+//! against the marks), and their quality when DIR/masks/ holds true masks.
 
-use coseg::pseudo::{PseudoMaskParams, pseudo_masks};
+use coseg::pseudo::{PseudoMaskParams, PseudoMethod, pseudo_masks};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -24,14 +25,28 @@ pub struct Args {
     /// Upper bound on GrabCut rounds.
     #[arg(long, default_value_t = 10)]
     iterations: usize,
+    /// grabcut: one GrabCut; recist-fit: of two GrabCuts (shape prior 16 and 48) and the ellipse,
+    /// the mask whose diameters agree best with the marks; ellipse: the RECIST ellipse.
+    #[arg(long, default_value = "grabcut")]
+    method: PseudoMethod,
+    /// Also write the summary as JSON here (per-lesion RECIST consistency, failures, quality).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let mut p = PseudoMaskParams { overlays: a.overlays, max_overlays: Some(a.max_overlays), ..Default::default() };
     p.crop.size = a.crop_size;
+    p.method = a.method;
     p.grabcut.max_iterations = a.iterations;
+    for c in &mut p.fit.candidates {
+        c.grabcut.max_iterations = a.iterations;
+    }
     let summary = pseudo_masks(&a.data, &a.out, &p)?;
     print!("{}", summary.report());
+    if let Some(path) = &a.json {
+        std::fs::write(path, summary.to_json()?).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    }
     if summary.lesions_segmented == 0 {
         anyhow::bail!("no lesion could be segmented ({} failed, {} rows skipped)", summary.failed.len(), summary.skipped_rows.len());
     }

@@ -206,3 +206,159 @@ pub fn compare_report(name_a: &str, a: &HuStats, name_b: &str, b: &HuStats) -> S
     let _ = writeln!(s, "{:<28} {:>25.3}", "histogram overlap (0..1)", histogram_overlap(a, b));
     s
 }
+
+/// What makes a lesion hard for GrabCut, measured around its RECIST ellipse on the key slice in
+/// HU, without a true mask: core = inside the ellipse scaled by 0.7 (clear of the border the marks
+/// may misplace), ring = between scales 1.3 and 1.8 (clear of the border on the other side).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct LesionDifficulty {
+    /// Median HU of the core minus median HU of the ring.
+    pub contrast_hu: f32,
+    /// Standard deviation of HU in the core (texture, rim, necrosis and noise together).
+    pub core_std_hu: f32,
+    /// Noise: 1.4826 * median |horizontal neighbour difference| / sqrt 2 over the box of the
+    /// ellipse scaled by 2 (edges barely move a median).
+    pub noise_hu: f32,
+    /// |contrast| / noise.
+    pub cnr: f32,
+    /// Fraction of ring pixels whose 3x3 mean lies within 20 HU of the core median: tissue of
+    /// lesion-like density touching the lesion.
+    pub lookalike_ring: f32,
+    /// Long diameter of the marks in pixels.
+    pub long_px: f32,
+    /// Width of the lesion's edge as a fraction of the ellipse radius: over rings of the ellipse
+    /// (bins of 0.1 in ellipse radius), the radius where the median HU has fallen 80 % of the way
+    /// from core to ring, minus where it has fallen 20 %. Blurred, ill-defined edges are wide.
+    pub edge_width: f32,
+}
+
+/// [`LesionDifficulty`] of the lesion marked `recist` (DeepLesion order, slice pixels) on `hu`.
+pub fn lesion_difficulty(hu: &HuSlice, recist: [[f32; 2]; 4]) -> Result<LesionDifficulty> {
+    use crate::pseudo::{Recist, RecistEllipse};
+    let (w, h) = (hu.width, hu.height);
+    let r = Recist::from_points(recist);
+    let e = RecistEllipse::new(&r, w, h)?;
+    let (bx0, by0, bx1, by1) = e.bbox();
+    let (cx, cy, hx, hy) = ((bx0 + bx1) / 2.0, (by0 + by1) / 2.0, (bx1 - bx0) / 2.0 + 1.0, (by1 - by0) / 2.0 + 1.0);
+    let clampx = |v: f32| v.round().clamp(0.0, (w - 1) as f32) as usize;
+    let clampy = |v: f32| v.round().clamp(0.0, (h - 1) as f32) as usize;
+    let (x0, x1, y0, y1) = (clampx(cx - 2.0 * hx), clampx(cx + 2.0 * hx), clampy(cy - 2.0 * hy), clampy(cy + 2.0 * hy));
+    let at = |x: usize, y: usize| hu.data[y * w + x] as f32;
+    let (mut core, mut ring_px, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut shells: Vec<Vec<f32>> = vec![Vec::new(); 18];
+    for y in y0..=y1 {
+        for x in x0..=x1 {
+            let r2 = e.radius2(x as f32, y as f32);
+            if let Some(b) = shells.get_mut((r2.sqrt() * 10.0) as usize) {
+                b.push(at(x, y));
+            }
+            if r2 <= 0.49 {
+                core.push(at(x, y));
+            } else if (1.69..=3.24).contains(&r2) {
+                ring_px.push((x, y));
+            }
+            if x < x1 {
+                diffs.push((at(x + 1, y) - at(x, y)).abs());
+            }
+        }
+    }
+    if core.is_empty() {
+        // A lesion a few pixels across: its centre pixel stands for the core.
+        core.push(at(clampx(cx), clampy(cy)));
+    }
+    let med = |v: &mut Vec<f32>| {
+        v.sort_by(f32::total_cmp);
+        if v.is_empty() { f32::NAN } else { v[v.len() / 2] }
+    };
+    let (_, core_std) = mean_std(&core);
+    let core_med = med(&mut core);
+    let mut ring: Vec<f32> = ring_px.iter().map(|&(x, y)| at(x, y)).collect();
+    let ring_med = med(&mut ring);
+    let noise = 1.4826 * med(&mut diffs) / std::f32::consts::SQRT_2;
+    let local_mean = |x: usize, y: usize| {
+        let (mut s, mut n) = (0.0, 0.0);
+        for yy in y.saturating_sub(1)..=(y + 1).min(h - 1) {
+            for xx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
+                s += at(xx, yy);
+                n += 1.0;
+            }
+        }
+        s / n
+    };
+    let lookalike = ring_px.iter().filter(|&&(x, y)| (local_mean(x, y) - core_med).abs() < 20.0).count() as f32 / ring_px.len().max(1) as f32;
+    let contrast = core_med - ring_med;
+    // Fraction of the core-to-ring fall reached in each shell (bin centre radius), outward from
+    // the core; the first shell past 20 % and past 80 %, interpolated linearly.
+    let fall: Vec<(f32, f32)> = shells
+        .iter_mut()
+        .enumerate()
+        .skip(5)
+        .filter(|(_, b)| !b.is_empty())
+        .map(|(i, b)| ((i as f32 + 0.5) / 10.0, (core_med - med(b)) / if contrast.abs() > 1e-3 { contrast } else { 1.0 }))
+        .collect();
+    let cross = |level: f32| {
+        fall.windows(2).find(|p| p[0].1 < level && p[1].1 >= level).map(|p| {
+            let t = (level - p[0].1) / (p[1].1 - p[0].1);
+            p[0].0 + t * (p[1].0 - p[0].0)
+        })
+    };
+    let edge_width = match (cross(0.2), cross(0.8)) {
+        (Some(a), Some(b)) => (b - a).max(0.0),
+        _ => f32::NAN,
+    };
+    Ok(LesionDifficulty {
+        contrast_hu: contrast,
+        core_std_hu: core_std as f32,
+        noise_hu: noise,
+        cnr: contrast.abs() / noise.max(1.0),
+        lookalike_ring: lookalike,
+        long_px: r.long_len(),
+        edge_width,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_distr::{Distribution, Normal};
+
+    /// A disc of `lesion` HU on `background` HU with Gaussian noise of `sigma`, optionally a disc
+    /// of lesion density touching it on the right; marks through the disc's diameters.
+    fn slice(rng: &mut impl Rng, lesion: f32, background: f32, sigma: f32, touching: bool) -> (HuSlice, [[f32; 2]; 4], f32) {
+        let s = 128;
+        let r: f32 = rng.random_range(14.0..22.0);
+        let (cx, cy) = (64.0 + rng.random_range(-4.0..4.0f32), 64.0 + rng.random_range(-4.0..4.0f32));
+        let n = Normal::new(0.0, sigma).unwrap();
+        let data = (0..s * s)
+            .map(|i| {
+                let (x, y) = ((i % s) as f32, (i / s) as f32);
+                let inside = (x - cx).powi(2) + (y - cy).powi(2) <= r * r;
+                let neighbour = touching && (x - cx - 1.5 * r).powi(2) + (y - cy).powi(2) <= (0.6 * r).powi(2);
+                ((if inside || neighbour { lesion } else { background }) + n.sample(rng)).round() as i16
+            })
+            .collect();
+        (HuSlice::new(s, s, 1, data), [[cx - r, cy], [cx + r, cy], [cx, cy - r], [cx, cy + r]], r)
+    }
+
+    #[test]
+    fn lesion_difficulty_reads_contrast_noise_and_lookalike_neighbours() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        for _ in 0..5 {
+            let (lesion, background) = (rng.random_range(-10.0..30.0f32), rng.random_range(70.0..120.0f32));
+            let sigma = rng.random_range(5.0..15.0f32);
+            let (hu, marks, r) = slice(&mut rng, lesion, background, sigma, false);
+            let d = lesion_difficulty(&hu, marks).unwrap();
+            assert!((d.contrast_hu - (lesion - background)).abs() < 4.0, "{d:?} lesion {lesion} background {background}");
+            assert!((d.noise_hu / sigma - 1.0).abs() < 0.2, "{d:?} sigma {sigma}");
+            assert!((d.cnr - d.contrast_hu.abs() / d.noise_hu).abs() < 1e-3);
+            assert!(d.lookalike_ring < 0.05, "{d:?}");
+            assert!((d.long_px - 2.0 * r).abs() < 1e-3);
+            // A sharp disc: the fall happens within a pixel or two of the ellipse.
+            assert!(d.edge_width < 0.25, "{d:?}");
+            let (hu, marks, _) = slice(&mut rng, lesion, background, sigma, true);
+            let t = lesion_difficulty(&hu, marks).unwrap();
+            assert!(t.lookalike_ring > 0.1, "{t:?}");
+        }
+    }
+}
