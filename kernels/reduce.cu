@@ -48,22 +48,6 @@ extern "C" __global__ void reduce_sum_thread_f32(const float* __restrict__ x, fl
     }
 }
 
-// Broadcast a reduced tensor back to full size: y[i] = scale * x[reduced index of i]
-// (the backward of sum/mean).
-extern "C" __global__ void broadcast_fwd_f32(const float* __restrict__ x, float* __restrict__ y, int n,
-                                             Red4 g, float scale) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-        int t = i, o = 0, ostride = 1;
-        for (int a = 3; a >= 0; --a) {
-            int d = g.dims[a];
-            int coord = t % d;
-            t /= d;
-            if (g.keep[a]) { o += coord * ostride; ostride *= d; }
-        }
-        y[i] = scale * x[o];
-    }
-}
-
 // ---- softmax over the middle axis of an (outer, dim, inner) view ----
 // One thread per (outer, inner) pair: coalesced along inner (softmax over channels of NCHW).
 extern "C" __global__ void softmax_fwd_f32(const float* __restrict__ x, float* __restrict__ y,

@@ -2,7 +2,7 @@
 //! GPU parts skip without a GPU (and fail with REQUIRE_CUDA=1).
 
 mod gpu_common;
-use coseg::backend::cuda::{CudaDevice, device_count, elementwise, reduce};
+use coseg::backend::cuda::{CudaDevice, device_count, elementwise, nd, reduce};
 use coseg::device::{Device, DeviceRequest, resolve};
 use coseg::Error;
 use gpu_common::*;
@@ -59,8 +59,9 @@ fn gpu_bad_launch_arguments_are_refused_with_the_op_and_shapes() {
     let a = dev.htod(&[1.0; 24]).unwrap();
     let b = dev.htod(&[1.0; 6]).unwrap();
     let mut y = dev.alloc(24).unwrap();
-    let e = elementwise::binary_fwd(&dev, elementwise::Binary::Add, &a, [1, 2, 3, 4], &b, [1, 3, 2, 1], &mut y).unwrap_err();
-    assert!(e.to_string().contains("add_fwd_f32") && e.to_string().contains("[1, 3, 2, 1]"), "{e}");
+    let walk = nd::geometry("test", &[24], &[1], &[1], 0, 0).unwrap();
+    let e = nd::binary(&dev, elementwise::Binary::Add, &a, &b, &mut y, &walk).unwrap_err();
+    assert!(e.to_string().contains("binary_nd_fwd_f32") && e.to_string().contains("b has 6 elements"), "{e}");
     let mut small = dev.alloc(5).unwrap();
     let e = reduce::sum_axes(&dev, &a, [1, 2, 3, 4], [true, true, false, false], &mut small, 1.0).unwrap_err();
     assert!(e.to_string().contains("y has 5 elements"), "{e}");

@@ -82,7 +82,7 @@ pub fn conv2d_fwd(dev: &CudaDevice, sh: &Conv2dShape, x: &GpuBuffer, w: &GpuBuff
     }
     check_len(op, "y", y.len(), sh.output_len(), &[sh.n, sh.k, sh.out_h(), sh.out_w()])?;
     let cfg = gemm_grid(sh.k, sh.n * sh.out_h() * sh.out_w(), 1)?;
-    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(w.ptr()), Arg::Ptr(bias.map_or(0, GpuBuffer::ptr)), Arg::Ptr(y.ptr_mut()), Arg::Conv(&g)];
+    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(w.ptr()), Arg::Ptr(bias.map_or(0, GpuBuffer::ptr)), Arg::Ptr(y.ptr_mut()), Arg::Struct(&g)];
     launch(dev, k::CONV2D_FWD, cfg, &args)
 }
 
@@ -94,7 +94,7 @@ pub fn conv2d_bwd_input(dev: &CudaDevice, sh: &Conv2dShape, dy: &GpuBuffer, w: &
     check_len(op, "weight", w.len(), sh.weight_len(), &[sh.k, sh.c, sh.r, sh.s])?;
     check_len(op, "dx", dx.len(), sh.input_len(), &[sh.n, sh.c, sh.h, sh.w])?;
     let cfg = gemm_grid(sh.c, sh.n * sh.h * sh.w, 1)?;
-    launch(dev, k::CONV2D_BWD_INPUT, cfg, &[Arg::Ptr(dy.ptr()), Arg::Ptr(w.ptr()), Arg::Ptr(dx.ptr_mut()), Arg::Conv(&g)])
+    launch(dev, k::CONV2D_BWD_INPUT, cfg, &[Arg::Ptr(dy.ptr()), Arg::Ptr(w.ptr()), Arg::Ptr(dx.ptr_mut()), Arg::Struct(&g)])
 }
 
 /// How many ways to split the weight gradient's reduction (over N*OH*OW pixels) so that the
@@ -123,7 +123,7 @@ pub fn conv2d_bwd_weight(dev: &CudaDevice, sh: &Conv2dShape, x: &GpuBuffer, dy: 
         fill(dev, dw, 0.0)?; // partial sums are added atomically
     }
     let cfg = gemm_grid(sh.k, sh.c * sh.r * sh.s, splits)?;
-    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(dy.ptr()), Arg::Ptr(dw.ptr_mut()), Arg::Conv(&g), Arg::I32(chunk as i32)];
+    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(dy.ptr()), Arg::Ptr(dw.ptr_mut()), Arg::Struct(&g), Arg::I32(chunk as i32)];
     launch(dev, k::CONV2D_BWD_WEIGHT, cfg, &args)
 }
 

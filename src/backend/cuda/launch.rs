@@ -10,15 +10,6 @@ use super::kernels::Kernel;
 use crate::error::{Error, Result};
 use cudarc::driver::{DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
 
-/// Broadcast geometry of elementwise.cu (`struct Bcast4`): output dims, strides of a and b.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Bcast4 {
-    pub dims: [i32; 4],
-    pub sa: [i32; 4],
-    pub sb: [i32; 4],
-}
-
 /// Reduction geometry of reduce.cu (`struct Red4`): input dims, 1 where the axis is kept.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -71,7 +62,6 @@ pub struct Chunk {
 }
 
 // SAFETY: plain #[repr(C)] structs of i32/i64 whose layout matches the kernels' structs.
-unsafe impl DeviceRepr for Bcast4 {}
 unsafe impl DeviceRepr for Red4 {}
 unsafe impl DeviceRepr for ConvGeom {}
 unsafe impl DeviceRepr for Chunk {}
@@ -96,10 +86,6 @@ pub(crate) enum Arg<'a> {
     Ptr(u64),
     I32(i32),
     F32(f32),
-    Bcast(&'a Bcast4),
-    Red(&'a Red4),
-    Conv(&'a ConvGeom),
-    Nd(&'a StridedN),
 }
 
 /// Threads per block of the elementwise and per-row kernels.
@@ -168,10 +154,6 @@ fn launch_with(dev: &CudaDevice, k: Kernel, cfg: LaunchConfig, args: &[Arg], coo
             Arg::Ptr(p) => builder.arg(p),
             Arg::I32(v) => builder.arg(v),
             Arg::F32(v) => builder.arg(v),
-            Arg::Bcast(g) => builder.arg(*g),
-            Arg::Red(g) => builder.arg(*g),
-            Arg::Conv(g) => builder.arg(*g),
-            Arg::Nd(g) => builder.arg(*g),
         };
     }
     // SAFETY: the argument list matches the kernel's parameters (each wrapper mirrors the .cu

@@ -3,13 +3,11 @@
 
 use super::alloc::GpuBuffer;
 use super::context::CudaDevice;
-use super::elementwise::{Binary, binary_fwd};
+use super::elementwise::Binary;
 use super::kernels as k;
 use super::launch::{Arg, check_len, grid_1d, launch, to_i32};
 use super::reduce::sum_axes;
 use crate::error::{Error, Result};
-
-const SCALAR: [usize; 4] = [1, 1, 1, 1];
 
 /// Sum of all of `x` times `scale`, into a new one-element buffer.
 fn total(dev: &CudaDevice, x: &GpuBuffer, scale: f32) -> Result<GpuBuffer> {
@@ -63,7 +61,8 @@ pub fn ce2_fwd(dev: &CudaDevice, logits: &GpuBuffer, target: &GpuBuffer, mask: O
     let mut safe_count = dev.alloc(1)?;
     super::elementwise::affine(dev, &count, &mut safe_count, 1.0, f32::MIN_POSITIVE)?;
     let mut loss = dev.alloc(1)?;
-    binary_fwd(dev, Binary::Div, &sum, SCALAR, &safe_count, SCALAR, &mut loss)?;
+    let one = super::nd::geometry("ce2_fwd_f32", &[1], &[1], &[1], 0, 0)?;
+    super::nd::binary(dev, Binary::Div, &sum, &safe_count, &mut loss, &one)?;
     Ok(Ce2Output { loss, count })
 }
 

@@ -6,7 +6,7 @@
 //! - [`context`]: one context + stream per device, the module cache, copies, error reporting;
 //! - [`alloc`]: the caching allocator ([`GpuBuffer`]), peak memory;
 //! - `launch`: the only `unsafe` kernel launches, with launch-configuration and pointer checks;
-//! - one file per op family (elementwise, reduce, batchnorm, pool, loss, copy, conv, optim, and
+//! - one file per op family (elementwise, reduce, batchnorm, pool, loss, conv, optim, and
 //!   `nd`: any-rank maps, broadcasts and strided copies) with the host-side wrappers that check
 //!   shapes and lengths and return clear errors; `blas`: matrix products on cuBLAS.
 //!
@@ -20,7 +20,6 @@ pub mod batchnorm;
 pub mod blas;
 pub mod context;
 pub mod conv;
-pub mod copy;
 pub mod elementwise;
 pub mod kernels;
 pub(crate) mod launch;
@@ -32,4 +31,4 @@ pub mod reduce;
 
 pub use alloc::{GpuBuffer, MemoryStats};
 pub use context::{CudaDevice, device_count, driver_present};
-pub use launch::{Bcast4, ConvGeom, MAX_DIMS, Red4, StridedN};
+pub use launch::{ConvGeom, MAX_DIMS, Red4, StridedN};

@@ -44,15 +44,6 @@ impl MapOp {
     }
 }
 
-fn binary_code(op: Binary) -> i32 {
-    match op {
-        Binary::Add => 0,
-        Binary::Sub => 1,
-        Binary::Mul => 2,
-        Binary::Div => 3,
-    }
-}
-
 /// The kernels' geometry for a walk over `dims` reading the first operand at `ox + sx . i` and
 /// the second at `oy + sy . i` (strides in elements, 0 = broadcast), with dims merged.
 pub fn geometry(
@@ -150,8 +141,8 @@ pub fn binary(
         Arg::Ptr(b.ptr()),
         Arg::Ptr(y.ptr_mut()),
         Arg::I32(n as i32),
-        Arg::I32(binary_code(op)),
-        Arg::Nd(g),
+        Arg::I32(op as i32),
+        Arg::Struct(g),
     ];
     launch(dev, k::BINARY_ND_FWD, grid_1d(dev, n), &args)
 }
@@ -170,7 +161,7 @@ pub fn copy(dev: &CudaDevice, x: &GpuBuffer, y: &mut GpuBuffer, g: &StridedN) ->
             Arg::Ptr(x.ptr()),
             Arg::Ptr(y.ptr_mut()),
             Arg::I32(n as i32),
-            Arg::Nd(g),
+            Arg::Struct(g),
         ],
     )
 }

@@ -1,4 +1,4 @@
-//! Sums and means over axes, their broadcast backward, and softmax, on the GPU.
+//! Sums and means over axes, and softmax, on the GPU.
 
 use super::alloc::GpuBuffer;
 use super::context::CudaDevice;
@@ -30,7 +30,7 @@ pub fn sum_axes(dev: &CudaDevice, x: &GpuBuffer, dims: [usize; 4], keep: [bool; 
     // Coalesced reads need consecutive threads on the innermost non-trivial axis: a thread per
     // output when that axis is kept, a block per output when it is summed.
     let innermost = (0..4).rev().find(|&i| dims[i] > 1).unwrap_or(3);
-    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(n_out as i32), Arg::I32(n_red as i32), Arg::Red(&g), Arg::F32(scale)];
+    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(n_out as i32), Arg::I32(n_red as i32), Arg::Struct(&g), Arg::F32(scale)];
     if keep[innermost] {
         launch(dev, k::REDUCE_SUM_THREAD, grid_1d(dev, n_out), &args)
     } else {
@@ -38,26 +38,6 @@ pub fn sum_axes(dev: &CudaDevice, x: &GpuBuffer, dims: [usize; 4], keep: [bool; 
     }
 }
 
-/// Sums a tensor of shape `from` down to `to` (each axis of `to` equal to `from`'s, or 1): the
-/// gradient of a broadcast operand.
-pub fn sum_to_shape(dev: &CudaDevice, x: &GpuBuffer, from: [usize; 4], to: [usize; 4], y: &mut GpuBuffer, scale: f32) -> Result<()> {
-    let keep: [bool; 4] = std::array::from_fn(|i| to[i] == from[i]);
-    if let Some(i) = (0..4).find(|&i| to[i] != from[i] && to[i] != 1) {
-        return Err(Error::shape("sum_to_shape", format!("cannot sum {from:?} to {to:?} (axis {i})")));
-    }
-    sum_axes(dev, x, from, keep, y, scale)
-}
-
-/// y (shape `dims`) = scale * x broadcast from the kept axes: the backward of `sum_axes`.
-pub fn broadcast_from(dev: &CudaDevice, x: &GpuBuffer, dims: [usize; 4], keep: [bool; 4], y: &mut GpuBuffer, scale: f32) -> Result<()> {
-    let op = k::BROADCAST_FWD.name;
-    let small = kept(dims, keep);
-    check_len(op, "x", x.len(), numel(small), &small)?;
-    check_len(op, "y", y.len(), numel(dims), &dims)?;
-    let g = red4(op, dims, keep)?;
-    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(numel(dims) as i32), Arg::Red(&g), Arg::F32(scale)];
-    launch(dev, k::BROADCAST_FWD, grid_1d(dev, numel(dims)), &args)
-}
 
 fn softmax_view(op: &'static str, len: usize, outer: usize, dim: usize, inner: usize) -> Result<()> {
     if dim == 0 {
