@@ -82,19 +82,27 @@ fn ct_crop_matches_pydensecrf() {
     check_case("ct", 1);
 }
 
+/// Runs `coseg crf` with `flags` on the image and probability map `image` and `prob` of
+/// tests/data/crf, writing `out`.
+fn run_crf(flags: &[&str], image: &str, prob: &str, out: &Path) -> std::process::Output {
+    let dir = data_dir();
+    std::process::Command::new(env!("CARGO_BIN_EXE_coseg"))
+        .arg("crf")
+        .args(flags)
+        .arg("--image")
+        .arg(dir.join(image))
+        .arg("--prob")
+        .arg(dir.join(prob))
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn cli_writes_pydensecrf_mask() {
-    let dir = data_dir();
     let out = std::env::temp_dir().join(format!("coseg-crf-cli-{}/mask.png", std::process::id()));
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_coseg"))
-        .args(["crf", "--image"])
-        .arg(dir.join("ct_image.png"))
-        .arg("--prob")
-        .arg(dir.join("ct_prob.png"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let run = run_crf(&[], "ct_image.png", "ct_prob.png", &out);
     assert!(
         run.status.success(),
         "{}",
@@ -111,26 +119,10 @@ fn cli_writes_pydensecrf_mask() {
     assert!(mask.data.iter().all(|&v| v == 0 || v == 255));
     assert_eq!(disagree, 0);
     // Bad input: a width of zero and mismatched sizes are errors that say what is wrong.
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_coseg"))
-        .args(["crf", "--bilateral-srgb", "0", "--image"])
-        .arg(dir.join("ct_image.png"))
-        .arg("--prob")
-        .arg(dir.join("ct_prob.png"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let run = run_crf(&["--bilateral-srgb", "0"], "ct_image.png", "ct_prob.png", &out);
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && err.contains("srgb"), "{err}");
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_coseg"))
-        .args(["crf", "--image"])
-        .arg(dir.join("rgb_image.png"))
-        .arg("--prob")
-        .arg(dir.join("ct_prob.png"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let run = run_crf(&[], "rgb_image.png", "ct_prob.png", &out);
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(
         !run.status.success() && err.contains("48x40") && err.contains("128x128"),
@@ -139,15 +131,7 @@ fn cli_writes_pydensecrf_mask() {
     // --device: the CPU always; CUDA where there is one (the same mask), a clear error where not.
     let mut masks = Vec::new();
     for device in ["cpu", "cuda"] {
-        let run = std::process::Command::new(env!("CARGO_BIN_EXE_coseg"))
-            .args(["crf", "--device", device, "--image"])
-            .arg(dir.join("ct_image.png"))
-            .arg("--prob")
-            .arg(dir.join("ct_prob.png"))
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
+        let run = run_crf(&["--device", device], "ct_image.png", "ct_prob.png", &out);
         let err = String::from_utf8_lossy(&run.stderr);
         if device == "cuda" && coseg::backend::cuda::CudaDevice::get(0).is_err() {
             assert!(!run.status.success() && err.contains("cuda"), "{err}");
