@@ -560,24 +560,16 @@ __device__ __forceinline__ void emit(const CrfArgs& a, int b, int p, int i, floa
     }
 }
 
-// body(i, image, pixel, valid) for every pixel of the batch, in warp-uniform trips (the splats
-// inside shuffle across the warp); a spare lane past the end repeats the last pixel, invalid.
-template <class Body>
-__device__ __forceinline__ void for_each_pixel(const CrfArgs& a, Body body) {
-    int n = a.images * a.pixels;
-    for (int w0 = warp_start(); w0 < n; w0 += grid_step()) {
-        int i = w0 + lane_id();
-        bool valid = i < n;
-        if (!valid) i = n - 1;
-        body(i, i / a.pixels, i % a.pixels, valid);
-    }
-}
-
 // total = compat * norm * K(norm) from the blurred r0, r1 (lattice 0's by the first image's
 // threads), then the initial Q = softmax(-unary) and its splat (or, with no iteration, the output).
 extern "C" __global__ void crf_start_f32(CrfArgs a, const float* r0, const float* r1, const float* __restrict__ prob,
                                          float* s0, float* s1, float* __restrict__ out, unsigned* bad, int last) {
-    for_each_pixel(a, [&](int i, int b, int p, bool valid) {
+    int n = a.images * a.pixels;
+    for (int w0 = warp_start(); w0 < n; w0 += grid_step()) {
+        int i = w0 + lane_id();
+        bool valid = i < n;
+        if (!valid) i = n - 1;  // a spare lane recomputes the last pixel and writes nothing
+        int b = i / a.pixels, p = i % a.pixels;
         if (valid && b == 0) {
             float k = slice_at<D1_SMOOTH>(a.lat[0], p, r0, 1, 0);
             a.lat[0].total[p] = __fmul_rn(k, __fmul_rn(a.lat[0].compat, a.lat[0].norm[p]));
@@ -588,13 +580,18 @@ extern "C" __global__ void crf_start_f32(CrfArgs a, const float* r0, const float
         unary(prob[i], i, valid ? bad : nullptr, u0, u1);
         softmax2(-u0, -u1, q0, q1);
         emit(a, b, p, i, q0, q1, s0, s1, out, last, valid);
-    });
+    }
 }
 
 // One mean-field iteration: messages sliced from the blurred r0, r1, softmax, emit.
 extern "C" __global__ void crf_step_f32(CrfArgs a, const float* r0, const float* r1, const float* __restrict__ prob,
                                         float* s0, float* s1, float* __restrict__ out, unsigned* bad, int last) {
-    for_each_pixel(a, [&](int i, int b, int p, bool valid) {
+    int n = a.images * a.pixels;
+    for (int w0 = warp_start(); w0 < n; w0 += grid_step()) {
+        int i = w0 + lane_id();
+        bool valid = i < n;
+        if (!valid) i = n - 1;
+        int b = i / a.pixels, p = i % a.pixels;
         float u0, u1;
         unary(prob[i], i, nullptr, u0, u1);  // crf_start recorded any bad probability
         float l0 = -u0, l1 = -u1;
@@ -608,7 +605,7 @@ extern "C" __global__ void crf_step_f32(CrfArgs a, const float* r0, const float*
         float q0, q1;
         softmax2(l0, l1, q0, q1);
         emit(a, b, p, i, q0, q1, s0, s1, out, last, valid);
-    });
+    }
 }
 
 // After the last launch of a refinement: the errors the kernels recorded, behind the marginals,
