@@ -185,7 +185,8 @@ pub struct StageSeconds {
 /// Runs every stage; returns the report (also written as report.json and report.md).
 pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
     let out = &p.out;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // New, empty or an earlier demo's folder: the demo replaces its own outputs only.
+    crate::output::Outputs::new("demo", None).folder(out)?;
     let data = out.join("data");
     let pseudo = out.join("pseudo");
     let manifest_path = out.join("manifest.json");
@@ -229,7 +230,7 @@ pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
         out.join("train").display().to_string(),
     );
     let config_path = out.join("config.toml");
-    std::fs::write(&config_path, &config_toml).map_err(|e| Error::io(&config_path, e))?;
+    crate::output::write_atomic(&config_path, config_toml.as_bytes())?;
     let cfg = TrainConfig::parse(&config_toml, &config_path.display().to_string())?;
 
     let t = Instant::now();
@@ -296,7 +297,7 @@ pub fn report_table(r: &DemoReport) -> String {
 fn write_report(out: &Path, r: &DemoReport) -> Result<()> {
     let json = serde_json::to_string_pretty(r).map_err(|e| Error::invalid("demo report", e.to_string()))?;
     let path = out.join("report.json");
-    std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+    crate::output::write_atomic(&path, json.as_bytes())?;
     let verdict = r.verdict();
     let row = |label: &str, m: &MetricsSummary| {
         let s = &m.metrics;
@@ -325,7 +326,7 @@ fn write_report(out: &Path, r: &DemoReport) -> Result<()> {
         r.config
     );
     let path = out.join("report.md");
-    std::fs::write(&path, md).map_err(|e| Error::io(&path, e))
+    crate::output::write_atomic(&path, md.as_bytes())
 }
 
 #[cfg(test)]
