@@ -165,8 +165,16 @@ fn eval_segment_and_train_never_write_over_their_inputs() {
     let dir = fresh("model");
     let demo = DemoParams { out: dir.join("demo"), lesions: 20, seed: 6, clusters: 2, crop_size: 32, context: 0.5, iterations: 2, model_train_toml: TINY.into() };
     run_demo(&demo).unwrap();
-    // A second demo over its own earlier output works.
+    // A second demo over its own earlier output works, and so does one over a demo folder an
+    // older coseg wrote (no marker), while a folder holding anything else is refused.
     run_demo(&demo).unwrap();
+    std::fs::remove_file(dir.join("demo").join(coseg::output::FOLDER_MARKER)).unwrap();
+    run_demo(&demo).unwrap();
+    let odd = DemoParams { out: dir.join("odd"), ..demo.clone() };
+    std::fs::create_dir_all(dir.join("odd/data")).unwrap();
+    std::fs::write(dir.join("odd/data/DL_info.csv"), b"x").unwrap();
+    std::fs::write(dir.join("odd/scan.dcm"), b"x").unwrap();
+    assert!(run_demo(&odd).unwrap_err().to_string().contains("scan.dcm"));
     let (data, run) = (dir.join("demo/data"), dir.join("demo/train"));
     let truth_before = snapshot(&data.join("masks"));
 

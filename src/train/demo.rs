@@ -185,7 +185,11 @@ pub struct StageSeconds {
 /// Runs every stage; returns the report (also written as report.json and report.md).
 pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
     let out = &p.out;
-    // New, empty or an earlier demo's folder: the demo replaces its own outputs only.
+    // New, empty or an earlier demo's folder: the demo replaces its own outputs only. A demo
+    // folder written before folders were marked holds nothing but the demo's own entries.
+    if !crate::output::in_coseg_folder(out) && is_unmarked_demo_folder(out) {
+        crate::output::mark_folder(out, "demo")?;
+    }
     crate::output::Outputs::new("demo", None).folder(out)?;
     let data = out.join("data");
     let pseudo = out.join("pseudo");
@@ -265,6 +269,14 @@ pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
     };
     write_report(out, &report)?;
     Ok(report)
+}
+
+/// Whether `out` is a non-empty folder holding only what `run_demo` writes.
+fn is_unmarked_demo_folder(out: &Path) -> bool {
+    const DEMO_ENTRIES: [&str; 8] = ["data", "pseudo", "manifest.json", "config.toml", "train", "test_masks", "report.json", "report.md"];
+    let Ok(entries) = std::fs::read_dir(out) else { return false };
+    let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    !names.is_empty() && names.iter().all(|n| DEMO_ENTRIES.contains(&n.as_str())) && out.join("data").join("DL_info.csv").is_file()
 }
 
 impl DemoReport {
