@@ -363,6 +363,17 @@ mod tests {
         let e = o.claim(&d.join("data/../data/./DL_info.csv")).unwrap_err().to_string();
         assert!(e.contains("DL_info.csv") && e.contains("input"), "{e}");
         assert!(o.claim(&data.join("masks/x.png")).unwrap_err().to_string().contains("true-mask folder"));
+        // A symbolic link to an input and a hard link of it are the input.
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(data.join("DL_info.csv"), d.join("sym.csv")).unwrap();
+            std::fs::hard_link(data.join("DL_info.csv"), d.join("hard.csv")).unwrap();
+            let mut w = Outputs::new("test", Some(true));
+            w.data_inputs(&data);
+            for p in ["sym.csv", "hard.csv"] {
+                assert!(w.claim(&d.join(p)).unwrap_err().to_string().contains("DL_info.csv this run reads"), "{p}");
+            }
+        }
         // A folder that is, holds or lies in an input.
         for f in [data.join("masks"), data.clone(), data.join("Images_png/sub")] {
             assert!(o.folder(&f).is_err(), "{}", f.display());
