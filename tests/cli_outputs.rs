@@ -223,6 +223,15 @@ fn eval_segment_and_train_never_write_over_their_inputs() {
     std::fs::write(&cfg, cfg_text(&theirs)).unwrap();
     refused(&coseg(&["train", "--config", &s(&cfg), "--fresh"]), &["study.csv", "did not write"]);
     assert!(!theirs.join("checkpoints").exists());
+    // A run folder an older coseg wrote (checkpoints, no marker) still auto-resumes, and is marked.
+    let solo = dir.join("solo");
+    std::fs::write(&cfg, cfg_text(&solo)).unwrap();
+    let o = coseg(&["train", "--config", &s(&cfg)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_file(solo.join(coseg::output::FOLDER_MARKER)).unwrap();
+    let o = coseg(&["train", "--config", &s(&cfg)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(solo.join(coseg::output::FOLDER_MARKER).is_file());
     assert!(truth_before == snapshot(&data.join("masks")));
     std::fs::remove_dir_all(&dir).ok();
 }
