@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufReader;
 use std::path::Path;
 
 /// A decoded image: row-major, channels interleaved.
@@ -117,11 +117,10 @@ fn encode(
     bytes: &[u8],
     compression: png::Compression,
 ) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let file = File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut enc = png::Encoder::new(BufWriter::new(file), w as u32, h as u32);
+    // Encoded in memory, then written through a temporary name and a rename: a killed run
+    // never leaves half a PNG.
+    let mut encoded = Vec::new();
+    let mut enc = png::Encoder::new(&mut encoded, w as u32, h as u32);
     enc.set_color(ct);
     enc.set_depth(depth);
     enc.set_compression(compression);
@@ -131,7 +130,8 @@ fn encode(
     writer
         .write_image_data(bytes)
         .map_err(|e| Error::format(path, None, format!("PNG write: {e}")))?;
-    writer.finish().map_err(|e| Error::format(path, None, format!("PNG finish: {e}")))
+    writer.finish().map_err(|e| Error::format(path, None, format!("PNG finish: {e}")))?;
+    crate::output::write_atomic(path, &encoded)
 }
 
 /// Writes an 8-bit grey (channels = 1) or RGB (channels = 3) PNG, creating parent folders.

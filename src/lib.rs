@@ -20,6 +20,7 @@ pub mod io;
 pub mod metrics;
 pub mod nn;
 pub mod ops;
+pub mod output;
 pub mod progress;
 pub mod pseudo;
 pub mod tensor;

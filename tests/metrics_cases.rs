@@ -140,12 +140,17 @@ fn folder_evaluation_names_every_unpaired_or_bad_file() {
     truth.write(truth_dir.join("corrupt.png")).unwrap();
     std::fs::write(pred_dir.join("corrupt.png"), b"not a png").unwrap();
     let s = metrics::evaluate_dirs(&pred_dir, &truth_dir).unwrap();
-    assert_eq!(s.count, 1);
+    // A truth without a prediction is a failed lesion: Dice 0, counted in the mean, and named.
+    assert_eq!(s.count, 2);
     assert!(close(s.per_image["ok.png"].dice, 0.8));
+    assert_eq!(s.per_image["missing_pred.png"].dice, 0.0);
+    assert!(close(s.metrics.dice.mean, 0.4));
+    assert_eq!(s.missing_prediction, ["missing_pred.png"]);
+    assert!(s.table("t").contains("no prediction missing_pred.png"));
     let names: Vec<&str> = s.skipped.iter().map(|k| k.name.as_str()).collect();
-    assert_eq!(names, ["corrupt.png", "missing_pred.png", "no_truth.png", "small.png"]);
+    assert_eq!(names, ["corrupt.png", "no_truth.png", "small.png"]);
     assert!(s.skipped[0].reason.contains("corrupt.png"), "{:?}", s.skipped[0]);
-    assert!(s.skipped[3].reason.contains("2x2"), "{:?}", s.skipped[3]);
+    assert!(s.skipped[2].reason.contains("2x2"), "{:?}", s.skipped[2]);
     assert!(metrics::evaluate_dirs(&dir.join("nope"), &truth_dir).unwrap_err().to_string().contains("nope"));
     std::fs::remove_dir_all(dir).ok();
 }

@@ -38,9 +38,15 @@ pub struct Args {
     /// auto | cpu | cuda | cuda:N: where the CRF runs (auto: the GPU when there is one).
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Replace an existing file that coseg did not write (never an input of this run).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let mut outputs = coseg::output::Outputs::new("crf", Some(a.overwrite));
+    outputs.input(&a.image, "guide image (--image)").input(&a.prob, "probability map (--prob)");
+    outputs.claim(&a.out)?;
     let params = CrfParams {
         gauss_sxy: a.gauss_sxy,
         gauss_compat: a.gauss_compat,

@@ -5,6 +5,7 @@
 use coseg::data::npy::write_npy_f32;
 use coseg::data::{CropParams, read_dl_info};
 use coseg::nn::input::lesion_input;
+use coseg::output::Outputs;
 use rayon::prelude::*;
 use std::path::PathBuf;
 
@@ -19,9 +20,20 @@ pub struct Args {
     /// Crop side S in pixels.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
+    /// Replace an existing file that coseg did not write (never an input of this run).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let sidecar = a.out.with_extension("txt");
+    if sidecar == a.out {
+        anyhow::bail!("--out {}: the File_name list goes to the same path with .txt; give the .npy another extension", a.out.display());
+    }
+    let mut outputs = Outputs::new("crops", Some(a.overwrite));
+    outputs.data_inputs(&a.data);
+    outputs.claim(&a.out)?;
+    outputs.claim(&sidecar)?;
     let info = read_dl_info(a.data.join("DL_info.csv"))?;
     for s in &info.skipped {
         eprintln!("skipped DL_info row {} ({}): {}", s.row, s.file_name, s.reason);
@@ -51,11 +63,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
         }
     }
+    // An empty array is not a result: say why nothing was written and exit non-zero.
+    if names.is_empty() {
+        anyhow::bail!(
+            "no crop written: {} of {} lesions failed and {} DL_info rows were skipped (reasons above); {} not written",
+            failed,
+            info.records.len(),
+            info.skipped.len(),
+            a.out.display()
+        );
+    }
     write_npy_f32(&a.out, &[names.len(), 3, a.size, a.size], &data)?;
-    let sidecar = a.out.with_extension("txt");
     let mut text = names.join("\n");
     text.push('\n');
-    std::fs::write(&sidecar, text).map_err(|e| coseg::Error::io(&sidecar, e))?;
+    coseg::output::write_atomic(&sidecar, text.as_bytes())?;
     println!(
         "wrote {} crops [{}, 3, {}, {}] to {} and their File_names to {} ({} rows skipped by the reader, {failed} lesions failed)",
         names.len(),

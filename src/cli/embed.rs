@@ -32,9 +32,23 @@ pub struct Args {
     /// Crops per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Replace an existing file that coseg did not write (never an input of this run).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let sidecar = a.out.with_extension("txt");
+    if sidecar == a.out {
+        anyhow::bail!("--out {}: the File_name list goes to the same path with .txt; give the .npy another extension", a.out.display());
+    }
+    let mut outputs = coseg::output::Outputs::new("embed", Some(a.overwrite));
+    outputs.data_inputs(&a.data).input(&a.weights, "encoder weights");
+    if let Some(m) = &a.model {
+        outputs.input(m, "model configuration");
+    }
+    outputs.claim(&a.out)?;
+    outputs.claim(&sidecar)?;
     let cfg = match &a.model {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| coseg::Error::io(p, e))?;
@@ -50,6 +64,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let info = read_dl_info(a.data.join("DL_info.csv"))?;
     for s in &info.skipped {
         eprintln!("skipped DL_info row {} ({}): {}", s.row, s.file_name, s.reason);
+    }
+    if info.records.is_empty() {
+        anyhow::bail!("{}: no usable lesion row ({} skipped, reasons above); nothing written", a.data.join("DL_info.csv").display(), info.skipped.len());
     }
     let crop = CropParams::default();
     let side = crop.size;
@@ -71,9 +88,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     write_npy_f32(&a.out, &[info.records.len(), dim], &rows)?;
-    let sidecar = a.out.with_extension("txt");
     let names: String = info.records.iter().map(|r| format!("{}\n", r.file_name)).collect();
-    std::fs::write(&sidecar, names).map_err(|e| coseg::Error::io(&sidecar, e))?;
+    coseg::output::write_atomic(&sidecar, names.as_bytes())?;
     println!("wrote {} embeddings [{}, {dim}] ({}) to {}", info.records.len(), info.records.len(), cfg.name(), a.out.display());
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use coseg::data::split::Split;
 use coseg::train::eval::{Against, EvalData, evaluate, restore};
+use coseg::output::Outputs;
 use coseg::train::run::resolve_device;
 use std::path::PathBuf;
 
@@ -45,6 +46,10 @@ pub struct Args {
     /// P(lesion) threshold (overrides the config's [eval] threshold).
     #[arg(long)]
     threshold: Option<f32>,
+    /// Write into a folder holding data coseg did not write, replacing files of the same names
+    /// (never an input of this run).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn parse_split(s: &str) -> anyhow::Result<Split> {
@@ -69,10 +74,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Some(root) => Some(root.join("masks")).filter(|p| p.is_dir()),
         None => r.config.true_masks_dir(),
     };
-    let (against, label) = match truth.filter(|_| !a.vs_pseudo) {
+    let (against, label) = match truth.clone().filter(|_| !a.vs_pseudo) {
         Some(d) => (Against::True(d), "true masks"),
         None => (Against::Pseudo(r.config.data.pseudo_masks.clone()), "pseudo-masks"),
     };
+    if let Some(dir) = &a.masks_out {
+        // The predictions must never land on what they are scored against, or on the data.
+        let mut outputs = Outputs::new("eval", Some(a.overwrite));
+        super::checkpoint_input(&mut outputs, &a.checkpoint);
+        outputs.data_inputs(data.root.as_ref().unwrap_or(&r.config.data.root));
+        outputs.input(data.manifest.as_ref().unwrap_or(&r.config.data.manifest), "manifest");
+        outputs.input(&r.config.data.pseudo_masks, "pseudo-mask folder");
+        if let Some(t) = &truth {
+            outputs.input(t, "true-mask folder");
+        }
+        outputs.folder(dir)?;
+    }
     let crf = a.crf.then(|| r.config.eval.crf_params);
     let ev = evaluate(&r, &data, split, &against, crf.as_ref(), a.masks_out.as_deref())?;
     if a.json {

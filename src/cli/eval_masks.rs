@@ -26,5 +26,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if summary.count == 0 {
         anyhow::bail!("no pair of masks could be evaluated ({} skipped)", summary.skipped.len());
     }
+    if summary.count == summary.missing_prediction.len() {
+        anyhow::bail!(
+            "no predicted mask in {} has a true mask of the same name in {} (all {} lesions scored as failures)",
+            a.pred.display(),
+            a.truth.display(),
+            summary.count
+        );
+    }
     Ok(())
 }

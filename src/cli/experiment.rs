@@ -27,6 +27,13 @@ enum Action {
 pub fn run(a: Args) -> anyhow::Result<()> {
     match a.action {
         Action::Run { files, out } => {
+            // Checked before hours of training, not after.
+            let mut outputs = coseg::output::Outputs::new("experiment run", None);
+            for f in &files {
+                outputs.input(f, "experiment config");
+            }
+            outputs.claim(&out.join("results.md"))?;
+            outputs.claim(&out.join("results.csv"))?;
             let rows = run_experiments(&files)?;
             print!("{}", table_text(&rows));
             write_tables(&out, &rows)?;

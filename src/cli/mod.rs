@@ -53,6 +53,20 @@ pub enum Command {
     Segment(segment::Args),
 }
 
+/// Declares a `--checkpoint` argument as an input: a checkpoint's three files, or a run folder's
+/// checkpoints/ (what `restore` reads).
+pub(crate) fn checkpoint_input(o: &mut coseg::output::Outputs, p: &std::path::Path) {
+    if p.is_dir() {
+        let dir = if p.join("checkpoints").is_dir() { p.join("checkpoints") } else { p.to_path_buf() };
+        o.input(dir, "checkpoint folder");
+    } else {
+        let c = coseg::train::checkpoint::CheckpointPaths::of(p);
+        o.input(&c.params, "checkpoint");
+        o.input(&c.meta, "checkpoint metadata");
+        o.input(&c.optimizer, "optimizer state");
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crops(a) => crops::run(a),

@@ -32,9 +32,22 @@ pub struct Args {
     /// Also write the summary as JSON here (per-lesion RECIST consistency, failures, quality).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write into a folder holding data coseg did not write, replacing files of the same names
+    /// (never an input of this run).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let mut outputs = coseg::output::Outputs::new("pseudo-masks", Some(a.overwrite));
+    outputs.data_inputs(&a.data);
+    outputs.folder(&a.out)?;
+    if let Some(d) = &a.overlays {
+        outputs.folder(d)?;
+    }
+    if let Some(j) = &a.json {
+        outputs.claim(j)?;
+    }
     let mut p = PseudoMaskParams { overlays: a.overlays, max_overlays: Some(a.max_overlays), ..Default::default() };
     p.crop.size = a.crop_size;
     p.method = a.method;
@@ -45,7 +58,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let summary = pseudo_masks(&a.data, &a.out, &p)?;
     print!("{}", summary.report());
     if let Some(path) = &a.json {
-        std::fs::write(path, summary.to_json()?).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        coseg::output::write_atomic(path, summary.to_json()?.as_bytes())?;
     }
     if summary.lesions_segmented == 0 {
         anyhow::bail!("no lesion could be segmented ({} failed, {} rows skipped)", summary.failed.len(), summary.skipped_rows.len());

@@ -33,6 +33,9 @@ pub struct Args {
     /// Refine the lesion's probability with the dense CRF (the run config's [eval.crf_params]) before thresholding.
     #[arg(long)]
     crf: bool,
+    /// Replace an existing file that coseg did not write (never an input of this run).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 fn numbers(flag: &str, s: &str, n: usize) -> anyhow::Result<Vec<f32>> {
@@ -52,6 +55,13 @@ fn recist(flag: &str, s: &str) -> anyhow::Result<[[f32; 2]; 4]> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let mut outputs = coseg::output::Outputs::new("segment", Some(a.overwrite));
+    super::checkpoint_input(&mut outputs, &a.checkpoint);
+    outputs.input(&a.image, "key slice (--image)");
+    if let Some(p) = &a.pair {
+        outputs.input(p, "partner slice (--pair)");
+    }
+    outputs.claim(&a.out)?;
     let r = restore(&a.checkpoint, resolve_device(&a.device)?)?;
     let window = match &a.window {
         Some(w) => {

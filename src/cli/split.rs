@@ -29,10 +29,19 @@ pub struct Args {
     /// of the hand-made features.
     #[arg(long)]
     pub embeddings: Option<PathBuf>,
+    /// Replace an existing file that coseg did not write (never an input of this run).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
+    let mut outputs = coseg::output::Outputs::new("split", Some(a.overwrite));
+    outputs.data_inputs(&a.data);
+    if let Some(e) = &a.embeddings {
+        outputs.input(e, "embeddings");
+    }
+    outputs.claim(&a.out)?;
     let info = coseg::data::read_dl_info(a.data.join("DL_info.csv"))?;
     let mut clusters = a.clusters;
     if clusters > info.records.len() {

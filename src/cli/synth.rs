@@ -29,10 +29,19 @@ pub struct Args {
     /// Key slices per set used by --compare-with.
     #[arg(long, default_value_t = 200)]
     pub compare_slices: usize,
+    /// Write into a folder holding data coseg did not write, replacing files of the same names
+    /// (never an input of this run).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let params = SynthParams { lesions: a.lesions, seed: a.seed, size: a.size, neighbours: !a.no_neighbours };
+    let mut outputs = coseg::output::Outputs::new("synth", Some(a.overwrite));
+    if let Some(real) = &a.compare_with {
+        outputs.data_inputs(real);
+    }
+    outputs.folder(&a.out)?;
     let t = std::time::Instant::now();
     let s = synth_dataset(&a.out, &params)?;
     println!(

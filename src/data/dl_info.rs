@@ -390,10 +390,7 @@ pub fn write_dl_info(path: impl AsRef<Path>, records: &[LesionRecord]) -> Result
     for r in records {
         let _ = writeln!(out, "{}", format_row(r));
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::write(path, out).map_err(|e| Error::io(path, e))
+    crate::output::write_atomic(path, out.as_bytes())
 }
 
 /// Tight box x0, y0, x1, y1 around four RECIST points (long p1, p2, short p3, p4).

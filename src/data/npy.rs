@@ -38,10 +38,7 @@ pub fn write_npy_f32(path: impl AsRef<Path>, shape: &[usize], data: &[f32]) -> R
     for v in data {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::write(path, out).map_err(|e| Error::io(path, e))
+    crate::output::write_atomic(path, &out)
 }
 
 /// Reads a little-endian float32, C-order .npy file.

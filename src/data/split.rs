@@ -164,10 +164,7 @@ impl Manifest {
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let text = serde_json::to_string(self).map_err(|e| Error::format(path, None, format!("JSON: {e}")))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        std::fs::write(path, text).map_err(|e| Error::io(path, e))
+        crate::output::write_atomic(path, text.as_bytes())
     }
 
     pub fn load(path: impl AsRef<Path>) -> Result<Manifest> {

@@ -29,8 +29,18 @@ pub fn evaluate_dirs(pred_dir: &Path, truth_dir: &Path) -> Result<MetricsSummary
     for name in pred_names.difference(&truth_names) {
         summary.skip(name.clone(), format!("no true mask {}", truth_dir.join(name).display()));
     }
+    // A truth without a prediction is a lesion the method failed on: scored as an empty
+    // prediction (Dice 0) and named, never dropped (dropping it would inflate the mean).
     for name in truth_names.difference(&pred_names) {
-        summary.skip(name.clone(), format!("no predicted mask {}", pred_dir.join(name).display()));
+        match Mask::read(truth_dir.join(name)) {
+            Ok(truth) => {
+                let empty = Mask::empty(truth.width, truth.height);
+                let m = evaluate(&empty, &truth)?;
+                summary.insert(name.clone(), m, edge_case(&empty, &truth));
+                summary.missing_prediction.push(name.clone());
+            }
+            Err(e) => summary.skip(name.clone(), format!("no predicted mask {}, and the true mask cannot be read: {e}", pred_dir.join(name).display())),
+        }
     }
     let common: Vec<&String> = truth_names.intersection(&pred_names).collect();
     let bar = crate::progress::bar(common.len() as u64, "eval-masks");

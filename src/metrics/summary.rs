@@ -65,6 +65,9 @@ pub struct MetricsSummary {
     pub empty_prediction: usize,
     pub empty_truth: usize,
     pub both_empty: usize,
+    /// Images with a truth but no prediction: scored as an empty prediction (Dice 0), since a
+    /// lesion the method did not segment is a lesion it failed on. Included in `count`.
+    pub missing_prediction: Vec<String>,
     pub skipped: Vec<Skipped>,
 }
 
@@ -98,6 +101,7 @@ impl MetricsSummary {
             empty_prediction: 0,
             empty_truth: 0,
             both_empty: 0,
+            missing_prediction: Vec::new(),
             skipped: Vec::new(),
         }
     }
@@ -130,6 +134,7 @@ impl MetricsSummary {
         };
         self.count = self.per_image.len();
         self.skipped.sort_by(|a, b| a.name.cmp(&b.name));
+        self.missing_prediction.sort();
     }
 
     /// The JSON object described on the type.
@@ -164,6 +169,12 @@ impl MetricsSummary {
             self.both_empty,
             self.skipped.len()
         );
+        if !self.missing_prediction.is_empty() {
+            out += &format!("{} image(s) without a prediction, scored as failures (Dice 0):\n", self.missing_prediction.len());
+            for n in &self.missing_prediction {
+                out += &format!("  no prediction {n}\n");
+            }
+        }
         for s in &self.skipped {
             out += &format!("  skipped {}: {}\n", s.name, s.reason);
         }

@@ -68,12 +68,8 @@ fn rename(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to).map_err(|e| Error::io(to, e))
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_of(path);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    rename(&tmp, path)
-}
+/// Writes `bytes` to `path` through a temporary file and a rename (the crate's one writer).
+pub use crate::output::write_atomic;
 
 /// Writes a checkpoint into `dir` (created if needed), points `latest.json` at it, and deletes
 /// all but the newest `keep` checkpoints. Refuses parameters that are not finite, so the last

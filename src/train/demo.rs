@@ -185,7 +185,12 @@ pub struct StageSeconds {
 /// Runs every stage; returns the report (also written as report.json and report.md).
 pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
     let out = &p.out;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // New, empty or an earlier demo's folder: the demo replaces its own outputs only. A demo
+    // folder written before folders were marked holds nothing but the demo's own entries.
+    if !crate::output::in_coseg_folder(out) && is_unmarked_demo_folder(out) {
+        crate::output::mark_folder(out, "demo")?;
+    }
+    crate::output::Outputs::new("demo", None).folder(out)?;
     let data = out.join("data");
     let pseudo = out.join("pseudo");
     let manifest_path = out.join("manifest.json");
@@ -229,7 +234,7 @@ pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
         out.join("train").display().to_string(),
     );
     let config_path = out.join("config.toml");
-    std::fs::write(&config_path, &config_toml).map_err(|e| Error::io(&config_path, e))?;
+    crate::output::write_atomic(&config_path, config_toml.as_bytes())?;
     let cfg = TrainConfig::parse(&config_toml, &config_path.display().to_string())?;
 
     let t = Instant::now();
@@ -266,6 +271,14 @@ pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
     Ok(report)
 }
 
+/// Whether `out` is a non-empty folder holding only what `run_demo` writes.
+fn is_unmarked_demo_folder(out: &Path) -> bool {
+    const DEMO_ENTRIES: [&str; 8] = ["data", "pseudo", "manifest.json", "config.toml", "train", "test_masks", "report.json", "report.md"];
+    let Ok(entries) = std::fs::read_dir(out) else { return false };
+    let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    !names.is_empty() && names.iter().all(|n| DEMO_ENTRIES.contains(&n.as_str())) && out.join("data").join("DL_info.csv").is_file()
+}
+
 impl DemoReport {
     /// The premise's outcome in one sentence: the two mean Dice and, when the network is ahead,
     /// whether by more than two standard errors of the lesion-by-lesion difference.
@@ -296,7 +309,7 @@ pub fn report_table(r: &DemoReport) -> String {
 fn write_report(out: &Path, r: &DemoReport) -> Result<()> {
     let json = serde_json::to_string_pretty(r).map_err(|e| Error::invalid("demo report", e.to_string()))?;
     let path = out.join("report.json");
-    std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+    crate::output::write_atomic(&path, json.as_bytes())?;
     let verdict = r.verdict();
     let row = |label: &str, m: &MetricsSummary| {
         let s = &m.metrics;
@@ -325,7 +338,7 @@ fn write_report(out: &Path, r: &DemoReport) -> Result<()> {
         r.config
     );
     let path = out.join("report.md");
-    std::fs::write(&path, md).map_err(|e| Error::io(&path, e))
+    crate::output::write_atomic(&path, md.as_bytes())
 }
 
 #[cfg(test)]

@@ -190,6 +190,7 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
     let device = resolve_device(&t.device)?;
     let out = t.out.clone();
     let ckpt_dir = out.join("checkpoints");
+    claim_out_folder(cfg)?;
     std::fs::create_dir_all(&ckpt_dir).map_err(|e| Error::io(&ckpt_dir, e))?;
 
     let mut store = ParamStore::new(device, t.seed);
@@ -339,6 +340,22 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
 
 fn all_finite(t: &Tensor) -> Result<bool> {
     Ok(t.to_vec()?.iter().all(|v| v.is_finite()))
+}
+
+/// The output policy for a run's out folder (see `crate::output`): never an input of the run,
+/// never a folder holding other data; an earlier run's folder is reused. A run folder written
+/// before folders were marked is recognised by its `checkpoints/latest.json` and marked.
+fn claim_out_folder(cfg: &TrainConfig) -> Result<()> {
+    let out = &cfg.train.out;
+    let mut outputs = crate::output::Outputs::new("train", None);
+    outputs.data_inputs(&cfg.data.root).input(&cfg.data.manifest, "manifest").input(&cfg.data.pseudo_masks, "pseudo-mask folder");
+    if let Some(t) = cfg.true_masks_dir() {
+        outputs.input(t, "true-mask folder");
+    }
+    if out.join("checkpoints").join("latest.json").is_file() && !crate::output::in_coseg_folder(out) {
+        crate::output::mark_folder(out, "train")?;
+    }
+    outputs.folder(out)
 }
 
 fn remove_checkpoints(dir: &Path) -> Result<()> {
