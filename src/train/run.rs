@@ -6,7 +6,9 @@
 //! Determinism and resume: iteration `i` draws its pairs and augmentation from a generator
 //! seeded by (seed, i), so a run resumed from a checkpoint after iteration `i` (parameters,
 //! batch-norm statistics and optimiser state restored) continues exactly as if never stopped.
-//! A non-finite loss stops training, naming the iteration and the last good checkpoint.
+//! A non-finite loss, or one that diverges ([`DivergenceGuard`]: far above its recent history, or
+//! above its starting value after warm-up), stops training before the optimiser step, naming
+//! the iteration and the last good checkpoint.
 
 use crate::autograd::{ParamStore, no_grad};
 use crate::data::split::{Manifest, Split};
@@ -54,6 +56,81 @@ pub struct TrainOutcome {
     pub val_true: Option<MetricsSummary>,
 }
 
+/// Losses of the iterations a spike is measured against.
+pub const DIVERGENCE_WINDOW: usize = 20;
+/// A loss this many times the median of the recent window (and above the starting loss) is a
+/// divergence: a healthy step never multiplies the loss by ten; Adam at lr 1e6 multiplies it by 1e12.
+pub const DIVERGENCE_SPIKE: f64 = 10.0;
+/// Iterations after which the loss must have come down: from then on a recent median above
+/// [`DIVERGENCE_ABOVE_START`] times the starting loss is a divergence.
+pub const DIVERGENCE_WARMUP: usize = 50;
+/// The median (not one batch) must exceed the start by this much, so a run that merely stalls
+/// near its starting loss is not stopped for batch noise.
+pub const DIVERGENCE_ABOVE_START: f64 = 1.5;
+
+/// Watches the training loss for divergence beside the NaN check: a loss far above its recent
+/// history, or, after warm-up, a recent history above the starting loss.
+#[derive(Clone, Debug, Default)]
+pub struct DivergenceGuard {
+    /// The first iteration's loss.
+    start: Option<f64>,
+    recent: std::collections::VecDeque<f64>,
+    /// Iterations seen (including those before a resume).
+    seen: usize,
+}
+
+impl DivergenceGuard {
+    /// A guard that has seen `losses` (iterations 1.. in order), as a resumed run's log holds them.
+    pub fn with_history(losses: impl IntoIterator<Item = f64>) -> Self {
+        let mut g = DivergenceGuard::default();
+        for l in losses {
+            g.push(l);
+        }
+        g
+    }
+
+    fn push(&mut self, loss: f64) {
+        self.start.get_or_insert(loss);
+        self.recent.push_back(loss);
+        if self.recent.len() > DIVERGENCE_WINDOW {
+            self.recent.pop_front();
+        }
+        self.seen += 1;
+    }
+
+    fn median(&self) -> Option<f64> {
+        let mut v: Vec<f64> = self.recent.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    }
+
+    /// Records the (finite) loss of 1-based iteration `iter`; Some(why) when it shows divergence
+    /// (the loss is then not added to the history).
+    pub fn check(&mut self, iter: usize, loss: f64) -> Option<String> {
+        if let (Some(start), Some(med)) = (self.start, self.median()) {
+            if loss > DIVERGENCE_SPIKE * med && loss > start {
+                return Some(format!(
+                    "the loss diverged at iteration {iter}: {loss:.4e} is {:.3e} times the median {med:.4} of the previous {} iterations (starting loss {start:.4})",
+                    loss / med,
+                    self.recent.len()
+                ));
+            }
+        }
+        self.push(loss);
+        if self.seen > DIVERGENCE_WARMUP {
+            if let (Some(start), Some(med)) = (self.start, self.median()) {
+                if med > DIVERGENCE_ABOVE_START * start {
+                    return Some(format!(
+                        "the loss diverged by iteration {iter}: after {DIVERGENCE_WARMUP} warm-up iterations the median of the last {} losses, {med:.4}, is above {DIVERGENCE_ABOVE_START} times the starting loss {start:.4}",
+                        self.recent.len()
+                    ));
+                }
+            }
+        }
+        None
+    }
+}
+
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N` and resolves it (see `device::resolve`): an error naming
 /// the device when `cuda` is asked for and this machine has none.
 pub fn resolve_device(s: &str) -> Result<Device> {
@@ -69,6 +146,17 @@ pub struct RunData {
 }
 
 fn describe_skips(set: &SplitSet) {
+    // Neighbours replaced by the key slice, missing or damaged alike: counted and named.
+    let fallbacks: Vec<&String> = set.samples.iter().flat_map(|s| &s.neighbour_fallbacks).collect();
+    if !fallbacks.is_empty() {
+        eprintln!("{:?} split: {} neighbour slice(s) replaced by the key slice:", set.split, fallbacks.len());
+        for f in fallbacks.iter().take(20) {
+            eprintln!("  {f}");
+        }
+        if fallbacks.len() > 20 {
+            eprintln!("  ... and {} more", fallbacks.len() - 20);
+        }
+    }
     if set.skipped.is_empty() {
         return;
     }
@@ -81,6 +169,10 @@ fn describe_skips(set: &SplitSet) {
 /// Loads the manifest, the training split and (up to `val_max`) the validation split.
 pub fn load_run_data(cfg: &TrainConfig) -> Result<RunData> {
     let manifest = Manifest::load(&cfg.data.manifest)?;
+    // Before any crop is allocated: an absurd size would abort the process, not fail.
+    let counts = manifest.lesion_counts();
+    let val = if cfg.train.val_max > 0 { counts[Split::Val.index()].min(cfg.train.val_max) } else { counts[Split::Val.index()] };
+    crate::train::limits::check_memory(cfg, counts[Split::Train.index()] + val, resolve_device(&cfg.train.device)?, "the run's config")?;
     let records = dataset::records_by_row(&cfg.data.root)?;
     let truth = cfg.true_masks_dir();
     let src = DataSource {
@@ -197,21 +289,25 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
     let mut opt = Optimizer::new(cfg.optimizer_params())?;
 
     let mut prior_seconds = 0.0;
+    let mut resumed_from: Option<CheckpointPaths> = None;
     let resumed: Option<CheckpointMeta> = match resume {
         Resume::Fresh => {
             remove_checkpoints(&ckpt_dir)?;
             None
         }
-        Resume::Auto => match checkpoint::latest(&ckpt_dir)? {
-            Some(p) => {
-                let meta = checkpoint::read_meta(&p)?;
+        Resume::Auto => match checkpoint::latest_loadable(&ckpt_dir, &mut store, &mut opt)? {
+            Some((p, meta, bad)) => {
+                resumed_from = Some(p.clone());
+                for (b, why) in &bad {
+                    eprintln!("warning: checkpoint {} cannot be loaded ({why}); resuming from {} instead", b.params.display(), p.params.display());
+                }
                 if meta.config_toml != config_toml {
                     return Err(Error::Config(format!(
                         "{} holds a run with another config; resume it with that config, or start over (--fresh) or in another out folder",
                         out.display()
                     )));
                 }
-                Some(checkpoint::load(&p, &mut store, Some(&mut opt))?)
+                Some(meta)
             }
             None => None,
         },
@@ -219,12 +315,36 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
     };
     let start = resumed.as_ref().map_or(0, |m| m.iteration);
     if let Some(m) = &resumed {
+        // Nothing is left to train: say so instead of finishing "successfully" without a step.
+        if m.iteration >= t.iterations {
+            let from = match resume {
+                Resume::From(p) => p.display().to_string(),
+                _ => resumed_from.as_ref().map(|p| p.params.display().to_string()).unwrap_or_default(),
+            };
+            return Err(Error::Config(format!(
+                "{from} is at iteration {} and [train] iterations = {}: nothing left to train; raise iterations to continue, or evaluate that checkpoint",
+                m.iteration, t.iterations
+            )));
+        }
         prior_seconds = m.train_seconds;
         eprintln!("resuming at iteration {} of {}", m.iteration, t.iterations);
     }
     let mut log = RunLog::open(&out.join("log.jsonl"), start)?;
+    // The guard sees the losses of the iterations before a resume, as the log kept them.
+    let mut guard = DivergenceGuard::with_history(
+        crate::train::log::read(log.path())?
+            .into_iter()
+            .filter_map(|e| match e {
+                LogEntry::Train { loss, .. } => Some(loss),
+                _ => None,
+            }),
+    );
     let partners = dataset::partners(&data.val);
-    let mut last_ckpt = checkpoint::latest(&ckpt_dir)?;
+    // After a fallback, latest.json still names the damaged checkpoint; the loaded one is the good one.
+    let mut last_ckpt = match resumed_from {
+        Some(p) => Some(p),
+        None => checkpoint::latest(&ckpt_dir)?,
+    };
     let mut outcome = TrainOutcome {
         out: out.clone(),
         checkpoint: last_ckpt.clone().unwrap_or_else(|| CheckpointPaths::of(&ckpt_dir.join("none.safetensors"))),
@@ -259,9 +379,15 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
         } else {
             None
         };
-        let Some((loss_value, loss)) = loss.filter(|(v, _)| v.is_finite()) else {
+        let diverged = match &loss {
+            Some((v, _)) if v.is_finite() => guard.check(iter + 1, *v as f64).map(|why| format!("{why} (lr {lr:.3e})")),
+            _ => Some(format!("the loss is not finite at iteration {} (lr {lr:.3e})", iter + 1)),
+        };
+        // Stopped before the optimiser step: the parameters and the checkpoints on disk are
+        // those of the last good iteration.
+        let (Some((loss_value, loss)), None) = (loss, &diverged) else {
             bar.abandon();
-            let reason = format!("the loss is not finite at iteration {} (lr {lr:.3e})", iter + 1);
+            let reason = diverged.unwrap_or_default();
             log.write(&LogEntry::Stop { iter: iter + 1, reason: reason.clone() })?;
             write_plots(&out, log.path()).ok();
             let good = match &last_ckpt {
