@@ -54,10 +54,12 @@ pub struct TrainOutcome {
     /// The last validation, against pseudo-masks and (when available) true masks, crop space.
     pub val_pseudo: Option<MetricsSummary>,
     pub val_true: Option<MetricsSummary>,
+    /// Checkpoints auto-resume passed over (truncated or damaged), each with why.
+    pub unusable_checkpoints: Vec<(PathBuf, String)>,
 }
 
 /// Losses of the iterations a spike is measured against.
-pub const DIVERGENCE_WINDOW: usize = 20;
+pub const DIVERGENCE_WINDOW: usize = 50;
 /// A loss this many times the median of the recent window (and above the starting loss) is a
 /// divergence: a healthy step never multiplies the loss by ten; Adam at lr 1e6 multiplies it by 1e12.
 pub const DIVERGENCE_SPIKE: f64 = 10.0;
@@ -72,8 +74,9 @@ pub const DIVERGENCE_ABOVE_START: f64 = 1.5;
 /// history, or, after warm-up, a recent history above the starting loss.
 #[derive(Clone, Debug, Default)]
 pub struct DivergenceGuard {
-    /// The first iteration's loss.
-    start: Option<f64>,
+    /// The losses of the first [`DIVERGENCE_WINDOW`] iterations; their median is the starting
+    /// loss (one batch alone is too noisy a reference).
+    first: Vec<f64>,
     recent: std::collections::VecDeque<f64>,
     /// Iterations seen (including those before a resume).
     seen: usize,
@@ -90,7 +93,9 @@ impl DivergenceGuard {
     }
 
     fn push(&mut self, loss: f64) {
-        self.start.get_or_insert(loss);
+        if self.first.len() < DIVERGENCE_WINDOW {
+            self.first.push(loss);
+        }
         self.recent.push_back(loss);
         if self.recent.len() > DIVERGENCE_WINDOW {
             self.recent.pop_front();
@@ -99,18 +104,20 @@ impl DivergenceGuard {
     }
 
     fn median(&self) -> Option<f64> {
-        let mut v: Vec<f64> = self.recent.iter().copied().collect();
-        v.sort_by(f64::total_cmp);
-        (!v.is_empty()).then(|| v[v.len() / 2])
+        median(self.recent.iter().copied())
+    }
+
+    fn start(&self) -> Option<f64> {
+        median(self.first.iter().copied())
     }
 
     /// Records the (finite) loss of 1-based iteration `iter`; Some(why) when it shows divergence
     /// (the loss is then not added to the history).
     pub fn check(&mut self, iter: usize, loss: f64) -> Option<String> {
-        if let (Some(start), Some(med)) = (self.start, self.median()) {
+        if let (Some(start), Some(med)) = (self.start(), self.median()) {
             if loss > DIVERGENCE_SPIKE * med && loss > start {
                 return Some(format!(
-                    "the loss diverged at iteration {iter}: {loss:.4e} is {:.3e} times the median {med:.4} of the previous {} iterations (starting loss {start:.4})",
+                    "the loss diverged at iteration {iter}: {loss:.4e} is {:.3e} times the median {med:.4} of the previous {} iterations (starting loss, the median of the first iterations, {start:.4})",
                     loss / med,
                     self.recent.len()
                 ));
@@ -118,7 +125,7 @@ impl DivergenceGuard {
         }
         self.push(loss);
         if self.seen > DIVERGENCE_WARMUP {
-            if let (Some(start), Some(med)) = (self.start, self.median()) {
+            if let (Some(start), Some(med)) = (self.start(), self.median()) {
                 if med > DIVERGENCE_ABOVE_START * start {
                     return Some(format!(
                         "the loss diverged by iteration {iter}: after {DIVERGENCE_WARMUP} warm-up iterations the median of the last {} losses, {med:.4}, is above {DIVERGENCE_ABOVE_START} times the starting loss {start:.4}",
@@ -129,6 +136,12 @@ impl DivergenceGuard {
         }
         None
     }
+}
+
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[v.len() / 2])
 }
 
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N` and resolves it (see `device::resolve`): an error naming
@@ -290,6 +303,7 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
 
     let mut prior_seconds = 0.0;
     let mut resumed_from: Option<CheckpointPaths> = None;
+    let mut unusable = Vec::new();
     let resumed: Option<CheckpointMeta> = match resume {
         Resume::Fresh => {
             remove_checkpoints(&ckpt_dir)?;
@@ -298,6 +312,7 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
         Resume::Auto => match checkpoint::latest_loadable(&ckpt_dir, &mut store, &mut opt)? {
             Some((p, meta, bad)) => {
                 resumed_from = Some(p.clone());
+                unusable = bad.iter().map(|(b, why)| (b.params.clone(), why.clone())).collect();
                 for (b, why) in &bad {
                     eprintln!("warning: checkpoint {} cannot be loaded ({why}); resuming from {} instead", b.params.display(), p.params.display());
                 }
@@ -315,16 +330,18 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
     };
     let start = resumed.as_ref().map_or(0, |m| m.iteration);
     if let Some(m) = &resumed {
-        // Nothing is left to train: say so instead of finishing "successfully" without a step.
-        if m.iteration >= t.iterations {
-            let from = match resume {
-                Resume::From(p) => p.display().to_string(),
-                _ => resumed_from.as_ref().map(|p| p.params.display().to_string()).unwrap_or_default(),
-            };
-            return Err(Error::Config(format!(
-                "{from} is at iteration {} and [train] iterations = {}: nothing left to train; raise iterations to continue, or evaluate that checkpoint",
-                m.iteration, t.iterations
-            )));
+        // Resuming a given checkpoint with nothing left to train is a mistake (a wrong file or a
+        // forgotten `iterations`): say so instead of finishing "successfully" without a step.
+        // Auto-resume of a finished run stays a no-op, so re-running an experiment is safe.
+        if let Resume::From(p) = resume {
+            if m.iteration >= t.iterations {
+                return Err(Error::Config(format!(
+                    "{} is at iteration {} and [train] iterations = {}: nothing left to train; raise iterations to continue, or evaluate that checkpoint",
+                    p.display(),
+                    m.iteration,
+                    t.iterations
+                )));
+            }
         }
         prior_seconds = m.train_seconds;
         eprintln!("resuming at iteration {} of {}", m.iteration, t.iterations);
@@ -353,6 +370,7 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
         mean_step_ms: f64::NAN,
         val_pseudo: None,
         val_true: None,
+        unusable_checkpoints: unusable,
     };
 
     let session = Instant::now();
@@ -522,4 +540,48 @@ pub fn write_plots(out: &Path, log_path: &Path) -> Result<()> {
         write_line_plot(&out.join("val.png"), "Validation (crop space)", "iteration", "metric", &series)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    #[test]
+    fn the_guard_stops_divergence_and_lets_noisy_training_run() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for run in 0..50 {
+            // Healthy: decays from ~0.7 towards 0.05 with batch noise up to 3x, over 2000 steps.
+            let mut g = DivergenceGuard::default();
+            let tau = rng.random_range(50.0..800.0);
+            for i in 0..2000 {
+                let base = 0.05 + 0.65 * (-(i as f64) / tau).exp();
+                let loss = base * rng.random_range(0.4..3.0);
+                assert_eq!(g.check(i + 1, loss), None, "run {run}: healthy loss {loss} at {}", i + 1);
+            }
+            // Exploding after a few good steps: caught at the first spike.
+            let mut g = DivergenceGuard::default();
+            let start = rng.random_range(2..30);
+            for i in 0..start {
+                assert_eq!(g.check(i + 1, 0.69 * rng.random_range(0.8..1.1)), None);
+            }
+            let why = g.check(start + 1, rng.random_range(1e2..1e12)).expect("a 100x spike passed");
+            assert!(why.contains(&format!("iteration {}", start + 1)), "{why}");
+            // Creeping up after warm-up (no single spike): caught once the median passes 1.5x start.
+            let mut g = DivergenceGuard::default();
+            let mut stopped = None;
+            for i in 0..400 {
+                let loss = 0.69 * (1.0 + i as f64 / 60.0) * rng.random_range(0.9..1.1);
+                if let Some(why) = g.check(i + 1, loss) {
+                    stopped = Some((i + 1, why));
+                    break;
+                }
+            }
+            let (at, why) = stopped.expect("a loss creeping to 7x its start was never stopped");
+            assert!(at > DIVERGENCE_WARMUP && at < 160 && why.contains("starting loss"), "{at}: {why}");
+        }
+        // The history of a resumed run counts: a spike right after the resume is caught.
+        let mut g = DivergenceGuard::with_history([0.7, 0.5, 0.4, 0.3]);
+        assert!(g.check(5, 9.0).is_some());
+    }
 }
