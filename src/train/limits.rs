@@ -165,3 +165,39 @@ pub fn check_memory(cfg: &TrainConfig, lesions: usize, device: crate::device::De
     }
     Ok(e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autograd::ParamStore;
+    use crate::device::Device;
+    use crate::nn::CosegNet;
+
+    const MINIMAL: &str = "[data]\nroot = \"d\"\nmanifest = \"m.json\"\npseudo_masks = \"p\"\n";
+
+    #[test]
+    fn the_estimate_follows_the_real_model_and_refuses_what_cannot_fit() {
+        // torchvision's ResNet-101 trunk (no fc) has 42.5 M parameters; ResNet-18's 11.2 M.
+        for (depth, want) in [(101, 42.5e6), (18, 11.2e6)] {
+            let m = ModelConfig { depth, ..ModelConfig::default() };
+            let (p, _) = encoder_counts(&m).unwrap();
+            assert!((p / want - 1.0).abs() < 0.03, "ResNet-{depth}: {p} vs {want}");
+        }
+        // Against the built network (attention and decoder included) at small widths.
+        for (depth, width) in [(18, 0.125), (18, 0.25), (50, 0.125), (34, 0.25)] {
+            let cfg = TrainConfig::parse(&format!("{MINIMAL}[model]\ndepth = {depth}\nwidth = {width}\n"), "t").unwrap();
+            let mut store = ParamStore::new(Device::Cpu, 0);
+            CosegNet::new(&cfg.model, &mut store).unwrap();
+            let real = store.num_trainable() as f64;
+            let est = estimate(&cfg, 0).unwrap().parameters / 16.0;
+            assert!(est / real > 0.6 && est / real < 1.6, "depth {depth} width {width}: estimate {est} vs {real}");
+        }
+        // The paper's run fits a workstation; a 4096-px crop with 60 000 pairs a batch fits nothing.
+        let paper = TrainConfig::parse(MINIMAL, "paper.toml").unwrap();
+        let e = estimate(&paper, 26_000).unwrap();
+        assert!(e.total() > 1e9 && e.total() < 64e9, "{e:?}");
+        let huge = TrainConfig::parse(&format!("{MINIMAL}crop_size = 4096\n[train]\nbatch_pairs = 60000\n"), "huge.toml").unwrap();
+        let err = check_memory(&huge, 100, Device::Cpu, "huge.toml").unwrap_err().to_string();
+        assert!(err.contains("huge.toml") && err.contains("needs about") && err.contains("batch_pairs = 60000"), "{err}");
+    }
+}
