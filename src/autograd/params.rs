@@ -299,6 +299,19 @@ pub(crate) fn read_view(path: &Path, name: &str, view: &TensorView<'_>, want: &S
     }
 }
 
+/// A weight that is NaN or infinite makes every output NaN (a Dice of 0 without a word): such a
+/// file is refused naming the tensor, before anything is assigned.
+fn check_finite(path: &Path, name: &str, data: &[f32]) -> Result<()> {
+    match data.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(Error::format(
+            path,
+            None,
+            format!("tensor '{name}' holds a non-finite value ({}) at flat index {i}: the weights are unusable", data[i]),
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,18 +371,5 @@ mod tests {
         assert_eq!(r.unexpected, vec!["bn.running_mean".to_string()]);
         assert_eq!(r.loaded, vec!["conv.weight".to_string()]);
         std::fs::remove_file(&path).ok();
-    }
-}
-
-/// A weight that is NaN or infinite makes every output NaN (a Dice of 0 without a word): such a
-/// file is refused naming the tensor, before anything is assigned.
-fn check_finite(path: &Path, name: &str, data: &[f32]) -> Result<()> {
-    match data.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(Error::format(
-            path,
-            None,
-            format!("tensor '{name}' holds a non-finite value ({}) at flat index {i}: the weights are unusable", data[i]),
-        )),
-        None => Ok(()),
     }
 }
