@@ -53,9 +53,10 @@ pub fn stratified_split(clusters: &[usize], ratios: [f64; 3], seed: u64) -> Resu
 /// Splits lesions so that all lesions of one patient (`patients[i]`, any id) land in the same
 /// split, stratified by cluster as far as that allows: each patient goes with the cluster most of
 /// its lesions are in (ties: the lowest), the patients of a cluster are shuffled (seeded) and
-/// handed to validation, then test, while that brings the split's lesion count closer to its
-/// share of the cluster (the share rounded up or down at random), the rest to training. With one
-/// lesion per patient this is the plain stratified split.
+/// handed to validation, then test, until each holds its share of the cluster's lesions (the
+/// share rounded up or down at random; a patient bigger than what is lacking joins with
+/// probability lacking / size), the rest to training. With one lesion per patient this is the
+/// plain stratified split.
 pub fn patient_split(clusters: &[usize], patients: &[usize], ratios: [f64; 3], seed: u64) -> Result<Vec<Split>> {
     let sum: f64 = ratios.iter().sum();
     if ratios.iter().any(|r| !(*r >= 0.0)) || !(sum > 0.0) || !sum.is_finite() {
@@ -97,22 +98,32 @@ pub fn patient_split(clusters: &[usize], patients: &[usize], ratios: [f64; 3], s
         };
         let n_val = stochastic_round(m as f64 * ratios[1] / sum).min(m);
         let n_test = stochastic_round(m as f64 * ratios[2] / sum).min(m - n_val);
-        let (mut in_val, mut in_test) = (0usize, 0usize);
-        // Adding `size` lesions to a split holding `have` brings it closer to `want`.
-        let closer = |have: usize, size: usize, want: usize| (have + size).abs_diff(want) < have.abs_diff(want);
-        for &p in group.iter() {
-            let size = lesions_of[p].len();
-            let split = if closer(in_val, size, n_val) {
-                in_val += size;
-                Split::Val
-            } else if closer(in_test, size, n_test) {
-                in_test += size;
-                Split::Test
-            } else {
-                Split::Train
-            };
+        // Validation, then test, take the patients (in the shuffled order) that fit in what
+        // they still lack; if some is still lacking, the next patient (bigger than it) joins
+        // with probability lacking / size, so each split holds its share in expectation even
+        // when every patient is bigger than it (small clusters). Single-lesion patients always
+        // fit, so they never draw: the plain stratified split.
+        let mut taken: Vec<Option<Split>> = vec![None; group.len()];
+        for (want, split) in [(n_val, Split::Val), (n_test, Split::Test)] {
+            let mut lacking = want;
+            for (j, &p) in group.iter().enumerate() {
+                let size = lesions_of[p].len();
+                if taken[j].is_none() && size <= lacking {
+                    taken[j] = Some(split);
+                    lacking -= size;
+                }
+            }
+            if lacking > 0 {
+                if let Some(j) = (0..group.len()).find(|&j| taken[j].is_none()) {
+                    if rng.random::<f64>() < lacking as f64 / lesions_of[group[j]].len() as f64 {
+                        taken[j] = Some(split);
+                    }
+                }
+            }
+        }
+        for (j, &p) in group.iter().enumerate() {
             for &i in &lesions_of[p] {
-                out[i] = split;
+                out[i] = taken[j].unwrap_or(Split::Train);
             }
         }
     }
@@ -320,6 +331,15 @@ mod tests {
             let of_c: Vec<Split> = clusters.iter().zip(&splits).filter(|(k, _)| **k == c).map(|(_, s)| *s).collect();
             let f = of_c.iter().filter(|s| **s == Split::Train).count() as f64 / of_c.len() as f64;
             assert!((f - 0.8).abs() < 0.08, "cluster {c}: train fraction {f}");
+        }
+        // Small clusters of patients bigger than a cluster's share (4 patients of 3 lesions
+        // each, val and test wanting about 1 lesion): the shares are still met in expectation.
+        let clusters: Vec<usize> = (0..2400).map(|i| i / 12).collect();
+        let patients: Vec<usize> = (0..2400).map(|i| i / 3).collect();
+        let splits = patient_split(&clusters, &patients, [0.8, 0.1, 0.1], 6).unwrap();
+        for (s, want) in [(Split::Train, 0.8), (Split::Val, 0.1), (Split::Test, 0.1)] {
+            let f = splits.iter().filter(|x| **x == s).count() as f64 / 2400.0;
+            assert!((f - want).abs() < 0.04, "{s:?}: {f} of the lesions");
         }
         assert!(patient_split(&clusters, &patients[1..], [0.8, 0.1, 0.1], 5).is_err());
         assert_eq!(patient_of_file_name("000123_01_02_045.png"), "000123");
