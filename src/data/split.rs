@@ -54,9 +54,8 @@ pub fn stratified_split(clusters: &[usize], ratios: [f64; 3], seed: u64) -> Resu
 /// split, stratified by cluster as far as that allows: each patient goes with the cluster most of
 /// its lesions are in (ties: the lowest), the patients of a cluster are shuffled (seeded) and
 /// handed to validation, then test, until each holds its share of the cluster's lesions (the
-/// share rounded up or down at random; a patient bigger than what is lacking joins with
-/// probability lacking / size), the rest to training. With one lesion per patient this is the
-/// plain stratified split.
+/// share, plus what earlier clusters fell short of, rounded up or down at random; a patient
+/// bigger than what is lacking joins with probability lacking / size), the rest to training.
 pub fn patient_split(clusters: &[usize], patients: &[usize], ratios: [f64; 3], seed: u64) -> Result<Vec<Split>> {
     let sum: f64 = ratios.iter().sum();
     if ratios.iter().any(|r| !(*r >= 0.0)) || !(sum > 0.0) || !sum.is_finite() {
@@ -89,20 +88,26 @@ pub fn patient_split(clusters: &[usize], patients: &[usize], ratios: [f64; 3], s
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = vec![Split::Train; clusters.len()];
+    // What validation and test fell short of (or beyond) their shares in the clusters so far,
+    // carried into the next: with patients bigger than a cluster's share, the split as a whole
+    // still gets its share (a small set could otherwise end with no validation lesion at all).
+    let mut carry = [0.0f64; 2];
     for group in &mut members {
         group.shuffle(&mut rng);
         let m: usize = group.iter().map(|&p| lesions_of[p].len()).sum();
+        let share = [m as f64 * ratios[1] / sum + carry[0], m as f64 * ratios[2] / sum + carry[1]];
         let mut stochastic_round = |x: f64| {
+            let x = x.max(0.0);
             let f = x.floor();
             (f + if rng.random::<f64>() < x - f { 1.0 } else { 0.0 }) as usize
         };
-        let n_val = stochastic_round(m as f64 * ratios[1] / sum).min(m);
-        let n_test = stochastic_round(m as f64 * ratios[2] / sum).min(m - n_val);
+        let n_val = stochastic_round(share[0]).min(m);
+        let n_test = stochastic_round(share[1]).min(m - n_val);
         // Validation, then test, take the patients (in the shuffled order) that fit in what
         // they still lack; if some is still lacking, the next patient (bigger than it) joins
         // with probability lacking / size, so each split holds its share in expectation even
         // when every patient is bigger than it (small clusters). Single-lesion patients always
-        // fit, so they never draw: the plain stratified split.
+        // fit, so they never draw.
         let mut taken: Vec<Option<Split>> = vec![None; group.len()];
         for (want, split) in [(n_val, Split::Val), (n_test, Split::Test)] {
             let mut lacking = want;
@@ -121,11 +126,18 @@ pub fn patient_split(clusters: &[usize], patients: &[usize], ratios: [f64; 3], s
                 }
             }
         }
+        let mut got = [0usize; 2];
         for (j, &p) in group.iter().enumerate() {
+            match taken[j] {
+                Some(Split::Val) => got[0] += lesions_of[p].len(),
+                Some(Split::Test) => got[1] += lesions_of[p].len(),
+                _ => {}
+            }
             for &i in &lesions_of[p] {
                 out[i] = taken[j].unwrap_or(Split::Train);
             }
         }
+        carry = [share[0] - got[0] as f64, share[1] - got[1] as f64];
     }
     Ok(out)
 }

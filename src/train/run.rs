@@ -474,6 +474,10 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
         outcome.iterations = done;
     }
     bar.finish_and_clear();
+    // The loss and lr curves even when there was no validation lesion to trigger them.
+    if steps > 0 {
+        write_plots(&out, log.path())?;
+    }
     if let Some(p) = last_ckpt {
         outcome.checkpoint = p;
     }
