@@ -25,6 +25,11 @@ impl<T: Copy> Image<T> {
     }
 }
 
+/// The most bytes a decoded PNG may take (a 16384 x 16384 RGBA 16-bit image is 2 GiB; a CT slice
+/// is 0.5 MiB). A damaged or hostile header can promise exabytes, and a failed allocation aborts
+/// the process instead of returning an error, so the size is checked before allocating.
+pub const MAX_DECODED_BYTES: usize = 1 << 30;
+
 fn decode(path: &Path) -> Result<(png::OutputInfo, Vec<u8>)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut decoder = png::Decoder::new(BufReader::new(file));
@@ -36,6 +41,14 @@ fn decode(path: &Path) -> Result<(png::OutputInfo, Vec<u8>)> {
     let size = reader
         .output_buffer_size()
         .ok_or_else(|| Error::format(path, None, "PNG too large to decode"))?;
+    if size > MAX_DECODED_BYTES {
+        let info = reader.info();
+        return Err(Error::format(
+            path,
+            None,
+            format!("the PNG header declares {}x{} pixels ({size} bytes decoded), over the {MAX_DECODED_BYTES}-byte limit", info.width, info.height),
+        ));
+    }
     let mut buf = vec![0u8; size];
     let info = reader
         .next_frame(&mut buf)

@@ -46,6 +46,51 @@ fn segment_crops_like_training_and_experiments_run() {
     let partner = sample_from_slice(&LesionInput { slice: b.slice_path(&data, 0), recist: b.recist }, &crop, a.window).unwrap();
     let want = segment_pair(&run, &lesion, &partner, None).unwrap();
     assert_eq!(coseg::io::read_u8(&out).unwrap().data, want.data);
+    // Marks the DL_info reader would skip, and reversed or empty windows: refused with the
+    // reason and a non-zero exit, never an empty mask.
+    let w = a.image_size[0] as f32;
+    let r = a.recist;
+    let marks = |p: [[f32; 2]; 4]| p.iter().flat_map(|q| [q[0].to_string(), q[1].to_string()]).collect::<Vec<_>>().join(",");
+    let shift = |dx: f32| [r[0], r[1], [r[2][0] + dx, r[2][1]], [r[3][0] + dx, r[3][1]]];
+    let long = (r[1][0] - r[0][0]).hypot(r[1][1] - r[0][1]);
+    // Moved clear of the long axis along it (whatever its direction), the short axis misses it.
+    let d = [(r[1][0] - r[0][0]) / long, (r[1][1] - r[0][1]) / long];
+    let away = 2.0 * long + 4.0;
+    let apart = [r[0], r[1], [r[2][0] + d[0] * away, r[2][1] + d[1] * away], [r[3][0] + d[0] * away, r[3][1] + d[1] * away]];
+    let bad: Vec<(String, Option<&str>, &str)> = vec![
+        (marks([[w + 3.0, r[0][1]], r[1], r[2], r[3]]), None, "outside"),
+        (marks(shift(-(r[2][0].max(r[3][0]) + 2.0))), None, "negative"),
+        (marks(apart), None, "do not cross"),
+        (recist(a), Some("240,-160"), "reversed"),
+        (recist(a), Some("40,40"), "empty"),
+    ];
+    let image = s(&a.slice_path(&data, 0));
+    for (marks, window, why) in &bad {
+        let refused = dir.join("refused.png");
+        let mut args: Vec<String> = vec![
+            "segment".into(),
+            "--checkpoint".into(),
+            s(&dir.join("train")),
+            "--image".into(),
+            image.clone(),
+            "--recist".into(),
+            marks.clone(),
+            "--pair".into(),
+            s(&b.slice_path(&data, 0)),
+            "--pair-recist".into(),
+            recist(b),
+            "--out".into(),
+            s(&refused),
+        ];
+        if let Some(wnd) = window {
+            args.extend(["--window".to_string(), wnd.to_string()]);
+        }
+        let o = coseg(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(why), "{marks} {window:?}: expected '{why}', got {err}");
+        assert!(!refused.exists(), "{marks} {window:?}: a mask was written");
+    }
+
     // A folder without checkpoints is named.
     let o = coseg(&["segment", "--checkpoint", &s(&data), "--image", &s(&a.slice_path(&data, 0)), "--recist", &recist(a), "--out", &s(&out)]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("without a checkpoint"), "{}", String::from_utf8_lossy(&o.stderr));

@@ -115,3 +115,51 @@ fn synthetic_hu_statistics_match_the_real_sample() {
     }
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn patients_stay_in_one_split_duplicates_are_dropped_and_no_pair_is_an_error() {
+    let dir = synth_set("p", 60, 128);
+    // A second copy of a row (exactly as written) and a second lesion on one slice of another
+    // patient: the copy is dropped and named, the second lesion follows its patient.
+    let csv = dir.join("DL_info.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut rows: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    rows.push(lines[7].to_string());
+    let info = read_dl_info(&csv).unwrap();
+    let mut second = info.records[20].clone();
+    second.recist = [[second.recist[0][0] + 1.0, second.recist[0][1]], second.recist[1], second.recist[2], second.recist[3]];
+    rows.push(coseg::data::dl_info::format_row(&second));
+    std::fs::write(&csv, rows.join("\n") + "\n").unwrap();
+    let n_rows = rows.len() - 1;
+
+    let params = SplitParams { clusters: 4, seed: 2, pair_rule: PairRule::PerLesion(3), ..Default::default() };
+    let m = build_manifest(&dir, &params).unwrap();
+    assert_eq!(m.lesions.len(), n_rows - 1);
+    let dup: Vec<_> = m.skipped.iter().filter(|s| s.reason.contains("exact duplicate of row 8")).collect();
+    assert_eq!(dup.len(), 1, "{:?}", m.skipped);
+    assert_eq!(dup[0].row, n_rows, "the later copy is the one dropped");
+    let patient = |f: &str| f.split('_').next().unwrap().to_string();
+    let mut split_of: HashMap<String, Split> = HashMap::new();
+    let mut patients_per_split: HashMap<Split, HashSet<String>> = HashMap::new();
+    for l in &m.lesions {
+        let was = *split_of.entry(patient(&l.file_name)).or_insert(l.split);
+        assert_eq!(was, l.split, "patient {} is in {was:?} and {:?}", patient(&l.file_name), l.split);
+        patients_per_split.entry(l.split).or_default().insert(patient(&l.file_name));
+    }
+    // Several patients per split, so the grouping did not just put everything in training.
+    assert!(Split::ALL.iter().all(|s| patients_per_split.get(s).is_some_and(|p| !p.is_empty())), "{patients_per_split:?}");
+    let counts = m.lesion_counts();
+    assert!(counts[0] as f64 >= 0.6 * m.lesions.len() as f64, "{counts:?}");
+    for s in Split::ALL {
+        for p in m.pairs_of(s) {
+            let (a, b) = (&m.lesions[p[0] as usize], &m.lesions[p[1] as usize]);
+            assert!(p[0] != p[1] && a.row != b.row, "lesion paired with itself: {a:?}");
+        }
+    }
+
+    // As many clusters as lesions: no group holds two lesions, so no pair can be made.
+    let e = build_manifest(&dir, &SplitParams { clusters: m.lesions.len(), ..params }).unwrap_err().to_string();
+    assert!(e.contains("no pair") && e.contains("fewer clusters"), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -114,6 +114,58 @@ fn pipeline_resume_nan_and_misfit() {
     let e = train(&TrainConfig::parse(&other, "other").unwrap(), &other, &Resume::Auto).unwrap_err().to_string();
     assert!(e.contains("another config"), "{e}");
 
+    // --resume from a checkpoint at the end: refused, naming it, instead of a silent no-op.
+    let last = dir.join("full/checkpoints/iter-0000004.safetensors");
+    let e = train(&cfg, &text, &Resume::From(last.clone())).unwrap_err().to_string();
+    assert!(e.contains("nothing left to train") && e.contains(&last.display().to_string()) && e.contains("iteration 4"), "{e}");
+    assert_eq!(again.checkpoint.params, last, "a finished auto-resume names the checkpoint that exists");
+    assert!(again.checkpoint.params.exists());
+
+    // Auto-resume over a truncated newest checkpoint: falls back to the complete one beside it,
+    // names the bad one, and ends where the uninterrupted run ended.
+    let bytes = std::fs::read(&last).unwrap();
+    std::fs::write(&last, &bytes[..bytes.len() / 2]).unwrap();
+    let fell_back = train(&cfg, &text, &Resume::Auto).unwrap();
+    assert_eq!((fell_back.started_at, fell_back.iterations), (2, 4));
+    assert_eq!(fell_back.unusable_checkpoints.len(), 1, "{:?}", fell_back.unusable_checkpoints);
+    assert_eq!(fell_back.unusable_checkpoints[0].0, last);
+    for ((na, va), (_, vb)) in a.iter().zip(&params_of(&fell_back.checkpoint.params)) {
+        let diff = va.iter().zip(vb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(diff <= 1e-5, "{na}: the fallback run differs by {diff}");
+    }
+
+    // A checkpoint whose weights hold a NaN is refused naming the tensor (never evaluated to Dice 0).
+    let mut store = ParamStore::new(Device::Cpu, 0);
+    CosegNet::new(&cfg.model, &mut store).unwrap();
+    checkpoint::load(&fell_back.checkpoint, &mut store, None).unwrap();
+    let names: Vec<String> = store.iter().map(|(n, _)| n.to_string()).collect();
+    let victim = &names[names.len() / 2];
+    store.get(victim).unwrap().update("test", |w| w[w.len() / 3] = f32::INFINITY).unwrap();
+    let bad_dir = dir.join("nanckpt");
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    let bad = CheckpointPaths::of(&bad_dir.join("iter-0000004.safetensors"));
+    store.save(&bad.params).unwrap();
+    std::fs::copy(&fell_back.checkpoint.meta, &bad.meta).unwrap();
+    let e = checkpoint::load(&bad, &mut store, None).unwrap_err().to_string();
+    assert!(e.contains(&format!("tensor '{victim}'")) && e.contains("non-finite"), "{e}");
+    let e = coseg::train::eval::restore(&bad.params, Device::Cpu).err().expect("restored a NaN checkpoint").to_string();
+    assert!(e.contains(victim.as_str()), "{e}");
+
+    // Divergence without NaN: Adam at lr 1e6 blows the loss up by orders of magnitude; training
+    // stops at once, naming the iteration, and keeps the iteration-1 checkpoint.
+    let div_text = config(&dir, "div", "iterations = 8\nseed = 1\n")
+        .replace("lr = 1e-3", "lr = 1e6\nlr_schedule = \"constant\"")
+        .replace("checkpoint_every = 2", "checkpoint_every = 1");
+    let div_cfg = TrainConfig::parse(&div_text, "div").unwrap();
+    let e = train(&div_cfg, &div_text, &Resume::Fresh).unwrap_err().to_string();
+    assert!(e.contains("diverged at iteration 2") && e.contains("iter-0000001.safetensors"), "{e}");
+    assert!(!dir.join("div/checkpoints/iter-0000002.safetensors").exists());
+
+    // An absurd size is refused before allocating, naming the keys to lower.
+    let huge = config(&dir, "huge", "iterations = 2\n").replace("crop_size = 32", "crop_size = 4096").replace("batch_pairs = 2", "batch_pairs = 60000");
+    let e = train(&TrainConfig::parse(&huge, "huge").unwrap(), &huge, &Resume::Fresh).unwrap_err().to_string();
+    assert!(e.contains("needs about") && e.contains("batch_pairs") && e.contains("crop_size"), "{e}");
+
     // NaN: an absurd learning rate diverges; training stops naming the iteration and the last
     // good checkpoint, whose parameters are finite.
     let nan_text = config(&dir, "nan", "iterations = 8\nseed = 1\n")

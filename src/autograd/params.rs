@@ -203,10 +203,9 @@ impl ParamStore {
                     format!("tensor '{name}' is missing from the file"),
                 )
             })?;
-            values.push((
-                entry.tensor.clone(),
-                read_view(path, name, &view, entry.tensor.shape())?,
-            ));
+            let data = read_view(path, name, &view, entry.tensor.shape())?;
+            check_finite(path, name, &data)?;
+            values.push((entry.tensor.clone(), data));
         }
         if let Some(extra) = file
             .names()
@@ -238,10 +237,9 @@ impl ParamStore {
         for (name, entry) in &self.entries {
             match file.tensor(name) {
                 Ok(view) => {
-                    values.push((
-                        entry.tensor.clone(),
-                        read_view(path, name, &view, entry.tensor.shape())?,
-                    ));
+                    let data = read_view(path, name, &view, entry.tensor.shape())?;
+                    check_finite(path, name, &data)?;
+                    values.push((entry.tensor.clone(), data));
                     report.loaded.push(name.clone());
                 }
                 Err(_) => report.missing.push(name.clone()),
@@ -298,6 +296,19 @@ pub(crate) fn read_view(path: &Path, name: &str, view: &TensorView<'_>, want: &S
             None,
             format!("tensor '{name}' has dtype {other:?}; f32, f16 or bf16 expected"),
         )),
+    }
+}
+
+/// A weight that is NaN or infinite makes every output NaN (a Dice of 0 without a word): such a
+/// file is refused naming the tensor, before anything is assigned.
+fn check_finite(path: &Path, name: &str, data: &[f32]) -> Result<()> {
+    match data.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(Error::format(
+            path,
+            None,
+            format!("tensor '{name}' holds a non-finite value ({}) at flat index {i}: the weights are unusable", data[i]),
+        )),
+        None => Ok(()),
     }
 }
 

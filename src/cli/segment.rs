@@ -38,20 +38,8 @@ pub struct Args {
     overwrite: bool,
 }
 
-fn numbers(flag: &str, s: &str, n: usize) -> anyhow::Result<Vec<f32>> {
-    let v: Vec<f32> = s
-        .split(',')
-        .map(|t| t.trim().parse::<f32>().map_err(|e| anyhow::anyhow!("{flag}: '{}' is not a number ({e})", t.trim())))
-        .collect::<anyhow::Result<_>>()?;
-    if v.len() != n || v.iter().any(|x| !x.is_finite()) {
-        anyhow::bail!("{flag}: expected {n} finite comma-separated numbers, got {} in '{s}'", v.len());
-    }
-    Ok(v)
-}
-
 fn recist(flag: &str, s: &str) -> anyhow::Result<[[f32; 2]; 4]> {
-    let v = numbers(flag, s, 8)?;
-    Ok([[v[0], v[1]], [v[2], v[3]], [v[4], v[5]], [v[6], v[7]]])
+    coseg::data::recist::parse_recist(flag, s).map_err(anyhow::Error::msg)
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -64,10 +52,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     outputs.claim(&a.out)?;
     let r = restore(&a.checkpoint, resolve_device(&a.device)?)?;
     let window = match &a.window {
-        Some(w) => {
-            let v = numbers("--window", w, 2)?;
-            [v[0], v[1]]
-        }
+        Some(w) => coseg::data::recist::parse_window("--window", w).map_err(anyhow::Error::msg)?,
         None => {
             let (w, why) = window_for_slice(&r, &a.image)?;
             eprintln!("window {w:?} HU: {why}");

@@ -11,6 +11,10 @@ use crate::error::{Error, Result};
 use crate::io::Image;
 use std::path::Path;
 
+/// The largest crop side accepted anywhere (config, `crops --size`): checked before the
+/// S x S planes are allocated, since a failed allocation aborts instead of returning an error.
+pub const MAX_CROP_SIZE: usize = 4096;
+
 /// HU used for crop pixels that fall outside the slice (air).
 pub const PAD_HU: f32 = -1024.0;
 
@@ -54,8 +58,8 @@ impl CropBox {
     /// The crop square centred on box x0, y0, x1, y1: longer side + 2 * context * longer side,
     /// at least `min_side_px`.
     pub fn around_box(b: [f32; 4], params: &CropParams) -> Result<CropBox> {
-        if params.size == 0 {
-            return Err(Error::invalid("crop", "crop size must be at least 1"));
+        if params.size == 0 || params.size > MAX_CROP_SIZE {
+            return Err(Error::invalid("crop", format!("crop size {} is outside 1..={MAX_CROP_SIZE}", params.size)));
         }
         if !b.iter().all(|v| v.is_finite()) || b[2] < b[0] || b[3] < b[1] {
             return Err(Error::invalid("crop", format!("box {b:?} is not x0 <= x1, y0 <= y1")));
@@ -196,10 +200,18 @@ pub struct LesionCrop {
     pub recist: [[f32; 2]; 4],
     /// Whether key-1 / key+1 came from their own files (else the key slice was repeated).
     pub has_neighbour: [bool; 2],
+    /// Each neighbour replaced by the key slice, with why (`LesionSlices::fallbacks`).
+    pub fallbacks: Vec<String>,
 }
 
 /// Loads and crops the lesion of `rec` under data root `root`.
 pub fn lesion_crop(root: &Path, rec: &LesionRecord, params: &CropParams) -> Result<LesionCrop> {
+    // Records built in memory never went through the reader: check them as it would.
+    let at = |col: &str, why: String| Error::format(root.join("DL_info.csv"), Some(rec.row), format!("{} column {col}: {why}", rec.file_name));
+    rec.validate().map_err(|(col, why)| at(col, why))?;
+    if let Some(w) = params.window {
+        super::recist::check_window(w).map_err(|why| Error::invalid("crop", why))?;
+    }
     let slices = load_lesion_slices(root, rec)?;
     let crop_box = CropBox::around(rec, params)?;
     let window = params.window.unwrap_or(rec.window);
@@ -207,5 +219,5 @@ pub fn lesion_crop(root: &Path, rec: &LesionRecord, params: &CropParams) -> Resu
         .channels
         .each_ref()
         .map(|s| crop_box.crop_hu(s).into_iter().map(|v| window_unit(v, window)).collect());
-    Ok(LesionCrop { crop_box, channels, recist: crop_box.recist_in_crop(rec), has_neighbour: slices.has_neighbour })
+    Ok(LesionCrop { crop_box, channels, recist: crop_box.recist_in_crop(rec), has_neighbour: slices.has_neighbour, fallbacks: slices.fallbacks })
 }

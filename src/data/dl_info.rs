@@ -4,6 +4,7 @@
 //! `Nifti_ct_name`) and reordered files are accepted. A row that cannot be parsed, or whose
 //! geometry is unusable (RECIST outside the image, zero-length axis), is skipped and recorded in
 //! [`DlInfo::skipped`] with its row number and the column at fault; the rest of the file is kept.
+//! A row repeating an earlier one exactly is dropped the same way, naming the row it repeats.
 
 use super::csv::{quote, split_record};
 use crate::error::{Error, Result};
@@ -171,33 +172,19 @@ impl LesionRecord {
         [(self.recist[0][0] + self.recist[1][0]) / 2.0, (self.recist[0][1] + self.recist[1][1]) / 2.0]
     }
 
-    /// The geometry checks every consumer relies on: points inside the image, axes of non-zero
-    /// length, positive spacing. Returns the column at fault and why.
+    /// The geometry checks every consumer relies on (`recist::check_recist` and `check_window`,
+    /// shared with `segment` and the crops): points inside the image, axes of non-zero length
+    /// that cross, a window lo < hi, positive spacing. Returns the column at fault and why.
     pub fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
         let [w, h] = self.image_size.map(|v| v as f32);
         if w < 1.0 || h < 1.0 {
             return Err(("Image_size", format!("{w}x{h} is empty")));
         }
-        for (i, p) in self.recist.iter().enumerate() {
-            if !(p[0] >= 0.0 && p[0] <= w - 1.0 && p[1] >= 0.0 && p[1] <= h - 1.0) {
-                return Err((
-                    "Measurement_coordinates",
-                    format!("point p{} = ({}, {}) outside the {w}x{h} image", i + 1, p[0], p[1]),
-                ));
-            }
-        }
-        if self.long_axis_px() < 1e-3 {
-            return Err(("Measurement_coordinates", "degenerate RECIST: long axis has zero length".into()));
-        }
-        if self.short_axis_px() < 1e-3 {
-            return Err(("Measurement_coordinates", "degenerate RECIST: short axis has zero length".into()));
-        }
+        super::recist::check_recist(&self.recist, w as usize, h as usize).map_err(|why| ("Measurement_coordinates", why))?;
         if !self.spacing.iter().all(|s| s.is_finite() && *s > 0.0) {
             return Err(("Spacing_mm_px_", format!("spacing {:?} must be positive", self.spacing)));
         }
-        if !(self.window[0] < self.window[1]) {
-            return Err(("DICOM_windows", format!("window {:?} is empty", self.window)));
-        }
+        super::recist::check_window(self.window).map_err(|why| ("DICOM_windows", why))?;
         Ok(())
     }
 }
@@ -233,6 +220,9 @@ pub fn parse_dl_info(text: &str, path: &Path) -> Result<DlInfo> {
         .collect();
     let mut records = Vec::new();
     let mut skipped = Vec::new();
+    // An exact duplicate row is one lesion listed twice: kept, it would be paired with itself
+    // and counted twice in every mean. Rows are compared as parsed (canonical text).
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (i, line) in lines {
         let row = i + 1;
         if line.trim().is_empty() {
@@ -240,7 +230,17 @@ pub fn parse_dl_info(text: &str, path: &Path) -> Result<DlInfo> {
         }
         match parse_row(line, row, &header, &col) {
             Ok(rec) => match rec.validate() {
-                Ok(()) => records.push(rec),
+                Ok(()) => match seen.entry(format_row(&rec)) {
+                    std::collections::hash_map::Entry::Occupied(first) => skipped.push(SkippedRow {
+                        row,
+                        file_name: rec.file_name.clone(),
+                        reason: format!("exact duplicate of row {}; dropped", first.get()),
+                    }),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(row);
+                        records.push(rec);
+                    }
+                },
                 Err((column, why)) => skipped.push(SkippedRow {
                     row,
                     file_name: rec.file_name.clone(),

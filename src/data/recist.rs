@@ -1,5 +1,108 @@
 //! The exact RECIST marks of a binary mask, what a radiologist aims for: the longest chord of
 //! the lesion, then the longest chord perpendicular to it (`synth::as_drawn` adds the hand's slip).
+//!
+//! [`check_recist`] and [`check_window`] are the one geometry check every consumer of marks and
+//! windows runs (the DL_info reader, `segment`, the crops, `crf` through `segment --crf`), so a
+//! mark the reader would skip is refused everywhere with the same reason.
+
+/// How far (as a fraction of the lesion's size, its longer axis, plus [`CROSS_SLACK_PX`]) the
+/// crossing point of the two axes' lines may lie beyond either axis's ends. Readers' hands slip
+/// (see `synth::as_drawn`), and in DeepLesion's official test split 3 of 4,927 short axes stop
+/// 5-31 px short of a long axis 25-248 px long: still RECIST marks. Two axes that miss each other
+/// by more than a quarter of the lesion are not (5 rows of that split, 4 of them flagged
+/// Possibly_noisy by NIH, miss by 37-262 px or 49 % of the long axis).
+pub const CROSS_SLACK_FRACTION: f32 = 0.25;
+pub const CROSS_SLACK_PX: f32 = 2.0;
+
+/// Checks RECIST marks (long axis p1, p2, short axis p3, p4) against a `w` x `h` image: every
+/// coordinate finite and on the image (pixel centres 0..=w-1, 0..=h-1), both axes of non-zero
+/// length, and the axes crossing (within the slack above). The error says which point or axis.
+pub fn check_recist(p: &[[f32; 2]; 4], w: usize, h: usize) -> std::result::Result<(), String> {
+    if w == 0 || h == 0 {
+        return Err(format!("the image is {w}x{h}, empty"));
+    }
+    let (wf, hf) = ((w - 1) as f32, (h - 1) as f32);
+    for (i, q) in p.iter().enumerate() {
+        if !(q[0].is_finite() && q[1].is_finite()) {
+            return Err(format!("point p{} = ({}, {}) is not finite", i + 1, q[0], q[1]));
+        }
+        if !(q[0] >= 0.0 && q[0] <= wf && q[1] >= 0.0 && q[1] <= hf) {
+            let why = if q[0] < 0.0 || q[1] < 0.0 { "negative, " } else { "" };
+            return Err(format!("point p{} = ({}, {}) {why}outside the {w}x{h} image", i + 1, q[0], q[1]));
+        }
+    }
+    let d1 = [p[1][0] - p[0][0], p[1][1] - p[0][1]];
+    let d2 = [p[3][0] - p[2][0], p[3][1] - p[2][1]];
+    let (l1, l2) = (d1[0].hypot(d1[1]), d2[0].hypot(d2[1]));
+    if l1 < 1e-3 {
+        return Err("degenerate RECIST: long axis has zero length".into());
+    }
+    if l2 < 1e-3 {
+        return Err("degenerate RECIST: short axis has zero length".into());
+    }
+    // Lines p1 + t d1 and p3 + u d2 meet where t and u solve a 2x2 system.
+    let denom = d1[0] * d2[1] - d1[1] * d2[0];
+    if denom.abs() < 1e-3 * l1 * l2 {
+        return Err("the long and short axes are parallel: they do not cross".into());
+    }
+    let r = [p[2][0] - p[0][0], p[2][1] - p[0][1]];
+    let t = (r[0] * d2[1] - r[1] * d2[0]) / denom;
+    let u = (r[0] * d1[1] - r[1] * d1[0]) / denom;
+    let slack_px = CROSS_SLACK_FRACTION * l1.max(l2) + CROSS_SLACK_PX;
+    let within = |s: f32, len: f32| s >= -slack_px / len && s <= 1.0 + slack_px / len;
+    if !(within(t, l1) && within(u, l2)) {
+        let at = [p[0][0] + t * d1[0], p[0][1] + t * d1[1]];
+        return Err(format!(
+            "the long axis p1-p2 and the short axis p3-p4 do not cross (their lines meet at ({:.1}, {:.1}), off {})",
+            at[0],
+            at[1],
+            if within(t, l1) { "the short axis" } else { "the long axis" }
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `n` comma-separated finite numbers given as `what` (a flag or column name, for the
+/// message).
+pub fn parse_numbers(what: &str, s: &str, n: usize) -> std::result::Result<Vec<f32>, String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|t| t.trim().parse::<f32>().map_err(|e| format!("{what}: '{}' is not a number ({e})", t.trim())))
+        .collect::<std::result::Result<_, _>>()?;
+    if v.len() != n || v.iter().any(|x| !x.is_finite()) {
+        return Err(format!("{what}: expected {n} finite comma-separated numbers, got {} in '{s}'", v.len()));
+    }
+    Ok(v)
+}
+
+/// Parses RECIST marks "x1,y1,x2,y2,x3,y3,x4,y4" (long axis p1, p2, then short axis p3, p4).
+/// Only the syntax: [`check_recist`] checks them against the image.
+pub fn parse_recist(what: &str, s: &str) -> std::result::Result<[[f32; 2]; 4], String> {
+    let v = parse_numbers(what, s, 8)?;
+    Ok([[v[0], v[1]], [v[2], v[3]], [v[4], v[5]], [v[6], v[7]]])
+}
+
+/// Parses and checks an HU window "lo,hi".
+pub fn parse_window(what: &str, s: &str) -> std::result::Result<[f32; 2], String> {
+    let v = parse_numbers(what, s, 2)?;
+    check_window([v[0], v[1]]).map_err(|why| format!("{what}: {why}"))?;
+    Ok([v[0], v[1]])
+}
+
+/// Checks an HU window [lo, hi]: both finite and lo < hi (a reversed or empty window would
+/// divide by zero or invert the image in `slice::window_unit`).
+pub fn check_window(w: [f32; 2]) -> std::result::Result<(), String> {
+    if !(w[0].is_finite() && w[1].is_finite()) {
+        return Err(format!("window [{}, {}] is not finite", w[0], w[1]));
+    }
+    if w[0] > w[1] {
+        return Err(format!("window [{}, {}] is reversed (lo > hi)", w[0], w[1]));
+    }
+    if w[0] == w[1] {
+        return Err(format!("window [{}, {}] is empty (lo = hi)", w[0], w[1]));
+    }
+    Ok(())
+}
 
 /// RECIST points (long axis p1, p2, short axis p3, p4) at pixel centres of the mask's outermost
 /// pixels, or None when the mask has fewer than two pixels across in either direction.
@@ -172,5 +275,80 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn marks_and_windows_are_checked_alike_everywhere() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..500 {
+            let (w, h) = (rng.random_range(16..600usize), rng.random_range(16..600usize));
+            // A random cross inside the image: long axis through a centre, short one across it,
+            // the crossing anywhere along both (hand-drawn marks rarely cross in the middle).
+            let c = [rng.random_range(4.0..(w - 5) as f32), rng.random_range(4.0..(h - 5) as f32)];
+            let t: f32 = rng.random_range(0.0..std::f32::consts::PI);
+            let (d, n) = ([t.cos(), t.sin()], [-t.sin(), t.cos()]);
+            let (a1, a2) = (rng.random_range(1.0..4.0f32), rng.random_range(1.0..4.0f32));
+            let (b1, b2) = (rng.random_range(0.5..3.0f32), rng.random_range(0.5..3.0f32));
+            let at = |dir: [f32; 2], s: f32| [c[0] + dir[0] * s, c[1] + dir[1] * s];
+            let good = [at(d, -a1), at(d, a2), at(n, -b1), at(n, b2)];
+            assert_eq!(check_recist(&good, w, h), Ok(()), "{good:?} on {w}x{h}");
+            let mut r = good;
+            let k = rng.random_range(0..4usize);
+            match rng.random_range(0..4) {
+                0 => r[k][rng.random_range(0..2usize)] = -rng.random_range(0.01..50.0f32),
+                1 => r[k] = [w as f32 - 1.0 + rng.random_range(0.01..50.0f32), r[k][1]],
+                2 => r[k] = [f32::NAN, r[k][1]],
+                _ => {
+                    // The short axis moved well clear of the long one, along the long axis.
+                    let size = (a1 + a2).max(b1 + b2);
+                    let off = a2 + size * (1.0 + CROSS_SLACK_FRACTION) + CROSS_SLACK_PX;
+                    let (s3, s4) = (at(d, off), at(d, off));
+                    r[2] = [s3[0] - n[0] * b1, s3[1] - n[1] * b1];
+                    r[3] = [s4[0] + n[0] * b2, s4[1] + n[1] * b2];
+                }
+            }
+            let off_image = r.iter().any(|q| !(q[0] >= 0.0 && q[1] >= 0.0 && q[0] <= (w - 1) as f32 && q[1] <= (h - 1) as f32));
+            let e = check_recist(&r, w, h).expect_err(&format!("{r:?} on {w}x{h} accepted"));
+            assert!(e.contains("outside") || e.contains("not finite") || (!off_image && e.contains("do not cross")), "{e}");
+        }
+        let e = check_recist(&[[1.0, 1.0], [9.0, 1.0], [3.0, 4.0], [6.0, 4.0]], 20, 20).unwrap_err();
+        assert!(e.contains("parallel"), "{e}");
+        let e = check_recist(&[[-1.0, 1.0], [9.0, 1.0], [3.0, 0.0], [3.0, 4.0]], 20, 20).unwrap_err();
+        assert!(e.contains("p1") && e.contains("negative"), "{e}");
+        let e = check_recist(&[[1.0, 1.0], [9.0, 1.0], [3.0, 2.0], [3.0, 2.0]], 20, 20).unwrap_err();
+        assert!(e.contains("short axis has zero length"), "{e}");
+        assert!(check_window([-160.0, 240.0]).is_ok());
+        assert!(check_window([240.0, -160.0]).unwrap_err().contains("reversed"));
+        assert!(check_window([40.0, 40.0]).unwrap_err().contains("empty"));
+        assert!(check_window([f32::NEG_INFINITY, 40.0]).unwrap_err().contains("not finite"));
+    }
+
+    #[test]
+    fn drawn_marks_of_synthetic_lesions_pass_the_check() {
+        // Hand-slipped marks (synth::as_drawn) are what the crossing slack exists for.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (w, h) = (128usize, 128usize);
+        let mut checked = 0;
+        for _ in 0..400 {
+            let a: f32 = rng.random_range(3.0..30.0);
+            let b: f32 = rng.random_range(1.5..a);
+            let t: f32 = rng.random_range(0.0..std::f32::consts::PI);
+            let mut mask = vec![0u8; w * h];
+            for y in 0..h {
+                for x in 0..w {
+                    let (dx, dy) = (x as f32 - 64.0, y as f32 - 64.0);
+                    let (u, v) = (dx * t.cos() + dy * t.sin(), -dx * t.sin() + dy * t.cos());
+                    if (u / a).powi(2) + (v / b).powi(2) <= 1.0 {
+                        mask[y * w + x] = 255;
+                    }
+                }
+            }
+            let Some(exact) = recist_from_mask(&mask, w, h) else { continue };
+            let drawn = crate::data::synth::as_drawn(&mut rng, exact, 0.0, w);
+            assert_eq!(check_recist(&exact, w, h), Ok(()), "exact {exact:?}");
+            assert_eq!(check_recist(&drawn, w, h), Ok(()), "drawn {drawn:?} of exact {exact:?}");
+            checked += 1;
+        }
+        assert!(checked > 300, "{checked}");
     }
 }

@@ -24,18 +24,26 @@ pub fn save_hu(path: impl AsRef<Path>, hu: &HuSlice) -> Result<()> {
     write_gray16_with(path, &Image::new(hu.width, hu.height, 1, data), png::Compression::Fast)
 }
 
-/// The three channels of a lesion: slices key-1, key, key+1. A missing neighbour file is
-/// replaced by the key slice and flagged, so callers can count how often that happened.
+/// The three channels of a lesion: slices key-1, key, key+1. A neighbour that cannot be used,
+/// missing or damaged alike, is replaced by the key slice and flagged, with why.
+///
+/// Policy: a missing and a truncated neighbour are treated the same, by falling back to the key
+/// slice, never by dropping the lesion. DeepLesion is often used from its key slices alone, and
+/// the network already trains with that fallback; a damaged neighbour carries no more or less
+/// information than an absent one, and the key slice (whose damage is an error) is what the
+/// marks were drawn on. Callers count and name the fallbacks.
 #[derive(Clone, Debug)]
 pub struct LesionSlices {
     /// [key-1, key, key+1]
     pub channels: [HuSlice; 3],
     /// Whether key-1 and key+1 were read from their own files.
     pub has_neighbour: [bool; 2],
+    /// Each neighbour replaced by the key slice: its file and why (missing, or the read error).
+    pub fallbacks: Vec<String>,
 }
 
 /// Loads the key slice of `rec` (an error if missing or unreadable) and its neighbours when
-/// their files exist; checks the image size against the row's Image_size.
+/// they can be read; checks the image size against the row's Image_size.
 pub fn load_lesion_slices(root: &Path, rec: &LesionRecord) -> Result<LesionSlices> {
     let key_path = rec.slice_path(root, 0);
     let key = load_hu(&key_path)?;
@@ -47,27 +55,31 @@ pub fn load_lesion_slices(root: &Path, rec: &LesionRecord) -> Result<LesionSlice
             format!("image is {}x{}, DL_info row says Image_size {w}x{h}", key.width, key.height),
         ));
     }
+    let mut fallbacks = Vec::new();
     let [below, above] = [-1, 1].map(|offset| {
-        if rec.key_slice as i64 + offset as i64 >= 0 { load_neighbour(&rec.slice_path(root, offset), &key, Some(rec.row)) } else { Ok(None) }
+        if rec.key_slice as i64 + offset as i64 >= 0 {
+            load_neighbour(&rec.slice_path(root, offset), &key, Some(rec.row)).map_err(|why| fallbacks.push(why)).ok()
+        } else {
+            None
+        }
     });
-    let (below, above) = (below?, above?);
     let has_neighbour = [below.is_some(), above.is_some()];
     let (below, above) = (below.unwrap_or_else(|| key.clone()), above.unwrap_or_else(|| key.clone()));
-    Ok(LesionSlices { channels: [below, key, above], has_neighbour })
+    Ok(LesionSlices { channels: [below, key, above], has_neighbour, fallbacks })
 }
 
-/// A neighbour of `key` (slice key-1 or key+1) from `path`: None when the file does not exist,
-/// an error naming it (and the DL_info row, when given) when it cannot be read or its size
-/// differs from the key slice's.
-pub fn load_neighbour(path: &Path, key: &HuSlice, row: Option<usize>) -> Result<Option<HuSlice>> {
+/// A neighbour of `key` (slice key-1 or key+1) from `path`, or why it cannot be used (naming the
+/// file, and the DL_info row when given): missing, unreadable or truncated, or of another size
+/// than the key slice. See [`LesionSlices`] for why all of these are treated alike.
+pub fn load_neighbour(path: &Path, key: &HuSlice, row: Option<usize>) -> std::result::Result<HuSlice, String> {
     if !path.exists() {
-        return Ok(None);
+        return Err(format!("{}: missing", path.display()));
     }
-    let n = load_hu(path)?;
+    let n = load_hu(path).map_err(|e| e.to_string())?;
     if n.width != key.width || n.height != key.height {
-        return Err(Error::format(path, row, format!("neighbour is {}x{}, key slice is {}x{}", n.width, n.height, key.width, key.height)));
+        return Err(Error::format(path, row, format!("neighbour is {}x{}, key slice is {}x{}", n.width, n.height, key.width, key.height)).to_string());
     }
-    Ok(Some(n))
+    Ok(n)
 }
 
 /// Maps HU to [0, 1] through the window [lo, hi] (clamped outside).

@@ -1,9 +1,11 @@
 //! Stratified train/validation/test split by cluster, pairs within a cluster and split, and the
 //! manifest JSON that records both (`coseg split`).
 //!
-//! Split: inside every cluster the lesions are shuffled (seeded) and cut by the ratios
-//! (default 80/10/10); the fractional part of each cut is rounded up or down at random, so
-//! small clusters still contribute to validation and test in expectation.
+//! Split: all lesions of a patient go to one split (DeepLesion's File_name begins with the
+//! patient index). Inside every cluster the patients are shuffled (seeded) and cut by the ratios
+//! (default 80/10/10) of its lesions; the fractional part of each cut is rounded up or down at
+//! random, so small clusters still contribute to validation and test in expectation. A split
+//! with no pair is an error.
 //!
 //! Pairs (unordered, no self pairs), inside every (cluster, split) group of m lesions:
 //! - [`PairRule::All`]: all m (m - 1) / 2 pairs;
@@ -42,38 +44,108 @@ pub enum PairRule {
 }
 
 /// Splits lesions stratified by cluster. `ratios` = (train, val, test), non-negative, sum > 0.
+/// Every lesion is taken as its own patient; see [`patient_split`].
 pub fn stratified_split(clusters: &[usize], ratios: [f64; 3], seed: u64) -> Result<Vec<Split>> {
+    let patients: Vec<usize> = (0..clusters.len()).collect();
+    patient_split(clusters, &patients, ratios, seed)
+}
+
+/// Splits lesions so that all lesions of one patient (`patients[i]`, any id) land in the same
+/// split, stratified by cluster as far as that allows: each patient goes with the cluster most of
+/// its lesions are in (ties: the lowest), the patients of a cluster are shuffled (seeded) and
+/// handed to validation, then test, until each holds its share of the cluster's lesions (the
+/// share, plus what earlier clusters fell short of, rounded up or down at random; a patient
+/// bigger than what is lacking joins with probability lacking / size), the rest to training.
+pub fn patient_split(clusters: &[usize], patients: &[usize], ratios: [f64; 3], seed: u64) -> Result<Vec<Split>> {
     let sum: f64 = ratios.iter().sum();
-    if ratios.iter().any(|r| !(*r >= 0.0)) || !(sum > 0.0) {
+    if ratios.iter().any(|r| !(*r >= 0.0)) || !(sum > 0.0) || !sum.is_finite() {
         return Err(Error::invalid("split", format!("ratios {ratios:?} must be >= 0 with a positive sum")));
+    }
+    if patients.len() != clusters.len() {
+        return Err(Error::shape("split", format!("{} patients for {} lesions", patients.len(), clusters.len())));
+    }
+    // Patients in order of first appearance, each with its lesions.
+    let mut patient_of: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    let mut lesions_of: Vec<Vec<usize>> = Vec::new();
+    for (i, p) in patients.iter().enumerate() {
+        let next = lesions_of.len();
+        let k = *patient_of.entry(*p).or_insert(next);
+        if k == next {
+            lesions_of.push(Vec::new());
+        }
+        lesions_of[k].push(i);
     }
     let k = clusters.iter().copied().max().map_or(0, |m| m + 1);
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); k];
-    for (i, &c) in clusters.iter().enumerate() {
-        members[c].push(i);
+    for (p, lesions) in lesions_of.iter().enumerate() {
+        let mut count: std::collections::BTreeMap<usize, usize> = Default::default();
+        for &i in lesions {
+            *count.entry(clusters[i]).or_default() += 1;
+        }
+        let most = count.values().copied().max().unwrap_or(0);
+        let dominant = count.iter().find(|(_, n)| **n == most).map_or(0, |(c, _)| *c);
+        members[dominant].push(p);
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = vec![Split::Train; clusters.len()];
+    // What validation and test fell short of (or beyond) their shares in the clusters so far,
+    // carried into the next: with patients bigger than a cluster's share, the split as a whole
+    // still gets its share (a small set could otherwise end with no validation lesion at all).
+    let mut carry = [0.0f64; 2];
     for group in &mut members {
         group.shuffle(&mut rng);
-        let m = group.len() as f64;
+        let m: usize = group.iter().map(|&p| lesions_of[p].len()).sum();
+        let share = [m as f64 * ratios[1] / sum + carry[0], m as f64 * ratios[2] / sum + carry[1]];
         let mut stochastic_round = |x: f64| {
+            let x = x.max(0.0);
             let f = x.floor();
             (f + if rng.random::<f64>() < x - f { 1.0 } else { 0.0 }) as usize
         };
-        let n_val = stochastic_round(m * ratios[1] / sum).min(group.len());
-        let n_test = stochastic_round(m * ratios[2] / sum).min(group.len() - n_val);
-        for (pos, &i) in group.iter().enumerate() {
-            out[i] = if pos < n_val {
-                Split::Val
-            } else if pos < n_val + n_test {
-                Split::Test
-            } else {
-                Split::Train
-            };
+        let n_val = stochastic_round(share[0]).min(m);
+        let n_test = stochastic_round(share[1]).min(m - n_val);
+        // Validation, then test, take the patients (in the shuffled order) that fit in what
+        // they still lack; if some is still lacking, the next patient (bigger than it) joins
+        // with probability lacking / size, so each split holds its share in expectation even
+        // when every patient is bigger than it (small clusters). Single-lesion patients always
+        // fit, so they never draw.
+        let mut taken: Vec<Option<Split>> = vec![None; group.len()];
+        for (want, split) in [(n_val, Split::Val), (n_test, Split::Test)] {
+            let mut lacking = want;
+            for (j, &p) in group.iter().enumerate() {
+                let size = lesions_of[p].len();
+                if taken[j].is_none() && size <= lacking {
+                    taken[j] = Some(split);
+                    lacking -= size;
+                }
+            }
+            if lacking > 0 {
+                if let Some(j) = (0..group.len()).find(|&j| taken[j].is_none()) {
+                    if rng.random::<f64>() < lacking as f64 / lesions_of[group[j]].len() as f64 {
+                        taken[j] = Some(split);
+                    }
+                }
+            }
         }
+        let mut got = [0usize; 2];
+        for (j, &p) in group.iter().enumerate() {
+            match taken[j] {
+                Some(Split::Val) => got[0] += lesions_of[p].len(),
+                Some(Split::Test) => got[1] += lesions_of[p].len(),
+                _ => {}
+            }
+            for &i in &lesions_of[p] {
+                out[i] = taken[j].unwrap_or(Split::Train);
+            }
+        }
+        carry = [share[0] - got[0] as f64, share[1] - got[1] as f64];
     }
     Ok(out)
+}
+
+/// The patient a DeepLesion File_name belongs to: the part before its first `_`
+/// (`<patient>_<study>_<series>_<slice>.png`); a name without one is its own patient.
+pub fn patient_of_file_name(file_name: &str) -> &str {
+    file_name.split_once('_').map_or(file_name, |(p, _)| p)
 }
 
 /// Pairs (indices into the lesion list, i < j) within the same cluster and split.
@@ -243,6 +315,44 @@ mod tests {
         assert!(per_lesion.iter().all(|c| *c <= 6));
         assert!(stratified_split(&clusters, [0.0, 0.0, 0.0], 1).is_err());
     }
+    #[test]
+    fn a_patients_lesions_share_a_split_and_clusters_stay_stratified() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        // 600 patients with 1..12 lesions each, lesions spread over 6 clusters.
+        let (mut clusters, mut patients) = (Vec::new(), Vec::new());
+        for p in 0..600usize {
+            let home = rng.random_range(0..6);
+            for _ in 0..rng.random_range(1..12) {
+                clusters.push(if rng.random::<f64>() < 0.7 { home } else { rng.random_range(0..6) });
+                patients.push(p * 7 + 3);
+            }
+        }
+        let splits = patient_split(&clusters, &patients, [0.8, 0.1, 0.1], 5).unwrap();
+        assert_eq!(splits, patient_split(&clusters, &patients, [0.8, 0.1, 0.1], 5).unwrap());
+        let mut seen = std::collections::HashMap::new();
+        for (p, s) in patients.iter().zip(&splits) {
+            assert_eq!(*seen.entry(*p).or_insert(*s), *s, "patient {p} in two splits");
+        }
+        let n = splits.len() as f64;
+        let frac = |s: Split| splits.iter().filter(|x| **x == s).count() as f64 / n;
+        assert!((frac(Split::Train) - 0.8).abs() < 0.03 && (frac(Split::Val) - 0.1).abs() < 0.03, "{} {}", frac(Split::Train), frac(Split::Val));
+        for c in 0..6 {
+            let of_c: Vec<Split> = clusters.iter().zip(&splits).filter(|(k, _)| **k == c).map(|(_, s)| *s).collect();
+            let f = of_c.iter().filter(|s| **s == Split::Train).count() as f64 / of_c.len() as f64;
+            assert!((f - 0.8).abs() < 0.08, "cluster {c}: train fraction {f}");
+        }
+        // Small clusters of patients bigger than a cluster's share (4 patients of 3 lesions
+        // each, val and test wanting about 1 lesion): the shares are still met in expectation.
+        let clusters: Vec<usize> = (0..2400).map(|i| i / 12).collect();
+        let patients: Vec<usize> = (0..2400).map(|i| i / 3).collect();
+        let splits = patient_split(&clusters, &patients, [0.8, 0.1, 0.1], 6).unwrap();
+        for (s, want) in [(Split::Train, 0.8), (Split::Val, 0.1), (Split::Test, 0.1)] {
+            let f = splits.iter().filter(|x| **x == s).count() as f64 / 2400.0;
+            assert!((f - want).abs() < 0.04, "{s:?}: {f} of the lesions");
+        }
+        assert!(patient_split(&clusters, &patients[1..], [0.8, 0.1, 0.1], 5).is_err());
+        assert_eq!(patient_of_file_name("000123_01_02_045.png"), "000123");
+    }
 }
 
 /// Settings of [`build_manifest`].
@@ -300,8 +410,37 @@ pub fn build_manifest(root: &Path, p: &SplitParams) -> Result<Manifest> {
         return Err(Error::invalid("split", format!("{} clusters for {} usable lesions: ask for at most {}", p.clusters, kept.len(), kept.len())));
     }
     let km = kmeans(&data, dim, p.clusters, p.seed, p.max_iter)?;
-    let splits = stratified_split(&km.assignment, p.ratios, p.seed)?;
+    // One patient's lesions share anatomy and scanner: in two splits they would leak test
+    // information into training.
+    let mut ids: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let patients: Vec<usize> = kept
+        .iter()
+        .map(|&i| {
+            let n = ids.len();
+            *ids.entry(patient_of_file_name(&info.records[i].file_name)).or_insert(n)
+        })
+        .collect();
+    let splits = patient_split(&km.assignment, &patients, p.ratios, p.seed)?;
     let [train, val, test] = make_pairs(&km.assignment, &splits, p.pair_rule, p.seed);
+    let counts = Split::ALL.map(|s| splits.iter().filter(|x| **x == s).count());
+    let no_pairs = |what: &str| {
+        Error::invalid(
+            "split",
+            format!(
+                "{what}: no (cluster, split) group holds two lesions ({} usable lesions of {} patients in {} clusters; train/val/test lesions {counts:?}, {} rows skipped); use fewer clusters or more lesions",
+                kept.len(),
+                ids.len(),
+                p.clusters,
+                skipped.len()
+            ),
+        )
+    };
+    if train.is_empty() && val.is_empty() && test.is_empty() {
+        return Err(no_pairs("the split makes no pair at all"));
+    }
+    if train.is_empty() && p.ratios[0] > 0.0 {
+        return Err(no_pairs("the training split has no pair"));
+    }
     let lesions = kept
         .iter()
         .enumerate()
@@ -321,4 +460,5 @@ pub fn build_manifest(root: &Path, p: &SplitParams) -> Result<Manifest> {
         pairs: ManifestPairs { train, val, test },
         skipped,
     })
+
 }

@@ -133,6 +133,48 @@ pub fn latest(dir: &Path) -> Result<Option<CheckpointPaths>> {
     Ok(Some(CheckpointPaths::of(&dir.join(name))))
 }
 
+/// The newest checkpoint in `dir` that loads whole into `store` and `opt`: the one `latest.json`
+/// names, else (when that one is truncated, damaged or gone) the newest complete one beside it.
+/// Returns it, its metadata, and each checkpoint passed over with why, so the caller can name
+/// them; None when `dir` has no checkpoint; an error listing every failure when none loads.
+#[allow(clippy::type_complexity)]
+pub fn latest_loadable(
+    dir: &Path,
+    store: &mut ParamStore,
+    opt: &mut Optimizer,
+) -> Result<Option<(CheckpointPaths, CheckpointMeta, Vec<(CheckpointPaths, String)>)>> {
+    let mut candidates: Vec<CheckpointPaths> = Vec::new();
+    let mut bad = Vec::new();
+    match latest(dir) {
+        Ok(Some(p)) => candidates.push(p),
+        Ok(None) => {}
+        Err(e) => bad.push((CheckpointPaths::of(&dir.join("latest.json")), e.to_string())),
+    }
+    if dir.is_dir() {
+        let mut all = list(dir)?;
+        all.sort_by_key(|(it, _)| std::cmp::Reverse(*it));
+        let first = candidates.first().cloned();
+        candidates.extend(all.into_iter().map(|(_, p)| p).filter(|p| Some(p) != first.as_ref()));
+    }
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    for p in candidates {
+        match load(&p, store, Some(opt)) {
+            Ok(meta) => return Ok(Some((p, meta, bad))),
+            Err(e) => bad.push((p, e.to_string())),
+        }
+    }
+    Err(Error::invalid(
+        "resume",
+        format!(
+            "no checkpoint in {} can be loaded: {}",
+            dir.display(),
+            bad.iter().map(|(p, e)| format!("{} ({e})", p.params.display())).collect::<Vec<_>>().join("; ")
+        ),
+    ))
+}
+
 /// Reads a checkpoint's metadata.
 pub fn read_meta(paths: &CheckpointPaths) -> Result<CheckpointMeta> {
     let text = std::fs::read_to_string(&paths.meta).map_err(|e| {

@@ -280,6 +280,10 @@ impl TrainConfig {
         if !(self.data.context >= 0.0) {
             return Err(format!("[data] context = {} must be >= 0", self.data.context));
         }
+        crate::train::limits::check_sizes(self)?;
+        if let Some(w) = self.data.window {
+            crate::data::recist::check_window(w).map_err(|why| format!("[data] window: {why}"))?;
+        }
         Ok(())
     }
 }
@@ -299,6 +303,20 @@ fn describe_toml_error(text: &str, origin: &str, e: &toml::de::Error) -> String 
         .map(str::trim)
         .find(|l| l.starts_with('['))
         .map(|l| l.to_string());
+    // A span on a table header points at that table, not at a key of the section before it:
+    // an unknown section is reported under its own name, a missing key under its table.
+    let header = Some(line.trim()).filter(|l| l.starts_with('[')).map(|l| l.split('#').next().unwrap_or(l).trim().to_string());
+    if let Some(h) = &header {
+        if msg.starts_with("unknown field") {
+            return format!("{origin}, line {line_no}: unknown section {h}: {msg}");
+        }
+        return format!("{origin}, line {line_no}: {h}: {msg}");
+    }
+    if msg.starts_with("missing field") {
+        // The span covers the table that lacks the key; its first line is a key of that table.
+        let at = section.unwrap_or_else(|| "top level".into());
+        return format!("{origin}, line {line_no}: {at}: {msg}");
+    }
     let key = line.split_once('=').map(|(k, _)| k.trim().to_string()).filter(|k| !k.is_empty() && !k.starts_with('['));
     let at = match (section, key) {
         (Some(s), Some(k)) => format!("{s} {k}"),
@@ -343,5 +361,32 @@ mod tests {
         assert!(e.contains("device") && e.contains("tpu"), "{e}");
         let e = TrainConfig::parse(&format!("{MINIMAL}[eval.crf_params]\nsxy = 3\n"), "g.toml").unwrap_err().to_string();
         assert!(e.contains("sxy"), "{e}");
+    }
+
+    #[test]
+    fn unknown_sections_and_missing_keys_are_named_under_their_own_section() {
+        let e = TrainConfig::parse(&format!("{MINIMAL}[train]\nlr = 0.1\n\n[trian]\niterations = 5\n"), "s.toml").unwrap_err().to_string();
+        eprintln!("{e}");
+        assert!(e.contains("[trian]") && e.contains("unknown section") && !e.contains("[train]:"), "{e}");
+        let e = TrainConfig::parse("[train]\nlr = 0.1\n\n[data]\nmanifest = \"m.json\"\npseudo_masks = \"p\"\n\n[eval]\ncrf = true\n", "r.toml").unwrap_err().to_string();
+        eprintln!("{e}");
+        assert!(e.contains("[data]") && e.contains("root") && !e.contains("[eval]") && !e.contains("[train]"), "{e}");
+        let e = TrainConfig::parse("[model]\ndepth = 18\n[data]\nroot = \"d\"\nmanifest = \"m\"\n", "q.toml").unwrap_err().to_string();
+        eprintln!("{e}");
+        assert!(e.contains("[data]") && e.contains("pseudo_masks") && !e.contains("[model]"), "{e}");
+        let e = TrainConfig::parse(&format!("{MINIMAL}[data.extra]\nx = 1\n"), "t.toml").unwrap_err().to_string();
+        eprintln!("{e}");
+        assert!(e.contains("extra"), "{e}");
+    }
+
+    #[test]
+    fn sizes_are_refused_before_anything_is_allocated() {
+        for (key, table, value) in [("crop_size", "data", "1000000000"), ("batch_pairs", "train", "100000000000"), ("width", "model", "1e9")] {
+            let text = if table == "data" { format!("{MINIMAL}{key} = {value}\n") } else { format!("{MINIMAL}[{table}]\n{key} = {value}\n") };
+            let e = TrainConfig::parse(&text, "big.toml").unwrap_err().to_string();
+            assert!(e.contains("big.toml") && e.contains(&format!("[{table}] {key}")), "{e}");
+        }
+        let e = TrainConfig::parse(&format!("{MINIMAL}window = [400.0, -100.0]\n"), "w.toml").unwrap_err().to_string();
+        assert!(e.contains("[data] window") && e.contains("reversed"), "{e}");
     }
 }

@@ -44,6 +44,8 @@ pub struct Sample {
     pub recist: [[f32; 2]; 4],
     /// Width and height of the key slice.
     pub slice_size: (usize, usize),
+    /// Neighbour slices replaced by the key slice, with why (see `data::slice::LesionSlices`).
+    pub neighbour_fallbacks: Vec<String>,
 }
 
 /// A lesion left out, and why.
@@ -139,7 +141,7 @@ pub fn load_sample(src: &DataSource, records: &HashMap<usize, LesionRecord>, i: 
     };
     let truth = src.true_masks.map(|d| d.join(&l.file_name)).filter(|p| p.exists()).and_then(|_| src.true_masks.map(cut)).transpose()?;
     let [w, h] = rec.image_size.map(|v| v as usize);
-    Ok(Sample { name: l.file_name.clone(), row: l.row, cluster: l.cluster, image, pseudo, truth, crop_box: crop.crop_box, recist: crop.recist, slice_size: (w, h) })
+    Ok(Sample { name: l.file_name.clone(), row: l.row, cluster: l.cluster, image, pseudo, truth, crop_box: crop.crop_box, recist: crop.recist, slice_size: (w, h), neighbour_fallbacks: crop.fallbacks })
 }
 
 /// Index of pixel (x, y) after symmetry `k` (bit 0: flip x, bit 1: flip y, bit 2: transpose)
@@ -290,6 +292,7 @@ mod tests {
             crop_box: CropBox { x0: 0.0, y0: 0.0, side: 5.0, size: s },
             recist: [[1.0, 2.0], [3.0, 2.0], [2.0, 1.0], [2.0, 3.0]],
             slice_size: (5, 5),
+            neighbour_fallbacks: Vec::new(),
         };
         let aug = Augment { flips: true, contrast: 0.0, brightness: 0.0 };
         let mut seen = std::collections::HashSet::new();

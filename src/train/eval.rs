@@ -251,30 +251,37 @@ pub struct LesionInput {
 
 /// The slices key-1 and key+1 beside a DeepLesion key slice (`Images_png/<series>/NNN.png`
 /// next to NNN-1 and NNN+1, as the network was trained), each None when absent.
-fn neighbour_slices(key: &Path, hu: &crate::data::HuSlice) -> Result<[Option<crate::data::HuSlice>; 2]> {
+fn neighbour_slices(key: &Path, hu: &crate::data::HuSlice) -> ([Option<crate::data::HuSlice>; 2], Vec<String>) {
     let stem = key.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-    let Ok(index) = stem.parse::<i64>() else { return Ok([None, None]) };
-    let [below, above] = [-1, 1].map(|offset| {
+    let Ok(index) = stem.parse::<i64>() else { return ([None, None], Vec::new()) };
+    let mut fallbacks = Vec::new();
+    let pair = [-1, 1].map(|offset| {
         if index + offset < 0 {
-            return Ok(None);
+            return None;
         }
-        crate::data::slice::load_neighbour(&key.with_file_name(format!("{:0w$}.png", index + offset, w = stem.len())), hu, None)
+        let path = key.with_file_name(format!("{:0w$}.png", index + offset, w = stem.len()));
+        crate::data::slice::load_neighbour(&path, hu, None).map_err(|why| fallbacks.push(why)).ok()
     });
-    Ok([below?, above?])
+    (pair, fallbacks)
 }
 
 /// A lesion's network input: slices key-1, key, key+1 cropped around its RECIST box and
 /// windowed, as a [`dataset::Sample`] without targets. Neighbours are read from beside the key
 /// slice (DeepLesion's numbering); a missing one is replaced by the key slice, as in training.
 pub fn sample_from_slice(input: &LesionInput, crop: &crate::data::CropParams, window: [f32; 2]) -> Result<dataset::Sample> {
+    // The reader's checks: a mark or window it would skip is refused here too, not segmented
+    // into an empty mask.
+    crate::data::recist::check_window(window).map_err(|why| Error::invalid("window", why))?;
     let hu = crate::data::load_hu(&input.slice)?;
-    let [below, above] = neighbour_slices(&input.slice, &hu)?;
+    crate::data::recist::check_recist(&input.recist, hu.width, hu.height)
+        .map_err(|why| Error::format(&input.slice, None, format!("RECIST marks: {why}")))?;
+    let ([below, above], neighbour_fallbacks) = neighbour_slices(&input.slice, &hu);
     let crop_box = crate::data::CropBox::around_box(crate::data::recist_box_of(&input.recist), crop)?;
     let channel = |slice: &crate::data::HuSlice| -> Vec<f32> { crop_box.crop_hu(slice).into_iter().map(|v| crate::data::slice::window_unit(v, window)).collect() };
     let image = [channel(below.as_ref().unwrap_or(&hu)), channel(&hu), channel(above.as_ref().unwrap_or(&hu))].concat();
     let recist = input.recist.map(|p| crop_box.to_crop(p));
     let name = input.slice.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    Ok(dataset::Sample { name, row: 0, cluster: 0, image, pseudo: Vec::new(), truth: None, crop_box, recist, slice_size: (hu.width, hu.height) })
+    Ok(dataset::Sample { name, row: 0, cluster: 0, image, pseudo: Vec::new(), truth: None, crop_box, recist, slice_size: (hu.width, hu.height), neighbour_fallbacks })
 }
 
 /// DeepLesion's File_name of a key slice `Images_png/<series>/<file>`: `<series>_<file>`.
@@ -380,6 +387,7 @@ mod tests {
             crop_box: CropBox { x0: 0.0, y0: 0.0, side: s as f32, size: s },
             recist: [[11.0, 16.0], [21.0, 16.0], [16.0, 11.0], [16.0, 21.0]],
             slice_size: (s, s),
+            neighbour_fallbacks: Vec::new(),
         };
         let e = EvalConfig { threshold: 0.7, ..EvalConfig::default() };
         let out = crop_for_paste(&smp, &prob, s, &e).unwrap();

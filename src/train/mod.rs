@@ -17,6 +17,7 @@ pub mod dataset;
 pub mod demo;
 pub mod eval;
 pub mod experiment;
+pub mod limits;
 pub mod log;
 pub mod optim;
 pub mod plot;

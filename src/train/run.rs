@@ -6,7 +6,9 @@
 //! Determinism and resume: iteration `i` draws its pairs and augmentation from a generator
 //! seeded by (seed, i), so a run resumed from a checkpoint after iteration `i` (parameters,
 //! batch-norm statistics and optimiser state restored) continues exactly as if never stopped.
-//! A non-finite loss stops training, naming the iteration and the last good checkpoint.
+//! A non-finite loss, or one that diverges ([`DivergenceGuard`]: far above its recent history, or
+//! above its starting value after warm-up), stops training before the optimiser step, naming
+//! the iteration and the last good checkpoint.
 
 use crate::autograd::{ParamStore, no_grad};
 use crate::data::split::{Manifest, Split};
@@ -52,6 +54,94 @@ pub struct TrainOutcome {
     /// The last validation, against pseudo-masks and (when available) true masks, crop space.
     pub val_pseudo: Option<MetricsSummary>,
     pub val_true: Option<MetricsSummary>,
+    /// Checkpoints auto-resume passed over (truncated or damaged), each with why.
+    pub unusable_checkpoints: Vec<(PathBuf, String)>,
+}
+
+/// Losses of the iterations a spike is measured against.
+pub const DIVERGENCE_WINDOW: usize = 50;
+/// A loss this many times the median of the recent window (and above the starting loss) is a
+/// divergence: a healthy step never multiplies the loss by ten; Adam at lr 1e6 multiplies it by 1e12.
+pub const DIVERGENCE_SPIKE: f64 = 10.0;
+/// Iterations after which the loss must have come down: from then on a recent median above
+/// [`DIVERGENCE_ABOVE_START`] times the starting loss is a divergence.
+pub const DIVERGENCE_WARMUP: usize = 50;
+/// The median (not one batch) must exceed the start by this much, so a run that merely stalls
+/// near its starting loss is not stopped for batch noise.
+pub const DIVERGENCE_ABOVE_START: f64 = 1.5;
+
+/// Watches the training loss for divergence beside the NaN check: a loss far above its recent
+/// history, or, after warm-up, a recent history above the starting loss.
+#[derive(Clone, Debug, Default)]
+pub struct DivergenceGuard {
+    /// The losses of the first [`DIVERGENCE_WINDOW`] iterations; their median is the starting
+    /// loss (one batch alone is too noisy a reference).
+    first: Vec<f64>,
+    recent: std::collections::VecDeque<f64>,
+    /// Iterations seen (including those before a resume).
+    seen: usize,
+}
+
+impl DivergenceGuard {
+    /// A guard that has seen `losses` (iterations 1.. in order), as a resumed run's log holds them.
+    pub fn with_history(losses: impl IntoIterator<Item = f64>) -> Self {
+        let mut g = DivergenceGuard::default();
+        for l in losses {
+            g.push(l);
+        }
+        g
+    }
+
+    fn push(&mut self, loss: f64) {
+        if self.first.len() < DIVERGENCE_WINDOW {
+            self.first.push(loss);
+        }
+        self.recent.push_back(loss);
+        if self.recent.len() > DIVERGENCE_WINDOW {
+            self.recent.pop_front();
+        }
+        self.seen += 1;
+    }
+
+    fn median(&self) -> Option<f64> {
+        median(self.recent.iter().copied())
+    }
+
+    fn start(&self) -> Option<f64> {
+        median(self.first.iter().copied())
+    }
+
+    /// Records the (finite) loss of 1-based iteration `iter`; Some(why) when it shows divergence
+    /// (the loss is then not added to the history).
+    pub fn check(&mut self, iter: usize, loss: f64) -> Option<String> {
+        if let (Some(start), Some(med)) = (self.start(), self.median()) {
+            if loss > DIVERGENCE_SPIKE * med && loss > start {
+                return Some(format!(
+                    "the loss diverged at iteration {iter}: {loss:.4e} is {:.3e} times the median {med:.4} of the previous {} iterations (starting loss, the median of the first iterations, {start:.4})",
+                    loss / med,
+                    self.recent.len()
+                ));
+            }
+        }
+        self.push(loss);
+        if self.seen > DIVERGENCE_WARMUP {
+            if let (Some(start), Some(med)) = (self.start(), self.median()) {
+                if med > DIVERGENCE_ABOVE_START * start {
+                    return Some(format!(
+                        "the loss diverged by iteration {iter}: after {DIVERGENCE_WARMUP} warm-up iterations the median of the last {} losses, {med:.4}, is above {DIVERGENCE_ABOVE_START} times the starting loss {start:.4}",
+                        self.recent.len()
+                    ));
+                }
+            }
+        }
+        None
+    }
+}
+
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[v.len() / 2])
 }
 
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N` and resolves it (see `device::resolve`): an error naming
@@ -69,6 +159,17 @@ pub struct RunData {
 }
 
 fn describe_skips(set: &SplitSet) {
+    // Neighbours replaced by the key slice, missing or damaged alike: counted and named.
+    let fallbacks: Vec<&String> = set.samples.iter().flat_map(|s| &s.neighbour_fallbacks).collect();
+    if !fallbacks.is_empty() {
+        eprintln!("{:?} split: {} neighbour slice(s) replaced by the key slice:", set.split, fallbacks.len());
+        for f in fallbacks.iter().take(20) {
+            eprintln!("  {f}");
+        }
+        if fallbacks.len() > 20 {
+            eprintln!("  ... and {} more", fallbacks.len() - 20);
+        }
+    }
     if set.skipped.is_empty() {
         return;
     }
@@ -81,6 +182,10 @@ fn describe_skips(set: &SplitSet) {
 /// Loads the manifest, the training split and (up to `val_max`) the validation split.
 pub fn load_run_data(cfg: &TrainConfig) -> Result<RunData> {
     let manifest = Manifest::load(&cfg.data.manifest)?;
+    // Before any crop is allocated: an absurd size would abort the process, not fail.
+    let counts = manifest.lesion_counts();
+    let val = if cfg.train.val_max > 0 { counts[Split::Val.index()].min(cfg.train.val_max) } else { counts[Split::Val.index()] };
+    crate::train::limits::check_memory(cfg, counts[Split::Train.index()] + val, resolve_device(&cfg.train.device)?, "the run's config")?;
     let records = dataset::records_by_row(&cfg.data.root)?;
     let truth = cfg.true_masks_dir();
     let src = DataSource {
@@ -198,21 +303,27 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
     let mut opt = Optimizer::new(cfg.optimizer_params())?;
 
     let mut prior_seconds = 0.0;
+    let mut resumed_from: Option<CheckpointPaths> = None;
+    let mut unusable = Vec::new();
     let resumed: Option<CheckpointMeta> = match resume {
         Resume::Fresh => {
             remove_checkpoints(&ckpt_dir)?;
             None
         }
-        Resume::Auto => match checkpoint::latest(&ckpt_dir)? {
-            Some(p) => {
-                let meta = checkpoint::read_meta(&p)?;
+        Resume::Auto => match checkpoint::latest_loadable(&ckpt_dir, &mut store, &mut opt)? {
+            Some((p, meta, bad)) => {
+                resumed_from = Some(p.clone());
+                unusable = bad.iter().map(|(b, why)| (b.params.clone(), why.clone())).collect();
+                for (b, why) in &bad {
+                    eprintln!("warning: checkpoint {} cannot be loaded ({why}); resuming from {} instead", b.params.display(), p.params.display());
+                }
                 if meta.config_toml != config_toml {
                     return Err(Error::Config(format!(
                         "{} holds a run with another config; resume it with that config, or start over (--fresh) or in another out folder",
                         out.display()
                     )));
                 }
-                Some(checkpoint::load(&p, &mut store, Some(&mut opt))?)
+                Some(meta)
             }
             None => None,
         },
@@ -220,12 +331,38 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
     };
     let start = resumed.as_ref().map_or(0, |m| m.iteration);
     if let Some(m) = &resumed {
+        // Resuming a given checkpoint with nothing left to train is a mistake (a wrong file or a
+        // forgotten `iterations`): say so instead of finishing "successfully" without a step.
+        // Auto-resume of a finished run stays a no-op, so re-running an experiment is safe.
+        if let Resume::From(p) = resume {
+            if m.iteration >= t.iterations {
+                return Err(Error::Config(format!(
+                    "{} is at iteration {} and [train] iterations = {}: nothing left to train; raise iterations to continue, or evaluate that checkpoint",
+                    p.display(),
+                    m.iteration,
+                    t.iterations
+                )));
+            }
+        }
         prior_seconds = m.train_seconds;
         eprintln!("resuming at iteration {} of {}", m.iteration, t.iterations);
     }
     let mut log = RunLog::open(&out.join("log.jsonl"), start)?;
+    // The guard sees the losses of the iterations before a resume, as the log kept them.
+    let mut guard = DivergenceGuard::with_history(
+        crate::train::log::read(log.path())?
+            .into_iter()
+            .filter_map(|e| match e {
+                LogEntry::Train { loss, .. } => Some(loss),
+                _ => None,
+            }),
+    );
     let partners = dataset::partners(&data.val);
-    let mut last_ckpt = checkpoint::latest(&ckpt_dir)?;
+    // After a fallback, latest.json still names the damaged checkpoint; the loaded one is the good one.
+    let mut last_ckpt = match resumed_from {
+        Some(p) => Some(p),
+        None => checkpoint::latest(&ckpt_dir)?,
+    };
     let mut outcome = TrainOutcome {
         out: out.clone(),
         checkpoint: last_ckpt.clone().unwrap_or_else(|| CheckpointPaths::of(&ckpt_dir.join("none.safetensors"))),
@@ -234,6 +371,7 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
         mean_step_ms: f64::NAN,
         val_pseudo: None,
         val_true: None,
+        unusable_checkpoints: unusable,
     };
 
     let session = Instant::now();
@@ -260,9 +398,15 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
         } else {
             None
         };
-        let Some((loss_value, loss)) = loss.filter(|(v, _)| v.is_finite()) else {
+        let diverged = match &loss {
+            Some((v, _)) if v.is_finite() => guard.check(iter + 1, *v as f64).map(|why| format!("{why} (lr {lr:.3e})")),
+            _ => Some(format!("the loss is not finite at iteration {} (lr {lr:.3e})", iter + 1)),
+        };
+        // Stopped before the optimiser step: the parameters and the checkpoints on disk are
+        // those of the last good iteration.
+        let (Some((loss_value, loss)), None) = (loss, &diverged) else {
             bar.abandon();
-            let reason = format!("the loss is not finite at iteration {} (lr {lr:.3e})", iter + 1);
+            let reason = diverged.unwrap_or_default();
             log.write(&LogEntry::Stop { iter: iter + 1, reason: reason.clone() })?;
             write_plots(&out, log.path()).ok();
             let good = match &last_ckpt {
@@ -331,6 +475,10 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
         outcome.iterations = done;
     }
     bar.finish_and_clear();
+    // The loss and lr curves even when there was no validation lesion to trigger them.
+    if steps > 0 {
+        write_plots(&out, log.path())?;
+    }
     if let Some(p) = last_ckpt {
         outcome.checkpoint = p;
     }
@@ -413,4 +561,48 @@ pub fn write_plots(out: &Path, log_path: &Path) -> Result<()> {
         write_line_plot(&out.join("val.png"), "Validation (crop space)", "iteration", "metric", &series)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    #[test]
+    fn the_guard_stops_divergence_and_lets_noisy_training_run() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for run in 0..50 {
+            // Healthy: decays from ~0.7 towards 0.05 with batch noise up to 3x, over 2000 steps.
+            let mut g = DivergenceGuard::default();
+            let tau = rng.random_range(50.0..800.0);
+            for i in 0..2000 {
+                let base = 0.05 + 0.65 * (-(i as f64) / tau).exp();
+                let loss = base * rng.random_range(0.4..3.0);
+                assert_eq!(g.check(i + 1, loss), None, "run {run}: healthy loss {loss} at {}", i + 1);
+            }
+            // Exploding after a few good steps: caught at the first spike.
+            let mut g = DivergenceGuard::default();
+            let start = rng.random_range(2..30);
+            for i in 0..start {
+                assert_eq!(g.check(i + 1, 0.69 * rng.random_range(0.8..1.1)), None);
+            }
+            let why = g.check(start + 1, rng.random_range(1e2..1e12)).expect("a 100x spike passed");
+            assert!(why.contains(&format!("iteration {}", start + 1)), "{why}");
+            // Creeping up after warm-up (no single spike): caught once the median passes 1.5x start.
+            let mut g = DivergenceGuard::default();
+            let mut stopped = None;
+            for i in 0..400 {
+                let loss = 0.69 * (1.0 + i as f64 / 60.0) * rng.random_range(0.9..1.1);
+                if let Some(why) = g.check(i + 1, loss) {
+                    stopped = Some((i + 1, why));
+                    break;
+                }
+            }
+            let (at, why) = stopped.expect("a loss creeping to 7x its start was never stopped");
+            assert!(at > DIVERGENCE_WARMUP && at < 160 && why.contains("starting loss"), "{at}: {why}");
+        }
+        // The history of a resumed run counts: a spike right after the resume is caught.
+        let mut g = DivergenceGuard::with_history([0.7, 0.5, 0.4, 0.3]);
+        assert!(g.check(5, 9.0).is_some());
+    }
 }
