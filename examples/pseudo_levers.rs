@@ -15,7 +15,7 @@ use coseg::data::slice::{HuSlice, load_hu, window_unit};
 use coseg::data::synth::Synthesizer;
 use coseg::data::{LesionRecord, read_dl_info};
 use coseg::metrics::Mask;
-use coseg::pseudo::{GrabCutParams, Recist, RecistEllipse, choose, grabcut, recist_consistency};
+use coseg::pseudo::{GrabCutParams, Recist, RecistEllipse, choose, grabcut, lesion_window, recist_consistency};
 use rayon::prelude::*;
 
 fn mean_se(v: &[f64]) -> (f64, f64) {
@@ -45,16 +45,6 @@ fn candidates() -> Vec<(String, Option<f32>, GrabCutParams)> {
     v
 }
 
-fn lesion_window(hu: &[f32], s: usize, e: &RecistEllipse, margin: f32) -> Option<[f32; 2]> {
-    let mut core: Vec<f32> = (0..s * s).filter(|&i| e.radius2((i % s) as f32, (i / s) as f32) <= 0.49).map(|i| hu[i]).collect();
-    if core.is_empty() {
-        return None;
-    }
-    core.sort_by(f32::total_cmp);
-    let at = |q: f32| core[((core.len() - 1) as f32 * q).round() as usize];
-    Some([at(0.05) - margin, (at(0.95) + margin).max(at(0.05) - margin + 1.0)])
-}
-
 /// Crop masks of every candidate, then the ellipse (last).
 fn candidate_masks(hu: &HuSlice, rec: &LesionRecord) -> coseg::Result<(Vec<Mask>, Recist, CropBox)> {
     let cp = CropParams::default();
@@ -65,7 +55,7 @@ fn candidate_masks(hu: &HuSlice, rec: &LesionRecord) -> coseg::Result<(Vec<Mask>
     let e = RecistEllipse::new(&recist, s, s)?;
     let mut masks = Vec::new();
     for (_, win, p) in candidates() {
-        let w = win.and_then(|m| lesion_window(&crop_hu, s, &e, m)).unwrap_or(rec.window);
+        let w = win.and_then(|m| lesion_window(&crop_hu, s, s, &e, m)).unwrap_or(rec.window);
         let img: Vec<f32> = crop_hu.iter().map(|&v| window_unit(v, w)).collect();
         masks.push(grabcut(&img, s, s, &recist, &p)?.mask);
     }

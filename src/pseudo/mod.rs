@@ -25,7 +25,7 @@ pub use batch::{
     pseudo_masks,
 };
 pub use consistency::{RecistConsistency, mask_diameters, recist_consistency};
-pub use select::{CandidateWindow, FitOutput, GrabCutCandidate, PseudoMethod, RecistFitParams, choose, recist_fit};
+pub use select::{CandidateWindow, FitOutput, GrabCutCandidate, PseudoMethod, RecistFitParams, choose, lesion_window, recist_fit};
 pub use grabcut::{GrabCutOutput, GrabCutParams, grabcut, keep_marked_lesion};
 pub use maxflow::MaxFlow;
 pub use seeds::{Recist, RecistEllipse, Seed, SeedParams, ellipse_mask, trimap};

@@ -167,7 +167,7 @@ pub fn choose(masks: &[Mask], recist: &Recist, ellipse: usize, ellipse_penalty: 
 
 /// [lo - margin, hi + margin] for lo, hi the 5th and 95th HU percentiles inside the ellipse's
 /// core; None when the core holds no pixel centre.
-fn lesion_window(hu: &[f32], w: usize, h: usize, e: &RecistEllipse, margin: f32) -> Option<[f32; 2]> {
+pub fn lesion_window(hu: &[f32], w: usize, h: usize, e: &RecistEllipse, margin: f32) -> Option<[f32; 2]> {
     let mut core: Vec<f32> = (0..w * h).filter(|&i| e.radius2((i % w) as f32, (i / w) as f32) <= 0.49).map(|i| hu[i]).collect();
     if core.is_empty() {
         return None;

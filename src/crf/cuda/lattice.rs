@@ -66,6 +66,14 @@ pub(super) struct BlurPasses {
 unsafe impl DeviceRepr for LatticeScale {}
 unsafe impl DeviceRepr for BlurPasses {}
 
+/// What the build kernels record in a lattice's meta words.
+struct Meta {
+    vertices: usize,
+    /// The first point whose coordinates overflowed the 16-bit keys.
+    overflow: Option<usize>,
+    full: bool,
+}
+
 /// How large a lattice's hash table is made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TableSize {
@@ -222,7 +230,7 @@ impl GpuLattice {
     /// Whether the hash table filled up (waits for the device); the lattice is then incomplete
     /// and must be built again with [`TableSize::WorstCase`].
     pub fn table_full(&self, dev: &CudaDevice) -> Result<bool> {
-        Ok(dev.dtoh_words::<u32>(&self.meta)?[8] != 0)
+        Ok(self.read_meta(dev)?.full)
     }
 
     /// The device address of the meta words (the crf_flags kernel reads words 4 and 8).
@@ -230,33 +238,36 @@ impl GpuLattice {
         self.meta.ptr()
     }
 
-    /// The vertex count and the first point whose coordinates overflowed the keys (waits for
-    /// the device).
-    pub(super) fn read_meta(&self, dev: &CudaDevice) -> Result<(usize, Option<usize>)> {
+    /// The meta words, read in one copy (waits for the device).
+    fn read_meta(&self, dev: &CudaDevice) -> Result<Meta> {
         let m: Vec<u32> = dev.dtoh_words(&self.meta)?;
-        let overflow = (m[4] != 0).then(|| (u32::MAX - m[4]) as usize);
-        Ok((m[0] as usize, overflow))
+        Ok(Meta { vertices: m[0] as usize, overflow: (m[4] != 0).then(|| (u32::MAX - m[4]) as usize), full: m[8] != 0 })
     }
 
-    /// An error naming the first point whose features are too large for the 16-bit lattice
-    /// keys (as the CPU lattice reports it), if any.
-    pub fn check(&self, dev: &CudaDevice) -> Result<()> {
-        if self.table_full(dev)? {
+    /// The vertex count, or an error naming the first point whose features are too large for the
+    /// 16-bit lattice keys (as the CPU lattice reports it) or saying the table filled up.
+    fn checked_meta(&self, dev: &CudaDevice) -> Result<Meta> {
+        let meta = self.read_meta(dev)?;
+        if meta.full {
             return Err(Error::Device(format!(
                 "gpu lattice: the hash table ({} slots) filled up; build with TableSize::WorstCase",
                 self.cap
             )));
         }
-        match self.read_meta(dev)?.1 {
-            None => Ok(()),
+        match meta.overflow {
+            None => Ok(meta),
             Some(point) => Err(overflow_error("gpu lattice", &format!("point {point}"))),
         }
     }
 
+    /// An error if the build overflowed the keys or filled the table (waits for the device).
+    pub fn check(&self, dev: &CudaDevice) -> Result<()> {
+        self.checked_meta(dev).map(|_| ())
+    }
+
     /// Number of lattice vertices (waits for the device).
     pub fn vertices(&self, dev: &CudaDevice) -> Result<usize> {
-        self.check(dev)?;
-        Ok(self.read_meta(dev)?.0)
+        Ok(self.checked_meta(dev)?.vertices)
     }
 
     /// Every vertex as (image, its first d coordinates), in no particular order (waits for the
