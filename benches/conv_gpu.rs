@@ -1,19 +1,44 @@
-//! Our implicit-GEMM atrous convolution against cuDNN, side by side in one run, on the network's
-//! 3x3 layers at 128x128 input (DESIGN.md): forward, and forward + input grad + weight grad.
-//! Throughput is reported as elements = FLOPs, so criterion's "Gelem/s" reads as GFLOP/s.
-//! Skips with a message when there is no GPU (or no cuDNN for the reference half).
+//! Our convolutions against cuDNN at the same precision (fp32, tf32, bf16), side by side in one
+//! run: the network's four 3x3 atrous shapes, the 1x1 convolutions of layer3 and layer4 at 16x16,
+//! and the 7x7 stride-2 stem, all with N = 20 (10 pairs). Forward, and forward + input gradient +
+//! weight gradient. Ours keep NCHW f32 tensors at every precision; cuDNN gets f32 NCHW for fp32
+//! (FMA math) and tf32 (tensor-op math), and bf16 NHWC tensors for bf16, its fastest layout.
+//!
+//! Criterion times each with CUDA events around `iters` back-to-back launches (throughput in
+//! elements = FLOPs, so "Gelem/s" reads as GFLOP/s). The run ends with one table: the median of
+//! 20 event-timed runs of each, cuDNN's time over ours (>= 1.0: ours is at least as fast) and our
+//! TFLOP/s. Skips without a GPU; the cuDNN half skips without libcudnn on the loader path.
 
-use coseg::backend::cuda::{CudaDevice, conv};
+use coseg::backend::cuda::{CudaDevice, GpuBuffer, conv};
+use coseg::device::Precision;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use cudarc::cudnn::{self, ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn};
-use cudarc::driver::CudaSlice;
+use cudarc::cudnn::{self, ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn, CudnnDataType};
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-const SHAPES: [(usize, usize, usize, usize); 4] = [(20, 64, 32, 1), (20, 256, 16, 2), (20, 512, 16, 4), (20, 512, 16, 8)];
+struct Case {
+    name: &'static str,
+    sh: conv::Conv2dShape,
+}
 
-fn shape(n: usize, c: usize, hw: usize, dil: usize) -> conv::Conv2dShape {
-    conv::Conv2dShape { n, c, h: hw, w: hw, k: c, r: 3, s: 3, stride: 1, pad: dil, dilation: dil }
+fn cases() -> Vec<Case> {
+    let n = 20;
+    let c3 = |name, c, hw, dil| Case { name, sh: conv::Conv2dShape { n, c, h: hw, w: hw, k: c, r: 3, s: 3, stride: 1, pad: dil, dilation: dil } };
+    let c1 = |name, c, k| Case { name, sh: conv::Conv2dShape { n, c, h: 16, w: 16, k, r: 1, s: 1, stride: 1, pad: 0, dilation: 1 } };
+    vec![
+        c3("3x3_c64_32x32_d1", 64, 32, 1),
+        c3("3x3_c256_16x16_d2", 256, 16, 2),
+        c3("3x3_c512_16x16_d4", 512, 16, 4),
+        c3("3x3_c512_16x16_d8", 512, 16, 8),
+        c1("1x1_1024to256_16x16", 1024, 256),
+        c1("1x1_256to1024_16x16", 256, 1024),
+        c1("1x1_2048to512_16x16", 2048, 512),
+        c1("1x1_512to2048_16x16", 512, 2048),
+        Case { name: "stem_7x7s2_3to64_128x128", sh: conv::Conv2dShape { n, c: 3, h: 128, w: 128, k: 64, r: 7, s: 7, stride: 2, pad: 3, dilation: 1 } },
+    ]
 }
 
 fn random(len: usize, seed: u64) -> Vec<f32> {
@@ -21,36 +46,115 @@ fn random(len: usize, seed: u64) -> Vec<f32> {
     (0..len).map(|_| r.random_range(-1.0f32..1.0)).collect()
 }
 
-fn ours(c: &mut Criterion, dev: &Arc<CudaDevice>) {
-    for &(n, ch, hw, dil) in &SHAPES {
-        let sh = shape(n, ch, hw, dil);
+/// Milliseconds per call of `f`, from CUDA events around `iters` calls on `stream`.
+fn event_ms(stream: &Arc<CudaStream>, iters: u64, f: &mut dyn FnMut()) -> f64 {
+    let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let start = stream.record_event(timed).unwrap();
+    for _ in 0..iters {
+        f();
+    }
+    let end = stream.record_event(timed).unwrap();
+    end.synchronize().unwrap();
+    start.elapsed_ms(&end).unwrap() as f64 / iters as f64
+}
+
+/// The median of 20 single-call event timings, after 3 warm-up calls.
+fn median_ms(stream: &Arc<CudaStream>, f: &mut dyn FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    let mut t: Vec<f64> = (0..20).map(|_| event_ms(stream, 1, f)).collect();
+    t.sort_by(f64::total_cmp);
+    (t[9] + t[10]) / 2.0
+}
+
+/// Criterion's time for `f` (device time, events) and the table's median.
+fn measure(c: &mut Criterion, stream: &Arc<CudaStream>, group: &str, id: &str, flops: f64, f: &mut dyn FnMut()) -> f64 {
+    let mut g = c.benchmark_group(group);
+    g.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_millis(600));
+    g.throughput(Throughput::Elements(flops as u64));
+    g.bench_function(id, |b| b.iter_custom(|iters| Duration::from_secs_f64(event_ms(stream, iters, f) * iters as f64 / 1e3)));
+    g.finish();
+    median_ms(stream, f)
+}
+
+/// (case, pass "fwd" | "fwd_bwd", precision) -> (ours ms, cuDNN ms)
+type Table = BTreeMap<(usize, &'static str, Precision), (Option<f64>, Option<f64>)>;
+
+fn ours(c: &mut Criterion, dev: &Arc<CudaDevice>, table: &mut Table) {
+    for (ci, case) in cases().iter().enumerate() {
+        let sh = case.sh;
         let x = dev.htod(&random(sh.input_len(), 1)).unwrap();
         let w = dev.htod(&random(sh.weight_len(), 2)).unwrap();
         let dy = dev.htod(&random(sh.output_len(), 3)).unwrap();
         let (mut y, mut dx, mut dw) = (dev.alloc(sh.output_len()).unwrap(), dev.alloc(sh.input_len()).unwrap(), dev.alloc(sh.weight_len()).unwrap());
-        let mut g = c.benchmark_group(format!("conv_gpu/n{n}_c{ch}_{hw}x{hw}_d{dil}"));
-        g.sample_size(20);
-        g.throughput(Throughput::Elements(sh.flops() as u64));
-        g.bench_function("ours_fwd", |b| {
-            b.iter(|| {
-                conv::conv2d_fwd(dev, &sh, &x, &w, None, &mut y).unwrap();
-                dev.synchronize().unwrap();
-            })
-        });
-        g.throughput(Throughput::Elements(3 * sh.flops() as u64));
-        g.bench_function("ours_fwd_bwd", |b| {
-            b.iter(|| {
-                conv::conv2d_fwd(dev, &sh, &x, &w, None, &mut y).unwrap();
-                conv::conv2d_bwd_input(dev, &sh, &dy, &w, &mut dx).unwrap();
-                conv::conv2d_bwd_weight(dev, &sh, &x, &dy, &mut dw).unwrap();
-                dev.synchronize().unwrap();
-            })
-        });
-        g.finish();
+        let group = format!("conv_gpu/{}", case.name);
+        for p in Precision::ALL {
+            let fwd = |y: &mut GpuBuffer| conv::conv2d_fwd(dev, &sh, p, &x, &w, None, y).unwrap();
+            let t = measure(c, dev.stream(), &group, &format!("ours_{p}_fwd"), sh.flops(), &mut || fwd(&mut y));
+            table.entry((ci, "fwd", p)).or_default().0 = Some(t);
+            let mut all = || {
+                fwd(&mut y);
+                conv::conv2d_bwd_input(dev, &sh, p, &dy, &w, &mut dx).unwrap();
+                conv::conv2d_bwd_weight(dev, &sh, p, &x, &dy, &mut dw).unwrap();
+            };
+            let t = measure(c, dev.stream(), &group, &format!("ours_{p}_fwd_bwd"), 3.0 * sh.flops(), &mut all);
+            table.entry((ci, "fwd_bwd", p)).or_default().0 = Some(t);
+        }
     }
 }
 
-fn cudnn_reference(c: &mut Criterion, dev: &Arc<CudaDevice>) {
+/// cuDNN on one case at one precision: `T` the tensors' type, `math` the math type, `format` the
+/// layout; returns (fwd, fwd_bwd) medians.
+fn cudnn_case<T: CudnnDataType<Scalar = f32> + DeviceRepr + ValidAsZeroBits + Copy>(
+    c: &mut Criterion,
+    handle: &Arc<Cudnn>,
+    stream: &Arc<CudaStream>,
+    case: &Case,
+    p: Precision,
+    convert: fn(f32) -> T,
+    one: T,
+    zero: T,
+) -> (f64, f64) {
+    let sh = case.sh;
+    let (format, math) = match p {
+        Precision::Fp32 => (cudnn::sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, cudnn::sys::cudnnMathType_t::CUDNN_FMA_MATH),
+        Precision::Tf32 => (cudnn::sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, cudnn::sys::cudnnMathType_t::CUDNN_DEFAULT_MATH),
+        Precision::Bf16 => (cudnn::sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC, cudnn::sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH),
+    };
+    let d = |v: usize| v as i32;
+    let xd = handle.create_4d_tensor::<T>(format, [d(sh.n), d(sh.c), d(sh.h), d(sh.w)]).unwrap();
+    let yd = handle.create_4d_tensor::<T>(format, [d(sh.n), d(sh.k), d(sh.out_h()), d(sh.out_w())]).unwrap();
+    let wd = handle.create_4d_filter::<T>(format, [d(sh.k), d(sh.c), d(sh.r), d(sh.s)]).unwrap();
+    let mut cd = handle
+        .create_conv2d::<f32>([d(sh.pad); 2], [d(sh.stride); 2], [d(sh.dilation); 2], cudnn::sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION)
+        .unwrap();
+    cd.set_math_type(math).unwrap();
+    let up = |v: Vec<f32>| -> CudaSlice<T> { stream.clone_htod(&v.into_iter().map(convert).collect::<Vec<T>>()).unwrap() };
+    let (x, w, dy) = (up(random(sh.input_len(), 1)), up(random(sh.weight_len(), 2)), up(random(sh.output_len(), 3)));
+    let mut y: CudaSlice<T> = stream.alloc_zeros(sh.output_len()).unwrap();
+    let mut dx: CudaSlice<T> = stream.alloc_zeros(sh.input_len()).unwrap();
+    let mut dw: CudaSlice<T> = stream.alloc_zeros(sh.weight_len()).unwrap();
+    let fwd = ConvForward { conv: &cd, x: &xd, w: &wd, y: &yd };
+    let bwd_data = ConvBackwardData { conv: &cd, dx: &xd, w: &wd, dy: &yd };
+    let bwd_filter = ConvBackwardFilter { conv: &cd, x: &xd, dw: &wd, dy: &yd };
+    let (fa, da, wa) = (fwd.pick_algorithm().unwrap(), bwd_data.pick_algorithm().unwrap(), bwd_filter.pick_algorithm().unwrap());
+    let ws_len = fwd.get_workspace_size(fa).unwrap().max(bwd_data.get_workspace_size(da).unwrap()).max(bwd_filter.get_workspace_size(wa).unwrap()).max(1);
+    let mut ws: CudaSlice<u8> = stream.alloc_zeros(ws_len).unwrap();
+    let group = format!("conv_gpu/{}", case.name);
+    // SAFETY (both closures): the buffers match the descriptors, all sized from the same shape.
+    let t_fwd = measure(c, stream, &group, &format!("cudnn_{p}_fwd"), sh.flops(), &mut || unsafe {
+        fwd.launch(fa, Some(&mut ws), (one, zero), &x, &w, &mut y).unwrap();
+    });
+    let t_all = measure(c, stream, &group, &format!("cudnn_{p}_fwd_bwd"), 3.0 * sh.flops(), &mut || unsafe {
+        fwd.launch(fa, Some(&mut ws), (one, zero), &x, &w, &mut y).unwrap();
+        bwd_data.launch(da, Some(&mut ws), (one, zero), &mut dx, &w, &dy).unwrap();
+        bwd_filter.launch(wa, Some(&mut ws), (one, zero), &x, &mut dw, &dy).unwrap();
+    });
+    (t_fwd, t_all)
+}
+
+fn cudnn_reference(c: &mut Criterion, dev: &Arc<CudaDevice>, table: &mut Table) {
     // SAFETY: only tries to dlopen libcudnn.
     if !unsafe { cudnn::sys::is_culib_present() } {
         eprintln!("conv_gpu: libcudnn not found on the loader path: cuDNN reference skipped");
@@ -58,53 +162,33 @@ fn cudnn_reference(c: &mut Criterion, dev: &Arc<CudaDevice>) {
     }
     let stream = dev.stream().clone();
     let handle = Cudnn::new(stream.clone()).expect("cudnn handle");
-    let nchw = cudnn::sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
-    for &(n, ch, hw, dil) in &SHAPES {
-        let sh = shape(n, ch, hw, dil);
-        let d = |v: usize| v as i32;
-        let xd = handle.create_4d_tensor::<f32>(nchw, [d(n), d(ch), d(hw), d(hw)]).unwrap();
-        let yd = handle.create_4d_tensor::<f32>(nchw, [d(n), d(ch), d(hw), d(hw)]).unwrap();
-        let wd = handle.create_4d_filter::<f32>(nchw, [d(ch), d(ch), 3, 3]).unwrap();
-        let mut cd = handle
-            .create_conv2d::<f32>([d(dil); 2], [1, 1], [d(dil); 2], cudnn::sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION)
-            .unwrap();
-        // Plain fp32 (no TF32 tensor cores): the same arithmetic as our kernel.
-        cd.set_math_type(cudnn::sys::cudnnMathType_t::CUDNN_FMA_MATH).unwrap();
-        let x: CudaSlice<f32> = stream.clone_htod(&random(sh.input_len(), 1)).unwrap();
-        let w: CudaSlice<f32> = stream.clone_htod(&random(sh.weight_len(), 2)).unwrap();
-        let dy: CudaSlice<f32> = stream.clone_htod(&random(sh.output_len(), 3)).unwrap();
-        let mut y: CudaSlice<f32> = stream.alloc_zeros(sh.output_len()).unwrap();
-        let mut dx: CudaSlice<f32> = stream.alloc_zeros(sh.input_len()).unwrap();
-        let mut dw: CudaSlice<f32> = stream.alloc_zeros(sh.weight_len()).unwrap();
-        let fwd = ConvForward { conv: &cd, x: &xd, w: &wd, y: &yd };
-        let bwd_data = ConvBackwardData { conv: &cd, dx: &xd, w: &wd, dy: &yd };
-        let bwd_filter = ConvBackwardFilter { conv: &cd, x: &xd, dw: &wd, dy: &yd };
-        let (fa, da, wa) = (fwd.pick_algorithm().unwrap(), bwd_data.pick_algorithm().unwrap(), bwd_filter.pick_algorithm().unwrap());
-        let ws_len = fwd.get_workspace_size(fa).unwrap().max(bwd_data.get_workspace_size(da).unwrap()).max(bwd_filter.get_workspace_size(wa).unwrap()).max(1);
-        let mut ws: CudaSlice<u8> = stream.alloc_zeros(ws_len).unwrap();
-        let mut g = c.benchmark_group(format!("conv_gpu/n{n}_c{ch}_{hw}x{hw}_d{dil}"));
-        g.sample_size(20);
-        g.throughput(Throughput::Elements(sh.flops() as u64));
-        g.bench_function("cudnn_fwd", |b| {
-            b.iter(|| {
-                // SAFETY: buffers match the descriptors (sizes from the same shape).
-                unsafe { fwd.launch(fa, Some(&mut ws), (1.0, 0.0), &x, &w, &mut y) }.unwrap();
-                stream.synchronize().unwrap();
-            })
-        });
-        g.throughput(Throughput::Elements(3 * sh.flops() as u64));
-        g.bench_function("cudnn_fwd_bwd", |b| {
-            b.iter(|| {
-                // SAFETY: as above.
-                unsafe {
-                    fwd.launch(fa, Some(&mut ws), (1.0, 0.0), &x, &w, &mut y).unwrap();
-                    bwd_data.launch(da, Some(&mut ws), (1.0, 0.0), &mut dx, &w, &dy).unwrap();
-                    bwd_filter.launch(wa, Some(&mut ws), (1.0, 0.0), &x, &mut dw, &dy).unwrap();
-                }
-                stream.synchronize().unwrap();
-            })
-        });
-        g.finish();
+    let bf = half::bf16::from_f32;
+    for (ci, case) in cases().iter().enumerate() {
+        for p in Precision::ALL {
+            let (f, a) = match p {
+                Precision::Bf16 => cudnn_case::<half::bf16>(c, &handle, &stream, case, p, bf, bf(1.0), bf(0.0)),
+                _ => cudnn_case::<f32>(c, &handle, &stream, case, p, |v| v, 1.0, 0.0),
+            };
+            table.entry((ci, "fwd", p)).or_default().1 = Some(f);
+            table.entry((ci, "fwd_bwd", p)).or_default().1 = Some(a);
+        }
+    }
+}
+
+fn print_table(table: &Table) {
+    let cases = cases();
+    println!("\nconv_gpu summary: median ms of 20 event-timed runs; ratio = cuDNN / ours (>= 1.0: ours at least as fast)");
+    println!("| shape | pass | precision | ours ms | cuDNN ms | ratio | ours TFLOP/s |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for ((ci, pass, p), (ours, theirs)) in table {
+        let flops = cases[*ci].sh.flops() * if *pass == "fwd" { 1.0 } else { 3.0 };
+        let fmt = |v: Option<f64>| v.filter(|v| v.is_finite()).map_or("-".to_string(), |v| format!("{v:.3}"));
+        let ratio = match (ours, theirs) {
+            (Some(o), Some(t)) if t.is_finite() => format!("{:.2}", t / o),
+            _ => "-".to_string(),
+        };
+        let tflops = ours.map_or("-".to_string(), |o| format!("{:.1}", flops / (o * 1e-3) / 1e12));
+        println!("| {} | {pass} | {p} | {} | {} | {ratio} | {tflops} |", cases[*ci].name, fmt(*ours), fmt(*theirs));
     }
 }
 
@@ -117,8 +201,10 @@ fn bench(c: &mut Criterion) {
         }
     };
     eprintln!("conv_gpu on {} (sm_{}{})", dev.name(), dev.compute_capability().0, dev.compute_capability().1);
-    ours(c, &dev);
-    cudnn_reference(c, &dev);
+    let mut table = Table::new();
+    ours(c, &dev, &mut table);
+    cudnn_reference(c, &dev, &mut table);
+    print_table(&table);
 }
 
 criterion_group!(benches, bench);

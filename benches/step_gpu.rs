@@ -1,10 +1,12 @@
 //! The paper's training step on cuda:0 through the tensor ops' GPU paths: DRN-MG-101 CSA + D2
 //! forward on a batch of 10 pairs of 128x128 crops, both cross-entropies, backward, and the
 //! one-launch SGD step (momentum 0.99, weight decay 5e-4); plus the DRN-101 forward per image.
-//! Each iteration ends by reading the loss back, so the time covers the queued GPU work.
+//! Each iteration ends by reading the loss back, so the time covers the queued GPU work. Both run
+//! at each convolution precision (fp32, tf32, bf16), from the same weights and data.
 //! Skips without a GPU. Run: `cargo bench --bench step_gpu`.
 
 use coseg::Device;
+use coseg::device::Precision;
 use coseg::autograd::{ParamStore, no_grad};
 use coseg::backend::cuda::CudaDevice;
 use coseg::nn::{CosegNet, ModelConfig, ResNet, ResNetSpec};
@@ -38,10 +40,13 @@ fn bench(c: &mut Criterion) {
     let net = ResNet::new(spec, &mut params, "").unwrap();
     let x = crops(1, 2);
     let mut g = c.benchmark_group("gpu_forward");
-    g.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(5));
-    g.bench_function("drn101_os8_128x128_per_image", |b| {
-        b.iter(|| no_grad(|| black_box(net.forward(&x, false).unwrap().layer4.sum_all().unwrap().to_scalar().unwrap())))
-    });
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    for p in Precision::ALL {
+        dev.set_precision(p);
+        g.bench_function(format!("drn101_os8_128x128_per_image_{p}"), |b| {
+            b.iter(|| no_grad(|| black_box(net.forward(&x, false).unwrap().layer4.sum_all().unwrap().to_scalar().unwrap())))
+        });
+    }
     g.finish();
 
     let pairs = 10;
@@ -52,17 +57,20 @@ fn bench(c: &mut Criterion) {
     let target = Tensor::from_vec(checker, [pairs, 128, 128], GPU).unwrap();
     let mut opt = Optimizer::new(OptimizerParams::paper_sgd()).unwrap();
     let mut g = c.benchmark_group("gpu_sgd_step");
-    g.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(10));
-    g.bench_function("drn_mg101_csa_d2_10pairs_128x128", |bench| {
-        bench.iter(|| {
-            params.zero_grads();
-            let (la, lb) = net.forward_pair(&a, &b, true).unwrap();
-            let loss = la.cross_entropy_2class(&target, None).unwrap().add(&lb.cross_entropy_2class(&target, None).unwrap()).unwrap();
-            loss.backward().unwrap();
-            opt.step(&params, 1e-4).unwrap();
-            black_box(loss.to_scalar().unwrap())
-        })
-    });
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    for p in Precision::ALL {
+        dev.set_precision(p);
+        g.bench_function(format!("drn_mg101_csa_d2_10pairs_128x128_{p}"), |bench| {
+            bench.iter(|| {
+                params.zero_grads();
+                let (la, lb) = net.forward_pair(&a, &b, true).unwrap();
+                let loss = la.cross_entropy_2class(&target, None).unwrap().add(&lb.cross_entropy_2class(&target, None).unwrap()).unwrap();
+                loss.backward().unwrap();
+                opt.step(&params, 1e-4).unwrap();
+                black_box(loss.to_scalar().unwrap())
+            })
+        });
+    }
     g.finish();
 }
 

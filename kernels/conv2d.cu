@@ -19,12 +19,7 @@
 #define PAD 4  // keeps rows 16-byte aligned for float4 reads, spreads the transposed stores
 #define THREADS 256
 
-struct ConvGeom {
-    int n, c, h, w;        // input
-    int k, r, s;           // weight (K, C, R, S)
-    int oh, ow;            // output
-    int stride, pad, dil;
-};
+#include "conv_geom.cuh"
 
 // acc += As^T Bs over one BK slice.
 __device__ __forceinline__ void mma_tile(const float (*As)[BM + PAD], const float (*Bs)[BN + PAD],

@@ -29,22 +29,31 @@ __device__ __forceinline__ int red_offset(const Red4& g, int o, int j) {
     return off;
 }
 
+// gridDim.y splits the reduced elements into chunks of `chunk`, so that a few outputs with long
+// reductions (a bias gradient over N*H*W) still fill the card; with more than one split, y must be
+// zero-filled and the partial sums are added atomically.
 extern "C" __global__ void reduce_sum_block_f32(const float* __restrict__ x, float* __restrict__ y,
-                                                int n_out, int n_red, Red4 g, float scale) {
+                                                int n_out, int n_red, Red4 g, float scale, int chunk) {
+    const int j0 = blockIdx.y * chunk, j1 = min(n_red, j0 + chunk);
     for (int o = blockIdx.x; o < n_out; o += gridDim.x) {
         float acc = 0.0f;
-        for (int j = threadIdx.x; j < n_red; j += blockDim.x) acc += x[red_offset(g, o, j)];
+        for (int j = j0 + threadIdx.x; j < j1; j += blockDim.x) acc += x[red_offset(g, o, j)];
         acc = block_sum(acc);
-        if (threadIdx.x == 0) y[o] = acc * scale;
+        if (threadIdx.x == 0) {
+            if (gridDim.y > 1) atomicAdd(y + o, acc * scale);
+            else y[o] = acc * scale;
+        }
     }
 }
 
 extern "C" __global__ void reduce_sum_thread_f32(const float* __restrict__ x, float* __restrict__ y,
-                                                 int n_out, int n_red, Red4 g, float scale) {
+                                                 int n_out, int n_red, Red4 g, float scale, int chunk) {
+    const int j0 = blockIdx.y * chunk, j1 = min(n_red, j0 + chunk);
     for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < n_out; o += blockDim.x * gridDim.x) {
         float acc = 0.0f;
-        for (int j = 0; j < n_red; ++j) acc += x[red_offset(g, o, j)];
-        y[o] = acc * scale;
+        for (int j = j0; j < j1; ++j) acc += x[red_offset(g, o, j)];
+        if (gridDim.y > 1) atomicAdd(y + o, acc * scale);
+        else y[o] = acc * scale;
     }
 }
 

@@ -38,6 +38,70 @@ impl FromStr for DeviceRequest {
     }
 }
 
+/// The arithmetic of the GPU convolutions. Tensors stay f32 in memory at every precision; the
+/// tensor-core kernels round operands as they load them and accumulate in f32 (kernels/conv2d_tc.cu
+/// says why). The CPU always computes in f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Plain f32 FMA (the SIMT kernels): the reference, and a device's setting until changed.
+    #[default]
+    Fp32,
+    /// Tensor cores on f32 data: operands rounded to TF32 (10-bit mantissa), f32 accumulation.
+    Tf32,
+    /// Tensor cores with operands rounded to bf16 (8-bit mantissa), f32 accumulation.
+    Bf16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 3] = [Precision::Fp32, Precision::Tf32, Precision::Bf16];
+    /// What training, eval and segment use on a GPU unless told otherwise: the fastest precision
+    /// whose short training run followed fp32's (README, "Precision").
+    pub const CUDA_DEFAULT: Precision = Precision::Bf16;
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Sets the convolutions' precision for `device` and returns it: `requested`, or
+/// [`Precision::CUDA_DEFAULT`] on a GPU; always fp32 on the CPU (which has no other arithmetic),
+/// saying so when something else was asked for.
+pub fn use_precision(device: Device, requested: Option<Precision>) -> Result<Precision> {
+    match device {
+        Device::Cpu => {
+            if let Some(p) = requested.filter(|p| *p != Precision::Fp32) {
+                eprintln!("note: precision {p} applies to GPU convolutions; the CPU computes in fp32");
+            }
+            Ok(Precision::Fp32)
+        }
+        Device::Cuda(n) => {
+            let p = requested.unwrap_or(Precision::CUDA_DEFAULT);
+            crate::backend::cuda::CudaDevice::get(n)?.set_precision(p);
+            Ok(p)
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| Error::Config(format!("precision '{s}' is not one of fp32, tf32, bf16")))
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

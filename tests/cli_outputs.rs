@@ -163,7 +163,7 @@ const TINY: &str = "[model]\ndepth = 18\nwidth = 0.125\noutput_stride = 8\n\n[tr
 #[test]
 fn eval_segment_and_train_never_write_over_their_inputs() {
     let dir = fresh("model");
-    let demo = DemoParams { out: dir.join("demo"), lesions: 20, seed: 6, clusters: 2, crop_size: 32, context: 0.5, iterations: 2, model_train_toml: TINY.into() };
+    let demo = DemoParams { out: dir.join("demo"), lesions: 20, seed: 6, clusters: 2, crop_size: 32, context: 0.5, iterations: 2, val_every: None, precision: None, model_train_toml: TINY.into() };
     run_demo(&demo).unwrap();
     // A second demo over its own earlier output works, and so does one over a demo folder an
     // older coseg wrote (no marker), while a folder holding anything else is refused.

@@ -18,7 +18,7 @@ fn coseg(args: &[&str]) -> std::process::Output {
 fn segment_crops_like_training_and_experiments_run() {
     let dir = std::env::temp_dir().join(format!("coseg-cli-segment-{}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
-    let demo = DemoParams { out: dir.clone(), lesions: 24, seed: 4, clusters: 2, crop_size: 32, context: 0.5, iterations: 2, model_train_toml: TINY.into() };
+    let demo = DemoParams { out: dir.clone(), lesions: 24, seed: 4, clusters: 2, crop_size: 32, context: 0.5, iterations: 2, val_every: None, precision: None, model_train_toml: TINY.into() };
     run_demo(&demo).unwrap();
     let data = dir.join("data");
     let run = restore(&dir.join("train"), coseg::Device::Cpu).unwrap();

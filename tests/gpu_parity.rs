@@ -6,6 +6,7 @@
 
 mod gpu_common;
 use coseg::backend::cpu::conv::{self as cpu, ConvGeometry};
+use coseg::device::Precision;
 use coseg::backend::cuda::{batchnorm, conv, elementwise as ew, loss, optim, pool, reduce};
 use gpu_common::*;
 
@@ -38,13 +39,13 @@ fn gpu_conv2d_forward_and_gradients_match_cpu() {
 
         let (xg, wg, bg, dyg) = (dev.htod(&x).unwrap(), dev.htod(&w).unwrap(), dev.htod(&b).unwrap(), dev.htod(&dy).unwrap());
         let mut yg = poisoned(&dev, y.len());
-        conv::conv2d_fwd(&dev, &sh, &xg, &wg, Some(&bg), &mut yg).unwrap();
+        conv::conv2d_fwd(&dev, &sh, Precision::Fp32, &xg, &wg, Some(&bg), &mut yg).unwrap();
         assert_close(&format!("conv2d fwd {g:?}"), &dev.dtoh(&yg).unwrap(), &y, F32_TOL);
         let mut dxg = poisoned(&dev, x.len());
-        conv::conv2d_bwd_input(&dev, &sh, &dyg, &wg, &mut dxg).unwrap();
+        conv::conv2d_bwd_input(&dev, &sh, Precision::Fp32, &dyg, &wg, &mut dxg).unwrap();
         assert_close(&format!("conv2d dx {g:?}"), &dev.dtoh(&dxg).unwrap(), &dx, F32_TOL);
         let mut dwg = poisoned(&dev, w.len());
-        conv::conv2d_bwd_weight(&dev, &sh, &xg, &dyg, &mut dwg).unwrap();
+        conv::conv2d_bwd_weight(&dev, &sh, Precision::Fp32, &xg, &dyg, &mut dwg).unwrap();
         assert_close(&format!("conv2d dw {g:?}"), &dev.dtoh(&dwg).unwrap(), &dw, F32_TOL);
     }
 }
@@ -76,6 +77,34 @@ fn gpu_scalar_ops_match_cpu() {
     ew::affine(&dev, &xg, &mut yg, -1.5, 0.25).unwrap();
     let want: Vec<f32> = x.iter().map(|v| -1.5 * v + 0.25).collect();
     assert_close("affine", &dev.dtoh(&yg).unwrap(), &want, F32_TOL);
+}
+
+/// Few outputs over long reductions (a bias gradient, a sum over channels of a large batch): the
+/// reduction is split over gridDim.y and added atomically; every split must land once.
+#[test]
+fn gpu_long_reductions_split_and_match_cpu() {
+    let Some(dev) = gpu("gpu_long_reductions_split_and_match_cpu") else { return };
+    let mut r = rng(31);
+    let d = [32, 64, 20, 24];
+    let x = randn(&mut r, d.iter().product());
+    let xg = dev.htod(&x).unwrap();
+    for keep in [[false, true, false, false], [false, false, true, true], [false, false, false, false]] {
+        let (n_out, n_red) = {
+            let o: usize = (0..4).filter(|&a| keep[a]).map(|a| d[a]).product();
+            (o, x.len() / o)
+        };
+        let by_block = !keep[3];
+        assert!(reduce::reduction_split(n_out, n_red, by_block, dev.sm_count() as usize).0 > 1, "{keep:?} does not split");
+        let od: [usize; 4] = std::array::from_fn(|a| if keep[a] { d[a] } else { 1 });
+        let mut want = vec![0.0f64; od.iter().product()];
+        for (i, v) in x.iter().enumerate() {
+            want[bidx(od, coords(d, i))] += *v as f64 * 0.25;
+        }
+        let want: Vec<f32> = want.into_iter().map(|v| v as f32).collect();
+        let mut yg = poisoned(&dev, want.len());
+        reduce::sum_axes(&dev, &xg, d, keep, &mut yg, 0.25).unwrap();
+        assert_close(&format!("long sum keep {keep:?}"), &dev.dtoh(&yg).unwrap(), &want, F32_TOL);
+    }
 }
 
 #[test]

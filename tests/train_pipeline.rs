@@ -64,6 +64,8 @@ fn pipeline_resume_nan_and_misfit() {
         crop_size: 32,
         context: 0.5,
         iterations: 4,
+        val_every: None,
+        precision: None,
         model_train_toml: TINY_MODEL_TRAIN.into(),
     };
     let report = run_demo(&demo).unwrap();

@@ -21,6 +21,9 @@ pub struct Args {
     /// Crop side the network sees (default: the configuration's).
     #[arg(long)]
     crop_size: Option<usize>,
+    /// GPU convolutions in fp32, tf32 or bf16 (default: bf16 on a GPU).
+    #[arg(long)]
+    precision: Option<coseg::device::Precision>,
     /// Use the paper's configuration (DRN-MG-101 CSA + D2 at 128x128, SGD) on a GPU.
     #[arg(long)]
     paper: bool,
@@ -37,7 +40,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     if let Some(it) = a.iterations {
         p.iterations = it;
+        // A short run still validates and checkpoints four times.
+        p.val_every = Some((it / 4).clamp(1, if a.paper { 1000 } else { 500 }));
     }
+    p.precision = a.precision;
     let r = run_demo(&p)?;
     print!("{}", report_table(&r));
     println!("{}", r.verdict());

@@ -36,6 +36,9 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// GPU convolutions in fp32, tf32 or bf16 (default: the precision the model was trained at).
+    #[arg(long)]
+    precision: Option<coseg::device::Precision>,
     /// No test-time augmentation (overrides the config's [eval] tta).
     #[arg(long)]
     no_tta: bool,
@@ -64,6 +67,9 @@ pub fn parse_split(s: &str) -> anyhow::Result<Split> {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let split = parse_split(&a.split)?;
     let mut r = restore(&a.checkpoint, resolve_device(&a.device)?)?;
+    if a.precision.is_some() {
+        coseg::device::use_precision(r.device, a.precision)?;
+    }
     r.config.eval.tta &= !a.no_tta;
     r.config.eval.marked_lesion &= !a.all_blobs;
     if let Some(t) = a.threshold {

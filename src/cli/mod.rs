@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod compare;
 mod eval_masks;
 mod crf;
 mod crops;
@@ -51,6 +52,8 @@ pub enum Command {
     Experiment(experiment::Args),
     /// Segment one lesion from its slice and RECIST marks with a trained checkpoint.
     Segment(segment::Args),
+    /// Training runs side by side: loss and validation curves on one plot, a table of where each ended.
+    Compare(compare::Args),
 }
 
 /// Declares a `--checkpoint` argument as an input: a checkpoint's three files, or a run folder's
@@ -78,6 +81,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Split(a) => split::run(a),
         Command::PseudoMasks(a) => pseudo_masks::run(a),
         Command::Train(a) => train::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Experiment(a) => experiment::run(a),

@@ -30,6 +30,9 @@ pub struct Args {
     /// auto | cpu | cuda | cuda:N (the network, and the CRF with --crf).
     #[arg(long, default_value = "auto")]
     device: String,
+    /// GPU convolutions in fp32, tf32 or bf16 (default: the precision the model was trained at).
+    #[arg(long)]
+    precision: Option<coseg::device::Precision>,
     /// Refine the lesion's probability with the dense CRF (the run config's [eval.crf_params]) before thresholding.
     #[arg(long)]
     crf: bool,
@@ -51,6 +54,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     outputs.claim(&a.out)?;
     let r = restore(&a.checkpoint, resolve_device(&a.device)?)?;
+    if a.precision.is_some() {
+        coseg::device::use_precision(r.device, a.precision)?;
+    }
     let window = match &a.window {
         Some(w) => coseg::data::recist::parse_window("--window", w).map_err(anyhow::Error::msg)?,
         None => {

@@ -254,7 +254,7 @@ pub(crate) fn conv2d_fwd(
     let sb = bias.map(|b| b.storage());
     let bb = sb.as_ref().map(|s| s.as_cuda(op)).transpose()?;
     let mut y = alloc(&dev, sh.output_len())?;
-    conv::conv2d_fwd(&dev, sh, sx.as_cuda(op)?, sw.as_cuda(op)?, bb, &mut y)?;
+    conv::conv2d_fwd(&dev, sh, dev.precision(), sx.as_cuda(op)?, sw.as_cuda(op)?, bb, &mut y)?;
     Ok(Storage::Cuda(y))
 }
 
@@ -267,7 +267,7 @@ pub(crate) fn conv2d_bwd_input(
     let dev = device(op, dy)?;
     let (sg, sw) = (dy.storage(), w.storage());
     let mut dx = alloc(&dev, sh.input_len())?;
-    conv::conv2d_bwd_input(&dev, sh, sg.as_cuda(op)?, sw.as_cuda(op)?, &mut dx)?;
+    conv::conv2d_bwd_input(&dev, sh, dev.precision(), sg.as_cuda(op)?, sw.as_cuda(op)?, &mut dx)?;
     tensor(dx, [sh.n, sh.c, sh.h, sh.w])
 }
 
@@ -280,7 +280,7 @@ pub(crate) fn conv2d_bwd_weight(
     let dev = device(op, x)?;
     let (sx, sg) = (x.storage(), dy.storage());
     let mut dw = alloc(&dev, sh.weight_len())?;
-    conv::conv2d_bwd_weight(&dev, sh, sx.as_cuda(op)?, sg.as_cuda(op)?, &mut dw)?;
+    conv::conv2d_bwd_weight(&dev, sh, dev.precision(), sx.as_cuda(op)?, sg.as_cuda(op)?, &mut dw)?;
     tensor(dw, [sh.k, sh.c, sh.r, sh.s])
 }
 

@@ -121,6 +121,9 @@ pub struct TrainParams {
     pub augment: Augment,
     /// "auto", "cpu", "cuda" or "cuda:N".
     pub device: String,
+    /// The GPU convolutions' arithmetic: "fp32", "tf32" or "bf16" (default: bf16 on a GPU; the
+    /// CPU always computes in fp32).
+    pub precision: Option<crate::device::Precision>,
     /// Output folder: checkpoints/, log.jsonl, plots.
     pub out: PathBuf,
 }
@@ -143,6 +146,7 @@ impl Default for TrainParams {
             seed: 0,
             augment: Augment::default(),
             device: "auto".into(),
+            precision: None,
             out: PathBuf::from("runs/train"),
         }
     }
@@ -343,6 +347,23 @@ mod tests {
         let adam = TrainConfig::parse(&format!("{MINIMAL}[train]\noptimizer = \"adam\"\nlr = 1e-5\nlr_schedule = \"constant\"\n"), "t").unwrap();
         assert_eq!(adam.optimizer_params().kind, OptimizerKind::Adam);
         assert_eq!(adam.lr_at(20_000), 1e-5);
+    }
+
+    #[test]
+    fn precision_is_a_train_key_with_three_values() {
+        use crate::device::Precision;
+        assert_eq!(TrainConfig::parse(MINIMAL, "t").unwrap().train.precision, None);
+        for p in Precision::ALL {
+            let c = TrainConfig::parse(&format!("{MINIMAL}[train]\nprecision = \"{p}\"\n"), "t").unwrap();
+            assert_eq!(c.train.precision, Some(p));
+        }
+        let e = TrainConfig::parse(&format!("{MINIMAL}[train]\nprecision = \"fp16\"\n"), "p.toml").unwrap_err().to_string();
+        assert!(e.contains("p.toml") && e.contains("precision") && e.contains("fp16"), "{e}");
+        // The CPU has only f32 arithmetic, whatever was asked for.
+        assert_eq!(crate::device::use_precision(crate::Device::Cpu, Some(Precision::Bf16)).unwrap(), Precision::Fp32);
+        assert_eq!("tf32".parse::<Precision>().unwrap(), Precision::Tf32);
+        let e = "half".parse::<Precision>().unwrap_err().to_string();
+        assert!(e.contains("half") && e.contains("fp32, tf32, bf16"), "{e}");
     }
 
     #[test]

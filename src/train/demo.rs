@@ -33,6 +33,12 @@ pub struct DemoParams {
     pub context: f32,
     /// Training iterations.
     pub iterations: usize,
+    /// Validation and checkpoints every this many iterations, replacing the TOML's `val_every`
+    /// and `checkpoint_every` (`coseg demo --iterations` sets it so that a short run still has
+    /// four of each).
+    pub val_every: Option<usize>,
+    /// The GPU convolutions' precision (`[train] precision`; default: the GPU default).
+    pub precision: Option<crate::device::Precision>,
     /// The `[model]`, `[eval]` and `[train]` tables (TOML) of the run, `[train]` last; the data paths,
     /// seed, iterations and out folder are filled in.
     pub model_train_toml: String,
@@ -98,7 +104,18 @@ device = "cuda"
 
 impl DemoParams {
     pub fn cpu(out: PathBuf) -> Self {
-        DemoParams { out, lesions: 800, seed: 0, clusters: 8, crop_size: 96, context: 0.25, iterations: 4000, model_train_toml: CPU_MODEL_TRAIN.into() }
+        DemoParams {
+            out,
+            lesions: 800,
+            seed: 0,
+            clusters: 8,
+            crop_size: 96,
+            context: 0.25,
+            iterations: 4000,
+            val_every: None,
+            precision: None,
+            model_train_toml: CPU_MODEL_TRAIN.into(),
+        }
     }
     /// The paper's configuration on a GPU, on a larger synthetic set.
     pub fn paper(out: PathBuf) -> Self {
@@ -110,6 +127,8 @@ impl DemoParams {
             crop_size: 128,
             context: crate::data::CropParams::default().context,
             iterations: 24_000,
+            val_every: None,
+            precision: None,
             model_train_toml: PAPER_MODEL_TRAIN.into(),
         }
     }
@@ -221,6 +240,14 @@ pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
     manifest.save(&manifest_path)?;
     secs.split = t.elapsed().as_secs_f64();
 
+    let mut model_train: String = p.model_train_toml.trim_end().to_string();
+    if let Some(every) = p.val_every {
+        let lines = model_train.lines().filter(|l| !l.starts_with("val_every") && !l.starts_with("checkpoint_every"));
+        model_train = lines.collect::<Vec<_>>().join("\n") + &format!("\nval_every = {every}\ncheckpoint_every = {every}");
+    }
+    if let Some(precision) = p.precision {
+        model_train += &format!("\nprecision = \"{precision}\"");
+    }
     let config_toml = format!(
         "[experiment]\nname = \"demo\"\n\n[data]\nroot = {:?}\nmanifest = {:?}\npseudo_masks = {:?}\ncrop_size = {}\ncontext = {}\n\n{}\nseed = {}\niterations = {}\nout = {:?}\n",
         data.display().to_string(),
@@ -228,7 +255,7 @@ pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
         pseudo.display().to_string(),
         p.crop_size,
         p.context,
-        p.model_train_toml.trim_end(),
+        model_train,
         p.seed,
         p.iterations,
         out.join("train").display().to_string(),

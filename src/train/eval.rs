@@ -48,6 +48,8 @@ pub fn restore(checkpoint: &Path, device: Device) -> Result<Restored> {
     };
     let meta = checkpoint::read_meta(&paths)?;
     let config = TrainConfig::parse(&meta.config_toml, &format!("{} (stored config)", paths.meta.display()))?;
+    // The precision the model was trained at, until the caller (`--precision`) says otherwise.
+    crate::device::use_precision(device, config.train.precision)?;
     let mut params = ParamStore::new(device, config.train.seed);
     let model = CosegNet::new(&config.model, &mut params)?;
     checkpoint::load(&paths, &mut params, None)?;

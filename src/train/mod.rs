@@ -12,6 +12,7 @@
 //! - [`demo`]: synth -> pseudo-masks -> split -> train -> eval, the README's first command.
 
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod dataset;
 pub mod demo;

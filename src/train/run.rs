@@ -293,6 +293,10 @@ pub fn train(cfg: &TrainConfig, config_toml: &str, resume: &Resume) -> Result<Tr
 pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &RunData) -> Result<TrainOutcome> {
     let t = &cfg.train;
     let device = resolve_device(&t.device)?;
+    let precision = crate::device::use_precision(device, t.precision)?;
+    if device != Device::Cpu {
+        eprintln!("training on {device}, convolutions in {precision}");
+    }
     let out = t.out.clone();
     let ckpt_dir = out.join("checkpoints");
     claim_out_folder(cfg)?;
@@ -540,13 +544,7 @@ pub fn write_plots(out: &Path, log_path: &Path) -> Result<()> {
     if loss.is_empty() {
         return Ok(());
     }
-    let window = 50usize;
-    let smooth: Vec<(f64, f64)> = (0..loss.len())
-        .map(|i| {
-            let lo = i.saturating_sub(window - 1);
-            (loss[i].0, loss[lo..=i].iter().map(|p| p.1).sum::<f64>() / (i - lo + 1) as f64)
-        })
-        .collect();
+    let smooth = crate::train::compare::running_mean(&loss, crate::train::compare::LOSS_WINDOW);
     write_line_plot(
         &out.join("loss.png"),
         "Training loss",

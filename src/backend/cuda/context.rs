@@ -8,6 +8,7 @@
 use super::alloc::{GpuBuffer, MemoryStats, Pool};
 use super::kernels::{self, Kernel, KernelFormat};
 use crate::error::{Error, Result};
+use crate::device::Precision;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DriverError, PinnedHostSlice, sys};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
@@ -96,6 +97,8 @@ pub struct CudaDevice {
     download: Mutex<Staging>,
     /// COSEG_CUDA_SYNC=1: synchronise after every launch, so a fault names its kernel.
     sync_each_launch: bool,
+    /// The convolutions' arithmetic for tensor ops on this device (`Precision as u8`).
+    precision: std::sync::atomic::AtomicU8,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -161,6 +164,7 @@ impl CudaDevice {
             upload: Mutex::new(Staging::default()),
             download: Mutex::new(Staging::default()),
             sync_each_launch: std::env::var("COSEG_CUDA_SYNC").is_ok_and(|v| v == "1"),
+            precision: std::sync::atomic::AtomicU8::new(Precision::Fp32 as u8),
         })
     }
 
@@ -175,6 +179,16 @@ impl CudaDevice {
     }
     pub fn sm_count(&self) -> u32 {
         self.sm_count
+    }
+    /// The precision tensor ops give the convolution wrappers on this device: fp32 until a run
+    /// (training config, `--precision`) sets it. The device is shared process-wide, like PyTorch's
+    /// `allow_tf32` switch; the wrappers in `conv` also take a precision directly.
+    pub fn precision(&self) -> Precision {
+        let v = self.precision.load(std::sync::atomic::Ordering::Relaxed);
+        Precision::ALL.into_iter().find(|p| *p as u8 == v).unwrap_or_default()
+    }
+    pub fn set_precision(&self, precision: Precision) {
+        self.precision.store(precision as u8, std::sync::atomic::Ordering::Relaxed);
     }
     /// The stream all of this device's work runs on (for interop: cuDNN/cuBLAS handles in benches).
     pub fn stream(&self) -> &Arc<CudaStream> {

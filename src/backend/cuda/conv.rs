@@ -4,8 +4,11 @@
 use super::alloc::GpuBuffer;
 use super::context::CudaDevice;
 use super::elementwise::fill;
+use super::nd;
 use super::kernels as k;
 use super::launch::{Arg, ConvGeom, check_len, grid_1d, grid_per_item, launch, to_i32};
+use super::kernels::Kernel;
+use crate::device::Precision;
 use crate::error::{Error, Result};
 use cudarc::driver::LaunchConfig;
 
@@ -63,68 +66,243 @@ impl Conv2dShape {
     }
 }
 
-fn gemm_grid(m: usize, n: usize, z: usize) -> Result<LaunchConfig> {
-    let (gx, gy) = (n.div_ceil(TILE), m.div_ceil(TILE));
-    if gx > i32::MAX as usize || gy > 65535 {
-        return Err(Error::invalid("conv2d", format!("GEMM {m} x {n} needs a grid of {gx} x {gy} blocks: too large")));
-    }
-    Ok(LaunchConfig { grid_dim: (gx as u32, gy as u32, z as u32), block_dim: (TILE_THREADS, 1, 1), shared_mem_bytes: 0 })
+/// One of the three GEMMs of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvPass {
+    Forward,
+    InputGrad,
+    WeightGrad,
 }
 
-/// y (n, k, oh, ow) = conv(x, w) + bias.
-pub fn conv2d_fwd(dev: &CudaDevice, sh: &Conv2dShape, x: &GpuBuffer, w: &GpuBuffer, bias: Option<&GpuBuffer>, y: &mut GpuBuffer) -> Result<()> {
-    let op = k::CONV2D_FWD.name;
-    let g = sh.geom(op)?;
+impl ConvPass {
+    /// (M, N, reduction) of this pass's GEMM (kernels/conv2d.cu's header).
+    pub fn gemm(self, sh: &Conv2dShape) -> (usize, usize, usize) {
+        let (rs, out_pix, in_pix) = (sh.r * sh.s, sh.n * sh.out_h() * sh.out_w(), sh.n * sh.h * sh.w);
+        match self {
+            ConvPass::Forward => (sh.k, out_pix, sh.c * rs),
+            ConvPass::InputGrad => (sh.c, in_pix, sh.k * rs),
+            ConvPass::WeightGrad => (sh.k, sh.c * rs, out_pix),
+        }
+    }
+}
+
+/// The tensor-core kernels' output tiles (BM x BN), in the order of [`TC_KERNELS`].
+pub const TC_TILES: [(usize, usize); 3] = [(128, 128), (64, 128), (128, 64)];
+/// Reduction elements per shared-memory tile: 16 in TF32, 32 in BF16.
+fn tc_tile_k(precision: Precision) -> usize {
+    if precision == Precision::Bf16 { 32 } else { 16 }
+}
+
+/// kernels/conv2d_tc.cu by pass, then precision (tf32, bf16), then tile ([`TC_TILES`]).
+const TC_KERNELS: [[[Kernel; 3]; 2]; 3] = [
+    [
+        [k::CONV2D_FWD_128X128_TF32, k::CONV2D_FWD_64X128_TF32, k::CONV2D_FWD_128X64_TF32],
+        [k::CONV2D_FWD_128X128_BF16, k::CONV2D_FWD_64X128_BF16, k::CONV2D_FWD_128X64_BF16],
+    ],
+    [
+        [k::CONV2D_BWD_INPUT_128X128_TF32, k::CONV2D_BWD_INPUT_64X128_TF32, k::CONV2D_BWD_INPUT_128X64_TF32],
+        [k::CONV2D_BWD_INPUT_128X128_BF16, k::CONV2D_BWD_INPUT_64X128_BF16, k::CONV2D_BWD_INPUT_128X64_BF16],
+    ],
+    [
+        [k::CONV2D_BWD_WEIGHT_128X128_TF32, k::CONV2D_BWD_WEIGHT_64X128_TF32, k::CONV2D_BWD_WEIGHT_128X64_TF32],
+        [k::CONV2D_BWD_WEIGHT_128X128_BF16, k::CONV2D_BWD_WEIGHT_64X128_BF16, k::CONV2D_BWD_WEIGHT_128X64_BF16],
+    ],
+];
+
+/// What runs one pass of one convolution: the kernel, its output tile and how the reduction is
+/// split over gridDim.z (`chunk` elements each; the weight gradient only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvPlan {
+    pub kernel: Kernel,
+    pub tile: (usize, usize),
+    pub splits: usize,
+    pub chunk: usize,
+}
+
+impl ConvPlan {
+    pub fn grid(&self, sh: &Conv2dShape, pass: ConvPass) -> (usize, usize, usize) {
+        let (m, n, _) = pass.gemm(sh);
+        (n.div_ceil(self.tile.1), m.div_ceil(self.tile.0), self.splits)
+    }
+}
+
+/// The reduction split that gives about two blocks per SM with at least 4 reduction tiles each.
+fn split_reduction(blocks: usize, red: usize, tile_k: usize, sm_count: usize) -> (usize, usize) {
+    let wanted = (2 * sm_count).div_ceil(blocks.max(1));
+    let most = (red / (4 * tile_k)).max(1);
+    let splits = wanted.clamp(1, most.min(65535));
+    let chunk = red.div_ceil(splits).div_ceil(tile_k) * tile_k;
+    (red.div_ceil(chunk).max(1), chunk.max(tile_k))
+}
+
+/// The kernel for a pass at a precision. fp32 runs conv2d.cu's SIMT kernels (64 x 64 tiles); the
+/// tensor-core kernels take every shape (tails, padding and strides load zeros), and the tile is
+/// the one whose last wave wastes least: a 128 x 128 block fills an SM alone, the two smaller
+/// tiles run two blocks per SM at about nine tenths of its rate.
+pub fn plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, sm_count: usize) -> ConvPlan {
+    let (m, n, red) = pass.gemm(sh);
+    let sm = sm_count.max(1);
+    let Some(prec) = [Precision::Tf32, Precision::Bf16].iter().position(|p| *p == precision) else {
+        let kernel = [k::CONV2D_FWD, k::CONV2D_BWD_INPUT, k::CONV2D_BWD_WEIGHT][pass as usize];
+        let (splits, chunk) = match pass {
+            ConvPass::WeightGrad => split_reduction(m.div_ceil(TILE) * n.div_ceil(TILE), red, TILE_K, sm),
+            _ => (1, red),
+        };
+        return ConvPlan { kernel, tile: (TILE, TILE), splits, chunk };
+    };
+    let cost = |&(i, (bm, bn)): &(usize, (usize, usize))| {
+        let blocks = m.div_ceil(bm) * n.div_ceil(bn);
+        let per_sm = if i == 0 { 1 } else { 2 };
+        let waves = blocks.div_ceil(sm * per_sm);
+        let rate = if i == 0 { 1.0 } else { 0.9 };
+        (waves * bm * bn * per_sm) as f64 / rate
+    };
+    let best = TC_TILES.iter().copied().enumerate().min_by(|a, b| cost(a).total_cmp(&cost(b))).map_or(0, |(i, _)| i);
+    tc_plan(sh, pass, prec, best, sm)
+}
+
+/// The tensor-core plan with tile `TC_TILES[tile]`; `prec` indexes (tf32, bf16).
+fn tc_plan(sh: &Conv2dShape, pass: ConvPass, prec: usize, tile: usize, sm: usize) -> ConvPlan {
+    let (m, n, red) = pass.gemm(sh);
+    let tile_k = tc_tile_k([Precision::Tf32, Precision::Bf16][prec]);
+    let (bm, bn) = TC_TILES[tile];
+    let (splits, chunk) = match pass {
+        ConvPass::WeightGrad => split_reduction(m.div_ceil(bm) * n.div_ceil(bn), red, tile_k, sm),
+        _ => (1, red),
+    };
+    ConvPlan { kernel: TC_KERNELS[pass as usize][prec][tile], tile: (bm, bn), splits, chunk }
+}
+
+/// Every tensor-core plan of a pass at a precision, one per tile (for tests that run each kernel).
+pub fn tc_plans(sh: &Conv2dShape, pass: ConvPass, precision: Precision, sm_count: usize) -> Vec<ConvPlan> {
+    let Some(prec) = [Precision::Tf32, Precision::Bf16].iter().position(|p| *p == precision) else { return Vec::new() };
+    (0..TC_TILES.len()).map(|t| tc_plan(sh, pass, prec, t, sm_count.max(1))).collect()
+}
+
+/// COSEG_KERNEL_LOG=1: one line on stderr per distinct convolution, pass and precision, naming
+/// the kernel that runs it, so the dispatch is visible.
+fn log_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, p: &ConvPlan) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    if !*ON.get_or_init(|| std::env::var("COSEG_KERNEL_LOG").is_ok_and(|v| v == "1")) {
+        return;
+    }
+    let line = format!(
+        "conv2d {pass:?} {precision}: x ({}, {}, {}, {}) w ({}, {}, {}, {}) stride {} pad {} dilation {} -> {} grid {:?}",
+        sh.n, sh.c, sh.h, sh.w, sh.k, sh.c, sh.r, sh.s, sh.stride, sh.pad, sh.dilation, p.kernel.name, p.grid(sh, pass)
+    );
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.contains(&line) {
+        eprintln!("{line}");
+        seen.push(line);
+    }
+}
+
+/// Launches `pass` at `precision` with operands `a`, `b` (kernels/conv2d_tc.cu's argument order:
+/// forward w, x; input gradient w, dy; weight gradient dy, x) into `out`.
+#[allow(clippy::too_many_arguments)]
+fn launch_pass(
+    dev: &CudaDevice,
+    sh: &Conv2dShape,
+    pass: ConvPass,
+    precision: Precision,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    bias: Option<&GpuBuffer>,
+    out: &mut GpuBuffer,
+) -> Result<()> {
+    let p = plan(sh, pass, precision, dev.sm_count() as usize);
+    log_plan(sh, pass, precision, &p);
+    launch_plan(dev, sh, pass, &p, a, b, bias, out)
+}
+
+/// Runs one plan (from [`plan`] or [`tc_plans`]); operands as [`launch_pass`], lengths unchecked
+/// beyond what the geometry needs (the public wrappers check them).
+#[allow(clippy::too_many_arguments)]
+pub fn launch_plan(
+    dev: &CudaDevice,
+    sh: &Conv2dShape,
+    pass: ConvPass,
+    p: &ConvPlan,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    bias: Option<&GpuBuffer>,
+    out: &mut GpuBuffer,
+) -> Result<()> {
+    let g = sh.geom(p.kernel.name)?;
+    let (m, n, _) = pass.gemm(sh);
+    let lens = [(a.len(), "a"), (b.len(), "b"), (out.len(), "out")];
+    let need = match pass {
+        ConvPass::Forward => [sh.weight_len(), sh.input_len(), sh.output_len()],
+        ConvPass::InputGrad => [sh.weight_len(), sh.output_len(), sh.input_len()],
+        ConvPass::WeightGrad => [sh.output_len(), sh.input_len(), sh.weight_len()],
+    };
+    for ((have, name), want) in lens.into_iter().zip(need) {
+        check_len(p.kernel.name, name, have, want, &[m, n])?;
+    }
+    let (gx, gy, gz) = p.grid(sh, pass);
+    if gx > i32::MAX as usize || gy > 65535 {
+        return Err(Error::invalid(p.kernel.name, format!("{sh:?} needs a grid of {gx} x {gy} blocks: too large")));
+    }
+    if gz > 1 {
+        fill(dev, out, 0.0)?; // partial sums are added atomically
+    }
+    let cfg = LaunchConfig { grid_dim: (gx as u32, gy as u32, gz as u32), block_dim: (TILE_THREADS, 1, 1), shared_mem_bytes: 0 };
+    let chunk = Arg::I32(to_i32(p.kernel.name, "reduction", p.chunk)?);
+    if p.kernel.module == "conv2d" {
+        // conv2d.cu's fp32 kernels take their operands in the order of the math, not (a, b).
+        let args = match pass {
+            ConvPass::Forward => vec![Arg::Ptr(b.ptr()), Arg::Ptr(a.ptr()), Arg::Ptr(bias.map_or(0, GpuBuffer::ptr)), Arg::Ptr(out.ptr_mut()), Arg::Struct(&g)],
+            ConvPass::InputGrad => vec![Arg::Ptr(b.ptr()), Arg::Ptr(a.ptr()), Arg::Ptr(out.ptr_mut()), Arg::Struct(&g)],
+            ConvPass::WeightGrad => vec![Arg::Ptr(b.ptr()), Arg::Ptr(a.ptr()), Arg::Ptr(out.ptr_mut()), Arg::Struct(&g), chunk],
+        };
+        return launch(dev, p.kernel, cfg, &args);
+    }
+    // The tensor-core input gradient reads the weights as a row-major (C, K*R*S) matrix, so its
+    // loads are whole lines: transpose (K, C, R*S) -> (C, K, R*S) first (a weight-sized copy).
+    let transposed;
+    let a = if pass == ConvPass::InputGrad {
+        let rs = sh.r * sh.s;
+        let walk = nd::geometry(p.kernel.name, &[sh.c, sh.k, rs], &[rs, sh.c * rs, 1], &[sh.k * rs, rs, 1], 0, 0)?;
+        let mut t = dev.alloc(a.len())?;
+        nd::copy(dev, a, &mut t, &walk)?;
+        transposed = t;
+        &transposed
+    } else {
+        a
+    };
+    let args = [Arg::Ptr(a.ptr()), Arg::Ptr(b.ptr()), Arg::Ptr(bias.map_or(0, GpuBuffer::ptr)), Arg::Ptr(out.ptr_mut()), Arg::Struct(&g), chunk];
+    launch(dev, p.kernel, cfg, &args)
+}
+
+/// y (n, k, oh, ow) = conv(x, w) + bias, at `precision`.
+pub fn conv2d_fwd(dev: &CudaDevice, sh: &Conv2dShape, precision: Precision, x: &GpuBuffer, w: &GpuBuffer, bias: Option<&GpuBuffer>, y: &mut GpuBuffer) -> Result<()> {
+    let op = "conv2d_fwd";
     check_len(op, "x", x.len(), sh.input_len(), &[sh.n, sh.c, sh.h, sh.w])?;
     check_len(op, "weight", w.len(), sh.weight_len(), &[sh.k, sh.c, sh.r, sh.s])?;
     if let Some(b) = bias {
         check_len(op, "bias", b.len(), sh.k, &[sh.k])?;
     }
     check_len(op, "y", y.len(), sh.output_len(), &[sh.n, sh.k, sh.out_h(), sh.out_w()])?;
-    let cfg = gemm_grid(sh.k, sh.n * sh.out_h() * sh.out_w(), 1)?;
-    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(w.ptr()), Arg::Ptr(bias.map_or(0, GpuBuffer::ptr)), Arg::Ptr(y.ptr_mut()), Arg::Struct(&g)];
-    launch(dev, k::CONV2D_FWD, cfg, &args)
+    launch_pass(dev, sh, ConvPass::Forward, precision, w, x, bias, y)
 }
 
 /// dx (n, c, h, w) from dy and w; dx is overwritten.
-pub fn conv2d_bwd_input(dev: &CudaDevice, sh: &Conv2dShape, dy: &GpuBuffer, w: &GpuBuffer, dx: &mut GpuBuffer) -> Result<()> {
-    let op = k::CONV2D_BWD_INPUT.name;
-    let g = sh.geom(op)?;
+pub fn conv2d_bwd_input(dev: &CudaDevice, sh: &Conv2dShape, precision: Precision, dy: &GpuBuffer, w: &GpuBuffer, dx: &mut GpuBuffer) -> Result<()> {
+    let op = "conv2d_bwd_input";
     check_len(op, "dy", dy.len(), sh.output_len(), &[sh.n, sh.k, sh.out_h(), sh.out_w()])?;
     check_len(op, "weight", w.len(), sh.weight_len(), &[sh.k, sh.c, sh.r, sh.s])?;
     check_len(op, "dx", dx.len(), sh.input_len(), &[sh.n, sh.c, sh.h, sh.w])?;
-    let cfg = gemm_grid(sh.c, sh.n * sh.h * sh.w, 1)?;
-    launch(dev, k::CONV2D_BWD_INPUT, cfg, &[Arg::Ptr(dy.ptr()), Arg::Ptr(w.ptr()), Arg::Ptr(dx.ptr_mut()), Arg::Struct(&g)])
-}
-
-/// How many ways to split the weight gradient's reduction (over N*OH*OW pixels) so that the
-/// grid fills the card: about two blocks per SM, each split at least 4 reduction tiles long.
-pub fn weight_grad_splits(sh: &Conv2dShape, sm_count: usize) -> usize {
-    let tiles = (sh.c * sh.r * sh.s).div_ceil(TILE) * sh.k.div_ceil(TILE);
-    let red = sh.n * sh.out_h() * sh.out_w();
-    let wanted = (2 * sm_count).div_ceil(tiles.max(1));
-    let most = (red / (4 * TILE_K)).max(1);
-    wanted.clamp(1, most.min(65535))
+    launch_pass(dev, sh, ConvPass::InputGrad, precision, w, dy, None, dx)
 }
 
 /// dw (k, c, r, s) from x and dy; dw is overwritten.
-pub fn conv2d_bwd_weight(dev: &CudaDevice, sh: &Conv2dShape, x: &GpuBuffer, dy: &GpuBuffer, dw: &mut GpuBuffer) -> Result<()> {
-    let op = k::CONV2D_BWD_WEIGHT.name;
-    let g = sh.geom(op)?;
+pub fn conv2d_bwd_weight(dev: &CudaDevice, sh: &Conv2dShape, precision: Precision, x: &GpuBuffer, dy: &GpuBuffer, dw: &mut GpuBuffer) -> Result<()> {
+    let op = "conv2d_bwd_weight";
     check_len(op, "x", x.len(), sh.input_len(), &[sh.n, sh.c, sh.h, sh.w])?;
     check_len(op, "dy", dy.len(), sh.output_len(), &[sh.n, sh.k, sh.out_h(), sh.out_w()])?;
     check_len(op, "dw", dw.len(), sh.weight_len(), &[sh.k, sh.c, sh.r, sh.s])?;
-    let red = sh.n * sh.out_h() * sh.out_w();
-    let splits = weight_grad_splits(sh, dev.sm_count() as usize);
-    // Each split covers a whole number of BK tiles.
-    let chunk = red.div_ceil(splits).div_ceil(TILE_K) * TILE_K;
-    let splits = red.div_ceil(chunk);
-    if splits > 1 {
-        fill(dev, dw, 0.0)?; // partial sums are added atomically
-    }
-    let cfg = gemm_grid(sh.k, sh.c * sh.r * sh.s, splits)?;
-    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(dy.ptr()), Arg::Ptr(dw.ptr_mut()), Arg::Struct(&g), Arg::I32(chunk as i32)];
-    launch(dev, k::CONV2D_BWD_WEIGHT, cfg, &args)
+    launch_pass(dev, sh, ConvPass::WeightGrad, precision, dy, x, None, dw)
 }
 
 fn conv1d_check(op: &'static str, n: usize, c: usize, taps: usize, w: &GpuBuffer) -> Result<(i32, i32, i32)> {
@@ -204,13 +382,44 @@ mod tests {
 
     #[test]
     fn split_k_fills_the_card_without_tiny_splits() {
-        // 64 channels at 32x32: 9 output tiles, 20480-long reduction: split.
+        let splits = |s: &Conv2dShape, p| plan(s, ConvPass::WeightGrad, p, 132).splits;
+        // 64 channels at 32x32, fp32: 9 output tiles, 20480-long reduction: split.
         let s = shape(20, 64, 32, 1);
-        let splits = weight_grad_splits(&s, 132);
-        assert!(splits * 9 >= 2 * 132 && splits * 9 < 2 * 132 + 9, "{splits}");
+        assert!(splits(&s, Precision::Fp32) * 9 >= 2 * 132 && splits(&s, Precision::Fp32) * 9 < 2 * 132 + 9);
         // 512 channels: 8 x 72 = 576 tiles already fill 132 SMs.
-        assert_eq!(weight_grad_splits(&shape(20, 512, 16, 4), 132), 1);
+        assert_eq!(splits(&shape(20, 512, 16, 4), Precision::Fp32), 1);
         // A short reduction is never cut below 4 tiles per split.
-        assert_eq!(weight_grad_splits(&shape(1, 8, 4, 1), 132), 1);
+        assert_eq!(splits(&shape(1, 8, 4, 1), Precision::Bf16), 1);
+        // Every split is a whole number of tiles, and together they cover the reduction.
+        for p in Precision::ALL {
+            for s in [shape(20, 64, 32, 1), shape(3, 24, 9, 2), shape(20, 512, 16, 8)] {
+                let plan = plan(&s, ConvPass::WeightGrad, p, 132);
+                let red = ConvPass::WeightGrad.gemm(&s).2;
+                let tile_k = if p == Precision::Fp32 { TILE_K } else { tc_tile_k(p) };
+                assert_eq!(plan.chunk % tile_k, 0, "{p} {s:?}");
+                assert!(plan.chunk * plan.splits >= red && plan.chunk * (plan.splits - 1) < red, "{p} {s:?} {plan:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_plan_names_a_kernel_of_the_pass_and_precision() {
+        let cases = [shape(20, 64, 32, 1), shape(20, 512, 16, 4), Conv2dShape { k: 64, r: 7, s: 7, stride: 2, pad: 3, ..shape(20, 3, 128, 1) }];
+        for s in &cases {
+            for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
+                let word = ["fwd", "bwd_input", "bwd_weight"][pass as usize];
+                for p in Precision::ALL {
+                    let plan = plan(s, pass, p, 132);
+                    assert!(plan.kernel.name.starts_with(&format!("conv2d_{word}_")), "{}", plan.kernel.name);
+                    assert!(plan.kernel.name.ends_with(&format!("_{}", if p == Precision::Fp32 { "f32" } else { p.name() })));
+                    let tile = plan.kernel.name.split('_').find(|w| w.contains('x')).map(str::to_string);
+                    if p != Precision::Fp32 {
+                        assert_eq!(tile, Some(format!("{}x{}", plan.tile.0, plan.tile.1)));
+                    }
+                }
+            }
+        }
+        // 64 output channels: half of a 128-row tile would be idle, so the 64-row tile runs.
+        assert_eq!(plan(&cases[0], ConvPass::Forward, Precision::Bf16, 132).tile, (64, 128));
     }
 }

@@ -1,5 +1,5 @@
 //! The kernels of `kernels/*.cu` as embedded by build.rs, and the table of every kernel the
-//! launch wrappers use (module = file stem, name = `<op>_<fwd|bwd>_f32`).
+//! launch wrappers use (module = file stem, name = `<op>_<fwd|bwd>[_tile]_<f32|tf32|bf16>`).
 
 /// How build.rs embedded the kernels: PTX from nvcc, or CUDA source for NVRTC at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +54,22 @@ kernels! {
     "conv2d":
         CONV2D_FWD = "conv2d_fwd_f32", CONV2D_BWD_INPUT = "conv2d_bwd_input_f32",
         CONV2D_BWD_WEIGHT = "conv2d_bwd_weight_f32";
+    "conv2d_tc":
+        CONV2D_FWD_128X128_TF32 = "conv2d_fwd_128x128_tf32", CONV2D_FWD_64X128_TF32 = "conv2d_fwd_64x128_tf32",
+        CONV2D_FWD_128X64_TF32 = "conv2d_fwd_128x64_tf32", CONV2D_FWD_128X128_BF16 = "conv2d_fwd_128x128_bf16",
+        CONV2D_FWD_64X128_BF16 = "conv2d_fwd_64x128_bf16", CONV2D_FWD_128X64_BF16 = "conv2d_fwd_128x64_bf16",
+        CONV2D_BWD_INPUT_128X128_TF32 = "conv2d_bwd_input_128x128_tf32",
+        CONV2D_BWD_INPUT_64X128_TF32 = "conv2d_bwd_input_64x128_tf32",
+        CONV2D_BWD_INPUT_128X64_TF32 = "conv2d_bwd_input_128x64_tf32",
+        CONV2D_BWD_INPUT_128X128_BF16 = "conv2d_bwd_input_128x128_bf16",
+        CONV2D_BWD_INPUT_64X128_BF16 = "conv2d_bwd_input_64x128_bf16",
+        CONV2D_BWD_INPUT_128X64_BF16 = "conv2d_bwd_input_128x64_bf16",
+        CONV2D_BWD_WEIGHT_128X128_TF32 = "conv2d_bwd_weight_128x128_tf32",
+        CONV2D_BWD_WEIGHT_64X128_TF32 = "conv2d_bwd_weight_64x128_tf32",
+        CONV2D_BWD_WEIGHT_128X64_TF32 = "conv2d_bwd_weight_128x64_tf32",
+        CONV2D_BWD_WEIGHT_128X128_BF16 = "conv2d_bwd_weight_128x128_bf16",
+        CONV2D_BWD_WEIGHT_64X128_BF16 = "conv2d_bwd_weight_64x128_bf16",
+        CONV2D_BWD_WEIGHT_128X64_BF16 = "conv2d_bwd_weight_128x64_bf16";
     "optim":
         SGD_FWD = "sgd_fwd_f32", ADAM_FWD = "adam_fwd_f32";
     "crf":
@@ -66,6 +82,12 @@ kernels! {
     "nd":
         BINARY_ND_FWD = "binary_nd_fwd_f32", COPY_ND_FWD = "copy_nd_fwd_f32", MAP_FWD = "map_fwd_f32",
         MAP_BWD = "map_bwd_f32";
+}
+
+/// Kernel names end with the precision of their arithmetic: `_f32`, or `_tf32` / `_bf16` for the
+/// tensor-core kernels (which read and write f32 too).
+fn is_kernel_name(name: &str) -> bool {
+    ["_f32", "_tf32", "_bf16"].iter().any(|suffix| name.ends_with(suffix))
 }
 
 /// The kernel entry points a module defines: `.entry NAME(` in PTX, or
@@ -85,7 +107,7 @@ pub fn entry_points(module: &str) -> Vec<String> {
                     continue;
                 }
                 for part in line.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
-                    if part.ends_with("_f32") && !names.iter().any(|n: &String| n == part) {
+                    if is_kernel_name(part) && !names.iter().any(|n: &String| n == part) {
                         names.push(part.to_string());
                     }
                 }
@@ -150,13 +172,13 @@ mod tests {
                 }
             }
         }
-        assert_eq!(MODULES.len(), 10, "one module per kernels/*.cu");
+        assert_eq!(MODULES.len(), 11, "one module per kernels/*.cu");
     }
 
     #[test]
     fn kernel_names_follow_the_convention() {
         for k in ALL {
-            assert!(k.name.ends_with("_f32"), "{}", k.name);
+            assert!(is_kernel_name(k.name), "{}", k.name);
         }
         let mut names: Vec<_> = ALL.iter().map(|k| k.name).collect();
         names.sort();

@@ -2,7 +2,7 @@
 
 use super::alloc::GpuBuffer;
 use super::context::CudaDevice;
-use super::elementwise::numel;
+use super::elementwise::{fill, numel};
 use super::kernels as k;
 use super::launch::{Arg, Red4, check_len, grid_1d, grid_per_item, launch, to_i32};
 use crate::error::{Error, Result};
@@ -30,14 +30,30 @@ pub fn sum_axes(dev: &CudaDevice, x: &GpuBuffer, dims: [usize; 4], keep: [bool; 
     // Coalesced reads need consecutive threads on the innermost non-trivial axis: a thread per
     // output when that axis is kept, a block per output when it is summed.
     let innermost = (0..4).rev().find(|&i| dims[i] > 1).unwrap_or(3);
-    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(n_out as i32), Arg::I32(n_red as i32), Arg::Struct(&g), Arg::F32(scale)];
-    if keep[innermost] {
-        launch(dev, k::REDUCE_SUM_THREAD, grid_1d(dev, n_out), &args)
+    let by_block = !keep[innermost];
+    let (mut cfg, kernel) = if by_block {
+        (grid_per_item(dev, n_out), k::REDUCE_SUM_BLOCK)
     } else {
-        launch(dev, k::REDUCE_SUM_BLOCK, grid_per_item(dev, n_out), &args)
+        (grid_1d(dev, n_out), k::REDUCE_SUM_THREAD)
+    };
+    let (splits, chunk) = reduction_split(n_out, n_red, by_block, dev.sm_count() as usize);
+    if splits > 1 {
+        fill(dev, y, 0.0)?; // partial sums are added atomically
     }
+    cfg.grid_dim.1 = splits as u32;
+    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(n_out as i32), Arg::I32(n_red as i32), Arg::Struct(&g), Arg::F32(scale), Arg::I32(chunk as i32)];
+    launch(dev, kernel, cfg, &args)
 }
 
+/// How many ways to split each output's reduction so that the launch fills the card: about 8
+/// blocks per SM (a block per output) or 2048 threads per SM (a thread per output), never
+/// below 4096 (block) or 256 (thread) elements per split. Returns (splits, chunk).
+pub fn reduction_split(n_out: usize, n_red: usize, by_block: bool, sm_count: usize) -> (usize, usize) {
+    let (parallel, wanted, least) = if by_block { (n_out, 8 * sm_count, 4096) } else { (n_out, 2048 * sm_count, 256) };
+    let splits = wanted.div_ceil(parallel.max(1)).clamp(1, (n_red / least).clamp(1, 65535));
+    let chunk = n_red.div_ceil(splits).max(1);
+    (n_red.div_ceil(chunk).max(1), chunk)
+}
 
 fn softmax_view(op: &'static str, len: usize, outer: usize, dim: usize, inner: usize) -> Result<()> {
     if dim == 0 {

@@ -1,0 +1,10 @@
+// The geometry of one 2-D convolution, shared by conv2d.cu (fp32 SIMT) and conv2d_tc.cu (tensor
+// cores); src/backend/cuda/launch.rs mirrors it as `ConvGeom`.
+#pragma once
+
+struct ConvGeom {
+    int n, c, h, w;        // input
+    int k, r, s;           // weight (K, C, R, S)
+    int oh, ow;            // output
+    int stride, pad, dil;
+};

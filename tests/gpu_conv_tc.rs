@@ -1,0 +1,137 @@
+//! The tensor-core convolutions (kernels/conv2d_tc.cu) against the CPU's f32 convolution on fresh
+//! random inputs: every pass, both precisions, every tile, on shapes that leave tails everywhere
+//! (odd sizes, channel counts that are not multiples of 8 or 16), dilation 16, stride 2, 1x1 and
+//! the 7x7 stride-2 stem. ||gpu - cpu|| / ||cpu|| at most 5e-3 in TF32 and 1.5e-2 in BF16, and at
+//! least 1e-6 (a tensor-core result that matched f32 exactly would mean the f32 path ran).
+//! Outputs are NaN-poisoned before each launch. Skips without a GPU; fails with REQUIRE_CUDA=1.
+
+mod gpu_common;
+use coseg::backend::cpu::conv::{self as cpu, ConvGeometry};
+use coseg::backend::cuda::conv::{self, ConvPass};
+use coseg::device::{Device, Precision};
+use coseg::tensor::Tensor;
+use gpu_common::*;
+
+fn tolerance(p: Precision) -> f64 {
+    match p {
+        Precision::Tf32 => 5e-3,
+        Precision::Bf16 => 1.5e-2,
+        Precision::Fp32 => F32_TOL,
+    }
+}
+
+fn shapes() -> Vec<ConvGeometry> {
+    let g = |n, c, h, w, k, r, stride, pad, dilation| ConvGeometry { n, c, h, w, k, r, s: r, stride, pad, dilation };
+    vec![
+        g(2, 5, 9, 11, 7, 3, 1, 1, 1),
+        g(2, 16, 12, 12, 70, 3, 1, 2, 2),
+        g(1, 33, 20, 19, 8, 3, 1, 16, 16),   // dilation 16
+        g(3, 4, 15, 13, 6, 3, 2, 1, 1),      // stride 2, odd sizes
+        g(2, 67, 6, 7, 65, 1, 1, 0, 1),      // 1x1, just past the tiles
+        g(2, 3, 37, 41, 64, 7, 2, 3, 1),     // the stem: 7x7, stride 2, 3 channels
+        g(2, 136, 16, 16, 130, 3, 1, 4, 4),  // several tiles along M, 1224-long reduction
+        g(4, 64, 32, 32, 64, 3, 1, 1, 1),    // the weight gradient splits its reduction
+        g(1, 24, 8, 8, 200, 1, 2, 0, 1),     // 1x1 stride 2
+    ]
+}
+
+/// The CPU's f32 forward, input gradient and weight gradient.
+fn reference(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], dy: &[f32]) -> [Vec<f32>; 3] {
+    let mut y = vec![0.0; g.output_len()];
+    cpu::conv2d_forward(g, x, w, Some(b), &mut y);
+    let mut dx = vec![0.0; x.len()];
+    cpu::conv2d_backward_input(g, dy, w, &mut dx);
+    let mut dw = vec![0.0; w.len()];
+    cpu::conv2d_backward_weight(g, x, dy, &mut dw);
+    [y, dx, dw]
+}
+
+#[test]
+fn every_tensor_core_kernel_matches_the_f32_convolution() {
+    let Some(dev) = gpu("every_tensor_core_kernel_matches_the_f32_convolution") else { return };
+    let mut r = rng(12);
+    let mut ran = 0;
+    for g in shapes() {
+        let (x, w, b) = (randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()), randn(&mut r, g.k));
+        let dy = randn(&mut r, g.output_len());
+        let want = reference(&g, &x, &w, &b, &dy);
+        let (xg, wg, bg, dyg) = (dev.htod(&x).unwrap(), dev.htod(&w).unwrap(), dev.htod(&b).unwrap(), dev.htod(&dy).unwrap());
+        for precision in [Precision::Tf32, Precision::Bf16] {
+            for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
+                let (a, bb, bias, out_len, want) = match pass {
+                    ConvPass::Forward => (&wg, &xg, Some(&bg), g.output_len(), &want[0]),
+                    ConvPass::InputGrad => (&wg, &dyg, None, g.input_len(), &want[1]),
+                    ConvPass::WeightGrad => (&dyg, &xg, None, g.weight_len(), &want[2]),
+                };
+                for plan in conv::tc_plans(&g, pass, precision, dev.sm_count() as usize) {
+                    let mut out = poisoned(&dev, out_len);
+                    conv::launch_plan(&dev, &g, pass, &plan, a, bb, bias, &mut out).unwrap();
+                    let got = dev.dtoh(&out).unwrap();
+                    let e = rel_err(&got, want);
+                    let what = format!("{} {pass:?} {g:?} (splits {})", plan.kernel.name, plan.splits);
+                    assert!(e <= tolerance(precision), "{what}: relative error {e:.3e} > {:.0e}", tolerance(precision));
+                    assert!(e > 1e-6, "{what}: relative error {e:.3e}: the f32 path ran, not the tensor cores");
+                    ran += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(ran, shapes().len() * 2 * 3 * conv::TC_TILES.len());
+}
+
+#[test]
+fn the_public_wrappers_dispatch_by_precision() {
+    let Some(dev) = gpu("the_public_wrappers_dispatch_by_precision") else { return };
+    let mut r = rng(13);
+    let g = ConvGeometry { n: 3, c: 40, h: 14, w: 14, k: 72, r: 3, s: 3, stride: 1, pad: 2, dilation: 2 };
+    let (x, w, b, dy) = (randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()), randn(&mut r, g.k), randn(&mut r, g.output_len()));
+    let want = reference(&g, &x, &w, &b, &dy);
+    let (xg, wg, bg, dyg) = (dev.htod(&x).unwrap(), dev.htod(&w).unwrap(), dev.htod(&b).unwrap(), dev.htod(&dy).unwrap());
+    let mut errors = Vec::new();
+    for p in Precision::ALL {
+        let mut y = poisoned(&dev, g.output_len());
+        conv::conv2d_fwd(&dev, &g, p, &xg, &wg, Some(&bg), &mut y).unwrap();
+        let mut dx = poisoned(&dev, g.input_len());
+        conv::conv2d_bwd_input(&dev, &g, p, &dyg, &wg, &mut dx).unwrap();
+        let mut dw = poisoned(&dev, g.weight_len());
+        conv::conv2d_bwd_weight(&dev, &g, p, &xg, &dyg, &mut dw).unwrap();
+        let e = [rel_err(&dev.dtoh(&y).unwrap(), &want[0]), rel_err(&dev.dtoh(&dx).unwrap(), &want[1]), rel_err(&dev.dtoh(&dw).unwrap(), &want[2])];
+        for v in e {
+            assert!(v <= tolerance(p), "{p}: relative errors {e:?}");
+        }
+        errors.push(e[0]);
+    }
+    // fp32 is exact to rounding; bf16 (8-bit mantissa) is coarser than tf32 (10-bit).
+    assert!(errors[0] < 1e-5 && errors[1] > errors[0] && errors[2] > errors[1], "{errors:?}");
+    // Lengths are checked before anything runs.
+    let mut short = dev.alloc(g.output_len() - 1).unwrap();
+    let e = conv::conv2d_fwd(&dev, &g, Precision::Bf16, &xg, &wg, None, &mut short).unwrap_err().to_string();
+    assert!(e.contains("conv2d_fwd") && e.contains('y'), "{e}");
+}
+
+/// A conv layer through the tensor ops and autograd follows the device's precision setting.
+#[test]
+fn tensor_ops_follow_the_device_precision() {
+    let Some(dev) = gpu("tensor_ops_follow_the_device_precision") else { return };
+    let _one_at_a_time = serial();
+    let mut r = rng(14);
+    let (xv, wv) = (randn(&mut r, 2 * 9 * 11 * 11), randn(&mut r, 20 * 9 * 9));
+    let run = |device: Device| -> (Vec<f32>, Vec<f32>) {
+        let x = Tensor::from_vec(xv.clone(), [2, 9, 11, 11], device).unwrap();
+        let w = Tensor::from_vec(wv.clone(), [20, 9, 3, 3], device).unwrap().into_var();
+        let y = x.conv2d(&w, None, 1, 2, 2).unwrap();
+        y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        (y.to_vec().unwrap(), w.grad().unwrap().to_vec().unwrap())
+    };
+    let (y_cpu, dw_cpu) = run(Device::Cpu);
+    for p in Precision::ALL {
+        dev.set_precision(p);
+        let (y, dw) = run(Device::Cuda(0));
+        let (ey, ew) = (rel_err(&y, &y_cpu), rel_err(&dw, &dw_cpu));
+        assert!(ey <= tolerance(p) && ew <= 2.0 * tolerance(p), "{p}: {ey:.3e} {ew:.3e}");
+        if p != Precision::Fp32 {
+            assert!(ey > 1e-6, "{p}: the f32 kernels ran");
+        }
+    }
+    dev.set_precision(Precision::Fp32);
+}
