@@ -116,6 +116,12 @@ struct Crs {
     }
 };
 
+// x[c, ih, iw] of one image (xn), 0 when !ok or outside the image (the zero padding).
+__device__ __forceinline__ float x_at(bool ok, const float* __restrict__ xn, const ConvGeom& g, int c, int ih, int iw) {
+    return (ok && c < g.c && (unsigned)ih < (unsigned)g.h && (unsigned)iw < (unsigned)g.w) ? __ldg(xn + (c * g.h + ih) * g.w + iw)
+                                                                                            : 0.0f;
+}
+
 template <int BM, int BN, class P, int PASS>
 __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const float* __restrict__ b_src,
                                         const float* __restrict__ bias, float* __restrict__ out,
@@ -200,11 +206,7 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const f
             const float* xn = b_src + (long long)pix_n * g.c * HW;
 #pragma unroll
             for (int j = 0; j < RUN_B; ++j) {
-                float v = 0.0f;
-                const int ih = base_h + q.r * g.dil, iw = base_w + q.s * g.dil;
-                if (pix_ok && q.c < g.c && (unsigned)ih < (unsigned)g.h && (unsigned)iw < (unsigned)g.w)
-                    v = __ldg(xn + (q.c * g.h + ih) * g.w + iw);
-                vb[j] = v;
+                vb[j] = x_at(pix_ok, xn, g, q.c, base_h + q.r * g.dil, base_w + q.s * g.dil);
                 q.step(g.r, g.s);
             }
         } else if constexpr (PASS == BWD_INPUT) {
@@ -242,11 +244,7 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const f
             const float* xq = b_src + (long long)qn * g.c * HW;
 #pragma unroll
             for (int j = 0; j < RUN_B; ++j) {
-                float v = 0.0f;
-                const int ih = ih0 + cc.r * g.dil, iw = iw0 + cc.s * g.dil;
-                if (q_ok && cc.c < g.c && (unsigned)ih < (unsigned)g.h && (unsigned)iw < (unsigned)g.w)
-                    v = __ldg(xq + (cc.c * g.h + ih) * g.w + iw);
-                vb[j] = v;
+                vb[j] = x_at(q_ok, xq, g, cc.c, ih0 + cc.r * g.dil, iw0 + cc.s * g.dil);
                 cc.step(g.r, g.s);
             }
         }
