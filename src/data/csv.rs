@@ -1,5 +1,11 @@
 //! A small CSV reader/writer for DL_info.csv: comma separated, fields optionally double-quoted
 //! (DeepLesion quotes its comma lists: "x1, y1, ..."), `""` inside quotes is a literal quote.
+//!
+//! Why not the `csv` crate: it lets a quoted field run across lines (RFC 4180), so one stray quote
+//! in a hand-edited DL_info.csv would swallow every row after it into one field, and those lesions
+//! would vanish as a single bad row. DeepLesion never puts a newline in a field, so the reader
+//! splits lines first and a bad quote costs only its own row, named (tests/data_reader.rs). The
+//! other things the crate handles are handled here too: a BOM on the header, CRLF line ends.
 
 /// Splits one CSV line into fields. An unterminated quote is an error describing where it opened.
 pub fn split_record(line: &str) -> Result<Vec<String>, String> {
