@@ -261,7 +261,7 @@ pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
         out.join("train").display().to_string(),
     );
     let config_path = out.join("config.toml");
-    crate::output::write_atomic(&config_path, config_toml.as_bytes())?;
+    crate::io::write_atomic(&config_path, config_toml.as_bytes())?;
     let cfg = TrainConfig::parse(&config_toml, &config_path.display().to_string())?;
 
     let t = Instant::now();
@@ -336,7 +336,7 @@ pub fn report_table(r: &DemoReport) -> String {
 fn write_report(out: &Path, r: &DemoReport) -> Result<()> {
     let json = serde_json::to_string_pretty(r).map_err(|e| Error::invalid("demo report", e.to_string()))?;
     let path = out.join("report.json");
-    crate::output::write_atomic(&path, json.as_bytes())?;
+    crate::io::write_atomic(&path, json.as_bytes())?;
     let verdict = r.verdict();
     let row = |label: &str, m: &MetricsSummary| {
         let s = &m.metrics;
@@ -365,7 +365,7 @@ fn write_report(out: &Path, r: &DemoReport) -> Result<()> {
         r.config
     );
     let path = out.join("report.md");
-    crate::output::write_atomic(&path, md.as_bytes())
+    crate::io::write_atomic(&path, md.as_bytes())
 }
 
 #[cfg(test)]

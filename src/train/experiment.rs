@@ -128,7 +128,7 @@ pub fn write_tables(out: &Path, rows: &[ExperimentRow]) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     for (name, text) in [("results.md", table_markdown(rows)), ("results.csv", table_csv(rows))] {
         let p = out.join(name);
-        crate::output::write_atomic(&p, text.as_bytes())?;
+        crate::io::write_atomic(&p, text.as_bytes())?;
     }
     Ok(())
 }
