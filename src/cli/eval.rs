@@ -4,7 +4,7 @@
 use coseg::data::split::Split;
 use coseg::train::eval::{Against, EvalData, evaluate, restore};
 use coseg::output::Outputs;
-use coseg::train::run::resolve_device;
+use coseg::device::DeviceRequest;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -35,7 +35,7 @@ pub struct Args {
     masks_out: Option<PathBuf>,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
-    device: String,
+    device: DeviceRequest,
     /// GPU convolutions in fp32, tf32 or bf16 (default: the precision the model was trained at).
     #[arg(long)]
     precision: Option<coseg::device::Precision>,
@@ -66,7 +66,7 @@ pub fn parse_split(s: &str) -> anyhow::Result<Split> {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let split = parse_split(&a.split)?;
-    let mut r = restore(&a.checkpoint, resolve_device(&a.device)?)?;
+    let mut r = restore(&a.checkpoint, coseg::device::resolve(a.device)?)?;
     if a.precision.is_some() {
         coseg::device::use_precision(r.device, a.precision)?;
     }

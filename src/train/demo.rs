@@ -15,7 +15,7 @@ use crate::metrics::MetricsSummary;
 use crate::pseudo::{PseudoMaskParams, pseudo_masks};
 use crate::train::config::TrainConfig;
 use crate::train::eval::{Against, EvalData, evaluate, restore, score_pseudo_masks};
-use crate::train::run::{Resume, resolve_device, train};
+use crate::train::run::{Resume, train};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -272,7 +272,7 @@ pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
     let t = Instant::now();
     eprintln!("[5/5] evaluating the test split against the true masks");
     let truth = data.join("masks");
-    let restored = restore(&outcome.checkpoint.params, resolve_device(&cfg.train.device)?)?;
+    let restored = restore(&outcome.checkpoint.params, crate::device::resolve(cfg.train.device)?)?;
     let net = evaluate(&restored, &EvalData::default(), Split::Test, &Against::True(truth.clone()), None, Some(&out.join("test_masks")))?;
     if !net.unfinished.is_empty() {
         eprintln!("  {} test lesion(s) kept without the marked-lesion finish:", net.unfinished.len());

@@ -12,7 +12,7 @@
 
 use crate::autograd::{ParamStore, no_grad};
 use crate::data::split::{Manifest, Split};
-use crate::device::{Device, DeviceRequest};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::metrics::{Mask, MetricsSummary};
 use crate::nn::CosegNet;
@@ -144,13 +144,6 @@ fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     (!v.is_empty()).then(|| v[v.len() / 2])
 }
 
-/// Parses `auto`, `cpu`, `cuda` or `cuda:N` and resolves it (see `device::resolve`): an error naming
-/// the device when `cuda` is asked for and this machine has none.
-pub fn resolve_device(s: &str) -> Result<Device> {
-    // auto: the GPU when a driver and a card answer, else the CPU; cuda:N without one is an error.
-    crate::device::resolve(s.parse::<DeviceRequest>()?)
-}
-
 /// The data a run reads, loaded once.
 pub struct RunData {
     pub manifest: Manifest,
@@ -185,7 +178,7 @@ pub fn load_run_data(cfg: &TrainConfig) -> Result<RunData> {
     // Before any crop is allocated: an absurd size would abort the process, not fail.
     let counts = manifest.lesion_counts();
     let val = if cfg.train.val_max > 0 { counts[Split::Val.index()].min(cfg.train.val_max) } else { counts[Split::Val.index()] };
-    crate::train::limits::check_memory(cfg, counts[Split::Train.index()] + val, resolve_device(&cfg.train.device)?, "the run's config")?;
+    crate::train::limits::check_memory(cfg, counts[Split::Train.index()] + val, crate::device::resolve(cfg.train.device)?, "the run's config")?;
     let records = dataset::records_by_row(&cfg.data.root)?;
     let truth = cfg.true_masks_dir();
     let src = DataSource {
@@ -292,7 +285,7 @@ pub fn train(cfg: &TrainConfig, config_toml: &str, resume: &Resume) -> Result<Tr
 /// `train` on data already loaded (the experiment runner and tests reuse one load).
 pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &RunData) -> Result<TrainOutcome> {
     let t = &cfg.train;
-    let device = resolve_device(&t.device)?;
+    let device = crate::device::resolve(t.device)?;
     let precision = crate::device::use_precision(device, t.precision)?;
     if device != Device::Cpu {
         eprintln!("training on {device}, convolutions in {precision}");
