@@ -2,7 +2,8 @@
 //! scored with the paper's metrics; `--json` prints the object `coseg eval-masks --json` prints.
 
 use coseg::data::split::Split;
-use coseg::train::eval::{Against, EvalData, evaluate, restore};
+use coseg::train::eval::{Against, EvalData, evaluate};
+use coseg::train::infer::restore;
 use coseg::output::Outputs;
 use coseg::device::DeviceRequest;
 use std::path::PathBuf;

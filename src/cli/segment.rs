@@ -2,7 +2,7 @@
 //! --pair-recist ...] --out mask.png`: one lesion's mask. Without a partner the lesion is paired
 //! with a training lesion of its cluster (from the manifest the checkpoint was trained with).
 
-use coseg::train::eval::{LesionInput, restore, sample_from_slice, segment_pair, training_partner, window_for_slice};
+use coseg::train::infer::{LesionInput, restore, sample_from_slice, segment_pair, training_partner, window_for_slice};
 use coseg::device::DeviceRequest;
 use std::path::PathBuf;
 

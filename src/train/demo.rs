@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::metrics::MetricsSummary;
 use crate::pseudo::{PseudoMaskParams, pseudo_masks};
 use crate::train::config::TrainConfig;
-use crate::train::eval::{Against, EvalData, evaluate, restore, score_pseudo_masks};
+use crate::train::eval::{Against, EvalData, evaluate, score_pseudo_masks};
+use crate::train::infer::restore_trained;
 use crate::train::run::{Resume, train};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -272,7 +273,7 @@ pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
     let t = Instant::now();
     eprintln!("[5/5] evaluating the test split against the true masks");
     let truth = data.join("masks");
-    let restored = restore(&outcome.checkpoint.params, crate::device::resolve(cfg.train.device)?)?;
+    let restored = restore_trained(&cfg, &config_toml, &outcome.checkpoint.params, crate::device::resolve(cfg.train.device)?)?;
     let net = evaluate(&restored, &EvalData::default(), Split::Test, &Against::True(truth.clone()), None, Some(&out.join("test_masks")))?;
     if !net.unfinished.is_empty() {
         eprintln!("  {} test lesion(s) kept without the marked-lesion finish:", net.unfinished.len());

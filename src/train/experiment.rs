@@ -8,7 +8,8 @@ use crate::data::split::Split;
 use crate::error::{Error, Result};
 use crate::metrics::MetricsSummary;
 use crate::train::config::TrainConfig;
-use crate::train::eval::{Against, EvalData, evaluate, restore};
+use crate::train::eval::{Against, EvalData, evaluate};
+use crate::train::infer::restore_trained;
 use crate::train::run::{Resume, train};
 use std::path::{Path, PathBuf};
 
@@ -36,7 +37,7 @@ pub fn run_experiments(files: &[PathBuf]) -> Result<Vec<ExperimentRow>> {
             .unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default());
         eprintln!("[{}/{}] {name} ({})", k + 1, files.len(), file.display());
         let outcome = train(cfg, &loaded.text, &Resume::Auto)?;
-        let restored = restore(&outcome.checkpoint.params, crate::device::resolve(cfg.train.device)?)?;
+        let restored = restore_trained(cfg, &loaded.text, &outcome.checkpoint.params, crate::device::resolve(cfg.train.device)?)?;
         let (against, label) = match cfg.true_masks_dir() {
             Some(d) => (Against::True(d), "true"),
             None => (Against::Pseudo(cfg.data.pseudo_masks.clone()), "pseudo"),

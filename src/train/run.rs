@@ -10,16 +10,17 @@
 //! above its starting value after warm-up), stops training before the optimiser step, naming
 //! the iteration and the last good checkpoint.
 
-use crate::autograd::{ParamStore, no_grad};
+use crate::autograd::ParamStore;
 use crate::data::split::{Manifest, Split};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::metrics::{Mask, MetricsSummary};
+use crate::metrics::MetricsSummary;
 use crate::nn::CosegNet;
 use crate::tensor::Tensor;
 use crate::train::checkpoint::{self, CheckpointMeta, CheckpointPaths};
 use crate::train::config::TrainConfig;
-use crate::train::dataset::{self, DataSource, Partners, SplitSet};
+use crate::train::dataset::{self, DataSource, SplitSet};
+use crate::train::infer::{crop_metrics, predict};
 use crate::train::log::{LogEntry, RunLog};
 use crate::train::optim::Optimizer;
 use crate::train::plot::{PALETTE, Series, write_line_plot};
@@ -201,78 +202,6 @@ pub fn load_run_data(cfg: &TrainConfig) -> Result<RunData> {
     let val = dataset::load_split(&src, &records, Split::Val, cfg.train.val_max)?;
     describe_skips(&val);
     Ok(RunData { manifest, train, val })
-}
-
-/// Lesion probabilities (S x S each, crop space) for every sample of `set`, each segmented with
-/// its partner, `batch` pairs at a time, in evaluation mode.
-pub fn predict(model: &CosegNet, set: &SplitSet, partners: &Partners, batch: usize, device: Device) -> Result<Vec<Vec<f32>>> {
-    predict_averaged(model, set, partners, batch, device, &[0])
-}
-
-/// As [`predict`], averaged over the given symmetries of the square (0..8, as
-/// `dataset::symmetric_input` numbers them): both images of a pair are transformed alike and
-/// each prediction is mapped back before averaging (test-time augmentation).
-pub fn predict_averaged(model: &CosegNet, set: &SplitSet, partners: &Partners, batch: usize, device: Device, symmetries: &[u8]) -> Result<Vec<Vec<f32>>> {
-    let s = set.size;
-    if symmetries.is_empty() || symmetries.iter().any(|&k| k >= 8) {
-        return Err(Error::invalid("predict", format!("symmetries {symmetries:?} (need at least one, each in 0..8)")));
-    }
-    let mut out = vec![vec![0.0f32; s * s]; set.samples.len()];
-    let order: Vec<usize> = (0..set.samples.len()).collect();
-    for &k in symmetries {
-        for chunk in order.chunks(batch.max(1)) {
-            let (mut xa, mut xb) = (Vec::new(), Vec::new());
-            for &i in chunk {
-                xa.extend(dataset::symmetric_input(&set.samples[i], s, k));
-                xb.extend(dataset::symmetric_input(&set.samples[partners.partner[i]], s, k));
-            }
-            let n = chunk.len();
-            let a = Tensor::from_vec(xa, [n, 3, s, s], device)?;
-            let b = Tensor::from_vec(xb, [n, 3, s, s], device)?;
-            let (la, _) = no_grad(|| model.forward_pair(&a, &b, false))?;
-            for (&i, p) in chunk.iter().zip(lesion_probability(&la)?) {
-                for (acc, v) in out[i].iter_mut().zip(dataset::undo_symmetry(&p, k, s)) {
-                    *acc += v / symmetries.len() as f32;
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// P(lesion) per pixel from (N,2,H,W) logits: sigmoid(z1 - z0), one Vec per image.
-pub fn lesion_probability(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
-    let d = logits.dims();
-    if d.len() != 4 || d[1] != 2 {
-        return Err(Error::shape("lesion_probability", format!("logits {} must be (N,2,H,W)", logits.shape())));
-    }
-    let plane = d[2] * d[3];
-    let v = logits.to_vec()?;
-    Ok(v.chunks(2 * plane)
-        .map(|img| img[..plane].iter().zip(&img[plane..]).map(|(z0, z1)| 1.0 / (1.0 + (z0 - z1).exp())).collect())
-        .collect())
-}
-
-fn crop_mask(bits: impl Iterator<Item = bool>, s: usize) -> Result<Mask> {
-    Mask::new(s, s, bits.collect())
-}
-
-/// The paper's metrics in crop space: predictions (p > 0.5) against the pseudo-masks and, when
-/// every sample has one, against the true masks.
-pub fn crop_metrics(set: &SplitSet, probs: &[Vec<f32>]) -> Result<(MetricsSummary, Option<MetricsSummary>)> {
-    let s = set.size;
-    let mut vs_pseudo = Vec::new();
-    let mut vs_true = Vec::new();
-    for (smp, p) in set.samples.iter().zip(probs) {
-        let pred = crop_mask(p.iter().map(|&v| v > 0.5), s)?;
-        let key = format!("{}#{}", smp.name, smp.row);
-        vs_pseudo.push((key.clone(), pred.clone(), crop_mask(smp.pseudo.iter().map(|&v| v > 0), s)?));
-        if let Some(t) = &smp.truth {
-            vs_true.push((key, pred, crop_mask(t.iter().map(|&v| v > 0), s)?));
-        }
-    }
-    let truth = (!vs_true.is_empty() && vs_true.len() == vs_pseudo.len()).then(|| MetricsSummary::from_pairs(&vs_true));
-    Ok((MetricsSummary::from_pairs(&vs_pseudo), truth))
 }
 
 /// Trains as `cfg` says, writing into `cfg.train.out`. `config_toml` is the config's text,
