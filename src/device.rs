@@ -12,13 +12,20 @@ pub enum Device {
     Cuda(usize),
 }
 
-/// What the user asked for on the command line: `auto`, `cpu`, `cuda` or `cuda:N`.
+/// The device a user asks for, as `--device` (clap parses it with [`FromStr`]) and as the
+/// config's `[train] device` (serde reads it from the same strings): `auto`, `cpu`, `cuda` (the
+/// first GPU) or `cuda:N`. [`resolve`] turns it into a [`Device`] on this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DeviceRequest {
     #[default]
     Auto,
     Cpu,
     Cuda(usize),
+}
+
+/// Why `s` is not a device request, naming it and what is accepted.
+fn not_a_device(s: &str) -> String {
+    format!("'{s}' is not one of auto, cpu, cuda, cuda:N")
 }
 
 impl FromStr for DeviceRequest {
@@ -30,11 +37,33 @@ impl FromStr for DeviceRequest {
             "cuda" => Ok(DeviceRequest::Cuda(0)),
             _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(n)) => Ok(DeviceRequest::Cuda(n)),
-                _ => Err(Error::Config(format!(
-                    "device '{s}' is not one of auto, cpu, cuda, cuda:N"
-                ))),
+                _ => Err(Error::invalid("device", not_a_device(s))),
             },
         }
+    }
+}
+
+impl fmt::Display for DeviceRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceRequest::Auto => write!(f, "auto"),
+            DeviceRequest::Cpu => write!(f, "cpu"),
+            DeviceRequest::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        // The config reader names the file, line and key; the message names the value.
+        s.parse().map_err(|_| serde::de::Error::custom(not_a_device(&s)))
+    }
+}
+
+impl serde::Serialize for DeviceRequest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -113,7 +142,7 @@ impl fmt::Display for Device {
 
 /// The device a request means on this machine: `auto` is cuda:0 when a CUDA device can be
 /// opened, else the CPU; `cuda:N` is checked now, so a missing driver or GPU is a clear error
-/// before any work starts.
+/// (naming the device) before any work starts.
 pub fn resolve(req: DeviceRequest) -> Result<Device> {
     use crate::backend::cuda::CudaDevice;
     match req {
@@ -123,5 +152,23 @@ pub fn resolve(req: DeviceRequest) -> Result<Device> {
             Error::Device(msg) => Error::Device(format!("--device cuda:{n}: {msg}")),
             other => other,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_requests_parse_print_and_name_a_bad_value() {
+        for (s, want) in [("auto", DeviceRequest::Auto), ("cpu", DeviceRequest::Cpu), ("cuda", DeviceRequest::Cuda(0)), ("cuda:3", DeviceRequest::Cuda(3))] {
+            let r: DeviceRequest = s.parse().unwrap();
+            assert_eq!(r, want, "{s}");
+            assert_eq!(r.to_string().parse::<DeviceRequest>().unwrap(), r);
+        }
+        for bad in ["tpu", "cuda:", "cuda:-1", "CPU", ""] {
+            let e = bad.parse::<DeviceRequest>().unwrap_err().to_string();
+            assert!(e.contains(&format!("'{bad}'")) && e.contains("auto, cpu, cuda, cuda:N"), "{e}");
+        }
     }
 }

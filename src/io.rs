@@ -1,10 +1,11 @@
-//! PNG reading and writing shared by every stage (DeepLesion slices, masks, CRF inputs, overlays).
+//! PNG reading and writing shared by every stage (DeepLesion slices, masks, CRF inputs, overlays),
+//! and [`write_atomic`], the one way coseg writes a file (`crate::output` decides where it may).
 //! Errors name the file and say what was found instead of what was expected.
 
 use crate::error::{Error, Result};
 use std::fs::File;
 use std::io::BufReader;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A decoded image: row-major, channels interleaved.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,7 +145,7 @@ fn encode(
         .write_image_data(bytes)
         .map_err(|e| Error::format(path, None, format!("PNG write: {e}")))?;
     writer.finish().map_err(|e| Error::format(path, None, format!("PNG finish: {e}")))?;
-    crate::output::write_atomic(path, &encoded)
+    write_atomic(path, &encoded)
 }
 
 /// Writes an 8-bit grey (channels = 1) or RGB (channels = 3) PNG, creating parent folders.
@@ -173,6 +174,39 @@ pub fn write_gray16_with(path: impl AsRef<Path>, img: &Image<u16>, compression: 
     encode(path.as_ref(), img.width, img.height, png::ColorType::Grayscale, png::BitDepth::Sixteen, &bytes, compression)
 }
 
+/// The folder `path` lies in, None for a bare file name (the current folder).
+pub(crate) fn parent_of(path: &Path) -> Option<&Path> {
+    path.parent().filter(|d| !d.as_os_str().is_empty())
+}
+
+/// The temporary name `path` is written under before the rename: hidden, in the same folder (a
+/// rename across file systems is not atomic), with the process id so that two runs never share it.
+pub fn temporary_name(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = format!(".{name}.{}.coseg-tmp", std::process::id());
+    match parent_of(path) {
+        Some(d) => d.join(tmp),
+        None => PathBuf::from(tmp),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, creating parent folders.
+/// On failure the temporary file is removed and whatever was at `path` before is untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = parent_of(path) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let tmp = temporary_name(path);
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        std::fs::remove_file(&tmp).ok();
+        return Err(Error::io(&tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        std::fs::remove_file(&tmp).ok();
+        Error::io(path, e)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +231,26 @@ mod tests {
         std::fs::write(dir.join("t.png"), &std::fs::read(&p).unwrap()[..60]).unwrap();
         assert!(read_gray16(dir.join("t.png")).is_err());
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn write_atomic_replaces_whole_and_leaves_no_temporary() {
+        let d = std::env::temp_dir().join(format!("coseg-io-atomic-{}", std::process::id()));
+        std::fs::remove_dir_all(&d).ok();
+        let p = d.join("sub/a.bin");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let (a, b): (Vec<u8>, Vec<u8>) = ((0..5000).map(|_| rng.random()).collect(), (0..300).map(|_| rng.random()).collect());
+        write_atomic(&p, &a).unwrap();
+        write_atomic(&p, &b).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b);
+        let names: Vec<_> = std::fs::read_dir(d.join("sub")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, ["a.bin"]);
+        // A write that cannot complete (the target is a folder) keeps what was there and leaves
+        // no temporary file.
+        std::fs::create_dir_all(d.join("dir/x")).unwrap();
+        assert!(write_atomic(&d.join("dir/x"), &a).is_err());
+        assert!(d.join("dir/x").is_dir());
+        assert_eq!(std::fs::read_dir(d.join("dir")).unwrap().count(), 1);
+        std::fs::remove_dir_all(d).ok();
     }
 }

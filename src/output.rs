@@ -19,11 +19,12 @@
 //!   gets its name appended to that folder's [`FILE_RECORD`] before the file is put in place, so a
 //!   run killed in between never leaves an unrecorded coseg file behind.
 //!
-//! Every file is written by [`write_atomic`]: to a hidden temporary name in the same folder, then
-//! renamed into place (atomic on one file system), so a killed run leaves either the old file or
-//! the new one, never half a file that a later run trusts.
+//! Every file is written by [`crate::io::write_atomic`]: to a hidden temporary name in the same
+//! folder, then renamed into place (atomic on one file system), so a killed run leaves either the
+//! old file or the new one, never half a file that a later run trusts.
 
 use crate::error::{Error, Result};
+use crate::io::{parent_of, write_atomic};
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
@@ -33,38 +34,6 @@ use std::sync::Mutex;
 pub const FOLDER_MARKER: &str = ".coseg-output";
 /// Lists, one name a line, the files coseg wrote into a folder that is not its own.
 pub const FILE_RECORD: &str = ".coseg-files";
-
-fn parent_of(path: &Path) -> Option<&Path> {
-    path.parent().filter(|d| !d.as_os_str().is_empty())
-}
-
-/// The temporary name `path` is written under before the rename: hidden, in the same folder (a
-/// rename across file systems is not atomic), with the process id so that two runs never share it.
-pub fn temporary_name(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = format!(".{name}.{}.coseg-tmp", std::process::id());
-    match parent_of(path) {
-        Some(d) => d.join(tmp),
-        None => PathBuf::from(tmp),
-    }
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, creating parent folders.
-/// On failure the temporary file is removed and whatever was at `path` before is untouched.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = parent_of(path) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let tmp = temporary_name(path);
-    if let Err(e) = std::fs::write(&tmp, bytes) {
-        std::fs::remove_file(&tmp).ok();
-        return Err(Error::io(&tmp, e));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        std::fs::remove_file(&tmp).ok();
-        Error::io(path, e)
-    })
-}
 
 /// `path` made absolute, `.` and `..` removed, and the symbolic links of its longest existing
 /// prefix resolved, so that two spellings of one file compare equal.
@@ -249,7 +218,7 @@ impl Outputs {
     /// coseg's (before anything is written, so that a killed run leaves no unrecorded file).
     /// Says so when it replaces an earlier coseg output or, with `--overwrite`, a file coseg did
     /// not write. Then write the file with any writer of this crate (they all go through
-    /// [`write_atomic`]).
+    /// [`crate::io::write_atomic`]).
     pub fn claim(&self, path: &Path) -> Result<()> {
         let r = resolve(path);
         if let Some(e) = self.input_clash(path, &r, false) {
@@ -328,25 +297,6 @@ mod tests {
     fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         (0..n).map(|_| rng.random()).collect()
-    }
-
-    #[test]
-    fn write_atomic_replaces_whole_and_leaves_no_temporary() {
-        let d = tmp("atomic");
-        let p = d.join("sub/a.bin");
-        let (a, b) = (random_bytes(5000, 1), random_bytes(300, 2));
-        write_atomic(&p, &a).unwrap();
-        write_atomic(&p, &b).unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b);
-        let names: Vec<_> = std::fs::read_dir(d.join("sub")).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert_eq!(names, ["a.bin"]);
-        // A write that cannot complete (the target is a folder) keeps what was there and leaves
-        // no temporary file.
-        std::fs::create_dir_all(d.join("dir/x")).unwrap();
-        assert!(write_atomic(&d.join("dir/x"), &a).is_err());
-        assert!(d.join("dir/x").is_dir());
-        assert_eq!(std::fs::read_dir(d.join("dir")).unwrap().count(), 1);
-        std::fs::remove_dir_all(d).ok();
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use coseg::data::{CropParams, lesion_crop, read_dl_info};
 use coseg::train::demo::{DemoParams, run_demo};
-use coseg::train::eval::{LesionInput, restore, sample_from_slice, segment_pair, window_for_slice};
+use coseg::train::infer::{LesionInput, restore, sample_from_slice, segment_pair, window_for_slice};
 use std::path::Path;
 use std::process::Command;
 

@@ -150,7 +150,7 @@ fn pipeline_resume_nan_and_misfit() {
     std::fs::copy(&fell_back.checkpoint.meta, &bad.meta).unwrap();
     let e = checkpoint::load(&bad, &mut store, None).unwrap_err().to_string();
     assert!(e.contains(&format!("tensor '{victim}'")) && e.contains("non-finite"), "{e}");
-    let e = coseg::train::eval::restore(&bad.params, Device::Cpu).err().expect("restored a NaN checkpoint").to_string();
+    let e = coseg::train::infer::restore(&bad.params, Device::Cpu).err().expect("restored a NaN checkpoint").to_string();
     assert!(e.contains(victim.as_str()), "{e}");
 
     // Divergence without NaN: Adam at lr 1e6 blows the loss up by orders of magnitude; training

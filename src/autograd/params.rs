@@ -183,7 +183,7 @@ impl ParamStore {
             .collect::<Result<Vec<_>>>()?;
         let out = safetensors::serialize(views, None)
             .map_err(|e| Error::format(path, None, e.to_string()))?;
-        crate::output::write_atomic(path, &out)
+        crate::io::write_atomic(path, &out)
     }
 
     /// Loads every entry from a .safetensors file: each must be present with the same shape, and

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use coseg::crf::{self, CrfParams};
 use coseg::io::{self, Image};
-use coseg::train::run::resolve_device;
+use coseg::device::DeviceRequest;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -37,7 +37,7 @@ pub struct Args {
     iters: usize,
     /// auto | cpu | cuda | cuda:N: where the CRF runs (auto: the GPU when there is one).
     #[arg(long, default_value = "auto")]
-    device: String,
+    device: DeviceRequest,
     /// Replace an existing file that coseg did not write (never an input of this run).
     #[arg(long)]
     overwrite: bool,
@@ -70,7 +70,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         1,
         prob8.data.iter().map(|&v| v as f32 / 255.0).collect(),
     );
-    let device = resolve_device(&a.device)?;
+    let device = coseg::device::resolve(a.device)?;
     let q = crf::refine_batch_on(device, std::slice::from_ref(&image), std::slice::from_ref(&prob), &params)
         .with_context(|| format!("crf on {} with {}", a.image.display(), a.prob.display()))?
         .remove(0);

@@ -76,7 +76,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     write_npy_f32(&a.out, &[names.len(), 3, a.size, a.size], &data)?;
     let mut text = names.join("\n");
     text.push('\n');
-    coseg::output::write_atomic(&sidecar, text.as_bytes())?;
+    coseg::io::write_atomic(&sidecar, text.as_bytes())?;
     println!(
         "wrote {} crops [{}, 3, {}, {}] to {} and their File_names to {} ({} rows skipped by the reader, {failed} lesions failed)",
         names.len(),

@@ -89,7 +89,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     bar.finish_and_clear();
     write_npy_f32(&a.out, &[info.records.len(), dim], &rows)?;
     let names: String = info.records.iter().map(|r| format!("{}\n", r.file_name)).collect();
-    coseg::output::write_atomic(&sidecar, names.as_bytes())?;
+    coseg::io::write_atomic(&sidecar, names.as_bytes())?;
     println!("wrote {} embeddings [{}, {dim}] ({}) to {}", info.records.len(), info.records.len(), cfg.name(), a.out.display());
     Ok(())
 }

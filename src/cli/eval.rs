@@ -2,9 +2,10 @@
 //! scored with the paper's metrics; `--json` prints the object `coseg eval-masks --json` prints.
 
 use coseg::data::split::Split;
-use coseg::train::eval::{Against, EvalData, evaluate, restore};
+use coseg::train::eval::{Against, EvalData, evaluate};
+use coseg::train::infer::restore;
 use coseg::output::Outputs;
-use coseg::train::run::resolve_device;
+use coseg::device::DeviceRequest;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -35,7 +36,7 @@ pub struct Args {
     masks_out: Option<PathBuf>,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
-    device: String,
+    device: DeviceRequest,
     /// GPU convolutions in fp32, tf32 or bf16 (default: the precision the model was trained at).
     #[arg(long)]
     precision: Option<coseg::device::Precision>,
@@ -66,7 +67,7 @@ pub fn parse_split(s: &str) -> anyhow::Result<Split> {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let split = parse_split(&a.split)?;
-    let mut r = restore(&a.checkpoint, resolve_device(&a.device)?)?;
+    let mut r = restore(&a.checkpoint, coseg::device::resolve(a.device)?)?;
     if a.precision.is_some() {
         coseg::device::use_precision(r.device, a.precision)?;
     }

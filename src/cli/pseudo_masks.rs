@@ -58,7 +58,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let summary = pseudo_masks(&a.data, &a.out, &p)?;
     print!("{}", summary.report());
     if let Some(path) = &a.json {
-        coseg::output::write_atomic(path, summary.to_json()?.as_bytes())?;
+        coseg::io::write_atomic(path, summary.to_json()?.as_bytes())?;
     }
     if summary.lesions_segmented == 0 {
         anyhow::bail!("no lesion could be segmented ({} failed, {} rows skipped)", summary.failed.len(), summary.skipped_rows.len());

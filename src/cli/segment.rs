@@ -2,8 +2,8 @@
 //! --pair-recist ...] --out mask.png`: one lesion's mask. Without a partner the lesion is paired
 //! with a training lesion of its cluster (from the manifest the checkpoint was trained with).
 
-use coseg::train::eval::{LesionInput, restore, sample_from_slice, segment_pair, training_partner, window_for_slice};
-use coseg::train::run::resolve_device;
+use coseg::train::infer::{LesionInput, restore, sample_from_slice, segment_pair, training_partner, window_for_slice};
+use coseg::device::DeviceRequest;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -29,7 +29,7 @@ pub struct Args {
     out: PathBuf,
     /// auto | cpu | cuda | cuda:N (the network, and the CRF with --crf).
     #[arg(long, default_value = "auto")]
-    device: String,
+    device: DeviceRequest,
     /// GPU convolutions in fp32, tf32 or bf16 (default: the precision the model was trained at).
     #[arg(long)]
     precision: Option<coseg::device::Precision>,
@@ -53,7 +53,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         outputs.input(p, "partner slice (--pair)");
     }
     outputs.claim(&a.out)?;
-    let r = restore(&a.checkpoint, resolve_device(&a.device)?)?;
+    let r = restore(&a.checkpoint, coseg::device::resolve(a.device)?)?;
     if a.precision.is_some() {
         coseg::device::use_precision(r.device, a.precision)?;
     }

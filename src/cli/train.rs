@@ -18,14 +18,13 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&a.config).map_err(|e| coseg::Error::io(&a.config, e))?;
-    let cfg = TrainConfig::parse(&text, &a.config.display().to_string())?;
+    let loaded = TrainConfig::load(&a.config)?;
     let resume = match (a.fresh, a.resume) {
         (true, _) => Resume::Fresh,
         (false, Some(p)) => Resume::From(p),
         (false, None) => Resume::Auto,
     };
-    let o = train(&cfg, &text, &resume)?;
+    let o = train(&loaded.config, &loaded.text, &resume)?;
     println!(
         "trained iterations {}..{} ({:.0} ms per step); checkpoint {}; log {}",
         o.started_at,

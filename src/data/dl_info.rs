@@ -390,7 +390,7 @@ pub fn write_dl_info(path: impl AsRef<Path>, records: &[LesionRecord]) -> Result
     for r in records {
         let _ = writeln!(out, "{}", format_row(r));
     }
-    crate::output::write_atomic(path, out.as_bytes())
+    crate::io::write_atomic(path, out.as_bytes())
 }
 
 /// Tight box x0, y0, x1, y1 around four RECIST points (long p1, p2, short p3, p4).

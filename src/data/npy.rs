@@ -38,7 +38,7 @@ pub fn write_npy_f32(path: impl AsRef<Path>, shape: &[usize], data: &[f32]) -> R
     for v in data {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    crate::output::write_atomic(path, &out)
+    crate::io::write_atomic(path, &out)
 }
 
 /// Reads a little-endian float32, C-order .npy file.

@@ -236,7 +236,7 @@ impl Manifest {
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let text = serde_json::to_string(self).map_err(|e| Error::format(path, None, format!("JSON: {e}")))?;
-        crate::output::write_atomic(path, text.as_bytes())
+        crate::io::write_atomic(path, text.as_bytes())
     }
 
     pub fn load(path: impl AsRef<Path>) -> Result<Manifest> {

@@ -12,6 +12,7 @@
 
 use crate::autograd::ParamStore;
 use crate::error::{Error, Result};
+use crate::io::write_atomic;
 use crate::train::optim::Optimizer;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -67,9 +68,6 @@ fn tmp_of(p: &Path) -> PathBuf {
 fn rename(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to).map_err(|e| Error::io(to, e))
 }
-
-/// Writes `bytes` to `path` through a temporary file and a rename (the crate's one writer).
-pub use crate::output::write_atomic;
 
 /// Writes a checkpoint into `dir` (created if needed), points `latest.json` at it, and deletes
 /// all but the newest `keep` checkpoints. Refuses parameters that are not finite, so the last

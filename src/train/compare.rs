@@ -140,7 +140,7 @@ pub fn compare(runs: &[Run], out: &Path) -> Result<Vec<RunSummary>> {
         let dice: Vec<String> = s.last_val_dice.iter().map(|(a, d)| format!("{a} {d:.4}")).collect();
         csv += &format!("{},{},{:.5},{},{:.2},{}\n", s.label.replace(',', ";"), s.iterations, s.final_loss, dice.join("; "), s.median_step_ms, r.log.display());
     }
-    crate::output::write_atomic(&out.join(OUTPUTS[2]), csv.as_bytes())?;
+    crate::io::write_atomic(&out.join(OUTPUTS[2]), csv.as_bytes())?;
     Ok(summaries)
 }
 

@@ -119,8 +119,8 @@ pub struct TrainParams {
     pub keep_checkpoints: usize,
     pub seed: u64,
     pub augment: Augment,
-    /// "auto", "cpu", "cuda" or "cuda:N".
-    pub device: String,
+    /// "auto", "cpu", "cuda" or "cuda:N" (checked as the file is read).
+    pub device: crate::device::DeviceRequest,
     /// The GPU convolutions' arithmetic: "fp32", "tf32" or "bf16" (default: bf16 on a GPU; the
     /// CPU always computes in fp32).
     pub precision: Option<crate::device::Precision>,
@@ -145,7 +145,7 @@ impl Default for TrainParams {
             keep_checkpoints: 2,
             seed: 0,
             augment: Augment::default(),
-            device: "auto".into(),
+            device: crate::device::DeviceRequest::Auto,
             precision: None,
             out: PathBuf::from("runs/train"),
         }
@@ -199,11 +199,21 @@ impl Default for EvalConfig {
     }
 }
 
+/// A config file read once: the checked config and the text it was parsed from. Training keeps
+/// the text as it is (every checkpoint stores it, so `coseg eval` rebuilds the model from it and
+/// a resume can tell the same run from another).
+#[derive(Clone, Debug)]
+pub struct LoadedConfig {
+    pub config: TrainConfig,
+    pub text: String,
+}
+
 impl TrainConfig {
-    /// Reads and checks a config file; errors name the file, section and key.
-    pub fn load(path: &Path) -> Result<TrainConfig> {
+    /// Reads a config file once and checks it; errors name the file, section and key.
+    pub fn load(path: &Path) -> Result<LoadedConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text, &path.display().to_string())
+        let config = Self::parse(&text, &path.display().to_string())?;
+        Ok(LoadedConfig { config, text })
     }
 
     /// Parses and checks config text; `origin` names it in errors.
@@ -280,7 +290,6 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&a.contrast) || !(0.0..1.0).contains(&a.brightness) {
             return Err(format!("[train.augment] contrast {} and brightness {} must be in [0, 1)", a.contrast, a.brightness));
         }
-        t.device.parse::<crate::device::DeviceRequest>().map_err(|e| format!("[train] device: {e}"))?;
         if !(self.data.context >= 0.0) {
             return Err(format!("[data] context = {} must be >= 0", self.data.context));
         }

@@ -8,14 +8,15 @@
 //! network's test masks) and `report.md` / `report.json` (keys `pseudo_masks` and `network`,
 //! each a `MetricsSummary` as `coseg eval-masks --json` writes it).
 
-use crate::data::split::{PairRule, Split, SplitParams, build_manifest};
+use crate::data::split::{Manifest, PairRule, Split, SplitParams, build_manifest};
 use crate::data::synth::{SynthParams, synth_dataset};
 use crate::error::{Error, Result};
 use crate::metrics::MetricsSummary;
 use crate::pseudo::{PseudoMaskParams, pseudo_masks};
 use crate::train::config::TrainConfig;
-use crate::train::eval::{Against, EvalData, evaluate, restore, score_pseudo_masks};
-use crate::train::run::{Resume, resolve_device, train};
+use crate::train::eval::{Against, EvalData, evaluate, score_pseudo_masks};
+use crate::train::infer::restore_trained;
+use crate::train::run::{Resume, train};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -214,55 +215,8 @@ pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
     let pseudo = out.join("pseudo");
     let manifest_path = out.join("manifest.json");
     let mut secs = StageSeconds::default();
-
-    let t = Instant::now();
-    eprintln!("[1/5] synthetic data set: {} lesions -> {}", p.lesions, data.display());
-    synth_dataset(&data, &SynthParams { lesions: p.lesions, seed: p.seed, ..Default::default() })?;
-    secs.synth = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    eprintln!("[2/5] GrabCut pseudo-masks -> {}", pseudo.display());
-    let ps = pseudo_masks(&data, &pseudo, &PseudoMaskParams::default())?;
-    if !ps.failed.is_empty() {
-        eprintln!("  {} lesion(s) without a pseudo-mask (they are skipped in training):", ps.failed.len());
-        for f in &ps.failed {
-            eprintln!("    {} (row {}): {}", f.file_name, f.row, f.reason);
-        }
-    }
-    secs.pseudo_masks = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    eprintln!("[3/5] clusters, split, pairs -> {}", manifest_path.display());
-    let manifest = build_manifest(
-        &data,
-        &SplitParams { clusters: p.clusters, seed: p.seed, ratios: [0.8, 0.1, 0.1], pair_rule: PairRule::PerLesion(5), ..Default::default() },
-    )?;
-    manifest.save(&manifest_path)?;
-    secs.split = t.elapsed().as_secs_f64();
-
-    let mut model_train: String = p.model_train_toml.trim_end().to_string();
-    if let Some(every) = p.val_every {
-        let lines = model_train.lines().filter(|l| !l.starts_with("val_every") && !l.starts_with("checkpoint_every"));
-        model_train = lines.collect::<Vec<_>>().join("\n") + &format!("\nval_every = {every}\ncheckpoint_every = {every}");
-    }
-    if let Some(precision) = p.precision {
-        model_train += &format!("\nprecision = \"{precision}\"");
-    }
-    let config_toml = format!(
-        "[experiment]\nname = \"demo\"\n\n[data]\nroot = {:?}\nmanifest = {:?}\npseudo_masks = {:?}\ncrop_size = {}\ncontext = {}\n\n{}\nseed = {}\niterations = {}\nout = {:?}\n",
-        data.display().to_string(),
-        manifest_path.display().to_string(),
-        pseudo.display().to_string(),
-        p.crop_size,
-        p.context,
-        model_train,
-        p.seed,
-        p.iterations,
-        out.join("train").display().to_string(),
-    );
-    let config_path = out.join("config.toml");
-    crate::output::write_atomic(&config_path, config_toml.as_bytes())?;
-    let cfg = TrainConfig::parse(&config_toml, &config_path.display().to_string())?;
+    let manifest = make_data(p, &data, &pseudo, &manifest_path, &mut secs)?;
+    let (cfg, config_toml) = write_config(p, &data, &pseudo, &manifest_path)?;
 
     let t = Instant::now();
     eprintln!("[4/5] training ({} iterations) -> {}", cfg.train.iterations, cfg.train.out.display());
@@ -272,7 +226,7 @@ pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
     let t = Instant::now();
     eprintln!("[5/5] evaluating the test split against the true masks");
     let truth = data.join("masks");
-    let restored = restore(&outcome.checkpoint.params, resolve_device(&cfg.train.device)?)?;
+    let restored = restore_trained(&cfg, &config_toml, &outcome.checkpoint.params, crate::device::resolve(cfg.train.device)?)?;
     let net = evaluate(&restored, &EvalData::default(), Split::Test, &Against::True(truth.clone()), None, Some(&out.join("test_masks")))?;
     if !net.unfinished.is_empty() {
         eprintln!("  {} test lesion(s) kept without the marked-lesion finish:", net.unfinished.len());
@@ -296,6 +250,66 @@ pub fn run_demo(p: &DemoParams) -> Result<DemoReport> {
     };
     write_report(out, &report)?;
     Ok(report)
+}
+
+/// Stages 1-3: the synthetic set in `data`, its GrabCut pseudo-masks in `pseudo`, and the
+/// manifest (clusters, split, pairs) saved at `manifest_path`; each stage's time goes into `secs`.
+fn make_data(p: &DemoParams, data: &Path, pseudo: &Path, manifest_path: &Path, secs: &mut StageSeconds) -> Result<Manifest> {
+    let t = Instant::now();
+    eprintln!("[1/5] synthetic data set: {} lesions -> {}", p.lesions, data.display());
+    synth_dataset(data, &SynthParams { lesions: p.lesions, seed: p.seed, ..Default::default() })?;
+    secs.synth = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    eprintln!("[2/5] GrabCut pseudo-masks -> {}", pseudo.display());
+    let ps = pseudo_masks(data, pseudo, &PseudoMaskParams::default())?;
+    if !ps.failed.is_empty() {
+        eprintln!("  {} lesion(s) without a pseudo-mask (they are skipped in training):", ps.failed.len());
+        for f in &ps.failed {
+            eprintln!("    {} (row {}): {}", f.file_name, f.row, f.reason);
+        }
+    }
+    secs.pseudo_masks = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    eprintln!("[3/5] clusters, split, pairs -> {}", manifest_path.display());
+    let manifest = build_manifest(
+        data,
+        &SplitParams { clusters: p.clusters, seed: p.seed, ratios: [0.8, 0.1, 0.1], pair_rule: PairRule::PerLesion(5), ..Default::default() },
+    )?;
+    manifest.save(manifest_path)?;
+    secs.split = t.elapsed().as_secs_f64();
+    Ok(manifest)
+}
+
+/// The run's config: `p`'s `[model]`, `[eval]` and `[train]` tables with the data paths, seed,
+/// iterations and out folder filled in, written to `config.toml` and parsed. Its text comes too:
+/// the checkpoints and the report store it.
+fn write_config(p: &DemoParams, data: &Path, pseudo: &Path, manifest_path: &Path) -> Result<(TrainConfig, String)> {
+    let mut model_train: String = p.model_train_toml.trim_end().to_string();
+    if let Some(every) = p.val_every {
+        let lines = model_train.lines().filter(|l| !l.starts_with("val_every") && !l.starts_with("checkpoint_every"));
+        model_train = lines.collect::<Vec<_>>().join("\n") + &format!("\nval_every = {every}\ncheckpoint_every = {every}");
+    }
+    if let Some(precision) = p.precision {
+        model_train += &format!("\nprecision = \"{precision}\"");
+    }
+    let config_toml = format!(
+        "[experiment]\nname = \"demo\"\n\n[data]\nroot = {:?}\nmanifest = {:?}\npseudo_masks = {:?}\ncrop_size = {}\ncontext = {}\n\n{}\nseed = {}\niterations = {}\nout = {:?}\n",
+        data.display().to_string(),
+        manifest_path.display().to_string(),
+        pseudo.display().to_string(),
+        p.crop_size,
+        p.context,
+        model_train,
+        p.seed,
+        p.iterations,
+        p.out.join("train").display().to_string(),
+    );
+    let config_path = p.out.join("config.toml");
+    crate::io::write_atomic(&config_path, config_toml.as_bytes())?;
+    let cfg = TrainConfig::parse(&config_toml, &config_path.display().to_string())?;
+    Ok((cfg, config_toml))
 }
 
 /// Whether `out` is a non-empty folder holding only what `run_demo` writes.
@@ -336,7 +350,7 @@ pub fn report_table(r: &DemoReport) -> String {
 fn write_report(out: &Path, r: &DemoReport) -> Result<()> {
     let json = serde_json::to_string_pretty(r).map_err(|e| Error::invalid("demo report", e.to_string()))?;
     let path = out.join("report.json");
-    crate::output::write_atomic(&path, json.as_bytes())?;
+    crate::io::write_atomic(&path, json.as_bytes())?;
     let verdict = r.verdict();
     let row = |label: &str, m: &MetricsSummary| {
         let s = &m.metrics;
@@ -365,7 +379,7 @@ fn write_report(out: &Path, r: &DemoReport) -> Result<()> {
         r.config
     );
     let path = out.join("report.md");
-    crate::output::write_atomic(&path, md.as_bytes())
+    crate::io::write_atomic(&path, md.as_bytes())
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@ use crate::data::split::Split;
 use crate::error::{Error, Result};
 use crate::metrics::MetricsSummary;
 use crate::train::config::TrainConfig;
-use crate::train::eval::{Against, EvalData, evaluate, restore};
-use crate::train::run::{Resume, resolve_device, train};
+use crate::train::eval::{Against, EvalData, evaluate};
+use crate::train::infer::restore_trained;
+use crate::train::run::{Resume, train};
 use std::path::{Path, PathBuf};
 
 /// One experiment's result.
@@ -27,16 +28,16 @@ pub struct ExperimentRow {
 pub fn run_experiments(files: &[PathBuf]) -> Result<Vec<ExperimentRow>> {
     let mut rows = Vec::new();
     for (k, file) in files.iter().enumerate() {
-        let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
-        let cfg = TrainConfig::parse(&text, &file.display().to_string())?;
+        let loaded = TrainConfig::load(file)?;
+        let cfg = &loaded.config;
         let name = cfg
             .experiment
             .name
             .clone()
             .unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default());
         eprintln!("[{}/{}] {name} ({})", k + 1, files.len(), file.display());
-        let outcome = train(&cfg, &text, &Resume::Auto)?;
-        let restored = restore(&outcome.checkpoint.params, resolve_device(&cfg.train.device)?)?;
+        let outcome = train(cfg, &loaded.text, &Resume::Auto)?;
+        let restored = restore_trained(cfg, &loaded.text, &outcome.checkpoint.params, crate::device::resolve(cfg.train.device)?)?;
         let (against, label) = match cfg.true_masks_dir() {
             Some(d) => (Against::True(d), "true"),
             None => (Against::Pseudo(cfg.data.pseudo_masks.clone()), "pseudo"),
@@ -128,7 +129,7 @@ pub fn write_tables(out: &Path, rows: &[ExperimentRow]) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     for (name, text) in [("results.md", table_markdown(rows)), ("results.csv", table_csv(rows))] {
         let p = out.join(name);
-        crate::output::write_atomic(&p, text.as_bytes())?;
+        crate::io::write_atomic(&p, text.as_bytes())?;
     }
     Ok(())
 }

@@ -61,7 +61,7 @@ impl RunLog {
             text += &serde_json::to_string(e).map_err(|e| Error::invalid("log", e.to_string()))?;
             text.push('\n');
         }
-        super::checkpoint::write_atomic(path, text.as_bytes())?;
+        crate::io::write_atomic(path, text.as_bytes())?;
         let file = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e))?;
         Ok(RunLog { path: path.to_path_buf(), file })
     }

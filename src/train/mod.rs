@@ -7,6 +7,8 @@
 //! - [`run`]: the training loop (validation, checkpoints, resume, NaN stop, log, curves).
 //! - [`checkpoint`]: atomic safetensors checkpoints with a JSON sidecar and optimiser state.
 //! - [`log`]: the JSONL log; [`plot`]: PNG line plots (built-in bitmap font).
+//! - [`infer`]: a restored network's lesion probabilities (pairs, test-time flips, dense CRF), shared
+//!   by validation, `coseg eval`, `coseg segment`, the demo and the experiment runner.
 //! - [`eval`]: a checkpoint's masks on a split, pasted into slices, scored with the paper's metrics.
 //! - [`experiment`]: runs experiment configs and prints the paper's tables.
 //! - [`demo`]: synth -> pseudo-masks -> split -> train -> eval, the README's first command.
@@ -18,6 +20,7 @@ pub mod dataset;
 pub mod demo;
 pub mod eval;
 pub mod experiment;
+pub mod infer;
 pub mod limits;
 pub mod log;
 pub mod optim;

@@ -228,7 +228,7 @@ impl Optimizer {
         meta.insert("step".to_string(), self.step.to_string());
         meta.insert("kind".to_string(), format!("{:?}", self.params.kind).to_lowercase());
         let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::format(path, None, e.to_string()))?;
-        crate::output::write_atomic(path, &bytes)
+        crate::io::write_atomic(path, &bytes)
     }
 
     /// Reads the state written by `save`; the kind must match this optimiser's.

@@ -10,19 +10,21 @@
 //! above its starting value after warm-up), stops training before the optimiser step, naming
 //! the iteration and the last good checkpoint.
 
-use crate::autograd::{ParamStore, no_grad};
+use crate::autograd::ParamStore;
 use crate::data::split::{Manifest, Split};
-use crate::device::{Device, DeviceRequest};
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::metrics::{Mask, MetricsSummary};
+use crate::metrics::MetricsSummary;
 use crate::nn::CosegNet;
 use crate::tensor::Tensor;
 use crate::train::checkpoint::{self, CheckpointMeta, CheckpointPaths};
 use crate::train::config::TrainConfig;
 use crate::train::dataset::{self, DataSource, Partners, SplitSet};
+use crate::train::infer::{crop_metrics, predict};
 use crate::train::log::{LogEntry, RunLog};
 use crate::train::optim::Optimizer;
 use crate::train::plot::{PALETTE, Series, write_line_plot};
+use indicatif::ProgressBar;
 use rand::SeedableRng;
 use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
@@ -144,13 +146,6 @@ fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     (!v.is_empty()).then(|| v[v.len() / 2])
 }
 
-/// Parses `auto`, `cpu`, `cuda` or `cuda:N` and resolves it (see `device::resolve`): an error naming
-/// the device when `cuda` is asked for and this machine has none.
-pub fn resolve_device(s: &str) -> Result<Device> {
-    // auto: the GPU when a driver and a card answer, else the CPU; cuda:N without one is an error.
-    crate::device::resolve(s.parse::<DeviceRequest>()?)
-}
-
 /// The data a run reads, loaded once.
 pub struct RunData {
     pub manifest: Manifest,
@@ -185,7 +180,7 @@ pub fn load_run_data(cfg: &TrainConfig) -> Result<RunData> {
     // Before any crop is allocated: an absurd size would abort the process, not fail.
     let counts = manifest.lesion_counts();
     let val = if cfg.train.val_max > 0 { counts[Split::Val.index()].min(cfg.train.val_max) } else { counts[Split::Val.index()] };
-    crate::train::limits::check_memory(cfg, counts[Split::Train.index()] + val, resolve_device(&cfg.train.device)?, "the run's config")?;
+    crate::train::limits::check_memory(cfg, counts[Split::Train.index()] + val, crate::device::resolve(cfg.train.device)?, "the run's config")?;
     let records = dataset::records_by_row(&cfg.data.root)?;
     let truth = cfg.true_masks_dir();
     let src = DataSource {
@@ -210,78 +205,6 @@ pub fn load_run_data(cfg: &TrainConfig) -> Result<RunData> {
     Ok(RunData { manifest, train, val })
 }
 
-/// Lesion probabilities (S x S each, crop space) for every sample of `set`, each segmented with
-/// its partner, `batch` pairs at a time, in evaluation mode.
-pub fn predict(model: &CosegNet, set: &SplitSet, partners: &Partners, batch: usize, device: Device) -> Result<Vec<Vec<f32>>> {
-    predict_averaged(model, set, partners, batch, device, &[0])
-}
-
-/// As [`predict`], averaged over the given symmetries of the square (0..8, as
-/// `dataset::symmetric_input` numbers them): both images of a pair are transformed alike and
-/// each prediction is mapped back before averaging (test-time augmentation).
-pub fn predict_averaged(model: &CosegNet, set: &SplitSet, partners: &Partners, batch: usize, device: Device, symmetries: &[u8]) -> Result<Vec<Vec<f32>>> {
-    let s = set.size;
-    if symmetries.is_empty() || symmetries.iter().any(|&k| k >= 8) {
-        return Err(Error::invalid("predict", format!("symmetries {symmetries:?} (need at least one, each in 0..8)")));
-    }
-    let mut out = vec![vec![0.0f32; s * s]; set.samples.len()];
-    let order: Vec<usize> = (0..set.samples.len()).collect();
-    for &k in symmetries {
-        for chunk in order.chunks(batch.max(1)) {
-            let (mut xa, mut xb) = (Vec::new(), Vec::new());
-            for &i in chunk {
-                xa.extend(dataset::symmetric_input(&set.samples[i], s, k));
-                xb.extend(dataset::symmetric_input(&set.samples[partners.partner[i]], s, k));
-            }
-            let n = chunk.len();
-            let a = Tensor::from_vec(xa, [n, 3, s, s], device)?;
-            let b = Tensor::from_vec(xb, [n, 3, s, s], device)?;
-            let (la, _) = no_grad(|| model.forward_pair(&a, &b, false))?;
-            for (&i, p) in chunk.iter().zip(lesion_probability(&la)?) {
-                for (acc, v) in out[i].iter_mut().zip(dataset::undo_symmetry(&p, k, s)) {
-                    *acc += v / symmetries.len() as f32;
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// P(lesion) per pixel from (N,2,H,W) logits: sigmoid(z1 - z0), one Vec per image.
-pub fn lesion_probability(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
-    let d = logits.dims();
-    if d.len() != 4 || d[1] != 2 {
-        return Err(Error::shape("lesion_probability", format!("logits {} must be (N,2,H,W)", logits.shape())));
-    }
-    let plane = d[2] * d[3];
-    let v = logits.to_vec()?;
-    Ok(v.chunks(2 * plane)
-        .map(|img| img[..plane].iter().zip(&img[plane..]).map(|(z0, z1)| 1.0 / (1.0 + (z0 - z1).exp())).collect())
-        .collect())
-}
-
-fn crop_mask(bits: impl Iterator<Item = bool>, s: usize) -> Result<Mask> {
-    Mask::new(s, s, bits.collect())
-}
-
-/// The paper's metrics in crop space: predictions (p > 0.5) against the pseudo-masks and, when
-/// every sample has one, against the true masks.
-pub fn crop_metrics(set: &SplitSet, probs: &[Vec<f32>]) -> Result<(MetricsSummary, Option<MetricsSummary>)> {
-    let s = set.size;
-    let mut vs_pseudo = Vec::new();
-    let mut vs_true = Vec::new();
-    for (smp, p) in set.samples.iter().zip(probs) {
-        let pred = crop_mask(p.iter().map(|&v| v > 0.5), s)?;
-        let key = format!("{}#{}", smp.name, smp.row);
-        vs_pseudo.push((key.clone(), pred.clone(), crop_mask(smp.pseudo.iter().map(|&v| v > 0), s)?));
-        if let Some(t) = &smp.truth {
-            vs_true.push((key, pred, crop_mask(t.iter().map(|&v| v > 0), s)?));
-        }
-    }
-    let truth = (!vs_true.is_empty() && vs_true.len() == vs_pseudo.len()).then(|| MetricsSummary::from_pairs(&vs_true));
-    Ok((MetricsSummary::from_pairs(&vs_pseudo), truth))
-}
-
 /// Trains as `cfg` says, writing into `cfg.train.out`. `config_toml` is the config's text,
 /// stored in every checkpoint (it rebuilds the model for `coseg eval` and guards resumes).
 pub fn train(cfg: &TrainConfig, config_toml: &str, resume: &Resume) -> Result<TrainOutcome> {
@@ -292,31 +215,59 @@ pub fn train(cfg: &TrainConfig, config_toml: &str, resume: &Resume) -> Result<Tr
 /// `train` on data already loaded (the experiment runner and tests reuse one load).
 pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &RunData) -> Result<TrainOutcome> {
     let t = &cfg.train;
-    let device = resolve_device(&t.device)?;
-    let precision = crate::device::use_precision(device, t.precision)?;
-    if device != Device::Cpu {
-        eprintln!("training on {device}, convolutions in {precision}");
+    let (mut s, mut outcome) = Session::open(cfg, config_toml, resume, data)?;
+    for iter in outcome.started_at..t.iterations {
+        s.step(iter)?;
+        let done = iter + 1;
+        let last = done == t.iterations;
+        if (done % t.val_every == 0 || last) && !data.val.samples.is_empty() {
+            s.validate(done, &mut outcome)?;
+        }
+        if done % t.checkpoint_every == 0 || last {
+            s.checkpoint(done)?;
+        }
+        outcome.iterations = done;
     }
-    let out = t.out.clone();
-    let ckpt_dir = out.join("checkpoints");
-    claim_out_folder(cfg)?;
-    std::fs::create_dir_all(&ckpt_dir).map_err(|e| Error::io(&ckpt_dir, e))?;
+    s.bar.finish_and_clear();
+    // The loss and lr curves even when there was no validation lesion to trigger them.
+    if s.steps > 0 {
+        write_plots(&s.out, s.log.path())?;
+    }
+    if let Some(p) = s.last_ckpt {
+        outcome.checkpoint = p;
+    }
+    outcome.mean_step_ms = if s.steps > 0 { s.step_ms_total / s.steps as f64 } else { f64::NAN };
+    Ok(outcome)
+}
 
-    let mut store = ParamStore::new(device, t.seed);
-    let model = CosegNet::new(&cfg.model, &mut store)?;
-    let mut opt = Optimizer::new(cfg.optimizer_params())?;
+/// Where a run starts: from scratch, or from a checkpoint whose parameters and optimiser state
+/// are already loaded.
+struct ResumePoint {
+    /// The iteration training starts at (0 from scratch).
+    iteration: usize,
+    /// Training time before this session, carried on in the log and checkpoints.
+    prior_seconds: f64,
+    /// The checkpoint auto-resume loaded (after a fallback, latest.json still names a damaged one).
+    loaded: Option<CheckpointPaths>,
+    /// Checkpoints auto-resume passed over, each with why.
+    unusable: Vec<(PathBuf, String)>,
+}
 
-    let mut prior_seconds = 0.0;
-    let mut resumed_from: Option<CheckpointPaths> = None;
+/// Loads the checkpoint `resume` names into `store` and `opt` (or removes the old checkpoints for
+/// a fresh start). Refuses to continue a run of another config, and a given checkpoint with
+/// nothing left to train.
+fn resume_point(cfg: &TrainConfig, config_toml: &str, resume: &Resume, ckpt_dir: &Path, store: &mut ParamStore, opt: &mut Optimizer) -> Result<ResumePoint> {
+    let t = &cfg.train;
+    let mut loaded = None;
     let mut unusable = Vec::new();
     let resumed: Option<CheckpointMeta> = match resume {
         Resume::Fresh => {
-            remove_checkpoints(&ckpt_dir)?;
+            remove_checkpoints(ckpt_dir)?;
             None
         }
-        Resume::Auto => match checkpoint::latest_loadable(&ckpt_dir, &mut store, &mut opt)? {
+        Resume::Auto => match checkpoint::latest_loadable(ckpt_dir, store, opt)? {
             Some((p, meta, bad)) => {
-                resumed_from = Some(p.clone());
+                loaded = Some(p.clone());
                 unusable = bad.iter().map(|(b, why)| (b.params.clone(), why.clone())).collect();
                 for (b, why) in &bad {
                     eprintln!("warning: checkpoint {} cannot be loaded ({why}); resuming from {} instead", b.params.display(), p.params.display());
@@ -324,77 +275,139 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
                 if meta.config_toml != config_toml {
                     return Err(Error::Config(format!(
                         "{} holds a run with another config; resume it with that config, or start over (--fresh) or in another out folder",
-                        out.display()
+                        t.out.display()
                     )));
                 }
                 Some(meta)
             }
             None => None,
         },
-        Resume::From(path) => Some(checkpoint::load(&CheckpointPaths::of(path), &mut store, Some(&mut opt))?),
+        Resume::From(path) => Some(checkpoint::load(&CheckpointPaths::of(path), store, Some(opt))?),
     };
-    let start = resumed.as_ref().map_or(0, |m| m.iteration);
-    if let Some(m) = &resumed {
-        // Resuming a given checkpoint with nothing left to train is a mistake (a wrong file or a
-        // forgotten `iterations`): say so instead of finishing "successfully" without a step.
-        // Auto-resume of a finished run stays a no-op, so re-running an experiment is safe.
-        if let Resume::From(p) = resume {
-            if m.iteration >= t.iterations {
-                return Err(Error::Config(format!(
-                    "{} is at iteration {} and [train] iterations = {}: nothing left to train; raise iterations to continue, or evaluate that checkpoint",
-                    p.display(),
-                    m.iteration,
-                    t.iterations
-                )));
-            }
+    let Some(m) = resumed else { return Ok(ResumePoint { iteration: 0, prior_seconds: 0.0, loaded, unusable }) };
+    // Resuming a given checkpoint with nothing left to train is a mistake (a wrong file or a
+    // forgotten `iterations`): say so instead of finishing "successfully" without a step.
+    // Auto-resume of a finished run stays a no-op, so re-running an experiment is safe.
+    if let Resume::From(p) = resume {
+        if m.iteration >= t.iterations {
+            return Err(Error::Config(format!(
+                "{} is at iteration {} and [train] iterations = {}: nothing left to train; raise iterations to continue, or evaluate that checkpoint",
+                p.display(),
+                m.iteration,
+                t.iterations
+            )));
         }
-        prior_seconds = m.train_seconds;
-        eprintln!("resuming at iteration {} of {}", m.iteration, t.iterations);
     }
-    let mut log = RunLog::open(&out.join("log.jsonl"), start)?;
-    // The guard sees the losses of the iterations before a resume, as the log kept them.
-    let mut guard = DivergenceGuard::with_history(
-        crate::train::log::read(log.path())?
-            .into_iter()
-            .filter_map(|e| match e {
-                LogEntry::Train { loss, .. } => Some(loss),
-                _ => None,
-            }),
-    );
-    let partners = dataset::partners(&data.val);
-    // After a fallback, latest.json still names the damaged checkpoint; the loaded one is the good one.
-    let mut last_ckpt = match resumed_from {
-        Some(p) => Some(p),
-        None => checkpoint::latest(&ckpt_dir)?,
-    };
-    let mut outcome = TrainOutcome {
-        out: out.clone(),
-        checkpoint: last_ckpt.clone().unwrap_or_else(|| CheckpointPaths::of(&ckpt_dir.join("none.safetensors"))),
-        iterations: start,
-        started_at: start,
-        mean_step_ms: f64::NAN,
-        val_pseudo: None,
-        val_true: None,
-        unusable_checkpoints: unusable,
-    };
+    eprintln!("resuming at iteration {} of {}", m.iteration, t.iterations);
+    Ok(ResumePoint { iteration: m.iteration, prior_seconds: m.train_seconds, loaded, unusable })
+}
 
-    let session = Instant::now();
-    let bar = crate::progress::bar((t.iterations - start.min(t.iterations)) as u64, "train");
-    let (mut loss_sum, mut loss_n, mut step_ms_total, mut steps) = (0.0f64, 0usize, 0.0f64, 0usize);
-    for iter in start..t.iterations {
-        let step_start = Instant::now();
-        let lr = cfg.lr_at(iter);
+/// A divergence guard that has seen the losses of the iterations before a resume, as the log
+/// kept them (so a spike right after a resume is caught).
+fn guard_from_log(log: &RunLog) -> Result<DivergenceGuard> {
+    Ok(DivergenceGuard::with_history(crate::train::log::read(log.path())?.into_iter().filter_map(|e| match e {
+        LogEntry::Train { loss, .. } => Some(loss),
+        _ => None,
+    })))
+}
+
+/// What the training loop carries from one iteration to the next.
+struct Session<'a> {
+    cfg: &'a TrainConfig,
+    config_toml: &'a str,
+    data: &'a RunData,
+    device: Device,
+    out: PathBuf,
+    ckpt_dir: PathBuf,
+    store: ParamStore,
+    model: CosegNet,
+    opt: Optimizer,
+    log: RunLog,
+    guard: DivergenceGuard,
+    partners: Partners,
+    /// The newest good checkpoint: named when training stops, returned when it ends.
+    last_ckpt: Option<CheckpointPaths>,
+    prior_seconds: f64,
+    started: Instant,
+    bar: ProgressBar,
+    /// The losses since the last checkpoint; their mean is stored in the next one.
+    loss_sum: f64,
+    loss_n: usize,
+    /// Wall time and count of this session's steps, for the mean step time.
+    step_ms_total: f64,
+    steps: usize,
+}
+
+impl<'a> Session<'a> {
+    /// Sets up the device and its precision, claims the out folder, builds the model and the
+    /// optimiser, resumes as `resume` says and opens the log; the outcome so far comes with it.
+    fn open(cfg: &'a TrainConfig, config_toml: &'a str, resume: &Resume, data: &'a RunData) -> Result<(Self, TrainOutcome)> {
+        let t = &cfg.train;
+        let device = crate::device::resolve(t.device)?;
+        let precision = crate::device::use_precision(device, t.precision)?;
+        if device != Device::Cpu {
+            eprintln!("training on {device}, convolutions in {precision}");
+        }
+        let out = t.out.clone();
+        let ckpt_dir = out.join("checkpoints");
+        claim_out_folder(cfg)?;
+        std::fs::create_dir_all(&ckpt_dir).map_err(|e| Error::io(&ckpt_dir, e))?;
+
+        let mut store = ParamStore::new(device, t.seed);
+        let model = CosegNet::new(&cfg.model, &mut store)?;
+        let mut opt = Optimizer::new(cfg.optimizer_params())?;
+        let from = resume_point(cfg, config_toml, resume, &ckpt_dir, &mut store, &mut opt)?;
+        let start = from.iteration;
+        let log = RunLog::open(&out.join("log.jsonl"), start)?;
+        let guard = guard_from_log(&log)?;
+        let partners = dataset::partners(&data.val);
+        let last_ckpt = match from.loaded {
+            Some(p) => Some(p),
+            None => checkpoint::latest(&ckpt_dir)?,
+        };
+        let outcome = TrainOutcome {
+            out: out.clone(),
+            checkpoint: last_ckpt.clone().unwrap_or_else(|| CheckpointPaths::of(&ckpt_dir.join("none.safetensors"))),
+            iterations: start,
+            started_at: start,
+            mean_step_ms: f64::NAN,
+            val_pseudo: None,
+            val_true: None,
+            unusable_checkpoints: from.unusable,
+        };
+        let started = Instant::now();
+        let bar = crate::progress::bar((t.iterations - start.min(t.iterations)) as u64, "train");
+        let prior_seconds = from.prior_seconds;
+        let (loss_sum, loss_n, step_ms_total, steps) = (0.0, 0, 0.0, 0);
+        let session = Session {
+            cfg, config_toml, data, device, out, ckpt_dir, store, model, opt, log, guard, partners, last_ckpt,
+            prior_seconds, started, bar, loss_sum, loss_n, step_ms_total, steps,
+        };
+        Ok((session, outcome))
+    }
+
+    /// Iteration `iter`'s batch (0-based). Its pairs and augmentation come from a generator
+    /// seeded by (seed, iter), so a resumed run draws what an uninterrupted one would have.
+    fn batch(&self, iter: usize) -> Result<dataset::Batch> {
+        let (t, train) = (&self.cfg.train, &self.data.train);
         let mut rng = ChaCha8Rng::seed_from_u64(t.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ iter as u64);
-        let pairs: Vec<[usize; 2]> = if data.train.pairs.len() >= t.batch_pairs {
-            sample(&mut rng, data.train.pairs.len(), t.batch_pairs).into_iter().map(|k| data.train.pairs[k]).collect()
+        let pairs: Vec<[usize; 2]> = if train.pairs.len() >= t.batch_pairs {
+            sample(&mut rng, train.pairs.len(), t.batch_pairs).into_iter().map(|k| train.pairs[k]).collect()
         } else {
-            (0..t.batch_pairs).map(|k| data.train.pairs[k % data.train.pairs.len()]).collect()
+            (0..t.batch_pairs).map(|k| train.pairs[k % train.pairs.len()]).collect()
         };
         let aug = (t.augment != crate::train::config::Augment::none()).then_some(&t.augment);
-        let batch = dataset::make_batch(&data.train, &pairs, aug, &mut rng, device)?;
+        dataset::make_batch(train, &pairs, aug, &mut rng, self.device)
+    }
 
-        store.zero_grads();
-        let (la, lb) = model.forward_pair(&batch.a, &batch.b, true)?;
+    /// One training step on iteration `iter` (0-based): forward, loss, the NaN and divergence
+    /// checks, backward and the optimiser step at the scheduled learning rate; logged.
+    fn step(&mut self, iter: usize) -> Result<()> {
+        let step_start = Instant::now();
+        let lr = self.cfg.lr_at(iter);
+        let batch = self.batch(iter)?;
+        self.store.zero_grads();
+        let (la, lb) = self.model.forward_pair(&batch.a, &batch.b, true)?;
         let finite = all_finite(&la)? && all_finite(&lb)?;
         let loss = if finite {
             let l = la.cross_entropy_2class(&batch.target_a, None)?.add(&lb.cross_entropy_2class(&batch.target_b, None)?)?.mul_scalar(0.5)?;
@@ -403,91 +416,86 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
             None
         };
         let diverged = match &loss {
-            Some((v, _)) if v.is_finite() => guard.check(iter + 1, *v as f64).map(|why| format!("{why} (lr {lr:.3e})")),
+            Some((v, _)) if v.is_finite() => self.guard.check(iter + 1, *v as f64).map(|why| format!("{why} (lr {lr:.3e})")),
             _ => Some(format!("the loss is not finite at iteration {} (lr {lr:.3e})", iter + 1)),
         };
         // Stopped before the optimiser step: the parameters and the checkpoints on disk are
         // those of the last good iteration.
         let (Some((loss_value, loss)), None) = (loss, &diverged) else {
-            bar.abandon();
-            let reason = diverged.unwrap_or_default();
-            log.write(&LogEntry::Stop { iter: iter + 1, reason: reason.clone() })?;
-            write_plots(&out, log.path()).ok();
-            let good = match &last_ckpt {
-                Some(p) => format!("the last good checkpoint is {} (iteration {})", p.params.display(), checkpoint::read_meta(p)?.iteration),
-                None => "no checkpoint was written before it".to_string(),
-            };
-            return Err(Error::invalid("train", format!("{reason}: training stopped; {good}")));
+            return self.stop_diverged(iter + 1, diverged.unwrap_or_default());
         };
         loss.backward()?;
-        opt.step(&store, lr)?;
+        self.opt.step(&self.store, lr)?;
         let ms = step_start.elapsed().as_secs_f64() * 1e3;
-        step_ms_total += ms;
-        steps += 1;
-        loss_sum += loss_value as f64;
-        loss_n += 1;
-        let done = iter + 1;
-        log.write(&LogEntry::Train {
-            iter: done,
-            loss: loss_value as f64,
-            lr: lr as f64,
-            ms,
-            time_s: prior_seconds + session.elapsed().as_secs_f64(),
-        })?;
-        bar.set_message(format!("loss {loss_value:.4}"));
-        bar.inc(1);
+        self.step_ms_total += ms;
+        self.steps += 1;
+        self.loss_sum += loss_value as f64;
+        self.loss_n += 1;
+        let time_s = self.prior_seconds + self.started.elapsed().as_secs_f64();
+        self.log.write(&LogEntry::Train { iter: iter + 1, loss: loss_value as f64, lr: lr as f64, ms, time_s })?;
+        self.bar.set_message(format!("loss {loss_value:.4}"));
+        self.bar.inc(1);
+        Ok(())
+    }
 
-        let last = done == t.iterations;
-        if (done % t.val_every == 0 || last) && !data.val.samples.is_empty() {
-            let probs = predict(&model, &data.val, &partners, t.batch_pairs, device)?;
-            let (vp, vt) = crop_metrics(&data.val, &probs)?;
-            log.write(&LogEntry::val(done, "pseudo", &vp))?;
-            if let Some(vt) = &vt {
-                log.write(&LogEntry::val(done, "true", vt))?;
-            }
-            bar.println(format!(
-                "iter {done}: val Dice vs pseudo {:.4}{}",
-                vp.metrics.dice.mean,
-                vt.as_ref().map(|v| format!(", vs true {:.4}", v.metrics.dice.mean)).unwrap_or_default()
-            ));
-            outcome.val_pseudo = Some(vp);
-            outcome.val_true = vt;
-            write_plots(&out, log.path())?;
+    /// Ends training at 1-based iteration `iter` for `reason` (a loss that is not finite or
+    /// diverges): logged, the curves drawn, and an error naming the last good checkpoint.
+    fn stop_diverged(&mut self, iter: usize, reason: String) -> Result<()> {
+        self.bar.abandon();
+        self.log.write(&LogEntry::Stop { iter, reason: reason.clone() })?;
+        write_plots(&self.out, self.log.path()).ok();
+        let good = match &self.last_ckpt {
+            Some(p) => format!("the last good checkpoint is {} (iteration {})", p.params.display(), checkpoint::read_meta(p)?.iteration),
+            None => "no checkpoint was written before it".to_string(),
+        };
+        Err(Error::invalid("train", format!("{reason}: training stopped; {good}")))
+    }
+
+    /// Validation after iteration `done`: crop-space metrics against the pseudo-masks (and the
+    /// true masks when every lesion has one), logged, printed, kept in `outcome`, curves redrawn.
+    fn validate(&mut self, done: usize, outcome: &mut TrainOutcome) -> Result<()> {
+        let probs = predict(&self.model, &self.data.val, &self.partners, self.cfg.train.batch_pairs, self.device)?;
+        let (vp, vt) = crop_metrics(&self.data.val, &probs)?;
+        self.log.write(&LogEntry::val(done, "pseudo", &vp))?;
+        if let Some(vt) = &vt {
+            self.log.write(&LogEntry::val(done, "true", vt))?;
         }
-        if done % t.checkpoint_every == 0 || last {
-            let meta = CheckpointMeta {
-                iteration: done,
-                total_iterations: t.iterations,
-                config_toml: config_toml.to_string(),
-                loss: loss_sum / loss_n.max(1) as f64,
-                parameters: store.num_trainable(),
-                optimizer_state: String::new(),
-                train_seconds: prior_seconds + session.elapsed().as_secs_f64(),
-            };
-            match checkpoint::save(&ckpt_dir, &store, &opt, &meta, t.keep_checkpoints) {
-                Ok(p) => last_ckpt = Some(p),
-                Err(e) => {
-                    bar.abandon();
-                    let good = last_ckpt.as_ref().map(|p| p.params.display().to_string()).unwrap_or_else(|| "none".into());
-                    log.write(&LogEntry::Stop { iter: done, reason: e.to_string() })?;
-                    return Err(Error::invalid("train", format!("iteration {done}: {e}; training stopped, the last good checkpoint is {good}")));
-                }
+        self.bar.println(format!(
+            "iter {done}: val Dice vs pseudo {:.4}{}",
+            vp.metrics.dice.mean,
+            vt.as_ref().map(|v| format!(", vs true {:.4}", v.metrics.dice.mean)).unwrap_or_default()
+        ));
+        outcome.val_pseudo = Some(vp);
+        outcome.val_true = vt;
+        write_plots(&self.out, self.log.path())
+    }
+
+    /// Checkpoint after iteration `done`, with the mean loss since the previous one. A failed
+    /// write stops training (logged), naming the last good checkpoint.
+    fn checkpoint(&mut self, done: usize) -> Result<()> {
+        let t = &self.cfg.train;
+        let meta = CheckpointMeta {
+            iteration: done,
+            total_iterations: t.iterations,
+            config_toml: self.config_toml.to_string(),
+            loss: self.loss_sum / self.loss_n.max(1) as f64,
+            parameters: self.store.num_trainable(),
+            optimizer_state: String::new(),
+            train_seconds: self.prior_seconds + self.started.elapsed().as_secs_f64(),
+        };
+        match checkpoint::save(&self.ckpt_dir, &self.store, &self.opt, &meta, t.keep_checkpoints) {
+            Ok(p) => self.last_ckpt = Some(p),
+            Err(e) => {
+                self.bar.abandon();
+                let good = self.last_ckpt.as_ref().map(|p| p.params.display().to_string()).unwrap_or_else(|| "none".into());
+                self.log.write(&LogEntry::Stop { iter: done, reason: e.to_string() })?;
+                return Err(Error::invalid("train", format!("iteration {done}: {e}; training stopped, the last good checkpoint is {good}")));
             }
-            loss_sum = 0.0;
-            loss_n = 0;
         }
-        outcome.iterations = done;
+        self.loss_sum = 0.0;
+        self.loss_n = 0;
+        Ok(())
     }
-    bar.finish_and_clear();
-    // The loss and lr curves even when there was no validation lesion to trigger them.
-    if steps > 0 {
-        write_plots(&out, log.path())?;
-    }
-    if let Some(p) = last_ckpt {
-        outcome.checkpoint = p;
-    }
-    outcome.mean_step_ms = if steps > 0 { step_ms_total / steps as f64 } else { f64::NAN };
-    Ok(outcome)
 }
 
 fn all_finite(t: &Tensor) -> Result<bool> {
