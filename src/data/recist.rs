@@ -258,7 +258,7 @@ mod tests {
         for _ in 0..200 {
             // A tilted ellipse centred near a corner or an edge, so the border cuts it.
             let (cx, cy) = (rng.random_range(-3.0..4.0f32), rng.random_range(-3.0..(h as f32 + 3.0)));
-            let (a, b, t) = (rng.random_range(5.0..12.0f32), rng.random_range(3.0..5.0f32), rng.random_range(0.0..3.14f32));
+            let (a, b, t) = (rng.random_range(5.0..12.0f32), rng.random_range(3.0..5.0f32), rng.random_range(0.0..std::f32::consts::PI));
             let mut mask = vec![0u8; w * h];
             for y in 0..h {
                 for x in 0..w {
