@@ -1,7 +1,7 @@
 //! Layout ops: reshape (shares data), permute/transpose, concat, narrow/split (copy: every tensor
 //! stays contiguous).
 
-use super::{PAR_MIN, Walk, gpu, same_device};
+use super::{PAR_MIN, Walk, cuda_common, gpu, same_device};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Storage, Tensor};
@@ -221,8 +221,8 @@ impl Tensor {
             }
             Device::Cuda(_) => {
                 // Each input lands in the output's strides, shifted along `axis`.
-                let dev = gpu::device(OP, first)?;
-                let mut y = gpu::alloc(&dev, out_shape.numel())?;
+                let dev = cuda_common::device(OP, first)?;
+                let mut y = cuda_common::alloc(&dev, out_shape.numel())?;
                 let out_strides = out_shape.strides();
                 let mut at = 0;
                 for t in tensors {
@@ -303,10 +303,10 @@ impl Tensor {
                         Tensor::from_vec(dx, src_shape.clone(), Device::Cpu)?
                     }
                     Device::Cuda(_) => {
-                        let dev = gpu::device(OP, g)?;
-                        let mut dx = gpu::full(&dev, src_shape.numel(), 0.0)?;
+                        let dev = cuda_common::device(OP, g)?;
+                        let mut dx = cuda_common::full(&dev, src_shape.numel(), 0.0)?;
                         gpu::scatter(OP, g, &mut dx, &src_shape.strides(), start * inner)?;
-                        gpu::tensor(dx, src_shape.clone())?
+                        cuda_common::tensor(dx, src_shape.clone())?
                     }
                 };
                 Ok(vec![Some(dx)])

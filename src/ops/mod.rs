@@ -17,25 +17,42 @@
 //! `tests/gpu_ops_parity.rs`.
 
 mod conv;
+mod cuda_common;
 mod elementwise;
 mod gpu;
 mod layout;
-mod loss;
+pub(crate) mod loss;
 mod matmul;
-mod norm;
-mod pool;
-mod reduce;
-mod resize;
-mod softmax;
+pub(crate) mod norm;
+pub(crate) mod pool;
+pub(crate) mod reduce;
+pub(crate) mod resize;
+pub(crate) mod softmax;
 
 pub use norm::BatchNormOptions;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor};
+use rayon::prelude::*;
 
 /// Below this many elements a kernel runs on the calling thread: rayon's fork-join costs more.
 pub(crate) const PAR_MIN: usize = 1 << 15;
+
+/// Runs `f` on each item of `items`, across rayon's threads when the op touches at least
+/// [`PAR_MIN`] values (`work`), otherwise on the calling thread: an unsplittable rayon iterator
+/// folds in place, with no fork-join.
+pub(crate) fn for_each_par_if_large<I, F>(work: usize, items: I, f: F)
+where
+    I: IndexedParallelIterator,
+    F: Fn(I::Item) + Send + Sync,
+{
+    if work >= PAR_MIN {
+        items.for_each(f);
+    } else {
+        items.with_min_len(usize::MAX).for_each(f);
+    }
+}
 
 /// Runs `f` on each pair of matching planes (`out` in chunks of `out_plane`, `inp` in chunks of
 /// `in_plane`), across rayon's threads when the planes together hold at least `PAR_MIN` values.
@@ -43,11 +60,23 @@ pub(crate) fn for_each_plane<F>(out: &mut [f32], out_plane: usize, inp: &[f32], 
 where
     F: Fn((&mut [f32], &[f32])) + Send + Sync,
 {
-    use rayon::prelude::*;
-    if out.len() + inp.len() >= PAR_MIN {
-        out.par_chunks_mut(out_plane).zip(inp.par_chunks(in_plane)).for_each(f);
-    } else {
-        out.chunks_mut(out_plane).zip(inp.chunks(in_plane)).for_each(f);
+    let work = out.len() + inp.len();
+    for_each_par_if_large(work, out.par_chunks_mut(out_plane).zip(inp.par_chunks(in_plane)), f);
+}
+
+/// The CPU side of every family's kernels (`<family>/cpu.rs`).
+pub(crate) struct Cpu;
+
+/// The CUDA side of every family's kernels (`<family>/cuda.rs`): they run on the device the
+/// tensors live on, in order on its one stream.
+pub(crate) struct Cuda;
+
+/// The one place an op's kernels are chosen by device: `K` is a family's kernel trait, which
+/// [`Cpu`] and [`Cuda`] implement.
+pub(crate) fn kernels_for<K: ?Sized>(device: Device, cpu: &'static K, cuda: &'static K) -> &'static K {
+    match device {
+        Device::Cpu => cpu,
+        Device::Cuda(_) => cuda,
     }
 }
 

@@ -10,14 +10,6 @@ use super::kernels::Kernel;
 use crate::error::{Error, Result};
 use cudarc::driver::{DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
 
-/// Reduction geometry of reduce.cu (`struct Red4`): input dims, 1 where the axis is kept.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Red4 {
-    pub dims: [i32; 4],
-    pub keep: [i32; 4],
-}
-
 /// Convolution geometry of conv2d.cu (`struct ConvGeom`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -62,7 +54,6 @@ pub struct Chunk {
 }
 
 // SAFETY: plain #[repr(C)] structs of i32/i64 whose layout matches the kernels' structs.
-unsafe impl DeviceRepr for Red4 {}
 unsafe impl DeviceRepr for ConvGeom {}
 unsafe impl DeviceRepr for Chunk {}
 unsafe impl DeviceRepr for StridedN {}

@@ -16,19 +16,25 @@
 //! A machine without a driver or GPU gets `Error::Device` from [`CudaDevice::get`], never a panic.
 
 pub mod alloc;
-pub mod batchnorm;
 pub mod blas;
 pub mod context;
 pub mod conv;
 pub mod elementwise;
 pub mod kernels;
 pub(crate) mod launch;
-pub mod loss;
 pub mod nd;
 pub mod optim;
-pub mod pool;
-pub mod reduce;
+
+// The op families' CUDA sides live with their ops (`ops/<family>/cuda.rs`); these names keep
+// the paths benches and tests use.
+pub use crate::ops::loss::cuda as loss;
+pub use crate::ops::norm::cuda as batchnorm;
+pub use crate::ops::pool::cuda as pool;
+pub use crate::ops::reduce::cuda as reduce;
+pub use crate::ops::resize::cuda as resize;
+pub use crate::ops::softmax::cuda as softmax;
 
 pub use alloc::{GpuBuffer, MemoryStats};
 pub use context::{CudaDevice, device_count, driver_present};
-pub use launch::{ConvGeom, MAX_DIMS, Red4, StridedN};
+pub use launch::{ConvGeom, MAX_DIMS, StridedN};
+pub use reduce::Red4;
