@@ -3,10 +3,9 @@
 //! one `match device` per op that picks this or the CPU loop; everything here runs in order on
 //! the device's one stream, so nothing waits for the host.
 
-use crate::backend::cuda::conv::{self, Conv2dShape};
 use crate::backend::cuda::elementwise::{self as ew, Binary};
 use crate::backend::cuda::nd::{self, MapOp};
-use crate::backend::cuda::{GpuBuffer, blas};
+use crate::backend::cuda::GpuBuffer;
 use crate::error::Result;
 use crate::tensor::{Shape, Storage, Tensor};
 use super::cuda_common::{alloc, device, tensor};
@@ -105,123 +104,4 @@ pub(crate) fn scatter(
     let g = nd::geometry(op, x.dims(), &x.shape().strides(), sy, 0, oy)?;
     let s = x.storage();
     nd::copy(&dev, s.as_cuda(op)?, y, &g)
-}
-
-// ---- matrix products ----
-
-/// One operand of [`gemm`]: transposed?, tensor, elements between batch entries.
-pub(crate) type GemmOperand<'a> = (bool, &'a Tensor, usize);
-
-/// `batch` row-major products op(A_i) op(B_i) (m x n) on cuBLAS.
-pub(crate) fn gemm(
-    op: &'static str,
-    batch: usize,
-    a: GemmOperand,
-    b: GemmOperand,
-    m: usize,
-    n: usize,
-    k: usize,
-) -> Result<Storage> {
-    let dev = device(op, a.1)?;
-    let (sa, sb) = (a.1.storage(), b.1.storage());
-    let mut c = alloc(&dev, batch * m * n)?;
-    blas::sgemm(
-        &dev,
-        batch,
-        (a.0, sa.as_cuda(op)?, a.2),
-        (b.0, sb.as_cuda(op)?, b.2),
-        m,
-        n,
-        k,
-        &mut c,
-    )?;
-    Ok(Storage::Cuda(c))
-}
-
-// ---- convolutions ----
-
-pub(crate) fn conv2d_fwd(
-    op: &'static str,
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    sh: &Conv2dShape,
-) -> Result<Storage> {
-    let dev = device(op, x)?;
-    let (sx, sw) = (x.storage(), w.storage());
-    let sb = bias.map(|b| b.storage());
-    let bb = sb.as_ref().map(|s| s.as_cuda(op)).transpose()?;
-    let mut y = alloc(&dev, sh.output_len())?;
-    conv::conv2d_fwd(&dev, sh, dev.precision(), sx.as_cuda(op)?, sw.as_cuda(op)?, bb, &mut y)?;
-    Ok(Storage::Cuda(y))
-}
-
-pub(crate) fn conv2d_bwd_input(
-    op: &'static str,
-    dy: &Tensor,
-    w: &Tensor,
-    sh: &Conv2dShape,
-) -> Result<Tensor> {
-    let dev = device(op, dy)?;
-    let (sg, sw) = (dy.storage(), w.storage());
-    let mut dx = alloc(&dev, sh.input_len())?;
-    conv::conv2d_bwd_input(&dev, sh, dev.precision(), sg.as_cuda(op)?, sw.as_cuda(op)?, &mut dx)?;
-    tensor(dx, [sh.n, sh.c, sh.h, sh.w])
-}
-
-pub(crate) fn conv2d_bwd_weight(
-    op: &'static str,
-    x: &Tensor,
-    dy: &Tensor,
-    sh: &Conv2dShape,
-) -> Result<Tensor> {
-    let dev = device(op, x)?;
-    let (sx, sg) = (x.storage(), dy.storage());
-    let mut dw = alloc(&dev, sh.weight_len())?;
-    conv::conv2d_bwd_weight(&dev, sh, dev.precision(), sx.as_cuda(op)?, sg.as_cuda(op)?, &mut dw)?;
-    tensor(dw, [sh.k, sh.c, sh.r, sh.s])
-}
-
-/// ECA's channel convolution of x viewed as (n, c).
-pub(crate) fn conv1d_fwd(
-    op: &'static str,
-    x: &Tensor,
-    w: &Tensor,
-    n: usize,
-    c: usize,
-) -> Result<Storage> {
-    let dev = device(op, x)?;
-    let (sx, sw) = (x.storage(), w.storage());
-    let mut y = alloc(&dev, n * c)?;
-    conv::conv1d_fwd(&dev, sx.as_cuda(op)?, n, c, sw.as_cuda(op)?, &mut y)?;
-    Ok(Storage::Cuda(y))
-}
-
-/// (dx, dw) of the channel convolution, shaped as x and w.
-pub(crate) fn conv1d_bwd(
-    op: &'static str,
-    x: &Tensor,
-    w: &Tensor,
-    dy: &Tensor,
-    n: usize,
-    c: usize,
-) -> Result<(Tensor, Tensor)> {
-    let dev = device(op, x)?;
-    let (sx, sw, sg) = (x.storage(), w.storage(), dy.storage());
-    let mut dx = alloc(&dev, n * c)?;
-    let mut dw = alloc(&dev, w.numel())?;
-    conv::conv1d_bwd(
-        &dev,
-        sx.as_cuda(op)?,
-        sg.as_cuda(op)?,
-        n,
-        c,
-        sw.as_cuda(op)?,
-        &mut dx,
-        &mut dw,
-    )?;
-    Ok((
-        tensor(dx, x.shape().clone())?,
-        tensor(dw, w.shape().clone())?,
-    ))
 }

@@ -16,7 +16,7 @@
 //! Gradient checks for every op live in `tests/gradcheck.rs`; CPU/GPU parity of every op in
 //! `tests/gpu_ops_parity.rs`.
 
-mod conv;
+pub(crate) mod conv;
 mod cuda_common;
 mod elementwise;
 mod gpu;

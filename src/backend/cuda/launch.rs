@@ -10,24 +10,6 @@ use super::kernels::Kernel;
 use crate::error::{Error, Result};
 use cudarc::driver::{DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
 
-/// Convolution geometry of conv2d.cu (`struct ConvGeom`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConvGeom {
-    pub n: i32,
-    pub c: i32,
-    pub h: i32,
-    pub w: i32,
-    pub k: i32,
-    pub r: i32,
-    pub s: i32,
-    pub oh: i32,
-    pub ow: i32,
-    pub stride: i32,
-    pub pad: i32,
-    pub dil: i32,
-}
-
 /// The largest rank of nd.cu's strided kernels (after the host merges contiguous dims).
 pub const MAX_DIMS: usize = 6;
 
@@ -54,7 +36,6 @@ pub struct Chunk {
 }
 
 // SAFETY: plain #[repr(C)] structs of i32/i64 whose layout matches the kernels' structs.
-unsafe impl DeviceRepr for ConvGeom {}
 unsafe impl DeviceRepr for Chunk {}
 unsafe impl DeviceRepr for StridedN {}
 

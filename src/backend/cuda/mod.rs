@@ -18,7 +18,6 @@
 pub mod alloc;
 pub mod blas;
 pub mod context;
-pub mod conv;
 pub mod elementwise;
 pub mod kernels;
 pub(crate) mod launch;
@@ -27,6 +26,7 @@ pub mod optim;
 
 // The op families' CUDA sides live with their ops (`ops/<family>/cuda.rs`); these names keep
 // the paths benches and tests use.
+pub use crate::ops::conv::cuda as conv;
 pub use crate::ops::loss::cuda as loss;
 pub use crate::ops::norm::cuda as batchnorm;
 pub use crate::ops::pool::cuda as pool;
@@ -36,5 +36,6 @@ pub use crate::ops::softmax::cuda as softmax;
 
 pub use alloc::{GpuBuffer, MemoryStats};
 pub use context::{CudaDevice, device_count, driver_present};
-pub use launch::{ConvGeom, MAX_DIMS, StridedN};
+pub use conv::ConvGeom;
+pub use launch::{MAX_DIMS, StridedN};
 pub use reduce::Red4;
