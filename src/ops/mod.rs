@@ -18,11 +18,10 @@
 
 pub(crate) mod conv;
 mod cuda_common;
-mod elementwise;
-mod gpu;
-mod layout;
+pub(crate) mod elementwise;
+pub(crate) mod layout;
 pub(crate) mod loss;
-mod matmul;
+pub(crate) mod matmul;
 pub(crate) mod norm;
 pub(crate) mod pool;
 pub(crate) mod reduce;

@@ -2,7 +2,7 @@
 
 use super::ReduceKernels;
 use crate::error::Result;
-use crate::ops::elementwise::broadcast_binary_cpu;
+use crate::ops::elementwise::cpu::broadcast_binary_cpu;
 use crate::ops::{Cpu, PAR_MIN, Walk, for_each_par_if_large};
 use crate::tensor::{Shape, Storage, Tensor};
 use rayon::prelude::*;

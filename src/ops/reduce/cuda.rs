@@ -8,7 +8,8 @@ use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launc
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
 use crate::error::{Error, Result};
 use crate::ops::cuda_common::{alloc, device, full};
-use crate::ops::{Cuda, gpu};
+use crate::ops::Cuda;
+use crate::ops::layout::cuda::gather;
 use crate::tensor::{Shape, Storage, Tensor};
 use cudarc::driver::DeviceRepr;
 
@@ -29,7 +30,7 @@ impl ReduceKernels for Cuda {
     }
 
     fn broadcast_to(&self, op: &'static str, x: &Tensor, dst: &Shape) -> Result<Storage> {
-        gpu::gather(op, x, dst.dims(), &x.shape().broadcast_strides(dst), 0)
+        gather(op, x, dst.dims(), &x.shape().broadcast_strides(dst), 0)
     }
 }
 
