@@ -1,13 +1,17 @@
-//! Differentiable ops on [`Tensor`], one file per family, each with forward and backward.
+//! Differentiable ops on [`Tensor`], one folder per family, each with forward and backward.
 //!
 //! Every op is a `Tensor` method returning `coseg::Result<Tensor>`: shapes that do not fit are
-//! an `Error::Shape` naming the op and both shapes, bad arguments an `Error::Invalid`. Each op
-//! checks its inputs share a device and dispatches on it; the CPU kernels here are plain loops
-//! over contiguous row-major slices, parallel with rayon over batch, channels or rows when the
-//! work is large enough to pay for it, and allocate only their outputs. On `Device::Cuda(n)`
-//! the same `match` sends the op (and its backward) to [`gpu`], which calls the checked kernel
-//! wrappers of `backend::cuda`; results stay on the device. Ops whose backward is written with
-//! other ops (add, mul, sum_to, mean, ...) need no GPU code of their own.
+//! an `Error::Shape` naming the op and both shapes, bad arguments an `Error::Invalid`.
+//!
+//! A family lives in `<family>/`: `mod.rs` checks the inputs, records the autograd node and
+//! declares the family's kernel trait (`PoolKernels`, `ConvKernels`, ...); `cpu.rs` implements it
+//! for [`Cpu`], plain loops over contiguous row-major slices, parallel with rayon over batch,
+//! channels or rows when the work is large enough to pay for it ([`for_each_par_if_large`],
+//! [`sum_par_if_large`]); `cuda.rs` implements it for [`Cuda`] with the checked launch wrappers
+//! of the family's kernels (kernels/<family>.cu) and the `#[repr(C)]` struct they share, so
+//! results stay on the device. [`kernels_for`] is the one place the device picks a side, for the
+//! forward and for the backward. Ops whose backward is written with other ops (add, mul,
+//! sum_to, mean, ...) need no kernel of their own.
 //!
 //! NaN: arithmetic ops propagate NaN (ReLU and max-pool included: a NaN input gives NaN out);
 //! the losses refuse a NaN logit with `Error::Invalid` so a diverging run stops with a message
@@ -50,6 +54,19 @@ where
         items.for_each(f);
     } else {
         items.with_min_len(usize::MAX).for_each(f);
+    }
+}
+
+/// The f64 sum of `items`, across rayon's threads when the op touches at least [`PAR_MIN`]
+/// values (`work`). On the calling thread the fold is the serial left-to-right sum, to the bit.
+pub(crate) fn sum_par_if_large<I>(work: usize, items: I) -> f64
+where
+    I: IndexedParallelIterator<Item = f64>,
+{
+    if work >= PAR_MIN {
+        items.sum()
+    } else {
+        items.with_min_len(usize::MAX).sum()
     }
 }
 

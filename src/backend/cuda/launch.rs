@@ -1,9 +1,9 @@
 //! The one place that launches kernels: every `unsafe` call into a kernel is in [`launch`].
 //!
-//! Wrappers (elementwise.rs, conv.rs, ...) check shapes and lengths, then call `launch` with the
-//! kernel, a launch configuration and the arguments in the kernel's parameter order. `launch`
-//! checks the configuration and that every pointer is a 16-byte aligned device address, and turns
-//! a failed launch into an error naming the kernel, its grid and block.
+//! Wrappers (`backend::cuda::elementwise`, `ops::conv::cuda`, ...) check shapes and lengths, then
+//! call `launch` with the kernel, a launch configuration and the arguments in the kernel's
+//! parameter order. `launch` checks the configuration and that every pointer is a 16-byte aligned
+//! device address, and turns a failed launch into an error naming the kernel, its grid and block.
 
 use super::context::{CudaDevice, describe};
 use super::kernels::Kernel;

@@ -1,17 +1,17 @@
 //! The CUDA backend: hand-written kernels (kernels/*.cu, compiled by build.rs) launched through
 //! cudarc, with Rust owning autograd and the training loop.
 //!
-//! Layers, bottom up:
+//! Layers, bottom up, each used by every op family:
 //! - [`kernels`]: the embedded PTX (or source for NVRTC) and the table of kernel names;
 //! - [`context`]: one context + stream per device, the module cache, copies, error reporting;
 //! - [`alloc`]: the caching allocator ([`GpuBuffer`]), peak memory;
 //! - `launch`: the only `unsafe` kernel launches, with launch-configuration and pointer checks;
-//! - one file per op family (elementwise, reduce, batchnorm, pool, loss, conv, optim, and
-//!   `nd`: any-rank maps, broadcasts and strided copies) with the host-side wrappers that check
-//!   shapes and lengths and return clear errors; `blas`: matrix products on cuBLAS.
+//! - [`elementwise`]: fills and the scalar affine map; [`nd`]: any-rank maps, broadcasts and
+//!   strided copies; [`blas`]: matrix products on cuBLAS.
 //!
-//! The tensor ops (`crate::ops`) reach these wrappers through `ops::gpu` whenever their inputs
-//! live on `Device::Cuda(n)`; the optimisers (`crate::train::optim`) through [`optim`].
+//! Each op family's launch wrappers live with the op, in `crate::ops::<family>::cuda`; the
+//! re-exports below keep them reachable here under the kernel files' names. The optimisers
+//! (`crate::train::optim`) launch through [`optim`].
 //!
 //! A machine without a driver or GPU gets `Error::Device` from [`CudaDevice::get`], never a panic.
 

@@ -3,7 +3,7 @@
 use super::{BCE, CE, LossKernels, NOTHING_COUNTED, refuse_bad_labels, refuse_bad_probabilities, refuse_nan};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::{Cpu, PAR_MIN, for_each_par_if_large};
+use crate::ops::{Cpu, for_each_par_if_large, sum_par_if_large};
 use crate::tensor::{Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -42,12 +42,7 @@ impl LossKernels for Cpu {
             let d = if t[i] == 1.0 { z0 - z1 } else { z1 - z0 };
             softplus(d) as f64
         };
-        // The split of an f64 sum changes its rounding: serial and parallel stay as they were.
-        let total: f64 = if n * p >= PAR_MIN {
-            (0..n * p).into_par_iter().map(pixel).sum()
-        } else {
-            (0..n * p).map(pixel).sum()
-        };
+        let total = sum_par_if_large(n * p, (0..n * p).into_par_iter().map(pixel));
         Ok((Storage::Cpu(vec![(total / counted as f64) as f32]), counted as f32))
     }
 
@@ -92,11 +87,7 @@ impl LossKernels for Cpu {
         refuse_nan(BCE, x, xt.shape())?;
         refuse_bad_probabilities(BCE, y, tt.shape())?;
         let term = |(&x, &y): (&f32, &f32)| (x.max(0.0) - x * y + (-x.abs()).exp().ln_1p()) as f64;
-        let total: f64 = if x.len() >= PAR_MIN {
-            x.par_iter().zip(y).map(term).sum()
-        } else {
-            x.iter().zip(y).map(term).sum()
-        };
+        let total = sum_par_if_large(x.len(), x.par_iter().zip(y).map(term));
         Ok(Storage::Cpu(vec![(total / x.len() as f64) as f32]))
     }
 

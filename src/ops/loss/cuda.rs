@@ -6,7 +6,7 @@ use super::{BCE, CE, LossKernels, NOTHING_COUNTED, refuse_bad_labels, refuse_bad
 use crate::backend::cuda::elementwise::Binary;
 use crate::backend::cuda::kernels as k;
 use crate::backend::cuda::launch::{Arg, check_len, grid_1d, launch, to_i32};
-use crate::backend::cuda::reduce::sum_axes;
+use crate::ops::reduce::cuda::sum_axes;
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
 use crate::error::{Error, Result};
 use crate::ops::Cuda;
