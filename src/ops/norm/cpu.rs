@@ -35,7 +35,7 @@ fn channel_sums(
         }
         (lanes.iter().sum::<f32>() + tail) as f64
     };
-    let mut planes = vec![0f64; if p == 0 { 0 } else { a.len() / p }];
+    let mut planes = vec![0f64; a.len().checked_div(p).unwrap_or(0)];
     if p > 0 {
         let items = planes.par_iter_mut().zip(a.par_chunks(p).zip(b.par_chunks(p)).enumerate());
         for_each_par_if_large(a.len(), items, |(out, item)| *out = plane(item));
