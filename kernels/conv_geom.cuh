@@ -1,5 +1,5 @@
 // The geometry of one 2-D convolution, shared by conv2d.cu (fp32 SIMT) and conv2d_tc.cu (tensor
-// cores); src/backend/cuda/launch.rs mirrors it as `ConvGeom`.
+// cores); src/ops/conv/cuda.rs mirrors it as `ConvGeom`.
 #pragma once
 
 struct ConvGeom {

@@ -7,7 +7,7 @@
 mod gpu_common;
 use coseg::backend::cpu::conv::{self as cpu, ConvGeometry};
 use coseg::device::Precision;
-use coseg::backend::cuda::{batchnorm, conv, elementwise as ew, loss, optim, pool, reduce};
+use coseg::backend::cuda::{batchnorm, conv, elementwise as ew, loss, optim, pool, reduce, resize, softmax};
 use gpu_common::*;
 
 fn conv_shapes() -> Vec<ConvGeometry> {
@@ -140,10 +140,10 @@ fn gpu_sums_means_and_softmax_match_cpu() {
             }
         }
         let mut yg = poisoned(&dev, 945);
-        reduce::softmax_fwd(&dev, &xg, &mut yg, outer, dim, inner).unwrap();
+        softmax::softmax_fwd(&dev, &xg, &mut yg, outer, dim, inner).unwrap();
         assert_close("softmax fwd", &dev.dtoh(&yg).unwrap(), &y, F32_TOL);
         let mut dxg = poisoned(&dev, 945);
-        reduce::softmax_bwd(&dev, &yg, &dyg, &mut dxg, outer, dim, inner).unwrap();
+        softmax::softmax_bwd(&dev, &yg, &dyg, &mut dxg, outer, dim, inner).unwrap();
         assert_close("softmax bwd", &dev.dtoh(&dxg).unwrap(), &dx, F32_TOL);
     }
 }
@@ -262,10 +262,10 @@ fn gpu_maxpool_and_bilinear_resize_match_cpu() {
             }
         }
         let mut yg = poisoned(&dev, y.len());
-        pool::resize_fwd(&dev, &xg, [n, c, h, w], oh, ow, &mut yg).unwrap();
+        resize::resize_fwd(&dev, &xg, [n, c, h, w], oh, ow, &mut yg).unwrap();
         assert_close("resize fwd", &dev.dtoh(&yg).unwrap(), &y, F32_TOL);
         let mut dxg = poisoned(&dev, x.len());
-        pool::resize_bwd(&dev, &dev.htod(&dy).unwrap(), [n, c, h, w], oh, ow, &mut dxg).unwrap();
+        resize::resize_bwd(&dev, &dev.htod(&dy).unwrap(), [n, c, h, w], oh, ow, &mut dxg).unwrap();
         assert_close("resize bwd", &dev.dtoh(&dxg).unwrap(), &dx, F32_TOL);
     }
 }

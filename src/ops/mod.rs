@@ -1,13 +1,17 @@
-//! Differentiable ops on [`Tensor`], one file per family, each with forward and backward.
+//! Differentiable ops on [`Tensor`], one folder per family, each with forward and backward.
 //!
 //! Every op is a `Tensor` method returning `coseg::Result<Tensor>`: shapes that do not fit are
-//! an `Error::Shape` naming the op and both shapes, bad arguments an `Error::Invalid`. Each op
-//! checks its inputs share a device and dispatches on it; the CPU kernels here are plain loops
-//! over contiguous row-major slices, parallel with rayon over batch, channels or rows when the
-//! work is large enough to pay for it, and allocate only their outputs. On `Device::Cuda(n)`
-//! the same `match` sends the op (and its backward) to [`gpu`], which calls the checked kernel
-//! wrappers of `backend::cuda`; results stay on the device. Ops whose backward is written with
-//! other ops (add, mul, sum_to, mean, ...) need no GPU code of their own.
+//! an `Error::Shape` naming the op and both shapes, bad arguments an `Error::Invalid`.
+//!
+//! A family lives in `<family>/`: `mod.rs` checks the inputs, records the autograd node and
+//! declares the family's kernel trait (`PoolKernels`, `ConvKernels`, ...); `cpu.rs` implements it
+//! for [`Cpu`], plain loops over contiguous row-major slices, parallel with rayon over batch,
+//! channels or rows when the work is large enough to pay for it ([`for_each_par_if_large`],
+//! [`sum_par_if_large`]); `cuda.rs` implements it for [`Cuda`] with the checked launch wrappers
+//! of the family's kernels (kernels/<family>.cu) and the `#[repr(C)]` struct they share, so
+//! results stay on the device. [`kernels_for`] is the one place the device picks a side, for the
+//! forward and for the backward. Ops whose backward is written with other ops (add, mul,
+//! sum_to, mean, ...) need no kernel of their own.
 //!
 //! NaN: arithmetic ops propagate NaN (ReLU and max-pool included: a NaN input gives NaN out);
 //! the losses refuse a NaN logit with `Error::Invalid` so a diverging run stops with a message
@@ -16,26 +20,55 @@
 //! Gradient checks for every op live in `tests/gradcheck.rs`; CPU/GPU parity of every op in
 //! `tests/gpu_ops_parity.rs`.
 
-mod conv;
-mod elementwise;
-mod gpu;
-mod layout;
-mod loss;
-mod matmul;
-mod norm;
-mod pool;
-mod reduce;
-mod resize;
-mod softmax;
+pub(crate) mod conv;
+mod cuda_common;
+pub(crate) mod elementwise;
+pub(crate) mod layout;
+pub(crate) mod loss;
+pub(crate) mod matmul;
+pub(crate) mod norm;
+pub(crate) mod pool;
+pub(crate) mod reduce;
+pub(crate) mod resize;
+pub(crate) mod softmax;
 
 pub use norm::BatchNormOptions;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor};
+use rayon::prelude::*;
 
 /// Below this many elements a kernel runs on the calling thread: rayon's fork-join costs more.
 pub(crate) const PAR_MIN: usize = 1 << 15;
+
+/// Runs `f` on each item of `items`, across rayon's threads when the op touches at least
+/// [`PAR_MIN`] values (`work`), otherwise on the calling thread: an unsplittable rayon iterator
+/// folds in place, with no fork-join.
+pub(crate) fn for_each_par_if_large<I, F>(work: usize, items: I, f: F)
+where
+    I: IndexedParallelIterator,
+    F: Fn(I::Item) + Send + Sync,
+{
+    if work >= PAR_MIN {
+        items.for_each(f);
+    } else {
+        items.with_min_len(usize::MAX).for_each(f);
+    }
+}
+
+/// The f64 sum of `items`, across rayon's threads when the op touches at least [`PAR_MIN`]
+/// values (`work`). On the calling thread the fold is the serial left-to-right sum, to the bit.
+pub(crate) fn sum_par_if_large<I>(work: usize, items: I) -> f64
+where
+    I: IndexedParallelIterator<Item = f64>,
+{
+    if work >= PAR_MIN {
+        items.sum()
+    } else {
+        items.with_min_len(usize::MAX).sum()
+    }
+}
 
 /// Runs `f` on each pair of matching planes (`out` in chunks of `out_plane`, `inp` in chunks of
 /// `in_plane`), across rayon's threads when the planes together hold at least `PAR_MIN` values.
@@ -43,11 +76,23 @@ pub(crate) fn for_each_plane<F>(out: &mut [f32], out_plane: usize, inp: &[f32], 
 where
     F: Fn((&mut [f32], &[f32])) + Send + Sync,
 {
-    use rayon::prelude::*;
-    if out.len() + inp.len() >= PAR_MIN {
-        out.par_chunks_mut(out_plane).zip(inp.par_chunks(in_plane)).for_each(f);
-    } else {
-        out.chunks_mut(out_plane).zip(inp.chunks(in_plane)).for_each(f);
+    let work = out.len() + inp.len();
+    for_each_par_if_large(work, out.par_chunks_mut(out_plane).zip(inp.par_chunks(in_plane)), f);
+}
+
+/// The CPU side of every family's kernels (`<family>/cpu.rs`).
+pub(crate) struct Cpu;
+
+/// The CUDA side of every family's kernels (`<family>/cuda.rs`): they run on the device the
+/// tensors live on, in order on its one stream.
+pub(crate) struct Cuda;
+
+/// The one place an op's kernels are chosen by device: `K` is a family's kernel trait, which
+/// [`Cpu`] and [`Cuda`] implement.
+pub(crate) fn kernels_for<K: ?Sized>(device: Device, cpu: &'static K, cuda: &'static K) -> &'static K {
+    match device {
+        Device::Cpu => cpu,
+        Device::Cuda(_) => cuda,
     }
 }
 

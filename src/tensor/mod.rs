@@ -136,33 +136,14 @@ impl Tensor {
         Tensor::from_vec(data, shape, device)
     }
 
-    /// The result of an op: records `backward` in the graph when gradients are enabled and an
-    /// input takes part in it. `backward(grad_out, out)` returns one gradient per input (None
-    /// where an input needs none); it runs with recording off.
-    pub(crate) fn from_op(
-        op: &'static str,
-        data: Vec<f32>,
-        shape: Shape,
-        device: Device,
-        inputs: &[&Tensor],
-        backward: impl Fn(&Tensor, &Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync + 'static,
-    ) -> Result<Tensor> {
-        debug_assert_eq!(
-            data.len(),
-            shape.numel(),
-            "{op}: kernel wrote a wrong length"
-        );
-        let storage = Arc::new(Storage::from_host(data, device)?);
-        Ok(Tensor::from_storage_op(
-            op, storage, shape, inputs, backward,
-        ))
-    }
-
     /// A tensor over storage an op produced, outside the graph.
     pub(crate) fn from_storage(storage: Storage, shape: Shape) -> Tensor {
         Tensor::build(Arc::new(storage), shape, false, None)
     }
 
+    /// The result of an op: records `backward` in the graph when gradients are enabled and an
+    /// input takes part in it. `backward(grad_out, out)` returns one gradient per input (None
+    /// where an input needs none); it runs with recording off.
     pub(crate) fn from_storage_op(
         op: &'static str,
         storage: Arc<Storage>,

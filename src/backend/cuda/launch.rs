@@ -1,40 +1,14 @@
 //! The one place that launches kernels: every `unsafe` call into a kernel is in [`launch`].
 //!
-//! Wrappers (elementwise.rs, conv.rs, ...) check shapes and lengths, then call `launch` with the
-//! kernel, a launch configuration and the arguments in the kernel's parameter order. `launch`
-//! checks the configuration and that every pointer is a 16-byte aligned device address, and turns
-//! a failed launch into an error naming the kernel, its grid and block.
+//! Wrappers (`backend::cuda::elementwise`, `ops::conv::cuda`, ...) check shapes and lengths, then
+//! call `launch` with the kernel, a launch configuration and the arguments in the kernel's
+//! parameter order. `launch` checks the configuration and that every pointer is a 16-byte aligned
+//! device address, and turns a failed launch into an error naming the kernel, its grid and block.
 
 use super::context::{CudaDevice, describe};
 use super::kernels::Kernel;
 use crate::error::{Error, Result};
 use cudarc::driver::{DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
-
-/// Reduction geometry of reduce.cu (`struct Red4`): input dims, 1 where the axis is kept.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Red4 {
-    pub dims: [i32; 4],
-    pub keep: [i32; 4],
-}
-
-/// Convolution geometry of conv2d.cu (`struct ConvGeom`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConvGeom {
-    pub n: i32,
-    pub c: i32,
-    pub h: i32,
-    pub w: i32,
-    pub k: i32,
-    pub r: i32,
-    pub s: i32,
-    pub oh: i32,
-    pub ow: i32,
-    pub stride: i32,
-    pub pad: i32,
-    pub dil: i32,
-}
 
 /// The largest rank of nd.cu's strided kernels (after the host merges contiguous dims).
 pub const MAX_DIMS: usize = 6;
@@ -62,8 +36,6 @@ pub struct Chunk {
 }
 
 // SAFETY: plain #[repr(C)] structs of i32/i64 whose layout matches the kernels' structs.
-unsafe impl DeviceRepr for Red4 {}
-unsafe impl DeviceRepr for ConvGeom {}
 unsafe impl DeviceRepr for Chunk {}
 unsafe impl DeviceRepr for StridedN {}
 

@@ -1,68 +1,53 @@
-//! Matrix products on the CPU GEMM (`backend::cpu::gemm::sgemm`): matmul, batched matmul, linear.
+//! Matrix products: matmul, batched matmul, linear, on the CPU GEMM (`backend::cpu::gemm`) or
+//! cuBLAS.
+//!
+//! `cpu.rs` and `cuda.rs` hold the two sides of [`MatmulKernels`]; this file checks the inputs
+//! and records the nodes.
 
-use super::{gpu, same_device};
-use crate::backend::cpu::gemm::sgemm;
+mod cpu;
+mod cuda;
+
+use super::{Cpu, Cuda, kernels_for, same_device};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Storage, Tensor};
 use std::sync::Arc;
 
-/// `batch` independent products C_i = op(A_i) op(B_i); a batch stride of 0 reuses one matrix.
-#[allow(clippy::too_many_arguments)]
-fn gemm_batches(
-    batch: usize,
-    (trans_a, a, a_stride): (bool, &[f32], usize),
-    (trans_b, b, b_stride): (bool, &[f32], usize),
-    m: usize,
-    n: usize,
-    k: usize,
-) -> Vec<f32> {
-    let mut c = vec![0f32; batch * m * n];
-    if m * n == 0 {
-        return c;
-    }
-    for (i, ci) in c.chunks_mut(m * n).enumerate() {
-        sgemm(
-            trans_a,
-            trans_b,
-            m,
-            n,
-            k,
-            1.0,
-            &a[i * a_stride..],
-            &b[i * b_stride..],
-            0.0,
-            ci,
-        );
-    }
-    c
+/// One operand of [`MatmulKernels::gemm`]: transposed?, tensor, elements between batch entries
+/// (0 reuses one matrix).
+pub(crate) type GemmOperand<'a> = (bool, &'a Tensor, usize);
+
+/// Matrix products on one side: the CPU GEMM or cuBLAS.
+pub(crate) trait MatmulKernels: Sync {
+    /// `batch` row-major products op(A_i) op(B_i) (m x n).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        op: &'static str,
+        batch: usize,
+        a: GemmOperand,
+        b: GemmOperand,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Storage>;
 }
 
-/// `batch` products op(A_i) op(B_i) (m x n) of tensors on one device: the CPU GEMM or cuBLAS.
-/// Each operand is (transposed?, tensor, elements between batch entries).
+/// `batch` products of tensors on one device.
 fn gemm(
     op: &'static str,
     batch: usize,
-    a: (bool, &Tensor, usize),
-    b: (bool, &Tensor, usize),
+    a: GemmOperand,
+    b: GemmOperand,
     m: usize,
     n: usize,
     k: usize,
 ) -> Result<Storage> {
-    match a.1.device() {
-        Device::Cpu => {
-            let (sa, sb) = (a.1.storage(), b.1.storage());
-            Ok(Storage::Cpu(gemm_batches(
-                batch,
-                (a.0, sa.as_cpu(op)?, a.2),
-                (b.0, sb.as_cpu(op)?, b.2),
-                m,
-                n,
-                k,
-            )))
-        }
-        Device::Cuda(_) => gpu::gemm(op, batch, a, b, m, n, k),
-    }
+    kernels(a.1.device()).gemm(op, batch, a, b, m, n, k)
+}
+
+fn kernels(device: Device) -> &'static dyn MatmulKernels {
+    kernels_for(device, &Cpu, &Cuda)
 }
 
 /// A tensor of `shape` over `storage`, outside the graph (a gradient).

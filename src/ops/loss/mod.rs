@@ -1,23 +1,35 @@
 //! Losses: pixel-wise 2-class cross-entropy with an ignore mask, and binary cross-entropy with
 //! logits. Both return a rank-0 mean and refuse NaN logits and targets outside their range.
+//!
+//! `cpu.rs` and `cuda.rs` hold the two sides of [`LossKernels`], each validating the values it
+//! reads; this file checks shapes and devices and records the nodes.
 
-use super::{PAR_MIN, gpu, same_device};
+mod cpu;
+pub mod cuda;
+
+use super::{Cpu, Cuda, kernels_for, same_device};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::tensor::{Shape, Tensor};
+use crate::tensor::{Shape, Storage, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-/// log(1 + exp(d)) without overflow.
-fn softplus(d: f32) -> f32 {
-    d.max(0.0) + (-d.abs()).exp().ln_1p()
+const CE: &str = "cross_entropy_2class";
+const BCE: &str = "bce_with_logits";
+
+/// The losses on one side (CPU or CUDA). Forwards refuse NaN logits and bad labels.
+pub(crate) trait LossKernels: Sync {
+    /// The mean cross-entropy of logits `z` (N,2,H,W) over the counted pixels, and their count;
+    /// an error when none counts.
+    fn ce2_fwd(&self, z: &Tensor, t: &Tensor, m: Option<&Tensor>, nhw: [usize; 3]) -> Result<(Storage, f32)>;
+    /// dz given the forward's count and the upstream gradient `g` (one element).
+    fn ce2_bwd(&self, z: &Tensor, t: &Tensor, m: Option<&Tensor>, nhw: [usize; 3], count: f32, g: &Tensor) -> Result<Tensor>;
+    fn bce_fwd(&self, x: &Tensor, t: &Tensor) -> Result<Storage>;
+    fn bce_bwd(&self, x: &Tensor, t: &Tensor, g: &Tensor) -> Result<Tensor>;
 }
-fn sigmoid(d: f32) -> f32 {
-    if d >= 0.0 {
-        1.0 / (1.0 + (-d).exp())
-    } else {
-        d.exp() / (1.0 + d.exp())
-    }
+
+fn kernels(device: Device) -> &'static dyn LossKernels {
+    kernels_for(device, &Cpu, &Cuda)
 }
 
 /// The first index (in row-major order of `shape`) where `bad` holds, written as (i, j, ...).
@@ -40,17 +52,6 @@ fn refuse_nan(op: &'static str, z: &[f32], shape: &Shape) -> Result<()> {
             format!("NaN logit at {at} (value {v}): training diverged?"),
         )),
         None => Ok(()),
-    }
-}
-
-/// The same check for logits on the GPU: their sum is NaN when any logit is (one value comes
-/// back); only then are the logits copied to locate it.
-fn refuse_nan_gpu(op: &'static str, z: &Tensor) -> Result<()> {
-    let total = crate::autograd::no_grad(|| z.sum_all()?.to_scalar())?;
-    if total.is_nan() {
-        refuse_nan(op, &z.to_vec()?, z.shape())
-    } else {
-        Ok(())
     }
 }
 
@@ -90,21 +91,20 @@ impl Tensor {
     /// Mean cross-entropy of 2-class logits (N,2,H,W) against `target` (N,H,W) in {0, 1}, over
     /// the pixels where `mask` (N,H,W, 1 = count, 0 = ignore) is 1. An error when no pixel counts.
     pub fn cross_entropy_2class(&self, target: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        const OP: &str = "cross_entropy_2class";
-        self.shape().expect_rank(OP, 4, "(N,2,H,W) logits")?;
+        self.shape().expect_rank(CE, 4, "(N,2,H,W) logits")?;
         let &[n, classes, h, w] = self.dims() else {
             unreachable!("rank checked")
         };
         if classes != 2 {
             return Err(Error::shape(
-                OP,
+                CE,
                 format!("logits {} must have 2 channels", self.shape()),
             ));
         }
         let want = Shape::from([n, h, w]);
         if target.shape() != &want {
             return Err(Error::shape(
-                OP,
+                CE,
                 format!(
                     "target {} does not fit logits {} (needs {want})",
                     target.shape(),
@@ -116,7 +116,7 @@ impl Tensor {
             && m.shape() != &want
         {
             return Err(Error::shape(
-                OP,
+                CE,
                 format!(
                     "mask {} does not fit logits {} (needs {want})",
                     m.shape(),
@@ -126,121 +126,32 @@ impl Tensor {
         }
         let mut all = vec![self, target];
         all.extend(mask);
-        let device = same_device(OP, &all)?;
-        if let Device::Cuda(_) = device {
-            // Labels are checked on the host (small); the loss and its count stay on the device
-            // but for the one count value that says whether anything was counted.
-            refuse_nan_gpu(OP, self)?;
-            let mv = mask.map(|m| m.to_vec()).transpose()?;
-            refuse_bad_labels(OP, &target.to_vec()?, &want, mv.as_deref())?;
-            let (storage, count) = gpu::ce2_fwd(OP, self, target, mask, [n, h, w])?;
-            if count == 0.0 {
-                return Err(Error::invalid(OP, NOTHING_COUNTED));
-            }
-            let (zt, tt, mt) = (self.clone(), target.clone(), mask.cloned());
-            return Ok(Tensor::from_storage_op(
-                OP,
-                Arc::new(storage),
-                Shape::from(()),
-                &all,
-                move |g, _| {
-                    let dz = gpu::ce2_bwd(OP, &zt, &tt, mt.as_ref(), [n, h, w], count, g)?;
-                    Ok(if mt.is_some() {
-                        vec![Some(dz), None, None]
-                    } else {
-                        vec![Some(dz), None]
-                    })
-                },
-            ));
-        }
-        let (sz, st) = (self.storage(), target.storage());
-        let (z, t) = (sz.as_cpu(OP)?, st.as_cpu(OP)?);
-        let sm = mask.map(|m| m.storage());
-        let m = sm.as_ref().map(|s| s.as_cpu(OP)).transpose()?;
-        refuse_nan(OP, z, self.shape())?;
-        refuse_bad_labels(OP, t, &want, m)?;
-        let p = h * w;
-        let counted = m.map_or(n * p, |m| m.iter().filter(|&&v| v == 1.0).count());
-        if counted == 0 {
-            return Err(Error::invalid(OP, NOTHING_COUNTED));
-        }
-        // Per pixel: d = z_other - z_target, loss = softplus(d).
-        let pixel = |i: usize| -> f64 {
-            if m.is_some_and(|m| m[i] == 0.0) {
-                return 0.0;
-            }
-            let (b, q) = (i / p, i % p);
-            let (z0, z1) = (z[b * 2 * p + q], z[(b * 2 + 1) * p + q]);
-            let d = if t[i] == 1.0 { z0 - z1 } else { z1 - z0 };
-            softplus(d) as f64
-        };
-        let total: f64 = if n * p >= PAR_MIN {
-            (0..n * p).into_par_iter().map(pixel).sum()
-        } else {
-            (0..n * p).map(pixel).sum()
-        };
-        let loss = (total / counted as f64) as f32;
+        let device = same_device(CE, &all)?;
+        let nhw = [n, h, w];
+        let (storage, count) = kernels(device).ce2_fwd(self, target, mask, nhw)?;
         let (zt, tt, mt) = (self.clone(), target.clone(), mask.cloned());
-        let inputs: Vec<&Tensor> = all;
-        Tensor::from_op(
-            OP,
-            vec![loss],
+        Ok(Tensor::from_storage_op(
+            CE,
+            Arc::new(storage),
             Shape::from(()),
-            device,
-            &inputs,
+            &all,
             move |g, _| {
-                let scale = g.to_scalar()? / counted as f32;
-                let (sz, st) = (zt.storage(), tt.storage());
-                let (z, t) = (sz.as_cpu(OP)?, st.as_cpu(OP)?);
-                let sm = mt.as_ref().map(|m| m.storage());
-                let m = sm.as_ref().map(|s| s.as_cpu(OP)).transpose()?;
-                let mut dz = vec![0f32; z.len()];
-                // d loss / d z_other = sigmoid(d), d loss / d z_target = -sigmoid(d)
-                let image = |(b, db): (usize, &mut [f32])| {
-                    let (d0, d1) = db.split_at_mut(p);
-                    for q in 0..p {
-                        let i = b * p + q;
-                        if m.is_some_and(|m| m[i] == 0.0) {
-                            continue;
-                        }
-                        let (z0, z1) = (z[b * 2 * p + q], z[(b * 2 + 1) * p + q]);
-                        let target_one = t[i] == 1.0;
-                        let s = scale * sigmoid(if target_one { z0 - z1 } else { z1 - z0 });
-                        if target_one {
-                            d0[q] = s;
-                            d1[q] = -s;
-                        } else {
-                            d0[q] = -s;
-                            d1[q] = s;
-                        }
-                    }
-                };
-                if p > 0 {
-                    if dz.len() >= PAR_MIN {
-                        dz.par_chunks_mut(2 * p).enumerate().for_each(image)
-                    } else {
-                        dz.chunks_mut(2 * p).enumerate().for_each(image)
-                    }
-                }
-                let mut grads = vec![
-                    Some(Tensor::from_vec(dz, zt.shape().clone(), zt.device())?),
-                    None,
-                ];
-                if mt.is_some() {
-                    grads.push(None);
-                }
-                Ok(grads)
+                let dz = kernels(g.device()).ce2_bwd(&zt, &tt, mt.as_ref(), nhw, count, g)?;
+                Ok(if mt.is_some() {
+                    vec![Some(dz), None, None]
+                } else {
+                    vec![Some(dz), None]
+                })
             },
-        )
+        ))
     }
 
     /// Mean binary cross-entropy of `self` (logits) against `target` (same shape, values in
     /// [0, 1]): max(x,0) - x y + log(1 + exp(-|x|)), stable for any finite logit.
     pub fn bce_with_logits(&self, target: &Tensor) -> Result<Tensor> {
-        const OP: &str = "bce_with_logits";
         if self.shape() != target.shape() {
             return Err(Error::shape(
-                OP,
+                BCE,
                 format!(
                     "logits {} and target {} differ",
                     self.shape(),
@@ -248,54 +159,17 @@ impl Tensor {
                 ),
             ));
         }
-        super::non_empty(OP, self)?;
-        let device = same_device(OP, &[self, target])?;
-        if let Device::Cuda(_) = device {
-            refuse_nan_gpu(OP, self)?;
-            refuse_bad_probabilities(OP, &target.to_vec()?, target.shape())?;
-            let storage = gpu::bce_fwd(OP, self, target)?;
-            let (xt, yt) = (self.clone(), target.clone());
-            return Ok(Tensor::from_storage_op(
-                OP,
-                Arc::new(storage),
-                Shape::from(()),
-                &[self, target],
-                move |g, _| Ok(vec![Some(gpu::bce_bwd(OP, &xt, &yt, g)?), None]),
-            ));
-        }
-        let (sx, st) = (self.storage(), target.storage());
-        let (x, y) = (sx.as_cpu(OP)?, st.as_cpu(OP)?);
-        refuse_nan(OP, x, self.shape())?;
-        refuse_bad_probabilities(OP, y, target.shape())?;
-        let term = |(&x, &y): (&f32, &f32)| (x.max(0.0) - x * y + (-x.abs()).exp().ln_1p()) as f64;
-        let total: f64 = if x.len() >= PAR_MIN {
-            x.par_iter().zip(y).map(term).sum()
-        } else {
-            x.iter().zip(y).map(term).sum()
-        };
-        let count = x.len();
+        super::non_empty(BCE, self)?;
+        let device = same_device(BCE, &[self, target])?;
+        let storage = kernels(device).bce_fwd(self, target)?;
         let (xt, yt) = (self.clone(), target.clone());
-        Tensor::from_op(
-            OP,
-            vec![(total / count as f64) as f32],
+        Ok(Tensor::from_storage_op(
+            BCE,
+            Arc::new(storage),
             Shape::from(()),
-            device,
             &[self, target],
-            move |g, _| {
-                let scale = g.to_scalar()? / count as f32;
-                let (sx, st) = (xt.storage(), yt.storage());
-                let (x, y) = (sx.as_cpu(OP)?, st.as_cpu(OP)?);
-                let dx: Vec<f32> = x
-                    .iter()
-                    .zip(y)
-                    .map(|(&x, &y)| scale * (sigmoid(x) - y))
-                    .collect();
-                Ok(vec![
-                    Some(Tensor::from_vec(dx, xt.shape().clone(), xt.device())?),
-                    None,
-                ])
-            },
-        )
+            move |g, _| Ok(vec![Some(kernels(g.device()).bce_bwd(&xt, &yt, g)?), None]),
+        ))
     }
 }
 

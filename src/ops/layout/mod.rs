@@ -1,69 +1,45 @@
 //! Layout ops: reshape (shares data), permute/transpose, concat, narrow/split (copy: every tensor
 //! stays contiguous).
 
-use super::{PAR_MIN, Walk, gpu, same_device};
+//!
+//! `cpu.rs` and `cuda.rs` hold the two sides of [`LayoutKernels`]; this file checks the inputs
+//! and records the nodes.
+
+mod cpu;
+pub(crate) mod cuda;
+
+use super::{Cpu, Cuda, kernels_for, same_device};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Storage, Tensor};
-use rayon::prelude::*;
 use std::sync::Arc;
 
-/// Copies `src` read with `src_strides` over `dims` into a new contiguous buffer.
-fn strided_copy_cpu(src: &[f32], dims: &[usize], src_strides: Vec<usize>) -> Vec<f32> {
-    let out_shape = Shape::from(dims);
-    let walk = Walk::new(dims, vec![out_shape.strides(), src_strides]);
-    let n = out_shape.numel();
-    let mut y = vec![0f32; n];
-    if n == 0 {
-        return y;
-    }
-    let inner = walk.inner();
-    let s = walk.inner_stride(1);
-    let row = |(r, yr): (usize, &mut [f32])| {
-        let o = walk.row_offset(1, r);
-        if s == 1 {
-            yr.copy_from_slice(&src[o..o + inner]);
-        } else {
-            for (i, y) in yr.iter_mut().enumerate() {
-                *y = src[o + i * s];
-            }
-        }
-    };
-    if n >= PAR_MIN {
-        y.par_chunks_mut(inner)
-            .enumerate()
-            .with_min_len((PAR_MIN / 4 / inner).max(1))
-            .for_each(row);
-    } else {
-        y.chunks_mut(inner).enumerate().for_each(row);
-    }
-    y
+/// Where a narrow's band lies in its input, viewed as (outer, size, inner) around `axis`:
+/// elements `start..start+len` of that axis.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Band {
+    pub axis: usize,
+    pub outer: usize,
+    pub size: usize,
+    pub inner: usize,
+    pub start: usize,
+    pub len: usize,
 }
 
-/// Rows of `rows` blocks: copies block `[from, from+len)` of each source row of width `src_w`
-/// into destination rows of width `dst_w` at `to`.
-#[allow(clippy::too_many_arguments)]
-fn copy_blocks(
-    src: &[f32],
-    src_w: usize,
-    from: usize,
-    dst: &mut [f32],
-    dst_w: usize,
-    to: usize,
-    len: usize,
-    rows: usize,
-) {
-    if len == 0 || rows == 0 {
-        return;
-    }
-    let body = |(r, d): (usize, &mut [f32])| {
-        d[to..to + len].copy_from_slice(&src[r * src_w + from..r * src_w + from + len])
-    };
-    if rows * len >= PAR_MIN {
-        dst.par_chunks_mut(dst_w).enumerate().for_each(body);
-    } else {
-        dst.chunks_mut(dst_w).enumerate().for_each(body);
-    }
+/// The copies behind the layout ops, on one side (CPU or CUDA).
+pub(crate) trait LayoutKernels: Sync {
+    /// A dense copy of `x` read over `dims` with strides `src_strides` (permute).
+    fn strided_copy(&self, op: &'static str, x: &Tensor, dims: &[usize], src_strides: &[usize]) -> Result<Storage>;
+    /// `tensors` joined along `axis` into `out` (every other dim equal).
+    fn concat(&self, op: &'static str, tensors: &[&Tensor], axis: usize, out: &Shape) -> Result<Storage>;
+    /// The band of `x`.
+    fn narrow(&self, op: &'static str, x: &Tensor, band: Band) -> Result<Storage>;
+    /// The adjoint of [`LayoutKernels::narrow`]: `g` placed back into zeros of `in_shape`.
+    fn narrow_bwd(&self, op: &'static str, g: &Tensor, in_shape: &Shape, band: Band) -> Result<Tensor>;
+}
+
+fn kernels(device: Device) -> &'static dyn LayoutKernels {
+    kernels_for(device, &Cpu, &Cuda)
 }
 
 impl Tensor {
@@ -139,14 +115,7 @@ impl Tensor {
         let dims: Vec<usize> = perm.iter().map(|&p| self.dims()[p]).collect();
         let in_strides = self.shape().strides();
         let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
-        let storage = match self.device() {
-            Device::Cpu => Storage::Cpu(strided_copy_cpu(
-                self.storage().as_cpu(OP)?,
-                &dims,
-                src_strides,
-            )),
-            Device::Cuda(_) => gpu::gather(OP, self, &dims, &src_strides, 0)?,
-        };
+        let storage = kernels(self.device()).strided_copy(OP, self, &dims, &src_strides)?;
         let mut inverse = vec![0; rank];
         for (i, &p) in perm.iter().enumerate() {
             inverse[p] = i;
@@ -201,37 +170,11 @@ impl Tensor {
                 ));
             }
         }
-        let outer: usize = first.dims()[..axis].iter().product();
-        let inner: usize = first.dims()[axis + 1..].iter().product();
         let total_axis: usize = tensors.iter().map(|t| t.dims()[axis]).sum();
         let mut dims = first.dims().to_vec();
         dims[axis] = total_axis;
-        let row_w = total_axis * inner;
         let out_shape = Shape::from(dims);
-        let storage = match device {
-            Device::Cpu => {
-                let mut y = vec![0f32; outer * row_w];
-                let mut at = 0;
-                for t in tensors {
-                    let w = t.dims()[axis] * inner;
-                    copy_blocks(t.storage().as_cpu(OP)?, w, 0, &mut y, row_w, at, w, outer);
-                    at += w;
-                }
-                Storage::Cpu(y)
-            }
-            Device::Cuda(_) => {
-                // Each input lands in the output's strides, shifted along `axis`.
-                let dev = gpu::device(OP, first)?;
-                let mut y = gpu::alloc(&dev, out_shape.numel())?;
-                let out_strides = out_shape.strides();
-                let mut at = 0;
-                for t in tensors {
-                    gpu::scatter(OP, t, &mut y, &out_strides, at * inner)?;
-                    at += t.dims()[axis];
-                }
-                Storage::Cuda(y)
-            }
-        };
+        let storage = kernels(device).concat(OP, tensors, axis, &out_shape)?;
         let sizes: Vec<usize> = tensors.iter().map(|t| t.dims()[axis]).collect();
         Ok(Tensor::from_storage_op(
             OP,
@@ -256,61 +199,24 @@ impl Tensor {
                 ),
             ));
         }
-        let outer: usize = self.dims()[..axis].iter().product();
-        let inner: usize = self.dims()[axis + 1..].iter().product();
+        let band = Band {
+            axis,
+            outer: self.dims()[..axis].iter().product(),
+            size,
+            inner: self.dims()[axis + 1..].iter().product(),
+            start,
+            len,
+        };
         let mut dims = self.dims().to_vec();
         dims[axis] = len;
-        let in_strides = self.shape().strides();
-        let storage = match self.device() {
-            Device::Cpu => {
-                let mut y = vec![0f32; outer * len * inner];
-                copy_blocks(
-                    self.storage().as_cpu(OP)?,
-                    size * inner,
-                    start * inner,
-                    &mut y,
-                    len * inner,
-                    0,
-                    len * inner,
-                    outer,
-                );
-                Storage::Cpu(y)
-            }
-            Device::Cuda(_) => gpu::gather(OP, self, &dims, &in_strides, start * inner)?,
-        };
+        let storage = kernels(self.device()).narrow(OP, self, band)?;
         let src_shape = self.shape().clone();
         Ok(Tensor::from_storage_op(
             OP,
             Arc::new(storage),
             Shape::from(dims),
             &[self],
-            move |g, _| {
-                // The adjoint: the gradient placed back into zeros of the input's shape.
-                let dx = match g.device() {
-                    Device::Cpu => {
-                        let mut dx = vec![0f32; src_shape.numel()];
-                        let gs = g.storage();
-                        copy_blocks(
-                            gs.as_cpu(OP)?,
-                            len * inner,
-                            0,
-                            &mut dx,
-                            size * inner,
-                            start * inner,
-                            len * inner,
-                            outer,
-                        );
-                        Tensor::from_vec(dx, src_shape.clone(), Device::Cpu)?
-                    }
-                    Device::Cuda(_) => {
-                        let dev = gpu::device(OP, g)?;
-                        let mut dx = gpu::full(&dev, src_shape.numel(), 0.0)?;
-                        gpu::scatter(OP, g, &mut dx, &src_shape.strides(), start * inner)?;
-                        gpu::tensor(dx, src_shape.clone())?
-                    }
-                };
-                Ok(vec![Some(dx)])
-            },
+            move |g, _| Ok(vec![Some(kernels(g.device()).narrow_bwd(OP, g, &src_shape, band)?)]),
         ))
     }
     /// Splits along `axis` into pieces of the given sizes (which must add up to the axis size).

@@ -1,21 +1,42 @@
-//! Max pooling and bilinear resize on the GPU, NCHW.
+//! Max pooling on the GPU: the checked launch wrappers of kernels/pool.cu's max-pool kernels,
+//! and the CUDA side of [`PoolKernels`].
 
-use super::alloc::GpuBuffer;
-use super::context::CudaDevice;
-use super::elementwise::{fill, numel};
-use super::kernels as k;
-use super::launch::{Arg, check_len, grid_1d, launch, to_i32};
-use crate::error::{Error, Result};
+pub use super::pool_out;
+use super::{OP, PoolKernels, Window};
+use crate::backend::cuda::elementwise::numel;
+use crate::backend::cuda::kernels as k;
+use crate::backend::cuda::launch::{Arg, check_len, grid_1d, launch, to_i32};
+use crate::backend::cuda::{CudaDevice, GpuBuffer};
+use crate::error::Result;
+use crate::ops::Cuda;
+use crate::ops::cuda_common::{alloc, device, tensor};
+use crate::tensor::{Shape, Storage, Tensor};
 
-/// Output size of a k x k, stride s, padding p pool (floor mode, as PyTorch's default).
-pub fn pool_out(op: &'static str, h: usize, w: usize, k: usize, s: usize, p: usize) -> Result<(usize, usize)> {
-    if k == 0 || s == 0 || p * 2 > k {
-        return Err(Error::invalid(op, format!("kernel {k}, stride {s}, padding {p}: need k, s >= 1 and p <= k/2")));
+fn dims4(s: &Shape) -> [usize; 4] {
+    let d = s.dims();
+    [d[0], d[1], d[2], d[3]]
+}
+
+impl PoolKernels for Cuda {
+    fn max_pool_fwd(&self, x: &Tensor, win: Window) -> Result<(Storage, Tensor)> {
+        let dev = device(OP, x)?;
+        let d = dims4(x.shape());
+        let (oh, ow) = pool_out(OP, d[2], d[3], win.kernel, win.stride, win.padding)?;
+        let len = d[0] * d[1] * oh * ow;
+        let (mut y, mut idx) = (alloc(&dev, len)?, alloc(&dev, len)?);
+        let sx = x.storage();
+        maxpool_fwd(&dev, sx.as_cuda(OP)?, d, win.kernel, win.stride, win.padding, &mut y, &mut idx)?;
+        Ok((Storage::Cuda(y), tensor(idx, [len])?))
     }
-    if h + 2 * p < k || w + 2 * p < k {
-        return Err(Error::shape(op, format!("input {h}x{w} smaller than the {k}x{k} window with padding {p}")));
+
+    fn max_pool_bwd(&self, dy: &Tensor, winners: &Tensor, in_shape: &Shape, win: Window) -> Result<Tensor> {
+        let dev = device(OP, dy)?;
+        let (sg, si) = (dy.storage(), winners.storage());
+        let mut dx = alloc(&dev, in_shape.numel())?;
+        let (g, idx) = (sg.as_cuda(OP)?, si.as_cuda(OP)?);
+        maxpool_bwd(&dev, g, idx, dims4(in_shape), win.kernel, win.stride, win.padding, &mut dx)?;
+        tensor(dx, in_shape.clone())
     }
-    Ok(((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1))
 }
 
 /// y = max over each window; `idx` (same element count as y) receives the winner's offset within
@@ -89,47 +110,6 @@ pub fn maxpool_bwd(
         Arg::I32(pad as i32),
     ];
     launch(dev, k::MAXPOOL_BWD, grid_1d(dev, dx.len()), &args)
-}
-
-fn resize_args(op: &'static str, shape: [usize; 4], oh: usize, ow: usize) -> Result<[Arg<'static>; 7]> {
-    let [n, c, h, w] = shape;
-    if numel(shape) == 0 || oh == 0 || ow == 0 {
-        return Err(Error::invalid(op, format!("resize {shape:?} to {oh}x{ow}: empty")));
-    }
-    to_i32(op, "elements", numel(shape).max(n * c * oh * ow))?;
-    // PyTorch's scale for a given output size: in / out.
-    Ok([
-        Arg::I32((n * c) as i32),
-        Arg::I32(h as i32),
-        Arg::I32(w as i32),
-        Arg::I32(oh as i32),
-        Arg::I32(ow as i32),
-        Arg::F32(h as f32 / oh as f32),
-        Arg::F32(w as f32 / ow as f32),
-    ])
-}
-
-/// Bilinear resize (align_corners = false) of x (`shape`) to (oh, ow).
-pub fn resize_fwd(dev: &CudaDevice, x: &GpuBuffer, shape: [usize; 4], oh: usize, ow: usize, y: &mut GpuBuffer) -> Result<()> {
-    let op = k::RESIZE_FWD.name;
-    let tail = resize_args(op, shape, oh, ow)?;
-    check_len(op, "x", x.len(), numel(shape), &shape)?;
-    check_len(op, "y", y.len(), shape[0] * shape[1] * oh * ow, &[shape[0], shape[1], oh, ow])?;
-    let mut args = vec![Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut())];
-    args.extend(tail);
-    launch(dev, k::RESIZE_FWD, grid_1d(dev, y.len()), &args)
-}
-
-/// dx (input `shape`) from dy (oh, ow); dx is overwritten.
-pub fn resize_bwd(dev: &CudaDevice, dy: &GpuBuffer, shape: [usize; 4], oh: usize, ow: usize, dx: &mut GpuBuffer) -> Result<()> {
-    let op = k::RESIZE_BWD.name;
-    let tail = resize_args(op, shape, oh, ow)?;
-    check_len(op, "dy", dy.len(), shape[0] * shape[1] * oh * ow, &[shape[0], shape[1], oh, ow])?;
-    check_len(op, "dx", dx.len(), numel(shape), &shape)?;
-    fill(dev, dx, 0.0)?; // the kernel accumulates with atomics
-    let mut args = vec![Arg::Ptr(dy.ptr()), Arg::Ptr(dx.ptr_mut())];
-    args.extend(tail);
-    launch(dev, k::RESIZE_BWD, grid_1d(dev, dy.len()), &args)
 }
 
 #[cfg(test)]

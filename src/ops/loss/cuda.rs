@@ -1,13 +1,77 @@
-//! Losses on the GPU. Results stay on the device (one-element buffers), so a training step needs
+//! Losses on the GPU: the checked launch wrappers of kernels/loss.cu, and the CUDA side of
+//! [`LossKernels`]. Results stay on the device (one-element buffers), so a training step needs
 //! no host round trip; the backward reads the upstream gradient from device memory too.
 
-use super::alloc::GpuBuffer;
-use super::context::CudaDevice;
-use super::elementwise::Binary;
-use super::kernels as k;
-use super::launch::{Arg, check_len, grid_1d, launch, to_i32};
-use super::reduce::sum_axes;
+use super::{BCE, CE, LossKernels, NOTHING_COUNTED, refuse_bad_labels, refuse_bad_probabilities, refuse_nan};
+use crate::backend::cuda::elementwise::Binary;
+use crate::backend::cuda::kernels as k;
+use crate::backend::cuda::launch::{Arg, check_len, grid_1d, launch, to_i32};
+use crate::ops::reduce::cuda::sum_axes;
+use crate::backend::cuda::{CudaDevice, GpuBuffer};
 use crate::error::{Error, Result};
+use crate::ops::Cuda;
+use crate::ops::cuda_common::{alloc, device, tensor};
+use crate::tensor::{Shape, Storage, Tensor};
+
+/// The same check for logits on the GPU: their sum is NaN when any logit is (one value comes
+/// back); only then are the logits copied to locate it.
+fn refuse_nan_gpu(op: &'static str, z: &Tensor) -> Result<()> {
+    let total = crate::autograd::no_grad(|| z.sum_all()?.to_scalar())?;
+    if total.is_nan() {
+        refuse_nan(op, &z.to_vec()?, z.shape())
+    } else {
+        Ok(())
+    }
+}
+
+
+impl LossKernels for Cuda {
+    /// Labels are checked on the host (small); the loss and its count stay on the device but for
+    /// the one count value that says whether anything was counted.
+    fn ce2_fwd(&self, z: &Tensor, t: &Tensor, m: Option<&Tensor>, nhw: [usize; 3]) -> Result<(Storage, f32)> {
+        refuse_nan_gpu(CE, z)?;
+        let mv = m.map(|m| m.to_vec()).transpose()?;
+        refuse_bad_labels(CE, &t.to_vec()?, &Shape::from(nhw), mv.as_deref())?;
+        let dev = device(CE, z)?;
+        let (sz, st) = (z.storage(), t.storage());
+        let sm = m.map(|m| m.storage());
+        let mb = sm.as_ref().map(|s| s.as_cuda(CE)).transpose()?;
+        let out = ce2_fwd(&dev, sz.as_cuda(CE)?, st.as_cuda(CE)?, mb, nhw)?;
+        let count = dev.dtoh(&out.count)?[0];
+        if count == 0.0 {
+            return Err(Error::invalid(CE, NOTHING_COUNTED));
+        }
+        Ok((Storage::Cuda(out.loss), count))
+    }
+
+    fn ce2_bwd(&self, z: &Tensor, t: &Tensor, m: Option<&Tensor>, nhw: [usize; 3], count: f32, g: &Tensor) -> Result<Tensor> {
+        let dev = device(CE, z)?;
+        let (sz, st, sg) = (z.storage(), t.storage(), g.storage());
+        let sm = m.map(|m| m.storage());
+        let mb = sm.as_ref().map(|s| s.as_cuda(CE)).transpose()?;
+        let count_buf = dev.htod(&[count])?;
+        let mut dz = alloc(&dev, z.numel())?;
+        let (zb, tb, gb) = (sz.as_cuda(CE)?, st.as_cuda(CE)?, sg.as_cuda(CE)?);
+        ce2_bwd(&dev, zb, tb, mb, nhw, &count_buf, gb, &mut dz)?;
+        tensor(dz, z.shape().clone())
+    }
+
+    fn bce_fwd(&self, x: &Tensor, t: &Tensor) -> Result<Storage> {
+        refuse_nan_gpu(BCE, x)?;
+        refuse_bad_probabilities(BCE, &t.to_vec()?, t.shape())?;
+        let dev = device(BCE, x)?;
+        let (sx, st) = (x.storage(), t.storage());
+        Ok(Storage::Cuda(bce_fwd(&dev, sx.as_cuda(BCE)?, st.as_cuda(BCE)?)?))
+    }
+
+    fn bce_bwd(&self, x: &Tensor, t: &Tensor, g: &Tensor) -> Result<Tensor> {
+        let dev = device(BCE, x)?;
+        let (sx, st, sg) = (x.storage(), t.storage(), g.storage());
+        let mut dx = alloc(&dev, x.numel())?;
+        bce_bwd(&dev, sx.as_cuda(BCE)?, st.as_cuda(BCE)?, sg.as_cuda(BCE)?, &mut dx)?;
+        tensor(dx, x.shape().clone())
+    }
+}
 
 /// Sum of all of `x` times `scale`, into a new one-element buffer.
 fn total(dev: &CudaDevice, x: &GpuBuffer, scale: f32) -> Result<GpuBuffer> {
@@ -59,10 +123,10 @@ pub fn ce2_fwd(dev: &CudaDevice, logits: &GpuBuffer, target: &GpuBuffer, mask: O
     let count = total(dev, &w_px, 1.0)?;
     // With no counted pixel both are 0; 0/max(count, tiny) keeps the loss 0 instead of NaN.
     let mut safe_count = dev.alloc(1)?;
-    super::elementwise::affine(dev, &count, &mut safe_count, 1.0, f32::MIN_POSITIVE)?;
+    crate::backend::cuda::elementwise::affine(dev, &count, &mut safe_count, 1.0, f32::MIN_POSITIVE)?;
     let mut loss = dev.alloc(1)?;
-    let one = super::nd::geometry("ce2_fwd_f32", &[1], &[1], &[1], 0, 0)?;
-    super::nd::binary(dev, Binary::Div, &sum, &safe_count, &mut loss, &one)?;
+    let one = crate::backend::cuda::nd::geometry("ce2_fwd_f32", &[1], &[1], &[1], 0, 0)?;
+    crate::backend::cuda::nd::binary(dev, Binary::Div, &sum, &safe_count, &mut loss, &one)?;
     Ok(Ce2Output { loss, count })
 }
 

@@ -1,31 +1,35 @@
 //! Bilinear resizing of (N,C,H,W) planes, `align_corners = false`, exactly as PyTorch's
 //! `F.interpolate(mode="bilinear", size=...)`.
+//!
+//! `cpu.rs` and `cuda.rs` hold the two sides of [`ResizeKernels`]; this file checks the inputs
+//! and records the node.
 
-use super::for_each_plane;
+mod cpu;
+pub mod cuda;
+
+use super::{Cpu, Cuda, kernels_for};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::tensor::{Shape, Tensor};
+use crate::tensor::{Shape, Storage, Tensor};
 use std::sync::Arc;
 
-/// For each output index along one axis: the two source indices and their weights.
-/// PyTorch: src = (dst + 0.5) * in/out - 0.5, clamped at 0 below; i1 = min(i0 + 1, in - 1).
-pub(crate) fn bilinear_taps(input: usize, output: usize) -> Vec<(usize, usize, f32, f32)> {
-    let scale = input as f32 / output as f32;
-    (0..output)
-        .map(|o| {
-            let src = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
-            let i0 = (src as usize).min(input - 1);
-            let i1 = if i0 < input - 1 { i0 + 1 } else { i0 };
-            let l1 = src - i0 as f32;
-            (i0, i1, 1.0 - l1, l1)
-        })
-        .collect()
+const OP: &str = "resize_bilinear";
+
+/// Bilinear resizing on one side (CPU or CUDA).
+pub(crate) trait ResizeKernels: Sync {
+    /// `x` (N,C,H,W) resized to (N,C,out_h,out_w).
+    fn resize_fwd(&self, x: &Tensor, out_h: usize, out_w: usize) -> Result<Storage>;
+    /// dx (shaped `in_shape`) from the upstream gradient `dy` (N,C,out_h,out_w).
+    fn resize_bwd(&self, dy: &Tensor, in_shape: &Shape) -> Result<Tensor>;
+}
+
+fn kernels(device: Device) -> &'static dyn ResizeKernels {
+    kernels_for(device, &Cpu, &Cuda)
 }
 
 impl Tensor {
     /// Resizes (N,C,H,W) to (N,C,out_h,out_w) by bilinear interpolation (align_corners=false).
     pub fn resize_bilinear(&self, out_h: usize, out_w: usize) -> Result<Tensor> {
-        const OP: &str = "resize_bilinear";
         self.shape().expect_rank(OP, 4, "(N,C,H,W)")?;
         let &[n, c, h, w] = self.dims() else {
             unreachable!("rank checked")
@@ -39,63 +43,15 @@ impl Tensor {
                 ),
             ));
         }
-        let device = self.device();
-        if let Device::Cuda(_) = device {
-            let storage = super::gpu::resize_fwd(OP, self, out_h, out_w)?;
-            let in_shape = self.shape().clone();
-            return Ok(Tensor::from_storage_op(
-                OP,
-                Arc::new(storage),
-                Shape::from([n, c, out_h, out_w]),
-                &[self],
-                move |g, _| Ok(vec![Some(super::gpu::resize_bwd(OP, g, &in_shape)?)]),
-            ));
-        }
-        let (rows, cols) = (bilinear_taps(h, out_h), bilinear_taps(w, out_w));
-        let (ip, op) = (h * w, out_h * out_w);
-        let sx = self.storage();
-        let x = sx.as_cpu(OP)?;
-        let mut y = vec![0f32; n * c * op];
-        let forward = |(yp, xp): (&mut [f32], &[f32])| {
-            for (i, &(r0, r1, a0, a1)) in rows.iter().enumerate() {
-                let (x0, x1) = (&xp[r0 * w..(r0 + 1) * w], &xp[r1 * w..(r1 + 1) * w]);
-                for (j, &(c0, c1, b0, b1)) in cols.iter().enumerate() {
-                    yp[i * out_w + j] =
-                        a0 * (b0 * x0[c0] + b1 * x0[c1]) + a1 * (b0 * x1[c0] + b1 * x1[c1]);
-                }
-            }
-        };
-        for_each_plane(&mut y, op, x, ip, forward);
+        let storage = kernels(self.device()).resize_fwd(self, out_h, out_w)?;
         let in_shape = self.shape().clone();
-        Tensor::from_op(
+        Ok(Tensor::from_storage_op(
             OP,
-            y,
+            Arc::new(storage),
             Shape::from([n, c, out_h, out_w]),
-            device,
             &[self],
-            move |g, _| {
-                let sg = g.storage();
-                let gv = sg.as_cpu(OP)?;
-                let mut dx = vec![0f32; in_shape.numel()];
-                let scatter = |(dp, gp): (&mut [f32], &[f32])| {
-                    for (i, &(r0, r1, a0, a1)) in rows.iter().enumerate() {
-                        for (j, &(c0, c1, b0, b1)) in cols.iter().enumerate() {
-                            let gval = gp[i * out_w + j];
-                            dp[r0 * w + c0] += a0 * b0 * gval;
-                            dp[r0 * w + c1] += a0 * b1 * gval;
-                            dp[r1 * w + c0] += a1 * b0 * gval;
-                            dp[r1 * w + c1] += a1 * b1 * gval;
-                        }
-                    }
-                };
-                for_each_plane(&mut dx, ip, gv, op, scatter);
-                Ok(vec![Some(Tensor::from_vec(
-                    dx,
-                    in_shape.clone(),
-                    g.device(),
-                )?)])
-            },
-        )
+            move |g, _| Ok(vec![Some(kernels(g.device()).resize_bwd(g, &in_shape)?)]),
+        ))
     }
 }
 

@@ -1,118 +1,39 @@
 //! Element-wise ops: binary arithmetic with numpy broadcasting, scalar affine maps and unary
 //! activations.
+//!
+//! `cpu.rs` and `cuda.rs` hold the two sides of [`ElementwiseKernels`]; this file checks the
+//! inputs and records the nodes. A unary op is named by its [`MapOp`], which both sides turn into
+//! the same map: nd.cu's `switch`, and on the CPU one inlined closure per op.
 
-use super::{PAR_MIN, Walk, gpu, same_device};
+pub(crate) mod cpu;
+mod cuda;
+
+use super::{Cpu, Cuda, kernels_for, same_device};
 use crate::backend::cuda::elementwise::Binary;
 use crate::backend::cuda::nd::MapOp;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Storage, Tensor};
-use rayon::prelude::*;
 use std::sync::Arc;
 
-/// `f(a, b)` over the broadcast of `a` (shape `ash`) and `b` (shape `bsh`) to `out`.
-pub(crate) fn broadcast_binary_cpu(
-    a: &[f32],
-    ash: &Shape,
-    b: &[f32],
-    bsh: &Shape,
-    out: &Shape,
-    f: impl Fn(f32, f32) -> f32 + Sync + Send,
-) -> Vec<f32> {
-    let walk = Walk::new(
-        out.dims(),
-        vec![
-            out.strides(),
-            ash.broadcast_strides(out),
-            bsh.broadcast_strides(out),
-        ],
-    );
-    let n = out.numel();
-    let mut y = vec![0f32; n];
-    if n == 0 {
-        return y;
-    }
-    let inner = walk.inner();
-    let (sa, sb) = (walk.inner_stride(1), walk.inner_stride(2));
-    let row = |(r, yr): (usize, &mut [f32])| {
-        let (oa, ob) = (walk.row_offset(1, r), walk.row_offset(2, r));
-        match (sa, sb) {
-            (1, 1) => {
-                for ((y, &x), &z) in yr
-                    .iter_mut()
-                    .zip(&a[oa..oa + inner])
-                    .zip(&b[ob..ob + inner])
-                {
-                    *y = f(x, z);
-                }
-            }
-            (1, 0) => {
-                let z = b[ob];
-                for (y, &x) in yr.iter_mut().zip(&a[oa..oa + inner]) {
-                    *y = f(x, z);
-                }
-            }
-            (0, 1) => {
-                let x = a[oa];
-                for (y, &z) in yr.iter_mut().zip(&b[ob..ob + inner]) {
-                    *y = f(x, z);
-                }
-            }
-            _ => {
-                for (i, y) in yr.iter_mut().enumerate() {
-                    *y = f(a[oa + i * sa], b[ob + i * sb]);
-                }
-            }
-        }
-    };
-    if n >= PAR_MIN {
-        let min_rows = (PAR_MIN / 4 / inner).max(1);
-        y.par_chunks_mut(inner)
-            .enumerate()
-            .with_min_len(min_rows)
-            .for_each(row);
-    } else {
-        y.chunks_mut(inner).enumerate().for_each(row);
-    }
-    y
+/// The element-wise ops on one side (CPU or CUDA).
+pub(crate) trait ElementwiseKernels: Sync {
+    /// `a op b` broadcast to `out`.
+    fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor, out: &Shape) -> Result<Storage>;
+    /// `x * mul + add`.
+    fn affine(&self, op: &'static str, x: &Tensor, mul: f32, add: f32) -> Result<Storage>;
+    /// y = f(x).
+    fn map(&self, op: &'static str, x: &Tensor, f: MapOp) -> Result<Storage>;
+    /// dx = f'(x, y) * g, the backward of [`ElementwiseKernels::map`].
+    fn map_grad(&self, op: &'static str, x: &Tensor, y: &Tensor, g: &Tensor, f: MapOp) -> Result<Tensor>;
 }
 
-/// `f` applied to every element, in parallel when large.
-pub(crate) fn map_cpu(x: &[f32], f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
-    if x.len() >= PAR_MIN {
-        x.par_iter()
-            .with_min_len(PAR_MIN / 4)
-            .map(|&v| f(v))
-            .collect()
-    } else {
-        x.iter().map(|&v| f(v)).collect()
-    }
-}
-
-/// `f(x, y, g)` over three equally long slices (the backward of a unary op).
-pub(crate) fn map3_cpu(
-    x: &[f32],
-    y: &[f32],
-    g: &[f32],
-    f: impl Fn(f32, f32, f32) -> f32 + Sync + Send,
-) -> Vec<f32> {
-    if x.len() >= PAR_MIN {
-        (x, y, g)
-            .into_par_iter()
-            .with_min_len(PAR_MIN / 4)
-            .map(|(&x, &y, &g)| f(x, y, g))
-            .collect()
-    } else {
-        x.iter()
-            .zip(y)
-            .zip(g)
-            .map(|((&x, &y), &g)| f(x, y, g))
-            .collect()
-    }
+fn kernels(device: Device) -> &'static dyn ElementwiseKernels {
+    kernels_for(device, &Cpu, &Cuda)
 }
 
 #[derive(Clone, Copy)]
-enum BinaryOp {
+pub(crate) enum BinaryOp {
     Add,
     Sub,
     Mul,
@@ -142,20 +63,7 @@ fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     let name = op.name();
     let device = same_device(name, &[a, b])?;
     let out_shape = a.shape().broadcast(b.shape(), name)?;
-    let storage = match device {
-        Device::Cpu => {
-            let (sa, sb) = (a.storage(), b.storage());
-            let (x, z) = (sa.as_cpu(name)?, sb.as_cpu(name)?);
-            let (ash, bsh) = (a.shape(), b.shape());
-            Storage::Cpu(match op {
-                BinaryOp::Add => broadcast_binary_cpu(x, ash, z, bsh, &out_shape, |p, q| p + q),
-                BinaryOp::Sub => broadcast_binary_cpu(x, ash, z, bsh, &out_shape, |p, q| p - q),
-                BinaryOp::Mul => broadcast_binary_cpu(x, ash, z, bsh, &out_shape, |p, q| p * q),
-                BinaryOp::Div => broadcast_binary_cpu(x, ash, z, bsh, &out_shape, |p, q| p / q),
-            })
-        }
-        Device::Cuda(_) => gpu::binary(name, op.gpu(), a, b, &out_shape)?,
-    };
+    let storage = kernels(device).binary(op, a, b, &out_shape)?;
     let (ac, bc) = (a.clone(), b.clone());
     Ok(Tensor::from_storage_op(
         name,
@@ -191,55 +99,16 @@ fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     ))
 }
 
-fn sigmoid_f(x: f32) -> f32 {
-    // Stable on both sides: exp never overflows.
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
-
-/// A unary op from its forward map and its backward as a function of (x, y, dy), with `kernel`
-/// the same map on the GPU. Generic (not fn pointers) so each CPU map is inlined and vectorised.
-fn unary<F, B>(
-    x: &Tensor,
-    name: &'static str,
-    kernel: MapOp,
-    forward: F,
-    backward: B,
-) -> Result<Tensor>
-where
-    F: Fn(f32) -> f32 + Sync + Send,
-    B: Fn(f32, f32, f32) -> f32 + Sync + Send + Copy + 'static,
-{
-    let storage = match x.device() {
-        Device::Cpu => Storage::Cpu(map_cpu(x.storage().as_cpu(name)?, forward)),
-        Device::Cuda(_) => gpu::map(name, x, kernel)?,
-    };
+/// A unary op: `kernel` names the map on both sides.
+fn unary(x: &Tensor, name: &'static str, kernel: MapOp) -> Result<Tensor> {
+    let storage = kernels(x.device()).map(name, x, kernel)?;
     let xc = x.clone();
     Ok(Tensor::from_storage_op(
         name,
         Arc::new(storage),
         x.shape().clone(),
         &[x],
-        move |g, y| {
-            let dx = match xc.device() {
-                Device::Cpu => {
-                    let (xs, ys, gs) = (xc.storage(), y.storage(), g.storage());
-                    let dx = map3_cpu(
-                        xs.as_cpu(name)?,
-                        ys.as_cpu(name)?,
-                        gs.as_cpu(name)?,
-                        backward,
-                    );
-                    Tensor::from_vec(dx, xc.shape().clone(), Device::Cpu)?
-                }
-                Device::Cuda(_) => gpu::map_grad(name, &xc, y, g, kernel)?,
-            };
-            Ok(vec![Some(dx)])
-        },
+        move |g, y| Ok(vec![Some(kernels(xc.device()).map_grad(name, &xc, y, g, kernel)?)]),
     ))
 }
 
@@ -269,10 +138,7 @@ impl Tensor {
                 format!("non-finite constants mul={mul}, add={add}"),
             ));
         }
-        let storage = match self.device() {
-            Device::Cpu => Storage::Cpu(map_cpu(self.storage().as_cpu(OP)?, |v| v * mul + add)),
-            Device::Cuda(_) => gpu::affine(OP, self, mul, add)?,
-        };
+        let storage = kernels(self.device()).affine(OP, self, mul, add)?;
         Ok(Tensor::from_storage_op(
             OP,
             Arc::new(storage),
@@ -292,13 +158,7 @@ impl Tensor {
     }
     /// `self ^ p` element-wise (negative bases give NaN for non-integer `p`).
     pub fn powf(&self, p: f32) -> Result<Tensor> {
-        unary(
-            self,
-            "powf",
-            MapOp::Pow(p),
-            move |v| v.powf(p),
-            move |x, _, g| g * p * x.powf(p - 1.0),
-        )
+        unary(self, "powf", MapOp::Pow(p))
     }
 
     /// Limits every element to [lo, hi]; the gradient passes only where the input is inside.
@@ -306,23 +166,7 @@ impl Tensor {
         if lo.is_nan() || hi.is_nan() || lo > hi {
             return Err(Error::invalid("clamp", format!("lo {lo} > hi {hi}")));
         }
-        unary(
-            self,
-            "clamp",
-            MapOp::Clamp { lo, hi },
-            move |x| {
-                if x < lo {
-                    lo
-                } else if x > hi {
-                    hi
-                } else {
-                    x
-                }
-            },
-            move |x, _, g| {
-                if x >= lo && x <= hi { g } else { 0.0 }
-            },
-        )
+        unary(self, "clamp", MapOp::Clamp { lo, hi })
     }
     /// Inverted dropout: when `training`, zeroes each element with probability `p` (drawn from
     /// `rng`) and scales the others by 1/(1-p); the identity otherwise.
@@ -347,48 +191,29 @@ impl Tensor {
         )?)
     }
     pub fn relu(&self) -> Result<Tensor> {
-        // `x <= 0` is false for NaN, so NaN passes through.
-        unary(
-            self,
-            "relu",
-            MapOp::Relu,
-            |x| if x <= 0.0 { 0.0 } else { x },
-            |x, _, g| if x > 0.0 { g } else { 0.0 },
-        )
+        unary(self, "relu", MapOp::Relu)
     }
     pub fn sigmoid(&self) -> Result<Tensor> {
-        unary(self, "sigmoid", MapOp::Sigmoid, sigmoid_f, |_, y, g| {
-            g * y * (1.0 - y)
-        })
+        unary(self, "sigmoid", MapOp::Sigmoid)
     }
     pub fn tanh(&self) -> Result<Tensor> {
-        unary(self, "tanh", MapOp::Tanh, f32::tanh, |_, y, g| {
-            g * (1.0 - y * y)
-        })
+        unary(self, "tanh", MapOp::Tanh)
     }
     pub fn exp(&self) -> Result<Tensor> {
-        unary(self, "exp", MapOp::Exp, f32::exp, |_, y, g| g * y)
+        unary(self, "exp", MapOp::Exp)
     }
     /// Natural log; 0 gives -inf and negatives NaN (propagated, not an error).
     pub fn log(&self) -> Result<Tensor> {
-        unary(self, "log", MapOp::Log, f32::ln, |x, _, g| g / x)
+        unary(self, "log", MapOp::Log)
     }
     pub fn sqrt(&self) -> Result<Tensor> {
-        unary(self, "sqrt", MapOp::Sqrt, f32::sqrt, |_, y, g| g * 0.5 / y)
+        unary(self, "sqrt", MapOp::Sqrt)
     }
     pub fn sqr(&self) -> Result<Tensor> {
-        unary(self, "sqr", MapOp::Sqr, |x| x * x, |x, _, g| 2.0 * x * g)
+        unary(self, "sqr", MapOp::Sqr)
     }
     pub fn abs(&self) -> Result<Tensor> {
-        unary(self, "abs", MapOp::Abs, f32::abs, |x, _, g| {
-            if x > 0.0 {
-                g
-            } else if x < 0.0 {
-                -g
-            } else {
-                0.0
-            }
-        })
+        unary(self, "abs", MapOp::Abs)
     }
 }
 

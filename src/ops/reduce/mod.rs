@@ -1,57 +1,27 @@
 //! Reductions (sum, mean over chosen axes; global average pooling) and their adjoint, broadcasting.
+//!
+//! `cpu.rs` and `cuda.rs` hold the two sides of [`ReduceKernels`]; this file checks the inputs
+//! and records the nodes. Means, `sum` and `global_avg_pool` are written with `sum_to`.
 
-use super::elementwise::broadcast_binary_cpu;
-use super::{PAR_MIN, Walk, gpu, non_empty, reduced_shape};
+mod cpu;
+pub mod cuda;
+
+use super::{Cpu, Cuda, kernels_for, non_empty, reduced_shape};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Storage, Tensor};
-use rayon::prelude::*;
 use std::sync::Arc;
 
-/// Sums `src` (shape `src_shape`) down to `dst_shape`, which must broadcast to `src_shape`.
-/// Accumulates in f64 so long sums (means over a batch of images) stay accurate.
-pub(crate) fn sum_to_cpu(src: &[f32], src_shape: &Shape, dst_shape: &Shape) -> Vec<f32> {
-    let walk = Walk::new(
-        src_shape.dims(),
-        vec![src_shape.strides(), dst_shape.broadcast_strides(src_shape)],
-    );
-    let inner = walk.inner();
-    let rows = walk.rows();
-    let outer_kept = walk.strides[1][..walk.dims.len() - 1]
-        .iter()
-        .all(|&s| s != 0);
-    if walk.inner_stride(1) == 0 && outer_kept {
-        // Trailing reduction: row r is the contiguous block summed into dst[r].
-        let sum_row = |r: usize| -> f32 {
-            let row = &src[r * inner..(r + 1) * inner];
-            if rows < rayon::current_num_threads() && inner >= PAR_MIN {
-                row.par_chunks(PAR_MIN / 4)
-                    .map(|c| c.iter().map(|&v| v as f64).sum::<f64>())
-                    .sum::<f64>() as f32
-            } else {
-                row.iter().map(|&v| v as f64).sum::<f64>() as f32
-            }
-        };
-        return if src.len() >= PAR_MIN {
-            (0..rows).into_par_iter().map(sum_row).collect()
-        } else {
-            (0..rows).map(sum_row).collect()
-        };
-    }
-    let mut acc = vec![0f64; dst_shape.numel()];
-    let sd = walk.inner_stride(1);
-    for r in 0..rows {
-        let od = walk.row_offset(1, r);
-        let row = &src[r * inner..(r + 1) * inner];
-        if sd == 0 {
-            acc[od] += row.iter().map(|&v| v as f64).sum::<f64>();
-        } else {
-            for (i, &v) in row.iter().enumerate() {
-                acc[od + i * sd] += v as f64;
-            }
-        }
-    }
-    acc.into_iter().map(|v| v as f32).collect()
+/// Sums to and broadcasts from a shape, on one side (CPU or CUDA).
+pub(crate) trait ReduceKernels: Sync {
+    /// `x` summed down to `dst`, which broadcasts to x's shape.
+    fn sum_to(&self, op: &'static str, x: &Tensor, dst: &Shape) -> Result<Storage>;
+    /// `x` repeated along its size-1 (or missing leading) dims to `dst`.
+    fn broadcast_to(&self, op: &'static str, x: &Tensor, dst: &Shape) -> Result<Storage>;
+}
+
+fn kernels(device: Device) -> &'static dyn ReduceKernels {
+    kernels_for(device, &Cpu, &Cuda)
 }
 
 impl Tensor {
@@ -68,12 +38,7 @@ impl Tensor {
                 format!("{} cannot be summed to {shape}", self.shape()),
             ));
         }
-        let storage = match self.device() {
-            Device::Cpu => {
-                Storage::Cpu(sum_to_cpu(self.storage().as_cpu(OP)?, self.shape(), shape))
-            }
-            Device::Cuda(_) => gpu::sum_to(OP, self, shape)?,
-        };
+        let storage = kernels(self.device()).sum_to(OP, self, shape)?;
         let src_shape = self.shape().clone();
         Ok(Tensor::from_storage_op(
             OP,
@@ -96,26 +61,7 @@ impl Tensor {
                 format!("{} cannot be broadcast to {shape}", self.shape()),
             ));
         }
-        let storage = match self.device() {
-            Device::Cpu => {
-                let s = self.storage();
-                Storage::Cpu(broadcast_binary_cpu(
-                    s.as_cpu(OP)?,
-                    self.shape(),
-                    &[0.0],
-                    &Shape::from(()),
-                    shape,
-                    |a, _| a,
-                ))
-            }
-            Device::Cuda(_) => gpu::gather(
-                OP,
-                self,
-                shape.dims(),
-                &self.shape().broadcast_strides(shape),
-                0,
-            )?,
-        };
+        let storage = kernels(self.device()).broadcast_to(OP, self, shape)?;
         let own = self.shape().clone();
         Ok(Tensor::from_storage_op(
             OP,

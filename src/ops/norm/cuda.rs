@@ -1,11 +1,87 @@
-//! Batch normalisation on the GPU (PyTorch BatchNorm2d semantics), NCHW.
+//! Batch norm on the GPU (PyTorch BatchNorm2d semantics), NCHW: the checked launch wrappers of
+//! kernels/batchnorm.cu, and the CUDA side of [`NormKernels`].
 
-use super::alloc::GpuBuffer;
-use super::context::CudaDevice;
-use super::elementwise::numel;
-use super::kernels as k;
-use super::launch::{Arg, check_len, grid_1d, grid_per_item, launch, to_i32};
+use super::{BatchNormOptions, BnSaved, NormKernels, OP};
+use crate::backend::cuda::elementwise::numel;
+use crate::backend::cuda::kernels as k;
+use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, to_i32};
+use crate::backend::cuda::{CudaDevice, GpuBuffer};
 use crate::error::{Error, Result};
+use crate::ops::Cuda;
+use crate::ops::cuda_common::{alloc, device, tensor};
+use crate::tensor::{Storage, Tensor};
+
+impl NormKernels for Cuda {
+    /// In training the batch statistics are computed and the running ones updated in place,
+    /// otherwise the running ones are used (copied, so a later update cannot change what the
+    /// backward sees).
+    fn batch_norm_fwd(
+        &self,
+        x: &Tensor,
+        [gamma, beta, running_mean, running_var]: [&Tensor; 4],
+        shape: [usize; 4],
+        opts: BatchNormOptions,
+    ) -> Result<(Storage, BnSaved)> {
+        let dev = device(OP, x)?;
+        let c = shape[1];
+        let sx = x.storage();
+        let xb = sx.as_cuda(OP)?;
+        let (mean, var) = if opts.training {
+            if running_mean.id() == running_var.id() {
+                return Err(Error::invalid(OP, "running_mean and running_var are the same tensor"));
+            }
+            let (mut mean, mut var) = (alloc(&dev, c)?, alloc(&dev, c)?);
+            running_mean.update_storage(|rm| {
+                running_var.update_storage(|rv| {
+                    let running = Some((rm.as_cuda_mut(OP)?, rv.as_cuda_mut(OP)?));
+                    bn_stats(&dev, xb, shape, &mut mean, &mut var, running, opts.momentum)
+                })
+            })?;
+            (mean, var)
+        } else {
+            let (rm, rv) = (running_mean.storage(), running_var.storage());
+            (dev.dtod(rm.as_cuda(OP)?)?, dev.dtod(rv.as_cuda(OP)?)?)
+        };
+        let (sg, sb) = (gamma.storage(), beta.storage());
+        let mut y = alloc(&dev, x.numel())?;
+        bn_fwd(&dev, xb, shape, &mean, &var, sg.as_cuda(OP)?, sb.as_cuda(OP)?, &mut y, opts.eps)?;
+        let saved = BnSaved { mean: tensor(mean, [c])?, var: tensor(var, [c])? };
+        Ok((Storage::Cuda(y), saved))
+    }
+
+    fn batch_norm_bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        dy: &Tensor,
+        shape: [usize; 4],
+        saved: &BnSaved,
+        opts: BatchNormOptions,
+    ) -> Result<[Tensor; 3]> {
+        let dev = device(OP, x)?;
+        let c = shape[1];
+        let (sx, sgam, sdy) = (x.storage(), gamma.storage(), dy.storage());
+        let (smean, svar) = (saved.mean.storage(), saved.var.storage());
+        let mut dx = alloc(&dev, x.numel())?;
+        let (mut dgamma, mut dbeta) = (alloc(&dev, c)?, alloc(&dev, c)?);
+        let stats = (smean.as_cuda(OP)?, svar.as_cuda(OP)?);
+        bn_bwd(
+            &dev,
+            sx.as_cuda(OP)?,
+            sdy.as_cuda(OP)?,
+            shape,
+            stats.0,
+            stats.1,
+            sgam.as_cuda(OP)?,
+            opts.eps,
+            opts.training,
+            &mut dx,
+            &mut dgamma,
+            &mut dbeta,
+        )?;
+        Ok([tensor(dx, x.shape().clone())?, tensor(dgamma, [c])?, tensor(dbeta, [c])?])
+    }
+}
 
 fn check(op: &'static str, x: &GpuBuffer, shape: [usize; 4], per_channel: &[(&str, &GpuBuffer)]) -> Result<(i32, i32, i32)> {
     let [n, c, h, w] = shape;

@@ -1,16 +1,91 @@
 //! Convolutions on the GPU: the 2-D atrous convolution (forward, input gradient, weight
-//! gradient; implicit GEMM in kernels/conv2d.cu) and the 1-D convolution across channels (ECA).
+//! gradient; implicit GEMM in kernels/conv2d.cu, tensor cores in kernels/conv2d_tc.cu) and the
+//! 1-D convolution across channels (ECA, kernels/conv1d.cu): the checked launch wrappers, the
+//! geometry struct the kernels share, and the CUDA side of [`ConvKernels`].
 
-use super::alloc::GpuBuffer;
-use super::context::CudaDevice;
-use super::elementwise::fill;
-use super::nd;
-use super::kernels as k;
-use super::launch::{Arg, ConvGeom, check_len, grid_1d, grid_per_item, launch, to_i32};
-use super::kernels::Kernel;
+use super::{CONV1D, CONV2D, ConvKernels};
+use crate::backend::cuda::elementwise::fill;
+use crate::backend::cuda::kernels::{self as k, Kernel};
+use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, to_i32};
+use crate::backend::cuda::{CudaDevice, GpuBuffer, nd};
 use crate::device::Precision;
 use crate::error::{Error, Result};
-use cudarc::driver::LaunchConfig;
+use crate::ops::Cuda;
+use crate::ops::cuda_common::{alloc, device, tensor};
+use crate::tensor::{Shape, Storage, Tensor};
+use cudarc::driver::{DeviceRepr, LaunchConfig};
+
+/// Convolution geometry of conv2d.cu (`struct ConvGeom`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub n: i32,
+    pub c: i32,
+    pub h: i32,
+    pub w: i32,
+    pub k: i32,
+    pub r: i32,
+    pub s: i32,
+    pub oh: i32,
+    pub ow: i32,
+    pub stride: i32,
+    pub pad: i32,
+    pub dil: i32,
+}
+
+// SAFETY: a plain #[repr(C)] struct of i32 whose layout matches the kernels' `struct ConvGeom`.
+unsafe impl DeviceRepr for ConvGeom {}
+
+impl ConvKernels for Cuda {
+    fn conv2d_fwd(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, sh: &Conv2dShape) -> Result<Storage> {
+        let dev = device(CONV2D, x)?;
+        let (sx, sw) = (x.storage(), w.storage());
+        let sb = bias.map(|b| b.storage());
+        let bb = sb.as_ref().map(|s| s.as_cuda(CONV2D)).transpose()?;
+        let mut y = alloc(&dev, sh.output_len())?;
+        conv2d_fwd(&dev, sh, dev.precision(), sx.as_cuda(CONV2D)?, sw.as_cuda(CONV2D)?, bb, &mut y)?;
+        Ok(Storage::Cuda(y))
+    }
+
+    fn conv2d_bwd_input(&self, dy: &Tensor, w: &Tensor, sh: &Conv2dShape) -> Result<Tensor> {
+        let dev = device(CONV2D, dy)?;
+        let (sg, sw) = (dy.storage(), w.storage());
+        let mut dx = alloc(&dev, sh.input_len())?;
+        conv2d_bwd_input(&dev, sh, dev.precision(), sg.as_cuda(CONV2D)?, sw.as_cuda(CONV2D)?, &mut dx)?;
+        tensor(dx, [sh.n, sh.c, sh.h, sh.w])
+    }
+
+    fn conv2d_bwd_weight(&self, x: &Tensor, dy: &Tensor, sh: &Conv2dShape) -> Result<Tensor> {
+        let dev = device(CONV2D, x)?;
+        let (sx, sg) = (x.storage(), dy.storage());
+        let mut dw = alloc(&dev, sh.weight_len())?;
+        conv2d_bwd_weight(&dev, sh, dev.precision(), sx.as_cuda(CONV2D)?, sg.as_cuda(CONV2D)?, &mut dw)?;
+        tensor(dw, [sh.k, sh.c, sh.r, sh.s])
+    }
+
+    /// By the reduction kernels.
+    fn conv2d_bwd_bias(&self, dy: &Tensor, sh: &Conv2dShape) -> Result<Tensor> {
+        dy.sum_to(&Shape::from([1, sh.k, 1, 1]))?.reshape([sh.k])
+    }
+
+    fn conv1d_fwd(&self, x: &Tensor, w: &Tensor, n: usize, c: usize) -> Result<Storage> {
+        let dev = device(CONV1D, x)?;
+        let (sx, sw) = (x.storage(), w.storage());
+        let mut y = alloc(&dev, n * c)?;
+        conv1d_fwd(&dev, sx.as_cuda(CONV1D)?, n, c, sw.as_cuda(CONV1D)?, &mut y)?;
+        Ok(Storage::Cuda(y))
+    }
+
+    fn conv1d_bwd(&self, x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, c: usize) -> Result<(Tensor, Tensor)> {
+        let dev = device(CONV1D, x)?;
+        let (sx, sw, sg) = (x.storage(), w.storage(), dy.storage());
+        let mut dx = alloc(&dev, n * c)?;
+        let mut dw = alloc(&dev, w.numel())?;
+        let (xb, gb, wb) = (sx.as_cuda(CONV1D)?, sg.as_cuda(CONV1D)?, sw.as_cuda(CONV1D)?);
+        conv1d_bwd(&dev, xb, gb, n, c, wb, &mut dx, &mut dw)?;
+        Ok((tensor(dx, x.shape().clone())?, tensor(dw, w.shape().clone())?))
+    }
+}
 
 /// The GEMM tile of conv2d.cu (BM = BN = 64, BK = 16, 256 threads).
 const TILE: usize = 64;

@@ -1,33 +1,37 @@
-//! Convolutions: conv2d over NCHW on the CPU convolution kernels (`backend::cpu::conv`, which
-//! include the 1x1 fast path), and the 1-D convolution across channels of ECA attention.
+//! Convolutions: conv2d over NCHW (on the CPU the convolution kernels of `backend::cpu::conv`,
+//! which include the 1x1 fast path; on CUDA the implicit-GEMM and tensor-core kernels), and the
+//! 1-D convolution across channels of ECA attention.
+//!
+//! `cpu.rs` and `cuda.rs` hold the two sides of [`ConvKernels`]; this file checks the inputs and
+//! records the nodes.
 
-use super::{PAR_MIN, gpu, same_device};
-use crate::backend::cpu::conv::{
-    ConvGeometry, conv2d_backward_input, conv2d_backward_weight, conv2d_forward,
-};
+mod cpu;
+pub mod cuda;
+
+use super::{Cpu, Cuda, kernels_for, same_device};
+use crate::backend::cpu::conv::ConvGeometry;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Storage, Tensor};
-use rayon::prelude::*;
 use std::sync::Arc;
 
-/// Sum of each channel of `dy` (N,K,P) over N and P: the bias gradient.
-fn bias_grad_cpu(dy: &[f32], n: usize, k: usize, plane: usize) -> Vec<f32> {
-    let per_channel = |c: usize| -> f32 {
-        (0..n)
-            .map(|i| {
-                dy[(i * k + c) * plane..(i * k + c + 1) * plane]
-                    .iter()
-                    .map(|&v| v as f64)
-                    .sum::<f64>()
-            })
-            .sum::<f64>() as f32
-    };
-    if dy.len() >= PAR_MIN {
-        (0..k).into_par_iter().map(per_channel).collect()
-    } else {
-        (0..k).map(per_channel).collect()
-    }
+const CONV2D: &str = "conv2d";
+const CONV1D: &str = "conv1d_channels";
+
+/// The convolutions on one side (CPU or CUDA). ECA's channel convolution sees x as (n, c).
+pub(crate) trait ConvKernels: Sync {
+    fn conv2d_fwd(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeometry) -> Result<Storage>;
+    fn conv2d_bwd_input(&self, dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result<Tensor>;
+    fn conv2d_bwd_weight(&self, x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Result<Tensor>;
+    /// dy summed over batch and pixels, shaped (K).
+    fn conv2d_bwd_bias(&self, dy: &Tensor, g: &ConvGeometry) -> Result<Tensor>;
+    fn conv1d_fwd(&self, x: &Tensor, w: &Tensor, n: usize, c: usize) -> Result<Storage>;
+    /// (dx, dw), shaped as x and w.
+    fn conv1d_bwd(&self, x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, c: usize) -> Result<(Tensor, Tensor)>;
+}
+
+fn kernels(device: Device) -> &'static dyn ConvKernels {
+    kernels_for(device, &Cpu, &Cuda)
 }
 
 impl Tensor {
@@ -41,13 +45,12 @@ impl Tensor {
         padding: usize,
         dilation: usize,
     ) -> Result<Tensor> {
-        const OP: &str = "conv2d";
-        self.shape().expect_rank(OP, 4, "(N,C,H,W)")?;
-        weight.shape().expect_rank(OP, 4, "(K,C,R,S) weight")?;
+        self.shape().expect_rank(CONV2D, 4, "(N,C,H,W)")?;
+        weight.shape().expect_rank(CONV2D, 4, "(K,C,R,S) weight")?;
         let (x, w) = (self.dims(), weight.dims());
         if x[1] != w[1] {
             return Err(Error::shape(
-                OP,
+                CONV2D,
                 format!(
                     "input {} has {} channels, weight {} expects {}",
                     self.shape(),
@@ -61,7 +64,7 @@ impl Tensor {
             && b.dims() != [w[0]]
         {
             return Err(Error::shape(
-                OP,
+                CONV2D,
                 format!(
                     "bias {} does not fit weight {} (needs [{}])",
                     b.shape(),
@@ -85,76 +88,23 @@ impl Tensor {
         g.validate()?;
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
-        let device = same_device(OP, &inputs)?;
+        let device = same_device(CONV2D, &inputs)?;
         let out_shape = Shape::from([g.n, g.k, g.out_h(), g.out_w()]);
-        let sh = g;
-        let storage = match device {
-            Device::Cpu => {
-                let mut y = vec![0f32; out_shape.numel()];
-                let (sx, sw) = (self.storage(), weight.storage());
-                let sb = bias.map(|b| b.storage());
-                let bv = sb.as_ref().map(|s| s.as_cpu(OP)).transpose()?;
-                conv2d_forward(&g, sx.as_cpu(OP)?, sw.as_cpu(OP)?, bv, &mut y);
-                Storage::Cpu(y)
-            }
-            Device::Cuda(_) => gpu::conv2d_fwd(OP, self, weight, bias, &sh)?,
-        };
+        let storage = kernels(device).conv2d_fwd(self, weight, bias, &g)?;
         let (xt, wt, has_bias) = (self.clone(), weight.clone(), bias.is_some());
         let bias_tracks = bias.is_some_and(|b| b.tracks_grad());
         Ok(Tensor::from_storage_op(
-            OP,
+            CONV2D,
             Arc::new(storage),
             out_shape,
             &inputs,
             move |dy, _| {
-                if let Device::Cuda(_) = dy.device() {
-                    let dx = xt
-                        .tracks_grad()
-                        .then(|| gpu::conv2d_bwd_input(OP, dy, &wt, &sh))
-                        .transpose()?;
-                    let dw = wt
-                        .tracks_grad()
-                        .then(|| gpu::conv2d_bwd_weight(OP, &xt, dy, &sh))
-                        .transpose()?;
-                    let mut grads = vec![dx, dw];
-                    if has_bias {
-                        // The bias gradient: dy summed over batch and pixels, by the reduction kernels.
-                        grads.push(
-                            bias_tracks
-                                .then(|| dy.sum_to(&Shape::from([1, sh.k, 1, 1]))?.reshape([sh.k]))
-                                .transpose()?,
-                        );
-                    }
-                    return Ok(grads);
-                }
-                let (sx, sw, sg) = (xt.storage(), wt.storage(), dy.storage());
-                let (xv, wv, gv) = (sx.as_cpu(OP)?, sw.as_cpu(OP)?, sg.as_cpu(OP)?);
-                let dx = if xt.tracks_grad() {
-                    let mut dx = vec![0f32; xt.numel()];
-                    conv2d_backward_input(&g, gv, wv, &mut dx);
-                    Some(Tensor::from_vec(dx, xt.shape().clone(), xt.device())?)
-                } else {
-                    None
-                };
-                let dw = if wt.tracks_grad() {
-                    let mut dw = vec![0f32; wt.numel()];
-                    conv2d_backward_weight(&g, xv, gv, &mut dw);
-                    Some(Tensor::from_vec(dw, wt.shape().clone(), wt.device())?)
-                } else {
-                    None
-                };
+                let side = kernels(dy.device());
+                let dx = xt.tracks_grad().then(|| side.conv2d_bwd_input(dy, &wt, &g)).transpose()?;
+                let dw = wt.tracks_grad().then(|| side.conv2d_bwd_weight(&xt, dy, &g)).transpose()?;
                 let mut grads = vec![dx, dw];
                 if has_bias {
-                    let db = bias_tracks
-                        .then(|| {
-                            Tensor::from_vec(
-                                bias_grad_cpu(gv, g.n, g.k, g.out_h() * g.out_w()),
-                                [g.k],
-                                dy.device(),
-                            )
-                        })
-                        .transpose()?;
-                    grads.push(db);
+                    grads.push(bias_tracks.then(|| side.conv2d_bwd_bias(dy, &g)).transpose()?);
                 }
                 Ok(grads)
             },
@@ -165,12 +115,11 @@ impl Tensor {
     /// or (N,C,1,1)) is convolved with an odd-length kernel (k), (1,k) or (1,1,k), zero padded
     /// to keep C; no bias. The output has the input's shape.
     pub fn conv1d_channels(&self, weight: &Tensor) -> Result<Tensor> {
-        const OP: &str = "conv1d_channels";
         let (n, c) = match self.dims() {
             &[n, c] | &[n, 1, c] | &[n, c, 1, 1] => (n, c),
             _ => {
                 return Err(Error::shape(
-                    OP,
+                    CONV1D,
                     format!(
                         "input must be (N,C), (N,1,C) or (N,C,1,1), got {}",
                         self.shape()
@@ -181,75 +130,24 @@ impl Tensor {
         let k = weight.numel();
         if weight.dims().iter().rev().skip(1).any(|&d| d != 1) || k.is_multiple_of(2) {
             return Err(Error::shape(
-                OP,
+                CONV1D,
                 format!(
                     "weight must be an odd-length kernel (k), (1,k) or (1,1,k), got {}",
                     weight.shape()
                 ),
             ));
         }
-        let device = same_device(OP, &[self, weight])?;
-        let half = (k / 2) as isize;
-        // y[i,j] = sum_t w[t] x[i, j + t - half], zero outside 0..c
-        let correlate = move |x: &[f32], w: &[f32]| -> Vec<f32> {
-            let mut y = vec![0f32; n * c];
-            for (yi, xi) in y.chunks_mut(c).zip(x.chunks(c)) {
-                for (j, yj) in yi.iter_mut().enumerate() {
-                    *yj = w
-                        .iter()
-                        .enumerate()
-                        .map(|(t, &wt)| {
-                            let src = j as isize + t as isize - half;
-                            if (0..c as isize).contains(&src) {
-                                wt * xi[src as usize]
-                            } else {
-                                0.0
-                            }
-                        })
-                        .sum();
-                }
-            }
-            y
-        };
-        let storage = match device {
-            Device::Cpu => {
-                let (sx, sw) = (self.storage(), weight.storage());
-                Storage::Cpu(correlate(sx.as_cpu(OP)?, sw.as_cpu(OP)?))
-            }
-            Device::Cuda(_) => gpu::conv1d_fwd(OP, self, weight, n, c)?,
-        };
+        let device = same_device(CONV1D, &[self, weight])?;
+        let storage = kernels(device).conv1d_fwd(self, weight, n, c)?;
         let (xt, wt) = (self.clone(), weight.clone());
         Ok(Tensor::from_storage_op(
-            OP,
+            CONV1D,
             Arc::new(storage),
             self.shape().clone(),
             &[self, weight],
             move |g, _| {
-                if let Device::Cuda(_) = g.device() {
-                    let (dx, dw) = gpu::conv1d_bwd(OP, &xt, &wt, g, n, c)?;
-                    return Ok(vec![Some(dx), Some(dw)]);
-                }
-                let (sx, sw, sg) = (xt.storage(), wt.storage(), g.storage());
-                let (xv, wv, gv) = (sx.as_cpu(OP)?, sw.as_cpu(OP)?, sg.as_cpu(OP)?);
-                // The adjoint of a zero-padded correlation is the correlation with the flipped kernel.
-                let flipped: Vec<f32> = wv.iter().rev().copied().collect();
-                let dx =
-                    Tensor::from_vec(correlate(gv, &flipped), xt.shape().clone(), xt.device())?;
-                let mut dw = vec![0f32; k];
-                for (gi, xi) in gv.chunks(c).zip(xv.chunks(c)) {
-                    for (t, d) in dw.iter_mut().enumerate() {
-                        for (j, &gj) in gi.iter().enumerate() {
-                            let src = j as isize + t as isize - half;
-                            if (0..c as isize).contains(&src) {
-                                *d += gj * xi[src as usize];
-                            }
-                        }
-                    }
-                }
-                Ok(vec![
-                    Some(dx),
-                    Some(Tensor::from_vec(dw, wt.shape().clone(), wt.device())?),
-                ])
+                let (dx, dw) = kernels(g.device()).conv1d_bwd(&xt, &wt, g, n, c)?;
+                Ok(vec![Some(dx), Some(dw)])
             },
         ))
     }

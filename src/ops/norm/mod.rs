@@ -1,0 +1,210 @@
+//! Batch normalisation over the channel axis (axis 1) of (N,C,...) tensors.
+//!
+//! `cpu.rs` and `cuda.rs` hold the two sides of [`NormKernels`]; this file checks the inputs and
+//! records the node.
+
+mod cpu;
+pub mod cuda;
+
+use super::{Cpu, Cuda, kernels_for, same_device};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::tensor::{Storage, Tensor};
+use std::sync::Arc;
+
+const OP: &str = "batch_norm";
+
+/// How `batch_norm` runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormOptions {
+    /// Normalise with the batch's statistics and update the running ones (else use the running ones).
+    pub training: bool,
+    /// Running stat update: `running = (1 - momentum) * running + momentum * batch` (PyTorch's 0.1).
+    pub momentum: f32,
+    pub eps: f32,
+}
+
+impl Default for BatchNormOptions {
+    fn default() -> Self {
+        BatchNormOptions {
+            training: true,
+            momentum: 0.1,
+            eps: 1e-5,
+        }
+    }
+}
+
+/// What the backward reads: the per-channel statistics the forward normalised with (the batch's
+/// in training, a copy of the running ones otherwise), on the input's device.
+pub(crate) struct BnSaved {
+    pub mean: Tensor,
+    pub var: Tensor,
+}
+
+/// Batch norm on one side (CPU or CUDA), of x viewed as (n, c, p, 1) (`shape`).
+pub(crate) trait NormKernels: Sync {
+    /// y, and the statistics for the backward; in training the running ones are updated in place.
+    fn batch_norm_fwd(
+        &self,
+        x: &Tensor,
+        params: [&Tensor; 4],
+        shape: [usize; 4],
+        opts: BatchNormOptions,
+    ) -> Result<(Storage, BnSaved)>;
+    /// (dx, dgamma, dbeta).
+    fn batch_norm_bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        dy: &Tensor,
+        shape: [usize; 4],
+        saved: &BnSaved,
+        opts: BatchNormOptions,
+    ) -> Result<[Tensor; 3]>;
+}
+
+fn kernels(device: Device) -> &'static dyn NormKernels {
+    kernels_for(device, &Cpu, &Cuda)
+}
+
+impl Tensor {
+    /// Batch norm of (N,C,...) with per-channel `gamma`, `beta` and running statistics (C).
+    /// Training uses the biased batch variance to normalise and stores the unbiased one in
+    /// `running_var`, as PyTorch does; the running tensors are updated in place (not recorded).
+    pub fn batch_norm(
+        &self,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        opts: BatchNormOptions,
+    ) -> Result<Tensor> {
+        if self.rank() < 2 {
+            return Err(Error::shape(
+                OP,
+                format!("expected (N,C,...) input, got {}", self.shape()),
+            ));
+        }
+        let (n, c) = (self.dims()[0], self.dims()[1]);
+        let p: usize = self.dims()[2..].iter().product();
+        for (name, t) in [
+            ("gamma", gamma),
+            ("beta", beta),
+            ("running_mean", running_mean),
+            ("running_var", running_var),
+        ] {
+            if t.dims() != [c] {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "{name} has shape {}, input {} needs [{c}]",
+                        t.shape(),
+                        self.shape()
+                    ),
+                ));
+            }
+        }
+        if opts.eps.is_nan() || opts.eps <= 0.0 || !(0.0..=1.0).contains(&opts.momentum) {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "eps {} must be > 0 and momentum {} in [0, 1]",
+                    opts.eps, opts.momentum
+                ),
+            ));
+        }
+        let count = n * p;
+        if opts.training && count < 2 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "training needs more than one value per channel, input {}",
+                    self.shape()
+                ),
+            ));
+        }
+        let device = same_device(OP, &[self, gamma, beta, running_mean, running_var])?;
+        let shape = [n, c, p, 1];
+        let params = [gamma, beta, running_mean, running_var];
+        let (storage, saved) = kernels(device).batch_norm_fwd(self, params, shape, opts)?;
+        let (xt, gamma_t) = (self.clone(), gamma.clone());
+        Ok(Tensor::from_storage_op(
+            OP,
+            Arc::new(storage),
+            self.shape().clone(),
+            &[self, gamma, beta],
+            move |dy, _| {
+                let bwd = kernels(dy.device()).batch_norm_bwd(&xt, &gamma_t, dy, shape, &saved, opts);
+                let [dx, dgamma, dbeta] = bwd?;
+                Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn batch_norm_matches_naive_and_updates_running_stats() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let x = Tensor::randn([3, 2, 4, 5], 1.5, 2.0, Device::Cpu, &mut rng).unwrap();
+        let gamma = Tensor::randn([2], 1.0, 0.3, Device::Cpu, &mut rng).unwrap();
+        let beta = Tensor::randn([2], 0.0, 0.3, Device::Cpu, &mut rng).unwrap();
+        let rm = Tensor::uniform([2], -0.5, 0.5, Device::Cpu, &mut rng).unwrap();
+        let rv = Tensor::uniform([2], 0.5, 1.5, Device::Cpu, &mut rng).unwrap();
+        let (rm0, rv0) = (rm.to_vec().unwrap(), rv.to_vec().unwrap());
+        let opts = BatchNormOptions::default();
+        let y = x
+            .batch_norm(&gamma, &beta, &rm, &rv, opts)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let xv = x.to_vec().unwrap();
+        let (gv, bv) = (gamma.to_vec().unwrap(), beta.to_vec().unwrap());
+        for ch in 0..2 {
+            let vals: Vec<f64> = (0..3)
+                .flat_map(|n| (0..20).map(move |i| (n * 2 + ch) * 20 + i))
+                .map(|i| xv[i] as f64)
+                .collect();
+            let mean = vals.iter().sum::<f64>() / 60.0;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 60.0;
+            let i = (2 + ch) * 20 + 7; // image 1, element 7
+            let want = gv[ch] as f64 * (xv[i] as f64 - mean) / (var + 1e-5).sqrt() + bv[ch] as f64;
+            assert!((y[i] as f64 - want).abs() < 1e-4, "channel {ch}");
+            let rmv = rm.to_vec().unwrap()[ch] as f64;
+            assert!((rmv - (0.9 * rm0[ch] as f64 + 0.1 * mean)).abs() < 1e-5);
+            let rvv = rv.to_vec().unwrap()[ch] as f64;
+            assert!((rvv - (0.9 * rv0[ch] as f64 + 0.1 * var * 60.0 / 59.0)).abs() < 1e-4);
+        }
+        // eval: uses running stats, leaves them alone
+        let (rm1, rv1) = (rm.to_vec().unwrap(), rv.to_vec().unwrap());
+        let e = x
+            .batch_norm(
+                &gamma,
+                &beta,
+                &rm,
+                &rv,
+                BatchNormOptions {
+                    training: false,
+                    ..opts
+                },
+            )
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let want = gv[1] * (xv[25] - rm1[1]) / (rv1[1] + 1e-5).sqrt() + bv[1];
+        assert!((e[25] - want).abs() < 1e-5);
+        assert_eq!(rm.to_vec().unwrap(), rm1);
+        let one = Tensor::randn([1, 2, 1, 1], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        assert!(
+            one.batch_norm(&gamma, &beta, &rm, &rv, opts)
+                .unwrap_err()
+                .to_string()
+                .contains("more than one value")
+        );
+    }
+}

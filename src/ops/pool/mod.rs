@@ -1,0 +1,120 @@
+//! Max pooling over (N,C,H,W) planes (ResNet's stem uses kernel 3, stride 2, padding 1).
+//!
+//! `cpu.rs` and `cuda.rs` hold the two sides of [`PoolKernels`]; this file checks the inputs and
+//! records the node.
+
+mod cpu;
+pub mod cuda;
+
+use super::{Cpu, Cuda, kernels_for};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::tensor::{Shape, Storage, Tensor};
+use std::sync::Arc;
+
+const OP: &str = "max_pool2d";
+
+/// A square pooling window: its size, stride and implicit -inf padding.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+/// Max pooling on one side (CPU or CUDA). The winners' offsets within their input planes travel
+/// as u32 bits in an f32 tensor (what the CUDA kernels write), for the backward's scatter.
+pub(crate) trait PoolKernels: Sync {
+    /// The pooled output of `x` (N,C,H,W) and the winners' offsets.
+    fn max_pool_fwd(&self, x: &Tensor, win: Window) -> Result<(Storage, Tensor)>;
+    /// dx (shaped `in_shape`) from the upstream gradient `dy` and the forward's winners.
+    fn max_pool_bwd(&self, dy: &Tensor, winners: &Tensor, in_shape: &Shape, win: Window) -> Result<Tensor>;
+}
+
+fn kernels(device: Device) -> &'static dyn PoolKernels {
+    kernels_for(device, &Cpu, &Cuda)
+}
+
+/// Output size of a k x k, stride s, padding p pool (floor mode, as PyTorch's default).
+pub fn pool_out(op: &'static str, h: usize, w: usize, k: usize, s: usize, p: usize) -> Result<(usize, usize)> {
+    if k == 0 || s == 0 || p * 2 > k {
+        return Err(Error::invalid(op, format!("kernel {k}, stride {s}, padding {p}: need k, s >= 1 and p <= k/2")));
+    }
+    if h + 2 * p < k || w + 2 * p < k {
+        return Err(Error::shape(op, format!("input {h}x{w} smaller than the {k}x{k} window with padding {p}")));
+    }
+    Ok(((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1))
+}
+
+impl Tensor {
+    /// Max pool with a square `kernel`, `stride` and implicit -inf `padding` (at most kernel/2,
+    /// as PyTorch requires); output size `(H + 2 pad - kernel) / stride + 1`, rounded down.
+    /// NaN inputs propagate: a window holding NaN gives NaN.
+    pub fn max_pool2d(&self, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+        self.shape().expect_rank(OP, 4, "(N,C,H,W)")?;
+        let &[n, c, h, w] = self.dims() else {
+            unreachable!("rank checked")
+        };
+        if kernel == 0 || stride == 0 || padding > kernel / 2 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "kernel {kernel}, stride {stride}, padding {padding}: need kernel, stride > 0 and padding <= kernel/2"
+                ),
+            ));
+        }
+        if h + 2 * padding < kernel || w + 2 * padding < kernel {
+            return Err(Error::shape(
+                OP,
+                format!("kernel {kernel} larger than padded input {}", self.shape()),
+            ));
+        }
+        let (oh, ow) = (
+            (h + 2 * padding - kernel) / stride + 1,
+            (w + 2 * padding - kernel) / stride + 1,
+        );
+        let win = Window { kernel, stride, padding };
+        let (storage, winners) = kernels(self.device()).max_pool_fwd(self, win)?;
+        let in_shape = self.shape().clone();
+        Ok(Tensor::from_storage_op(
+            OP,
+            Arc::new(storage),
+            Shape::from([n, c, oh, ow]),
+            &[self],
+            move |g, _| Ok(vec![Some(kernels(g.device()).max_pool_bwd(g, &winners, &in_shape, win)?)]),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn max_pool_matches_naive() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let x = Tensor::randn([2, 3, 7, 6], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        let y = x.max_pool2d(3, 2, 1).unwrap();
+        assert_eq!(y.dims(), &[2, 3, 4, 3]);
+        let (xv, yv) = (x.to_vec().unwrap(), y.to_vec().unwrap());
+        for p in 0..6 {
+            for i in 0..4 {
+                for j in 0..3 {
+                    let mut m = f32::NEG_INFINITY;
+                    for r in 0..3 {
+                        for s in 0..3 {
+                            let (hi, wi) = ((2 * i + r) as isize - 1, (2 * j + s) as isize - 1);
+                            if (0..7).contains(&hi) && (0..6).contains(&wi) {
+                                m = m.max(xv[p * 42 + hi as usize * 6 + wi as usize]);
+                            }
+                        }
+                    }
+                    assert_eq!(yv[p * 12 + i * 3 + j], m);
+                }
+            }
+        }
+        assert!(x.max_pool2d(3, 2, 2).is_err());
+    }
+}
