@@ -253,100 +253,110 @@ pub fn parse_dl_info(text: &str, path: &Path) -> Result<DlInfo> {
     Ok(DlInfo { path: path.to_path_buf(), records, skipped, extra_columns })
 }
 
-/// Parses one row; on failure returns (file name if known, reason naming the column).
-fn parse_row(
-    line: &str,
-    row: usize,
-    header: &[String],
-    col: &[usize; 18],
-) -> std::result::Result<LesionRecord, (String, String)> {
+/// A failed row: (file name if known, reason naming the column).
+type RowError = (String, String);
+
+/// One row's fields, read by column index of [`DL_INFO_COLUMNS`]; every failure names its column.
+struct RowFields<'a> {
+    fields: Vec<String>,
+    col: &'a [usize; 18],
+    file_name: String,
+}
+
+impl RowFields<'_> {
+    fn fail(&self, c: usize, why: String) -> RowError {
+        (self.file_name.clone(), format!("column {}: {why}", DL_INFO_COLUMNS[c]))
+    }
+    fn field(&self, c: usize) -> &str {
+        self.fields[self.col[c]].trim()
+    }
+    /// An integer, also written as a float with no fraction ("16.0").
+    fn int(&self, c: usize) -> std::result::Result<i64, RowError> {
+        let s = self.field(c);
+        s.parse::<i64>()
+            .or_else(|_| s.parse::<f64>().map_err(|_| ()).and_then(|v| if v.fract() == 0.0 { Ok(v as i64) } else { Err(()) }))
+            .map_err(|_| self.fail(c, format!("'{s}' is not an integer")))
+    }
+    fn uint(&self, c: usize) -> std::result::Result<u32, RowError> {
+        let v = self.int(c)?;
+        u32::try_from(v).map_err(|_| self.fail(c, format!("{v} is negative or too large")))
+    }
+    /// A quoted list of exactly `n` finite numbers ("x1, y1, ...").
+    fn list(&self, c: usize, n: usize) -> std::result::Result<Vec<f32>, RowError> {
+        let s = self.field(c);
+        let vals: Vec<&str> = s.split(',').map(str::trim).collect();
+        if vals.len() != n {
+            return Err(self.fail(c, format!("'{s}' has {} values, expected {n}", vals.len())));
+        }
+        vals.iter()
+            .map(|v| v.parse::<f32>().ok().filter(|x| x.is_finite()).ok_or_else(|| self.fail(c, format!("'{v}' is not a finite number"))))
+            .collect()
+    }
+    /// A list value that must be a non-negative whole number (a slice index, a pixel size).
+    fn whole(&self, c: usize, v: f32) -> std::result::Result<u32, RowError> {
+        if v >= 0.0 && v.fract() == 0.0 && v <= u32::MAX as f32 {
+            Ok(v as u32)
+        } else {
+            Err(self.fail(c, format!("{v} is not a non-negative integer")))
+        }
+    }
+    /// Empty or "nan" is unknown.
+    fn age(&self) -> std::result::Result<Option<f32>, RowError> {
+        let s = self.field(16);
+        if s.is_empty() || s.eq_ignore_ascii_case("nan") {
+            return Ok(None);
+        }
+        s.parse::<f32>().map(Some).map_err(|_| self.fail(16, format!("'{s}' is not a number")))
+    }
+    fn split(&self) -> std::result::Result<OfficialSplit, RowError> {
+        match self.int(17)? {
+            1 => Ok(OfficialSplit::Train),
+            2 => Ok(OfficialSplit::Val),
+            3 => Ok(OfficialSplit::Test),
+            v => Err(self.fail(17, format!("{v} is not 1, 2 or 3"))),
+        }
+    }
+}
+
+/// Parses one row; on failure returns (file name if known, reason naming the column). Columns
+/// are checked in file order, so the first bad one is the one named.
+fn parse_row(line: &str, row: usize, header: &[String], col: &[usize; 18]) -> std::result::Result<LesionRecord, RowError> {
     let fields = split_record(line).map_err(|e| (String::new(), e))?;
     let file_name = fields.get(col[0]).cloned().unwrap_or_default();
     if fields.len() != header.len() {
         return Err((file_name, format!("{} fields, header has {}", fields.len(), header.len())));
     }
-    let fail = |c: usize, why: String| (file_name.clone(), format!("column {}: {why}", DL_INFO_COLUMNS[c]));
-    let field = |c: usize| fields[col[c]].trim();
-    let int = |c: usize| -> std::result::Result<i64, (String, String)> {
-        let s = field(c);
-        s.parse::<i64>()
-            .or_else(|_| s.parse::<f64>().map_err(|_| ()).and_then(|v| if v.fract() == 0.0 { Ok(v as i64) } else { Err(()) }))
-            .map_err(|_| fail(c, format!("'{s}' is not an integer")))
-    };
-    let uint = |c: usize| -> std::result::Result<u32, (String, String)> {
-        let v = int(c)?;
-        u32::try_from(v).map_err(|_| fail(c, format!("{v} is negative or too large")))
-    };
-    let list = |c: usize, n: usize| -> std::result::Result<Vec<f32>, (String, String)> {
-        let s = field(c);
-        let vals: Vec<&str> = s.split(',').map(str::trim).collect();
-        if vals.len() != n {
-            return Err(fail(c, format!("'{s}' has {} values, expected {n}", vals.len())));
-        }
-        vals.iter()
-            .map(|v| {
-                v.parse::<f32>()
-                    .ok()
-                    .filter(|x| x.is_finite())
-                    .ok_or_else(|| fail(c, format!("'{v}' is not a finite number")))
-            })
-            .collect()
-    };
-    if file_name.is_empty() {
-        return Err(fail(0, "empty".into()));
+    let f = RowFields { fields, col, file_name };
+    if f.file_name.is_empty() {
+        return Err(f.fail(0, "empty".into()));
     }
-    let m = list(5, 8)?;
-    let b = list(6, 4)?;
-    let d = list(7, 2)?;
-    let loc = list(8, 3)?;
-    let code = int(9)?;
-    let coarse_type = CoarseType::from_code(code as i32)
-        .ok_or_else(|| fail(9, format!("{code} is not a coarse type (-1 or 1..8)")))?;
-    let noisy = int(10)?;
+    let (m, b, d, loc) = (f.list(5, 8)?, f.list(6, 4)?, f.list(7, 2)?, f.list(8, 3)?);
+    let code = f.int(9)?;
+    let coarse_type = CoarseType::from_code(code as i32).ok_or_else(|| f.fail(9, format!("{code} is not a coarse type (-1 or 1..8)")))?;
+    let noisy = f.int(10)?;
     if noisy != 0 && noisy != 1 {
-        return Err(fail(10, format!("{noisy} is not 0 or 1")));
+        return Err(f.fail(10, format!("{noisy} is not 0 or 1")));
     }
-    let sr = list(11, 2)?;
-    let spacing = list(12, 3)?;
-    let size = list(13, 2)?;
-    let window = list(14, 2)?;
-    let age_s = field(16);
-    let age = if age_s.is_empty() || age_s.eq_ignore_ascii_case("nan") {
-        None
-    } else {
-        Some(age_s.parse::<f32>().map_err(|_| fail(16, format!("'{age_s}' is not a number")))?)
-    };
-    let split = match int(17)? {
-        1 => OfficialSplit::Train,
-        2 => OfficialSplit::Val,
-        3 => OfficialSplit::Test,
-        v => return Err(fail(17, format!("{v} is not 1, 2 or 3"))),
-    };
-    let whole = |c: usize, v: f32| -> std::result::Result<u32, (String, String)> {
-        if v >= 0.0 && v.fract() == 0.0 && v <= u32::MAX as f32 {
-            Ok(v as u32)
-        } else {
-            Err(fail(c, format!("{v} is not a non-negative integer")))
-        }
-    };
+    let (sr, spacing, size, window) = (f.list(11, 2)?, f.list(12, 3)?, f.list(13, 2)?, f.list(14, 2)?);
+    let (age, split) = (f.age()?, f.split()?);
     Ok(LesionRecord {
         row,
-        file_name: file_name.clone(),
-        patient: uint(1)?,
-        study: uint(2)?,
-        series: uint(3)?,
-        key_slice: uint(4)?,
+        file_name: f.file_name.clone(),
+        patient: f.uint(1)?,
+        study: f.uint(2)?,
+        series: f.uint(3)?,
+        key_slice: f.uint(4)?,
         recist: [[m[0], m[1]], [m[2], m[3]], [m[4], m[5]], [m[6], m[7]]],
         bbox: [b[0], b[1], b[2], b[3]],
         diameters_px: [d[0], d[1]],
         location: [loc[0], loc[1], loc[2]],
         coarse_type,
         possibly_noisy: noisy == 1,
-        slice_range: [whole(11, sr[0])?, whole(11, sr[1])?],
+        slice_range: [f.whole(11, sr[0])?, f.whole(11, sr[1])?],
         spacing: [spacing[0], spacing[1], spacing[2]],
-        image_size: [whole(13, size[0])?, whole(13, size[1])?],
+        image_size: [f.whole(13, size[0])?, f.whole(13, size[1])?],
         window: [window[0], window[1]],
-        gender: field(15).to_string(),
+        gender: f.field(15).to_string(),
         age,
         split,
     })
