@@ -128,197 +128,16 @@ impl Builder {
 impl Phantom {
     /// Draws a patient for `region` at in-plane `spacing` mm/pixel on a `width` x `height` slice.
     pub fn new(rng: &mut impl Rng, region: Region, spacing: f32, width: usize, height: usize) -> Phantom {
-        let contrast = if rng.random_bool(0.15) { 0.0 } else { rng.random_range(0.6..1.1) };
-        let fat_hu = rng.random_range(-115.0..-85.0);
-        let muscle_hu = rng.random_range(40.0..62.0);
-        let cortical_hu = rng.random_range(700.0..1200.0);
-        let marrow_hu = rng.random_range(150.0..320.0);
-        let vessel_hu = enhanced(contrast, 42.0, rng.random_range(150.0..260.0));
+        let pal = Palette::draw(rng);
         let mut b = Builder { items: Vec::new(), spacing, w: width, h: height };
-
-        // Body outline, table, skin, subcutaneous fat, muscle wall, cavity.
-        let (body_rx, body_ry) = match region {
-            Region::Chest => (rng.random_range(125.0..175.0), rng.random_range(90.0..125.0)),
-            Region::Abdomen => (rng.random_range(120.0..175.0), rng.random_range(90.0..135.0)),
-            Region::Pelvis => (rng.random_range(135.0..185.0), rng.random_range(90.0..125.0)),
-        };
-        let (bcx, bcy) = b.px(rng.random_range(-8.0..8.0), rng.random_range(-25.0..-5.0));
-        let mut body = Blob::ellipse(bcx, bcy, b.mm(body_rx), b.mm(body_ry), rng.random_range(-0.03..0.03));
-        body.harmonics = random_harmonics(rng, 2..=4, 0.05);
-        // The patient lies on the table: find the lowest body point below the centre.
-        let prepared = body.prepare();
-        let mut body_bottom = bcy;
-        while prepared.level(bcx, body_bottom) < 1.0 && body_bottom < bcy + 2.0 * body.reach() {
-            body_bottom += 0.5;
-        }
-        let table_y = body_bottom + b.mm(rng.random_range(1.0..4.0));
-        // The table: the lower arc of a large circle centred above the patient (a shallow
-        // trough), a thin shell over air; the body is painted over it.
-        let table_r = b.mm(rng.random_range(500.0..900.0));
-        let table = Blob::circle(bcx, table_y - table_r, table_r + b.mm(3.0));
-        // Rows the arc can reach inside the image: it rises by R - sqrt(R^2 - x^2) at the sides.
-        let half_w = width as f32 / 2.0 + bcx.abs().max(width as f32 / 2.0);
-        let rise = table_r - (table_r * table_r - half_w.min(table_r).powi(2)).sqrt();
-        let rows = Some((table_y - rise - 2.0, table_y + b.mm(3.0) + 2.0));
-        let fixed = |blob: Blob, hu: f32| Item { blob, tissue: Tissue::Table, hu, scale_per_mm: 0.0, drift_per_mm: [0.0; 2], rows };
-        b.items.push(fixed(table.clone(), 150.0));
-        b.items.push(fixed(table.grown(-b.mm(3.0)), -1000.0));
-        b.add(body.clone(), Tissue::Skin, rng.random_range(20.0..50.0), rng);
-        b.add(body.grown(-b.mm(2.0)), Tissue::SubcutFat, fat_hu, rng);
-        let fat_mm = rng.random_range(5.0..if region == Region::Chest { 25.0 } else { 32.0 });
-        let wall_mm = rng.random_range(9.0..16.0);
-        let muscle = body.grown(-b.mm(2.0 + fat_mm));
-        b.add(muscle.clone(), Tissue::Muscle, muscle_hu, rng);
-        let cavity = muscle.grown(-b.mm(wall_mm));
-        b.add(cavity.clone(), Tissue::VisceralFat, fat_hu + 8.0, rng);
-        let (crx, cry) = (cavity.rx, cavity.ry);
-        let (ccx, ccy) = (cavity.cx, cavity.cy);
-        let at = |fx: f32, fy: f32| (ccx + fx * crx, ccy + fy * cry);
-
-        // Spine: vertebral body, canal, posterior arch, paraspinal muscles.
-        let vb_r = b.mm(rng.random_range(15.0..21.0));
-        // Its spinous process ends a few mm under the skin of the back.
-        let (sx, sy) = (bcx + b.mm(rng.random_range(-3.0..3.0)), body_bottom - vb_r - b.mm(rng.random_range(56.0..64.0)));
-        for side in [-1.0f32, 1.0] {
-            let m = Blob::ellipse(sx + side * b.mm(30.0), sy + vb_r + b.mm(22.0), b.mm(22.0), b.mm(20.0), side * 0.3);
-            b.add(m, Tissue::Muscle, muscle_hu + 3.0, rng);
-        }
-        let canal_y = sy + vb_r + b.mm(9.0);
-        b.bone(Blob::ellipse(sx, canal_y + b.mm(6.0), b.mm(16.0), b.mm(14.0), 0.0), 3.0, marrow_hu, cortical_hu, rng);
-        b.bone(Blob::ellipse(sx, canal_y + b.mm(26.0), b.mm(5.0), b.mm(14.0), 0.0), 2.0, marrow_hu, cortical_hu, rng);
-        b.add(Blob::circle(sx, canal_y, b.mm(8.0)), Tissue::Fluid, 10.0, rng);
-        b.bone(Blob::ellipse(sx, sy, vb_r * 1.05, vb_r, 0.0), 1.5, marrow_hu, cortical_hu, rng);
-
-        // Small vessels and septa in the fat of the cavity (mesentery, mediastinum).
-        for _ in 0..rng.random_range(15..40) {
-            let t: f32 = rng.random_range(0.0..std::f32::consts::TAU);
-            let rr: f32 = rng.random_range(0.0..0.95);
-            let (x, y) = (ccx + rr * crx * t.cos(), ccy + rr * cry * t.sin());
-            let r = b.mm(rng.random_range(0.8..2.5));
-            let hu = rng.random_range(-40.0..vessel_hu.max(0.0));
-            b.add(Blob::ellipse(x, y, r, r * rng.random_range(0.4..1.0), t), Tissue::VisceralFat, hu, rng);
-        }
-
+        let trunk = trunk(rng, &mut b, region, &pal);
+        let (sx, sy, vb_r) = spine(rng, &mut b, &pal, trunk.bcx, trunk.body_bottom);
+        let f = Frame { cavity: trunk.cavity.clone(), sx, sy, vb_r, wall_px: b_mm(spacing, trunk.wall_mm) };
+        cavity_vessels(rng, &mut b, &f, &pal);
         match region {
-            Region::Chest => {
-                let lung_hu = rng.random_range(-880.0..-820.0);
-                for side in [-1.0f32, 1.0] {
-                    let mut lung = Blob::ellipse(at(side * 0.5, -0.02).0, at(0.0, -0.02).1, crx * jitter(rng, 0.43, 0.08), cry * jitter(rng, 0.86, 0.06), side * 0.1);
-                    lung.harmonics = random_harmonics(rng, 2..=3, 0.08);
-                    b.add(lung, Tissue::Lung, lung_hu, rng);
-                }
-                // Pulmonary vessels: dots, larger towards the hilum.
-                let n = rng.random_range(25..60);
-                for _ in 0..n {
-                    let side = if rng.random_bool(0.5) { -1.0 } else { 1.0 };
-                    let fx: f32 = rng.random_range(0.12..0.85);
-                    let fy: f32 = rng.random_range(-0.75..0.7);
-                    let r = b.mm(rng.random_range(0.7..1.5) + 3.0 * (1.0 - fx).powi(3));
-                    let (x, y) = at(side * fx, fy);
-                    b.add(Blob::circle(x, y, r), Tissue::LungVessel, vessel_hu * 0.7, rng);
-                }
-                // Mediastinum: heart (wall and blood pool), aortas, oesophagus, sternum, ribs.
-                let (hx, hy) = at(rng.random_range(0.05..0.2), rng.random_range(-0.35..-0.1));
-                let mut heart = Blob::ellipse(hx, hy, crx * jitter(rng, 0.3, 0.15), cry * jitter(rng, 0.4, 0.15), -0.5);
-                heart.harmonics = random_harmonics(rng, 2..=3, 0.06);
-                b.add(heart.clone(), Tissue::Heart, muscle_hu + 40.0, rng);
-                b.add(heart.grown(-b.mm(9.0)), Tissue::Vessel, vessel_hu, rng);
-                let ao_r = b.mm(rng.random_range(10.0..14.0));
-                b.add(Blob::circle(sx + b.mm(20.0), sy - vb_r - ao_r, ao_r), Tissue::Vessel, vessel_hu, rng);
-                let (ex, ey) = (sx + b.mm(6.0), sy - vb_r - b.mm(8.0));
-                b.add(Blob::circle(ex, ey, b.mm(7.0)), Tissue::BowelWall, muscle_hu, rng);
-                b.add(Blob::circle(ex, ey, b.mm(2.5)), Tissue::Gas, -950.0, rng);
-                let (stx, sty) = at(0.0, -1.0);
-                b.bone(Blob::ellipse(stx, sty - b.mm(4.0), b.mm(14.0), b.mm(6.0), 0.0), 1.5, marrow_hu, cortical_hu, rng);
-                ribs(rng, &mut b, &cavity, b_mm(spacing, wall_mm), 10, marrow_hu, cortical_hu);
-            }
-            Region::Abdomen => {
-                // Near the diaphragm the posterior lung bases are still in the slice.
-                if rng.random_bool(0.5) {
-                    let lung_hu = rng.random_range(-880.0..-820.0);
-                    for side in [-1.0f32, 1.0] {
-                        let (lx, ly) = at(side * 0.55, 0.55);
-                        let mut base = Blob::ellipse(lx, ly, crx * jitter(rng, 0.3, 0.2), cry * jitter(rng, 0.3, 0.2), side * 0.7);
-                        base.harmonics = random_harmonics(rng, 2..=3, 0.08);
-                        b.add(base, Tissue::Lung, lung_hu, rng);
-                    }
-                }
-                let liver_hu = enhanced(contrast, 58.0, rng.random_range(95.0..125.0));
-                let mut liver = Blob::ellipse(at(-0.42, -0.05).0, at(0.0, -0.05).1, crx * jitter(rng, 0.55, 0.1), cry * jitter(rng, 0.8, 0.1), 0.35);
-                liver.harmonics = random_harmonics(rng, 2..=4, 0.1);
-                b.add(liver.clone(), Tissue::Liver, liver_hu, rng);
-                let mut left_lobe = Blob::ellipse(at(-0.05, -0.55).0, at(0.0, -0.55).1, crx * jitter(rng, 0.33, 0.2), cry * jitter(rng, 0.25, 0.2), 0.15);
-                left_lobe.harmonics = random_harmonics(rng, 2..=3, 0.08);
-                b.add(left_lobe, Tissue::Liver, liver_hu, rng);
-                for _ in 0..rng.random_range(10..25) {
-                    let t: f32 = rng.random_range(0.0..std::f32::consts::TAU);
-                    let rr: f32 = rng.random_range(0.0..0.7);
-                    let (x, y) = (liver.cx + rr * liver.rx * t.cos(), liver.cy + rr * liver.ry * t.sin());
-                    let r = b.mm(rng.random_range(2.0..6.0));
-                    b.add(Blob::ellipse(x, y, r, r * rng.random_range(0.6..1.0), t), Tissue::Vessel, liver_hu + contrast * rng.random_range(40.0..90.0), rng);
-                }
-                let spleen_hu = enhanced(contrast, 48.0, rng.random_range(105.0..130.0));
-                let mut spleen = Blob::ellipse(at(0.62, 0.2).0, at(0.0, 0.2).1, crx * jitter(rng, 0.2, 0.2), cry * jitter(rng, 0.35, 0.2), -0.6);
-                spleen.harmonics = random_harmonics(rng, 2..=3, 0.08);
-                b.add(spleen, Tissue::Spleen, spleen_hu, rng);
-                let cortex_hu = enhanced(contrast, 35.0, rng.random_range(150.0..200.0));
-                for side in [-1.0f32, 1.0] {
-                    let (kx, ky) = at(side * 0.36, 0.45);
-                    let kid = Blob::ellipse(kx, ky - b.mm(5.0), crx * jitter(rng, 0.15, 0.15), cry * jitter(rng, 0.22, 0.15), side * 0.5);
-                    b.add(kid.clone(), Tissue::Kidney, cortex_hu, rng);
-                    b.add(kid.scaled(0.6), Tissue::Kidney, cortex_hu * 0.75, rng);
-                    let sinus = Blob::ellipse(kx - side * kid.rx * 0.45, ky - b.mm(5.0), kid.rx * 0.35, kid.ry * 0.3, 0.0);
-                    b.add(sinus, Tissue::VisceralFat, fat_hu + 20.0, rng);
-                }
-                let ao_r = b.mm(rng.random_range(9.0..12.0));
-                b.add(Blob::circle(sx + b.mm(12.0), sy - vb_r - ao_r - b.mm(2.0), ao_r), Tissue::Vessel, vessel_hu, rng);
-                let ivc = Blob::ellipse(sx - b.mm(25.0), sy - vb_r - b.mm(14.0), b.mm(13.0), b.mm(9.0), 0.2);
-                b.add(ivc, Tissue::Vessel, enhanced(contrast, 40.0, 120.0), rng);
-                for side in [-1.0f32, 1.0] {
-                    let psoas = Blob::ellipse(sx + side * (vb_r + b.mm(14.0)), sy - b.mm(2.0), b.mm(14.0), b.mm(18.0), 0.0);
-                    b.add(psoas, Tissue::Muscle, muscle_hu, rng);
-                }
-                let mut pancreas = Blob::ellipse(sx + b.mm(18.0), sy - vb_r - b.mm(45.0), b.mm(rng.random_range(45.0..70.0)), b.mm(11.0), -0.25);
-                pancreas.harmonics = random_harmonics(rng, 2..=5, 0.1);
-                b.add(pancreas, Tissue::Pancreas, enhanced(contrast, 45.0, rng.random_range(85.0..110.0)), rng);
-                // Stomach: wall, fluid and an air-fluid level.
-                let stomach = Blob::ellipse(at(0.38, -0.45).0, at(0.0, -0.45).1, b.mm(rng.random_range(35.0..60.0)), b.mm(rng.random_range(25.0..40.0)), 0.4);
-                b.add(stomach.clone(), Tissue::BowelWall, muscle_hu + 10.0, rng);
-                let content = stomach.grown(-b.mm(4.0));
-                b.add(content.clone(), Tissue::Fluid, rng.random_range(5.0..30.0), rng);
-                let level = content.cy - content.ry * rng.random_range(-0.2..0.7);
-                b.items.push(Item { blob: content, tissue: Tissue::Gas, hu: -960.0, scale_per_mm: 0.0, drift_per_mm: [0.0; 2], rows: Some((0.0, level)) });
-                let n = rng.random_range(4..10);
-                bowel(rng, &mut b, &cavity, n, muscle_hu, 0.0..0.9, -0.9..0.1);
-                ribs(rng, &mut b, &cavity, b_mm(spacing, wall_mm), 6, marrow_hu, cortical_hu);
-            }
-            Region::Pelvis => {
-                for side in [-1.0f32, 1.0] {
-                    let (ix, iy) = at(side * 0.6, 0.15);
-                    let glut = Blob::ellipse(ix + side * b.mm(25.0), iy + b.mm(25.0), b.mm(50.0), b.mm(40.0), side * 0.6);
-                    b.add(glut, Tissue::Muscle, muscle_hu, rng);
-                    let iliac = Blob::ellipse(ix, iy, crx * 0.1, cry * jitter(rng, 0.45, 0.1), side * -0.45);
-                    b.bone(iliac, 2.5, marrow_hu, cortical_hu, rng);
-                    let psoas = Blob::ellipse(ix - side * b.mm(22.0), iy - b.mm(35.0), b.mm(16.0), b.mm(20.0), 0.0);
-                    b.add(psoas, Tissue::Muscle, muscle_hu, rng);
-                    for k in 0..2 {
-                        let r = b.mm(rng.random_range(4.0..7.0));
-                        let hu = if k == 0 { vessel_hu } else { enhanced(contrast, 40.0, 130.0) };
-                        b.add(Blob::circle(ix - side * b.mm(38.0 + 12.0 * k as f32), iy - b.mm(45.0), r), Tissue::Vessel, hu, rng);
-                    }
-                }
-                let (bx, by) = at(0.0, -0.4);
-                if rng.random_bool(0.8) {
-                    let bladder = Blob::ellipse(bx, by, b.mm(rng.random_range(35.0..70.0)), b.mm(rng.random_range(25.0..50.0)), 0.0);
-                    b.add(bladder.clone(), Tissue::BowelWall, muscle_hu, rng);
-                    b.add(bladder.grown(-b.mm(3.0)), Tissue::Fluid, rng.random_range(0.0..20.0), rng);
-                }
-                let (rx_, ry_) = at(0.0, 0.35);
-                b.add(Blob::circle(rx_, ry_, b.mm(17.0)), Tissue::BowelWall, muscle_hu + 5.0, rng);
-                b.add(Blob::circle(rx_, ry_, b.mm(11.0)), Tissue::Gas, -900.0, rng);
-                let n = rng.random_range(3..8);
-                bowel(rng, &mut b, &cavity, n, muscle_hu, -0.7..0.7, -0.8..0.2);
-            }
+            Region::Chest => chest(rng, &mut b, &f, &pal),
+            Region::Abdomen => abdomen(rng, &mut b, &f, &pal),
+            Region::Pelvis => pelvis(rng, &mut b, &f, &pal),
         }
         let noise_hu = rng.random_range(8.0..22.0);
         let blur_w = rng.random_range(0.12..0.24);
@@ -327,7 +146,7 @@ impl Phantom {
             55..=59 => Some(-2048),
             _ => None,
         };
-        Phantom { region, width, height, spacing, items: b.items, body, cavity, noise_hu, blur_w, fov_pad }
+        Phantom { region, width, height, spacing, items: b.items, body: trunk.body, cavity: trunk.cavity, noise_hu, blur_w, fov_pad }
     }
 
     /// The tissue at pixel (x, y) of the slice `dz_mm` from the key slice (last painter wins).
@@ -372,6 +191,267 @@ impl Phantom {
 /// Quadtree over 16x16 tiles: one evaluation at a tile's centre plus the blob's slope bound
 /// decides whether the tile is wholly inside (filled), wholly outside (skipped) or straddles
 /// the edge (split in four, down to single pixels), so an organ costs about its perimeter.
+/// The HU values a phantom draws once and its organs share.
+struct Palette {
+    contrast: f32,
+    fat_hu: f32,
+    muscle_hu: f32,
+    cortical_hu: f32,
+    marrow_hu: f32,
+    vessel_hu: f32,
+}
+
+impl Palette {
+    fn draw(rng: &mut impl Rng) -> Palette {
+        let contrast = if rng.random_bool(0.15) { 0.0 } else { rng.random_range(0.6..1.1) };
+        let fat_hu = rng.random_range(-115.0..-85.0);
+        let muscle_hu = rng.random_range(40.0..62.0);
+        let cortical_hu = rng.random_range(700.0..1200.0);
+        let marrow_hu = rng.random_range(150.0..320.0);
+        let vessel_hu = enhanced(contrast, 42.0, rng.random_range(150.0..260.0));
+        Palette { contrast, fat_hu, muscle_hu, cortical_hu, marrow_hu, vessel_hu }
+    }
+}
+
+/// The body wall and what the organs are placed against.
+struct Trunk {
+    body: Blob,
+    /// The body's centre column and its lowest row (the patient lies on the table there).
+    bcx: f32,
+    body_bottom: f32,
+    cavity: Blob,
+    wall_mm: f32,
+}
+
+/// The cavity and the spine, in pixels: the frame the organs of a region are laid out in.
+struct Frame {
+    cavity: Blob,
+    /// The vertebral body's centre and radius.
+    sx: f32,
+    sy: f32,
+    vb_r: f32,
+    /// The muscle wall's thickness (ribs sit in it).
+    wall_px: f32,
+}
+
+impl Frame {
+    /// The point at (fx, fy) of the cavity's half-axes from its centre.
+    fn at(&self, fx: f32, fy: f32) -> (f32, f32) {
+        (self.cavity.cx + fx * self.cavity.rx, self.cavity.cy + fy * self.cavity.ry)
+    }
+}
+
+fn trunk(rng: &mut impl Rng, b: &mut Builder, region: Region, pal: &Palette) -> Trunk {
+    let (fat_hu, muscle_hu) = (pal.fat_hu, pal.muscle_hu);
+    let width = b.w;
+    // Body outline, table, skin, subcutaneous fat, muscle wall, cavity.
+    let (body_rx, body_ry) = match region {
+        Region::Chest => (rng.random_range(125.0..175.0), rng.random_range(90.0..125.0)),
+        Region::Abdomen => (rng.random_range(120.0..175.0), rng.random_range(90.0..135.0)),
+        Region::Pelvis => (rng.random_range(135.0..185.0), rng.random_range(90.0..125.0)),
+    };
+    let (bcx, bcy) = b.px(rng.random_range(-8.0..8.0), rng.random_range(-25.0..-5.0));
+    let mut body = Blob::ellipse(bcx, bcy, b.mm(body_rx), b.mm(body_ry), rng.random_range(-0.03..0.03));
+    body.harmonics = random_harmonics(rng, 2..=4, 0.05);
+    // The patient lies on the table: find the lowest body point below the centre.
+    let prepared = body.prepare();
+    let mut body_bottom = bcy;
+    while prepared.level(bcx, body_bottom) < 1.0 && body_bottom < bcy + 2.0 * body.reach() {
+        body_bottom += 0.5;
+    }
+    let table_y = body_bottom + b.mm(rng.random_range(1.0..4.0));
+    // The table: the lower arc of a large circle centred above the patient (a shallow
+    // trough), a thin shell over air; the body is painted over it.
+    let table_r = b.mm(rng.random_range(500.0..900.0));
+    let table = Blob::circle(bcx, table_y - table_r, table_r + b.mm(3.0));
+    // Rows the arc can reach inside the image: it rises by R - sqrt(R^2 - x^2) at the sides.
+    let half_w = width as f32 / 2.0 + bcx.abs().max(width as f32 / 2.0);
+    let rise = table_r - (table_r * table_r - half_w.min(table_r).powi(2)).sqrt();
+    let rows = Some((table_y - rise - 2.0, table_y + b.mm(3.0) + 2.0));
+    let fixed = |blob: Blob, hu: f32| Item { blob, tissue: Tissue::Table, hu, scale_per_mm: 0.0, drift_per_mm: [0.0; 2], rows };
+    b.items.push(fixed(table.clone(), 150.0));
+    b.items.push(fixed(table.grown(-b.mm(3.0)), -1000.0));
+    b.add(body.clone(), Tissue::Skin, rng.random_range(20.0..50.0), rng);
+    b.add(body.grown(-b.mm(2.0)), Tissue::SubcutFat, fat_hu, rng);
+    let fat_mm = rng.random_range(5.0..if region == Region::Chest { 25.0 } else { 32.0 });
+    let wall_mm = rng.random_range(9.0..16.0);
+    let muscle = body.grown(-b.mm(2.0 + fat_mm));
+    b.add(muscle.clone(), Tissue::Muscle, muscle_hu, rng);
+    let cavity = muscle.grown(-b.mm(wall_mm));
+    b.add(cavity.clone(), Tissue::VisceralFat, fat_hu + 8.0, rng);
+    Trunk { body, bcx, body_bottom, cavity, wall_mm }
+}
+
+/// Spine: vertebral body, canal, posterior arch, paraspinal muscles. Returns the vertebral
+/// body's centre and radius.
+fn spine(rng: &mut impl Rng, b: &mut Builder, pal: &Palette, bcx: f32, body_bottom: f32) -> (f32, f32, f32) {
+    let (muscle_hu, marrow_hu, cortical_hu) = (pal.muscle_hu, pal.marrow_hu, pal.cortical_hu);
+    let vb_r = b.mm(rng.random_range(15.0..21.0));
+    // Its spinous process ends a few mm under the skin of the back.
+    let (sx, sy) = (bcx + b.mm(rng.random_range(-3.0..3.0)), body_bottom - vb_r - b.mm(rng.random_range(56.0..64.0)));
+    for side in [-1.0f32, 1.0] {
+        let m = Blob::ellipse(sx + side * b.mm(30.0), sy + vb_r + b.mm(22.0), b.mm(22.0), b.mm(20.0), side * 0.3);
+        b.add(m, Tissue::Muscle, muscle_hu + 3.0, rng);
+    }
+    let canal_y = sy + vb_r + b.mm(9.0);
+    b.bone(Blob::ellipse(sx, canal_y + b.mm(6.0), b.mm(16.0), b.mm(14.0), 0.0), 3.0, marrow_hu, cortical_hu, rng);
+    b.bone(Blob::ellipse(sx, canal_y + b.mm(26.0), b.mm(5.0), b.mm(14.0), 0.0), 2.0, marrow_hu, cortical_hu, rng);
+    b.add(Blob::circle(sx, canal_y, b.mm(8.0)), Tissue::Fluid, 10.0, rng);
+    b.bone(Blob::ellipse(sx, sy, vb_r * 1.05, vb_r, 0.0), 1.5, marrow_hu, cortical_hu, rng);
+    (sx, sy, vb_r)
+}
+
+/// Small vessels and septa in the fat of the cavity (mesentery, mediastinum).
+fn cavity_vessels(rng: &mut impl Rng, b: &mut Builder, f: &Frame, pal: &Palette) {
+    let (crx, cry, ccx, ccy) = (f.cavity.rx, f.cavity.ry, f.cavity.cx, f.cavity.cy);
+    let vessel_hu = pal.vessel_hu;
+    for _ in 0..rng.random_range(15..40) {
+        let t: f32 = rng.random_range(0.0..std::f32::consts::TAU);
+        let rr: f32 = rng.random_range(0.0..0.95);
+        let (x, y) = (ccx + rr * crx * t.cos(), ccy + rr * cry * t.sin());
+        let r = b.mm(rng.random_range(0.8..2.5));
+        let hu = rng.random_range(-40.0..vessel_hu.max(0.0));
+        b.add(Blob::ellipse(x, y, r, r * rng.random_range(0.4..1.0), t), Tissue::VisceralFat, hu, rng);
+    }
+}
+
+/// Lungs and their vessels, the mediastinum, sternum and ribs.
+fn chest(rng: &mut impl Rng, b: &mut Builder, f: &Frame, pal: &Palette) {
+    let (crx, cry, sx, sy, vb_r) = (f.cavity.rx, f.cavity.ry, f.sx, f.sy, f.vb_r);
+    let (muscle_hu, vessel_hu, marrow_hu, cortical_hu) = (pal.muscle_hu, pal.vessel_hu, pal.marrow_hu, pal.cortical_hu);
+    let at = |fx: f32, fy: f32| f.at(fx, fy);
+    let lung_hu = rng.random_range(-880.0..-820.0);
+    for side in [-1.0f32, 1.0] {
+        let mut lung = Blob::ellipse(at(side * 0.5, -0.02).0, at(0.0, -0.02).1, crx * jitter(rng, 0.43, 0.08), cry * jitter(rng, 0.86, 0.06), side * 0.1);
+        lung.harmonics = random_harmonics(rng, 2..=3, 0.08);
+        b.add(lung, Tissue::Lung, lung_hu, rng);
+    }
+    // Pulmonary vessels: dots, larger towards the hilum.
+    let n = rng.random_range(25..60);
+    for _ in 0..n {
+        let side = if rng.random_bool(0.5) { -1.0 } else { 1.0 };
+        let fx: f32 = rng.random_range(0.12..0.85);
+        let fy: f32 = rng.random_range(-0.75..0.7);
+        let r = b.mm(rng.random_range(0.7..1.5) + 3.0 * (1.0 - fx).powi(3));
+        let (x, y) = at(side * fx, fy);
+        b.add(Blob::circle(x, y, r), Tissue::LungVessel, vessel_hu * 0.7, rng);
+    }
+    // Mediastinum: heart (wall and blood pool), aortas, oesophagus, sternum, ribs.
+    let (hx, hy) = at(rng.random_range(0.05..0.2), rng.random_range(-0.35..-0.1));
+    let mut heart = Blob::ellipse(hx, hy, crx * jitter(rng, 0.3, 0.15), cry * jitter(rng, 0.4, 0.15), -0.5);
+    heart.harmonics = random_harmonics(rng, 2..=3, 0.06);
+    b.add(heart.clone(), Tissue::Heart, muscle_hu + 40.0, rng);
+    b.add(heart.grown(-b.mm(9.0)), Tissue::Vessel, vessel_hu, rng);
+    let ao_r = b.mm(rng.random_range(10.0..14.0));
+    b.add(Blob::circle(sx + b.mm(20.0), sy - vb_r - ao_r, ao_r), Tissue::Vessel, vessel_hu, rng);
+    let (ex, ey) = (sx + b.mm(6.0), sy - vb_r - b.mm(8.0));
+    b.add(Blob::circle(ex, ey, b.mm(7.0)), Tissue::BowelWall, muscle_hu, rng);
+    b.add(Blob::circle(ex, ey, b.mm(2.5)), Tissue::Gas, -950.0, rng);
+    let (stx, sty) = at(0.0, -1.0);
+    b.bone(Blob::ellipse(stx, sty - b.mm(4.0), b.mm(14.0), b.mm(6.0), 0.0), 1.5, marrow_hu, cortical_hu, rng);
+    ribs(rng, b, &f.cavity, f.wall_px, 10, marrow_hu, cortical_hu);
+}
+
+/// Liver, spleen, kidneys, great vessels, pancreas, stomach, bowel and lower ribs (and, half the
+/// time, the lung bases).
+fn abdomen(rng: &mut impl Rng, b: &mut Builder, f: &Frame, pal: &Palette) {
+    let (crx, cry, sx, sy, vb_r) = (f.cavity.rx, f.cavity.ry, f.sx, f.sy, f.vb_r);
+    let (contrast, fat_hu, muscle_hu, vessel_hu) = (pal.contrast, pal.fat_hu, pal.muscle_hu, pal.vessel_hu);
+    let (marrow_hu, cortical_hu) = (pal.marrow_hu, pal.cortical_hu);
+    let at = |fx: f32, fy: f32| f.at(fx, fy);
+    // Near the diaphragm the posterior lung bases are still in the slice.
+    if rng.random_bool(0.5) {
+        let lung_hu = rng.random_range(-880.0..-820.0);
+        for side in [-1.0f32, 1.0] {
+            let (lx, ly) = at(side * 0.55, 0.55);
+            let mut base = Blob::ellipse(lx, ly, crx * jitter(rng, 0.3, 0.2), cry * jitter(rng, 0.3, 0.2), side * 0.7);
+            base.harmonics = random_harmonics(rng, 2..=3, 0.08);
+            b.add(base, Tissue::Lung, lung_hu, rng);
+        }
+    }
+    let liver_hu = enhanced(contrast, 58.0, rng.random_range(95.0..125.0));
+    let mut liver = Blob::ellipse(at(-0.42, -0.05).0, at(0.0, -0.05).1, crx * jitter(rng, 0.55, 0.1), cry * jitter(rng, 0.8, 0.1), 0.35);
+    liver.harmonics = random_harmonics(rng, 2..=4, 0.1);
+    b.add(liver.clone(), Tissue::Liver, liver_hu, rng);
+    let mut left_lobe = Blob::ellipse(at(-0.05, -0.55).0, at(0.0, -0.55).1, crx * jitter(rng, 0.33, 0.2), cry * jitter(rng, 0.25, 0.2), 0.15);
+    left_lobe.harmonics = random_harmonics(rng, 2..=3, 0.08);
+    b.add(left_lobe, Tissue::Liver, liver_hu, rng);
+    for _ in 0..rng.random_range(10..25) {
+        let t: f32 = rng.random_range(0.0..std::f32::consts::TAU);
+        let rr: f32 = rng.random_range(0.0..0.7);
+        let (x, y) = (liver.cx + rr * liver.rx * t.cos(), liver.cy + rr * liver.ry * t.sin());
+        let r = b.mm(rng.random_range(2.0..6.0));
+        b.add(Blob::ellipse(x, y, r, r * rng.random_range(0.6..1.0), t), Tissue::Vessel, liver_hu + contrast * rng.random_range(40.0..90.0), rng);
+    }
+    let spleen_hu = enhanced(contrast, 48.0, rng.random_range(105.0..130.0));
+    let mut spleen = Blob::ellipse(at(0.62, 0.2).0, at(0.0, 0.2).1, crx * jitter(rng, 0.2, 0.2), cry * jitter(rng, 0.35, 0.2), -0.6);
+    spleen.harmonics = random_harmonics(rng, 2..=3, 0.08);
+    b.add(spleen, Tissue::Spleen, spleen_hu, rng);
+    let cortex_hu = enhanced(contrast, 35.0, rng.random_range(150.0..200.0));
+    for side in [-1.0f32, 1.0] {
+        let (kx, ky) = at(side * 0.36, 0.45);
+        let kid = Blob::ellipse(kx, ky - b.mm(5.0), crx * jitter(rng, 0.15, 0.15), cry * jitter(rng, 0.22, 0.15), side * 0.5);
+        b.add(kid.clone(), Tissue::Kidney, cortex_hu, rng);
+        b.add(kid.scaled(0.6), Tissue::Kidney, cortex_hu * 0.75, rng);
+        let sinus = Blob::ellipse(kx - side * kid.rx * 0.45, ky - b.mm(5.0), kid.rx * 0.35, kid.ry * 0.3, 0.0);
+        b.add(sinus, Tissue::VisceralFat, fat_hu + 20.0, rng);
+    }
+    let ao_r = b.mm(rng.random_range(9.0..12.0));
+    b.add(Blob::circle(sx + b.mm(12.0), sy - vb_r - ao_r - b.mm(2.0), ao_r), Tissue::Vessel, vessel_hu, rng);
+    let ivc = Blob::ellipse(sx - b.mm(25.0), sy - vb_r - b.mm(14.0), b.mm(13.0), b.mm(9.0), 0.2);
+    b.add(ivc, Tissue::Vessel, enhanced(contrast, 40.0, 120.0), rng);
+    for side in [-1.0f32, 1.0] {
+        let psoas = Blob::ellipse(sx + side * (vb_r + b.mm(14.0)), sy - b.mm(2.0), b.mm(14.0), b.mm(18.0), 0.0);
+        b.add(psoas, Tissue::Muscle, muscle_hu, rng);
+    }
+    let mut pancreas = Blob::ellipse(sx + b.mm(18.0), sy - vb_r - b.mm(45.0), b.mm(rng.random_range(45.0..70.0)), b.mm(11.0), -0.25);
+    pancreas.harmonics = random_harmonics(rng, 2..=5, 0.1);
+    b.add(pancreas, Tissue::Pancreas, enhanced(contrast, 45.0, rng.random_range(85.0..110.0)), rng);
+    // Stomach: wall, fluid and an air-fluid level.
+    let stomach = Blob::ellipse(at(0.38, -0.45).0, at(0.0, -0.45).1, b.mm(rng.random_range(35.0..60.0)), b.mm(rng.random_range(25.0..40.0)), 0.4);
+    b.add(stomach.clone(), Tissue::BowelWall, muscle_hu + 10.0, rng);
+    let content = stomach.grown(-b.mm(4.0));
+    b.add(content.clone(), Tissue::Fluid, rng.random_range(5.0..30.0), rng);
+    let level = content.cy - content.ry * rng.random_range(-0.2..0.7);
+    b.items.push(Item { blob: content, tissue: Tissue::Gas, hu: -960.0, scale_per_mm: 0.0, drift_per_mm: [0.0; 2], rows: Some((0.0, level)) });
+    let n = rng.random_range(4..10);
+    bowel(rng, b, &f.cavity, n, muscle_hu, 0.0..0.9, -0.9..0.1);
+    ribs(rng, b, &f.cavity, f.wall_px, 6, marrow_hu, cortical_hu);
+}
+
+/// Gluteal and psoas muscles, iliac bones, iliac vessels, bladder, rectum and bowel.
+fn pelvis(rng: &mut impl Rng, b: &mut Builder, f: &Frame, pal: &Palette) {
+    let (crx, cry) = (f.cavity.rx, f.cavity.ry);
+    let (contrast, muscle_hu, vessel_hu) = (pal.contrast, pal.muscle_hu, pal.vessel_hu);
+    let (marrow_hu, cortical_hu) = (pal.marrow_hu, pal.cortical_hu);
+    let at = |fx: f32, fy: f32| f.at(fx, fy);
+    for side in [-1.0f32, 1.0] {
+        let (ix, iy) = at(side * 0.6, 0.15);
+        let glut = Blob::ellipse(ix + side * b.mm(25.0), iy + b.mm(25.0), b.mm(50.0), b.mm(40.0), side * 0.6);
+        b.add(glut, Tissue::Muscle, muscle_hu, rng);
+        let iliac = Blob::ellipse(ix, iy, crx * 0.1, cry * jitter(rng, 0.45, 0.1), side * -0.45);
+        b.bone(iliac, 2.5, marrow_hu, cortical_hu, rng);
+        let psoas = Blob::ellipse(ix - side * b.mm(22.0), iy - b.mm(35.0), b.mm(16.0), b.mm(20.0), 0.0);
+        b.add(psoas, Tissue::Muscle, muscle_hu, rng);
+        for k in 0..2 {
+            let r = b.mm(rng.random_range(4.0..7.0));
+            let hu = if k == 0 { vessel_hu } else { enhanced(contrast, 40.0, 130.0) };
+            b.add(Blob::circle(ix - side * b.mm(38.0 + 12.0 * k as f32), iy - b.mm(45.0), r), Tissue::Vessel, hu, rng);
+        }
+    }
+    let (bx, by) = at(0.0, -0.4);
+    if rng.random_bool(0.8) {
+        let bladder = Blob::ellipse(bx, by, b.mm(rng.random_range(35.0..70.0)), b.mm(rng.random_range(25.0..50.0)), 0.0);
+        b.add(bladder.clone(), Tissue::BowelWall, muscle_hu, rng);
+        b.add(bladder.grown(-b.mm(3.0)), Tissue::Fluid, rng.random_range(0.0..20.0), rng);
+    }
+    let (rx_, ry_) = at(0.0, 0.35);
+    b.add(Blob::circle(rx_, ry_, b.mm(17.0)), Tissue::BowelWall, muscle_hu + 5.0, rng);
+    b.add(Blob::circle(rx_, ry_, b.mm(11.0)), Tissue::Gas, -900.0, rng);
+    let n = rng.random_range(3..8);
+    bowel(rng, b, &f.cavity, n, muscle_hu, -0.7..0.7, -0.8..0.2);
+}
+
 fn paint_tiled(hu: &mut [f32], w: usize, blob: &PreparedBlob, bounds: (usize, usize, usize, usize), px_per_level: f32, value: f32) {
     const T: usize = 16;
     let (x0, x1, y0, y1) = bounds;
