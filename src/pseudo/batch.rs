@@ -254,22 +254,8 @@ fn process_slice(
     for &(index, rec) in lesions {
         let want_overlay = p.overlays.is_some() && index < overlay_limit;
         let result = segment_lesion(root, rec, p, want_overlay, truth.is_some()).and_then(|r| {
-            if let (Some(dir), Some((crop, recist, crop_box))) = (&p.overlays, &r.overlay) {
-                let mask = &r.pseudo.crop_mask;
-                let s = p.crop.size;
-                let mut ov = Overlay::new(crop, s, s, 3)?;
-                if let Some(Ok(t)) = &truth
-                    && (t.width, t.height) == (r.pseudo.mask.width, r.pseudo.mask.height)
-                {
-                    let t_crop = crop_box.crop_mask(t);
-                    ov.outline(&Mask::new(s, s, t_crop.iter().map(|&v| v != 0).collect())?, CYAN)?;
-                }
-                let ell = super::seeds::RecistEllipse::new(recist, s, s)?.mask(s, s, 1.0);
-                ov.outline(&ell, YELLOW)?;
-                ov.outline(mask, GREEN)?;
-                ov.recist(recist, RED);
-                let stem = name.strip_suffix(".png").unwrap_or(name);
-                ov.write(dir.join(format!("{stem}_row{}.png", rec.row)))?;
+            if let (Some(dir), Some(view)) = (&p.overlays, &r.overlay) {
+                write_overlay(dir, name, rec, &r, view, truth.as_ref().and_then(|t| t.as_ref().ok()), p.crop.size)?;
                 o.overlays += 1;
             }
             Ok(r)
@@ -283,16 +269,7 @@ fn process_slice(
                     chosen: r.pseudo.chosen.clone(),
                     consistency: r.pseudo.consistency,
                 });
-                union = Some(match union {
-                    None => (r.pseudo.mask, r.ellipse),
-                    Some((mut a, mut b)) => {
-                        a.data.iter_mut().zip(&r.pseudo.mask.data).for_each(|(x, y)| *x |= y);
-                        if let (Some(b), Some(e)) = (&mut b, &r.ellipse) {
-                            b.data.iter_mut().zip(&e.data).for_each(|(x, y)| *x |= y);
-                        }
-                        (a, b)
-                    }
-                });
+                union = Some(add_to_union(union, r));
             }
             Err(e) => o.failed.push(FailedLesion { row: rec.row, file_name: name.to_string(), reason: e.to_string() }),
         }
@@ -307,20 +284,60 @@ fn process_slice(
         return o;
     }
     o.written = true;
-    o.quality = truth.map(|t| {
-        let scored = t.and_then(|t| {
-            let t = Mask::from_image(&t)?;
-            let ellipse = ellipse.expect("ellipses are drawn when true masks exist");
-            let ps = evaluate(&pseudo, &t)?;
-            let es = evaluate(&ellipse, &t)?;
-            Ok(((ps, edge_case(&pseudo, &t)), (es, edge_case(&ellipse, &t))))
-        });
-        match scored {
-            Ok((ps, es)) => Ok((name.to_string(), ps, es)),
-            Err(e) => Err((name.to_string(), e.to_string())),
-        }
+    o.quality = truth.map(|t| match t.and_then(|t| score_slice(&pseudo, ellipse, &t)) {
+        Ok((ps, es)) => Ok((name.to_string(), ps, es)),
+        Err(e) => Err((name.to_string(), e.to_string())),
     });
     o
+}
+
+/// One lesion's overlay: its crop, the true mask's outline when there is one of the slice's size,
+/// the RECIST ellipse, the pseudo-mask and the marks.
+fn write_overlay(
+    dir: &Path,
+    name: &str,
+    rec: &LesionRecord,
+    r: &LesionResult,
+    (crop, recist, crop_box): &(Vec<f32>, Recist, CropBox),
+    truth: Option<&crate::io::Image<u8>>,
+    s: usize,
+) -> Result<()> {
+    let mut ov = Overlay::new(crop, s, s, 3)?;
+    if let Some(t) = truth
+        && (t.width, t.height) == (r.pseudo.mask.width, r.pseudo.mask.height)
+    {
+        let t_crop = crop_box.crop_mask(t);
+        ov.outline(&Mask::new(s, s, t_crop.iter().map(|&v| v != 0).collect())?, CYAN)?;
+    }
+    let ell = super::seeds::RecistEllipse::new(recist, s, s)?.mask(s, s, 1.0);
+    ov.outline(&ell, YELLOW)?;
+    ov.outline(&r.pseudo.crop_mask, GREEN)?;
+    ov.recist(recist, RED);
+    let stem = name.strip_suffix(".png").unwrap_or(name);
+    ov.write(dir.join(format!("{stem}_row{}.png", rec.row)))
+}
+
+/// A slice's masks are the union of its lesions' (pseudo-masks, and ellipses when drawn).
+fn add_to_union(union: Option<(Mask, Option<Mask>)>, r: LesionResult) -> (Mask, Option<Mask>) {
+    match union {
+        None => (r.pseudo.mask, r.ellipse),
+        Some((mut a, mut b)) => {
+            a.data.iter_mut().zip(&r.pseudo.mask.data).for_each(|(x, y)| *x |= y);
+            if let (Some(b), Some(e)) = (&mut b, &r.ellipse) {
+                b.data.iter_mut().zip(&e.data).for_each(|(x, y)| *x |= y);
+            }
+            (a, b)
+        }
+    }
+}
+
+/// The slice's pseudo-mask and ellipse against its true mask.
+fn score_slice(pseudo: &Mask, ellipse: Option<Mask>, truth: &crate::io::Image<u8>) -> Result<(Scored, Scored)> {
+    let t = Mask::from_image(truth)?;
+    let ellipse = ellipse.expect("ellipses are drawn when true masks exist");
+    let ps = evaluate(pseudo, &t)?;
+    let es = evaluate(&ellipse, &t)?;
+    Ok(((ps, edge_case(pseudo, &t)), (es, edge_case(&ellipse, &t))))
 }
 
 impl PseudoMaskSummary {
