@@ -46,9 +46,34 @@ pub fn kmeans(data: &[f32], dim: usize, k: usize, seed: u64, max_iter: usize) ->
         return Err(Error::invalid("kmeans", format!("point {} feature {} is {}", i / dim, i % dim, data[i])));
     }
     let point = |i: usize| &data[i * dim..(i + 1) * dim];
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut centroids = plus_plus_centres(data, dim, k, seed);
+    let bar = crate::progress::bar(max_iter as u64, "k-means");
+    let mut assignment = vec![usize::MAX; n];
+    let mut iterations = 0;
+    let mut inertia = 0.0;
+    for it in 0..max_iter {
+        iterations = it + 1;
+        let nearest_all: Vec<(usize, f32)> = (0..n).into_par_iter().map(|i| nearest(point(i), &centroids, dim)).collect();
+        let changed = nearest_all.iter().zip(&assignment).filter(|(a, b)| a.0 != **b).count();
+        inertia = nearest_all.iter().map(|p| p.1 as f64).sum();
+        for (a, p) in assignment.iter_mut().zip(&nearest_all) {
+            *a = p.0;
+        }
+        update_centres(data, dim, k, &nearest_all, &mut assignment, &mut centroids);
+        bar.inc(1);
+        if changed == 0 {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(KMeans { k, dim, centroids, assignment, inertia, iterations })
+}
 
-    // k-means++: first centre uniform, then each next with probability ~ D(x)^2.
+/// k-means++: the first centre uniform, then each next with probability ~ D(x)^2.
+fn plus_plus_centres(data: &[f32], dim: usize, k: usize, seed: u64) -> Vec<f32> {
+    let n = data.len() / dim;
+    let point = |i: usize| &data[i * dim..(i + 1) * dim];
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut centroids = Vec::with_capacity(k * dim);
     centroids.extend_from_slice(point(rng.random_range(0..n)));
     let mut d2: Vec<f32> = (0..n).into_par_iter().map(|i| dist2(point(i), &centroids[..dim])).collect();
@@ -72,52 +97,37 @@ pub fn kmeans(data: &[f32], dim: usize, k: usize, seed: u64, max_iter: usize) ->
         d2.par_iter_mut().enumerate().for_each(|(i, v)| *v = v.min(dist2(point(i), &c)));
         centroids.extend_from_slice(&c);
     }
+    centroids
+}
 
-    let bar = crate::progress::bar(max_iter as u64, "k-means");
-    let mut assignment = vec![usize::MAX; n];
-    let mut iterations = 0;
-    let mut inertia = 0.0;
-    for it in 0..max_iter {
-        iterations = it + 1;
-        let nearest_all: Vec<(usize, f32)> = (0..n).into_par_iter().map(|i| nearest(point(i), &centroids, dim)).collect();
-        let changed = nearest_all.iter().zip(&assignment).filter(|(a, b)| a.0 != **b).count();
-        inertia = nearest_all.iter().map(|p| p.1 as f64).sum();
-        for (a, p) in assignment.iter_mut().zip(&nearest_all) {
-            *a = p.0;
-        }
-        // Update: means of members; an empty cluster takes the point farthest from its centre.
-        let mut sums = vec![0f64; k * dim];
-        let mut counts = vec![0usize; k];
-        for i in 0..n {
-            counts[assignment[i]] += 1;
-            for (s, v) in sums[assignment[i] * dim..][..dim].iter_mut().zip(point(i)) {
-                *s += *v as f64;
-            }
-        }
-        for c in 0..k {
-            if counts[c] == 0 {
-                let far = (0..n)
-                    .filter(|&i| counts[assignment[i]] > 1)
-                    .max_by(|&a, &b| nearest_all[a].1.total_cmp(&nearest_all[b].1));
-                if let Some(i) = far {
-                    counts[assignment[i]] -= 1;
-                    assignment[i] = c;
-                    counts[c] = 1;
-                    centroids[c * dim..(c + 1) * dim].copy_from_slice(point(i));
-                }
-                continue;
-            }
-            for j in 0..dim {
-                centroids[c * dim + j] = (sums[c * dim + j] / counts[c] as f64) as f32;
-            }
-        }
-        bar.inc(1);
-        if changed == 0 {
-            break;
+/// The update step: each centre moves to the mean of its members; an empty cluster takes the
+/// point farthest from its centre (from a cluster with more than one member).
+fn update_centres(data: &[f32], dim: usize, k: usize, nearest_all: &[(usize, f32)], assignment: &mut [usize], centroids: &mut [f32]) {
+    let n = data.len() / dim;
+    let point = |i: usize| &data[i * dim..(i + 1) * dim];
+    let mut sums = vec![0f64; k * dim];
+    let mut counts = vec![0usize; k];
+    for i in 0..n {
+        counts[assignment[i]] += 1;
+        for (s, v) in sums[assignment[i] * dim..][..dim].iter_mut().zip(point(i)) {
+            *s += *v as f64;
         }
     }
-    bar.finish_and_clear();
-    Ok(KMeans { k, dim, centroids, assignment, inertia, iterations })
+    for c in 0..k {
+        if counts[c] == 0 {
+            let far = (0..n).filter(|&i| counts[assignment[i]] > 1).max_by(|&a, &b| nearest_all[a].1.total_cmp(&nearest_all[b].1));
+            if let Some(i) = far {
+                counts[assignment[i]] -= 1;
+                assignment[i] = c;
+                counts[c] = 1;
+                centroids[c * dim..(c + 1) * dim].copy_from_slice(point(i));
+            }
+            continue;
+        }
+        for j in 0..dim {
+            centroids[c * dim + j] = (sums[c * dim + j] / counts[c] as f64) as f32;
+        }
+    }
 }
 
 #[cfg(test)]
