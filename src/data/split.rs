@@ -64,7 +64,44 @@ pub fn patient_split(clusters: &[usize], patients: &[usize], ratios: [f64; 3], s
     if patients.len() != clusters.len() {
         return Err(Error::shape("split", format!("{} patients for {} lesions", patients.len(), clusters.len())));
     }
-    // Patients in order of first appearance, each with its lesions.
+    let (lesions_of, mut members) = patients_by_cluster(clusters, patients);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = vec![Split::Train; clusters.len()];
+    // What validation and test fell short of (or beyond) their shares in the clusters so far,
+    // carried into the next: with patients bigger than a cluster's share, the split as a whole
+    // still gets its share (a small set could otherwise end with no validation lesion at all).
+    let mut carry = [0.0f64; 2];
+    for group in &mut members {
+        group.shuffle(&mut rng);
+        let m: usize = group.iter().map(|&p| lesions_of[p].len()).sum();
+        let share = [m as f64 * ratios[1] / sum + carry[0], m as f64 * ratios[2] / sum + carry[1]];
+        let mut stochastic_round = |x: f64| {
+            let x = x.max(0.0);
+            let f = x.floor();
+            (f + if rng.random::<f64>() < x - f { 1.0 } else { 0.0 }) as usize
+        };
+        let n_val = stochastic_round(share[0]).min(m);
+        let n_test = stochastic_round(share[1]).min(m - n_val);
+        let taken = take_patients(group, &lesions_of, n_val, n_test, &mut rng);
+        let mut got = [0usize; 2];
+        for (j, &p) in group.iter().enumerate() {
+            match taken[j] {
+                Some(Split::Val) => got[0] += lesions_of[p].len(),
+                Some(Split::Test) => got[1] += lesions_of[p].len(),
+                _ => {}
+            }
+            for &i in &lesions_of[p] {
+                out[i] = taken[j].unwrap_or(Split::Train);
+            }
+        }
+        carry = [share[0] - got[0] as f64, share[1] - got[1] as f64];
+    }
+    Ok(out)
+}
+
+/// Patients in order of first appearance, each with its lesions; and each cluster's patients (a
+/// patient belongs to the cluster most of its lesions are in, the lowest on a tie).
+fn patients_by_cluster(clusters: &[usize], patients: &[usize]) -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
     let mut patient_of: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
     let mut lesions_of: Vec<Vec<usize>> = Vec::new();
     for (i, p) in patients.iter().enumerate() {
@@ -86,60 +123,34 @@ pub fn patient_split(clusters: &[usize], patients: &[usize], ratios: [f64; 3], s
         let dominant = count.iter().find(|(_, n)| **n == most).map_or(0, |(c, _)| *c);
         members[dominant].push(p);
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut out = vec![Split::Train; clusters.len()];
-    // What validation and test fell short of (or beyond) their shares in the clusters so far,
-    // carried into the next: with patients bigger than a cluster's share, the split as a whole
-    // still gets its share (a small set could otherwise end with no validation lesion at all).
-    let mut carry = [0.0f64; 2];
-    for group in &mut members {
-        group.shuffle(&mut rng);
-        let m: usize = group.iter().map(|&p| lesions_of[p].len()).sum();
-        let share = [m as f64 * ratios[1] / sum + carry[0], m as f64 * ratios[2] / sum + carry[1]];
-        let mut stochastic_round = |x: f64| {
-            let x = x.max(0.0);
-            let f = x.floor();
-            (f + if rng.random::<f64>() < x - f { 1.0 } else { 0.0 }) as usize
-        };
-        let n_val = stochastic_round(share[0]).min(m);
-        let n_test = stochastic_round(share[1]).min(m - n_val);
-        // Validation, then test, take the patients (in the shuffled order) that fit in what
-        // they still lack; if some is still lacking, the next patient (bigger than it) joins
-        // with probability lacking / size, so each split holds its share in expectation even
-        // when every patient is bigger than it (small clusters). Single-lesion patients always
-        // fit, so they never draw.
-        let mut taken: Vec<Option<Split>> = vec![None; group.len()];
-        for (want, split) in [(n_val, Split::Val), (n_test, Split::Test)] {
-            let mut lacking = want;
-            for (j, &p) in group.iter().enumerate() {
-                let size = lesions_of[p].len();
-                if taken[j].is_none() && size <= lacking {
-                    taken[j] = Some(split);
-                    lacking -= size;
-                }
-            }
-            if lacking > 0 {
-                if let Some(j) = (0..group.len()).find(|&j| taken[j].is_none()) {
-                    if rng.random::<f64>() < lacking as f64 / lesions_of[group[j]].len() as f64 {
-                        taken[j] = Some(split);
-                    }
-                }
-            }
-        }
-        let mut got = [0usize; 2];
+    (lesions_of, members)
+}
+
+/// Which of a cluster's patients (in their shuffled order) go to validation and test.
+/// Validation, then test, take the patients that fit in what they still lack; if some is still
+/// lacking, the next patient (bigger than it) joins with probability lacking / size, so each split
+/// holds its share in expectation even when every patient is bigger than it (small clusters).
+/// Single-lesion patients always fit, so they never draw.
+fn take_patients(group: &[usize], lesions_of: &[Vec<usize>], n_val: usize, n_test: usize, rng: &mut ChaCha8Rng) -> Vec<Option<Split>> {
+    let mut taken: Vec<Option<Split>> = vec![None; group.len()];
+    for (want, split) in [(n_val, Split::Val), (n_test, Split::Test)] {
+        let mut lacking = want;
         for (j, &p) in group.iter().enumerate() {
-            match taken[j] {
-                Some(Split::Val) => got[0] += lesions_of[p].len(),
-                Some(Split::Test) => got[1] += lesions_of[p].len(),
-                _ => {}
-            }
-            for &i in &lesions_of[p] {
-                out[i] = taken[j].unwrap_or(Split::Train);
+            let size = lesions_of[p].len();
+            if taken[j].is_none() && size <= lacking {
+                taken[j] = Some(split);
+                lacking -= size;
             }
         }
-        carry = [share[0] - got[0] as f64, share[1] - got[1] as f64];
+        if lacking > 0 {
+            if let Some(j) = (0..group.len()).find(|&j| taken[j].is_none()) {
+                if rng.random::<f64>() < lacking as f64 / lesions_of[group[j]].len() as f64 {
+                    taken[j] = Some(split);
+                }
+            }
+        }
     }
-    Ok(out)
+    taken
 }
 
 /// The patient a DeepLesion File_name belongs to: the part before its first `_`
