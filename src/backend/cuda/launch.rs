@@ -75,6 +75,16 @@ pub(crate) fn grid_per_item(dev: &CudaDevice, items: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// How to split a reduction of `red` elements over a grid dimension so that `parallel` independent
+/// outputs (blocks or threads) become about `wanted`: at least `least` elements per split, at most
+/// 65535 splits, chunks a whole number of `granule`s. Returns (splits, chunk). With more than one
+/// split the kernel adds its partial sums atomically into a zero-filled output.
+pub(crate) fn split_reduction(parallel: usize, wanted: usize, red: usize, least: usize, granule: usize) -> (usize, usize) {
+    let splits = wanted.div_ceil(parallel.max(1)).clamp(1, (red / least).clamp(1, 65535));
+    let chunk = (red.div_ceil(splits).div_ceil(granule) * granule).max(granule);
+    (red.div_ceil(chunk).max(1), chunk)
+}
+
 /// `v` as a kernel int, or an error naming the op and the quantity.
 pub(crate) fn to_i32(op: &'static str, what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(op, format!("{what} = {v} exceeds the kernels' 32-bit index range")))

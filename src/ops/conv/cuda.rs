@@ -6,7 +6,7 @@
 use super::{CONV1D, CONV2D, ConvKernels};
 use crate::backend::cuda::elementwise::fill;
 use crate::backend::cuda::kernels::{self as k, Kernel};
-use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, to_i32};
+use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, split_reduction, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer, nd};
 use crate::device::Precision;
 use crate::error::{Error, Result};
@@ -201,14 +201,14 @@ impl ConvPlan {
     }
 }
 
-/// The reduction split that gives about two blocks per SM with at least 4 reduction tiles each.
-fn split_reduction(blocks: usize, red: usize, tile_k: usize, sm_count: usize) -> (usize, usize) {
-    let wanted = (2 * sm_count).div_ceil(blocks.max(1));
-    let most = (red / (4 * tile_k)).max(1);
-    let splits = wanted.clamp(1, most.min(65535));
-    let chunk = red.div_ceil(splits).div_ceil(tile_k) * tile_k;
-    (red.div_ceil(chunk).max(1), chunk.max(tile_k))
+/// The weight gradient's split of its pixel reduction: about two blocks per SM, each split at
+/// least 4 reduction tiles long and a whole number of them.
+fn weight_grad_split(blocks: usize, red: usize, tile_k: usize, sm_count: usize) -> (usize, usize) {
+    split_reduction(blocks, 2 * sm_count, red, 4 * tile_k, tile_k)
 }
+
+/// The tensor-core precisions, in the order of [`TC_KERNELS`]' second index.
+const TC_PRECISIONS: [Precision; 2] = [Precision::Tf32, Precision::Bf16];
 
 /// The kernel for a pass at a precision. fp32 runs conv2d.cu's SIMT kernels (64 x 64 tiles); the
 /// tensor-core kernels take every shape (tails, padding and strides load zeros), and the tile is
@@ -217,10 +217,10 @@ fn split_reduction(blocks: usize, red: usize, tile_k: usize, sm_count: usize) ->
 pub fn plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, sm_count: usize) -> ConvPlan {
     let (m, n, red) = pass.gemm(sh);
     let sm = sm_count.max(1);
-    let Some(prec) = [Precision::Tf32, Precision::Bf16].iter().position(|p| *p == precision) else {
+    let Some(prec) = TC_PRECISIONS.iter().position(|p| *p == precision) else {
         let kernel = [k::CONV2D_FWD, k::CONV2D_BWD_INPUT, k::CONV2D_BWD_WEIGHT][pass as usize];
         let (splits, chunk) = match pass {
-            ConvPass::WeightGrad => split_reduction(m.div_ceil(TILE) * n.div_ceil(TILE), red, TILE_K, sm),
+            ConvPass::WeightGrad => weight_grad_split(m.div_ceil(TILE) * n.div_ceil(TILE), red, TILE_K, sm),
             _ => (1, red),
         };
         return ConvPlan { kernel, tile: (TILE, TILE), splits, chunk };
@@ -239,10 +239,10 @@ pub fn plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, sm_count: us
 /// The tensor-core plan with tile `TC_TILES[tile]`; `prec` indexes (tf32, bf16).
 fn tc_plan(sh: &Conv2dShape, pass: ConvPass, prec: usize, tile: usize, sm: usize) -> ConvPlan {
     let (m, n, red) = pass.gemm(sh);
-    let tile_k = tc_tile_k([Precision::Tf32, Precision::Bf16][prec]);
+    let tile_k = tc_tile_k(TC_PRECISIONS[prec]);
     let (bm, bn) = TC_TILES[tile];
     let (splits, chunk) = match pass {
-        ConvPass::WeightGrad => split_reduction(m.div_ceil(bm) * n.div_ceil(bn), red, tile_k, sm),
+        ConvPass::WeightGrad => weight_grad_split(m.div_ceil(bm) * n.div_ceil(bn), red, tile_k, sm),
         _ => (1, red),
     };
     ConvPlan { kernel: TC_KERNELS[pass as usize][prec][tile], tile: (bm, bn), splits, chunk }
@@ -250,7 +250,7 @@ fn tc_plan(sh: &Conv2dShape, pass: ConvPass, prec: usize, tile: usize, sm: usize
 
 /// Every tensor-core plan of a pass at a precision, one per tile (for tests that run each kernel).
 pub fn tc_plans(sh: &Conv2dShape, pass: ConvPass, precision: Precision, sm_count: usize) -> Vec<ConvPlan> {
-    let Some(prec) = [Precision::Tf32, Precision::Bf16].iter().position(|p| *p == precision) else { return Vec::new() };
+    let Some(prec) = TC_PRECISIONS.iter().position(|p| *p == precision) else { return Vec::new() };
     (0..TC_TILES.len()).map(|t| tc_plan(sh, pass, prec, t, sm_count.max(1))).collect()
 }
 
@@ -291,8 +291,8 @@ fn launch_pass(
     launch_plan(dev, sh, pass, &p, a, b, bias, out)
 }
 
-/// Runs one plan (from [`plan`] or [`tc_plans`]); operands as [`launch_pass`], lengths unchecked
-/// beyond what the geometry needs (the public wrappers check them).
+/// Runs one plan (from [`plan`] or [`tc_plans`]); operands as [`launch_pass`], each checked
+/// against the shape (the one length check of the public wrappers too).
 #[allow(clippy::too_many_arguments)]
 pub fn launch_plan(
     dev: &CudaDevice,
@@ -305,15 +305,14 @@ pub fn launch_plan(
     out: &mut GpuBuffer,
 ) -> Result<()> {
     let g = sh.geom(p.kernel.name)?;
-    let (m, n, _) = pass.gemm(sh);
-    let lens = [(a.len(), "a"), (b.len(), "b"), (out.len(), "out")];
-    let need = match pass {
-        ConvPass::Forward => [sh.weight_len(), sh.input_len(), sh.output_len()],
-        ConvPass::InputGrad => [sh.weight_len(), sh.output_len(), sh.input_len()],
-        ConvPass::WeightGrad => [sh.output_len(), sh.input_len(), sh.weight_len()],
+    let (x, w, y) = ([sh.n, sh.c, sh.h, sh.w], [sh.k, sh.c, sh.r, sh.s], [sh.n, sh.k, sh.out_h(), sh.out_w()]);
+    let operands = match pass {
+        ConvPass::Forward => [("weight", w), ("x", x), ("y", y)],
+        ConvPass::InputGrad => [("weight", w), ("dy", y), ("dx", x)],
+        ConvPass::WeightGrad => [("dy", y), ("x", x), ("dw", w)],
     };
-    for ((have, name), want) in lens.into_iter().zip(need) {
-        check_len(p.kernel.name, name, have, want, &[m, n])?;
+    for (len, (name, dims)) in [a.len(), b.len(), out.len()].into_iter().zip(operands) {
+        check_len(p.kernel.name, name, len, dims.iter().product(), &dims)?;
     }
     let (gx, gy, gz) = p.grid(sh, pass);
     if gx > i32::MAX as usize || gy > 65535 {
@@ -352,31 +351,19 @@ pub fn launch_plan(
 
 /// y (n, k, oh, ow) = conv(x, w) + bias, at `precision`.
 pub fn conv2d_fwd(dev: &CudaDevice, sh: &Conv2dShape, precision: Precision, x: &GpuBuffer, w: &GpuBuffer, bias: Option<&GpuBuffer>, y: &mut GpuBuffer) -> Result<()> {
-    let op = "conv2d_fwd";
-    check_len(op, "x", x.len(), sh.input_len(), &[sh.n, sh.c, sh.h, sh.w])?;
-    check_len(op, "weight", w.len(), sh.weight_len(), &[sh.k, sh.c, sh.r, sh.s])?;
     if let Some(b) = bias {
-        check_len(op, "bias", b.len(), sh.k, &[sh.k])?;
+        check_len("conv2d_fwd", "bias", b.len(), sh.k, &[sh.k])?;
     }
-    check_len(op, "y", y.len(), sh.output_len(), &[sh.n, sh.k, sh.out_h(), sh.out_w()])?;
     launch_pass(dev, sh, ConvPass::Forward, precision, w, x, bias, y)
 }
 
 /// dx (n, c, h, w) from dy and w; dx is overwritten.
 pub fn conv2d_bwd_input(dev: &CudaDevice, sh: &Conv2dShape, precision: Precision, dy: &GpuBuffer, w: &GpuBuffer, dx: &mut GpuBuffer) -> Result<()> {
-    let op = "conv2d_bwd_input";
-    check_len(op, "dy", dy.len(), sh.output_len(), &[sh.n, sh.k, sh.out_h(), sh.out_w()])?;
-    check_len(op, "weight", w.len(), sh.weight_len(), &[sh.k, sh.c, sh.r, sh.s])?;
-    check_len(op, "dx", dx.len(), sh.input_len(), &[sh.n, sh.c, sh.h, sh.w])?;
     launch_pass(dev, sh, ConvPass::InputGrad, precision, w, dy, None, dx)
 }
 
 /// dw (k, c, r, s) from x and dy; dw is overwritten.
 pub fn conv2d_bwd_weight(dev: &CudaDevice, sh: &Conv2dShape, precision: Precision, x: &GpuBuffer, dy: &GpuBuffer, dw: &mut GpuBuffer) -> Result<()> {
-    let op = "conv2d_bwd_weight";
-    check_len(op, "x", x.len(), sh.input_len(), &[sh.n, sh.c, sh.h, sh.w])?;
-    check_len(op, "dy", dy.len(), sh.output_len(), &[sh.n, sh.k, sh.out_h(), sh.out_w()])?;
-    check_len(op, "dw", dw.len(), sh.weight_len(), &[sh.k, sh.c, sh.r, sh.s])?;
     launch_pass(dev, sh, ConvPass::WeightGrad, precision, dy, x, None, dw)
 }
 

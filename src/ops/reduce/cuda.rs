@@ -4,7 +4,7 @@
 use super::ReduceKernels;
 use crate::backend::cuda::elementwise::{fill, numel};
 use crate::backend::cuda::kernels as k;
-use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, to_i32};
+use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, split_reduction, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
 use crate::error::{Error, Result};
 use crate::ops::cuda_common::{alloc, device, full};
@@ -142,8 +142,6 @@ pub fn sum_axes(dev: &CudaDevice, x: &GpuBuffer, dims: [usize; 4], keep: [bool; 
 /// blocks per SM (a block per output) or 2048 threads per SM (a thread per output), never
 /// below 4096 (block) or 256 (thread) elements per split. Returns (splits, chunk).
 pub fn reduction_split(n_out: usize, n_red: usize, by_block: bool, sm_count: usize) -> (usize, usize) {
-    let (parallel, wanted, least) = if by_block { (n_out, 8 * sm_count, 4096) } else { (n_out, 2048 * sm_count, 256) };
-    let splits = wanted.div_ceil(parallel.max(1)).clamp(1, (n_red / least).clamp(1, 65535));
-    let chunk = n_red.div_ceil(splits).max(1);
-    (n_red.div_ceil(chunk).max(1), chunk)
+    let (wanted, least) = if by_block { (8 * sm_count, 4096) } else { (2048 * sm_count, 256) };
+    split_reduction(n_out, wanted, n_red, least, 1)
 }
