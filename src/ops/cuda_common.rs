@@ -17,11 +17,6 @@ pub(crate) fn device(op: &'static str, t: &Tensor) -> Result<Arc<CudaDevice>> {
     }
 }
 
-/// A new (uninitialised) buffer of `len` elements on `dev`.
-pub(crate) fn alloc(dev: &CudaDevice, len: usize) -> Result<GpuBuffer> {
-    dev.alloc(len)
-}
-
 /// A tensor from a buffer the kernels filled (not recorded in the graph).
 pub(crate) fn tensor(buf: GpuBuffer, shape: impl Into<Shape>) -> Result<Tensor> {
     let shape = shape.into();
@@ -36,7 +31,7 @@ pub(crate) fn tensor(buf: GpuBuffer, shape: impl Into<Shape>) -> Result<Tensor> 
 
 /// A buffer of `len` elements set to `value`.
 pub(crate) fn full(dev: &CudaDevice, len: usize, value: f32) -> Result<GpuBuffer> {
-    let mut y = alloc(dev, len)?;
+    let mut y = dev.alloc(len)?;
     ew::fill(dev, &mut y, value)?;
     Ok(y)
 }

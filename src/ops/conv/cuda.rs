@@ -11,7 +11,7 @@ use crate::backend::cuda::{CudaDevice, GpuBuffer, nd};
 use crate::device::Precision;
 use crate::error::{Error, Result};
 use crate::ops::Cuda;
-use crate::ops::cuda_common::{alloc, device, tensor};
+use crate::ops::cuda_common::{device, tensor};
 use crate::tensor::{Shape, Storage, Tensor};
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
@@ -42,7 +42,7 @@ impl ConvKernels for Cuda {
         let (sx, sw) = (x.storage(), w.storage());
         let sb = bias.map(|b| b.storage());
         let bb = sb.as_ref().map(|s| s.as_cuda(CONV2D)).transpose()?;
-        let mut y = alloc(&dev, sh.output_len())?;
+        let mut y = dev.alloc(sh.output_len())?;
         conv2d_fwd(&dev, sh, dev.precision(), sx.as_cuda(CONV2D)?, sw.as_cuda(CONV2D)?, bb, &mut y)?;
         Ok(Storage::Cuda(y))
     }
@@ -50,7 +50,7 @@ impl ConvKernels for Cuda {
     fn conv2d_bwd_input(&self, dy: &Tensor, w: &Tensor, sh: &Conv2dShape) -> Result<Tensor> {
         let dev = device(CONV2D, dy)?;
         let (sg, sw) = (dy.storage(), w.storage());
-        let mut dx = alloc(&dev, sh.input_len())?;
+        let mut dx = dev.alloc(sh.input_len())?;
         conv2d_bwd_input(&dev, sh, dev.precision(), sg.as_cuda(CONV2D)?, sw.as_cuda(CONV2D)?, &mut dx)?;
         tensor(dx, [sh.n, sh.c, sh.h, sh.w])
     }
@@ -58,7 +58,7 @@ impl ConvKernels for Cuda {
     fn conv2d_bwd_weight(&self, x: &Tensor, dy: &Tensor, sh: &Conv2dShape) -> Result<Tensor> {
         let dev = device(CONV2D, x)?;
         let (sx, sg) = (x.storage(), dy.storage());
-        let mut dw = alloc(&dev, sh.weight_len())?;
+        let mut dw = dev.alloc(sh.weight_len())?;
         conv2d_bwd_weight(&dev, sh, dev.precision(), sx.as_cuda(CONV2D)?, sg.as_cuda(CONV2D)?, &mut dw)?;
         tensor(dw, [sh.k, sh.c, sh.r, sh.s])
     }
@@ -71,7 +71,7 @@ impl ConvKernels for Cuda {
     fn conv1d_fwd(&self, x: &Tensor, w: &Tensor, n: usize, c: usize) -> Result<Storage> {
         let dev = device(CONV1D, x)?;
         let (sx, sw) = (x.storage(), w.storage());
-        let mut y = alloc(&dev, n * c)?;
+        let mut y = dev.alloc(n * c)?;
         conv1d_fwd(&dev, sx.as_cuda(CONV1D)?, n, c, sw.as_cuda(CONV1D)?, &mut y)?;
         Ok(Storage::Cuda(y))
     }
@@ -79,8 +79,8 @@ impl ConvKernels for Cuda {
     fn conv1d_bwd(&self, x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, c: usize) -> Result<(Tensor, Tensor)> {
         let dev = device(CONV1D, x)?;
         let (sx, sw, sg) = (x.storage(), w.storage(), dy.storage());
-        let mut dx = alloc(&dev, n * c)?;
-        let mut dw = alloc(&dev, w.numel())?;
+        let mut dx = dev.alloc(n * c)?;
+        let mut dw = dev.alloc(w.numel())?;
         let (xb, gb, wb) = (sx.as_cuda(CONV1D)?, sg.as_cuda(CONV1D)?, sw.as_cuda(CONV1D)?);
         conv1d_bwd(&dev, xb, gb, n, c, wb, &mut dx, &mut dw)?;
         Ok((tensor(dx, x.shape().clone())?, tensor(dw, w.shape().clone())?))

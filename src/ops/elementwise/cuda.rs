@@ -6,7 +6,7 @@ use crate::backend::cuda::elementwise as ew;
 use crate::backend::cuda::nd::{self, MapOp};
 use crate::error::Result;
 use crate::ops::Cuda;
-use crate::ops::cuda_common::{alloc, device, tensor};
+use crate::ops::cuda_common::{device, tensor};
 use crate::tensor::{Shape, Storage, Tensor};
 
 impl ElementwiseKernels for Cuda {
@@ -17,7 +17,7 @@ impl ElementwiseKernels for Cuda {
         let (sa, sb) = (a.shape().broadcast_strides(out), b.shape().broadcast_strides(out));
         let g = nd::geometry(name, out.dims(), &sa, &sb, 0, 0)?;
         let (ba, bb) = (a.storage(), b.storage());
-        let mut y = alloc(&dev, out.numel())?;
+        let mut y = dev.alloc(out.numel())?;
         nd::binary(&dev, op.gpu(), ba.as_cuda(name)?, bb.as_cuda(name)?, &mut y, &g)?;
         Ok(Storage::Cuda(y))
     }
@@ -25,7 +25,7 @@ impl ElementwiseKernels for Cuda {
     fn affine(&self, op: &'static str, x: &Tensor, mul: f32, add: f32) -> Result<Storage> {
         let dev = device(op, x)?;
         let sx = x.storage();
-        let mut y = alloc(&dev, x.numel())?;
+        let mut y = dev.alloc(x.numel())?;
         ew::affine(&dev, sx.as_cuda(op)?, &mut y, mul, add)?;
         Ok(Storage::Cuda(y))
     }
@@ -33,7 +33,7 @@ impl ElementwiseKernels for Cuda {
     fn map(&self, op: &'static str, x: &Tensor, f: MapOp) -> Result<Storage> {
         let dev = device(op, x)?;
         let sx = x.storage();
-        let mut y = alloc(&dev, x.numel())?;
+        let mut y = dev.alloc(x.numel())?;
         nd::map_fwd(&dev, f, sx.as_cuda(op)?, &mut y)?;
         Ok(Storage::Cuda(y))
     }
@@ -41,7 +41,7 @@ impl ElementwiseKernels for Cuda {
     fn map_grad(&self, op: &'static str, x: &Tensor, y: &Tensor, g: &Tensor, f: MapOp) -> Result<Tensor> {
         let dev = device(op, x)?;
         let (sx, sy, sg) = (x.storage(), y.storage(), g.storage());
-        let mut dx = alloc(&dev, x.numel())?;
+        let mut dx = dev.alloc(x.numel())?;
         nd::map_bwd(&dev, f, sx.as_cuda(op)?, sy.as_cuda(op)?, sg.as_cuda(op)?, &mut dx)?;
         tensor(dx, x.shape().clone())
     }

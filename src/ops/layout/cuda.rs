@@ -5,7 +5,7 @@ use super::{Band, LayoutKernels};
 use crate::backend::cuda::{GpuBuffer, nd};
 use crate::error::Result;
 use crate::ops::Cuda;
-use crate::ops::cuda_common::{alloc, device, full, tensor};
+use crate::ops::cuda_common::{device, full, tensor};
 use crate::tensor::{Shape, Storage, Tensor};
 
 impl LayoutKernels for Cuda {
@@ -17,7 +17,7 @@ impl LayoutKernels for Cuda {
     fn concat(&self, op: &'static str, tensors: &[&Tensor], axis: usize, out: &Shape) -> Result<Storage> {
         let inner: usize = out.dims()[axis + 1..].iter().product();
         let dev = device(op, tensors[0])?;
-        let mut y = alloc(&dev, out.numel())?;
+        let mut y = dev.alloc(out.numel())?;
         let out_strides = out.strides();
         let mut at = 0;
         for t in tensors {
@@ -54,7 +54,7 @@ pub(crate) fn gather(
     let out = Shape::from(dims);
     let g = nd::geometry(op, dims, sx, &out.strides(), ox, 0)?;
     let s = x.storage();
-    let mut y = alloc(&dev, out.numel())?;
+    let mut y = dev.alloc(out.numel())?;
     nd::copy(&dev, s.as_cuda(op)?, &mut y, &g)?;
     Ok(Storage::Cuda(y))
 }

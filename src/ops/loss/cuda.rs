@@ -10,7 +10,7 @@ use crate::ops::reduce::cuda::sum_axes;
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
 use crate::error::{Error, Result};
 use crate::ops::Cuda;
-use crate::ops::cuda_common::{alloc, device, tensor};
+use crate::ops::cuda_common::{device, tensor};
 use crate::tensor::{Shape, Storage, Tensor};
 
 /// The same check for logits on the GPU: their sum is NaN when any logit is (one value comes
@@ -50,7 +50,7 @@ impl LossKernels for Cuda {
         let sm = m.map(|m| m.storage());
         let mb = sm.as_ref().map(|s| s.as_cuda(CE)).transpose()?;
         let count_buf = dev.htod(&[count])?;
-        let mut dz = alloc(&dev, z.numel())?;
+        let mut dz = dev.alloc(z.numel())?;
         let (zb, tb, gb) = (sz.as_cuda(CE)?, st.as_cuda(CE)?, sg.as_cuda(CE)?);
         ce2_bwd(&dev, zb, tb, mb, nhw, &count_buf, gb, &mut dz)?;
         tensor(dz, z.shape().clone())
@@ -67,7 +67,7 @@ impl LossKernels for Cuda {
     fn bce_bwd(&self, x: &Tensor, t: &Tensor, g: &Tensor) -> Result<Tensor> {
         let dev = device(BCE, x)?;
         let (sx, st, sg) = (x.storage(), t.storage(), g.storage());
-        let mut dx = alloc(&dev, x.numel())?;
+        let mut dx = dev.alloc(x.numel())?;
         bce_bwd(&dev, sx.as_cuda(BCE)?, st.as_cuda(BCE)?, sg.as_cuda(BCE)?, &mut dx)?;
         tensor(dx, x.shape().clone())
     }

@@ -4,7 +4,7 @@ use super::{GemmOperand, MatmulKernels};
 use crate::backend::cuda::blas;
 use crate::error::Result;
 use crate::ops::Cuda;
-use crate::ops::cuda_common::{alloc, device};
+use crate::ops::cuda_common::{device};
 use crate::tensor::Storage;
 
 impl MatmulKernels for Cuda {
@@ -20,7 +20,7 @@ impl MatmulKernels for Cuda {
     ) -> Result<Storage> {
         let dev = device(op, a.1)?;
         let (sa, sb) = (a.1.storage(), b.1.storage());
-        let mut c = alloc(&dev, batch * m * n)?;
+        let mut c = dev.alloc(batch * m * n)?;
         blas::sgemm(
             &dev,
             batch,

@@ -8,7 +8,7 @@ use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launc
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
 use crate::error::{Error, Result};
 use crate::ops::Cuda;
-use crate::ops::cuda_common::{alloc, device, tensor};
+use crate::ops::cuda_common::{device, tensor};
 use crate::tensor::{Storage, Tensor};
 
 impl NormKernels for Cuda {
@@ -30,7 +30,7 @@ impl NormKernels for Cuda {
             if running_mean.id() == running_var.id() {
                 return Err(Error::invalid(OP, "running_mean and running_var are the same tensor"));
             }
-            let (mut mean, mut var) = (alloc(&dev, c)?, alloc(&dev, c)?);
+            let (mut mean, mut var) = (dev.alloc(c)?, dev.alloc(c)?);
             running_mean.update_storage(|rm| {
                 running_var.update_storage(|rv| {
                     let running = Some((rm.as_cuda_mut(OP)?, rv.as_cuda_mut(OP)?));
@@ -43,7 +43,7 @@ impl NormKernels for Cuda {
             (dev.dtod(rm.as_cuda(OP)?)?, dev.dtod(rv.as_cuda(OP)?)?)
         };
         let (sg, sb) = (gamma.storage(), beta.storage());
-        let mut y = alloc(&dev, x.numel())?;
+        let mut y = dev.alloc(x.numel())?;
         bn_fwd(&dev, xb, shape, &mean, &var, sg.as_cuda(OP)?, sb.as_cuda(OP)?, &mut y, opts.eps)?;
         let saved = BnSaved { mean: tensor(mean, [c])?, var: tensor(var, [c])? };
         Ok((Storage::Cuda(y), saved))
@@ -62,8 +62,8 @@ impl NormKernels for Cuda {
         let c = shape[1];
         let (sx, sgam, sdy) = (x.storage(), gamma.storage(), dy.storage());
         let (smean, svar) = (saved.mean.storage(), saved.var.storage());
-        let mut dx = alloc(&dev, x.numel())?;
-        let (mut dgamma, mut dbeta) = (alloc(&dev, c)?, alloc(&dev, c)?);
+        let mut dx = dev.alloc(x.numel())?;
+        let (mut dgamma, mut dbeta) = (dev.alloc(c)?, dev.alloc(c)?);
         let stats = (smean.as_cuda(OP)?, svar.as_cuda(OP)?);
         bn_bwd(
             &dev,

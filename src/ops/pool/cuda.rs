@@ -9,7 +9,7 @@ use crate::backend::cuda::launch::{Arg, check_len, grid_1d, launch, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
 use crate::error::Result;
 use crate::ops::Cuda;
-use crate::ops::cuda_common::{alloc, device, tensor};
+use crate::ops::cuda_common::{device, tensor};
 use crate::tensor::{Shape, Storage, Tensor};
 
 fn dims4(s: &Shape) -> [usize; 4] {
@@ -23,7 +23,7 @@ impl PoolKernels for Cuda {
         let d = dims4(x.shape());
         let (oh, ow) = pool_out(OP, d[2], d[3], win.kernel, win.stride, win.padding)?;
         let len = d[0] * d[1] * oh * ow;
-        let (mut y, mut idx) = (alloc(&dev, len)?, alloc(&dev, len)?);
+        let (mut y, mut idx) = (dev.alloc(len)?, dev.alloc(len)?);
         let sx = x.storage();
         maxpool_fwd(&dev, sx.as_cuda(OP)?, d, win.kernel, win.stride, win.padding, &mut y, &mut idx)?;
         Ok((Storage::Cuda(y), tensor(idx, [len])?))
@@ -32,7 +32,7 @@ impl PoolKernels for Cuda {
     fn max_pool_bwd(&self, dy: &Tensor, winners: &Tensor, in_shape: &Shape, win: Window) -> Result<Tensor> {
         let dev = device(OP, dy)?;
         let (sg, si) = (dy.storage(), winners.storage());
-        let mut dx = alloc(&dev, in_shape.numel())?;
+        let mut dx = dev.alloc(in_shape.numel())?;
         let (g, idx) = (sg.as_cuda(OP)?, si.as_cuda(OP)?);
         maxpool_bwd(&dev, g, idx, dims4(in_shape), win.kernel, win.stride, win.padding, &mut dx)?;
         tensor(dx, in_shape.clone())

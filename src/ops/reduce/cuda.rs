@@ -7,7 +7,7 @@ use crate::backend::cuda::kernels as k;
 use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, split_reduction, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
 use crate::error::{Error, Result};
-use crate::ops::cuda_common::{alloc, device, full};
+use crate::ops::cuda_common::{device, full};
 use crate::ops::Cuda;
 use crate::ops::layout::cuda::gather;
 use crate::tensor::{Shape, Storage, Tensor};
@@ -67,7 +67,7 @@ fn sum_to_gpu(op: &'static str, x: &Tensor, dst: &Shape) -> Result<Storage> {
             .filter(|(_, k)| *k)
             .map(|(d, _)| d)
             .product();
-        let mut y = alloc(&dev, out_len)?;
+        let mut y = dev.alloc(out_len)?;
         sum_axes(&dev, owned.as_ref().unwrap_or(src), dims, keep, &mut y, 1.0)?;
         let mut next: Vec<(usize, bool)> = Vec::new();
         for &(d, k) in runs[..split].iter().chain(tail.iter().filter(|r| r.1)) {
@@ -83,7 +83,7 @@ fn sum_to_gpu(op: &'static str, x: &Tensor, dst: &Shape) -> Result<Storage> {
         dims[pad + i] = d;
         keep[pad + i] = k;
     }
-    let mut y = alloc(&dev, dst.numel())?;
+    let mut y = dev.alloc(dst.numel())?;
     sum_axes(&dev, owned.as_ref().unwrap_or(src), dims, keep, &mut y, 1.0)?;
     Ok(Storage::Cuda(y))
 }

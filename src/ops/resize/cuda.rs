@@ -8,7 +8,7 @@ use crate::backend::cuda::launch::{Arg, check_len, grid_1d, launch, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
 use crate::error::{Error, Result};
 use crate::ops::Cuda;
-use crate::ops::cuda_common::{alloc, device, tensor};
+use crate::ops::cuda_common::{device, tensor};
 use crate::tensor::{Shape, Storage, Tensor};
 
 fn dims4(s: &Shape) -> [usize; 4] {
@@ -20,7 +20,7 @@ impl ResizeKernels for Cuda {
     fn resize_fwd(&self, x: &Tensor, out_h: usize, out_w: usize) -> Result<Storage> {
         let dev = device(OP, x)?;
         let d = dims4(x.shape());
-        let mut y = alloc(&dev, d[0] * d[1] * out_h * out_w)?;
+        let mut y = dev.alloc(d[0] * d[1] * out_h * out_w)?;
         let sx = x.storage();
         resize_fwd(&dev, sx.as_cuda(OP)?, d, out_h, out_w, &mut y)?;
         Ok(Storage::Cuda(y))
@@ -29,7 +29,7 @@ impl ResizeKernels for Cuda {
     fn resize_bwd(&self, dy: &Tensor, in_shape: &Shape) -> Result<Tensor> {
         let dev = device(OP, dy)?;
         let (oh, ow) = (dy.dims()[2], dy.dims()[3]);
-        let mut dx = alloc(&dev, in_shape.numel())?;
+        let mut dx = dev.alloc(in_shape.numel())?;
         let sg = dy.storage();
         resize_bwd(&dev, sg.as_cuda(OP)?, dims4(in_shape), oh, ow, &mut dx)?;
         tensor(dx, in_shape.clone())

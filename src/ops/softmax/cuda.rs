@@ -7,13 +7,13 @@ use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launc
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
 use crate::error::{Error, Result};
 use crate::ops::Cuda;
-use crate::ops::cuda_common::{alloc, device, tensor};
+use crate::ops::cuda_common::{device, tensor};
 use crate::tensor::{Storage, Tensor};
 
 impl SoftmaxKernels for Cuda {
     fn softmax_fwd(&self, x: &Tensor, view: View) -> Result<Storage> {
         let dev = device(OP, x)?;
-        let mut y = alloc(&dev, x.numel())?;
+        let mut y = dev.alloc(x.numel())?;
         let sx = x.storage();
         softmax_fwd(&dev, sx.as_cuda(OP)?, &mut y, view.outer, view.dim, view.inner)?;
         Ok(Storage::Cuda(y))
@@ -21,7 +21,7 @@ impl SoftmaxKernels for Cuda {
 
     fn softmax_bwd(&self, y: &Tensor, dy: &Tensor, view: View) -> Result<Tensor> {
         let dev = device(OP, y)?;
-        let mut dx = alloc(&dev, y.numel())?;
+        let mut dx = dev.alloc(y.numel())?;
         let (sy, sg) = (y.storage(), dy.storage());
         softmax_bwd(&dev, sy.as_cuda(OP)?, sg.as_cuda(OP)?, &mut dx, view.outer, view.dim, view.inner)?;
         tensor(dx, y.shape().clone())
