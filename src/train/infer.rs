@@ -318,7 +318,7 @@ pub fn training_partner(r: &Restored, input: &LesionInput) -> Result<dataset::Sa
 pub fn segment_pair(r: &Restored, lesion: &dataset::Sample, partner: &dataset::Sample, crf: Option<&CrfParams>) -> Result<Image<u8>> {
     let s = r.config.data.crop_size;
     let set = SplitSet { split: Split::Test, size: s, samples: vec![lesion.clone(), partner.clone()], pairs: vec![[0, 1]], skipped: Vec::new() };
-    let partners = dataset::Partners { partner: vec![1, 0], self_paired: Vec::new() };
+    let partners = dataset::partners(&set);
     let probs = predict_restored(r, &set, &partners, 1, crf)?;
     let crop = crop_for_paste(lesion, &probs[0], s, &r.config.eval)?;
     lesion.crop_box.paste_mask(&crop, lesion.slice_size.0, lesion.slice_size.1)
