@@ -1,5 +1,5 @@
 //! Where a tensor lives. Every build has the same API: asking for CUDA on a machine without a
-//! driver or GPU returns `Error::Device`, never a panic.
+//! driver or GPU returns `Error::DeviceRequest`, never a panic.
 
 use crate::error::{Error, Result};
 use std::fmt;
@@ -149,7 +149,7 @@ pub fn resolve(req: DeviceRequest) -> Result<Device> {
         DeviceRequest::Cpu => Ok(Device::Cpu),
         DeviceRequest::Auto => Ok(if CudaDevice::get(0).is_ok() { Device::Cuda(0) } else { Device::Cpu }),
         DeviceRequest::Cuda(n) => CudaDevice::get(n).map(|_| Device::Cuda(n)).map_err(|e| match e {
-            Error::Device(msg) => Error::Device(format!("--device cuda:{n}: {msg}")),
+            Error::Cuda(source) => Error::DeviceRequest { request: req, source },
             other => other,
         }),
     }

@@ -1,6 +1,8 @@
 //! One error type for the whole library. Variants carry what a user needs to find the fault:
 //! the op and shapes, the file and row, the device call that failed.
 
+use crate::backend::cuda::CudaError;
+use crate::device::{Device, DeviceRequest};
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,9 +23,23 @@ pub enum Error {
     #[error("{}{}: {msg}", path.display(), row.map(|r| format!(", row {r}")).unwrap_or_default())]
     Format { path: PathBuf, row: Option<usize>, msg: String },
 
-    /// A device was asked for that this build or this machine does not have, or a device call failed.
+    /// The GPU failed or refused: no driver or device, a driver or cuBLAS call, a kernel module,
+    /// out of memory (with the sizes).
     #[error("device: {0}")]
-    Device(String),
+    Cuda(#[from] CudaError),
+
+    /// A device asked for (`--device`, the config's `device`) that this machine cannot open.
+    #[error("device: --device {request}: {source}")]
+    DeviceRequest { request: DeviceRequest, source: CudaError },
+
+    /// An op was given tensors on different devices.
+    #[error("{op}: inputs on different devices ({first} and {second}); move them with to_device")]
+    DeviceMismatch { op: &'static str, first: Device, second: Device },
+
+    /// A tensor on a device that this code path cannot use (host-only code given GPU data, or
+    /// a GPU wrapper given host data).
+    #[error("{op}: needs {needs}, but the tensor is on {found}; move it with to_device")]
+    WrongDevice { op: String, needs: &'static str, found: Device },
 
     /// A configuration file or value is wrong (unknown key, wrong type, ...).
     #[error("config: {0}")]

@@ -358,10 +358,11 @@ fn gpu_ops_refuse_inputs_on_different_devices() {
     ];
     for (op, res) in cases {
         match res {
-            Err(Error::Device(msg)) => assert!(
-                msg.starts_with(op) && msg.contains("cpu") && msg.contains("cuda:0"),
-                "{msg}"
-            ),
+            Err(e @ Error::DeviceMismatch { first, second, .. }) => {
+                let msg = e.to_string();
+                assert!(msg.starts_with(op) && msg.contains("cpu") && msg.contains("cuda:0"), "{msg}");
+                assert!(matches!((first, second), (Device::Cpu, Device::Cuda(0)) | (Device::Cuda(0), Device::Cpu)));
+            }
             other => panic!("{op} mixing cpu and cuda:0 gave {other:?}"),
         }
     }

@@ -2,7 +2,7 @@
 //! GPU parts skip without a GPU (and fail with REQUIRE_CUDA=1).
 
 mod gpu_common;
-use coseg::backend::cuda::{CudaDevice, device_count, elementwise, nd, reduce};
+use coseg::backend::cuda::{CudaDevice, CudaError, device_count, elementwise, nd, reduce};
 use coseg::device::{Device, DeviceRequest, resolve};
 use coseg::Error;
 use gpu_common::*;
@@ -13,9 +13,16 @@ fn gpu_device_resolution_matches_what_the_machine_has() {
     let have_gpu = CudaDevice::get(0).is_ok();
     let auto = resolve(DeviceRequest::Auto).unwrap();
     assert_eq!(auto, if have_gpu { Device::Cuda(0) } else { Device::Cpu });
-    // An ordinal no machine has: a Device error that names it, never a panic.
+    // An ordinal no machine has: an error naming the request and why, never a panic.
     match resolve(DeviceRequest::Cuda(4096)) {
-        Err(Error::Device(msg)) => assert!(msg.contains("cuda:4096"), "{msg}"),
+        Err(e @ Error::DeviceRequest { request: DeviceRequest::Cuda(4096), .. }) => {
+            assert!(e.to_string().contains("cuda:4096"), "{e}");
+            let Error::DeviceRequest { source, .. } = e else { unreachable!() };
+            assert!(
+                matches!(source, CudaError::NoDriver | CudaError::NoSuchDevice { ordinal: 4096, .. }),
+                "{source:?}"
+            );
+        }
         other => panic!("cuda:4096 resolved to {other:?}"),
     }
     if !have_gpu {
@@ -83,9 +90,9 @@ fn gpu_tensors_move_between_devices_and_back() {
     let data = randn(&mut r, 2 * 3 * 4 * 5);
     let cpu = Tensor::from_vec(data.clone(), vec![2, 3, 4, 5], Device::Cpu).unwrap();
     let Some(_dev) = gpu("gpu_tensors_move_between_devices_and_back") else {
-        // No GPU: asking for one is a Device error, never a panic.
+        // No GPU: asking for one is a typed CUDA error, never a panic.
         match cpu.to_device(Device::Cuda(0)) {
-            Err(Error::Device(msg)) => assert!(!msg.is_empty()),
+            Err(Error::Cuda(CudaError::NoDriver | CudaError::NoSuchDevice { ordinal: 0, count: 0 } | CudaError::Driver { .. })) => {}
             other => panic!("to_device(cuda:0) without a GPU gave {other:?}"),
         }
         return;

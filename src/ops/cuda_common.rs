@@ -11,9 +11,7 @@ use std::sync::Arc;
 pub(crate) fn device(op: &'static str, t: &Tensor) -> Result<Arc<CudaDevice>> {
     match t.device() {
         Device::Cuda(n) => CudaDevice::get(n),
-        Device::Cpu => Err(Error::Device(format!(
-            "{op}: expected a tensor on a CUDA device, found one on the cpu"
-        ))),
+        found @ Device::Cpu => Err(Error::WrongDevice { op: op.into(), needs: "a CUDA device", found }),
     }
 }
 

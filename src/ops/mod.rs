@@ -100,10 +100,7 @@ pub(crate) fn kernels_for<K: ?Sized>(device: Device, cpu: &'static K, cuda: &'st
 pub(crate) fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<Device> {
     let first = tensors[0].device();
     if let Some(other) = tensors.iter().find(|t| t.device() != first) {
-        return Err(Error::Device(format!(
-            "{op}: inputs on different devices ({first} and {}); move them with to_device",
-            other.device()
-        )));
+        return Err(Error::DeviceMismatch { op, first, second: other.device() });
     }
     Ok(first)
 }

@@ -23,7 +23,7 @@ mod shape;
 mod storage;
 
 pub use shape::Shape;
-pub use storage::{Storage, cuda_unavailable};
+pub use storage::Storage;
 
 use crate::autograd::{self, Node};
 use crate::device::Device;

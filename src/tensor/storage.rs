@@ -33,31 +33,27 @@ impl Storage {
     pub fn as_cpu(&self, op: &'static str) -> Result<&[f32]> {
         match self {
             Storage::Cpu(v) => Ok(v),
-            Storage::Cuda(_) => Err(cuda_unavailable(op)),
+            Storage::Cuda(b) => Err(needs_host(op, b.ordinal())),
         }
     }
     pub fn as_cpu_mut(&mut self, op: &'static str) -> Result<&mut [f32]> {
         match self {
             Storage::Cpu(v) => Ok(v),
-            Storage::Cuda(_) => Err(cuda_unavailable(op)),
+            Storage::Cuda(b) => Err(needs_host(op, b.ordinal())),
         }
     }
     /// The device buffer, or an error naming `op` when the data is on the host.
     pub fn as_cuda(&self, op: &'static str) -> Result<&GpuBuffer> {
         match self {
             Storage::Cuda(b) => Ok(b),
-            Storage::Cpu(_) => Err(Error::Device(format!(
-                "{op}: expected a tensor on a CUDA device, found one on the cpu"
-            ))),
+            Storage::Cpu(_) => Err(needs_cuda(op)),
         }
     }
     /// The device buffer for writing, or an error naming `op` when the data is on the host.
     pub fn as_cuda_mut(&mut self, op: &'static str) -> Result<&mut GpuBuffer> {
         match self {
             Storage::Cuda(b) => Ok(b),
-            Storage::Cpu(_) => Err(Error::Device(format!(
-                "{op}: expected a tensor on a CUDA device, found one on the cpu"
-            ))),
+            Storage::Cpu(_) => Err(needs_cuda(op)),
         }
     }
     /// Copies the data to the host.
@@ -78,9 +74,30 @@ impl Storage {
 
 /// The error of host-only code (a CPU kernel, `Tensor::update`) given data on a CUDA device.
 /// Every op routes CUDA tensors to the GPU kernels, so this names a caller that needs the host.
-pub fn cuda_unavailable(op: &str) -> Error {
-    Error::Device(format!(
-        "{op}: needs the data on the host but the tensor is on a CUDA device; move it with \
-         to_device(Device::Cpu)"
-    ))
+fn needs_host(op: &str, ordinal: usize) -> Error {
+    Error::WrongDevice { op: op.into(), needs: "the data on the host (cpu)", found: Device::Cuda(ordinal) }
+}
+
+/// The error of a GPU wrapper given data on the host.
+fn needs_cuda(op: &str) -> Error {
+    Error::WrongDevice { op: op.into(), needs: "a CUDA device", found: Device::Cpu }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_data_given_to_a_gpu_wrapper_is_a_typed_error_naming_the_op() {
+        let mut s = Storage::Cpu(vec![0.5, -1.5, 2.25]);
+        for e in [s.as_cuda("max_pool2d").unwrap_err(), s.as_cuda_mut("softmax").unwrap_err()] {
+            match &e {
+                Error::WrongDevice { op, needs: "a CUDA device", found: Device::Cpu } => {
+                    assert!(e.to_string().starts_with(&format!("{op}: needs a CUDA device, but the tensor is on cpu")), "{e}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(s.as_cpu("sum").unwrap(), &[0.5, -1.5, 2.25]);
+    }
 }

@@ -6,7 +6,7 @@
 //! Size classes round up to a multiple of 1/8 of the next power of two (under 12.5% waste above
 //! 2048 elements), in steps of at least 1 KiB.
 
-use super::context::describe;
+use super::error::CudaError;
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DriverError, sys::CUresult};
 use std::collections::HashMap;
@@ -49,10 +49,6 @@ pub(crate) struct Pool {
     ordinal: usize,
     stream: Arc<CudaStream>,
     state: Mutex<PoolState>,
-}
-
-fn mib(bytes: usize) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
 
 impl Pool {
@@ -99,9 +95,9 @@ impl Pool {
             Err(e) if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
                 // Give the cache back and try once more before reporting.
                 self.release_cached();
-                self.stream.synchronize().map_err(|e| {
-                    Error::Device(format!("cuda:{}: synchronizing before retrying an allocation: {}", self.ordinal, describe(e)))
-                })?;
+                self.stream
+                    .synchronize()
+                    .map_err(|e| CudaError::driver(self.ordinal, "synchronizing before retrying an allocation", e))?;
                 self.driver_alloc(cap).map_err(|e| self.alloc_error(bytes, e))?
             }
             Err(e) => return Err(self.alloc_error(bytes, e)),
@@ -124,23 +120,24 @@ impl Pool {
         stats.peak_reserved_bytes = stats.peak_reserved_bytes.max(stats.in_use_bytes + stats.cached_bytes);
     }
 
+    /// Out of memory, with the card's free and total memory and what coseg holds; any other
+    /// failure as the driver's error.
     fn alloc_error(&self, bytes: usize, e: DriverError) -> Error {
+        if e.0 != CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            return CudaError::driver(self.ordinal, format!("allocating {bytes} bytes"), e).into();
+        }
         let st = self.stats();
-        let free_total = self.stream.context().mem_get_info();
-        let card = match free_total {
-            Ok((free, total)) => format!("free {:.1} MiB of {:.1} MiB", mib(free), mib(total)),
-            Err(e) => format!("cuMemGetInfo failed: {}", describe(e)),
-        };
-        let what = if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY { "out of memory" } else { "allocation failed" };
-        Error::Device(format!(
-            "cuda:{}: {what} asking for {bytes} bytes ({:.1} MiB): {card}; coseg holds {:.1} MiB in live tensors \
-             (peak {:.1} MiB): {}",
-            self.ordinal,
-            mib(bytes),
-            mib(st.in_use_bytes),
-            mib(st.peak_in_use_bytes),
-            describe(e)
-        ))
+        let card = self.stream.context().mem_get_info().ok();
+        CudaError::OutOfMemory {
+            ordinal: self.ordinal,
+            what: "an allocation".into(),
+            requested: bytes,
+            free: card.map(|c| c.0),
+            total: card.map(|c| c.1),
+            held: st.in_use_bytes,
+            peak: st.peak_in_use_bytes,
+        }
+        .into()
     }
 }
 

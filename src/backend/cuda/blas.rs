@@ -4,6 +4,7 @@
 
 use super::alloc::GpuBuffer;
 use super::context::CudaDevice;
+use super::error::CudaError;
 use super::launch::to_i32;
 use crate::error::{Error, Result};
 use cudarc::cublas::sys::cublasOperation_t;
@@ -21,11 +22,10 @@ fn handle(dev: &CudaDevice) -> Result<Arc<CudaBlas>> {
     if let Some(h) = map.get(&dev.ordinal()) {
         return Ok(h.clone());
     }
-    let h = Arc::new(CudaBlas::new(dev.stream().clone()).map_err(|e| {
-        Error::Device(format!(
-            "cuda:{}: creating the cuBLAS handle: {e:?}",
-            dev.ordinal()
-        ))
+    let h = Arc::new(CudaBlas::new(dev.stream().clone()).map_err(|status| CudaError::Blas {
+        ordinal: dev.ordinal(),
+        call: "creating the handle".into(),
+        status,
     })?);
     map.insert(dev.ordinal(), h.clone());
     Ok(h)
@@ -117,16 +117,11 @@ pub fn sgemm(
     dev.stream()
         .context()
         .bind_to_thread()
-        .map_err(|e| Error::Device(format!("{OP}: binding cuda:{} to this thread: {}", dev.ordinal(), super::context::describe(e))))?;
+        .map_err(|e| CudaError::driver(dev.ordinal(), format!("{OP}: binding the context to this thread"), e))?;
     // SAFETY: the buffers hold at least what the strides and dims above read and write (checked),
     // and cuBLAS runs on the device's one stream, in order with the kernels.
-    unsafe { blas.gemm_strided_batched(cfg, bbuf.slice(), abuf.slice(), c.slice_mut()) }.map_err(
-        |e| {
-            Error::Device(format!(
-                "{OP} ({batch} x {m}x{k} by {k}x{n}) on cuda:{}: {e:?}",
-                dev.ordinal()
-            ))
-        },
-    )?;
+    unsafe { blas.gemm_strided_batched(cfg, bbuf.slice(), abuf.slice(), c.slice_mut()) }.map_err(|status| {
+        CudaError::Blas { ordinal: dev.ordinal(), call: format!("{OP} ({batch} x {m}x{k} by {k}x{n})"), status }
+    })?;
     dev.after_launch("cublas sgemm")
 }

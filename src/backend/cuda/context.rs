@@ -3,12 +3,13 @@
 //! `CudaDevice::get(n)` opens device `n` once per process and hands out the same `Arc` after.
 //! Nothing here touches the driver before checking that libcuda can be loaded: cudarc's
 //! dynamic loading panics on first use otherwise, and a machine without a GPU must get
-//! `Error::Device`, never a panic.
+//! [`CudaError::NoDriver`], never a panic.
 
 use super::alloc::{GpuBuffer, MemoryStats, Pool};
+use super::error::CudaError;
 use super::kernels::{self, Kernel, KernelFormat};
 use crate::error::{Error, Result};
-use crate::device::Precision;
+use crate::device::{Device, Precision};
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DriverError, PinnedHostSlice, sys};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
@@ -41,19 +42,11 @@ impl Staging {
             // SAFETY: page-locked memory, uninitialised until the caller fills or copies into it;
             // flags 0 (cached): the download side reads it back on the host.
             let b = unsafe { dev.ctx.alloc_pinned_with_flags::<f32>(len, 0) }
-                .map_err(|e| Error::Device(format!("cuda:{}: page-locking {} MiB of host memory: {}", dev.ordinal, len * 4 >> 20, describe(e))))?;
+                .map_err(|e| CudaError::driver(dev.ordinal, format!("page-locking {} MiB of host memory", len * 4 >> 20), e))?;
             self.buf = Some(b);
         }
         let b = self.buf.as_mut().expect("allocated above");
         b.as_mut_slice().map_err(|e| dev.fault("waiting for a page-locked buffer", e))
-    }
-}
-
-/// "CUDA_ERROR_X (text)" for a driver error.
-pub(crate) fn describe(e: DriverError) -> String {
-    match e.error_string() {
-        Ok(s) => format!("{:?} ({})", e.0, s.to_string_lossy()),
-        Err(_) => format!("{:?}", e.0),
     }
 }
 
@@ -71,13 +64,11 @@ pub fn driver_present() -> bool {
 /// The number of CUDA devices, or why there are none to be had.
 pub fn device_count() -> Result<usize> {
     if !driver_present() {
-        return Err(Error::Device(
-            "no CUDA driver: libcuda.so could not be loaded (no NVIDIA driver on this machine?)".into(),
-        ));
+        return Err(CudaError::NoDriver.into());
     }
-    CudaContext::device_count()
-        .map(|n| n.max(0) as usize)
-        .map_err(|e| Error::Device(format!("cuInit/cuDeviceGetCount failed: {}", describe(e))))
+    CudaContext::device_count().map(|n| n.max(0) as usize).map_err(|code| {
+        CudaError::Driver { ordinal: None, call: "cuInit/cuDeviceGetCount".into(), last_kernel: None, code }.into()
+    })
 }
 
 /// An open CUDA device: context, the one stream all its work runs on, loaded modules, allocator.
@@ -123,11 +114,9 @@ impl CudaDevice {
     fn open(ordinal: usize) -> Result<CudaDevice> {
         let count = device_count()?;
         if ordinal >= count {
-            return Err(Error::Device(format!(
-                "cuda:{ordinal} asked for, but this machine has {count} CUDA device(s)"
-            )));
+            return Err(CudaError::NoSuchDevice { ordinal, count }.into());
         }
-        let err = |what: &'static str| move |e: DriverError| Error::Device(format!("cuda:{ordinal}: {what}: {}", describe(e)));
+        let err = |what: &'static str| move |e: DriverError| Error::from(CudaError::driver(ordinal, what, e));
         let ctx = CudaContext::new(ordinal).map_err(err("creating the context"))?;
         // SAFETY: all work of this device runs on the one stream below, so cudarc's per-buffer
         // events (for cross-stream ordering) are not needed; stream order makes reuse safe.
@@ -140,15 +129,7 @@ impl CudaDevice {
             .map_err(err("reading the multiprocessor count"))?;
         let built_for: i32 = kernels::KERNEL_ARCH.trim_start_matches("compute_").parse().unwrap_or(0);
         if kernels::KERNEL_FORMAT == KernelFormat::Ptx && cc.0 * 10 + cc.1 < built_for {
-            return Err(Error::Device(format!(
-                "cuda:{ordinal} ({name}) is sm_{}{} but the kernels were compiled for {}; rebuild with \
-                 COSEG_CUDA_ARCH=compute_{}{}",
-                cc.0,
-                cc.1,
-                kernels::KERNEL_ARCH,
-                cc.0,
-                cc.1
-            )));
+            return Err(CudaError::Arch { ordinal, name, capability: cc, built_for: kernels::KERNEL_ARCH }.into());
         }
         Ok(CudaDevice {
             ordinal,
@@ -199,7 +180,7 @@ impl CudaDevice {
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         self.ctx
             .mem_get_info()
-            .map_err(|e| Error::Device(format!("cuda:{}: cuMemGetInfo: {}", self.ordinal, describe(e))))
+            .map_err(|e| CudaError::driver(self.ordinal, "cuMemGetInfo", e).into())
     }
 
     pub fn memory_stats(&self) -> MemoryStats {
@@ -220,9 +201,9 @@ impl CudaDevice {
     pub fn htod(&self, data: &[f32]) -> Result<GpuBuffer> {
         let mut buf = self.alloc(data.len())?;
         let mut dst = buf.slice_mut().slice_mut(0..data.len());
-        self.stream.memcpy_htod(data, &mut dst).map_err(|e| {
-            Error::Device(format!("cuda:{}: copying {} f32 to the device: {}", self.ordinal, data.len(), describe(e)))
-        })?;
+        self.stream
+            .memcpy_htod(data, &mut dst)
+            .map_err(|e| CudaError::driver(self.ordinal, format!("copying {} f32 to the device", data.len()), e))?;
         Ok(buf)
     }
 
@@ -312,18 +293,14 @@ impl CudaDevice {
 
     /// A driver error from something asynchronous: names the last kernel launched, the usual culprit.
     fn fault(&self, what: &str, e: DriverError) -> Error {
-        Error::Device(format!(
-            "cuda:{}: {what} (last kernel launched: {}): {}",
-            self.ordinal,
-            lock(&self.last_kernel),
-            describe(e)
-        ))
+        CudaError::Driver { ordinal: Some(self.ordinal), call: what.into(), last_kernel: Some(*lock(&self.last_kernel)), code: e }
+            .into()
     }
 
     /// Refuses a buffer from another device.
     pub(crate) fn check_buffer(&self, op: &'static str, buf: &GpuBuffer) -> Result<()> {
         if buf.ordinal() != self.ordinal {
-            return Err(Error::invalid(op, format!("buffer on cuda:{} used on cuda:{}", buf.ordinal(), self.ordinal)));
+            return Err(Error::DeviceMismatch { op, first: Device::Cuda(self.ordinal), second: Device::Cuda(buf.ordinal()) });
         }
         Ok(())
     }
@@ -343,8 +320,11 @@ impl CudaDevice {
             return Ok(f.clone());
         }
         let module = self.module(k.module)?;
-        let f = module.load_function(k.name).map_err(|e| {
-            Error::Device(format!("cuda:{}: kernel {} not found in module {}: {}", self.ordinal, k.name, k.module, describe(e)))
+        let f = module.load_function(k.name).map_err(|code| CudaError::MissingKernel {
+            ordinal: self.ordinal,
+            module: k.module,
+            kernel: k.name,
+            code,
         })?;
         lock(&self.functions).insert(k.name, f.clone());
         Ok(f)
@@ -355,21 +335,17 @@ impl CudaDevice {
         if let Some(m) = modules.get(name) {
             return Ok(m.clone());
         }
-        let text = kernels::module_text(name)
-            .ok_or_else(|| Error::Device(format!("no kernel module '{name}' was embedded (kernels/{name}.cu)")))?;
+        let text = kernels::module_text(name).ok_or(CudaError::MissingModule { module: name })?;
         let ptx = match kernels::KERNEL_FORMAT {
             KernelFormat::Ptx => Ptx::from_src(text),
             KernelFormat::Source => self.nvrtc(name, text)?,
         };
-        let module = self.ctx.load_module(ptx).map_err(|e| {
-            Error::Device(format!(
-                "cuda:{} ({}): loading module {name} ({:?} for {}): {}",
-                self.ordinal,
-                self.name,
-                kernels::KERNEL_FORMAT,
-                kernels::KERNEL_ARCH,
-                describe(e)
-            ))
+        let module = self.ctx.load_module(ptx).map_err(|code| CudaError::ModuleLoad {
+            ordinal: self.ordinal,
+            module: name,
+            format: format!("{:?}", kernels::KERNEL_FORMAT),
+            arch: kernels::KERNEL_ARCH,
+            code,
         })?;
         modules.insert(name, module.clone());
         Ok(module)
@@ -379,10 +355,7 @@ impl CudaDevice {
     fn nvrtc(&self, name: &str, src: &str) -> Result<Ptx> {
         // SAFETY: only tries to dlopen the library and drops it.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            return Err(Error::Device(format!(
-                "kernels/{name}.cu was embedded as source (no nvcc when this was built) and libnvrtc cannot be \
-                 loaded: run scripts/install-nvcc.sh and rebuild, or put libnvrtc on the loader path"
-            )));
+            return Err(CudaError::NoCompiler { module: name.into() }.into());
         }
         let (major, minor) = self.compute_capability;
         let opts = CompileOptions {
@@ -390,7 +363,8 @@ impl CudaDevice {
             name: Some(format!("{name}.cu")),
             ..Default::default()
         };
-        cudarc::nvrtc::compile_ptx_with_opts(src, opts)
-            .map_err(|e| Error::Device(format!("NVRTC compiling kernels/{name}.cu for sm_{major}{minor}: {e}")))
+        cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| {
+            CudaError::Compile { module: name.into(), arch: format!("sm_{major}{minor}"), log: e.to_string() }.into()
+        })
     }
 }

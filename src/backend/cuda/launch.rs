@@ -5,7 +5,8 @@
 //! parameter order. `launch` checks the configuration and that every pointer is a 16-byte aligned
 //! device address, and turns a failed launch into an error naming the kernel, its grid and block.
 
-use super::context::{CudaDevice, describe};
+use super::context::CudaDevice;
+use super::error::CudaError;
 use super::kernels::Kernel;
 use crate::error::{Error, Result};
 use cudarc::driver::{DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
@@ -142,15 +143,12 @@ fn launch_with(dev: &CudaDevice, k: Kernel, cfg: LaunchConfig, args: &[Arg], coo
     // signature, and tests/gpu_parity.rs runs every wrapper); pointers are live device buffers of
     // the lengths the wrappers checked; all work runs in order on this device's one stream.
     let launched = unsafe { if cooperative { builder.launch_cooperative(cfg) } else { builder.launch(cfg) } };
-    launched.map_err(|e| {
-        Error::Device(format!(
-            "launch {} (grid {:?}, block {:?}) on cuda:{}: {}",
-            k.name,
-            cfg.grid_dim,
-            cfg.block_dim,
-            dev.ordinal(),
-            describe(e)
-        ))
+    launched.map_err(|code| CudaError::Launch {
+        ordinal: dev.ordinal(),
+        kernel: k.name,
+        grid: cfg.grid_dim,
+        block: cfg.block_dim,
+        code,
     })?;
     dev.after_launch(k.name)
 }

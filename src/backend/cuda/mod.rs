@@ -3,7 +3,8 @@
 //!
 //! Layers, bottom up, each used by every op family:
 //! - [`kernels`]: the embedded PTX (or source for NVRTC) and the table of kernel names;
-//! - [`context`]: one context + stream per device, the module cache, copies, error reporting;
+//! - [`context`]: one context + stream per device, the module cache, copies;
+//! - [`error`]: [`CudaError`], what can go wrong on the GPU, typed;
 //! - [`alloc`]: the caching allocator ([`GpuBuffer`]), peak memory;
 //! - `launch`: the only `unsafe` kernel launches, with launch-configuration and pointer checks;
 //! - [`elementwise`]: fills and the scalar affine map; [`nd`]: any-rank maps, broadcasts and
@@ -13,12 +14,14 @@
 //! re-exports below keep them reachable here under the kernel files' names. The optimisers
 //! (`crate::train::optim`) launch through [`optim`].
 //!
-//! A machine without a driver or GPU gets `Error::Device` from [`CudaDevice::get`], never a panic.
+//! A machine without a driver or GPU gets [`CudaError::NoDriver`] (or `NoSuchDevice`) from
+//! [`CudaDevice::get`], never a panic.
 
 pub mod alloc;
 pub mod blas;
 pub mod context;
 pub mod elementwise;
+pub mod error;
 pub mod kernels;
 pub(crate) mod launch;
 pub mod nd;
@@ -36,6 +39,7 @@ pub use crate::ops::softmax::cuda as softmax;
 
 pub use alloc::{GpuBuffer, MemoryStats};
 pub use context::{CudaDevice, device_count, driver_present};
+pub use error::CudaError;
 pub use conv::ConvGeom;
 pub use launch::{MAX_DIMS, StridedN};
 pub use reduce::Red4;

@@ -5,7 +5,8 @@
 //! change (the check compares addresses on the host, so a stale table is never used).
 
 use super::alloc::GpuBuffer;
-use super::context::{CudaDevice, describe};
+use super::context::CudaDevice;
+use super::error::CudaError;
 use super::kernels as k;
 use super::launch::{Arg, Chunk, THREADS, launch};
 use crate::error::{Error, Result};
@@ -67,7 +68,7 @@ impl ParamTable {
             lens.push(n as i64);
             chunks.extend((0..n).step_by(CHUNK).map(|start| Chunk { tensor: t as i32, _pad: 0, start: start as i64 }));
         }
-        let err = |e| Error::Device(format!("cuda:{}: uploading the {op} parameter table: {}", dev.ordinal(), describe(e)));
+        let err = |e| CudaError::driver(dev.ordinal(), format!("uploading the {op} parameter table"), e);
         Ok(ParamTable {
             key: Self::key_of(slots),
             ptrs: dev.stream().clone_htod(&ptrs).map_err(err)?,

@@ -5,7 +5,7 @@
 
 use crate::backend::cuda::kernels as k;
 use crate::backend::cuda::launch::{Arg, grid_1d, launch, launch_cooperative, to_i32};
-use crate::backend::cuda::{CudaDevice, GpuBuffer};
+use crate::backend::cuda::{CudaDevice, CudaError, GpuBuffer};
 use crate::error::{Error, Result};
 use cudarc::driver::DeviceRepr;
 
@@ -88,7 +88,6 @@ pub enum TableSize {
 /// Slots probed before an `Expected` table counts as full.
 const MAX_PROBES: u32 = 64;
 
-const MIB: f64 = 1024.0 * 1024.0;
 
 /// A permutohedral lattice on the device over `points` feature vectors of `dim` values
 /// (`per_image` consecutive points per image; each image gets its own vertices).
@@ -249,10 +248,7 @@ impl GpuLattice {
     fn checked_meta(&self, dev: &CudaDevice) -> Result<Meta> {
         let meta = self.read_meta(dev)?;
         if meta.full {
-            return Err(Error::Device(format!(
-                "gpu lattice: the hash table ({} slots) filled up; build with TableSize::WorstCase",
-                self.cap
-            )));
+            return Err(CudaError::TableFull { op: "gpu lattice", slots: Some(self.cap) }.into());
         }
         match meta.overflow {
             None => Ok(meta),
@@ -371,13 +367,17 @@ pub(super) fn check_free_memory(dev: &CudaDevice, op: &'static str, bytes: usize
     // Cached blocks of coseg's own allocator are free for it too.
     let free = free + dev.memory_stats().cached_bytes;
     if bytes > free {
-        return Err(Error::Device(format!(
-            "{op}: {what} needs {:.1} MiB of device memory; cuda:{} has {:.1} MiB free of {:.1} MiB",
-            bytes as f64 / MIB,
-            dev.ordinal(),
-            free as f64 / MIB,
-            total as f64 / MIB
-        )));
+        let stats = dev.memory_stats();
+        return Err(CudaError::OutOfMemory {
+            ordinal: dev.ordinal(),
+            what: format!("{op}: {what}"),
+            requested: bytes,
+            free: Some(free),
+            total: Some(total),
+            held: stats.in_use_bytes,
+            peak: stats.peak_in_use_bytes,
+        }
+        .into());
     }
     Ok(())
 }

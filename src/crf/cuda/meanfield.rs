@@ -11,7 +11,7 @@
 use super::lattice::{BlurPasses, GpuLattice, TableSize, blur, check_free_memory, overflow_error};
 use crate::backend::cuda::kernels as k;
 use crate::backend::cuda::launch::{Arg, grid_1d, launch, to_i32};
-use crate::backend::cuda::{CudaDevice, GpuBuffer};
+use crate::backend::cuda::{CudaDevice, CudaError, GpuBuffer};
 use crate::crf::CrfParams;
 use crate::crf::kernel::check_width;
 use crate::error::{Error, Result};
@@ -263,9 +263,7 @@ impl Refined {
     /// Waits for the device and returns each image's lesion marginal, or the first error the
     /// kernels recorded, named as the CPU names it.
     pub fn download(&self, dev: &CudaDevice) -> Result<Vec<Image<f32>>> {
-        self.fetch(dev)?.ok_or_else(|| {
-            Error::Device(format!("{OP}: a lattice's hash table filled up; refine again with TableSize::WorstCase"))
-        })
+        self.fetch(dev)?.ok_or_else(|| CudaError::TableFull { op: OP, slots: None }.into())
     }
 
     /// `download`, or None when a lattice's hash table filled up (the result is then incomplete).
