@@ -47,52 +47,55 @@ pub fn sgemm(
     k: usize,
     c: &mut GpuBuffer,
 ) -> Result<()> {
-    const OP: &str = "sgemm";
-    let (ta, abuf, sa) = a;
-    let (tb, bbuf, sb) = b;
-    let need = |stride: usize, one: usize| {
-        if batch == 0 {
-            0
-        } else {
-            (batch - 1) * stride + one
-        }
-    };
-    for (what, len, want) in [
-        ("A", abuf.len(), need(sa, m * k)),
-        ("B", bbuf.len(), need(sb, k * n)),
-    ] {
-        if len < want {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "{what} has {len} elements, {batch} products of ({m}x{k})x({k}x{n}) read {want}"
-                ),
-            ));
-        }
-    }
-    if c.len() != batch * m * n {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "C has {} elements, {batch} products of {m}x{n} need {}",
-                c.len(),
-                batch * m * n
-            ),
-        ));
-    }
+    check_lengths(batch, a, b, m, n, k, c)?;
     if batch == 0 || m * n == 0 {
         return Ok(());
     }
     if k == 0 {
         return super::elementwise::fill(dev, c, 0.0);
     }
-    let op = |t: bool| {
-        if t {
-            cublasOperation_t::CUBLAS_OP_T
-        } else {
-            cublasOperation_t::CUBLAS_OP_N
+    let cfg = strided_config(batch, a, b, m, n, k)?;
+    let blas = handle(dev)?;
+    // cuBLAS runs in the calling thread's current context: make it this device's.
+    dev.stream()
+        .context()
+        .bind_to_thread()
+        .map_err(|e| CudaError::driver(dev.ordinal(), format!("{OP}: binding the context to this thread"), e))?;
+    // SAFETY: the buffers hold at least what the strides and dims above read and write (checked),
+    // and cuBLAS runs on the device's one stream, in order with the kernels.
+    unsafe { blas.gemm_strided_batched(cfg, b.1.slice(), a.1.slice(), c.slice_mut()) }.map_err(|status| {
+        CudaError::Blas { ordinal: dev.ordinal(), call: format!("{OP} ({batch} x {m}x{k} by {k}x{n})"), status }
+    })?;
+    dev.after_launch("cublas sgemm")
+}
+
+const OP: &str = "sgemm";
+
+/// Refuses operands shorter than the products read, and a C not exactly the products' size.
+fn check_lengths(batch: usize, a: Operand, b: Operand, m: usize, n: usize, k: usize, c: &GpuBuffer) -> Result<()> {
+    let read = |stride: usize, one: usize| if batch == 0 { 0 } else { (batch - 1) * stride + one };
+    for (what, len, want) in [("A", a.1.len(), read(a.2, m * k)), ("B", b.1.len(), read(b.2, k * n))] {
+        if len < want {
+            return Err(Error::shape(
+                OP,
+                format!("{what} has {len} elements, {batch} products of ({m}x{k})x({k}x{n}) read {want}"),
+            ));
         }
-    };
+    }
+    if c.len() != batch * m * n {
+        return Err(Error::shape(
+            OP,
+            format!("C has {} elements, {batch} products of {m}x{n} need {}", c.len(), batch * m * n),
+        ));
+    }
+    Ok(())
+}
+
+/// cuBLAS is column-major: the row-major C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T,
+/// so B goes first and the dimensions swap.
+fn strided_config(batch: usize, a: Operand, b: Operand, m: usize, n: usize, k: usize) -> Result<StridedBatchedConfig<f32>> {
+    let ((ta, _, sa), (tb, _, sb)) = (a, b);
+    let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
     let gemm = GemmConfig {
         transa: op(tb),
         transb: op(ta),
@@ -105,23 +108,11 @@ pub fn sgemm(
         beta: 0.0f32,
         ldc: to_i32(OP, "ld", n)?,
     };
-    let cfg = StridedBatchedConfig {
+    Ok(StridedBatchedConfig {
         gemm,
         batch_size: to_i32(OP, "batch", batch)?,
         stride_a: sb as i64,
         stride_b: sa as i64,
         stride_c: (m * n) as i64,
-    };
-    let blas = handle(dev)?;
-    // cuBLAS runs in the calling thread's current context: make it this device's.
-    dev.stream()
-        .context()
-        .bind_to_thread()
-        .map_err(|e| CudaError::driver(dev.ordinal(), format!("{OP}: binding the context to this thread"), e))?;
-    // SAFETY: the buffers hold at least what the strides and dims above read and write (checked),
-    // and cuBLAS runs on the device's one stream, in order with the kernels.
-    unsafe { blas.gemm_strided_batched(cfg, bbuf.slice(), abuf.slice(), c.slice_mut()) }.map_err(|status| {
-        CudaError::Blas { ordinal: dev.ordinal(), call: format!("{OP} ({batch} x {m}x{k} by {k}x{n})"), status }
-    })?;
-    dev.after_launch("cublas sgemm")
+    })
 }
