@@ -4,6 +4,7 @@
 //! Ends with a whole tiny ResNet-18 forward + backward and the optimisers' one-launch steps. Skips without a GPU; fails with
 //! REQUIRE_CUDA=1.
 
+mod common;
 mod gpu_common;
 use coseg::Error;
 use coseg::autograd::{Init, ParamStore};

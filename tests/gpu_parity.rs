@@ -4,6 +4,7 @@
 //!
 //! References: the CPU convolution (src/backend/cpu/conv.rs) and naive loops written here.
 
+mod common;
 mod gpu_common;
 use coseg::backend::cpu::conv::{self as cpu, ConvGeometry};
 use coseg::device::Precision;
