@@ -2,7 +2,7 @@
 //! and backward through autograd on both devices, compared by ||gpu - cpu|| / ||cpu|| (f32: 1e-5
 //! for element-wise work, looser where the GPU sums many terms in f32 where the CPU uses f64).
 //! Ends with a whole tiny ResNet-18 forward + backward and the optimisers' one-launch steps. Skips without a GPU; fails with
-//! REQUIRE_CUDA=1.
+//! REQUIRE_CUDA=1. What an op refuses, on every device, is tests/op_edge_cases.rs.
 
 mod common;
 mod gpu_common;
@@ -168,14 +168,6 @@ fn gpu_elementwise_ops_match_cpu() {
     check("dropout", F32_TOL, &x, &|t| {
         t[0].dropout(0.3, true, &mut ChaCha8Rng::seed_from_u64(5))
     });
-    // NaN passes through ReLU on both devices.
-    let nan = Tensor::from_vec(vec![f32::NAN, -1.0, 2.0], [3], GPU)
-        .unwrap()
-        .relu()
-        .unwrap()
-        .to_vec()
-        .unwrap();
-    assert!(nan[0].is_nan() && nan[1] == 0.0 && nan[2] == 2.0, "{nan:?}");
 }
 
 #[test]
@@ -317,28 +309,6 @@ fn gpu_norm_pool_resize_softmax_and_losses_match_cpu() {
     check("bce_with_logits", SUM_TOL, &bce, &|t| {
         t[0].bce_with_logits(&t[1].mul_scalar(0.5)?)
     });
-
-    // The CPU op's refusals hold on the GPU too.
-    let z = Tensor::from_vec(ce[0].data.clone(), ce[0].dims.clone(), GPU).unwrap();
-    let t = Tensor::from_vec(ce[1].data.clone(), ce[1].dims.clone(), GPU).unwrap();
-    let none = Tensor::zeros([2, 9, 8], GPU).unwrap();
-    let e = z
-        .cross_entropy_2class(&t, Some(&none))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("masked out"), "{e}");
-    let mut zv = ce[0].data.clone();
-    zv[37] = f32::NAN;
-    let zn = Tensor::from_vec(zv, ce[0].dims.clone(), GPU).unwrap();
-    let e = zn.cross_entropy_2class(&t, None).unwrap_err().to_string();
-    assert!(e.contains("NaN logit at [0, 0, 4, 5]"), "{e}");
-    let bad = t.affine(2.0, 0.0).unwrap();
-    assert!(
-        z.cross_entropy_2class(&bad, None)
-            .unwrap_err()
-            .to_string()
-            .contains("not 0 or 1")
-    );
 }
 
 #[test]
