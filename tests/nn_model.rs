@@ -5,6 +5,7 @@ use coseg::Device;
 use coseg::autograd::{ParamStore, no_grad};
 use coseg::nn::{ChannelAttention, CoAttention, CosegNet, Decoder, ModelConfig, SpatialAttention};
 use coseg::tensor::Tensor;
+use coseg::train::{Optimizer, OptimizerParams};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -160,23 +161,15 @@ fn a_few_sgd_steps_reduce_the_loss_on_a_tiny_set() {
         la.cross_entropy_2class(&ya, None).unwrap().add(&lb.cross_entropy_2class(&yb, None).unwrap()).unwrap()
     };
     let first = loss_of(true).to_scalar().unwrap();
-    let mut velocity: Vec<Vec<f32>> = params.trainable().map(|(_, p)| vec![0.0; p.numel()]).collect();
+    // Plain SGD with momentum: v = 0.9 v + g, w -= 0.05 v.
+    let mut sgd = Optimizer::new(OptimizerParams { momentum: 0.9, weight_decay: 0.0, ..OptimizerParams::paper_sgd() }).unwrap();
     let mut last = first;
     for _ in 0..12 {
         params.zero_grads();
         let loss = loss_of(true);
         last = loss.to_scalar().unwrap();
         loss.backward().unwrap();
-        for ((_, p), v) in params.trainable().zip(velocity.iter_mut()) {
-            let g = p.grad().unwrap().to_vec().unwrap();
-            p.update("sgd", |w| {
-                for ((w, v), g) in w.iter_mut().zip(v.iter_mut()).zip(&g) {
-                    *v = 0.9 * *v + g;
-                    *w -= 0.05 * *v;
-                }
-            })
-            .unwrap();
-        }
+        sgd.step(&params, 0.05).unwrap();
     }
     assert!(last.is_finite() && last < 0.6 * first, "loss {first} -> {last}");
 }

@@ -1,5 +1,6 @@
 // Shared by the test files (included with `mod common;` at the top of the file): the GPU or a
-// skip, and `test_device!`, which runs one test body on every device present.
+// skip, `test_device!`, which runs one test body on every device present, and `test_gpu!`, for a
+// test of cuda:0 alone.
 #![allow(dead_code, unused_macros, unused_imports)]
 
 use coseg::backend::cuda::CudaDevice;
@@ -55,3 +56,16 @@ macro_rules! test_device {
     };
 }
 pub(crate) use test_device;
+
+/// `test_gpu!(name, |dev| { body })`: a test of cuda:0 alone (a kernel against a CPU reference,
+/// the GPU against the CPU), the body given its `Arc<CudaDevice>`; skips (see [`gpu`]) where
+/// there is none.
+macro_rules! test_gpu {
+    ($name:ident, |$dev:ident| $body:block) => {
+        #[test]
+        fn $name() {
+            if let Some($dev) = $crate::common::gpu(stringify!($name)) $body
+        }
+    };
+}
+pub(crate) use test_gpu;
