@@ -1,6 +1,6 @@
 // Shared by the GPU test files (included with `mod common; mod gpu_common;`): buffers, random
 // inputs and the comparison of the kernel tests; the device or a skip is common's `gpu`.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)] // each test file uses a part
 
 use coseg::backend::cuda::{CudaDevice, GpuBuffer, elementwise::fill};
 use rand::{Rng, SeedableRng};
