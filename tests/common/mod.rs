@@ -1,7 +1,7 @@
 // Shared by the test files (included with `mod common;` at the top of the file): the GPU or a
 // skip, `test_device!`, which runs one test body on every device present, and `test_gpu!`, for a
 // test of cuda:0 alone.
-#![allow(dead_code, unused_macros, unused_imports)]
+#![allow(dead_code, unused_macros, unused_imports)] // each test file uses a part
 
 use coseg::backend::cuda::CudaDevice;
 use coseg::device::{Device, Precision};
