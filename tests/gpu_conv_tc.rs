@@ -5,6 +5,7 @@
 //! least 1e-6 (a tensor-core result that matched f32 exactly would mean the f32 path ran).
 //! Outputs are NaN-poisoned before each launch. Skips without a GPU; fails with REQUIRE_CUDA=1.
 
+mod common;
 mod gpu_common;
 use coseg::backend::cpu::conv::{self as cpu, ConvGeometry};
 use coseg::backend::cuda::conv::{self, ConvPass};

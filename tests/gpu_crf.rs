@@ -2,6 +2,7 @@
 //! lattice vertices, the same filter, the same marginals, on random images of awkward sizes.
 //! Skips without a GPU; fails under REQUIRE_CUDA=1.
 
+mod common;
 mod gpu_common;
 
 use coseg::crf::cuda::{self as gcrf, GpuLattice, TableSize};

@@ -2,8 +2,9 @@
 //! and backward through autograd on both devices, compared by ||gpu - cpu|| / ||cpu|| (f32: 1e-5
 //! for element-wise work, looser where the GPU sums many terms in f32 where the CPU uses f64).
 //! Ends with a whole tiny ResNet-18 forward + backward and the optimisers' one-launch steps. Skips without a GPU; fails with
-//! REQUIRE_CUDA=1.
+//! REQUIRE_CUDA=1. What an op refuses, on every device, is tests/op_edge_cases.rs.
 
+mod common;
 mod gpu_common;
 use coseg::Error;
 use coseg::autograd::{Init, ParamStore};
@@ -12,6 +13,7 @@ use coseg::nn::resnet::{ResNet, ResNetSpec};
 use coseg::ops::BatchNormOptions;
 use coseg::tensor::Tensor;
 use coseg::train::{Optimizer, OptimizerParams, poly_lr};
+use common::test_gpu;
 use gpu_common::*;
 use rand::Rng;
 use rand::SeedableRng;
@@ -121,11 +123,7 @@ fn check(name: &str, tol: f64, inputs: &[Input], f: OpFn) {
     }
 }
 
-#[test]
-fn gpu_elementwise_ops_match_cpu() {
-    if gpu("gpu_elementwise_ops_match_cpu").is_none() {
-        return;
-    }
+test_gpu!(gpu_elementwise_ops_match_cpu, |_dev| {
     let mut r = rng(1);
     // Broadcasts of several ranks, a rank-5 one that merges to more than 4 dims included.
     let pairs: &[(&[usize], &[usize])] = &[
@@ -167,21 +165,9 @@ fn gpu_elementwise_ops_match_cpu() {
     check("dropout", F32_TOL, &x, &|t| {
         t[0].dropout(0.3, true, &mut ChaCha8Rng::seed_from_u64(5))
     });
-    // NaN passes through ReLU on both devices.
-    let nan = Tensor::from_vec(vec![f32::NAN, -1.0, 2.0], [3], GPU)
-        .unwrap()
-        .relu()
-        .unwrap()
-        .to_vec()
-        .unwrap();
-    assert!(nan[0].is_nan() && nan[1] == 0.0 && nan[2] == 2.0, "{nan:?}");
-}
+});
 
-#[test]
-fn gpu_reductions_and_layout_ops_match_cpu() {
-    if gpu("gpu_reductions_and_layout_ops_match_cpu").is_none() {
-        return;
-    }
+test_gpu!(gpu_reductions_and_layout_ops_match_cpu, |_dev| {
     let mut r = rng(2);
     let x = [normal(&mut r, &[4, 6, 17, 19])];
     check("sum axes 0,2", SUM_TOL, &x, &|t| t[0].sum(&[0, 2], false));
@@ -224,13 +210,9 @@ fn gpu_reductions_and_layout_ops_match_cpu() {
     check("accumulated gradient", F32_TOL, &small, &|t| {
         t[0].mul(&t[0])?.add(&t[0].sigmoid()?)
     });
-}
+});
 
-#[test]
-fn gpu_products_and_convolutions_match_cpu() {
-    if gpu("gpu_products_and_convolutions_match_cpu").is_none() {
-        return;
-    }
+test_gpu!(gpu_products_and_convolutions_match_cpu, |_dev| {
     let mut r = rng(3);
     let mm = [normal(&mut r, &[13, 21]), normal(&mut r, &[21, 9])];
     check("matmul", SUM_TOL, &mm, &|t| t[0].matmul(&t[1]));
@@ -262,13 +244,9 @@ fn gpu_products_and_convolutions_match_cpu() {
     check("conv1d_channels", F32_TOL, &c1, &|t| {
         t[0].conv1d_channels(&t[1])
     });
-}
+});
 
-#[test]
-fn gpu_norm_pool_resize_softmax_and_losses_match_cpu() {
-    if gpu("gpu_norm_pool_resize_softmax_and_losses_match_cpu").is_none() {
-        return;
-    }
+test_gpu!(gpu_norm_pool_resize_softmax_and_losses_match_cpu, |_dev| {
     let mut r = rng(4);
     let bn = |r: &mut ChaCha8Rng| {
         [
@@ -316,35 +294,9 @@ fn gpu_norm_pool_resize_softmax_and_losses_match_cpu() {
     check("bce_with_logits", SUM_TOL, &bce, &|t| {
         t[0].bce_with_logits(&t[1].mul_scalar(0.5)?)
     });
+});
 
-    // The CPU op's refusals hold on the GPU too.
-    let z = Tensor::from_vec(ce[0].data.clone(), ce[0].dims.clone(), GPU).unwrap();
-    let t = Tensor::from_vec(ce[1].data.clone(), ce[1].dims.clone(), GPU).unwrap();
-    let none = Tensor::zeros([2, 9, 8], GPU).unwrap();
-    let e = z
-        .cross_entropy_2class(&t, Some(&none))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("masked out"), "{e}");
-    let mut zv = ce[0].data.clone();
-    zv[37] = f32::NAN;
-    let zn = Tensor::from_vec(zv, ce[0].dims.clone(), GPU).unwrap();
-    let e = zn.cross_entropy_2class(&t, None).unwrap_err().to_string();
-    assert!(e.contains("NaN logit at [0, 0, 4, 5]"), "{e}");
-    let bad = t.affine(2.0, 0.0).unwrap();
-    assert!(
-        z.cross_entropy_2class(&bad, None)
-            .unwrap_err()
-            .to_string()
-            .contains("not 0 or 1")
-    );
-}
-
-#[test]
-fn gpu_ops_refuse_inputs_on_different_devices() {
-    if gpu("gpu_ops_refuse_inputs_on_different_devices").is_none() {
-        return;
-    }
+test_gpu!(gpu_ops_refuse_inputs_on_different_devices, |_dev| {
     let mut r = rng(5);
     let a = Tensor::randn([2, 3], 0.0, 1.0, Device::Cpu, &mut r).unwrap();
     let b = a.to_device(GPU).unwrap();
@@ -366,13 +318,9 @@ fn gpu_ops_refuse_inputs_on_different_devices() {
             other => panic!("{op} mixing cpu and cuda:0 gave {other:?}"),
         }
     }
-}
+});
 
-#[test]
-fn gpu_tiny_resnet18_forward_and_backward_match_cpu() {
-    if gpu("gpu_tiny_resnet18_forward_and_backward_match_cpu").is_none() {
-        return;
-    }
+test_gpu!(gpu_tiny_resnet18_forward_and_backward_match_cpu, |_dev| {
     let spec = ResNetSpec {
         depth: 18,
         width: 0.125,
@@ -445,13 +393,9 @@ fn gpu_tiny_resnet18_forward_and_backward_match_cpu() {
         }
     }
     assert!(with_grad > 20, "only {with_grad} parameters got gradients");
-}
+});
 
-#[test]
-fn gpu_optimiser_steps_match_cpu_and_resume() {
-    if gpu("gpu_optimiser_steps_match_cpu_and_resume").is_none() {
-        return;
-    }
+test_gpu!(gpu_optimiser_steps_match_cpu_and_resume, |_dev| {
     for params in [OptimizerParams::paper_sgd(), OptimizerParams::paper_adam()] {
         let train = |device: Device| {
             let mut store = ParamStore::new(device, 3);
@@ -512,4 +456,4 @@ fn gpu_optimiser_steps_match_cpu_and_resume() {
         }
         assert_eq!(gpu.iter().find(|(n, _)| n == "c").unwrap().1, vec![0.5; 3]);
     }
-}
+});

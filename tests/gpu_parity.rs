@@ -4,10 +4,12 @@
 //!
 //! References: the CPU convolution (src/backend/cpu/conv.rs) and naive loops written here.
 
+mod common;
 mod gpu_common;
 use coseg::backend::cpu::conv::{self as cpu, ConvGeometry};
 use coseg::device::Precision;
 use coseg::backend::cuda::{batchnorm, conv, elementwise as ew, loss, optim, pool, reduce, resize, softmax};
+use common::test_gpu;
 use gpu_common::*;
 
 fn conv_shapes() -> Vec<ConvGeometry> {
@@ -22,9 +24,7 @@ fn conv_shapes() -> Vec<ConvGeometry> {
     ]
 }
 
-#[test]
-fn gpu_conv2d_forward_and_gradients_match_cpu() {
-    let Some(dev) = gpu("gpu_conv2d_forward_and_gradients_match_cpu") else { return };
+test_gpu!(gpu_conv2d_forward_and_gradients_match_cpu, |dev| {
     let mut r = rng(7);
     for g in conv_shapes() {
         let sh = g;
@@ -48,7 +48,7 @@ fn gpu_conv2d_forward_and_gradients_match_cpu() {
         conv::conv2d_bwd_weight(&dev, &sh, Precision::Fp32, &xg, &dyg, &mut dwg).unwrap();
         assert_close(&format!("conv2d dw {g:?}"), &dev.dtoh(&dwg).unwrap(), &dw, F32_TOL);
     }
-}
+});
 
 fn idx4(d: [usize; 4], i: [usize; 4]) -> usize {
     ((i[0] * d[1] + i[1]) * d[2] + i[2]) * d[3] + i[3]
@@ -66,9 +66,7 @@ fn bidx(shape: [usize; 4], out_pos: [usize; 4]) -> usize {
     idx4(shape, std::array::from_fn(|a| if shape[a] == 1 { 0 } else { out_pos[a] }))
 }
 
-#[test]
-fn gpu_scalar_ops_match_cpu() {
-    let Some(dev) = gpu("gpu_scalar_ops_match_cpu") else { return };
+test_gpu!(gpu_scalar_ops_match_cpu, |dev| {
     let mut r = rng(12);
     let n = 3001;
     let x: Vec<f32> = randn(&mut r, n).iter().map(|v| v * 4.0).collect();
@@ -77,13 +75,11 @@ fn gpu_scalar_ops_match_cpu() {
     ew::affine(&dev, &xg, &mut yg, -1.5, 0.25).unwrap();
     let want: Vec<f32> = x.iter().map(|v| -1.5 * v + 0.25).collect();
     assert_close("affine", &dev.dtoh(&yg).unwrap(), &want, F32_TOL);
-}
+});
 
-/// Few outputs over long reductions (a bias gradient, a sum over channels of a large batch): the
-/// reduction is split over gridDim.y and added atomically; every split must land once.
-#[test]
-fn gpu_long_reductions_split_and_match_cpu() {
-    let Some(dev) = gpu("gpu_long_reductions_split_and_match_cpu") else { return };
+// Few outputs over long reductions (a bias gradient, a sum over channels of a large batch): the
+// reduction is split over gridDim.y and added atomically; every split must land once.
+test_gpu!(gpu_long_reductions_split_and_match_cpu, |dev| {
     let mut r = rng(31);
     let d = [32, 64, 20, 24];
     let x = randn(&mut r, d.iter().product());
@@ -105,11 +101,9 @@ fn gpu_long_reductions_split_and_match_cpu() {
         reduce::sum_axes(&dev, &xg, d, keep, &mut yg, 0.25).unwrap();
         assert_close(&format!("long sum keep {keep:?}"), &dev.dtoh(&yg).unwrap(), &want, F32_TOL);
     }
-}
+});
 
-#[test]
-fn gpu_sums_means_and_softmax_match_cpu() {
-    let Some(dev) = gpu("gpu_sums_means_and_softmax_match_cpu") else { return };
+test_gpu!(gpu_sums_means_and_softmax_match_cpu, |dev| {
     let mut r = rng(13);
     let d = [3, 5, 7, 9];
     let x = randn(&mut r, 945);
@@ -146,11 +140,9 @@ fn gpu_sums_means_and_softmax_match_cpu() {
         softmax::softmax_bwd(&dev, &yg, &dyg, &mut dxg, outer, dim, inner).unwrap();
         assert_close("softmax bwd", &dev.dtoh(&dxg).unwrap(), &dx, F32_TOL);
     }
-}
+});
 
-#[test]
-fn gpu_batch_norm_training_and_eval_match_cpu() {
-    let Some(dev) = gpu("gpu_batch_norm_training_and_eval_match_cpu") else { return };
+test_gpu!(gpu_batch_norm_training_and_eval_match_cpu, |dev| {
     let mut r = rng(14);
     let shape = [3, 4, 5, 6];
     let (n, c, hw) = (3, 4, 30);
@@ -198,7 +190,7 @@ fn gpu_batch_norm_training_and_eval_match_cpu() {
     assert_close("bn dx", &dev.dtoh(&dxg).unwrap(), &dx, F32_TOL);
     assert_close("bn dgamma", &dev.dtoh(&dgg).unwrap(), &dgamma, F32_TOL);
     assert_close("bn dbeta", &dev.dtoh(&dbg).unwrap(), &dbeta, F32_TOL);
-}
+});
 
 #[test]
 fn gpu_maxpool_and_bilinear_resize_match_cpu() {
@@ -270,9 +262,7 @@ fn gpu_maxpool_and_bilinear_resize_match_cpu() {
     }
 }
 
-#[test]
-fn gpu_losses_match_cpu() {
-    let Some(dev) = gpu("gpu_losses_match_cpu") else { return };
+test_gpu!(gpu_losses_match_cpu, |dev| {
     let mut r = rng(16);
     let (n, h, w) = (2, 5, 7);
     let hw = h * w;
@@ -309,11 +299,9 @@ fn gpu_losses_match_cpu() {
     let mut dxg = poisoned(&dev, x.len());
     loss::bce_bwd(&dev, &xg, &tg, &dev.htod(&[2.0]).unwrap(), &mut dxg).unwrap();
     assert_close("bce bwd", &dev.dtoh(&dxg).unwrap(), &dx, F32_TOL);
-}
+});
 
-#[test]
-fn gpu_channel_conv1d_matches_cpu() {
-    let Some(dev) = gpu("gpu_channel_conv1d_matches_cpu") else { return };
+test_gpu!(gpu_channel_conv1d_matches_cpu, |dev| {
     let mut r = rng(17);
     let (n, c, k) = (3, 37, 5);
     let (x, w, dy) = (randn(&mut r, n * c), randn(&mut r, k), randn(&mut r, n * c));
@@ -340,11 +328,9 @@ fn gpu_channel_conv1d_matches_cpu() {
     assert_close("conv1d dx", &dev.dtoh(&dxg).unwrap(), &dx, F32_TOL);
     assert_close("conv1d dw", &dev.dtoh(&dwg).unwrap(), &dw, F32_TOL);
 
-}
+});
 
-#[test]
-fn gpu_optimisers_match_a_cpu_reference_over_steps() {
-    let Some(dev) = gpu("gpu_optimisers_match_a_cpu_reference_over_steps") else { return };
+test_gpu!(gpu_optimisers_match_a_cpu_reference_over_steps, |dev| {
     let mut r = rng(18);
     let sizes = [5, 20_000, 300]; // the middle one spans two chunks
     let params: Vec<Vec<f32>> = sizes.iter().map(|&n| randn(&mut r, n)).collect();
@@ -390,4 +376,4 @@ fn gpu_optimisers_match_a_cpu_reference_over_steps() {
             assert_close(&format!("{} param {t}", if adam { "adam" } else { "sgd" }), &dev.dtoh(&pg[t]).unwrap(), &p_cpu[t], F32_TOL);
         }
     }
-}
+});

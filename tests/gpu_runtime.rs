@@ -1,6 +1,7 @@
 //! The CUDA runtime: device selection, copies, the caching allocator and error reporting.
 //! GPU parts skip without a GPU (and fail with REQUIRE_CUDA=1).
 
+mod common;
 mod gpu_common;
 use coseg::backend::cuda::{CudaDevice, CudaError, device_count, elementwise, nd, reduce};
 use coseg::device::{Device, DeviceRequest, resolve};

@@ -1,10 +1,15 @@
 //! The co-segmentation network: shapes of every variant, symmetry of the co-attention,
 //! gradients reaching every parameter, training on a tiny set, configuration errors.
+//! The shapes and the gradients run on every device present (`test_device!`), the rest on the CPU.
+
+mod common;
 
 use coseg::Device;
 use coseg::autograd::{ParamStore, no_grad};
 use coseg::nn::{ChannelAttention, CoAttention, CosegNet, Decoder, ModelConfig, SpatialAttention};
 use coseg::tensor::Tensor;
+use coseg::train::{Optimizer, OptimizerParams};
+use common::test_device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -12,17 +17,16 @@ fn small(depth: usize) -> ModelConfig {
     ModelConfig { depth, width: 0.125, ..ModelConfig::default() }
 }
 
-fn input(n: usize, size: usize, seed: u64) -> Tensor {
+fn input(n: usize, size: usize, seed: u64, device: Device) -> Tensor {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    Tensor::randn([n, 3, size, size], 0.0, 1.0, Device::Cpu, &mut rng).unwrap()
+    Tensor::randn([n, 3, size, size], 0.0, 1.0, device, &mut rng).unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     a.to_vec().unwrap().iter().zip(b.to_vec().unwrap()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-#[test]
-fn every_variant_gives_logits_at_the_input_size() {
+test_device!(every_variant_gives_logits_at_the_input_size, |device| {
     let variants = [
         small(18),
         ModelConfig { decoder: Decoder::D1, multi_grid: false, ..small(50) },
@@ -32,9 +36,9 @@ fn every_variant_gives_logits_at_the_input_size() {
         ModelConfig { danet: true, ..small(50) },
         ModelConfig { siamese: false, ..small(50) },
     ];
-    let (a, b) = (input(2, 64, 1), input(2, 64, 2));
+    let (a, b) = (input(2, 64, 1, device), input(2, 64, 2, device));
     for cfg in variants {
-        let mut params = ParamStore::new(Device::Cpu, 7);
+        let mut params = ParamStore::new(device, 7);
         let net = CosegNet::new(&cfg, &mut params).unwrap();
         let (la, lb) = no_grad(|| net.forward_pair(&a, &b, true)).unwrap();
         assert_eq!(la.dims(), [2, 2, 64, 64], "{}", cfg.name());
@@ -46,13 +50,13 @@ fn every_variant_gives_logits_at_the_input_size() {
         let c4 = if cfg.depth >= 50 { 256 } else { 64 };
         assert_eq!(e.dims(), [2, c4], "{}", cfg.name());
     }
-}
+});
 
 /// Sets every DANet gamma (0 at initialisation, which would hide the attention branches).
 fn open_danet_gammas(params: &ParamStore, value: f32) {
     for (name, t) in params.trainable() {
         if name.ends_with(".gamma") {
-            t.assign(&Tensor::full(t.shape().clone(), value, Device::Cpu).unwrap()).unwrap();
+            t.assign(&Tensor::full(t.shape().clone(), value, t.device()).unwrap()).unwrap();
         }
     }
 }
@@ -64,7 +68,7 @@ fn swapping_the_pair_swaps_the_outputs() {
         ModelConfig { channel_attention: ChannelAttention::Eca, spatial_attention: SpatialAttention::Aspp, decoder: Decoder::D1, ..small(18) },
         ModelConfig { danet: true, ..small(18) },
     ];
-    let (a, b) = (input(2, 48, 3), input(2, 48, 4));
+    let (a, b) = (input(2, 48, 3, Device::Cpu), input(2, 48, 4, Device::Cpu));
     for cfg in variants {
         let mut params = ParamStore::new(Device::Cpu, 11);
         let net = CosegNet::new(&cfg, &mut params).unwrap();
@@ -86,7 +90,7 @@ fn pairing_an_image_with_itself_is_forward_single() {
         let mut params = ParamStore::new(Device::Cpu, 5);
         let net = CosegNet::new(&cfg, &mut params).unwrap();
         open_danet_gammas(&params, 0.5);
-        let x = input(1, 40, 9);
+        let x = input(1, 40, 9, Device::Cpu);
         let (pa, pb) = no_grad(|| net.forward_pair(&x, &x, false)).unwrap();
         let single = no_grad(|| net.forward_single(&x, false)).unwrap();
         assert!(max_abs_diff(&pa, &single) <= 1e-5, "{}", cfg.name());
@@ -94,20 +98,19 @@ fn pairing_an_image_with_itself_is_forward_single() {
     }
 }
 
-#[test]
-fn gradients_reach_every_parameter() {
+test_device!(gradients_reach_every_parameter, |device| {
     let variants = [
         small(50),
         ModelConfig { channel_attention: ChannelAttention::Eca, spatial_attention: SpatialAttention::Aspp, decoder: Decoder::D1, output_stride: 16, ..small(18) },
         ModelConfig { danet: true, ..small(18) },
         ModelConfig { siamese: false, ..small(18) },
     ];
-    let (a, b) = (input(2, 32, 21), input(2, 32, 22));
+    let (a, b) = (input(2, 32, 21, device), input(2, 32, 22, device));
     let mut rng = ChaCha8Rng::seed_from_u64(23);
-    let target = Tensor::uniform([2, 32, 32], 0.0, 1.0, Device::Cpu, &mut rng).unwrap().affine(1.0, -0.5).unwrap().relu().unwrap().sqrt().unwrap();
-    let target = Tensor::from_vec(target.to_vec().unwrap().iter().map(|&v| if v > 0.0 { 1.0 } else { 0.0 }).collect(), [2, 32, 32], Device::Cpu).unwrap();
+    let target = Tensor::uniform([2, 32, 32], 0.0, 1.0, device, &mut rng).unwrap().affine(1.0, -0.5).unwrap().relu().unwrap().sqrt().unwrap();
+    let target = Tensor::from_vec(target.to_vec().unwrap().iter().map(|&v| if v > 0.0 { 1.0 } else { 0.0 }).collect(), [2, 32, 32], device).unwrap();
     for cfg in variants {
-        let mut params = ParamStore::new(Device::Cpu, 13);
+        let mut params = ParamStore::new(device, 13);
         let net = CosegNet::new(&cfg, &mut params).unwrap();
         open_danet_gammas(&params, 0.5);
         let (la, lb) = net.forward_pair(&a, &b, true).unwrap();
@@ -122,7 +125,7 @@ fn gradients_reach_every_parameter() {
         }
         assert!(checked > 20, "{}: only {checked} parameters", cfg.name());
     }
-}
+});
 
 /// A tiny set: bright disks of random radius and place on noise; the label is the disk.
 fn disk_set(n: usize, size: usize, seed: u64) -> (Tensor, Tensor) {
@@ -160,23 +163,15 @@ fn a_few_sgd_steps_reduce_the_loss_on_a_tiny_set() {
         la.cross_entropy_2class(&ya, None).unwrap().add(&lb.cross_entropy_2class(&yb, None).unwrap()).unwrap()
     };
     let first = loss_of(true).to_scalar().unwrap();
-    let mut velocity: Vec<Vec<f32>> = params.trainable().map(|(_, p)| vec![0.0; p.numel()]).collect();
+    // Plain SGD with momentum: v = 0.9 v + g, w -= 0.05 v.
+    let mut sgd = Optimizer::new(OptimizerParams { momentum: 0.9, weight_decay: 0.0, ..OptimizerParams::paper_sgd() }).unwrap();
     let mut last = first;
     for _ in 0..12 {
         params.zero_grads();
         let loss = loss_of(true);
         last = loss.to_scalar().unwrap();
         loss.backward().unwrap();
-        for ((_, p), v) in params.trainable().zip(velocity.iter_mut()) {
-            let g = p.grad().unwrap().to_vec().unwrap();
-            p.update("sgd", |w| {
-                for ((w, v), g) in w.iter_mut().zip(v.iter_mut()).zip(&g) {
-                    *v = 0.9 * *v + g;
-                    *w -= 0.05 * *v;
-                }
-            })
-            .unwrap();
-        }
+        sgd.step(&params, 0.05).unwrap();
     }
     assert!(last.is_finite() && last < 0.6 * first, "loss {first} -> {last}");
 }
@@ -201,7 +196,7 @@ fn config_errors_name_the_key() {
     let net = CosegNet::new(&small(18), &mut params).unwrap();
     let e = net.forward_single(&Tensor::zeros([1, 4, 32, 32], Device::Cpu).unwrap(), false).unwrap_err().to_string();
     assert!(e.contains("[1, 4, 32, 32]"), "{e}");
-    let e = net.forward_pair(&input(1, 32, 1), &input(2, 32, 1), false).unwrap_err().to_string();
+    let e = net.forward_pair(&input(1, 32, 1, Device::Cpu), &input(2, 32, 1, Device::Cpu), false).unwrap_err().to_string();
     assert!(e.contains("[1, 3, 32, 32]") && e.contains("[2, 3, 32, 32]"), "{e}");
 }
 

@@ -11,6 +11,15 @@ fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("coseg-pseudo-{name}-{}", std::process::id()))
 }
 
+/// A synthetic set (one lesion per slice, no neighbour slices) in a fresh temporary folder:
+/// the folder, and the set's root inside it.
+fn synth_set(name: &str, lesions: usize, seed: u64, size: usize) -> (PathBuf, PathBuf) {
+    let dir = temp(name);
+    let data = dir.join("data");
+    synth_dataset(&data, &SynthParams { lesions, seed, size, neighbours: false }).unwrap();
+    (dir, data)
+}
+
 fn shared_dir() -> PathBuf {
     std::env::var("COSEG_SHARED")
         .map(PathBuf::from)
@@ -19,9 +28,7 @@ fn shared_dir() -> PathBuf {
 
 #[test]
 fn pseudo_masks_beat_the_recist_ellipse_on_a_synthetic_set() {
-    let dir = temp("synth");
-    let data = dir.join("data");
-    synth_dataset(&data, &SynthParams { lesions: 16, seed: 3, size: 512, neighbours: false }).unwrap();
+    let (dir, data) = synth_set("synth", 16, 3, 512);
     let s = pseudo_masks(&data, &dir.join("out"), &PseudoMaskParams::default()).unwrap();
     eprint!("{}", s.report());
     let q = s.quality.as_ref().expect("synthetic set has masks/");
@@ -42,9 +49,7 @@ fn pseudo_masks_beat_the_recist_ellipse_on_a_synthetic_set() {
 /// the summary and its JSON is what the written mask measures against the row's marks.
 #[test]
 fn recist_fit_beats_the_ellipse_and_reports_each_masks_consistency() {
-    let dir = temp("fit");
-    let data = dir.join("data");
-    synth_dataset(&data, &SynthParams { lesions: 12, seed: 8, size: 256, neighbours: false }).unwrap();
+    let (dir, data) = synth_set("fit", 12, 8, 256);
     let info = coseg::data::read_dl_info(data.join("DL_info.csv")).unwrap();
     let run = |method| {
         let p = PseudoMaskParams { method, ..Default::default() };
@@ -81,9 +86,7 @@ fn recist_fit_beats_the_ellipse_and_reports_each_masks_consistency() {
 
 #[test]
 fn bad_rows_and_missing_slices_are_named_not_dropped() {
-    let dir = temp("bad");
-    let data = dir.join("data");
-    synth_dataset(&data, &SynthParams { lesions: 3, seed: 5, size: 256, neighbours: false }).unwrap();
+    let (dir, data) = synth_set("bad", 3, 5, 256);
     let info = coseg::data::read_dl_info(data.join("DL_info.csv")).unwrap();
     assert_eq!(info.records.len(), 3, "the synthetic rows are valid");
     // Row 3 (second record): its slice goes missing. Row 4: its RECIST marks leave the image.

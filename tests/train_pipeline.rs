@@ -38,6 +38,14 @@ fn config(dir: &Path, out: &str, train_extra: &str) -> String {
     )
 }
 
+/// The error of a run that must stop early: 8 iterations into `out`, a checkpoint at every one,
+/// `replace` in the config replaced by `with`.
+fn diverging_run(dir: &Path, out: &str, replace: &str, with: &str) -> String {
+    let text = config(dir, out, "iterations = 8\nseed = 1\n").replace(replace, with).replace("checkpoint_every = 2", "checkpoint_every = 1");
+    let cfg = TrainConfig::parse(&text, out).unwrap();
+    train(&cfg, &text, &Resume::Fresh).unwrap_err().to_string()
+}
+
 fn params_of(path: &Path) -> Vec<(String, Vec<f32>)> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -155,11 +163,7 @@ fn pipeline_resume_nan_and_misfit() {
 
     // Divergence without NaN: Adam at lr 1e6 blows the loss up by orders of magnitude; training
     // stops at once, naming the iteration, and keeps the iteration-1 checkpoint.
-    let div_text = config(&dir, "div", "iterations = 8\nseed = 1\n")
-        .replace("lr = 1e-3", "lr = 1e6\nlr_schedule = \"constant\"")
-        .replace("checkpoint_every = 2", "checkpoint_every = 1");
-    let div_cfg = TrainConfig::parse(&div_text, "div").unwrap();
-    let e = train(&div_cfg, &div_text, &Resume::Fresh).unwrap_err().to_string();
+    let e = diverging_run(&dir, "div", "lr = 1e-3", "lr = 1e6\nlr_schedule = \"constant\"");
     assert!(e.contains("diverged at iteration 2") && e.contains("iter-0000001.safetensors"), "{e}");
     assert!(!dir.join("div/checkpoints/iter-0000002.safetensors").exists());
 
@@ -170,11 +174,7 @@ fn pipeline_resume_nan_and_misfit() {
 
     // NaN: an absurd learning rate diverges; training stops naming the iteration and the last
     // good checkpoint, whose parameters are finite.
-    let nan_text = config(&dir, "nan", "iterations = 8\nseed = 1\n")
-        .replace("optimizer = \"adam\"\nlr = 1e-3", "optimizer = \"sgd\"\nlr = 1e30\nlr_schedule = \"constant\"")
-        .replace("checkpoint_every = 2", "checkpoint_every = 1");
-    let nan_cfg = TrainConfig::parse(&nan_text, "nan").unwrap();
-    let e = train(&nan_cfg, &nan_text, &Resume::Fresh).unwrap_err().to_string();
+    let e = diverging_run(&dir, "nan", "optimizer = \"adam\"\nlr = 1e-3", "optimizer = \"sgd\"\nlr = 1e30\nlr_schedule = \"constant\"");
     assert!(e.contains("iteration") && e.contains("stopped"), "{e}");
     if let Some(p) = checkpoint::latest(&dir.join("nan/checkpoints")).unwrap() {
         assert!(e.contains(&p.params.display().to_string()), "{e}");

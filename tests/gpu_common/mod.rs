@@ -1,24 +1,12 @@
-// Shared by the GPU test files (included with `mod gpu_common;`): the device or a skip.
-#![allow(dead_code)]
+// Shared by the GPU test files (included with `mod common; mod gpu_common;`): buffers, random
+// inputs and the comparison of the kernel tests; the device or a skip is common's `gpu`.
+#![allow(dead_code, unused_imports)] // each test file uses a part
 
 use coseg::backend::cuda::{CudaDevice, GpuBuffer, elementwise::fill};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::sync::Arc;
 
-/// cuda:0, or None after printing why the test skips. With REQUIRE_CUDA=1 a missing GPU fails.
-pub fn gpu(test: &str) -> Option<Arc<CudaDevice>> {
-    match CudaDevice::get(0) {
-        Ok(dev) => Some(dev),
-        Err(e) if std::env::var("REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
-            panic!("{test}: REQUIRE_CUDA=1 but {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping {test}: no GPU ({e})");
-            None
-        }
-    }
-}
+pub use crate::common::gpu;
 
 /// Held by tests that inspect the caching allocator or take most of the card's memory: the
 /// tests of one binary run on parallel threads and share the device and its allocator.
