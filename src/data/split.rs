@@ -389,48 +389,19 @@ impl Default for SplitParams {
 /// reader rejects and lesions whose slice cannot be read end up in `Manifest::skipped`. More
 /// clusters than lesions is an error naming both numbers.
 pub fn build_manifest(root: &Path, p: &SplitParams) -> Result<Manifest> {
-    use crate::data::{dl_info::read_dl_info, embed, kmeans::kmeans, npy::read_npy_f32};
+    use crate::data::{dl_info::read_dl_info, kmeans::kmeans};
     let info = read_dl_info(root.join("DL_info.csv"))?;
     let mut skipped: Vec<ManifestSkipped> = info
         .skipped
         .iter()
         .map(|s| ManifestSkipped { row: s.row, file_name: s.file_name.clone(), reason: s.reason.clone() })
         .collect();
-    let (data, dim, kept, embedding) = match &p.embeddings {
-        None => {
-            let e = embed::embed_dataset(root, &info.records);
-            for (i, msg) in &e.failed {
-                let r = &info.records[*i];
-                skipped.push(ManifestSkipped { row: r.row, file_name: r.file_name.clone(), reason: msg.clone() });
-            }
-            (e.data, embed::FEATURES, e.kept, "features".to_string())
-        }
-        Some(path) => {
-            let a = read_npy_f32(path)?;
-            if a.shape.len() != 2 || a.shape[0] != info.records.len() {
-                return Err(Error::format(
-                    path,
-                    None,
-                    format!("embeddings of shape {:?}; expected [{}, D], one row per kept DL_info row", a.shape, info.records.len()),
-                ));
-            }
-            (a.data, a.shape[1], (0..info.records.len()).collect(), format!("npy:{}", path.display()))
-        }
-    };
+    let Embedded { data, dim, kept, embedding } = embeddings_for(root, &info, p.embeddings.as_deref(), &mut skipped)?;
     if kept.len() < p.clusters {
         return Err(Error::invalid("split", format!("{} clusters for {} usable lesions: ask for at most {}", p.clusters, kept.len(), kept.len())));
     }
     let km = kmeans(&data, dim, p.clusters, p.seed, p.max_iter)?;
-    // One patient's lesions share anatomy and scanner: in two splits they would leak test
-    // information into training.
-    let mut ids: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    let patients: Vec<usize> = kept
-        .iter()
-        .map(|&i| {
-            let n = ids.len();
-            *ids.entry(patient_of_file_name(&info.records[i].file_name)).or_insert(n)
-        })
-        .collect();
+    let (patients, n_patients) = patient_ids(&info.records, &kept);
     let splits = patient_split(&km.assignment, &patients, p.ratios, p.seed)?;
     let [train, val, test] = make_pairs(&km.assignment, &splits, p.pair_rule, p.seed);
     let counts = Split::ALL.map(|s| splits.iter().filter(|x| **x == s).count());
@@ -440,7 +411,7 @@ pub fn build_manifest(root: &Path, p: &SplitParams) -> Result<Manifest> {
             format!(
                 "{what}: no (cluster, split) group holds two lesions ({} usable lesions of {} patients in {} clusters; train/val/test lesions {counts:?}, {} rows skipped); use fewer clusters or more lesions",
                 kept.len(),
-                ids.len(),
+                n_patients,
                 p.clusters,
                 skipped.len()
             ),
@@ -471,5 +442,57 @@ pub fn build_manifest(root: &Path, p: &SplitParams) -> Result<Manifest> {
         pairs: ManifestPairs { train, val, test },
         skipped,
     })
+}
 
+/// The rows k-means clusters: `data` ([kept, dim]), which DL_info records they are, and what
+/// made them (for the manifest).
+struct Embedded {
+    data: Vec<f32>,
+    dim: usize,
+    kept: Vec<usize>,
+    embedding: String,
+}
+
+/// Computed features of every readable lesion (a lesion whose slice cannot be read is added to
+/// `skipped`), or the rows of a user's [N, D] .npy, one per kept DL_info record.
+fn embeddings_for(
+    root: &Path,
+    info: &crate::data::dl_info::DlInfo,
+    npy: Option<&Path>,
+    skipped: &mut Vec<ManifestSkipped>,
+) -> Result<Embedded> {
+    use crate::data::{embed, npy::read_npy_f32};
+    let Some(path) = npy else {
+        let e = embed::embed_dataset(root, &info.records);
+        for (i, msg) in &e.failed {
+            let r = &info.records[*i];
+            skipped.push(ManifestSkipped { row: r.row, file_name: r.file_name.clone(), reason: msg.clone() });
+        }
+        return Ok(Embedded { data: e.data, dim: embed::FEATURES, kept: e.kept, embedding: "features".into() });
+    };
+    let a = read_npy_f32(path)?;
+    if a.shape.len() != 2 || a.shape[0] != info.records.len() {
+        return Err(Error::format(
+            path,
+            None,
+            format!("embeddings of shape {:?}; expected [{}, D], one row per kept DL_info row", a.shape, info.records.len()),
+        ));
+    }
+    let kept = (0..info.records.len()).collect();
+    Ok(Embedded { data: a.data, dim: a.shape[1], kept, embedding: format!("npy:{}", path.display()) })
+}
+
+/// Each kept lesion's patient as a small integer, and the number of patients. One patient's
+/// lesions share anatomy and scanner: in two splits they would leak test information into
+/// training, so the split keeps patients whole.
+fn patient_ids(records: &[crate::data::dl_info::LesionRecord], kept: &[usize]) -> (Vec<usize>, usize) {
+    let mut ids: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let patients = kept
+        .iter()
+        .map(|&i| {
+            let n = ids.len();
+            *ids.entry(patient_of_file_name(&records[i].file_name)).or_insert(n)
+        })
+        .collect();
+    (patients, ids.len())
 }
