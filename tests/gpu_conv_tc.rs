@@ -6,6 +6,7 @@
 //! Outputs are NaN-poisoned before each launch. Skips without a GPU; fails with REQUIRE_CUDA=1.
 
 mod common;
+use common::test_gpu;
 mod gpu_common;
 use coseg::backend::cpu::conv::{self as cpu, ConvGeometry};
 use coseg::backend::cuda::conv::{self, ConvPass};
@@ -47,9 +48,7 @@ fn reference(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], dy: &[f32]) -> [
     [y, dx, dw]
 }
 
-#[test]
-fn every_tensor_core_kernel_matches_the_f32_convolution() {
-    let Some(dev) = gpu("every_tensor_core_kernel_matches_the_f32_convolution") else { return };
+test_gpu!(every_tensor_core_kernel_matches_the_f32_convolution, |dev| {
     let mut r = rng(12);
     let mut ran = 0;
     for g in shapes() {
@@ -78,11 +77,9 @@ fn every_tensor_core_kernel_matches_the_f32_convolution() {
         }
     }
     assert_eq!(ran, shapes().len() * 2 * 3 * conv::TC_TILES.len());
-}
+});
 
-#[test]
-fn the_public_wrappers_dispatch_by_precision() {
-    let Some(dev) = gpu("the_public_wrappers_dispatch_by_precision") else { return };
+test_gpu!(the_public_wrappers_dispatch_by_precision, |dev| {
     let mut r = rng(13);
     let g = ConvGeometry { n: 3, c: 40, h: 14, w: 14, k: 72, r: 3, s: 3, stride: 1, pad: 2, dilation: 2 };
     let (x, w, b, dy) = (randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()), randn(&mut r, g.k), randn(&mut r, g.output_len()));
@@ -108,12 +105,10 @@ fn the_public_wrappers_dispatch_by_precision() {
     let mut short = dev.alloc(g.output_len() - 1).unwrap();
     let e = conv::conv2d_fwd(&dev, &g, Precision::Bf16, &xg, &wg, None, &mut short).unwrap_err().to_string();
     assert!(e.contains("conv2d_fwd") && e.contains('y'), "{e}");
-}
+});
 
-/// A conv layer through the tensor ops and autograd follows the device's precision setting.
-#[test]
-fn tensor_ops_follow_the_device_precision() {
-    let Some(dev) = gpu("tensor_ops_follow_the_device_precision") else { return };
+// A conv layer through the tensor ops and autograd follows the device's precision setting.
+test_gpu!(tensor_ops_follow_the_device_precision, |dev| {
     let _one_at_a_time = serial();
     let mut r = rng(14);
     let (xv, wv) = (randn(&mut r, 2 * 9 * 11 * 11), randn(&mut r, 20 * 9 * 9));
@@ -135,4 +130,4 @@ fn tensor_ops_follow_the_device_precision() {
         }
     }
     dev.set_precision(Precision::Fp32);
-}
+});

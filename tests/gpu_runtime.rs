@@ -2,6 +2,7 @@
 //! GPU parts skip without a GPU (and fail with REQUIRE_CUDA=1).
 
 mod common;
+use common::test_gpu;
 mod gpu_common;
 use coseg::backend::cuda::{CudaDevice, CudaError, device_count, elementwise, nd, reduce};
 use coseg::device::{Device, DeviceRequest, resolve};
@@ -61,9 +62,7 @@ fn gpu_copies_round_trip_and_the_allocator_reuses_blocks() {
     assert!(after.peak_in_use_bytes >= 2 * 10_007 * 4);
 }
 
-#[test]
-fn gpu_bad_launch_arguments_are_refused_with_the_op_and_shapes() {
-    let Some(dev) = gpu("gpu_bad_launch_arguments_are_refused_with_the_op_and_shapes") else { return };
+test_gpu!(gpu_bad_launch_arguments_are_refused_with_the_op_and_shapes, |dev| {
     let a = dev.htod(&[1.0; 24]).unwrap();
     let b = dev.htod(&[1.0; 6]).unwrap();
     let mut y = dev.alloc(24).unwrap();
@@ -73,7 +72,7 @@ fn gpu_bad_launch_arguments_are_refused_with_the_op_and_shapes() {
     let mut small = dev.alloc(5).unwrap();
     let e = reduce::sum_axes(&dev, &a, [1, 2, 3, 4], [true, true, false, false], &mut small, 1.0).unwrap_err();
     assert!(e.to_string().contains("y has 5 elements"), "{e}");
-}
+});
 
 #[test]
 fn gpu_out_of_memory_names_the_size_and_what_is_free() {
