@@ -4,7 +4,7 @@
 // y = max over the window; idx = the winning input cell's offset h * W + w within its plane
 // (first maximum in scan order; NaN wins so it propagates, as in PyTorch).
 extern "C" __global__ void maxpool_fwd_f32(const float* __restrict__ x, float* __restrict__ y,
-                                           int* __restrict__ idx, int planes, int H, int W, int OH, int OW,
+                                           unsigned int* __restrict__ idx, int planes, int H, int W, int OH, int OW,
                                            int k, int s, int p) {
     int n = planes * OH * OW;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
@@ -29,13 +29,13 @@ extern "C" __global__ void maxpool_fwd_f32(const float* __restrict__ x, float* _
             }
         }
         y[i] = best;
-        idx[i] = best_i;
+        idx[i] = (unsigned int)best_i;  // every window holds a cell (p <= k/2): best_i >= 0
     }
 }
 
 // Gather form (no atomics, deterministic): each input cell sums dy over the outputs whose
 // window covers it and whose recorded winner it is.
-extern "C" __global__ void maxpool_bwd_f32(const float* __restrict__ dy, const int* __restrict__ idx,
+extern "C" __global__ void maxpool_bwd_f32(const float* __restrict__ dy, const unsigned int* __restrict__ idx,
                                            float* __restrict__ dx, int planes, int H, int W, int OH, int OW,
                                            int k, int s, int p) {
     int n = planes * H * W;
@@ -49,7 +49,7 @@ extern "C" __global__ void maxpool_bwd_f32(const float* __restrict__ dy, const i
         int ow0 = lo_w <= 0 ? 0 : (lo_w + s - 1) / s;
         int oh1 = min(OH - 1, (h + p) / s);
         int ow1 = min(OW - 1, (w + p) / s);
-        int self = h * W + w;
+        unsigned int self = h * W + w;
         long long obase = (long long)plane * OH * OW;
         float acc = 0.0f;
         for (int oh = oh0; oh <= oh1; ++oh)
@@ -71,44 +71,51 @@ __device__ __forceinline__ void bilinear_src(int dst, int in, float scale, int& 
     l1 = src - (float)i0;
 }
 
-// scale_h = H / OH, scale_w = W / OW (computed on the host, as PyTorch does for a given size).
-extern "C" __global__ void resize_bilinear_fwd_f32(const float* __restrict__ x, float* __restrict__ y,
-                                                   int planes, int H, int W, int OH, int OW, float scale_h,
-                                                   float scale_w) {
+// Output pixel i of the flattened (planes, OH, OW) output: its plane, its source rows h0, h1
+// and columns w0, w1, and the fractions lh, lw of the second row and column.
+struct BilinearTap {
+    int plane, h0, h1, w0, w1;
+    float lh, lw;
+};
+
+// Runs f(i, tap) for every output pixel, grid-stride: the walk both resize kernels share.
+template <class F>
+__device__ __forceinline__ void for_each_bilinear_tap(int planes, int H, int W, int OH, int OW, float scale_h,
+                                                      float scale_w, F f) {
     int n = planes * OH * OW;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         int ow = i % OW;
         int oh = (i / OW) % OH;
-        int plane = i / (OW * OH);
-        int h0, h1, w0, w1;
-        float lh, lw;
-        bilinear_src(oh, H, scale_h, h0, h1, lh);
-        bilinear_src(ow, W, scale_w, w0, w1, lw);
-        const float* xp = x + (long long)plane * H * W;
-        float top = (1.0f - lw) * xp[h0 * W + w0] + lw * xp[h0 * W + w1];
-        float bot = (1.0f - lw) * xp[h1 * W + w0] + lw * xp[h1 * W + w1];
-        y[i] = (1.0f - lh) * top + lh * bot;
+        BilinearTap t;
+        t.plane = i / (OW * OH);
+        bilinear_src(oh, H, scale_h, t.h0, t.h1, t.lh);
+        bilinear_src(ow, W, scale_w, t.w0, t.w1, t.lw);
+        f(i, t);
     }
+}
+
+// scale_h = H / OH, scale_w = W / OW (computed on the host, as PyTorch does for a given size).
+extern "C" __global__ void resize_bilinear_fwd_f32(const float* __restrict__ x, float* __restrict__ y,
+                                                   int planes, int H, int W, int OH, int OW, float scale_h,
+                                                   float scale_w) {
+    for_each_bilinear_tap(planes, H, W, OH, OW, scale_h, scale_w, [&](int i, const BilinearTap& t) {
+        const float* xp = x + (long long)t.plane * H * W;
+        float top = (1.0f - t.lw) * xp[t.h0 * W + t.w0] + t.lw * xp[t.h0 * W + t.w1];
+        float bot = (1.0f - t.lw) * xp[t.h1 * W + t.w0] + t.lw * xp[t.h1 * W + t.w1];
+        y[i] = (1.0f - t.lh) * top + t.lh * bot;
+    });
 }
 
 // Scatter with atomics: dx must be zero-filled by the host before the launch.
 extern "C" __global__ void resize_bilinear_bwd_f32(const float* __restrict__ dy, float* __restrict__ dx,
                                                    int planes, int H, int W, int OH, int OW, float scale_h,
                                                    float scale_w) {
-    int n = planes * OH * OW;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-        int ow = i % OW;
-        int oh = (i / OW) % OH;
-        int plane = i / (OW * OH);
-        int h0, h1, w0, w1;
-        float lh, lw;
-        bilinear_src(oh, H, scale_h, h0, h1, lh);
-        bilinear_src(ow, W, scale_w, w0, w1, lw);
-        float* dp = dx + (long long)plane * H * W;
+    for_each_bilinear_tap(planes, H, W, OH, OW, scale_h, scale_w, [&](int i, const BilinearTap& t) {
+        float* dp = dx + (long long)t.plane * H * W;
         float g = dy[i];
-        atomicAdd(&dp[h0 * W + w0], (1.0f - lh) * (1.0f - lw) * g);
-        atomicAdd(&dp[h0 * W + w1], (1.0f - lh) * lw * g);
-        atomicAdd(&dp[h1 * W + w0], lh * (1.0f - lw) * g);
-        atomicAdd(&dp[h1 * W + w1], lh * lw * g);
-    }
+        atomicAdd(&dp[t.h0 * W + t.w0], (1.0f - t.lh) * (1.0f - t.lw) * g);
+        atomicAdd(&dp[t.h0 * W + t.w1], (1.0f - t.lh) * t.lw * g);
+        atomicAdd(&dp[t.h1 * W + t.w0], t.lh * (1.0f - t.lw) * g);
+        atomicAdd(&dp[t.h1 * W + t.w1], t.lh * t.lw * g);
+    });
 }

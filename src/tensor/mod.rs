@@ -163,6 +163,18 @@ impl Tensor {
         Tensor::build(storage, shape, false, node)
     }
 
+    /// [`Self::from_storage_op`] for an op of one input whose gradient `backward(grad_out, out)`
+    /// always computes.
+    pub(crate) fn from_storage_unary(
+        op: &'static str,
+        storage: Storage,
+        shape: Shape,
+        input: &Tensor,
+        backward: impl Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
+    ) -> Tensor {
+        Tensor::from_storage_op(op, Arc::new(storage), shape, &[input], move |g, y| Ok(vec![Some(backward(g, y)?)]))
+    }
+
     pub fn shape(&self) -> &Shape {
         &self.0.shape
     }

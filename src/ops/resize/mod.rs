@@ -11,7 +11,6 @@ use super::{Cpu, Cuda, kernels_for};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Storage, Tensor};
-use std::sync::Arc;
 
 const OP: &str = "resize_bilinear";
 
@@ -45,13 +44,9 @@ impl Tensor {
         }
         let storage = kernels(self.device()).resize_fwd(self, out_h, out_w)?;
         let in_shape = self.shape().clone();
-        Ok(Tensor::from_storage_op(
-            OP,
-            Arc::new(storage),
-            Shape::from([n, c, out_h, out_w]),
-            &[self],
-            move |g, _| Ok(vec![Some(kernels(g.device()).resize_bwd(g, &in_shape)?)]),
-        ))
+        Ok(Tensor::from_storage_unary(OP, storage, Shape::from([n, c, out_h, out_w]), self, move |g, _| {
+            kernels(g.device()).resize_bwd(g, &in_shape)
+        }))
     }
 }
 
