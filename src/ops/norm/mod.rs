@@ -34,33 +34,29 @@ impl Default for BatchNormOptions {
     }
 }
 
-/// What the backward reads: the per-channel statistics the forward normalised with (the batch's
-/// in training, a copy of the running ones otherwise), on the input's device.
+/// One batch_norm call: x viewed as (n, c, p, 1) (`shape`), and its options.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BnCall {
+    pub shape: [usize; 4],
+    pub opts: BatchNormOptions,
+}
+
+/// What the backward reads besides x and gamma: the per-channel statistics the forward
+/// normalised with (the batch's in training, a copy of the running ones otherwise), on the
+/// input's device, and the call.
 pub(crate) struct BnSaved {
     pub mean: Tensor,
     pub var: Tensor,
+    pub call: BnCall,
 }
 
-/// Batch norm on one side (CPU or CUDA), of x viewed as (n, c, p, 1) (`shape`).
+/// Batch norm on one side (CPU or CUDA).
 pub(crate) trait NormKernels: Sync {
-    /// y, and the statistics for the backward; in training the running ones are updated in place.
-    fn batch_norm_fwd(
-        &self,
-        x: &Tensor,
-        params: [&Tensor; 4],
-        shape: [usize; 4],
-        opts: BatchNormOptions,
-    ) -> Result<(Storage, BnSaved)>;
+    /// y, and what the backward reads; in training the running statistics are updated in place.
+    /// `params` are gamma, beta, running_mean, running_var.
+    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall) -> Result<(Storage, BnSaved)>;
     /// (dx, dgamma, dbeta).
-    fn batch_norm_bwd(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        dy: &Tensor,
-        shape: [usize; 4],
-        saved: &BnSaved,
-        opts: BatchNormOptions,
-    ) -> Result<[Tensor; 3]>;
+    fn batch_norm_bwd(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor, saved: &BnSaved) -> Result<[Tensor; 3]>;
 }
 
 fn kernels(device: Device) -> &'static dyn NormKernels {
@@ -124,9 +120,9 @@ impl Tensor {
             ));
         }
         let device = same_device(OP, &[self, gamma, beta, running_mean, running_var])?;
-        let shape = [n, c, p, 1];
+        let call = BnCall { shape: [n, c, p, 1], opts };
         let params = [gamma, beta, running_mean, running_var];
-        let (storage, saved) = kernels(device).batch_norm_fwd(self, params, shape, opts)?;
+        let (storage, saved) = kernels(device).batch_norm_fwd(self, params, call)?;
         let (xt, gamma_t) = (self.clone(), gamma.clone());
         Ok(Tensor::from_storage_op(
             OP,
@@ -134,8 +130,7 @@ impl Tensor {
             self.shape().clone(),
             &[self, gamma, beta],
             move |dy, _| {
-                let bwd = kernels(dy.device()).batch_norm_bwd(&xt, &gamma_t, dy, shape, &saved, opts);
-                let [dx, dgamma, dbeta] = bwd?;
+                let [dx, dgamma, dbeta] = kernels(dy.device()).batch_norm_bwd(&xt, &gamma_t, dy, &saved)?;
                 Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])
             },
         ))
