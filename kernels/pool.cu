@@ -1,6 +1,20 @@
 // Max pooling (square window k, stride s, zero-size padding p: padded cells never win) and
 // bilinear resize (align_corners = false, PyTorch's source-index rule) on NCHW planes.
 
+// Runs f(i, plane, row, col) for every cell i of `planes` planes of rows x cols, grid-stride: the
+// walk of maxpool_bwd (over its input cells) and of the resize kernels (over their outputs).
+// maxpool_fwd writes the same walk out: through this lambda, ptxas orders two of its bounds
+// compares differently, and its SASS stays as it was verified.
+template <class F>
+__device__ __forceinline__ void for_each_cell(int planes, int rows, int cols, F f) {
+    int n = planes * rows * cols;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        int col = i % cols;
+        int row = (i / cols) % rows;
+        f(i, i / (cols * rows), row, col);
+    }
+}
+
 // y = max over the window; idx = the winning input cell's offset h * W + w within its plane
 // (first maximum in scan order; NaN wins so it propagates, as in PyTorch).
 extern "C" __global__ void maxpool_fwd_f32(const float* __restrict__ x, float* __restrict__ y,
@@ -38,11 +52,7 @@ extern "C" __global__ void maxpool_fwd_f32(const float* __restrict__ x, float* _
 extern "C" __global__ void maxpool_bwd_f32(const float* __restrict__ dy, const unsigned int* __restrict__ idx,
                                            float* __restrict__ dx, int planes, int H, int W, int OH, int OW,
                                            int k, int s, int p) {
-    int n = planes * H * W;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-        int w = i % W;
-        int h = (i / W) % H;
-        int plane = i / (W * H);
+    for_each_cell(planes, H, W, [&](int i, int plane, int h, int w) {
         // outputs oh with oh*s - p <= h <= oh*s - p + k - 1
         int lo_h = h + p - k + 1, lo_w = w + p - k + 1;
         int oh0 = lo_h <= 0 ? 0 : (lo_h + s - 1) / s;
@@ -58,7 +68,7 @@ extern "C" __global__ void maxpool_bwd_f32(const float* __restrict__ dy, const u
                 if (idx[o] == self) acc += dy[o];
             }
         dx[i] = acc;
-    }
+    });
 }
 
 // PyTorch area_pixel_compute_source_index with align_corners = false, then the clamp of the
@@ -78,20 +88,17 @@ struct BilinearTap {
     float lh, lw;
 };
 
-// Runs f(i, tap) for every output pixel, grid-stride: the walk both resize kernels share.
+// Runs f(i, tap) for every output pixel: the walk both resize kernels share.
 template <class F>
 __device__ __forceinline__ void for_each_bilinear_tap(int planes, int H, int W, int OH, int OW, float scale_h,
                                                       float scale_w, F f) {
-    int n = planes * OH * OW;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-        int ow = i % OW;
-        int oh = (i / OW) % OH;
+    for_each_cell(planes, OH, OW, [&](int i, int plane, int oh, int ow) {
         BilinearTap t;
-        t.plane = i / (OW * OH);
+        t.plane = plane;
         bilinear_src(oh, H, scale_h, t.h0, t.h1, t.lh);
         bilinear_src(ow, W, scale_w, t.w0, t.w1, t.lw);
         f(i, t);
-    }
+    });
 }
 
 // scale_h = H / OH, scale_w = W / OW (computed on the host, as PyTorch does for a given size).
