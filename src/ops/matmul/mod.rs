@@ -160,15 +160,12 @@ impl Tensor {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
+    use crate::ops::testing::{randn, seeded_randn};
 
     #[test]
     fn matmul_matches_naive() {
-        let mut rng = ChaCha8Rng::seed_from_u64(11);
-        let a = Tensor::randn([3, 5, 7], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
-        let b = Tensor::randn([3, 7, 4], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        let (mut rng, a) = seeded_randn(11, [3, 5, 7], 0.0, 1.0);
+        let b = randn([3, 7, 4], 0.0, 1.0, &mut rng);
         let c = a.bmm(&b).unwrap();
         assert_eq!(c.dims(), &[3, 5, 4]);
         let (av, bv, cv) = (
@@ -188,7 +185,7 @@ mod tests {
         }
         let e = a.matmul(&a).unwrap_err().to_string();
         assert!(e.contains("matmul") && e.contains("[3, 5, 7]"), "{e}");
-        let w = Tensor::randn([6, 7], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        let w = randn([6, 7], 0.0, 1.0, &mut rng);
         let y = a.linear(&w, None).unwrap();
         assert_eq!(y.dims(), &[3, 5, 6]);
         let yv = y.to_vec().unwrap();

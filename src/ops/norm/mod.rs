@@ -140,15 +140,13 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
+    use crate::ops::testing::{randn, seeded_randn};
 
     #[test]
     fn batch_norm_matches_naive_and_updates_running_stats() {
-        let mut rng = ChaCha8Rng::seed_from_u64(9);
-        let x = Tensor::randn([3, 2, 4, 5], 1.5, 2.0, Device::Cpu, &mut rng).unwrap();
-        let gamma = Tensor::randn([2], 1.0, 0.3, Device::Cpu, &mut rng).unwrap();
-        let beta = Tensor::randn([2], 0.0, 0.3, Device::Cpu, &mut rng).unwrap();
+        let (mut rng, x) = seeded_randn(9, [3, 2, 4, 5], 1.5, 2.0);
+        let gamma = randn([2], 1.0, 0.3, &mut rng);
+        let beta = randn([2], 0.0, 0.3, &mut rng);
         let rm = Tensor::uniform([2], -0.5, 0.5, Device::Cpu, &mut rng).unwrap();
         let rv = Tensor::uniform([2], 0.5, 1.5, Device::Cpu, &mut rng).unwrap();
         let (rm0, rv0) = (rm.to_vec().unwrap(), rv.to_vec().unwrap());
@@ -194,7 +192,7 @@ mod tests {
         let want = gv[1] * (xv[25] - rm1[1]) / (rv1[1] + 1e-5).sqrt() + bv[1];
         assert!((e[25] - want).abs() < 1e-5);
         assert_eq!(rm.to_vec().unwrap(), rm1);
-        let one = Tensor::randn([1, 2, 1, 1], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        let one = randn([1, 2, 1, 1], 0.0, 1.0, &mut rng);
         assert!(
             one.batch_norm(&gamma, &beta, &rm, &rv, opts)
                 .unwrap_err()

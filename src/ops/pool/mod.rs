@@ -104,13 +104,11 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
+    use crate::ops::testing::seeded_randn;
 
     #[test]
     fn max_pool_matches_naive() {
-        let mut rng = ChaCha8Rng::seed_from_u64(4);
-        let x = Tensor::randn([2, 3, 7, 6], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        let (_, x) = seeded_randn(4, [2, 3, 7, 6], 0.0, 1.0);
         let y = x.max_pool2d(3, 2, 1).unwrap();
         assert_eq!(y.dims(), &[2, 3, 4, 3]);
         let (xv, yv) = (x.to_vec().unwrap(), y.to_vec().unwrap());

@@ -123,13 +123,11 @@ fn drop_axes(shape: &Shape, axes: &[usize]) -> Shape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
+    use crate::ops::testing::seeded_randn;
 
     #[test]
     fn sums_match_naive() {
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let x = Tensor::randn([2, 3, 4, 5], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        let (_, x) = seeded_randn(3, [2, 3, 4, 5], 0.0, 1.0);
         let v = x.to_vec().unwrap();
         let idx = |n: usize, c: usize, h: usize, w: usize| v[((n * 3 + c) * 4 + h) * 5 + w] as f64;
         // axes 0 and 2: a non-trailing reduction

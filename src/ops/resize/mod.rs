@@ -53,8 +53,7 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
+    use crate::ops::testing::{rng, randn};
 
     /// PyTorch's upsample_bilinear2d (align_corners=False) written out per output pixel, in f64.
     fn naive(x: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f64> {
@@ -81,14 +80,14 @@ mod tests {
 
     #[test]
     fn matches_pytorch_formula_up_and_down() {
-        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let mut rng = rng(12);
         for &(h, w, oh, ow) in &[
             (5, 7, 16, 11),
             (16, 16, 128, 128),
             (13, 9, 4, 5),
             (6, 6, 6, 6),
         ] {
-            let x = Tensor::randn([1, 2, h, w], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+            let x = randn([1, 2, h, w], 0.0, 1.0, &mut rng);
             let y = x.resize_bilinear(oh, ow).unwrap().to_vec().unwrap();
             let xv = x.to_vec().unwrap();
             for p in 0..2 {
