@@ -108,30 +108,19 @@ impl Tensor {
         Tensor::full(shape, 1.0, device)
     }
     /// Normal(mean, std) samples drawn from `rng` (seed it for reproducible runs).
-    pub fn randn(
-        shape: impl Into<Shape>,
-        mean: f32,
-        std: f32,
-        device: Device,
-        rng: &mut impl Rng,
-    ) -> Result<Tensor> {
-        let shape = shape.into();
+    pub fn randn(shape: impl Into<Shape>, mean: f32, std: f32, device: Device, rng: &mut impl Rng) -> Result<Tensor> {
         let dist = Normal::new(mean, std)
             .map_err(|e| Error::invalid("randn", format!("mean {mean}, std {std}: {e}")))?;
-        let data = (0..shape.numel()).map(|_| dist.sample(rng)).collect();
-        Tensor::from_vec(data, shape, device)
+        Tensor::sampled(shape.into(), dist, device, rng)
     }
     /// Uniform samples in [lo, hi) drawn from `rng`.
-    pub fn uniform(
-        shape: impl Into<Shape>,
-        lo: f32,
-        hi: f32,
-        device: Device,
-        rng: &mut impl Rng,
-    ) -> Result<Tensor> {
-        let shape = shape.into();
+    pub fn uniform(shape: impl Into<Shape>, lo: f32, hi: f32, device: Device, rng: &mut impl Rng) -> Result<Tensor> {
         let dist = Uniform::new(lo, hi)
             .map_err(|e| Error::invalid("uniform", format!("[{lo}, {hi}): {e}")))?;
+        Tensor::sampled(shape.into(), dist, device, rng)
+    }
+    /// `shape`'s element count of samples of `dist`, drawn from `rng` in row-major order.
+    fn sampled(shape: Shape, dist: impl Distribution<f32>, device: Device, rng: &mut impl Rng) -> Result<Tensor> {
         let data = (0..shape.numel()).map(|_| dist.sample(rng)).collect();
         Tensor::from_vec(data, shape, device)
     }
