@@ -1,10 +1,24 @@
 // Max pooling (square window k, stride s, zero-size padding p: padded cells never win) and
 // bilinear resize (align_corners = false, PyTorch's source-index rule) on NCHW planes.
 
+// Runs f(i, plane, row, col) for every cell i of `planes` planes of rows x cols, grid-stride: the
+// walk of maxpool_bwd (over its input cells) and of the resize kernels (over their outputs).
+// maxpool_fwd writes the same walk out: through this lambda, ptxas orders two of its bounds
+// compares differently, and its SASS stays as it was verified.
+template <class F>
+__device__ __forceinline__ void for_each_cell(int planes, int rows, int cols, F f) {
+    int n = planes * rows * cols;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        int col = i % cols;
+        int row = (i / cols) % rows;
+        f(i, i / (cols * rows), row, col);
+    }
+}
+
 // y = max over the window; idx = the winning input cell's offset h * W + w within its plane
 // (first maximum in scan order; NaN wins so it propagates, as in PyTorch).
 extern "C" __global__ void maxpool_fwd_f32(const float* __restrict__ x, float* __restrict__ y,
-                                           int* __restrict__ idx, int planes, int H, int W, int OH, int OW,
+                                           unsigned int* __restrict__ idx, int planes, int H, int W, int OH, int OW,
                                            int k, int s, int p) {
     int n = planes * OH * OW;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
@@ -29,27 +43,23 @@ extern "C" __global__ void maxpool_fwd_f32(const float* __restrict__ x, float* _
             }
         }
         y[i] = best;
-        idx[i] = best_i;
+        idx[i] = (unsigned int)best_i;  // every window holds a cell (p <= k/2): best_i >= 0
     }
 }
 
 // Gather form (no atomics, deterministic): each input cell sums dy over the outputs whose
 // window covers it and whose recorded winner it is.
-extern "C" __global__ void maxpool_bwd_f32(const float* __restrict__ dy, const int* __restrict__ idx,
+extern "C" __global__ void maxpool_bwd_f32(const float* __restrict__ dy, const unsigned int* __restrict__ idx,
                                            float* __restrict__ dx, int planes, int H, int W, int OH, int OW,
                                            int k, int s, int p) {
-    int n = planes * H * W;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-        int w = i % W;
-        int h = (i / W) % H;
-        int plane = i / (W * H);
+    for_each_cell(planes, H, W, [&](int i, int plane, int h, int w) {
         // outputs oh with oh*s - p <= h <= oh*s - p + k - 1
         int lo_h = h + p - k + 1, lo_w = w + p - k + 1;
         int oh0 = lo_h <= 0 ? 0 : (lo_h + s - 1) / s;
         int ow0 = lo_w <= 0 ? 0 : (lo_w + s - 1) / s;
         int oh1 = min(OH - 1, (h + p) / s);
         int ow1 = min(OW - 1, (w + p) / s);
-        int self = h * W + w;
+        unsigned int self = h * W + w;
         long long obase = (long long)plane * OH * OW;
         float acc = 0.0f;
         for (int oh = oh0; oh <= oh1; ++oh)
@@ -58,7 +68,7 @@ extern "C" __global__ void maxpool_bwd_f32(const float* __restrict__ dy, const i
                 if (idx[o] == self) acc += dy[o];
             }
         dx[i] = acc;
-    }
+    });
 }
 
 // PyTorch area_pixel_compute_source_index with align_corners = false, then the clamp of the
@@ -71,44 +81,48 @@ __device__ __forceinline__ void bilinear_src(int dst, int in, float scale, int& 
     l1 = src - (float)i0;
 }
 
+// Output pixel i of the flattened (planes, OH, OW) output: its plane, its source rows h0, h1
+// and columns w0, w1, and the fractions lh, lw of the second row and column.
+struct BilinearTap {
+    int plane, h0, h1, w0, w1;
+    float lh, lw;
+};
+
+// Runs f(i, tap) for every output pixel: the walk both resize kernels share.
+template <class F>
+__device__ __forceinline__ void for_each_bilinear_tap(int planes, int H, int W, int OH, int OW, float scale_h,
+                                                      float scale_w, F f) {
+    for_each_cell(planes, OH, OW, [&](int i, int plane, int oh, int ow) {
+        BilinearTap t;
+        t.plane = plane;
+        bilinear_src(oh, H, scale_h, t.h0, t.h1, t.lh);
+        bilinear_src(ow, W, scale_w, t.w0, t.w1, t.lw);
+        f(i, t);
+    });
+}
+
 // scale_h = H / OH, scale_w = W / OW (computed on the host, as PyTorch does for a given size).
 extern "C" __global__ void resize_bilinear_fwd_f32(const float* __restrict__ x, float* __restrict__ y,
                                                    int planes, int H, int W, int OH, int OW, float scale_h,
                                                    float scale_w) {
-    int n = planes * OH * OW;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-        int ow = i % OW;
-        int oh = (i / OW) % OH;
-        int plane = i / (OW * OH);
-        int h0, h1, w0, w1;
-        float lh, lw;
-        bilinear_src(oh, H, scale_h, h0, h1, lh);
-        bilinear_src(ow, W, scale_w, w0, w1, lw);
-        const float* xp = x + (long long)plane * H * W;
-        float top = (1.0f - lw) * xp[h0 * W + w0] + lw * xp[h0 * W + w1];
-        float bot = (1.0f - lw) * xp[h1 * W + w0] + lw * xp[h1 * W + w1];
-        y[i] = (1.0f - lh) * top + lh * bot;
-    }
+    for_each_bilinear_tap(planes, H, W, OH, OW, scale_h, scale_w, [&](int i, const BilinearTap& t) {
+        const float* xp = x + (long long)t.plane * H * W;
+        float top = (1.0f - t.lw) * xp[t.h0 * W + t.w0] + t.lw * xp[t.h0 * W + t.w1];
+        float bot = (1.0f - t.lw) * xp[t.h1 * W + t.w0] + t.lw * xp[t.h1 * W + t.w1];
+        y[i] = (1.0f - t.lh) * top + t.lh * bot;
+    });
 }
 
 // Scatter with atomics: dx must be zero-filled by the host before the launch.
 extern "C" __global__ void resize_bilinear_bwd_f32(const float* __restrict__ dy, float* __restrict__ dx,
                                                    int planes, int H, int W, int OH, int OW, float scale_h,
                                                    float scale_w) {
-    int n = planes * OH * OW;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-        int ow = i % OW;
-        int oh = (i / OW) % OH;
-        int plane = i / (OW * OH);
-        int h0, h1, w0, w1;
-        float lh, lw;
-        bilinear_src(oh, H, scale_h, h0, h1, lh);
-        bilinear_src(ow, W, scale_w, w0, w1, lw);
-        float* dp = dx + (long long)plane * H * W;
+    for_each_bilinear_tap(planes, H, W, OH, OW, scale_h, scale_w, [&](int i, const BilinearTap& t) {
+        float* dp = dx + (long long)t.plane * H * W;
         float g = dy[i];
-        atomicAdd(&dp[h0 * W + w0], (1.0f - lh) * (1.0f - lw) * g);
-        atomicAdd(&dp[h0 * W + w1], (1.0f - lh) * lw * g);
-        atomicAdd(&dp[h1 * W + w0], lh * (1.0f - lw) * g);
-        atomicAdd(&dp[h1 * W + w1], lh * lw * g);
-    }
+        atomicAdd(&dp[t.h0 * W + t.w0], (1.0f - t.lh) * (1.0f - t.lw) * g);
+        atomicAdd(&dp[t.h0 * W + t.w1], (1.0f - t.lh) * t.lw * g);
+        atomicAdd(&dp[t.h1 * W + t.w0], t.lh * (1.0f - t.lw) * g);
+        atomicAdd(&dp[t.h1 * W + t.w1], t.lh * t.lw * g);
+    });
 }

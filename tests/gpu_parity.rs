@@ -8,7 +8,7 @@ mod common;
 mod gpu_common;
 use coseg::backend::cpu::conv::{self as cpu, ConvGeometry};
 use coseg::device::Precision;
-use coseg::backend::cuda::{batchnorm, conv, elementwise as ew, loss, optim, pool, reduce, resize, softmax};
+use coseg::backend::cuda::{TypedBuffer, batchnorm, conv, elementwise as ew, loss, optim, pool, reduce, resize, softmax};
 use common::test_gpu;
 use gpu_common::*;
 
@@ -224,9 +224,11 @@ fn gpu_maxpool_and_bilinear_resize_match_cpu() {
     let dy = randn(&mut r, y.len());
     let mut dx = vec![0.0f32; x.len()];
     arg.iter().zip(&dy).for_each(|(&a, &g)| dx[a] += g);
-    let (mut yg, mut idx) = (poisoned(&dev, y.len()), dev.alloc(y.len()).unwrap());
+    let (mut yg, mut idx) = (poisoned(&dev, y.len()), TypedBuffer::alloc(&dev, y.len()).unwrap());
     pool::maxpool_fwd(&dev, &xg, [n, c, h, w], 3, 2, 1, &mut yg, &mut idx).unwrap();
     assert_close("maxpool fwd", &dev.dtoh(&yg).unwrap(), &y, F32_TOL);
+    let plane_offsets: Vec<u32> = arg.iter().map(|&a| (a % (h * w)) as u32).collect();
+    assert_eq!(idx.to_host(&dev).unwrap(), plane_offsets, "maxpool winners");
     let mut dxg = poisoned(&dev, x.len());
     pool::maxpool_bwd(&dev, &dev.htod(&dy).unwrap(), &idx, [n, c, h, w], 3, 2, 1, &mut dxg).unwrap();
     assert_close("maxpool bwd", &dev.dtoh(&dxg).unwrap(), &dx, F32_TOL);

@@ -206,3 +206,29 @@ pub(crate) fn reduced_shape(
     }
     Ok((Shape::from(dims), resolved))
 }
+
+/// What the op families' unit tests share: seeded generators and CPU tensors drawn from them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::device::Device;
+    use crate::tensor::{Shape, Tensor};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// The generator a test seeds with `seed`.
+    pub(crate) fn rng(seed: u64) -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(seed)
+    }
+
+    /// A CPU tensor of Normal(mean, std) samples drawn from `rng`.
+    pub(crate) fn randn(dims: impl Into<Shape>, mean: f32, std: f32, rng: &mut ChaCha8Rng) -> Tensor {
+        Tensor::randn(dims, mean, std, Device::Cpu, rng).expect("a finite mean and a positive std")
+    }
+
+    /// How most op tests start: the generator seeded with `seed`, and a first tensor drawn from it.
+    pub(crate) fn seeded_randn(seed: u64, dims: impl Into<Shape>, mean: f32, std: f32) -> (ChaCha8Rng, Tensor) {
+        let mut rng = rng(seed);
+        let x = randn(dims, mean, std, &mut rng);
+        (rng, x)
+    }
+}

@@ -108,30 +108,19 @@ impl Tensor {
         Tensor::full(shape, 1.0, device)
     }
     /// Normal(mean, std) samples drawn from `rng` (seed it for reproducible runs).
-    pub fn randn(
-        shape: impl Into<Shape>,
-        mean: f32,
-        std: f32,
-        device: Device,
-        rng: &mut impl Rng,
-    ) -> Result<Tensor> {
-        let shape = shape.into();
+    pub fn randn(shape: impl Into<Shape>, mean: f32, std: f32, device: Device, rng: &mut impl Rng) -> Result<Tensor> {
         let dist = Normal::new(mean, std)
             .map_err(|e| Error::invalid("randn", format!("mean {mean}, std {std}: {e}")))?;
-        let data = (0..shape.numel()).map(|_| dist.sample(rng)).collect();
-        Tensor::from_vec(data, shape, device)
+        Tensor::sampled(shape.into(), dist, device, rng)
     }
     /// Uniform samples in [lo, hi) drawn from `rng`.
-    pub fn uniform(
-        shape: impl Into<Shape>,
-        lo: f32,
-        hi: f32,
-        device: Device,
-        rng: &mut impl Rng,
-    ) -> Result<Tensor> {
-        let shape = shape.into();
+    pub fn uniform(shape: impl Into<Shape>, lo: f32, hi: f32, device: Device, rng: &mut impl Rng) -> Result<Tensor> {
         let dist = Uniform::new(lo, hi)
             .map_err(|e| Error::invalid("uniform", format!("[{lo}, {hi}): {e}")))?;
+        Tensor::sampled(shape.into(), dist, device, rng)
+    }
+    /// `shape`'s element count of samples of `dist`, drawn from `rng` in row-major order.
+    fn sampled(shape: Shape, dist: impl Distribution<f32>, device: Device, rng: &mut impl Rng) -> Result<Tensor> {
         let data = (0..shape.numel()).map(|_| dist.sample(rng)).collect();
         Tensor::from_vec(data, shape, device)
     }
@@ -161,6 +150,18 @@ impl Tensor {
             None
         };
         Tensor::build(storage, shape, false, node)
+    }
+
+    /// [`Self::from_storage_op`] for an op of one input whose gradient `backward(grad_out, out)`
+    /// always computes.
+    pub(crate) fn from_storage_unary(
+        op: &'static str,
+        storage: Storage,
+        shape: Shape,
+        input: &Tensor,
+        backward: impl Fn(&Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
+    ) -> Tensor {
+        Tensor::from_storage_op(op, Arc::new(storage), shape, &[input], move |g, y| Ok(vec![Some(backward(g, y)?)]))
     }
 
     pub fn shape(&self) -> &Shape {

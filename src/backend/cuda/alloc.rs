@@ -6,10 +6,12 @@
 //! Size classes round up to a multiple of 1/8 of the next power of two (under 12.5% waste above
 //! 2048 elements), in steps of at least 1 KiB.
 
+use super::context::CudaDevice;
 use super::error::CudaError;
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DriverError, sys::CUresult};
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const MIN_CLASS: usize = 256; // elements (1 KiB)
@@ -194,6 +196,52 @@ impl Drop for GpuBuffer {
             st.stats.cached_bytes += cap * 4;
             st.free.entry(cap).or_default().push(slice);
         }
+    }
+}
+
+/// `len` values of a 4-byte plain-data type `T` (u32 indices, ...) in the pooled words of a
+/// [`GpuBuffer`]: the compiler, not a convention about f32 bits, keeps integers apart from floats.
+pub struct TypedBuffer<T> {
+    words: GpuBuffer,
+    values: PhantomData<T>,
+}
+
+impl<T: bytemuck::Pod> TypedBuffer<T> {
+    /// Checked when `alloc` is instantiated: one value per pooled word.
+    const ONE_WORD: () = assert!(std::mem::size_of::<T>() == 4, "a TypedBuffer holds 4-byte values");
+
+    /// An uninitialised buffer of `len` values from the caching allocator.
+    pub fn alloc(dev: &CudaDevice, len: usize) -> Result<Self> {
+        let () = Self::ONE_WORD;
+        Ok(TypedBuffer { words: dev.alloc(len)?, values: PhantomData })
+    }
+    pub fn len(&self) -> usize {
+        self.words.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+    /// The device it lives on.
+    pub fn ordinal(&self) -> usize {
+        self.words.ordinal()
+    }
+    /// The values, copied to the host (waits for the stream, so a kernel's fault shows here).
+    pub fn to_host(&self, dev: &CudaDevice) -> Result<Vec<T>> {
+        dev.dtoh_words(&self.words)
+    }
+    /// The raw device address of a buffer a kernel writes (see [`GpuBuffer::ptr_mut`]).
+    pub(crate) fn ptr_mut(&mut self) -> u64 {
+        self.words.ptr_mut()
+    }
+    /// The raw device address, for kernel arguments.
+    pub(crate) fn ptr(&self) -> u64 {
+        self.words.ptr()
+    }
+}
+
+impl<T> std::fmt::Debug for TypedBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TypedBuffer(cuda:{}, {} x {})", self.words.ordinal(), self.words.len(), std::any::type_name::<T>())
     }
 }
 

@@ -37,7 +37,7 @@ pub use crate::ops::reduce::cuda as reduce;
 pub use crate::ops::resize::cuda as resize;
 pub use crate::ops::softmax::cuda as softmax;
 
-pub use alloc::{GpuBuffer, MemoryStats};
+pub use alloc::{GpuBuffer, MemoryStats, TypedBuffer};
 pub use context::{CudaDevice, device_count, driver_present};
 pub use error::CudaError;
 pub use conv::ConvGeom;

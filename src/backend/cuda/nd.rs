@@ -6,7 +6,7 @@
 use super::alloc::GpuBuffer;
 use super::context::CudaDevice;
 use super::elementwise::Binary;
-use super::kernels as k;
+use super::kernels::{self as k, Kernel};
 use super::launch::{Arg, MAX_DIMS, StridedN, grid_1d, launch, to_i32};
 use crate::error::{Error, Result};
 use crate::ops::Walk;
@@ -179,17 +179,7 @@ fn same_len(op: &'static str, bufs: &[(&str, &GpuBuffer)]) -> Result<i32> {
 
 /// y = f(x) element-wise.
 pub fn map_fwd(dev: &CudaDevice, op: MapOp, x: &GpuBuffer, y: &mut GpuBuffer) -> Result<()> {
-    let n = same_len(k::MAP_FWD.name, &[("x", x), ("y", y)])?;
-    let (code, p, q) = op.code();
-    let args = [
-        Arg::Ptr(x.ptr()),
-        Arg::Ptr(y.ptr_mut()),
-        Arg::I32(n),
-        Arg::I32(code),
-        Arg::F32(p),
-        Arg::F32(q),
-    ];
-    launch(dev, k::MAP_FWD, grid_1d(dev, x.len()), &args)
+    launch_map(dev, k::MAP_FWD, op, &[("x", x)], ("y", y))
 }
 
 /// dx = f'(x, y) dy element-wise, from the forward's input x and output y.
@@ -201,22 +191,25 @@ pub fn map_bwd(
     dy: &GpuBuffer,
     dx: &mut GpuBuffer,
 ) -> Result<()> {
-    let n = same_len(
-        k::MAP_BWD.name,
-        &[("x", x), ("y", y), ("dy", dy), ("dx", dx)],
-    )?;
+    launch_map(dev, k::MAP_BWD, op, &[("x", x), ("y", y), ("dy", dy)], ("dx", dx))
+}
+
+/// Launches a map kernel, whose arguments are its buffers (those it reads, then the one it
+/// writes), their common length, and `op`'s code and parameters.
+fn launch_map(
+    dev: &CudaDevice,
+    kernel: Kernel,
+    op: MapOp,
+    read: &[(&str, &GpuBuffer)],
+    (out_name, out): (&str, &mut GpuBuffer),
+) -> Result<()> {
+    let mut all = read.to_vec();
+    all.push((out_name, out));
+    let n = same_len(kernel.name, &all)?;
     let (code, p, q) = op.code();
-    let args = [
-        Arg::Ptr(x.ptr()),
-        Arg::Ptr(y.ptr()),
-        Arg::Ptr(dy.ptr()),
-        Arg::Ptr(dx.ptr_mut()),
-        Arg::I32(n),
-        Arg::I32(code),
-        Arg::F32(p),
-        Arg::F32(q),
-    ];
-    launch(dev, k::MAP_BWD, grid_1d(dev, x.len()), &args)
+    let mut args: Vec<Arg> = read.iter().map(|(_, b)| Arg::Ptr(b.ptr())).collect();
+    args.extend([Arg::Ptr(out.ptr_mut()), Arg::I32(n), Arg::I32(code), Arg::F32(p), Arg::F32(q)]);
+    launch(dev, kernel, grid_1d(dev, read[0].1.len()), &args)
 }
 
 #[cfg(test)]

@@ -48,19 +48,11 @@ impl ConvKernels for Cuda {
     }
 
     fn conv2d_bwd_input(&self, dy: &Tensor, w: &Tensor, sh: &Conv2dShape) -> Result<Tensor> {
-        let dev = device(CONV2D, dy)?;
-        let (sg, sw) = (dy.storage(), w.storage());
-        let mut dx = dev.alloc(sh.input_len())?;
-        conv2d_bwd_input(&dev, sh, dev.precision(), sg.as_cuda(CONV2D)?, sw.as_cuda(CONV2D)?, &mut dx)?;
-        tensor(dx, [sh.n, sh.c, sh.h, sh.w])
+        conv2d_grad(sh, [dy, w], [sh.n, sh.c, sh.h, sh.w], conv2d_bwd_input)
     }
 
     fn conv2d_bwd_weight(&self, x: &Tensor, dy: &Tensor, sh: &Conv2dShape) -> Result<Tensor> {
-        let dev = device(CONV2D, x)?;
-        let (sx, sg) = (x.storage(), dy.storage());
-        let mut dw = dev.alloc(sh.weight_len())?;
-        conv2d_bwd_weight(&dev, sh, dev.precision(), sx.as_cuda(CONV2D)?, sg.as_cuda(CONV2D)?, &mut dw)?;
-        tensor(dw, [sh.k, sh.c, sh.r, sh.s])
+        conv2d_grad(sh, [x, dy], [sh.k, sh.c, sh.r, sh.s], conv2d_bwd_weight)
     }
 
     /// By the reduction kernels.
@@ -365,6 +357,21 @@ pub fn conv2d_bwd_input(dev: &CudaDevice, sh: &Conv2dShape, precision: Precision
 /// dw (k, c, r, s) from x and dy; dw is overwritten.
 pub fn conv2d_bwd_weight(dev: &CudaDevice, sh: &Conv2dShape, precision: Precision, x: &GpuBuffer, dy: &GpuBuffer, dw: &mut GpuBuffer) -> Result<()> {
     launch_pass(dev, sh, ConvPass::WeightGrad, precision, dy, x, None, dw)
+}
+
+/// A conv2d gradient shaped `dims`, which the launch wrapper `pass` computes from its two operands
+/// (on the first one's device).
+fn conv2d_grad(
+    sh: &Conv2dShape,
+    [a, b]: [&Tensor; 2],
+    dims: [usize; 4],
+    pass: fn(&CudaDevice, &Conv2dShape, Precision, &GpuBuffer, &GpuBuffer, &mut GpuBuffer) -> Result<()>,
+) -> Result<Tensor> {
+    let dev = device(CONV2D, a)?;
+    let (sa, sb) = (a.storage(), b.storage());
+    let mut out = dev.alloc(dims.iter().product())?;
+    pass(&dev, sh, dev.precision(), sa.as_cuda(CONV2D)?, sb.as_cuda(CONV2D)?, &mut out)?;
+    tensor(out, dims)
 }
 
 fn conv1d_check(op: &'static str, n: usize, c: usize, taps: usize, w: &GpuBuffer) -> Result<(i32, i32, i32)> {

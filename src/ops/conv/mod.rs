@@ -156,8 +156,7 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
+    use crate::ops::testing::{rng, randn, seeded_randn};
 
     /// Direct loops over the PyTorch definition.
     #[allow(clippy::too_many_arguments)]
@@ -199,7 +198,7 @@ mod tests {
 
     #[test]
     fn conv2d_matches_naive() {
-        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut rng = rng(5);
         for &(stride, pad, dil, r) in &[
             (1, 1, 1, 3),
             (2, 1, 1, 3),
@@ -208,9 +207,9 @@ mod tests {
             (2, 0, 1, 1),
             (2, 3, 1, 7),
         ] {
-            let x = Tensor::randn([2, 3, 9, 8], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
-            let w = Tensor::randn([4, 3, r, r], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
-            let b = Tensor::randn([4], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+            let x = randn([2, 3, 9, 8], 0.0, 1.0, &mut rng);
+            let w = randn([4, 3, r, r], 0.0, 1.0, &mut rng);
+            let b = randn([4], 0.0, 1.0, &mut rng);
             let y = x.conv2d(&w, Some(&b), stride, pad, dil).unwrap();
             let g = ConvGeometry {
                 n: 2,
@@ -238,8 +237,8 @@ mod tests {
                 );
             }
         }
-        let x = Tensor::randn([1, 3, 4, 4], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
-        let w = Tensor::randn([2, 5, 3, 3], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        let x = randn([1, 3, 4, 4], 0.0, 1.0, &mut rng);
+        let w = randn([2, 5, 3, 3], 0.0, 1.0, &mut rng);
         let e = x.conv2d(&w, None, 1, 1, 1).unwrap_err().to_string();
         assert!(
             e.contains("conv2d") && e.contains("[1, 3, 4, 4]") && e.contains("[2, 5, 3, 3]"),
@@ -249,9 +248,8 @@ mod tests {
 
     #[test]
     fn conv1d_channels_matches_naive() {
-        let mut rng = ChaCha8Rng::seed_from_u64(6);
-        let x = Tensor::randn([2, 6, 1, 1], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
-        let w = Tensor::randn([1, 1, 3], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        let (mut rng, x) = seeded_randn(6, [2, 6, 1, 1], 0.0, 1.0);
+        let w = randn([1, 1, 3], 0.0, 1.0, &mut rng);
         let y = x.conv1d_channels(&w).unwrap().to_vec().unwrap();
         let (xv, wv) = (x.to_vec().unwrap(), w.to_vec().unwrap());
         // channel 0 of image 1: zero pad on the left

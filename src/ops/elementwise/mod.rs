@@ -190,38 +190,36 @@ impl Tensor {
             self.device(),
         )?)
     }
-    pub fn relu(&self) -> Result<Tensor> {
-        unary(self, "relu", MapOp::Relu)
-    }
-    pub fn sigmoid(&self) -> Result<Tensor> {
-        unary(self, "sigmoid", MapOp::Sigmoid)
-    }
-    pub fn tanh(&self) -> Result<Tensor> {
-        unary(self, "tanh", MapOp::Tanh)
-    }
-    pub fn exp(&self) -> Result<Tensor> {
-        unary(self, "exp", MapOp::Exp)
-    }
+}
+
+/// The element-wise maps as methods: `name` runs `MapOp::Map` and records its derivative, under
+/// the op name `name`.
+macro_rules! map_methods {
+    ($($(#[$doc:meta])* $name:ident => $map:ident;)+) => {
+        impl Tensor {
+            $($(#[$doc])* pub fn $name(&self) -> Result<Tensor> {
+                unary(self, stringify!($name), MapOp::$map)
+            })+
+        }
+    };
+}
+
+map_methods! {
+    relu => Relu;
+    sigmoid => Sigmoid;
+    tanh => Tanh;
+    exp => Exp;
     /// Natural log; 0 gives -inf and negatives NaN (propagated, not an error).
-    pub fn log(&self) -> Result<Tensor> {
-        unary(self, "log", MapOp::Log)
-    }
-    pub fn sqrt(&self) -> Result<Tensor> {
-        unary(self, "sqrt", MapOp::Sqrt)
-    }
-    pub fn sqr(&self) -> Result<Tensor> {
-        unary(self, "sqr", MapOp::Sqr)
-    }
-    pub fn abs(&self) -> Result<Tensor> {
-        unary(self, "abs", MapOp::Abs)
-    }
+    log => Log;
+    sqrt => Sqrt;
+    sqr => Sqr;
+    abs => Abs;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
+    use crate::ops::testing::{rng, randn};
 
     /// Naive broadcasting by full index arithmetic, the reference for the merged-walk kernel.
     fn naive(a: &[f32], ash: &Shape, b: &[f32], bsh: &Shape, out: &Shape) -> Vec<f32> {
@@ -242,7 +240,7 @@ mod tests {
 
     #[test]
     fn broadcast_matches_naive() {
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut rng = rng(7);
         let cases: &[(&[usize], &[usize])] = &[
             (&[2, 3, 4, 5], &[2, 3, 1, 1]),
             (&[2, 3, 4, 5], &[2, 1, 4, 5]),
@@ -252,8 +250,8 @@ mod tests {
             (&[5], &[]),
         ];
         for (ad, bd) in cases {
-            let a = Tensor::randn(*ad, 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
-            let b = Tensor::randn(*bd, 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+            let a = randn(*ad, 0.0, 1.0, &mut rng);
+            let b = randn(*bd, 0.0, 1.0, &mut rng);
             let y = a.sub(&b.mul_scalar(2.0).unwrap()).unwrap();
             let out = a.shape().broadcast(b.shape(), "t").unwrap();
             let want = naive(
@@ -285,7 +283,7 @@ mod tests {
 
     #[test]
     fn dropout_zeroes_about_p_and_rescales() {
-        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        let mut rng = rng(21);
         let x = Tensor::uniform([100, 100], 1.0, 2.0, Device::Cpu, &mut rng).unwrap();
         let y = x.dropout(0.25, true, &mut rng).unwrap().to_vec().unwrap();
         let xv = x.to_vec().unwrap();

@@ -4,7 +4,7 @@
 
 use super::{BCE, CE, LossKernels, NOTHING_COUNTED, refuse_bad_labels, refuse_bad_probabilities, refuse_nan};
 use crate::backend::cuda::elementwise::Binary;
-use crate::backend::cuda::kernels as k;
+use crate::backend::cuda::kernels::{self as k, Kernel};
 use crate::backend::cuda::launch::{Arg, check_len, grid_1d, launch, to_i32};
 use crate::ops::reduce::cuda::sum_axes;
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
@@ -109,16 +109,7 @@ pub fn ce2_fwd(dev: &CudaDevice, logits: &GpuBuffer, target: &GpuBuffer, mask: O
     let (n, hw) = ce2_check(op, logits, target, mask, nhw)?;
     let mut loss_px = dev.alloc(target.len())?;
     let mut w_px = dev.alloc(target.len())?;
-    let args = [
-        Arg::Ptr(logits.ptr()),
-        Arg::Ptr(target.ptr()),
-        Arg::Ptr(mask.map_or(0, GpuBuffer::ptr)),
-        Arg::Ptr(loss_px.ptr_mut()),
-        Arg::Ptr(w_px.ptr_mut()),
-        Arg::I32(n),
-        Arg::I32(hw),
-    ];
-    launch(dev, k::CE2_FWD, grid_1d(dev, target.len()), &args)?;
+    launch_ce2(dev, k::CE2_FWD, [logits, target], mask, &[loss_px.ptr_mut(), w_px.ptr_mut()], [n, hw])?;
     let sum = total(dev, &loss_px, 1.0)?;
     let count = total(dev, &w_px, 1.0)?;
     // With no counted pixel both are 0; 0/max(count, tiny) keeps the loss 0 instead of NaN.
@@ -147,17 +138,23 @@ pub fn ce2_bwd(
     check_len(op, "count", count.len(), 1, &[1])?;
     check_len(op, "dout", dout.len(), 1, &[1])?;
     check_len(op, "dlogits", dlogits.len(), logits.len(), &[nhw[0], 2, nhw[1], nhw[2]])?;
-    let args = [
-        Arg::Ptr(logits.ptr()),
-        Arg::Ptr(target.ptr()),
-        Arg::Ptr(mask.map_or(0, GpuBuffer::ptr)),
-        Arg::Ptr(count.ptr()),
-        Arg::Ptr(dout.ptr()),
-        Arg::Ptr(dlogits.ptr_mut()),
-        Arg::I32(n),
-        Arg::I32(hw),
-    ];
-    launch(dev, k::CE2_BWD, grid_1d(dev, target.len()), &args)
+    launch_ce2(dev, k::CE2_BWD, [logits, target], mask, &[count.ptr(), dout.ptr(), dlogits.ptr_mut()], [n, hw])
+}
+
+/// Launches a ce2 kernel, one thread per pixel. Both take logits, target and mask (0 when
+/// absent) first, then their own buffers (`own`), then n and hw.
+fn launch_ce2(
+    dev: &CudaDevice,
+    kernel: Kernel,
+    [logits, target]: [&GpuBuffer; 2],
+    mask: Option<&GpuBuffer>,
+    own: &[u64],
+    [n, hw]: [i32; 2],
+) -> Result<()> {
+    let mut args = vec![Arg::Ptr(logits.ptr()), Arg::Ptr(target.ptr()), Arg::Ptr(mask.map_or(0, GpuBuffer::ptr))];
+    args.extend(own.iter().map(|&ptr| Arg::Ptr(ptr)));
+    args.extend([Arg::I32(n), Arg::I32(hw)]);
+    launch(dev, kernel, grid_1d(dev, target.len()), &args)
 }
 
 /// Mean binary cross-entropy with logits, into a one-element buffer.

@@ -176,13 +176,11 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
+    use crate::ops::testing::seeded_randn;
 
     #[test]
     fn cross_entropy_matches_naive_and_rejects_bad_input() {
-        let mut rng = ChaCha8Rng::seed_from_u64(13);
-        let z = Tensor::randn([2, 2, 3, 4], 0.0, 2.0, Device::Cpu, &mut rng).unwrap();
+        let (_, z) = seeded_randn(13, [2, 2, 3, 4], 0.0, 2.0);
         let t: Vec<f32> = (0..24).map(|i| ((i * 7) % 3 == 0) as u8 as f32).collect();
         let m: Vec<f32> = (0..24).map(|i| (i % 5 != 0) as u8 as f32).collect();
         let tt = Tensor::from_vec(t.clone(), [2, 3, 4], Device::Cpu).unwrap();

@@ -1,6 +1,6 @@
 //! Matrix products on the CPU GEMM.
 
-use super::{GemmOperand, MatmulKernels};
+use super::{Gemm, MatmulKernels};
 use crate::backend::cpu::gemm::sgemm;
 use crate::error::Result;
 use crate::ops::Cpu;
@@ -38,24 +38,9 @@ fn gemm_batches(
 }
 
 impl MatmulKernels for Cpu {
-    fn gemm(
-        &self,
-        op: &'static str,
-        batch: usize,
-        a: GemmOperand,
-        b: GemmOperand,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Result<Storage> {
-        let (sa, sb) = (a.1.storage(), b.1.storage());
-        Ok(Storage::Cpu(gemm_batches(
-            batch,
-            (a.0, sa.as_cpu(op)?, a.2),
-            (b.0, sb.as_cpu(op)?, b.2),
-            m,
-            n,
-            k,
-        )))
+    fn gemm(&self, p: &Gemm) -> Result<Storage> {
+        let (sa, sb) = (p.a.1.storage(), p.b.1.storage());
+        let (a, b) = ((p.a.0, sa.as_cpu(p.op)?, p.a.2), (p.b.0, sb.as_cpu(p.op)?, p.b.2));
+        Ok(Storage::Cpu(gemm_batches(p.batch, a, b, p.m, p.n, p.k)))
     }
 }

@@ -13,46 +13,68 @@ use crate::error::{Error, Result};
 use crate::tensor::{Shape, Storage, Tensor};
 use std::sync::Arc;
 
-/// One operand of [`MatmulKernels::gemm`]: transposed?, tensor, elements between batch entries
-/// (0 reuses one matrix).
+/// One operand of a [`Gemm`]: transposed?, tensor, elements between batch entries (0 reuses one
+/// matrix).
 pub(crate) type GemmOperand<'a> = (bool, &'a Tensor, usize);
+
+/// `batch` row-major products op(A_i) op(B_i), (m x k)(k x n), of tensors on one device.
+pub(crate) struct Gemm<'a> {
+    pub op: &'static str,
+    pub batch: usize,
+    pub a: GemmOperand<'a>,
+    pub b: GemmOperand<'a>,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
 
 /// Matrix products on one side: the CPU GEMM or cuBLAS.
 pub(crate) trait MatmulKernels: Sync {
-    /// `batch` row-major products op(A_i) op(B_i) (m x n).
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(
-        &self,
-        op: &'static str,
-        batch: usize,
-        a: GemmOperand,
-        b: GemmOperand,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Result<Storage>;
+    fn gemm(&self, p: &Gemm) -> Result<Storage>;
 }
 
-/// `batch` products of tensors on one device.
-fn gemm(
-    op: &'static str,
-    batch: usize,
-    a: GemmOperand,
-    b: GemmOperand,
-    m: usize,
-    n: usize,
-    k: usize,
-) -> Result<Storage> {
-    kernels(a.1.device()).gemm(op, batch, a, b, m, n, k)
+impl Gemm<'_> {
+    fn run(&self) -> Result<Storage> {
+        kernels(self.a.1.device()).gemm(self)
+    }
 }
 
 fn kernels(device: Device) -> &'static dyn MatmulKernels {
     kernels_for(device, &Cpu, &Cuda)
 }
 
-/// A tensor of `shape` over `storage`, outside the graph (a gradient).
-fn grad(storage: Storage, shape: &Shape) -> Tensor {
-    Tensor::from_storage(storage, shape.clone())
+/// `lhs` times op(`rhs`) (transposed when `trans_rhs`) as `batch` products (m x k)(k x n), with
+/// the elements between batch entries of lhs, rhs and the output in `strides`; shaped `dims`
+/// and recorded with the backward of both operands.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    op: &'static str,
+    lhs: &Tensor,
+    rhs: &Tensor,
+    trans_rhs: bool,
+    batch: usize,
+    [m, k, n]: [usize; 3],
+    [lhs_stride, rhs_stride, out_stride]: [usize; 3],
+    dims: Vec<usize>,
+) -> Result<Tensor> {
+    let storage = Gemm { op, batch, a: (false, lhs, lhs_stride), b: (trans_rhs, rhs, rhs_stride), m, n, k }.run()?;
+    let (a, b) = (lhs.clone(), rhs.clone());
+    Ok(Tensor::from_storage_op(op, Arc::new(storage), Shape::from(dims), &[lhs, rhs], move |g, _| {
+        let g_op = (false, g, out_stride);
+        // dA = dC op(B)^T (m,n)(n,k); dB = A^T dC (k,m)(m,n), or dC^T A (n,m)(m,k) when B is transposed.
+        let da = Gemm { op, batch, a: g_op, b: (!trans_rhs, &b, rhs_stride), m, n: k, k: n };
+        let db = match trans_rhs {
+            false => Gemm { op, batch, a: (true, &a, lhs_stride), b: g_op, m: k, n, k: m },
+            true => Gemm { op, batch, a: (true, g, out_stride), b: (false, &a, lhs_stride), m: n, n: k, k: m },
+        };
+        Ok(vec![grad_if_tracked(&a, &da)?, grad_if_tracked(&b, &db)?])
+    }))
+}
+
+/// `product`'s gradient for `input`, if it takes part in the graph.
+fn grad_if_tracked(input: &Tensor, p: &Gemm) -> Result<Option<Tensor>> {
+    let storage = input.tracks_grad().then(|| p.run()).transpose()?;
+    Ok(storage.map(|s| Tensor::from_storage(s, input.shape().clone())))
 }
 
 /// (B?, M, K) x (B?, K, N): sizes, or an error naming the op and both shapes.
@@ -75,39 +97,9 @@ impl Tensor {
         const OP: &str = "matmul";
         let (batch, m, k, n) = product_dims(OP, self.shape(), other.shape())?;
         same_device(OP, &[self, other])?;
-        let storage = gemm(
-            OP,
-            batch,
-            (false, self, m * k),
-            (false, other, k * n),
-            m,
-            n,
-            k,
-        )?;
         let mut dims = self.dims()[..self.rank() - 2].to_vec();
         dims.extend([m, n]);
-        let (a, b) = (self.clone(), other.clone());
-        Ok(Tensor::from_storage_op(
-            OP,
-            Arc::new(storage),
-            Shape::from(dims),
-            &[self, other],
-            move |g, _| {
-                // dA = dC B^T (M,N)(N,K); dB = A^T dC (K,M)(M,N)
-                let da = a
-                    .tracks_grad()
-                    .then(|| gemm(OP, batch, (false, g, m * n), (true, &b, k * n), m, k, n))
-                    .transpose()?;
-                let db = b
-                    .tracks_grad()
-                    .then(|| gemm(OP, batch, (true, &a, m * k), (false, g, m * n), k, n, m))
-                    .transpose()?;
-                Ok(vec![
-                    da.map(|s| grad(s, a.shape())),
-                    db.map(|s| grad(s, b.shape())),
-                ])
-            },
-        ))
+        product(OP, self, other, false, batch, [m, k, n], [m * k, k * n, m * n], dims)
     }
     /// Batched matrix product (B,M,K) x (B,K,N) -> (B,M,N) (attention: (N,HW,C) x (N,C,HW)).
     pub fn bmm(&self, other: &Tensor) -> Result<Tensor> {
@@ -156,39 +148,9 @@ impl Tensor {
         }
         same_device(OP, &[self, weight])?;
         let rows = self.numel() / in_f;
-        let storage = gemm(
-            OP,
-            1,
-            (false, self, 0),
-            (true, weight, 0),
-            rows,
-            out_f,
-            in_f,
-        )?;
         let mut dims = self.dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = out_f;
-        let (x, w) = (self.clone(), weight.clone());
-        let y = Tensor::from_storage_op(
-            OP,
-            Arc::new(storage),
-            Shape::from(dims),
-            &[self, weight],
-            move |g, _| {
-                // dx = dy W (rows,OUT)(OUT,IN); dW = dy^T x (OUT,rows)(rows,IN)
-                let dx = x
-                    .tracks_grad()
-                    .then(|| gemm(OP, 1, (false, g, 0), (false, &w, 0), rows, in_f, out_f))
-                    .transpose()?;
-                let dw = w
-                    .tracks_grad()
-                    .then(|| gemm(OP, 1, (true, g, 0), (false, &x, 0), out_f, in_f, rows))
-                    .transpose()?;
-                Ok(vec![
-                    dx.map(|s| grad(s, x.shape())),
-                    dw.map(|s| grad(s, w.shape())),
-                ])
-            },
-        );
+        let y = product(OP, self, weight, true, 1, [rows, in_f, out_f], [0, 0, 0], dims)?;
         match bias {
             Some(b) => y.add(b),
             None => Ok(y),
@@ -198,15 +160,12 @@ impl Tensor {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
+    use crate::ops::testing::{randn, seeded_randn};
 
     #[test]
     fn matmul_matches_naive() {
-        let mut rng = ChaCha8Rng::seed_from_u64(11);
-        let a = Tensor::randn([3, 5, 7], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
-        let b = Tensor::randn([3, 7, 4], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        let (mut rng, a) = seeded_randn(11, [3, 5, 7], 0.0, 1.0);
+        let b = randn([3, 7, 4], 0.0, 1.0, &mut rng);
         let c = a.bmm(&b).unwrap();
         assert_eq!(c.dims(), &[3, 5, 4]);
         let (av, bv, cv) = (
@@ -226,7 +185,7 @@ mod tests {
         }
         let e = a.matmul(&a).unwrap_err().to_string();
         assert!(e.contains("matmul") && e.contains("[3, 5, 7]"), "{e}");
-        let w = Tensor::randn([6, 7], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        let w = randn([6, 7], 0.0, 1.0, &mut rng);
         let y = a.linear(&w, None).unwrap();
         assert_eq!(y.dims(), &[3, 5, 6]);
         let yv = y.to_vec().unwrap();

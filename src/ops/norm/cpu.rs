@@ -1,6 +1,6 @@
 //! Batch norm on the CPU: per-channel sums over (n, c) planes, one task per plane.
 
-use super::{BatchNormOptions, BnSaved, NormKernels, OP};
+use super::{BatchNormOptions, BnCall, BnSaved, NormKernels, OP};
 use crate::device::Device;
 use crate::error::Result;
 use crate::ops::{Cpu, for_each_par_if_large};
@@ -97,13 +97,9 @@ fn inv_std(var: &[f32], eps: f32) -> Vec<f32> {
 }
 
 impl NormKernels for Cpu {
-    fn batch_norm_fwd(
-        &self,
-        x: &Tensor,
-        [gamma, beta, running_mean, running_var]: [&Tensor; 4],
-        shape: [usize; 4],
-        opts: BatchNormOptions,
-    ) -> Result<(Storage, BnSaved)> {
+    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall) -> Result<(Storage, BnSaved)> {
+        let [gamma, beta, running_mean, running_var] = params;
+        let BnCall { shape, opts } = call;
         let [_, c, p, _] = shape;
         let sx = x.storage();
         let xv = sx.as_cpu(OP)?;
@@ -120,19 +116,13 @@ impl NormKernels for Cpu {
         let saved = BnSaved {
             mean: Tensor::from_vec(mean, [c], Device::Cpu)?,
             var: Tensor::from_vec(var, [c], Device::Cpu)?,
+            call,
         };
         Ok((Storage::Cpu(y), saved))
     }
 
-    fn batch_norm_bwd(
-        &self,
-        xt: &Tensor,
-        gamma: &Tensor,
-        dy: &Tensor,
-        [n, c, p, _]: [usize; 4],
-        saved: &BnSaved,
-        opts: BatchNormOptions,
-    ) -> Result<[Tensor; 3]> {
+    fn batch_norm_bwd(&self, xt: &Tensor, gamma: &Tensor, dy: &Tensor, saved: &BnSaved) -> Result<[Tensor; 3]> {
+        let BnCall { shape: [n, c, p, _], opts } = saved.call;
         let (sx, sg) = (xt.storage(), dy.storage());
         let (x, g) = (sx.as_cpu(OP)?, sg.as_cpu(OP)?);
         let mean = saved.mean.to_vec()?;

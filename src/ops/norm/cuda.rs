@@ -1,7 +1,7 @@
 //! Batch norm on the GPU (PyTorch BatchNorm2d semantics), NCHW: the checked launch wrappers of
 //! kernels/batchnorm.cu, and the CUDA side of [`NormKernels`].
 
-use super::{BatchNormOptions, BnSaved, NormKernels, OP};
+use super::{BnCall, BnSaved, NormKernels, OP};
 use crate::backend::cuda::elementwise::numel;
 use crate::backend::cuda::kernels as k;
 use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, to_i32};
@@ -15,13 +15,9 @@ impl NormKernels for Cuda {
     /// In training the batch statistics are computed and the running ones updated in place,
     /// otherwise the running ones are used (copied, so a later update cannot change what the
     /// backward sees).
-    fn batch_norm_fwd(
-        &self,
-        x: &Tensor,
-        [gamma, beta, running_mean, running_var]: [&Tensor; 4],
-        shape: [usize; 4],
-        opts: BatchNormOptions,
-    ) -> Result<(Storage, BnSaved)> {
+    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall) -> Result<(Storage, BnSaved)> {
+        let [gamma, beta, running_mean, running_var] = params;
+        let BnCall { shape, opts } = call;
         let dev = device(OP, x)?;
         let c = shape[1];
         let sx = x.storage();
@@ -45,19 +41,12 @@ impl NormKernels for Cuda {
         let (sg, sb) = (gamma.storage(), beta.storage());
         let mut y = dev.alloc(x.numel())?;
         bn_fwd(&dev, xb, shape, &mean, &var, sg.as_cuda(OP)?, sb.as_cuda(OP)?, &mut y, opts.eps)?;
-        let saved = BnSaved { mean: tensor(mean, [c])?, var: tensor(var, [c])? };
+        let saved = BnSaved { mean: tensor(mean, [c])?, var: tensor(var, [c])?, call };
         Ok((Storage::Cuda(y), saved))
     }
 
-    fn batch_norm_bwd(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        dy: &Tensor,
-        shape: [usize; 4],
-        saved: &BnSaved,
-        opts: BatchNormOptions,
-    ) -> Result<[Tensor; 3]> {
+    fn batch_norm_bwd(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor, saved: &BnSaved) -> Result<[Tensor; 3]> {
+        let BnCall { shape, opts } = saved.call;
         let dev = device(OP, x)?;
         let c = shape[1];
         let (sx, sgam, sdy) = (x.storage(), gamma.storage(), dy.storage());

@@ -34,33 +34,29 @@ impl Default for BatchNormOptions {
     }
 }
 
-/// What the backward reads: the per-channel statistics the forward normalised with (the batch's
-/// in training, a copy of the running ones otherwise), on the input's device.
+/// One batch_norm call: x viewed as (n, c, p, 1) (`shape`), and its options.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BnCall {
+    pub shape: [usize; 4],
+    pub opts: BatchNormOptions,
+}
+
+/// What the backward reads besides x and gamma: the per-channel statistics the forward
+/// normalised with (the batch's in training, a copy of the running ones otherwise), on the
+/// input's device, and the call.
 pub(crate) struct BnSaved {
     pub mean: Tensor,
     pub var: Tensor,
+    pub call: BnCall,
 }
 
-/// Batch norm on one side (CPU or CUDA), of x viewed as (n, c, p, 1) (`shape`).
+/// Batch norm on one side (CPU or CUDA).
 pub(crate) trait NormKernels: Sync {
-    /// y, and the statistics for the backward; in training the running ones are updated in place.
-    fn batch_norm_fwd(
-        &self,
-        x: &Tensor,
-        params: [&Tensor; 4],
-        shape: [usize; 4],
-        opts: BatchNormOptions,
-    ) -> Result<(Storage, BnSaved)>;
+    /// y, and what the backward reads; in training the running statistics are updated in place.
+    /// `params` are gamma, beta, running_mean, running_var.
+    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall) -> Result<(Storage, BnSaved)>;
     /// (dx, dgamma, dbeta).
-    fn batch_norm_bwd(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        dy: &Tensor,
-        shape: [usize; 4],
-        saved: &BnSaved,
-        opts: BatchNormOptions,
-    ) -> Result<[Tensor; 3]>;
+    fn batch_norm_bwd(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor, saved: &BnSaved) -> Result<[Tensor; 3]>;
 }
 
 fn kernels(device: Device) -> &'static dyn NormKernels {
@@ -124,9 +120,9 @@ impl Tensor {
             ));
         }
         let device = same_device(OP, &[self, gamma, beta, running_mean, running_var])?;
-        let shape = [n, c, p, 1];
+        let call = BnCall { shape: [n, c, p, 1], opts };
         let params = [gamma, beta, running_mean, running_var];
-        let (storage, saved) = kernels(device).batch_norm_fwd(self, params, shape, opts)?;
+        let (storage, saved) = kernels(device).batch_norm_fwd(self, params, call)?;
         let (xt, gamma_t) = (self.clone(), gamma.clone());
         Ok(Tensor::from_storage_op(
             OP,
@@ -134,8 +130,7 @@ impl Tensor {
             self.shape().clone(),
             &[self, gamma, beta],
             move |dy, _| {
-                let bwd = kernels(dy.device()).batch_norm_bwd(&xt, &gamma_t, dy, shape, &saved, opts);
-                let [dx, dgamma, dbeta] = bwd?;
+                let [dx, dgamma, dbeta] = kernels(dy.device()).batch_norm_bwd(&xt, &gamma_t, dy, &saved)?;
                 Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])
             },
         ))
@@ -145,15 +140,13 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
+    use crate::ops::testing::{randn, seeded_randn};
 
     #[test]
     fn batch_norm_matches_naive_and_updates_running_stats() {
-        let mut rng = ChaCha8Rng::seed_from_u64(9);
-        let x = Tensor::randn([3, 2, 4, 5], 1.5, 2.0, Device::Cpu, &mut rng).unwrap();
-        let gamma = Tensor::randn([2], 1.0, 0.3, Device::Cpu, &mut rng).unwrap();
-        let beta = Tensor::randn([2], 0.0, 0.3, Device::Cpu, &mut rng).unwrap();
+        let (mut rng, x) = seeded_randn(9, [3, 2, 4, 5], 1.5, 2.0);
+        let gamma = randn([2], 1.0, 0.3, &mut rng);
+        let beta = randn([2], 0.0, 0.3, &mut rng);
         let rm = Tensor::uniform([2], -0.5, 0.5, Device::Cpu, &mut rng).unwrap();
         let rv = Tensor::uniform([2], 0.5, 1.5, Device::Cpu, &mut rng).unwrap();
         let (rm0, rv0) = (rm.to_vec().unwrap(), rv.to_vec().unwrap());
@@ -199,7 +192,7 @@ mod tests {
         let want = gv[1] * (xv[25] - rm1[1]) / (rv1[1] + 1e-5).sqrt() + bv[1];
         assert!((e[25] - want).abs() < 1e-5);
         assert_eq!(rm.to_vec().unwrap(), rm1);
-        let one = Tensor::randn([1, 2, 1, 1], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        let one = randn([1, 2, 1, 1], 0.0, 1.0, &mut rng);
         assert!(
             one.batch_norm(&gamma, &beta, &rm, &rv, opts)
                 .unwrap_err()

@@ -1,6 +1,6 @@
 //! Max pooling on the CPU: one task per (n, c) plane.
 
-use super::{OP, PoolKernels, Window, pool_out};
+use super::{OP, PoolKernels, Window, Winners, pool_out};
 use crate::device::Device;
 use crate::error::Result;
 use crate::ops::{Cpu, for_each_par_if_large};
@@ -8,7 +8,7 @@ use crate::tensor::{Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 impl PoolKernels for Cpu {
-    fn max_pool_fwd(&self, x: &Tensor, win: Window) -> Result<(Storage, Tensor)> {
+    fn max_pool_fwd(&self, x: &Tensor, win: Window) -> Result<(Storage, Winners)> {
         let &[n, c, h, w] = x.dims() else {
             unreachable!("rank checked by max_pool2d")
         };
@@ -18,8 +18,8 @@ impl PoolKernels for Cpu {
         let xv = sx.as_cpu(OP)?;
         let (ip, op) = (h * w, oh * ow);
         let mut y = vec![0f32; n * c * op];
-        let mut arg = vec![0f32; n * c * op];
-        let plane = |((xp, yp), ap): ((&[f32], &mut [f32]), &mut [f32])| {
+        let mut arg = vec![0u32; n * c * op];
+        let plane = |((xp, yp), ap): ((&[f32], &mut [f32]), &mut [u32])| {
             for i in 0..oh {
                 let h0 = (i * stride) as isize - padding as isize;
                 let (hs, he) = (h0.max(0) as usize, ((h0 + kernel as isize) as usize).min(h));
@@ -40,7 +40,8 @@ impl PoolKernels for Cpu {
                         }
                     }
                     yp[i * ow + j] = best;
-                    ap[i * ow + j] = f32::from_bits(at as u32);
+                    // In range: max_pool2d refuses planes beyond u32 (winner_offsets_fit).
+                    ap[i * ow + j] = at as u32;
                 }
             }
         };
@@ -48,21 +49,23 @@ impl PoolKernels for Cpu {
             let planes = xv.par_chunks(ip).zip(y.par_chunks_mut(op)).zip(arg.par_chunks_mut(op));
             for_each_par_if_large(xv.len(), planes, plane);
         }
-        let winners = Tensor::from_vec(arg, [n * c * op], Device::Cpu)?;
-        Ok((Storage::Cpu(y), winners))
+        Ok((Storage::Cpu(y), Winners::Cpu(arg)))
     }
 
-    fn max_pool_bwd(&self, dy: &Tensor, winners: &Tensor, in_shape: &Shape, _win: Window) -> Result<Tensor> {
+    fn max_pool_bwd(&self, dy: &Tensor, winners: &Winners, in_shape: &Shape, _win: Window) -> Result<Tensor> {
         let &[_, _, h, w] = in_shape.dims() else {
             unreachable!("rank checked by max_pool2d")
         };
-        let (sg, sa) = (dy.storage(), winners.storage());
-        let (gv, arg) = (sg.as_cpu(OP)?, sa.as_cpu(OP)?);
+        let Winners::Cpu(arg) = winners else {
+            return Err(winners.elsewhere_than(dy));
+        };
+        let sg = dy.storage();
+        let gv = sg.as_cpu(OP)?;
         let (ip, op) = (h * w, dy.dims()[2] * dy.dims()[3]);
         let mut dx = vec![0f32; in_shape.numel()];
-        let scatter = |((dp, gp), ap): ((&mut [f32], &[f32]), &[f32])| {
+        let scatter = |((dp, gp), ap): ((&mut [f32], &[f32]), &[u32])| {
             for (&gval, &a) in gp.iter().zip(ap) {
-                dp[a.to_bits() as usize] += gval;
+                dp[a as usize] += gval;
             }
         };
         if op > 0 {

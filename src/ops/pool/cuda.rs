@@ -2,11 +2,11 @@
 //! and the CUDA side of [`PoolKernels`].
 
 pub use super::pool_out;
-use super::{OP, PoolKernels, Window};
+use super::{OP, PoolKernels, Window, Winners};
 use crate::backend::cuda::elementwise::numel;
-use crate::backend::cuda::kernels as k;
+use crate::backend::cuda::kernels::{self as k, Kernel};
 use crate::backend::cuda::launch::{Arg, check_len, grid_1d, launch, to_i32};
-use crate::backend::cuda::{CudaDevice, GpuBuffer};
+use crate::backend::cuda::{CudaDevice, GpuBuffer, TypedBuffer};
 use crate::error::Result;
 use crate::ops::Cuda;
 use crate::ops::cuda_common::{device, tensor};
@@ -18,29 +18,31 @@ fn dims4(s: &Shape) -> [usize; 4] {
 }
 
 impl PoolKernels for Cuda {
-    fn max_pool_fwd(&self, x: &Tensor, win: Window) -> Result<(Storage, Tensor)> {
+    fn max_pool_fwd(&self, x: &Tensor, win: Window) -> Result<(Storage, Winners)> {
         let dev = device(OP, x)?;
         let d = dims4(x.shape());
         let (oh, ow) = pool_out(OP, d[2], d[3], win.kernel, win.stride, win.padding)?;
         let len = d[0] * d[1] * oh * ow;
-        let (mut y, mut idx) = (dev.alloc(len)?, dev.alloc(len)?);
+        let (mut y, mut idx) = (dev.alloc(len)?, TypedBuffer::alloc(&dev, len)?);
         let sx = x.storage();
         maxpool_fwd(&dev, sx.as_cuda(OP)?, d, win.kernel, win.stride, win.padding, &mut y, &mut idx)?;
-        Ok((Storage::Cuda(y), tensor(idx, [len])?))
+        Ok((Storage::Cuda(y), Winners::Cuda(idx)))
     }
 
-    fn max_pool_bwd(&self, dy: &Tensor, winners: &Tensor, in_shape: &Shape, win: Window) -> Result<Tensor> {
+    fn max_pool_bwd(&self, dy: &Tensor, winners: &Winners, in_shape: &Shape, win: Window) -> Result<Tensor> {
+        let Winners::Cuda(idx) = winners else {
+            return Err(winners.elsewhere_than(dy));
+        };
         let dev = device(OP, dy)?;
-        let (sg, si) = (dy.storage(), winners.storage());
+        let sg = dy.storage();
         let mut dx = dev.alloc(in_shape.numel())?;
-        let (g, idx) = (sg.as_cuda(OP)?, si.as_cuda(OP)?);
-        maxpool_bwd(&dev, g, idx, dims4(in_shape), win.kernel, win.stride, win.padding, &mut dx)?;
+        maxpool_bwd(&dev, sg.as_cuda(OP)?, idx, dims4(in_shape), win.kernel, win.stride, win.padding, &mut dx)?;
         tensor(dx, in_shape.clone())
     }
 }
 
 /// y = max over each window; `idx` (same element count as y) receives the winner's offset within
-/// its plane, stored as i32 bits, for the backward. Returns (OH, OW).
+/// its plane, for the backward. Returns (OH, OW).
 #[allow(clippy::too_many_arguments)]
 pub fn maxpool_fwd(
     dev: &CudaDevice,
@@ -50,7 +52,7 @@ pub fn maxpool_fwd(
     stride: usize,
     pad: usize,
     y: &mut GpuBuffer,
-    idx: &mut GpuBuffer,
+    idx: &mut TypedBuffer<u32>,
 ) -> Result<(usize, usize)> {
     let op = k::MAXPOOL_FWD.name;
     let [n, c, h, w] = shape;
@@ -58,22 +60,8 @@ pub fn maxpool_fwd(
     check_len(op, "x", x.len(), numel(shape), &shape)?;
     check_len(op, "y", y.len(), n * c * oh * ow, &[n, c, oh, ow])?;
     check_len(op, "idx", idx.len(), n * c * oh * ow, &[n, c, oh, ow])?;
-    to_i32(op, "elements", numel(shape).max(y.len()))?;
-    let planes = (n * c) as i32;
-    let args = [
-        Arg::Ptr(x.ptr()),
-        Arg::Ptr(y.ptr_mut()),
-        Arg::Ptr(idx.ptr_mut()),
-        Arg::I32(planes),
-        Arg::I32(h as i32),
-        Arg::I32(w as i32),
-        Arg::I32(oh as i32),
-        Arg::I32(ow as i32),
-        Arg::I32(kernel as i32),
-        Arg::I32(stride as i32),
-        Arg::I32(pad as i32),
-    ];
-    launch(dev, k::MAXPOOL_FWD, grid_1d(dev, y.len()), &args)?;
+    let buffers = [x.ptr(), y.ptr_mut(), idx.ptr_mut()];
+    launch_pool(dev, k::MAXPOOL_FWD, buffers, shape, [oh, ow], [kernel, stride, pad], y.len())?;
     Ok((oh, ow))
 }
 
@@ -82,7 +70,7 @@ pub fn maxpool_fwd(
 pub fn maxpool_bwd(
     dev: &CudaDevice,
     dy: &GpuBuffer,
-    idx: &GpuBuffer,
+    idx: &TypedBuffer<u32>,
     shape: [usize; 4],
     kernel: usize,
     stride: usize,
@@ -95,21 +83,36 @@ pub fn maxpool_bwd(
     check_len(op, "dy", dy.len(), n * c * oh * ow, &[n, c, oh, ow])?;
     check_len(op, "idx", idx.len(), n * c * oh * ow, &[n, c, oh, ow])?;
     check_len(op, "dx", dx.len(), numel(shape), &shape)?;
-    to_i32(op, "elements", numel(shape).max(dy.len()))?;
+    let buffers = [dy.ptr(), idx.ptr(), dx.ptr_mut()];
+    launch_pool(dev, k::MAXPOOL_BWD, buffers, shape, [oh, ow], [kernel, stride, pad], dx.len())
+}
+
+/// Launches one of the max-pool kernels, which share one argument list: their three buffers,
+/// then planes, H, W, OH, OW, k, s, p; one thread per element of the buffer written (`items`).
+fn launch_pool(
+    dev: &CudaDevice,
+    kernel: Kernel,
+    buffers: [u64; 3],
+    [n, c, h, w]: [usize; 4],
+    [oh, ow]: [usize; 2],
+    [k, s, p]: [usize; 3],
+    items: usize,
+) -> Result<()> {
+    to_i32(kernel.name, "elements", (n * c * h * w).max(n * c * oh * ow))?;
     let args = [
-        Arg::Ptr(dy.ptr()),
-        Arg::Ptr(idx.ptr()),
-        Arg::Ptr(dx.ptr_mut()),
+        Arg::Ptr(buffers[0]),
+        Arg::Ptr(buffers[1]),
+        Arg::Ptr(buffers[2]),
         Arg::I32((n * c) as i32),
         Arg::I32(h as i32),
         Arg::I32(w as i32),
         Arg::I32(oh as i32),
         Arg::I32(ow as i32),
-        Arg::I32(kernel as i32),
-        Arg::I32(stride as i32),
-        Arg::I32(pad as i32),
+        Arg::I32(k as i32),
+        Arg::I32(s as i32),
+        Arg::I32(p as i32),
     ];
-    launch(dev, k::MAXPOOL_BWD, grid_1d(dev, dx.len()), &args)
+    launch(dev, kernel, grid_1d(dev, items), &args)
 }
 
 #[cfg(test)]

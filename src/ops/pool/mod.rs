@@ -9,8 +9,8 @@ pub mod cuda;
 use super::{Cpu, Cuda, kernels_for};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::backend::cuda::TypedBuffer;
 use crate::tensor::{Shape, Storage, Tensor};
-use std::sync::Arc;
 
 const OP: &str = "max_pool2d";
 
@@ -22,13 +22,30 @@ pub(crate) struct Window {
     pub padding: usize,
 }
 
-/// Max pooling on one side (CPU or CUDA). The winners' offsets within their input planes travel
-/// as u32 bits in an f32 tensor (what the CUDA kernels write), for the backward's scatter.
+/// The forward's winners: each output's argmax as an offset within its input plane, which the
+/// backward routes the output's gradient to. [`winner_offsets_fit`] keeps the offsets in u32.
+pub(crate) enum Winners {
+    Cpu(Vec<u32>),
+    Cuda(TypedBuffer<u32>),
+}
+
+impl Winners {
+    /// The error of a backward whose gradient `dy` is not where the forward left its winners.
+    pub(super) fn elsewhere_than(&self, dy: &Tensor) -> Error {
+        let second = match self {
+            Winners::Cpu(_) => Device::Cpu,
+            Winners::Cuda(b) => Device::Cuda(b.ordinal()),
+        };
+        Error::DeviceMismatch { op: OP, first: dy.device(), second }
+    }
+}
+
+/// Max pooling on one side (CPU or CUDA).
 pub(crate) trait PoolKernels: Sync {
-    /// The pooled output of `x` (N,C,H,W) and the winners' offsets.
-    fn max_pool_fwd(&self, x: &Tensor, win: Window) -> Result<(Storage, Tensor)>;
+    /// The pooled output of `x` (N,C,H,W) and its winners.
+    fn max_pool_fwd(&self, x: &Tensor, win: Window) -> Result<(Storage, Winners)>;
     /// dx (shaped `in_shape`) from the upstream gradient `dy` and the forward's winners.
-    fn max_pool_bwd(&self, dy: &Tensor, winners: &Tensor, in_shape: &Shape, win: Window) -> Result<Tensor>;
+    fn max_pool_bwd(&self, dy: &Tensor, winners: &Winners, in_shape: &Shape, win: Window) -> Result<Tensor>;
 }
 
 fn kernels(device: Device) -> &'static dyn PoolKernels {
@@ -44,6 +61,18 @@ pub fn pool_out(op: &'static str, h: usize, w: usize, k: usize, s: usize, p: usi
         return Err(Error::shape(op, format!("input {h}x{w} smaller than the {k}x{k} window with padding {p}")));
     }
     Ok(((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1))
+}
+
+/// Refuses an input whose planes have cells beyond u32's reach: the winners would wrap.
+fn winner_offsets_fit(shape: &Shape) -> Result<()> {
+    let plane: usize = shape.dims()[2..].iter().product();
+    if plane > 0 && u32::try_from(plane - 1).is_err() {
+        return Err(Error::shape(
+            OP,
+            format!("input {shape}: a plane of {plane} cells is beyond the u32 offsets the winners are kept in"),
+        ));
+    }
+    Ok(())
 }
 
 impl Tensor {
@@ -73,29 +102,24 @@ impl Tensor {
             (h + 2 * padding - kernel) / stride + 1,
             (w + 2 * padding - kernel) / stride + 1,
         );
+        winner_offsets_fit(self.shape())?;
         let win = Window { kernel, stride, padding };
         let (storage, winners) = kernels(self.device()).max_pool_fwd(self, win)?;
         let in_shape = self.shape().clone();
-        Ok(Tensor::from_storage_op(
-            OP,
-            Arc::new(storage),
-            Shape::from([n, c, oh, ow]),
-            &[self],
-            move |g, _| Ok(vec![Some(kernels(g.device()).max_pool_bwd(g, &winners, &in_shape, win)?)]),
-        ))
+        Ok(Tensor::from_storage_unary(OP, storage, Shape::from([n, c, oh, ow]), self, move |g, _| {
+            kernels(g.device()).max_pool_bwd(g, &winners, &in_shape, win)
+        }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
+    use crate::ops::testing::seeded_randn;
 
     #[test]
     fn max_pool_matches_naive() {
-        let mut rng = ChaCha8Rng::seed_from_u64(4);
-        let x = Tensor::randn([2, 3, 7, 6], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        let (_, x) = seeded_randn(4, [2, 3, 7, 6], 0.0, 1.0);
         let y = x.max_pool2d(3, 2, 1).unwrap();
         assert_eq!(y.dims(), &[2, 3, 4, 3]);
         let (xv, yv) = (x.to_vec().unwrap(), y.to_vec().unwrap());
@@ -116,5 +140,14 @@ mod tests {
             }
         }
         assert!(x.max_pool2d(3, 2, 2).is_err());
+    }
+
+    #[test]
+    fn planes_beyond_u32_offsets_are_refused() {
+        let largest = u32::MAX as usize + 1;
+        assert!(winner_offsets_fit(&Shape::from([2, 3, 1, largest])).is_ok());
+        assert!(winner_offsets_fit(&Shape::from([1, 1, 0, largest + 1])).is_ok());
+        let e = winner_offsets_fit(&Shape::from([1, 2, 65536, 65537])).unwrap_err().to_string();
+        assert!(e.starts_with("max_pool2d:") && e.contains("[1, 2, 65536, 65537]"), "{e}");
     }
 }

@@ -10,7 +10,6 @@ use super::{Cpu, Cuda, kernels_for, non_empty, reduced_shape};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Storage, Tensor};
-use std::sync::Arc;
 
 /// Sums to and broadcasts from a shape, on one side (CPU or CUDA).
 pub(crate) trait ReduceKernels: Sync {
@@ -24,52 +23,55 @@ fn kernels(device: Device) -> &'static dyn ReduceKernels {
     kernels_for(device, &Cpu, &Cuda)
 }
 
+/// The two directions between a shape and one it broadcasts to, each the other's adjoint.
+#[derive(Clone, Copy)]
+enum Broadcast {
+    /// Sum down to the smaller shape (`sum_to`).
+    Sum,
+    /// Repeat up to the larger shape (`broadcast_to`).
+    Repeat,
+}
+
 impl Tensor {
     /// Sums over the dimensions in which `shape` broadcasts to this tensor's shape (the adjoint of
     /// `broadcast_to`); `shape` may have fewer dimensions (numpy alignment from the right).
     pub fn sum_to(&self, shape: &Shape) -> Result<Tensor> {
-        const OP: &str = "sum_to";
-        if shape == self.shape() {
-            return Ok(self.clone());
-        }
-        if shape.rank() > self.rank() || &shape.broadcast(self.shape(), OP)? != self.shape() {
-            return Err(Error::shape(
-                OP,
-                format!("{} cannot be summed to {shape}", self.shape()),
-            ));
-        }
-        let storage = kernels(self.device()).sum_to(OP, self, shape)?;
-        let src_shape = self.shape().clone();
-        Ok(Tensor::from_storage_op(
-            OP,
-            Arc::new(storage),
-            shape.clone(),
-            &[self],
-            move |g, _| Ok(vec![Some(g.broadcast_to(&src_shape)?)]),
-        ))
+        self.broadcast_step(Broadcast::Sum, shape)
     }
 
     /// Repeats this tensor along its size-1 (or missing leading) dimensions to `shape`.
     pub fn broadcast_to(&self, shape: &Shape) -> Result<Tensor> {
-        const OP: &str = "broadcast_to";
+        self.broadcast_step(Broadcast::Repeat, shape)
+    }
+
+    /// `sum_to` or `broadcast_to`, recorded with the other as its backward.
+    fn broadcast_step(&self, dir: Broadcast, shape: &Shape) -> Result<Tensor> {
         if shape == self.shape() {
             return Ok(self.clone());
         }
-        if &self.shape().broadcast(shape, OP)? != shape {
-            return Err(Error::shape(
-                OP,
-                format!("{} cannot be broadcast to {shape}", self.shape()),
-            ));
+        let (op, fits, verb) = match dir {
+            Broadcast::Sum => {
+                let op = "sum_to";
+                (op, shape.rank() <= self.rank() && &shape.broadcast(self.shape(), op)? == self.shape(), "summed")
+            }
+            Broadcast::Repeat => {
+                let op = "broadcast_to";
+                (op, &self.shape().broadcast(shape, op)? == shape, "broadcast")
+            }
+        };
+        if !fits {
+            return Err(Error::shape(op, format!("{} cannot be {verb} to {shape}", self.shape())));
         }
-        let storage = kernels(self.device()).broadcast_to(OP, self, shape)?;
+        let side = kernels(self.device());
+        let storage = match dir {
+            Broadcast::Sum => side.sum_to(op, self, shape)?,
+            Broadcast::Repeat => side.broadcast_to(op, self, shape)?,
+        };
         let own = self.shape().clone();
-        Ok(Tensor::from_storage_op(
-            OP,
-            Arc::new(storage),
-            shape.clone(),
-            &[self],
-            move |g, _| Ok(vec![Some(g.sum_to(&own)?)]),
-        ))
+        Ok(Tensor::from_storage_unary(op, storage, shape.clone(), self, move |g, _| match dir {
+            Broadcast::Sum => g.broadcast_to(&own),
+            Broadcast::Repeat => g.sum_to(&own),
+        }))
     }
 
     /// Sum over `axes` (negative counts from the end); `keepdim` keeps them as size 1.
@@ -121,13 +123,11 @@ fn drop_axes(shape: &Shape, axes: &[usize]) -> Shape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
+    use crate::ops::testing::seeded_randn;
 
     #[test]
     fn sums_match_naive() {
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let x = Tensor::randn([2, 3, 4, 5], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        let (_, x) = seeded_randn(3, [2, 3, 4, 5], 0.0, 1.0);
         let v = x.to_vec().unwrap();
         let idx = |n: usize, c: usize, h: usize, w: usize| v[((n * 3 + c) * 4 + h) * 5 + w] as f64;
         // axes 0 and 2: a non-trailing reduction

@@ -11,7 +11,6 @@ use super::{Cpu, Cuda, kernels_for};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Storage, Tensor};
-use std::sync::Arc;
 
 const OP: &str = "resize_bilinear";
 
@@ -45,21 +44,16 @@ impl Tensor {
         }
         let storage = kernels(self.device()).resize_fwd(self, out_h, out_w)?;
         let in_shape = self.shape().clone();
-        Ok(Tensor::from_storage_op(
-            OP,
-            Arc::new(storage),
-            Shape::from([n, c, out_h, out_w]),
-            &[self],
-            move |g, _| Ok(vec![Some(kernels(g.device()).resize_bwd(g, &in_shape)?)]),
-        ))
+        Ok(Tensor::from_storage_unary(OP, storage, Shape::from([n, c, out_h, out_w]), self, move |g, _| {
+            kernels(g.device()).resize_bwd(g, &in_shape)
+        }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
+    use crate::ops::testing::{rng, randn};
 
     /// PyTorch's upsample_bilinear2d (align_corners=False) written out per output pixel, in f64.
     fn naive(x: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f64> {
@@ -86,14 +80,14 @@ mod tests {
 
     #[test]
     fn matches_pytorch_formula_up_and_down() {
-        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let mut rng = rng(12);
         for &(h, w, oh, ow) in &[
             (5, 7, 16, 11),
             (16, 16, 128, 128),
             (13, 9, 4, 5),
             (6, 6, 6, 6),
         ] {
-            let x = Tensor::randn([1, 2, h, w], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+            let x = randn([1, 2, h, w], 0.0, 1.0, &mut rng);
             let y = x.resize_bilinear(oh, ow).unwrap().to_vec().unwrap();
             let xv = x.to_vec().unwrap();
             for p in 0..2 {

@@ -57,13 +57,11 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-    use rand_chacha::ChaCha8Rng;
+    use crate::ops::testing::seeded_randn;
 
     #[test]
     fn softmax_matches_naive() {
-        let mut rng = ChaCha8Rng::seed_from_u64(8);
-        let x = Tensor::randn([2, 3, 4], 0.0, 3.0, Device::Cpu, &mut rng).unwrap();
+        let (_, x) = seeded_randn(8, [2, 3, 4], 0.0, 3.0);
         let xv = x.to_vec().unwrap();
         let y = x.softmax(1).unwrap().to_vec().unwrap();
         for n in 0..2 {
