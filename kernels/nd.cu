@@ -30,7 +30,7 @@ __device__ __forceinline__ void nd_offsets(const StridedN& g, int i, int& ix, in
 }
 
 // ---- binary ops with broadcasting: y[i] = a[sx] op b[sy]; y dense ----
-// Op codes (ops::elementwise BinaryOp): 0 add, 1 sub, 2 mul, 3 div.
+// Op codes (the values of ops::elementwise::BinaryOp): 0 add, 1 sub, 2 mul, 3 div.
 extern "C" __global__ void binary_nd_fwd_f32(const float* __restrict__ a, const float* __restrict__ b,
                                              float* __restrict__ y, int n, int op, StridedN g) {
     GRID_STRIDE(i, n) {

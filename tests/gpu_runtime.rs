@@ -67,7 +67,7 @@ test_gpu!(gpu_bad_launch_arguments_are_refused_with_the_op_and_shapes, |dev| {
     let b = dev.htod(&[1.0; 6]).unwrap();
     let mut y = dev.alloc(24).unwrap();
     let walk = nd::geometry("test", &[24], &[1], &[1], 0, 0).unwrap();
-    let e = nd::binary(&dev, elementwise::Binary::Add, &a, &b, &mut y, &walk).unwrap_err();
+    let e = nd::binary(&dev, elementwise::BinaryOp::Add, &a, &b, &mut y, &walk).unwrap_err();
     assert!(e.to_string().contains("binary_nd_fwd_f32") && e.to_string().contains("b has 6 elements"), "{e}");
     let mut small = dev.alloc(5).unwrap();
     let e = reduce::sum_axes(&dev, &a, [1, 2, 3, 4], [true, true, false, false], &mut small, 1.0).unwrap_err();

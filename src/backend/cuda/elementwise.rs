@@ -7,15 +7,8 @@ use super::kernels as k;
 use super::launch::{Arg, grid_1d, launch, to_i32};
 use crate::error::{Error, Result};
 
-/// The binary ops of nd.cu's `binary_nd_fwd_f32`, passed to it by value (its `switch (op)`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(i32)]
-pub enum Binary {
-    Add = 0,
-    Sub = 1,
-    Mul = 2,
-    Div = 3,
-}
+/// The binary ops of nd.cu's `binary_nd_fwd_f32`, passed to it by value: the ops' own enum.
+pub use crate::ops::elementwise::BinaryOp;
 
 pub(crate) fn numel(shape: [usize; 4]) -> usize {
     shape.iter().product()

@@ -5,7 +5,7 @@
 
 use super::alloc::GpuBuffer;
 use super::context::CudaDevice;
-use super::elementwise::Binary;
+use super::elementwise::BinaryOp;
 use super::kernels::{self as k, Kernel};
 use super::launch::{Arg, MAX_DIMS, StridedN, grid_1d, launch, to_i32};
 use crate::error::{Error, Result};
@@ -120,7 +120,7 @@ fn check_reach(
 /// y (dense, the walk's element count) = a op b, a read through (ox, sx) and b through (oy, sy).
 pub fn binary(
     dev: &CudaDevice,
-    op: Binary,
+    op: BinaryOp,
     a: &GpuBuffer,
     b: &GpuBuffer,
     y: &mut GpuBuffer,

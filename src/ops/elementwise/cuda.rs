@@ -18,7 +18,7 @@ impl ElementwiseKernels for Cuda {
         let g = nd::geometry(name, out.dims(), &sa, &sb, 0, 0)?;
         let (ba, bb) = (a.storage(), b.storage());
         let mut y = dev.alloc(out.numel())?;
-        nd::binary(&dev, op.gpu(), ba.as_cuda(name)?, bb.as_cuda(name)?, &mut y, &g)?;
+        nd::binary(&dev, op, ba.as_cuda(name)?, bb.as_cuda(name)?, &mut y, &g)?;
         Ok(Storage::Cuda(y))
     }
 

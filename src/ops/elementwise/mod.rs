@@ -9,7 +9,6 @@ pub(crate) mod cpu;
 mod cuda;
 
 use super::{Cpu, Cuda, kernels_for, same_device};
-use crate::backend::cuda::elementwise::Binary;
 use crate::backend::cuda::nd::MapOp;
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -32,29 +31,24 @@ fn kernels(device: Device) -> &'static dyn ElementwiseKernels {
     kernels_for(device, &Cpu, &Cuda)
 }
 
-#[derive(Clone, Copy)]
-pub(crate) enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
+/// The element-wise binary ops, one enum for both sides: the CPU matches on it, and the CUDA
+/// side passes its value to nd.cu's `binary_nd_fwd_f32` (the kernel's `switch (op)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum BinaryOp {
+    Add = 0,
+    Sub = 1,
+    Mul = 2,
+    Div = 3,
 }
 
 impl BinaryOp {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             BinaryOp::Add => "add",
             BinaryOp::Sub => "sub",
             BinaryOp::Mul => "mul",
             BinaryOp::Div => "div",
-        }
-    }
-    fn gpu(self) -> Binary {
-        match self {
-            BinaryOp::Add => Binary::Add,
-            BinaryOp::Sub => Binary::Sub,
-            BinaryOp::Mul => Binary::Mul,
-            BinaryOp::Div => Binary::Div,
         }
     }
 }

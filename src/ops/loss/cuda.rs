@@ -3,7 +3,7 @@
 //! no host round trip; the backward reads the upstream gradient from device memory too.
 
 use super::{BCE, CE, LossKernels, NOTHING_COUNTED, refuse_bad_labels, refuse_bad_probabilities, refuse_nan};
-use crate::backend::cuda::elementwise::Binary;
+use crate::backend::cuda::elementwise::BinaryOp;
 use crate::backend::cuda::kernels::{self as k, Kernel};
 use crate::backend::cuda::launch::{Arg, check_len, grid_1d, launch, to_i32};
 use crate::ops::reduce::cuda::sum_axes;
@@ -117,7 +117,7 @@ pub fn ce2_fwd(dev: &CudaDevice, logits: &GpuBuffer, target: &GpuBuffer, mask: O
     crate::backend::cuda::elementwise::affine(dev, &count, &mut safe_count, 1.0, f32::MIN_POSITIVE)?;
     let mut loss = dev.alloc(1)?;
     let one = crate::backend::cuda::nd::geometry("ce2_fwd_f32", &[1], &[1], &[1], 0, 0)?;
-    crate::backend::cuda::nd::binary(dev, Binary::Div, &sum, &safe_count, &mut loss, &one)?;
+    crate::backend::cuda::nd::binary(dev, BinaryOp::Div, &sum, &safe_count, &mut loss, &one)?;
     Ok(Ce2Output { loss, count })
 }
 
