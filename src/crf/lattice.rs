@@ -237,6 +237,32 @@ fn round_ties_even(x: f32) -> f32 {
     (x + MAGIC) - MAGIC
 }
 
+/// Checks that `features` are whole `dim`-dimensional points (dim >= 1), all finite: the input of
+/// [`Lattice::new`] and of the exact filter it approximates.
+pub(crate) fn check_features(op: &'static str, features: &[f32], dim: usize) -> Result<()> {
+    if dim == 0 || !features.len().is_multiple_of(dim) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{} feature values are not a whole number of {dim}-dimensional points",
+                features.len()
+            ),
+        ));
+    }
+    if let Some(i) = features.iter().position(|v| !v.is_finite()) {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "feature {} of point {} is {}",
+                i % dim,
+                i / dim,
+                features[i]
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Lattice {
     /// Builds the lattice over `points` feature vectors of `dim` values each, stored point after
     /// point (`features.len() == points * dim`), already scaled by 1/width.
@@ -247,26 +273,7 @@ impl Lattice {
                 format!("feature dimension {dim}; expected 1..={MAX_DIM}"),
             ));
         }
-        if !features.len().is_multiple_of(dim) {
-            return Err(Error::shape(
-                "lattice",
-                format!(
-                    "{} feature values are not a whole number of {dim}-dimensional points",
-                    features.len()
-                ),
-            ));
-        }
-        if let Some(i) = features.iter().position(|v| !v.is_finite()) {
-            return Err(Error::invalid(
-                "lattice",
-                format!(
-                    "feature {} of point {} is {}",
-                    i % dim,
-                    i / dim,
-                    features[i]
-                ),
-            ));
-        }
+        check_features("lattice", features, dim)?;
         match dim {
             1 => Self::build::<1>(features),
             2 => Self::build::<2>(features),
@@ -424,10 +431,7 @@ impl Lattice {
     ) {
         let d1 = if D1 == 0 { self.dim + 1 } else { D1 };
         let ch = if C == 0 { ch } else { C };
-        let corners = self
-            .offsets
-            .chunks_exact(d1)
-            .zip(self.barycentric.chunks_exact(d1));
+        let corners = self.simplices(d1);
         for ((offsets, weights), x) in corners.zip(input.chunks_exact(ch)) {
             for r in 0..d1 {
                 let (o, w) = (offsets[r] as usize, weights[r]);
@@ -437,6 +441,14 @@ impl Lattice {
                 }
             }
         }
+    }
+
+    /// Each point's simplex: the value rows of its d+1 corners and their barycentric weights.
+    #[inline(always)]
+    fn simplices(&self, d1: usize) -> impl Iterator<Item = (&[u32], &[f32])> {
+        self.offsets
+            .chunks_exact(d1)
+            .zip(self.barycentric.chunks_exact(d1))
     }
 
     /// Blurs `values` along each of the d+1 lattice directions in turn with [1/2, 1, 1/2];
@@ -484,10 +496,7 @@ impl Lattice {
         let d1 = if D1 == 0 { self.dim + 1 } else { D1 };
         let ch = if C == 0 { ch } else { C };
         let alpha = self.alpha();
-        let corners = self
-            .offsets
-            .chunks_exact(d1)
-            .zip(self.barycentric.chunks_exact(d1));
+        let corners = self.simplices(d1);
         for ((offsets, weights), y) in corners.zip(out.chunks_exact_mut(ch)) {
             y.fill(0.0);
             for r in 0..d1 {
