@@ -37,6 +37,13 @@
 
 enum ConvPass { FWD = 0, BWD_INPUT = 1, BWD_WEIGHT = 2 };
 
+// d += a * b by one `mma.sync` of the given shape and types with 4 f32 accumulators, 4 A words
+// and 2 B words (m16n8k8 TF32 and m16n8k16 BF16 alike). A macro: asm text must be a literal.
+#define MMA_SYNC_F32(shape_types, d, a, b)                                                                     \
+    asm volatile("mma.sync.aligned." shape_types " {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"       \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                               \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
+
 // TF32: one element per 32-bit word, m16n8k8.
 struct Tf32 {
     static constexpr int E = 16;  // elements per tile row
@@ -46,10 +53,7 @@ struct Tf32 {
         return r;
     }
     __device__ static __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+        MMA_SYNC_F32("m16n8k8.row.col.f32.tf32.tf32.f32", d, a, b);
     }
 };
 
@@ -63,10 +67,7 @@ struct Bf16 {
         return r;
     }
     __device__ static __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+        MMA_SYNC_F32("m16n8k16.row.col.f32.bf16.bf16.f32", d, a, b);
     }
 };
 
