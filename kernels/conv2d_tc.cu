@@ -200,37 +200,36 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const f
         }
     };
     auto load = [&](int k0) {
-        if constexpr (PASS == FWD) {
+        if constexpr (PASS != BWD_WEIGHT) {
             load_rows(k0);
             Crs q;
             q.decode(k0 + b_part * RUN_B, g.r, g.s);
-            const float* xn = b_src + (long long)pix_n * g.c * HW;
+            if constexpr (PASS == FWD) {
+                const float* xn = b_src + (long long)pix_n * g.c * HW;
 #pragma unroll
-            for (int j = 0; j < RUN_B; ++j) {
-                vb[j] = x_at(pix_ok, xn, g, q.c, base_h + q.r * g.dil, base_w + q.s * g.dil);
-                q.step(g.r, g.s);
-            }
-        } else if constexpr (PASS == BWD_INPUT) {
-            load_rows(k0);
-            Crs q;
-            q.decode(k0 + b_part * RUN_B, g.r, g.s);
-            const float* dyn = b_src + (long long)pix_n * g.k * OHW;
-#pragma unroll
-            for (int j = 0; j < RUN_B; ++j) {
-                float v = 0.0f;
-                int th = base_h - q.r * g.dil, tw = base_w - q.s * g.dil;
-                if (pix_ok && q.c < g.k && th >= 0 && tw >= 0) {
-                    int oh = th, ow = tw;
-                    bool hit = true;
-                    if (g.stride != 1) {
-                        hit = th % g.stride == 0 && tw % g.stride == 0;
-                        oh = th / g.stride;
-                        ow = tw / g.stride;
-                    }
-                    if (hit && oh < g.oh && ow < g.ow) v = __ldg(dyn + (q.c * g.oh + oh) * g.ow + ow);
+                for (int j = 0; j < RUN_B; ++j) {
+                    vb[j] = x_at(pix_ok, xn, g, q.c, base_h + q.r * g.dil, base_w + q.s * g.dil);
+                    q.step(g.r, g.s);
                 }
-                vb[j] = v;
-                q.step(g.r, g.s);
+            } else {
+                const float* dyn = b_src + (long long)pix_n * g.k * OHW;
+#pragma unroll
+                for (int j = 0; j < RUN_B; ++j) {
+                    float v = 0.0f;
+                    int th = base_h - q.r * g.dil, tw = base_w - q.s * g.dil;
+                    if (pix_ok && q.c < g.k && th >= 0 && tw >= 0) {
+                        int oh = th, ow = tw;
+                        bool hit = true;
+                        if (g.stride != 1) {
+                            hit = th % g.stride == 0 && tw % g.stride == 0;
+                            oh = th / g.stride;
+                            ow = tw / g.stride;
+                        }
+                        if (hit && oh < g.oh && ow < g.ow) v = __ldg(dyn + (q.c * g.oh + oh) * g.ow + ow);
+                    }
+                    vb[j] = v;
+                    q.step(g.r, g.s);
+                }
             }
         } else {
             const int q = k0 + e_col;
