@@ -37,6 +37,33 @@ __device__ __forceinline__ void mma_tile(const float (*As)[BM + PAD], const floa
     }
 }
 
+// Once every thread has stored its part of the tile: acc += As^T Bs, then wait until all threads
+// are done reading before the tile is overwritten.
+__device__ __forceinline__ void accumulate_tile(const float (*As)[BM + PAD], const float (*Bs)[BN + PAD],
+                                                float acc[4][4], int tx, int ty) {
+    __syncthreads();
+    mma_tile(As, Bs, acc, tx, ty);
+    __syncthreads();
+}
+
+// Hands each element of this thread's micro-tile inside the GEMM output (rows below M, columns below
+// NCOL) to store(m, col, value), a row at a time.
+template <class Store>
+__device__ __forceinline__ void store_tile(const float (&acc)[4][4], int m0, int c0, int tx, int ty, int M, int NCOL,
+                                           Store store) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        int m = m0 + ty * 4 + i;
+        if (m >= M) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            int col = c0 + tx * 4 + j;
+            if (col >= NCOL) continue;
+            store(m, col, acc[i][j]);
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(THREADS)
 conv2d_fwd_f32(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias,
                float* __restrict__ y, ConvGeom g) {
@@ -77,11 +104,10 @@ conv2d_fwd_f32(const float* __restrict__ x, const float* __restrict__ wt, const 
             }
             Bs[row][bcol] = v;
         }
-        __syncthreads();
-        mma_tile(As, Bs, acc, tx, ty);
-        __syncthreads();
+        accumulate_tile(As, Bs, acc, tx, ty);
     }
 
+    // Not store_tile: the bias is read once per row.
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         int m = m0 + ty * 4 + i;
@@ -145,23 +171,13 @@ conv2d_bwd_input_f32(const float* __restrict__ dy, const float* __restrict__ wt,
             }
             Bs[row][bcol] = v;
         }
-        __syncthreads();
-        mma_tile(As, Bs, acc, tx, ty);
-        __syncthreads();
+        accumulate_tile(As, Bs, acc, tx, ty);
     }
 
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        int m = m0 + ty * 4 + i;
-        if (m >= M) continue;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            int p = p0 + tx * 4 + j;
-            if (p >= NPIX) continue;
-            int n = p / HW, hw = p - n * HW;
-            dx[((long long)n * M + m) * HW + hw] = acc[i][j];
-        }
-    }
+    store_tile(acc, m0, p0, tx, ty, M, NPIX, [&](int m, int p, float v) {
+        int n = p / HW, hw = p - n * HW;
+        dx[((long long)n * M + m) * HW + hw] = v;
+    });
 }
 
 // dW[k, (c,r,s)] = sum_pix dY[k, pix] * X~[(c,r,s), pix]. gridDim.z splits the pixel reduction
@@ -208,23 +224,12 @@ conv2d_bwd_weight_f32(const float* __restrict__ x, const float* __restrict__ dy,
             }
             Bs[lk][col] = v;
         }
-        __syncthreads();
-        mma_tile(As, Bs, acc, tx, ty);
-        __syncthreads();
+        accumulate_tile(As, Bs, acc, tx, ty);
     }
 
-    const bool split = gridDim.z > 1;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        int m = m0 + ty * 4 + i;
-        if (m >= M) continue;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            int col = c0 + tx * 4 + j;
-            if (col >= NCOL) continue;
-            float* out = &dw[(long long)m * NCOL + col];
-            if (split) atomicAdd(out, acc[i][j]);
-            else *out = acc[i][j];
-        }
-    }
+    store_tile(acc, m0, c0, tx, ty, M, NCOL, [&](int m, int col, float v) {
+        float* out = &dw[(long long)m * NCOL + col];
+        if (gridDim.z > 1) atomicAdd(out, v);  // split-K
+        else *out = v;
+    });
 }
