@@ -479,6 +479,55 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     }
 }
 
+/// The reference for the tests here and in `ops::conv`: a direct 7-loop convolution computing all
+/// three passes at once (f64 accumulators); returns (y, dx, dw) for input x, weight w, bias,
+/// upstream gradient dy.
+#[cfg(test)]
+pub(crate) fn reference_conv2d(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (oh_n, ow_n) = (g.out_h(), g.out_w());
+    let mut y = vec![0.0f64; g.n * g.k * oh_n * ow_n];
+    let mut dx = vec![0.0f64; x.len()];
+    let mut dw = vec![0.0f64; w.len()];
+    for n in 0..g.n {
+        for k in 0..g.k {
+            for oh in 0..oh_n {
+                for ow in 0..ow_n {
+                    let yi = ((n * g.k + k) * oh_n + oh) * ow_n + ow;
+                    y[yi] = bias.map_or(0.0, |b| b[k] as f64);
+                    for c in 0..g.c {
+                        for r in 0..g.r {
+                            for s in 0..g.s {
+                                let ih =
+                                    (oh * g.stride + r * g.dilation) as isize - g.pad as isize;
+                                let iw =
+                                    (ow * g.stride + s * g.dilation) as isize - g.pad as isize;
+                                if ih < 0 || iw < 0 || ih >= g.h as isize || iw >= g.w as isize
+                                {
+                                    continue;
+                                }
+                                let xi =
+                                    ((n * g.c + c) * g.h + ih as usize) * g.w + iw as usize;
+                                let wi = ((k * g.c + c) * g.r + r) * g.s + s;
+                                y[yi] += w[wi] as f64 * x[xi] as f64;
+                                dx[xi] += w[wi] as f64 * dy[yi] as f64;
+                                dw[wi] += x[xi] as f64 * dy[yi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|e| e as f32).collect();
+    (f(y), f(dx), f(dw))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,53 +565,6 @@ mod tests {
         (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
     }
 
-    /// Direct 7-loop convolution computing all three passes at once (f64 accumulators):
-    /// returns (y, dx, dw) for input x, weight w, bias, upstream gradient dy.
-    fn naive(
-        g: &ConvGeometry,
-        x: &[f32],
-        w: &[f32],
-        bias: Option<&[f32]>,
-        dy: &[f32],
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let (oh_n, ow_n) = (g.out_h(), g.out_w());
-        let mut y = vec![0.0f64; g.n * g.k * oh_n * ow_n];
-        let mut dx = vec![0.0f64; x.len()];
-        let mut dw = vec![0.0f64; w.len()];
-        for n in 0..g.n {
-            for k in 0..g.k {
-                for oh in 0..oh_n {
-                    for ow in 0..ow_n {
-                        let yi = ((n * g.k + k) * oh_n + oh) * ow_n + ow;
-                        y[yi] = bias.map_or(0.0, |b| b[k] as f64);
-                        for c in 0..g.c {
-                            for r in 0..g.r {
-                                for s in 0..g.s {
-                                    let ih =
-                                        (oh * g.stride + r * g.dilation) as isize - g.pad as isize;
-                                    let iw =
-                                        (ow * g.stride + s * g.dilation) as isize - g.pad as isize;
-                                    if ih < 0 || iw < 0 || ih >= g.h as isize || iw >= g.w as isize
-                                    {
-                                        continue;
-                                    }
-                                    let xi =
-                                        ((n * g.c + c) * g.h + ih as usize) * g.w + iw as usize;
-                                    let wi = ((k * g.c + c) * g.r + r) * g.s + s;
-                                    y[yi] += w[wi] as f64 * x[xi] as f64;
-                                    dx[xi] += w[wi] as f64 * dy[yi] as f64;
-                                    dw[wi] += x[xi] as f64 * dy[yi] as f64;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let f = |v: Vec<f64>| v.into_iter().map(|e| e as f32).collect();
-        (f(y), f(dx), f(dw))
-    }
-
     fn assert_close(got: &[f32], want: &[f32], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -583,7 +585,7 @@ mod tests {
         let b = random(&mut rng, g.k);
         let dy = random(&mut rng, g.n * g.k * g.out_h() * g.out_w());
         let bias = with_bias.then_some(&b[..]);
-        let (y_ref, dx_ref, dw_ref) = naive(&g, &x, &w, bias, &dy);
+        let (y_ref, dx_ref, dw_ref) = reference_conv2d(&g, &x, &w, bias, &dy);
 
         let mut y = vec![f32::NAN; y_ref.len()];
         conv2d_forward(&g, &x, &w, bias, &mut y);
