@@ -503,16 +503,12 @@ pub(crate) fn reference_conv2d(
                     for c in 0..g.c {
                         for r in 0..g.r {
                             for s in 0..g.s {
-                                let ih =
-                                    (oh * g.stride + r * g.dilation) as isize - g.pad as isize;
-                                let iw =
-                                    (ow * g.stride + s * g.dilation) as isize - g.pad as isize;
-                                if ih < 0 || iw < 0 || ih >= g.h as isize || iw >= g.w as isize
-                                {
+                                let ih = (oh * g.stride + r * g.dilation) as isize - g.pad as isize;
+                                let iw = (ow * g.stride + s * g.dilation) as isize - g.pad as isize;
+                                if ih < 0 || iw < 0 || ih >= g.h as isize || iw >= g.w as isize {
                                     continue;
                                 }
-                                let xi =
-                                    ((n * g.c + c) * g.h + ih as usize) * g.w + iw as usize;
+                                let xi = ((n * g.c + c) * g.h + ih as usize) * g.w + iw as usize;
                                 let wi = ((k * g.c + c) * g.r + r) * g.s + s;
                                 y[yi] += w[wi] as f64 * x[xi] as f64;
                                 dx[xi] += w[wi] as f64 * dy[yi] as f64;

@@ -295,8 +295,16 @@ mod tests {
             for j in 0..n {
                 let mut acc = 0.0f64;
                 for q in 0..k {
-                    let av = if p.trans_a { a[q * m + i] } else { a[i * k + q] };
-                    let bv = if p.trans_b { b[j * k + q] } else { b[q * n + j] };
+                    let av = if p.trans_a {
+                        a[q * m + i]
+                    } else {
+                        a[i * k + q]
+                    };
+                    let bv = if p.trans_b {
+                        b[j * k + q]
+                    } else {
+                        b[q * n + j]
+                    };
                     acc += av as f64 * bv as f64;
                 }
                 let old = if p.beta == 0.0 {
@@ -410,7 +418,10 @@ mod tests {
                 sgemm_batched(batch, p, &a, &b, &mut got);
                 let mut want = c0.clone();
                 for i in 0..batch {
-                    let (a_i, b_i) = (&a[i * m * k..(i + 1) * m * k], &b[i * k * n..(i + 1) * k * n]);
+                    let (a_i, b_i) = (
+                        &a[i * m * k..(i + 1) * m * k],
+                        &b[i * k * n..(i + 1) * k * n],
+                    );
                     naive(p, a_i, b_i, &mut want[i * m * n..(i + 1) * m * n]);
                 }
                 assert_close(
