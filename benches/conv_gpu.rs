@@ -19,6 +19,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "support/gpu.rs"]
+mod gpu;
+
 struct Case {
     name: &'static str,
     sh: conv::Conv2dShape,
@@ -193,12 +196,8 @@ fn print_table(table: &Table) {
 }
 
 fn bench(c: &mut Criterion) {
-    let dev = match CudaDevice::get(0) {
-        Ok(dev) => dev,
-        Err(e) => {
-            eprintln!("conv_gpu: skipped, no GPU ({e})");
-            return;
-        }
+    let Some(dev) = gpu::device_or_skip("conv_gpu") else {
+        return;
     };
     eprintln!("conv_gpu on {} (sm_{}{})", dev.name(), dev.compute_capability().0, dev.compute_capability().1);
     let mut table = Table::new();

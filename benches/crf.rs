@@ -11,6 +11,9 @@ use rand::{Rng, SeedableRng};
 use std::hint::black_box;
 use std::path::Path;
 
+#[path = "support/gpu.rs"]
+mod gpu;
+
 /// A CT-like synthetic slice: smooth blobs on a ramp with pixel noise, a darker disc (the
 /// lesion) and a prior slightly wider than it.
 fn synthetic(w: usize, seed: u64) -> (Image<u8>, Image<f32>) {
@@ -112,19 +115,14 @@ fn parts(c: &mut Criterion) {
     let params = CrfParams::default();
     let (image, prob) = ct_fixture();
     let mut g = c.benchmark_group("crf_parts_128");
+    let build = || crf::binary_crf(black_box(&image), black_box(&prob), &params, FilterMethod::Lattice).unwrap();
     g.bench_function("build_crf_both_lattices", |b| {
         b.iter(|| {
             crf::clear_smoothness_cache();
-            crf::binary_crf(
-                black_box(&image),
-                black_box(&prob),
-                &params,
-                FilterMethod::Lattice,
-            )
-            .unwrap()
+            build()
         })
     });
-    let built = crf::binary_crf(&image, &prob, &params, FilterMethod::Lattice).unwrap();
+    let built = build();
     for k in built.kernels() {
         let l = k.lattice().expect("lattice kernels");
         eprintln!(
@@ -134,17 +132,7 @@ fn parts(c: &mut Criterion) {
             l.vertices()
         );
     }
-    g.bench_function("build_crf_smoothness_cached", |b| {
-        b.iter(|| {
-            crf::binary_crf(
-                black_box(&image),
-                black_box(&prob),
-                &params,
-                FilterMethod::Lattice,
-            )
-            .unwrap()
-        })
-    });
+    g.bench_function("build_crf_smoothness_cached", |b| b.iter(build));
     g.bench_function("inference_5_iters", |b| {
         b.iter(|| built.inference(black_box(5)).unwrap())
     });
@@ -168,12 +156,8 @@ fn batch(c: &mut Criterion) {
 /// Host to host: uploads, both lattices built, 5 iterations, the marginals copied back.
 /// Skips without a GPU.
 fn gpu(c: &mut Criterion) {
-    let dev = match coseg::backend::cuda::CudaDevice::get(0) {
-        Ok(dev) => dev,
-        Err(e) => {
-            eprintln!("crf_gpu: skipped, no GPU ({e})");
-            return;
-        }
+    let Some(dev) = gpu::device_or_skip("crf_gpu") else {
+        return;
     };
     let params = CrfParams::default();
     let (images, probs): (Vec<_>, Vec<_>) = (0..20).map(|s| synthetic(128, 200 + s)).unzip();

@@ -3,7 +3,7 @@
 //! set, to extrapolate to DeepLesion's 32,735 lesions (target: < 6 min on 2 cores).
 
 use coseg::data::synth::{SynthParams, synth_dataset};
-use coseg::pseudo::{GrabCutParams, PseudoMaskParams, RecistFitParams, grabcut, pseudo_masks, recist_fit};
+use coseg::pseudo::{GrabCutParams, PseudoMaskParams, Recist, RecistFitParams, grabcut, pseudo_masks, recist_fit};
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -12,31 +12,29 @@ use rand_chacha::ChaCha8Rng;
 mod support;
 
 fn one_crop(c: &mut Criterion) {
-    let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let crops: Vec<_> = (0..8).map(|_| support::blob_crop(&mut rng, 128)).collect();
     let params = GrabCutParams::default();
-    let mut i = 0;
-    c.bench_function("grabcut 128x128 crop", |b| {
-        b.iter(|| {
-            let (img, _, recist) = &crops[i % crops.len()];
-            i += 1;
-            grabcut(img, 128, 128, recist, &params).unwrap()
-        })
-    });
+    on_crops(c, "grabcut 128x128 crop", |img, recist| grabcut(img, 128, 128, recist, &params).unwrap());
 }
 
 /// RECIST-fit on the same crops (two GrabCuts, the ellipse, diameters of each); the crops are in
 /// [0, 1], so the window is [0, 1].
 fn one_crop_recist_fit(c: &mut Criterion) {
+    let params = RecistFitParams::default();
+    on_crops(c, "recist-fit 128x128 crop", |img, recist| {
+        recist_fit(img, 128, 128, [0.0, 1.0], recist, &params).unwrap()
+    });
+}
+
+/// Benchmarks `run` on 8 synthetic 128x128 lesion crops (image, RECIST marks) in turn.
+fn on_crops<R>(c: &mut Criterion, name: &str, mut run: impl FnMut(&[f32], &Recist) -> R) {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let crops: Vec<_> = (0..8).map(|_| support::blob_crop(&mut rng, 128)).collect();
-    let params = RecistFitParams::default();
     let mut i = 0;
-    c.bench_function("recist-fit 128x128 crop", |b| {
+    c.bench_function(name, |b| {
         b.iter(|| {
             let (img, _, recist) = &crops[i % crops.len()];
             i += 1;
-            recist_fit(img, 128, 128, [0.0, 1.0], recist, &params).unwrap()
+            run(img, recist)
         })
     });
 }

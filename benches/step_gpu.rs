@@ -8,7 +8,6 @@
 use coseg::Device;
 use coseg::device::Precision;
 use coseg::autograd::{ParamStore, no_grad};
-use coseg::backend::cuda::CudaDevice;
 use coseg::nn::{CosegNet, ModelConfig, ResNet, ResNetSpec};
 use coseg::tensor::Tensor;
 use coseg::train::{Optimizer, OptimizerParams};
@@ -18,6 +17,9 @@ use rand_chacha::ChaCha8Rng;
 use std::hint::black_box;
 use std::time::Duration;
 
+#[path = "support/gpu.rs"]
+mod gpu;
+
 const GPU: Device = Device::Cuda(0);
 
 fn crops(n: usize, seed: u64) -> Tensor {
@@ -26,12 +28,8 @@ fn crops(n: usize, seed: u64) -> Tensor {
 }
 
 fn bench(c: &mut Criterion) {
-    let dev = match CudaDevice::get(0) {
-        Ok(dev) => dev,
-        Err(e) => {
-            eprintln!("step_gpu: skipped, no GPU ({e})");
-            return;
-        }
+    let Some(dev) = gpu::device_or_skip("step_gpu") else {
+        return;
     };
     eprintln!("step_gpu on {}", dev.name());
 

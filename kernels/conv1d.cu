@@ -4,33 +4,32 @@
 
 #include "block_reduce.cuh"
 
-extern "C" __global__ void conv1d_fwd_f32(const float* __restrict__ x, const float* __restrict__ w,
-                                          float* __restrict__ y, int N, int C, int k) {
+// out[n,c] = sum_j w[j] in[n, c + j - p], or with the taps mirrored, sum_j w[j] in[n, c - j + p];
+// zero outside [0, C).
+template <bool MIRRORED>
+__device__ __forceinline__ void conv1d_taps(const float* __restrict__ in, const float* __restrict__ w,
+                                            float* __restrict__ out, int N, int C, int k) {
     int p = (k - 1) / 2;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < N * C; i += blockDim.x * gridDim.x) {
         int n = i / C, c = i - n * C;
         float acc = 0.0f;
         for (int j = 0; j < k; ++j) {
-            int src = c + j - p;
-            if (src >= 0 && src < C) acc += w[j] * x[n * C + src];
+            int src = MIRRORED ? c - j + p : c + j - p;
+            if (src >= 0 && src < C) acc += w[j] * in[n * C + src];
         }
-        y[i] = acc;
+        out[i] = acc;
     }
+}
+
+extern "C" __global__ void conv1d_fwd_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                          float* __restrict__ y, int N, int C, int k) {
+    conv1d_taps<false>(x, w, y, N, C, k);
 }
 
 // dx[n,c] = sum_j w[j] dy[n, c - j + p]
 extern "C" __global__ void conv1d_bwd_input_f32(const float* __restrict__ dy, const float* __restrict__ w,
                                                 float* __restrict__ dx, int N, int C, int k) {
-    int p = (k - 1) / 2;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < N * C; i += blockDim.x * gridDim.x) {
-        int n = i / C, c = i - n * C;
-        float acc = 0.0f;
-        for (int j = 0; j < k; ++j) {
-            int o = c - j + p;
-            if (o >= 0 && o < C) acc += w[j] * dy[n * C + o];
-        }
-        dx[i] = acc;
-    }
+    conv1d_taps<true>(dy, w, dx, N, C, k);
 }
 
 // dw[j] = sum_{n,c} dy[n,c] x[n, c + j - p]; one block per tap j.

@@ -37,18 +37,70 @@ __device__ __forceinline__ void mma_tile(const float (*As)[BM + PAD], const floa
     }
 }
 
+// Once every thread has stored its part of the tile: acc += As^T Bs, then wait until all threads
+// are done reading before the tile is overwritten.
+__device__ __forceinline__ void accumulate_tile(const float (*As)[BM + PAD], const float (*Bs)[BN + PAD],
+                                                float acc[4][4], int tx, int ty) {
+    __syncthreads();
+    mma_tile(As, Bs, acc, tx, ty);
+    __syncthreads();
+}
+
+// Hands each element of this thread's micro-tile inside the GEMM output (rows below M, columns below
+// NCOL) to store(m, col, value), a row at a time.
+template <class Store>
+__device__ __forceinline__ void store_tile(const float (&acc)[4][4], int m0, int c0, int tx, int ty, int M, int NCOL,
+                                           Store store) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        int m = m0 + ty * 4 + i;
+        if (m >= M) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            int col = c0 + tx * 4 + j;
+            if (col >= NCOL) continue;
+            store(m, col, acc[i][j]);
+        }
+    }
+}
+
+// The reduction of the forward and input-gradient GEMMs, whose B columns are pixels, one per thread
+// of a row of BN: acc += A[m0.., :] * B[:, pixel], reading A through a(gm, gk) for gm < M, gk < RED
+// and this thread's pixel's column through b(gk) for gk < RED when pix_ok; 0 elsewhere.
+template <class LoadA, class LoadB>
+__device__ __forceinline__ void pixel_gemm(float acc[4][4], int m0, int M, int RED, bool pix_ok, LoadA a, LoadB b) {
+    __shared__ __align__(16) float As[BK][BM + PAD];
+    __shared__ __align__(16) float Bs[BK][BN + PAD];
+    const int t = threadIdx.x, tx = t % 16, ty = t / 16;
+    const int bcol = t % BN, brow0 = t / BN;  // B rows brow0 + 4*i
+    for (int k0 = 0; k0 < RED; k0 += BK) {
+        // A: 16 consecutive threads read 16 consecutive reduction indices.
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            int idx = t + i * THREADS, row = idx / BK, col = idx % BK;
+            int gm = m0 + row, gk = k0 + col;
+            As[col][row] = (gm < M && gk < RED) ? a(gm, gk) : 0.0f;
+        }
+        // B: consecutive threads read consecutive pixels (along W).
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            int row = brow0 + 4 * i, gk = k0 + row;
+            Bs[row][bcol] = (pix_ok && gk < RED) ? b(gk) : 0.0f;
+        }
+        accumulate_tile(As, Bs, acc, tx, ty);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(THREADS)
 conv2d_fwd_f32(const float* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias,
                float* __restrict__ y, ConvGeom g) {
-    __shared__ __align__(16) float As[BK][BM + PAD];
-    __shared__ __align__(16) float Bs[BK][BN + PAD];
     const int t = threadIdx.x, tx = t % 16, ty = t / 16;
     const int M = g.k, RS = g.r * g.s, RED = g.c * RS, OHW = g.oh * g.ow, NPIX = g.n * OHW;
     const int m0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
 
-    // This thread's im2col column is fixed for the whole reduction: decode its pixel once.
-    const int bcol = t % BN, brow0 = t / BN;  // B rows brow0 + 4*i
-    const int pix = p0 + bcol;
+    // This thread's im2col column (t % BN in pixel_gemm) is fixed for the whole reduction: decode its
+    // pixel once.
+    const int pix = p0 + t % BN;
     const bool pix_ok = pix < NPIX;
     const int pn = pix_ok ? pix / OHW : 0;
     const int pohw = pix_ok ? pix - pn * OHW : 0;
@@ -57,31 +109,18 @@ conv2d_fwd_f32(const float* __restrict__ x, const float* __restrict__ wt, const 
     const float* xn = x + (long long)pn * g.c * g.h * g.w;
 
     float acc[4][4] = {};
-    for (int k0 = 0; k0 < RED; k0 += BK) {
-        // A = W[m][red], row-major: 16 consecutive threads read 16 consecutive floats.
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            int idx = t + i * THREADS, row = idx / BK, col = idx % BK;
-            int gm = m0 + row, gk = k0 + col;
-            As[col][row] = (gm < M && gk < RED) ? wt[(long long)gm * RED + gk] : 0.0f;
-        }
-        // B = X~[(c,r,s)][pix]: consecutive threads read consecutive pixels (along W).
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            int row = brow0 + 4 * i, gk = k0 + row;
-            float v = 0.0f;
-            if (pix_ok && gk < RED) {
-                int c = gk / RS, rs = gk - c * RS;
-                int ih = ih0 + (rs / g.s) * g.dil, iw = iw0 + (rs % g.s) * g.dil;
-                if (ih >= 0 && ih < g.h && iw >= 0 && iw < g.w) v = xn[(c * g.h + ih) * g.w + iw];
-            }
-            Bs[row][bcol] = v;
-        }
-        __syncthreads();
-        mma_tile(As, Bs, acc, tx, ty);
-        __syncthreads();
-    }
+    pixel_gemm(
+        acc, m0, M, RED, pix_ok,
+        // A = W[m][red], row-major.
+        [&](int gm, int gk) { return wt[(long long)gm * RED + gk]; },
+        // B = X~[(c,r,s)][pix].
+        [&](int gk) {
+            int c = gk / RS, rs = gk - c * RS;
+            int ih = ih0 + (rs / g.s) * g.dil, iw = iw0 + (rs % g.s) * g.dil;
+            return (ih >= 0 && ih < g.h && iw >= 0 && iw < g.w) ? xn[(c * g.h + ih) * g.w + iw] : 0.0f;
+        });
 
+    // Not store_tile: the bias is read once per row.
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         int m = m0 + ty * 4 + i;
@@ -102,14 +141,11 @@ conv2d_fwd_f32(const float* __restrict__ x, const float* __restrict__ wt, const 
 extern "C" __global__ void __launch_bounds__(THREADS)
 conv2d_bwd_input_f32(const float* __restrict__ dy, const float* __restrict__ wt, float* __restrict__ dx,
                      ConvGeom g) {
-    __shared__ __align__(16) float As[BK][BM + PAD];
-    __shared__ __align__(16) float Bs[BK][BN + PAD];
     const int t = threadIdx.x, tx = t % 16, ty = t / 16;
     const int M = g.c, RS = g.r * g.s, RED = g.k * RS, HW = g.h * g.w, NPIX = g.n * HW, OHW = g.oh * g.ow;
     const int m0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
 
-    const int bcol = t % BN, brow0 = t / BN;
-    const int pix = p0 + bcol;
+    const int pix = p0 + t % BN;
     const bool pix_ok = pix < NPIX;
     const int pn = pix_ok ? pix / HW : 0;
     const int phw = pix_ok ? pix - pn * HW : 0;
@@ -117,51 +153,29 @@ conv2d_bwd_input_f32(const float* __restrict__ dy, const float* __restrict__ wt,
     const float* dyn = dy + (long long)pn * g.k * OHW;
 
     float acc[4][4] = {};
-    for (int k0 = 0; k0 < RED; k0 += BK) {
+    pixel_gemm(
+        acc, m0, M, RED, pix_ok,
         // A[c][(k,r,s)] = W[k, c, r, s]
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            int idx = t + i * THREADS, row = idx / BK, col = idx % BK;
-            int gm = m0 + row, gk = k0 + col;
-            float v = 0.0f;
-            if (gm < M && gk < RED) {
-                int kk = gk / RS, rs = gk - kk * RS;
-                v = wt[((long long)kk * g.c + gm) * RS + rs];
-            }
-            As[col][row] = v;
-        }
+        [&](int gm, int gk) {
+            int kk = gk / RS, rs = gk - kk * RS;
+            return wt[((long long)kk * g.c + gm) * RS + rs];
+        },
         // B[(k,r,s)][pix] = dY[n, k, oh, ow] or 0
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            int row = brow0 + 4 * i, gk = k0 + row;
+        [&](int gk) {
+            int kk = gk / RS, rs = gk - kk * RS;
+            int th = hp - (rs / g.s) * g.dil, tw = wp - (rs % g.s) * g.dil;
             float v = 0.0f;
-            if (pix_ok && gk < RED) {
-                int kk = gk / RS, rs = gk - kk * RS;
-                int th = hp - (rs / g.s) * g.dil, tw = wp - (rs % g.s) * g.dil;
-                if (th >= 0 && tw >= 0 && th % g.stride == 0 && tw % g.stride == 0) {
-                    int oh = th / g.stride, ow = tw / g.stride;
-                    if (oh < g.oh && ow < g.ow) v = dyn[(kk * g.oh + oh) * g.ow + ow];
-                }
+            if (th >= 0 && tw >= 0 && th % g.stride == 0 && tw % g.stride == 0) {
+                int oh = th / g.stride, ow = tw / g.stride;
+                if (oh < g.oh && ow < g.ow) v = dyn[(kk * g.oh + oh) * g.ow + ow];
             }
-            Bs[row][bcol] = v;
-        }
-        __syncthreads();
-        mma_tile(As, Bs, acc, tx, ty);
-        __syncthreads();
-    }
+            return v;
+        });
 
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        int m = m0 + ty * 4 + i;
-        if (m >= M) continue;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            int p = p0 + tx * 4 + j;
-            if (p >= NPIX) continue;
-            int n = p / HW, hw = p - n * HW;
-            dx[((long long)n * M + m) * HW + hw] = acc[i][j];
-        }
-    }
+    store_tile(acc, m0, p0, tx, ty, M, NPIX, [&](int m, int p, float v) {
+        int n = p / HW, hw = p - n * HW;
+        dx[((long long)n * M + m) * HW + hw] = v;
+    });
 }
 
 // dW[k, (c,r,s)] = sum_pix dY[k, pix] * X~[(c,r,s), pix]. gridDim.z splits the pixel reduction
@@ -208,23 +222,12 @@ conv2d_bwd_weight_f32(const float* __restrict__ x, const float* __restrict__ dy,
             }
             Bs[lk][col] = v;
         }
-        __syncthreads();
-        mma_tile(As, Bs, acc, tx, ty);
-        __syncthreads();
+        accumulate_tile(As, Bs, acc, tx, ty);
     }
 
-    const bool split = gridDim.z > 1;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        int m = m0 + ty * 4 + i;
-        if (m >= M) continue;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            int col = c0 + tx * 4 + j;
-            if (col >= NCOL) continue;
-            float* out = &dw[(long long)m * NCOL + col];
-            if (split) atomicAdd(out, acc[i][j]);
-            else *out = acc[i][j];
-        }
-    }
+    store_tile(acc, m0, c0, tx, ty, M, NCOL, [&](int m, int col, float v) {
+        float* out = &dw[(long long)m * NCOL + col];
+        if (gridDim.z > 1) atomicAdd(out, v);  // split-K
+        else *out = v;
+    });
 }

@@ -37,6 +37,13 @@
 
 enum ConvPass { FWD = 0, BWD_INPUT = 1, BWD_WEIGHT = 2 };
 
+// d += a * b by one `mma.sync` of the given shape and types with 4 f32 accumulators, 4 A words
+// and 2 B words (m16n8k8 TF32 and m16n8k16 BF16 alike). A macro: asm text must be a literal.
+#define MMA_SYNC_F32(shape_types, d, a, b)                                                                     \
+    asm volatile("mma.sync.aligned." shape_types " {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"       \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                               \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
+
 // TF32: one element per 32-bit word, m16n8k8.
 struct Tf32 {
     static constexpr int E = 16;  // elements per tile row
@@ -46,10 +53,7 @@ struct Tf32 {
         return r;
     }
     __device__ static __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+        MMA_SYNC_F32("m16n8k8.row.col.f32.tf32.tf32.f32", d, a, b);
     }
 };
 
@@ -63,10 +67,7 @@ struct Bf16 {
         return r;
     }
     __device__ static __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+        MMA_SYNC_F32("m16n8k16.row.col.f32.bf16.bf16.f32", d, a, b);
     }
 };
 
@@ -199,37 +200,36 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const f
         }
     };
     auto load = [&](int k0) {
-        if constexpr (PASS == FWD) {
+        if constexpr (PASS != BWD_WEIGHT) {
             load_rows(k0);
             Crs q;
             q.decode(k0 + b_part * RUN_B, g.r, g.s);
-            const float* xn = b_src + (long long)pix_n * g.c * HW;
+            if constexpr (PASS == FWD) {
+                const float* xn = b_src + (long long)pix_n * g.c * HW;
 #pragma unroll
-            for (int j = 0; j < RUN_B; ++j) {
-                vb[j] = x_at(pix_ok, xn, g, q.c, base_h + q.r * g.dil, base_w + q.s * g.dil);
-                q.step(g.r, g.s);
-            }
-        } else if constexpr (PASS == BWD_INPUT) {
-            load_rows(k0);
-            Crs q;
-            q.decode(k0 + b_part * RUN_B, g.r, g.s);
-            const float* dyn = b_src + (long long)pix_n * g.k * OHW;
-#pragma unroll
-            for (int j = 0; j < RUN_B; ++j) {
-                float v = 0.0f;
-                int th = base_h - q.r * g.dil, tw = base_w - q.s * g.dil;
-                if (pix_ok && q.c < g.k && th >= 0 && tw >= 0) {
-                    int oh = th, ow = tw;
-                    bool hit = true;
-                    if (g.stride != 1) {
-                        hit = th % g.stride == 0 && tw % g.stride == 0;
-                        oh = th / g.stride;
-                        ow = tw / g.stride;
-                    }
-                    if (hit && oh < g.oh && ow < g.ow) v = __ldg(dyn + (q.c * g.oh + oh) * g.ow + ow);
+                for (int j = 0; j < RUN_B; ++j) {
+                    vb[j] = x_at(pix_ok, xn, g, q.c, base_h + q.r * g.dil, base_w + q.s * g.dil);
+                    q.step(g.r, g.s);
                 }
-                vb[j] = v;
-                q.step(g.r, g.s);
+            } else {
+                const float* dyn = b_src + (long long)pix_n * g.k * OHW;
+#pragma unroll
+                for (int j = 0; j < RUN_B; ++j) {
+                    float v = 0.0f;
+                    int th = base_h - q.r * g.dil, tw = base_w - q.s * g.dil;
+                    if (pix_ok && q.c < g.k && th >= 0 && tw >= 0) {
+                        int oh = th, ow = tw;
+                        bool hit = true;
+                        if (g.stride != 1) {
+                            hit = th % g.stride == 0 && tw % g.stride == 0;
+                            oh = th / g.stride;
+                            ow = tw / g.stride;
+                        }
+                        if (hit && oh < g.oh && ow < g.ow) v = __ldg(dyn + (q.c * g.oh + oh) * g.ow + ow);
+                    }
+                    vb[j] = v;
+                    q.step(g.r, g.s);
+                }
             }
         } else {
             const int q = k0 + e_col;

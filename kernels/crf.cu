@@ -541,6 +541,19 @@ __device__ __forceinline__ void unary(float p, int i, unsigned* bad, float& u0, 
     u1 = -logf(fmaxf(p, 1e-5f));
 }
 
+// This lane's pixel in a warp starting at batch pixel w0 of n: i in the batch, image b, pixel p in
+// the image. A spare lane (valid false) takes the last pixel: it recomputes it and writes nothing.
+struct LanePixel {
+    int i, b, p;
+    bool valid;
+};
+__device__ __forceinline__ LanePixel lane_pixel(const CrfArgs& a, int w0, int n) {
+    int i = w0 + lane_id();
+    bool valid = i < n;
+    if (!valid) i = n - 1;
+    return {i, i / a.pixels, i % a.pixels, valid};
+}
+
 // Two-label softmax as meanfield.rs: the logistic of the difference, one exp.
 __device__ __forceinline__ void softmax2(float x0, float x1, float& q0, float& q1) {
     float e = expf(-fabsf(__fsub_rn(x0, x1)));
@@ -566,10 +579,7 @@ extern "C" __global__ void crf_start_f32(CrfArgs a, const float* r0, const float
                                          float* s0, float* s1, float* __restrict__ out, unsigned* bad, int last) {
     int n = a.images * a.pixels;
     for (int w0 = warp_start(); w0 < n; w0 += grid_step()) {
-        int i = w0 + lane_id();
-        bool valid = i < n;
-        if (!valid) i = n - 1;  // a spare lane recomputes the last pixel and writes nothing
-        int b = i / a.pixels, p = i % a.pixels;
+        auto [i, b, p, valid] = lane_pixel(a, w0, n);
         if (valid && b == 0) {
             float k = slice_at<D1_SMOOTH>(a.lat[0], p, r0, 1, 0);
             a.lat[0].total[p] = __fmul_rn(k, __fmul_rn(a.lat[0].compat, a.lat[0].norm[p]));
@@ -588,10 +598,7 @@ extern "C" __global__ void crf_step_f32(CrfArgs a, const float* r0, const float*
                                         float* s0, float* s1, float* __restrict__ out, unsigned* bad, int last) {
     int n = a.images * a.pixels;
     for (int w0 = warp_start(); w0 < n; w0 += grid_step()) {
-        int i = w0 + lane_id();
-        bool valid = i < n;
-        if (!valid) i = n - 1;
-        int b = i / a.pixels, p = i % a.pixels;
+        auto [i, b, p, valid] = lane_pixel(a, w0, n);
         float u0, u1;
         unary(prob[i], i, nullptr, u0, u1);  // crf_start recorded any bad probability
         float l0 = -u0, l1 = -u1;

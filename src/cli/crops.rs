@@ -26,10 +26,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let sidecar = a.out.with_extension("txt");
-    if sidecar == a.out {
-        anyhow::bail!("--out {}: the File_name list goes to the same path with .txt; give the .npy another extension", a.out.display());
-    }
+    let sidecar = super::names_sidecar(&a.out)?;
     let mut outputs = Outputs::new("crops", Some(a.overwrite));
     outputs.data_inputs(&a.data);
     outputs.claim(&a.out)?;

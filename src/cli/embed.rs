@@ -38,10 +38,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let sidecar = a.out.with_extension("txt");
-    if sidecar == a.out {
-        anyhow::bail!("--out {}: the File_name list goes to the same path with .txt; give the .npy another extension", a.out.display());
-    }
+    let sidecar = super::names_sidecar(&a.out)?;
     let mut outputs = coseg::output::Outputs::new("embed", Some(a.overwrite));
     outputs.data_inputs(&a.data).input(&a.weights, "encoder weights");
     if let Some(m) = &a.model {

@@ -70,6 +70,15 @@ pub(crate) fn checkpoint_input(o: &mut coseg::output::Outputs, p: &std::path::Pa
     }
 }
 
+/// The `.txt` beside an `--out` .npy that lists the File_name of each of its rows.
+pub(crate) fn names_sidecar(out: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let sidecar = out.with_extension("txt");
+    if sidecar == out {
+        anyhow::bail!("--out {}: the File_name list goes to the same path with .txt; give the .npy another extension", out.display());
+    }
+    Ok(sidecar)
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crops(a) => crops::run(a),

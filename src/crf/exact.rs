@@ -2,6 +2,7 @@
 //! (self included, as the lattice includes it): O(N^2 d), the reference the lattice approximates.
 //! Usable for small images (tests, checking a parameter choice); accumulates in f64.
 
+use super::lattice::check_features;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]
@@ -13,26 +14,7 @@ pub struct ExactGaussian {
 impl ExactGaussian {
     /// `features`: points x dim, already scaled by 1/width (the same input as `Lattice::new`).
     pub fn new(features: &[f32], dim: usize) -> Result<Self> {
-        if dim == 0 || !features.len().is_multiple_of(dim) {
-            return Err(Error::shape(
-                "exact gaussian",
-                format!(
-                    "{} feature values are not a whole number of {dim}-dimensional points",
-                    features.len()
-                ),
-            ));
-        }
-        if let Some(i) = features.iter().position(|v| !v.is_finite()) {
-            return Err(Error::invalid(
-                "exact gaussian",
-                format!(
-                    "feature {} of point {} is {}",
-                    i % dim,
-                    i / dim,
-                    features[i]
-                ),
-            ));
-        }
+        check_features("exact gaussian", features, dim)?;
         Ok(ExactGaussian {
             dim,
             features: features.to_vec(),

@@ -44,47 +44,17 @@ const D1_MAX: usize = MAX_DIM + 1;
 /// 1 to 3 channels), and to 0 ("read it at run time") otherwise.
 macro_rules! specialise {
     ($d1:expr, $ch:expr, |$D1:ident, $C:ident| $call:expr) => {
-        match ($d1, $ch) {
-            (3, 1) => {
-                const $D1: usize = 3;
-                const $C: usize = 1;
+        specialise!(@arms ($d1, $ch), $D1, $C, $call,
+            (3, 1) => (3, 1), (3, 2) => (3, 2), (6, 1) => (6, 1), (6, 2) => (6, 2),
+            (_, 1) => (0, 1), (_, 2) => (0, 2), (_, 3) => (0, 3), _ => (0, 0))
+    };
+    (@arms $on:expr, $D1:ident, $C:ident, $call:expr, $($case:pat => ($d:expr, $c:expr)),+) => {
+        match $on {
+            $($case => {
+                const $D1: usize = $d;
+                const $C: usize = $c;
                 $call
-            }
-            (3, 2) => {
-                const $D1: usize = 3;
-                const $C: usize = 2;
-                $call
-            }
-            (6, 1) => {
-                const $D1: usize = 6;
-                const $C: usize = 1;
-                $call
-            }
-            (6, 2) => {
-                const $D1: usize = 6;
-                const $C: usize = 2;
-                $call
-            }
-            (_, 1) => {
-                const $D1: usize = 0;
-                const $C: usize = 1;
-                $call
-            }
-            (_, 2) => {
-                const $D1: usize = 0;
-                const $C: usize = 2;
-                $call
-            }
-            (_, 3) => {
-                const $D1: usize = 0;
-                const $C: usize = 3;
-                $call
-            }
-            _ => {
-                const $D1: usize = 0;
-                const $C: usize = 0;
-                $call
-            }
+            })+
         }
     };
 }
@@ -237,6 +207,32 @@ fn round_ties_even(x: f32) -> f32 {
     (x + MAGIC) - MAGIC
 }
 
+/// Checks that `features` are whole `dim`-dimensional points (dim >= 1), all finite: the input of
+/// [`Lattice::new`] and of the exact filter it approximates.
+pub(crate) fn check_features(op: &'static str, features: &[f32], dim: usize) -> Result<()> {
+    if dim == 0 || !features.len().is_multiple_of(dim) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{} feature values are not a whole number of {dim}-dimensional points",
+                features.len()
+            ),
+        ));
+    }
+    if let Some(i) = features.iter().position(|v| !v.is_finite()) {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "feature {} of point {} is {}",
+                i % dim,
+                i / dim,
+                features[i]
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Lattice {
     /// Builds the lattice over `points` feature vectors of `dim` values each, stored point after
     /// point (`features.len() == points * dim`), already scaled by 1/width.
@@ -247,26 +243,7 @@ impl Lattice {
                 format!("feature dimension {dim}; expected 1..={MAX_DIM}"),
             ));
         }
-        if !features.len().is_multiple_of(dim) {
-            return Err(Error::shape(
-                "lattice",
-                format!(
-                    "{} feature values are not a whole number of {dim}-dimensional points",
-                    features.len()
-                ),
-            ));
-        }
-        if let Some(i) = features.iter().position(|v| !v.is_finite()) {
-            return Err(Error::invalid(
-                "lattice",
-                format!(
-                    "feature {} of point {} is {}",
-                    i % dim,
-                    i / dim,
-                    features[i]
-                ),
-            ));
-        }
+        check_features("lattice", features, dim)?;
         match dim {
             1 => Self::build::<1>(features),
             2 => Self::build::<2>(features),
@@ -408,35 +385,37 @@ impl Lattice {
         debug_assert_eq!(input.len(), self.points * channels);
         debug_assert_eq!(values.len(), self.value_len(channels));
         values.fill(0.0);
-        specialise!(self.dim + 1, channels, |D1, C| self
-            .splat_impl::<D1, C>(input, channels, values));
-    }
-
-    // The `*_impl` functions take the simplex size and channel count as constants where the
-    // dispatch knows them (0: use the run-time value), so the CRF's cases (d = 2 and 5, one or
-    // two channels) get fully unrolled inner loops from one body.
-    #[inline(always)]
-    fn splat_impl<const D1: usize, const C: usize>(
-        &self,
-        input: &[f32],
-        ch: usize,
-        values: &mut [f32],
-    ) {
-        let d1 = if D1 == 0 { self.dim + 1 } else { D1 };
-        let ch = if C == 0 { ch } else { C };
-        let corners = self
-            .offsets
-            .chunks_exact(d1)
-            .zip(self.barycentric.chunks_exact(d1));
-        for ((offsets, weights), x) in corners.zip(input.chunks_exact(ch)) {
-            for r in 0..d1 {
-                let (o, w) = (offsets[r] as usize, weights[r]);
-                let v = &mut values[o * ch..o * ch + ch];
-                for k in 0..ch {
-                    v[k] += w * x[k];
+        specialise!(self.dim + 1, channels, |D1, C| {
+            let (d1, ch) = self.sizes(D1, C, channels);
+            for ((offsets, weights), x) in self.simplices(d1).zip(input.chunks_exact(ch)) {
+                for r in 0..d1 {
+                    let (o, w) = (offsets[r] as usize, weights[r]);
+                    let v = &mut values[o * ch..o * ch + ch];
+                    for k in 0..ch {
+                        v[k] += w * x[k];
+                    }
                 }
             }
-        }
+        });
+    }
+
+    // splat and slice get the simplex size and channel count from `specialise!` as constants
+    // where the dispatch knows them (0: use the run-time value), so the CRF's cases (d = 2 and 5,
+    // one or two channels) get fully unrolled inner loops from one body.
+    #[inline(always)]
+    fn sizes(&self, d1: usize, c: usize, channels: usize) -> (usize, usize) {
+        (
+            if d1 == 0 { self.dim + 1 } else { d1 },
+            if c == 0 { channels } else { c },
+        )
+    }
+
+    /// Each point's simplex: the value rows of its d+1 corners and their barycentric weights.
+    #[inline(always)]
+    fn simplices(&self, d1: usize) -> impl Iterator<Item = (&[u32], &[f32])> {
+        self.offsets
+            .chunks_exact(d1)
+            .zip(self.barycentric.chunks_exact(d1))
     }
 
     /// Blurs `values` along each of the d+1 lattice directions in turn with [1/2, 1, 1/2];
@@ -470,37 +449,23 @@ impl Lattice {
     /// the corners of barycentric weight * value.
     pub(crate) fn slice(&self, values: &[f32], channels: usize, out: &mut [f32]) {
         debug_assert_eq!(out.len(), self.points * channels);
-        specialise!(self.dim + 1, channels, |D1, C| self
-            .slice_impl::<D1, C>(values, channels, out));
-    }
-
-    #[inline(always)]
-    fn slice_impl<const D1: usize, const C: usize>(
-        &self,
-        values: &[f32],
-        ch: usize,
-        out: &mut [f32],
-    ) {
-        let d1 = if D1 == 0 { self.dim + 1 } else { D1 };
-        let ch = if C == 0 { ch } else { C };
         let alpha = self.alpha();
-        let corners = self
-            .offsets
-            .chunks_exact(d1)
-            .zip(self.barycentric.chunks_exact(d1));
-        for ((offsets, weights), y) in corners.zip(out.chunks_exact_mut(ch)) {
-            y.fill(0.0);
-            for r in 0..d1 {
-                let (o, w) = (offsets[r] as usize, weights[r]);
-                let v = &values[o * ch..o * ch + ch];
-                for k in 0..ch {
-                    y[k] += w * v[k];
+        specialise!(self.dim + 1, channels, |D1, C| {
+            let (d1, ch) = self.sizes(D1, C, channels);
+            for ((offsets, weights), y) in self.simplices(d1).zip(out.chunks_exact_mut(ch)) {
+                y.fill(0.0);
+                for r in 0..d1 {
+                    let (o, w) = (offsets[r] as usize, weights[r]);
+                    let v = &values[o * ch..o * ch + ch];
+                    for k in 0..ch {
+                        y[k] += w * v[k];
+                    }
+                }
+                for v in y.iter_mut() {
+                    *v *= alpha;
                 }
             }
-            for v in y.iter_mut() {
-                *v *= alpha;
-            }
-        }
+        });
     }
 
     /// The lattice filter (densecrf's `Permutohedral::compute`): splat, blur, slice.

@@ -338,21 +338,22 @@ pub fn unary_from_probs(
     Ok(pm.into_iter().map(|p| -p.max(PROB_CLIP).ln()).collect())
 }
 
+/// Label-major planes (labels x pixels) to pixel-major values (pixels x labels).
 fn to_pixel_major(planes: &[f32], pixels: usize, labels: usize) -> Vec<f32> {
-    let mut out = vec![0f32; planes.len()];
-    for (l, plane) in planes.chunks_exact(pixels).enumerate() {
-        for (p, &v) in plane.iter().enumerate() {
-            out[p * labels + l] = v;
-        }
-    }
-    out
+    transpose(planes, labels, pixels)
 }
 
+/// Pixel-major values (pixels x labels) to label-major planes (labels x pixels).
 fn to_label_major(values: &[f32], pixels: usize, labels: usize) -> Vec<f32> {
-    let mut out = vec![0f32; values.len()];
-    for (p, px) in values.chunks_exact(labels).enumerate() {
-        for (l, &v) in px.iter().enumerate() {
-            out[l * pixels + p] = v;
+    transpose(values, pixels, labels)
+}
+
+/// `src` (rows x cols, row-major) as cols x rows.
+fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; src.len()];
+    for (r, row) in src.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
         }
     }
     out

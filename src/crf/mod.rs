@@ -3,7 +3,7 @@
 //! kernels (smoothness on position, appearance on position and intensity), message passing by
 //! filtering on the permutohedral lattice.
 //!
-//! Layers, bottom up (each step a separate function, mirrored on the GPU by `cuda`):
+//! Layers, bottom up (each step a separate function; `cuda` mirrors all but `exact` on the GPU):
 //! - `hash`: lattice keys -> vertex ids, used only while building a lattice;
 //! - `lattice`: embed features, then splat / blur / slice over flat arrays;
 //! - `exact`: the O(N^2) Gaussian filter the lattice approximates (the tests' reference);

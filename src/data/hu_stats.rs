@@ -235,58 +235,100 @@ pub struct LesionDifficulty {
 /// [`LesionDifficulty`] of the lesion marked `recist` (DeepLesion order, slice pixels) on `hu`.
 pub fn lesion_difficulty(hu: &HuSlice, recist: [[f32; 2]; 4]) -> Result<LesionDifficulty> {
     use crate::pseudo::{Recist, RecistEllipse};
-    let (w, h) = (hu.width, hu.height);
     let r = Recist::from_points(recist);
-    let e = RecistEllipse::new(&r, w, h)?;
+    let e = RecistEllipse::new(&r, hu.width, hu.height)?;
+    let LesionSamples { mut core, ring_px, mut diffs, mut shells } = sample_lesion(hu, &e);
+    let (_, core_std) = mean_std(&core);
+    let core_med = median_f32(&mut core);
+    let mut ring: Vec<f32> = ring_px.iter().map(|&(x, y)| hu_at(hu, x, y)).collect();
+    let ring_med = median_f32(&mut ring);
+    let noise = 1.4826 * median_f32(&mut diffs) / std::f32::consts::SQRT_2;
+    let contrast = core_med - ring_med;
+    Ok(LesionDifficulty {
+        contrast_hu: contrast,
+        core_std_hu: core_std as f32,
+        noise_hu: noise,
+        cnr: contrast.abs() / noise.max(1.0),
+        lookalike_ring: lookalike_fraction(hu, &ring_px, core_med),
+        long_px: r.long_len(),
+        edge_width: edge_width(&mut shells, core_med, contrast),
+    })
+}
+
+/// The pixels [`lesion_difficulty`] reads, from the box of the ellipse scaled by 2.
+struct LesionSamples {
+    /// HU inside 0.7 of the ellipse radius (the centre pixel for a lesion a few pixels across).
+    core: Vec<f32>,
+    /// Positions between 1.3 and 1.8 of the ellipse radius.
+    ring_px: Vec<(usize, usize)>,
+    /// |horizontal neighbour difference| of HU.
+    diffs: Vec<f32>,
+    /// HU in shells of 0.1 ellipse radius, out to 1.8.
+    shells: Vec<Vec<f32>>,
+}
+
+fn sample_lesion(hu: &HuSlice, e: &crate::pseudo::RecistEllipse) -> LesionSamples {
+    let (w, h) = (hu.width, hu.height);
     let (bx0, by0, bx1, by1) = e.bbox();
     let (cx, cy, hx, hy) = ((bx0 + bx1) / 2.0, (by0 + by1) / 2.0, (bx1 - bx0) / 2.0 + 1.0, (by1 - by0) / 2.0 + 1.0);
     let clampx = |v: f32| v.round().clamp(0.0, (w - 1) as f32) as usize;
     let clampy = |v: f32| v.round().clamp(0.0, (h - 1) as f32) as usize;
     let (x0, x1, y0, y1) = (clampx(cx - 2.0 * hx), clampx(cx + 2.0 * hx), clampy(cy - 2.0 * hy), clampy(cy + 2.0 * hy));
-    let at = |x: usize, y: usize| hu.data[y * w + x] as f32;
     let (mut core, mut ring_px, mut diffs) = (Vec::new(), Vec::new(), Vec::new());
     let mut shells: Vec<Vec<f32>> = vec![Vec::new(); 18];
     for y in y0..=y1 {
         for x in x0..=x1 {
             let r2 = e.radius2(x as f32, y as f32);
             if let Some(b) = shells.get_mut((r2.sqrt() * 10.0) as usize) {
-                b.push(at(x, y));
+                b.push(hu_at(hu, x, y));
             }
             if r2 <= 0.49 {
-                core.push(at(x, y));
+                core.push(hu_at(hu, x, y));
             } else if (1.69..=3.24).contains(&r2) {
                 ring_px.push((x, y));
             }
             if x < x1 {
-                diffs.push((at(x + 1, y) - at(x, y)).abs());
+                diffs.push((hu_at(hu, x + 1, y) - hu_at(hu, x, y)).abs());
             }
         }
     }
     if core.is_empty() {
         // A lesion a few pixels across: its centre pixel stands for the core.
-        core.push(at(clampx(cx), clampy(cy)));
+        core.push(hu_at(hu, clampx(cx), clampy(cy)));
     }
-    let med = |v: &mut Vec<f32>| {
-        v.sort_by(f32::total_cmp);
-        if v.is_empty() { f32::NAN } else { v[v.len() / 2] }
-    };
-    let (_, core_std) = mean_std(&core);
-    let core_med = med(&mut core);
-    let mut ring: Vec<f32> = ring_px.iter().map(|&(x, y)| at(x, y)).collect();
-    let ring_med = med(&mut ring);
-    let noise = 1.4826 * med(&mut diffs) / std::f32::consts::SQRT_2;
+    LesionSamples { core, ring_px, diffs, shells }
+}
+
+/// HU of pixel (x, y).
+fn hu_at(hu: &HuSlice, x: usize, y: usize) -> f32 {
+    hu.data[y * hu.width + x] as f32
+}
+
+/// The upper median (NaN when empty); sorts `v`.
+fn median_f32(v: &mut [f32]) -> f32 {
+    v.sort_by(f32::total_cmp);
+    if v.is_empty() { f32::NAN } else { v[v.len() / 2] }
+}
+
+/// [`LesionDifficulty::lookalike_ring`]: the fraction of `ring_px` whose 3x3 mean HU lies within
+/// 20 HU of `core_med`.
+fn lookalike_fraction(hu: &HuSlice, ring_px: &[(usize, usize)], core_med: f32) -> f32 {
+    let (w, h) = (hu.width, hu.height);
     let local_mean = |x: usize, y: usize| {
         let (mut s, mut n) = (0.0, 0.0);
         for yy in y.saturating_sub(1)..=(y + 1).min(h - 1) {
             for xx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
-                s += at(xx, yy);
+                s += hu_at(hu, xx, yy);
                 n += 1.0;
             }
         }
         s / n
     };
-    let lookalike = ring_px.iter().filter(|&&(x, y)| (local_mean(x, y) - core_med).abs() < 20.0).count() as f32 / ring_px.len().max(1) as f32;
-    let contrast = core_med - ring_med;
+    ring_px.iter().filter(|&&(x, y)| (local_mean(x, y) - core_med).abs() < 20.0).count() as f32 / ring_px.len().max(1) as f32
+}
+
+/// [`LesionDifficulty::edge_width`] from the HU `shells` (sorted here).
+fn edge_width(shells: &mut [Vec<f32>], core_med: f32, contrast: f32) -> f32 {
     // Fraction of the core-to-ring fall reached in each shell (bin centre radius), outward from
     // the core; the first shell past 20 % and past 80 %, interpolated linearly.
     let fall: Vec<(f32, f32)> = shells
@@ -294,7 +336,7 @@ pub fn lesion_difficulty(hu: &HuSlice, recist: [[f32; 2]; 4]) -> Result<LesionDi
         .enumerate()
         .skip(5)
         .filter(|(_, b)| !b.is_empty())
-        .map(|(i, b)| ((i as f32 + 0.5) / 10.0, (core_med - med(b)) / if contrast.abs() > 1e-3 { contrast } else { 1.0 }))
+        .map(|(i, b)| ((i as f32 + 0.5) / 10.0, (core_med - median_f32(b)) / if contrast.abs() > 1e-3 { contrast } else { 1.0 }))
         .collect();
     let cross = |level: f32| {
         fall.windows(2).find(|p| p[0].1 < level && p[1].1 >= level).map(|p| {
@@ -302,19 +344,10 @@ pub fn lesion_difficulty(hu: &HuSlice, recist: [[f32; 2]; 4]) -> Result<LesionDi
             p[0].0 + t * (p[1].0 - p[0].0)
         })
     };
-    let edge_width = match (cross(0.2), cross(0.8)) {
+    match (cross(0.2), cross(0.8)) {
         (Some(a), Some(b)) => (b - a).max(0.0),
         _ => f32::NAN,
-    };
-    Ok(LesionDifficulty {
-        contrast_hu: contrast,
-        core_std_hu: core_std as f32,
-        noise_hu: noise,
-        cnr: contrast.abs() / noise.max(1.0),
-        lookalike_ring: lookalike,
-        long_px: r.long_len(),
-        edge_width,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -217,76 +217,72 @@ impl MaxFlow {
     fn augment(&mut self, mid: u32) {
         let tail = self.arcs[self.arcs[mid as usize].sister as usize].head;
         let head = self.arcs[mid as usize].head;
-        let mut bottleneck = self.arcs[mid as usize].r_cap;
-        // Source tree: flow runs parent -> child along sister(parent arc).
-        let mut i = tail;
-        loop {
-            let a = self.nodes[i as usize].parent;
-            if a == TERMINAL {
-                break;
-            }
-            bottleneck = bottleneck.min(self.arcs[self.arcs[a as usize].sister as usize].r_cap);
-            i = self.arcs[a as usize].head;
-        }
-        bottleneck = bottleneck.min(self.nodes[i as usize].tr_cap);
-        // Sink tree: flow runs child -> parent along the parent arc.
-        let mut i = head;
-        loop {
-            let a = self.nodes[i as usize].parent;
-            if a == TERMINAL {
-                break;
-            }
-            bottleneck = bottleneck.min(self.arcs[a as usize].r_cap);
-            i = self.arcs[a as usize].head;
-        }
-        bottleneck = bottleneck.min(-self.nodes[i as usize].tr_cap);
+        let bottleneck = self.path_bottleneck(tail, true, self.arcs[mid as usize].r_cap);
+        let bottleneck = self.path_bottleneck(head, false, bottleneck);
 
         let sister = self.arcs[mid as usize].sister;
         self.arcs[sister as usize].r_cap += bottleneck;
         self.arcs[mid as usize].r_cap -= bottleneck;
-        let mut i = tail;
-        loop {
-            let a = self.nodes[i as usize].parent;
-            if a == TERMINAL {
-                break;
-            }
-            let s = self.arcs[a as usize].sister;
-            self.arcs[a as usize].r_cap += bottleneck;
-            self.arcs[s as usize].r_cap -= bottleneck;
-            let next = self.arcs[a as usize].head;
-            if self.arcs[s as usize].r_cap <= 0.0 {
-                self.arcs[s as usize].r_cap = 0.0;
-                self.make_orphan(i);
-            }
-            i = next;
-        }
-        self.nodes[i as usize].tr_cap -= bottleneck;
-        if self.nodes[i as usize].tr_cap <= 0.0 {
-            self.nodes[i as usize].tr_cap = 0.0;
-            self.make_orphan(i);
-        }
-        let mut i = head;
-        loop {
-            let a = self.nodes[i as usize].parent;
-            if a == TERMINAL {
-                break;
-            }
-            let s = self.arcs[a as usize].sister;
-            self.arcs[s as usize].r_cap += bottleneck;
-            self.arcs[a as usize].r_cap -= bottleneck;
-            let next = self.arcs[a as usize].head;
-            if self.arcs[a as usize].r_cap <= 0.0 {
-                self.arcs[a as usize].r_cap = 0.0;
-                self.make_orphan(i);
-            }
-            i = next;
-        }
-        self.nodes[i as usize].tr_cap += bottleneck;
-        if self.nodes[i as usize].tr_cap >= 0.0 {
-            self.nodes[i as usize].tr_cap = 0.0;
-            self.make_orphan(i);
-        }
+        self.push_along_path(tail, true, bottleneck);
+        self.push_along_path(head, false, bottleneck);
         self.flow += bottleneck as f64;
+    }
+
+    /// The arc carrying flow across tree arc `a` (a node's parent arc): in the source tree flow
+    /// runs parent -> child, along sister(a); in the sink tree child -> parent, along `a`.
+    fn flow_arc(&self, a: u32, source_tree: bool) -> u32 {
+        if source_tree { self.arcs[a as usize].sister } else { a }
+    }
+
+    /// `bottleneck` lowered to the residual capacities on the tree path from `start` to its
+    /// terminal, the terminal arc included.
+    fn path_bottleneck(&self, start: u32, source_tree: bool, mut bottleneck: f32) -> f32 {
+        let mut i = start;
+        loop {
+            let a = self.nodes[i as usize].parent;
+            if a == TERMINAL {
+                break;
+            }
+            bottleneck = bottleneck.min(self.arcs[self.flow_arc(a, source_tree) as usize].r_cap);
+            i = self.arcs[a as usize].head;
+        }
+        // tr_cap > 0 is residual source capacity, < 0 residual sink capacity.
+        let terminal = self.nodes[i as usize].tr_cap;
+        bottleneck.min(if source_tree { terminal } else { -terminal })
+    }
+
+    /// Pushes `flow` along the tree path from `start` to its terminal; a node whose arc to its
+    /// parent (or terminal) saturates becomes an orphan.
+    fn push_along_path(&mut self, start: u32, source_tree: bool, flow: f32) {
+        let mut i = start;
+        loop {
+            let a = self.nodes[i as usize].parent;
+            if a == TERMINAL {
+                break;
+            }
+            let along = self.flow_arc(a, source_tree);
+            let against = self.arcs[along as usize].sister;
+            self.arcs[against as usize].r_cap += flow;
+            self.arcs[along as usize].r_cap -= flow;
+            let next = self.arcs[a as usize].head;
+            if self.arcs[along as usize].r_cap <= 0.0 {
+                self.arcs[along as usize].r_cap = 0.0;
+                self.make_orphan(i);
+            }
+            i = next;
+        }
+        let node = &mut self.nodes[i as usize];
+        let saturated = if source_tree {
+            node.tr_cap -= flow;
+            node.tr_cap <= 0.0
+        } else {
+            node.tr_cap += flow;
+            node.tr_cap >= 0.0
+        };
+        if saturated {
+            node.tr_cap = 0.0;
+            self.make_orphan(i);
+        }
     }
 
     fn adopt_orphans(&mut self) {

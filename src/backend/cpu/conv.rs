@@ -17,7 +17,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::gemm::{Threads, sgemm_threads};
+use super::gemm::{Product, Threads, sgemm_threads};
 use crate::{Error, Result};
 
 /// Sizes of one convolution: input `n x c x h x w`, weight `k x c x r x s`, symmetric zero
@@ -313,6 +313,15 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32
     );
     let (crs, ohw) = (g.crs(), g.out_spatial());
     let threads = image_threads(g.n);
+    let product = |beta| Product {
+        trans_a: false,
+        trans_b: false,
+        m: g.k,
+        n: ohw,
+        k: crs,
+        alpha: 1.0,
+        beta,
+    };
     for_each_image(threads, y, g.k * ohw, |i, y_i| {
         let x_i = &x[i * g.in_len()..(i + 1) * g.in_len()];
         // With a bias, seed Y with it and let the GEMM accumulate (beta = 1).
@@ -326,11 +335,11 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32
             None => 0.0,
         };
         if g.is_pointwise() {
-            sgemm_threads(threads, false, false, g.k, ohw, crs, 1.0, w, x_i, beta, y_i);
+            sgemm_threads(threads, product(beta), w, x_i, y_i);
         } else {
             with_col(crs * ohw, |col| {
                 im2col(g, threads, x_i, col);
-                sgemm_threads(threads, false, false, g.k, ohw, crs, 1.0, w, col, beta, y_i);
+                sgemm_threads(threads, product(beta), w, col, y_i);
             });
         }
     });
@@ -342,13 +351,23 @@ pub fn conv2d_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [
     g.debug_check(dx.len(), w.len(), dy.len());
     let (crs, ohw) = (g.crs(), g.out_spatial());
     let threads = image_threads(g.n);
+    // col (or dX) = W^T * dY_i.
+    let product = Product {
+        trans_a: true,
+        trans_b: false,
+        m: crs,
+        n: ohw,
+        k: g.k,
+        alpha: 1.0,
+        beta: 0.0,
+    };
     for_each_image(threads, dx, g.in_len(), |i, dx_i| {
         let dy_i = &dy[i * g.k * ohw..(i + 1) * g.k * ohw];
         if g.is_pointwise() {
-            sgemm_threads(threads, true, false, crs, ohw, g.k, 1.0, w, dy_i, 0.0, dx_i);
+            sgemm_threads(threads, product, w, dy_i, dx_i);
         } else {
             with_col(crs * ohw, |col| {
-                sgemm_threads(threads, true, false, crs, ohw, g.k, 1.0, w, dy_i, 0.0, col);
+                sgemm_threads(threads, product, w, dy_i, col);
                 col2im(g, threads, col, dx_i);
             });
         }
@@ -368,13 +387,20 @@ pub fn conv2d_backward_weight(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut 
             let x_i = &x[i * g.in_len()..(i + 1) * g.in_len()];
             let dy_i = &dy[i * g.k * ohw..(i + 1) * g.k * ohw];
             let beta = if j == 0 { 0.0 } else { 1.0 };
+            // dW^T = col * dY_i^T or dW = dY_i * col^T.
+            let (m, n) = if transposed { (crs, g.k) } else { (g.k, crs) };
+            let p = Product {
+                trans_a: false,
+                trans_b: true,
+                m,
+                n,
+                k: ohw,
+                alpha: 1.0,
+                beta,
+            };
             let product = |col: &[f32], acc: &mut [f32]| match transposed {
-                true => sgemm_threads(
-                    threads, false, true, crs, g.k, ohw, 1.0, col, dy_i, beta, acc,
-                ),
-                false => sgemm_threads(
-                    threads, false, true, g.k, crs, ohw, 1.0, dy_i, col, beta, acc,
-                ),
+                true => sgemm_threads(threads, p, col, dy_i, acc),
+                false => sgemm_threads(threads, p, dy_i, col, acc),
             };
             if g.is_pointwise() {
                 product(x_i, acc);
@@ -453,6 +479,51 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     }
 }
 
+/// The reference for the tests here and in `ops::conv`: a direct 7-loop convolution computing all
+/// three passes at once (f64 accumulators); returns (y, dx, dw) for input x, weight w, bias,
+/// upstream gradient dy.
+#[cfg(test)]
+pub(crate) fn reference_conv2d(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (oh_n, ow_n) = (g.out_h(), g.out_w());
+    let mut y = vec![0.0f64; g.n * g.k * oh_n * ow_n];
+    let mut dx = vec![0.0f64; x.len()];
+    let mut dw = vec![0.0f64; w.len()];
+    for n in 0..g.n {
+        for k in 0..g.k {
+            for oh in 0..oh_n {
+                for ow in 0..ow_n {
+                    let yi = ((n * g.k + k) * oh_n + oh) * ow_n + ow;
+                    y[yi] = bias.map_or(0.0, |b| b[k] as f64);
+                    for c in 0..g.c {
+                        for r in 0..g.r {
+                            for s in 0..g.s {
+                                let ih = (oh * g.stride + r * g.dilation) as isize - g.pad as isize;
+                                let iw = (ow * g.stride + s * g.dilation) as isize - g.pad as isize;
+                                if ih < 0 || iw < 0 || ih >= g.h as isize || iw >= g.w as isize {
+                                    continue;
+                                }
+                                let xi = ((n * g.c + c) * g.h + ih as usize) * g.w + iw as usize;
+                                let wi = ((k * g.c + c) * g.r + r) * g.s + s;
+                                y[yi] += w[wi] as f64 * x[xi] as f64;
+                                dx[xi] += w[wi] as f64 * dy[yi] as f64;
+                                dw[wi] += x[xi] as f64 * dy[yi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|e| e as f32).collect();
+    (f(y), f(dx), f(dw))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,53 +561,6 @@ mod tests {
         (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
     }
 
-    /// Direct 7-loop convolution computing all three passes at once (f64 accumulators):
-    /// returns (y, dx, dw) for input x, weight w, bias, upstream gradient dy.
-    fn naive(
-        g: &ConvGeometry,
-        x: &[f32],
-        w: &[f32],
-        bias: Option<&[f32]>,
-        dy: &[f32],
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let (oh_n, ow_n) = (g.out_h(), g.out_w());
-        let mut y = vec![0.0f64; g.n * g.k * oh_n * ow_n];
-        let mut dx = vec![0.0f64; x.len()];
-        let mut dw = vec![0.0f64; w.len()];
-        for n in 0..g.n {
-            for k in 0..g.k {
-                for oh in 0..oh_n {
-                    for ow in 0..ow_n {
-                        let yi = ((n * g.k + k) * oh_n + oh) * ow_n + ow;
-                        y[yi] = bias.map_or(0.0, |b| b[k] as f64);
-                        for c in 0..g.c {
-                            for r in 0..g.r {
-                                for s in 0..g.s {
-                                    let ih =
-                                        (oh * g.stride + r * g.dilation) as isize - g.pad as isize;
-                                    let iw =
-                                        (ow * g.stride + s * g.dilation) as isize - g.pad as isize;
-                                    if ih < 0 || iw < 0 || ih >= g.h as isize || iw >= g.w as isize
-                                    {
-                                        continue;
-                                    }
-                                    let xi =
-                                        ((n * g.c + c) * g.h + ih as usize) * g.w + iw as usize;
-                                    let wi = ((k * g.c + c) * g.r + r) * g.s + s;
-                                    y[yi] += w[wi] as f64 * x[xi] as f64;
-                                    dx[xi] += w[wi] as f64 * dy[yi] as f64;
-                                    dw[wi] += x[xi] as f64 * dy[yi] as f64;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let f = |v: Vec<f64>| v.into_iter().map(|e| e as f32).collect();
-        (f(y), f(dx), f(dw))
-    }
-
     fn assert_close(got: &[f32], want: &[f32], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -557,7 +581,7 @@ mod tests {
         let b = random(&mut rng, g.k);
         let dy = random(&mut rng, g.n * g.k * g.out_h() * g.out_w());
         let bias = with_bias.then_some(&b[..]);
-        let (y_ref, dx_ref, dw_ref) = naive(&g, &x, &w, bias, &dy);
+        let (y_ref, dx_ref, dw_ref) = reference_conv2d(&g, &x, &w, bias, &dy);
 
         let mut y = vec![f32::NAN; y_ref.len()];
         conv2d_forward(&g, &x, &w, bias, &mut y);

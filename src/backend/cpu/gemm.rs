@@ -27,23 +27,46 @@ impl Threads {
     }
 }
 
-/// Shape of one row-major GEMM operand: `rows x cols` of op(X), stored transposed if `trans`.
-#[derive(Clone, Copy)]
-struct Operand {
-    trans: bool,
-    rows: usize,
-    cols: usize,
+/// One product C = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, all row-major, less its data:
+/// op(X) = X^T when `trans_x` (then A is stored k x m, B is stored n x k).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Product {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub beta: f32,
 }
 
-impl Operand {
-    /// (row stride, column stride) of op(X) in elements.
-    fn strides(self) -> (isize, isize) {
-        if self.trans {
-            // Stored as cols x rows: op(X)[i, j] = X[j * rows + i].
-            (1, self.rows as isize)
-        } else {
-            (self.cols as isize, 1)
-        }
+impl Product {
+    /// op(A) and op(B) as strided views of the stored `a` and `b`.
+    fn operands(&self, a: &[f32], b: &[f32]) -> (Strided, Strided) {
+        let (a_rs, a_cs) = strides(self.trans_a, self.m, self.k);
+        let (b_rs, b_cs) = strides(self.trans_b, self.k, self.n);
+        let a = Strided {
+            ptr: a.as_ptr(),
+            rs: a_rs,
+            cs: a_cs,
+        };
+        let b = Strided {
+            ptr: b.as_ptr(),
+            rs: b_rs,
+            cs: b_cs,
+        };
+        (a, b)
+    }
+}
+
+/// (row stride, column stride) in elements of a row-major `rows x cols` op(X), stored transposed
+/// (as `cols x rows`) if `trans`.
+fn strides(trans: bool, rows: usize, cols: usize) -> (isize, isize) {
+    if trans {
+        // op(X)[i, j] = X[j * rows + i].
+        (1, rows as isize)
+    } else {
+        (cols as isize, 1)
     }
 }
 
@@ -65,40 +88,24 @@ pub fn sgemm(
     beta: f32,
     c: &mut [f32],
 ) {
-    sgemm_threads(
-        Threads::Pool,
+    let p = Product {
         trans_a,
         trans_b,
         m,
         n,
         k,
         alpha,
-        a,
-        b,
         beta,
-        c,
-    );
+    };
+    sgemm_threads(Threads::Pool, p, a, b, c);
 }
 
-/// [`sgemm`] on contiguous stacks of `batch` matrices: A is `batch * m * k`, B `batch * k * n`,
-/// C `batch * m * n`. Parallel over the batch when it is large enough to feed every thread,
-/// otherwise parallel inside each product.
-#[allow(clippy::too_many_arguments)]
-pub fn sgemm_batched(
-    batch: usize,
-    trans_a: bool,
-    trans_b: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    b: &[f32],
-    beta: f32,
-    c: &mut [f32],
-) {
+/// [`sgemm`] of `p` on contiguous stacks of `batch` matrices: A is `batch * m * k`, B
+/// `batch * k * n`, C `batch * m * n`. Parallel over the batch when it is large enough to feed
+/// every thread, otherwise parallel inside each product.
+pub fn sgemm_batched(batch: usize, p: Product, a: &[f32], b: &[f32], c: &mut [f32]) {
     use rayon::prelude::*;
-    let (a_len, b_len, c_len) = (m * k, k * n, m * n);
+    let (a_len, b_len, c_len) = (p.m * p.k, p.k * p.n, p.m * p.n);
     debug_assert!(a.len() >= batch * a_len, "sgemm_batched: A too short");
     debug_assert!(b.len() >= batch * b_len, "sgemm_batched: B too short");
     debug_assert!(c.len() >= batch * c_len, "sgemm_batched: C too short");
@@ -108,13 +115,11 @@ pub fn sgemm_batched(
     let one = |i: usize, c_i: &mut [f32], threads: Threads| {
         let a_i = &a[i * a_len..(i + 1) * a_len];
         let b_i = &b[i * b_len..(i + 1) * b_len];
-        sgemm_threads(
-            threads, trans_a, trans_b, m, n, k, alpha, a_i, b_i, beta, c_i,
-        );
+        sgemm_threads(threads, p, a_i, b_i, c_i);
     };
     let c = &mut c[..batch * c_len];
     // Small products are not worth splitting internally; many of them are split by batch.
-    let small = m * n * k < 64 * 64 * 64;
+    let small = p.m * p.n * p.k < 64 * 64 * 64;
     if batch >= rayon::current_num_threads() || (small && batch > 1) {
         c.par_chunks_mut(c_len)
             .enumerate()
@@ -126,21 +131,9 @@ pub fn sgemm_batched(
     }
 }
 
-/// [`sgemm`] with an explicit threading choice (used by the convolution kernels).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn sgemm_threads(
-    threads: Threads,
-    trans_a: bool,
-    trans_b: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    b: &[f32],
-    beta: f32,
-    c: &mut [f32],
-) {
+/// [`sgemm`] of `p` with an explicit threading choice (used by the convolution kernels).
+pub(crate) fn sgemm_threads(threads: Threads, p: Product, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let Product { m, n, k, .. } = p;
     debug_assert!(
         a.len() >= m * k,
         "sgemm: A has {} elements, needs {m}x{k}",
@@ -160,110 +153,68 @@ pub(crate) fn sgemm_threads(
         return;
     }
     let c = &mut c[..m * n];
-    if k == 0 || alpha == 0.0 {
-        // No product term: C = beta * C (beta == 0 clears without reading).
-        if beta == 0.0 {
-            c.fill(0.0);
-        } else if beta != 1.0 {
-            c.iter_mut().for_each(|v| *v *= beta);
-        }
+    if k == 0 || p.alpha == 0.0 {
+        scale(c, p.beta);
         return;
     }
-    let (a_rs, a_cs) = Operand {
-        trans: trans_a,
-        rows: m,
-        cols: k,
-    }
-    .strides();
-    let (b_rs, b_cs) = Operand {
-        trans: trans_b,
-        rows: k,
-        cols: n,
-    }
-    .strides();
-    let a = Strided {
-        ptr: a.as_ptr(),
-        rs: a_rs,
-        cs: a_cs,
-    };
-    let b = Strided {
-        ptr: b.as_ptr(),
-        rs: b_rs,
-        cs: b_cs,
-    };
-    let c_ptr = SendPtr(c.as_mut_ptr());
+    let (a, b) = p.operands(a, b);
     let threads_n = rayon::current_num_threads();
     if threads == Threads::Pool
         && threads_n > 1
         && m.min(n) <= SPLIT_MAX_SHORT_SIDE
         && 2 * m * n * k >= 1 << 22
     {
-        // Split C along its long side into one block per thread, each a single-threaded product.
-        let split_cols = n >= m;
-        let (len, align) = (if split_cols { n } else { m }, 16);
-        let tasks = threads_n.min(len.div_ceil(align));
-        let block = len.div_ceil(tasks).next_multiple_of(align);
-        use rayon::prelude::*;
-        (0..len.div_ceil(block)).into_par_iter().for_each(|t| {
-            let (lo, hi) = (t * block, ((t + 1) * block).min(len));
-            // SAFETY: blocks are disjoint column (row) ranges of C; A and B are only read.
-            unsafe {
-                if split_cols {
-                    let b_t = Strided {
-                        ptr: b.ptr.offset(lo as isize * b.cs),
-                        ..b
-                    };
-                    raw_sgemm(
-                        Parallelism::None,
-                        m,
-                        hi - lo,
-                        k,
-                        alpha,
-                        a,
-                        b_t,
-                        beta,
-                        c_ptr.get().add(lo),
-                        n,
-                    );
-                } else {
-                    let a_t = Strided {
-                        ptr: a.ptr.offset(lo as isize * a.rs),
-                        ..a
-                    };
-                    raw_sgemm(
-                        Parallelism::None,
-                        hi - lo,
-                        n,
-                        k,
-                        alpha,
-                        a_t,
-                        b,
-                        beta,
-                        c_ptr.get().add(lo * n),
-                        n,
-                    );
-                }
-            }
-        });
+        split_long_side(threads_n, p, a, b, c);
         return;
     }
     // SAFETY: the strides address exactly op(A) (m x k), op(B) (k x n) and C (m x n) inside
     // slices at least that long (asserted above / guaranteed by the callers' shape checks), and C
     // does not alias A or B (it is a unique borrow).
-    unsafe {
-        raw_sgemm(
-            threads.parallelism(),
-            m,
-            n,
-            k,
-            alpha,
-            a,
-            b,
-            beta,
-            c_ptr.0,
-            n,
-        )
-    };
+    unsafe { raw_sgemm(threads.parallelism(), p, a, b, c.as_mut_ptr(), n) };
+}
+
+/// C = beta * C, the product without a product term (k == 0 or alpha == 0); beta == 0 clears
+/// without reading.
+fn scale(c: &mut [f32], beta: f32) {
+    if beta == 0.0 {
+        c.fill(0.0);
+    } else if beta != 1.0 {
+        c.iter_mut().for_each(|v| *v *= beta);
+    }
+}
+
+/// Splits C (m x n, as `p`) along its long side into one block per thread (at most `threads_n`),
+/// each a single-threaded product.
+fn split_long_side(threads_n: usize, p: Product, a: Strided, b: Strided, c: &mut [f32]) {
+    use rayon::prelude::*;
+    let (m, n) = (p.m, p.n);
+    let c_ptr = SendPtr(c.as_mut_ptr());
+    let split_cols = n >= m;
+    let (len, align) = (if split_cols { n } else { m }, 16);
+    let tasks = threads_n.min(len.div_ceil(align));
+    let block = len.div_ceil(tasks).next_multiple_of(align);
+    (0..len.div_ceil(block)).into_par_iter().for_each(|t| {
+        let (lo, hi) = (t * block, ((t + 1) * block).min(len));
+        // SAFETY: blocks are disjoint column (row) ranges of C, which holds m x n elements; A and
+        // B are only read.
+        unsafe {
+            if split_cols {
+                let b_t = Strided {
+                    ptr: b.ptr.offset(lo as isize * b.cs),
+                    ..b
+                };
+                let p_t = Product { n: hi - lo, ..p };
+                raw_sgemm(Parallelism::None, p_t, a, b_t, c_ptr.get().add(lo), n);
+            } else {
+                let a_t = Strided {
+                    ptr: a.ptr.offset(lo as isize * a.rs),
+                    ..a
+                };
+                let p_t = Product { m: hi - lo, ..p };
+                raw_sgemm(Parallelism::None, p_t, a_t, b, c_ptr.get().add(lo * n), n);
+            }
+        }
+    });
 }
 
 /// For products with a side this short (e.g. 64 output channels) the gemm crate's own threading
@@ -295,41 +246,30 @@ impl SendPtr {
     }
 }
 
-/// C (row-major, row stride `ldc`) = alpha * A * B + beta * C via the gemm crate, whose naming is
+/// C (row-major, row stride `ldc`) = alpha * A * B + beta * C for the sizes and scalars of `p`
+/// (its transposes are already in the strides of `a` and `b`) via the gemm crate, whose naming is
 /// dst = alpha_g * dst + beta_g * lhs * rhs. `beta == 0` does not read C.
 ///
 /// # Safety
 /// `a`, `b` must address m x k and k x n readable elements, `c` m x n writable ones not aliasing them.
-#[allow(clippy::too_many_arguments)]
-unsafe fn raw_sgemm(
-    par: Parallelism,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: Strided,
-    b: Strided,
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
-) {
+unsafe fn raw_sgemm(par: Parallelism, p: Product, a: Strided, b: Strided, c: *mut f32, ldc: usize) {
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
+            p.m,
+            p.n,
+            p.k,
             c,
             1,
             ldc as isize,
-            beta != 0.0,
+            p.beta != 0.0,
             a.ptr,
             a.cs,
             a.rs,
             b.ptr,
             b.cs,
             b.rs,
-            beta,
-            alpha,
+            p.beta,
+            p.alpha,
             false,
             false,
             false,
@@ -349,33 +289,30 @@ mod tests {
     }
 
     /// Textbook triple loop with explicit transposes: the reference.
-    #[allow(clippy::too_many_arguments)]
-    fn naive(
-        ta: bool,
-        tb: bool,
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f32,
-        a: &[f32],
-        b: &[f32],
-        beta: f32,
-        c: &mut [f32],
-    ) {
+    fn naive(p: Product, a: &[f32], b: &[f32], c: &mut [f32]) {
+        let Product { m, n, k, .. } = p;
         for i in 0..m {
             for j in 0..n {
                 let mut acc = 0.0f64;
-                for p in 0..k {
-                    let av = if ta { a[p * m + i] } else { a[i * k + p] };
-                    let bv = if tb { b[j * k + p] } else { b[p * n + j] };
+                for q in 0..k {
+                    let av = if p.trans_a {
+                        a[q * m + i]
+                    } else {
+                        a[i * k + q]
+                    };
+                    let bv = if p.trans_b {
+                        b[j * k + q]
+                    } else {
+                        b[q * n + j]
+                    };
                     acc += av as f64 * bv as f64;
                 }
-                let old = if beta == 0.0 {
+                let old = if p.beta == 0.0 {
                     0.0
                 } else {
-                    beta * c[i * n + j]
+                    p.beta * c[i * n + j]
                 };
-                c[i * n + j] = alpha * acc as f32 + old;
+                c[i * n + j] = p.alpha * acc as f32 + old;
             }
         }
     }
@@ -413,7 +350,16 @@ mod tests {
                         let mut got = c0.clone();
                         let mut want = c0.clone();
                         sgemm(ta, tb, m, n, k, alpha, &a, &b, beta, &mut got);
-                        naive(ta, tb, m, n, k, alpha, &a, &b, beta, &mut want);
+                        let p = Product {
+                            trans_a: ta,
+                            trans_b: tb,
+                            m,
+                            n,
+                            k,
+                            alpha,
+                            beta,
+                        };
+                        naive(p, &a, &b, &mut want);
                         let what = format!("m{m} n{n} k{k} ta{ta} tb{tb} a{alpha} b{beta}");
                         assert_close(&got, &want, &what);
                     }
@@ -431,7 +377,16 @@ mod tests {
         let mut got = vec![f32::NAN; m * n];
         let mut want = vec![0.0; m * n];
         sgemm(false, false, m, n, k, 1.0, &a, &b, 0.0, &mut got);
-        naive(false, false, m, n, k, 1.0, &a, &b, 0.0, &mut want);
+        let p = Product {
+            trans_a: false,
+            trans_b: false,
+            m,
+            n,
+            k,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        naive(p, &a, &b, &mut want);
         assert_close(&got, &want, "beta 0 over NaN");
 
         let c0 = random(&mut rng, m * n);
@@ -450,22 +405,24 @@ mod tests {
                 let a = random(&mut rng, batch * m * k);
                 let b = random(&mut rng, batch * k * n);
                 let c0 = random(&mut rng, batch * m * n);
+                let p = Product {
+                    trans_a: ta,
+                    trans_b: tb,
+                    m,
+                    n,
+                    k,
+                    alpha: 1.5,
+                    beta: 0.5,
+                };
                 let mut got = c0.clone();
-                sgemm_batched(batch, ta, tb, m, n, k, 1.5, &a, &b, 0.5, &mut got);
+                sgemm_batched(batch, p, &a, &b, &mut got);
                 let mut want = c0.clone();
                 for i in 0..batch {
-                    naive(
-                        ta,
-                        tb,
-                        m,
-                        n,
-                        k,
-                        1.5,
+                    let (a_i, b_i) = (
                         &a[i * m * k..(i + 1) * m * k],
                         &b[i * k * n..(i + 1) * k * n],
-                        0.5,
-                        &mut want[i * m * n..(i + 1) * m * n],
                     );
+                    naive(p, a_i, b_i, &mut want[i * m * n..(i + 1) * m * n]);
                 }
                 assert_close(
                     &got,

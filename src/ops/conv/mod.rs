@@ -158,44 +158,6 @@ mod tests {
     use super::*;
     use crate::ops::testing::{rng, randn, seeded_randn};
 
-    /// Direct loops over the PyTorch definition.
-    #[allow(clippy::too_many_arguments)]
-    fn naive_conv(x: &[f32], w: &[f32], b: &[f32], g: &ConvGeometry) -> Vec<f32> {
-        let (oh, ow) = (g.out_h(), g.out_w());
-        let mut y = vec![0f32; g.n * g.k * oh * ow];
-        for n in 0..g.n {
-            for k in 0..g.k {
-                for i in 0..oh {
-                    for j in 0..ow {
-                        let mut acc = b[k] as f64;
-                        for c in 0..g.c {
-                            for r in 0..g.r {
-                                for s in 0..g.s {
-                                    let hi =
-                                        (i * g.stride + r * g.dilation) as isize - g.pad as isize;
-                                    let wi =
-                                        (j * g.stride + s * g.dilation) as isize - g.pad as isize;
-                                    if hi >= 0
-                                        && wi >= 0
-                                        && (hi as usize) < g.h
-                                        && (wi as usize) < g.w
-                                    {
-                                        acc += (x[((n * g.c + c) * g.h + hi as usize) * g.w
-                                            + wi as usize]
-                                            * w[((k * g.c + c) * g.r + r) * g.s + s])
-                                            as f64;
-                                    }
-                                }
-                            }
-                        }
-                        y[((n * g.k + k) * oh + i) * ow + j] = acc as f32;
-                    }
-                }
-            }
-        }
-        y
-    }
-
     #[test]
     fn conv2d_matches_naive() {
         let mut rng = rng(5);
@@ -223,11 +185,13 @@ mod tests {
                 pad,
                 dilation: dil,
             };
-            let want = naive_conv(
+            let dy = vec![0.0; g.n * g.k * g.out_h() * g.out_w()];
+            let (want, _, _) = crate::backend::cpu::conv::reference_conv2d(
+                &g,
                 &x.to_vec().unwrap(),
                 &w.to_vec().unwrap(),
-                &b.to_vec().unwrap(),
-                &g,
+                Some(&b.to_vec().unwrap()),
+                &dy,
             );
             assert_eq!(y.dims(), &[2, 4, g.out_h(), g.out_w()]);
             for (a, e) in y.to_vec().unwrap().iter().zip(&want) {

@@ -1,6 +1,8 @@
 //! Losses on the GPU: the checked launch wrappers of kernels/loss.cu, and the CUDA side of
-//! [`LossKernels`]. Results stay on the device (one-element buffers), so a training step needs
-//! no host round trip; the backward reads the upstream gradient from device memory too.
+//! [`LossKernels`]. The loss stays on the device (a one-element buffer) and the backward reads the
+//! upstream gradient from device memory, but the forward still waits for the host: the NaN check
+//! reads back the logits' sum, the targets (and mask) are checked on the host, and the count of
+//! counted pixels comes back.
 
 use super::{BCE, CE, LossKernels, NOTHING_COUNTED, refuse_bad_labels, refuse_bad_probabilities, refuse_nan};
 use crate::backend::cuda::elementwise::BinaryOp;
