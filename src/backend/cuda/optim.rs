@@ -78,6 +78,20 @@ impl ParamTable {
         })
     }
 
+    /// Launches `kernel` over the table's chunks: the table's own arguments first, then the
+    /// optimiser's hyperparameters.
+    fn launch(&self, dev: &CudaDevice, kernel: k::Kernel, hyper: &[f32]) -> Result<()> {
+        let mut args = vec![
+            Arg::Ptr(slice_ptr(dev, &self.ptrs)),
+            Arg::Ptr(slice_ptr(dev, &self.lens)),
+            Arg::Ptr(slice_ptr(dev, &self.chunks)),
+            Arg::I32(self.n_chunks as i32),
+            Arg::I32(CHUNK as i32),
+        ];
+        args.extend(hyper.iter().map(|&v| Arg::F32(v)));
+        launch(dev, kernel, self.launch_cfg(dev), &args)
+    }
+
     fn launch_cfg(&self, dev: &CudaDevice) -> LaunchConfig {
         let blocks = self.n_chunks.clamp(1, dev.sm_count() as usize * 32);
         LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
@@ -107,17 +121,7 @@ impl GpuOptimizer {
             return Ok(());
         }
         let t = self.table(dev, k::SGD_FWD.name, slots, false)?;
-        let args = [
-            Arg::Ptr(slice_ptr(dev, &t.ptrs)),
-            Arg::Ptr(slice_ptr(dev, &t.lens)),
-            Arg::Ptr(slice_ptr(dev, &t.chunks)),
-            Arg::I32(t.n_chunks as i32),
-            Arg::I32(CHUNK as i32),
-            Arg::F32(lr),
-            Arg::F32(momentum),
-            Arg::F32(weight_decay),
-        ];
-        launch(dev, k::SGD_FWD, t.launch_cfg(dev), &args)
+        t.launch(dev, k::SGD_FWD, &[lr, momentum, weight_decay])
     }
 
     /// PyTorch Adam (L2 weight decay); `step` counts from 1. state1/state2 = first/second moments.
@@ -142,20 +146,6 @@ impl GpuOptimizer {
         let t = self.table(dev, k::ADAM_FWD.name, slots, true)?;
         let bc1 = 1.0 - (beta1 as f64).powi(step as i32);
         let bc2 = 1.0 - (beta2 as f64).powi(step as i32);
-        let args = [
-            Arg::Ptr(slice_ptr(dev, &t.ptrs)),
-            Arg::Ptr(slice_ptr(dev, &t.lens)),
-            Arg::Ptr(slice_ptr(dev, &t.chunks)),
-            Arg::I32(t.n_chunks as i32),
-            Arg::I32(CHUNK as i32),
-            Arg::F32(lr),
-            Arg::F32(beta1),
-            Arg::F32(beta2),
-            Arg::F32(eps),
-            Arg::F32(weight_decay),
-            Arg::F32(bc1 as f32),
-            Arg::F32(bc2 as f32),
-        ];
-        launch(dev, k::ADAM_FWD, t.launch_cfg(dev), &args)
+        t.launch(dev, k::ADAM_FWD, &[lr, beta1, beta2, eps, weight_decay, bc1 as f32, bc2 as f32])
     }
 }
