@@ -25,11 +25,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         (false, None) => Resume::Auto,
     };
     let o = train(&loaded.config, &loaded.text, &resume)?;
+    let steps_per_s = 1e3 / o.mean_step_ms;
     println!(
-        "trained iterations {}..{} ({:.0} ms per step); checkpoint {}; log {}",
+        "trained iterations {}..{} ({:.0} ms per step: {steps_per_s:.2} steps/s, {:.1} pairs/s); checkpoint {}; log {}",
         o.started_at,
         o.iterations,
         o.mean_step_ms,
+        steps_per_s * loaded.config.train.batch_pairs as f64,
         o.checkpoint.params.display(),
         o.out.join("log.jsonl").display()
     );

@@ -223,28 +223,47 @@ pub struct Batch {
     pub target_b: Tensor,
 }
 
-pub fn make_batch(set: &SplitSet, pairs: &[[usize; 2]], aug: Option<&Augment>, rng: &mut impl Rng, device: Device) -> Result<Batch> {
-    let s = set.size;
-    let n = pairs.len();
-    let (mut xa, mut xb) = (Vec::with_capacity(n * 3 * s * s), Vec::with_capacity(n * 3 * s * s));
-    let (mut ta, mut tb) = (Vec::with_capacity(n * s * s), Vec::with_capacity(n * s * s));
-    for p in pairs {
-        for (k, (x, t)) in [(&mut xa, &mut ta), (&mut xb, &mut tb)].into_iter().enumerate() {
-            let sample = set.samples.get(p[k]).ok_or_else(|| Error::invalid("make_batch", format!("pair {p:?} points past {} lesions", set.samples.len())))?;
-            if sample.pseudo.len() != s * s {
-                return Err(Error::invalid("make_batch", format!("lesion {} has no pseudo-mask to train on", sample.name)));
+/// A batch assembled on the host, not yet on a device: what a worker thread builds ahead of the
+/// step that trains on it.
+pub struct HostBatch {
+    pairs: usize,
+    size: usize,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    target_a: Vec<f32>,
+    target_b: Vec<f32>,
+}
+
+impl HostBatch {
+    /// The pairs' crops, augmented with draws from `rng` when `aug` is given.
+    pub fn build(set: &SplitSet, pairs: &[[usize; 2]], aug: Option<&Augment>, rng: &mut impl Rng) -> Result<HostBatch> {
+        let (s, n) = (set.size, pairs.len());
+        let (mut xa, mut xb) = (Vec::with_capacity(n * 3 * s * s), Vec::with_capacity(n * 3 * s * s));
+        let (mut ta, mut tb) = (Vec::with_capacity(n * s * s), Vec::with_capacity(n * s * s));
+        for p in pairs {
+            for (k, (x, t)) in [(&mut xa, &mut ta), (&mut xb, &mut tb)].into_iter().enumerate() {
+                let sample = set.samples.get(p[k]).ok_or_else(|| Error::invalid("batch", format!("pair {p:?} points past {} lesions", set.samples.len())))?;
+                if sample.pseudo.len() != s * s {
+                    return Err(Error::invalid("batch", format!("lesion {} has no pseudo-mask to train on", sample.name)));
+                }
+                let (img, tgt) = prepare(sample, s, aug, rng);
+                x.extend(img);
+                t.extend(tgt.into_iter().map(f32::from));
             }
-            let (img, tgt) = prepare(sample, s, aug, rng);
-            x.extend(img);
-            t.extend(tgt.into_iter().map(f32::from));
         }
+        Ok(HostBatch { pairs: n, size: s, a: xa, b: xb, target_a: ta, target_b: tb })
     }
-    Ok(Batch {
-        a: Tensor::from_vec(xa, [n, 3, s, s], device)?,
-        b: Tensor::from_vec(xb, [n, 3, s, s], device)?,
-        target_a: Tensor::from_vec(ta, [n, s, s], device)?,
-        target_b: Tensor::from_vec(tb, [n, s, s], device)?,
-    })
+
+    /// The batch as tensors on `device`.
+    pub fn upload(self, device: Device) -> Result<Batch> {
+        let (n, s) = (self.pairs, self.size);
+        Ok(Batch {
+            a: Tensor::from_vec(self.a, [n, 3, s, s], device)?,
+            b: Tensor::from_vec(self.b, [n, 3, s, s], device)?,
+            target_a: Tensor::from_vec(self.target_a, [n, s, s], device)?,
+            target_b: Tensor::from_vec(self.target_b, [n, s, s], device)?,
+        })
+    }
 }
 
 /// How each lesion of a split is paired at inference.

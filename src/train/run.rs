@@ -19,7 +19,7 @@ use crate::nn::CosegNet;
 use crate::tensor::Tensor;
 use crate::train::checkpoint::{self, CheckpointMeta, CheckpointPaths};
 use crate::train::config::TrainConfig;
-use crate::train::dataset::{self, DataSource, Partners, SplitSet};
+use crate::train::dataset::{self, DataSource, HostBatch, Partners, SplitSet};
 use crate::train::infer::{crop_metrics, predict};
 use crate::train::log::{LogEntry, RunLog};
 use crate::train::optim::Optimizer;
@@ -29,6 +29,7 @@ use rand::SeedableRng;
 use rand::seq::index::sample;
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::Instant;
 
 /// Where training starts.
@@ -216,18 +217,24 @@ pub fn train(cfg: &TrainConfig, config_toml: &str, resume: &Resume) -> Result<Tr
 pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &RunData) -> Result<TrainOutcome> {
     let t = &cfg.train;
     let (mut s, mut outcome) = Session::open(cfg, config_toml, resume, data)?;
-    for iter in outcome.started_at..t.iterations {
-        s.step(iter)?;
-        let done = iter + 1;
-        let last = done == t.iterations;
-        if (done % t.val_every == 0 || last) && !data.val.samples.is_empty() {
-            s.validate(done, &mut outcome)?;
+    let iters = outcome.started_at..t.iterations;
+    std::thread::scope(|scope| -> Result<()> {
+        let batches = prefetch(scope, cfg, &data.train, iters.clone());
+        for iter in iters {
+            let batch = batches.recv().map_err(|_| Error::invalid("train", format!("the batch worker stopped before iteration {}", iter + 1)))??;
+            s.step(iter, batch)?;
+            let done = iter + 1;
+            let last = done == t.iterations;
+            if (done % t.val_every == 0 || last) && !data.val.samples.is_empty() {
+                s.validate(done, &mut outcome)?;
+            }
+            if done % t.checkpoint_every == 0 || last {
+                s.checkpoint(done)?;
+            }
+            outcome.iterations = done;
         }
-        if done % t.checkpoint_every == 0 || last {
-            s.checkpoint(done)?;
-        }
-        outcome.iterations = done;
-    }
+        Ok(())
+    })?;
     s.bar.finish_and_clear();
     // The loss and lr curves even when there was no validation lesion to trigger them.
     if s.steps > 0 {
@@ -238,6 +245,44 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
     }
     outcome.mean_step_ms = if s.steps > 0 { s.step_ms_total / s.steps as f64 } else { f64::NAN };
     Ok(outcome)
+}
+
+/// Batches built ahead of the step, at most this many waiting.
+const PREFETCH: usize = 2;
+
+/// Builds the batches of `iters`, in order, on a worker thread, up to [`PREFETCH`] ahead of the
+/// step that trains on them, so cropping and augmentation overlap the device's work. A batch is
+/// drawn from (seed, iteration) alone: the same batch whichever thread builds it, and when. The
+/// worker stops when the loop drops the receiver (a step failed or training stopped).
+fn prefetch<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    cfg: &'env TrainConfig,
+    train: &'env SplitSet,
+    iters: std::ops::Range<usize>,
+) -> Receiver<Result<HostBatch>> {
+    let (tx, rx) = sync_channel(PREFETCH);
+    scope.spawn(move || {
+        for iter in iters {
+            if tx.send(host_batch(cfg, train, iter)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Iteration `iter`'s batch (0-based), on the host. Its pairs and augmentation come from a
+/// generator seeded by (seed, iter), so a resumed run draws what an uninterrupted one would have.
+fn host_batch(cfg: &TrainConfig, train: &SplitSet, iter: usize) -> Result<HostBatch> {
+    let t = &cfg.train;
+    let mut rng = ChaCha8Rng::seed_from_u64(t.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ iter as u64);
+    let pairs: Vec<[usize; 2]> = if train.pairs.len() >= t.batch_pairs {
+        sample(&mut rng, train.pairs.len(), t.batch_pairs).into_iter().map(|k| train.pairs[k]).collect()
+    } else {
+        (0..t.batch_pairs).map(|k| train.pairs[k % train.pairs.len()]).collect()
+    };
+    let aug = (t.augment != crate::train::config::Augment::none()).then_some(&t.augment);
+    HostBatch::build(train, &pairs, aug, &mut rng)
 }
 
 /// Where a run starts: from scratch, or from a checkpoint whose parameters and optimiser state
@@ -386,26 +431,13 @@ impl<'a> Session<'a> {
         Ok((session, outcome))
     }
 
-    /// Iteration `iter`'s batch (0-based). Its pairs and augmentation come from a generator
-    /// seeded by (seed, iter), so a resumed run draws what an uninterrupted one would have.
-    fn batch(&self, iter: usize) -> Result<dataset::Batch> {
-        let (t, train) = (&self.cfg.train, &self.data.train);
-        let mut rng = ChaCha8Rng::seed_from_u64(t.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ iter as u64);
-        let pairs: Vec<[usize; 2]> = if train.pairs.len() >= t.batch_pairs {
-            sample(&mut rng, train.pairs.len(), t.batch_pairs).into_iter().map(|k| train.pairs[k]).collect()
-        } else {
-            (0..t.batch_pairs).map(|k| train.pairs[k % train.pairs.len()]).collect()
-        };
-        let aug = (t.augment != crate::train::config::Augment::none()).then_some(&t.augment);
-        dataset::make_batch(train, &pairs, aug, &mut rng, self.device)
-    }
-
-    /// One training step on iteration `iter` (0-based): forward, loss, the NaN and divergence
-    /// checks, backward and the optimiser step at the scheduled learning rate; logged.
-    fn step(&mut self, iter: usize) -> Result<()> {
+    /// One training step on iteration `iter` (0-based) with its batch: upload, forward, loss,
+    /// the NaN and divergence checks, backward and the optimiser step at the scheduled learning
+    /// rate; logged.
+    fn step(&mut self, iter: usize, batch: HostBatch) -> Result<()> {
         let step_start = Instant::now();
         let lr = self.cfg.lr_at(iter);
-        let batch = self.batch(iter)?;
+        let batch = batch.upload(self.device)?;
         self.store.zero_grads();
         let (la, lb) = self.model.forward_pair(&batch.a, &batch.b, true)?;
         let finite = all_finite(&la)? && all_finite(&lb)?;
