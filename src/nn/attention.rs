@@ -14,6 +14,11 @@
 //! computed from the raw features, independently, and applied as element-wise products (the
 //! paper's Fig. 1).
 //!
+//! The feature-sized work runs on fused ops (`Tensor::csa_pool`: the channel gate's pool and
+//! MSA's mean over channels in one pass; `Tensor::csa_gate`: `f ⊙ c ⊙ s` in one pass); the small
+//! (N, C) gate math stays composed. [`CoAttention::set_fused`] switches back to the composed ops,
+//! which give the same values (the CPU forward to the bit).
+//!
 //! - Channel attention SE (Hu et al.): GAP -> FC C->C/16 -> ReLU -> FC C/16->C -> sigmoid.
 //! - Channel attention ECA (Wang et al.): GAP -> 1-D conv across channels, kernel
 //!   k = t if t odd else t+1, t = |(log2 C + 1) / 2| (7 for C = 2048) -> sigmoid.
@@ -74,10 +79,10 @@ enum ChannelGate {
 impl ChannelGate {
     /// (N, C, H, W) -> (N, C, 1, 1) in (0, 1).
     fn forward(&self, f: &Tensor) -> Result<Tensor> {
-        self.from_pooled(&f.global_avg_pool()?)
+        self.on_pool(&f.global_avg_pool()?)
     }
     /// The gate from the global average pool (N, C, 1, 1).
-    fn from_pooled(&self, pooled: &Tensor) -> Result<Tensor> {
+    fn on_pool(&self, pooled: &Tensor) -> Result<Tensor> {
         let (n, c) = (pooled.dims()[0], pooled.dims()[1]);
         let logits = match self {
             ChannelGate::Se { fc1, fc2 } => fc2.forward(&fc1.forward(&pooled.reshape([n, c])?)?.relu()?)?,
@@ -152,7 +157,7 @@ impl Csa {
     fn gates(&self, f: &Tensor, train: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
         if self.fused && matches!(self.spatial, Some(SpatialGate::Msa)) {
             let (gap, mean) = f.csa_pool()?;
-            let c = self.channel.as_ref().map(|g| g.from_pooled(&gap)).transpose()?;
+            let c = self.channel.as_ref().map(|g| g.on_pool(&gap)).transpose()?;
             return Ok((c, Some(mean.sigmoid()?)));
         }
         let c = self.channel.as_ref().map(|g| g.forward(f)).transpose()?;

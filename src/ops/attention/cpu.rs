@@ -81,32 +81,31 @@ impl CsaKernels for Cpu {
         let (mut df, mut dc, mut ds) = (vec![0f32; fv.len()], vec![0f32; n * ch], vec![0f32; n * hw]);
         // Rounded as the composed backward of f.mul(c).mul(s): df = (g*s)*c, dc = sum (g*s)*f,
         // ds = sum g*(f*c).
-        let image = |(i, (((dfi, dci), dsi), (gi, fi))): (usize, (((&mut [f32], &mut [f32]), &mut [f32]), (&[f32], &[f32])))| {
-            let (ci, si) = (&cv[i * ch..(i + 1) * ch], &sv[i * hw..(i + 1) * hw]);
-            let mut acc = vec![0f64; hw];
-            for k in 0..ch {
-                let span = k * hw..(k + 1) * hw;
-                let (dp, gp, xp, gate) = (&mut dfi[span.clone()], &gi[span.clone()], &fi[span], ci[k]);
-                let mut sum = 0f64;
-                for p in 0..hw {
-                    let gs = gp[p] * si[p];
-                    dp[p] = gs * gate;
-                    sum += (gs * xp[p]) as f64;
-                    acc[p] += (gp[p] * (xp[p] * gate)) as f64;
-                }
-                dci[k] = sum as f32;
-            }
-            for (d, &a) in dsi.iter_mut().zip(&acc) {
-                *d = a as f32;
-            }
-        };
         let per_image = df
             .par_chunks_mut(ch * hw)
             .zip(dc.par_chunks_mut(ch))
             .zip(ds.par_chunks_mut(hw))
             .zip(gv.par_chunks(ch * hw).zip(fv.par_chunks(ch * hw)))
             .enumerate();
-        for_each_par_if_large(fv.len(), per_image, image);
+        for_each_par_if_large(fv.len(), per_image, |(i, (((dfi, dci), dsi), (gi, fi)))| {
+            let (ci, si) = (&cv[i * ch..(i + 1) * ch], &sv[i * hw..(i + 1) * hw]);
+            let mut acc = vec![0f64; hw];
+            for (k, (dc_k, &gate)) in dci.iter_mut().zip(ci).enumerate() {
+                let span = k * hw..(k + 1) * hw;
+                let (dp, gp, xp) = (&mut dfi[span.clone()], &gi[span.clone()], &fi[span]);
+                let mut sum = 0f64;
+                for ((((d, &g), &x), &s), a) in dp.iter_mut().zip(gp).zip(xp).zip(si).zip(acc.iter_mut()) {
+                    let gs = g * s;
+                    *d = gs * gate;
+                    sum += (gs * x) as f64;
+                    *a += (g * (x * gate)) as f64;
+                }
+                *dc_k = sum as f32;
+            }
+            for (d, &a) in dsi.iter_mut().zip(&acc) {
+                *d = a as f32;
+            }
+        });
         Ok([
             Tensor::from_vec(df, f.shape().clone(), Device::Cpu)?,
             Tensor::from_vec(dc, c.shape().clone(), Device::Cpu)?,

@@ -8,7 +8,8 @@
 //! `cpu.rs` and `cuda.rs` hold the two sides of [`CsaKernels`]; this file checks the inputs and
 //! records the nodes. The CPU side sums in the composed ops' order (f64, pixels and channels in
 //! order), so its forward equals `global_avg_pool`, `mean(&[1], true)` and `f.mul(c)?.mul(s)` to
-//! the bit.
+//! the bit; the one exception is a pool over fewer (N*C) planes than rayon has threads with at
+//! least 32768 pixels each, where `sum_to` splits a plane's sum across threads.
 
 mod cpu;
 pub mod cuda;
