@@ -139,11 +139,27 @@ extern "C" __global__ void csa_finish_f32(const float* __restrict__ part_c, cons
     }
 }
 
+// The two element-wise kernels take 4 elements per step when HW is a multiple of 4 (a group
+// never straddles two rows, and 16-byte loads stay aligned): one index computation per group,
+// whose integer divisions would otherwise cost more than the memory traffic of a float.
+
 // g: the packed (N, C + HW) gradient of csa_pool_fwd's output; dx[n,ch,p] = dgap/HW + dmean/C.
 extern "C" __global__ void csa_pool_bwd_f32(const float* __restrict__ g, float* __restrict__ dx, int N, int C,
                                             int hw, float inv_hw, float inv_c) {
-    const int total = N * C * hw, row = C + hw;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+    const int total = N * C * hw, row = C + hw, step = blockDim.x * gridDim.x;
+    if ((hw & 3) == 0) {
+        float4* dx4 = reinterpret_cast<float4*>(dx);
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (total >> 2); i += step) {
+            const int e = i << 2, p = e % hw, nc = e / hw, n = nc / C, ch = nc % C;
+            const float* gn = g + (long long)n * row;
+            const float dg = __fmul_rn(gn[ch], inv_hw);
+            const float* dm = gn + C + p;  // not 16-byte aligned when C is odd: four loads
+            dx4[i] = make_float4(__fadd_rn(dg, __fmul_rn(dm[0], inv_c)), __fadd_rn(dg, __fmul_rn(dm[1], inv_c)),
+                                 __fadd_rn(dg, __fmul_rn(dm[2], inv_c)), __fadd_rn(dg, __fmul_rn(dm[3], inv_c)));
+        }
+        return;
+    }
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
         const int p = i % hw, nc = i / hw, n = nc / C, ch = nc % C;
         const float* gn = g + (long long)n * row;
         dx[i] = __fadd_rn(__fmul_rn(gn[ch], inv_hw), __fmul_rn(gn[C + p], inv_c));
@@ -154,8 +170,20 @@ extern "C" __global__ void csa_pool_bwd_f32(const float* __restrict__ g, float* 
 extern "C" __global__ void csa_gate_fwd_f32(const float* __restrict__ f, const float* __restrict__ c,
                                             const float* __restrict__ s, float* __restrict__ y, int N, int C,
                                             int hw) {
-    const int total = N * C * hw;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+    const int total = N * C * hw, step = blockDim.x * gridDim.x;
+    if ((hw & 3) == 0) {
+        const float4* f4 = reinterpret_cast<const float4*>(f);
+        float4* y4 = reinterpret_cast<float4*>(y);
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (total >> 2); i += step) {
+            const int e = i << 2, p = e % hw, nc = e / hw, n = nc / C;
+            const float cv = c[nc];
+            const float4 x = f4[i], sv = *reinterpret_cast<const float4*>(s + (long long)n * hw + p);
+            y4[i] = make_float4(__fmul_rn(__fmul_rn(x.x, cv), sv.x), __fmul_rn(__fmul_rn(x.y, cv), sv.y),
+                                __fmul_rn(__fmul_rn(x.z, cv), sv.z), __fmul_rn(__fmul_rn(x.w, cv), sv.w));
+        }
+        return;
+    }
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
         const int p = i % hw, nc = i / hw, n = nc / C;
         y[i] = __fmul_rn(__fmul_rn(f[i], c[nc]), s[(long long)n * hw + p]);
     }

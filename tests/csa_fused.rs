@@ -82,8 +82,9 @@ fn fused_csa_module_equals_the_composed_one_on_cpu() {
 // ---- cuda:0 ----
 
 /// The shapes the kernels are checked on: batch 1, channels off the 32-channel tile, 1x1, 33x33
-/// and pixel counts off the 128-pixel tile.
-const SHAPES: [[usize; 4]; 5] = [[1, 37, 1, 1], [2, 45, 33, 33], [1, 70, 7, 5], [3, 32, 16, 16], [2, 1, 9, 15]];
+/// and pixel counts off the 128-pixel tile; rows of whole 4-element groups (the element-wise
+/// kernels' vector path: 16x16, 4x8 with an odd channel count) and not.
+const SHAPES: [[usize; 4]; 6] = [[1, 37, 1, 1], [2, 45, 33, 33], [1, 70, 7, 5], [3, 32, 16, 16], [2, 1, 9, 15], [2, 45, 4, 8]];
 
 fn upload(dev: &coseg::backend::cuda::CudaDevice, v: &[f32]) -> coseg::backend::cuda::GpuBuffer {
     dev.htod(v).unwrap()

@@ -116,7 +116,14 @@ pub fn csa_pool_bwd(dev: &CudaDevice, g: &GpuBuffer, shape: [usize; 4], df: &mut
         Arg::F32(1.0 / (h * w) as f32),
         Arg::F32(1.0 / c as f32),
     ];
-    launch(dev, k::CSA_POOL_BWD, grid_1d(dev, df.len()), &args)
+    launch(dev, k::CSA_POOL_BWD, grid_1d(dev, elementwise_items(shape)), &args)
+}
+
+/// The steps of the element-wise kernels: groups of 4 elements when a row (H*W) holds whole
+/// groups, single elements otherwise (attention.cu).
+fn elementwise_items([n, c, h, w]: [usize; 4]) -> usize {
+    let len = n * c * h * w;
+    if (h * w) % 4 == 0 { len / 4 } else { len }
 }
 
 /// Checks the gate's operands: f and y (N,C,H,W), c (N,C), s (N,H*W).
@@ -143,7 +150,7 @@ pub fn csa_gate_fwd(dev: &CudaDevice, f: &GpuBuffer, c: &GpuBuffer, s: &GpuBuffe
         Arg::I32(ch as i32),
         Arg::I32((h * w) as i32),
     ];
-    launch(dev, k::CSA_GATE_FWD, grid_1d(dev, y.len()), &args)
+    launch(dev, k::CSA_GATE_FWD, grid_1d(dev, elementwise_items(shape)), &args)
 }
 
 /// The gate's backward from dy: df = (dy * s) * c, dc = sum over pixels of (dy * s) * f,
