@@ -117,9 +117,10 @@ extern "C" __global__ void csa_gate_bwd_f32(const float* __restrict__ dy, const 
 
 // out_c[n * c_stride + c_off + ch] = scale_c * sum over tiles t of part_c[(n*C + ch) * ptiles + t],
 // out_p[n * p_stride + p_off + p] = scale_p * sum over chunks k of part_p[(n*chunks + k) * HW + p],
-// each summed in tile order. One thread per output.
+// each summed in tile order. One thread per output. out_c and out_p may be one buffer (the pool's
+// packed output), hence not __restrict__.
 extern "C" __global__ void csa_finish_f32(const float* __restrict__ part_c, const float* __restrict__ part_p,
-                                          float* __restrict__ out_c, float* __restrict__ out_p, int N, int C,
+                                          float* out_c, float* out_p, int N, int C,
                                           int hw, int ptiles, int chunks, int c_off, int c_stride, int p_off,
                                           int p_stride, float scale_c, float scale_p) {
     const int nc = N * C, total = nc + N * hw;
