@@ -202,6 +202,25 @@ test_device!(convolutions, |device| {
     check("conv1d_channels (ECA)", &eca, &[0, 1], 1e-2, |t| t[0].conv1d_channels(&t[1]));
 });
 
+// The fused CSA ops (src/ops/attention), on sizes off the GPU kernels' 32-channel, 128-pixel
+// tiles: each output of the pool alone, both together (their broadcast sum), and the gate in all
+// three inputs.
+test_device!(csa_fused_ops, |device| {
+    let mut rng = ChaCha8Rng::seed_from_u64(15);
+    for dims in [[2, 5, 3, 4], [1, 35, 13, 11]] {
+        let f = randn(&mut rng, &dims, device);
+        check(&format!("csa_pool gap {dims:?}"), std::slice::from_ref(&f), &[0], 1e-2, |t| Ok(t[0].csa_pool()?.0));
+        check(&format!("csa_pool mean {dims:?}"), std::slice::from_ref(&f), &[0], 1e-2, |t| Ok(t[0].csa_pool()?.1));
+        check(&format!("csa_pool both {dims:?}"), std::slice::from_ref(&f), &[0], 1e-2, |t| {
+            let (gap, mean) = t[0].csa_pool()?;
+            gap.add(&mean)
+        });
+        let c = randn(&mut rng, &[dims[0], dims[1], 1, 1], device);
+        let s = randn(&mut rng, &[dims[0], 1, dims[2], dims[3]], device);
+        check(&format!("csa_gate {dims:?}"), &[f, c, s], &[0, 1, 2], 1e-2, |t| t[0].csa_gate(&t[1], &t[2]));
+    }
+});
+
 test_device!(normalisation_and_pooling, |device| {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let x = Tensor::randn([3, 4, 3, 5], 0.5, 2.0, device, &mut rng).unwrap();

@@ -14,6 +14,11 @@
 //! computed from the raw features, independently, and applied as element-wise products (the
 //! paper's Fig. 1).
 //!
+//! The feature-sized work runs on fused ops (`Tensor::csa_pool`: the channel gate's pool and
+//! MSA's mean over channels in one pass; `Tensor::csa_gate`: `f ⊙ c ⊙ s` in one pass); the small
+//! (N, C) gate math stays composed. [`CoAttention::set_fused`] switches back to the composed ops,
+//! which give the same values (the CPU forward to the bit).
+//!
 //! - Channel attention SE (Hu et al.): GAP -> FC C->C/16 -> ReLU -> FC C/16->C -> sigmoid.
 //! - Channel attention ECA (Wang et al.): GAP -> 1-D conv across channels, kernel
 //!   k = t if t odd else t+1, t = |(log2 C + 1) / 2| (7 for C = 2048) -> sigmoid.
@@ -74,8 +79,11 @@ enum ChannelGate {
 impl ChannelGate {
     /// (N, C, H, W) -> (N, C, 1, 1) in (0, 1).
     fn forward(&self, f: &Tensor) -> Result<Tensor> {
-        let (n, c) = (f.dims()[0], f.dims()[1]);
-        let pooled = f.global_avg_pool()?;
+        self.on_pool(&f.global_avg_pool()?)
+    }
+    /// The gate from the global average pool (N, C, 1, 1).
+    fn on_pool(&self, pooled: &Tensor) -> Result<Tensor> {
+        let (n, c) = (pooled.dims()[0], pooled.dims()[1]);
         let logits = match self {
             ChannelGate::Se { fc1, fc2 } => fc2.forward(&fc1.forward(&pooled.reshape([n, c])?)?.relu()?)?,
             ChannelGate::Eca { weight } => pooled.conv1d_channels(weight)?,
@@ -137,6 +145,40 @@ impl SpatialGate {
 struct Csa {
     channel: Option<ChannelGate>,
     spatial: Option<SpatialGate>,
+    /// Whether the fused kernels ([`Tensor::csa_pool`], [`Tensor::csa_gate`]) run the
+    /// feature-sized work; false composes it from generic ops (the reference they are tested
+    /// and benchmarked against).
+    fused: bool,
+}
+
+impl Csa {
+    /// One image's channel gate (before the pair's product) and spatial map. With MSA, fused: the
+    /// pool the channel gate needs and MSA's mean over channels come from one pass over `f`.
+    fn gates(&self, f: &Tensor, train: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.fused && matches!(self.spatial, Some(SpatialGate::Msa)) {
+            let (gap, mean) = f.csa_pool()?;
+            let c = self.channel.as_ref().map(|g| g.on_pool(&gap)).transpose()?;
+            return Ok((c, Some(mean.sigmoid()?)));
+        }
+        let c = self.channel.as_ref().map(|g| g.forward(f)).transpose()?;
+        let s = self.spatial.as_ref().map(|s| s.forward(f, train)).transpose()?;
+        Ok((c, s))
+    }
+
+    /// `f ⊙ c ⊙ s` with the gates present; fused, one pass over `f` when both are.
+    fn apply(&self, f: &Tensor, c: Option<&Tensor>, s: Option<&Tensor>) -> Result<Tensor> {
+        if let (true, Some(c), Some(s)) = (self.fused, c, s) {
+            return f.csa_gate(c, s);
+        }
+        let mut y = f.clone();
+        if let Some(c) = c {
+            y = y.mul(c)?;
+        }
+        if let Some(s) = s {
+            y = y.mul(s)?;
+        }
+        Ok(y)
+    }
 }
 
 struct DaNet {
@@ -271,12 +313,21 @@ impl CoAttention {
             SpatialAttention::Msa => Some(SpatialGate::Msa),
             SpatialAttention::Aspp => Some(SpatialGate::Aspp(Box::new(Aspp::new(params, &join(prefix, "aspp"), c, spec.width, spec.output_stride)?))),
         };
-        Ok(CoAttention { kind: Kind::Csa(Csa { channel, spatial }), out_channels: c })
+        Ok(CoAttention { kind: Kind::Csa(Csa { channel, spatial, fused: true }), out_channels: c })
     }
 
     /// Channels of the attended features.
     pub fn out_channels(&self) -> usize {
         self.out_channels
+    }
+
+    /// CSA's feature-sized work on the fused kernels (the default, `true`) or composed from
+    /// generic ops (`false`: the reference the fused ops are tested and benchmarked against; the
+    /// same values, the CPU forward to the bit). DANet ignores it.
+    pub fn set_fused(&mut self, fused: bool) {
+        if let Kind::Csa(csa) = &mut self.kind {
+            csa.fused = fused;
+        }
     }
 
     /// Attends the pair (fa, fb) jointly; shapes (N, C, H, W) each, the same for both.
@@ -286,21 +337,13 @@ impl CoAttention {
         }
         match &self.kind {
             Kind::Csa(csa) => {
-                let shared = match &csa.channel {
-                    Some(g) => Some(g.forward(fa)?.mul(&g.forward(fb)?)?),
-                    None => None,
+                let (ca, sa) = csa.gates(fa, train)?;
+                let (cb, sb) = csa.gates(fb, train)?;
+                let shared = match (ca, cb) {
+                    (Some(ca), Some(cb)) => Some(ca.mul(&cb)?),
+                    _ => None,
                 };
-                let apply = |f: &Tensor| -> Result<Tensor> {
-                    let mut y = f.clone();
-                    if let Some(c) = &shared {
-                        y = y.mul(c)?;
-                    }
-                    if let Some(s) = &csa.spatial {
-                        y = y.mul(&s.forward(f, train)?)?;
-                    }
-                    Ok(y)
-                };
-                Ok((apply(fa)?, apply(fb)?))
+                Ok((csa.apply(fa, shared.as_ref(), sa.as_ref())?, csa.apply(fb, shared.as_ref(), sb.as_ref())?))
             }
             Kind::DaNet(d) => {
                 let (a, b) = d.forward_pair(fa, Some(fb), train)?;
@@ -314,15 +357,9 @@ impl CoAttention {
     pub fn forward_single(&self, f: &Tensor, train: bool) -> Result<Tensor> {
         match &self.kind {
             Kind::Csa(csa) => {
-                let mut y = f.clone();
-                if let Some(g) = &csa.channel {
-                    let c = g.forward(f)?;
-                    y = y.mul(&c.mul(&c)?)?;
-                }
-                if let Some(s) = &csa.spatial {
-                    y = y.mul(&s.forward(f, train)?)?;
-                }
-                Ok(y)
+                let (c, s) = csa.gates(f, train)?;
+                let squared = c.map(|c| c.mul(&c)).transpose()?;
+                csa.apply(f, squared.as_ref(), s.as_ref())
             }
             Kind::DaNet(d) => Ok(d.forward_pair(f, None, train)?.0),
         }

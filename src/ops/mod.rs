@@ -20,6 +20,7 @@
 //! Gradient checks for every op live in `tests/gradcheck.rs`; CPU/GPU parity of every op in
 //! `tests/gpu_ops_parity.rs`.
 
+pub mod attention;
 pub(crate) mod conv;
 mod cuda_common;
 pub(crate) mod elementwise;

@@ -79,6 +79,9 @@ kernels! {
         LATTICE_SPLAT = "lattice_splat_f32", LATTICE_SLICE = "lattice_slice_f32", LATTICE_BLUR = "lattice_blur_f32",
         CRF_DENSITY_SPLAT = "crf_density_splat_f32", CRF_NORM = "crf_norm_f32", CRF_START = "crf_start_f32",
         CRF_STEP = "crf_step_f32", CRF_FLAGS = "crf_flags_f32";
+    "attention":
+        CSA_POOL_FWD = "csa_pool_fwd_f32", CSA_POOL_BWD = "csa_pool_bwd_f32", CSA_GATE_FWD = "csa_gate_fwd_f32",
+        CSA_GATE_BWD = "csa_gate_bwd_f32", CSA_FINISH = "csa_finish_f32";
     "nd":
         BINARY_ND_FWD = "binary_nd_fwd_f32", COPY_ND_FWD = "copy_nd_fwd_f32", MAP_FWD = "map_fwd_f32",
         MAP_BWD = "map_bwd_f32";
@@ -172,7 +175,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(MODULES.len(), 11, "one module per kernels/*.cu");
+        assert_eq!(MODULES.len(), 12, "one module per kernels/*.cu");
     }
 
     #[test]

@@ -1,0 +1,156 @@
+//! The fused CSA kernels (src/ops/attention, kernels/attention.cu) on cuda:0 at the paper's
+//! bottleneck: 10 pairs, layer4 features (10, 2048, 16, 16) per side, 20 x 2048 x 16 x 16 in all.
+//! - each kernel wrapper alone, with the bytes it must move and the GB/s it reaches, as a
+//!   fraction of the H200's ~4.3 TB/s copy rate (the ceiling of these memory-bound kernels);
+//! - CoAttention (SE + MSA) fused against composed (`set_fused(false)`), forward and
+//!   forward + backward, side by side.
+//!
+//! Every timed call ends with a stream synchronise, so the time covers the queued GPU work.
+//! Skips without a GPU. Run: `cargo bench --bench csa_gpu`.
+
+use coseg::Device;
+use coseg::autograd::{ParamStore, no_grad};
+use coseg::backend::cuda::CudaDevice;
+use coseg::nn::attention::{AttentionSpec, ChannelAttention, CoAttention, SpatialAttention};
+use coseg::ops::attention::cuda as csa;
+use coseg::tensor::Tensor;
+use criterion::{Criterion, criterion_group, criterion_main};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+#[path = "support/gpu.rs"]
+mod gpu;
+
+const GPU: Device = Device::Cuda(0);
+/// Both images of 10 pairs at the paper's 128x128 crops, output stride 8.
+const SHAPE: [usize; 4] = [20, 2048, 16, 16];
+const COPY_RATE_GBS: f64 = 4300.0;
+
+/// Times `f` (which queues GPU work) over `iters` calls after a warm-up, then prints the bytes it
+/// must move and the rate that makes.
+fn report(dev: &CudaDevice, what: &str, bytes: usize, iters: usize, mut f: impl FnMut()) {
+    for _ in 0..3 {
+        f();
+    }
+    dev.synchronize().unwrap();
+    let t = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    dev.synchronize().unwrap();
+    let s = t.elapsed().as_secs_f64() / iters as f64;
+    let gbs = bytes as f64 / s / 1e9;
+    eprintln!(
+        "{what}: {:.1} us, {:.1} MB moved at least, {gbs:.0} GB/s ({:.0}% of the {COPY_RATE_GBS:.0} GB/s copy rate)",
+        s * 1e6,
+        bytes as f64 / 1e6,
+        100.0 * gbs / COPY_RATE_GBS
+    );
+}
+
+fn kernels(c: &mut Criterion, dev: &CudaDevice) {
+    let [n, ch, h, w] = SHAPE;
+    let (len, hw) = (n * ch * h * w, h * w);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let host = |rng: &mut ChaCha8Rng, k: usize| Tensor::randn([k], 0.0, 1.0, Device::Cpu, rng).unwrap().to_vec().unwrap();
+    let f = dev.htod(&host(&mut rng, len)).unwrap();
+    let dy = dev.htod(&host(&mut rng, len)).unwrap();
+    let gate_c = dev.htod(&host(&mut rng, n * ch)).unwrap();
+    let gate_s = dev.htod(&host(&mut rng, n * hw)).unwrap();
+    let packed = dev.htod(&host(&mut rng, n * (ch + hw))).unwrap();
+    let (mut y, mut df) = (dev.alloc(len).unwrap(), dev.alloc(len).unwrap());
+    let (mut pooled, mut dc, mut ds) = (dev.alloc(n * (ch + hw)).unwrap(), dev.alloc(n * ch).unwrap(), dev.alloc(n * hw).unwrap());
+    let (big, small) = (4 * len, 4 * n * (ch + hw));
+
+    // What each must move: f's reads and writes, and the small vectors once.
+    report(dev, "csa_pool_fwd", big + small, 50, || csa::csa_pool_fwd(dev, &f, SHAPE, &mut pooled).unwrap());
+    report(dev, "csa_pool_bwd", big + small, 50, || csa::csa_pool_bwd(dev, &packed, SHAPE, &mut df).unwrap());
+    report(dev, "csa_gate_fwd", 2 * big + small, 50, || csa::csa_gate_fwd(dev, &f, &gate_c, &gate_s, SHAPE, &mut y).unwrap());
+    report(dev, "csa_gate_bwd", 3 * big + 2 * small, 50, || {
+        csa::csa_gate_bwd(dev, &dy, &f, &gate_c, &gate_s, SHAPE, &mut df, &mut dc, &mut ds).unwrap()
+    });
+
+    let mut g = c.benchmark_group("csa_kernels_20x2048x16x16");
+    g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    g.bench_function("pool_fwd", |b| {
+        b.iter(|| {
+            csa::csa_pool_fwd(dev, &f, SHAPE, &mut pooled).unwrap();
+            dev.synchronize().unwrap()
+        })
+    });
+    g.bench_function("gate_fwd", |b| {
+        b.iter(|| {
+            csa::csa_gate_fwd(dev, &f, &gate_c, &gate_s, SHAPE, &mut y).unwrap();
+            dev.synchronize().unwrap()
+        })
+    });
+    g.bench_function("gate_bwd", |b| {
+        b.iter(|| {
+            csa::csa_gate_bwd(dev, &dy, &f, &gate_c, &gate_s, SHAPE, &mut df, &mut dc, &mut ds).unwrap();
+            dev.synchronize().unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn module(c: &mut Criterion, dev: &CudaDevice) {
+    let [n, ch, h, w] = SHAPE;
+    let pair = [n / 2, ch, h, w];
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let fa = Tensor::randn(pair, 0.0, 1.0, GPU, &mut rng).unwrap().into_var();
+    let fb = Tensor::randn(pair, 0.0, 1.0, GPU, &mut rng).unwrap().into_var();
+    let spec = AttentionSpec { channels: ch, width: 1.0, output_stride: 8, channel: ChannelAttention::Se, spatial: SpatialAttention::Msa, danet: false };
+    let mut params = ParamStore::new(GPU, 3);
+    let mut att = CoAttention::new(&mut params, "att", spec).unwrap();
+    // The fused path's floor, in units of the features' size |f| (both images): forward = the
+    // pool's read + the gate's read and write; backward adds the gate's two reads and a write, the
+    // pool's write, and the autograd's sum of f's two gradients (two reads, a write).
+    let f_bytes = 4 * n * ch * h * w;
+    let mut g = c.benchmark_group("csa_module_se_msa_10pairs_2048x16x16");
+    g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    for fused in [true, false] {
+        att.set_fused(fused);
+        let label = if fused { "fused" } else { "composed" };
+        let att = &att;
+        let forward = || no_grad(|| att.forward_pair(&fa, &fb, false).unwrap());
+        report(dev, &format!("CSA forward, {label}"), 3 * f_bytes, 20, || {
+            black_box(forward());
+        });
+        let train = || {
+            // Gradients start afresh each step, as in training (no accumulation pass).
+            params.zero_grads();
+            fa.zero_grad();
+            fb.zero_grad();
+            let (ya, yb) = att.forward_pair(&fa, &fb, true).unwrap();
+            ya.sum_all().unwrap().add(&yb.sum_all().unwrap()).unwrap().backward().unwrap();
+        };
+        report(dev, &format!("CSA forward + backward, {label} (plus the loss sum and its gradient, not in the byte count)"), 10 * f_bytes, 10, train);
+        g.bench_function(format!("forward_{label}"), |b| {
+            b.iter(|| {
+                black_box(forward());
+                dev.synchronize().unwrap()
+            })
+        });
+        g.bench_function(format!("forward_backward_{label}"), |b| {
+            b.iter(|| {
+                train();
+                dev.synchronize().unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench(c: &mut Criterion) {
+    let Some(dev) = gpu::device_or_skip("csa_gpu") else {
+        return;
+    };
+    eprintln!("csa_gpu on {}", dev.name());
+    kernels(c, &dev);
+    module(c, &dev);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

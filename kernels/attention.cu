@@ -1,0 +1,191 @@
+// Fused channel-spatial co-attention (CSA, src/nn/attention.rs) on f of shape (N, C, HW):
+//  - csa_pool_fwd_f32: in one read of f, each channel's mean over its pixels (the channel gate's
+//    global average pool) and each pixel's mean over the channels (MSA's input), written packed as
+//    (N, C + HW): row n is the C channel means, then the HW pixel means;
+//  - csa_pool_bwd_f32: df = dgap[n,c] / HW + dmean[n,p] / C, one write;
+//  - csa_gate_fwd_f32: y = f * c[n,ch] * s[n,p], one read of f, one write;
+//  - csa_gate_bwd_f32: from one read of dy and f, df = dy * s * c, and the partial sums of
+//    dc[n,ch] = sum_p dy*f*s and ds[n,p] = sum_ch dy*f*c;
+//  - csa_finish_f32: the second stage of both reductions.
+//
+// The two reductions run in different directions (over pixels and over channels), so a block
+// takes a tile of TILE_C channels x TILE_P pixels of one image, sums it both ways and writes
+// partial sums, which csa_finish_f32 adds in a fixed order. Two stages rather than atomics: the
+// results do not depend on the schedule (a run repeats to the bit), no output needs a zero-fill
+// launch first, and the partials are 1/TILE_P + 1/TILE_C (4%) of f.
+//
+// Products are rounded one at a time (__fmul_rn, no contraction into fma) in the order the CPU
+// and the composed ops use, so the element-wise outputs equal the CPU's to the bit.
+
+#define TILE_C 32
+#define TILE_P 128
+#define CSA_WARPS 8               // blockDim.x = 32 * CSA_WARPS, as the launch sets it
+#define PIX_PER_LANE (TILE_P / 32)
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Each lane holds PIX_PER_LANE per-pixel sums over the channels its warp visited; the block adds
+// the warps' sums and writes the tile's partial sum over its channels for each pixel:
+// part_p[(n * cchunks + chunk) * HW + p].
+__device__ __forceinline__ void store_pixel_partials(const float (&pix)[PIX_PER_LANE], float* __restrict__ part_p,
+                                                     int n, int hw, int p0) {
+    __shared__ float sums[CSA_WARPS][TILE_P];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int j = 0; j < PIX_PER_LANE; ++j) sums[warp][lane + 32 * j] = pix[j];
+    __syncthreads();
+    for (int t = threadIdx.x; t < TILE_P; t += blockDim.x) {
+        int p = p0 + t;
+        if (p < hw) {
+            float s = 0.0f;
+#pragma unroll
+            for (int w = 0; w < CSA_WARPS; ++w) s += sums[w][t];
+            part_p[((long long)n * gridDim.y + blockIdx.y) * hw + p] = s;
+        }
+    }
+}
+
+// Grid (pixel tiles, channel chunks, N). part_c: (N*C, pixel tiles), part_p: (N, chunks, HW).
+extern "C" __global__ void csa_pool_fwd_f32(const float* __restrict__ f, float* __restrict__ part_c,
+                                            float* __restrict__ part_p, int C, int hw) {
+    const int n = blockIdx.z, c0 = blockIdx.y * TILE_C, p0 = blockIdx.x * TILE_P;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float pix[PIX_PER_LANE];
+#pragma unroll
+    for (int j = 0; j < PIX_PER_LANE; ++j) pix[j] = 0.0f;
+#pragma unroll
+    for (int cc = warp; cc < TILE_C; cc += CSA_WARPS) {
+        const int ch = c0 + cc;
+        if (ch < C) {  // uniform across the warp
+            const float* row = f + ((long long)n * C + ch) * hw;
+            float acc = 0.0f;
+#pragma unroll
+            for (int j = 0; j < PIX_PER_LANE; ++j) {
+                int p = p0 + lane + 32 * j;
+                float v = p < hw ? row[p] : 0.0f;
+                acc += v;
+                pix[j] += v;
+            }
+            acc = warp_sum(acc);
+            if (lane == 0) part_c[((long long)n * C + ch) * gridDim.x + blockIdx.x] = acc;
+        }
+    }
+    store_pixel_partials(pix, part_p, n, hw, p0);
+}
+
+// Grid (pixel tiles, channel chunks, N); dx = (dy * s) * c, as the composed backward rounds it.
+extern "C" __global__ void csa_gate_bwd_f32(const float* __restrict__ dy, const float* __restrict__ f,
+                                            const float* __restrict__ c, const float* __restrict__ s,
+                                            float* __restrict__ dx, float* __restrict__ part_c,
+                                            float* __restrict__ part_p, int C, int hw) {
+    const int n = blockIdx.z, c0 = blockIdx.y * TILE_C, p0 = blockIdx.x * TILE_P;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float pix[PIX_PER_LANE], sp[PIX_PER_LANE];
+#pragma unroll
+    for (int j = 0; j < PIX_PER_LANE; ++j) {
+        int p = p0 + lane + 32 * j;
+        pix[j] = 0.0f;
+        sp[j] = p < hw ? s[(long long)n * hw + p] : 0.0f;
+    }
+#pragma unroll
+    for (int cc = warp; cc < TILE_C; cc += CSA_WARPS) {
+        const int ch = c0 + cc;
+        if (ch < C) {
+            const long long base = ((long long)n * C + ch) * hw;
+            const float cv = c[(long long)n * C + ch];
+            float acc = 0.0f;
+#pragma unroll
+            for (int j = 0; j < PIX_PER_LANE; ++j) {
+                int p = p0 + lane + 32 * j;
+                if (p < hw) {
+                    float g = dy[base + p], x = f[base + p];
+                    float gs = __fmul_rn(g, sp[j]);
+                    dx[base + p] = __fmul_rn(gs, cv);
+                    acc += __fmul_rn(gs, x);
+                    pix[j] += __fmul_rn(g, __fmul_rn(x, cv));
+                }
+            }
+            acc = warp_sum(acc);
+            if (lane == 0) part_c[((long long)n * C + ch) * gridDim.x + blockIdx.x] = acc;
+        }
+    }
+    store_pixel_partials(pix, part_p, n, hw, p0);
+}
+
+// out_c[n * c_stride + c_off + ch] = scale_c * sum over tiles t of part_c[(n*C + ch) * ptiles + t],
+// out_p[n * p_stride + p_off + p] = scale_p * sum over chunks k of part_p[(n*chunks + k) * HW + p],
+// each summed in tile order. One thread per output. out_c and out_p may be one buffer (the pool's
+// packed output), hence not __restrict__.
+extern "C" __global__ void csa_finish_f32(const float* __restrict__ part_c, const float* __restrict__ part_p,
+                                          float* out_c, float* out_p, int N, int C,
+                                          int hw, int ptiles, int chunks, int c_off, int c_stride, int p_off,
+                                          int p_stride, float scale_c, float scale_p) {
+    const int nc = N * C, total = nc + N * hw;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+        if (i < nc) {
+            const float* src = part_c + (long long)i * ptiles;
+            float acc = 0.0f;
+            for (int t = 0; t < ptiles; ++t) acc += src[t];
+            out_c[(long long)(i / C) * c_stride + c_off + i % C] = __fmul_rn(acc, scale_c);
+        } else {
+            const int j = i - nc, n = j / hw, p = j % hw;
+            const float* src = part_p + (long long)n * chunks * hw + p;
+            float acc = 0.0f;
+            for (int k = 0; k < chunks; ++k) acc += src[(long long)k * hw];
+            out_p[(long long)n * p_stride + p_off + p] = __fmul_rn(acc, scale_p);
+        }
+    }
+}
+
+// The two element-wise kernels take 4 elements per step when HW is a multiple of 4 (a group
+// never straddles two rows, and 16-byte loads stay aligned): one index computation per group,
+// whose integer divisions would otherwise cost more than the memory traffic of a float.
+
+// g: the packed (N, C + HW) gradient of csa_pool_fwd's output; dx[n,ch,p] = dgap/HW + dmean/C.
+extern "C" __global__ void csa_pool_bwd_f32(const float* __restrict__ g, float* __restrict__ dx, int N, int C,
+                                            int hw, float inv_hw, float inv_c) {
+    const int total = N * C * hw, row = C + hw, step = blockDim.x * gridDim.x;
+    if ((hw & 3) == 0) {
+        float4* dx4 = reinterpret_cast<float4*>(dx);
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (total >> 2); i += step) {
+            const int e = i << 2, p = e % hw, nc = e / hw, n = nc / C, ch = nc % C;
+            const float* gn = g + (long long)n * row;
+            const float dg = __fmul_rn(gn[ch], inv_hw);
+            const float* dm = gn + C + p;  // not 16-byte aligned when C is odd: four loads
+            dx4[i] = make_float4(__fadd_rn(dg, __fmul_rn(dm[0], inv_c)), __fadd_rn(dg, __fmul_rn(dm[1], inv_c)),
+                                 __fadd_rn(dg, __fmul_rn(dm[2], inv_c)), __fadd_rn(dg, __fmul_rn(dm[3], inv_c)));
+        }
+        return;
+    }
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
+        const int p = i % hw, nc = i / hw, n = nc / C, ch = nc % C;
+        const float* gn = g + (long long)n * row;
+        dx[i] = __fadd_rn(__fmul_rn(gn[ch], inv_hw), __fmul_rn(gn[C + p], inv_c));
+    }
+}
+
+// y = (f * c[n,ch]) * s[n,p], rounded as the composed f.mul(c).mul(s).
+extern "C" __global__ void csa_gate_fwd_f32(const float* __restrict__ f, const float* __restrict__ c,
+                                            const float* __restrict__ s, float* __restrict__ y, int N, int C,
+                                            int hw) {
+    const int total = N * C * hw, step = blockDim.x * gridDim.x;
+    if ((hw & 3) == 0) {
+        const float4* f4 = reinterpret_cast<const float4*>(f);
+        float4* y4 = reinterpret_cast<float4*>(y);
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (total >> 2); i += step) {
+            const int e = i << 2, p = e % hw, nc = e / hw, n = nc / C;
+            const float cv = c[nc];
+            const float4 x = f4[i], sv = *reinterpret_cast<const float4*>(s + (long long)n * hw + p);
+            y4[i] = make_float4(__fmul_rn(__fmul_rn(x.x, cv), sv.x), __fmul_rn(__fmul_rn(x.y, cv), sv.y),
+                                __fmul_rn(__fmul_rn(x.z, cv), sv.z), __fmul_rn(__fmul_rn(x.w, cv), sv.w));
+        }
+        return;
+    }
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
+        const int p = i % hw, nc = i / hw, n = nc / C;
+        y[i] = __fmul_rn(__fmul_rn(f[i], c[nc]), s[(long long)n * hw + p]);
+    }
+}
