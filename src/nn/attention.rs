@@ -16,8 +16,10 @@
 //!
 //! The feature-sized work runs on fused ops (`Tensor::csa_pool`: the channel gate's pool and
 //! MSA's mean over channels in one pass; `Tensor::csa_gate`: `f ⊙ c ⊙ s` in one pass); the small
-//! (N, C) gate math stays composed. [`CoAttention::set_fused`] switches back to the composed ops,
-//! which give the same values (the CPU forward to the bit).
+//! (N, C) gate math stays composed. They run by default on CUDA; the CPU keeps the composed ops,
+//! the reference (the fused CPU backward sums in another order, so the CPU's training curves
+//! would move in their last digits). [`CoAttention::set_fused`] chooses either on any device; both
+//! give the same values (the CPU forward to the bit).
 //!
 //! - Channel attention SE (Hu et al.): GAP -> FC C->C/16 -> ReLU -> FC C/16->C -> sigmoid.
 //! - Channel attention ECA (Wang et al.): GAP -> 1-D conv across channels, kernel
@@ -147,15 +149,19 @@ struct Csa {
     spatial: Option<SpatialGate>,
     /// Whether the fused kernels ([`Tensor::csa_pool`], [`Tensor::csa_gate`]) run the
     /// feature-sized work; false composes it from generic ops (the reference they are tested
-    /// and benchmarked against).
-    fused: bool,
+    /// and benchmarked against); None: fused on CUDA, composed on the CPU.
+    fused: Option<bool>,
 }
 
 impl Csa {
+    fn fused_on(&self, f: &Tensor) -> bool {
+        self.fused.unwrap_or(matches!(f.device(), crate::device::Device::Cuda(_)))
+    }
+
     /// One image's channel gate (before the pair's product) and spatial map. With MSA, fused: the
     /// pool the channel gate needs and MSA's mean over channels come from one pass over `f`.
     fn gates(&self, f: &Tensor, train: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        if self.fused && matches!(self.spatial, Some(SpatialGate::Msa)) {
+        if self.fused_on(f) && matches!(self.spatial, Some(SpatialGate::Msa)) {
             let (gap, mean) = f.csa_pool()?;
             let c = self.channel.as_ref().map(|g| g.on_pool(&gap)).transpose()?;
             return Ok((c, Some(mean.sigmoid()?)));
@@ -167,7 +173,7 @@ impl Csa {
 
     /// `f ⊙ c ⊙ s` with the gates present; fused, one pass over `f` when both are.
     fn apply(&self, f: &Tensor, c: Option<&Tensor>, s: Option<&Tensor>) -> Result<Tensor> {
-        if let (true, Some(c), Some(s)) = (self.fused, c, s) {
+        if let (true, Some(c), Some(s)) = (self.fused_on(f), c, s) {
             return f.csa_gate(c, s);
         }
         let mut y = f.clone();
@@ -313,7 +319,7 @@ impl CoAttention {
             SpatialAttention::Msa => Some(SpatialGate::Msa),
             SpatialAttention::Aspp => Some(SpatialGate::Aspp(Box::new(Aspp::new(params, &join(prefix, "aspp"), c, spec.width, spec.output_stride)?))),
         };
-        Ok(CoAttention { kind: Kind::Csa(Csa { channel, spatial, fused: true }), out_channels: c })
+        Ok(CoAttention { kind: Kind::Csa(Csa { channel, spatial, fused: None }), out_channels: c })
     }
 
     /// Channels of the attended features.
@@ -321,12 +327,13 @@ impl CoAttention {
         self.out_channels
     }
 
-    /// CSA's feature-sized work on the fused kernels (the default, `true`) or composed from
-    /// generic ops (`false`: the reference the fused ops are tested and benchmarked against; the
-    /// same values, the CPU forward to the bit). DANet ignores it.
+    /// CSA's feature-sized work on the fused kernels (`true`) or composed from generic ops
+    /// (`false`: the reference the fused ops are tested and benchmarked against; the same
+    /// values, the CPU forward to the bit), on any device. Unset, the fused kernels run on CUDA
+    /// and the composed ops on the CPU. DANet ignores it.
     pub fn set_fused(&mut self, fused: bool) {
         if let Kind::Csa(csa) = &mut self.kind {
-            csa.fused = fused;
+            csa.fused = Some(fused);
         }
     }
 
