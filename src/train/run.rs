@@ -530,8 +530,14 @@ impl<'a> Session<'a> {
     }
 }
 
+/// Whether every value of `t` is finite. On a GPU the values are summed there and one number comes
+/// back instead of the tensor (a NaN or an infinity anywhere makes the sum non-finite; so would
+/// finite logits beyond about 1e33, which only a diverged run has).
 fn all_finite(t: &Tensor) -> Result<bool> {
-    Ok(t.to_vec()?.iter().all(|v| v.is_finite()))
+    match t.device() {
+        Device::Cpu => Ok(t.storage().as_cpu("all_finite")?.iter().all(|v| v.is_finite())),
+        Device::Cuda(_) => Ok(t.detach().sum_all()?.to_scalar()?.is_finite()),
+    }
 }
 
 /// The output policy for a run's out folder (see `crate::output`): never an input of the run,
