@@ -3,6 +3,7 @@
 //! one-launch SGD step (momentum 0.99, weight decay 5e-4); plus the DRN-101 forward per image.
 //! Each iteration ends by reading the loss back, so the time covers the queued GPU work. Both run
 //! at each convolution precision (fp32, tf32, bf16), from the same weights and data.
+//! The step's peak device memory (coseg's live tensors) is printed per precision.
 //! Skips without a GPU. Run: `cargo bench --bench step_gpu`.
 
 use coseg::Device;
@@ -58,6 +59,7 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     for p in Precision::ALL {
         dev.set_precision(p);
+        dev.reset_peak_memory();
         g.bench_function(format!("drn_mg101_csa_d2_10pairs_128x128_{p}"), |bench| {
             bench.iter(|| {
                 params.zero_grads();
@@ -68,6 +70,8 @@ fn bench(c: &mut Criterion) {
                 black_box(loss.to_scalar().unwrap())
             })
         });
+        let peak = dev.memory_stats().peak_in_use_bytes as f64 / (1 << 20) as f64;
+        eprintln!("step {p}: peak device memory in live tensors {peak:.0} MiB");
     }
     g.finish();
 }

@@ -60,6 +60,16 @@ fn gpu_copies_round_trip_and_the_allocator_reuses_blocks() {
     assert_eq!(after.device_allocations, before.device_allocations, "{before:?} -> {after:?}");
     assert!(after.reuses >= before.reuses + 10);
     assert!(after.peak_in_use_bytes >= 2 * 10_007 * 4);
+    // The peaks start again from what is held now: one buffer, then a second one on top.
+    let held = dev.htod(&host).unwrap();
+    dev.reset_peak_memory();
+    let reset = dev.memory_stats();
+    assert_eq!(reset.peak_in_use_bytes, reset.in_use_bytes, "{reset:?}");
+    assert!(reset.in_use_bytes < after.peak_in_use_bytes, "{reset:?} after {after:?}");
+    let more = dev.dtod(&held).unwrap();
+    let now = dev.memory_stats();
+    assert!(now.in_use_bytes > reset.in_use_bytes && now.peak_in_use_bytes == now.in_use_bytes, "{reset:?} -> {now:?}");
+    drop((held, more));
 }
 
 test_gpu!(gpu_bad_launch_arguments_are_refused_with_the_op_and_shapes, |dev| {

@@ -35,6 +35,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         o.checkpoint.params.display(),
         o.out.join("log.jsonl").display()
     );
+    if let Some(bytes) = o.peak_device_bytes {
+        println!("peak device memory in live tensors: {:.0} MiB", bytes as f64 / (1 << 20) as f64);
+    }
     if let Some(v) = &o.val_pseudo {
         print!("{}", v.table("val vs pseudo-masks (crop space)"));
     }

@@ -59,6 +59,9 @@ pub struct TrainOutcome {
     pub val_true: Option<MetricsSummary>,
     /// Checkpoints auto-resume passed over (truncated or damaged), each with why.
     pub unusable_checkpoints: Vec<(PathBuf, String)>,
+    /// On a GPU: the most device memory coseg's live tensors held during training (the
+    /// allocator's count, from the first step on; the driver's own and the cache excluded).
+    pub peak_device_bytes: Option<usize>,
 }
 
 /// Losses of the iterations a spike is measured against.
@@ -218,6 +221,13 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
     let t = &cfg.train;
     let (mut s, mut outcome) = Session::open(cfg, config_toml, resume, data)?;
     let iters = outcome.started_at..t.iterations;
+    let gpu = match s.device {
+        Device::Cuda(n) => Some(crate::backend::cuda::CudaDevice::get(n)?),
+        Device::Cpu => None,
+    };
+    if let Some(dev) = &gpu {
+        dev.reset_peak_memory();
+    }
     std::thread::scope(|scope| -> Result<()> {
         let batches = prefetch(scope, cfg, &data.train, iters.clone());
         for iter in iters {
@@ -243,6 +253,7 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
     if let Some(p) = s.last_ckpt {
         outcome.checkpoint = p;
     }
+    outcome.peak_device_bytes = gpu.map(|dev| dev.memory_stats().peak_in_use_bytes);
     outcome.mean_step_ms = if s.steps > 0 { s.step_ms_total / s.steps as f64 } else { f64::NAN };
     Ok(outcome)
 }
@@ -419,6 +430,7 @@ impl<'a> Session<'a> {
             val_pseudo: None,
             val_true: None,
             unusable_checkpoints: from.unusable,
+            peak_device_bytes: None,
         };
         let started = Instant::now();
         let bar = crate::progress::bar((t.iterations - start.min(t.iterations)) as u64, "train");

@@ -71,6 +71,13 @@ impl Pool {
         self.lock().stats
     }
 
+    /// Starts the peaks again from what is held now (to measure one stage, e.g. a training step).
+    pub(crate) fn reset_peaks(&self) {
+        let st = &mut self.lock().stats;
+        st.peak_in_use_bytes = st.in_use_bytes;
+        st.peak_reserved_bytes = st.in_use_bytes + st.cached_bytes;
+    }
+
     /// Hands every cached block back to the driver; returns the bytes released.
     pub(crate) fn release_cached(&self) -> usize {
         let mut st = self.lock();

@@ -187,6 +187,11 @@ impl CudaDevice {
         self.pool.stats()
     }
 
+    /// Starts the allocator's peak counters again from what is held now.
+    pub fn reset_peak_memory(&self) {
+        self.pool.reset_peaks()
+    }
+
     /// Returns the allocator's cached blocks to the driver; the bytes released.
     pub fn release_cached(&self) -> usize {
         self.pool.release_cached()
