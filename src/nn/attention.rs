@@ -217,7 +217,7 @@ impl DaNet {
     }
 
     fn position(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, c, h, w) = dims4(x);
+        let [n, c, h, w] = x.shape().nchw();
         let q = self.query.forward(x)?.flatten_from(2)?.transpose(1, 2)?; // (N, HW, c')
         let k = self.key.forward(x)?.flatten_from(2)?; // (N, c', HW)
         let attn = q.bmm(&k)?.softmax(-1)?; // (N, HW, HW): row i = weights over positions j
@@ -233,7 +233,7 @@ impl DaNet {
     }
 
     fn channel(&self, x: &Tensor, energy: &Tensor) -> Result<Tensor> {
-        let (n, c, h, w) = dims4(x);
+        let [n, c, h, w] = x.shape().nchw();
         let attn = energy.neg()?.softmax(-1)?;
         let out = attn.bmm(&x.flatten_from(2)?)?.reshape([n, c, h, w])?;
         out.mul(&self.gamma_c)?.add(x)
@@ -258,11 +258,6 @@ impl DaNet {
         };
         Ok((ya, yb))
     }
-}
-
-fn dims4(x: &Tensor) -> (usize, usize, usize, usize) {
-    let d = x.dims();
-    (d[0], d[1], d[2], d[3])
 }
 
 enum Kind {

@@ -16,6 +16,11 @@ impl Shape {
     pub fn rank(&self) -> usize {
         self.0.len()
     }
+    /// (N, C, H, W) of a shape an op has already checked to be rank 4.
+    pub fn nchw(&self) -> [usize; 4] {
+        let d = &self.0;
+        [d[0], d[1], d[2], d[3]]
+    }
     /// Number of elements; 1 for a scalar (rank 0).
     pub fn numel(&self) -> usize {
         self.0.iter().product()

@@ -9,14 +9,15 @@ use crate::ops::{Cpu, for_each_par_if_large};
 use crate::tensor::{Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-fn dims4(s: &Shape) -> (usize, usize, usize) {
-    let d = s.dims();
-    (d[0], d[1], d[2] * d[3])
+/// (N, C, H*W): the kernels see each image as C rows of H*W pixels.
+fn rows(s: &Shape) -> (usize, usize, usize) {
+    let [n, c, h, w] = s.nchw();
+    (n, c, h * w)
 }
 
 impl CsaKernels for Cpu {
     fn csa_pool_fwd(&self, f: &Tensor) -> Result<Storage> {
-        let (n, c, hw) = dims4(f.shape());
+        let (n, c, hw) = rows(f.shape());
         let sf = f.storage();
         let fv = sf.as_cpu(POOL)?;
         // `mean` scales by 1/count through affine (`v * mul + add`): the same rounding here.
@@ -42,7 +43,7 @@ impl CsaKernels for Cpu {
     }
 
     fn csa_pool_bwd(&self, g: &Tensor, f_shape: &Shape) -> Result<Tensor> {
-        let (n, c, hw) = dims4(f_shape);
+        let (n, c, hw) = rows(f_shape);
         let sg = g.storage();
         let gv = sg.as_cpu(POOL)?;
         let (inv_hw, inv_c) = (1.0 / hw as f32, 1.0 / c as f32);
@@ -60,7 +61,7 @@ impl CsaKernels for Cpu {
     }
 
     fn csa_gate_fwd(&self, f: &Tensor, c: &Tensor, s: &Tensor) -> Result<Storage> {
-        let (_, ch, hw) = dims4(f.shape());
+        let (_, ch, hw) = rows(f.shape());
         let (sf, sc, ss) = (f.storage(), c.storage(), s.storage());
         let (fv, cv, sv) = (sf.as_cpu(GATE)?, sc.as_cpu(GATE)?, ss.as_cpu(GATE)?);
         let mut y = vec![0f32; fv.len()];
@@ -75,7 +76,7 @@ impl CsaKernels for Cpu {
     }
 
     fn csa_gate_bwd(&self, g: &Tensor, f: &Tensor, c: &Tensor, s: &Tensor) -> Result<[Tensor; 3]> {
-        let (n, ch, hw) = dims4(f.shape());
+        let (n, ch, hw) = rows(f.shape());
         let (sg, sf, sc, ss) = (g.storage(), f.storage(), c.storage(), s.storage());
         let (gv, fv, cv, sv) = (sg.as_cpu(GATE)?, sf.as_cpu(GATE)?, sc.as_cpu(GATE)?, ss.as_cpu(GATE)?);
         let (mut df, mut dc, mut ds) = (vec![0f32; fv.len()], vec![0f32; n * ch], vec![0f32; n * hw]);

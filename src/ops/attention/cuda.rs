@@ -17,11 +17,6 @@ const TILE_P: usize = 128;
 // The kernels' CSA_WARPS: one warp per 32 threads of a block.
 const _: () = assert!(THREADS == 256);
 
-fn dims4(s: &Shape) -> [usize; 4] {
-    let d = s.dims();
-    [d[0], d[1], d[2], d[3]]
-}
-
 /// The tiled kernels' grid over (pixel tiles, channel chunks, N), its partial-sum buffers (one
 /// per channel and pixel tile, one per pixel and channel chunk) and their int arguments.
 struct Tiles {
@@ -190,7 +185,7 @@ pub fn csa_gate_bwd(
 impl CsaKernels for Cuda {
     fn csa_pool_fwd(&self, f: &Tensor) -> Result<Storage> {
         let dev = device(POOL, f)?;
-        let shape = dims4(f.shape());
+        let shape = f.shape().nchw();
         let mut out = dev.alloc(shape[0] * (shape[1] + shape[2] * shape[3]))?;
         let sf = f.storage();
         csa_pool_fwd(&dev, sf.as_cuda(POOL)?, shape, &mut out)?;
@@ -201,7 +196,7 @@ impl CsaKernels for Cuda {
         let dev = device(POOL, g)?;
         let mut df = dev.alloc(f_shape.numel())?;
         let sg = g.storage();
-        csa_pool_bwd(&dev, sg.as_cuda(POOL)?, dims4(f_shape), &mut df)?;
+        csa_pool_bwd(&dev, sg.as_cuda(POOL)?, f_shape.nchw(), &mut df)?;
         tensor(df, f_shape.clone())
     }
 
@@ -209,7 +204,7 @@ impl CsaKernels for Cuda {
         let dev = device(GATE, f)?;
         let mut y = dev.alloc(f.numel())?;
         let (sf, sc, ss) = (f.storage(), c.storage(), s.storage());
-        csa_gate_fwd(&dev, sf.as_cuda(GATE)?, sc.as_cuda(GATE)?, ss.as_cuda(GATE)?, dims4(f.shape()), &mut y)?;
+        csa_gate_fwd(&dev, sf.as_cuda(GATE)?, sc.as_cuda(GATE)?, ss.as_cuda(GATE)?, f.shape().nchw(), &mut y)?;
         Ok(Storage::Cuda(y))
     }
 
@@ -218,7 +213,7 @@ impl CsaKernels for Cuda {
         let (mut df, mut dc, mut ds) = (dev.alloc(f.numel())?, dev.alloc(c.numel())?, dev.alloc(s.numel())?);
         let (sg, sf, sc, ss) = (g.storage(), f.storage(), c.storage(), s.storage());
         let bufs = (sg.as_cuda(GATE)?, sf.as_cuda(GATE)?, sc.as_cuda(GATE)?, ss.as_cuda(GATE)?);
-        csa_gate_bwd(&dev, bufs.0, bufs.1, bufs.2, bufs.3, dims4(f.shape()), &mut df, &mut dc, &mut ds)?;
+        csa_gate_bwd(&dev, bufs.0, bufs.1, bufs.2, bufs.3, f.shape().nchw(), &mut df, &mut dc, &mut ds)?;
         Ok([tensor(df, f.shape().clone())?, tensor(dc, c.shape().clone())?, tensor(ds, s.shape().clone())?])
     }
 }

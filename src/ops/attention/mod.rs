@@ -45,8 +45,7 @@ fn kernels(device: Device) -> &'static dyn CsaKernels {
 fn dims4(op: &'static str, f: &Tensor) -> Result<[usize; 4]> {
     f.shape().expect_rank(op, 4, "(N,C,H,W)")?;
     non_empty(op, f)?;
-    let d = f.dims();
-    Ok([d[0], d[1], d[2], d[3]])
+    Ok(f.shape().nchw())
 }
 
 impl Tensor {

@@ -12,15 +12,10 @@ use crate::ops::Cuda;
 use crate::ops::cuda_common::{device, tensor};
 use crate::tensor::{Shape, Storage, Tensor};
 
-fn dims4(s: &Shape) -> [usize; 4] {
-    let d = s.dims();
-    [d[0], d[1], d[2], d[3]]
-}
-
 impl PoolKernels for Cuda {
     fn max_pool_fwd(&self, x: &Tensor, win: Window) -> Result<(Storage, Winners)> {
         let dev = device(OP, x)?;
-        let d = dims4(x.shape());
+        let d = x.shape().nchw();
         let (oh, ow) = pool_out(OP, d[2], d[3], win.kernel, win.stride, win.padding)?;
         let len = d[0] * d[1] * oh * ow;
         let (mut y, mut idx) = (dev.alloc(len)?, TypedBuffer::alloc(&dev, len)?);
@@ -36,7 +31,7 @@ impl PoolKernels for Cuda {
         let dev = device(OP, dy)?;
         let sg = dy.storage();
         let mut dx = dev.alloc(in_shape.numel())?;
-        maxpool_bwd(&dev, sg.as_cuda(OP)?, idx, dims4(in_shape), win.kernel, win.stride, win.padding, &mut dx)?;
+        maxpool_bwd(&dev, sg.as_cuda(OP)?, idx, in_shape.nchw(), win.kernel, win.stride, win.padding, &mut dx)?;
         tensor(dx, in_shape.clone())
     }
 }

@@ -11,15 +11,10 @@ use crate::ops::Cuda;
 use crate::ops::cuda_common::{device, tensor};
 use crate::tensor::{Shape, Storage, Tensor};
 
-fn dims4(s: &Shape) -> [usize; 4] {
-    let d = s.dims();
-    [d[0], d[1], d[2], d[3]]
-}
-
 impl ResizeKernels for Cuda {
     fn resize_fwd(&self, x: &Tensor, out_h: usize, out_w: usize) -> Result<Storage> {
         let dev = device(OP, x)?;
-        let d = dims4(x.shape());
+        let d = x.shape().nchw();
         let mut y = dev.alloc(d[0] * d[1] * out_h * out_w)?;
         let sx = x.storage();
         resize_fwd(&dev, sx.as_cuda(OP)?, d, out_h, out_w, &mut y)?;
@@ -31,7 +26,7 @@ impl ResizeKernels for Cuda {
         let (oh, ow) = (dy.dims()[2], dy.dims()[3]);
         let mut dx = dev.alloc(in_shape.numel())?;
         let sg = dy.storage();
-        resize_bwd(&dev, sg.as_cuda(OP)?, dims4(in_shape), oh, ow, &mut dx)?;
+        resize_bwd(&dev, sg.as_cuda(OP)?, in_shape.nchw(), oh, ow, &mut dx)?;
         tensor(dx, in_shape.clone())
     }
 }
