@@ -39,7 +39,7 @@ pub enum Error {
     /// A tensor on a device that this code path cannot use (host-only code given GPU data, or
     /// a GPU wrapper given host data).
     #[error("{op}: needs {needs}, but the tensor is on {found}; move it with to_device")]
-    WrongDevice { op: String, needs: &'static str, found: Device },
+    WrongDevice { op: &'static str, needs: &'static str, found: Device },
 
     /// A configuration file or value is wrong (unknown key, wrong type, ...).
     #[error("config: {0}")]

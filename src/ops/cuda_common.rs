@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub(crate) fn device(op: &'static str, t: &Tensor) -> Result<Arc<CudaDevice>> {
     match t.device() {
         Device::Cuda(n) => CudaDevice::get(n),
-        found @ Device::Cpu => Err(Error::WrongDevice { op: op.into(), needs: "a CUDA device", found }),
+        Device::Cpu => Err(crate::tensor::needs_cuda(op)),
     }
 }
 

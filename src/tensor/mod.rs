@@ -24,6 +24,7 @@ mod storage;
 
 pub use shape::Shape;
 pub use storage::Storage;
+pub(crate) use storage::needs_cuda;
 
 use crate::autograd::{self, Node};
 use crate::device::Device;

@@ -74,13 +74,13 @@ impl Storage {
 
 /// The error of host-only code (a CPU kernel, `Tensor::update`) given data on a CUDA device.
 /// Every op routes CUDA tensors to the GPU kernels, so this names a caller that needs the host.
-fn needs_host(op: &str, ordinal: usize) -> Error {
-    Error::WrongDevice { op: op.into(), needs: "the data on the host (cpu)", found: Device::Cuda(ordinal) }
+fn needs_host(op: &'static str, ordinal: usize) -> Error {
+    Error::WrongDevice { op, needs: "the data on the host (cpu)", found: Device::Cuda(ordinal) }
 }
 
 /// The error of a GPU wrapper given data on the host.
-fn needs_cuda(op: &str) -> Error {
-    Error::WrongDevice { op: op.into(), needs: "a CUDA device", found: Device::Cpu }
+pub(crate) fn needs_cuda(op: &'static str) -> Error {
+    Error::WrongDevice { op, needs: "a CUDA device", found: Device::Cpu }
 }
 
 #[cfg(test)]

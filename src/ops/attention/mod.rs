@@ -94,7 +94,7 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::testing::seeded_randn;
+    use crate::ops::testing::{randn, seeded_randn};
 
     // The CPU side against the composed ops on odd sizes: the forward to the bit.
     #[test]
@@ -104,8 +104,8 @@ mod tests {
             let (gap, mean) = f.csa_pool().unwrap();
             assert_eq!(gap.to_vec().unwrap(), f.global_avg_pool().unwrap().to_vec().unwrap(), "{dims:?}");
             assert_eq!(mean.to_vec().unwrap(), f.mean(&[1], true).unwrap().to_vec().unwrap(), "{dims:?}");
-            let c = Tensor::randn([dims[0], dims[1], 1, 1], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
-            let s = Tensor::randn([dims[0], 1, dims[2], dims[3]], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+            let c = randn([dims[0], dims[1], 1, 1], 0.0, 1.0, &mut rng);
+            let s = randn([dims[0], 1, dims[2], dims[3]], 0.0, 1.0, &mut rng);
             let fused = f.csa_gate(&c, &s).unwrap().to_vec().unwrap();
             assert_eq!(fused, f.mul(&c).unwrap().mul(&s).unwrap().to_vec().unwrap(), "{dims:?}");
         }
@@ -114,8 +114,8 @@ mod tests {
     #[test]
     fn bad_shapes_are_refused_with_the_op_and_shapes() {
         let (mut rng, f) = seeded_randn(3, [2, 4, 3, 3], 0.0, 1.0);
-        let c = Tensor::randn([2, 4, 1, 1], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
-        let s = Tensor::randn([2, 1, 3, 2], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        let c = randn([2, 4, 1, 1], 0.0, 1.0, &mut rng);
+        let s = randn([2, 1, 3, 2], 0.0, 1.0, &mut rng);
         let e = f.csa_gate(&c, &s).unwrap_err().to_string();
         assert!(e.starts_with("csa_gate") && e.contains("[2, 1, 3, 2]") && e.contains("[2, 4, 3, 3]"), "{e}");
         assert!(f.csa_gate(&s, &c).is_err());
