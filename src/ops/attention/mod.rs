@@ -42,7 +42,7 @@ fn kernels(device: Device) -> &'static dyn CsaKernels {
 }
 
 /// (N, C, H, W) of a rank-4, non-empty `f`.
-fn dims4(op: &'static str, f: &Tensor) -> Result<[usize; 4]> {
+fn checked_nchw(op: &'static str, f: &Tensor) -> Result<[usize; 4]> {
     f.shape().expect_rank(op, 4, "(N,C,H,W)")?;
     non_empty(op, f)?;
     Ok(f.shape().nchw())
@@ -53,7 +53,7 @@ impl Tensor {
     /// [`Tensor::global_avg_pool`]) and each pixel's mean over the channels (as
     /// `mean(&[1], true)`), from one pass over the features. An error for an empty tensor.
     pub fn csa_pool(&self) -> Result<(Tensor, Tensor)> {
-        let [n, c, h, w] = dims4(POOL, self)?;
+        let [n, c, h, w] = checked_nchw(POOL, self)?;
         let storage = kernels(self.device()).csa_pool_fwd(self)?;
         let f_shape = self.shape().clone();
         let packed = Tensor::from_storage_unary(POOL, storage, Shape::from([n, c + h * w]), self, move |g, _| {
@@ -68,7 +68,7 @@ impl Tensor {
     /// gate `s` (N,1,H,W): the value of `self.mul(c)?.mul(s)` in one pass, and a backward that
     /// reads the gradient and the features once for all three gradients.
     pub fn csa_gate(&self, c: &Tensor, s: &Tensor) -> Result<Tensor> {
-        let [n, ch, h, w] = dims4(GATE, self)?;
+        let [n, ch, h, w] = checked_nchw(GATE, self)?;
         if c.dims() != [n, ch, 1, 1] || s.dims() != [n, 1, h, w] {
             return Err(Error::shape(
                 GATE,
