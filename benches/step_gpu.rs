@@ -3,6 +3,13 @@
 //! one-launch SGD step (momentum 0.99, weight decay 5e-4); plus the DRN-101 forward per image.
 //! Each iteration ends by reading the loss back, so the time covers the queued GPU work. Both run
 //! at each convolution precision (fp32, tf32, bf16), from the same weights and data.
+//!
+//! `gpu_train_step` times the training loop's own step (`coseg::train::step::StepRunner`): the
+//! batch through the feed (page-locked copies on a second stream), the loss watched on the device,
+//! SGD reading its learning rate from device memory, the losses read back once per
+//! [`LOG_EVERY`] steps as `[train] log_every` does; eager and replayed as a CUDA graph, side by
+//! side. It prints the host's waits per step (0: the host never stalled the GPU's queue between
+//! reads) and whether the capture succeeded.
 //! The step's peak device memory (coseg's live tensors) is printed per precision.
 //! Skips without a GPU. Run: `cargo bench --bench step_gpu`.
 
@@ -11,12 +18,19 @@ use coseg::device::Precision;
 use coseg::autograd::{ParamStore, no_grad};
 use coseg::nn::{CosegNet, ModelConfig, ResNet, ResNetSpec};
 use coseg::tensor::Tensor;
+use coseg::train::dataset::HostBatch;
+use coseg::train::monitor::LossWatch;
+use coseg::train::step::StepRunner;
 use coseg::train::{Optimizer, OptimizerParams};
+use rand::Rng;
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Steps between loss reads in `gpu_train_step` (the default `[train] log_every`).
+const LOG_EVERY: usize = 20;
 
 #[path = "support/gpu.rs"]
 mod gpu;
@@ -72,6 +86,49 @@ fn bench(c: &mut Criterion) {
         });
         let peak = dev.memory_stats().peak_in_use_bytes as f64 / (1 << 20) as f64;
         eprintln!("step {p}: peak device memory in live tensors {peak:.0} MiB");
+    }
+    g.finish();
+
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let mut draw = |n: usize| (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>();
+    let (image, plane) = (pairs * 3 * 128 * 128, pairs * 128 * 128);
+    let targets: Vec<f32> = (0..plane).map(|i| ((i / 128 / 32 + i % 128 / 32) % 2) as f32).collect();
+    let batch = HostBatch::from_parts(pairs, 128, [draw(image), draw(image), targets.clone(), targets]).unwrap();
+    let mut g = c.benchmark_group("gpu_train_step");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
+    for p in Precision::ALL {
+        dev.set_precision(p);
+        for graph in [false, true] {
+            let mut store = ParamStore::new(GPU, 3);
+            let model = CosegNet::new(&ModelConfig::default(), &mut store).unwrap();
+            let opt = Optimizer::new(OptimizerParams::paper_sgd()).unwrap();
+            let watch = LossWatch::new(GPU, vec![1e-4; 1 << 20], 0, 0, LOG_EVERY, (0.9, 0.999)).unwrap();
+            let mut runner = StepRunner::new(model, store, opt, watch, pairs, 128, graph).unwrap();
+            let (mut steps, mut waits) = (0u64, 0u64);
+            let name = format!("drn_mg101_csa_d2_10pairs_128x128_{p}_{}", if graph { "graph" } else { "eager" });
+            g.bench_function(name, |bench| {
+                bench.iter_custom(|iters| {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        if runner.watch.full() {
+                            black_box(runner.watch.drain().unwrap());
+                        }
+                        let before = dev.host_waits();
+                        runner.step(batch.clone()).unwrap();
+                        waits += dev.host_waits() - before;
+                        steps += 1;
+                    }
+                    black_box(runner.watch.drain().unwrap());
+                    t.elapsed()
+                })
+            });
+            let how = match (graph, runner.captured(), &runner.graph_failure) {
+                (false, ..) => "eager".to_string(),
+                (true, true, _) => "replayed as a CUDA graph".to_string(),
+                (true, false, why) => format!("graph asked for, not captured: {}", why.as_deref().unwrap_or("(no failure recorded)")),
+            };
+            eprintln!("train step {p} {how}: {:.2} host waits per step over {steps} steps (reads every {LOG_EVERY} steps not counted)", waits as f64 / steps.max(1) as f64);
+        }
     }
     g.finish();
 }

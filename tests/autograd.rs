@@ -56,3 +56,33 @@ test_device!(deep_chain_backward, |device| {
     y.sum_all().unwrap().backward().unwrap();
     assert_eq!(x.grad().unwrap().to_vec().unwrap(), vec![1.0; 8]);
 });
+
+test_device!(kept_gradient_buffers_take_the_next_gradient_in_place, |device| {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let w = Tensor::randn([5, 4], 0.0, 1.0, device, &mut rng).unwrap().into_var();
+    let fresh = Tensor::randn([5, 4], 0.0, 1.0, device, &mut rng).unwrap().into_var();
+    fresh.assign(&w.detach()).unwrap();
+    let mut first = None;
+    for step in 0..3 {
+        let g = Tensor::randn([5, 4], 0.0, 1.0, device, &mut rng).unwrap();
+        w.zero_grad_keeping_buffer();
+        fresh.zero_grad();
+        assert!(w.grad().is_none(), "step {step}: a kept buffer is no gradient");
+        w.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+        fresh.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+        let (kept, want) = (w.grad().unwrap(), fresh.grad().unwrap());
+        assert_eq!(kept.to_vec().unwrap(), want.to_vec().unwrap(), "step {step}");
+        assert_eq!(kept.to_vec().unwrap(), g.to_vec().unwrap(), "step {step}");
+        // The same memory from the first step on: the kept buffer took the gradient.
+        let at = address(&kept);
+        assert_eq!(*first.get_or_insert(at), at, "step {step}: a new buffer");
+    }
+});
+
+/// Where a tensor's values live (host or device address).
+fn address(t: &Tensor) -> u64 {
+    match &*t.storage() {
+        coseg::tensor::Storage::Cpu(v) => v.as_ptr() as u64,
+        coseg::tensor::Storage::Cuda(b) => b.device_address(),
+    }
+}

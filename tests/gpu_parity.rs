@@ -369,9 +369,9 @@ test_gpu!(gpu_optimisers_match_a_cpu_reference_over_steps, |dev| {
                 .map(|((param, grad), (state1, state2))| optim::ParamSlot { param, grad, state1, state2: Some(state2) })
                 .collect();
             if adam {
-                opt.adam_step(&dev, &mut slots, step, lr, b1, b2, eps, wd).unwrap();
+                opt.adam_step(&dev, &mut slots, optim::StepHyper::Host { lr, step }, b1, b2, eps, wd).unwrap();
             } else {
-                opt.sgd_step(&dev, &mut slots, lr, mom, wd).unwrap();
+                opt.sgd_step(&dev, &mut slots, optim::StepHyper::Host { lr, step: 0 }, mom, wd).unwrap();
             }
         }
         for t in 0..sizes.len() {

@@ -35,3 +35,29 @@ test_device!(cross_entropy_refuses_what_it_cannot_score, |device| {
         assert!(e.contains(says), "{case}: {e}");
     }
 });
+
+test_device!(trusted_cross_entropy_scores_as_the_checked_one_and_passes_nan_on, |device| {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let dims = [3, 2, 7, 5];
+    let logits: Vec<f32> = (0..3 * 2 * 7 * 5).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+    let labels: Vec<f32> = (0..3 * 7 * 5).map(|_| rng.random_bool(0.4) as u8 as f32).collect();
+    let target = Tensor::from_vec(labels, [3, 7, 5], device).unwrap();
+    let mask = Tensor::from_vec((0..3 * 7 * 5).map(|_| rng.random_bool(0.7) as u8 as f32).collect(), [3, 7, 5], device).unwrap();
+    for m in [None, Some(&mask)] {
+        let (zc, zt) = (Tensor::from_vec(logits.clone(), dims, device).unwrap().into_var(), Tensor::from_vec(logits.clone(), dims, device).unwrap().into_var());
+        let checked = zc.cross_entropy_2class(&target, m).unwrap();
+        let trusted = zt.cross_entropy_2class_trusted(&target, m).unwrap();
+        assert_eq!(checked.to_scalar().unwrap(), trusted.to_scalar().unwrap(), "mask {}", m.is_some());
+        checked.mul_scalar(3.0).unwrap().backward().unwrap();
+        trusted.mul_scalar(3.0).unwrap().backward().unwrap();
+        assert_eq!(zc.grad().unwrap().to_vec().unwrap(), zt.grad().unwrap().to_vec().unwrap(), "mask {}", m.is_some());
+    }
+    // What the checked one refuses, the trusted one lets through for its caller to see.
+    let mut with_nan = logits.clone();
+    with_nan[11] = f32::NAN;
+    let nan = Tensor::from_vec(with_nan, dims, device).unwrap().cross_entropy_2class_trusted(&target, None).unwrap();
+    assert!(nan.to_scalar().unwrap().is_nan());
+    let z = Tensor::from_vec(logits, dims, device).unwrap();
+    let nothing = z.cross_entropy_2class_trusted(&target, Some(&Tensor::zeros([3, 7, 5], device).unwrap())).unwrap();
+    assert_eq!(nothing.to_scalar().unwrap(), 0.0);
+});

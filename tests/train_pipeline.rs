@@ -117,6 +117,23 @@ fn pipeline_resume_nan_and_misfit() {
     let log = coseg::train::log::read(&dir.join("resumed/log.jsonl")).unwrap();
     let iters: Vec<usize> = log.iter().filter(|e| matches!(e, coseg::train::log::LogEntry::Train { .. })).map(|e| e.iter()).collect();
     assert_eq!(iters, vec![3, 4]);
+    // Losses read back in intervals (every 3 iterations, then at the end) log the same trajectory,
+    // iteration by iteration, as reads at every checkpoint, and end at the same parameters.
+    let spaced = text.replace("\"full\"", "\"spaced\"").replace("checkpoint_every = 2", "checkpoint_every = 4").replace("val_every = 2", "val_every = 4")
+        .replace(&format!("{:?}", dir.join("full").display().to_string()), &format!("{:?}", dir.join("spaced").display().to_string()))
+        .replace("seed = 5", "seed = 5\nlog_every = 3");
+    let spaced_run = train(&TrainConfig::parse(&spaced, "spaced").unwrap(), &spaced, &Resume::Fresh).unwrap();
+    let train_entries = |run: &str| -> Vec<(usize, f64, f64)> {
+        coseg::train::log::read(&dir.join(run).join("log.jsonl")).unwrap().into_iter().filter_map(|e| match e {
+            coseg::train::log::LogEntry::Train { iter, loss, lr, .. } => Some((iter, loss, lr)),
+            _ => None,
+        }).collect()
+    };
+    let (want, got) = (train_entries("full"), train_entries("spaced"));
+    assert_eq!(got.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(want, got, "the interval reads changed the logged trajectory");
+    assert_eq!(params_of(&spaced_run.checkpoint.params), a, "the interval reads changed the parameters");
+
     // Auto-resume of a finished run does nothing; with another config it is refused.
     let again = train(&cfg, &text, &Resume::Auto).unwrap();
     assert_eq!((again.started_at, again.iterations), (4, 4));

@@ -141,11 +141,7 @@ impl Tensor {
                     grads.insert(input.id(), total);
                 }
             } else if t.requires_grad() {
-                let total = match t.grad() {
-                    Some(old) => old.add(&grad)?,
-                    None => grad,
-                };
-                t.set_grad(Some(total));
+                t.accumulate_grad(grad)?;
             }
         }
         Ok(())

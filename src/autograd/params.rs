@@ -159,6 +159,13 @@ impl ParamStore {
             t.zero_grad();
         }
     }
+    /// `zero_grads` that keeps the buffers for the next backward to write into (the training
+    /// loop's: the gradients keep their addresses from step to step).
+    pub fn zero_grads_keeping_buffers(&self) {
+        for (_, t) in self.trainable() {
+            t.zero_grad_keeping_buffer();
+        }
+    }
 
     /// Writes every entry to a .safetensors file (f32, little endian).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {

@@ -48,7 +48,34 @@ struct Inner {
     requires_grad: bool,
     /// The op that produced this tensor, when it was recorded.
     node: Option<Node>,
-    grad: Mutex<Option<Tensor>>,
+    grad: Mutex<GradSlot>,
+}
+
+/// A copy of a storage something else shares, for an in-place write that must not reach the
+/// sharer. Refused while a graph is captured on its device: the copy would land in a block of the
+/// graph's, and the tensor would then live where every replay writes.
+fn unshared_copy(storage: &Storage) -> Result<Storage> {
+    Ok(match storage {
+        Storage::Cpu(v) => Storage::Cpu(v.clone()),
+        Storage::Cuda(b) => {
+            let dev = crate::backend::cuda::CudaDevice::get(b.ordinal())?;
+            if dev.capturing() {
+                return Err(Error::invalid(
+                    "graph capture",
+                    "an in-place update found its buffer shared (a view still alive) and would move it into the graph's memory",
+                ));
+            }
+            Storage::Cuda(dev.dtod(b)?)
+        }
+    })
+}
+
+/// A leaf's gradient, and the buffer of an earlier one kept for the next (see
+/// [`Tensor::zero_grad_keeping_buffer`]).
+#[derive(Default)]
+struct GradSlot {
+    current: Option<Tensor>,
+    spare: Option<Tensor>,
 }
 
 fn next_id() -> usize {
@@ -70,7 +97,7 @@ impl Tensor {
             storage: RwLock::new(storage),
             requires_grad,
             node,
-            grad: Mutex::new(None),
+            grad: Mutex::new(GradSlot::default()),
         }))
     }
 
@@ -98,9 +125,19 @@ impl Tensor {
     pub fn scalar(value: f32, device: Device) -> Result<Tensor> {
         Tensor::from_vec(vec![value], Shape::from(()), device)
     }
+    /// Every element `value`. On a GPU the buffer is filled there (a launch, no copy from the
+    /// host: backward's seed gradient is made this way every step).
     pub fn full(shape: impl Into<Shape>, value: f32, device: Device) -> Result<Tensor> {
         let shape = shape.into();
-        Tensor::from_vec(vec![value; shape.numel()], shape, device)
+        match device {
+            Device::Cpu => Tensor::from_vec(vec![value; shape.numel()], shape, device),
+            Device::Cuda(n) => {
+                let dev = crate::backend::cuda::CudaDevice::get(n)?;
+                let mut buf = dev.alloc(shape.numel())?;
+                crate::backend::cuda::elementwise::fill(&dev, &mut buf, value)?;
+                Ok(Tensor::build(Arc::new(Storage::Cuda(buf)), shape, false, None))
+            }
+        }
     }
     pub fn zeros(shape: impl Into<Shape>, device: Device) -> Result<Tensor> {
         Tensor::full(shape, 0.0, device)
@@ -236,17 +273,62 @@ impl Tensor {
     }
     /// The gradient accumulated by `backward` calls since the last `zero_grad` (variables only).
     pub fn grad(&self) -> Option<Tensor> {
-        self.0
-            .grad
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.grad_slot().current.clone()
     }
+    fn grad_slot(&self) -> std::sync::MutexGuard<'_, GradSlot> {
+        self.0.grad.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Forgets the gradient (and any kept buffer).
     pub fn zero_grad(&self) {
-        *self.0.grad.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.grad_slot() = GradSlot::default();
     }
-    pub(crate) fn set_grad(&self, grad: Option<Tensor>) {
-        *self.0.grad.lock().unwrap_or_else(|p| p.into_inner()) = grad;
+    /// Forgets the gradient but keeps its buffer: the next `backward` writes its gradient into
+    /// it (same shape and device) instead of keeping a new one, so a training step's gradients
+    /// live at the same device addresses every step (the optimiser's table is built once, and a
+    /// captured step stays valid). Until then `grad()` is None, as after `zero_grad`.
+    pub fn zero_grad_keeping_buffer(&self) {
+        let mut slot = self.grad_slot();
+        if let Some(g) = slot.current.take() {
+            slot.spare = Some(g);
+        }
+    }
+    /// Adds `g` into this leaf's gradient: the first gradient since the last zeroing is copied
+    /// into the kept buffer when one fits, else kept as it is.
+    pub(crate) fn accumulate_grad(&self, g: Tensor) -> Result<()> {
+        let (current, spare) = {
+            let mut slot = self.grad_slot();
+            (slot.current.take(), slot.spare.take())
+        };
+        let total = match (current, spare) {
+            (Some(old), _) => old.add(&g)?,
+            (None, Some(buf)) if buf.shape() == g.shape() && buf.device() == g.device() => {
+                buf.copy_from(&g)?;
+                buf
+            }
+            (None, _) => g,
+        };
+        self.grad_slot().current = Some(total);
+        Ok(())
+    }
+    /// Replaces the numbers with a copy of `src`'s (same shape and device) in this tensor's own
+    /// buffer, outside the graph: the address stays (unless the buffer is shared, then it is
+    /// copied first, as `update` does).
+    pub fn copy_from(&self, src: &Tensor) -> Result<()> {
+        if src.shape() != self.shape() || src.device() != self.device() {
+            return Err(Error::shape(
+                "copy_from",
+                format!("cannot copy {} on {} into {} on {}", src.shape(), src.device(), self.shape(), self.device()),
+            ));
+        }
+        let from = src.storage();
+        self.update_storage(|to| match (to, &*from) {
+            (Storage::Cpu(to), Storage::Cpu(from)) => {
+                to.copy_from_slice(from);
+                Ok(())
+            }
+            (Storage::Cuda(to), Storage::Cuda(from)) => crate::backend::cuda::CudaDevice::get(to.ordinal())?.copy_into(from, to),
+            _ => Err(Error::DeviceMismatch { op: "copy_from", first: src.device(), second: self.device() }),
+        })
     }
 
     /// Replaces the numbers with those of `src` (same shape and device), outside the graph.
@@ -299,13 +381,7 @@ impl Tensor {
             .collect();
         for guard in guards.iter_mut() {
             if Arc::get_mut(guard).is_none() {
-                let copy = match &***guard {
-                    Storage::Cpu(v) => Storage::Cpu(v.clone()),
-                    Storage::Cuda(b) => {
-                        Storage::Cuda(crate::backend::cuda::CudaDevice::get(b.ordinal())?.dtod(b)?)
-                    }
-                };
-                **guard = Arc::new(copy);
+                **guard = Arc::new(unshared_copy(guard)?);
             }
         }
         f(guards
@@ -318,13 +394,7 @@ impl Tensor {
     pub fn update_storage(&self, f: impl FnOnce(&mut Storage) -> Result<()>) -> Result<()> {
         let mut guard = self.0.storage.write().unwrap_or_else(|p| p.into_inner());
         if Arc::get_mut(&mut guard).is_none() {
-            let copy = match &**guard {
-                Storage::Cpu(v) => Storage::Cpu(v.clone()),
-                Storage::Cuda(b) => {
-                    Storage::Cuda(crate::backend::cuda::CudaDevice::get(b.ordinal())?.dtod(b)?)
-                }
-            };
-            *guard = Arc::new(copy);
+            *guard = Arc::new(unshared_copy(&guard)?);
         }
         f(Arc::get_mut(&mut guard).expect("storage was made unique above"))
     }

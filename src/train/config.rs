@@ -111,6 +111,15 @@ pub struct TrainParams {
     pub batch_pairs: usize,
     /// Validate every this many iterations (and after the last).
     pub val_every: usize,
+    /// Read the losses back and log them every this many iterations (and before validation,
+    /// checkpoints and the end). On a GPU the steps in between never wait for the host: each
+    /// step's loss and a non-finite flag stay on the device until then. A non-finite loss still
+    /// stops the run naming its iteration (the parameters stay those of the step before it).
+    pub log_every: usize,
+    /// On a GPU, capture the training step as a CUDA graph after two eager steps and replay it
+    /// (one launch a step instead of about 1,300); if it cannot be captured, the run says why
+    /// and goes on eagerly. Ignored on the CPU.
+    pub cuda_graph: bool,
     /// At most this many validation lesions (0 = all), for quick curves on big sets.
     pub val_max: usize,
     /// Write a checkpoint every this many iterations (and after the last).
@@ -140,6 +149,8 @@ impl Default for TrainParams {
             iterations: 24_000,
             batch_pairs: 10,
             val_every: 1000,
+            log_every: 20,
+            cuda_graph: true,
             val_max: 0,
             checkpoint_every: 1000,
             keep_checkpoints: 2,
@@ -233,6 +244,11 @@ impl TrainConfig {
     }
 
     /// The learning rate for iteration `iter` (0-based).
+    /// Every iteration's learning rate, in order (the table the GPU's step reads).
+    pub fn lr_table(&self) -> Vec<f32> {
+        (0..self.train.iterations).map(|i| self.lr_at(i)).collect()
+    }
+
     pub fn lr_at(&self, iter: usize) -> f32 {
         let t = &self.train;
         match t.lr_schedule {
@@ -265,6 +281,7 @@ impl TrainConfig {
             ("[train] iterations", t.iterations),
             ("[train] batch_pairs", t.batch_pairs),
             ("[train] val_every", t.val_every),
+            ("[train] log_every", t.log_every),
             ("[train] checkpoint_every", t.checkpoint_every),
             ("[train] keep_checkpoints", t.keep_checkpoints),
         ];

@@ -225,6 +225,7 @@ pub struct Batch {
 
 /// A batch assembled on the host, not yet on a device: what a worker thread builds ahead of the
 /// step that trains on it.
+#[derive(Clone, Debug)]
 pub struct HostBatch {
     pairs: usize,
     size: usize,
@@ -247,11 +248,51 @@ impl HostBatch {
                     return Err(Error::invalid("batch", format!("lesion {} has no pseudo-mask to train on", sample.name)));
                 }
                 let (img, tgt) = prepare(sample, s, aug, rng);
+                // The labels are checked here, where they are made, so the step's loss need not
+                // read them back from the device (`Tensor::cross_entropy_2class_trusted`).
+                if let Some(v) = tgt.iter().find(|&&v| v > 1) {
+                    return Err(Error::invalid("batch", format!("lesion {}: its pseudo-mask holds the label {v}, not 0 or 1", sample.name)));
+                }
                 x.extend(img);
                 t.extend(tgt.into_iter().map(f32::from));
             }
         }
         Ok(HostBatch { pairs: n, size: s, a: xa, b: xb, target_a: ta, target_b: tb })
+    }
+
+    /// A batch from its parts: inputs a and b (N,3,S,S) and targets (N,S,S) of 0s and 1s, row-major
+    /// (benches and tests; training builds batches with [`HostBatch::build`]).
+    pub fn from_parts(pairs: usize, size: usize, [a, b, target_a, target_b]: [Vec<f32>; 4]) -> Result<HostBatch> {
+        let (image, plane) = (pairs * 3 * size * size, pairs * size * size);
+        if a.len() != image || b.len() != image || target_a.len() != plane || target_b.len() != plane {
+            return Err(Error::shape(
+                "batch",
+                format!(
+                    "{pairs} pairs of {size}px crops need inputs of {image} and targets of {plane} values, got {}, {}, {}, {}",
+                    a.len(),
+                    b.len(),
+                    target_a.len(),
+                    target_b.len()
+                ),
+            ));
+        }
+        if let Some(v) = target_a.iter().chain(&target_b).find(|&&v| v != 0.0 && v != 1.0) {
+            return Err(Error::invalid("batch", format!("a target holds {v}, not 0 or 1")));
+        }
+        Ok(HostBatch { pairs, size, a, b, target_a, target_b })
+    }
+
+    /// Pairs in the batch.
+    pub fn pairs(&self) -> usize {
+        self.pairs
+    }
+    /// The crops' side in pixels.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+    /// The inputs a and b (N,3,S,S) and the targets a and b (N,S,S), row-major.
+    pub fn parts(&self) -> [&[f32]; 4] {
+        [&self.a, &self.b, &self.target_a, &self.target_b]
     }
 
     /// The batch as tensors on `device`.

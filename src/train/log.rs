@@ -1,6 +1,7 @@
 //! The run's JSONL log (`<out>/log.jsonl`): one object per line,
 //! `{"kind":"train","iter":i,"loss":..,"lr":..,"ms":..,"time_s":..}` per iteration (`iter` is
-//! 1-based: the iterations finished), `{"kind":"val","iter":i,"vs":"pseudo"|"true",
+//! 1-based: the iterations finished; `ms` is the mean wall time per step over the log interval the
+//! iteration was read back in, see `[train] log_every`), `{"kind":"val","iter":i,"vs":"pseudo"|"true",
 //! "recall":..,"precision":..,"dice":..,"avd":..,"vs_":..}` per validation, and
 //! `{"kind":"stop","iter":i,"reason":..}` when training stops early.
 //!

@@ -5,6 +5,9 @@
 //! - [`dataset`]: crops + pseudo-masks of a split, input normalisation, augmentation, batches.
 //! - [`optim`]: SGD with momentum + weight decay, Adam with weight decay, the poly schedule.
 //! - [`run`]: the training loop (validation, checkpoints, resume, NaN stop, log, curves).
+//! - [`feed`]: batches onto the device (double-buffered copies on a second stream on a GPU).
+//! - [`step`]: the training step, captured as a CUDA graph on a GPU.
+//! - [`monitor`]: the step's loss watch, on the device where the step runs (read at log intervals).
 //! - [`checkpoint`]: atomic safetensors checkpoints with a JSON sidecar and optimiser state.
 //! - [`log`]: the JSONL log; [`plot`]: PNG line plots (built-in bitmap font).
 //! - [`infer`]: a restored network's lesion probabilities (pairs, test-time flips, dense CRF), shared
@@ -20,12 +23,15 @@ pub mod dataset;
 pub mod demo;
 pub mod eval;
 pub mod experiment;
+pub mod feed;
 pub mod infer;
 pub mod limits;
 pub mod log;
+pub mod monitor;
 pub mod optim;
 pub mod plot;
 pub mod run;
+pub mod step;
 
 pub use config::TrainConfig;
 pub use optim::{Optimizer, OptimizerKind, OptimizerParams, poly_lr};

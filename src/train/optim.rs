@@ -16,7 +16,7 @@
 //! safetensors file keyed by parameter name, so a resumed run continues exactly.
 
 use crate::autograd::ParamStore;
-use crate::backend::cuda::optim::{GpuOptimizer, ParamSlot};
+use crate::backend::cuda::optim::{GpuOptimizer, ParamSlot, StepHyper};
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -95,6 +95,15 @@ impl Optimizer {
     pub fn steps_taken(&self) -> u64 {
         self.step
     }
+    /// A replay of a captured step ran this optimiser's launch (its state lives on the device and
+    /// moved there): count the step.
+    pub fn replayed_step(&mut self) {
+        self.step += 1;
+    }
+    /// Sets the step count back after a capture that never ran (see `train::step`).
+    pub fn set_steps_taken(&mut self, steps: u64) {
+        self.step = steps;
+    }
 
     /// One update of every trainable parameter that has a gradient, at learning rate `lr`.
     pub fn step(&mut self, store: &ParamStore, lr: f32) -> Result<()> {
@@ -103,8 +112,25 @@ impl Optimizer {
         }
         self.step += 1;
         if let Device::Cuda(ordinal) = store.device() {
-            return self.step_gpu(store, ordinal, lr);
+            let step = u32::try_from(self.step).map_err(|_| Error::invalid("optimizer step", format!("step {} beyond u32", self.step)))?;
+            return self.step_gpu(store, ordinal, StepHyper::Host { lr, step });
         }
+        self.step_cpu(store, lr)
+    }
+
+    /// The training loop's step on a GPU: the learning rate, Adam's bias corrections and whether
+    /// to skip (after a non-finite loss) come from `scalars` in device memory, written this step
+    /// by the training monitor, so nothing crosses from the host. The host's step count advances
+    /// as the device's does while no step is skipped (a skipped step ends the run).
+    pub fn step_device(&mut self, store: &ParamStore, scalars: &GpuBuffer) -> Result<()> {
+        let Device::Cuda(ordinal) = store.device() else {
+            return Err(Error::WrongDevice { op: "optimizer step", needs: "a CUDA device", found: store.device() });
+        };
+        self.step += 1;
+        self.step_gpu(store, ordinal, StepHyper::Device(scalars))
+    }
+
+    fn step_cpu(&mut self, store: &ParamStore, lr: f32) -> Result<()> {
         let p = self.params;
         let t = self.step as i32;
         let (bc1, bc2) = (1.0 - p.beta1.powi(t), 1.0 - p.beta2.powi(t));
@@ -150,7 +176,7 @@ impl Optimizer {
 
     /// The step on a GPU: every parameter with a gradient updated by one launch, the state
     /// moved to the device on first use (zeros, or what `load` read).
-    fn step_gpu(&mut self, store: &ParamStore, ordinal: usize, lr: f32) -> Result<()> {
+    fn step_gpu(&mut self, store: &ParamStore, ordinal: usize, hyper: StepHyper) -> Result<()> {
         let op = match self.params.kind {
             OptimizerKind::Sgd => "sgd step",
             OptimizerKind::Adam => "adam step",
@@ -173,7 +199,7 @@ impl Optimizer {
         let grads: Vec<_> = stepped.iter().map(|(_, _, g)| g.storage()).collect();
         let index: HashMap<&str, usize> = stepped.iter().enumerate().map(|(i, (name, _, _))| (*name, i)).collect();
         let params: Vec<&Tensor> = stepped.iter().map(|(_, p, _)| p).collect();
-        let (gpu, device_state, p, step) = (&mut self.gpu, &mut self.device_state, self.params, self.step);
+        let (gpu, device_state, p) = (&mut self.gpu, &mut self.device_state, self.params);
         Tensor::update_storages(&params, |storages| {
             let mut states: Vec<Option<&mut Vec<GpuBuffer>>> = (0..stepped.len()).map(|_| None).collect();
             for (name, bufs) in device_state.iter_mut() {
@@ -187,11 +213,8 @@ impl Optimizer {
                 slots.push(ParamSlot { param: storage.as_cuda_mut(op)?, grad: grad.as_cuda(op)?, state1, state2: rest.first_mut() });
             }
             match p.kind {
-                OptimizerKind::Sgd => gpu.sgd_step(&dev, &mut slots, lr, p.momentum, p.weight_decay),
-                OptimizerKind::Adam => {
-                    let t = u32::try_from(step).map_err(|_| Error::invalid(op, format!("step {step} beyond u32")))?;
-                    gpu.adam_step(&dev, &mut slots, t, lr, p.beta1, p.beta2, p.eps, p.weight_decay)
-                }
+                OptimizerKind::Sgd => gpu.sgd_step(&dev, &mut slots, hyper, p.momentum, p.weight_decay),
+                OptimizerKind::Adam => gpu.adam_step(&dev, &mut slots, hyper, p.beta1, p.beta2, p.eps, p.weight_decay),
             }
         })
     }

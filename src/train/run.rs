@@ -6,9 +6,15 @@
 //! Determinism and resume: iteration `i` draws its pairs and augmentation from a generator
 //! seeded by (seed, i), so a run resumed from a checkpoint after iteration `i` (parameters,
 //! batch-norm statistics and optimiser state restored) continues exactly as if never stopped.
-//! A non-finite loss, or one that diverges ([`DivergenceGuard`]: far above its recent history, or
-//! above its starting value after warm-up), stops training before the optimiser step, naming
-//! the iteration and the last good checkpoint.
+//! The step never waits for the host (see [`crate::train::monitor`]): the loss stays on the
+//! device, watched there, and is read back every `log_every` iterations (and before validation,
+//! checkpoints and the end), when it is logged and checked. A non-finite loss stops training
+//! naming its iteration; its optimiser step and every later one were skipped on the device, so the
+//! parameters are those of the last good step. A loss that diverges ([`DivergenceGuard`]: far
+//! above its recent history, or above its starting value after warm-up) stops training naming its
+//! iteration too. Either way no checkpoint is written after it, and the last good one is named.
+//! The step itself is [`StepRunner`]'s (`train::step`): kept gradient buffers, the feed's
+//! overlapping copies, and on a GPU the step captured as a CUDA graph (`[train] cuda_graph`).
 
 use crate::autograd::ParamStore;
 use crate::data::split::{Manifest, Split};
@@ -16,13 +22,14 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::metrics::MetricsSummary;
 use crate::nn::CosegNet;
-use crate::tensor::Tensor;
 use crate::train::checkpoint::{self, CheckpointMeta, CheckpointPaths};
 use crate::train::config::TrainConfig;
 use crate::train::dataset::{self, DataSource, HostBatch, Partners, SplitSet};
 use crate::train::infer::{crop_metrics, predict};
 use crate::train::log::{LogEntry, RunLog};
+use crate::train::monitor::LossWatch;
 use crate::train::optim::Optimizer;
+use crate::train::step::StepRunner;
 use crate::train::plot::{PALETTE, Series, write_line_plot};
 use indicatif::ProgressBar;
 use rand::SeedableRng;
@@ -230,16 +237,28 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
     }
     std::thread::scope(|scope| -> Result<()> {
         let batches = prefetch(scope, cfg, &data.train, iters.clone());
+        s.interval_start = Instant::now();
         for iter in iters {
             let batch = batches.recv().map_err(|_| Error::invalid("train", format!("the batch worker stopped before iteration {}", iter + 1)))??;
             s.step(iter, batch)?;
             let done = iter + 1;
             let last = done == t.iterations;
-            if (done % t.val_every == 0 || last) && !data.val.samples.is_empty() {
+            let validate = (done % t.val_every == 0 || last) && !data.val.samples.is_empty();
+            let checkpoint = done % t.checkpoint_every == 0 || last;
+            // Read the losses back, log and check them: before anything that keeps or judges
+            // this state, when the watch is full, and at once when the host already knows of a
+            // non-finite loss (the CPU does).
+            if validate || checkpoint || done % t.log_every == 0 || s.runner.watch.full() || s.runner.watch.known_bad() {
+                s.flush()?;
+            }
+            if validate {
                 s.validate(done, &mut outcome)?;
             }
-            if done % t.checkpoint_every == 0 || last {
+            if checkpoint {
                 s.checkpoint(done)?;
+            }
+            if validate || checkpoint {
+                s.interval_start = Instant::now();
             }
             outcome.iterations = done;
         }
@@ -375,9 +394,8 @@ struct Session<'a> {
     device: Device,
     out: PathBuf,
     ckpt_dir: PathBuf,
-    store: ParamStore,
-    model: CosegNet,
-    opt: Optimizer,
+    /// Model, parameters, optimiser, loss watch and feed.
+    runner: StepRunner,
     log: RunLog,
     guard: DivergenceGuard,
     partners: Partners,
@@ -386,6 +404,8 @@ struct Session<'a> {
     prior_seconds: f64,
     started: Instant,
     bar: ProgressBar,
+    /// When the current log interval's steps began (validation and checkpoints excluded).
+    interval_start: Instant,
     /// The losses since the last checkpoint; their mean is stored in the next one.
     loss_sum: f64,
     loss_n: usize,
@@ -436,49 +456,66 @@ impl<'a> Session<'a> {
         let bar = crate::progress::bar((t.iterations - start.min(t.iterations)) as u64, "train");
         let prior_seconds = from.prior_seconds;
         let (loss_sum, loss_n, step_ms_total, steps) = (0.0, 0, 0.0, 0);
+        let p = cfg.optimizer_params();
+        let watch = LossWatch::new(device, cfg.lr_table(), start, opt.steps_taken(), t.log_every, (p.beta1, p.beta2))?;
+        let runner = StepRunner::new(model, store, opt, watch, t.batch_pairs, data.train.size, t.cuda_graph)?;
+        let interval_start = Instant::now();
         let session = Session {
-            cfg, config_toml, data, device, out, ckpt_dir, store, model, opt, log, guard, partners, last_ckpt,
-            prior_seconds, started, bar, loss_sum, loss_n, step_ms_total, steps,
+            cfg, config_toml, data, device, out, ckpt_dir, runner, log, guard, partners, last_ckpt,
+            prior_seconds, started, bar, interval_start, loss_sum, loss_n, step_ms_total, steps,
         };
         Ok((session, outcome))
     }
 
-    /// One training step on iteration `iter` (0-based) with its batch: upload, forward, loss,
-    /// the NaN and divergence checks, backward and the optimiser step at the scheduled learning
-    /// rate; logged.
+    /// One training step on iteration `iter` (0-based) with its batch: onto the device, forward,
+    /// loss (handed to the watch), backward and the optimiser step at the scheduled learning rate.
+    /// Nothing is read back: the loss is logged and checked at the next [`Session::flush`].
     fn step(&mut self, iter: usize, batch: HostBatch) -> Result<()> {
-        let step_start = Instant::now();
-        let lr = self.cfg.lr_at(iter);
-        let batch = batch.upload(self.device)?;
-        self.store.zero_grads();
-        let (la, lb) = self.model.forward_pair(&batch.a, &batch.b, true)?;
-        let finite = all_finite(&la)? && all_finite(&lb)?;
-        let loss = if finite {
-            let l = la.cross_entropy_2class(&batch.target_a, None)?.add(&lb.cross_entropy_2class(&batch.target_b, None)?)?.mul_scalar(0.5)?;
-            Some((l.to_scalar()?, l))
-        } else {
-            None
-        };
-        let diverged = match &loss {
-            Some((v, _)) if v.is_finite() => self.guard.check(iter + 1, *v as f64).map(|why| format!("{why} (lr {lr:.3e})")),
-            _ => Some(format!("the loss is not finite at iteration {} (lr {lr:.3e})", iter + 1)),
-        };
-        // Stopped before the optimiser step: the parameters and the checkpoints on disk are
-        // those of the last good iteration.
-        let (Some((loss_value, loss)), None) = (loss, &diverged) else {
-            return self.stop_diverged(iter + 1, diverged.unwrap_or_default());
-        };
-        loss.backward()?;
-        self.opt.step(&self.store, lr)?;
-        let ms = step_start.elapsed().as_secs_f64() * 1e3;
-        self.step_ms_total += ms;
+        let expected = self.runner.watch.next_iter();
+        if expected != iter {
+            return Err(Error::invalid("train", format!("step {} taken when the loss watch expects {}", iter + 1, expected + 1)));
+        }
+        let was_captured = self.runner.captured();
+        self.runner.step(batch)?;
+        if self.runner.captured() && !was_captured {
+            self.bar.println(format!("iteration {}: the training step is captured as a CUDA graph, replayed from now on", iter + 1));
+        }
         self.steps += 1;
-        self.loss_sum += loss_value as f64;
-        self.loss_n += 1;
+        Ok(())
+    }
+
+    /// Reads back the losses since the last flush (on a GPU the one wait of the interval), then
+    /// for each iteration in order: stops the run at a non-finite or diverging loss, else logs it.
+    fn flush(&mut self) -> Result<()> {
+        if self.runner.watch.pending() == 0 {
+            return Ok(());
+        }
+        let drained = self.runner.watch.drain()?;
+        let now = Instant::now();
+        let wall_ms = now.duration_since(self.interval_start).as_secs_f64() * 1e3;
+        self.interval_start = now;
+        self.step_ms_total += wall_ms;
+        let ms = wall_ms / drained.losses.len() as f64;
         let time_s = self.prior_seconds + self.started.elapsed().as_secs_f64();
-        self.log.write(&LogEntry::Train { iter: iter + 1, loss: loss_value as f64, lr: lr as f64, ms, time_s })?;
-        self.bar.set_message(format!("loss {loss_value:.4}"));
-        self.bar.inc(1);
+        for (k, &loss) in drained.losses.iter().enumerate() {
+            let iter = drained.first_iter + k + 1;
+            let lr = self.cfg.lr_at(iter - 1);
+            let stop = if drained.first_bad == Some(iter) || !loss.is_finite() {
+                Some(format!("the loss is not finite at iteration {iter} (lr {lr:.3e})"))
+            } else {
+                self.guard.check(iter, loss as f64).map(|why| format!("{why} (lr {lr:.3e})"))
+            };
+            if let Some(why) = stop {
+                return self.stop_diverged(iter, why);
+            }
+            self.log.write(&LogEntry::Train { iter, loss: loss as f64, lr: lr as f64, ms, time_s })?;
+            self.loss_sum += loss as f64;
+            self.loss_n += 1;
+        }
+        if let Some(last) = drained.losses.last() {
+            self.bar.set_message(format!("loss {last:.4}"));
+        }
+        self.bar.inc(drained.losses.len() as u64);
         Ok(())
     }
 
@@ -498,7 +535,7 @@ impl<'a> Session<'a> {
     /// Validation after iteration `done`: crop-space metrics against the pseudo-masks (and the
     /// true masks when every lesion has one), logged, printed, kept in `outcome`, curves redrawn.
     fn validate(&mut self, done: usize, outcome: &mut TrainOutcome) -> Result<()> {
-        let probs = predict(&self.model, &self.data.val, &self.partners, self.cfg.train.batch_pairs, self.device)?;
+        let probs = predict(&self.runner.model, &self.data.val, &self.partners, self.cfg.train.batch_pairs, self.device)?;
         let (vp, vt) = crop_metrics(&self.data.val, &probs)?;
         self.log.write(&LogEntry::val(done, "pseudo", &vp))?;
         if let Some(vt) = &vt {
@@ -523,11 +560,11 @@ impl<'a> Session<'a> {
             total_iterations: t.iterations,
             config_toml: self.config_toml.to_string(),
             loss: self.loss_sum / self.loss_n.max(1) as f64,
-            parameters: self.store.num_trainable(),
+            parameters: self.runner.store.num_trainable(),
             optimizer_state: String::new(),
             train_seconds: self.prior_seconds + self.started.elapsed().as_secs_f64(),
         };
-        match checkpoint::save(&self.ckpt_dir, &self.store, &self.opt, &meta, t.keep_checkpoints) {
+        match checkpoint::save(&self.ckpt_dir, &self.runner.store, &self.runner.opt, &meta, t.keep_checkpoints) {
             Ok(p) => self.last_ckpt = Some(p),
             Err(e) => {
                 self.bar.abandon();
@@ -539,16 +576,6 @@ impl<'a> Session<'a> {
         self.loss_sum = 0.0;
         self.loss_n = 0;
         Ok(())
-    }
-}
-
-/// Whether every value of `t` is finite. On a GPU the values are summed there and one number comes
-/// back instead of the tensor (a NaN or an infinity anywhere makes the sum non-finite; so would
-/// finite logits beyond about 1e33, which only a diverged run has).
-fn all_finite(t: &Tensor) -> Result<bool> {
-    match t.device() {
-        Device::Cpu => Ok(t.storage().as_cpu("all_finite")?.iter().all(|v| v.is_finite())),
-        Device::Cuda(_) => Ok(t.detach().sum_all()?.to_scalar()?.is_finite()),
     }
 }
 

@@ -5,12 +5,17 @@
 //! events because every kernel and copy of a device runs on that device's one stream, in order.
 //! Size classes round up to a multiple of 1/8 of the next power of two (under 12.5% waste above
 //! 2048 elements), in steps of at least 1 KiB.
+//!
+//! Captured graphs ([`CudaDevice::capture`]) get blocks of their own: during a capture every block
+//! handed out is marked as the graphs', and once freed it goes to the graphs' free list, never
+//! back to the general cache, because each replay writes it again. A capture never asks the
+//! driver for memory (warm-up steps fill the cache first); a miss fails the capture instead.
 
 use super::context::CudaDevice;
 use super::error::CudaError;
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DriverError, sys::CUresult};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -45,6 +50,22 @@ pub struct MemoryStats {
 struct PoolState {
     free: HashMap<usize, Vec<CudaSlice<f32>>>,
     stats: MemoryStats,
+    graphs: GraphBlocks,
+}
+
+/// The blocks of captured graphs (see the module docs).
+#[derive(Default)]
+struct GraphBlocks {
+    capturing: bool,
+    /// Graphs alive; their blocks return to the general cache when the last goes.
+    live: usize,
+    /// Device addresses of every block a capture handed out.
+    owned: HashSet<u64>,
+    free: HashMap<usize, Vec<CudaSlice<f32>>>,
+}
+
+fn address(stream: &CudaStream, slice: &CudaSlice<f32>) -> u64 {
+    slice.device_ptr(stream).0
 }
 
 pub(crate) struct Pool {
@@ -58,7 +79,7 @@ impl Pool {
         Arc::new(Pool {
             ordinal,
             stream,
-            state: Mutex::new(PoolState { free: HashMap::new(), stats: MemoryStats::default() }),
+            state: Mutex::new(PoolState { free: HashMap::new(), stats: MemoryStats::default(), graphs: GraphBlocks::default() }),
         })
     }
 
@@ -79,12 +100,70 @@ impl Pool {
     }
 
     /// Hands every cached block back to the driver; returns the bytes released.
+    /// The graphs' free blocks stay (a replay writes them).
     pub(crate) fn release_cached(&self) -> usize {
         let mut st = self.lock();
-        let bytes = st.stats.cached_bytes;
-        st.free.clear();
-        st.stats.cached_bytes = 0;
+        let bytes: usize = st.free.drain().map(|(cap, slices)| cap * 4 * slices.len()).sum();
+        st.stats.cached_bytes -= bytes;
         bytes
+    }
+
+    /// From now until [`Pool::end_capture`], blocks come from the cache only and belong to the
+    /// graphs after.
+    pub(crate) fn capturing(&self) -> bool {
+        self.lock().graphs.capturing
+    }
+    pub(crate) fn begin_capture(&self) {
+        self.lock().graphs.capturing = true;
+    }
+    /// `made`: a graph came of the capture (else its blocks go back as if never captured, once
+    /// no graph is alive).
+    pub(crate) fn end_capture(&self, made: bool) {
+        let mut st = self.lock();
+        st.graphs.capturing = false;
+        if made {
+            st.graphs.live += 1;
+        } else if st.graphs.live == 0 {
+            Self::release_graph_blocks(&mut st);
+        }
+    }
+    /// A graph is gone; after the last, the graphs' blocks join the general cache.
+    pub(crate) fn graph_dropped(&self) {
+        let mut st = self.lock();
+        st.graphs.live = st.graphs.live.saturating_sub(1);
+        if st.graphs.live == 0 {
+            Self::release_graph_blocks(&mut st);
+        }
+    }
+    fn release_graph_blocks(st: &mut PoolState) {
+        let free = std::mem::take(&mut st.graphs.free);
+        st.graphs.owned.clear();
+        for (cap, slices) in free {
+            st.free.entry(cap).or_default().extend(slices);
+        }
+    }
+
+    /// During a capture: a block of class `cap` from the graphs' free list, else from the
+    /// general cache (marked as the graphs' from now on), else an error (no driver call).
+    fn alloc_captured(self: &Arc<Self>, st: &mut PoolState, cap: usize, len: usize) -> Result<GpuBuffer> {
+        let bytes = cap * 4;
+        let slice = match st.graphs.free.get_mut(&cap).and_then(Vec::pop) {
+            Some(s) => s,
+            None => {
+                let s = st.free.get_mut(&cap).and_then(Vec::pop).ok_or_else(|| {
+                    Error::invalid(
+                        "graph capture",
+                        format!("a block of {bytes} bytes is not in the allocator's cache, and a capture may not ask the driver for memory"),
+                    )
+                })?;
+                st.graphs.owned.insert(address(&self.stream, &s));
+                s
+            }
+        };
+        st.stats.cached_bytes -= bytes;
+        st.stats.reuses += 1;
+        Self::count_in_use(&mut st.stats, bytes);
+        Ok(GpuBuffer { slice: Some(slice), len, pool: self.clone() })
     }
 
     pub(crate) fn alloc(self: &Arc<Self>, len: usize) -> Result<GpuBuffer> {
@@ -92,6 +171,9 @@ impl Pool {
         let bytes = cap * 4;
         {
             let mut st = self.lock();
+            if st.graphs.capturing {
+                return self.alloc_captured(&mut st, cap, len);
+            }
             if let Some(slice) = st.free.get_mut(&cap).and_then(Vec::pop) {
                 st.stats.cached_bytes -= bytes;
                 st.stats.reuses += 1;
@@ -169,6 +251,10 @@ impl GpuBuffer {
     pub fn ordinal(&self) -> usize {
         self.pool.ordinal
     }
+    /// The buffer's device address (to tell buffers apart; the kernels take it through `launch`).
+    pub fn device_address(&self) -> u64 {
+        self.ptr()
+    }
     pub(crate) fn slice(&self) -> &CudaSlice<f32> {
         self.slice.as_ref().expect("a GpuBuffer holds its slice until dropped")
     }
@@ -198,10 +284,13 @@ impl Drop for GpuBuffer {
     fn drop(&mut self) {
         if let Some(slice) = self.slice.take() {
             let cap = slice.len();
+            let at = address(&self.pool.stream, &slice);
             let mut st = self.pool.lock();
             st.stats.in_use_bytes -= cap * 4;
             st.stats.cached_bytes += cap * 4;
-            st.free.entry(cap).or_default().push(slice);
+            let st = &mut *st;
+            let free = if st.graphs.owned.contains(&at) { &mut st.graphs.free } else { &mut st.free };
+            free.entry(cap).or_default().push(slice);
         }
     }
 }

@@ -34,6 +34,7 @@ impl Staging {
     /// Grows to the next power of two (page-locking costs milliseconds: buffers are kept).
     fn take(&mut self, dev: &CudaDevice, words: usize) -> Result<&mut [f32]> {
         if let Some(ev) = self.done.take() {
+            dev.count_host_wait();
             ev.synchronize().map_err(|e| dev.fault("waiting for a staged copy", e))?;
         }
         if self.buf.as_ref().is_none_or(|b| b.len() < words) {
@@ -90,6 +91,8 @@ pub struct CudaDevice {
     sync_each_launch: bool,
     /// The convolutions' arithmetic for tensor ops on this device (`Precision as u8`).
     precision: std::sync::atomic::AtomicU8,
+    /// Times the host waited for this device's stream (see [`CudaDevice::host_waits`]).
+    host_waits: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -146,6 +149,7 @@ impl CudaDevice {
             download: Mutex::new(Staging::default()),
             sync_each_launch: std::env::var("COSEG_CUDA_SYNC").is_ok_and(|v| v == "1"),
             precision: std::sync::atomic::AtomicU8::new(Precision::Fp32 as u8),
+            host_waits: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -202,8 +206,32 @@ impl CudaDevice {
         self.pool.alloc(len)
     }
 
-    /// Host to device.
+    /// How many times the host has waited for this device's stream: every synchronisation and
+    /// device-to-host copy, every copy from pageable host memory (the driver waits for the stream
+    /// before it) and every wait for a staged copy. A training step that counts none between its
+    /// log intervals never stalls the GPU's queue. Waits of [`super::upload::UploadRing`] on its
+    /// own copy stream are not counted: they wait for a copy issued two steps before, the
+    /// pipeline's back-pressure.
+    pub fn host_waits(&self) -> u64 {
+        self.host_waits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    pub(crate) fn count_host_wait(&self) {
+        self.host_waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+    /// Whether a graph capture of this device's stream is under way.
+    pub fn capturing(&self) -> bool {
+        self.pool.capturing()
+    }
+
+    /// Host to device (pageable memory: the driver waits for the stream first).
     pub fn htod(&self, data: &[f32]) -> Result<GpuBuffer> {
+        self.count_host_wait();
         let mut buf = self.alloc(data.len())?;
         let mut dst = buf.slice_mut().slice_mut(0..data.len());
         self.stream
@@ -218,7 +246,7 @@ impl CudaDevice {
         let mut out = vec![0.0f32; buf.len()];
         let src = buf.slice().slice(0..buf.len());
         self.stream.memcpy_dtoh(&src, &mut out).map_err(|e| self.fault("copying to the host", e))?;
-        self.synchronize()?;
+        self.synchronize()?; // counts the wait
         Ok(out)
     }
 
@@ -291,8 +319,22 @@ impl CudaDevice {
         Ok(dst)
     }
 
+    /// Copies `src` into `dst` (same device, same length), in stream order.
+    pub fn copy_into(&self, src: &GpuBuffer, dst: &mut GpuBuffer) -> Result<()> {
+        self.check_buffer("copy_into", src)?;
+        self.check_buffer("copy_into", dst)?;
+        if src.len() != dst.len() {
+            return Err(Error::shape("copy_into", format!("source has {} values, destination {}", src.len(), dst.len())));
+        }
+        let n = src.len();
+        let from = src.slice().slice(0..n);
+        let mut to = dst.slice_mut().slice_mut(0..n);
+        self.stream.memcpy_dtod(&from, &mut to).map_err(|e| self.fault("copying on the device", e))
+    }
+
     /// Waits for all work queued on this device.
     pub fn synchronize(&self) -> Result<()> {
+        self.count_host_wait();
         self.stream.synchronize().map_err(|e| self.fault("synchronizing", e))
     }
 

@@ -71,7 +71,7 @@ kernels! {
         CONV2D_BWD_WEIGHT_64X128_BF16 = "conv2d_bwd_weight_64x128_bf16",
         CONV2D_BWD_WEIGHT_128X64_BF16 = "conv2d_bwd_weight_128x64_bf16";
     "optim":
-        SGD_FWD = "sgd_fwd_f32", ADAM_FWD = "adam_fwd_f32";
+        SGD_FWD = "sgd_fwd_f32", ADAM_FWD = "adam_fwd_f32", TRAIN_MONITOR = "train_monitor_f32";
     "crf":
         CRF_FEATURES_SPATIAL = "crf_features_spatial_f32", CRF_FEATURES_BILATERAL = "crf_features_bilateral_f32",
         LATTICE_EMBED_D2 = "lattice_embed_d2_f32", LATTICE_EMBED_D5 = "lattice_embed_d5_f32",

@@ -12,7 +12,8 @@
 //!
 //! Each op family's launch wrappers live with the op, in `crate::ops::<family>::cuda`; the
 //! re-exports below keep them reachable here under the kernel files' names. The optimisers
-//! (`crate::train::optim`) launch through [`optim`].
+//! (`crate::train::optim`) launch through [`optim`]; [`upload`] overlaps batch copies with the
+//! step on a second stream; [`graph`] captures a step once and replays it.
 //!
 //! A machine without a driver or GPU gets [`CudaError::NoDriver`] (or `NoSuchDevice`) from
 //! [`CudaDevice::get`], never a panic.
@@ -22,10 +23,12 @@ pub mod blas;
 pub mod context;
 pub mod elementwise;
 pub mod error;
+pub mod graph;
 pub mod kernels;
 pub(crate) mod launch;
 pub mod nd;
 pub mod optim;
+pub mod upload;
 
 // The op families' CUDA sides live with their ops (`ops/<family>/cuda.rs`); these names keep
 // the paths benches and tests use.

@@ -3,6 +3,10 @@
 //! [`ParamTable`] uploads the device addresses of each (param, grad, state...) group and a table
 //! of chunks once; a step then costs one launch. The table is rebuilt only when the buffers
 //! change (the check compares addresses on the host, so a stale table is never used).
+//!
+//! A step's learning rate comes from the host ([`StepHyper::Host`], a kernel argument) or from
+//! device memory written by [`train_monitor`] ([`StepHyper::Device`]): the training loop's form,
+//! which reads nothing from the host per step and skips the update after a non-finite loss.
 
 use super::alloc::GpuBuffer;
 use super::context::CudaDevice;
@@ -21,6 +25,67 @@ pub struct ParamSlot<'a> {
     pub grad: &'a GpuBuffer,
     pub state1: &'a mut GpuBuffer,
     pub state2: Option<&'a mut GpuBuffer>,
+}
+
+/// Where a step's learning rate and Adam's bias corrections come from.
+#[derive(Clone, Copy, Debug)]
+pub enum StepHyper<'a> {
+    /// Given by the host: this step's learning rate and (Adam) 1-based step count.
+    Host { lr: f32, step: u32 },
+    /// [`StepScalars`] in device memory, written by [`train_monitor`] this step.
+    Device(&'a GpuBuffer),
+}
+
+/// The layout of the step scalars [`train_monitor`] writes (optim.cu `struct StepScalars`): the
+/// learning rate, Adam's bias corrections `1 - beta^t`, and `skip` (1.0 after a non-finite loss).
+pub const STEP_SCALARS: usize = 4;
+/// Words of the monitor's state (optim.cu `train_monitor_f32`): iteration, first non-finite
+/// iteration (1-based, 0 = none), optimiser steps taken.
+pub const MONITOR_STATE: usize = 3;
+
+/// The training step's watch (optim.cu `train_monitor_f32`, one thread): keeps `loss` in
+/// `losses[iteration % capacity]`, records the first non-finite iteration, writes the step
+/// scalars (lr from `lr_table`, Adam's bias corrections, skip) and counts the iteration.
+#[allow(clippy::too_many_arguments)]
+pub fn train_monitor(
+    dev: &CudaDevice,
+    loss: &GpuBuffer,
+    state: &mut GpuBuffer,
+    losses: &mut GpuBuffer,
+    lr_table: &GpuBuffer,
+    scalars: &mut GpuBuffer,
+    beta1: f32,
+    beta2: f32,
+) -> Result<()> {
+    let op = k::TRAIN_MONITOR.name;
+    if loss.len() != 1 || state.len() != MONITOR_STATE || scalars.len() != STEP_SCALARS || losses.is_empty() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "loss {} (needs 1), state {} (needs {MONITOR_STATE}), scalars {} (needs {STEP_SCALARS}), losses {} (needs 1 or more)",
+                loss.len(),
+                state.len(),
+                scalars.len(),
+                losses.len()
+            ),
+        ));
+    }
+    for b in [loss, &*state, &*losses, lr_table, &*scalars] {
+        dev.check_buffer(op, b)?;
+    }
+    let args = [
+        Arg::Ptr(loss.ptr()),
+        Arg::Ptr(state.ptr_mut()),
+        Arg::Ptr(losses.ptr_mut()),
+        Arg::I32(super::launch::to_i32(op, "loss capacity", losses.len())?),
+        Arg::Ptr(lr_table.ptr()),
+        Arg::I32(super::launch::to_i32(op, "schedule length", lr_table.len())?),
+        Arg::Ptr(scalars.ptr_mut()),
+        Arg::F32(beta1),
+        Arg::F32(beta2),
+    ];
+    let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
+    launch(dev, k::TRAIN_MONITOR, one, &args)
 }
 
 /// The device-side table of a parameter set.
@@ -69,6 +134,8 @@ impl ParamTable {
             chunks.extend((0..n).step_by(CHUNK).map(|start| Chunk { tensor: t as i32, _pad: 0, start: start as i64 }));
         }
         let err = |e| CudaError::driver(dev.ordinal(), format!("uploading the {op} parameter table"), e);
+        // Copies from pageable memory: the driver waits for the stream first.
+        dev.count_host_wait();
         Ok(ParamTable {
             key: Self::key_of(slots),
             ptrs: dev.stream().clone_htod(&ptrs).map_err(err)?,
@@ -80,13 +147,20 @@ impl ParamTable {
 
     /// Launches `kernel` over the table's chunks: the table's own arguments first, then the
     /// optimiser's hyperparameters.
-    fn launch(&self, dev: &CudaDevice, kernel: k::Kernel, hyper: &[f32]) -> Result<()> {
+    fn launch(&self, dev: &CudaDevice, kernel: k::Kernel, scalars: Option<&GpuBuffer>, hyper: &[f32]) -> Result<()> {
+        if let Some(s) = scalars {
+            dev.check_buffer(kernel.name, s)?;
+            if s.len() != STEP_SCALARS {
+                return Err(Error::shape(kernel.name, format!("step scalars have {} values, not {STEP_SCALARS}", s.len())));
+            }
+        }
         let mut args = vec![
             Arg::Ptr(slice_ptr(dev, &self.ptrs)),
             Arg::Ptr(slice_ptr(dev, &self.lens)),
             Arg::Ptr(slice_ptr(dev, &self.chunks)),
             Arg::I32(self.n_chunks as i32),
             Arg::I32(CHUNK as i32),
+            Arg::Ptr(scalars.map_or(0, GpuBuffer::ptr)),
         ];
         args.extend(hyper.iter().map(|&v| Arg::F32(v)));
         launch(dev, kernel, self.launch_cfg(dev), &args)
@@ -113,39 +187,49 @@ impl GpuOptimizer {
         Ok(self.table.as_ref().expect("set above"))
     }
 
+    /// Whether the next step over `slots` reuses the table (no upload): the same buffers as the last.
+    pub fn table_current(&self, slots: &[ParamSlot]) -> bool {
+        self.table.as_ref().is_some_and(|t| t.key == ParamTable::key_of(slots))
+    }
+
     /// PyTorch SGD: buf = momentum * buf + (grad + weight_decay * param); param -= lr * buf.
-    /// `lr` is this step's (poly schedule computed by the caller); state1 is the momentum buffer,
-    /// zero before the first step.
-    pub fn sgd_step(&mut self, dev: &CudaDevice, slots: &mut [ParamSlot], lr: f32, momentum: f32, weight_decay: f32) -> Result<()> {
+    /// The learning rate comes from `hyper` (the poly schedule's value for this step); state1 is
+    /// the momentum buffer, zero before the first step.
+    pub fn sgd_step(&mut self, dev: &CudaDevice, slots: &mut [ParamSlot], hyper: StepHyper, momentum: f32, weight_decay: f32) -> Result<()> {
         if slots.is_empty() {
             return Ok(());
         }
         let t = self.table(dev, k::SGD_FWD.name, slots, false)?;
-        t.launch(dev, k::SGD_FWD, &[lr, momentum, weight_decay])
+        let (scalars, lr) = match hyper {
+            StepHyper::Host { lr, .. } => (None, lr),
+            StepHyper::Device(s) => (Some(s), 0.0),
+        };
+        t.launch(dev, k::SGD_FWD, scalars, &[lr, momentum, weight_decay])
     }
 
-    /// PyTorch Adam (L2 weight decay); `step` counts from 1. state1/state2 = first/second moments.
+    /// PyTorch Adam (L2 weight decay); a host step counts from 1. state1/state2 = first/second moments.
     #[allow(clippy::too_many_arguments)]
     pub fn adam_step(
         &mut self,
         dev: &CudaDevice,
         slots: &mut [ParamSlot],
-        step: u32,
-        lr: f32,
+        hyper: StepHyper,
         beta1: f32,
         beta2: f32,
         eps: f32,
         weight_decay: f32,
     ) -> Result<()> {
-        if step == 0 {
-            return Err(Error::invalid("adam_fwd_f32", "step counts from 1"));
-        }
+        let (scalars, lr, bc1, bc2) = match hyper {
+            StepHyper::Host { step: 0, .. } => return Err(Error::invalid("adam_fwd_f32", "step counts from 1")),
+            StepHyper::Host { lr, step } => {
+                (None, lr, 1.0 - (beta1 as f64).powi(step as i32), 1.0 - (beta2 as f64).powi(step as i32))
+            }
+            StepHyper::Device(s) => (Some(s), 0.0, 1.0, 1.0),
+        };
         if slots.is_empty() {
             return Ok(());
         }
         let t = self.table(dev, k::ADAM_FWD.name, slots, true)?;
-        let bc1 = 1.0 - (beta1 as f64).powi(step as i32);
-        let bc2 = 1.0 - (beta2 as f64).powi(step as i32);
-        t.launch(dev, k::ADAM_FWD, &[lr, beta1, beta2, eps, weight_decay, bc1 as f32, bc2 as f32])
+        t.launch(dev, k::ADAM_FWD, scalars, &[lr, beta1, beta2, eps, weight_decay, bc1 as f32, bc2 as f32])
     }
 }

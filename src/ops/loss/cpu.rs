@@ -1,6 +1,6 @@
 //! The losses on the CPU: f64 sums over pixels, parallel when large.
 
-use super::{BCE, CE, LossKernels, NOTHING_COUNTED, refuse_bad_labels, refuse_bad_probabilities, refuse_nan};
+use super::{BCE, CE, Checks, LossKernels, NOTHING_COUNTED, refuse_bad_labels, refuse_bad_probabilities, refuse_nan};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::{Cpu, for_each_par_if_large, sum_par_if_large};
@@ -20,16 +20,18 @@ fn sigmoid(d: f32) -> f32 {
 }
 
 impl LossKernels for Cpu {
-    fn ce2_fwd(&self, zt: &Tensor, tt: &Tensor, mt: Option<&Tensor>, [n, h, w]: [usize; 3]) -> Result<(Storage, f32)> {
+    fn ce2_fwd(&self, zt: &Tensor, tt: &Tensor, mt: Option<&Tensor>, [n, h, w]: [usize; 3], checks: Checks) -> Result<(Storage, Storage)> {
         let (sz, st) = (zt.storage(), tt.storage());
         let (z, t) = (sz.as_cpu(CE)?, st.as_cpu(CE)?);
         let sm = mt.map(|m| m.storage());
         let m = sm.as_ref().map(|s| s.as_cpu(CE)).transpose()?;
-        refuse_nan(CE, z, zt.shape())?;
-        refuse_bad_labels(CE, t, &Shape::from([n, h, w]), m)?;
+        if checks == Checks::Values {
+            refuse_nan(CE, z, zt.shape())?;
+            refuse_bad_labels(CE, t, &Shape::from([n, h, w]), m)?;
+        }
         let p = h * w;
         let counted = m.map_or(n * p, |m| m.iter().filter(|&&v| v == 1.0).count());
-        if counted == 0 {
+        if counted == 0 && checks == Checks::Values {
             return Err(Error::invalid(CE, NOTHING_COUNTED));
         }
         // Per pixel: d = z_other - z_target, loss = softplus(d).
@@ -43,12 +45,14 @@ impl LossKernels for Cpu {
             softplus(d) as f64
         };
         let total = sum_par_if_large(n * p, (0..n * p).into_par_iter().map(pixel));
-        Ok((Storage::Cpu(vec![(total / counted as f64) as f32]), counted as f32))
+        // 0 / max(count, 1): a trusted mask that counts nothing gives 0, as on the GPU.
+        Ok((Storage::Cpu(vec![(total / counted.max(1) as f64) as f32]), Storage::Cpu(vec![counted as f32])))
     }
 
-    fn ce2_bwd(&self, zt: &Tensor, tt: &Tensor, mt: Option<&Tensor>, [_, h, w]: [usize; 3], count: f32, g: &Tensor) -> Result<Tensor> {
+    fn ce2_bwd(&self, zt: &Tensor, tt: &Tensor, mt: Option<&Tensor>, [_, h, w]: [usize; 3], count: &Storage, g: &Tensor) -> Result<Tensor> {
         let p = h * w;
-        let scale = g.to_scalar()? / count;
+        let count = count.as_cpu(CE)?.first().copied().unwrap_or(0.0);
+        let scale = if count > 0.0 { g.to_scalar()? / count } else { 0.0 };
         let (sz, st) = (zt.storage(), tt.storage());
         let (z, t) = (sz.as_cpu(CE)?, st.as_cpu(CE)?);
         let sm = mt.map(|m| m.storage());

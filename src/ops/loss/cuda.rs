@@ -1,10 +1,11 @@
 //! Losses on the GPU: the checked launch wrappers of kernels/loss.cu, and the CUDA side of
-//! [`LossKernels`]. The loss stays on the device (a one-element buffer) and the backward reads the
-//! upstream gradient from device memory, but the forward still waits for the host: the NaN check
-//! reads back the logits' sum, the targets (and mask) are checked on the host, and the count of
-//! counted pixels comes back.
+//! [`LossKernels`]. The loss and the count of counted pixels stay on the device (one-element
+//! buffers) and the backward reads them and the upstream gradient from device memory. The checked
+//! forward ([`Checks::Values`]) waits for the device: the NaN check reads back the logits' sum, the
+//! targets (and mask) are checked on the host, and with a mask the count comes back to refuse
+//! an empty one. The trusted forward (the training step's) reads nothing back.
 
-use super::{BCE, CE, LossKernels, NOTHING_COUNTED, refuse_bad_labels, refuse_bad_probabilities, refuse_nan};
+use super::{BCE, CE, Checks, LossKernels, NOTHING_COUNTED, refuse_bad_labels, refuse_bad_probabilities, refuse_nan};
 use crate::backend::cuda::elementwise::BinaryOp;
 use crate::backend::cuda::kernels::{self as k, Kernel};
 use crate::backend::cuda::launch::{Arg, check_len, grid_1d, launch, to_i32};
@@ -28,33 +29,34 @@ fn refuse_nan_gpu(op: &'static str, z: &Tensor) -> Result<()> {
 
 
 impl LossKernels for Cuda {
-    /// Labels are checked on the host (small); the loss and its count stay on the device but for
-    /// the one count value that says whether anything was counted.
-    fn ce2_fwd(&self, z: &Tensor, t: &Tensor, m: Option<&Tensor>, nhw: [usize; 3]) -> Result<(Storage, f32)> {
-        refuse_nan_gpu(CE, z)?;
-        let mv = m.map(|m| m.to_vec()).transpose()?;
-        refuse_bad_labels(CE, &t.to_vec()?, &Shape::from(nhw), mv.as_deref())?;
+    /// Checked: labels on the host (small), and with a mask the one count value that says whether
+    /// anything was counted. Trusted: nothing comes back.
+    fn ce2_fwd(&self, z: &Tensor, t: &Tensor, m: Option<&Tensor>, nhw: [usize; 3], checks: Checks) -> Result<(Storage, Storage)> {
+        if checks == Checks::Values {
+            refuse_nan_gpu(CE, z)?;
+            let mv = m.map(|m| m.to_vec()).transpose()?;
+            refuse_bad_labels(CE, &t.to_vec()?, &Shape::from(nhw), mv.as_deref())?;
+        }
         let dev = device(CE, z)?;
         let (sz, st) = (z.storage(), t.storage());
         let sm = m.map(|m| m.storage());
         let mb = sm.as_ref().map(|s| s.as_cuda(CE)).transpose()?;
         let out = ce2_fwd(&dev, sz.as_cuda(CE)?, st.as_cuda(CE)?, mb, nhw)?;
-        let count = dev.dtoh(&out.count)?[0];
-        if count == 0.0 {
+        // Without a mask every pixel counts (the shape check refused an empty target).
+        if checks == Checks::Values && m.is_some() && dev.dtoh(&out.count)?[0] == 0.0 {
             return Err(Error::invalid(CE, NOTHING_COUNTED));
         }
-        Ok((Storage::Cuda(out.loss), count))
+        Ok((Storage::Cuda(out.loss), Storage::Cuda(out.count)))
     }
 
-    fn ce2_bwd(&self, z: &Tensor, t: &Tensor, m: Option<&Tensor>, nhw: [usize; 3], count: f32, g: &Tensor) -> Result<Tensor> {
+    fn ce2_bwd(&self, z: &Tensor, t: &Tensor, m: Option<&Tensor>, nhw: [usize; 3], count: &Storage, g: &Tensor) -> Result<Tensor> {
         let dev = device(CE, z)?;
         let (sz, st, sg) = (z.storage(), t.storage(), g.storage());
         let sm = m.map(|m| m.storage());
         let mb = sm.as_ref().map(|s| s.as_cuda(CE)).transpose()?;
-        let count_buf = dev.htod(&[count])?;
         let mut dz = dev.alloc(z.numel())?;
         let (zb, tb, gb) = (sz.as_cuda(CE)?, st.as_cuda(CE)?, sg.as_cuda(CE)?);
-        ce2_bwd(&dev, zb, tb, mb, nhw, &count_buf, gb, &mut dz)?;
+        ce2_bwd(&dev, zb, tb, mb, nhw, count.as_cuda(CE)?, gb, &mut dz)?;
         tensor(dz, z.shape().clone())
     }
 

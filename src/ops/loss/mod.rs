@@ -19,11 +19,11 @@ const BCE: &str = "bce_with_logits";
 
 /// The losses on one side (CPU or CUDA). Forwards refuse NaN logits and bad labels.
 pub(crate) trait LossKernels: Sync {
-    /// The mean cross-entropy of logits `z` (N,2,H,W) over the counted pixels, and their count;
-    /// an error when none counts.
-    fn ce2_fwd(&self, z: &Tensor, t: &Tensor, m: Option<&Tensor>, nhw: [usize; 3]) -> Result<(Storage, f32)>;
+    /// The mean cross-entropy of logits `z` (N,2,H,W) over the counted pixels, and their count
+    /// (one element, on the logits' device); with `checks`, an error when none counts.
+    fn ce2_fwd(&self, z: &Tensor, t: &Tensor, m: Option<&Tensor>, nhw: [usize; 3], checks: Checks) -> Result<(Storage, Storage)>;
     /// dz given the forward's count and the upstream gradient `g` (one element).
-    fn ce2_bwd(&self, z: &Tensor, t: &Tensor, m: Option<&Tensor>, nhw: [usize; 3], count: f32, g: &Tensor) -> Result<Tensor>;
+    fn ce2_bwd(&self, z: &Tensor, t: &Tensor, m: Option<&Tensor>, nhw: [usize; 3], count: &Storage, g: &Tensor) -> Result<Tensor>;
     fn bce_fwd(&self, x: &Tensor, t: &Tensor) -> Result<Storage>;
     fn bce_bwd(&self, x: &Tensor, t: &Tensor, g: &Tensor) -> Result<Tensor>;
 }
@@ -87,10 +87,35 @@ fn refuse_bad_probabilities(op: &'static str, y: &[f32], shape: &Shape) -> Resul
 
 const NOTHING_COUNTED: &str = "every pixel is masked out: nothing to average";
 
+/// What the cross-entropy's forward verifies of its inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Checks {
+    /// Refuse NaN logits, labels other than 0 and 1, and a mask that counts nothing (on a GPU the
+    /// values are read back for it: a wait for the device).
+    Values,
+    /// Trust the caller: the labels were checked where they were made, and the caller watches the
+    /// loss for non-finite values itself. Nothing is read back; a NaN logit gives a NaN loss, and
+    /// a mask that counts nothing gives a loss of 0 and a zero gradient.
+    Trusted,
+}
+
 impl Tensor {
     /// Mean cross-entropy of 2-class logits (N,2,H,W) against `target` (N,H,W) in {0, 1}, over
     /// the pixels where `mask` (N,H,W, 1 = count, 0 = ignore) is 1. An error when no pixel counts.
     pub fn cross_entropy_2class(&self, target: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.cross_entropy_2class_with(target, mask, Checks::Values)
+    }
+
+    /// [`Tensor::cross_entropy_2class`] for the training step: targets and mask whose labels the
+    /// caller has checked (the batch builder does, on the host, as it makes them) and logits whose
+    /// loss the caller watches (the training monitor flags a non-finite loss on the device). No
+    /// value is read back to the host, so on a GPU the step never waits here; a NaN logit gives a
+    /// NaN loss instead of an error, and a mask that counts no pixel gives 0.
+    pub fn cross_entropy_2class_trusted(&self, target: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.cross_entropy_2class_with(target, mask, Checks::Trusted)
+    }
+
+    fn cross_entropy_2class_with(&self, target: &Tensor, mask: Option<&Tensor>, checks: Checks) -> Result<Tensor> {
         self.shape().expect_rank(CE, 4, "(N,2,H,W) logits")?;
         let &[n, classes, h, w] = self.dims() else {
             unreachable!("rank checked")
@@ -128,7 +153,7 @@ impl Tensor {
         all.extend(mask);
         let device = same_device(CE, &all)?;
         let nhw = [n, h, w];
-        let (storage, count) = kernels(device).ce2_fwd(self, target, mask, nhw)?;
+        let (storage, count) = kernels(device).ce2_fwd(self, target, mask, nhw, checks)?;
         let (zt, tt, mt) = (self.clone(), target.clone(), mask.cloned());
         Ok(Tensor::from_storage_op(
             CE,
@@ -136,7 +161,7 @@ impl Tensor {
             Shape::from(()),
             &all,
             move |g, _| {
-                let dz = kernels(g.device()).ce2_bwd(&zt, &tt, mt.as_ref(), nhw, count, g)?;
+                let dz = kernels(g.device()).ce2_bwd(&zt, &tt, mt.as_ref(), nhw, &count, g)?;
                 Ok(if mt.is_some() {
                     vec![Some(dz), None, None]
                 } else {

@@ -1,0 +1,137 @@
+//! The training step: the model, its parameters, the optimiser, the loss watch and the feed, and
+//! on a GPU the step captured as a CUDA graph.
+//!
+//! One step: the batch onto the device ([`Feed`]), gradients zeroed in their kept buffers,
+//! forward, the loss (the mean of both images' cross-entropies) handed to the [`LossWatch`],
+//! backward and the optimiser step at the learning rate the watch supplies. On a GPU nothing in
+//! it waits for the host, so after [`GRAPH_WARMUP`] eager steps (which fill the allocator's cache
+//! and build the optimiser's table) the step from the gradients on is captured once
+//! ([`crate::backend::cuda::graph`]) and replayed every step after: one launch instead of about
+//! 1,300. If the capture fails, the runner says why and goes on eagerly.
+
+use crate::autograd::ParamStore;
+use crate::backend::cuda::CudaDevice;
+use crate::backend::cuda::graph::{self, CapturedGraph};
+use crate::device::Device;
+use crate::error::Result;
+use crate::nn::CosegNet;
+use crate::tensor::Tensor;
+use crate::train::dataset::{Batch, HostBatch};
+use crate::train::feed::Feed;
+use crate::train::monitor::{LossWatch, StepSource};
+use crate::train::optim::Optimizer;
+
+/// Eager steps before the capture.
+pub const GRAPH_WARMUP: usize = 2;
+
+/// How the runner takes its steps.
+#[derive(Debug)]
+pub enum GraphState {
+    /// Eagerly, for good (on the CPU, with graphs off, or after a failed capture).
+    Off,
+    /// Eagerly, this many more steps before the capture.
+    Warming(usize),
+    /// By replaying the captured step.
+    Captured(CapturedGraph),
+}
+
+/// See the module docs.
+pub struct StepRunner {
+    pub model: CosegNet,
+    pub store: ParamStore,
+    pub opt: Optimizer,
+    pub watch: LossWatch,
+    feed: Feed,
+    graph: GraphState,
+    /// Why the capture failed, when it did.
+    pub graph_failure: Option<String>,
+}
+
+impl StepRunner {
+    /// A runner for batches of `pairs` pairs of `size`px crops on the store's device; `cuda_graph`
+    /// asks for the captured step (ignored off a GPU).
+    pub fn new(model: CosegNet, store: ParamStore, opt: Optimizer, watch: LossWatch, pairs: usize, size: usize, cuda_graph: bool) -> Result<Self> {
+        let device = store.device();
+        let feed = Feed::new(device, pairs, size)?;
+        let graph = if cuda_graph && device != Device::Cpu { GraphState::Warming(GRAPH_WARMUP) } else { GraphState::Off };
+        Ok(StepRunner { model, store, opt, watch, feed, graph, graph_failure: None })
+    }
+
+    /// Whether steps are now replays of a captured graph.
+    pub fn captured(&self) -> bool {
+        matches!(self.graph, GraphState::Captured(_))
+    }
+
+    /// One training step on `batch`.
+    pub fn step(&mut self, batch: HostBatch) -> Result<()> {
+        let inputs = self.feed.put(batch)?;
+        match &mut self.graph {
+            GraphState::Captured(g) => {
+                // The replay runs the watch's launch and the optimiser's: count them here.
+                self.watch.replayed()?;
+                self.opt.replayed_step();
+                g.replay()
+            }
+            GraphState::Warming(0) => self.capture(&inputs),
+            GraphState::Warming(n) => {
+                *n -= 1;
+                step_on(&self.model, &self.store, &mut self.opt, &mut self.watch, &inputs)
+            }
+            GraphState::Off => step_on(&self.model, &self.store, &mut self.opt, &mut self.watch, &inputs),
+        }
+    }
+
+    /// Captures the step on `inputs` and replays it (this step); on failure says why, undoes the
+    /// capture's bookkeeping and takes the step eagerly.
+    fn capture(&mut self, inputs: &Batch) -> Result<()> {
+        let Device::Cuda(n) = self.store.device() else {
+            self.graph = GraphState::Off;
+            return step_on(&self.model, &self.store, &mut self.opt, &mut self.watch, inputs);
+        };
+        let dev = CudaDevice::get(n)?;
+        let (iter, steps) = (self.watch.next_iter(), self.opt.steps_taken());
+        let (model, store, opt, watch) = (&self.model, &self.store, &mut self.opt, &mut self.watch);
+        match graph::capture(&dev, || step_on(model, store, opt, watch, inputs)) {
+            Ok((g, ())) => {
+                g.replay()?;
+                self.graph = GraphState::Captured(g);
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing of the capture ran: the counters go back and the step runs eagerly.
+                self.watch.rewind_to(iter)?;
+                self.opt.set_steps_taken(steps);
+                eprintln!("cuda graph: the training step cannot be captured ({e}); training goes on eagerly");
+                self.graph_failure = Some(e.to_string());
+                self.graph = GraphState::Off;
+                step_on(&self.model, &self.store, &mut self.opt, &mut self.watch, inputs)
+            }
+        }
+    }
+}
+
+/// The step on inputs already on the device (what a graph captures): gradients zeroed in their
+/// kept buffers, forward, the loss to the watch, backward, the optimiser step at the watch's
+/// learning rate. Nothing is read back to the host on a GPU; after a non-finite loss the update
+/// is skipped (on the CPU backward is too).
+pub fn step_on(model: &CosegNet, store: &ParamStore, opt: &mut Optimizer, watch: &mut LossWatch, batch: &Batch) -> Result<()> {
+    store.zero_grads_keeping_buffers();
+    let (la, lb) = model.forward_pair(&batch.a, &batch.b, true)?;
+    // The batch builder checked the labels; the watch checks the loss.
+    let ce = |logits: &Tensor, target: &Tensor| logits.cross_entropy_2class_trusted(target, None);
+    let loss = ce(&la, &batch.target_a)?.add(&ce(&lb, &batch.target_b)?)?.mul_scalar(0.5)?;
+    drop((la, lb));
+    let source = watch.record(&loss)?;
+    if !matches!(source, StepSource::Host(None)) {
+        loss.backward()?;
+    }
+    // The graph goes before the update: while it lives, views of the parameters (reshapes)
+    // share their buffers, and the optimiser would copy each shared one (a new address every
+    // step, and its table rebuilt) instead of updating it in place.
+    drop(loss);
+    match source {
+        StepSource::Host(None) => Ok(()),
+        StepSource::Host(Some(lr)) => opt.step(store, lr),
+        StepSource::Device(scalars) => opt.step_device(store, scalars),
+    }
+}

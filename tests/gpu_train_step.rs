@@ -1,0 +1,193 @@
+//! The training step's host-free pieces on cuda:0 (issue 13): the loss watch on the device
+//! against the host's, the optimiser reading its learning rate from device memory and skipping
+//! after a non-finite loss, the batch feed's double-buffered copies, and the step itself: the same
+//! losses as the eager step, and no host wait between reads. Skip without a GPU (fail under
+//! REQUIRE_CUDA=1).
+
+mod common;
+
+use coseg::Device;
+use coseg::autograd::{Init, ParamStore};
+use coseg::nn::{CosegNet, ModelConfig};
+use coseg::tensor::Tensor;
+use coseg::train::dataset::HostBatch;
+use coseg::train::feed::Feed;
+use coseg::train::monitor::{LossWatch, StepSource};
+use coseg::train::step::StepRunner;
+use coseg::train::{Optimizer, OptimizerParams};
+use common::test_gpu;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const GPU: Device = Device::Cuda(0);
+
+fn random_batch(rng: &mut ChaCha8Rng, pairs: usize, size: usize) -> HostBatch {
+    let (image, plane) = (pairs * 3 * size * size, pairs * size * size);
+    let mut draw = |n: usize| (0..n).map(|_| rng.random_range(-1.5f32..1.5)).collect::<Vec<f32>>();
+    let (a, b) = (draw(image), draw(image));
+    let mut label = |n: usize| (0..n).map(|_| rng.random_bool(0.3) as u8 as f32).collect::<Vec<f32>>();
+    let (ta, tb) = (label(plane), label(plane));
+    HostBatch::from_parts(pairs, size, [a, b, ta, tb]).unwrap()
+}
+
+test_gpu!(the_device_watch_matches_the_host_watch, |dev| {
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let table: Vec<f32> = (0..64).map(|_| rng.random_range(1e-4..1e-1)).collect();
+    let start = 5;
+    let mut host = LossWatch::new(Device::Cpu, table.clone(), start, 3, 6, (0.9, 0.999)).unwrap();
+    let mut device = LossWatch::new(GPU, table.clone(), start, 3, 6, (0.9, 0.999)).unwrap();
+    let bad = start + 8;
+    for round in 0..3 {
+        while !device.full() {
+            let it = device.next_iter();
+            let v = if it == bad { f32::INFINITY } else { rng.random_range(0.05f32..3.0) };
+            let lr_host = match host.record(&Tensor::scalar(v, Device::Cpu).unwrap()).unwrap() {
+                StepSource::Host(lr) => lr,
+                StepSource::Device(_) => unreachable!(),
+            };
+            let scalars = match device.record(&Tensor::scalar(v, GPU).unwrap()).unwrap() {
+                StepSource::Device(s) => dev.dtoh(s).unwrap(),
+                StepSource::Host(_) => panic!("a CUDA watch answered from the host"),
+            };
+            // [lr, 1 - b1^t, 1 - b2^t, skip], t = 4 + the good steps since.
+            assert_eq!(scalars[3] != 0.0, it >= bad, "iteration {it}: skip");
+            assert_eq!(scalars[0], table[it], "iteration {it}: lr");
+            assert_eq!(lr_host.is_some(), it < bad);
+            let t = 4 + (it.min(bad) - start) as i32;
+            assert!((scalars[1] - (1.0 - 0.9f64.powi(t)) as f32).abs() < 1e-6, "iteration {it}: bc1 {}", scalars[1]);
+        }
+        let (h, d) = (host.drain().unwrap(), device.drain().unwrap());
+        assert_eq!(h, d, "round {round}");
+        assert_eq!(d.first_bad, (round >= 1).then_some(bad + 1));
+    }
+});
+
+test_gpu!(the_device_step_follows_the_schedule_and_stops_after_a_nan, |dev| {
+    let _ = dev;
+    let mut rng = ChaCha8Rng::seed_from_u64(22);
+    let values: Vec<f32> = (0..300).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let grads: Vec<Vec<f32>> = (0..5).map(|_| (0..300).map(|_| rng.random_range(-1.0f32..1.0)).collect()).collect();
+    let table: Vec<f32> = (0..5).map(|i| 0.05 / (1 + i) as f32).collect();
+    let store = |device| {
+        let mut s = ParamStore::new(device, 1);
+        let w = s.var("w", [300], Init::Const(0.0)).unwrap();
+        w.assign(&Tensor::from_vec(values.clone(), [300], device).unwrap()).unwrap();
+        s
+    };
+    for params in [OptimizerParams::paper_sgd(), OptimizerParams::paper_adam()] {
+        let (eager, watched) = (store(GPU), store(GPU));
+        let (mut oe, mut ow) = (Optimizer::new(params).unwrap(), Optimizer::new(params).unwrap());
+        let mut watch = LossWatch::new(GPU, table.clone(), 0, 0, 8, (params.beta1, params.beta2)).unwrap();
+        let mut frozen = None;
+        for (i, g) in grads.iter().enumerate() {
+            let g = Tensor::from_vec(g.clone(), [300], GPU).unwrap();
+            for s in [&eager, &watched] {
+                s.zero_grads_keeping_buffers();
+                s.get("w").unwrap().mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+            }
+            // Iteration 3's loss is NaN: from then on the watched parameters stay put.
+            let loss = if i == 3 { f32::NAN } else { 0.5 };
+            let StepSource::Device(scalars) = watch.record(&Tensor::scalar(loss, GPU).unwrap()).unwrap() else { panic!("host source") };
+            ow.step_device(&watched, scalars).unwrap();
+            let w = watched.get("w").unwrap().to_vec().unwrap();
+            if i < 3 {
+                oe.step(&eager, table[i]).unwrap();
+                let want = eager.get("w").unwrap().to_vec().unwrap();
+                let diff = w.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(diff <= 1e-6, "{:?} step {i}: the device-scheduled step differs by {diff}", params.kind);
+                frozen = Some(w);
+            } else {
+                assert_eq!(Some(&w), frozen.as_ref(), "{:?} step {i}: updated after the NaN", params.kind);
+            }
+        }
+        assert_eq!(watch.drain().unwrap().first_bad, Some(4));
+    }
+});
+
+test_gpu!(the_feed_delivers_every_batch_into_its_fixed_inputs, |dev| {
+    let _ = dev;
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let (pairs, size) = (3, 17);
+    let mut feed = Feed::new(GPU, pairs, size).unwrap();
+    let mut addresses = Vec::new();
+    for k in 0..6 {
+        let batch = random_batch(&mut rng, pairs, size);
+        let want: Vec<Vec<f32>> = batch.parts().iter().map(|p| p.to_vec()).collect();
+        let got = feed.put(batch).unwrap();
+        for (w, t) in want.iter().zip([&got.a, &got.b, &got.target_a, &got.target_b]) {
+            assert_eq!(&t.to_vec().unwrap(), w, "batch {k}");
+        }
+        match &*got.a.storage() {
+            coseg::tensor::Storage::Cuda(b) => addresses.push(b.device_address()),
+            _ => panic!("the feed's inputs are not on the GPU"),
+        }
+    }
+    // The step's inputs stay where they are.
+    assert!(addresses.iter().all(|&a| a == addresses[0]), "{addresses:?}");
+    let wrong = random_batch(&mut rng, pairs + 1, size);
+    assert!(feed.put(wrong).err().expect("a batch of another size was fed").to_string().contains("pairs"));
+});
+
+test_gpu!(the_training_step_eager_and_captured_matches_the_old_loop_and_waits_for_nothing, |dev| {
+    let mut rng = ChaCha8Rng::seed_from_u64(24);
+    let cfg = ModelConfig { depth: 18, width: 0.125, ..ModelConfig::default() };
+    let (pairs, size, steps) = (2, 32, 20);
+    let batches: Vec<HostBatch> = (0..steps).map(|_| random_batch(&mut rng, pairs, size)).collect();
+    let table: Vec<f32> = (0..steps).map(|i| coseg::train::poly_lr(0.01, i, steps, 0.9)).collect();
+
+    // The loop as it ran before: checked losses read every step, the host's learning rate.
+    let mut es = ParamStore::new(GPU, 7);
+    let enet = CosegNet::new(&cfg, &mut es).unwrap();
+    let mut eo = Optimizer::new(OptimizerParams::paper_sgd()).unwrap();
+    let mut before = Vec::new();
+    for (i, b) in batches.iter().enumerate() {
+        let b = b.clone().upload(GPU).unwrap();
+        es.zero_grads();
+        let (la, lb) = enet.forward_pair(&b.a, &b.b, true).unwrap();
+        let loss = la.cross_entropy_2class(&b.target_a, None).unwrap().add(&lb.cross_entropy_2class(&b.target_b, None).unwrap()).unwrap().mul_scalar(0.5).unwrap();
+        before.push(loss.to_scalar().unwrap());
+        loss.backward().unwrap();
+        eo.step(&es, table[i]).unwrap();
+    }
+
+    // The runner, eager and captured, losses read back every 4 steps.
+    for graph in [false, true] {
+        let mut store = ParamStore::new(GPU, 7);
+        let model = CosegNet::new(&cfg, &mut store).unwrap();
+        let watch = LossWatch::new(GPU, table.clone(), 0, 0, 4, (0.9, 0.999)).unwrap();
+        let opt = Optimizer::new(OptimizerParams::paper_sgd()).unwrap();
+        let mut runner = StepRunner::new(model, store, opt, watch, pairs, size, graph).unwrap();
+        let addresses = |s: &ParamStore| -> Vec<u64> {
+            s.trainable()
+                .flat_map(|(_, t)| [Some(t.storage()), t.grad().map(|g| g.storage())])
+                .flatten()
+                .map(|st| match &*st {
+                    coseg::tensor::Storage::Cuda(b) => b.device_address(),
+                    _ => panic!("a parameter off the GPU"),
+                })
+                .collect()
+        };
+        let (mut losses, mut settled) = (Vec::new(), None);
+        for (i, b) in batches.iter().enumerate() {
+            let waits = dev.host_waits();
+            runner.step(b.clone()).unwrap();
+            // From the fourth step on (gradient buffers, the optimiser's table and the capture are
+            // made in the first three): no wait, parameters and gradients where they were.
+            if i >= 3 {
+                assert_eq!(dev.host_waits(), waits, "graph {graph}, step {i} waited for the device");
+                let now = addresses(&runner.store);
+                assert_eq!(settled.get_or_insert_with(|| now.clone()), &now, "graph {graph}, step {i}: parameters or gradients moved");
+            }
+            if runner.watch.full() {
+                losses.extend(runner.watch.drain().unwrap().losses);
+            }
+        }
+        assert_eq!(runner.captured(), graph, "capture failure: {:?}", runner.graph_failure);
+        assert_eq!(runner.opt.steps_taken(), steps as u64);
+        assert_eq!(losses.len(), steps);
+        for (i, (w, e)) in losses.iter().zip(&before).enumerate() {
+            assert!((w - e).abs() <= 1e-5 * e.abs().max(1.0), "graph {graph}, step {i}: {w}, the old loop {e}");
+        }
+        assert!(losses.windows(2).any(|w| w[0] != w[1]), "the losses never moved: {losses:?}");
+    }
+});
