@@ -191,3 +191,24 @@ test_gpu!(the_training_step_eager_and_captured_matches_the_old_loop_and_waits_fo
         assert!(losses.windows(2).any(|w| w[0] != w[1]), "the losses never moved: {losses:?}");
     }
 });
+
+test_gpu!(the_captured_evaluation_forward_matches_the_eager_one, |dev| {
+    let _ = dev;
+    let mut rng = ChaCha8Rng::seed_from_u64(25);
+    let cfg = ModelConfig { depth: 18, width: 0.125, ..ModelConfig::default() };
+    let mut store = ParamStore::new(GPU, 8);
+    let model = CosegNet::new(&cfg, &mut store).unwrap();
+    let mut draw = || Tensor::randn([3, 3, 32, 32], 0.0, 1.0, GPU, &mut rng).unwrap();
+    let eager = |a: &Tensor, b: &Tensor| coseg::autograd::no_grad(|| model.forward_pair(a, b, false)).unwrap().0.to_vec().unwrap();
+    // Warm the allocator's cache, then capture on one batch and replay on others.
+    let (a0, b0) = (draw(), draw());
+    eager(&a0, &b0);
+    let g = coseg::train::infer::ForwardGraph::capture(&model, &a0, &b0).unwrap();
+    for k in 0..3 {
+        let (a, b) = if k == 0 { (a0.clone(), b0.clone()) } else { (draw(), draw()) };
+        let got = g.run(&a, &b).unwrap().to_vec().unwrap();
+        let want = eager(&a, &b);
+        let diff = got.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(diff <= 1e-5, "batch {k}: the replay differs by {diff}");
+    }
+});

@@ -75,23 +75,37 @@ fn load_model(config: TrainConfig, meta: CheckpointMeta, paths: &CheckpointPaths
 }
 
 /// Lesion probabilities (S x S each, crop space) for every sample of `set`, each segmented with
-/// its partner, `batch` pairs at a time, in evaluation mode.
-pub fn predict(model: &CosegNet, set: &SplitSet, partners: &Partners, batch: usize, device: Device) -> Result<Vec<Vec<f32>>> {
-    predict_averaged(model, set, partners, batch, device, &[0])
+/// its partner, `batch` pairs at a time, in evaluation mode. `graph`: on a GPU, replay the
+/// forward as a captured CUDA graph (see [`ForwardGraph`]).
+pub fn predict(model: &CosegNet, set: &SplitSet, partners: &Partners, batch: usize, device: Device, graph: bool) -> Result<Vec<Vec<f32>>> {
+    predict_averaged(model, set, partners, batch, device, &[0], graph)
 }
 
 /// As [`predict`], averaged over the given symmetries of the square (0..8, as
 /// `dataset::symmetric_input` numbers them): both images of a pair are transformed alike and
 /// each prediction is mapped back before averaging (test-time augmentation).
-pub fn predict_averaged(model: &CosegNet, set: &SplitSet, partners: &Partners, batch: usize, device: Device, symmetries: &[u8]) -> Result<Vec<Vec<f32>>> {
+pub fn predict_averaged(
+    model: &CosegNet,
+    set: &SplitSet,
+    partners: &Partners,
+    batch: usize,
+    device: Device,
+    symmetries: &[u8],
+    graph: bool,
+) -> Result<Vec<Vec<f32>>> {
     let s = set.size;
     if symmetries.is_empty() || symmetries.iter().any(|&k| k >= 8) {
         return Err(Error::invalid("predict", format!("symmetries {symmetries:?} (need at least one, each in 0..8)")));
     }
+    let batch = batch.max(1);
     let mut out = vec![vec![0.0f32; s * s]; set.samples.len()];
     let order: Vec<usize> = (0..set.samples.len()).collect();
+    let full_batches = symmetries.len() * (order.len() / batch);
+    // A graph pays off over a few full batches: the first runs eagerly (it fills the allocator's
+    // cache the capture draws from), the second is captured.
+    let mut forward = ForwardPass::new(graph && device != Device::Cpu && full_batches >= 3);
     for &k in symmetries {
-        for chunk in order.chunks(batch.max(1)) {
+        for chunk in order.chunks(batch) {
             let (mut xa, mut xb) = (Vec::new(), Vec::new());
             for &i in chunk {
                 xa.extend(dataset::symmetric_input(&set.samples[i], s, k));
@@ -100,7 +114,7 @@ pub fn predict_averaged(model: &CosegNet, set: &SplitSet, partners: &Partners, b
             let n = chunk.len();
             let a = Tensor::from_vec(xa, [n, 3, s, s], device)?;
             let b = Tensor::from_vec(xb, [n, 3, s, s], device)?;
-            let (la, _) = no_grad(|| model.forward_pair(&a, &b, false))?;
+            let la = forward.run(model, &a, &b, n == batch)?;
             for (&i, p) in chunk.iter().zip(lesion_probability(&la)?) {
                 for (acc, v) in out[i].iter_mut().zip(dataset::undo_symmetry(&p, k, s)) {
                     *acc += v / symmetries.len() as f32;
@@ -109,6 +123,81 @@ pub fn predict_averaged(model: &CosegNet, set: &SplitSet, partners: &Partners, b
         }
     }
     Ok(out)
+}
+
+/// The evaluation-mode forward of a batch of pairs, eager or replayed from a captured graph.
+enum ForwardPass {
+    Eager,
+    /// Full batches seen so far, before the capture.
+    Warming(usize),
+    Captured(ForwardGraph),
+}
+
+/// The evaluation forward captured once as a CUDA graph for one batch shape: fixed inputs, the
+/// logits written to a fixed output each replay. A batch is copied into the inputs, replayed,
+/// and its logits read. Parameters and running statistics are read where they live, so a graph
+/// made during training sees the current weights.
+pub struct ForwardGraph {
+    a: Tensor,
+    b: Tensor,
+    logits: Tensor,
+    graph: crate::backend::cuda::graph::CapturedGraph,
+}
+
+impl ForwardGraph {
+    /// Captures `model`'s evaluation forward on inputs shaped as `a` and `b` (on a GPU), and
+    /// runs it once on them.
+    pub fn capture(model: &CosegNet, a: &Tensor, b: &Tensor) -> Result<ForwardGraph> {
+        let Device::Cuda(n) = a.device() else {
+            return Err(Error::WrongDevice { op: "forward graph", needs: "a CUDA device", found: a.device() });
+        };
+        let dev = crate::backend::cuda::CudaDevice::get(n)?;
+        let (fa, fb) = (Tensor::zeros(a.shape().clone(), a.device())?, Tensor::zeros(b.shape().clone(), b.device())?);
+        fa.copy_from(a)?;
+        fb.copy_from(b)?;
+        let (graph, logits) = crate::backend::cuda::graph::capture(&dev, || no_grad(|| model.forward_pair(&fa, &fb, false)).map(|(la, _)| la))?;
+        graph.replay()?;
+        Ok(ForwardGraph { a: fa, b: fb, logits, graph })
+    }
+
+    /// The logits for `a` and `b` (shaped as at the capture): copied in, replayed.
+    pub fn run(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.a.copy_from(a)?;
+        self.b.copy_from(b)?;
+        self.graph.replay()?;
+        Ok(self.logits.clone())
+    }
+}
+
+impl ForwardPass {
+    fn new(graph: bool) -> Self {
+        if graph { ForwardPass::Warming(0) } else { ForwardPass::Eager }
+    }
+
+    /// Logits of `a` paired with `b`; `full`: the batch has the size a graph is made for.
+    fn run(&mut self, model: &CosegNet, a: &Tensor, b: &Tensor, full: bool) -> Result<Tensor> {
+        let eager = |a, b| Ok(no_grad(|| model.forward_pair(a, b, false))?.0);
+        match self {
+            ForwardPass::Captured(g) if full => g.run(a, b),
+            ForwardPass::Warming(seen) if full && *seen >= 1 => match ForwardGraph::capture(model, a, b) {
+                Ok(g) => {
+                    let logits = g.logits.clone();
+                    *self = ForwardPass::Captured(g);
+                    Ok(logits)
+                }
+                Err(e) => {
+                    eprintln!("cuda graph: the evaluation forward cannot be captured ({e}); going on eagerly");
+                    *self = ForwardPass::Eager;
+                    eager(a, b)
+                }
+            },
+            ForwardPass::Warming(seen) if full => {
+                *seen += 1;
+                eager(a, b)
+            }
+            _ => eager(a, b),
+        }
+    }
 }
 
 /// P(lesion) per pixel from (N,2,H,W) logits: sigmoid(z1 - z0), one Vec per image.
@@ -151,7 +240,7 @@ pub fn crop_metrics(set: &SplitSet, probs: &[Vec<f32>]) -> Result<(MetricsSummar
 /// averaged over the config's test-time symmetries (`[eval] tta`), then refined by the dense CRF
 /// on the run's device when `crf` is given.
 pub fn predict_restored(r: &Restored, set: &SplitSet, partners: &Partners, batch: usize, crf: Option<&CrfParams>) -> Result<Vec<Vec<f32>>> {
-    let probs = predict_averaged(&r.model, set, partners, batch, r.device, symmetries(&r.config.eval))?;
+    let probs = predict_averaged(&r.model, set, partners, batch, r.device, symmetries(&r.config.eval), r.config.train.cuda_graph)?;
     match crf {
         Some(p) => refine_with_crf(set, &probs, p, r.device),
         None => Ok(probs),

@@ -535,7 +535,8 @@ impl<'a> Session<'a> {
     /// Validation after iteration `done`: crop-space metrics against the pseudo-masks (and the
     /// true masks when every lesion has one), logged, printed, kept in `outcome`, curves redrawn.
     fn validate(&mut self, done: usize, outcome: &mut TrainOutcome) -> Result<()> {
-        let probs = predict(&self.runner.model, &self.data.val, &self.partners, self.cfg.train.batch_pairs, self.device)?;
+        let t = &self.cfg.train;
+        let probs = predict(&self.runner.model, &self.data.val, &self.partners, t.batch_pairs, self.device, t.cuda_graph)?;
         let (vp, vt) = crop_metrics(&self.data.val, &probs)?;
         self.log.write(&LogEntry::val(done, "pseudo", &vp))?;
         if let Some(vt) = &vt {
