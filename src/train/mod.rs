@@ -5,6 +5,7 @@
 //! - [`dataset`]: crops + pseudo-masks of a split, input normalisation, augmentation, batches.
 //! - [`optim`]: SGD with momentum + weight decay, Adam with weight decay, the poly schedule.
 //! - [`run`]: the training loop (validation, checkpoints, resume, NaN stop, log, curves).
+//! - [`profile`]: `--profile` / COSEG_PROFILE=1, per-op GPU time of the training steps.
 //! - [`checkpoint`]: atomic safetensors checkpoints with a JSON sidecar and optimiser state.
 //! - [`log`]: the JSONL log; [`plot`]: PNG line plots (built-in bitmap font).
 //! - [`infer`]: a restored network's lesion probabilities (pairs, test-time flips, dense CRF), shared
@@ -25,8 +26,9 @@ pub mod limits;
 pub mod log;
 pub mod optim;
 pub mod plot;
+pub mod profile;
 pub mod run;
 
 pub use config::TrainConfig;
 pub use optim::{Optimizer, OptimizerKind, OptimizerParams, poly_lr};
-pub use run::{Resume, TrainOutcome, train};
+pub use run::{Resume, TrainOutcome, train, train_profiled};

@@ -354,6 +354,14 @@ impl StepProfiler {
     }
 }
 
+impl Drop for StepProfiler {
+    /// A step that failed between `begin` and `end` must not leave the device timing (and
+    /// queueing events) for the rest of the process.
+    fn drop(&mut self) {
+        self.dev.set_profiling(false);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
