@@ -171,3 +171,35 @@ test_gpu!(gpu_profiling_times_each_launch_by_name_and_records_nothing_when_off, 
     assert_eq!(once.rows.iter().map(|r| r.launches).sum::<u64>(), 3, "{}", once.table());
     assert!(dev.collect_profile(1).unwrap().rows.is_empty());
 });
+
+test_gpu!(gpu_training_profile_skips_the_warm_up_steps_and_writes_its_csv, |dev| {
+    use coseg::backend::cuda::{elementwise::BinaryOp, profile::parse_csv};
+    use coseg::train::profile::{TrainProfiler, WARMUP_STEPS};
+    let _serial = gpu_common::serial();
+    let mut r = rng(6);
+    let n = 4096;
+    let (a, b) = (dev.htod(&randn(&mut r, n)).unwrap(), dev.htod(&randn(&mut r, n)).unwrap());
+    let mut y = dev.alloc(n).unwrap();
+    let walk = nd::geometry("test", &[n], &[1], &[1], 0, 0).unwrap();
+    let out = std::env::temp_dir().join(format!("coseg-gpu-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let mut prof = TrainProfiler::new(true, Device::Cuda(dev.ordinal())).unwrap();
+    // Step i launches i + 1 adds: which steps were counted shows in the launches per step.
+    let steps = WARMUP_STEPS + 3;
+    for i in 0..steps {
+        prof.begin().unwrap();
+        for _ in 0..=i {
+            nd::binary(&dev, BinaryOp::Add, &a, &b, &mut y, &walk).unwrap();
+        }
+        prof.end().unwrap();
+    }
+    let p = prof.finish(&out).unwrap().expect("steps after the warm-up were profiled");
+    assert_eq!(p.steps, 3);
+    let counted: u64 = (WARMUP_STEPS..steps).map(|i| i as u64 + 1).sum();
+    assert_eq!(p.rows.len(), 1, "{}", p.table());
+    assert_eq!((p.rows[0].name.as_str(), p.rows[0].launches), ("binary_nd_fwd_f32", counted));
+    let csv = parse_csv(&std::fs::read_to_string(out.join("profile.csv")).unwrap(), "profile.csv").unwrap();
+    assert_eq!(csv, p.csv_rows());
+    assert!((csv[0].launches_per_step - counted as f64 / 3.0).abs() < 1e-12 && csv[0].share == 1.0);
+    std::fs::remove_dir_all(&out).ok();
+});

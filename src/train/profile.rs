@@ -10,7 +10,7 @@
 
 use crate::backend::cuda::{CudaDevice, Profile, StepProfiler};
 use crate::device::Device;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::path::Path;
 
 /// Steps of a session trained before profiling starts.
@@ -71,7 +71,7 @@ impl TrainProfiler {
         }
         let profile = p.finish()?;
         let path = out.join("profile.csv");
-        std::fs::write(&path, profile.to_csv()).map_err(|e| Error::io(&path, e))?;
+        crate::io::write_atomic(&path, profile.to_csv().as_bytes())?;
         Ok(Some(profile))
     }
 }

@@ -335,8 +335,10 @@ impl StepProfiler {
             return Err(Error::invalid("profile", "StepProfiler::end without begin"));
         };
         self.dev.set_profiling(false);
-        self.dev.flush_profile()?;
+        self.dev.synchronize()?;
+        // The wall time stops before the events are read back (reading them is not the step's).
         self.wall_ms += began.elapsed().as_secs_f64() * 1e3;
+        self.dev.flush_profile()?;
         self.steps += 1;
         Ok(())
     }
