@@ -11,11 +11,15 @@
 //! side. It prints the host's waits per step (0: the host never stalled the GPU's queue between
 //! reads) and whether the capture succeeded.
 //! The step's peak device memory (coseg's live tensors) is printed per precision.
+//! With COSEG_PROFILE=1, after the measurement, [`PROFILED_STEPS`] more steps per precision run
+//! with per-op GPU timing and their table is printed: where the step's GPU time goes, and the
+//! host overhead (wall time minus the kernels' time).
 //! Skips without a GPU. Run: `cargo bench --bench step_gpu`.
 
 use coseg::Device;
 use coseg::device::Precision;
 use coseg::autograd::{ParamStore, no_grad};
+use coseg::backend::cuda::StepProfiler;
 use coseg::nn::{CosegNet, ModelConfig, ResNet, ResNetSpec};
 use coseg::tensor::Tensor;
 use coseg::train::dataset::HostBatch;
@@ -36,6 +40,8 @@ const LOG_EVERY: usize = 20;
 mod gpu;
 
 const GPU: Device = Device::Cuda(0);
+/// Steps timed per op per precision under COSEG_PROFILE=1 (after the measurement's warm steps).
+const PROFILED_STEPS: usize = 5;
 
 fn crops(n: usize, seed: u64) -> Tensor {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -74,18 +80,30 @@ fn bench(c: &mut Criterion) {
     for p in Precision::ALL {
         dev.set_precision(p);
         dev.reset_peak_memory();
-        g.bench_function(format!("drn_mg101_csa_d2_10pairs_128x128_{p}"), |bench| {
-            bench.iter(|| {
-                params.zero_grads();
-                let (la, lb) = net.forward_pair(&a, &b, true).unwrap();
-                let loss = la.cross_entropy_2class(&target, None).unwrap().add(&lb.cross_entropy_2class(&target, None).unwrap()).unwrap();
-                loss.backward().unwrap();
-                opt.step(&params, 1e-4).unwrap();
-                black_box(loss.to_scalar().unwrap())
-            })
-        });
+        let mut step = || {
+            params.zero_grads();
+            let (la, lb) = net.forward_pair(&a, &b, true).unwrap();
+            let loss = la.cross_entropy_2class(&target, None).unwrap().add(&lb.cross_entropy_2class(&target, None).unwrap()).unwrap();
+            loss.backward().unwrap();
+            opt.step(&params, 1e-4).unwrap();
+            loss.to_scalar().unwrap()
+        };
+        g.bench_function(format!("drn_mg101_csa_d2_10pairs_128x128_{p}"), |bench| bench.iter(|| black_box(step())));
         let peak = dev.memory_stats().peak_in_use_bytes as f64 / (1 << 20) as f64;
         eprintln!("step {p}: peak device memory in live tensors {peak:.0} MiB");
+        if coseg::train::profile::requested_by_env() {
+            // Warm even when a filter skipped the measurement: modules, cuBLAS, allocator cache.
+            for _ in 0..2 {
+                black_box(step());
+            }
+            let mut prof = StepProfiler::new(dev.clone()).unwrap();
+            for _ in 0..PROFILED_STEPS {
+                prof.begin().unwrap();
+                black_box(step());
+                prof.end().unwrap();
+            }
+            eprint!("step {p}, 10 pairs: {}", prof.finish().unwrap().table());
+        }
     }
     g.finish();
 

@@ -232,6 +232,13 @@ fn eval_segment_and_train_never_write_over_their_inputs() {
     let o = coseg(&["train", "--config", &s(&cfg)]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(solo.join(coseg::output::FOLDER_MARKER).is_file());
+    // --profile on the CPU: said plainly, and training goes on, without a profile.
+    let cpu_run = dir.join("cpu-profile");
+    std::fs::write(&cfg, format!("{}device = \"cpu\"\n", cfg_text(&cpu_run))).unwrap();
+    let o = coseg(&["train", "--config", &s(&cfg), "--profile"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("per-op GPU timing needs a CUDA device"), "{}", stderr(&o));
+    assert!(cpu_run.join("checkpoints").is_dir() && !cpu_run.join("profile.csv").exists());
     assert!(truth_before == snapshot(&data.join("masks")));
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -112,3 +112,94 @@ fn gpu_tensors_move_between_devices_and_back() {
     assert_eq!(on_gpu.to_vec().unwrap(), data);
     assert_eq!(on_gpu.to_device(Device::Cpu).unwrap().to_vec().unwrap(), data);
 }
+
+test_gpu!(gpu_profiling_times_each_launch_by_name_and_records_nothing_when_off, |dev| {
+    use coseg::backend::cuda::{GpuBuffer, StepProfiler, blas, elementwise::BinaryOp};
+    // Profiling is device-wide: no other test of this binary may launch meanwhile.
+    let _serial = gpu_common::serial();
+    let mut r = rng(5);
+    let n = 512;
+    let a = dev.htod(&randn(&mut r, n * n)).unwrap();
+    let b = dev.htod(&randn(&mut r, n * n)).unwrap();
+    let (mut c, mut y) = (dev.alloc(n * n).unwrap(), dev.alloc(n * n).unwrap());
+    let walk = nd::geometry("test", &[n * n], &[1], &[1], 0, 0).unwrap();
+    // One "step": a product and two adds (different counts, so a mixed-up key shows).
+    let step = |c: &mut GpuBuffer, y: &mut GpuBuffer| {
+        blas::sgemm(&dev, 1, (false, &a, 0), (false, &b, 0), n, n, n, c).unwrap();
+        nd::binary(&dev, BinaryOp::Add, &a, &b, y, &walk).unwrap();
+        nd::binary(&dev, BinaryOp::Add, c, &b, y, &walk).unwrap();
+    };
+    step(&mut c, &mut y); // loads the module and creates the cuBLAS handle, untimed
+    let mut prof = StepProfiler::new(dev.clone()).unwrap();
+    let steps = 4;
+    let mut held = 0;
+    for s in 0..steps {
+        prof.begin().unwrap();
+        assert!(dev.profiling());
+        step(&mut c, &mut y);
+        prof.end().unwrap();
+        if s == 0 {
+            held = dev.profile_events_held();
+            assert!(held >= 6, "3 launches need 6 events, the pool holds {held}");
+        }
+    }
+    // Events are reused: no step after the first created any.
+    assert_eq!(dev.profile_events_held(), held);
+    let p = prof.finish().unwrap();
+    assert!(!dev.profiling());
+    assert_eq!(p.steps, steps);
+    let launches: std::collections::BTreeMap<&str, u64> = p.rows.iter().map(|r| (r.name.as_str(), r.launches)).collect();
+    assert_eq!(launches, [("binary_nd_fwd_f32", 2 * steps as u64), ("cublas sgemm", steps as u64)].into(), "{}", p.table());
+    assert!(p.rows.iter().all(|r| r.total_ms > 0.0 && r.total_ms.is_finite()), "{}", p.table());
+    assert!(p.rows.windows(2).all(|w| w[0].total_ms >= w[1].total_ms));
+    // The kernels ran inside the measured steps: their time fits in the wall time.
+    let (kernels, wall, gap) = p.per_step();
+    assert!(kernels > 0.0 && gap.unwrap() >= 0.0, "kernels {kernels} ms, wall {wall:?} ms per step");
+    // The adds did run: y = c + b.
+    let (cv, bv, yv) = (dev.dtoh(&c).unwrap(), dev.dtoh(&b).unwrap(), dev.dtoh(&y).unwrap());
+    assert!(yv.iter().zip(cv.iter().zip(&bv)).all(|(y, (c, b))| (y - (c + b)).abs() <= 1e-5 * (1.0 + y.abs())));
+    // Off: launches are not timed.
+    step(&mut c, &mut y);
+    let off = dev.collect_profile(1).unwrap();
+    assert!(off.rows.is_empty(), "{}", off.table());
+    // On by hand: timed, collected once, then the totals start again.
+    dev.set_profiling(true);
+    step(&mut c, &mut y);
+    dev.set_profiling(false);
+    step(&mut c, &mut y);
+    let once = dev.collect_profile(1).unwrap();
+    assert_eq!(once.rows.iter().map(|r| r.launches).sum::<u64>(), 3, "{}", once.table());
+    assert!(dev.collect_profile(1).unwrap().rows.is_empty());
+});
+
+test_gpu!(gpu_training_profile_skips_the_warm_up_steps_and_writes_its_csv, |dev| {
+    use coseg::backend::cuda::{elementwise::BinaryOp, profile::parse_csv};
+    use coseg::train::profile::{TrainProfiler, WARMUP_STEPS};
+    let _serial = gpu_common::serial();
+    let mut r = rng(6);
+    let n = 4096;
+    let (a, b) = (dev.htod(&randn(&mut r, n)).unwrap(), dev.htod(&randn(&mut r, n)).unwrap());
+    let mut y = dev.alloc(n).unwrap();
+    let walk = nd::geometry("test", &[n], &[1], &[1], 0, 0).unwrap();
+    let out = std::env::temp_dir().join(format!("coseg-gpu-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let mut prof = TrainProfiler::new(true, Device::Cuda(dev.ordinal())).unwrap();
+    // Step i launches i + 1 adds: which steps were counted shows in the launches per step.
+    let steps = WARMUP_STEPS + 3;
+    for i in 0..steps {
+        prof.begin().unwrap();
+        for _ in 0..=i {
+            nd::binary(&dev, BinaryOp::Add, &a, &b, &mut y, &walk).unwrap();
+        }
+        prof.end().unwrap();
+    }
+    let p = prof.finish(&out).unwrap().expect("steps after the warm-up were profiled");
+    assert_eq!(p.steps, 3);
+    let counted: u64 = (WARMUP_STEPS..steps).map(|i| i as u64 + 1).sum();
+    assert_eq!(p.rows.len(), 1, "{}", p.table());
+    assert_eq!((p.rows[0].name.as_str(), p.rows[0].launches), ("binary_nd_fwd_f32", counted));
+    let csv = parse_csv(&std::fs::read_to_string(out.join("profile.csv")).unwrap(), "profile.csv").unwrap();
+    assert_eq!(csv, p.csv_rows());
+    assert!((csv[0].launches_per_step - counted as f64 / 3.0).abs() < 1e-12 && csv[0].share == 1.0);
+    std::fs::remove_dir_all(&out).ok();
+});

@@ -1,7 +1,7 @@
-//! `coseg train --config FILE [--fresh | --resume CKPT]`: trains the co-segmentation network as
-//! the config says; resumes automatically from the newest checkpoint of its out folder.
+//! `coseg train --config FILE [--fresh | --resume CKPT] [--profile]`: trains the co-segmentation
+//! network as the config says; resumes automatically from the newest checkpoint of its out folder.
 
-use coseg::train::{Resume, TrainConfig, train};
+use coseg::train::{Resume, TrainConfig, train_profiled};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -15,6 +15,10 @@ pub struct Args {
     /// Resume from this checkpoint (.safetensors) instead of the newest in the out folder.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Per-op GPU time (CUDA events around every launch) from the third step on: a table at the
+    /// end, and <out>/profile.csv. Also COSEG_PROFILE=1. Needs a CUDA device.
+    #[arg(long)]
+    profile: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -24,7 +28,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         (false, Some(p)) => Resume::From(p),
         (false, None) => Resume::Auto,
     };
-    let o = train(&loaded.config, &loaded.text, &resume)?;
+    let profile = a.profile || coseg::train::profile::requested_by_env();
+    let o = train_profiled(&loaded.config, &loaded.text, &resume, profile)?;
     let steps_per_s = 1e3 / o.mean_step_ms;
     println!(
         "trained iterations {}..{} ({:.0} ms per step: {steps_per_s:.2} steps/s, {:.1} pairs/s); checkpoint {}; log {}",
@@ -37,6 +42,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     if let Some(bytes) = o.peak_device_bytes {
         println!("peak device memory in live tensors: {:.0} MiB", bytes as f64 / (1 << 20) as f64);
+    }
+    if let Some(p) = &o.profile {
+        print!("{}", p.table());
+        println!("profile written to {}", o.out.join("profile.csv").display());
     }
     if let Some(v) = &o.val_pseudo {
         print!("{}", v.table("val vs pseudo-masks (crop space)"));

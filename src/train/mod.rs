@@ -8,6 +8,7 @@
 //! - [`feed`]: batches onto the device (double-buffered copies on a second stream on a GPU).
 //! - [`step`]: the training step, captured as a CUDA graph on a GPU.
 //! - [`monitor`]: the step's loss watch, on the device where the step runs (read at log intervals).
+//! - [`profile`]: `--profile` / COSEG_PROFILE=1, per-op GPU time of the training steps.
 //! - [`checkpoint`]: atomic safetensors checkpoints with a JSON sidecar and optimiser state.
 //! - [`log`]: the JSONL log; [`plot`]: PNG line plots (built-in bitmap font).
 //! - [`infer`]: a restored network's lesion probabilities (pairs, test-time flips, dense CRF), shared
@@ -30,9 +31,10 @@ pub mod log;
 pub mod monitor;
 pub mod optim;
 pub mod plot;
+pub mod profile;
 pub mod run;
 pub mod step;
 
 pub use config::TrainConfig;
 pub use optim::{Optimizer, OptimizerKind, OptimizerParams, poly_lr};
-pub use run::{Resume, TrainOutcome, train};
+pub use run::{Resume, TrainOutcome, train, train_profiled};

@@ -69,6 +69,8 @@ pub struct TrainOutcome {
     /// On a GPU: the most device memory coseg's live tensors held during training (the
     /// allocator's count, from the first step on; the driver's own and the cache excluded).
     pub peak_device_bytes: Option<usize>,
+    /// Per-op GPU time of the profiled steps (`--profile` on a GPU; also in `<out>/profile.csv`).
+    pub profile: Option<crate::backend::cuda::Profile>,
 }
 
 /// Losses of the iterations a spike is measured against.
@@ -218,15 +220,26 @@ pub fn load_run_data(cfg: &TrainConfig) -> Result<RunData> {
 
 /// Trains as `cfg` says, writing into `cfg.train.out`. `config_toml` is the config's text,
 /// stored in every checkpoint (it rebuilds the model for `coseg eval` and guards resumes).
+/// Profiles the GPU time per op when COSEG_PROFILE=1 (see [`crate::train::profile`]).
 pub fn train(cfg: &TrainConfig, config_toml: &str, resume: &Resume) -> Result<TrainOutcome> {
+    train_profiled(cfg, config_toml, resume, crate::train::profile::requested_by_env())
+}
+
+/// `train`, with the per-op GPU profile on or off (`coseg train --profile`).
+pub fn train_profiled(cfg: &TrainConfig, config_toml: &str, resume: &Resume, profile: bool) -> Result<TrainOutcome> {
     let data = load_run_data(cfg)?;
-    train_with(cfg, config_toml, resume, &data)
+    train_with(cfg, config_toml, resume, &data, profile)
 }
 
 /// `train` on data already loaded (the experiment runner and tests reuse one load).
-pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &RunData) -> Result<TrainOutcome> {
+pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &RunData, profile: bool) -> Result<TrainOutcome> {
     let t = &cfg.train;
     let (mut s, mut outcome) = Session::open(cfg, config_toml, resume, data)?;
+    let mut prof = crate::train::profile::TrainProfiler::new(profile, s.device)?;
+    if prof.on() {
+        // A replay is one launch: the per-op table needs the eager step's launches.
+        s.runner.disable_graph("the per-op profile times the eager step");
+    }
     let iters = outcome.started_at..t.iterations;
     let gpu = match s.device {
         Device::Cuda(n) => Some(crate::backend::cuda::CudaDevice::get(n)?),
@@ -240,7 +253,9 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
         s.interval_start = Instant::now();
         for iter in iters {
             let batch = batches.recv().map_err(|_| Error::invalid("train", format!("the batch worker stopped before iteration {}", iter + 1)))??;
+            prof.begin()?;
             s.step(iter, batch)?;
+            prof.end()?;
             let done = iter + 1;
             let last = done == t.iterations;
             let validate = (done % t.val_every == 0 || last) && !data.val.samples.is_empty();
@@ -273,6 +288,7 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
         outcome.checkpoint = p;
     }
     outcome.peak_device_bytes = gpu.map(|dev| dev.memory_stats().peak_in_use_bytes);
+    outcome.profile = prof.finish(&s.out)?;
     outcome.mean_step_ms = if s.steps > 0 { s.step_ms_total / s.steps as f64 } else { f64::NAN };
     Ok(outcome)
 }
@@ -451,6 +467,7 @@ impl<'a> Session<'a> {
             val_true: None,
             unusable_checkpoints: from.unusable,
             peak_device_bytes: None,
+            profile: None,
         };
         let started = Instant::now();
         let bar = crate::progress::bar((t.iterations - start.min(t.iterations)) as u64, "train");

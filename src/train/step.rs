@@ -57,6 +57,14 @@ impl StepRunner {
         Ok(StepRunner { model, store, opt, watch, feed, graph, graph_failure: None })
     }
 
+    /// Takes every step eagerly from now on, saying `why` if a graph was asked for.
+    pub fn disable_graph(&mut self, why: &str) {
+        if !matches!(self.graph, GraphState::Off) {
+            eprintln!("cuda graph: off, {why}");
+        }
+        self.graph = GraphState::Off;
+    }
+
     /// Whether steps are now replays of a captured graph.
     pub fn captured(&self) -> bool {
         matches!(self.graph, GraphState::Captured(_))

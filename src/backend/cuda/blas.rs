@@ -61,11 +61,13 @@ pub fn sgemm(
         .context()
         .bind_to_thread()
         .map_err(|e| CudaError::driver(dev.ordinal(), format!("{OP}: binding the context to this thread"), e))?;
+    let timed = dev.time_start()?;
     // SAFETY: the buffers hold at least what the strides and dims above read and write (checked),
     // and cuBLAS runs on the device's one stream, in order with the kernels.
     unsafe { blas.gemm_strided_batched(cfg, b.1.slice(), a.1.slice(), c.slice_mut()) }.map_err(|status| {
         CudaError::Blas { ordinal: dev.ordinal(), call: format!("{OP} ({batch} x {m}x{k} by {k}x{n})"), status }
     })?;
+    dev.time_stop(timed, "cublas sgemm")?;
     dev.after_launch("cublas sgemm")
 }
 

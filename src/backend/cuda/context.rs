@@ -93,6 +93,8 @@ pub struct CudaDevice {
     precision: std::sync::atomic::AtomicU8,
     /// Times the host waited for this device's stream (see [`CudaDevice::host_waits`]).
     host_waits: std::sync::atomic::AtomicU64,
+    /// Per-op GPU timing, off unless a profiler turns it on (`profile`).
+    timer: super::profile::OpTimer,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -150,6 +152,7 @@ impl CudaDevice {
             sync_each_launch: std::env::var("COSEG_CUDA_SYNC").is_ok_and(|v| v == "1"),
             precision: std::sync::atomic::AtomicU8::new(Precision::Fp32 as u8),
             host_waits: std::sync::atomic::AtomicU64::new(0),
+            timer: Default::default(),
         })
     }
 
@@ -350,6 +353,20 @@ impl CudaDevice {
             return Err(Error::DeviceMismatch { op, first: Device::Cuda(self.ordinal), second: Device::Cuda(buf.ordinal()) });
         }
         Ok(())
+    }
+
+    pub(crate) fn timer(&self) -> &super::profile::OpTimer {
+        &self.timer
+    }
+
+    /// Before a launch: with profiling on, a timing event recorded on the stream (see `profile`).
+    pub(crate) fn time_start(&self) -> Result<Option<CudaEvent>> {
+        self.timer.start(&self.stream).map_err(|code| self.profile_error("recording an event", code))
+    }
+
+    /// After the launch `time_start` preceded: the closing event, the pair queued under `name`.
+    pub(crate) fn time_stop(&self, start: Option<CudaEvent>, name: &'static str) -> Result<()> {
+        self.timer.stop(start, name, &self.stream).map_err(|code| self.profile_error("recording an event", code))
     }
 
     /// Records a launch; with COSEG_CUDA_SYNC=1 waits for it so a fault is reported against it.

@@ -139,6 +139,8 @@ fn launch_with(dev: &CudaDevice, k: Kernel, cfg: LaunchConfig, args: &[Arg], coo
             Arg::F32(v) => builder.arg(v),
         };
     }
+    // With profiling on, events around the launch time it (backend::cuda::profile).
+    let timed = dev.time_start()?;
     // SAFETY: the argument list matches the kernel's parameters (each wrapper mirrors the .cu
     // signature, and tests/gpu_parity.rs runs every wrapper); pointers are live device buffers of
     // the lengths the wrappers checked; all work runs in order on this device's one stream.
@@ -150,5 +152,6 @@ fn launch_with(dev: &CudaDevice, k: Kernel, cfg: LaunchConfig, args: &[Arg], coo
         block: cfg.block_dim,
         code,
     })?;
+    dev.time_stop(timed, k.name)?;
     dev.after_launch(k.name)
 }

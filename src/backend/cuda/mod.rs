@@ -8,7 +8,8 @@
 //! - [`alloc`]: the caching allocator ([`GpuBuffer`]), peak memory;
 //! - `launch`: the only `unsafe` kernel launches, with launch-configuration and pointer checks;
 //! - [`elementwise`]: fills and the scalar affine map; [`nd`]: any-rank maps, broadcasts and
-//!   strided copies; [`blas`]: matrix products on cuBLAS.
+//!   strided copies; [`blas`]: matrix products on cuBLAS;
+//! - [`profile`]: opt-in per-op GPU time (events around every launch), the step profile table.
 //!
 //! Each op family's launch wrappers live with the op, in `crate::ops::<family>::cuda`; the
 //! re-exports below keep them reachable here under the kernel files' names. The optimisers
@@ -28,6 +29,7 @@ pub mod kernels;
 pub(crate) mod launch;
 pub mod nd;
 pub mod optim;
+pub mod profile;
 pub mod upload;
 
 // The op families' CUDA sides live with their ops (`ops/<family>/cuda.rs`); these names keep
@@ -45,4 +47,5 @@ pub use context::{CudaDevice, device_count, driver_present};
 pub use error::CudaError;
 pub use conv::ConvGeom;
 pub use launch::{MAX_DIMS, StridedN};
+pub use profile::{Profile, ProfileRow, StepProfiler};
 pub use reduce::Red4;
