@@ -33,7 +33,7 @@ for s in $steps; do
     profile)
       d=/tmp/prof; rm -rf "$d"
       COSEG_PROFILE=1 timeout 200 .gpu/bin/bin-coseg demo --paper --lesions 240 --iterations 40 --out "$d" > "$OUT/profile.log" 2>&1
-      echo "profile rc $?"; sed -n '/op /,$p' "$OUT/profile.log" | head -40;;
+      echo "profile rc $?"; column -s, -t < "$d/train/profile.csv" | head -40; cp "$d/train/profile.csv" "$OUT/";;
   esac
   echo "== step $s took $(( $(date +%s) - t0 )) s"
 done
