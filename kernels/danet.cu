@@ -1,0 +1,277 @@
+// DANet's position attention (src/ops/danet) as flash-style tiled kernels. For one image, with
+// q, k (D, L) and v (C, L) (NCHW maps flattened, L = H*W, row-major, column i = position i):
+//   S[i,j] = sum_d q[d,i] k[d,j],  P = softmax_j(S),  out[c,i] = sum_j P[i,j] v[c,j],
+//   lse[i] = log sum_j exp(S[i,j]) (saved for the backward).
+// Backward (flash-attention 2): delta[i] = sum_c dO[c,i] out[c,i]; P recomputed as
+// exp(S - lse); dP[i,j] = sum_c dO[c,i] v[c,j]; dS = P * (dP - delta);
+//   dv[c,j] = sum_i dO[c,i] P[i,j],  dq[d,i] = sum_j dS[i,j] k[d,j],  dk[d,j] = sum_i dS[i,j] q[d,i].
+//
+// Design. All four big kernels are one template, pam_tiles<MODE, BC>: a block owns BR = 64 "rows"
+// (queries for fwd and dq, keys for dv and dk) and BC output channels of one image, and walks the
+// other positions ("columns") in tiles of BCOL = 32. Per column tile it computes a BR x BCOL
+// weight tile W in registers (S from a D-sum, and for dq/dk dP from a C-sum, both through
+// score_tile over shared-memory chunks of KC = 32), writes W to shared memory, and accumulates
+// acc[ch][row] += sum_col X[ch][col] W[row][col] from a BC x BCOL tile of X:
+//   fwd: W = online softmax of S (running max and sum per row, the accumulator rescaled), X = v;
+//   dv:  W = P^T (exact, from the saved lse), X = dO;
+//   dq:  W = dS, X = k;       dk: W = dS^T, X = q.
+// No L x L matrix ever leaves the block: a W tile lives in registers and 8 KB of shared memory.
+//
+// Why split the channels across blocks (gridDim.y) rather than loop over them: at the paper's
+// shape C = 512, and a block holding all of out's C x 64 tile would need 128 accumulators per
+// thread for C = 512 and could not serve any C. Each channel block recomputes S, which costs
+// D / BC of the P.V work (64/128 = 0.5 at the paper's shape), and the grid (L/64, C/128, N) = 320
+// blocks fills the 132 SMs. For dq and dk the output channels are D (64 at the paper's shape, one
+// chunk of BC = 64), and dP's C-sum is recomputed by both kernels: that keeps both free of atomics.
+//
+// Deterministic: no atomics; every sum runs in a fixed order (a run repeats to the bit). Tails
+// (L, D, C not multiples of the tiles, L = 1) are zero-filled in shared memory and masked (a
+// column past L gets weight 0; rows and channels past the ends are not written).
+// Accuracy: fp32 throughout, expf/logf (no fast math), so parity with the composed bmm/softmax
+// path is about 1e-6 relative.
+
+#include <math.h>
+
+#define BR 64                        // rows per block
+#define BCOL 32                      // columns per tile
+#define KC 32                        // reduction chunk of score_tile
+#define PAM_THREADS 256              // blockDim.x, as the launch sets it
+#define SPT (BR * BCOL / PAM_THREADS)  // W values per thread: 8
+#define TPR (BCOL / SPT)             // threads per W row: 4 (adjacent lanes)
+
+enum { PAM_FWD = 0, PAM_DV = 1, PAM_DQ = 2, PAM_DK = 3 };
+
+// s[r] += sum_k A[k][r0 + row] * B[k][c0 + cg + r] over k < K, for this thread's W row `row` and
+// columns cg..cg+SPT; A and B are (K, L) (one image). Zero-filled past K and L.
+__device__ __forceinline__ void score_tile(const float* __restrict__ A, const float* __restrict__ B, int K, int L,
+                                           int r0, int c0, float (*As)[BR], float (*Bs)[BCOL], float (&s)[SPT]) {
+    const int t = threadIdx.x, row = t / TPR, cg = (t % TPR) * SPT;
+#pragma unroll
+    for (int r = 0; r < SPT; ++r) s[r] = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        __syncthreads();  // the last readers of As/Bs are done
+        for (int e = t; e < KC * BR; e += PAM_THREADS) {
+            const int kk = k0 + e / BR, rr = r0 + e % BR;
+            As[e / BR][e % BR] = (kk < K && rr < L) ? A[(long long)kk * L + rr] : 0.0f;
+        }
+        for (int e = t; e < KC * BCOL; e += PAM_THREADS) {
+            const int kk = k0 + e / BCOL, cc = c0 + e % BCOL;
+            Bs[e / BCOL][e % BCOL] = (kk < K && cc < L) ? B[(long long)kk * L + cc] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int kk = 0; kk < KC; ++kk) {
+            const float a = As[kk][row];
+            const float4 b0 = *reinterpret_cast<const float4*>(&Bs[kk][cg]);
+            const float4 b1 = *reinterpret_cast<const float4*>(&Bs[kk][cg + 4]);
+            s[0] = fmaf(a, b0.x, s[0]); s[1] = fmaf(a, b0.y, s[1]);
+            s[2] = fmaf(a, b0.z, s[2]); s[3] = fmaf(a, b0.w, s[3]);
+            s[4] = fmaf(a, b1.x, s[4]); s[5] = fmaf(a, b1.y, s[5]);
+            s[6] = fmaf(a, b1.z, s[6]); s[7] = fmaf(a, b1.w, s[7]);
+        }
+    }
+}
+
+// Sum (or max) over the TPR adjacent lanes that hold one W row.
+__device__ __forceinline__ float row_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+__device__ __forceinline__ float row_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+// acc[i][k] += sum_j Xs[tc*CPT + i][j] * Ws[j][4*tr + k] over the BCOL columns of the tile.
+template <int CPT, int BC>
+__device__ __forceinline__ void accumulate(float (&acc)[CPT][4], const float (*Xs)[BCOL], const float (*Ws)[BR], int tr,
+                                           int tc) {
+#pragma unroll 2
+    for (int j = 0; j < BCOL; j += 4) {
+        float4 xv[CPT];
+#pragma unroll
+        for (int i = 0; i < CPT; ++i) xv[i] = *reinterpret_cast<const float4*>(&Xs[tc * CPT + i][j]);
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+            const float4 w = *reinterpret_cast<const float4*>(&Ws[j + jj][4 * tr]);
+#pragma unroll
+            for (int i = 0; i < CPT; ++i) {
+                const float x = jj == 0 ? xv[i].x : jj == 1 ? xv[i].y : jj == 2 ? xv[i].z : xv[i].w;
+                acc[i][0] = fmaf(x, w.x, acc[i][0]);
+                acc[i][1] = fmaf(x, w.y, acc[i][1]);
+                acc[i][2] = fmaf(x, w.z, acc[i][2]);
+                acc[i][3] = fmaf(x, w.w, acc[i][3]);
+            }
+        }
+    }
+}
+
+// One block: rows r0..r0+BR of image n, output channels ch0..ch0+BC of X's CX. Pointers are to the
+// whole (N, ., L) tensors. a, b: S's operands (D rows each); a2, b2: dP's (C rows, dq/dk only);
+// lse, delta: per position (N, L), read by dv/dq/dk; lse_out written by fwd's first channel block.
+template <int MODE, int BC>
+__device__ __forceinline__ void pam_tiles(const float* __restrict__ a, const float* __restrict__ b, int D,
+                                          const float* __restrict__ a2, const float* __restrict__ b2, int C,
+                                          const float* __restrict__ x, int CX, const float* __restrict__ lse,
+                                          const float* __restrict__ delta, float* __restrict__ out,
+                                          float* __restrict__ lse_out, int L) {
+    constexpr int CPT = BC / 16;  // 16 channel groups x 16 row groups of 4 = 256 threads
+    __shared__ __align__(16) float As[KC][BR];
+    __shared__ __align__(16) float Bs[KC][BCOL];
+    __shared__ __align__(16) float Ws[BCOL][BR];
+    __shared__ __align__(16) float Xs[BC][BCOL];
+    __shared__ float rowv[BR];  // fwd: the rescale of each row, then 1 / its sum
+    const int n = blockIdx.z, r0 = blockIdx.x * BR, ch0 = blockIdx.y * BC;
+    const int t = threadIdx.x, row = t / TPR, cg = (t % TPR) * SPT, tr = t % 16, tc = t / 16;
+    a += (long long)n * D * L;
+    b += (long long)n * D * L;
+    x += (long long)n * CX * L;
+    out += (long long)n * CX * L;
+    if (MODE == PAM_DQ || MODE == PAM_DK) {
+        a2 += (long long)n * C * L;
+        b2 += (long long)n * C * L;
+    }
+    if (MODE != PAM_FWD) {
+        lse += (long long)n * L;
+        delta += (long long)n * L;
+    }
+    const bool row_in = r0 + row < L;
+    // dq's rows are queries: their lse and delta are per row, the same for every column tile.
+    const float lse_row = (MODE == PAM_DQ && row_in) ? lse[r0 + row] : 0.0f;
+    const float delta_row = (MODE == PAM_DQ && row_in) ? delta[r0 + row] : 0.0f;
+    float acc[CPT][4];
+#pragma unroll
+    for (int i = 0; i < CPT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+    float m = -INFINITY, l = 0.0f;  // fwd: the running max and sum of this thread's row
+
+    for (int c0 = 0; c0 < L; c0 += BCOL) {
+        float w[SPT];
+        score_tile(a, b, D, L, r0, c0, As, Bs, w);
+        if (MODE == PAM_FWD) {
+            float tmax = -INFINITY;
+#pragma unroll
+            for (int r = 0; r < SPT; ++r) {
+                if (c0 + cg + r >= L) w[r] = -INFINITY;
+                tmax = fmaxf(tmax, w[r]);
+            }
+            const float m_new = fmaxf(m, row_max(tmax));  // finite: column c0 < L is in the tile
+            const float alpha = expf(m - m_new);          // 0 on the first tile (m = -inf)
+            float sum = 0.0f;
+#pragma unroll
+            for (int r = 0; r < SPT; ++r) {
+                w[r] = expf(w[r] - m_new);  // exp(-inf) = 0 past L
+                sum += w[r];
+            }
+            l = l * alpha + row_sum(sum);
+            m = m_new;
+            if (t % TPR == 0) rowv[row] = alpha;
+        } else {
+            float p[SPT];
+#pragma unroll
+            for (int r = 0; r < SPT; ++r) {
+                const int col = c0 + cg + r;
+                const float lse_v = MODE == PAM_DQ ? lse_row : (col < L ? lse[col] : 0.0f);
+                p[r] = col < L ? expf(w[r] - lse_v) : 0.0f;
+            }
+            if (MODE == PAM_DV) {
+#pragma unroll
+                for (int r = 0; r < SPT; ++r) w[r] = p[r];
+            } else {
+                score_tile(a2, b2, C, L, r0, c0, As, Bs, w);  // w = dP (dq) or dP^T (dk)
+#pragma unroll
+                for (int r = 0; r < SPT; ++r) {
+                    const int col = c0 + cg + r;
+                    const float dl = MODE == PAM_DQ ? delta_row : (col < L ? delta[col] : 0.0f);
+                    w[r] = p[r] * (w[r] - dl);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < SPT; ++r) Ws[cg + r][row] = w[r];
+        for (int e = t; e < BC * BCOL; e += PAM_THREADS) {
+            const int ch = ch0 + e / BCOL, col = c0 + e % BCOL;
+            Xs[e / BCOL][e % BCOL] = (ch < CX && col < L) ? x[(long long)ch * L + col] : 0.0f;
+        }
+        __syncthreads();
+        if (MODE == PAM_FWD) {
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const float alpha = rowv[4 * tr + k];
+#pragma unroll
+                for (int i = 0; i < CPT; ++i) acc[i][k] *= alpha;
+            }
+        }
+        accumulate<CPT, BC>(acc, Xs, Ws, tr, tc);
+        __syncthreads();
+    }
+
+    if (MODE == PAM_FWD) {
+        if (t % TPR == 0) {
+            rowv[row] = 1.0f / l;
+            if (blockIdx.y == 0 && row_in) lse_out[(long long)n * L + r0 + row] = m + logf(l);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < CPT; ++i) {
+        const int ch = ch0 + tc * CPT + i;
+        if (ch >= CX) continue;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const int rr = r0 + 4 * tr + k;
+            if (rr < L) out[(long long)ch * L + rr] = MODE == PAM_FWD ? acc[i][k] * rowv[4 * tr + k] : acc[i][k];
+        }
+    }
+}
+
+// Grid (ceil(L/64), ceil(C/128), N). out (N, C, L); lse (N, L).
+extern "C" __global__ void __launch_bounds__(PAM_THREADS)
+    pam_fwd_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                float* __restrict__ out, float* __restrict__ lse, int D, int C, int L) {
+    pam_tiles<PAM_FWD, 128>(q, k, D, nullptr, nullptr, 0, v, C, nullptr, nullptr, out, lse, L);
+}
+
+// Grid (ceil(L/64), ceil(C/128), N): rows are keys. dv (N, C, L).
+extern "C" __global__ void __launch_bounds__(PAM_THREADS)
+    pam_bwd_dv_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ dout,
+                   const float* __restrict__ lse, float* __restrict__ dv, int D, int C, int L) {
+    pam_tiles<PAM_DV, 128>(k, q, D, nullptr, nullptr, 0, dout, C, lse, lse, dv, nullptr, L);
+}
+
+// Grid (ceil(L/64), ceil(D/64), N): rows are queries. dq (N, D, L).
+extern "C" __global__ void __launch_bounds__(PAM_THREADS)
+    pam_bwd_dq_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                   const float* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                   float* __restrict__ dq, int D, int C, int L) {
+    pam_tiles<PAM_DQ, 64>(q, k, D, dout, v, C, k, D, lse, delta, dq, nullptr, L);
+}
+
+// Grid (ceil(L/64), ceil(D/64), N): rows are keys. dk (N, D, L).
+extern "C" __global__ void __launch_bounds__(PAM_THREADS)
+    pam_bwd_dk_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                   const float* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                   float* __restrict__ dk, int D, int C, int L) {
+    pam_tiles<PAM_DK, 64>(k, q, D, v, dout, C, q, D, lse, delta, dk, nullptr, L);
+}
+
+// delta[n,i] = sum_c dout[n,c,i] * out[n,c,i]. Grid (ceil(L/32), N), 256 threads: lane = position,
+// warp w sums channels w, w+8, ...; the 8 partial sums are added in warp order (deterministic).
+extern "C" __global__ void __launch_bounds__(PAM_THREADS)
+    pam_bwd_delta_f32(const float* __restrict__ dout, const float* __restrict__ out, float* __restrict__ delta,
+                      int C, int L) {
+    __shared__ float part[PAM_THREADS / 32][32];
+    const int n = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, i = blockIdx.x * 32 + lane;
+    float s = 0.0f;
+    if (i < L) {
+        const long long base = (long long)n * C * L + i;
+        for (int c = warp; c < C; c += PAM_THREADS / 32) s = fmaf(dout[base + (long long)c * L], out[base + (long long)c * L], s);
+    }
+    part[warp][lane] = s;
+    __syncthreads();
+    if (warp == 0 && i < L) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < PAM_THREADS / 32; ++w) sum += part[w][lane];
+        delta[(long long)n * L + i] = sum;
+    }
+}
