@@ -88,7 +88,7 @@ impl PositionKernels for Cpu {
         Ok((Storage::Cpu(out), Tensor::from_vec(lse, [n, l], Device::Cpu)?))
     }
 
-    fn pam_bwd(&self, g: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, _out: &Tensor, _lse: &Tensor, dims: Dims) -> Result<[Tensor; 3]> {
+    fn pam_bwd(&self, g: &Tensor, [q, k, v]: [&Tensor; 3], _out: &Tensor, _lse: &Tensor, dims: Dims) -> Result<[Tensor; 3]> {
         let Dims { n, d, c, l } = dims;
         let (sg, sq, sk, sv) = (g.storage(), q.storage(), k.storage(), v.storage());
         let (gv, qv, kv, vv) = (sg.as_cpu(OP)?, sq.as_cpu(OP)?, sk.as_cpu(OP)?, sv.as_cpu(OP)?);

@@ -95,7 +95,7 @@ impl PositionKernels for Cuda {
         Ok((Storage::Cuda(out), tensor(lse, [dims.n, dims.l])?))
     }
 
-    fn pam_bwd(&self, g: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dims: Dims) -> Result<[Tensor; 3]> {
+    fn pam_bwd(&self, g: &Tensor, [q, k, v]: [&Tensor; 3], out: &Tensor, lse: &Tensor, dims: Dims) -> Result<[Tensor; 3]> {
         let dev = device(OP, g)?;
         let (mut dq, mut dk, mut dv) = (dev.alloc(q.numel())?, dev.alloc(k.numel())?, dev.alloc(v.numel())?);
         let (sg, sq, sk, sv, so, sl) = (g.storage(), q.storage(), k.storage(), v.storage(), out.storage(), lse.storage());

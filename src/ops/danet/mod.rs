@@ -34,7 +34,7 @@ pub(crate) trait PositionKernels: Sync {
     /// (out (N, C, L), lse (N, L)): the output and each query's log-sum-exp of its scores.
     fn pam_fwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, dims: Dims) -> Result<(Storage, Tensor)>;
     /// (dq, dk, dv) from the output's gradient `g`, the output `out` and the saved `lse`.
-    fn pam_bwd(&self, g: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dims: Dims) -> Result<[Tensor; 3]>;
+    fn pam_bwd(&self, g: &Tensor, qkv: [&Tensor; 3], out: &Tensor, lse: &Tensor, dims: Dims) -> Result<[Tensor; 3]>;
 }
 
 fn kernels(device: Device) -> &'static dyn PositionKernels {
@@ -71,7 +71,7 @@ impl Tensor {
         let (qc, kc, vc) = (self.clone(), k.clone(), v.clone());
         let shape = v.shape().clone();
         Ok(Tensor::from_storage_op(OP, Arc::new(storage), shape, &[self, k, v], move |g, out| {
-            let grads = kernels(g.device()).pam_bwd(g, &qc, &kc, &vc, out, &lse, dims)?;
+            let grads = kernels(g.device()).pam_bwd(g, [&qc, &kc, &vc], out, &lse, dims)?;
             let needed = [qc.tracks_grad(), kc.tracks_grad(), vc.tracks_grad()];
             Ok(grads.into_iter().zip(needed).map(|(d, need)| need.then_some(d)).collect())
         }))
