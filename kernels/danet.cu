@@ -6,7 +6,9 @@
 // exp(S - lse); dP[i,j] = sum_c dO[c,i] v[c,j]; dS = P * (dP - delta);
 //   dv[c,j] = sum_i dO[c,i] P[i,j],  dq[d,i] = sum_j dS[i,j] k[d,j],  dk[d,j] = sum_i dS[i,j] q[d,i].
 //
-// Design. All four big kernels are one template, pam_tiles<MODE, BC>: a block owns BR = 64 "rows"
+// Design. Forward and the three gradients are one template, pam_tiles<MODE, BC>, in two kernels
+// (pam_fwd_f32; pam_bwd_f32, whose blockIdx.y picks dq, dk or dv) after a small one for delta
+// (pam_bwd_delta_f32). A block owns BR = 64 "rows"
 // (queries for fwd and dq, keys for dv and dk) and BC output channels of one image, and walks the
 // other positions ("columns") in tiles of BCOL = 32. Per column tile it computes a BR x BCOL
 // weight tile W in registers (S from a D-sum, and for dq/dk dP from a C-sum, both through
@@ -22,7 +24,8 @@
 // thread for C = 512 and could not serve any C. Each channel block recomputes S, which costs
 // D / BC of the P.V work (64/128 = 0.5 at the paper's shape), and the grid (L/64, C/128, N) = 320
 // blocks fills the 132 SMs. For dq and dk the output channels are D (64 at the paper's shape, one
-// chunk of BC = 64), and dP's C-sum is recomputed by both kernels: that keeps both free of atomics.
+// chunk of BC = 64), and dP's C-sum is recomputed by the dq and the dk blocks: that keeps both
+// free of atomics.
 //
 // Deterministic: no atomics; every sum runs in a fixed order (a run repeats to the bit). Tails
 // (L, D, C not multiples of the tiles, L = 1) are zero-filled in shared memory and masked (a
@@ -106,22 +109,27 @@ __device__ __forceinline__ void accumulate(float (&acc)[CPT][4], const float (*X
     }
 }
 
-// One block: rows r0..r0+BR of image n, output channels ch0..ch0+BC of X's CX. Pointers are to the
+// Shared memory of one block of pam_tiles, carved from one array the kernel declares (so that the
+// backward's three modes, one kernel, share it rather than each declaring its own).
+#define SMEM_FLOATS (KC * BR + KC * BCOL + BCOL * BR + 128 * BCOL + BR)
+
+// One block: rows r0..r0+BR of image n, output channels chunk*BC.. of X's CX. Pointers are to the
 // whole (N, ., L) tensors. a, b: S's operands (D rows each); a2, b2: dP's (C rows, dq/dk only);
-// lse, delta: per position (N, L), read by dv/dq/dk; lse_out written by fwd's first channel block.
+// lse, delta: per position (N, L), read by dv/dq/dk; lse_out written by fwd's first channel chunk.
 template <int MODE, int BC>
-__device__ __forceinline__ void pam_tiles(const float* __restrict__ a, const float* __restrict__ b, int D,
-                                          const float* __restrict__ a2, const float* __restrict__ b2, int C,
-                                          const float* __restrict__ x, int CX, const float* __restrict__ lse,
-                                          const float* __restrict__ delta, float* __restrict__ out,
-                                          float* __restrict__ lse_out, int L) {
+__device__ __forceinline__ void pam_tiles(float* smem, int chunk, const float* __restrict__ a,
+                                          const float* __restrict__ b, int D, const float* __restrict__ a2,
+                                          const float* __restrict__ b2, int C, const float* __restrict__ x, int CX,
+                                          const float* __restrict__ lse, const float* __restrict__ delta,
+                                          float* __restrict__ out, float* __restrict__ lse_out, int L) {
+    static_assert(BC <= 128, "Xs holds 128 channels");
     constexpr int CPT = BC / 16;  // 16 channel groups x 16 row groups of 4 = 256 threads
-    __shared__ __align__(16) float As[KC][BR];
-    __shared__ __align__(16) float Bs[KC][BCOL];
-    __shared__ __align__(16) float Ws[BCOL][BR];
-    __shared__ __align__(16) float Xs[BC][BCOL];
-    __shared__ float rowv[BR];  // fwd: the rescale of each row, then 1 / its sum
-    const int n = blockIdx.z, r0 = blockIdx.x * BR, ch0 = blockIdx.y * BC;
+    float(*As)[BR] = reinterpret_cast<float(*)[BR]>(smem);
+    float(*Bs)[BCOL] = reinterpret_cast<float(*)[BCOL]>(smem + KC * BR);
+    float(*Ws)[BR] = reinterpret_cast<float(*)[BR]>(smem + KC * BR + KC * BCOL);
+    float(*Xs)[BCOL] = reinterpret_cast<float(*)[BCOL]>(smem + KC * BR + KC * BCOL + BCOL * BR);
+    float* rowv = smem + KC * BR + KC * BCOL + BCOL * BR + 128 * BCOL;  // fwd: each row's rescale, then 1 / its sum
+    const int n = blockIdx.z, r0 = blockIdx.x * BR, ch0 = chunk * BC;
     const int t = threadIdx.x, row = t / TPR, cg = (t % TPR) * SPT, tr = t % 16, tc = t / 16;
     a += (long long)n * D * L;
     b += (long long)n * D * L;
@@ -208,7 +216,7 @@ __device__ __forceinline__ void pam_tiles(const float* __restrict__ a, const flo
     if (MODE == PAM_FWD) {
         if (t % TPR == 0) {
             rowv[row] = 1.0f / l;
-            if (blockIdx.y == 0 && row_in) lse_out[(long long)n * L + r0 + row] = m + logf(l);
+            if (chunk == 0 && row_in) lse_out[(long long)n * L + r0 + row] = m + logf(l);
         }
         __syncthreads();
     }
@@ -228,30 +236,29 @@ __device__ __forceinline__ void pam_tiles(const float* __restrict__ a, const flo
 extern "C" __global__ void __launch_bounds__(PAM_THREADS)
     pam_fwd_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                 float* __restrict__ out, float* __restrict__ lse, int D, int C, int L) {
-    pam_tiles<PAM_FWD, 128>(q, k, D, nullptr, nullptr, 0, v, C, nullptr, nullptr, out, lse, L);
+    __shared__ __align__(16) float smem[SMEM_FLOATS];
+    pam_tiles<PAM_FWD, 128>(smem, blockIdx.y, q, k, D, nullptr, nullptr, 0, v, C, nullptr, nullptr, out, lse, L);
 }
 
-// Grid (ceil(L/64), ceil(C/128), N): rows are keys. dv (N, C, L).
+// dq (N, D, L), dk (N, D, L), dv (N, C, L) in one launch, after pam_bwd_delta_f32. Grid
+// (ceil(L/64), 2 * ceil(D/64) + ceil(C/128), N): blockIdx.y picks the gradient and its channel
+// chunk (uniform per block): first dq's chunks (rows are queries), then dk's (rows are keys), then
+// dv's (rows are keys). One launch rather than three: at the paper's shape dq and dk have 80
+// blocks each, fewer than the SMs; together with dv's 320 they fill the card, the heavy dq and dk
+// blocks (each sums dP over all C) first.
 extern "C" __global__ void __launch_bounds__(PAM_THREADS)
-    pam_bwd_dv_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ dout,
-                   const float* __restrict__ lse, float* __restrict__ dv, int D, int C, int L) {
-    pam_tiles<PAM_DV, 128>(k, q, D, nullptr, nullptr, 0, dout, C, lse, lse, dv, nullptr, L);
-}
-
-// Grid (ceil(L/64), ceil(D/64), N): rows are queries. dq (N, D, L).
-extern "C" __global__ void __launch_bounds__(PAM_THREADS)
-    pam_bwd_dq_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                   const float* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
-                   float* __restrict__ dq, int D, int C, int L) {
-    pam_tiles<PAM_DQ, 64>(q, k, D, dout, v, C, k, D, lse, delta, dq, nullptr, L);
-}
-
-// Grid (ceil(L/64), ceil(D/64), N): rows are keys. dk (N, D, L).
-extern "C" __global__ void __launch_bounds__(PAM_THREADS)
-    pam_bwd_dk_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                   const float* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
-                   float* __restrict__ dk, int D, int C, int L) {
-    pam_tiles<PAM_DK, 64>(k, q, D, v, dout, C, q, D, lse, delta, dk, nullptr, L);
+    pam_bwd_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                const float* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv, int D, int C, int L) {
+    __shared__ __align__(16) float smem[SMEM_FLOATS];
+    const int dchunks = (D + 63) / 64, y = blockIdx.y;
+    if (y < dchunks) {
+        pam_tiles<PAM_DQ, 64>(smem, y, q, k, D, dout, v, C, k, D, lse, delta, dq, nullptr, L);
+    } else if (y < 2 * dchunks) {
+        pam_tiles<PAM_DK, 64>(smem, y - dchunks, k, q, D, v, dout, C, q, D, lse, delta, dk, nullptr, L);
+    } else {
+        pam_tiles<PAM_DV, 128>(smem, y - 2 * dchunks, k, q, D, nullptr, nullptr, 0, dout, C, lse, lse, dv, nullptr, L);
+    }
 }
 
 // delta[n,i] = sum_c dout[n,c,i] * out[n,c,i]. Grid (ceil(L/32), N), 256 threads: lane = position,

@@ -83,8 +83,7 @@ kernels! {
         CSA_POOL_FWD = "csa_pool_fwd_f32", CSA_POOL_BWD = "csa_pool_bwd_f32", CSA_GATE_FWD = "csa_gate_fwd_f32",
         CSA_GATE_BWD = "csa_gate_bwd_f32", CSA_FINISH = "csa_finish_f32";
     "danet":
-        PAM_FWD = "pam_fwd_f32", PAM_BWD_DV = "pam_bwd_dv_f32", PAM_BWD_DQ = "pam_bwd_dq_f32",
-        PAM_BWD_DK = "pam_bwd_dk_f32", PAM_BWD_DELTA = "pam_bwd_delta_f32";
+        PAM_FWD = "pam_fwd_f32", PAM_BWD = "pam_bwd_f32", PAM_BWD_DELTA = "pam_bwd_delta_f32";
     "nd":
         BINARY_ND_FWD = "binary_nd_fwd_f32", COPY_ND_FWD = "copy_nd_fwd_f32", MAP_FWD = "map_fwd_f32",
         MAP_BWD = "map_bwd_f32";

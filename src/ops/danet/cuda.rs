@@ -12,20 +12,17 @@ use crate::tensor::{Storage, Tensor};
 use cudarc::driver::LaunchConfig;
 
 /// danet.cu's tiles: BR positions per block, BC output channels per block (fwd/dv over C, dq/dk
-/// over D), 32 positions per block of the delta kernel; PAM_THREADS = 256.
+/// over D), 32 positions per block of the delta kernel; PAM_THREADS = 256. Grid dimensions past
+/// what a launch allows (N or the chunks over 65535) are refused by `launch` with an error.
 const BR: usize = 64;
 const BC_C: usize = 128;
 const BC_D: usize = 64;
 const DELTA_TILE: usize = 32;
 const _: () = assert!(THREADS == 256);
 
-/// Grid (position tiles, channel chunks of `bc` out of `channels`, N) of 256 threads.
-fn grid(dims: Dims, channels: usize, bc: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (dims.l.div_ceil(BR) as u32, channels.div_ceil(bc) as u32, dims.n as u32),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    }
+/// The forward's grid (position tiles, chunks of C, N) of 256 threads.
+fn fwd_grid(Dims { n, c, l, .. }: Dims) -> LaunchConfig {
+    LaunchConfig { grid_dim: (l.div_ceil(BR) as u32, c.div_ceil(BC_C) as u32, n as u32), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// The sizes as kernel ints, after checking that every tensor's element count fits.
@@ -48,7 +45,7 @@ pub fn pam_fwd(dev: &CudaDevice, q: &GpuBuffer, kk: &GpuBuffer, v: &GpuBuffer, d
     check_all(op, &[("q", q.len(), [n, d, l]), ("k", kk.len(), [n, d, l]), ("v", v.len(), [n, c, l])])?;
     check_all(op, &[("out", out.len(), [n, c, l]), ("lse", lse.len(), [n, 1, l])])?;
     let args = [Arg::Ptr(q.ptr()), Arg::Ptr(kk.ptr()), Arg::Ptr(v.ptr()), Arg::Ptr(out.ptr_mut()), Arg::Ptr(lse.ptr_mut()), Arg::I32(di), Arg::I32(ci), Arg::I32(li)];
-    launch(dev, k::PAM_FWD, grid(dims, c, BC_C), &args)
+    launch(dev, k::PAM_FWD, fwd_grid(dims), &args)
 }
 
 /// The inputs of the backward: q, k, v, the forward's out and lse, and out's gradient.
@@ -61,10 +58,10 @@ pub struct Saved<'a> {
     pub dout: &'a GpuBuffer,
 }
 
-/// (dq, dk, dv) from [`Saved`]: delta = rowsum(dout * out), then one launch per gradient, each
-/// recomputing the attention tile by tile from q, k and lse.
+/// (dq, dk, dv) from [`Saved`]: delta = rowsum(dout * out), then one launch for the three
+/// gradients, each recomputing the attention tile by tile from q, k and lse.
 pub fn pam_bwd(dev: &CudaDevice, s: &Saved, dims: Dims, dq: &mut GpuBuffer, dk: &mut GpuBuffer, dv: &mut GpuBuffer) -> Result<()> {
-    let op = k::PAM_BWD_DQ.name;
+    let op = k::PAM_BWD.name;
     let Dims { n, d, c, l } = dims;
     let [di, ci, li] = ints(op, dims)?;
     let (qd, cl) = ([n, d, l], [n, c, l]);
@@ -75,15 +72,24 @@ pub fn pam_bwd(dev: &CudaDevice, s: &Saved, dims: Dims, dq: &mut GpuBuffer, dk: 
     let delta_cfg = LaunchConfig { grid_dim: (l.div_ceil(DELTA_TILE) as u32, n as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
     let args = [Arg::Ptr(s.dout.ptr()), Arg::Ptr(s.out.ptr()), Arg::Ptr(delta.ptr_mut()), Arg::I32(ci), Arg::I32(li)];
     launch(dev, k::PAM_BWD_DELTA, delta_cfg, &args)?;
-    let (q, kp, v, g, lse) = (Arg::Ptr(s.q.ptr()), Arg::Ptr(s.k.ptr()), Arg::Ptr(s.v.ptr()), Arg::Ptr(s.dout.ptr()), Arg::Ptr(s.lse.ptr()));
-    let sizes = [Arg::I32(di), Arg::I32(ci), Arg::I32(li)];
-    let dv_args = [q, kp, g, lse, Arg::Ptr(dv.ptr_mut()), sizes[0], sizes[1], sizes[2]];
-    launch(dev, k::PAM_BWD_DV, grid(dims, c, BC_C), &dv_args)?;
-    let dl = Arg::Ptr(delta.ptr());
-    let dq_args = [q, kp, v, g, lse, dl, Arg::Ptr(dq.ptr_mut()), sizes[0], sizes[1], sizes[2]];
-    launch(dev, k::PAM_BWD_DQ, grid(dims, d, BC_D), &dq_args)?;
-    let dk_args = [q, kp, v, g, lse, dl, Arg::Ptr(dk.ptr_mut()), sizes[0], sizes[1], sizes[2]];
-    launch(dev, k::PAM_BWD_DK, grid(dims, d, BC_D), &dk_args)
+    // blockIdx.y: dq's chunks of D, dk's, then dv's chunks of C (danet.cu).
+    let chunks = 2 * d.div_ceil(BC_D) + c.div_ceil(BC_C);
+    let cfg = LaunchConfig { grid_dim: (l.div_ceil(BR) as u32, chunks as u32, n as u32), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    let args = [
+        Arg::Ptr(s.q.ptr()),
+        Arg::Ptr(s.k.ptr()),
+        Arg::Ptr(s.v.ptr()),
+        Arg::Ptr(s.dout.ptr()),
+        Arg::Ptr(s.lse.ptr()),
+        Arg::Ptr(delta.ptr()),
+        Arg::Ptr(dq.ptr_mut()),
+        Arg::Ptr(dk.ptr_mut()),
+        Arg::Ptr(dv.ptr_mut()),
+        Arg::I32(di),
+        Arg::I32(ci),
+        Arg::I32(li),
+    ];
+    launch(dev, k::PAM_BWD, cfg, &args)
 }
 
 impl PositionKernels for Cuda {
