@@ -17,7 +17,7 @@
 //   fwd: W = online softmax of S (running max and sum per row, the accumulator rescaled), X = v;
 //   dv:  W = P^T (exact, from the saved lse), X = dO;
 //   dq:  W = dS, X = k;       dk: W = dS^T, X = q.
-// No L x L matrix ever leaves the block: a W tile lives in registers and 8 KB of shared memory.
+// No L x L matrix ever leaves the block: a W tile lives in registers and 8.5 KB of shared memory.
 //
 // Why split the channels across blocks (gridDim.y) rather than loop over them: at the paper's
 // shape C = 512, and a block holding all of out's C x 64 tile would need 128 accumulators per
@@ -39,18 +39,24 @@
 #define BCOL 32                      // columns per tile
 #define KC 32                        // reduction chunk of score_tile
 #define PAM_THREADS 256              // blockDim.x, as the launch sets it
-#define SPT (BR * BCOL / PAM_THREADS)  // W values per thread: 8
-#define TPR (BCOL / SPT)             // threads per W row: 4 (adjacent lanes)
+#define RPT 2                        // W rows per thread (adjacent)
+#define CPW 4                        // W columns per thread (adjacent)
+#define TPR (BCOL / CPW)             // threads (adjacent lanes) sharing a pair of W rows: 8
+#define WS_LD (BR + 4)               // Ws's row stride: the float2 stores of a warp hit 16 banks, not 4
+static_assert(RPT * CPW * PAM_THREADS == BR * BCOL, "one W value per thread and slot");
 
 enum { PAM_FWD = 0, PAM_DV = 1, PAM_DQ = 2, PAM_DK = 3 };
 
-// s[r] += sum_k A[k][r0 + row] * B[k][c0 + cg + r] over k < K, for this thread's W row `row` and
-// columns cg..cg+SPT; A and B are (K, L) (one image). Zero-filled past K and L.
+// s[r][c] = sum_k A[k][r0 + wr + r] * B[k][c0 + wc + c] over k < K, for this thread's W rows
+// wr = 2 * (t / TPR) + r and columns wc = 4 * (t % TPR) + c; A and B are (K, L) (one image),
+// zero-filled past K and L. A warp's reads per k: one float2 and one float4 (2 smem wavefronts
+// for 8 FMAs).
 __device__ __forceinline__ void score_tile(const float* __restrict__ A, const float* __restrict__ B, int K, int L,
-                                           int r0, int c0, float (*As)[BR], float (*Bs)[BCOL], float (&s)[SPT]) {
-    const int t = threadIdx.x, row = t / TPR, cg = (t % TPR) * SPT;
+                                           int r0, int c0, float (*As)[BR], float (*Bs)[BCOL],
+                                           float (&s)[RPT][CPW]) {
+    const int t = threadIdx.x, wr = RPT * (t / TPR), wc = CPW * (t % TPR);
 #pragma unroll
-    for (int r = 0; r < SPT; ++r) s[r] = 0.0f;
+    for (int r = 0; r < RPT; ++r) s[r][0] = s[r][1] = s[r][2] = s[r][3] = 0.0f;
     for (int k0 = 0; k0 < K; k0 += KC) {
         __syncthreads();  // the last readers of As/Bs are done
         for (int e = t; e < KC * BR; e += PAM_THREADS) {
@@ -64,30 +70,96 @@ __device__ __forceinline__ void score_tile(const float* __restrict__ A, const fl
         __syncthreads();
 #pragma unroll 8
         for (int kk = 0; kk < KC; ++kk) {
-            const float a = As[kk][row];
-            const float4 b0 = *reinterpret_cast<const float4*>(&Bs[kk][cg]);
-            const float4 b1 = *reinterpret_cast<const float4*>(&Bs[kk][cg + 4]);
-            s[0] = fmaf(a, b0.x, s[0]); s[1] = fmaf(a, b0.y, s[1]);
-            s[2] = fmaf(a, b0.z, s[2]); s[3] = fmaf(a, b0.w, s[3]);
-            s[4] = fmaf(a, b1.x, s[4]); s[5] = fmaf(a, b1.y, s[5]);
-            s[6] = fmaf(a, b1.z, s[6]); s[7] = fmaf(a, b1.w, s[7]);
+            const float2 av = *reinterpret_cast<const float2*>(&As[kk][wr]);
+            const float4 bv = *reinterpret_cast<const float4*>(&Bs[kk][wc]);
+            s[0][0] = fmaf(av.x, bv.x, s[0][0]); s[0][1] = fmaf(av.x, bv.y, s[0][1]);
+            s[0][2] = fmaf(av.x, bv.z, s[0][2]); s[0][3] = fmaf(av.x, bv.w, s[0][3]);
+            s[1][0] = fmaf(av.y, bv.x, s[1][0]); s[1][1] = fmaf(av.y, bv.y, s[1][1]);
+            s[1][2] = fmaf(av.y, bv.z, s[1][2]); s[1][3] = fmaf(av.y, bv.w, s[1][3]);
         }
     }
 }
 
-// Sum (or max) over the TPR adjacent lanes that hold one W row.
+// Sum (or max) over the TPR adjacent lanes that hold one pair of W rows.
 __device__ __forceinline__ float row_sum(float v) {
     v += __shfl_xor_sync(0xffffffffu, v, 1);
-    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+    v += __shfl_xor_sync(0xffffffffu, v, 2);
+    return v + __shfl_xor_sync(0xffffffffu, v, 4);
 }
 __device__ __forceinline__ float row_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
+}
+
+// fwd: one tile of the online softmax. The scores w (columns past L masked to -inf) become
+// exp(w - m) with m each row's running max, l its running sum; rowv[row] gets the factor that
+// rescales what the row accumulated so far (0 on the first tile, where m was -inf).
+__device__ __forceinline__ void online_softmax(float (&w)[RPT][CPW], float (&m)[RPT], float (&l)[RPT], int c0, int L,
+                                               float* rowv) {
+    const int t = threadIdx.x, wr = RPT * (t / TPR), wc = CPW * (t % TPR);
+#pragma unroll
+    for (int r = 0; r < RPT; ++r) {
+        float tmax = -INFINITY;
+#pragma unroll
+        for (int c = 0; c < CPW; ++c) {
+            if (c0 + wc + c >= L) w[r][c] = -INFINITY;
+            tmax = fmaxf(tmax, w[r][c]);
+        }
+        const float m_new = fmaxf(m[r], row_max(tmax));  // finite: column c0 < L is in the tile
+        const float alpha = expf(m[r] - m_new);
+        float sum = 0.0f;
+#pragma unroll
+        for (int c = 0; c < CPW; ++c) {
+            w[r][c] = expf(w[r][c] - m_new);  // exp(-inf) = 0 past L
+            sum += w[r][c];
+        }
+        l[r] = l[r] * alpha + row_sum(sum);
+        m[r] = m_new;
+        if (t % TPR == 0) rowv[wr + r] = alpha;
+    }
+}
+
+// dv, dq, dk: the scores w become P = exp(S - lse), and for dq and dk dS = P (dP - delta), with dP
+// a second score tile over C (a2, b2). lse and delta are per row for dq (rows are queries; the
+// caller read them once), per column for dv and dk.
+template <int MODE>
+__device__ __forceinline__ void grad_weights(float (&w)[RPT][CPW], const float (&lse_row)[RPT],
+                                             const float (&delta_row)[RPT], const float* __restrict__ lse,
+                                             const float* __restrict__ delta, const float* __restrict__ a2,
+                                             const float* __restrict__ b2, int C, int L, int r0, int c0,
+                                             float (*As)[BR], float (*Bs)[BCOL]) {
+    const int wc = CPW * (threadIdx.x % TPR);
+    float p[RPT][CPW];
+#pragma unroll
+    for (int r = 0; r < RPT; ++r)
+#pragma unroll
+        for (int c = 0; c < CPW; ++c) {
+            const int col = c0 + wc + c;
+            const float lse_v = MODE == PAM_DQ ? lse_row[r] : (col < L ? lse[col] : 0.0f);
+            p[r][c] = col < L ? expf(w[r][c] - lse_v) : 0.0f;
+        }
+    if (MODE == PAM_DV) {
+#pragma unroll
+        for (int r = 0; r < RPT; ++r)
+#pragma unroll
+            for (int c = 0; c < CPW; ++c) w[r][c] = p[r][c];
+        return;
+    }
+    score_tile(a2, b2, C, L, r0, c0, As, Bs, w);  // w = dP (dq) or dP^T (dk)
+#pragma unroll
+    for (int r = 0; r < RPT; ++r)
+#pragma unroll
+        for (int c = 0; c < CPW; ++c) {
+            const int col = c0 + wc + c;
+            const float dl = MODE == PAM_DQ ? delta_row[r] : (col < L ? delta[col] : 0.0f);
+            w[r][c] = p[r][c] * (w[r][c] - dl);
+        }
 }
 
 // acc[i][k] += sum_j Xs[tc*CPT + i][j] * Ws[j][4*tr + k] over the BCOL columns of the tile.
 template <int CPT, int BC>
-__device__ __forceinline__ void accumulate(float (&acc)[CPT][4], const float (*Xs)[BCOL], const float (*Ws)[BR], int tr,
+__device__ __forceinline__ void accumulate(float (&acc)[CPT][4], const float (*Xs)[BCOL], const float (*Ws)[WS_LD], int tr,
                                            int tc) {
 #pragma unroll 2
     for (int j = 0; j < BCOL; j += 4) {
@@ -111,7 +183,7 @@ __device__ __forceinline__ void accumulate(float (&acc)[CPT][4], const float (*X
 
 // Shared memory of one block of pam_tiles, carved from one array the kernel declares (so that the
 // backward's three modes, one kernel, share it rather than each declaring its own).
-#define SMEM_FLOATS (KC * BR + KC * BCOL + BCOL * BR + 128 * BCOL + BR)
+#define SMEM_FLOATS (KC * BR + KC * BCOL + BCOL * WS_LD + 128 * BCOL + BR)
 
 // One block: rows r0..r0+BR of image n, output channels chunk*BC.. of X's CX. Pointers are to the
 // whole (N, ., L) tensors. a, b: S's operands (D rows each); a2, b2: dP's (C rows, dq/dk only);
@@ -126,11 +198,11 @@ __device__ __forceinline__ void pam_tiles(float* smem, int chunk, const float* _
     constexpr int CPT = BC / 16;  // 16 channel groups x 16 row groups of 4 = 256 threads
     float(*As)[BR] = reinterpret_cast<float(*)[BR]>(smem);
     float(*Bs)[BCOL] = reinterpret_cast<float(*)[BCOL]>(smem + KC * BR);
-    float(*Ws)[BR] = reinterpret_cast<float(*)[BR]>(smem + KC * BR + KC * BCOL);
-    float(*Xs)[BCOL] = reinterpret_cast<float(*)[BCOL]>(smem + KC * BR + KC * BCOL + BCOL * BR);
-    float* rowv = smem + KC * BR + KC * BCOL + BCOL * BR + 128 * BCOL;  // fwd: each row's rescale, then 1 / its sum
+    float(*Ws)[WS_LD] = reinterpret_cast<float(*)[WS_LD]>(smem + KC * BR + KC * BCOL);
+    float(*Xs)[BCOL] = reinterpret_cast<float(*)[BCOL]>(smem + KC * BR + KC * BCOL + BCOL * WS_LD);
+    float* rowv = smem + KC * BR + KC * BCOL + BCOL * WS_LD + 128 * BCOL;  // fwd: each row's rescale, then 1 / its sum
     const int n = blockIdx.z, r0 = blockIdx.x * BR, ch0 = chunk * BC;
-    const int t = threadIdx.x, row = t / TPR, cg = (t % TPR) * SPT, tr = t % 16, tc = t / 16;
+    const int t = threadIdx.x, wr = RPT * (t / TPR), wc = CPW * (t % TPR), tr = t % 16, tc = t / 16;
     a += (long long)n * D * L;
     b += (long long)n * D * L;
     x += (long long)n * CX * L;
@@ -143,59 +215,30 @@ __device__ __forceinline__ void pam_tiles(float* smem, int chunk, const float* _
         lse += (long long)n * L;
         delta += (long long)n * L;
     }
-    const bool row_in = r0 + row < L;
     // dq's rows are queries: their lse and delta are per row, the same for every column tile.
-    const float lse_row = (MODE == PAM_DQ && row_in) ? lse[r0 + row] : 0.0f;
-    const float delta_row = (MODE == PAM_DQ && row_in) ? delta[r0 + row] : 0.0f;
+    float lse_row[RPT], delta_row[RPT], m[RPT], l[RPT];  // m, l: fwd's running max and sum per row
+#pragma unroll
+    for (int r = 0; r < RPT; ++r) {
+        const bool in = MODE == PAM_DQ && r0 + wr + r < L;
+        lse_row[r] = in ? lse[r0 + wr + r] : 0.0f;
+        delta_row[r] = in ? delta[r0 + wr + r] : 0.0f;
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+    }
     float acc[CPT][4];
 #pragma unroll
     for (int i = 0; i < CPT; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
-    float m = -INFINITY, l = 0.0f;  // fwd: the running max and sum of this thread's row
 
     for (int c0 = 0; c0 < L; c0 += BCOL) {
-        float w[SPT];
+        float w[RPT][CPW];
         score_tile(a, b, D, L, r0, c0, As, Bs, w);
         if (MODE == PAM_FWD) {
-            float tmax = -INFINITY;
-#pragma unroll
-            for (int r = 0; r < SPT; ++r) {
-                if (c0 + cg + r >= L) w[r] = -INFINITY;
-                tmax = fmaxf(tmax, w[r]);
-            }
-            const float m_new = fmaxf(m, row_max(tmax));  // finite: column c0 < L is in the tile
-            const float alpha = expf(m - m_new);          // 0 on the first tile (m = -inf)
-            float sum = 0.0f;
-#pragma unroll
-            for (int r = 0; r < SPT; ++r) {
-                w[r] = expf(w[r] - m_new);  // exp(-inf) = 0 past L
-                sum += w[r];
-            }
-            l = l * alpha + row_sum(sum);
-            m = m_new;
-            if (t % TPR == 0) rowv[row] = alpha;
+            online_softmax(w, m, l, c0, L, rowv);
         } else {
-            float p[SPT];
-#pragma unroll
-            for (int r = 0; r < SPT; ++r) {
-                const int col = c0 + cg + r;
-                const float lse_v = MODE == PAM_DQ ? lse_row : (col < L ? lse[col] : 0.0f);
-                p[r] = col < L ? expf(w[r] - lse_v) : 0.0f;
-            }
-            if (MODE == PAM_DV) {
-#pragma unroll
-                for (int r = 0; r < SPT; ++r) w[r] = p[r];
-            } else {
-                score_tile(a2, b2, C, L, r0, c0, As, Bs, w);  // w = dP (dq) or dP^T (dk)
-#pragma unroll
-                for (int r = 0; r < SPT; ++r) {
-                    const int col = c0 + cg + r;
-                    const float dl = MODE == PAM_DQ ? delta_row : (col < L ? delta[col] : 0.0f);
-                    w[r] = p[r] * (w[r] - dl);
-                }
-            }
+            grad_weights<MODE>(w, lse_row, delta_row, lse, delta, a2, b2, C, L, r0, c0, As, Bs);
         }
 #pragma unroll
-        for (int r = 0; r < SPT; ++r) Ws[cg + r][row] = w[r];
+        for (int c = 0; c < CPW; ++c) *reinterpret_cast<float2*>(&Ws[wc + c][wr]) = make_float2(w[0][c], w[1][c]);
         for (int e = t; e < BC * BCOL; e += PAM_THREADS) {
             const int ch = ch0 + e / BCOL, col = c0 + e % BCOL;
             Xs[e / BCOL][e % BCOL] = (ch < CX && col < L) ? x[(long long)ch * L + col] : 0.0f;
@@ -214,9 +257,12 @@ __device__ __forceinline__ void pam_tiles(float* smem, int chunk, const float* _
     }
 
     if (MODE == PAM_FWD) {
-        if (t % TPR == 0) {
-            rowv[row] = 1.0f / l;
-            if (chunk == 0 && row_in) lse_out[(long long)n * L + r0 + row] = m + logf(l);
+#pragma unroll
+        for (int r = 0; r < RPT; ++r) {
+            if (t % TPR == 0) {
+                rowv[wr + r] = 1.0f / l[r];
+                if (chunk == 0 && r0 + wr + r < L) lse_out[(long long)n * L + r0 + wr + r] = m[r] + logf(l[r]);
+            }
         }
         __syncthreads();
     }

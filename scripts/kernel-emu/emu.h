@@ -16,7 +16,9 @@ inline std::barrier<>* g_bar;
 #define __launch_bounds__(x)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
+struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
+inline float2 make_float2(float a, float b) { return {a, b}; }
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 inline void __syncthreads() { g_bar->arrive_and_wait(); }
 inline float g_xch[1024];
