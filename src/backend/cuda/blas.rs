@@ -7,10 +7,11 @@
 //! accumulation, f32 in and out); fp32 keeps the exact SIMT path. TF32 rather than bf16 for both
 //! settings: the data stays f32 (bf16 would need a conversion pass and buffers per operand, or
 //! CUBLAS_COMPUTE_32F_FAST_16BF, for products that are small here: DANet's C x C channel energy
-//! and softmax-weighted sum, SE's FCs); and the channel energy x xᵀ sums hundreds of products into
-//! logits of magnitude 10^2..10^3 that go straight into a softmax, where bf16's 8-bit mantissa
-//! (relative 4e-3, about 1 in the logit) would reorder the attention, and TF32's (5e-4) mostly
-//! does not. The convolutions have their own bf16 kernels (kernels/conv2d_tc.cu).
+//! and softmax-weighted sum, SE's FCs); and the channel energy x xᵀ sums 256 products of
+//! post-ReLU features (at 16x16) into logits of order 10^2 that go straight into a softmax, where
+//! bf16's rounding (relative 4e-3: 0.4 on a logit of 100) would scale an attention weight by up to
+//! e^0.4 = 1.5, TF32's (5e-4: 0.05) by 1.05. The convolutions have their own bf16 kernels
+//! (kernels/conv2d_tc.cu).
 
 use super::alloc::GpuBuffer;
 use super::context::CudaDevice;

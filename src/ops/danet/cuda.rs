@@ -1,5 +1,6 @@
 //! The position attention on the GPU: the checked launch wrappers of kernels/danet.cu and the
-//! CUDA side of [`PositionKernels`]. Compiled, not yet run on a GPU.
+//! CUDA side of [`PositionKernels`]. Compiled and checked by CPU emulation (scripts/kernel-emu), not
+//! yet run on a GPU.
 
 use super::{Dims, OP, PositionKernels};
 use crate::backend::cuda::kernels as k;
@@ -32,7 +33,7 @@ fn ints(op: &'static str, Dims { n, d, c, l }: Dims) -> Result<[i32; 3]> {
     Ok([d as i32, c as i32, l as i32])
 }
 
-/// Checks each (name, length, want, shape) against the buffer lengths.
+/// Checks each (name, length, shape): the buffer must hold exactly the shape's elements.
 fn check_all(op: &'static str, bufs: &[(&str, usize, [usize; 3])]) -> Result<()> {
     bufs.iter().try_for_each(|&(what, len, shape)| check_len(op, what, len, shape.iter().product(), &shape))
 }
