@@ -23,19 +23,20 @@ use common::test_gpu;
 use gpu_common::*;
 
 /// (N, D, C, H, W): batch 1, a 1x1 map, a 33x33 map, D and C off the 32/64/128 tiles, more
-/// than one tile of positions, channels and D (D = 70 > 64, C = 200 > 128).
-const SHAPES: [[usize; 5]; 5] = [[1, 8, 37, 1, 1], [2, 5, 45, 33, 33], [1, 3, 7, 7, 5], [2, 70, 200, 9, 15], [3, 64, 130, 16, 16]];
+/// than one tile of positions, channels and D (D = 70 > 64, C = 200 > 128); the last with scores
+/// up to about 40 (see `inputs`): a near one-hot softmax whose running max moves between tiles.
+const SHAPES: [[usize; 5]; 6] = [[1, 8, 37, 1, 1], [2, 5, 45, 33, 33], [1, 3, 7, 7, 5], [2, 70, 200, 9, 15], [3, 64, 130, 16, 16], [2, 16, 40, 10, 20]];
 
 fn dims([n, d, c, h, w]: [usize; 5]) -> Dims {
     Dims { n, d, c, l: h * w }
 }
 
-/// Random q, k (scaled so the scores spread over a few units, not one-hot), v and an upstream
-/// gradient g, as host vectors.
+/// Random q, k (scaled so the scores spread over a few units; for the last shape over tens), v and
+/// an upstream gradient g, as host vectors.
 fn inputs(seed: u64, s: [usize; 5]) -> [Vec<f32>; 4] {
     let Dims { n, d, c, l } = dims(s);
     let mut r = rng(seed);
-    let scale = 2.0 / (d as f32).sqrt();
+    let scale = if s == SHAPES[5] { 12.0 } else { 2.0 } / (d as f32).sqrt();
     let mut qk = || randn(&mut r, n * d * l).into_iter().map(|x| x * scale).collect::<Vec<f32>>();
     let (q, k) = (qk(), qk());
     [q, k, randn(&mut r, n * c * l), randn(&mut r, n * c * l)]

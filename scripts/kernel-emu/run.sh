@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs kernels/danet.cu's five kernels on the CPU, one std::thread per CUDA thread (emu.h), on odd
-# shapes (L = 1, 33x33, tails of every tile), against f64 loops; outputs start as NaN. For checking
+# Runs kernels/danet.cu's three kernels on the CPU, one std::thread per CUDA thread (emu.h), on odd
+# shapes (L = 1, 33x33, tails of every tile, one with scores up to +-40), against f64 loops;
+# outputs start as NaN. For checking
 # a kernel's indexing, masking and barriers on a machine without a GPU; it says nothing about
 # speed, and a race that needs real warps to show may pass here. About a minute on 2 cores.
 set -euo pipefail
