@@ -5,12 +5,22 @@
 //! - CoAttention (SE + MSA) fused against composed (`set_fused(false)`), forward and
 //!   forward + backward, side by side.
 //!
+//! And DANet (issue 15) at its bottleneck shape, 20 x 512 x 16 x 16 (q, k (20, 64, 256), v (20, 512,
+//! 256)):
+//! - position attention, fused (`Tensor::position_attention`, kernels/danet.cu) against composed
+//!   from bmm and softmax, forward and forward + backward, side by side: ms, the ratio, GB/s of
+//!   the bytes the fused op must move against the copy rate, and GFLOP/s (PyTorch's composed
+//!   forward took 0.096 ms on an H100);
+//! - channel attention's energy + softmax + weighted sum on (20, 512, 256), cuBLAS at fp32 and
+//!   with TF32 tensor ops (the device's precision tf32).
+//!
 //! Every timed call ends with a stream synchronise, so the time covers the queued GPU work.
 //! Skips without a GPU. Run: `cargo bench --bench csa_gpu`.
 
 use coseg::Device;
 use coseg::autograd::{ParamStore, no_grad};
 use coseg::backend::cuda::CudaDevice;
+use coseg::device::Precision;
 use coseg::nn::attention::{AttentionSpec, ChannelAttention, CoAttention, SpatialAttention};
 use coseg::ops::attention::cuda as csa;
 use coseg::tensor::Tensor;
@@ -28,9 +38,8 @@ const GPU: Device = Device::Cuda(0);
 const SHAPE: [usize; 4] = [20, 2048, 16, 16];
 const COPY_RATE_GBS: f64 = 4300.0;
 
-/// Times `f` (which queues GPU work) over `iters` calls after a warm-up, then prints the bytes it
-/// must move and the rate that makes.
-fn report(dev: &CudaDevice, what: &str, bytes: usize, iters: usize, mut f: impl FnMut()) {
+/// Seconds per call of `f` (which queues GPU work) over `iters` calls after a warm-up.
+fn seconds(dev: &CudaDevice, iters: usize, mut f: impl FnMut()) -> f64 {
     for _ in 0..3 {
         f();
     }
@@ -40,7 +49,13 @@ fn report(dev: &CudaDevice, what: &str, bytes: usize, iters: usize, mut f: impl 
         f();
     }
     dev.synchronize().unwrap();
-    let s = t.elapsed().as_secs_f64() / iters as f64;
+    t.elapsed().as_secs_f64() / iters as f64
+}
+
+/// Times `f` (which queues GPU work) over `iters` calls after a warm-up, then prints the bytes it
+/// must move and the rate that makes.
+fn report(dev: &CudaDevice, what: &str, bytes: usize, iters: usize, f: impl FnMut()) {
+    let s = seconds(dev, iters, f);
     let gbs = bytes as f64 / s / 1e9;
     eprintln!(
         "{what}: {:.1} us, {:.1} MB moved at least, {gbs:.0} GB/s ({:.0}% of the {COPY_RATE_GBS:.0} GB/s copy rate)",
@@ -143,6 +158,114 @@ fn module(c: &mut Criterion, dev: &CudaDevice) {
     g.finish();
 }
 
+/// DANet's bottleneck: 10 pairs, layer4 (2048 channels) reduced to C = 512, q and k to D = 64.
+const DANET: (usize, usize, usize, usize) = (20, 64, 512, 256);
+
+/// Position attention composed from bmm and softmax (what DaNet runs with `set_fused(false)`).
+fn pam_composed(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    let attn = q.transpose(1, 2).unwrap().bmm(k).unwrap().softmax(-1).unwrap();
+    v.bmm(&attn.transpose(1, 2).unwrap()).unwrap()
+}
+
+fn pam_fused(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    q.position_attention(k, v).unwrap()
+}
+
+/// Prints one side-by-side line: both times, the ratio, and the fused time's rates.
+fn side_by_side(what: &str, fused: f64, composed: f64, bytes: usize, flops: f64) {
+    let gbs = bytes as f64 / fused / 1e9;
+    eprintln!(
+        "{what}: fused {:.3} ms, composed {:.3} ms, composed / fused {:.2}; fused moves {:.1} MB at least: {gbs:.0} GB/s \
+         ({:.1}% of {COPY_RATE_GBS:.0} GB/s), {:.1} TFLOP/s",
+        fused * 1e3,
+        composed * 1e3,
+        composed / fused,
+        bytes as f64 / 1e6,
+        100.0 * gbs / COPY_RATE_GBS,
+        flops / fused / 1e12
+    );
+}
+
+fn position_attention(c: &mut Criterion, dev: &CudaDevice) {
+    let (n, d, ch, l) = DANET;
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let scale = 1.0 / (d as f32).sqrt();
+    let q = Tensor::randn([n, d, l], 0.0, scale, GPU, &mut rng).unwrap().into_var();
+    let k = Tensor::randn([n, d, l], 0.0, scale, GPU, &mut rng).unwrap().into_var();
+    let v = Tensor::randn([n, ch, l], 0.0, 1.0, GPU, &mut rng).unwrap().into_var();
+    let g = Tensor::randn([n, ch, l], 0.0, 1.0, GPU, &mut rng).unwrap();
+    // Floors: forward reads q, k, v and writes out and lse; backward reads q, k, v, out, lse, dout
+    // and writes dq, dk, dv. Flops: S and P.V forward; forward + backward counts the nominal 3x
+    // (the math; the kernels' recomputation of S and dP is not counted).
+    let (qk, vo) = (4 * n * d * l, 4 * n * ch * l);
+    let (fwd_bytes, bwd_bytes) = (2 * qk + 2 * vo + 4 * n * l, 4 * qk + 4 * vo + 4 * n * l);
+    let fwd_flops = 2.0 * (n * l * l * (d + ch)) as f64;
+    let train = |f: fn(&Tensor, &Tensor, &Tensor) -> Tensor| {
+        for t in [&q, &k, &v] {
+            t.zero_grad();
+        }
+        f(&q, &k, &v).mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+    };
+    let forward = |f: fn(&Tensor, &Tensor, &Tensor) -> Tensor| no_grad(|| black_box(f(&q, &k, &v)));
+    let [ff, fc] = [pam_fused, pam_composed].map(|f| seconds(dev, 50, || { forward(f); }));
+    side_by_side("DANet position attention forward 20x512x16x16, D=64", ff, fc, fwd_bytes, fwd_flops);
+    let [tf, tc] = [pam_fused, pam_composed].map(|f| seconds(dev, 20, || train(f)));
+    let what = "DANet position attention forward + backward (plus the loss's mul and sum, in both)";
+    side_by_side(what, tf, tc, fwd_bytes + bwd_bytes, 3.0 * fwd_flops);
+
+    let mut grp = c.benchmark_group("danet_position_attention_20x512x16x16_d64");
+    grp.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    for (label, f) in [("fused", pam_fused as fn(&Tensor, &Tensor, &Tensor) -> Tensor), ("composed", pam_composed)] {
+        grp.bench_function(format!("forward_{label}"), |b| {
+            b.iter(|| {
+                forward(f);
+                dev.synchronize().unwrap()
+            })
+        });
+        grp.bench_function(format!("forward_backward_{label}"), |b| {
+            b.iter(|| {
+                train(f);
+                dev.synchronize().unwrap()
+            })
+        });
+    }
+    grp.finish();
+}
+
+/// DANet's channel attention on x (20, 512, 256): energy x xᵀ, softmax(-E), weighted sum, on
+/// cuBLAS at fp32 and with TF32 tensor ops.
+fn channel_attention(c: &mut Criterion, dev: &CudaDevice) {
+    let (n, _, ch, l) = DANET;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let x = Tensor::randn([n, ch, l], 0.0, 0.1, GPU, &mut rng).unwrap();
+    let cam = || {
+        no_grad(|| {
+            let energy = x.bmm(&x.transpose(1, 2).unwrap()).unwrap();
+            black_box(energy.neg().unwrap().softmax(-1).unwrap().bmm(&x).unwrap())
+        })
+    };
+    let flops = 4.0 * (n * ch * ch * l) as f64;
+    let mut grp = c.benchmark_group("danet_channel_attention_20x512x256");
+    grp.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
+    let mut fp32 = 0.0;
+    for p in [Precision::Fp32, Precision::Tf32] {
+        dev.set_precision(p);
+        let s = seconds(dev, 50, || {
+            cam();
+        });
+        fp32 = if p == Precision::Fp32 { s } else { fp32 };
+        eprintln!("DANet channel attention (energy + softmax + bmm) at {}: {:.3} ms, {:.1} TFLOP/s in the products, fp32 / this {:.2}", p.name(), s * 1e3, flops / s / 1e12, fp32 / s);
+        grp.bench_function(p.name(), |b| {
+            b.iter(|| {
+                cam();
+                dev.synchronize().unwrap()
+            })
+        });
+    }
+    dev.set_precision(Precision::Fp32);
+    grp.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let Some(dev) = gpu::device_or_skip("csa_gpu") else {
         return;
@@ -150,6 +273,8 @@ fn bench(c: &mut Criterion) {
     eprintln!("csa_gpu on {}", dev.name());
     kernels(c, &dev);
     module(c, &dev);
+    position_attention(c, &dev);
+    channel_attention(c, &dev);
 }
 
 criterion_group!(benches, bench);

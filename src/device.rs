@@ -69,7 +69,8 @@ impl serde::Serialize for DeviceRequest {
 
 /// The arithmetic of the GPU convolutions. Tensors stay f32 in memory at every precision; the
 /// tensor-core kernels round operands as they load them and accumulate in f32 (kernels/conv2d_tc.cu
-/// says why). The CPU always computes in f32.
+/// says why). The matrix products (cuBLAS) follow it with TF32 tensor-op math at tf32 and bf16
+/// (src/backend/cuda/blas.rs says why not bf16). The CPU always computes in f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {

@@ -221,6 +221,16 @@ test_device!(csa_fused_ops, |device| {
     }
 });
 
+// DANet's fused position attention: q, k (N, D, L), v (N, C, L); positions off the kernels'
+// tiles (7, 33), one position (the softmax is 1: q and k get zero gradients), batch 1 and 2.
+test_device!(position_attention, |device| {
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    for (n, d, c, l) in [(2, 3, 4, 7), (1, 4, 5, 1), (1, 2, 3, 33)] {
+        let (q, k, v) = (randn(&mut rng, &[n, d, l], device), randn(&mut rng, &[n, d, l], device), randn(&mut rng, &[n, c, l], device));
+        check(&format!("position_attention {n}x{d}x{c}x{l}"), &[q, k, v], &[0, 1, 2], 1e-2, |t| t[0].position_attention(&t[1], &t[2]));
+    }
+});
+
 test_device!(normalisation_and_pooling, |device| {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let x = Tensor::randn([3, 4, 3, 5], 0.5, 2.0, device, &mut rng).unwrap();

@@ -33,7 +33,9 @@
 //! # DANet (Fu et al., CVPR 2019) in place of CSA
 //! Per image, 3x3 conv C -> C/4 (+BN+ReLU) feeds each branch:
 //! - position attention: q, k = 1x1 convs to C/32, v = 1x1 conv to C/4; A = softmax over positions of
-//!   qᵀk (N, HW, HW); out = γ_p · v Aᵀ + x, γ_p initialised to 0;
+//!   qᵀk (N, HW, HW); out = γ_p · v Aᵀ + x, γ_p initialised to 0. On CUDA by default one fused op
+//!   ([`Tensor::position_attention`], flash-style: A is never written to device memory); the CPU
+//!   composes it from bmm and softmax (the reference); [`CoAttention::set_fused`] chooses;
 //! - channel attention: energy E = x xᵀ (N, C/4, C/4); DANet's `max(E) - E` before the softmax
 //!   equals `-E` (softmax ignores a per-row shift); out = γ_c · softmax(-E) x + x, γ_c = 0 at first.
 //!
@@ -197,6 +199,9 @@ struct DaNet {
     gamma_c: Tensor,
     out_p: ConvBnRelu,
     out_c: ConvBnRelu,
+    /// Whether the position attention runs fused ([`Tensor::position_attention`]) or composed
+    /// (the reference); None: fused on CUDA, composed on the CPU.
+    fused: Option<bool>,
 }
 
 impl DaNet {
@@ -213,17 +218,24 @@ impl DaNet {
             gamma_c: params.var(&join(prefix, "cam.gamma"), [1], Init::Const(0.0))?,
             out_p: ConvBnRelu::new(params, &join(prefix, "out_p"), ConvSpec::new(inter, inter, 3))?,
             out_c: ConvBnRelu::new(params, &join(prefix, "out_c"), ConvSpec::new(inter, inter, 3))?,
+            fused: None,
         })
     }
 
+    /// Position attention on `x`: fused ([`Tensor::position_attention`]) or composed from bmm and
+    /// softmax, as [`CoAttention::set_fused`] chose (unset: fused on CUDA, composed on the CPU).
     fn position(&self, x: &Tensor) -> Result<Tensor> {
         let [n, c, h, w] = x.shape().nchw();
-        let q = self.query.forward(x)?.flatten_from(2)?.transpose(1, 2)?; // (N, HW, c')
+        let q = self.query.forward(x)?.flatten_from(2)?; // (N, c', HW)
         let k = self.key.forward(x)?.flatten_from(2)?; // (N, c', HW)
-        let attn = q.bmm(&k)?.softmax(-1)?; // (N, HW, HW): row i = weights over positions j
         let v = self.value.forward(x)?.flatten_from(2)?; // (N, C, HW)
-        let out = v.bmm(&attn.transpose(1, 2)?)?.reshape([n, c, h, w])?;
-        out.mul(&self.gamma_p)?.add(x)
+        let out = if self.fused.unwrap_or(matches!(x.device(), crate::device::Device::Cuda(_))) {
+            q.position_attention(&k, &v)?
+        } else {
+            let attn = q.transpose(1, 2)?.bmm(&k)?.softmax(-1)?; // (N, HW, HW): row i = weights over positions j
+            v.bmm(&attn.transpose(1, 2)?)?
+        };
+        out.reshape([n, c, h, w])?.mul(&self.gamma_p)?.add(x)
     }
 
     /// Channel energy x xᵀ: (N, C, C).
@@ -322,13 +334,14 @@ impl CoAttention {
         self.out_channels
     }
 
-    /// CSA's feature-sized work on the fused kernels (`true`) or composed from generic ops
-    /// (`false`: the reference the fused ops are tested and benchmarked against; the same
-    /// values, the CPU forward to the bit), on any device. Unset, the fused kernels run on CUDA
-    /// and the composed ops on the CPU. DANet ignores it.
+    /// The fused kernels (`true`) or the composed generic ops (`false`: the reference the fused
+    /// ops are tested and benchmarked against), on any device: CSA's feature-sized work (the same
+    /// values, the CPU forward to the bit), DANet's position attention (the same values within
+    /// f32 round-off). Unset, the fused kernels run on CUDA and the composed ops on the CPU.
     pub fn set_fused(&mut self, fused: bool) {
-        if let Kind::Csa(csa) = &mut self.kind {
-            csa.fused = Some(fused);
+        match &mut self.kind {
+            Kind::Csa(csa) => csa.fused = Some(fused),
+            Kind::DaNet(d) => d.fused = Some(fused),
         }
     }
 

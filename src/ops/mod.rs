@@ -23,6 +23,7 @@
 pub mod attention;
 pub(crate) mod conv;
 mod cuda_common;
+pub mod danet;
 pub(crate) mod elementwise;
 pub(crate) mod layout;
 pub(crate) mod loss;

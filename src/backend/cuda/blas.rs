@@ -1,13 +1,25 @@
 //! Matrix products on cuBLAS (one handle per device, on the device's stream), for row-major
 //! operands: row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, so the call swaps
 //! the operands and their transposes and passes the row lengths as leading dimensions.
+//!
+//! Tensor cores: at the device's precision ([`CudaDevice::precision`]) tf32 or bf16 the products
+//! run with cuBLAS's TF32 tensor-op math (operands rounded to TF32's 10-bit mantissa, f32
+//! accumulation, f32 in and out); fp32 keeps the exact SIMT path. TF32 rather than bf16 for both
+//! settings: the data stays f32 (bf16 would need a conversion pass and buffers per operand, or
+//! CUBLAS_COMPUTE_32F_FAST_16BF, for products that are small here: DANet's C x C channel energy
+//! and softmax-weighted sum, SE's FCs); and the channel energy x xᵀ sums 256 products of
+//! post-ReLU features (at 16x16) into logits of order 10^2 that go straight into a softmax, where
+//! bf16's rounding (relative 4e-3: 0.4 on a logit of 100) would scale an attention weight by up to
+//! e^0.4 = 1.5, TF32's (5e-4: 0.05) by 1.05. The convolutions have their own bf16 kernels
+//! (kernels/conv2d_tc.cu).
 
 use super::alloc::GpuBuffer;
 use super::context::CudaDevice;
 use super::error::CudaError;
 use super::launch::to_i32;
 use crate::error::{Error, Result};
-use cudarc::cublas::sys::cublasOperation_t;
+use crate::device::Precision;
+use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t, cublasSetMathMode};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -61,6 +73,7 @@ pub fn sgemm(
         .context()
         .bind_to_thread()
         .map_err(|e| CudaError::driver(dev.ordinal(), format!("{OP}: binding the context to this thread"), e))?;
+    set_math_mode(dev, &blas, dev.precision())?;
     let timed = dev.time_start()?;
     // SAFETY: the buffers hold at least what the strides and dims above read and write (checked),
     // and cuBLAS runs on the device's one stream, in order with the kernels.
@@ -72,6 +85,20 @@ pub fn sgemm(
 }
 
 const OP: &str = "sgemm";
+
+/// The handle's math mode for `precision`: TF32 tensor ops for tf32 and bf16 (see the module
+/// docs), cuBLAS's default (exact f32) for fp32. Set before every product: the handle is shared by
+/// the device, whose precision a run may change.
+fn set_math_mode(dev: &CudaDevice, blas: &CudaBlas, precision: Precision) -> Result<()> {
+    let mode = match precision {
+        Precision::Fp32 => cublasMath_t::CUBLAS_DEFAULT_MATH,
+        Precision::Tf32 | Precision::Bf16 => cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH,
+    };
+    // SAFETY: a live handle of this device; setting its math mode touches no memory.
+    unsafe { cublasSetMathMode(*blas.handle(), mode) }.result().map_err(|status| {
+        CudaError::Blas { ordinal: dev.ordinal(), call: format!("{OP}: setting the math mode for {}", precision.name()), status }.into()
+    })
+}
 
 /// Refuses operands shorter than the products read, and a C not exactly the products' size.
 fn check_lengths(batch: usize, a: Operand, b: Operand, m: usize, n: usize, k: usize, c: &GpuBuffer) -> Result<()> {

@@ -170,7 +170,8 @@ impl CudaDevice {
     }
     /// The precision tensor ops give the convolution wrappers on this device: fp32 until a run
     /// (training config, `--precision`) sets it. The device is shared process-wide, like PyTorch's
-    /// `allow_tf32` switch; the wrappers in `conv` also take a precision directly.
+    /// `allow_tf32` switch; the wrappers in `conv` also take a precision directly. The matrix
+    /// products (cuBLAS, `blas::sgemm`) read it too: tf32 and bf16 run them with TF32 tensor ops.
     pub fn precision(&self) -> Precision {
         let v = self.precision.load(std::sync::atomic::Ordering::Relaxed);
         Precision::ALL.into_iter().find(|p| *p as u8 == v).unwrap_or_default()

@@ -82,6 +82,8 @@ kernels! {
     "attention":
         CSA_POOL_FWD = "csa_pool_fwd_f32", CSA_POOL_BWD = "csa_pool_bwd_f32", CSA_GATE_FWD = "csa_gate_fwd_f32",
         CSA_GATE_BWD = "csa_gate_bwd_f32", CSA_FINISH = "csa_finish_f32";
+    "danet":
+        PAM_FWD = "pam_fwd_f32", PAM_BWD = "pam_bwd_f32", PAM_BWD_DELTA = "pam_bwd_delta_f32";
     "nd":
         BINARY_ND_FWD = "binary_nd_fwd_f32", COPY_ND_FWD = "copy_nd_fwd_f32", MAP_FWD = "map_fwd_f32",
         MAP_BWD = "map_bwd_f32";
@@ -175,7 +177,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(MODULES.len(), 12, "one module per kernels/*.cu");
+        assert_eq!(MODULES.len(), 13, "one module per kernels/*.cu");
     }
 
     #[test]

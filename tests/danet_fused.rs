@@ -1,0 +1,256 @@
+//! DANet's fused position attention (`Tensor::position_attention`, src/ops/danet) and the matrix
+//! products on the tensor cores (src/backend/cuda/blas.rs):
+//! - on the CPU, the fused op (f64 reference) against the composed bmm/softmax path, forward and
+//!   the gradients of q, k and v, on random inputs and odd shapes (channel counts off the tiles,
+//!   1x1 and 33x33 maps, batch 1); and DANet's module fused against composed (`set_fused`);
+//! - on cuda:0, the kernel wrappers against the CPU op (outputs NaN-poisoned before each launch,
+//!   the log-sum-exp against f64 loops), the op through the autograd against the CPU, the module
+//!   fused against composed, ||gpu - cpu|| / ||cpu|| < 1e-5; and bmm at tf32 against fp32: within
+//!   TF32's tolerance and not bit-identical (so the math mode is seen to apply). Skips without a
+//!   GPU; fails with REQUIRE_CUDA=1.
+//!
+//! The gradient check of the op is in tests/gradcheck.rs.
+
+mod common;
+mod gpu_common;
+use coseg::autograd::ParamStore;
+use coseg::backend::cuda::CudaDevice;
+use coseg::device::{Device, Precision};
+use coseg::nn::attention::{AttentionSpec, ChannelAttention, CoAttention, SpatialAttention};
+use coseg::ops::danet::{Dims, cuda as pam};
+use coseg::tensor::Tensor;
+use common::test_gpu;
+use gpu_common::*;
+
+/// (N, D, C, H, W): batch 1, a 1x1 map, a 33x33 map, D and C off the 32/64/128 tiles, more
+/// than one tile of positions, channels and D (D = 70 > 64, C = 200 > 128); the last with scores
+/// up to about 40 (see `inputs`): a near one-hot softmax whose running max moves between tiles.
+const SHAPES: [[usize; 5]; 6] = [[1, 8, 37, 1, 1], [2, 5, 45, 33, 33], [1, 3, 7, 7, 5], [2, 70, 200, 9, 15], [3, 64, 130, 16, 16], [2, 16, 40, 10, 20]];
+
+fn dims([n, d, c, h, w]: [usize; 5]) -> Dims {
+    Dims { n, d, c, l: h * w }
+}
+
+/// Random q, k (scaled so the scores spread over a few units; for the last shape over tens), v and
+/// an upstream gradient g, as host vectors.
+fn inputs(seed: u64, s: [usize; 5]) -> [Vec<f32>; 4] {
+    let Dims { n, d, c, l } = dims(s);
+    let mut r = rng(seed);
+    let scale = if s == SHAPES[5] { 12.0 } else { 2.0 } / (d as f32).sqrt();
+    let mut qk = || randn(&mut r, n * d * l).into_iter().map(|x| x * scale).collect::<Vec<f32>>();
+    let (q, k) = (qk(), qk());
+    [q, k, randn(&mut r, n * c * l), randn(&mut r, n * c * l)]
+}
+
+/// Output and gradients (dq, dk, dv) of `sum(f(q, k, v) * g)` on `device`.
+fn run(device: Device, s: [usize; 5], x: &[Vec<f32>; 4], f: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor) -> [Vec<f32>; 4] {
+    let Dims { n, d, c, l } = dims(s);
+    let t = |v: &Vec<f32>, ch: usize| Tensor::from_vec(v.clone(), [n, ch, l], device).unwrap();
+    let (q, k, v, g) = (t(&x[0], d).into_var(), t(&x[1], d).into_var(), t(&x[2], c).into_var(), t(&x[3], c));
+    let y = f(&q, &k, &v);
+    y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+    [y.to_vec().unwrap(), q.grad().unwrap().to_vec().unwrap(), k.grad().unwrap().to_vec().unwrap(), v.grad().unwrap().to_vec().unwrap()]
+}
+
+fn fused(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    q.position_attention(k, v).unwrap()
+}
+
+/// What DaNet computed before the fused op.
+fn composed(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    let attn = q.transpose(1, 2).unwrap().bmm(k).unwrap().softmax(-1).unwrap();
+    v.bmm(&attn.transpose(1, 2).unwrap()).unwrap()
+}
+
+const NAMES: [&str; 4] = ["out", "dq", "dk", "dv"];
+
+#[test]
+fn cpu_fused_op_matches_the_composed_ops() {
+    for (i, s) in SHAPES.into_iter().enumerate() {
+        let x = inputs(i as u64, s);
+        let (a, b) = (run(Device::Cpu, s, &x, fused), run(Device::Cpu, s, &x, composed));
+        for ((name, a), b) in NAMES.iter().zip(&a).zip(&b) {
+            assert_close(&format!("{s:?} {name}"), a, b, F32_TOL);
+        }
+    }
+}
+
+// The module: DANet with nonzero γ's (they start at 0, which would hide the position branch).
+fn danet_pass(device: Device, fused: bool, dims: [usize; 4]) -> Vec<(String, Vec<f32>)> {
+    let spec = AttentionSpec { channels: 100, width: 1.0, output_stride: 8, channel: ChannelAttention::Se, spatial: SpatialAttention::Msa, danet: true };
+    let mut params = ParamStore::new(device, 5);
+    let mut att = CoAttention::new(&mut params, "att", spec).unwrap();
+    att.set_fused(fused);
+    for (name, value) in [("att.danet.pam.gamma", 0.7f32), ("att.danet.cam.gamma", -0.4)] {
+        params.get(name).unwrap().assign(&Tensor::from_vec(vec![value], [1], device).unwrap()).unwrap();
+    }
+    let mut r = rng(17);
+    let len: usize = dims.iter().product();
+    let mut input = || Tensor::from_vec(randn(&mut r, len), dims, device).unwrap();
+    let (fa, fb) = (input().into_var(), input().into_var());
+    // Batch norm in training needs two values per channel: a single 1x1 map runs in eval.
+    let train = dims[0] * dims[2] * dims[3] > 1;
+    let (ya, yb) = att.forward_pair(&fa, &fb, train).unwrap();
+    let mut weights = || Tensor::from_vec(randn(&mut r, ya.numel()), ya.shape().clone(), device).unwrap();
+    let (wa, wb) = (weights(), weights());
+    let loss = ya.mul(&wa).unwrap().sum_all().unwrap().add(&yb.mul(&wb).unwrap().sum_all().unwrap()).unwrap();
+    loss.backward().unwrap();
+    let mut out = vec![("ya".to_string(), ya.to_vec().unwrap()), ("yb".to_string(), yb.to_vec().unwrap())];
+    out.push(("fa".to_string(), fa.grad().unwrap().to_vec().unwrap()));
+    out.push(("fb".to_string(), fb.grad().unwrap().to_vec().unwrap()));
+    for (name, t) in params.trainable() {
+        out.push((name.to_string(), t.grad().unwrap_or_else(|| panic!("{name} got no gradient")).to_vec().unwrap()));
+    }
+    out
+}
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+/// Outputs and gradients pairwise within `tol` relative. The key bias's exact gradient is zero
+/// (softmax ignores a shift per query, and the bias shifts query i's scores by q_i . b): both
+/// sides hold round-off only, so it is held to `tol` relative to the key weight's gradient.
+fn assert_passes_close(what: &str, a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)], tol: f64) {
+    assert_eq!(a.len(), b.len());
+    let scale = |name: &str| a.iter().find(|(n, _)| n == name).map(|(_, g)| norm(g)).unwrap();
+    for ((name, x), (other, y)) in a.iter().zip(b) {
+        assert_eq!(name, other);
+        if name.ends_with("pam.key.bias") {
+            let diff: Vec<f32> = x.iter().zip(y).map(|(p, q)| p - q).collect();
+            let bound = tol * scale(&name.replace("bias", "weight"));
+            assert!(norm(&diff) <= bound, "{what}: {name}: |difference| {:.2e} > {bound:.2e}", norm(&diff));
+        } else {
+            assert_close(&format!("{what}: {name}"), x, y, tol);
+        }
+    }
+}
+
+#[test]
+fn cpu_danet_module_fused_matches_composed() {
+    for dims in [[1, 100, 1, 1], [2, 100, 6, 5]] {
+        let (f, c) = (danet_pass(Device::Cpu, true, dims), danet_pass(Device::Cpu, false, dims));
+        assert_passes_close(&format!("{dims:?}"), &f, &c, F32_TOL);
+        // The switch is seen to act: the fused op sums in f64, the composed in f32.
+        if dims[2] * dims[3] > 1 {
+            assert_ne!(f[0].1, c[0].1, "{dims:?}: set_fused(true) and (false) gave the same bits");
+        }
+    }
+}
+
+// ---- cuda:0 ----
+
+/// Each query's log-sum-exp of its scores, in f64.
+fn lse_f64(s: [usize; 5], q: &[f32], k: &[f32]) -> Vec<f32> {
+    let Dims { n, d, l, .. } = dims(s);
+    let mut out = Vec::with_capacity(n * l);
+    for b in 0..n {
+        let at = |x: &[f32], dd: usize, i: usize| x[(b * d + dd) * l + i] as f64;
+        for i in 0..l {
+            let sc: Vec<f64> = (0..l).map(|j| (0..d).map(|dd| at(q, dd, i) * at(k, dd, j)).sum()).collect();
+            let m = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            out.push((m + sc.iter().map(|x| (x - m).exp()).sum::<f64>().ln()) as f32);
+        }
+    }
+    out
+}
+
+test_gpu!(gpu_pam_kernels_match_the_cpu, |dev| {
+    let _serial = serial();
+    for (i, s) in SHAPES.into_iter().enumerate() {
+        let x = inputs(100 + i as u64, s);
+        let want = run(Device::Cpu, s, &x, fused);
+        let Dims { n, d, c, l } = dims(s);
+        let [q, k, v, g] = x.clone().map(|h| dev.htod(&h).unwrap());
+        let (mut out, mut lse) = (poisoned(&dev, n * c * l), poisoned(&dev, n * l));
+        pam::pam_fwd(&dev, &q, &k, &v, dims(s), &mut out, &mut lse).unwrap();
+        let out_h = dev.dtoh(&out).unwrap();
+        assert_close(&format!("{s:?} out"), &out_h, &want[0], F32_TOL);
+        assert_close(&format!("{s:?} lse"), &dev.dtoh(&lse).unwrap(), &lse_f64(s, &x[0], &x[1]), F32_TOL);
+        // No atomics: a second run gives the same bits.
+        let mut again = poisoned(&dev, n * c * l);
+        pam::pam_fwd(&dev, &q, &k, &v, dims(s), &mut again, &mut lse).unwrap();
+        assert!(dev.dtoh(&again).unwrap().iter().zip(&out_h).all(|(a, b)| a.to_bits() == b.to_bits()), "{s:?}: forward not deterministic");
+
+        let (mut dq, mut dk, mut dv) = (poisoned(&dev, n * d * l), poisoned(&dev, n * d * l), poisoned(&dev, n * c * l));
+        let saved = pam::Saved { q: &q, k: &k, v: &v, out: &out, lse: &lse, dout: &g };
+        pam::pam_bwd(&dev, &saved, dims(s), &mut dq, &mut dk, &mut dv).unwrap();
+        for (name, buf, want) in [("dq", &dq, &want[1]), ("dk", &dk, &want[2]), ("dv", &dv, &want[3])] {
+            assert_close(&format!("{s:?} {name}"), &dev.dtoh(buf).unwrap(), want, F32_TOL);
+        }
+    }
+});
+
+test_gpu!(gpu_pam_wrappers_refuse_buffers_of_the_wrong_length, |dev| {
+    let s = Dims { n: 2, d: 3, c: 5, l: 7 };
+    let (q, k, v) = (poisoned(&dev, 42), poisoned(&dev, 42), poisoned(&dev, 70));
+    let (mut out, mut short) = (poisoned(&dev, 70), poisoned(&dev, 13));
+    let e = pam::pam_fwd(&dev, &q, &k, &v, s, &mut out, &mut short).unwrap_err().to_string();
+    assert!(e.contains("pam_fwd_f32") && e.contains("lse has 13"), "{e}");
+    let e = pam::pam_fwd(&dev, &q, &v, &v, s, &mut out, &mut poisoned(&dev, 14)).unwrap_err().to_string();
+    assert!(e.contains("k has 70"), "{e}");
+});
+
+test_gpu!(gpu_op_through_the_autograd_matches_the_cpu, |_dev| {
+    let _serial = serial();
+    for (i, s) in SHAPES.into_iter().enumerate() {
+        let x = inputs(200 + i as u64, s);
+        let (gpu, cpu) = (run(Device::Cuda(0), s, &x, fused), run(Device::Cpu, s, &x, fused));
+        for ((name, a), b) in NAMES.iter().zip(&gpu).zip(&cpu) {
+            assert_close(&format!("{s:?} {name}"), a, b, F32_TOL);
+        }
+    }
+});
+
+test_gpu!(gpu_danet_module_fused_matches_composed, |dev| {
+    let _serial = serial();
+    assert_eq!(dev.precision(), Precision::Fp32);
+    for dims in [[1, 100, 1, 1], [2, 100, 33, 33], [1, 100, 7, 5]] {
+        let f = danet_pass(Device::Cuda(0), true, dims);
+        let c = danet_pass(Device::Cuda(0), false, dims);
+        assert_passes_close(&format!("cuda {dims:?}"), &f, &c, F32_TOL);
+    }
+});
+
+/// Sets cuda:0's precision and puts fp32 back when dropped, also when a test fails.
+struct PrecisionGuard<'a>(&'a CudaDevice);
+
+impl<'a> PrecisionGuard<'a> {
+    fn set(dev: &'a CudaDevice, p: Precision) -> PrecisionGuard<'a> {
+        dev.set_precision(p);
+        PrecisionGuard(dev)
+    }
+}
+
+impl Drop for PrecisionGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set_precision(Precision::Fp32);
+    }
+}
+
+test_gpu!(gpu_bmm_runs_on_tf32_tensor_cores_at_tf32_and_bf16, |dev| {
+    // Holds the lock: the precision is process-wide, and the other GPU tests here need fp32.
+    let _serial = serial();
+    let (b, m, k, n) = (4, 256, 512, 192);
+    let mut r = rng(9);
+    let (ha, hb) = (randn(&mut r, b * m * k), randn(&mut r, b * k * n));
+    let product = || {
+        let a = Tensor::from_vec(ha.clone(), [b, m, k], Device::Cuda(0)).unwrap();
+        a.bmm(&Tensor::from_vec(hb.clone(), [b, k, n], Device::Cuda(0)).unwrap()).unwrap().to_vec().unwrap()
+    };
+    let cpu = Tensor::from_vec(ha.clone(), [b, m, k], Device::Cpu).unwrap();
+    let cpu = cpu.bmm(&Tensor::from_vec(hb.clone(), [b, k, n], Device::Cpu).unwrap()).unwrap().to_vec().unwrap();
+    let fp32 = product();
+    assert_close("bmm fp32", &fp32, &cpu, F32_TOL);
+    for p in [Precision::Tf32, Precision::Bf16] {
+        let reduced = {
+            let _g = PrecisionGuard::set(&dev, p);
+            product()
+        };
+        // TF32 rounds operands to 10 mantissa bits: about 3e-4 relative here, well under 1e-2.
+        assert_close(&format!("bmm {}", p.name()), &reduced, &cpu, 1e-2);
+        let e = rel_err(&reduced, &fp32);
+        assert!(e > 1e-6, "bmm at {} equals fp32 ({e:.1e}): the TF32 math mode did not apply", p.name());
+    }
+    assert_eq!(product(), fp32, "fp32 after tf32: the math mode was not reset");
+});
