@@ -249,10 +249,10 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
         dev.reset_peak_memory();
     }
     std::thread::scope(|scope| -> Result<()> {
-        let batches = prefetch(scope, cfg, &data.train, iters.clone());
+        let batches = prefetch(scope, cfg, &data.train, iters.clone(), batch_workers(s.device));
         s.interval_start = Instant::now();
         for iter in iters {
-            let batch = batches.recv().map_err(|_| Error::invalid("train", format!("the batch worker stopped before iteration {}", iter + 1)))??;
+            let batch = batches.recv(iter)?;
             prof.begin()?;
             s.step(iter, batch)?;
             prof.end()?;
@@ -293,28 +293,64 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
     Ok(outcome)
 }
 
-/// Batches built ahead of the step, at most this many waiting.
+/// Batches each worker builds ahead of the step, at most.
 const PREFETCH: usize = 2;
+/// Batch workers at most (a GPU step of a few milliseconds outruns one worker's crops and
+/// augmentation for 10 pairs; the CPU's own step keeps the cores busy, so it gets one).
+const MAX_WORKERS: usize = 4;
 
-/// Builds the batches of `iters`, in order, on a worker thread, up to [`PREFETCH`] ahead of the
-/// step that trains on them, so cropping and augmentation overlap the device's work. A batch is
-/// drawn from (seed, iteration) alone: the same batch whichever thread builds it, and when. The
-/// worker stops when the loop drops the receiver (a step failed or training stopped).
+/// The batches of a run's iterations, built ahead on worker threads and handed out in order.
+struct Batches {
+    /// Worker w builds iterations start + w, start + w + W, ...
+    workers: Vec<Receiver<Result<HostBatch>>>,
+    start: usize,
+}
+
+impl Batches {
+    /// Iteration `iter`'s batch (asked for in order).
+    fn recv(&self, iter: usize) -> Result<HostBatch> {
+        let w = &self.workers[(iter - self.start) % self.workers.len()];
+        w.recv().map_err(|_| Error::invalid("train", format!("the batch worker stopped before iteration {}", iter + 1)))?
+    }
+}
+
+/// Builds the batches of `iters` on `workers` threads, each up to [`PREFETCH`] ahead, so cropping
+/// and augmentation overlap the device's work. A batch is drawn from (seed, iteration) alone: the
+/// same batch whichever thread builds it, and when. Workers stop when the loop drops the
+/// receivers (a step failed or training stopped).
 fn prefetch<'scope, 'env>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
     cfg: &'env TrainConfig,
     train: &'env SplitSet,
     iters: std::ops::Range<usize>,
-) -> Receiver<Result<HostBatch>> {
-    let (tx, rx) = sync_channel(PREFETCH);
-    scope.spawn(move || {
-        for iter in iters {
-            if tx.send(host_batch(cfg, train, iter)).is_err() {
-                break;
-            }
-        }
-    });
-    rx
+    workers: usize,
+) -> Batches {
+    let workers = workers.clamp(1, MAX_WORKERS);
+    let start = iters.start;
+    let receivers = (0..workers)
+        .map(|w| {
+            let (tx, rx) = sync_channel(PREFETCH);
+            let mine = iters.clone().skip(w).step_by(workers);
+            scope.spawn(move || {
+                for iter in mine {
+                    if tx.send(host_batch(cfg, train, iter)).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        })
+        .collect();
+    Batches { workers: receivers, start }
+}
+
+/// Batch workers for a run on `device`: one on the CPU, up to [`MAX_WORKERS`] (the cores but one)
+/// beside a GPU.
+fn batch_workers(device: Device) -> usize {
+    match device {
+        Device::Cpu => 1,
+        Device::Cuda(_) => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).clamp(1, MAX_WORKERS),
+    }
 }
 
 /// Iteration `iter`'s batch (0-based), on the host. Its pairs and augmentation come from a
@@ -668,6 +704,42 @@ pub fn write_plots(out: &Path, log_path: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use rand::Rng;
+
+    #[test]
+    fn batches_from_several_workers_come_in_order_as_one_worker_builds_them() {
+        let text = "[data]\nroot = \"r\"\nmanifest = \"m.json\"\npseudo_masks = \"p\"\ncrop_size = 8\n[train]\nbatch_pairs = 3\nseed = 9\n";
+        let cfg = TrainConfig::parse(text, "prefetch test").unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let s = 8;
+        let samples = (0..7)
+            .map(|i| dataset::Sample {
+                name: format!("lesion{i}"),
+                row: i + 2,
+                cluster: 0,
+                image: (0..3 * s * s).map(|_| rng.random_range(0.0..1.0)).collect(),
+                pseudo: (0..s * s).map(|_| rng.random_bool(0.4) as u8).collect(),
+                truth: None,
+                crop_box: crate::data::CropBox { x0: 0.0, y0: 0.0, side: 8.0, size: s },
+                recist: [[1.0, 1.0], [6.0, 6.0], [1.0, 6.0], [6.0, 1.0]],
+                slice_size: (64, 64),
+                neighbour_fallbacks: Vec::new(),
+            })
+            .collect();
+        let pairs = vec![[0, 1], [1, 2], [2, 3], [3, 4], [4, 5], [5, 6], [6, 0]];
+        let set = SplitSet { split: Split::Train, size: s, samples, pairs, skipped: Vec::new() };
+        let iters = 4..20;
+        let parts = |b: HostBatch| b.parts().map(|p| p.to_vec());
+        let want: Vec<_> = iters.clone().map(|i| parts(host_batch(&cfg, &set, i).unwrap())).collect();
+        assert!(want.windows(2).all(|w| w[0] != w[1]), "consecutive batches are the same: the test could not see the order");
+        for workers in [1, 3] {
+            std::thread::scope(|scope| {
+                let batches = prefetch(scope, &cfg, &set, iters.clone(), workers);
+                for (k, iter) in iters.clone().enumerate() {
+                    assert!(parts(batches.recv(iter).unwrap()) == want[k], "{workers} workers, iteration {iter}");
+                }
+            });
+        }
+    }
 
     #[test]
     fn the_guard_stops_divergence_and_lets_noisy_training_run() {
