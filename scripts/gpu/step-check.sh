@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call for the host-free, captured training step (issue 13) and the attention kernels
-# (issue 15), over binaries staged with
-#   PACK_ONLY='gpu|csa|danet|autograd|gradcheck|op_edge|nn_model|train|bin-coseg' ../shared/gpu/pack
+# (issue 15), over binaries staged with (101 MiB raw, 12 MiB as the tarball this unpacks)
+#   PACK_ONLY='gpu|csa|danet|autograd|gradcheck|op_edge|nn_model|bin-coseg' scripts/gpu/stage-xz.sh
 # Steps, each bounded and logged under $OUT: the GPU tests (and the test_device! files' CUDA
 # variants); the step bench (eager and graph side by side, host waits per step); the attention
 # bench; a short paper-model run with the graph, and its per-op profile.
@@ -10,6 +10,11 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 steps=${1:-tests step csa run}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader || true
+if [ -f .gpu/bin.tar.xz ]; then  # staged by scripts/gpu/stage-xz.sh
+  python3 -c "import tarfile; tarfile.open('.gpu/bin.tar.xz').extractall('.gpu')" && echo "unpacked $(ls .gpu/bin | wc -l) binaries"
+fi
+cudnn=$(python3 -c "import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], 'lib'))" 2>/dev/null)
+[ -n "$cudnn" ] && export LD_LIBRARY_PATH="$cudnn:${LD_LIBRARY_PATH:-}"
 for s in $steps; do
   t0=$(date +%s)
   case $s in
