@@ -1,10 +1,28 @@
 #!/usr/bin/env bash
-# Runs kernels/danet.cu's three kernels on the CPU, one std::thread per CUDA thread (emu.h), on odd
-# shapes (L = 1, 33x33, tails of every tile, one with scores up to +-40), against f64 loops;
-# outputs start as NaN. For checking
-# a kernel's indexing, masking and barriers on a machine without a GPU; it says nothing about
-# speed, and a race that needs real warps to show may pass here. About a minute on 2 cores.
+# Runs kernels on the CPU, one std::thread per CUDA thread (emu.h), against f64 loops, with outputs
+# and partial sums starting as NaN; each check exits nonzero on a failure, and so does this script.
+#  - danet_check: kernels/danet.cu's three kernels on odd shapes (L = 1, 33x33, tails of every
+#    tile, one with scores up to +-40);
+#  - csa_check: kernels/attention.cu (CSA pool and gate, forward and backward, and the finishing
+#    launch) as src/ops/attention/cuda.rs launches them, C = 1..2048, H*W = 1..33x33, N = 1 and 3;
+#  - optim_check: kernels/optim.cu (SGD, Adam, train_monitor) as src/backend/cuda/optim.rs
+#    launches them, with host and device (StepScalars) hyper-parameters and a NaN loss.
+# All three are built with AddressSanitizer and UBSan: an out-of-bounds read or write (global or
+# shared memory), a misaligned float2/float4 access or an int overflow aborts the run.
+# For checking a kernel's indexing, masking, barriers and reduction order on a machine without a
+# GPU; it says nothing about speed, and a race that needs real warps to show may pass here.
+# About 2 minutes on 2 cores. ./mutants.sh checks that the checks fail on broken kernels.
 set -euo pipefail
 cd "$(dirname "$0")"
-g++ -O2 -std=c++20 -w -pthread -o /tmp/danet_check danet_check.cpp
-/tmp/danet_check
+out=${EMU_OUT:-/tmp/kernel-emu}
+mkdir -p "$out"
+san="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all"
+g++ $san -std=c++20 -w -pthread -o "$out/danet_check" danet_check.cpp
+g++ $san -std=c++20 -w -pthread -o "$out/csa_check" csa_check.cpp
+g++ $san -std=c++20 -w -pthread -o "$out/optim_check" optim_check.cpp
+status=0
+for c in danet_check csa_check optim_check; do
+    echo "== $c"
+    "$out/$c" || { echo "$c FAILED"; status=1; }
+done
+exit $status

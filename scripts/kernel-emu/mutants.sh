@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Checks that the three checks can fail: each mutant is a copy of a kernel file with one
+# deliberate bug (sed), and the check built against it must exit nonzero. Prints each mutant's
+# verdict; exits nonzero if a mutant survives. Not part of run.sh (about 8 minutes on 2 cores).
+set -uo pipefail
+cd "$(dirname "$0")"
+out=${EMU_OUT:-/tmp/kernel-emu}/mutants
+mkdir -p "$out"
+san="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all"
+survived=0
+# check, kernel file, define, sed expression, what it breaks
+mutant() {
+    local check=$1 src=$2 def=$3 expr=$4 what=$5
+    local copy="$out/$(basename "$src" .cu)_$RANDOM.cu"
+    sed "$expr" "../../kernels/$src" > "$copy"
+    if cmp -s "$copy" "../../kernels/$src"; then echo "BAD MUTANT (sed matched nothing): $what"; survived=1; return; fi
+    g++ $san -std=c++20 -w -pthread -D$def="\"$copy\"" -I. -o "$out/bin" "$check.cpp" || { echo "BAD MUTANT (no build): $what"; survived=1; return; }
+    if "$out/bin" > "$out/log" 2>&1; then echo "SURVIVED: $what"; survived=1; else echo "caught: $what ($(grep -m1 -o 'FAIL.*\|ERROR: [A-Za-z]*Sanitizer: [a-z-]*\|runtime error: [a-z ]*' "$out/log" | head -1))"; fi
+}
+A=attention.cu O=optim.cu
+mutant danet_check danet.cu DANET_KERNELS 's/return v + __shfl_xor_sync(0xffffffffu, v, 4);/return v;/' "danet row sums miss the 4-lane shuffle"
+mutant csa_check $A CSA_KERNELS 's/for (int o = 16; o > 0; o >>= 1)/for (int o = 8; o > 0; o >>= 1)/' "warp_sum skips the 16-lane step"
+mutant csa_check $A CSA_KERNELS 's/for (int w = 0; w < CSA_WARPS; ++w) s += sums\[w\]\[t\]/for (int w = 1; w < CSA_WARPS; ++w) s += sums[w][t]/' "pixel partials drop warp 0"
+mutant csa_check $A CSA_KERNELS 's/float v = p < hw ? row\[p\] : 0.0f;/float v = p <= hw ? row[p] : 0.0f;/' "pool reads one pixel past the row"
+mutant csa_check $A CSA_KERNELS '0,/__syncthreads();/s//\/\/ no barrier/' "no barrier before the pixel partials are read"
+mutant csa_check $A CSA_KERNELS 's/for (int t = 0; t < ptiles; ++t) acc += src\[t\]/for (int t = 1; t < ptiles; ++t) acc += src[t]/' "finish drops the first pixel tile"
+mutant csa_check $A CSA_KERNELS 's/pix\[j\] += __fmul_rn(g, __fmul_rn(x, cv));/pix[j] += __fmul_rn(g, x);/' "ds misses the channel gate"
+mutant csa_check $A CSA_KERNELS 's/const int e = i << 2, p = e % hw, nc = e \/ hw, n = nc \/ C;/const int e = i << 2, p = e % hw, nc = e \/ hw, n = nc % C;/' "gate_fwd's 4-wide path: image index"
+mutant csa_check $A CSA_KERNELS 's/dx\[i\] = __fadd_rn(__fmul_rn(gn\[ch\], inv_hw), __fmul_rn(gn\[C + p\], inv_c));/dx[i] = __fadd_rn(__fmul_rn(gn[ch], inv_hw), __fmul_rn(gn[C + p - 1], inv_c));/' "pool_bwd's scalar path: pixel off by one"
+mutant csa_check $A CSA_KERNELS 's/float4\* dx4 = reinterpret_cast<float4\*>(dx);/float4* dx4 = reinterpret_cast<float4*>(dx + 1);/' "pool_bwd's 4-wide stores misaligned"
+mutant optim_check $O OPTIM_KERNELS 's/p\[i\] -= lr \* v;/p[i] += lr * v;/' "sgd's sign"
+mutant optim_check $O OPTIM_KERNELS 's/long long end = min(lens\[ch.tensor\], ch.start + (long long)chunk);/long long end = min(lens[ch.tensor], ch.start + (long long)chunk - 1);/g' "chunks one element short"
+mutant optim_check $O OPTIM_KERNELS 's/if (hyper->skip != 0.0f) return;/if (hyper->skip > 1.0f) return;/' "optimisers ignore skip"
+mutant optim_check $O OPTIM_KERNELS 's/double t = (double)state\[2\] + 1.0;/double t = (double)state[0] + 1.0;/' "bias corrections count iterations, not steps"
+mutant optim_check $O OPTIM_KERNELS 's/if (!isfinite(l) \&\& state\[1\] == 0u) state\[1\] = it + 1u;/if (!isfinite(l)) state[1] = it + 1u;/' "first bad iteration overwritten"
+mutant optim_check $O OPTIM_KERNELS 's/bc1 = hyper->bc1;/bc1 = hyper->bc2;/' "adam reads bc2 for bc1"
+mutant optim_check $O OPTIM_KERNELS 's/s.lr = it < (unsigned)n_lr ? lr_table\[it\] : 0.0f;/s.lr = it <= (unsigned)n_lr ? lr_table[it] : 0.0f;/' "lr table read one past its end"
+exit $survived
