@@ -143,3 +143,65 @@ pub fn step_on(model: &CosegNet, store: &ParamStore, opt: &mut Optimizer, watch:
         StepSource::Device(scalars) => opt.step_device(store, scalars),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::ModelConfig;
+    use crate::train::optim::{OptimizerParams, poly_lr};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// The runner's step (watched loss, kept gradient buffers, trusted loss, the watch's learning
+    /// rate) gives the loop's old step's losses and parameters exactly on the CPU.
+    #[test]
+    fn the_runner_steps_as_the_old_loop_did() {
+        let mut rng = ChaCha8Rng::seed_from_u64(31);
+        let cfg = ModelConfig { depth: 18, width: 0.125, ..ModelConfig::default() };
+        let (pairs, size, steps) = (2, 32, 5);
+        let batches: Vec<HostBatch> = (0..steps)
+            .map(|_| {
+                let mut draw = |n: usize| (0..n).map(|_| rng.random_range(-1.5f32..1.5)).collect::<Vec<f32>>();
+                let (a, b) = (draw(pairs * 3 * size * size), draw(pairs * 3 * size * size));
+                let mut label = |n: usize| (0..n).map(|_| rng.random_bool(0.3) as u8 as f32).collect::<Vec<f32>>();
+                let (ta, tb) = (label(pairs * size * size), label(pairs * size * size));
+                HostBatch::from_parts(pairs, size, [a, b, ta, tb]).unwrap()
+            })
+            .collect();
+        let table: Vec<f32> = (0..steps).map(|i| poly_lr(0.01, i, steps, 0.9)).collect();
+
+        let mut old_store = ParamStore::new(Device::Cpu, 7);
+        let old_model = CosegNet::new(&cfg, &mut old_store).unwrap();
+        let mut old_opt = Optimizer::new(OptimizerParams::paper_adam()).unwrap();
+        let mut old = Vec::new();
+        for (i, b) in batches.iter().enumerate() {
+            let b = b.clone().upload(Device::Cpu).unwrap();
+            old_store.zero_grads();
+            let (la, lb) = old_model.forward_pair(&b.a, &b.b, true).unwrap();
+            let loss = la.cross_entropy_2class(&b.target_a, None).unwrap().add(&lb.cross_entropy_2class(&b.target_b, None).unwrap()).unwrap().mul_scalar(0.5).unwrap();
+            old.push(loss.to_scalar().unwrap());
+            loss.backward().unwrap();
+            old_opt.step(&old_store, table[i]).unwrap();
+        }
+
+        let mut store = ParamStore::new(Device::Cpu, 7);
+        let model = CosegNet::new(&cfg, &mut store).unwrap();
+        let opt = Optimizer::new(OptimizerParams::paper_adam()).unwrap();
+        let watch = LossWatch::new(Device::Cpu, table.clone(), 0, 0, 2, (0.9, 0.999)).unwrap();
+        let mut runner = StepRunner::new(model, store, opt, watch, pairs, size, true).unwrap();
+        let mut new = Vec::new();
+        for b in &batches {
+            if runner.watch.full() {
+                new.extend(runner.watch.drain().unwrap().losses);
+            }
+            runner.step(b.clone()).unwrap();
+        }
+        new.extend(runner.watch.drain().unwrap().losses);
+        assert!(!runner.captured(), "a CPU runner captured a graph");
+        assert_eq!(new, old);
+        assert!(old.windows(2).any(|w| w[0] != w[1]), "the losses never moved");
+        for ((name, a), (_, b)) in old_store.trainable().zip(runner.store.trainable()) {
+            assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap(), "{name}");
+        }
+    }
+}
