@@ -3,7 +3,7 @@
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check, built
 # from the copy through emu_ptx.py, stops at its first failure). Prints each mutant's verdict;
 # exits nonzero if a mutant survives. Not part of run.sh (about 8 minutes on 2 cores for the
-# first three checks' 17, plus about N for conv_tc_check's 10). ONLY=conv_tc_check ./mutants.sh
+# first three checks' 17, plus about 5 for conv_tc_check's 10). ONLY=conv_tc_check ./mutants.sh
 # runs one check's mutants.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -49,6 +49,6 @@ mutant conv_tc_check $T CONV_TC_KERNELS 's/return (ok \&\& c < g.c \&\& /return 
 mutant conv_tc_check $T CONV_TC_KERNELS 's/hit = th % g.stride == 0 \&\& tw % g.stride == 0;/hit = th % g.stride == 0;/' "strided input gradient misses the column holes"
 mutant conv_tc_check $T CONV_TC_KERNELS 's/: "f"(hi), "f"(lo));/: "f"(lo), "f"(hi));/' "bf16 pairs packed high/low swapped"
 mutant conv_tc_check $T CONV_TC_KERNELS 's/if (more) store(cur ^ 1);/if (more) store(cur);/' "next tile stored into the buffer being read"
-mutant conv_tc_check $T CONV_TC_KERNELS 's/const bool q_ok = q < red_end;/const bool q_ok = q < RED;/' "weight-gradient splits overrun their chunk"
+mutant conv_tc_check $T CONV_TC_KERNELS 's/const int red_begin = blockIdx.z \* red_chunk;/const int red_begin = 0;/' "every weight-gradient split sums the first chunk"
 mutant conv_tc_check $T CONV_TC_KERNELS 's/if (PASS == BWD_WEIGHT \&\& split) atomicAdd(o, v);/if (PASS == BWD_WEIGHT \&\& split \&\& false) atomicAdd(o, v);/' "split weight-gradient partials stored, not added"
 exit $survived
