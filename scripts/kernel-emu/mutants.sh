@@ -2,9 +2,8 @@
 # Checks that the four checks can fail: each mutant is a copy of a kernel file with one
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check, built
 # from the copy through emu_ptx.py, stops at its first failure). Prints each mutant's verdict;
-# exits nonzero if a mutant survives. Not part of run.sh (about 8 minutes on 2 cores for the
-# first three checks' 17, plus about 5 for conv_tc_check's 10). ONLY=conv_tc_check ./mutants.sh
-# runs one check's mutants.
+# exits nonzero if a mutant survives. Not part of run.sh (about 12 minutes on 2 cores for all 27;
+# conv_tc_check's 10 about 5). ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
 cd "$(dirname "$0")"
 out=${EMU_OUT:-/tmp/kernel-emu}/mutants
