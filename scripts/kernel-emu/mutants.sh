@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Checks that the three checks can fail: each mutant is a copy of a kernel file with one
-# deliberate bug (sed), and the check built against it must exit nonzero. Prints each mutant's
-# verdict; exits nonzero if a mutant survives. Not part of run.sh (about 8 minutes on 2 cores).
+# Checks that the four checks can fail: each mutant is a copy of a kernel file with one
+# deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check, built
+# from the copy through emu_ptx.py, stops at its first failure). Prints each mutant's verdict;
+# exits nonzero if a mutant survives. Not part of run.sh (about 12 minutes on 2 cores for all 27;
+# conv_tc_check's 10 about 5). ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
 cd "$(dirname "$0")"
 out=${EMU_OUT:-/tmp/kernel-emu}/mutants
@@ -11,13 +13,16 @@ survived=0
 # check, kernel file, define, sed expression, what it breaks
 mutant() {
     local check=$1 src=$2 def=$3 expr=$4 what=$5
+    if [ -n "${ONLY:-}" ] && [ "$check" != "$ONLY" ]; then return; fi
     local copy="$out/$(basename "$src" .cu)_$RANDOM.cu"
     sed "$expr" "../../kernels/$src" > "$copy"
     if cmp -s "$copy" "../../kernels/$src"; then echo "BAD MUTANT (sed matched nothing): $what"; survived=1; return; fi
-    g++ $san -std=c++20 -w -pthread -D$def="\"$copy\"" -I. -o "$out/bin" "$check.cpp" || { echo "BAD MUTANT (no build): $what"; survived=1; return; }
-    if "$out/bin" > "$out/log" 2>&1; then echo "SURVIVED: $what"; survived=1; else echo "caught: $what ($(grep -m1 -o 'FAIL.*\|ERROR: [A-Za-z]*Sanitizer: [a-z-]*\|runtime error: [a-z ]*' "$out/log" | head -1))"; fi
+    # conv2d_tc.cu's inline PTX: rewritten into emu_tc.h's emulations (as run.sh does)
+    if [ "$check" = conv_tc_check ]; then python3 emu_ptx.py "$copy" "$copy.emu.cu" 2>/dev/null || { echo "BAD MUTANT (emu_ptx): $what"; survived=1; return; }; copy="$copy.emu.cu"; fi
+    g++ $san -std=c++20 -w -pthread -D$def="\"$copy\"" -I. -I../../kernels -o "$out/bin" "$check.cpp" || { echo "BAD MUTANT (no build): $what"; survived=1; return; }
+    if EMU_FAIL_FAST=1 "$out/bin" > "$out/log" 2>&1; then echo "SURVIVED: $what"; survived=1; else echo "caught: $what ($(grep -m1 -o 'FAIL.*\|ERROR: [A-Za-z]*Sanitizer: [a-z-]*\|runtime error: [a-z ]*' "$out/log" | head -1))"; fi
 }
-A=attention.cu O=optim.cu
+A=attention.cu O=optim.cu T=conv2d_tc.cu
 mutant danet_check danet.cu DANET_KERNELS 's/return v + __shfl_xor_sync(0xffffffffu, v, 4);/return v;/' "danet row sums miss the 4-lane shuffle"
 mutant csa_check $A CSA_KERNELS 's/for (int o = 16; o > 0; o >>= 1)/for (int o = 8; o > 0; o >>= 1)/' "warp_sum skips the 16-lane step"
 mutant csa_check $A CSA_KERNELS 's/for (int w = 0; w < CSA_WARPS; ++w) s += sums\[w\]\[t\]/for (int w = 1; w < CSA_WARPS; ++w) s += sums[w][t]/' "pixel partials drop warp 0"
@@ -35,4 +40,14 @@ mutant optim_check $O OPTIM_KERNELS 's/double t = (double)state\[2\] + 1.0;/doub
 mutant optim_check $O OPTIM_KERNELS 's/if (!isfinite(l) \&\& state\[1\] == 0u) state\[1\] = it + 1u;/if (!isfinite(l)) state[1] = it + 1u;/' "first bad iteration overwritten"
 mutant optim_check $O OPTIM_KERNELS 's/bc1 = hyper->bc1;/bc1 = hyper->bc2;/' "adam reads bc2 for bc1"
 mutant optim_check $O OPTIM_KERNELS 's/s.lr = it < (unsigned)n_lr ? lr_table\[it\] : 0.0f;/s.lr = it <= (unsigned)n_lr ? lr_table[it] : 0.0f;/' "lr table read one past its end"
+mutant conv_tc_check $T CONV_TC_KERNELS 's/af\[i\]\[1\] = As\[cur\]\[r + 8\]\[ks + t4\];/af[i][1] = As[cur][r][ks + t4];/' "A fragment register 1 reads row g, not g + 8"
+mutant conv_tc_check $T CONV_TC_KERNELS 's/bf\[j\]\[1\] = Bs\[cur\]\[c\]\[ks + t4 + 4\];/bf[j][1] = Bs[cur][c][ks + t4];/' "B fragment register 1 reads k = t, not t + 4"
+mutant conv_tc_check $T CONV_TC_KERNELS 's/const int m = m0 + wm \* (BM \/ 2) + i \* 16 + g8 + up \* 8;/const int m = m0 + wm * (BM \/ 2) + i * 16 + g8 + up * 4;/' "epilogue: accumulators 2 and 3 stored at row g + 4"
+mutant conv_tc_check $T CONV_TC_KERNELS 's/if (k + 3 < RED) v.w = __ldg(src + 3);/if (k + 3 <= RED) v.w = __ldg(src + 3);/' "A's scalar tail loads one element past the reduction"
+mutant conv_tc_check $T CONV_TC_KERNELS 's/return (ok \&\& c < g.c \&\& /return (ok \&\& /' "gather misses the channel tail mask"
+mutant conv_tc_check $T CONV_TC_KERNELS 's/hit = th % g.stride == 0 \&\& tw % g.stride == 0;/hit = th % g.stride == 0;/' "strided input gradient misses the column holes"
+mutant conv_tc_check $T CONV_TC_KERNELS 's/: "f"(hi), "f"(lo));/: "f"(lo), "f"(hi));/' "bf16 pairs packed high/low swapped"
+mutant conv_tc_check $T CONV_TC_KERNELS 's/if (more) store(cur ^ 1);/if (more) store(cur);/' "next tile stored into the buffer being read"
+mutant conv_tc_check $T CONV_TC_KERNELS 's/const int red_begin = blockIdx.z \* red_chunk;/const int red_begin = 0;/' "every weight-gradient split sums the first chunk"
+mutant conv_tc_check $T CONV_TC_KERNELS 's/if (PASS == BWD_WEIGHT \&\& split) atomicAdd(o, v);/if (PASS == BWD_WEIGHT \&\& split \&\& false) atomicAdd(o, v);/' "split weight-gradient partials stored, not added"
 exit $survived

@@ -6,12 +6,17 @@
 #  - csa_check: kernels/attention.cu (CSA pool and gate, forward and backward, and the finishing
 #    launch) as src/ops/attention/cuda.rs launches them, C = 1..2048, H*W = 1..33x33, N = 1 and 3;
 #  - optim_check: kernels/optim.cu (SGD, Adam, train_monitor) as src/backend/cuda/optim.rs
-#    launches them, with host and device (StepScalars) hyper-parameters and a NaN loss.
-# All three are built with AddressSanitizer and UBSan: an out-of-bounds read or write (global or
+#    launches them, with host and device (StepScalars) hyper-parameters and a NaN loss;
+#  - conv_tc_check: kernels/conv2d_tc.cu (tensor-core convolution: forward, input and weight
+#    gradient, TF32 and BF16 mma.sync, all three tiles, split and unsplit weight gradient) as
+#    src/ops/conv/cuda.rs launches it, on 7 small odd shapes, against f64 loops on the same
+#    rounded operands. Its inline PTX is rewritten by emu_ptx.py into emu_tc.h's emulations
+#    (TF32/BF16 rounding, warp-collective mma.sync from the PTX fragment layouts) in a copy.
+# All four are built with AddressSanitizer and UBSan: an out-of-bounds read or write (global or
 # shared memory), a misaligned float2/float4 access or an int overflow aborts the run.
 # For checking a kernel's indexing, masking, barriers and reduction order on a machine without a
 # GPU; it says nothing about speed, and a race that needs real warps to show may pass here.
-# About 2 minutes on 2 cores. ./mutants.sh checks that the checks fail on broken kernels.
+# About 5 minutes on 2 cores. ./mutants.sh checks that the checks fail on broken kernels.
 set -euo pipefail
 cd "$(dirname "$0")"
 out=${EMU_OUT:-/tmp/kernel-emu}
@@ -20,8 +25,10 @@ san="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all"
 g++ $san -std=c++20 -w -pthread -o "$out/danet_check" danet_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/csa_check" csa_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/optim_check" optim_check.cpp
+python3 emu_ptx.py ../../kernels/conv2d_tc.cu "$out/conv2d_tc_emu.cu"
+g++ $san -std=c++20 -w -pthread -I. -I../../kernels -DCONV_TC_KERNELS="\"$out/conv2d_tc_emu.cu\"" -o "$out/conv_tc_check" conv_tc_check.cpp
 status=0
-for c in danet_check csa_check optim_check; do
+for c in danet_check csa_check optim_check conv_tc_check; do
     echo "== $c"
     "$out/$c" || { echo "$c FAILED"; status=1; }
 done

@@ -1,0 +1,177 @@
+// kernels/conv2d_tc.cu (tensor-core implicit-GEMM convolution: forward, input gradient, weight
+// gradient; TF32 m16n8k8 and BF16 m16n8k16 mma.sync) under emu_tc.h, launched as
+// src/ops/conv/cuda.rs launch_plan launches them: 256 threads, grid (ceil(N/BN), ceil(M/BM),
+// splits), arguments (a, b, bias, out, ConvGeom by value, red_chunk); the input gradient takes the
+// weights transposed to (C, K, R, S); the weight gradient's reduction split as weight_grad_split
+// does for 132 SMs (out zero-filled, partial sums added atomically) and, separately, unsplit.
+// Every tile variant (128x128, 64x128, 128x64) of every pass at both precisions, on small odd
+// shapes, against f64 loops on the same TF32/BF16-rounded operands: the only difference left is
+// the kernel's f32 accumulation, so the error is measured relative to each sum's sum of |terms|.
+// Outputs start as NaN (except split weight gradients, which the host zero-fills), so an element
+// no thread writes fails.
+// Built from a copy of the kernel file whose inline PTX emu_ptx.py rewrote (run.sh does it).
+#include "emu_tc.h"
+#ifndef CONV_TC_KERNELS  // run.sh / mutants.sh: the emu_ptx.py output
+#define CONV_TC_KERNELS "/tmp/kernel-emu/conv2d_tc_emu.cu"
+#endif
+#include CONV_TC_KERNELS
+#include "check.h"
+#include <chrono>
+#include <cstdlib>
+
+using Kern = void (*)(const float*, const float*, const float*, float*, ConvGeom, int);
+// [pass][precision: tf32, bf16][tile: 128x128, 64x128, 128x64], as cuda.rs TC_KERNELS.
+static const Kern KERNELS[3][2][3] = {
+    {{conv2d_fwd_128x128_tf32, conv2d_fwd_64x128_tf32, conv2d_fwd_128x64_tf32},
+     {conv2d_fwd_128x128_bf16, conv2d_fwd_64x128_bf16, conv2d_fwd_128x64_bf16}},
+    {{conv2d_bwd_input_128x128_tf32, conv2d_bwd_input_64x128_tf32, conv2d_bwd_input_128x64_tf32},
+     {conv2d_bwd_input_128x128_bf16, conv2d_bwd_input_64x128_bf16, conv2d_bwd_input_128x64_bf16}},
+    {{conv2d_bwd_weight_128x128_tf32, conv2d_bwd_weight_64x128_tf32, conv2d_bwd_weight_128x64_tf32},
+     {conv2d_bwd_weight_128x128_bf16, conv2d_bwd_weight_64x128_bf16, conv2d_bwd_weight_128x64_bf16}}};
+static const int TILES[3][2] = {{128, 128}, {64, 128}, {128, 64}};
+static const char* PASS[3] = {"fwd", "bwd_input", "bwd_weight"};
+static const char* PREC[2] = {"tf32", "bf16"};
+
+static size_t cdiv(size_t a, size_t b) { return (a + b - 1) / b; }
+// launch.rs split_reduction and cuda.rs weight_grad_split: (splits, chunk).
+static std::pair<size_t, size_t> split_reduction(size_t parallel, size_t wanted, size_t red, size_t least, size_t granule) {
+    size_t splits = std::clamp(cdiv(wanted, std::max<size_t>(parallel, 1)), (size_t)1, std::clamp(red / least, (size_t)1, (size_t)65535));
+    size_t chunk = std::max(cdiv(cdiv(red, splits), granule) * granule, granule);
+    return {std::max(cdiv(red, chunk), (size_t)1), chunk};
+}
+
+// The rounding of the kernel's shared-memory tiles, as a float.
+static float rnd(float v, int prec) {
+    return prec == 0 ? emu_u2f(emu_cvt_rna_tf32_f32(v)) : emu_u2f(emu_bf16_rn(v) << 16);
+}
+static V rounded(const V& v, int prec) { V r(v); for (auto& x : r) x = rnd(x, prec); return r; }
+
+// The emulated conversions on values whose rounding is known.
+static bool rounding_ok() {
+    const float one = 1.0f;
+    float tie_tf = one + std::ldexp(1.0f, -11), tie_bf = one + std::ldexp(1.0f, -8), tie_bf3 = one + 3 * std::ldexp(1.0f, -8);
+    bool ok = rnd(tie_tf, 0) == one + std::ldexp(1.0f, -10)      // tie: away from zero
+              && rnd(-tie_tf, 0) == -(one + std::ldexp(1.0f, -10))
+              && rnd(one + std::ldexp(1.0f, -12), 0) == one         // below half: down
+              && rnd(tie_bf, 1) == one                              // tie: to even (down)
+              && rnd(tie_bf3, 1) == one + std::ldexp(1.0f, -6)      // tie: to even (up)
+              && rnd(-tie_bf3, 1) == -(one + std::ldexp(1.0f, -6))
+              && (emu_cvt_rna_tf32_f32(tie_tf) & 0x1fffu) == 0
+              && emu_cvt_rn_bf16x2_f32(2.0f, -1.0f) == (0x4000u << 16 | 0xbf80u);
+    if (!ok) printf("emulated TF32/BF16 rounding WRONG\n");
+    return ok;
+}
+
+struct Shape { int n, c, h, w, k, r, s, stride, pad, dil; };
+
+int main(int argc, char** argv) {
+    // Odd shapes: channel counts off the tiles, tails in every GEMM dimension, 'same' padding at
+    // dilations 1, 2 and 4, 1x1, stride 2, the 7x7 stride-2 stem on 3 channels.
+    const Shape shapes[] = {
+        {2, 13, 9, 9, 5, 3, 3, 1, 1, 1},     // 3x3 same, N = 2, K = 5
+        {1, 40, 16, 16, 70, 3, 3, 1, 2, 2},  // dilation 2, K = 70 (two 64-row tiles)
+        {1, 13, 16, 16, 64, 3, 3, 1, 4, 4},  // dilation 4
+        {2, 40, 7, 7, 130, 1, 1, 1, 0, 1},   // 1x1, K = 130 (two 128-row tiles)
+        {1, 3, 16, 16, 16, 7, 7, 2, 3, 1},   // the stem: 7x7 stride 2 pad 3, C = 3
+        {2, 13, 9, 9, 40, 3, 3, 2, 1, 1},    // 3x3 stride 2 (input gradient with holes)
+        {1, 64, 7, 9, 13, 3, 3, 2, 2, 2},    // stride 2 and dilation 2, H != W
+    };
+    int only = argc > 1 ? std::atoi(argv[1]) : -1;  // run one shape (for development)
+    const bool fail_fast = std::getenv("EMU_FAIL_FAST") != nullptr;  // mutants.sh: stop at the first failure
+    const unsigned SMS = 132;                       // the H200's SMs, for the weight-gradient split
+    bool ok = rounding_ok();
+    if (!ok && fail_fast) return 1;
+    double worst[3][2] = {};
+    auto t_all = std::chrono::steady_clock::now();
+    for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); ++si) {
+        if (only >= 0 && si != only) continue;
+        const Shape& sh = shapes[si];
+        auto t0 = std::chrono::steady_clock::now();
+        const int oh = (sh.h + 2 * sh.pad - sh.dil * (sh.r - 1) - 1) / sh.stride + 1;
+        const int ow = (sh.w + 2 * sh.pad - sh.dil * (sh.s - 1) - 1) / sh.stride + 1;
+        const ConvGeom g{sh.n, sh.c, sh.h, sh.w, sh.k, sh.r, sh.s, oh, ow, sh.stride, sh.pad, sh.dil};
+        const int RS = sh.r * sh.s;
+        const size_t nx = (size_t)sh.n * sh.c * sh.h * sh.w, nw = (size_t)sh.k * sh.c * RS, ny = (size_t)sh.n * sh.k * oh * ow;
+        std::mt19937 rng(1000 + si);
+        V x = rand_vec(rng, nx), w = rand_vec(rng, nw), dy = rand_vec(rng, ny), bias = rand_vec(rng, sh.k);
+        V wt(nw);  // (C, K, R, S), as cuda.rs transposes for the input gradient
+        for (int k = 0; k < sh.k; ++k)
+            for (int c = 0; c < sh.c; ++c)
+                for (int q = 0; q < RS; ++q) wt[((size_t)c * sh.k + k) * RS + q] = w[((size_t)k * sh.c + c) * RS + q];
+        printf("N=%d C=%d H=%d W=%d K=%d %dx%d stride %d pad %d dil %d -> %dx%d:\n", sh.n, sh.c, sh.h, sh.w, sh.k, sh.r, sh.s,
+               sh.stride, sh.pad, sh.dil, oh, ow);
+        for (int prec = 0; prec < 2; ++prec) {
+            // f64 references on the rounded operands, and each sum's sum of |terms|.
+            V xr = rounded(x, prec), wr = rounded(w, prec), dyr = rounded(dy, prec);
+            D y(ny), yf(ny), dx(nx, 0), dxf(nx, 0), dw(nw, 0), dwf(nw, 0);
+            for (int n = 0; n < sh.n; ++n)
+                for (int k = 0; k < sh.k; ++k)
+                    for (int i = 0; i < oh; ++i)
+                        for (int j = 0; j < ow; ++j) {
+                            size_t yi = (((size_t)n * sh.k + k) * oh + i) * ow + j;
+                            double s = bias[k], sf = std::fabs(bias[k]);
+                            for (int c = 0; c < sh.c; ++c)
+                                for (int r = 0; r < sh.r; ++r)
+                                    for (int q = 0; q < sh.s; ++q) {
+                                        int ih = i * sh.stride - sh.pad + r * sh.dil, iw = j * sh.stride - sh.pad + q * sh.dil;
+                                        if (ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w) continue;
+                                        size_t xi = (((size_t)n * sh.c + c) * sh.h + ih) * sh.w + iw, wi = ((size_t)k * sh.c + c) * RS + r * sh.s + q;
+                                        double t = (double)xr[xi] * wr[wi];
+                                        s += t, sf += std::fabs(t);
+                                        double u = (double)dyr[yi] * wr[wi];
+                                        dx[xi] += u, dxf[xi] += std::fabs(u);
+                                        double v = (double)dyr[yi] * xr[xi];
+                                        dw[wi] += v, dwf[wi] += std::fabs(v);
+                                    }
+                            y[yi] = s, yf[yi] = sf;
+                        }
+            for (int pass = 0; pass < 3; ++pass) {
+                const int M = pass == 1 ? sh.c : sh.k;
+                const int N = pass == 0 ? sh.n * oh * ow : pass == 1 ? sh.n * sh.h * sh.w : sh.c * RS;
+                const int RED = pass == 0 ? sh.c * RS : pass == 1 ? sh.k * RS : sh.n * oh * ow;
+                const float* a = pass == 0 ? w.data() : pass == 1 ? wt.data() : dy.data();
+                const float* b = pass == 1 ? dy.data() : x.data();
+                const D& ref = pass == 0 ? y : pass == 1 ? dx : dw;
+                const D& fl = pass == 0 ? yf : pass == 1 ? dxf : dwf;
+                printf("  %-10s %s:", PASS[pass], PREC[prec]);
+                for (int tile = 0; tile < 3; ++tile) {
+                    const int BM = TILES[tile][0], BN = TILES[tile][1], tile_k = prec == 0 ? 16 : 32;
+                    // the weight gradient: as planned for 132 SMs, then unsplit (NaN-poisoned)
+                    std::vector<std::pair<size_t, size_t>> plans;
+                    if (pass == 2) {
+                        auto p = split_reduction(cdiv(M, BM) * cdiv(N, BN), 2 * SMS, RED, 4 * tile_k, tile_k);
+                        plans.push_back(p);
+                        if (p.first > 1) plans.push_back(split_reduction(1, 1, RED, 4 * tile_k, tile_k));
+                    } else {
+                        plans.push_back({1, (size_t)RED});
+                    }
+                    for (auto [splits, chunk] : plans) {
+                        V out(ref.size(), splits > 1 ? 0.0f : NAN);
+                        // forward: with the bias on even shapes, without on odd ones
+                        const bool with_bias = pass == 0 && si % 2 == 0;
+                        const dim3 grid{(unsigned)cdiv(N, BN), (unsigned)cdiv(M, BM), (unsigned)splits};
+                        Kern kern = KERNELS[pass][prec][tile];
+                        launch(grid, 256, [&] { kern(a, b, with_bias ? bias.data() : nullptr, out.data(), g, (int)chunk); });
+                        D r = ref;
+                        if (pass == 0 && !with_bias)
+                            for (size_t i = 0; i < r.size(); ++i) r[i] -= bias[(i / ((size_t)oh * ow)) % sh.k];
+                        double e = err(out, r, fl);
+                        worst[pass][prec] = std::max(worst[pass][prec], e);
+                        printf(" %dx%d%s %.2e", BM, BN, splits > 1 ? ("/" + std::to_string(splits)).c_str() : "", e);
+                        ok = ok && e <= 1e-5;
+                        if (!ok && fail_fast) { printf("\nFAILED (fail fast)\n"); return 1; }
+                    }
+                }
+                printf("\n");
+                fflush(stdout);
+            }
+        }
+        printf("  (%.1fs)\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    printf("max relative error (to the sum of |terms|):");
+    for (int p = 0; p < 3; ++p)
+        for (int q = 0; q < 2; ++q) printf(" %s %s %.2e;", PASS[p], PREC[q], worst[p][q]);
+    printf(" total %.1fs\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t_all).count());
+    printf(ok ? "ALL OK\n" : "FAILED\n");
+    return ok ? 0 : 1;
+}
