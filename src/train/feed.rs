@@ -20,7 +20,8 @@ const IN_FLIGHT: usize = 2;
 /// See the module docs.
 pub enum Feed {
     Host(Device),
-    Ring { ring: UploadRing, slots: Vec<Batch>, fixed: Batch, next: usize, pairs: usize, size: usize },
+    /// `slots[i]`: the tensors the ring's slot i copies into.
+    Ring { ring: UploadRing, slots: Vec<Batch>, fixed: Batch, pairs: usize, size: usize },
 }
 
 impl Feed {
@@ -41,7 +42,7 @@ impl Feed {
         let fixed = inputs()?;
         // After the slots' buffers: the ring orders its first copies after their allocation.
         let ring = UploadRing::new(dev, IN_FLIGHT, 2 * pairs * 4 * size * size)?;
-        Ok(Feed::Ring { ring, slots, fixed, next: 0, pairs, size })
+        Ok(Feed::Ring { ring, slots, fixed, pairs, size })
     }
 
     /// The batch as tensors on the device. On a GPU they are the feed's fixed inputs (the same
@@ -49,15 +50,14 @@ impl Feed {
     pub fn put(&mut self, batch: HostBatch) -> Result<Batch> {
         match self {
             Feed::Host(device) => batch.upload(*device),
-            Feed::Ring { ring, slots, fixed, next, pairs, size } => {
+            Feed::Ring { ring, slots, fixed, pairs, size } => {
                 if (batch.pairs(), batch.size()) != (*pairs, *size) {
                     return Err(Error::shape(
                         "feed",
                         format!("a batch of {} pairs of {}px crops, the feed takes {pairs} of {size}px", batch.pairs(), batch.size()),
                     ));
                 }
-                let slot = &slots[*next];
-                *next = (*next + 1) % slots.len();
+                let slot = &slots[ring.next_slot()];
                 let [a, b, ta, tb] = batch.parts();
                 let tensors = [&slot.a, &slot.b, &slot.target_a, &slot.target_b];
                 Tensor::update_storages(&tensors, |storages| {

@@ -20,6 +20,7 @@ use crate::tensor::Tensor;
 use crate::train::checkpoint::{self, CheckpointMeta, CheckpointPaths};
 use crate::train::config::{EvalConfig, TrainConfig};
 use crate::train::dataset::{self, DataSource, Partners, Sample, SplitSet};
+use crate::train::step::GraphState;
 use std::path::{Path, PathBuf};
 
 /// A network restored from a checkpoint, with the config it was trained with.
@@ -103,7 +104,7 @@ pub fn predict_averaged(
     let full_batches = symmetries.len() * (order.len() / batch);
     // A graph pays off over a few full batches: the first runs eagerly (it fills the allocator's
     // cache the capture draws from), the second is captured.
-    let mut forward = ForwardPass::new(graph && device != Device::Cpu && full_batches >= 3);
+    let mut forward = ForwardPass::new(graph && device != Device::Cpu && full_batches >= 3, 1);
     for &k in symmetries {
         for chunk in order.chunks(batch) {
             let (mut xa, mut xb) = (Vec::new(), Vec::new());
@@ -114,7 +115,7 @@ pub fn predict_averaged(
             let n = chunk.len();
             let a = Tensor::from_vec(xa, [n, 3, s, s], device)?;
             let b = Tensor::from_vec(xb, [n, 3, s, s], device)?;
-            let la = forward.run(model, &a, &b, n == batch)?;
+            let la = forward_logits(&mut forward, model, &a, &b, n == batch)?;
             for (&i, p) in chunk.iter().zip(lesion_probability(&la)?) {
                 for (acc, v) in out[i].iter_mut().zip(dataset::undo_symmetry(&p, k, s)) {
                     *acc += v / symmetries.len() as f32;
@@ -125,13 +126,9 @@ pub fn predict_averaged(
     Ok(out)
 }
 
-/// The evaluation-mode forward of a batch of pairs, eager or replayed from a captured graph.
-enum ForwardPass {
-    Eager,
-    /// Full batches seen so far, before the capture.
-    Warming(usize),
-    Captured(ForwardGraph),
-}
+/// The evaluation-mode forward of a batch of pairs, eager or replayed from a captured graph; only
+/// full batches (the captured shape) count towards the warm-up and replay.
+type ForwardPass = GraphState<ForwardGraph>;
 
 /// The evaluation forward captured once as a CUDA graph for one batch shape: fixed inputs, the
 /// logits written to a fixed output each replay. A batch is copied into the inputs, replayed,
@@ -169,34 +166,28 @@ impl ForwardGraph {
     }
 }
 
-impl ForwardPass {
-    fn new(graph: bool) -> Self {
-        if graph { ForwardPass::Warming(0) } else { ForwardPass::Eager }
-    }
-
-    /// Logits of `a` paired with `b`; `full`: the batch has the size a graph is made for.
-    fn run(&mut self, model: &CosegNet, a: &Tensor, b: &Tensor, full: bool) -> Result<Tensor> {
-        let eager = |a, b| Ok(no_grad(|| model.forward_pair(a, b, false))?.0);
-        match self {
-            ForwardPass::Captured(g) if full => g.run(a, b),
-            ForwardPass::Warming(seen) if full && *seen >= 1 => match ForwardGraph::capture(model, a, b) {
-                Ok(g) => {
-                    let logits = g.logits.clone();
-                    *self = ForwardPass::Captured(g);
-                    Ok(logits)
-                }
-                Err(e) => {
-                    eprintln!("cuda graph: the evaluation forward cannot be captured ({e}); going on eagerly");
-                    *self = ForwardPass::Eager;
-                    eager(a, b)
-                }
-            },
-            ForwardPass::Warming(seen) if full => {
-                *seen += 1;
+/// Logits of `a` paired with `b` through `pass`; `full`: the batch has the size a graph is made for.
+fn forward_logits(pass: &mut ForwardPass, model: &CosegNet, a: &Tensor, b: &Tensor, full: bool) -> Result<Tensor> {
+    let eager = |a, b| Ok(no_grad(|| model.forward_pair(a, b, false))?.0);
+    match pass {
+        GraphState::Captured(g) if full => g.run(a, b),
+        GraphState::Warming(0) if full => match ForwardGraph::capture(model, a, b) {
+            Ok(g) => {
+                let logits = g.logits.clone();
+                *pass = GraphState::Captured(g);
+                Ok(logits)
+            }
+            Err(e) => {
+                eprintln!("cuda graph: the evaluation forward cannot be captured ({e}); going on eagerly");
+                *pass = GraphState::Off;
                 eager(a, b)
             }
-            _ => eager(a, b),
+        },
+        GraphState::Warming(n) if full => {
+            *n -= 1;
+            eager(a, b)
         }
+        _ => eager(a, b),
     }
 }
 

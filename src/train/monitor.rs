@@ -44,15 +44,14 @@ struct DeviceWatch {
 }
 
 enum Side {
-    Host { losses: Vec<f32>, first_bad: Option<usize> },
+    /// `lr_table[i]`: iteration i's learning rate (0 past the end).
+    Host { losses: Vec<f32>, first_bad: Option<usize>, lr_table: Vec<f32> },
     Device(Box<DeviceWatch>),
 }
 
 /// See the module docs.
 pub struct LossWatch {
     side: Side,
-    /// The learning rate of each iteration (0-based); 0 past the end.
-    lr_table: Vec<f32>,
     /// The 0-based iteration the next `record` is for.
     next_iter: usize,
     /// The first iteration not yet drained.
@@ -80,12 +79,11 @@ impl LossWatch {
             u32::try_from(v).map_err(|_| Error::invalid("loss watch", format!("{what} {v} beyond the device counter's u32")))
         };
         let side = match device {
-            Device::Cpu => Side::Host { losses: Vec::with_capacity(capacity), first_bad: None },
+            Device::Cpu => Side::Host { losses: Vec::with_capacity(capacity), first_bad: None, lr_table },
             Device::Cuda(n) => {
                 let dev = CudaDevice::get(n)?;
-                let state = [words("iteration", start as u64)?, 0, words("optimiser step", opt_steps)?];
-                debug_assert_eq!(state.len(), MONITOR_STATE);
-                let table = if lr_table.is_empty() { vec![0.0] } else { lr_table.clone() };
+                let state: [u32; MONITOR_STATE] = [words("iteration", start as u64)?, 0, words("optimiser step", opt_steps)?];
+                let table = if lr_table.is_empty() { vec![0.0] } else { lr_table };
                 let mut losses = dev.alloc(capacity)?;
                 crate::backend::cuda::elementwise::fill(&dev, &mut losses, f32::NAN)?;
                 Side::Device(Box::new(DeviceWatch {
@@ -99,7 +97,7 @@ impl LossWatch {
                 }))
             }
         };
-        Ok(LossWatch { side, lr_table, next_iter: start, drained_to: start, capacity })
+        Ok(LossWatch { side, next_iter: start, drained_to: start, capacity })
     }
 
     /// The 0-based iteration the next `record` is for.
@@ -135,13 +133,13 @@ impl LossWatch {
         let iter = self.next_iter;
         self.next_iter += 1;
         match &mut self.side {
-            Side::Host { losses, first_bad } => {
+            Side::Host { losses, first_bad, lr_table } => {
                 let v = loss.to_scalar()?;
                 losses.push(v);
                 if !v.is_finite() && first_bad.is_none() {
                     *first_bad = Some(iter + 1);
                 }
-                let lr = self.lr_table.get(iter).copied().unwrap_or(0.0);
+                let lr = lr_table.get(iter).copied().unwrap_or(0.0);
                 Ok(StepSource::Host(first_bad.is_none().then_some(lr)))
             }
             Side::Device(w) => {
@@ -186,7 +184,7 @@ impl LossWatch {
         let (first, n) = (self.drained_to, self.pending());
         self.drained_to = self.next_iter;
         let (losses, first_bad) = match &mut self.side {
-            Side::Host { losses, first_bad } => (std::mem::take(losses), *first_bad),
+            Side::Host { losses, first_bad, .. } => (std::mem::take(losses), *first_bad),
             Side::Device(w) => {
                 let ring = w.dev.dtoh(&w.losses)?;
                 let state: Vec<u32> = w.dev.dtoh_words(&w.state)?;

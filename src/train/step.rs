@@ -24,15 +24,24 @@ use crate::train::optim::Optimizer;
 /// Eager steps before the capture.
 pub const GRAPH_WARMUP: usize = 2;
 
-/// How the runner takes its steps.
+/// How work that can be captured as a CUDA graph runs (the training step here, the evaluation
+/// forward in `infer`): eagerly for good, eagerly for a few more calls and then captured, or by
+/// replaying the captured graph `G`.
 #[derive(Debug)]
-pub enum GraphState {
+pub enum GraphState<G = CapturedGraph> {
     /// Eagerly, for good (on the CPU, with graphs off, or after a failed capture).
     Off,
-    /// Eagerly, this many more steps before the capture.
+    /// Eagerly, this many more calls before the capture.
     Warming(usize),
-    /// By replaying the captured step.
-    Captured(CapturedGraph),
+    /// By replaying the captured graph.
+    Captured(G),
+}
+
+impl<G> GraphState<G> {
+    /// Warming up for `warmup` calls when `wanted`, else off.
+    pub fn new(wanted: bool, warmup: usize) -> Self {
+        if wanted { GraphState::Warming(warmup) } else { GraphState::Off }
+    }
 }
 
 /// See the module docs.
@@ -53,7 +62,7 @@ impl StepRunner {
     pub fn new(model: CosegNet, store: ParamStore, opt: Optimizer, watch: LossWatch, pairs: usize, size: usize, cuda_graph: bool) -> Result<Self> {
         let device = store.device();
         let feed = Feed::new(device, pairs, size)?;
-        let graph = if cuda_graph && device != Device::Cpu { GraphState::Warming(GRAPH_WARMUP) } else { GraphState::Off };
+        let graph = GraphState::new(cuda_graph && device != Device::Cpu, GRAPH_WARMUP);
         Ok(StepRunner { model, store, opt, watch, feed, graph, graph_failure: None })
     }
 

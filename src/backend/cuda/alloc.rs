@@ -284,12 +284,13 @@ impl Drop for GpuBuffer {
     fn drop(&mut self) {
         if let Some(slice) = self.slice.take() {
             let cap = slice.len();
-            let at = address(&self.pool.stream, &slice);
             let mut st = self.pool.lock();
             st.stats.in_use_bytes -= cap * 4;
             st.stats.cached_bytes += cap * 4;
             let st = &mut *st;
-            let free = if st.graphs.owned.contains(&at) { &mut st.graphs.free } else { &mut st.free };
+            // Most drops happen with no graph: no address to look up then.
+            let graphs = !st.graphs.owned.is_empty() && st.graphs.owned.contains(&address(&self.pool.stream, &slice));
+            let free = if graphs { &mut st.graphs.free } else { &mut st.free };
             free.entry(cap).or_default().push(slice);
         }
     }

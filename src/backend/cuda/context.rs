@@ -315,11 +315,8 @@ impl CudaDevice {
 
     /// A device copy of `src` (same device).
     pub fn dtod(&self, src: &GpuBuffer) -> Result<GpuBuffer> {
-        self.check_buffer("dtod", src)?;
         let mut dst = self.alloc(src.len())?;
-        let from = src.slice().slice(0..src.len());
-        let mut to = dst.slice_mut().slice_mut(0..src.len());
-        self.stream.memcpy_dtod(&from, &mut to).map_err(|e| self.fault("copying on the device", e))?;
+        self.copy_into(src, &mut dst)?;
         Ok(dst)
     }
 

@@ -187,11 +187,6 @@ impl GpuOptimizer {
         Ok(self.table.as_ref().expect("set above"))
     }
 
-    /// Whether the next step over `slots` reuses the table (no upload): the same buffers as the last.
-    pub fn table_current(&self, slots: &[ParamSlot]) -> bool {
-        self.table.as_ref().is_some_and(|t| t.key == ParamTable::key_of(slots))
-    }
-
     /// PyTorch SGD: buf = momentum * buf + (grad + weight_decay * param); param -= lr * buf.
     /// The learning rate comes from `hyper` (the poly schedule's value for this step); state1 is
     /// the momentum buffer, zero before the first step.

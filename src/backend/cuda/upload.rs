@@ -64,6 +64,11 @@ impl UploadRing {
         Ok(UploadRing { dev, copy, slots: ring, current: slots - 1 })
     }
 
+    /// The slot the next upload goes through (slots are used in turn, from 0).
+    pub fn next_slot(&self) -> usize {
+        (self.current + 1) % self.slots.len()
+    }
+
     /// Copies `parts`, in order, into `dsts` (one destination per part, each exactly as long)
     /// through the next slot; the compute stream's later work sees the values. The destinations
     /// must be the same buffers whenever this slot comes round again, or buffers nothing else
@@ -76,7 +81,7 @@ impl UploadRing {
         if let Some((i, (p, d))) = parts.iter().zip(&dsts).enumerate().find(|(_, (p, d))| p.len() != d.len()) {
             return Err(Error::shape(OP, format!("part {i} has {} values, its destination {}", p.len(), d.len())));
         }
-        let s = (self.current + 1) % self.slots.len();
+        let s = self.next_slot();
         let (dev, copy) = (&self.dev, &self.copy);
         let slot = &mut self.slots[s];
         if total > slot.host.len() {
