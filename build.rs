@@ -68,20 +68,33 @@ fn main() {
 }
 
 /// NVRTC is handed one string per module, so `#include "x.cuh"` lines (headers beside the
-/// source, as nvcc finds them) are replaced by the header's text; writes OUT_DIR/<stem>.cu.
+/// source, as nvcc finds them) are replaced by the header's text, recursively and each header
+/// once (as its `#pragma once` would); writes OUT_DIR/<stem>.cu.
 fn inline_includes(src: &Path, out_dir: &Path) -> PathBuf {
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display())));
     let dir = src.parent().unwrap_or(Path::new("."));
     let mut text = String::new();
-    for line in read(src).lines() {
-        match line.trim().strip_prefix("#include \"").and_then(|r| r.strip_suffix('"')) {
-            Some(header) => text.extend(read(&dir.join(header)).lines().filter(|l| l.trim() != "#pragma once").map(|l| format!("{l}\n"))),
-            None => text += &format!("{line}\n"),
-        }
-    }
+    let mut seen = Vec::new();
+    append_inlined(src, dir, &mut seen, &mut text);
     let out = out_dir.join(format!("{}.cu", stem(src)));
     std::fs::write(&out, text).unwrap_or_else(|e| fail(&format!("{}: {e}", out.display())));
     out
+}
+
+fn append_inlined(file: &Path, dir: &Path, seen: &mut Vec<PathBuf>, text: &mut String) {
+    let body = std::fs::read_to_string(file).unwrap_or_else(|e| fail(&format!("{}: {e}", file.display())));
+    for line in body.lines() {
+        match line.trim().strip_prefix("#include \"").and_then(|r| r.strip_suffix('"')) {
+            Some(header) => {
+                let path = dir.join(header);
+                if !seen.contains(&path) {
+                    seen.push(path.clone());
+                    append_inlined(&path, dir, seen, text);
+                }
+            }
+            None if line.trim() == "#pragma once" => {}
+            None => *text += &format!("{line}\n"),
+        }
+    }
 }
 
 fn fail(msg: &str) -> ! {

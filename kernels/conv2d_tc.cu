@@ -29,47 +29,10 @@
 // consecutive pixels, so the gathers are coalesced along W. For the weight gradient the reduction runs over pixels, so a thread owns
 // one pixel and a run of consecutive rows. Anything out of range (tails, padding, the holes of a
 // strided input gradient) loads 0: every size is correct.
-#include "conv_geom.cuh"
+#include "conv_tc.cuh"
 
-#define TC_THREADS 256
 #define TILE_WORDS 16  // 32-bit words of the reduction per tile
 #define ROW_WORDS 20   // TILE_WORDS + 4 (bank spread)
-
-enum ConvPass { FWD = 0, BWD_INPUT = 1, BWD_WEIGHT = 2 };
-
-// d += a * b by one `mma.sync` of the given shape and types with 4 f32 accumulators, 4 A words
-// and 2 B words (m16n8k8 TF32 and m16n8k16 BF16 alike). A macro: asm text must be a literal.
-#define MMA_SYNC_F32(shape_types, d, a, b)                                                                     \
-    asm volatile("mma.sync.aligned." shape_types " {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"       \
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                               \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
-
-// TF32: one element per 32-bit word, m16n8k8.
-struct Tf32 {
-    static constexpr int E = 16;  // elements per tile row
-    __device__ static __forceinline__ unsigned word(float v) {
-        unsigned r;
-        asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
-        return r;
-    }
-    __device__ static __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-        MMA_SYNC_F32("m16n8k8.row.col.f32.tf32.tf32.f32", d, a, b);
-    }
-};
-
-// BF16: two elements per word (the lower reduction index in the low half), m16n8k16. The fragment
-// words of m16n8k16 sit where m16n8k8's TF32 words do, so both share the fragment loads below.
-struct Bf16 {
-    static constexpr int E = 32;
-    __device__ static __forceinline__ unsigned pair(float lo, float hi) {
-        unsigned r;
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-        return r;
-    }
-    __device__ static __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-        MMA_SYNC_F32("m16n8k16.row.col.f32.bf16.bf16.f32", d, a, b);
-    }
-};
 
 // Writes a thread's run of RUN consecutive reduction elements of one row (k-run layout).
 template <class P, int RUN>
@@ -96,27 +59,6 @@ __device__ __forceinline__ void store_column(unsigned (*rows)[ROW_WORDS], int e,
     }
 }
 
-// (c, r, s) or (k, r, s) of a flattened reduction index, stepped without division.
-struct Crs {
-    int c, r, s;
-    __device__ __forceinline__ void decode(int idx, int R, int S) {
-        int RS = R * S;
-        c = idx / RS;
-        int rs = idx - c * RS;
-        r = rs / S;
-        s = rs - r * S;
-    }
-    __device__ __forceinline__ void step(int R, int S) {
-        if (++s == S) {
-            s = 0;
-            if (++r == R) {
-                r = 0;
-                ++c;
-            }
-        }
-    }
-};
-
 // x[c, ih, iw] of one image (xn), 0 when !ok or outside the image (the zero padding).
 __device__ __forceinline__ float x_at(bool ok, const float* __restrict__ xn, const ConvGeom& g, int c, int ih, int iw) {
     return (ok && c < g.c && (unsigned)ih < (unsigned)g.h && (unsigned)iw < (unsigned)g.w) ? __ldg(xn + (c * g.h + ih) * g.w + iw)
@@ -135,11 +77,9 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const f
 
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int wm = warp >> 2, wn = warp & 3, g8 = lane >> 2, t4 = lane & 3;
-    const int RS = g.r * g.s, OHW = g.oh * g.ow, HW = g.h * g.w;
-    int M, N, RED;
-    if constexpr (PASS == FWD) { M = g.k; N = g.n * OHW; RED = g.c * RS; }
-    else if constexpr (PASS == BWD_INPUT) { M = g.c; N = g.n * HW; RED = g.k * RS; }
-    else { M = g.k; N = g.c * RS; RED = g.n * OHW; }
+    const int OHW = g.oh * g.ow, HW = g.h * g.w;
+    const ConvGemm gm = conv_gemm<PASS>(g);
+    const int M = gm.m, N = gm.n, RED = gm.red;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     const int red_begin = blockIdx.z * red_chunk;
     const int red_end = min(RED, red_begin + red_chunk);
@@ -313,45 +253,7 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const f
         __syncthreads();
     }
 
-    // Epilogue: accumulator v of tile (i, j) is row g8 (+8 for v >= 2), column 2*t4 (+1 for odd v).
-    const bool split = gridDim.z > 1;
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int col = n0 + wn * (BN / 4) + j * 8 + 2 * t4 + half;
-            if (col >= N) continue;
-            long long col_base;  // out index of (row 0, col); rows step by row_step
-            long long row_step;
-            if constexpr (PASS == FWD) {
-                const int pn = col / OHW;
-                col_base = (long long)pn * M * OHW + (col - pn * OHW);
-                row_step = OHW;
-            } else if constexpr (PASS == BWD_INPUT) {
-                const int pn = col / HW;
-                col_base = (long long)pn * M * HW + (col - pn * HW);
-                row_step = HW;
-            } else {
-                col_base = col;
-                row_step = N;
-            }
-#pragma unroll
-            for (int i = 0; i < MT; ++i) {
-#pragma unroll
-                for (int up = 0; up < 2; ++up) {
-                    const int m = m0 + wm * (BM / 2) + i * 16 + g8 + up * 8;
-                    if (m >= M) continue;
-                    float v = acc[i][j][up * 2 + half];
-                    float* o = out + col_base + (long long)m * row_step;
-                    if constexpr (PASS == FWD) {
-                        if (bias != nullptr) v += __ldg(bias + m);
-                    }
-                    if (PASS == BWD_WEIGHT && split) atomicAdd(o, v);
-                    else *o = v;
-                }
-            }
-        }
-    }
+    store_tile<BM, BN, PASS, MT, NT>(acc, bias, out, g, m0, n0);
 }
 
 // One entry point per pass, precision and tile: NAME(a, b, bias, out, geometry, red_chunk).

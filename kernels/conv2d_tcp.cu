@@ -1,0 +1,376 @@
+// 2-D convolution on the tensor cores with a cp.async pipeline: the same three implicit GEMMs,
+// tiles, warps and mma.sync instructions as conv2d_tc.cu, and the same results up to the order
+// of the reduction, with the loads taken off the critical path.
+//
+// Why a second kernel file: conv2d_tc.cu (measured on the H200 at 22-52 TFLOP/s, 0.14-0.52x cuDNN
+// on the big 3x3 layers) moves every element global -> registers -> (rounded) shared memory, with
+// one tile in flight; its time per tile is about eight times its mma time, i.e. it waits on
+// memory. Here each thread issues `cp.async` copies straight into shared memory, STAGES = 4
+// tiles deep (3 in flight while one is multiplied), so the L2/HBM latency hides behind three
+// tiles of mma instead of one, and no register holds a loaded value.
+//
+// What that costs, and why it is paid:
+// - Shared memory holds f32, not TF32/BF16: cp.async copies bytes and cannot round. Operands are
+//   rounded as fragments are read (one cvt per TF32 word, one cvt.bf16x2 per BF16 pair), the same
+//   roundings conv2d_tc.cu applies on its stores. 4 stages x (BM + BN) x 32 elements x 4 bytes:
+//   up to 160 KB of dynamic shared memory, one 128 x 128 block per SM (two of the smaller tiles,
+//   at 3 stages).
+// - Reduction order (r, s, c) instead of (c, r, s) for the forward and input gradient: a tile of
+//   32 consecutive reduction elements is then (for C >= 32) one kernel tap over 32 channels, so a
+//   pixel's bounds check is made once per tap, and the next element is one plane further
+//   (pointer += H*W) instead of a decode. The host hands the weights over as (K, R, S, C) for the
+//   forward and (C, R, S, K) for the input gradient (src/ops/conv/cuda.rs reorders them; a
+//   weight-sized copy).
+// - The gathered operand (x, dy) is copied 4 bytes at a time (a tap's pixels are not 16-byte
+//   aligned runs: padding, dilation and stride shift them), each zero-filled where out of range
+//   (`src-size` 0), so tails, padding and strided holes read 0 as in conv2d_tc.cu. The row-major
+//   operands (the weights; dy's rows in the weight gradient when OH*OW % 4 == 0) go 16 bytes at a
+//   time.
+//
+// Shared-memory layouts and their bank arithmetic (32 banks of 4 bytes):
+// - A, [BM rows][SA words], k contiguous; B of the weight gradient likewise [BN][SA]. TF32 reads
+//   word (row g8, k t4): SA = 36 puts lanes at banks 4 g8 + t4, all distinct. BF16 reads the pair
+//   (row g8, k 2t4, 2t4+1) as one 8-byte load: SA = 40 puts them at 8 g8 + 2 t4 (+1), distinct in
+//   each half-warp (an 8-byte load is served per half-warp).
+// - B of the forward and input gradient, [32 k rows][SB words], pixels contiguous, so a warp's
+//   cp.async of 32 consecutive pixels writes 32 consecutive words. TF32 reads (k t4, pixel g8):
+//   SB = BN + 8 (= 8 mod 32) gives banks 8 t4 + g8; BF16 reads (k 2t4, g8) and (k 2t4+1, g8):
+//   SB = BN + 4 gives 8 t4 + g8 (+4). Distinct either way.
+//
+// Pipeline (one barrier per tile): tiles 0 .. STAGES-2 are issued first, one commit group each;
+// at tile kt a thread waits until its group kt has landed (wait_group STAGES-2), the barrier makes
+// every thread's copies visible and tells everyone that stage (kt-1) % STAGES, read in the last
+// iteration, is free; tile kt + STAGES - 1 is then issued into it, and tile kt is multiplied.
+// Empty groups are committed past the end so the count stays right.
+#include "conv_tc.cuh"
+
+#define PIPE_KT 32  // reduction elements per stage
+
+// Tiles in shared memory at once: 4 for a 128 x 128 block (one per SM, up to 160 KB); 3 for the
+// smaller tiles, so two blocks fit an SM's 228 KB (6 tiles in flight per SM either way).
+__host__ __device__ constexpr int pipe_stages(int bm, int bn) { return bm * bn > 8192 ? 4 : 3; }
+
+// Shared-memory row strides in words (see the header).
+template <class P, int BN = 0>
+struct PipeLayout {
+    static constexpr int SA = P::K_STEP == 8 ? 36 : 40;      // [row][k] tiles
+    static constexpr int SB = BN + (P::K_STEP == 8 ? 8 : 4);  // [k][pixel] tiles, BN pixels
+};
+
+// Asynchronous copies global -> shared. `valid` false copies nothing and zero-fills the
+// destination (src-size 0); `src` must still be a mapped address, so callers pass the tensor's
+// base then. The shared address is converted inside the asm so the operand is a plain pointer.
+__device__ __forceinline__ void cp_async4(float* dst, const float* src, bool valid) {
+    asm volatile(
+        "{\n .reg .u64 sa;\n cvta.to.shared.u64 sa, %0;\n cp.async.ca.shared.global [sa], [%1], 4, %2;\n}\n" ::"l"(dst),
+        "l"(src), "r"(valid ? 4 : 0)
+        : "memory");
+}
+__device__ __forceinline__ void cp_async16(float* dst, const float* src, bool valid) {
+    asm volatile(
+        "{\n .reg .u64 sa;\n cvta.to.shared.u64 sa, %0;\n cp.async.cg.shared.global [sa], [%1], 16, %2;\n}\n" ::"l"(dst),
+        "l"(src), "r"(valid ? 16 : 0)
+        : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ unsigned dynamic_smem_bytes() {
+    unsigned r;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+    return r;
+}
+
+// Fragments from f32 shared memory, rounded as they are read. Words as conv2d_tc.cu's (PTX ISA
+// "Matrix Fragments for mma.m16n8k8 / m16n8k16"): A rows g8 and g8 + 8, k t4 and t4 + 4 (TF32) or
+// pairs 2t4 and 2t4 + 8 (BF16); B column g8, the same k.
+template <class P>
+__device__ __forceinline__ unsigned frag_word(const float* p, int next) {  // p: the lower k; next: the stride to k + 1
+    if constexpr (P::K_STEP == 8) return Tf32::word(p[0]);
+    else return Bf16::pair(p[0], p[next]);
+}
+template <class P>
+__device__ __forceinline__ unsigned frag_pair_row(const float* p) {  // k-contiguous row: one 8-byte read for BF16
+    if constexpr (P::K_STEP == 8) {
+        return Tf32::word(p[0]);
+    } else {
+        const float2 v = *reinterpret_cast<const float2*>(p);
+        return Bf16::pair(v.x, v.y);
+    }
+}
+// A (and B of the weight gradient): [row][SA], k contiguous. `p` = &tile[row g8][ks].
+template <class P>
+__device__ __forceinline__ void frag_a(unsigned (&a)[4], const float* p, int t4) {
+    constexpr int SA = PipeLayout<P>::SA, KH = P::K_STEP / 2;  // k offset of the second word pair
+    const int k = P::K_STEP == 8 ? t4 : 2 * t4;
+    a[0] = frag_pair_row<P>(p + k);
+    a[1] = frag_pair_row<P>(p + 8 * SA + k);
+    a[2] = frag_pair_row<P>(p + k + KH);
+    a[3] = frag_pair_row<P>(p + 8 * SA + k + KH);
+}
+template <class P>
+__device__ __forceinline__ void frag_b_rows(unsigned (&b)[2], const float* p, int t4) {  // p = &tile[col g8][ks]
+    constexpr int KH = P::K_STEP / 2;
+    const int k = P::K_STEP == 8 ? t4 : 2 * t4;
+    b[0] = frag_pair_row<P>(p + k);
+    b[1] = frag_pair_row<P>(p + k + KH);
+}
+// B of the forward and input gradient: [k][SB], pixels contiguous. `p` = &tile[ks][col g8].
+template <class P, int SB>
+__device__ __forceinline__ void frag_b_cols(unsigned (&b)[2], const float* p, int t4) {
+    constexpr int KH = P::K_STEP / 2;
+    const int k = P::K_STEP == 8 ? t4 : 2 * t4;
+    b[0] = frag_word<P>(p + k * SB, SB);
+    b[1] = frag_word<P>(p + (k + KH) * SB, SB);
+}
+
+// The gathered operand of the forward (x) and input gradient (dy) for one pixel: element
+// (tap rs, channel ch) of the reduction, with ch running fastest. `plane` is a channel's stride
+// (H*W of x, OH*OW of dy); `at` is where the tap lands in the pixel's image (-1: padding, hole
+// or past the image).
+template <int PASS>
+struct TapGather {
+    int base_h, base_w;  // forward: top-left input pixel (ih0, iw0); input gradient: (h + pad, w + pad)
+    __device__ __forceinline__ int at(const ConvGeom& g, int r, int s) const {
+        if constexpr (PASS == FWD) {
+            const int ih = base_h + r * g.dil, iw = base_w + s * g.dil;
+            return ((unsigned)ih < (unsigned)g.h && (unsigned)iw < (unsigned)g.w) ? ih * g.w + iw : -1;
+        } else {
+            int th = base_h - r * g.dil, tw = base_w - s * g.dil;
+            if (th < 0 || tw < 0) return -1;
+            if (g.stride != 1) {
+                if (th % g.stride != 0 || tw % g.stride != 0) return -1;
+                th /= g.stride;
+                tw /= g.stride;
+            }
+            return (th < g.oh && tw < g.ow) ? th * g.ow + tw : -1;
+        }
+    }
+};
+
+template <int BM, int BN, class P, int PASS>
+__device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const float* __restrict__ b_src,
+                                         const float* __restrict__ bias, float* __restrict__ out, const ConvGeom& g,
+                                         int red_chunk) {
+    constexpr int KT = PIPE_KT, STAGES = pipe_stages(BM, BN);
+    constexpr bool B_ROWS = PASS == BWD_WEIGHT;  // B tile [pixel-reduction k contiguous] vs [k][pixel]
+    constexpr int SA = PipeLayout<P>::SA, SB = PipeLayout<P, BN>::SB;
+    constexpr int A_WORDS = BM * SA, STAGE_WORDS = A_WORDS + (B_ROWS ? BN * SA : KT * SB);
+    constexpr int MT = BM / 32, NT = BN / 32;
+    extern __shared__ __align__(16) float smem[];
+    if (dynamic_smem_bytes() < (unsigned)(STAGES * STAGE_WORDS * 4)) asm volatile("trap;");
+
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const int wm = warp >> 2, wn = warp & 3, g8 = lane >> 2, t4 = lane & 3;
+    const int OHW = g.oh * g.ow, HW = g.h * g.w;
+    const ConvGemm gm = conv_gemm<PASS>(g);
+    const int M = gm.m, N = gm.n, RED = gm.red;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int red_begin = blockIdx.z * red_chunk;
+    const int red_end = min(RED, red_begin + red_chunk);
+
+    // A: quads of 4 reduction elements; thread t takes quad t % 8 of rows t / 8 + 32 p.
+    const int a_quad = t & 7, a_row0 = t >> 3;
+    // Forward / input gradient: A is a row-major [M][RED] matrix (the reordered weights).
+    // Weight gradient: A is dy, row m = output channel, k = pixel q: dy[q / OHW][m][q % OHW].
+    const bool a_vec = PASS == BWD_WEIGHT ? (OHW & 3) == 0 : (RED & 3) == 0;
+    // B of the forward / input gradient: pixel t % BN, reduction rows (t / BN) * B_RUN + j.
+    constexpr int B_RUN = KT * BN / TC_THREADS;
+    const int b_pix = t % BN, b_grp = t / BN;
+    const int CH = PASS == FWD ? g.c : g.k;  // channels of the gathered tensor
+    const int plane = PASS == FWD ? HW : OHW;
+    TapGather<PASS> tap{0, 0};
+    const float* b_img = b_src;
+    bool pix_ok = false;
+    // B of the weight gradient: pixel-reduction column t % 32, rows (t / 32) * W_RUN + j of N.
+    constexpr int W_RUN = BN * KT / TC_THREADS;
+    const int w_q = t & 31, w_grp = t >> 5;
+    Crs col0{0, 0, 0};
+    if constexpr (PASS == BWD_WEIGHT) {
+        col0.decode(min(n0 + w_grp * W_RUN, N), g.r, g.s);
+    } else {
+        const int p = n0 + b_pix;
+        const int pplane = PASS == FWD ? OHW : HW, pw = PASS == FWD ? g.ow : g.w;
+        pix_ok = p < N;
+        const int pn = pix_ok ? p / pplane : 0, pr = pix_ok ? p - pn * pplane : 0;
+        if constexpr (PASS == FWD) tap = {(pr / pw) * g.stride - g.pad, (pr % pw) * g.stride - g.pad};
+        else tap = {pr / pw + g.pad, pr % pw + g.pad};
+        b_img = b_src + (long long)pn * CH * plane;
+    }
+
+    auto issue = [&](int stage, int k0) {
+        float* As = smem + stage * STAGE_WORDS;
+        float* Bs = As + A_WORDS;
+        // A
+        if constexpr (PASS == BWD_WEIGHT) {
+            const int q = k0 + 4 * a_quad;
+            if (a_vec) {  // 4 pixels of one image (OHW % 4 == 0 and q % 4 == 0)
+                const bool q_ok = q < red_end;
+                const int qn = q_ok ? q / OHW : 0, qr = q_ok ? q - qn * OHW : 0;
+                const float* src = a_src + (long long)qn * g.k * OHW + qr;
+#pragma unroll
+                for (int p = 0; p < BM / 32; ++p) {
+                    const int m = m0 + a_row0 + 32 * p;
+                    const bool ok = q_ok && m < M;
+                    cp_async16(As + (a_row0 + 32 * p) * SA + 4 * a_quad, ok ? src + (long long)m * OHW : a_src, ok);
+                }
+            } else {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const bool q_ok = q + e < red_end;
+                    const int qn = q_ok ? (q + e) / OHW : 0, qr = q_ok ? q + e - qn * OHW : 0;
+                    const float* src = a_src + (long long)qn * g.k * OHW + qr;
+#pragma unroll
+                    for (int p = 0; p < BM / 32; ++p) {
+                        const int m = m0 + a_row0 + 32 * p;
+                        const bool ok = q_ok && m < M;
+                        cp_async4(As + (a_row0 + 32 * p) * SA + 4 * a_quad + e, ok ? src + (long long)m * OHW : a_src, ok);
+                    }
+                }
+            }
+        } else {
+            const int k = k0 + 4 * a_quad;
+#pragma unroll
+            for (int p = 0; p < BM / 32; ++p) {
+                const int m = m0 + a_row0 + 32 * p;
+                float* dst = As + (a_row0 + 32 * p) * SA + 4 * a_quad;
+                const float* src = a_src + (long long)m * RED + k;
+                if (a_vec) {  // RED % 4 == 0: a quad is in the reduction whole or not at all
+                    const bool ok = m < M && k < red_end;
+                    cp_async16(dst, ok ? src : a_src, ok);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const bool ok = m < M && k + e < red_end;
+                        cp_async4(dst + e, ok ? src + e : a_src, ok);
+                    }
+                }
+            }
+        }
+        // B
+        if constexpr (PASS == BWD_WEIGHT) {
+            const int q = k0 + w_q;
+            const bool q_ok = q < red_end;
+            const int qn = q_ok ? q / OHW : 0, qr = q_ok ? q - qn * OHW : 0;
+            const int ih0 = (qr / g.ow) * g.stride - g.pad, iw0 = (qr % g.ow) * g.stride - g.pad;
+            const float* xq = b_src + (long long)qn * g.c * HW;
+            Crs cc = col0;
+#pragma unroll
+            for (int j = 0; j < W_RUN; ++j) {
+                const int ih = ih0 + cc.r * g.dil, iw = iw0 + cc.s * g.dil;
+                const bool ok = q_ok && cc.c < g.c && (unsigned)ih < (unsigned)g.h && (unsigned)iw < (unsigned)g.w;
+                cp_async4(Bs + (w_grp * W_RUN + j) * SA + w_q, ok ? xq + (cc.c * g.h + ih) * g.w + iw : b_src, ok);
+                cc.step(g.r, g.s);
+            }
+        } else {
+            // Element idx = rs * CH + ch; decoded once, then stepped (a new tap every CH elements).
+            const int idx0 = k0 + b_grp * B_RUN;
+            int rs = idx0 / CH, ch = idx0 - rs * CH;
+            int r = rs / g.s, s = rs - r * g.s;
+            int at = pix_ok && r < g.r ? tap.at(g, r, s) : -1;
+            float* dst = Bs + b_grp * B_RUN * SB + b_pix;
+            if (CH % B_RUN == 0) {
+                // The run is one tap (every layer of the network but the 3-channel stem): one
+                // bounds check, then a plane apart each; RED is a multiple of B_RUN too, so the
+                // run is inside the reduction whole or not at all.
+                const bool ok = at >= 0 && idx0 < red_end;
+                const float* src = ok ? b_img + ch * plane + at : b_src;
+                const int step = ok ? plane : 0;
+#pragma unroll
+                for (int j = 0; j < B_RUN; ++j) cp_async4(dst + j * SB, src + j * step, ok);
+                return;
+            }
+#pragma unroll
+            for (int j = 0; j < B_RUN; ++j) {
+                const bool ok = at >= 0 && idx0 + j < red_end;
+                cp_async4(dst + j * SB, ok ? b_img + ch * plane + at : b_src, ok);
+                if (++ch == CH) {
+                    ch = 0;
+                    if (++s == g.s) {
+                        s = 0;
+                        ++r;
+                    }
+                    at = pix_ok && r < g.r ? tap.at(g, r, s) : -1;
+                }
+            }
+        }
+    };
+
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int v = 0; v < 4; ++v) acc[i][j][v] = 0.0f;
+
+    const int tiles = red_end > red_begin ? (red_end - red_begin + KT - 1) / KT : 0;
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < tiles) issue(st, red_begin + st * KT);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < tiles; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int next = kt + STAGES - 1;
+        if (next < tiles) issue(next % STAGES, red_begin + next * KT);
+        cp_async_commit();
+        const float* As = smem + (kt % STAGES) * STAGE_WORDS;
+        const float* Bs = As + A_WORDS;
+#pragma unroll
+        for (int ks = 0; ks < KT; ks += P::K_STEP) {
+            unsigned af[MT][4], bf[NT][2];
+#pragma unroll
+            for (int i = 0; i < MT; ++i) frag_a<P>(af[i], As + (wm * (BM / 2) + i * 16 + g8) * SA + ks, t4);
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                const int c = wn * (BN / 4) + j * 8 + g8;
+                if constexpr (B_ROWS) frag_b_rows<P>(bf[j], Bs + c * SA + ks, t4);
+                else frag_b_cols<P, SB>(bf[j], Bs + ks * SB + c, t4);
+            }
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j) P::mma(acc[i][j], af[i], bf[j]);
+        }
+    }
+    cp_async_wait<0>();
+
+    store_tile<BM, BN, PASS, MT, NT>(acc, bias, out, g, m0, n0);
+}
+
+// One entry point per pass, precision and tile, with conv2d_tc.cu's arguments:
+//   forward:         a = weight reordered to (K, R, S, C), b = x,  out = y  (bias may be null)
+//   input gradient:  a = weight reordered to (C, R, S, K), b = dy, out = dx
+//   weight gradient: a = dy, b = x, out = dw (zero-filled first when gridDim.z > 1)
+// Dynamic shared memory: pipe_stages(BM, BN) x (BM x SA + (forward, input gradient: 32 x SB; weight
+// gradient: BN x SA)) x 4 bytes (src/ops/conv/cuda.rs `pipe_smem_bytes`); the kernel traps when
+// given less. red_chunk: the reduction each blockIdx.z covers, a multiple of 32.
+#define CONV_TCP(NAME, BM, BN, PREC, PASS)                                                                  \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS, pipe_stages(BM, BN) == 4 ? 1 : 2)             \
+        NAME(const float* __restrict__ a, const float* __restrict__ b, const float* __restrict__ bias,      \
+             float* __restrict__ out, ConvGeom g, int red_chunk) {                                          \
+        conv_tcp<BM, BN, PREC, PASS>(a, b, bias, out, g, red_chunk);                                        \
+    }
+
+CONV_TCP(conv2d_pipe_fwd_128x128_tf32, 128, 128, Tf32, FWD)
+CONV_TCP(conv2d_pipe_fwd_64x128_tf32, 64, 128, Tf32, FWD)
+CONV_TCP(conv2d_pipe_fwd_128x64_tf32, 128, 64, Tf32, FWD)
+CONV_TCP(conv2d_pipe_fwd_128x128_bf16, 128, 128, Bf16, FWD)
+CONV_TCP(conv2d_pipe_fwd_64x128_bf16, 64, 128, Bf16, FWD)
+CONV_TCP(conv2d_pipe_fwd_128x64_bf16, 128, 64, Bf16, FWD)
+CONV_TCP(conv2d_pipe_bwd_input_128x128_tf32, 128, 128, Tf32, BWD_INPUT)
+CONV_TCP(conv2d_pipe_bwd_input_64x128_tf32, 64, 128, Tf32, BWD_INPUT)
+CONV_TCP(conv2d_pipe_bwd_input_128x64_tf32, 128, 64, Tf32, BWD_INPUT)
+CONV_TCP(conv2d_pipe_bwd_input_128x128_bf16, 128, 128, Bf16, BWD_INPUT)
+CONV_TCP(conv2d_pipe_bwd_input_64x128_bf16, 64, 128, Bf16, BWD_INPUT)
+CONV_TCP(conv2d_pipe_bwd_input_128x64_bf16, 128, 64, Bf16, BWD_INPUT)
+CONV_TCP(conv2d_pipe_bwd_weight_128x128_tf32, 128, 128, Tf32, BWD_WEIGHT)
+CONV_TCP(conv2d_pipe_bwd_weight_64x128_tf32, 64, 128, Tf32, BWD_WEIGHT)
+CONV_TCP(conv2d_pipe_bwd_weight_128x64_tf32, 128, 64, Tf32, BWD_WEIGHT)
+CONV_TCP(conv2d_pipe_bwd_weight_128x128_bf16, 128, 128, Bf16, BWD_WEIGHT)
+CONV_TCP(conv2d_pipe_bwd_weight_64x128_bf16, 64, 128, Bf16, BWD_WEIGHT)
+CONV_TCP(conv2d_pipe_bwd_weight_128x64_bf16, 128, 64, Bf16, BWD_WEIGHT)

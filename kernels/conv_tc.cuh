@@ -1,0 +1,130 @@
+// What the two tensor-core convolution files share (conv2d_tc.cu: register-staged tiles;
+// conv2d_tcp.cu: cp.async pipeline): the GEMM of each pass, the mma.sync wrappers of the two
+// precisions, the (c, r, s) stepper and the epilogue that writes a block's accumulators.
+#pragma once
+#include "conv_geom.cuh"
+
+#define TC_THREADS 256
+
+enum ConvPass { FWD = 0, BWD_INPUT = 1, BWD_WEIGHT = 2 };
+
+// d += a * b by one `mma.sync` of the given shape and types with 4 f32 accumulators, 4 A words
+// and 2 B words (m16n8k8 TF32 and m16n8k16 BF16 alike). A macro: asm text must be a literal.
+#define MMA_SYNC_F32(shape_types, d, a, b)                                                                     \
+    asm volatile("mma.sync.aligned." shape_types " {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"       \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                               \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
+
+// TF32: one element per 32-bit word, m16n8k8.
+struct Tf32 {
+    static constexpr int E = 16;       // elements in 16 words (conv2d_tc.cu's tile row)
+    static constexpr int K_STEP = 8;   // reduction elements per mma
+    __device__ static __forceinline__ unsigned word(float v) {
+        unsigned r;
+        asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
+        return r;
+    }
+    __device__ static __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+        MMA_SYNC_F32("m16n8k8.row.col.f32.tf32.tf32.f32", d, a, b);
+    }
+};
+
+// BF16: two elements per word (the lower reduction index in the low half), m16n8k16. The fragment
+// words of m16n8k16 sit where m16n8k8's TF32 words do, so both kernels' fragment loads serve both precisions.
+struct Bf16 {
+    static constexpr int E = 32;
+    static constexpr int K_STEP = 16;
+    __device__ static __forceinline__ unsigned pair(float lo, float hi) {
+        unsigned r;
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+        return r;
+    }
+    __device__ static __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+        MMA_SYNC_F32("m16n8k16.row.col.f32.bf16.bf16.f32", d, a, b);
+    }
+};
+
+// (c, r, s) or (k, r, s) of a flattened reduction index, stepped without division.
+struct Crs {
+    int c, r, s;
+    __device__ __forceinline__ void decode(int idx, int R, int S) {
+        int RS = R * S;
+        c = idx / RS;
+        int rs = idx - c * RS;
+        r = rs / S;
+        s = rs - r * S;
+    }
+    __device__ __forceinline__ void step(int R, int S) {
+        if (++s == S) {
+            s = 0;
+            if (++r == R) {
+                r = 0;
+                ++c;
+            }
+        }
+    }
+};
+
+// (M, N, reduction) of a pass's GEMM: forward K x (N*OH*OW) over C*R*S; input gradient
+// C x (N*H*W) over K*R*S; weight gradient K x (C*R*S) over N*OH*OW.
+struct ConvGemm {
+    int m, n, red;
+};
+template <int PASS>
+__device__ __forceinline__ ConvGemm conv_gemm(const ConvGeom& g) {
+    const int RS = g.r * g.s;
+    if constexpr (PASS == FWD) return {g.k, g.n * g.oh * g.ow, g.c * RS};
+    else if constexpr (PASS == BWD_INPUT) return {g.c, g.n * g.h * g.w, g.k * RS};
+    else return {g.k, g.c * RS, g.n * g.oh * g.ow};
+}
+
+// Writes a block's accumulators: tile (i, j) of warp (wm, wn) holds rows wm * BM/2 + 16 i + g8
+// (+8), columns wn * BN/4 + 8 j + 2 t4 (+1). Forward: y (N, K, OH, OW) plus the bias; input
+// gradient: dx (N, C, H, W); weight gradient: dw (K, C*R*S), added atomically when the reduction
+// is split over gridDim.z (the host zero-filled it).
+template <int BM, int BN, int PASS, int MT, int NT>
+__device__ __forceinline__ void store_tile(const float (&acc)[MT][NT][4], const float* __restrict__ bias,
+                                           float* __restrict__ out, const ConvGeom& g, int m0, int n0) {
+    const ConvGemm gm = conv_gemm<PASS>(g);
+    const int M = gm.m, N = gm.n, OHW = g.oh * g.ow, HW = g.h * g.w;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int wm = warp >> 2, wn = warp & 3, g8 = lane >> 2, t4 = lane & 3;
+    const bool split = gridDim.z > 1;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int col = n0 + wn * (BN / 4) + j * 8 + 2 * t4 + half;
+            if (col >= N) continue;
+            long long col_base;  // out index of (row 0, col); rows step by row_step
+            long long row_step;
+            if constexpr (PASS == FWD) {
+                const int pn = col / OHW;
+                col_base = (long long)pn * M * OHW + (col - pn * OHW);
+                row_step = OHW;
+            } else if constexpr (PASS == BWD_INPUT) {
+                const int pn = col / HW;
+                col_base = (long long)pn * M * HW + (col - pn * HW);
+                row_step = HW;
+            } else {
+                col_base = col;
+                row_step = N;
+            }
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+#pragma unroll
+                for (int up = 0; up < 2; ++up) {
+                    const int m = m0 + wm * (BM / 2) + i * 16 + g8 + up * 8;
+                    if (m >= M) continue;
+                    float v = acc[i][j][up * 2 + half];
+                    float* o = out + col_base + (long long)m * row_step;
+                    if constexpr (PASS == FWD) {
+                        if (bias != nullptr) v += __ldg(bias + m);
+                    }
+                    if (PASS == BWD_WEIGHT && split) atomicAdd(o, v);
+                    else *o = v;
+                }
+            }
+        }
+    }
+}
