@@ -1,5 +1,6 @@
 //! Our convolutions against cuDNN at the same precision (fp32, tf32, bf16), side by side in one
-//! run: the network's four 3x3 atrous shapes, the 1x1 convolutions of layer3 and layer4 at 16x16,
+//! run, with both tensor-core variants at tf32 and bf16 (staged, kernels/conv2d_tc.cu, ids
+//! `ours_<p>_<pass>`; pipelined, kernels/conv2d_tcp.cu, ids `ours_<p>_pipelined_<pass>`): the network's four 3x3 atrous shapes, the 1x1 convolutions of layer3 and layer4 at 16x16,
 //! and the 7x7 stride-2 stem, all with N = 20 (10 pairs). Forward, and forward + input gradient +
 //! weight gradient. Ours keep NCHW f32 tensors at every precision; cuDNN gets f32 NCHW for fp32
 //! (FMA math) and tf32 (tensor-op math), and bf16 NHWC tensors for bf16, its fastest layout.
@@ -10,7 +11,7 @@
 //! TFLOP/s. Skips without a GPU; the cuDNN half skips without libcudnn on the loader path.
 
 use coseg::backend::cuda::{CudaDevice, GpuBuffer, conv};
-use coseg::device::Precision;
+use coseg::device::{Precision, TcVariant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use cudarc::cudnn::{self, ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn, CudnnDataType};
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
@@ -82,7 +83,24 @@ fn measure(c: &mut Criterion, stream: &Arc<CudaStream>, group: &str, id: &str, f
 }
 
 /// (case, pass "fwd" | "fwd_bwd", precision) -> (ours ms, cuDNN ms)
-type Table = BTreeMap<(usize, &'static str, Precision), (Option<f64>, Option<f64>)>;
+type Table = BTreeMap<(usize, &'static str, Precision), Row>;
+
+/// Medians in ms of one case, pass and precision.
+#[derive(Default)]
+struct Row {
+    staged: Option<f64>,
+    pipelined: Option<f64>,
+    cudnn: Option<f64>,
+}
+
+impl Row {
+    fn ours(&mut self, v: TcVariant) -> &mut Option<f64> {
+        match v {
+            TcVariant::Staged => &mut self.staged,
+            TcVariant::Pipelined => &mut self.pipelined,
+        }
+    }
+}
 
 fn ours(c: &mut Criterion, dev: &Arc<CudaDevice>, table: &mut Table) {
     for (ci, case) in cases().iter().enumerate() {
@@ -93,16 +111,23 @@ fn ours(c: &mut Criterion, dev: &Arc<CudaDevice>, table: &mut Table) {
         let (mut y, mut dx, mut dw) = (dev.alloc(sh.output_len()).unwrap(), dev.alloc(sh.input_len()).unwrap(), dev.alloc(sh.weight_len()).unwrap());
         let group = format!("conv_gpu/{}", case.name);
         for p in Precision::ALL {
-            let fwd = |y: &mut GpuBuffer| conv::conv2d_fwd(dev, &sh, p, &x, &w, None, y).unwrap();
-            let t = measure(c, dev.stream(), &group, &format!("ours_{p}_fwd"), sh.flops(), &mut || fwd(&mut y));
-            table.entry((ci, "fwd", p)).or_default().0 = Some(t);
-            let mut all = || {
-                fwd(&mut y);
-                conv::conv2d_bwd_input(dev, &sh, p, &dy, &w, &mut dx).unwrap();
-                conv::conv2d_bwd_weight(dev, &sh, p, &x, &dy, &mut dw).unwrap();
-            };
-            let t = measure(c, dev.stream(), &group, &format!("ours_{p}_fwd_bwd"), 3.0 * sh.flops(), &mut all);
-            table.entry((ci, "fwd_bwd", p)).or_default().0 = Some(t);
+            // fp32 runs the SIMT kernels whichever variant is set.
+            let variants: &[TcVariant] = if p == Precision::Fp32 { &[TcVariant::Staged] } else { &TcVariant::ALL };
+            for &v in variants {
+                dev.set_tc_variant(v);
+                let tag = if v == TcVariant::Pipelined { format!("{p}_pipelined") } else { p.to_string() };
+                let fwd = |y: &mut GpuBuffer| conv::conv2d_fwd(dev, &sh, p, &x, &w, None, y).unwrap();
+                let t = measure(c, dev.stream(), &group, &format!("ours_{tag}_fwd"), sh.flops(), &mut || fwd(&mut y));
+                *table.entry((ci, "fwd", p)).or_default().ours(v) = Some(t);
+                let mut all = || {
+                    fwd(&mut y);
+                    conv::conv2d_bwd_input(dev, &sh, p, &dy, &w, &mut dx).unwrap();
+                    conv::conv2d_bwd_weight(dev, &sh, p, &x, &dy, &mut dw).unwrap();
+                };
+                let t = measure(c, dev.stream(), &group, &format!("ours_{tag}_fwd_bwd"), 3.0 * sh.flops(), &mut all);
+                *table.entry((ci, "fwd_bwd", p)).or_default().ours(v) = Some(t);
+            }
+            dev.set_tc_variant(TcVariant::default());
         }
     }
 }
@@ -172,26 +197,32 @@ fn cudnn_reference(c: &mut Criterion, dev: &Arc<CudaDevice>, table: &mut Table) 
                 Precision::Bf16 => cudnn_case::<half::bf16>(c, &handle, &stream, case, p, bf, bf(1.0), bf(0.0)),
                 _ => cudnn_case::<f32>(c, &handle, &stream, case, p, |v| v, 1.0, 0.0),
             };
-            table.entry((ci, "fwd", p)).or_default().1 = Some(f);
-            table.entry((ci, "fwd_bwd", p)).or_default().1 = Some(a);
+            table.entry((ci, "fwd", p)).or_default().cudnn = Some(f);
+            table.entry((ci, "fwd_bwd", p)).or_default().cudnn = Some(a);
         }
     }
 }
 
 fn print_table(table: &Table) {
     let cases = cases();
-    println!("\nconv_gpu summary: median ms of 20 event-timed runs; ratio = cuDNN / ours (>= 1.0: ours at least as fast)");
-    println!("| shape | pass | precision | ours ms | cuDNN ms | ratio | ours TFLOP/s |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for ((ci, pass, p), (ours, theirs)) in table {
+    println!(
+        "\nconv_gpu summary: median ms of 20 event-timed runs; ratio = cuDNN / ours (>= 1.0: ours at least as fast); \
+         staged = conv2d_tc.cu, pipelined = conv2d_tcp.cu (fp32: the SIMT kernels, in the staged column)"
+    );
+    println!("| shape | pass | precision | staged ms | pipelined ms | cuDNN ms | ratio staged | ratio pipelined | best TFLOP/s |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for ((ci, pass, p), row) in table {
         let flops = cases[*ci].sh.flops() * if *pass == "fwd" { 1.0 } else { 3.0 };
         let fmt = |v: Option<f64>| v.filter(|v| v.is_finite()).map_or("-".to_string(), |v| format!("{v:.3}"));
-        let ratio = match (ours, theirs) {
+        let ratio = |ours: Option<f64>| match (ours, row.cudnn) {
             (Some(o), Some(t)) if t.is_finite() => format!("{:.2}", t / o),
             _ => "-".to_string(),
         };
-        let tflops = ours.map_or("-".to_string(), |o| format!("{:.1}", flops / (o * 1e-3) / 1e12));
-        println!("| {} | {pass} | {p} | {} | {} | {ratio} | {tflops} |", cases[*ci].name, fmt(*ours), fmt(*theirs));
+        let best = [row.staged, row.pipelined].into_iter().flatten().reduce(f64::min);
+        let tflops = best.map_or("-".to_string(), |o| format!("{:.1}", flops / (o * 1e-3) / 1e12));
+        let (staged, pipelined, cudnn) = (fmt(row.staged), fmt(row.pipelined), fmt(row.cudnn));
+        let (r_staged, r_pipelined) = (ratio(row.staged), ratio(row.pipelined));
+        println!("| {} | {pass} | {p} | {staged} | {pipelined} | {cudnn} | {r_staged} | {r_pipelined} | {tflops} |", cases[*ci].name);
     }
 }
 

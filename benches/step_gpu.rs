@@ -17,7 +17,7 @@
 //! Skips without a GPU. Run: `cargo bench --bench step_gpu`.
 
 use coseg::Device;
-use coseg::device::Precision;
+use coseg::device::{Precision, TcVariant};
 use coseg::autograd::{ParamStore, no_grad};
 use coseg::backend::cuda::StepProfiler;
 use coseg::nn::{CosegNet, ModelConfig, ResNet, ResNetSpec};
@@ -77,8 +77,9 @@ fn bench(c: &mut Criterion) {
     let mut opt = Optimizer::new(OptimizerParams::paper_sgd()).unwrap();
     let mut g = c.benchmark_group("gpu_sgd_step");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    for p in Precision::ALL {
+    for (p, variant, label) in gpu::precision_variants() {
         dev.set_precision(p);
+        dev.set_tc_variant(variant);
         dev.reset_peak_memory();
         let mut step = || {
             params.zero_grads();
@@ -88,9 +89,9 @@ fn bench(c: &mut Criterion) {
             opt.step(&params, 1e-4).unwrap();
             loss.to_scalar().unwrap()
         };
-        g.bench_function(format!("drn_mg101_csa_d2_10pairs_128x128_{p}"), |bench| bench.iter(|| black_box(step())));
+        g.bench_function(format!("drn_mg101_csa_d2_10pairs_128x128_{label}"), |bench| bench.iter(|| black_box(step())));
         let peak = dev.memory_stats().peak_in_use_bytes as f64 / (1 << 20) as f64;
-        eprintln!("step {p}: peak device memory in live tensors {peak:.0} MiB");
+        eprintln!("step {label}: peak device memory in live tensors {peak:.0} MiB");
         if coseg::train::profile::requested_by_env() {
             // Warm even when a filter skipped the measurement: modules, cuBLAS, allocator cache.
             for _ in 0..2 {
@@ -102,9 +103,10 @@ fn bench(c: &mut Criterion) {
                 black_box(step());
                 prof.end().unwrap();
             }
-            eprint!("step {p}, 10 pairs: {}", prof.finish().unwrap().table());
+            eprint!("step {label}, 10 pairs: {}", prof.finish().unwrap().table());
         }
     }
+    dev.set_tc_variant(TcVariant::default());
     g.finish();
 
     let mut rng = ChaCha8Rng::seed_from_u64(6);
@@ -114,16 +116,19 @@ fn bench(c: &mut Criterion) {
     let batch = HostBatch::from_parts(pairs, 128, [draw(image), draw(image), targets.clone(), targets]).unwrap();
     let mut g = c.benchmark_group("gpu_train_step");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    for p in Precision::ALL {
+    for (p, variant, label) in gpu::precision_variants() {
         dev.set_precision(p);
-        for graph in [false, true] {
+        dev.set_tc_variant(variant);
+        // The pipelined kernels: the captured step only (eager against graph is asked of the default).
+        let modes: &[bool] = if variant == TcVariant::default() { &[false, true] } else { &[true] };
+        for &graph in modes {
             let mut store = ParamStore::new(GPU, 3);
             let model = CosegNet::new(&ModelConfig::default(), &mut store).unwrap();
             let opt = Optimizer::new(OptimizerParams::paper_sgd()).unwrap();
             let watch = LossWatch::new(GPU, vec![1e-4; 1 << 20], 0, 0, LOG_EVERY, (0.9, 0.999)).unwrap();
             let mut runner = StepRunner::new(model, store, opt, watch, pairs, 128, graph).unwrap();
             let (mut steps, mut waits) = (0u64, 0u64);
-            let name = format!("drn_mg101_csa_d2_10pairs_128x128_{p}_{}", if graph { "graph" } else { "eager" });
+            let name = format!("drn_mg101_csa_d2_10pairs_128x128_{label}_{}", if graph { "graph" } else { "eager" });
             g.bench_function(name, |bench| {
                 bench.iter_custom(|iters| {
                     let t = Instant::now();
@@ -145,9 +150,10 @@ fn bench(c: &mut Criterion) {
                 (true, true, _) => "replayed as a CUDA graph".to_string(),
                 (true, false, why) => format!("graph asked for, not captured: {}", why.as_deref().unwrap_or("(no failure recorded)")),
             };
-            eprintln!("train step {p} {how}: {:.2} host waits per step over {steps} steps (reads every {LOG_EVERY} steps not counted)", waits as f64 / steps.max(1) as f64);
+            eprintln!("train step {label} {how}: {:.2} host waits per step over {steps} steps (reads every {LOG_EVERY} steps not counted)", waits as f64 / steps.max(1) as f64);
         }
     }
+    dev.set_tc_variant(TcVariant::default());
     g.finish();
 }
 

@@ -97,6 +97,46 @@ impl Precision {
     }
 }
 
+/// Which tensor-core convolution kernels run the tf32 and bf16 convolutions on a GPU.
+/// `Staged` (kernels/conv2d_tc.cu) moves each tile through registers, rounding it as it is
+/// written to shared memory; measured on the H200 (kernels/NOTES.md). `Pipelined`
+/// (kernels/conv2d_tcp.cu) copies tiles with cp.async, four deep, and rounds fragments as they
+/// are read. Both take every shape. Chosen per process with `COSEG_CONV_TC=staged|pipelined`
+/// (read when a GPU is opened) or [`CudaDevice::set_tc_variant`](crate::backend::cuda::CudaDevice::set_tc_variant).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum TcVariant {
+    /// The default until the pipelined kernels have been timed on a GPU against it.
+    #[default]
+    Staged,
+    Pipelined,
+}
+
+impl TcVariant {
+    pub const ALL: [TcVariant; 2] = [TcVariant::Staged, TcVariant::Pipelined];
+    pub fn name(self) -> &'static str {
+        match self {
+            TcVariant::Staged => "staged",
+            TcVariant::Pipelined => "pipelined",
+        }
+    }
+}
+
+impl FromStr for TcVariant {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        TcVariant::ALL
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| Error::Config(format!("COSEG_CONV_TC='{s}' is not one of staged, pipelined")))
+    }
+}
+
+impl fmt::Display for TcVariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Sets the convolutions' precision for `device` and returns it: `requested`, or
 /// [`Precision::CUDA_DEFAULT`] on a GPU; always fp32 on the CPU (which has no other arithmetic),
 /// saying so when something else was asked for.

@@ -1,5 +1,6 @@
-//! The tensor-core convolutions (kernels/conv2d_tc.cu) against the CPU's f32 convolution on fresh
-//! random inputs: every pass, both precisions, every tile, on shapes that leave tails everywhere
+//! The tensor-core convolutions (kernels/conv2d_tc.cu, staged, and kernels/conv2d_tcp.cu,
+//! pipelined) against the CPU's f32 convolution on fresh random inputs: every pass, both
+//! precisions, every tile of both variants, on shapes that leave tails everywhere
 //! (odd sizes, channel counts that are not multiples of 8 or 16), dilation 16, stride 2, 1x1 and
 //! the 7x7 stride-2 stem. ||gpu - cpu|| / ||cpu|| at most 5e-3 in TF32 and 1.5e-2 in BF16, and at
 //! least 1e-6 (a tensor-core result that matched f32 exactly would mean the f32 path ran).
@@ -10,7 +11,7 @@ use common::test_gpu;
 mod gpu_common;
 use coseg::backend::cpu::conv::{self as cpu, ConvGeometry};
 use coseg::backend::cuda::conv::{self, ConvPass};
-use coseg::device::{Device, Precision};
+use coseg::device::{Device, Precision, TcVariant};
 use coseg::tensor::Tensor;
 use gpu_common::*;
 
@@ -34,6 +35,8 @@ fn shapes() -> Vec<ConvGeometry> {
         g(2, 136, 16, 16, 130, 3, 1, 4, 4),  // several tiles along M, 1224-long reduction
         g(4, 64, 32, 32, 64, 3, 1, 1, 1),    // the weight gradient splits its reduction
         g(1, 24, 8, 8, 200, 1, 2, 0, 1),     // 1x1 stride 2
+        g(2, 48, 10, 10, 96, 3, 1, 2, 2),    // channels a multiple of 16 (the pipelined fast path), OH*OW % 4 == 0
+        g(3, 32, 7, 9, 40, 3, 1, 1, 1),      // channels a multiple of 16, OH*OW odd (4-byte dy loads)
     ]
 }
 
@@ -63,7 +66,8 @@ test_gpu!(every_tensor_core_kernel_matches_the_f32_convolution, |dev| {
                     ConvPass::InputGrad => (&wg, &dyg, None, g.input_len(), &want[1]),
                     ConvPass::WeightGrad => (&dyg, &xg, None, g.weight_len(), &want[2]),
                 };
-                for plan in conv::tc_plans(&g, pass, precision, dev.sm_count() as usize) {
+                let sms = dev.sm_count() as usize;
+                for plan in TcVariant::ALL.into_iter().flat_map(|v| conv::tc_plans(&g, pass, precision, v, sms)) {
                     let mut out = poisoned(&dev, out_len);
                     conv::launch_plan(&dev, &g, pass, &plan, a, bb, bias, &mut out).unwrap();
                     let got = dev.dtoh(&out).unwrap();
@@ -76,31 +80,44 @@ test_gpu!(every_tensor_core_kernel_matches_the_f32_convolution, |dev| {
             }
         }
     }
-    assert_eq!(ran, shapes().len() * 2 * 3 * conv::TC_TILES.len());
+    assert_eq!(ran, shapes().len() * 2 * 3 * TcVariant::ALL.len() * conv::TC_TILES.len());
 });
 
-test_gpu!(the_public_wrappers_dispatch_by_precision, |dev| {
+test_gpu!(the_public_wrappers_dispatch_by_precision_and_variant, |dev| {
+    let _one_at_a_time = serial();
     let mut r = rng(13);
     let g = ConvGeometry { n: 3, c: 40, h: 14, w: 14, k: 72, r: 3, s: 3, stride: 1, pad: 2, dilation: 2 };
     let (x, w, b, dy) = (randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()), randn(&mut r, g.k), randn(&mut r, g.output_len()));
     let want = reference(&g, &x, &w, &b, &dy);
     let (xg, wg, bg, dyg) = (dev.htod(&x).unwrap(), dev.htod(&w).unwrap(), dev.htod(&b).unwrap(), dev.htod(&dy).unwrap());
-    let mut errors = Vec::new();
-    for p in Precision::ALL {
-        let mut y = poisoned(&dev, g.output_len());
-        conv::conv2d_fwd(&dev, &g, p, &xg, &wg, Some(&bg), &mut y).unwrap();
-        let mut dx = poisoned(&dev, g.input_len());
-        conv::conv2d_bwd_input(&dev, &g, p, &dyg, &wg, &mut dx).unwrap();
-        let mut dw = poisoned(&dev, g.weight_len());
-        conv::conv2d_bwd_weight(&dev, &g, p, &xg, &dyg, &mut dw).unwrap();
-        let e = [rel_err(&dev.dtoh(&y).unwrap(), &want[0]), rel_err(&dev.dtoh(&dx).unwrap(), &want[1]), rel_err(&dev.dtoh(&dw).unwrap(), &want[2])];
-        for v in e {
-            assert!(v <= tolerance(p), "{p}: relative errors {e:?}");
+    let mut bf16_outputs = Vec::new();
+    for variant in TcVariant::ALL {
+        dev.set_tc_variant(variant);
+        let mut errors = Vec::new();
+        for p in Precision::ALL {
+            let mut y = poisoned(&dev, g.output_len());
+            conv::conv2d_fwd(&dev, &g, p, &xg, &wg, Some(&bg), &mut y).unwrap();
+            let mut dx = poisoned(&dev, g.input_len());
+            conv::conv2d_bwd_input(&dev, &g, p, &dyg, &wg, &mut dx).unwrap();
+            let mut dw = poisoned(&dev, g.weight_len());
+            conv::conv2d_bwd_weight(&dev, &g, p, &xg, &dyg, &mut dw).unwrap();
+            let y = dev.dtoh(&y).unwrap();
+            let e = [rel_err(&y, &want[0]), rel_err(&dev.dtoh(&dx).unwrap(), &want[1]), rel_err(&dev.dtoh(&dw).unwrap(), &want[2])];
+            for v in e {
+                assert!(v <= tolerance(p), "{variant} {p}: relative errors {e:?}");
+            }
+            errors.push(e[0]);
+            if p == Precision::Bf16 {
+                bf16_outputs.push(y);
+            }
         }
-        errors.push(e[0]);
+        // fp32 is exact to rounding; bf16 (8-bit mantissa) is coarser than tf32 (10-bit).
+        assert!(errors[0] < 1e-5 && errors[1] > errors[0] && errors[2] > errors[1], "{variant}: {errors:?}");
     }
-    // fp32 is exact to rounding; bf16 (8-bit mantissa) is coarser than tf32 (10-bit).
-    assert!(errors[0] < 1e-5 && errors[1] > errors[0] && errors[2] > errors[1], "{errors:?}");
+    dev.set_tc_variant(TcVariant::default());
+    // The variants sum the reduction in different orders (c, r, s vs r, s, c): some bits differ,
+    // which shows the switch reached the wrappers.
+    assert_ne!(bf16_outputs[0], bf16_outputs[1], "both variants gave the same bits: the switch did nothing");
     // Lengths are checked before anything runs.
     let mut short = dev.alloc(g.output_len() - 1).unwrap();
     let e = conv::conv2d_fwd(&dev, &g, Precision::Bf16, &xg, &wg, None, &mut short).unwrap_err().to_string();

@@ -13,3 +13,16 @@ pub fn device_or_skip(bench: &str) -> Option<Arc<CudaDevice>> {
         }
     }
 }
+
+/// What the step benches time: every precision on the default tensor-core kernels, and tf32 and
+/// bf16 on the pipelined ones (kernels/conv2d_tcp.cu), with the label their ids end in
+/// (`bf16`, `bf16_pipelined`, ...).
+#[allow(dead_code)] // not every bench that includes this file times steps
+pub fn precision_variants() -> Vec<(coseg::device::Precision, coseg::device::TcVariant, String)> {
+    use coseg::device::{Precision, TcVariant};
+    let mut out: Vec<_> = Precision::ALL.into_iter().map(|p| (p, TcVariant::default(), p.to_string())).collect();
+    for p in [Precision::Tf32, Precision::Bf16] {
+        out.push((p, TcVariant::Pipelined, format!("{p}_pipelined")));
+    }
+    out
+}

@@ -473,8 +473,12 @@ impl<'a> Session<'a> {
         let t = &cfg.train;
         let device = crate::device::resolve(t.device)?;
         let precision = crate::device::use_precision(device, t.precision)?;
-        if device != Device::Cpu {
-            eprintln!("training on {device}, convolutions in {precision}");
+        if let Device::Cuda(n) = device {
+            let kernels = match precision {
+                crate::device::Precision::Fp32 => "SIMT kernels".to_string(),
+                _ => format!("{} tensor-core kernels (COSEG_CONV_TC)", crate::backend::cuda::CudaDevice::get(n)?.tc_variant()),
+            };
+            eprintln!("training on {device}, convolutions in {precision} on the {kernels}");
         }
         let out = t.out.clone();
         let ckpt_dir = out.join("checkpoints");

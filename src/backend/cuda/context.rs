@@ -9,7 +9,7 @@ use super::alloc::{GpuBuffer, MemoryStats, Pool};
 use super::error::CudaError;
 use super::kernels::{self, Kernel, KernelFormat};
 use crate::error::{Error, Result};
-use crate::device::{Device, Precision};
+use crate::device::{Device, Precision, TcVariant};
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DriverError, PinnedHostSlice, sys};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::collections::HashMap;
@@ -91,6 +91,10 @@ pub struct CudaDevice {
     sync_each_launch: bool,
     /// The convolutions' arithmetic for tensor ops on this device (`Precision as u8`).
     precision: std::sync::atomic::AtomicU8,
+    /// Which tensor-core convolution kernels run tf32 and bf16 (`TcVariant as u8`).
+    tc_variant: std::sync::atomic::AtomicU8,
+    /// The dynamic shared memory each kernel has been allowed beyond the default 48 KB.
+    shared_allowed: Mutex<HashMap<&'static str, u32>>,
     /// Times the host waited for this device's stream (see [`CudaDevice::host_waits`]).
     host_waits: std::sync::atomic::AtomicU64,
     /// Per-op GPU timing, off unless a profiler turns it on (`profile`).
@@ -132,6 +136,10 @@ impl CudaDevice {
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(err("reading the multiprocessor count"))?;
+        let tc_variant = match std::env::var("COSEG_CONV_TC") {
+            Ok(v) => v.parse::<TcVariant>()?,
+            Err(_) => TcVariant::default(),
+        };
         let built_for: i32 = kernels::KERNEL_ARCH.trim_start_matches("compute_").parse().unwrap_or(0);
         if kernels::KERNEL_FORMAT == KernelFormat::Ptx && cc.0 * 10 + cc.1 < built_for {
             return Err(CudaError::Arch { ordinal, name, capability: cc, built_for: kernels::KERNEL_ARCH }.into());
@@ -151,6 +159,8 @@ impl CudaDevice {
             download: Mutex::new(Staging::default()),
             sync_each_launch: std::env::var("COSEG_CUDA_SYNC").is_ok_and(|v| v == "1"),
             precision: std::sync::atomic::AtomicU8::new(Precision::Fp32 as u8),
+            tc_variant: std::sync::atomic::AtomicU8::new(tc_variant as u8),
+            shared_allowed: Mutex::new(HashMap::new()),
             host_waits: std::sync::atomic::AtomicU64::new(0),
             timer: Default::default(),
         })
@@ -178,6 +188,15 @@ impl CudaDevice {
     }
     pub fn set_precision(&self, precision: Precision) {
         self.precision.store(precision as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// The tensor-core convolution kernels the tf32 and bf16 convolutions run on this device:
+    /// `COSEG_CONV_TC` when the device was opened, else [`TcVariant::default`].
+    pub fn tc_variant(&self) -> TcVariant {
+        let v = self.tc_variant.load(std::sync::atomic::Ordering::Relaxed);
+        TcVariant::ALL.into_iter().find(|t| *t as u8 == v).unwrap_or_default()
+    }
+    pub fn set_tc_variant(&self, variant: TcVariant) {
+        self.tc_variant.store(variant as u8, std::sync::atomic::Ordering::Relaxed);
     }
     /// The stream all of this device's work runs on (for interop: cuDNN/cuBLAS handles in benches).
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -390,6 +409,21 @@ impl CudaDevice {
         })?;
         lock(&self.functions).insert(k.name, f.clone());
         Ok(f)
+    }
+
+    /// Lets `k` launch with `bytes` of dynamic shared memory (beyond 48 KB a kernel must opt in,
+    /// cuFuncSetAttribute); set once per kernel and size.
+    pub(crate) fn allow_shared(&self, k: Kernel, bytes: u32) -> Result<()> {
+        let mut allowed = lock(&self.shared_allowed);
+        if allowed.get(k.name).is_some_and(|&b| b >= bytes) {
+            return Ok(());
+        }
+        let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        self.function(k)?
+            .set_attribute(attr, bytes as i32)
+            .map_err(|e| CudaError::driver(self.ordinal, format!("cuFuncSetAttribute({}, {bytes} bytes of dynamic shared memory)", k.name), e))?;
+        allowed.insert(k.name, bytes);
+        Ok(())
     }
 
     fn module(&self, name: &'static str) -> Result<Arc<CudaModule>> {

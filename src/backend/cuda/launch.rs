@@ -126,6 +126,9 @@ fn launch_with(dev: &CudaDevice, k: Kernel, cfg: LaunchConfig, args: &[Arg], coo
             }
         }
     }
+    if cfg.shared_mem_bytes > 48 * 1024 {
+        dev.allow_shared(k, cfg.shared_mem_bytes)?;
+    }
     let func = dev.function(k)?;
     let mut builder = dev.stream().launch_builder(&func);
     for a in args {

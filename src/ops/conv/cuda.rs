@@ -8,7 +8,7 @@ use crate::backend::cuda::elementwise::fill;
 use crate::backend::cuda::kernels::{self as k, Kernel};
 use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, split_reduction, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer, nd};
-use crate::device::Precision;
+use crate::device::{Precision, TcVariant};
 use crate::error::{Error, Result};
 use crate::ops::Cuda;
 use crate::ops::cuda_common::{device, tensor};
@@ -155,35 +155,97 @@ impl ConvPass {
 
 /// The tensor-core kernels' output tiles (BM x BN), in the order of [`TC_KERNELS`].
 pub const TC_TILES: [(usize, usize); 3] = [(128, 128), (64, 128), (128, 64)];
-/// Reduction elements per shared-memory tile: 16 in TF32, 32 in BF16.
-fn tc_tile_k(precision: Precision) -> usize {
-    if precision == Precision::Bf16 { 32 } else { 16 }
+
+/// Reduction elements per shared-memory tile: the staged kernels take 16 words (16 TF32 or 32
+/// BF16 elements); the pipelined ones 32 elements of f32 at both precisions.
+fn tc_tile_k(variant: TcVariant, precision: Precision) -> usize {
+    match variant {
+        TcVariant::Staged if precision == Precision::Tf32 => 16,
+        _ => 32,
+    }
 }
 
-/// kernels/conv2d_tc.cu by pass, then precision (tf32, bf16), then tile ([`TC_TILES`]).
-const TC_KERNELS: [[[Kernel; 3]; 2]; 3] = [
+/// The dynamic shared memory of a pipelined kernel (kernels/conv2d_tcp.cu, `conv_tcp`):
+/// stages x (A tile + B tile) x 4 bytes; A is BM rows of SA words, B is 32 rows of SB (the
+/// forward and input gradient) or BN rows of SA (the weight gradient).
+pub fn pipe_shared_bytes(pass: ConvPass, precision: Precision, (bm, bn): (usize, usize)) -> usize {
+    let tf32 = precision == Precision::Tf32;
+    let sa = if tf32 { 36 } else { 40 };
+    let sb = bn + if tf32 { 8 } else { 4 };
+    let stages = if bm * bn > 8192 { 4 } else { 3 };
+    let b = if pass == ConvPass::WeightGrad { bn * sa } else { 32 * sb };
+    stages * (bm * sa + b) * 4
+}
+
+/// The tensor-core kernels by variant (conv2d_tc.cu, conv2d_tcp.cu), pass, precision (tf32,
+/// bf16), then tile ([`TC_TILES`]).
+const TC_KERNELS: [[[[Kernel; 3]; 2]; 3]; 2] = [
     [
-        [k::CONV2D_FWD_128X128_TF32, k::CONV2D_FWD_64X128_TF32, k::CONV2D_FWD_128X64_TF32],
-        [k::CONV2D_FWD_128X128_BF16, k::CONV2D_FWD_64X128_BF16, k::CONV2D_FWD_128X64_BF16],
+        [
+            [k::CONV2D_FWD_128X128_TF32, k::CONV2D_FWD_64X128_TF32, k::CONV2D_FWD_128X64_TF32],
+            [k::CONV2D_FWD_128X128_BF16, k::CONV2D_FWD_64X128_BF16, k::CONV2D_FWD_128X64_BF16],
+        ],
+        [
+            [k::CONV2D_BWD_INPUT_128X128_TF32, k::CONV2D_BWD_INPUT_64X128_TF32, k::CONV2D_BWD_INPUT_128X64_TF32],
+            [k::CONV2D_BWD_INPUT_128X128_BF16, k::CONV2D_BWD_INPUT_64X128_BF16, k::CONV2D_BWD_INPUT_128X64_BF16],
+        ],
+        [
+            [k::CONV2D_BWD_WEIGHT_128X128_TF32, k::CONV2D_BWD_WEIGHT_64X128_TF32, k::CONV2D_BWD_WEIGHT_128X64_TF32],
+            [k::CONV2D_BWD_WEIGHT_128X128_BF16, k::CONV2D_BWD_WEIGHT_64X128_BF16, k::CONV2D_BWD_WEIGHT_128X64_BF16],
+        ],
     ],
     [
-        [k::CONV2D_BWD_INPUT_128X128_TF32, k::CONV2D_BWD_INPUT_64X128_TF32, k::CONV2D_BWD_INPUT_128X64_TF32],
-        [k::CONV2D_BWD_INPUT_128X128_BF16, k::CONV2D_BWD_INPUT_64X128_BF16, k::CONV2D_BWD_INPUT_128X64_BF16],
-    ],
-    [
-        [k::CONV2D_BWD_WEIGHT_128X128_TF32, k::CONV2D_BWD_WEIGHT_64X128_TF32, k::CONV2D_BWD_WEIGHT_128X64_TF32],
-        [k::CONV2D_BWD_WEIGHT_128X128_BF16, k::CONV2D_BWD_WEIGHT_64X128_BF16, k::CONV2D_BWD_WEIGHT_128X64_BF16],
+        [
+            [k::CONV2D_PIPE_FWD_128X128_TF32, k::CONV2D_PIPE_FWD_64X128_TF32, k::CONV2D_PIPE_FWD_128X64_TF32],
+            [k::CONV2D_PIPE_FWD_128X128_BF16, k::CONV2D_PIPE_FWD_64X128_BF16, k::CONV2D_PIPE_FWD_128X64_BF16],
+        ],
+        [
+            [k::CONV2D_PIPE_BWD_INPUT_128X128_TF32, k::CONV2D_PIPE_BWD_INPUT_64X128_TF32, k::CONV2D_PIPE_BWD_INPUT_128X64_TF32],
+            [k::CONV2D_PIPE_BWD_INPUT_128X128_BF16, k::CONV2D_PIPE_BWD_INPUT_64X128_BF16, k::CONV2D_PIPE_BWD_INPUT_128X64_BF16],
+        ],
+        [
+            [k::CONV2D_PIPE_BWD_WEIGHT_128X128_TF32, k::CONV2D_PIPE_BWD_WEIGHT_64X128_TF32, k::CONV2D_PIPE_BWD_WEIGHT_128X64_TF32],
+            [k::CONV2D_PIPE_BWD_WEIGHT_128X128_BF16, k::CONV2D_PIPE_BWD_WEIGHT_64X128_BF16, k::CONV2D_PIPE_BWD_WEIGHT_128X64_BF16],
+        ],
     ],
 ];
 
-/// What runs one pass of one convolution: the kernel, its output tile and how the reduction is
-/// split over gridDim.z (`chunk` elements each; the weight gradient only).
+/// What runs one pass of one convolution: the kernel, its output tile, how the reduction is
+/// split over gridDim.z (`chunk` elements each; the weight gradient only), the dynamic shared
+/// memory it needs and the order it wants the weights in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvPlan {
     pub kernel: Kernel,
     pub tile: (usize, usize),
     pub splits: usize,
     pub chunk: usize,
+    pub shared_bytes: usize,
+    pub weights: WeightOrder,
+}
+
+/// The layout a kernel reads the weights in; (K, C, R, S) is how they are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightOrder {
+    /// As stored: (K, C, R, S).
+    Kcrs,
+    /// (C, K, R, S): the staged input gradient's rows are whole lines.
+    Ckrs,
+    /// (K, R, S, C): the pipelined forward's reduction runs (r, s, c).
+    Krsc,
+    /// (C, R, S, K): the pipelined input gradient's reduction runs (r, s, k).
+    Crsk,
+}
+
+impl WeightOrder {
+    /// Axes of the stored (K, C, R*S) weights in this order.
+    fn axes(self) -> [usize; 3] {
+        match self {
+            WeightOrder::Kcrs => [0, 1, 2],
+            WeightOrder::Ckrs => [1, 0, 2],
+            WeightOrder::Krsc => [0, 2, 1],
+            WeightOrder::Crsk => [1, 2, 0],
+        }
+    }
 }
 
 impl ConvPlan {
@@ -199,24 +261,24 @@ fn weight_grad_split(blocks: usize, red: usize, tile_k: usize, sm_count: usize) 
     split_reduction(blocks, 2 * sm_count, red, 4 * tile_k, tile_k)
 }
 
-/// The tensor-core precisions, in the order of [`TC_KERNELS`]' second index.
+/// The tensor-core precisions, in the order of [`TC_KERNELS`]' third index.
 const TC_PRECISIONS: [Precision; 2] = [Precision::Tf32, Precision::Bf16];
 
-/// The kernel for a pass at a precision. fp32 runs conv2d.cu's SIMT kernels (64 x 64 tiles); the
-/// tensor-core kernels take every shape (tails, padding and strides load zeros), and the tile is
-/// the one whose last wave wastes least: a 128 x 128 block fills an SM alone, the two smaller
-/// tiles run two blocks per SM at about nine tenths of its rate.
-pub fn plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, sm_count: usize) -> ConvPlan {
+/// The kernel for a pass at a precision. fp32 runs conv2d.cu's SIMT kernels (64 x 64 tiles);
+/// tf32 and bf16 the tensor-core kernels of `variant`, which take every shape (tails, padding
+/// and strides load zeros), with the tile whose last wave wastes least: a 128 x 128 block fills
+/// an SM alone, the two smaller tiles run two blocks per SM at about nine tenths of its rate.
+pub fn plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVariant, sm_count: usize) -> ConvPlan {
     let (m, n, red) = pass.gemm(sh);
     let sm = sm_count.max(1);
-    let Some(prec) = TC_PRECISIONS.iter().position(|p| *p == precision) else {
+    if !TC_PRECISIONS.contains(&precision) {
         let kernel = [k::CONV2D_FWD, k::CONV2D_BWD_INPUT, k::CONV2D_BWD_WEIGHT][pass as usize];
         let (splits, chunk) = match pass {
             ConvPass::WeightGrad => weight_grad_split(m.div_ceil(TILE) * n.div_ceil(TILE), red, TILE_K, sm),
             _ => (1, red),
         };
-        return ConvPlan { kernel, tile: (TILE, TILE), splits, chunk };
-    };
+        return ConvPlan { kernel, tile: (TILE, TILE), splits, chunk, shared_bytes: 0, weights: WeightOrder::Kcrs };
+    }
     let cost = |&(i, (bm, bn)): &(usize, (usize, usize))| {
         let blocks = m.div_ceil(bm) * n.div_ceil(bn);
         let per_sm = if i == 0 { 1 } else { 2 };
@@ -225,25 +287,37 @@ pub fn plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, sm_count: us
         (waves * bm * bn * per_sm) as f64 / rate
     };
     let best = TC_TILES.iter().copied().enumerate().min_by(|a, b| cost(a).total_cmp(&cost(b))).map_or(0, |(i, _)| i);
-    tc_plan(sh, pass, prec, best, sm)
+    tc_plan(sh, pass, precision, variant, best, sm)
 }
 
-/// The tensor-core plan with tile `TC_TILES[tile]`; `prec` indexes (tf32, bf16).
-fn tc_plan(sh: &Conv2dShape, pass: ConvPass, prec: usize, tile: usize, sm: usize) -> ConvPlan {
+/// The tensor-core plan of `variant` with tile `TC_TILES[tile]` (precision tf32 or bf16).
+fn tc_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVariant, tile: usize, sm: usize) -> ConvPlan {
     let (m, n, red) = pass.gemm(sh);
-    let tile_k = tc_tile_k(TC_PRECISIONS[prec]);
+    let prec = TC_PRECISIONS.iter().position(|p| *p == precision).unwrap_or(0);
+    let tile_k = tc_tile_k(variant, precision);
     let (bm, bn) = TC_TILES[tile];
     let (splits, chunk) = match pass {
         ConvPass::WeightGrad => weight_grad_split(m.div_ceil(bm) * n.div_ceil(bn), red, tile_k, sm),
         _ => (1, red),
     };
-    ConvPlan { kernel: TC_KERNELS[pass as usize][prec][tile], tile: (bm, bn), splits, chunk }
+    let (shared_bytes, weights) = match (variant, pass) {
+        (TcVariant::Staged, ConvPass::InputGrad) => (0, WeightOrder::Ckrs),
+        (TcVariant::Staged, _) => (0, WeightOrder::Kcrs),
+        (TcVariant::Pipelined, p) => {
+            let order = [WeightOrder::Krsc, WeightOrder::Crsk, WeightOrder::Kcrs][p as usize];
+            (pipe_shared_bytes(p, precision, (bm, bn)), order)
+        }
+    };
+    ConvPlan { kernel: TC_KERNELS[variant as usize][pass as usize][prec][tile], tile: (bm, bn), splits, chunk, shared_bytes, weights }
 }
 
-/// Every tensor-core plan of a pass at a precision, one per tile (for tests that run each kernel).
-pub fn tc_plans(sh: &Conv2dShape, pass: ConvPass, precision: Precision, sm_count: usize) -> Vec<ConvPlan> {
-    let Some(prec) = TC_PRECISIONS.iter().position(|p| *p == precision) else { return Vec::new() };
-    (0..TC_TILES.len()).map(|t| tc_plan(sh, pass, prec, t, sm_count.max(1))).collect()
+/// Every tensor-core plan of a pass at a precision and variant, one per tile (for tests that run
+/// each kernel); none at fp32.
+pub fn tc_plans(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVariant, sm_count: usize) -> Vec<ConvPlan> {
+    if !TC_PRECISIONS.contains(&precision) {
+        return Vec::new();
+    }
+    (0..TC_TILES.len()).map(|t| tc_plan(sh, pass, precision, variant, t, sm_count.max(1))).collect()
 }
 
 /// COSEG_KERNEL_LOG=1: one line on stderr per distinct convolution, pass and precision, naming
@@ -278,7 +352,7 @@ fn launch_pass(
     bias: Option<&GpuBuffer>,
     out: &mut GpuBuffer,
 ) -> Result<()> {
-    let p = plan(sh, pass, precision, dev.sm_count() as usize);
+    let p = plan(sh, pass, precision, dev.tc_variant(), dev.sm_count() as usize);
     log_plan(sh, pass, precision, &p);
     launch_plan(dev, sh, pass, &p, a, b, bias, out)
 }
@@ -324,21 +398,31 @@ pub fn launch_plan(
         };
         return launch(dev, p.kernel, cfg, &args);
     }
-    // The tensor-core input gradient reads the weights as a row-major (C, K*R*S) matrix, so its
-    // loads are whole lines: transpose (K, C, R*S) -> (C, K, R*S) first (a weight-sized copy).
-    let transposed;
-    let a = if pass == ConvPass::InputGrad {
-        let rs = sh.r * sh.s;
-        let walk = nd::geometry(p.kernel.name, &[sh.c, sh.k, rs], &[rs, sh.c * rs, 1], &[sh.k * rs, rs, 1], 0, 0)?;
-        let mut t = dev.alloc(a.len())?;
-        nd::copy(dev, a, &mut t, &walk)?;
-        transposed = t;
-        &transposed
+    // The weights in the order the kernel reads them (a weight-sized copy; see WeightOrder).
+    let reordered;
+    let a = if pass != ConvPass::WeightGrad && p.weights != WeightOrder::Kcrs {
+        reordered = reorder_weights(dev, p.kernel.name, sh, a, p.weights)?;
+        &reordered
     } else {
         a
     };
+    let cfg = LaunchConfig { shared_mem_bytes: p.shared_bytes as u32, ..cfg };
     let args = [Arg::Ptr(a.ptr()), Arg::Ptr(b.ptr()), Arg::Ptr(bias.map_or(0, GpuBuffer::ptr)), Arg::Ptr(out.ptr_mut()), Arg::Struct(&g), chunk];
     launch(dev, p.kernel, cfg, &args)
+}
+
+/// The (K, C, R, S) weights `w` copied into `order`.
+fn reorder_weights(dev: &CudaDevice, op: &'static str, sh: &Conv2dShape, w: &GpuBuffer, order: WeightOrder) -> Result<GpuBuffer> {
+    let rs = sh.r * sh.s;
+    let (dims, strides) = ([sh.k, sh.c, rs], [sh.c * rs, rs, 1]);
+    let axes = order.axes();
+    let out_dims = axes.map(|a| dims[a]);
+    let src_strides = axes.map(|a| strides[a]);
+    let dst_strides = [out_dims[1] * out_dims[2], out_dims[2], 1];
+    let walk = nd::geometry(op, &out_dims, &src_strides, &dst_strides, 0, 0)?;
+    let mut t = dev.alloc(w.len())?;
+    nd::copy(dev, w, &mut t, &walk)?;
+    Ok(t)
 }
 
 /// y (n, k, oh, ow) = conv(x, w) + bias, at `precision`.
@@ -451,7 +535,7 @@ mod tests {
 
     #[test]
     fn split_k_fills_the_card_without_tiny_splits() {
-        let splits = |s: &Conv2dShape, p| plan(s, ConvPass::WeightGrad, p, 132).splits;
+        let splits = |s: &Conv2dShape, p| plan(s, ConvPass::WeightGrad, p, TcVariant::Staged, 132).splits;
         // 64 channels at 32x32, fp32: 9 output tiles, 20480-long reduction: split.
         let s = shape(20, 64, 32, 1);
         assert!(splits(&s, Precision::Fp32) * 9 >= 2 * 132 && splits(&s, Precision::Fp32) * 9 < 2 * 132 + 9);
@@ -459,36 +543,100 @@ mod tests {
         assert_eq!(splits(&shape(20, 512, 16, 4), Precision::Fp32), 1);
         // A short reduction is never cut below 4 tiles per split.
         assert_eq!(splits(&shape(1, 8, 4, 1), Precision::Bf16), 1);
-        // Every split is a whole number of tiles, and together they cover the reduction.
-        for p in Precision::ALL {
-            for s in [shape(20, 64, 32, 1), shape(3, 24, 9, 2), shape(20, 512, 16, 8)] {
-                let plan = plan(&s, ConvPass::WeightGrad, p, 132);
-                let red = ConvPass::WeightGrad.gemm(&s).2;
-                let tile_k = if p == Precision::Fp32 { TILE_K } else { tc_tile_k(p) };
-                assert_eq!(plan.chunk % tile_k, 0, "{p} {s:?}");
-                assert!(plan.chunk * plan.splits >= red && plan.chunk * (plan.splits - 1) < red, "{p} {s:?} {plan:?}");
+        // Every split is a whole number of the kernel's tiles (32 elements for every pipelined
+        // kernel, whose 16-byte dy loads need it), and together they cover the reduction.
+        for v in TcVariant::ALL {
+            for p in Precision::ALL {
+                for s in [shape(20, 64, 32, 1), shape(3, 24, 9, 2), shape(20, 512, 16, 8)] {
+                    let plan = plan(&s, ConvPass::WeightGrad, p, v, 132);
+                    let red = ConvPass::WeightGrad.gemm(&s).2;
+                    let tile_k = if p == Precision::Fp32 { TILE_K } else { tc_tile_k(v, p) };
+                    assert_eq!(plan.chunk % tile_k, 0, "{v} {p} {s:?}");
+                    if v == TcVariant::Pipelined && p != Precision::Fp32 {
+                        assert_eq!(plan.chunk % 32, 0, "{p} {s:?}");
+                    }
+                    assert!(plan.chunk * plan.splits >= red && plan.chunk * (plan.splits - 1) < red, "{v} {p} {s:?} {plan:?}");
+                }
             }
         }
     }
 
     #[test]
-    fn the_plan_names_a_kernel_of_the_pass_and_precision() {
+    fn the_plan_names_a_kernel_of_the_pass_precision_and_variant() {
         let cases = [shape(20, 64, 32, 1), shape(20, 512, 16, 4), Conv2dShape { k: 64, r: 7, s: 7, stride: 2, pad: 3, ..shape(20, 3, 128, 1) }];
         for s in &cases {
             for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
                 let word = ["fwd", "bwd_input", "bwd_weight"][pass as usize];
-                for p in Precision::ALL {
-                    let plan = plan(s, pass, p, 132);
-                    assert!(plan.kernel.name.starts_with(&format!("conv2d_{word}_")), "{}", plan.kernel.name);
-                    assert!(plan.kernel.name.ends_with(&format!("_{}", if p == Precision::Fp32 { "f32" } else { p.name() })));
-                    let tile = plan.kernel.name.split('_').find(|w| w.contains('x')).map(str::to_string);
-                    if p != Precision::Fp32 {
-                        assert_eq!(tile, Some(format!("{}x{}", plan.tile.0, plan.tile.1)));
+                for v in TcVariant::ALL {
+                    for p in Precision::ALL {
+                        let plan = plan(s, pass, p, v, 132);
+                        let name = plan.kernel.name;
+                        let pipe = v == TcVariant::Pipelined && p != Precision::Fp32;
+                        let prefix = if pipe { format!("conv2d_pipe_{word}_") } else { format!("conv2d_{word}_") };
+                        assert!(name.starts_with(&prefix), "{v} {p}: {name}");
+                        assert_eq!(plan.kernel.module, if pipe { "conv2d_tcp" } else if p == Precision::Fp32 { "conv2d" } else { "conv2d_tc" });
+                        assert!(name.ends_with(&format!("_{}", if p == Precision::Fp32 { "f32" } else { p.name() })));
+                        let tile = name.split('_').find(|w| w.contains('x')).map(str::to_string);
+                        if p != Precision::Fp32 {
+                            assert_eq!(tile, Some(format!("{}x{}", plan.tile.0, plan.tile.1)));
+                        }
+                        assert_eq!(plan.shared_bytes > 0, pipe, "{name}");
                     }
                 }
             }
         }
         // 64 output channels: half of a 128-row tile would be idle, so the 64-row tile runs.
-        assert_eq!(plan(&cases[0], ConvPass::Forward, Precision::Bf16, 132).tile, (64, 128));
+        assert_eq!(plan(&cases[0], ConvPass::Forward, Precision::Bf16, TcVariant::Staged, 132).tile, (64, 128));
+    }
+
+    // The pipelined kernels' shared memory fits an H100/H200 SM (227 KB a block), and the smaller
+    // tiles fit two blocks (228 KB an SM, 1 KB of it reserved per block), as the planner's cost
+    // model and the kernels' launch bounds assume.
+    #[test]
+    fn pipelined_shared_memory_fits_the_blocks_per_sm_the_planner_assumes() {
+        for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
+            for p in [Precision::Tf32, Precision::Bf16] {
+                for (i, tile) in TC_TILES.into_iter().enumerate() {
+                    let bytes = pipe_shared_bytes(pass, p, tile);
+                    let per_sm = if i == 0 { 1 } else { 2 };
+                    assert!(per_sm * (bytes + 1024) <= 228 * 1024, "{pass:?} {p} {tile:?}: {bytes} bytes");
+                    assert!(bytes > 48 * 1024, "{pass:?} {p} {tile:?}: {bytes} bytes (the opt-in path would go untested)");
+                }
+            }
+        }
+        // kernels/conv2d_tcp.cu's formula at one point worked by hand: bf16 forward 128x128,
+        // 4 stages x (128 x 40 + 32 x 132) words.
+        assert_eq!(pipe_shared_bytes(ConvPass::Forward, Precision::Bf16, (128, 128)), 4 * (128 * 40 + 32 * 132) * 4);
+    }
+
+    // The walk `reorder_weights` hands nd::copy puts stored element (k, c, q) where each order
+    // says, for every element (a wrong axis or stride would move some).
+    #[test]
+    fn weight_orders_place_every_element() {
+        let (k, c, rs) = (5usize, 3usize, 4usize);
+        let dims = [k, c, rs];
+        let want = |o: WeightOrder, (kk, cc, q): (usize, usize, usize)| match o {
+            WeightOrder::Kcrs => (kk * c + cc) * rs + q,
+            WeightOrder::Ckrs => (cc * k + kk) * rs + q,
+            WeightOrder::Krsc => (kk * rs + q) * c + cc,
+            WeightOrder::Crsk => (cc * rs + q) * k + kk,
+        };
+        for o in [WeightOrder::Kcrs, WeightOrder::Ckrs, WeightOrder::Krsc, WeightOrder::Crsk] {
+            let axes = o.axes();
+            let out_dims = axes.map(|a| dims[a]);
+            let dst_strides = [out_dims[1] * out_dims[2], out_dims[2], 1];
+            let mut seen = vec![false; k * c * rs];
+            for kk in 0..k {
+                for cc in 0..c {
+                    for q in 0..rs {
+                        let idx = [kk, cc, q];
+                        let at: usize = (0..3).map(|d| idx[axes[d]] * dst_strides[d]).sum();
+                        assert_eq!(at, want(o, (kk, cc, q)), "{o:?}");
+                        seen[at] = true;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&s| s), "{o:?}");
+        }
     }
 }
