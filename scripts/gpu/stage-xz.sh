@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stages more binaries than one device call carries raw (64 MiB with the working tree): pack stages
 # them (its size check fails, the files stay), then they travel as one xz tarball (about 9x
-# smaller) that scripts/gpu/step-check.sh unpacks on the device machine.
+# smaller) that scripts/gpu/check.sh unpacks on the device machine.
 #   PACK_ONLY='regex' scripts/gpu/stage-xz.sh      then carry [".gpu"]
 set -uo pipefail
 cd "$(git rev-parse --show-toplevel)"

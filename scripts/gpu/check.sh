@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One device call for the GPU work (build here, run there), over binaries staged with
+#   PACK_ONLY='gpu|csa|danet|autograd|gradcheck|op_edge|nn_model|bin-coseg' scripts/gpu/stage-xz.sh
+# (then carry [".gpu"]; the tarball is unpacked here). Each step is bounded and logged under $OUT:
+#   tests    every staged test binary with REQUIRE_CUDA=1 (GPU tests fail rather than skip)
+#   conv     benches/conv_gpu.rs: both tensor-core variants (staged, pipelined) against cuDNN at
+#            fp32, tf32 and bf16; prints its summary table
+#   step     benches/step_gpu.rs: the paper's training step per precision and variant, eager and
+#            captured, host waits per step
+#   csa      benches/csa_gpu.rs: the attention kernels against the composed ops
+#   run      a short paper-model training run with the CUDA graph
+#   curves   the same 200-iteration run at fp32, tf32 and bf16 (loss and validation curves)
+#   profile  per-op table of a short run (coseg's own profiler), then Nsight Compute per kernel
+# Usage: bash scripts/gpu/check.sh [steps]   (default "tests conv step csa run")
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+steps=${1:-tests conv step csa run}
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader || true
+if [ -f .gpu/bin.tar.xz ]; then  # staged by scripts/gpu/stage-xz.sh
+  python3 -c "import tarfile; tarfile.open('.gpu/bin.tar.xz').extractall('.gpu')" && echo "unpacked $(ls .gpu/bin | wc -l) binaries"
+fi
+cudnn=$(python3 -c "import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], 'lib'))" 2>/dev/null)
+[ -n "$cudnn" ] && export LD_LIBRARY_PATH="$cudnn:${LD_LIBRARY_PATH:-}"
+for s in $steps; do
+  t0=$(date +%s)
+  case $s in
+    tests)
+      for t in .gpu/bin/test-*; do
+        REQUIRE_CUDA=1 timeout 200 "$t" > "$OUT/$(basename "$t").log" 2>&1; rc=$?
+        echo "$(basename "$t"): rc $rc, $(grep -E '^test result' "$OUT/$(basename "$t").log" | tail -1)"
+        [ $rc -eq 0 ] || grep -E "panicked|FAILED|error" "$OUT/$(basename "$t").log" | head -8
+      done;;
+    conv)
+      timeout 300 .gpu/bin/bench-conv_gpu --bench > "$OUT/conv_gpu.log" 2>&1; echo "conv_gpu rc $?"
+      sed -n '/conv_gpu summary/,$p' "$OUT/conv_gpu.log";;
+    step)
+      timeout 300 .gpu/bin/bench-step_gpu --bench 'gpu_train_step|gpu_sgd_step' > "$OUT/step_gpu.log" 2>&1; echo "step_gpu rc $?"
+      grep -E "^gpu_|time:|train step|peak device" "$OUT/step_gpu.log" | head -60;;
+    csa)
+      timeout 150 .gpu/bin/bench-csa_gpu --bench > "$OUT/csa_gpu.log" 2>&1; echo "csa_gpu rc $?"
+      grep -vE "^(Benchmarking|Warming|Collecting|Analyzing|Found|  [0-9]+ \(|$)" "$OUT/csa_gpu.log" | head -60;;
+    run)
+      d=/tmp/run; rm -rf "$d"
+      timeout 200 .gpu/bin/bin-coseg demo --paper --lesions 240 --iterations 300 --out "$d" > "$OUT/run.log" 2>&1
+      echo "run rc $?"; grep -E "training on|cuda graph|captured|ms per step|steps/s|network - pseudo" "$OUT/run.log" | head; tail -3 "$OUT/run.log";;
+    curves)
+      for p in fp32 tf32 bf16; do
+        d=/tmp/curves/$p; rm -rf "$d"
+        timeout 150 .gpu/bin/bin-coseg demo --paper --lesions 240 --iterations 200 --precision $p --out "$d" > "$OUT/curves_$p.log" 2>&1
+        echo "curves $p rc $?: $(grep -E 'ms per step|network - pseudo' "$OUT/curves_$p.log" | tr '\n' ' ' | cut -c1-300)"
+        mkdir -p /tmp/curves_out/$p; cp "$d"/train/log.jsonl "$d"/train/*.png "$d"/report.md "$d"/report.json /tmp/curves_out/$p/ 2>/dev/null
+        tail -3 "$OUT/curves_$p.log"
+      done
+      tar -C /tmp/curves_out -czf "$OUT/curves.tar.gz" .;;  # one file: the reply carries few
+    profile)
+      d=/tmp/prof; rm -rf "$d"
+      COSEG_PROFILE=1 timeout 200 .gpu/bin/bin-coseg demo --paper --lesions 240 --iterations 40 --out "$d" > "$OUT/profile.log" 2>&1
+      echo "profile rc $?"; column -s, -t < "$d/train/profile.csv" | head -40; cp "$d/train/profile.csv" "$OUT/"
+      timeout 240 bash .gpu/profile.sh 4000 .gpu/bin/bench-step_gpu --bench 'gpu_sgd_step/.*bf16$' --profile-time 1 2>&1 | head -40
+      [ -f "$OUT/ncu.csv" ] && gzip -f "$OUT/ncu.csv";;
+    *) echo "unknown step '$s' (tests conv step csa run curves profile)";;
+  esac
+  echo "== step $s took $(( $(date +%s) - t0 )) s"
+done
