@@ -77,9 +77,9 @@ fn bench(c: &mut Criterion) {
     let mut opt = Optimizer::new(OptimizerParams::paper_sgd()).unwrap();
     let mut g = c.benchmark_group("gpu_sgd_step");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    for (p, variant, label) in gpu::precision_variants() {
-        dev.set_precision(p);
-        dev.set_tc_variant(variant);
+    for config in gpu::step_configs() {
+        let label = &config.label;
+        config.apply(&dev);
         dev.reset_peak_memory();
         let mut step = || {
             params.zero_grads();
@@ -107,6 +107,7 @@ fn bench(c: &mut Criterion) {
         }
     }
     dev.set_tc_variant(TcVariant::default());
+    dev.set_fuse_bn_stats(false);
     g.finish();
 
     let mut rng = ChaCha8Rng::seed_from_u64(6);
@@ -116,11 +117,11 @@ fn bench(c: &mut Criterion) {
     let batch = HostBatch::from_parts(pairs, 128, [draw(image), draw(image), targets.clone(), targets]).unwrap();
     let mut g = c.benchmark_group("gpu_train_step");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    for (p, variant, label) in gpu::precision_variants() {
-        dev.set_precision(p);
-        dev.set_tc_variant(variant);
-        // The pipelined kernels: the captured step only (eager against graph is asked of the default).
-        let modes: &[bool] = if variant == TcVariant::default() { &[false, true] } else { &[true] };
+    for config in gpu::step_configs() {
+        let label = &config.label;
+        config.apply(&dev);
+        // Other kernels: the captured step only (eager against graph is asked of the default).
+        let modes: &[bool] = if config.variant == TcVariant::default() { &[false, true] } else { &[true] };
         for &graph in modes {
             let mut store = ParamStore::new(GPU, 3);
             let model = CosegNet::new(&ModelConfig::default(), &mut store).unwrap();
@@ -154,6 +155,7 @@ fn bench(c: &mut Criterion) {
         }
     }
     dev.set_tc_variant(TcVariant::default());
+    dev.set_fuse_bn_stats(false);
     g.finish();
 }
 

@@ -2,6 +2,7 @@
 // normalise with the biased batch variance; update running_var with the unbiased one.
 //
 //   bn_stats_f32     (training) one block per channel: mean and biased var, running-stat update
+//   bn_stats_partials_f32 (training) the same from the partial sums a convolution's epilogue wrote
 //   bn_fwd_f32       y = (x - mean) * rsqrt(var + eps) * gamma + beta, from batch or running stats
 //   bn_bwd_reduce_f32 one block per channel: dbeta = sum dy, dgamma = sum dy * xhat
 //   bn_bwd_dx_f32    dx, training (through the batch statistics) or eval (stats are constants)
@@ -36,6 +37,37 @@ extern "C" __global__ void bn_stats_f32(const float* __restrict__ x, float* __re
             if (running_mean != nullptr && running_var != nullptr) {
                 float unbiased = M > 1 ? v * (float)M / (float)(M - 1) : v;
                 running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mu;
+                running_var[c] = (1.0f - momentum) * running_var[c] + momentum * unbiased;
+            }
+        }
+    }
+}
+
+// Training statistics from the partial sums of a tensor-core convolution's epilogue
+// (conv_tc.cuh store_tile): channel c's sums at partials[c * P + j], its sums of squares at
+// partials[(C + c) * P + j], j < P, over `count` = N*H*W values. Summed in double (each partial
+// covers at most 32 values in f32); var = E[x^2] - mean^2 in double, clamped at 0. The outputs
+// and the running update are bn_stats_f32's.
+extern "C" __global__ void bn_stats_partials_f32(const float* __restrict__ partials, int P,
+                                                 float* __restrict__ mean, float* __restrict__ var,
+                                                 float* __restrict__ running_mean, float* __restrict__ running_var,
+                                                 int C, int count, float momentum) {
+    for (int c = blockIdx.x; c < C; c += gridDim.x) {
+        double s = 0.0, q = 0.0;
+        for (int j = threadIdx.x; j < P; j += blockDim.x) {
+            s += (double)partials[(long long)c * P + j];
+            q += (double)partials[(long long)(C + c) * P + j];
+        }
+        s = block_sum_f64(s);
+        q = block_sum_f64(q);
+        if (threadIdx.x == 0) {
+            const double mu = s / count, v2 = q / count - mu * mu;
+            const float mu_f = (float)mu, v = (float)(v2 > 0.0 ? v2 : 0.0);
+            mean[c] = mu_f;
+            var[c] = v;
+            if (running_mean != nullptr && running_var != nullptr) {
+                float unbiased = count > 1 ? v * (float)count / (float)(count - 1) : v;
+                running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mu_f;
                 running_var[c] = (1.0f - momentum) * running_var[c] + momentum * unbiased;
             }
         }

@@ -152,8 +152,8 @@ struct TapGather {
 
 template <int BM, int BN, class P, int PASS>
 __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const float* __restrict__ b_src,
-                                         const float* __restrict__ bias, float* __restrict__ out, const ConvGeom& g,
-                                         int red_chunk) {
+                                         const float* __restrict__ bias, float* __restrict__ out,
+                                         float* __restrict__ stats, const ConvGeom& g, int red_chunk) {
     constexpr int KT = PIPE_KT, STAGES = pipe_stages(BM, BN);
     constexpr bool B_ROWS = PASS == BWD_WEIGHT;  // B tile [pixel-reduction k contiguous] vs [k][pixel]
     constexpr int SA = PipeLayout<P>::SA, SB = PipeLayout<P, BN>::SB;
@@ -339,10 +339,12 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
     }
     cp_async_wait<0>();
 
-    store_tile<BM, BN, PASS, MT, NT>(acc, bias, out, g, m0, n0);
+    store_tile<BM, BN, PASS, MT, NT>(acc, bias, out, g, m0, n0, stats);
 }
 
-// One entry point per pass, precision and tile, with conv2d_tc.cu's arguments:
+// One entry point per pass, precision and tile, with conv2d_tc.cu's arguments and `stats` after
+// `out` (forward: batch-norm partial sums, conv_tc.cuh store_tile; null for none, and always
+// null for the gradients):
 //   forward:         a = weight reordered to (K, R, S, C), b = x,  out = y  (bias may be null)
 //   input gradient:  a = weight reordered to (C, R, S, K), b = dy, out = dx
 //   weight gradient: a = dy, b = x, out = dw (zero-filled first when gridDim.z > 1)
@@ -352,8 +354,8 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
 #define CONV_TCP(NAME, BM, BN, PREC, PASS)                                                                  \
     extern "C" __global__ void __launch_bounds__(TC_THREADS, pipe_stages(BM, BN) == 4 ? 1 : 2)             \
         NAME(const float* __restrict__ a, const float* __restrict__ b, const float* __restrict__ bias,      \
-             float* __restrict__ out, ConvGeom g, int red_chunk) {                                          \
-        conv_tcp<BM, BN, PREC, PASS>(a, b, bias, out, g, red_chunk);                                        \
+             float* __restrict__ out, float* __restrict__ stats, ConvGeom g, int red_chunk) {               \
+        conv_tcp<BM, BN, PREC, PASS>(a, b, bias, out, stats, g, red_chunk);                                 \
     }
 
 CONV_TCP(conv2d_pipe_fwd_128x128_tf32, 128, 128, Tf32, FWD)

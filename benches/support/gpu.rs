@@ -14,15 +14,36 @@ pub fn device_or_skip(bench: &str) -> Option<Arc<CudaDevice>> {
     }
 }
 
-/// What the step benches time: every precision on the default tensor-core kernels, and tf32 and
-/// bf16 on the pipelined ones (kernels/conv2d_tcp.cu), with the label their ids end in
-/// (`bf16`, `bf16_pipelined`, ...).
+/// One configuration the step benches time: precision, tensor-core kernels, batch-norm
+/// statistics from the convolutions' epilogue or not, and the label the bench ids end in.
 #[allow(dead_code)] // not every bench that includes this file times steps
-pub fn precision_variants() -> Vec<(coseg::device::Precision, coseg::device::TcVariant, String)> {
-    use coseg::device::{Precision, TcVariant};
-    let mut out: Vec<_> = Precision::ALL.into_iter().map(|p| (p, TcVariant::default(), p.to_string())).collect();
-    for p in [Precision::Tf32, Precision::Bf16] {
-        out.push((p, TcVariant::Pipelined, format!("{p}_pipelined")));
+pub struct StepConfig {
+    pub precision: coseg::device::Precision,
+    pub variant: coseg::device::TcVariant,
+    pub fuse_bn_stats: bool,
+    pub label: String,
+}
+
+#[allow(dead_code)]
+impl StepConfig {
+    /// Sets the device up for this configuration.
+    pub fn apply(&self, dev: &CudaDevice) {
+        dev.set_precision(self.precision);
+        dev.set_tc_variant(self.variant);
+        dev.set_fuse_bn_stats(self.fuse_bn_stats);
     }
+}
+
+/// What the step benches time: every precision on the default kernels (ids end in the
+/// precision, as before), tf32 and bf16 on the pipelined tensor-core kernels (`_pipelined`), and
+/// bf16 pipelined with batch-norm statistics from the epilogue (`_pipelined_fused`).
+#[allow(dead_code)]
+pub fn step_configs() -> Vec<StepConfig> {
+    use coseg::device::{Precision, TcVariant};
+    let config = |precision: Precision, variant, fuse_bn_stats, suffix: &str| StepConfig { precision, variant, fuse_bn_stats, label: format!("{precision}{suffix}") };
+    let mut out: Vec<_> = Precision::ALL.into_iter().map(|p| config(p, TcVariant::default(), false, "")).collect();
+    out.push(config(Precision::Tf32, TcVariant::Pipelined, false, "_pipelined"));
+    out.push(config(Precision::Bf16, TcVariant::Pipelined, false, "_pipelined"));
+    out.push(config(Precision::Bf16, TcVariant::Pipelined, true, "_pipelined_fused"));
     out
 }

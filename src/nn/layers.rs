@@ -5,6 +5,7 @@
 //! `bn1.running_mean`), and saving or loading the store is saving or loading the model.
 
 use crate::autograd::{Init, ParamStore};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::BatchNormOptions;
 use crate::tensor::Tensor;
@@ -106,6 +107,23 @@ impl BatchNorm2d {
         let opts = BatchNormOptions { training: train, ..BatchNormOptions::default() };
         x.batch_norm(&self.weight, &self.bias, &self.running_mean, &self.running_var, opts)
     }
+
+    /// This batch norm of `conv(x)`. In training on a GPU whose `fuse_bn_stats` is on, the
+    /// convolution writes the batch statistics as it stores its output (where its kernel can:
+    /// the pipelined tensor-core kernels) and batch norm skips its own pass over that output;
+    /// otherwise conv2d then batch_norm. The same values either way, up to summation order.
+    pub fn after_conv(&self, conv: &Conv2d, x: &Tensor, train: bool) -> Result<Tensor> {
+        let fused = match x.device() {
+            Device::Cuda(n) if train => crate::backend::cuda::CudaDevice::get(n)?.fuse_bn_stats(),
+            _ => false,
+        };
+        if !fused {
+            return self.forward(&conv.forward(x)?, train);
+        }
+        let (y, partials) = x.conv2d_with_bn_partials(&conv.weight, conv.bias.as_ref(), conv.stride, conv.padding, conv.dilation)?;
+        let opts = BatchNormOptions { training: true, ..BatchNormOptions::default() };
+        y.batch_norm_with(&self.weight, &self.bias, &self.running_mean, &self.running_var, opts, partials.as_ref())
+    }
 }
 
 /// Convolution, batch norm, ReLU: the unit of every head and decoder here.
@@ -124,7 +142,7 @@ impl ConvBnRelu {
         })
     }
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward(&self.conv.forward(x)?, train)?.relu()
+        self.bn.after_conv(&self.conv, x, train)?.relu()
     }
     pub fn out_channels(&self) -> usize {
         self.conv.out_channels()

@@ -115,13 +115,13 @@ impl Block {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            y = bn.forward(&conv.forward(&y)?, train)?;
+            y = bn.after_conv(conv, &y, train)?;
             if i != last {
                 y = y.relu()?;
             }
         }
         let identity = match &self.downsample {
-            Some((conv, bn)) => bn.forward(&conv.forward(x)?, train)?,
+            Some((conv, bn)) => bn.after_conv(conv, x, train)?,
             None => x.clone(),
         };
         y.add(&identity)?.relu()
@@ -198,7 +198,7 @@ impl ResNet {
         if x.dims()[1] != self.spec.in_channels {
             return Err(Error::shape("ResNet::forward", format!("input {} has {} channels, the network takes {}", x.shape(), x.dims()[1], self.spec.in_channels)));
         }
-        let y = self.bn1.forward(&self.conv1.forward(x)?, train)?.relu()?.max_pool2d(3, 2, 1)?;
+        let y = self.bn1.after_conv(&self.conv1, x, train)?.relu()?.max_pool2d(3, 2, 1)?;
         let mut y = self.run_layer(0, y, train)?;
         let layer1 = y.clone();
         for li in 1..4 {

@@ -34,7 +34,7 @@ pub(crate) mod reduce;
 pub(crate) mod resize;
 pub(crate) mod softmax;
 
-pub use norm::BatchNormOptions;
+pub use norm::{BatchNormOptions, BnPartials};
 
 use crate::device::Device;
 use crate::error::{Error, Result};

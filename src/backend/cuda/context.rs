@@ -93,6 +93,9 @@ pub struct CudaDevice {
     precision: std::sync::atomic::AtomicU8,
     /// Which tensor-core convolution kernels run tf32 and bf16 (`TcVariant as u8`).
     tc_variant: std::sync::atomic::AtomicU8,
+    /// Whether a convolution followed by batch norm in training hands the batch statistics over
+    /// from its epilogue (`nn::BatchNorm2d::after_conv`).
+    fuse_bn_stats: std::sync::atomic::AtomicBool,
     /// The dynamic shared memory each kernel has been allowed beyond the default 48 KB.
     shared_allowed: Mutex<HashMap<&'static str, u32>>,
     /// Times the host waited for this device's stream (see [`CudaDevice::host_waits`]).
@@ -161,6 +164,7 @@ impl CudaDevice {
             precision: std::sync::atomic::AtomicU8::new(Precision::Fp32 as u8),
             tc_variant: std::sync::atomic::AtomicU8::new(tc_variant as u8),
             shared_allowed: Mutex::new(HashMap::new()),
+            fuse_bn_stats: std::sync::atomic::AtomicBool::new(std::env::var("COSEG_FUSE_BN_STATS").is_ok_and(|v| v == "1")),
             host_waits: std::sync::atomic::AtomicU64::new(0),
             timer: Default::default(),
         })
@@ -197,6 +201,16 @@ impl CudaDevice {
     }
     pub fn set_tc_variant(&self, variant: TcVariant) {
         self.tc_variant.store(variant as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// Whether training's convolution + batch norm pairs take the batch statistics from the
+    /// convolution's epilogue (pipelined tensor-core kernels only; elsewhere batch norm computes
+    /// them as before): `COSEG_FUSE_BN_STATS=1` when the device was opened, off by default until
+    /// timed on a GPU.
+    pub fn fuse_bn_stats(&self) -> bool {
+        self.fuse_bn_stats.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    pub fn set_fuse_bn_stats(&self, on: bool) {
+        self.fuse_bn_stats.store(on, std::sync::atomic::Ordering::Relaxed);
     }
     /// The stream all of this device's work runs on (for interop: cuDNN/cuBLAS handles in benches).
     pub fn stream(&self) -> &Arc<CudaStream> {

@@ -41,7 +41,7 @@ kernels! {
         SOFTMAX_FWD = "softmax_fwd_f32", SOFTMAX_BWD = "softmax_bwd_f32",
         SOFTMAX_ROWS_FWD = "softmax_rows_fwd_f32", SOFTMAX_ROWS_BWD = "softmax_rows_bwd_f32";
     "batchnorm":
-        BN_STATS = "bn_stats_f32", BN_FWD = "bn_fwd_f32", BN_BWD_REDUCE = "bn_bwd_reduce_f32",
+        BN_STATS = "bn_stats_f32", BN_STATS_PARTIALS = "bn_stats_partials_f32", BN_FWD = "bn_fwd_f32", BN_BWD_REDUCE = "bn_bwd_reduce_f32",
         BN_BWD_DX = "bn_bwd_dx_f32";
     "pool":
         MAXPOOL_FWD = "maxpool_fwd_f32", MAXPOOL_BWD = "maxpool_bwd_f32",

@@ -10,7 +10,7 @@ use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launc
 use crate::backend::cuda::{CudaDevice, GpuBuffer, nd};
 use crate::device::{Precision, TcVariant};
 use crate::error::{Error, Result};
-use crate::ops::Cuda;
+use crate::ops::{BnPartials, Cuda};
 use crate::ops::cuda_common::{device, tensor};
 use crate::tensor::{Shape, Storage, Tensor};
 use cudarc::driver::{DeviceRepr, LaunchConfig};
@@ -45,6 +45,17 @@ impl ConvKernels for Cuda {
         let mut y = dev.alloc(sh.output_len())?;
         conv2d_fwd(&dev, sh, dev.precision(), sx.as_cuda(CONV2D)?, sw.as_cuda(CONV2D)?, bb, &mut y)?;
         Ok(Storage::Cuda(y))
+    }
+
+    fn conv2d_fwd_partials(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, sh: &Conv2dShape) -> Result<(Storage, Option<BnPartials>)> {
+        let dev = device(CONV2D, x)?;
+        let (sx, sw) = (x.storage(), w.storage());
+        let sb = bias.map(|b| b.storage());
+        let bb = sb.as_ref().map(|s| s.as_cuda(CONV2D)).transpose()?;
+        let mut y = dev.alloc(sh.output_len())?;
+        let partials = conv2d_fwd_partials(&dev, sh, sx.as_cuda(CONV2D)?, sw.as_cuda(CONV2D)?, bb, &mut y)?
+            .map(|(sums, slots)| BnPartials { sums: Storage::Cuda(sums), slots, channels: sh.k });
+        Ok((Storage::Cuda(y), partials))
     }
 
     fn conv2d_bwd_input(&self, dy: &Tensor, w: &Tensor, sh: &Conv2dShape) -> Result<Tensor> {
@@ -370,6 +381,31 @@ pub fn launch_plan(
     bias: Option<&GpuBuffer>,
     out: &mut GpuBuffer,
 ) -> Result<()> {
+    launch_plan_with(dev, sh, pass, p, a, b, bias, out, None)
+}
+
+/// [`launch_plan`], a pipelined forward also writing batch-norm partial sums into `stats`
+/// (2 x K x [`bn_slots`] values; see `BnPartials`).
+#[allow(clippy::too_many_arguments)]
+pub fn launch_plan_with(
+    dev: &CudaDevice,
+    sh: &Conv2dShape,
+    pass: ConvPass,
+    p: &ConvPlan,
+    a: &GpuBuffer,
+    b: &GpuBuffer,
+    bias: Option<&GpuBuffer>,
+    out: &mut GpuBuffer,
+    stats: Option<&mut GpuBuffer>,
+) -> Result<()> {
+    let stats = match stats {
+        Some(s) => {
+            let slots = bn_slots(sh, p).ok_or_else(|| Error::invalid(p.kernel.name, "only the pipelined forward writes batch-norm statistics"))?;
+            check_len(p.kernel.name, "stats", s.len(), 2 * sh.k * slots, &[2, sh.k, slots])?;
+            s.ptr_mut()
+        }
+        None => 0,
+    };
     let g = sh.geom(p.kernel.name)?;
     let (x, w, y) = ([sh.n, sh.c, sh.h, sh.w], [sh.k, sh.c, sh.r, sh.s], [sh.n, sh.k, sh.out_h(), sh.out_w()]);
     let operands = match pass {
@@ -407,8 +443,35 @@ pub fn launch_plan(
         a
     };
     let cfg = LaunchConfig { shared_mem_bytes: p.shared_bytes as u32, ..cfg };
-    let args = [Arg::Ptr(a.ptr()), Arg::Ptr(b.ptr()), Arg::Ptr(bias.map_or(0, GpuBuffer::ptr)), Arg::Ptr(out.ptr_mut()), Arg::Struct(&g), chunk];
+    let mut args = vec![Arg::Ptr(a.ptr()), Arg::Ptr(b.ptr()), Arg::Ptr(bias.map_or(0, GpuBuffer::ptr)), Arg::Ptr(out.ptr_mut())];
+    if p.kernel.module == "conv2d_tcp" {
+        args.push(Arg::Ptr(stats)); // conv2d_tcp.cu's kernels take the statistics pointer after `out`
+    }
+    args.extend([Arg::Struct(&g), chunk]);
     launch(dev, p.kernel, cfg, &args)
+}
+
+/// The batch-norm partial sums per channel a forward plan writes (4 per block column:
+/// kernels/conv_tc.cuh `store_tile`), or None when its kernel writes none.
+pub fn bn_slots(sh: &Conv2dShape, p: &ConvPlan) -> Option<usize> {
+    (p.kernel.module == "conv2d_tcp").then(|| 4 * p.grid(sh, ConvPass::Forward).0)
+}
+
+/// The forward at the device's precision and variant, with batch-norm partial sums when its
+/// kernel writes them (the pipelined tensor-core kernels), else plain (None).
+pub fn conv2d_fwd_partials(dev: &CudaDevice, sh: &Conv2dShape, x: &GpuBuffer, w: &GpuBuffer, bias: Option<&GpuBuffer>, y: &mut GpuBuffer) -> Result<Option<(GpuBuffer, usize)>> {
+    if let Some(b) = bias {
+        check_len("conv2d_fwd", "bias", b.len(), sh.k, &[sh.k])?;
+    }
+    let p = plan(sh, ConvPass::Forward, dev.precision(), dev.tc_variant(), dev.sm_count() as usize);
+    log_plan(sh, ConvPass::Forward, dev.precision(), &p);
+    let Some(slots) = bn_slots(sh, &p) else {
+        launch_plan(dev, sh, ConvPass::Forward, &p, w, x, bias, y)?;
+        return Ok(None);
+    };
+    let mut sums = dev.alloc(2 * sh.k * slots)?;
+    launch_plan_with(dev, sh, ConvPass::Forward, &p, w, x, bias, y, Some(&mut sums))?;
+    Ok(Some((sums, slots)))
 }
 
 /// The (K, C, R, S) weights `w` copied into `order`.

@@ -8,7 +8,7 @@
 mod cpu;
 pub mod cuda;
 
-use super::{Cpu, Cuda, kernels_for, same_device};
+use super::{BnPartials, Cpu, Cuda, kernels_for, same_device};
 use crate::backend::cpu::conv::ConvGeometry;
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -21,6 +21,11 @@ const CONV1D: &str = "conv1d_channels";
 /// The convolutions on one side (CPU or CUDA). ECA's channel convolution sees x as (n, c).
 pub(crate) trait ConvKernels: Sync {
     fn conv2d_fwd(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeometry) -> Result<Storage>;
+    /// The forward, with batch-norm partial sums of its output where the kernel can write them
+    /// as it stores (the GPU's pipelined tensor-core kernels); elsewhere none.
+    fn conv2d_fwd_partials(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: &ConvGeometry) -> Result<(Storage, Option<BnPartials>)> {
+        Ok((self.conv2d_fwd(x, w, bias, g)?, None))
+    }
     fn conv2d_bwd_input(&self, dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result<Tensor>;
     fn conv2d_bwd_weight(&self, x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Result<Tensor>;
     /// dy summed over batch and pixels, shaped (K).
@@ -45,6 +50,30 @@ impl Tensor {
         padding: usize,
         dilation: usize,
     ) -> Result<Tensor> {
+        Ok(self.conv2d_node(weight, bias, [stride, padding, dilation], false)?.0)
+    }
+
+    /// [`Tensor::conv2d`], also returning batch-norm partial sums of the output where the
+    /// kernel writes them as it stores (GPU, pipelined tensor-core kernels; None elsewhere), for
+    /// [`Tensor::batch_norm_with`]. The output and its backward are conv2d's.
+    pub fn conv2d_with_bn_partials(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+    ) -> Result<(Tensor, Option<BnPartials>)> {
+        self.conv2d_node(weight, bias, [stride, padding, dilation], true)
+    }
+
+    fn conv2d_node(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        [stride, padding, dilation]: [usize; 3],
+        want_partials: bool,
+    ) -> Result<(Tensor, Option<BnPartials>)> {
         self.shape().expect_rank(CONV2D, 4, "(N,C,H,W)")?;
         weight.shape().expect_rank(CONV2D, 4, "(K,C,R,S) weight")?;
         let (x, w) = (self.dims(), weight.dims());
@@ -90,10 +119,14 @@ impl Tensor {
         inputs.extend(bias);
         let device = same_device(CONV2D, &inputs)?;
         let out_shape = Shape::from([g.n, g.k, g.out_h(), g.out_w()]);
-        let storage = kernels(device).conv2d_fwd(self, weight, bias, &g)?;
+        let (storage, partials) = if want_partials {
+            kernels(device).conv2d_fwd_partials(self, weight, bias, &g)?
+        } else {
+            (kernels(device).conv2d_fwd(self, weight, bias, &g)?, None)
+        };
         let (xt, wt, has_bias) = (self.clone(), weight.clone(), bias.is_some());
         let bias_tracks = bias.is_some_and(|b| b.tracks_grad());
-        Ok(Tensor::from_storage_op(
+        let y = Tensor::from_storage_op(
             CONV2D,
             Arc::new(storage),
             out_shape,
@@ -108,7 +141,8 @@ impl Tensor {
                 }
                 Ok(grads)
             },
-        ))
+        );
+        Ok((y, partials))
     }
 
     /// ECA's 1-D convolution across channels: each image's channel vector (from (N,C), (N,1,C)

@@ -1,6 +1,6 @@
 //! Batch norm on the CPU: per-channel sums over (n, c) planes, one task per plane.
 
-use super::{BatchNormOptions, BnCall, BnSaved, NormKernels, OP};
+use super::{BatchNormOptions, BnCall, BnPartials, BnSaved, NormKernels, OP};
 use crate::device::Device;
 use crate::error::Result;
 use crate::ops::{Cpu, for_each_par_if_large};
@@ -97,7 +97,11 @@ fn inv_std(var: &[f32], eps: f32) -> Vec<f32> {
 }
 
 impl NormKernels for Cpu {
-    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall) -> Result<(Storage, BnSaved)> {
+    /// Partial statistics come only from GPU convolutions; given here they are refused, not dropped.
+    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall, partials: Option<&BnPartials>) -> Result<(Storage, BnSaved)> {
+        if partials.is_some() {
+            return Err(crate::error::Error::WrongDevice { op: OP, needs: "partial statistics from a CPU convolution", found: Device::Cpu });
+        }
         let [gamma, beta, running_mean, running_var] = params;
         let BnCall { shape, opts } = call;
         let [_, c, p, _] = shape;

@@ -1,7 +1,7 @@
 //! Batch norm on the GPU (PyTorch BatchNorm2d semantics), NCHW: the checked launch wrappers of
 //! kernels/batchnorm.cu, and the CUDA side of [`NormKernels`].
 
-use super::{BnCall, BnSaved, NormKernels, OP};
+use super::{BnCall, BnPartials, BnSaved, NormKernels, OP};
 use crate::backend::cuda::elementwise::numel;
 use crate::backend::cuda::kernels as k;
 use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, to_i32};
@@ -15,7 +15,7 @@ impl NormKernels for Cuda {
     /// In training the batch statistics are computed and the running ones updated in place,
     /// otherwise the running ones are used (copied, so a later update cannot change what the
     /// backward sees).
-    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall) -> Result<(Storage, BnSaved)> {
+    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall, partials: Option<&BnPartials>) -> Result<(Storage, BnSaved)> {
         let [gamma, beta, running_mean, running_var] = params;
         let BnCall { shape, opts } = call;
         let dev = device(OP, x)?;
@@ -30,7 +30,14 @@ impl NormKernels for Cuda {
             running_mean.update_storage(|rm| {
                 running_var.update_storage(|rv| {
                     let running = Some((rm.as_cuda_mut(OP)?, rv.as_cuda_mut(OP)?));
-                    bn_stats(&dev, xb, shape, &mut mean, &mut var, running, opts.momentum)
+                    match partials {
+                        Some(p) => {
+                            let sums = p.sums.as_cuda(OP)?;
+                            let count = shape[0] * shape[2] * shape[3];
+                            bn_stats_partials(&dev, sums, p.slots, c, count, &mut mean, &mut var, running, opts.momentum)
+                        }
+                        None => bn_stats(&dev, xb, shape, &mut mean, &mut var, running, opts.momentum),
+                    }
                 })
             })?;
             (mean, var)
@@ -118,6 +125,50 @@ pub fn bn_stats(
         Arg::F32(momentum),
     ];
     launch(dev, k::BN_STATS, grid_per_item(dev, shape[1]), &args)
+}
+
+/// [`bn_stats`] from a convolution's partial sums (`BnPartials`): `sums` holds, per channel, `slots`
+/// sums then (after all channels) `slots` sums of squares per channel, over `count` values each.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_stats_partials(
+    dev: &CudaDevice,
+    sums: &GpuBuffer,
+    slots: usize,
+    c: usize,
+    count: usize,
+    mean: &mut GpuBuffer,
+    var: &mut GpuBuffer,
+    running: Option<(&mut GpuBuffer, &mut GpuBuffer)>,
+    momentum: f32,
+) -> Result<()> {
+    let op = k::BN_STATS_PARTIALS.name;
+    if slots == 0 || c == 0 || count == 0 {
+        return Err(Error::invalid(op, format!("{c} channels of {slots} partial sums over {count} values")));
+    }
+    check_len(op, "partial sums", sums.len(), 2 * c * slots, &[2, c, slots])?;
+    for (name, b) in [("mean", &*mean), ("var", &*var)] {
+        check_len(op, name, b.len(), c, &[c])?;
+    }
+    let (rm, rv) = match running {
+        Some((rm, rv)) => {
+            check_len(op, "running_mean", rm.len(), c, &[c])?;
+            check_len(op, "running_var", rv.len(), c, &[c])?;
+            (rm.ptr_mut(), rv.ptr_mut())
+        }
+        None => (0, 0),
+    };
+    let args = [
+        Arg::Ptr(sums.ptr()),
+        Arg::I32(to_i32(op, "slots", slots)?),
+        Arg::Ptr(mean.ptr_mut()),
+        Arg::Ptr(var.ptr_mut()),
+        Arg::Ptr(rm),
+        Arg::Ptr(rv),
+        Arg::I32(to_i32(op, "channels", c)?),
+        Arg::I32(to_i32(op, "values per channel", count)?),
+        Arg::F32(momentum),
+    ];
+    launch(dev, k::BN_STATS_PARTIALS, grid_per_item(dev, c), &args)
 }
 
 /// y = (x - mean) / sqrt(var + eps) * gamma + beta, with batch or running statistics.

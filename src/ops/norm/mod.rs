@@ -50,11 +50,22 @@ pub(crate) struct BnSaved {
     pub call: BnCall,
 }
 
+/// Batch-norm statistics a convolution computed as it wrote its output (the tensor-core
+/// kernels' epilogue, GPU only; `Tensor::conv2d_with_bn_partials`): per channel, `slots` partial
+/// sums then `slots` partial sums of squares, channel after channel (kernels/conv_tc.cuh,
+/// `store_tile`). Handed to `Tensor::batch_norm_with`, they spare batch norm its pass over the
+/// convolution's output.
+pub struct BnPartials {
+    pub(crate) sums: Storage,
+    pub(crate) slots: usize,
+    pub(crate) channels: usize,
+}
+
 /// Batch norm on one side (CPU or CUDA).
 pub(crate) trait NormKernels: Sync {
-    /// y, and what the backward reads; in training the running statistics are updated in place.
-    /// `params` are gamma, beta, running_mean, running_var.
-    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall) -> Result<(Storage, BnSaved)>;
+    /// y, and what the backward reads; in training the running statistics are updated in place,
+    /// from `partials` when given. `params` are gamma, beta, running_mean, running_var.
+    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall, partials: Option<&BnPartials>) -> Result<(Storage, BnSaved)>;
     /// (dx, dgamma, dbeta).
     fn batch_norm_bwd(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor, saved: &BnSaved) -> Result<[Tensor; 3]>;
 }
@@ -74,6 +85,22 @@ impl Tensor {
         running_mean: &Tensor,
         running_var: &Tensor,
         opts: BatchNormOptions,
+    ) -> Result<Tensor> {
+        self.batch_norm_with(gamma, beta, running_mean, running_var, opts, None)
+    }
+
+    /// [`Tensor::batch_norm`], in training taking the batch statistics from `partials` (which
+    /// the convolution that produced `self` wrote) instead of a pass over `self`; the result and
+    /// the recorded backward are batch_norm's. Outside training `partials` are not needed and
+    /// are ignored.
+    pub fn batch_norm_with(
+        &self,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        opts: BatchNormOptions,
+        partials: Option<&BnPartials>,
     ) -> Result<Tensor> {
         if self.rank() < 2 {
             return Err(Error::shape(
@@ -122,7 +149,13 @@ impl Tensor {
         let device = same_device(OP, &[self, gamma, beta, running_mean, running_var])?;
         let call = BnCall { shape: [n, c, p, 1], opts };
         let params = [gamma, beta, running_mean, running_var];
-        let (storage, saved) = kernels(device).batch_norm_fwd(self, params, call)?;
+        if let Some(p) = partials
+            && p.channels != c
+        {
+            return Err(Error::shape(OP, format!("partial statistics of {} channels for input {}", p.channels, self.shape())));
+        }
+        let partials = partials.filter(|_| opts.training);
+        let (storage, saved) = kernels(device).batch_norm_fwd(self, params, call, partials)?;
         let (xt, gamma_t) = (self.clone(), gamma.clone());
         Ok(Tensor::from_storage_op(
             OP,
@@ -199,5 +232,23 @@ mod tests {
                 .to_string()
                 .contains("more than one value")
         );
+    }
+
+    // Partial statistics come only from a GPU convolution: on the CPU they are refused, and a
+    // wrong channel count is refused before anything runs; outside training they are not needed.
+    #[test]
+    fn partial_statistics_are_refused_where_they_cannot_apply() {
+        let (_, x) = seeded_randn(10, [2, 3, 4, 4], 0.0, 1.0);
+        let p = |c: usize| BnPartials { sums: Storage::Cpu(vec![1.0; 2 * c * 5]), slots: 5, channels: c };
+        let v = |val: f32| Tensor::full([3], val, Device::Cpu).unwrap();
+        let opts = BatchNormOptions::default();
+        let e = x.batch_norm_with(&v(1.0), &v(0.0), &v(0.0), &v(1.0), opts, Some(&p(3))).unwrap_err().to_string();
+        assert!(e.contains("batch_norm") && e.contains("partial statistics"), "{e}");
+        let e = x.batch_norm_with(&v(1.0), &v(0.0), &v(0.0), &v(1.0), opts, Some(&p(4))).unwrap_err().to_string();
+        assert!(e.contains("4 channels") && e.contains("[2, 3, 4, 4]"), "{e}");
+        let eval = BatchNormOptions { training: false, ..opts };
+        let want = x.batch_norm(&v(1.0), &v(0.0), &v(0.0), &v(1.0), eval).unwrap().to_vec().unwrap();
+        let got = x.batch_norm_with(&v(1.0), &v(0.0), &v(0.0), &v(1.0), eval, Some(&p(3))).unwrap().to_vec().unwrap();
+        assert_eq!(got, want);
     }
 }

@@ -1,0 +1,131 @@
+//! Batch-norm statistics from the convolution's epilogue (kernels/conv_tc.cuh `store_tile`,
+//! kernels/batchnorm.cu `bn_stats_partials_f32`), against the unfused path on fresh random
+//! inputs: the partial sums a pipelined forward writes (every slot written, NaN-poisoned first;
+//! per channel they add up to the sums over the output it wrote), batch norm from them against
+//! batch norm's own pass (output, running statistics), and a conv + batch norm + ReLU unit
+//! trained one step fused and unfused (output and every gradient). Skips without a GPU; fails
+//! with REQUIRE_CUDA=1.
+
+mod common;
+use common::test_gpu;
+mod gpu_common;
+use coseg::autograd::ParamStore;
+use coseg::backend::cpu::conv::ConvGeometry;
+use coseg::backend::cuda::conv::{self, ConvPass};
+use coseg::device::{Device, Precision, TcVariant};
+use coseg::nn::layers::{ConvBnRelu, ConvSpec};
+use coseg::ops::BatchNormOptions;
+use coseg::tensor::Tensor;
+use gpu_common::*;
+
+const GPU: Device = Device::Cuda(0);
+
+fn shapes() -> Vec<ConvGeometry> {
+    let g = |n, c, h, w, k, r, stride, pad, dilation| ConvGeometry { n, c, h, w, k, r, s: r, stride, pad, dilation };
+    vec![
+        g(2, 13, 9, 11, 7, 3, 1, 1, 1),     // tails everywhere, K < one tile
+        g(3, 48, 10, 10, 130, 3, 1, 2, 2),  // K past a 128-row tile
+        g(2, 3, 37, 41, 64, 7, 2, 3, 1),    // the stem
+        g(2, 64, 16, 16, 200, 1, 1, 0, 1),  // 1x1, several column blocks
+    ]
+}
+
+test_gpu!(the_pipelined_forward_writes_batch_norm_partial_sums, |dev| {
+    let mut r = rng(31);
+    for g in shapes() {
+        let (x, w, b) = (randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()), randn(&mut r, g.k));
+        let (xg, wg, bg) = (dev.htod(&x).unwrap(), dev.htod(&w).unwrap(), dev.htod(&b).unwrap());
+        for p in [Precision::Tf32, Precision::Bf16] {
+            for bias in [None, Some(&bg)] {
+                let plan = conv::plan(&g, ConvPass::Forward, p, TcVariant::Pipelined, dev.sm_count() as usize);
+                let slots = conv::bn_slots(&g, &plan).expect("a pipelined forward writes statistics");
+                let mut y = poisoned(&dev, g.output_len());
+                let mut stats = poisoned(&dev, 2 * g.k * slots);
+                conv::launch_plan_with(&dev, &g, ConvPass::Forward, &plan, &wg, &xg, bias, &mut y, Some(&mut stats)).unwrap();
+                let (y, stats) = (dev.dtoh(&y).unwrap(), dev.dtoh(&stats).unwrap());
+                assert!(stats.iter().all(|v| v.is_finite()), "{p} {g:?}: a partial sum was not written");
+                let plane = g.out_h() * g.out_w();
+                for c in 0..g.k {
+                    let vals = (0..g.n).flat_map(|n| y[(n * g.k + c) * plane..][..plane].iter().map(|&v| v as f64));
+                    let (s, q, a) = vals.fold((0.0, 0.0, 0.0), |(s, q, a), v| (s + v, q + v * v, a + v.abs()));
+                    let got_s: f64 = stats[c * slots..][..slots].iter().map(|&v| v as f64).sum();
+                    let got_q: f64 = stats[(g.k + c) * slots..][..slots].iter().map(|&v| v as f64).sum();
+                    assert!((got_s - s).abs() <= 1e-5 * a.max(1.0), "{p} {g:?} channel {c}: sum {got_s} vs {s}");
+                    assert!((got_q - q).abs() <= 1e-5 * q.max(1.0), "{p} {g:?} channel {c}: squares {got_q} vs {q}");
+                }
+            }
+        }
+        // The staged kernels write none, and say so.
+        let staged = conv::plan(&g, ConvPass::Forward, Precision::Bf16, TcVariant::Staged, dev.sm_count() as usize);
+        assert_eq!(conv::bn_slots(&g, &staged), None);
+        let mut y = dev.alloc(g.output_len()).unwrap();
+        let mut stats = dev.alloc(2 * g.k).unwrap();
+        let e = conv::launch_plan_with(&dev, &g, ConvPass::Forward, &staged, &wg, &xg, None, &mut y, Some(&mut stats)).unwrap_err();
+        assert!(e.to_string().contains("pipelined"), "{e}");
+    }
+});
+
+test_gpu!(batch_norm_from_partials_matches_its_own_pass, |dev| {
+    let _one_at_a_time = serial();
+    let (p0, v0) = (dev.precision(), dev.tc_variant());
+    dev.set_precision(Precision::Bf16);
+    dev.set_tc_variant(TcVariant::Pipelined);
+    let mut r = rng(32);
+    for g in shapes() {
+        let x = Tensor::from_vec(randn(&mut r, g.input_len()), [g.n, g.c, g.h, g.w], GPU).unwrap();
+        let w = Tensor::from_vec(randn(&mut r, g.weight_len()), [g.k, g.c, g.r, g.s], GPU).unwrap();
+        let (y, partials) = x.conv2d_with_bn_partials(&w, None, g.stride, g.pad, g.dilation).unwrap();
+        let partials = partials.expect("pipelined bf16 forward on a GPU gives partial sums");
+        let per_channel = |seed: f32| Tensor::from_vec((0..g.k).map(|i| seed + 0.01 * i as f32).collect(), [g.k], GPU).unwrap();
+        let (gamma, beta) = (per_channel(0.8), per_channel(-0.2));
+        let run = |with: bool| {
+            let (rm, rv) = (per_channel(0.1), per_channel(1.3));
+            let opts = BatchNormOptions::default();
+            let out = y.batch_norm_with(&gamma, &beta, &rm, &rv, opts, with.then_some(&partials)).unwrap();
+            (out.to_vec().unwrap(), rm.to_vec().unwrap(), rv.to_vec().unwrap())
+        };
+        let (fused, unfused) = (run(true), run(false));
+        assert!(rel_err(&fused.0, &unfused.0) < 1e-5, "{g:?}: output {:.2e}", rel_err(&fused.0, &unfused.0));
+        assert!(rel_err(&fused.1, &unfused.1) < 1e-5, "{g:?}: running mean");
+        assert!(rel_err(&fused.2, &unfused.2) < 1e-5, "{g:?}: running var");
+        // Partials of another channel count are refused, naming the op.
+        let k1 = g.k + 1;
+        let z = Tensor::from_vec(randn(&mut r, 2 * k1 * 4), [2, k1, 2, 2], GPU).unwrap();
+        let ones = |v: f32| Tensor::from_vec(vec![v; k1], [k1], GPU).unwrap();
+        let e = z.batch_norm_with(&ones(1.0), &ones(0.0), &ones(0.0), &ones(1.0), BatchNormOptions::default(), Some(&partials)).unwrap_err();
+        assert!(e.to_string().contains("batch_norm") && e.to_string().contains("partial"), "{e}");
+    }
+    dev.set_precision(p0);
+    dev.set_tc_variant(v0);
+});
+
+test_gpu!(a_fused_conv_bn_relu_trains_as_the_unfused_one, |dev| {
+    let _one_at_a_time = serial();
+    let (p0, v0, f0) = (dev.precision(), dev.tc_variant(), dev.fuse_bn_stats());
+    dev.set_precision(Precision::Bf16);
+    dev.set_tc_variant(TcVariant::Pipelined);
+    let mut r = rng(33);
+    let xv = randn(&mut r, 4 * 24 * 19 * 17);
+    let run = |fused: bool| {
+        dev.set_fuse_bn_stats(fused);
+        let mut store = ParamStore::new(GPU, 7);
+        let unit = ConvBnRelu::new(&mut store, "u", ConvSpec::new(24, 40, 3).dilation(2)).unwrap();
+        let x = Tensor::from_vec(xv.clone(), [4, 24, 19, 17], GPU).unwrap().into_var();
+        let y = unit.forward(&x, true).unwrap();
+        y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![y.to_vec().unwrap(), x.grad().unwrap().to_vec().unwrap()];
+        for name in ["u.conv.weight", "u.bn.weight", "u.bn.bias", "u.bn.running_mean", "u.bn.running_var"] {
+            let t = store.get(name).unwrap();
+            out.push(t.grad().map_or_else(|| t.to_vec().unwrap(), |g| g.to_vec().unwrap()));
+        }
+        out
+    };
+    let (fused, unfused) = (run(true), run(false));
+    for (i, (a, b)) in fused.iter().zip(&unfused).enumerate() {
+        let e = rel_err(a, b);
+        assert!(e < 1e-4, "output {i} (y, dx, dw, dgamma, dbeta, running mean, running var): {e:.2e}");
+    }
+    dev.set_precision(p0);
+    dev.set_tc_variant(v0);
+    dev.set_fuse_bn_stats(f0);
+});
