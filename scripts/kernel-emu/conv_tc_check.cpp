@@ -10,17 +10,45 @@
 // Outputs start as NaN (except split weight gradients, which the host zero-fills), so an element
 // no thread writes fails.
 // Built from a copy of the kernel file whose inline PTX emu_ptx.py rewrote (run.sh does it).
+//
+// Built with -DCONV_TCP_KERNELS=<the emu_ptx.py output of kernels/conv2d_tcp.cu> instead, it is
+// conv_tcp_check: the pipelined kernels conv2d_pipe_* (cp.async, dynamic shared memory), launched
+// as cuda.rs launches them: the weights reordered to (K, R, S, C) for the forward and (C, R, S, K)
+// for the input gradient, the weight-gradient split on a granule of 32 at both precisions, and
+// pipe_stages(BM, BN) x STAGE_WORDS x 4 bytes of dynamic shared memory (NaN before each block),
+// on the same shapes plus four that take the kernel's other paths.
 #include "emu_tc.h"
+#ifdef CONV_TCP_KERNELS
+#define PIPE 1
+#include CONV_TCP_KERNELS
+#else
+#define PIPE 0
 #ifndef CONV_TC_KERNELS  // run.sh / mutants.sh: the emu_ptx.py output
 #define CONV_TC_KERNELS "/tmp/kernel-emu/conv2d_tc_emu.cu"
 #endif
 #include CONV_TC_KERNELS
+#endif
 #include "check.h"
 #include <chrono>
 #include <cstdlib>
 
 using Kern = void (*)(const float*, const float*, const float*, float*, ConvGeom, int);
 // [pass][precision: tf32, bf16][tile: 128x128, 64x128, 128x64], as cuda.rs TC_KERNELS.
+#if PIPE
+static const Kern KERNELS[3][2][3] = {
+    {{conv2d_pipe_fwd_128x128_tf32, conv2d_pipe_fwd_64x128_tf32, conv2d_pipe_fwd_128x64_tf32},
+     {conv2d_pipe_fwd_128x128_bf16, conv2d_pipe_fwd_64x128_bf16, conv2d_pipe_fwd_128x64_bf16}},
+    {{conv2d_pipe_bwd_input_128x128_tf32, conv2d_pipe_bwd_input_64x128_tf32, conv2d_pipe_bwd_input_128x64_tf32},
+     {conv2d_pipe_bwd_input_128x128_bf16, conv2d_pipe_bwd_input_64x128_bf16, conv2d_pipe_bwd_input_128x64_bf16}},
+    {{conv2d_pipe_bwd_weight_128x128_tf32, conv2d_pipe_bwd_weight_64x128_tf32, conv2d_pipe_bwd_weight_128x64_tf32},
+     {conv2d_pipe_bwd_weight_128x128_bf16, conv2d_pipe_bwd_weight_64x128_bf16, conv2d_pipe_bwd_weight_128x64_bf16}}};
+// Dynamic shared memory of a pipe kernel (cuda.rs pipe_smem_bytes), from the kernel's comment:
+// stages x (BM rows of SA words + (weight gradient: BN rows of SA; else 32 rows of SB)) x 4 bytes.
+static size_t pipe_smem_bytes(int pass, int prec, int bm, int bn) {
+    const size_t stages = bm * bn > 8192 ? 4 : 3, sa = prec == 0 ? 36 : 40, sb = bn + (prec == 0 ? 8 : 4);
+    return stages * (bm * sa + (pass == 2 ? bn * sa : 32 * sb)) * 4;
+}
+#else
 static const Kern KERNELS[3][2][3] = {
     {{conv2d_fwd_128x128_tf32, conv2d_fwd_64x128_tf32, conv2d_fwd_128x64_tf32},
      {conv2d_fwd_128x128_bf16, conv2d_fwd_64x128_bf16, conv2d_fwd_128x64_bf16}},
@@ -28,6 +56,7 @@ static const Kern KERNELS[3][2][3] = {
      {conv2d_bwd_input_128x128_bf16, conv2d_bwd_input_64x128_bf16, conv2d_bwd_input_128x64_bf16}},
     {{conv2d_bwd_weight_128x128_tf32, conv2d_bwd_weight_64x128_tf32, conv2d_bwd_weight_128x64_tf32},
      {conv2d_bwd_weight_128x128_bf16, conv2d_bwd_weight_64x128_bf16, conv2d_bwd_weight_128x64_bf16}}};
+#endif
 static const int TILES[3][2] = {{128, 128}, {64, 128}, {128, 64}};
 static const char* PASS[3] = {"fwd", "bwd_input", "bwd_weight"};
 static const char* PREC[2] = {"tf32", "bf16"};
@@ -75,8 +104,19 @@ int main(int argc, char** argv) {
         {1, 3, 16, 16, 16, 7, 7, 2, 3, 1},   // the stem: 7x7 stride 2 pad 3, C = 3
         {2, 13, 9, 9, 40, 3, 3, 2, 1, 1},    // 3x3 stride 2 (input gradient with holes)
         {1, 64, 7, 9, 13, 3, 3, 2, 2, 2},    // stride 2 and dilation 2, H != W
+#if PIPE
+        // The pipe kernels' other paths: channel runs whole per tap (C, K multiples of 16 / 8),
+        // OH*OW % 4 == 0 (16-byte dy copies), reductions of 9 .. 18 tiles of 32 (the stages wrap
+        // around), a reduction tail inside a tile of 32 (400 = 12.5 tiles), K = 8 (runs whole on
+        // the 64-wide tiles only), and C*R*S odd with OH*OW % 4 == 0.
+        {2, 32, 6, 6, 48, 3, 3, 1, 1, 1},    // C = 32, K = 48: whole runs in both passes; 9 / 13.5 tiles
+        {1, 16, 11, 11, 8, 5, 5, 1, 2, 1},   // 5x5, C = 16, K = 8, RED = 400 (tail at 16 of 32)
+        {1, 64, 6, 9, 24, 3, 3, 1, 1, 1},    // C = 64: 18 tiles forward; OH*OW = 54 (= 2 mod 4)
+        {2, 7, 10, 10, 12, 3, 3, 1, 1, 1},   // C*R*S = 63 (4-byte A copies), OH*OW = 100 (16-byte dy)
+#endif
     };
-    int only = argc > 1 ? std::atoi(argv[1]) : -1;  // run one shape (for development)
+    std::vector<int> only;  // shapes named on the command line only (development; run.sh's early-mode run)
+    for (int i = 1; i < argc; ++i) only.push_back(std::atoi(argv[i]));
     const bool fail_fast = std::getenv("EMU_FAIL_FAST") != nullptr;  // mutants.sh: stop at the first failure
     const unsigned SMS = 132;                       // the H200's SMs, for the weight-gradient split
     bool ok = rounding_ok();
@@ -84,7 +124,7 @@ int main(int argc, char** argv) {
     double worst[3][2] = {};
     auto t_all = std::chrono::steady_clock::now();
     for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); ++si) {
-        if (only >= 0 && si != only) continue;
+        if (!only.empty() && std::find(only.begin(), only.end(), si) == only.end()) continue;
         const Shape& sh = shapes[si];
         auto t0 = std::chrono::steady_clock::now();
         const int oh = (sh.h + 2 * sh.pad - sh.dil * (sh.r - 1) - 1) / sh.stride + 1;
@@ -94,10 +134,22 @@ int main(int argc, char** argv) {
         const size_t nx = (size_t)sh.n * sh.c * sh.h * sh.w, nw = (size_t)sh.k * sh.c * RS, ny = (size_t)sh.n * sh.k * oh * ow;
         std::mt19937 rng(1000 + si);
         V x = rand_vec(rng, nx), w = rand_vec(rng, nw), dy = rand_vec(rng, ny), bias = rand_vec(rng, sh.k);
-        V wt(nw);  // (C, K, R, S), as cuda.rs transposes for the input gradient
+        // The weights as cuda.rs hands them over. conv2d_tc.cu: the forward takes w (K, C, R, S), the
+        // input gradient (C, K, R, S). conv2d_tcp.cu: the forward (K, R, S, C), the input gradient
+        // (C, R, S, K).
+        V wf(nw), wt(nw);
         for (int k = 0; k < sh.k; ++k)
             for (int c = 0; c < sh.c; ++c)
-                for (int q = 0; q < RS; ++q) wt[((size_t)c * sh.k + k) * RS + q] = w[((size_t)k * sh.c + c) * RS + q];
+                for (int q = 0; q < RS; ++q) {
+                    const float v = w[((size_t)k * sh.c + c) * RS + q];
+                    if (PIPE) {
+                        wf[((size_t)k * RS + q) * sh.c + c] = v;
+                        wt[((size_t)c * RS + q) * sh.k + k] = v;
+                    } else {
+                        wf[((size_t)k * sh.c + c) * RS + q] = v;
+                        wt[((size_t)c * sh.k + k) * RS + q] = v;
+                    }
+                }
         printf("N=%d C=%d H=%d W=%d K=%d %dx%d stride %d pad %d dil %d -> %dx%d:\n", sh.n, sh.c, sh.h, sh.w, sh.k, sh.r, sh.s,
                sh.stride, sh.pad, sh.dil, oh, ow);
         for (int prec = 0; prec < 2; ++prec) {
@@ -129,13 +181,13 @@ int main(int argc, char** argv) {
                 const int M = pass == 1 ? sh.c : sh.k;
                 const int N = pass == 0 ? sh.n * oh * ow : pass == 1 ? sh.n * sh.h * sh.w : sh.c * RS;
                 const int RED = pass == 0 ? sh.c * RS : pass == 1 ? sh.k * RS : sh.n * oh * ow;
-                const float* a = pass == 0 ? w.data() : pass == 1 ? wt.data() : dy.data();
+                const float* a = pass == 0 ? wf.data() : pass == 1 ? wt.data() : dy.data();
                 const float* b = pass == 1 ? dy.data() : x.data();
                 const D& ref = pass == 0 ? y : pass == 1 ? dx : dw;
                 const D& fl = pass == 0 ? yf : pass == 1 ? dxf : dwf;
                 printf("  %-10s %s:", PASS[pass], PREC[prec]);
                 for (int tile = 0; tile < 3; ++tile) {
-                    const int BM = TILES[tile][0], BN = TILES[tile][1], tile_k = prec == 0 ? 16 : 32;
+                    const int BM = TILES[tile][0], BN = TILES[tile][1], tile_k = PIPE || prec == 1 ? 32 : 16;
                     // the weight gradient: as planned for 132 SMs, then unsplit (NaN-poisoned)
                     std::vector<std::pair<size_t, size_t>> plans;
                     if (pass == 2) {
@@ -151,7 +203,13 @@ int main(int argc, char** argv) {
                         const bool with_bias = pass == 0 && si % 2 == 0;
                         const dim3 grid{(unsigned)cdiv(N, BN), (unsigned)cdiv(M, BM), (unsigned)splits};
                         Kern kern = KERNELS[pass][prec][tile];
+#if PIPE
+                        emu_set_dynamic_smem(pipe_smem_bytes(pass, prec, BM, BN));  // NaN before each block
+#endif
                         launch(grid, 256, [&] { kern(a, b, with_bias ? bias.data() : nullptr, out.data(), g, (int)chunk); });
+#if PIPE
+                        emu_clear_dynamic_smem();
+#endif
                         D r = ref;
                         if (pass == 0 && !with_bias)
                             for (size_t i = 0; i < r.size(); ++i) r[i] -= bias[(i / ((size_t)oh * ow)) % sh.k];
@@ -172,6 +230,9 @@ int main(int argc, char** argv) {
     for (int p = 0; p < 3; ++p)
         for (int q = 0; q < 2; ++q) printf(" %s %s %.2e;", PASS[p], PREC[q], worst[p][q]);
     printf(" total %.1fs\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t_all).count());
+#if PIPE
+    printf("cp.async copies landing %s\n", emu_cp_async_early() ? "early (at issue)" : "late (at the wait)");
+#endif
     printf(ok ? "ALL OK\n" : "FAILED\n");
     return ok ? 0 : 1;
 }

@@ -20,8 +20,9 @@ inline std::barrier<>* g_bar;                        // null in launch_serial: n
 inline std::vector<std::unique_ptr<std::barrier<>>> g_warp_bar;
 #define __global__
 #define __device__
+#define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 // CUDA's alignment, so a misaligned vector access through a cast pointer is UB that
@@ -60,6 +61,9 @@ inline float __shfl_xor_sync(unsigned, float v, int m) { return warp_exchange(v,
 // Past the warp's last lane a lane reads its own value, as on a GPU.
 inline float __shfl_down_sync(unsigned, float v, unsigned d) { return warp_exchange(v, [d](int l) { return l + (int)d < 32 ? l + (int)d : l; }); }
 inline float __shfl_sync(unsigned, float v, int s) { return warp_exchange(v, [s](int) { return s & 31; }); }
+// Called before each block's threads start, when set (emu_tc.h's dynamic shared memory poisons
+// its buffer there; checks set it and reset it around their launches).
+inline std::function<void()> g_before_block;
 inline void launch(dim3 grid, unsigned threads, std::function<void()> body) {
     gridDim = grid;
     blockDim = {threads, 1, 1};
@@ -69,6 +73,7 @@ inline void launch(dim3 grid, unsigned threads, std::function<void()> body) {
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {
                 blockIdx = {x, y, z};
+                if (g_before_block) g_before_block();
                 std::barrier<> bar(threads);
                 g_bar = &bar;
                 std::vector<std::thread> ts;
@@ -89,6 +94,7 @@ inline void launch_serial(dim3 grid, unsigned threads, std::function<void()> bod
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {
                 blockIdx = {x, y, z};
+                if (g_before_block) g_before_block();
                 for (unsigned t = 0; t < threads; ++t) { threadIdx = {t, 0, 0}; body(); }
             }
 }

@@ -1,17 +1,29 @@
 #!/usr/bin/env python3
 """Rewrites the inline PTX of a kernel file into calls to emu_tc.h's emulations, so g++ can build it.
 
-usage: emu_ptx.py IN.cu OUT.cu
+usage: emu_ptx.py [-I DIR]... IN.cu OUT.cu
 
-Each `asm(...)` / `asm volatile(...)` statement is replaced by a call chosen by its instruction:
+Local headers (`#include "x.cuh"`, looked up next to the including file, then in each -I DIR) are
+inlined and rewritten too (once each: the kernels' headers are `#pragma once`), as build.rs
+inlines them for NVRTC. Each `asm(...)` / `asm volatile(...)` statement is replaced by a call
+chosen by its instruction:
   cvt.rna.tf32.f32 %0, %1          ->  (out = emu_cvt_rna_tf32_f32(in))
   cvt.rn.bf16x2.f32 %0, %1, %2     ->  (out = emu_cvt_rn_bf16x2_f32(hi, lo))
   mma.sync.aligned.<shape> {d}, {a}, {b}, {c}  ->  emu_mma_sync("<template>", d.., a.., b..)
+  { .reg .u64 sa; cvta.to.shared.u64 sa, %0; cp.async.{ca,cg}.shared.global [sa], [%1], B, %2; }
+                                   ->  emu_cp_async(dst, src, B, src_size)
+  cp.async.commit_group            ->  emu_cp_async_commit()
+  cp.async.wait_group %0 / N       ->  emu_cp_async_wait(n)    (cp.async.wait_all: wait(0))
+  mov.u32 %0, %%dynamic_smem_size  ->  (out = emu_dynamic_smem_size())
+  trap                             ->  emu_trap()
 (the mma's template may be built from a macro argument, as conv2d_tc.cu's MMA_SYNC_F32 does, so
 its shape and types are read at run time). Any other instruction is an error: add a case here and
-an emulation to emu_tc.h (cp.async, ldmatrix, ... for a future variant).
+an emulation to emu_tc.h (ldmatrix, ... for a future variant). The declaration of dynamic shared
+memory, `extern __shared__ [__align__(A)] T name[];`, becomes `T* const name = (T*)
+emu_dynamic_smem(A);` (emu_tc.h's per-launch buffer).
 #line directives keep compiler errors and sanitizer reports pointing at the original file.
 """
+import os
 import re
 import sys
 
@@ -56,6 +68,22 @@ def rewrite(body, where):
     outs = [operand_expr(o) for o in split_top(parts[1], ',')] if len(parts) > 1 and parts[1].strip() else []
     ins = [operand_expr(o) for o in split_top(parts[2], ',')] if len(parts) > 2 and parts[2].strip() else []
     text = ''.join(re.findall(r'"((?:[^"\\]|\\.)*)"', template))
+    flat = ' '.join(text.replace('\\n', ' ').replace('\\t', ' ').split())  # escapes and runs of blanks -> one space
+    m = re.fullmatch(r'\{ ?\.reg \.u64 (\w+) ?; ?cvta\.to\.shared\.u64 \1 ?, ?%0 ?; ?'
+                     r'cp\.async\.c[ag]\.shared\.global \[\1\] ?, ?\[%1\] ?, ?(\d+) ?, ?%2 ?; ?\}', flat)
+    if m and not outs and len(ins) == 3:
+        return f'emu_cp_async({ins[0]}, {ins[1]}, {m.group(2)}, {ins[2]})'
+    if re.fullmatch(r'cp\.async\.commit_group ?;?', flat) and not outs and not ins:
+        return 'emu_cp_async_commit()'
+    m = re.fullmatch(r'cp\.async\.wait_group (%0|\d+) ?;?', flat)
+    if m and not outs and len(ins) == (1 if m.group(1) == '%0' else 0):
+        return f'emu_cp_async_wait({ins[0] if ins else m.group(1)})'
+    if re.fullmatch(r'cp\.async\.wait_all ?;?', flat) and not outs and not ins:
+        return 'emu_cp_async_wait(0)'
+    if re.fullmatch(r'mov\.u32 %0 ?, ?%%dynamic_smem_size ?;?', flat) and len(outs) == 1 and not ins:
+        return f'({outs[0]} = emu_dynamic_smem_size())'
+    if re.fullmatch(r'trap ?;?', flat) and not outs and not ins:
+        return 'emu_trap()'
     if text.startswith('cvt.rna.tf32.f32') and len(outs) == 1 and len(ins) == 1:
         return f'({outs[0]} = emu_cvt_rna_tf32_f32({ins[0]}))'
     if text.startswith('cvt.rn.bf16x2.f32') and len(outs) == 1 and len(ins) == 2:
@@ -65,10 +93,22 @@ def rewrite(body, where):
     raise SystemExit(f"emu_ptx: {where}: no emulation for asm {text!r} ({len(outs)} outputs, {len(ins)} inputs)")
 
 
-def main():
-    src_path, dst_path = sys.argv[1], sys.argv[2]
-    src = open(src_path).read()
-    out, pos, count = [], 0, 0
+SMEM_DECL = re.compile(r'\bextern\s+__shared__\s+(?:__align__\s*\(\s*(\d+)\s*\)\s+)?((?:\w+\s+)*?\w+)\s*'
+                       r'(?:__align__\s*\(\s*(\d+)\s*\)\s*)?(\w+)\s*\[\s*\]\s*;')
+
+
+def smem_decl(m):
+    """extern __shared__ __align__(16) float smem[];  ->  float* const smem = (float*)emu_dynamic_smem(16);"""
+    align = m.group(1) or m.group(3) or '4'
+    decl = f'{m.group(2)}* const {m.group(4)} = reinterpret_cast<{m.group(2)}*>(emu_dynamic_smem({align}));'
+    return decl + '\n' * m.group(0).count('\n')  # same line count
+
+
+def convert(src_path, incdirs, done, counts):
+    """The rewritten text of src_path (starting with #line), its local headers inlined."""
+    src = SMEM_DECL.sub(smem_decl, open(src_path).read())
+    counts[1] += len(SMEM_DECL.findall(open(src_path).read()))
+    out, pos = [], 0
     for m in re.finditer(r'\basm\s*(?:volatile\s*)?\(', src):
         if m.start() < pos:
             continue
@@ -91,11 +131,42 @@ def main():
         nl = body.count('\n')
         cont = '\\\n' if '\\\n' in body else '\n'
         out.append(src[pos:m.start()] + repl + (' ' + cont) * nl)
-        pos, count = i, count + 1
+        pos, counts[0] = i, counts[0] + 1
     out.append(src[pos:])
+    text = ''.join(out)
+    # local headers: inlined (rewritten), each once; #line back to this file after each
+    lines, res = text.split('\n'), [f'#line 1 "{src_path}"']
+    for n, l in enumerate(lines):
+        m = re.match(r'\s*#\s*include\s*"([^"]+)"', l)
+        hit = m and next((os.path.join(d, m.group(1)) for d in [os.path.dirname(src_path) or '.'] + incdirs
+                          if os.path.isfile(os.path.join(d, m.group(1)))), None)
+        if hit:
+            key = os.path.realpath(hit)
+            if key not in done:
+                done.add(key)
+                res.append(convert(hit, incdirs, done, counts))
+            res.append(f'#line {n + 2} "{src_path}"')
+        elif re.match(r'\s*#\s*pragma\s+once\b', l):
+            res.append('')  # inlined once already (a #pragma once in the main file warns)
+        else:
+            res.append(l)
+    return '\n'.join(res)
+
+
+def main():
+    args, incdirs = sys.argv[1:], []
+    while args and args[0].startswith('-I'):
+        if args[0] == '-I':
+            incdirs.append(args[1]); args = args[2:]
+        else:
+            incdirs.append(args[0][2:]); args = args[1:]
+    src_path, dst_path = args
+    counts = [0, 0]
+    text = convert(src_path, incdirs, {os.path.realpath(src_path)}, counts)
     with open(dst_path, 'w') as f:
-        f.write(f'#line 1 "{src_path}"\n' + ''.join(out))
-    print(f"emu_ptx: {src_path}: {count} asm statements emulated -> {dst_path}", file=sys.stderr)
+        f.write(text)
+    print(f"emu_ptx: {src_path}: {counts[0]} asm statements emulated, {counts[1]} dynamic shared memory "
+          f"declarations -> {dst_path}", file=sys.stderr)
 
 
 main()

@@ -16,8 +16,10 @@
 //    of its warp has arrived at the next mma's barrier, that is after it finished reading b.
 //  Every lane of the warp must execute the mma (`.aligned`), as on a GPU; all lanes of a warp
 //  must make the same sequence of mma calls.
+// cp.async, dynamic shared memory and trap (kernels/conv2d_tcp.cu): emu_async.h.
 #pragma once
 #include "emu.h"
+#include "emu_async.h"
 #include <atomic>
 #include <cstdint>
 #include <cstring>

@@ -1,28 +1,40 @@
 #!/usr/bin/env bash
-# Checks that the four checks can fail: each mutant is a copy of a kernel file with one
-# deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check, built
-# from the copy through emu_ptx.py, stops at its first failure). Prints each mutant's verdict;
-# exits nonzero if a mutant survives. Not part of run.sh (about 12 minutes on 2 cores for all 27;
-# conv_tc_check's 10 about 5). ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
+# Checks that the five checks can fail: each mutant is a copy of a kernel file with one
+# deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
+# conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
+# each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 22 minutes
+# on 2 cores for all 39; conv_tc_check's 10 about 4, conv_tcp_check's 12 about 6). A mutant of a
+# header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
+# ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
 cd "$(dirname "$0")"
 out=${EMU_OUT:-/tmp/kernel-emu}/mutants
 mkdir -p "$out"
 san="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all"
 survived=0
-# check, kernel file, define, sed expression, what it breaks
+# check, kernel file (or a header it includes), define, sed expression, what it breaks[,
+# environment of the run]. The mutant is made in a copy of kernels/, so a header's mutant reaches
+# the kernel file that includes it. conv_tcp_check is conv_tc_check.cpp built with
+# -DCONV_TCP_KERNELS.
 mutant() {
-    local check=$1 src=$2 def=$3 expr=$4 what=$5
+    local check=$1 src=$2 def=$3 expr=$4 what=$5 env=${6:-}
     if [ -n "${ONLY:-}" ] && [ "$check" != "$ONLY" ]; then return; fi
-    local copy="$out/$(basename "$src" .cu)_$RANDOM.cu"
-    sed "$expr" "../../kernels/$src" > "$copy"
-    if cmp -s "$copy" "../../kernels/$src"; then echo "BAD MUTANT (sed matched nothing): $what"; survived=1; return; fi
-    # conv2d_tc.cu's inline PTX: rewritten into emu_tc.h's emulations (as run.sh does)
-    if [ "$check" = conv_tc_check ]; then python3 emu_ptx.py "$copy" "$copy.emu.cu" 2>/dev/null || { echo "BAD MUTANT (emu_ptx): $what"; survived=1; return; }; copy="$copy.emu.cu"; fi
-    g++ $san -std=c++20 -w -pthread -D$def="\"$copy\"" -I. -I../../kernels -o "$out/bin" "$check.cpp" || { echo "BAD MUTANT (no build): $what"; survived=1; return; }
-    if EMU_FAIL_FAST=1 "$out/bin" > "$out/log" 2>&1; then echo "SURVIVED: $what"; survived=1; else echo "caught: $what ($(grep -m1 -o 'FAIL.*\|ERROR: [A-Za-z]*Sanitizer: [a-z-]*\|runtime error: [a-z ]*' "$out/log" | head -1))"; fi
+    local dir="$out/kernels"
+    rm -rf "$dir" && cp -r ../../kernels "$dir"
+    sed "$expr" "../../kernels/$src" > "$dir/$src"
+    if cmp -s "$dir/$src" "../../kernels/$src"; then echo "BAD MUTANT (sed matched nothing): $what"; survived=1; return; fi
+    local copy="$dir/$src" cpp=$check.cpp
+    # conv2d_tc.cu's and conv2d_tcp.cu's inline PTX (theirs and conv_tc.cuh's, inlined):
+    # rewritten into emu_tc.h's emulations, as run.sh does
+    case $check in
+        conv_tc_check) copy="$dir/conv2d_tc.cu" ;;
+        conv_tcp_check) copy="$dir/conv2d_tcp.cu" cpp=conv_tc_check.cpp ;;
+    esac
+    if [ "$cpp" = conv_tc_check.cpp ]; then python3 emu_ptx.py "$copy" "$copy.emu.cu" 2>/dev/null || { echo "BAD MUTANT (emu_ptx): $what"; survived=1; return; }; copy="$copy.emu.cu"; fi
+    g++ $san -std=c++20 -w -pthread -D$def="\"$copy\"" -I. -o "$out/bin" "$cpp" || { echo "BAD MUTANT (no build): $what"; survived=1; return; }
+    if (env EMU_FAIL_FAST=1 $env "$out/bin") > "$out/log" 2>&1; then echo "SURVIVED: $what${env:+ ($env)}"; survived=1; else echo "caught: $what${env:+ ($env)} ($(grep -m1 -o 'FAIL.*\|ERROR: [A-Za-z]*Sanitizer: [a-z-]*\|runtime error: [a-z ]*\|emu: .*' "$out/log" | head -1))"; fi
 }
-A=attention.cu O=optim.cu T=conv2d_tc.cu
+A=attention.cu O=optim.cu T=conv2d_tc.cu P=conv2d_tcp.cu H=conv_tc.cuh
 mutant danet_check danet.cu DANET_KERNELS 's/return v + __shfl_xor_sync(0xffffffffu, v, 4);/return v;/' "danet row sums miss the 4-lane shuffle"
 mutant csa_check $A CSA_KERNELS 's/for (int o = 16; o > 0; o >>= 1)/for (int o = 8; o > 0; o >>= 1)/' "warp_sum skips the 16-lane step"
 mutant csa_check $A CSA_KERNELS 's/for (int w = 0; w < CSA_WARPS; ++w) s += sums\[w\]\[t\]/for (int w = 1; w < CSA_WARPS; ++w) s += sums[w][t]/' "pixel partials drop warp 0"
@@ -42,12 +54,28 @@ mutant optim_check $O OPTIM_KERNELS 's/bc1 = hyper->bc1;/bc1 = hyper->bc2;/' "ad
 mutant optim_check $O OPTIM_KERNELS 's/s.lr = it < (unsigned)n_lr ? lr_table\[it\] : 0.0f;/s.lr = it <= (unsigned)n_lr ? lr_table[it] : 0.0f;/' "lr table read one past its end"
 mutant conv_tc_check $T CONV_TC_KERNELS 's/af\[i\]\[1\] = As\[cur\]\[r + 8\]\[ks + t4\];/af[i][1] = As[cur][r][ks + t4];/' "A fragment register 1 reads row g, not g + 8"
 mutant conv_tc_check $T CONV_TC_KERNELS 's/bf\[j\]\[1\] = Bs\[cur\]\[c\]\[ks + t4 + 4\];/bf[j][1] = Bs[cur][c][ks + t4];/' "B fragment register 1 reads k = t, not t + 4"
-mutant conv_tc_check $T CONV_TC_KERNELS 's/const int m = m0 + wm \* (BM \/ 2) + i \* 16 + g8 + up \* 8;/const int m = m0 + wm * (BM \/ 2) + i * 16 + g8 + up * 4;/' "epilogue: accumulators 2 and 3 stored at row g + 4"
+mutant conv_tc_check $H CONV_TC_KERNELS 's/const int m = m0 + wm \* (BM \/ 2) + i \* 16 + g8 + up \* 8;/const int m = m0 + wm * (BM \/ 2) + i * 16 + g8 + up * 4;/' "epilogue: accumulators 2 and 3 stored at row g + 4"
 mutant conv_tc_check $T CONV_TC_KERNELS 's/if (k + 3 < RED) v.w = __ldg(src + 3);/if (k + 3 <= RED) v.w = __ldg(src + 3);/' "A's scalar tail loads one element past the reduction"
 mutant conv_tc_check $T CONV_TC_KERNELS 's/return (ok \&\& c < g.c \&\& /return (ok \&\& /' "gather misses the channel tail mask"
 mutant conv_tc_check $T CONV_TC_KERNELS 's/hit = th % g.stride == 0 \&\& tw % g.stride == 0;/hit = th % g.stride == 0;/' "strided input gradient misses the column holes"
-mutant conv_tc_check $T CONV_TC_KERNELS 's/: "f"(hi), "f"(lo));/: "f"(lo), "f"(hi));/' "bf16 pairs packed high/low swapped"
+mutant conv_tc_check $H CONV_TC_KERNELS 's/: "f"(hi), "f"(lo));/: "f"(lo), "f"(hi));/' "bf16 pairs packed high/low swapped"
 mutant conv_tc_check $T CONV_TC_KERNELS 's/if (more) store(cur ^ 1);/if (more) store(cur);/' "next tile stored into the buffer being read"
 mutant conv_tc_check $T CONV_TC_KERNELS 's/const int red_begin = blockIdx.z \* red_chunk;/const int red_begin = 0;/' "every weight-gradient split sums the first chunk"
-mutant conv_tc_check $T CONV_TC_KERNELS 's/if (PASS == BWD_WEIGHT \&\& split) atomicAdd(o, v);/if (PASS == BWD_WEIGHT \&\& split \&\& false) atomicAdd(o, v);/' "split weight-gradient partials stored, not added"
+mutant conv_tc_check $H CONV_TC_KERNELS 's/if (PASS == BWD_WEIGHT \&\& split) atomicAdd(o, v);/if (PASS == BWD_WEIGHT \&\& split \&\& false) atomicAdd(o, v);/' "split weight-gradient partials stored, not added"
+# conv2d_tcp.cu (cp.async pipeline): copies land at the wait unless the 6th argument says early.
+mutant conv_tcp_check $P CONV_TCP_KERNELS 's/cp_async_wait<STAGES - 2>();/cp_async_wait<STAGES - 1>();/' "pipe: waits for one group too few (reads a stage not yet landed)"
+mutant conv_tcp_check $P CONV_TCP_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();/\/\/ no barrier/}' "pipe: no barrier in the main loop"
+mutant conv_tcp_check $P CONV_TCP_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();//};/if (next < tiles) issue/{n;s/cp_async_commit();/cp_async_commit(); __syncthreads();/}' "pipe: barrier after the next tile's issue (overwrites the stage being read)" EMU_CP_ASYNC=early
+mutant conv_tcp_check $P CONV_TCP_KERNELS 's/const bool ok = m < M \&\& k < red_end;/const bool ok = m < M;/' "pipe: A's 16-byte quads past the reduction not masked"
+mutant conv_tcp_check $P CONV_TCP_KERNELS 's/else return Bf16::pair(p\[0\], p\[next\]);/else return Bf16::pair(p[0], p[0]);/' "pipe: BF16 B pairs (k-rows) read row k for k + 1"
+mutant conv_tcp_check $P CONV_TCP_KERNELS 's/static constexpr int SB = BN + (P::K_STEP == 8 ? 8 : 4);/static constexpr int SB = BN - 4;/' "pipe: B rows of SB = BN - 4 words (rows overlap)"
+mutant conv_tcp_check $P CONV_TCP_KERNELS 's/"r"(valid ? 4 : 0)/"r"(4)/' "pipe: 4-byte copies never zero-fill (src-size always 4)"
+mutant conv_tcp_check $P CONV_TCP_KERNELS 's/(OHW \& 3) == 0 : (RED \& 3) == 0;/(OHW \& 1) == 0 : (RED \& 3) == 0;/' "pipe: 16-byte dy copies when OH*OW is only even (misaligned)"
+mutant conv_tcp_check $P CONV_TCP_KERNELS 's/return bm \* bn > 8192 ? 4 : 3;/return bm * bn > 8192 ? 5 : 3;/' "pipe: 5 stages in the kernel, 4 in the launch (trap)"
+mutant conv_tcp_check $P CONV_TCP_KERNELS 's/const int red_begin = blockIdx.z \* red_chunk;/const int red_begin = 0;/' "pipe: every weight-gradient split sums the first chunk"
+# conv_tc.cuh (shared with conv2d_tc.cu): the epilogue, through the pipe. (Not the bf16 halves
+# swapped: the pipe packs A and B with the same Bf16::pair, so swapping both pairs the same
+# elements in each product and the mutant is equivalent; it matters for conv2d_tc.cu only.)
+mutant conv_tcp_check $H CONV_TCP_KERNELS 's/const int m = m0 + wm \* (BM \/ 2) + i \* 16 + g8 + up \* 8;/const int m = m0 + wm * (BM \/ 2) + i * 16 + g8 + up * 4;/' "pipe: epilogue stores accumulators 2 and 3 at row g + 4"
+mutant conv_tcp_check $H CONV_TCP_KERNELS 's/if (PASS == BWD_WEIGHT \&\& split) atomicAdd(o, v);/if (PASS == BWD_WEIGHT \&\& split \&\& false) atomicAdd(o, v);/' "pipe: split weight-gradient partials stored, not added"
 exit $survived

@@ -12,11 +12,16 @@
 #    src/ops/conv/cuda.rs launches it, on 7 small odd shapes, against f64 loops on the same
 #    rounded operands. Its inline PTX is rewritten by emu_ptx.py into emu_tc.h's emulations
 #    (TF32/BF16 rounding, warp-collective mma.sync from the PTX fragment layouts) in a copy.
-# All four are built with AddressSanitizer and UBSan: an out-of-bounds read or write (global or
+#  - conv_tcp_check: kernels/conv2d_tcp.cu (the cp.async-pipelined variant, conv2d_pipe_*), the
+#    same check built from conv_tc_check.cpp with -DCONV_TCP_KERNELS: weights reordered as cuda.rs
+#    hands them over, dynamic shared memory (NaN before each block), cp.async queued per thread
+#    and landing at the wait (emu_async.h), 4 more shapes; then again on shapes 6 and 9 with the
+#    copies landing at issue (EMU_CP_ASYNC=early).
+# All five are built with AddressSanitizer and UBSan: an out-of-bounds read or write (global or
 # shared memory), a misaligned float2/float4 access or an int overflow aborts the run.
 # For checking a kernel's indexing, masking, barriers and reduction order on a machine without a
 # GPU; it says nothing about speed, and a race that needs real warps to show may pass here.
-# About 5 minutes on 2 cores. ./mutants.sh checks that the checks fail on broken kernels.
+# About 12 minutes on 2 cores. ./mutants.sh checks that the checks fail on broken kernels.
 set -euo pipefail
 cd "$(dirname "$0")"
 out=${EMU_OUT:-/tmp/kernel-emu}
@@ -26,10 +31,14 @@ g++ $san -std=c++20 -w -pthread -o "$out/danet_check" danet_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/csa_check" csa_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/optim_check" optim_check.cpp
 python3 emu_ptx.py ../../kernels/conv2d_tc.cu "$out/conv2d_tc_emu.cu"
-g++ $san -std=c++20 -w -pthread -I. -I../../kernels -DCONV_TC_KERNELS="\"$out/conv2d_tc_emu.cu\"" -o "$out/conv_tc_check" conv_tc_check.cpp
+g++ $san -std=c++20 -w -pthread -I. -DCONV_TC_KERNELS="\"$out/conv2d_tc_emu.cu\"" -o "$out/conv_tc_check" conv_tc_check.cpp
+python3 emu_ptx.py ../../kernels/conv2d_tcp.cu "$out/conv2d_tcp_emu.cu"
+g++ $san -std=c++20 -w -pthread -I. -DCONV_TCP_KERNELS="\"$out/conv2d_tcp_emu.cu\"" -o "$out/conv_tcp_check" conv_tc_check.cpp
 status=0
-for c in danet_check csa_check optim_check conv_tc_check; do
+for c in danet_check csa_check optim_check conv_tc_check conv_tcp_check; do
     echo "== $c"
     "$out/$c" || { echo "$c FAILED"; status=1; }
 done
+echo "== conv_tcp_check 6 9 (EMU_CP_ASYNC=early)"
+EMU_CP_ASYNC=early "$out/conv_tcp_check" 6 9 || { echo "conv_tcp_check (early) FAILED"; status=1; }
 exit $status
