@@ -43,26 +43,34 @@ extern "C" __global__ void bn_stats_f32(const float* __restrict__ x, float* __re
     }
 }
 
-// Training statistics from the partial sums of a tensor-core convolution's epilogue
-// (conv_tc.cuh store_tile): channel c's sums at partials[c * P + j], its sums of squares at
-// partials[(C + c) * P + j], j < P, over `count` = N*H*W values. Summed in double (each partial
-// covers at most 32 values in f32); var = E[x^2] - mean^2 in double, clamped at 0. The outputs
-// and the running update are bn_stats_f32's.
-extern "C" __global__ void bn_stats_partials_f32(const float* __restrict__ partials, int P,
+// Training statistics from the partial statistics of a tensor-core convolution's epilogue
+// (conv_tc.cuh store_tile): for channel c and slot j < P, the sum of the slot's values at
+// partials[c * P + j] and the sum of their squared deviations from the slot's mean at
+// partials[(C + c) * P + j]; slot j holds n_j = min(width, count - j * width) values (none past
+// the end). Combined in double: mean = sum / count, M2 = sum_j (M2_j + n_j (mean_j - mean)^2)
+// (Chan, Golub and LeVeque), var = M2 / count. The outputs and the running update are
+// bn_stats_f32's.
+extern "C" __global__ void bn_stats_partials_f32(const float* __restrict__ partials, int P, int width,
                                                  float* __restrict__ mean, float* __restrict__ var,
                                                  float* __restrict__ running_mean, float* __restrict__ running_var,
                                                  int C, int count, float momentum) {
     for (int c = blockIdx.x; c < C; c += gridDim.x) {
-        double s = 0.0, q = 0.0;
+        const float* sums = partials + (long long)c * P;
+        const float* m2 = partials + (long long)(C + c) * P;
+        double s = 0.0;
+        for (int j = threadIdx.x; j < P; j += blockDim.x) s += (double)sums[j];
+        const double mu = block_sum_f64(s) / count;
+        double q = 0.0;
         for (int j = threadIdx.x; j < P; j += blockDim.x) {
-            s += (double)partials[(long long)c * P + j];
-            q += (double)partials[(long long)(C + c) * P + j];
+            const int n = min(width, count - j * width);
+            if (n > 0) {
+                const double d = (double)sums[j] / n - mu;
+                q += (double)m2[j] + n * d * d;
+            }
         }
-        s = block_sum_f64(s);
         q = block_sum_f64(q);
         if (threadIdx.x == 0) {
-            const double mu = s / count, v2 = q / count - mu * mu;
-            const float mu_f = (float)mu, v = (float)(v2 > 0.0 ? v2 : 0.0);
+            const float mu_f = (float)mu, v = (float)(q / count);
             mean[c] = mu_f;
             var[c] = v;
             if (running_mean != nullptr && running_var != nullptr) {

@@ -83,11 +83,14 @@ __device__ __forceinline__ ConvGemm conv_gemm(const ConvGeom& g) {
 // gradient: dx (N, C, H, W); weight gradient: dw (K, C*R*S), added atomically when the reduction
 // is split over gridDim.z (the host zero-filled it).
 //
-// `stats` (forward only; null: none) receives batch-norm partial sums for the output channels:
-// per row m, the sum and the sum of squares of the values this warp wrote (BN/4 columns), at
-// stats[m * P + slot] and stats[(M + m) * P + slot], slot = blockIdx.x * 4 + wn, P = gridDim.x * 4.
-// Each is written exactly once (no atomics: the same bits every run); batchnorm.cu's
-// bn_stats_partials_f32 sums them per channel in double.
+// `stats` (forward only; null: none) receives batch-norm partial statistics for the output
+// channels: per row m and slot (this warp's BN/4 columns, slot = blockIdx.x * 4 + wn, of which
+// min(BN/4, N - slot * BN/4) are inside the output), the sum of the values and the sum of their
+// squared deviations from the slot's own mean, at stats[m * P + slot] and stats[(M + m) * P +
+// slot], P = gridDim.x * 4 (0 for a slot wholly past the output). Centred per slot so that the
+// variance does not come from E[x^2] - mean^2, which cancels when the mean is large. Each is
+// written exactly once (no atomics: the same bits every run); batchnorm.cu's
+// bn_stats_partials_f32 combines them per channel in double (Chan et al.'s pairwise formula).
 template <int BM, int BN, int PASS, int MT, int NT>
 __device__ __forceinline__ void store_tile(const float (&acc)[MT][NT][4], const float* __restrict__ bias,
                                            float* __restrict__ out, const ConvGeom& g, int m0, int n0,
@@ -137,29 +140,33 @@ __device__ __forceinline__ void store_tile(const float (&acc)[MT][NT][4], const 
     if constexpr (PASS == FWD) {
         if (stats != nullptr) {
             const int P = gridDim.x * 4, slot = blockIdx.x * 4 + wn;
+            const int inside = min(BN / 4, max(0, N - slot * (BN / 4)));  // the slot's columns in the output
 #pragma unroll
             for (int i = 0; i < MT; ++i) {
 #pragma unroll
                 for (int up = 0; up < 2; ++up) {
                     const int m = m0 + wm * (BM / 2) + i * 16 + g8 + up * 8;
                     const float b = (bias != nullptr && m < M) ? __ldg(bias + m) : 0.0f;
-                    float s = 0.0f, q = 0.0f;
+                    float s = 0.0f;
 #pragma unroll
-                    for (int j = 0; j < NT; ++j) {
+                    for (int j = 0; j < NT; ++j)
 #pragma unroll
-                        for (int half = 0; half < 2; ++half) {
-                            const int col = n0 + wn * (BN / 4) + j * 8 + 2 * t4 + half;
-                            const float v = acc[i][j][up * 2 + half] + b;
-                            if (col < N) {
-                                s += v;
-                                q += v * v;
-                            }
-                        }
-                    }
+                        for (int half = 0; half < 2; ++half)
+                            if (n0 + wn * (BN / 4) + j * 8 + 2 * t4 + half < N) s += acc[i][j][up * 2 + half] + b;
                     // the row's other three lanes (t4 = 1, 2, 3), every lane taking part
                     s += __shfl_xor_sync(0xffffffffu, s, 1);
-                    q += __shfl_xor_sync(0xffffffffu, q, 1);
                     s += __shfl_xor_sync(0xffffffffu, s, 2);
+                    const float mean = inside > 0 ? s / (float)inside : 0.0f;
+                    float q = 0.0f;
+#pragma unroll
+                    for (int j = 0; j < NT; ++j)
+#pragma unroll
+                        for (int half = 0; half < 2; ++half)
+                            if (n0 + wn * (BN / 4) + j * 8 + 2 * t4 + half < N) {
+                                const float d = acc[i][j][up * 2 + half] + b - mean;
+                                q += d * d;
+                            }
+                    q += __shfl_xor_sync(0xffffffffu, q, 1);
                     q += __shfl_xor_sync(0xffffffffu, q, 2);
                     if (t4 == 0 && m < M) {
                         stats[(long long)m * P + slot] = s;

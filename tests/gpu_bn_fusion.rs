@@ -1,7 +1,7 @@
 //! Batch-norm statistics from the convolution's epilogue (kernels/conv_tc.cuh `store_tile`,
 //! kernels/batchnorm.cu `bn_stats_partials_f32`), against the unfused path on fresh random
-//! inputs: the partial sums a pipelined forward writes (every slot written, NaN-poisoned first;
-//! per channel they add up to the sums over the output it wrote), batch norm from them against
+//! inputs: the partial statistics a pipelined forward writes (every slot written, NaN-poisoned
+//! first; each slot's sum and centred squares against the output it wrote), batch norm from them against
 //! batch norm's own pass (output, running statistics), and a conv + batch norm + ReLU unit
 //! trained one step fused and unfused (output and every gradient). Skips without a GPU; fails
 //! with REQUIRE_CUDA=1.
@@ -38,20 +38,27 @@ test_gpu!(the_pipelined_forward_writes_batch_norm_partial_sums, |dev| {
         for p in [Precision::Tf32, Precision::Bf16] {
             for bias in [None, Some(&bg)] {
                 let plan = conv::plan(&g, ConvPass::Forward, p, TcVariant::Pipelined, dev.sm_count() as usize);
-                let slots = conv::bn_slots(&g, &plan).expect("a pipelined forward writes statistics");
+                let (slots, width) = conv::bn_slots(&g, &plan).expect("a pipelined forward writes statistics");
                 let mut y = poisoned(&dev, g.output_len());
                 let mut stats = poisoned(&dev, 2 * g.k * slots);
                 conv::launch_plan_with(&dev, &g, ConvPass::Forward, &plan, &wg, &xg, bias, &mut y, Some(&mut stats)).unwrap();
                 let (y, stats) = (dev.dtoh(&y).unwrap(), dev.dtoh(&stats).unwrap());
-                assert!(stats.iter().all(|v| v.is_finite()), "{p} {g:?}: a partial sum was not written");
-                let plane = g.out_h() * g.out_w();
+                assert!(stats.iter().all(|v| v.is_finite()), "{p} {g:?}: a partial statistic was not written");
+                // Slot j of channel c: output pixels j * width .. (j + 1) * width (image-major),
+                // its sum and its squared deviations from its own mean.
+                let (plane, pixels) = (g.out_h() * g.out_w(), g.n * g.out_h() * g.out_w());
                 for c in 0..g.k {
-                    let vals = (0..g.n).flat_map(|n| y[(n * g.k + c) * plane..][..plane].iter().map(|&v| v as f64));
-                    let (s, q, a) = vals.fold((0.0, 0.0, 0.0), |(s, q, a), v| (s + v, q + v * v, a + v.abs()));
-                    let got_s: f64 = stats[c * slots..][..slots].iter().map(|&v| v as f64).sum();
-                    let got_q: f64 = stats[(g.k + c) * slots..][..slots].iter().map(|&v| v as f64).sum();
-                    assert!((got_s - s).abs() <= 1e-5 * a.max(1.0), "{p} {g:?} channel {c}: sum {got_s} vs {s}");
-                    assert!((got_q - q).abs() <= 1e-5 * q.max(1.0), "{p} {g:?} channel {c}: squares {got_q} vs {q}");
+                    for j in 0..slots {
+                        let vals: Vec<f64> = (j * width..((j + 1) * width).min(pixels)).map(|q| y[(q / plane * g.k + c) * plane + q % plane] as f64).collect();
+                        let s: f64 = vals.iter().sum();
+                        let a: f64 = vals.iter().map(|v| v.abs()).sum();
+                        let mean = if vals.is_empty() { 0.0 } else { s / vals.len() as f64 };
+                        let q: f64 = vals.iter().map(|v| (v - mean).powi(2)).sum();
+                        let sq: f64 = vals.iter().map(|v| v * v).sum();
+                        let (got_s, got_q) = (stats[c * slots + j] as f64, stats[(g.k + c) * slots + j] as f64);
+                        assert!((got_s - s).abs() <= 1e-5 * a.max(1e-6), "{p} {g:?} channel {c} slot {j}: sum {got_s} vs {s}");
+                        assert!((got_q - q).abs() <= 1e-5 * (q + 1e-3 * sq).max(1e-6), "{p} {g:?} channel {c} slot {j}: squares {got_q} vs {q}");
+                    }
                 }
             }
         }
@@ -74,7 +81,10 @@ test_gpu!(batch_norm_from_partials_matches_its_own_pass, |dev| {
     for g in shapes() {
         let x = Tensor::from_vec(randn(&mut r, g.input_len()), [g.n, g.c, g.h, g.w], GPU).unwrap();
         let w = Tensor::from_vec(randn(&mut r, g.weight_len()), [g.k, g.c, g.r, g.s], GPU).unwrap();
-        let (y, partials) = x.conv2d_with_bn_partials(&w, None, g.stride, g.pad, g.dilation).unwrap();
+        // A bias far from 0 (means of about 8 against unit-scale spread): where E[x^2] - mean^2
+        // would lose the variance's low digits, the slots' centred squares keep them.
+        let bias = Tensor::from_vec((0..g.k).map(|i| 8.0 + 0.1 * i as f32).collect(), [g.k], GPU).unwrap();
+        let (y, partials) = x.conv2d_with_bn_partials(&w, Some(&bias), g.stride, g.pad, g.dilation).unwrap();
         let partials = partials.expect("pipelined bf16 forward on a GPU gives partial sums");
         let per_channel = |seed: f32| Tensor::from_vec((0..g.k).map(|i| seed + 0.01 * i as f32).collect(), [g.k], GPU).unwrap();
         let (gamma, beta) = (per_channel(0.8), per_channel(-0.2));

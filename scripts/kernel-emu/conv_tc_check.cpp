@@ -32,9 +32,10 @@
 #include <chrono>
 #include <cstdlib>
 
-using Kern = void (*)(const float*, const float*, const float*, float*, ConvGeom, int);
 // [pass][precision: tf32, bf16][tile: 128x128, 64x128, 128x64], as cuda.rs TC_KERNELS.
 #if PIPE
+// The pipelined kernels take a batch-norm statistics pointer after `out` (forward only).
+using Kern = void (*)(const float*, const float*, const float*, float*, float*, ConvGeom, int);
 static const Kern KERNELS[3][2][3] = {
     {{conv2d_pipe_fwd_128x128_tf32, conv2d_pipe_fwd_64x128_tf32, conv2d_pipe_fwd_128x64_tf32},
      {conv2d_pipe_fwd_128x128_bf16, conv2d_pipe_fwd_64x128_bf16, conv2d_pipe_fwd_128x64_bf16}},
@@ -49,6 +50,7 @@ static size_t pipe_smem_bytes(int pass, int prec, int bm, int bn) {
     return stages * (bm * sa + (pass == 2 ? bn * sa : 32 * sb)) * 4;
 }
 #else
+using Kern = void (*)(const float*, const float*, const float*, float*, ConvGeom, int);
 static const Kern KERNELS[3][2][3] = {
     {{conv2d_fwd_128x128_tf32, conv2d_fwd_64x128_tf32, conv2d_fwd_128x64_tf32},
      {conv2d_fwd_128x128_bf16, conv2d_fwd_64x128_bf16, conv2d_fwd_128x64_bf16}},
@@ -90,6 +92,32 @@ static bool rounding_ok() {
     if (!ok) printf("emulated TF32/BF16 rounding WRONG\n");
     return ok;
 }
+
+#if PIPE
+// The forward's batch-norm partial statistics against the output it wrote: for every channel and
+// slot (BN/4 consecutive output pixels, `width`), the slot's sum and its squared deviations from
+// the slot's mean, computed in f64 from `out`; the error relative to the slot's sum of |values|
+// (resp. its sum of squares, the scale of f32 rounding there). Infinite if a slot is not finite
+// (never written).
+static double worst_stats = 0;
+static double stats_err(const V& stats, const V& out, int K, size_t slots, size_t width, size_t plane, int n) {
+    const size_t cols = (size_t)n * plane;
+    double e = 0;
+    for (int c = 0; c < K; ++c)
+        for (size_t j = 0; j < slots; ++j) {
+            const double gs = stats[c * slots + j], gq = stats[(K + c) * slots + j];
+            if (!std::isfinite(gs) || !std::isfinite(gq)) return INFINITY;
+            const size_t lo = std::min(cols, j * width), hi = std::min(cols, lo + width);
+            auto v = [&](size_t col) { return (double)out[((col / plane) * K + c) * plane + col % plane]; };
+            double s = 0, a = 0, sq = 0, q = 0;
+            for (size_t col = lo; col < hi; ++col) s += v(col), a += std::fabs(v(col)), sq += v(col) * v(col);
+            const double mean = hi > lo ? s / (hi - lo) : 0;
+            for (size_t col = lo; col < hi; ++col) q += (v(col) - mean) * (v(col) - mean);
+            e = std::max({e, std::fabs(gs - s) / std::max(a, 1e-30), std::fabs(gq - q) / std::max(q + 1e-3 * sq, 1e-30)});
+        }
+    return e;
+}
+#endif
 
 struct Shape { int n, c, h, w, k, r, s, stride, pad, dil; };
 
@@ -204,11 +232,21 @@ int main(int argc, char** argv) {
                         const dim3 grid{(unsigned)cdiv(N, BN), (unsigned)cdiv(M, BM), (unsigned)splits};
                         Kern kern = KERNELS[pass][prec][tile];
 #if PIPE
+                        // The forward also writes batch-norm partial statistics (conv_tc.cuh
+                        // store_tile): 2 x M x (4 grid.x), NaN-poisoned so a slot no lane writes fails.
+                        const size_t slots = 4 * grid.x;
+                        V stats(pass == 0 ? 2 * (size_t)M * slots : 0, NAN);
+                        float* st = pass == 0 ? stats.data() : nullptr;
                         emu_set_dynamic_smem(pipe_smem_bytes(pass, prec, BM, BN));  // NaN before each block
-#endif
-                        launch(grid, 256, [&] { kern(a, b, with_bias ? bias.data() : nullptr, out.data(), g, (int)chunk); });
-#if PIPE
+                        launch(grid, 256, [&] { kern(a, b, with_bias ? bias.data() : nullptr, out.data(), st, g, (int)chunk); });
                         emu_clear_dynamic_smem();
+                        if (pass == 0) {
+                            const double se = stats_err(stats, out, M, slots, BN / 4, (size_t)oh * ow, sh.n);
+                            worst_stats = std::max(worst_stats, se);
+                            ok = ok && se <= 1e-5;
+                        }
+#else
+                        launch(grid, 256, [&] { kern(a, b, with_bias ? bias.data() : nullptr, out.data(), g, (int)chunk); });
 #endif
                         D r = ref;
                         if (pass == 0 && !with_bias)
@@ -231,6 +269,7 @@ int main(int argc, char** argv) {
         for (int q = 0; q < 2; ++q) printf(" %s %s %.2e;", PASS[p], PREC[q], worst[p][q]);
     printf(" total %.1fs\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t_all).count());
 #if PIPE
+    printf("batch-norm partial statistics of the forward: max relative error %.2e\n", worst_stats);
     printf("cp.async copies landing %s\n", emu_cp_async_early() ? "early (at issue)" : "late (at the wait)");
 #endif
     printf(ok ? "ALL OK\n" : "FAILED\n");

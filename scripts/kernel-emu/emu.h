@@ -45,22 +45,22 @@ using std::isfinite;
     std::abort();
 }
 inline void __syncthreads() { if (!g_bar) emu_no_barrier(); g_bar->arrive_and_wait(); }
-inline float g_xch[1024];
+inline double g_xch[1024];  // doubles, so float and double shuffles share it
 // Every lane of the warp must call it (as the kernels' full masks promise); src = lane to read.
-template <class F> inline float warp_exchange(float v, F src) {
+template <class T, class F> inline T warp_exchange(T v, F src) {
     if (!g_bar) emu_no_barrier();
     int t = threadIdx.x;
     std::barrier<>& wb = *g_warp_bar[t >> 5];
-    g_xch[t] = v;
+    g_xch[t] = (double)v;  // exact for float and double
     wb.arrive_and_wait();
-    float r = g_xch[(t & ~31) | src(t & 31)];
+    T r = (T)g_xch[(t & ~31) | src(t & 31)];
     wb.arrive_and_wait();
     return r;
 }
-inline float __shfl_xor_sync(unsigned, float v, int m) { return warp_exchange(v, [m](int l) { return l ^ m; }); }
+template <class T> inline T __shfl_xor_sync(unsigned, T v, int m) { return warp_exchange(v, [m](int l) { return l ^ m; }); }
 // Past the warp's last lane a lane reads its own value, as on a GPU.
-inline float __shfl_down_sync(unsigned, float v, unsigned d) { return warp_exchange(v, [d](int l) { return l + (int)d < 32 ? l + (int)d : l; }); }
-inline float __shfl_sync(unsigned, float v, int s) { return warp_exchange(v, [s](int) { return s & 31; }); }
+template <class T> inline T __shfl_down_sync(unsigned, T v, unsigned d) { return warp_exchange(v, [d](int l) { return l + (int)d < 32 ? l + (int)d : l; }); }
+template <class T> inline T __shfl_sync(unsigned, T v, int s) { return warp_exchange(v, [s](int) { return s & 31; }); }
 // Called before each block's threads start, when set (emu_tc.h's dynamic shared memory poisons
 // its buffer there; checks set it and reset it around their launches).
 inline std::function<void()> g_before_block;

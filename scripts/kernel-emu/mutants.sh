@@ -78,4 +78,9 @@ mutant conv_tcp_check $P CONV_TCP_KERNELS 's/const int red_begin = blockIdx.z \*
 # elements in each product and the mutant is equivalent; it matters for conv2d_tc.cu only.)
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/const int m = m0 + wm \* (BM \/ 2) + i \* 16 + g8 + up \* 8;/const int m = m0 + wm * (BM \/ 2) + i * 16 + g8 + up * 4;/' "pipe: epilogue stores accumulators 2 and 3 at row g + 4"
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/if (PASS == BWD_WEIGHT \&\& split) atomicAdd(o, v);/if (PASS == BWD_WEIGHT \&\& split \&\& false) atomicAdd(o, v);/' "pipe: split weight-gradient partials stored, not added"
+mutant conv_tcp_check $H CONV_TCP_KERNELS 's/const int inside = min(BN \/ 4, max(0, N - slot \* (BN \/ 4)));/const int inside = BN \/ 4;/' "bn statistics: a tail slot centred as if full"
+mutant conv_tcp_check $H CONV_TCP_KERNELS 's/const int P = gridDim.x \* 4, slot = blockIdx.x \* 4 + wn;/const int P = gridDim.x * 4, slot = blockIdx.x * 4;/' "bn statistics: the four warp columns write one slot"
+mutant conv_tcp_check $H CONV_TCP_KERNELS 's/q += __shfl_xor_sync(0xffffffffu, q, 2);/\/\/ two lanes short/' "bn statistics: centred squares miss two lanes"
+mutant bn_check batchnorm.cu BN_KERNELS 's/const int n = min(width, count - j \* width);/const int n = width;/' "partial statistics: the last slot counted as full"
+mutant bn_check batchnorm.cu BN_KERNELS 's/q += (double)m2\[j\] + n \* d \* d;/q += (double)m2[j];/' "partial statistics: slot means not combined"
 exit $survived

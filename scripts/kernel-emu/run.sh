@@ -7,6 +7,8 @@
 #    launch) as src/ops/attention/cuda.rs launches them, C = 1..2048, H*W = 1..33x33, N = 1 and 3;
 #  - optim_check: kernels/optim.cu (SGD, Adam, train_monitor) as src/backend/cuda/optim.rs
 #    launches them, with host and device (StepScalars) hyper-parameters and a NaN loss;
+#  - bn_check: kernels/batchnorm.cu's training statistics, bn_stats_f32 and bn_stats_partials_f32
+#    (from a convolution epilogue's per-slot sums and centred squares), mean far from 0;
 #  - conv_tc_check: kernels/conv2d_tc.cu (tensor-core convolution: forward, input and weight
 #    gradient, TF32 and BF16 mma.sync, all three tiles, split and unsplit weight gradient) as
 #    src/ops/conv/cuda.rs launches it, on 7 small odd shapes, against f64 loops on the same
@@ -15,9 +17,10 @@
 #  - conv_tcp_check: kernels/conv2d_tcp.cu (the cp.async-pipelined variant, conv2d_pipe_*), the
 #    same check built from conv_tc_check.cpp with -DCONV_TCP_KERNELS: weights reordered as cuda.rs
 #    hands them over, dynamic shared memory (NaN before each block), cp.async queued per thread
-#    and landing at the wait (emu_async.h), 4 more shapes; then again on shapes 6 and 9 with the
+#    and landing at the wait (emu_async.h), 4 more shapes, and the forward's batch-norm partial
+#    statistics (every slot's sum and centred squares against the output it wrote); then again on shapes 6 and 9 with the
 #    copies landing at issue (EMU_CP_ASYNC=early).
-# All five are built with AddressSanitizer and UBSan: an out-of-bounds read or write (global or
+# All six are built with AddressSanitizer and UBSan: an out-of-bounds read or write (global or
 # shared memory), a misaligned float2/float4 access or an int overflow aborts the run.
 # For checking a kernel's indexing, masking, barriers and reduction order on a machine without a
 # GPU; it says nothing about speed, and a race that needs real warps to show may pass here.
@@ -30,12 +33,13 @@ san="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all"
 g++ $san -std=c++20 -w -pthread -o "$out/danet_check" danet_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/csa_check" csa_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/optim_check" optim_check.cpp
+g++ $san -std=c++20 -w -pthread -o "$out/bn_check" bn_check.cpp
 python3 emu_ptx.py ../../kernels/conv2d_tc.cu "$out/conv2d_tc_emu.cu"
 g++ $san -std=c++20 -w -pthread -I. -DCONV_TC_KERNELS="\"$out/conv2d_tc_emu.cu\"" -o "$out/conv_tc_check" conv_tc_check.cpp
 python3 emu_ptx.py ../../kernels/conv2d_tcp.cu "$out/conv2d_tcp_emu.cu"
 g++ $san -std=c++20 -w -pthread -I. -DCONV_TCP_KERNELS="\"$out/conv2d_tcp_emu.cu\"" -o "$out/conv_tcp_check" conv_tc_check.cpp
 status=0
-for c in danet_check csa_check optim_check conv_tc_check conv_tcp_check; do
+for c in danet_check csa_check optim_check bn_check conv_tc_check conv_tcp_check; do
     echo "== $c"
     "$out/$c" || { echo "$c FAILED"; status=1; }
 done

@@ -54,7 +54,7 @@ impl ConvKernels for Cuda {
         let bb = sb.as_ref().map(|s| s.as_cuda(CONV2D)).transpose()?;
         let mut y = dev.alloc(sh.output_len())?;
         let partials = conv2d_fwd_partials(&dev, sh, sx.as_cuda(CONV2D)?, sw.as_cuda(CONV2D)?, bb, &mut y)?
-            .map(|(sums, slots)| BnPartials { sums: Storage::Cuda(sums), slots, channels: sh.k });
+            .map(|(sums, slots, width)| BnPartials { sums: Storage::Cuda(sums), slots, width, channels: sh.k });
         Ok((Storage::Cuda(y), partials))
     }
 
@@ -384,8 +384,8 @@ pub fn launch_plan(
     launch_plan_with(dev, sh, pass, p, a, b, bias, out, None)
 }
 
-/// [`launch_plan`], a pipelined forward also writing batch-norm partial sums into `stats`
-/// (2 x K x [`bn_slots`] values; see `BnPartials`).
+/// [`launch_plan`], a pipelined forward also writing batch-norm partial statistics into `stats`
+/// (2 x K x slots values, [`bn_slots`]; see `BnPartials`).
 #[allow(clippy::too_many_arguments)]
 pub fn launch_plan_with(
     dev: &CudaDevice,
@@ -400,7 +400,7 @@ pub fn launch_plan_with(
 ) -> Result<()> {
     let stats = match stats {
         Some(s) => {
-            let slots = bn_slots(sh, p).ok_or_else(|| Error::invalid(p.kernel.name, "only the pipelined forward writes batch-norm statistics"))?;
+            let (slots, _) = bn_slots(sh, p).ok_or_else(|| Error::invalid(p.kernel.name, "only the pipelined forward writes batch-norm statistics"))?;
             check_len(p.kernel.name, "stats", s.len(), 2 * sh.k * slots, &[2, sh.k, slots])?;
             s.ptr_mut()
         }
@@ -451,27 +451,30 @@ pub fn launch_plan_with(
     launch(dev, p.kernel, cfg, &args)
 }
 
-/// The batch-norm partial sums per channel a forward plan writes (4 per block column:
-/// kernels/conv_tc.cuh `store_tile`), or None when its kernel writes none.
-pub fn bn_slots(sh: &Conv2dShape, p: &ConvPlan) -> Option<usize> {
-    (p.kernel.module == "conv2d_tcp").then(|| 4 * p.grid(sh, ConvPass::Forward).0)
+/// The batch-norm partial statistics per channel a forward plan writes, and the output pixels
+/// each covers (4 slots per block column: kernels/conv_tc.cuh `store_tile`), or None when its
+/// kernel writes none.
+pub fn bn_slots(sh: &Conv2dShape, p: &ConvPlan) -> Option<(usize, usize)> {
+    (p.kernel.module == "conv2d_tcp").then(|| (4 * p.grid(sh, ConvPass::Forward).0, p.tile.1 / 4))
 }
 
-/// The forward at the device's precision and variant, with batch-norm partial sums when its
-/// kernel writes them (the pipelined tensor-core kernels), else plain (None).
-pub fn conv2d_fwd_partials(dev: &CudaDevice, sh: &Conv2dShape, x: &GpuBuffer, w: &GpuBuffer, bias: Option<&GpuBuffer>, y: &mut GpuBuffer) -> Result<Option<(GpuBuffer, usize)>> {
+/// The forward at the device's precision and variant, with batch-norm partial statistics (and
+/// their slots and slot width, [`bn_slots`]) when its kernel writes them (the pipelined
+/// tensor-core kernels), else plain (None).
+#[allow(clippy::type_complexity)]
+pub fn conv2d_fwd_partials(dev: &CudaDevice, sh: &Conv2dShape, x: &GpuBuffer, w: &GpuBuffer, bias: Option<&GpuBuffer>, y: &mut GpuBuffer) -> Result<Option<(GpuBuffer, usize, usize)>> {
     if let Some(b) = bias {
         check_len("conv2d_fwd", "bias", b.len(), sh.k, &[sh.k])?;
     }
     let p = plan(sh, ConvPass::Forward, dev.precision(), dev.tc_variant(), dev.sm_count() as usize);
     log_plan(sh, ConvPass::Forward, dev.precision(), &p);
-    let Some(slots) = bn_slots(sh, &p) else {
+    let Some((slots, width)) = bn_slots(sh, &p) else {
         launch_plan(dev, sh, ConvPass::Forward, &p, w, x, bias, y)?;
         return Ok(None);
     };
     let mut sums = dev.alloc(2 * sh.k * slots)?;
     launch_plan_with(dev, sh, ConvPass::Forward, &p, w, x, bias, y, Some(&mut sums))?;
-    Ok(Some((sums, slots)))
+    Ok(Some((sums, slots, width)))
 }
 
 /// The (K, C, R, S) weights `w` copied into `order`.

@@ -34,7 +34,7 @@ impl NormKernels for Cuda {
                         Some(p) => {
                             let sums = p.sums.as_cuda(OP)?;
                             let count = shape[0] * shape[2] * shape[3];
-                            bn_stats_partials(&dev, sums, p.slots, c, count, &mut mean, &mut var, running, opts.momentum)
+                            bn_stats_partials(&dev, sums, [p.slots, p.width], c, count, &mut mean, &mut var, running, opts.momentum)
                         }
                         None => bn_stats(&dev, xb, shape, &mut mean, &mut var, running, opts.momentum),
                     }
@@ -127,13 +127,14 @@ pub fn bn_stats(
     launch(dev, k::BN_STATS, grid_per_item(dev, shape[1]), &args)
 }
 
-/// [`bn_stats`] from a convolution's partial sums (`BnPartials`): `sums` holds, per channel, `slots`
-/// sums then (after all channels) `slots` sums of squares per channel, over `count` values each.
+/// [`bn_stats`] from a convolution's partial statistics (`BnPartials`): `sums` holds, per channel,
+/// `slots` slot sums, then per channel the slots' sums of squared deviations from their means;
+/// a slot covers `width` of the channel's `count` values (the last one fewer).
 #[allow(clippy::too_many_arguments)]
 pub fn bn_stats_partials(
     dev: &CudaDevice,
     sums: &GpuBuffer,
-    slots: usize,
+    [slots, width]: [usize; 2],
     c: usize,
     count: usize,
     mean: &mut GpuBuffer,
@@ -142,8 +143,8 @@ pub fn bn_stats_partials(
     momentum: f32,
 ) -> Result<()> {
     let op = k::BN_STATS_PARTIALS.name;
-    if slots == 0 || c == 0 || count == 0 {
-        return Err(Error::invalid(op, format!("{c} channels of {slots} partial sums over {count} values")));
+    if slots == 0 || width == 0 || c == 0 || count == 0 || slots * width < count {
+        return Err(Error::invalid(op, format!("{c} channels of {slots} partial sums of {width} values cannot hold {count} values")));
     }
     check_len(op, "partial sums", sums.len(), 2 * c * slots, &[2, c, slots])?;
     for (name, b) in [("mean", &*mean), ("var", &*var)] {
@@ -160,6 +161,7 @@ pub fn bn_stats_partials(
     let args = [
         Arg::Ptr(sums.ptr()),
         Arg::I32(to_i32(op, "slots", slots)?),
+        Arg::I32(to_i32(op, "slot width", width)?),
         Arg::Ptr(mean.ptr_mut()),
         Arg::Ptr(var.ptr_mut()),
         Arg::Ptr(rm),

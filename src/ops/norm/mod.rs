@@ -51,13 +51,14 @@ pub(crate) struct BnSaved {
 }
 
 /// Batch-norm statistics a convolution computed as it wrote its output (the tensor-core
-/// kernels' epilogue, GPU only; `Tensor::conv2d_with_bn_partials`): per channel, `slots` partial
-/// sums then `slots` partial sums of squares, channel after channel (kernels/conv_tc.cuh,
-/// `store_tile`). Handed to `Tensor::batch_norm_with`, they spare batch norm its pass over the
-/// convolution's output.
+/// kernels' epilogue, GPU only; `Tensor::conv2d_with_bn_partials`): per channel and slot of
+/// `width` consecutive output pixels, the slot's sum, then (after every channel's sums) the sum
+/// of its squared deviations from the slot's mean (kernels/conv_tc.cuh, `store_tile`). Handed to
+/// `Tensor::batch_norm_with`, they spare batch norm its pass over the convolution's output.
 pub struct BnPartials {
     pub(crate) sums: Storage,
     pub(crate) slots: usize,
+    pub(crate) width: usize,
     pub(crate) channels: usize,
 }
 
@@ -239,7 +240,7 @@ mod tests {
     #[test]
     fn partial_statistics_are_refused_where_they_cannot_apply() {
         let (_, x) = seeded_randn(10, [2, 3, 4, 4], 0.0, 1.0);
-        let p = |c: usize| BnPartials { sums: Storage::Cpu(vec![1.0; 2 * c * 5]), slots: 5, channels: c };
+        let p = |c: usize| BnPartials { sums: Storage::Cpu(vec![1.0; 2 * c * 5]), slots: 5, width: 8, channels: c };
         let v = |val: f32| Tensor::full([3], val, Device::Cpu).unwrap();
         let opts = BatchNormOptions::default();
         let e = x.batch_norm_with(&v(1.0), &v(0.0), &v(0.0), &v(1.0), opts, Some(&p(3))).unwrap_err().to_string();
