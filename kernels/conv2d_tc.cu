@@ -210,12 +210,7 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const f
     };
 
     float acc[MT][NT][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int v = 0; v < 4; ++v) acc[i][j][v] = 0.0f;
+    zero_tiles(acc);
 
     const int tiles = red_end > red_begin ? (red_end - red_begin + E - 1) / E : 0;
     if (tiles > 0) {
@@ -244,10 +239,7 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const f
                 bf[j][0] = Bs[cur][c][ks + t4];
                 bf[j][1] = Bs[cur][c][ks + t4 + 4];
             }
-#pragma unroll
-            for (int i = 0; i < MT; ++i)
-#pragma unroll
-                for (int j = 0; j < NT; ++j) P::mma(acc[i][j], af[i], bf[j]);
+            mma_tiles<P>(acc, af, bf);
         }
         if (more) store(cur ^ 1);
         __syncthreads();

@@ -299,12 +299,7 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
     };
 
     float acc[MT][NT][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int v = 0; v < 4; ++v) acc[i][j][v] = 0.0f;
+    zero_tiles(acc);
 
     const int tiles = red_end > red_begin ? (red_end - red_begin + KT - 1) / KT : 0;
 #pragma unroll
@@ -331,10 +326,7 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
                 if constexpr (B_ROWS) frag_b_rows<P>(bf[j], Bs + c * SA + ks, t4);
                 else frag_b_cols<P, SB>(bf[j], Bs + ks * SB + c, t4);
             }
-#pragma unroll
-            for (int i = 0; i < MT; ++i)
-#pragma unroll
-                for (int j = 0; j < NT; ++j) P::mma(acc[i][j], af[i], bf[j]);
+            mma_tiles<P>(acc, af, bf);
         }
     }
     cp_async_wait<0>();

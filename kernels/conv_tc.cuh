@@ -65,6 +65,24 @@ struct Crs {
     }
 };
 
+// A warp's MT x NT accumulator tiles: zeroed, and every A fragment i times every B fragment j.
+template <int MT, int NT>
+__device__ __forceinline__ void zero_tiles(float (&acc)[MT][NT][4]) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int v = 0; v < 4; ++v) acc[i][j][v] = 0.0f;
+}
+template <class P, int MT, int NT>
+__device__ __forceinline__ void mma_tiles(float (&acc)[MT][NT][4], const unsigned (&af)[MT][4], const unsigned (&bf)[NT][2]) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) P::mma(acc[i][j], af[i], bf[j]);
+}
+
 // (M, N, reduction) of a pass's GEMM: forward K x (N*OH*OW) over C*R*S; input gradient
 // C x (N*H*W) over K*R*S; weight gradient K x (C*R*S) over N*OH*OW.
 struct ConvGemm {
