@@ -9,9 +9,13 @@
 #            captured, host waits per step
 #   csa      benches/csa_gpu.rs: the attention kernels against the composed ops
 #   run      a short paper-model training run with the CUDA graph
+#   runpipe  the same run on the pipelined kernels with batch-norm statistics from the epilogue
+#            (COSEG_CONV_TC=pipelined COSEG_FUSE_BN_STATS=1), to set beside `run`
 #   curves   the same 200-iteration run at fp32, tf32 and bf16 (loss and validation curves)
 #   profile  per-op table of a short run (coseg's own profiler), then Nsight Compute per kernel
 # Usage: bash scripts/gpu/check.sh [steps]   (default "tests conv step csa run")
+# One device call may run 600 s: split the default in two calls, e.g. "tests conv" and
+# "step csa run runpipe".
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 steps=${1:-tests conv step csa run}
@@ -43,6 +47,10 @@ for s in $steps; do
       d=/tmp/run; rm -rf "$d"
       timeout 200 .gpu/bin/bin-coseg demo --paper --lesions 240 --iterations 300 --out "$d" > "$OUT/run.log" 2>&1
       echo "run rc $?"; grep -E "training on|cuda graph|captured|ms per step|steps/s|network - pseudo" "$OUT/run.log" | head; tail -3 "$OUT/run.log";;
+    runpipe)
+      d=/tmp/runpipe; rm -rf "$d"
+      COSEG_CONV_TC=pipelined COSEG_FUSE_BN_STATS=1 timeout 200 .gpu/bin/bin-coseg demo --paper --lesions 240 --iterations 300 --out "$d" > "$OUT/runpipe.log" 2>&1
+      echo "runpipe rc $?"; grep -E "training on|cuda graph|captured|ms per step|steps/s|network - pseudo" "$OUT/runpipe.log" | head; tail -3 "$OUT/runpipe.log";;
     curves)
       for p in fp32 tf32 bf16; do
         d=/tmp/curves/$p; rm -rf "$d"
@@ -58,7 +66,7 @@ for s in $steps; do
       echo "profile rc $?"; column -s, -t < "$d/train/profile.csv" | head -40; cp "$d/train/profile.csv" "$OUT/"
       timeout 240 bash .gpu/profile.sh 4000 .gpu/bin/bench-step_gpu --bench 'gpu_sgd_step/.*bf16$' --profile-time 1 2>&1 | head -40
       [ -f "$OUT/ncu.csv" ] && gzip -f "$OUT/ncu.csv";;
-    *) echo "unknown step '$s' (tests conv step csa run curves profile)";;
+    *) echo "unknown step '$s' (tests conv step csa run runpipe curves profile)";;
   esac
   echo "== step $s took $(( $(date +%s) - t0 )) s"
 done
