@@ -226,6 +226,47 @@ fn print_table(table: &Table) {
     }
 }
 
+/// The first fusion of issue 12, against the unfused sequence: a bf16 pipelined forward followed by
+/// batch norm's training statistics and normalisation, with the statistics from batch norm's own
+/// pass over the output (bn_stats_f32) or from the convolution's epilogue (bn_stats_partials_f32).
+/// Ids `conv_bn_<shape>/{unfused,fused}`; prints one table.
+fn conv_bn(c: &mut Criterion, dev: &Arc<CudaDevice>) {
+    use coseg::backend::cuda::batchnorm::{bn_fwd, bn_stats, bn_stats_partials};
+    dev.set_precision(Precision::Bf16);
+    dev.set_tc_variant(TcVariant::Pipelined);
+    let mut rows = Vec::new();
+    for case in cases().iter().filter(|c| c.sh.stride == 1) {
+        let sh = case.sh;
+        let x = dev.htod(&random(sh.input_len(), 1)).unwrap();
+        let w = dev.htod(&random(sh.weight_len(), 2)).unwrap();
+        let per_channel = |v: f32| dev.htod(&vec![v; sh.k]).unwrap();
+        let (gamma, beta) = (per_channel(1.0), per_channel(0.0));
+        let (mut rm, mut rv, mut mean, mut var) = (per_channel(0.0), per_channel(1.0), per_channel(0.0), per_channel(0.0));
+        let (mut y, mut out) = (dev.alloc(sh.output_len()).unwrap(), dev.alloc(sh.output_len()).unwrap());
+        let shape = [sh.n, sh.k, sh.out_h(), sh.out_w()];
+        let count = sh.n * sh.out_h() * sh.out_w();
+        let group = format!("conv_bn_{}", case.name);
+        let unfused = measure(c, dev.stream(), &group, "unfused", sh.flops(), &mut || {
+            conv::conv2d_fwd(dev, &sh, Precision::Bf16, &x, &w, None, &mut y).unwrap();
+            bn_stats(dev, &y, shape, &mut mean, &mut var, Some((&mut rm, &mut rv)), 0.1).unwrap();
+            bn_fwd(dev, &y, shape, &mean, &var, &gamma, &beta, &mut out, 1e-5).unwrap();
+        });
+        let fused = measure(c, dev.stream(), &group, "fused", sh.flops(), &mut || {
+            let (sums, slots, width) = conv::conv2d_fwd_partials(dev, &sh, &x, &w, None, &mut y).unwrap().expect("pipelined bf16 writes statistics");
+            bn_stats_partials(dev, &sums, [slots, width], sh.k, count, &mut mean, &mut var, Some((&mut rm, &mut rv)), 0.1).unwrap();
+            bn_fwd(dev, &y, shape, &mean, &var, &gamma, &beta, &mut out, 1e-5).unwrap();
+        });
+        rows.push((case.name, unfused, fused));
+    }
+    dev.set_tc_variant(TcVariant::default());
+    println!("\nconv_bn summary: bf16 pipelined forward + batch-norm statistics + normalisation, median ms of 20 event-timed runs");
+    println!("| shape | unfused ms | fused ms | unfused / fused |");
+    println!("| --- | --- | --- | --- |");
+    for (name, u, f) in rows {
+        println!("| {name} | {u:.3} | {f:.3} | {:.2} |", u / f);
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let Some(dev) = gpu::device_or_skip("conv_gpu") else {
         return;
@@ -235,6 +276,7 @@ fn bench(c: &mut Criterion) {
     ours(c, &dev, &mut table);
     cudnn_reference(c, &dev, &mut table);
     print_table(&table);
+    conv_bn(c, &dev);
 }
 
 criterion_group!(benches, bench);

@@ -36,7 +36,7 @@ for s in $steps; do
       done;;
     conv)
       timeout 300 .gpu/bin/bench-conv_gpu --bench > "$OUT/conv_gpu.log" 2>&1; echo "conv_gpu rc $?"
-      sed -n '/conv_gpu summary/,$p' "$OUT/conv_gpu.log";;
+      grep -E '^\||summary' "$OUT/conv_gpu.log";;
     step)
       timeout 300 .gpu/bin/bench-step_gpu --bench 'gpu_train_step|gpu_sgd_step' > "$OUT/step_gpu.log" 2>&1; echo "step_gpu rc $?"
       grep -E "^gpu_|time:|train step|peak device" "$OUT/step_gpu.log" | head -60;;
