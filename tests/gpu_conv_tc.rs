@@ -125,26 +125,30 @@ test_gpu!(the_public_wrappers_dispatch_by_precision_and_variant, |dev| {
 });
 
 // A conv layer through the tensor ops and autograd follows the device's precision setting.
-test_gpu!(tensor_ops_follow_the_device_precision, |dev| {
+test_gpu!(tensor_ops_follow_the_device_precision_and_variant, |dev| {
     let _one_at_a_time = serial();
     let mut r = rng(14);
     let (xv, wv) = (randn(&mut r, 2 * 9 * 11 * 11), randn(&mut r, 20 * 9 * 9));
-    let run = |device: Device| -> (Vec<f32>, Vec<f32>) {
-        let x = Tensor::from_vec(xv.clone(), [2, 9, 11, 11], device).unwrap();
+    let run = |device: Device| -> [Vec<f32>; 3] {
+        let x = Tensor::from_vec(xv.clone(), [2, 9, 11, 11], device).unwrap().into_var();
         let w = Tensor::from_vec(wv.clone(), [20, 9, 3, 3], device).unwrap().into_var();
         let y = x.conv2d(&w, None, 1, 2, 2).unwrap();
         y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        (y.to_vec().unwrap(), w.grad().unwrap().to_vec().unwrap())
+        [y.to_vec().unwrap(), w.grad().unwrap().to_vec().unwrap(), x.grad().unwrap().to_vec().unwrap()]
     };
-    let (y_cpu, dw_cpu) = run(Device::Cpu);
-    for p in Precision::ALL {
-        dev.set_precision(p);
-        let (y, dw) = run(Device::Cuda(0));
-        let (ey, ew) = (rel_err(&y, &y_cpu), rel_err(&dw, &dw_cpu));
-        assert!(ey <= tolerance(p) && ew <= 2.0 * tolerance(p), "{p}: {ey:.3e} {ew:.3e}");
-        if p != Precision::Fp32 {
-            assert!(ey > 1e-6, "{p}: the f32 kernels ran");
+    let cpu = run(Device::Cpu);
+    for variant in TcVariant::ALL {
+        dev.set_tc_variant(variant);
+        for p in Precision::ALL {
+            dev.set_precision(p);
+            let gpu = run(Device::Cuda(0));
+            let [ey, ew, ex] = [0, 1, 2].map(|i| rel_err(&gpu[i], &cpu[i]));
+            assert!(ey <= tolerance(p) && ew <= 2.0 * tolerance(p) && ex <= 2.0 * tolerance(p), "{variant} {p}: y {ey:.3e} dw {ew:.3e} dx {ex:.3e}");
+            if p != Precision::Fp32 {
+                assert!(ey > 1e-6, "{variant} {p}: the f32 kernels ran");
+            }
         }
     }
     dev.set_precision(Precision::Fp32);
+    dev.set_tc_variant(TcVariant::default());
 });
