@@ -75,33 +75,27 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const f
     __shared__ __align__(16) unsigned As[2][BM][ROW_WORDS];
     __shared__ __align__(16) unsigned Bs[2][BN][ROW_WORDS];
 
-    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-    const int wm = warp >> 2, wn = warp & 3, g8 = lane >> 2, t4 = lane & 3;
+    const BlockTile<BM, BN, PASS> bt(g, red_chunk);
     const int OHW = g.oh * g.ow, HW = g.h * g.w;
-    const ConvGemm gm = conv_gemm<PASS>(g);
-    const int M = gm.m, N = gm.n, RED = gm.red;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    const int red_begin = blockIdx.z * red_chunk;
-    const int red_end = min(RED, red_begin + red_chunk);
 
     // Per-thread load state, fixed for the whole reduction.
     // A of FWD and BWD_INPUT is a row-major [M][RED] matrix (the weights; for BWD_INPUT the host
     // transposed them to (C, K, R, S)): a thread loads quads of 4 consecutive reduction elements,
     // QUADS consecutive threads cover one row of the tile, so a warp reads whole 128-byte lines.
     constexpr int QUADS = E / 4, QUAD_ROWS = TC_THREADS / QUADS, A_PASSES = BM / QUAD_ROWS;
-    const int a_quad = t % QUADS, a_row0 = t / QUADS;
-    const bool a_vec = (RED & 3) == 0 && (reinterpret_cast<unsigned long long>(a_src) & 15) == 0;
+    const int a_quad = bt.t % QUADS, a_row0 = bt.t / QUADS;
+    const bool a_vec = (bt.RED & 3) == 0 && (reinterpret_cast<unsigned long long>(a_src) & 15) == 0;
     // B of FWD and BWD_INPUT (k-run): row t % BN (a pixel), part t / BN of the tile's elements.
-    const int b_row = t % BN, b_part = t / BN;
+    const int b_row = bt.t % BN, b_part = bt.t / BN;
     // row-run (BWD_WEIGHT): reduction element t % E, rows (t / E) * RUN.
-    const int e_col = t % E, grp = t / E;
+    const int e_col = bt.t % E, grp = bt.t / E;
     int pix_n = 0, base_h = 0, base_w = 0;  // the B row's pixel (FWD: ih0/iw0; BWD_INPUT: h+pad, w+pad)
     bool pix_ok = false;
     Crs col0{0, 0, 0};  // BWD_WEIGHT: (c, r, s) of this thread's first B row
     if constexpr (PASS == FWD || PASS == BWD_INPUT) {
-        const int p = n0 + b_row;
+        const int p = bt.n0 + b_row;
         const int plane = PASS == FWD ? OHW : HW, pw = PASS == FWD ? g.ow : g.w;
-        pix_ok = p < N;
+        pix_ok = p < bt.N;
         pix_n = pix_ok ? p / plane : 0;
         const int pr = pix_ok ? p - pix_n * plane : 0;
         if constexpr (PASS == FWD) {
@@ -112,7 +106,7 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const f
             base_w = pr % pw + g.pad;
         }
     } else {
-        col0.decode(min(n0 + grp * RUN_B, N), g.r, g.s);
+        col0.decode(min(bt.n0 + grp * RUN_B, bt.N), g.r, g.s);
     }
 
     float va[RUN_A], vb[RUN_B];
@@ -120,17 +114,17 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const f
     auto load_rows = [&](int k0) {
 #pragma unroll
         for (int p = 0; p < A_PASSES; ++p) {
-            const int m = m0 + a_row0 + p * QUAD_ROWS, k = k0 + a_quad * 4;
+            const int m = bt.m0 + a_row0 + p * QUAD_ROWS, k = k0 + a_quad * 4;
             float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (m < M) {
-                const float* src = a_src + (long long)m * RED + k;
-                if (a_vec && k + 4 <= RED) {
+            if (m < bt.M) {
+                const float* src = a_src + (long long)m * bt.RED + k;
+                if (a_vec && k + 4 <= bt.RED) {
                     v = __ldg(reinterpret_cast<const float4*>(src));
                 } else {
-                    if (k < RED) v.x = __ldg(src);
-                    if (k + 1 < RED) v.y = __ldg(src + 1);
-                    if (k + 2 < RED) v.z = __ldg(src + 2);
-                    if (k + 3 < RED) v.w = __ldg(src + 3);
+                    if (k < bt.RED) v.x = __ldg(src);
+                    if (k + 1 < bt.RED) v.y = __ldg(src + 1);
+                    if (k + 2 < bt.RED) v.z = __ldg(src + 2);
+                    if (k + 3 < bt.RED) v.w = __ldg(src + 3);
                 }
             }
             va[4 * p] = v.x;
@@ -173,13 +167,13 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const f
             }
         } else {
             const int q = k0 + e_col;
-            const bool q_ok = q < red_end;
+            const bool q_ok = q < bt.red_end;
             const int qn = q_ok ? q / OHW : 0, qohw = q_ok ? q - qn * OHW : 0;
             const int ih0 = (qohw / g.ow) * g.stride - g.pad, iw0 = (qohw % g.ow) * g.stride - g.pad;
-            const int ma = m0 + grp * RUN_A;
+            const int ma = bt.m0 + grp * RUN_A;
             const float* dyq = a_src + ((long long)qn * g.k + ma) * OHW + qohw;
 #pragma unroll
-            for (int j = 0; j < RUN_A; ++j) va[j] = (q_ok && ma + j < M) ? __ldg(dyq + j * OHW) : 0.0f;
+            for (int j = 0; j < RUN_A; ++j) va[j] = (q_ok && ma + j < bt.M) ? __ldg(dyq + j * OHW) : 0.0f;
             Crs cc = col0;
             const float* xq = b_src + (long long)qn * g.c * HW;
 #pragma unroll
@@ -212,32 +206,32 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const f
     float acc[MT][NT][4];
     zero_tiles(acc);
 
-    const int tiles = red_end > red_begin ? (red_end - red_begin + E - 1) / E : 0;
+    const int tiles = bt.red_end > bt.red_begin ? (bt.red_end - bt.red_begin + E - 1) / E : 0;
     if (tiles > 0) {
-        load(red_begin);
+        load(bt.red_begin);
         store(0);
     }
     __syncthreads();
     for (int kt = 0; kt < tiles; ++kt) {
         const int cur = kt & 1;
         const bool more = kt + 1 < tiles;
-        if (more) load(red_begin + (kt + 1) * E);
+        if (more) load(bt.red_begin + (kt + 1) * E);
 #pragma unroll
         for (int ks = 0; ks < TILE_WORDS; ks += 8) {
             unsigned af[MT][4], bf[NT][2];
 #pragma unroll
             for (int i = 0; i < MT; ++i) {
-                const int r = wm * (BM / 2) + i * 16 + g8;
-                af[i][0] = As[cur][r][ks + t4];
-                af[i][1] = As[cur][r + 8][ks + t4];
-                af[i][2] = As[cur][r][ks + t4 + 4];
-                af[i][3] = As[cur][r + 8][ks + t4 + 4];
+                const int r = bt.wm * (BM / 2) + i * 16 + bt.g8;
+                af[i][0] = As[cur][r][ks + bt.t4];
+                af[i][1] = As[cur][r + 8][ks + bt.t4];
+                af[i][2] = As[cur][r][ks + bt.t4 + 4];
+                af[i][3] = As[cur][r + 8][ks + bt.t4 + 4];
             }
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
-                const int c = wn * (BN / 4) + j * 8 + g8;
-                bf[j][0] = Bs[cur][c][ks + t4];
-                bf[j][1] = Bs[cur][c][ks + t4 + 4];
+                const int c = bt.wn * (BN / 4) + j * 8 + bt.g8;
+                bf[j][0] = Bs[cur][c][ks + bt.t4];
+                bf[j][1] = Bs[cur][c][ks + bt.t4 + 4];
             }
             mma_tiles<P>(acc, af, bf);
         }
@@ -245,7 +239,7 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const f
         __syncthreads();
     }
 
-    store_tile<BM, BN, PASS, MT, NT>(acc, bias, out, g, m0, n0);
+    store_tile<BM, BN, PASS, MT, NT>(acc, bt, bias, out, g);
 }
 
 // One entry point per pass, precision and tile: NAME(a, b, bias, out, geometry, red_chunk).

@@ -162,23 +162,17 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
     extern __shared__ __align__(16) float smem[];
     if (dynamic_smem_bytes() < (unsigned)(STAGES * STAGE_WORDS * 4)) asm volatile("trap;");
 
-    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-    const int wm = warp >> 2, wn = warp & 3, g8 = lane >> 2, t4 = lane & 3;
+    const BlockTile<BM, BN, PASS> bt(g, red_chunk);
     const int OHW = g.oh * g.ow, HW = g.h * g.w;
-    const ConvGemm gm = conv_gemm<PASS>(g);
-    const int M = gm.m, N = gm.n, RED = gm.red;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    const int red_begin = blockIdx.z * red_chunk;
-    const int red_end = min(RED, red_begin + red_chunk);
 
     // A: quads of 4 reduction elements; thread t takes quad t % 8 of rows t / 8 + 32 p.
-    const int a_quad = t & 7, a_row0 = t >> 3;
+    const int a_quad = bt.t & 7, a_row0 = bt.t >> 3;
     // Forward / input gradient: A is a row-major [M][RED] matrix (the reordered weights).
     // Weight gradient: A is dy, row m = output channel, k = pixel q: dy[q / OHW][m][q % OHW].
-    const bool a_vec = PASS == BWD_WEIGHT ? (OHW & 3) == 0 : (RED & 3) == 0;
+    const bool a_vec = PASS == BWD_WEIGHT ? (OHW & 3) == 0 : (bt.RED & 3) == 0;
     // B of the forward / input gradient: pixel t % BN, reduction rows (t / BN) * B_RUN + j.
     constexpr int B_RUN = KT * BN / TC_THREADS;
-    const int b_pix = t % BN, b_grp = t / BN;
+    const int b_pix = bt.t % BN, b_grp = bt.t / BN;
     const int CH = PASS == FWD ? g.c : g.k;  // channels of the gathered tensor
     const int plane = PASS == FWD ? HW : OHW;
     TapGather<PASS> tap{0, 0};
@@ -186,14 +180,14 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
     bool pix_ok = false;
     // B of the weight gradient: pixel-reduction column t % 32, rows (t / 32) * W_RUN + j of N.
     constexpr int W_RUN = BN * KT / TC_THREADS;
-    const int w_q = t & 31, w_grp = t >> 5;
+    const int w_q = bt.t & 31, w_grp = bt.t >> 5;
     Crs col0{0, 0, 0};
     if constexpr (PASS == BWD_WEIGHT) {
-        col0.decode(min(n0 + w_grp * W_RUN, N), g.r, g.s);
+        col0.decode(min(bt.n0 + w_grp * W_RUN, bt.N), g.r, g.s);
     } else {
-        const int p = n0 + b_pix;
+        const int p = bt.n0 + b_pix;
         const int pplane = PASS == FWD ? OHW : HW, pw = PASS == FWD ? g.ow : g.w;
-        pix_ok = p < N;
+        pix_ok = p < bt.N;
         const int pn = pix_ok ? p / pplane : 0, pr = pix_ok ? p - pn * pplane : 0;
         if constexpr (PASS == FWD) tap = {(pr / pw) * g.stride - g.pad, (pr % pw) * g.stride - g.pad};
         else tap = {pr / pw + g.pad, pr % pw + g.pad};
@@ -207,25 +201,25 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
         if constexpr (PASS == BWD_WEIGHT) {
             const int q = k0 + 4 * a_quad;
             if (a_vec) {  // 4 pixels of one image (OHW % 4 == 0 and q % 4 == 0)
-                const bool q_ok = q < red_end;
+                const bool q_ok = q < bt.red_end;
                 const int qn = q_ok ? q / OHW : 0, qr = q_ok ? q - qn * OHW : 0;
                 const float* src = a_src + (long long)qn * g.k * OHW + qr;
 #pragma unroll
                 for (int p = 0; p < BM / 32; ++p) {
-                    const int m = m0 + a_row0 + 32 * p;
-                    const bool ok = q_ok && m < M;
+                    const int m = bt.m0 + a_row0 + 32 * p;
+                    const bool ok = q_ok && m < bt.M;
                     cp_async16(As + (a_row0 + 32 * p) * SA + 4 * a_quad, ok ? src + (long long)m * OHW : a_src, ok);
                 }
             } else {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    const bool q_ok = q + e < red_end;
+                    const bool q_ok = q + e < bt.red_end;
                     const int qn = q_ok ? (q + e) / OHW : 0, qr = q_ok ? q + e - qn * OHW : 0;
                     const float* src = a_src + (long long)qn * g.k * OHW + qr;
 #pragma unroll
                     for (int p = 0; p < BM / 32; ++p) {
-                        const int m = m0 + a_row0 + 32 * p;
-                        const bool ok = q_ok && m < M;
+                        const int m = bt.m0 + a_row0 + 32 * p;
+                        const bool ok = q_ok && m < bt.M;
                         cp_async4(As + (a_row0 + 32 * p) * SA + 4 * a_quad + e, ok ? src + (long long)m * OHW : a_src, ok);
                     }
                 }
@@ -234,16 +228,16 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
             const int k = k0 + 4 * a_quad;
 #pragma unroll
             for (int p = 0; p < BM / 32; ++p) {
-                const int m = m0 + a_row0 + 32 * p;
+                const int m = bt.m0 + a_row0 + 32 * p;
                 float* dst = As + (a_row0 + 32 * p) * SA + 4 * a_quad;
-                const float* src = a_src + (long long)m * RED + k;
+                const float* src = a_src + (long long)m * bt.RED + k;
                 if (a_vec) {  // RED % 4 == 0: a quad is in the reduction whole or not at all
-                    const bool ok = m < M && k < red_end;
+                    const bool ok = m < bt.M && k < bt.red_end;
                     cp_async16(dst, ok ? src : a_src, ok);
                 } else {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        const bool ok = m < M && k + e < red_end;
+                        const bool ok = m < bt.M && k + e < bt.red_end;
                         cp_async4(dst + e, ok ? src + e : a_src, ok);
                     }
                 }
@@ -252,7 +246,7 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
         // B
         if constexpr (PASS == BWD_WEIGHT) {
             const int q = k0 + w_q;
-            const bool q_ok = q < red_end;
+            const bool q_ok = q < bt.red_end;
             const int qn = q_ok ? q / OHW : 0, qr = q_ok ? q - qn * OHW : 0;
             const int ih0 = (qr / g.ow) * g.stride - g.pad, iw0 = (qr % g.ow) * g.stride - g.pad;
             const float* xq = b_src + (long long)qn * g.c * HW;
@@ -275,7 +269,7 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
                 // The run is one tap (every layer of the network but the 3-channel stem): one
                 // bounds check, then a plane apart each; RED is a multiple of B_RUN too, so the
                 // run is inside the reduction whole or not at all.
-                const bool ok = at >= 0 && idx0 < red_end;
+                const bool ok = at >= 0 && idx0 < bt.red_end;
                 const float* src = ok ? b_img + ch * plane + at : b_src;
                 const int step = ok ? plane : 0;
 #pragma unroll
@@ -284,7 +278,7 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
             }
 #pragma unroll
             for (int j = 0; j < B_RUN; ++j) {
-                const bool ok = at >= 0 && idx0 + j < red_end;
+                const bool ok = at >= 0 && idx0 + j < bt.red_end;
                 cp_async4(dst + j * SB, ok ? b_img + ch * plane + at : b_src, ok);
                 if (++ch == CH) {
                     ch = 0;
@@ -301,17 +295,17 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
     float acc[MT][NT][4];
     zero_tiles(acc);
 
-    const int tiles = red_end > red_begin ? (red_end - red_begin + KT - 1) / KT : 0;
+    const int tiles = bt.red_end > bt.red_begin ? (bt.red_end - bt.red_begin + KT - 1) / KT : 0;
 #pragma unroll
     for (int st = 0; st < STAGES - 1; ++st) {
-        if (st < tiles) issue(st, red_begin + st * KT);
+        if (st < tiles) issue(st, bt.red_begin + st * KT);
         cp_async_commit();
     }
     for (int kt = 0; kt < tiles; ++kt) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();
         const int next = kt + STAGES - 1;
-        if (next < tiles) issue(next % STAGES, red_begin + next * KT);
+        if (next < tiles) issue(next % STAGES, bt.red_begin + next * KT);
         cp_async_commit();
         const float* As = smem + (kt % STAGES) * STAGE_WORDS;
         const float* Bs = As + A_WORDS;
@@ -319,19 +313,19 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
         for (int ks = 0; ks < KT; ks += P::K_STEP) {
             unsigned af[MT][4], bf[NT][2];
 #pragma unroll
-            for (int i = 0; i < MT; ++i) frag_a<P>(af[i], As + (wm * (BM / 2) + i * 16 + g8) * SA + ks, t4);
+            for (int i = 0; i < MT; ++i) frag_a<P>(af[i], As + (bt.wm * (BM / 2) + i * 16 + bt.g8) * SA + ks, bt.t4);
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
-                const int c = wn * (BN / 4) + j * 8 + g8;
-                if constexpr (B_ROWS) frag_b_rows<P>(bf[j], Bs + c * SA + ks, t4);
-                else frag_b_cols<P, SB>(bf[j], Bs + ks * SB + c, t4);
+                const int c = bt.wn * (BN / 4) + j * 8 + bt.g8;
+                if constexpr (B_ROWS) frag_b_rows<P>(bf[j], Bs + c * SA + ks, bt.t4);
+                else frag_b_cols<P, SB>(bf[j], Bs + ks * SB + c, bt.t4);
             }
             mma_tiles<P>(acc, af, bf);
         }
     }
     cp_async_wait<0>();
 
-    store_tile<BM, BN, PASS, MT, NT>(acc, bias, out, g, m0, n0, stats);
+    store_tile<BM, BN, PASS, MT, NT>(acc, bt, bias, out, g, stats);
 }
 
 // One entry point per pass, precision and tile, with conv2d_tc.cu's arguments and `stats` after

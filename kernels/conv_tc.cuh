@@ -96,6 +96,31 @@ __device__ __forceinline__ ConvGemm conv_gemm(const ConvGeom& g) {
     else return {g.k, g.c * RS, g.n * g.oh * g.ow};
 }
 
+// Where a thread's block and warp sit in the pass's GEMM: the 2 x 4 warps (wm, wn), a lane's
+// fragment coordinates (g8 = lane / 4, t4 = lane % 4), the GEMM (M x N over RED), the block's
+// output origin (m0, n0) and its slice of the reduction, [red_begin, red_end) (blockIdx.z's
+// chunk of red_chunk). One definition for both kernel files and their epilogue.
+template <int BM, int BN, int PASS>
+struct BlockTile {
+    int t, wm, wn, g8, t4, M, N, RED, m0, n0, red_begin, red_end;
+    __device__ __forceinline__ BlockTile(const ConvGeom& g, int red_chunk) {
+        t = threadIdx.x;
+        const int lane = t & 31, warp = t >> 5;
+        wm = warp >> 2;
+        wn = warp & 3;
+        g8 = lane >> 2;
+        t4 = lane & 3;
+        const ConvGemm gm = conv_gemm<PASS>(g);
+        M = gm.m;
+        N = gm.n;
+        RED = gm.red;
+        m0 = blockIdx.y * BM;
+        n0 = blockIdx.x * BN;
+        red_begin = blockIdx.z * red_chunk;
+        red_end = min(RED, red_begin + red_chunk);
+    }
+};
+
 // Writes a block's accumulators: tile (i, j) of warp (wm, wn) holds rows wm * BM/2 + 16 i + g8
 // (+8), columns wn * BN/4 + 8 j + 2 t4 (+1). Forward: y (N, K, OH, OW) plus the bias; input
 // gradient: dx (N, C, H, W); weight gradient: dw (K, C*R*S), added atomically when the reduction
@@ -110,13 +135,11 @@ __device__ __forceinline__ ConvGemm conv_gemm(const ConvGeom& g) {
 // written exactly once (no atomics: the same bits every run); batchnorm.cu's
 // bn_stats_partials_f32 combines them per channel in double (Chan et al.'s pairwise formula).
 template <int BM, int BN, int PASS, int MT, int NT>
-__device__ __forceinline__ void store_tile(const float (&acc)[MT][NT][4], const float* __restrict__ bias,
-                                           float* __restrict__ out, const ConvGeom& g, int m0, int n0,
+__device__ __forceinline__ void store_tile(const float (&acc)[MT][NT][4], const BlockTile<BM, BN, PASS>& bt,
+                                           const float* __restrict__ bias, float* __restrict__ out, const ConvGeom& g,
                                            float* __restrict__ stats = nullptr) {
-    const ConvGemm gm = conv_gemm<PASS>(g);
-    const int M = gm.m, N = gm.n, OHW = g.oh * g.ow, HW = g.h * g.w;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = warp >> 2, wn = warp & 3, g8 = lane >> 2, t4 = lane & 3;
+    const int M = bt.M, N = bt.N, m0 = bt.m0, n0 = bt.n0, wm = bt.wm, wn = bt.wn, g8 = bt.g8, t4 = bt.t4;
+    const int OHW = g.oh * g.ow, HW = g.h * g.w;
     const bool split = gridDim.z > 1;
 #pragma unroll
     for (int j = 0; j < NT; ++j) {

@@ -38,24 +38,11 @@ unsafe impl DeviceRepr for ConvGeom {}
 
 impl ConvKernels for Cuda {
     fn conv2d_fwd(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, sh: &Conv2dShape) -> Result<Storage> {
-        let dev = device(CONV2D, x)?;
-        let (sx, sw) = (x.storage(), w.storage());
-        let sb = bias.map(|b| b.storage());
-        let bb = sb.as_ref().map(|s| s.as_cuda(CONV2D)).transpose()?;
-        let mut y = dev.alloc(sh.output_len())?;
-        conv2d_fwd(&dev, sh, dev.precision(), sx.as_cuda(CONV2D)?, sw.as_cuda(CONV2D)?, bb, &mut y)?;
-        Ok(Storage::Cuda(y))
+        Ok(forward(x, w, bias, sh, false)?.0)
     }
 
     fn conv2d_fwd_partials(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, sh: &Conv2dShape) -> Result<(Storage, Option<BnPartials>)> {
-        let dev = device(CONV2D, x)?;
-        let (sx, sw) = (x.storage(), w.storage());
-        let sb = bias.map(|b| b.storage());
-        let bb = sb.as_ref().map(|s| s.as_cuda(CONV2D)).transpose()?;
-        let mut y = dev.alloc(sh.output_len())?;
-        let partials = conv2d_fwd_partials(&dev, sh, sx.as_cuda(CONV2D)?, sw.as_cuda(CONV2D)?, bb, &mut y)?
-            .map(|(sums, slots, width)| BnPartials { sums: Storage::Cuda(sums), slots, width, channels: sh.k });
-        Ok((Storage::Cuda(y), partials))
+        forward(x, w, bias, sh, true)
     }
 
     fn conv2d_bwd_input(&self, dy: &Tensor, w: &Tensor, sh: &Conv2dShape) -> Result<Tensor> {
@@ -88,6 +75,24 @@ impl ConvKernels for Cuda {
         conv1d_bwd(&dev, xb, gb, n, c, wb, &mut dx, &mut dw)?;
         Ok((tensor(dx, x.shape().clone())?, tensor(dw, w.shape().clone())?))
     }
+}
+
+/// The forward at the device's precision, with batch-norm partial statistics when `with_stats`
+/// and the kernel writes them.
+fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, sh: &Conv2dShape, with_stats: bool) -> Result<(Storage, Option<BnPartials>)> {
+    let dev = device(CONV2D, x)?;
+    let (sx, sw) = (x.storage(), w.storage());
+    let sb = bias.map(|b| b.storage());
+    let bb = sb.as_ref().map(|s| s.as_cuda(CONV2D)).transpose()?;
+    let (xb, wb) = (sx.as_cuda(CONV2D)?, sw.as_cuda(CONV2D)?);
+    let mut y = dev.alloc(sh.output_len())?;
+    let partials = if with_stats {
+        conv2d_fwd_partials(&dev, sh, xb, wb, bb, &mut y)?.map(|(sums, slots, width)| BnPartials { sums: Storage::Cuda(sums), slots, width, channels: sh.k })
+    } else {
+        conv2d_fwd(&dev, sh, dev.precision(), xb, wb, bb, &mut y)?;
+        None
+    };
+    Ok((Storage::Cuda(y), partials))
 }
 
 /// The GEMM tile of conv2d.cu (BM = BN = 64, BK = 16, 256 threads).
@@ -260,6 +265,10 @@ impl WeightOrder {
 }
 
 impl ConvPlan {
+    /// Whether the kernel is one of conv2d_tcp.cu's (which take a statistics pointer).
+    pub fn pipelined(&self) -> bool {
+        self.kernel.module == "conv2d_tcp"
+    }
     pub fn grid(&self, sh: &Conv2dShape, pass: ConvPass) -> (usize, usize, usize) {
         let (m, n, _) = pass.gemm(sh);
         (n.div_ceil(self.tile.1), m.div_ceil(self.tile.0), self.splits)
@@ -363,9 +372,15 @@ fn launch_pass(
     bias: Option<&GpuBuffer>,
     out: &mut GpuBuffer,
 ) -> Result<()> {
+    let p = device_plan(dev, sh, pass, precision);
+    launch_plan(dev, sh, pass, &p, a, b, bias, out)
+}
+
+/// The plan for `dev` (its tensor-core variant and SM count), logged (`log_plan`).
+fn device_plan(dev: &CudaDevice, sh: &Conv2dShape, pass: ConvPass, precision: Precision) -> ConvPlan {
     let p = plan(sh, pass, precision, dev.tc_variant(), dev.sm_count() as usize);
     log_plan(sh, pass, precision, &p);
-    launch_plan(dev, sh, pass, &p, a, b, bias, out)
+    p
 }
 
 /// Runs one plan (from [`plan`] or [`tc_plans`]); operands as [`launch_pass`], each checked
@@ -416,6 +431,9 @@ pub fn launch_plan_with(
     for (len, (name, dims)) in [a.len(), b.len(), out.len()].into_iter().zip(operands) {
         check_len(p.kernel.name, name, len, dims.iter().product(), &dims)?;
     }
+    if let Some(b) = bias {
+        check_len(p.kernel.name, "bias", b.len(), sh.k, &[sh.k])?;
+    }
     let (gx, gy, gz) = p.grid(sh, pass);
     if gx > i32::MAX as usize || gy > 65535 {
         return Err(Error::invalid(p.kernel.name, format!("{sh:?} needs a grid of {gx} x {gy} blocks: too large")));
@@ -444,7 +462,7 @@ pub fn launch_plan_with(
     };
     let cfg = LaunchConfig { shared_mem_bytes: p.shared_bytes as u32, ..cfg };
     let mut args = vec![Arg::Ptr(a.ptr()), Arg::Ptr(b.ptr()), Arg::Ptr(bias.map_or(0, GpuBuffer::ptr)), Arg::Ptr(out.ptr_mut())];
-    if p.kernel.module == "conv2d_tcp" {
+    if p.pipelined() {
         args.push(Arg::Ptr(stats)); // conv2d_tcp.cu's kernels take the statistics pointer after `out`
     }
     args.extend([Arg::Struct(&g), chunk]);
@@ -455,7 +473,7 @@ pub fn launch_plan_with(
 /// each covers (4 slots per block column: kernels/conv_tc.cuh `store_tile`), or None when its
 /// kernel writes none.
 pub fn bn_slots(sh: &Conv2dShape, p: &ConvPlan) -> Option<(usize, usize)> {
-    (p.kernel.module == "conv2d_tcp").then(|| (4 * p.grid(sh, ConvPass::Forward).0, p.tile.1 / 4))
+    p.pipelined().then(|| (4 * p.grid(sh, ConvPass::Forward).0, p.tile.1 / 4))
 }
 
 /// The forward at the device's precision and variant, with batch-norm partial statistics (and
@@ -463,11 +481,7 @@ pub fn bn_slots(sh: &Conv2dShape, p: &ConvPlan) -> Option<(usize, usize)> {
 /// tensor-core kernels), else plain (None).
 #[allow(clippy::type_complexity)]
 pub fn conv2d_fwd_partials(dev: &CudaDevice, sh: &Conv2dShape, x: &GpuBuffer, w: &GpuBuffer, bias: Option<&GpuBuffer>, y: &mut GpuBuffer) -> Result<Option<(GpuBuffer, usize, usize)>> {
-    if let Some(b) = bias {
-        check_len("conv2d_fwd", "bias", b.len(), sh.k, &[sh.k])?;
-    }
-    let p = plan(sh, ConvPass::Forward, dev.precision(), dev.tc_variant(), dev.sm_count() as usize);
-    log_plan(sh, ConvPass::Forward, dev.precision(), &p);
+    let p = device_plan(dev, sh, ConvPass::Forward, dev.precision());
     let Some((slots, width)) = bn_slots(sh, &p) else {
         launch_plan(dev, sh, ConvPass::Forward, &p, w, x, bias, y)?;
         return Ok(None);
@@ -493,9 +507,6 @@ fn reorder_weights(dev: &CudaDevice, op: &'static str, sh: &Conv2dShape, w: &Gpu
 
 /// y (n, k, oh, ow) = conv(x, w) + bias, at `precision`.
 pub fn conv2d_fwd(dev: &CudaDevice, sh: &Conv2dShape, precision: Precision, x: &GpuBuffer, w: &GpuBuffer, bias: Option<&GpuBuffer>, y: &mut GpuBuffer) -> Result<()> {
-    if let Some(b) = bias {
-        check_len("conv2d_fwd", "bias", b.len(), sh.k, &[sh.k])?;
-    }
     launch_pass(dev, sh, ConvPass::Forward, precision, w, x, bias, y)
 }
 

@@ -92,6 +92,14 @@ fn check(op: &'static str, x: &GpuBuffer, shape: [usize; 4], per_channel: &[(&st
     Ok((n as i32, c as i32, (h * w) as i32))
 }
 
+/// The running statistics' pointers (checked to hold `c` values), or null pointers for none.
+fn running_ptrs(op: &'static str, running: Option<(&mut GpuBuffer, &mut GpuBuffer)>, c: usize) -> Result<(u64, u64)> {
+    let Some((rm, rv)) = running else { return Ok((0, 0)) };
+    check_len(op, "running_mean", rm.len(), c, &[c])?;
+    check_len(op, "running_var", rv.len(), c, &[c])?;
+    Ok((rm.ptr_mut(), rv.ptr_mut()))
+}
+
 /// Training statistics: per-channel mean and biased variance of x, written to `mean` and `var`;
 /// `running` (mean, var) is updated with `momentum` (unbiased variance), when given.
 pub fn bn_stats(
@@ -105,14 +113,7 @@ pub fn bn_stats(
 ) -> Result<()> {
     let op = k::BN_STATS.name;
     let (n, c, hw) = check(op, x, shape, &[("mean", mean), ("var", var)])?;
-    let (rm, rv) = match running {
-        Some((rm, rv)) => {
-            check_len(op, "running_mean", rm.len(), shape[1], &[shape[1]])?;
-            check_len(op, "running_var", rv.len(), shape[1], &[shape[1]])?;
-            (rm.ptr_mut(), rv.ptr_mut())
-        }
-        None => (0, 0),
-    };
+    let (rm, rv) = running_ptrs(op, running, shape[1])?;
     let args = [
         Arg::Ptr(x.ptr()),
         Arg::Ptr(mean.ptr_mut()),
@@ -150,14 +151,7 @@ pub fn bn_stats_partials(
     for (name, b) in [("mean", &*mean), ("var", &*var)] {
         check_len(op, name, b.len(), c, &[c])?;
     }
-    let (rm, rv) = match running {
-        Some((rm, rv)) => {
-            check_len(op, "running_mean", rm.len(), c, &[c])?;
-            check_len(op, "running_var", rv.len(), c, &[c])?;
-            (rm.ptr_mut(), rv.ptr_mut())
-        }
-        None => (0, 0),
-    };
+    let (rm, rv) = running_ptrs(op, running, c)?;
     let args = [
         Arg::Ptr(sums.ptr()),
         Arg::I32(to_i32(op, "slots", slots)?),
