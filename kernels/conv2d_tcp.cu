@@ -170,6 +170,13 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
     // Forward / input gradient: A is a row-major [M][RED] matrix (the reordered weights).
     // Weight gradient: A is dy, row m = output channel, k = pixel q: dy[q / OHW][m][q % OHW].
     const bool a_vec = PASS == BWD_WEIGHT ? (OHW & 3) == 0 : (bt.RED & 3) == 0;
+    // Forward / input gradient: this thread's first A row and quad (formed, read only where inside
+    // the matrix), its rows 32 apart, and which of its BM / 32 rows are inside M (bit p).
+    const float* a_row = a_src + (long long)(bt.m0 + a_row0) * bt.RED + 4 * a_quad;
+    const long long a_rows_apart = 32LL * bt.RED;
+    unsigned a_rows_in = 0;
+#pragma unroll
+    for (int p = 0; p < BM / 32; ++p) a_rows_in |= (unsigned)(bt.m0 + a_row0 + 32 * p < bt.M) << p;
     // B of the forward / input gradient: pixel t % BN, reduction rows (t / BN) * B_RUN + j.
     constexpr int B_RUN = KT * BN / TC_THREADS;
     const int b_pix = bt.t % BN, b_grp = bt.t / BN;
@@ -178,6 +185,12 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
     TapGather<PASS> tap{0, 0};
     const float* b_img = b_src;
     bool pix_ok = false;
+    // Where this thread's run of the next B tile starts: element idx = rs * CH + ch, rs = r * S + s,
+    // and the tap's pixel offset `at`. Tiles are issued in order, KT elements apart, so the cursor
+    // steps by KT after each (no division in the loop).
+    struct {
+        int ch, r, s, at;
+    } cur{0, 0, 0, -1};
     // B of the weight gradient: pixel-reduction column t % 32, rows (t / 32) * W_RUN + j of N.
     constexpr int W_RUN = BN * KT / TC_THREADS;
     const int w_q = bt.t & 31, w_grp = bt.t >> 5;
@@ -192,7 +205,24 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
         if constexpr (PASS == FWD) tap = {(pr / pw) * g.stride - g.pad, (pr % pw) * g.stride - g.pad};
         else tap = {pr / pw + g.pad, pr % pw + g.pad};
         b_img = b_src + (long long)pn * CH * plane;
+        const int idx0 = bt.red_begin + b_grp * B_RUN, rs = idx0 / CH;
+        cur.ch = idx0 - rs * CH;
+        cur.r = rs / g.s;
+        cur.s = rs - cur.r * g.s;
+        cur.at = pix_ok && cur.r < g.r ? tap.at(g, cur.r, cur.s) : -1;
     }
+    auto advance_cursor = [&]() {
+        cur.ch += KT;
+        if (cur.ch < CH) return;
+        do {
+            cur.ch -= CH;
+            if (++cur.s == g.s) {
+                cur.s = 0;
+                ++cur.r;
+            }
+        } while (cur.ch >= CH);
+        cur.at = pix_ok && cur.r < g.r ? tap.at(g, cur.r, cur.s) : -1;
+    };
 
     auto issue = [&](int stage, int k0) {
         float* As = smem + stage * STAGE_WORDS;
@@ -226,19 +256,21 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
             }
         } else {
             const int k = k0 + 4 * a_quad;
+            float* dst = As + a_row0 * SA + 4 * a_quad;
+            if (a_vec) {  // RED % 4 == 0: a quad is in the reduction whole or not at all
+                const bool k_ok = k < bt.red_end;
 #pragma unroll
-            for (int p = 0; p < BM / 32; ++p) {
-                const int m = bt.m0 + a_row0 + 32 * p;
-                float* dst = As + (a_row0 + 32 * p) * SA + 4 * a_quad;
-                const float* src = a_src + (long long)m * bt.RED + k;
-                if (a_vec) {  // RED % 4 == 0: a quad is in the reduction whole or not at all
-                    const bool ok = m < bt.M && k < bt.red_end;
-                    cp_async16(dst, ok ? src : a_src, ok);
-                } else {
+                for (int p = 0; p < BM / 32; ++p) {
+                    const bool ok = k_ok && (a_rows_in >> p & 1);
+                    cp_async16(dst + 32 * p * SA, ok ? a_row + p * a_rows_apart + k0 : a_src, ok);
+                }
+            } else {
+#pragma unroll
+                for (int p = 0; p < BM / 32; ++p) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        const bool ok = m < bt.M && k + e < bt.red_end;
-                        cp_async4(dst + e, ok ? src + e : a_src, ok);
+                        const bool ok = k + e < bt.red_end && (a_rows_in >> p & 1);
+                        cp_async4(dst + 32 * p * SA + e, ok ? a_row + p * a_rows_apart + k0 + e : a_src, ok);
                     }
                 }
             }
@@ -259,11 +291,10 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
                 cc.step(g.r, g.s);
             }
         } else {
-            // Element idx = rs * CH + ch; decoded once, then stepped (a new tap every CH elements).
+            // Element idx = rs * CH + ch from the cursor, then stepped (a new tap every CH elements).
             const int idx0 = k0 + b_grp * B_RUN;
-            int rs = idx0 / CH, ch = idx0 - rs * CH;
-            int r = rs / g.s, s = rs - r * g.s;
-            int at = pix_ok && r < g.r ? tap.at(g, r, s) : -1;
+            int ch = cur.ch, r = cur.r, s = cur.s, at = cur.at;
+            advance_cursor();
             float* dst = Bs + b_grp * B_RUN * SB + b_pix;
             if (CH % B_RUN == 0) {
                 // The run is one tap (every layer of the network but the 3-channel stem): one
