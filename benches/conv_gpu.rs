@@ -9,6 +9,12 @@
 //! elements = FLOPs, so "Gelem/s" reads as GFLOP/s). The run ends with one table: the median of
 //! 20 event-timed runs of each, cuDNN's time over ours (>= 1.0: ours is at least as fast) and our
 //! TFLOP/s. Skips without a GPU; the cuDNN half skips without libcudnn on the loader path.
+//!
+//! `CONV_GPU_CASES=3x3_c512,stem` (names containing any of the words) and
+//! `CONV_GPU_PRECISIONS=bf16,tf32` narrow the run, the table medians included (criterion's own
+//! filter narrows only criterion's samples): a shorter device call, or one kernel to profile,
+//!   ncu -k regex:conv2d_pipe_fwd --launch-count 1 .gpu/bin/bench-conv_gpu --bench
+//! with CONV_GPU_CASES=3x3_c512_16x16_d4 CONV_GPU_PRECISIONS=bf16.
 
 use coseg::backend::cuda::{CudaDevice, GpuBuffer, conv};
 use coseg::device::{Precision, TcVariant};
@@ -43,6 +49,35 @@ fn cases() -> Vec<Case> {
         c1("1x1_512to2048_16x16", 512, 2048),
         Case { name: "stem_7x7s2_3to64_128x128", sh: conv::Conv2dShape { n, c: 3, h: 128, w: 128, k: 64, r: 7, s: 7, stride: 2, pad: 3, dilation: 1 } },
     ]
+}
+
+/// The cases `CONV_GPU_CASES` selects (all when unset), with their index in [`cases`].
+fn selected_cases() -> Vec<(usize, Case)> {
+    let words: Option<Vec<String>> = std::env::var("CONV_GPU_CASES").ok().map(|v| v.split(',').map(str::trim).filter(|w| !w.is_empty()).map(String::from).collect());
+    let picked: Vec<(usize, Case)> = cases().into_iter().enumerate().filter(|(_, c)| words.as_ref().is_none_or(|ws| ws.iter().any(|w| c.name.contains(w.as_str())))).collect();
+    if picked.is_empty() {
+        eprintln!("conv_gpu: CONV_GPU_CASES={:?} matches none of {:?}", words.unwrap_or_default(), cases().iter().map(|c| c.name).collect::<Vec<_>>());
+    }
+    picked
+}
+
+/// The precisions `CONV_GPU_PRECISIONS` selects (all when unset); an unknown name is reported.
+fn selected_precisions() -> Vec<Precision> {
+    match std::env::var("CONV_GPU_PRECISIONS") {
+        Err(_) => Precision::ALL.to_vec(),
+        Ok(v) => v
+            .split(',')
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .filter_map(|w| match w.parse::<Precision>() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!("conv_gpu: CONV_GPU_PRECISIONS: {e}");
+                    None
+                }
+            })
+            .collect(),
+    }
 }
 
 fn random(len: usize, seed: u64) -> Vec<f32> {
@@ -103,14 +138,14 @@ impl Row {
 }
 
 fn ours(c: &mut Criterion, dev: &Arc<CudaDevice>, table: &mut Table) {
-    for (ci, case) in cases().iter().enumerate() {
+    for (ci, case) in selected_cases() {
         let sh = case.sh;
         let x = dev.htod(&random(sh.input_len(), 1)).unwrap();
         let w = dev.htod(&random(sh.weight_len(), 2)).unwrap();
         let dy = dev.htod(&random(sh.output_len(), 3)).unwrap();
         let (mut y, mut dx, mut dw) = (dev.alloc(sh.output_len()).unwrap(), dev.alloc(sh.input_len()).unwrap(), dev.alloc(sh.weight_len()).unwrap());
         let group = format!("conv_gpu/{}", case.name);
-        for p in Precision::ALL {
+        for p in selected_precisions() {
             // fp32 runs the SIMT kernels whichever variant is set.
             let variants: &[TcVariant] = if p == Precision::Fp32 { &[TcVariant::Staged] } else { &TcVariant::ALL };
             for &v in variants {
@@ -191,11 +226,11 @@ fn cudnn_reference(c: &mut Criterion, dev: &Arc<CudaDevice>, table: &mut Table) 
     let stream = dev.stream().clone();
     let handle = Cudnn::new(stream.clone()).expect("cudnn handle");
     let bf = half::bf16::from_f32;
-    for (ci, case) in cases().iter().enumerate() {
-        for p in Precision::ALL {
+    for (ci, case) in selected_cases() {
+        for p in selected_precisions() {
             let (f, a) = match p {
-                Precision::Bf16 => cudnn_case::<half::bf16>(c, &handle, &stream, case, p, bf, bf(1.0), bf(0.0)),
-                _ => cudnn_case::<f32>(c, &handle, &stream, case, p, |v| v, 1.0, 0.0),
+                Precision::Bf16 => cudnn_case::<half::bf16>(c, &handle, &stream, &case, p, bf, bf(1.0), bf(0.0)),
+                _ => cudnn_case::<f32>(c, &handle, &stream, &case, p, |v| v, 1.0, 0.0),
             };
             table.entry((ci, "fwd", p)).or_default().cudnn = Some(f);
             table.entry((ci, "fwd_bwd", p)).or_default().cudnn = Some(a);
@@ -235,7 +270,10 @@ fn conv_bn(c: &mut Criterion, dev: &Arc<CudaDevice>) {
     dev.set_precision(Precision::Bf16);
     dev.set_tc_variant(TcVariant::Pipelined);
     let mut rows = Vec::new();
-    for case in cases().iter().filter(|c| c.sh.stride == 1) {
+    if !selected_precisions().contains(&Precision::Bf16) {
+        return;
+    }
+    for (_, case) in selected_cases().into_iter().filter(|(_, c)| c.sh.stride == 1) {
         let sh = case.sh;
         let x = dev.htod(&random(sh.input_len(), 1)).unwrap();
         let w = dev.htod(&random(sh.weight_len(), 2)).unwrap();

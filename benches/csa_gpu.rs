@@ -14,12 +14,14 @@
 //! - channel attention's energy + softmax + weighted sum on (20, 512, 256), cuBLAS at fp32 and
 //!   with TF32 tensor ops (the device's precision tf32).
 //!
-//! Every timed call ends with a stream synchronise, so the time covers the queued GPU work.
+//! Every timed call ends with a stream synchronise, so the time covers the queued GPU work. The
+//! modules and DANet's position attention are also timed captured as a CUDA graph and replayed
+//! (as the training step runs them): the device's time without the host's cost per launch.
 //! Skips without a GPU. Run: `cargo bench --bench csa_gpu`.
 
 use coseg::Device;
 use coseg::autograd::{ParamStore, no_grad};
-use coseg::backend::cuda::CudaDevice;
+use coseg::backend::cuda::{CudaDevice, graph};
 use coseg::device::Precision;
 use coseg::nn::attention::{AttentionSpec, ChannelAttention, CoAttention, SpatialAttention};
 use coseg::ops::attention::cuda as csa;
@@ -28,6 +30,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[path = "support/gpu.rs"]
@@ -63,6 +66,33 @@ fn report(dev: &CudaDevice, what: &str, bytes: usize, iters: usize, f: impl FnMu
         bytes as f64 / 1e6,
         100.0 * gbs / COPY_RATE_GBS
     );
+}
+
+/// Seconds per replay of what `f` queues, captured once as a CUDA graph after two eager calls (so
+/// the allocator's cache holds its temporaries); None, with the reason printed, when the capture
+/// fails.
+fn graph_seconds(dev: &Arc<CudaDevice>, iters: usize, mut f: impl FnMut()) -> Option<f64> {
+    f();
+    f();
+    dev.synchronize().unwrap();
+    match graph::capture(dev, || {
+        f();
+        Ok(())
+    }) {
+        Ok((g, ())) => Some(seconds(dev, iters, || g.replay().unwrap())),
+        Err(e) => {
+            eprintln!("capture failed: {e}");
+            None
+        }
+    }
+}
+
+/// [`report`] for [`graph_seconds`].
+fn report_graph(dev: &Arc<CudaDevice>, what: &str, bytes: usize, iters: usize, f: impl FnMut()) {
+    if let Some(s) = graph_seconds(dev, iters, f) {
+        let gbs = bytes as f64 / s / 1e9;
+        eprintln!("{what}, captured: {:.1} us, {gbs:.0} GB/s ({:.0}% of the {COPY_RATE_GBS:.0} GB/s copy rate)", s * 1e6, 100.0 * gbs / COPY_RATE_GBS);
+    }
 }
 
 fn kernels(c: &mut Criterion, dev: &CudaDevice) {
@@ -110,7 +140,7 @@ fn kernels(c: &mut Criterion, dev: &CudaDevice) {
     g.finish();
 }
 
-fn module(c: &mut Criterion, dev: &CudaDevice) {
+fn module(c: &mut Criterion, dev: &Arc<CudaDevice>) {
     let [n, ch, h, w] = SHAPE;
     let pair = [n / 2, ch, h, w];
     let mut rng = ChaCha8Rng::seed_from_u64(2);
@@ -142,6 +172,10 @@ fn module(c: &mut Criterion, dev: &CudaDevice) {
             ya.sum_all().unwrap().add(&yb.sum_all().unwrap()).unwrap().backward().unwrap();
         };
         report(dev, &format!("CSA forward + backward, {label} (plus the loss sum and its gradient, not in the byte count)"), 10 * f_bytes, 10, train);
+        report_graph(dev, &format!("CSA forward, {label}"), 3 * f_bytes, 50, || {
+            black_box(forward());
+        });
+        report_graph(dev, &format!("CSA forward + backward, {label}"), 10 * f_bytes, 20, train);
         g.bench_function(format!("forward_{label}"), |b| {
             b.iter(|| {
                 black_box(forward());
@@ -186,7 +220,7 @@ fn side_by_side(what: &str, fused: f64, composed: f64, bytes: usize, flops: f64)
     );
 }
 
-fn position_attention(c: &mut Criterion, dev: &CudaDevice) {
+fn position_attention(c: &mut Criterion, dev: &Arc<CudaDevice>) {
     let (n, d, ch, l) = DANET;
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let scale = 1.0 / (d as f32).sqrt();
@@ -212,6 +246,13 @@ fn position_attention(c: &mut Criterion, dev: &CudaDevice) {
     let [tf, tc] = [pam_fused, pam_composed].map(|f| seconds(dev, 20, || train(f)));
     let what = "DANet position attention forward + backward (plus the loss's mul and sum, in both)";
     side_by_side(what, tf, tc, fwd_bytes + bwd_bytes, 3.0 * fwd_flops);
+    let captured = |iters, f: &dyn Fn()| graph_seconds(dev, iters, f).unwrap_or(f64::NAN);
+    let [ff, fc] = [pam_fused, pam_composed].map(|f| captured(50, &|| {
+        forward(f);
+    }));
+    side_by_side("DANet position attention forward, captured", ff, fc, fwd_bytes, fwd_flops);
+    let [tf, tc] = [pam_fused, pam_composed].map(|f| captured(20, &|| train(f)));
+    side_by_side("DANet position attention forward + backward, captured", tf, tc, fwd_bytes + bwd_bytes, 3.0 * fwd_flops);
 
     let mut grp = c.benchmark_group("danet_position_attention_20x512x16x16_d64");
     grp.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));

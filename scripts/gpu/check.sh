@@ -9,13 +9,18 @@
 #            captured, host waits per step
 #   csa      benches/csa_gpu.rs: the attention kernels against the composed ops
 #   run      a short paper-model training run with the CUDA graph
-#   runpipe  the same run on the pipelined kernels with batch-norm statistics from the epilogue
-#            (COSEG_CONV_TC=pipelined COSEG_FUSE_BN_STATS=1), to set beside `run`
+#   runstaged  the same run on the staged tensor-core kernels without batch-norm statistics from
+#            the epilogue (COSEG_CONV_TC=staged COSEG_FUSE_BN_STATS=0), to set beside `run`
 #   curves   the same 200-iteration run at fp32, tf32 and bf16 (loss and validation curves)
-#   profile  per-op table of a short run (coseg's own profiler), then Nsight Compute per kernel
+#   profile  per-op table of a short run (coseg's own profiler)
+#   ncustep  Nsight Compute: per-kernel time of one bf16 training step
+#   convprof Nsight Compute sections (speed of light, occupancy, warp stalls, memory, instructions)
+#            of the pipelined bf16 kernels on 3x3 c512 16x16 d4: one forward, input and weight
+#            gradient (CONV_PROF_CASE picks another conv_gpu case)
+# STEP_FILTER narrows the step benches (criterion's filter; default 'gpu_train_step|gpu_sgd_step').
 # Usage: bash scripts/gpu/check.sh [steps]   (default "tests conv step csa run")
 # One device call may run 600 s: split the default in two calls, e.g. "tests conv" and
-# "step csa run runpipe".
+# "step csa run runstaged".
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 steps=${1:-tests conv step csa run}
@@ -32,13 +37,15 @@ for s in $steps; do
       for t in .gpu/bin/test-*; do
         REQUIRE_CUDA=1 timeout 200 "$t" > "$OUT/$(basename "$t").log" 2>&1; rc=$?
         echo "$(basename "$t"): rc $rc, $(grep -E '^test result' "$OUT/$(basename "$t").log" | tail -1)"
-        [ $rc -eq 0 ] || grep -E "panicked|FAILED|error" "$OUT/$(basename "$t").log" | head -8
-      done;;
+        [ $rc -eq 0 ] || grep -A1 -E "panicked|^test .*FAILED" "$OUT/$(basename "$t").log" | head -16
+      done
+      # One file: the reply carries only a few.
+      tar -C "$OUT" -czf "$OUT/test-logs.tar.gz" $(cd "$OUT" && ls test-*.log) && rm -f "$OUT"/test-*.log;;
     conv)
       timeout 300 .gpu/bin/bench-conv_gpu --bench > "$OUT/conv_gpu.log" 2>&1; echo "conv_gpu rc $?"
       grep -E '^\||summary' "$OUT/conv_gpu.log";;
     step)
-      timeout 300 .gpu/bin/bench-step_gpu --bench 'gpu_train_step|gpu_sgd_step' > "$OUT/step_gpu.log" 2>&1; echo "step_gpu rc $?"
+      timeout 300 .gpu/bin/bench-step_gpu --bench "${STEP_FILTER:-gpu_train_step|gpu_sgd_step}" > "$OUT/step_gpu.log" 2>&1; echo "step_gpu rc $?"
       grep -E "^gpu_|time:|train step|peak device" "$OUT/step_gpu.log" | head -60;;
     csa)
       timeout 150 .gpu/bin/bench-csa_gpu --bench > "$OUT/csa_gpu.log" 2>&1; echo "csa_gpu rc $?"
@@ -47,10 +54,10 @@ for s in $steps; do
       d=/tmp/run; rm -rf "$d"
       timeout 200 .gpu/bin/bin-coseg demo --paper --lesions 240 --iterations 300 --out "$d" > "$OUT/run.log" 2>&1
       echo "run rc $?"; grep -E "training on|cuda graph|captured|ms per step|steps/s|network - pseudo" "$OUT/run.log" | head; tail -3 "$OUT/run.log";;
-    runpipe)
-      d=/tmp/runpipe; rm -rf "$d"
-      COSEG_CONV_TC=pipelined COSEG_FUSE_BN_STATS=1 timeout 200 .gpu/bin/bin-coseg demo --paper --lesions 240 --iterations 300 --out "$d" > "$OUT/runpipe.log" 2>&1
-      echo "runpipe rc $?"; grep -E "training on|cuda graph|captured|ms per step|steps/s|network - pseudo" "$OUT/runpipe.log" | head; tail -3 "$OUT/runpipe.log";;
+    runstaged)
+      d=/tmp/runstaged; rm -rf "$d"
+      COSEG_CONV_TC=staged COSEG_FUSE_BN_STATS=0 timeout 200 .gpu/bin/bin-coseg demo --paper --lesions 240 --iterations 300 --out "$d" > "$OUT/runstaged.log" 2>&1
+      echo "runstaged rc $?"; grep -E "training on|cuda graph|captured|ms per step|steps/s|network - pseudo" "$OUT/runstaged.log" | head; tail -3 "$OUT/runstaged.log";;
     curves)
       for p in fp32 tf32 bf16; do
         d=/tmp/curves/$p; rm -rf "$d"
@@ -63,10 +70,20 @@ for s in $steps; do
     profile)
       d=/tmp/prof; rm -rf "$d"
       COSEG_PROFILE=1 timeout 200 .gpu/bin/bin-coseg demo --paper --lesions 240 --iterations 40 --out "$d" > "$OUT/profile.log" 2>&1
-      echo "profile rc $?"; column -s, -t < "$d/train/profile.csv" | head -40; cp "$d/train/profile.csv" "$OUT/"
+      echo "profile rc $?"; column -s, -t < "$d/train/profile.csv" | head -40; cp "$d/train/profile.csv" "$OUT/";;
+    ncustep)
       timeout 240 bash .gpu/profile.sh 4000 .gpu/bin/bench-step_gpu --bench 'gpu_sgd_step/.*bf16$' --profile-time 1 2>&1 | head -40
       [ -f "$OUT/ncu.csv" ] && gzip -f "$OUT/ncu.csv";;
-    *) echo "unknown step '$s' (tests conv step csa run runpipe curves profile)";;
+    convprof)
+      ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+      sections="--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SchedulerStats --section InstructionStats"
+      for k in "conv2d_pipe_fwd 1" "conv2d_pipe_bwd 2"; do
+        set -- $k
+        CONV_GPU_CASES=${CONV_PROF_CASE:-3x3_c512_16x16_d4} CONV_GPU_PRECISIONS=bf16 timeout 150 "$ncu" --clock-control none -k "regex:$1" --launch-count $2 $sections \
+          .gpu/bin/bench-conv_gpu --bench > "$OUT/convprof_$1.txt" 2>&1; echo "convprof $1 rc $?"
+        grep -E "conv2d_pipe|Duration|Compute \(SM\) Throughput|Memory Throughput|L1/TEX Hit|L2 Hit|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issued Ipc|Stall|No Eligible|Executed Ipc A" "$OUT/convprof_$1.txt" | head -60
+      done;;
+    *) echo "unknown step '$s' (tests conv step csa run runstaged curves profile ncustep convprof)";;
   esac
   echo "== step $s took $(( $(date +%s) - t0 )) s"
 done
