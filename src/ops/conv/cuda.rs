@@ -262,6 +262,13 @@ impl WeightOrder {
             WeightOrder::Crsk => [1, 2, 0],
         }
     }
+    /// Whether `sh`'s weights in this order are their stored bytes: the axes longer than 1 keep
+    /// their stored order (a 1x1 convolution's (K, R, S, C) is its (K, C, R, S)). No copy then.
+    pub fn is_stored_layout(self, sh: &Conv2dShape) -> bool {
+        let dims = [sh.k, sh.c, sh.r * sh.s];
+        let kept: Vec<usize> = self.axes().into_iter().filter(|&a| dims[a] > 1).collect();
+        kept.windows(2).all(|w| w[0] < w[1])
+    }
 }
 
 impl ConvPlan {
@@ -454,7 +461,7 @@ pub fn launch_plan_with(
     }
     // The weights in the order the kernel reads them (a weight-sized copy; see WeightOrder).
     let reordered;
-    let a = if pass != ConvPass::WeightGrad && p.weights != WeightOrder::Kcrs {
+    let a = if pass != ConvPass::WeightGrad && !p.weights.is_stored_layout(sh) {
         reordered = reorder_weights(dev, p.kernel.name, sh, a, p.weights)?;
         &reordered
     } else {
@@ -688,6 +695,22 @@ mod tests {
 
     // The walk `reorder_weights` hands nd::copy puts stored element (k, c, q) where each order
     // says, for every element (a wrong axis or stride would move some).
+    #[test]
+    fn only_orders_that_move_bytes_are_copied() {
+        let sh = |k, c, r| Conv2dShape { n: 2, c, h: 9, w: 9, k, r, s: r, stride: 1, pad: r / 2, dilation: 1 };
+        // 1x1: (K, R, S, C) is (K, C, R, S); the transposes (C, K) are not, unless K or C is 1.
+        assert!(WeightOrder::Krsc.is_stored_layout(&sh(64, 32, 1)));
+        assert!(!WeightOrder::Crsk.is_stored_layout(&sh(64, 32, 1)) && !WeightOrder::Ckrs.is_stored_layout(&sh(64, 32, 1)));
+        assert!(WeightOrder::Crsk.is_stored_layout(&sh(1, 32, 1)) && WeightOrder::Ckrs.is_stored_layout(&sh(64, 1, 3)));
+        // 3x3 with several channels: every order but the stored one moves bytes.
+        for o in [WeightOrder::Ckrs, WeightOrder::Krsc, WeightOrder::Crsk] {
+            assert!(!o.is_stored_layout(&sh(64, 32, 3)), "{o:?}");
+        }
+        assert!(WeightOrder::Kcrs.is_stored_layout(&sh(64, 32, 3)));
+        // The stem (C = 3, 7x7): (K, R, S, C) moves them.
+        assert!(!WeightOrder::Krsc.is_stored_layout(&sh(64, 3, 7)));
+    }
+
     #[test]
     fn weight_orders_place_every_element() {
         let (k, c, rs) = (5usize, 3usize, 4usize);
