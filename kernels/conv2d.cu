@@ -10,8 +10,9 @@
 // Thread (tx, ty) owns output rows ty*4..ty*4+3 and columns tx*4..tx*4+3: its 4 columns are
 // consecutive pixels, so the epilogue's stores are coalesced along W.
 // Out-of-range rows, columns, reduction indices and padding cells load 0, so any size is correct.
-// The weight gradient may split the reduction over gridDim.z (split-K) and then accumulates with
-// atomicAdd into a zero-filled dW.
+// The weight gradient may split the reduction over gridDim.z (split-K): split z then writes its
+// partial dW into slice z of a (splits, K, C*R*S) buffer, which the host sums in order
+// (reduce.cu's sum_splits_f32): no atomics, the same bits every run.
 
 #define BM 64
 #define BN 64
@@ -179,8 +180,8 @@ conv2d_bwd_input_f32(const float* __restrict__ dy, const float* __restrict__ wt,
 }
 
 // dW[k, (c,r,s)] = sum_pix dY[k, pix] * X~[(c,r,s), pix]. gridDim.z splits the pixel reduction
-// into chunks of `red_chunk` (a multiple of BK); with more than one split, dW must be zero-filled
-// and partial sums are added atomically.
+// into chunks of `red_chunk` (a multiple of BK); with more than one split, dw is the (splits, K,
+// C*R*S) buffer of the splits' partial sums (summed in order by sum_splits_f32).
 extern "C" __global__ void __launch_bounds__(THREADS)
 conv2d_bwd_weight_f32(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dw,
                       ConvGeom g, int red_chunk) {
@@ -226,8 +227,6 @@ conv2d_bwd_weight_f32(const float* __restrict__ x, const float* __restrict__ dy,
     }
 
     store_tile(acc, m0, c0, tx, ty, M, NCOL, [&](int m, int col, float v) {
-        float* out = &dw[(long long)m * NCOL + col];
-        if (gridDim.z > 1) atomicAdd(out, v);  // split-K
-        else *out = v;
+        dw[((long long)blockIdx.z * M + m) * NCOL + col] = v;  // split z's slice (split-K)
     });
 }

@@ -245,7 +245,7 @@ __device__ __forceinline__ void conv_tc(const float* __restrict__ a_src, const f
 // One entry point per pass, precision and tile: NAME(a, b, bias, out, geometry, red_chunk).
 //   forward:         a = weight (K, C, R, S), b = x,  out = y  (bias may be null)
 //   input gradient:  a = weight transposed to (C, K, R, S), b = dy, out = dx
-//   weight gradient: a = dy,     b = x,  out = dw (zero-filled first when gridDim.z > 1)
+//   weight gradient: a = dy,     b = x,  out = dw (gridDim.z > 1: the splits' (splits, K, C*R*S) buffer)
 // red_chunk: the reduction each blockIdx.z covers (a multiple of the tile's elements).
 #define CONV_TC(NAME, BM, BN, PREC, PASS)                                                              \
     extern "C" __global__ void __launch_bounds__(TC_THREADS)                                           \

@@ -123,8 +123,9 @@ struct BlockTile {
 
 // Writes a block's accumulators: tile (i, j) of warp (wm, wn) holds rows wm * BM/2 + 16 i + g8
 // (+8), columns wn * BN/4 + 8 j + 2 t4 (+1). Forward: y (N, K, OH, OW) plus the bias; input
-// gradient: dx (N, C, H, W); weight gradient: dw (K, C*R*S), added atomically when the reduction
-// is split over gridDim.z (the host zero-filled it).
+// gradient: dx (N, C, H, W); weight gradient: dw (K, C*R*S), split z of a reduction split over
+// gridDim.z into slice z of a (splits, K, C*R*S) buffer that the host sums in order (reduce.cu's
+// sum_splits_f32; no atomics, the same bits every run).
 //
 // `stats` (forward only; null: none) receives batch-norm partial statistics for the output
 // channels: per row m and slot (this warp's BN/4 columns, slot = blockIdx.x * 4 + wn, of which
@@ -140,7 +141,7 @@ __device__ __forceinline__ void store_tile(const float (&acc)[MT][NT][4], const 
                                            float* __restrict__ stats = nullptr) {
     const int M = bt.M, N = bt.N, m0 = bt.m0, n0 = bt.n0, wm = bt.wm, wn = bt.wn, g8 = bt.g8, t4 = bt.t4;
     const int OHW = g.oh * g.ow, HW = g.h * g.w;
-    const bool split = gridDim.z > 1;
+    if constexpr (PASS == BWD_WEIGHT) out += (long long)blockIdx.z * M * N;  // this split's slice
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
 #pragma unroll
@@ -172,8 +173,7 @@ __device__ __forceinline__ void store_tile(const float (&acc)[MT][NT][4], const 
                     if constexpr (PASS == FWD) {
                         if (bias != nullptr) v += __ldg(bias + m);
                     }
-                    if (PASS == BWD_WEIGHT && split) atomicAdd(o, v);
-                    else *o = v;
+                    *o = v;
                 }
             }
         }

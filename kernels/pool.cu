@@ -2,7 +2,8 @@
 // bilinear resize (align_corners = false, PyTorch's source-index rule) on NCHW planes.
 
 // Runs f(i, plane, row, col) for every cell i of `planes` planes of rows x cols, grid-stride: the
-// walk of maxpool_bwd (over its input cells) and of the resize kernels (over their outputs).
+// walk of maxpool_bwd and resize_bilinear_bwd (over their input cells) and of the resize forward
+// (over its outputs).
 // maxpool_fwd writes the same walk out: through this lambda, ptxas orders two of its bounds
 // compares differently, and its SASS stays as it was verified.
 template <class F>
@@ -88,7 +89,7 @@ struct BilinearTap {
     float lh, lw;
 };
 
-// Runs f(i, tap) for every output pixel: the walk both resize kernels share.
+// Runs f(i, tap) for every output pixel (the forward's walk).
 template <class F>
 __device__ __forceinline__ void for_each_bilinear_tap(int planes, int H, int W, int OH, int OW, float scale_h,
                                                       float scale_w, F f) {
@@ -113,16 +114,45 @@ extern "C" __global__ void resize_bilinear_fwd_f32(const float* __restrict__ x, 
     });
 }
 
-// Scatter with atomics: dx must be zero-filled by the host before the launch.
+// The weight with which output row (or column) `dst` reads input row `src` of `in`: 1 - l1 as its
+// first neighbour, l1 as its second, both when they coincide at the border, else 0.
+__device__ __forceinline__ float bilinear_weight(int dst, int in, float scale, int src) {
+    int i0, i1;
+    float l1;
+    bilinear_src(dst, in, scale, i0, i1, l1);
+    return (i0 == src ? 1.0f - l1 : 0.0f) + (i1 == src ? l1 : 0.0f);
+}
+
+// The output rows (or columns), out of `out`, that may read input row `src` of `in`: those whose
+// first neighbour is src - 1 or src, widened by one on each side against rounding (to the last
+// output at the clamped border); bilinear_weight says which do.
+__device__ __forceinline__ void bilinear_reach(int src, int in, int out, float scale, int& lo, int& hi) {
+    lo = max(0, (int)floorf((src - 0.5f) / scale - 0.5f) - 1);
+    hi = src == in - 1 ? out - 1 : min(out - 1, (int)ceilf((src + 1.5f) / scale - 0.5f) + 1);
+}
+
+// Gathered per input cell, no atomics (the same bits every run): dx[h, w] is the sum, over the
+// output cells whose taps read it (rows, then columns, in order), of the tap's weight times dy,
+// grouped as the forward's rows. Every dx cell is written.
 extern "C" __global__ void resize_bilinear_bwd_f32(const float* __restrict__ dy, float* __restrict__ dx,
                                                    int planes, int H, int W, int OH, int OW, float scale_h,
                                                    float scale_w) {
-    for_each_bilinear_tap(planes, H, W, OH, OW, scale_h, scale_w, [&](int i, const BilinearTap& t) {
-        float* dp = dx + (long long)t.plane * H * W;
-        float g = dy[i];
-        atomicAdd(&dp[t.h0 * W + t.w0], (1.0f - t.lh) * (1.0f - t.lw) * g);
-        atomicAdd(&dp[t.h0 * W + t.w1], (1.0f - t.lh) * t.lw * g);
-        atomicAdd(&dp[t.h1 * W + t.w0], t.lh * (1.0f - t.lw) * g);
-        atomicAdd(&dp[t.h1 * W + t.w1], t.lh * t.lw * g);
+    for_each_cell(planes, H, W, [&](int i, int plane, int h, int w) {
+        int oh0, oh1, ow0, ow1;
+        bilinear_reach(h, H, OH, scale_h, oh0, oh1);
+        bilinear_reach(w, W, OW, scale_w, ow0, ow1);
+        const float* dp = dy + (long long)plane * OH * OW;
+        float acc = 0.0f;
+        for (int oh = oh0; oh <= oh1; ++oh) {
+            const float wh = bilinear_weight(oh, H, scale_h, h);
+            if (wh == 0.0f) continue;
+            float row = 0.0f;
+            for (int ow = ow0; ow <= ow1; ++ow) {
+                const float ww = bilinear_weight(ow, W, scale_w, w);
+                if (ww != 0.0f) row += ww * dp[oh * OW + ow];
+            }
+            acc += wh * row;
+        }
+        dx[i] = acc;
     });
 }

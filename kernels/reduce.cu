@@ -30,8 +30,9 @@ __device__ __forceinline__ int red_offset(const Red4& g, int o, int j) {
 }
 
 // gridDim.y splits the reduced elements into chunks of `chunk`, so that a few outputs with long
-// reductions (a bias gradient over N*H*W) still fill the card; with more than one split, y must be
-// zero-filled and the partial sums are added atomically.
+// reductions (a bias gradient over N*H*W) still fill the card; split z writes its partial sums to
+// y[z * n_out + o] (y is then a (splits, n_out) buffer) and sum_splits_f32 adds them in order: no
+// atomics, the same bits every run.
 extern "C" __global__ void reduce_sum_block_f32(const float* __restrict__ x, float* __restrict__ y,
                                                 int n_out, int n_red, Red4 g, float scale, int chunk) {
     const int j0 = blockIdx.y * chunk, j1 = min(n_red, j0 + chunk);
@@ -39,10 +40,7 @@ extern "C" __global__ void reduce_sum_block_f32(const float* __restrict__ x, flo
         float acc = 0.0f;
         for (int j = j0 + threadIdx.x; j < j1; j += blockDim.x) acc += x[red_offset(g, o, j)];
         acc = block_sum(acc);
-        if (threadIdx.x == 0) {
-            if (gridDim.y > 1) atomicAdd(y + o, acc * scale);
-            else y[o] = acc * scale;
-        }
+        if (threadIdx.x == 0) y[(long long)blockIdx.y * n_out + o] = acc * scale;
     }
 }
 
@@ -52,8 +50,18 @@ extern "C" __global__ void reduce_sum_thread_f32(const float* __restrict__ x, fl
     for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < n_out; o += blockDim.x * gridDim.x) {
         float acc = 0.0f;
         for (int j = j0; j < j1; ++j) acc += x[red_offset(g, o, j)];
-        if (gridDim.y > 1) atomicAdd(y + o, acc * scale);
-        else y[o] = acc * scale;
+        y[(long long)blockIdx.y * n_out + o] = acc * scale;
+    }
+}
+
+// out[i] = sum over z = 0 .. splits-1, in that order, of parts[z * len + i]: the second pass of a
+// reduction split over blocks (the sums above, the convolutions' weight gradient), deterministic
+// where atomics would add in whatever order the blocks finish.
+extern "C" __global__ void sum_splits_f32(const float* __restrict__ parts, float* __restrict__ out, int splits, int len) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x) {
+        float acc = parts[i];
+        for (int z = 1; z < splits; ++z) acc += parts[(long long)z * len + i];
+        out[i] = acc;
     }
 }
 

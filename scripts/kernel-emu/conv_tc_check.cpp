@@ -3,12 +3,12 @@
 // src/ops/conv/cuda.rs launch_plan launches them: 256 threads, grid (ceil(N/BN), ceil(M/BM),
 // splits), arguments (a, b, bias, out, ConvGeom by value, red_chunk); the input gradient takes the
 // weights transposed to (C, K, R, S); the weight gradient's reduction split as weight_grad_split
-// does for 132 SMs (out zero-filled, partial sums added atomically) and, separately, unsplit.
+// does for 132 SMs (split z writing its slice of a (splits, K, C*R*S) buffer, summed in order as
+// reduce.cu's sum_splits_f32 does) and, separately, unsplit.
 // Every tile variant (128x128, 64x128, 128x64) of every pass at both precisions, on small odd
 // shapes, against f64 loops on the same TF32/BF16-rounded operands: the only difference left is
 // the kernel's f32 accumulation, so the error is measured relative to each sum's sum of |terms|.
-// Outputs start as NaN (except split weight gradients, which the host zero-fills), so an element
-// no thread writes fails.
+// Outputs (and every split's slice) start as NaN, so an element no thread writes fails.
 // Built from a copy of the kernel file whose inline PTX emu_ptx.py rewrote (run.sh does it).
 //
 // Built with -DCONV_TCP_KERNELS=<the emu_ptx.py output of kernels/conv2d_tcp.cu> instead, it is
@@ -226,7 +226,9 @@ int main(int argc, char** argv) {
                         plans.push_back({1, (size_t)RED});
                     }
                     for (auto [splits, chunk] : plans) {
-                        V out(ref.size(), splits > 1 ? 0.0f : NAN);
+                        // Split: into the splits' slices (all NaN first), summed below.
+                        V out(ref.size(), NAN), parts(splits > 1 ? splits * ref.size() : 0, NAN);
+                        float* dst = splits > 1 ? parts.data() : out.data();
                         // forward: with the bias on even shapes, without on odd ones
                         const bool with_bias = pass == 0 && si % 2 == 0;
                         const dim3 grid{(unsigned)cdiv(N, BN), (unsigned)cdiv(M, BM), (unsigned)splits};
@@ -238,7 +240,7 @@ int main(int argc, char** argv) {
                         V stats(pass == 0 ? 2 * (size_t)M * slots : 0, NAN);
                         float* st = pass == 0 ? stats.data() : nullptr;
                         emu_set_dynamic_smem(pipe_smem_bytes(pass, prec, BM, BN));  // NaN before each block
-                        launch(grid, 256, [&] { kern(a, b, with_bias ? bias.data() : nullptr, out.data(), st, g, (int)chunk); });
+                        launch(grid, 256, [&] { kern(a, b, with_bias ? bias.data() : nullptr, dst, st, g, (int)chunk); });
                         emu_clear_dynamic_smem();
                         if (pass == 0) {
                             const double se = stats_err(stats, out, M, slots, BN / 4, (size_t)oh * ow, sh.n);
@@ -246,8 +248,14 @@ int main(int argc, char** argv) {
                             ok = ok && se <= 1e-5;
                         }
 #else
-                        launch(grid, 256, [&] { kern(a, b, with_bias ? bias.data() : nullptr, out.data(), g, (int)chunk); });
+                        launch(grid, 256, [&] { kern(a, b, with_bias ? bias.data() : nullptr, dst, g, (int)chunk); });
 #endif
+                        if (splits > 1)  // sum_splits_f32: slice 0, then 1, ... in f32
+                            for (size_t i = 0; i < out.size(); ++i) {
+                                float acc = parts[i];
+                                for (size_t z = 1; z < splits; ++z) acc += parts[z * out.size() + i];
+                                out[i] = acc;
+                            }
                         D r = ref;
                         if (pass == 0 && !with_bias)
                             for (size_t i = 0; i < r.size(); ++i) r[i] -= bias[(i / ((size_t)oh * ow)) % sh.k];

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Checks that the five checks can fail: each mutant is a copy of a kernel file with one
+# Checks that the checks can fail: each mutant is a copy of a kernel file with one
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
 # conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
 # each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 22 minutes
-# on 2 cores for all 47; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 9). A mutant of a
+# on 2 cores for all 51; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 9). A mutant of a
 # header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
 # ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
@@ -61,7 +61,7 @@ mutant conv_tc_check $T CONV_TC_KERNELS 's/hit = th % g.stride == 0 \&\& tw % g.
 mutant conv_tc_check $H CONV_TC_KERNELS 's/: "f"(hi), "f"(lo));/: "f"(lo), "f"(hi));/' "bf16 pairs packed high/low swapped"
 mutant conv_tc_check $T CONV_TC_KERNELS 's/if (more) store(cur ^ 1);/if (more) store(cur);/' "next tile stored into the buffer being read"
 mutant conv_tc_check $H CONV_TC_KERNELS 's/red_begin = blockIdx.z \* red_chunk;/red_begin = 0;/' "every weight-gradient split sums the first chunk"
-mutant conv_tc_check $H CONV_TC_KERNELS 's/if (PASS == BWD_WEIGHT \&\& split) atomicAdd(o, v);/if (PASS == BWD_WEIGHT \&\& split \&\& false) atomicAdd(o, v);/' "split weight-gradient partials stored, not added"
+mutant conv_tc_check $H CONV_TC_KERNELS 's/if constexpr (PASS == BWD_WEIGHT) out += (long long)blockIdx.z \* M \* N;/\/\/ every split into slice 0/' "every weight-gradient split written to slice 0"
 # conv2d_tcp.cu (cp.async pipeline): copies land at the wait unless the 6th argument says early.
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/cp_async_wait<STAGES - 2>();/cp_async_wait<STAGES - 1>();/' "pipe: waits for one group too few (reads a stage not yet landed)"
 mutant conv_tcp_check $P CONV_TCP_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();/\/\/ no barrier/}' "pipe: no barrier in the main loop"
@@ -80,10 +80,14 @@ mutant conv_tcp_check $H CONV_TCP_KERNELS 's/red_begin = blockIdx.z \* red_chunk
 # swapped: the pipe packs A and B with the same Bf16::pair, so swapping both pairs the same
 # elements in each product and the mutant is equivalent; it matters for conv2d_tc.cu only.)
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/const int m = m0 + wm \* (BM \/ 2) + i \* 16 + g8 + up \* 8;/const int m = m0 + wm * (BM \/ 2) + i * 16 + g8 + up * 4;/' "pipe: epilogue stores accumulators 2 and 3 at row g + 4"
-mutant conv_tcp_check $H CONV_TCP_KERNELS 's/if (PASS == BWD_WEIGHT \&\& split) atomicAdd(o, v);/if (PASS == BWD_WEIGHT \&\& split \&\& false) atomicAdd(o, v);/' "pipe: split weight-gradient partials stored, not added"
+mutant conv_tcp_check $H CONV_TCP_KERNELS 's/if constexpr (PASS == BWD_WEIGHT) out += (long long)blockIdx.z \* M \* N;/\/\/ every split into slice 0/' "pipe: every weight-gradient split written to slice 0"
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/const int inside = min(BN \/ 4, max(0, N - slot \* (BN \/ 4)));/const int inside = BN \/ 4;/' "bn statistics: a tail slot centred as if full"
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/const int P = gridDim.x \* 4, slot = blockIdx.x \* 4 + wn;/const int P = gridDim.x * 4, slot = blockIdx.x * 4;/' "bn statistics: the four warp columns write one slot"
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/q += __shfl_xor_sync(0xffffffffu, q, 2);/\/\/ two lanes short/' "bn statistics: centred squares miss two lanes"
+mutant gather_check pool.cu POOL_KERNELS 's/lo = max(0, (int)floorf((src - 0.5f) \/ scale - 0.5f) - 1);/lo = max(0, (int)floorf((src - 0.5f) \/ scale - 0.5f) + 1);/' "resize gather: the reach starts two rows late"
+mutant gather_check pool.cu POOL_KERNELS 's/return (i0 == src ? 1.0f - l1 : 0.0f) + (i1 == src ? l1 : 0.0f);/return i0 == src ? 1.0f - l1 : (i1 == src ? l1 : 0.0f);/' "resize gather: a border row counted once, not twice"
+mutant gather_check reduce.cu REDUCE_KERNELS 's/for (int z = 1; z < splits; ++z)/for (int z = 2; z < splits; ++z)/' "sum_splits skips the second split"
+mutant gather_check reduce.cu REDUCE_KERNELS 's/y\[(long long)blockIdx.y \* n_out + o\] = acc \* scale;/y[o] = acc * scale;/g' "split sums all written to slice 0"
 mutant bn_check batchnorm.cu BN_KERNELS 's/const int n = min(width, count - j \* width);/const int n = width;/' "partial statistics: the last slot counted as full"
 mutant bn_check batchnorm.cu BN_KERNELS 's/q += (double)m2\[j\] + n \* d \* d;/q += (double)m2[j];/' "partial statistics: slot means not combined"
 exit $survived

@@ -20,7 +20,11 @@
 #    and landing at the wait (emu_async.h), 4 more shapes, and the forward's batch-norm partial
 #    statistics (every slot's sum and centred squares against the output it wrote); then again on shapes 6 and 9 with the
 #    copies landing at issue (EMU_CP_ASYNC=early).
-# All six are built with AddressSanitizer and UBSan: an out-of-bounds read or write (global or
+#  - gather_check: the passes that replaced atomics (the same bits every run): pool.cu's bilinear
+#    resize backward as a gather per input cell against an f64 scatter (8x up, odd ratios, down,
+#    one-row planes), and reduce.cu's split sums written per split and added in order by
+#    sum_splits_f32 (which also sums the convolutions' split weight gradients), run twice.
+# All seven are built with AddressSanitizer and UBSan: an out-of-bounds read or write (global or
 # shared memory), a misaligned float2/float4 access or an int overflow aborts the run.
 # For checking a kernel's indexing, masking, barriers and reduction order on a machine without a
 # GPU; it says nothing about speed, and a race that needs real warps to show may pass here.
@@ -34,12 +38,13 @@ g++ $san -std=c++20 -w -pthread -o "$out/danet_check" danet_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/csa_check" csa_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/optim_check" optim_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/bn_check" bn_check.cpp
+g++ $san -std=c++20 -w -pthread -o "$out/gather_check" gather_check.cpp
 python3 emu_ptx.py ../../kernels/conv2d_tc.cu "$out/conv2d_tc_emu.cu"
 g++ $san -std=c++20 -w -pthread -I. -DCONV_TC_KERNELS="\"$out/conv2d_tc_emu.cu\"" -o "$out/conv_tc_check" conv_tc_check.cpp
 python3 emu_ptx.py ../../kernels/conv2d_tcp.cu "$out/conv2d_tcp_emu.cu"
 g++ $san -std=c++20 -w -pthread -I. -DCONV_TCP_KERNELS="\"$out/conv2d_tcp_emu.cu\"" -o "$out/conv_tcp_check" conv_tc_check.cpp
 status=0
-for c in danet_check csa_check optim_check bn_check conv_tc_check conv_tcp_check; do
+for c in danet_check csa_check optim_check bn_check gather_check conv_tc_check conv_tcp_check; do
     echo "== $c"
     "$out/$c" || { echo "$c FAILED"; status=1; }
 done

@@ -37,7 +37,7 @@ kernels! {
     "elementwise":
         AFFINE_FWD = "affine_fwd_f32", FILL_FWD = "fill_fwd_f32";
     "reduce":
-        REDUCE_SUM_BLOCK = "reduce_sum_block_f32", REDUCE_SUM_THREAD = "reduce_sum_thread_f32",
+        REDUCE_SUM_BLOCK = "reduce_sum_block_f32", REDUCE_SUM_THREAD = "reduce_sum_thread_f32", SUM_SPLITS = "sum_splits_f32",
         SOFTMAX_FWD = "softmax_fwd_f32", SOFTMAX_BWD = "softmax_bwd_f32",
         SOFTMAX_ROWS_FWD = "softmax_rows_fwd_f32", SOFTMAX_ROWS_BWD = "softmax_rows_bwd_f32";
     "batchnorm":

@@ -79,7 +79,8 @@ pub(crate) fn grid_per_item(dev: &CudaDevice, items: usize) -> LaunchConfig {
 /// How to split a reduction of `red` elements over a grid dimension so that `parallel` independent
 /// outputs (blocks or threads) become about `wanted`: at least `least` elements per split, at most
 /// 65535 splits, chunks a whole number of `granule`s. Returns (splits, chunk). With more than one
-/// split the kernel adds its partial sums atomically into a zero-filled output.
+/// split each split writes its partial sums into its own slice of a scratch buffer, and
+/// reduce.cu's sum_splits_f32 adds the slices in order (the same bits every run).
 pub(crate) fn split_reduction(parallel: usize, wanted: usize, red: usize, least: usize, granule: usize) -> (usize, usize) {
     let splits = wanted.div_ceil(parallel.max(1)).clamp(1, (red / least).clamp(1, 65535));
     let chunk = (red.div_ceil(splits).div_ceil(granule) * granule).max(granule);

@@ -2,7 +2,7 @@
 //! they share with it, and the CUDA side of [`ReduceKernels`].
 
 use super::ReduceKernels;
-use crate::backend::cuda::elementwise::{fill, numel};
+use crate::backend::cuda::elementwise::numel;
 use crate::backend::cuda::kernels as k;
 use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, split_reduction, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
@@ -130,12 +130,25 @@ pub fn sum_axes(dev: &CudaDevice, x: &GpuBuffer, dims: [usize; 4], keep: [bool; 
         (grid_1d(dev, n_out), k::REDUCE_SUM_THREAD)
     };
     let (splits, chunk) = reduction_split(n_out, n_red, by_block, dev.sm_count() as usize);
-    if splits > 1 {
-        fill(dev, y, 0.0)?; // partial sums are added atomically
-    }
     cfg.grid_dim.1 = splits as u32;
-    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(n_out as i32), Arg::I32(n_red as i32), Arg::Struct(&g), Arg::F32(scale), Arg::I32(chunk as i32)];
-    launch(dev, kernel, cfg, &args)
+    // Split: each split's partial sums into its slice of a scratch buffer, then added in order.
+    let mut parts = if splits > 1 { Some(dev.alloc(splits * n_out)?) } else { None };
+    let dst = parts.as_mut().map_or_else(|| y.ptr_mut(), |p| p.ptr_mut());
+    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(dst), Arg::I32(n_out as i32), Arg::I32(n_red as i32), Arg::Struct(&g), Arg::F32(scale), Arg::I32(chunk as i32)];
+    launch(dev, kernel, cfg, &args)?;
+    match parts {
+        Some(p) => sum_splits(dev, &p, splits, y),
+        None => Ok(()),
+    }
+}
+
+/// out = the sum, in order, of the `splits` slices of `parts` (each out's length): the second pass
+/// of a reduction split over blocks, deterministic where atomics would not be.
+pub fn sum_splits(dev: &CudaDevice, parts: &GpuBuffer, splits: usize, out: &mut GpuBuffer) -> Result<()> {
+    let op = k::SUM_SPLITS.name;
+    check_len(op, "parts", parts.len(), splits * out.len(), &[splits, out.len()])?;
+    let args = [Arg::Ptr(parts.ptr()), Arg::Ptr(out.ptr_mut()), Arg::I32(to_i32(op, "splits", splits)?), Arg::I32(to_i32(op, "elements", out.len())?)];
+    launch(dev, k::SUM_SPLITS, grid_1d(dev, out.len()), &args)
 }
 
 /// How many ways to split each output's reduction so that the launch fills the card: about 8

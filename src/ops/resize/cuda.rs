@@ -2,7 +2,7 @@
 //! kernels, and the CUDA side of [`ResizeKernels`].
 
 use super::{OP, ResizeKernels};
-use crate::backend::cuda::elementwise::{fill, numel};
+use crate::backend::cuda::elementwise::numel;
 use crate::backend::cuda::kernels as k;
 use crate::backend::cuda::launch::{Arg, check_len, grid_1d, launch, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
@@ -66,8 +66,7 @@ pub fn resize_bwd(dev: &CudaDevice, dy: &GpuBuffer, shape: [usize; 4], oh: usize
     let tail = resize_args(op, shape, oh, ow)?;
     check_len(op, "dy", dy.len(), shape[0] * shape[1] * oh * ow, &[shape[0], shape[1], oh, ow])?;
     check_len(op, "dx", dx.len(), numel(shape), &shape)?;
-    fill(dev, dx, 0.0)?; // the kernel accumulates with atomics
     let mut args = vec![Arg::Ptr(dy.ptr()), Arg::Ptr(dx.ptr_mut())];
     args.extend(tail);
-    launch(dev, k::RESIZE_BWD, grid_1d(dev, dy.len()), &args)
+    launch(dev, k::RESIZE_BWD, grid_1d(dev, dx.len()), &args) // one thread per dx cell (a gather)
 }
