@@ -170,10 +170,13 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
     // Forward / input gradient: A is a row-major [M][RED] matrix (the reordered weights).
     // Weight gradient: A is dy, row m = output channel, k = pixel q: dy[q / OHW][m][q % OHW].
     const bool a_vec = PASS == BWD_WEIGHT ? (OHW & 3) == 0 : (bt.RED & 3) == 0;
-    // Forward / input gradient: this thread's first A row and quad (formed, read only where inside
-    // the matrix), its rows 32 apart, and which of its BM / 32 rows are inside M (bit p).
-    const float* a_row = a_src + (long long)(bt.m0 + a_row0) * bt.RED + 4 * a_quad;
-    const long long a_rows_apart = 32LL * bt.RED;
+    // This thread's first A row (formed, read only where inside the matrix), its rows 32 apart,
+    // and which of its BM / 32 rows are inside M (bit p). Forward / input gradient: row-major
+    // [M][RED], from the thread's quad; weight gradient: dy's channel m of image 0 (rows OHW apart
+    // within an image; the image and pixel come from the cursor below).
+    const long long a_ld = PASS == BWD_WEIGHT ? OHW : bt.RED;
+    const float* a_row = a_src + (long long)(bt.m0 + a_row0) * a_ld + (PASS == BWD_WEIGHT ? 0 : 4 * a_quad);
+    const long long a_rows_apart = 32 * a_ld;
     unsigned a_rows_in = 0;
 #pragma unroll
     for (int p = 0; p < BM / 32; ++p) a_rows_in |= (unsigned)(bt.m0 + a_row0 + 32 * p < bt.M) << p;
@@ -195,8 +198,23 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
     constexpr int W_RUN = BN * KT / TC_THREADS;
     const int w_q = bt.t & 31, w_grp = bt.t >> 5;
     Crs col0{0, 0, 0};
+    // Weight gradient: the pixels this thread copies, as cursors that step by KT per tile (tiles are
+    // issued in order; no division in the loop): A's quad at q = k0 + 4 a_quad as (image, offset
+    // in the image), B's column at q = k0 + w_q as (image, row, column).
+    struct {
+        int n, at;
+    } aq{0, 0};
+    struct {
+        int n, oh, ow;
+    } bq{0, 0, 0};
     if constexpr (PASS == BWD_WEIGHT) {
         col0.decode(min(bt.n0 + w_grp * W_RUN, bt.N), g.r, g.s);
+        const int qa = bt.red_begin + 4 * a_quad, qb = bt.red_begin + w_q;
+        aq.n = qa / OHW;
+        aq.at = qa - aq.n * OHW;
+        bq.n = qb / OHW;
+        bq.oh = (qb - bq.n * OHW) / g.ow;
+        bq.ow = qb - bq.n * OHW - bq.oh * g.ow;
     } else {
         const int p = bt.n0 + b_pix;
         const int pplane = PASS == FWD ? OHW : HW, pw = PASS == FWD ? g.ow : g.w;
@@ -224,6 +242,22 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
         cur.at = pix_ok && cur.r < g.r ? tap.at(g, cur.r, cur.s) : -1;
     };
 
+    auto advance_pixels = [&]() {
+        aq.at += KT;
+        while (aq.at >= OHW) {
+            aq.at -= OHW;
+            ++aq.n;
+        }
+        bq.ow += KT;
+        while (bq.ow >= g.ow) {
+            bq.ow -= g.ow;
+            if (++bq.oh == g.oh) {
+                bq.oh = 0;
+                ++bq.n;
+            }
+        }
+    };
+
     auto issue = [&](int stage, int k0) {
         float* As = smem + stage * STAGE_WORDS;
         float* Bs = As + A_WORDS;
@@ -232,13 +266,11 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
             const int q = k0 + 4 * a_quad;
             if (a_vec) {  // 4 pixels of one image (OHW % 4 == 0 and q % 4 == 0)
                 const bool q_ok = q < bt.red_end;
-                const int qn = q_ok ? q / OHW : 0, qr = q_ok ? q - qn * OHW : 0;
-                const float* src = a_src + (long long)qn * g.k * OHW + qr;
+                const float* src = a_row + (long long)aq.n * g.k * OHW + aq.at;
 #pragma unroll
                 for (int p = 0; p < BM / 32; ++p) {
-                    const int m = bt.m0 + a_row0 + 32 * p;
-                    const bool ok = q_ok && m < bt.M;
-                    cp_async16(As + (a_row0 + 32 * p) * SA + 4 * a_quad, ok ? src + (long long)m * OHW : a_src, ok);
+                    const bool ok = q_ok && (a_rows_in >> p & 1);
+                    cp_async16(As + (a_row0 + 32 * p) * SA + 4 * a_quad, ok ? src + p * a_rows_apart : a_src, ok);
                 }
             } else {
 #pragma unroll
@@ -279,9 +311,9 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
         if constexpr (PASS == BWD_WEIGHT) {
             const int q = k0 + w_q;
             const bool q_ok = q < bt.red_end;
-            const int qn = q_ok ? q / OHW : 0, qr = q_ok ? q - qn * OHW : 0;
-            const int ih0 = (qr / g.ow) * g.stride - g.pad, iw0 = (qr % g.ow) * g.stride - g.pad;
-            const float* xq = b_src + (long long)qn * g.c * HW;
+            const int ih0 = bq.oh * g.stride - g.pad, iw0 = bq.ow * g.stride - g.pad;
+            const float* xq = b_src + (long long)bq.n * g.c * HW;
+            advance_pixels();
             Crs cc = col0;
 #pragma unroll
             for (int j = 0; j < W_RUN; ++j) {
@@ -364,7 +396,7 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
 // null for the gradients):
 //   forward:         a = weight reordered to (K, R, S, C), b = x,  out = y  (bias may be null)
 //   input gradient:  a = weight reordered to (C, R, S, K), b = dy, out = dx
-//   weight gradient: a = dy, b = x, out = dw (zero-filled first when gridDim.z > 1)
+//   weight gradient: a = dy, b = x, out = dw (gridDim.z > 1: the splits' (splits, K, C*R*S) buffer)
 // Dynamic shared memory: pipe_stages(BM, BN) x (BM x SA + (forward, input gradient: 32 x SB; weight
 // gradient: BN x SA)) x 4 bytes (src/ops/conv/cuda.rs `pipe_smem_bytes`); the kernel traps when
 // given less. red_chunk: the reduction each blockIdx.z covers, a multiple of 32.

@@ -3,7 +3,7 @@
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
 # conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
 # each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 22 minutes
-# on 2 cores for all 51; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 9). A mutant of a
+# on 2 cores for all 53; conv_tc_check's 10 about 4, conv_tcp_check's 22 about 10). A mutant of a
 # header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
 # ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
@@ -70,6 +70,8 @@ mutant conv_tcp_check $P CONV_TCP_KERNELS 's/const bool ok = k_ok \&\& (a_rows_i
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/a_rows_in |= (unsigned)(bt.m0 + a_row0 + 32 \* p < bt.M) << p;/a_rows_in |= 1u << p;/' "pipe: A rows past M copied"
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/        cur.ch += KT;/        cur.ch += KT \/ 2;/' "pipe: the B cursor steps half a tile"
 mutant conv_tcp_check $P CONV_TCP_KERNELS '/} while (cur.ch >= CH);/{n;s/cur.at = .*/\/\/ the tap kept/}' "pipe: the B cursor keeps the old tap's pixel"
+mutant conv_tcp_check $P CONV_TCP_KERNELS 's/        aq.at += KT;/        aq.at += KT \/ 2;/' "pipe: the weight gradient's dy cursor steps half a tile"
+mutant conv_tcp_check $P CONV_TCP_KERNELS 's/            if (++bq.oh == g.oh) {/            if (bq.oh + 1 == g.oh) {/' "pipe: the weight gradient's x cursor never moves to the next row"
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/else return Bf16::pair(p\[0\], p\[next\]);/else return Bf16::pair(p[0], p[0]);/' "pipe: BF16 B pairs (k-rows) read row k for k + 1"
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/static constexpr int SB = BN + (P::K_STEP == 8 ? 8 : 4);/static constexpr int SB = BN - 4;/' "pipe: B rows of SB = BN - 4 words (rows overlap)"
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/"r"(valid ? 4 : 0)/"r"(4)/' "pipe: 4-byte copies never zero-fill (src-size always 4)"
