@@ -287,12 +287,12 @@ fn conv_bn(c: &mut Criterion, dev: &Arc<CudaDevice>) {
         let unfused = measure(c, dev.stream(), &group, "unfused", sh.flops(), &mut || {
             conv::conv2d_fwd(dev, &sh, Precision::Bf16, &x, &w, None, &mut y).unwrap();
             bn_stats(dev, &y, shape, &mut mean, &mut var, Some((&mut rm, &mut rv)), 0.1).unwrap();
-            bn_fwd(dev, &y, shape, &mean, &var, &gamma, &beta, &mut out, 1e-5).unwrap();
+            bn_fwd(dev, &y, shape, &mean, &var, &gamma, &beta, &mut out, 1e-5, false).unwrap();
         });
         let fused = measure(c, dev.stream(), &group, "fused", sh.flops(), &mut || {
             let (sums, slots, width) = conv::conv2d_fwd_partials(dev, &sh, &x, &w, None, &mut y).unwrap().expect("pipelined bf16 writes statistics");
             bn_stats_partials(dev, &sums, [slots, width], sh.k, count, &mut mean, &mut var, Some((&mut rm, &mut rv)), 0.1).unwrap();
-            bn_fwd(dev, &y, shape, &mean, &var, &gamma, &beta, &mut out, 1e-5).unwrap();
+            bn_fwd(dev, &y, shape, &mean, &var, &gamma, &beta, &mut out, 1e-5, false).unwrap();
         });
         rows.push((case.name, unfused, fused));
     }

@@ -6,6 +6,9 @@
 //   bn_fwd_f32       y = (x - mean) * rsqrt(var + eps) * gamma + beta, from batch or running stats
 //   bn_bwd_reduce_f32 one block per channel: dbeta = sum dy, dgamma = sum dy * xhat
 //   bn_bwd_dx_f32    dx, training (through the batch statistics) or eval (stats are constants)
+// With `relu` the forward writes max(y, 0) in the same pass (y <= 0 -> 0, NaN kept, as the ReLU
+// op), and the backward takes that output as `relu_out`: dy counts only where it is > 0 (the ReLU
+// op's gradient), so the ReLU's own two passes over the tensor are gone.
 
 #include "block_reduce.cuh"
 
@@ -85,16 +88,23 @@ extern "C" __global__ void bn_stats_partials_f32(const float* __restrict__ parti
 extern "C" __global__ void bn_fwd_f32(const float* __restrict__ x, const float* __restrict__ mean,
                                       const float* __restrict__ var, const float* __restrict__ gamma,
                                       const float* __restrict__ beta, float* __restrict__ y, int n, int C,
-                                      int HW, float eps) {
+                                      int HW, float eps, int relu) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         int c = (i / HW) % C;
         float scale = gamma[c] * rsqrtf(var[c] + eps);
-        y[i] = (x[i] - mean[c]) * scale + beta[c];
+        float v = (x[i] - mean[c]) * scale + beta[c];
+        y[i] = relu && v <= 0.0f ? 0.0f : v;
     }
+}
+
+// dy[i], or 0 where a fused ReLU's output (relu_out, null: no ReLU) is not > 0.
+__device__ __forceinline__ float bn_upstream(const float* __restrict__ dy, const float* __restrict__ relu_out, int i) {
+    return relu_out != nullptr && !(relu_out[i] > 0.0f) ? 0.0f : dy[i];
 }
 
 // dsum[c] = sum dy (= dbeta), dxhat[c] = sum dy * xhat (= dgamma).
 extern "C" __global__ void bn_bwd_reduce_f32(const float* __restrict__ x, const float* __restrict__ dy,
+                                             const float* __restrict__ relu_out,
                                              const float* __restrict__ mean, const float* __restrict__ var,
                                              float* __restrict__ dsum, float* __restrict__ dxhat, int N,
                                              int C, int HW, float eps) {
@@ -104,7 +114,7 @@ extern "C" __global__ void bn_bwd_reduce_f32(const float* __restrict__ x, const 
         float s = 0.0f, sx = 0.0f;
         for (int j = threadIdx.x; j < M; j += blockDim.x) {
             int i = chan_index(j, c, C, HW);
-            float g = dy[i];
+            float g = bn_upstream(dy, relu_out, i);
             s += g;
             sx += g * (x[i] - mu) * inv;
         }
@@ -120,6 +130,7 @@ extern "C" __global__ void bn_bwd_reduce_f32(const float* __restrict__ x, const 
 // training != 0: dx = gamma * inv / M * (M * dy - dsum - xhat * dxhat)
 // training == 0: dx = gamma * inv * dy (running statistics are constants)
 extern "C" __global__ void bn_bwd_dx_f32(const float* __restrict__ x, const float* __restrict__ dy,
+                                         const float* __restrict__ relu_out,
                                          const float* __restrict__ mean, const float* __restrict__ var,
                                          const float* __restrict__ gamma, const float* __restrict__ dsum,
                                          const float* __restrict__ dxhat, float* __restrict__ dx, int n,
@@ -127,11 +138,12 @@ extern "C" __global__ void bn_bwd_dx_f32(const float* __restrict__ x, const floa
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         int c = (i / HW) % C;
         float inv = rsqrtf(var[c] + eps);
+        const float g = bn_upstream(dy, relu_out, i);
         if (training) {
             float xhat = (x[i] - mean[c]) * inv;
-            dx[i] = gamma[c] * inv / (float)M * ((float)M * dy[i] - dsum[c] - xhat * dxhat[c]);
+            dx[i] = gamma[c] * inv / (float)M * ((float)M * g - dsum[c] - xhat * dxhat[c]);
         } else {
-            dx[i] = gamma[c] * inv * dy[i];
+            dx[i] = gamma[c] * inv * g;
         }
     }
 }

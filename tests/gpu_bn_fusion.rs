@@ -3,7 +3,8 @@
 //! inputs: the partial statistics a pipelined forward writes (every slot written, NaN-poisoned
 //! first; each slot's sum and centred squares against the output it wrote), batch norm from them against
 //! batch norm's own pass (output, running statistics), and a conv + batch norm + ReLU unit
-//! trained one step fused and unfused (output and every gradient). Skips without a GPU; fails
+//! trained one step fused and unfused (output and every gradient); and batch norm with its ReLU
+//! in the same pass against batch norm then ReLU (the same bits). Skips without a GPU; fails
 //! with REQUIRE_CUDA=1.
 
 mod common;
@@ -138,4 +139,37 @@ test_gpu!(a_fused_conv_bn_relu_trains_as_the_unfused_one, |dev| {
     dev.set_precision(p0);
     dev.set_tc_variant(v0);
     dev.set_fuse_bn_stats(f0);
+});
+
+// Batch norm with its ReLU in the same pass (`BatchNormOptions::relu`, what ConvBnRelu and the
+// ResNet blocks run) gives batch_norm(..).relu()'s bits on the GPU, forward and every gradient,
+// in training and eval, and the CPU's values.
+test_gpu!(a_fused_relu_is_batch_norm_then_relu_on_the_gpu, |_dev| {
+    let _one_at_a_time = serial();
+    let mut r = rng(34);
+    let dims = [4usize, 6, 9, 11];
+    let n: usize = dims.iter().product();
+    let (xv, gv, bv, uv) = (randn(&mut r, n), randn(&mut r, 6), randn(&mut r, 6), randn(&mut r, n));
+    for training in [true, false] {
+        let run = |device: Device, fused: bool| {
+            let x = Tensor::from_vec(xv.clone(), dims, device).unwrap().into_var();
+            let g = Tensor::from_vec(gv.iter().map(|v| 1.0 + 0.3 * v).collect(), [6], device).unwrap().into_var();
+            let b = Tensor::from_vec(bv.clone(), [6], device).unwrap().into_var();
+            let (rm, rv) = (Tensor::full([6], 0.1, device).unwrap(), Tensor::full([6], 1.4, device).unwrap());
+            let opts = BatchNormOptions { training, relu: fused, ..BatchNormOptions::default() };
+            let y = x.batch_norm(&g, &b, &rm, &rv, opts).unwrap();
+            let y = if fused { y } else { y.relu().unwrap() };
+            y.mul(&Tensor::from_vec(uv.clone(), dims, device).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut out = vec![y.to_vec().unwrap()];
+            out.extend([&x, &g, &b].map(|t| t.grad().unwrap().to_vec().unwrap()));
+            out.extend([rm.to_vec().unwrap(), rv.to_vec().unwrap()]);
+            out
+        };
+        let (fused, composed, cpu) = (run(GPU, true), run(GPU, false), run(Device::Cpu, true));
+        assert!(fused[0].iter().any(|&v| v == 0.0) && fused[0].iter().any(|&v| v > 0.0), "training {training}: nothing clipped");
+        assert_eq!(fused, composed, "training {training}: fused and composed differ on the GPU");
+        for (i, (a, b)) in fused.iter().zip(&cpu).enumerate() {
+            assert!(rel_err(a, b) < 1e-4, "training {training}: output {i} (y, dx, dgamma, dbeta, running mean, var) against the CPU: {:.2e}", rel_err(a, b));
+        }
+    }
 });

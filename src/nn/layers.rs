@@ -104,7 +104,14 @@ impl BatchNorm2d {
     }
     /// Batch statistics (and a running-statistics update) when `train`, running statistics else.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let opts = BatchNormOptions { training: train, ..BatchNormOptions::default() };
+        self.forward_with(x, train, false)
+    }
+    /// [`Self::forward`] then ReLU, in batch norm's own pass (`BatchNormOptions::relu`).
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_with(x, train, true)
+    }
+    fn forward_with(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        let opts = BatchNormOptions { training: train, relu, ..BatchNormOptions::default() };
         x.batch_norm(&self.weight, &self.bias, &self.running_mean, &self.running_var, opts)
     }
 
@@ -113,15 +120,22 @@ impl BatchNorm2d {
     /// the pipelined tensor-core kernels) and batch norm skips its own pass over that output;
     /// otherwise conv2d then batch_norm. The same values either way, up to summation order.
     pub fn after_conv(&self, conv: &Conv2d, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.after_conv_with(conv, x, train, false)
+    }
+    /// [`Self::after_conv`] then ReLU, in batch norm's own pass.
+    pub fn after_conv_relu(&self, conv: &Conv2d, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.after_conv_with(conv, x, train, true)
+    }
+    fn after_conv_with(&self, conv: &Conv2d, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         let fused = match x.device() {
             Device::Cuda(n) if train => crate::backend::cuda::CudaDevice::get(n)?.fuse_bn_stats(),
             _ => false,
         };
         if !fused {
-            return self.forward(&conv.forward(x)?, train);
+            return self.forward_with(&conv.forward(x)?, train, relu);
         }
         let (y, partials) = x.conv2d_with_bn_partials(&conv.weight, conv.bias.as_ref(), conv.stride, conv.padding, conv.dilation)?;
-        let opts = BatchNormOptions { training: true, ..BatchNormOptions::default() };
+        let opts = BatchNormOptions { training: true, relu, ..BatchNormOptions::default() };
         y.batch_norm_with(&self.weight, &self.bias, &self.running_mean, &self.running_var, opts, partials.as_ref())
     }
 }
@@ -142,7 +156,7 @@ impl ConvBnRelu {
         })
     }
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.after_conv(&self.conv, x, train)?.relu()
+        self.bn.after_conv_relu(&self.conv, x, train)
     }
     pub fn out_channels(&self) -> usize {
         self.conv.out_channels()

@@ -115,10 +115,7 @@ impl Block {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            y = bn.after_conv(conv, &y, train)?;
-            if i != last {
-                y = y.relu()?;
-            }
+            y = if i != last { bn.after_conv_relu(conv, &y, train)? } else { bn.after_conv(conv, &y, train)? };
         }
         let identity = match &self.downsample {
             Some((conv, bn)) => bn.after_conv(conv, x, train)?,
@@ -198,7 +195,7 @@ impl ResNet {
         if x.dims()[1] != self.spec.in_channels {
             return Err(Error::shape("ResNet::forward", format!("input {} has {} channels, the network takes {}", x.shape(), x.dims()[1], self.spec.in_channels)));
         }
-        let y = self.bn1.after_conv(&self.conv1, x, train)?.relu()?.max_pool2d(3, 2, 1)?;
+        let y = self.bn1.after_conv_relu(&self.conv1, x, train)?.max_pool2d(3, 2, 1)?;
         let mut y = self.run_layer(0, y, train)?;
         let layer1 = y.clone();
         for li in 1..4 {

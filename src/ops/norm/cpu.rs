@@ -116,7 +116,15 @@ impl NormKernels for Cpu {
         let (gv, bv) = (gamma.to_vec()?, beta.to_vec()?);
         let scale: Vec<f32> = gv.iter().zip(&inv_std).map(|(g, s)| g * s).collect();
         let shift: Vec<f32> = (0..c).map(|ch| bv[ch] - mean[ch] * scale[ch]).collect();
-        let y = per_plane(xv, c, p, |v, ch| v * scale[ch] + shift[ch]);
+        let y = if opts.relu {
+            // The ReLU op's rule: y <= 0 -> 0, NaN kept.
+            per_plane(xv, c, p, |v, ch| {
+                let y = v * scale[ch] + shift[ch];
+                if y <= 0.0 { 0.0 } else { y }
+            })
+        } else {
+            per_plane(xv, c, p, |v, ch| v * scale[ch] + shift[ch])
+        };
         let saved = BnSaved {
             mean: Tensor::from_vec(mean, [c], Device::Cpu)?,
             var: Tensor::from_vec(var, [c], Device::Cpu)?,
@@ -125,10 +133,18 @@ impl NormKernels for Cpu {
         Ok((Storage::Cpu(y), saved))
     }
 
-    fn batch_norm_bwd(&self, xt: &Tensor, gamma: &Tensor, dy: &Tensor, saved: &BnSaved) -> Result<[Tensor; 3]> {
+    fn batch_norm_bwd(&self, xt: &Tensor, gamma: &Tensor, dy: &Tensor, out: &Tensor, saved: &BnSaved) -> Result<[Tensor; 3]> {
         let BnCall { shape: [n, c, p, _], opts } = saved.call;
-        let (sx, sg) = (xt.storage(), dy.storage());
-        let (x, g) = (sx.as_cpu(OP)?, sg.as_cpu(OP)?);
+        let (sx, sg, so) = (xt.storage(), dy.storage(), out.storage());
+        let x = sx.as_cpu(OP)?;
+        // A fused ReLU passes the gradient where its output is > 0 (the ReLU op's rule).
+        let masked: Vec<f32>;
+        let g = if opts.relu {
+            masked = sg.as_cpu(OP)?.iter().zip(so.as_cpu(OP)?).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect();
+            masked.as_slice()
+        } else {
+            sg.as_cpu(OP)?
+        };
         let mean = saved.mean.to_vec()?;
         let inv_std = inv_std(&saved.var.to_vec()?, opts.eps);
         let xhat = |v: f32, ch: usize| (v - mean[ch]) * inv_std[ch];

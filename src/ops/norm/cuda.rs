@@ -47,16 +47,17 @@ impl NormKernels for Cuda {
         };
         let (sg, sb) = (gamma.storage(), beta.storage());
         let mut y = dev.alloc(x.numel())?;
-        bn_fwd(&dev, xb, shape, &mean, &var, sg.as_cuda(OP)?, sb.as_cuda(OP)?, &mut y, opts.eps)?;
+        bn_fwd(&dev, xb, shape, &mean, &var, sg.as_cuda(OP)?, sb.as_cuda(OP)?, &mut y, opts.eps, opts.relu)?;
         let saved = BnSaved { mean: tensor(mean, [c])?, var: tensor(var, [c])?, call };
         Ok((Storage::Cuda(y), saved))
     }
 
-    fn batch_norm_bwd(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor, saved: &BnSaved) -> Result<[Tensor; 3]> {
+    fn batch_norm_bwd(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor, out: &Tensor, saved: &BnSaved) -> Result<[Tensor; 3]> {
         let BnCall { shape, opts } = saved.call;
         let dev = device(OP, x)?;
         let c = shape[1];
-        let (sx, sgam, sdy) = (x.storage(), gamma.storage(), dy.storage());
+        let (sx, sgam, sdy, sout) = (x.storage(), gamma.storage(), dy.storage(), out.storage());
+        let relu_out = if opts.relu { Some(sout.as_cuda(OP)?) } else { None };
         let (smean, svar) = (saved.mean.storage(), saved.var.storage());
         let mut dx = dev.alloc(x.numel())?;
         let (mut dgamma, mut dbeta) = (dev.alloc(c)?, dev.alloc(c)?);
@@ -65,6 +66,7 @@ impl NormKernels for Cuda {
             &dev,
             sx.as_cuda(OP)?,
             sdy.as_cuda(OP)?,
+            relu_out,
             shape,
             stats.0,
             stats.1,
@@ -179,6 +181,7 @@ pub fn bn_fwd(
     beta: &GpuBuffer,
     y: &mut GpuBuffer,
     eps: f32,
+    relu: bool,
 ) -> Result<()> {
     let op = k::BN_FWD.name;
     let (_, c, hw) = check(op, x, shape, &[("mean", mean), ("var", var), ("gamma", gamma), ("beta", beta)])?;
@@ -194,17 +197,20 @@ pub fn bn_fwd(
         Arg::I32(c),
         Arg::I32(hw),
         Arg::F32(eps),
+        Arg::I32(i32::from(relu)),
     ];
     launch(dev, k::BN_FWD, grid_1d(dev, x.len()), &args)
 }
 
 /// Gradients of batch norm: dx, dgamma, dbeta. `training` = the forward used batch statistics
 /// (then `mean`/`var` are those, and dx flows through them); otherwise running statistics.
+/// `relu_out`: the output of a forward with a fused ReLU (dy counts only where it is > 0).
 #[allow(clippy::too_many_arguments)]
 pub fn bn_bwd(
     dev: &CudaDevice,
     x: &GpuBuffer,
     dy: &GpuBuffer,
+    relu_out: Option<&GpuBuffer>,
     shape: [usize; 4],
     mean: &GpuBuffer,
     var: &GpuBuffer,
@@ -219,9 +225,14 @@ pub fn bn_bwd(
     let (n, c, hw) = check(op, x, shape, &[("mean", mean), ("var", var), ("gamma", gamma), ("dgamma", dgamma), ("dbeta", dbeta)])?;
     check_len(op, "dy", dy.len(), x.len(), &shape)?;
     check_len(op, "dx", dx.len(), x.len(), &shape)?;
+    if let Some(r) = relu_out {
+        check_len(op, "relu_out", r.len(), x.len(), &shape)?;
+    }
+    let relu_ptr = relu_out.map_or(0, GpuBuffer::ptr);
     let reduce = [
         Arg::Ptr(x.ptr()),
         Arg::Ptr(dy.ptr()),
+        Arg::Ptr(relu_ptr),
         Arg::Ptr(mean.ptr()),
         Arg::Ptr(var.ptr()),
         Arg::Ptr(dbeta.ptr_mut()),
@@ -235,6 +246,7 @@ pub fn bn_bwd(
     let dxa = [
         Arg::Ptr(x.ptr()),
         Arg::Ptr(dy.ptr()),
+        Arg::Ptr(relu_ptr),
         Arg::Ptr(mean.ptr()),
         Arg::Ptr(var.ptr()),
         Arg::Ptr(gamma.ptr()),
