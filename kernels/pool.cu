@@ -123,12 +123,13 @@ __device__ __forceinline__ float bilinear_weight(int dst, int in, float scale, i
     return (i0 == src ? 1.0f - l1 : 0.0f) + (i1 == src ? l1 : 0.0f);
 }
 
-// The output rows (or columns), out of `out`, that may read input row `src` of `in`: those whose
-// first neighbour is src - 1 or src, widened by one on each side against rounding (to the last
-// output at the clamped border); bilinear_weight says which do.
-__device__ __forceinline__ void bilinear_reach(int src, int in, int out, float scale, int& lo, int& hi) {
+// The output rows (or columns), out of `out`, that may read input row `src`: those whose first
+// neighbour is src - 1 or src, widened by one on each side against rounding (at the last input
+// row the upper end passes the last output, where the clamped rows are); bilinear_weight says
+// which do.
+__device__ __forceinline__ void bilinear_reach(int src, int out, float scale, int& lo, int& hi) {
     lo = max(0, (int)floorf((src - 0.5f) / scale - 0.5f) - 1);
-    hi = src == in - 1 ? out - 1 : min(out - 1, (int)ceilf((src + 1.5f) / scale - 0.5f) + 1);
+    hi = min(out - 1, (int)ceilf((src + 1.5f) / scale - 0.5f) + 1);
 }
 
 // Gathered per input cell, no atomics (the same bits every run): dx[h, w] is the sum, over the
@@ -139,8 +140,8 @@ extern "C" __global__ void resize_bilinear_bwd_f32(const float* __restrict__ dy,
                                                    float scale_w) {
     for_each_cell(planes, H, W, [&](int i, int plane, int h, int w) {
         int oh0, oh1, ow0, ow1;
-        bilinear_reach(h, H, OH, scale_h, oh0, oh1);
-        bilinear_reach(w, W, OW, scale_w, ow0, ow1);
+        bilinear_reach(h, OH, scale_h, oh0, oh1);
+        bilinear_reach(w, OW, scale_w, ow0, ow1);
         const float* dp = dy + (long long)plane * OH * OW;
         float acc = 0.0f;
         for (int oh = oh0; oh <= oh1; ++oh) {

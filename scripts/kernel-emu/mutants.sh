@@ -3,7 +3,7 @@
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
 # conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
 # each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 22 minutes
-# on 2 cores for all 53; conv_tc_check's 10 about 4, conv_tcp_check's 22 about 10). A mutant of a
+# on 2 cores for all 54; conv_tc_check's 10 about 4, conv_tcp_check's 22 about 10). A mutant of a
 # header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
 # ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
@@ -86,7 +86,8 @@ mutant conv_tcp_check $H CONV_TCP_KERNELS 's/if constexpr (PASS == BWD_WEIGHT) o
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/const int inside = min(BN \/ 4, max(0, N - slot \* (BN \/ 4)));/const int inside = BN \/ 4;/' "bn statistics: a tail slot centred as if full"
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/const int P = gridDim.x \* 4, slot = blockIdx.x \* 4 + wn;/const int P = gridDim.x * 4, slot = blockIdx.x * 4;/' "bn statistics: the four warp columns write one slot"
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/q += __shfl_xor_sync(0xffffffffu, q, 2);/\/\/ two lanes short/' "bn statistics: centred squares miss two lanes"
-mutant gather_check pool.cu POOL_KERNELS 's/lo = max(0, (int)floorf((src - 0.5f) \/ scale - 0.5f) - 1);/lo = max(0, (int)floorf((src - 0.5f) \/ scale - 0.5f) + 1);/' "resize gather: the reach starts two rows late"
+mutant gather_check pool.cu POOL_KERNELS 's/lo = max(0, (int)floorf((src - 0.5f) \/ scale - 0.5f) - 1);/lo = max(0, (int)floorf((src - 0.5f) \/ scale - 0.5f) + 2);/' "resize gather: the reach starts three rows late (past the first reading row)"
+mutant gather_check pool.cu POOL_KERNELS 's/hi = min(out - 1, (int)ceilf((src + 1.5f) \/ scale - 0.5f) + 1);/hi = min(out - 1, (int)ceilf((src + 1.5f) \/ scale - 0.5f) - 2);/' "resize gather: the reach ends three rows early"
 mutant gather_check pool.cu POOL_KERNELS 's/return (i0 == src ? 1.0f - l1 : 0.0f) + (i1 == src ? l1 : 0.0f);/return i0 == src ? 1.0f - l1 : (i1 == src ? l1 : 0.0f);/' "resize gather: a border row counted once, not twice"
 mutant gather_check reduce.cu REDUCE_KERNELS 's/for (int z = 1; z < splits; ++z)/for (int z = 2; z < splits; ++z)/' "sum_splits skips the second split"
 mutant gather_check reduce.cu REDUCE_KERNELS 's/y\[(long long)blockIdx.y \* n_out + o\] = acc \* scale;/y[o] = acc * scale;/g' "split sums all written to slice 0"
