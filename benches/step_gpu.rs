@@ -11,6 +11,8 @@
 //! side. It prints the host's waits per step (0: the host never stalled the GPU's queue between
 //! reads) and whether the capture succeeded.
 //! The step's peak device memory (coseg's live tensors) is printed per precision.
+//! `gpu_inference` times the evaluation forward of 10 and 40 pairs, eager and replayed from a
+//! CUDA graph, and prints pairs per second.
 //! With COSEG_PROFILE=1, after the measurement, [`PROFILED_STEPS`] more steps per precision run
 //! with per-op GPU timing and their table is printed: where the step's GPU time goes, and the
 //! host overhead (wall time minus the kernels' time).
@@ -160,6 +162,50 @@ fn bench(c: &mut Criterion) {
     dev.set_tc_variant(TcVariant::default());
     dev.set_fuse_bn_stats(true);
     g.finish();
+    inference(c, &dev);
+}
+
+/// Inference (issue 13's pairs per second): the evaluation forward of a batch of 128x128 pairs, in
+/// bf16 on the default kernels, eager and replayed from a CUDA graph (`ForwardGraph`, what
+/// validation, `coseg eval` and `segment` run; each replay copies the batch in), at 10 and 40
+/// pairs per batch. Prints pairs per second from the median of 20 timed batches (PyTorch on the
+/// same card, issue 13: 3,160 pairs/s at 10, 4,430 at 40, captured, bf16 channels-last).
+fn inference(c: &mut Criterion, dev: &std::sync::Arc<coseg::backend::cuda::CudaDevice>) {
+    let p0 = dev.precision();
+    dev.set_precision(Precision::Bf16);
+    let mut params = ParamStore::new(GPU, 3);
+    let net = CosegNet::new(&ModelConfig::default(), &mut params).unwrap();
+    let mut g = c.benchmark_group("gpu_inference");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    for pairs in [10usize, 40] {
+        let (a, b) = (crops(pairs, 7), crops(pairs, 8));
+        let eager = || {
+            no_grad(|| black_box(net.forward_pair(&a, &b, false).unwrap()));
+            dev.synchronize().unwrap();
+        };
+        eager(); // warms the allocator's cache for the capture
+        let graph = coseg::train::infer::ForwardGraph::capture(&net, &a, &b).unwrap();
+        let replay = || {
+            black_box(graph.run(&a, &b).unwrap());
+            dev.synchronize().unwrap();
+        };
+        for (mode, f) in [("eager", &eager as &dyn Fn()), ("graph", &replay)] {
+            let mut t: Vec<f64> = (0..23)
+                .map(|_| {
+                    let s = Instant::now();
+                    f();
+                    s.elapsed().as_secs_f64()
+                })
+                .skip(3)
+                .collect();
+            t.sort_by(f64::total_cmp);
+            let median = (t[9] + t[10]) / 2.0;
+            eprintln!("inference bf16, {pairs} pairs per batch, {mode}: {:.3} ms per batch, {:.0} pairs/s", median * 1e3, pairs as f64 / median);
+            g.bench_function(format!("drn_mg101_csa_d2_{pairs}pairs_128x128_bf16_{mode}"), |bench| bench.iter(f));
+        }
+    }
+    g.finish();
+    dev.set_precision(p0);
 }
 
 criterion_group!(benches, bench);

@@ -7,6 +7,8 @@
 #            fp32, tf32 and bf16; prints its summary table
 #   step     benches/step_gpu.rs: the paper's training step per precision and variant, eager and
 #            captured, host waits per step
+#   infer    benches/step_gpu.rs gpu_inference: evaluation forward of 10 and 40 pairs in bf16,
+#            eager and replayed from a CUDA graph, pairs per second
 #   csa      benches/csa_gpu.rs: the attention kernels against the composed ops
 #   run      a short paper-model training run with the CUDA graph
 #   runstaged  the same run on the staged tensor-core kernels without batch-norm statistics from
@@ -47,6 +49,9 @@ for s in $steps; do
     step)
       timeout 300 .gpu/bin/bench-step_gpu --bench "${STEP_FILTER:-gpu_train_step|gpu_sgd_step}" > "$OUT/step_gpu.log" 2>&1; echo "step_gpu rc $?"
       grep -E "^gpu_|time:|train step|peak device" "$OUT/step_gpu.log" | head -60;;
+    infer)
+      timeout 200 .gpu/bin/bench-step_gpu --bench gpu_inference > "$OUT/infer_gpu.log" 2>&1; echo "infer rc $?"
+      grep -E "^inference|time:" "$OUT/infer_gpu.log";;
     csa)
       timeout 150 .gpu/bin/bench-csa_gpu --bench > "$OUT/csa_gpu.log" 2>&1; echo "csa_gpu rc $?"
       grep -vE "^(Benchmarking|Warming|Collecting|Analyzing|Found|  [0-9]+ \(|$)" "$OUT/csa_gpu.log" | head -60;;
@@ -83,7 +88,7 @@ for s in $steps; do
           .gpu/bin/bench-conv_gpu --bench > "$OUT/convprof_$1.txt" 2>&1; echo "convprof $1 rc $?"
         grep -E "conv2d_pipe|Duration|Compute \(SM\) Throughput|Memory Throughput|L1/TEX Hit|L2 Hit|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issued Ipc|Stall|No Eligible|Executed Ipc A" "$OUT/convprof_$1.txt" | head -60
       done;;
-    *) echo "unknown step '$s' (tests conv step csa run runstaged curves profile ncustep convprof)";;
+    *) echo "unknown step '$s' (tests conv step infer csa run runstaged curves profile ncustep convprof)";;
   esac
   echo "== step $s took $(( $(date +%s) - t0 )) s"
 done
