@@ -2,7 +2,7 @@
 // gradient; TF32 m16n8k8 and BF16 m16n8k16 mma.sync) under emu_tc.h, launched as
 // src/ops/conv/cuda.rs launch_plan launches them: 256 threads, grid (ceil(N/BN), ceil(M/BM),
 // splits), arguments (a, b, bias, out, ConvGeom by value, red_chunk); the input gradient takes the
-// weights transposed to (C, K, R, S); the weight gradient's reduction split as weight_grad_split
+// weights transposed to (C, K, R, S); the weight gradient's reduction split as tc_weight_grad_split
 // does for 132 SMs (split z writing its slice of a (splits, K, C*R*S) buffer, summed in order as
 // reduce.cu's sum_splits_f32 does) and, separately, unsplit.
 // Every tile variant (128x128, 64x128, 128x64) of every pass at both precisions, on small odd
@@ -64,11 +64,22 @@ static const char* PASS[3] = {"fwd", "bwd_input", "bwd_weight"};
 static const char* PREC[2] = {"tf32", "bf16"};
 
 static size_t cdiv(size_t a, size_t b) { return (a + b - 1) / b; }
-// launch.rs split_reduction and cuda.rs weight_grad_split: (splits, chunk).
+// launch.rs split_reduction: (splits, chunk), for the unsplit plan below.
 static std::pair<size_t, size_t> split_reduction(size_t parallel, size_t wanted, size_t red, size_t least, size_t granule) {
     size_t splits = std::clamp(cdiv(wanted, std::max<size_t>(parallel, 1)), (size_t)1, std::clamp(red / least, (size_t)1, (size_t)65535));
     size_t chunk = std::max(cdiv(cdiv(red, splits), granule) * granule, granule);
     return {std::max(cdiv(red, chunk), (size_t)1), chunk};
+}
+// cuda.rs tc_weight_grad_split: the split with the least waves x (tiles per split + 4).
+static std::pair<size_t, size_t> tc_weight_grad_split(size_t blocks, size_t red, size_t tile_k, size_t sms, size_t per_sm) {
+    const size_t slots = std::max<size_t>(sms * per_sm, 1), most = std::clamp(red / (4 * tile_k), (size_t)1, (size_t)1024);
+    size_t best_cost = SIZE_MAX, best_splits = 1, best_chunk = std::max<size_t>(cdiv(red, tile_k), 1) * tile_k;
+    for (size_t wanted = 1; wanted <= most; ++wanted) {
+        const size_t chunk = std::max<size_t>(cdiv(cdiv(red, wanted), tile_k), 1) * tile_k, splits = std::max<size_t>(cdiv(red, chunk), 1);
+        const size_t cost = cdiv(blocks * splits, slots) * (chunk / tile_k + 4);
+        if (cost < best_cost) best_cost = cost, best_splits = splits, best_chunk = chunk;
+    }
+    return {best_splits, best_chunk};
 }
 
 // The rounding of the kernel's shared-memory tiles, as a float.
@@ -219,7 +230,7 @@ int main(int argc, char** argv) {
                     // the weight gradient: as planned for 132 SMs, then unsplit (NaN-poisoned)
                     std::vector<std::pair<size_t, size_t>> plans;
                     if (pass == 2) {
-                        auto p = split_reduction(cdiv(M, BM) * cdiv(N, BN), 2 * SMS, RED, 4 * tile_k, tile_k);
+                        auto p = tc_weight_grad_split(cdiv(M, BM) * cdiv(N, BN), RED, tile_k, SMS, tile == 0 ? 1 : 2);
                         plans.push_back(p);
                         if (p.first > 1) plans.push_back(split_reduction(1, 1, RED, 4 * tile_k, tile_k));
                     } else {

@@ -281,10 +281,32 @@ impl ConvPlan {
     }
 }
 
-/// The weight gradient's split of its pixel reduction: about two blocks per SM, each split at
-/// least 4 reduction tiles long and a whole number of them.
+/// The SIMT weight gradient's split of its pixel reduction: about two blocks per SM, each split
+/// at least 4 reduction tiles long and a whole number of them.
 fn weight_grad_split(blocks: usize, red: usize, tile_k: usize, sm_count: usize) -> (usize, usize) {
     split_reduction(blocks, 2 * sm_count, red, 4 * tile_k, tile_k)
+}
+
+/// The tensor-core weight gradient's split, by whole waves: `blocks` output tiles, `per_sm` of
+/// them resident on an SM at once, `sm_count` SMs. Of the splits into whole numbers of `tile_k`
+/// (each at least 4 tiles long), the one with the least modelled time, waves x (tiles per split +
+/// 4): a last wave only partly filled costs a whole one, and a block pays about 4 tiles' worth of
+/// pipeline fill, epilogue and its slice's share of the sum. (Aiming at two blocks per SM, as the
+/// SIMT split does, overshot: a 128 x 128 block fills an SM alone, and the H200's profile showed
+/// the c512 weight gradient at 144 tiles x 2 splits = 2.2 waves. Model, not yet measured.)
+fn tc_weight_grad_split(blocks: usize, red: usize, tile_k: usize, sm_count: usize, per_sm: usize) -> (usize, usize) {
+    let slots = (sm_count * per_sm).max(1);
+    let most = (red / (4 * tile_k)).clamp(1, 1024);
+    let mut best = (usize::MAX, 1, red.div_ceil(tile_k).max(1) * tile_k);
+    for wanted in 1..=most {
+        let chunk = red.div_ceil(wanted).div_ceil(tile_k).max(1) * tile_k;
+        let splits = red.div_ceil(chunk).max(1);
+        let cost = (blocks * splits).div_ceil(slots) * (chunk / tile_k + 4);
+        if cost < best.0 {
+            best = (cost, splits, chunk);
+        }
+    }
+    (best.1, best.2)
 }
 
 /// The tensor-core precisions, in the order of [`TC_KERNELS`]' third index.
@@ -322,8 +344,10 @@ fn tc_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVa
     let prec = TC_PRECISIONS.iter().position(|p| *p == precision).unwrap_or(0);
     let tile_k = tc_tile_k(variant, precision);
     let (bm, bn) = TC_TILES[tile];
+    // Blocks resident per SM, as the tile choice in `plan` counts them: a 128 x 128 block alone.
+    let per_sm = if tile == 0 { 1 } else { 2 };
     let (splits, chunk) = match pass {
-        ConvPass::WeightGrad => weight_grad_split(m.div_ceil(bm) * n.div_ceil(bn), red, tile_k, sm),
+        ConvPass::WeightGrad => tc_weight_grad_split(m.div_ceil(bm) * n.div_ceil(bn), red, tile_k, sm, per_sm),
         _ => (1, red),
     };
     let (shared_bytes, weights) = match (variant, pass) {
@@ -636,6 +660,24 @@ mod tests {
         assert!(Conv2dShape { stride: 0, ..shape(1, 8, 8, 1) }.geom("c").is_err());
         let huge = Conv2dShape { n: 1 << 16, ..shape(1, 512, 128, 1) };
         assert!(huge.geom("c").unwrap_err().to_string().contains("32-bit"));
+    }
+
+    // The network's 16x16 weight gradients on an H200 (132 SMs) in bf16, pipelined: whole waves.
+    #[test]
+    fn tensor_core_weight_gradient_splits_fill_their_waves() {
+        let c1 = |c: usize, k: usize| Conv2dShape { n: 20, c, h: 16, w: 16, k, r: 1, s: 1, stride: 1, pad: 0, dilation: 1 };
+        for s in [shape(20, 512, 16, 4), shape(20, 256, 16, 2), c1(1024, 256), c1(256, 1024), c1(2048, 512), c1(512, 2048)] {
+            let p = plan(&s, ConvPass::WeightGrad, Precision::Bf16, TcVariant::Pipelined, 132);
+            let (gx, gy, gz) = p.grid(&s, ConvPass::WeightGrad);
+            let per_sm = if p.tile == (128, 128) { 1 } else { 2 };
+            let (blocks, slots) = (gx * gy * gz, 132 * per_sm);
+            let fill = blocks as f64 / (blocks.div_ceil(slots) * slots) as f64;
+            assert!(fill >= 0.85, "{s:?}: {blocks} blocks ({gx} x {gy} x {gz} splits) on {slots} slots fill their waves {fill:.2}");
+            assert!(p.chunk >= 4 * 32, "{s:?}: a split of {} pixels", p.chunk);
+        }
+        // What the profile showed (c512 d4: 144 tiles x 2 splits = 288 blocks, 2.2 waves) is gone.
+        let c512 = plan(&shape(20, 512, 16, 4), ConvPass::WeightGrad, Precision::Bf16, TcVariant::Pipelined, 132);
+        assert_ne!(c512.splits, 2);
     }
 
     #[test]
