@@ -33,9 +33,12 @@
 //! # DANet (Fu et al., CVPR 2019) in place of CSA
 //! Per image, 3x3 conv C -> C/4 (+BN+ReLU) feeds each branch:
 //! - position attention: q, k = 1x1 convs to C/32, v = 1x1 conv to C/4; A = softmax over positions of
-//!   qᵀk (N, HW, HW); out = γ_p · v Aᵀ + x, γ_p initialised to 0. On CUDA by default one fused op
-//!   ([`Tensor::position_attention`], flash-style: A is never written to device memory); the CPU
-//!   composes it from bmm and softmax (the reference); [`CoAttention::set_fused`] chooses;
+//!   qᵀk (N, HW, HW); out = γ_p · v Aᵀ + x, γ_p initialised to 0. Composed from bmm and softmax by
+//!   default on every device: the fused op ([`Tensor::position_attention`], flash-style: A is
+//!   never written to device memory) measured slower on the H200 at the paper's shape (0.131 ms
+//!   forward against 0.085, 0.72 ms forward + backward against 0.31, captured, fp32; and the
+//!   composed bmm takes TF32 tensor cores at tf32 and bf16, the fused kernel does not);
+//!   [`CoAttention::set_fused`]`(true)` runs it;
 //! - channel attention: energy E = x xᵀ (N, C/4, C/4); DANet's `max(E) - E` before the softmax
 //!   equals `-E` (softmax ignores a per-row shift); out = γ_c · softmax(-E) x + x, γ_c = 0 at first.
 //!
@@ -200,7 +203,7 @@ struct DaNet {
     out_p: ConvBnRelu,
     out_c: ConvBnRelu,
     /// Whether the position attention runs fused ([`Tensor::position_attention`]) or composed
-    /// (the reference); None: fused on CUDA, composed on the CPU.
+    /// (the reference); None: composed (the faster on the H200, see the module's header).
     fused: Option<bool>,
 }
 
@@ -223,13 +226,13 @@ impl DaNet {
     }
 
     /// Position attention on `x`: fused ([`Tensor::position_attention`]) or composed from bmm and
-    /// softmax, as [`CoAttention::set_fused`] chose (unset: fused on CUDA, composed on the CPU).
+    /// softmax, as [`CoAttention::set_fused`] chose (unset: composed).
     fn position(&self, x: &Tensor) -> Result<Tensor> {
         let [n, c, h, w] = x.shape().nchw();
         let q = self.query.forward(x)?.flatten_from(2)?; // (N, c', HW)
         let k = self.key.forward(x)?.flatten_from(2)?; // (N, c', HW)
         let v = self.value.forward(x)?.flatten_from(2)?; // (N, C, HW)
-        let out = if self.fused.unwrap_or(matches!(x.device(), crate::device::Device::Cuda(_))) {
+        let out = if self.fused.unwrap_or(false) {
             q.position_attention(&k, &v)?
         } else {
             let attn = q.transpose(1, 2)?.bmm(&k)?.softmax(-1)?; // (N, HW, HW): row i = weights over positions j
@@ -337,7 +340,8 @@ impl CoAttention {
     /// The fused kernels (`true`) or the composed generic ops (`false`: the reference the fused
     /// ops are tested and benchmarked against), on any device: CSA's feature-sized work (the same
     /// values, the CPU forward to the bit), DANet's position attention (the same values within
-    /// f32 round-off). Unset, the fused kernels run on CUDA and the composed ops on the CPU.
+    /// f32 round-off). Unset, CSA's fused kernels run on CUDA and its composed ops on the CPU, and
+    /// DANet's position attention is composed everywhere (its fused kernel is the slower).
     pub fn set_fused(&mut self, fused: bool) {
         match &mut self.kind {
             Kind::Csa(csa) => csa.fused = Some(fused),
