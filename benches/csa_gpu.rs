@@ -58,7 +58,11 @@ fn seconds(dev: &CudaDevice, iters: usize, mut f: impl FnMut()) -> f64 {
 /// Times `f` (which queues GPU work) over `iters` calls after a warm-up, then prints the bytes it
 /// must move and the rate that makes.
 fn report(dev: &CudaDevice, what: &str, bytes: usize, iters: usize, f: impl FnMut()) {
-    let s = seconds(dev, iters, f);
+    print_rate(what, bytes, seconds(dev, iters, f));
+}
+
+/// One line: `what` took `s` seconds per call for `bytes` it must move, and the rate that makes.
+fn print_rate(what: &str, bytes: usize, s: f64) {
     let gbs = bytes as f64 / s / 1e9;
     eprintln!(
         "{what}: {:.1} us, {:.1} MB moved at least, {gbs:.0} GB/s ({:.0}% of the {COPY_RATE_GBS:.0} GB/s copy rate)",
@@ -90,8 +94,7 @@ fn graph_seconds(dev: &Arc<CudaDevice>, iters: usize, mut f: impl FnMut()) -> Op
 /// [`report`] for [`graph_seconds`].
 fn report_graph(dev: &Arc<CudaDevice>, what: &str, bytes: usize, iters: usize, f: impl FnMut()) {
     if let Some(s) = graph_seconds(dev, iters, f) {
-        let gbs = bytes as f64 / s / 1e9;
-        eprintln!("{what}, captured: {:.1} us, {gbs:.0} GB/s ({:.0}% of the {COPY_RATE_GBS:.0} GB/s copy rate)", s * 1e6, 100.0 * gbs / COPY_RATE_GBS);
+        print_rate(&format!("{what}, captured"), bytes, s);
     }
 }
 

@@ -55,6 +55,8 @@ fn bench(c: &mut Criterion) {
         return;
     };
     eprintln!("step_gpu on {}", dev.name());
+    // The configs below set the fusion; put back what the device opened with.
+    let fuse0 = dev.fuse_bn_stats();
 
     let mut params = ParamStore::new(GPU, 1);
     let spec = ResNetSpec { depth: 101, width: 1.0, output_stride: 8, multi_grid: false, in_channels: 3 };
@@ -109,7 +111,7 @@ fn bench(c: &mut Criterion) {
         }
     }
     dev.set_tc_variant(TcVariant::default());
-    dev.set_fuse_bn_stats(true);
+    dev.set_fuse_bn_stats(fuse0);
     g.finish();
 
     let mut rng = ChaCha8Rng::seed_from_u64(6);
@@ -160,7 +162,7 @@ fn bench(c: &mut Criterion) {
         }
     }
     dev.set_tc_variant(TcVariant::default());
-    dev.set_fuse_bn_stats(true);
+    dev.set_fuse_bn_stats(fuse0);
     g.finish();
     inference(c, &dev);
 }

@@ -18,6 +18,20 @@ __device__ __forceinline__ int chan_index(int j, int c, int C, int HW) {
     return (n * C + c) * HW + (j - n * HW);
 }
 
+// Channel c's batch mean and biased variance of `count` values, and the running update with the
+// unbiased variance (running_* may be null: no update). Both statistics kernels end here.
+__device__ __forceinline__ void store_channel_stats(int c, float mu, float v, int count, float* __restrict__ mean,
+                                                    float* __restrict__ var, float* __restrict__ running_mean,
+                                                    float* __restrict__ running_var, float momentum) {
+    mean[c] = mu;
+    var[c] = v;
+    if (running_mean != nullptr && running_var != nullptr) {
+        float unbiased = count > 1 ? v * (float)count / (float)(count - 1) : v;
+        running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mu;
+        running_var[c] = (1.0f - momentum) * running_var[c] + momentum * unbiased;
+    }
+}
+
 // Two passes (mean, then centred squares) for accuracy. running_* may be null (no update).
 extern "C" __global__ void bn_stats_f32(const float* __restrict__ x, float* __restrict__ mean,
                                         float* __restrict__ var, float* __restrict__ running_mean,
@@ -34,15 +48,7 @@ extern "C" __global__ void bn_stats_f32(const float* __restrict__ x, float* __re
             q += d * d;
         }
         float v = block_sum(q) / (float)M;
-        if (threadIdx.x == 0) {
-            mean[c] = mu;
-            var[c] = v;
-            if (running_mean != nullptr && running_var != nullptr) {
-                float unbiased = M > 1 ? v * (float)M / (float)(M - 1) : v;
-                running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mu;
-                running_var[c] = (1.0f - momentum) * running_var[c] + momentum * unbiased;
-            }
-        }
+        if (threadIdx.x == 0) store_channel_stats(c, mu, v, M, mean, var, running_mean, running_var, momentum);
     }
 }
 
@@ -72,16 +78,7 @@ extern "C" __global__ void bn_stats_partials_f32(const float* __restrict__ parti
             }
         }
         q = block_sum_f64(q);
-        if (threadIdx.x == 0) {
-            const float mu_f = (float)mu, v = (float)(q / count);
-            mean[c] = mu_f;
-            var[c] = v;
-            if (running_mean != nullptr && running_var != nullptr) {
-                float unbiased = count > 1 ? v * (float)count / (float)(count - 1) : v;
-                running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mu_f;
-                running_var[c] = (1.0f - momentum) * running_var[c] + momentum * unbiased;
-            }
-        }
+        if (threadIdx.x == 0) store_channel_stats(c, (float)mu, (float)(q / count), count, mean, var, running_mean, running_var, momentum);
     }
 }
 

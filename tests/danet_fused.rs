@@ -108,6 +108,14 @@ fn norm(v: &[f32]) -> f64 {
     v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
 }
 
+/// ||a - b|| <= tol * scale, for values that are round-off or cancel (where ||b|| is no scale):
+/// `scale` is the norm of a nonzero quantity of the same products.
+fn assert_close_to_scale(what: &str, a: &[f32], b: &[f32], tol: f64, scale: f64) {
+    let diff: Vec<f32> = a.iter().zip(b).map(|(p, q)| p - q).collect();
+    assert!(scale > 0.0, "{what}: the reference scale is zero");
+    assert!(norm(&diff) <= tol * scale, "{what}: |difference| {:.2e} > {:.2e}", norm(&diff), tol * scale);
+}
+
 /// Outputs and gradients pairwise within `tol` relative, except where the value is round-off or a
 /// sum whose terms cancel, held to `tol` relative to a gradient of the same products that is
 /// neither: the query's and key's biases, whose gradients sum dq and dk over the positions (the key
@@ -129,9 +137,7 @@ fn assert_passes_close(what: &str, a: &[(String, Vec<f32>)], b: &[(String, Vec<f
             None
         };
         if let Some(s) = round_off {
-            let diff: Vec<f32> = x.iter().zip(y).map(|(p, q)| p - q).collect();
-            assert!(s > 0.0, "{what}: {name}: the reference gradient is zero");
-            assert!(norm(&diff) <= tol * s, "{what}: {name}: |difference| {:.2e} > {:.2e}", norm(&diff), tol * s);
+            assert_close_to_scale(&format!("{what}: {name}"), x, y, tol, s);
         } else {
             assert_close(&format!("{what}: {name}"), x, y, tol);
         }
@@ -173,8 +179,7 @@ fn lse_f64(s: [usize; 5], q: &[f32], k: &[f32]) -> Vec<f32> {
 fn assert_output_close(s: [usize; 5], i: usize, got: &[f32], want: &[Vec<f32>; 4]) {
     let what = format!("{s:?} {}", NAMES[i]);
     if dims(s).l == 1 && (i == 1 || i == 2) {
-        let diff: Vec<f32> = got.iter().zip(&want[i]).map(|(a, b)| a - b).collect();
-        assert!(norm(&diff) <= F32_TOL * norm(&want[3]), "{what}: |difference| {:.2e}, |dv| {:.2e}", norm(&diff), norm(&want[3]));
+        assert_close_to_scale(&what, got, &want[i], F32_TOL, norm(&want[3]));
     } else {
         assert_close(&what, got, &want[i], F32_TOL);
     }

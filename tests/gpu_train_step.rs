@@ -5,6 +5,7 @@
 //! REQUIRE_CUDA=1).
 
 mod common;
+mod gpu_common;
 
 use coseg::Device;
 use coseg::autograd::{Init, ParamStore};
@@ -16,17 +17,14 @@ use coseg::train::monitor::{LossWatch, StepSource};
 use coseg::train::step::StepRunner;
 use coseg::train::{Optimizer, OptimizerParams};
 use common::test_gpu;
+use gpu_common::serial;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const GPU: Device = Device::Cuda(0);
 
-/// One test on the device at a time: the tests share cuda:0's stream, and a capture there would
-/// take in another test's launches (and fail on its allocations).
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
+// One test on the device at a time (gpu_common::serial): the tests share cuda:0's stream, and a
+// capture there would take in another test's launches (and fail on its allocations).
 
 fn random_batch(rng: &mut ChaCha8Rng, pairs: usize, size: usize) -> HostBatch {
     let (image, plane) = (pairs * 3 * size * size, pairs * size * size);

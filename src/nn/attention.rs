@@ -203,8 +203,8 @@ struct DaNet {
     out_p: ConvBnRelu,
     out_c: ConvBnRelu,
     /// Whether the position attention runs fused ([`Tensor::position_attention`]) or composed
-    /// (the reference); None: composed (the faster on the H200, see the module's header).
-    fused: Option<bool>,
+    /// (the reference, and the default: the faster on the H200, see the module's header).
+    fused: bool,
 }
 
 impl DaNet {
@@ -221,7 +221,7 @@ impl DaNet {
             gamma_c: params.var(&join(prefix, "cam.gamma"), [1], Init::Const(0.0))?,
             out_p: ConvBnRelu::new(params, &join(prefix, "out_p"), ConvSpec::new(inter, inter, 3))?,
             out_c: ConvBnRelu::new(params, &join(prefix, "out_c"), ConvSpec::new(inter, inter, 3))?,
-            fused: None,
+            fused: false,
         })
     }
 
@@ -232,7 +232,7 @@ impl DaNet {
         let q = self.query.forward(x)?.flatten_from(2)?; // (N, c', HW)
         let k = self.key.forward(x)?.flatten_from(2)?; // (N, c', HW)
         let v = self.value.forward(x)?.flatten_from(2)?; // (N, C, HW)
-        let out = if self.fused.unwrap_or(false) {
+        let out = if self.fused {
             q.position_attention(&k, &v)?
         } else {
             let attn = q.transpose(1, 2)?.bmm(&k)?.softmax(-1)?; // (N, HW, HW): row i = weights over positions j
@@ -345,7 +345,7 @@ impl CoAttention {
     pub fn set_fused(&mut self, fused: bool) {
         match &mut self.kind {
             Kind::Csa(csa) => csa.fused = Some(fused),
-            Kind::DaNet(d) => d.fused = Some(fused),
+            Kind::DaNet(d) => d.fused = fused,
         }
     }
 

@@ -11,6 +11,7 @@ use crate::device::{Precision, TcVariant};
 use crate::error::{Error, Result};
 use crate::ops::{BnPartials, Cuda};
 use crate::ops::cuda_common::{device, tensor};
+use crate::ops::reduce::cuda::into_split_slices;
 use crate::tensor::{Shape, Storage, Tensor};
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
@@ -468,41 +469,18 @@ pub fn launch_plan_with(
     if gx > i32::MAX as usize || gy > 65535 {
         return Err(Error::invalid(p.kernel.name, format!("{sh:?} needs a grid of {gx} x {gy} blocks: too large")));
     }
-    // A split weight gradient: each split into its slice of a scratch buffer, then added in order
-    // (no atomics: the same bits every run).
-    if gz > 1 {
-        let mut parts = dev.alloc(gz * out.len())?;
-        launch_grid(dev, sh, pass, p, a, b, bias, &mut parts, stats, (gx, gy, gz), &g)?;
-        return crate::ops::reduce::cuda::sum_splits(dev, &parts, gz, out);
-    }
-    launch_grid(dev, sh, pass, p, a, b, bias, out, stats, (gx, gy, gz), &g)
-}
-
-/// The launch itself, into `out` (for a split weight gradient, the splits' scratch buffer).
-#[allow(clippy::too_many_arguments)]
-fn launch_grid(
-    dev: &CudaDevice,
-    sh: &Conv2dShape,
-    pass: ConvPass,
-    p: &ConvPlan,
-    a: &GpuBuffer,
-    b: &GpuBuffer,
-    bias: Option<&GpuBuffer>,
-    out: &mut GpuBuffer,
-    stats: u64,
-    (gx, gy, gz): (usize, usize, usize),
-    g: &ConvGeom,
-) -> Result<()> {
     let cfg = LaunchConfig { grid_dim: (gx as u32, gy as u32, gz as u32), block_dim: (TILE_THREADS, 1, 1), shared_mem_bytes: 0 };
     let chunk = Arg::I32(to_i32(p.kernel.name, "reduction", p.chunk)?);
     if p.kernel.module == "conv2d" {
         // conv2d.cu's fp32 kernels take their operands in the order of the math, not (a, b).
-        let args = match pass {
-            ConvPass::Forward => vec![Arg::Ptr(b.ptr()), Arg::Ptr(a.ptr()), Arg::Ptr(bias.map_or(0, GpuBuffer::ptr)), Arg::Ptr(out.ptr_mut()), Arg::Struct(g)],
-            ConvPass::InputGrad => vec![Arg::Ptr(b.ptr()), Arg::Ptr(a.ptr()), Arg::Ptr(out.ptr_mut()), Arg::Struct(g)],
-            ConvPass::WeightGrad => vec![Arg::Ptr(b.ptr()), Arg::Ptr(a.ptr()), Arg::Ptr(out.ptr_mut()), Arg::Struct(g), chunk],
-        };
-        return launch(dev, p.kernel, cfg, &args);
+        return into_split_slices(dev, gz, out, |out| {
+            let args = match pass {
+                ConvPass::Forward => vec![Arg::Ptr(b.ptr()), Arg::Ptr(a.ptr()), Arg::Ptr(bias.map_or(0, GpuBuffer::ptr)), Arg::Ptr(out), Arg::Struct(&g)],
+                ConvPass::InputGrad => vec![Arg::Ptr(b.ptr()), Arg::Ptr(a.ptr()), Arg::Ptr(out), Arg::Struct(&g)],
+                ConvPass::WeightGrad => vec![Arg::Ptr(b.ptr()), Arg::Ptr(a.ptr()), Arg::Ptr(out), Arg::Struct(&g), chunk],
+            };
+            launch(dev, p.kernel, cfg, &args)
+        });
     }
     // The weights in the order the kernel reads them (a weight-sized copy; see WeightOrder).
     let reordered;
@@ -513,12 +491,15 @@ fn launch_grid(
         a
     };
     let cfg = LaunchConfig { shared_mem_bytes: p.shared_bytes as u32, ..cfg };
-    let mut args = vec![Arg::Ptr(a.ptr()), Arg::Ptr(b.ptr()), Arg::Ptr(bias.map_or(0, GpuBuffer::ptr)), Arg::Ptr(out.ptr_mut())];
-    if p.pipelined() {
-        args.push(Arg::Ptr(stats)); // conv2d_tcp.cu's kernels take the statistics pointer after `out`
-    }
-    args.extend([Arg::Struct(g), chunk]);
-    launch(dev, p.kernel, cfg, &args)
+    // A split weight gradient: each split into its slice of a scratch buffer, then added in order.
+    into_split_slices(dev, gz, out, |out| {
+        let mut args = vec![Arg::Ptr(a.ptr()), Arg::Ptr(b.ptr()), Arg::Ptr(bias.map_or(0, GpuBuffer::ptr)), Arg::Ptr(out)];
+        if p.pipelined() {
+            args.push(Arg::Ptr(stats)); // conv2d_tcp.cu's kernels take the statistics pointer after `out`
+        }
+        args.extend([Arg::Struct(&g), chunk]);
+        launch(dev, p.kernel, cfg, &args)
+    })
 }
 
 /// The batch-norm partial statistics per channel a forward plan writes, and the output pixels

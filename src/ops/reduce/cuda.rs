@@ -131,15 +131,23 @@ pub fn sum_axes(dev: &CudaDevice, x: &GpuBuffer, dims: [usize; 4], keep: [bool; 
     };
     let (splits, chunk) = reduction_split(n_out, n_red, by_block, dev.sm_count() as usize);
     cfg.grid_dim.1 = splits as u32;
-    // Split: each split's partial sums into its slice of a scratch buffer, then added in order.
-    let mut parts = if splits > 1 { Some(dev.alloc(splits * n_out)?) } else { None };
-    let dst = parts.as_mut().map_or_else(|| y.ptr_mut(), |p| p.ptr_mut());
-    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(dst), Arg::I32(n_out as i32), Arg::I32(n_red as i32), Arg::Struct(&g), Arg::F32(scale), Arg::I32(chunk as i32)];
-    launch(dev, kernel, cfg, &args)?;
-    match parts {
-        Some(p) => sum_splits(dev, &p, splits, y),
-        None => Ok(()),
+    into_split_slices(dev, splits, y, |dst| {
+        let args = [Arg::Ptr(x.ptr()), Arg::Ptr(dst), Arg::I32(n_out as i32), Arg::I32(n_red as i32), Arg::Struct(&g), Arg::F32(scale), Arg::I32(chunk as i32)];
+        launch(dev, kernel, cfg, &args)
+    })
+}
+
+/// Runs `launch` (given the device pointer to write) for a reduction split `splits` ways over
+/// blocks: unsplit, straight into `out`; split, each split into its own slice of a scratch buffer
+/// (`splits` x out's length), then [`sum_splits`] into `out`. No atomics, so the same bits every
+/// run; the sums here and the convolutions' weight gradient share it.
+pub fn into_split_slices(dev: &CudaDevice, splits: usize, out: &mut GpuBuffer, launch: impl FnOnce(u64) -> Result<()>) -> Result<()> {
+    if splits <= 1 {
+        return launch(out.ptr_mut());
     }
+    let mut parts = dev.alloc(splits * out.len())?;
+    launch(parts.ptr_mut())?;
+    sum_splits(dev, &parts, splits, out)
 }
 
 /// out = the sum, in order, of the `splits` slices of `parts` (each out's length): the second pass
