@@ -125,6 +125,7 @@ type Table = BTreeMap<(usize, &'static str, Precision), Row>;
 struct Row {
     staged: Option<f64>,
     pipelined: Option<f64>,
+    nhwc: Option<f64>,
     cudnn: Option<f64>,
 }
 
@@ -133,6 +134,7 @@ impl Row {
         match v {
             TcVariant::Staged => &mut self.staged,
             TcVariant::Pipelined => &mut self.pipelined,
+            TcVariant::Nhwc => &mut self.nhwc,
         }
     }
 }
@@ -146,11 +148,16 @@ fn ours(c: &mut Criterion, dev: &Arc<CudaDevice>, table: &mut Table) {
         let (mut y, mut dx, mut dw) = (dev.alloc(sh.output_len()).unwrap(), dev.alloc(sh.input_len()).unwrap(), dev.alloc(sh.weight_len()).unwrap());
         let group = format!("conv_gpu/{}", case.name);
         for p in selected_precisions() {
-            // fp32 runs the SIMT kernels whichever variant is set.
-            let variants: &[TcVariant] = if p == Precision::Fp32 { &[TcVariant::Staged] } else { &TcVariant::ALL };
+            // fp32 runs the SIMT kernels whichever variant is set; nhwc has bf16 kernels only
+            // (at tf32 it would time the pipelined ones again).
+            let variants: &[TcVariant] = match p {
+                Precision::Fp32 => &[TcVariant::Staged],
+                Precision::Tf32 => &[TcVariant::Staged, TcVariant::Pipelined],
+                Precision::Bf16 => &TcVariant::ALL,
+            };
             for &v in variants {
                 dev.set_tc_variant(v);
-                let tag = if v == TcVariant::Pipelined { format!("{p}_pipelined") } else { p.to_string() };
+                let tag = if v == TcVariant::Staged { p.to_string() } else { format!("{p}_{v}") };
                 let fwd = |y: &mut GpuBuffer| conv::conv2d_fwd(dev, &sh, p, &x, &w, None, y).unwrap();
                 let t = measure(c, dev.stream(), &group, &format!("ours_{tag}_fwd"), sh.flops(), &mut || fwd(&mut y));
                 *table.entry((ci, "fwd", p)).or_default().ours(v) = Some(t);
@@ -242,10 +249,11 @@ fn print_table(table: &Table) {
     let cases = cases();
     println!(
         "\nconv_gpu summary: median ms of 20 event-timed runs; ratio = cuDNN / ours (>= 1.0: ours at least as fast); \
-         staged = conv2d_tc.cu, pipelined = conv2d_tcp.cu (fp32: the SIMT kernels, in the staged column)"
+         staged = conv2d_tc.cu, pipelined = conv2d_tcp.cu, nhwc = conv2d_nhwc.cu with its bf16 copies (bf16 only; \
+         the stem's forward and every weight gradient run the pipelined kernels there) (fp32: the SIMT kernels, in the staged column)"
     );
-    println!("| shape | pass | precision | staged ms | pipelined ms | cuDNN ms | ratio staged | ratio pipelined | best TFLOP/s |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| shape | pass | precision | staged ms | pipelined ms | nhwc ms | cuDNN ms | ratio staged | ratio pipelined | ratio nhwc | best TFLOP/s |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for ((ci, pass, p), row) in table {
         let flops = cases[*ci].sh.flops() * if *pass == "fwd" { 1.0 } else { 3.0 };
         let fmt = |v: Option<f64>| v.filter(|v| v.is_finite()).map_or("-".to_string(), |v| format!("{v:.3}"));
@@ -253,11 +261,11 @@ fn print_table(table: &Table) {
             (Some(o), Some(t)) if t.is_finite() => format!("{:.2}", t / o),
             _ => "-".to_string(),
         };
-        let best = [row.staged, row.pipelined].into_iter().flatten().reduce(f64::min);
+        let best = [row.staged, row.pipelined, row.nhwc].into_iter().flatten().reduce(f64::min);
         let tflops = best.map_or("-".to_string(), |o| format!("{:.1}", flops / (o * 1e-3) / 1e12));
-        let (staged, pipelined, cudnn) = (fmt(row.staged), fmt(row.pipelined), fmt(row.cudnn));
-        let (r_staged, r_pipelined) = (ratio(row.staged), ratio(row.pipelined));
-        println!("| {} | {pass} | {p} | {staged} | {pipelined} | {cudnn} | {r_staged} | {r_pipelined} | {tflops} |", cases[*ci].name);
+        let (staged, pipelined, nhwc, cudnn) = (fmt(row.staged), fmt(row.pipelined), fmt(row.nhwc), fmt(row.cudnn));
+        let (r_staged, r_pipelined, r_nhwc) = (ratio(row.staged), ratio(row.pipelined), ratio(row.nhwc));
+        println!("| {} | {pass} | {p} | {staged} | {pipelined} | {nhwc} | {cudnn} | {r_staged} | {r_pipelined} | {r_nhwc} | {tflops} |", cases[*ci].name);
     }
 }
 

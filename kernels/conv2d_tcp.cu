@@ -43,6 +43,7 @@
 // iteration, is free; tile kt + STAGES - 1 is then issued into it, and tile kt is multiplied.
 // Empty groups are committed past the end so the count stays right.
 #include "conv_tc.cuh"
+#include "cp_async.cuh"
 
 #define PIPE_KT 32  // reduction elements per stage
 
@@ -56,32 +57,6 @@ struct PipeLayout {
     static constexpr int SA = P::K_STEP == 8 ? 36 : 40;      // [row][k] tiles
     static constexpr int SB = BN + (P::K_STEP == 8 ? 8 : 4);  // [k][pixel] tiles, BN pixels
 };
-
-// Asynchronous copies global -> shared. `valid` false copies nothing and zero-fills the
-// destination (src-size 0); `src` must still be a mapped address, so callers pass the tensor's
-// base then. The shared address is converted inside the asm so the operand is a plain pointer.
-__device__ __forceinline__ void cp_async4(float* dst, const float* src, bool valid) {
-    asm volatile(
-        "{\n .reg .u64 sa;\n cvta.to.shared.u64 sa, %0;\n cp.async.ca.shared.global [sa], [%1], 4, %2;\n}\n" ::"l"(dst),
-        "l"(src), "r"(valid ? 4 : 0)
-        : "memory");
-}
-__device__ __forceinline__ void cp_async16(float* dst, const float* src, bool valid) {
-    asm volatile(
-        "{\n .reg .u64 sa;\n cvta.to.shared.u64 sa, %0;\n cp.async.cg.shared.global [sa], [%1], 16, %2;\n}\n" ::"l"(dst),
-        "l"(src), "r"(valid ? 16 : 0)
-        : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ unsigned dynamic_smem_bytes() {
-    unsigned r;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
-    return r;
-}
 
 // Fragments from f32 shared memory, rounded as they are read. Words as conv2d_tc.cu's (PTX ISA
 // "Matrix Fragments for mma.m16n8k8 / m16n8k16"): A rows g8 and g8 + 8, k t4 and t4 + 4 (TF32) or
@@ -125,30 +100,6 @@ __device__ __forceinline__ void frag_b_cols(unsigned (&b)[2], const float* p, in
     b[0] = frag_word<P>(p + k * SB, SB);
     b[1] = frag_word<P>(p + (k + KH) * SB, SB);
 }
-
-// The gathered operand of the forward (x) and input gradient (dy) for one pixel: element
-// (tap rs, channel ch) of the reduction, with ch running fastest. `plane` is a channel's stride
-// (H*W of x, OH*OW of dy); `at` is where the tap lands in the pixel's image (-1: padding, hole
-// or past the image).
-template <int PASS>
-struct TapGather {
-    int base_h, base_w;  // forward: top-left input pixel (ih0, iw0); input gradient: (h + pad, w + pad)
-    __device__ __forceinline__ int at(const ConvGeom& g, int r, int s) const {
-        if constexpr (PASS == FWD) {
-            const int ih = base_h + r * g.dil, iw = base_w + s * g.dil;
-            return ((unsigned)ih < (unsigned)g.h && (unsigned)iw < (unsigned)g.w) ? ih * g.w + iw : -1;
-        } else {
-            int th = base_h - r * g.dil, tw = base_w - s * g.dil;
-            if (th < 0 || tw < 0) return -1;
-            if (g.stride != 1) {
-                if (th % g.stride != 0 || tw % g.stride != 0) return -1;
-                th /= g.stride;
-                tw /= g.stride;
-            }
-            return (th < g.oh && tw < g.ow) ? th * g.ow + tw : -1;
-        }
-    }
-};
 
 template <int BM, int BN, class P, int PASS>
 __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const float* __restrict__ b_src,

@@ -96,6 +96,30 @@ __device__ __forceinline__ ConvGemm conv_gemm(const ConvGeom& g) {
     else return {g.k, g.c * RS, g.n * g.oh * g.ow};
 }
 
+// The gathered operand of the forward (x) and input gradient (dy) for one pixel: element
+// (tap rs, channel ch) of the reduction, with ch running fastest. `at` is the pixel of the image
+// the tap lands on (-1: padding, hole or past the image): conv2d_tcp.cu reads channel ch of it
+// a plane further per channel (NCHW), conv2d_nhwc.cu at at * C + ch (channels-last).
+template <int PASS>
+struct TapGather {
+    int base_h, base_w;  // forward: top-left input pixel (ih0, iw0); input gradient: (h + pad, w + pad)
+    __device__ __forceinline__ int at(const ConvGeom& g, int r, int s) const {
+        if constexpr (PASS == FWD) {
+            const int ih = base_h + r * g.dil, iw = base_w + s * g.dil;
+            return ((unsigned)ih < (unsigned)g.h && (unsigned)iw < (unsigned)g.w) ? ih * g.w + iw : -1;
+        } else {
+            int th = base_h - r * g.dil, tw = base_w - s * g.dil;
+            if (th < 0 || tw < 0) return -1;
+            if (g.stride != 1) {
+                if (th % g.stride != 0 || tw % g.stride != 0) return -1;
+                th /= g.stride;
+                tw /= g.stride;
+            }
+            return (th < g.oh && tw < g.ow) ? th * g.ow + tw : -1;
+        }
+    }
+};
+
 // Where a thread's block and warp sit in the pass's GEMM: the 2 x 4 warps (wm, wn), a lane's
 // fragment coordinates (g8 = lane / 4, t4 = lane % 4), the GEMM (M x N over RED), the block's
 // output origin (m0, n0) and its slice of the reduction, [red_begin, red_end) (blockIdx.z's

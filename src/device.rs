@@ -100,8 +100,12 @@ impl Precision {
 /// Which tensor-core convolution kernels run the tf32 and bf16 convolutions on a GPU.
 /// `Staged` (kernels/conv2d_tc.cu) moves each tile through registers, rounding it as it is
 /// written to shared memory. `Pipelined` (kernels/conv2d_tcp.cu) copies tiles with cp.async,
-/// four deep, and rounds fragments as they are read. Both take every shape. Chosen per process
-/// with `COSEG_CONV_TC=staged|pipelined` (read when a GPU is opened) or
+/// four deep, and rounds fragments as they are read. Both take every shape. `Nhwc`
+/// (kernels/conv2d_nhwc.cu) runs the bf16 passes from channels-last bf16 copies of their
+/// operands (ldmatrix, half the shared memory, two 128 x 128 blocks per SM) where the channels it
+/// copies are multiples of 8, and the pipelined kernels for everything else (tf32, the 3-channel
+/// stem's forward and weight gradient). Chosen per process with
+/// `COSEG_CONV_TC=staged|pipelined|nhwc` (read when a GPU is opened) or
 /// [`CudaDevice::set_tc_variant`](crate::backend::cuda::CudaDevice::set_tc_variant).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum TcVariant {
@@ -111,14 +115,18 @@ pub enum TcVariant {
     /// (kernels/NOTES.md).
     #[default]
     Pipelined,
+    /// Not the default until a GPU has timed it: written and checked on the CPU emulator
+    /// (scripts/kernel-emu, bit for bit against `Pipelined`), not yet run on a GPU.
+    Nhwc,
 }
 
 impl TcVariant {
-    pub const ALL: [TcVariant; 2] = [TcVariant::Staged, TcVariant::Pipelined];
+    pub const ALL: [TcVariant; 3] = [TcVariant::Staged, TcVariant::Pipelined, TcVariant::Nhwc];
     pub fn name(self) -> &'static str {
         match self {
             TcVariant::Staged => "staged",
             TcVariant::Pipelined => "pipelined",
+            TcVariant::Nhwc => "nhwc",
         }
     }
 }
@@ -129,7 +137,7 @@ impl FromStr for TcVariant {
         TcVariant::ALL
             .into_iter()
             .find(|v| v.name() == s)
-            .ok_or_else(|| Error::Config(format!("COSEG_CONV_TC='{s}' is not one of staged, pipelined")))
+            .ok_or_else(|| Error::Config(format!("COSEG_CONV_TC='{s}' is not one of staged, pipelined, nhwc")))
     }
 }
 

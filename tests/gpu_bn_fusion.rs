@@ -5,7 +5,8 @@
 //! batch norm's own pass (output, running statistics), and a conv + batch norm + ReLU unit
 //! trained one step fused and unfused (output and every gradient); and batch norm with its ReLU
 //! in the same pass against batch norm then ReLU (the same bits). Skips without a GPU; fails
-//! with REQUIRE_CUDA=1.
+//! with REQUIRE_CUDA=1. And the unit trained one step on the channels-last kernels against the
+//! pipelined ones (the same bits but for the weight gradient's split sums).
 
 mod common;
 use common::test_gpu;
@@ -172,4 +173,51 @@ test_gpu!(a_fused_relu_is_batch_norm_then_relu_on_the_gpu, |_dev| {
             assert!(rel_err(a, b) < 1e-4, "training {training}: output {i} (y, dx, dgamma, dbeta, running mean, var) against the CPU: {:.2e}", rel_err(a, b));
         }
     }
+});
+
+// The same unit, fused, one step on the channels-last kernels (COSEG_CONV_TC=nhwc) against the
+// pipelined ones, in bf16: C = 24 and K = 40 are multiples of 8, so all three passes run
+// kernels/conv2d_nhwc.cu. Its forward and input gradient give the pipelined bits, so the output,
+// dx, batch norm's gradients and running statistics are the same bits; the weight gradient is
+// split for two blocks per SM instead of one, so its f32 sums differ in order only.
+test_gpu!(a_conv_bn_relu_trains_the_same_on_the_channels_last_kernels, |dev| {
+    let _one_at_a_time = serial();
+    let (p0, v0, f0) = (dev.precision(), dev.tc_variant(), dev.fuse_bn_stats());
+    dev.set_precision(Precision::Bf16);
+    dev.set_fuse_bn_stats(true);
+    let mut r = rng(35);
+    let xv = randn(&mut r, 4 * 24 * 19 * 17);
+    let run = |variant: TcVariant| {
+        dev.set_tc_variant(variant);
+        let mut store = ParamStore::new(GPU, 7);
+        let unit = ConvBnRelu::new(&mut store, "u", ConvSpec::new(24, 40, 3).dilation(2)).unwrap();
+        let x = Tensor::from_vec(xv.clone(), [4, 24, 19, 17], GPU).unwrap().into_var();
+        let y = unit.forward(&x, true).unwrap();
+        y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![y.to_vec().unwrap(), x.grad().unwrap().to_vec().unwrap()];
+        for name in ["u.conv.weight", "u.bn.weight", "u.bn.bias", "u.bn.running_mean", "u.bn.running_var"] {
+            let t = store.get(name).unwrap();
+            out.push(t.grad().map_or_else(|| t.to_vec().unwrap(), |g| g.to_vec().unwrap()));
+        }
+        out
+    };
+    let g = ConvGeometry { n: 4, c: 24, h: 19, w: 17, k: 40, r: 3, s: 3, stride: 1, pad: 2, dilation: 2 };
+    for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
+        let p = conv::plan(&g, pass, Precision::Bf16, TcVariant::Nhwc, dev.sm_count() as usize);
+        assert!(p.channels_last(), "{pass:?}: {}", p.kernel.name);
+    }
+    let (nhwc, pipe) = (run(TcVariant::Nhwc), run(TcVariant::Pipelined));
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for (i, (a, b)) in nhwc.iter().zip(&pipe).enumerate() {
+        let what = ["y", "dx", "dw", "dgamma", "dbeta", "running mean", "running var"][i];
+        assert!(a.iter().all(|v| v.is_finite()), "{what}: not finite");
+        if what == "dw" {
+            assert!(rel_err(a, b) < 1e-5, "dw: {:.2e}", rel_err(a, b));
+        } else {
+            assert!(bits(a) == bits(b), "{what}: differs ({:.2e})", rel_err(a, b));
+        }
+    }
+    dev.set_precision(p0);
+    dev.set_tc_variant(v0);
+    dev.set_fuse_bn_stats(f0);
 });

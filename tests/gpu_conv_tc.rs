@@ -1,5 +1,5 @@
-//! The tensor-core convolutions (kernels/conv2d_tc.cu, staged, and kernels/conv2d_tcp.cu,
-//! pipelined) against the CPU's f32 convolution on fresh random inputs: every pass, both
+//! The tensor-core convolutions (kernels/conv2d_tc.cu, staged, kernels/conv2d_tcp.cu,
+//! pipelined, and kernels/conv2d_nhwc.cu, channels-last bf16) against the CPU's f32 convolution on fresh random inputs: every pass, both
 //! precisions, every tile of both variants, on shapes that leave tails everywhere
 //! (odd sizes, channel counts that are not multiples of 8 or 16), dilation 16, stride 2, 1x1 and
 //! the 7x7 stride-2 stem. ||gpu - cpu|| / ||cpu|| at most 5e-3 in TF32 and 1.5e-2 in BF16, and at
@@ -118,6 +118,10 @@ test_gpu!(the_public_wrappers_dispatch_by_precision_and_variant, |dev| {
     // The variants sum the reduction in different orders (c, r, s vs r, s, c): some bits differ,
     // which shows the switch reached the wrappers.
     assert_ne!(bf16_outputs[0], bf16_outputs[1], "both variants gave the same bits: the switch did nothing");
+    // The channels-last forward (C = 40, a multiple of 8, so it ran: the plan names it) gives the
+    // pipelined kernel's bits: the same roundings and mma order from bf16 copies.
+    assert_eq!(conv::plan(&g, ConvPass::Forward, Precision::Bf16, TcVariant::Nhwc, dev.sm_count() as usize).kernel.module, "conv2d_nhwc");
+    assert!(bf16_outputs[2] == bf16_outputs[1], "nhwc and pipelined bf16 forwards differ");
     // Lengths are checked before anything runs.
     let mut short = dev.alloc(g.output_len() - 1).unwrap();
     let e = conv::conv2d_fwd(&dev, &g, Precision::Bf16, &xg, &wg, None, &mut short).unwrap_err().to_string();
@@ -152,4 +156,82 @@ test_gpu!(tensor_ops_follow_the_device_precision_and_variant, |dev| {
     }
     dev.set_precision(Precision::Fp32);
     dev.set_tc_variant(TcVariant::default());
+});
+
+// The channels-last kernels (bf16 channels-last copies, ldmatrix) against the pipelined kernel of
+// the same tile (and, for the weight gradient, the same split) on the same f32 tensors, on every
+// pass of shapes() they take (copied channels a multiple of 8): the same bits, outputs and the
+// forward's batch-norm statistics (the same bf16 roundings, fragments and order of mma:
+// kernels/conv2d_nhwc.cu's header). Both NaN-poisoned.
+test_gpu!(channels_last_kernels_give_the_pipelined_bits, |dev| {
+    let mut r = rng(15);
+    let sms = dev.sm_count() as usize;
+    let mut ran = 0;
+    for g in shapes() {
+        let (x, w, b, dy) = (randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()), randn(&mut r, g.k), randn(&mut r, g.output_len()));
+        let (xg, wg, bg, dyg) = (dev.htod(&x).unwrap(), dev.htod(&w).unwrap(), dev.htod(&b).unwrap(), dev.htod(&dy).unwrap());
+        for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
+            if !conv::nhwc_takes(&g, pass, Precision::Bf16) {
+                continue;
+            }
+            let (a, bb, bias, out_len) = match pass {
+                ConvPass::Forward => (&wg, &xg, Some(&bg), g.output_len()),
+                ConvPass::InputGrad => (&wg, &dyg, None, g.input_len()),
+                ConvPass::WeightGrad => (&dyg, &xg, None, g.weight_len()),
+            };
+            let nhwc = conv::tc_plans(&g, pass, Precision::Bf16, TcVariant::Nhwc, sms);
+            let pipe = conv::tc_plans(&g, pass, Precision::Bf16, TcVariant::Pipelined, sms);
+            for (pn, pp) in nhwc.iter().zip(&pipe) {
+                assert!(pn.channels_last() && !pp.channels_last() && pn.tile == pp.tile, "{pn:?} {pp:?}");
+                // The pipelined plan's split (its own is chosen for two blocks per SM): the same sums.
+                let pn = &conv::ConvPlan { splits: pp.splits, chunk: pp.chunk, ..*pn };
+                let run = |plan: &conv::ConvPlan| {
+                    let mut out = poisoned(&dev, out_len);
+                    let mut stats = conv::bn_slots(&g, plan).filter(|_| pass == ConvPass::Forward).map(|(slots, _)| poisoned(&dev, 2 * g.k * slots));
+                    conv::launch_plan_with(&dev, &g, pass, plan, a, bb, bias, &mut out, stats.as_mut()).unwrap();
+                    (dev.dtoh(&out).unwrap(), stats.map(|s| dev.dtoh(&s).unwrap()))
+                };
+                let (got, want) = (run(pn), run(pp));
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                let what = format!("{} vs {} {g:?}", pn.kernel.name, pp.kernel.name);
+                assert!(got.0.iter().all(|v| v.is_finite()), "{what}: an output left unwritten");
+                assert!(bits(&got.0) == bits(&want.0), "{what}: outputs differ (relative error {:.2e})", rel_err(&got.0, &want.0));
+                assert_eq!(got.1.as_deref().map(bits), want.1.as_deref().map(bits), "{what}: statistics differ");
+                ran += 1;
+            }
+        }
+    }
+    // 16 passes of the 11 shapes have their copied channels multiples of 8 (12 forwards and input
+    // gradients, 4 weight gradients); 3 tiles each.
+    assert_eq!(ran, 16 * conv::TC_TILES.len());
+});
+
+// The copies the channels-last kernels read: (n, c, hw) f32 to (n, hw, c) bf16, rounded to
+// nearest even as the host's `half` rounds, on sizes off the kernel's 32 x 64 tiles; an odd
+// channel count is refused, naming the kernel.
+test_gpu!(nchw_to_nhwc_bf16_transposes_and_rounds, |dev| {
+    let mut r = rng(16);
+    for (n, c, hw) in [(2, 6, 37), (1, 130, 33), (3, 64, 1), (1, 2, 100)] {
+        let mut x = randn(&mut r, n * c * hw);
+        // Ties of bf16's rounding, both ways, and values far from 1.
+        x[0] = 1.0 + f32::powi(2.0, -8);
+        x[1] = 1.0 + 3.0 * f32::powi(2.0, -8);
+        x[2] *= 1e30;
+        let xg = dev.htod(&x).unwrap();
+        let got = conv::to_nhwc_bf16(&dev, &xg, n, c, hw).unwrap().to_host(&dev).unwrap();
+        assert_eq!(got.len(), n * c * hw / 2);
+        let bf = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
+        for i in 0..n {
+            for p in 0..hw {
+                for j in 0..c / 2 {
+                    let at = |ch: usize| x[(i * c + ch) * hw + p];
+                    let want = bf(at(2 * j + 1)) << 16 | bf(at(2 * j));
+                    assert_eq!(got[(i * hw + p) * (c / 2) + j], want, "({n}, {c}, {hw}): image {i} pixel {p} pair {j}");
+                }
+            }
+        }
+    }
+    let xg = dev.htod(&randn(&mut r, 3 * 5)).unwrap();
+    let e = conv::to_nhwc_bf16(&dev, &xg, 1, 3, 5).unwrap_err().to_string();
+    assert!(e.contains("nchw_to_nhwc_bf16") && e.contains("even"), "{e}");
 });

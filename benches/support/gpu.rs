@@ -36,8 +36,8 @@ impl StepConfig {
 
 /// What the step benches time: every precision on the default kernels (pipelined tensor-core
 /// kernels with batch-norm statistics from their epilogue; ids end in the precision, as before),
-/// tf32 and bf16 on the staged kernels (`_staged`), and bf16 pipelined without the fusion
-/// (`_unfused`).
+/// tf32 and bf16 on the staged kernels (`_staged`), bf16 pipelined without the fusion
+/// (`_unfused`), and bf16 on the channels-last kernels with it (`_nhwc`).
 #[allow(dead_code)]
 pub fn step_configs() -> Vec<StepConfig> {
     use coseg::device::{Precision, TcVariant};
@@ -46,5 +46,6 @@ pub fn step_configs() -> Vec<StepConfig> {
     out.push(config(Precision::Tf32, TcVariant::Staged, false, "_staged"));
     out.push(config(Precision::Bf16, TcVariant::Staged, false, "_staged"));
     out.push(config(Precision::Bf16, TcVariant::Pipelined, false, "_unfused"));
+    out.push(config(Precision::Bf16, TcVariant::Nhwc, true, "_nhwc"));
     out
 }

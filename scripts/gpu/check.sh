@@ -3,8 +3,8 @@
 #   PACK_ONLY='gpu|csa|danet|autograd|gradcheck|op_edge|nn_model|bin-coseg' scripts/gpu/stage-xz.sh
 # (then carry [".gpu"]; the tarball is unpacked here). Each step is bounded and logged under $OUT:
 #   tests    every staged test binary with REQUIRE_CUDA=1 (GPU tests fail rather than skip)
-#   conv     benches/conv_gpu.rs: both tensor-core variants (staged, pipelined) against cuDNN at
-#            fp32, tf32 and bf16; prints its summary table
+#   conv     benches/conv_gpu.rs: the tensor-core variants (staged, pipelined; nhwc in bf16)
+#            against cuDNN at fp32, tf32 and bf16; prints its summary table
 #   step     benches/step_gpu.rs: the paper's training step per precision and variant, eager and
 #            captured, host waits per step
 #   infer    benches/step_gpu.rs gpu_inference: evaluation forward of 10 and 40 pairs in bf16,
@@ -18,7 +18,8 @@
 #   ncustep  Nsight Compute: per-kernel time of one bf16 training step
 #   convprof Nsight Compute sections (speed of light, occupancy, warp stalls, memory, instructions)
 #            of the pipelined bf16 kernels on 3x3 c512 16x16 d4: one forward, input and weight
-#            gradient (CONV_PROF_CASE picks another conv_gpu case)
+#            gradient (CONV_PROF_CASE picks another conv_gpu case; CONV_PROF_FAMILY=nhwc the
+#            channels-last kernels instead)
 # STEP_FILTER narrows the step benches (criterion's filter; default 'gpu_train_step|gpu_sgd_step').
 # Usage: bash scripts/gpu/check.sh [steps]   (default "tests conv step csa run")
 # One device call may run 600 s: split the default in two calls, e.g. "tests conv" and
@@ -82,11 +83,12 @@ for s in $steps; do
     convprof)
       ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
       sections="--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SchedulerStats --section InstructionStats"
-      for k in "conv2d_pipe_fwd 1" "conv2d_pipe_bwd 2"; do
+      fam=${CONV_PROF_FAMILY:-pipe}
+      for k in "conv2d_${fam}_fwd 1" "conv2d_${fam}_bwd 2"; do
         set -- $k
         CONV_GPU_CASES=${CONV_PROF_CASE:-3x3_c512_16x16_d4} CONV_GPU_PRECISIONS=bf16 timeout 150 "$ncu" --clock-control none -k "regex:$1" --launch-count $2 $sections \
           .gpu/bin/bench-conv_gpu --bench > "$OUT/convprof_$1.txt" 2>&1; echo "convprof $1 rc $?"
-        grep -E "conv2d_pipe|Duration|Compute \(SM\) Throughput|Memory Throughput|L1/TEX Hit|L2 Hit|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issued Ipc|Stall|No Eligible|Executed Ipc A" "$OUT/convprof_$1.txt" | head -60
+        grep -E "conv2d_$fam|Duration|Compute \(SM\) Throughput|Memory Throughput|L1/TEX Hit|L2 Hit|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issued Ipc|Stall|No Eligible|Executed Ipc A" "$OUT/convprof_$1.txt" | head -60
       done;;
     *) echo "unknown step '$s' (tests conv step infer csa run runstaged curves profile ncustep convprof)";;
   esac

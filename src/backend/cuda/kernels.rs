@@ -89,6 +89,17 @@ kernels! {
         CONV2D_PIPE_BWD_WEIGHT_128X128_BF16 = "conv2d_pipe_bwd_weight_128x128_bf16",
         CONV2D_PIPE_BWD_WEIGHT_64X128_BF16 = "conv2d_pipe_bwd_weight_64x128_bf16",
         CONV2D_PIPE_BWD_WEIGHT_128X64_BF16 = "conv2d_pipe_bwd_weight_128x64_bf16";
+    "conv2d_nhwc":
+        NCHW_TO_NHWC_BF16 = "nchw_to_nhwc_bf16",
+        CONV2D_NHWC_FWD_128X128_BF16 = "conv2d_nhwc_fwd_128x128_bf16",
+        CONV2D_NHWC_FWD_64X128_BF16 = "conv2d_nhwc_fwd_64x128_bf16",
+        CONV2D_NHWC_FWD_128X64_BF16 = "conv2d_nhwc_fwd_128x64_bf16",
+        CONV2D_NHWC_BWD_INPUT_128X128_BF16 = "conv2d_nhwc_bwd_input_128x128_bf16",
+        CONV2D_NHWC_BWD_INPUT_64X128_BF16 = "conv2d_nhwc_bwd_input_64x128_bf16",
+        CONV2D_NHWC_BWD_INPUT_128X64_BF16 = "conv2d_nhwc_bwd_input_128x64_bf16",
+        CONV2D_NHWC_BWD_WEIGHT_128X128_BF16 = "conv2d_nhwc_bwd_weight_128x128_bf16",
+        CONV2D_NHWC_BWD_WEIGHT_64X128_BF16 = "conv2d_nhwc_bwd_weight_64x128_bf16",
+        CONV2D_NHWC_BWD_WEIGHT_128X64_BF16 = "conv2d_nhwc_bwd_weight_128x64_bf16";
     "optim":
         SGD_FWD = "sgd_fwd_f32", ADAM_FWD = "adam_fwd_f32", TRAIN_MONITOR = "train_monitor_f32";
     "crf":
@@ -196,7 +207,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(MODULES.len(), 14, "one module per kernels/*.cu");
+        assert_eq!(MODULES.len(), 15, "one module per kernels/*.cu");
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Convolutions on the GPU: the 2-D atrous convolution (forward, input gradient, weight
-//! gradient; implicit GEMM in kernels/conv2d.cu, tensor cores in kernels/conv2d_tc.cu) and the
+//! gradient; implicit GEMM in kernels/conv2d.cu, tensor cores in kernels/conv2d_tc.cu,
+//! conv2d_tcp.cu and, from channels-last bf16 copies, conv2d_nhwc.cu) and the
 //! 1-D convolution across channels (ECA, kernels/conv1d.cu): the checked launch wrappers, the
 //! geometry struct the kernels share, and the CUDA side of [`ConvKernels`].
 
 use super::{CONV1D, CONV2D, ConvKernels};
 use crate::backend::cuda::kernels::{self as k, Kernel};
 use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, split_reduction, to_i32};
-use crate::backend::cuda::{CudaDevice, GpuBuffer, nd};
+use crate::backend::cuda::{CudaDevice, GpuBuffer, TypedBuffer, nd};
 use crate::device::{Precision, TcVariant};
 use crate::error::{Error, Result};
 use crate::ops::{BnPartials, Cuda};
@@ -193,6 +194,36 @@ pub fn pipe_shared_bytes(pass: ConvPass, precision: Precision, (bm, bn): (usize,
     stages * (bm * sa + b) * 4
 }
 
+/// The dynamic shared memory of a channels-last kernel (kernels/conv2d_nhwc.cu), 4 stages of
+/// bf16 tiles: the forward and input gradient (`conv_nhwc`) (BM + BN) rows x 40 (32 reduction
+/// elements and 8 of padding); the weight gradient (`conv_nhwc_wgrad`) 32 pixel rows x (BM + 8 +
+/// BN + 8).
+pub fn nhwc_shared_bytes(pass: ConvPass, (bm, bn): (usize, usize)) -> usize {
+    match pass {
+        ConvPass::WeightGrad => 4 * 32 * (bm + bn + 16) * 2,
+        _ => 4 * (bm + bn) * 40 * 2,
+    }
+}
+
+/// Whether kernels/conv2d_nhwc.cu takes this pass: bf16, and the channels it copies in 16-byte
+/// runs (8 bf16) a multiple of 8: C of x for the forward, K of dy for the input gradient, both
+/// for the weight gradient.
+pub fn nhwc_takes(sh: &Conv2dShape, pass: ConvPass, precision: Precision) -> bool {
+    let channels_ok = match pass {
+        ConvPass::Forward => sh.c.is_multiple_of(8),
+        ConvPass::InputGrad => sh.k.is_multiple_of(8),
+        ConvPass::WeightGrad => sh.c.is_multiple_of(8) && sh.k.is_multiple_of(8),
+    };
+    precision == Precision::Bf16 && channels_ok
+}
+
+/// The channels-last kernels (kernels/conv2d_nhwc.cu, bf16) by pass, then tile ([`TC_TILES`]).
+const NHWC_KERNELS: [[Kernel; 3]; 3] = [
+    [k::CONV2D_NHWC_FWD_128X128_BF16, k::CONV2D_NHWC_FWD_64X128_BF16, k::CONV2D_NHWC_FWD_128X64_BF16],
+    [k::CONV2D_NHWC_BWD_INPUT_128X128_BF16, k::CONV2D_NHWC_BWD_INPUT_64X128_BF16, k::CONV2D_NHWC_BWD_INPUT_128X64_BF16],
+    [k::CONV2D_NHWC_BWD_WEIGHT_128X128_BF16, k::CONV2D_NHWC_BWD_WEIGHT_64X128_BF16, k::CONV2D_NHWC_BWD_WEIGHT_128X64_BF16],
+];
+
 /// The tensor-core kernels by variant (conv2d_tc.cu, conv2d_tcp.cu), pass, precision (tf32,
 /// bf16), then tile ([`TC_TILES`]).
 const TC_KERNELS: [[[[Kernel; 3]; 2]; 3]; 2] = [
@@ -239,14 +270,16 @@ pub struct ConvPlan {
     pub weights: WeightOrder,
 }
 
-/// The layout a kernel reads the weights in; (K, C, R, S) is how they are stored.
+/// The layout a kernel reads the weights in (the weight gradient's: writes them in); (K, C, R, S)
+/// is how they are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightOrder {
     /// As stored: (K, C, R, S).
     Kcrs,
     /// (C, K, R, S): the staged input gradient's rows are whole lines.
     Ckrs,
-    /// (K, R, S, C): the pipelined forward's reduction runs (r, s, c).
+    /// (K, R, S, C): the pipelined forward's reduction runs (r, s, c); the channels-last weight
+    /// gradient's columns too.
     Krsc,
     /// (C, R, S, K): the pipelined input gradient's reduction runs (r, s, k).
     Crsk,
@@ -272,9 +305,14 @@ impl WeightOrder {
 }
 
 impl ConvPlan {
-    /// Whether the kernel is one of conv2d_tcp.cu's (which take a statistics pointer).
-    pub fn pipelined(&self) -> bool {
-        self.kernel.module == "conv2d_tcp"
+    /// Whether the kernel takes a batch-norm statistics pointer after `out` (conv2d_tcp.cu's and
+    /// conv2d_nhwc.cu's; only the forward writes statistics).
+    pub fn takes_stats(&self) -> bool {
+        self.kernel.module == "conv2d_tcp" || self.channels_last()
+    }
+    /// Whether the kernel reads bf16 channels-last copies of its operands (conv2d_nhwc.cu).
+    pub fn channels_last(&self) -> bool {
+        self.kernel.module == "conv2d_nhwc"
     }
     pub fn grid(&self, sh: &Conv2dShape, pass: ConvPass) -> (usize, usize, usize) {
         let (m, n, _) = pass.gemm(sh);
@@ -315,8 +353,10 @@ const TC_PRECISIONS: [Precision; 2] = [Precision::Tf32, Precision::Bf16];
 
 /// The kernel for a pass at a precision. fp32 runs conv2d.cu's SIMT kernels (64 x 64 tiles);
 /// tf32 and bf16 the tensor-core kernels of `variant`, which take every shape (tails, padding
-/// and strides load zeros), with the tile whose last wave wastes least: a 128 x 128 block fills
-/// an SM alone, the two smaller tiles run two blocks per SM at about nine tenths of its rate.
+/// and strides load zeros; `Nhwc` hands what its kernels do not take to the pipelined ones), with
+/// the tile whose last wave wastes least: a pipelined 128 x 128 block fills an SM alone, the two
+/// smaller tiles run two blocks per SM at about nine tenths of its rate; every channels-last
+/// tile runs two blocks per SM (half the shared memory).
 pub fn plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVariant, sm_count: usize) -> ConvPlan {
     let (m, n, red) = pass.gemm(sh);
     let sm = sm_count.max(1);
@@ -328,9 +368,10 @@ pub fn plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcV
         };
         return ConvPlan { kernel, tile: (TILE, TILE), splits, chunk, shared_bytes: 0, weights: WeightOrder::Kcrs };
     }
+    let nhwc = variant == TcVariant::Nhwc && nhwc_takes(sh, pass, precision);
     let cost = |&(i, (bm, bn)): &(usize, (usize, usize))| {
         let blocks = m.div_ceil(bm) * n.div_ceil(bn);
-        let per_sm = if i == 0 { 1 } else { 2 };
+        let per_sm = if i == 0 && !nhwc { 1 } else { 2 };
         let waves = blocks.div_ceil(sm * per_sm);
         let rate = if i == 0 { 1.0 } else { 0.9 };
         (waves * bm * bn * per_sm) as f64 / rate
@@ -341,6 +382,22 @@ pub fn plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcV
 
 /// The tensor-core plan of `variant` with tile `TC_TILES[tile]` (precision tf32 or bf16).
 fn tc_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVariant, tile: usize, sm: usize) -> ConvPlan {
+    if variant == TcVariant::Nhwc {
+        if !nhwc_takes(sh, pass, precision) {
+            return tc_plan(sh, pass, precision, TcVariant::Pipelined, tile, sm);
+        }
+        // The weights go over as bf16 copies in the pipelined kernels' orders (channels_last_operands);
+        // the weight gradient comes back in (K, R, S, C). Every tile runs two blocks per SM.
+        let (m, n, red) = pass.gemm(sh);
+        let (bm, bn) = TC_TILES[tile];
+        let (weights, (splits, chunk)) = match pass {
+            ConvPass::Forward => (WeightOrder::Krsc, (1, red)),
+            ConvPass::InputGrad => (WeightOrder::Crsk, (1, red)),
+            ConvPass::WeightGrad => (WeightOrder::Krsc, tc_weight_grad_split(m.div_ceil(bm) * n.div_ceil(bn), red, 32, sm, 2)),
+        };
+        let kernel = NHWC_KERNELS[pass as usize][tile];
+        return ConvPlan { kernel, tile: (bm, bn), splits, chunk, shared_bytes: nhwc_shared_bytes(pass, (bm, bn)), weights };
+    }
     let (m, n, red) = pass.gemm(sh);
     let prec = TC_PRECISIONS.iter().position(|p| *p == precision).unwrap_or(0);
     let tile_k = tc_tile_k(variant, precision);
@@ -354,12 +411,13 @@ fn tc_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVa
     let (shared_bytes, weights) = match (variant, pass) {
         (TcVariant::Staged, ConvPass::InputGrad) => (0, WeightOrder::Ckrs),
         (TcVariant::Staged, _) => (0, WeightOrder::Kcrs),
-        (TcVariant::Pipelined, p) => {
+        (_, p) => {
             let order = [WeightOrder::Krsc, WeightOrder::Crsk, WeightOrder::Kcrs][p as usize];
             (pipe_shared_bytes(p, precision, (bm, bn)), order)
         }
     };
-    ConvPlan { kernel: TC_KERNELS[variant as usize][pass as usize][prec][tile], tile: (bm, bn), splits, chunk, shared_bytes, weights }
+    let family = if variant == TcVariant::Staged { 0 } else { 1 };
+    ConvPlan { kernel: TC_KERNELS[family][pass as usize][prec][tile], tile: (bm, bn), splits, chunk, shared_bytes, weights }
 }
 
 /// Every tensor-core plan of a pass at a precision and variant, one per tile (for tests that run
@@ -446,7 +504,7 @@ pub fn launch_plan_with(
 ) -> Result<()> {
     let stats = match stats {
         Some(s) => {
-            let (slots, _) = bn_slots(sh, p).ok_or_else(|| Error::invalid(p.kernel.name, "only the pipelined forward writes batch-norm statistics"))?;
+            let (slots, _) = bn_slots(sh, p).ok_or_else(|| Error::invalid(p.kernel.name, "only the pipelined and channels-last forwards write batch-norm statistics"))?;
             check_len(p.kernel.name, "stats", s.len(), 2 * sh.k * slots, &[2, sh.k, slots])?;
             s.ptr_mut()
         }
@@ -482,31 +540,45 @@ pub fn launch_plan_with(
             launch(dev, p.kernel, cfg, &args)
         });
     }
-    // The weights in the order the kernel reads them (a weight-sized copy; see WeightOrder).
-    let reordered;
-    let a = if pass != ConvPass::WeightGrad && !p.weights.is_stored_layout(sh) {
+    // The operands as the kernel reads them: for the channels-last kernels, bf16 channels-last
+    // copies of both; else the weights in the kernel's order (a weight-sized copy; see WeightOrder).
+    let (converted, reordered);
+    let (a, b) = if p.channels_last() {
+        converted = channels_last_operands(dev, sh, pass, a, b)?;
+        (converted.0.ptr(), converted.1.ptr())
+    } else if pass != ConvPass::WeightGrad && !p.weights.is_stored_layout(sh) {
         reordered = reorder_weights(dev, p.kernel.name, sh, a, p.weights)?;
-        &reordered
+        (reordered.ptr(), b.ptr())
     } else {
-        a
+        (a.ptr(), b.ptr())
     };
     let cfg = LaunchConfig { shared_mem_bytes: p.shared_bytes as u32, ..cfg };
     // A split weight gradient: each split into its slice of a scratch buffer, then added in order.
-    into_split_slices(dev, gz, out, |out| {
-        let mut args = vec![Arg::Ptr(a.ptr()), Arg::Ptr(b.ptr()), Arg::Ptr(bias.map_or(0, GpuBuffer::ptr)), Arg::Ptr(out)];
-        if p.pipelined() {
-            args.push(Arg::Ptr(stats)); // conv2d_tcp.cu's kernels take the statistics pointer after `out`
-        }
-        args.extend([Arg::Struct(&g), chunk]);
-        launch(dev, p.kernel, cfg, &args)
-    })
+    let run = |out: &mut GpuBuffer| {
+        into_split_slices(dev, gz, out, |out| {
+            let mut args = vec![Arg::Ptr(a), Arg::Ptr(b), Arg::Ptr(bias.map_or(0, GpuBuffer::ptr)), Arg::Ptr(out)];
+            if p.takes_stats() {
+                args.push(Arg::Ptr(stats)); // conv2d_tcp.cu's and conv2d_nhwc.cu's kernels take it after `out`
+            }
+            args.extend([Arg::Struct(&g), chunk]);
+            launch(dev, p.kernel, cfg, &args)
+        })
+    };
+    // The channels-last weight gradient writes (K, R, S, C): into a scratch buffer, put back in
+    // (K, C, R, S) (a weight-sized copy; none for a 1x1 convolution, where they are the same bytes).
+    if p.channels_last() && pass == ConvPass::WeightGrad && !p.weights.is_stored_layout(sh) {
+        let mut krsc = dev.alloc(out.len())?;
+        run(&mut krsc)?;
+        return restore_weight_order(dev, p.kernel.name, sh, &krsc, p.weights, out);
+    }
+    run(out)
 }
 
 /// The batch-norm partial statistics per channel a forward plan writes, and the output pixels
 /// each covers (4 slots per block column: kernels/conv_tc.cuh `store_tile`), or None when its
 /// kernel writes none.
 pub fn bn_slots(sh: &Conv2dShape, p: &ConvPlan) -> Option<(usize, usize)> {
-    p.pipelined().then(|| (4 * p.grid(sh, ConvPass::Forward).0, p.tile.1 / 4))
+    p.takes_stats().then(|| (4 * p.grid(sh, ConvPass::Forward).0, p.tile.1 / 4))
 }
 
 /// The forward at the device's precision and variant, with batch-norm partial statistics (and
@@ -524,18 +596,63 @@ pub fn conv2d_fwd_partials(dev: &CudaDevice, sh: &Conv2dShape, x: &GpuBuffer, w:
     Ok(Some((sums, slots, width)))
 }
 
+/// The bf16 channels-last operands of a kernels/conv2d_nhwc.cu plan, from the f32 tensors the
+/// wrappers take: the weights as (K, R, S, C) for the forward (the stored (K, C, R*S) is "N = K,
+/// C, HW = R*S") or (C, R, S, K) for the input gradient ("N = 1, C = K, HW = C*R*S"), and the
+/// gathered tensor, x as (N, H, W, C) or dy as (N, OH, OW, K). Both are freed after the launch.
+fn channels_last_operands(dev: &CudaDevice, sh: &Conv2dShape, pass: ConvPass, w: &GpuBuffer, gathered: &GpuBuffer) -> Result<(TypedBuffer<u32>, TypedBuffer<u32>)> {
+    let rs = sh.r * sh.s;
+    match pass {
+        ConvPass::Forward => Ok((to_nhwc_bf16(dev, w, sh.k, sh.c, rs)?, to_nhwc_bf16(dev, gathered, sh.n, sh.c, sh.h * sh.w)?)),
+        ConvPass::InputGrad => Ok((to_nhwc_bf16(dev, w, 1, sh.k, sh.c * rs)?, to_nhwc_bf16(dev, gathered, sh.n, sh.k, sh.out_h() * sh.out_w())?)),
+        // (a, b) = (dy, x), as the kernel takes them
+        ConvPass::WeightGrad => Ok((to_nhwc_bf16(dev, w, sh.n, sh.k, sh.out_h() * sh.out_w())?, to_nhwc_bf16(dev, gathered, sh.n, sh.c, sh.h * sh.w)?)),
+    }
+}
+
+/// `x` (n, c, hw) f32 copied to (n, hw, c) bf16, rounded to nearest even, two channels per word
+/// (channel 2j in the low half): n * c * hw / 2 words (kernels/conv2d_nhwc.cu `nchw_to_nhwc_bf16`).
+pub fn to_nhwc_bf16(dev: &CudaDevice, x: &GpuBuffer, n: usize, c: usize, hw: usize) -> Result<TypedBuffer<u32>> {
+    let op = k::NCHW_TO_NHWC_BF16.name;
+    if !c.is_multiple_of(2) || n * c * hw == 0 {
+        return Err(Error::invalid(op, format!("({n}, {c}, {hw}): needs an even, nonzero channel count and a nonempty tensor")));
+    }
+    check_len(op, "x", x.len(), n * c * hw, &[n, c, hw])?;
+    let (gx, gy) = (hw.div_ceil(32), c.div_ceil(64));
+    if n > 65535 || gy > 65535 || gx > i32::MAX as usize {
+        return Err(Error::invalid(op, format!("({n}, {c}, {hw}) needs a grid of {gx} x {gy} x {n} blocks: too large")));
+    }
+    let (ci, hwi) = (to_i32(op, "channels", c)?, to_i32(op, "pixels", hw)?);
+    let mut y = TypedBuffer::alloc(dev, n * c * hw / 2)?;
+    let cfg = LaunchConfig { grid_dim: (gx as u32, gy as u32, n as u32), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    launch(dev, k::NCHW_TO_NHWC_BF16, cfg, &[Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(ci), Arg::I32(hwi)])?;
+    Ok(y)
+}
+
 /// The (K, C, R, S) weights `w` copied into `order`.
 fn reorder_weights(dev: &CudaDevice, op: &'static str, sh: &Conv2dShape, w: &GpuBuffer, order: WeightOrder) -> Result<GpuBuffer> {
+    let mut t = dev.alloc(w.len())?;
+    copy_weight_order(dev, op, sh, w, order, &mut t, false)?;
+    Ok(t)
+}
+
+/// Weights (or their gradient) in `order` copied back to the stored (K, C, R, S), into `out`.
+fn restore_weight_order(dev: &CudaDevice, op: &'static str, sh: &Conv2dShape, w: &GpuBuffer, order: WeightOrder, out: &mut GpuBuffer) -> Result<()> {
+    copy_weight_order(dev, op, sh, w, order, out, true)
+}
+
+/// One walk serves both directions: the elements of the stored (K, C, R*S) layout and of `order`,
+/// visited in `order`'s sequence; `back` copies from `order` to the stored layout.
+fn copy_weight_order(dev: &CudaDevice, op: &'static str, sh: &Conv2dShape, src: &GpuBuffer, order: WeightOrder, dst: &mut GpuBuffer, back: bool) -> Result<()> {
     let rs = sh.r * sh.s;
     let (dims, strides) = ([sh.k, sh.c, rs], [sh.c * rs, rs, 1]);
     let axes = order.axes();
     let out_dims = axes.map(|a| dims[a]);
-    let src_strides = axes.map(|a| strides[a]);
-    let dst_strides = [out_dims[1] * out_dims[2], out_dims[2], 1];
-    let walk = nd::geometry(op, &out_dims, &src_strides, &dst_strides, 0, 0)?;
-    let mut t = dev.alloc(w.len())?;
-    nd::copy(dev, w, &mut t, &walk)?;
-    Ok(t)
+    let stored = axes.map(|a| strides[a]);
+    let ordered = [out_dims[1] * out_dims[2], out_dims[2], 1];
+    let (from, to) = if back { (ordered, stored) } else { (stored, ordered) };
+    let walk = nd::geometry(op, &out_dims, &from, &to, 0, 0)?;
+    nd::copy(dev, src, dst, &walk)
 }
 
 /// y (n, k, oh, ow) = conv(x, w) + bias, at `precision`.
@@ -699,22 +816,92 @@ mod tests {
                     for p in Precision::ALL {
                         let plan = plan(s, pass, p, v, 132);
                         let name = plan.kernel.name;
-                        let pipe = v == TcVariant::Pipelined && p != Precision::Fp32;
-                        let prefix = if pipe { format!("conv2d_pipe_{word}_") } else { format!("conv2d_{word}_") };
+                        // Nhwc: its own kernels where they take the pass, else the pipelined ones.
+                        let nhwc = v == TcVariant::Nhwc && nhwc_takes(s, pass, p);
+                        let pipe = !nhwc && v != TcVariant::Staged && p != Precision::Fp32;
+                        let prefix = if nhwc {
+                            format!("conv2d_nhwc_{word}_")
+                        } else if pipe {
+                            format!("conv2d_pipe_{word}_")
+                        } else {
+                            format!("conv2d_{word}_")
+                        };
                         assert!(name.starts_with(&prefix), "{v} {p}: {name}");
-                        assert_eq!(plan.kernel.module, if pipe { "conv2d_tcp" } else if p == Precision::Fp32 { "conv2d" } else { "conv2d_tc" });
+                        let module = if nhwc {
+                            "conv2d_nhwc"
+                        } else if pipe {
+                            "conv2d_tcp"
+                        } else if p == Precision::Fp32 {
+                            "conv2d"
+                        } else {
+                            "conv2d_tc"
+                        };
+                        assert_eq!(plan.kernel.module, module);
                         assert!(name.ends_with(&format!("_{}", if p == Precision::Fp32 { "f32" } else { p.name() })));
                         let tile = name.split('_').find(|w| w.contains('x')).map(str::to_string);
                         if p != Precision::Fp32 {
                             assert_eq!(tile, Some(format!("{}x{}", plan.tile.0, plan.tile.1)));
                         }
-                        assert_eq!(plan.shared_bytes > 0, pipe, "{name}");
+                        assert_eq!(plan.shared_bytes > 0, pipe || nhwc, "{name}");
+                        assert_eq!(plan.takes_stats(), pipe || nhwc, "{name}");
                     }
                 }
             }
         }
         // 64 output channels: half of a 128-row tile would be idle, so the 64-row tile runs.
         assert_eq!(plan(&cases[0], ConvPass::Forward, Precision::Bf16, TcVariant::Staged, 132).tile, (64, 128));
+        // The stem's forward gathers 3 channels: not in 16-byte runs, so the pipelined kernel
+        // runs it; its input gradient gathers dy's 64 channels, which the channels-last kernel takes.
+        let stem = &cases[2];
+        assert_eq!(plan(stem, ConvPass::Forward, Precision::Bf16, TcVariant::Nhwc, 132).kernel.module, "conv2d_tcp");
+        assert_eq!(plan(stem, ConvPass::InputGrad, Precision::Bf16, TcVariant::Nhwc, 132).kernel.module, "conv2d_nhwc");
+    }
+
+    // The channels-last kernels: which passes they take, their plans (the forward and input
+    // gradient unsplit, in the pipelined kernels' weight orders; the weight gradient split by whole
+    // waves; the shared memory of two blocks per SM) and the tile the cost model picks now that a
+    // 128 x 128 block shares its SM.
+    #[test]
+    fn channels_last_plans() {
+        let c512 = shape(20, 512, 16, 4);
+        for pass in [ConvPass::Forward, ConvPass::InputGrad] {
+            assert!(nhwc_takes(&c512, pass, Precision::Bf16));
+            assert!(!nhwc_takes(&c512, pass, Precision::Tf32) && !nhwc_takes(&c512, pass, Precision::Fp32));
+            // 512 x 5120 output: 160 blocks of 128 x 128, all resident at once on 132 SMs x 2.
+            let p = plan(&c512, pass, Precision::Bf16, TcVariant::Nhwc, 132);
+            assert_eq!((p.tile, p.splits, p.chunk), ((128, 128), 1, 512 * 9), "{pass:?}");
+            let (gx, gy, _) = p.grid(&c512, pass);
+            assert!(gx * gy <= 2 * 132, "{pass:?}: {gx} x {gy} blocks");
+            // The pipelined 128 x 128 block sits alone on its SM: 160 blocks take two waves there.
+            let pipe = plan(&c512, pass, Precision::Bf16, TcVariant::Pipelined, 132);
+            assert_eq!(pipe.weights, p.weights);
+        }
+        // The weight gradient: dw in (K, R, S, C), split by whole waves of two blocks per SM, each
+        // split whole 32-pixel tiles.
+        let w = plan(&c512, ConvPass::WeightGrad, Precision::Bf16, TcVariant::Nhwc, 132);
+        assert!(w.channels_last() && w.weights == WeightOrder::Krsc && w.chunk % 32 == 0, "{w:?}");
+        let (gx, gy, gz) = w.grid(&c512, ConvPass::WeightGrad);
+        let fill = (gx * gy * gz) as f64 / ((gx * gy * gz).div_ceil(264) * 264) as f64;
+        assert!(fill >= 0.85 && w.chunk * gz >= 20 * 256, "{w:?}: waves {fill:.2} full");
+        // Channels not a multiple of 8 where the kernel copies them: the pipelined kernel, the same plan.
+        let odd = Conv2dShape { c: 20, k: 36, ..shape(2, 20, 9, 1) };
+        for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
+            assert!(!nhwc_takes(&odd, pass, Precision::Bf16), "{pass:?}");
+            assert_eq!(tc_plans(&odd, pass, Precision::Bf16, TcVariant::Nhwc, 132), tc_plans(&odd, pass, Precision::Bf16, TcVariant::Pipelined, 132));
+        }
+        // The weight gradient needs both: C = 16 with K = 36 is refused, though the forward takes it.
+        let half = Conv2dShape { c: 16, k: 36, ..shape(2, 16, 9, 1) };
+        assert!(nhwc_takes(&half, ConvPass::Forward, Precision::Bf16) && !nhwc_takes(&half, ConvPass::WeightGrad, Precision::Bf16));
+        // Every tile's shared memory fits two blocks on an H100/H200 SM (228 KB, 1 KB reserved per
+        // block) and needs the opt-in above 48 KB; the formulas at one point by hand.
+        for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
+            for tile in TC_TILES {
+                let bytes = nhwc_shared_bytes(pass, tile);
+                assert!(2 * (bytes + 1024) <= 228 * 1024 && bytes > 48 * 1024, "{pass:?} {tile:?}: {bytes} bytes");
+            }
+        }
+        assert_eq!(nhwc_shared_bytes(ConvPass::Forward, (128, 128)), 4 * 256 * 80);
+        assert_eq!(nhwc_shared_bytes(ConvPass::WeightGrad, (128, 128)), 4 * 32 * 272 * 2);
     }
 
     // The pipelined kernels' shared memory fits an H100/H200 SM (227 KB a block), and the smaller
