@@ -13,7 +13,7 @@
 //    ends aborts (the kernel must wait_group 0 before it exits, or its smem may be written after).
 //  - Dynamic shared memory (`extern __shared__ T name[]` -> emu_dynamic_smem(align)): one heap
 //    buffer of exactly the launch's size (emu_set_dynamic_smem, set by the check before a launch;
-//    ASan sees an overrun), refilled with NaN before each block starts (emu.h's g_before_block).
+//    ASan sees an overrun), refilled with NaN (0x7fc07fc0: NaN as an f32 and as both bf16 halves) before each block starts (emu.h's g_before_block).
 //    %dynamic_smem_size reads its size in bytes; trap prints and aborts.
 #pragma once
 #include "emu.h"
@@ -34,12 +34,19 @@
 // Dynamic shared memory.
 inline std::unique_ptr<float[]> g_dyn_smem;
 inline size_t g_dyn_smem_bytes;
+inline float emu_poison_word() {
+    const unsigned u = 0x7fc07fc0u;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
 // The next launches' dynamic shared memory (bytes, a multiple of 4), NaN before each block.
 inline void emu_set_dynamic_smem(size_t bytes) {
     if (bytes % 4) { std::fprintf(stderr, "emu: dynamic shared memory of %zu bytes (not whole words)\n", bytes); std::abort(); }
     g_dyn_smem.reset(bytes ? new float[bytes / 4] : nullptr);  // exactly this size: ASan sees an overrun
     g_dyn_smem_bytes = bytes;
-    g_before_block = [] { std::fill_n(g_dyn_smem.get(), g_dyn_smem_bytes / 4, std::numeric_limits<float>::quiet_NaN()); };
+    // 0x7fc07fc0: a NaN as one f32 and as each of two bf16 halves (bf16 tiles read NaN too).
+    g_before_block = [] { std::fill_n(g_dyn_smem.get(), g_dyn_smem_bytes / 4, emu_poison_word()); };
 }
 inline void emu_clear_dynamic_smem() {
     g_dyn_smem.reset();

@@ -12,13 +12,19 @@ chosen by its instruction:
   mma.sync.aligned.<shape> {d}, {a}, {b}, {c}  ->  emu_mma_sync("<template>", d.., a.., b..)
   { .reg .u64 sa; cvta.to.shared.u64 sa, %0; cp.async.{ca,cg}.shared.global [sa], [%1], B, %2; }
                                    ->  emu_cp_async(dst, src, B, src_size)
+  { .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }
+                                   ->  (out = emu_smem_u32(ptr))   (a 32-bit shared address)
+  cp.async.{ca,cg}.shared.global [%0], [%1], B, %2   (%0 such an address)
+                                   ->  emu_cp_async(emu_smem_ptr(dst), src, B, src_size)
+  ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16 {%0,..,%3}, [%4]   (%4 such an address)
+                                   ->  emu_ldmatrix_x4(emu_smem_ptr(row), r0, r1, r2, r3, trans)
   cp.async.commit_group            ->  emu_cp_async_commit()
   cp.async.wait_group %0 / N       ->  emu_cp_async_wait(n)    (cp.async.wait_all: wait(0))
   mov.u32 %0, %%dynamic_smem_size  ->  (out = emu_dynamic_smem_size())
   trap                             ->  emu_trap()
 (the mma's template may be built from a macro argument, as conv2d_tc.cu's MMA_SYNC_F32 does, so
 its shape and types are read at run time). Any other instruction is an error: add a case here and
-an emulation to emu_tc.h (ldmatrix, ... for a future variant). The declaration of dynamic shared
+an emulation to emu_tc.h (wgmma, ... for a future variant). The declaration of dynamic shared
 memory, `extern __shared__ [__align__(A)] T name[];`, becomes `T* const name = (T*)
 emu_dynamic_smem(A);` (emu_tc.h's per-launch buffer).
 #line directives keep compiler errors and sanitizer reports pointing at the original file.
@@ -73,6 +79,15 @@ def rewrite(body, where):
                      r'cp\.async\.c[ag]\.shared\.global \[\1\] ?, ?\[%1\] ?, ?(\d+) ?, ?%2 ?; ?\}', flat)
     if m and not outs and len(ins) == 3:
         return f'emu_cp_async({ins[0]}, {ins[1]}, {m.group(2)}, {ins[2]})'
+    m = re.fullmatch(r'ldmatrix\.sync\.aligned\.m8n8\.x4(\.trans)?\.shared\.b16 \{ ?%0 ?, ?%1 ?, ?%2 ?, ?%3 ?\} ?, ?\[%4\] ?;?', flat)
+    if m and len(outs) == 4 and len(ins) == 1:
+        return f'emu_ldmatrix_x4(emu_smem_ptr({ins[0]}), {", ".join(outs)}, {"true" if m.group(1) else "false"})'
+    m = re.fullmatch(r'cp\.async\.c[ag]\.shared\.global \[%0\] ?, ?\[%1\] ?, ?(\d+) ?, ?%2 ?;?', flat)
+    if m and not outs and len(ins) == 3:
+        return f'emu_cp_async(emu_smem_ptr({ins[0]}), {ins[1]}, {m.group(1)}, {ins[2]})'
+    if re.fullmatch(r'\{ ?\.reg \.u64 (\w+) ?; ?cvta\.to\.shared\.u64 \1 ?, ?%1 ?; ?cvt\.u32\.u64 %0 ?, ?\1 ?; ?\}', flat) \
+            and len(outs) == 1 and len(ins) == 1:
+        return f'({outs[0]} = emu_smem_u32({ins[0]}))'
     if re.fullmatch(r'cp\.async\.commit_group ?;?', flat) and not outs and not ins:
         return 'emu_cp_async_commit()'
     m = re.fullmatch(r'cp\.async\.wait_group (%0|\d+) ?;?', flat)

@@ -16,6 +16,16 @@
 //    of its warp has arrived at the next mma's barrier, that is after it finished reading b.
 //  Every lane of the warp must execute the mma (`.aligned`), as on a GPU; all lanes of a warp
 //  must make the same sequence of mma calls.
+//  - 32-bit shared addresses (cvta.to.shared + cvt.u32.u64, `emu_smem_u32`): the offset into the
+//    dynamic shared memory plus 1024 (a window base that is not 0, so code that takes an address
+//    for an offset shows); `emu_smem_ptr` maps one back and aborts outside the buffer.
+//  - ldmatrix.sync.aligned.m8n8.x4.shared.b16 (kernels/conv2d_nhwc.cu): warp-collective too. Every
+//    lane writes its row address to its warp's exchange area (double-buffered like the mma's),
+//    waits on the warp barrier, then reads its word i from row lane / 4 of matrix i, whose
+//    address lane 8i + lane / 4 gave: bytes 4 (lane % 4) .. +3; with .trans, the bf16 at column
+//    lane / 4 of rows 2 (lane % 4) (low half) and 2 (lane % 4) + 1 (high half), from the addresses
+//    lanes 8i + 2 (lane % 4) and + 1 gave. A row address not 16-byte aligned
+//    or a row outside the dynamic shared memory aborts (the hardware requires the alignment).
 // cp.async, dynamic shared memory and trap (kernels/conv2d_tcp.cu): emu_async.h.
 #pragma once
 #include "emu.h"
@@ -99,4 +109,49 @@ inline void emu_mma_sync(const char* tmpl, float& d0, float& d1, float& d2, floa
         r[v] = (float)s;
     }
     for (int v = 0; v < 4; ++v) *d[v] = r[v];
+}
+
+inline unsigned emu_smem_u32(const void* p) {
+    const char* s0 = (const char*)g_dyn_smem.get();
+    const char* c = (const char*)p;
+    if (!s0 || c < s0 || c > s0 + g_dyn_smem_bytes) {
+        std::fprintf(stderr, "emu: a shared address of %p, outside the dynamic shared memory\n", p);
+        std::abort();
+    }
+    return (unsigned)(c - s0) + 1024u;
+}
+inline void* emu_smem_ptr(unsigned a) {
+    if (!g_dyn_smem || a < 1024u || a - 1024u >= g_dyn_smem_bytes) {
+        std::fprintf(stderr, "emu: shared address %u outside the dynamic shared memory (block %u,%u,%u thread %u)\n", a,
+                     blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x);
+        std::abort();
+    }
+    return (char*)g_dyn_smem.get() + (a - 1024u);
+}
+inline const void* g_ldsm_xch[32][2][32];  // [warp][buffer][lane]: the row addresses
+inline thread_local unsigned g_ldsm_count;
+inline void emu_ldmatrix_x4(const void* row, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3, bool trans) {
+    if (!g_bar) emu_no_barrier();
+    const char* s0 = (const char*)g_dyn_smem.get();
+    const char* p = (const char*)row;
+    if ((uintptr_t)p % 16 || !s0 || p < s0 || p + 16 > s0 + g_dyn_smem_bytes) {
+        std::fprintf(stderr, "emu: ldmatrix row %p misaligned or outside the dynamic shared memory (block %u,%u,%u thread %u)\n",
+                     row, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x);
+        std::abort();
+    }
+    const int t = threadIdx.x, warp = t >> 5, lane = t & 31, buf = g_ldsm_count++ & 1;
+    const void* (&x)[32] = g_ldsm_xch[warp][buf];
+    x[lane] = row;
+    g_warp_bar[warp]->arrive_and_wait();
+    unsigned* r[4] = {&r0, &r1, &r2, &r3};
+    for (int i = 0; i < 4; ++i) {
+        if (!trans) {  // (row lane / 4, elements 2 (lane % 4), +1): 4 bytes of that row
+            std::memcpy(r[i], (const char*)x[8 * i + (lane >> 2)] + 4 * (lane & 3), 4);
+        } else {  // (rows 2 (lane % 4), +1; column lane / 4): the lower row in the low half
+            unsigned short lo, hi;
+            std::memcpy(&lo, (const char*)x[8 * i + 2 * (lane & 3)] + 2 * (lane >> 2), 2);
+            std::memcpy(&hi, (const char*)x[8 * i + 2 * (lane & 3) + 1] + 2 * (lane >> 2), 2);
+            *r[i] = (unsigned)hi << 16 | lo;
+        }
+    }
 }

@@ -2,8 +2,8 @@
 # Checks that the checks can fail: each mutant is a copy of a kernel file with one
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
 # conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
-# each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 22 minutes
-# on 2 cores for all 54; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10). A mutant of a
+# each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 40 minutes
+# on 2 cores for all 67; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 13). A mutant of a
 # header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
 # ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
@@ -29,12 +29,13 @@ mutant() {
     case $check in
         conv_tc_check) copy="$dir/conv2d_tc.cu" ;;
         conv_tcp_check) copy="$dir/conv2d_tcp.cu" cpp=conv_tc_check.cpp ;;
+        conv_nhwc_check) copy="$dir/nhwc_both.cu"; printf '#include "conv2d_tcp.cu"\n#include "conv2d_nhwc.cu"\n' > "$copy" ;;
     esac
-    if [ "$cpp" = conv_tc_check.cpp ]; then python3 emu_ptx.py "$copy" "$copy.emu.cu" 2>/dev/null || { echo "BAD MUTANT (emu_ptx): $what"; survived=1; return; }; copy="$copy.emu.cu"; fi
+    if [ "$cpp" = conv_tc_check.cpp ] || [ "$check" = conv_nhwc_check ]; then python3 emu_ptx.py "$copy" "$copy.emu.cu" 2>/dev/null || { echo "BAD MUTANT (emu_ptx): $what"; survived=1; return; }; copy="$copy.emu.cu"; fi
     g++ $san -std=c++20 -w -pthread -D$def="\"$copy\"" -I. -o "$out/bin" "$cpp" || { echo "BAD MUTANT (no build): $what"; survived=1; return; }
     if (env EMU_FAIL_FAST=1 $env "$out/bin") > "$out/log" 2>&1; then echo "SURVIVED: $what${env:+ ($env)}"; survived=1; else echo "caught: $what${env:+ ($env)} ($(grep -m1 -o 'FAIL.*\|ERROR: [A-Za-z]*Sanitizer: [a-z-]*\|runtime error: [a-z ]*\|emu: .*' "$out/log" | head -1))"; fi
 }
-A=attention.cu O=optim.cu T=conv2d_tc.cu P=conv2d_tcp.cu H=conv_tc.cuh
+A=attention.cu O=optim.cu T=conv2d_tc.cu P=conv2d_tcp.cu H=conv_tc.cuh C=cp_async.cuh N=conv2d_nhwc.cu
 mutant danet_check danet.cu DANET_KERNELS 's/return v + __shfl_xor_sync(0xffffffffu, v, 4);/return v;/' "danet row sums miss the 4-lane shuffle"
 mutant csa_check $A CSA_KERNELS 's/for (int o = 16; o > 0; o >>= 1)/for (int o = 8; o > 0; o >>= 1)/' "warp_sum skips the 16-lane step"
 mutant csa_check $A CSA_KERNELS 's/for (int w = 0; w < CSA_WARPS; ++w) s += sums\[w\]\[t\]/for (int w = 1; w < CSA_WARPS; ++w) s += sums[w][t]/' "pixel partials drop warp 0"
@@ -74,7 +75,7 @@ mutant conv_tcp_check $P CONV_TCP_KERNELS 's/        aq.at += KT;/        aq.at 
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/            if (++bq.oh == g.oh) {/            if (bq.oh + 1 == g.oh) {/' "pipe: the weight gradient's x cursor never moves to the next row"
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/else return Bf16::pair(p\[0\], p\[next\]);/else return Bf16::pair(p[0], p[0]);/' "pipe: BF16 B pairs (k-rows) read row k for k + 1"
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/static constexpr int SB = BN + (P::K_STEP == 8 ? 8 : 4);/static constexpr int SB = BN - 4;/' "pipe: B rows of SB = BN - 4 words (rows overlap)"
-mutant conv_tcp_check $P CONV_TCP_KERNELS 's/"r"(valid ? 4 : 0)/"r"(4)/' "pipe: 4-byte copies never zero-fill (src-size always 4)"
+mutant conv_tcp_check $C CONV_TCP_KERNELS 's/"r"(valid ? 4 : 0)/"r"(4)/' "pipe: 4-byte copies never zero-fill (src-size always 4)"
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/(OHW \& 3) == 0 : (bt.RED \& 3) == 0;/(OHW \& 1) == 0 : (bt.RED \& 3) == 0;/' "pipe: 16-byte dy copies when OH*OW is only even (misaligned)"
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/return bm \* bn > 8192 ? 4 : 3;/return bm * bn > 8192 ? 5 : 3;/' "pipe: 5 stages in the kernel, 4 in the launch (trap)"
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/red_begin = blockIdx.z \* red_chunk;/red_begin = 0;/' "pipe: every weight-gradient split sums the first chunk"
@@ -86,6 +87,20 @@ mutant conv_tcp_check $H CONV_TCP_KERNELS 's/if constexpr (PASS == BWD_WEIGHT) o
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/const int inside = min(BN \/ 4, max(0, N - slot \* (BN \/ 4)));/const int inside = BN \/ 4;/' "bn statistics: a tail slot centred as if full"
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/const int P = gridDim.x \* 4, slot = blockIdx.x \* 4 + wn;/const int P = gridDim.x * 4, slot = blockIdx.x * 4;/' "bn statistics: the four warp columns write one slot"
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/q += __shfl_xor_sync(0xffffffffu, q, 2);/\/\/ two lanes short/' "bn statistics: centred squares miss two lanes"
+# conv2d_nhwc.cu (bf16 channels-last copies, ldmatrix), checked against f64 and conv2d_tcp.cu's bits.
+mutant conv_nhwc_check $N CONV_KERNELS 's/const int a_lds = (bt.wm \* (BM \/ 2) + (lane \& 15)) \* ROW/const int a_lds = (bt.wm * (BM \/ 2) + (lane \& 7)) * ROW/' "nhwc: A's ldmatrix reads rows 0-7 for a1 and a3"
+mutant conv_nhwc_check $N CONV_KERNELS 's/ROW + ((lane >> 3) \& 1) \* 8;/ROW;/' "nhwc: B's ldmatrix reads k 0-7 for b[j][1]"
+mutant conv_nhwc_check $N CONV_KERNELS 's/Bf16::pair(tile\[2 \* lane\]\[i\], tile\[2 \* lane + 1\]\[i\])/Bf16::pair(tile[2 * lane + 1][i], tile[2 * lane][i])/' "nhwc copy: the two channels of a word swapped"
+mutant conv_nhwc_check $N CONV_KERNELS 's/tile\[i\]\[lane\] = ch < c \&\& p < hw/tile[i][lane] = p < hw/' "nhwc copy: reads channels past c"
+mutant conv_nhwc_check $N CONV_KERNELS 's/        cur.ch += KT;/        cur.ch += KT \/ 2;/' "nhwc: the chunk cursor steps half a tile"
+mutant conv_nhwc_check $N CONV_KERNELS 's/const bool k_ok = k0 + 8 \* chunk < bt.red_end;/const bool k_ok = k0 < bt.red_end;/' "nhwc: chunks past the reduction's tail copied"
+mutant conv_nhwc_check $N CONV_KERNELS 's/b_img\[j\] + (long long)at \* CH + ch/b_img[j] + (long long)at * CH/' "nhwc: every chunk of a tap reads channels 0-7"
+mutant conv_nhwc_check $N CONV_KERNELS 's/cp_async_wait<STAGES - 2>();/cp_async_wait<STAGES - 1>();/' "nhwc: waits for one group too few"
+mutant conv_nhwc_check $N CONV_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();//};/if (next < tiles) issue/{n;s/cp_async_commit();/cp_async_commit(); __syncthreads();/}' "nhwc: barrier after the next tile's issue (overwrites the stage being read)" EMU_CP_ASYNC=early
+mutant conv_nhwc_check $N CONV_KERNELS 's/const int a_lds = (((lane >> 4) \& 1) \* 8 + (lane \& 7)) \* AROW/const int a_lds = (lane \& 7) * AROW/' "nhwc wgrad: A's ldmatrix.trans reads k 0-7 for a2 and a3"
+mutant conv_nhwc_check $N CONV_KERNELS 's/            bq\[p\].ow += KT;/            bq[p].ow += KT \/ 2;/' "nhwc wgrad: the x cursor steps half a tile"
+mutant conv_nhwc_check $N CONV_KERNELS 's/const int dh = r \* g.dil - g.pad,/const int dh = r - g.pad,/' "nhwc wgrad: the tap's row ignores the dilation"
+mutant conv_nhwc_check $N CONV_KERNELS 's/const bool ok = a_col_ok \&\& q < bt.red_end;/const bool ok = a_col_ok;/' "nhwc wgrad: dy rows past the split's end copied"
 mutant gather_check pool.cu POOL_KERNELS 's/lo = max(0, (int)floorf((src - 0.5f) \/ scale - 0.5f) - 1);/lo = max(0, (int)floorf((src - 0.5f) \/ scale - 0.5f) + 2);/' "resize gather: the reach starts three rows late (past the first reading row)"
 mutant gather_check pool.cu POOL_KERNELS 's/hi = min(out - 1, (int)ceilf((src + 1.5f) \/ scale - 0.5f) + 1);/hi = min(out - 1, (int)ceilf((src + 1.5f) \/ scale - 0.5f) - 2);/' "resize gather: the reach ends three rows early"
 mutant gather_check pool.cu POOL_KERNELS 's/return (i0 == src ? 1.0f - l1 : 0.0f) + (i1 == src ? l1 : 0.0f);/return i0 == src ? 1.0f - l1 : (i1 == src ? l1 : 0.0f);/' "resize gather: a border row counted once, not twice"

@@ -24,11 +24,16 @@
 #    resize backward as a gather per input cell against an f64 scatter (8x up, odd ratios, down,
 #    one-row planes), and reduce.cu's split sums written per split and added in order by
 #    sum_splits_f32 (which also sums the convolutions' split weight gradients), run twice.
-# All seven are built with AddressSanitizer and UBSan: an out-of-bounds read or write (global or
+#  - conv_nhwc_check: kernels/conv2d_nhwc.cu (the three bf16 passes from channels-last bf16
+#    copies; ldmatrix, 32-bit shared addresses): its nchw_to_nhwc_bf16 copies bit for bit against
+#    the host, the convolutions against f64 loops and bit for bit against conv2d_tcp.cu's bf16
+#    kernels (built from one emu_ptx.py rewrite of both files); again on shapes 0 and 2 with early
+#    copies.
+# All eight are built with AddressSanitizer and UBSan: an out-of-bounds read or write (global or
 # shared memory), a misaligned float2/float4 access or an int overflow aborts the run.
 # For checking a kernel's indexing, masking, barriers and reduction order on a machine without a
 # GPU; it says nothing about speed, and a race that needs real warps to show may pass here.
-# About 12 minutes on 2 cores. ./mutants.sh checks that the checks fail on broken kernels.
+# About 20 minutes on 2 cores. ./mutants.sh checks that the checks fail on broken kernels.
 set -euo pipefail
 cd "$(dirname "$0")"
 out=${EMU_OUT:-/tmp/kernel-emu}
@@ -43,11 +48,16 @@ python3 emu_ptx.py ../../kernels/conv2d_tc.cu "$out/conv2d_tc_emu.cu"
 g++ $san -std=c++20 -w -pthread -I. -DCONV_TC_KERNELS="\"$out/conv2d_tc_emu.cu\"" -o "$out/conv_tc_check" conv_tc_check.cpp
 python3 emu_ptx.py ../../kernels/conv2d_tcp.cu "$out/conv2d_tcp_emu.cu"
 g++ $san -std=c++20 -w -pthread -I. -DCONV_TCP_KERNELS="\"$out/conv2d_tcp_emu.cu\"" -o "$out/conv_tcp_check" conv_tc_check.cpp
+printf '#include "conv2d_tcp.cu"\n#include "conv2d_nhwc.cu"\n' > "$out/nhwc_both.cu"  # one rewrite: shared headers once
+python3 emu_ptx.py -I ../../kernels "$out/nhwc_both.cu" "$out/conv2d_nhwc_emu.cu"
+g++ $san -std=c++20 -w -pthread -I. -DCONV_KERNELS="\"$out/conv2d_nhwc_emu.cu\"" -o "$out/conv_nhwc_check" conv_nhwc_check.cpp
 status=0
-for c in danet_check csa_check optim_check bn_check gather_check conv_tc_check conv_tcp_check; do
+for c in danet_check csa_check optim_check bn_check gather_check conv_tc_check conv_tcp_check conv_nhwc_check; do
     echo "== $c"
     "$out/$c" || { echo "$c FAILED"; status=1; }
 done
 echo "== conv_tcp_check 6 9 (EMU_CP_ASYNC=early)"
 EMU_CP_ASYNC=early "$out/conv_tcp_check" 6 9 || { echo "conv_tcp_check (early) FAILED"; status=1; }
+echo "== conv_nhwc_check 0 2 (EMU_CP_ASYNC=early)"
+EMU_CP_ASYNC=early "$out/conv_nhwc_check" 0 2 || { echo "conv_nhwc_check (early) FAILED"; status=1; }
 exit $status

@@ -1,0 +1,233 @@
+// kernels/conv2d_nhwc.cu under emu_tc.h (cp.async, dynamic shared memory, ldmatrix, mma.sync),
+// launched as src/ops/conv/cuda.rs launches it for the `nhwc` variant:
+//  - nchw_to_nhwc_bf16 copies the gathered operand (x; dy for the input gradient) to channels-last
+//    bf16, and the weights to (K, R, S, C) (as "N = K, C, HW = R*S") and (C, R, S, K) (as
+//    "N = 1, C = K, HW = C*R*S"); each copy is compared bit for bit with a host transpose and
+//    round-to-nearest-even;
+//  - the forward and input-gradient kernels, all three tiles, 4 stages x (BM + BN) x 80 bytes of
+//    dynamic shared memory (NaN in both bf16 halves before each block), the forward with batch-norm
+//    partial statistics and a bias on even-numbered shapes;
+//  - the weight-gradient kernels (dw in (K, R, S, C), put back in (K, C, R, S) as cuda.rs does),
+//    unsplit and split in three over the pixels (each split into its NaN-poisoned slice, the
+//    slices summed in order as sum_splits_f32 does), the pipelined kernel given the same split;
+// against f64 loops on the bf16-rounded operands (error relative to each sum's sum of |terms| at
+// most 1e-5), and bit for bit against conv2d_tcp.cu's bf16 kernels of the same tile (the same
+// roundings, fragments and mma order: the header of conv2d_nhwc.cu says why they must agree).
+// Shapes have C (forward), K (input gradient) or both (weight gradient) multiples of 8, the
+// kernels' condition; a pass whose channels are not runs nowhere here (cuda.rs sends it to
+// conv2d_tcp.cu).
+// Built from one emu_ptx.py rewrite of both kernel files (run.sh writes it), so their shared
+// headers are inlined once.
+#include "emu_tc.h"
+#ifndef CONV_KERNELS
+#define CONV_KERNELS "/tmp/kernel-emu/conv2d_nhwc_emu.cu"
+#endif
+#include CONV_KERNELS
+#include "check.h"
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+
+using Nhwc = void (*)(const unsigned short*, const unsigned short*, const float*, float*, float*, ConvGeom, int);
+using Pipe = void (*)(const float*, const float*, const float*, float*, float*, ConvGeom, int);
+static const Nhwc NHWC[3][3] = {
+    {conv2d_nhwc_fwd_128x128_bf16, conv2d_nhwc_fwd_64x128_bf16, conv2d_nhwc_fwd_128x64_bf16},
+    {conv2d_nhwc_bwd_input_128x128_bf16, conv2d_nhwc_bwd_input_64x128_bf16, conv2d_nhwc_bwd_input_128x64_bf16},
+    {conv2d_nhwc_bwd_weight_128x128_bf16, conv2d_nhwc_bwd_weight_64x128_bf16, conv2d_nhwc_bwd_weight_128x64_bf16}};
+static const Pipe PIPE_BF16[3][3] = {
+    {conv2d_pipe_fwd_128x128_bf16, conv2d_pipe_fwd_64x128_bf16, conv2d_pipe_fwd_128x64_bf16},
+    {conv2d_pipe_bwd_input_128x128_bf16, conv2d_pipe_bwd_input_64x128_bf16, conv2d_pipe_bwd_input_128x64_bf16},
+    {conv2d_pipe_bwd_weight_128x128_bf16, conv2d_pipe_bwd_weight_64x128_bf16, conv2d_pipe_bwd_weight_128x64_bf16}};
+static const int TILES[3][2] = {{128, 128}, {64, 128}, {128, 64}};
+static const char* PASS[3] = {"forward", "input grad", "wgrad"};
+
+static size_t cdiv(size_t a, size_t b) { return (a + b - 1) / b; }
+static float bf16r(float v) { return emu_u2f(emu_bf16_rn(v) << 16); }
+
+// 16-byte aligned words of exactly n (cp.async reads 16 bytes at a time; ASan sees an overrun).
+struct Words {
+    std::unique_ptr<unsigned[]> p;
+    size_t n;
+    explicit Words(size_t n) : p(new unsigned[n]), n(n) {
+        if ((uintptr_t)p.get() % 16) { printf("unaligned host buffer\n"); std::abort(); }
+        std::fill_n(p.get(), n, 0x7fc07fc0u);  // NaN poison: a word no thread writes fails
+    }
+    const unsigned short* half() const { return reinterpret_cast<const unsigned short*>(p.get()); }
+};
+
+// nchw_to_nhwc_bf16 as cuda.rs launches it, checked bit for bit against the host's transpose.
+static bool to_nhwc(const V& x, int n, int c, int hw, Words& y, const char* what) {
+    launch({(unsigned)cdiv(hw, 32), (unsigned)cdiv(c, 64), (unsigned)n}, 256, [&] { nchw_to_nhwc_bf16(x.data(), y.p.get(), c, hw); });
+    for (int i = 0; i < n; ++i)
+        for (int p = 0; p < hw; ++p)
+            for (int j = 0; j < c / 2; ++j) {
+                const size_t at = ((size_t)i * hw + p) * (c / 2) + j;
+                const unsigned want = emu_cvt_rn_bf16x2_f32(x[((size_t)i * c + 2 * j + 1) * hw + p], x[((size_t)i * c + 2 * j) * hw + p]);
+                if (y.p[at] != want) {
+                    printf("  nchw_to_nhwc_bf16 (%s, n %d c %d hw %d): word (%d, %d, %d) = %08x, want %08x\n", what, n, c, hw, i, p, j, y.p[at], want);
+                    return false;
+                }
+            }
+    return true;
+}
+
+struct Shape { int n, c, h, w, k, r, s, stride, pad, dil; };
+
+int main(int argc, char** argv) {
+    const Shape shapes[] = {
+        {2, 32, 6, 6, 48, 3, 3, 1, 1, 1},     // C = 32: a tile row is one tap; 9 tiles forward, 13.5 input grad
+        {1, 16, 11, 11, 8, 5, 5, 1, 2, 1},    // 5x5, K = 8, RED = 400 (a tail at 16 of 32)
+        {1, 40, 16, 16, 72, 3, 3, 1, 2, 2},   // C = 40: a tile's chunks in two taps; 256 pixels (2 tiles of 128)
+        {2, 24, 9, 9, 40, 3, 3, 2, 1, 1},     // stride 2: the input gradient's holes
+        {1, 64, 7, 9, 16, 3, 3, 2, 2, 2},     // stride 2, dilation 2, H != W
+        {2, 40, 7, 7, 136, 1, 1, 1, 0, 1},    // 1x1, K = 136 (two 128-row tiles forward)
+        {1, 24, 8, 8, 200, 1, 1, 2, 0, 1},    // 1x1 stride 2
+        {1, 136, 8, 8, 72, 3, 3, 1, 4, 4},    // dilation 4 on 8x8 (most taps padding), C = 136
+    };
+    std::vector<int> only;
+    for (int i = 1; i < argc; ++i) only.push_back(std::atoi(argv[i]));
+    const bool fail_fast = std::getenv("EMU_FAIL_FAST") != nullptr;
+    bool ok = true;
+    double worst[3] = {}, worst_stats = 0;
+    int same = 0, ran = 0;
+    auto t_all = std::chrono::steady_clock::now();
+    for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); ++si) {
+        if (!only.empty() && std::find(only.begin(), only.end(), si) == only.end()) continue;
+        const Shape& sh = shapes[si];
+        auto t0 = std::chrono::steady_clock::now();
+        const int oh = (sh.h + 2 * sh.pad - sh.dil * (sh.r - 1) - 1) / sh.stride + 1;
+        const int ow = (sh.w + 2 * sh.pad - sh.dil * (sh.s - 1) - 1) / sh.stride + 1;
+        const ConvGeom g{sh.n, sh.c, sh.h, sh.w, sh.k, sh.r, sh.s, oh, ow, sh.stride, sh.pad, sh.dil};
+        const int RS = sh.r * sh.s, HW = sh.h * sh.w, OHW = oh * ow;
+        const size_t nx = (size_t)sh.n * sh.c * HW, nw = (size_t)sh.k * sh.c * RS, ny = (size_t)sh.n * sh.k * OHW;
+        std::mt19937 rng(2000 + si);
+        V x = rand_vec(rng, nx), w = rand_vec(rng, nw), dy = rand_vec(rng, ny), bias = rand_vec(rng, sh.k);
+        printf("N=%d C=%d H=%d W=%d K=%d %dx%d stride %d pad %d dil %d -> %dx%d:\n", sh.n, sh.c, sh.h, sh.w, sh.k, sh.r, sh.s,
+               sh.stride, sh.pad, sh.dil, oh, ow);
+        // The copies cuda.rs makes: x and dy channels-last, the weights in both orders, all bf16.
+        Words xh(nx / 2), dyh(ny / 2), wf(nw / 2), wt(nw / 2);
+        ok = ok && to_nhwc(x, sh.n, sh.c, HW, xh, "x") && to_nhwc(dy, sh.n, sh.k, OHW, dyh, "dy") &&
+             to_nhwc(w, sh.k, sh.c, RS, wf, "weights (K, R, S, C)") && to_nhwc(w, 1, sh.k, sh.c * RS, wt, "weights (C, R, S, K)");
+        // conv2d_tcp.cu's f32 operands: weights (K, R, S, C) and (C, R, S, K).
+        V wf32(nw), wt32(nw);
+        for (int k = 0; k < sh.k; ++k)
+            for (int c = 0; c < sh.c; ++c)
+                for (int q = 0; q < RS; ++q) {
+                    wf32[((size_t)k * RS + q) * sh.c + c] = w[((size_t)k * sh.c + c) * RS + q];
+                    wt32[((size_t)c * RS + q) * sh.k + k] = w[((size_t)k * sh.c + c) * RS + q];
+                }
+        // f64 references on the bf16-rounded operands, and each sum's sum of |terms|.
+        D y(ny), yf(ny), dx(nx, 0), dxf(nx, 0), dw(nw, 0), dwf(nw, 0);
+        for (int n = 0; n < sh.n; ++n)
+            for (int k = 0; k < sh.k; ++k)
+                for (int i = 0; i < oh; ++i)
+                    for (int j = 0; j < ow; ++j) {
+                        const size_t yi = (((size_t)n * sh.k + k) * oh + i) * ow + j;
+                        double s = bias[k], sf = std::fabs(bias[k]);
+                        for (int c = 0; c < sh.c; ++c)
+                            for (int r = 0; r < sh.r; ++r)
+                                for (int q = 0; q < sh.s; ++q) {
+                                    const int ih = i * sh.stride - sh.pad + r * sh.dil, iw = j * sh.stride - sh.pad + q * sh.dil;
+                                    if (ih < 0 || ih >= sh.h || iw < 0 || iw >= sh.w) continue;
+                                    const size_t xi = (((size_t)n * sh.c + c) * sh.h + ih) * sh.w + iw, wi = ((size_t)k * sh.c + c) * RS + r * sh.s + q;
+                                    const double t = (double)bf16r(x[xi]) * bf16r(w[wi]), u = (double)bf16r(dy[yi]) * bf16r(w[wi]);
+                                    const double v = (double)bf16r(dy[yi]) * bf16r(x[xi]);
+                                    s += t, sf += std::fabs(t);
+                                    dx[xi] += u, dxf[xi] += std::fabs(u);
+                                    dw[wi] += v, dwf[wi] += std::fabs(v);
+                                }
+                        y[yi] = s, yf[yi] = sf;
+                    }
+        for (int pass = 0; pass < 3; ++pass) {
+            if (pass == 0 ? sh.c % 8 : pass == 1 ? sh.k % 8 : (sh.c % 8 || sh.k % 8)) continue;
+            const int M = pass == 1 ? sh.c : sh.k;
+            const int N = pass == 0 ? sh.n * OHW : pass == 1 ? sh.n * HW : sh.c * RS;
+            const int RED = pass == 0 ? sh.c * RS : pass == 1 ? sh.k * RS : sh.n * OHW;
+            const D& ref = pass == 0 ? y : pass == 1 ? dx : dw;
+            const D& fl = pass == 0 ? yf : pass == 1 ? dxf : dwf;
+            const bool with_bias = pass == 0 && si % 2 == 0;
+            printf("  %-10s:", PASS[pass]);
+            for (int tile = 0; tile < 3; ++tile) {
+              const int BM = TILES[tile][0], BN = TILES[tile][1];
+              // The weight gradient unsplit, then in three splits of whole 32-pixel tiles.
+              const size_t third = cdiv(cdiv(RED, 3), 32) * 32;
+              std::vector<size_t> chunks{(size_t)RED};
+              if (pass == 2 && third < (size_t)RED) chunks.push_back(third);
+              for (size_t chunk : chunks) {
+                const unsigned splits = (unsigned)cdiv(RED, chunk);
+                const dim3 grid{(unsigned)cdiv(N, BN), (unsigned)cdiv(M, BM), splits};
+                const size_t slots = 4 * grid.x;
+                V out(ref.size(), NAN), stats(pass == 0 ? 2 * (size_t)M * slots : 0, NAN), parts(splits * ref.size(), NAN);
+                float* st = pass == 0 ? stats.data() : nullptr;
+                const float* b = with_bias ? bias.data() : nullptr;
+                const Words& a16 = pass == 0 ? wf : pass == 1 ? wt : dyh;
+                const Words& b16 = pass == 1 ? dyh : xh;
+                emu_set_dynamic_smem(pass == 2 ? (size_t)4 * 32 * (BM + BN + 16) * 2 : (size_t)4 * (BM + BN) * 40 * 2);
+                launch(grid, 256, [&] { NHWC[pass][tile](a16.half(), b16.half(), b, pass == 2 ? parts.data() : out.data(), st, g, (int)chunk); });
+                emu_clear_dynamic_smem();
+                if (pass == 2)  // the slices summed in order (sum_splits_f32), then (K, R, S, C) -> (K, C, R, S)
+                    for (int k = 0; k < sh.k; ++k)
+                        for (int q = 0; q < RS; ++q)
+                            for (int c = 0; c < sh.c; ++c) {
+                                const size_t from = ((size_t)k * RS + q) * sh.c + c;
+                                float acc = parts[from];
+                                for (unsigned z = 1; z < splits; ++z) acc += parts[z * ref.size() + from];
+                                out[((size_t)k * sh.c + c) * RS + q] = acc;
+                            }
+                D r = ref;
+                if (pass == 0 && !with_bias)
+                    for (size_t i = 0; i < r.size(); ++i) r[i] -= bias[(i / (size_t)OHW) % sh.k];
+                const double e = err(out, r, fl);
+                worst[pass] = std::max(worst[pass], e);
+                ok = ok && e <= 1e-5;
+                if (pass == 0) {  // every slot's statistics against the output written: as the pipe kernels' are
+                    double se = 0;
+                    for (int c = 0; c < M && std::isfinite(se); ++c)
+                        for (size_t j = 0; j < slots; ++j) {
+                            const double gs = stats[c * slots + j], gq = stats[(M + c) * slots + j];
+                            const size_t cols = (size_t)N, lo = std::min(cols, j * (BN / 4)), hi = std::min(cols, lo + BN / 4);
+                            double s = 0, a = 0, sq = 0, q = 0;
+                            auto v = [&](size_t col) { return (double)out[((col / OHW) * M + c) * OHW + col % OHW]; };
+                            for (size_t col = lo; col < hi; ++col) s += v(col), a += std::fabs(v(col)), sq += v(col) * v(col);
+                            const double mean = hi > lo ? s / (hi - lo) : 0;
+                            for (size_t col = lo; col < hi; ++col) q += (v(col) - mean) * (v(col) - mean);
+                            if (!std::isfinite(gs) || !std::isfinite(gq)) { se = INFINITY; break; }
+                            se = std::max({se, std::fabs(gs - s) / std::max(a, 1e-30), std::fabs(gq - q) / std::max(q + 1e-3 * sq, 1e-30)});
+                        }
+                    worst_stats = std::max(worst_stats, se);
+                    ok = ok && se <= 1e-5;
+                }
+                // conv2d_tcp.cu's bf16 kernel of the same tile and split on the f32 operands: the same bits.
+                V pipe(ref.size(), NAN), pipe_parts(splits * ref.size(), NAN);
+                const size_t pipe_smem = (size_t)(BM * BN > 8192 ? 4 : 3) * (BM * 40 + (pass == 2 ? BN * 40 : 32 * (BN + 4))) * 4;
+                const float* pa = pass == 0 ? wf32.data() : pass == 1 ? wt32.data() : dy.data();
+                const float* pb = pass == 1 ? dy.data() : x.data();
+                emu_set_dynamic_smem(pipe_smem);
+                launch(grid, 256, [&] { PIPE_BF16[pass][tile](pa, pb, b, pass == 2 ? pipe_parts.data() : pipe.data(), nullptr, g, (int)chunk); });
+                emu_clear_dynamic_smem();
+                if (pass == 2)
+                    for (size_t i = 0; i < pipe.size(); ++i) {
+                        float acc = pipe_parts[i];
+                        for (unsigned z = 1; z < splits; ++z) acc += pipe_parts[z * pipe.size() + i];
+                        pipe[i] = acc;
+                    }
+                const bool bits = same_bits(out, pipe);
+                same += bits;
+                ++ran;
+                ok = ok && bits;
+                printf(" %dx%d%s %.2e%s", BM, BN, splits > 1 ? ("/" + std::to_string(splits)).c_str() : "", e, bits ? " (= pipe)" : " (DIFFERS from pipe)");
+                if (!ok && fail_fast) { printf("\nFAILED (fail fast)\n"); return 1; }
+              }
+            }
+            printf("\n");
+            fflush(stdout);
+        }
+        printf("  (%.1fs)\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    printf("max relative error (to the sum of |terms|): forward %.2e; input grad %.2e; weight grad %.2e; batch-norm statistics %.2e\n",
+           worst[0], worst[1], worst[2], worst_stats);
+    printf("bit-identical to conv2d_tcp.cu's bf16 kernels: %d of %d launches; total %.1fs\n", same, ran,
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - t_all).count());
+    printf(ok ? "ALL OK\n" : "FAILED\n");
+    return ok ? 0 : 1;
+}
