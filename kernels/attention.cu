@@ -6,7 +6,8 @@
 //  - csa_gate_fwd_f32: y = f * c[n,ch] * s[n,p], one read of f, one write;
 //  - csa_gate_bwd_f32: from one read of dy and f, df = dy * s * c, and the partial sums of
 //    dc[n,ch] = sum_p dy*f*s and ds[n,p] = sum_ch dy*f*c;
-//  - csa_finish_f32: the second stage of both reductions.
+//  - csa_finish_f32: the second stage of both reductions;
+//  - se_*: SE's channel gates of a pair and their product, forward and backward (at the end).
 //
 // The two reductions run in different directions (over pixels and over channels), so a block
 // takes a tile of TILE_C channels x TILE_P pixels of one image, sums it both ways and writes
@@ -187,5 +188,147 @@ extern "C" __global__ void csa_gate_fwd_f32(const float* __restrict__ f, const f
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
         const int p = i % hw, nc = i / hw, n = nc / C;
         y[i] = __fmul_rn(__fmul_rn(f[i], c[nc]), s[(long long)n * hw + p]);
+    }
+}
+
+// ---- SE's shared channel gate of a pair (src/ops/attention `se_pair_gate`) ----
+// For the pair's pooled features pa, pb (N, C) and SE's layers w1 (HD, C), b1 (HD), w2 (C, HD),
+// b2 (C), over the 2N rows i (pa's N, then pb's), p_i their pooled features:
+//   hid[i] = relu(w1 p_i + b1),  gates[i] = sigmoid(w2 hid[i] + b2),  out[n] = gates[n] * gates[N + n].
+// Forward in two launches (se_hidden_f32, se_gate_f32), backward in three (se_bwd_gate_f32,
+// se_bwd_hidden_f32, se_bwd_input_f32), where the composed path runs each image through two
+// GEMMs with their bias adds, a ReLU and a sigmoid, then the product: about 13 launches forward
+// and 25 backward. The formulas are the map kernels' (nd.cu: sigmoid stable on both sides, ReLU
+// and its gradient as x > 0). Every sum runs in a fixed order (no atomics): a run repeats to the bit.
+
+__device__ __forceinline__ float se_sigmoid(float x) {
+    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
+    const float e = expf(x);
+    return e / (1.0f + e);
+}
+__device__ __forceinline__ const float* se_row(const float* pa, const float* pb, int i, int N, int C) {
+    return i < N ? pa + (long long)i * C : pb + (long long)(i - N) * C;
+}
+
+// hid[i][j] for the 2N x HD (row, hidden unit) pairs, one warp each: lanes stride over the C
+// inputs, then warp_sum's fixed shuffle tree.
+extern "C" __global__ void se_hidden_f32(const float* __restrict__ pa, const float* __restrict__ pb,
+                                         const float* __restrict__ w1, const float* __restrict__ b1,
+                                         float* __restrict__ hid, int N, int C, int HD) {
+    const int lane = threadIdx.x & 31, warps = gridDim.x * (blockDim.x >> 5);
+    for (int w = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); w < 2 * N * HD; w += warps) {
+        const int i = w / HD, j = w - i * HD;
+        const float* p = se_row(pa, pb, i, N, C);
+        const float* wr = w1 + (long long)j * C;
+        float acc = 0.0f;
+        for (int c = lane; c < C; c += 32) acc += wr[c] * p[c];
+        acc = warp_sum(acc);
+        if (lane == 0) {
+            const float z = acc + b1[j];
+            hid[w] = z <= 0.0f ? 0.0f : z;
+        }
+    }
+}
+
+// gates and out, a thread per (image n, channel ch), ch the slower index so that a warp's threads
+// share w2's row: both images' sums over the HD hidden units, their sigmoids and the product.
+extern "C" __global__ void se_gate_f32(const float* __restrict__ hid, const float* __restrict__ w2,
+                                       const float* __restrict__ b2, float* __restrict__ gates,
+                                       float* __restrict__ out, int N, int C, int HD) {
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < N * C; e += blockDim.x * gridDim.x) {
+        const int ch = e / N, n = e - ch * N;
+        const float* wr = w2 + (long long)ch * HD;
+        const float *ha = hid + (long long)n * HD, *hb = hid + (long long)(N + n) * HD;
+        float za = 0.0f, zb = 0.0f;
+        for (int j = 0; j < HD; ++j) {
+            za += wr[j] * ha[j];
+            zb += wr[j] * hb[j];
+        }
+        const float ga = se_sigmoid(za + b2[ch]), gb = se_sigmoid(zb + b2[ch]);
+        gates[(long long)n * C + ch] = ga;
+        gates[(long long)(N + n) * C + ch] = gb;
+        out[(long long)n * C + ch] = ga * gb;
+    }
+}
+
+// From the gradient g (N, C) of out: dz[i][ch], the gradient of row i's pre-sigmoid sum (image a:
+// (g * gb) * ga * (1 - ga), as the product's then the sigmoid's backward compose it; image b
+// likewise), db2[ch] = sum over i of dz, dw2[ch][j] = sum over i of dz[i][ch] hid[i][j]. One warp
+// per channel: lanes over the images for dz, then over j for dw2 (rows in order).
+extern "C" __global__ void se_bwd_gate_f32(const float* __restrict__ g, const float* __restrict__ gates,
+                                           const float* __restrict__ hid, float* __restrict__ dz,
+                                           float* __restrict__ dw2, float* __restrict__ db2, int N, int C, int HD) {
+    const int lane = threadIdx.x & 31, warps = gridDim.x * (blockDim.x >> 5);
+    for (int ch = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); ch < C; ch += warps) {
+        float s = 0.0f;
+        for (int n = lane; n < N; n += 32) {
+            const long long a = (long long)n * C + ch, b = (long long)(N + n) * C + ch;
+            const float go = g[a], ga = gates[a], gb = gates[b];
+            const float da = go * gb * ga * (1.0f - ga), dbv = go * ga * gb * (1.0f - gb);
+            dz[a] = da;
+            dz[b] = dbv;
+            s += da + dbv;
+        }
+        s = warp_sum(s);
+        if (lane == 0) db2[ch] = s;
+        __syncwarp();  // this warp's dz of the channel, written by its lanes, read by all below
+        for (int j = lane; j < HD; j += 32) {
+            float acc = 0.0f;
+            for (int i = 0; i < 2 * N; ++i) acc += dz[(long long)i * C + ch] * hid[(long long)i * HD + j];
+            dw2[(long long)ch * HD + j] = acc;
+        }
+        __syncwarp();
+    }
+}
+
+// dz1[i][j] = (hid[i][j] > 0) * sum over ch of dz[i][ch] w2[ch][j]: one block per row i; for each
+// 32 hidden units (lanes), warp w sums the channels w, w + 8, ..., then warp 0 adds the 8 sums in order.
+extern "C" __global__ void se_bwd_hidden_f32(const float* __restrict__ dz, const float* __restrict__ w2,
+                                             const float* __restrict__ hid, float* __restrict__ dz1, int C, int HD) {
+    __shared__ float part[CSA_WARPS][32];
+    const int i = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float* dzi = dz + (long long)i * C;
+    for (int j0 = 0; j0 < HD; j0 += 32) {
+        const int j = j0 + lane;
+        float acc = 0.0f;
+        if (j < HD)
+            for (int ch = warp; ch < C; ch += CSA_WARPS) acc += dzi[ch] * w2[(long long)ch * HD + j];
+        part[warp][lane] = acc;
+        __syncthreads();
+        if (warp == 0 && j < HD) {
+            float s = 0.0f;
+            for (int w = 0; w < CSA_WARPS; ++w) s += part[w][lane];
+            dz1[(long long)i * HD + j] = hid[(long long)i * HD + j] > 0.0f ? s : 0.0f;
+        }
+        __syncthreads();
+    }
+}
+
+// The input side, a thread per output over one index space: dp[i][ch] = sum over j of dz1[i][j]
+// w1[j][ch] (into dpa for i < N, dpb after); dw1[j][ch] = sum over i of dz1[i][j] p_i[ch];
+// db1[j] = sum over i of dz1[i][j]. Sums in order of j, resp. i.
+extern "C" __global__ void se_bwd_input_f32(const float* __restrict__ dz1, const float* __restrict__ pa,
+                                            const float* __restrict__ pb, const float* __restrict__ w1,
+                                            float* __restrict__ dpa, float* __restrict__ dpb, float* __restrict__ dw1,
+                                            float* __restrict__ db1, int N, int C, int HD) {
+    const int n_dp = 2 * N * C, n_dw = HD * C, total = n_dp + n_dw + HD;
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += blockDim.x * gridDim.x) {
+        if (e < n_dp) {
+            const int i = e / C, ch = e - i * C;
+            const float* d = dz1 + (long long)i * HD;
+            float acc = 0.0f;
+            for (int j = 0; j < HD; ++j) acc += d[j] * w1[(long long)j * C + ch];
+            (i < N ? dpa + (long long)i * C : dpb + (long long)(i - N) * C)[ch] = acc;
+        } else if (e < n_dp + n_dw) {
+            const int f = e - n_dp, j = f / C, ch = f - j * C;
+            float acc = 0.0f;
+            for (int i = 0; i < 2 * N; ++i) acc += dz1[(long long)i * HD + j] * se_row(pa, pb, i, N, C)[ch];
+            dw1[f] = acc;
+        } else {
+            const int j = e - n_dp - n_dw;
+            float acc = 0.0f;
+            for (int i = 0; i < 2 * N; ++i) acc += dz1[(long long)i * HD + j];
+            db1[j] = acc;
+        }
     }
 }

@@ -191,3 +191,34 @@ test_gpu!(gpu_csa_module_matches_cpu, |_dev| {
         }
     }
 });
+
+// SE's pair gate (two launches forward, three backward: kernels/attention.cu se_*) against the
+// CPU's composed ops, forward and the gradients of all six inputs, for the loss sum(gate * w):
+// odd channel counts and hidden widths, batch 1, the paper's shape (20 images, 2048 channels,
+// 128 hidden), and an image paired with itself (the same tensor twice, its gradients summed).
+test_gpu!(gpu_se_pair_gate_matches_the_composed_cpu_ops, |_dev| {
+    let mut r = rng(23);
+    for (n, c, hd, same) in [(1, 37, 2, false), (3, 70, 5, false), (20, 2048, 128, false), (2, 45, 3, true)] {
+        let data: Vec<Vec<f32>> = [n * c, n * c, hd * c, hd, c * hd, c, n * c].iter().map(|&len| randn(&mut r, len)).collect();
+        let run = |device: Device| {
+            let t = |i: usize, dims: &[usize]| Tensor::from_vec(data[i].clone(), dims.to_vec(), device).unwrap().into_var();
+            let (pa, pb) = (t(0, &[n, c, 1, 1]), t(1, &[n, c, 1, 1]));
+            let (w1, b1, w2, b2) = (t(2, &[hd, c]), t(3, &[hd]), t(4, &[c, hd]), t(5, &[c]));
+            let partner = if same { &pa } else { &pb };
+            let out = Tensor::se_pair_gate(&pa, partner, &w1, &b1, &w2, &b2).unwrap();
+            let weights = Tensor::from_vec(data[6].clone(), [n, c, 1, 1], device).unwrap();
+            out.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut v = vec![out.to_vec().unwrap()];
+            for x in [&pa, &pb, &w1, &b1, &w2, &b2] {
+                v.push(x.grad().map_or_else(Vec::new, |g| g.to_vec().unwrap()));
+            }
+            v
+        };
+        let (gpu, cpu) = (run(Device::Cuda(0)), run(Device::Cpu));
+        for (i, (g, want)) in gpu.iter().zip(&cpu).enumerate() {
+            let what = ["gate", "dpa", "dpb", "dw1", "db1", "dw2", "db2"][i];
+            assert_eq!(g.is_empty(), want.is_empty(), "{what}");
+            assert_close(&format!("se_pair_gate {what} (n {n}, c {c}, hd {hd}, same {same})"), g, want, 1e-5);
+        }
+    }
+});

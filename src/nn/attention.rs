@@ -176,6 +176,26 @@ impl Csa {
         Ok((c, s))
     }
 
+    /// Fused SE + MSA (the paper's CSA), both images at once: the pools, the pair's shared SE gate
+    /// in one op ([`Tensor::se_pair_gate`]: 2 launches forward, 3 backward, where each image's
+    /// composed SE takes about 6 and 12), the spatial maps and the gating. `fb` None: the image
+    /// is its own partner. None when the module is not fused SE + MSA.
+    fn fused_se_msa(&self, fa: &Tensor, fb: Option<&Tensor>) -> Result<Option<(Tensor, Option<Tensor>)>> {
+        let (true, Some(ChannelGate::Se { fc1, fc2 }), Some(SpatialGate::Msa)) = (self.fused_on(fa), &self.channel, &self.spatial) else {
+            return Ok(None);
+        };
+        let (gap_a, mean_a) = fa.csa_pool()?;
+        let b = fb.map(|f| f.csa_pool()).transpose()?;
+        let gap_b = b.as_ref().map_or(&gap_a, |(gap, _)| gap);
+        let shared = Tensor::se_pair_gate(&gap_a, gap_b, &fc1.weight, &fc1.bias, &fc2.weight, &fc2.bias)?;
+        let out_a = fa.csa_gate(&shared, &mean_a.sigmoid()?)?;
+        let out_b = match (fb, b) {
+            (Some(f), Some((_, mean))) => Some(f.csa_gate(&shared, &mean.sigmoid()?)?),
+            _ => None,
+        };
+        Ok(Some((out_a, out_b)))
+    }
+
     /// `f ⊙ c ⊙ s` with the gates present; fused, one pass over `f` when both are.
     fn apply(&self, f: &Tensor, c: Option<&Tensor>, s: Option<&Tensor>) -> Result<Tensor> {
         if let (true, Some(c), Some(s)) = (self.fused_on(f), c, s) {
@@ -356,6 +376,9 @@ impl CoAttention {
         }
         match &self.kind {
             Kind::Csa(csa) => {
+                if let Some((a, Some(b))) = csa.fused_se_msa(fa, Some(fb))? {
+                    return Ok((a, b));
+                }
                 let (ca, sa) = csa.gates(fa, train)?;
                 let (cb, sb) = csa.gates(fb, train)?;
                 let shared = match (ca, cb) {
@@ -376,6 +399,9 @@ impl CoAttention {
     pub fn forward_single(&self, f: &Tensor, train: bool) -> Result<Tensor> {
         match &self.kind {
             Kind::Csa(csa) => {
+                if let Some((a, _)) = csa.fused_se_msa(f, None)? {
+                    return Ok(a);
+                }
                 let (c, s) = csa.gates(f, train)?;
                 let squared = c.map(|c| c.mul(&c)).transpose()?;
                 csa.apply(f, squared.as_ref(), s.as_ref())

@@ -1,7 +1,7 @@
-//! The fused CSA ops on the GPU: the checked launch wrappers of kernels/attention.cu and the CUDA
-//! side of [`CsaKernels`]. Compiled, not yet run on a GPU.
+//! The fused CSA ops on the GPU: the checked launch wrappers of kernels/attention.cu, the CUDA
+//! side of [`CsaKernels`], and SE's pair gate (`se_pair_fwd`, `se_pair_bwd`; not yet run on a GPU).
 
-use super::{CsaKernels, GATE, POOL};
+use super::{CsaKernels, GATE, POOL, SE_PAIR};
 use crate::backend::cuda::kernels as k;
 use crate::backend::cuda::launch::{Arg, THREADS, check_len, grid_1d, launch, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
@@ -216,4 +216,58 @@ impl CsaKernels for Cuda {
         csa_gate_bwd(&dev, bufs.0, bufs.1, bufs.2, bufs.3, f.shape().nchw(), &mut df, &mut dc, &mut ds)?;
         Ok([tensor(df, f.shape().clone())?, tensor(dc, c.shape().clone())?, tensor(ds, s.shape().clone())?])
     }
+}
+
+/// SE's pair gate forward ([`Tensor::se_pair_gate`], shapes checked there): the gate (N, C, 1, 1)
+/// as storage, the hidden activations (2N, HD) and both images' gates (2N, C) for the backward.
+/// Two launches: se_hidden_f32 (a warp per row and hidden unit), se_gate_f32 (a thread per image
+/// and channel).
+pub(super) fn se_pair_fwd(pa: &Tensor, pb: &Tensor, w: [&Tensor; 4], [n, c, hd]: [usize; 3]) -> Result<(Storage, Tensor, Tensor)> {
+    let dev = device(SE_PAIR, pa)?;
+    let (sa, sb) = (pa.storage(), pb.storage());
+    let sw = w.map(|t| t.storage());
+    let [w1, b1, w2, b2] = [0, 1, 2, 3].map(|i| sw[i].as_cuda(SE_PAIR));
+    let dims = se_dims(SE_PAIR, [n, c, hd])?;
+    let (mut hid, mut gates, mut out) = (dev.alloc(2 * n * hd)?, dev.alloc(2 * n * c)?, dev.alloc(n * c)?);
+    let args = [Arg::Ptr(sa.as_cuda(SE_PAIR)?.ptr()), Arg::Ptr(sb.as_cuda(SE_PAIR)?.ptr()), Arg::Ptr(w1?.ptr()), Arg::Ptr(b1?.ptr()), Arg::Ptr(hid.ptr_mut())];
+    launch(&dev, k::SE_HIDDEN, grid_1d(&dev, 32 * 2 * n * hd), &[&args[..], &dims].concat())?;
+    let args = [Arg::Ptr(hid.ptr()), Arg::Ptr(w2?.ptr()), Arg::Ptr(b2?.ptr()), Arg::Ptr(gates.ptr_mut()), Arg::Ptr(out.ptr_mut())];
+    launch(&dev, k::SE_GATE, grid_1d(&dev, n * c), &[&args[..], &dims].concat())?;
+    Ok((Storage::Cuda(out), tensor(hid, [2 * n, hd])?, tensor(gates, [2 * n, c])?))
+}
+
+/// (dpa, dpb, dw1, db1, dw2, db2) from the gate's gradient `g` (N, C, 1, 1), with what the
+/// forward kept. Three launches: se_bwd_gate_f32 (dz, dw2, db2; a warp per channel),
+/// se_bwd_hidden_f32 (dz1; a block per row), se_bwd_input_f32 (dpa, dpb, dw1, db1).
+pub(super) fn se_pair_bwd(g: &Tensor, [pa, pb]: [&Tensor; 2], w1: &Tensor, w2: &Tensor, [hid, gates]: [&Tensor; 2], [n, c, hd]: [usize; 3]) -> Result<[Tensor; 6]> {
+    let dev = device(SE_PAIR, g)?;
+    let dims = se_dims(SE_PAIR, [n, c, hd])?;
+    let (sg, sa, sb, s1, s2, sh, sgt) = (g.storage(), pa.storage(), pb.storage(), w1.storage(), w2.storage(), hid.storage(), gates.storage());
+    let cu = |s: &Storage| s.as_cuda(SE_PAIR).map(GpuBuffer::ptr);
+    let (mut dz, mut dz1) = (dev.alloc(2 * n * c)?, dev.alloc(2 * n * hd)?);
+    let (mut dpa, mut dpb, mut dw1, mut db1, mut dw2, mut db2) =
+        (dev.alloc(n * c)?, dev.alloc(n * c)?, dev.alloc(hd * c)?, dev.alloc(hd)?, dev.alloc(c * hd)?, dev.alloc(c)?);
+    let args = [Arg::Ptr(cu(&sg)?), Arg::Ptr(cu(&sgt)?), Arg::Ptr(cu(&sh)?), Arg::Ptr(dz.ptr_mut()), Arg::Ptr(dw2.ptr_mut()), Arg::Ptr(db2.ptr_mut())];
+    launch(&dev, k::SE_BWD_GATE, grid_1d(&dev, 32 * c), &[&args[..], &dims].concat())?;
+    let cfg = LaunchConfig { grid_dim: (2 * n as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    let args = [Arg::Ptr(dz.ptr()), Arg::Ptr(cu(&s2)?), Arg::Ptr(cu(&sh)?), Arg::Ptr(dz1.ptr_mut()), dims[1], dims[2]];
+    launch(&dev, k::SE_BWD_HIDDEN, cfg, &args)?;
+    let args = [
+        Arg::Ptr(dz1.ptr()),
+        Arg::Ptr(cu(&sa)?),
+        Arg::Ptr(cu(&sb)?),
+        Arg::Ptr(cu(&s1)?),
+        Arg::Ptr(dpa.ptr_mut()),
+        Arg::Ptr(dpb.ptr_mut()),
+        Arg::Ptr(dw1.ptr_mut()),
+        Arg::Ptr(db1.ptr_mut()),
+    ];
+    launch(&dev, k::SE_BWD_INPUT, grid_1d(&dev, 2 * n * c + hd * c + hd), &[&args[..], &dims].concat())?;
+    Ok([tensor(dpa, [n, c, 1, 1])?, tensor(dpb, [n, c, 1, 1])?, tensor(dw1, [hd, c])?, tensor(db1, [hd])?, tensor(dw2, [c, hd])?, tensor(db2, [c])?])
+}
+
+/// The SE kernels' (N, C, HD) arguments, refused when an index space they walk passes i32.
+fn se_dims(op: &'static str, [n, c, hd]: [usize; 3]) -> Result<[Arg<'static>; 3]> {
+    to_i32(op, "index space", (32 * 2 * n * hd).max(2 * n * c + hd * c + hd).max(32 * c))?;
+    Ok([Arg::I32(n as i32), Arg::I32(c as i32), Arg::I32(hd as i32)])
 }

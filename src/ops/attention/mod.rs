@@ -3,7 +3,9 @@
 //! - [`Tensor::csa_pool`]: the channel gate's global average pool and MSA's mean over channels,
 //!   from one read of f;
 //! - [`Tensor::csa_gate`]: `f ⊙ c ⊙ s` with a per-channel `c` and a per-pixel `s`, and its
-//!   backward (df, dc, ds) from one read of the upstream gradient and f.
+//!   backward (df, dc, ds) from one read of the upstream gradient and f;
+//! - [`Tensor::se_pair_gate`]: SE's channel gates of both images of a pair and their product, in
+//!   two launches forward and three backward on the GPU (the composed ops on the CPU).
 //!
 //! `cpu.rs` and `cuda.rs` hold the two sides of [`CsaKernels`]; this file checks the inputs and
 //! records the nodes. The CPU side sums in the composed ops' order (f64, pixels and channels in
@@ -22,6 +24,7 @@ use std::sync::Arc;
 
 const POOL: &str = "csa_pool";
 const GATE: &str = "csa_gate";
+const SE_PAIR: &str = "se_pair_gate";
 
 /// The fused CSA kernels on one side (CPU or CUDA). `f` is (N, C, H, W), `c` (N, C, 1, 1) and
 /// `s` (N, 1, H, W), as [`Tensor::csa_gate`] checked.
@@ -91,6 +94,60 @@ impl Tensor {
     }
 }
 
+/// SE's bottleneck of one pooled batch (N, C): `sigmoid(fc2(relu(fc1(p))))`, shaped (N, C, 1, 1).
+fn se_composed(p: &Tensor, [w1, b1, w2, b2]: [&Tensor; 4]) -> Result<Tensor> {
+    let (n, c) = (p.dims()[0], p.dims()[1]);
+    let hidden = p.reshape([n, c])?.linear(w1, Some(b1))?.relu()?;
+    hidden.linear(w2, Some(b2))?.reshape([n, c, 1, 1])?.sigmoid()
+}
+
+impl Tensor {
+    /// The shared channel gate of a pair under SE (Hu et al.): `se(pa) ⊙ se(pb)` with
+    /// `se(p) = sigmoid(w2 relu(w1 p + b1) + b2)`, for the pooled features `pa`, `pb`
+    /// (N, C, 1, 1) and the layers w1 (HD, C), b1 (HD), w2 (C, HD), b2 (C) (nn::Linear's
+    /// (OUT, IN) weights); (N, C, 1, 1). On a GPU two fused launches forward and three backward
+    /// (kernels/attention.cu `se_*`); on the CPU the composed ops, the reference.
+    pub fn se_pair_gate(pa: &Tensor, pb: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor) -> Result<Tensor> {
+        let (n, c, hd) = se_pair_dims(pa, pb, [w1, b1, w2, b2])?;
+        let device = same_device(SE_PAIR, &[pa, pb, w1, b1, w2, b2])?;
+        if device == Device::Cpu {
+            return se_composed(pa, [w1, b1, w2, b2])?.mul(&se_composed(pb, [w1, b1, w2, b2])?);
+        }
+        let (out, hid, gates) = cuda::se_pair_fwd(pa, pb, [w1, b1, w2, b2], [n, c, hd])?;
+        let (pa_, pb_, w1_, w2_) = (pa.clone(), pb.clone(), w1.clone(), w2.clone());
+        let needed = [pa, pb, w1, b1, w2, b2].map(Tensor::tracks_grad);
+        Ok(Tensor::from_storage_op(SE_PAIR, Arc::new(out), Shape::from([n, c, 1, 1]), &[pa, pb, w1, b1, w2, b2], move |g, _| {
+            let grads = cuda::se_pair_bwd(g, [&pa_, &pb_], &w1_, &w2_, [&hid, &gates], [n, c, hd])?;
+            Ok(grads.into_iter().zip(needed).map(|(d, need)| need.then_some(d)).collect())
+        }))
+    }
+}
+
+/// (N, C, HD) of a checked [`Tensor::se_pair_gate`] call, or the shapes that do not fit.
+fn se_pair_dims(pa: &Tensor, pb: &Tensor, [w1, b1, w2, b2]: [&Tensor; 4]) -> Result<(usize, usize, usize)> {
+    let (n, c) = match pa.dims() {
+        &[n, c, 1, 1] if n * c > 0 => (n, c),
+        _ => return Err(Error::shape(SE_PAIR, format!("pooled features must be (N, C, 1, 1), non-empty: got {}", pa.shape()))),
+    };
+    let hd = w1.dims().first().copied().unwrap_or(0);
+    let fits = pb.dims() == pa.dims() && hd > 0 && w1.dims() == [hd, c] && b1.dims() == [hd] && w2.dims() == [c, hd] && b2.dims() == [c];
+    if !fits {
+        return Err(Error::shape(
+            SE_PAIR,
+            format!(
+                "pooled {} and {} with layers w1 {}, b1 {}, w2 {}, b2 {}: need pb as pa, w1 (HD, {c}), b1 (HD), w2 ({c}, HD), b2 ({c})",
+                pa.shape(),
+                pb.shape(),
+                w1.shape(),
+                b1.shape(),
+                w2.shape(),
+                b2.shape()
+            ),
+        ));
+    }
+    Ok((n, c, hd))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +166,29 @@ mod tests {
             let fused = f.csa_gate(&c, &s).unwrap().to_vec().unwrap();
             assert_eq!(fused, f.mul(&c).unwrap().mul(&s).unwrap().to_vec().unwrap(), "{dims:?}");
         }
+    }
+
+    // The CPU's SE pair gate is the composed ops: the same bits as the module's composed path,
+    // gradients reaching all six inputs; shapes that do not fit are refused, naming the op.
+    #[test]
+    fn se_pair_gate_on_the_cpu_is_the_composed_product() {
+        let (mut rng, pa) = seeded_randn(21, [3, 37, 1, 1], 0.0, 1.0);
+        let pb = randn([3, 37, 1, 1], 0.5, 1.0, &mut rng);
+        let w = [randn([2, 37], 0.0, 0.3, &mut rng), randn([2], 0.0, 0.3, &mut rng), randn([37, 2], 0.0, 0.3, &mut rng), randn([37], 0.0, 0.3, &mut rng)];
+        let vars: Vec<Tensor> = [&pa, &pb].into_iter().chain(&w).map(|t| t.clone().into_var()).collect();
+        let out = Tensor::se_pair_gate(&vars[0], &vars[1], &vars[2], &vars[3], &vars[4], &vars[5]).unwrap();
+        let refs = [&w[0], &w[1], &w[2], &w[3]];
+        let want = se_composed(&pa, refs).unwrap().mul(&se_composed(&pb, refs).unwrap()).unwrap();
+        assert_eq!(out.to_vec().unwrap(), want.to_vec().unwrap());
+        assert_eq!(out.dims(), [3, 37, 1, 1]);
+        out.sum_all().unwrap().backward().unwrap();
+        for (i, v) in vars.iter().enumerate() {
+            let g = v.grad().unwrap().to_vec().unwrap();
+            assert!(g.iter().any(|&x| x != 0.0) && g.iter().all(|x| x.is_finite()), "input {i}");
+        }
+        let e = Tensor::se_pair_gate(&pa, &pb, &w[2], &w[1], &w[0], &w[3]).unwrap_err().to_string();
+        assert!(e.starts_with("se_pair_gate") && e.contains("[37, 2]"), "{e}");
+        assert!(Tensor::se_pair_gate(&pa.reshape([3, 37]).unwrap(), &pb, refs[0], refs[1], refs[2], refs[3]).is_err());
     }
 
     #[test]
