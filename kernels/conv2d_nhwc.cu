@@ -39,8 +39,8 @@
 // convolution pass and freed after it. Their cost is two extra memory-bound passes per pass
 // (about 5 us for the 512-channel 16x16 input at the H200's bandwidth) against a kernel that
 // moves half the shared-memory bytes. (x is copied twice per training step, for the forward and
-// the weight gradient, and dy twice; keeping the forward's copy for the backward would save one
-// pass each.)
+// the weight gradient; dy once, shared by the input and weight gradients (cuda.rs conv2d_bwd).
+// Keeping the forward's copy of x for the backward would save one more pass.)
 //
 // Results equal conv2d_tcp.cu's bf16 bits (given the same split of the weight gradient): the
 // same bf16 roundings (cvt.rn, round to nearest even, here in the copy instead of at the fragment

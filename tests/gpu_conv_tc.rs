@@ -235,3 +235,37 @@ test_gpu!(nchw_to_nhwc_bf16_transposes_and_rounds, |dev| {
     let e = conv::to_nhwc_bf16(&dev, &xg, 1, 3, 5).unwrap_err().to_string();
     assert!(e.contains("nchw_to_nhwc_bf16") && e.contains("even"), "{e}");
 });
+
+// The backward that shares one bf16 copy of dy between the channels-last input and weight
+// gradients (conv::conv2d_bwd, what autograd runs when both are wanted) gives the bits of the two
+// passes run apart, on every shape (those the channels-last kernels take, and the rest, which go
+// to the two wrappers).
+test_gpu!(the_shared_dy_backward_equals_the_two_passes, |dev| {
+    let _one_at_a_time = serial();
+    let v0 = dev.tc_variant();
+    dev.set_tc_variant(TcVariant::Nhwc);
+    let mut r = rng(17);
+    let mut shared_copies = 0;
+    for g in shapes() {
+        let (x, w, dy) = (randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()), randn(&mut r, g.output_len()));
+        let (xg, wg, dyg) = (dev.htod(&x).unwrap(), dev.htod(&w).unwrap(), dev.htod(&dy).unwrap());
+        let (mut dx, mut dw) = (poisoned(&dev, g.input_len()), poisoned(&dev, g.weight_len()));
+        conv::conv2d_bwd(&dev, &g, Precision::Bf16, &xg, &wg, &dyg, &mut dx, &mut dw).unwrap();
+        let (mut dx1, mut dw1) = (poisoned(&dev, g.input_len()), poisoned(&dev, g.weight_len()));
+        conv::conv2d_bwd_input(&dev, &g, Precision::Bf16, &dyg, &wg, &mut dx1).unwrap();
+        conv::conv2d_bwd_weight(&dev, &g, Precision::Bf16, &xg, &dyg, &mut dw1).unwrap();
+        let bits = |b: &coseg::backend::cuda::GpuBuffer| dev.dtoh(b).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&dx) == bits(&dx1), "{g:?}: dx differs");
+        assert!(bits(&dw) == bits(&dw1), "{g:?}: dw differs");
+        assert!(dev.dtoh(&dx).unwrap().iter().chain(&dev.dtoh(&dw).unwrap()).all(|v| v.is_finite()), "{g:?}: unwritten");
+        shared_copies += usize::from(conv::nhwc_takes(&g, ConvPass::InputGrad, Precision::Bf16) && conv::nhwc_takes(&g, ConvPass::WeightGrad, Precision::Bf16));
+    }
+    assert_eq!(shared_copies, 4, "the shapes where both gradients run channels-last");
+    // Lengths are checked before anything runs, naming the operand.
+    let g = &shapes()[7];
+    let (xg, wg, dyg) = (dev.alloc(g.input_len()).unwrap(), dev.alloc(g.weight_len()).unwrap(), dev.alloc(g.output_len() - 1).unwrap());
+    let (mut dx, mut dw) = (dev.alloc(g.input_len()).unwrap(), dev.alloc(g.weight_len()).unwrap());
+    let e = conv::conv2d_bwd(&dev, g, Precision::Bf16, &xg, &wg, &dyg, &mut dx, &mut dw).unwrap_err().to_string();
+    assert!(e.contains("dy has"), "{e}");
+    dev.set_tc_variant(v0);
+});

@@ -54,6 +54,14 @@ impl ConvKernels for Cuda {
         conv2d_grad(sh, [x, dy], [sh.k, sh.c, sh.r, sh.s], conv2d_bwd_weight)
     }
 
+    fn conv2d_bwd_both(&self, x: &Tensor, w: &Tensor, dy: &Tensor, sh: &Conv2dShape) -> Result<(Tensor, Tensor)> {
+        let dev = device(CONV2D, dy)?;
+        let (sx, sw, sg) = (x.storage(), w.storage(), dy.storage());
+        let (mut dx, mut dw) = (dev.alloc(sh.input_len())?, dev.alloc(sh.weight_len())?);
+        conv2d_bwd(&dev, sh, dev.precision(), sx.as_cuda(CONV2D)?, sw.as_cuda(CONV2D)?, sg.as_cuda(CONV2D)?, &mut dx, &mut dw)?;
+        Ok((tensor(dx, [sh.n, sh.c, sh.h, sh.w])?, tensor(dw, [sh.k, sh.c, sh.r, sh.s])?))
+    }
+
     /// By the reduction kernels.
     fn conv2d_bwd_bias(&self, dy: &Tensor, sh: &Conv2dShape) -> Result<Tensor> {
         dy.sum_to(&Shape::from([1, sh.k, 1, 1]))?.reshape([sh.k])
@@ -523,10 +531,7 @@ pub fn launch_plan_with(
     if let Some(b) = bias {
         check_len(p.kernel.name, "bias", b.len(), sh.k, &[sh.k])?;
     }
-    let (gx, gy, gz) = p.grid(sh, pass);
-    if gx > i32::MAX as usize || gy > 65535 {
-        return Err(Error::invalid(p.kernel.name, format!("{sh:?} needs a grid of {gx} x {gy} blocks: too large")));
-    }
+    let (gx, gy, gz) = checked_grid(sh, pass, p)?;
     let cfg = LaunchConfig { grid_dim: (gx as u32, gy as u32, gz as u32), block_dim: (TILE_THREADS, 1, 1), shared_mem_bytes: 0 };
     let chunk = Arg::I32(to_i32(p.kernel.name, "reduction", p.chunk)?);
     if p.kernel.module == "conv2d" {
@@ -552,7 +557,27 @@ pub fn launch_plan_with(
     } else {
         (a.ptr(), b.ptr())
     };
-    let cfg = LaunchConfig { shared_mem_bytes: p.shared_bytes as u32, ..cfg };
+    launch_operands(dev, sh, pass, p, [a, b], bias, out, stats)
+}
+
+/// The plan's grid, or why it is too large to launch.
+fn checked_grid(sh: &Conv2dShape, pass: ConvPass, p: &ConvPlan) -> Result<(usize, usize, usize)> {
+    let (gx, gy, gz) = p.grid(sh, pass);
+    if gx > i32::MAX as usize || gy > 65535 {
+        return Err(Error::invalid(p.kernel.name, format!("{sh:?} needs a grid of {gx} x {gy} blocks: too large")));
+    }
+    Ok((gx, gy, gz))
+}
+
+/// The launch of a tensor-core plan on operands already in the order (and, for the channels-last
+/// kernels, the bf16 copies) it reads, at device addresses `a` and `b`; `stats` a device address
+/// or 0. The lengths were checked by the caller.
+#[allow(clippy::too_many_arguments)]
+fn launch_operands(dev: &CudaDevice, sh: &Conv2dShape, pass: ConvPass, p: &ConvPlan, [a, b]: [u64; 2], bias: Option<&GpuBuffer>, out: &mut GpuBuffer, stats: u64) -> Result<()> {
+    let g = sh.geom(p.kernel.name)?;
+    let (gx, gy, gz) = checked_grid(sh, pass, p)?;
+    let chunk = Arg::I32(to_i32(p.kernel.name, "reduction", p.chunk)?);
+    let cfg = LaunchConfig { grid_dim: (gx as u32, gy as u32, gz as u32), block_dim: (TILE_THREADS, 1, 1), shared_mem_bytes: p.shared_bytes as u32 };
     // A split weight gradient: each split into its slice of a scratch buffer, then added in order.
     let run = |out: &mut GpuBuffer| {
         into_split_slices(dev, gz, out, |out| {
@@ -663,6 +688,29 @@ pub fn conv2d_fwd(dev: &CudaDevice, sh: &Conv2dShape, precision: Precision, x: &
 /// dx (n, c, h, w) from dy and w; dx is overwritten.
 pub fn conv2d_bwd_input(dev: &CudaDevice, sh: &Conv2dShape, precision: Precision, dy: &GpuBuffer, w: &GpuBuffer, dx: &mut GpuBuffer) -> Result<()> {
     launch_pass(dev, sh, ConvPass::InputGrad, precision, w, dy, None, dx)
+}
+
+/// dx and dw together: where both passes run channels-last kernels, dy is copied to bf16
+/// channels-last once for both (else the two wrappers apart).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_bwd(dev: &CudaDevice, sh: &Conv2dShape, precision: Precision, x: &GpuBuffer, w: &GpuBuffer, dy: &GpuBuffer, dx: &mut GpuBuffer, dw: &mut GpuBuffer) -> Result<()> {
+    let (pi, pw) = (device_plan(dev, sh, ConvPass::InputGrad, precision), device_plan(dev, sh, ConvPass::WeightGrad, precision));
+    if !(pi.channels_last() && pw.channels_last()) {
+        launch_plan(dev, sh, ConvPass::InputGrad, &pi, w, dy, None, dx)?;
+        return launch_plan(dev, sh, ConvPass::WeightGrad, &pw, dy, x, None, dw);
+    }
+    let op = pi.kernel.name;
+    let (xd, wd, yd) = ([sh.n, sh.c, sh.h, sh.w], [sh.k, sh.c, sh.r, sh.s], [sh.n, sh.k, sh.out_h(), sh.out_w()]);
+    for (name, len, dims) in [("x", x.len(), xd), ("weight", w.len(), wd), ("dy", dy.len(), yd), ("dx", dx.len(), xd), ("dw", dw.len(), wd)] {
+        check_len(op, name, len, dims.iter().product(), &dims)?;
+    }
+    let (rs, ohw) = (sh.r * sh.s, sh.out_h() * sh.out_w());
+    let dy16 = to_nhwc_bf16(dev, dy, sh.n, sh.k, ohw)?;
+    let w16 = to_nhwc_bf16(dev, w, 1, sh.k, sh.c * rs)?;
+    launch_operands(dev, sh, ConvPass::InputGrad, &pi, [w16.ptr(), dy16.ptr()], None, dx, 0)?;
+    drop(w16);
+    let x16 = to_nhwc_bf16(dev, x, sh.n, sh.c, sh.h * sh.w)?;
+    launch_operands(dev, sh, ConvPass::WeightGrad, &pw, [dy16.ptr(), x16.ptr()], None, dw, 0)
 }
 
 /// dw (k, c, r, s) from x and dy; dw is overwritten.

@@ -28,6 +28,11 @@ pub(crate) trait ConvKernels: Sync {
     }
     fn conv2d_bwd_input(&self, dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result<Tensor>;
     fn conv2d_bwd_weight(&self, x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Result<Tensor>;
+    /// (dx, dw) together: by default the two passes apart; the GPU's channels-last kernels share
+    /// one bf16 copy of dy between them.
+    fn conv2d_bwd_both(&self, x: &Tensor, w: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Result<(Tensor, Tensor)> {
+        Ok((self.conv2d_bwd_input(dy, w, g)?, self.conv2d_bwd_weight(x, dy, g)?))
+    }
     /// dy summed over batch and pixels, shaped (K).
     fn conv2d_bwd_bias(&self, dy: &Tensor, g: &ConvGeometry) -> Result<Tensor>;
     fn conv1d_fwd(&self, x: &Tensor, w: &Tensor, n: usize, c: usize) -> Result<Storage>;
@@ -133,8 +138,13 @@ impl Tensor {
             &inputs,
             move |dy, _| {
                 let side = kernels(dy.device());
-                let dx = xt.tracks_grad().then(|| side.conv2d_bwd_input(dy, &wt, &g)).transpose()?;
-                let dw = wt.tracks_grad().then(|| side.conv2d_bwd_weight(&xt, dy, &g)).transpose()?;
+                let (dx, dw) = match (xt.tracks_grad(), wt.tracks_grad()) {
+                    (true, true) => side.conv2d_bwd_both(&xt, &wt, dy, &g).map(|(dx, dw)| (Some(dx), Some(dw)))?,
+                    (want_dx, want_dw) => (
+                        want_dx.then(|| side.conv2d_bwd_input(dy, &wt, &g)).transpose()?,
+                        want_dw.then(|| side.conv2d_bwd_weight(&xt, dy, &g)).transpose()?,
+                    ),
+                };
                 let mut grads = vec![dx, dw];
                 if has_bias {
                     grads.push(bias_tracks.then(|| side.conv2d_bwd_bias(dy, &g)).transpose()?);
