@@ -111,6 +111,23 @@ test_gpu!(batch_norm_from_partials_matches_its_own_pass, |dev| {
     dev.set_tc_variant(v0);
 });
 
+/// One training step of a conv + batch norm + ReLU unit (24 -> 40 channels, 3x3, dilation 2;
+/// parameters from seed 7) on x (4, 24, 19, 17), loss sum(y^2), with the device as set: y, dx,
+/// dw, dgamma, dbeta, the running mean and variance.
+fn unit_step(xv: &[f32]) -> Vec<Vec<f32>> {
+    let mut store = ParamStore::new(GPU, 7);
+    let unit = ConvBnRelu::new(&mut store, "u", ConvSpec::new(24, 40, 3).dilation(2)).unwrap();
+    let x = Tensor::from_vec(xv.to_vec(), [4, 24, 19, 17], GPU).unwrap().into_var();
+    let y = unit.forward(&x, true).unwrap();
+    y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let mut out = vec![y.to_vec().unwrap(), x.grad().unwrap().to_vec().unwrap()];
+    for name in ["u.conv.weight", "u.bn.weight", "u.bn.bias", "u.bn.running_mean", "u.bn.running_var"] {
+        let t = store.get(name).unwrap();
+        out.push(t.grad().map_or_else(|| t.to_vec().unwrap(), |g| g.to_vec().unwrap()));
+    }
+    out
+}
+
 test_gpu!(a_fused_conv_bn_relu_trains_as_the_unfused_one, |dev| {
     let _one_at_a_time = serial();
     let (p0, v0, f0) = (dev.precision(), dev.tc_variant(), dev.fuse_bn_stats());
@@ -120,17 +137,7 @@ test_gpu!(a_fused_conv_bn_relu_trains_as_the_unfused_one, |dev| {
     let xv = randn(&mut r, 4 * 24 * 19 * 17);
     let run = |fused: bool| {
         dev.set_fuse_bn_stats(fused);
-        let mut store = ParamStore::new(GPU, 7);
-        let unit = ConvBnRelu::new(&mut store, "u", ConvSpec::new(24, 40, 3).dilation(2)).unwrap();
-        let x = Tensor::from_vec(xv.clone(), [4, 24, 19, 17], GPU).unwrap().into_var();
-        let y = unit.forward(&x, true).unwrap();
-        y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        let mut out = vec![y.to_vec().unwrap(), x.grad().unwrap().to_vec().unwrap()];
-        for name in ["u.conv.weight", "u.bn.weight", "u.bn.bias", "u.bn.running_mean", "u.bn.running_var"] {
-            let t = store.get(name).unwrap();
-            out.push(t.grad().map_or_else(|| t.to_vec().unwrap(), |g| g.to_vec().unwrap()));
-        }
-        out
+        unit_step(&xv)
     };
     let (fused, unfused) = (run(true), run(false));
     for (i, (a, b)) in fused.iter().zip(&unfused).enumerate() {
@@ -189,17 +196,7 @@ test_gpu!(a_conv_bn_relu_trains_the_same_on_the_channels_last_kernels, |dev| {
     let xv = randn(&mut r, 4 * 24 * 19 * 17);
     let run = |variant: TcVariant| {
         dev.set_tc_variant(variant);
-        let mut store = ParamStore::new(GPU, 7);
-        let unit = ConvBnRelu::new(&mut store, "u", ConvSpec::new(24, 40, 3).dilation(2)).unwrap();
-        let x = Tensor::from_vec(xv.clone(), [4, 24, 19, 17], GPU).unwrap().into_var();
-        let y = unit.forward(&x, true).unwrap();
-        y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        let mut out = vec![y.to_vec().unwrap(), x.grad().unwrap().to_vec().unwrap()];
-        for name in ["u.conv.weight", "u.bn.weight", "u.bn.bias", "u.bn.running_mean", "u.bn.running_var"] {
-            let t = store.get(name).unwrap();
-            out.push(t.grad().map_or_else(|| t.to_vec().unwrap(), |g| g.to_vec().unwrap()));
-        }
-        out
+        unit_step(&xv)
     };
     let g = ConvGeometry { n: 4, c: 24, h: 19, w: 17, k: 40, r: 3, s: 3, stride: 1, pad: 2, dilation: 2 };
     for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
