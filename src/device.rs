@@ -222,4 +222,17 @@ mod tests {
             assert!(e.contains(&format!("'{bad}'")) && e.contains("auto, cpu, cuda, cuda:N"), "{e}");
         }
     }
+
+    // COSEG_CONV_TC's values: each variant's name parses back to it; anything else is refused
+    // with the value and the choices.
+    #[test]
+    fn tensor_core_variants_parse_their_names() {
+        for v in TcVariant::ALL {
+            assert_eq!(v.name().parse::<TcVariant>().unwrap(), v);
+            assert_eq!(v.to_string(), v.name());
+        }
+        assert_eq!(TcVariant::ALL.map(TcVariant::name), ["staged", "pipelined", "nhwc"]);
+        let e = "NHWC".parse::<TcVariant>().unwrap_err().to_string();
+        assert!(e.contains("'NHWC'") && e.contains("staged, pipelined, nhwc"), "{e}");
+    }
 }
