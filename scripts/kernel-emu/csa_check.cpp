@@ -1,6 +1,7 @@
 // kernels/attention.cu (the fused CSA ops) under emu.h, launched as src/ops/attention/cuda.rs
 // launches them (grids, 256 threads, the tiled first stage then csa_finish_f32), against f64
-// loops, on shapes where C and H*W are not multiples of the tiles (32 channels x 128 pixels).
+// loops, on shapes where C and H*W are not multiples of the tiles (32 channels x 128 pixels);
+// and SE's pair gate (se_*_f32) forward and backward.
 // Every output and partial-sum buffer starts as NaN, so an element no thread writes fails.
 #include "emu.h"
 #ifndef CSA_KERNELS  // mutants.sh points this at a broken copy
@@ -67,6 +68,84 @@ static V gate_fwd(const V& f, const V& c, const V& s, int N, int C, int hw, unsi
     return y;
 }
 
+// SE's pair gate (se_*_f32) as cuda.rs se_pair_fwd / se_pair_bwd launch it, against f64: the
+// forward (hidden, gates, out) and, from the f64 forward, the backward (dpa, dpb, dw1, db1, dw2,
+// db2); each sum's error relative to its sum of |terms|, the gradients relative to their RMS.
+// Then again with one SM's worth of blocks (the grid-stride loops take several turns): same bits.
+struct Se { V hid, gates, out, dpa, dpb, dw1, db1, dw2, db2; };
+static Se se_run(const V& pa, const V& pb, const V& w1, const V& b1, const V& w2, const V& b2, const V& g, int N, int C, int HD, unsigned sms) {
+    Se r{V(2 * N * HD, NAN), V(2 * N * C, NAN), V(N * C, NAN), V(N * C, NAN), V(N * C, NAN), V(HD * C, NAN), V(HD, NAN), V(C * HD, NAN), V(C, NAN)};
+    V dz(2 * N * C, NAN), dz1(2 * N * HD, NAN);
+    launch({grid_1d((size_t)32 * 2 * N * HD, sms)}, THREADS, [&] { se_hidden_f32(pa.data(), pb.data(), w1.data(), b1.data(), r.hid.data(), N, C, HD); });
+    launch_serial({grid_1d((size_t)N * C, sms)}, THREADS, [&] { se_gate_f32(r.hid.data(), w2.data(), b2.data(), r.gates.data(), r.out.data(), N, C, HD); });
+    launch({grid_1d((size_t)32 * C, sms)}, THREADS, [&] { se_bwd_gate_f32(g.data(), r.gates.data(), r.hid.data(), dz.data(), r.dw2.data(), r.db2.data(), N, C, HD); });
+    launch({(unsigned)(2 * N)}, THREADS, [&] { se_bwd_hidden_f32(dz.data(), w2.data(), r.hid.data(), dz1.data(), C, HD); });
+    launch_serial({grid_1d((size_t)2 * N * C + HD * C + HD, sms)}, THREADS, [&] {
+        se_bwd_input_f32(dz1.data(), pa.data(), pb.data(), w1.data(), r.dpa.data(), r.dpb.data(), r.dw1.data(), r.db1.data(), N, C, HD);
+    });
+    return r;
+}
+static bool se_check() {
+    bool ok = true;
+    // (N, C, HD): batch 1, odd widths, HD past one warp (33: two rounds of 32 hidden units), C past 256 threads.
+    int shapes[][3] = {{1, 37, 2}, {3, 70, 5}, {2, 45, 33}, {2, 300, 16}};
+    for (auto& sh : shapes) {
+        const int N = sh[0], C = sh[1], HD = sh[2];
+        std::mt19937 rng(7000 + N * 31 + C + HD);
+        V pa = rand_vec(rng, N * C), pb = rand_vec(rng, N * C), w1 = rand_vec(rng, HD * C), b1 = rand_vec(rng, HD);
+        V w2 = rand_vec(rng, C * HD, -0.3f, 0.3f), b2 = rand_vec(rng, C), g = rand_vec(rng, N * C);
+        auto p = [&](int i, int c) -> double { return i < N ? pa[i * C + c] : pb[(i - N) * C + c]; };
+        D hid(2 * N * HD), hid_fl(hid.size()), z(2 * N * C), gates(z.size()), out(N * C);
+        for (int i = 0; i < 2 * N; ++i)
+            for (int j = 0; j < HD; ++j) {
+                double a = b1[j], f = std::fabs(b1[j]);
+                for (int c = 0; c < C; ++c) a += (double)w1[j * C + c] * p(i, c), f += std::fabs((double)w1[j * C + c] * p(i, c));
+                hid[i * HD + j] = a > 0 ? a : 0, hid_fl[i * HD + j] = f;
+            }
+        for (int i = 0; i < 2 * N; ++i)
+            for (int c = 0; c < C; ++c) {
+                double a = b2[c];
+                for (int j = 0; j < HD; ++j) a += (double)w2[c * HD + j] * hid[i * HD + j];
+                z[i * C + c] = a, gates[i * C + c] = 1.0 / (1.0 + std::exp(-a));
+            }
+        for (int n = 0; n < N; ++n)
+            for (int c = 0; c < C; ++c) out[n * C + c] = gates[n * C + c] * gates[(N + n) * C + c];
+        // The backward in f64.
+        D dz(2 * N * C), dz1(2 * N * HD, 0), dpa(N * C, 0), dpb(N * C, 0), dw1(HD * C, 0), db1(HD, 0), dw2(C * HD, 0), db2(C, 0);
+        for (int n = 0; n < N; ++n)
+            for (int c = 0; c < C; ++c) {
+                const double ga = gates[n * C + c], gb = gates[(N + n) * C + c], go = g[n * C + c];
+                dz[n * C + c] = go * gb * ga * (1 - ga), dz[(N + n) * C + c] = go * ga * gb * (1 - gb);
+            }
+        for (int i = 0; i < 2 * N; ++i)
+            for (int c = 0; c < C; ++c) {
+                db2[c] += dz[i * C + c];
+                for (int j = 0; j < HD; ++j) dw2[c * HD + j] += dz[i * C + c] * hid[i * HD + j], dz1[i * HD + j] += dz[i * C + c] * w2[c * HD + j];
+            }
+        for (int i = 0; i < 2 * N; ++i)
+            for (int j = 0; j < HD; ++j)
+                if (hid[i * HD + j] <= 0) dz1[i * HD + j] = 0;
+        for (int i = 0; i < 2 * N; ++i)
+            for (int j = 0; j < HD; ++j) {
+                db1[j] += dz1[i * HD + j];
+                for (int c = 0; c < C; ++c) {
+                    dw1[j * C + c] += dz1[i * HD + j] * p(i, c);
+                    (i < N ? dpa[i * C + c] : dpb[(i - N) * C + c]) += dz1[i * HD + j] * w1[j * C + c];
+                }
+            }
+        const Se r = se_run(pa, pb, w1, b1, w2, b2, g, N, C, HD, 132), one = se_run(pa, pb, w1, b1, w2, b2, g, N, C, HD, 1);
+        const double e[9] = {err(r.hid, hid, hid_fl), err(r.gates, gates), err(r.out, out), err_rms(r.dpa, dpa), err_rms(r.dpb, dpb),
+                             err_rms(r.dw1, dw1), err_rms(r.db1, db1), err_rms(r.dw2, dw2), err_rms(r.db2, db2)};
+        const bool stride = same_bits(one.out, r.out) && same_bits(one.dpa, r.dpa) && same_bits(one.dpb, r.dpb) && same_bits(one.dw1, r.dw1) &&
+                            same_bits(one.db1, r.db1) && same_bits(one.dw2, r.dw2) && same_bits(one.db2, r.db2);
+        printf("se_pair N=%d C=%d HD=%d: hid %.2e gates %.2e out %.2e; dpa %.2e dpb %.2e dw1 %.2e db1 %.2e dw2 %.2e db2 %.2e; grid-stride same bits: %s\n",
+               N, C, HD, e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], e[8], stride ? "yes" : "NO");
+        for (double x : e) ok = ok && x <= 1e-5;
+        ok = ok && stride;
+    }
+    return ok;
+}
+
 int main() {
     // N, C, H*W. 33*33 and 129 pixels end in a partial pixel tile, 12 and 256 take the kernels'
     // 4-wide path (12 with odd C: unaligned pixel-mean loads), C = 2048 is 64 channel chunks.
@@ -121,6 +200,7 @@ int main() {
         for (double x : e) ok = ok && x <= 1e-5;
         ok = ok && bits && stride;
     }
+    ok = se_check() && ok;
     printf(ok ? "ALL OK\n" : "FAILED\n");
     return ok ? 0 : 1;
 }

@@ -45,6 +45,8 @@ using std::isfinite;
     std::abort();
 }
 inline void __syncthreads() { if (!g_bar) emu_no_barrier(); g_bar->arrive_and_wait(); }
+// The warp's barrier (every lane of the warp must call it, as the full mask promises).
+inline void __syncwarp(unsigned = 0xffffffffu) { if (!g_bar) emu_no_barrier(); g_warp_bar[threadIdx.x >> 5]->arrive_and_wait(); }
 inline double g_xch[1024];  // doubles, so float and double shuffles share it
 // Every lane of the warp must call it (as the kernels' full masks promise); src = lane to read.
 template <class T, class F> inline T warp_exchange(T v, F src) {

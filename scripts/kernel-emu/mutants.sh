@@ -3,7 +3,7 @@
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
 # conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
 # each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 40 minutes
-# on 2 cores for all 67; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 13). A mutant of a
+# on 2 cores for all 70; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 13). A mutant of a
 # header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
 # ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
@@ -46,6 +46,9 @@ mutant csa_check $A CSA_KERNELS 's/pix\[j\] += __fmul_rn(g, __fmul_rn(x, cv));/p
 mutant csa_check $A CSA_KERNELS 's/const int e = i << 2, p = e % hw, nc = e \/ hw, n = nc \/ C;/const int e = i << 2, p = e % hw, nc = e \/ hw, n = nc % C;/' "gate_fwd's 4-wide path: image index"
 mutant csa_check $A CSA_KERNELS 's/dx\[i\] = __fadd_rn(__fmul_rn(gn\[ch\], inv_hw), __fmul_rn(gn\[C + p\], inv_c));/dx[i] = __fadd_rn(__fmul_rn(gn[ch], inv_hw), __fmul_rn(gn[C + p - 1], inv_c));/' "pool_bwd's scalar path: pixel off by one"
 mutant csa_check $A CSA_KERNELS 's/float4\* dx4 = reinterpret_cast<float4\*>(dx);/float4* dx4 = reinterpret_cast<float4*>(dx + 1);/' "pool_bwd's 4-wide stores misaligned"
+mutant csa_check $A CSA_KERNELS 's/            dz\[b\] = dbv;/            dz[b] = da;/' "se: image b's gradient takes image a's"
+mutant csa_check $A CSA_KERNELS 's/for (int i = 0; i < 2 \* N; ++i) acc += dz1\[(long long)i \* HD + j\] \* se_row/for (int i = 0; i < N; ++i) acc += dz1[(long long)i * HD + j] * se_row/' "se: dw1 sums image a's rows only"
+mutant csa_check $A CSA_KERNELS 's/dz1\[(long long)i \* HD + j\] = hid\[(long long)i \* HD + j\] > 0.0f ? s : 0.0f;/dz1[(long long)i * HD + j] = s;/' "se: the hidden gradient misses ReLU's mask"
 mutant optim_check $O OPTIM_KERNELS 's/p\[i\] -= lr \* v;/p[i] += lr * v;/' "sgd's sign"
 mutant optim_check $O OPTIM_KERNELS 's/long long end = min(lens\[ch.tensor\], ch.start + (long long)chunk);/long long end = min(lens[ch.tensor], ch.start + (long long)chunk - 1);/g' "chunks one element short"
 mutant optim_check $O OPTIM_KERNELS 's/if (hyper->skip != 0.0f) return;/if (hyper->skip > 1.0f) return;/' "optimisers ignore skip"

@@ -5,6 +5,7 @@
 #    tile, one with scores up to +-40);
 #  - csa_check: kernels/attention.cu (CSA pool and gate, forward and backward, and the finishing
 #    launch) as src/ops/attention/cuda.rs launches them, C = 1..2048, H*W = 1..33x33, N = 1 and 3;
+#    and SE's pair gate (se_*_f32, forward and backward) against f64, HD = 2..33;
 #  - optim_check: kernels/optim.cu (SGD, Adam, train_monitor) as src/backend/cuda/optim.rs
 #    launches them, with host and device (StepScalars) hyper-parameters and a NaN loss;
 #  - bn_check: kernels/batchnorm.cu's training statistics, bn_stats_f32 and bn_stats_partials_f32
