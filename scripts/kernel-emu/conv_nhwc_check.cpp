@@ -24,6 +24,7 @@
 #endif
 #include CONV_KERNELS
 #include "check.h"
+#include "conv_check.h"
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -41,7 +42,6 @@ static const Pipe PIPE_BF16[3][3] = {
 static const int TILES[3][2] = {{128, 128}, {64, 128}, {128, 64}};
 static const char* PASS[3] = {"forward", "input grad", "wgrad"};
 
-static size_t cdiv(size_t a, size_t b) { return (a + b - 1) / b; }
 static float bf16r(float v) { return emu_u2f(emu_bf16_rn(v) << 16); }
 
 // 16-byte aligned words of exactly n (cp.async reads 16 bytes at a time; ASan sees an overrun).
@@ -71,7 +71,6 @@ static bool to_nhwc(const V& x, int n, int c, int hw, Words& y, const char* what
     return true;
 }
 
-struct Shape { int n, c, h, w, k, r, s, stride, pad, dil; };
 
 int main(int argc, char** argv) {
     const Shape shapes[] = {
@@ -95,9 +94,8 @@ int main(int argc, char** argv) {
         if (!only.empty() && std::find(only.begin(), only.end(), si) == only.end()) continue;
         const Shape& sh = shapes[si];
         auto t0 = std::chrono::steady_clock::now();
-        const int oh = (sh.h + 2 * sh.pad - sh.dil * (sh.r - 1) - 1) / sh.stride + 1;
-        const int ow = (sh.w + 2 * sh.pad - sh.dil * (sh.s - 1) - 1) / sh.stride + 1;
-        const ConvGeom g{sh.n, sh.c, sh.h, sh.w, sh.k, sh.r, sh.s, oh, ow, sh.stride, sh.pad, sh.dil};
+        const ConvGeom g = conv_geom(sh);
+        const int oh = g.oh, ow = g.ow;
         const int RS = sh.r * sh.s, HW = sh.h * sh.w, OHW = oh * ow;
         const size_t nx = (size_t)sh.n * sh.c * HW, nw = (size_t)sh.k * sh.c * RS, ny = (size_t)sh.n * sh.k * OHW;
         std::mt19937 rng(2000 + si);

@@ -29,6 +29,7 @@
 #include CONV_TC_KERNELS
 #endif
 #include "check.h"
+#include "conv_check.h"
 #include <chrono>
 #include <cstdlib>
 
@@ -63,7 +64,6 @@ static const int TILES[3][2] = {{128, 128}, {64, 128}, {128, 64}};
 static const char* PASS[3] = {"fwd", "bwd_input", "bwd_weight"};
 static const char* PREC[2] = {"tf32", "bf16"};
 
-static size_t cdiv(size_t a, size_t b) { return (a + b - 1) / b; }
 // launch.rs split_reduction: (splits, chunk), for the unsplit plan below.
 static std::pair<size_t, size_t> split_reduction(size_t parallel, size_t wanted, size_t red, size_t least, size_t granule) {
     size_t splits = std::clamp(cdiv(wanted, std::max<size_t>(parallel, 1)), (size_t)1, std::clamp(red / least, (size_t)1, (size_t)65535));
@@ -130,7 +130,6 @@ static double stats_err(const V& stats, const V& out, int K, size_t slots, size_
 }
 #endif
 
-struct Shape { int n, c, h, w, k, r, s, stride, pad, dil; };
 
 int main(int argc, char** argv) {
     // Odd shapes: channel counts off the tiles, tails in every GEMM dimension, 'same' padding at
@@ -166,9 +165,8 @@ int main(int argc, char** argv) {
         if (!only.empty() && std::find(only.begin(), only.end(), si) == only.end()) continue;
         const Shape& sh = shapes[si];
         auto t0 = std::chrono::steady_clock::now();
-        const int oh = (sh.h + 2 * sh.pad - sh.dil * (sh.r - 1) - 1) / sh.stride + 1;
-        const int ow = (sh.w + 2 * sh.pad - sh.dil * (sh.s - 1) - 1) / sh.stride + 1;
-        const ConvGeom g{sh.n, sh.c, sh.h, sh.w, sh.k, sh.r, sh.s, oh, ow, sh.stride, sh.pad, sh.dil};
+        const ConvGeom g = conv_geom(sh);
+        const int oh = g.oh, ow = g.ow;
         const int RS = sh.r * sh.s;
         const size_t nx = (size_t)sh.n * sh.c * sh.h * sh.w, nw = (size_t)sh.k * sh.c * RS, ny = (size_t)sh.n * sh.k * oh * ow;
         std::mt19937 rng(1000 + si);
