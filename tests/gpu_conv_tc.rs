@@ -40,6 +40,14 @@ fn shapes() -> Vec<ConvGeometry> {
     ]
 }
 
+/// The paper network's own layer shapes at a reduced batch (no CPU reference is needed where the
+/// channels-last kernels are compared with the pipelined ones bit for bit): the dilated 3x3 of
+/// layer3 and layer4 at 16x16, a 1x1 reduction, and layer1's 3x3 at 32x32.
+fn network_shapes() -> Vec<ConvGeometry> {
+    let g = |n, c, hw, k, r, pad, dilation| ConvGeometry { n, c, h: hw, w: hw, k, r, s: r, stride: 1, pad, dilation };
+    vec![g(4, 256, 16, 256, 3, 2, 2), g(2, 512, 16, 512, 3, 4, 4), g(4, 1024, 16, 256, 1, 0, 1), g(4, 64, 32, 64, 3, 1, 1)]
+}
+
 /// The CPU's f32 forward, input gradient and weight gradient.
 fn reference(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], dy: &[f32]) -> [Vec<f32>; 3] {
     let mut y = vec![0.0; g.output_len()];
@@ -160,14 +168,14 @@ test_gpu!(tensor_ops_follow_the_device_precision_and_variant, |dev| {
 
 // The channels-last kernels (bf16 channels-last copies, ldmatrix) against the pipelined kernel of
 // the same tile (and, for the weight gradient, the same split) on the same f32 tensors, on every
-// pass of shapes() they take (copied channels a multiple of 8): the same bits, outputs and the
+// pass of shapes() and network_shapes() they take (copied channels a multiple of 8): the same bits, outputs and the
 // forward's batch-norm statistics (the same bf16 roundings, fragments and order of mma:
 // kernels/conv2d_nhwc.cu's header). Both NaN-poisoned.
 test_gpu!(channels_last_kernels_give_the_pipelined_bits, |dev| {
     let mut r = rng(15);
     let sms = dev.sm_count() as usize;
     let mut ran = 0;
-    for g in shapes() {
+    for g in shapes().into_iter().chain(network_shapes()) {
         let (x, w, b, dy) = (randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()), randn(&mut r, g.k), randn(&mut r, g.output_len()));
         let (xg, wg, bg, dyg) = (dev.htod(&x).unwrap(), dev.htod(&w).unwrap(), dev.htod(&b).unwrap(), dev.htod(&dy).unwrap());
         for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
@@ -202,8 +210,8 @@ test_gpu!(channels_last_kernels_give_the_pipelined_bits, |dev| {
         }
     }
     // 16 passes of the 11 shapes have their copied channels multiples of 8 (12 forwards and input
-    // gradients, 4 weight gradients); 3 tiles each.
-    assert_eq!(ran, 16 * conv::TC_TILES.len());
+    // gradients, 4 weight gradients), and all 3 of each network shape; 3 tiles each.
+    assert_eq!(ran, (16 + 3 * network_shapes().len()) * conv::TC_TILES.len());
 });
 
 // The copies the channels-last kernels read: (n, c, hw) f32 to (n, hw, c) bf16, rounded to
