@@ -124,32 +124,6 @@ __device__ __forceinline__ void multiply_stage(float (&acc)[MT][NT][4], unsigned
     }
 }
 
-// The pipeline of every kernel here (one barrier per tile): the reduction [begin, end) in tiles
-// of KT, STAGES deep. Tiles 0 .. STAGES-2 are issued first, one commit group each; at tile kt a
-// thread waits until its group kt has landed (wait_group STAGES-2), the barrier makes every
-// thread's copies visible and says that stage (kt-1) % STAGES, read in the last iteration, is
-// free; tile kt + STAGES - 1 is issued into it, and tile kt multiplied. Empty groups are
-// committed past the end so the count stays right. issue(stage, k0) copies a tile;
-// multiply(stage) reads one.
-template <int STAGES, int KT, class Issue, class Multiply>
-__device__ __forceinline__ void nhwc_pipeline(int begin, int end, Issue&& issue, Multiply&& multiply) {
-    const int tiles = end > begin ? (end - begin + KT - 1) / KT : 0;
-#pragma unroll
-    for (int st = 0; st < STAGES - 1; ++st) {
-        if (st < tiles) issue(st, begin + st * KT);
-        cp_async_commit();
-    }
-    for (int kt = 0; kt < tiles; ++kt) {
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();
-        const int next = kt + STAGES - 1;
-        if (next < tiles) issue(next % STAGES, begin + next * KT);
-        cp_async_commit();
-        multiply(kt % STAGES);
-    }
-    cp_async_wait<0>();
-}
-
 // The forward (PASS FWD: a = weights (K, R, S, C), b = x as (N, H, W, C)) or input gradient
 // (BWD_INPUT: a = weights (C, R, S, K), b = dy as (N, OH, OW, K)), both bf16; out, bias, stats
 // and red_chunk as conv2d_tcp.cu's.
@@ -241,7 +215,7 @@ __device__ __forceinline__ void conv_nhwc(const unsigned short* __restrict__ a_s
     const int a_lds = (bt.wm * (BM / 2) + (lane & 15)) * ROW + (lane >> 4) * 8;
     const int b_lds = A_ELEMS + (bt.wn * (BN / 4) + (lane & 7) + (lane >> 4) * 8) * ROW + ((lane >> 3) & 1) * 8;
 
-    nhwc_pipeline<STAGES, KT>(bt.red_begin, bt.red_end, issue, [&](int st) {
+    cp_async_pipeline<STAGES, KT>(bt.red_begin, bt.red_end, issue, [&](int st) {
         const unsigned stage = smem0 + st * STAGE_ELEMS * 2;
         // [row][k] tiles: 16 rows (A) or two 8-column tiles (B) are 16 rows further; k is 2 bytes.
         multiply_stage<false, MT, NT, 16 * ROW * 2, 2, 16 * ROW * 2, 2>(acc, stage + a_lds * 2, stage + b_lds * 2);
@@ -339,7 +313,7 @@ __device__ __forceinline__ void conv_nhwc_wgrad(const unsigned short* __restrict
     // (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15) = b[j][0], b[j][1], b[j+1][0], b[j+1][1].
     const int a_lds = (((lane >> 4) & 1) * 8 + (lane & 7)) * AROW + bt.wm * (BM / 2) + ((lane >> 3) & 1) * 8;
     const int b_lds = A_ELEMS + (((lane >> 3) & 1) * 8 + (lane & 7)) * BROW + bt.wn * (BN / 4) + (lane >> 4) * 8;
-    nhwc_pipeline<STAGES, KT>(bt.red_begin, bt.red_end, issue, [&](int st) {
+    cp_async_pipeline<STAGES, KT>(bt.red_begin, bt.red_end, issue, [&](int st) {
         const unsigned stage = smem0 + st * STAGE_ELEMS * 2;
         // [k][column] tiles: 16 columns further is 32 bytes; the next k is a row further.
         multiply_stage<true, MT, NT, 16 * 2, AROW * 2, 16 * 2, BROW * 2>(acc, stage + a_lds * 2, stage + b_lds * 2);

@@ -37,11 +37,8 @@
 //   SB = BN + 8 (= 8 mod 32) gives banks 8 t4 + g8; BF16 reads (k 2t4, g8) and (k 2t4+1, g8):
 //   SB = BN + 4 gives 8 t4 + g8 (+4). Distinct either way.
 //
-// Pipeline (one barrier per tile): tiles 0 .. STAGES-2 are issued first, one commit group each;
-// at tile kt a thread waits until its group kt has landed (wait_group STAGES-2), the barrier makes
-// every thread's copies visible and tells everyone that stage (kt-1) % STAGES, read in the last
-// iteration, is free; tile kt + STAGES - 1 is then issued into it, and tile kt is multiplied.
-// Empty groups are committed past the end so the count stays right.
+// Pipeline: cp_async.cuh's cp_async_pipeline (one barrier per tile, STAGES - 1 tiles in flight),
+// shared with conv2d_nhwc.cu.
 #include "conv_tc.cuh"
 #include "cp_async.cuh"
 
@@ -309,19 +306,8 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
     float acc[MT][NT][4];
     zero_tiles(acc);
 
-    const int tiles = bt.red_end > bt.red_begin ? (bt.red_end - bt.red_begin + KT - 1) / KT : 0;
-#pragma unroll
-    for (int st = 0; st < STAGES - 1; ++st) {
-        if (st < tiles) issue(st, bt.red_begin + st * KT);
-        cp_async_commit();
-    }
-    for (int kt = 0; kt < tiles; ++kt) {
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();
-        const int next = kt + STAGES - 1;
-        if (next < tiles) issue(next % STAGES, bt.red_begin + next * KT);
-        cp_async_commit();
-        const float* As = smem + (kt % STAGES) * STAGE_WORDS;
+    cp_async_pipeline<STAGES, KT>(bt.red_begin, bt.red_end, issue, [&](int st) {
+        const float* As = smem + st * STAGE_WORDS;
         const float* Bs = As + A_WORDS;
 #pragma unroll
         for (int ks = 0; ks < KT; ks += P::K_STEP) {
@@ -336,8 +322,7 @@ __device__ __forceinline__ void conv_tcp(const float* __restrict__ a_src, const 
             }
             mma_tiles<P>(acc, af, bf);
         }
-    }
-    cp_async_wait<0>();
+    });
 
     store_tile<BM, BN, PASS, MT, NT>(acc, bt, bias, out, g, stats);
 }

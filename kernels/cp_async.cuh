@@ -40,3 +40,30 @@ __device__ __forceinline__ unsigned smem_u32(const void* p) {
     asm("{\n .reg .u64 a;\n cvta.to.shared.u64 a, %1;\n cvt.u32.u64 %0, a;\n}\n" : "=r"(r) : "l"(p));
     return r;
 }
+
+// The pipeline of the cp.async kernels (conv2d_tcp.cu, conv2d_nhwc.cu), one barrier per tile: the
+// reduction [begin, end) in tiles
+// of KT, STAGES deep. Tiles 0 .. STAGES-2 are issued first, one commit group each; at tile kt a
+// thread waits until its group kt has landed (wait_group STAGES-2), the barrier makes every
+// thread's copies visible and says that stage (kt-1) % STAGES, read in the last iteration, is
+// free; tile kt + STAGES - 1 is issued into it, and tile kt multiplied. Empty groups are
+// committed past the end so the count stays right. issue(stage, k0) copies a tile;
+// multiply(stage) reads one.
+template <int STAGES, int KT, class Issue, class Multiply>
+__device__ __forceinline__ void cp_async_pipeline(int begin, int end, Issue&& issue, Multiply&& multiply) {
+    const int tiles = end > begin ? (end - begin + KT - 1) / KT : 0;
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+        if (st < tiles) issue(st, begin + st * KT);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < tiles; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int next = kt + STAGES - 1;
+        if (next < tiles) issue(next % STAGES, begin + next * KT);
+        cp_async_commit();
+        multiply(kt % STAGES);
+    }
+    cp_async_wait<0>();
+}

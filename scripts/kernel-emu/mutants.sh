@@ -67,9 +67,9 @@ mutant conv_tc_check $T CONV_TC_KERNELS 's/if (more) store(cur ^ 1);/if (more) s
 mutant conv_tc_check $H CONV_TC_KERNELS 's/red_begin = blockIdx.z \* red_chunk;/red_begin = 0;/' "every weight-gradient split sums the first chunk"
 mutant conv_tc_check $H CONV_TC_KERNELS 's/if constexpr (PASS == BWD_WEIGHT) out += (long long)blockIdx.z \* M \* N;/\/\/ every split into slice 0/' "every weight-gradient split written to slice 0"
 # conv2d_tcp.cu (cp.async pipeline): copies land at the wait unless the 6th argument says early.
-mutant conv_tcp_check $P CONV_TCP_KERNELS 's/cp_async_wait<STAGES - 2>();/cp_async_wait<STAGES - 1>();/' "pipe: waits for one group too few (reads a stage not yet landed)"
-mutant conv_tcp_check $P CONV_TCP_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();/\/\/ no barrier/}' "pipe: no barrier in the main loop"
-mutant conv_tcp_check $P CONV_TCP_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();//};/if (next < tiles) issue/{n;s/cp_async_commit();/cp_async_commit(); __syncthreads();/}' "pipe: barrier after the next tile's issue (overwrites the stage being read)" EMU_CP_ASYNC=early
+mutant conv_tcp_check $C CONV_TCP_KERNELS 's/cp_async_wait<STAGES - 2>();/cp_async_wait<STAGES - 1>();/' "pipe: waits for one group too few (reads a stage not yet landed)"
+mutant conv_tcp_check $C CONV_TCP_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();/\/\/ no barrier/}' "pipe: no barrier in the main loop"
+mutant conv_tcp_check $C CONV_TCP_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();//};/if (next < tiles) issue/{n;s/cp_async_commit();/cp_async_commit(); __syncthreads();/}' "pipe: barrier after the next tile's issue (overwrites the stage being read)" EMU_CP_ASYNC=early
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/const bool ok = k_ok \&\& (a_rows_in >> p \& 1);/const bool ok = (a_rows_in >> p \& 1);/' "pipe: A's 16-byte quads past the reduction not masked"
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/a_rows_in |= (unsigned)(bt.m0 + a_row0 + 32 \* p < bt.M) << p;/a_rows_in |= 1u << p;/' "pipe: A rows past M copied"
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/        cur.ch += KT;/        cur.ch += KT \/ 2;/' "pipe: the B cursor steps half a tile"
@@ -98,8 +98,8 @@ mutant conv_nhwc_check $N CONV_KERNELS 's/tile\[i\]\[lane\] = ch < c \&\& p < hw
 mutant conv_nhwc_check $N CONV_KERNELS 's/        cur.ch += KT;/        cur.ch += KT \/ 2;/' "nhwc: the chunk cursor steps half a tile"
 mutant conv_nhwc_check $N CONV_KERNELS 's/const bool k_ok = k0 + 8 \* chunk < bt.red_end;/const bool k_ok = k0 < bt.red_end;/' "nhwc: chunks past the reduction's tail copied"
 mutant conv_nhwc_check $N CONV_KERNELS 's/b_img\[j\] + (long long)at \* CH + ch/b_img[j] + (long long)at * CH/' "nhwc: every chunk of a tap reads channels 0-7"
-mutant conv_nhwc_check $N CONV_KERNELS 's/cp_async_wait<STAGES - 2>();/cp_async_wait<STAGES - 1>();/' "nhwc: waits for one group too few"
-mutant conv_nhwc_check $N CONV_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();//};/if (next < tiles) issue/{n;s/cp_async_commit();/cp_async_commit(); __syncthreads();/}' "nhwc: barrier after the next tile's issue (overwrites the stage being read)" EMU_CP_ASYNC=early
+mutant conv_nhwc_check $C CONV_KERNELS 's/cp_async_wait<STAGES - 2>();/cp_async_wait<STAGES - 1>();/' "nhwc: waits for one group too few"
+mutant conv_nhwc_check $C CONV_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();//};/if (next < tiles) issue/{n;s/cp_async_commit();/cp_async_commit(); __syncthreads();/}' "nhwc: barrier after the next tile's issue (overwrites the stage being read)" EMU_CP_ASYNC=early
 mutant conv_nhwc_check $N CONV_KERNELS 's/const int a_lds = (((lane >> 4) \& 1) \* 8 + (lane \& 7)) \* AROW/const int a_lds = (lane \& 7) * AROW/' "nhwc wgrad: A's ldmatrix.trans reads k 0-7 for a2 and a3"
 mutant conv_nhwc_check $N CONV_KERNELS 's/            bq\[p\].ow += KT;/            bq[p].ow += KT \/ 2;/' "nhwc wgrad: the x cursor steps half a tile"
 mutant conv_nhwc_check $N CONV_KERNELS 's/const int dh = r \* g.dil - g.pad,/const int dh = r - g.pad,/' "nhwc wgrad: the tap's row ignores the dilation"

@@ -84,9 +84,19 @@ enum ChannelGate {
 }
 
 impl ChannelGate {
-    /// (N, C, H, W) -> (N, C, 1, 1) in (0, 1).
-    fn forward(&self, f: &Tensor) -> Result<Tensor> {
-        self.on_pool(&f.global_avg_pool()?)
+    /// The pair's shared gate `gate(pa) ⊙ gate(pb)` from the images' global average pools
+    /// (N, C, 1, 1); `pb` None: the image with itself (its gate squared). Fused, SE runs as one op
+    /// for both images and the product ([`Tensor::se_pair_gate`]: 2 launches forward, 3 backward
+    /// on a GPU, where each image's composed SE takes about 6 and 12).
+    fn shared(&self, pa: &Tensor, pb: Option<&Tensor>, fused: bool) -> Result<Tensor> {
+        if let (true, ChannelGate::Se { fc1, fc2 }) = (fused, self) {
+            return Tensor::se_pair_gate(pa, pb.unwrap_or(pa), &fc1.weight, &fc1.bias, &fc2.weight, &fc2.bias);
+        }
+        let ca = self.on_pool(pa)?;
+        match pb {
+            Some(pb) => ca.mul(&self.on_pool(pb)?),
+            None => ca.mul(&ca),
+        }
     }
     /// The gate from the global average pool (N, C, 1, 1).
     fn on_pool(&self, pooled: &Tensor) -> Result<Tensor> {
@@ -163,37 +173,25 @@ impl Csa {
         self.fused.unwrap_or(matches!(f.device(), crate::device::Device::Cuda(_)))
     }
 
-    /// One image's channel gate (before the pair's product) and spatial map. With MSA, fused: the
-    /// pool the channel gate needs and MSA's mean over channels come from one pass over `f`.
-    fn gates(&self, f: &Tensor, train: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    /// One image's global average pool (when there is a channel gate) and spatial map. With MSA,
+    /// fused: the pool and MSA's mean over channels come from one pass over `f`.
+    fn pool_and_spatial(&self, f: &Tensor, train: bool) -> Result<(Option<Tensor>, Option<Tensor>)> {
         if self.fused_on(f) && matches!(self.spatial, Some(SpatialGate::Msa)) {
             let (gap, mean) = f.csa_pool()?;
-            let c = self.channel.as_ref().map(|g| g.on_pool(&gap)).transpose()?;
-            return Ok((c, Some(mean.sigmoid()?)));
+            return Ok((self.channel.is_some().then_some(gap), Some(mean.sigmoid()?)));
         }
-        let c = self.channel.as_ref().map(|g| g.forward(f)).transpose()?;
+        let gap = self.channel.as_ref().map(|_| f.global_avg_pool()).transpose()?;
         let s = self.spatial.as_ref().map(|s| s.forward(f, train)).transpose()?;
-        Ok((c, s))
+        Ok((gap, s))
     }
 
-    /// Fused SE + MSA (the paper's CSA), both images at once: the pools, the pair's shared SE gate
-    /// in one op ([`Tensor::se_pair_gate`]: 2 launches forward, 3 backward, where each image's
-    /// composed SE takes about 6 and 12), the spatial maps and the gating. `fb` None: the image
-    /// is its own partner. None when the module is not fused SE + MSA.
-    fn fused_se_msa(&self, fa: &Tensor, fb: Option<&Tensor>) -> Result<Option<(Tensor, Option<Tensor>)>> {
-        let (true, Some(ChannelGate::Se { fc1, fc2 }), Some(SpatialGate::Msa)) = (self.fused_on(fa), &self.channel, &self.spatial) else {
-            return Ok(None);
-        };
-        let (gap_a, mean_a) = fa.csa_pool()?;
-        let b = fb.map(|f| f.csa_pool()).transpose()?;
-        let gap_b = b.as_ref().map_or(&gap_a, |(gap, _)| gap);
-        let shared = Tensor::se_pair_gate(&gap_a, gap_b, &fc1.weight, &fc1.bias, &fc2.weight, &fc2.bias)?;
-        let out_a = fa.csa_gate(&shared, &mean_a.sigmoid()?)?;
-        let out_b = match (fb, b) {
-            (Some(f), Some((_, mean))) => Some(f.csa_gate(&shared, &mean.sigmoid()?)?),
-            _ => None,
-        };
-        Ok(Some((out_a, out_b)))
+    /// The shared channel gate from the images' pools (`pb` None: the image `f` with itself);
+    /// None without a channel gate.
+    fn shared_gate(&self, f: &Tensor, pa: Option<Tensor>, pb: Option<Tensor>) -> Result<Option<Tensor>> {
+        match (&self.channel, pa) {
+            (Some(g), Some(pa)) => g.shared(&pa, pb.as_ref(), self.fused_on(f)).map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// `f ⊙ c ⊙ s` with the gates present; fused, one pass over `f` when both are.
@@ -376,15 +374,9 @@ impl CoAttention {
         }
         match &self.kind {
             Kind::Csa(csa) => {
-                if let Some((a, Some(b))) = csa.fused_se_msa(fa, Some(fb))? {
-                    return Ok((a, b));
-                }
-                let (ca, sa) = csa.gates(fa, train)?;
-                let (cb, sb) = csa.gates(fb, train)?;
-                let shared = match (ca, cb) {
-                    (Some(ca), Some(cb)) => Some(ca.mul(&cb)?),
-                    _ => None,
-                };
+                let (pa, sa) = csa.pool_and_spatial(fa, train)?;
+                let (pb, sb) = csa.pool_and_spatial(fb, train)?;
+                let shared = csa.shared_gate(fa, pa, pb)?;
                 Ok((csa.apply(fa, shared.as_ref(), sa.as_ref())?, csa.apply(fb, shared.as_ref(), sb.as_ref())?))
             }
             Kind::DaNet(d) => {
@@ -399,11 +391,8 @@ impl CoAttention {
     pub fn forward_single(&self, f: &Tensor, train: bool) -> Result<Tensor> {
         match &self.kind {
             Kind::Csa(csa) => {
-                if let Some((a, _)) = csa.fused_se_msa(f, None)? {
-                    return Ok(a);
-                }
-                let (c, s) = csa.gates(f, train)?;
-                let squared = c.map(|c| c.mul(&c)).transpose()?;
+                let (p, s) = csa.pool_and_spatial(f, train)?;
+                let squared = csa.shared_gate(f, p, None)?;
                 csa.apply(f, squared.as_ref(), s.as_ref())
             }
             Kind::DaNet(d) => Ok(d.forward_pair(f, None, train)?.0),

@@ -224,14 +224,12 @@ impl CsaKernels for Cuda {
 /// and channel).
 pub(super) fn se_pair_fwd(pa: &Tensor, pb: &Tensor, w: [&Tensor; 4], [n, c, hd]: [usize; 3]) -> Result<(Storage, Tensor, Tensor)> {
     let dev = device(SE_PAIR, pa)?;
-    let (sa, sb) = (pa.storage(), pb.storage());
-    let sw = w.map(|t| t.storage());
-    let [w1, b1, w2, b2] = [0, 1, 2, 3].map(|i| sw[i].as_cuda(SE_PAIR));
+    let [pa, pb, w1, b1, w2, b2] = se_ptrs([pa, pb, w[0], w[1], w[2], w[3]])?;
     let dims = se_dims(SE_PAIR, [n, c, hd])?;
     let (mut hid, mut gates, mut out) = (dev.alloc(2 * n * hd)?, dev.alloc(2 * n * c)?, dev.alloc(n * c)?);
-    let args = [Arg::Ptr(sa.as_cuda(SE_PAIR)?.ptr()), Arg::Ptr(sb.as_cuda(SE_PAIR)?.ptr()), Arg::Ptr(w1?.ptr()), Arg::Ptr(b1?.ptr()), Arg::Ptr(hid.ptr_mut())];
+    let args = [Arg::Ptr(pa), Arg::Ptr(pb), Arg::Ptr(w1), Arg::Ptr(b1), Arg::Ptr(hid.ptr_mut())];
     launch(&dev, k::SE_HIDDEN, grid_1d(&dev, 32 * 2 * n * hd), &[&args[..], &dims].concat())?;
-    let args = [Arg::Ptr(hid.ptr()), Arg::Ptr(w2?.ptr()), Arg::Ptr(b2?.ptr()), Arg::Ptr(gates.ptr_mut()), Arg::Ptr(out.ptr_mut())];
+    let args = [Arg::Ptr(hid.ptr()), Arg::Ptr(w2), Arg::Ptr(b2), Arg::Ptr(gates.ptr_mut()), Arg::Ptr(out.ptr_mut())];
     launch(&dev, k::SE_GATE, grid_1d(&dev, n * c), &[&args[..], &dims].concat())?;
     Ok((Storage::Cuda(out), tensor(hid, [2 * n, hd])?, tensor(gates, [2 * n, c])?))
 }
@@ -242,21 +240,20 @@ pub(super) fn se_pair_fwd(pa: &Tensor, pb: &Tensor, w: [&Tensor; 4], [n, c, hd]:
 pub(super) fn se_pair_bwd(g: &Tensor, [pa, pb]: [&Tensor; 2], w1: &Tensor, w2: &Tensor, [hid, gates]: [&Tensor; 2], [n, c, hd]: [usize; 3]) -> Result<[Tensor; 6]> {
     let dev = device(SE_PAIR, g)?;
     let dims = se_dims(SE_PAIR, [n, c, hd])?;
-    let (sg, sa, sb, s1, s2, sh, sgt) = (g.storage(), pa.storage(), pb.storage(), w1.storage(), w2.storage(), hid.storage(), gates.storage());
-    let cu = |s: &Storage| s.as_cuda(SE_PAIR).map(GpuBuffer::ptr);
+    let [g, pa, pb, w1, w2, hid, gates] = se_ptrs([g, pa, pb, w1, w2, hid, gates])?;
     let (mut dz, mut dz1) = (dev.alloc(2 * n * c)?, dev.alloc(2 * n * hd)?);
     let (mut dpa, mut dpb, mut dw1, mut db1, mut dw2, mut db2) =
         (dev.alloc(n * c)?, dev.alloc(n * c)?, dev.alloc(hd * c)?, dev.alloc(hd)?, dev.alloc(c * hd)?, dev.alloc(c)?);
-    let args = [Arg::Ptr(cu(&sg)?), Arg::Ptr(cu(&sgt)?), Arg::Ptr(cu(&sh)?), Arg::Ptr(dz.ptr_mut()), Arg::Ptr(dw2.ptr_mut()), Arg::Ptr(db2.ptr_mut())];
+    let args = [Arg::Ptr(g), Arg::Ptr(gates), Arg::Ptr(hid), Arg::Ptr(dz.ptr_mut()), Arg::Ptr(dw2.ptr_mut()), Arg::Ptr(db2.ptr_mut())];
     launch(&dev, k::SE_BWD_GATE, grid_1d(&dev, 32 * c), &[&args[..], &dims].concat())?;
     let cfg = LaunchConfig { grid_dim: (2 * n as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-    let args = [Arg::Ptr(dz.ptr()), Arg::Ptr(cu(&s2)?), Arg::Ptr(cu(&sh)?), Arg::Ptr(dz1.ptr_mut()), dims[1], dims[2]];
+    let args = [Arg::Ptr(dz.ptr()), Arg::Ptr(w2), Arg::Ptr(hid), Arg::Ptr(dz1.ptr_mut()), dims[1], dims[2]];
     launch(&dev, k::SE_BWD_HIDDEN, cfg, &args)?;
     let args = [
         Arg::Ptr(dz1.ptr()),
-        Arg::Ptr(cu(&sa)?),
-        Arg::Ptr(cu(&sb)?),
-        Arg::Ptr(cu(&s1)?),
+        Arg::Ptr(pa),
+        Arg::Ptr(pb),
+        Arg::Ptr(w1),
         Arg::Ptr(dpa.ptr_mut()),
         Arg::Ptr(dpb.ptr_mut()),
         Arg::Ptr(dw1.ptr_mut()),
@@ -264,6 +261,16 @@ pub(super) fn se_pair_bwd(g: &Tensor, [pa, pb]: [&Tensor; 2], w1: &Tensor, w2: &
     ];
     launch(&dev, k::SE_BWD_INPUT, grid_1d(&dev, 2 * n * c + hd * c + hd), &[&args[..], &dims].concat())?;
     Ok([tensor(dpa, [n, c, 1, 1])?, tensor(dpb, [n, c, 1, 1])?, tensor(dw1, [hd, c])?, tensor(db1, [hd])?, tensor(dw2, [c, hd])?, tensor(db2, [c])?])
+}
+
+/// The device addresses of the SE kernels' tensors (each on the GPU; the caller's borrows keep
+/// them alive through the launches).
+fn se_ptrs<const K: usize>(tensors: [&Tensor; K]) -> Result<[u64; K]> {
+    let mut ptrs = [0; K];
+    for (p, t) in ptrs.iter_mut().zip(tensors) {
+        *p = t.storage().as_cuda(SE_PAIR)?.ptr();
+    }
+    Ok(ptrs)
 }
 
 /// The SE kernels' (N, C, HD) arguments, refused when an index space they walk passes i32.

@@ -519,15 +519,7 @@ pub fn launch_plan_with(
         None => 0,
     };
     let g = sh.geom(p.kernel.name)?;
-    let (x, w, y) = ([sh.n, sh.c, sh.h, sh.w], [sh.k, sh.c, sh.r, sh.s], [sh.n, sh.k, sh.out_h(), sh.out_w()]);
-    let operands = match pass {
-        ConvPass::Forward => [("weight", w), ("x", x), ("y", y)],
-        ConvPass::InputGrad => [("weight", w), ("dy", y), ("dx", x)],
-        ConvPass::WeightGrad => [("dy", y), ("x", x), ("dw", w)],
-    };
-    for (len, (name, dims)) in [a.len(), b.len(), out.len()].into_iter().zip(operands) {
-        check_len(p.kernel.name, name, len, dims.iter().product(), &dims)?;
-    }
+    check_operands(p.kernel.name, sh, pass, [a, b, out])?;
     if let Some(b) = bias {
         check_len(p.kernel.name, "bias", b.len(), sh.k, &[sh.k])?;
     }
@@ -558,6 +550,21 @@ pub fn launch_plan_with(
         (a.ptr(), b.ptr())
     };
     launch_operands(dev, sh, pass, p, [a, b], bias, out, stats)
+}
+
+/// Checks a pass's operands (a, b, out) against the shape: forward (weight, x, y), input gradient
+/// (weight, dy, dx), weight gradient (dy, x, dw).
+fn check_operands(op: &'static str, sh: &Conv2dShape, pass: ConvPass, bufs: [&GpuBuffer; 3]) -> Result<()> {
+    let (x, w, y) = ([sh.n, sh.c, sh.h, sh.w], [sh.k, sh.c, sh.r, sh.s], [sh.n, sh.k, sh.out_h(), sh.out_w()]);
+    let operands = match pass {
+        ConvPass::Forward => [("weight", w), ("x", x), ("y", y)],
+        ConvPass::InputGrad => [("weight", w), ("dy", y), ("dx", x)],
+        ConvPass::WeightGrad => [("dy", y), ("x", x), ("dw", w)],
+    };
+    for (buf, (name, dims)) in bufs.into_iter().zip(operands) {
+        check_len(op, name, buf.len(), dims.iter().product(), &dims)?;
+    }
+    Ok(())
 }
 
 /// The plan's grid, or why it is too large to launch.
@@ -621,17 +628,36 @@ pub fn conv2d_fwd_partials(dev: &CudaDevice, sh: &Conv2dShape, x: &GpuBuffer, w:
     Ok(Some((sums, slots, width)))
 }
 
-/// The bf16 channels-last operands of a kernels/conv2d_nhwc.cu plan, from the f32 tensors the
-/// wrappers take: the weights as (K, R, S, C) for the forward (the stored (K, C, R*S) is "N = K,
-/// C, HW = R*S") or (C, R, S, K) for the input gradient ("N = 1, C = K, HW = C*R*S"), and the
-/// gathered tensor, x as (N, H, W, C) or dy as (N, OH, OW, K). Both are freed after the launch.
+/// The bf16 channels-last operands (a, b) of a kernels/conv2d_nhwc.cu plan, from the f32 tensors
+/// the wrappers take: forward (weights, x), input gradient (weights, dy), weight gradient (dy, x).
+/// Both are freed after the launch.
 fn channels_last_operands(dev: &CudaDevice, sh: &Conv2dShape, pass: ConvPass, w: &GpuBuffer, gathered: &GpuBuffer) -> Result<(TypedBuffer<u32>, TypedBuffer<u32>)> {
+    match pass {
+        ConvPass::Forward => Ok((nhwc_weights(dev, sh, pass, w)?, nhwc_x(dev, sh, gathered)?)),
+        ConvPass::InputGrad => Ok((nhwc_weights(dev, sh, pass, w)?, nhwc_dy(dev, sh, gathered)?)),
+        // (a, b) = (dy, x), as the kernel takes them
+        ConvPass::WeightGrad => Ok((nhwc_dy(dev, sh, w)?, nhwc_x(dev, sh, gathered)?)),
+    }
+}
+
+/// x (N, C, H, W) as (N, H, W, C) bf16.
+fn nhwc_x(dev: &CudaDevice, sh: &Conv2dShape, x: &GpuBuffer) -> Result<TypedBuffer<u32>> {
+    to_nhwc_bf16(dev, x, sh.n, sh.c, sh.h * sh.w)
+}
+
+/// dy (N, K, OH, OW) as (N, OH, OW, K) bf16.
+fn nhwc_dy(dev: &CudaDevice, sh: &Conv2dShape, dy: &GpuBuffer) -> Result<TypedBuffer<u32>> {
+    to_nhwc_bf16(dev, dy, sh.n, sh.k, sh.out_h() * sh.out_w())
+}
+
+/// The weights (K, C, R, S) in bf16 as the forward reads them, (K, R, S, C) (the stored (K, C,
+/// R*S) is "N = K, C, HW = R*S"), or as the input gradient does, (C, R, S, K) ("N = 1, C = K,
+/// HW = C*R*S").
+fn nhwc_weights(dev: &CudaDevice, sh: &Conv2dShape, pass: ConvPass, w: &GpuBuffer) -> Result<TypedBuffer<u32>> {
     let rs = sh.r * sh.s;
     match pass {
-        ConvPass::Forward => Ok((to_nhwc_bf16(dev, w, sh.k, sh.c, rs)?, to_nhwc_bf16(dev, gathered, sh.n, sh.c, sh.h * sh.w)?)),
-        ConvPass::InputGrad => Ok((to_nhwc_bf16(dev, w, 1, sh.k, sh.c * rs)?, to_nhwc_bf16(dev, gathered, sh.n, sh.k, sh.out_h() * sh.out_w())?)),
-        // (a, b) = (dy, x), as the kernel takes them
-        ConvPass::WeightGrad => Ok((to_nhwc_bf16(dev, w, sh.n, sh.k, sh.out_h() * sh.out_w())?, to_nhwc_bf16(dev, gathered, sh.n, sh.c, sh.h * sh.w)?)),
+        ConvPass::InputGrad => to_nhwc_bf16(dev, w, 1, sh.k, sh.c * rs),
+        _ => to_nhwc_bf16(dev, w, sh.k, sh.c, rs),
     }
 }
 
@@ -699,17 +725,13 @@ pub fn conv2d_bwd(dev: &CudaDevice, sh: &Conv2dShape, precision: Precision, x: &
         launch_plan(dev, sh, ConvPass::InputGrad, &pi, w, dy, None, dx)?;
         return launch_plan(dev, sh, ConvPass::WeightGrad, &pw, dy, x, None, dw);
     }
-    let op = pi.kernel.name;
-    let (xd, wd, yd) = ([sh.n, sh.c, sh.h, sh.w], [sh.k, sh.c, sh.r, sh.s], [sh.n, sh.k, sh.out_h(), sh.out_w()]);
-    for (name, len, dims) in [("x", x.len(), xd), ("weight", w.len(), wd), ("dy", dy.len(), yd), ("dx", dx.len(), xd), ("dw", dw.len(), wd)] {
-        check_len(op, name, len, dims.iter().product(), &dims)?;
-    }
-    let (rs, ohw) = (sh.r * sh.s, sh.out_h() * sh.out_w());
-    let dy16 = to_nhwc_bf16(dev, dy, sh.n, sh.k, ohw)?;
-    let w16 = to_nhwc_bf16(dev, w, 1, sh.k, sh.c * rs)?;
+    check_operands(pi.kernel.name, sh, ConvPass::InputGrad, [w, dy, dx])?;
+    check_operands(pw.kernel.name, sh, ConvPass::WeightGrad, [dy, x, dw])?;
+    let dy16 = nhwc_dy(dev, sh, dy)?;
+    let w16 = nhwc_weights(dev, sh, ConvPass::InputGrad, w)?;
     launch_operands(dev, sh, ConvPass::InputGrad, &pi, [w16.ptr(), dy16.ptr()], None, dx, 0)?;
     drop(w16);
-    let x16 = to_nhwc_bf16(dev, x, sh.n, sh.c, sh.h * sh.w)?;
+    let x16 = nhwc_x(dev, sh, x)?;
     launch_operands(dev, sh, ConvPass::WeightGrad, &pw, [dy16.ptr(), x16.ptr()], None, dw, 0)
 }
 

@@ -116,15 +116,11 @@ impl NormKernels for Cpu {
         let (gv, bv) = (gamma.to_vec()?, beta.to_vec()?);
         let scale: Vec<f32> = gv.iter().zip(&inv_std).map(|(g, s)| g * s).collect();
         let shift: Vec<f32> = (0..c).map(|ch| bv[ch] - mean[ch] * scale[ch]).collect();
-        let y = if opts.relu {
-            // The ReLU op's rule: y <= 0 -> 0, NaN kept.
-            per_plane(xv, c, p, |v, ch| {
-                let y = v * scale[ch] + shift[ch];
-                if y <= 0.0 { 0.0 } else { y }
-            })
-        } else {
-            per_plane(xv, c, p, |v, ch| v * scale[ch] + shift[ch])
-        };
+        let y = per_plane(xv, c, p, |v, ch| {
+            let y = v * scale[ch] + shift[ch];
+            // A fused ReLU by the ReLU op's rule: y <= 0 -> 0, NaN kept.
+            if opts.relu && y <= 0.0 { 0.0 } else { y }
+        });
         let saved = BnSaved {
             mean: Tensor::from_vec(mean, [c], Device::Cpu)?,
             var: Tensor::from_vec(var, [c], Device::Cpu)?,
