@@ -15,6 +15,10 @@
 //! filter narrows only criterion's samples): a shorter device call, or one kernel to profile,
 //!   ncu -k regex:conv2d_pipe_fwd --launch-count 1 .gpu/bin/bench-conv_gpu --bench
 //! with CONV_GPU_CASES=3x3_c512_16x16_d4 CONV_GPU_PRECISIONS=bf16.
+//!
+//! Then the fusions around the convolutions against their unfused sequences: `conv_bn` (batch
+//! norm's statistics from the forward's epilogue) and `block_end` (a ResNet block's last batch
+//! norm, shortcut add and ReLU in one pass; runs unless CONV_GPU_CASES leaves out `block_end`).
 
 use coseg::backend::cuda::{CudaDevice, GpuBuffer, conv};
 use coseg::device::{Precision, TcVariant};
@@ -295,12 +299,12 @@ fn conv_bn(c: &mut Criterion, dev: &Arc<CudaDevice>) {
         let unfused = measure(c, dev.stream(), &group, "unfused", sh.flops(), &mut || {
             conv::conv2d_fwd(dev, &sh, Precision::Bf16, &x, &w, None, &mut y).unwrap();
             bn_stats(dev, &y, shape, &mut mean, &mut var, Some((&mut rm, &mut rv)), 0.1).unwrap();
-            bn_fwd(dev, &y, shape, &mean, &var, &gamma, &beta, &mut out, 1e-5, false).unwrap();
+            bn_fwd(dev, &y, shape, &mean, &var, &gamma, &beta, None, &mut out, 1e-5, false).unwrap();
         });
         let fused = measure(c, dev.stream(), &group, "fused", sh.flops(), &mut || {
             let (sums, slots, width) = conv::conv2d_fwd_partials(dev, &sh, &x, &w, None, &mut y).unwrap().expect("pipelined bf16 writes statistics");
             bn_stats_partials(dev, &sums, [slots, width], sh.k, count, &mut mean, &mut var, Some((&mut rm, &mut rv)), 0.1).unwrap();
-            bn_fwd(dev, &y, shape, &mean, &var, &gamma, &beta, &mut out, 1e-5, false).unwrap();
+            bn_fwd(dev, &y, shape, &mean, &var, &gamma, &beta, None, &mut out, 1e-5, false).unwrap();
         });
         rows.push((case.name, unfused, fused));
     }
@@ -310,6 +314,59 @@ fn conv_bn(c: &mut Criterion, dev: &Arc<CudaDevice>) {
     println!("| --- | --- | --- | --- |");
     for (name, u, f) in rows {
         println!("| {name} | {u:.3} | {f:.3} | {:.2} |", u / f);
+    }
+}
+
+/// The end of a ResNet block, relu(bn(y) + shortcut), in training: `Tensor::batch_norm_add`
+/// (batch norm's passes only) against batch norm, add and ReLU apart, at the block outputs of
+/// layer1, layer3 and layer4 (N = 20), forward and forward + backward (from the sum of the
+/// output, the same extra reduction on both sides). Ids `block_end_<shape>/{composed,fused}_<pass>`;
+/// prints one table with the bytes the fused forward must move (read y and the shortcut, write
+/// the output: 12 bytes an element) at the achieved rate.
+fn block_end(c: &mut Criterion, dev: &Arc<CudaDevice>) {
+    use coseg::device::Device;
+    use coseg::ops::BatchNormOptions;
+    use coseg::tensor::Tensor;
+    if std::env::var("CONV_GPU_CASES").is_ok_and(|v| !v.contains("block_end")) {
+        return;
+    }
+    let device = Device::Cuda(dev.ordinal());
+    let shapes = [("layer1_256x32x32", [20usize, 256, 32, 32]), ("layer3_1024x16x16", [20, 1024, 16, 16]), ("layer4_2048x16x16", [20, 2048, 16, 16])];
+    let mut rows = Vec::new();
+    for (name, dims) in shapes {
+        let len: usize = dims.iter().product();
+        let ch = dims[1];
+        let t = |seed: u64| Tensor::from_vec(random(len, seed), dims, device).unwrap();
+        let (y, shortcut) = (t(3), t(4));
+        let per_channel = |v: f32| Tensor::full([ch], v, device).unwrap();
+        let (gamma, beta, rm, rv) = (per_channel(1.0).into_var(), per_channel(0.0).into_var(), per_channel(0.0), per_channel(1.0));
+        let opts = BatchNormOptions { relu: true, ..BatchNormOptions::default() };
+        let run = |fused: bool, backward: bool| {
+            let (y, r) = if backward { (y.detach().into_var(), shortcut.detach().into_var()) } else { (y.clone(), shortcut.clone()) };
+            let out = if fused {
+                y.batch_norm_add(&r, &gamma, &beta, &rm, &rv, opts, None).unwrap()
+            } else {
+                let plain = BatchNormOptions { relu: false, ..opts };
+                y.batch_norm(&gamma, &beta, &rm, &rv, plain).unwrap().add(&r).unwrap().relu().unwrap()
+            };
+            if backward {
+                out.sum_all().unwrap().backward().unwrap();
+            }
+        };
+        let group = format!("block_end_{name}");
+        let mut times = [0.0; 4];
+        for (i, (fused, backward)) in [(false, false), (true, false), (false, true), (true, true)].into_iter().enumerate() {
+            let id = format!("{}_{}", if fused { "fused" } else { "composed" }, if backward { "fwd_bwd" } else { "fwd" });
+            times[i] = measure(c, dev.stream(), &group, &id, len as f64, &mut || run(fused, backward));
+        }
+        rows.push((name, len, times));
+    }
+    println!("\nblock_end summary: relu(batch_norm(y) + shortcut) in training, median ms of 20 event-timed runs");
+    println!("| shape | composed fwd | fused fwd | ratio | fused fwd GB/s (12 B/elem) | composed fwd+bwd | fused fwd+bwd | ratio |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (name, len, [cf, ff, cb, fb]) in rows {
+        let gbs = 12.0 * len as f64 / (ff * 1e-3) / 1e9;
+        println!("| {name} | {cf:.3} | {ff:.3} | {:.2} | {gbs:.0} | {cb:.3} | {fb:.3} | {:.2} |", cf / ff, cb / fb);
     }
 }
 
@@ -323,6 +380,7 @@ fn bench(c: &mut Criterion) {
     cudnn_reference(c, &dev, &mut table);
     print_table(&table);
     conv_bn(c, &dev);
+    block_end(c, &dev);
 }
 
 criterion_group!(benches, bench);

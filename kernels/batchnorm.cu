@@ -9,6 +9,10 @@
 // With `relu` the forward writes max(y, 0) in the same pass (y <= 0 -> 0, NaN kept, as the ReLU
 // op), and the backward takes that output as `relu_out`: dy counts only where it is > 0 (the ReLU
 // op's gradient), so the ReLU's own two passes over the tensor are gone.
+// With a `residual` (a ResNet block's shortcut) the forward adds it before the ReLU,
+// relu(y + residual), in the same f32 operations as batch norm, add and ReLU done apart, so the
+// same bits without the add's and the ReLU's passes; the backward's reduce then also writes the
+// masked gradient (`g_out`), which is the residual's gradient and the dx kernel's upstream.
 
 #include "block_reduce.cuh"
 
@@ -84,12 +88,13 @@ extern "C" __global__ void bn_stats_partials_f32(const float* __restrict__ parti
 
 extern "C" __global__ void bn_fwd_f32(const float* __restrict__ x, const float* __restrict__ mean,
                                       const float* __restrict__ var, const float* __restrict__ gamma,
-                                      const float* __restrict__ beta, float* __restrict__ y, int n, int C,
-                                      int HW, float eps, int relu) {
+                                      const float* __restrict__ beta, const float* __restrict__ residual,
+                                      float* __restrict__ y, int n, int C, int HW, float eps, int relu) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         int c = (i / HW) % C;
         float scale = gamma[c] * rsqrtf(var[c] + eps);
         float v = (x[i] - mean[c]) * scale + beta[c];
+        if (residual != nullptr) v = v + residual[i];  // rounded apart, as the add op rounds it
         y[i] = relu && v <= 0.0f ? 0.0f : v;
     }
 }
@@ -99,12 +104,13 @@ __device__ __forceinline__ float bn_upstream(const float* __restrict__ dy, const
     return relu_out != nullptr && !(relu_out[i] > 0.0f) ? 0.0f : dy[i];
 }
 
-// dsum[c] = sum dy (= dbeta), dxhat[c] = sum dy * xhat (= dgamma).
+// dsum[c] = sum dy (= dbeta), dxhat[c] = sum dy * xhat (= dgamma); g_out (null: none) gets the
+// masked dy itself.
 extern "C" __global__ void bn_bwd_reduce_f32(const float* __restrict__ x, const float* __restrict__ dy,
                                              const float* __restrict__ relu_out,
                                              const float* __restrict__ mean, const float* __restrict__ var,
-                                             float* __restrict__ dsum, float* __restrict__ dxhat, int N,
-                                             int C, int HW, float eps) {
+                                             float* __restrict__ dsum, float* __restrict__ dxhat,
+                                             float* __restrict__ g_out, int N, int C, int HW, float eps) {
     int M = N * HW;
     for (int c = blockIdx.x; c < C; c += gridDim.x) {
         float mu = mean[c], inv = rsqrtf(var[c] + eps);
@@ -112,6 +118,7 @@ extern "C" __global__ void bn_bwd_reduce_f32(const float* __restrict__ x, const 
         for (int j = threadIdx.x; j < M; j += blockDim.x) {
             int i = chan_index(j, c, C, HW);
             float g = bn_upstream(dy, relu_out, i);
+            if (g_out != nullptr) g_out[i] = g;
             s += g;
             sx += g * (x[i] - mu) * inv;
         }

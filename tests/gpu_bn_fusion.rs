@@ -4,7 +4,8 @@
 //! first; each slot's sum and centred squares against the output it wrote), batch norm from them against
 //! batch norm's own pass (output, running statistics), and a conv + batch norm + ReLU unit
 //! trained one step fused and unfused (output and every gradient); and batch norm with its ReLU
-//! in the same pass against batch norm then ReLU (the same bits). Skips without a GPU; fails
+//! in the same pass against batch norm then ReLU (the same bits), and with a residual added too
+//! against batch norm, add, ReLU (the same bits). Skips without a GPU; fails
 //! with REQUIRE_CUDA=1. And the unit trained one step on the channels-last kernels against the
 //! pipelined ones (the same bits but for the weight gradient's split sums).
 
@@ -178,6 +179,48 @@ test_gpu!(a_fused_relu_is_batch_norm_then_relu_on_the_gpu, |_dev| {
         assert_eq!(fused, composed, "training {training}: fused and composed differ on the GPU");
         for (i, (a, b)) in fused.iter().zip(&cpu).enumerate() {
             assert!(rel_err(a, b) < 1e-4, "training {training}: output {i} (y, dx, dgamma, dbeta, running mean, var) against the CPU: {:.2e}", rel_err(a, b));
+        }
+    }
+});
+
+// Batch norm with a residual added and the ReLU in its own passes (`Tensor::batch_norm_add`, the
+// end of every ResNet block) gives batch_norm(..).add(r).relu()'s bits on the GPU, forward and
+// every gradient (x, gamma, beta, the residual's), in training and eval, and the CPU's values.
+test_gpu!(batch_norm_add_is_batch_norm_then_add_then_relu_on_the_gpu, |_dev| {
+    let _one_at_a_time = serial();
+    let mut r = rng(36);
+    let dims = [4usize, 6, 9, 11];
+    let n: usize = dims.iter().product();
+    let (xv, gv, bv, uv, rv0) = (randn(&mut r, n), randn(&mut r, 6), randn(&mut r, 6), randn(&mut r, n), randn(&mut r, n));
+    for training in [true, false] {
+        for relu in [true, false] {
+            let run = |device: Device, fused: bool| {
+                let x = Tensor::from_vec(xv.clone(), dims, device).unwrap().into_var();
+                let g = Tensor::from_vec(gv.iter().map(|v| 1.0 + 0.3 * v).collect(), [6], device).unwrap().into_var();
+                let b = Tensor::from_vec(bv.clone(), [6], device).unwrap().into_var();
+                let res = Tensor::from_vec(rv0.clone(), dims, device).unwrap().into_var();
+                let (rm, rv) = (Tensor::full([6], 0.1, device).unwrap(), Tensor::full([6], 1.4, device).unwrap());
+                let opts = BatchNormOptions { training, relu: fused && relu, ..BatchNormOptions::default() };
+                let y = if fused {
+                    x.batch_norm_add(&res, &g, &b, &rm, &rv, opts, None).unwrap()
+                } else {
+                    let y = x.batch_norm(&g, &b, &rm, &rv, opts).unwrap().add(&res).unwrap();
+                    if relu { y.relu().unwrap() } else { y }
+                };
+                y.mul(&Tensor::from_vec(uv.clone(), dims, device).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut out = vec![y.to_vec().unwrap()];
+                out.extend([&x, &g, &b, &res].map(|t| t.grad().unwrap().to_vec().unwrap()));
+                out.extend([rm.to_vec().unwrap(), rv.to_vec().unwrap()]);
+                out
+            };
+            let (fused, composed, cpu) = (run(GPU, true), run(GPU, false), run(Device::Cpu, true));
+            let clipped = fused[0].iter().filter(|&&v| v == 0.0).count();
+            assert_eq!(clipped > 0, relu, "training {training} relu {relu}: {clipped} zeros");
+            assert_eq!(fused, composed, "training {training} relu {relu}: fused and composed differ on the GPU");
+            for (i, (a, b)) in fused.iter().zip(&cpu).enumerate() {
+                let e = rel_err(a, b);
+                assert!(e < 1e-4, "training {training} relu {relu}: output {i} (y, dx, dgamma, dbeta, dresidual, running mean, var) against the CPU: {e:.2e}");
+            }
         }
     }
 });

@@ -247,6 +247,15 @@ test_device!(normalisation_and_pooling, |device| {
             let (m, v) = if training { (m.affine(1.0, 0.0)?, v.affine(1.0, 0.0)?) } else { (m, v) };
             t[0].batch_norm(&t[1], &t[2], &m, &v, opts)
         });
+        // With a residual added in the same pass (a ResNet block's end; with the ReLU it is held
+        // to the three ops apart, bit for bit, in the unit tests): the residual's gradient too.
+        let (rm, rv) = (randn(&mut rng, &[4], device), Tensor::uniform([4], 0.5, 2.0, device, &mut rng).unwrap());
+        let inputs = [x.clone(), gamma.clone(), beta.clone(), randn(&mut rng, &[3, 4, 3, 5], device)];
+        check(&format!("batch_norm_add training={training}"), &inputs, &[0, 1, 2, 3], 1e-2, move |t| {
+            let (m, v) = (rm.detach(), rv.detach());
+            let (m, v) = if training { (m.affine(1.0, 0.0)?, v.affine(1.0, 0.0)?) } else { (m, v) };
+            t[0].batch_norm_add(&t[3], &t[1], &t[2], &m, &v, opts, None)
+        });
     }
     let windows = distinct(&mut rng, &[2, 3, 7, 8], 0.01, device);
     check("max_pool2d 3x3/2 pad 1", &[windows], &[0], 1e-3, |t| t[0].max_pool2d(3, 2, 1));

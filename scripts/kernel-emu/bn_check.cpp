@@ -5,7 +5,8 @@
 // P slot sums, then per channel P sums of squared deviations from each slot's mean). Mean, variance and the running update against f64;
 // the partials made from the tensor in slots of 32 values, as the epilogue makes them, with a mean
 // about 9 standard deviations from 0 (where E[x^2] - mean^2 would lose the variance's low digits).
-// Outputs start as NaN.
+// Outputs start as NaN. Then the forward with a residual and the backward that writes the masked
+// gradient (a ResNet block's end, Tensor::batch_norm_add).
 #include "emu.h"
 #include <cstdio>
 #include <random>
@@ -73,6 +74,68 @@ int main() {
             for (double x : e) {
                 worst = std::max(worst, x);
                 ok = ok && x <= bound;
+            }
+        }
+    }
+    // The residual block's end: bn_fwd_f32 with a residual (and with and without the ReLU)
+    // against bn_fwd_f32 alone then the add and the ReLU in f32 (the same bits) and f64; the
+    // backward's reduce writing the masked gradient (the residual's: dy where the output is > 0,
+    // bit for bit) and its sums, and bn_bwd_dx_f32 reading that gradient unmasked, against f64.
+    for (auto& s : shapes) {
+        const int N = s[0], C = s[1], HW = s[2], cap = s[3], M = N * HW, n = N * C * HW;
+        std::mt19937 rng(N * 7 + C * 3 + HW);
+        V x = rand_vec(rng, n, -2.0f, 3.0f), res = rand_vec(rng, n, -1.5f, 1.0f), dy = rand_vec(rng, n);
+        V mean = rand_vec(rng, C, 0.0f, 1.0f), var = rand_vec(rng, C, 0.5f, 2.0f);
+        V gamma = rand_vec(rng, C, 0.5f, 1.5f), beta = rand_vec(rng, C, -0.5f, 0.5f);
+        const float eps = 1e-5f;
+        for (int relu = 0; relu < 2; ++relu) {
+            V y(n, NAN), plain(n, NAN), g(n, NAN), dsum(C, NAN), dxhat(C, NAN), dx(n, NAN);
+            launch({(unsigned)std::min(n / 256 + 1, 64), 1, 1}, 256, [&] {
+                bn_fwd_f32(x.data(), mean.data(), var.data(), gamma.data(), beta.data(), res.data(), y.data(), n, C, HW, eps, relu);
+            });
+            launch({(unsigned)std::min(n / 256 + 1, 64), 1, 1}, 256, [&] {
+                bn_fwd_f32(x.data(), mean.data(), var.data(), gamma.data(), beta.data(), nullptr, plain.data(), n, C, HW, eps, 0);
+            });
+            V composed(n);
+            for (int i = 0; i < n; ++i) {
+                const float v = plain[i] + res[i];
+                composed[i] = relu && v <= 0.0f ? 0.0f : v;
+            }
+            launch({(unsigned)std::min(C, cap), 1, 1}, 256, [&] {
+                bn_bwd_reduce_f32(x.data(), dy.data(), relu ? y.data() : nullptr, mean.data(), var.data(), dsum.data(), dxhat.data(),
+                                  g.data(), N, C, HW, eps);
+            });
+            launch({(unsigned)std::min(n / 256 + 1, 64), 1, 1}, 256, [&] {
+                bn_bwd_dx_f32(x.data(), g.data(), nullptr, mean.data(), var.data(), gamma.data(), dsum.data(), dxhat.data(), dx.data(),
+                              n, C, HW, M, eps, 1);
+            });
+            D want_y(n), want_g(n), want_sum(C, 0), want_xhat(C, 0), sum_floor(C, 0), want_dx(n);
+            V masked(n);
+            auto xhat = [&](int i, int c) { return ((double)x[i] - mean[c]) / std::sqrt((double)var[c] + eps); };
+            for (int i = 0; i < n; ++i) {
+                const int c = (i / HW) % C;
+                const double v = xhat(i, c) * gamma[c] + beta[c] + res[i];
+                want_y[i] = relu ? std::max(v, 0.0) : v;
+                // The mask is the op's: where the kernel's own output is > 0.
+                masked[i] = relu && !(y[i] > 0.0f) ? 0.0f : dy[i];
+                want_g[i] = masked[i];
+                want_sum[c] += masked[i];
+                want_xhat[c] += masked[i] * xhat(i, c);
+                sum_floor[c] += std::fabs(masked[i]) * (1 + std::fabs(xhat(i, c)));
+            }
+            for (int i = 0; i < n; ++i) {
+                const int c = (i / HW) % C;
+                const double inv = 1 / std::sqrt((double)var[c] + eps);
+                want_dx[i] = gamma[c] * inv / M * (M * (double)masked[i] - want_sum[c] - xhat(i, c) * want_xhat[c]);
+            }
+            const bool bits = same_bits(y, composed) && same_bits(g, masked);
+            const double e[4] = {err_rms(y, want_y), err(dsum, want_sum, sum_floor), err(dxhat, want_xhat, sum_floor), err_rms(dx, want_dx)};
+            printf("N=%d C=%d HW=%d relu %d residual: y %.1e dsum %.1e dxhat %.1e dx %.1e, y and masked dy %s\n", N, C, HW, relu, e[0], e[1],
+                   e[2], e[3], bits ? "the composed bits" : "NOT the composed bits");
+            ok = ok && bits;
+            for (double v : e) {
+                worst = std::max(worst, v);
+                ok = ok && v <= 1e-5;
             }
         }
     }

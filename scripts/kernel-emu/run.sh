@@ -9,7 +9,8 @@
 #  - optim_check: kernels/optim.cu (SGD, Adam, train_monitor) as src/backend/cuda/optim.rs
 #    launches them, with host and device (StepScalars) hyper-parameters and a NaN loss;
 #  - bn_check: kernels/batchnorm.cu's training statistics, bn_stats_f32 and bn_stats_partials_f32
-#    (from a convolution epilogue's per-slot sums and centred squares), mean far from 0;
+#    (from a convolution epilogue's per-slot sums and centred squares), mean far from 0; the
+#    forward with a residual and ReLU and the backward that writes the masked gradient;
 #  - conv_tc_check: kernels/conv2d_tc.cu (tensor-core convolution: forward, input and weight
 #    gradient, TF32 and BF16 mma.sync, all three tiles, split and unsplit weight gradient) as
 #    src/ops/conv/cuda.rs launches it, on 7 small odd shapes, against f64 loops on the same

@@ -7,7 +7,7 @@
 use crate::autograd::{Init, ParamStore};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::BatchNormOptions;
+use crate::ops::{BatchNormOptions, BnPartials};
 use crate::tensor::Tensor;
 
 /// `prefix.name`, or `name` alone for an empty prefix.
@@ -104,15 +104,19 @@ impl BatchNorm2d {
     }
     /// Batch statistics (and a running-statistics update) when `train`, running statistics else.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_with(x, train, false)
+        self.forward_with(x, train, false, None, None)
     }
     /// [`Self::forward`] then ReLU, in batch norm's own pass (`BatchNormOptions::relu`).
     pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_with(x, train, true)
+        self.forward_with(x, train, true, None, None)
     }
-    fn forward_with(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+    fn forward_with(&self, x: &Tensor, train: bool, relu: bool, residual: Option<&Tensor>, partials: Option<&BnPartials>) -> Result<Tensor> {
         let opts = BatchNormOptions { training: train, relu, ..BatchNormOptions::default() };
-        x.batch_norm(&self.weight, &self.bias, &self.running_mean, &self.running_var, opts)
+        let params = (&self.weight, &self.bias, &self.running_mean, &self.running_var);
+        match residual {
+            Some(r) => x.batch_norm_add(r, params.0, params.1, params.2, params.3, opts, partials),
+            None => x.batch_norm_with(params.0, params.1, params.2, params.3, opts, partials),
+        }
     }
 
     /// This batch norm of `conv(x)`. In training on a GPU whose `fuse_bn_stats` is on, the
@@ -120,23 +124,27 @@ impl BatchNorm2d {
     /// the pipelined tensor-core kernels) and batch norm skips its own pass over that output;
     /// otherwise conv2d then batch_norm. The same values either way, up to summation order.
     pub fn after_conv(&self, conv: &Conv2d, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.after_conv_with(conv, x, train, false)
+        self.after_conv_with(conv, x, train, false, None)
     }
     /// [`Self::after_conv`] then ReLU, in batch norm's own pass.
     pub fn after_conv_relu(&self, conv: &Conv2d, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.after_conv_with(conv, x, train, true)
+        self.after_conv_with(conv, x, train, true, None)
     }
-    fn after_conv_with(&self, conv: &Conv2d, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+    /// relu([`Self::after_conv`] + `residual`), the end of a ResNet block, in batch norm's own
+    /// passes (`Tensor::batch_norm_add`).
+    pub fn after_conv_add_relu(&self, conv: &Conv2d, x: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
+        self.after_conv_with(conv, x, train, true, Some(residual))
+    }
+    fn after_conv_with(&self, conv: &Conv2d, x: &Tensor, train: bool, relu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
         let fused = match x.device() {
             Device::Cuda(n) if train => crate::backend::cuda::CudaDevice::get(n)?.fuse_bn_stats(),
             _ => false,
         };
         if !fused {
-            return self.forward_with(&conv.forward(x)?, train, relu);
+            return self.forward_with(&conv.forward(x)?, train, relu, residual, None);
         }
         let (y, partials) = x.conv2d_with_bn_partials(&conv.weight, conv.bias.as_ref(), conv.stride, conv.padding, conv.dilation)?;
-        let opts = BatchNormOptions { training: true, relu, ..BatchNormOptions::default() };
-        y.batch_norm_with(&self.weight, &self.bias, &self.running_mean, &self.running_var, opts, partials.as_ref())
+        self.forward_with(&y, true, relu, residual, partials.as_ref())
     }
 }
 

@@ -111,17 +111,19 @@ impl Block {
         Ok(Block { convs, downsample })
     }
 
+    /// relu(main branch + shortcut); the last batch norm adds the shortcut and applies the ReLU in
+    /// its own pass (`BatchNorm2d::after_conv_add_relu`), so the shortcut is computed first.
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = x.clone();
-        let last = self.convs.len() - 1;
-        for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            y = if i != last { bn.after_conv_relu(conv, &y, train)? } else { bn.after_conv(conv, &y, train)? };
-        }
         let identity = match &self.downsample {
             Some((conv, bn)) => bn.after_conv(conv, x, train)?,
             None => x.clone(),
         };
-        y.add(&identity)?.relu()
+        let mut y = x.clone();
+        let last = self.convs.len() - 1;
+        for (i, (conv, bn)) in self.convs.iter().enumerate() {
+            y = if i != last { bn.after_conv_relu(conv, &y, train)? } else { bn.after_conv_add_relu(conv, &y, &identity, train)? };
+        }
+        Ok(y)
     }
 }
 

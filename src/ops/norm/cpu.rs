@@ -1,6 +1,6 @@
 //! Batch norm on the CPU: per-channel sums over (n, c) planes, one task per plane.
 
-use super::{BatchNormOptions, BnCall, BnPartials, BnSaved, NormKernels, OP};
+use super::{BatchNormOptions, BnCall, BnGrads, BnPartials, BnSaved, NormKernels, OP};
 use crate::device::Device;
 use crate::error::Result;
 use crate::ops::{Cpu, for_each_par_if_large};
@@ -49,18 +49,23 @@ fn channel_sums(
 
 /// `out[plane] = f(x[plane], channel)` element-wise for each (n, c) plane of size `p`.
 fn per_plane(x: &[f32], c: usize, p: usize, f: impl Fn(f32, usize) -> f32 + Sync) -> Vec<f32> {
+    per_plane2(x, x, c, p, |v, _, ch| f(v, ch))
+}
+
+/// `out[plane] = f(x[plane], r[plane], channel)` element-wise, for two equally shaped buffers.
+fn per_plane2(x: &[f32], r: &[f32], c: usize, p: usize, f: impl Fn(f32, f32, usize) -> f32 + Sync) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     if p == 0 {
         return y;
     }
-    let body = |(i, (yp, xp)): (usize, (&mut [f32], &[f32]))| {
+    let body = |(i, (yp, (xp, rp))): (usize, (&mut [f32], (&[f32], &[f32])))| {
         let ch = i % c;
-        for (y, &v) in yp.iter_mut().zip(xp) {
-            *y = f(v, ch);
+        for ((y, &v), &w) in yp.iter_mut().zip(xp).zip(rp) {
+            *y = f(v, w, ch);
         }
     };
     let work = x.len();
-    for_each_par_if_large(work, y.par_chunks_mut(p).zip(x.par_chunks(p)).enumerate(), body);
+    for_each_par_if_large(work, y.par_chunks_mut(p).zip(x.par_chunks(p).zip(r.par_chunks(p))).enumerate(), body);
     y
 }
 
@@ -98,12 +103,12 @@ fn inv_std(var: &[f32], eps: f32) -> Vec<f32> {
 
 impl NormKernels for Cpu {
     /// Partial statistics come only from GPU convolutions; given here they are refused, not dropped.
-    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall, partials: Option<&BnPartials>) -> Result<(Storage, BnSaved)> {
+    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall, partials: Option<&BnPartials>, residual: Option<&Tensor>) -> Result<(Storage, BnSaved)> {
         if partials.is_some() {
             return Err(crate::error::Error::WrongDevice { op: OP, needs: "partial statistics from a CPU convolution", found: Device::Cpu });
         }
         let [gamma, beta, running_mean, running_var] = params;
-        let BnCall { shape, opts } = call;
+        let BnCall { shape, opts, .. } = call;
         let [_, c, p, _] = shape;
         let sx = x.storage();
         let xv = sx.as_cpu(OP)?;
@@ -116,11 +121,13 @@ impl NormKernels for Cpu {
         let (gv, bv) = (gamma.to_vec()?, beta.to_vec()?);
         let scale: Vec<f32> = gv.iter().zip(&inv_std).map(|(g, s)| g * s).collect();
         let shift: Vec<f32> = (0..c).map(|ch| bv[ch] - mean[ch] * scale[ch]).collect();
-        let y = per_plane(xv, c, p, |v, ch| {
-            let y = v * scale[ch] + shift[ch];
-            // A fused ReLU by the ReLU op's rule: y <= 0 -> 0, NaN kept.
-            if opts.relu && y <= 0.0 { 0.0 } else { y }
-        });
+        // The residual rounded apart from batch norm's value, as the add op rounds it; then a
+        // fused ReLU by the ReLU op's rule: y <= 0 -> 0, NaN kept.
+        let act = |y: f32| if opts.relu && y <= 0.0 { 0.0 } else { y };
+        let y = match residual {
+            Some(r) => per_plane2(xv, r.storage().as_cpu(OP)?, c, p, |v, r, ch| act((v * scale[ch] + shift[ch]) + r)),
+            None => per_plane(xv, c, p, |v, ch| act(v * scale[ch] + shift[ch])),
+        };
         let saved = BnSaved {
             mean: Tensor::from_vec(mean, [c], Device::Cpu)?,
             var: Tensor::from_vec(var, [c], Device::Cpu)?,
@@ -129,17 +136,18 @@ impl NormKernels for Cpu {
         Ok((Storage::Cpu(y), saved))
     }
 
-    fn batch_norm_bwd(&self, xt: &Tensor, gamma: &Tensor, dy: &Tensor, out: &Tensor, saved: &BnSaved) -> Result<[Tensor; 3]> {
-        let BnCall { shape: [n, c, p, _], opts } = saved.call;
+    fn batch_norm_bwd(&self, xt: &Tensor, gamma: &Tensor, dy: &Tensor, out: &Tensor, saved: &BnSaved) -> Result<BnGrads> {
+        let BnCall { shape: [n, c, p, _], opts, residual } = saved.call;
         let (sx, sg, so) = (xt.storage(), dy.storage(), out.storage());
         let x = sx.as_cpu(OP)?;
         // A fused ReLU passes the gradient where its output is > 0 (the ReLU op's rule).
-        let masked: Vec<f32>;
-        let g = if opts.relu {
-            masked = sg.as_cpu(OP)?.iter().zip(so.as_cpu(OP)?).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect();
-            masked.as_slice()
-        } else {
-            sg.as_cpu(OP)?
+        let masked: Option<Vec<f32>> = match opts.relu {
+            true => Some(sg.as_cpu(OP)?.iter().zip(so.as_cpu(OP)?).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect()),
+            false => None,
+        };
+        let g = match &masked {
+            Some(m) => m.as_slice(),
+            None => sg.as_cpu(OP)?,
         };
         let mean = saved.mean.to_vec()?;
         let inv_std = inv_std(&saved.var.to_vec()?, opts.eps);
@@ -155,11 +163,18 @@ impl NormKernels for Cpu {
             per_plane(g, c, p, |v, ch| v * gam[ch] * inv_std[ch])
         };
         let to32 = |v: Vec<f64>| v.into_iter().map(|s| s as f32).collect::<Vec<_>>();
-        Ok([
-            Tensor::from_vec(dx, xt.shape().clone(), Device::Cpu)?,
-            Tensor::from_vec(to32(dgamma), [c], Device::Cpu)?,
-            Tensor::from_vec(to32(dbeta), [c], Device::Cpu)?,
-        ])
+        // The residual's gradient is the upstream batch norm saw: dy, masked behind a ReLU.
+        let dresidual = match (residual, masked) {
+            (true, Some(m)) => Some(Tensor::from_vec(m, xt.shape().clone(), Device::Cpu)?),
+            (true, None) => Some(dy.clone()),
+            (false, _) => None,
+        };
+        Ok(BnGrads {
+            dx: Tensor::from_vec(dx, xt.shape().clone(), Device::Cpu)?,
+            dgamma: Tensor::from_vec(to32(dgamma), [c], Device::Cpu)?,
+            dbeta: Tensor::from_vec(to32(dbeta), [c], Device::Cpu)?,
+            dresidual,
+        })
     }
 }
 

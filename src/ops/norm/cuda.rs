@@ -1,7 +1,7 @@
 //! Batch norm on the GPU (PyTorch BatchNorm2d semantics), NCHW: the checked launch wrappers of
 //! kernels/batchnorm.cu, and the CUDA side of [`NormKernels`].
 
-use super::{BnCall, BnPartials, BnSaved, NormKernels, OP};
+use super::{BnCall, BnGrads, BnPartials, BnSaved, NormKernels, OP};
 use crate::backend::cuda::elementwise::numel;
 use crate::backend::cuda::kernels as k;
 use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, to_i32};
@@ -15,9 +15,9 @@ impl NormKernels for Cuda {
     /// In training the batch statistics are computed and the running ones updated in place,
     /// otherwise the running ones are used (copied, so a later update cannot change what the
     /// backward sees).
-    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall, partials: Option<&BnPartials>) -> Result<(Storage, BnSaved)> {
+    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall, partials: Option<&BnPartials>, residual: Option<&Tensor>) -> Result<(Storage, BnSaved)> {
         let [gamma, beta, running_mean, running_var] = params;
-        let BnCall { shape, opts } = call;
+        let BnCall { shape, opts, .. } = call;
         let dev = device(OP, x)?;
         let c = shape[1];
         let sx = x.storage();
@@ -46,14 +46,16 @@ impl NormKernels for Cuda {
             (dev.dtod(rm.as_cuda(OP)?)?, dev.dtod(rv.as_cuda(OP)?)?)
         };
         let (sg, sb) = (gamma.storage(), beta.storage());
+        let sr = residual.map(Tensor::storage);
+        let res = sr.as_ref().map(|s| s.as_cuda(OP)).transpose()?;
         let mut y = dev.alloc(x.numel())?;
-        bn_fwd(&dev, xb, shape, &mean, &var, sg.as_cuda(OP)?, sb.as_cuda(OP)?, &mut y, opts.eps, opts.relu)?;
+        bn_fwd(&dev, xb, shape, &mean, &var, sg.as_cuda(OP)?, sb.as_cuda(OP)?, res, &mut y, opts.eps, opts.relu)?;
         let saved = BnSaved { mean: tensor(mean, [c])?, var: tensor(var, [c])?, call };
         Ok((Storage::Cuda(y), saved))
     }
 
-    fn batch_norm_bwd(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor, out: &Tensor, saved: &BnSaved) -> Result<[Tensor; 3]> {
-        let BnCall { shape, opts } = saved.call;
+    fn batch_norm_bwd(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor, out: &Tensor, saved: &BnSaved) -> Result<BnGrads> {
+        let BnCall { shape, opts, residual } = saved.call;
         let dev = device(OP, x)?;
         let c = shape[1];
         let (sx, sgam, sdy, sout) = (x.storage(), gamma.storage(), dy.storage(), out.storage());
@@ -61,6 +63,9 @@ impl NormKernels for Cuda {
         let (smean, svar) = (saved.mean.storage(), saved.var.storage());
         let mut dx = dev.alloc(x.numel())?;
         let (mut dgamma, mut dbeta) = (dev.alloc(c)?, dev.alloc(c)?);
+        // Behind a ReLU the residual's gradient is the masked dy, which the reduce writes; without
+        // one it is dy itself.
+        let mut masked = if residual && opts.relu { Some(dev.alloc(x.numel())?) } else { None };
         let stats = (smean.as_cuda(OP)?, svar.as_cuda(OP)?);
         bn_bwd(
             &dev,
@@ -76,8 +81,14 @@ impl NormKernels for Cuda {
             &mut dx,
             &mut dgamma,
             &mut dbeta,
+            masked.as_mut(),
         )?;
-        Ok([tensor(dx, x.shape().clone())?, tensor(dgamma, [c])?, tensor(dbeta, [c])?])
+        let dresidual = match masked {
+            Some(g) => Some(tensor(g, x.shape().clone())?),
+            None if residual => Some(dy.clone()),
+            None => None,
+        };
+        Ok(BnGrads { dx: tensor(dx, x.shape().clone())?, dgamma: tensor(dgamma, [c])?, dbeta: tensor(dbeta, [c])?, dresidual })
     }
 }
 
@@ -169,7 +180,8 @@ pub fn bn_stats_partials(
     launch(dev, k::BN_STATS_PARTIALS, grid_per_item(dev, c), &args)
 }
 
-/// y = (x - mean) / sqrt(var + eps) * gamma + beta, with batch or running statistics.
+/// y = (x - mean) / sqrt(var + eps) * gamma + beta, with batch or running statistics; plus
+/// `residual` when given, then max(., 0) when `relu`.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_fwd(
     dev: &CudaDevice,
@@ -179,6 +191,7 @@ pub fn bn_fwd(
     var: &GpuBuffer,
     gamma: &GpuBuffer,
     beta: &GpuBuffer,
+    residual: Option<&GpuBuffer>,
     y: &mut GpuBuffer,
     eps: f32,
     relu: bool,
@@ -186,12 +199,16 @@ pub fn bn_fwd(
     let op = k::BN_FWD.name;
     let (_, c, hw) = check(op, x, shape, &[("mean", mean), ("var", var), ("gamma", gamma), ("beta", beta)])?;
     check_len(op, "y", y.len(), x.len(), &shape)?;
+    if let Some(r) = residual {
+        check_len(op, "residual", r.len(), x.len(), &shape)?;
+    }
     let args = [
         Arg::Ptr(x.ptr()),
         Arg::Ptr(mean.ptr()),
         Arg::Ptr(var.ptr()),
         Arg::Ptr(gamma.ptr()),
         Arg::Ptr(beta.ptr()),
+        Arg::Ptr(residual.map_or(0, GpuBuffer::ptr)),
         Arg::Ptr(y.ptr_mut()),
         Arg::I32(x.len() as i32),
         Arg::I32(c),
@@ -204,7 +221,8 @@ pub fn bn_fwd(
 
 /// Gradients of batch norm: dx, dgamma, dbeta. `training` = the forward used batch statistics
 /// (then `mean`/`var` are those, and dx flows through them); otherwise running statistics.
-/// `relu_out`: the output of a forward with a fused ReLU (dy counts only where it is > 0).
+/// `relu_out`: the output of a forward with a fused ReLU (dy counts only where it is > 0);
+/// `masked`, when given, receives that masked dy (a residual's gradient) and the dx pass reads it.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_bwd(
     dev: &CudaDevice,
@@ -220,6 +238,7 @@ pub fn bn_bwd(
     dx: &mut GpuBuffer,
     dgamma: &mut GpuBuffer,
     dbeta: &mut GpuBuffer,
+    mut masked: Option<&mut GpuBuffer>,
 ) -> Result<()> {
     let op = "bn_bwd_f32";
     let (n, c, hw) = check(op, x, shape, &[("mean", mean), ("var", var), ("gamma", gamma), ("dgamma", dgamma), ("dbeta", dbeta)])?;
@@ -228,7 +247,11 @@ pub fn bn_bwd(
     if let Some(r) = relu_out {
         check_len(op, "relu_out", r.len(), x.len(), &shape)?;
     }
+    if let Some(m) = masked.as_deref() {
+        check_len(op, "masked dy", m.len(), x.len(), &shape)?;
+    }
     let relu_ptr = relu_out.map_or(0, GpuBuffer::ptr);
+    let masked_ptr = masked.as_deref_mut().map_or(0, GpuBuffer::ptr_mut);
     let reduce = [
         Arg::Ptr(x.ptr()),
         Arg::Ptr(dy.ptr()),
@@ -237,16 +260,19 @@ pub fn bn_bwd(
         Arg::Ptr(var.ptr()),
         Arg::Ptr(dbeta.ptr_mut()),
         Arg::Ptr(dgamma.ptr_mut()),
+        Arg::Ptr(masked_ptr),
         Arg::I32(n),
         Arg::I32(c),
         Arg::I32(hw),
         Arg::F32(eps),
     ];
     launch(dev, k::BN_BWD_REDUCE, grid_per_item(dev, shape[1]), &reduce)?;
+    // The dx pass reads the masked dy where the reduce wrote it (then there is no mask left to apply).
+    let (upstream, mask) = if masked_ptr != 0 { (masked_ptr, 0) } else { (dy.ptr(), relu_ptr) };
     let dxa = [
         Arg::Ptr(x.ptr()),
-        Arg::Ptr(dy.ptr()),
-        Arg::Ptr(relu_ptr),
+        Arg::Ptr(upstream),
+        Arg::Ptr(mask),
         Arg::Ptr(mean.ptr()),
         Arg::Ptr(var.ptr()),
         Arg::Ptr(gamma.ptr()),

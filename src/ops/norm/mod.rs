@@ -38,11 +38,21 @@ impl Default for BatchNormOptions {
     }
 }
 
-/// One batch_norm call: x viewed as (n, c, p, 1) (`shape`), and its options.
+/// One batch_norm call: x viewed as (n, c, p, 1) (`shape`), its options, and whether a residual
+/// is added before the ReLU ([`Tensor::batch_norm_add`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BnCall {
     pub shape: [usize; 4],
     pub opts: BatchNormOptions,
+    pub residual: bool,
+}
+
+/// Batch norm's gradients: the input's, gamma's, beta's, and the residual's when one was added.
+pub(crate) struct BnGrads {
+    pub dx: Tensor,
+    pub dgamma: Tensor,
+    pub dbeta: Tensor,
+    pub dresidual: Option<Tensor>,
 }
 
 /// What the backward reads besides x and gamma: the per-channel statistics the forward
@@ -68,11 +78,12 @@ pub struct BnPartials {
 
 /// Batch norm on one side (CPU or CUDA).
 pub(crate) trait NormKernels: Sync {
-    /// y, and what the backward reads; in training the running statistics are updated in place,
-    /// from `partials` when given. `params` are gamma, beta, running_mean, running_var.
-    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall, partials: Option<&BnPartials>) -> Result<(Storage, BnSaved)>;
-    /// (dx, dgamma, dbeta); `out` is the forward's output (read for a fused ReLU's gradient).
-    fn batch_norm_bwd(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor, out: &Tensor, saved: &BnSaved) -> Result<[Tensor; 3]>;
+    /// y (plus `residual`, given exactly when `call.residual`), and what the backward reads; in
+    /// training the running statistics are updated in place, from `partials` when given.
+    /// `params` are gamma, beta, running_mean, running_var.
+    fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall, partials: Option<&BnPartials>, residual: Option<&Tensor>) -> Result<(Storage, BnSaved)>;
+    /// The gradients; `out` is the forward's output (read for a fused ReLU's gradient).
+    fn batch_norm_bwd(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor, out: &Tensor, saved: &BnSaved) -> Result<BnGrads>;
 }
 
 fn kernels(device: Device) -> &'static dyn NormKernels {
@@ -107,6 +118,32 @@ impl Tensor {
         opts: BatchNormOptions,
         partials: Option<&BnPartials>,
     ) -> Result<Tensor> {
+        self.batch_norm_impl([gamma, beta, running_mean, running_var], opts, partials, None)
+    }
+
+    /// `batch_norm_with(..)? + residual`, then the ReLU when `opts.relu`, in batch norm's own
+    /// passes: a ResNet block's last batch norm, its shortcut and the block's ReLU. The same bits,
+    /// forward and every gradient, as the three ops apart, without the add's and the ReLU's passes
+    /// over the block's output (forward and backward). `residual` has `self`'s shape.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_add(
+        &self,
+        residual: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        opts: BatchNormOptions,
+        partials: Option<&BnPartials>,
+    ) -> Result<Tensor> {
+        if residual.shape() != self.shape() {
+            return Err(Error::shape(OP, format!("residual {} is not the shape of input {}", residual.shape(), self.shape())));
+        }
+        self.batch_norm_impl([gamma, beta, running_mean, running_var], opts, partials, Some(residual))
+    }
+
+    fn batch_norm_impl(&self, params: [&Tensor; 4], opts: BatchNormOptions, partials: Option<&BnPartials>, residual: Option<&Tensor>) -> Result<Tensor> {
+        let [gamma, beta, running_mean, running_var] = params;
         if self.rank() < 2 {
             return Err(Error::shape(
                 OP,
@@ -152,26 +189,26 @@ impl Tensor {
             ));
         }
         let device = same_device(OP, &[self, gamma, beta, running_mean, running_var])?;
-        let call = BnCall { shape: [n, c, p, 1], opts };
-        let params = [gamma, beta, running_mean, running_var];
+        if let Some(r) = residual {
+            same_device(OP, &[self, r])?;
+        }
+        let call = BnCall { shape: [n, c, p, 1], opts, residual: residual.is_some() };
         if let Some(p) = partials
             && p.channels != c
         {
             return Err(Error::shape(OP, format!("partial statistics of {} channels for input {}", p.channels, self.shape())));
         }
         let partials = partials.filter(|_| opts.training);
-        let (storage, saved) = kernels(device).batch_norm_fwd(self, params, call, partials)?;
+        let (storage, saved) = kernels(device).batch_norm_fwd(self, params, call, partials, residual)?;
         let (xt, gamma_t) = (self.clone(), gamma.clone());
-        Ok(Tensor::from_storage_op(
-            OP,
-            Arc::new(storage),
-            self.shape().clone(),
-            &[self, gamma, beta],
-            move |dy, out| {
-                let [dx, dgamma, dbeta] = kernels(dy.device()).batch_norm_bwd(&xt, &gamma_t, dy, out, &saved)?;
-                Ok(vec![Some(dx), Some(dgamma), Some(dbeta)])
-            },
-        ))
+        let mut inputs = vec![self, gamma, beta];
+        inputs.extend(residual);
+        Ok(Tensor::from_storage_op(OP, Arc::new(storage), self.shape().clone(), &inputs, move |dy, out| {
+            let g = kernels(dy.device()).batch_norm_bwd(&xt, &gamma_t, dy, out, &saved)?;
+            let mut grads = vec![Some(g.dx), Some(g.dgamma), Some(g.dbeta)];
+            grads.extend(g.dresidual.map(Some));
+            Ok(grads)
+        }))
     }
 }
 
@@ -265,6 +302,51 @@ mod tests {
             assert!(zeros > 50 && zeros < 310, "training {training}: {zeros} of 360 outputs clipped");
             assert_eq!(fused, composed, "training {training}");
         }
+    }
+
+    // batch_norm_add gives the bits of batch norm, then the add of the residual, then (with relu)
+    // the ReLU op, forward and every gradient (x, gamma, beta and the residual's), in training
+    // and eval, with and without the ReLU, on inputs where about half the sums are clipped. A
+    // residual of another shape is refused with both shapes.
+    #[test]
+    fn batch_norm_add_is_batch_norm_then_add_then_relu() {
+        let dims = [3, 4, 5, 6];
+        let (mut rng, xv) = seeded_randn(12, dims, 0.3, 1.5);
+        let gamma = randn([4], 1.0, 0.5, &mut rng);
+        let beta = randn([4], 0.0, 0.5, &mut rng);
+        let residual = randn(dims, 0.1, 1.0, &mut rng);
+        let upstream = randn(dims, 0.0, 1.0, &mut rng);
+        for training in [true, false] {
+            for relu in [true, false] {
+                let run = |fused: bool| {
+                    let x = xv.detach().into_var();
+                    let (g, b, r) = (gamma.detach().into_var(), beta.detach().into_var(), residual.detach().into_var());
+                    let (rm, rv) = (Tensor::full([4], 0.2, Device::Cpu).unwrap(), Tensor::full([4], 1.3, Device::Cpu).unwrap());
+                    let opts = BatchNormOptions { training, relu: fused && relu, ..BatchNormOptions::default() };
+                    let y = if fused {
+                        x.batch_norm_add(&r, &g, &b, &rm, &rv, opts, None).unwrap()
+                    } else {
+                        let y = x.batch_norm(&g, &b, &rm, &rv, opts).unwrap().add(&r).unwrap();
+                        if relu { y.relu().unwrap() } else { y }
+                    };
+                    y.mul(&upstream).unwrap().sum_all().unwrap().backward().unwrap();
+                    let grads = [&x, &g, &b, &r].map(|t| t.grad().unwrap().to_vec().unwrap());
+                    (y.to_vec().unwrap(), grads, rm.to_vec().unwrap(), rv.to_vec().unwrap())
+                };
+                let (fused, composed) = (run(true), run(false));
+                let zeros = fused.0.iter().filter(|&&v| v == 0.0).count();
+                if relu {
+                    assert!(zeros > 50 && zeros < 310, "training {training}: {zeros} of 360 outputs clipped");
+                } else {
+                    assert_eq!(zeros, 0, "training {training}: no ReLU, yet {zeros} zeros");
+                }
+                assert_eq!(fused, composed, "training {training} relu {relu}");
+            }
+        }
+        let (rm, rv) = (Tensor::full([4], 0.0, Device::Cpu).unwrap(), Tensor::full([4], 1.0, Device::Cpu).unwrap());
+        let short = randn([3, 4, 5, 5], 0.0, 1.0, &mut rng);
+        let e = xv.batch_norm_add(&short, &gamma, &beta, &rm, &rv, BatchNormOptions::default(), None).unwrap_err().to_string();
+        assert!(e.contains("batch_norm") && e.contains("[3, 4, 5, 5]") && e.contains("[3, 4, 5, 6]"), "{e}");
     }
 
     // Partial statistics come only from a GPU convolution: on the CPU they are refused, and a
