@@ -17,8 +17,9 @@
 //! with CONV_GPU_CASES=3x3_c512_16x16_d4 CONV_GPU_PRECISIONS=bf16.
 //!
 //! Then the fusions around the convolutions against their unfused sequences: `conv_bn` (batch
-//! norm's statistics from the forward's epilogue) and `block_end` (a ResNet block's last batch
-//! norm, shortcut add and ReLU in one pass; runs unless CONV_GPU_CASES leaves out `block_end`).
+//! norm's statistics from the forward's epilogue), `bn_relu_conv` (batch norm and ReLU as the
+//! channels-last convolution's prologue) and `block_end` (a ResNet block's last batch norm,
+//! shortcut add and ReLU in one pass; runs unless CONV_GPU_CASES leaves out `block_end`).
 
 use coseg::backend::cuda::{CudaDevice, GpuBuffer, conv};
 use coseg::device::{Precision, TcVariant};
@@ -370,6 +371,61 @@ fn block_end(c: &mut Criterion, dev: &Arc<CudaDevice>) {
     }
 }
 
+/// Batch norm and its ReLU as the prologue of the convolution that reads them
+/// (`Tensor::bn_relu_conv2d` on the channels-last bf16 kernels: batch norm's f32 output never
+/// written, the bf16 copy made from y and kept for the weight gradient) against batch norm with
+/// its ReLU, then conv2d, on the channels-last kernels too; the shapes whose channels they take.
+/// Forward, and forward + backward (from the sum of the output). Ids
+/// `bn_relu_conv_<shape>/{composed,fused}_<pass>`; prints one table.
+fn bn_relu_conv(c: &mut Criterion, dev: &Arc<CudaDevice>) {
+    use coseg::device::Device;
+    use coseg::ops::BatchNormOptions;
+    use coseg::tensor::Tensor;
+    if !selected_precisions().contains(&Precision::Bf16) {
+        return;
+    }
+    dev.set_precision(Precision::Bf16);
+    dev.set_tc_variant(TcVariant::Nhwc);
+    let device = Device::Cuda(dev.ordinal());
+    let mut rows = Vec::new();
+    for (_, case) in selected_cases().into_iter().filter(|(_, c)| c.sh.stride == 1 && c.sh.c % 8 == 0 && c.sh.k % 8 == 0) {
+        let sh = case.sh;
+        let y = Tensor::from_vec(random(sh.input_len(), 5), [sh.n, sh.c, sh.h, sh.w], device).unwrap();
+        let w = Tensor::from_vec(random(sh.weight_len(), 6), [sh.k, sh.c, sh.r, sh.s], device).unwrap().into_var();
+        let per_channel = |v: f32| Tensor::full([sh.c], v, device).unwrap();
+        let (gamma, beta, rm, rv) = (per_channel(1.0).into_var(), per_channel(0.0).into_var(), per_channel(0.0), per_channel(1.0));
+        let opts = BatchNormOptions { relu: true, ..BatchNormOptions::default() };
+        let geometry = [sh.stride, sh.pad, sh.dilation];
+        let run = |fused: bool, backward: bool| {
+            let y = if backward { y.detach().into_var() } else { y.clone() };
+            let out = if fused {
+                y.bn_relu_conv2d([&gamma, &beta, &rm, &rv], opts, None, &w, None, geometry, true).unwrap().0
+            } else {
+                let a = y.batch_norm(&gamma, &beta, &rm, &rv, opts).unwrap();
+                a.conv2d_with_bn_partials(&w, None, sh.stride, sh.pad, sh.dilation).unwrap().0
+            };
+            if backward {
+                out.sum_all().unwrap().backward().unwrap();
+            }
+        };
+        let group = format!("bn_relu_conv_{}", case.name);
+        let mut times = [0.0; 4];
+        for (i, (fused, backward)) in [(false, false), (true, false), (false, true), (true, true)].into_iter().enumerate() {
+            let id = format!("{}_{}", if fused { "fused" } else { "composed" }, if backward { "fwd_bwd" } else { "fwd" });
+            let flops = sh.flops() * if backward { 3.0 } else { 1.0 };
+            times[i] = measure(c, dev.stream(), &group, &id, flops, &mut || run(fused, backward));
+        }
+        rows.push((case.name, times));
+    }
+    dev.set_tc_variant(TcVariant::default());
+    println!("\nbn_relu_conv summary: relu(batch_norm(y)) into a bf16 channels-last convolution, median ms of 20 event-timed runs");
+    println!("| shape | composed fwd | fused fwd | ratio | composed fwd+bwd | fused fwd+bwd | ratio |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (name, [cf, ff, cb, fb]) in rows {
+        println!("| {name} | {cf:.3} | {ff:.3} | {:.2} | {cb:.3} | {fb:.3} | {:.2} |", cf / ff, cb / fb);
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let Some(dev) = gpu::device_or_skip("conv_gpu") else {
         return;
@@ -380,6 +436,7 @@ fn bench(c: &mut Criterion) {
     cudnn_reference(c, &dev, &mut table);
     print_table(&table);
     conv_bn(c, &dev);
+    bn_relu_conv(c, &dev);
     block_end(c, &dev);
 }
 

@@ -7,14 +7,17 @@
 //   bn_bwd_reduce_f32 one block per channel: dbeta = sum dy, dgamma = sum dy * xhat
 //   bn_bwd_dx_f32    dx, training (through the batch statistics) or eval (stats are constants)
 // With `relu` the forward writes max(y, 0) in the same pass (y <= 0 -> 0, NaN kept, as the ReLU
-// op), and the backward takes that output as `relu_out`: dy counts only where it is > 0 (the ReLU
-// op's gradient), so the ReLU's own two passes over the tensor are gone.
+// op), and the backward takes that output in its ReluMask: dy counts only where it is > 0 (the
+// ReLU op's gradient), so the ReLU's own two passes over the tensor are gone. Where a convolution
+// applied batch norm and the ReLU as it loaded its input (conv2d_nhwc.cu bn_relu_nchw_to_nhwc_bf16)
+// there is no output to read: the mask recomputes batch norm's value from x (bn_value.cuh).
 // With a `residual` (a ResNet block's shortcut) the forward adds it before the ReLU,
 // relu(y + residual), in the same f32 operations as batch norm, add and ReLU done apart, so the
 // same bits without the add's and the ReLU's passes; the backward's reduce then also writes the
 // masked gradient (`g_out`), which is the residual's gradient and the dx kernel's upstream.
 
 #include "block_reduce.cuh"
+#include "bn_value.cuh"
 
 // Element j of channel c, j in [0, N*HW).
 __device__ __forceinline__ int chan_index(int j, int c, int C, int HW) {
@@ -92,22 +95,33 @@ extern "C" __global__ void bn_fwd_f32(const float* __restrict__ x, const float* 
                                       float* __restrict__ y, int n, int C, int HW, float eps, int relu) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         int c = (i / HW) % C;
-        float scale = gamma[c] * rsqrtf(var[c] + eps);
-        float v = (x[i] - mean[c]) * scale + beta[c];
+        float v = bn_value(x[i], mean[c], var[c], gamma[c], beta[c], eps);
         if (residual != nullptr) v = v + residual[i];  // rounded apart, as the add op rounds it
-        y[i] = relu && v <= 0.0f ? 0.0f : v;
+        y[i] = relu ? relu_value(v) : v;
     }
 }
 
-// dy[i], or 0 where a fused ReLU's output (relu_out, null: no ReLU) is not > 0.
-__device__ __forceinline__ float bn_upstream(const float* __restrict__ dy, const float* __restrict__ relu_out, int i) {
-    return relu_out != nullptr && !(relu_out[i] > 0.0f) ? 0.0f : dy[i];
+// Where a fused ReLU's gradient passes: where its output is > 0, read from the output (`out`) or
+// recomputed from the input (`from_x`: batch norm's value, bn_value's bits; a convolution's
+// prologue applied the ReLU and kept no output); neither: no ReLU.
+struct ReluMask {
+    const float* __restrict__ out;
+    const float* __restrict__ gamma;  // non-null: from_x, with beta
+    const float* __restrict__ beta;
+};
+
+// dy[i], or 0 where the fused ReLU's output is not > 0.
+__device__ __forceinline__ float bn_upstream(const float* __restrict__ dy, const ReluMask& m, const float* __restrict__ x,
+                                             const float* __restrict__ mean, const float* __restrict__ var, float eps, int i,
+                                             int c) {
+    if (m.out != nullptr) return m.out[i] > 0.0f ? dy[i] : 0.0f;
+    if (m.gamma != nullptr) return bn_value(x[i], mean[c], var[c], m.gamma[c], m.beta[c], eps) > 0.0f ? dy[i] : 0.0f;
+    return dy[i];
 }
 
 // dsum[c] = sum dy (= dbeta), dxhat[c] = sum dy * xhat (= dgamma); g_out (null: none) gets the
 // masked dy itself.
-extern "C" __global__ void bn_bwd_reduce_f32(const float* __restrict__ x, const float* __restrict__ dy,
-                                             const float* __restrict__ relu_out,
+extern "C" __global__ void bn_bwd_reduce_f32(const float* __restrict__ x, const float* __restrict__ dy, ReluMask relu,
                                              const float* __restrict__ mean, const float* __restrict__ var,
                                              float* __restrict__ dsum, float* __restrict__ dxhat,
                                              float* __restrict__ g_out, int N, int C, int HW, float eps) {
@@ -117,7 +131,7 @@ extern "C" __global__ void bn_bwd_reduce_f32(const float* __restrict__ x, const 
         float s = 0.0f, sx = 0.0f;
         for (int j = threadIdx.x; j < M; j += blockDim.x) {
             int i = chan_index(j, c, C, HW);
-            float g = bn_upstream(dy, relu_out, i);
+            float g = bn_upstream(dy, relu, x, mean, var, eps, i, c);
             if (g_out != nullptr) g_out[i] = g;
             s += g;
             sx += g * (x[i] - mu) * inv;
@@ -133,8 +147,7 @@ extern "C" __global__ void bn_bwd_reduce_f32(const float* __restrict__ x, const 
 
 // training != 0: dx = gamma * inv / M * (M * dy - dsum - xhat * dxhat)
 // training == 0: dx = gamma * inv * dy (running statistics are constants)
-extern "C" __global__ void bn_bwd_dx_f32(const float* __restrict__ x, const float* __restrict__ dy,
-                                         const float* __restrict__ relu_out,
+extern "C" __global__ void bn_bwd_dx_f32(const float* __restrict__ x, const float* __restrict__ dy, ReluMask relu,
                                          const float* __restrict__ mean, const float* __restrict__ var,
                                          const float* __restrict__ gamma, const float* __restrict__ dsum,
                                          const float* __restrict__ dxhat, float* __restrict__ dx, int n,
@@ -142,7 +155,7 @@ extern "C" __global__ void bn_bwd_dx_f32(const float* __restrict__ x, const floa
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         int c = (i / HW) % C;
         float inv = rsqrtf(var[c] + eps);
-        const float g = bn_upstream(dy, relu_out, i);
+        const float g = bn_upstream(dy, relu, x, mean, var, eps, i, c);
         if (training) {
             float xhat = (x[i] - mean[c]) * inv;
             dx[i] = gamma[c] * inv / (float)M * ((float)M * g - dsum[c] - xhat * dxhat[c]);

@@ -40,13 +40,16 @@
 // (about 5 us for the 512-channel 16x16 input at the H200's bandwidth) against a kernel that
 // moves half the shared-memory bytes. (x is copied twice per training step, for the forward and
 // the weight gradient; dy once, shared by the input and weight gradients (cuda.rs conv2d_bwd).
-// Keeping the forward's copy of x for the backward would save one more pass.)
+// Where x is relu(batch_norm(y)) (inside a ResNet block), Tensor::bn_relu_conv2d makes the copy
+// from y with batch norm and the ReLU applied (bn_relu_nchw_to_nhwc_bf16) and keeps it for the
+// weight gradient: batch norm's f32 output is never written and x is copied once.)
 //
 // Results equal conv2d_tcp.cu's bf16 bits (given the same split of the weight gradient): the
 // same bf16 roundings (cvt.rn, round to nearest even, here in the copy instead of at the fragment
 // read), the same fragments and the same sequence of mma per accumulator. The epilogue (bias,
 // NCHW f32 output, batch-norm partial statistics; the weight gradient's split slices) is
 // conv_tc.cuh's store_tile.
+#include "bn_value.cuh"
 #include "conv_tc.cuh"
 #include "cp_async.cuh"
 
@@ -55,17 +58,18 @@
 #define NHWC_STAGES 4
 
 // x (n, c, hw) f32 -> y (n, hw, c) bf16, two channels per 32-bit word (channel 2j in the low
-// half), rounded to nearest even. c must be even (the wrapper checks). Grid (ceil(hw / 32),
-// ceil(c / 64), n), 256 threads: a block transposes 64 channels x 32 pixels through shared memory,
-// reading 32 consecutive pixels per warp and writing 32 consecutive words per warp.
-extern "C" __global__ void __launch_bounds__(256) nchw_to_nhwc_bf16(const float* __restrict__ x, unsigned* __restrict__ y,
-                                                                    int c, int hw) {
+// half), rounded to nearest even, each value first mapped by `f(value, channel)`. c must be even
+// (the wrappers check). Grid (ceil(hw / 32), ceil(c / 64), n), 256 threads: a block transposes 64
+// channels x 32 pixels through shared memory, reading 32 consecutive pixels per warp and writing
+// 32 consecutive words per warp. Past the tensor's edge the tile holds zeros (not f(0)).
+template <class F>
+__device__ __forceinline__ void to_nhwc_bf16(const float* __restrict__ x, unsigned* __restrict__ y, int c, int hw, F f) {
     __shared__ float tile[64][33];
     const int p0 = blockIdx.x * 32, c0 = blockIdx.y * 64, lane = threadIdx.x & 31, row = threadIdx.x >> 5;
     const float* xn = x + (long long)blockIdx.z * c * hw;
     for (int i = row; i < 64; i += 8) {
         const int ch = c0 + i, p = p0 + lane;
-        tile[i][lane] = ch < c && p < hw ? xn[(long long)ch * hw + p] : 0.0f;
+        tile[i][lane] = ch < c && p < hw ? f(xn[(long long)ch * hw + p], ch) : 0.0f;
     }
     __syncthreads();
     const int pairs = c >> 1, pair = (c0 >> 1) + lane;
@@ -74,6 +78,22 @@ extern "C" __global__ void __launch_bounds__(256) nchw_to_nhwc_bf16(const float*
         const int p = p0 + i;
         if (p < hw && pair < pairs) yn[(long long)p * pairs + pair] = Bf16::pair(tile[2 * lane][i], tile[2 * lane + 1][i]);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256) nchw_to_nhwc_bf16(const float* __restrict__ x, unsigned* __restrict__ y,
+                                                                    int c, int hw) {
+    to_nhwc_bf16(x, y, c, hw, [](float v, int) { return v; });
+}
+
+// The prologue of a convolution whose input is relu(batch_norm(x)) (Tensor::bn_relu_conv2d): the
+// copy above of relu(bn_value(x)) per channel, so batch norm's output is never written in f32.
+// The same bits as batchnorm.cu's forward with its ReLU followed by nchw_to_nhwc_bf16
+// (bn_value.cuh: one sequence of operations for both).
+extern "C" __global__ void __launch_bounds__(256) bn_relu_nchw_to_nhwc_bf16(const float* __restrict__ x, const float* __restrict__ mean,
+                                                                            const float* __restrict__ var, const float* __restrict__ gamma,
+                                                                            const float* __restrict__ beta, unsigned* __restrict__ y,
+                                                                            int c, int hw, float eps) {
+    to_nhwc_bf16(x, y, c, hw, [&](float v, int ch) { return relu_value(bn_value(v, mean[ch], var[ch], gamma[ch], beta[ch], eps)); });
 }
 
 // Four 8 x 8 bf16 matrices from shared memory: lanes 8i .. 8i + 7 give the row addresses of

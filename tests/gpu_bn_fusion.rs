@@ -7,7 +7,9 @@
 //! in the same pass against batch norm then ReLU (the same bits), and with a residual added too
 //! against batch norm, add, ReLU (the same bits). Skips without a GPU; fails
 //! with REQUIRE_CUDA=1. And the unit trained one step on the channels-last kernels against the
-//! pipelined ones (the same bits but for the weight gradient's split sums).
+//! pipelined ones (the same bits but for the weight gradient's split sums); and batch norm with its
+//! ReLU as the prologue of the convolution that reads it (Tensor::bn_relu_conv2d) against the ops
+//! apart (the same bits).
 
 mod common;
 use common::test_gpu;
@@ -257,6 +259,126 @@ test_gpu!(a_conv_bn_relu_trains_the_same_on_the_channels_last_kernels, |dev| {
             assert!(bits(a) == bits(b), "{what}: differs ({:.2e})", rel_err(a, b));
         }
     }
+    dev.set_precision(p0);
+    dev.set_tc_variant(v0);
+    dev.set_fuse_bn_stats(f0);
+});
+
+// A convolution whose input is relu(batch_norm(y)) (`Tensor::bn_relu_conv2d`, every convolution
+// of a ResNet block but the first) with batch norm and the ReLU as its prologue (bf16,
+// channels-last kernels: the output's node is bn_relu_conv2d) gives the composed ops' bits: the
+// output and its partial statistics (read back through the batch norm that follows), the
+// gradients of the previous convolution's input and weights (through y), of gamma, beta, the
+// weights and the bias, and both batch norms' running statistics; in training with y's
+// statistics from the previous convolution's partials and from batch norm's own pass, and in
+// eval; a dilated 3x3 and a 1x1. With 12 channels (not a multiple of 8) the op is the composed
+// ops (node conv2d), with the same results.
+test_gpu!(batch_norm_and_relu_as_the_convolutions_prologue_give_the_composed_bits, |dev| {
+    let _one_at_a_time = serial();
+    let (p0, v0, f0) = (dev.precision(), dev.tc_variant(), dev.fuse_bn_stats());
+    dev.set_precision(Precision::Bf16);
+    dev.set_tc_variant(TcVariant::Nhwc);
+    dev.set_fuse_bn_stats(true);
+    let mut r = rng(37);
+    for (c, k, taps, dilation, prologue) in [(24usize, 40usize, 3usize, 2usize, true), (32, 16, 1, 1, true), (12, 24, 3, 1, false)] {
+        let (n, h, w, c0) = (3usize, 13usize, 11usize, 16usize);
+        let (x0v, w0v) = (randn(&mut r, n * c0 * h * w), randn(&mut r, c * c0));
+        let (wv, bv, uv) = (randn(&mut r, k * c * taps * taps), randn(&mut r, k), randn(&mut r, n * k * h * w));
+        let (gv, betav) = (randn(&mut r, c), randn(&mut r, c));
+        for (training, from_partials) in [(true, true), (true, false), (false, false)] {
+            let run = |fused: bool| {
+                let t = |v: &[f32], dims: &[usize]| Tensor::from_vec(v.to_vec(), dims.to_vec(), GPU).unwrap().into_var();
+                let (x0, w0) = (t(&x0v, &[n, c0, h, w]), t(&w0v, &[c, c0, 1, 1]));
+                let (wt, bias) = (t(&wv, &[k, c, taps, taps]), t(&bv, &[k]));
+                let gamma = t(&gv.iter().map(|v| 1.0 + 0.3 * v).collect::<Vec<_>>(), &[c]);
+                let beta = t(&betav.iter().map(|v| 0.3 * v).collect::<Vec<_>>(), &[c]);
+                let (rm, rv) = (Tensor::full([c], 0.1, GPU).unwrap(), Tensor::full([c], 1.4, GPU).unwrap());
+                let (rm2, rv2) = (Tensor::full([k], 0.0, GPU).unwrap(), Tensor::full([k], 1.0, GPU).unwrap());
+                let (y, yp) = x0.conv2d_with_bn_partials(&w0, None, 1, 0, 1).unwrap();
+                let yp = yp.filter(|_| from_partials);
+                let opts = BatchNormOptions { training, relu: true, ..BatchNormOptions::default() };
+                let pad = dilation * (taps - 1) / 2;
+                let (out, op) = if fused {
+                    y.bn_relu_conv2d([&gamma, &beta, &rm, &rv], opts, yp.as_ref(), &wt, Some(&bias), [1, pad, dilation], true).unwrap()
+                } else {
+                    let a = y.batch_norm_with(&gamma, &beta, &rm, &rv, opts, yp.as_ref()).unwrap();
+                    a.conv2d_with_bn_partials(&wt, Some(&bias), 1, pad, dilation).unwrap()
+                };
+                let name = format!("{out:?}");
+                // The partial statistics, through the batch norm that would follow.
+                let next = BatchNormOptions { training: true, ..BatchNormOptions::default() };
+                let z = out.batch_norm_with(&Tensor::full([k], 1.0, GPU).unwrap(), &Tensor::full([k], 0.0, GPU).unwrap(), &rm2, &rv2, next, op.as_ref()).unwrap();
+                z.mul(&Tensor::from_vec(uv.clone(), [n, k, h, w], GPU).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut got = vec![out.to_vec().unwrap(), z.to_vec().unwrap()];
+                got.extend([&x0, &w0, &gamma, &beta, &wt, &bias].map(|t| t.grad().unwrap().to_vec().unwrap()));
+                got.extend([&rm, &rv, &rm2, &rv2].map(|t| t.to_vec().unwrap()));
+                (got, name)
+            };
+            let ((fused, name), (composed, _)) = (run(true), run(false));
+            let case = format!("c {c} k {k} {taps}x{taps} dilation {dilation}, training {training}, partials {from_partials}");
+            assert_eq!(name.contains("op=bn_relu_conv2d"), prologue, "{case}: {name}");
+            let what = ["out", "next batch norm", "dx0", "dw0", "dgamma", "dbeta", "dw", "dbias", "running mean", "running var", "next running mean", "next running var"];
+            for (i, (a, b)) in fused.iter().zip(&composed).enumerate() {
+                assert!(a.iter().all(|v| v.is_finite()) && a.iter().any(|&v| v != 0.0), "{case}: {} not finite or all zero", what[i]);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert!(bits(a) == bits(b), "{case}: {} differs ({:.2e})", what[i], rel_err(a, b));
+            }
+        }
+    }
+    dev.set_precision(p0);
+    dev.set_tc_variant(v0);
+    dev.set_fuse_bn_stats(f0);
+});
+
+// A ResNet-50 at a quarter width (every channel count a multiple of 8 but the image's 3), one
+// training step in bf16 on the channels-last kernels, where each block's inner batch norms run as
+// the next convolution's prologue and each block ends in batch_norm_add, against the pipelined
+// kernels (the composed ops): the features, the input's gradient, every batch norm's gradients
+// and running statistics the same bits; the convolutions' weight gradients within 1e-5 (the
+// channels-last weight gradient splits its sums for two blocks per SM, so their order differs).
+test_gpu!(a_resnet_step_is_the_same_with_batch_norm_as_the_convolutions_prologue, |dev| {
+    use coseg::nn::resnet::{ResNet, ResNetSpec};
+    let _one_at_a_time = serial();
+    let (p0, v0, f0) = (dev.precision(), dev.tc_variant(), dev.fuse_bn_stats());
+    dev.set_precision(Precision::Bf16);
+    dev.set_fuse_bn_stats(true);
+    let mut r = rng(38);
+    let xv = randn(&mut r, 2 * 3 * 64 * 64);
+    let run = |variant: TcVariant| {
+        dev.set_tc_variant(variant);
+        let mut store = ParamStore::new(GPU, 11);
+        let spec = ResNetSpec { depth: 50, width: 0.25, output_stride: 8, multi_grid: true, in_channels: 3 };
+        let net = ResNet::new(spec, &mut store, "backbone").unwrap();
+        let x = Tensor::from_vec(xv.clone(), [2, 3, 64, 64], GPU).unwrap().into_var();
+        let f = net.forward(&x, true).unwrap();
+        f.layer4.sqr().unwrap().sum_all().unwrap().add(&f.layer1.sum_all().unwrap()).unwrap().backward().unwrap();
+        let mut named = vec![("layer1".to_string(), f.layer1.to_vec().unwrap()), ("layer4".to_string(), f.layer4.to_vec().unwrap())];
+        named.push(("x grad".to_string(), x.grad().unwrap().to_vec().unwrap()));
+        for (name, t) in store.iter() {
+            let v = match t.grad() {
+                Some(g) => g.to_vec().unwrap(),
+                None => t.to_vec().unwrap(), // running statistics
+            };
+            named.push((name.to_string(), v));
+        }
+        named
+    };
+    let (nhwc, pipe) = (run(TcVariant::Nhwc), run(TcVariant::Pipelined));
+    assert_eq!(nhwc.len(), pipe.len());
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    let mut weight_grads = 0;
+    for ((name, a), (other, b)) in nhwc.iter().zip(&pipe) {
+        assert_eq!(name, other);
+        assert!(a.iter().all(|v| v.is_finite()), "{name}: not finite");
+        let conv_weight = name.ends_with(".weight") && (name.contains("conv") || name.contains("downsample.0"));
+        if conv_weight {
+            weight_grads += 1;
+            assert!(rel_err(a, b) < 1e-5, "{name}: {:.2e}", rel_err(a, b));
+        } else {
+            assert!(bits(a) == bits(b), "{name}: differs ({:.2e})", rel_err(a, b));
+        }
+    }
+    assert!(weight_grads > 50, "{weight_grads} convolution weights compared");
     dev.set_precision(p0);
     dev.set_tc_variant(v0);
     dev.set_fuse_bn_stats(f0);

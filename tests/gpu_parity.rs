@@ -186,7 +186,7 @@ test_gpu!(gpu_batch_norm_training_and_eval_match_cpu, |dev| {
     batchnorm::bn_fwd(&dev, &xg, shape, &mg, &vg, &gg, &bg, None, &mut yg, eps, false).unwrap();
     assert_close("bn fwd", &dev.dtoh(&yg).unwrap(), &y, F32_TOL);
     let (mut dxg, mut dgg, mut dbg) = (poisoned(&dev, 360), poisoned(&dev, c), poisoned(&dev, c));
-    batchnorm::bn_bwd(&dev, &xg, &dyg, None, shape, &mg, &vg, &gg, eps, true, &mut dxg, &mut dgg, &mut dbg, None).unwrap();
+    batchnorm::bn_bwd(&dev, &xg, &dyg, batchnorm::ReluMask::None, shape, &mg, &vg, &gg, eps, true, &mut dxg, &mut dgg, &mut dbg, None).unwrap();
     assert_close("bn dx", &dev.dtoh(&dxg).unwrap(), &dx, F32_TOL);
     assert_close("bn dgamma", &dev.dtoh(&dgg).unwrap(), &dgamma, F32_TOL);
     assert_close("bn dbeta", &dev.dtoh(&dbg).unwrap(), &dbeta, F32_TOL);

@@ -10,7 +10,6 @@
 #include "emu.h"
 #include <cstdio>
 #include <random>
-inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 #ifndef BN_KERNELS  // mutants.sh points this at a broken copy
 #define BN_KERNELS "../../kernels/batchnorm.cu"
 #endif
@@ -102,12 +101,12 @@ int main() {
                 composed[i] = relu && v <= 0.0f ? 0.0f : v;
             }
             launch({(unsigned)std::min(C, cap), 1, 1}, 256, [&] {
-                bn_bwd_reduce_f32(x.data(), dy.data(), relu ? y.data() : nullptr, mean.data(), var.data(), dsum.data(), dxhat.data(),
-                                  g.data(), N, C, HW, eps);
+                bn_bwd_reduce_f32(x.data(), dy.data(), ReluMask{relu ? y.data() : nullptr, nullptr, nullptr}, mean.data(), var.data(),
+                                  dsum.data(), dxhat.data(), g.data(), N, C, HW, eps);
             });
             launch({(unsigned)std::min(n / 256 + 1, 64), 1, 1}, 256, [&] {
-                bn_bwd_dx_f32(x.data(), g.data(), nullptr, mean.data(), var.data(), gamma.data(), dsum.data(), dxhat.data(), dx.data(),
-                              n, C, HW, M, eps, 1);
+                bn_bwd_dx_f32(x.data(), g.data(), ReluMask{}, mean.data(), var.data(), gamma.data(), dsum.data(), dxhat.data(),
+                              dx.data(), n, C, HW, M, eps, 1);
             });
             D want_y(n), want_g(n), want_sum(C, 0), want_xhat(C, 0), sum_floor(C, 0), want_dx(n);
             V masked(n);
@@ -137,6 +136,44 @@ int main() {
                 worst = std::max(worst, v);
                 ok = ok && v <= 1e-5;
             }
+        }
+    }
+    // The ReLU's mask recomputed from the input (a convolution applied batch norm and the ReLU as
+    // its prologue and kept no output): the backward's sums, masked gradient and dx the same bits
+    // as with the mask read from the forward's output, in training and eval.
+    for (auto& s : shapes) {
+        const int N = s[0], C = s[1], HW = s[2], cap = s[3], M = N * HW, n = N * C * HW;
+        std::mt19937 rng(N * 11 + C * 5 + HW);
+        V x = rand_vec(rng, n, -2.0f, 3.0f), dy = rand_vec(rng, n);
+        V mean = rand_vec(rng, C, 0.0f, 1.0f), var = rand_vec(rng, C, 0.5f, 2.0f);
+        V gamma = rand_vec(rng, C, 0.5f, 1.5f), beta = rand_vec(rng, C, -0.5f, 0.5f);
+        const float eps = 1e-5f;
+        V out(n, NAN);
+        const unsigned blocks = (unsigned)std::min(n / 256 + 1, 64);
+        launch({blocks, 1, 1}, 256, [&] {
+            bn_fwd_f32(x.data(), mean.data(), var.data(), gamma.data(), beta.data(), nullptr, out.data(), n, C, HW, eps, 1);
+        });
+        int clipped = 0;
+        for (float v : out) clipped += v == 0.0f;
+        for (int training = 0; training < 2; ++training) {
+            V got[2][4];
+            for (int from_x = 0; from_x < 2; ++from_x) {
+                const ReluMask mask = from_x ? ReluMask{nullptr, gamma.data(), beta.data()} : ReluMask{out.data(), nullptr, nullptr};
+                V dsum(C, NAN), dxhat(C, NAN), g(n, NAN), dx(n, NAN);
+                launch({(unsigned)std::min(C, cap), 1, 1}, 256, [&] {
+                    bn_bwd_reduce_f32(x.data(), dy.data(), mask, mean.data(), var.data(), dsum.data(), dxhat.data(), g.data(), N, C, HW, eps);
+                });
+                launch({blocks, 1, 1}, 256, [&] {
+                    bn_bwd_dx_f32(x.data(), dy.data(), mask, mean.data(), var.data(), gamma.data(), dsum.data(), dxhat.data(), dx.data(), n,
+                                  C, HW, M, eps, training);
+                });
+                got[from_x][0] = dsum, got[from_x][1] = dxhat, got[from_x][2] = g, got[from_x][3] = dx;
+            }
+            bool same = clipped > 0 && clipped < n;
+            for (int i = 0; i < 4; ++i) same = same && same_bits(got[0][i], got[1][i]) && std::all_of(got[1][i].begin(), got[1][i].end(), [](float v) { return std::isfinite(v); });
+            printf("N=%d C=%d HW=%d training %d: mask from the input (%d of %d clipped) %s\n", N, C, HW, training, clipped, n,
+                   same ? "the bits of the mask from the output" : "NOT the bits of the mask from the output");
+            ok = ok && same;
         }
     }
     printf("max relative error %.2e\n%s\n", worst, ok ? "ALL OK" : "FAILED");

@@ -3,7 +3,8 @@
 //  - nchw_to_nhwc_bf16 copies the gathered operand (x; dy for the input gradient) to channels-last
 //    bf16, and the weights to (K, R, S, C) (as "N = K, C, HW = R*S") and (C, R, S, K) (as
 //    "N = 1, C = K, HW = C*R*S"); each copy is compared bit for bit with a host transpose and
-//    round-to-nearest-even;
+//    round-to-nearest-even; bn_relu_nchw_to_nhwc_bf16 (batch norm and ReLU as the copy is made)
+//    bit for bit against batch norm's forward with its ReLU followed by the copy;
 //  - the forward and input-gradient kernels, all three tiles, 4 stages x (BM + BN) x 80 bytes of
 //    dynamic shared memory (NaN in both bf16 halves before each block), the forward with batch-norm
 //    partial statistics and a bias on even-numbered shapes;
@@ -72,6 +73,38 @@ static bool to_nhwc(const V& x, int n, int c, int hw, Words& y, const char* what
 }
 
 
+// bn_relu_nchw_to_nhwc_bf16 as cuda.rs launches it (a convolution's batch-norm + ReLU prologue,
+// Tensor::bn_relu_conv2d): bit for bit nchw_to_nhwc_bf16 of batch norm's forward with its ReLU
+// (bn_value.cuh's operations, which batchnorm.cu's bn_fwd_f32 runs), that forward within 1e-6 of
+// f64, about half the values clipped; padding channels and pixels stay zero (not batch norm of 0).
+static bool bn_relu_to_nhwc(const V& x, int n, int c, int hw, std::mt19937& rng) {
+    const V mean = rand_vec(rng, c, -0.3f, 0.3f), var = rand_vec(rng, c, 0.5f, 2.0f), gamma = rand_vec(rng, c, 0.5f, 1.5f),
+            beta = rand_vec(rng, c, -0.3f, 0.3f);
+    const float eps = 1e-5f;
+    V a(x.size());
+    size_t clipped = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+        const int ch = (int)(i / hw % c);
+        a[i] = relu_value(bn_value(x[i], mean[ch], var[ch], gamma[ch], beta[ch], eps));
+        const double want = std::max(0.0, ((double)x[i] - mean[ch]) / std::sqrt((double)var[ch] + eps) * gamma[ch] + beta[ch]);
+        clipped += a[i] == 0.0f;
+        if (std::fabs(a[i] - want) > 1e-6 * std::max(1.0, std::fabs(want))) {
+            printf("  batch norm + ReLU (n %d c %d hw %d): element %zu = %g, f64 %g\n", n, c, hw, i, a[i], want);
+            return false;
+        }
+    }
+    Words composed(x.size() / 2), fused(x.size() / 2);
+    if (!to_nhwc(a, n, c, hw, composed, "relu(batch norm(x))")) return false;
+    launch({(unsigned)cdiv(hw, 32), (unsigned)cdiv(c, 64), (unsigned)n}, 256, [&] {
+        bn_relu_nchw_to_nhwc_bf16(x.data(), mean.data(), var.data(), gamma.data(), beta.data(), fused.p.get(), c, hw, eps);
+    });
+    const bool same = std::equal(fused.p.get(), fused.p.get() + fused.n, composed.p.get());
+    const bool some = clipped > x.size() / 5 && clipped < x.size() * 4 / 5;
+    printf("  bn_relu_nchw_to_nhwc_bf16 (n %d c %d hw %d, %zu of %zu clipped): %s\n", n, c, hw, clipped, x.size(),
+           same && some ? "the bits of batch norm + ReLU, then the copy" : "DIFFERS (or too few / many clipped)");
+    return same && some;
+}
+
 int main(int argc, char** argv) {
     const Shape shapes[] = {
         {2, 32, 6, 6, 48, 3, 3, 1, 1, 1},     // C = 32: a tile row is one tap; 9 tiles forward, 13.5 input grad
@@ -105,7 +138,8 @@ int main(int argc, char** argv) {
         // The copies cuda.rs makes: x and dy channels-last, the weights in both orders, all bf16.
         Words xh(nx / 2), dyh(ny / 2), wf(nw / 2), wt(nw / 2);
         ok = ok && to_nhwc(x, sh.n, sh.c, HW, xh, "x") && to_nhwc(dy, sh.n, sh.k, OHW, dyh, "dy") &&
-             to_nhwc(w, sh.k, sh.c, RS, wf, "weights (K, R, S, C)") && to_nhwc(w, 1, sh.k, sh.c * RS, wt, "weights (C, R, S, K)");
+             to_nhwc(w, sh.k, sh.c, RS, wf, "weights (K, R, S, C)") && to_nhwc(w, 1, sh.k, sh.c * RS, wt, "weights (C, R, S, K)") &&
+             bn_relu_to_nhwc(x, sh.n, sh.c, HW, rng);
         // conv2d_tcp.cu's f32 operands: weights (K, R, S, C) and (C, R, S, K).
         V wf32(nw), wt32(nw);
         for (int k = 0; k < sh.k; ++k)

@@ -34,6 +34,8 @@ inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c,
 // -std=c++20 (ISO mode) does not contract a*b+c into an fma, so these round like CUDA's.
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
+// The GPU's rsqrtf is approximate (MUFU); here exact. Checks compare kernels that share one call.
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }

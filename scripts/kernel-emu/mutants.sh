@@ -3,7 +3,7 @@
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
 # conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
 # each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 40 minutes
-# on 2 cores for all 72; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 13). A mutant of a
+# on 2 cores for all 74; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 13). A mutant of a
 # header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
 # ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
@@ -111,6 +111,8 @@ mutant gather_check reduce.cu REDUCE_KERNELS 's/for (int z = 1; z < splits; ++z)
 mutant gather_check reduce.cu REDUCE_KERNELS 's/y\[(long long)blockIdx.y \* n_out + o\] = acc \* scale;/y[o] = acc * scale;/g' "split sums all written to slice 0"
 mutant bn_check batchnorm.cu BN_KERNELS 's/const int n = min(width, count - j \* width);/const int n = width;/' "partial statistics: the last slot counted as full"
 mutant bn_check batchnorm.cu BN_KERNELS 's/q += (double)m2\[j\] + n \* d \* d;/q += (double)m2[j];/' "partial statistics: slot means not combined"
-mutant bn_check batchnorm.cu BN_KERNELS 's/y\[i\] = relu \&\& v <= 0.0f ? 0.0f : v;/y[i] = (relu \&\& v - (residual != nullptr ? residual[i] : 0.0f) <= 0.0f ? 0.0f : v - (residual != nullptr ? residual[i] : 0.0f)) + (residual != nullptr ? residual[i] : 0.0f);/' "residual added after the ReLU"
+mutant bn_check batchnorm.cu BN_KERNELS 's/bn_value(x\[i\], mean\[c\], var\[c\], m.gamma\[c\], m.beta\[c\], eps) > 0.0f/bn_value(x[i], mean[c], var[c], m.gamma[c], 0.0f, eps) > 0.0f/' "the ReLU mask recomputed from the input ignores beta"
+mutant conv_nhwc_check $N CONV_KERNELS 's/return relu_value(bn_value(v, mean\[ch\], var\[ch\], gamma\[ch\], beta\[ch\], eps));/return relu_value(bn_value(v, mean[ch], var[ch], gamma[ch], beta[0], eps));/' "nhwc prologue: every channel shifted by channel 0's beta"
+mutant bn_check batchnorm.cu BN_KERNELS 's/if (residual != nullptr) v = v + residual\[i\];/;/; s/y\[i\] = relu ? relu_value(v) : v;/y[i] = (relu ? relu_value(v) : v) + (residual != nullptr ? residual[i] : 0.0f);/' "residual added after the ReLU"
 mutant bn_check batchnorm.cu BN_KERNELS 's/if (g_out != nullptr) g_out\[i\] = g;/if (g_out != nullptr) g_out[i] = dy[i];/' "the residual's gradient not masked by the ReLU"
 exit $survived

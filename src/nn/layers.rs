@@ -78,6 +78,19 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.conv2d(&self.weight, self.bias.as_ref(), self.stride, self.padding, self.dilation)
     }
+    /// The forward, for a batch norm that follows: in training on a GPU whose `fuse_bn_stats` is
+    /// on, with the partial statistics of the output its kernel writes as it stores (the
+    /// tensor-core kernels), so batch norm skips its own pass over the output.
+    pub fn forward_for_bn(&self, x: &Tensor, train: bool) -> Result<(Tensor, Option<BnPartials>)> {
+        if !wants_bn_partials(x, train)? {
+            return Ok((self.forward(x)?, None));
+        }
+        x.conv2d_with_bn_partials(&self.weight, self.bias.as_ref(), self.stride, self.padding, self.dilation)
+    }
+    /// [stride, padding, dilation], as the tensor ops take them.
+    fn geometry(&self) -> [usize; 3] {
+        [self.stride, self.padding, self.dilation]
+    }
     pub fn out_channels(&self) -> usize {
         self.weight.dims()[0]
     }
@@ -119,33 +132,44 @@ impl BatchNorm2d {
         }
     }
 
-    /// This batch norm of `conv(x)`. In training on a GPU whose `fuse_bn_stats` is on, the
-    /// convolution writes the batch statistics as it stores its output (where its kernel can:
-    /// the pipelined tensor-core kernels) and batch norm skips its own pass over that output;
-    /// otherwise conv2d then batch_norm. The same values either way, up to summation order.
+    /// This batch norm of `y` (training from `partials` when the convolution that wrote y gave
+    /// them), then plus `residual` when given, then the ReLU when `relu`, in batch norm's passes.
+    pub fn apply(&self, y: &Tensor, partials: Option<&BnPartials>, train: bool, relu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_with(y, train, relu, residual, partials)
+    }
+
+    /// This batch norm of `conv(x)`, the batch statistics from the convolution's epilogue where
+    /// it writes them ([`Conv2d::forward_for_bn`]). The same values either way, up to summation
+    /// order.
     pub fn after_conv(&self, conv: &Conv2d, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.after_conv_with(conv, x, train, false, None)
+        let (y, partials) = conv.forward_for_bn(x, train)?;
+        self.apply(&y, partials.as_ref(), train, false, None)
     }
     /// [`Self::after_conv`] then ReLU, in batch norm's own pass.
     pub fn after_conv_relu(&self, conv: &Conv2d, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.after_conv_with(conv, x, train, true, None)
+        let (y, partials) = conv.forward_for_bn(x, train)?;
+        self.apply(&y, partials.as_ref(), train, true, None)
     }
-    /// relu([`Self::after_conv`] + `residual`), the end of a ResNet block, in batch norm's own
-    /// passes (`Tensor::batch_norm_add`).
-    pub fn after_conv_add_relu(&self, conv: &Conv2d, x: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
-        self.after_conv_with(conv, x, train, true, Some(residual))
+
+    /// `conv(relu(self(y)))`, `partials` those of the convolution that wrote y, returning the
+    /// partial statistics of this convolution's output as [`Conv2d::forward_for_bn`] does
+    /// (`Tensor::bn_relu_conv2d`: on CUDA in bf16 with the channels-last kernels, batch norm and
+    /// the ReLU are the convolution's prologue and their output is never written).
+    pub fn relu_into_conv(&self, y: &Tensor, partials: Option<&BnPartials>, conv: &Conv2d, train: bool) -> Result<(Tensor, Option<BnPartials>)> {
+        let opts = BatchNormOptions { training: train, relu: true, ..BatchNormOptions::default() };
+        let bn = [&self.weight, &self.bias, &self.running_mean, &self.running_var];
+        y.bn_relu_conv2d(bn, opts, partials, &conv.weight, conv.bias.as_ref(), conv.geometry(), wants_bn_partials(y, train)?)
     }
-    fn after_conv_with(&self, conv: &Conv2d, x: &Tensor, train: bool, relu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
-        let fused = match x.device() {
-            Device::Cuda(n) if train => crate::backend::cuda::CudaDevice::get(n)?.fuse_bn_stats(),
-            _ => false,
-        };
-        if !fused {
-            return self.forward_with(&conv.forward(x)?, train, relu, residual, None);
-        }
-        let (y, partials) = x.conv2d_with_bn_partials(&conv.weight, conv.bias.as_ref(), conv.stride, conv.padding, conv.dilation)?;
-        self.forward_with(&y, true, relu, residual, partials.as_ref())
-    }
+}
+
+/// Whether a convolution of `x` feeding a batch norm should write the batch norm's partial
+/// statistics: in training on a GPU whose `fuse_bn_stats` is on (the kernels that cannot write
+/// them write none).
+fn wants_bn_partials(x: &Tensor, train: bool) -> Result<bool> {
+    Ok(match x.device() {
+        Device::Cuda(n) if train => crate::backend::cuda::CudaDevice::get(n)?.fuse_bn_stats(),
+        _ => false,
+    })
 }
 
 /// Convolution, batch norm, ReLU: the unit of every head and decoder here.

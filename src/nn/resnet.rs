@@ -111,19 +111,23 @@ impl Block {
         Ok(Block { convs, downsample })
     }
 
-    /// relu(main branch + shortcut); the last batch norm adds the shortcut and applies the ReLU in
-    /// its own pass (`BatchNorm2d::after_conv_add_relu`), so the shortcut is computed first.
+    /// relu(main branch + shortcut). Each batch norm but the last is applied with its ReLU by the
+    /// next convolution as it reads its input (`BatchNorm2d::relu_into_conv`); the last adds the
+    /// shortcut and applies the block's ReLU in its own pass (`BatchNorm2d::apply`), so the
+    /// shortcut is computed first.
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let identity = match &self.downsample {
             Some((conv, bn)) => bn.after_conv(conv, x, train)?,
             None => x.clone(),
         };
-        let mut y = x.clone();
-        let last = self.convs.len() - 1;
-        for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            y = if i != last { bn.after_conv_relu(conv, &y, train)? } else { bn.after_conv_add_relu(conv, &y, &identity, train)? };
+        let (first, _) = &self.convs[0];
+        let (mut y, mut partials) = first.forward_for_bn(x, train)?;
+        for pair in self.convs.windows(2) {
+            let ((_, bn), (conv, _)) = (&pair[0], &pair[1]);
+            (y, partials) = bn.relu_into_conv(&y, partials.as_ref(), conv, train)?;
         }
-        Ok(y)
+        let (_, last_bn) = &self.convs[self.convs.len() - 1];
+        last_bn.apply(&y, partials.as_ref(), train, true, Some(&identity))
     }
 }
 

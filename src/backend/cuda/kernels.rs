@@ -90,7 +90,7 @@ kernels! {
         CONV2D_PIPE_BWD_WEIGHT_64X128_BF16 = "conv2d_pipe_bwd_weight_64x128_bf16",
         CONV2D_PIPE_BWD_WEIGHT_128X64_BF16 = "conv2d_pipe_bwd_weight_128x64_bf16";
     "conv2d_nhwc":
-        NCHW_TO_NHWC_BF16 = "nchw_to_nhwc_bf16",
+        NCHW_TO_NHWC_BF16 = "nchw_to_nhwc_bf16", BN_RELU_NCHW_TO_NHWC_BF16 = "bn_relu_nchw_to_nhwc_bf16",
         CONV2D_NHWC_FWD_128X128_BF16 = "conv2d_nhwc_fwd_128x128_bf16",
         CONV2D_NHWC_FWD_64X128_BF16 = "conv2d_nhwc_fwd_64x128_bf16",
         CONV2D_NHWC_FWD_128X64_BF16 = "conv2d_nhwc_fwd_128x64_bf16",

@@ -474,7 +474,7 @@ fn launch_pass(
 }
 
 /// The plan for `dev` (its tensor-core variant and SM count), logged (`log_plan`).
-fn device_plan(dev: &CudaDevice, sh: &Conv2dShape, pass: ConvPass, precision: Precision) -> ConvPlan {
+pub(super) fn device_plan(dev: &CudaDevice, sh: &Conv2dShape, pass: ConvPass, precision: Precision) -> ConvPlan {
     let p = plan(sh, pass, precision, dev.tc_variant(), dev.sm_count() as usize);
     log_plan(sh, pass, precision, &p);
     p
@@ -554,7 +554,7 @@ pub fn launch_plan_with(
 
 /// Checks a pass's operands (a, b, out) against the shape: forward (weight, x, y), input gradient
 /// (weight, dy, dx), weight gradient (dy, x, dw).
-fn check_operands(op: &'static str, sh: &Conv2dShape, pass: ConvPass, bufs: [&GpuBuffer; 3]) -> Result<()> {
+pub(super) fn check_operands(op: &'static str, sh: &Conv2dShape, pass: ConvPass, bufs: [&GpuBuffer; 3]) -> Result<()> {
     let (x, w, y) = ([sh.n, sh.c, sh.h, sh.w], [sh.k, sh.c, sh.r, sh.s], [sh.n, sh.k, sh.out_h(), sh.out_w()]);
     let operands = match pass {
         ConvPass::Forward => [("weight", w), ("x", x), ("y", y)],
@@ -580,7 +580,7 @@ fn checked_grid(sh: &Conv2dShape, pass: ConvPass, p: &ConvPlan) -> Result<(usize
 /// kernels, the bf16 copies) it reads, at device addresses `a` and `b`; `stats` a device address
 /// or 0. The lengths were checked by the caller.
 #[allow(clippy::too_many_arguments)]
-fn launch_operands(dev: &CudaDevice, sh: &Conv2dShape, pass: ConvPass, p: &ConvPlan, [a, b]: [u64; 2], bias: Option<&GpuBuffer>, out: &mut GpuBuffer, stats: u64) -> Result<()> {
+pub(super) fn launch_operands(dev: &CudaDevice, sh: &Conv2dShape, pass: ConvPass, p: &ConvPlan, [a, b]: [u64; 2], bias: Option<&GpuBuffer>, out: &mut GpuBuffer, stats: u64) -> Result<()> {
     let g = sh.geom(p.kernel.name)?;
     let (gx, gy, gz) = checked_grid(sh, pass, p)?;
     let chunk = Arg::I32(to_i32(p.kernel.name, "reduction", p.chunk)?);
@@ -646,14 +646,14 @@ fn nhwc_x(dev: &CudaDevice, sh: &Conv2dShape, x: &GpuBuffer) -> Result<TypedBuff
 }
 
 /// dy (N, K, OH, OW) as (N, OH, OW, K) bf16.
-fn nhwc_dy(dev: &CudaDevice, sh: &Conv2dShape, dy: &GpuBuffer) -> Result<TypedBuffer<u32>> {
+pub(super) fn nhwc_dy(dev: &CudaDevice, sh: &Conv2dShape, dy: &GpuBuffer) -> Result<TypedBuffer<u32>> {
     to_nhwc_bf16(dev, dy, sh.n, sh.k, sh.out_h() * sh.out_w())
 }
 
 /// The weights (K, C, R, S) in bf16 as the forward reads them, (K, R, S, C) (the stored (K, C,
 /// R*S) is "N = K, C, HW = R*S"), or as the input gradient does, (C, R, S, K) ("N = 1, C = K,
 /// HW = C*R*S").
-fn nhwc_weights(dev: &CudaDevice, sh: &Conv2dShape, pass: ConvPass, w: &GpuBuffer) -> Result<TypedBuffer<u32>> {
+pub(super) fn nhwc_weights(dev: &CudaDevice, sh: &Conv2dShape, pass: ConvPass, w: &GpuBuffer) -> Result<TypedBuffer<u32>> {
     let rs = sh.r * sh.s;
     match pass {
         ConvPass::InputGrad => to_nhwc_bf16(dev, w, 1, sh.k, sh.c * rs),
@@ -664,7 +664,27 @@ fn nhwc_weights(dev: &CudaDevice, sh: &Conv2dShape, pass: ConvPass, w: &GpuBuffe
 /// `x` (n, c, hw) f32 copied to (n, hw, c) bf16, rounded to nearest even, two channels per word
 /// (channel 2j in the low half): n * c * hw / 2 words (kernels/conv2d_nhwc.cu `nchw_to_nhwc_bf16`).
 pub fn to_nhwc_bf16(dev: &CudaDevice, x: &GpuBuffer, n: usize, c: usize, hw: usize) -> Result<TypedBuffer<u32>> {
-    let op = k::NCHW_TO_NHWC_BF16.name;
+    nhwc_copy(dev, k::NCHW_TO_NHWC_BF16, x, [n, c, hw], None)
+}
+
+/// [`to_nhwc_bf16`] of relu(batch_norm(x)) with per-channel `mean`, `var`, `gamma`, `beta` (each
+/// c values) and `eps`: a convolution's prologue (kernels/conv2d_nhwc.cu
+/// `bn_relu_nchw_to_nhwc_bf16`; the bits of batch norm's forward with its ReLU, then the copy).
+#[allow(clippy::too_many_arguments)]
+pub fn bn_relu_to_nhwc_bf16(dev: &CudaDevice, x: &GpuBuffer, [n, c, hw]: [usize; 3], [mean, var, gamma, beta]: [&GpuBuffer; 4], eps: f32) -> Result<TypedBuffer<u32>> {
+    let op = k::BN_RELU_NCHW_TO_NHWC_BF16.name;
+    for (name, b) in [("mean", mean), ("var", var), ("gamma", gamma), ("beta", beta)] {
+        check_len(op, name, b.len(), c, &[c])?;
+    }
+    let stats = [mean, var, gamma, beta].map(GpuBuffer::ptr);
+    nhwc_copy(dev, k::BN_RELU_NCHW_TO_NHWC_BF16, x, [n, c, hw], Some((stats, eps)))
+}
+
+/// Launches one of the channels-last copies on x (n, c, hw); a batch-norm prologue's four
+/// per-channel pointers (mean, var, gamma, beta) and eps, when it has one, go where the kernel
+/// takes them (after x; last).
+fn nhwc_copy(dev: &CudaDevice, kernel: Kernel, x: &GpuBuffer, [n, c, hw]: [usize; 3], prologue: Option<([u64; 4], f32)>) -> Result<TypedBuffer<u32>> {
+    let op = kernel.name;
     if !c.is_multiple_of(2) || n * c * hw == 0 {
         return Err(Error::invalid(op, format!("({n}, {c}, {hw}): needs an even, nonzero channel count and a nonempty tensor")));
     }
@@ -676,7 +696,11 @@ pub fn to_nhwc_bf16(dev: &CudaDevice, x: &GpuBuffer, n: usize, c: usize, hw: usi
     let (ci, hwi) = (to_i32(op, "channels", c)?, to_i32(op, "pixels", hw)?);
     let mut y = TypedBuffer::alloc(dev, n * c * hw / 2)?;
     let cfg = LaunchConfig { grid_dim: (gx as u32, gy as u32, n as u32), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    launch(dev, k::NCHW_TO_NHWC_BF16, cfg, &[Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(ci), Arg::I32(hwi)])?;
+    let mut args = vec![Arg::Ptr(x.ptr())];
+    args.extend(prologue.iter().flat_map(|(ptrs, _)| ptrs.map(Arg::Ptr)));
+    args.extend([Arg::Ptr(y.ptr_mut()), Arg::I32(ci), Arg::I32(hwi)]);
+    args.extend(prologue.map(|(_, eps)| Arg::F32(eps)));
+    launch(dev, kernel, cfg, &args)?;
     Ok(y)
 }
 

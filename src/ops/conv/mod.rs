@@ -7,6 +7,7 @@
 
 mod cpu;
 pub mod cuda;
+mod prologue;
 
 use super::{BnPartials, Cpu, Cuda, kernels_for, same_device};
 use crate::backend::cpu::conv::ConvGeometry;
@@ -72,57 +73,37 @@ impl Tensor {
         self.conv2d_node(weight, bias, [stride, padding, dilation], true)
     }
 
-    fn conv2d_node(
-        &self,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
-        [stride, padding, dilation]: [usize; 3],
-        want_partials: bool,
-    ) -> Result<(Tensor, Option<BnPartials>)> {
+    /// Checks a conv2d of `self` (ranks, channels, bias, geometry, devices) and gives its geometry
+    /// and device; `conv` is [stride, padding, dilation].
+    fn conv2d_geometry(&self, weight: &Tensor, bias: Option<&Tensor>, [stride, padding, dilation]: [usize; 3]) -> Result<(ConvGeometry, Device)> {
         self.shape().expect_rank(CONV2D, 4, "(N,C,H,W)")?;
         weight.shape().expect_rank(CONV2D, 4, "(K,C,R,S) weight")?;
         let (x, w) = (self.dims(), weight.dims());
         if x[1] != w[1] {
-            return Err(Error::shape(
-                CONV2D,
-                format!(
-                    "input {} has {} channels, weight {} expects {}",
-                    self.shape(),
-                    x[1],
-                    weight.shape(),
-                    w[1]
-                ),
-            ));
+            return Err(Error::shape(CONV2D, format!("input {} has {} channels, weight {} expects {}", self.shape(), x[1], weight.shape(), w[1])));
         }
         if let Some(b) = bias
             && b.dims() != [w[0]]
         {
-            return Err(Error::shape(
-                CONV2D,
-                format!(
-                    "bias {} does not fit weight {} (needs [{}])",
-                    b.shape(),
-                    weight.shape(),
-                    w[0]
-                ),
-            ));
+            return Err(Error::shape(CONV2D, format!("bias {} does not fit weight {} (needs [{}])", b.shape(), weight.shape(), w[0])));
         }
-        let g = ConvGeometry {
-            n: x[0],
-            c: x[1],
-            h: x[2],
-            w: x[3],
-            k: w[0],
-            r: w[2],
-            s: w[3],
-            stride,
-            pad: padding,
-            dilation,
-        };
+        let g = ConvGeometry { n: x[0], c: x[1], h: x[2], w: x[3], k: w[0], r: w[2], s: w[3], stride, pad: padding, dilation };
         g.validate()?;
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
-        let device = same_device(CONV2D, &inputs)?;
+        Ok((g, same_device(CONV2D, &inputs)?))
+    }
+
+    fn conv2d_node(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        conv: [usize; 3],
+        want_partials: bool,
+    ) -> Result<(Tensor, Option<BnPartials>)> {
+        let (g, device) = self.conv2d_geometry(weight, bias, conv)?;
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
         let out_shape = Shape::from([g.n, g.k, g.out_h(), g.out_w()]);
         let (storage, partials) = if want_partials {
             kernels(device).conv2d_fwd_partials(self, weight, bias, &g)?

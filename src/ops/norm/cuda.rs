@@ -10,46 +10,23 @@ use crate::error::{Error, Result};
 use crate::ops::Cuda;
 use crate::ops::cuda_common::{device, tensor};
 use crate::tensor::{Storage, Tensor};
+use cudarc::driver::DeviceRepr;
 
 impl NormKernels for Cuda {
     /// In training the batch statistics are computed and the running ones updated in place,
     /// otherwise the running ones are used (copied, so a later update cannot change what the
     /// backward sees).
     fn batch_norm_fwd(&self, x: &Tensor, params: [&Tensor; 4], call: BnCall, partials: Option<&BnPartials>, residual: Option<&Tensor>) -> Result<(Storage, BnSaved)> {
-        let [gamma, beta, running_mean, running_var] = params;
+        let [gamma, beta, ..] = params;
         let BnCall { shape, opts, .. } = call;
         let dev = device(OP, x)?;
-        let c = shape[1];
-        let sx = x.storage();
-        let xb = sx.as_cuda(OP)?;
-        let (mean, var) = if opts.training {
-            if running_mean.id() == running_var.id() {
-                return Err(Error::invalid(OP, "running_mean and running_var are the same tensor"));
-            }
-            let (mut mean, mut var) = (dev.alloc(c)?, dev.alloc(c)?);
-            running_mean.update_storage(|rm| {
-                running_var.update_storage(|rv| {
-                    let running = Some((rm.as_cuda_mut(OP)?, rv.as_cuda_mut(OP)?));
-                    match partials {
-                        Some(p) => {
-                            let sums = p.sums.as_cuda(OP)?;
-                            let count = shape[0] * shape[2] * shape[3];
-                            bn_stats_partials(&dev, sums, [p.slots, p.width], c, count, &mut mean, &mut var, running, opts.momentum)
-                        }
-                        None => bn_stats(&dev, xb, shape, &mut mean, &mut var, running, opts.momentum),
-                    }
-                })
-            })?;
-            (mean, var)
-        } else {
-            let (rm, rv) = (running_mean.storage(), running_var.storage());
-            (dev.dtod(rm.as_cuda(OP)?)?, dev.dtod(rv.as_cuda(OP)?)?)
-        };
-        let (sg, sb) = (gamma.storage(), beta.storage());
+        let (mean, var) = forward_stats(&dev, x, params, call, partials)?;
+        let (sx, sg, sb) = (x.storage(), gamma.storage(), beta.storage());
         let sr = residual.map(Tensor::storage);
         let res = sr.as_ref().map(|s| s.as_cuda(OP)).transpose()?;
         let mut y = dev.alloc(x.numel())?;
-        bn_fwd(&dev, xb, shape, &mean, &var, sg.as_cuda(OP)?, sb.as_cuda(OP)?, res, &mut y, opts.eps, opts.relu)?;
+        bn_fwd(&dev, sx.as_cuda(OP)?, shape, &mean, &var, sg.as_cuda(OP)?, sb.as_cuda(OP)?, res, &mut y, opts.eps, opts.relu)?;
+        let c = shape[1];
         let saved = BnSaved { mean: tensor(mean, [c])?, var: tensor(var, [c])?, call };
         Ok((Storage::Cuda(y), saved))
     }
@@ -59,7 +36,7 @@ impl NormKernels for Cuda {
         let dev = device(OP, x)?;
         let c = shape[1];
         let (sx, sgam, sdy, sout) = (x.storage(), gamma.storage(), dy.storage(), out.storage());
-        let relu_out = if opts.relu { Some(sout.as_cuda(OP)?) } else { None };
+        let relu = if opts.relu { ReluMask::Output(sout.as_cuda(OP)?) } else { ReluMask::None };
         let (smean, svar) = (saved.mean.storage(), saved.var.storage());
         let mut dx = dev.alloc(x.numel())?;
         let (mut dgamma, mut dbeta) = (dev.alloc(c)?, dev.alloc(c)?);
@@ -71,7 +48,7 @@ impl NormKernels for Cuda {
             &dev,
             sx.as_cuda(OP)?,
             sdy.as_cuda(OP)?,
-            relu_out,
+            relu,
             shape,
             stats.0,
             stats.1,
@@ -90,6 +67,40 @@ impl NormKernels for Cuda {
         };
         Ok(BnGrads { dx: tensor(dx, x.shape().clone())?, dgamma: tensor(dgamma, [c])?, dbeta: tensor(dbeta, [c])?, dresidual })
     }
+}
+
+/// The (mean, var) a forward of `call` normalises `x` with: in training the batch's (from
+/// `partials` when given, else a pass over x), the running statistics updated in place; otherwise
+/// copies of the running ones (so a later update cannot change what the backward sees).
+/// `params` are gamma, beta, running_mean, running_var.
+pub(crate) fn forward_stats(dev: &CudaDevice, x: &Tensor, params: [&Tensor; 4], call: BnCall, partials: Option<&BnPartials>) -> Result<(GpuBuffer, GpuBuffer)> {
+    let [_, _, running_mean, running_var] = params;
+    let BnCall { shape, opts, .. } = call;
+    let c = shape[1];
+    if !opts.training {
+        let (rm, rv) = (running_mean.storage(), running_var.storage());
+        return Ok((dev.dtod(rm.as_cuda(OP)?)?, dev.dtod(rv.as_cuda(OP)?)?));
+    }
+    if running_mean.id() == running_var.id() {
+        return Err(Error::invalid(OP, "running_mean and running_var are the same tensor"));
+    }
+    let sx = x.storage();
+    let xb = sx.as_cuda(OP)?;
+    let (mut mean, mut var) = (dev.alloc(c)?, dev.alloc(c)?);
+    running_mean.update_storage(|rm| {
+        running_var.update_storage(|rv| {
+            let running = Some((rm.as_cuda_mut(OP)?, rv.as_cuda_mut(OP)?));
+            match partials {
+                Some(p) => {
+                    let sums = p.sums.as_cuda(OP)?;
+                    let count = shape[0] * shape[2] * shape[3];
+                    bn_stats_partials(dev, sums, [p.slots, p.width], c, count, &mut mean, &mut var, running, opts.momentum)
+                }
+                None => bn_stats(dev, xb, shape, &mut mean, &mut var, running, opts.momentum),
+            }
+        })
+    })?;
+    Ok((mean, var))
 }
 
 fn check(op: &'static str, x: &GpuBuffer, shape: [usize; 4], per_channel: &[(&str, &GpuBuffer)]) -> Result<(i32, i32, i32)> {
@@ -219,16 +230,58 @@ pub fn bn_fwd(
     launch(dev, k::BN_FWD, grid_1d(dev, x.len()), &args)
 }
 
+/// Where a fused ReLU's gradient passes (kernels/batchnorm.cu `ReluMask`): nowhere masked (no
+/// ReLU), where the forward's output is > 0, or where batch norm's value recomputed from the
+/// input is > 0 (no output was kept: a convolution applied batch norm and the ReLU as its
+/// prologue), with the forward's gamma and beta.
+#[derive(Clone, Copy)]
+pub enum ReluMask<'a> {
+    None,
+    Output(&'a GpuBuffer),
+    FromInput { gamma: &'a GpuBuffer, beta: &'a GpuBuffer },
+}
+
+/// The kernels' `struct ReluMask`: three device pointers, null where unused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct ReluMaskArg {
+    out: u64,
+    gamma: u64,
+    beta: u64,
+}
+
+// SAFETY: a plain #[repr(C)] struct of three u64 device addresses, the kernels' `struct ReluMask`.
+unsafe impl DeviceRepr for ReluMaskArg {}
+
+impl ReluMask<'_> {
+    /// The kernel argument, each buffer checked to hold `len` (the output) or `c` values.
+    fn arg(&self, op: &'static str, shape: [usize; 4]) -> Result<ReluMaskArg> {
+        let c = shape[1];
+        Ok(match *self {
+            ReluMask::None => ReluMaskArg::default(),
+            ReluMask::Output(out) => {
+                check_len(op, "relu_out", out.len(), numel(shape), &shape)?;
+                ReluMaskArg { out: out.ptr(), ..Default::default() }
+            }
+            ReluMask::FromInput { gamma, beta } => {
+                check_len(op, "gamma", gamma.len(), c, &[c])?;
+                check_len(op, "beta", beta.len(), c, &[c])?;
+                ReluMaskArg { out: 0, gamma: gamma.ptr(), beta: beta.ptr() }
+            }
+        })
+    }
+}
+
 /// Gradients of batch norm: dx, dgamma, dbeta. `training` = the forward used batch statistics
 /// (then `mean`/`var` are those, and dx flows through them); otherwise running statistics.
-/// `relu_out`: the output of a forward with a fused ReLU (dy counts only where it is > 0);
-/// `masked`, when given, receives that masked dy (a residual's gradient) and the dx pass reads it.
+/// `relu`: where a fused ReLU passes the gradient; `masked`, when given, receives that masked dy
+/// (a residual's gradient) and the dx pass reads it.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_bwd(
     dev: &CudaDevice,
     x: &GpuBuffer,
     dy: &GpuBuffer,
-    relu_out: Option<&GpuBuffer>,
+    relu: ReluMask<'_>,
     shape: [usize; 4],
     mean: &GpuBuffer,
     var: &GpuBuffer,
@@ -244,18 +297,15 @@ pub fn bn_bwd(
     let (n, c, hw) = check(op, x, shape, &[("mean", mean), ("var", var), ("gamma", gamma), ("dgamma", dgamma), ("dbeta", dbeta)])?;
     check_len(op, "dy", dy.len(), x.len(), &shape)?;
     check_len(op, "dx", dx.len(), x.len(), &shape)?;
-    if let Some(r) = relu_out {
-        check_len(op, "relu_out", r.len(), x.len(), &shape)?;
-    }
+    let mask = relu.arg(op, shape)?;
     if let Some(m) = masked.as_deref() {
         check_len(op, "masked dy", m.len(), x.len(), &shape)?;
     }
-    let relu_ptr = relu_out.map_or(0, GpuBuffer::ptr);
     let masked_ptr = masked.as_deref_mut().map_or(0, GpuBuffer::ptr_mut);
     let reduce = [
         Arg::Ptr(x.ptr()),
         Arg::Ptr(dy.ptr()),
-        Arg::Ptr(relu_ptr),
+        Arg::Struct(&mask),
         Arg::Ptr(mean.ptr()),
         Arg::Ptr(var.ptr()),
         Arg::Ptr(dbeta.ptr_mut()),
@@ -268,11 +318,11 @@ pub fn bn_bwd(
     ];
     launch(dev, k::BN_BWD_REDUCE, grid_per_item(dev, shape[1]), &reduce)?;
     // The dx pass reads the masked dy where the reduce wrote it (then there is no mask left to apply).
-    let (upstream, mask) = if masked_ptr != 0 { (masked_ptr, 0) } else { (dy.ptr(), relu_ptr) };
+    let (upstream, mask) = if masked_ptr != 0 { (masked_ptr, ReluMaskArg::default()) } else { (dy.ptr(), mask) };
     let dxa = [
         Arg::Ptr(x.ptr()),
         Arg::Ptr(upstream),
-        Arg::Ptr(mask),
+        Arg::Struct(&mask),
         Arg::Ptr(mean.ptr()),
         Arg::Ptr(var.ptr()),
         Arg::Ptr(gamma.ptr()),

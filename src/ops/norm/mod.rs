@@ -142,63 +142,48 @@ impl Tensor {
         self.batch_norm_impl([gamma, beta, running_mean, running_var], opts, partials, Some(residual))
     }
 
-    fn batch_norm_impl(&self, params: [&Tensor; 4], opts: BatchNormOptions, partials: Option<&BnPartials>, residual: Option<&Tensor>) -> Result<Tensor> {
+    /// Checks a batch norm of `self` (shapes, options, devices, the partials' channels) and
+    /// describes it: the device, the call, and the partials when training uses them.
+    pub(crate) fn bn_call<'p>(
+        &self,
+        params: [&Tensor; 4],
+        opts: BatchNormOptions,
+        partials: Option<&'p BnPartials>,
+        residual: Option<&Tensor>,
+    ) -> Result<(Device, BnCall, Option<&'p BnPartials>)> {
         let [gamma, beta, running_mean, running_var] = params;
         if self.rank() < 2 {
-            return Err(Error::shape(
-                OP,
-                format!("expected (N,C,...) input, got {}", self.shape()),
-            ));
+            return Err(Error::shape(OP, format!("expected (N,C,...) input, got {}", self.shape())));
         }
         let (n, c) = (self.dims()[0], self.dims()[1]);
         let p: usize = self.dims()[2..].iter().product();
-        for (name, t) in [
-            ("gamma", gamma),
-            ("beta", beta),
-            ("running_mean", running_mean),
-            ("running_var", running_var),
-        ] {
+        for (name, t) in [("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)] {
             if t.dims() != [c] {
-                return Err(Error::shape(
-                    OP,
-                    format!(
-                        "{name} has shape {}, input {} needs [{c}]",
-                        t.shape(),
-                        self.shape()
-                    ),
-                ));
+                return Err(Error::shape(OP, format!("{name} has shape {}, input {} needs [{c}]", t.shape(), self.shape())));
             }
         }
         if opts.eps.is_nan() || opts.eps <= 0.0 || !(0.0..=1.0).contains(&opts.momentum) {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "eps {} must be > 0 and momentum {} in [0, 1]",
-                    opts.eps, opts.momentum
-                ),
-            ));
+            return Err(Error::invalid(OP, format!("eps {} must be > 0 and momentum {} in [0, 1]", opts.eps, opts.momentum)));
         }
-        let count = n * p;
-        if opts.training && count < 2 {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "training needs more than one value per channel, input {}",
-                    self.shape()
-                ),
-            ));
+        if opts.training && n * p < 2 {
+            return Err(Error::invalid(OP, format!("training needs more than one value per channel, input {}", self.shape())));
         }
         let device = same_device(OP, &[self, gamma, beta, running_mean, running_var])?;
         if let Some(r) = residual {
             same_device(OP, &[self, r])?;
         }
-        let call = BnCall { shape: [n, c, p, 1], opts, residual: residual.is_some() };
         if let Some(p) = partials
             && p.channels != c
         {
             return Err(Error::shape(OP, format!("partial statistics of {} channels for input {}", p.channels, self.shape())));
         }
-        let partials = partials.filter(|_| opts.training);
+        let call = BnCall { shape: [n, c, p, 1], opts, residual: residual.is_some() };
+        Ok((device, call, partials.filter(|_| opts.training)))
+    }
+
+    fn batch_norm_impl(&self, params: [&Tensor; 4], opts: BatchNormOptions, partials: Option<&BnPartials>, residual: Option<&Tensor>) -> Result<Tensor> {
+        let [gamma, beta, ..] = params;
+        let (device, call, partials) = self.bn_call(params, opts, partials, residual)?;
         let (storage, saved) = kernels(device).batch_norm_fwd(self, params, call, partials, residual)?;
         let (xt, gamma_t) = (self.clone(), gamma.clone());
         let mut inputs = vec![self, gamma, beta];
