@@ -2,7 +2,7 @@
 //! bottleneck: 10 pairs, layer4 features (10, 2048, 16, 16) per side, 20 x 2048 x 16 x 16 in all.
 //! - each kernel wrapper alone, with the bytes it must move and the GB/s it reaches, as a
 //!   fraction of the H200's ~4.3 TB/s copy rate (the ceiling of these memory-bound kernels);
-//! - CoAttention (SE + MSA) fused against composed (`set_fused(false)`), forward and
+//! - CoAttention (SE + MSA, and ECA + MSA) fused against composed (`set_fused(false)`), forward and
 //!   forward + backward, side by side.
 //!
 //! And DANet (issue 15) at its bottleneck shape, 20 x 512 x 16 x 16 (q, k (20, 64, 256), v (20, 512,
@@ -143,24 +143,26 @@ fn kernels(c: &mut Criterion, dev: &CudaDevice) {
     g.finish();
 }
 
-fn module(c: &mut Criterion, dev: &Arc<CudaDevice>) {
+/// CSA with `channel` attention (SE or ECA) and MSA, fused against composed, 10 pairs.
+fn module(c: &mut Criterion, dev: &Arc<CudaDevice>, channel: ChannelAttention) {
     let [n, ch, h, w] = SHAPE;
+    let name = if channel == ChannelAttention::Se { "se" } else { "eca" };
     let pair = [n / 2, ch, h, w];
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let fa = Tensor::randn(pair, 0.0, 1.0, GPU, &mut rng).unwrap().into_var();
     let fb = Tensor::randn(pair, 0.0, 1.0, GPU, &mut rng).unwrap().into_var();
-    let spec = AttentionSpec { channels: ch, width: 1.0, output_stride: 8, channel: ChannelAttention::Se, spatial: SpatialAttention::Msa, danet: false };
+    let spec = AttentionSpec { channels: ch, width: 1.0, output_stride: 8, channel, spatial: SpatialAttention::Msa, danet: false };
     let mut params = ParamStore::new(GPU, 3);
     let mut att = CoAttention::new(&mut params, "att", spec).unwrap();
     // The fused path's floor, in units of the features' size |f| (both images): forward = the
     // pool's read + the gate's read and write; backward adds the gate's two reads and a write, the
     // pool's write, and the autograd's sum of f's two gradients (two reads, a write).
     let f_bytes = 4 * n * ch * h * w;
-    let mut g = c.benchmark_group("csa_module_se_msa_10pairs_2048x16x16");
+    let mut g = c.benchmark_group(format!("csa_module_{name}_msa_10pairs_2048x16x16"));
     g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
     for fused in [true, false] {
         att.set_fused(fused);
-        let label = if fused { "fused" } else { "composed" };
+        let label = format!("{} + MSA, {}", name.to_uppercase(), if fused { "fused" } else { "composed" });
         let att = &att;
         let forward = || no_grad(|| att.forward_pair(&fa, &fb, false).unwrap());
         report(dev, &format!("CSA forward, {label}"), 3 * f_bytes, 20, || {
@@ -179,13 +181,14 @@ fn module(c: &mut Criterion, dev: &Arc<CudaDevice>) {
             black_box(forward());
         });
         report_graph(dev, &format!("CSA forward + backward, {label}"), 10 * f_bytes, 20, train);
-        g.bench_function(format!("forward_{label}"), |b| {
+        let id = if fused { "fused" } else { "composed" };
+        g.bench_function(format!("forward_{id}"), |b| {
             b.iter(|| {
                 black_box(forward());
                 dev.synchronize().unwrap()
             })
         });
-        g.bench_function(format!("forward_backward_{label}"), |b| {
+        g.bench_function(format!("forward_backward_{id}"), |b| {
             b.iter(|| {
                 train();
                 dev.synchronize().unwrap()
@@ -316,7 +319,8 @@ fn bench(c: &mut Criterion) {
     };
     eprintln!("csa_gpu on {}", dev.name());
     kernels(c, &dev);
-    module(c, &dev);
+    module(c, &dev, ChannelAttention::Se);
+    module(c, &dev, ChannelAttention::Eca);
     position_attention(c, &dev);
     channel_attention(c, &dev);
 }

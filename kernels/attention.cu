@@ -7,7 +7,8 @@
 //  - csa_gate_bwd_f32: from one read of dy and f, df = dy * s * c, and the partial sums of
 //    dc[n,ch] = sum_p dy*f*s and ds[n,p] = sum_ch dy*f*c;
 //  - csa_finish_f32: the second stage of both reductions;
-//  - se_*: SE's channel gates of a pair and their product, forward and backward (at the end).
+//  - se_*: SE's channel gates of a pair and their product, forward and backward (at the end);
+//  - eca_*: the same for ECA's gates (a 1-D convolution across channels and a sigmoid).
 //
 // The two reductions run in different directions (over pixels and over channels), so a block
 // takes a tile of TILE_C channels x TILE_P pixels of one image, sums it both ways and writes
@@ -330,5 +331,84 @@ extern "C" __global__ void se_bwd_input_f32(const float* __restrict__ dz1, const
             for (int i = 0; i < 2 * N; ++i) acc += dz1[(long long)i * HD + j];
             db1[j] = acc;
         }
+    }
+}
+
+// ---- ECA's shared channel gate of a pair (src/ops/attention `eca_pair_gate`) ----
+// For the pair's pooled features pa, pb (N, C) and ECA's kernel w (k taps, k odd, zero padding
+// (k - 1) / 2) across channels, over the 2N rows i (pa's N, then pb's), p_i their pooled features:
+//   z_i[c] = sum_j w[j] p_i[c + j - pad],  gates[i] = sigmoid(z_i),  out[n] = gates[n] * gates[N + n].
+// Forward in one launch (eca_gate_f32), backward in two (eca_bwd_input_f32 for dpa and dpb,
+// eca_bwd_weight_f32 for dw), where the composed path takes 5 (a channel convolution and a
+// sigmoid per image, the product) and 9. The sums run in conv1d.cu's order (taps ascending, the
+// same expression), the sigmoid and its gradient are the map kernels', so the forward and dp are
+// the composed ops' bits; dw is summed over both images at once (warp_sum's fixed tree).
+
+// z_i[c], as conv1d.cu's conv1d_taps sums it.
+__device__ __forceinline__ float eca_z(const float* __restrict__ p, const float* __restrict__ w, int c, int C, int k) {
+    const int pad = (k - 1) / 2;
+    float acc = 0.0f;
+    for (int j = 0; j < k; ++j) {
+        const int src = c + j - pad;
+        if (src >= 0 && src < C) acc += w[j] * p[src];
+    }
+    return acc;
+}
+
+// gates and out, a thread per (image n, channel c).
+extern "C" __global__ void eca_gate_f32(const float* __restrict__ pa, const float* __restrict__ pb,
+                                        const float* __restrict__ w, float* __restrict__ gates,
+                                        float* __restrict__ out, int N, int C, int k) {
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < N * C; e += blockDim.x * gridDim.x) {
+        const int n = e / C, c = e - n * C;
+        const float ga = se_sigmoid(eca_z(pa + (long long)n * C, w, c, C, k));
+        const float gb = se_sigmoid(eca_z(pb + (long long)n * C, w, c, C, k));
+        gates[e] = ga;
+        gates[(long long)N * C + e] = gb;
+        out[e] = ga * gb;
+    }
+}
+
+// The gradient of row i's pre-sigmoid z_i[c] from the product's gradient g (N, C): the product's
+// backward (g times the other image's gate), then the sigmoid's (times y (1 - y)), as the
+// composed ops round them.
+__device__ __forceinline__ float eca_dz(const float* __restrict__ g, const float* __restrict__ gates, int i, int c, int N, int C) {
+    const int n = i < N ? i : i - N, other = i < N ? i + N : i - N;
+    const float y = gates[(long long)i * C + c];
+    return g[(long long)n * C + c] * gates[(long long)other * C + c] * y * (1.0f - y);
+}
+
+// dp_i[c] = sum_j w[j] dz_i[c - j + pad] (conv1d_bwd_input_f32's mirrored taps), dz recomputed
+// at each tap from g and the gates (k of them; nothing written between the launches). A thread
+// per (row i, channel c), into dpa for i < N, dpb after.
+extern "C" __global__ void eca_bwd_input_f32(const float* __restrict__ g, const float* __restrict__ gates,
+                                             const float* __restrict__ w, float* __restrict__ dpa,
+                                             float* __restrict__ dpb, int N, int C, int k) {
+    const int pad = (k - 1) / 2;
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < 2 * N * C; e += blockDim.x * gridDim.x) {
+        const int i = e / C, c = e - i * C;
+        float acc = 0.0f;
+        for (int j = 0; j < k; ++j) {
+            const int src = c - j + pad;
+            if (src >= 0 && src < C) acc += w[j] * eca_dz(g, gates, i, src, N, C);
+        }
+        (i < N ? dpa + (long long)i * C : dpb + (long long)(i - N) * C)[c] = acc;
+    }
+}
+
+// dw[j] = sum over rows i and channels c of dz_i[c] p_i[c + j - pad]: a warp per tap, lanes
+// striding over the 2N x C products, then warp_sum's fixed tree.
+extern "C" __global__ void eca_bwd_weight_f32(const float* __restrict__ g, const float* __restrict__ gates,
+                                              const float* __restrict__ pa, const float* __restrict__ pb,
+                                              float* __restrict__ dw, int N, int C, int k) {
+    const int pad = (k - 1) / 2, lane = threadIdx.x & 31, warps = gridDim.x * (blockDim.x >> 5);
+    for (int j = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); j < k; j += warps) {
+        float acc = 0.0f;
+        for (int e = lane; e < 2 * N * C; e += 32) {
+            const int i = e / C, c = e - i * C, src = c + j - pad;
+            if (src >= 0 && src < C) acc += eca_dz(g, gates, i, c, N, C) * se_row(pa, pb, i, N, C)[src];
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) dw[j] = acc;
     }
 }

@@ -222,3 +222,50 @@ test_gpu!(gpu_se_pair_gate_matches_the_composed_cpu_ops, |_dev| {
         }
     }
 });
+
+// ECA's pair gate (one launch forward, two backward: kernels/attention.cu eca_*) against the
+// CPU's composed ops, forward and the gradients of all three inputs, for the loss
+// sum(gate * weights): kernels of 1, 3, 5 and 9 taps (9 wider than 7 channels), batch 1, the
+// paper's shape (20 images, 2048 channels, ECA's 5 taps), and an image paired with itself.
+test_gpu!(gpu_eca_pair_gate_matches_the_composed_cpu_ops, |_dev| {
+    let mut r = rng(24);
+    for (n, c, k, same) in [(1, 7, 9, false), (3, 70, 3, false), (20, 2048, 5, false), (2, 45, 1, false), (2, 33, 5, true)] {
+        let data: Vec<Vec<f32>> = [n * c, n * c, k, n * c].iter().map(|&len| randn(&mut r, len)).collect();
+        let run = |device: Device| {
+            let t = |i: usize, dims: &[usize]| Tensor::from_vec(data[i].clone(), dims.to_vec(), device).unwrap().into_var();
+            let (pa, pb, w) = (t(0, &[n, c, 1, 1]), t(1, &[n, c, 1, 1]), t(2, &[1, 1, k]));
+            let partner = if same { &pa } else { &pb };
+            let out = Tensor::eca_pair_gate(&pa, partner, &w).unwrap();
+            let weights = Tensor::from_vec(data[3].clone(), [n, c, 1, 1], device).unwrap();
+            out.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut v = vec![out.to_vec().unwrap()];
+            for x in [&pa, &pb, &w] {
+                v.push(x.grad().map_or_else(Vec::new, |g| g.to_vec().unwrap()));
+            }
+            v
+        };
+        let (gpu, cpu) = (run(Device::Cuda(0)), run(Device::Cpu));
+        for (i, (g, want)) in gpu.iter().zip(&cpu).enumerate() {
+            let what = ["gate", "dpa", "dpb", "dw"][i];
+            assert_eq!(g.is_empty(), want.is_empty(), "{what}");
+            assert_close(&format!("eca_pair_gate {what} (n {n}, c {c}, k {k}, same {same})"), g, want, 1e-5);
+        }
+        // Against the composed ops on the GPU (conv1d_channels, sigmoid, mul): the gate and the
+        // inputs' gradients are the same bits (the same sums in the same order); dw is summed
+        // over both images at once, so its order differs.
+        if !same {
+            let composed = {
+                let t = |i: usize, dims: &[usize]| Tensor::from_vec(data[i].clone(), dims.to_vec(), Device::Cuda(0)).unwrap().into_var();
+                let (pa, pb, w) = (t(0, &[n, c, 1, 1]), t(1, &[n, c, 1, 1]), t(2, &[1, 1, k]));
+                let gate = |p: &Tensor| p.conv1d_channels(&w).unwrap().sigmoid().unwrap();
+                let out = gate(&pa).mul(&gate(&pb)).unwrap();
+                out.mul(&Tensor::from_vec(data[3].clone(), [n, c, 1, 1], Device::Cuda(0)).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+                [out.to_vec().unwrap(), pa.grad().unwrap().to_vec().unwrap(), pb.grad().unwrap().to_vec().unwrap()]
+            };
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            for (i, want) in composed.iter().enumerate() {
+                assert!(bits(&gpu[i]) == bits(want), "eca_pair_gate {} (n {n}, c {c}, k {k}): not the composed GPU ops' bits", ["gate", "dpa", "dpb"][i]);
+            }
+        }
+    }
+});

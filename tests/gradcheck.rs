@@ -203,8 +203,8 @@ test_device!(convolutions, |device| {
 });
 
 // The fused CSA ops (src/ops/attention), on sizes off the GPU kernels' 32-channel, 128-pixel
-// tiles: each output of the pool alone, both together (their broadcast sum), and the gate in all
-// three inputs.
+// tiles: each output of the pool alone, both together (their broadcast sum), the gate in all
+// three inputs, and SE's and ECA's pair gates in all of theirs.
 test_device!(csa_fused_ops, |device| {
     let mut rng = ChaCha8Rng::seed_from_u64(15);
     for dims in [[2, 5, 3, 4], [1, 35, 13, 11]] {
@@ -219,6 +219,13 @@ test_device!(csa_fused_ops, |device| {
         let s = randn(&mut rng, &[dims[0], 1, dims[2], dims[3]], device);
         check(&format!("csa_gate {dims:?}"), &[f, c, s], &[0, 1, 2], 1e-2, |t| t[0].csa_gate(&t[1], &t[2]));
     }
+    // The pair gates (one op for both images' channel gates and their product; fused on a GPU):
+    // every input, 37 channels (not a multiple of a warp), ECA's kernel wider than 1.
+    let pooled = |rng: &mut ChaCha8Rng| randn(rng, &[2, 37, 1, 1], device);
+    let eca = [pooled(&mut rng), pooled(&mut rng), randn(&mut rng, &[1, 1, 5], device)];
+    check("eca_pair_gate", &eca, &[0, 1, 2], 1e-2, |t| Tensor::eca_pair_gate(&t[0], &t[1], &t[2]));
+    let se = [pooled(&mut rng), pooled(&mut rng), randn(&mut rng, &[3, 37], device), randn(&mut rng, &[3], device), randn(&mut rng, &[37, 3], device), randn(&mut rng, &[37], device)];
+    check("se_pair_gate", &se, &[0, 1, 2, 3, 4, 5], 1e-2, |t| Tensor::se_pair_gate(&t[0], &t[1], &t[2], &t[3], &t[4], &t[5]));
 });
 
 // DANet's fused position attention: q, k (N, D, L), v (N, C, L); positions off the kernels'

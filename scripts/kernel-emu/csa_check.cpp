@@ -1,7 +1,7 @@
 // kernels/attention.cu (the fused CSA ops) under emu.h, launched as src/ops/attention/cuda.rs
 // launches them (grids, 256 threads, the tiled first stage then csa_finish_f32), against f64
 // loops, on shapes where C and H*W are not multiples of the tiles (32 channels x 128 pixels);
-// and SE's pair gate (se_*_f32) forward and backward.
+// and SE's and ECA's pair gates (se_*_f32, eca_*_f32) forward and backward.
 // Every output and partial-sum buffer starts as NaN, so an element no thread writes fails.
 #include "emu.h"
 #ifndef CSA_KERNELS  // mutants.sh points this at a broken copy
@@ -9,6 +9,7 @@
 #endif
 #include CSA_KERNELS
 #include "check.h"
+#include <array>
 #include <chrono>
 
 constexpr unsigned THREADS = 256, TC = 32, TP = 128;
@@ -146,6 +147,86 @@ static bool se_check() {
     return ok;
 }
 
+// ECA's pair gate (eca_*_f32) as cuda.rs eca_pair_fwd / eca_pair_bwd launch it: against f64
+// (forward: each sum relative to its sum of |terms|; gradients relative to their RMS) and bit for
+// bit against the composed ops' f32 sequence (conv1d.cu's taps, the map kernels' sigmoid and its
+// gradient, the product's gradient) for the gate and the inputs' gradients; one SM's worth of
+// blocks gives the same bits. Kernels of 1 to 9 taps, 9 wider than the 7 channels.
+static float host_sigmoid(float x) {
+    if (x >= 0.0f) return 1.0f / (1.0f + std::exp(-x));
+    const float e = std::exp(x);
+    return e / (1.0f + e);
+}
+static bool eca_check() {
+    bool ok = true;
+    const int shapes[][3] = {{1, 7, 9}, {3, 70, 3}, {2, 300, 5}, {2, 45, 1}, {4, 2048, 5}};
+    for (auto& sh : shapes) {
+        const int N = sh[0], C = sh[1], K = sh[2], pad = (K - 1) / 2;
+        std::mt19937 rng(8000 + N * 31 + C + K);
+        const V pa = rand_vec(rng, N * C), pb = rand_vec(rng, N * C), w = rand_vec(rng, K), g = rand_vec(rng, N * C);
+        auto p = [&](int i, int c) -> float { return i < N ? pa[i * C + c] : pb[(i - N) * C + c]; };
+        auto run = [&](unsigned sms) {
+            std::array<V, 5> r = {V(2 * N * C, NAN), V(N * C, NAN), V(N * C, NAN), V(N * C, NAN), V(K, NAN)};
+            launch({grid_1d((size_t)N * C, sms)}, THREADS, [&] { eca_gate_f32(pa.data(), pb.data(), w.data(), r[0].data(), r[1].data(), N, C, K); });
+            launch({grid_1d((size_t)2 * N * C, sms)}, THREADS, [&] { eca_bwd_input_f32(g.data(), r[0].data(), w.data(), r[2].data(), r[3].data(), N, C, K); });
+            launch({grid_1d((size_t)32 * K, sms)}, THREADS, [&] { eca_bwd_weight_f32(g.data(), r[0].data(), pa.data(), pb.data(), r[4].data(), N, C, K); });
+            return r;
+        };
+        const auto r = run(132), one = run(1);
+        // f64, and the composed ops' f32 sequence.
+        D z(2 * N * C), zf(2 * N * C, 0), gates(2 * N * C), out(N * C), dz(2 * N * C), dpa(N * C, 0), dpb(N * C, 0), dw(K, 0);
+        V zc(2 * N * C), gc(2 * N * C), outc(N * C), dzc(2 * N * C), dpc(2 * N * C);
+        for (int i = 0; i < 2 * N; ++i)
+            for (int c = 0; c < C; ++c) {
+                double a = 0;
+                float af = 0.0f;
+                for (int j = 0; j < K; ++j) {
+                    const int src = c + j - pad;
+                    if (src < 0 || src >= C) continue;
+                    a += (double)w[j] * p(i, src), zf[i * C + c] += std::fabs((double)w[j] * p(i, src));
+                    af += w[j] * p(i, src);
+                }
+                z[i * C + c] = a, gates[i * C + c] = 1 / (1 + std::exp(-a));
+                zc[i * C + c] = af, gc[i * C + c] = host_sigmoid(af);
+            }
+        for (int e = 0; e < N * C; ++e) out[e] = gates[e] * gates[N * C + e], outc[e] = gc[e] * gc[N * C + e];
+        for (int i = 0; i < 2 * N; ++i)
+            for (int c = 0; c < C; ++c) {
+                const int n = i < N ? i : i - N, other = i < N ? i + N : i - N;
+                const double y = gates[i * C + c];
+                dz[i * C + c] = g[n * C + c] * gates[other * C + c] * y * (1 - y);
+                const float d = g[n * C + c] * gc[other * C + c];  // the product's gradient, then the sigmoid's
+                dzc[i * C + c] = d * gc[i * C + c] * (1.0f - gc[i * C + c]);
+            }
+        for (int i = 0; i < 2 * N; ++i)
+            for (int c = 0; c < C; ++c) {
+                float acc = 0.0f;
+                for (int j = 0; j < K; ++j) {
+                    const int src = c - j + pad;
+                    if (src < 0 || src >= C) continue;
+                    (i < N ? dpa[i * C + c] : dpb[(i - N) * C + c]) += (double)w[j] * dz[i * C + src];
+                    acc += w[j] * dzc[i * C + src];
+                }
+                dpc[i * C + c] = acc;
+                for (int j = 0; j < K; ++j) {
+                    const int src = c + j - pad;
+                    if (src >= 0 && src < C) dw[j] += dz[i * C + c] * p(i, src);
+                }
+            }
+        const V dpac(dpc.begin(), dpc.begin() + N * C), dpbc(dpc.begin() + N * C, dpc.end());
+        const double e[6] = {err(r[0], gates), err(r[1], out), err_rms(r[2], dpa), err_rms(r[3], dpb), err_rms(r[4], dw),
+                             err(V(zc.begin(), zc.end()), z, zf)};
+        const bool composed = same_bits(r[0], gc) && same_bits(r[1], outc) && same_bits(r[2], dpac) && same_bits(r[3], dpbc);
+        bool stride = true;
+        for (int i = 0; i < 5; ++i) stride = stride && same_bits(r[i], one[i]);
+        printf("eca_pair N=%d C=%d k=%d: gates %.2e out %.2e dpa %.2e dpb %.2e dw %.2e (z %.2e); composed bits: %s; grid-stride same bits: %s\n", N,
+               C, K, e[0], e[1], e[2], e[3], e[4], e[5], composed ? "yes" : "NO", stride ? "yes" : "NO");
+        for (double x : e) ok = ok && x <= 1e-5;
+        ok = ok && composed && stride;
+    }
+    return ok;
+}
+
 int main() {
     // N, C, H*W. 33*33 and 129 pixels end in a partial pixel tile, 12 and 256 take the kernels'
     // 4-wide path (12 with odd C: unaligned pixel-mean loads), C = 2048 is 64 channel chunks.
@@ -201,6 +282,7 @@ int main() {
         ok = ok && bits && stride;
     }
     ok = se_check() && ok;
+    ok = eca_check() && ok;
     printf(ok ? "ALL OK\n" : "FAILED\n");
     return ok ? 0 : 1;
 }

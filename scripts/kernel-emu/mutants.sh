@@ -3,7 +3,7 @@
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
 # conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
 # each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 40 minutes
-# on 2 cores for all 74; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 13). A mutant of a
+# on 2 cores for all 77; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 13). A mutant of a
 # header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
 # ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
@@ -102,6 +102,9 @@ mutant conv_nhwc_check $C CONV_KERNELS 's/cp_async_wait<STAGES - 2>();/cp_async_
 mutant conv_nhwc_check $C CONV_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();//};/if (next < tiles) issue/{n;s/cp_async_commit();/cp_async_commit(); __syncthreads();/}' "nhwc: barrier after the next tile's issue (overwrites the stage being read)" EMU_CP_ASYNC=early
 mutant conv_nhwc_check $N CONV_KERNELS 's/const int a_lds = (((lane >> 4) \& 1) \* 8 + (lane \& 7)) \* AROW/const int a_lds = (lane \& 7) * AROW/' "nhwc wgrad: A's ldmatrix.trans reads k 0-7 for a2 and a3"
 mutant conv_nhwc_check $N CONV_KERNELS 's/            bq\[p\].ow += KT;/            bq[p].ow += KT \/ 2;/' "nhwc wgrad: the x cursor steps half a tile"
+mutant csa_check $A CSA_KERNELS 's/const int src = c - j + pad;/const int src = c + j - pad;/' "eca backward: the input gradient's taps not mirrored"
+mutant csa_check $A CSA_KERNELS 's/return g\[(long long)n \* C + c\] \* gates\[(long long)other \* C + c\]/return g[(long long)n * C + c] * gates[(long long)i * C + c]/' "eca backward: the product's gradient takes the image's own gate"
+mutant csa_check $A CSA_KERNELS 's/for (int e = lane; e < 2 \* N \* C; e += 32)/for (int e = lane; e < N * C; e += 32)/' "eca backward: dw sums image a only"
 mutant conv_nhwc_check $N CONV_KERNELS 's/const int dh = r \* g.dil - g.pad,/const int dh = r - g.pad,/' "nhwc wgrad: the tap's row ignores the dilation"
 mutant conv_nhwc_check $N CONV_KERNELS 's/const bool ok = a_col_ok \&\& q < bt.red_end;/const bool ok = a_col_ok;/' "nhwc wgrad: dy rows past the split's end copied"
 mutant gather_check pool.cu POOL_KERNELS 's/lo = max(0, (int)floorf((src - 0.5f) \/ scale - 0.5f) - 1);/lo = max(0, (int)floorf((src - 0.5f) \/ scale - 0.5f) + 2);/' "resize gather: the reach starts three rows late (past the first reading row)"

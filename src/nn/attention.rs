@@ -85,12 +85,15 @@ enum ChannelGate {
 
 impl ChannelGate {
     /// The pair's shared gate `gate(pa) ⊙ gate(pb)` from the images' global average pools
-    /// (N, C, 1, 1); `pb` None: the image with itself (its gate squared). Fused, SE runs as one op
-    /// for both images and the product ([`Tensor::se_pair_gate`]: 2 launches forward, 3 backward
-    /// on a GPU, where each image's composed SE takes about 6 and 12).
+    /// (N, C, 1, 1); `pb` None: the image with itself (its gate squared). Fused, the gates of both
+    /// images and their product are one op ([`Tensor::se_pair_gate`]: 2 launches forward, 3
+    /// backward on a GPU, where each image's composed SE takes about 6 and 12;
+    /// [`Tensor::eca_pair_gate`]: 1 and 2, where the composed ECA pair takes 5 and 9).
     fn shared(&self, pa: &Tensor, pb: Option<&Tensor>, fused: bool) -> Result<Tensor> {
-        if let (true, ChannelGate::Se { fc1, fc2 }) = (fused, self) {
-            return Tensor::se_pair_gate(pa, pb.unwrap_or(pa), &fc1.weight, &fc1.bias, &fc2.weight, &fc2.bias);
+        match (fused, self) {
+            (true, ChannelGate::Se { fc1, fc2 }) => return Tensor::se_pair_gate(pa, pb.unwrap_or(pa), &fc1.weight, &fc1.bias, &fc2.weight, &fc2.bias),
+            (true, ChannelGate::Eca { weight }) => return Tensor::eca_pair_gate(pa, pb.unwrap_or(pa), weight),
+            _ => {}
         }
         let ca = self.on_pool(pa)?;
         match pb {

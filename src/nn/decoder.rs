@@ -72,8 +72,8 @@ impl SegDecoder {
                 let (lh, lw) = (layer1.dims()[2], layer1.dims()[3]);
                 let high = self.convs[0].forward(features, train)?.resize_bilinear(lh, lw)?;
                 let low = self.convs[1].forward(layer1, train)?;
-                let y = self.convs[2].forward(&Tensor::concat(&[&high, &low], 1)?, train)?;
-                self.classifier.forward(&self.convs[3].forward(&y, train)?)?
+                let y = ConvBnRelu::chain(&self.convs[2..4], &Tensor::concat(&[&high, &low], 1)?, train)?;
+                self.classifier.forward(&y)?
             }
         };
         logits.resize_bilinear(out_h, out_w)

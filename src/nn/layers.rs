@@ -162,6 +162,24 @@ impl BatchNorm2d {
     }
 }
 
+/// Convolution, batch norm, ReLU, convolution, ... : the (convolution, batch norm) pairs in
+/// sequence from `x`, each batch norm but the last applied with its ReLU by the next convolution
+/// as it reads its input ([`BatchNorm2d::relu_into_conv`]). Returns the last convolution's
+/// output, its partial statistics, and the last batch norm, which the caller applies (with a
+/// ReLU, a shortcut, or neither). `pairs` must not be empty.
+pub fn conv_bn_chain<'a>(pairs: &[(&'a Conv2d, &'a BatchNorm2d)], x: &Tensor, train: bool) -> Result<(Tensor, Option<BnPartials>, &'a BatchNorm2d)> {
+    let Some(((first, bn0), rest)) = pairs.split_first() else {
+        return Err(Error::invalid("conv_bn_chain", "no convolution to run"));
+    };
+    let (mut y, mut partials) = first.forward_for_bn(x, train)?;
+    let mut bn = *bn0;
+    for (conv, next) in rest {
+        (y, partials) = bn.relu_into_conv(&y, partials.as_ref(), conv, train)?;
+        bn = next;
+    }
+    Ok((y, partials, bn))
+}
+
 /// Whether a convolution of `x` feeding a batch norm should write the batch norm's partial
 /// statistics: in training on a GPU whose `fuse_bn_stats` is on (the kernels that cannot write
 /// them write none).
@@ -190,6 +208,14 @@ impl ConvBnRelu {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.bn.after_conv_relu(&self.conv, x, train)
     }
+    /// The units in sequence from `x`, the values of calling [`Self::forward`] in turn; each batch
+    /// norm and ReLU but the last is applied by the next unit's convolution as it reads its
+    /// input ([`conv_bn_chain`]). `units` must not be empty.
+    pub fn chain(units: &[ConvBnRelu], x: &Tensor, train: bool) -> Result<Tensor> {
+        let pairs: Vec<(&Conv2d, &BatchNorm2d)> = units.iter().map(|u| (&u.conv, &u.bn)).collect();
+        let (y, partials, bn) = conv_bn_chain(&pairs, x, train)?;
+        bn.apply(&y, partials.as_ref(), train, true, None)
+    }
     pub fn out_channels(&self) -> usize {
         self.conv.out_channels()
     }
@@ -215,5 +241,38 @@ impl Linear {
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.linear(&self.weight, Some(&self.bias))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    // A chain of units gives the values and gradients of calling each unit's forward in turn
+    // (on the CPU both are the composed ops; on a GPU with the channels-last kernels the chain
+    // fuses, tests/gpu_bn_fusion.rs); an empty chain is refused by name.
+    #[test]
+    fn a_chain_of_units_is_their_forwards_in_turn() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let x = Tensor::randn([2, 5, 9, 7], 0.0, 1.0, Device::Cpu, &mut rng).unwrap();
+        let run = |chained: bool| {
+            let mut store = ParamStore::new(Device::Cpu, 4);
+            let units = [
+                ConvBnRelu::new(&mut store, "a", ConvSpec::new(5, 8, 3)).unwrap(),
+                ConvBnRelu::new(&mut store, "b", ConvSpec::new(8, 6, 3).dilation(2)).unwrap(),
+            ];
+            let x = x.detach().into_var();
+            let y = if chained { ConvBnRelu::chain(&units, &x, true).unwrap() } else { units[1].forward(&units[0].forward(&x, true).unwrap(), true).unwrap() };
+            y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let mut got = vec![y.to_vec().unwrap(), x.grad().unwrap().to_vec().unwrap()];
+            got.extend(store.iter().map(|(_, t)| t.grad().map_or_else(|| t.to_vec().unwrap(), |g| g.to_vec().unwrap())));
+            got
+        };
+        let chained = run(true);
+        assert!(chained[0].iter().any(|&v| v == 0.0) && chained[0].iter().any(|&v| v > 0.0));
+        assert_eq!(chained, run(false));
+        let e = ConvBnRelu::chain(&[], &x, true).unwrap_err().to_string();
+        assert!(e.contains("conv_bn_chain"), "{e}");
     }
 }

@@ -17,7 +17,7 @@
 //!
 //! Torchvision's ResNet v1.5 places a bottleneck's stride on its 3x3 convolution.
 
-use super::layers::{BatchNorm2d, Conv2d, ConvSpec, join, scaled};
+use super::layers::{BatchNorm2d, Conv2d, ConvSpec, conv_bn_chain, join, scaled};
 use crate::autograd::ParamStore;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -120,13 +120,8 @@ impl Block {
             Some((conv, bn)) => bn.after_conv(conv, x, train)?,
             None => x.clone(),
         };
-        let (first, _) = &self.convs[0];
-        let (mut y, mut partials) = first.forward_for_bn(x, train)?;
-        for pair in self.convs.windows(2) {
-            let ((_, bn), (conv, _)) = (&pair[0], &pair[1]);
-            (y, partials) = bn.relu_into_conv(&y, partials.as_ref(), conv, train)?;
-        }
-        let (_, last_bn) = &self.convs[self.convs.len() - 1];
+        let pairs: Vec<(&Conv2d, &BatchNorm2d)> = self.convs.iter().map(|(c, b)| (c, b)).collect();
+        let (y, partials, last_bn) = conv_bn_chain(&pairs, x, train)?;
         last_bn.apply(&y, partials.as_ref(), train, true, Some(&identity))
     }
 }

@@ -113,7 +113,8 @@ kernels! {
         CSA_POOL_FWD = "csa_pool_fwd_f32", CSA_POOL_BWD = "csa_pool_bwd_f32", CSA_GATE_FWD = "csa_gate_fwd_f32",
         CSA_GATE_BWD = "csa_gate_bwd_f32", CSA_FINISH = "csa_finish_f32", SE_HIDDEN = "se_hidden_f32",
         SE_GATE = "se_gate_f32", SE_BWD_GATE = "se_bwd_gate_f32", SE_BWD_HIDDEN = "se_bwd_hidden_f32",
-        SE_BWD_INPUT = "se_bwd_input_f32";
+        SE_BWD_INPUT = "se_bwd_input_f32", ECA_GATE = "eca_gate_f32", ECA_BWD_INPUT = "eca_bwd_input_f32",
+        ECA_BWD_WEIGHT = "eca_bwd_weight_f32";
     "danet":
         PAM_FWD = "pam_fwd_f32", PAM_BWD = "pam_bwd_f32", PAM_BWD_DELTA = "pam_bwd_delta_f32";
     "nd":

@@ -1,7 +1,8 @@
 //! The fused CSA ops on the GPU: the checked launch wrappers of kernels/attention.cu, the CUDA
-//! side of [`CsaKernels`], and SE's pair gate (`se_pair_fwd`, `se_pair_bwd`; not yet run on a GPU).
+//! side of [`CsaKernels`], and the pair gates of SE (`se_pair_fwd`, `se_pair_bwd`) and ECA
+//! (`eca_pair_fwd`, `eca_pair_bwd`); neither yet run on a GPU.
 
-use super::{CsaKernels, GATE, POOL, SE_PAIR};
+use super::{CsaKernels, ECA_PAIR, GATE, POOL, SE_PAIR};
 use crate::backend::cuda::kernels as k;
 use crate::backend::cuda::launch::{Arg, THREADS, check_len, grid_1d, launch, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
@@ -224,7 +225,7 @@ impl CsaKernels for Cuda {
 /// and channel).
 pub(super) fn se_pair_fwd(pa: &Tensor, pb: &Tensor, w: [&Tensor; 4], [n, c, hd]: [usize; 3]) -> Result<(Storage, Tensor, Tensor)> {
     let dev = device(SE_PAIR, pa)?;
-    let [pa, pb, w1, b1, w2, b2] = se_ptrs([pa, pb, w[0], w[1], w[2], w[3]])?;
+    let [pa, pb, w1, b1, w2, b2] = cuda_ptrs(SE_PAIR, [pa, pb, w[0], w[1], w[2], w[3]])?;
     let dims = se_dims(SE_PAIR, [n, c, hd])?;
     let (mut hid, mut gates, mut out) = (dev.alloc(2 * n * hd)?, dev.alloc(2 * n * c)?, dev.alloc(n * c)?);
     let args = [Arg::Ptr(pa), Arg::Ptr(pb), Arg::Ptr(w1), Arg::Ptr(b1), Arg::Ptr(hid.ptr_mut())];
@@ -240,7 +241,7 @@ pub(super) fn se_pair_fwd(pa: &Tensor, pb: &Tensor, w: [&Tensor; 4], [n, c, hd]:
 pub(super) fn se_pair_bwd(g: &Tensor, [pa, pb]: [&Tensor; 2], w1: &Tensor, w2: &Tensor, [hid, gates]: [&Tensor; 2], [n, c, hd]: [usize; 3]) -> Result<[Tensor; 6]> {
     let dev = device(SE_PAIR, g)?;
     let dims = se_dims(SE_PAIR, [n, c, hd])?;
-    let [g, pa, pb, w1, w2, hid, gates] = se_ptrs([g, pa, pb, w1, w2, hid, gates])?;
+    let [g, pa, pb, w1, w2, hid, gates] = cuda_ptrs(SE_PAIR, [g, pa, pb, w1, w2, hid, gates])?;
     let (mut dz, mut dz1) = (dev.alloc(2 * n * c)?, dev.alloc(2 * n * hd)?);
     let (mut dpa, mut dpb, mut dw1, mut db1, mut dw2, mut db2) =
         (dev.alloc(n * c)?, dev.alloc(n * c)?, dev.alloc(hd * c)?, dev.alloc(hd)?, dev.alloc(c * hd)?, dev.alloc(c)?);
@@ -263,12 +264,45 @@ pub(super) fn se_pair_bwd(g: &Tensor, [pa, pb]: [&Tensor; 2], w1: &Tensor, w2: &
     Ok([tensor(dpa, [n, c, 1, 1])?, tensor(dpb, [n, c, 1, 1])?, tensor(dw1, [hd, c])?, tensor(db1, [hd])?, tensor(dw2, [c, hd])?, tensor(db2, [c])?])
 }
 
-/// The device addresses of the SE kernels' tensors (each on the GPU; the caller's borrows keep
-/// them alive through the launches).
-fn se_ptrs<const K: usize>(tensors: [&Tensor; K]) -> Result<[u64; K]> {
+/// ECA's pair gate (N, C, 1, 1) and the gates (2N, C) the backward reads, from the pooled
+/// features pa, pb (N, C, 1, 1) and the k taps `w`: one launch (eca_gate_f32).
+pub(super) fn eca_pair_fwd(pa: &Tensor, pb: &Tensor, w: &Tensor, [n, c, k]: [usize; 3]) -> Result<(Storage, Tensor)> {
+    let dev = device(ECA_PAIR, pa)?;
+    let dims = eca_dims([n, c, k])?;
+    let [pa, pb, w] = cuda_ptrs(ECA_PAIR, [pa, pb, w])?;
+    let (mut gates, mut out) = (dev.alloc(2 * n * c)?, dev.alloc(n * c)?);
+    let args = [Arg::Ptr(pa), Arg::Ptr(pb), Arg::Ptr(w), Arg::Ptr(gates.ptr_mut()), Arg::Ptr(out.ptr_mut())];
+    launch(&dev, k::ECA_GATE, grid_1d(&dev, n * c), &[&args[..], &dims].concat())?;
+    Ok((Storage::Cuda(out), tensor(gates, [2 * n, c])?))
+}
+
+/// (dpa, dpb, dw) from the gate's gradient `g` (N, C, 1, 1) and the forward's gates: two
+/// launches (eca_bwd_input_f32, eca_bwd_weight_f32; a warp per tap).
+pub(super) fn eca_pair_bwd(g: &Tensor, [pa, pb]: [&Tensor; 2], w: &Tensor, gates: &Tensor, [n, c, k]: [usize; 3]) -> Result<[Tensor; 3]> {
+    let dev = device(ECA_PAIR, g)?;
+    let dims = eca_dims([n, c, k])?;
+    let w_shape = w.shape().clone();
+    let [g, pa, pb, w, gates] = cuda_ptrs(ECA_PAIR, [g, pa, pb, w, gates])?;
+    let (mut dpa, mut dpb, mut dw) = (dev.alloc(n * c)?, dev.alloc(n * c)?, dev.alloc(k)?);
+    let args = [Arg::Ptr(g), Arg::Ptr(gates), Arg::Ptr(w), Arg::Ptr(dpa.ptr_mut()), Arg::Ptr(dpb.ptr_mut())];
+    launch(&dev, k::ECA_BWD_INPUT, grid_1d(&dev, 2 * n * c), &[&args[..], &dims].concat())?;
+    let args = [Arg::Ptr(g), Arg::Ptr(gates), Arg::Ptr(pa), Arg::Ptr(pb), Arg::Ptr(dw.ptr_mut())];
+    launch(&dev, k::ECA_BWD_WEIGHT, grid_1d(&dev, 32 * k), &[&args[..], &dims].concat())?;
+    Ok([tensor(dpa, [n, c, 1, 1])?, tensor(dpb, [n, c, 1, 1])?, tensor(dw, w_shape)?])
+}
+
+/// The ECA kernels' (N, C, k) arguments, refused when an index space they walk passes i32.
+fn eca_dims([n, c, k]: [usize; 3]) -> Result<[Arg<'static>; 3]> {
+    to_i32(ECA_PAIR, "index space", 2 * n * c + 32 * k)?;
+    Ok([Arg::I32(n as i32), Arg::I32(c as i32), Arg::I32(k as i32)])
+}
+
+/// The device addresses of `op`'s tensors, each on the GPU (an error naming `op` otherwise; the
+/// caller's borrows keep them alive through the launches).
+fn cuda_ptrs<const K: usize>(op: &'static str, tensors: [&Tensor; K]) -> Result<[u64; K]> {
     let mut ptrs = [0; K];
     for (p, t) in ptrs.iter_mut().zip(tensors) {
-        *p = t.storage().as_cuda(SE_PAIR)?.ptr();
+        *p = t.storage().as_cuda(op)?.ptr();
     }
     Ok(ptrs)
 }

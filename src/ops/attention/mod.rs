@@ -5,7 +5,8 @@
 //! - [`Tensor::csa_gate`]: `f ⊙ c ⊙ s` with a per-channel `c` and a per-pixel `s`, and its
 //!   backward (df, dc, ds) from one read of the upstream gradient and f;
 //! - [`Tensor::se_pair_gate`]: SE's channel gates of both images of a pair and their product, in
-//!   two launches forward and three backward on the GPU (the composed ops on the CPU).
+//!   two launches forward and three backward on the GPU (the composed ops on the CPU);
+//! - [`Tensor::eca_pair_gate`]: the same for ECA's gates, one launch forward and two backward.
 //!
 //! `cpu.rs` and `cuda.rs` hold the two sides of [`CsaKernels`]; this file checks the inputs and
 //! records the nodes. The CPU side sums in the composed ops' order (f64, pixels and channels in
@@ -25,6 +26,7 @@ use std::sync::Arc;
 const POOL: &str = "csa_pool";
 const GATE: &str = "csa_gate";
 const SE_PAIR: &str = "se_pair_gate";
+const ECA_PAIR: &str = "eca_pair_gate";
 
 /// The fused CSA kernels on one side (CPU or CUDA). `f` is (N, C, H, W), `c` (N, C, 1, 1) and
 /// `s` (N, 1, H, W), as [`Tensor::csa_gate`] checked.
@@ -123,6 +125,36 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// ECA's shared channel gate of a pair: `sigmoid(conv1d(pa, w)) ⊙ sigmoid(conv1d(pb, w))` for
+    /// the images' pooled features pa, pb (N, C, 1, 1) and the odd-length kernel `w` across
+    /// channels ((k), (1, k) or (1, 1, k), as [`Tensor::conv1d_channels`] takes it); (N, C, 1, 1).
+    /// On a GPU one fused launch forward and two backward (kernels/attention.cu `eca_*`), the
+    /// forward and the inputs' gradients the composed ops' bits; on the CPU the composed ops.
+    pub fn eca_pair_gate(pa: &Tensor, pb: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let (n, c) = match pa.dims() {
+            &[n, c, 1, 1] if n * c > 0 => (n, c),
+            _ => return Err(Error::shape(ECA_PAIR, format!("pooled features must be (N, C, 1, 1), non-empty: got {}", pa.shape()))),
+        };
+        let k = w.numel();
+        if pb.dims() != pa.dims() || k.is_multiple_of(2) || w.dims().iter().rev().skip(1).any(|&d| d != 1) {
+            return Err(Error::shape(ECA_PAIR, format!("pooled {} and {} with kernel {}: need pb as pa and an odd-length kernel (k), (1, k) or (1, 1, k)", pa.shape(), pb.shape(), w.shape())));
+        }
+        let device = same_device(ECA_PAIR, &[pa, pb, w])?;
+        if device == Device::Cpu {
+            let gate = |p: &Tensor| p.conv1d_channels(w)?.sigmoid();
+            return gate(pa)?.mul(&gate(pb)?);
+        }
+        let (out, gates) = cuda::eca_pair_fwd(pa, pb, w, [n, c, k])?;
+        let (pa_, pb_, w_) = (pa.clone(), pb.clone(), w.clone());
+        let needed = [pa, pb, w].map(Tensor::tracks_grad);
+        Ok(Tensor::from_storage_op(ECA_PAIR, Arc::new(out), Shape::from([n, c, 1, 1]), &[pa, pb, w], move |g, _| {
+            let grads = cuda::eca_pair_bwd(g, [&pa_, &pb_], &w_, &gates, [n, c, k])?;
+            Ok(grads.into_iter().zip(needed).map(|(d, need)| need.then_some(d)).collect())
+        }))
+    }
+}
+
 /// (N, C, HD) of a checked [`Tensor::se_pair_gate`] call, or the shapes that do not fit.
 fn se_pair_dims(pa: &Tensor, pb: &Tensor, [w1, b1, w2, b2]: [&Tensor; 4]) -> Result<(usize, usize, usize)> {
     let (n, c) = match pa.dims() {
@@ -189,6 +221,29 @@ mod tests {
         let e = Tensor::se_pair_gate(&pa, &pb, &w[2], &w[1], &w[0], &w[3]).unwrap_err().to_string();
         assert!(e.starts_with("se_pair_gate") && e.contains("[37, 2]"), "{e}");
         assert!(Tensor::se_pair_gate(&pa.reshape([3, 37]).unwrap(), &pb, refs[0], refs[1], refs[2], refs[3]).is_err());
+    }
+
+    // The CPU's ECA pair gate is the composed ops (the module's composed ECA path, to the bit),
+    // gradients reaching all three inputs; a mismatched partner or an even kernel is refused.
+    #[test]
+    fn eca_pair_gate_on_the_cpu_is_the_composed_product() {
+        let (mut rng, pa) = seeded_randn(22, [3, 37, 1, 1], 0.0, 1.0);
+        let pb = randn([3, 37, 1, 1], 0.5, 1.0, &mut rng);
+        let w = randn([1, 1, 5], 0.0, 0.5, &mut rng);
+        let vars: Vec<Tensor> = [&pa, &pb, &w].into_iter().map(|t| t.clone().into_var()).collect();
+        let out = Tensor::eca_pair_gate(&vars[0], &vars[1], &vars[2]).unwrap();
+        let gate = |p: &Tensor| p.conv1d_channels(&w).unwrap().reshape([3, 37, 1, 1]).unwrap().sigmoid().unwrap();
+        assert_eq!(out.to_vec().unwrap(), gate(&pa).mul(&gate(&pb)).unwrap().to_vec().unwrap());
+        assert_eq!(out.dims(), [3, 37, 1, 1]);
+        out.sum_all().unwrap().backward().unwrap();
+        for (i, v) in vars.iter().enumerate() {
+            let g = v.grad().unwrap().to_vec().unwrap();
+            assert!(g.iter().any(|&x| x != 0.0) && g.iter().all(|x| x.is_finite()), "input {i}");
+        }
+        let e = Tensor::eca_pair_gate(&pa, &pb.reshape([3, 37]).unwrap(), &w).unwrap_err().to_string();
+        assert!(e.starts_with("eca_pair_gate") && e.contains("[3, 37]"), "{e}");
+        let even = randn([4], 0.0, 0.5, &mut rng);
+        assert!(Tensor::eca_pair_gate(&pa, &pb, &even).unwrap_err().to_string().contains("odd-length"));
     }
 
     #[test]
