@@ -122,13 +122,14 @@ fn fused(
         let dev = device(OP, dy)?;
         let (sdy, sw) = (dy.storage(), wt.storage());
         let (dyb, wb) = (sdy.as_cuda(OP)?, sw.as_cuda(OP)?);
-        // The convolution's gradients from the kept channels-last input: dy copied once for both.
-        let mut dx = dev.alloc(g.input_len())?;
+        // The convolution's gradients, of its input a = relu(bn(y)) and of the weights from the
+        // kept channels-last copy of a; dy copied once for both.
+        let mut da = dev.alloc(g.input_len())?;
         let mut dw = dev.alloc(g.weight_len())?;
-        conv_cuda::check_operands(pi.kernel.name, &g, ConvPass::InputGrad, [wb, dyb, &dx])?;
+        conv_cuda::check_operands(pi.kernel.name, &g, ConvPass::InputGrad, [wb, dyb, &da])?;
         let dy16 = conv_cuda::nhwc_dy(&dev, &g, dyb)?;
         let w16 = conv_cuda::nhwc_weights(&dev, &g, ConvPass::InputGrad, wb)?;
-        conv_cuda::launch_operands(&dev, &g, ConvPass::InputGrad, &pi, [w16.ptr(), dy16.ptr()], None, &mut dx, 0)?;
+        conv_cuda::launch_operands(&dev, &g, ConvPass::InputGrad, &pi, [w16.ptr(), dy16.ptr()], None, &mut da, 0)?;
         drop(w16);
         conv_cuda::launch_operands(&dev, &g, ConvPass::WeightGrad, &pw, [dy16.ptr(), x16.ptr()], None, &mut dw, 0)?;
         drop(dy16);
@@ -137,13 +138,13 @@ fn fused(
         let (sy, sg, sb) = (yt.storage(), gt.storage(), bt.storage());
         let (gb, bb) = (sg.as_cuda(OP)?, sb.as_cuda(OP)?);
         let c = g.c;
-        let mut dyn_ = dev.alloc(g.input_len())?;
+        let mut d_y = dev.alloc(g.input_len())?;
         let (mut dgamma, mut dbeta) = (dev.alloc(c)?, dev.alloc(c)?);
         let shape = call.shape;
         let opts = call.opts;
         let mask = ReluMask::FromInput { gamma: gb, beta: bb };
-        bn_bwd(&dev, sy.as_cuda(OP)?, &dx, mask, shape, mean, var, gb, opts.eps, opts.training, &mut dyn_, &mut dgamma, &mut dbeta, None)?;
-        let mut grads = vec![Some(tensor(dyn_, yt.shape().clone())?), Some(tensor(dgamma, [c])?), Some(tensor(dbeta, [c])?), Some(tensor(dw, [g.k, g.c, g.r, g.s])?)];
+        bn_bwd(&dev, sy.as_cuda(OP)?, &da, mask, shape, mean, var, gb, opts.eps, opts.training, &mut d_y, &mut dgamma, &mut dbeta, None)?;
+        let mut grads = vec![Some(tensor(d_y, yt.shape().clone())?), Some(tensor(dgamma, [c])?), Some(tensor(dbeta, [c])?), Some(tensor(dw, [g.k, g.c, g.r, g.s])?)];
         if has_bias {
             grads.push(dbias);
         }
