@@ -3,7 +3,7 @@
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
 # conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
 # each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 40 minutes
-# on 2 cores for all 77; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 13). A mutant of a
+# on 2 cores for all 77; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 14). A mutant of a
 # header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
 # ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
