@@ -117,25 +117,25 @@ impl BatchNorm2d {
     }
     /// Batch statistics (and a running-statistics update) when `train`, running statistics else.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_with(x, train, false, None, None)
+        self.apply(x, None, train, false, None)
     }
     /// [`Self::forward`] then ReLU, in batch norm's own pass (`BatchNormOptions::relu`).
     pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_with(x, train, true, None, None)
+        self.apply(x, None, train, true, None)
     }
-    fn forward_with(&self, x: &Tensor, train: bool, relu: bool, residual: Option<&Tensor>, partials: Option<&BnPartials>) -> Result<Tensor> {
-        let opts = BatchNormOptions { training: train, relu, ..BatchNormOptions::default() };
-        let params = (&self.weight, &self.bias, &self.running_mean, &self.running_var);
-        match residual {
-            Some(r) => x.batch_norm_add(r, params.0, params.1, params.2, params.3, opts, partials),
-            None => x.batch_norm_with(params.0, params.1, params.2, params.3, opts, partials),
-        }
-    }
-
     /// This batch norm of `y` (training from `partials` when the convolution that wrote y gave
     /// them), then plus `residual` when given, then the ReLU when `relu`, in batch norm's passes.
     pub fn apply(&self, y: &Tensor, partials: Option<&BnPartials>, train: bool, relu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
-        self.forward_with(y, train, relu, residual, partials)
+        let opts = BatchNormOptions { training: train, relu, ..BatchNormOptions::default() };
+        let [gamma, beta, mean, var] = self.params();
+        match residual {
+            Some(r) => y.batch_norm_add(r, gamma, beta, mean, var, opts, partials),
+            None => y.batch_norm_with(gamma, beta, mean, var, opts, partials),
+        }
+    }
+    /// (gamma, beta, running_mean, running_var), as the batch-norm ops take them.
+    fn params(&self) -> [&Tensor; 4] {
+        [&self.weight, &self.bias, &self.running_mean, &self.running_var]
     }
 
     /// This batch norm of `conv(x)`, the batch statistics from the convolution's epilogue where
@@ -157,8 +157,7 @@ impl BatchNorm2d {
     /// the ReLU are the convolution's prologue and their output is never written).
     pub fn relu_into_conv(&self, y: &Tensor, partials: Option<&BnPartials>, conv: &Conv2d, train: bool) -> Result<(Tensor, Option<BnPartials>)> {
         let opts = BatchNormOptions { training: train, relu: true, ..BatchNormOptions::default() };
-        let bn = [&self.weight, &self.bias, &self.running_mean, &self.running_var];
-        y.bn_relu_conv2d(bn, opts, partials, &conv.weight, conv.bias.as_ref(), conv.geometry(), wants_bn_partials(y, train)?)
+        y.bn_relu_conv2d(self.params(), opts, partials, &conv.weight, conv.bias.as_ref(), conv.geometry(), wants_bn_partials(y, train)?)
     }
 }
 

@@ -17,6 +17,7 @@
 mod cpu;
 pub mod cuda;
 
+use super::conv::odd_kernel_len;
 use super::{Cpu, Cuda, kernels_for, non_empty, same_device};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -132,14 +133,8 @@ impl Tensor {
     /// On a GPU one fused launch forward and two backward (kernels/attention.cu `eca_*`), the
     /// forward and the inputs' gradients the composed ops' bits; on the CPU the composed ops.
     pub fn eca_pair_gate(pa: &Tensor, pb: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let (n, c) = match pa.dims() {
-            &[n, c, 1, 1] if n * c > 0 => (n, c),
-            _ => return Err(Error::shape(ECA_PAIR, format!("pooled features must be (N, C, 1, 1), non-empty: got {}", pa.shape()))),
-        };
-        let k = w.numel();
-        if pb.dims() != pa.dims() || k.is_multiple_of(2) || w.dims().iter().rev().skip(1).any(|&d| d != 1) {
-            return Err(Error::shape(ECA_PAIR, format!("pooled {} and {} with kernel {}: need pb as pa and an odd-length kernel (k), (1, k) or (1, 1, k)", pa.shape(), pb.shape(), w.shape())));
-        }
+        let (n, c) = pooled_pair(ECA_PAIR, pa, pb)?;
+        let k = odd_kernel_len(ECA_PAIR, w)?;
         let device = same_device(ECA_PAIR, &[pa, pb, w])?;
         if device == Device::Cpu {
             let gate = |p: &Tensor| p.conv1d_channels(w)?.sigmoid();
@@ -155,19 +150,24 @@ impl Tensor {
     }
 }
 
+/// (N, C) of a pair gate's pooled features: pa (N, C, 1, 1), non-empty, and pb of the same shape.
+fn pooled_pair(op: &'static str, pa: &Tensor, pb: &Tensor) -> Result<(usize, usize)> {
+    match pa.dims() {
+        &[n, c, 1, 1] if n * c > 0 && pb.dims() == pa.dims() => Ok((n, c)),
+        _ => Err(Error::shape(op, format!("pooled features {} and {} must both be (N, C, 1, 1), non-empty", pa.shape(), pb.shape()))),
+    }
+}
+
 /// (N, C, HD) of a checked [`Tensor::se_pair_gate`] call, or the shapes that do not fit.
 fn se_pair_dims(pa: &Tensor, pb: &Tensor, [w1, b1, w2, b2]: [&Tensor; 4]) -> Result<(usize, usize, usize)> {
-    let (n, c) = match pa.dims() {
-        &[n, c, 1, 1] if n * c > 0 => (n, c),
-        _ => return Err(Error::shape(SE_PAIR, format!("pooled features must be (N, C, 1, 1), non-empty: got {}", pa.shape()))),
-    };
+    let (n, c) = pooled_pair(SE_PAIR, pa, pb)?;
     let hd = w1.dims().first().copied().unwrap_or(0);
-    let fits = pb.dims() == pa.dims() && hd > 0 && w1.dims() == [hd, c] && b1.dims() == [hd] && w2.dims() == [c, hd] && b2.dims() == [c];
+    let fits = hd > 0 && w1.dims() == [hd, c] && b1.dims() == [hd] && w2.dims() == [c, hd] && b2.dims() == [c];
     if !fits {
         return Err(Error::shape(
             SE_PAIR,
             format!(
-                "pooled {} and {} with layers w1 {}, b1 {}, w2 {}, b2 {}: need pb as pa, w1 (HD, {c}), b1 (HD), w2 ({c}, HD), b2 ({c})",
+                "pooled {} and {} with layers w1 {}, b1 {}, w2 {}, b2 {}: need w1 (HD, {c}), b1 (HD), w2 ({c}, HD), b2 ({c})",
                 pa.shape(),
                 pb.shape(),
                 w1.shape(),

@@ -45,6 +45,16 @@ fn kernels(device: Device) -> &'static dyn ConvKernels {
     kernels_for(device, &Cpu, &Cuda)
 }
 
+/// The length k of a 1-D channel convolution's kernel `w` ((k), (1,k) or (1,1,k), k odd), or an
+/// error naming `op` and the shape.
+pub(crate) fn odd_kernel_len(op: &'static str, w: &Tensor) -> Result<usize> {
+    let k = w.numel();
+    if w.dims().iter().rev().skip(1).any(|&d| d != 1) || k.is_multiple_of(2) {
+        return Err(Error::shape(op, format!("weight must be an odd-length kernel (k), (1,k) or (1,1,k), got {}", w.shape())));
+    }
+    Ok(k)
+}
+
 impl Tensor {
     /// 2-D convolution (cross-correlation, as PyTorch): input (N,C,H,W), weight (K,C,R,S),
     /// optional bias (K), the same stride, zero padding and dilation on both axes.
@@ -152,16 +162,7 @@ impl Tensor {
                 ));
             }
         };
-        let k = weight.numel();
-        if weight.dims().iter().rev().skip(1).any(|&d| d != 1) || k.is_multiple_of(2) {
-            return Err(Error::shape(
-                CONV1D,
-                format!(
-                    "weight must be an odd-length kernel (k), (1,k) or (1,1,k), got {}",
-                    weight.shape()
-                ),
-            ));
-        }
+        odd_kernel_len(CONV1D, weight)?;
         let device = same_device(CONV1D, &[self, weight])?;
         let storage = kernels(device).conv1d_fwd(self, weight, n, c)?;
         let (xt, wt) = (self.clone(), weight.clone());
