@@ -7,10 +7,11 @@
 //!
 //! And DANet (issue 15) at its bottleneck shape, 20 x 512 x 16 x 16 (q, k (20, 64, 256), v (20, 512,
 //! 256)):
-//! - position attention, fused (`Tensor::position_attention`, kernels/danet.cu) against composed
-//!   from bmm and softmax, forward and forward + backward, side by side: ms, the ratio, GB/s of
-//!   the bytes the fused op must move against the copy rate, and GFLOP/s (PyTorch's composed
-//!   forward took 0.096 ms on an H100);
+//! - position attention, fused (`Tensor::position_attention`: kernels/danet.cu at fp32,
+//!   danet_tc.cu's TF32 tensor cores at tf32) against composed from bmm and softmax (cuBLAS, SIMT
+//!   at fp32 and TF32 tensor ops at tf32), forward and forward + backward, side by side at each
+//!   precision: ms, the ratio, GB/s of the bytes the fused op must move against the copy rate, and
+//!   TFLOP/s (PyTorch's composed forward took 0.096 ms on an H100);
 //! - channel attention's energy + softmax + weighted sum on (20, 512, 256), cuBLAS at fp32 and
 //!   with TF32 tensor ops (the device's precision tf32).
 //!
@@ -247,35 +248,42 @@ fn position_attention(c: &mut Criterion, dev: &Arc<CudaDevice>) {
         f(&q, &k, &v).mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
     };
     let forward = |f: fn(&Tensor, &Tensor, &Tensor) -> Tensor| no_grad(|| black_box(f(&q, &k, &v)));
-    let [ff, fc] = [pam_fused, pam_composed].map(|f| seconds(dev, 50, || { forward(f); }));
-    side_by_side("DANet position attention forward 20x512x16x16, D=64", ff, fc, fwd_bytes, fwd_flops);
-    let [tf, tc] = [pam_fused, pam_composed].map(|f| seconds(dev, 20, || train(f)));
-    let what = "DANet position attention forward + backward (plus the loss's mul and sum, in both)";
-    side_by_side(what, tf, tc, fwd_bytes + bwd_bytes, 3.0 * fwd_flops);
     let captured = |iters, f: &dyn Fn()| graph_seconds(dev, iters, f).unwrap_or(f64::NAN);
-    let [ff, fc] = [pam_fused, pam_composed].map(|f| captured(50, &|| {
-        forward(f);
-    }));
-    side_by_side("DANet position attention forward, captured", ff, fc, fwd_bytes, fwd_flops);
-    let [tf, tc] = [pam_fused, pam_composed].map(|f| captured(20, &|| train(f)));
-    side_by_side("DANet position attention forward + backward, captured", tf, tc, fwd_bytes + bwd_bytes, 3.0 * fwd_flops);
-
     let mut grp = c.benchmark_group("danet_position_attention_20x512x16x16_d64");
     grp.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
-    for (label, f) in [("fused", pam_fused as fn(&Tensor, &Tensor, &Tensor) -> Tensor), ("composed", pam_composed)] {
-        grp.bench_function(format!("forward_{label}"), |b| {
-            b.iter(|| {
-                forward(f);
-                dev.synchronize().unwrap()
-            })
-        });
-        grp.bench_function(format!("forward_backward_{label}"), |b| {
-            b.iter(|| {
-                train(f);
-                dev.synchronize().unwrap()
-            })
-        });
+    // fp32: danet.cu against cuBLAS's SIMT products; tf32: danet_tc.cu's tensor cores against
+    // cuBLAS's TF32 tensor ops (the composed path at the tf32 and bf16 precisions).
+    for p in [Precision::Fp32, Precision::Tf32] {
+        dev.set_precision(p);
+        let at = p.name();
+        let [ff, fc] = [pam_fused, pam_composed].map(|f| seconds(dev, 50, || { forward(f); }));
+        side_by_side(&format!("DANet position attention forward 20x512x16x16, D=64, {at}"), ff, fc, fwd_bytes, fwd_flops);
+        let [tf, tc] = [pam_fused, pam_composed].map(|f| seconds(dev, 20, || train(f)));
+        let what = format!("DANet position attention forward + backward (plus the loss's mul and sum, in both), {at}");
+        side_by_side(&what, tf, tc, fwd_bytes + bwd_bytes, 3.0 * fwd_flops);
+        let [ff, fc] = [pam_fused, pam_composed].map(|f| captured(50, &|| {
+            forward(f);
+        }));
+        side_by_side(&format!("DANet position attention forward, captured, {at}"), ff, fc, fwd_bytes, fwd_flops);
+        let [tf, tc] = [pam_fused, pam_composed].map(|f| captured(20, &|| train(f)));
+        side_by_side(&format!("DANet position attention forward + backward, captured, {at}"), tf, tc, fwd_bytes + bwd_bytes, 3.0 * fwd_flops);
+
+        for (label, f) in [("fused", pam_fused as fn(&Tensor, &Tensor, &Tensor) -> Tensor), ("composed", pam_composed)] {
+            grp.bench_function(format!("forward_{label}_{at}"), |b| {
+                b.iter(|| {
+                    forward(f);
+                    dev.synchronize().unwrap()
+                })
+            });
+            grp.bench_function(format!("forward_backward_{label}_{at}"), |b| {
+                b.iter(|| {
+                    train(f);
+                    dev.synchronize().unwrap()
+                })
+            });
+        }
     }
+    dev.set_precision(Precision::Fp32);
     grp.finish();
 }
 

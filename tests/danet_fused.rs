@@ -6,8 +6,13 @@
 //! - on cuda:0, the kernel wrappers against the CPU op (outputs NaN-poisoned before each launch,
 //!   the log-sum-exp against f64 loops), the op through the autograd against the CPU, the module
 //!   fused against composed, ||gpu - cpu|| / ||cpu|| < 1e-5; and bmm at tf32 against fp32: within
-//!   TF32's tolerance and not bit-identical (so the math mode is seen to apply). Skips without a
-//!   GPU; fails with REQUIRE_CUDA=1.
+//!   TF32's tolerance and not bit-identical (so the math mode is seen to apply);
+//! - on cuda:0, the TF32 tensor-core kernels (kernels/danet_tc.cu) against the CPU op on
+//!   TF32-rounded inputs (what is left is their rounding of P and dS: < 2e-3), deterministic and
+//!   not the fp32 kernels' bits; the op at tf32 and bf16 against the CPU at fp32 within TF32's
+//!   5e-3, and at D = 130 (past the TF32 kernels) the fp32 kernels' bits.
+//!
+//! Skips without a GPU; fails with REQUIRE_CUDA=1.
 //!
 //! The gradient check of the op is in tests/gradcheck.rs.
 
@@ -18,6 +23,7 @@ use coseg::backend::cuda::CudaDevice;
 use coseg::device::{Device, Precision};
 use coseg::nn::attention::{AttentionSpec, ChannelAttention, CoAttention, SpatialAttention};
 use coseg::ops::danet::{Dims, cuda as pam};
+use pam::PamKernels;
 use coseg::tensor::Tensor;
 use common::test_gpu;
 use gpu_common::*;
@@ -193,18 +199,18 @@ test_gpu!(gpu_pam_kernels_match_the_cpu, |dev| {
         let Dims { n, d, c, l } = dims(s);
         let [q, k, v, g] = x.clone().map(|h| dev.htod(&h).unwrap());
         let (mut out, mut lse) = (poisoned(&dev, n * c * l), poisoned(&dev, n * l));
-        pam::pam_fwd(&dev, &q, &k, &v, dims(s), &mut out, &mut lse).unwrap();
+        pam::pam_fwd(&dev, PamKernels::Fp32, &q, &k, &v, dims(s), &mut out, &mut lse).unwrap();
         let out_h = dev.dtoh(&out).unwrap();
         assert_close(&format!("{s:?} out"), &out_h, &want[0], F32_TOL);
         assert_close(&format!("{s:?} lse"), &dev.dtoh(&lse).unwrap(), &lse_f64(s, &x[0], &x[1]), F32_TOL);
         // No atomics: a second run gives the same bits.
         let mut again = poisoned(&dev, n * c * l);
-        pam::pam_fwd(&dev, &q, &k, &v, dims(s), &mut again, &mut lse).unwrap();
+        pam::pam_fwd(&dev, PamKernels::Fp32, &q, &k, &v, dims(s), &mut again, &mut lse).unwrap();
         assert!(dev.dtoh(&again).unwrap().iter().zip(&out_h).all(|(a, b)| a.to_bits() == b.to_bits()), "{s:?}: forward not deterministic");
 
         let (mut dq, mut dk, mut dv) = (poisoned(&dev, n * d * l), poisoned(&dev, n * d * l), poisoned(&dev, n * c * l));
         let saved = pam::Saved { q: &q, k: &k, v: &v, out: &out, lse: &lse, dout: &g };
-        pam::pam_bwd(&dev, &saved, dims(s), &mut dq, &mut dk, &mut dv).unwrap();
+        pam::pam_bwd(&dev, PamKernels::Fp32, &saved, dims(s), &mut dq, &mut dk, &mut dv).unwrap();
         for (i, buf) in [(1, &dq), (2, &dk), (3, &dv)] {
             assert_output_close(s, i, &dev.dtoh(buf).unwrap(), &want);
         }
@@ -215,9 +221,9 @@ test_gpu!(gpu_pam_wrappers_refuse_buffers_of_the_wrong_length, |dev| {
     let s = Dims { n: 2, d: 3, c: 5, l: 7 };
     let (q, k, v) = (poisoned(&dev, 42), poisoned(&dev, 42), poisoned(&dev, 70));
     let (mut out, mut short) = (poisoned(&dev, 70), poisoned(&dev, 13));
-    let e = pam::pam_fwd(&dev, &q, &k, &v, s, &mut out, &mut short).unwrap_err().to_string();
+    let e = pam::pam_fwd(&dev, PamKernels::Fp32, &q, &k, &v, s, &mut out, &mut short).unwrap_err().to_string();
     assert!(e.contains("pam_fwd_f32") && e.contains("lse has 13"), "{e}");
-    let e = pam::pam_fwd(&dev, &q, &v, &v, s, &mut out, &mut poisoned(&dev, 14)).unwrap_err().to_string();
+    let e = pam::pam_fwd(&dev, PamKernels::Fp32, &q, &v, &v, s, &mut out, &mut poisoned(&dev, 14)).unwrap_err().to_string();
     assert!(e.contains("k has 70"), "{e}");
 });
 
@@ -283,4 +289,85 @@ test_gpu!(gpu_bmm_runs_on_tf32_tensor_cores_at_tf32_and_bf16, |dev| {
         assert!(e > 1e-6, "bmm at {} equals fp32 ({e:.1e}): the TF32 math mode did not apply", p.name());
     }
     assert_eq!(product(), fp32, "fp32 after tf32: the math mode was not reset");
+});
+
+/// TF32's value of x: the 10-bit mantissa of cvt.rna.tf32.f32 (nearest, ties away from zero).
+fn tf32(x: f32) -> f32 {
+    f32::from_bits((x.to_bits() + 0x1000) & 0xffff_e000)
+}
+
+/// danet_tc.cu's tolerance against f64 on the same TF32-rounded inputs: its own rounding of P and
+/// dS to TF32 (about 2e-4; 8.5e-4 for the near one-hot softmax of the last shape, CPU emulation).
+const TC_TOL: f64 = 2e-3;
+
+/// The TF32 kernels' output and gradients (the wrappers, NaN-poisoned buffers) for inputs `x`.
+fn tf32_kernels(dev: &CudaDevice, s: [usize; 5], x: &[Vec<f32>; 4], kernels: PamKernels) -> [Vec<f32>; 4] {
+    let Dims { n, d, c, l } = dims(s);
+    let [q, k, v, g] = x.clone().map(|h| dev.htod(&h).unwrap());
+    let (mut out, mut lse) = (poisoned(dev, n * c * l), poisoned(dev, n * l));
+    pam::pam_fwd(dev, kernels, &q, &k, &v, dims(s), &mut out, &mut lse).unwrap();
+    let (mut dq, mut dk, mut dv) = (poisoned(dev, n * d * l), poisoned(dev, n * d * l), poisoned(dev, n * c * l));
+    let saved = pam::Saved { q: &q, k: &k, v: &v, out: &out, lse: &lse, dout: &g };
+    pam::pam_bwd(dev, kernels, &saved, dims(s), &mut dq, &mut dk, &mut dv).unwrap();
+    [&out, &dq, &dk, &dv].map(|b| dev.dtoh(b).unwrap())
+}
+
+test_gpu!(gpu_tf32_pam_kernels_match_f64_on_tf32_rounded_inputs, |dev| {
+    let _serial = serial();
+    // SHAPES and D = 128, the largest the TF32 kernels take (L = 68: their 16-byte copies).
+    for (i, s) in SHAPES.into_iter().chain([[1, 128, 24, 4, 17]]).enumerate() {
+        let x = inputs(300 + i as u64, s).map(|v| v.into_iter().map(tf32).collect::<Vec<f32>>());
+        let want = run(Device::Cpu, s, &x, fused);
+        let got = tf32_kernels(&dev, s, &x, PamKernels::Tf32);
+        for (j, g) in got.iter().enumerate() {
+            let what = format!("{s:?} tf32 {}", NAMES[j]);
+            if dims(s).l == 1 && (j == 1 || j == 2) {
+                assert_close_to_scale(&what, g, &want[j], TC_TOL, norm(&want[3]));
+            } else {
+                assert_close(&what, g, &want[j], TC_TOL);
+            }
+        }
+        assert_eq!(tf32_kernels(&dev, s, &x, PamKernels::Tf32), got, "{s:?}: the TF32 kernels are not deterministic");
+        // The tensor cores ran: the fp32 kernels on the same inputs sum P unrounded.
+        let fp32 = tf32_kernels(&dev, s, &x, PamKernels::Fp32);
+        if dims(s).l > 1 {
+            assert!(rel_err(&got[0], &fp32[0]) > 1e-6, "{s:?}: the TF32 forward gave the fp32 kernels' values");
+        }
+    }
+});
+
+test_gpu!(gpu_op_takes_the_tensor_cores_at_tf32_and_bf16, |dev| {
+    let _serial = serial();
+    // The moderate scores of SHAPES[..5] (the last one's reach +-40, where TF32's rounding of q
+    // and k moves the scores by a few hundredths before the exponential).
+    for p in [Precision::Tf32, Precision::Bf16] {
+        for (i, s) in SHAPES[..5].iter().copied().enumerate() {
+            let x = inputs(400 + i as u64, s);
+            let cpu = run(Device::Cpu, s, &x, fused);
+            let gpu = {
+                let _g = PrecisionGuard::set(&dev, p);
+                run(Device::Cuda(0), s, &x, fused)
+            };
+            for (j, g) in gpu.iter().enumerate() {
+                let what = format!("{s:?} {} {}", p.name(), NAMES[j]);
+                if dims(s).l == 1 && (j == 1 || j == 2) {
+                    assert_close_to_scale(&what, g, &cpu[j], 5e-3, norm(&cpu[3]));
+                } else {
+                    assert_close(&what, g, &cpu[j], 5e-3);
+                }
+            }
+            if dims(s).l > 1 {
+                let fp32 = run(Device::Cuda(0), s, &x, fused);
+                assert!(rel_err(&gpu[0], &fp32[0]) > 1e-6, "{s:?} at {}: the fp32 kernels ran", p.name());
+            }
+        }
+        // D = 130 is past the TF32 kernels: the fp32 kernels run, to the bit.
+        let s = [2, 130, 20, 5, 7];
+        let x = inputs(450, s);
+        let reduced = {
+            let _g = PrecisionGuard::set(&dev, p);
+            run(Device::Cuda(0), s, &x, fused)
+        };
+        assert_eq!(reduced, run(Device::Cuda(0), s, &x, fused), "D = 130 at {}: not the fp32 kernels", p.name());
+    }
 });

@@ -3,7 +3,7 @@
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
 # conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
 # each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 40 minutes
-# on 2 cores for all 77; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 14). A mutant of a
+# on 2 cores for all 87; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 14). A mutant of a
 # header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
 # ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
@@ -30,13 +30,28 @@ mutant() {
         conv_tc_check) copy="$dir/conv2d_tc.cu" ;;
         conv_tcp_check) copy="$dir/conv2d_tcp.cu" cpp=conv_tc_check.cpp ;;
         conv_nhwc_check) copy="$dir/nhwc_both.cu"; printf '#include "conv2d_tcp.cu"\n#include "conv2d_nhwc.cu"\n' > "$copy" ;;
+        danet_check) copy="$dir/danet_both.cu"; printf '#include "danet.cu"\n#include "danet_tc.cu"\n' > "$copy" ;;
     esac
-    if [ "$cpp" = conv_tc_check.cpp ] || [ "$check" = conv_nhwc_check ]; then python3 emu_ptx.py "$copy" "$copy.emu.cu" 2>/dev/null || { echo "BAD MUTANT (emu_ptx): $what"; survived=1; return; }; copy="$copy.emu.cu"; fi
+    if [ "$cpp" = conv_tc_check.cpp ] || [ "$check" = conv_nhwc_check ] || [ "$check" = danet_check ]; then python3 emu_ptx.py "$copy" "$copy.emu.cu" 2>/dev/null || { echo "BAD MUTANT (emu_ptx): $what"; survived=1; return; }; copy="$copy.emu.cu"; fi
     g++ $san -std=c++20 -w -pthread -D$def="\"$copy\"" -I. -o "$out/bin" "$cpp" || { echo "BAD MUTANT (no build): $what"; survived=1; return; }
     if (env EMU_FAIL_FAST=1 $env "$out/bin") > "$out/log" 2>&1; then echo "SURVIVED: $what${env:+ ($env)}"; survived=1; else echo "caught: $what${env:+ ($env)} ($(grep -m1 -o 'FAIL.*\|ERROR: [A-Za-z]*Sanitizer: [a-z-]*\|runtime error: [a-z ]*\|emu: .*' "$out/log" | head -1))"; fi
 }
 A=attention.cu O=optim.cu T=conv2d_tc.cu P=conv2d_tcp.cu H=conv_tc.cuh C=cp_async.cuh N=conv2d_nhwc.cu
-mutant danet_check danet.cu DANET_KERNELS 's/return v + __shfl_xor_sync(0xffffffffu, v, 4);/return v;/' "danet row sums miss the 4-lane shuffle"
+mutant danet_check danet.cu DANET_KERNELS 's/return v + __shfl_xor_sync(0xffffffffu, v, 4);/return v;/' "danet row sums miss the 4-lane shuffle" DANET_ONLY=fp32
+# danet_tc.cu (TF32 mma.sync): the W-as-A permutation, X's columns, a B fragment's k, the online
+# softmax's rescale and column mask, the quad max, dv's per-column lse, dk's per-column delta,
+# the 16-byte copies' column mask, dP's chunks of C.
+D=danet_tc.cu
+mutant danet_check $D DANET_KERNELS 's/__float_as_uint(w\[j\]\[2\]), __float_as_uint(w\[j\]\[1\])/__float_as_uint(w[j][1]), __float_as_uint(w[j][2])/' "danet_tc W's accumulator lanes read as A unpermuted" DANET_ONLY=tf32
+mutant danet_check $D DANET_KERNELS 's/(8 \* i + g) \* PT_B_LD + 8 \* j + 2 \* t)/(8 * i + g) * PT_B_LD + 8 * j + t)/' "danet_tc X's B fragment at columns t, not 2t" DANET_ONLY=tf32
+mutant danet_check $D DANET_KERNELS 's/tf32_bits(bp\[4 \* PT_B_LD\])/tf32_bits(bp[PT_B_LD])/' "danet_tc scores' B fragment b1 at k = t+1" DANET_ONLY=tf32
+mutant danet_check $D DANET_KERNELS 's/            acc\[i\]\[2 \* h\] \*= alpha;//' "danet_tc online softmax skips a rescale" DANET_ONLY=tf32
+mutant danet_check $D DANET_KERNELS 's/if (c0 + 8 \* j + 2 \* t + e >= L) w\[j\]\[2 \* h + e\] = -INFINITY;//' "danet_tc forward without the column mask" DANET_ONLY=tf32
+mutant danet_check $D DANET_KERNELS 's/return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));/return v;/' "danet_tc quad max misses the 2-lane shuffle" DANET_ONLY=tf32
+mutant danet_check $D DANET_KERNELS 's/lse_row\[v >> 1\] : stats\[cl\]/lse_row[v >> 1] : stats[0]/' "danet_tc dv and dk use one column's lse" DANET_ONLY=tf32
+mutant danet_check $D DANET_KERNELS 's/stats\[PT_BCOL + 8 \* j + 2 \* t + (v \& 1)\]/stats[PT_BCOL + 8 * j + 2 * t]/' "danet_tc dk's delta of the wrong column" DANET_ONLY=tf32
+mutant danet_check $D DANET_KERNELS '0,/const bool in = row < K \&\& pos < L;/s//const bool in = row < K;/' "danet_tc 16-byte copies past L" DANET_ONLY=tf32
+mutant danet_check $D DANET_KERNELS 's/a2, C, k0, PT_KC, L, r0/a2, C, 0, PT_KC, L, r0/' "danet_tc dP reads C's first chunk only" DANET_ONLY=tf32
 mutant csa_check $A CSA_KERNELS 's/for (int o = 16; o > 0; o >>= 1)/for (int o = 8; o > 0; o >>= 1)/' "warp_sum skips the 16-lane step"
 mutant csa_check $A CSA_KERNELS 's/for (int w = 0; w < CSA_WARPS; ++w) s += sums\[w\]\[t\]/for (int w = 1; w < CSA_WARPS; ++w) s += sums[w][t]/' "pixel partials drop warp 0"
 mutant csa_check $A CSA_KERNELS 's/float v = p < hw ? row\[p\] : 0.0f;/float v = p <= hw ? row[p] : 0.0f;/' "pool reads one pixel past the row"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs kernels on the CPU, one std::thread per CUDA thread (emu.h), against f64 loops, with outputs
 # and partial sums starting as NaN; each check exits nonzero on a failure, and so does this script.
-#  - danet_check: kernels/danet.cu's three kernels on odd shapes (L = 1, 33x33, tails of every
-#    tile, one with scores up to +-40);
+#  - danet_check: kernels/danet.cu's three kernels and danet_tc.cu's two (TF32 mma.sync,
+#    cp.async, dynamic shared memory; through emu_ptx.py) on odd shapes (L = 1, 33x33, tails of
+#    every tile, one with scores up to +-40), the TF32 ones against f64 on TF32-rounded inputs;
 #  - csa_check: kernels/attention.cu (CSA pool and gate, forward and backward, and the finishing
 #    launch) as src/ops/attention/cuda.rs launches them, C = 1..2048, H*W = 1..33x33, N = 1 and 3;
 #    and SE's pair gate (se_*_f32, forward and backward) against f64, HD = 2..33;
@@ -41,7 +42,6 @@ cd "$(dirname "$0")"
 out=${EMU_OUT:-/tmp/kernel-emu}
 mkdir -p "$out"
 san="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all"
-g++ $san -std=c++20 -w -pthread -o "$out/danet_check" danet_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/csa_check" csa_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/optim_check" optim_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/bn_check" bn_check.cpp
@@ -50,6 +50,9 @@ python3 emu_ptx.py ../../kernels/conv2d_tc.cu "$out/conv2d_tc_emu.cu"
 g++ $san -std=c++20 -w -pthread -I. -DCONV_TC_KERNELS="\"$out/conv2d_tc_emu.cu\"" -o "$out/conv_tc_check" conv_tc_check.cpp
 python3 emu_ptx.py ../../kernels/conv2d_tcp.cu "$out/conv2d_tcp_emu.cu"
 g++ $san -std=c++20 -w -pthread -I. -DCONV_TCP_KERNELS="\"$out/conv2d_tcp_emu.cu\"" -o "$out/conv_tcp_check" conv_tc_check.cpp
+printf '#include "danet.cu"\n#include "danet_tc.cu"\n' > "$out/danet_both.cu"  # fp32 and TF32 kernels, one rewrite
+python3 emu_ptx.py -I ../../kernels "$out/danet_both.cu" "$out/danet_emu.cu"
+g++ $san -std=c++20 -w -pthread -I. -DDANET_KERNELS="\"$out/danet_emu.cu\"" -o "$out/danet_check" danet_check.cpp
 printf '#include "conv2d_tcp.cu"\n#include "conv2d_nhwc.cu"\n' > "$out/nhwc_both.cu"  # one rewrite: shared headers once
 python3 emu_ptx.py -I ../../kernels "$out/nhwc_both.cu" "$out/conv2d_nhwc_emu.cu"
 g++ $san -std=c++20 -w -pthread -I. -DCONV_KERNELS="\"$out/conv2d_nhwc_emu.cu\"" -o "$out/conv_nhwc_check" conv_nhwc_check.cpp

@@ -35,9 +35,11 @@
 //! - position attention: q, k = 1x1 convs to C/32, v = 1x1 conv to C/4; A = softmax over positions of
 //!   qᵀk (N, HW, HW); out = γ_p · v Aᵀ + x, γ_p initialised to 0. Composed from bmm and softmax by
 //!   default on every device: the fused op ([`Tensor::position_attention`], flash-style: A is
-//!   never written to device memory) measured slower on the H200 at the paper's shape (0.131 ms
-//!   forward against 0.085, 0.72 ms forward + backward against 0.31, captured, fp32; and the
-//!   composed bmm takes TF32 tensor cores at tf32 and bf16, the fused kernel does not);
+//!   never written to device memory) measured slower on the H200 at the paper's shape in its fp32
+//!   kernels (0.131 ms forward against 0.085, 0.72 ms forward + backward against 0.31, captured;
+//!   the composed bmm takes TF32 tensor cores at tf32 and bf16). At tf32 and bf16 the fused op
+//!   now runs on TF32 tensor cores too (kernels/danet_tc.cu), not yet timed on a GPU, so the
+//!   default stays composed until `benches/csa_gpu.rs` shows which is faster;
 //!   [`CoAttention::set_fused`]`(true)` runs it;
 //! - channel attention: energy E = x xᵀ (N, C/4, C/4); DANet's `max(E) - E` before the softmax
 //!   equals `-E` (softmax ignores a per-row shift); out = γ_c · softmax(-E) x + x, γ_c = 0 at first.

@@ -117,6 +117,8 @@ kernels! {
         ECA_BWD_WEIGHT = "eca_bwd_weight_f32";
     "danet":
         PAM_FWD = "pam_fwd_f32", PAM_BWD = "pam_bwd_f32", PAM_BWD_DELTA = "pam_bwd_delta_f32";
+    "danet_tc":
+        PAM_FWD_TF32 = "pam_fwd_tf32", PAM_BWD_TF32 = "pam_bwd_tf32";
     "nd":
         BINARY_ND_FWD = "binary_nd_fwd_f32", COPY_ND_FWD = "copy_nd_fwd_f32", MAP_FWD = "map_fwd_f32",
         MAP_BWD = "map_bwd_f32";
@@ -210,7 +212,9 @@ mod tests {
                 }
             }
         }
-        assert_eq!(MODULES.len(), 15, "one module per kernels/*.cu");
+        let dir = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels")).unwrap();
+        let sources = dir.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "cu")).count();
+        assert_eq!(MODULES.len(), sources, "one module per kernels/*.cu");
     }
 
     #[test]

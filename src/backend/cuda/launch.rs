@@ -11,6 +11,23 @@ use super::kernels::Kernel;
 use crate::error::{Error, Result};
 use cudarc::driver::{DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
 
+/// COSEG_KERNEL_LOG=1: prints `line()` on stderr the first time it is seen, so a wrapper that
+/// picks among kernels (the convolutions, the position attention) shows its choice once per
+/// distinct shape. Costs one flag test when the variable is unset.
+pub fn log_kernel_choice(line: impl FnOnce() -> String) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    if !*ON.get_or_init(|| std::env::var("COSEG_KERNEL_LOG").is_ok_and(|v| v == "1")) {
+        return;
+    }
+    let line = line();
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.contains(&line) {
+        eprintln!("{line}");
+        seen.push(line);
+    }
+}
+
 /// The largest rank of nd.cu's strided kernels (after the host merges contiguous dims).
 pub const MAX_DIMS: usize = 6;
 

@@ -6,7 +6,7 @@
 
 use super::{CONV1D, CONV2D, ConvKernels};
 use crate::backend::cuda::kernels::{self as k, Kernel};
-use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, split_reduction, to_i32};
+use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, log_kernel_choice, split_reduction, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer, TypedBuffer, nd};
 use crate::device::{Precision, TcVariant};
 use crate::error::{Error, Result};
@@ -440,20 +440,12 @@ pub fn tc_plans(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant:
 /// COSEG_KERNEL_LOG=1: one line on stderr per distinct convolution, pass and precision, naming
 /// the kernel that runs it, so the dispatch is visible.
 fn log_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, p: &ConvPlan) {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    if !*ON.get_or_init(|| std::env::var("COSEG_KERNEL_LOG").is_ok_and(|v| v == "1")) {
-        return;
-    }
-    let line = format!(
-        "conv2d {pass:?} {precision}: x ({}, {}, {}, {}) w ({}, {}, {}, {}) stride {} pad {} dilation {} -> {} grid {:?}",
-        sh.n, sh.c, sh.h, sh.w, sh.k, sh.c, sh.r, sh.s, sh.stride, sh.pad, sh.dilation, p.kernel.name, p.grid(sh, pass)
-    );
-    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-    if !seen.contains(&line) {
-        eprintln!("{line}");
-        seen.push(line);
-    }
+    log_kernel_choice(|| {
+        format!(
+            "conv2d {pass:?} {precision}: x ({}, {}, {}, {}) w ({}, {}, {}, {}) stride {} pad {} dilation {} -> {} grid {:?}",
+            sh.n, sh.c, sh.h, sh.w, sh.k, sh.c, sh.r, sh.s, sh.stride, sh.pad, sh.dilation, p.kernel.name, p.grid(sh, pass)
+        )
+    });
 }
 
 /// Launches `pass` at `precision` with operands `a`, `b` (kernels/conv2d_tc.cu's argument order:
