@@ -9,7 +9,8 @@
 //! SGD reading its learning rate from device memory, the losses read back once per
 //! [`LOG_EVERY`] steps as `[train] log_every` does; eager and replayed as a CUDA graph, side by
 //! side. It prints the host's waits per step (0: the host never stalled the GPU's queue between
-//! reads) and whether the capture succeeded.
+//! reads) and whether the capture succeeded; with COSEG_WAIT_TRACE=1, where each wait of the
+//! first three steady-state steps comes from (the coseg frames of its backtrace).
 //! The step's peak device memory (coseg's live tensors) is printed per precision.
 //! `gpu_inference` times the evaluation forward of 10 and 40 pairs, eager and replayed from a
 //! CUDA graph, and prints pairs per second.
@@ -122,6 +123,7 @@ fn bench(c: &mut Criterion) {
     let (image, plane) = (pairs * 3 * 128 * 128, pairs * 128 * 128);
     let targets: Vec<f32> = (0..plane).map(|i| ((i / 128 / 32 + i % 128 / 32) % 2) as f32).collect();
     let batch = HostBatch::from_parts(pairs, 128, [draw(image), draw(image), targets.clone(), targets]).unwrap();
+    let trace_waits = std::env::var("COSEG_WAIT_TRACE").is_ok_and(|v| v == "1");
     let mut g = c.benchmark_group("gpu_train_step");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
     for config in gpu::step_configs() {
@@ -145,7 +147,10 @@ fn bench(c: &mut Criterion) {
                             black_box(runner.watch.drain().unwrap());
                         }
                         let before = dev.host_waits();
+                        // COSEG_WAIT_TRACE=1: where the first steady-state steps wait, if they do.
+                        dev.trace_host_waits(trace_waits && (SETUP_STEPS..SETUP_STEPS + 3).contains(&steps));
                         runner.step(batch.clone()).unwrap();
+                        dev.trace_host_waits(false);
                         // The first steps make the gradient buffers, the optimiser's table and
                         // the capture (their uploads wait): counted apart from the steady state.
                         let n = dev.host_waits() - before;

@@ -13,7 +13,8 @@
 // - the rows' D operand (q for fwd and dq, k for dk and dv) is copied to shared memory once per
 //   block; each column tile (the columns' D operand, X for fwd and dv, and dk's and dv's per-column
 //   lse and delta) arrives by cp.async one tile ahead (cp_async_pipeline), and dq's and dk's dP
-//   sums over C stream their chunks of 32 the same way;
+//   sums over C stream their chunks of 32 two ahead (a chunk is only 16 mma a warp: the copies'
+//   latency, not the tensor cores, sets that loop's pace);
 // - dq's and dk's X is the columns' D operand itself (k for dq, q for dk), already in shared
 //   memory: a dq or dk block holds all of D (D <= 128, 16 n-tiles of accumulators), one block
 //   per row tile. Larger D goes to danet.cu's kernels (the wrapper's choice, logged).
@@ -22,7 +23,7 @@
 //
 // Shared memory (dynamic, floats; Dp = D rounded up to 8, src/ops/danet/cuda.rs `tc_smem_floats`
 // computes the same): the rows' operand Dp x 72; two column stages of Dp x 40 (+ 128 x 40 of X for
-// fwd and dv) + 64 (the columns' lse and delta); dq and dk: two dP stages of 32 x 72 + 32 x 40.
+// fwd and dv) + 64 (the columns' lse and delta); dq and dk: three dP stages of 32 x 72 + 32 x 40.
 // Row strides 72 and 40 (= 8 mod 32) put a fragment's 32 lanes (8t + g) on 32 banks, and X's
 // float2 column pairs (20g + t mod 16 per half warp) on distinct 64-bit banks.
 // Deterministic: no atomics, every sum in a fixed order. Tails are zero-filled by cp.async (rows,
@@ -36,6 +37,7 @@
 #define PT_BR 64                     // rows per block, 16 per warp
 #define PT_BCOL 32                   // columns per tile: 4 n-tiles of 8
 #define PT_KC 32                     // dP's chunk of C
+#define PT_DP_STAGES 3               // dP's pipeline: its chunks carry 16 mma a warp, so two in flight
 #define PT_BC 128                    // fwd's and dv's output channels per block
 #define PT_DMAX 128                  // the largest D (dq's and dk's accumulators hold all of it)
 #define PT_A_LD (PT_BR + 8)          // row stride of a rows' operand (k, row)
@@ -171,9 +173,9 @@ __device__ __forceinline__ void pam_block(float* smem, int chunk, const float* _
     const int b_floats = Dp * PT_B_LD, x_floats = OWN_X ? PT_BC * PT_B_LD : 0, stage_floats = b_floats + x_floats + 2 * PT_BCOL;
     float* a1s = smem;
     float* stages = a1s + Dp * PT_A_LD;
-    float* dp_stages = stages + 2 * stage_floats;  // dq, dk: (a2 32 x 72, b2 32 x 40) twice
+    float* dp_stages = stages + 2 * stage_floats;  // dq, dk: DP_STAGES x (a2 32 x 72, b2 32 x 40)
     constexpr int DP_STAGE = PT_KC * PT_A_LD + PT_KC * PT_B_LD;
-    const int floats = Dp * PT_A_LD + 2 * stage_floats + (DP ? 2 * DP_STAGE : 0);
+    const int floats = Dp * PT_A_LD + 2 * stage_floats + (DP ? PT_DP_STAGES * DP_STAGE : 0);
     if (dynamic_smem_bytes() < (unsigned)(floats * 4)) asm volatile("trap;");
 
     ra += (long long)n * D * L;
@@ -246,7 +248,7 @@ __device__ __forceinline__ void pam_block(float* smem, int chunk, const float* _
                     const float* d = dp_stages + st2 * DP_STAGE;
                     mma_scores(d, d + PT_KC * PT_A_LD, PT_KC / 8, w);
                 };
-                cp_async_pipeline<2, PT_KC>(0, C, issue_dp, multiply_dp);
+                cp_async_pipeline<PT_DP_STAGES, PT_KC>(0, C, issue_dp, multiply_dp);
             }
 #pragma unroll
             for (int j = 0; j < 4; ++j)

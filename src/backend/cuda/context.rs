@@ -100,8 +100,27 @@ pub struct CudaDevice {
     shared_allowed: Mutex<HashMap<&'static str, u32>>,
     /// Times the host waited for this device's stream (see [`CudaDevice::host_waits`]).
     host_waits: std::sync::atomic::AtomicU64,
+    /// Whether each counted wait prints where it came from (see [`CudaDevice::trace_host_waits`]).
+    trace_waits: std::sync::atomic::AtomicBool,
     /// Per-op GPU timing, off unless a profiler turns it on (`profile`).
     timer: super::profile::OpTimer,
+}
+
+/// The lines of a backtrace that name this crate's functions (and their source lines where the
+/// build kept them), without the frames of the standard library, cudarc and the backtrace itself.
+fn coseg_frames(bt: &std::backtrace::Backtrace) -> String {
+    let text = bt.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.contains("coseg::") && !line.contains("count_host_wait") && !line.contains("coseg_frames") {
+            out.push(line.trim());
+            if let Some(at) = lines.get(i + 1).filter(|l| l.trim_start().starts_with("at ")) {
+                out.push(at.trim());
+            }
+        }
+    }
+    format!("  {}", out.join("\n  "))
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -166,6 +185,7 @@ impl CudaDevice {
             shared_allowed: Mutex::new(HashMap::new()),
             fuse_bn_stats: std::sync::atomic::AtomicBool::new(std::env::var("COSEG_FUSE_BN_STATS").map_or(true, |v| v != "0")),
             host_waits: std::sync::atomic::AtomicU64::new(0),
+            trace_waits: std::sync::atomic::AtomicBool::new(false),
             timer: Default::default(),
         })
     }
@@ -253,7 +273,16 @@ impl CudaDevice {
         self.host_waits.load(std::sync::atomic::Ordering::Relaxed)
     }
     pub(crate) fn count_host_wait(&self) {
-        self.host_waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.host_waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if self.trace_waits.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("host wait {n} on cuda:{}, from:\n{}", self.ordinal, coseg_frames(&std::backtrace::Backtrace::force_capture()));
+        }
+    }
+    /// While on, every counted host wait prints the coseg functions it came from (a backtrace
+    /// trimmed to this crate's frames), so a step that should never wait shows who waits
+    /// (`benches/step_gpu.rs` turns it on for a few steady-state steps with COSEG_WAIT_TRACE=1).
+    pub fn trace_host_waits(&self, on: bool) {
+        self.trace_waits.store(on, std::sync::atomic::Ordering::Relaxed);
     }
     pub(crate) fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
@@ -476,5 +505,24 @@ impl CudaDevice {
         cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| {
             CudaError::Compile { module: name.into(), arch: format!("sm_{major}{minor}"), log: e.to_string() }.into()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::coseg_frames;
+
+    #[inline(never)]
+    fn a_caller_in_this_crate() -> String {
+        coseg_frames(&std::backtrace::Backtrace::force_capture())
+    }
+
+    /// The trace of a host wait names the crate's functions and nothing of std's.
+    #[test]
+    fn wait_traces_keep_this_crates_frames_only() {
+        let frames = a_caller_in_this_crate();
+        assert!(frames.contains("a_caller_in_this_crate"), "{frames}");
+        assert!(!frames.contains("coseg_frames"), "{frames}");
+        assert!(frames.lines().all(|l| l.contains("coseg::") || l.trim_start().starts_with("at ")), "{frames}");
     }
 }

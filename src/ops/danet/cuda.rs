@@ -90,11 +90,11 @@ impl PamKernels {
 
 /// danet_tc.cu's dynamic shared memory in floats (its header; the kernel traps on less): the
 /// rows' operand Dp x 72, two column stages of Dp x 40 (+ X's 128 x 40 for fwd and dv) + 64, and
-/// for dq and dk two dP stages of 32 x (72 + 40); the backward's launch takes the largest.
+/// for dq and dk three dP stages of 32 x (72 + 40); the backward's launch takes the largest.
 pub fn tc_smem_floats(d: usize, backward: bool) -> usize {
     let dp = d.div_ceil(8) * 8;
     let own_x = dp * 72 + 2 * (dp * 40 + 128 * 40 + 64);
-    let with_dp = dp * 72 + 2 * (dp * 40 + 64) + 2 * 32 * (72 + 40);
+    let with_dp = dp * 72 + 2 * (dp * 40 + 64) + 3 * 32 * (72 + 40);
     if backward { own_x.max(with_dp) } else { own_x }
 }
 
