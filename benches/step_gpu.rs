@@ -12,6 +12,8 @@
 //! reads) and whether the capture succeeded; with COSEG_WAIT_TRACE=1, where each wait of the
 //! first three steady-state steps comes from (the coseg frames of its backtrace).
 //! The step's peak device memory (coseg's live tensors) is printed per precision.
+//! `gpu_attention_step` times that step (bf16, captured) with each attention of the paper's
+//! Table 3, composed (before the attention kernels) and fused (after), and prints one table.
 //! `gpu_inference` times the evaluation forward of 10 and 40 pairs, eager and replayed from a
 //! CUDA graph, and prints pairs per second.
 //! With COSEG_PROFILE=1, after the measurement, [`PROFILED_STEPS`] more steps per precision run
@@ -23,7 +25,8 @@ use coseg::Device;
 use coseg::device::{Precision, TcVariant};
 use coseg::autograd::{ParamStore, no_grad};
 use coseg::backend::cuda::StepProfiler;
-use coseg::nn::{CosegNet, ModelConfig, ResNet, ResNetSpec};
+use coseg::backend::cuda::CudaDevice;
+use coseg::nn::{ChannelAttention, CosegNet, ModelConfig, ResNet, ResNetSpec, SpatialAttention};
 use coseg::tensor::Tensor;
 use coseg::train::dataset::HostBatch;
 use coseg::train::monitor::LossWatch;
@@ -34,6 +37,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Steps between loss reads in `gpu_train_step` (the default `[train] log_every`).
@@ -183,7 +187,84 @@ fn bench(c: &mut Criterion) {
     dev.set_tc_variant(TcVariant::default());
     dev.set_fuse_bn_stats(fuse0);
     g.finish();
+    attention_steps(c, &dev, &batch, pairs);
     inference(c, &dev);
+}
+
+/// The attentions of the paper's Table 3 (DRN-MG-101 + D2 with each), as `experiments/t3_*.toml`.
+const TABLE3: [(&str, ChannelAttention, SpatialAttention, bool); 5] = [
+    ("se_msa", ChannelAttention::Se, SpatialAttention::Msa, false),
+    ("se_aspp", ChannelAttention::Se, SpatialAttention::Aspp, false),
+    ("eca_msa", ChannelAttention::Eca, SpatialAttention::Msa, false),
+    ("eca_aspp", ChannelAttention::Eca, SpatialAttention::Aspp, false),
+    ("danet", ChannelAttention::Se, SpatialAttention::Msa, true),
+];
+
+/// Issue 15's "the paper's training step with each Table 3 configuration, before and after": the
+/// loop's step (`StepRunner`, replayed as a CUDA graph, bf16 on the default kernels) with each
+/// attention of Table 3, composed from the generic ops (`set_attention_fused(false)`: before the
+/// attention kernels) and fused (after), then one table of the two and their ratio from the
+/// measured samples. A model is built only when criterion's filter selects its id.
+fn attention_steps(c: &mut Criterion, dev: &Arc<CudaDevice>, batch: &HostBatch, pairs: usize) {
+    let p0 = dev.precision();
+    dev.set_precision(Precision::Bf16);
+    let mut g = c.benchmark_group("gpu_attention_step");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    let mut rows = Vec::new();
+    for (name, channel_attention, spatial_attention, danet) in TABLE3 {
+        let cfg = ModelConfig { channel_attention, spatial_attention, danet, ..ModelConfig::default() };
+        let mut ms = [f64::NAN; 2];
+        for (slot, fused) in [false, true].into_iter().enumerate() {
+            let mut runner: Option<StepRunner> = None;
+            let mut per_step = Vec::new();
+            let id = format!("{name}_10pairs_128x128_bf16_{}", if fused { "fused" } else { "composed" });
+            g.bench_function(id, |bench| {
+                bench.iter_custom(|iters| {
+                    let r = runner.get_or_insert_with(|| {
+                        let mut store = ParamStore::new(GPU, 3);
+                        let mut model = CosegNet::new(&cfg, &mut store).unwrap();
+                        model.set_attention_fused(fused);
+                        let opt = Optimizer::new(OptimizerParams::paper_sgd()).unwrap();
+                        let watch = LossWatch::new(GPU, vec![1e-4; 1 << 20], 0, 0, LOG_EVERY, (0.9, 0.999)).unwrap();
+                        let mut r = StepRunner::new(model, store, opt, watch, pairs, 128, true).unwrap();
+                        for _ in 0..SETUP_STEPS {
+                            r.step(batch.clone()).unwrap(); // buffers, the optimiser's table, the capture
+                        }
+                        r
+                    });
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        if r.watch.full() {
+                            black_box(r.watch.drain().unwrap());
+                        }
+                        r.step(batch.clone()).unwrap();
+                    }
+                    dev.synchronize().unwrap();
+                    let elapsed = t.elapsed();
+                    per_step.push(elapsed.as_secs_f64() / iters as f64);
+                    elapsed
+                })
+            });
+            if let Some(r) = runner.as_ref().filter(|r| !r.captured()) {
+                eprintln!("attention step {name} fused={fused}: not captured ({})", r.graph_failure.as_deref().unwrap_or("?"));
+            }
+            per_step.sort_by(f64::total_cmp);
+            if !per_step.is_empty() {
+                ms[slot] = per_step[per_step.len() / 2] * 1e3;
+            }
+        }
+        rows.push((name, ms));
+    }
+    g.finish();
+    dev.set_precision(p0);
+    if rows.iter().any(|(_, ms)| ms.iter().any(|m| m.is_finite())) {
+        eprintln!("\nTraining step with each Table 3 attention (DRN-MG-101 + D2, 10 pairs 128x128, bf16, CUDA graph; median of criterion's samples):");
+        eprintln!("| attention | composed (before) ms | fused (after) ms | composed / fused |");
+        eprintln!("| --- | --- | --- | --- |");
+        for (name, [composed, fused]) in rows {
+            eprintln!("| {name} | {composed:.2} | {fused:.2} | {:.2} |", composed / fused);
+        }
+    }
 }
 
 /// Inference (issue 13's pairs per second): the evaluation forward of a batch of 128x128 pairs, in
@@ -191,7 +272,7 @@ fn bench(c: &mut Criterion) {
 /// validation, `coseg eval` and `segment` run; each replay copies the batch in), at 10 and 40
 /// pairs per batch. Prints pairs per second from the median of 20 timed batches (PyTorch on the
 /// same card, issue 13: 3,160 pairs/s at 10, 4,430 at 40, captured, bf16 channels-last).
-fn inference(c: &mut Criterion, dev: &std::sync::Arc<coseg::backend::cuda::CudaDevice>) {
+fn inference(c: &mut Criterion, dev: &Arc<CudaDevice>) {
     let p0 = dev.precision();
     dev.set_precision(Precision::Bf16);
     let mut params = ParamStore::new(GPU, 3);

@@ -233,3 +233,24 @@ fn csa_fuses_the_pair_channel_vectors_by_product() {
         assert!(max_abs_diff(&with_b, &with_c) > 1e-3, "{channel:?} {spatial:?} danet={danet}: partner ignored");
     }
 }
+
+/// The model's switch reaches its attention: DANet's fused position attention sums in f64 on the
+/// CPU and the composed one in f32, so the logits differ in their last bits and agree to
+/// round-off; CSA's fused CPU forward is its composed ops, to the bit.
+#[test]
+fn the_attention_switch_reaches_the_attention() {
+    let (a, b) = (input(2, 64, 11, Device::Cpu), input(2, 64, 12, Device::Cpu));
+    let logits = |cfg: &ModelConfig, fused: bool| {
+        let mut params = ParamStore::new(Device::Cpu, 3);
+        let mut net = CosegNet::new(cfg, &mut params).unwrap();
+        open_danet_gammas(&params, 0.5);
+        net.set_attention_fused(fused);
+        no_grad(|| net.forward_pair(&a, &b, false)).unwrap().0
+    };
+    let danet = ModelConfig { danet: true, ..small(18) };
+    let (f, c) = (logits(&danet, true), logits(&danet, false));
+    let d = max_abs_diff(&f, &c);
+    assert!(d > 0.0 && d < 1e-4, "DANet fused against composed: max difference {d}");
+    let csa = small(18);
+    assert_eq!(logits(&csa, true).to_vec().unwrap(), logits(&csa, false).to_vec().unwrap());
+}

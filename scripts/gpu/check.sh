@@ -6,7 +6,9 @@
 #   conv     benches/conv_gpu.rs: the tensor-core variants (staged, pipelined; nhwc in bf16)
 #            against cuDNN at fp32, tf32 and bf16; prints its summary table
 #   step     benches/step_gpu.rs: the paper's training step per precision and variant, eager and
-#            captured, host waits per step
+#            captured, host waits per step (COSEG_WAIT_TRACE=1: and where they come from)
+#   attention  benches/step_gpu.rs gpu_attention_step: the bf16 captured step with each attention
+#            of the paper's Table 3, composed (before the attention kernels) and fused (after)
 #   infer    benches/step_gpu.rs gpu_inference: evaluation forward of 10 and 40 pairs in bf16,
 #            eager and replayed from a CUDA graph, pairs per second
 #   csa      benches/csa_gpu.rs: the attention kernels against the composed ops
@@ -49,7 +51,12 @@ for s in $steps; do
       grep -E '^\||summary' "$OUT/conv_gpu.log";;
     step)
       timeout 300 .gpu/bin/bench-step_gpu --bench "${STEP_FILTER:-gpu_train_step|gpu_sgd_step}" > "$OUT/step_gpu.log" 2>&1; echo "step_gpu rc $?"
-      grep -E "^gpu_|time:|train step|peak device" "$OUT/step_gpu.log" | head -60;;
+      grep -E "^gpu_|time:|train step|peak device" "$OUT/step_gpu.log" | head -60
+      # COSEG_WAIT_TRACE=1: where the steady-state steps wait (the first few traces)
+      grep -A8 -E "^host wait" "$OUT/step_gpu.log" | head -40;;
+    attention)
+      timeout 300 .gpu/bin/bench-step_gpu --bench gpu_attention_step > "$OUT/attention_step.log" 2>&1; echo "attention step rc $?"
+      grep -E "^\||Table 3|not captured" "$OUT/attention_step.log";;
     infer)
       timeout 200 .gpu/bin/bench-step_gpu --bench gpu_inference > "$OUT/infer_gpu.log" 2>&1; echo "infer rc $?"
       grep -E "^inference|time:" "$OUT/infer_gpu.log";;

@@ -131,6 +131,15 @@ impl CosegNet {
         &self.encoder
     }
 
+    /// The attention's fused kernels (`true`) or its composed generic ops (`false`), as
+    /// [`CoAttention::set_fused`] (the before and after of the attention kernels, e.g. in
+    /// `benches/step_gpu.rs`). The FCN-32 baseline has no attention: nothing changes.
+    pub fn set_attention_fused(&mut self, fused: bool) {
+        if let Head::Siamese { attention, .. } = &mut self.head {
+            attention.set_fused(fused);
+        }
+    }
+
     fn check_input(&self, op: &'static str, x: &Tensor) -> Result<()> {
         x.shape().expect_rank(op, 4, "(N,C,H,W)")?;
         let d = x.dims();
