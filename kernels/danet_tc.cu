@@ -22,10 +22,11 @@
 // weights, so each row's weights sum to 1 as the output uses them.
 //
 // Shared memory (dynamic, floats; Dp = D rounded up to 8, src/ops/danet/cuda.rs `tc_smem_floats`
-// computes the same): the rows' operand Dp x 72; two column stages of Dp x 40 (+ 128 x 40 of X for
-// fwd and dv) + 64 (the columns' lse and delta); dq and dk: three dP stages of 32 x 72 + 32 x 40.
-// Row strides 72 and 40 (= 8 mod 32) put a fragment's 32 lanes (8t + g) on 32 banks, and X's
-// float2 column pairs (20g + t mod 16 per half warp) on distinct 64-bit banks.
+// computes the same): the rows' operand Dp x 64; two column stages of Dp x 32 (+ 128 x 32 of X for
+// fwd and dv) + 64 (the columns' lse and delta); dq and dk: three dP stages of 32 x 64 + 32 x 32.
+// Rows are not padded: positions are XOR-swizzled (`swz`) so fragment reads hit distinct banks,
+// which keeps the forward at 66 KB (three blocks per SM: the paper's 320 blocks in one wave)
+// where padded rows took 80 KB (two per SM: 1.2 waves).
 // Deterministic: no atomics, every sum in a fixed order. Tails are zero-filled by cp.async (rows,
 // columns and channels past the ends, D and C past the k-steps) and masked as in danet.cu.
 
@@ -40,8 +41,6 @@
 #define PT_DP_STAGES 3               // dP's pipeline: its chunks carry 16 mma a warp, so two in flight
 #define PT_BC 128                    // fwd's and dv's output channels per block
 #define PT_DMAX 128                  // the largest D (dq's and dk's accumulators hold all of it)
-#define PT_A_LD (PT_BR + 8)          // row stride of a rows' operand (k, row)
-#define PT_B_LD (PT_BCOL + 8)        // row stride of a columns' operand (k, column) and of X (ch, column)
 #define PT_NT (PT_BC / 8)            // accumulator n-tiles per warp (PT_DMAX / 8 as well)
 static_assert(PT_DMAX / 8 == PT_NT, "dq's and dk's D fits fwd's accumulators");
 
@@ -50,46 +49,56 @@ enum { PT_FWD = 0, PT_DV = 1, PT_DQ = 2, PT_DK = 3 };
 __device__ __forceinline__ unsigned tf32_bits(float v) { return Tf32::word(v); }
 __device__ __forceinline__ float tf32_round(float v) { return __uint_as_float(Tf32::word(v)); }
 
+// Where element (r, c) of a W-wide tile (r: k or channel, c: position in the tile) lives in
+// shared memory: rows unpadded, the position XORed with 8 (r % 4), so that a fragment's lanes
+// (rows r..r+3 by lane % 4, 8 positions by lane / 4) hit 32 distinct banks, and X's float2
+// pairs (8 rows by lane / 4, columns 2t) 16 distinct 64-bit banks per half warp. Groups of 8
+// positions stay whole, so 16-byte copies and float2 reads stay contiguous.
+template <int W>
+__device__ __forceinline__ int swz(int r, int c) {
+    return r * W + (c ^ ((r & 3) << 3));
+}
+
 // Issues the copies of rows [k0, k0 + kn) of one image's (K, L) operand at positions
-// [p0, p0 + W) into dst (row stride ld), zero-filled past K and L: 16 bytes per cp.async where
+// [p0, p0 + W) into dst (local rows 0 .. kn-1, swizzled as `swz`), zero-filled past K and L: 16 bytes per cp.async where
 // L is a multiple of 4 and the image's base 16-byte aligned (then a row's 4-float groups are
 // all in or all out, p0 being a multiple of 32), else 4. The test is uniform over the block.
 template <int W>
-__device__ __forceinline__ void issue_tile(float* dst, int ld, const float* __restrict__ src, int K, int k0, int kn,
-                                           int L, int p0) {
+__device__ __forceinline__ void issue_tile(float* dst, const float* __restrict__ src, int K, int k0, int kn, int L,
+                                           int p0) {
     if ((L & 3) == 0 && (reinterpret_cast<unsigned long long>(src) & 15) == 0) {
         for (int e = threadIdx.x; e < kn * (W / 4); e += PT_THREADS) {
             const int kk = e / (W / 4), pp = 4 * (e % (W / 4)), row = k0 + kk, pos = p0 + pp;
             const bool in = row < K && pos < L;
-            cp_async16(dst + kk * ld + pp, in ? src + (long long)row * L + pos : src, in);
+            cp_async16(dst + swz<W>(kk, pp), in ? src + (long long)row * L + pos : src, in);
         }
     } else {
         for (int e = threadIdx.x; e < kn * W; e += PT_THREADS) {
             const int kk = e / W, pp = e % W, row = k0 + kk, pos = p0 + pp;
             const bool in = row < K && pos < L;
-            cp_async4(dst + kk * ld + pp, in ? src + (long long)row * L + pos : src, in);
+            cp_async4(dst + swz<W>(kk, pp), in ? src + (long long)row * L + pos : src, in);
         }
     }
 }
 
 // s[j] += the scores of the warp's 16 rows and column n-tile j over `ksteps` k-steps of 8: A from
-// as (k, row; stride PT_A_LD), B from bs (k, column; stride PT_B_LD).
+// as (k, row: a 64-wide tile), B from bs (k, column: 32 wide), both as `swz` lays them out.
 __device__ __forceinline__ void mma_scores(const float* as, const float* bs, int ksteps, float (&s)[4][4]) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, wrow = (threadIdx.x >> 5) * 16;
     for (int ks = 0; ks < ksteps; ++ks) {
-        const float* ap = as + (8 * ks + t) * PT_A_LD + wrow + g;
-        const unsigned a[4] = {tf32_bits(ap[0]), tf32_bits(ap[8]), tf32_bits(ap[4 * PT_A_LD]), tf32_bits(ap[4 * PT_A_LD + 8])};
+        const int k = 8 * ks + t;
+        const unsigned a[4] = {tf32_bits(as[swz<PT_BR>(k, wrow + g)]), tf32_bits(as[swz<PT_BR>(k, wrow + g + 8)]),
+                               tf32_bits(as[swz<PT_BR>(k + 4, wrow + g)]), tf32_bits(as[swz<PT_BR>(k + 4, wrow + g + 8)])};
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const float* bp = bs + (8 * ks + t) * PT_B_LD + 8 * j + g;
-            const unsigned b[2] = {tf32_bits(bp[0]), tf32_bits(bp[4 * PT_B_LD])};
+            const unsigned b[2] = {tf32_bits(bs[swz<PT_BCOL>(k, 8 * j + g)]), tf32_bits(bs[swz<PT_BCOL>(k + 4, 8 * j + g)])};
             Tf32::mma(s[j], a, b);
         }
     }
 }
 
-// acc[i] += W X^T for the warp's 16 rows and channels 8i..8i+7 of xs (channel, column; stride
-// PT_B_LD), i < nt. W (TF32 values already) is in the S accumulators' layout; k-step j takes
+// acc[i] += W X^T for the warp's 16 rows and channels 8i..8i+7 of xs (channel, column: 32 wide,
+// `swz`), i < nt. W (TF32 values already) is in the S accumulators' layout; k-step j takes
 // columns 8j+2t (A's k = t) and 8j+2t+1 (k = t+4) of both W and X.
 __device__ __forceinline__ void accumulate(float (&acc)[PT_NT][4], const float (&w)[4][4], const float* xs, int nt) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -100,7 +109,7 @@ __device__ __forceinline__ void accumulate(float (&acc)[PT_NT][4], const float (
 #pragma unroll
         for (int i = 0; i < PT_NT; ++i) {
             if (i < nt) {
-                const float2 x = *reinterpret_cast<const float2*>(xs + (8 * i + g) * PT_B_LD + 8 * j + 2 * t);
+                const float2 x = *reinterpret_cast<const float2*>(xs + swz<PT_BCOL>(8 * i + g, 8 * j + 2 * t));
                 const unsigned b[2] = {tf32_bits(x.x), tf32_bits(x.y)};
                 Tf32::mma(acc[i], a, b);
             }
@@ -170,12 +179,12 @@ __device__ __forceinline__ void pam_block(float* smem, int chunk, const float* _
     constexpr bool COL_STATS = MODE == PT_DK || MODE == PT_DV;
     const int Dp = (D + 7) & ~7, n = blockIdx.z, r0 = blockIdx.x * PT_BR, ch0 = OWN_X ? chunk * PT_BC : 0;
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, wrow = (threadIdx.x >> 5) * 16;
-    const int b_floats = Dp * PT_B_LD, x_floats = OWN_X ? PT_BC * PT_B_LD : 0, stage_floats = b_floats + x_floats + 2 * PT_BCOL;
+    const int b_floats = Dp * PT_BCOL, x_floats = OWN_X ? PT_BC * PT_BCOL : 0, stage_floats = b_floats + x_floats + 2 * PT_BCOL;
     float* a1s = smem;
-    float* stages = a1s + Dp * PT_A_LD;
+    float* stages = a1s + Dp * PT_BR;
     float* dp_stages = stages + 2 * stage_floats;  // dq, dk: DP_STAGES x (a2 32 x 72, b2 32 x 40)
-    constexpr int DP_STAGE = PT_KC * PT_A_LD + PT_KC * PT_B_LD;
-    const int floats = Dp * PT_A_LD + 2 * stage_floats + (DP ? PT_DP_STAGES * DP_STAGE : 0);
+    constexpr int DP_STAGE = PT_KC * PT_BR + PT_KC * PT_BCOL;
+    const int floats = Dp * PT_BR + 2 * stage_floats + (DP ? PT_DP_STAGES * DP_STAGE : 0);
     if (dynamic_smem_bytes() < (unsigned)(floats * 4)) asm volatile("trap;");
 
     ra += (long long)n * D * L;
@@ -205,11 +214,11 @@ __device__ __forceinline__ void pam_block(float* smem, int chunk, const float* _
     const int nt = OWN_X ? PT_NT : Dp / 8;
 
     // The rows' operand joins the first column tile's commit group.
-    issue_tile<PT_BR>(a1s, PT_A_LD, ra, D, 0, Dp, L, r0);
+    issue_tile<PT_BR>(a1s, ra, D, 0, Dp, L, r0);
     auto issue = [&](int st, int col0) {
         float* s = stages + st * stage_floats;
-        issue_tile<PT_BCOL>(s, PT_B_LD, cb, D, 0, Dp, L, col0);
-        if (OWN_X) issue_tile<PT_BCOL>(s + b_floats, PT_B_LD, x, CX, ch0, PT_BC, L, col0);
+        issue_tile<PT_BCOL>(s, cb, D, 0, Dp, L, col0);
+        if (OWN_X) issue_tile<PT_BCOL>(s + b_floats, x, CX, ch0, PT_BC, L, col0);
         if (COL_STATS && threadIdx.x < 2 * PT_BCOL) {
             const int col = col0 + threadIdx.x % PT_BCOL;
             const float* src = threadIdx.x < PT_BCOL ? lse : delta;
@@ -241,12 +250,12 @@ __device__ __forceinline__ void pam_block(float* smem, int chunk, const float* _
             if (DP) {  // w = dP (dq) or dP^T (dk): a2's rows against b2's columns, summed over C
                 auto issue_dp = [&](int st2, int k0) {
                     float* d = dp_stages + st2 * DP_STAGE;
-                    issue_tile<PT_BR>(d, PT_A_LD, a2, C, k0, PT_KC, L, r0);
-                    issue_tile<PT_BCOL>(d + PT_KC * PT_A_LD, PT_B_LD, b2, C, k0, PT_KC, L, c0);
+                    issue_tile<PT_BR>(d, a2, C, k0, PT_KC, L, r0);
+                    issue_tile<PT_BCOL>(d + PT_KC * PT_BR, b2, C, k0, PT_KC, L, c0);
                 };
                 auto multiply_dp = [&](int st2) {
                     const float* d = dp_stages + st2 * DP_STAGE;
-                    mma_scores(d, d + PT_KC * PT_A_LD, PT_KC / 8, w);
+                    mma_scores(d, d + PT_KC * PT_BR, PT_KC / 8, w);
                 };
                 cp_async_pipeline<PT_DP_STAGES, PT_KC>(0, C, issue_dp, multiply_dp);
             }

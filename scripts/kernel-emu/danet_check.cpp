@@ -57,8 +57,8 @@ static V tf32(const V& x) {
 }
 // danet_tc.cu's dynamic shared memory in floats, as src/ops/danet/cuda.rs `tc_smem_floats` computes it.
 static size_t tc_smem_floats(int D, bool backward) {
-    const size_t Dp = (D + 7) / 8 * 8, own_x = Dp * 72 + 2 * (Dp * 40 + 128 * 40 + 64);
-    const size_t dp = Dp * 72 + 2 * (Dp * 40 + 64) + 3 * (32 * 72 + 32 * 40);
+    const size_t Dp = (D + 7) / 8 * 8, own_x = Dp * 64 + 2 * (Dp * 32 + 128 * 32 + 64);
+    const size_t dp = Dp * 64 + 2 * (Dp * 32 + 64) + 3 * (32 * 64 + 32 * 32);
     return backward ? std::max(own_x, dp) : own_x;
 }
 int main(int argc, char** argv) {

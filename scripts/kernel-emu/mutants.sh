@@ -43,8 +43,8 @@ mutant danet_check danet.cu DANET_KERNELS 's/return v + __shfl_xor_sync(0xffffff
 # the 16-byte copies' column mask, dP's chunks of C.
 D=danet_tc.cu
 mutant danet_check $D DANET_KERNELS 's/__float_as_uint(w\[j\]\[2\]), __float_as_uint(w\[j\]\[1\])/__float_as_uint(w[j][1]), __float_as_uint(w[j][2])/' "danet_tc W's accumulator lanes read as A unpermuted" DANET_ONLY=tf32
-mutant danet_check $D DANET_KERNELS 's/(8 \* i + g) \* PT_B_LD + 8 \* j + 2 \* t)/(8 * i + g) * PT_B_LD + 8 * j + t)/' "danet_tc X's B fragment at columns t, not 2t" DANET_ONLY=tf32
-mutant danet_check $D DANET_KERNELS 's/tf32_bits(bp\[4 \* PT_B_LD\])/tf32_bits(bp[PT_B_LD])/' "danet_tc scores' B fragment b1 at k = t+1" DANET_ONLY=tf32
+mutant danet_check $D DANET_KERNELS 's/swz<PT_BCOL>(8 \* i + g, 8 \* j + 2 \* t)/swz<PT_BCOL>(8 * i + g, 8 * j + t)/' "danet_tc X's B fragment at columns t, not 2t" DANET_ONLY=tf32
+mutant danet_check $D DANET_KERNELS 's/tf32_bits(bs\[swz<PT_BCOL>(k + 4, 8 \* j + g)\])/tf32_bits(bs[swz<PT_BCOL>(k + 1, 8 * j + g)])/' "danet_tc scores' B fragment b1 at k = t+1" DANET_ONLY=tf32
 mutant danet_check $D DANET_KERNELS 's/            acc\[i\]\[2 \* h\] \*= alpha;//' "danet_tc online softmax skips a rescale" DANET_ONLY=tf32
 mutant danet_check $D DANET_KERNELS 's/if (c0 + 8 \* j + 2 \* t + e >= L) w\[j\]\[2 \* h + e\] = -INFINITY;//' "danet_tc forward without the column mask" DANET_ONLY=tf32
 mutant danet_check $D DANET_KERNELS 's/return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));/return v;/' "danet_tc quad max misses the 2-lane shuffle" DANET_ONLY=tf32

@@ -61,6 +61,8 @@ for c in danet_check csa_check optim_check bn_check gather_check conv_tc_check c
     echo "== $c"
     "$out/$c" || { echo "$c FAILED"; status=1; }
 done
+echo "== danet_check, TF32 kernels (EMU_CP_ASYNC=early)"
+EMU_CP_ASYNC=early DANET_ONLY=tf32 "$out/danet_check" || { echo "danet_check (early) FAILED"; status=1; }
 echo "== conv_tcp_check 6 9 (EMU_CP_ASYNC=early)"
 EMU_CP_ASYNC=early "$out/conv_tcp_check" 6 9 || { echo "conv_tcp_check (early) FAILED"; status=1; }
 echo "== conv_nhwc_check 0 2 (EMU_CP_ASYNC=early)"
