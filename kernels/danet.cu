@@ -291,7 +291,8 @@ extern "C" __global__ void __launch_bounds__(PAM_THREADS)
 // chunk (uniform per block): first dq's chunks (rows are queries), then dk's (rows are keys), then
 // dv's (rows are keys). One launch rather than three: at the paper's shape dq and dk have 80
 // blocks each, fewer than the SMs; together with dv's 320 they fill the card, the heavy dq and dk
-// blocks (each sums dP over all C) first.
+// blocks (each sums dP over all C) first among each image's blocks (N is the slowest grid index;
+// danet_tc.cu puts the gradient there instead, so all heavy blocks go first).
 extern "C" __global__ void __launch_bounds__(PAM_THREADS)
     pam_bwd_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                 const float* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,

@@ -169,7 +169,7 @@ __device__ __forceinline__ void online_softmax(float (&w)[4][4], float (&m)[2], 
 // rows' and columns'); a2, b2: dP's (C x L; dq and dk); x: X (CX x L; fwd and dv); lse, delta:
 // per position (N, L), read by dv, dq and dk; lse_out: written by fwd's first channel chunk.
 template <int MODE>
-__device__ __forceinline__ void pam_block(float* smem, int chunk, const float* __restrict__ ra,
+__device__ __forceinline__ void pam_block(float* smem, int n, int chunk, const float* __restrict__ ra,
                                           const float* __restrict__ cb, int D, const float* __restrict__ a2,
                                           const float* __restrict__ b2, int C, const float* __restrict__ x, int CX,
                                           const float* __restrict__ lse, const float* __restrict__ delta,
@@ -177,7 +177,7 @@ __device__ __forceinline__ void pam_block(float* smem, int chunk, const float* _
     constexpr bool DP = MODE == PT_DQ || MODE == PT_DK;      // dS needs dP, a sum over C
     constexpr bool OWN_X = MODE == PT_FWD || MODE == PT_DV;  // else X is the columns' operand
     constexpr bool COL_STATS = MODE == PT_DK || MODE == PT_DV;
-    const int Dp = (D + 7) & ~7, n = blockIdx.z, r0 = blockIdx.x * PT_BR, ch0 = OWN_X ? chunk * PT_BC : 0;
+    const int Dp = (D + 7) & ~7, r0 = blockIdx.x * PT_BR, ch0 = OWN_X ? chunk * PT_BC : 0;
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, wrow = (threadIdx.x >> 5) * 16;
     const int b_floats = Dp * PT_BCOL, x_floats = OWN_X ? PT_BC * PT_BCOL : 0, stage_floats = b_floats + x_floats + 2 * PT_BCOL;
     float* a1s = smem;
@@ -297,24 +297,25 @@ extern "C" __global__ void __launch_bounds__(PT_THREADS)
     pam_fwd_tf32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                  float* __restrict__ out, float* __restrict__ lse, int D, int C, int L) {
     extern __shared__ __align__(16) float pt_smem[];
-    pam_block<PT_FWD>(pt_smem, blockIdx.y, q, k, D, nullptr, nullptr, 0, v, C, nullptr, nullptr, out, lse, L);
+    pam_block<PT_FWD>(pt_smem, blockIdx.z, blockIdx.y, q, k, D, nullptr, nullptr, 0, v, C, nullptr, nullptr, out, lse, L);
 }
 
 // dq (N, D, L), dk (N, D, L), dv (N, C, L) in one launch, after danet.cu's pam_bwd_delta_f32.
-// Grid (ceil(L/64), 2 + ceil(C/128), N): blockIdx.y 0 is dq (rows are queries), 1 dk (rows are
-// keys), 2.. dv's chunks of C (rows are keys); the heavy dq and dk blocks (dP over all of C)
-// first. D <= 128.
+// Grid (ceil(L/64), N, 2 + ceil(C/128)): blockIdx.z 0 is dq (rows are queries), 1 dk (rows are
+// keys), 2.. dv's chunks of C (rows are keys). The gradient is the slowest grid index so that
+// the heavy dq and dk blocks (each sums dP over all of C, about 4.5 dv blocks' work) of every
+// image are dispatched first and the light dv blocks fill in behind them. D <= 128.
 extern "C" __global__ void __launch_bounds__(PT_THREADS)
     pam_bwd_tf32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                  const float* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
                  float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv, int D, int C, int L) {
     extern __shared__ __align__(16) float pt_smem[];
-    const int y = blockIdx.y;
-    if (y == 0) {
-        pam_block<PT_DQ>(pt_smem, 0, q, k, D, dout, v, C, nullptr, 0, lse, delta, dq, nullptr, L);
-    } else if (y == 1) {
-        pam_block<PT_DK>(pt_smem, 0, k, q, D, v, dout, C, nullptr, 0, lse, delta, dk, nullptr, L);
+    const int n = blockIdx.y, z = blockIdx.z;
+    if (z == 0) {
+        pam_block<PT_DQ>(pt_smem, n, 0, q, k, D, dout, v, C, nullptr, 0, lse, delta, dq, nullptr, L);
+    } else if (z == 1) {
+        pam_block<PT_DK>(pt_smem, n, 0, k, q, D, v, dout, C, nullptr, 0, lse, delta, dk, nullptr, L);
     } else {
-        pam_block<PT_DV>(pt_smem, y - 2, k, q, D, nullptr, nullptr, 0, dout, C, lse, delta, dv, nullptr, L);
+        pam_block<PT_DV>(pt_smem, n, z - 2, k, q, D, nullptr, nullptr, 0, dout, C, lse, delta, dv, nullptr, L);
     }
 }

@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
             launch({cdiv(L, 32), (unsigned)N, 1}, 256, [&] { pam_bwd_delta_f32(g.data(), o.data(), de.data(), C, L); });
             if (tc) {
                 emu_set_dynamic_smem(4 * tc_smem_floats(D, true));
-                launch({cdiv(L, 64), 2 + cdiv(C, 128), (unsigned)N}, 128, [&] { pam_bwd_tf32(q.data(), k.data(), v.data(), g.data(), ls.data(), de.data(), gq.data(), gk.data(), gv.data(), D, C, L); });
+                launch({cdiv(L, 64), (unsigned)N, 2 + cdiv(C, 128)}, 128, [&] { pam_bwd_tf32(q.data(), k.data(), v.data(), g.data(), ls.data(), de.data(), gq.data(), gk.data(), gv.data(), D, C, L); });
                 emu_clear_dynamic_smem();
             } else {
                 unsigned chunks = 2 * cdiv(D, 64) + cdiv(C, 128);

@@ -77,14 +77,22 @@ impl PamKernels {
         }
     }
 
-    /// The backward's launch: blockIdx.y is dq's chunks of D, dk's, then dv's chunks of C (fp32:
-    /// D in chunks of 64; TF32: all of D in one block each).
+    /// The backward's launch. fp32: grid (position tiles, chunks, N), the chunks dq's of D (64
+    /// each), dk's, then dv's of C. TF32: grid (position tiles, N, 2 + chunks of C), dq, dk (all
+    /// of D each), then dv's chunks: the gradient outermost, so the heavy blocks go first.
     fn bwd_config(self, Dims { n, d, c, l }: Dims) -> LaunchConfig {
-        let (chunks, block_dim, smem) = match self {
-            PamKernels::Fp32 => (2 * d.div_ceil(BC_D) + c.div_ceil(BC_C), THREADS, 0),
-            PamKernels::Tf32 => (2 + c.div_ceil(BC_C), TC_THREADS, 4 * tc_smem_floats(d, true)),
-        };
-        LaunchConfig { grid_dim: (l.div_ceil(BR) as u32, chunks as u32, n as u32), block_dim: (block_dim, 1, 1), shared_mem_bytes: smem as u32 }
+        let tiles = l.div_ceil(BR) as u32;
+        match self {
+            PamKernels::Fp32 => {
+                let chunks = 2 * d.div_ceil(BC_D) + c.div_ceil(BC_C);
+                LaunchConfig { grid_dim: (tiles, chunks as u32, n as u32), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+            }
+            PamKernels::Tf32 => LaunchConfig {
+                grid_dim: (tiles, n as u32, (2 + c.div_ceil(BC_C)) as u32),
+                block_dim: (TC_THREADS, 1, 1),
+                shared_mem_bytes: 4 * tc_smem_floats(d, true) as u32,
+            },
+        }
     }
 }
 
