@@ -3,7 +3,7 @@
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
 # conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
 # each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 40 minutes
-# on 2 cores for all 87; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 14). A mutant of a
+# on 2 cores for all 88; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 14). A mutant of a
 # header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
 # ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
@@ -55,6 +55,7 @@ mutant danet_check $D DANET_KERNELS 's/a2, C, k0, PT_KC, L, r0/a2, C, 0, PT_KC, 
 mutant csa_check $A CSA_KERNELS 's/for (int o = 16; o > 0; o >>= 1)/for (int o = 8; o > 0; o >>= 1)/' "warp_sum skips the 16-lane step"
 mutant csa_check $A CSA_KERNELS 's/for (int w = 0; w < CSA_WARPS; ++w) s += sums\[w\]\[t\]/for (int w = 1; w < CSA_WARPS; ++w) s += sums[w][t]/' "pixel partials drop warp 0"
 mutant csa_check $A CSA_KERNELS 's/float v = p < hw ? row\[p\] : 0.0f;/float v = p <= hw ? row[p] : 0.0f;/' "pool reads one pixel past the row"
+mutant csa_check $A CSA_KERNELS 's/chunk(gridDim.y - 1 - blockIdx.y)/chunk(gridDim.y - 1)/' "pool and gate backward (walking from the end) visit one channel chunk"
 mutant csa_check $A CSA_KERNELS '0,/__syncthreads();/s//\/\/ no barrier/' "no barrier before the pixel partials are read"
 mutant csa_check $A CSA_KERNELS 's/for (int t = 0; t < ptiles; ++t) acc += src\[t\]/for (int t = 1; t < ptiles; ++t) acc += src[t]/' "finish drops the first pixel tile"
 mutant csa_check $A CSA_KERNELS 's/pix\[j\] += __fmul_rn(g, __fmul_rn(x, cv));/pix[j] += __fmul_rn(g, x);/' "ds misses the channel gate"
