@@ -9,6 +9,10 @@
 //!   -> nn + train (Siamese dilated ResNet + attention + decoder on tensor/autograd/ops/backend)
 //!   -> crf (dense CRF refinement) -> metrics (recall, precision, Dice, AVD, VS)
 //! ```
+//!
+//! The module docs also name the private pieces of each op family (the `*Kernels` traits that
+//! `cpu.rs` and `cuda.rs` implement): `cargo doc --document-private-items` renders those links.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod autograd;
 pub mod backend;

@@ -64,7 +64,7 @@ macro_rules! specialise {
 const LANES: usize = 8;
 
 /// Scratch of the embedding for dimension D (a constant, so the small loops over coordinates
-/// unroll), for a block of LANES points stored coordinate-major ([coordinate][lane]).
+/// unroll), for a block of LANES points stored coordinate-major (\[coordinate\]\[lane\]).
 struct Embedder<const D: usize> {
     scale: [f32; MAX_DIM],
     /// Key step from one simplex corner to the next when coordinate i has the rank that

@@ -195,7 +195,7 @@ pub fn bilinear_by(get: impl Fn(usize) -> f32, w: usize, h: usize, x: f32, y: f3
 #[derive(Clone, Debug)]
 pub struct LesionCrop {
     pub crop_box: CropBox,
-    /// Channel-major [3][S*S], values in [0, 1] after windowing.
+    /// Channel-major \[3\]\[S*S\], values in \[0, 1\] after windowing.
     pub channels: [Vec<f32>; 3],
     pub recist: [[f32; 2]; 4],
     /// Whether key-1 / key+1 came from their own files (else the key slice was repeated).

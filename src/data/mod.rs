@@ -6,7 +6,7 @@
 //!   `write_dl_info`, `LesionRecord` (typed columns: `recist: [[f32; 2]; 4]` = long axis p1, p2
 //!   then short axis p3, p4; `bbox`, `spacing`, `window`, `coarse_type`, `split`, ...;
 //!   `slice_path(root, offset)`, `recist_box()`, `validate()`), `CoarseType`, `OfficialSplit`.
-//! - [`slice`]: `load_hu(path) -> Image<i16>` (HU), `save_hu`, `load_lesion_slices(root, rec)`
+//! - [`slice`](mod@slice): `load_hu(path) -> Image<i16>` (HU), `save_hu`, `load_lesion_slices(root, rec)`
 //!   (key-1, key, key+1; key repeated when a neighbour file is missing), `window_unit`, `window_u8`.
 //! - [`crop`]: `CropParams { size: 128, context, min_side_px, window }`, `CropBox::around(rec, p)`
 //!   with `to_crop` / `to_slice` (points), `crop_hu`, `crop_mask`, `paste_mask` (crop mask back

@@ -234,7 +234,7 @@ pub struct Manifest {
     pub data: String,
     pub seed: u64,
     pub clusters: usize,
-    /// "features" (see `data::embed`) or "npy:<path>".
+    /// "features" (see `data::embed`) or `"npy:<path>"`.
     pub embedding: String,
     pub ratios: [f64; 3],
     pub pair_rule: PairRule,

@@ -37,7 +37,7 @@ struct Scratch {
 }
 
 impl Scratch {
-    /// 1-D transform d[q] = min_p (q - p)² + f[p] over the first `n` samples: the lower envelope
+    /// 1-D transform d\[q\] = min_p (q - p)² + f\[p\] over the first `n` samples: the lower envelope
     /// of parabolas rooted at the finite samples (infinite ones are no sites at all).
     fn transform(&mut self, n: usize) {
         let Scratch { f, d, v, z } = self;

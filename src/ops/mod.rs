@@ -8,7 +8,7 @@
 //! for [`Cpu`], plain loops over contiguous row-major slices, parallel with rayon over batch,
 //! channels or rows when the work is large enough to pay for it ([`for_each_par_if_large`],
 //! [`sum_par_if_large`]); `cuda.rs` implements it for [`Cuda`] with the checked launch wrappers
-//! of the family's kernels (kernels/<family>.cu) and the `#[repr(C)]` struct they share, so
+//! of the family's kernels (`kernels/<family>.cu`) and the `#[repr(C)]` struct they share, so
 //! results stay on the device. [`kernels_for`] is the one place the device picks a side, for the
 //! forward and for the backward. Ops whose backward is written with other ops (add, mul,
 //! sum_to, mean, ...) need no kernel of their own.

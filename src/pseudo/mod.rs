@@ -4,7 +4,7 @@
 //!   and the trimap: diameters = certain lesion, ellipse = probable lesion, enlarged box = probable
 //!   background, beyond = certain background.
 //! - [`gmm`]: Gaussian mixtures over pixel features; [`maxflow`]: Boykov-Kolmogorov min-cut.
-//! - [`grabcut`]: the iterated GMM refit + min-cut on one crop.
+//! - [`grabcut`](mod@grabcut): the iterated GMM refit + min-cut on one crop.
 //! - [`consistency`]: a mask's RECIST diameters against the marks (needs no true mask).
 //! - [`select`]: RECIST-fit pseudo-masks: the candidate (GrabCut settings, HU windows, the
 //!   ellipse, their vote) whose diameters agree best with the marks.

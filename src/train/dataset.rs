@@ -310,7 +310,7 @@ impl HostBatch {
 /// How each lesion of a split is paired at inference.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Partners {
-    /// partner[i]: the lesion `i` is segmented with.
+    /// partner\[i\]: the lesion `i` is segmented with.
     pub partner: Vec<usize>,
     /// Lesions without a pair in the split, segmented paired with themselves.
     pub self_paired: Vec<String>,

@@ -2,7 +2,7 @@
 //!
 //! From step [`WARMUP_STEPS`]` + 1` of the session on (the first ones load modules, create the
 //! cuBLAS handle and fill the allocator's cache), each step runs inside a
-//! [`StepProfiler`](crate::backend::cuda::StepProfiler): every kernel launch and cuBLAS call is
+//! [`crate::backend::cuda::StepProfiler`]: every kernel launch and cuBLAS call is
 //! timed with CUDA events, and the step's wall time is measured from an idle stream to an idle
 //! stream (waiting for the next batch, validation and checkpoints are outside). At the end the
 //! profile is written to `<out>/profile.csv` and returned in the outcome, whose table the CLI

@@ -27,7 +27,7 @@ impl Threads {
     }
 }
 
-/// One product C = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, all row-major, less its data:
+/// One product C = alpha * op(A)\[m,k\] * op(B)\[k,n\] + beta * C, all row-major, less its data:
 /// op(X) = X^T when `trans_x` (then A is stored k x m, B is stored n x k).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Product {
@@ -70,7 +70,7 @@ fn strides(trans: bool, rows: usize, cols: usize) -> (isize, isize) {
     }
 }
 
-/// C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, all row-major; op(X) = X^T when `trans_x`
+/// C\[m,n\] = alpha * op(A)\[m,k\] * op(B)\[k,n\] + beta * C, all row-major; op(X) = X^T when `trans_x`
 /// (then A is stored k x m, B is stored n x k). Uses the rayon pool for large products.
 ///
 /// As in BLAS, `beta == 0` means C is not read (NaN/garbage in C does not propagate).

@@ -6,7 +6,7 @@
 //! Size classes round up to a multiple of 1/8 of the next power of two (under 12.5% waste above
 //! 2048 elements), in steps of at least 1 KiB.
 //!
-//! Captured graphs ([`CudaDevice::capture`]) get blocks of their own: during a capture every block
+//! Captured graphs ([`super::graph::capture`]) get blocks of their own: during a capture every block
 //! handed out is marked as the graphs', and once freed it goes to the graphs' free list, never
 //! back to the general cache, because each replay writes it again. A capture never asks the
 //! driver for memory (warm-up steps fill the cache first); a miss fails the capture instead.

@@ -32,7 +32,8 @@ pub struct ParamSlot<'a> {
 pub enum StepHyper<'a> {
     /// Given by the host: this step's learning rate and (Adam) 1-based step count.
     Host { lr: f32, step: u32 },
-    /// [`StepScalars`] in device memory, written by [`train_monitor`] this step.
+    /// The step scalars ([`STEP_SCALARS`], optim.cu `struct StepScalars`) in device memory,
+    /// written by [`train_monitor`] this step.
     Device(&'a GpuBuffer),
 }
 

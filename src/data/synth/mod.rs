@@ -348,7 +348,7 @@ pub struct SynthSummary {
     pub slices_written: usize,
 }
 
-/// Writes a synthetic set under `out`: DL_info.csv, Images_png/<series>/<slice>.png (key and,
+/// Writes a synthetic set under `out`: DL_info.csv, `Images_png/<series>/<slice>.png` (key and,
 /// when asked, key +- 1) and masks/<File_name>.png (0/255).
 pub fn synth_dataset(out: &Path, params: &SynthParams) -> Result<SynthSummary> {
     if params.lesions == 0 {

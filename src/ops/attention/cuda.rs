@@ -131,7 +131,7 @@ fn check_gate(op: &'static str, [n, c, h, w]: [usize; 4], bufs: [(&str, usize); 
     to_i32(op, "elements", n * c * h * w).map(|_| ())
 }
 
-/// y = (f * c[n,ch]) * s[n,p] for f (`shape` (N,C,H,W)), c (N,C,1,1), s (N,1,H,W).
+/// y = (f * c\[n,ch\]) * s\[n,p\] for f (`shape` (N,C,H,W)), c (N,C,1,1), s (N,1,H,W).
 pub fn csa_gate_fwd(dev: &CudaDevice, f: &GpuBuffer, c: &GpuBuffer, s: &GpuBuffer, shape: [usize; 4], y: &mut GpuBuffer) -> Result<()> {
     let op = k::CSA_GATE_FWD.name;
     check_gate(op, shape, [("f", f.len()), ("c", c.len()), ("s", s.len())])?;

@@ -28,7 +28,7 @@ fn bias_grad_cpu(dy: &[f32], n: usize, k: usize, plane: usize) -> Vec<f32> {
     out
 }
 
-/// y[i,j] = sum_t w[t] x[i, j + t - half] over the (n, c) rows of x, zero outside 0..c.
+/// y\[i,j\] = sum_t w\[t\] x\[i, j + t - half\] over the (n, c) rows of x, zero outside 0..c.
 fn correlate(x: &[f32], w: &[f32], n: usize, c: usize) -> Vec<f32> {
     let half = (w.len() / 2) as isize;
     let mut y = vec![0f32; n * c];

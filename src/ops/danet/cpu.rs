@@ -9,7 +9,7 @@ use crate::ops::{Cpu, for_each_par_if_large};
 use crate::tensor::{Storage, Tensor};
 use rayon::prelude::*;
 
-/// Row i of the softmax of one image's scores: p[j] = exp(s[j] - max) / sum; returns the
+/// Row i of the softmax of one image's scores: p\[j\] = exp(s\[j\] - max) / sum; returns the
 /// log-sum-exp. `q`, `k` are (D, L).
 fn softmax_row(q: &[f64], k: &[f64], l: usize, i: usize, p: &mut [f64]) -> f64 {
     p.fill(0.0);
