@@ -3,7 +3,8 @@
 # and partial sums starting as NaN; each check exits nonzero on a failure, and so does this script.
 #  - danet_check: kernels/danet.cu's three kernels and danet_tc.cu's two (TF32 mma.sync,
 #    cp.async, dynamic shared memory; through emu_ptx.py) on odd shapes (L = 1, 33x33, tails of
-#    every tile, one with scores up to +-40), the TF32 ones against f64 on TF32-rounded inputs;
+#    every tile, one with scores up to +-40), the TF32 ones against f64 on TF32-rounded inputs,
+#    and again with the copies landing at issue (EMU_CP_ASYNC=early);
 #  - csa_check: kernels/attention.cu (CSA pool and gate, forward and backward, and the finishing
 #    launch) as src/ops/attention/cuda.rs launches them, C = 1..2048, H*W = 1..33x33, N = 1 and 3;
 #    and SE's pair gate (se_*_f32, forward and backward) against f64, HD = 2..33;
