@@ -189,6 +189,9 @@ test_gpu!(gpu_reductions_and_layout_ops_match_cpu, |_dev| {
     check("transpose+reshape", F32_TOL, &x, &|t| {
         t[0].transpose(1, 3)?.reshape([4, 19 * 17, 6])
     });
+    // Copies that transpose a matrix, plain or batched: nd.cu's tiled transpose_f32.
+    check("matrix transpose", F32_TOL, &x, &|t| t[0].reshape([24, 17 * 19])?.transpose(0, 1));
+    check("batched transpose", F32_TOL, &x, &|t| t[0].reshape([4, 6 * 17, 19])?.transpose(1, 2));
     check("narrow", F32_TOL, &x, &|t| t[0].narrow(1, 2, 3));
     check("split", F32_TOL, &x, &|t| {
         let parts = t[0].split(2, &[5, 12])?;

@@ -3,7 +3,7 @@
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
 # conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
 # each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 40 minutes
-# on 2 cores for all 88; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 14). A mutant of a
+# on 2 cores for all 90; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 14). A mutant of a
 # header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
 # ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
@@ -134,4 +134,7 @@ mutant bn_check batchnorm.cu BN_KERNELS 's/bn_value(x\[i\], mean\[c\], var\[c\],
 mutant conv_nhwc_check $N CONV_KERNELS 's/return relu_value(bn_value(v, mean\[ch\], var\[ch\], gamma\[ch\], beta\[ch\], eps));/return relu_value(bn_value(v, mean[ch], var[ch], gamma[ch], beta[0], eps));/' "nhwc prologue: every channel shifted by channel 0's beta"
 mutant bn_check batchnorm.cu BN_KERNELS 's/if (residual != nullptr) v = v + residual\[i\];/;/; s/y\[i\] = relu ? relu_value(v) : v;/y[i] = (relu ? relu_value(v) : v) + (residual != nullptr ? residual[i] : 0.0f);/' "residual added after the ReLU"
 mutant bn_check batchnorm.cu BN_KERNELS 's/if (g_out != nullptr) g_out\[i\] = g;/if (g_out != nullptr) g_out[i] = dy[i];/' "the residual's gradient not masked by the ReLU"
+# nd.cu's tiled transpose: the tile read back unswapped, the read's column bound dropped.
+mutant nd_check nd.cu ND_KERNELS 's/y\[(long long)c \* R + r\] = tile\[tx\]\[i\];/y[(long long)c * R + r] = tile[i][tx];/' "transpose writes the tile unswapped"
+mutant nd_check nd.cu ND_KERNELS 's/if (r < R \&\& c < C) tile\[i\]\[tx\]/if (r < R) tile[i][tx]/' "transpose reads past a row's end"
 exit $survived

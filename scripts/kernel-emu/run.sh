@@ -13,6 +13,8 @@
 #  - bn_check: kernels/batchnorm.cu's training statistics, bn_stats_f32 and bn_stats_partials_f32
 #    (from a convolution epilogue's per-slot sums and centred squares), mean far from 0; the
 #    forward with a residual and ReLU and the backward that writes the masked gradient;
+#  - nd_check: nd.cu's tiled transpose_f32 (the copies that transpose a matrix or a batch of
+#    them) on shapes off its 32 x 32 tiles with base offsets, bit for bit against the host;
 #  - conv_tc_check: kernels/conv2d_tc.cu (tensor-core convolution: forward, input and weight
 #    gradient, TF32 and BF16 mma.sync, all three tiles, split and unsplit weight gradient) as
 #    src/ops/conv/cuda.rs launches it, on 7 small odd shapes, against f64 loops on the same
@@ -33,7 +35,7 @@
 #    the host, the convolutions against f64 loops and bit for bit against conv2d_tcp.cu's bf16
 #    kernels (built from one emu_ptx.py rewrite of both files); again on shapes 0 and 2 with early
 #    copies.
-# All eight are built with AddressSanitizer and UBSan: an out-of-bounds read or write (global or
+# All nine are built with AddressSanitizer and UBSan: an out-of-bounds read or write (global or
 # shared memory), a misaligned float2/float4 access or an int overflow aborts the run.
 # For checking a kernel's indexing, masking, barriers and reduction order on a machine without a
 # GPU; it says nothing about speed, and a race that needs real warps to show may pass here.
@@ -47,6 +49,7 @@ g++ $san -std=c++20 -w -pthread -o "$out/csa_check" csa_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/optim_check" optim_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/bn_check" bn_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/gather_check" gather_check.cpp
+g++ $san -std=c++20 -w -pthread -o "$out/nd_check" nd_check.cpp
 python3 emu_ptx.py ../../kernels/conv2d_tc.cu "$out/conv2d_tc_emu.cu"
 g++ $san -std=c++20 -w -pthread -I. -DCONV_TC_KERNELS="\"$out/conv2d_tc_emu.cu\"" -o "$out/conv_tc_check" conv_tc_check.cpp
 python3 emu_ptx.py ../../kernels/conv2d_tcp.cu "$out/conv2d_tcp_emu.cu"
@@ -58,7 +61,7 @@ printf '#include "conv2d_tcp.cu"\n#include "conv2d_nhwc.cu"\n' > "$out/nhwc_both
 python3 emu_ptx.py -I ../../kernels "$out/nhwc_both.cu" "$out/conv2d_nhwc_emu.cu"
 g++ $san -std=c++20 -w -pthread -I. -DCONV_KERNELS="\"$out/conv2d_nhwc_emu.cu\"" -o "$out/conv_nhwc_check" conv_nhwc_check.cpp
 status=0
-for c in danet_check csa_check optim_check bn_check gather_check conv_tc_check conv_tcp_check conv_nhwc_check; do
+for c in danet_check csa_check optim_check bn_check gather_check nd_check conv_tc_check conv_tcp_check conv_nhwc_check; do
     echo "== $c"
     "$out/$c" || { echo "$c FAILED"; status=1; }
 done

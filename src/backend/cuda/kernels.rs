@@ -121,7 +121,7 @@ kernels! {
         PAM_FWD_TF32 = "pam_fwd_tf32", PAM_BWD_TF32 = "pam_bwd_tf32";
     "nd":
         BINARY_ND_FWD = "binary_nd_fwd_f32", COPY_ND_FWD = "copy_nd_fwd_f32", MAP_FWD = "map_fwd_f32",
-        MAP_BWD = "map_bwd_f32";
+        MAP_BWD = "map_bwd_f32", TRANSPOSE = "transpose_f32";
 }
 
 /// Kernel names end with the precision of their arithmetic: `_f32`, or `_tf32` / `_bf16` for the

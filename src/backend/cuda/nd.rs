@@ -7,9 +7,10 @@ use super::alloc::GpuBuffer;
 use super::context::CudaDevice;
 use super::elementwise::BinaryOp;
 use super::kernels::{self as k, Kernel};
-use super::launch::{Arg, MAX_DIMS, StridedN, grid_1d, launch, to_i32};
+use super::launch::{Arg, MAX_DIMS, StridedN, THREADS, grid_1d, launch, to_i32};
 use crate::error::{Error, Result};
 use crate::ops::Walk;
+use cudarc::driver::LaunchConfig;
 
 /// An element-wise map with the CPU op's formula (forward and backward).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -147,11 +148,18 @@ pub fn binary(
     launch(dev, k::BINARY_ND_FWD, grid_1d(dev, n), &args)
 }
 
-/// y[oy + sy . i] = x[ox + sx . i] for every index i of the walk.
+/// y[oy + sy . i] = x[ox + sx . i] for every index i of the walk. A walk that transposes a
+/// matrix (or a batch of them, [`as_transpose`]) runs nd.cu's tiled `transpose_f32`, the others
+/// `copy_nd_fwd_f32`.
 pub fn copy(dev: &CudaDevice, x: &GpuBuffer, y: &mut GpuBuffer, g: &StridedN) -> Result<()> {
     let name = k::COPY_ND_FWD.name;
     check_reach(name, "x", x.len(), g, &g.sx, g.ox)?;
     check_reach(name, "y", y.len(), g, &g.sy, g.oy)?;
+    if let Some([b, r, c]) = as_transpose(g) {
+        let cfg = LaunchConfig { grid_dim: (c.div_ceil(32) as u32, r.div_ceil(32) as u32, b as u32), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let args = [Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(r as i32), Arg::I32(c as i32), Arg::I32(g.ox), Arg::I32(g.oy)];
+        return launch(dev, k::TRANSPOSE, cfg, &args);
+    }
     let n = numel(g);
     launch(
         dev,
@@ -164,6 +172,23 @@ pub fn copy(dev: &CudaDevice, x: &GpuBuffer, y: &mut GpuBuffer, g: &StridedN) ->
             Arg::Struct(g),
         ],
     )
+}
+
+/// [b, r, c] when the walk `g` writes y (B, C, R) row-major from x laid out (B, R, C) (both
+/// contiguous from their base offsets, C and R above 1): the output index (b, i, j) reads x at
+/// b*R*C + j*C + i. Grids past 65535 batches or row tiles stay with copy_nd.
+pub fn as_transpose(g: &StridedN) -> Option<[usize; 3]> {
+    let rank = usize::try_from(g.rank).ok().filter(|r| (2..=3).contains(r))?;
+    let dim = |i: usize| usize::try_from(g.dims[i]).ok();
+    let stride = |s: &[i32; MAX_DIMS], i: usize| usize::try_from(s[i]).ok();
+    let (c, r) = (dim(rank - 2)?, dim(rank - 1)?);
+    let b = if rank == 3 { dim(0)? } else { 1 };
+    let matrix = r * c;
+    let y_rows = stride(&g.sy, rank - 1)? == 1 && stride(&g.sy, rank - 2)? == r;
+    let x_cols = stride(&g.sx, rank - 2)? == 1 && stride(&g.sx, rank - 1)? == c;
+    let batches = rank == 2 || (stride(&g.sy, 0)? == matrix && stride(&g.sx, 0)? == matrix);
+    let fits = b <= 65535 && r.div_ceil(32) <= 65535;
+    (y_rows && x_cols && batches && fits && r > 1 && c > 1).then_some([b, r, c])
 }
 
 fn same_len(op: &'static str, bufs: &[(&str, &GpuBuffer)]) -> Result<i32> {
@@ -215,6 +240,72 @@ fn launch_map(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// copy_nd's meaning of a walk, on the host: y[oy + sy . i] = x[ox + sx . i].
+    fn walk_copy(g: &StridedN, x: &[f32], y: &mut [f32]) {
+        let rank = g.rank as usize;
+        let n: usize = g.dims[..rank].iter().map(|&d| d as usize).product();
+        for i in 0..n {
+            let (mut rest, mut ix, mut iy) = (i, g.ox as usize, g.oy as usize);
+            for d in (0..rank).rev() {
+                let c = rest % g.dims[d] as usize;
+                rest /= g.dims[d] as usize;
+                ix += c * g.sx[d] as usize;
+                iy += c * g.sy[d] as usize;
+            }
+            y[iy] = x[ix];
+        }
+    }
+
+    /// transpose_f32's meaning (kernels/nd.cu): y[oy + (b*C + c)*R + r] = x[ox + (b*R + r)*C + c].
+    fn tiled_copy([b, r, c]: [usize; 3], ox: usize, oy: usize, x: &[f32], y: &mut [f32]) {
+        for bb in 0..b {
+            for rr in 0..r {
+                for cc in 0..c {
+                    y[oy + (bb * c + cc) * r + rr] = x[ox + (bb * r + rr) * c + cc];
+                }
+            }
+        }
+    }
+
+    /// Every walk `as_transpose` takes is copied by transpose_f32 exactly as copy_nd would copy
+    /// it: the convolutions' weight reorders to (K, R, S, C) and (C, R, S, K) and back, a batched
+    /// and a plain matrix transpose, with base offsets.
+    #[test]
+    fn transposing_walks_go_to_the_tiled_kernel_and_mean_the_same_copy() {
+        let (k, c, rs) = (5, 7, 9);
+        let cases: [(&[usize], &[usize], &[usize], usize, usize); 6] = [
+            (&[k, rs, c], &[c * rs, 1, rs], &[rs * c, c, 1], 0, 0), // (K, C, RS) -> (K, RS, C)
+            (&[c, rs, k], &[rs, 1, c * rs], &[rs * k, k, 1], 0, 0), // -> (C, RS, K)
+            (&[k, c, rs], &[c * rs, 1, c], &[c * rs, rs, 1], 0, 0), // (K, RS, C) -> (K, C, RS)
+            (&[k, c, rs], &[1, rs * k, k], &[c * rs, rs, 1], 0, 0), // (C, RS, K) -> (K, C, RS)
+            (&[3, 40, 33], &[1320, 1, 40], &[1320, 33, 1], 5, 2),
+            (&[70, 2], &[1, 70], &[2, 1], 1, 3),
+        ];
+        for (dims, sx, sy, ox, oy) in cases {
+            let g = geometry("t", dims, sx, sy, ox, oy).unwrap();
+            let shape = as_transpose(&g).unwrap_or_else(|| panic!("{dims:?} {sx:?} -> {sy:?}: not taken as a transpose"));
+            let n: usize = dims.iter().product();
+            let x: Vec<f32> = (0..n + ox).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let (mut want, mut got) = (vec![f32::NAN; n + oy], vec![f32::NAN; n + oy]);
+            walk_copy(&g, &x, &mut want);
+            tiled_copy(shape, ox, oy, &x, &mut got);
+            assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{dims:?}");
+        }
+    }
+
+    /// Walks that do not transpose stay with copy_nd: a permute that keeps the contiguous axis
+    /// innermost ((K, C, RS) -> (C, K, RS)), a broadcast, a plain contiguous copy.
+    #[test]
+    fn other_walks_are_not_transposes() {
+        let (k, c, rs) = (5, 7, 9);
+        let ckrs = geometry("t", &[c, k, rs], &[rs, c * rs, 1], &[k * rs, rs, 1], 0, 0).unwrap();
+        let broadcast = geometry("t", &[4, 6], &[0, 1], &[6, 1], 0, 0).unwrap();
+        let plain = geometry("t", &[4, 6], &[6, 1], &[6, 1], 0, 0).unwrap();
+        for g in [ckrs, broadcast, plain] {
+            assert_eq!(as_transpose(&g), None, "{g:?}");
+        }
+    }
 
     #[test]
     fn geometry_merges_and_offsets() {
