@@ -43,7 +43,7 @@ impl Staging {
             // SAFETY: page-locked memory, uninitialised until the caller fills or copies into it;
             // flags 0 (cached): the download side reads it back on the host.
             let b = unsafe { dev.ctx.alloc_pinned_with_flags::<f32>(len, 0) }
-                .map_err(|e| CudaError::driver(dev.ordinal, format!("page-locking {} MiB of host memory", len * 4 >> 20), e))?;
+                .map_err(|e| CudaError::driver(dev.ordinal, format!("page-locking {} MiB of host memory", (len * 4) >> 20), e))?;
             self.buf = Some(b);
         }
         let b = self.buf.as_mut().expect("allocated above");
