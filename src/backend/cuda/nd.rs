@@ -174,21 +174,30 @@ pub fn copy(dev: &CudaDevice, x: &GpuBuffer, y: &mut GpuBuffer, g: &StridedN) ->
     )
 }
 
-/// [b, r, c] when the walk `g` writes y (B, C, R) row-major from x laid out (B, R, C) (both
-/// contiguous from their base offsets, C and R above 1): the output index (b, i, j) reads x at
-/// b*R*C + j*C + i. Grids past 65535 batches or row tiles stay with copy_nd.
+/// [b, r, c] when the walk `g` copies x (B, R, C) into y (B, C, R), both contiguous from their
+/// base offsets and C and R above 1: the walk runs over one operand's layout, (B, C, R) when it
+/// writes y in order and reads x across, or (B, R, C) when it reads x in order and writes y
+/// across (a reorder and its way back). Grids past 65535 batches or row tiles stay with copy_nd.
 pub fn as_transpose(g: &StridedN) -> Option<[usize; 3]> {
     let rank = usize::try_from(g.rank).ok().filter(|r| (2..=3).contains(r))?;
-    let dim = |i: usize| usize::try_from(g.dims[i]).ok();
-    let stride = |s: &[i32; MAX_DIMS], i: usize| usize::try_from(s[i]).ok();
-    let (c, r) = (dim(rank - 2)?, dim(rank - 1)?);
-    let b = if rank == 3 { dim(0)? } else { 1 };
-    let matrix = r * c;
-    let y_rows = stride(&g.sy, rank - 1)? == 1 && stride(&g.sy, rank - 2)? == r;
-    let x_cols = stride(&g.sx, rank - 2)? == 1 && stride(&g.sx, rank - 1)? == c;
-    let batches = rank == 2 || (stride(&g.sy, 0)? == matrix && stride(&g.sx, 0)? == matrix);
+    let dims: Vec<usize> = g.dims[..rank].iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>()?;
+    let strides = |s: &[i32; MAX_DIMS]| s[..rank].iter().map(|&v| usize::try_from(v).ok()).collect::<Option<Vec<usize>>>();
+    let (sx, sy) = (strides(&g.sx)?, strides(&g.sy)?);
+    let (d1, d2) = (dims[rank - 2], dims[rank - 1]);
+    let b = if rank == 3 { dims[0] } else { 1 };
+    let matrix = d1 * d2;
+    // Row-major over (.., d1, d2), or with the last two axes swapped (column-major).
+    let rows = |s: &[usize]| s[rank - 1] == 1 && s[rank - 2] == d2 && (rank == 2 || s[0] == matrix);
+    let cols = |s: &[usize]| s[rank - 2] == 1 && s[rank - 1] == d1 && (rank == 2 || s[0] == matrix);
+    let [r, c] = if rows(&sy) && cols(&sx) {
+        [d2, d1] // y (B, d1, d2) in order from x (B, d2, d1)
+    } else if rows(&sx) && cols(&sy) {
+        [d1, d2] // x (B, d1, d2) in order into y (B, d2, d1)
+    } else {
+        return None;
+    };
     let fits = b <= 65535 && r.div_ceil(32) <= 65535;
-    (y_rows && x_cols && batches && fits && r > 1 && c > 1).then_some([b, r, c])
+    (fits && r > 1 && c > 1).then_some([b, r, c])
 }
 
 fn same_len(op: &'static str, bufs: &[(&str, &GpuBuffer)]) -> Result<i32> {
@@ -274,13 +283,15 @@ mod tests {
     #[test]
     fn transposing_walks_go_to_the_tiled_kernel_and_mean_the_same_copy() {
         let (k, c, rs) = (5, 7, 9);
-        let cases: [(&[usize], &[usize], &[usize], usize, usize); 6] = [
+        let cases: [(&[usize], &[usize], &[usize], usize, usize); 8] = [
             (&[k, rs, c], &[c * rs, 1, rs], &[rs * c, c, 1], 0, 0), // (K, C, RS) -> (K, RS, C)
             (&[c, rs, k], &[rs, 1, c * rs], &[rs * k, k, 1], 0, 0), // -> (C, RS, K)
             (&[k, c, rs], &[c * rs, 1, c], &[c * rs, rs, 1], 0, 0), // (K, RS, C) -> (K, C, RS)
             (&[k, c, rs], &[1, rs * k, k], &[c * rs, rs, 1], 0, 0), // (C, RS, K) -> (K, C, RS)
             (&[3, 40, 33], &[1320, 1, 40], &[1320, 33, 1], 5, 2),
             (&[70, 2], &[1, 70], &[2, 1], 1, 3),
+            (&[k, rs, c], &[rs * c, c, 1], &[c * rs, 1, rs], 0, 0), // walked in (K, RS, C): back to (K, C, RS)
+            (&[c, rs, k], &[rs * k, k, 1], &[rs, 1, c * rs], 2, 1), // walked in (C, RS, K): back
         ];
         for (dims, sx, sy, ox, oy) in cases {
             let g = geometry("t", dims, sx, sy, ox, oy).unwrap();

@@ -6,7 +6,7 @@
 
 use super::{CONV1D, CONV2D, ConvKernels};
 use crate::backend::cuda::kernels::{self as k, Kernel};
-use crate::backend::cuda::launch::{Arg, check_len, grid_1d, grid_per_item, launch, log_kernel_choice, split_reduction, to_i32};
+use crate::backend::cuda::launch::{Arg, StridedN, check_len, grid_1d, grid_per_item, launch, log_kernel_choice, split_reduction, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer, TypedBuffer, nd};
 use crate::device::{Precision, TcVariant};
 use crate::error::{Error, Result};
@@ -711,6 +711,11 @@ fn restore_weight_order(dev: &CudaDevice, op: &'static str, sh: &Conv2dShape, w:
 /// One walk serves both directions: the elements of the stored (K, C, R*S) layout and of `order`,
 /// visited in `order`'s sequence; `back` copies from `order` to the stored layout.
 fn copy_weight_order(dev: &CudaDevice, op: &'static str, sh: &Conv2dShape, src: &GpuBuffer, order: WeightOrder, dst: &mut GpuBuffer, back: bool) -> Result<()> {
+    nd::copy(dev, src, dst, &weight_order_walk(op, sh, order, back)?)
+}
+
+/// The walk of [`copy_weight_order`].
+fn weight_order_walk(op: &'static str, sh: &Conv2dShape, order: WeightOrder, back: bool) -> Result<StridedN> {
     let rs = sh.r * sh.s;
     let (dims, strides) = ([sh.k, sh.c, rs], [sh.c * rs, rs, 1]);
     let axes = order.axes();
@@ -718,8 +723,7 @@ fn copy_weight_order(dev: &CudaDevice, op: &'static str, sh: &Conv2dShape, src: 
     let stored = axes.map(|a| strides[a]);
     let ordered = [out_dims[1] * out_dims[2], out_dims[2], 1];
     let (from, to) = if back { (ordered, stored) } else { (stored, ordered) };
-    let walk = nd::geometry(op, &out_dims, &from, &to, 0, 0)?;
-    nd::copy(dev, src, dst, &walk)
+    nd::geometry(op, &out_dims, &from, &to, 0, 0)
 }
 
 /// y (n, k, oh, ow) = conv(x, w) + bias, at `precision`.
@@ -1008,6 +1012,24 @@ mod tests {
         // kernels/conv2d_tcp.cu's formula at one point worked by hand: bf16 forward 128x128,
         // 4 stages x (128 x 40 + 32 x 132) words.
         assert_eq!(pipe_shared_bytes(ConvPass::Forward, Precision::Bf16, (128, 128)), 4 * (128 * 40 + 32 * 132) * 4);
+    }
+
+    /// The pipelined kernels' weight orders, to and back, are transposes: nd::copy runs them on
+    /// nd.cu's tiled kernel (`nd::as_transpose`), never element by element with strided reads.
+    #[test]
+    fn the_pipelined_weight_orders_take_the_tiled_transpose() {
+        for (k, c, r) in [(64, 32, 3), (512, 512, 3), (64, 3, 7), (256, 1024, 1)] {
+            let sh = Conv2dShape { n: 2, c, h: 9, w: 9, k, r, s: r, stride: 1, pad: r / 2, dilation: 1 };
+            for order in [WeightOrder::Krsc, WeightOrder::Crsk] {
+                if order.is_stored_layout(&sh) {
+                    continue; // no copy at all (a 1x1's (K, R, S, C))
+                }
+                for back in [false, true] {
+                    let walk = weight_order_walk("t", &sh, order, back).unwrap();
+                    assert!(nd::as_transpose(&walk).is_some(), "({k}, {c}, {r}x{r}) {order:?} back {back}: {walk:?}");
+                }
+            }
+        }
     }
 
     // The walk `reorder_weights` hands nd::copy puts stored element (k, c, q) where each order
