@@ -19,7 +19,9 @@
 //! Then the fusions around the convolutions against their unfused sequences: `conv_bn` (batch
 //! norm's statistics from the forward's epilogue), `bn_relu_conv` (batch norm and ReLU as the
 //! channels-last convolution's prologue) and `block_end` (a ResNet block's last batch norm,
-//! shortcut add and ReLU in one pass; runs unless CONV_GPU_CASES leaves out `block_end`).
+//! shortcut add and ReLU in one pass; runs unless CONV_GPU_CASES leaves out `block_end`), and
+//! `weight_reorder`: the pipelined kernels' weight reorders on the tiled transpose against the
+//! element-wise strided copy they ran on before (unless CONV_GPU_CASES leaves out `weight_reorder`).
 
 use coseg::backend::cuda::{CudaDevice, GpuBuffer, conv};
 use coseg::device::{Precision, TcVariant};
@@ -371,6 +373,43 @@ fn block_end(c: &mut Criterion, dev: &Arc<CudaDevice>) {
     }
 }
 
+/// The weight reorders of the pipelined kernels, (K, C, R*S) to (K, R*S, C) (forward) and to
+/// (C, R*S, K) (input gradient): `nd::copy` (the tiled transpose_f32) against
+/// `nd::copy_elementwise` (copy_nd, one thread per element, what they ran on before), on the
+/// network's 3x3 weights and a 1x1's transpose. Prints one table with GB/s (8 bytes a weight)
+/// against the copy rate. Ids `weight_reorder_<shape>/{tiled,elementwise}_<order>`.
+fn weight_reorder(c: &mut Criterion, dev: &Arc<CudaDevice>) {
+    use coseg::backend::cuda::nd;
+    if std::env::var("CONV_GPU_CASES").is_ok_and(|v| !v.contains("weight_reorder")) {
+        return;
+    }
+    let shapes = [("3x3_c64", 64usize, 64usize, 9usize), ("3x3_c256", 256, 256, 9), ("3x3_c512", 512, 512, 9), ("1x1_2048_512", 512, 2048, 1)];
+    let mut rows = Vec::new();
+    for (name, k, ch, rs) in shapes {
+        let len = k * ch * rs;
+        let w = dev.htod(&random(len, 11)).unwrap();
+        let mut out = dev.alloc(len).unwrap();
+        // (walk dims, stored strides in walk order, the order's strides): K-RS-C and C-RS-K.
+        let orders = [("krsc", [k, rs, ch], [ch * rs, 1, rs], [rs * ch, ch, 1]), ("crsk", [ch, rs, k], [rs, 1, ch * rs], [rs * k, k, 1])];
+        for (order, dims, from, to) in orders {
+            if rs == 1 && order == "krsc" {
+                continue; // a 1x1's (K, R, S, C) is its stored layout: no copy
+            }
+            let walk = nd::geometry("weight_reorder", &dims, &from, &to, 0, 0).unwrap();
+            let group = format!("weight_reorder_{name}");
+            let tiled = measure(c, dev.stream(), &group, &format!("tiled_{order}"), len as f64, &mut || nd::copy(dev, &w, &mut out, &walk).unwrap());
+            let plain = measure(c, dev.stream(), &group, &format!("elementwise_{order}"), len as f64, &mut || nd::copy_elementwise(dev, &w, &mut out, &walk).unwrap());
+            rows.push((name, order, len, nd::as_transpose(&walk).is_some(), tiled, plain));
+        }
+    }
+    println!("\nweight_reorder summary: median ms of 20 event-timed copies; GB/s counts a read and a write of each f32 weight");
+    println!("| weights | order | tiled kernel? | tiled ms | element-wise ms | element-wise / tiled | tiled GB/s |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (name, order, len, taken, tiled, plain) in rows {
+        println!("| {name} | {order} | {taken} | {tiled:.4} | {plain:.4} | {:.2} | {:.0} |", plain / tiled, 8.0 * len as f64 / (tiled * 1e-3) / 1e9);
+    }
+}
+
 /// Batch norm and its ReLU as the prologue of the convolution that reads them
 /// (`Tensor::bn_relu_conv2d` on the channels-last bf16 kernels: batch norm's f32 output never
 /// written, the bf16 copy made from y and kept for the weight gradient) against batch norm with
@@ -438,6 +477,7 @@ fn bench(c: &mut Criterion) {
     conv_bn(c, &dev);
     bn_relu_conv(c, &dev);
     block_end(c, &dev);
+    weight_reorder(c, &dev);
 }
 
 criterion_group!(benches, bench);

@@ -160,6 +160,16 @@ pub fn copy(dev: &CudaDevice, x: &GpuBuffer, y: &mut GpuBuffer, g: &StridedN) ->
         let args = [Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(r as i32), Arg::I32(c as i32), Arg::I32(g.ox), Arg::I32(g.oy)];
         return launch(dev, k::TRANSPOSE, cfg, &args);
     }
+    copy_elementwise(dev, x, y, g)
+}
+
+/// [`copy`] on `copy_nd_fwd_f32` whatever the walk (one thread per element, in the output's
+/// order): what transposes ran on before the tiled kernel, kept public so that benches/conv_gpu.rs
+/// times the two side by side.
+pub fn copy_elementwise(dev: &CudaDevice, x: &GpuBuffer, y: &mut GpuBuffer, g: &StridedN) -> Result<()> {
+    let name = k::COPY_ND_FWD.name;
+    check_reach(name, "x", x.len(), g, &g.sx, g.ox)?;
+    check_reach(name, "y", y.len(), g, &g.sy, g.oy)?;
     let n = numel(g);
     launch(
         dev,
