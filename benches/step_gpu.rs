@@ -136,11 +136,7 @@ fn bench(c: &mut Criterion) {
         // Other kernels: the captured step only (eager against graph is asked of the default).
         let modes: &[bool] = if config.variant == TcVariant::default() && config.fuse_bn_stats { &[false, true] } else { &[true] };
         for &graph in modes {
-            let mut store = ParamStore::new(GPU, 3);
-            let model = CosegNet::new(&ModelConfig::default(), &mut store).unwrap();
-            let opt = Optimizer::new(OptimizerParams::paper_sgd()).unwrap();
-            let watch = LossWatch::new(GPU, vec![1e-4; 1 << 20], 0, 0, LOG_EVERY, (0.9, 0.999)).unwrap();
-            let mut runner = StepRunner::new(model, store, opt, watch, pairs, 128, graph).unwrap();
+            let mut runner = loop_runner(&ModelConfig::default(), None, pairs, graph);
             let (mut steps, mut waits, mut setup_waits) = (0u64, 0u64, 0u64);
             let name = format!("drn_mg101_csa_d2_10pairs_128x128_{label}_{}", if graph { "graph" } else { "eager" });
             g.bench_function(name, |bench| {
@@ -191,6 +187,20 @@ fn bench(c: &mut Criterion) {
     inference(c, &dev);
 }
 
+/// The training loop's step runner for `cfg` (the attention's fused kernels or composed ops when
+/// `fused` says, else its default), paper SGD, a constant learning rate of 1e-4, `pairs` pairs of
+/// 128x128 crops, captured as a CUDA graph when `graph`.
+fn loop_runner(cfg: &ModelConfig, fused: Option<bool>, pairs: usize, graph: bool) -> StepRunner {
+    let mut store = ParamStore::new(GPU, 3);
+    let mut model = CosegNet::new(cfg, &mut store).unwrap();
+    if let Some(fused) = fused {
+        model.set_attention_fused(fused);
+    }
+    let opt = Optimizer::new(OptimizerParams::paper_sgd()).unwrap();
+    let watch = LossWatch::new(GPU, vec![1e-4; 1 << 20], 0, 0, LOG_EVERY, (0.9, 0.999)).unwrap();
+    StepRunner::new(model, store, opt, watch, pairs, 128, graph).unwrap()
+}
+
 /// The attentions of the paper's Table 3 (DRN-MG-101 + D2 with each), as `experiments/t3_*.toml`.
 const TABLE3: [(&str, ChannelAttention, SpatialAttention, bool); 5] = [
     ("se_msa", ChannelAttention::Se, SpatialAttention::Msa, false),
@@ -221,12 +231,7 @@ fn attention_steps(c: &mut Criterion, dev: &Arc<CudaDevice>, batch: &HostBatch, 
             g.bench_function(id, |bench| {
                 bench.iter_custom(|iters| {
                     let r = runner.get_or_insert_with(|| {
-                        let mut store = ParamStore::new(GPU, 3);
-                        let mut model = CosegNet::new(&cfg, &mut store).unwrap();
-                        model.set_attention_fused(fused);
-                        let opt = Optimizer::new(OptimizerParams::paper_sgd()).unwrap();
-                        let watch = LossWatch::new(GPU, vec![1e-4; 1 << 20], 0, 0, LOG_EVERY, (0.9, 0.999)).unwrap();
-                        let mut r = StepRunner::new(model, store, opt, watch, pairs, 128, true).unwrap();
+                        let mut r = loop_runner(&cfg, Some(fused), pairs, true);
                         for _ in 0..SETUP_STEPS {
                             r.step(batch.clone()).unwrap(); // buffers, the optimiser's table, the capture
                         }

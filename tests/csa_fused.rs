@@ -262,7 +262,6 @@ test_gpu!(gpu_eca_pair_gate_matches_the_composed_cpu_ops, |_dev| {
                 out.mul(&Tensor::from_vec(data[3].clone(), [n, c, 1, 1], Device::Cuda(0)).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
                 [out.to_vec().unwrap(), pa.grad().unwrap().to_vec().unwrap(), pb.grad().unwrap().to_vec().unwrap()]
             };
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             for (i, want) in composed.iter().enumerate() {
                 assert!(bits(&gpu[i]) == bits(want), "eca_pair_gate {} (n {n}, c {c}, k {k}): not the composed GPU ops' bits", ["gate", "dpa", "dpb"][i]);
             }

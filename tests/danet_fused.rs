@@ -248,22 +248,6 @@ test_gpu!(gpu_danet_module_fused_matches_composed, |dev| {
     }
 });
 
-/// Sets cuda:0's precision and puts fp32 back when dropped, also when a test fails.
-struct PrecisionGuard<'a>(&'a CudaDevice);
-
-impl<'a> PrecisionGuard<'a> {
-    fn set(dev: &'a CudaDevice, p: Precision) -> PrecisionGuard<'a> {
-        dev.set_precision(p);
-        PrecisionGuard(dev)
-    }
-}
-
-impl Drop for PrecisionGuard<'_> {
-    fn drop(&mut self) {
-        self.0.set_precision(Precision::Fp32);
-    }
-}
-
 test_gpu!(gpu_bmm_runs_on_tf32_tensor_cores_at_tf32_and_bf16, |dev| {
     // Holds the lock: the precision is process-wide, and the other GPU tests here need fp32.
     let _serial = serial();
@@ -280,7 +264,8 @@ test_gpu!(gpu_bmm_runs_on_tf32_tensor_cores_at_tf32_and_bf16, |dev| {
     assert_close("bmm fp32", &fp32, &cpu, F32_TOL);
     for p in [Precision::Tf32, Precision::Bf16] {
         let reduced = {
-            let _g = PrecisionGuard::set(&dev, p);
+            let _g = DeviceSettings::saved(&dev);
+            dev.set_precision(p);
             product()
         };
         // TF32 rounds operands to 10 mantissa bits: about 3e-4 relative here, well under 1e-2.
@@ -345,7 +330,8 @@ test_gpu!(gpu_op_takes_the_tensor_cores_at_tf32_and_bf16, |dev| {
             let x = inputs(400 + i as u64, s);
             let cpu = run(Device::Cpu, s, &x, fused);
             let gpu = {
-                let _g = PrecisionGuard::set(&dev, p);
+                let _g = DeviceSettings::saved(&dev);
+                dev.set_precision(p);
                 run(Device::Cuda(0), s, &x, fused)
             };
             for (j, g) in gpu.iter().enumerate() {
@@ -365,7 +351,8 @@ test_gpu!(gpu_op_takes_the_tensor_cores_at_tf32_and_bf16, |dev| {
         let s = [2, 130, 20, 5, 7];
         let x = inputs(450, s);
         let reduced = {
-            let _g = PrecisionGuard::set(&dev, p);
+            let _g = DeviceSettings::saved(&dev);
+            dev.set_precision(p);
             run(Device::Cuda(0), s, &x, fused)
         };
         assert_eq!(reduced, run(Device::Cuda(0), s, &x, fused), "D = 130 at {}: not the fp32 kernels", p.name());

@@ -79,7 +79,7 @@ test_gpu!(the_pipelined_forward_writes_batch_norm_partial_sums, |dev| {
 
 test_gpu!(batch_norm_from_partials_matches_its_own_pass, |dev| {
     let _one_at_a_time = serial();
-    let (p0, v0) = (dev.precision(), dev.tc_variant());
+    let _settings = DeviceSettings::saved(&dev);
     dev.set_precision(Precision::Bf16);
     dev.set_tc_variant(TcVariant::Pipelined);
     let mut r = rng(32);
@@ -110,8 +110,6 @@ test_gpu!(batch_norm_from_partials_matches_its_own_pass, |dev| {
         let e = z.batch_norm_with(&ones(1.0), &ones(0.0), &ones(0.0), &ones(1.0), BatchNormOptions::default(), Some(&partials)).unwrap_err();
         assert!(e.to_string().contains("batch_norm") && e.to_string().contains("partial"), "{e}");
     }
-    dev.set_precision(p0);
-    dev.set_tc_variant(v0);
 });
 
 /// One training step of a conv + batch norm + ReLU unit (24 -> 40 channels, 3x3, dilation 2;
@@ -133,7 +131,7 @@ fn unit_step(xv: &[f32]) -> Vec<Vec<f32>> {
 
 test_gpu!(a_fused_conv_bn_relu_trains_as_the_unfused_one, |dev| {
     let _one_at_a_time = serial();
-    let (p0, v0, f0) = (dev.precision(), dev.tc_variant(), dev.fuse_bn_stats());
+    let _settings = DeviceSettings::saved(&dev);
     dev.set_precision(Precision::Bf16);
     dev.set_tc_variant(TcVariant::Pipelined);
     let mut r = rng(33);
@@ -147,9 +145,6 @@ test_gpu!(a_fused_conv_bn_relu_trains_as_the_unfused_one, |dev| {
         let e = rel_err(a, b);
         assert!(e < 1e-4, "output {i} (y, dx, dw, dgamma, dbeta, running mean, running var): {e:.2e}");
     }
-    dev.set_precision(p0);
-    dev.set_tc_variant(v0);
-    dev.set_fuse_bn_stats(f0);
 });
 
 // Batch norm with its ReLU in the same pass (`BatchNormOptions::relu`, what ConvBnRelu and the
@@ -234,7 +229,7 @@ test_gpu!(batch_norm_add_is_batch_norm_then_add_then_relu_on_the_gpu, |_dev| {
 // split for two blocks per SM instead of one, so its f32 sums differ in order only.
 test_gpu!(a_conv_bn_relu_trains_the_same_on_the_channels_last_kernels, |dev| {
     let _one_at_a_time = serial();
-    let (p0, v0, f0) = (dev.precision(), dev.tc_variant(), dev.fuse_bn_stats());
+    let _settings = DeviceSettings::saved(&dev);
     dev.set_precision(Precision::Bf16);
     dev.set_fuse_bn_stats(true);
     let mut r = rng(35);
@@ -249,7 +244,6 @@ test_gpu!(a_conv_bn_relu_trains_the_same_on_the_channels_last_kernels, |dev| {
         assert!(p.channels_last(), "{pass:?}: {}", p.kernel.name);
     }
     let (nhwc, pipe) = (run(TcVariant::Nhwc), run(TcVariant::Pipelined));
-    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
     for (i, (a, b)) in nhwc.iter().zip(&pipe).enumerate() {
         let what = ["y", "dx", "dw", "dgamma", "dbeta", "running mean", "running var"][i];
         assert!(a.iter().all(|v| v.is_finite()), "{what}: not finite");
@@ -259,9 +253,6 @@ test_gpu!(a_conv_bn_relu_trains_the_same_on_the_channels_last_kernels, |dev| {
             assert!(bits(a) == bits(b), "{what}: differs ({:.2e})", rel_err(a, b));
         }
     }
-    dev.set_precision(p0);
-    dev.set_tc_variant(v0);
-    dev.set_fuse_bn_stats(f0);
 });
 
 // A convolution whose input is relu(batch_norm(y)) (`Tensor::bn_relu_conv2d`, every convolution
@@ -275,7 +266,7 @@ test_gpu!(a_conv_bn_relu_trains_the_same_on_the_channels_last_kernels, |dev| {
 // ops (node conv2d), with the same results.
 test_gpu!(batch_norm_and_relu_as_the_convolutions_prologue_give_the_composed_bits, |dev| {
     let _one_at_a_time = serial();
-    let (p0, v0, f0) = (dev.precision(), dev.tc_variant(), dev.fuse_bn_stats());
+    let _settings = DeviceSettings::saved(&dev);
     dev.set_precision(Precision::Bf16);
     dev.set_tc_variant(TcVariant::Nhwc);
     dev.set_fuse_bn_stats(true);
@@ -320,14 +311,10 @@ test_gpu!(batch_norm_and_relu_as_the_convolutions_prologue_give_the_composed_bit
             let what = ["out", "next batch norm", "dx0", "dw0", "dgamma", "dbeta", "dw", "dbias", "running mean", "running var", "next running mean", "next running var"];
             for (i, (a, b)) in fused.iter().zip(&composed).enumerate() {
                 assert!(a.iter().all(|v| v.is_finite()) && a.iter().any(|&v| v != 0.0), "{case}: {} not finite or all zero", what[i]);
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert!(bits(a) == bits(b), "{case}: {} differs ({:.2e})", what[i], rel_err(a, b));
             }
         }
     }
-    dev.set_precision(p0);
-    dev.set_tc_variant(v0);
-    dev.set_fuse_bn_stats(f0);
 });
 
 // A ResNet-50 at a quarter width (every channel count a multiple of 8 but the image's 3), one
@@ -339,7 +326,7 @@ test_gpu!(batch_norm_and_relu_as_the_convolutions_prologue_give_the_composed_bit
 test_gpu!(a_resnet_step_is_the_same_with_batch_norm_as_the_convolutions_prologue, |dev| {
     use coseg::nn::resnet::{ResNet, ResNetSpec};
     let _one_at_a_time = serial();
-    let (p0, v0, f0) = (dev.precision(), dev.tc_variant(), dev.fuse_bn_stats());
+    let _settings = DeviceSettings::saved(&dev);
     dev.set_precision(Precision::Bf16);
     dev.set_fuse_bn_stats(true);
     let mut r = rng(38);
@@ -365,7 +352,6 @@ test_gpu!(a_resnet_step_is_the_same_with_batch_norm_as_the_convolutions_prologue
     };
     let (nhwc, pipe) = (run(TcVariant::Nhwc), run(TcVariant::Pipelined));
     assert_eq!(nhwc.len(), pipe.len());
-    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
     let mut weight_grads = 0;
     for ((name, a), (other, b)) in nhwc.iter().zip(&pipe) {
         assert_eq!(name, other);
@@ -379,7 +365,4 @@ test_gpu!(a_resnet_step_is_the_same_with_batch_norm_as_the_convolutions_prologue
         }
     }
     assert!(weight_grads > 50, "{weight_grads} convolution weights compared");
-    dev.set_precision(p0);
-    dev.set_tc_variant(v0);
-    dev.set_fuse_bn_stats(f0);
 });

@@ -200,7 +200,6 @@ test_gpu!(channels_last_kernels_give_the_pipelined_bits, |dev| {
                     (dev.dtoh(&out).unwrap(), stats.map(|s| dev.dtoh(&s).unwrap()))
                 };
                 let (got, want) = (run(pn), run(pp));
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 let what = format!("{} vs {} {g:?}", pn.kernel.name, pp.kernel.name);
                 assert!(got.0.iter().all(|v| v.is_finite()), "{what}: an output left unwritten");
                 assert!(bits(&got.0) == bits(&want.0), "{what}: outputs differ (relative error {:.2e})", rel_err(&got.0, &want.0));
@@ -250,7 +249,7 @@ test_gpu!(nchw_to_nhwc_bf16_transposes_and_rounds, |dev| {
 // to the two wrappers).
 test_gpu!(the_shared_dy_backward_equals_the_two_passes, |dev| {
     let _one_at_a_time = serial();
-    let v0 = dev.tc_variant();
+    let _settings = DeviceSettings::saved(&dev);
     dev.set_tc_variant(TcVariant::Nhwc);
     let mut r = rng(17);
     let mut shared_copies = 0;
@@ -275,5 +274,4 @@ test_gpu!(the_shared_dy_backward_equals_the_two_passes, |dev| {
     let (mut dx, mut dw) = (dev.alloc(g.input_len()).unwrap(), dev.alloc(g.weight_len()).unwrap());
     let e = conv::conv2d_bwd(&dev, g, Precision::Bf16, &xg, &wg, &dyg, &mut dx, &mut dw).unwrap_err().to_string();
     assert!(e.contains("dy has"), "{e}");
-    dev.set_tc_variant(v0);
 });

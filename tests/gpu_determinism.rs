@@ -15,10 +15,6 @@ use gpu_common::*;
 
 const GPU: Device = Device::Cuda(0);
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
-
 const SPLIT_SHAPE: Conv2dShape = Conv2dShape { n: 8, c: 64, h: 16, w: 16, k: 96, r: 3, s: 3, stride: 1, pad: 2, dilation: 2 };
 
 #[test]
@@ -46,7 +42,7 @@ test_gpu!(a_split_weight_gradient_repeats_to_the_bit, |dev| {
         [w.grad().unwrap().to_vec().unwrap(), x.grad().unwrap().to_vec().unwrap()]
     };
     let cpu = run(Device::Cpu);
-    let (p0, v0) = (dev.precision(), dev.tc_variant());
+    let _settings = DeviceSettings::saved(&dev);
     for variant in TcVariant::ALL {
         dev.set_tc_variant(variant);
         for p in Precision::ALL {
@@ -63,8 +59,6 @@ test_gpu!(a_split_weight_gradient_repeats_to_the_bit, |dev| {
             assert_close(&format!("{variant} {p} dw"), &a[0], &cpu[0], tol);
         }
     }
-    dev.set_precision(p0);
-    dev.set_tc_variant(v0);
 });
 
 // The decoder's 8x upsampling and an odd downsampling: the gradient repeats and matches the CPU.

@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)] // each test file uses a part
 
 use coseg::backend::cuda::{CudaDevice, GpuBuffer, elementwise::fill};
+use coseg::device::{Precision, TcVariant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -13,6 +14,30 @@ pub use crate::common::gpu;
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The device's precision, tensor-core variant and batch-norm fusion as they were when saved, put
+/// back when dropped (also when the test fails): a test that changes them leaves the next one the
+/// device it found. They are the device's, shared by a binary's tests: hold `serial()` as well.
+pub struct DeviceSettings<'a> {
+    dev: &'a CudaDevice,
+    precision: Precision,
+    variant: TcVariant,
+    fuse_bn_stats: bool,
+}
+
+impl<'a> DeviceSettings<'a> {
+    pub fn saved(dev: &'a CudaDevice) -> DeviceSettings<'a> {
+        DeviceSettings { dev, precision: dev.precision(), variant: dev.tc_variant(), fuse_bn_stats: dev.fuse_bn_stats() }
+    }
+}
+
+impl Drop for DeviceSettings<'_> {
+    fn drop(&mut self) {
+        self.dev.set_precision(self.precision);
+        self.dev.set_tc_variant(self.variant);
+        self.dev.set_fuse_bn_stats(self.fuse_bn_stats);
+    }
 }
 
 pub fn rng(seed: u64) -> ChaCha8Rng {
@@ -42,6 +67,11 @@ pub fn rel_err(gpu: &[f32], cpu: &[f32]) -> f64 {
         n += (*c as f64).powi(2);
     }
     (d / n.max(1e-30)).sqrt()
+}
+
+/// The bit patterns of `v`, for the tests that ask for the same bits (NaN included).
+pub fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 /// f32 tolerance of the parity tests.

@@ -152,36 +152,36 @@ pub fn binary(
 /// matrix (or a batch of them, [`as_transpose`]) runs nd.cu's tiled `transpose_f32`, the others
 /// `copy_nd_fwd_f32`.
 pub fn copy(dev: &CudaDevice, x: &GpuBuffer, y: &mut GpuBuffer, g: &StridedN) -> Result<()> {
-    let name = k::COPY_ND_FWD.name;
-    check_reach(name, "x", x.len(), g, &g.sx, g.ox)?;
-    check_reach(name, "y", y.len(), g, &g.sy, g.oy)?;
-    if let Some([b, r, c]) = as_transpose(g) {
-        let cfg = LaunchConfig { grid_dim: (c.div_ceil(32) as u32, r.div_ceil(32) as u32, b as u32), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        let args = [Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(r as i32), Arg::I32(c as i32), Arg::I32(g.ox), Arg::I32(g.oy)];
-        return launch(dev, k::TRANSPOSE, cfg, &args);
+    check_copy(g, x, y)?;
+    match as_transpose(g) {
+        Some([b, r, c]) => {
+            let cfg = LaunchConfig { grid_dim: (c.div_ceil(32) as u32, r.div_ceil(32) as u32, b as u32), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+            let args = [Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(r as i32), Arg::I32(c as i32), Arg::I32(g.ox), Arg::I32(g.oy)];
+            launch(dev, k::TRANSPOSE, cfg, &args)
+        }
+        None => launch_copy_nd(dev, x, y, g),
     }
-    copy_elementwise(dev, x, y, g)
 }
 
 /// [`copy`] on `copy_nd_fwd_f32` whatever the walk (one thread per element, in the output's
 /// order): what transposes ran on before the tiled kernel, kept public so that benches/conv_gpu.rs
 /// times the two side by side.
 pub fn copy_elementwise(dev: &CudaDevice, x: &GpuBuffer, y: &mut GpuBuffer, g: &StridedN) -> Result<()> {
+    check_copy(g, x, y)?;
+    launch_copy_nd(dev, x, y, g)
+}
+
+/// Both operands hold every element the walk reaches.
+fn check_copy(g: &StridedN, x: &GpuBuffer, y: &GpuBuffer) -> Result<()> {
     let name = k::COPY_ND_FWD.name;
     check_reach(name, "x", x.len(), g, &g.sx, g.ox)?;
-    check_reach(name, "y", y.len(), g, &g.sy, g.oy)?;
+    check_reach(name, "y", y.len(), g, &g.sy, g.oy)
+}
+
+fn launch_copy_nd(dev: &CudaDevice, x: &GpuBuffer, y: &mut GpuBuffer, g: &StridedN) -> Result<()> {
     let n = numel(g);
-    launch(
-        dev,
-        k::COPY_ND_FWD,
-        grid_1d(dev, n),
-        &[
-            Arg::Ptr(x.ptr()),
-            Arg::Ptr(y.ptr_mut()),
-            Arg::I32(n as i32),
-            Arg::Struct(g),
-        ],
-    )
+    let args = [Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr_mut()), Arg::I32(n as i32), Arg::Struct(g)];
+    launch(dev, k::COPY_ND_FWD, grid_1d(dev, n), &args)
 }
 
 /// [b, r, c] when the walk `g` copies x (B, R, C) into y (B, C, R), both contiguous from their

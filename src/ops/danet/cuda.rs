@@ -8,7 +8,7 @@ use crate::backend::cuda::kernels::{self as k, Kernel};
 use crate::backend::cuda::launch::{Arg, THREADS, check_len, launch, log_kernel_choice, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer};
 use crate::device::Precision;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::Cuda;
 use crate::ops::cuda_common::{device, tensor};
 use crate::tensor::{Storage, Tensor};
@@ -106,10 +106,15 @@ pub fn tc_smem_floats(d: usize, backward: bool) -> usize {
     if backward { own_x.max(with_dp) } else { own_x }
 }
 
-/// The sizes as kernel ints, after checking that every tensor's element count fits.
-fn ints(op: &'static str, Dims { n, d, c, l }: Dims) -> Result<[i32; 3]> {
+/// The sizes as kernel ints, after checking that every tensor's element count fits and that
+/// `kernels` takes D (the TF32 ones at most [`TC_MAX_D`]; `PamKernels::choose` never picks them
+/// beyond).
+fn ints(op: &'static str, kernels: PamKernels, Dims { n, d, c, l }: Dims) -> Result<[i32; 3]> {
     to_i32(op, "q elements", n * d * l)?;
     to_i32(op, "v elements", n * c * l)?;
+    if kernels == PamKernels::Tf32 && d > TC_MAX_D {
+        return Err(Error::shape(op, format!("q and k have D = {d} channels; the TF32 kernels take at most {TC_MAX_D}")));
+    }
     Ok([d as i32, c as i32, l as i32])
 }
 
@@ -133,20 +138,11 @@ pub fn pam_fwd(
     let kernel = kernels.fwd();
     let op = kernel.name;
     let Dims { n, d, c, l } = dims;
-    let [di, ci, li] = ints(op, dims)?;
-    check_d(op, kernels, d)?;
+    let [di, ci, li] = ints(op, kernels, dims)?;
     check_all(op, &[("q", q.len(), [n, d, l]), ("k", kk.len(), [n, d, l]), ("v", v.len(), [n, c, l])])?;
     check_all(op, &[("out", out.len(), [n, c, l]), ("lse", lse.len(), [n, 1, l])])?;
     let args = [Arg::Ptr(q.ptr()), Arg::Ptr(kk.ptr()), Arg::Ptr(v.ptr()), Arg::Ptr(out.ptr_mut()), Arg::Ptr(lse.ptr_mut()), Arg::I32(di), Arg::I32(ci), Arg::I32(li)];
     launch(dev, kernel, kernels.fwd_config(dims), &args)
-}
-
-/// The TF32 kernels refuse D > [`TC_MAX_D`] (`PamKernels::choose` never picks them then).
-fn check_d(op: &'static str, kernels: PamKernels, d: usize) -> Result<()> {
-    if kernels == PamKernels::Tf32 && d > TC_MAX_D {
-        return Err(crate::error::Error::shape(op, format!("q and k have D = {d} channels; the TF32 kernels take at most {TC_MAX_D}")));
-    }
-    Ok(())
 }
 
 /// The inputs of the backward: q, k, v, the forward's out and lse, and out's gradient.
@@ -165,8 +161,7 @@ pub fn pam_bwd(dev: &CudaDevice, kernels: PamKernels, s: &Saved, dims: Dims, dq:
     let kernel = kernels.bwd();
     let op = kernel.name;
     let Dims { n, d, c, l } = dims;
-    let [di, ci, li] = ints(op, dims)?;
-    check_d(op, kernels, d)?;
+    let [di, ci, li] = ints(op, kernels, dims)?;
     let (qd, cl) = ([n, d, l], [n, c, l]);
     check_all(op, &[("q", s.q.len(), qd), ("k", s.k.len(), qd), ("v", s.v.len(), cl), ("out", s.out.len(), cl)])?;
     check_all(op, &[("lse", s.lse.len(), [n, 1, l]), ("dout", s.dout.len(), cl)])?;
@@ -244,8 +239,9 @@ mod tests {
 
     #[test]
     fn the_tf32_kernels_refuse_d_over_128() {
-        let e = check_d("pam_fwd_tf32", PamKernels::Tf32, 129).unwrap_err().to_string();
+        let dims = |d| Dims { n: 2, d, c: 16, l: 9 };
+        let e = ints("pam_fwd_tf32", PamKernels::Tf32, dims(129)).unwrap_err().to_string();
         assert!(e.contains("pam_fwd_tf32") && e.contains("129"), "{e}");
-        assert!(check_d("pam_fwd_f32", PamKernels::Fp32, 4096).is_ok());
+        assert!(ints("pam_fwd_f32", PamKernels::Fp32, dims(4096)).is_ok());
     }
 }
