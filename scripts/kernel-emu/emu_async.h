@@ -1,7 +1,7 @@
 // Asynchronous copies (cp.async) and dynamic shared memory, for kernels/conv2d_tcp.cu; included by
 // emu_tc.h. emu_ptx.py rewrites the PTX into these calls.
 //  - cp.async.{ca,cg}.shared.global [dst], [src], bytes, src_size (`emu_cp_async`): queued on
-//    the issuing CUDA thread (thread_local) as an open copy; commit_group closes the open copies
+//    the issuing CUDA thread (its queue by thread index) as an open copy; commit_group closes the open copies
 //    into a group; wait_group N performs, in order, every committed group but the N most recent:
 //    src_size bytes copied, the rest of `bytes` zero-filled. Checked as a GPU would fault or the
 //    ISA forbids: bytes in {4, 8, 16}, dst and (when src_size > 0) src aligned to bytes,
@@ -84,22 +84,25 @@ inline void emu_cp_async_land(EmuCpAsync& c) {
     std::memset((char*)c.dst + c.src_size, 0, c.bytes - c.src_size);
     c.done = true;
 }
-// A thread's queue; its destructor (when the CUDA thread's std::thread ends) checks it is empty.
+// A CUDA thread's queue (blocks run one after another: one per thread index). When the thread's
+// kernel body returns (emu.h's g_after_thread) it must be empty.
 struct EmuCpAsyncQueue {
     std::vector<EmuCpAsync> open;
     std::deque<std::vector<EmuCpAsync>> groups;
-    unsigned thread = 0;
-    ~EmuCpAsyncQueue() {
-        size_t pending = open.size();
-        for (auto& g : groups) pending += g.size();
-        if (pending) {
-            std::fprintf(stderr, "emu: thread %u ended with %zu cp.async copies not waited for (%zu uncommitted, %zu groups)\n",
-                         thread, pending, open.size(), groups.size());
-            std::abort();
-        }
-    }
 };
-inline thread_local EmuCpAsyncQueue g_cp_async;
+inline EmuCpAsyncQueue g_cp_async_queues[1024];
+inline EmuCpAsyncQueue& emu_cp_async_queue() { return g_cp_async_queues[threadIdx.x]; }
+inline void emu_cp_async_check_done() {
+    EmuCpAsyncQueue& q = emu_cp_async_queue();
+    size_t pending = q.open.size();
+    for (auto& g : q.groups) pending += g.size();
+    if (pending) {
+        std::fprintf(stderr, "emu: thread %u of block %u,%u,%u ended with %zu cp.async copies not waited for (%zu uncommitted, %zu groups)\n",
+                     threadIdx.x, blockIdx.x, blockIdx.y, blockIdx.z, pending, q.open.size(), q.groups.size());
+        std::abort();
+    }
+}
+inline const bool g_cp_async_hooked = (g_after_thread = emu_cp_async_check_done, true);
 [[noreturn]] inline void emu_bad_cp_async(const char* why, const void* dst, const void* src, unsigned bytes, unsigned src_size) {
     std::fprintf(stderr, "emu: cp.async %s: dst %p src %p bytes %u src-size %u (block %u,%u,%u thread %u)\n", why, dst, src,
                  bytes, src_size, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x);
@@ -114,17 +117,18 @@ inline void emu_cp_async(void* dst, const void* src, unsigned bytes, unsigned sr
     const char* d = (const char*)dst;
     const char* s0 = (const char*)g_dyn_smem.get();
     if (!s0 || d < s0 || d + bytes > s0 + g_dyn_smem_bytes) emu_bad_cp_async("destination outside the dynamic shared memory", dst, src, bytes, src_size);
-    g_cp_async.thread = threadIdx.x;
-    g_cp_async.open.push_back({dst, src, bytes, src_size, false});
-    if (emu_cp_async_early()) emu_cp_async_land(g_cp_async.open.back());
+    EmuCpAsyncQueue& q = emu_cp_async_queue();
+    q.open.push_back({dst, src, bytes, src_size, false});
+    if (emu_cp_async_early()) emu_cp_async_land(q.open.back());
 }
 inline void emu_cp_async_commit() {
-    g_cp_async.groups.push_back(std::move(g_cp_async.open));
-    g_cp_async.open.clear();
+    EmuCpAsyncQueue& q = emu_cp_async_queue();
+    q.groups.push_back(std::move(q.open));
+    q.open.clear();
 }
 // Every committed group but the n most recent has landed on return.
 inline void emu_cp_async_wait(int n) {
-    auto& q = g_cp_async.groups;
+    auto& q = emu_cp_async_queue().groups;
     while (q.size() > (size_t)std::max(n, 0)) {
         for (auto& c : q.front()) emu_cp_async_land(c);
         q.pop_front();

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Rewrites the inline PTX of a kernel file into calls to emu_tc.h's emulations, so g++ can build it.
 
-usage: emu_ptx.py [-I DIR]... IN.cu OUT.cu
+usage: emu_ptx.py [--spin-yield] [-I DIR]... IN.cu OUT.cu
 
 Local headers (`#include "x.cuh"`, looked up next to the including file, then in each -I DIR) are
 inlined and rewritten too (once each: the kernels' headers are `#pragma once`), as build.rs
@@ -27,6 +27,8 @@ its shape and types are read at run time). Any other instruction is an error: ad
 an emulation to emu_tc.h (wgmma, ... for a future variant). The declaration of dynamic shared
 memory, `extern __shared__ [__align__(A)] T name[];`, becomes `T* const name = (T*)
 emu_dynamic_smem(A);` (emu_tc.h's per-launch buffer).
+With --spin-yield, an empty spin loop (`while (COND) {}`, crf.cu's grid barrier) gets a call to
+emu.h's emu_spin_yield in its body, so the emulated threads that it waits for get to run.
 #line directives keep compiler errors and sanitizer reports pointing at the original file.
 """
 import os
@@ -119,9 +121,15 @@ def smem_decl(m):
     return decl + '\n' * m.group(0).count('\n')  # same line count
 
 
+SPIN = re.compile(r'(\bwhile\s*\((?:[^;{}()]|\([^;{}()]*\))*\)\s*\{)(\s*\})')
+SPIN_YIELD = [False]
+
+
 def convert(src_path, incdirs, done, counts):
     """The rewritten text of src_path (starting with #line), its local headers inlined."""
     src = SMEM_DECL.sub(smem_decl, open(src_path).read())
+    if SPIN_YIELD[0]:
+        src = SPIN.sub(lambda m: m.group(1) + ' emu_spin_yield();' + m.group(2), src)
     counts[1] += len(SMEM_DECL.findall(open(src_path).read()))
     out, pos = [], 0
     for m in re.finditer(r'\basm\s*(?:volatile\s*)?\(', src):
@@ -170,6 +178,9 @@ def convert(src_path, incdirs, done, counts):
 
 def main():
     args, incdirs = sys.argv[1:], []
+    if args and args[0] == '--spin-yield':
+        SPIN_YIELD[0] = True
+        args = args[1:]
     while args and args[0].startswith('-I'):
         if args[0] == '-I':
             incdirs.append(args[1]); args = args[2:]

@@ -62,7 +62,7 @@ inline double emu_bf16_val(unsigned h) { return emu_u2f((h & 0xffffu) << 16); }
 
 struct EmuMmaLane { unsigned a[4], b[2]; float c[4]; };
 inline EmuMmaLane g_mma_xch[32][2][32];  // [warp][buffer][lane]
-inline thread_local unsigned g_mma_count;  // this thread's mma calls (its buffer parity)
+inline unsigned g_mma_count[1024];  // each CUDA thread's mma calls (its buffer parity)
 
 [[noreturn]] inline void emu_bad_mma(const char* t) {
     std::fprintf(stderr, "emu: no emulation for mma \"%s\"\n", t);
@@ -74,10 +74,10 @@ inline void emu_mma_sync(const char* tmpl, float& d0, float& d1, float& d2, floa
     const bool tf32 = std::strstr(tmpl, "m16n8k8.row.col.f32.tf32.tf32.f32") != nullptr;
     const bool bf16 = std::strstr(tmpl, "m16n8k16.row.col.f32.bf16.bf16.f32") != nullptr;
     if (!tf32 && !bf16) emu_bad_mma(tmpl);
-    const int t = threadIdx.x, warp = t >> 5, lane = t & 31, buf = g_mma_count++ & 1;
+    const int t = threadIdx.x, warp = t >> 5, lane = t & 31, buf = g_mma_count[t]++ & 1;
     EmuMmaLane (&x)[32] = g_mma_xch[warp][buf];
     x[lane] = {{a0, a1, a2, a3}, {b0, b1}, {d0, d1, d2, d3}};
-    g_warp_bar[warp]->arrive_and_wait();
+    emu_warp_barrier(warp).arrive_and_wait();
     // A[row][k], B[k][col] from the fragments of every lane, per the PTX ISA layouts.
     auto A = [&](int row, int k) -> double {
         if (tf32) {  // a0: (g, t), a1: (g+8, t), a2: (g, t+4), a3: (g+8, t+4)
@@ -129,7 +129,7 @@ inline void* emu_smem_ptr(unsigned a) {
     return (char*)g_dyn_smem.get() + (a - 1024u);
 }
 inline const void* g_ldsm_xch[32][2][32];  // [warp][buffer][lane]: the row addresses
-inline thread_local unsigned g_ldsm_count;
+inline unsigned g_ldsm_count[1024];
 inline void emu_ldmatrix_x4(const void* row, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3, bool trans) {
     if (!g_bar) emu_no_barrier();
     const char* s0 = (const char*)g_dyn_smem.get();
@@ -139,10 +139,10 @@ inline void emu_ldmatrix_x4(const void* row, unsigned& r0, unsigned& r1, unsigne
                      row, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x);
         std::abort();
     }
-    const int t = threadIdx.x, warp = t >> 5, lane = t & 31, buf = g_ldsm_count++ & 1;
+    const int t = threadIdx.x, warp = t >> 5, lane = t & 31, buf = g_ldsm_count[t]++ & 1;
     const void* (&x)[32] = g_ldsm_xch[warp][buf];
     x[lane] = row;
-    g_warp_bar[warp]->arrive_and_wait();
+    emu_warp_barrier(warp).arrive_and_wait();
     unsigned* r[4] = {&r0, &r1, &r2, &r3};
     for (int i = 0; i < 4; ++i) {
         if (!trans) {  // (row lane / 4, elements 2 (lane % 4), +1): 4 bytes of that row
