@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU tests on the CPU: builds the emulated CUDA driver (build.sh), then runs every test
+# binary that has GPU tests with it on the loader path and REQUIRE_CUDA=1, so a GPU test that
+# would skip here fails instead. Arguments narrow the list (test target names).
+#   bash scripts/cuda-emu/test.sh                 # all of them
+#   bash scripts/cuda-emu/test.sh gpu_crf csa_fused
+# What it checks: the host code around every kernel (argument order, launch configuration,
+# dynamic shared memory opt-in, buffer sizes, graph capture and replay, host waits), and the
+# kernels' results against the CPU at the tests' tolerances. What it cannot: speed, races that
+# need real warps, and the GPU's own rounding (FMA contraction, fast math); see README.md.
+# Needs g++ (C++20: <barrier>, std::atomic_ref) and python3; where either is missing it says so
+# and exits 0, unless CUDA_EMU_REQUIRED=1 (CI sets it), where that is a failure.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here/../.."
+out=${CUDA_EMU_OUT:-/tmp/cuda-emu}
+for tool in g++ python3; do
+    if ! command -v "$tool" > /dev/null; then
+        echo "cuda-emu: no $tool on this machine: the GPU tests were not run on the emulated driver" >&2
+        [ "${CUDA_EMU_REQUIRED:-0}" = 1 ] && exit 1
+        exit 0
+    fi
+done
+bash "$here/build.sh"
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    # the library's unit tests, and every test target that can reach a CUDA device
+    targets=(lib $(grep -l -E 'test_gpu!|test_device!|Device::Cuda|CudaDevice|cuda:0' tests/*.rs | xargs -n1 basename | sed 's/\.rs$//'))
+fi
+# CUDA_EMU_ASAN=1: the driver built with AddressSanitizer, preloaded into the test binaries
+# (leaks not reported: graphs and the tests' buffers live to the end on purpose).
+# (cargo's runner: the test binaries get it, not cargo and rustc)
+preload=(env)
+if [ "${CUDA_EMU_ASAN:-0}" = 1 ]; then
+    preload=(env "CARGO_TARGET_$(rustc -vV | sed -n 's/^host: //p' | tr 'a-z-' 'A-Z_')_RUNNER=env LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0")
+fi
+status=0
+for t in "${targets[@]}"; do
+    start=$(date +%s)
+    which=(--test "$t")
+    [ "$t" = lib ] && which=(--lib)
+    if LD_LIBRARY_PATH="$out/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" REQUIRE_CUDA=1 "${preload[@]}" cargo test --release "${which[@]}" > "$out/$t.log" 2>&1; then
+        echo "cuda-emu: $t ok ($(grep -E "^test result" "$out/$t.log" | grep -oE "[0-9]+ passed" | tail -1), $(( $(date +%s) - start )) s)"
+    else
+        status=1
+        echo "cuda-emu: $t FAILED ($(( $(date +%s) - start )) s; log $out/$t.log)"
+        grep -E "^test .* FAILED|panicked|relative error|emu:|cuda-emu:" "$out/$t.log" | head -20 || true
+    fi
+done
+exit $status
