@@ -131,6 +131,19 @@ fn assert_close_to_scale(what: &str, a: &[f32], b: &[f32], tol: f64, scale: f64)
 /// map of one position (every softmax is exactly 1, dq and dk vanish), all of the query's and
 /// key's, against the value weight's.
 fn assert_passes_close(what: &str, a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)], tol: f64, positions: usize) {
+    assert_passes_within(what, a, b, tol, &|_| 0.0, positions)
+}
+
+/// `assert_passes_close`, where the outputs and gradients that are not round-off may also part by
+/// up to `spread(name)` when that is wider than `tol`.
+fn assert_passes_within(
+    what: &str,
+    a: &[(String, Vec<f32>)],
+    b: &[(String, Vec<f32>)],
+    tol: f64,
+    spread: &dyn Fn(&str) -> f64,
+    positions: usize,
+) {
     assert_eq!(a.len(), b.len());
     let scale = |name: &str| a.iter().find(|(n, _)| n.ends_with(name)).map(|(_, g)| norm(g)).unwrap();
     for ((name, x), (other, y)) in a.iter().zip(b) {
@@ -145,7 +158,7 @@ fn assert_passes_close(what: &str, a: &[(String, Vec<f32>)], b: &[(String, Vec<f
         if let Some(s) = round_off {
             assert_close_to_scale(&format!("{what}: {name}"), x, y, tol, s);
         } else {
-            assert_close(&format!("{what}: {name}"), x, y, tol);
+            assert_close(&format!("{what}: {name}"), x, y, tol.max(spread(name)));
         }
     }
 }
@@ -238,13 +251,23 @@ test_gpu!(gpu_op_through_the_autograd_matches_the_cpu, |_dev| {
     }
 });
 
+// Fused against composed on the GPU, each output and gradient within 1e-5, or within twice the
+// spread of f32 summation orders where that is wider: the same composed ops on the CPU and the
+// GPU part by up to 1.6e-5 in the batch norms' gradients on the 33x33 maps (sums over 2,178
+// positions whose terms cancel; measured on scripts/cuda-emu), so there 1e-5 is below the noise
+// of two correct implementations and says nothing about the fused kernels.
 test_gpu!(gpu_danet_module_fused_matches_composed, |dev| {
     let _serial = serial();
     assert_eq!(dev.precision(), Precision::Fp32);
     for dims in [[1, 100, 1, 1], [2, 100, 33, 33], [1, 100, 7, 5]] {
         let f = danet_pass(Device::Cuda(0), true, dims);
         let c = danet_pass(Device::Cuda(0), false, dims);
-        assert_passes_close(&format!("cuda {dims:?}"), &f, &c, F32_TOL, dims[2] * dims[3]);
+        let cpu = danet_pass(Device::Cpu, false, dims);
+        let spread = |name: &str| {
+            let (g, h) = (c.iter().find(|(n, _)| n == name).unwrap(), cpu.iter().find(|(n, _)| n == name).unwrap());
+            2.0 * rel_err(&g.1, &h.1)
+        };
+        assert_passes_within(&format!("cuda {dims:?}"), &f, &c, F32_TOL, &spread, dims[2] * dims[3]);
     }
 });
 
