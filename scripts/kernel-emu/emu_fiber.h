@@ -1,7 +1,7 @@
 // Fibers for emu.h (built with EMU_FIBERS): every CUDA thread is a fiber on the calling OS thread,
 // switched by a 14-instruction context switch (x86-64 System V: the callee-saved registers and
 // the stack pointer), so a __syncthreads costs two switches per thread instead of an OS thread
-// waking. One block at a time (`launch`, as emu.h's threads) or every block of the grid at once
+// waking. Each warp runs as far as it can before the next (see emu_fiber_run). One block at a time (`launch`, as emu.h's threads) or every block of the grid at once
 // (`launch_cooperative`: a kernel's grid barrier spins with emu_spin_yield until the other
 // blocks arrive). Barriers count the threads still running: a thread that has returned no longer
 // holds a barrier up (as on sm_70 and later). A round of the scheduler in which every thread
@@ -216,12 +216,27 @@ inline void emu_fiber_run(const std::vector<dim3>& blocks, unsigned threads, con
     g_fiber_blocks = &bl;
     size_t alive = n;
     int idle = 0;
+    // A warp runs as long as it makes progress (until its threads wait at the block's barrier,
+    // spin, or are done), then the next warp: warps drift as far apart as the barriers let them,
+    // so a missing barrier shows (one thread after another in a lockstep round would hide it).
     while (alive) {
         const unsigned long long before = g_fiber_progress;
-        for (EmuFiber& f : fibers) {
-            if (f.done) continue;
-            emu_fiber_switch_to(f);
-            if (f.done) --alive;
+        for (size_t i = 0, end; i < n; i = end) {
+            const unsigned b = fibers[i].block, w = fibers[i].thread / 32;
+            for (end = i; end < n && fibers[end].block == b && fibers[end].thread / 32 == w; ++end) {
+            }
+            for (;;) {
+                const unsigned long long p0 = g_fiber_progress;
+                bool any = false;
+                for (size_t j = i; j < end; ++j) {
+                    EmuFiber& f = fibers[j];
+                    if (f.done) continue;
+                    any = true;
+                    emu_fiber_switch_to(f);
+                    if (f.done) --alive;
+                }
+                if (!any || g_fiber_progress == p0) break;
+            }
         }
         if (alive && g_fiber_progress == before && ++idle > 2) {
             for (EmuFiber& f : fibers)
