@@ -64,15 +64,12 @@ void note(const char* fmt, ...) {
 
 struct Function {
     const EmuKernel* kernel;
+    const char* module;
     int max_dynamic_smem = SMEM_DEFAULT;
 };
 std::unordered_map<std::string, Function>& functions() {
     static std::unordered_map<std::string, Function> f;
     return f;
-}
-std::unordered_map<std::string, std::string>& owners() {
-    static std::unordered_map<std::string, std::string> o;
-    return o;
 }
 
 struct Graph {
@@ -127,14 +124,15 @@ int synchronous(void* s) {
     }
     return OK;
 }
-bool any_capture_active(std::vector<Stream*>& all) {
-    for (Stream* s : all)
-        if (s->capture) return true;
-    return false;
-}
 std::vector<Stream*>& streams() {
     static std::vector<Stream*> v{&g_null_stream};
     return v;
+}
+// A wait for the whole device (context or event synchronisation): refused while any stream captures.
+int synchronous_device() {
+    for (Stream* s : streams())
+        if (s->capture) return synchronous(s);
+    return OK;
 }
 
 int launch(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem,
@@ -219,12 +217,11 @@ struct Event {
 
 void emu_register_module(const char* module, const EmuKernel* kernels, size_t n) {
     for (size_t i = 0; i < n; ++i) {
-        auto [it, fresh] = owners().emplace(kernels[i].name, module);
+        auto [it, fresh] = functions().emplace(kernels[i].name, Function{&kernels[i], module});
         if (!fresh) {
-            std::fprintf(stderr, "cuda-emu: kernel %s defined in modules %s and %s\n", kernels[i].name, it->second.c_str(), module);
+            std::fprintf(stderr, "cuda-emu: kernel %s defined in modules %s and %s\n", kernels[i].name, it->second.module, module);
             std::abort();
         }
-        functions()[kernels[i].name] = Function{&kernels[i]};
     }
 }
 
@@ -274,9 +271,7 @@ API cuCtxGetCurrent(void** ctx) { static int c; *ctx = &c; return OK; }
 API cuCtxGetDevice(int* d) { *d = 0; return OK; }
 API cuCtxSynchronize() {
     LOCK;
-    for (Stream* s : streams())
-        if (s->capture) return synchronous(s);
-    return OK;
+    return synchronous_device();
 }
 API cuCtxSetFlags(unsigned) { return OK; }
 API cuCtxGetStreamPriorityRange(int* lo, int* hi) { if (lo) *lo = 0; if (hi) *hi = -5; return OK; }
@@ -392,9 +387,7 @@ API cuEventRecord(void* e, void* s) {
 API cuEventRecordWithFlags(void* e, void* s, unsigned) { return cuEventRecord(e, s); }
 API cuEventSynchronize(void*) {
     LOCK;
-    for (Stream* s : streams())
-        if (s->capture) return synchronous(s);
-    return OK;
+    return synchronous_device();
 }
 API cuEventQuery(void*) { return OK; }
 API cuEventElapsedTime_v2(float* ms, void* a, void* b) {
@@ -561,8 +554,8 @@ struct Program {
     std::string text;
 };
 }  // namespace
-API nvrtcCreateProgram(void** p, const char* src, const char*, int, const char* const*, const char* const*) {
-    *p = new Program{std::string("// cuda-emu: kernels compiled into the emulator\n") + (src ? "" : "")};
+API nvrtcCreateProgram(void** p, const char*, const char*, int, const char* const*, const char* const*) {
+    *p = new Program{"// cuda-emu: kernels compiled into the emulator\n"};
     return 0;
 }
 API nvrtcCompileProgram(void*, int, const char* const*) { return 0; }

@@ -55,15 +55,11 @@ struct EmuFiber {
     dim3 block_idx;
     bool done = false, blocked = false;
 };
-struct EmuFiberBlock {
-    std::unique_ptr<EmuBarrier> bar;
-    unsigned alive = 0;
-};
 constexpr unsigned long long EMU_STACK_CANARY = 0x5eed5eed5eed5eedull;
 inline EmuFiber* g_fiber_cur;
 inline void* g_fiber_sched_sp;
 inline const std::function<void()>* g_fiber_body;
-inline std::vector<EmuFiberBlock>* g_fiber_blocks;
+inline std::vector<std::unique_ptr<EmuBarrier>>* g_fiber_blocks;  // each running block's barrier
 inline unsigned long long g_fiber_progress;  // arrivals, releases and exits
 inline bool g_fiber_blocks_concurrent;
 
@@ -123,7 +119,6 @@ inline void emu_fiber_spin_yield() {
     g_fiber_cur->blocked = false;
 }
 
-inline std::vector<EmuBarrier*> g_fiber_warp_drop;  // filled by emu.h's launch: the running block's warp barriers
 extern "C" [[noreturn]] inline void emu_fiber_entry() {
 #ifdef EMU_ASAN
     __sanitizer_finish_switch_fiber(nullptr, &g_sched_stack_bottom, &g_sched_stack_size);
@@ -138,8 +133,8 @@ extern "C" [[noreturn]] inline void emu_fiber_entry() {
     }
     f->done = true;
     ++g_fiber_progress;
-    (*g_fiber_blocks)[f->block].bar->drop();
-    if (!g_fiber_blocks_concurrent && f->thread / 32 < g_fiber_warp_drop.size()) g_fiber_warp_drop[f->thread / 32]->drop();
+    (*g_fiber_blocks)[f->block]->drop();
+    if (!g_fiber_blocks_concurrent) g_warp_bar[f->thread / 32]->drop();
     emu_to_scheduler(true);
     std::abort();  // never resumed
 }
@@ -176,7 +171,7 @@ inline void emu_fiber_switch_to(EmuFiber& f) {
     g_fiber_cur = &f;
     threadIdx = {f.thread, 0, 0};
     blockIdx = f.block_idx;
-    g_bar = (*g_fiber_blocks)[f.block].bar.get();
+    g_bar = (*g_fiber_blocks)[f.block].get();
 #ifdef EMU_ASAN
     void* fake = nullptr;
     __sanitizer_start_switch_fiber(&fake, f.stack, emu_fiber_stack_bytes(g_fiber_blocks_concurrent));
@@ -191,11 +186,8 @@ inline void emu_fiber_switch_to(EmuFiber& f) {
 inline void emu_fiber_run(const std::vector<dim3>& blocks, unsigned threads, const std::function<void()>& body, bool cooperative) {
     const size_t n = blocks.size() * threads, bytes = emu_fiber_stack_bytes(cooperative);
     std::vector<EmuFiber> fibers(n);
-    std::vector<EmuFiberBlock> bl(blocks.size());
-    for (size_t b = 0; b < blocks.size(); ++b) {
-        bl[b].bar = std::make_unique<EmuBarrier>(threads);
-        bl[b].alive = threads;
-    }
+    std::vector<std::unique_ptr<EmuBarrier>> bl;
+    for (size_t b = 0; b < blocks.size(); ++b) bl.push_back(std::make_unique<EmuBarrier>(threads));
     for (size_t i = 0; i < n; ++i) {
         EmuFiber& f = fibers[i];
         f.block = (unsigned)(i / threads);
@@ -263,17 +255,12 @@ inline void emu_fiber_launch(dim3 grid, unsigned threads, const std::function<vo
     g_fiber_blocks_concurrent = cooperative;
     if (cooperative) {
         g_warp_bar.clear();
-        g_fiber_warp_drop.clear();
         if (g_before_block) g_before_block();
         emu_fiber_run(all, threads, body, true);
     } else {
         for (const dim3& b : all) {
             g_warp_bar.clear();
-            g_fiber_warp_drop.clear();
-            for (unsigned w = 0; w * 32 < threads; ++w) {
-                g_warp_bar.emplace_back(std::make_unique<EmuBarrier>(std::min(32u, threads - 32 * w)));
-                g_fiber_warp_drop.push_back(g_warp_bar.back().get());
-            }
+            for (unsigned w = 0; w * 32 < threads; ++w) g_warp_bar.emplace_back(std::make_unique<EmuBarrier>(std::min(32u, threads - 32 * w)));
             blockIdx = b;
             if (g_before_block) g_before_block();
             emu_fiber_run({b}, threads, body, false);
