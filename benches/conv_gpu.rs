@@ -16,6 +16,9 @@
 //!   ncu -k regex:conv2d_pipe_fwd --launch-count 1 .gpu/bin/bench-conv_gpu --bench
 //! with CONV_GPU_CASES=3x3_c512_16x16_d4 CONV_GPU_PRECISIONS=bf16.
 //!
+//! With COSEG_CONV_TUNE=1 our columns run the plans tuned by timing (`ops::conv::tune`) rather
+//! than the model's, and a second table shows, per pass, the model's plan against the chosen one.
+//!
 //! Then the fusions around the convolutions against their unfused sequences: `conv_bn` (batch
 //! norm's statistics from the forward's epilogue), `bn_relu_conv` (batch norm and ReLU as the
 //! channels-last convolution's prologue) and `block_end` (a ResNet block's last batch norm,
@@ -474,6 +477,11 @@ fn bench(c: &mut Criterion) {
     ours(c, &dev, &mut table);
     cudnn_reference(c, &dev, &mut table);
     print_table(&table);
+    // COSEG_CONV_TUNE=1: the "ours" columns ran the tuned plans; the tuner's own table.
+    let tuned = coseg::backend::cuda::conv_tune::records(&dev).unwrap();
+    if !tuned.is_empty() {
+        println!("\nconv_gpu plans tuned by timing (COSEG_CONV_TUNE):\n{}", coseg::backend::cuda::conv_tune::table(&tuned));
+    }
     conv_bn(c, &dev);
     bn_relu_conv(c, &dev);
     block_end(c, &dev);

@@ -11,7 +11,10 @@
 //! side. It prints the host's waits per step (0: the host never stalled the GPU's queue between
 //! reads) and whether the capture succeeded; with COSEG_WAIT_TRACE=1, where each wait of the
 //! first three steady-state steps comes from (the coseg frames of its backtrace).
-//! The step's peak device memory (coseg's live tensors) is printed per precision.
+//! The step's peak device memory (coseg's live tensors) is printed per precision. The `_tuned`
+//! rows choose each convolution's plan by timing its candidates in the first step
+//! (`ops::conv::tune`) and print the tuner's table: the model's plan against the chosen one, per
+//! pass.
 //! `gpu_attention_step` times that step (bf16, captured) with each attention of the paper's
 //! Table 3, composed (before the attention kernels) and fused (after), and prints one table.
 //! `gpu_inference` times the evaluation forward of 10 and 40 pairs, eager and replayed from a
@@ -117,6 +120,7 @@ fn bench(c: &mut Criterion) {
             }
             eprint!("step {label}, 10 pairs: {}", prof.finish().unwrap().table());
         }
+        config.report_tuning(&dev);
     }
     dev.set_tc_variant(TcVariant::default());
     dev.set_fuse_bn_stats(fuse0);
@@ -134,7 +138,7 @@ fn bench(c: &mut Criterion) {
         let label = &config.label;
         config.apply(&dev);
         // Other kernels: the captured step only (eager against graph is asked of the default).
-        let modes: &[bool] = if config.variant == TcVariant::default() && config.fuse_bn_stats { &[false, true] } else { &[true] };
+        let modes: &[bool] = if config.variant == TcVariant::default() && config.fuse_bn_stats && !config.tuned { &[false, true] } else { &[true] };
         for &graph in modes {
             let mut runner = loop_runner(&ModelConfig::default(), None, pairs, graph);
             let (mut steps, mut waits, mut setup_waits) = (0u64, 0u64, 0u64);
@@ -179,9 +183,11 @@ fn bench(c: &mut Criterion) {
                 );
             }
         }
+        config.report_tuning(&dev);
     }
     dev.set_tc_variant(TcVariant::default());
     dev.set_fuse_bn_stats(fuse0);
+    coseg::backend::cuda::conv_tune::set_mode(&dev, coseg::backend::cuda::conv_tune::TuneMode::Off).unwrap();
     g.finish();
     attention_steps(c, &dev, &batch, pairs);
     inference(c, &dev);

@@ -231,3 +231,55 @@ test_gpu!(the_captured_evaluation_forward_matches_the_eager_one, |dev| {
         assert!(diff <= 1e-5, "batch {k}: the replay differs by {diff}");
     }
 });
+
+// Convolution tuning (`[train] conv_tune`) in the captured step: every plan is timed in the first
+// (eager) step, none later; the capture holds and the steps after the third wait for nothing;
+// the losses are the untuned run's within round-off (a tuned weight gradient may split its sum
+// otherwise). bf16 on the channels-last kernels, where the candidates are many.
+test_gpu!(a_tuned_step_times_its_plans_in_the_first_step_and_then_waits_for_nothing, |dev| {
+    use coseg::backend::cuda::conv_tune::{self, TuneMode};
+    let _one_at_a_time = serial();
+    let _settings = gpu_common::DeviceSettings::saved(&dev);
+    dev.set_precision(coseg::device::Precision::Bf16);
+    dev.set_tc_variant(coseg::device::TcVariant::Nhwc);
+    let mut rng = ChaCha8Rng::seed_from_u64(25);
+    let cfg = ModelConfig { depth: 18, width: 0.125, ..ModelConfig::default() };
+    let (pairs, size, steps) = (1, 32, 6);
+    let batches: Vec<HostBatch> = (0..steps).map(|_| random_batch(&mut rng, pairs, size)).collect();
+    let table: Vec<f32> = (0..steps).map(|i| coseg::train::poly_lr(0.01, i, steps, 0.9)).collect();
+    let run = |mode: TuneMode| {
+        let tuned = mode != TuneMode::Off;
+        conv_tune::set_mode(&dev, mode).unwrap();
+        let mut store = ParamStore::new(GPU, 7);
+        let model = CosegNet::new(&cfg, &mut store).unwrap();
+        let watch = LossWatch::new(GPU, table.clone(), 0, 0, 2, (0.9, 0.999)).unwrap();
+        let opt = Optimizer::new(OptimizerParams::paper_sgd()).unwrap();
+        let mut runner = StepRunner::new(model, store, opt, watch, pairs, size, true).unwrap();
+        let (mut losses, mut after_first) = (Vec::new(), 0);
+        for (i, b) in batches.iter().enumerate() {
+            let waits = dev.host_waits();
+            runner.step(b.clone()).unwrap();
+            if i >= 3 {
+                assert_eq!(dev.host_waits(), waits, "tuned {tuned}, step {i} waited for the device");
+            }
+            let made = conv_tune::records(&dev).unwrap().len();
+            if i == 0 {
+                after_first = made;
+            }
+            assert_eq!(made, after_first, "tuned {tuned}: step {i} timed plans");
+            if runner.watch.full() {
+                losses.extend(runner.watch.drain().unwrap().losses);
+            }
+        }
+        assert!(runner.captured(), "tuned {tuned}: capture failure: {:?}", runner.graph_failure);
+        assert_eq!(after_first > 0, tuned, "{after_first} plans timed");
+        conv_tune::set_mode(&dev, TuneMode::Off).unwrap();
+        losses
+    };
+    let model_plans = run(TuneMode::Off);
+    let tuned_plans = run(TuneMode::On);
+    assert_eq!(tuned_plans.len(), steps);
+    for (i, (t, m)) in tuned_plans.iter().zip(&model_plans).enumerate() {
+        assert!((t - m).abs() <= 1e-4 * m.abs().max(1.0), "step {i}: tuned {t}, untuned {m}");
+    }
+});

@@ -9,6 +9,10 @@
 #            captured, host waits per step (COSEG_WAIT_TRACE=1: and where they come from)
 #   attention  benches/step_gpu.rs gpu_attention_step: the bf16 captured step with each attention
 #            of the paper's Table 3, composed (before the attention kernels) and fused (after)
+#   tune     benches/conv_gpu.rs with COSEG_CONV_TUNE (bf16 unless CONV_GPU_PRECISIONS): our columns on
+#            the plans chosen by timing, and the tuner's table (the model's plan against the chosen
+#            one per pass; $OUT/conv-tune.json holds every candidate's time). `step` times the
+#            tuned training step too (rows `bf16_tuned`, `bf16_nhwc_tuned`)
 #   infer    benches/step_gpu.rs gpu_inference: evaluation forward of 10 and 40 pairs in bf16,
 #            eager and replayed from a CUDA graph, pairs per second
 #   csa      benches/csa_gpu.rs: the attention kernels against the composed ops
@@ -51,12 +55,15 @@ for s in $steps; do
       grep -E '^\||summary' "$OUT/conv_gpu.log";;
     step)
       timeout 300 .gpu/bin/bench-step_gpu --bench "${STEP_FILTER:-gpu_train_step|gpu_sgd_step}" > "$OUT/step_gpu.log" 2>&1; echo "step_gpu rc $?"
-      grep -E "^gpu_|time:|train step|peak device" "$OUT/step_gpu.log" | head -60
+      grep -E "^gpu_|time:|train step|peak device|^conv tune:" "$OUT/step_gpu.log" | head -60
       # COSEG_WAIT_TRACE=1: where the steady-state steps wait (the first few traces)
       grep -A8 -E "^host wait" "$OUT/step_gpu.log" | head -40;;
     attention)
       timeout 300 .gpu/bin/bench-step_gpu --bench gpu_attention_step > "$OUT/attention_step.log" 2>&1; echo "attention step rc $?"
       grep -E "^\||Table 3|not captured" "$OUT/attention_step.log";;
+    tune)
+      COSEG_CONV_TUNE=$OUT/conv-tune.json CONV_GPU_PRECISIONS=${CONV_GPU_PRECISIONS:-bf16} timeout 300 .gpu/bin/bench-conv_gpu --bench > "$OUT/conv_gpu_tuned.log" 2>&1
+      echo "conv_gpu tuned rc $?"; grep -E '^\||summary|tuned by timing|^conv tune:' "$OUT/conv_gpu_tuned.log";;
     infer)
       timeout 200 .gpu/bin/bench-step_gpu --bench gpu_inference > "$OUT/infer_gpu.log" 2>&1; echo "infer rc $?"
       grep -E "^inference|time:" "$OUT/infer_gpu.log";;
@@ -97,7 +104,7 @@ for s in $steps; do
           .gpu/bin/bench-conv_gpu --bench > "$OUT/convprof_$1.txt" 2>&1; echo "convprof $1 rc $?"
         grep -E "conv2d_$fam|Duration|Compute \(SM\) Throughput|Memory Throughput|L1/TEX Hit|L2 Hit|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issued Ipc|Stall|No Eligible|Executed Ipc A" "$OUT/convprof_$1.txt" | head -60
       done;;
-    *) echo "unknown step '$s' (tests conv step infer csa run runstaged curves profile ncustep convprof)";;
+    *) echo "unknown step '$s' (tests conv tune step infer csa run runstaged curves profile ncustep convprof)";;
   esac
   echo "== step $s took $(( $(date +%s) - t0 )) s"
 done

@@ -120,6 +120,11 @@ pub struct TrainParams {
     /// (one launch a step instead of about 1,300); if it cannot be captured, the run says why
     /// and goes on eagerly. Ignored on the CPU.
     pub cuda_graph: bool,
+    /// On a GPU, time each tensor-core convolution's candidate plans (tiles, the weight
+    /// gradient's splits) in the first step and run the fastest from then on, as PyTorch's
+    /// `cudnn.benchmark`; the choices and every candidate's time go to `<out>/conv-tune.json`,
+    /// which a resumed run reads back (`ops::conv::tune`). Ignored on the CPU and at fp32.
+    pub conv_tune: bool,
     /// At most this many validation lesions (0 = all), for quick curves on big sets.
     pub val_max: usize,
     /// Write a checkpoint every this many iterations (and after the last).
@@ -151,6 +156,7 @@ impl Default for TrainParams {
             val_every: 1000,
             log_every: 20,
             cuda_graph: true,
+            conv_tune: false,
             val_max: 0,
             checkpoint_every: 1000,
             keep_checkpoints: 2,
@@ -373,6 +379,14 @@ mod tests {
         let adam = TrainConfig::parse(&format!("{MINIMAL}[train]\noptimizer = \"adam\"\nlr = 1e-5\nlr_schedule = \"constant\"\n"), "t").unwrap();
         assert_eq!(adam.optimizer_params().kind, OptimizerKind::Adam);
         assert_eq!(adam.lr_at(20_000), 1e-5);
+    }
+
+    #[test]
+    fn conv_tune_is_a_train_switch_off_by_default() {
+        assert!(!TrainConfig::parse(MINIMAL, "t").unwrap().train.conv_tune);
+        assert!(TrainConfig::parse(&format!("{MINIMAL}[train]\nconv_tune = true\n"), "t").unwrap().train.conv_tune);
+        let e = TrainConfig::parse(&format!("{MINIMAL}[train]\nconv_tune = \"fast\"\n"), "c.toml").unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("conv_tune"), "{e}");
     }
 
     #[test]

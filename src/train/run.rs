@@ -17,6 +17,7 @@
 //! overlapping copies, and on a GPU the step captured as a CUDA graph (`[train] cuda_graph`).
 
 use crate::autograd::ParamStore;
+use crate::backend::cuda::conv_tune;
 use crate::data::split::{Manifest, Split};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -287,11 +288,17 @@ pub fn train_with(cfg: &TrainConfig, config_toml: &str, resume: &Resume, data: &
     if let Some(p) = s.last_ckpt {
         outcome.checkpoint = p;
     }
+    if let Some(dev) = gpu.as_ref().filter(|dev| conv_tune::mode(dev).is_ok_and(|m| m != conv_tune::TuneMode::Off)) {
+        eprint!("{}", conv_tune::summary(&conv_tune::records(dev)?));
+    }
     outcome.peak_device_bytes = gpu.map(|dev| dev.memory_stats().peak_in_use_bytes);
     outcome.profile = prof.finish(&s.out)?;
     outcome.mean_step_ms = if s.steps > 0 { s.step_ms_total / s.steps as f64 } else { f64::NAN };
     Ok(outcome)
 }
+
+/// The convolution tuning file in the out folder (`[train] conv_tune`).
+pub const CONV_TUNE_FILE: &str = "conv-tune.json";
 
 /// Batches each worker builds ahead of the step, at most.
 const PREFETCH: usize = 2;
@@ -474,11 +481,20 @@ impl<'a> Session<'a> {
         let device = crate::device::resolve(t.device)?;
         let precision = crate::device::use_precision(device, t.precision)?;
         if let Device::Cuda(n) = device {
+            let dev = crate::backend::cuda::CudaDevice::get(n)?;
             let kernels = match precision {
                 crate::device::Precision::Fp32 => "SIMT kernels".to_string(),
-                _ => format!("{} tensor-core kernels (COSEG_CONV_TC)", crate::backend::cuda::CudaDevice::get(n)?.tc_variant()),
+                _ => format!("{} tensor-core kernels (COSEG_CONV_TC)", dev.tc_variant()),
             };
-            eprintln!("training on {device}, convolutions in {precision} on the {kernels}");
+            if t.conv_tune {
+                conv_tune::set_mode(&dev, conv_tune::TuneMode::File(t.out.join(CONV_TUNE_FILE)))?;
+            }
+            let tuned = match conv_tune::mode(&dev)? {
+                conv_tune::TuneMode::Off => String::new(),
+                conv_tune::TuneMode::On => ", plans tuned in the first step".to_string(),
+                conv_tune::TuneMode::File(f) => format!(", plans tuned in the first step (kept in {})", f.display()),
+            };
+            eprintln!("training on {device}, convolutions in {precision} on the {kernels}{tuned}");
         }
         let out = t.out.clone();
         let ckpt_dir = out.join("checkpoints");

@@ -22,7 +22,7 @@ use crate::{Error, Result};
 
 /// Sizes of one convolution: input `n x c x h x w`, weight `k x c x r x s`, symmetric zero
 /// padding `pad`, the same `stride` and `dilation` on both axes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ConvGeometry {
     pub n: usize,
     pub c: usize,

@@ -35,6 +35,7 @@ pub mod upload;
 // The op families' CUDA sides live with their ops (`ops/<family>/cuda.rs`); these names keep
 // the paths benches and tests use.
 pub use crate::ops::conv::cuda as conv;
+pub use crate::ops::conv::tune as conv_tune;
 pub use crate::ops::loss::cuda as loss;
 pub use crate::ops::norm::cuda as batchnorm;
 pub use crate::ops::pool::cuda as pool;

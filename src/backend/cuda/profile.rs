@@ -143,6 +143,20 @@ impl CudaDevice {
         self.timer().events_held()
     }
 
+    /// Milliseconds of GPU time between two events recorded on the stream around `work`; the
+    /// host waits for the second (one counted host wait). For choosing between kernels
+    /// (`ops::conv::tune`) outside the steady state, not for per-op profiling.
+    pub fn time_ms(&self, work: impl FnOnce() -> Result<()>) -> Result<f64> {
+        let event = || self.context().new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(|e| self.profile_error("creating an event", e.0));
+        let (start, end) = (event()?, event()?);
+        start.record(self.stream()).map_err(|e| self.profile_error("recording an event", e.0))?;
+        work()?;
+        end.record(self.stream()).map_err(|e| self.profile_error("recording an event", e.0))?;
+        self.count_host_wait();
+        end.synchronize().map_err(|e| self.profile_error("waiting for an event", e.0))?;
+        Ok(start.elapsed_ms(&end).map_err(|e| self.profile_error("reading the timing events", e.0))? as f64)
+    }
+
     pub(crate) fn profile_error(&self, what: &str, code: sys::CUresult) -> Error {
         CudaError::driver(self.ordinal(), format!("profiling: {what}"), cudarc::driver::DriverError(code)).into()
     }

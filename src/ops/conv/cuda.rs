@@ -8,6 +8,7 @@ use super::{CONV1D, CONV2D, ConvKernels};
 use crate::backend::cuda::kernels::{self as k, Kernel};
 use crate::backend::cuda::launch::{Arg, StridedN, check_len, grid_1d, grid_per_item, launch, log_kernel_choice, split_reduction, to_i32};
 use crate::backend::cuda::{CudaDevice, GpuBuffer, TypedBuffer, nd};
+use super::tune::Choice;
 use crate::device::{Precision, TcVariant};
 use crate::error::{Error, Result};
 use crate::ops::{BnPartials, Cuda};
@@ -159,7 +160,8 @@ impl Conv2dShape {
 }
 
 /// One of the three GEMMs of a convolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ConvPass {
     Forward,
     InputGrad,
@@ -428,6 +430,30 @@ fn tc_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVa
     ConvPlan { kernel: TC_KERNELS[family][pass as usize][prec][tile], tile: (bm, bn), splits, chunk, shared_bytes, weights }
 }
 
+/// The plans [`tune`](super::tune) times for a pass: the model's ([`plan`]) first, then every
+/// other tile of `variant`'s kernels and, for the weight gradient, each tile's split at half, twice
+/// and once its model's (and unsplit); none at fp32 (one kernel).
+pub fn candidate_plans(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVariant, sm_count: usize) -> Vec<ConvPlan> {
+    let mut out = vec![plan(sh, pass, precision, variant, sm_count)];
+    let (_, _, red) = pass.gemm(sh);
+    for base in tc_plans(sh, pass, precision, variant, sm_count) {
+        let tile_k = if base.channels_last() { 32 } else { tc_tile_k(variant, precision) };
+        let mut plans = vec![base];
+        if pass == ConvPass::WeightGrad {
+            for wanted in [1, base.splits / 2, 2 * base.splits].into_iter().filter(|&s| s >= 1) {
+                let chunk = red.div_ceil(wanted).div_ceil(tile_k).max(1) * tile_k;
+                plans.push(ConvPlan { splits: red.div_ceil(chunk), chunk, ..base });
+            }
+        }
+        for p in plans {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// Every tensor-core plan of a pass at a precision and variant, one per tile (for tests that run
 /// each kernel); none at fp32.
 pub fn tc_plans(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVariant, sm_count: usize) -> Vec<ConvPlan> {
@@ -438,11 +464,16 @@ pub fn tc_plans(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant:
 }
 
 /// COSEG_KERNEL_LOG=1: one line on stderr per distinct convolution, pass and precision, naming
-/// the kernel that runs it, so the dispatch is visible.
-fn log_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, p: &ConvPlan) {
+/// the kernel that runs it and how it was chosen, so the dispatch is visible.
+fn log_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, p: &ConvPlan, how: Choice) {
     log_kernel_choice(|| {
+        let how = match how {
+            Choice::Model => "",
+            Choice::Tuned => " (tuned)",
+            Choice::ModelWhileCapturing => " (not tuned: first met during a graph capture)",
+        };
         format!(
-            "conv2d {pass:?} {precision}: x ({}, {}, {}, {}) w ({}, {}, {}, {}) stride {} pad {} dilation {} -> {} grid {:?}",
+            "conv2d {pass:?} {precision}: x ({}, {}, {}, {}) w ({}, {}, {}, {}) stride {} pad {} dilation {} -> {} grid {:?}{how}",
             sh.n, sh.c, sh.h, sh.w, sh.k, sh.c, sh.r, sh.s, sh.stride, sh.pad, sh.dilation, p.kernel.name, p.grid(sh, pass)
         )
     });
@@ -461,15 +492,17 @@ fn launch_pass(
     bias: Option<&GpuBuffer>,
     out: &mut GpuBuffer,
 ) -> Result<()> {
-    let p = device_plan(dev, sh, pass, precision);
+    let p = device_plan(dev, sh, pass, precision)?;
     launch_plan(dev, sh, pass, &p, a, b, bias, out)
 }
 
-/// The plan for `dev` (its tensor-core variant and SM count), logged (`log_plan`).
-pub(super) fn device_plan(dev: &CudaDevice, sh: &Conv2dShape, pass: ConvPass, precision: Precision) -> ConvPlan {
-    let p = plan(sh, pass, precision, dev.tc_variant(), dev.sm_count() as usize);
-    log_plan(sh, pass, precision, &p);
-    p
+/// The plan for `dev` (its tensor-core variant and SM count): the model's, or with tuning on the
+/// fastest candidate ([`tune`](super::tune)); logged (`log_plan`).
+pub(super) fn device_plan(dev: &CudaDevice, sh: &Conv2dShape, pass: ConvPass, precision: Precision) -> Result<ConvPlan> {
+    let model = plan(sh, pass, precision, dev.tc_variant(), dev.sm_count() as usize);
+    let (p, how) = super::tune::choose(dev, sh, pass, precision, model)?;
+    log_plan(sh, pass, precision, &p, how);
+    Ok(p)
 }
 
 /// Runs one plan (from [`plan`] or [`tc_plans`]); operands as [`launch_pass`], each checked
@@ -610,7 +643,7 @@ pub fn bn_slots(sh: &Conv2dShape, p: &ConvPlan) -> Option<(usize, usize)> {
 /// tensor-core kernels), else plain (None).
 #[allow(clippy::type_complexity)]
 pub fn conv2d_fwd_partials(dev: &CudaDevice, sh: &Conv2dShape, x: &GpuBuffer, w: &GpuBuffer, bias: Option<&GpuBuffer>, y: &mut GpuBuffer) -> Result<Option<(GpuBuffer, usize, usize)>> {
-    let p = device_plan(dev, sh, ConvPass::Forward, dev.precision());
+    let p = device_plan(dev, sh, ConvPass::Forward, dev.precision())?;
     let Some((slots, width)) = bn_slots(sh, &p) else {
         launch_plan(dev, sh, ConvPass::Forward, &p, w, x, bias, y)?;
         return Ok(None);
@@ -740,7 +773,7 @@ pub fn conv2d_bwd_input(dev: &CudaDevice, sh: &Conv2dShape, precision: Precision
 /// channels-last once for both (else the two wrappers apart).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_bwd(dev: &CudaDevice, sh: &Conv2dShape, precision: Precision, x: &GpuBuffer, w: &GpuBuffer, dy: &GpuBuffer, dx: &mut GpuBuffer, dw: &mut GpuBuffer) -> Result<()> {
-    let (pi, pw) = (device_plan(dev, sh, ConvPass::InputGrad, precision), device_plan(dev, sh, ConvPass::WeightGrad, precision));
+    let (pi, pw) = (device_plan(dev, sh, ConvPass::InputGrad, precision)?, device_plan(dev, sh, ConvPass::WeightGrad, precision)?);
     if !(pi.channels_last() && pw.channels_last()) {
         launch_plan(dev, sh, ConvPass::InputGrad, &pi, w, dy, None, dx)?;
         return launch_plan(dev, sh, ConvPass::WeightGrad, &pw, dy, x, None, dw);
@@ -951,6 +984,41 @@ mod tests {
     // gradient unsplit, in the pipelined kernels' weight orders; the weight gradient split by whole
     // waves; the shared memory of two blocks per SM) and the tile the cost model picks now that a
     // 128 x 128 block shares its SM.
+    // What tuning times: the model's plan first, no plan twice, every plan of the device's
+    // family; the weight gradient's splits each cover the reduction in whole tiles of at least
+    // one, and differ from the model's somewhere (so there is something to choose); the other
+    // passes never split; fp32 has one kernel, so nothing to time.
+    #[test]
+    fn tuning_candidates_start_with_the_model_and_cover_the_reduction() {
+        let shapes = [shape(20, 512, 16, 4), shape(2, 48, 10, 2), Conv2dShape { n: 2, c: 3, h: 37, w: 41, k: 64, r: 7, s: 7, stride: 2, pad: 3, dilation: 1 }];
+        for sh in shapes {
+            for (precision, variant) in [(Precision::Bf16, TcVariant::Nhwc), (Precision::Bf16, TcVariant::Pipelined), (Precision::Tf32, TcVariant::Staged)] {
+                for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
+                    let cands = candidate_plans(&sh, pass, precision, variant, 132);
+                    assert_eq!(cands[0], plan(&sh, pass, precision, variant, 132));
+                    let tiles = tc_plans(&sh, pass, precision, variant, 132);
+                    for (i, c) in cands.iter().enumerate() {
+                        assert!(!cands[..i].contains(c), "{c:?} twice");
+                        assert!(tiles.iter().any(|t| t.kernel == c.kernel && t.shared_bytes == c.shared_bytes && t.weights == c.weights), "{c:?} is not a plan of {variant}");
+                    }
+                    let (_, _, red) = pass.gemm(&sh);
+                    if pass != ConvPass::WeightGrad {
+                        assert!(cands.iter().all(|c| c.splits == 1 && c.chunk == red), "{pass:?}: {cands:?}");
+                        assert!(cands.len() >= 2, "{sh:?} {pass:?}: the tiles give more than one plan");
+                        continue;
+                    }
+                    let tile_k = if variant == TcVariant::Staged { 16 } else { 32 };
+                    for c in &cands {
+                        assert!(c.chunk % tile_k == 0 && c.chunk >= tile_k, "{c:?}");
+                        assert!(c.splits * c.chunk >= red && (c.splits - 1) * c.chunk < red, "{c:?} of {red}");
+                    }
+                    assert!(cands.iter().any(|c| c.splits != cands[0].splits), "{sh:?}: no other split than {}", cands[0].splits);
+                }
+            }
+        }
+        assert_eq!(candidate_plans(&shapes[0], ConvPass::WeightGrad, Precision::Fp32, TcVariant::Nhwc, 132).len(), 1);
+    }
+
     #[test]
     fn channels_last_plans() {
         let c512 = shape(20, 512, 16, 4);

@@ -8,6 +8,7 @@
 mod cpu;
 pub mod cuda;
 mod prologue;
+pub mod tune;
 
 use super::{BnPartials, Cpu, Cuda, kernels_for, same_device};
 use crate::backend::cpu::conv::ConvGeometry;

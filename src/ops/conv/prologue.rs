@@ -59,7 +59,7 @@ impl Tensor {
         debug_assert_eq!(device, bn_device);
         if let Device::Cuda(n) = device {
             let dev = CudaDevice::get(n)?;
-            if let Some(plans) = fused_plans(&dev, &g) {
+            if let Some(plans) = fused_plans(&dev, &g)? {
                 return fused(&dev, self, bn, call, batch_partials, weight, bias, &g, plans, want_partials);
             }
         }
@@ -69,17 +69,15 @@ impl Tensor {
     }
 }
 
-/// The plans of the three passes when the channels-last kernels take them all at the device's
+/// The plans of the three passes when the channels-last kernels take them all (tuned or not: a
+/// tuned plan stays in the device's kernel family) at the device's
 /// precision and variant (bf16, `COSEG_CONV_TC=nhwc`, channel counts that are multiples of 8).
-fn fused_plans(dev: &CudaDevice, g: &ConvGeometry) -> Option<[ConvPlan; 3]> {
+fn fused_plans(dev: &CudaDevice, g: &ConvGeometry) -> Result<Option<[ConvPlan; 3]>> {
     let precision = dev.precision();
-    let passes = [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad];
-    let plans = passes.map(|p| conv_cuda::device_plan(dev, g, p, precision));
-    if !plans.iter().all(ConvPlan::channels_last) {
-        return None;
-    }
+    let plan = |p| conv_cuda::device_plan(dev, g, p, precision);
+    let plans = [plan(ConvPass::Forward)?, plan(ConvPass::InputGrad)?, plan(ConvPass::WeightGrad)?];
     // COSEG_KERNEL_LOG=1 names the kernels here too (device_plan logs the plans it makes).
-    Some(plans)
+    Ok(plans.iter().all(ConvPlan::channels_last).then_some(plans))
 }
 
 /// The fused forward, and its node: inputs (y, gamma, beta, weight[, bias]).

@@ -1,0 +1,161 @@
+//! Convolution tuning (`ops::conv::tune`, `COSEG_CONV_TUNE`) on the GPU: every candidate is timed
+//! once per convolution, pass and precision, the fastest runs from then on (its result the CPU
+//! convolution's, within the precision's tolerance, and the bits of that plan launched directly),
+//! a second call neither times nor waits, choices go to a file and come back from it, a file
+//! from another device is not used, a bad one is refused by name, and a pass first met during a
+//! graph capture runs the model's plan without breaking the capture. Skips without a GPU; fails
+//! with REQUIRE_CUDA=1.
+
+mod common;
+use common::test_gpu;
+mod gpu_common;
+use coseg::backend::cpu::conv::{self as cpu, ConvGeometry};
+use coseg::backend::cuda::conv::{self, ConvPass};
+use coseg::backend::cuda::conv_tune::{self as tune, TuneMode};
+use coseg::backend::cuda::{CudaDevice, graph};
+use coseg::device::{Precision, TcVariant};
+use gpu_common::*;
+
+/// Tuning's mode and choices, off and empty again when dropped (also when the test fails).
+struct TuningOff<'a>(&'a CudaDevice);
+impl Drop for TuningOff<'_> {
+    fn drop(&mut self) {
+        tune::set_mode(self.0, TuneMode::Off).unwrap();
+    }
+}
+
+/// Runs `pass` through the public wrapper (which consults the tuner) into a NaN-poisoned output.
+fn run(dev: &CudaDevice, g: &ConvGeometry, pass: ConvPass, p: Precision, [x, w, dy]: [&coseg::backend::cuda::GpuBuffer; 3]) -> Vec<f32> {
+    let len = [g.output_len(), g.input_len(), g.weight_len()][pass as usize];
+    let mut out = poisoned(dev, len);
+    match pass {
+        ConvPass::Forward => conv::conv2d_fwd(dev, g, p, x, w, None, &mut out).unwrap(),
+        ConvPass::InputGrad => conv::conv2d_bwd_input(dev, g, p, dy, w, &mut out).unwrap(),
+        ConvPass::WeightGrad => conv::conv2d_bwd_weight(dev, g, p, x, dy, &mut out).unwrap(),
+    }
+    dev.dtoh(&out).unwrap()
+}
+
+test_gpu!(tuning_times_each_candidate_once_and_runs_the_fastest, |dev| {
+    let _one_at_a_time = serial();
+    let _settings = DeviceSettings::saved(&dev);
+    let _off = TuningOff(&dev);
+    tune::set_mode(&dev, TuneMode::On).unwrap();
+    let g = ConvGeometry { n: 2, c: 48, h: 10, w: 10, k: 40, r: 3, s: 3, stride: 1, pad: 2, dilation: 2 };
+    let mut r = rng(31);
+    let (x, w, dy) = (randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()), randn(&mut r, g.output_len()));
+    let mut want = [vec![0.0; g.output_len()], vec![0.0; g.input_len()], vec![0.0; g.weight_len()]];
+    cpu::conv2d_forward(&g, &x, &w, None, &mut want[0]);
+    cpu::conv2d_backward_input(&g, &dy, &w, &mut want[1]);
+    cpu::conv2d_backward_weight(&g, &x, &dy, &mut want[2]);
+    let bufs = [dev.htod(&x).unwrap(), dev.htod(&w).unwrap(), dev.htod(&dy).unwrap()];
+    let ops = [&bufs[0], &bufs[1], &bufs[2]];
+    let mut seen = 0;
+    for (variant, precision, tol) in [(TcVariant::Nhwc, Precision::Bf16, 1.5e-2), (TcVariant::Pipelined, Precision::Tf32, 5e-3)] {
+        dev.set_tc_variant(variant);
+        for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
+            let got = run(&dev, &g, pass, precision, ops);
+            let e = rel_err(&got, &want[pass as usize]);
+            assert!(e <= tol, "{variant} {precision} {pass:?}: relative error {e:.2e}");
+            let records = tune::records(&dev).unwrap();
+            assert_eq!(records.len(), seen + 1, "one record per pass met");
+            seen += 1;
+            let rec = records.last().unwrap();
+            assert_eq!((rec.conv, rec.pass, rec.precision, rec.variant.as_str()), (g, pass, precision, variant.name()));
+            // Every candidate, in the candidates' order, was timed; the chosen one is the least.
+            let cands = conv::candidate_plans(&g, pass, precision, variant, dev.sm_count() as usize);
+            assert_eq!(rec.candidates.len(), cands.len());
+            for (t, c) in rec.candidates.iter().zip(&cands) {
+                assert_eq!((t.kernel.as_str(), t.tile, t.splits, t.chunk), (c.kernel.name, [c.tile.0, c.tile.1], c.splits, c.chunk));
+                assert!(t.ms.is_finite() && t.ms > 0.0, "{t:?}");
+            }
+            assert_eq!(rec.chosen, tune::fastest(&rec.candidates.iter().map(|t| t.ms).collect::<Vec<_>>()));
+            // The wrapper ran the chosen plan: its bits, launched directly.
+            let chosen = cands[rec.chosen];
+            let [a, b] = match pass {
+                ConvPass::Forward => [&bufs[1], &bufs[0]],
+                ConvPass::InputGrad => [&bufs[1], &bufs[2]],
+                ConvPass::WeightGrad => [&bufs[2], &bufs[0]],
+            };
+            let mut direct = poisoned(&dev, got.len());
+            conv::launch_plan(&dev, &g, pass, &chosen, a, b, None, &mut direct).unwrap();
+            assert_eq!(bits(&dev.dtoh(&direct).unwrap()), bits(&got), "{variant} {pass:?}: not the chosen plan's bits");
+            // Met again: no timing (no record, no wait for the device before the read-back).
+            let waits = dev.host_waits();
+            let mut out = poisoned(&dev, got.len());
+            match pass {
+                ConvPass::Forward => conv::conv2d_fwd(&dev, &g, precision, ops[0], ops[1], None, &mut out).unwrap(),
+                ConvPass::InputGrad => conv::conv2d_bwd_input(&dev, &g, precision, ops[2], ops[1], &mut out).unwrap(),
+                ConvPass::WeightGrad => conv::conv2d_bwd_weight(&dev, &g, precision, ops[0], ops[2], &mut out).unwrap(),
+            }
+            assert_eq!(dev.host_waits(), waits, "{pass:?}: the second call waited for the device");
+            assert_eq!(tune::records(&dev).unwrap().len(), seen);
+            assert_eq!(bits(&dev.dtoh(&out).unwrap()), bits(&got));
+        }
+    }
+    // The weight gradient had splits to choose among, not only tiles.
+    let records = tune::records(&dev).unwrap();
+    let wgrad = records.iter().find(|r| r.pass == ConvPass::WeightGrad).unwrap();
+    assert!(wgrad.candidates.iter().any(|t| t.splits != wgrad.candidates[0].splits), "{wgrad:?}");
+    assert!(tune::table(&records).lines().filter(|l| l.starts_with("| 2x48x10x10")).count() == 6);
+});
+
+test_gpu!(choices_go_to_a_file_and_come_back_from_it, |dev| {
+    let _one_at_a_time = serial();
+    let _settings = DeviceSettings::saved(&dev);
+    let _off = TuningOff(&dev);
+    dev.set_tc_variant(TcVariant::Nhwc);
+    let dir = std::env::temp_dir().join(format!("coseg-tune-{}", std::process::id()));
+    let path = dir.join("sub").join("conv-tune.json");
+    let g = ConvGeometry { n: 2, c: 32, h: 8, w: 8, k: 24, r: 3, s: 3, stride: 1, pad: 1, dilation: 1 };
+    let mut r = rng(32);
+    let bufs = [randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()), randn(&mut r, g.output_len())].map(|v| dev.htod(&v).unwrap());
+    let ops = [&bufs[0], &bufs[1], &bufs[2]];
+    tune::set_mode(&dev, TuneMode::File(path.clone())).unwrap();
+    let first = run(&dev, &g, ConvPass::WeightGrad, Precision::Bf16, ops);
+    let made = tune::records(&dev).unwrap();
+    assert_eq!(made.len(), 1);
+    let text = std::fs::read_to_string(&path).expect("the tuning file was written");
+    assert!(text.contains(dev.name()) && text.contains("weight_grad") && text.contains("\"chosen\""), "{text}");
+    // Read back: the same choice, made without timing.
+    tune::set_mode(&dev, TuneMode::File(path.clone())).unwrap();
+    assert_eq!(tune::records(&dev).unwrap(), made);
+    let waits = dev.host_waits();
+    let mut out = poisoned(&dev, g.weight_len());
+    conv::conv2d_bwd_weight(&dev, &g, Precision::Bf16, ops[0], ops[2], &mut out).unwrap();
+    assert_eq!(dev.host_waits(), waits, "a choice read from the file was timed again");
+    assert_eq!(bits(&dev.dtoh(&out).unwrap()), bits(&first));
+    // Another device's file is not used (and this device's choices replace it when made).
+    std::fs::write(&path, text.replace(&format!("\"device\": \"{}\"", dev.name()), "\"device\": \"Another GPU\"")).unwrap();
+    tune::set_mode(&dev, TuneMode::File(path.clone())).unwrap();
+    assert!(tune::records(&dev).unwrap().is_empty());
+    // A file that is not one is refused, naming it.
+    std::fs::write(&path, "{\"device\": 3}").unwrap();
+    let e = tune::set_mode(&dev, TuneMode::File(path.clone())).err().expect("refused").to_string();
+    assert!(e.contains("conv-tune.json"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+});
+
+test_gpu!(a_pass_first_met_in_a_graph_capture_runs_the_model_plan, |dev| {
+    let _one_at_a_time = serial();
+    let _settings = DeviceSettings::saved(&dev);
+    let _off = TuningOff(&dev);
+    dev.set_tc_variant(TcVariant::Nhwc);
+    let g = ConvGeometry { n: 1, c: 16, h: 9, w: 7, k: 16, r: 3, s: 3, stride: 1, pad: 1, dilation: 1 };
+    let mut r = rng(33);
+    let (x, w) = (randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()));
+    let (xg, wg) = (dev.htod(&x).unwrap(), dev.htod(&w).unwrap());
+    let mut y = poisoned(&dev, g.output_len());
+    // One eager run untuned, so the allocator's cache holds the temporaries (a capture may not
+    // ask the driver for memory), as a training run's warm-up steps do.
+    tune::set_mode(&dev, TuneMode::Off).unwrap();
+    conv::conv2d_fwd(&dev, &g, Precision::Bf16, &xg, &wg, None, &mut y).unwrap();
+    tune::set_mode(&dev, TuneMode::On).unwrap();
+    let (replay, ()) = graph::capture(&dev, || conv::conv2d_fwd(&dev, &g, Precision::Bf16, &xg, &wg, None, &mut y)).expect("the capture holds");
+    assert!(tune::records(&dev).unwrap().is_empty(), "timed during a capture");
+    replay.replay().unwrap();
+    let model = conv::plan(&g, ConvPass::Forward, Precision::Bf16, TcVariant::Nhwc, dev.sm_count() as usize);
+    let mut direct = poisoned(&dev, g.output_len());
+    conv::launch_plan(&dev, &g, ConvPass::Forward, &model, &wg, &xg, None, &mut direct).unwrap();
+    assert_eq!(bits(&dev.dtoh(&y).unwrap()), bits(&dev.dtoh(&direct).unwrap()));
+});
