@@ -363,6 +363,11 @@ CONV_NHWC(conv2d_nhwc_fwd_128x64_bf16, 128, 64, FWD)
 CONV_NHWC(conv2d_nhwc_bwd_input_128x128_bf16, 128, 128, BWD_INPUT)
 CONV_NHWC(conv2d_nhwc_bwd_input_64x128_bf16, 64, 128, BWD_INPUT)
 CONV_NHWC(conv2d_nhwc_bwd_input_128x64_bf16, 128, 64, BWD_INPUT)
+// 64 x 64: four times the blocks of 128 x 128, for grids too short to fill the SMs (the 16x16
+// layers); more ldmatrix per mma (3 per 4 against 6 per 16), so only where it times faster
+// (src/ops/conv/tune.rs; the planner's model never picks it).
+CONV_NHWC(conv2d_nhwc_fwd_64x64_bf16, 64, 64, FWD)
+CONV_NHWC(conv2d_nhwc_bwd_input_64x64_bf16, 64, 64, BWD_INPUT)
 
 #define CONV_NHWC_WGRAD(NAME, BM, BN)                                                                                \
     extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)                                                      \
@@ -374,3 +379,4 @@ CONV_NHWC(conv2d_nhwc_bwd_input_128x64_bf16, 128, 64, BWD_INPUT)
 CONV_NHWC_WGRAD(conv2d_nhwc_bwd_weight_128x128_bf16, 128, 128)
 CONV_NHWC_WGRAD(conv2d_nhwc_bwd_weight_64x128_bf16, 64, 128)
 CONV_NHWC_WGRAD(conv2d_nhwc_bwd_weight_128x64_bf16, 128, 64)
+CONV_NHWC_WGRAD(conv2d_nhwc_bwd_weight_64x64_bf16, 64, 64)

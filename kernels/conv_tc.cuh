@@ -112,11 +112,12 @@ struct BlockTile {
 
 // Writes a block's accumulators: tile (i, j) of warp (wm, wn) holds rows wm * BM/2 + 16 i + g8
 // (+8), columns wn * BN/4 + 8 j + 2 t4 (+1). Forward: y (N, K, OH, OW) plus the bias; input
-// gradient: dx (N, C, H, W); weight gradient: dw (K, C*R*S), split z of a reduction split over
-// gridDim.z into slice z of a (splits, K, C*R*S) buffer that the host sums in order (reduce.cu's
-// sum_splits_f32; no atomics, the same bits every run).
+// gradient: dx (N, C, H, W); weight gradient: dw (K, C*R*S). A reduction split over gridDim.z
+// (the weight gradient's; the forward's and input gradient's when tuning picks it) writes split
+// z into slice z of a (splits, output) buffer that the host sums in order (reduce.cu's
+// sum_splits_f32; no atomics, the same bits every run); the bias goes into slice 0 only.
 //
-// `stats` (forward only; null: none) receives batch-norm partial statistics for the output
+// `stats` (forward only, unsplit; null: none) receives batch-norm partial statistics for the output
 // channels: per row m and slot (this warp's BN/4 columns, slot = blockIdx.x * 4 + wn, of which
 // min(BN/4, N - slot * BN/4) are inside the output), the sum of the values and the sum of their
 // squared deviations from the slot's own mean, at stats[m * P + slot] and stats[(M + m) * P +
@@ -130,7 +131,8 @@ __device__ __forceinline__ void store_tile(const float (&acc)[MT][NT][4], const 
                                            float* __restrict__ stats = nullptr) {
     const int M = bt.M, N = bt.N, m0 = bt.m0, n0 = bt.n0, wm = bt.wm, wn = bt.wn, g8 = bt.g8, t4 = bt.t4;
     const int OHW = g.oh * g.ow, HW = g.h * g.w;
-    if constexpr (PASS == BWD_WEIGHT) out += (long long)blockIdx.z * M * N;  // this split's slice
+    out += (long long)blockIdx.z * M * N;  // this split's slice (M x N is the whole output)
+    if (blockIdx.z != 0) bias = nullptr;
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
 #pragma unroll

@@ -88,7 +88,58 @@ test_gpu!(every_tensor_core_kernel_matches_the_f32_convolution, |dev| {
             }
         }
     }
-    assert_eq!(ran, shapes().len() * 2 * 3 * TcVariant::ALL.len() * conv::TC_TILES.len());
+    // Every family's three tiles, and the channels-last 64 x 64 wherever those kernels take the
+    // pass (16 bf16 passes of the 11 shapes, as below).
+    let passes = [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad];
+    let nhwc_passes = shapes().iter().flat_map(|g| passes.map(|p| conv::nhwc_takes(g, p, Precision::Bf16))).filter(|&t| t).count();
+    assert_eq!(nhwc_passes, 16);
+    assert_eq!(ran, shapes().len() * 2 * 3 * TcVariant::ALL.len() * conv::TC_TILES.len() + nhwc_passes * (conv::NHWC_TILES.len() - conv::TC_TILES.len()));
+});
+
+// Split-K for the forward and the input gradient (plans only tuning offers): every split
+// candidate of every kernel family against the CPU convolution at the precision's tolerance, the
+// bias added once (it is large here: added per split it would be out by far more than the
+// tolerance), and within round-off of the same tile unsplit. A split forward writes no
+// batch-norm statistics (each split holds part of a sum): asking is refused by name.
+test_gpu!(split_forward_and_input_gradient_plans_match_the_f32_convolution, |dev| {
+    let mut r = rng(14);
+    let g = |n, c, hw, k, r, pad, dilation| ConvGeometry { n, c, h: hw, w: hw, k, r, s: r, stride: 1, pad, dilation };
+    let mut ran = 0;
+    for g in [g(2, 48, 10, 96, 3, 2, 2), g(1, 136, 9, 40, 3, 4, 4), g(2, 264, 5, 24, 1, 0, 1)] {
+        let (x, w, dy) = (randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()), randn(&mut r, g.output_len()));
+        let b: Vec<f32> = randn(&mut r, g.k).iter().map(|v| 40.0 * v).collect();
+        let want = reference(&g, &x, &w, &b, &dy);
+        let (xg, wg, bg, dyg) = (dev.htod(&x).unwrap(), dev.htod(&w).unwrap(), dev.htod(&b).unwrap(), dev.htod(&dy).unwrap());
+        for (variant, precision) in [(TcVariant::Nhwc, Precision::Bf16), (TcVariant::Pipelined, Precision::Bf16), (TcVariant::Pipelined, Precision::Tf32), (TcVariant::Staged, Precision::Tf32)] {
+            for pass in [ConvPass::Forward, ConvPass::InputGrad] {
+                let (a, bb, bias, want) = match pass {
+                    ConvPass::Forward => (&wg, &xg, Some(&bg), &want[0]),
+                    _ => (&wg, &dyg, None, &want[1]),
+                };
+                let cands = conv::candidate_plans(&g, pass, precision, variant, dev.sm_count() as usize);
+                for plan in cands.iter().filter(|p| p.splits > 1) {
+                    let what = format!("{:?} {} {pass:?} {} split {}", g, precision, plan.kernel.name, plan.splits);
+                    let mut out = poisoned(&dev, want.len());
+                    conv::launch_plan(&dev, &g, pass, plan, a, bb, bias, &mut out).unwrap();
+                    let got = dev.dtoh(&out).unwrap();
+                    let e = rel_err(&got, want);
+                    assert!(e <= tolerance(precision), "{what}: relative error {e:.2e}");
+                    let whole = cands.iter().find(|p| p.kernel == plan.kernel && p.splits == 1).expect("the same tile unsplit");
+                    let mut unsplit = poisoned(&dev, want.len());
+                    conv::launch_plan(&dev, &g, pass, whole, a, bb, bias, &mut unsplit).unwrap();
+                    let d = rel_err(&got, &dev.dtoh(&unsplit).unwrap());
+                    assert!(d <= 1e-5, "{what}: {d:.2e} from the unsplit plan");
+                    if pass == ConvPass::Forward && plan.takes_stats() {
+                        let mut stats = dev.alloc(2 * g.k * 4 * plan.grid(&g, pass).0).unwrap();
+                        let e = conv::launch_plan_with(&dev, &g, pass, plan, a, bb, bias, &mut out, Some(&mut stats)).unwrap_err().to_string();
+                        assert!(e.contains("unsplit") && e.contains(plan.kernel.name), "{e}");
+                    }
+                    ran += 1;
+                }
+            }
+        }
+    }
+    assert!(ran >= 24, "only {ran} split plans ran");
 });
 
 test_gpu!(the_public_wrappers_dispatch_by_precision_and_variant, |dev| {
@@ -209,7 +260,8 @@ test_gpu!(channels_last_kernels_give_the_pipelined_bits, |dev| {
         }
     }
     // 16 passes of the 11 shapes have their copied channels multiples of 8 (12 forwards and input
-    // gradients, 4 weight gradients), and all 3 of each network shape; 3 tiles each.
+    // gradients, 4 weight gradients), and all 3 of each network shape; the 3 tiles both families
+    // have (the channels-last 64 x 64 has no pipelined twin: the first test holds it to the CPU).
     assert_eq!(ran, (16 + 3 * network_shapes().len()) * conv::TC_TILES.len());
 });
 

@@ -5,15 +5,18 @@
 //    "N = 1, C = K, HW = C*R*S"); each copy is compared bit for bit with a host transpose and
 //    round-to-nearest-even; bn_relu_nchw_to_nhwc_bf16 (batch norm and ReLU as the copy is made)
 //    bit for bit against batch norm's forward with its ReLU followed by the copy;
-//  - the forward and input-gradient kernels, all three tiles, 4 stages x (BM + BN) x 80 bytes of
-//    dynamic shared memory (NaN in both bf16 halves before each block), the forward with batch-norm
-//    partial statistics and a bias on even-numbered shapes;
-//  - the weight-gradient kernels (dw in (K, R, S, C), put back in (K, C, R, S) as cuda.rs does),
-//    unsplit and split in three over the pixels (each split into its NaN-poisoned slice, the
-//    slices summed in order as sum_splits_f32 does), the pipelined kernel given the same split;
+//  - the forward and input-gradient kernels, all four tiles (64 x 64 too, a tuning candidate),
+//    4 stages x (BM + BN) x 80 bytes of dynamic shared memory (NaN in both bf16 halves before each
+//    block), the forward with batch-norm partial statistics (unsplit) and a bias on even-numbered
+//    shapes;
+//  - the weight-gradient kernels (dw in (K, R, S, C), put back in (K, C, R, S) as cuda.rs does);
+//  - every pass unsplit and split in three over its reduction (split-K: each split into its
+//    NaN-poisoned slice, the slices summed in order as sum_splits_f32 does, the bias in slice 0
+//    only), the pipelined kernel given the same split;
 // against f64 loops on the bf16-rounded operands (error relative to each sum's sum of |terms| at
 // most 1e-5), and bit for bit against conv2d_tcp.cu's bf16 kernels of the same tile (the same
-// roundings, fragments and mma order: the header of conv2d_nhwc.cu says why they must agree).
+// roundings, fragments and mma order: the header of conv2d_nhwc.cu says why they must agree; the
+// 64 x 64 tile has no pipelined twin).
 // Shapes have C (forward), K (input gradient) or both (weight gradient) multiples of 8, the
 // kernels' condition; a pass whose channels are not runs nowhere here (cuda.rs sends it to
 // conv2d_tcp.cu).
@@ -32,15 +35,17 @@
 
 using Nhwc = void (*)(const unsigned short*, const unsigned short*, const float*, float*, float*, ConvGeom, int);
 using Pipe = void (*)(const float*, const float*, const float*, float*, float*, ConvGeom, int);
-static const Nhwc NHWC[3][3] = {
-    {conv2d_nhwc_fwd_128x128_bf16, conv2d_nhwc_fwd_64x128_bf16, conv2d_nhwc_fwd_128x64_bf16},
-    {conv2d_nhwc_bwd_input_128x128_bf16, conv2d_nhwc_bwd_input_64x128_bf16, conv2d_nhwc_bwd_input_128x64_bf16},
-    {conv2d_nhwc_bwd_weight_128x128_bf16, conv2d_nhwc_bwd_weight_64x128_bf16, conv2d_nhwc_bwd_weight_128x64_bf16}};
+static const Nhwc NHWC[3][4] = {
+    {conv2d_nhwc_fwd_128x128_bf16, conv2d_nhwc_fwd_64x128_bf16, conv2d_nhwc_fwd_128x64_bf16, conv2d_nhwc_fwd_64x64_bf16},
+    {conv2d_nhwc_bwd_input_128x128_bf16, conv2d_nhwc_bwd_input_64x128_bf16, conv2d_nhwc_bwd_input_128x64_bf16,
+     conv2d_nhwc_bwd_input_64x64_bf16},
+    {conv2d_nhwc_bwd_weight_128x128_bf16, conv2d_nhwc_bwd_weight_64x128_bf16, conv2d_nhwc_bwd_weight_128x64_bf16,
+     conv2d_nhwc_bwd_weight_64x64_bf16}};
 static const Pipe PIPE_BF16[3][3] = {
     {conv2d_pipe_fwd_128x128_bf16, conv2d_pipe_fwd_64x128_bf16, conv2d_pipe_fwd_128x64_bf16},
     {conv2d_pipe_bwd_input_128x128_bf16, conv2d_pipe_bwd_input_64x128_bf16, conv2d_pipe_bwd_input_128x64_bf16},
     {conv2d_pipe_bwd_weight_128x128_bf16, conv2d_pipe_bwd_weight_64x128_bf16, conv2d_pipe_bwd_weight_128x64_bf16}};
-static const int TILES[3][2] = {{128, 128}, {64, 128}, {128, 64}};
+static const int TILES[4][2] = {{128, 128}, {64, 128}, {128, 64}, {64, 64}};  // the first three have pipelined twins
 static const char* PASS[3] = {"forward", "input grad", "wgrad"};
 
 static float bf16r(float v) { return emu_u2f(emu_bf16_rn(v) << 16); }
@@ -179,24 +184,33 @@ int main(int argc, char** argv) {
             const D& fl = pass == 0 ? yf : pass == 1 ? dxf : dwf;
             const bool with_bias = pass == 0 && si % 2 == 0;
             printf("  %-10s:", PASS[pass]);
-            for (int tile = 0; tile < 3; ++tile) {
+            for (int tile = 0; tile < 4; ++tile) {
               const int BM = TILES[tile][0], BN = TILES[tile][1];
-              // The weight gradient unsplit, then in three splits of whole 32-pixel tiles.
+              // Unsplit, then in three splits of whole 32-element tiles of the reduction.
               const size_t third = cdiv(cdiv(RED, 3), 32) * 32;
               std::vector<size_t> chunks{(size_t)RED};
-              if (pass == 2 && third < (size_t)RED) chunks.push_back(third);
+              if (third < (size_t)RED) chunks.push_back(third);
               for (size_t chunk : chunks) {
                 const unsigned splits = (unsigned)cdiv(RED, chunk);
+                const bool sliced = pass == 2 || splits > 1;  // into a (splits, output) buffer
                 const dim3 grid{(unsigned)cdiv(N, BN), (unsigned)cdiv(M, BM), splits};
                 const size_t slots = 4 * grid.x;
                 V out(ref.size(), NAN), stats(pass == 0 ? 2 * (size_t)M * slots : 0, NAN), parts(splits * ref.size(), NAN);
-                float* st = pass == 0 ? stats.data() : nullptr;
+                float* st = pass == 0 && splits == 1 ? stats.data() : nullptr;  // a split forward writes none
                 const float* b = with_bias ? bias.data() : nullptr;
                 const Words& a16 = pass == 0 ? wf : pass == 1 ? wt : dyh;
                 const Words& b16 = pass == 1 ? dyh : xh;
                 emu_set_dynamic_smem(pass == 2 ? (size_t)4 * 32 * (BM + BN + 16) * 2 : (size_t)4 * (BM + BN) * 40 * 2);
-                launch(grid, 256, [&] { NHWC[pass][tile](a16.half(), b16.half(), b, pass == 2 ? parts.data() : out.data(), st, g, (int)chunk); });
+                launch(grid, 256, [&] { NHWC[pass][tile](a16.half(), b16.half(), b, sliced ? parts.data() : out.data(), st, g, (int)chunk); });
                 emu_clear_dynamic_smem();
+                auto sum_slices = [&](const V& from, V& to) {  // in order, as sum_splits_f32
+                    for (size_t i = 0; i < to.size(); ++i) {
+                        float acc = from[i];
+                        for (unsigned z = 1; z < splits; ++z) acc += from[z * to.size() + i];
+                        to[i] = acc;
+                    }
+                };
+                if (pass != 2 && splits > 1) sum_slices(parts, out);
                 if (pass == 2)  // the slices summed in order (sum_splits_f32), then (K, R, S, C) -> (K, C, R, S)
                     for (int k = 0; k < sh.k; ++k)
                         for (int q = 0; q < RS; ++q)
@@ -212,7 +226,7 @@ int main(int argc, char** argv) {
                 const double e = err(out, r, fl);
                 worst[pass] = std::max(worst[pass], e);
                 ok = ok && e <= 1e-5;
-                if (pass == 0) {  // every slot's statistics against the output written: as the pipe kernels' are
+                if (pass == 0 && splits == 1) {  // every slot's statistics against the output written: as the pipe kernels' are
                     double se = 0;
                     for (int c = 0; c < M && std::isfinite(se); ++c)
                         for (size_t j = 0; j < slots; ++j) {
@@ -229,20 +243,20 @@ int main(int argc, char** argv) {
                     worst_stats = std::max(worst_stats, se);
                     ok = ok && se <= 1e-5;
                 }
+                if (tile == 3) {  // no pipelined twin
+                    printf(" %dx%d%s %.2e", BM, BN, splits > 1 ? ("/" + std::to_string(splits)).c_str() : "", e);
+                    if (!ok && fail_fast) { printf("\nFAILED (fail fast)\n"); return 1; }
+                    continue;
+                }
                 // conv2d_tcp.cu's bf16 kernel of the same tile and split on the f32 operands: the same bits.
                 V pipe(ref.size(), NAN), pipe_parts(splits * ref.size(), NAN);
                 const size_t pipe_smem = (size_t)(BM * BN > 8192 ? 4 : 3) * (BM * 40 + (pass == 2 ? BN * 40 : 32 * (BN + 4))) * 4;
                 const float* pa = pass == 0 ? wf32.data() : pass == 1 ? wt32.data() : dy.data();
                 const float* pb = pass == 1 ? dy.data() : x.data();
                 emu_set_dynamic_smem(pipe_smem);
-                launch(grid, 256, [&] { PIPE_BF16[pass][tile](pa, pb, b, pass == 2 ? pipe_parts.data() : pipe.data(), nullptr, g, (int)chunk); });
+                launch(grid, 256, [&] { PIPE_BF16[pass][tile](pa, pb, b, sliced ? pipe_parts.data() : pipe.data(), nullptr, g, (int)chunk); });
                 emu_clear_dynamic_smem();
-                if (pass == 2)
-                    for (size_t i = 0; i < pipe.size(); ++i) {
-                        float acc = pipe_parts[i];
-                        for (unsigned z = 1; z < splits; ++z) acc += pipe_parts[z * pipe.size() + i];
-                        pipe[i] = acc;
-                    }
+                if (sliced) sum_slices(pipe_parts, pipe);
                 const bool bits = same_bits(out, pipe);
                 same += bits;
                 ++ran;

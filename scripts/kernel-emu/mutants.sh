@@ -3,7 +3,7 @@
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
 # conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
 # each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 40 minutes
-# on 2 cores for all 90; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 14). A mutant of a
+# on 2 cores for all 92; conv_tc_check's 10 about 4, conv_tcp_check's 20 about 10, conv_nhwc_check's 16). A mutant of a
 # header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
 # ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
@@ -105,7 +105,7 @@ mutant conv_tcp_check $H CONV_TCP_KERNELS 's/red_begin = blockIdx.z \* red_chunk
 # swapped: the pipe packs A and B with the same Bf16::pair, so swapping both pairs the same
 # elements in each product and the mutant is equivalent; it matters for conv2d_tc.cu only.)
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/const int m = m0 + wm \* (BM \/ 2) + i \* 16 + g8 + up \* 8;/const int m = m0 + wm * (BM \/ 2) + i * 16 + g8 + up * 4;/' "pipe: epilogue stores accumulators 2 and 3 at row g + 4"
-mutant conv_tcp_check $H CONV_TCP_KERNELS 's/if constexpr (PASS == BWD_WEIGHT) out += (long long)blockIdx.z \* M \* N;/\/\/ every split into slice 0/' "pipe: every weight-gradient split written to slice 0"
+mutant conv_tcp_check $H CONV_TCP_KERNELS 's/    out += (long long)blockIdx.z \* M \* N;  \/\/ this split.s slice.*$/    \/\/ every split into slice 0/' "pipe: every weight-gradient split written to slice 0"
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/const int inside = min(BN \/ 4, max(0, N - slot \* (BN \/ 4)));/const int inside = BN \/ 4;/' "bn statistics: a tail slot centred as if full"
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/const int P = gridDim.x \* 4, slot = blockIdx.x \* 4 + wn;/const int P = gridDim.x * 4, slot = blockIdx.x * 4;/' "bn statistics: the four warp columns write one slot"
 mutant conv_tcp_check $H CONV_TCP_KERNELS 's/q += __shfl_xor_sync(0xffffffffu, q, 2);/\/\/ two lanes short/' "bn statistics: centred squares miss two lanes"
@@ -126,6 +126,9 @@ mutant csa_check $A CSA_KERNELS 's/return g\[(long long)n \* C + c\] \* gates\[(
 mutant csa_check $A CSA_KERNELS 's/for (int e = lane; e < 2 \* N \* C; e += 32)/for (int e = lane; e < N * C; e += 32)/' "eca backward: dw sums image a only"
 mutant conv_nhwc_check $N CONV_KERNELS 's/const int dh = r \* g.dil - g.pad,/const int dh = r - g.pad,/' "nhwc wgrad: the tap's row ignores the dilation"
 mutant conv_nhwc_check $N CONV_KERNELS 's/const bool ok = a_col_ok \&\& q < bt.red_end;/const bool ok = a_col_ok;/' "nhwc wgrad: dy rows past the split's end copied"
+# Split-K of the forward and input gradient (tuning's candidates), through the shared epilogue.
+mutant conv_nhwc_check $H CONV_KERNELS 's/    if (blockIdx.z != 0) bias = nullptr;/    \/\/ the bias in every split/' "split forward: every slice adds the bias"
+mutant conv_nhwc_check $H CONV_KERNELS 's/    out += (long long)blockIdx.z \* M \* N;  \/\/ this split.s slice.*$/    if constexpr (PASS == BWD_WEIGHT) out += (long long)blockIdx.z * M * N;/' "split forward and input gradient: every split written to slice 0"
 mutant gather_check pool.cu POOL_KERNELS 's/lo = max(0, (int)floorf((src - 0.5f) \/ scale - 0.5f) - 1);/lo = max(0, (int)floorf((src - 0.5f) \/ scale - 0.5f) + 2);/' "resize gather: the reach starts three rows late (past the first reading row)"
 mutant gather_check pool.cu POOL_KERNELS 's/hi = min(out - 1, (int)ceilf((src + 1.5f) \/ scale - 0.5f) + 1);/hi = min(out - 1, (int)ceilf((src + 1.5f) \/ scale - 0.5f) - 2);/' "resize gather: the reach ends three rows early"
 mutant gather_check pool.cu POOL_KERNELS 's/return (i0 == src ? 1.0f - l1 : 0.0f) + (i1 == src ? l1 : 0.0f);/return i0 == src ? 1.0f - l1 : (i1 == src ? l1 : 0.0f);/' "resize gather: a border row counted once, not twice"

@@ -227,11 +227,25 @@ pub fn nhwc_takes(sh: &Conv2dShape, pass: ConvPass, precision: Precision) -> boo
     precision == Precision::Bf16 && channels_ok
 }
 
-/// The channels-last kernels (kernels/conv2d_nhwc.cu, bf16) by pass, then tile ([`TC_TILES`]).
-const NHWC_KERNELS: [[Kernel; 3]; 3] = [
-    [k::CONV2D_NHWC_FWD_128X128_BF16, k::CONV2D_NHWC_FWD_64X128_BF16, k::CONV2D_NHWC_FWD_128X64_BF16],
-    [k::CONV2D_NHWC_BWD_INPUT_128X128_BF16, k::CONV2D_NHWC_BWD_INPUT_64X128_BF16, k::CONV2D_NHWC_BWD_INPUT_128X64_BF16],
-    [k::CONV2D_NHWC_BWD_WEIGHT_128X128_BF16, k::CONV2D_NHWC_BWD_WEIGHT_64X128_BF16, k::CONV2D_NHWC_BWD_WEIGHT_128X64_BF16],
+/// The channels-last kernels' tiles: [`TC_TILES`], then 64 x 64, which only tuning runs (the
+/// planner's model chooses among the first three, as for the other families).
+pub const NHWC_TILES: [(usize, usize); 4] = [TC_TILES[0], TC_TILES[1], TC_TILES[2], (64, 64)];
+
+/// The channels-last kernels (kernels/conv2d_nhwc.cu, bf16) by pass, then tile ([`NHWC_TILES`]).
+const NHWC_KERNELS: [[Kernel; 4]; 3] = [
+    [k::CONV2D_NHWC_FWD_128X128_BF16, k::CONV2D_NHWC_FWD_64X128_BF16, k::CONV2D_NHWC_FWD_128X64_BF16, k::CONV2D_NHWC_FWD_64X64_BF16],
+    [
+        k::CONV2D_NHWC_BWD_INPUT_128X128_BF16,
+        k::CONV2D_NHWC_BWD_INPUT_64X128_BF16,
+        k::CONV2D_NHWC_BWD_INPUT_128X64_BF16,
+        k::CONV2D_NHWC_BWD_INPUT_64X64_BF16,
+    ],
+    [
+        k::CONV2D_NHWC_BWD_WEIGHT_128X128_BF16,
+        k::CONV2D_NHWC_BWD_WEIGHT_64X128_BF16,
+        k::CONV2D_NHWC_BWD_WEIGHT_128X64_BF16,
+        k::CONV2D_NHWC_BWD_WEIGHT_64X64_BF16,
+    ],
 ];
 
 /// The tensor-core kernels by variant (conv2d_tc.cu, conv2d_tcp.cu), pass, precision (tf32,
@@ -358,6 +372,18 @@ fn tc_weight_grad_split(blocks: usize, red: usize, tile_k: usize, sm_count: usiz
     (best.1, best.2)
 }
 
+/// Blocks of a tile resident on an SM at once, as the planner counts them: a staged or pipelined
+/// 128 x 128 block fills an SM alone (its registers and, pipelined, 160 KB of shared memory), the
+/// other tiles and the larger channels-last tiles run two, the channels-last 64 x 64 three (63-70
+/// registers, ptxas 13.0: three blocks of 256 threads by registers, four for the forward).
+fn resident_blocks(tile: (usize, usize), channels_last: bool) -> usize {
+    match (tile, channels_last) {
+        ((64, 64), true) => 3,
+        ((128, 128), false) => 1,
+        _ => 2,
+    }
+}
+
 /// The tensor-core precisions, in the order of [`TC_KERNELS`]' third index.
 const TC_PRECISIONS: [Precision; 2] = [Precision::Tf32, Precision::Bf16];
 
@@ -381,7 +407,7 @@ pub fn plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcV
     let nhwc = variant == TcVariant::Nhwc && nhwc_takes(sh, pass, precision);
     let cost = |&(i, (bm, bn)): &(usize, (usize, usize))| {
         let blocks = m.div_ceil(bm) * n.div_ceil(bn);
-        let per_sm = if i == 0 && !nhwc { 1 } else { 2 };
+        let per_sm = resident_blocks((bm, bn), nhwc);
         let waves = blocks.div_ceil(sm * per_sm);
         let rate = if i == 0 { 1.0 } else { 0.9 };
         (waves * bm * bn * per_sm) as f64 / rate
@@ -390,20 +416,28 @@ pub fn plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcV
     tc_plan(sh, pass, precision, variant, best, sm)
 }
 
-/// The tensor-core plan of `variant` with tile `TC_TILES[tile]` (precision tf32 or bf16).
+/// The tiles `variant`'s kernels have for a pass: [`NHWC_TILES`] where the channels-last kernels
+/// take it, else [`TC_TILES`].
+fn variant_tiles(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVariant) -> &'static [(usize, usize)] {
+    if variant == TcVariant::Nhwc && nhwc_takes(sh, pass, precision) { &NHWC_TILES } else { &TC_TILES }
+}
+
+/// The tensor-core plan of `variant` with its tile `tile` ([`variant_tiles`]; precision tf32 or
+/// bf16).
 fn tc_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVariant, tile: usize, sm: usize) -> ConvPlan {
     if variant == TcVariant::Nhwc {
         if !nhwc_takes(sh, pass, precision) {
             return tc_plan(sh, pass, precision, TcVariant::Pipelined, tile, sm);
         }
         // The weights go over as bf16 copies in the pipelined kernels' orders (channels_last_operands);
-        // the weight gradient comes back in (K, R, S, C). Every tile runs two blocks per SM.
+        // the weight gradient comes back in (K, R, S, C).
         let (m, n, red) = pass.gemm(sh);
-        let (bm, bn) = TC_TILES[tile];
+        let (bm, bn) = NHWC_TILES[tile];
+        let per_sm = resident_blocks((bm, bn), true);
         let (weights, (splits, chunk)) = match pass {
             ConvPass::Forward => (WeightOrder::Krsc, (1, red)),
             ConvPass::InputGrad => (WeightOrder::Crsk, (1, red)),
-            ConvPass::WeightGrad => (WeightOrder::Krsc, tc_weight_grad_split(m.div_ceil(bm) * n.div_ceil(bn), red, 32, sm, 2)),
+            ConvPass::WeightGrad => (WeightOrder::Krsc, tc_weight_grad_split(m.div_ceil(bm) * n.div_ceil(bn), red, 32, sm, per_sm)),
         };
         let kernel = NHWC_KERNELS[pass as usize][tile];
         return ConvPlan { kernel, tile: (bm, bn), splits, chunk, shared_bytes: nhwc_shared_bytes(pass, (bm, bn)), weights };
@@ -412,8 +446,7 @@ fn tc_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVa
     let prec = TC_PRECISIONS.iter().position(|p| *p == precision).unwrap_or(0);
     let tile_k = tc_tile_k(variant, precision);
     let (bm, bn) = TC_TILES[tile];
-    // Blocks resident per SM, as the tile choice in `plan` counts them: a 128 x 128 block alone.
-    let per_sm = if tile == 0 { 1 } else { 2 };
+    let per_sm = resident_blocks((bm, bn), false);
     let (splits, chunk) = match pass {
         ConvPass::WeightGrad => tc_weight_grad_split(m.div_ceil(bm) * n.div_ceil(bn), red, tile_k, sm, per_sm),
         _ => (1, red),
@@ -432,17 +465,27 @@ fn tc_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVa
 
 /// The plans [`tune`](super::tune) times for a pass: the model's ([`plan`]) first, then every
 /// other tile of `variant`'s kernels and, for the weight gradient, each tile's split at half, twice
-/// and once its model's (and unsplit); none at fp32 (one kernel).
+/// and once its model's (and unsplit); for the forward and the input gradient, whose plans never
+/// split, each tile whose grid is under two waves also split in 2 and 4 (split-K: more blocks for
+/// the SMs a short grid leaves idle, at the cost of a pass that sums the splits; no split shorter
+/// than 4 tiles). None at fp32 (one kernel).
 pub fn candidate_plans(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVariant, sm_count: usize) -> Vec<ConvPlan> {
     let mut out = vec![plan(sh, pass, precision, variant, sm_count)];
     let (_, _, red) = pass.gemm(sh);
     for base in tc_plans(sh, pass, precision, variant, sm_count) {
         let tile_k = if base.channels_last() { 32 } else { tc_tile_k(variant, precision) };
+        let split = |wanted: usize| {
+            let chunk = red.div_ceil(wanted).div_ceil(tile_k).max(1) * tile_k;
+            ConvPlan { splits: red.div_ceil(chunk), chunk, ..base }
+        };
         let mut plans = vec![base];
         if pass == ConvPass::WeightGrad {
-            for wanted in [1, base.splits / 2, 2 * base.splits].into_iter().filter(|&s| s >= 1) {
-                let chunk = red.div_ceil(wanted).div_ceil(tile_k).max(1) * tile_k;
-                plans.push(ConvPlan { splits: red.div_ceil(chunk), chunk, ..base });
+            plans.extend([1, base.splits / 2, 2 * base.splits].into_iter().filter(|&s| s >= 1).map(split));
+        } else {
+            let (gx, gy, _) = base.grid(sh, pass);
+            let slots = sm_count.max(1) * resident_blocks(base.tile, base.channels_last());
+            if gx * gy < 2 * slots {
+                plans.extend([2, 4].into_iter().map(split).filter(|p| p.splits > 1 && p.chunk >= 4 * tile_k));
             }
         }
         for p in plans {
@@ -460,7 +503,7 @@ pub fn tc_plans(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant:
     if !TC_PRECISIONS.contains(&precision) {
         return Vec::new();
     }
-    (0..TC_TILES.len()).map(|t| tc_plan(sh, pass, precision, variant, t, sm_count.max(1))).collect()
+    (0..variant_tiles(sh, pass, precision, variant).len()).map(|t| tc_plan(sh, pass, precision, variant, t, sm_count.max(1))).collect()
 }
 
 /// COSEG_KERNEL_LOG=1: one line on stderr per distinct convolution, pass and precision, naming
@@ -537,7 +580,7 @@ pub fn launch_plan_with(
 ) -> Result<()> {
     let stats = match stats {
         Some(s) => {
-            let (slots, _) = bn_slots(sh, p).ok_or_else(|| Error::invalid(p.kernel.name, "only the pipelined and channels-last forwards write batch-norm statistics"))?;
+            let (slots, _) = bn_slots(sh, p).ok_or_else(|| Error::invalid(p.kernel.name, "only the pipelined and channels-last forwards, unsplit, write batch-norm statistics"))?;
             check_len(p.kernel.name, "stats", s.len(), 2 * sh.k * slots, &[2, sh.k, slots])?;
             s.ptr_mut()
         }
@@ -633,9 +676,10 @@ pub(super) fn launch_operands(dev: &CudaDevice, sh: &Conv2dShape, pass: ConvPass
 
 /// The batch-norm partial statistics per channel a forward plan writes, and the output pixels
 /// each covers (4 slots per block column: kernels/conv_tc.cuh `store_tile`), or None when its
-/// kernel writes none.
+/// kernel writes none, or the plan splits the reduction (a split holds part of each sum; batch
+/// norm then reads the output for its statistics).
 pub fn bn_slots(sh: &Conv2dShape, p: &ConvPlan) -> Option<(usize, usize)> {
-    p.takes_stats().then(|| (4 * p.grid(sh, ConvPass::Forward).0, p.tile.1 / 4))
+    (p.takes_stats() && p.splits == 1).then(|| (4 * p.grid(sh, ConvPass::Forward).0, p.tile.1 / 4))
 }
 
 /// The forward at the device's precision and variant, with batch-norm partial statistics (and
@@ -1002,17 +1046,25 @@ mod tests {
                         assert!(tiles.iter().any(|t| t.kernel == c.kernel && t.shared_bytes == c.shared_bytes && t.weights == c.weights), "{c:?} is not a plan of {variant}");
                     }
                     let (_, _, red) = pass.gemm(&sh);
-                    if pass != ConvPass::WeightGrad {
-                        assert!(cands.iter().all(|c| c.splits == 1 && c.chunk == red), "{pass:?}: {cands:?}");
-                        assert!(cands.len() >= 2, "{sh:?} {pass:?}: the tiles give more than one plan");
-                        continue;
-                    }
-                    let tile_k = if variant == TcVariant::Staged { 16 } else { 32 };
+                    let tile_k = if variant == TcVariant::Staged && precision == Precision::Tf32 { 16 } else { 32 };
                     for c in &cands {
-                        assert!(c.chunk % tile_k == 0 && c.chunk >= tile_k, "{c:?}");
+                        assert!((c.splits == 1 || c.chunk % tile_k == 0) && c.chunk >= tile_k.min(red), "{c:?}");
                         assert!(c.splits * c.chunk >= red && (c.splits - 1) * c.chunk < red, "{c:?} of {red}");
                     }
-                    assert!(cands.iter().any(|c| c.splits != cands[0].splits), "{sh:?}: no other split than {}", cands[0].splits);
+                    // (Every grid here is short; the stem's forward reduces over 147, too short to split.)
+                    if pass == ConvPass::WeightGrad || red >= 8 * tile_k {
+                        assert!(cands.iter().any(|c| c.splits != cands[0].splits), "{sh:?} {pass:?}: no other split than {}", cands[0].splits);
+                    }
+                    if pass != ConvPass::WeightGrad {
+                        // The model never splits these; tuning offers 2 and 4 on short grids,
+                        // each split at least 4 tiles long.
+                        assert!(cands[0].splits == 1 && cands[0].chunk == red, "{cands:?}");
+                        for c in cands.iter().filter(|c| c.splits > 1) {
+                            assert!(c.splits <= 4 && c.chunk >= 4 * tile_k, "{c:?}");
+                            let (gx, gy, _) = c.grid(&sh, pass);
+                            assert!(gx * gy < 2 * resident_blocks(c.tile, c.channels_last()) * 132, "{c:?}: a grid of {gx} x {gy} is not short");
+                        }
+                    }
                 }
             }
         }
@@ -1057,6 +1109,15 @@ mod tests {
                 let bytes = nhwc_shared_bytes(pass, tile);
                 assert!(2 * (bytes + 1024) <= 228 * 1024 && bytes > 48 * 1024, "{pass:?} {tile:?}: {bytes} bytes");
             }
+        }
+        // The 64 x 64 tile (tuning's only) fits the three blocks per SM its registers allow, and is
+        // offered wherever the channels-last kernels take the pass.
+        for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
+            let bytes = nhwc_shared_bytes(pass, (64, 64));
+            assert!(resident_blocks((64, 64), true) * (bytes + 1024) <= 228 * 1024, "{pass:?}: {bytes} bytes");
+            let plans = tc_plans(&c512, pass, Precision::Bf16, TcVariant::Nhwc, 132);
+            assert_eq!(plans.iter().map(|p| p.tile).collect::<Vec<_>>(), NHWC_TILES, "{pass:?}");
+            assert!(plans.iter().all(ConvPlan::channels_last), "{pass:?}");
         }
         assert_eq!(nhwc_shared_bytes(ConvPass::Forward, (128, 128)), 4 * 256 * 80);
         assert_eq!(nhwc_shared_bytes(ConvPass::WeightGrad, (128, 128)), 4 * 32 * 272 * 2);
