@@ -6,17 +6,21 @@
 //! H200 the tile it chose for the 512-channel 16x16 layers left a wave 21% full, and the split it
 //! chose for their weight gradient ran 2.2 waves (kernels/NOTES.md). With tuning on, the first time
 //! a pass of a convolution shape runs at a precision, each candidate plan of the device's kernel
-//! family (every tile; for the weight gradient also splits around the model's) runs on random
-//! operands of that shape, once to warm up and then [`TIMED_RUNS`] times between CUDA events, and
-//! the fastest (least of its runs) is used from then on. Ties keep the model's plan.
+//! family ([`candidate_plans`](super::cuda::candidate_plans): every tile, the channels-last 64 x 64
+//! too; for the weight gradient splits around the model's; for a forward or input gradient on a
+//! short grid, its reduction split in 2 and 4) runs on random operands of that shape, once to warm
+//! up and then [`TIMED_RUNS`] times between CUDA events, and the fastest (least of its runs) is
+//! used from then on. Ties keep the model's plan.
 //!
 //! - Tuning waits for the GPU, so it happens in the first (eager) step, never in a captured one:
 //!   a pass first met while a CUDA graph is being captured runs the model's plan, and says so
 //!   (COSEG_KERNEL_LOG=1).
 //! - Every candidate computes the same convolution; the tiles give the same bits (each output's
-//!   reduction runs in the same order whatever the tile), a different split of the weight
-//!   gradient adds its partial sums in another grouping (round-off apart). With a tuning file the
-//!   choices are kept, so a resumed run makes the same ones.
+//!   reduction runs in the same order whatever the tile), a different split adds its partial sums
+//!   in another grouping (round-off apart). A split forward writes no batch-norm partial
+//!   statistics, so batch norm reads its output for them (not in the timing: on the short grids
+//!   where splits are offered that pass is short). With a tuning file the choices are kept, so a
+//!   resumed run makes the same ones.
 //! - The timings are kept: [`records`] and the file hold every candidate's time, the table a
 //!   performance engineer reads first ([`table`]).
 //!
