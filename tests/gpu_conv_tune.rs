@@ -4,7 +4,7 @@
 //! a second call neither times nor waits, choices go to a file and come back from it, a file
 //! from another device is not used, a bad one is refused by name, and a pass first met during a
 //! graph capture runs the model's plan without breaking the capture. Skips without a GPU; fails
-//! with REQUIRE_CUDA=1.
+//! with REQUIRE_CUDA=1. Each test leaves tuning as it found it (gpu_common::DeviceSettings).
 
 mod common;
 use common::test_gpu;
@@ -12,20 +12,13 @@ mod gpu_common;
 use coseg::backend::cpu::conv::{self as cpu, ConvGeometry};
 use coseg::backend::cuda::conv::{self, ConvPass};
 use coseg::backend::cuda::conv_tune::{self as tune, TuneMode};
-use coseg::backend::cuda::{CudaDevice, graph};
+use coseg::backend::cuda::{CudaDevice, GpuBuffer, graph};
 use coseg::device::{Precision, TcVariant};
 use gpu_common::*;
 
-/// Tuning's mode and choices, off and empty again when dropped (also when the test fails).
-struct TuningOff<'a>(&'a CudaDevice);
-impl Drop for TuningOff<'_> {
-    fn drop(&mut self) {
-        tune::set_mode(self.0, TuneMode::Off).unwrap();
-    }
-}
-
-/// Runs `pass` through the public wrapper (which consults the tuner) into a NaN-poisoned output.
-fn run(dev: &CudaDevice, g: &ConvGeometry, pass: ConvPass, p: Precision, [x, w, dy]: [&coseg::backend::cuda::GpuBuffer; 3]) -> Vec<f32> {
+/// Runs `pass` through the public wrapper (which consults the tuner) into a NaN-poisoned output,
+/// left on the device.
+fn launch(dev: &CudaDevice, g: &ConvGeometry, pass: ConvPass, p: Precision, [x, w, dy]: [&GpuBuffer; 3]) -> GpuBuffer {
     let len = [g.output_len(), g.input_len(), g.weight_len()][pass as usize];
     let mut out = poisoned(dev, len);
     match pass {
@@ -33,13 +26,17 @@ fn run(dev: &CudaDevice, g: &ConvGeometry, pass: ConvPass, p: Precision, [x, w, 
         ConvPass::InputGrad => conv::conv2d_bwd_input(dev, g, p, dy, w, &mut out).unwrap(),
         ConvPass::WeightGrad => conv::conv2d_bwd_weight(dev, g, p, x, dy, &mut out).unwrap(),
     }
-    dev.dtoh(&out).unwrap()
+    out
+}
+
+/// [`launch`], read back.
+fn run(dev: &CudaDevice, g: &ConvGeometry, pass: ConvPass, p: Precision, ops: [&GpuBuffer; 3]) -> Vec<f32> {
+    dev.dtoh(&launch(dev, g, pass, p, ops)).unwrap()
 }
 
 test_gpu!(tuning_times_each_candidate_once_and_runs_the_fastest, |dev| {
     let _one_at_a_time = serial();
     let _settings = DeviceSettings::saved(&dev);
-    let _off = TuningOff(&dev);
     tune::set_mode(&dev, TuneMode::On).unwrap();
     let g = ConvGeometry { n: 2, c: 48, h: 10, w: 10, k: 40, r: 3, s: 3, stride: 1, pad: 2, dilation: 2 };
     let mut r = rng(31);
@@ -82,12 +79,7 @@ test_gpu!(tuning_times_each_candidate_once_and_runs_the_fastest, |dev| {
             assert_eq!(bits(&dev.dtoh(&direct).unwrap()), bits(&got), "{variant} {pass:?}: not the chosen plan's bits");
             // Met again: no timing (no record, no wait for the device before the read-back).
             let waits = dev.host_waits();
-            let mut out = poisoned(&dev, got.len());
-            match pass {
-                ConvPass::Forward => conv::conv2d_fwd(&dev, &g, precision, ops[0], ops[1], None, &mut out).unwrap(),
-                ConvPass::InputGrad => conv::conv2d_bwd_input(&dev, &g, precision, ops[2], ops[1], &mut out).unwrap(),
-                ConvPass::WeightGrad => conv::conv2d_bwd_weight(&dev, &g, precision, ops[0], ops[2], &mut out).unwrap(),
-            }
+            let out = launch(&dev, &g, pass, precision, ops);
             assert_eq!(dev.host_waits(), waits, "{pass:?}: the second call waited for the device");
             assert_eq!(tune::records(&dev).unwrap().len(), seen);
             assert_eq!(bits(&dev.dtoh(&out).unwrap()), bits(&got));
@@ -103,7 +95,6 @@ test_gpu!(tuning_times_each_candidate_once_and_runs_the_fastest, |dev| {
 test_gpu!(choices_go_to_a_file_and_come_back_from_it, |dev| {
     let _one_at_a_time = serial();
     let _settings = DeviceSettings::saved(&dev);
-    let _off = TuningOff(&dev);
     dev.set_tc_variant(TcVariant::Nhwc);
     let dir = std::env::temp_dir().join(format!("coseg-tune-{}", std::process::id()));
     let path = dir.join("sub").join("conv-tune.json");
@@ -121,8 +112,7 @@ test_gpu!(choices_go_to_a_file_and_come_back_from_it, |dev| {
     tune::set_mode(&dev, TuneMode::File(path.clone())).unwrap();
     assert_eq!(tune::records(&dev).unwrap(), made);
     let waits = dev.host_waits();
-    let mut out = poisoned(&dev, g.weight_len());
-    conv::conv2d_bwd_weight(&dev, &g, Precision::Bf16, ops[0], ops[2], &mut out).unwrap();
+    let out = launch(&dev, &g, ConvPass::WeightGrad, Precision::Bf16, ops);
     assert_eq!(dev.host_waits(), waits, "a choice read from the file was timed again");
     assert_eq!(bits(&dev.dtoh(&out).unwrap()), bits(&first));
     // Another device's file is not used (and this device's choices replace it when made).
@@ -139,7 +129,6 @@ test_gpu!(choices_go_to_a_file_and_come_back_from_it, |dev| {
 test_gpu!(a_pass_first_met_in_a_graph_capture_runs_the_model_plan, |dev| {
     let _one_at_a_time = serial();
     let _settings = DeviceSettings::saved(&dev);
-    let _off = TuningOff(&dev);
     dev.set_tc_variant(TcVariant::Nhwc);
     let g = ConvGeometry { n: 1, c: 16, h: 9, w: 7, k: 16, r: 3, s: 3, stride: 1, pad: 1, dilation: 1 };
     let mut r = rng(33);

@@ -280,7 +280,6 @@ test_gpu!(a_tuned_step_times_its_plans_in_the_first_step_and_then_waits_for_noth
         assert!(runner.captured(), "tuned {tuned}: capture failure: {:?}", runner.graph_failure);
         assert_eq!(after_first > 0, tuned, "{after_first} plans timed");
         let changed = conv_tune::records(&dev).unwrap().iter().filter(|r| r.chosen != 0).count();
-        conv_tune::set_mode(&dev, TuneMode::Off).unwrap();
         (losses, first_grads, changed)
     };
     let (model_losses, model_grads, _) = run(TuneMode::Off);

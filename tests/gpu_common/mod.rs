@@ -2,6 +2,7 @@
 // inputs and the comparison of the kernel tests; the device or a skip is common's `gpu`.
 #![allow(dead_code, unused_imports)] // each test file uses a part
 
+use coseg::backend::cuda::conv_tune::{self, TuneMode};
 use coseg::backend::cuda::{CudaDevice, GpuBuffer, elementwise::fill};
 use coseg::device::{Precision, TcVariant};
 use rand::{Rng, SeedableRng};
@@ -16,19 +17,22 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The device's precision, tensor-core variant and batch-norm fusion as they were when saved, put
-/// back when dropped (also when the test fails): a test that changes them leaves the next one the
-/// device it found. They are the device's, shared by a binary's tests: hold `serial()` as well.
+/// The device's precision, tensor-core variant, batch-norm fusion and convolution tuning mode as
+/// they were when saved, put back when dropped (also when the test fails; tuning's choices made
+/// meanwhile are dropped): a test that changes them leaves the next one the device it found. They
+/// are the device's, shared by a binary's tests: hold `serial()` as well.
 pub struct DeviceSettings<'a> {
     dev: &'a CudaDevice,
     precision: Precision,
     variant: TcVariant,
     fuse_bn_stats: bool,
+    tuning: TuneMode,
 }
 
 impl<'a> DeviceSettings<'a> {
     pub fn saved(dev: &'a CudaDevice) -> DeviceSettings<'a> {
-        DeviceSettings { dev, precision: dev.precision(), variant: dev.tc_variant(), fuse_bn_stats: dev.fuse_bn_stats() }
+        let tuning = conv_tune::mode(dev).expect("the tuning mode");
+        DeviceSettings { dev, precision: dev.precision(), variant: dev.tc_variant(), fuse_bn_stats: dev.fuse_bn_stats(), tuning }
     }
 }
 
@@ -37,6 +41,7 @@ impl Drop for DeviceSettings<'_> {
         self.dev.set_precision(self.precision);
         self.dev.set_tc_variant(self.variant);
         self.dev.set_fuse_bn_stats(self.fuse_bn_stats);
+        conv_tune::set_mode(self.dev, self.tuning.clone()).expect("the tuning mode back");
     }
 }
 

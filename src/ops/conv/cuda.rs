@@ -472,8 +472,8 @@ fn tc_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVa
 pub fn candidate_plans(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVariant, sm_count: usize) -> Vec<ConvPlan> {
     let mut out = vec![plan(sh, pass, precision, variant, sm_count)];
     let (_, _, red) = pass.gemm(sh);
+    let tile_k = tc_tile_k(variant, precision); // the channels-last kernels' 32 too
     for base in tc_plans(sh, pass, precision, variant, sm_count) {
-        let tile_k = if base.channels_last() { 32 } else { tc_tile_k(variant, precision) };
         let split = |wanted: usize| {
             let chunk = red.div_ceil(wanted).div_ceil(tile_k).max(1) * tile_k;
             ConvPlan { splits: red.div_ceil(chunk), chunk, ..base }
@@ -515,10 +515,7 @@ fn log_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, p: &ConvPlan
             Choice::Tuned => " (tuned)",
             Choice::ModelWhileCapturing => " (not tuned: first met during a graph capture)",
         };
-        format!(
-            "conv2d {pass:?} {precision}: x ({}, {}, {}, {}) w ({}, {}, {}, {}) stride {} pad {} dilation {} -> {} grid {:?}{how}",
-            sh.n, sh.c, sh.h, sh.w, sh.k, sh.c, sh.r, sh.s, sh.stride, sh.pad, sh.dilation, p.kernel.name, p.grid(sh, pass)
-        )
+        format!("conv2d {pass:?} {precision}: {} -> {} grid {:?}{how}", describe(sh), p.kernel.name, p.grid(sh, pass))
     });
 }
 
@@ -623,16 +620,32 @@ pub fn launch_plan_with(
 /// Checks a pass's operands (a, b, out) against the shape: forward (weight, x, y), input gradient
 /// (weight, dy, dx), weight gradient (dy, x, dw).
 pub(super) fn check_operands(op: &'static str, sh: &Conv2dShape, pass: ConvPass, bufs: [&GpuBuffer; 3]) -> Result<()> {
-    let (x, w, y) = ([sh.n, sh.c, sh.h, sh.w], [sh.k, sh.c, sh.r, sh.s], [sh.n, sh.k, sh.out_h(), sh.out_w()]);
-    let operands = match pass {
-        ConvPass::Forward => [("weight", w), ("x", x), ("y", y)],
-        ConvPass::InputGrad => [("weight", w), ("dy", y), ("dx", x)],
-        ConvPass::WeightGrad => [("dy", y), ("x", x), ("dw", w)],
-    };
-    for (buf, (name, dims)) in bufs.into_iter().zip(operands) {
+    for (buf, (name, dims)) in bufs.into_iter().zip(pass.operands(sh)) {
         check_len(op, name, buf.len(), dims.iter().product(), &dims)?;
     }
     Ok(())
+}
+
+impl ConvPass {
+    /// The pass's operands (a, b, out) in the kernels' argument order, named and shaped: forward
+    /// (weight, x, y), input gradient (weight, dy, dx), weight gradient (dy, x, dw).
+    pub fn operands(self, sh: &Conv2dShape) -> [(&'static str, [usize; 4]); 3] {
+        let (x, w, y) = ([sh.n, sh.c, sh.h, sh.w], [sh.k, sh.c, sh.r, sh.s], [sh.n, sh.k, sh.out_h(), sh.out_w()]);
+        match self {
+            ConvPass::Forward => [("weight", w), ("x", x), ("y", y)],
+            ConvPass::InputGrad => [("weight", w), ("dy", y), ("dx", x)],
+            ConvPass::WeightGrad => [("dy", y), ("x", x), ("dw", w)],
+        }
+    }
+}
+
+/// A convolution as the kernel log names it: "x (n, c, h, w) w (k, c, r, s) stride .. pad ..
+/// dilation ..".
+pub(super) fn describe(sh: &Conv2dShape) -> String {
+    format!(
+        "x ({}, {}, {}, {}) w ({}, {}, {}, {}) stride {} pad {} dilation {}",
+        sh.n, sh.c, sh.h, sh.w, sh.k, sh.c, sh.r, sh.s, sh.stride, sh.pad, sh.dilation
+    )
 }
 
 /// The plan's grid, or why it is too large to launch.

@@ -29,7 +29,7 @@
 //! not used) and written after each new choice. `[train] conv_tune = true` tunes into
 //! `<out>/conv-tune.json`.
 
-use super::cuda::{ConvPass, ConvPlan, candidate_plans, launch_plan};
+use super::cuda::{ConvPass, ConvPlan, candidate_plans, describe, launch_plan};
 use crate::backend::cpu::conv::ConvGeometry;
 use crate::backend::cuda::CudaDevice;
 use crate::backend::cuda::launch::log_kernel_choice;
@@ -294,12 +294,7 @@ pub fn fastest(times: &[f64]) -> usize {
 /// pass's shapes (fixed seed). The per-op profiler is paused meanwhile, so a profile shows the
 /// run's own launches.
 fn time_plans(dev: &CudaDevice, sh: &ConvGeometry, pass: ConvPass, plans: &[ConvPlan]) -> Result<Vec<f64>> {
-    let (x, w, y) = (sh.input_len(), sh.weight_len(), sh.output_len());
-    let [a, b, out] = match pass {
-        ConvPass::Forward => [w, x, y],
-        ConvPass::InputGrad => [w, y, x],
-        ConvPass::WeightGrad => [y, x, w],
-    };
+    let [a, b, out] = pass.operands(sh).map(|(_, dims)| dims.iter().product::<usize>());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x7e57);
     let mut random = |len: usize| dev.htod(&(0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>());
     let (a, b, mut out) = (random(a)?, random(b)?, dev.alloc(out)?);
@@ -319,32 +314,13 @@ fn time_plans(dev: &CudaDevice, sh: &ConvGeometry, pass: ConvPass, plans: &[Conv
 /// One line per record: the convolution, the pass, and each candidate's time, the chosen one
 /// starred.
 fn record_line(r: &TuneRecord) -> String {
-    let g = &r.conv;
     let cands: Vec<String> = r
         .candidates
         .iter()
         .enumerate()
         .map(|(i, t)| format!("{}{}x{}/{} {:.4} ms", if i == r.chosen { "*" } else { "" }, t.tile[0], t.tile[1], t.splits, t.ms))
         .collect();
-    format!(
-        "x ({}, {}, {}, {}) w ({}, {}, {}, {}) s{} p{} d{} {:?} {} {}: {} (model's first; x{:.2})",
-        g.n,
-        g.c,
-        g.h,
-        g.w,
-        g.k,
-        g.c,
-        g.r,
-        g.s,
-        g.stride,
-        g.pad,
-        g.dilation,
-        r.pass,
-        r.precision,
-        r.variant,
-        cands.join(", "),
-        r.speedup()
-    )
+    format!("{} {:?} {} {}: {} (model's first; x{:.2})", describe(&r.conv), r.pass, r.precision, r.variant, cands.join(", "), r.speedup())
 }
 
 /// The records as a markdown table: one row per pass, the model's plan and time, the chosen
