@@ -12,6 +12,10 @@ flags="-std=c++20 -O2 -g -fPIC -w -DEMU_FIBERS -I $root/scripts/kernel-emu -I $h
 # a kernel's access past the end of a device buffer, or outside its shared memory, is reported.
 asan=""
 [ "${CUDA_EMU_ASAN:-0}" = 1 ] && asan="-fsanitize=address -fno-omit-frame-pointer"
+# CUDA_EMU_TSAN=1: ThreadSanitizer instead, with kernel-emu's race detection (emu_race.h): two
+# CUDA threads of a block that touch one address, one writing, with no barrier between, are
+# reported (test.sh then preloads libtsan and stops a test binary at the first report).
+[ "${CUDA_EMU_TSAN:-0}" = 1 ] && asan="-fsanitize=thread"
 flags="$flags $asan"
 modules=$(cd "$root/kernels" && ls *.cu | sed 's/\.cu$//')
 for m in $modules; do

@@ -8,7 +8,9 @@
 // then invalidated and cuStreamEndCapture fails, as it would on a GPU). A graph records the
 // launches, copies and memsets issued while capturing (with copies of the kernels' parameters)
 // and replays them. Events record the host clock. The device reports itself as an sm_90 part
-// with 132 multiprocessors (the H200's count, so grid-size heuristics take the H200's paths).
+// with 132 multiprocessors (the H200's count, so grid-size heuristics take the H200's paths;
+// CUDA_EMU_SM_COUNT sets another: test.sh's race detection takes 4, since ThreadSanitizer follows
+// at most 8128 threads and a cooperative grid runs all its threads at once).
 // Not emulated: concurrency between streams (everything is in issue order), 2-D/3-D blocks.
 #include "registry.h"
 #include "emu_tc.h"
@@ -41,7 +43,12 @@ enum : int {
     LAUNCH_OUT_OF_RESOURCES = 701,
     INVALID_CONFIGURATION = 9,
 };
-constexpr int SM_COUNT = 132, SMEM_DEFAULT = 48 * 1024, SMEM_OPTIN = 232448;
+constexpr int SMEM_DEFAULT = 48 * 1024, SMEM_OPTIN = 232448;
+const int SM_COUNT = [] {
+    const char* e = std::getenv("CUDA_EMU_SM_COUNT");
+    const int n = e ? std::atoi(e) : 132;
+    return n >= 1 && n <= 1024 ? n : 132;
+}();
 constexpr size_t TOTAL_MEMORY = size_t(141) << 30;
 
 std::recursive_mutex& lock() {

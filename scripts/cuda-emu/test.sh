@@ -31,8 +31,16 @@ fi
 # (leaks not reported: graphs and the tests' buffers live to the end on purpose).
 # (cargo's runner: the test binaries get it, not cargo and rustc)
 preload=(env)
+runner="CARGO_TARGET_$(rustc -vV | sed -n 's/^host: //p' | tr 'a-z-' 'A-Z_')_RUNNER"
 if [ "${CUDA_EMU_ASAN:-0}" = 1 ]; then
-    preload=(env "CARGO_TARGET_$(rustc -vV | sed -n 's/^host: //p' | tr 'a-z-' 'A-Z_')_RUNNER=env LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0")
+    preload=(env "$runner=env LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0")
+fi
+# CUDA_EMU_TSAN=1: the driver built with ThreadSanitizer (build.sh), preloaded; the first race
+# a kernel makes stops its test binary with the report.
+if [ "${CUDA_EMU_TSAN:-0}" = 1 ]; then
+    # (4 SMs: a cooperative grid runs all its threads at once, each a TSan thread: under its limit
+    # of 8128 and its memory; the shortest history per thread, for memory too)
+    preload=(env "$runner=env LD_PRELOAD=$(g++ -print-file-name=libtsan.so) TSAN_OPTIONS=halt_on_error=1:ignore_noninstrumented_modules=1:history_size=0:suppressions=$here/../kernel-emu/tsan.supp CUDA_EMU_SM_COUNT=4")
 fi
 status=0
 for t in "${targets[@]}"; do

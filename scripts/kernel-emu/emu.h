@@ -17,6 +17,10 @@
 #include <memory>
 #include <thread>
 #include <vector>
+#include "emu_race.h"
+#if defined(EMU_RACE) && !defined(EMU_FIBERS)
+#error "race detection (-fsanitize=thread) needs the fiber emulator (-DEMU_FIBERS)"
+#endif
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 #ifdef EMU_FIBERS
 struct EmuBarrier;  // emu_fiber.h
@@ -78,16 +82,25 @@ inline EmuBarrier& emu_warp_barrier(int w) {
     return *g_warp_bar[w];
 }
 inline void __syncwarp(unsigned = 0xffffffffu) { if (!g_bar) emu_no_barrier(); emu_warp_barrier(threadIdx.x >> 5).arrive_and_wait(); }
+// A warp collective's wait for its lanes (shuffles, votes; emu_tc.h's mma and ldmatrix): unlike
+// __syncwarp it orders no memory for the race detector (emu_race.h), as PTX promises none.
+inline void emu_warp_converge(int w) {
+#ifdef EMU_FIBERS
+    emu_warp_barrier(w).arrive_and_wait(false);
+#else
+    emu_warp_barrier(w).arrive_and_wait();
+#endif
+}
 inline double g_xch[1024];  // doubles, so float and double shuffles share it
 // Every lane of the warp must call it (as the kernels' full masks promise); src = lane to read.
-template <class T, class F> inline T warp_exchange(T v, F src) {
+// The exchange area is the emulator's, not the kernel's: not checked for races (EMU_NOT_RACED).
+template <class T, class F> EMU_NOT_RACED inline T warp_exchange(T v, F src) {
     if (!g_bar) emu_no_barrier();
     int t = threadIdx.x;
-    EmuBarrier& wb = emu_warp_barrier(t >> 5);
     g_xch[t] = (double)v;  // exact for float and double
-    wb.arrive_and_wait();
+    emu_warp_converge(t >> 5);
     T r = (T)g_xch[(t & ~31) | src(t & 31)];
-    wb.arrive_and_wait();
+    emu_warp_converge(t >> 5);
     return r;
 }
 template <class T> inline T __shfl_xor_sync(unsigned, T v, int m) { return warp_exchange(v, [m](int l) { return l ^ m; }); }
@@ -97,21 +110,20 @@ template <class T> inline T __shfl_sync(unsigned, T v, int s) { return warp_exch
 // Every lane's v, by lane; every lane of the warp must call it. Returns the lanes the warp has
 // (fewer in a block's last, partial warp). For the vote and match intrinsics.
 inline unsigned long long g_xch64[1024];
-template <class T> inline unsigned warp_gather(T v, unsigned long long (&out)[32]) {
+template <class T> EMU_NOT_RACED inline unsigned warp_gather(T v, unsigned long long (&out)[32]) {
     if (!g_bar) emu_no_barrier();
     int t = threadIdx.x;
-    EmuBarrier& wb = emu_warp_barrier(t >> 5);
     unsigned long long u = 0;
     std::memcpy(&u, &v, sizeof(T) < 8 ? sizeof(T) : 8);
     g_xch64[t] = u;
-    wb.arrive_and_wait();
+    emu_warp_converge(t >> 5);
     unsigned lanes = 0;
     for (int l = 0; l < 32; ++l) {
         unsigned s = (unsigned)(t & ~31) + (unsigned)l;
         out[l] = s < blockDim.x ? g_xch64[s] : 0;
         lanes += s < blockDim.x;
     }
-    wb.arrive_and_wait();
+    emu_warp_converge(t >> 5);
     return lanes;
 }
 // The lanes of the warp whose predicate is nonzero (mask: all lanes call it, as the kernels' full masks promise).
@@ -137,7 +149,16 @@ inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 // One OS thread runs the CUDA threads (fibers) or std::atomic_ref makes them atomic (threads).
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+// For the race detector (emu_race.h), which models no standalone fence: every __threadfence
+// acquires and releases one token, so a fence is ordered after every fence that ran before it.
+// That is more than the GPU promises (there a reader's fence orders it after a writer's only
+// once it has seen the writer's flag), so a fence-based race can be missed, never invented.
+inline char g_fence_token;
+inline void __threadfence() {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    emu_race_acquire(&g_fence_token);
+    emu_race_release(&g_fence_token);
+}
 template <class T> inline T __ldcg(const T* p) { return *p; }
 inline unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
@@ -196,7 +217,10 @@ inline void launch(dim3 grid, unsigned threads, std::function<void()> body) {
 // For kernels without barriers or shuffles (element-wise, grid-stride): the block's threads run
 // one after another on the calling thread, thousands of times faster than a thread each. A kernel
 // that does synchronise aborts here rather than pass.
-inline void launch_serial(dim3 grid, unsigned threads, std::function<void()> body) {
+// Under EMU_RACE each thread runs in its own ThreadSanitizer context, as a fiber's would: the
+// threads of a block are not ordered among themselves (two writing one element are reported),
+// blocks are ordered one after another.
+EMU_NOT_RACED inline void launch_serial(dim3 grid, unsigned threads, std::function<void()> body) {
     gridDim = grid;
     blockDim = {threads, 1, 1};
     g_bar = nullptr;
@@ -205,10 +229,21 @@ inline void launch_serial(dim3 grid, unsigned threads, std::function<void()> bod
             for (unsigned x = 0; x < grid.x; ++x) {
                 blockIdx = {x, y, z};
                 if (g_before_block) g_before_block();
+#ifdef EMU_RACE
+                void* host = __tsan_get_current_fiber();
+                std::vector<void*> ctx(threads);
+                for (unsigned t = 0; t < threads; ++t) ctx[t] = emu_race_fiber(t);
+#endif
                 for (unsigned t = 0; t < threads; ++t) {
                     threadIdx = {t, 0, 0};
+#ifdef EMU_RACE
+                    __tsan_switch_to_fiber(ctx[t], __tsan_switch_to_fiber_no_sync);
+#endif
                     body();
                     if (g_after_thread) g_after_thread();
+#ifdef EMU_RACE
+                    __tsan_switch_to_fiber(host, 0);  // the thread is done: ordered before the host
+#endif
                 }
             }
 }

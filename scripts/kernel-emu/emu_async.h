@@ -119,6 +119,7 @@ inline void emu_cp_async(void* dst, const void* src, unsigned bytes, unsigned sr
     if (!s0 || d < s0 || d + bytes > s0 + g_dyn_smem_bytes) emu_bad_cp_async("destination outside the dynamic shared memory", dst, src, bytes, src_size);
     EmuCpAsyncQueue& q = emu_cp_async_queue();
     q.open.push_back({dst, src, bytes, src_size, false});
+    emu_race_written(dst, bytes);  // it may land from now on (emu_race.h)
     if (emu_cp_async_early()) emu_cp_async_land(q.open.back());
 }
 inline void emu_cp_async_commit() {

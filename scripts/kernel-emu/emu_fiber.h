@@ -7,6 +7,7 @@
 // holds a barrier up (as on sm_70 and later). A round of the scheduler in which every thread
 // waits and none arrives, leaves or is released is a deadlock: it aborts naming the block.
 #pragma once
+#include "emu_race.h"
 #include <sys/mman.h>
 #include <cstdint>
 #include <cstdio>
@@ -53,6 +54,7 @@ struct EmuFiber {
     char* stack = nullptr;  // lowest usable byte
     unsigned thread = 0, block = 0;
     dim3 block_idx;
+    void* tsan = nullptr;  // its ThreadSanitizer fiber (EMU_RACE)
     bool done = false, blocked = false;
 };
 constexpr unsigned long long EMU_STACK_CANARY = 0x5eed5eed5eed5eedull;
@@ -62,6 +64,7 @@ inline const std::function<void()>* g_fiber_body;
 inline std::vector<std::unique_ptr<EmuBarrier>>* g_fiber_blocks;  // each running block's barrier
 inline unsigned long long g_fiber_progress;  // arrivals, releases and exits
 inline bool g_fiber_blocks_concurrent;
+inline void* g_sched_tsan;  // the scheduler's ThreadSanitizer context (EMU_RACE)
 
 [[noreturn]] inline void emu_fiber_no_warp_collectives() {
     std::fprintf(stderr, "emu: a shuffle, vote, mma or ldmatrix in a cooperative launch (blocks run at once; the emulator keeps one warp exchange area)\n");
@@ -73,7 +76,12 @@ inline bool g_fiber_blocks_concurrent;
 inline const void* g_sched_stack_bottom;
 inline size_t g_sched_stack_size;
 // From a fiber to the scheduler; `dying`: the fiber never runs again.
-inline void emu_to_scheduler(bool dying) {
+EMU_NOT_RACED inline void emu_to_scheduler(bool dying) {
+#ifdef EMU_RACE
+    // A returning thread is ordered before the scheduler (so before the next block's threads);
+    // a thread that only waits is not.
+    __tsan_switch_to_fiber(g_sched_tsan, dying ? 0 : __tsan_switch_to_fiber_no_sync);
+#endif
 #ifdef EMU_ASAN
     void* fake = nullptr;
     __sanitizer_start_switch_fiber(dying ? nullptr : &fake, g_sched_stack_bottom, g_sched_stack_size);
@@ -86,40 +94,48 @@ inline void emu_to_scheduler(bool dying) {
 }
 inline void emu_fiber_yield() { emu_to_scheduler(false); }
 
-// A block's or a warp's barrier: `expected` threads still running.
+// A block's or a warp's barrier: `expected` threads still running. Under EMU_RACE a barrier that
+// orders memory (`fence`: __syncthreads, __syncwarp) has each arrival release and each departure
+// acquire the generation's token (two, alternating: a thread can only arrive at generation g + 2
+// after every thread has left generation g); a warp collective's (a shuffle, vote, mma or
+// ldmatrix: the lanes converge, but PTX promises no memory ordering) orders nothing.
 struct EmuBarrier {
     unsigned expected, arrived = 0, gen = 0;
+    char token[2];
     explicit EmuBarrier(unsigned n) : expected(n) {}
-    void release() {
+    EMU_NOT_RACED void release() {
         arrived = 0;
         ++gen;
         ++g_fiber_progress;
     }
-    void arrive_and_wait() {
+    EMU_NOT_RACED void arrive_and_wait(bool fence = true) {
         ++g_fiber_progress;
         const unsigned g = gen;
+        if (fence) emu_race_release(&token[g & 1]);
         if (++arrived >= expected) {
             release();
+            if (fence) emu_race_acquire(&token[g & 1]);
             return;
         }
         g_fiber_cur->blocked = true;
         while (gen == g) emu_fiber_yield();
         g_fiber_cur->blocked = false;
+        if (fence) emu_race_acquire(&token[g & 1]);
     }
     // A participant returned from the kernel.
-    void drop() {
+    EMU_NOT_RACED void drop() {
         --expected;
         if (arrived && arrived >= expected) release();
     }
 };
 
-inline void emu_fiber_spin_yield() {
+EMU_NOT_RACED inline void emu_fiber_spin_yield() {
     g_fiber_cur->blocked = true;
     emu_fiber_yield();
     g_fiber_cur->blocked = false;
 }
 
-extern "C" [[noreturn]] inline void emu_fiber_entry() {
+extern "C" [[noreturn]] EMU_NOT_RACED inline void emu_fiber_entry() {
 #ifdef EMU_ASAN
     __sanitizer_finish_switch_fiber(nullptr, &g_sched_stack_bottom, &g_sched_stack_size);
 #endif
@@ -167,11 +183,31 @@ inline char* emu_fiber_stack(size_t i, bool cooperative) {
     return pool[i];
 }
 
-inline void emu_fiber_switch_to(EmuFiber& f) {
+#ifdef EMU_RACE
+// ThreadSanitizer contexts, one per fiber slot, kept for every later launch (making one costs
+// about 0.1 ms: a new set per block took minutes). Before a launch's threads run, each context is
+// ordered after the scheduler (a switch there and back, nothing run between): after the host's
+// work and every thread of the blocks before (each ordered itself before the scheduler as it
+// returned), and after nothing of this launch. The same context for thread i of every block orders
+// nothing more than that.
+inline std::vector<void*> g_race_fibers;
+EMU_NOT_RACED inline void* emu_race_fiber(size_t i) {
+    while (g_race_fibers.size() <= i) g_race_fibers.push_back(__tsan_create_fiber(0));
+    void* f = g_race_fibers[i];
+    void* sched = __tsan_get_current_fiber();
+    __tsan_switch_to_fiber(f, 0);
+    __tsan_switch_to_fiber(sched, __tsan_switch_to_fiber_no_sync);
+    return f;
+}
+#endif
+EMU_NOT_RACED inline void emu_fiber_switch_to(EmuFiber& f) {
     g_fiber_cur = &f;
     threadIdx = {f.thread, 0, 0};
     blockIdx = f.block_idx;
     g_bar = (*g_fiber_blocks)[f.block].get();
+#ifdef EMU_RACE
+    __tsan_switch_to_fiber(f.tsan, __tsan_switch_to_fiber_no_sync);
+#endif
 #ifdef EMU_ASAN
     void* fake = nullptr;
     __sanitizer_start_switch_fiber(&fake, f.stack, emu_fiber_stack_bytes(g_fiber_blocks_concurrent));
@@ -183,7 +219,7 @@ inline void emu_fiber_switch_to(EmuFiber& f) {
 }
 
 // Runs `threads` threads of each of `blocks` (block indices), all at once.
-inline void emu_fiber_run(const std::vector<dim3>& blocks, unsigned threads, const std::function<void()>& body, bool cooperative) {
+EMU_NOT_RACED inline void emu_fiber_run(const std::vector<dim3>& blocks, unsigned threads, const std::function<void()>& body, bool cooperative) {
     const size_t n = blocks.size() * threads, bytes = emu_fiber_stack_bytes(cooperative);
     std::vector<EmuFiber> fibers(n);
     std::vector<std::unique_ptr<EmuBarrier>> bl;
@@ -203,7 +239,13 @@ inline void emu_fiber_run(const std::vector<dim3>& blocks, unsigned threads, con
         *--sp = (void*)&emu_fiber_entry;      // where emu_ctx_switch returns to
         for (int r = 0; r < 6; ++r) *--sp = nullptr;
         f.sp = sp;
+#ifdef EMU_RACE
+        f.tsan = emu_race_fiber(i);
+#endif
     }
+#ifdef EMU_RACE
+    g_sched_tsan = __tsan_get_current_fiber();
+#endif
     g_fiber_body = &body;
     g_fiber_blocks = &bl;
     size_t alive = n;

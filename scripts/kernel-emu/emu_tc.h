@@ -68,7 +68,8 @@ inline unsigned g_mma_count[1024];  // each CUDA thread's mma calls (its buffer 
     std::fprintf(stderr, "emu: no emulation for mma \"%s\"\n", t);
     std::abort();
 }
-inline void emu_mma_sync(const char* tmpl, float& d0, float& d1, float& d2, float& d3, unsigned a0, unsigned a1,
+// The exchange area is the emulator's: not checked for races (EMU_NOT_RACED); an mma reads no memory.
+EMU_NOT_RACED inline void emu_mma_sync(const char* tmpl, float& d0, float& d1, float& d2, float& d3, unsigned a0, unsigned a1,
                          unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
     if (!g_bar) emu_no_barrier();
     const bool tf32 = std::strstr(tmpl, "m16n8k8.row.col.f32.tf32.tf32.f32") != nullptr;
@@ -77,7 +78,7 @@ inline void emu_mma_sync(const char* tmpl, float& d0, float& d1, float& d2, floa
     const int t = threadIdx.x, warp = t >> 5, lane = t & 31, buf = g_mma_count[t]++ & 1;
     EmuMmaLane (&x)[32] = g_mma_xch[warp][buf];
     x[lane] = {{a0, a1, a2, a3}, {b0, b1}, {d0, d1, d2, d3}};
-    emu_warp_barrier(warp).arrive_and_wait();
+    emu_warp_converge(warp);
     // A[row][k], B[k][col] from the fragments of every lane, per the PTX ISA layouts.
     auto A = [&](int row, int k) -> double {
         if (tf32) {  // a0: (g, t), a1: (g+8, t), a2: (g, t+4), a3: (g+8, t+4)
@@ -130,7 +131,9 @@ inline void* emu_smem_ptr(unsigned a) {
 }
 inline const void* g_ldsm_xch[32][2][32];  // [warp][buffer][lane]: the row addresses
 inline unsigned g_ldsm_count[1024];
-inline void emu_ldmatrix_x4(const void* row, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3, bool trans) {
+// Not instrumented (the address exchange is the emulator's): each shared-memory read is reported
+// to the race detector explicitly, as this lane's.
+EMU_NOT_RACED inline void emu_ldmatrix_x4(const void* row, unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3, bool trans) {
     if (!g_bar) emu_no_barrier();
     const char* s0 = (const char*)g_dyn_smem.get();
     const char* p = (const char*)row;
@@ -142,15 +145,21 @@ inline void emu_ldmatrix_x4(const void* row, unsigned& r0, unsigned& r1, unsigne
     const int t = threadIdx.x, warp = t >> 5, lane = t & 31, buf = g_ldsm_count[t]++ & 1;
     const void* (&x)[32] = g_ldsm_xch[warp][buf];
     x[lane] = row;
-    emu_warp_barrier(warp).arrive_and_wait();
+    emu_warp_converge(warp);
     unsigned* r[4] = {&r0, &r1, &r2, &r3};
     for (int i = 0; i < 4; ++i) {
         if (!trans) {  // (row lane / 4, elements 2 (lane % 4), +1): 4 bytes of that row
-            std::memcpy(r[i], (const char*)x[8 * i + (lane >> 2)] + 4 * (lane & 3), 4);
+            const char* a = (const char*)x[8 * i + (lane >> 2)] + 4 * (lane & 3);
+            emu_race_read(a, 4);
+            std::memcpy(r[i], a, 4);
         } else {  // (rows 2 (lane % 4), +1; column lane / 4): the lower row in the low half
             unsigned short lo, hi;
-            std::memcpy(&lo, (const char*)x[8 * i + 2 * (lane & 3)] + 2 * (lane >> 2), 2);
-            std::memcpy(&hi, (const char*)x[8 * i + 2 * (lane & 3) + 1] + 2 * (lane >> 2), 2);
+            const char* a = (const char*)x[8 * i + 2 * (lane & 3)] + 2 * (lane >> 2);
+            const char* b = (const char*)x[8 * i + 2 * (lane & 3) + 1] + 2 * (lane >> 2);
+            emu_race_read(a, 2);
+            emu_race_read(b, 2);
+            std::memcpy(&lo, a, 2);
+            std::memcpy(&hi, b, 2);
             *r[i] = (unsigned)hi << 16 | lo;
         }
     }

@@ -14,14 +14,21 @@ san="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all"
 # EMU_FIBERS=1: CUDA threads as fibers on one OS thread (emu_fiber.h; AddressSanitizer follows the
 # stack switches), many times faster than a std::thread each
 [ "${EMU_FIBERS:-0}" = 1 ] && san="$san -DEMU_FIBERS"
+# EMU_RACE=1: ThreadSanitizer instead of AddressSanitizer, on the fibers (emu_race.h): a data race
+# in a kernel (shared or global memory, two threads that no barrier orders) stops the check. A
+# mutant whose environment says EMU_RACE=1 (the barrier sweep below) is built that way too.
+race_san="-O1 -g -fsanitize=thread,undefined -fno-sanitize-recover=all -DEMU_FIBERS"
+export TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/tsan.supp ${TSAN_OPTIONS:-}"
+[ "${EMU_RACE:-0}" = 1 ] && san=$race_san
 survived=0
 # check, kernel file (or a header it includes), define, sed expression, what it breaks[,
-# environment of the run]. The mutant is made in a copy of kernels/, so a header's mutant reaches
+# environment of the run[, arguments of the check]]. The mutant is made in a copy of kernels/, so a header's mutant reaches
 # the kernel file that includes it. conv_tcp_check is conv_tc_check.cpp built with
 # -DCONV_TCP_KERNELS.
 mutant() {
-    local check=$1 src=$2 def=$3 expr=$4 what=$5 env=${6:-}
-    if [ -n "${ONLY:-}" ] && [ "$check" != "$ONLY" ]; then return; fi
+    local check=$1 src=$2 def=$3 expr=$4 what=$5 env=${6:-} args=${7:-} flags=$san
+    case " ${6:-} " in *" EMU_RACE=1 "*) flags=$race_san ;; esac
+    if [ -n "${ONLY:-}" ] && [ "$check" != "$ONLY" ] && ! [ "$ONLY:${sweeping:-}" = barriers:1 ]; then return; fi
     local dir="$out/kernels"
     rm -rf "$dir" && cp -r ../../kernels "$dir"
     sed "$expr" "../../kernels/$src" > "$dir/$src"
@@ -34,10 +41,11 @@ mutant() {
         conv_tcp_check) copy="$dir/conv2d_tcp.cu" cpp=conv_tc_check.cpp ;;
         conv_nhwc_check) copy="$dir/nhwc_both.cu"; printf '#include "conv2d_tcp.cu"\n#include "conv2d_nhwc.cu"\n' > "$copy" ;;
         danet_check) copy="$dir/danet_both.cu"; printf '#include "danet.cu"\n#include "danet_tc.cu"\n' > "$copy" ;;
+        bn_check) copy="$dir/batchnorm.cu" ;;  # also for a mutant of block_reduce.cuh, which it includes
     esac
     if [ "$cpp" = conv_tc_check.cpp ] || [ "$check" = conv_nhwc_check ] || [ "$check" = danet_check ]; then python3 emu_ptx.py "$copy" "$copy.emu.cu" 2>/dev/null || { echo "BAD MUTANT (emu_ptx): $what"; survived=1; return; }; copy="$copy.emu.cu"; fi
-    g++ $san -std=c++20 -w -pthread -D$def="\"$copy\"" -I. -o "$out/bin" "$cpp" || { echo "BAD MUTANT (no build): $what"; survived=1; return; }
-    if (env EMU_FAIL_FAST=1 $env "$out/bin") > "$out/log" 2>&1; then echo "SURVIVED: $what${env:+ ($env)}"; survived=1; else echo "caught: $what${env:+ ($env)} ($(grep -m1 -o 'FAIL.*\|ERROR: [A-Za-z]*Sanitizer: [a-z-]*\|runtime error: [a-z ]*\|emu: .*' "$out/log" | head -1))"; fi
+    g++ $flags -std=c++20 -w -pthread -D$def="\"$copy\"" -I. -o "$out/bin" "$cpp" || { echo "BAD MUTANT (no build): $what"; survived=1; return; }
+    if (env EMU_FAIL_FAST=1 $env "$out/bin" $args) > "$out/log" 2>&1; then echo "SURVIVED: $what${env:+ ($env)}"; survived=1; else echo "caught: $what${env:+ ($env)} ($(grep -m1 -o 'FAIL.*\|ERROR: [A-Za-z]*Sanitizer: [a-z-]*\|WARNING: ThreadSanitizer: [a-z ]*\|runtime error: [a-z ]*\|emu: .*' "$out/log" | head -1))"; fi
 }
 A=attention.cu O=optim.cu T=conv2d_tc.cu P=conv2d_tcp.cu H=conv_tc.cuh C=cp_async.cuh N=conv2d_nhwc.cu
 mutant danet_check danet.cu DANET_KERNELS 's/return v + __shfl_xor_sync(0xffffffffu, v, 4);/return v;/' "danet row sums miss the 4-lane shuffle" DANET_ONLY=fp32
@@ -143,4 +151,30 @@ mutant bn_check batchnorm.cu BN_KERNELS 's/if (g_out != nullptr) g_out\[i\] = g;
 # nd.cu's tiled transpose: the tile read back unswapped, the read's column bound dropped.
 mutant nd_check nd.cu ND_KERNELS 's/y\[(long long)c \* R + r\] = tile\[tx\]\[i\];/y[(long long)c * R + r] = tile[i][tx];/' "transpose writes the tile unswapped"
 mutant nd_check nd.cu ND_KERNELS 's/if (r < R \&\& c < C) tile\[i\]\[tx\]/if (r < R) tile[i][tx]/' "transpose reads past a row's end"
+# The barrier sweep: every __syncthreads and __syncwarp of the kernels the checks cover, removed
+# one at a time, built with the race detector (EMU_RACE=1): each must be reported (a race, or
+# wrong values). The value checks alone miss some (a missing barrier the emulator's schedule
+# happens to survive); one that no check misses would be a barrier the kernel does not need.
+# A header's barrier is swept through each check whose kernels use it. Shapes are cut to two
+# per convolution check (a caught mutant stops at its first report). BARRIERS=0 skips it;
+# ONLY=barriers runs it alone; SWEEP_VALUES=1 builds the sweep's mutants with AddressSanitizer
+# instead, to see which missing barriers the value checks alone catch.
+barrier_sweep() {
+    local check=$1 src=$2 def=$3 env=${4:-} args=${5:-} line sweeping=1 race=EMU_RACE=1
+    [ "${SWEEP_VALUES:-0}" = 1 ] && race=EMU_SWEEP=values
+    while IFS=: read -r line _; do
+        mutant "$check" "$src" "$def" "${line}s/__sync\(threads\|warp\)();/\/\/ no barrier/" "$src:$line: barrier removed" "$race${env:+ $env}" "$args"
+    done < <(grep -n '__syncthreads();\|__syncwarp();' "../../kernels/$src")
+}
+if [ "${BARRIERS:-1}" = 1 ]; then
+    barrier_sweep csa_check attention.cu CSA_KERNELS
+    barrier_sweep danet_check danet.cu DANET_KERNELS DANET_ONLY=fp32
+    barrier_sweep danet_check cp_async.cuh DANET_KERNELS DANET_ONLY=tf32
+    barrier_sweep nd_check nd.cu ND_KERNELS
+    barrier_sweep bn_check block_reduce.cuh BN_KERNELS
+    barrier_sweep conv_tc_check conv2d_tc.cu CONV_TC_KERNELS "" "0 2"
+    barrier_sweep conv_tcp_check cp_async.cuh CONV_TCP_KERNELS "" "0 6"
+    barrier_sweep conv_nhwc_check conv2d_nhwc.cu CONV_KERNELS "" "0 2"
+    barrier_sweep conv_nhwc_check cp_async.cuh CONV_KERNELS "" "0 2"
+fi
 exit $survived
