@@ -272,7 +272,7 @@ __device__ void lattice_embed(const float* __restrict__ features, int points, in
             unsigned h = NO_SLOT;
             if (live && leader == lane_id()) {
                 h = table_insert(state, keys, cap_log2, max_probes, key);
-                if (h == NO_SLOT) meta[8] = 1u;
+                if (h == NO_SLOT) atomicExch(&meta[8], 1u);  // many threads may set the flag
             }
             h = __shfl_sync(FULL_MASK, h, leader);
             if (valid) {
