@@ -9,7 +9,7 @@
 // launches, copies and memsets issued while capturing (with copies of the kernels' parameters)
 // and replays them. Events record the host clock. The device reports itself as an sm_90 part
 // with 132 multiprocessors (the H200's count, so grid-size heuristics take the H200's paths;
-// CUDA_EMU_SM_COUNT sets another: test.sh's race detection takes 4, since ThreadSanitizer follows
+// CUDA_EMU_SM_COUNT sets another: test.sh's race detection takes 12, since ThreadSanitizer follows
 // at most 8128 threads and a cooperative grid runs all its threads at once).
 // Not emulated: concurrency between streams (everything is in issue order), 2-D/3-D blocks.
 #include "registry.h"
