@@ -41,8 +41,9 @@ if [ "${CUDA_EMU_TSAN:-0}" = 1 ]; then
     # A smaller device (CUDA_EMU_SM_COUNT, default 12 here): a cooperative grid runs all its
     # threads at once, each a TSan thread, and TSan follows at most 8128. gpu_crf's cooperative
     # blur needed 4 on this 23 GB machine. The shortest history per thread, for memory too; a
-    # failed allocation returns null (gpu_runtime asks for more than the device has).
-    preload=(env "$runner=env LD_PRELOAD=$(g++ -print-file-name=libtsan.so) TSAN_OPTIONS=halt_on_error=1:ignore_noninstrumented_modules=1:history_size=0:allocator_may_return_null=1:suppressions=$here/../kernel-emu/tsan.supp CUDA_EMU_SM_COUNT=${CUDA_EMU_SM_COUNT:-12}")
+    # failed allocation returns null (gpu_runtime asks for more than the device has). Test threads
+    # get 256 MB stacks: autograd's deep chain overflowed the default under TSan.
+    preload=(env "$runner=env LD_PRELOAD=$(g++ -print-file-name=libtsan.so) TSAN_OPTIONS=halt_on_error=1:ignore_noninstrumented_modules=1:history_size=0:allocator_may_return_null=1:suppressions=$here/../kernel-emu/tsan.supp CUDA_EMU_SM_COUNT=${CUDA_EMU_SM_COUNT:-12} RUST_MIN_STACK=${RUST_MIN_STACK:-268435456}")
 fi
 status=0
 for t in "${targets[@]}"; do
