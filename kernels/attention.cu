@@ -296,8 +296,7 @@ extern "C" __global__ void se_bwd_gate_f32(const float* __restrict__ g, const fl
             for (int i = 0; i < 2 * N; ++i) acc += dz[(long long)i * C + ch] * hid[(long long)i * HD + j];
             dw2[(long long)ch * HD + j] = acc;
         }
-        // No barrier here: the next channel's dz are other elements (scripts/kernel-emu's race
-        // sweep found the one that stood here unneeded).
+        // No barrier here: the next channel's dz are other elements.
     }
 }
 

@@ -47,7 +47,9 @@ constexpr int SMEM_DEFAULT = 48 * 1024, SMEM_OPTIN = 232448;
 const int SM_COUNT = [] {
     const char* e = std::getenv("CUDA_EMU_SM_COUNT");
     const int n = e ? std::atoi(e) : 132;
-    return n >= 1 && n <= 1024 ? n : 132;
+    if (n >= 1 && n <= 1024) return n;
+    std::fprintf(stderr, "cuda-emu: CUDA_EMU_SM_COUNT=%s is not 1 to 1024; 132 SMs\n", e);
+    return 132;
 }();
 constexpr size_t TOTAL_MEMORY = size_t(141) << 30;
 

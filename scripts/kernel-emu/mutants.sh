@@ -11,16 +11,9 @@ set -uo pipefail
 cd "$(dirname "$0")"
 out=${EMU_OUT:-/tmp/kernel-emu}/mutants
 mkdir -p "$out"
-san="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all"
-# EMU_FIBERS=1: CUDA threads as fibers on one OS thread (emu_fiber.h; AddressSanitizer follows the
-# stack switches), many times faster than a std::thread each
-[ "${EMU_FIBERS:-0}" = 1 ] && san="$san -DEMU_FIBERS"
-# EMU_RACE=1: ThreadSanitizer instead of AddressSanitizer, on the fibers (emu_race.h): a data race
-# in a kernel (shared or global memory, two threads that no barrier orders) stops the check. A
-# mutant whose environment says EMU_RACE=1 (the barrier sweep below) is built that way too.
-race_san="-O1 -g -fsanitize=thread,undefined -fno-sanitize-recover=all -DEMU_FIBERS"
-export TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/tsan.supp ${TSAN_OPTIONS:-}"
-[ "${EMU_RACE:-0}" = 1 ] && san=$race_san
+# san, race_san (sanitizers.sh): the flags; a mutant whose environment says EMU_RACE=1 (the barrier
+# sweep below) is built with race_san.
+. ./sanitizers.sh
 survived=0
 # check, kernel file (or a header it includes), define, sed expression, what it breaks[,
 # environment of the run[, arguments of the check]]. The mutant is made in a copy of kernels/, so a header's mutant reaches

@@ -44,16 +44,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 out=${EMU_OUT:-/tmp/kernel-emu}
 mkdir -p "$out"
-san="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all"
-# EMU_FIBERS=1: CUDA threads as fibers on one OS thread (emu_fiber.h; AddressSanitizer follows the
-# stack switches), many times faster than a std::thread each
-[ "${EMU_FIBERS:-0}" = 1 ] && san="$san -DEMU_FIBERS"
-# EMU_RACE=1: ThreadSanitizer instead of AddressSanitizer, on the fibers (emu_race.h): a data race
-# in a kernel (shared or global memory, two threads that no barrier orders) stops the check
-if [ "${EMU_RACE:-0}" = 1 ]; then
-    san="-O1 -g -fsanitize=thread,undefined -fno-sanitize-recover=all -DEMU_FIBERS"
-    export TSAN_OPTIONS="halt_on_error=1 suppressions=$PWD/tsan.supp ${TSAN_OPTIONS:-}"
-fi
+. ./sanitizers.sh  # san: the flags (EMU_FIBERS=1: fibers; EMU_RACE=1: the race detector)
 g++ $san -std=c++20 -w -pthread -o "$out/csa_check" csa_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/optim_check" optim_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/bn_check" bn_check.cpp
