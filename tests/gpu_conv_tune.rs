@@ -3,7 +3,8 @@
 //! convolution's, within the precision's tolerance, and the bits of that plan launched directly),
 //! a second call neither times nor waits, choices go to a file and come back from it, a file
 //! from another device is not used, a bad one is refused by name, and a pass first met during a
-//! graph capture runs the model's plan without breaking the capture. Skips without a GPU; fails
+//! graph capture runs the model's plan without breaking the capture; the tests' mode that avoids
+//! the model's plan chooses the fastest other. Skips without a GPU; fails
 //! with REQUIRE_CUDA=1. Each test leaves tuning as it found it (gpu_common::DeviceSettings).
 
 mod common;
@@ -90,6 +91,28 @@ test_gpu!(tuning_times_each_candidate_once_and_runs_the_fastest, |dev| {
     let wgrad = records.iter().find(|r| r.pass == ConvPass::WeightGrad).unwrap();
     assert!(wgrad.candidates.iter().any(|t| t.splits != wgrad.candidates[0].splits), "{wgrad:?}");
     assert!(tune::table(&records).lines().filter(|l| l.starts_with("| 2x48x10x10")).count() == 6);
+});
+
+// The tests' mode: every candidate timed, the fastest plan other than the model's chosen and run.
+test_gpu!(avoiding_the_model_chooses_the_fastest_other_plan, |dev| {
+    let _one_at_a_time = serial();
+    let _settings = DeviceSettings::saved(&dev);
+    dev.set_tc_variant(TcVariant::Nhwc);
+    tune::set_mode(&dev, TuneMode::AvoidModel).unwrap();
+    let g = ConvGeometry { n: 2, c: 32, h: 8, w: 8, k: 24, r: 3, s: 3, stride: 1, pad: 1, dilation: 1 };
+    let mut r = rng(34);
+    let (x, dy) = (randn(&mut r, g.input_len()), randn(&mut r, g.output_len()));
+    let mut want = vec![0.0; g.weight_len()];
+    cpu::conv2d_backward_weight(&g, &x, &dy, &mut want);
+    let bufs = [dev.htod(&x).unwrap(), dev.htod(&randn(&mut r, g.weight_len())).unwrap(), dev.htod(&dy).unwrap()];
+    let got = run(&dev, &g, ConvPass::WeightGrad, Precision::Bf16, [&bufs[0], &bufs[1], &bufs[2]]);
+    let e = rel_err(&got, &want);
+    assert!(e <= 1.5e-2, "relative error {e:.2e}");
+    let records = tune::records(&dev).unwrap();
+    let rec = records.last().expect("a record");
+    let ms: Vec<f64> = rec.candidates.iter().map(|t| t.ms).collect();
+    assert!(ms.len() >= 2, "{rec:?}");
+    assert_eq!(rec.chosen, 1 + tune::fastest(&ms[1..]), "{rec:?}");
 });
 
 test_gpu!(choices_go_to_a_file_and_come_back_from_it, |dev| {

@@ -283,7 +283,9 @@ test_gpu!(a_tuned_step_times_its_plans_in_the_first_step_and_then_waits_for_noth
         (losses, first_grads, changed)
     };
     let (model_losses, model_grads, _) = run(TuneMode::Off);
-    let (tuned_losses, tuned_grads, changed) = run(TuneMode::On);
+    // Not the fastest plans (on a two-core emulator the model's may win every pass) but the
+    // fastest of the others, so the comparison runs tuned plans on any machine.
+    let (tuned_losses, tuned_grads, changed) = run(TuneMode::AvoidModel);
     assert_eq!(tuned_losses.len(), steps);
     assert!(changed > 0, "tuning kept every model plan: nothing compared");
     let (t, m) = (tuned_losses[0], model_losses[0]);

@@ -491,7 +491,7 @@ impl<'a> Session<'a> {
             }
             let tuned = match conv_tune::mode(&dev)? {
                 conv_tune::TuneMode::Off => String::new(),
-                conv_tune::TuneMode::On => ", plans tuned in the first step".to_string(),
+                conv_tune::TuneMode::On | conv_tune::TuneMode::AvoidModel => ", plans tuned in the first step".to_string(),
                 conv_tune::TuneMode::File(f) => format!(", plans tuned in the first step (kept in {})", f.display()),
             };
             eprintln!("training on {device}, convolutions in {precision} on the {kernels}{tuned}");
