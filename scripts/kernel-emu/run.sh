@@ -39,12 +39,28 @@
 # shared memory), a misaligned float2/float4 access or an int overflow aborts the run.
 # For checking a kernel's indexing, masking, barriers and reduction order on a machine without a
 # GPU; it says nothing about speed, and a race that needs real warps to show may pass here.
-# About 20 minutes on 2 cores. ./mutants.sh checks that the checks fail on broken kernels.
+# About 20 minutes on 2 cores, either way. ./mutants.sh checks that the checks fail on broken kernels.
+# Needs g++ (C++20, with the sanitizers' runtimes) and python3; where one is missing it says so
+# and exits 0, unless CUDA_EMU_REQUIRED=1 (the switch scripts/cuda-emu reads; CI sets it).
+# The README's test command runs it with EMU_RACE=1.
 set -euo pipefail
 cd "$(dirname "$0")"
 out=${EMU_OUT:-/tmp/kernel-emu}
 mkdir -p "$out"
 . ./sanitizers.sh  # san: the flags (EMU_FIBERS=1: fibers; EMU_RACE=1: the race detector)
+missing() {
+    echo "kernel-emu: $1: the kernel checks were not run" >&2
+    [ "${CUDA_EMU_REQUIRED:-0}" = 1 ] && exit 1
+    exit 0
+}
+for tool in g++ python3; do
+    command -v "$tool" > /dev/null || missing "no $tool on this machine"
+done
+# The sanitizers' runtimes come apart from g++ on some systems: a program that does nothing, built
+# and run with the checks' flags, says whether they are here.
+printf 'int main() { return 0; }\n' > "$out/probe.cpp"
+{ g++ $san -o "$out/probe" "$out/probe.cpp" && "$out/probe"; } > "$out/probe.log" 2>&1 ||
+    missing "g++ cannot build or run a program with '$san' ($(head -c 300 "$out/probe.log"))"
 g++ $san -std=c++20 -w -pthread -o "$out/csa_check" csa_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/optim_check" optim_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/bn_check" bn_check.cpp
