@@ -5,7 +5,14 @@
 //    non-integer ratios, downsampling, one-row and one-column planes and the identity; dx starts
 //    as NaN, so an unwritten cell fails;
 //  - reduce.cu's reduce_sum_block_f32 and reduce_sum_thread_f32 split over gridDim.y, each split
-//    into its slice, then sum_splits_f32, against f64 sums; twice, with the same bits.
+//    into its slice, then sum_splits_f32, against f64 sums; twice, with the same bits;
+//  - and reduce.cu's softmax, forward and backward, against f64: over rows (a block per row:
+//    block_reduce.cuh's block_max and block_sum, the one check that runs block_max) and over the
+//    middle axis of an (outer, dim, inner) view (a thread per (outer, inner)), scores to +-40 so
+//    an unsubtracted max overflows; fewer blocks than rows, so the grid-stride loop turns;
+//  - block_reduce.cuh's contract, that a block may call block_max (block_sum) twice in a row:
+//    no kernel does yet (softmax's block_sum orders its block_max's reads before the next row's
+//    writes), so a kernel here does, and the race detector sees a missing first barrier.
 #include "emu.h"
 #include <cstdio>
 #include <cstring>
@@ -118,8 +125,87 @@ static bool check_reduce() {
     return ok;
 }
 
+// Softmax of x over `dim` (stride `inner`) in f64, and the backward from the kernel's y:
+// dx = y (dy - sum_k dy_k y_k), each with its sum of |terms| as the error's floor.
+static void softmax_ref(const V& x, const V& y, const V& dy, int outer, int dim, int inner, D& want_y, D& want_dx, D& mag_dx) {
+    for (int o = 0; o < outer; ++o)
+        for (int i = 0; i < inner; ++i) {
+            const size_t base = (size_t)o * dim * inner + i;
+            double m = -INFINITY, s = 0, dot = 0, dot_mag = 0;
+            for (int k = 0; k < dim; ++k) m = std::max(m, (double)x[base + (size_t)k * inner]);
+            for (int k = 0; k < dim; ++k) s += std::exp(x[base + (size_t)k * inner] - m);
+            for (int k = 0; k < dim; ++k) {
+                const size_t at = base + (size_t)k * inner;
+                want_y[at] = std::exp(x[at] - m) / s;
+                dot += (double)dy[at] * y[at];
+                dot_mag += std::fabs((double)dy[at] * y[at]);
+            }
+            for (int k = 0; k < dim; ++k) {
+                const size_t at = base + (size_t)k * inner;
+                want_dx[at] = y[at] * (dy[at] - dot);
+                mag_dx[at] = std::fabs(y[at]) * (std::fabs(dy[at]) + dot_mag);
+            }
+        }
+}
+
+static bool check_softmax() {
+    // outer, dim, inner (inner 1: softmax_rows_*; a block per row, up to `blocks` of them)
+    const int shapes[][3] = {{7, 37, 1}, {5, 1, 1}, {3, 256, 1}, {9, 1000, 1}, {2, 4099, 1}, {3, 5, 17}, {2, 33, 7}, {4, 1, 9}};
+    bool ok = true;
+    for (auto& sh : shapes) {
+        const int outer = sh[0], dim = sh[1], inner = sh[2];
+        const size_t n = (size_t)outer * dim * inner;
+        std::mt19937 rng(outer * 1000 + dim * 10 + inner);
+        const V x = rand_vec(rng, n, -40.0f, 40.0f), dy = rand_vec(rng, n);
+        V y(n, NAN), dx(n, NAN);
+        if (inner == 1) {
+            const unsigned blocks = (unsigned)std::min(outer, 3);
+            launch({blocks, 1, 1}, 256, [&] { softmax_rows_fwd_f32(x.data(), y.data(), outer, dim); });
+            launch({blocks, 1, 1}, 256, [&] { softmax_rows_bwd_f32(y.data(), dy.data(), dx.data(), outer, dim); });
+        } else {
+            const unsigned blocks = (unsigned)std::max(1, std::min((outer * inner + 255) / 256, 2));
+            launch_serial({blocks, 1, 1}, 256, [&] { softmax_fwd_f32(x.data(), y.data(), outer, dim, inner); });
+            launch_serial({blocks, 1, 1}, 256, [&] { softmax_bwd_f32(y.data(), dy.data(), dx.data(), outer, dim, inner); });
+        }
+        D want_y(n), want_dx(n), mag_dx(n);
+        softmax_ref(x, y, dy, outer, dim, inner, want_y, want_dx, mag_dx);
+        const double ey = err(y, want_y), edx = err(dx, want_dx, mag_dx);
+        printf("softmax %s (%d, %d, %d): forward %.2e, backward %.2e (to the sum of |terms|)\n", inner == 1 ? "rows" : "axis", outer, dim, inner, ey, edx);
+        ok = ok && ey <= 1e-5 && edx <= 1e-5;
+    }
+    return ok;
+}
+
+// Two block maxima and two block sums back to back, no barrier between the calls but the helpers'
+// own: each thread contributes a[t] and b[t] (t < n).
+__global__ void block_reductions_back_to_back(const float* a, const float* b, float* out, int n) {
+    const int t = threadIdx.x;
+    const float va = t < n ? a[t] : NEG_INF, vb = t < n ? b[t] : NEG_INF;
+    const float ma = block_max(va), mb = block_max(vb);
+    const float sa = block_sum(t < n ? a[t] : 0.0f), sb = block_sum(t < n ? b[t] : 0.0f);
+    if (t == 0) out[0] = ma, out[1] = mb, out[2] = sa, out[3] = sb;
+}
+
+static bool check_block_reductions() {
+    bool ok = true;
+    for (int n : {1, 37, 256}) {
+        std::mt19937 rng(n);
+        const V a = rand_vec(rng, n), b = rand_vec(rng, n, -3.0f, 3.0f);
+        V out(4, NAN);
+        launch({1, 1, 1}, 256, [&] { block_reductions_back_to_back(a.data(), b.data(), out.data(), n); });
+        D want(4), mag(4);
+        want[0] = *std::max_element(a.begin(), a.end());
+        want[1] = *std::max_element(b.begin(), b.end());
+        for (int i = 0; i < n; ++i) want[2] += a[i], want[3] += b[i], mag[2] += std::fabs(a[i]), mag[3] += std::fabs(b[i]);
+        const double e = err(out, want, mag);
+        printf("block_max and block_sum twice in a row, %d values: max error %.2e\n", n, e);
+        ok = ok && e <= 1e-6;
+    }
+    return ok;
+}
+
 int main() {
-    const bool a = check_resize(), b = check_reduce();
-    printf("%s\n", a && b ? "ALL OK" : "FAILED");
-    return a && b ? 0 : 1;
+    const bool a = check_resize(), b = check_reduce(), c = check_softmax(), d = check_block_reductions();
+    printf("%s\n", a && b && c && d ? "ALL OK" : "FAILED");
+    return a && b && c && d ? 0 : 1;
 }

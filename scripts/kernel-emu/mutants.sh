@@ -3,8 +3,8 @@
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
 # conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
 # each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 40 minutes
-# on 2 cores for all 94; conv_tc_check's 10 about 4, conv_tcp_check's 21 about 10, conv_nhwc_check's 17; then the
-# barrier sweep's 19, about 5 minutes alone). A mutant of a
+# on 2 cores for all 97; conv_tc_check's 10 about 4, conv_tcp_check's 21 about 10, conv_nhwc_check's 17; then the
+# barrier sweep's 23, about 7 minutes alone). A mutant of a
 # header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
 # ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
 set -uo pipefail
@@ -36,6 +36,7 @@ mutant() {
         conv_nhwc_check) copy="$dir/nhwc_both.cu"; printf '#include "conv2d_tcp.cu"\n#include "conv2d_nhwc.cu"\n' > "$copy" ;;
         danet_check) copy="$dir/danet_both.cu"; printf '#include "danet.cu"\n#include "danet_tc.cu"\n' > "$copy" ;;
         bn_check) copy="$dir/batchnorm.cu" ;;  # also for a mutant of block_reduce.cuh, which it includes
+        gather_check) [ "$src" = block_reduce.cuh ] && copy="$dir/reduce.cu" ;;  # likewise
     esac
     if [ "$cpp" = conv_tc_check.cpp ] || [ "$check" = conv_nhwc_check ] || [ "$check" = danet_check ]; then python3 emu_ptx.py "$copy" "$copy.emu.cu" 2>/dev/null || { echo "BAD MUTANT (emu_ptx): $what"; survived=1; return; }; copy="$copy.emu.cu"; fi
     g++ $flags -std=c++20 -w -pthread -D$def="\"$copy\"" -I. -o "$out/bin" "$cpp" || { echo "BAD MUTANT (no build): $what"; survived=1; return; }
@@ -140,6 +141,9 @@ mutant gather_check pool.cu POOL_KERNELS 's/hi = min(out - 1, (int)ceilf((src + 
 mutant gather_check pool.cu POOL_KERNELS 's/return (i0 == src ? 1.0f - l1 : 0.0f) + (i1 == src ? l1 : 0.0f);/return i0 == src ? 1.0f - l1 : (i1 == src ? l1 : 0.0f);/' "resize gather: a border row counted once, not twice"
 mutant gather_check reduce.cu REDUCE_KERNELS 's/for (int z = 1; z < splits; ++z)/for (int z = 2; z < splits; ++z)/' "sum_splits skips the second split"
 mutant gather_check reduce.cu REDUCE_KERNELS 's/y\[(long long)blockIdx.y \* n_out + o\] = acc \* scale;/y[o] = acc * scale;/g' "split sums all written to slice 0"
+mutant gather_check reduce.cu REDUCE_KERNELS 's/for (int k = threadIdx.x; k < dim; k += blockDim.x) s += expf(xr\[k\] - m);/for (int k = threadIdx.x; k < dim; k += blockDim.x) s += expf(xr[k]);/' "softmax rows: the sum without the max subtracted"
+mutant gather_check reduce.cu REDUCE_KERNELS 's/        dot = block_sum(dot);//' "softmax rows backward: each thread's own part of the dot"
+mutant gather_check reduce.cu REDUCE_KERNELS 's/dx\[i\] = y\[i\] \* (dy\[i\] - dot);/dx[i] = y[i] * dy[i];/' "softmax over an axis, backward without the dot"
 mutant bn_check batchnorm.cu BN_KERNELS 's/const int n = min(width, count - j \* width);/const int n = width;/' "partial statistics: the last slot counted as full"
 mutant bn_check batchnorm.cu BN_KERNELS 's/q += (double)m2\[j\] + n \* d \* d;/q += (double)m2[j];/' "partial statistics: slot means not combined"
 mutant bn_check batchnorm.cu BN_KERNELS 's/bn_value(x\[i\], mean\[c\], var\[c\], m.gamma\[c\], m.beta\[c\], eps) > 0.0f/bn_value(x[i], mean[c], var[c], m.gamma[c], 0.0f, eps) > 0.0f/' "the ReLU mask recomputed from the input ignores beta"
@@ -174,8 +178,9 @@ if [ "${BARRIERS:-1}" = 1 ]; then
     barrier_sweep danet_check danet.cu DANET_KERNELS DANET_ONLY=fp32
     barrier_sweep danet_check cp_async.cuh DANET_KERNELS DANET_ONLY=tf32
     barrier_sweep nd_check nd.cu ND_KERNELS
-    # block_max: only reduce.cu's softmax_rows_fwd_f32 calls it (the GPU tests run that, not these checks)
+    # block_max: bn_check does not run it; gather_check does (softmax, and two calls in a row)
     barrier_sweep bn_check block_reduce.cuh BN_KERNELS "" "" block_max
+    barrier_sweep gather_check block_reduce.cuh REDUCE_KERNELS
     barrier_sweep conv_tc_check conv2d_tc.cu CONV_TC_KERNELS "" "0 2"
     barrier_sweep conv_tcp_check cp_async.cuh CONV_TCP_KERNELS "" "0 6"
     barrier_sweep conv_nhwc_check conv2d_nhwc.cu CONV_KERNELS "" "0 2"

@@ -29,7 +29,9 @@
 #  - gather_check: the passes that replaced atomics (the same bits every run): pool.cu's bilinear
 #    resize backward as a gather per input cell against an f64 scatter (8x up, odd ratios, down,
 #    one-row planes), and reduce.cu's split sums written per split and added in order by
-#    sum_splits_f32 (which also sums the convolutions' split weight gradients), run twice.
+#    sum_splits_f32 (which also sums the convolutions' split weight gradients), run twice;
+#    reduce.cu's softmax over rows and over an axis, forward and backward, against f64; and
+#    block_reduce.cuh's block_max and block_sum called twice in a row.
 #  - conv_nhwc_check: kernels/conv2d_nhwc.cu (the three bf16 passes from channels-last bf16
 #    copies; ldmatrix, 32-bit shared addresses): its nchw_to_nhwc_bf16 copies bit for bit against
 #    the host, the convolutions (four tiles, every pass unsplit and split in three) against f64
