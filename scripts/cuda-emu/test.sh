@@ -23,9 +23,14 @@ for tool in g++ python3; do
 done
 bash "$here/build.sh"
 targets=("$@")
+# End-to-end targets that reach the GPU through `device = "auto"` (the default) rather than by
+# name: `coseg train`, `eval` and `segment` as a user runs them (the training loop's feed, graph
+# and log intervals, resume, a NaN run's stop, the captured evaluation). On the CPU they would
+# pass without checking anything here, so their log must say that training ran on cuda:0.
+auto_device=(train_pipeline cli_outputs cli_segment)
 if [ ${#targets[@]} -eq 0 ]; then
-    # the library's unit tests, and every test target that can reach a CUDA device
-    targets=(lib $(grep -l -E 'test_gpu!|test_device!|Device::Cuda|CudaDevice|cuda:0' tests/*.rs | xargs -n1 basename | sed 's/\.rs$//'))
+    # the library's unit tests, every test target that can reach a CUDA device, and the above
+    targets=(lib $(grep -l -E 'test_gpu!|test_device!|Device::Cuda|CudaDevice|cuda:0' tests/*.rs | xargs -n1 basename | sed 's/\.rs$//') "${auto_device[@]}")
 fi
 # CUDA_EMU_ASAN=1: the driver built with AddressSanitizer, preloaded into the test binaries
 # (leaks not reported: graphs and the tests' buffers live to the end on purpose).
@@ -50,7 +55,10 @@ for t in "${targets[@]}"; do
     start=$(date +%s)
     which=(--test "$t")
     [ "$t" = lib ] && which=(--lib)
-    if LD_LIBRARY_PATH="$out/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" REQUIRE_CUDA=1 "${preload[@]}" cargo test --release "${which[@]}" > "$out/$t.log" 2>&1; then
+    auto=0
+    [[ " ${auto_device[*]} " == *" $t "* ]] && auto=1 which+=(-- --nocapture)
+    if LD_LIBRARY_PATH="$out/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" REQUIRE_CUDA=1 "${preload[@]}" cargo test --release "${which[@]}" > "$out/$t.log" 2>&1 &&
+        { [ $auto = 0 ] || grep -q "training on cuda:0" "$out/$t.log" || { echo "cuda-emu: $t trained on the CPU, not the emulated GPU" >> "$out/$t.log"; false; }; }; then
         echo "cuda-emu: $t ok ($(grep -E "^test result" "$out/$t.log" | grep -oE "[0-9]+ passed" | tail -1), $(( $(date +%s) - start )) s)"
     else
         status=1
