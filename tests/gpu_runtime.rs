@@ -201,5 +201,11 @@ test_gpu!(gpu_training_profile_skips_the_warm_up_steps_and_writes_its_csv, |dev|
     let csv = parse_csv(&std::fs::read_to_string(out.join("profile.csv")).unwrap(), "profile.csv").unwrap();
     assert_eq!(csv, p.csv_rows());
     assert!((csv[0].launches_per_step - counted as f64 / 3.0).abs() < 1e-12 && csv[0].share == 1.0);
+    // By model part: the adds ran outside every part.
+    let parts = parse_csv(&std::fs::read_to_string(out.join("profile-parts.csv")).unwrap(), "profile-parts.csv").unwrap();
+    assert_eq!(parts, p.part_csv_rows());
+    assert_eq!(parts.len(), 1, "{}", p.table());
+    assert_eq!(parts[0].name, "(outside the model parts)");
+    assert!((parts[0].launches_per_step - counted as f64 / 3.0).abs() < 1e-12 && parts[0].share == 1.0);
     std::fs::remove_dir_all(&out).ok();
 });

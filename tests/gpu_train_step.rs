@@ -296,3 +296,49 @@ test_gpu!(a_tuned_step_times_its_plans_in_the_first_step_and_then_waits_for_noth
         assert!(e <= 1e-3, "{name}: the first step's gradient {e:.2e} from the untuned one");
     }
 });
+
+// The step's profile by model part (COSEG_PROFILE's second table): every launch is filed under
+// exactly one part (the parts' launches and time are the kernels'), each part the Siamese step
+// goes through shows forward and backward, and no forward launch is left outside the parts.
+test_gpu!(the_step_profile_files_every_launch_under_a_model_part, |dev| {
+    use coseg::backend::cuda::StepProfiler;
+    let _one_at_a_time = serial();
+    let mut rng = ChaCha8Rng::seed_from_u64(26);
+    let cfg = ModelConfig { depth: 18, width: 0.125, ..ModelConfig::default() };
+    let (pairs, size) = (1, 32);
+    let mut store = ParamStore::new(GPU, 7);
+    let model = CosegNet::new(&cfg, &mut store).unwrap();
+    let watch = LossWatch::new(GPU, vec![0.01; 4], 0, 0, 2, (0.9, 0.999)).unwrap();
+    let opt = Optimizer::new(OptimizerParams::paper_sgd()).unwrap();
+    let mut runner = StepRunner::new(model, store, opt, watch, pairs, size, false).unwrap();
+    let mut prof = StepProfiler::new(dev.clone()).unwrap();
+    for i in 0..3 {
+        // The first step loads the modules and fills the allocator's cache: untimed.
+        if i > 0 {
+            prof.begin().unwrap();
+        }
+        runner.step(random_batch(&mut rng, pairs, size)).unwrap();
+        if i > 0 {
+            prof.end().unwrap();
+        }
+        if runner.watch.full() {
+            runner.watch.drain().unwrap();
+        }
+    }
+    let p = prof.finish().unwrap();
+    let table = p.table();
+    let launches = |rows: &[coseg::backend::cuda::ProfileRow]| rows.iter().map(|r| r.launches).sum::<u64>();
+    let part_launches: u64 = p.parts.iter().map(|r| r.launches).sum();
+    assert_eq!(part_launches, launches(&p.rows), "{table}");
+    let (kernel_ms, part_ms) = (p.kernel_ms(), p.parts.iter().map(|r| r.total_ms).sum::<f64>());
+    assert!((kernel_ms - part_ms).abs() <= 1e-9 * kernel_ms, "{kernel_ms} against {part_ms} ms");
+    let names: std::collections::HashSet<String> = p.parts.iter().map(|r| r.part.to_string()).collect();
+    for part in ["encoder stem", "encoder layer1", "encoder layer2", "encoder layer3", "encoder layer4", "attention", "decoder", "loss"] {
+        for name in [part.to_string(), format!("{part} backward")] {
+            assert!(names.contains(&name), "no launch filed under '{name}':\n{table}");
+        }
+    }
+    assert!(names.contains("optimizer"), "{table}");
+    assert!(!names.contains("(outside the model parts)"), "forward launches outside every part:\n{table}");
+    assert!(table.contains("the same launches by model part") && table.contains("decoder backward"), "{table}");
+});

@@ -16,7 +16,8 @@ pub struct Args {
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Per-op GPU time (CUDA events around every launch) from the third step on: a table at the
-    /// end, and <out>/profile.csv. Also COSEG_PROFILE=1. Needs a CUDA device.
+    /// end, per kernel and per model part, and <out>/profile.csv, <out>/profile-parts.csv. Also
+    /// COSEG_PROFILE=1. Needs a CUDA device.
     #[arg(long)]
     profile: bool,
 }
@@ -45,7 +46,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     if let Some(p) = &o.profile {
         print!("{}", p.table());
-        println!("profile written to {}", o.out.join("profile.csv").display());
+        println!("profile written to {} and {}", o.out.join("profile.csv").display(), o.out.join("profile-parts.csv").display());
     }
     if let Some(v) = &o.val_pseudo {
         print!("{}", v.table("val vs pseudo-masks (crop space)"));

@@ -5,7 +5,7 @@ use super::attention::{AttentionSpec, ChannelAttention, CoAttention, SpatialAtte
 use super::decoder::{Decoder, SegDecoder};
 use super::layers::{Conv2d, ConvSpec};
 use super::resnet::{ResNet, ResNetFeatures, ResNetSpec};
-use crate::autograd::{ParamStore, no_grad};
+use crate::autograd::{ParamStore, in_part, no_grad};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -158,18 +158,20 @@ impl CosegNet {
             return Err(Error::shape(OP, format!("the two sides of a pair batch differ: {} and {}", a.shape(), b.shape())));
         }
         let n = a.dims()[0];
-        let both = Tensor::concat(&[a, b], 0)?;
+        let both = in_part("pair split and join", || Tensor::concat(&[a, b], 0))?;
         let logits = match &self.head {
             Head::Fcn { .. } => self.forward_single(&both, train)?,
             Head::Siamese { attention, decoder } => {
                 let ResNetFeatures { layer1, layer4 } = self.encoder.forward(&both, train)?;
-                let halves = layer4.split(0, &[n, n])?;
-                let (fa, fb) = attention.forward_pair(&halves[0], &halves[1], train)?;
-                let attended = Tensor::concat(&[&fa, &fb], 0)?;
-                decoder.forward(&attended, &layer1, a.dims()[2], a.dims()[3], train)?
+                let attended = in_part("attention", || {
+                    let halves = layer4.split(0, &[n, n])?;
+                    let (fa, fb) = attention.forward_pair(&halves[0], &halves[1], train)?;
+                    Tensor::concat(&[&fa, &fb], 0)
+                })?;
+                in_part("decoder", || decoder.forward(&attended, &layer1, a.dims()[2], a.dims()[3], train))?
             }
         };
-        let mut halves = logits.split(0, &[n, n])?.into_iter();
+        let mut halves = in_part("pair split and join", || logits.split(0, &[n, n]))?.into_iter();
         Ok((halves.next().expect("two halves"), halves.next().expect("two halves")))
     }
 
@@ -180,10 +182,10 @@ impl CosegNet {
         let (h, w) = (x.dims()[2], x.dims()[3]);
         let ResNetFeatures { layer1, layer4 } = self.encoder.forward(x, train)?;
         match &self.head {
-            Head::Fcn { classifier } => classifier.forward(&layer4)?.resize_bilinear(h, w),
+            Head::Fcn { classifier } => in_part("decoder", || classifier.forward(&layer4)?.resize_bilinear(h, w)),
             Head::Siamese { attention, decoder } => {
-                let attended = attention.forward_single(&layer4, train)?;
-                decoder.forward(&attended, &layer1, h, w, train)
+                let attended = in_part("attention", || attention.forward_single(&layer4, train))?;
+                in_part("decoder", || decoder.forward(&attended, &layer1, h, w, train))
             }
         }
     }

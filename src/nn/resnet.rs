@@ -18,7 +18,7 @@
 //! Torchvision's ResNet v1.5 places a bottleneck's stride on its 3x3 convolution.
 
 use super::layers::{BatchNorm2d, Conv2d, ConvSpec, conv_bn_chain, join, scaled};
-use crate::autograd::ParamStore;
+use crate::autograd::{ParamStore, in_part};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -196,7 +196,7 @@ impl ResNet {
         if x.dims()[1] != self.spec.in_channels {
             return Err(Error::shape("ResNet::forward", format!("input {} has {} channels, the network takes {}", x.shape(), x.dims()[1], self.spec.in_channels)));
         }
-        let y = self.bn1.after_conv_relu(&self.conv1, x, train)?.max_pool2d(3, 2, 1)?;
+        let y = in_part("encoder stem", || self.bn1.after_conv_relu(&self.conv1, x, train)?.max_pool2d(3, 2, 1))?;
         let mut y = self.run_layer(0, y, train)?;
         let layer1 = y.clone();
         for li in 1..4 {
@@ -206,9 +206,12 @@ impl ResNet {
     }
 
     fn run_layer(&self, li: usize, mut y: Tensor, train: bool) -> Result<Tensor> {
-        for block in &self.layers[li] {
-            y = block.forward(&y, train)?;
-        }
-        Ok(y)
+        const PARTS: [&str; 4] = ["encoder layer1", "encoder layer2", "encoder layer3", "encoder layer4"];
+        in_part(PARTS[li], || {
+            for block in &self.layers[li] {
+                y = block.forward(&y, train)?;
+            }
+            Ok(y)
+        })
     }
 }

@@ -5,8 +5,8 @@
 //! [`crate::backend::cuda::StepProfiler`]: every kernel launch and cuBLAS call is
 //! timed with CUDA events, and the step's wall time is measured from an idle stream to an idle
 //! stream (waiting for the next batch, validation and checkpoints are outside). At the end the
-//! profile is written to `<out>/profile.csv` and returned in the outcome, whose table the CLI
-//! prints. On the CPU there is nothing to time per op: a notice says so, and training goes on.
+//! profile is written to `<out>/profile.csv` (per kernel) and `<out>/profile-parts.csv` (per
+//! model part, forward and backward) and returned in the outcome, whose table the CLI prints. On the CPU there is nothing to time per op: a notice says so, and training goes on.
 
 use crate::backend::cuda::{CudaDevice, Profile, StepProfiler};
 use crate::device::Device;
@@ -66,8 +66,9 @@ impl TrainProfiler {
         }
     }
 
-    /// The profile of the steps profiled, also written to `<out>/profile.csv`; None when off or
-    /// when the session was too short to profile a step.
+    /// The profile of the steps profiled, also written to `<out>/profile.csv` and
+    /// `<out>/profile-parts.csv`; None when off or when the session was too short to profile a
+    /// step.
     pub fn finish(self, out: &Path) -> Result<Option<Profile>> {
         let Some(p) = self.steps else { return Ok(None) };
         if p.steps() == 0 {
@@ -75,8 +76,8 @@ impl TrainProfiler {
             return Ok(None);
         }
         let profile = p.finish()?;
-        let path = out.join("profile.csv");
-        crate::io::write_atomic(&path, profile.to_csv().as_bytes())?;
+        crate::io::write_atomic(&out.join("profile.csv"), profile.to_csv().as_bytes())?;
+        crate::io::write_atomic(&out.join("profile-parts.csv"), profile.parts_to_csv().as_bytes())?;
         Ok(Some(profile))
     }
 }
@@ -96,7 +97,7 @@ mod tests {
                 p.end().unwrap();
             }
             assert_eq!(p.finish(&dir).unwrap(), None);
-            assert!(!dir.join("profile.csv").exists());
+            assert!(!dir.join("profile.csv").exists() && !dir.join("profile-parts.csv").exists());
         }
         std::fs::remove_dir_all(&dir).ok();
     }

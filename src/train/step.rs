@@ -9,7 +9,7 @@
 //! ([`crate::backend::cuda::graph`]) and replayed every step after: one launch instead of about
 //! 1,300. If the capture fails, the runner says why and goes on eagerly.
 
-use crate::autograd::ParamStore;
+use crate::autograd::{ParamStore, in_part};
 use crate::backend::cuda::CudaDevice;
 use crate::backend::cuda::graph::{self, CapturedGraph};
 use crate::device::Device;
@@ -132,13 +132,14 @@ impl StepRunner {
 /// learning rate. Nothing is read back to the host on a GPU; after a non-finite loss the update
 /// is skipped (on the CPU backward is too).
 pub fn step_on(model: &CosegNet, store: &ParamStore, opt: &mut Optimizer, watch: &mut LossWatch, batch: &Batch) -> Result<()> {
-    store.zero_grads_keeping_buffers();
+    in_part("zero gradients", || store.zero_grads_keeping_buffers());
     let (la, lb) = model.forward_pair(&batch.a, &batch.b, true)?;
     // The batch builder checked the labels; the watch checks the loss.
     let ce = |logits: &Tensor, target: &Tensor| logits.cross_entropy_2class_trusted(target, None);
-    let loss = ce(&la, &batch.target_a)?.add(&ce(&lb, &batch.target_b)?)?.mul_scalar(0.5)?;
+    let loss = in_part("loss", || ce(&la, &batch.target_a)?.add(&ce(&lb, &batch.target_b)?)?.mul_scalar(0.5))?;
     drop((la, lb));
-    let source = watch.record(&loss)?;
+    let loss_ref = &loss;
+    let source = in_part("loss watch", move || watch.record(loss_ref))?;
     if !matches!(source, StepSource::Host(None)) {
         loss.backward()?;
     }
@@ -146,11 +147,11 @@ pub fn step_on(model: &CosegNet, store: &ParamStore, opt: &mut Optimizer, watch:
     // share their buffers, and the optimiser would copy each shared one (a new address every
     // step, and its table rebuilt) instead of updating it in place.
     drop(loss);
-    match source {
+    in_part("optimizer", || match source {
         StepSource::Host(None) => Ok(()),
         StepSource::Host(Some(lr)) => opt.step(store, lr),
         StepSource::Device(scalars) => opt.step_device(store, scalars),
-    }
+    })
 }
 
 #[cfg(test)]

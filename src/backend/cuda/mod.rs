@@ -48,5 +48,5 @@ pub use context::{CudaDevice, device_count, driver_present};
 pub use error::CudaError;
 pub use conv::ConvGeom;
 pub use launch::{MAX_DIMS, StridedN};
-pub use profile::{Profile, ProfileRow, StepProfiler};
+pub use profile::{PartRow, Profile, ProfileRow, StepProfiler};
 pub use reduce::Red4;

@@ -15,10 +15,15 @@
 //! (`../shared/gpu/profile.sh`) gives exact per-kernel times. A step's wall time minus the sum of
 //! its kernels' times is what the GPU spent waiting between launches: the host overhead.
 //!
+//! Each launch is also filed under the model part it ran in ([`crate::autograd::current_part`]:
+//! an encoder stage, the attention, the decoder, the loss, the optimiser; forward or backward),
+//! so [`Profile::parts`] says where in the model the time went, not only in which kernels.
+//!
 //! Off (the default), the hot path costs one relaxed atomic load per launch.
 
 use super::context::CudaDevice;
 use super::error::CudaError;
+use crate::autograd::{Part, current_part};
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaEvent, CudaStream, sys};
 use std::collections::HashMap;
@@ -37,10 +42,12 @@ pub(crate) struct OpTimer {
 struct TimerState {
     /// Timing events ready for reuse.
     free: Vec<CudaEvent>,
-    /// Launches queued since the last flush: name, event before, event after.
-    pending: Vec<(&'static str, CudaEvent, CudaEvent)>,
+    /// Launches queued since the last flush: name, model part, event before, event after.
+    pending: Vec<(&'static str, Part, CudaEvent, CudaEvent)>,
     /// Per name: launches and milliseconds, since the last collect.
     totals: Totals,
+    /// The same launches per model part.
+    part_totals: HashMap<Part, (u64, f64)>,
 }
 
 /// Launches and milliseconds per op name, summed.
@@ -74,7 +81,7 @@ impl OpTimer {
         let Some(start) = start else { return Ok(()) };
         let end = self.take_event(stream)?;
         end.record(stream).map_err(|e| e.0)?;
-        self.state().pending.push((name, start, end));
+        self.state().pending.push((name, current_part(), start, end));
         Ok(())
     }
 
@@ -91,19 +98,23 @@ impl OpTimer {
     fn flush(&self) -> std::result::Result<(), sys::CUresult> {
         let mut st = self.state();
         let pending = std::mem::take(&mut st.pending);
-        for (name, start, end) in pending {
-            let ms = start.elapsed_ms(&end).map_err(|e| e.0)?;
-            let t = st.totals.entry(name).or_default();
-            t.0 += 1;
-            t.1 += ms as f64;
-            st.free.push(start);
-            st.free.push(end);
+        let TimerState { free, totals, part_totals, .. } = &mut *st;
+        for (name, part, start, end) in pending {
+            let ms = start.elapsed_ms(&end).map_err(|e| e.0)? as f64;
+            for t in [totals.entry(name).or_default(), part_totals.entry(part).or_default()] {
+                t.0 += 1;
+                t.1 += ms;
+            }
+            free.push(start);
+            free.push(end);
         }
         Ok(())
     }
 
-    fn take_totals(&self) -> Totals {
-        std::mem::take(&mut self.state().totals)
+    /// The totals per name and per model part, starting again from zero.
+    fn take_totals(&self) -> (Totals, HashMap<Part, (u64, f64)>) {
+        let mut st = self.state();
+        (std::mem::take(&mut st.totals), std::mem::take(&mut st.part_totals))
     }
 
     /// Events held by the pool and the queue (for tests: a warm profiled loop holds a fixed number).
@@ -135,7 +146,11 @@ impl CudaDevice {
     /// the totals start again from zero.
     pub fn collect_profile(&self, steps: usize) -> Result<Profile> {
         self.flush_profile()?;
-        Ok(Profile::from_totals(&self.timer().take_totals(), steps))
+        let (totals, parts) = self.timer().take_totals();
+        let mut profile = Profile::from_totals(&totals, steps);
+        profile.parts = parts.into_iter().map(|(part, (launches, total_ms))| PartRow { part, launches, total_ms }).collect();
+        profile.parts.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms).then_with(|| a.part.to_string().cmp(&b.part.to_string())));
+        Ok(profile)
     }
 
     /// Timing events the profiler holds (pooled or queued).
@@ -170,10 +185,20 @@ pub struct ProfileRow {
     pub total_ms: f64,
 }
 
+/// One model part's row (forward or backward): its launches and their summed time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartRow {
+    pub part: Part,
+    pub launches: u64,
+    pub total_ms: f64,
+}
+
 /// Per-op GPU time over `steps` steps, rows by time, longest first (ties by name).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Profile {
     pub rows: Vec<ProfileRow>,
+    /// The same launches by model part, longest first (empty for a profile made from records).
+    pub parts: Vec<PartRow>,
     pub steps: usize,
     /// Wall time of the profiled steps together, when the steps were timed (see [`StepProfiler`]).
     pub wall_ms: Option<f64>,
@@ -206,7 +231,7 @@ impl Profile {
         let mut rows: Vec<ProfileRow> =
             totals.iter().map(|(n, &(launches, total_ms))| ProfileRow { name: n.to_string(), launches, total_ms }).collect();
         rows.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms).then_with(|| a.name.cmp(&b.name)));
-        Profile { rows, steps, wall_ms: None }
+        Profile { rows, parts: Vec::new(), steps, wall_ms: None }
     }
 
     /// The kernels' summed time, all steps.
@@ -243,11 +268,7 @@ impl Profile {
     /// The CSV form: a header, then one row per op, longest first. Numbers print exactly
     /// (shortest round-trip form), so [`parse_csv`] reads back what was written.
     pub fn to_csv(&self) -> String {
-        let mut s = format!("{CSV_HEADER}\n");
-        for r in self.csv_rows() {
-            s += &format!("{},{},{},{}\n", csv_field(&r.name), r.launches_per_step, r.ms_per_step, r.share);
-        }
-        s
+        csv_text(&self.csv_rows())
     }
 
     /// The table a performance engineer reads: op, launches and ms per step, share of the kernel
@@ -268,8 +289,46 @@ impl Profile {
             let pct = if wall > 0.0 { 100.0 * gap / wall } else { 0.0 };
             s += &format!("; wall {wall:.3} ms per step; host overhead (wall - kernels) {gap:.3} ms ({pct:.1}% of the step)");
         }
-        s + "\n"
+        s += "\n";
+        if !self.parts.is_empty() {
+            let names: Vec<String> = self.parts.iter().map(|r| r.part.to_string()).collect();
+            let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max("model part".len());
+            s += &format!("the same launches by model part\n{:<width$}  {:>10}  {:>10}  {:>6}\n", "model part", "launches", "ms/step", "share");
+            for r in self.part_csv_rows() {
+                s += &format!("{:<width$}  {:>10.1}  {:>10.3}  {:>5.1}%\n", r.name, r.launches_per_step, r.ms_per_step, 100.0 * r.share);
+            }
+        }
+        s
     }
+
+    /// [`Self::csv_rows`] of the model parts ("decoder", "decoder backward", ...).
+    pub fn part_csv_rows(&self) -> Vec<ProfileCsvRow> {
+        let total: f64 = self.parts.iter().map(|r| r.total_ms).sum();
+        self.parts
+            .iter()
+            .map(|r| ProfileCsvRow {
+                name: r.part.to_string(),
+                launches_per_step: r.launches as f64 / self.per(),
+                ms_per_step: r.total_ms / self.per(),
+                share: if total > 0.0 { r.total_ms / total } else { 0.0 },
+            })
+            .collect()
+    }
+
+    /// The model parts in [`Self::to_csv`]'s form (the part in the name column), for
+    /// `profile-parts.csv`; [`parse_csv`] reads it.
+    pub fn parts_to_csv(&self) -> String {
+        csv_text(&self.part_csv_rows())
+    }
+}
+
+/// The header, then one line per row.
+fn csv_text(rows: &[ProfileCsvRow]) -> String {
+    let mut s = format!("{CSV_HEADER}\n");
+    for r in rows {
+        s += &format!("{},{},{},{}\n", csv_field(&r.name), r.launches_per_step, r.ms_per_step, r.share);
+    }
+    s
 }
 
 /// A CSV field: quoted (quotes doubled) when it holds a comma, a quote or a line break.
