@@ -253,14 +253,23 @@ impl Profile {
 
     /// The rows per step, with each one's share of the kernel total (0 when nothing was timed).
     pub fn csv_rows(&self) -> Vec<ProfileCsvRow> {
-        let total = self.kernel_ms();
-        self.rows
-            .iter()
-            .map(|r| ProfileCsvRow {
-                name: r.name.clone(),
-                launches_per_step: r.launches as f64 / self.per(),
-                ms_per_step: r.total_ms / self.per(),
-                share: if total > 0.0 { r.total_ms / total } else { 0.0 },
+        self.per_step_rows(self.rows.iter().map(|r| (r.name.clone(), r.launches, r.total_ms)))
+    }
+
+    /// [`Self::csv_rows`] of the model parts ("decoder", "decoder backward", ...).
+    pub fn part_csv_rows(&self) -> Vec<ProfileCsvRow> {
+        self.per_step_rows(self.parts.iter().map(|r| (r.part.to_string(), r.launches, r.total_ms)))
+    }
+
+    /// (name, launches, ms) totals as rows per step, each with its share of their sum.
+    fn per_step_rows(&self, totals: impl Iterator<Item = (String, u64, f64)> + Clone) -> Vec<ProfileCsvRow> {
+        let total: f64 = totals.clone().map(|(_, _, ms)| ms).sum();
+        totals
+            .map(|(name, launches, ms)| ProfileCsvRow {
+                name,
+                launches_per_step: launches as f64 / self.per(),
+                ms_per_step: ms / self.per(),
+                share: if total > 0.0 { ms / total } else { 0.0 },
             })
             .collect()
     }
@@ -274,14 +283,8 @@ impl Profile {
     /// The table a performance engineer reads: op, launches and ms per step, share of the kernel
     /// total; then the kernel total against the wall time per step, the gap being host overhead.
     pub fn table(&self) -> String {
-        let width = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max("op".len());
-        let mut s = format!(
-            "per-op GPU time over {} step(s) (event to event around each launch: an upper bound)\n{:<width$}  {:>10}  {:>10}  {:>6}\n",
-            self.steps, "op", "launches", "ms/step", "share"
-        );
-        for r in self.csv_rows() {
-            s += &format!("{:<width$}  {:>10.1}  {:>10.3}  {:>5.1}%\n", r.name, r.launches_per_step, r.ms_per_step, 100.0 * r.share);
-        }
+        let mut s = format!("per-op GPU time over {} step(s) (event to event around each launch: an upper bound)\n", self.steps);
+        s += &table_lines("op", &self.csv_rows());
         let launches: f64 = self.rows.iter().map(|r| r.launches as f64).sum::<f64>() / self.per();
         let (kernels, wall, gap) = self.per_step();
         s += &format!("kernels: {launches:.0} launches, {kernels:.3} ms per step");
@@ -291,28 +294,10 @@ impl Profile {
         }
         s += "\n";
         if !self.parts.is_empty() {
-            let names: Vec<String> = self.parts.iter().map(|r| r.part.to_string()).collect();
-            let width = names.iter().map(|n| n.len()).max().unwrap_or(0).max("model part".len());
-            s += &format!("the same launches by model part\n{:<width$}  {:>10}  {:>10}  {:>6}\n", "model part", "launches", "ms/step", "share");
-            for r in self.part_csv_rows() {
-                s += &format!("{:<width$}  {:>10.1}  {:>10.3}  {:>5.1}%\n", r.name, r.launches_per_step, r.ms_per_step, 100.0 * r.share);
-            }
+            s += "the same launches by model part\n";
+            s += &table_lines("model part", &self.part_csv_rows());
         }
         s
-    }
-
-    /// [`Self::csv_rows`] of the model parts ("decoder", "decoder backward", ...).
-    pub fn part_csv_rows(&self) -> Vec<ProfileCsvRow> {
-        let total: f64 = self.parts.iter().map(|r| r.total_ms).sum();
-        self.parts
-            .iter()
-            .map(|r| ProfileCsvRow {
-                name: r.part.to_string(),
-                launches_per_step: r.launches as f64 / self.per(),
-                ms_per_step: r.total_ms / self.per(),
-                share: if total > 0.0 { r.total_ms / total } else { 0.0 },
-            })
-            .collect()
     }
 
     /// The model parts in [`Self::to_csv`]'s form (the part in the name column), for
@@ -320,6 +305,16 @@ impl Profile {
     pub fn parts_to_csv(&self) -> String {
         csv_text(&self.part_csv_rows())
     }
+}
+
+/// A table's header (`first` over the names) and one line per row.
+fn table_lines(first: &str, rows: &[ProfileCsvRow]) -> String {
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(first.len());
+    let mut s = format!("{first:<width$}  {:>10}  {:>10}  {:>6}\n", "launches", "ms/step", "share");
+    for r in rows {
+        s += &format!("{:<width$}  {:>10.1}  {:>10.3}  {:>5.1}%\n", r.name, r.launches_per_step, r.ms_per_step, 100.0 * r.share);
+    }
+    s
 }
 
 /// The header, then one line per row.
