@@ -20,7 +20,7 @@
 #   runstaged  the same run on the staged tensor-core kernels without batch-norm statistics from
 #            the epilogue (COSEG_CONV_TC=staged COSEG_FUSE_BN_STATS=0), to set beside `run`
 #   curves   the same 200-iteration run at fp32, tf32 and bf16 (loss and validation curves)
-#   profile  per-op table of a short run (coseg's own profiler)
+#   profile  per-op and per-model-part tables of a short run (coseg's own profiler)
 #   ncustep  Nsight Compute: per-kernel time of one bf16 training step
 #   convprof Nsight Compute sections (speed of light, occupancy, warp stalls, memory, instructions)
 #            of the pipelined bf16 kernels on 3x3 c512 16x16 d4: one forward, input and weight
@@ -90,7 +90,8 @@ for s in $steps; do
     profile)
       d=/tmp/prof; rm -rf "$d"
       COSEG_PROFILE=1 timeout 200 .gpu/bin/bin-coseg demo --paper --lesions 240 --iterations 40 --out "$d" > "$OUT/profile.log" 2>&1
-      echo "profile rc $?"; column -s, -t < "$d/train/profile.csv" | head -40; cp "$d/train/profile.csv" "$OUT/";;
+      echo "profile rc $?"; column -s, -t < "$d/train/profile.csv" | head -40; column -s, -t < "$d/train/profile-parts.csv"
+      cp "$d/train/profile.csv" "$d/train/profile-parts.csv" "$OUT/";;
     ncustep)
       timeout 240 bash .gpu/profile.sh 4000 .gpu/bin/bench-step_gpu --bench 'gpu_sgd_step/.*bf16$' --profile-time 1 2>&1 | head -40
       [ -f "$OUT/ncu.csv" ] && gzip -f "$OUT/ncu.csv";;
