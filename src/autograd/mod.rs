@@ -50,6 +50,7 @@ impl Node {
     pub fn op(&self) -> &'static str {
         self.op
     }
+    /// The model part the op was recorded in, if any ([`in_part`]).
     pub fn part(&self) -> Option<&'static str> {
         self.part
     }

@@ -132,7 +132,7 @@ impl StepRunner {
 /// learning rate. Nothing is read back to the host on a GPU; after a non-finite loss the update
 /// is skipped (on the CPU backward is too).
 pub fn step_on(model: &CosegNet, store: &ParamStore, opt: &mut Optimizer, watch: &mut LossWatch, batch: &Batch) -> Result<()> {
-    in_part("zero gradients", || store.zero_grads_keeping_buffers());
+    store.zero_grads_keeping_buffers();
     let (la, lb) = model.forward_pair(&batch.a, &batch.b, true)?;
     // The batch builder checked the labels; the watch checks the loss.
     let ce = |logits: &Tensor, target: &Tensor| logits.cross_entropy_2class_trusted(target, None);
