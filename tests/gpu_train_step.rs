@@ -234,12 +234,15 @@ test_gpu!(the_captured_evaluation_forward_matches_the_eager_one, |dev| {
 
 // Convolution tuning (`[train] conv_tune`) in the captured step: every plan is timed in the first
 // (eager) step, none later; the capture holds and the steps after the third wait for nothing; and
-// the tuned plans compute the untuned step: its first loss and every parameter's gradient of the
-// first step within round-off. (Not the later losses: a tuned plan may split a sum otherwise, and
-// in bf16 a round-off difference flips activations' roundings, which training on this tiny batch
-// amplifies: measured on the emulator, the sixth loss 2.6e-2 apart while the first three agreed
-// to the bit and the first step's gradients to 2.2e-7.) A wrong plan (a split lost or counted
-// twice) puts a gradient off by its own size.
+// the tuned plans compute the untuned step: its first loss, and every parameter's gradient of the
+// first step within bf16's amplified round-off. A tuned plan may split a sum otherwise (1e-7
+// apart in f32: tests/gpu_conv_tune.rs checks every candidate of this model's convolutions), and
+// in bf16 such a difference flips an operand's rounding (2^-8) now and then, which each layer of
+// the backward passes on and adds to: measured on the emulator with the last candidates chosen,
+// the first loss equal to the bit and the gradients 2.1e-4 apart at the median, 1.3e-2 at most
+// (the stem's and layer1's, the end of the backward). A wrong plan (a split lost or counted twice)
+// puts a gradient off by its own size. Not the later losses: training on this tiny batch amplifies
+// the differences further (the sixth loss 2.6e-2 apart).
 // bf16 on the channels-last kernels, where the candidates are many.
 test_gpu!(a_tuned_step_times_its_plans_in_the_first_step_and_then_waits_for_nothing, |dev| {
     use coseg::backend::cuda::conv_tune::{self, TuneMode};
@@ -283,8 +286,8 @@ test_gpu!(a_tuned_step_times_its_plans_in_the_first_step_and_then_waits_for_noth
         (losses, first_grads, changed)
     };
     let (model_losses, model_grads, _) = run(TuneMode::Off);
-    // Not the fastest plans (on a two-core emulator the model's may win every pass) but the
-    // fastest of the others, so the comparison runs tuned plans on any machine.
+    // Not the fastest plans (on CI's emulator the model's won every pass) but the last
+    // candidates: other plans than the model's, the same ones on any machine.
     let (tuned_losses, tuned_grads, changed) = run(TuneMode::AvoidModel);
     assert_eq!(tuned_losses.len(), steps);
     assert!(changed > 0, "tuning kept every model plan: nothing compared");
@@ -293,7 +296,7 @@ test_gpu!(a_tuned_step_times_its_plans_in_the_first_step_and_then_waits_for_noth
     assert_eq!(tuned_grads.len(), model_grads.len());
     for ((name, t), (_, m)) in tuned_grads.iter().zip(&model_grads) {
         let e = rel_err(t, m);
-        assert!(e <= 1e-3, "{name}: the first step's gradient {e:.2e} from the untuned one");
+        assert!(e <= 5e-2, "{name}: the first step's gradient {e:.2e} from the untuned one");
     }
 });
 
