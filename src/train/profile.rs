@@ -6,7 +6,8 @@
 //! timed with CUDA events, and the step's wall time is measured from an idle stream to an idle
 //! stream (waiting for the next batch, validation and checkpoints are outside). At the end the
 //! profile is written to `<out>/profile.csv` (per kernel) and `<out>/profile-parts.csv` (per
-//! model part, forward and backward) and returned in the outcome, whose table the CLI prints. On the CPU there is nothing to time per op: a notice says so, and training goes on.
+//! model part, forward and backward) and returned in the outcome, whose table the CLI prints. On
+//! the CPU there is nothing to time per op: a notice says so, and training goes on.
 
 use crate::backend::cuda::{CudaDevice, Profile, StepProfiler};
 use crate::device::Device;

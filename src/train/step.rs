@@ -138,7 +138,7 @@ pub fn step_on(model: &CosegNet, store: &ParamStore, opt: &mut Optimizer, watch:
     let ce = |logits: &Tensor, target: &Tensor| logits.cross_entropy_2class_trusted(target, None);
     let loss = in_part("loss", || ce(&la, &batch.target_a)?.add(&ce(&lb, &batch.target_b)?)?.mul_scalar(0.5))?;
     drop((la, lb));
-    let loss_ref = &loss;
+    let loss_ref = &loss; // moved in with `watch`, whose borrow the result keeps
     let source = in_part("loss watch", move || watch.record(loss_ref))?;
     if !matches!(source, StepSource::Host(None)) {
         loss.backward()?;

@@ -53,9 +53,9 @@ pub enum TuneMode {
     /// Tuned, the choices read from and written to this JSON file.
     File(PathBuf),
     /// For tests: every plan timed as [`TuneMode::On`], but the last candidate chosen (the
-    /// model's plan is the first), so a test runs a plan other than the model's, the same one
-    /// whatever this machine's timings say (on CI's emulator the model's plan won every pass;
-    /// under ThreadSanitizer the fastest were others than without it).
+    /// model's plan is the first), so a test runs a plan other than the model's, the same one on
+    /// any machine. The fastest depend on the machine: on CI's emulator the model's plan won
+    /// every pass, and under ThreadSanitizer other plans won than without it.
     AvoidModel,
 }
 
@@ -249,7 +249,8 @@ pub enum Choice {
 }
 
 /// The plan for one pass on `dev`: `model`'s (the heuristic's) unless tuning is on and there are
-/// other candidates, then the fastest candidate (timed now if this pass was not met before).
+/// other candidates, then the fastest candidate (timed now if this pass was not met before; the
+/// last one under [`TuneMode::AvoidModel`]).
 pub(super) fn choose(dev: &CudaDevice, sh: &ConvGeometry, pass: ConvPass, precision: Precision, model: ConvPlan) -> Result<(ConvPlan, Choice)> {
     let key = TuneKey { conv: *sh, pass, precision, variant: dev.tc_variant() };
     let avoid_model = {
