@@ -14,13 +14,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here/../.."
 out=${CUDA_EMU_OUT:-/tmp/cuda-emu}
-for tool in g++ python3; do
-    if ! command -v "$tool" > /dev/null; then
-        echo "cuda-emu: no $tool on this machine: the GPU tests were not run on the emulated driver" >&2
-        [ "${CUDA_EMU_REQUIRED:-0}" = 1 ] && exit 1
-        exit 0
-    fi
-done
+. "$here/../kernel-emu/tools.sh"
+emu_require_tools cuda-emu "the GPU tests were not run on the emulated driver"
 bash "$here/build.sh"
 targets=("$@")
 # End-to-end targets that reach the GPU through `device = "auto"` (the default) rather than by

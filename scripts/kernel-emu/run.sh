@@ -50,19 +50,13 @@ cd "$(dirname "$0")"
 out=${EMU_OUT:-/tmp/kernel-emu}
 mkdir -p "$out"
 . ./sanitizers.sh  # san: the flags (EMU_FIBERS=1: fibers; EMU_RACE=1: the race detector)
-missing() {
-    echo "kernel-emu: $1: the kernel checks were not run" >&2
-    [ "${CUDA_EMU_REQUIRED:-0}" = 1 ] && exit 1
-    exit 0
-}
-for tool in g++ python3; do
-    command -v "$tool" > /dev/null || missing "no $tool on this machine"
-done
+. ./tools.sh
+emu_require_tools kernel-emu "the kernel checks were not run"
 # The sanitizers' runtimes come apart from g++ on some systems: a program that does nothing, built
 # and run with the checks' flags, says whether they are here.
 printf 'int main() { return 0; }\n' > "$out/probe.cpp"
 { g++ $san -o "$out/probe" "$out/probe.cpp" && "$out/probe"; } > "$out/probe.log" 2>&1 ||
-    missing "g++ cannot build or run a program with '$san' ($(head -c 300 "$out/probe.log"))"
+    emu_missing kernel-emu "g++ cannot build or run a program with '$san' ($(head -c 300 "$out/probe.log")): the kernel checks were not run"
 g++ $san -std=c++20 -w -pthread -o "$out/csa_check" csa_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/optim_check" optim_check.cpp
 g++ $san -std=c++20 -w -pthread -o "$out/bn_check" bn_check.cpp
