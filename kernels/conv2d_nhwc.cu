@@ -52,6 +52,7 @@
 #include "bn_value.cuh"
 #include "conv_tc.cuh"
 #include "cp_async.cuh"
+#include "nhwc_copy.cuh"
 
 #define NHWC_KT 32      // reduction elements per stage: four 16-byte chunks per tile row
 #define NHWC_ROW 40     // bf16 elements per shared-memory row (80 bytes)
@@ -155,74 +156,20 @@ __device__ __forceinline__ void conv_nhwc(const unsigned short* __restrict__ a_s
     constexpr int KT = NHWC_KT, ROW = NHWC_ROW, STAGES = NHWC_STAGES;
     constexpr int A_ELEMS = BM * ROW, STAGE_ELEMS = (BM + BN) * ROW;
     constexpr int MT = BM / 32, NT = BN / 32;
-    constexpr int A_ROWS = BM / 64, B_PIX = BN / 64;  // rows / pixels per thread, 64 apart
+    static_assert(NhwcTileCopy<BM, BN, PASS, KT>::ROWS_APART == 64, "four chunks per 32-deep row");
     extern __shared__ __align__(16) unsigned short smem[];
     if (dynamic_smem_bytes() < (unsigned)(STAGES * STAGE_ELEMS * 2)) asm volatile("trap;");
 
     const BlockTile<BM, BN, PASS> bt(g, red_chunk);
     const int lane = bt.t & 31;
-    const int CH = PASS == FWD ? g.c : g.k;  // channels of the gathered tensor: the run of a tap
-    const int plane = PASS == FWD ? g.h * g.w : g.oh * g.ow;
-
-    // Copies: thread t moves 16-byte chunk t % 4 (8 reduction elements) of tile rows t / 4 + 64 p.
-    const int chunk = bt.t & 3, row0 = bt.t >> 2;
-    // A: rows of the row-major [M][RED] weights; which of this thread's rows are inside M (bit p).
-    const unsigned short* a_row = a_src + (long long)(bt.m0 + row0) * bt.RED + 8 * chunk;
-    unsigned a_rows_in = 0;
-#pragma unroll
-    for (int p = 0; p < A_ROWS; ++p) a_rows_in |= (unsigned)(bt.m0 + row0 + 64 * p < bt.M) << p;
-    // B: the output pixels (forward) or input pixels (input gradient) this thread gathers for.
-    TapGather<PASS> tap[B_PIX];
-    const unsigned short* b_img[B_PIX];
-    bool pix_ok[B_PIX];
-#pragma unroll
-    for (int j = 0; j < B_PIX; ++j) {
-        const int p = bt.n0 + row0 + 64 * j;
-        const int pplane = PASS == FWD ? g.oh * g.ow : g.h * g.w, pw = PASS == FWD ? g.ow : g.w;
-        pix_ok[j] = p < bt.N;
-        const int pn = pix_ok[j] ? p / pplane : 0, pr = pix_ok[j] ? p - pn * pplane : 0;
-        if constexpr (PASS == FWD) tap[j] = {(pr / pw) * g.stride - g.pad, (pr % pw) * g.stride - g.pad};
-        else tap[j] = {pr / pw + g.pad, pr % pw + g.pad};
-        b_img[j] = b_src + (long long)pn * plane * CH;
-    }
-    // The chunk's reduction element idx = (r * S + s) * CH + ch, as a cursor stepped by KT per
-    // tile (tiles are issued in order; no division in the loop). CH % 8 == 0 keeps a chunk in one tap.
-    struct {
-        int ch, r, s;
-    } cur;
-    {
-        const int idx0 = bt.red_begin + 8 * chunk, rs = idx0 / CH;
-        cur.ch = idx0 - rs * CH;
-        cur.r = rs / g.s;
-        cur.s = rs - cur.r * g.s;
-    }
+    NhwcTileCopy<BM, BN, PASS, KT> copy(a_src, b_src, bt, g);
 
     // Shared memory by 32-bit address (smem_u32): stage s at smem0 + s * STAGE_ELEMS * 2 bytes;
     // this thread's copies land at `dst` (A rows, then + A_ELEMS * 2 for B) + 64 rows per p / j.
-    const unsigned smem0 = smem_u32(smem), dst = (row0 * ROW + 8 * chunk) * 2;
+    const unsigned smem0 = smem_u32(smem), dst = (copy.row0 * ROW + 8 * copy.chunk) * 2;
     auto issue = [&](int stage, int k0) {
-        const unsigned a_dst = smem0 + stage * STAGE_ELEMS * 2 + dst, b_dst = a_dst + A_ELEMS * 2;
-        const bool k_ok = k0 + 8 * chunk < bt.red_end;  // RED and red_chunk are multiples of 8
-#pragma unroll
-        for (int p = 0; p < A_ROWS; ++p) {
-            const bool ok = k_ok && (a_rows_in >> p & 1);
-            cp_async16_u32(a_dst + 64 * p * ROW * 2, ok ? a_row + (long long)64 * p * bt.RED + k0 : a_src, ok);
-        }
-        const int ch = cur.ch, r = cur.r, s = cur.s;
-        cur.ch += KT;
-        while (cur.ch >= CH) {
-            cur.ch -= CH;
-            if (++cur.s == g.s) {
-                cur.s = 0;
-                ++cur.r;
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < B_PIX; ++j) {
-            const int at = k_ok && pix_ok[j] && r < g.r ? tap[j].at(g, r, s) : -1;
-            const bool ok = at >= 0;
-            cp_async16_u32(b_dst + 64 * j * ROW * 2, ok ? b_img[j] + (long long)at * CH + ch : b_src, ok);
-        }
+        const unsigned a_dst = smem0 + stage * STAGE_ELEMS * 2 + dst;
+        copy.template issue<64 * ROW * 2, 64 * ROW * 2>(a_dst, a_dst + A_ELEMS * 2, k0, g);
     };
 
     float acc[MT][NT][4];

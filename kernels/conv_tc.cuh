@@ -110,26 +110,29 @@ struct BlockTile {
     }
 };
 
-// Writes a block's accumulators: tile (i, j) of warp (wm, wn) holds rows wm * BM/2 + 16 i + g8
-// (+8), columns wn * BN/4 + 8 j + 2 t4 (+1). Forward: y (N, K, OH, OW) plus the bias; input
+// Writes a block's accumulators: the warp's tile (i, j) holds rows row0 + 16 i + g8 (+8),
+// columns col0 + 8 j + 2 t4 (+1) of the block's BM x BN output (store_tile below: the 2 x 4 warps
+// of the mma.sync kernels; conv2d_wgmma.cu: a warpgroup's 64 rows, a warp's 16 of them across
+// all BN columns). Forward: y (N, K, OH, OW) plus the bias; input
 // gradient: dx (N, C, H, W); weight gradient: dw (K, C*R*S). A reduction split over gridDim.z
 // (the weight gradient's; the forward's and input gradient's when tuning picks it) writes split
 // z into slice z of a (splits, output) buffer that the host sums in order (reduce.cu's
 // sum_splits_f32; no atomics, the same bits every run); the bias goes into slice 0 only.
 //
 // `stats` (forward only, unsplit; null: none) receives batch-norm partial statistics for the output
-// channels: per row m and slot (this warp's BN/4 columns, slot = blockIdx.x * 4 + wn, of which
-// min(BN/4, N - slot * BN/4) are inside the output), the sum of the values and the sum of their
+// channels: per row m and slot (a run of BN/4 columns of the block, slot = blockIdx.x * 4 + its
+// index; a warp covers NT * 8 / (BN / 4) of them, one for the mma.sync kernels), of which
+// min(BN/4, N - slot * BN/4) are inside the output, the sum of the values and the sum of their
 // squared deviations from the slot's own mean, at stats[m * P + slot] and stats[(M + m) * P +
 // slot], P = gridDim.x * 4 (0 for a slot wholly past the output). Centred per slot so that the
 // variance does not come from E[x^2] - mean^2, which cancels when the mean is large. Each is
 // written exactly once (no atomics: the same bits every run); batchnorm.cu's
 // bn_stats_partials_f32 combines them per channel in double (Chan et al.'s pairwise formula).
 template <int BM, int BN, int PASS, int MT, int NT>
-__device__ __forceinline__ void store_tile(const float (&acc)[MT][NT][4], const BlockTile<BM, BN, PASS>& bt,
-                                           const float* __restrict__ bias, float* __restrict__ out, const ConvGeom& g,
-                                           float* __restrict__ stats = nullptr) {
-    const int M = bt.M, N = bt.N, m0 = bt.m0, n0 = bt.n0, wm = bt.wm, wn = bt.wn, g8 = bt.g8, t4 = bt.t4;
+__device__ __forceinline__ void store_tile_at(const float (&acc)[MT][NT][4], const BlockTile<BM, BN, PASS>& bt, int row0, int col0,
+                                              const float* __restrict__ bias, float* __restrict__ out, const ConvGeom& g,
+                                              float* __restrict__ stats = nullptr) {
+    const int M = bt.M, N = bt.N, m0 = bt.m0, n0 = bt.n0, g8 = bt.g8, t4 = bt.t4;
     const int OHW = g.oh * g.ow, HW = g.h * g.w;
     out += (long long)blockIdx.z * M * N;  // this split's slice (M x N is the whole output)
     if (blockIdx.z != 0) bias = nullptr;
@@ -137,7 +140,7 @@ __device__ __forceinline__ void store_tile(const float (&acc)[MT][NT][4], const 
     for (int j = 0; j < NT; ++j) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const int col = n0 + wn * (BN / 4) + j * 8 + 2 * t4 + half;
+            const int col = n0 + col0 + j * 8 + 2 * t4 + half;
             if (col >= N) continue;
             long long col_base;  // out index of (row 0, col); rows step by row_step
             long long row_step;
@@ -157,7 +160,7 @@ __device__ __forceinline__ void store_tile(const float (&acc)[MT][NT][4], const 
             for (int i = 0; i < MT; ++i) {
 #pragma unroll
                 for (int up = 0; up < 2; ++up) {
-                    const int m = m0 + wm * (BM / 2) + i * 16 + g8 + up * 8;
+                    const int m = m0 + row0 + i * 16 + g8 + up * 8;
                     if (m >= M) continue;
                     float v = acc[i][j][up * 2 + half];
                     float* o = out + col_base + (long long)m * row_step;
@@ -171,41 +174,56 @@ __device__ __forceinline__ void store_tile(const float (&acc)[MT][NT][4], const 
     }
     if constexpr (PASS == FWD) {
         if (stats != nullptr) {
-            const int P = gridDim.x * 4, slot = blockIdx.x * 4 + wn;
-            const int inside = min(BN / 4, max(0, N - slot * (BN / 4)));  // the slot's columns in the output
+            constexpr int SLOT_TILES = BN / 32;  // 8-column tiles per slot of BN/4 columns
+            static_assert(NT % SLOT_TILES == 0, "a warp covers whole slots");
+            const int P = gridDim.x * 4;
 #pragma unroll
-            for (int i = 0; i < MT; ++i) {
+            for (int sg = 0; sg < NT / SLOT_TILES; ++sg) {
+                const int slot = blockIdx.x * 4 + col0 / (BN / 4) + sg, j0 = sg * SLOT_TILES;
+                const int inside = min(BN / 4, max(0, N - slot * (BN / 4)));  // the slot's columns in the output
 #pragma unroll
-                for (int up = 0; up < 2; ++up) {
-                    const int m = m0 + wm * (BM / 2) + i * 16 + g8 + up * 8;
-                    const float b = (bias != nullptr && m < M) ? __ldg(bias + m) : 0.0f;
-                    float s = 0.0f;
+                for (int i = 0; i < MT; ++i) {
 #pragma unroll
-                    for (int j = 0; j < NT; ++j)
+                    for (int up = 0; up < 2; ++up) {
+                        const int m = m0 + row0 + i * 16 + g8 + up * 8;
+                        const float b = (bias != nullptr && m < M) ? __ldg(bias + m) : 0.0f;
+                        float s = 0.0f;
 #pragma unroll
-                        for (int half = 0; half < 2; ++half)
-                            if (n0 + wn * (BN / 4) + j * 8 + 2 * t4 + half < N) s += acc[i][j][up * 2 + half] + b;
-                    // the row's other three lanes (t4 = 1, 2, 3), every lane taking part
-                    s += __shfl_xor_sync(0xffffffffu, s, 1);
-                    s += __shfl_xor_sync(0xffffffffu, s, 2);
-                    const float mean = inside > 0 ? s / (float)inside : 0.0f;
-                    float q = 0.0f;
+                        for (int j = j0; j < j0 + SLOT_TILES; ++j)
 #pragma unroll
-                    for (int j = 0; j < NT; ++j)
+                            for (int half = 0; half < 2; ++half)
+                                if (n0 + col0 + j * 8 + 2 * t4 + half < N) s += acc[i][j][up * 2 + half] + b;
+                        // the row's other three lanes (t4 = 1, 2, 3), every lane taking part
+                        s += __shfl_xor_sync(0xffffffffu, s, 1);
+                        s += __shfl_xor_sync(0xffffffffu, s, 2);
+                        const float mean = inside > 0 ? s / (float)inside : 0.0f;
+                        float q = 0.0f;
 #pragma unroll
-                        for (int half = 0; half < 2; ++half)
-                            if (n0 + wn * (BN / 4) + j * 8 + 2 * t4 + half < N) {
-                                const float d = acc[i][j][up * 2 + half] + b - mean;
-                                q += d * d;
-                            }
-                    q += __shfl_xor_sync(0xffffffffu, q, 1);
-                    q += __shfl_xor_sync(0xffffffffu, q, 2);
-                    if (t4 == 0 && m < M) {
-                        stats[(long long)m * P + slot] = s;
-                        stats[(long long)(M + m) * P + slot] = q;
+                        for (int j = j0; j < j0 + SLOT_TILES; ++j)
+#pragma unroll
+                            for (int half = 0; half < 2; ++half)
+                                if (n0 + col0 + j * 8 + 2 * t4 + half < N) {
+                                    const float d = acc[i][j][up * 2 + half] + b - mean;
+                                    q += d * d;
+                                }
+                        q += __shfl_xor_sync(0xffffffffu, q, 1);
+                        q += __shfl_xor_sync(0xffffffffu, q, 2);
+                        if (t4 == 0 && m < M) {
+                            stats[(long long)m * P + slot] = s;
+                            stats[(long long)(M + m) * P + slot] = q;
+                        }
                     }
                 }
             }
         }
     }
+}
+
+// store_tile_at for the 2 x 4 warps of the mma.sync kernels: warp (wm, wn) holds rows
+// wm * BM/2 + .., columns wn * BN/4 + .. (MT = BM / 32 and NT = BN / 32 tiles).
+template <int BM, int BN, int PASS, int MT, int NT>
+__device__ __forceinline__ void store_tile(const float (&acc)[MT][NT][4], const BlockTile<BM, BN, PASS>& bt,
+                                           const float* __restrict__ bias, float* __restrict__ out, const ConvGeom& g,
+                                           float* __restrict__ stats = nullptr) {
+    store_tile_at<BM, BN, PASS, MT, NT>(acc, bt, bt.wm * (BM / 2), bt.wn * (BN / 4), bias, out, g, stats);
 }
