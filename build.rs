@@ -3,7 +3,9 @@
 //! - nvcc is looked for in `$NVCC`, `$CUDA_HOME/bin`, `$CUDA_PATH/bin`, `.cache/nvcc` (where
 //!   `scripts/install-nvcc.sh` puts the pinned 13.0 compiler) and `$PATH`, in that order.
 //! - The target is PTX for `compute_90` (override with `COSEG_CUDA_ARCH=compute_XY`); the driver
-//!   JIT-compiles it for the card at module load.
+//!   JIT-compiles it for the card at module load. A file whose first line is
+//!   `// coseg-arch: compute_XYa` is compiled for that architecture instead (conv2d_wgmma.cu:
+//!   wgmma exists on sm_90a only); `MODULE_ARCH` lists those for NVRTC and the loader.
 //! - A kernel that does not compile fails the build with nvcc's own message.
 //! - Without nvcc the `.cu` sources are embedded instead and compiled with NVRTC at run time.
 //! - `KERNEL_REPORT=1` also compiles a cubin for the matching `sm_XY` with `-Xptxas -v` and prints
@@ -62,6 +64,13 @@ fn main() {
     rs += "pub const MODULES: &[(&str, &str)] = &[\n";
     for (name, path) in &texts {
         rs += &format!("    ({name:?}, include_str!({:?})),\n", path.display().to_string());
+    }
+    rs += "];\n";
+    rs += "pub const MODULE_ARCH: &[(&str, &str)] = &[\n";
+    for src in &sources {
+        if let Some(own) = own_arch(src) {
+            rs += &format!("    ({:?}, {own:?}),\n", stem(src));
+        }
     }
     rs += "];\n";
     std::fs::write(out_dir.join("kernels.rs"), rs).unwrap_or_else(|e| fail(&format!("writing kernels.rs: {e}")));
@@ -172,9 +181,22 @@ fn run_nvcc(nvcc: &Path, args: &[String], src: &Path) -> std::process::Output {
 
 const COMMON_FLAGS: [&str; 3] = ["-O3", "--std=c++17", "-lineinfo"];
 
+/// The architecture a kernel file names on its first line, `// coseg-arch: compute_90a` (wgmma
+/// exists on sm_90a only, so conv2d_wgmma.cu asks for it; such a module loads on that one
+/// compute capability, and the planner uses it only there). None: the build's (`COSEG_CUDA_ARCH`).
+fn own_arch(src: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(src).unwrap_or_else(|e| fail(&format!("{}: {e}", src.display())));
+    let arch = text.lines().next()?.strip_prefix("// coseg-arch: ")?.trim().to_string();
+    if !arch.starts_with("compute_") {
+        fail(&format!("{}: coseg-arch {arch}: expected compute_XY[a]", src.display()));
+    }
+    Some(arch)
+}
+
 fn compile_all(nvcc: &Path, sources: &[PathBuf], out_dir: &Path, arch: &str) -> Vec<(String, PathBuf)> {
     parallel(sources.to_vec(), |src| {
         let ptx = out_dir.join(format!("{}.ptx", stem(&src)));
+        let arch = own_arch(&src).unwrap_or_else(|| arch.to_string());
         let mut args: Vec<String> = COMMON_FLAGS.iter().map(|s| s.to_string()).collect();
         args.extend(["-ptx".into(), format!("-arch={arch}"), "-o".into(), ptx.display().to_string()]);
         run_nvcc(nvcc, &args, &src);
@@ -184,11 +206,13 @@ fn compile_all(nvcc: &Path, sources: &[PathBuf], out_dir: &Path, arch: &str) -> 
 
 /// Per-kernel resource usage from ptxas, one warning line each.
 fn report(nvcc: &Path, sources: &[PathBuf], out_dir: &Path, arch: &str) {
-    let sm = arch.replacen("compute_", "sm_", 1);
     let logs = parallel(sources.to_vec(), |src| {
         let cubin = out_dir.join(format!("{}.cubin", stem(&src)));
+        let arch = own_arch(&src).unwrap_or_else(|| arch.to_string());
+        let sm = arch.replacen("compute_", "sm_", 1);
         let mut args: Vec<String> = COMMON_FLAGS.iter().map(|s| s.to_string()).collect();
-        args.extend(["-cubin".into(), format!("-arch={sm}"), "-Xptxas".into(), "-v".into()]);
+        // -gencode: HOPPER.md saw `-arch=sm_90a` also run a plain sm_90 pass that rejects wgmma.
+        args.extend(["-cubin".into(), format!("-gencode=arch={arch},code={sm}"), "-Xptxas".into(), "-v".into()]);
         args.extend(["-o".into(), cubin.display().to_string()]);
         let out = run_nvcc(nvcc, &args, &src);
         String::from_utf8_lossy(&out.stderr).into_owned()

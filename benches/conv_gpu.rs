@@ -136,6 +136,7 @@ struct Row {
     staged: Option<f64>,
     pipelined: Option<f64>,
     nhwc: Option<f64>,
+    wgmma: Option<f64>,
     cudnn: Option<f64>,
 }
 
@@ -145,6 +146,7 @@ impl Row {
             TcVariant::Staged => &mut self.staged,
             TcVariant::Pipelined => &mut self.pipelined,
             TcVariant::Nhwc => &mut self.nhwc,
+            TcVariant::Wgmma => &mut self.wgmma,
         }
     }
 }
@@ -165,7 +167,8 @@ fn ours(c: &mut Criterion, dev: &Arc<CudaDevice>, table: &mut Table) {
                 Precision::Tf32 => &[TcVariant::Staged, TcVariant::Pipelined],
                 Precision::Bf16 => &TcVariant::ALL,
             };
-            for &v in variants {
+            // wgmma only where the GPU has it (sm_90; elsewhere the variant is nhwc again)
+            for &v in variants.iter().filter(|v| **v != TcVariant::Wgmma || dev.has_wgmma()) {
                 dev.set_tc_variant(v);
                 let tag = if v == TcVariant::Staged { p.to_string() } else { format!("{p}_{v}") };
                 let fwd = |y: &mut GpuBuffer| conv::conv2d_fwd(dev, &sh, p, &x, &w, None, y).unwrap();
@@ -260,10 +263,11 @@ fn print_table(table: &Table) {
     println!(
         "\nconv_gpu summary: median ms of 20 event-timed runs; ratio = cuDNN / ours (>= 1.0: ours at least as fast); \
          staged = conv2d_tc.cu, pipelined = conv2d_tcp.cu, nhwc = conv2d_nhwc.cu with its bf16 copies (bf16 only; \
-         the stem's forward and every weight gradient run the pipelined kernels there) (fp32: the SIMT kernels, in the staged column)"
+         the stem's forward runs the pipelined kernel there), wgmma = conv2d_wgmma.cu's forward and input gradient \
+         (bf16, sm_90; its weight gradient is nhwc's) (fp32: the SIMT kernels, in the staged column)"
     );
-    println!("| shape | pass | precision | staged ms | pipelined ms | nhwc ms | cuDNN ms | ratio staged | ratio pipelined | ratio nhwc | best TFLOP/s |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| shape | pass | precision | staged ms | pipelined ms | nhwc ms | wgmma ms | cuDNN ms | ratio staged | ratio pipelined | ratio nhwc | ratio wgmma | best TFLOP/s |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for ((ci, pass, p), row) in table {
         let flops = cases[*ci].sh.flops() * if *pass == "fwd" { 1.0 } else { 3.0 };
         let fmt = |v: Option<f64>| v.filter(|v| v.is_finite()).map_or("-".to_string(), |v| format!("{v:.3}"));
@@ -271,11 +275,14 @@ fn print_table(table: &Table) {
             (Some(o), Some(t)) if t.is_finite() => format!("{:.2}", t / o),
             _ => "-".to_string(),
         };
-        let best = [row.staged, row.pipelined, row.nhwc].into_iter().flatten().reduce(f64::min);
+        let best = [row.staged, row.pipelined, row.nhwc, row.wgmma].into_iter().flatten().reduce(f64::min);
         let tflops = best.map_or("-".to_string(), |o| format!("{:.1}", flops / (o * 1e-3) / 1e12));
-        let (staged, pipelined, nhwc, cudnn) = (fmt(row.staged), fmt(row.pipelined), fmt(row.nhwc), fmt(row.cudnn));
-        let (r_staged, r_pipelined, r_nhwc) = (ratio(row.staged), ratio(row.pipelined), ratio(row.nhwc));
-        println!("| {} | {pass} | {p} | {staged} | {pipelined} | {nhwc} | {cudnn} | {r_staged} | {r_pipelined} | {r_nhwc} | {tflops} |", cases[*ci].name);
+        let (staged, pipelined, nhwc, wgmma, cudnn) = (fmt(row.staged), fmt(row.pipelined), fmt(row.nhwc), fmt(row.wgmma), fmt(row.cudnn));
+        let (r_staged, r_pipelined, r_nhwc, r_wgmma) = (ratio(row.staged), ratio(row.pipelined), ratio(row.nhwc), ratio(row.wgmma));
+        println!(
+            "| {} | {pass} | {p} | {staged} | {pipelined} | {nhwc} | {wgmma} | {cudnn} | {r_staged} | {r_pipelined} | {r_nhwc} | {r_wgmma} | {tflops} |",
+            cases[*ci].name
+        );
     }
 }
 

@@ -48,8 +48,10 @@ __device__ __forceinline__ unsigned smem_u32(const void* p) {
 // thread's copies visible and says that stage (kt-1) % STAGES, read in the last iteration, is
 // free; tile kt + STAGES - 1 is issued into it, and tile kt multiplied. Empty groups are
 // committed past the end so the count stays right. issue(stage, k0) copies a tile;
-// multiply(stage) reads one.
-template <int STAGES, int KT, class Issue, class Multiply>
+// multiply(stage) reads one. PROXY_FENCE: multiply hands the stage to the tensor cores' async
+// proxy (wgmma reads shared memory through it), so each thread fences its landed copies
+// (fence.proxy.async) before the barrier that publishes them.
+template <int STAGES, int KT, bool PROXY_FENCE = false, class Issue, class Multiply>
 __device__ __forceinline__ void cp_async_pipeline(int begin, int end, Issue&& issue, Multiply&& multiply) {
     const int tiles = end > begin ? (end - begin + KT - 1) / KT : 0;
 #pragma unroll
@@ -59,6 +61,7 @@ __device__ __forceinline__ void cp_async_pipeline(int begin, int end, Issue&& is
     }
     for (int kt = 0; kt < tiles; ++kt) {
         cp_async_wait<STAGES - 2>();
+        if constexpr (PROXY_FENCE) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         __syncthreads();
         const int next = kt + STAGES - 1;
         if (next < tiles) issue(next % STAGES, begin + next * KT);

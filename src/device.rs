@@ -105,7 +105,7 @@ impl Precision {
 /// operands (ldmatrix, half the shared memory, two 128 x 128 blocks per SM) where the channels it
 /// copies are multiples of 8, and the pipelined kernels for everything else (tf32, the 3-channel
 /// stem's forward and weight gradient). Chosen per process with
-/// `COSEG_CONV_TC=staged|pipelined|nhwc` (read when a GPU is opened) or
+/// `COSEG_CONV_TC=staged|pipelined|nhwc|wgmma` (read when a GPU is opened) or
 /// [`CudaDevice::set_tc_variant`](crate::backend::cuda::CudaDevice::set_tc_variant).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum TcVariant {
@@ -118,15 +118,21 @@ pub enum TcVariant {
     /// Not the default until a GPU has timed it: written and checked on the CPU emulator
     /// (scripts/kernel-emu, bit for bit against `Pipelined`), not yet run on a GPU.
     Nhwc,
+    /// `Nhwc`, with the bf16 forward and input gradient on Hopper's wgmma (kernels/conv2d_wgmma.cu,
+    /// built for sm_90a): only on a compute capability 9.0 GPU, elsewhere `Nhwc`. The model plans
+    /// wgmma for those passes; tuning times it beside the channels-last tiles. Checked on the CPU
+    /// emulator only (bit for bit against `Nhwc`'s 128 x 128 kernels), not yet run on a GPU.
+    Wgmma,
 }
 
 impl TcVariant {
-    pub const ALL: [TcVariant; 3] = [TcVariant::Staged, TcVariant::Pipelined, TcVariant::Nhwc];
+    pub const ALL: [TcVariant; 4] = [TcVariant::Staged, TcVariant::Pipelined, TcVariant::Nhwc, TcVariant::Wgmma];
     pub fn name(self) -> &'static str {
         match self {
             TcVariant::Staged => "staged",
             TcVariant::Pipelined => "pipelined",
             TcVariant::Nhwc => "nhwc",
+            TcVariant::Wgmma => "wgmma",
         }
     }
 }
@@ -137,7 +143,7 @@ impl FromStr for TcVariant {
         TcVariant::ALL
             .into_iter()
             .find(|v| v.name() == s)
-            .ok_or_else(|| Error::Config(format!("COSEG_CONV_TC='{s}' is not one of staged, pipelined, nhwc")))
+            .ok_or_else(|| Error::Config(format!("COSEG_CONV_TC='{s}' is not one of staged, pipelined, nhwc, wgmma")))
     }
 }
 
@@ -231,8 +237,8 @@ mod tests {
             assert_eq!(v.name().parse::<TcVariant>().unwrap(), v);
             assert_eq!(v.to_string(), v.name());
         }
-        assert_eq!(TcVariant::ALL.map(TcVariant::name), ["staged", "pipelined", "nhwc"]);
+        assert_eq!(TcVariant::ALL.map(TcVariant::name), ["staged", "pipelined", "nhwc", "wgmma"]);
         let e = "NHWC".parse::<TcVariant>().unwrap_err().to_string();
-        assert!(e.contains("'NHWC'") && e.contains("staged, pipelined, nhwc"), "{e}");
+        assert!(e.contains("'NHWC'") && e.contains("staged, pipelined, nhwc, wgmma"), "{e}");
     }
 }

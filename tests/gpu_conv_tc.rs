@@ -75,7 +75,9 @@ test_gpu!(every_tensor_core_kernel_matches_the_f32_convolution, |dev| {
                     ConvPass::WeightGrad => (&dyg, &xg, None, g.weight_len(), &want[2]),
                 };
                 let sms = dev.sm_count() as usize;
-                for plan in TcVariant::ALL.into_iter().flat_map(|v| conv::tc_plans(&g, pass, precision, v, sms)) {
+                // Wgmma's other plans are Nhwc's (run under it); its own run on an sm_90 GPU.
+                let plans = TcVariant::ALL.into_iter().flat_map(|v| conv::tc_plans(&g, pass, precision, v, sms).into_iter().map(move |p| (v, p)));
+                for (_, plan) in plans.filter(|(v, p)| *v != TcVariant::Wgmma || (p.is_wgmma() && dev.has_wgmma())) {
                     let mut out = poisoned(&dev, out_len);
                     conv::launch_plan(&dev, &g, pass, &plan, a, bb, bias, &mut out).unwrap();
                     let got = dev.dtoh(&out).unwrap();
@@ -88,12 +90,22 @@ test_gpu!(every_tensor_core_kernel_matches_the_f32_convolution, |dev| {
             }
         }
     }
-    // Every family's three tiles, and the channels-last 64 x 64 wherever those kernels take the
-    // pass (16 bf16 passes of the 11 shapes, as below).
+    // Every family's three tiles, the channels-last 64 x 64 wherever those kernels take the
+    // pass (16 bf16 passes of the 11 shapes, as below), and the wgmma kernel on the 12 of them
+    // that are forwards and input gradients (on an sm_90 GPU).
     let passes = [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad];
-    let nhwc_passes = shapes().iter().flat_map(|g| passes.map(|p| conv::nhwc_takes(g, p, Precision::Bf16))).filter(|&t| t).count();
-    assert_eq!(nhwc_passes, 16);
-    assert_eq!(ran, shapes().len() * 2 * 3 * TcVariant::ALL.len() * conv::TC_TILES.len() + nhwc_passes * (conv::NHWC_TILES.len() - conv::TC_TILES.len()));
+    let count = |takes: fn(&ConvGeometry, ConvPass, Precision) -> bool| {
+        shapes().iter().flat_map(|g| passes.map(|p| takes(g, p, Precision::Bf16))).filter(|&t| t).count()
+    };
+    let (nhwc_passes, wgmma_passes) = (count(conv::nhwc_takes), count(conv::wgmma_takes));
+    assert_eq!((nhwc_passes, wgmma_passes), (16, 12));
+    let families = TcVariant::ALL.len() - 1; // Wgmma's own plans counted apart
+    assert_eq!(
+        ran,
+        shapes().len() * 2 * 3 * families * conv::TC_TILES.len()
+            + nhwc_passes * (conv::NHWC_TILES.len() - conv::TC_TILES.len())
+            + if dev.has_wgmma() { wgmma_passes } else { 0 }
+    );
 });
 
 // Split-K for the forward and the input gradient (plans only tuning offers): every split
@@ -181,6 +193,13 @@ test_gpu!(the_public_wrappers_dispatch_by_precision_and_variant, |dev| {
     // pipelined kernel's bits: the same roundings and mma order from bf16 copies.
     assert_eq!(conv::plan(&g, ConvPass::Forward, Precision::Bf16, TcVariant::Nhwc, dev.sm_count() as usize).kernel.module, "conv2d_nhwc");
     assert!(bf16_outputs[2] == bf16_outputs[1], "nhwc and pipelined bf16 forwards differ");
+    // The wgmma forward (on an sm_90 GPU; else the variant is Nhwc): the same bf16 products in
+    // f32, summed in the tensor cores' own order.
+    if dev.has_wgmma() {
+        assert_eq!(conv::plan(&g, ConvPass::Forward, Precision::Bf16, TcVariant::Wgmma, dev.sm_count() as usize).kernel.module, "conv2d_wgmma");
+        let d = rel_err(&bf16_outputs[3], &bf16_outputs[2]);
+        assert!(d <= 1e-5, "wgmma and nhwc bf16 forwards {d:.2e} apart");
+    }
     // Lengths are checked before anything runs.
     let mut short = dev.alloc(g.output_len() - 1).unwrap();
     let e = conv::conv2d_fwd(&dev, &g, Precision::Bf16, &xg, &wg, None, &mut short).unwrap_err().to_string();
@@ -263,6 +282,56 @@ test_gpu!(channels_last_kernels_give_the_pipelined_bits, |dev| {
     // gradients, 4 weight gradients), and all 3 of each network shape; the 3 tiles both families
     // have (the channels-last 64 x 64 has no pipelined twin: the first test holds it to the CPU).
     assert_eq!(ran, (16 + 3 * network_shapes().len()) * conv::TC_TILES.len());
+});
+
+// The wgmma kernels (sm_90a) against the channels-last kernel of the same 128 x 128 tile, both
+// unsplit, on every forward and input gradient of shapes() and network_shapes() they take: the
+// same bf16 products summed in f32 (the emulator sums each k-step of 16 as mma.sync does and gives
+// the same bits; the GPU's order may differ, hence 1e-5), every output written, and the
+// forward's batch-norm statistics likewise. Skipped, saying so, on a GPU that is not sm_90.
+test_gpu!(wgmma_kernels_match_the_channels_last_kernels, |dev| {
+    if !dev.has_wgmma() {
+        eprintln!("skipped: cuda:0 is sm_{}{}, wgmma needs sm_90", dev.compute_capability().0, dev.compute_capability().1);
+        return;
+    }
+    let mut r = rng(18);
+    let sms = dev.sm_count() as usize;
+    let mut ran = 0;
+    for g in shapes().into_iter().chain(network_shapes()) {
+        let (x, w, b, dy) = (randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()), randn(&mut r, g.k), randn(&mut r, g.output_len()));
+        let (xg, wg, bg, dyg) = (dev.htod(&x).unwrap(), dev.htod(&w).unwrap(), dev.htod(&b).unwrap(), dev.htod(&dy).unwrap());
+        for pass in [ConvPass::Forward, ConvPass::InputGrad] {
+            if !conv::wgmma_takes(&g, pass, Precision::Bf16) {
+                continue;
+            }
+            let (a, bb, bias, out_len) = match pass {
+                ConvPass::Forward => (&wg, &xg, Some(&bg), g.output_len()),
+                _ => (&wg, &dyg, None, g.input_len()),
+            };
+            let wgmma = conv::plan(&g, pass, Precision::Bf16, TcVariant::Wgmma, sms);
+            let nhwc = conv::tc_plans(&g, pass, Precision::Bf16, TcVariant::Nhwc, sms)[0];
+            assert!(wgmma.is_wgmma() && nhwc.tile == wgmma.tile && nhwc.splits == 1, "{wgmma:?} {nhwc:?}");
+            let run = |plan: &conv::ConvPlan| {
+                let mut out = poisoned(&dev, out_len);
+                let mut stats = conv::bn_slots(&g, plan).filter(|_| pass == ConvPass::Forward).map(|(slots, _)| poisoned(&dev, 2 * g.k * slots));
+                conv::launch_plan_with(&dev, &g, pass, plan, a, bb, bias, &mut out, stats.as_mut()).unwrap();
+                (dev.dtoh(&out).unwrap(), stats.map(|s| dev.dtoh(&s).unwrap()))
+            };
+            let (got, want) = (run(&wgmma), run(&nhwc));
+            let what = format!("{} {g:?}", wgmma.kernel.name);
+            assert!(got.0.iter().all(|v| v.is_finite()), "{what}: an output left unwritten");
+            let e = rel_err(&got.0, &want.0);
+            assert!(e <= 1e-5, "{what}: {e:.2e} from {}", nhwc.kernel.name);
+            if let (Some(gs), Some(ws)) = (&got.1, &want.1) {
+                assert!(gs.iter().all(|v| v.is_finite()), "{what}: a statistic left unwritten");
+                let e = rel_err(gs, ws);
+                assert!(e <= 1e-5, "{what}: statistics {e:.2e} from {}'s", nhwc.kernel.name);
+            }
+            ran += 1;
+        }
+    }
+    // 12 forwards and input gradients of the 11 shapes, and both of each network shape.
+    assert_eq!(ran, 12 + 2 * network_shapes().len());
 });
 
 // The copies the channels-last kernels read: (n, c, hw) f32 to (n, hw, c) bf16, rounded to

@@ -300,6 +300,70 @@ test_gpu!(a_tuned_step_times_its_plans_in_the_first_step_and_then_waits_for_noth
     }
 });
 
+// The bf16 training step with the wgmma kernels (forward and input gradient; COSEG_CONV_TC=wgmma)
+// against the same step on the channels-last kernels, from the same weights and batches: the
+// first loss within 1e-5 and every parameter's first-step gradient within bf16's amplified
+// round-off (the tuned test above says why 5e-2; on the emulator both are the same bits, since the
+// emulated wgmma sums each k-step as mma.sync does). The wgmma kernels really ran (the second
+// step's profile), and none in the channels-last step. Skipped, saying so, on a GPU that is not
+// sm_90. (Eager: the captured step is the same launches, tests above.)
+test_gpu!(the_wgmma_step_follows_the_channels_last_step, |dev| {
+    use coseg::backend::cuda::StepProfiler;
+    use coseg::device::TcVariant;
+    let _one_at_a_time = serial();
+    if !dev.has_wgmma() {
+        eprintln!("skipped: cuda:0 is sm_{}{}, wgmma needs sm_90", dev.compute_capability().0, dev.compute_capability().1);
+        return;
+    }
+    let _settings = gpu_common::DeviceSettings::saved(&dev);
+    dev.set_precision(coseg::device::Precision::Bf16);
+    let mut rng = ChaCha8Rng::seed_from_u64(27);
+    let cfg = ModelConfig { depth: 18, width: 0.125, ..ModelConfig::default() };
+    let (pairs, size, steps) = (1, 32, 3);
+    let batches: Vec<HostBatch> = (0..steps).map(|_| random_batch(&mut rng, pairs, size)).collect();
+    let run = |variant: TcVariant| {
+        dev.set_tc_variant(variant);
+        let mut store = ParamStore::new(GPU, 7);
+        let model = CosegNet::new(&cfg, &mut store).unwrap();
+        let watch = LossWatch::new(GPU, vec![0.01; steps], 0, 0, 1, (0.9, 0.999)).unwrap();
+        let opt = Optimizer::new(OptimizerParams::paper_sgd()).unwrap();
+        let mut runner = StepRunner::new(model, store, opt, watch, pairs, size, false).unwrap();
+        let (mut losses, mut first_grads, mut wgmma_launches) = (Vec::new(), Vec::new(), 0);
+        for (i, b) in batches.iter().enumerate() {
+            // The second step profiled: which kernels ran.
+            let mut prof = (i == 1).then(|| StepProfiler::new(dev.clone()).unwrap());
+            if let Some(p) = prof.as_mut() {
+                p.begin().unwrap();
+            }
+            runner.step(b.clone()).unwrap();
+            if let Some(mut p) = prof {
+                p.end().unwrap();
+                let rows = p.finish().unwrap().rows;
+                wgmma_launches = rows.iter().filter(|r| r.name.starts_with("conv2d_wgmma_")).map(|r| r.launches).sum::<u64>();
+            }
+            if i == 0 {
+                first_grads = runner.store.trainable().map(|(n, t)| (n.to_string(), t.grad().expect("a gradient").to_vec().unwrap())).collect();
+            }
+            if runner.watch.full() {
+                losses.extend(runner.watch.drain().unwrap().losses);
+            }
+        }
+        (losses, first_grads, wgmma_launches)
+    };
+    let (nhwc_losses, nhwc_grads, none) = run(TcVariant::Nhwc);
+    let (wgmma_losses, wgmma_grads, launched) = run(TcVariant::Wgmma);
+    assert_eq!(none, 0, "the channels-last step launched wgmma kernels");
+    assert!(launched > 0, "the wgmma step launched no wgmma kernel");
+    assert_eq!((wgmma_losses.len(), nhwc_losses.len()), (steps, steps));
+    let (w, n) = (wgmma_losses[0], nhwc_losses[0]);
+    assert!((w - n).abs() <= 1e-5 * n.abs(), "the first loss: wgmma {w}, nhwc {n}");
+    assert_eq!(wgmma_grads.len(), nhwc_grads.len());
+    for ((name, w), (_, n)) in wgmma_grads.iter().zip(&nhwc_grads) {
+        let e = rel_err(w, n);
+        assert!(e <= 5e-2, "{name}: the first step's gradient {e:.2e} from the channels-last one");
+    }
+});
+
 // The step's profile by model part (COSEG_PROFILE's second table): every launch is filed under
 // exactly one part (the parts' launches and time are the kernels'), each part the Siamese step
 // goes through shows forward and backward, and no forward launch is left outside the parts.

@@ -65,5 +65,8 @@ pub fn step_configs() -> Vec<StepConfig> {
     out.push(config(Precision::Bf16, TcVariant::Nhwc, true, "_nhwc"));
     out.push(config(Precision::Bf16, TcVariant::Pipelined, true, "_tuned"));
     out.push(config(Precision::Bf16, TcVariant::Nhwc, true, "_nhwc_tuned"));
+    // (On a GPU other than sm_90 the device runs nhwc for these: the rows repeat those above.)
+    out.push(config(Precision::Bf16, TcVariant::Wgmma, true, "_wgmma"));
+    out.push(config(Precision::Bf16, TcVariant::Wgmma, true, "_wgmma_tuned"));
     out
 }

@@ -3,7 +3,7 @@
 #   PACK_ONLY='gpu|csa|danet|autograd|gradcheck|op_edge|nn_model|bin-coseg' scripts/gpu/stage-xz.sh
 # (then carry [".gpu"]; the tarball is unpacked here). Each step is bounded and logged under $OUT:
 #   tests    every staged test binary with REQUIRE_CUDA=1 (GPU tests fail rather than skip)
-#   conv     benches/conv_gpu.rs: the tensor-core variants (staged, pipelined; nhwc in bf16)
+#   conv     benches/conv_gpu.rs: the tensor-core variants (staged, pipelined; nhwc and wgmma in bf16)
 #            against cuDNN at fp32, tf32 and bf16; prints its summary table
 #   step     benches/step_gpu.rs: the paper's training step per precision and variant, eager and
 #            captured, host waits per step (COSEG_WAIT_TRACE=1: and where they come from)
@@ -12,7 +12,7 @@
 #   tune     benches/conv_gpu.rs with COSEG_CONV_TUNE (bf16 unless CONV_GPU_PRECISIONS): our columns on
 #            the plans chosen by timing, and the tuner's table (the model's plan against the chosen
 #            one per pass; $OUT/conv-tune.json holds every candidate's time). `step` times the
-#            tuned training step too (rows `bf16_tuned`, `bf16_nhwc_tuned`)
+#            tuned training step too (rows `bf16_tuned`, `bf16_nhwc_tuned`, `bf16_wgmma_tuned`)
 #   infer    benches/step_gpu.rs gpu_inference: evaluation forward of 10 and 40 pairs in bf16,
 #            eager and replayed from a CUDA graph, pairs per second
 #   csa      benches/csa_gpu.rs: the attention kernels against the composed ops
@@ -24,7 +24,7 @@
 #   ncustep  Nsight Compute: per-kernel time of one bf16 training step
 #   convprof Nsight Compute sections (speed of light, occupancy, warp stalls, memory, instructions)
 #            of the pipelined bf16 kernels on 3x3 c512 16x16 d4: one forward, input and weight
-#            gradient (CONV_PROF_CASE picks another conv_gpu case; CONV_PROF_FAMILY=nhwc the
+#            gradient (CONV_PROF_CASE picks another conv_gpu case; CONV_PROF_FAMILY=nhwc or wgmma the
 #            channels-last kernels instead)
 # STEP_FILTER narrows the step benches (criterion's filter; default 'gpu_train_step|gpu_sgd_step').
 # Usage: bash scripts/gpu/check.sh [steps]   (default "tests conv step csa run")

@@ -17,6 +17,9 @@
 // most 1e-5), and bit for bit against conv2d_tcp.cu's bf16 kernels of the same tile (the same
 // roundings, fragments and mma order: the header of conv2d_nhwc.cu says why they must agree; the
 // 64 x 64 tile has no pipelined twin).
+// Then kernels/conv2d_wgmma.cu's forward and input gradient (128 x 128, unsplit; wgmma emulated
+// from its descriptors, emu_tc.h): against f64, the forward's statistics, and bit for bit against
+// the channels-last 128 x 128 kernel (each k-step of 16 one rounding in both emulations).
 // Shapes have C (forward), K (input gradient) or both (weight gradient) multiples of 8, the
 // kernels' condition; a pass whose channels are not runs nowhere here (cuda.rs sends it to
 // conv2d_tcp.cu).
@@ -45,6 +48,7 @@ static const Pipe PIPE_BF16[3][3] = {
     {conv2d_pipe_fwd_128x128_bf16, conv2d_pipe_fwd_64x128_bf16, conv2d_pipe_fwd_128x64_bf16},
     {conv2d_pipe_bwd_input_128x128_bf16, conv2d_pipe_bwd_input_64x128_bf16, conv2d_pipe_bwd_input_128x64_bf16},
     {conv2d_pipe_bwd_weight_128x128_bf16, conv2d_pipe_bwd_weight_64x128_bf16, conv2d_pipe_bwd_weight_128x64_bf16}};
+static const Nhwc WGMMA[2] = {conv2d_wgmma_fwd_128x128_bf16, conv2d_wgmma_bwd_input_128x128_bf16};
 static const int TILES[4][2] = {{128, 128}, {64, 128}, {128, 64}, {64, 64}};  // the first three have pipelined twins
 static const char* PASS[3] = {"forward", "input grad", "wgrad"};
 
@@ -126,7 +130,7 @@ int main(int argc, char** argv) {
     const bool fail_fast = std::getenv("EMU_FAIL_FAST") != nullptr;
     bool ok = true;
     double worst[3] = {}, worst_stats = 0;
-    int same = 0, ran = 0;
+    int same = 0, ran = 0, wgmma_same = 0, wgmma_ran = 0;
     auto t_all = std::chrono::steady_clock::now();
     for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); ++si) {
         if (!only.empty() && std::find(only.begin(), only.end(), si) == only.end()) continue;
@@ -183,6 +187,25 @@ int main(int argc, char** argv) {
             const D& ref = pass == 0 ? y : pass == 1 ? dx : dw;
             const D& fl = pass == 0 ? yf : pass == 1 ? dxf : dwf;
             const bool with_bias = pass == 0 && si % 2 == 0;
+            // The batch-norm partial statistics of a forward (BN-wide block tiles, `slots` per row)
+            // against the output it wrote: the largest relative error.
+            auto stats_err = [&](const V& out, const V& stats, int BN, size_t slots) {
+                double se = 0;
+                for (int c = 0; c < M && std::isfinite(se); ++c)
+                    for (size_t j = 0; j < slots; ++j) {
+                        const double gs = stats[c * slots + j], gq = stats[(M + c) * slots + j];
+                        const size_t cols = (size_t)N, lo = std::min(cols, j * (BN / 4)), hi = std::min(cols, lo + BN / 4);
+                        double s = 0, a = 0, sq = 0, q = 0;
+                        auto v = [&](size_t col) { return (double)out[((col / OHW) * M + c) * OHW + col % OHW]; };
+                        for (size_t col = lo; col < hi; ++col) s += v(col), a += std::fabs(v(col)), sq += v(col) * v(col);
+                        const double mean = hi > lo ? s / (hi - lo) : 0;
+                        for (size_t col = lo; col < hi; ++col) q += (v(col) - mean) * (v(col) - mean);
+                        if (!std::isfinite(gs) || !std::isfinite(gq)) { se = INFINITY; break; }
+                        se = std::max({se, std::fabs(gs - s) / std::max(a, 1e-30), std::fabs(gq - q) / std::max(q + 1e-3 * sq, 1e-30)});
+                    }
+                return se;
+            };
+            V nhwc128;  // the 128 x 128 channels-last kernel's unsplit output
             printf("  %-10s:", PASS[pass]);
             for (int tile = 0; tile < 4; ++tile) {
               const int BM = TILES[tile][0], BN = TILES[tile][1];
@@ -227,22 +250,11 @@ int main(int argc, char** argv) {
                 worst[pass] = std::max(worst[pass], e);
                 ok = ok && e <= 1e-5;
                 if (pass == 0 && splits == 1) {  // every slot's statistics against the output written: as the pipe kernels' are
-                    double se = 0;
-                    for (int c = 0; c < M && std::isfinite(se); ++c)
-                        for (size_t j = 0; j < slots; ++j) {
-                            const double gs = stats[c * slots + j], gq = stats[(M + c) * slots + j];
-                            const size_t cols = (size_t)N, lo = std::min(cols, j * (BN / 4)), hi = std::min(cols, lo + BN / 4);
-                            double s = 0, a = 0, sq = 0, q = 0;
-                            auto v = [&](size_t col) { return (double)out[((col / OHW) * M + c) * OHW + col % OHW]; };
-                            for (size_t col = lo; col < hi; ++col) s += v(col), a += std::fabs(v(col)), sq += v(col) * v(col);
-                            const double mean = hi > lo ? s / (hi - lo) : 0;
-                            for (size_t col = lo; col < hi; ++col) q += (v(col) - mean) * (v(col) - mean);
-                            if (!std::isfinite(gs) || !std::isfinite(gq)) { se = INFINITY; break; }
-                            se = std::max({se, std::fabs(gs - s) / std::max(a, 1e-30), std::fabs(gq - q) / std::max(q + 1e-3 * sq, 1e-30)});
-                        }
+                    const double se = stats_err(out, stats, BN, slots);
                     worst_stats = std::max(worst_stats, se);
                     ok = ok && se <= 1e-5;
                 }
+                if (tile == 0 && splits == 1) nhwc128 = out;  // conv2d_wgmma.cu's bits, below
                 if (tile == 3) {  // no pipelined twin
                     printf(" %dx%d%s %.2e", BM, BN, splits > 1 ? ("/" + std::to_string(splits)).c_str() : "", e);
                     if (!ok && fail_fast) { printf("\nFAILED (fail fast)\n"); return 1; }
@@ -265,6 +277,38 @@ int main(int argc, char** argv) {
                 if (!ok && fail_fast) { printf("\nFAILED (fail fast)\n"); return 1; }
               }
             }
+            if (pass != 2) {
+                // conv2d_wgmma.cu (128 x 128, unsplit): within 1e-5 of f64, its statistics as
+                // the others', and conv2d_nhwc.cu's 128 x 128 bits (the same k-steps of 16 in the
+                // same order; emulated, each k-step is one rounding in both).
+                const dim3 grid{(unsigned)cdiv(N, 128), (unsigned)cdiv(M, 128), 1};
+                const size_t slots = 4 * grid.x;
+                V out(ref.size(), NAN), stats(pass == 0 ? 2 * (size_t)M * slots : 0, NAN);
+                const Words& a16 = pass == 0 ? wf : wt;
+                const Words& b16 = pass == 0 ? xh : dyh;
+                emu_set_dynamic_smem((size_t)3 * 2 * 128 * 128 + 1024);
+                launch(grid, 256, [&] {
+                    WGMMA[pass](a16.half(), b16.half(), with_bias ? bias.data() : nullptr, out.data(), pass == 0 ? stats.data() : nullptr, g, RED);
+                });
+                emu_clear_dynamic_smem();
+                D r = ref;
+                if (pass == 0 && !with_bias)
+                    for (size_t i = 0; i < r.size(); ++i) r[i] -= bias[(i / (size_t)OHW) % sh.k];
+                const double e = err(out, r, fl);
+                worst[pass] = std::max(worst[pass], e);
+                ok = ok && e <= 1e-5;
+                if (pass == 0) {
+                    const double se = stats_err(out, stats, 128, slots);
+                    worst_stats = std::max(worst_stats, se);
+                    ok = ok && se <= 1e-5;
+                }
+                const bool bits = same_bits(out, nhwc128);
+                wgmma_same += bits;
+                ++wgmma_ran;
+                ok = ok && bits;
+                printf(" | wgmma %.2e%s", e, bits ? " (= nhwc)" : " (DIFFERS from nhwc)");
+                if (!ok && fail_fast) { printf("\nFAILED (fail fast)\n"); return 1; }
+            }
             printf("\n");
             fflush(stdout);
         }
@@ -274,6 +318,7 @@ int main(int argc, char** argv) {
            worst[0], worst[1], worst[2], worst_stats);
     printf("bit-identical to conv2d_tcp.cu's bf16 kernels: %d of %d launches; total %.1fs\n", same, ran,
            std::chrono::duration<double>(std::chrono::steady_clock::now() - t_all).count());
+    printf("conv2d_wgmma.cu bit-identical to conv2d_nhwc.cu's 128 x 128 kernels: %d of %d launches\n", wgmma_same, wgmma_ran);
     printf(ok ? "ALL OK\n" : "FAILED\n");
     return ok ? 0 : 1;
 }

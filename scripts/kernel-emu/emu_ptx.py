@@ -22,9 +22,16 @@ chosen by its instruction:
   cp.async.wait_group %0 / N       ->  emu_cp_async_wait(n)    (cp.async.wait_all: wait(0))
   mov.u32 %0, %%dynamic_smem_size  ->  (out = emu_dynamic_smem_size())
   trap                             ->  emu_trap()
+  { .reg .pred p; setp.ne.b32 p, %S, 0; wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16
+    {%0, .., %(N/2-1)}, %A, %B, p, 1, 1, 0, 0; }
+                                   ->  emu_wgmma_bf16<N>(a_desc, b_desc, scale_d, d0, .., d(N/2-1))
+  wgmma.fence / commit_group / wait_group N (.sync.aligned)
+                                   ->  emu_wgmma_fence() / emu_wgmma_commit() / emu_wgmma_wait(n)
+  fence.proxy.async.shared::cta    ->  emu_fence_proxy_async()
+  "" with "+" operands only        ->  (void)0  (a compiler barrier on those registers)
 (the mma's template may be built from a macro argument, as conv2d_tc.cu's MMA_SYNC_F32 does, so
 its shape and types are read at run time). Any other instruction is an error: add a case here and
-an emulation to emu_tc.h (wgmma, ... for a future variant). The declaration of dynamic shared
+an emulation to emu_tc.h. The declaration of dynamic shared
 memory, `extern __shared__ [__align__(A)] T name[];`, becomes `T* const name = (T*)
 emu_dynamic_smem(A);` (emu_tc.h's per-launch buffer).
 With --spin-yield, an empty spin loop (`while (COND) {}`, crf.cu's grid barrier) gets a call to
@@ -105,6 +112,26 @@ def rewrite(body, where):
         return f'({outs[0]} = emu_cvt_rna_tf32_f32({ins[0]}))'
     if text.startswith('cvt.rn.bf16x2.f32') and len(outs) == 1 and len(ins) == 2:
         return f'({outs[0]} = emu_cvt_rn_bf16x2_f32({ins[0]}, {ins[1]}))'
+    m = re.fullmatch(r'\{ ?\.reg \.pred (\w+) ?; ?setp\.ne\.b32 \1 ?, ?%(\d+) ?, ?0 ?; ?'
+                     r'wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k16\.f32\.bf16\.bf16 \{([^}]*)\} ?, ?%(\d+) ?, ?%(\d+) ?, ?'
+                     r'\1 ?, ?1 ?, ?1 ?, ?0 ?, ?0 ?; ?\}', flat)
+    if m:
+        n, regs = int(m.group(3)), [r.strip() for r in m.group(4).split(',')]
+        if regs != [f'%{i}' for i in range(n // 2)] or len(outs) != n // 2 or len(ins) != 3 or \
+                [int(m.group(i)) - n // 2 for i in (5, 6, 2)] != [0, 1, 2]:
+            raise SystemExit(f"emu_ptx: {where}: wgmma operands not d = %0..%{n // 2 - 1}, a, b, scale-d in order")
+        return f'emu_wgmma_bf16<{n}>({ins[0]}, {ins[1]}, {ins[2]}, {", ".join(outs)})'
+    if re.fullmatch(r'wgmma\.fence\.sync\.aligned ?;?', flat) and not outs and not ins:
+        return 'emu_wgmma_fence()'
+    if re.fullmatch(r'wgmma\.commit_group\.sync\.aligned ?;?', flat) and not outs and not ins:
+        return 'emu_wgmma_commit()'
+    m = re.fullmatch(r'wgmma\.wait_group\.sync\.aligned (%0|\d+) ?;?', flat)
+    if m and not outs and len(ins) == (1 if m.group(1) == '%0' else 0):
+        return f'emu_wgmma_wait({ins[0] if ins else m.group(1)})'
+    if flat == '' and outs and not ins and all(re.match(r'\s*"\+', o) for o in split_top(parts[1], ',')):
+        return '(void)0'  # an empty asm that pins registers (a compiler barrier): nothing to emulate
+    if re.fullmatch(r'fence\.proxy\.async\.shared::cta ?;?', flat) and not outs and not ins:
+        return 'emu_fence_proxy_async()'
     if text.startswith('mma.sync.aligned.') and len(outs) == 4 and len(ins) == 6:
         return f'emu_mma_sync({template}, {", ".join(outs + ins)})'
     raise SystemExit(f"emu_ptx: {where}: no emulation for asm {text!r} ({len(outs)} outputs, {len(ins)} inputs)")

@@ -27,6 +27,7 @@
 //    lanes 8i + 2 (lane % 4) and + 1 gave. A row address not 16-byte aligned
 //    or a row outside the dynamic shared memory aborts (the hardware requires the alignment).
 // cp.async, dynamic shared memory and trap (kernels/conv2d_tcp.cu): emu_async.h.
+// wgmma (kernels/conv2d_wgmma.cu): at the end of this file.
 #pragma once
 #include "emu.h"
 #include "emu_async.h"
@@ -164,3 +165,104 @@ EMU_NOT_RACED inline void emu_ldmatrix_x4(const void* row, unsigned& r0, unsigne
         }
     }
 }
+
+// wgmma (kernels/conv2d_wgmma.cu, sm_90a), the SS form: both operands K-major bf16 in shared
+// memory, given by matrix descriptors, f32 accumulators in the thread's registers.
+//  - wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 d, a-desc, b-desc, scale-d, 1, 1, 0, 0
+//    (`emu_wgmma_bf16<N>`): queued on the issuing thread with pointers to its N / 2 accumulators;
+//    wgmma.commit_group closes the queued ones into a group; wgmma.wait_group n performs every
+//    committed group but the n most recent, in order. So the operands are read from shared
+//    memory when the warpgroup waits, not at issue: a stage overwritten before the wait reads the
+//    new tile (or the NaN poison), as the asynchronous hardware may. Each thread computes its own
+//    accumulators, D (64 x N) = A (64 x 16) B (16 x N) + (scale-d ? D : 0), the 16 products exact
+//    in f64 and summed with D, rounded once (as emu_mma_sync: a k-step of 16 is one rounding, so
+//    the result is the same bits as m16n8k16 mma.sync k-steps in the same order). The thread's
+//    elements (the PTX ISA's "wgmma .m64nNk16 register fragment layout for D"): warp w of the
+//    warpgroup (threadIdx.x / 32 % 4), lane l: d[4 j + v] = D(16 w + l / 4 + 8 (v / 2), 8 j +
+//    2 (l % 4) + v % 2).
+//  - The descriptors: start address (bits 0-13, >> 4), stride byte offset between 8-row groups
+//    (bits 32-45, >> 4), base offset (bits 49-51), swizzle (bits 62-63). Only the 128-byte swizzle
+//    (mode 1) with base offset 0 and an 8-row group starting on 1024 bytes (start address bits
+//    7-9 zero; the k-step adds 32 bytes) is emulated; anything else aborts. Element (row, k) of a
+//    K-major operand is at start + (row / 8) SBO + (row % 8) 128 + 2 k, then the swizzle: bits
+//    4-6 of the address XOR bits 7-9 (the 16-byte chunk index XOR the row within the group).
+//  - wgmma.fence is required before a thread's first wgmma (a thread with none aborts); its role
+//    of ordering register accesses has nothing to check here. fence.proxy.async is a no-op: the
+//    emulator has one proxy, so a missing fence (a GPU could read stale shared memory) is not
+//    caught. A thread that ends with wgmma not waited for aborts.
+struct EmuWgmma {
+    unsigned long long da, db;
+    bool scale_d;
+    int n;
+    float* d[256];
+};
+struct EmuWgmmaQueue {
+    bool fenced = false;
+    std::vector<EmuWgmma> open;
+    std::deque<std::vector<EmuWgmma>> groups;
+};
+inline EmuWgmmaQueue g_wgmma_queues[1024];
+[[noreturn]] inline void emu_bad_wgmma(const char* why, unsigned long long desc) {
+    std::fprintf(stderr, "emu: wgmma %s (descriptor %016llx; block %u,%u,%u thread %u)\n", why, desc, blockIdx.x, blockIdx.y,
+                 blockIdx.z, threadIdx.x);
+    std::abort();
+}
+// The shared memory of element (row, k) of a K-major bf16 operand in the 128-byte swizzle.
+inline const unsigned short* emu_wgmma_elem(unsigned long long desc, int row, int k) {
+    const unsigned start = (unsigned)(desc & 0x3FFF) << 4, sbo = (unsigned)((desc >> 32) & 0x3FFF) << 4;
+    if ((desc >> 62) != 1) emu_bad_wgmma("swizzle mode other than 128 bytes", desc);
+    if ((desc >> 49) & 7) emu_bad_wgmma("base offset other than 0", desc);
+    if (start & 0x380) emu_bad_wgmma("8-row group not on 1024 bytes", desc);
+    const unsigned lin = start + (unsigned)(row / 8) * sbo + (unsigned)(row % 8) * 128 + 2 * k;
+    const unsigned phys = lin ^ (((lin >> 7) & 7) << 4);
+    const unsigned short* p = (const unsigned short*)emu_smem_ptr(phys);
+    emu_race_read(p, 2);
+    return p;
+}
+EMU_NOT_RACED inline void emu_wgmma_run(const EmuWgmma& w) {
+    const int wq = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    for (int j = 0; j < w.n / 8; ++j)
+        for (int v = 0; v < 4; ++v) {
+            const int row = 16 * wq + (lane >> 2) + 8 * (v >> 1), col = 8 * j + 2 * (lane & 3) + (v & 1);
+            double s = w.scale_d ? (double)*w.d[4 * j + v] : 0.0;
+            for (int k = 0; k < 16; ++k) s += emu_bf16_val(*emu_wgmma_elem(w.da, row, k)) * emu_bf16_val(*emu_wgmma_elem(w.db, col, k));
+            *w.d[4 * j + v] = (float)s;
+        }
+}
+template <int N, class... F>
+inline void emu_wgmma_bf16(unsigned long long da, unsigned long long db, int scale_d, F&... d) {
+    static_assert(sizeof...(F) == N / 2 && N % 8 == 0 && N <= 256, "m64nNk16: N / 2 accumulators a thread");
+    EmuWgmmaQueue& q = g_wgmma_queues[threadIdx.x];
+    if (!q.fenced) emu_bad_wgmma("without a wgmma.fence before the thread's first wgmma", da);
+    EmuWgmma w{da, db, scale_d != 0, N, {&d...}};
+    q.open.push_back(w);
+}
+inline void emu_wgmma_fence() { g_wgmma_queues[threadIdx.x].fenced = true; }
+inline void emu_wgmma_commit() {
+    EmuWgmmaQueue& q = g_wgmma_queues[threadIdx.x];
+    q.groups.push_back(std::move(q.open));
+    q.open.clear();
+}
+inline void emu_wgmma_wait(int n) {
+    auto& g = g_wgmma_queues[threadIdx.x].groups;
+    while (g.size() > (size_t)std::max(n, 0)) {
+        for (auto& w : g.front()) emu_wgmma_run(w);
+        g.pop_front();
+    }
+}
+inline void emu_fence_proxy_async() {}
+// At a thread's end: no cp.async copy (emu_async.h) or wgmma left unwaited; the fence flag reset
+// for the next block's thread of this index.
+inline void emu_tc_thread_done() {
+    emu_cp_async_check_done();
+    EmuWgmmaQueue& q = g_wgmma_queues[threadIdx.x];
+    size_t pending = q.open.size();
+    for (auto& g : q.groups) pending += g.size();
+    if (pending) {
+        std::fprintf(stderr, "emu: thread %u of block %u,%u,%u ended with %zu wgmma not waited for\n", threadIdx.x, blockIdx.x,
+                     blockIdx.y, blockIdx.z, pending);
+        std::abort();
+    }
+    q.fenced = false;
+}
+inline const bool g_tc_hooked = (g_cp_async_hooked, g_after_thread = emu_tc_thread_done, true);

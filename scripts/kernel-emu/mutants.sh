@@ -3,7 +3,7 @@
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
 # conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
 # each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 40 minutes
-# on 2 cores for all 97; conv_tc_check's 10 about 4, conv_tcp_check's 21 about 10, conv_nhwc_check's 17; then the
+# on 2 cores for all 103; conv_tc_check's 10 about 4, conv_tcp_check's 21 about 10, conv_nhwc_check's 23 about 25, beside other work; then the
 # barrier sweep's 23, about 7 minutes alone). A mutant of a
 # header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
 # ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
@@ -33,7 +33,7 @@ mutant() {
     case $check in
         conv_tc_check) copy="$dir/conv2d_tc.cu" ;;
         conv_tcp_check) copy="$dir/conv2d_tcp.cu" cpp=conv_tc_check.cpp ;;
-        conv_nhwc_check) copy="$dir/nhwc_both.cu"; printf '#include "conv2d_tcp.cu"\n#include "conv2d_nhwc.cu"\n' > "$copy" ;;
+        conv_nhwc_check) copy="$dir/nhwc_both.cu"; printf '#include "conv2d_tcp.cu"\n#include "conv2d_nhwc.cu"\n#include "conv2d_wgmma.cu"\n' > "$copy" ;;
         danet_check) copy="$dir/danet_both.cu"; printf '#include "danet.cu"\n#include "danet_tc.cu"\n' > "$copy" ;;
         bn_check) copy="$dir/batchnorm.cu" ;;  # also for a mutant of block_reduce.cuh, which it includes
         gather_check) [ "$src" = block_reduce.cuh ] && copy="$dir/reduce.cu" ;;  # likewise
@@ -42,7 +42,7 @@ mutant() {
     g++ $flags -std=c++20 -w -pthread -D$def="\"$copy\"" -I. -o "$out/bin" "$cpp" || { echo "BAD MUTANT (no build): $what"; survived=1; return; }
     if (env EMU_FAIL_FAST=1 $env "$out/bin" $args) > "$out/log" 2>&1; then echo "SURVIVED: $what${env:+ ($env)}"; survived=1; else echo "caught: $what${env:+ ($env)} ($(grep -m1 -o 'FAIL.*\|ERROR: [A-Za-z]*Sanitizer: [a-z-]*\|WARNING: ThreadSanitizer: [a-z ]*\|runtime error: [a-z ]*\|emu: .*' "$out/log" | head -1))"; fi
 }
-A=attention.cu O=optim.cu T=conv2d_tc.cu P=conv2d_tcp.cu H=conv_tc.cuh C=cp_async.cuh N=conv2d_nhwc.cu
+A=attention.cu O=optim.cu T=conv2d_tc.cu P=conv2d_tcp.cu H=conv_tc.cuh C=cp_async.cuh N=conv2d_nhwc.cu K=nhwc_copy.cuh W=conv2d_wgmma.cu
 mutant danet_check danet.cu DANET_KERNELS 's/return v + __shfl_xor_sync(0xffffffffu, v, 4);/return v;/' "danet row sums miss the 4-lane shuffle" DANET_ONLY=fp32
 # danet_tc.cu (TF32 mma.sync): the W-as-A permutation, X's columns, a B fragment's k, the online
 # softmax's rescale and column mask, the quad max, dv's per-column lse, dk's per-column delta,
@@ -90,8 +90,8 @@ mutant conv_tc_check $H CONV_TC_KERNELS 's/red_begin = blockIdx.z \* red_chunk;/
 mutant conv_tc_check $H CONV_TC_KERNELS 's/if constexpr (PASS == BWD_WEIGHT) out += (long long)blockIdx.z \* M \* N;/\/\/ every split into slice 0/' "every weight-gradient split written to slice 0"
 # conv2d_tcp.cu (cp.async pipeline): copies land at the wait unless the 6th argument says early.
 mutant conv_tcp_check $C CONV_TCP_KERNELS 's/cp_async_wait<STAGES - 2>();/cp_async_wait<STAGES - 1>();/' "pipe: waits for one group too few (reads a stage not yet landed)"
-mutant conv_tcp_check $C CONV_TCP_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();/\/\/ no barrier/}' "pipe: no barrier in the main loop"
-mutant conv_tcp_check $C CONV_TCP_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();//};/if (next < tiles) issue/{n;s/cp_async_commit();/cp_async_commit(); __syncthreads();/}' "pipe: barrier after the next tile's issue (overwrites the stage being read)" EMU_CP_ASYNC=early
+mutant conv_tcp_check $C CONV_TCP_KERNELS '/cp_async_wait<STAGES - 2>();/{n;n;s/__syncthreads();/\/\/ no barrier/}' "pipe: no barrier in the main loop"
+mutant conv_tcp_check $C CONV_TCP_KERNELS '/cp_async_wait<STAGES - 2>();/{n;n;s/__syncthreads();//};/if (next < tiles) issue/{n;s/cp_async_commit();/cp_async_commit(); __syncthreads();/}' "pipe: barrier after the next tile's issue (overwrites the stage being read)" EMU_CP_ASYNC=early
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/const bool ok = k_ok \&\& (a_rows_in >> p \& 1);/const bool ok = (a_rows_in >> p \& 1);/' "pipe: A's 16-byte quads past the reduction not masked"
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/a_rows_in |= (unsigned)(bt.m0 + a_row0 + 32 \* p < bt.M) << p;/a_rows_in |= 1u << p;/' "pipe: A rows past M copied"
 mutant conv_tcp_check $P CONV_TCP_KERNELS 's/        cur.ch += KT;/        cur.ch += KT \/ 2;/' "pipe: the B cursor steps half a tile"
@@ -117,15 +117,15 @@ mutant conv_nhwc_check $N CONV_KERNELS 's/const int a_lds = (bt.wm \* (BM \/ 2) 
 mutant conv_nhwc_check $N CONV_KERNELS 's/ROW + ((lane >> 3) \& 1) \* 8;/ROW;/' "nhwc: B's ldmatrix reads k 0-7 for b[j][1]"
 mutant conv_nhwc_check $N CONV_KERNELS 's/Bf16::pair(tile\[2 \* lane\]\[i\], tile\[2 \* lane + 1\]\[i\])/Bf16::pair(tile[2 * lane + 1][i], tile[2 * lane][i])/' "nhwc copy: the two channels of a word swapped"
 mutant conv_nhwc_check $N CONV_KERNELS 's/tile\[i\]\[lane\] = ch < c \&\& p < hw/tile[i][lane] = p < hw/' "nhwc copy: reads channels past c"
-mutant conv_nhwc_check $N CONV_KERNELS 's/        cur.ch += KT;/        cur.ch += KT \/ 2;/' "nhwc: the chunk cursor steps half a tile"
-mutant conv_nhwc_check $N CONV_KERNELS 's/const bool k_ok = k0 + 8 \* chunk < bt.red_end;/const bool k_ok = k0 < bt.red_end;/' "nhwc: chunks past the reduction's tail copied"
-mutant conv_nhwc_check $N CONV_KERNELS 's/b_img\[j\] + (long long)at \* CH + ch/b_img[j] + (long long)at * CH/' "nhwc: every chunk of a tap reads channels 0-7"
+mutant conv_nhwc_check $K CONV_KERNELS 's/        cur.ch += KT;/        cur.ch += KT \/ 2;/' "nhwc: the chunk cursor steps half a tile"
+mutant conv_nhwc_check $K CONV_KERNELS 's/const bool k_ok = k0 + 8 \* chunk < red_end;/const bool k_ok = k0 < red_end;/' "nhwc: chunks past the reduction's tail copied"
+mutant conv_nhwc_check $K CONV_KERNELS 's/b_img\[j\] + (long long)at \* CH + ch/b_img[j] + (long long)at * CH/' "nhwc: every chunk of a tap reads channels 0-7"
 mutant conv_nhwc_check $C CONV_KERNELS 's/cp_async_wait<STAGES - 2>();/cp_async_wait<STAGES - 1>();/' "nhwc: waits for one group too few"
-mutant conv_nhwc_check $C CONV_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();//};/if (next < tiles) issue/{n;s/cp_async_commit();/cp_async_commit(); __syncthreads();/}' "nhwc: barrier after the next tile's issue (overwrites the stage being read)" EMU_CP_ASYNC=early
+mutant conv_nhwc_check $C CONV_KERNELS '/cp_async_wait<STAGES - 2>();/{n;n;s/__syncthreads();//};/if (next < tiles) issue/{n;s/cp_async_commit();/cp_async_commit(); __syncthreads();/}' "nhwc: barrier after the next tile's issue (overwrites the stage being read)" EMU_CP_ASYNC=early
 # The same two with the copies landing late (the default), where the values come out right:
 # the race detector sees the issue's write against the other warps' reads of the stage.
-mutant conv_tcp_check $C CONV_TCP_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();//};/if (next < tiles) issue/{n;s/cp_async_commit();/cp_async_commit(); __syncthreads();/}' "pipe: barrier after the next tile's issue, late copies" EMU_RACE=1 "0 6"
-mutant conv_nhwc_check $C CONV_KERNELS '/cp_async_wait<STAGES - 2>();/{n;s/__syncthreads();//};/if (next < tiles) issue/{n;s/cp_async_commit();/cp_async_commit(); __syncthreads();/}' "nhwc: barrier after the next tile's issue, late copies" EMU_RACE=1 "0 2"
+mutant conv_tcp_check $C CONV_TCP_KERNELS '/cp_async_wait<STAGES - 2>();/{n;n;s/__syncthreads();//};/if (next < tiles) issue/{n;s/cp_async_commit();/cp_async_commit(); __syncthreads();/}' "pipe: barrier after the next tile's issue, late copies" EMU_RACE=1 "0 6"
+mutant conv_nhwc_check $C CONV_KERNELS '/cp_async_wait<STAGES - 2>();/{n;n;s/__syncthreads();//};/if (next < tiles) issue/{n;s/cp_async_commit();/cp_async_commit(); __syncthreads();/}' "nhwc: barrier after the next tile's issue, late copies" EMU_RACE=1 "0 2"
 mutant conv_nhwc_check $N CONV_KERNELS 's/const int a_lds = (((lane >> 4) \& 1) \* 8 + (lane \& 7)) \* AROW/const int a_lds = (lane \& 7) * AROW/' "nhwc wgrad: A's ldmatrix.trans reads k 0-7 for a2 and a3"
 mutant conv_nhwc_check $N CONV_KERNELS 's/            bq\[p\].ow += KT;/            bq[p].ow += KT \/ 2;/' "nhwc wgrad: the x cursor steps half a tile"
 mutant csa_check $A CSA_KERNELS 's/const int src = c - j + pad;/const int src = c + j - pad;/' "eca backward: the input gradient's taps not mirrored"
@@ -148,6 +148,15 @@ mutant bn_check batchnorm.cu BN_KERNELS 's/const int n = min(width, count - j \*
 mutant bn_check batchnorm.cu BN_KERNELS 's/q += (double)m2\[j\] + n \* d \* d;/q += (double)m2[j];/' "partial statistics: slot means not combined"
 mutant bn_check batchnorm.cu BN_KERNELS 's/bn_value(x\[i\], mean\[c\], var\[c\], m.gamma\[c\], m.beta\[c\], eps) > 0.0f/bn_value(x[i], mean[c], var[c], m.gamma[c], 0.0f, eps) > 0.0f/' "the ReLU mask recomputed from the input ignores beta"
 mutant conv_nhwc_check $N CONV_KERNELS 's/return relu_value(bn_value(v, mean\[ch\], var\[ch\], gamma\[ch\], beta\[ch\], eps));/return relu_value(bn_value(v, mean[ch], var[ch], gamma[ch], beta[0], eps));/' "nhwc prologue: every channel shifted by channel 0's beta"
+# conv2d_wgmma.cu (wgmma emulated from its descriptors, operands read at the wait): the copies'
+# swizzle, the k-step's advance, the warpgroup's rows, the stride between 8-row groups, the
+# epilogue's warp rows, the wait before the stage is reused (caught when copies land at issue).
+mutant conv_nhwc_check $W CONV_KERNELS 's/((copy.chunk ^ (copy.row0 \& 7)) << 4)/(copy.chunk << 4)/' "wgmma: tiles copied unswizzled"
+mutant conv_nhwc_check $W CONV_KERNELS 's/wgmma_desc(a + 32 \* ks)/wgmma_desc(a + 16 * ks)/' "wgmma: A's k-steps advance 8 elements"
+mutant conv_nhwc_check $W CONV_KERNELS 's/st \* STAGE_BYTES + wg \* 64 \* 128,/st * STAGE_BYTES,/' "wgmma: both warpgroups read A's first 64 rows"
+mutant conv_nhwc_check $W CONV_KERNELS 's/((unsigned long long)(1024 >> 4) << 32)/((unsigned long long)(512 >> 4) << 32)/' "wgmma: 8-row groups 512 bytes apart"
+mutant conv_nhwc_check $W CONV_KERNELS 's/64 \* wg + 16 \* ((bt.t >> 5) \& 3), 0,/64 * wg + 16 * ((bt.t >> 5) \& 1), 0,/' "wgmma: the epilogue's warps 2 and 3 write warps 0 and 1's rows"
+mutant conv_nhwc_check $W CONV_KERNELS 's/        wgmma_wait<0>();/        wgmma_wait<1>();/;s/    store_tile_at</    wgmma_wait<0>();\n    store_tile_at</' "wgmma: a stage's wgmma waited for one tile late" EMU_CP_ASYNC=early
 mutant bn_check batchnorm.cu BN_KERNELS 's/if (residual != nullptr) v = v + residual\[i\];/;/; s/y\[i\] = relu ? relu_value(v) : v;/y[i] = (relu ? relu_value(v) : v) + (residual != nullptr ? residual[i] : 0.0f);/' "residual added after the ReLU"
 mutant bn_check batchnorm.cu BN_KERNELS 's/if (g_out != nullptr) g_out\[i\] = g;/if (g_out != nullptr) g_out[i] = dy[i];/' "the residual's gradient not masked by the ReLU"
 # nd.cu's tiled transpose: the tile read back unswapped, the read's column bound dropped.

@@ -36,7 +36,9 @@
 #    copies; ldmatrix, 32-bit shared addresses): its nchw_to_nhwc_bf16 copies bit for bit against
 #    the host, the convolutions (four tiles, every pass unsplit and split in three) against f64
 #    loops and bit for bit against conv2d_tcp.cu's bf16 kernels (built from one emu_ptx.py rewrite
-#    of both files; the 64 x 64 tile has no twin there); again on shapes 0 and 2 with early copies.
+#    of both files; the 64 x 64 tile has no twin there); and kernels/conv2d_wgmma.cu's forward and
+#    input gradient (wgmma emulated from its descriptors) against f64 and bit for bit against the
+#    channels-last 128 x 128 kernels (the same rewrite); again on shapes 0 and 2 with early copies.
 # All nine are built with AddressSanitizer and UBSan: an out-of-bounds read or write (global or
 # shared memory), a misaligned float2/float4 access or an int overflow aborts the run.
 # For checking a kernel's indexing, masking, barriers and reduction order on a machine without a
@@ -69,7 +71,7 @@ g++ $san -std=c++20 -w -pthread -I. -DCONV_TCP_KERNELS="\"$out/conv2d_tcp_emu.cu
 printf '#include "danet.cu"\n#include "danet_tc.cu"\n' > "$out/danet_both.cu"  # fp32 and TF32 kernels, one rewrite
 python3 emu_ptx.py -I ../../kernels "$out/danet_both.cu" "$out/danet_emu.cu"
 g++ $san -std=c++20 -w -pthread -I. -DDANET_KERNELS="\"$out/danet_emu.cu\"" -o "$out/danet_check" danet_check.cpp
-printf '#include "conv2d_tcp.cu"\n#include "conv2d_nhwc.cu"\n' > "$out/nhwc_both.cu"  # one rewrite: shared headers once
+printf '#include "conv2d_tcp.cu"\n#include "conv2d_nhwc.cu"\n#include "conv2d_wgmma.cu"\n' > "$out/nhwc_both.cu"  # one rewrite: shared headers once
 python3 emu_ptx.py -I ../../kernels "$out/nhwc_both.cu" "$out/conv2d_nhwc_emu.cu"
 g++ $san -std=c++20 -w -pthread -I. -DCONV_KERNELS="\"$out/conv2d_nhwc_emu.cu\"" -o "$out/conv_nhwc_check" conv_nhwc_check.cpp
 status=0

@@ -162,6 +162,12 @@ impl CudaDevice {
             Ok(v) => v.parse::<TcVariant>()?,
             Err(_) => TcVariant::default(),
         };
+        if tc_variant == TcVariant::Wgmma && cc != (9, 0) {
+            eprintln!(
+                "cuda:{ordinal} ({name}) is sm_{}{}: COSEG_CONV_TC=wgmma needs sm_90 (its kernels are sm_90a's); running nhwc",
+                cc.0, cc.1
+            );
+        }
         let built_for: i32 = kernels::KERNEL_ARCH.trim_start_matches("compute_").parse().unwrap_or(0);
         if kernels::KERNEL_FORMAT == KernelFormat::Ptx && cc.0 * 10 + cc.1 < built_for {
             return Err(CudaError::Arch { ordinal, name, capability: cc, built_for: kernels::KERNEL_ARCH }.into());
@@ -214,10 +220,16 @@ impl CudaDevice {
         self.precision.store(precision as u8, std::sync::atomic::Ordering::Relaxed);
     }
     /// The tensor-core convolution kernels the tf32 and bf16 convolutions run on this device:
-    /// `COSEG_CONV_TC` when the device was opened, else [`TcVariant::default`].
+    /// `COSEG_CONV_TC` when the device was opened, else [`TcVariant::default`]. `Wgmma` is
+    /// `Nhwc` on a GPU other than compute capability 9.0 (its kernels are sm_90a's).
     pub fn tc_variant(&self) -> TcVariant {
         let v = self.tc_variant.load(std::sync::atomic::Ordering::Relaxed);
-        TcVariant::ALL.into_iter().find(|t| *t as u8 == v).unwrap_or_default()
+        let variant = TcVariant::ALL.into_iter().find(|t| *t as u8 == v).unwrap_or_default();
+        if variant == TcVariant::Wgmma && !self.has_wgmma() { TcVariant::Nhwc } else { variant }
+    }
+    /// Whether this GPU runs kernels/conv2d_wgmma.cu (sm_90a: compute capability 9.0).
+    pub fn has_wgmma(&self) -> bool {
+        self.compute_capability == (9, 0)
     }
     pub fn set_tc_variant(&self, variant: TcVariant) {
         self.tc_variant.store(variant as u8, std::sync::atomic::Ordering::Relaxed);
@@ -475,6 +487,14 @@ impl CudaDevice {
             return Ok(m.clone());
         }
         let text = kernels::module_text(name).ok_or(CudaError::MissingModule { module: name })?;
+        // An `a` target (compute_90a: wgmma) is that one compute capability's alone.
+        let arch = kernels::module_arch(name);
+        if let Some(only) = arch.strip_prefix("compute_").and_then(|a| a.strip_suffix('a')) {
+            let (major, minor) = self.compute_capability;
+            if only != format!("{major}{minor}") {
+                return Err(CudaError::ModuleArch { ordinal: self.ordinal, module: name, arch, capability: self.compute_capability }.into());
+            }
+        }
         let ptx = match kernels::KERNEL_FORMAT {
             KernelFormat::Ptx => Ptx::from_src(text),
             KernelFormat::Source => self.nvrtc(name, text)?,
@@ -483,7 +503,7 @@ impl CudaDevice {
             ordinal: self.ordinal,
             module: name,
             format: format!("{:?}", kernels::KERNEL_FORMAT),
-            arch: kernels::KERNEL_ARCH,
+            arch,
             code,
         })?;
         modules.insert(name, module.clone());
@@ -497,8 +517,10 @@ impl CudaDevice {
             return Err(CudaError::NoCompiler { module: name.into() }.into());
         }
         let (major, minor) = self.compute_capability;
+        let own = kernels::MODULE_ARCH.iter().find(|(m, _)| *m == name).map(|(_, a)| a.to_string());
+        let arch = own.unwrap_or_else(|| format!("compute_{major}{minor}"));
         let opts = CompileOptions {
-            options: vec![format!("--gpu-architecture=compute_{major}{minor}"), "--std=c++17".into()],
+            options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
             name: Some(format!("{name}.cu")),
             ..Default::default()
         };

@@ -29,6 +29,9 @@ pub enum CudaError {
     MissingModule { module: &'static str },
     /// The driver would not load an embedded module.
     ModuleLoad { ordinal: usize, module: &'static str, format: String, arch: &'static str, code: DriverError },
+    /// A module built for one compute capability's own target (`compute_90a`: wgmma) asked for on
+    /// another device.
+    ModuleArch { ordinal: usize, module: &'static str, arch: &'static str, capability: (i32, i32) },
     /// A module was loaded but has no kernel of this name.
     MissingKernel { ordinal: usize, module: &'static str, kernel: &'static str, code: DriverError },
     /// A request for device memory that the card cannot hold. `free`/`total` are the card's
@@ -88,6 +91,11 @@ impl fmt::Display for CudaError {
             ModuleLoad { ordinal, module, format, arch, code } => {
                 write!(f, "cuda:{ordinal}: loading module {module} ({format} for {arch}): {}", describe(*code))
             }
+            ModuleArch { ordinal, module, arch, capability: (major, minor) } => write!(
+                f,
+                "cuda:{ordinal} is sm_{major}{minor}, but kernels/{module}.cu is built for {arch}, which runs on that \
+                 architecture only (COSEG_CONV_TC=wgmma needs an sm_90 GPU such as the H100 or H200)"
+            ),
             MissingKernel { ordinal, module, kernel, code } => {
                 write!(f, "cuda:{ordinal}: kernel {kernel} not found in module {module}: {}", describe(*code))
             }

@@ -10,6 +10,12 @@ pub enum KernelFormat {
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
+/// The architecture a module was built for: its own (`MODULE_ARCH`, from a `// coseg-arch:` first
+/// line: conv2d_wgmma.cu's compute_90a) or the build's.
+pub fn module_arch(module: &str) -> &'static str {
+    MODULE_ARCH.iter().find(|(name, _)| *name == module).map_or(KERNEL_ARCH, |(_, arch)| *arch)
+}
+
 /// The embedded text (PTX or source) of one module.
 pub fn module_text(module: &str) -> Option<&'static str> {
     MODULES.iter().find(|(name, _)| *name == module).map(|(_, text)| *text)
@@ -103,6 +109,9 @@ kernels! {
         CONV2D_NHWC_FWD_64X64_BF16 = "conv2d_nhwc_fwd_64x64_bf16",
         CONV2D_NHWC_BWD_INPUT_64X64_BF16 = "conv2d_nhwc_bwd_input_64x64_bf16",
         CONV2D_NHWC_BWD_WEIGHT_64X64_BF16 = "conv2d_nhwc_bwd_weight_64x64_bf16";
+    "conv2d_wgmma":
+        CONV2D_WGMMA_FWD_128X128_BF16 = "conv2d_wgmma_fwd_128x128_bf16",
+        CONV2D_WGMMA_BWD_INPUT_128X128_BF16 = "conv2d_wgmma_bwd_input_128x128_bf16";
     "optim":
         SGD_FWD = "sgd_fwd_f32", ADAM_FWD = "adam_fwd_f32", TRAIN_MONITOR = "train_monitor_f32";
     "crf":

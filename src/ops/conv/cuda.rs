@@ -231,6 +231,26 @@ pub fn nhwc_takes(sh: &Conv2dShape, pass: ConvPass, precision: Precision) -> boo
 /// planner's model chooses among the first three, as for the other families).
 pub const NHWC_TILES: [(usize, usize); 4] = [TC_TILES[0], TC_TILES[1], TC_TILES[2], (64, 64)];
 
+/// The `Wgmma` variant's tiles where its kernels take the pass: [`NHWC_TILES`] (conv2d_nhwc.cu's,
+/// for tuning), then the wgmma kernel's 128 x 128 ([`WGMMA_TILE`]), the model's plan.
+pub const WGMMA_TILES: [(usize, usize); 5] = [NHWC_TILES[0], NHWC_TILES[1], NHWC_TILES[2], NHWC_TILES[3], (128, 128)];
+/// The index of the wgmma kernel's tile in [`WGMMA_TILES`].
+pub const WGMMA_TILE: usize = 4;
+
+/// Whether kernels/conv2d_wgmma.cu takes this pass: the bf16 forward or input gradient that
+/// conv2d_nhwc.cu takes (the weight gradient stays on conv2d_nhwc.cu). The device decides
+/// whether the variant runs at all (compute capability 9.0, `CudaDevice::tc_variant`).
+pub fn wgmma_takes(sh: &Conv2dShape, pass: ConvPass, precision: Precision) -> bool {
+    pass != ConvPass::WeightGrad && nhwc_takes(sh, pass, precision)
+}
+
+/// The dynamic shared memory of a wgmma kernel: 3 stages of two 128 x 64 bf16 tiles (32 KB),
+/// and 1 KB to start them on 1024 bytes (the 128-byte swizzle's period).
+pub fn wgmma_shared_bytes() -> usize {
+    3 * 2 * 128 * 64 * 2 + 1024
+}
+const WGMMA_KERNELS: [Kernel; 2] = [k::CONV2D_WGMMA_FWD_128X128_BF16, k::CONV2D_WGMMA_BWD_INPUT_128X128_BF16];
+
 /// The channels-last kernels (kernels/conv2d_nhwc.cu, bf16) by pass, then tile ([`NHWC_TILES`]).
 const NHWC_KERNELS: [[Kernel; 4]; 3] = [
     [k::CONV2D_NHWC_FWD_128X128_BF16, k::CONV2D_NHWC_FWD_64X128_BF16, k::CONV2D_NHWC_FWD_128X64_BF16, k::CONV2D_NHWC_FWD_64X64_BF16],
@@ -334,9 +354,14 @@ impl ConvPlan {
     pub fn takes_stats(&self) -> bool {
         self.kernel.module == "conv2d_tcp" || self.channels_last()
     }
-    /// Whether the kernel reads bf16 channels-last copies of its operands (conv2d_nhwc.cu).
+    /// Whether the kernel reads bf16 channels-last copies of its operands (conv2d_nhwc.cu,
+    /// conv2d_wgmma.cu).
     pub fn channels_last(&self) -> bool {
-        self.kernel.module == "conv2d_nhwc"
+        self.kernel.module == "conv2d_nhwc" || self.is_wgmma()
+    }
+    /// Whether the kernel is conv2d_wgmma.cu's (sm_90a).
+    pub fn is_wgmma(&self) -> bool {
+        self.kernel.module == "conv2d_wgmma"
     }
     pub fn grid(&self, sh: &Conv2dShape, pass: ConvPass) -> (usize, usize, usize) {
         let (m, n, _) = pass.gemm(sh);
@@ -404,6 +429,12 @@ pub fn plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcV
         };
         return ConvPlan { kernel, tile: (TILE, TILE), splits, chunk, shared_bytes: 0, weights: WeightOrder::Kcrs };
     }
+    if variant == TcVariant::Wgmma {
+        return match wgmma_takes(sh, pass, precision) {
+            true => tc_plan(sh, pass, precision, variant, WGMMA_TILE, sm),
+            false => plan(sh, pass, precision, TcVariant::Nhwc, sm),
+        };
+    }
     let nhwc = variant == TcVariant::Nhwc && nhwc_takes(sh, pass, precision);
     let cost = |&(i, (bm, bn)): &(usize, (usize, usize))| {
         let blocks = m.div_ceil(bm) * n.div_ceil(bn);
@@ -416,15 +447,29 @@ pub fn plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcV
     tc_plan(sh, pass, precision, variant, best, sm)
 }
 
-/// The tiles `variant`'s kernels have for a pass: [`NHWC_TILES`] where the channels-last kernels
-/// take it, else [`TC_TILES`].
+/// The tiles `variant`'s kernels have for a pass: [`WGMMA_TILES`] where the wgmma kernels take
+/// it, [`NHWC_TILES`] where the channels-last kernels do, else [`TC_TILES`].
 fn variant_tiles(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVariant) -> &'static [(usize, usize)] {
-    if variant == TcVariant::Nhwc && nhwc_takes(sh, pass, precision) { &NHWC_TILES } else { &TC_TILES }
+    match variant {
+        TcVariant::Wgmma if wgmma_takes(sh, pass, precision) => &WGMMA_TILES,
+        TcVariant::Nhwc | TcVariant::Wgmma if nhwc_takes(sh, pass, precision) => &NHWC_TILES,
+        _ => &TC_TILES,
+    }
 }
 
 /// The tensor-core plan of `variant` with its tile `tile` ([`variant_tiles`]; precision tf32 or
 /// bf16).
 fn tc_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVariant, tile: usize, sm: usize) -> ConvPlan {
+    if variant == TcVariant::Wgmma {
+        if tile != WGMMA_TILE || !wgmma_takes(sh, pass, precision) {
+            return tc_plan(sh, pass, precision, TcVariant::Nhwc, tile, sm);
+        }
+        // Unsplit; the weights as the channels-last kernels take them.
+        let (_, _, red) = pass.gemm(sh);
+        let weights = if pass == ConvPass::Forward { WeightOrder::Krsc } else { WeightOrder::Crsk };
+        let kernel = WGMMA_KERNELS[pass as usize];
+        return ConvPlan { kernel, tile: WGMMA_TILES[tile], splits: 1, chunk: red, shared_bytes: wgmma_shared_bytes(), weights };
+    }
     if variant == TcVariant::Nhwc {
         if !nhwc_takes(sh, pass, precision) {
             return tc_plan(sh, pass, precision, TcVariant::Pipelined, tile, sm);
@@ -479,7 +524,9 @@ pub fn candidate_plans(sh: &Conv2dShape, pass: ConvPass, precision: Precision, v
             ConvPlan { splits: red.div_ceil(chunk), chunk, ..base }
         };
         let mut plans = vec![base];
-        if pass == ConvPass::WeightGrad {
+        if base.is_wgmma() {
+            // not split (its kernels are checked unsplit only)
+        } else if pass == ConvPass::WeightGrad {
             plans.extend([1, base.splits / 2, 2 * base.splits].into_iter().filter(|&s| s >= 1).map(split));
         } else {
             let (gx, gy, _) = base.grid(sh, pass);
@@ -996,10 +1043,14 @@ mod tests {
                     for p in Precision::ALL {
                         let plan = plan(s, pass, p, v, 132);
                         let name = plan.kernel.name;
-                        // Nhwc: its own kernels where they take the pass, else the pipelined ones.
-                        let nhwc = v == TcVariant::Nhwc && nhwc_takes(s, pass, p);
-                        let pipe = !nhwc && v != TcVariant::Staged && p != Precision::Fp32;
-                        let prefix = if nhwc {
+                        // Nhwc: its own kernels where they take the pass, else the pipelined ones;
+                        // Wgmma: its own for the forward and input gradient, else as Nhwc.
+                        let wgmma = v == TcVariant::Wgmma && wgmma_takes(s, pass, p);
+                        let nhwc = !wgmma && matches!(v, TcVariant::Nhwc | TcVariant::Wgmma) && nhwc_takes(s, pass, p);
+                        let pipe = !wgmma && !nhwc && v != TcVariant::Staged && p != Precision::Fp32;
+                        let prefix = if wgmma {
+                            format!("conv2d_wgmma_{word}_")
+                        } else if nhwc {
                             format!("conv2d_nhwc_{word}_")
                         } else if pipe {
                             format!("conv2d_pipe_{word}_")
@@ -1007,7 +1058,9 @@ mod tests {
                             format!("conv2d_{word}_")
                         };
                         assert!(name.starts_with(&prefix), "{v} {p}: {name}");
-                        let module = if nhwc {
+                        let module = if wgmma {
+                            "conv2d_wgmma"
+                        } else if nhwc {
                             "conv2d_nhwc"
                         } else if pipe {
                             "conv2d_tcp"
@@ -1022,8 +1075,8 @@ mod tests {
                         if p != Precision::Fp32 {
                             assert_eq!(tile, Some(format!("{}x{}", plan.tile.0, plan.tile.1)));
                         }
-                        assert_eq!(plan.shared_bytes > 0, pipe || nhwc, "{name}");
-                        assert_eq!(plan.takes_stats(), pipe || nhwc, "{name}");
+                        assert_eq!(plan.shared_bytes > 0, pipe || nhwc || wgmma, "{name}");
+                        assert_eq!(plan.takes_stats(), pipe || nhwc || wgmma, "{name}");
                     }
                 }
             }
@@ -1134,6 +1187,37 @@ mod tests {
         }
         assert_eq!(nhwc_shared_bytes(ConvPass::Forward, (128, 128)), 4 * 256 * 80);
         assert_eq!(nhwc_shared_bytes(ConvPass::WeightGrad, (128, 128)), 4 * 32 * 272 * 2);
+    }
+
+    // The wgmma variant: its kernels run the bf16 forward and input gradient that the
+    // channels-last kernels take, unsplit, in their weight orders, as the model's plan; tuning
+    // offers them beside every channels-last plan (not split); everything else is Nhwc's plan.
+    // Two blocks share an SM, and the stages start on 1024 bytes.
+    #[test]
+    fn wgmma_plans() {
+        let c512 = shape(20, 512, 16, 4);
+        for pass in [ConvPass::Forward, ConvPass::InputGrad] {
+            let p = plan(&c512, pass, Precision::Bf16, TcVariant::Wgmma, 132);
+            assert!(p.is_wgmma() && p.channels_last() && p.takes_stats(), "{p:?}");
+            assert_eq!((p.tile, p.splits, p.chunk, p.shared_bytes), ((128, 128), 1, 512 * 9, wgmma_shared_bytes()));
+            assert_eq!(p.weights, plan(&c512, pass, Precision::Bf16, TcVariant::Nhwc, 132).weights);
+            let cands = candidate_plans(&c512, pass, Precision::Bf16, TcVariant::Wgmma, 132);
+            assert_eq!(cands[0], p);
+            assert!(cands.iter().filter(|c| c.is_wgmma()).all(|c| c.splits == 1));
+            for nhwc in candidate_plans(&c512, pass, Precision::Bf16, TcVariant::Nhwc, 132) {
+                assert!(cands.contains(&nhwc), "{nhwc:?} not offered");
+            }
+        }
+        // The weight gradient, tf32, and channels the copies do not take: Nhwc's plans.
+        let stem = Conv2dShape { k: 64, r: 7, s: 7, stride: 2, pad: 3, ..shape(20, 3, 128, 1) };
+        for (sh, pass, p) in [(c512, ConvPass::WeightGrad, Precision::Bf16), (c512, ConvPass::Forward, Precision::Tf32), (stem, ConvPass::Forward, Precision::Bf16)] {
+            assert!(!wgmma_takes(&sh, pass, p));
+            assert_eq!(plan(&sh, pass, p, TcVariant::Wgmma, 132), plan(&sh, pass, p, TcVariant::Nhwc, 132), "{pass:?} {p}");
+            assert_eq!(candidate_plans(&sh, pass, p, TcVariant::Wgmma, 132), candidate_plans(&sh, pass, p, TcVariant::Nhwc, 132));
+        }
+        let bytes = wgmma_shared_bytes();
+        assert!(resident_blocks((128, 128), true) * (bytes + 1024) <= 228 * 1024 && bytes > 48 * 1024, "{bytes} bytes");
+        assert_eq!(bytes % 1024, 0);
     }
 
     // The pipelined kernels' shared memory fits an H100/H200 SM (227 KB a block), and the smaller
