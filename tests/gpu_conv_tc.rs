@@ -11,6 +11,7 @@ use common::test_gpu;
 mod gpu_common;
 use coseg::backend::cpu::conv::{self as cpu, ConvGeometry};
 use coseg::backend::cuda::conv::{self, ConvPass};
+use coseg::backend::cuda::{CudaDevice, GpuBuffer};
 use coseg::device::{Device, Precision, TcVariant};
 use coseg::tensor::Tensor;
 use gpu_common::*;
@@ -57,6 +58,24 @@ fn reference(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], dy: &[f32]) -> [
     let mut dw = vec![0.0; w.len()];
     cpu::conv2d_backward_weight(g, x, dy, &mut dw);
     [y, dx, dw]
+}
+
+/// A plan's output and, for a forward whose kernel writes them, its batch-norm partial
+/// statistics, both NaN-poisoned before the launch.
+#[allow(clippy::too_many_arguments)]
+fn run_with_stats(
+    dev: &CudaDevice,
+    g: &ConvGeometry,
+    pass: ConvPass,
+    plan: &conv::ConvPlan,
+    [a, b]: [&GpuBuffer; 2],
+    bias: Option<&GpuBuffer>,
+    out_len: usize,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let mut out = poisoned(dev, out_len);
+    let mut stats = conv::bn_slots(g, plan).filter(|_| pass == ConvPass::Forward).map(|(slots, _)| poisoned(dev, 2 * g.k * slots));
+    conv::launch_plan_with(dev, g, pass, plan, a, b, bias, &mut out, stats.as_mut()).unwrap();
+    (dev.dtoh(&out).unwrap(), stats.map(|s| dev.dtoh(&s).unwrap()))
 }
 
 test_gpu!(every_tensor_core_kernel_matches_the_f32_convolution, |dev| {
@@ -263,12 +282,7 @@ test_gpu!(channels_last_kernels_give_the_pipelined_bits, |dev| {
                 assert!(pn.channels_last() && !pp.channels_last() && pn.tile == pp.tile, "{pn:?} {pp:?}");
                 // The pipelined plan's split (its own is chosen for two blocks per SM): the same sums.
                 let pn = &conv::ConvPlan { splits: pp.splits, chunk: pp.chunk, ..*pn };
-                let run = |plan: &conv::ConvPlan| {
-                    let mut out = poisoned(&dev, out_len);
-                    let mut stats = conv::bn_slots(&g, plan).filter(|_| pass == ConvPass::Forward).map(|(slots, _)| poisoned(&dev, 2 * g.k * slots));
-                    conv::launch_plan_with(&dev, &g, pass, plan, a, bb, bias, &mut out, stats.as_mut()).unwrap();
-                    (dev.dtoh(&out).unwrap(), stats.map(|s| dev.dtoh(&s).unwrap()))
-                };
+                let run = |plan: &conv::ConvPlan| run_with_stats(&dev, &g, pass, plan, [a, bb], bias, out_len);
                 let (got, want) = (run(pn), run(pp));
                 let what = format!("{} vs {} {g:?}", pn.kernel.name, pp.kernel.name);
                 assert!(got.0.iter().all(|v| v.is_finite()), "{what}: an output left unwritten");
@@ -311,12 +325,7 @@ test_gpu!(wgmma_kernels_match_the_channels_last_kernels, |dev| {
             let wgmma = conv::plan(&g, pass, Precision::Bf16, TcVariant::Wgmma, sms);
             let nhwc = conv::tc_plans(&g, pass, Precision::Bf16, TcVariant::Nhwc, sms)[0];
             assert!(wgmma.is_wgmma() && nhwc.tile == wgmma.tile && nhwc.splits == 1, "{wgmma:?} {nhwc:?}");
-            let run = |plan: &conv::ConvPlan| {
-                let mut out = poisoned(&dev, out_len);
-                let mut stats = conv::bn_slots(&g, plan).filter(|_| pass == ConvPass::Forward).map(|(slots, _)| poisoned(&dev, 2 * g.k * slots));
-                conv::launch_plan_with(&dev, &g, pass, plan, a, bb, bias, &mut out, stats.as_mut()).unwrap();
-                (dev.dtoh(&out).unwrap(), stats.map(|s| dev.dtoh(&s).unwrap()))
-            };
+            let run = |plan: &conv::ConvPlan| run_with_stats(&dev, &g, pass, plan, [a, bb], bias, out_len);
             let (got, want) = (run(&wgmma), run(&nhwc));
             let what = format!("{} {g:?}", wgmma.kernel.name);
             assert!(got.0.iter().all(|v| v.is_finite()), "{what}: an output left unwritten");

@@ -205,6 +205,22 @@ int main(int argc, char** argv) {
                     }
                 return se;
             };
+            // A launch's output against f64 (less the bias where none was given) and, for an
+            // unsplit forward, its statistics: the errors kept as the worst and held to 1e-5.
+            auto check_out = [&](const V& out) {
+                D r = ref;
+                if (pass == 0 && !with_bias)
+                    for (size_t i = 0; i < r.size(); ++i) r[i] -= bias[(i / (size_t)OHW) % sh.k];
+                const double e = err(out, r, fl);
+                worst[pass] = std::max(worst[pass], e);
+                ok = ok && e <= 1e-5;
+                return e;
+            };
+            auto check_stats = [&](const V& out, const V& stats, int BN, size_t slots) {
+                const double se = stats_err(out, stats, BN, slots);
+                worst_stats = std::max(worst_stats, se);
+                ok = ok && se <= 1e-5;
+            };
             V nhwc128;  // the 128 x 128 channels-last kernel's unsplit output
             printf("  %-10s:", PASS[pass]);
             for (int tile = 0; tile < 4; ++tile) {
@@ -243,17 +259,8 @@ int main(int argc, char** argv) {
                                 for (unsigned z = 1; z < splits; ++z) acc += parts[z * ref.size() + from];
                                 out[((size_t)k * sh.c + c) * RS + q] = acc;
                             }
-                D r = ref;
-                if (pass == 0 && !with_bias)
-                    for (size_t i = 0; i < r.size(); ++i) r[i] -= bias[(i / (size_t)OHW) % sh.k];
-                const double e = err(out, r, fl);
-                worst[pass] = std::max(worst[pass], e);
-                ok = ok && e <= 1e-5;
-                if (pass == 0 && splits == 1) {  // every slot's statistics against the output written: as the pipe kernels' are
-                    const double se = stats_err(out, stats, BN, slots);
-                    worst_stats = std::max(worst_stats, se);
-                    ok = ok && se <= 1e-5;
-                }
+                const double e = check_out(out);
+                if (pass == 0 && splits == 1) check_stats(out, stats, BN, slots);  // every slot's, as the pipe kernels' are
                 if (tile == 0 && splits == 1) nhwc128 = out;  // conv2d_wgmma.cu's bits, below
                 if (tile == 3) {  // no pipelined twin
                     printf(" %dx%d%s %.2e", BM, BN, splits > 1 ? ("/" + std::to_string(splits)).c_str() : "", e);
@@ -291,17 +298,8 @@ int main(int argc, char** argv) {
                     WGMMA[pass](a16.half(), b16.half(), with_bias ? bias.data() : nullptr, out.data(), pass == 0 ? stats.data() : nullptr, g, RED);
                 });
                 emu_clear_dynamic_smem();
-                D r = ref;
-                if (pass == 0 && !with_bias)
-                    for (size_t i = 0; i < r.size(); ++i) r[i] -= bias[(i / (size_t)OHW) % sh.k];
-                const double e = err(out, r, fl);
-                worst[pass] = std::max(worst[pass], e);
-                ok = ok && e <= 1e-5;
-                if (pass == 0) {
-                    const double se = stats_err(out, stats, 128, slots);
-                    worst_stats = std::max(worst_stats, se);
-                    ok = ok && se <= 1e-5;
-                }
+                const double e = check_out(out);
+                if (pass == 0) check_stats(out, stats, 128, slots);
                 const bool bits = same_bits(out, nhwc128);
                 wgmma_same += bits;
                 ++wgmma_ran;

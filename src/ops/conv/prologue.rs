@@ -71,7 +71,7 @@ impl Tensor {
 
 /// The plans of the three passes when the channels-last kernels take them all (tuned or not: a
 /// tuned plan stays in the device's kernel family) at the device's
-/// precision and variant (bf16, `COSEG_CONV_TC=nhwc`, channel counts that are multiples of 8).
+/// precision and variant (bf16, `COSEG_CONV_TC=nhwc` or `wgmma`, channel counts that are multiples of 8).
 fn fused_plans(dev: &CudaDevice, g: &ConvGeometry) -> Result<Option<[ConvPlan; 3]>> {
     let precision = dev.precision();
     let plan = |p| conv_cuda::device_plan(dev, g, p, precision);
