@@ -1,6 +1,7 @@
 // coseg-arch: compute_90a
 // (build.rs compiles this module for compute_90a, NVRTC too: wgmma exists only on sm_90a, so the
-// module loads on compute capability 9.0 alone; src/ops/conv/cuda.rs plans it only there.)
+// module loads on compute capability 9.0 alone; the device runs the variant only there,
+// CudaDevice::tc_variant.)
 //
 // The forward and input gradient of a 2-D convolution in BF16 on Hopper's warpgroup
 // tensor-core instruction, wgmma (`COSEG_CONV_TC=wgmma`): conv2d_nhwc.cu's GEMM and copies, with
@@ -34,8 +35,9 @@
 // - The epilogue is conv_tc.cuh's store_tile_at (bias, NCHW f32 output, batch-norm partial
 //   statistics): a warp's accumulators are mma.sync's C fragments of 16 rows, repeated over the
 //   16 8-column tiles (wgmma's D layout for m64nNk16).
-// The reduction is not split (no tuning candidates yet); C (forward) or K (input gradient) a
-// multiple of 8, as conv2d_nhwc.cu; conv2d_nhwc.cu runs the weight gradient.
+// The reduction is not split (tuning offers no split of it: checked unsplit only); C (forward)
+// or K (input gradient) a multiple of 8, as conv2d_nhwc.cu; conv2d_nhwc.cu runs the weight
+// gradient.
 //
 // Checked on the CPU (scripts/kernel-emu conv_nhwc_check, wgmma emulated from the descriptors,
 // reading shared memory when the warpgroup waits): bit for bit conv2d_nhwc.cu's 128 x 128
