@@ -263,8 +263,8 @@ fn print_table(table: &Table) {
     println!(
         "\nconv_gpu summary: median ms of 20 event-timed runs; ratio = cuDNN / ours (>= 1.0: ours at least as fast); \
          staged = conv2d_tc.cu, pipelined = conv2d_tcp.cu, nhwc = conv2d_nhwc.cu with its bf16 copies (bf16 only; \
-         the stem's forward runs the pipelined kernel there), wgmma = conv2d_wgmma.cu's forward and input gradient \
-         (bf16, sm_90; its weight gradient is nhwc's) (fp32: the SIMT kernels, in the staged column)"
+         the stem's forward runs the pipelined kernel there), wgmma = conv2d_wgmma.cu (bf16, sm_90; the stem's forward \
+         runs the pipelined kernel there) (fp32: the SIMT kernels, in the staged column)"
     );
     println!("| shape | pass | precision | staged ms | pipelined ms | nhwc ms | wgmma ms | cuDNN ms | ratio staged | ratio pipelined | ratio nhwc | ratio wgmma | best TFLOP/s |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");

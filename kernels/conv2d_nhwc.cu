@@ -206,71 +206,18 @@ __device__ __forceinline__ void conv_nhwc_wgrad(const unsigned short* __restrict
     constexpr int KT = NHWC_KT, STAGES = NHWC_STAGES, AROW = BM + 8, BROW = BN + 8;
     constexpr int A_ELEMS = KT * AROW, STAGE_ELEMS = KT * (AROW + BROW);
     constexpr int MT = BM / 32, NT = BN / 32;
-    // Copies: 16-byte chunks, BM / 8 (BN / 8) per pixel row; thread t takes chunk t % (BM / 8) of
-    // rows t / (BM / 8) + p * (256 / (BM / 8)).
-    constexpr int A_CH = BM / 8, B_CH = BN / 8, A_STEP = TC_THREADS / A_CH, B_STEP = TC_THREADS / B_CH;
-    constexpr int A_PASSES = KT / A_STEP, B_PASSES = KT / B_STEP;
     extern __shared__ __align__(16) unsigned short smem[];
     if (dynamic_smem_bytes() < (unsigned)(STAGES * STAGE_ELEMS * 2)) asm volatile("trap;");
 
     const BlockTile<BM, BN, BWD_WEIGHT> bt(g, red_chunk);
     const int lane = bt.t & 31;
-    // A: dy's channels m0 + 8 a_ch .. + 7 of pixel q are at dy + q * K + m0 + 8 a_ch (q flattens
-    // (N, OH, OW) as the channels-last copy does).
-    const int a_ch = bt.t % A_CH, a_row = bt.t / A_CH;
-    const bool a_col_ok = bt.m0 + 8 * a_ch < bt.M;
-    const unsigned short* a_src = dy + bt.m0 + 8 * a_ch;
-    // B: this thread's 8 columns n0 + 8 b_ch .. + 7 are channels c .. c + 7 of tap (r, s).
-    const int b_ch = bt.t % B_CH, b_row = bt.t / B_CH;
-    const int col = bt.n0 + 8 * b_ch;
-    const bool b_col_ok = col < bt.N;
-    int r, s, c;
-    {
-        const int rs = b_col_ok ? col / g.c : 0;
-        c = b_col_ok ? col - rs * g.c : 0;
-        r = rs / g.s;
-        s = rs - r * g.s;
-    }
-    const int dh = r * g.dil - g.pad, dw = s * g.dil - g.pad;  // input pixel = (oh, ow) * stride + (dh, dw)
-    // Where each of this thread's B rows is: pixel q = k0 + b_row + p * B_STEP as (image, oh, ow),
-    // a cursor stepped by KT per tile (tiles are issued in order; no division in the loop).
-    struct {
-        int n, oh, ow;
-    } bq[B_PASSES];
-#pragma unroll
-    for (int p = 0; p < B_PASSES; ++p) {
-        const int q = bt.red_begin + b_row + p * B_STEP, ohw = g.oh * g.ow;
-        bq[p].n = q / ohw;
-        bq[p].oh = (q - bq[p].n * ohw) / g.ow;
-        bq[p].ow = q - bq[p].n * ohw - bq[p].oh * g.ow;
-    }
-
+    using Copy = NhwcWgradCopy<BM, BN, KT>;
+    Copy copy(dy, x, bt, g);
     const unsigned smem0 = smem_u32(smem);
-    const unsigned a_dst = (a_row * AROW + 8 * a_ch) * 2, b_dst = (A_ELEMS + b_row * BROW + 8 * b_ch) * 2;
+    const unsigned a_dst = (copy.a_row * AROW + 8 * copy.a_ch) * 2, b_dst = (A_ELEMS + copy.b_row * BROW + 8 * copy.b_ch) * 2;
     auto issue = [&](int stage, int k0) {
         const unsigned base = smem0 + stage * STAGE_ELEMS * 2;
-#pragma unroll
-        for (int p = 0; p < A_PASSES; ++p) {
-            const int q = k0 + a_row + p * A_STEP;
-            const bool ok = a_col_ok && q < bt.red_end;
-            cp_async16_u32(base + a_dst + p * A_STEP * AROW * 2, ok ? a_src + (long long)q * g.k : dy, ok);
-        }
-#pragma unroll
-        for (int p = 0; p < B_PASSES; ++p) {
-            const int q = k0 + b_row + p * B_STEP;
-            const int ih = bq[p].oh * g.stride + dh, iw = bq[p].ow * g.stride + dw;
-            const bool ok = b_col_ok && q < bt.red_end && (unsigned)ih < (unsigned)g.h && (unsigned)iw < (unsigned)g.w;
-            const long long at = ((long long)bq[p].n * g.h + ih) * g.w + iw;
-            cp_async16_u32(base + b_dst + p * B_STEP * BROW * 2, ok ? x + at * g.c + c : x, ok);
-            bq[p].ow += KT;
-            while (bq[p].ow >= g.ow) {
-                bq[p].ow -= g.ow;
-                if (++bq[p].oh == g.oh) {
-                    bq[p].oh = 0;
-                    ++bq[p].n;
-                }
-            }
-        }
+        copy.template issue<Copy::A_STEP * AROW * 2, Copy::B_STEP * BROW * 2>(base + a_dst, base + b_dst, k0, g);
     };
 
     float acc[MT][NT][4];

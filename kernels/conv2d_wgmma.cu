@@ -3,9 +3,9 @@
 // module loads on compute capability 9.0 alone; the device runs the variant only there,
 // CudaDevice::tc_variant.)
 //
-// The forward and input gradient of a 2-D convolution in BF16 on Hopper's warpgroup
-// tensor-core instruction, wgmma (`COSEG_CONV_TC=wgmma`): conv2d_nhwc.cu's GEMM and copies, with
-// mma.sync and ldmatrix replaced by wgmma reading both operands straight from shared memory.
+// The three passes of a 2-D convolution in BF16 on Hopper's warpgroup tensor-core instruction,
+// wgmma (`COSEG_CONV_TC=wgmma`): conv2d_nhwc.cu's GEMMs and copies, with mma.sync and ldmatrix
+// replaced by wgmma reading both operands straight from shared memory.
 //
 // Why: HOPPER.md's lead is that a matrix kernel showing only HMMA in its SASS is on the slower
 // path, and on the H200 the mma.sync kernels reached 56 TFLOP/s at best against cuDNN's 220 on
@@ -35,13 +35,15 @@
 // - The epilogue is conv_tc.cuh's store_tile_at (bias, NCHW f32 output, batch-norm partial
 //   statistics): a warp's accumulators are mma.sync's C fragments of 16 rows, repeated over the
 //   16 8-column tiles (wgmma's D layout for m64nNk16).
-// The reduction is not split (tuning offers no split of it: checked unsplit only); C (forward)
-// or K (input gradient) a multiple of 8, as conv2d_nhwc.cu; conv2d_nhwc.cu runs the weight
-// gradient.
+// The forward's and input gradient's reduction is not split (tuning offers no split of it:
+// checked unsplit only); C (forward) or K (input gradient) a multiple of 8, as conv2d_nhwc.cu.
+// The weight gradient (conv_wgmma_wgrad below) takes MN-major operands and is split as
+// conv2d_nhwc.cu's.
 //
 // Checked on the CPU (scripts/kernel-emu conv_nhwc_check, wgmma emulated from the descriptors,
 // reading shared memory when the warpgroup waits): bit for bit conv2d_nhwc.cu's 128 x 128
-// kernels, whose k-steps of 16 it makes in the same order. Not yet run on a GPU.
+// kernels (the weight gradient in the same split), whose k-steps of 16 it makes in the same
+// order. Not yet run on a GPU.
 #include "conv_tc.cuh"
 #include "cp_async.cuh"
 #include "nhwc_copy.cuh"
@@ -55,8 +57,11 @@
 // start address >> 4 (bits 0-13), leading byte offset 16 >> 4 (bits 16-29; unused by a swizzled
 // K-major operand), stride byte offset 1024 >> 4 between 8-row groups (bits 32-45), base offset
 // 0 (bits 49-51: the group is aligned), swizzle mode 1 = 128 bytes (bits 62-63).
-__device__ __forceinline__ unsigned long long wgmma_desc(unsigned addr) {
-    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
+// An MN-major operand (the weight gradient's) gives `lbo`, the bytes between its 64-wide blocks
+// of M or N; its 8-row groups of k are 1024 bytes apart too.
+__device__ __forceinline__ unsigned long long wgmma_desc(unsigned addr, unsigned lbo = 16) {
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)((lbo & 0x3FFFF) >> 4) << 16) |
+           ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -76,10 +81,12 @@ __device__ __forceinline__ void wgmma_fence_acc(float (&d)[1][16][4]) {
         for (int v = 0; v < 4; ++v) asm volatile("" : "+f"(d[0][j][v])::"memory");
 }
 
-// d (64 x 128 of the warpgroup, this thread's 64 f32) += A (64 x 16) * B (16 x 128), both
-// K-major bf16 in shared memory; d[j][v] is D's (16 warp + lane / 4 + 8 (v / 2), 8 j + 2 (lane % 4)
-// + v % 2), warp and lane within the warpgroup. (The operands are written out: scripts/kernel-emu
-// parses them.)
+// d (64 x 128 of the warpgroup, this thread's 64 f32) += A (64 x 16) * B (16 x 128), both bf16
+// in shared memory, K-major (MN_MAJOR false: the forward's and input gradient's [row][k] tiles)
+// or MN-major (true: the weight gradient's [pixel][channel] tiles, imm-trans-a and -b set);
+// d[j][v] is D's (16 warp + lane / 4 + 8 (v / 2), 8 j + 2 (lane % 4) + v % 2), warp and lane
+// within the warpgroup. (The operands are written out: scripts/kernel-emu parses them.)
+template <bool MN_MAJOR>
 __device__ __forceinline__ void wgmma_m64n128k16_bf16(float (&d)[1][16][4], unsigned long long a, unsigned long long b) {
     asm volatile(
         "{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n"
@@ -87,7 +94,7 @@ __device__ __forceinline__ void wgmma_m64n128k16_bf16(float (&d)[1][16][4], unsi
         "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, "
         "%24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, "
         "%46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "%64, %65, p, 1, 1, 0, 0;\n}\n"
+        "%64, %65, p, 1, 1, %67, %68;\n}\n"
         : "+f"(d[0][0][0]), "+f"(d[0][0][1]), "+f"(d[0][0][2]), "+f"(d[0][0][3]),
           "+f"(d[0][1][0]), "+f"(d[0][1][1]), "+f"(d[0][1][2]), "+f"(d[0][1][3]),
           "+f"(d[0][2][0]), "+f"(d[0][2][1]), "+f"(d[0][2][2]), "+f"(d[0][2][3]),
@@ -104,7 +111,7 @@ __device__ __forceinline__ void wgmma_m64n128k16_bf16(float (&d)[1][16][4], unsi
           "+f"(d[0][13][0]), "+f"(d[0][13][1]), "+f"(d[0][13][2]), "+f"(d[0][13][3]),
           "+f"(d[0][14][0]), "+f"(d[0][14][1]), "+f"(d[0][14][2]), "+f"(d[0][14][3]),
           "+f"(d[0][15][0]), "+f"(d[0][15][1]), "+f"(d[0][15][2]), "+f"(d[0][15][3])
-        : "l"(a), "l"(b), "r"(1)
+        : "l"(a), "l"(b), "r"(1), "n"(MN_MAJOR ? 1 : 0), "n"(MN_MAJOR ? 1 : 0)
         : "memory");
 }
 
@@ -138,7 +145,7 @@ __device__ __forceinline__ void conv_wgmma(const unsigned short* __restrict__ a_
         wgmma_fence_acc(acc);
         wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < KT / 16; ++ks) wgmma_m64n128k16_bf16(acc, wgmma_desc(a + 32 * ks), wgmma_desc(b + 32 * ks));
+        for (int ks = 0; ks < KT / 16; ++ks) wgmma_m64n128k16_bf16<false>(acc, wgmma_desc(a + 32 * ks), wgmma_desc(b + 32 * ks));
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_fence_acc(acc);
@@ -147,7 +154,52 @@ __device__ __forceinline__ void conv_wgmma(const unsigned short* __restrict__ a_
     store_tile_at<BM, BN, PASS, 1, 16>(acc, bt, 64 * wg + 16 * ((bt.t >> 5) & 3), 0, bias, out, g, stats);
 }
 
-// conv2d_nhwc.cu's arguments. Dynamic shared memory 3 x 32 KB + 1 KB (src/ops/conv/cuda.rs
+// The weight gradient: dw (K, R*S*C) += dy^T x over a split of the output pixels (gridDim.z, as
+// conv2d_nhwc.cu's conv_nhwc_wgrad and with its copies, nhwc_copy.cuh NhwcWgradCopy): a = dy as
+// (N, OH, OW, K), b = x as (N, H, W, C), bf16, K and C multiples of 8. Both operands are
+// MN-major here: a stage's 64 pixels are its k, and each pixel's channels are contiguous. Per
+// stage, A is two 64-channel blocks of dy and B two 64-column blocks of x's taps, each block 64
+// pixel rows of 128 bytes in the 128-byte swizzle (row q's chunk c at q * 128 + (c ^ q % 8) * 16),
+// 8 KB apart (the descriptor's leading byte offset; 8-pixel groups 1024 bytes apart). A k-step of
+// 16 pixels is 2048 bytes on. Warpgroup w takes A's block w.
+__device__ __forceinline__ void conv_wgmma_wgrad(const unsigned short* __restrict__ dy, const unsigned short* __restrict__ x,
+                                                 float* __restrict__ out, const ConvGeom& g, int red_chunk) {
+    constexpr int BM = 128, BN = 128, KT = WG_KT, STAGES = WG_STAGES, STAGE_BYTES = 2 * WG_TILE_BYTES, BLOCK = 64 * 128;
+    using Copy = NhwcWgradCopy<BM, BN, KT>;
+    static_assert(Copy::A_STEP % 8 == 0 && Copy::B_STEP % 8 == 0 && Copy::A_CH == 16 && Copy::B_CH == 16, "rows share q % 8");
+    extern __shared__ __align__(16) unsigned char smem[];  // rounded up to 1024 below
+    if (dynamic_smem_bytes() < (unsigned)(STAGES * STAGE_BYTES + 1024)) asm volatile("trap;");
+
+    const BlockTile<BM, BN, BWD_WEIGHT> bt(g, red_chunk);
+    Copy copy(dy, x, bt, g);
+    const unsigned smem0 = (smem_u32(smem) + 1023u) & ~1023u;
+    // chunk ch (8 channels) of pixel row q: block ch / 8, chunk ch % 8 swizzled by q % 8
+    auto at = [](int ch, int q) { return (unsigned)((ch >> 3) * BLOCK + q * 128 + (((ch & 7) ^ (q & 7)) << 4)); };
+    const unsigned a_dst = at(copy.a_ch, copy.a_row), b_dst = WG_TILE_BYTES + at(copy.b_ch, copy.b_row);
+    auto issue = [&](int stage, int k0) {
+        const unsigned base = smem0 + stage * STAGE_BYTES;
+        copy.template issue<Copy::A_STEP * 128, Copy::B_STEP * 128>(base + a_dst, base + b_dst, k0, g);
+    };
+
+    float acc[1][16][4];
+    zero_tiles(acc);
+    const int wg = bt.t >> 7;  // this thread's warpgroup: dy's channels m0 + 64 wg .. + 63
+    cp_async_pipeline<STAGES, KT, true>(bt.red_begin, bt.red_end, issue, [&](int st) {
+        const unsigned a = smem0 + st * STAGE_BYTES + wg * BLOCK, b = smem0 + st * STAGE_BYTES + WG_TILE_BYTES;
+        wgmma_fence_acc(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < KT / 16; ++ks)
+            wgmma_m64n128k16_bf16<true>(acc, wgmma_desc(a + 2048 * ks, BLOCK), wgmma_desc(b + 2048 * ks, BLOCK));
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_acc(acc);
+    });
+
+    store_tile_at<BM, BN, BWD_WEIGHT, 1, 16>(acc, bt, 64 * wg + 16 * ((bt.t >> 5) & 3), 0, nullptr, out, g);
+}
+
+// conv2d_nhwc.cu's arguments (the weight gradient's bias and stats unused). Dynamic shared memory 3 x 32 KB + 1 KB (src/ops/conv/cuda.rs
 // `wgmma_shared_bytes`; the kernel traps when given less).
 #define CONV_WGMMA(NAME, PASS)                                                                                       \
     extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)                                                      \
@@ -158,3 +210,9 @@ __device__ __forceinline__ void conv_wgmma(const unsigned short* __restrict__ a_
 
 CONV_WGMMA(conv2d_wgmma_fwd_128x128_bf16, FWD)
 CONV_WGMMA(conv2d_wgmma_bwd_input_128x128_bf16, BWD_INPUT)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
+    conv2d_wgmma_bwd_weight_128x128_bf16(const unsigned short* __restrict__ a, const unsigned short* __restrict__ b,
+                                         const float* __restrict__ bias, float* __restrict__ out, float* __restrict__ stats,
+                                         ConvGeom g, int red_chunk) {
+    conv_wgmma_wgrad(a, b, out, g, red_chunk);
+}

@@ -91,3 +91,88 @@ struct NhwcTileCopy {
         }
     }
 };
+
+// The weight gradient's tile copies (conv2d_nhwc.cu conv_nhwc_wgrad: mma.sync, ldmatrix.trans;
+// conv2d_wgmma.cu: wgmma with MN-major operands): dw[k][(r, s, c)] = sum over output pixels q of
+// dy[q][k] x[q at tap (r, s)][c], from dy as (N, OH, OW, K) and x as (N, H, W, C) in bf16 (K and
+// C multiples of 8). A stage holds KT pixels: A = their BM channels of dy, B = their BN columns
+// (8 channels of one tap per chunk). Thread t moves chunk t % (BM / 8) of A rows t / (BM / 8) +
+// A_STEP p and chunk t % (BN / 8) of B rows t / (BN / 8) + B_STEP p (rows = pixels).
+template <int BM, int BN, int KT>
+struct NhwcWgradCopy {
+    static constexpr int A_CH = BM / 8, B_CH = BN / 8, A_STEP = TC_THREADS / A_CH, B_STEP = TC_THREADS / B_CH;
+    static constexpr int A_PASSES = KT / A_STEP, B_PASSES = KT / B_STEP;
+    const unsigned short* dy;
+    const unsigned short* x;
+    int a_ch, a_row, b_ch, b_row, red_end, dh, dw, c;
+    bool a_col_ok, b_col_ok;
+    const unsigned short* a_src;
+    // Where each of this thread's B rows is: pixel q = k0 + b_row + p * B_STEP as (image, oh, ow),
+    // a cursor stepped by KT per tile (tiles are issued in order; no division in the loop).
+    struct {
+        int n, oh, ow;
+    } bq[B_PASSES];
+
+    __device__ __forceinline__ NhwcWgradCopy(const unsigned short* __restrict__ dy_, const unsigned short* __restrict__ x_,
+                                             const BlockTile<BM, BN, BWD_WEIGHT>& bt, const ConvGeom& g) {
+        dy = dy_;
+        x = x_;
+        red_end = bt.red_end;
+        // A: dy's channels m0 + 8 a_ch .. + 7 of pixel q are at dy + q * K + m0 + 8 a_ch (q
+        // flattens (N, OH, OW) as the channels-last copy does).
+        a_ch = bt.t % A_CH;
+        a_row = bt.t / A_CH;
+        a_col_ok = bt.m0 + 8 * a_ch < bt.M;
+        a_src = dy + bt.m0 + 8 * a_ch;
+        // B: this thread's 8 columns n0 + 8 b_ch .. + 7 are channels c .. c + 7 of tap (r, s).
+        b_ch = bt.t % B_CH;
+        b_row = bt.t / B_CH;
+        const int col = bt.n0 + 8 * b_ch;
+        b_col_ok = col < bt.N;
+        int r, s;
+        {
+            const int rs = b_col_ok ? col / g.c : 0;
+            c = b_col_ok ? col - rs * g.c : 0;
+            r = rs / g.s;
+            s = rs - r * g.s;
+        }
+        dh = r * g.dil - g.pad;  // input pixel = (oh, ow) * stride + (dh, dw)
+        dw = s * g.dil - g.pad;
+#pragma unroll
+        for (int p = 0; p < B_PASSES; ++p) {
+            const int q = bt.red_begin + b_row + p * B_STEP, ohw = g.oh * g.ow;
+            bq[p].n = q / ohw;
+            bq[p].oh = (q - bq[p].n * ohw) / g.ow;
+            bq[p].ow = q - bq[p].n * ohw - bq[p].oh * g.ow;
+        }
+    }
+
+    // Copies the tile of pixels from k0 (tiles in order): A chunks to a_dst + p * A_STEP_BYTES, B
+    // chunks to b_dst + p * B_STEP_BYTES (this thread's rows in the caller's layout). Pixels past
+    // the split's end, channels past K or C, and taps in the padding are zero-filled.
+    template <int A_STEP_BYTES, int B_STEP_BYTES>
+    __device__ __forceinline__ void issue(unsigned a_dst, unsigned b_dst, int k0, const ConvGeom& g) {
+#pragma unroll
+        for (int p = 0; p < A_PASSES; ++p) {
+            const int q = k0 + a_row + p * A_STEP;
+            const bool ok = a_col_ok && q < red_end;
+            cp_async16_u32(a_dst + p * A_STEP_BYTES, ok ? a_src + (long long)q * g.k : dy, ok);
+        }
+#pragma unroll
+        for (int p = 0; p < B_PASSES; ++p) {
+            const int q = k0 + b_row + p * B_STEP;
+            const int ih = bq[p].oh * g.stride + dh, iw = bq[p].ow * g.stride + dw;
+            const bool ok = b_col_ok && q < red_end && (unsigned)ih < (unsigned)g.h && (unsigned)iw < (unsigned)g.w;
+            const long long at = ((long long)bq[p].n * g.h + ih) * g.w + iw;
+            cp_async16_u32(b_dst + p * B_STEP_BYTES, ok ? x + at * g.c + c : x, ok);
+            bq[p].ow += KT;
+            while (bq[p].ow >= g.ow) {
+                bq[p].ow -= g.ow;
+                if (++bq[p].oh == g.oh) {
+                    bq[p].oh = 0;
+                    ++bq[p].n;
+                }
+            }
+        }
+    }
+};

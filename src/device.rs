@@ -118,10 +118,11 @@ pub enum TcVariant {
     /// Not the default until a GPU has timed it: written and checked on the CPU emulator
     /// (scripts/kernel-emu, bit for bit against `Pipelined`), not yet run on a GPU.
     Nhwc,
-    /// `Nhwc`, with the bf16 forward and input gradient on Hopper's wgmma (kernels/conv2d_wgmma.cu,
-    /// built for sm_90a): only on a compute capability 9.0 GPU, elsewhere `Nhwc`. The model plans
-    /// wgmma for those passes; tuning times it beside the channels-last tiles. Checked on the CPU
-    /// emulator only (bit for bit against `Nhwc`'s 128 x 128 kernels), not yet run on a GPU.
+    /// `Nhwc` with its three bf16 passes on Hopper's wgmma (kernels/conv2d_wgmma.cu, built for
+    /// sm_90a): only on a compute capability 9.0 GPU, elsewhere `Nhwc`. The model plans wgmma
+    /// wherever the channels-last kernels take the pass; tuning times it beside their tiles.
+    /// Checked on the CPU emulator only (bit for bit against `Nhwc`'s 128 x 128 kernels), not yet
+    /// run on a GPU.
     Wgmma,
 }
 

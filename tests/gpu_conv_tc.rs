@@ -110,14 +110,14 @@ test_gpu!(every_tensor_core_kernel_matches_the_f32_convolution, |dev| {
         }
     }
     // Every family's three tiles, the channels-last 64 x 64 wherever those kernels take the
-    // pass (16 bf16 passes of the 11 shapes, as below), and the wgmma kernel on the 12 of them
-    // that are forwards and input gradients (on an sm_90 GPU).
+    // pass (16 bf16 passes of the 11 shapes, as below), and the wgmma kernel on the same 16
+    // (on an sm_90 GPU).
     let passes = [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad];
     let count = |takes: fn(&ConvGeometry, ConvPass, Precision) -> bool| {
         shapes().iter().flat_map(|g| passes.map(|p| takes(g, p, Precision::Bf16))).filter(|&t| t).count()
     };
     let (nhwc_passes, wgmma_passes) = (count(conv::nhwc_takes), count(conv::wgmma_takes));
-    assert_eq!((nhwc_passes, wgmma_passes), (16, 12));
+    assert_eq!((nhwc_passes, wgmma_passes), (16, 16));
     let families = TcVariant::ALL.len() - 1; // Wgmma's own plans counted apart
     assert_eq!(
         ran,
@@ -298,8 +298,8 @@ test_gpu!(channels_last_kernels_give_the_pipelined_bits, |dev| {
     assert_eq!(ran, (16 + 3 * network_shapes().len()) * conv::TC_TILES.len());
 });
 
-// The wgmma kernels (sm_90a) against the channels-last kernel of the same 128 x 128 tile, both
-// unsplit, on every forward and input gradient of shapes() and network_shapes() they take: the
+// The wgmma kernels (sm_90a) against the channels-last kernel of the same 128 x 128 tile and
+// split, on every pass of shapes() and network_shapes() they take: the
 // same bf16 products summed in f32 (the emulator sums each k-step of 16 as mma.sync does and gives
 // the same bits; the GPU's order may differ, hence 1e-5), every output written, and the
 // forward's batch-norm statistics likewise. Skipped, saying so, on a GPU that is not sm_90.
@@ -314,17 +314,20 @@ test_gpu!(wgmma_kernels_match_the_channels_last_kernels, |dev| {
     for g in shapes().into_iter().chain(network_shapes()) {
         let (x, w, b, dy) = (randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()), randn(&mut r, g.k), randn(&mut r, g.output_len()));
         let (xg, wg, bg, dyg) = (dev.htod(&x).unwrap(), dev.htod(&w).unwrap(), dev.htod(&b).unwrap(), dev.htod(&dy).unwrap());
-        for pass in [ConvPass::Forward, ConvPass::InputGrad] {
+        for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
             if !conv::wgmma_takes(&g, pass, Precision::Bf16) {
                 continue;
             }
             let (a, bb, bias, out_len) = match pass {
                 ConvPass::Forward => (&wg, &xg, Some(&bg), g.output_len()),
-                _ => (&wg, &dyg, None, g.input_len()),
+                ConvPass::InputGrad => (&wg, &dyg, None, g.input_len()),
+                ConvPass::WeightGrad => (&dyg, &xg, None, g.weight_len()),
             };
             let wgmma = conv::plan(&g, pass, Precision::Bf16, TcVariant::Wgmma, sms);
             let nhwc = conv::tc_plans(&g, pass, Precision::Bf16, TcVariant::Nhwc, sms)[0];
-            assert!(wgmma.is_wgmma() && nhwc.tile == wgmma.tile && nhwc.splits == 1, "{wgmma:?} {nhwc:?}");
+            assert!(wgmma.is_wgmma() && nhwc.tile == wgmma.tile, "{wgmma:?} {nhwc:?}");
+            // (the weight gradient in the wgmma plan's split: the same partial sums)
+            let nhwc = conv::ConvPlan { splits: wgmma.splits, chunk: wgmma.chunk, ..nhwc };
             let run = |plan: &conv::ConvPlan| run_with_stats(&dev, &g, pass, plan, [a, bb], bias, out_len);
             let (got, want) = (run(&wgmma), run(&nhwc));
             let what = format!("{} {g:?}", wgmma.kernel.name);
@@ -339,8 +342,9 @@ test_gpu!(wgmma_kernels_match_the_channels_last_kernels, |dev| {
             ran += 1;
         }
     }
-    // 12 forwards and input gradients of the 11 shapes, and both of each network shape.
-    assert_eq!(ran, 12 + 2 * network_shapes().len());
+    // 16 passes of the 11 shapes (12 forwards and input gradients, 4 weight gradients), and all
+    // three of each network shape.
+    assert_eq!(ran, 16 + 3 * network_shapes().len());
 });
 
 // The copies the channels-last kernels read: (n, c, hw) f32 to (n, hw, c) bf16, rounded to

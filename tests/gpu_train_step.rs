@@ -300,7 +300,7 @@ test_gpu!(a_tuned_step_times_its_plans_in_the_first_step_and_then_waits_for_noth
     }
 });
 
-// The bf16 training step with the wgmma kernels (forward and input gradient; COSEG_CONV_TC=wgmma)
+// The bf16 training step with the wgmma kernels (all three passes; COSEG_CONV_TC=wgmma)
 // against the same step on the channels-last kernels, from the same weights and batches: the
 // first loss within 1e-5 and every parameter's first-step gradient within bf16's amplified
 // round-off (the tuned test above says why 5e-2; on the emulator both are the same bits, since the

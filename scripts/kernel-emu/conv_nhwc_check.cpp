@@ -17,9 +17,10 @@
 // most 1e-5), and bit for bit against conv2d_tcp.cu's bf16 kernels of the same tile (the same
 // roundings, fragments and mma order: the header of conv2d_nhwc.cu says why they must agree; the
 // 64 x 64 tile has no pipelined twin).
-// Then kernels/conv2d_wgmma.cu's forward and input gradient (128 x 128, unsplit; wgmma emulated
-// from its descriptors, emu_tc.h): against f64, the forward's statistics, and bit for bit against
-// the channels-last 128 x 128 kernel (each k-step of 16 one rounding in both emulations).
+// Then kernels/conv2d_wgmma.cu's forward and input gradient (128 x 128, unsplit) and weight
+// gradient (unsplit and in three, MN-major operands; wgmma emulated from its descriptors,
+// emu_tc.h): against f64, the forward's statistics, and bit for bit against the channels-last
+// 128 x 128 kernel of the same split (each k-step of 16 one rounding in both emulations).
 // Shapes have C (forward), K (input gradient) or both (weight gradient) multiples of 8, the
 // kernels' condition; a pass whose channels are not runs nowhere here (cuda.rs sends it to
 // conv2d_tcp.cu).
@@ -48,7 +49,7 @@ static const Pipe PIPE_BF16[3][3] = {
     {conv2d_pipe_fwd_128x128_bf16, conv2d_pipe_fwd_64x128_bf16, conv2d_pipe_fwd_128x64_bf16},
     {conv2d_pipe_bwd_input_128x128_bf16, conv2d_pipe_bwd_input_64x128_bf16, conv2d_pipe_bwd_input_128x64_bf16},
     {conv2d_pipe_bwd_weight_128x128_bf16, conv2d_pipe_bwd_weight_64x128_bf16, conv2d_pipe_bwd_weight_128x64_bf16}};
-static const Nhwc WGMMA[2] = {conv2d_wgmma_fwd_128x128_bf16, conv2d_wgmma_bwd_input_128x128_bf16};
+static const Nhwc WGMMA[3] = {conv2d_wgmma_fwd_128x128_bf16, conv2d_wgmma_bwd_input_128x128_bf16, conv2d_wgmma_bwd_weight_128x128_bf16};
 static const int TILES[4][2] = {{128, 128}, {64, 128}, {128, 64}, {64, 64}};  // the first three have pipelined twins
 static const char* PASS[3] = {"forward", "input grad", "wgrad"};
 
@@ -250,7 +251,8 @@ int main(int argc, char** argv) {
                     }
                 };
                 if (pass != 2 && splits > 1) sum_slices(parts, out);
-                if (pass == 2)  // the slices summed in order (sum_splits_f32), then (K, R, S, C) -> (K, C, R, S)
+                // the weight gradient's slices summed in order (sum_splits_f32), then (K, R, S, C) -> (K, C, R, S)
+                auto restore_wgrad = [&](const V& parts, V& out) {
                     for (int k = 0; k < sh.k; ++k)
                         for (int q = 0; q < RS; ++q)
                             for (int c = 0; c < sh.c; ++c) {
@@ -259,9 +261,26 @@ int main(int argc, char** argv) {
                                 for (unsigned z = 1; z < splits; ++z) acc += parts[z * ref.size() + from];
                                 out[((size_t)k * sh.c + c) * RS + q] = acc;
                             }
+                };
+                if (pass == 2) restore_wgrad(parts, out);
                 const double e = check_out(out);
                 if (pass == 0 && splits == 1) check_stats(out, stats, BN, slots);  // every slot's, as the pipe kernels' are
                 if (tile == 0 && splits == 1) nhwc128 = out;  // conv2d_wgmma.cu's bits, below
+                if (tile == 0 && pass == 2) {
+                    // conv2d_wgmma.cu's weight gradient (MN-major operands) with the same split:
+                    // within 1e-5 of f64 and the bits of this 128 x 128 kernel.
+                    V wparts(splits * ref.size(), NAN), wout(ref.size(), NAN);
+                    emu_set_dynamic_smem((size_t)3 * 2 * 128 * 128 + 1024);
+                    launch(grid, 256, [&] { WGMMA[2](dyh.half(), xh.half(), nullptr, wparts.data(), nullptr, g, (int)chunk); });
+                    emu_clear_dynamic_smem();
+                    restore_wgrad(wparts, wout);
+                    const double we = check_out(wout);
+                    const bool wbits = same_bits(wout, out);
+                    wgmma_same += wbits;
+                    ++wgmma_ran;
+                    ok = ok && wbits;
+                    printf(" [wgmma%s %.2e%s]", splits > 1 ? ("/" + std::to_string(splits)).c_str() : "", we, wbits ? " = nhwc" : " DIFFERS from nhwc");
+                }
                 if (tile == 3) {  // no pipelined twin
                     printf(" %dx%d%s %.2e", BM, BN, splits > 1 ? ("/" + std::to_string(splits)).c_str() : "", e);
                     if (!ok && fail_fast) { printf("\nFAILED (fail fast)\n"); return 1; }

@@ -23,8 +23,8 @@ chosen by its instruction:
   mov.u32 %0, %%dynamic_smem_size  ->  (out = emu_dynamic_smem_size())
   trap                             ->  emu_trap()
   { .reg .pred p; setp.ne.b32 p, %S, 0; wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16
-    {%0, .., %(N/2-1)}, %A, %B, p, 1, 1, 0, 0; }
-                                   ->  emu_wgmma_bf16<N>(a_desc, b_desc, scale_d, d0, .., d(N/2-1))
+    {%0, .., %(N/2-1)}, %A, %B, p, 1, 1, TA, TB; }   (TA, TB: 0/1 or "n" operands)
+                                   ->  emu_wgmma_bf16<N>(a_desc, b_desc, scale_d, ta, tb, d0, .., d(N/2-1))
   wgmma.fence / commit_group / wait_group N (.sync.aligned)
                                    ->  emu_wgmma_fence() / emu_wgmma_commit() / emu_wgmma_wait(n)
   fence.proxy.async.shared::cta    ->  emu_fence_proxy_async()
@@ -114,13 +114,15 @@ def rewrite(body, where):
         return f'({outs[0]} = emu_cvt_rn_bf16x2_f32({ins[0]}, {ins[1]}))'
     m = re.fullmatch(r'\{ ?\.reg \.pred (\w+) ?; ?setp\.ne\.b32 \1 ?, ?%(\d+) ?, ?0 ?; ?'
                      r'wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k16\.f32\.bf16\.bf16 \{([^}]*)\} ?, ?%(\d+) ?, ?%(\d+) ?, ?'
-                     r'\1 ?, ?1 ?, ?1 ?, ?0 ?, ?0 ?; ?\}', flat)
+                     r'\1 ?, ?1 ?, ?1 ?, ?(%\d+|[01]) ?, ?(%\d+|[01]) ?; ?\}', flat)
     if m:
         n, regs = int(m.group(3)), [r.strip() for r in m.group(4).split(',')]
-        if regs != [f'%{i}' for i in range(n // 2)] or len(outs) != n // 2 or len(ins) != 3 or \
+        if regs != [f'%{i}' for i in range(n // 2)] or len(outs) != n // 2 or len(ins) not in (3, 4, 5) or \
                 [int(m.group(i)) - n // 2 for i in (5, 6, 2)] != [0, 1, 2]:
             raise SystemExit(f"emu_ptx: {where}: wgmma operands not d = %0..%{n // 2 - 1}, a, b, scale-d in order")
-        return f'emu_wgmma_bf16<{n}>({ins[0]}, {ins[1]}, {ins[2]}, {", ".join(outs)})'
+        # imm-trans-a, imm-trans-b: literal 0/1 or "n" operands after scale-d
+        trans = [ins[int(t[1:]) - n // 2] if t.startswith('%') else t for t in (m.group(7), m.group(8))]
+        return f'emu_wgmma_bf16<{n}>({ins[0]}, {ins[1]}, {ins[2]}, {trans[0]}, {trans[1]}, {", ".join(outs)})'
     if re.fullmatch(r'wgmma\.fence\.sync\.aligned ?;?', flat) and not outs and not ins:
         return 'emu_wgmma_fence()'
     if re.fullmatch(r'wgmma\.commit_group\.sync\.aligned ?;?', flat) and not outs and not ins:

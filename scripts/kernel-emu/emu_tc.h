@@ -168,8 +168,9 @@ EMU_NOT_RACED inline void emu_ldmatrix_x4(const void* row, unsigned& r0, unsigne
 
 // wgmma (kernels/conv2d_wgmma.cu, sm_90a), the SS form: both operands K-major bf16 in shared
 // memory, given by matrix descriptors, f32 accumulators in the thread's registers.
-//  - wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 d, a-desc, b-desc, scale-d, 1, 1, 0, 0
-//    (`emu_wgmma_bf16<N>`): queued on the issuing thread with pointers to its N / 2 accumulators;
+//  - wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 d, a-desc, b-desc, scale-d, 1, 1,
+//    imm-trans-a, imm-trans-b (`emu_wgmma_bf16<N>`; a transpose flag of 1: that operand
+//    MN-major, else K-major): queued on the issuing thread with pointers to its N / 2 accumulators;
 //    wgmma.commit_group closes the queued ones into a group; wgmma.wait_group n performs every
 //    committed group but the n most recent, in order. So the operands are read from shared
 //    memory when the warpgroup waits, not at issue: a stage overwritten before the wait reads the
@@ -183,16 +184,16 @@ EMU_NOT_RACED inline void emu_ldmatrix_x4(const void* row, unsigned& r0, unsigne
 //  - The descriptors: start address (bits 0-13, >> 4), stride byte offset between 8-row groups
 //    (bits 32-45, >> 4), base offset (bits 49-51), swizzle (bits 62-63). Only the 128-byte swizzle
 //    (mode 1) with base offset 0 and an 8-row group starting on 1024 bytes (start address bits
-//    7-9 zero; the k-step adds 32 bytes) is emulated; anything else aborts. Element (row, k) of a
-//    K-major operand is at start + (row / 8) SBO + (row % 8) 128 + 2 k, then the swizzle: bits
-//    4-6 of the address XOR bits 7-9 (the 16-byte chunk index XOR the row within the group).
+//    7-9 zero; a K-major k-step adds 32 bytes, an MN-major one 2048) is emulated; anything else
+//    aborts. Element addresses: emu_wgmma_elem, then the swizzle: bits 4-6 of the address XOR
+//    bits 7-9 (the 16-byte chunk index XOR the row within the group).
 //  - wgmma.fence is required before a thread's first wgmma (a thread with none aborts); its role
 //    of ordering register accesses has nothing to check here. fence.proxy.async is a no-op: the
 //    emulator has one proxy, so a missing fence (a GPU could read stale shared memory) is not
 //    caught. A thread that ends with wgmma not waited for aborts.
 struct EmuWgmma {
     unsigned long long da, db;
-    bool scale_d;
+    bool scale_d, mn_a, mn_b;
     int n;
     float* d[256];
 };
@@ -207,13 +208,18 @@ inline EmuWgmmaQueue g_wgmma_queues[1024];
                  blockIdx.z, threadIdx.x);
     std::abort();
 }
-// The shared memory of element (row, k) of a K-major bf16 operand in the 128-byte swizzle.
-inline const unsigned short* emu_wgmma_elem(unsigned long long desc, int row, int k) {
-    const unsigned start = (unsigned)(desc & 0x3FFF) << 4, sbo = (unsigned)((desc >> 32) & 0x3FFF) << 4;
+// The shared memory of element (mn, k) of a bf16 operand (A: mn = m, B: mn = n) in the
+// 128-byte swizzle, from the PTX ISA's canonical layouts (T = 8 elements of 16 bytes):
+// K-major ((8,m),(T,2k)):((8T,SBO),(1,T)): start + (mn / 8) SBO + (mn % 8) 128 + 2 k;
+// MN-major ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)): start + (mn / 64) LBO + (k / 8) SBO + (k % 8) 128 + 2 (mn % 64).
+inline const unsigned short* emu_wgmma_elem(unsigned long long desc, bool mn_major, int mn, int k) {
+    const unsigned start = (unsigned)(desc & 0x3FFF) << 4, lbo = (unsigned)((desc >> 16) & 0x3FFF) << 4,
+                   sbo = (unsigned)((desc >> 32) & 0x3FFF) << 4;
     if ((desc >> 62) != 1) emu_bad_wgmma("swizzle mode other than 128 bytes", desc);
     if ((desc >> 49) & 7) emu_bad_wgmma("base offset other than 0", desc);
     if (start & 0x380) emu_bad_wgmma("8-row group not on 1024 bytes", desc);
-    const unsigned lin = start + (unsigned)(row / 8) * sbo + (unsigned)(row % 8) * 128 + 2 * k;
+    const unsigned lin = mn_major ? start + (unsigned)(mn / 64) * lbo + (unsigned)(k / 8) * sbo + (unsigned)(k % 8) * 128 + 2 * (mn % 64)
+                                  : start + (unsigned)(mn / 8) * sbo + (unsigned)(mn % 8) * 128 + 2 * k;
     const unsigned phys = lin ^ (((lin >> 7) & 7) << 4);
     const unsigned short* p = (const unsigned short*)emu_smem_ptr(phys);
     emu_race_read(p, 2);
@@ -225,16 +231,18 @@ EMU_NOT_RACED inline void emu_wgmma_run(const EmuWgmma& w) {
         for (int v = 0; v < 4; ++v) {
             const int row = 16 * wq + (lane >> 2) + 8 * (v >> 1), col = 8 * j + 2 * (lane & 3) + (v & 1);
             double s = w.scale_d ? (double)*w.d[4 * j + v] : 0.0;
-            for (int k = 0; k < 16; ++k) s += emu_bf16_val(*emu_wgmma_elem(w.da, row, k)) * emu_bf16_val(*emu_wgmma_elem(w.db, col, k));
+            for (int k = 0; k < 16; ++k)
+                s += emu_bf16_val(*emu_wgmma_elem(w.da, w.mn_a, row, k)) * emu_bf16_val(*emu_wgmma_elem(w.db, w.mn_b, col, k));
             *w.d[4 * j + v] = (float)s;
         }
 }
 template <int N, class... F>
-inline void emu_wgmma_bf16(unsigned long long da, unsigned long long db, int scale_d, F&... d) {
+inline void emu_wgmma_bf16(unsigned long long da, unsigned long long db, int scale_d, int trans_a, int trans_b, F&... d) {
     static_assert(sizeof...(F) == N / 2 && N % 8 == 0 && N <= 256, "m64nNk16: N / 2 accumulators a thread");
     EmuWgmmaQueue& q = g_wgmma_queues[threadIdx.x];
     if (!q.fenced) emu_bad_wgmma("without a wgmma.fence before the thread's first wgmma", da);
-    EmuWgmma w{da, db, scale_d != 0, N, {&d...}};
+    if ((trans_a != 0 && trans_a != 1) || (trans_b != 0 && trans_b != 1)) emu_bad_wgmma("imm-trans not 0 or 1", da);
+    EmuWgmma w{da, db, scale_d != 0, trans_a == 1, trans_b == 1, N, {&d...}};
     q.open.push_back(w);
 }
 inline void emu_wgmma_fence() { g_wgmma_queues[threadIdx.x].fenced = true; }

@@ -3,7 +3,7 @@
 # deliberate bug (sed), and the check built against it must exit nonzero (conv_tc_check and
 # conv_tcp_check, built from the copy through emu_ptx.py, stop at their first failure). Prints
 # each mutant's verdict; exits nonzero if a mutant survives. Not part of run.sh (about 40 minutes
-# on 2 cores for all 103; conv_tc_check's 10 about 4, conv_tcp_check's 21 about 10, conv_nhwc_check's 23 about 25, beside other work; then the
+# on 2 cores for all 107; conv_tc_check's 10 about 4, conv_tcp_check's 21 about 10, conv_nhwc_check's 27 about 25, beside other work; then the
 # barrier sweep's 23, about 7 minutes alone). A mutant of a
 # header (conv_tc.cuh) is made in a copy of kernels/, so it reaches the kernel that includes it.
 # ONLY=conv_tc_check ./mutants.sh runs one check's mutants.
@@ -157,6 +157,12 @@ mutant conv_nhwc_check $W CONV_KERNELS 's/st \* STAGE_BYTES + wg \* 64 \* 128,/s
 mutant conv_nhwc_check $W CONV_KERNELS 's/((unsigned long long)(1024 >> 4) << 32)/((unsigned long long)(512 >> 4) << 32)/' "wgmma: 8-row groups 512 bytes apart"
 mutant conv_nhwc_check $W CONV_KERNELS 's/64 \* wg + 16 \* ((bt.t >> 5) \& 3), 0,/64 * wg + 16 * ((bt.t >> 5) \& 1), 0,/' "wgmma: the epilogue's warps 2 and 3 write warps 0 and 1's rows"
 mutant conv_nhwc_check $W CONV_KERNELS 's/        wgmma_wait<0>();/        wgmma_wait<1>();/;s/    store_tile_at</    wgmma_wait<0>();\n    store_tile_at</' "wgmma: a stage's wgmma waited for one tile late" EMU_CP_ASYNC=early
+# the weight gradient (MN-major operands): read as K-major, the k-step's 16 pixel rows, B's second
+# 64-column block, warpgroup 1's channels.
+mutant conv_nhwc_check $W CONV_KERNELS 's/wgmma_m64n128k16_bf16<true>/wgmma_m64n128k16_bf16<false>/' "wgmma wgrad: MN-major tiles read as K-major"
+mutant conv_nhwc_check $W CONV_KERNELS 's/wgmma_desc(a + 2048 \* ks, BLOCK)/wgmma_desc(a + 1024 * ks, BLOCK)/' "wgmma wgrad: A's k-steps advance 8 pixels"
+mutant conv_nhwc_check $W CONV_KERNELS 's/wgmma_desc(b + 2048 \* ks, BLOCK)/wgmma_desc(b + 2048 * ks, 16)/' "wgmma wgrad: B's 64-column blocks 16 bytes apart"
+mutant conv_nhwc_check $W CONV_KERNELS 's/st \* STAGE_BYTES + wg \* BLOCK,/st * STAGE_BYTES,/' "wgmma wgrad: both warpgroups read dy's first 64 channels"
 mutant bn_check batchnorm.cu BN_KERNELS 's/if (residual != nullptr) v = v + residual\[i\];/;/; s/y\[i\] = relu ? relu_value(v) : v;/y[i] = (relu ? relu_value(v) : v) + (residual != nullptr ? residual[i] : 0.0f);/' "residual added after the ReLU"
 mutant bn_check batchnorm.cu BN_KERNELS 's/if (g_out != nullptr) g_out\[i\] = g;/if (g_out != nullptr) g_out[i] = dy[i];/' "the residual's gradient not masked by the ReLU"
 # nd.cu's tiled transpose: the tile read back unswapped, the read's column bound dropped.

@@ -36,9 +36,9 @@
 #    copies; ldmatrix, 32-bit shared addresses): its nchw_to_nhwc_bf16 copies bit for bit against
 #    the host, the convolutions (four tiles, every pass unsplit and split in three) against f64
 #    loops and bit for bit against conv2d_tcp.cu's bf16 kernels (built from one emu_ptx.py rewrite
-#    of both files; the 64 x 64 tile has no twin there); and kernels/conv2d_wgmma.cu's forward and
-#    input gradient (wgmma emulated from its descriptors) against f64 and bit for bit against the
-#    channels-last 128 x 128 kernels (the same rewrite); again on shapes 0 and 2 with early copies.
+#    of both files; the 64 x 64 tile has no twin there); and kernels/conv2d_wgmma.cu's three passes
+#    (wgmma emulated from its descriptors) against f64 and bit for bit against the channels-last
+#    128 x 128 kernels (the same rewrite); again on shapes 0 and 2 with early copies.
 # All nine are built with AddressSanitizer and UBSan: an out-of-bounds read or write (global or
 # shared memory), a misaligned float2/float4 access or an int overflow aborts the run.
 # For checking a kernel's indexing, masking, barriers and reduction order on a machine without a

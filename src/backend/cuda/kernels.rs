@@ -111,7 +111,8 @@ kernels! {
         CONV2D_NHWC_BWD_WEIGHT_64X64_BF16 = "conv2d_nhwc_bwd_weight_64x64_bf16";
     "conv2d_wgmma":
         CONV2D_WGMMA_FWD_128X128_BF16 = "conv2d_wgmma_fwd_128x128_bf16",
-        CONV2D_WGMMA_BWD_INPUT_128X128_BF16 = "conv2d_wgmma_bwd_input_128x128_bf16";
+        CONV2D_WGMMA_BWD_INPUT_128X128_BF16 = "conv2d_wgmma_bwd_input_128x128_bf16",
+        CONV2D_WGMMA_BWD_WEIGHT_128X128_BF16 = "conv2d_wgmma_bwd_weight_128x128_bf16";
     "optim":
         SGD_FWD = "sgd_fwd_f32", ADAM_FWD = "adam_fwd_f32", TRAIN_MONITOR = "train_monitor_f32";
     "crf":

@@ -237,11 +237,11 @@ pub const WGMMA_TILES: [(usize, usize); 5] = [NHWC_TILES[0], NHWC_TILES[1], NHWC
 /// The index of the wgmma kernel's tile in [`WGMMA_TILES`].
 pub const WGMMA_TILE: usize = 4;
 
-/// Whether kernels/conv2d_wgmma.cu takes this pass: the bf16 forward or input gradient that
-/// conv2d_nhwc.cu takes (the weight gradient stays on conv2d_nhwc.cu). The device decides
-/// whether the variant runs at all (compute capability 9.0, `CudaDevice::tc_variant`).
+/// Whether kernels/conv2d_wgmma.cu takes this pass: every bf16 pass that conv2d_nhwc.cu takes
+/// (the same channels-last copies). The device decides whether the variant runs at all (compute
+/// capability 9.0, `CudaDevice::tc_variant`).
 pub fn wgmma_takes(sh: &Conv2dShape, pass: ConvPass, precision: Precision) -> bool {
-    pass != ConvPass::WeightGrad && nhwc_takes(sh, pass, precision)
+    nhwc_takes(sh, pass, precision)
 }
 
 /// The dynamic shared memory of a wgmma kernel: 3 stages of two 128 x 64 bf16 tiles (32 KB),
@@ -249,7 +249,7 @@ pub fn wgmma_takes(sh: &Conv2dShape, pass: ConvPass, precision: Precision) -> bo
 pub fn wgmma_shared_bytes() -> usize {
     3 * 2 * 128 * 64 * 2 + 1024
 }
-const WGMMA_KERNELS: [Kernel; 2] = [k::CONV2D_WGMMA_FWD_128X128_BF16, k::CONV2D_WGMMA_BWD_INPUT_128X128_BF16];
+const WGMMA_KERNELS: [Kernel; 3] = [k::CONV2D_WGMMA_FWD_128X128_BF16, k::CONV2D_WGMMA_BWD_INPUT_128X128_BF16, k::CONV2D_WGMMA_BWD_WEIGHT_128X128_BF16];
 
 /// The channels-last kernels (kernels/conv2d_nhwc.cu, bf16) by pass, then tile ([`NHWC_TILES`]).
 const NHWC_KERNELS: [[Kernel; 4]; 3] = [
@@ -464,11 +464,16 @@ fn tc_plan(sh: &Conv2dShape, pass: ConvPass, precision: Precision, variant: TcVa
         if tile != WGMMA_TILE || !wgmma_takes(sh, pass, precision) {
             return tc_plan(sh, pass, precision, TcVariant::Nhwc, tile, sm);
         }
-        // Unsplit; the weights as the channels-last kernels take them.
-        let (_, _, red) = pass.gemm(sh);
-        let weights = if pass == ConvPass::Forward { WeightOrder::Krsc } else { WeightOrder::Crsk };
+        // The weights as the channels-last kernels take them (the weight gradient's come back in
+        // (K, R, S, C)); only the weight gradient is split, by whole waves of its 64-pixel tiles.
+        let (m, n, red) = pass.gemm(sh);
+        let (weights, (splits, chunk)) = match pass {
+            ConvPass::Forward => (WeightOrder::Krsc, (1, red)),
+            ConvPass::InputGrad => (WeightOrder::Crsk, (1, red)),
+            ConvPass::WeightGrad => (WeightOrder::Krsc, tc_weight_grad_split(m.div_ceil(128) * n.div_ceil(128), red, 64, sm, 2)),
+        };
         let kernel = WGMMA_KERNELS[pass as usize];
-        return ConvPlan { kernel, tile: WGMMA_TILES[tile], splits: 1, chunk: red, shared_bytes: wgmma_shared_bytes(), weights };
+        return ConvPlan { kernel, tile: WGMMA_TILES[tile], splits, chunk, shared_bytes: wgmma_shared_bytes(), weights };
     }
     if variant == TcVariant::Nhwc {
         if !nhwc_takes(sh, pass, precision) {
@@ -525,7 +530,7 @@ pub fn candidate_plans(sh: &Conv2dShape, pass: ConvPass, precision: Precision, v
         };
         let mut plans = vec![base];
         if base.is_wgmma() {
-            // not split (its kernels are checked unsplit only)
+            // only its model's split (the kernels are checked unsplit and in the model's splits)
         } else if pass == ConvPass::WeightGrad {
             plans.extend([1, base.splits / 2, 2 * base.splits].into_iter().filter(|&s| s >= 1).map(split));
         } else {
@@ -1044,7 +1049,7 @@ mod tests {
                         let plan = plan(s, pass, p, v, 132);
                         let name = plan.kernel.name;
                         // Nhwc: its own kernels where they take the pass, else the pipelined ones;
-                        // Wgmma: its own for the forward and input gradient, else as Nhwc.
+                        // Wgmma: its own wherever Nhwc has its own, else as Nhwc.
                         let wgmma = v == TcVariant::Wgmma && wgmma_takes(s, pass, p);
                         let nhwc = !wgmma && matches!(v, TcVariant::Nhwc | TcVariant::Wgmma) && nhwc_takes(s, pass, p);
                         let pipe = !wgmma && !nhwc && v != TcVariant::Staged && p != Precision::Fp32;
@@ -1189,9 +1194,9 @@ mod tests {
         assert_eq!(nhwc_shared_bytes(ConvPass::WeightGrad, (128, 128)), 4 * 32 * 272 * 2);
     }
 
-    // The wgmma variant: its kernels run the bf16 forward and input gradient that the
-    // channels-last kernels take, unsplit, in their weight orders, as the model's plan; tuning
-    // offers them beside every channels-last plan (not split); everything else is Nhwc's plan.
+    // The wgmma variant: its kernels run the bf16 passes that the channels-last kernels take, in
+    // their weight orders, as the model's plan (the forward and input gradient unsplit); tuning
+    // offers them beside every channels-last plan (no other split); everything else is Nhwc's.
     // Two blocks share an SM, and the stages start on 1024 bytes.
     #[test]
     fn wgmma_plans() {
@@ -1208,9 +1213,16 @@ mod tests {
                 assert!(cands.contains(&nhwc), "{nhwc:?} not offered");
             }
         }
-        // The weight gradient, tf32, and channels the copies do not take: Nhwc's plans.
+        // The weight gradient: dw in (K, R, S, C), split by whole waves of two blocks per SM into
+        // whole 64-pixel tiles.
+        let w = plan(&c512, ConvPass::WeightGrad, Precision::Bf16, TcVariant::Wgmma, 132);
+        assert!(w.is_wgmma() && w.weights == WeightOrder::Krsc && w.chunk % 64 == 0 && w.splits > 1, "{w:?}");
+        let (gx, gy, gz) = w.grid(&c512, ConvPass::WeightGrad);
+        let fill = (gx * gy * gz) as f64 / ((gx * gy * gz).div_ceil(264) * 264) as f64;
+        assert!(fill >= 0.85 && w.chunk * gz >= 20 * 256, "{w:?}: waves {fill:.2} full");
+        // tf32, and channels the copies do not take: Nhwc's plans.
         let stem = Conv2dShape { k: 64, r: 7, s: 7, stride: 2, pad: 3, ..shape(20, 3, 128, 1) };
-        for (sh, pass, p) in [(c512, ConvPass::WeightGrad, Precision::Bf16), (c512, ConvPass::Forward, Precision::Tf32), (stem, ConvPass::Forward, Precision::Bf16)] {
+        for (sh, pass, p) in [(c512, ConvPass::Forward, Precision::Tf32), (stem, ConvPass::Forward, Precision::Bf16), (stem, ConvPass::WeightGrad, Precision::Bf16)] {
             assert!(!wgmma_takes(&sh, pass, p));
             assert_eq!(plan(&sh, pass, p, TcVariant::Wgmma, 132), plan(&sh, pass, p, TcVariant::Nhwc, 132), "{pass:?} {p}");
             assert_eq!(candidate_plans(&sh, pass, p, TcVariant::Wgmma, 132), candidate_plans(&sh, pass, p, TcVariant::Nhwc, 132));
