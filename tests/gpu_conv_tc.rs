@@ -14,6 +14,7 @@ use coseg::backend::cuda::conv::{self, ConvPass};
 use coseg::backend::cuda::{CudaDevice, GpuBuffer};
 use coseg::device::{Device, Precision, TcVariant};
 use coseg::tensor::Tensor;
+use rand_chacha::ChaCha8Rng;
 use gpu_common::*;
 
 fn tolerance(p: Precision) -> f64 {
@@ -76,6 +77,31 @@ fn run_with_stats(
     let mut stats = conv::bn_slots(g, plan).filter(|_| pass == ConvPass::Forward).map(|(slots, _)| poisoned(dev, 2 * g.k * slots));
     conv::launch_plan_with(dev, g, pass, plan, a, b, bias, &mut out, stats.as_mut()).unwrap();
     (dev.dtoh(&out).unwrap(), stats.map(|s| dev.dtoh(&s).unwrap()))
+}
+
+/// Every bf16 pass of shapes() and network_shapes() that `takes` accepts, on fresh random
+/// operands (one draw per shape, as the tests drew them): f(geometry, pass, the kernel's two
+/// operands, the bias (forward only), the output's length).
+fn each_bf16_pass(
+    dev: &CudaDevice,
+    r: &mut ChaCha8Rng,
+    takes: fn(&ConvGeometry, ConvPass, Precision) -> bool,
+    mut f: impl FnMut(&ConvGeometry, ConvPass, [&GpuBuffer; 2], Option<&GpuBuffer>, usize),
+) {
+    for g in shapes().into_iter().chain(network_shapes()) {
+        let (x, w, b, dy) = (randn(r, g.input_len()), randn(r, g.weight_len()), randn(r, g.k), randn(r, g.output_len()));
+        let (xg, wg, bg, dyg) = (dev.htod(&x).unwrap(), dev.htod(&w).unwrap(), dev.htod(&b).unwrap(), dev.htod(&dy).unwrap());
+        for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
+            if !takes(&g, pass, Precision::Bf16) {
+                continue;
+            }
+            match pass {
+                ConvPass::Forward => f(&g, pass, [&wg, &xg], Some(&bg), g.output_len()),
+                ConvPass::InputGrad => f(&g, pass, [&wg, &dyg], None, g.input_len()),
+                ConvPass::WeightGrad => f(&g, pass, [&dyg, &xg], None, g.weight_len()),
+            }
+        }
+    }
 }
 
 test_gpu!(every_tensor_core_kernel_matches_the_f32_convolution, |dev| {
@@ -264,34 +290,23 @@ test_gpu!(channels_last_kernels_give_the_pipelined_bits, |dev| {
     let mut r = rng(15);
     let sms = dev.sm_count() as usize;
     let mut ran = 0;
-    for g in shapes().into_iter().chain(network_shapes()) {
-        let (x, w, b, dy) = (randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()), randn(&mut r, g.k), randn(&mut r, g.output_len()));
-        let (xg, wg, bg, dyg) = (dev.htod(&x).unwrap(), dev.htod(&w).unwrap(), dev.htod(&b).unwrap(), dev.htod(&dy).unwrap());
-        for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
-            if !conv::nhwc_takes(&g, pass, Precision::Bf16) {
-                continue;
-            }
-            let (a, bb, bias, out_len) = match pass {
-                ConvPass::Forward => (&wg, &xg, Some(&bg), g.output_len()),
-                ConvPass::InputGrad => (&wg, &dyg, None, g.input_len()),
-                ConvPass::WeightGrad => (&dyg, &xg, None, g.weight_len()),
-            };
-            let nhwc = conv::tc_plans(&g, pass, Precision::Bf16, TcVariant::Nhwc, sms);
-            let pipe = conv::tc_plans(&g, pass, Precision::Bf16, TcVariant::Pipelined, sms);
-            for (pn, pp) in nhwc.iter().zip(&pipe) {
-                assert!(pn.channels_last() && !pp.channels_last() && pn.tile == pp.tile, "{pn:?} {pp:?}");
-                // The pipelined plan's split (its own is chosen for two blocks per SM): the same sums.
-                let pn = &conv::ConvPlan { splits: pp.splits, chunk: pp.chunk, ..*pn };
-                let run = |plan: &conv::ConvPlan| run_with_stats(&dev, &g, pass, plan, [a, bb], bias, out_len);
-                let (got, want) = (run(pn), run(pp));
-                let what = format!("{} vs {} {g:?}", pn.kernel.name, pp.kernel.name);
-                assert!(got.0.iter().all(|v| v.is_finite()), "{what}: an output left unwritten");
-                assert!(bits(&got.0) == bits(&want.0), "{what}: outputs differ (relative error {:.2e})", rel_err(&got.0, &want.0));
-                assert_eq!(got.1.as_deref().map(bits), want.1.as_deref().map(bits), "{what}: statistics differ");
-                ran += 1;
-            }
+    each_bf16_pass(&dev, &mut r, conv::nhwc_takes, |g, pass, [a, bb], bias, out_len| {
+        let g = *g;
+        let nhwc = conv::tc_plans(&g, pass, Precision::Bf16, TcVariant::Nhwc, sms);
+        let pipe = conv::tc_plans(&g, pass, Precision::Bf16, TcVariant::Pipelined, sms);
+        for (pn, pp) in nhwc.iter().zip(&pipe) {
+            assert!(pn.channels_last() && !pp.channels_last() && pn.tile == pp.tile, "{pn:?} {pp:?}");
+            // The pipelined plan's split (its own is chosen for two blocks per SM): the same sums.
+            let pn = &conv::ConvPlan { splits: pp.splits, chunk: pp.chunk, ..*pn };
+            let run = |plan: &conv::ConvPlan| run_with_stats(&dev, &g, pass, plan, [a, bb], bias, out_len);
+            let (got, want) = (run(pn), run(pp));
+            let what = format!("{} vs {} {g:?}", pn.kernel.name, pp.kernel.name);
+            assert!(got.0.iter().all(|v| v.is_finite()), "{what}: an output left unwritten");
+            assert!(bits(&got.0) == bits(&want.0), "{what}: outputs differ (relative error {:.2e})", rel_err(&got.0, &want.0));
+            assert_eq!(got.1.as_deref().map(bits), want.1.as_deref().map(bits), "{what}: statistics differ");
+            ran += 1;
         }
-    }
+    });
     // 16 passes of the 11 shapes have their copied channels multiples of 8 (12 forwards and input
     // gradients, 4 weight gradients), and all 3 of each network shape; the 3 tiles both families
     // have (the channels-last 64 x 64 has no pipelined twin: the first test holds it to the CPU).
@@ -311,37 +326,26 @@ test_gpu!(wgmma_kernels_match_the_channels_last_kernels, |dev| {
     let mut r = rng(18);
     let sms = dev.sm_count() as usize;
     let mut ran = 0;
-    for g in shapes().into_iter().chain(network_shapes()) {
-        let (x, w, b, dy) = (randn(&mut r, g.input_len()), randn(&mut r, g.weight_len()), randn(&mut r, g.k), randn(&mut r, g.output_len()));
-        let (xg, wg, bg, dyg) = (dev.htod(&x).unwrap(), dev.htod(&w).unwrap(), dev.htod(&b).unwrap(), dev.htod(&dy).unwrap());
-        for pass in [ConvPass::Forward, ConvPass::InputGrad, ConvPass::WeightGrad] {
-            if !conv::wgmma_takes(&g, pass, Precision::Bf16) {
-                continue;
-            }
-            let (a, bb, bias, out_len) = match pass {
-                ConvPass::Forward => (&wg, &xg, Some(&bg), g.output_len()),
-                ConvPass::InputGrad => (&wg, &dyg, None, g.input_len()),
-                ConvPass::WeightGrad => (&dyg, &xg, None, g.weight_len()),
-            };
-            let wgmma = conv::plan(&g, pass, Precision::Bf16, TcVariant::Wgmma, sms);
-            let nhwc = conv::tc_plans(&g, pass, Precision::Bf16, TcVariant::Nhwc, sms)[0];
-            assert!(wgmma.is_wgmma() && nhwc.tile == wgmma.tile, "{wgmma:?} {nhwc:?}");
-            // (the weight gradient in the wgmma plan's split: the same partial sums)
-            let nhwc = conv::ConvPlan { splits: wgmma.splits, chunk: wgmma.chunk, ..nhwc };
-            let run = |plan: &conv::ConvPlan| run_with_stats(&dev, &g, pass, plan, [a, bb], bias, out_len);
-            let (got, want) = (run(&wgmma), run(&nhwc));
-            let what = format!("{} {g:?}", wgmma.kernel.name);
-            assert!(got.0.iter().all(|v| v.is_finite()), "{what}: an output left unwritten");
-            let e = rel_err(&got.0, &want.0);
-            assert!(e <= 1e-5, "{what}: {e:.2e} from {}", nhwc.kernel.name);
-            if let (Some(gs), Some(ws)) = (&got.1, &want.1) {
-                assert!(gs.iter().all(|v| v.is_finite()), "{what}: a statistic left unwritten");
-                let e = rel_err(gs, ws);
-                assert!(e <= 1e-5, "{what}: statistics {e:.2e} from {}'s", nhwc.kernel.name);
-            }
-            ran += 1;
+    each_bf16_pass(&dev, &mut r, conv::wgmma_takes, |g, pass, [a, bb], bias, out_len| {
+        let g = *g;
+        let wgmma = conv::plan(&g, pass, Precision::Bf16, TcVariant::Wgmma, sms);
+        let nhwc = conv::tc_plans(&g, pass, Precision::Bf16, TcVariant::Nhwc, sms)[0];
+        assert!(wgmma.is_wgmma() && nhwc.tile == wgmma.tile, "{wgmma:?} {nhwc:?}");
+        // (the weight gradient in the wgmma plan's split: the same partial sums)
+        let nhwc = conv::ConvPlan { splits: wgmma.splits, chunk: wgmma.chunk, ..nhwc };
+        let run = |plan: &conv::ConvPlan| run_with_stats(&dev, &g, pass, plan, [a, bb], bias, out_len);
+        let (got, want) = (run(&wgmma), run(&nhwc));
+        let what = format!("{} {g:?}", wgmma.kernel.name);
+        assert!(got.0.iter().all(|v| v.is_finite()), "{what}: an output left unwritten");
+        let e = rel_err(&got.0, &want.0);
+        assert!(e <= 1e-5, "{what}: {e:.2e} from {}", nhwc.kernel.name);
+        if let (Some(gs), Some(ws)) = (&got.1, &want.1) {
+            assert!(gs.iter().all(|v| v.is_finite()), "{what}: a statistic left unwritten");
+            let e = rel_err(gs, ws);
+            assert!(e <= 1e-5, "{what}: statistics {e:.2e} from {}'s", nhwc.kernel.name);
         }
-    }
+        ran += 1;
+    });
     // 16 passes of the 11 shapes (12 forwards and input gradients, 4 weight gradients), and all
     // three of each network shape.
     assert_eq!(ran, 16 + 3 * network_shapes().len());
